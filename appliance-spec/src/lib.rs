@@ -1,0 +1,115 @@
+//! The husk appliance format: an appliance described in TOML.
+//!
+//! [`Appliance::load`] reads a file, checks it, and returns the appliance
+//! with every host path resolved against the file's folder. Every problem is
+//! reported with the file, line, column and dotted field path it is about;
+//! `README.md` in this crate is the reference for the format.
+
+#![forbid(unsafe_code)]
+
+mod diag;
+mod model;
+mod validate;
+mod values;
+
+use std::path::{Path, PathBuf};
+
+pub use diag::{Diagnostic, Diagnostics, FieldPath};
+pub use model::{
+    Appliance, DirEntry, Disk, FileEntry, ImageFormat, KernelRef, Metadata, NetInterface, Rootfs,
+    Run, SymlinkEntry, Vm, Vsock,
+};
+pub use values::{
+    ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, Source, UserSpec,
+};
+
+use diag::Locator;
+use serde::Deserialize;
+use toml::de::DeTable;
+
+/// Why an appliance file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl Appliance {
+    /// Reads, parses and validates an appliance file.
+    pub fn load(file: &Path) -> Result<Appliance, SpecError> {
+        let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        Appliance::parse(&text, file)
+    }
+
+    /// Parses and validates appliance text that came from `file`; relative
+    /// host paths are resolved against `file`'s folder, which must exist for
+    /// the host-path checks to pass.
+    pub fn parse(text: &str, file: &Path) -> Result<Appliance, SpecError> {
+        let invalid = |d: Diagnostic| SpecError::Invalid(Diagnostics(vec![d]));
+        let tree = match DeTable::parse(text) {
+            Ok(tree) => tree,
+            Err(e) => {
+                let empty = toml::Spanned::new(0..0, DeTable::default());
+                let loc = Locator::new(file, text, &empty);
+                return Err(invalid(loc.at_span(e.span(), e.message())));
+            }
+        };
+        let loc = Locator::new(file, text, &tree);
+        let de = toml::de::Deserializer::from(tree.clone());
+        let mut appliance =
+            Appliance::deserialize(de).map_err(|e| invalid(loc.at_span(e.span(), e.message())))?;
+
+        let base = file.parent().unwrap_or(Path::new("."));
+        appliance.resolve_host_paths(base);
+
+        let mut problems = validate::check(&appliance);
+        problems.extend(validate::check_host_paths(&appliance));
+        if problems.is_empty() {
+            return Ok(appliance);
+        }
+        let mut diags: Vec<Diagnostic> = problems
+            .into_iter()
+            .map(|(field, message)| loc.at_field(&field, message))
+            .collect();
+        diags.sort_by_key(|d| (d.line, d.column));
+        Err(SpecError::Invalid(Diagnostics(diags)))
+    }
+
+    /// Makes every relative host path absolute against `base`.
+    fn resolve_host_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.rootfs.from.host_path_mut() {
+            fix(p);
+        }
+        for f in &mut self.rootfs.files {
+            if let Some(src) = &mut f.src {
+                fix(src);
+            }
+        }
+        if let KernelRef::Path(p) = &mut self.vm.kernel {
+            fix(p);
+        }
+        if let Some(p) = &mut self.vm.initrd {
+            fix(p);
+        }
+        for d in &mut self.vm.disks {
+            fix(&mut d.path);
+        }
+        if let Some(v) = &mut self.vm.vsock {
+            fix(&mut v.uds);
+        }
+    }
+}

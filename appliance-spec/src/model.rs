@@ -1,0 +1,202 @@
+//! The appliance file's tables, as plain serde types with their defaults.
+//! `appliance-spec/README.md` is the reference for every field.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::values::{ByteSize, Cidr, GuestPath, ImageSize, MacAddr, Mode, Source, UserSpec};
+
+/// A whole appliance file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Appliance {
+    pub appliance: Metadata,
+    #[serde(default)]
+    pub rootfs: Rootfs,
+    #[serde(default)]
+    pub run: Run,
+    #[serde(default)]
+    pub vm: Vm,
+}
+
+/// `[appliance]`: what the appliance is called.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+}
+
+/// `[rootfs]`: what goes into the root filesystem and how it is written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rootfs {
+    #[serde(default)]
+    pub from: Source,
+    #[serde(default)]
+    pub format: ImageFormat,
+    #[serde(default)]
+    pub size: ImageSize,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    #[serde(default)]
+    pub dirs: Vec<DirEntry>,
+    #[serde(default)]
+    pub symlinks: Vec<SymlinkEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Ext4,
+    Initramfs,
+}
+
+/// `[[rootfs.files]]`: one file, copied from the host (`src`) or written
+/// from the appliance file (`content`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Host path, relative to the appliance file's folder.
+    pub src: Option<PathBuf>,
+    pub content: Option<String>,
+    pub dst: GuestPath,
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+/// `[[rootfs.dirs]]`: one directory, created with its parents.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirEntry {
+    pub path: GuestPath,
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+/// `[[rootfs.symlinks]]`: `path` points at `target` (taken as written).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymlinkEntry {
+    pub path: GuestPath,
+    pub target: String,
+}
+
+/// `[run]`: the command the appliance runs. Unset fields default to the
+/// OCI image's config when `rootfs.from` is an image.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<GuestPath>,
+    pub user: Option<UserSpec>,
+    pub hostname: Option<String>,
+}
+
+/// `[vm]`: the micro-VM the appliance needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    #[serde(default = "Vm::default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "Vm::default_memory")]
+    pub memory: ByteSize,
+    #[serde(default)]
+    pub kernel: KernelRef,
+    /// Extra kernel command-line arguments, appended to husk's own.
+    pub cmdline: Option<String>,
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    #[serde(default)]
+    pub net: Vec<NetInterface>,
+    pub vsock: Option<Vsock>,
+}
+
+impl Vm {
+    pub const MAX_CPUS: u32 = 32;
+    pub const MIN_MEMORY: ByteSize = ByteSize::mib(32);
+
+    fn default_cpus() -> u32 {
+        1
+    }
+
+    fn default_memory() -> ByteSize {
+        ByteSize::mib(128)
+    }
+}
+
+impl Default for Vm {
+    fn default() -> Self {
+        Vm {
+            cpus: Vm::default_cpus(),
+            memory: Vm::default_memory(),
+            kernel: KernelRef::Default,
+            cmdline: None,
+            initrd: None,
+            disks: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
+        }
+    }
+}
+
+/// `vm.kernel`: husk's own guest kernel, or a kernel file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KernelRef {
+    #[default]
+    Default,
+    Path(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for KernelRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "default" => KernelRef::Default,
+            _ => KernelRef::Path(PathBuf::from(s)),
+        })
+    }
+}
+
+/// `[[vm.disks]]`: an extra block device (`/dev/vdb`, `/dev/vdc`, ...).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// `[[vm.net]]`: a virtio-net interface backed by a host tap device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetInterface {
+    pub tap: String,
+    pub mac: Option<MacAddr>,
+    pub address: Option<Cidr>,
+    pub gateway: Option<IpAddr>,
+}
+
+/// `[vm.vsock]`: a virtio-vsock device; host side is a Unix socket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    pub cid: u32,
+    pub uds: PathBuf,
+}

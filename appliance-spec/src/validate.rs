@@ -1,0 +1,256 @@
+//! Checks that span fields or need the host: ranges, required fields,
+//! duplicates, and host files that must exist. Each problem is returned with
+//! the field path it belongs to; the caller places it in the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::diag::{path, FieldPath};
+use crate::model::{Appliance, ImageFormat, KernelRef, Vm};
+use crate::values::{ByteSize, ImageSize, Source};
+
+pub(crate) type Problems = Vec<(FieldPath, String)>;
+
+/// Every check that needs only the parsed file.
+pub(crate) fn check(a: &Appliance) -> Problems {
+    let mut p = Problems::new();
+    check_metadata(a, &mut p);
+    check_rootfs(a, &mut p);
+    check_run(a, &mut p);
+    check_vm(&a.vm, &mut p);
+    p
+}
+
+/// Host files the appliance names must exist (paths already resolved
+/// against the appliance file's folder).
+pub(crate) fn check_host_paths(a: &Appliance) -> Problems {
+    let mut p = Problems::new();
+    let mut need = |field: FieldPath, file: &Path, want_dir: bool| {
+        let what = if want_dir { "directory" } else { "file" };
+        match std::fs::metadata(file) {
+            Ok(m) if m.is_dir() == want_dir => {}
+            Ok(_) => p.push((field, format!("{} is not a {what}", file.display()))),
+            Err(e) => p.push((field, format!("{}: {e}", file.display()))),
+        }
+    };
+    if let Some(host) = a.rootfs.from.host_path() {
+        let is_dir = matches!(a.rootfs.from, Source::OciLayout { .. });
+        need(path("rootfs.from"), host, is_dir);
+    }
+    for (i, f) in a.rootfs.files.iter().enumerate() {
+        if let Some(src) = &f.src {
+            need(path("rootfs.files").index(i).key("src"), src, false);
+        }
+    }
+    if let KernelRef::Path(k) = &a.vm.kernel {
+        need(path("vm.kernel"), k, false);
+    }
+    if let Some(initrd) = &a.vm.initrd {
+        need(path("vm.initrd"), initrd, false);
+    }
+    for (i, d) in a.vm.disks.iter().enumerate() {
+        need(path("vm.disks").index(i).key("path"), &d.path, false);
+    }
+    p
+}
+
+fn check_metadata(a: &Appliance, p: &mut Problems) {
+    let name = &a.appliance.name;
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        p.push((
+            path("appliance.name"),
+            format!(
+                "{name:?} is not a valid name; use 1 to 63 of a-z, 0-9 and '-', \
+                 not starting or ending with '-'"
+            ),
+        ));
+    }
+}
+
+fn check_rootfs(a: &Appliance, p: &mut Problems) {
+    let r = &a.rootfs;
+    if let ImageSize::Fixed(size) = r.size {
+        if r.format == ImageFormat::Initramfs {
+            p.push((
+                path("rootfs.size"),
+                "an initramfs has no fixed size; remove size or use format = \"ext4\"".into(),
+            ));
+        } else if size < ByteSize::mib(1) {
+            p.push((
+                path("rootfs.size"),
+                format!("{size} is too small; an ext4 image needs at least 1MiB"),
+            ));
+        }
+    }
+
+    // Every destination in the image is written once.
+    let mut seen = HashMap::new();
+    for (i, f) in r.files.iter().enumerate() {
+        let at = path("rootfs.files").index(i);
+        match (&f.src, &f.content) {
+            (Some(_), Some(_)) => p.push((
+                at.clone().key("content"),
+                "give either src or content, not both".into(),
+            )),
+            (None, None) => p.push((
+                at.clone().key("src"),
+                "required; give src = \"host/path\" or content = \"...\"".into(),
+            )),
+            _ => {}
+        }
+        claim(&mut seen, at.key("dst"), f.dst.as_path(), p);
+    }
+    for (i, d) in r.dirs.iter().enumerate() {
+        claim(&mut seen, path("rootfs.dirs").index(i).key("path"), d.path.as_path(), p);
+    }
+    for (i, s) in r.symlinks.iter().enumerate() {
+        let at = path("rootfs.symlinks").index(i);
+        if s.target.is_empty() {
+            p.push((at.clone().key("target"), "must not be empty".into()));
+        }
+        claim(&mut seen, at.key("path"), s.path.as_path(), p);
+    }
+}
+
+/// Records that `dst` is written by `field`, or reports who wrote it first.
+fn claim<'a>(
+    seen: &mut HashMap<&'a Path, FieldPath>,
+    field: FieldPath,
+    dst: &'a Path,
+    p: &mut Problems,
+) {
+    if dst == Path::new("/") {
+        p.push((field, "cannot replace the root directory \"/\"".into()));
+    } else if let Some(first) = seen.get(dst) {
+        let text = format!("{} is already given at {first}", dst.display());
+        p.push((field, text));
+    } else {
+        seen.insert(dst, field);
+    }
+}
+
+fn check_run(a: &Appliance, p: &mut Problems) {
+    let run = &a.run;
+    match &run.command {
+        None if a.rootfs.from == Source::Scratch => p.push((
+            path("run.command"),
+            "required when rootfs.from = \"scratch\"; add command = [\"/bin/app\"]".into(),
+        )),
+        Some(cmd) if cmd.is_empty() => p.push((
+            path("run.command"),
+            "must name a program; write e.g. [\"/bin/app\", \"--flag\"]".into(),
+        )),
+        Some(cmd) if cmd[0].is_empty() => {
+            p.push((path("run.command"), "the program name is empty".into()))
+        }
+        _ => {}
+    }
+    check_env(&run.env, p);
+    if let Some(h) = &run.hostname {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if h.len() > 64 || !h.split('.').all(label_ok) {
+            p.push((
+                path("run.hostname"),
+                format!("{h:?} is not a hostname; use letters, digits, '-' and '.', at most 64"),
+            ));
+        }
+    }
+}
+
+fn check_env(env: &BTreeMap<String, String>, p: &mut Problems) {
+    for key in env.keys() {
+        let ok = key
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
+            && !key.is_empty();
+        if !ok {
+            p.push((
+                path("run.env").key(key),
+                format!("{key:?} is not a valid variable name; use A-Z, a-z, 0-9 and '_', not starting with a digit"),
+            ));
+        }
+    }
+}
+
+fn check_vm(vm: &Vm, p: &mut Problems) {
+    if !(1..=Vm::MAX_CPUS).contains(&vm.cpus) {
+        p.push((
+            path("vm.cpus"),
+            format!("{} is out of range; husk runs 1 to {} vCPUs", vm.cpus, Vm::MAX_CPUS),
+        ));
+    }
+    if vm.memory < Vm::MIN_MEMORY {
+        p.push((
+            path("vm.memory"),
+            format!("{} is too small; a guest needs at least {}", vm.memory, Vm::MIN_MEMORY),
+        ));
+    } else if vm.memory.0 % ByteSize::MIB != 0 {
+        p.push((
+            path("vm.memory"),
+            format!("{} is not a whole number of MiB", vm.memory),
+        ));
+    }
+    if let Some(c) = &vm.cmdline {
+        if c.contains(['\0', '\n']) {
+            p.push((
+                path("vm.cmdline"),
+                "must be one line without NUL bytes".into(),
+            ));
+        }
+    }
+    let mut disks = HashMap::new();
+    for (i, d) in vm.disks.iter().enumerate() {
+        let at = path("vm.disks").index(i).key("path");
+        if let Some(first) = disks.insert(&d.path, at.clone()) {
+            p.push((at, format!("{} is already attached at {first}", d.path.display())));
+        }
+    }
+    let mut taps = HashMap::new();
+    for (i, n) in vm.net.iter().enumerate() {
+        let at = path("vm.net").index(i);
+        let tap_ok = !n.tap.is_empty()
+            && n.tap.len() <= 15
+            && !n.tap.contains(|c: char| c == '/' || c.is_whitespace());
+        if !tap_ok {
+            p.push((
+                at.clone().key("tap"),
+                format!("{:?} is not an interface name; use 1 to 15 characters without '/' or spaces", n.tap),
+            ));
+        } else if let Some(first) = taps.insert(&n.tap, at.clone()) {
+            p.push((at.clone().key("tap"), format!("tap {:?} is already used by {first}", n.tap)));
+        }
+        match (&n.address, &n.gateway) {
+            (None, Some(_)) => p.push((
+                at.key("gateway"),
+                "needs an address; add address = \"172.16.0.2/24\"".into(),
+            )),
+            (Some(a), Some(g)) if a.addr.is_ipv4() != g.is_ipv4() => p.push((
+                at.key("gateway"),
+                format!("{g} is not of the same IP family as the address {}", a.addr),
+            )),
+            _ => {}
+        }
+    }
+    if let Some(v) = &vm.vsock {
+        if v.cid < 3 || v.cid == u32::MAX {
+            p.push((
+                path("vm.vsock.cid"),
+                format!("{} is reserved; a guest CID is 3 or more (0, 1, 2 and 2^32-1 are taken)", v.cid),
+            ));
+        }
+    }
+}

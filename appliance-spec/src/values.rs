@@ -1,0 +1,454 @@
+//! Small value types that check their own syntax while being deserialized,
+//! so a malformed value is reported at its own line and column.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use serde::de::{self, Deserialize, Deserializer};
+
+/// Implements `Deserialize` for a type through its `FromStr`, whose error
+/// text becomes the message shown to the user.
+macro_rules! deserialize_from_str {
+    ($ty:ty, $what:literal) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl de::Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<$ty, E> {
+                        s.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+
+/// A size in bytes, written as `"128MiB"`, `"1G"`, `"512K"` or `"4096"`.
+/// K/M/G/T and KiB/MiB/GiB/TiB are all binary multiples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const KIB: u64 = 1 << 10;
+    pub const MIB: u64 = 1 << 20;
+    pub const GIB: u64 = 1 << 30;
+
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * Self::MIB)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a size; write e.g. \"128MiB\"");
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        if digits.is_empty() {
+            return Err(bad());
+        }
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "K" | "KiB" => 10,
+            "M" | "MiB" => 20,
+            "G" | "GiB" => 30,
+            "T" | "TiB" => 40,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let n = self.0;
+        for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if n != 0 && n % (1u64 << shift) == 0 {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+deserialize_from_str!(ByteSize, "a size such as \"128MiB\"");
+
+/// Size of a built root filesystem image: fitted to its content, or fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageSize {
+    #[default]
+    Auto,
+    Fixed(ByteSize),
+}
+
+impl FromStr for ImageSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(ImageSize::Auto);
+        }
+        s.parse().map(ImageSize::Fixed).map_err(|_| {
+            format!("{s:?} is not an image size; write \"auto\" or a size such as \"256MiB\"")
+        })
+    }
+}
+
+deserialize_from_str!(ImageSize, "\"auto\" or a size such as \"256MiB\"");
+
+/// A file mode written as an octal string, e.g. `"0755"` or `"644"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if !digits.is_empty() && m <= 0o7777 => Ok(Mode(m)),
+            _ => Err(format!(
+                "{s:?} is not a file mode; write an octal string such as \"0644\""
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Mode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an octal string such as \"0644\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Mode, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Mode, E> {
+                Err(E::custom(format!(
+                    "{n} is a number; write the mode as an octal string such as \"0644\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An absolute, normalised path inside the guest (no `..`, no `.`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GuestPath(PathBuf);
+
+impl GuestPath {
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl FromStr for GuestPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let p = Path::new(s);
+        if !p.is_absolute() {
+            return Err(format!(
+                "{s:?} is not an absolute path; write e.g. \"/{}\"",
+                s.trim_start_matches("./")
+            ));
+        }
+        if s.contains('\0') {
+            return Err(format!("{s:?} contains a NUL byte"));
+        }
+        let mut out = PathBuf::from("/");
+        for c in p.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(n) => out.push(n),
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err(format!("{s:?} contains \"..\"; write the path without it"));
+                }
+            }
+        }
+        Ok(GuestPath(out))
+    }
+}
+
+impl fmt::Display for GuestPath {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+deserialize_from_str!(GuestPath, "an absolute path such as \"/etc/hosts\"");
+
+/// Where the root filesystem starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Source {
+    /// An empty filesystem: only what the appliance file adds.
+    #[default]
+    Scratch,
+    /// `oci-archive:PATH`: a tar of an OCI image layout (`skopeo copy ... oci-archive:`).
+    OciArchive(PathBuf),
+    /// `docker-archive:PATH`: a `docker save` tarball.
+    DockerArchive(PathBuf),
+    /// `oci:DIR[:TAG]`: an OCI image layout directory.
+    OciLayout { dir: PathBuf, tag: Option<String> },
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: a registry reference.
+    Registry(String),
+}
+
+impl Source {
+    /// The host path this source reads, if it reads one.
+    pub fn host_path(&self) -> Option<&Path> {
+        match self {
+            Source::OciArchive(p) | Source::DockerArchive(p) => Some(p),
+            Source::OciLayout { dir, .. } => Some(dir),
+            Source::Scratch | Source::Registry(_) => None,
+        }
+    }
+
+    pub(crate) fn host_path_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            Source::OciArchive(p) | Source::DockerArchive(p) => Some(p),
+            Source::OciLayout { dir, .. } => Some(dir),
+            Source::Scratch | Source::Registry(_) => None,
+        }
+    }
+}
+
+impl FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let nonempty = |rest: &str, form: &str| {
+            if rest.is_empty() {
+                Err(format!("{s:?} names no path; write {form}"))
+            } else {
+                Ok(PathBuf::from(rest))
+            }
+        };
+        if s == "scratch" {
+            Ok(Source::Scratch)
+        } else if let Some(rest) = s.strip_prefix("oci-archive:") {
+            nonempty(rest, "\"oci-archive:image.tar\"").map(Source::OciArchive)
+        } else if let Some(rest) = s.strip_prefix("docker-archive:") {
+            nonempty(rest, "\"docker-archive:image.tar\"").map(Source::DockerArchive)
+        } else if let Some(rest) = s.strip_prefix("docker://") {
+            let repo = rest.split_once('/').map(|(host, repo)| (host, repo));
+            match repo {
+                Some((host, repo)) if !host.is_empty() && !repo.is_empty() => {
+                    Ok(Source::Registry(rest.to_string()))
+                }
+                _ => Err(format!(
+                    "{s:?} is not a registry reference; write \"docker://HOST[:PORT]/REPO[:TAG]\""
+                )),
+            }
+        } else if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((dir, tag)) if !tag.contains('/') => (dir, Some(tag.to_string())),
+                _ => (rest, None),
+            };
+            let dir = nonempty(dir, "\"oci:DIR\" or \"oci:DIR:TAG\"")?;
+            Ok(Source::OciLayout { dir, tag })
+        } else {
+            Err(format!(
+                "{s:?} is not a rootfs source; write \"scratch\", \"oci:DIR[:TAG]\", \
+                 \"oci-archive:PATH\", \"docker-archive:PATH\" or \"docker://HOST/REPO[:TAG]\""
+            ))
+        }
+    }
+}
+
+deserialize_from_str!(Source, "a rootfs source such as \"scratch\"");
+
+/// `uid[:gid]` or `name[:group]` (names resolved in the image at build time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    pub user: IdOrName,
+    pub group: Option<IdOrName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdOrName {
+    Id(u32),
+    Name(String),
+}
+
+impl FromStr for IdOrName {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.is_empty() {
+            return Err(());
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return s.parse().map(IdOrName::Id).map_err(|_| ());
+        }
+        let valid = s.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase() || b == b'_' || (i > 0 && (b.is_ascii_digit() || b == b'-'))
+        });
+        if valid && s.len() <= 32 {
+            Ok(IdOrName::Name(s.to_string()))
+        } else {
+            Err(())
+        }
+    }
+}
+
+impl FromStr for UserSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a user; write \"UID[:GID]\" or \"NAME[:GROUP]\"");
+        let (user, group) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        Ok(UserSpec {
+            user: user.parse().map_err(|_| bad())?,
+            group: group.map(str::parse).transpose().map_err(|_| bad())?,
+        })
+    }
+}
+
+deserialize_from_str!(UserSpec, "a user such as \"1000:1000\" or \"nobody\"");
+
+/// A unicast Ethernet MAC address, `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            *byte = parts
+                .next()
+                .filter(|p| p.len() == 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| {
+                    format!("{s:?} is not a MAC address; write e.g. \"52:54:00:12:34:56\"")
+                })?;
+        }
+        if parts.next().is_some() {
+            return Err(format!(
+                "{s:?} is not a MAC address; write e.g. \"52:54:00:12:34:56\""
+            ));
+        }
+        if mac[0] & 1 != 0 {
+            return Err(format!(
+                "{s:?} is a multicast address; a NIC needs a unicast one (even first byte)"
+            ));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+deserialize_from_str!(MacAddr, "a MAC address such as \"52:54:00:12:34:56\"");
+
+/// An interface address with its prefix length, e.g. `172.16.0.2/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an address with prefix; write e.g. \"172.16.0.2/24\"");
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!("{s:?}: prefix /{prefix} is longer than {max}"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+deserialize_from_str!(Cidr, "an address with prefix such as \"172.16.0.2/24\"");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!("128MiB".parse::<ByteSize>(), Ok(ByteSize(128 << 20)));
+        assert_eq!("1G".parse::<ByteSize>(), Ok(ByteSize(1 << 30)));
+        assert_eq!("512K".parse::<ByteSize>(), Ok(ByteSize(512 << 10)));
+        assert_eq!("4096".parse::<ByteSize>(), Ok(ByteSize(4096)));
+        assert!("12x".parse::<ByteSize>().is_err());
+        assert!("MiB".parse::<ByteSize>().is_err());
+        assert!("99999999999T".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(128 << 20).to_string(), "128MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!("0755".parse::<Mode>(), Ok(Mode(0o755)));
+        assert_eq!("644".parse::<Mode>(), Ok(Mode(0o644)));
+        assert!("0788".parse::<Mode>().is_err());
+        assert!("17777".parse::<Mode>().is_err());
+        assert!("".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn guest_paths_are_normalised() {
+        let p: GuestPath = "/usr//bin/./x".parse().unwrap();
+        assert_eq!(p.as_path(), Path::new("/usr/bin/x"));
+        assert!("usr/bin".parse::<GuestPath>().is_err());
+        assert!("/usr/../etc".parse::<GuestPath>().is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!("scratch".parse::<Source>(), Ok(Source::Scratch));
+        assert_eq!(
+            "oci:img:v1".parse::<Source>(),
+            Ok(Source::OciLayout {
+                dir: "img".into(),
+                tag: Some("v1".into())
+            })
+        );
+        assert_eq!(
+            "oci:./a/b".parse::<Source>(),
+            Ok(Source::OciLayout {
+                dir: "./a/b".into(),
+                tag: None
+            })
+        );
+        assert_eq!(
+            "docker://127.0.0.1:5000/busybox:1".parse::<Source>(),
+            Ok(Source::Registry("127.0.0.1:5000/busybox:1".into()))
+        );
+        assert!("docker://busybox".parse::<Source>().is_err());
+        assert!("oci-archive:".parse::<Source>().is_err());
+        assert!("ubuntu".parse::<Source>().is_err());
+    }
+
+    #[test]
+    fn users_macs_cidrs() {
+        let u: UserSpec = "1000:100".parse().unwrap();
+        assert_eq!(u.user, IdOrName::Id(1000));
+        assert_eq!(u.group, Some(IdOrName::Id(100)));
+        assert!("nobody".parse::<UserSpec>().is_ok());
+        assert!("Bad User".parse::<UserSpec>().is_err());
+        assert!("52:54:00:12:34:56".parse::<MacAddr>().is_ok());
+        assert!("53:54:00:12:34:56".parse::<MacAddr>().is_err());
+        assert!("52:54:00:12:34".parse::<MacAddr>().is_err());
+        assert!("fd00::2/64".parse::<Cidr>().is_ok());
+        assert!("10.0.0.1/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.1".parse::<Cidr>().is_err());
+    }
+}

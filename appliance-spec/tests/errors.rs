@@ -1,0 +1,189 @@
+//! Malformed appliance files, each checked for where the error is placed
+//! (line:column and field path) and what it says.
+
+use std::path::Path;
+
+use appliance_spec::{Appliance, SpecError};
+
+/// Minimal valid head every case starts from, unless it replaces it.
+const HEAD: &str = "[appliance]\nname = \"app\"\n";
+
+struct Case {
+    name: &'static str,
+    toml: &'static str,
+    /// `line:column: field: message-substring` of the first diagnostic.
+    line: usize,
+    column: usize,
+    field: &'static str,
+    says: &'static str,
+}
+
+const fn case(
+    name: &'static str,
+    toml: &'static str,
+    line: usize,
+    column: usize,
+    field: &'static str,
+    says: &'static str,
+) -> Case {
+    Case {
+        name,
+        toml,
+        line,
+        column,
+        field,
+        says,
+    }
+}
+
+/// `HEAD` is prepended to every case text that does not start with `!`;
+/// lines below count from the first line of the whole file.
+const CASES: &[Case] = &[
+    case("memory not a size", "[vm]\nmemory = \"12x\"\n[run]\ncommand = [\"/a\"]\n",
+        4, 10, "vm.memory", "\"12x\" is not a size; write e.g. \"128MiB\""),
+    case("unknown key with suggestion", "[vm]\nmemroy = \"1G\"\n",
+        4, 1, "vm.memroy", "unknown key \"memroy\"; did you mean \"memory\"?"),
+    case("unknown key no close match", "[run]\ncommand = [\"/a\"]\nzebra = 1\n",
+        5, 1, "run.zebra", "unknown key \"zebra\"; expected one of: command, env, workdir, user, hostname"),
+    case("unknown table", "[vmm]\ncpus = 1\n",
+        3, 2, "vmm", "did you mean \"vm\"?"),
+    case("missing appliance table", "![run]\ncommand = [\"/a\"]\n",
+        1, 1, "appliance", "required but missing; add a [appliance] table"),
+    case("missing name", "![appliance]\nversion = \"1\"\n",
+        1, 1, "appliance.name", "required but missing; add name = ..."),
+    case("bad name", "![appliance]\nname = \"My_App\"\n[run]\ncommand = [\"/a\"]\n",
+        2, 8, "appliance.name", "\"My_App\" is not a valid name"),
+    case("scratch without command", "[run]\nworkdir = \"/\"\n",
+        3, 1, "run.command", "required when rootfs.from = \"scratch\""),
+    case("empty command", "[run]\ncommand = []\n",
+        4, 11, "run.command", "must name a program"),
+    case("cpus too many", "[run]\ncommand = [\"/a\"]\n[vm]\ncpus = 64\n",
+        6, 8, "vm.cpus", "64 is out of range; husk runs 1 to 32 vCPUs"),
+    case("cpus zero", "[run]\ncommand = [\"/a\"]\n[vm]\ncpus = 0\n",
+        6, 8, "vm.cpus", "0 is out of range"),
+    case("cpus wrong type", "[run]\ncommand = [\"/a\"]\n[vm]\ncpus = \"two\"\n",
+        6, 8, "vm.cpus", "invalid type: string \"two\", expected u32"),
+    case("memory too small", "[run]\ncommand = [\"/a\"]\n[vm]\nmemory = \"16MiB\"\n",
+        6, 10, "vm.memory", "16MiB is too small; a guest needs at least 32MiB"),
+    case("mode not octal", "[run]\ncommand = [\"/a\"]\n[[rootfs.files]]\ncontent = \"x\"\ndst = \"/a\"\nmode = \"0789\"\n",
+        8, 8, "rootfs.files[0].mode", "\"0789\" is not a file mode; write an octal string"),
+    case("mode as number", "[run]\ncommand = [\"/a\"]\n[[rootfs.dirs]]\npath = \"/d\"\nmode = 755\n",
+        7, 8, "rootfs.dirs[0].mode", "755 is a number; write the mode as an octal string"),
+    case("relative dst", "[run]\ncommand = [\"/a\"]\n[[rootfs.files]]\ncontent = \"x\"\ndst = \"etc/x\"\n",
+        7, 7, "rootfs.files[0].dst", "\"etc/x\" is not an absolute path; write e.g. \"/etc/x\""),
+    case("dotdot in path", "[run]\ncommand = [\"/a\"]\n[[rootfs.symlinks]]\npath = \"/a/../../etc\"\ntarget = \"x\"\n",
+        6, 8, "rootfs.symlinks[0].path", "contains \"..\""),
+    case("duplicate destination", "[run]\ncommand = [\"/a\"]\n[[rootfs.files]]\ncontent = \"x\"\ndst = \"/etc/x\"\n[[rootfs.dirs]]\npath = \"/etc//x\"\n",
+        9, 8, "rootfs.dirs[0].path", "/etc/x is already given at rootfs.files[0].dst"),
+    case("src does not exist", "[run]\ncommand = [\"/a\"]\n[[rootfs.files]]\nsrc = \"no-such-file\"\ndst = \"/x\"\n",
+        6, 7, "rootfs.files[0].src", "no-such-file: No such file or directory"),
+    case("src and content", "[run]\ncommand = [\"/a\"]\n[[rootfs.files]]\nsrc = \"appliance.toml\"\ncontent = \"x\"\ndst = \"/x\"\n",
+        7, 11, "rootfs.files[0].content", "give either src or content, not both"),
+    case("neither src nor content", "[run]\ncommand = [\"/a\"]\n[[rootfs.files]]\ndst = \"/x\"\n",
+        5, 1, "rootfs.files[0].src", "required; give src"),
+    case("bad env key", "[run]\ncommand = [\"/a\"]\nenv = { \"1BAD\" = \"v\" }\n",
+        5, 18, "run.env.1BAD", "\"1BAD\" is not a valid variable name"),
+    case("bad mac", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\ntap = \"tap0\"\nmac = \"52:54:00:zz:34:56\"\n",
+        7, 7, "vm.net[0].mac", "is not a MAC address; write e.g. \"52:54:00:12:34:56\""),
+    case("multicast mac", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\ntap = \"tap0\"\nmac = \"01:54:00:12:34:56\"\n",
+        7, 7, "vm.net[0].mac", "is a multicast address"),
+    case("bad cidr", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\ntap = \"tap0\"\naddress = \"172.16.0.2\"\n",
+        7, 11, "vm.net[0].address", "is not an address with prefix; write e.g. \"172.16.0.2/24\""),
+    case("cidr prefix too long", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\ntap = \"tap0\"\naddress = \"10.0.0.2/40\"\n",
+        7, 11, "vm.net[0].address", "prefix /40 is longer than 32"),
+    case("gateway without address", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\ntap = \"tap0\"\ngateway = \"10.0.0.1\"\n",
+        7, 11, "vm.net[0].gateway", "needs an address"),
+    case("tap name too long", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\ntap = \"a-very-long-tap-name\"\n",
+        6, 7, "vm.net[0].tap", "is not an interface name"),
+    case("bad source", "[rootfs]\nfrom = \"ubuntu:22.04\"\n",
+        4, 8, "rootfs.from", "\"ubuntu:22.04\" is not a rootfs source"),
+    case("missing oci archive", "[rootfs]\nfrom = \"oci-archive:missing.tar\"\n",
+        4, 8, "rootfs.from", "missing.tar: No such file or directory"),
+    case("unknown format", "[rootfs]\nformat = \"ext3\"\n[run]\ncommand = [\"/a\"]\n",
+        4, 10, "rootfs.format", "\"ext3\" is not one of: ext4, initramfs"),
+    case("initramfs with size", "[rootfs]\nformat = \"initramfs\"\nsize = \"64MiB\"\n[run]\ncommand = [\"/a\"]\n",
+        5, 8, "rootfs.size", "an initramfs has no fixed size"),
+    case("vsock reserved cid", "[run]\ncommand = [\"/a\"]\n[vm.vsock]\ncid = 2\nuds = \"/tmp/v.sock\"\n",
+        6, 7, "vm.vsock.cid", "2 is reserved"),
+    case("bad user", "[run]\ncommand = [\"/a\"]\nuser = \"Bad User\"\n",
+        5, 8, "run.user", "\"Bad User\" is not a user"),
+    case("bad hostname", "[run]\ncommand = [\"/a\"]\nhostname = \"-x\"\n",
+        5, 12, "run.hostname", "\"-x\" is not a hostname"),
+    case("missing kernel file", "[run]\ncommand = [\"/a\"]\n[vm]\nkernel = \"vmlinux-nope\"\n",
+        6, 10, "vm.kernel", "vmlinux-nope: No such file or directory"),
+    case("toml syntax error", "[vm\ncpus = 1\n",
+        3, 4, "", "unclosed table, expected `]`"),
+    case("duplicate key", "[vm]\ncpus = 1\ncpus = 2\n",
+        5, 1, "", "duplicate key"),
+];
+
+fn run_case(dir: &Path, c: &Case) -> SpecError {
+    let text = match c.toml.strip_prefix('!') {
+        Some(raw) => raw.to_string(),
+        None => format!("{HEAD}{}", c.toml),
+    };
+    let file = dir.join("appliance.toml");
+    std::fs::write(&file, &text).unwrap();
+    match Appliance::load(&file) {
+        Ok(_) => panic!("case {:?} was accepted:\n{text}", c.name),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn malformed_files_are_placed_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for c in CASES {
+        let SpecError::Invalid(diags) = run_case(dir.path(), c) else {
+            panic!("case {:?}: not a diagnostic", c.name);
+        };
+        let d = &diags.0[0];
+        let ok = d.file == dir.path().join("appliance.toml")
+            && (d.line, d.column) == (c.line, c.column)
+            && d.field == c.field
+            && d.message.contains(c.says);
+        if !ok {
+            failures.push(format!(
+                "{}: got {}:{}: {}: {}\n   want {}:{}: {}: ...{}...",
+                c.name, d.line, d.column, d.field, d.message, c.line, c.column, c.field, c.says
+            ));
+        }
+    }
+    assert!(CASES.len() >= 20);
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn display_has_file_line_column_field_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = run_case(dir.path(), &CASES[0]);
+    let want = format!(
+        "{}:4:10: vm.memory: \"12x\" is not a size; write e.g. \"128MiB\"",
+        dir.path().join("appliance.toml").display()
+    );
+    assert_eq!(err.to_string(), want);
+}
+
+#[test]
+fn every_problem_is_reported_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("appliance.toml");
+    std::fs::write(
+        &file,
+        "[appliance]\nname = \"x\"\n[run]\nhostname = \"_\"\n[vm]\ncpus = 99\nmemory = \"1MiB\"\n",
+    )
+    .unwrap();
+    let Err(SpecError::Invalid(d)) = Appliance::load(&file) else {
+        panic!("accepted");
+    };
+    let fields: Vec<&str> = d.0.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["run.command", "run.hostname", "vm.cpus", "vm.memory"]);
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let err = Appliance::load(Path::new("/nonexistent/appliance.toml")).unwrap_err();
+    assert!(matches!(err, SpecError::Read { .. }));
+    assert_eq!(err.to_string(), "cannot read /nonexistent/appliance.toml");
+}
