@@ -127,7 +127,13 @@ impl<'a> Locator<'a> {
         let mut field = FieldPath::root();
         if span.as_ref() != Some(&self.root_span) {
             let mut best = usize::MAX;
-            path_at(self.root, offset, &mut FieldPath::root(), &mut field, &mut best);
+            path_at(
+                self.root,
+                offset,
+                &mut FieldPath::root(),
+                &mut field,
+                &mut best,
+            );
         }
         let (field, message) = translate(field, message);
         self.diagnostic(offset, field.to_string(), message)
@@ -292,7 +298,11 @@ mod tests {
 
     #[test]
     fn paths_display() {
-        let p = FieldPath::root().key("rootfs").key("files").index(2).key("dst");
+        let p = FieldPath::root()
+            .key("rootfs")
+            .key("files")
+            .index(2)
+            .key("dst");
         assert_eq!(p.to_string(), "rootfs.files[2].dst");
     }
 }

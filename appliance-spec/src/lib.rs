@@ -19,9 +19,7 @@ pub use model::{
     Appliance, DirEntry, Disk, FileEntry, ImageFormat, KernelRef, Metadata, NetInterface, Rootfs,
     Run, SymlinkEntry, Vm, Vsock,
 };
-pub use values::{
-    ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, Source, UserSpec,
-};
+pub use values::{ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, Source, UserSpec};
 
 use diag::Locator;
 use serde::Deserialize;

@@ -108,7 +108,12 @@ fn check_rootfs(a: &Appliance, p: &mut Problems) {
         claim(&mut seen, at.key("dst"), f.dst.as_path(), p);
     }
     for (i, d) in r.dirs.iter().enumerate() {
-        claim(&mut seen, path("rootfs.dirs").index(i).key("path"), d.path.as_path(), p);
+        claim(
+            &mut seen,
+            path("rootfs.dirs").index(i).key("path"),
+            d.path.as_path(),
+            p,
+        );
     }
     for (i, s) in r.symlinks.iter().enumerate() {
         let at = path("rootfs.symlinks").index(i);
@@ -172,11 +177,10 @@ fn check_run(a: &Appliance, p: &mut Problems) {
 
 fn check_env(env: &BTreeMap<String, String>, p: &mut Problems) {
     for key in env.keys() {
-        let ok = key
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
-            && !key.is_empty();
+        let ok =
+            key.bytes().enumerate().all(|(i, b)| {
+                b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit())
+            }) && !key.is_empty();
         if !ok {
             p.push((
                 path("run.env").key(key),
@@ -190,13 +194,21 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
     if !(1..=Vm::MAX_CPUS).contains(&vm.cpus) {
         p.push((
             path("vm.cpus"),
-            format!("{} is out of range; husk runs 1 to {} vCPUs", vm.cpus, Vm::MAX_CPUS),
+            format!(
+                "{} is out of range; husk runs 1 to {} vCPUs",
+                vm.cpus,
+                Vm::MAX_CPUS
+            ),
         ));
     }
     if vm.memory < Vm::MIN_MEMORY {
         p.push((
             path("vm.memory"),
-            format!("{} is too small; a guest needs at least {}", vm.memory, Vm::MIN_MEMORY),
+            format!(
+                "{} is too small; a guest needs at least {}",
+                vm.memory,
+                Vm::MIN_MEMORY
+            ),
         ));
     } else if vm.memory.0 % ByteSize::MIB != 0 {
         p.push((
@@ -216,7 +228,10 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
     for (i, d) in vm.disks.iter().enumerate() {
         let at = path("vm.disks").index(i).key("path");
         if let Some(first) = disks.insert(&d.path, at.clone()) {
-            p.push((at, format!("{} is already attached at {first}", d.path.display())));
+            p.push((
+                at,
+                format!("{} is already attached at {first}", d.path.display()),
+            ));
         }
     }
     let mut taps = HashMap::new();
@@ -228,10 +243,16 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
         if !tap_ok {
             p.push((
                 at.clone().key("tap"),
-                format!("{:?} is not an interface name; use 1 to 15 characters without '/' or spaces", n.tap),
+                format!(
+                    "{:?} is not an interface name; use 1 to 15 characters without '/' or spaces",
+                    n.tap
+                ),
             ));
         } else if let Some(first) = taps.insert(&n.tap, at.clone()) {
-            p.push((at.clone().key("tap"), format!("tap {:?} is already used by {first}", n.tap)));
+            p.push((
+                at.clone().key("tap"),
+                format!("tap {:?} is already used by {first}", n.tap),
+            ));
         }
         match (&n.address, &n.gateway) {
             (None, Some(_)) => p.push((
@@ -249,7 +270,10 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
         if v.cid < 3 || v.cid == u32::MAX {
             p.push((
                 path("vm.vsock.cid"),
-                format!("{} is reserved; a guest CID is 3 or more (0, 1, 2 and 2^32-1 are taken)", v.cid),
+                format!(
+                    "{} is reserved; a guest CID is 3 or more (0, 1, 2 and 2^32-1 are taken)",
+                    v.cid
+                ),
             ));
         }
     }

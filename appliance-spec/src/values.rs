@@ -242,8 +242,7 @@ impl FromStr for Source {
         } else if let Some(rest) = s.strip_prefix("docker-archive:") {
             nonempty(rest, "\"docker-archive:image.tar\"").map(Source::DockerArchive)
         } else if let Some(rest) = s.strip_prefix("docker://") {
-            let repo = rest.split_once('/').map(|(host, repo)| (host, repo));
-            match repo {
+            match rest.split_once('/') {
                 Some((host, repo)) if !host.is_empty() && !repo.is_empty() => {
                     Ok(Source::Registry(rest.to_string()))
                 }

@@ -178,7 +178,10 @@ fn every_problem_is_reported_in_file_order() {
         panic!("accepted");
     };
     let fields: Vec<&str> = d.0.iter().map(|d| d.field.as_str()).collect();
-    assert_eq!(fields, ["run.command", "run.hostname", "vm.cpus", "vm.memory"]);
+    assert_eq!(
+        fields,
+        ["run.command", "run.hostname", "vm.cpus", "vm.memory"]
+    );
 }
 
 #[test]
