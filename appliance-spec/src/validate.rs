@@ -210,7 +210,7 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
                 Vm::MIN_MEMORY
             ),
         ));
-    } else if vm.memory.0 % ByteSize::MIB != 0 {
+    } else if !vm.memory.0.is_multiple_of(ByteSize::MIB) {
         p.push((
             path("vm.memory"),
             format!("{} is not a whole number of MiB", vm.memory),
