@@ -1,0 +1,126 @@
+//! Support for tests that boot real Linux guests: how to reach a KVM that
+//! can boot Linux, guest images made on the fly, and a QEMU runner.
+//!
+//! On a host whose KVM is hardware-backed (`kvm_intel`/`kvm_amd`) the tests
+//! run directly. Where it is PVM (`kvm_pvm`) or absent, the test binary runs
+//! itself again inside `ci/kvm-testbed`, a level-2 guest with a real KVM.
+
+#![forbid(unsafe_code)]
+
+pub mod guest;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The workspace root (this crate lives in `tests/boot-tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// What serves `/dev/kvm` on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmKind {
+    Intel,
+    Amd,
+    Pvm,
+    Absent,
+}
+
+impl KvmKind {
+    pub fn detect() -> KvmKind {
+        let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
+        if !Path::new("/dev/kvm").exists() {
+            KvmKind::Absent
+        } else if loaded("kvm_pvm") {
+            KvmKind::Pvm
+        } else if loaded("kvm_intel") {
+            KvmKind::Intel
+        } else if loaded("kvm_amd") {
+            KvmKind::Amd
+        } else {
+            KvmKind::Absent
+        }
+    }
+
+    fn boots_linux(self) -> bool {
+        matches!(self, KvmKind::Intel | KvmKind::Amd)
+    }
+}
+
+/// How the boot tests reach a KVM that boots Linux.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This host's `/dev/kvm` (hardware-backed, or inside the test bed).
+    Direct(KvmKind),
+    /// Run again inside the level-2 guest of `ci/kvm-testbed`.
+    TestBed { script: PathBuf, host: KvmKind },
+}
+
+/// Decides the route. `HUSK_KVM=direct|testbed` overrides the choice.
+pub fn route() -> Result<Route, String> {
+    let kind = KvmKind::detect();
+    let script = workspace_root().join("ci/kvm-testbed");
+    let in_testbed = std::env::var_os("HUSK_IN_TESTBED").is_some();
+    let forced = std::env::var("HUSK_KVM").ok();
+    let direct = |kind: KvmKind| {
+        if kind.boots_linux() {
+            Ok(Route::Direct(kind))
+        } else if in_testbed {
+            Err(format!(
+                "inside the KVM test bed, /dev/kvm is {kind:?}, not kvm_amd: the test bed is broken"
+            ))
+        } else {
+            Err(format!(
+                "/dev/kvm here is {kind:?}, which cannot boot an ordinary Linux guest; \
+                 run through ci/kvm-testbed (unset HUSK_KVM=direct)"
+            ))
+        }
+    };
+    match forced.as_deref() {
+        _ if in_testbed => direct(kind),
+        Some("direct") => direct(kind),
+        Some("testbed") | None if !kind.boots_linux() || forced.is_some() => {
+            if script.is_file() {
+                Ok(Route::TestBed { script, host: kind })
+            } else {
+                Err(format!(
+                    "/dev/kvm here is {kind:?} and the test bed script {} is missing",
+                    script.display()
+                ))
+            }
+        }
+        None => direct(kind),
+        Some(other) => Err(format!("HUSK_KVM={other:?}: use \"direct\" or \"testbed\"")),
+    }
+}
+
+/// Runs the current test binary again inside the test bed with the same
+/// arguments, and returns its exit status.
+pub fn rerun_in_testbed(script: &Path) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("boot tests: cannot find the test binary to re-run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = Command::new(script)
+        .arg("--")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .status();
+    match status {
+        Ok(s) => ExitCode::from(s.code().map_or(1, |c| c.clamp(0, 255) as u8)),
+        Err(e) => {
+            eprintln!("boot tests: cannot start {}: {e}", script.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// husk's cached guest kernel, or why there is none.
+pub fn husk_kernel() -> Result<builder::kernel::Kernel, String> {
+    let cache = builder::cache::root().map_err(|e| e.to_string())?;
+    builder::kernel::find(&cache, &builder::kernel::Source::default()).map_err(|e| e.to_string())
+}
