@@ -30,6 +30,9 @@ pub(crate) fn check_host_paths(a: &Appliance) -> Problems {
         match std::fs::metadata(file) {
             Ok(m) if m.is_dir() == want_dir => {}
             Ok(_) => p.push((field, format!("{} is not a {what}", file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                p.push((field, format!("{} does not exist", file.display())))
+            }
             Err(e) => p.push((field, format!("{}: {e}", file.display()))),
         }
     };
