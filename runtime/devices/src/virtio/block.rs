@@ -1,0 +1,385 @@
+//! virtio-blk on a host file: read, write, flush (`fdatasync`) and
+//! get-id. Read-only disks refuse writes; requests past the end of the disk
+//! fail with an I/O error status.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{QueueT, Reader, Writer};
+
+use super::{
+    check_queues, notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice,
+};
+
+const QUEUE_SIZES: &[u16] = &[256];
+pub const SECTOR_SIZE: u64 = 512;
+/// Largest data transfer of one request (bounds the bounce buffer).
+const MAX_REQUEST: usize = 4 << 20;
+
+/// The request header at the start of every chain (little-endian
+/// `type: u32, reserved: u32, sector: u64`).
+#[derive(Clone, Copy, Debug, Default)]
+struct RequestHeader {
+    kind: u32,
+    sector: u64,
+}
+
+impl RequestHeader {
+    const SIZE: usize = 16;
+
+    fn read_from(r: &mut Reader) -> io::Result<Self> {
+        let mut b = [0u8; Self::SIZE];
+        r.read_exact(&mut b)?;
+        let (kind, rest) = b.split_at(4);
+        Ok(RequestHeader {
+            kind: u32::from_le_bytes(kind.try_into().expect("4 bytes")),
+            sector: u64::from_le_bytes(rest[4..].try_into().expect("8 bytes")),
+        })
+    }
+
+    #[cfg(test)]
+    fn to_bytes(self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[..4].copy_from_slice(&self.kind.to_le_bytes());
+        b[8..].copy_from_slice(&self.sector.to_le_bytes());
+        b
+    }
+}
+
+pub struct Block {
+    file: File,
+    readonly: bool,
+    sectors: u64,
+    id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    state: DeviceState,
+}
+
+impl Block {
+    /// A disk backed by `file` (already opened with the right access).
+    /// `id` is the serial GET_ID returns (truncated to 20 bytes).
+    pub fn new(file: File, readonly: bool, id: &str) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+        let n = id.len().min(serial.len());
+        serial[..n].copy_from_slice(&id.as_bytes()[..n]);
+        Ok(Block {
+            file,
+            readonly,
+            sectors: len / SECTOR_SIZE,
+            id: serial,
+            state: DeviceState::Inactive,
+        })
+    }
+
+    /// The byte range `[offset, offset + len)` of a request at `sector`,
+    /// if it lies within the disk.
+    fn range(&self, sector: u64, len: usize) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len as u64)?;
+        (end <= self.sectors * SECTOR_SIZE).then_some(offset)
+    }
+
+    /// Performs one request; returns the virtio status byte.
+    fn execute(&self, header: RequestHeader, r: &mut Reader, w: &mut Writer) -> u8 {
+        let status = match header.kind {
+            VIRTIO_BLK_T_IN => {
+                let len = w.available_bytes();
+                match self.range(header.sector, len) {
+                    Some(offset) if len <= MAX_REQUEST => {
+                        let mut buf = vec![0u8; len];
+                        self.file
+                            .read_exact_at(&mut buf, offset)
+                            .and_then(|()| w.write_all(&buf))
+                            .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK)
+                    }
+                    _ => VIRTIO_BLK_S_IOERR,
+                }
+            }
+            VIRTIO_BLK_T_OUT if self.readonly => VIRTIO_BLK_S_IOERR,
+            VIRTIO_BLK_T_OUT => {
+                let len = r.available_bytes();
+                match self.range(header.sector, len) {
+                    Some(offset) if len <= MAX_REQUEST => {
+                        let mut buf = vec![0u8; len];
+                        r.read_exact(&mut buf)
+                            .and_then(|()| self.file.write_all_at(&buf, offset))
+                            .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK)
+                    }
+                    _ => VIRTIO_BLK_S_IOERR,
+                }
+            }
+            VIRTIO_BLK_T_FLUSH => self
+                .file
+                .sync_data()
+                .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK),
+            VIRTIO_BLK_T_GET_ID => {
+                let n = w.available_bytes().min(self.id.len());
+                w.write_all(&self.id[..n])
+                    .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK)
+            }
+            _ => VIRTIO_BLK_S_UNSUPP,
+        };
+        status as u8
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = super::BASE_FEATURES | 1 << VIRTIO_BLK_F_FLUSH;
+        if self.readonly {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // Only `capacity` (in 512-byte sectors) is meaningful to husk.
+        super::read_config_bytes(&self.sectors.to_le_bytes(), offset, data);
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        check_queues(&a.queues, QUEUE_SIZES.len())?;
+        self.state = DeviceState::Active(a);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.state = DeviceState::Inactive;
+    }
+
+    fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
+        if queue != 0 {
+            return Ok(());
+        }
+        let mut state = std::mem::replace(&mut self.state, DeviceState::Inactive);
+        let result = state.with_active(|a| {
+            let mem = a.mem.clone();
+            while let Some(chain) = a.queues[0].pop_descriptor_chain(&mem) {
+                let head = chain.head_index();
+                let bad = |reason: String| DeviceError::Chain { head, reason };
+                let mut r = chain.clone().reader(&mem).map_err(|e| bad(e.to_string()))?;
+                let mut w = chain.writer(&mem).map_err(|e| bad(e.to_string()))?;
+                let header = RequestHeader::read_from(&mut r)
+                    .map_err(|_| bad("shorter than a request header".into()))?;
+                // The status byte is the last writable byte of the chain.
+                let data_len = w
+                    .available_bytes()
+                    .checked_sub(1)
+                    .ok_or_else(|| bad("no room for the status byte".into()))?;
+                let mut status_w = w.split_at(data_len).map_err(|e| bad(e.to_string()))?;
+                let status = self.execute(header, &mut r, &mut w);
+                status_w
+                    .write_all(&[status])
+                    .map_err(|e| bad(e.to_string()))?;
+                let used = w.bytes_written() + 1;
+                a.queues[0]
+                    .add_used(&mem, head, used as u32)
+                    .map_err(|source| DeviceError::Queue { queue: 0, source })?;
+            }
+            notify(a, 0)
+        });
+        self.state = state;
+        result.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::virtio::test_util::{irq, mem};
+    use crate::virtio::{IrqLine, Mem};
+
+    const HDR: u64 = 0x8000;
+    const DATA: u64 = 0x9000;
+    const STATUS: u64 = 0xa000;
+
+    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+    }
+
+    struct Rig<'a> {
+        mem: &'a Mem,
+        vq: MockSplitQueue<'a, Mem>,
+        dev: Block,
+        _irq: Arc<IrqLine>,
+        file: tempfile::NamedTempFile,
+    }
+
+    fn rig(mem: &Mem, readonly: bool) -> Rig<'_> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut content = vec![0u8; 8 * 512];
+        content[512..1024].fill(0xab); // sector 1
+        std::fs::write(file.path(), &content).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(file.path())
+            .unwrap();
+        let vq = MockSplitQueue::new(mem, 16);
+        let mut dev = Block::new(f, readonly, "husk-disk-0").unwrap();
+        let irq = irq();
+        dev.activate(Activation {
+            mem: mem.clone(),
+            irq: irq.clone(),
+            queues: vec![vq.create_queue().unwrap()],
+            features: dev.features(),
+        })
+        .unwrap();
+        Rig {
+            mem,
+            vq,
+            dev,
+            _irq: irq,
+            file,
+        }
+    }
+
+    impl Rig<'_> {
+        /// Submits header + data + status and returns (status, used len).
+        fn submit(&mut self, kind: u32, sector: u64, data_len: u32, data_flags: u32) -> (u8, u32) {
+            let h = RequestHeader { kind, sector };
+            self.mem
+                .write_slice(&h.to_bytes(), GuestAddress(HDR))
+                .unwrap();
+            self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+            // Each request takes up to 3 descriptors; `next` is absolute.
+            let used_idx = self.vq.used().idx().load();
+            let base = used_idx * 3;
+            let mut descs = vec![desc(HDR, 16, VRING_DESC_F_NEXT, base + 1)];
+            if data_len > 0 {
+                descs.push(desc(
+                    DATA,
+                    data_len,
+                    data_flags | VRING_DESC_F_NEXT,
+                    base + 2,
+                ));
+            }
+            descs.push(desc(STATUS, 1, VRING_DESC_F_WRITE, 0));
+            self.vq.add_desc_chains(&descs, base).unwrap();
+            self.dev.process_queue(0).unwrap();
+            let used = self
+                .vq
+                .used()
+                .ring()
+                .ref_at(used_idx as usize)
+                .unwrap()
+                .load();
+            (self.mem.read_obj(GuestAddress(STATUS)).unwrap(), used.len())
+        }
+    }
+
+    #[test]
+    fn reads_a_sector() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        let (status, used) = r.submit(VIRTIO_BLK_T_IN, 1, 512, VRING_DESC_F_WRITE);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+        assert_eq!(used, 513);
+        let mut buf = [0u8; 512];
+        m.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+        assert!(buf.iter().all(|&b| b == 0xab));
+    }
+
+    #[test]
+    fn writes_and_flushes_to_the_file() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        m.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        let (status, _) = r.submit(VIRTIO_BLK_T_OUT, 3, 512, 0);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+        let (status, _) = r.submit(VIRTIO_BLK_T_FLUSH, 0, 0, 0);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+        let on_disk = std::fs::read(r.file.path()).unwrap();
+        assert!(on_disk[3 * 512..4 * 512].iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes() {
+        let m = mem();
+        let mut r = rig(&m, true);
+        assert_ne!(r.dev.features() & 1 << VIRTIO_BLK_F_RO, 0);
+        m.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        let (status, _) = r.submit(VIRTIO_BLK_T_OUT, 0, 512, 0);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR);
+        let on_disk = std::fs::read(r.file.path()).unwrap();
+        assert!(on_disk[..512].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn past_the_end_is_an_io_error() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        let (status, _) = r.submit(VIRTIO_BLK_T_IN, 7, 1024, VRING_DESC_F_WRITE);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR);
+        let (status, _) = r.submit(VIRTIO_BLK_T_IN, u64::MAX, 512, VRING_DESC_F_WRITE);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR, "sector overflow");
+    }
+
+    #[test]
+    fn get_id_returns_the_serial() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        let (status, _) = r.submit(VIRTIO_BLK_T_GET_ID, 0, 20, VRING_DESC_F_WRITE);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id[..11], b"husk-disk-0");
+    }
+
+    #[test]
+    fn unknown_request_is_unsupported() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        let (status, _) = r.submit(99, 0, 0, 0);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn hostile_chains_are_errors_not_panics() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        // Header outside guest memory.
+        r.vq.add_desc_chains(&[desc(0xffff_0000_0000, 16, 0, 0)], 0)
+            .unwrap();
+        assert!(r.dev.process_queue(0).is_err());
+
+        let mut r = rig(&m, false);
+        // No writable status byte.
+        r.vq.add_desc_chains(&[desc(HDR, 16, 0, 0)], 0).unwrap();
+        assert!(r.dev.process_queue(0).is_err());
+
+        let mut r = rig(&m, false);
+        // A length that overflows the address space.
+        r.vq.add_desc_chains(
+            &[
+                desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+                desc(u64::MAX - 8, u32::MAX, VRING_DESC_F_WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        assert!(r.dev.process_queue(0).is_err());
+    }
+}

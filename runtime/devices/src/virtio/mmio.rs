@@ -1,0 +1,514 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x, section 4.2.2): the
+//! register file a driver programs, feature negotiation, the device status
+//! machine, and the queues while the driver sets them up.
+
+use std::sync::Arc;
+
+use tracing::warn;
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Activation, IrqLine, Mem, VirtioDevice, INT_CONFIG};
+
+/// Size of one transport's MMIO window.
+pub const MMIO_SIZE: u64 = 0x1000;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x4b53_5548; // "HUSK"
+
+// Register offsets.
+const R_MAGIC: u64 = 0x000;
+const R_VERSION: u64 = 0x004;
+const R_DEVICE_ID: u64 = 0x008;
+const R_VENDOR_ID: u64 = 0x00c;
+const R_DEVICE_FEATURES: u64 = 0x010;
+const R_DEVICE_FEATURES_SEL: u64 = 0x014;
+const R_DRIVER_FEATURES: u64 = 0x020;
+const R_DRIVER_FEATURES_SEL: u64 = 0x024;
+const R_QUEUE_SEL: u64 = 0x030;
+const R_QUEUE_NUM_MAX: u64 = 0x034;
+const R_QUEUE_NUM: u64 = 0x038;
+const R_QUEUE_READY: u64 = 0x044;
+const R_QUEUE_NOTIFY: u64 = 0x050;
+const R_INTERRUPT_STATUS: u64 = 0x060;
+const R_INTERRUPT_ACK: u64 = 0x064;
+const R_STATUS: u64 = 0x070;
+const R_QUEUE_DESC_LOW: u64 = 0x080;
+const R_QUEUE_DESC_HIGH: u64 = 0x084;
+const R_QUEUE_DRIVER_LOW: u64 = 0x090;
+const R_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const R_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const R_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const R_CONFIG_GENERATION: u64 = 0x0fc;
+const R_CONFIG: u64 = 0x100;
+
+/// Offset of the notify register, which the VMM backs with ioeventfds.
+pub const NOTIFY_OFFSET: u64 = R_QUEUE_NOTIFY;
+
+/// One virtio device behind its MMIO register window.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: Mem,
+    irq: Arc<IrqLine>,
+    /// The queues while the driver configures them; handed to the device at
+    /// `DRIVER_OK` and made anew at reset.
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    active: bool,
+    /// The driver wrote a queue size virtio-queue refused (not a power of
+    /// two, zero, or over the maximum); the queue would otherwise keep its
+    /// old size and disagree with the driver's rings.
+    bad_queue_size: bool,
+}
+
+impl MmioTransport {
+    /// Wraps `device`; `irq_evt` is the eventfd the VMM will register as its
+    /// irqfd. Each queue gets an eventfd for the VMM to register as an
+    /// ioeventfd on the notify register.
+    pub fn new(mem: Mem, device: Box<dyn VirtioDevice>, irq_evt: EventFd) -> std::io::Result<Self> {
+        let queue_evts = device
+            .queue_max_sizes()
+            .iter()
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<_, _>>()?;
+        let mut t = MmioTransport {
+            device,
+            mem,
+            irq: Arc::new(IrqLine::new(irq_evt)),
+            queues: Vec::new(),
+            queue_evts,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            active: false,
+            bad_queue_size: false,
+        };
+        t.queues = t.fresh_queues();
+        Ok(t)
+    }
+
+    fn fresh_queues(&self) -> Vec<Queue> {
+        self.device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
+            .collect()
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    /// Eventfds signalled when the driver notifies queue `i` (index = i).
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    pub fn irq_evt(&self) -> &EventFd {
+        self.irq.eventfd()
+    }
+
+    /// The device status register (for tests and diagnostics).
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Called by the event loop when queue `queue` was notified (or host
+    /// input for it is waiting). A guest error marks the device as needing
+    /// a reset; it is logged once, then the device stays quiet until reset.
+    pub fn process_queue(&mut self, queue: usize) {
+        if !self.active || self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            return;
+        }
+        if let Err(e) = self.device.process_queue(queue) {
+            warn!(
+                device = self.device.device_type(),
+                "guest error, device needs reset: {e}"
+            );
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            let _ = self.irq.trigger(INT_CONFIG);
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            return None; // queue setup is frozen once running
+        }
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// A driver read of `data.len()` bytes at `offset` in the window.
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= R_CONFIG {
+            self.device.read_config(offset - R_CONFIG, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return; // registers are 32-bit only
+        }
+        let q = self.queues.get(self.queue_select as usize);
+        let value = match offset {
+            R_MAGIC => MAGIC,
+            R_VERSION => VERSION,
+            R_DEVICE_ID => self.device.device_type(),
+            R_VENDOR_ID => VENDOR,
+            R_DEVICE_FEATURES => match self.device_features_select {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            R_QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
+            R_QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
+            R_INTERRUPT_STATUS => self.irq.status(),
+            R_STATUS => self.status,
+            R_CONFIG_GENERATION => 0,
+            _ => 0,
+        };
+        data.copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// A driver write of `data` at `offset` in the window.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= R_CONFIG {
+            self.device.write_config(offset - R_CONFIG, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return; // registers are 32-bit only
+        };
+        let v = u32::from_le_bytes(bytes);
+        // Features may change only before FEATURES_OK; queues only before
+        // DRIVER_OK (selected_queue enforces the latter).
+        let negotiating = self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
+        match offset {
+            R_DEVICE_FEATURES_SEL => self.device_features_select = v,
+            R_DRIVER_FEATURES_SEL => self.driver_features_select = v,
+            R_DRIVER_FEATURES if negotiating => match self.driver_features_select {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                }
+                _ => {}
+            },
+            R_QUEUE_SEL => self.queue_select = v,
+            R_QUEUE_NUM => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(v as u16);
+                    if u32::from(q.size()) != v {
+                        self.bad_queue_size = true;
+                    }
+                }
+            }
+            R_QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            R_QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            R_QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            R_QUEUE_DRIVER_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            R_QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            R_QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            R_QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            R_QUEUE_NOTIFY => {
+                // Normally caught by the ioeventfd; without one, process here.
+                self.process_queue(v as usize);
+            }
+            R_INTERRUPT_ACK => self.irq.ack(v),
+            R_STATUS => self.set_status(v),
+            _ => {}
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.selected_queue() {
+            f(q);
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let added = v & !self.status;
+        if v & self.status != self.status {
+            return; // bits may only be added, except by a reset
+        }
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            let acceptable = self.driver_features & !offered == 0
+                && self.driver_features & super::BASE_FEATURES != 0;
+            if !acceptable {
+                // Leave FEATURES_OK unset: the driver reads it back and fails.
+                self.status = v & !VIRTIO_CONFIG_S_FEATURES_OK;
+                return;
+            }
+        }
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.activate() {
+            self.status = v | VIRTIO_CONFIG_S_NEEDS_RESET;
+            let _ = self.irq.trigger(INT_CONFIG);
+            return;
+        }
+        self.status = v;
+    }
+
+    fn activate(&mut self) -> bool {
+        let order =
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        if self.status & order != order || self.status & VIRTIO_CONFIG_S_FAILED != 0 {
+            warn!(device = self.device.device_type(), "DRIVER_OK out of order");
+            return false;
+        }
+        if self.bad_queue_size {
+            warn!(
+                device = self.device.device_type(),
+                "a queue size was invalid"
+            );
+            return false;
+        }
+        if let Some(i) = self
+            .queues
+            .iter()
+            .position(|q| q.ready() && !q.is_valid(&self.mem))
+        {
+            warn!(device = self.device.device_type(), "queue {i} is not valid");
+            return false;
+        }
+        // The device gets its own copies; the transport keeps the originals
+        // so the registers still read back what the driver set.
+        let queues = match self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(q) => q,
+            Err(e) => {
+                warn!(
+                    device = self.device.device_type(),
+                    "queue set-up is invalid: {e}"
+                );
+                return false;
+            }
+        };
+        let activation = Activation {
+            mem: self.mem.clone(),
+            irq: self.irq.clone(),
+            queues,
+            features: self.driver_features,
+        };
+        match self.device.activate(activation) {
+            Ok(()) => {
+                self.active = true;
+                true
+            }
+            Err(e) => {
+                warn!(device = self.device.device_type(), "cannot activate: {e}");
+                false
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        self.queues = self.fresh_queues();
+        self.active = false;
+        self.bad_queue_size = false;
+        self.status = 0;
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.irq.ack(u32::MAX);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::virtio::rng::Rng;
+    use crate::virtio::test_util::mem;
+    use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+
+    pub fn read32(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub fn write32(t: &mut MmioTransport, offset: u64, v: u32) {
+        t.write(offset, &v.to_le_bytes());
+    }
+
+    /// Drives the register sequence a Linux driver uses, with queue 0 at
+    /// the given guest addresses and size.
+    pub fn bring_up(t: &mut MmioTransport, size: u32, desc: u64, avail: u64, used: u64) {
+        write32(t, R_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write32(
+            t,
+            R_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        write32(t, R_DRIVER_FEATURES_SEL, 1);
+        write32(t, R_DRIVER_FEATURES, 1); // VERSION_1
+        write32(t, R_DRIVER_FEATURES_SEL, 0);
+        write32(t, R_DRIVER_FEATURES, 0);
+        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        write32(t, R_STATUS, s);
+        for q in 0..t.queues.len() as u32 {
+            write32(t, R_QUEUE_SEL, q);
+            write32(t, R_QUEUE_NUM, size);
+            let off = u64::from(q) * 0x1000;
+            write32(t, R_QUEUE_DESC_LOW, (desc + off) as u32);
+            write32(t, R_QUEUE_DESC_HIGH, ((desc + off) >> 32) as u32);
+            write32(t, R_QUEUE_DRIVER_LOW, (avail + off) as u32);
+            write32(t, R_QUEUE_DRIVER_HIGH, ((avail + off) >> 32) as u32);
+            write32(t, R_QUEUE_DEVICE_LOW, (used + off) as u32);
+            write32(t, R_QUEUE_DEVICE_HIGH, ((used + off) >> 32) as u32);
+            write32(t, R_QUEUE_READY, 1);
+        }
+        write32(t, R_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+    }
+
+    fn rng_transport() -> MmioTransport {
+        let rng = Rng::new().unwrap();
+        MmioTransport::new(mem(), Box::new(rng), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn identity_registers() {
+        let mut t = rng_transport();
+        assert_eq!(read32(&mut t, R_MAGIC), MAGIC);
+        assert_eq!(read32(&mut t, R_VERSION), 2);
+        assert_eq!(read32(&mut t, R_DEVICE_ID), VIRTIO_ID_RNG);
+        write32(&mut t, R_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(read32(&mut t, R_DEVICE_FEATURES), 1, "VERSION_1 offered");
+        write32(&mut t, R_QUEUE_SEL, 0);
+        assert_eq!(read32(&mut t, R_QUEUE_NUM_MAX), 256);
+        // Narrow reads of registers read as zero rather than panic.
+        let mut b = [0xffu8; 2];
+        t.read(R_MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn activates_with_valid_queues() {
+        let mut t = rng_transport();
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        assert_eq!(
+            t.status() & VIRTIO_CONFIG_S_DRIVER_OK,
+            VIRTIO_CONFIG_S_DRIVER_OK
+        );
+        assert_eq!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert!(t.active);
+    }
+
+    #[test]
+    fn refuses_unoffered_features() {
+        let mut t = rng_transport();
+        write32(
+            &mut t,
+            R_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        write32(&mut t, R_DRIVER_FEATURES_SEL, 1);
+        write32(&mut t, R_DRIVER_FEATURES, 1 | 1 << 4); // VERSION_1 + an unoffered bit
+        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        write32(&mut t, R_STATUS, s);
+        assert_eq!(read32(&mut t, R_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn legacy_driver_without_version_1_is_refused() {
+        let mut t = rng_transport();
+        write32(
+            &mut t,
+            R_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        write32(&mut t, R_STATUS, s);
+        assert_eq!(read32(&mut t, R_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn queue_size_not_a_power_of_two_needs_reset() {
+        let mut t = rng_transport();
+        bring_up(&mut t, 12, 0x1000, 0x2000, 0x3000);
+        assert!(!t.active);
+        assert_ne!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_ne!(read32(&mut t, R_INTERRUPT_STATUS) & INT_CONFIG, 0);
+    }
+
+    #[test]
+    fn queue_outside_guest_memory_needs_reset() {
+        let mut t = rng_transport();
+        bring_up(&mut t, 16, 0xfff_f000_0000, 0x2000, 0x3000);
+        assert!(!t.active);
+        assert_ne!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_needs_reset() {
+        let mut t = rng_transport();
+        write32(&mut t, R_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write32(
+            &mut t,
+            R_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+        assert!(!t.active);
+        assert_ne!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn reset_returns_to_the_start() {
+        let mut t = rng_transport();
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        write32(&mut t, R_STATUS, 0);
+        assert_eq!(read32(&mut t, R_STATUS), 0);
+        assert!(!t.active);
+        write32(&mut t, R_QUEUE_SEL, 0);
+        assert_eq!(read32(&mut t, R_QUEUE_READY), 0);
+        // And it comes up again.
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        assert!(t.active);
+    }
+
+    #[test]
+    fn queue_setup_is_frozen_after_driver_ok() {
+        let mut t = rng_transport();
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        write32(&mut t, R_QUEUE_SEL, 0);
+        write32(&mut t, R_QUEUE_READY, 0);
+        assert_eq!(read32(&mut t, R_QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn stray_accesses_are_harmless() {
+        let mut t = rng_transport();
+        for off in (0..0x200).step_by(4) {
+            write32(&mut t, off, 0xdead_beef);
+            let _ = read32(&mut t, off);
+        }
+        write32(&mut t, R_QUEUE_SEL, 99);
+        write32(&mut t, R_QUEUE_NUM, 8);
+        assert_eq!(read32(&mut t, R_QUEUE_NUM_MAX), 0);
+        t.process_queue(7);
+    }
+}

@@ -1,0 +1,190 @@
+//! The virtio device model shared by every device.
+
+pub mod block;
+pub mod console;
+pub mod mmio;
+pub mod rng;
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices see it.
+pub type Mem = GuestMemoryMmap;
+
+/// Interrupt status bits (virtio-mmio `InterruptStatus`).
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// Feature bits every husk device offers: modern virtio only.
+pub const BASE_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1;
+
+/// A device's interrupt: status bits the driver reads and acknowledges over
+/// MMIO, and an eventfd the VMM registers as a KVM irqfd.
+#[derive(Debug)]
+pub struct IrqLine {
+    status: AtomicU32,
+    evt: EventFd,
+}
+
+impl IrqLine {
+    pub fn new(evt: EventFd) -> Self {
+        IrqLine {
+            status: AtomicU32::new(0),
+            evt,
+        }
+    }
+
+    /// Raises the interrupt for `kind` ([`INT_VRING`] or [`INT_CONFIG`]).
+    pub fn trigger(&self, kind: u32) -> io::Result<()> {
+        self.status.fetch_or(kind, Ordering::SeqCst);
+        self.evt.write(1)
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// What a device gets when the driver sets `DRIVER_OK`.
+pub struct Activation {
+    pub mem: Mem,
+    pub irq: Arc<IrqLine>,
+    pub queues: Vec<Queue>,
+    /// The features the driver acknowledged.
+    pub features: u64,
+}
+
+/// A device's life: set up by the driver, or running with its queues.
+pub enum DeviceState {
+    Inactive,
+    Active(Activation),
+}
+
+impl DeviceState {
+    /// Runs `f` with the active state; does nothing while inactive (a kick
+    /// before `DRIVER_OK` is the driver's mistake and is ignored).
+    pub fn with_active<T>(
+        &mut self,
+        f: impl FnOnce(&mut Activation) -> Result<T, DeviceError>,
+    ) -> Result<Option<T>, DeviceError> {
+        match self {
+            DeviceState::Inactive => Ok(None),
+            DeviceState::Active(a) => f(a).map(Some),
+        }
+    }
+}
+
+/// Errors in what the guest put in a queue. The transport answers them by
+/// marking the device `DEVICE_NEEDS_RESET`; they never stop the VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("queue {queue}: {source}")]
+    Queue {
+        queue: usize,
+        #[source]
+        source: virtio_queue::Error,
+    },
+    #[error("descriptor chain {head}: {reason}")]
+    Chain { head: u16, reason: String },
+    #[error("cannot signal the guest")]
+    Interrupt(#[source] io::Error),
+}
+
+/// Why a device could not start with what the driver set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+}
+
+/// One virtio device, behind the MMIO transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits offered to the driver.
+    fn features(&self) -> u64;
+    /// Reads the device-specific config space at `offset`; bytes past its
+    /// end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes to the config space; husk's devices have no writable fields.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts the device with the queues the driver set up.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops the device and returns it to its initial state.
+    fn reset(&mut self);
+    /// Handles the driver's notification that queue `queue` has new buffers
+    /// (or, for a device with host input, that input is waiting).
+    fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError>;
+}
+
+/// Checks the queue count and readiness every device needs at activation.
+pub(crate) fn check_queues(queues: &[Queue], expected: usize) -> Result<(), ActivateError> {
+    if queues.len() != expected {
+        return Err(ActivateError::QueueCount {
+            expected,
+            got: queues.len(),
+        });
+    }
+    match queues.iter().position(|q| !q.ready()) {
+        Some(i) => Err(ActivateError::QueueNotReady(i)),
+        None => Ok(()),
+    }
+}
+
+/// Signals the guest if the queue asks for it (event index aware).
+pub(crate) fn notify(a: &mut Activation, queue: usize) -> Result<(), DeviceError> {
+    let needs = a.queues[queue]
+        .needs_notification(&a.mem)
+        .map_err(|source| DeviceError::Queue { queue, source })?;
+    if needs {
+        a.irq.trigger(INT_VRING).map_err(DeviceError::Interrupt)?;
+    }
+    Ok(())
+}
+
+/// Copies `config` at `offset` into `data`, zero past its end.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < config.len() {
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    pub fn mem() -> Mem {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    pub fn irq() -> Arc<IrqLine> {
+        Arc::new(IrqLine::new(
+            EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
+        ))
+    }
+}
