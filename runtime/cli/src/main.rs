@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Boot a kernel with husk's VMM and exit with the guest's status
+    Run(commands::run::Args),
     /// Check appliance files and report every problem with its file:line:column
     Validate(commands::validate::Args),
     /// Build or locate husk's guest kernel
@@ -27,15 +29,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(args, started),
         Command::Validate(args) => commands::validate::run(args),
         Command::Kernel(cmd) => commands::kernel::run(cmd),
     };

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod guest;
+pub mod husk;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

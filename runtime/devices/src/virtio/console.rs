@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
@@ -24,6 +25,8 @@ pub type ConsoleInput = Arc<Mutex<VecDeque<u8>>>;
 pub struct Console {
     output: Box<dyn Write + Send>,
     input: ConsoleInput,
+    /// Set once the guest has written to the console.
+    transmitted: Arc<AtomicBool>,
     state: DeviceState,
 }
 
@@ -32,6 +35,7 @@ impl Console {
         Console {
             output,
             input: Arc::default(),
+            transmitted: Arc::default(),
             state: DeviceState::Inactive,
         }
     }
@@ -39,6 +43,11 @@ impl Console {
     /// The buffer the VMM fills with host input.
     pub fn input(&self) -> ConsoleInput {
         self.input.clone()
+    }
+
+    /// Becomes true once the guest has written anything to the console.
+    pub fn transmitted(&self) -> Arc<AtomicBool> {
+        self.transmitted.clone()
     }
 }
 
@@ -50,14 +59,20 @@ fn chain_err(head: u16) -> impl FnOnce(virtio_queue::Error) -> DeviceError {
 }
 
 impl Console {
-    fn transmit(output: &mut dyn Write, a: &mut Activation) -> Result<(), DeviceError> {
+    fn transmit(
+        output: &mut dyn Write,
+        transmitted: &AtomicBool,
+        a: &mut Activation,
+    ) -> Result<(), DeviceError> {
         let mem = a.mem.clone();
         while let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&mem) {
             let head = chain.head_index();
             let mut r: Reader = chain.reader(&mem).map_err(chain_err(head))?;
             // A host output that fails (closed pipe) drops the bytes; the
             // guest must not stall on it.
-            let _ = io::copy(&mut r, output);
+            if io::copy(&mut r, output).is_ok_and(|n| n > 0) {
+                transmitted.store(true, Ordering::Release);
+            }
             a.queues[TX_QUEUE]
                 .add_used(&mem, head, 0)
                 .map_err(|source| DeviceError::Queue {
@@ -131,9 +146,10 @@ impl VirtioDevice for Console {
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
         let output = &mut self.output;
         let input = &self.input;
+        let transmitted = &self.transmitted;
         self.state
             .with_active(|a| match queue {
-                TX_QUEUE => Console::transmit(output.as_mut(), a),
+                TX_QUEUE => Console::transmit(output.as_mut(), transmitted, a),
                 RX_QUEUE => Console::receive(input, a),
                 _ => Ok(()),
             })
@@ -202,8 +218,10 @@ mod tests {
             0,
         )
         .unwrap();
+        assert!(!c.transmitted().load(Ordering::Acquire));
         c.process_queue(TX_QUEUE).unwrap();
         assert_eq!(&*sink.0.lock().unwrap(), b"hello, world\n");
+        assert!(c.transmitted().load(Ordering::Acquire));
     }
 
     #[test]

@@ -315,6 +315,11 @@ impl MmioTransport {
         match self.device.activate(activation) {
             Ok(()) => {
                 self.active = true;
+                // Buffers the driver queued (and kicked) before DRIVER_OK
+                // were ignored: have the event loop look at every queue once.
+                for evt in &self.queue_evts {
+                    let _ = evt.write(1);
+                }
                 true
             }
             Err(e) => {

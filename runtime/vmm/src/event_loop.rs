@@ -1,0 +1,162 @@
+//! The VMM thread's event loop (rust-vmm `event-manager` over epoll): queue
+//! notifications from the guest (KVM ioeventfds), host console input, and
+//! the stop event a vCPU raises when the guest shuts down.
+
+use std::fs::File;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use devices::virtio::console::{ConsoleInput, RX_QUEUE};
+use devices::virtio::mmio::MmioTransport;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use tracing::warn;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Dispatches one device's queue notifications; the event data is the
+/// queue index.
+pub struct QueueKicks(pub Arc<Mutex<MmioTransport>>);
+
+impl MutEventSubscriber for QueueKicks {
+    fn init(&mut self, ops: &mut EventOps) {
+        let t = lock(&self.0);
+        for (i, evt) in t.queue_evts().iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                warn!("cannot watch queue {i} of device {}: {e}", t.device_type());
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let queue = events.data() as usize;
+        let mut t = lock(&self.0);
+        if let Some(evt) = t.queue_evts().get(queue) {
+            let _ = evt.read();
+        }
+        t.process_queue(queue);
+    }
+}
+
+/// How often held input is looked at again while the guest is not ready.
+const RECHECK: Duration = Duration::from_millis(10);
+
+/// Host input for the console (husk's stdin), handed to the device once the
+/// guest can take it. Linux's virtio-console drops input that arrives
+/// before a console port is connected and its tty open (`in_intr`), and
+/// without the multiport control queue the device cannot see that moment;
+/// so input waits until `ready()` says the guest has its console open.
+/// Stops watching at end of input.
+pub struct ConsoleIn {
+    input: File,
+    buffer: ConsoleInput,
+    console: Arc<Mutex<MmioTransport>>,
+    ready: Box<dyn Fn() -> bool + Send>,
+    /// Input read before the guest was ready.
+    pending: Vec<u8>,
+    timer: TimerFd,
+}
+
+impl ConsoleIn {
+    pub fn new(
+        input: File,
+        buffer: ConsoleInput,
+        console: Arc<Mutex<MmioTransport>>,
+        ready: Box<dyn Fn() -> bool + Send>,
+    ) -> std::io::Result<Self> {
+        Ok(ConsoleIn {
+            input,
+            buffer,
+            console,
+            ready,
+            pending: Vec::new(),
+            timer: TimerFd::new()?,
+        })
+    }
+
+    /// Delivers pending input if the guest is ready, else looks again soon.
+    fn deliver(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if !(self.ready)() {
+            if let Err(e) = self.timer.reset(RECHECK, None) {
+                warn!("cannot arm the console input timer: {e}");
+            }
+            return;
+        }
+        self.buffer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(self.pending.drain(..));
+        lock(&self.console).process_queue(RX_QUEUE);
+    }
+}
+
+impl MutEventSubscriber for ConsoleIn {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(&self.timer, TIMER, EventSet::IN)) {
+            warn!("cannot watch the console input timer: {e}");
+        }
+        if ops
+            .add(Events::with_data(&self.input, INPUT, EventSet::IN))
+            .is_ok()
+        {
+            return;
+        }
+        // epoll refuses regular files and /dev/null: such input is all
+        // there already, so take it whole.
+        match self.input.read_to_end(&mut self.pending) {
+            Ok(_) => self.deliver(),
+            Err(e) => warn!("cannot read console input: {e}"),
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == TIMER {
+            let _ = self.timer.wait();
+            self.deliver();
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        match self.input.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                self.pending.extend_from_slice(&buf[..n]);
+                self.deliver();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => {
+                // End of input (or an error): nothing more will come.
+                let _ = ops.remove(events);
+            }
+        }
+    }
+}
+
+const INPUT: u32 = 0;
+const TIMER: u32 = 1;
+
+/// Watches the stop event raised by a vCPU.
+pub struct StopWatch {
+    pub evt: EventFd,
+    pub stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            warn!("cannot watch the stop event: {e}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stopped.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,432 @@
+//! husk's VMM: one KVM micro-VM with virtio-mmio devices only.
+//!
+//! [`run`] builds the VM from a plain [`VmConfig`] (this crate knows no TOML
+//! and no OCI), boots it, serves its devices on the calling thread's event
+//! loop while one thread per vCPU runs the guest, and returns when the guest
+//! shuts down (Linux with `reboot=t` triple-faults, a clean KVM exit).
+
+pub mod boot;
+pub mod control;
+pub mod cpu;
+mod event_loop;
+pub mod layout;
+pub mod mptable;
+mod vcpu;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::virtio::block::Block;
+use devices::virtio::console::Console;
+use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, NOTIFY_OFFSET};
+use devices::virtio::rng::Rng;
+use devices::virtio::VirtioDevice;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+pub use control::Phase;
+use layout::*;
+use vcpu::{Shared, Stop};
+
+/// Everything the VMM needs to run one VM.
+pub struct VmConfig {
+    pub cpus: u8,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Kernel arguments after husk's own (console, reboot, devices).
+    pub cmdline: String,
+    /// Block devices in order: `/dev/vda`, `/dev/vdb`, ...
+    pub disks: Vec<DiskConfig>,
+    /// Where the guest's console output goes.
+    pub console_output: Box<dyn Write + Send>,
+    /// Host input for the guest's console, if any.
+    pub console_input: Option<File>,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// When the process started, for the timings.
+    pub started: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest shut down; `status` is what it reported on the control
+    /// port, if anything.
+    Shutdown { status: Option<u8> },
+    /// The guest was still running when the timeout passed.
+    Timeout,
+}
+
+/// The end of a run and when each phase was reached.
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit: VmExit,
+    pub timings: Vec<(Phase, Duration)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(
+        "/dev/kvm does not exist: KVM is not available here (enable virtualization in \
+         the firmware and load kvm_intel or kvm_amd)"
+    )]
+    NoKvm,
+    #[error("no permission to open /dev/kvm: add your user to the kvm group, or run as root")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    #[error("{0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("cannot open the kernel {}", path.display())]
+    KernelOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a kernel husk can boot: {why}", path.display())]
+    NotAKernel { path: PathBuf, why: String },
+    #[error("cannot open the initrd {}", path.display())]
+    InitrdOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the initrd ({size} bytes) does not fit in {} MiB of guest memory; give the VM more memory", ram >> 20)]
+    InitrdTooLarge { size: u64, ram: u64 },
+    #[error("cannot open the disk {}", path.display())]
+    DiskOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the disk {} is in use by another VM (it is locked)", path.display())]
+    DiskLocked { path: PathBuf },
+    #[error("too many devices: {0} (at most {max})", max = LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1)]
+    TooManyDevices(usize),
+    #[error("{0} MiB of memory is too small for the kernel; give the VM more memory")]
+    MemoryTooSmall(u64),
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error("guest memory: {0}")]
+    GuestMemory(String),
+    #[error("setting up the VM: {0}")]
+    Setup(String),
+    #[error("{0}")]
+    Guest(String),
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+/// Whether this host's `/dev/kvm` is served by PVM, which cannot boot an
+/// ordinary Linux guest.
+pub fn host_kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Husk's own kernel arguments: the console on hvc0, reboot by triple
+/// fault (a clean KVM exit), reboot at once on panic.
+const BASE_CMDLINE: &str = "console=hvc0 reboot=t panic=-1";
+
+/// Builds and runs the VM until the guest shuts down or the timeout passes.
+pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
+    let started = cfg.started;
+    let report_started = started;
+    let kvm = Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => VmmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmmError::KvmPermission,
+        _ => VmmError::KvmOpen(e),
+    })?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(0xfffb_d000)
+        .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+    let report = control::GuestReport::new(report_started);
+    report.mark_vmm(Phase::VmCreated, started);
+
+    let ram = cfg.memory_mib << 20;
+    let mem = guest_memory(&vm, ram)?;
+    report.mark_vmm(Phase::MemoryReady, started);
+
+    // Devices: the console, the disks, then entropy.
+    let console = Console::new(std::mem::replace(
+        &mut cfg.console_output,
+        Box::new(std::io::sink()),
+    ));
+    let console_buffer = console.input();
+    let console_transmitted = console.transmitted();
+    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console)];
+    for (i, d) in cfg.disks.iter().enumerate() {
+        devices.push(Box::new(open_disk(d, i)?));
+    }
+    devices.push(Box::new(Rng::new().map_err(io("opening /dev/urandom"))?));
+    if devices.len() > (LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1) as usize {
+        return Err(VmmError::TooManyDevices(devices.len()));
+    }
+
+    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| VmmError::Cmdline(e.to_string()))?;
+    cmdline
+        .insert_str(BASE_CMDLINE)
+        .map_err(|e| VmmError::Cmdline(e.to_string()))?;
+    let mut bus = vcpu::MmioBus::default();
+    let mut transports = Vec::new();
+    for (i, dev) in devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE;
+        let irq = FIRST_DEVICE_IRQ + i as u32;
+        let t = attach(&vm, &mem, dev, base, irq)?;
+        cmdline
+            .add_virtio_mmio_device(MMIO_SIZE, GuestAddress(base), irq, None)
+            .map_err(|e| VmmError::Cmdline(e.to_string()))?;
+        bus.insert(base, t.clone());
+        transports.push(t);
+    }
+    if !cfg.cmdline.trim().is_empty() {
+        cmdline
+            .insert_str(cfg.cmdline.trim())
+            .map_err(|e| VmmError::Cmdline(e.to_string()))?;
+    }
+
+    let (entry, zero_page) = boot::load_kernel(&mem, &cfg.kernel).map_err(|e| match e {
+        VmmError::NotAKernel { ref why, .. }
+            if why.contains("past the end") || why.contains("guest memory") =>
+        {
+            VmmError::MemoryTooSmall(cfg.memory_mib)
+        }
+        e => e,
+    })?;
+    let initrd = cfg
+        .initrd
+        .as_ref()
+        .map(|p| boot::load_initrd(&mem, p, ram))
+        .transpose()?;
+    boot::write_boot_info(&mem, entry, zero_page, &cmdline, initrd, ram)?;
+    mptable::write(&mem, cfg.cpus)
+        .map_err(|e| VmmError::GuestMemory(format!("writing the MP table: {e}")))?;
+    report.mark_vmm(Phase::KernelLoaded, started);
+
+    let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
+    let shared = Arc::new(Shared {
+        bus,
+        report,
+        stop: Mutex::new(None),
+        stop_evt: stop_evt.try_clone().map_err(io("cloning an eventfd"))?,
+        exiting: AtomicBool::new(false),
+    });
+
+    // The event loop, before any vCPU runs.
+    let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(|e| VmmError::Setup(format!("event loop: {e}")))?;
+    let stopped = Arc::new(AtomicBool::new(false));
+    events.add_subscriber(Arc::new(Mutex::new(event_loop::StopWatch {
+        evt: stop_evt,
+        stopped: stopped.clone(),
+    })));
+    for t in &transports {
+        events.add_subscriber(Arc::new(Mutex::new(event_loop::QueueKicks(t.clone()))));
+    }
+    if let Some(input) = cfg.console_input.take() {
+        // Host input flows once the guest has its console open: husk's init
+        // says so on the control port; another init shows it by writing.
+        let guest = shared.clone();
+        let ready = Box::new(move || {
+            guest.report.init_running() || console_transmitted.load(Ordering::Acquire)
+        });
+        let console_in =
+            event_loop::ConsoleIn::new(input, console_buffer, transports[0].clone(), ready)
+                .map_err(io("creating a timerfd"))?;
+        events.add_subscriber(Arc::new(Mutex::new(console_in)));
+    }
+
+    // vCPUs: all created and set up, then started.
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| VmmError::Setup(format!("vCPU kick signal: {e}")))?;
+    let cpuid = cpu::supported_cpuid(&kvm)?;
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
+        cpu::setup_vcpu(&fd, &mem, &cpu::cpuid_for(&cpuid, id, cfg.cpus), id, entry)?;
+        vcpus.push(fd);
+    }
+    let mut threads = Vec::new();
+    for (id, fd) in vcpus.into_iter().enumerate() {
+        threads.push(
+            vcpu::spawn(id as u8, fd, shared.clone(), started)
+                .map_err(io("starting a vCPU thread"))?,
+        );
+    }
+
+    let deadline = cfg.timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
+    while !stopped.load(Ordering::Acquire) {
+        let wait_ms = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    timed_out = true;
+                    break;
+                }
+                left.as_millis().min(i32::MAX as u128) as i32
+            }
+            None => -1,
+        };
+        events
+            .run_with_timeout(wait_ms)
+            .map_err(|e| VmmError::Setup(format!("event loop: {e}")))?;
+    }
+
+    // Stop every vCPU thread: flag, then kick each out of KVM_RUN until it
+    // has left (a kick can land just before it re-enters the guest).
+    shared.exiting.store(true, Ordering::Release);
+    for t in &threads {
+        for _ in 0..200 {
+            if t.is_finished() {
+                break;
+            }
+            let _ = t.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for t in threads {
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+
+    let stop = shared
+        .stop
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let exit = match stop {
+        _ if timed_out => VmExit::Timeout,
+        Some(Stop::Failed(why)) => return Err(VmmError::Guest(why)),
+        Some(Stop::Shutdown) | None => VmExit::Shutdown {
+            status: shared.report.status(),
+        },
+    };
+    Ok(Outcome {
+        exit,
+        timings: shared.report.marks(),
+    })
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only interrupts KVM_RUN (EINTR); the vCPU loop then sees `exiting`.
+}
+
+/// Guest RAM, registered with KVM slot by slot.
+fn guest_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| VmmError::GuestMemory(format!("allocating {} MiB: {e}", size >> 20)))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: `host` is the start of a live mapping of `region.len()`
+        // bytes owned by `mem`, which outlives the VM's use of it: the VM
+        // file descriptor is dropped before `mem` at the end of `run`, and
+        // the mapping is never resized or unmapped while the VM exists.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(mem)
+}
+
+/// Opens a disk with the access it needs and locks it: exclusively when
+/// writable, shared when read-only.
+fn open_disk(d: &DiskConfig, index: usize) -> Result<Block, VmmError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!d.readonly)
+        .open(&d.path)
+        .map_err(|source| VmmError::DiskOpen {
+            path: d.path.clone(),
+            source,
+        })?;
+    let locked = if d.readonly {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
+    };
+    if locked.is_err() {
+        return Err(VmmError::DiskLocked {
+            path: d.path.clone(),
+        });
+    }
+    Block::new(
+        file,
+        d.readonly,
+        &format!("husk-vd{}", (b'a' + index as u8) as char),
+    )
+    .map_err(|source| VmmError::DiskOpen {
+        path: d.path.clone(),
+        source,
+    })
+}
+
+/// Puts a device behind a transport at `base`, with its interrupt on an
+/// irqfd and each queue's notification on an ioeventfd.
+fn attach(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    dev: Box<dyn VirtioDevice>,
+    base: u64,
+    irq: u32,
+) -> Result<Arc<Mutex<MmioTransport>>, VmmError> {
+    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
+    let t = MmioTransport::new(mem.clone(), dev, irq_evt).map_err(io("creating an eventfd"))?;
+    vm.register_irqfd(t.irq_evt(), irq)
+        .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
+    for (i, evt) in t.queue_evts().iter().enumerate() {
+        vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), i as u32)
+            .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
+    }
+    Ok(Arc::new(Mutex::new(t)))
+}

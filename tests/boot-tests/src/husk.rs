@@ -1,0 +1,105 @@
+//! Running the `husk` binary the workspace built, as a user would.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `husk` binary next to this test binary (`target/<profile>/husk`).
+pub fn husk_bin() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/deps/boot-<hash>, or target/<profile>/bench-kernel
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("husk");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "no husk binary next to {}; build it first (cargo build -p cli)",
+        exe.display()
+    ))
+}
+
+/// What one `husk run` did.
+#[derive(Debug)]
+pub struct HuskRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl HuskRun {
+    /// A failure message with everything needed to see why.
+    pub fn explain(&self, what: &str) -> String {
+        format!(
+            "{what}\n--- exit: {:?} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
+    }
+
+    /// The value of the first `name=value` line of the guest's output.
+    pub fn field(&self, name: &str) -> Option<String> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    }
+}
+
+/// Runs `husk run ARGS` with `stdin` as input, killed after `limit`.
+pub fn husk_run(args: &[&str], stdin: &[u8], limit: Duration) -> Result<HuskRun, String> {
+    let bin = husk_bin()?;
+    let start = Instant::now();
+    let mut child = Command::new(&bin)
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut input = child.stdin.take().expect("piped stdin");
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        // Only a real timeout kills (the child is still ours then); the
+        // VMM's own --timeout should have fired long before this.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    });
+    let out = child.wait_with_output().map_err(|e| e.to_string());
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let _ = feeder.join();
+    let out = out?;
+    Ok(HuskRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Compiles the guest's status reporter (`guest/husk-report.c`) statically
+/// into `dir`.
+pub fn report_tool(dir: &Path) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/husk-report.c");
+    let out = dir.join("husk-report");
+    let status = Command::new("cc")
+        .args(["-static", "-Os", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .map_err(|e| format!("cc: {e} (install build-essential: ci/setup)"))?;
+    if !status.success() {
+        return Err(format!("cc failed on {}", src.display()));
+    }
+    Ok(out)
+}
