@@ -148,28 +148,19 @@ pub fn config_hash() -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cached default kernel: built from `source` if that version is in the
-/// cache, else the newest cached build of husk's current configuration.
-pub fn find(cache: &Path, source: &Source) -> Result<Kernel, KernelError> {
+/// The cached default kernel: the newest build of husk's current
+/// configuration. Only the cache is read (no package queries), since every
+/// `husk run` looks it up; `husk kernel build` is what ties a build to a
+/// source version.
+pub fn find(cache: &Path) -> Result<Kernel, KernelError> {
     let kernels = cache.join("kernels");
     let hash = config_hash();
-    if let Ok(version) = source_version(source) {
-        let k = Kernel {
-            dir: kernels.join(format!("{version}-{hash}")),
-        };
-        if k.vmlinux().is_file() {
-            return Ok(k);
-        }
-    }
+    let suffix = format!("-{hash}");
     let newest = fs::read_dir(&kernels)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .ends_with(&format!("-{hash}"))
-        })
+        .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
         .map(|e| Kernel { dir: e.path() })
         .filter(|k| k.vmlinux().is_file())
         .max_by_key(|k| fs::metadata(k.vmlinux()).and_then(|m| m.modified()).ok());
@@ -482,7 +473,7 @@ mod tests {
     #[test]
     fn find_reports_not_built_with_the_command_to_run() {
         let cache = tempfile::tempdir().unwrap();
-        let err = find(cache.path(), &Source::Tarball("/nonexistent".into())).unwrap_err();
+        let err = find(cache.path()).unwrap_err();
         assert!(err.to_string().contains("run `husk kernel build`"), "{err}");
     }
 
@@ -499,7 +490,7 @@ mod tests {
         let other = cache.path().join("kernels/6.1.1-1-000000000000");
         fs::create_dir_all(&other).unwrap();
         fs::write(other.join("vmlinux"), b"\x7fELF").unwrap();
-        let k = find(cache.path(), &Source::Tarball("/nonexistent".into())).unwrap();
+        let k = find(cache.path()).unwrap();
         assert_eq!(k.dir, dir);
     }
 }

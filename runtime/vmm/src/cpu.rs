@@ -4,17 +4,27 @@
 use kvm_bindings::{
     kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::Entry;
 use crate::layout::*;
 use crate::VmmError;
 
-/// The host's supported CPUID, read once per VM.
+/// The host's supported CPUID, read once per VM, plus the TSC-deadline
+/// timer: KVM emulates it but leaves it out of `KVM_GET_SUPPORTED_CPUID`.
+/// Without it Linux calibrates its LAPIC timer against the PIT (slow, and
+/// under nested virtualization it fails and the guest ticks on the PIT).
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmmError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        for e in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 1) {
+            e.ecx |= 1 << 24;
+        }
+    }
+    Ok(cpuid)
 }
 
 /// CPUID for vCPU `id` of `count`: the host's supported features, marked

@@ -123,5 +123,18 @@ pub fn rerun_in_testbed(script: &Path) -> ExitCode {
 /// husk's cached guest kernel, or why there is none.
 pub fn husk_kernel() -> Result<builder::kernel::Kernel, String> {
     let cache = builder::cache::root().map_err(|e| e.to_string())?;
-    builder::kernel::find(&cache, &builder::kernel::Source::default()).map_err(|e| e.to_string())
+    builder::kernel::find(&cache).map_err(|e| e.to_string())
+}
+
+/// (median, min, max) of a non-empty sample.
+pub fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (median, s[0], s[n - 1])
 }

@@ -88,12 +88,10 @@ fn husk_initramfs(dir: &Path, init: &str) -> Result<PathBuf, Failed> {
     )?)
 }
 
-/// `husk run` of husk's kernel with `initrd` and extra arguments.
+/// `husk run` of husk's default kernel with `initrd` and extra arguments.
 fn husk_boot(initrd: &Path, extra: &[&str], stdin: &[u8]) -> Result<HuskRun, Failed> {
-    let kernel = husk_kernel()?.vmlinux();
+    husk_kernel()?; // fail early, and clearly, when there is none
     let mut args = vec![
-        "--kernel",
-        kernel.to_str().unwrap(),
         "--initrd",
         initrd.to_str().unwrap(),
         "--cmdline",
@@ -238,15 +236,7 @@ fn husk_run_boots_debian_bzimage_with_initrd() -> Result<(), Failed> {
 fn husk_run_timeout_stops_a_hung_guest() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let initrd = husk_initramfs(dir.path(), "echo hanging\nwhile true; do sleep 1; done")?;
-    let kernel = husk_kernel()?.vmlinux();
-    let args = [
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--timeout",
-        "15",
-    ];
+    let args = ["--initrd", initrd.to_str().unwrap(), "--timeout", "15"];
     let run = husk_run(&args, b"", LIMIT)?;
     if run.code != Some(124) || !run.stderr.contains("--timeout") {
         return Err(run

@@ -39,7 +39,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("{}", k.vmlinux().display());
         }
         Command::Path => {
-            let k = kernel::find(&cache, &Source::default())?;
+            let k = kernel::find(&cache)?;
             println!("{}", k.vmlinux().display());
         }
     }

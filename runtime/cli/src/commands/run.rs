@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use builder::kernel::{self, Source};
+use builder::kernel;
 use vmm::{DiskConfig, VmConfig, VmExit};
 use vmm_sys_util::terminal::Terminal;
 
@@ -49,11 +49,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
-    let kernel = match args.kernel {
-        Some(k) => k,
+    // husk's own kernel needs no PIT; any other kernel gets one.
+    let (kernel, legacy_pit) = match args.kernel {
+        Some(k) => (k, true),
         None => {
             let cache = builder::cache::root().context("cannot find husk's cache folder")?;
-            kernel::find(&cache, &Source::default())?.vmlinux()
+            (kernel::find(&cache)?.vmlinux(), false)
         }
     };
     let disks = args
@@ -89,6 +90,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         console_output: Box::new(std::io::stdout()),
         console_input: Some(input),
         timeout: args.timeout.map(Duration::from_secs_f64),
+        legacy_pit,
         started,
     };
     let outcome = vmm::run(config)?;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use boot_tests::qemu::Microvm;
-use boot_tests::{guest, husk_kernel, route, Route};
+use boot_tests::{guest, husk_kernel, route, stats, Route};
 
 struct Args {
     peer_kernel: PathBuf,
@@ -198,17 +198,4 @@ fn bench(args: &Args) -> Result<(), String> {
         size(&args.peer_kernel)
     );
     Ok(())
-}
-
-/// (median, min, max) of a non-empty sample.
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    (median, s[0], s[n - 1])
 }

@@ -1,0 +1,179 @@
+//! Boot bench: `husk run` against QEMU's `microvm` machine, side by side,
+//! on the same kernel (husk's vmlinux, PVH), the same initramfs and the
+//! same init, 1 vCPU and 128 MiB. Run it through `ci/bench-boot`.
+//!
+//!   bench-boot [--runs N]
+//!
+//! Figures per run: spawn to the appliance command's first output line
+//! (the init's marker), and spawn to process exit.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use boot_tests::husk::{husk_bin, report_tool};
+use boot_tests::{guest, husk_kernel, route, stats, Route};
+
+const MARK: &str = "HUSK-BENCH-MARK";
+
+fn main() -> ExitCode {
+    let mut runs = 10usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, n] = args.as_slice() {
+        if flag == "--runs" {
+            runs = n.parse().unwrap_or(10);
+        }
+    }
+    match route() {
+        Err(why) => {
+            eprintln!("bench-boot: no usable KVM: {why}");
+            ExitCode::FAILURE
+        }
+        Ok(Route::TestBed { script, host }) => {
+            eprintln!("bench-boot: host /dev/kvm is {host:?}; running inside the KVM test bed");
+            boot_tests::rerun_in_testbed(&script)
+        }
+        Ok(Route::Direct(kind)) => match bench(runs) {
+            Ok(()) => {
+                println!("(measured on /dev/kvm: {kind:?})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bench-boot: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Spawns `cmd` and returns (time to the marker line, time to exit).
+fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut first = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if first.is_none() && line.contains(MARK) {
+            first = Some(start.elapsed());
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let exit = start.elapsed();
+    let first = first.ok_or_else(|| format!("{cmd:?} printed no marker (exit {status})"))?;
+    Ok((first.as_secs_f64(), exit.as_secs_f64()))
+}
+
+fn qemu(kernel: &Path, initrd: &Path) -> Command {
+    // `timeout` bounds a hung guest, as husk's own --timeout does.
+    let mut c = Command::new("timeout");
+    c.args([
+        "60",
+        "qemu-system-x86_64",
+        "-M",
+        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "128M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-append",
+        "console=hvc0 reboot=t panic=-1 quiet",
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        "stdio,id=con",
+        "-device",
+        "virtconsole,chardev=con",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd);
+    c
+}
+
+/// `husk run` of its default kernel (the same file QEMU is given).
+fn husk(bin: &Path, initrd: &Path, timings: bool) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("run")
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--cmdline", "quiet", "--cpus", "1", "--memory", "128"])
+        .args(["--timeout", "60"]);
+    if timings {
+        c.arg("--timings");
+    }
+    c
+}
+
+fn bench(runs: usize) -> Result<(), String> {
+    let kernel = husk_kernel()?.vmlinux();
+    let bin = husk_bin()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let report = report_tool(dir.path())?;
+    let initrd = guest::busybox_initramfs_with(
+        dir.path(),
+        &format!("husk-report mark\necho {MARK}\nhusk-report 0\nreboot -f"),
+        &[(report, "bin/husk-report".into())],
+    )
+    .map_err(|e| e.to_string())?;
+
+    let (mut h_first, mut h_exit, mut q_first, mut q_exit) = (vec![], vec![], vec![], vec![]);
+    // One warm-up each, then alternate so both see the same conditions.
+    for run in 0..=runs {
+        let (hf, he) = measure(&mut husk(&bin, &initrd, false))?;
+        let (qf, qe) = measure(&mut qemu(&kernel, &initrd))?;
+        if run > 0 {
+            h_first.push(hf);
+            h_exit.push(he);
+            q_first.push(qf);
+            q_exit.push(qe);
+        }
+    }
+    println!(
+        "Boot under KVM, husk's kernel + busybox initramfs, 1 vCPU, 128 MiB, {runs} runs each, seconds:"
+    );
+    println!("{:<40} {:>8} {:>8} {:>8}", "", "median", "min", "max");
+    for (name, v) in [
+        ("husk: spawn to command output", &h_first),
+        ("QEMU microvm: spawn to command output", &q_first),
+        ("husk: spawn to exit", &h_exit),
+        ("QEMU microvm: spawn to exit", &q_exit),
+    ] {
+        let (m, lo, hi) = stats(v);
+        println!("{name:<40} {m:>8.3} {lo:>8.3} {hi:>8.3}");
+    }
+    println!(
+        "husk/QEMU ratio: command output {:.2}x, exit {:.2}x",
+        stats(&h_first).0 / stats(&q_first).0,
+        stats(&h_exit).0 / stats(&q_exit).0
+    );
+
+    // Where husk's time goes, from one run with --timings.
+    let out = husk(&bin, &initrd, true)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    println!("husk --timings (one run):");
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if let Some(t) = line.strip_prefix("husk: ") {
+            println!("  {t}");
+        }
+    }
+    Ok(())
+}
