@@ -153,9 +153,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        check_queues(&a.queues, QUEUE_SIZES.len())?;
-        self.state = DeviceState::Active(a);
-        Ok(())
+        self.state.activate(a, QUEUE_SIZES.len())
     }
 
     fn reset(&mut self) {

@@ -75,6 +75,13 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
+    /// Becomes active with `a`, which must bring `queues` ready queues.
+    pub fn activate(&mut self, a: Activation, queues: usize) -> Result<(), ActivateError> {
+        check_queues(&a.queues, queues)?;
+        *self = DeviceState::Active(a);
+        Ok(())
+    }
+
     /// Runs `f` with the active state; does nothing while inactive (a kick
     /// before `DRIVER_OK` is the driver's mistake and is ignored).
     pub fn with_active<T>(
@@ -136,7 +143,7 @@ pub trait VirtioDevice: Send {
 }
 
 /// Checks the queue count and readiness every device needs at activation.
-pub(crate) fn check_queues(queues: &[Queue], expected: usize) -> Result<(), ActivateError> {
+fn check_queues(queues: &[Queue], expected: usize) -> Result<(), ActivateError> {
     if queues.len() != expected {
         return Err(ActivateError::QueueCount {
             expected,
