@@ -14,9 +14,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{QueueT, Reader, Writer};
 
-use super::{
-    check_queues, notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice,
-};
+use super::{notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice};
 
 const QUEUE_SIZES: &[u16] = &[256];
 pub const SECTOR_SIZE: u64 = 512;

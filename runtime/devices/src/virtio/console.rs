@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_queue::{QueueT, Reader, Writer};
 
-use super::{
-    check_queues, notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice,
-};
+use super::{notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice};
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;

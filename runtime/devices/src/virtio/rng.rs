@@ -6,9 +6,7 @@ use std::io::{self, Read};
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{QueueT, Writer};
 
-use super::{
-    check_queues, notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice,
-};
+use super::{notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice};
 
 const QUEUE_SIZES: &[u16] = &[256];
 /// Most entropy handed out for one buffer; the driver asks again for more.
