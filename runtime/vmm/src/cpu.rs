@@ -24,7 +24,63 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmmError> {
             e.ecx |= 1 << 24;
         }
     }
+    filter_xsave_components(&mut cpuid);
     Ok(cpuid)
+}
+
+/// Keeps in leaf 0xD only the XSAVE state components whose CPU features are
+/// advertised (AVX state without AVX makes Linux warn about inconsistent
+/// XSAVE sizes and fall back), and recomputes the largest save area.
+fn filter_xsave_components(cpuid: &mut CpuId) {
+    let find = |cpuid: &CpuId, f: u32, i: u32| {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .copied()
+    };
+    let (Some(leaf1), Some(leaf7)) = (find(cpuid, 1, 0), find(cpuid, 7, 0)) else {
+        return;
+    };
+    // x87 and SSE always; the rest by their feature bits.
+    let mut allowed: u64 = 0b11;
+    if leaf1.ecx & (1 << 28) != 0 {
+        allowed |= 1 << 2; // AVX
+    }
+    if leaf7.ebx & (1 << 14) != 0 {
+        allowed |= 0b11 << 3; // MPX bounds and config
+    }
+    if leaf7.ebx & (1 << 16) != 0 {
+        allowed |= 0b111 << 5; // AVX-512 opmask, ZMM_Hi256, Hi16_ZMM
+    }
+    if leaf7.ecx & (1 << 3) != 0 {
+        allowed |= 1 << 9; // PKRU
+    }
+    let Some(leaf_d0) = find(cpuid, 0xd, 0) else {
+        return;
+    };
+    let supported = (u64::from(leaf_d0.edx) << 32 | u64::from(leaf_d0.eax)) & allowed;
+    // Legacy area (512) + XSAVE header (64), then each component's end.
+    let mut max_size = 576;
+    for e in cpuid.as_mut_slice() {
+        if e.function != 0xd || e.index < 2 || e.index >= 64 {
+            continue;
+        }
+        if supported & (1 << e.index) == 0 {
+            (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+        } else if e.ecx & 1 == 0 {
+            // A user state component: offset EBX, size EAX.
+            max_size = max_size.max(e.ebx + e.eax);
+        }
+    }
+    for e in cpuid.as_mut_slice() {
+        if e.function == 0xd && e.index == 0 {
+            e.eax = supported as u32;
+            e.edx = (supported >> 32) as u32;
+            e.ebx = max_size;
+            e.ecx = max_size;
+        }
+    }
 }
 
 /// CPUID for vCPU `id` of `count`: the host's supported features, marked
@@ -276,7 +332,56 @@ fn set_lint(vcpu: &VcpuFd) -> Result<(), VmmError> {
 
 #[cfg(test)]
 mod tests {
+    use kvm_bindings::kvm_cpuid_entry2;
+
     use super::*;
+
+    fn entry(
+        function: u32,
+        index: u32,
+        eax: u32,
+        ebx: u32,
+        ecx: u32,
+        edx: u32,
+    ) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn xsave_components_follow_the_features() {
+        // AVX state offered in leaf 0xD, but no AVX in leaf 1.
+        let mut cpuid = CpuId::from_entries(&[
+            entry(1, 0, 0, 0, 0, 0),
+            entry(7, 0, 0, 0, 0, 0),
+            entry(0xd, 0, 0b111, 832, 832, 0),
+            entry(0xd, 2, 256, 576, 0, 0),
+        ])
+        .unwrap();
+        filter_xsave_components(&mut cpuid);
+        let d0 = cpuid.as_slice()[2];
+        assert_eq!((d0.eax, d0.ebx, d0.ecx), (0b11, 576, 576));
+        assert_eq!(cpuid.as_slice()[3].eax, 0, "AVX component hidden");
+
+        // With AVX advertised, it stays and the area covers it.
+        let mut cpuid = CpuId::from_entries(&[
+            entry(1, 0, 0, 0, 1 << 28, 0),
+            entry(7, 0, 0, 0, 0, 0),
+            entry(0xd, 0, 0b111, 576, 832, 0),
+            entry(0xd, 2, 256, 576, 0, 0),
+        ])
+        .unwrap();
+        filter_xsave_components(&mut cpuid);
+        let d0 = cpuid.as_slice()[2];
+        assert_eq!((d0.eax, d0.ecx), (0b111, 832));
+    }
 
     #[test]
     fn gdt_entries_decode_to_the_expected_segments() {

@@ -85,6 +85,9 @@ pub enum VmExit {
 pub struct Outcome {
     pub exit: VmExit,
     pub timings: Vec<(Phase, Duration)>,
+    /// Peak resident memory of the process, and the guest RAM the guest
+    /// touched, in bytes; their difference is the VMM's own overhead.
+    pub memory: Option<(u64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +358,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     Ok(Outcome {
         exit,
         timings: shared.report.marks(),
+        memory: memory::usage(&mem),
     })
 }
 

@@ -77,6 +77,45 @@ pub fn create(size: u64) -> Result<GuestMemoryMmap, VmmError> {
     GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
 }
 
+/// The process's peak resident memory and how much of it is guest RAM the
+/// guest has touched, in bytes (from /proc/self/status and smaps).
+pub fn usage(mem: &GuestMemoryMmap) -> Option<(u64, u64)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |line: &str| -> Option<u64> {
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k << 10)
+    };
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(kib)?;
+    let starts: Vec<u64> = mem
+        .iter()
+        .filter_map(|r| r.get_host_address(MemoryRegionAddress(0)).ok())
+        .map(|p| p as u64)
+        .collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut guest = 0;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, _)) = first.split_once('-').filter(|_| !line.ends_with(':')) {
+            if let Ok(lo) = u64::from_str_radix(lo, 16) {
+                in_guest = starts.contains(&lo);
+                continue;
+            }
+        }
+        if in_guest && line.starts_with("Rss:") {
+            guest += kib(line).unwrap_or(0);
+        }
+    }
+    Some((peak, guest))
+}
+
 #[cfg(test)]
 mod tests {
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
@@ -97,5 +136,16 @@ mod tests {
             0xdead_beef
         );
         assert!(mem.read_obj::<u32>(GuestAddress(64 << 20)).is_err());
+    }
+
+    #[test]
+    fn usage_counts_touched_guest_memory() {
+        let mem = create(64 << 20).unwrap();
+        let (_, before) = usage(&mem).unwrap();
+        mem.write_slice(&vec![1u8; 8 << 20], GuestAddress(0))
+            .unwrap();
+        let (peak, after) = usage(&mem).unwrap();
+        assert!(after >= before + (8 << 20), "{before} -> {after}");
+        assert!(peak >= after);
     }
 }
