@@ -60,6 +60,8 @@ pub struct VmConfig {
     /// (Debian's cloud kernel) tick on it; husk's kernel ticks on the
     /// TSC-deadline LAPIC timer and boots about 0.1 s sooner without one.
     pub legacy_pit: bool,
+    /// Measure the memory use at the end (reads /proc/self/smaps).
+    pub report_memory: bool,
     /// When the process started, for the timings.
     pub started: Instant,
 }
@@ -358,7 +360,11 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     Ok(Outcome {
         exit,
         timings: shared.report.marks(),
-        memory: memory::usage(&mem),
+        memory: if cfg.report_memory {
+            memory::usage(&mem)
+        } else {
+            None
+        },
     })
 }
 

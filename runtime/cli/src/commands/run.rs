@@ -91,6 +91,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         console_input: Some(input),
         timeout: args.timeout.map(Duration::from_secs_f64),
         legacy_pit,
+        report_memory: args.timings,
         started,
     };
     let outcome = vmm::run(config)?;
