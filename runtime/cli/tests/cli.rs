@@ -77,32 +77,6 @@ fn version_and_help_list_only_working_commands() {
     }
 }
 
-/// The tiny PVH guest of the start-up bench: reports status 0 on the
-/// control port, then triple-faults.
-fn tiny_guest(dir: &Path) -> PathBuf {
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/boot-tests/guest");
-    let obj = dir.join("tiny.o");
-    let elf = dir.join("tiny.elf");
-    let cc = Command::new("cc")
-        .arg("-c")
-        .arg(guest.join("tiny.S"))
-        .arg("-o")
-        .arg(&obj)
-        .status()
-        .expect("cc (install build-essential: ci/setup)");
-    assert!(cc.success());
-    let ld = Command::new("ld")
-        .args(["-m", "elf_x86_64", "-T"])
-        .arg(guest.join("tiny.ld"))
-        .arg("-o")
-        .arg(&elf)
-        .arg(&obj)
-        .status()
-        .expect("ld");
-    assert!(ld.success());
-    elf
-}
-
 #[test]
 fn run_explains_pvm_or_exits_with_the_guest_status() {
     let kvm = Path::new("/dev/kvm");
@@ -111,7 +85,7 @@ fn run_explains_pvm_or_exits_with_the_guest_status() {
         "no /dev/kvm on this machine: this test needs a usable KVM"
     );
     let dir = tempfile::tempdir().unwrap();
-    let elf = tiny_guest(dir.path());
+    let elf = boot_tests::guest::tiny_guest(dir.path(), false).unwrap();
     let out = husk(&[
         "run",
         "--memory",

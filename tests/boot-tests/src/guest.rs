@@ -77,3 +77,35 @@ fn check(status: std::process::ExitStatus, what: &str) -> io::Result<()> {
         Err(io::Error::other(format!("{what} failed: {status}")))
     }
 }
+
+/// Builds the tiny PVH guest (`guest/tiny.S`): it reports status 0 on
+/// husk's control port and then triple-faults, or with `spin` spins for
+/// hosts (PVM) that cannot emulate the triple fault.
+pub fn tiny_guest(dir: &Path, spin: bool) -> Result<PathBuf, String> {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+    let name = if spin { "tiny-spin" } else { "tiny" };
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    let mut cc = Command::new("cc");
+    cc.arg("-c").arg(guest.join("tiny.S")).arg("-o").arg(&obj);
+    if spin {
+        cc.arg("-DSPIN");
+    }
+    let compiled = cc
+        .status()
+        .map_err(|e| format!("cc: {e} (install build-essential: ci/setup)"))?
+        .success();
+    let linked = compiled
+        && Command::new("ld")
+            .args(["-m", "elf_x86_64", "-T"])
+            .arg(guest.join("tiny.ld"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj)
+            .status()
+            .map_err(|e| format!("ld: {e}"))?
+            .success();
+    linked
+        .then_some(elf)
+        .ok_or_else(|| "building the tiny guest failed".into())
+}

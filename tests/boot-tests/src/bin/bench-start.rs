@@ -12,35 +12,12 @@
 //! spawn to exit: after its first instructions the guest triple-faults,
 //! which ends both.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use boot_tests::husk::husk_bin;
-use boot_tests::{stats, KvmKind};
-
-fn build_tiny(dir: &Path, spin: bool) -> Result<PathBuf, String> {
-    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
-    let obj = dir.join(if spin { "tiny-spin.o" } else { "tiny.o" });
-    let elf = dir.join(if spin { "tiny-spin.elf" } else { "tiny.elf" });
-    let mut cc = Command::new("cc");
-    cc.arg("-c").arg(guest.join("tiny.S")).arg("-o").arg(&obj);
-    if spin {
-        cc.arg("-DSPIN");
-    }
-    let ok = cc.status().map_err(|e| format!("cc: {e}"))?.success()
-        && Command::new("ld")
-            .args(["-m", "elf_x86_64", "-T"])
-            .arg(guest.join("tiny.ld"))
-            .arg("-o")
-            .arg(&elf)
-            .arg(&obj)
-            .status()
-            .map_err(|e| format!("ld: {e}"))?
-            .success();
-    ok.then_some(elf)
-        .ok_or_else(|| "building the tiny guest failed".into())
-}
+use boot_tests::{guest, stats, KvmKind};
 
 /// husk's --timings line for `phase`, in milliseconds.
 fn phase_ms(stderr: &str, phase: &str) -> Option<f64> {
@@ -134,7 +111,7 @@ fn bench(runs: usize) -> Result<(), String> {
     let kind = KvmKind::detect();
     let bin = husk_bin()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let spin = build_tiny(dir.path(), true)?;
+    let spin = guest::tiny_guest(dir.path(), true)?;
     let marks = husk_marks(&bin, &spin, runs)?;
     let col = |f: fn(&(f64, f64, f64)) -> f64| marks.iter().map(f).collect::<Vec<_>>();
     println!("husk start-up with a tiny guest on /dev/kvm ({kind:?}), {runs} runs, ms from process start:");
@@ -153,7 +130,7 @@ fn bench(runs: usize) -> Result<(), String> {
     }
 
     // Side by side with QEMU, where QEMU can run the tiny guest.
-    let exiting = build_tiny(dir.path(), false)?;
+    let exiting = guest::tiny_guest(dir.path(), false)?;
     let qemu = || {
         let mut c = Command::new("timeout");
         c.args(["10", "qemu-system-x86_64", "-M"])
