@@ -16,7 +16,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{bzimage::BzImage, KernelLoader};
-use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::*;
 use crate::VmmError;
@@ -41,10 +41,39 @@ const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const PVH_MAGIC: u32 = 0x336e_c578;
 const E820_RAM: u32 = 1;
 
-/// Loads the kernel at `path` into guest memory.
+/// The highest guest-physical address an ELF kernel's loadable segments
+/// reach (`p_paddr + p_memsz`, bss included), from its program headers.
+/// linux-loader checks only the file bytes against guest memory.
+fn elf_load_end(file: &mut File) -> Option<u64> {
+    const PT_LOAD: u32 = 1;
+    let mut ehdr = [0u8; 64];
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_exact(&mut ehdr).ok()?;
+    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().ok()?);
+    let phentsize = u64::from(u16::from_le_bytes([ehdr[54], ehdr[55]]));
+    let phnum = u16::from_le_bytes([ehdr[56], ehdr[57]]);
+    let mut end = 0u64;
+    let mut phdr = [0u8; 56];
+    for i in 0..u64::from(phnum) {
+        file.seek(SeekFrom::Start(
+            phoff.checked_add(i.checked_mul(phentsize)?)?,
+        ))
+        .ok()?;
+        file.read_exact(&mut phdr).ok()?;
+        if u32::from_le_bytes(phdr[0..4].try_into().ok()?) == PT_LOAD {
+            let paddr = u64::from_le_bytes(phdr[24..32].try_into().ok()?);
+            let memsz = u64::from_le_bytes(phdr[40..48].try_into().ok()?);
+            end = end.max(paddr.checked_add(memsz)?);
+        }
+    }
+    Some(end)
+}
+
+/// Loads the kernel at `path` into guest memory of `ram` bytes.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     path: &Path,
+    ram: u64,
 ) -> Result<(Entry, Option<boot_params>), VmmError> {
     let mut file = File::open(path).map_err(|source| VmmError::KernelOpen {
         path: path.to_path_buf(),
@@ -57,7 +86,16 @@ pub fn load_kernel(
         path: path.to_path_buf(),
         why,
     };
+    let low_ram = ram.min(MMIO_GAP_START);
+    let too_small = |need: u64| VmmError::MemoryTooSmall {
+        have_mib: ram >> 20,
+        need_mib: need.div_ceil(1 << 20),
+    };
     if is_elf {
+        match elf_load_end(&mut file) {
+            Some(end) if end > low_ram => return Err(too_small(end)),
+            _ => {}
+        }
         let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
             .map_err(|e| not_a_kernel(format!("ELF: {e}")))?;
         return match r.pvh_boot_cap {
@@ -72,6 +110,12 @@ pub fn load_kernel(
     let header = r
         .setup_header
         .ok_or_else(|| not_a_kernel("bzImage without a setup header".into()))?;
+    // The kernel decompresses itself in place: it needs init_size bytes
+    // from where it was loaded.
+    let need = r.kernel_load.raw_value() + u64::from(header.init_size);
+    if need > low_ram {
+        return Err(too_small(need));
+    }
     let params = boot_params {
         hdr: header,
         ..Default::default()
@@ -101,7 +145,6 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, ram: u64) -> Result<Initr
         .map(|a| a & !0xfff)
         .filter(|&a| a > HIMEM_START)
         .ok_or(VmmError::InitrdTooLarge { size, ram })?;
-    use vm_memory::Bytes;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| VmmError::GuestMemory(format!("loading the initrd: {e}")))?;
     Ok(Initrd { addr, size })
@@ -184,6 +227,55 @@ pub fn write_boot_info(
                 mem,
             )
             .map_err(|e| VmmError::GuestMemory(format!("writing the zero page: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// An ELF64 header and two program headers: a PT_LOAD whose bss runs
+    /// past its file bytes, and a PT_NOTE that must not count.
+    fn elf_with_segments() -> tempfile::NamedTempFile {
+        let mut b = vec![0u8; 64 + 2 * 56];
+        b[..4].copy_from_slice(ELF_MAGIC);
+        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        b[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+        let mut phdr = |i: usize, kind: u32, paddr: u64, filesz: u64, memsz: u64| {
+            let p = &mut b[64 + i * 56..64 + (i + 1) * 56];
+            p[0..4].copy_from_slice(&kind.to_le_bytes());
+            p[24..32].copy_from_slice(&paddr.to_le_bytes());
+            p[32..40].copy_from_slice(&filesz.to_le_bytes());
+            p[40..48].copy_from_slice(&memsz.to_le_bytes());
+        };
+        phdr(0, 1, 0x100_0000, 0x1000, 0x20_0000);
+        phdr(1, 4, 0x900_0000, 0x10, 0x10);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&b).unwrap();
+        f
+    }
+
+    #[test]
+    fn load_end_counts_bss_and_only_loadable_segments() {
+        let f = elf_with_segments();
+        let mut file = File::open(f.path()).unwrap();
+        assert_eq!(elf_load_end(&mut file), Some(0x120_0000));
+    }
+
+    #[test]
+    fn kernel_past_the_end_of_memory_is_memory_too_small() {
+        let f = elf_with_segments();
+        let ram = 16 << 20;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        match load_kernel(&mem, f.path(), ram) {
+            Err(VmmError::MemoryTooSmall { have_mib, need_mib }) => {
+                assert_eq!((have_mib, need_mib), (16, 18));
+            }
+            other => panic!("expected MemoryTooSmall, got {other:?}"),
         }
     }
 }

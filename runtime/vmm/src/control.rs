@@ -49,28 +49,26 @@ impl Phase {
     }
 }
 
-/// What the guest reported, and when each phase was reached.
-#[derive(Default)]
+/// What the guest reported, and when each phase was reached, timed from
+/// `started` (the process start).
 pub struct GuestReport {
+    started: Instant,
     marks: Mutex<Vec<(Phase, Duration)>>,
     status: Mutex<Option<u8>>,
-    started: Mutex<Option<Instant>>,
 }
 
 impl GuestReport {
     pub fn new(started: Instant) -> Self {
         GuestReport {
-            started: Mutex::new(Some(started)),
-            ..Default::default()
+            started,
+            marks: Mutex::default(),
+            status: Mutex::default(),
         }
     }
 
-    /// Records a VMM-side phase, timed from `started` (process start).
-    pub fn mark_vmm(&self, phase: Phase, started: Instant) {
-        self.push(phase, started.elapsed());
-    }
-
-    fn push(&self, phase: Phase, at: Duration) {
+    /// Records that `phase` was reached now.
+    pub fn mark(&self, phase: Phase) {
+        let at = self.started.elapsed();
         self.marks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -83,17 +81,11 @@ impl GuestReport {
             return;
         };
         let v = u32::from_le_bytes(bytes);
-        let at = self
-            .started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|s| s.elapsed())
-            .unwrap_or_default();
         match (v >> 8, v & 0xff) {
-            (KIND_MARK, 1) => self.push(Phase::GuestInit, at),
-            (KIND_MARK, 2) => self.push(Phase::CommandStarted, at),
+            (KIND_MARK, 1) => self.mark(Phase::GuestInit),
+            (KIND_MARK, 2) => self.mark(Phase::CommandStarted),
             (KIND_STATUS, status) => {
-                self.push(Phase::CommandExited, at);
+                self.mark(Phase::CommandExited);
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status as u8);
             }
             _ => {}

@@ -131,8 +131,11 @@ pub enum VmmError {
     DiskLocked { path: PathBuf },
     #[error("too many devices: {0} (at most {max})", max = LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1)]
     TooManyDevices(usize),
-    #[error("{0} MiB of memory is too small for the kernel; give the VM more memory")]
-    MemoryTooSmall(u64),
+    #[error(
+        "{have_mib} MiB of memory is too small for the kernel, which needs at least \
+         {need_mib} MiB to load; give the VM more memory"
+    )]
+    MemoryTooSmall { have_mib: u64, need_mib: u64 },
     #[error("kernel command line: {0}")]
     Cmdline(String),
     #[error("guest memory: {0}")]
@@ -168,7 +171,6 @@ const BASE_CMDLINE: &str = "console=hvc0 reboot=t panic=-1 no_timer_check";
 /// Builds and runs the VM until the guest shuts down or the timeout passes.
 pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     let started = cfg.started;
-    let report_started = started;
     let kvm = Kvm::new().map_err(|e| match e.errno() {
         libc::ENOENT => VmmError::NoKvm,
         libc::EACCES | libc::EPERM => VmmError::KvmPermission,
@@ -192,12 +194,12 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
         vm.create_pit2(pit)
             .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
     }
-    let report = control::GuestReport::new(report_started);
-    report.mark_vmm(Phase::VmCreated, started);
+    let report = control::GuestReport::new(started);
+    report.mark(Phase::VmCreated);
 
     let ram = cfg.memory_mib << 20;
     let mem = guest_memory(&vm, ram)?;
-    report.mark_vmm(Phase::MemoryReady, started);
+    report.mark(Phase::MemoryReady);
 
     // Devices: the console, the disks, then entropy.
     let console = Console::new(std::mem::replace(
@@ -237,14 +239,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
             .map_err(|e| VmmError::Cmdline(e.to_string()))?;
     }
 
-    let (entry, zero_page) = boot::load_kernel(&mem, &cfg.kernel).map_err(|e| match e {
-        VmmError::NotAKernel { ref why, .. }
-            if why.contains("past the end") || why.contains("guest memory") =>
-        {
-            VmmError::MemoryTooSmall(cfg.memory_mib)
-        }
-        e => e,
-    })?;
+    let (entry, zero_page) = boot::load_kernel(&mem, &cfg.kernel, ram)?;
     let initrd = cfg
         .initrd
         .as_ref()
@@ -253,7 +248,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     boot::write_boot_info(&mem, entry, zero_page, &cmdline, initrd, ram)?;
     mptable::write(&mem, cfg.cpus)
         .map_err(|e| VmmError::GuestMemory(format!("writing the MP table: {e}")))?;
-    report.mark_vmm(Phase::KernelLoaded, started);
+    report.mark(Phase::KernelLoaded);
 
     let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
     let shared = Arc::new(Shared {
@@ -302,10 +297,8 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     }
     let mut threads = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
-        threads.push(
-            vcpu::spawn(id as u8, fd, shared.clone(), started)
-                .map_err(io("starting a vCPU thread"))?,
-        );
+        threads
+            .push(vcpu::spawn(id as u8, fd, shared.clone()).map_err(io("starting a vCPU thread"))?);
     }
 
     let deadline = cfg.timeout.map(|t| Instant::now() + t);

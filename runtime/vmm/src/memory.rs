@@ -103,7 +103,7 @@ pub fn usage(mem: &GuestMemoryMmap) -> Option<(u64, u64)> {
     let mut in_guest = false;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((lo, _)) = first.split_once('-').filter(|_| !line.ends_with(':')) {
+        if let Some((lo, _)) = first.split_once('-') {
             if let Ok(lo) = u64::from_str_radix(lo, 16) {
                 in_guest = starts.contains(&lo);
                 continue;

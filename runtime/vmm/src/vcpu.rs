@@ -6,7 +6,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -77,20 +76,13 @@ impl Shared {
     }
 }
 
-/// Starts vCPU `id` on its own thread, waiting on `start` first.
-pub fn spawn(
-    id: u8,
-    mut vcpu: VcpuFd,
-    shared: Arc<Shared>,
-    started: Instant,
-) -> std::io::Result<JoinHandle<()>> {
+/// Starts vCPU `id` on its own thread.
+pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
             if id == 0 {
-                shared
-                    .report
-                    .mark_vmm(control::Phase::VcpusStarted, started);
+                shared.report.mark(control::Phase::VcpusStarted);
             }
             run_loop(id, &mut vcpu, &shared);
         })

@@ -71,6 +71,10 @@ fn trials() -> Vec<Trial> {
             "husk_run_refuses_a_file_that_is_not_a_kernel",
             husk_run_refuses_a_file_that_is_not_a_kernel,
         ),
+        Trial::test(
+            "husk_run_says_when_memory_is_too_small",
+            husk_run_says_when_memory_is_too_small,
+        ),
     ]
 }
 
@@ -327,6 +331,18 @@ fn husk_kernel_sees_cpus_memory_and_an_ext4_virtio_disk() -> Result<(), Failed> 
     }
     if field("disk").as_deref() != Some("written-on-the-host") {
         return Err(explain(&boot, "the ext4 virtio disk was not readable"));
+    }
+    Ok(())
+}
+
+fn husk_run_says_when_memory_is_too_small() -> Result<(), Failed> {
+    husk_kernel()?;
+    // husk's kernel loads at 16 MiB and its segments end just past 32 MiB.
+    let run = husk_run(&["--memory", "32", "--timeout", "30"], b"", LIMIT)?;
+    if run.code != Some(1) || !run.stderr.contains("too small for the kernel") {
+        return Err(run
+            .explain("expected exit 1 saying memory is too small")
+            .into());
     }
     Ok(())
 }

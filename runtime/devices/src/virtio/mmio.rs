@@ -225,8 +225,12 @@ impl MmioTransport {
             R_QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
             R_QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
             R_QUEUE_NOTIFY => {
-                // Normally caught by the ioeventfd; without one, process here.
-                self.process_queue(v as usize);
+                // Normally caught by the ioeventfd before it gets here; if
+                // not, hand it to the event loop the same way, so device
+                // work never runs on a vCPU thread.
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    let _ = evt.write(1);
+                }
             }
             R_INTERRUPT_ACK => self.irq.ack(v),
             R_STATUS => self.set_status(v),
@@ -502,6 +506,15 @@ pub(crate) mod tests {
         write32(&mut t, R_QUEUE_SEL, 0);
         write32(&mut t, R_QUEUE_READY, 0);
         assert_eq!(read32(&mut t, R_QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn a_notify_that_missed_the_ioeventfd_goes_to_the_event_loop() {
+        let mut t = rng_transport();
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        let _ = t.queue_evts()[0].read(); // the kick made at activation
+        write32(&mut t, R_QUEUE_NOTIFY, 0);
+        assert_eq!(t.queue_evts()[0].read().unwrap(), 1);
     }
 
     #[test]
