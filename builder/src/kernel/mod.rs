@@ -44,12 +44,6 @@ impl Source {
     }
 }
 
-impl Default for Source {
-    fn default() -> Self {
-        Source::Tarball(PathBuf::from(DEFAULT_TARBALL))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(
