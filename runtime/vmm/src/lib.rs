@@ -163,9 +163,9 @@ pub fn host_kvm_is_pvm() -> bool {
 }
 
 /// Husk's own kernel arguments: the console on hvc0, reboot by triple
-/// fault (a clean KVM exit), reboot at once on panic, and no probe of the
-/// legacy timer through the IOAPIC (KVM's PIT is known to work; the probe
-/// waits for ticks and costs a good part of a boot).
+/// fault (a clean KVM exit), reboot at once on panic, and, for guests given
+/// a PIT, no probe of it through the IOAPIC (KVM's PIT is known to work;
+/// the probe waits for ticks and costs a good part of a boot).
 const BASE_CMDLINE: &str = "console=hvc0 reboot=t panic=-1 no_timer_check";
 
 /// Builds and runs the VM until the guest shuts down or the timeout passes.
