@@ -31,3 +31,66 @@ pub fn temp_sibling(dest: &Path) -> PathBuf {
         .unwrap_or_default();
     dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
+
+/// Copies `src` to `dest` keeping holes (a fresh ext4 image is mostly
+/// holes), through a temporary sibling renamed into place.
+pub fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+
+    let mut from = std::fs::File::open(src)?;
+    let len = from.metadata()?.len();
+    let tmp = temp_sibling(dest);
+    let result = (|| {
+        let to = std::fs::File::create(&tmp)?;
+        to.set_len(len)?;
+        let mut pos = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        while pos < len {
+            let data = match rustix::fs::seek(&from, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NXIO) => break, // only a hole is left
+                Err(e) => return Err(e.into()),
+            };
+            let hole = rustix::fs::seek(&from, rustix::fs::SeekFrom::Hole(data))?;
+            from.seek(SeekFrom::Start(data))?;
+            let mut at = data;
+            while at < hole {
+                let n = ((hole - at) as usize).min(buf.len());
+                std::io::Read::read_exact(&mut from, &mut buf[..n])?;
+                to.write_all_at(&buf[..n], at)?;
+                at += n as u64;
+            }
+            pos = hole;
+        }
+        to.sync_data()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    #[test]
+    fn sparse_copy_keeps_content_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(b"middle", 30 << 20).unwrap();
+        f.write_all_at(b"end", (64 << 20) - 3).unwrap();
+        drop(f);
+        let dest = dir.path().join("dest");
+        copy_sparse(&src, &dest).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dest).unwrap());
+        let blocks = std::fs::metadata(&dest).unwrap().blocks();
+        assert!(blocks * 512 < 4 << 20, "{blocks} blocks: holes were filled");
+    }
+}

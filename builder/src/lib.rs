@@ -1,7 +1,15 @@
-//! husk's builder: turns appliance descriptions into bootable images, and
-//! builds husk's own guest kernel from source.
+//! husk's builder: turns appliance descriptions and OCI images into
+//! bootable root filesystem images with husk's init inside, and builds
+//! husk's own guest kernel from source.
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod cache;
+pub mod image;
+pub mod inspect;
 pub mod kernel;
+pub mod oci;
+pub mod rootfs;
+
+pub use build::{build, find_init, BuildError, Built, Input};

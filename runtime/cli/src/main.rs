@@ -19,8 +19,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a kernel with husk's VMM and exit with the guest's status
+    /// Boot an appliance (building it first) and exit with its command's status
     Run(commands::run::Args),
+    /// Build an appliance or image into a bootable root filesystem image
+    Build(commands::build::Args),
+    /// Show what a built image runs, and with --files what it holds
+    Inspect(commands::inspect::Args),
     /// Check appliance files and report every problem with its file:line:column
     Validate(commands::validate::Args),
     /// Build or locate husk's guest kernel
@@ -30,6 +34,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
+    // Like any Unix filter: a closed pipe ends husk quietly.
+    // SAFETY: restoring the default action of a signal has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
@@ -41,6 +48,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args, started),
+        Command::Build(args) => commands::build::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
         Command::Validate(args) => commands::validate::run(args),
         Command::Kernel(cmd) => commands::kernel::run(cmd),
     };

@@ -1,4 +1,6 @@
-//! `husk run`: boot a guest on husk's VMM and exit with its status.
+//! `husk run`: build (or find in the cache) an appliance's image, boot it
+//! on husk's VMM, and exit with its command's status; or boot a kernel and
+//! disks given by flags.
 //!
 //! Exit status: the appliance command's own (0-255) as the guest reports
 //! it on the control port; 124 when `--timeout` passed; 125 when the guest
@@ -8,13 +10,17 @@
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use appliance_spec::{ByteSize, ImageFormat, KernelRef, Vm};
 use builder::kernel;
+use husk_init::config::Overrides;
 use vmm::{DiskConfig, VmConfig, VmExit};
+
+use super::target::{boot_cmdline, Target};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;
@@ -22,24 +28,38 @@ pub const EXIT_NO_STATUS: u8 = 125;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernel: an ELF vmlinux with a PVH entry, or a bzImage (default: husk's kernel)
+    /// An appliance file (or a folder holding appliance.toml) or an image
+    /// reference (oci:DIR[:TAG], oci-archive:PATH, docker-archive:PATH),
+    /// built first (from the cache when nothing changed). Without one,
+    /// husk boots --kernel with the --disk and --initrd given.
+    target: Option<String>,
+    /// The command to run instead of the appliance's, after --
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+    /// Set an environment variable for the appliance's command
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Kernel: an ELF vmlinux with a PVH entry, or a bzImage (default:
+    /// the appliance's vm.kernel, else husk's kernel)
     #[arg(long)]
     kernel: Option<PathBuf>,
     /// An initramfs for the guest
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// A disk image, attached in order as /dev/vda, /dev/vdb, ...; append ",ro" for read-only
+    /// A disk image, attached after the appliance's own disks as /dev/vdX;
+    /// append ",ro" for read-only
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
     /// Extra kernel command-line arguments
     #[arg(long, default_value = "")]
     cmdline: String,
-    /// vCPUs (1 to 32)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
-    cpus: u8,
-    /// Guest memory in MiB
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(32..))]
-    memory: u64,
+    /// vCPUs, 1 to 32 (default: the appliance's vm.cpus, else 1)
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=32))]
+    cpus: Option<u8>,
+    /// Guest memory: a size such as 256MiB, or a number of MiB (default:
+    /// the appliance's vm.memory, else 128MiB)
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
     /// Stop the guest after this many seconds (exit status 124)
     #[arg(long)]
     timeout: Option<f64>,
@@ -48,29 +68,189 @@ pub struct Args {
     timings: bool,
 }
 
+/// Guest memory in MiB from `--memory`.
+fn memory_mib(arg: &str) -> anyhow::Result<u64> {
+    let bytes = match arg.parse::<u64>() {
+        Ok(mib) => mib << 20,
+        Err(_) => {
+            arg.parse::<ByteSize>()
+                .map_err(|e| anyhow::anyhow!("--memory: {e}"))?
+                .0
+        }
+    };
+    if bytes < Vm::MIN_MEMORY.0 || bytes % (1 << 20) != 0 {
+        anyhow::bail!("--memory {arg}: give a whole number of MiB, at least 32MiB");
+    }
+    Ok(bytes >> 20)
+}
+
+fn disk(arg: &str) -> DiskConfig {
+    match arg.strip_suffix(",ro") {
+        Some(path) => DiskConfig {
+            path: path.into(),
+            readonly: true,
+        },
+        None => DiskConfig {
+            path: arg.into(),
+            readonly: false,
+        },
+    }
+}
+
+/// The writable copy of an ext4 image one run boots from, so the cached
+/// image stays as built; removed when the run ends.
+struct RunCopy(PathBuf);
+
+impl RunCopy {
+    /// In the temporary folder: the cache may be read-only (as in the
+    /// KVM test bed) while runs need somewhere to write.
+    fn make(image: &Path) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join("husk-runs");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Copies of runs that were killed before they could clean up.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let pid = name
+                    .to_string_lossy()
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if !pid.is_empty() && !Path::new("/proc").join(&pid).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let path = dir.join(format!("{}.ext4", std::process::id()));
+        builder::cache::copy_sparse(image, &path)
+            .with_context(|| format!("cannot copy {} for this run", image.display()))?;
+        Ok(RunCopy(path))
+    }
+}
+
+impl Drop for RunCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What the run boots, from the target (if any) and the flags.
+struct Plan {
+    config_kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    disks: Vec<DiskConfig>,
+    cmdline: String,
+    cpus: u8,
+    memory_mib: u64,
+    _copy: Option<RunCopy>,
+}
+
+fn plan(args: &Args) -> anyhow::Result<Plan> {
+    let mut plan = Plan {
+        config_kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        disks: Vec::new(),
+        cmdline: String::new(),
+        cpus: args.cpus.unwrap_or(1),
+        memory_mib: match &args.memory {
+            Some(m) => memory_mib(m)?,
+            None => 128,
+        },
+        _copy: None,
+    };
+    let Some(target) = &args.target else {
+        if !args.command.is_empty() || !args.env.is_empty() {
+            anyhow::bail!("a command after -- and -e need an appliance or image to run");
+        }
+        plan.disks = args.disks.iter().map(|d| disk(d)).collect();
+        plan.cmdline = args.cmdline.clone();
+        return Ok(plan);
+    };
+    let target = Target::parse(target)?;
+    let built = target.build()?;
+    let appliance = target.appliance();
+    let readonly = appliance.is_some_and(|a| a.rootfs.readonly);
+    let mut cmdline = vec!["quiet".to_string(), boot_cmdline(built.format, readonly)];
+    match built.format {
+        ImageFormat::Ext4 => {
+            let root = if readonly {
+                built.path.clone()
+            } else {
+                let copy = RunCopy::make(&built.path)?;
+                let path = copy.0.clone();
+                plan._copy = Some(copy);
+                path
+            };
+            plan.disks.push(DiskConfig {
+                path: root,
+                readonly,
+            });
+        }
+        ImageFormat::Initramfs => {
+            if args.initrd.is_some() {
+                anyhow::bail!("--initrd: this appliance's root filesystem is its initramfs");
+            }
+            plan.initrd = Some(built.path.clone());
+        }
+    }
+    if let Some(a) = appliance {
+        if !a.vm.net.is_empty() || a.vm.vsock.is_some() {
+            anyhow::bail!(
+                "vm.net and vm.vsock are not supported by husk's VMM yet; remove them to run this appliance"
+            );
+        }
+        if args.cpus.is_none() {
+            plan.cpus = u8::try_from(a.vm.cpus).context("vm.cpus")?;
+        }
+        if args.memory.is_none() {
+            plan.memory_mib = a.vm.memory.0 >> 20;
+        }
+        if args.kernel.is_none() {
+            if let KernelRef::Path(p) = &a.vm.kernel {
+                plan.config_kernel = Some(p.clone());
+            }
+        }
+        if plan.initrd.is_none() {
+            plan.initrd = a.vm.initrd.clone();
+        }
+        plan.disks.extend(a.vm.disks.iter().map(|d| DiskConfig {
+            path: d.path.clone(),
+            readonly: d.readonly,
+        }));
+        cmdline.extend(a.vm.cmdline.clone());
+    }
+    plan.disks.extend(args.disks.iter().map(|d| disk(d)));
+    let overrides = Overrides {
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
+        env: args.env.clone(),
+    };
+    for e in &overrides.env {
+        if !e.contains('=') || e.starts_with('=') {
+            anyhow::bail!("-e {e}: write KEY=VALUE");
+        }
+    }
+    if !overrides.is_empty() {
+        cmdline.push(overrides.to_param());
+    }
+    if !args.cmdline.is_empty() {
+        cmdline.push(args.cmdline.clone());
+    }
+    plan.cmdline = cmdline.join(" ");
+    Ok(plan)
+}
+
 pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
     // husk's own kernel needs no PIT; any other kernel gets one.
-    let (kernel, legacy_pit) = match args.kernel {
-        Some(k) => (k, true),
+    let (kernel, legacy_pit) = match &plan.config_kernel {
+        Some(k) => (k.clone(), true),
         None => {
             let cache = builder::cache::root().context("cannot find husk's cache folder")?;
             (kernel::find(&cache)?.vmlinux(), false)
         }
     };
-    let disks = args
-        .disks
-        .iter()
-        .map(|d| match d.strip_suffix(",ro") {
-            Some(path) => DiskConfig {
-                path: path.into(),
-                readonly: true,
-            },
-            None => DiskConfig {
-                path: d.into(),
-                readonly: false,
-            },
-        })
-        .collect();
     let stdin = std::io::stdin();
     let input = stdin
         .as_fd()
@@ -81,12 +261,12 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     // every way out of this function.
     let _raw = RawTerminal::enter();
     let config = VmConfig {
-        cpus: args.cpus,
-        memory_mib: args.memory,
+        cpus: plan.cpus,
+        memory_mib: plan.memory_mib,
         kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        disks,
+        initrd: plan.initrd.clone(),
+        cmdline: plan.cmdline.clone(),
+        disks: plan.disks.clone(),
         console_output: Box::new(std::io::stdout()),
         console_input: Some(input),
         timeout: args.timeout.map(Duration::from_secs_f64),
@@ -96,6 +276,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     };
     let outcome = vmm::run(config)?;
     drop(_raw);
+    drop(plan);
     if args.timings {
         for (phase, at) in &outcome.timings {
             eprintln!("husk: {:>9.3} ms  {}", at.as_secs_f64() * 1e3, phase.name());

@@ -1,0 +1,81 @@
+//! `husk inspect`: what a built image runs, and what it holds.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::target::{boot_cmdline, Target};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A built image (ext4 or initramfs), an appliance file, or an image
+    /// reference (built first, from the cache when it can be)
+    image: String,
+    /// List every file with its mode, owner and size
+    #[arg(long)]
+    files: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let path = if Path::new(&args.image).is_file()
+        && builder::inspect::format_of(Path::new(&args.image)).is_ok()
+    {
+        Path::new(&args.image).to_path_buf()
+    } else {
+        Target::parse(&args.image)?.build()?.path
+    };
+    let format = builder::inspect::format_of(&path)?;
+    let run = builder::inspect::run_config(&path)?;
+    let fmt_name = match format {
+        appliance_spec::ImageFormat::Ext4 => "ext4",
+        appliance_spec::ImageFormat::Initramfs => "initramfs",
+    };
+    println!("image:    {} ({fmt_name})", path.display());
+    println!("command:  {}", shell_words(&run.command));
+    for e in &run.env {
+        println!("env:      {e}");
+    }
+    println!("workdir:  {}", run.workdir.as_deref().unwrap_or("/"));
+    println!("user:     {}", run.user.as_deref().unwrap_or("0:0 (root)"));
+    if let Some(h) = &run.hostname {
+        println!("hostname: {h}");
+    }
+    println!(
+        "boot:     husk's kernel with \"{}\"{}",
+        boot_cmdline(format, false),
+        match format {
+            appliance_spec::ImageFormat::Ext4 => " and the image as the first virtio disk",
+            appliance_spec::ImageFormat::Initramfs => " and the image as its initrd",
+        }
+    );
+    if args.files {
+        println!();
+        for f in builder::inspect::files(&path)? {
+            println!(
+                "{} {:>5} {:>5} {:>10} {}",
+                f.mode_string(),
+                f.uid,
+                f.gid,
+                f.size,
+                f.path
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// argv as a shell would need it typed.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/-_.=:,+@%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,82 @@
+//! What `husk build`, `run` and `inspect` accept: an appliance file (or a
+//! folder holding `appliance.toml`), or an image reference.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use appliance_spec::{Appliance, SpecError};
+use builder::{Built, Input};
+
+pub enum Target {
+    Appliance(Box<Appliance>, PathBuf),
+    Image(appliance_spec::Source, String),
+}
+
+impl Target {
+    pub fn parse(arg: &str) -> anyhow::Result<Self> {
+        let looks_like_ref = ["oci:", "oci-archive:", "docker-archive:", "docker://"]
+            .iter()
+            .any(|p| arg.starts_with(p));
+        if looks_like_ref {
+            let source = arg.parse().map_err(|e: String| anyhow::anyhow!("{e}"))?;
+            return Ok(Target::Image(source, arg.to_string()));
+        }
+        let mut file = PathBuf::from(arg);
+        if file.is_dir() {
+            file.push("appliance.toml");
+        }
+        match Appliance::load(&file) {
+            Ok(a) => Ok(Target::Appliance(Box::new(a), file)),
+            Err(SpecError::Invalid(diags)) => Err(anyhow::anyhow!("{diags}")),
+            Err(e) => Err(anyhow::Error::from(e).context(format!(
+                "{arg} is neither an appliance file nor an image reference \
+                 (oci:DIR[:TAG], oci-archive:PATH, docker-archive:PATH, docker://REF)"
+            ))),
+        }
+    }
+
+    pub fn appliance(&self) -> Option<&Appliance> {
+        match self {
+            Target::Appliance(a, _) => Some(a),
+            Target::Image(..) => None,
+        }
+    }
+
+    /// Builds the image (or finds it in the cache), with progress on a
+    /// terminal.
+    pub fn build(&self) -> anyhow::Result<Built> {
+        let cache = builder::cache::root().context("cannot find husk's cache folder")?;
+        let exe = std::env::current_exe().context("cannot locate the husk binary")?;
+        let init = builder::find_init(&exe)?;
+        let tty = std::io::stderr().is_terminal();
+        let mut progress = |step: &str| {
+            if tty {
+                eprintln!("husk: {step}");
+            }
+        };
+        let input = match self {
+            Target::Appliance(a, _) => Input::Appliance(a),
+            Target::Image(s, _) => Input::Image(s),
+        };
+        let what = match self {
+            Target::Appliance(_, file) => file.display().to_string(),
+            Target::Image(_, arg) => arg.clone(),
+        };
+        builder::build(input, &init, &cache, &mut progress)
+            .with_context(|| format!("cannot build {what}"))
+    }
+}
+
+/// The kernel command line that boots a built image with husk's init.
+pub fn boot_cmdline(format: appliance_spec::ImageFormat, readonly: bool) -> String {
+    use appliance_spec::ImageFormat;
+    use husk_init::config::INIT_PATH;
+    match format {
+        ImageFormat::Ext4 => format!(
+            "root=/dev/vda rootfstype=ext4 {} init={INIT_PATH}",
+            if readonly { "ro" } else { "rw" }
+        ),
+        ImageFormat::Initramfs => format!("rdinit={INIT_PATH}"),
+    }
+}

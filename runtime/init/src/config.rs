@@ -1,0 +1,221 @@
+//! The run configuration: what the builder bakes into every image at
+//! [`CONFIG_PATH`], and the overrides `husk run` passes on the kernel
+//! command line as `husk.run=<hex of JSON>`.
+//!
+//! The image carries its own configuration so that it boots the same under
+//! any VMM with husk's kernel; the command line only changes it.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the builder installs the init, and the `init=`/`rdinit=` value.
+pub const INIT_PATH: &str = "/.husk/init";
+/// Where the builder writes the run configuration.
+pub const CONFIG_PATH: &str = "/.husk/run.json";
+/// The kernel command-line parameter carrying [`Overrides`]. It has a dot,
+/// so the kernel neither passes it to init as an argument nor as an
+/// environment variable; init reads it from `/proc/cmdline`.
+pub const CMDLINE_KEY: &str = "husk.run";
+
+/// Search path when the configuration sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the run configuration is not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("{CMDLINE_KEY}= on the kernel command line is not hex-encoded JSON")]
+    BadOverride,
+    #[error("environment entry {0:?} is not KEY=VALUE")]
+    BadEnv(String),
+}
+
+/// How the appliance's command runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// argv; a program without a `/` is looked up in `PATH`.
+    pub command: Vec<String>,
+    /// `KEY=VALUE` entries, in order, keys unique.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, resolved in the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+impl RunConfig {
+    pub fn from_json(text: &[u8]) -> Result<Self, ConfigError> {
+        let config: RunConfig = serde_json::from_slice(text).map_err(ConfigError::Json)?;
+        for entry in &config.env {
+            env_key(entry)?;
+        }
+        Ok(config)
+    }
+
+    /// Pretty JSON with a final newline, as the builder writes it.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("plain data serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Sets `KEY=VALUE`, replacing an earlier value of `KEY` in place.
+    pub fn set_env(&mut self, entry: &str) -> Result<(), ConfigError> {
+        let key = env_key(entry)?;
+        match self.env.iter_mut().find(|e| env_key(e).ok() == Some(key)) {
+            Some(existing) => *existing = entry.to_string(),
+            None => self.env.push(entry.to_string()),
+        }
+        Ok(())
+    }
+
+    /// The value of `key`, if set.
+    pub fn env_value(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find_map(|e| e.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    pub fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
+        if let Some(command) = &overrides.command {
+            self.command = command.clone();
+        }
+        for entry in &overrides.env {
+            self.set_env(entry)?;
+        }
+        Ok(())
+    }
+}
+
+fn env_key(entry: &str) -> Result<&str, ConfigError> {
+    match entry.split_once('=') {
+        Some((key, _)) if !key.is_empty() => Ok(key),
+        _ => Err(ConfigError::BadEnv(entry.to_string())),
+    }
+}
+
+/// What `husk run` changes for one boot: `-- COMMAND...` and `-e K=V`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        self.command.is_none() && self.env.is_empty()
+    }
+
+    /// The kernel command-line parameter: hex keeps spaces, quotes and
+    /// any byte out of the kernel's own parsing.
+    pub fn to_param(&self) -> String {
+        let json = serde_json::to_vec(self).expect("plain data serializes");
+        let mut param = format!("{CMDLINE_KEY}=");
+        for b in json {
+            param.push_str(&format!("{b:02x}"));
+        }
+        param
+    }
+
+    /// The overrides on a kernel command line, if any (the last one wins).
+    pub fn from_cmdline(cmdline: &str) -> Result<Option<Self>, ConfigError> {
+        let prefix = format!("{CMDLINE_KEY}=");
+        let Some(hex) = cmdline
+            .split_ascii_whitespace()
+            .filter_map(|word| word.strip_prefix(&prefix))
+            .next_back()
+        else {
+            return Ok(None);
+        };
+        let bytes = decode_hex(hex).ok_or(ConfigError::BadOverride)?;
+        let overrides: Overrides =
+            serde_json::from_slice(&bytes).map_err(|_| ConfigError::BadOverride)?;
+        for entry in &overrides.env {
+            env_key(entry)?;
+        }
+        Ok(Some(overrides))
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            command: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            workdir: Some("/data".into()),
+            user: Some("user:user".into()),
+            hostname: Some("box".into()),
+        }
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let c = config();
+        assert_eq!(RunConfig::from_json(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn json_refuses_unknown_fields_and_bad_env() {
+        assert!(RunConfig::from_json(br#"{"command":[],"cmd":[]}"#).is_err());
+        let err = RunConfig::from_json(br#"{"command":["x"],"env":["NOVALUE"]}"#).unwrap_err();
+        assert!(matches!(err, ConfigError::BadEnv(e) if e == "NOVALUE"));
+    }
+
+    #[test]
+    fn overrides_survive_the_kernel_command_line() {
+        let o = Overrides {
+            command: Some(vec!["echo".into(), "two words".into(), "\"q\" ' =".into()]),
+            env: vec!["A=x y".into()],
+        };
+        let cmdline = format!("console=hvc0 {} panic=-1", o.to_param());
+        assert!(!o.to_param().contains(' '));
+        assert_eq!(Overrides::from_cmdline(&cmdline).unwrap(), Some(o));
+        assert_eq!(Overrides::from_cmdline("console=hvc0").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_overrides_are_refused() {
+        for bad in ["husk.run=abc", "husk.run=zz", "husk.run=7b7d00"] {
+            assert!(Overrides::from_cmdline(bad).is_err(), "{bad}");
+        }
+        let not_kv = Overrides {
+            command: None,
+            env: vec!["NOEQUALS".into()],
+        };
+        assert!(Overrides::from_cmdline(&not_kv.to_param()).is_err());
+    }
+
+    #[test]
+    fn overrides_replace_command_and_env_in_place() {
+        let mut c = config();
+        c.apply(&Overrides {
+            command: Some(vec!["true".into()]),
+            env: vec!["PATH=/usr/bin".into(), "B=2".into()],
+        })
+        .unwrap();
+        assert_eq!(c.command, ["true"]);
+        assert_eq!(c.env, ["PATH=/usr/bin", "A=1", "B=2"]);
+        assert_eq!(c.env_value("PATH"), Some("/usr/bin"));
+        assert_eq!(c.env_value("PAT"), None);
+    }
+}

@@ -1,0 +1,229 @@
+//! husk-init: PID 1 of every husk image.
+//!
+//! Mounts the usual filesystems, reads the run configuration baked into
+//! the image (with the kernel command line's overrides), starts the
+//! appliance's command as the configured user, forwards signals to it,
+//! reaps orphans, reports the command's exit status to husk's VMM on the
+//! control port, syncs and powers the VM off. Exit statuses of its own:
+//! 127 command not found, 126 not executable, 125 anything else that kept
+//! the command from starting (bad configuration, unknown user).
+
+mod sys;
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::Command;
+
+use husk_init::config::{Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH};
+use husk_init::user::{self, Identity};
+
+const STATUS_NOT_FOUND: u8 = 127;
+const STATUS_NOT_EXECUTABLE: u8 = 126;
+const STATUS_SETUP_FAILED: u8 = 125;
+
+/// Why the command never ran, with the status init reports for it.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    fn setup(message: impl Into<String>) -> Self {
+        Failure {
+            status: STATUS_SETUP_FAILED,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("husk-init: this is the guest's init; it only runs as PID 1 inside a husk image");
+        std::process::exit(2);
+    }
+    sys::mount_filesystems();
+    sys::ensure_console();
+    let control = sys::ControlPort::open();
+    control.mark(sys::MARK_INIT_RUNNING);
+    let status = match run(&control) {
+        Ok(status) => status,
+        Err(f) => {
+            eprintln!("husk-init: {}", f.message);
+            f.status
+        }
+    };
+    sys::sync_all();
+    control.status(status);
+    sys::power_off();
+}
+
+/// Runs the appliance's command to its end and returns its exit status.
+fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
+    let config = load_config()?;
+    if config.command.is_empty() {
+        return Err(Failure::setup(
+            "the image has no command to run: set run.command, or pass one after --",
+        ));
+    }
+    if let Some(name) = &config.hostname {
+        sys::set_hostname(name).map_err(|e| Failure::setup(format!("hostname {name:?}: {e}")))?;
+    }
+    if let Err(e) = sys::loopback_up() {
+        eprintln!("husk-init: cannot bring up lo: {e}");
+    }
+    let identity = match &config.user {
+        Some(spec) => {
+            let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let group = fs::read_to_string("/etc/group").unwrap_or_default();
+            user::resolve(spec, &passwd, &group).map_err(|e| Failure::setup(e.to_string()))?
+        }
+        None => Identity {
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+            home: root_home(),
+        },
+    };
+    let env = environment(&config, &identity);
+    let workdir = config.workdir.clone().unwrap_or_else(|| "/".into());
+    if !Path::new(&workdir).is_dir() {
+        // Docker creates a missing working directory; so does husk.
+        fs::create_dir_all(&workdir)
+            .map_err(|e| Failure::setup(format!("cannot create workdir {workdir}: {e}")))?;
+    }
+    let program = find_program(&config.command[0], &env)?;
+
+    let signals = sys::SignalSet::forwarded();
+    signals.block();
+    let mut command = Command::new(&program);
+    command
+        .arg0(&config.command[0])
+        .args(&config.command[1..])
+        .env_clear()
+        .envs(env.iter().filter_map(|e| e.split_once('=')))
+        .current_dir(&workdir);
+    sys::drop_to(&mut command, identity);
+    let child = command
+        .spawn()
+        .map_err(|e| spawn_failure(&config.command[0], &e))?;
+    control.mark(sys::MARK_COMMAND_STARTED);
+    let status = shell_status(signals.wait_for(child.id() as i32));
+    // Whatever the command left behind gets a chance to finish writing.
+    sys::terminate_others();
+    Ok(status)
+}
+
+fn load_config() -> Result<RunConfig, Failure> {
+    let text = fs::read(CONFIG_PATH).map_err(|e| {
+        Failure::setup(format!(
+            "cannot read {CONFIG_PATH}: {e} (was this image built by husk?)"
+        ))
+    })?;
+    let mut config = RunConfig::from_json(&text)
+        .map_err(|e| Failure::setup(format!("{CONFIG_PATH}: {}", chain(&e))))?;
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let overrides = Overrides::from_cmdline(&cmdline).map_err(|e| Failure::setup(chain(&e)))?;
+    if let Some(o) = overrides {
+        config.apply(&o).map_err(|e| Failure::setup(chain(&e)))?;
+    }
+    Ok(config)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+fn root_home() -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    user::resolve("0", &passwd, "").ok()?.home
+}
+
+/// The command's environment: the configuration's, plus `PATH`, `HOME`,
+/// `HOSTNAME` and `TERM` when it leaves them out.
+fn environment(config: &RunConfig, identity: &Identity) -> Vec<String> {
+    let mut env = config.env.clone();
+    let keys: HashSet<String> = env
+        .iter()
+        .filter_map(|e| Some(e.split_once('=')?.0.to_string()))
+        .collect();
+    let mut default = |key: &str, value: &str| {
+        if !keys.contains(key) {
+            env.push(format!("{key}={value}"));
+        }
+    };
+    default("PATH", DEFAULT_PATH);
+    default("HOME", identity.home.as_deref().unwrap_or("/"));
+    if let Some(name) = &config.hostname {
+        default("HOSTNAME", name);
+    }
+    default("TERM", "linux");
+    env
+}
+
+/// `name` itself when it holds a `/`, else the first executable file of
+/// that name in the command's `PATH`.
+fn find_program(name: &str, env: &[String]) -> Result<std::path::PathBuf, Failure> {
+    let not_found = || Failure {
+        status: STATUS_NOT_FOUND,
+        message: format!("{name}: command not found"),
+    };
+    if name.contains('/') {
+        return match fs::metadata(name) {
+            Ok(_) => Ok(name.into()),
+            Err(_) => Err(not_found()),
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let mut found_but_not_executable = None;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(name);
+        if let Ok(meta) = fs::metadata(&candidate) {
+            if meta.is_file() && sys::is_executable(&candidate) {
+                return Ok(candidate);
+            }
+            found_but_not_executable.get_or_insert(candidate);
+        }
+    }
+    match found_but_not_executable {
+        Some(p) => Err(Failure {
+            status: STATUS_NOT_EXECUTABLE,
+            message: format!("{}: permission denied", p.display()),
+        }),
+        None => Err(not_found()),
+    }
+}
+
+fn spawn_failure(name: &str, e: &std::io::Error) -> Failure {
+    let status = match e.raw_os_error() {
+        Some(libc::ENOENT) => STATUS_NOT_FOUND,
+        Some(libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => STATUS_NOT_EXECUTABLE,
+        _ => STATUS_SETUP_FAILED,
+    };
+    let message = match status {
+        STATUS_NOT_FOUND => format!("{name}: command not found ({e})"),
+        STATUS_NOT_EXECUTABLE => format!("{name}: cannot execute: {e}"),
+        _ => format!("cannot start {name}: {e}"),
+    };
+    Failure { status, message }
+}
+
+/// The exit status a shell would show: the code, or 128 + the signal.
+fn shell_status(raw: i32) -> u8 {
+    let status = std::process::ExitStatus::from_raw(raw);
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        _ => STATUS_SETUP_FAILED,
+    }
+}
