@@ -4,8 +4,9 @@
 //! inode numbers are renumbered from 1 so the archive does not depend on
 //! the staging folder. A hard link's data is written with its first name
 //! only; the kernel links later names to it. Extended attributes are not
-//! kept (cpio has no place for them). `/dev/console` is added so the
-//! kernel can give init a console before devtmpfs is mounted.
+//! kept (cpio has no place for them). `/dev/console` and `/dev/null` are
+//! added: the kernel opens the first for init before devtmpfs is mounted,
+//! and Rust's runtime needs the second when the first is not there yet.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -72,7 +73,9 @@ impl ImageWriter for Initramfs {
         let mut w = GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
         let mut inodes: HashMap<u64, u32> = HashMap::new();
         let mut next_ino = 1u32;
-        let mut has_console = false;
+        // The device nodes the kernel and Rust's runtime need before
+        // devtmpfs is mounted: init's console, and /dev/null.
+        let mut nodes = vec![("dev/console", 0o600, (5, 1)), ("dev/null", 0o666, (1, 3))];
         for e in &entries {
             let md = &e.md;
             let (ino, first) = match inodes.get(&md.ino()) {
@@ -87,7 +90,7 @@ impl ImageWriter for Initramfs {
             if ft.is_char_device() || ft.is_block_device() || ft.is_socket() {
                 continue;
             }
-            has_console |= e.rel == Path::new("dev/console");
+            nodes.retain(|(name, ..)| e.rel != Path::new(name));
             let (uid, gid) = root.owner(md.ino(), md.uid(), md.gid());
             let name = e.rel.as_os_str().as_bytes();
             let data: Vec<u8> = if ft.is_symlink() {
@@ -139,22 +142,23 @@ impl ImageWriter for Initramfs {
             }
             pad(&mut w, size as usize).map_err(io("cannot write image"))?;
         }
-        if !has_console {
+        for (name, perm, rdev) in nodes {
             write_header(
                 &mut w,
                 &Header {
-                    name: b"dev/console",
+                    name: name.as_bytes(),
                     ino: next_ino,
-                    mode: S_IFCHR | 0o600,
+                    mode: S_IFCHR | perm,
                     uid: 0,
                     gid: 0,
                     nlink: 1,
                     mtime: 0,
                     size: 0,
-                    rdev: (5, 1),
+                    rdev,
                 },
             )
             .map_err(io("cannot write image"))?;
+            next_ino += 1;
         }
         write_header(
             &mut w,

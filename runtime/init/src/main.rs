@@ -38,9 +38,16 @@ impl Failure {
     }
 }
 
+/// A message on the console. Never panics: PID 1 must not die because
+/// the console went away.
+fn say(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "husk-init: {message}");
+}
+
 fn main() {
     if std::process::id() != 1 {
-        eprintln!("husk-init: this is the guest's init; it only runs as PID 1 inside a husk image");
+        say("this is the guest's init; it only runs as PID 1 inside a husk image");
         std::process::exit(2);
     }
     sys::mount_filesystems();
@@ -50,7 +57,7 @@ fn main() {
     let status = match run(&control) {
         Ok(status) => status,
         Err(f) => {
-            eprintln!("husk-init: {}", f.message);
+            say(&f.message);
             f.status
         }
     };
@@ -71,7 +78,7 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
         sys::set_hostname(name).map_err(|e| Failure::setup(format!("hostname {name:?}: {e}")))?;
     }
     if let Err(e) = sys::loopback_up() {
-        eprintln!("husk-init: cannot bring up lo: {e}");
+        say(&format!("cannot bring up lo: {e}"));
     }
     let identity = match &config.user {
         Some(spec) => {

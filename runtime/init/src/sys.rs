@@ -66,22 +66,31 @@ pub fn mount_filesystems() {
         };
         if let Err(e) = check(ret) {
             if e.raw_os_error() != Some(libc::EBUSY) {
-                eprintln!("husk-init: cannot mount {fstype} on {target}: {e}");
+                crate::say(&format!("cannot mount {fstype} on {target}: {e}"));
             }
         }
     }
 }
 
-/// Makes fds 0-2 the console when the kernel could not (an initramfs has
-/// no `/dev/console` until devtmpfs is mounted).
+/// Makes fds 0-2 the console when the kernel could not open it for init
+/// (Rust's runtime then put /dev/null there). That happens when the
+/// console driver registers late, as a multiport virtio console does under
+/// QEMU: wait up to 3 s for it.
 pub fn ensure_console() {
-    // SAFETY: F_GETFD on any fd number only queries the fd table.
-    if unsafe { libc::fcntl(0, libc::F_GETFD) } != -1 {
+    // SAFETY: isatty only queries the fd.
+    if unsafe { libc::isatty(0) } == 1 {
         return;
     }
     let path = cstr("/dev/console");
-    // SAFETY: path is NUL-terminated; open returns a new fd or -1.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR) };
+    let mut fd = -1;
+    for _ in 0..300 {
+        // SAFETY: path is NUL-terminated; open returns a new fd or -1.
+        fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+        if fd >= 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     if fd < 0 {
         return;
     }
@@ -172,6 +181,11 @@ pub fn drop_to(command: &mut Command, id: Identity) {
     // process and only makes async-signal-safe system calls.
     unsafe {
         command.pre_exec(move || {
+            // The command starts with no signal blocked (init blocks the
+            // ones it waits for, and a mask survives exec).
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             check(libc::setsid())?;
             if libc::isatty(0) == 1 {
                 // Best effort: a console that is not a tty has no session.
@@ -212,8 +226,8 @@ impl SignalSet {
         SignalSet(set)
     }
 
-    /// Blocks the set, so the signals wait for `wait_for` (the command's
-    /// own mask is reset by `Command` in the child).
+    /// Blocks the set, so the signals wait for `wait_for` (the child
+    /// unblocks them in [`drop_to`]).
     pub fn block(&self) {
         // SAFETY: self.0 is a valid set; the old mask is not wanted.
         unsafe { libc::sigprocmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) };
@@ -284,7 +298,7 @@ pub fn sync_all() {
 pub fn power_off() -> ! {
     // SAFETY: reboot(2) with a valid command; it does not return on success.
     unsafe { libc::reboot(libc::RB_AUTOBOOT) };
-    eprintln!("husk-init: reboot failed: {}", io::Error::last_os_error());
+    crate::say(&format!("reboot failed: {}", io::Error::last_os_error()));
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }

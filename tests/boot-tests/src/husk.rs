@@ -103,3 +103,57 @@ pub fn report_tool(dir: &Path) -> Result<PathBuf, String> {
     }
     Ok(out)
 }
+
+/// The appliances and images the appliance tests boot. They are built on
+/// the host before the tests move into the KVM test bed, where husk's
+/// cache is read-only and every build must be a cache hit.
+pub const APPLIANCES: [&str; 3] = [
+    "examples/hello",
+    "examples/busybox",
+    "oci:examples/busybox/image:latest",
+];
+
+/// Makes the examples' inputs and builds every entry of [`APPLIANCES`]
+/// with `husk build`, from the workspace root.
+pub fn build_appliances() -> Result<(), String> {
+    let root = crate::workspace_root();
+    let prepare = Command::new(root.join("examples/prepare"))
+        .status()
+        .map_err(|e| format!("examples/prepare: {e}"))?;
+    if !prepare.success() {
+        return Err("examples/prepare failed".into());
+    }
+    for target in APPLIANCES {
+        let out = Command::new(husk_bin()?)
+            .arg("build")
+            .arg(target)
+            .current_dir(&root)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "husk build {target} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The cached image `husk build TARGET` names (a cache hit after
+/// [`build_appliances`]).
+pub fn built_image(target: &str) -> Result<PathBuf, String> {
+    let out = Command::new(husk_bin()?)
+        .arg("build")
+        .arg(target)
+        .current_dir(crate::workspace_root())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "husk build {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}

@@ -12,8 +12,16 @@ use boot_tests::qemu::{Boot, Microvm};
 use boot_tests::{husk_kernel, route, Route};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod appliances;
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
+    // Images are built here, where the cache is writable; inside the test
+    // bed these builds are cache hits.
+    if let Err(e) = boot_tests::husk::build_appliances() {
+        eprintln!("boot tests: cannot build the test appliances: {e}");
+        return ExitCode::FAILURE;
+    }
     match route() {
         Err(why) => {
             eprintln!("boot tests: no usable KVM: {why}");
@@ -34,7 +42,8 @@ fn main() -> ExitCode {
 }
 
 fn trials() -> Vec<Trial> {
-    vec![
+    let mut all = appliances::trials();
+    all.extend([
         Trial::test(
             "qemu_microvm_boots_husk_kernel_to_init",
             qemu_microvm_boots_husk_kernel_to_init,
@@ -75,7 +84,8 @@ fn trials() -> Vec<Trial> {
             "husk_run_says_when_memory_is_too_small",
             husk_run_says_when_memory_is_too_small,
         ),
-    ]
+    ]);
+    all
 }
 
 /// Generous bound for one boot inside the emulated test bed.

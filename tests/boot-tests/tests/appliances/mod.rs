@@ -1,0 +1,199 @@
+//! End to end: appliance files and image references built by `husk build`
+//! and booted by `husk run` with husk's init; the same images under QEMU.
+
+use std::time::Duration;
+
+use boot_tests::husk::{built_image, husk_run, HuskRun};
+use boot_tests::husk_kernel;
+use boot_tests::qemu::Microvm;
+use libtest_mimic::{Failed, Trial};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test("appliance_hello_runs_and_exits_with_its_status", hello),
+        Trial::test(
+            "appliance_busybox_has_its_user_workdir_hostname_and_env",
+            busybox_run_config,
+        ),
+        Trial::test(
+            "appliance_init_reports_not_found_and_not_executable",
+            init_failures,
+        ),
+        Trial::test(
+            "image_reference_runs_with_the_image_config_and_stdin",
+            image_reference,
+        ),
+        Trial::test("init_forwards_sigterm_to_the_command", sigterm_forwarded),
+        Trial::test(
+            "appliance_images_boot_the_same_under_qemu_microvm",
+            same_under_qemu,
+        ),
+    ]
+}
+
+/// `husk run ARGS` from the workspace root (appliance paths are relative).
+fn run(args: &[&str], stdin: &[u8]) -> Result<HuskRun, Failed> {
+    std::env::set_current_dir(boot_tests::workspace_root())?;
+    let mut all = vec!["--timeout", "90"];
+    all.extend_from_slice(args);
+    Ok(husk_run(&all, stdin, LIMIT)?)
+}
+
+fn expect(run: &HuskRun, code: i32, lines: &[&str]) -> Result<(), Failed> {
+    if run.code != Some(code) {
+        return Err(run.explain(&format!("expected exit status {code}")).into());
+    }
+    for line in lines {
+        if !run.stdout.lines().any(|l| l.trim_end() == *line) {
+            return Err(run.explain(&format!("no output line {line:?}")).into());
+        }
+    }
+    Ok(())
+}
+
+fn hello() -> Result<(), Failed> {
+    let r = run(&["examples/hello"], b"")?;
+    expect(&r, 0, &[])?;
+    if !r.stdout.starts_with("Hello from hello (pid ") {
+        return Err(r.explain("the output is not hello's alone").into());
+    }
+    eprintln!("hello: {:?}", r.elapsed);
+    let r = run(
+        &["examples/hello", "--", "/bin/hello", "x", "two words"],
+        b"",
+    )?;
+    expect(&r, 3, &["arg 1: x", "arg 2: two words"])
+}
+
+fn busybox_run_config() -> Result<(), Failed> {
+    let r = run(&["examples/busybox"], b"")?;
+    expect(
+        &r,
+        0,
+        &[
+            "Welcome to a husk appliance.",
+            "1000:1000 in /data on busybox",
+        ],
+    )?;
+    let script = "echo user=$(id -u):$(id -g); echo pwd=$(pwd); echo host=$(hostname); \
+                  echo ps1=$PS1; echo extra=$EXTRA; echo path=$PATH; exit 5";
+    let r = run(
+        &[
+            "-e",
+            "EXTRA=a b",
+            "-e",
+            "PS1=over",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    )?;
+    expect(
+        &r,
+        5,
+        &[
+            "user=1000:1000",
+            "pwd=/data",
+            "host=busybox",
+            "ps1=over",
+            "extra=a b",
+            "path=/usr/bin:/bin",
+        ],
+    )
+}
+
+fn init_failures() -> Result<(), Failed> {
+    let r = run(&["examples/busybox", "--", "no-such-command"], b"")?;
+    expect(&r, 127, &[])?;
+    if !r.stdout.contains("no-such-command: command not found") {
+        return Err(r.explain("init did not say the command is missing").into());
+    }
+    let r = run(&["examples/busybox", "--", "/etc/motd"], b"")?;
+    expect(&r, 126, &[])?;
+    if !r.stdout.contains("/etc/motd: cannot execute") {
+        return Err(r.explain("init did not say why it cannot execute").into());
+    }
+    Ok(())
+}
+
+fn image_reference() -> Result<(), Failed> {
+    // The image's own Cmd is /bin/sh: it reads the script from the console.
+    let r = run(
+        &["oci:examples/busybox/image:latest"],
+        b"echo uid=$(id -u) pwd=$(pwd) path=$PATH; exit 4\n",
+    )?;
+    expect(&r, 4, &[])?;
+    if !r.stdout.contains("uid=0 pwd=/ path=/usr/bin:/bin") {
+        return Err(r.explain("the image's config did not apply").into());
+    }
+    Ok(())
+}
+
+fn sigterm_forwarded() -> Result<(), Failed> {
+    // The command signals PID 1 (init), which must pass it back down.
+    let script = "trap 'echo got-term; exit 7' TERM; kill -TERM 1; \
+                  for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1; done; echo no-signal";
+    let r = run(
+        &[
+            "oci:examples/busybox/image:latest",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    )?;
+    expect(&r, 7, &["got-term"])
+}
+
+/// The console lines of a boot, without the kernel's and init's own.
+fn command_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn same_under_qemu() -> Result<(), Failed> {
+    let kernel = husk_kernel()?;
+    for (target, format) in [
+        ("examples/hello", "initramfs"),
+        ("examples/busybox", "ext4"),
+    ] {
+        let husk = run(&[target], b"")?;
+        expect(&husk, 0, &[])?;
+        let image = built_image(target)?;
+        let dir = tempfile::tempdir()?;
+        let mut vm = Microvm::new(&kernel.vmlinux());
+        vm.memory_mib = 128;
+        if format == "ext4" {
+            // QEMU writes to its disk; the cached image stays as built.
+            let copy = dir.path().join("rootfs.ext4");
+            std::fs::copy(&image, &copy)?;
+            vm.disks = vec![copy];
+            vm.cmdline = "quiet root=/dev/vda rootfstype=ext4 rw init=/.husk/init".into();
+        } else {
+            vm.initrd = Some(image);
+            vm.cmdline = "quiet rdinit=/.husk/init".into();
+        }
+        let boot = vm.run(dir.path())?;
+        let (ours, theirs) = (command_lines(&husk.stdout), command_lines(&boot.console));
+        if ours != theirs || boot.exit != Some(0) {
+            return Err(format!(
+                "{target}: QEMU's console differs from husk run's output\n--- husk:\n{ours:#?}\n--- qemu (exit {:?}):\n{theirs:#?}\n--- qemu stderr:\n{}",
+                boot.exit, boot.qemu_stderr
+            )
+            .into());
+        }
+        eprintln!(
+            "{target}: same output under husk ({:?}) and QEMU ({:?})",
+            husk.elapsed, boot.elapsed
+        );
+    }
+    Ok(())
+}
