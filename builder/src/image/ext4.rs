@@ -4,7 +4,8 @@
 //!
 //! What e2fsprogs would otherwise make differ between two builds of the
 //! same input: the UUID and directory hash seed (random; here derived from
-//! the inputs), superblock and creation times (`E2FSPROGS_FAKE_TIME`), and
+//! the inputs), superblock and creation times (`E2FSPROGS_FAKE_TIME`, for
+//! debugfs too: it stamps the superblock's last write), and
 //! each inode's ctime and atime (copied from the staging folder, which the
 //! build itself touched; the debugfs pass sets both to the mtime).
 
@@ -139,7 +140,10 @@ impl ImageWriter for Ext4 {
             fix(&path, &e.md);
         }
         let mut debugfs = Command::new("debugfs");
-        debugfs.args(["-w", "-f", "-"]).arg(out);
+        debugfs
+            .args(["-w", "-f", "-"])
+            .arg(out)
+            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string());
         run("debugfs", &mut debugfs, Some(script.as_bytes()))?;
 
         let mut fsck = Command::new("e2fsck");
