@@ -259,12 +259,21 @@ pub fn build(
         });
     }
 
+    let started = std::time::Instant::now();
     // Build into a temporary folder beside the final one.
     let tmp = crate::cache::temp_sibling(&dir);
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(tmp.join("root")).map_err(io_at(&tmp, "cannot create build folder"))?;
+    std::fs::create_dir_all(&tmp).map_err(io_at(&tmp, "cannot create build folder"))?;
+    let estimate = image.as_ref().map_or(0, |i| {
+        i.layers
+            .iter()
+            .filter_map(|l| std::fs::metadata(&l.path).ok())
+            .map(|m| m.len() * 4)
+            .sum()
+    });
     let result = (|| {
-        let mut root = Root::open(&tmp.join("root")).map_err(|source| BuildError::Root {
+        let staging = Staging::new(estimate, &tmp)?;
+        let mut root = Root::open(&staging.0).map_err(|source| BuildError::Root {
             context: "staging".into(),
             source,
         })?;
@@ -277,6 +286,10 @@ pub fn build(
         if let Some(a) = appliance {
             add_appliance_entries(&mut root, a)?;
         }
+        tracing::debug!(
+            ms = started.elapsed().as_millis(),
+            "staged the image's layers"
+        );
         install_husk(&mut root, init, &run)?;
         root.finish().map_err(|source| BuildError::Root {
             context: "staging".into(),
@@ -297,9 +310,10 @@ pub fn build(
             ImageFormat::Initramfs => writer,
         };
         writer.write(&root, &out)?;
-        std::fs::remove_dir_all(tmp.join("root"))
-            .map_err(io_at(&tmp, "cannot remove staging folder"))?;
+        tracing::debug!(ms = started.elapsed().as_millis(), "wrote the image");
+        drop(staging);
         let digest = oci::file_digest(&out).map_err(io_at(&out, "cannot read image"))?;
+        tracing::debug!(ms = started.elapsed().as_millis(), "hashed the image");
         std::fs::write(tmp.join("digest"), format!("{digest}\n"))
             .map_err(io_at(&tmp, "cannot write"))?;
         std::fs::write(tmp.join("run.json"), run.to_json()).map_err(io_at(&tmp, "cannot write"))?;
@@ -321,6 +335,63 @@ pub fn build(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// The staging folder, removed when dropped. It goes to `/dev/shm` when
+/// that is a tmpfs with room to spare (staging is thousands of small
+/// metadata operations, which a disk filesystem journals: 2 s against
+/// 0.3 s for Debian's minbase on the CI machine), else beside the image
+/// in the cache; `$HUSK_STAGING_DIR` chooses the parent folder.
+struct Staging(PathBuf);
+
+impl Staging {
+    const SHM: &str = "/dev/shm";
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+    fn new(estimate: u64, build_dir: &Path) -> Result<Self, BuildError> {
+        let parent = match std::env::var_os("HUSK_STAGING_DIR").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None if Self::shm_has_room(estimate) => PathBuf::from(Self::SHM),
+            None => build_dir.to_path_buf(),
+        };
+        // Leftovers of builds that were killed.
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("husk-staging-")
+                    .and_then(|r| r.split('-').next());
+                if let Some(pid) = pid {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!("husk-staging-{}-{seq}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io_at(&dir, "cannot create staging folder"))?;
+        tracing::debug!(dir = %dir.display(), estimate, "staging");
+        Ok(Staging(dir))
+    }
+
+    fn shm_has_room(estimate: u64) -> bool {
+        match rustix::fs::statfs(Self::SHM) {
+            Ok(st) => {
+                let free = st.f_bavail as u64 * st.f_bsize as u64;
+                st.f_type as i64 == Self::TMPFS_MAGIC && free > 2 * estimate + (256 << 20)
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn add_appliance_entries(root: &mut Root, a: &Appliance) -> Result<(), BuildError> {

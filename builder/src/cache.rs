@@ -22,14 +22,16 @@ pub fn root() -> io::Result<PathBuf> {
     }
 }
 
-/// A temporary sibling name for `dest`, unique to this process, for writing
-/// something completely before renaming it into place.
+/// A temporary sibling name for `dest`, unique to this process and call,
+/// for writing something completely before renaming it into place.
 pub fn temp_sibling(dest: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    dest.with_file_name(format!(".{name}.tmp-{}-{seq}", std::process::id()))
 }
 
 /// Copies `src` to `dest` keeping holes (a fresh ext4 image is mostly

@@ -99,12 +99,13 @@ fn debugfs(image: &Path, script: &str) -> Result<String, InspectError> {
         .spawn()
         .and_then(|mut child| {
             use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(script.as_bytes())?;
-            child.wait_with_output()
+            // Fed from a thread: debugfs's output fills its pipe as it reads.
+            let mut stdin = child.stdin.take().expect("piped");
+            let script = script.to_string();
+            let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+            let out = child.wait_with_output()?;
+            feeder.join().expect("feeder thread")?;
+            Ok(out)
         })
         .map_err(|e| InspectError::Io(name(image), e))?;
     if !out.status.success() {

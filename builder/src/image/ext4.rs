@@ -106,6 +106,7 @@ impl ImageWriter for Ext4 {
             e => e,
         })?;
 
+        tracing::debug!("mkfs.ext4 done");
         // One debugfs session for the whole tree.
         let mut script = String::new();
         let root_md = std::fs::symlink_metadata(root.path()).map_err(|e| ImageError::Io {
@@ -146,6 +147,7 @@ impl ImageWriter for Ext4 {
             .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string());
         run("debugfs", &mut debugfs, Some(script.as_bytes()))?;
 
+        tracing::debug!("debugfs done");
         let mut fsck = Command::new("e2fsck");
         fsck.args(["-f", "-n"]).arg(out);
         run("e2fsck", &mut fsck, None)
@@ -173,11 +175,16 @@ pub(crate) fn run(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(io)?;
-    if let Some(input) = input {
+    // Fed from a thread: the tool's output fills its pipe while it reads.
+    let feeder = input.map(|input| {
         let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(input).map_err(io)?;
-    }
+        let input = input.to_vec();
+        std::thread::spawn(move || stdin.write_all(&input))
+    });
     let output = child.wait_with_output().map_err(io)?;
+    if let Some(f) = feeder {
+        f.join().expect("feeder thread").map_err(io)?;
+    }
     // debugfs reports a bad command on stderr but exits 0.
     let stderr = String::from_utf8_lossy(&output.stderr);
     let complaint = stderr

@@ -1,0 +1,166 @@
+//! Appliance bench: `husk run` of cached appliance images against QEMU's
+//! `microvm` booting the same image with the same kernel, side by side:
+//! spawn to the command's first output byte and to exit, median, min and
+//! max of N runs (default 20). Run it through `ci/bench-build`.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use boot_tests::husk::{build_appliances, built_image, husk_bin};
+use boot_tests::{husk_kernel, route, stats, workspace_root, Route};
+
+fn main() -> ExitCode {
+    let mut runs = 20usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, n] = args.as_slice() {
+        if flag == "--runs" {
+            runs = n.parse().unwrap_or(runs);
+        }
+    }
+    if let Err(e) = build_appliances() {
+        eprintln!("bench-appliance: {e}");
+        return ExitCode::FAILURE;
+    }
+    match route() {
+        Err(why) => {
+            eprintln!("bench-appliance: no usable KVM: {why}");
+            ExitCode::FAILURE
+        }
+        Ok(Route::TestBed { script, host }) => {
+            eprintln!(
+                "bench-appliance: host /dev/kvm is {host:?}; running inside the KVM test bed"
+            );
+            boot_tests::rerun_in_testbed(&script)
+        }
+        Ok(Route::Direct(kind)) => match bench(runs) {
+            Ok(()) => {
+                println!("(measured on /dev/kvm: {kind:?})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bench-appliance: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// (spawn to first stdout byte, spawn to exit), in seconds.
+fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut byte = [0u8; 1];
+    let first = match stdout.read(&mut byte) {
+        Ok(1) => Some(start.elapsed()),
+        _ => None,
+    };
+    std::io::copy(&mut stdout, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let exit = start.elapsed();
+    match first {
+        Some(f) if status.success() => Ok((f.as_secs_f64(), exit.as_secs_f64())),
+        _ => Err(format!("{cmd:?} printed nothing or failed ({status})")),
+    }
+}
+
+fn qemu(kernel: &Path, image: &Path, ext4: bool) -> Command {
+    let mut c = Command::new("timeout");
+    c.args([
+        "60",
+        "qemu-system-x86_64",
+        "-M",
+        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "128M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        "stdio,id=con",
+        "-device",
+        "virtconsole,chardev=con",
+        "-kernel",
+    ])
+    .arg(kernel);
+    if ext4 {
+        c.args([
+            "-append",
+            "console=hvc0 reboot=t panic=-1 quiet root=/dev/vda rootfstype=ext4 ro init=/.husk/init",
+            "-drive",
+        ])
+        .arg(format!(
+            "id=root,file={},format=raw,if=none,readonly=on",
+            image.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"]);
+    } else {
+        c.args([
+            "-append",
+            "console=hvc0 reboot=t panic=-1 quiet rdinit=/.husk/init",
+        ])
+        .arg("-initrd")
+        .arg(image);
+    }
+    c
+}
+
+fn bench(runs: usize) -> Result<(), String> {
+    std::env::set_current_dir(workspace_root()).map_err(|e| e.to_string())?;
+    let kernel = husk_kernel()?.vmlinux();
+    let bin = husk_bin()?;
+    println!("husk run of a cached appliance vs QEMU microvm on the same image and kernel,");
+    println!("1 vCPU, 128 MiB, {runs} runs each, seconds:");
+    println!("{:<48} {:>8} {:>8} {:>8}", "", "median", "min", "max");
+    for (target, ext4) in [("examples/hello", false), ("examples/busybox", true)] {
+        let image = built_image(target)?;
+        let (mut hf, mut he, mut qf, mut qe) = (vec![], vec![], vec![], vec![]);
+        for run in 0..=runs {
+            let mut husk = Command::new(&bin);
+            husk.args(["run", "--memory", "128", "--timeout", "60", target]);
+            let (a, b) = measure(&mut husk)?;
+            let (c, d) = measure(&mut qemu(&kernel, &image, ext4))?;
+            if run > 0 {
+                hf.push(a);
+                he.push(b);
+                qf.push(c);
+                qe.push(d);
+            }
+        }
+        for (what, v) in [
+            ("husk: spawn to output", &hf),
+            ("QEMU microvm: spawn to output", &qf),
+            ("husk: spawn to exit", &he),
+            ("QEMU microvm: spawn to exit", &qe),
+        ] {
+            let (m, lo, hi) = stats(v);
+            println!(
+                "{:<48} {m:>8.3} {lo:>8.3} {hi:>8.3}",
+                format!("{target} {what}")
+            );
+        }
+        println!(
+            "{target}: husk/QEMU ratio: output {:.2}x, exit {:.2}x",
+            stats(&hf).0 / stats(&qf).0,
+            stats(&he).0 / stats(&qe).0
+        );
+    }
+    Ok(())
+}
