@@ -380,8 +380,8 @@ impl Staging {
     fn shm_has_room(estimate: u64) -> bool {
         match rustix::fs::statfs(Self::SHM) {
             Ok(st) => {
-                let free = st.f_bavail as u64 * st.f_bsize as u64;
-                st.f_type as i64 == Self::TMPFS_MAGIC && free > 2 * estimate + (256 << 20)
+                let free = st.f_bavail * st.f_bsize as u64;
+                st.f_type == Self::TMPFS_MAGIC && free > 2 * estimate + (256 << 20)
             }
             Err(_) => false,
         }
