@@ -317,3 +317,12 @@ fn a_layout_without_the_tag_lists_what_it_has() {
         "{text}"
     );
 }
+
+#[test]
+fn a_multi_arch_index_gives_linux_amd64() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    multi_arch_layout(dir.path());
+    let built = build_layout(dir.path(), cache.path()).unwrap();
+    assert_eq!(arch_of(&built.path), "amd64");
+}

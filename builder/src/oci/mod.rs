@@ -4,6 +4,8 @@
 
 mod archive;
 mod layout;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod unpack;
 
 use std::fs::File;
@@ -42,8 +44,10 @@ pub enum OciError {
     },
     #[error("blob {digest}: its content does not match its digest (found sha256:{found}); the image is corrupt")]
     DigestMismatch { digest: String, found: String },
-    #[error("registry images ({0}) need husk built with the \"registry\" feature, which this build does not have; pull it first with `skopeo copy docker://... oci:DIR:TAG` and use oci:DIR:TAG")]
-    RegistryUnsupported(String),
+    #[error("{0}: registry images are pulled by husk-pull, which is not installed next to husk (build it: cargo build --release -p builder --features registry --bin husk-pull), or pull with `skopeo copy docker://... oci:DIR:TAG` and use oci:DIR:TAG")]
+    NoPuller(String),
+    #[error("{0}: husk-pull failed ({1})")]
+    PullFailed(String, std::process::ExitStatus),
 }
 
 /// One layer: where its blob is and what it must hash to.
@@ -80,7 +84,13 @@ impl Image {
                 let dir = archive::import(path, cache)?;
                 archive::docker_image(&dir)
             }
-            Source::Registry(reference) => Err(OciError::RegistryUnsupported(reference.clone())),
+            Source::Registry(reference) => {
+                let dir = pulled_layout(reference, cache);
+                if !dir.join("index.json").is_file() {
+                    run_pull(reference, cache)?;
+                }
+                Layout::open(&dir)?.image(Some("latest"))
+            }
         }
     }
 
@@ -119,6 +129,45 @@ impl Image {
         }
         Ok(all)
     }
+}
+
+/// The reference without its `docker://` prefix.
+pub fn bare(reference: &str) -> &str {
+    reference.strip_prefix("docker://").unwrap_or(reference)
+}
+
+/// Where the pulled layout of a registry reference lives in `cache`.
+/// A pulled reference is used as it is; `husk-pull REF` pulls it again.
+pub fn pulled_layout(reference: &str, cache: &Path) -> PathBuf {
+    let key = hex(&Sha256::digest(bare(reference).as_bytes()));
+    cache.join("pulls").join(&key[..32])
+}
+
+/// Runs `husk-pull` (`$HUSK_PULL`, else beside the running program) to
+/// pull `reference` into `cache`; its progress goes to stderr.
+fn run_pull(reference: &str, cache: &Path) -> Result<(), OciError> {
+    let program = match std::env::var_os("HUSK_PULL").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("husk-pull")))
+            .filter(|p| p.is_file())
+            .ok_or_else(|| OciError::NoPuller(reference.to_string()))?,
+    };
+    let status = std::process::Command::new(&program)
+        .arg(reference)
+        .env("HUSK_CACHE_DIR", cache)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| OciError::Io {
+            path: program.clone(),
+            what: "cannot run husk-pull",
+            source: e,
+        })?;
+    if !status.success() {
+        return Err(OciError::PullFailed(reference.to_string(), status));
+    }
+    Ok(())
 }
 
 /// Reads through, hashing with SHA-256.

@@ -174,3 +174,61 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Writes a multi-arch OCI layout at `dir`: tag `latest` names an image
+/// index with an arm64 and an amd64 image (in that order); each holds one
+/// file, `/arch`, saying which it is.
+pub fn multi_arch_layout(dir: &Path) {
+    let mut manifests = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let sub = dir.join(format!("tmp-{arch}"));
+        oci_layout(
+            &sub,
+            &[(tar(&[E::File("arch", arch.as_bytes())]), Compression::Gzip)],
+            &["/bin/sh"],
+        );
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sub.join("index.json")).unwrap()).unwrap();
+        let mut desc = index["manifests"][0].clone();
+        desc.as_object_mut().unwrap().remove("annotations");
+        desc["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        manifests.push(desc);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        for blob in std::fs::read_dir(sub.join("blobs/sha256")).unwrap() {
+            let blob = blob.unwrap();
+            std::fs::copy(blob.path(), dir.join("blobs/sha256").join(blob.file_name())).unwrap();
+        }
+        std::fs::remove_dir_all(&sub).unwrap();
+    }
+    let image_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    })
+    .to_string();
+    let digest = sha256(image_index.as_bytes());
+    std::fs::write(
+        dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+        &image_index,
+    )
+    .unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                       "digest": digest, "size": image_index.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// The content of `/arch` in a built image (see [`multi_arch_layout`]).
+pub fn arch_of(image: &Path) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /arch"])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

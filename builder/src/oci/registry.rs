@@ -1,0 +1,290 @@
+//! Pulling an image from a registry (`docker://HOST[:PORT]/REPO[:TAG]`)
+//! into the cache, with oci-client. Only the `husk-pull` program has this
+//! (cargo feature `registry`): `husk` itself, which is also the VMM, never
+//! links an HTTP or TLS stack; it runs `husk-pull` when it needs an image
+//! it has not pulled yet.
+//!
+//! Blobs are stored once by digest in `cache/blobs/sha256/`, verified as
+//! they arrive and renamed into place. Each reference gets an OCI layout
+//! (`cache/pulls/<hash of the reference>/`) whose `blobs` points at that
+//! store, read by the builder like any layout. Registries on the loopback
+//! address are spoken to over plain HTTP (as Docker does); others over
+//! HTTPS unless listed in `$HUSK_INSECURE_REGISTRIES` (comma-separated).
+
+use std::path::{Path, PathBuf};
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use oci_spec::image::{Arch, ImageIndex, ImageManifest, Os};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::hex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{0:?} is not an image reference: {1}")]
+    Reference(String, String),
+    #[error("{reference}: {what}")]
+    Registry {
+        reference: String,
+        what: String,
+        #[source]
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("{reference}: {0}", reference = .1)]
+    Invalid(String, String),
+    #[error("{path}: {what}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {digest} from {reference}: content does not match its digest")]
+    DigestMismatch { reference: String, digest: String },
+}
+
+use super::bare;
+
+fn insecure(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    let listed = std::env::var("HUSK_INSECURE_REGISTRIES").unwrap_or_default();
+    host == "localhost"
+        || host.starts_with("127.")
+        || host == "[::1]"
+        || listed.split(',').any(|r| r.trim() == registry)
+}
+
+const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// Pulls `reference` (linux/amd64 from a multi-arch index) into `cache`
+/// and returns the layout folder; blobs already in the store are not
+/// fetched again. `progress` hears about each blob fetched.
+pub fn pull(
+    reference: &str,
+    cache: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, PullError> {
+    let parsed: Reference = bare(reference)
+        .parse()
+        .map_err(|e: oci_client::ParseError| {
+            PullError::Reference(reference.into(), e.to_string())
+        })?;
+    let registry = parsed.resolve_registry().to_string();
+    let protocol = if insecure(&registry) {
+        ClientProtocol::HttpsExcept(vec![registry.clone()])
+    } else {
+        ClientProtocol::Https
+    };
+    let client = Client::new(ClientConfig {
+        protocol,
+        ..Default::default()
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PullError::Io {
+            path: cache.to_path_buf(),
+            what: "cannot start the pull's I/O runtime",
+            source: e,
+        })?;
+    runtime.block_on(pull_async(&client, reference, &parsed, cache, progress))
+}
+
+async fn pull_async(
+    client: &Client,
+    reference: &str,
+    parsed: &Reference,
+    cache: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, PullError> {
+    let registry_err = |what: &str| {
+        let what = what.to_string();
+        move |source| PullError::Registry {
+            reference: reference.to_string(),
+            what,
+            source,
+        }
+    };
+    let store = cache.join("blobs/sha256");
+    tokio::fs::create_dir_all(&store)
+        .await
+        .map_err(|e| PullError::Io {
+            path: store.clone(),
+            what: "cannot create the blob store",
+            source: e,
+        })?;
+    let auth = RegistryAuth::Anonymous;
+    let (mut bytes, mut digest) = client
+        .pull_manifest_raw(parsed, &auth, &MANIFEST_TYPES)
+        .await
+        .map_err(registry_err("cannot fetch the manifest"))?;
+    let mut by_digest = parsed.clone();
+    if let Ok(index) = ImageIndex::from_reader(&bytes[..]) {
+        // A multi-arch index: keep it, and take linux/amd64.
+        {
+            store_bytes(&store, &digest, &bytes, reference).await?;
+            let pick = index
+                .manifests()
+                .iter()
+                .find(|d| {
+                    d.platform()
+                        .as_ref()
+                        .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
+                })
+                .ok_or_else(|| {
+                    PullError::Invalid(
+                        "the image has no linux/amd64 variant".into(),
+                        reference.into(),
+                    )
+                })?;
+            by_digest = Reference::with_digest(
+                parsed.resolve_registry().to_string(),
+                parsed.repository().to_string(),
+                pick.digest().to_string(),
+            );
+            (bytes, digest) = client
+                .pull_manifest_raw(&by_digest, &auth, &MANIFEST_TYPES)
+                .await
+                .map_err(registry_err("cannot fetch the linux/amd64 manifest"))?;
+        }
+    }
+    store_bytes(&store, &digest, &bytes, reference).await?;
+    let manifest = ImageManifest::from_reader(&bytes[..])
+        .map_err(|e| PullError::Invalid(format!("not an image manifest: {e}"), reference.into()))?;
+    let mut blobs = vec![manifest.config().clone()];
+    blobs.extend(manifest.layers().iter().cloned());
+    let n = blobs.len();
+    for (i, desc) in blobs.iter().enumerate() {
+        let d = desc.digest().to_string();
+        let hexd = d.strip_prefix("sha256:").ok_or_else(|| {
+            PullError::Invalid(
+                format!("{d}: only sha256 digests are supported"),
+                reference.into(),
+            )
+        })?;
+        let dest = store.join(hexd);
+        if dest.is_file() {
+            continue;
+        }
+        progress(&format!(
+            "pulling blob {}/{n} {d} ({} bytes)",
+            i + 1,
+            desc.size()
+        ));
+        let tmp = crate::cache::temp_sibling(&dest);
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| PullError::Io {
+                path: tmp.clone(),
+                what: "cannot write blob",
+                source: e,
+            })?;
+        let result = client
+            .pull_blob(&by_digest, d.as_str(), &mut file)
+            .await
+            .map_err(registry_err(&format!("cannot fetch blob {d}")));
+        let flushed = file.flush().await;
+        drop(file);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        flushed.map_err(|e| PullError::Io {
+            path: tmp.clone(),
+            what: "cannot write blob",
+            source: e,
+        })?;
+        let found = super::file_digest(&tmp).map_err(|e| PullError::Io {
+            path: tmp.clone(),
+            what: "cannot read blob",
+            source: e,
+        })?;
+        if found != d {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(PullError::DigestMismatch {
+                reference: reference.into(),
+                digest: d,
+            });
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| PullError::Io {
+            path: dest.clone(),
+            what: "cannot store blob",
+            source: e,
+        })?;
+    }
+    write_layout(reference, cache, &digest, bytes.len())
+}
+
+async fn store_bytes(
+    store: &Path,
+    digest: &str,
+    bytes: &[u8],
+    reference: &str,
+) -> Result<(), PullError> {
+    let found = format!("sha256:{}", hex(&Sha256::digest(bytes)));
+    if found != digest {
+        return Err(PullError::DigestMismatch {
+            reference: reference.into(),
+            digest: digest.into(),
+        });
+    }
+    let dest = store.join(digest.trim_start_matches("sha256:"));
+    let tmp = crate::cache::temp_sibling(&dest);
+    let io = |e| PullError::Io {
+        path: dest.clone(),
+        what: "cannot store blob",
+        source: e,
+    };
+    tokio::fs::write(&tmp, bytes).await.map_err(io)?;
+    std::fs::rename(&tmp, &dest).map_err(io)
+}
+
+/// The reference's layout: `index.json` naming the manifest (tag
+/// `latest`), `blobs` linked to the shared store; renamed into place.
+fn write_layout(
+    reference: &str,
+    cache: &Path,
+    manifest: &str,
+    size: usize,
+) -> Result<PathBuf, PullError> {
+    let dir = super::pulled_layout(reference, cache);
+    let tmp = crate::cache::temp_sibling(&dir);
+    let io = |what| {
+        let tmp = tmp.clone();
+        move |e| PullError::Io {
+            path: tmp,
+            what,
+            source: e,
+        }
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io("cannot create layout"))?;
+    std::os::unix::fs::symlink("../../blobs", tmp.join("blobs"))
+        .map_err(io("cannot link blobs"))?;
+    std::fs::write(tmp.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(io("cannot write layout"))?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest,
+            "size": size,
+            "annotations": {
+                "org.opencontainers.image.ref.name": "latest",
+                "io.husk.reference": bare(reference),
+            },
+        }],
+    });
+    std::fs::write(tmp.join("index.json"), index.to_string()).map_err(io("cannot write layout"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io("cannot store layout"))?;
+    Ok(dir)
+}
