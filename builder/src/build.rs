@@ -338,7 +338,7 @@ pub fn build(
 }
 
 /// The staging folder, removed when dropped. It goes to `/dev/shm` when
-/// that is a tmpfs with room to spare (staging is thousands of small
+/// that is a tmpfs with room to spare and extended attributes (staging is thousands of small
 /// metadata operations, which a disk filesystem journals: 2 s against
 /// 0.3 s for Debian's minbase on the CI machine), else beside the image
 /// in the cache; `$HUSK_STAGING_DIR` chooses the parent folder.
@@ -377,13 +377,23 @@ impl Staging {
         Ok(Staging(dir))
     }
 
+    /// A tmpfs with room for twice the estimate, that keeps `user.*`
+    /// extended attributes (tmpfs does since Linux 6.6; images carry them).
     fn shm_has_room(estimate: u64) -> bool {
-        match rustix::fs::statfs(Self::SHM) {
+        let room = match rustix::fs::statfs(Self::SHM) {
             Ok(st) => {
                 let free = st.f_bavail * st.f_bsize as u64;
                 st.f_type == Self::TMPFS_MAGIC && free > 2 * estimate + (256 << 20)
             }
             Err(_) => false,
+        };
+        room && {
+            let probe = Path::new(Self::SHM).join(format!("husk-xattr-probe-{}", std::process::id()));
+            let kept = std::fs::File::create(&probe).is_ok_and(|f| {
+                rustix::fs::fsetxattr(&f, "user.husk", b"1", rustix::fs::XattrFlags::empty()).is_ok()
+            });
+            let _ = std::fs::remove_file(&probe);
+            kept
         }
     }
 }
@@ -489,7 +499,11 @@ fn install_husk(root: &mut Root, init: &Path, run: &RunConfig) -> Result<(), Bui
 /// Refuses an init that needs a dynamic loader (it would not start in an
 /// image without one): an ELF with a `PT_INTERP` program header.
 fn check_static(init: &Path) -> Result<(), BuildError> {
-    let bytes = std::fs::read(init).map_err(io_at(init, "cannot read the init binary"))?;
+    // The ELF header and program headers sit at the start of the file.
+    let mut bytes = Vec::new();
+    File::open(init)
+        .and_then(|f| f.take(8192).read_to_end(&mut bytes))
+        .map_err(io_at(init, "cannot read the init binary"))?;
     let u16_at = |o: usize| {
         bytes
             .get(o..o + 2)

@@ -120,6 +120,7 @@ fn whiteouts_opaque_folders_hard_links_and_every_compression() {
         E::File("opq/x", b"x"),
         E::Dir("opq/sub/"),
         E::File("opq/sub/y", b"y"),
+        E::Xattr("user.husk", b"kept"),
         E::Owned("data/file", b"payload", 0o4750, 1000, 100),
         E::HardLink("data/link", "data/file"),
         E::Symlink("lnk", "data/file"),
@@ -169,6 +170,13 @@ fn whiteouts_opaque_folders_hard_links_and_every_compression() {
         .unwrap();
     let stat = String::from_utf8_lossy(&out.stdout);
     assert!(stat.contains("Links: 2"), "not a hard link: {stat}");
+    let out = Command::new("debugfs")
+        .args(["-R", "ea_get /data/file user.husk"])
+        .arg(&built.path)
+        .output()
+        .unwrap();
+    let xattr = String::from_utf8_lossy(&out.stdout);
+    assert!(xattr.contains("kept"), "extended attribute lost: {xattr}");
     assert!(
         stat.contains("1600000000") || stat.contains("2020"),
         "mtime lost: {stat}"

@@ -42,11 +42,18 @@ pub enum E<'a> {
     Symlink(&'a str, &'a str),
     HardLink(&'a str, &'a str),
     CharDev(&'a str),
+    /// A PAX header giving the next entry an extended attribute.
+    Xattr(&'a str, &'a [u8]),
 }
 
 pub fn tar(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
+        if let E::Xattr(name, value) = *e {
+            let key = format!("SCHILY.xattr.{name}");
+            b.append_pax_extensions([(key.as_str(), value)]).unwrap();
+            continue;
+        }
         let mut h = tar::Header::new_ustar();
         let (name, kind, link, data, mode, uid, gid): (&str, _, &str, &[u8], u32, u32, u32) =
             match *e {
@@ -56,6 +63,7 @@ pub fn tar(entries: &[E]) -> Vec<u8> {
                 E::Symlink(n, t) => (n, tar::EntryType::Symlink, t, b"", 0o777, 0, 0),
                 E::HardLink(n, t) => (n, tar::EntryType::Link, t, b"", 0o644, 0, 0),
                 E::CharDev(n) => (n, tar::EntryType::Char, "", b"", 0o666, 0, 0),
+                E::Xattr(..) => unreachable!("handled above"),
             };
         let old = h.as_old_mut();
         old.name[..name.len()].copy_from_slice(name.as_bytes());
