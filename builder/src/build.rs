@@ -388,9 +388,11 @@ impl Staging {
             Err(_) => false,
         };
         room && {
-            let probe = Path::new(Self::SHM).join(format!("husk-xattr-probe-{}", std::process::id()));
+            let probe =
+                Path::new(Self::SHM).join(format!("husk-xattr-probe-{}", std::process::id()));
             let kept = std::fs::File::create(&probe).is_ok_and(|f| {
-                rustix::fs::fsetxattr(&f, "user.husk", b"1", rustix::fs::XattrFlags::empty()).is_ok()
+                rustix::fs::fsetxattr(&f, "user.husk", b"1", rustix::fs::XattrFlags::empty())
+                    .is_ok()
             });
             let _ = std::fs::remove_file(&probe);
             kept
