@@ -37,14 +37,41 @@ pub fn temp_sibling(dest: &Path) -> PathBuf {
 /// Copies `src` to `dest` keeping holes (a fresh ext4 image is mostly
 /// holes), through a temporary sibling renamed into place.
 pub fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {
+    let tmp = temp_sibling(dest);
+    let result = (|| {
+        let to = std::fs::File::create(&tmp)?;
+        copy_sparse_into(src, &to)?;
+        to.sync_data()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A copy of `src` in a file with no name in folder `dir` (`O_TMPFILE`):
+/// it vanishes with its last file descriptor, however the process ends.
+pub fn anonymous_copy(src: &Path, dir: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::TMPFILE.bits() as i32)
+        .open(dir)?;
+    copy_sparse_into(src, &file)?;
+    Ok(file)
+}
+
+/// Copies `src` into the empty file `to`, writing only its data extents.
+fn copy_sparse_into(src: &Path, to: &std::fs::File) -> io::Result<()> {
     use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::FileExt;
 
     let mut from = std::fs::File::open(src)?;
     let len = from.metadata()?.len();
-    let tmp = temp_sibling(dest);
-    let result = (|| {
-        let to = std::fs::File::create(&tmp)?;
+    {
         to.set_len(len)?;
         let mut pos = 0;
         let mut buf = vec![0u8; 1 << 20];
@@ -65,13 +92,8 @@ pub fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {
             }
             pos = hole;
         }
-        to.sync_data()?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result
+    Ok(())
 }
 
 #[cfg(test)]

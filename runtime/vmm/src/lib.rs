@@ -12,6 +12,7 @@ mod event_loop;
 pub mod layout;
 mod memory;
 pub mod mptable;
+pub mod seccomp;
 mod vcpu;
 
 use std::fs::{File, OpenOptions};
@@ -38,6 +39,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 pub use control::Phase;
 use layout::*;
+pub use seccomp::SeccompMode;
 use vcpu::{Shared, Stop};
 
 /// Everything the VMM needs to run one VM.
@@ -62,6 +64,8 @@ pub struct VmConfig {
     pub legacy_pit: bool,
     /// Measure the memory use at the end (reads /proc/self/smaps).
     pub report_memory: bool,
+    /// Seccomp filters on every VMM thread (default: refused calls kill).
+    pub seccomp: SeccompMode,
     /// When the process started, for the timings.
     pub started: Instant,
 }
@@ -94,6 +98,8 @@ pub struct Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error(
         "/dev/kvm does not exist: KVM is not available here (enable virtualization in \
          the firmware and load kvm_intel or kvm_amd)"
@@ -171,6 +177,9 @@ const BASE_CMDLINE: &str = "console=hvc0 reboot=t panic=-1 no_timer_check";
 /// Builds and runs the VM until the guest shuts down or the timeout passes.
 pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     let started = cfg.started;
+    // Every filter exists before any thread starts.
+    let filters = seccomp::Filters::build(cfg.seccomp)?.map(Arc::new);
+    let pvm = host_kvm_is_pvm();
     let kvm = Kvm::new().map_err(|e| match e.errno() {
         libc::ENOENT => VmmError::NoKvm,
         libc::EACCES | libc::EPERM => VmmError::KvmPermission,
@@ -257,6 +266,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
         stop: Mutex::new(None),
         stop_evt: stop_evt.try_clone().map_err(io("cloning an eventfd"))?,
         exiting: AtomicBool::new(false),
+        pvm,
     });
 
     // The event loop, before any vCPU runs.
@@ -295,10 +305,24 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
         cpu::setup_vcpu(&fd, &mem, &cpu::cpuid_for(&cpuid, id, cfg.cpus), id, entry)?;
         vcpus.push(fd);
     }
+    // Files the memory report reads at the end, opened while that is allowed.
+    let usage_files = if cfg.report_memory {
+        memory::UsageFiles::open().ok()
+    } else {
+        None
+    };
     let mut threads = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
-        threads
-            .push(vcpu::spawn(id as u8, fd, shared.clone()).map_err(io("starting a vCPU thread"))?);
+        let t = vcpu::spawn(id as u8, fd, shared.clone(), filters.clone());
+        threads.push(t.map_err(io("starting a vCPU thread"))?);
+    }
+    // This thread serves the guest's devices from here on: filtered too.
+    if let Some(f) = &filters {
+        if let Err(e) = f.install(seccomp::ThreadKind::Vmm) {
+            shared.stop(Stop::Failed(e.to_string()));
+            stop_vcpus(&shared, threads);
+            return Err(e.into());
+        }
     }
 
     let deadline = cfg.timeout.map(|t| Instant::now() + t);
@@ -320,23 +344,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
             .map_err(|e| VmmError::Setup(format!("event loop: {e}")))?;
     }
 
-    // Stop every vCPU thread: flag, then kick each out of KVM_RUN until it
-    // has left (a kick can land just before it re-enters the guest).
-    shared.exiting.store(true, Ordering::Release);
-    for t in &threads {
-        for _ in 0..200 {
-            if t.is_finished() {
-                break;
-            }
-            let _ = t.kill(SIGRTMIN());
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    for t in threads {
-        if t.is_finished() {
-            let _ = t.join();
-        }
-    }
+    stop_vcpus(&shared, threads);
 
     let stop = shared
         .stop
@@ -353,12 +361,28 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     Ok(Outcome {
         exit,
         timings: shared.report.marks(),
-        memory: if cfg.report_memory {
-            memory::usage(&mem)
-        } else {
-            None
-        },
+        memory: usage_files.and_then(|f| f.usage(&mem)),
     })
+}
+
+/// Stops every vCPU thread: flag, then kick each out of KVM_RUN until it
+/// has left (a kick can land just before it re-enters the guest).
+fn stop_vcpus(shared: &Shared, threads: Vec<std::thread::JoinHandle<()>>) {
+    shared.exiting.store(true, Ordering::Release);
+    for t in &threads {
+        for _ in 0..200 {
+            if t.is_finished() {
+                break;
+            }
+            let _ = t.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for t in threads {
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {

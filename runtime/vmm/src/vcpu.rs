@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{self, GuestReport};
+use crate::seccomp::{Filters, ThreadKind};
 
 /// The virtio-mmio windows, by base address.
 #[derive(Default)]
@@ -64,10 +65,12 @@ pub struct Shared {
     pub stop_evt: EventFd,
     /// Tells vCPU threads to leave their loop after a kick.
     pub exiting: AtomicBool,
+    /// The host's KVM is PVM (known before the filters forbid looking).
+    pub pvm: bool,
 }
 
 impl Shared {
-    fn stop(&self, why: Stop) {
+    pub fn stop(&self, why: Stop) {
         let mut s = self.stop.lock().unwrap_or_else(|p| p.into_inner());
         if s.is_none() {
             *s = Some(why);
@@ -76,11 +79,23 @@ impl Shared {
     }
 }
 
-/// Starts vCPU `id` on its own thread.
-pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+/// Starts vCPU `id` on its own thread, which installs its seccomp filter
+/// before anything else.
+pub fn spawn(
+    id: u8,
+    mut vcpu: VcpuFd,
+    shared: Arc<Shared>,
+    filters: Option<Arc<Filters>>,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            if let Some(f) = &filters {
+                if let Err(e) = f.install(ThreadKind::Vcpu) {
+                    shared.stop(Stop::Failed(format!("vCPU {id}: {e}")));
+                    return;
+                }
+            }
             if id == 0 {
                 shared.report.mark(control::Phase::VcpusStarted);
             }
@@ -119,7 +134,7 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
                 return;
             }
             Ok(VcpuExit::InternalError) => {
-                shared.stop(Stop::Failed(internal_error_message(id)));
+                shared.stop(Stop::Failed(internal_error_message(id, shared.pvm)));
                 return;
             }
             Ok(other) => {
@@ -135,11 +150,11 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
 }
 
 /// A KVM internal error, explained when the host's KVM is PVM.
-fn internal_error_message(id: u8) -> String {
+fn internal_error_message(id: u8, pvm: bool) -> String {
     let base = format!(
         "vCPU {id}: KVM internal error (the guest hit an instruction KVM could not emulate)"
     );
-    if crate::host_kvm_is_pvm() {
+    if pvm {
         format!(
             "{base}. This host's /dev/kvm is PVM (kvm_pvm), which runs only guest kernels \
              built with PVM guest support; husk's kernel is not. Run husk on hardware KVM \

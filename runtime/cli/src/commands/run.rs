@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -66,6 +66,18 @@ pub struct Args {
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
+    /// Seccomp filters on the VMM's threads: kill (a refused system call
+    /// ends husk with SIGSYS, naming the call), log (the kernel logs it and
+    /// lets it through), off
+    #[arg(long, value_enum, default_value_t = Seccomp::Kill)]
+    seccomp: Seccomp,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Seccomp {
+    Kill,
+    Log,
+    Off,
 }
 
 /// Guest memory in MiB from `--memory`.
@@ -98,41 +110,29 @@ fn disk(arg: &str) -> DiskConfig {
 }
 
 /// The writable copy of an ext4 image one run boots from, so the cached
-/// image stays as built; removed when the run ends.
-struct RunCopy(PathBuf);
+/// image stays as built. It has no name (`O_TMPFILE` in the temporary
+/// folder; the cache may be read-only, as in the KVM test bed): it goes
+/// away with the process, however that ends, and nothing is left to
+/// delete once the VMM's seccomp filters forbid deleting. The VMM opens it
+/// through `/proc/self/fd`.
+struct RunCopy(File);
 
 impl RunCopy {
-    /// In the temporary folder: the cache may be read-only (as in the
-    /// KVM test bed) while runs need somewhere to write.
     fn make(image: &Path) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join("husk-runs");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        // Copies of runs that were killed before they could clean up.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let pid = name
-                    .to_string_lossy()
-                    .split('.')
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                if !pid.is_empty() && !Path::new("/proc").join(&pid).exists() {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let path = dir.join(format!("{}.ext4", std::process::id()));
-        builder::cache::copy_sparse(image, &path)
-            .with_context(|| format!("cannot copy {} for this run", image.display()))?;
-        Ok(RunCopy(path))
+        let dir = std::env::temp_dir();
+        builder::cache::anonymous_copy(image, &dir)
+            .map(RunCopy)
+            .with_context(|| {
+                format!(
+                    "cannot copy {} for this run into {}",
+                    image.display(),
+                    dir.display()
+                )
+            })
     }
-}
 
-impl Drop for RunCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
     }
 }
 
@@ -179,7 +179,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
                 built.path.clone()
             } else {
                 let copy = RunCopy::make(&built.path)?;
-                let path = copy.0.clone();
+                let path = copy.path();
                 plan._copy = Some(copy);
                 path
             };
@@ -272,6 +272,11 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         timeout: args.timeout.map(Duration::from_secs_f64),
         legacy_pit,
         report_memory: args.timings,
+        seccomp: match args.seccomp {
+            Seccomp::Kill => vmm::SeccompMode::Kill,
+            Seccomp::Log => vmm::SeccompMode::Log,
+            Seccomp::Off => vmm::SeccompMode::Off,
+        },
         started,
     };
     let outcome = vmm::run(config)?;

@@ -30,6 +30,10 @@ pub fn trials() -> Vec<Trial> {
             "appliance_images_boot_the_same_under_qemu_microvm",
             same_under_qemu,
         ),
+        Trial::test(
+            "every_vmm_thread_runs_under_seccomp_with_no_new_privs",
+            every_thread_filtered,
+        ),
     ]
 }
 
@@ -201,6 +205,64 @@ fn same_under_qemu() -> Result<(), Failed> {
             "{target}: same output under husk ({:?}) and QEMU ({:?})",
             husk.elapsed, boot.elapsed
         );
+    }
+    Ok(())
+}
+
+/// While a 2-vCPU guest runs, every thread of the husk process shows
+/// `Seccomp: 2` (filter mode) and `NoNewPrivs: 1`.
+fn every_thread_filtered() -> Result<(), Failed> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    std::env::set_current_dir(boot_tests::workspace_root())?;
+    let mut child = Command::new(boot_tests::husk::husk_bin()?)
+        .args([
+            "run",
+            "--cpus",
+            "2",
+            "--timeout",
+            "90",
+            "oci:examples/busybox/image:latest",
+        ])
+        .args(["--", "sh", "-c", "echo ready; sleep 3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let ready = lines.by_ref().any(|l| l.is_ok_and(|l| l.trim() == "ready"));
+    let mut report = Vec::new();
+    if ready {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let dir = task?.path();
+            let comm = std::fs::read_to_string(dir.join("comm"))?
+                .trim()
+                .to_string();
+            let status = std::fs::read_to_string(dir.join("status"))?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            report.push((comm, field("Seccomp:"), field("NoNewPrivs:")));
+        }
+    }
+    let _ = lines.count();
+    let status = child.wait()?;
+    report.sort();
+    eprintln!("threads: {report:?}");
+    if !ready || !status.success() {
+        return Err(format!("the guest did not run as expected ({status})").into());
+    }
+    let names: Vec<&str> = report.iter().map(|(c, ..)| c.as_str()).collect();
+    if !names.contains(&"vcpu0") || !names.contains(&"vcpu1") || report.len() != 3 {
+        return Err(format!("expected the VMM thread and two vCPU threads: {report:?}").into());
+    }
+    if let Some(bad) = report.iter().find(|(_, s, n)| s != "2" || n != "1") {
+        return Err(format!("thread {bad:?} is not filtered").into());
     }
     Ok(())
 }

@@ -1,0 +1,373 @@
+//! Seccomp: one allowlist per VMM thread kind, built with seccompiler
+//! before any thread starts and installed by each thread as its first
+//! step, before it touches anything the guest controls.
+//!
+//! The lists cover what a thread does once the VM is built: the VM, its
+//! memory, devices and vCPU file descriptors all exist before the filters
+//! go on, so neither thread may open, create, map executable memory,
+//! socket, or exec. KVM ioctls are narrowed by request: `KVM_RUN` on vCPU
+//! threads only; the VMM thread has none (interrupts go out through
+//! irqfds, queue kicks come in through ioeventfds).
+//!
+//! A refused call (mode `kill`) raises SIGSYS; the handler says which call
+//! and on which thread, then lets SIGSYS end the process. Mode `log` lets
+//! every call through and has the kernel log the ones outside the list
+//! (`dmesg`, audit); `off` installs nothing.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+/// The request of `ioctl(fd, KVM_RUN, 0)`: `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u64 = 0xae80;
+const PROT_EXEC: u64 = 0x4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompMode {
+    /// Refused calls end the process with SIGSYS, reported first.
+    #[default]
+    Kill,
+    /// Refused calls are allowed and logged by the kernel.
+    Log,
+    /// No filters.
+    Off,
+}
+
+/// The kinds of VMM thread, each with its own allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The thread that built the VM and then runs the device event loop.
+    Vmm,
+    /// One per vCPU: `KVM_RUN` and its exits.
+    Vcpu,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 2] = [ThreadKind::Vmm, ThreadKind::Vcpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Vcpu => "vcpu",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("building the {0} seccomp filter")]
+    Build(&'static str, #[source] seccompiler::BackendError),
+    #[error("compiling the {0} seccomp filter")]
+    Compile(&'static str, #[source] seccompiler::BackendError),
+    #[error("installing the {0} seccomp filter")]
+    Install(&'static str, #[source] seccompiler::Error),
+    #[error("installing the SIGSYS handler")]
+    Handler(#[source] std::io::Error),
+}
+
+/// One allowed system call: its number, the argument conditions (any rule
+/// may match; none means unconditional), and why the thread needs it.
+pub struct Allowed {
+    pub nr: i64,
+    pub rules: Vec<SeccompRule>,
+    pub why: &'static str,
+}
+
+fn cond(arg: u8, len: Len, op: Op, value: u64) -> SeccompCondition {
+    SeccompCondition::new(arg, len, op, value).expect("a valid condition")
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conds).expect("a valid rule")
+}
+
+/// `arg == value`, one rule per value.
+fn arg_is(arg: u8, values: &[u64]) -> Vec<SeccompRule> {
+    values
+        .iter()
+        .map(|&v| rule(vec![cond(arg, Len::Dword, Op::Eq, v)]))
+        .collect()
+}
+
+/// Memory that is never executable.
+fn no_exec(prot_arg: u8) -> Vec<SeccompRule> {
+    vec![rule(vec![cond(
+        prot_arg,
+        Len::Dword,
+        Op::MaskedEq(PROT_EXEC),
+        0,
+    )])]
+}
+
+fn allow(nr: libc::c_long, rules: Vec<SeccompRule>, why: &'static str) -> Allowed {
+    Allowed { nr, rules, why }
+}
+
+/// The allowlist of `kind`.
+pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
+    use libc::*;
+    let sigsys = u64::from(SIGSYS.unsigned_abs());
+    let kick = u64::from(vmm_sys_util::signal::SIGRTMIN().unsigned_abs());
+    // Both kinds: memory for Rust's allocator, locks, signals, leaving.
+    let mut list = vec![
+        allow(SYS_futex, vec![], "locks shared with the other threads"),
+        allow(
+            SYS_mmap,
+            no_exec(2),
+            "the allocator; never executable memory",
+        ),
+        allow(
+            SYS_munmap,
+            vec![],
+            "the allocator, and thread stacks at exit",
+        ),
+        allow(SYS_madvise, vec![], "the allocator returns memory"),
+        allow(SYS_mremap, vec![], "the allocator grows a large buffer"),
+        allow(
+            SYS_write,
+            vec![],
+            "eventfds, the console, log lines on stderr",
+        ),
+        allow(SYS_close, vec![], "file descriptors dropped at the end"),
+        allow(
+            SYS_rt_sigreturn,
+            vec![],
+            "return from the kick signal's handler",
+        ),
+        allow(SYS_rt_sigprocmask, vec![], "thread exit masks signals"),
+        allow(
+            SYS_sigaltstack,
+            vec![],
+            "thread exit drops its signal stack",
+        ),
+        allow(SYS_exit, vec![], "a thread ends"),
+        allow(
+            SYS_rt_sigaction,
+            arg_is(0, &[sigsys]),
+            "the SIGSYS report resets SIGSYS",
+        ),
+        allow(
+            SYS_kill,
+            arg_is(1, &[sigsys]),
+            "the SIGSYS report ends the process",
+        ),
+    ];
+    if cfg!(debug_assertions) {
+        // std's debug builds check that a descriptor is open before
+        // closing it; release builds do not, and their filters omit this.
+        list.push(allow(
+            SYS_fcntl,
+            arg_is(1, &[F_GETFD as u64]),
+            "debug builds: close() check",
+        ));
+    }
+    match kind {
+        ThreadKind::Vcpu => {
+            list.extend([
+                allow(
+                    SYS_ioctl,
+                    arg_is(1, &[KVM_RUN]),
+                    "KVM_RUN, and nothing else",
+                ),
+                allow(SYS_mprotect, no_exec(2), "the allocator grows its arena"),
+            ]);
+        }
+        ThreadKind::Vmm => {
+            list.extend([
+                allow(SYS_epoll_wait, vec![], "the event loop"),
+                allow(
+                    SYS_epoll_ctl,
+                    vec![],
+                    "the console input timer comes and goes",
+                ),
+                allow(SYS_read, vec![], "eventfds, console input, /dev/urandom"),
+                allow(SYS_pread64, vec![], "disk reads"),
+                allow(SYS_pwrite64, vec![], "disk writes"),
+                allow(SYS_fdatasync, vec![], "the block device's FLUSH"),
+                allow(SYS_timerfd_settime, vec![], "console input recheck timer"),
+                allow(SYS_brk, vec![], "the allocator"),
+                allow(SYS_getpid, vec![], "pthread_kill, to kick vCPUs"),
+                allow(SYS_tgkill, arg_is(2, &[kick]), "kick vCPUs out of KVM_RUN"),
+                allow(SYS_clock_nanosleep, vec![], "wait between vCPU kicks"),
+                allow(
+                    SYS_ioctl,
+                    arg_is(1, &[TCGETS, TCSETS]),
+                    "restore the terminal",
+                ),
+                allow(SYS_exit_group, vec![], "the process ends"),
+            ]);
+        }
+    }
+    list
+}
+
+/// The compiled filters, one per thread kind, or none in mode `off`.
+pub struct Filters {
+    mode: SeccompMode,
+    vmm: BpfProgram,
+    vcpu: BpfProgram,
+}
+
+// Which kind the current thread installed (for the SIGSYS report).
+thread_local! {
+    static KIND: Cell<Option<ThreadKind>> = const { Cell::new(None) };
+}
+static PID: AtomicI32 = AtomicI32::new(0);
+
+impl Filters {
+    /// Builds every filter and, in mode `kill`, the SIGSYS handler; call
+    /// before starting any thread.
+    pub fn build(mode: SeccompMode) -> Result<Option<Self>, SeccompError> {
+        if mode == SeccompMode::Off {
+            return Ok(None);
+        }
+        let mismatch = match mode {
+            SeccompMode::Kill => SeccompAction::Trap,
+            _ => SeccompAction::Log,
+        };
+        let compile = |kind: ThreadKind| -> Result<BpfProgram, SeccompError> {
+            let map: BTreeMap<i64, Vec<SeccompRule>> =
+                rules(kind).into_iter().map(|a| (a.nr, a.rules)).collect();
+            let filter = SeccompFilter::new(
+                map,
+                mismatch.clone(),
+                SeccompAction::Allow,
+                TargetArch::x86_64,
+            )
+            .map_err(|e| SeccompError::Build(kind.name(), e))?;
+            filter
+                .try_into()
+                .map_err(|e| SeccompError::Compile(kind.name(), e))
+        };
+        let filters = Filters {
+            mode,
+            vmm: compile(ThreadKind::Vmm)?,
+            vcpu: compile(ThreadKind::Vcpu)?,
+        };
+        if mode == SeccompMode::Kill {
+            PID.store(std::process::id() as i32, Ordering::Relaxed);
+            vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, sigsys_handler)
+                .map_err(|e| SeccompError::Handler(e.into()))?;
+        }
+        Ok(Some(filters))
+    }
+
+    /// Installs `kind`'s filter on the calling thread (and sets
+    /// no_new_privs). It cannot be removed.
+    pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
+        let bpf = match kind {
+            ThreadKind::Vmm => &self.vmm,
+            ThreadKind::Vcpu => &self.vcpu,
+        };
+        KIND.with(|k| k.set(Some(kind)));
+        seccompiler::apply_filter(bpf).map_err(|e| SeccompError::Install(kind.name(), e))?;
+        tracing::debug!(kind = kind.name(), mode = ?self.mode, "seccomp filter installed");
+        Ok(())
+    }
+}
+
+/// Writes `what` to stderr with `write(2)` only (async-signal-safe).
+fn write_stderr(parts: &[&[u8]]) {
+    for p in parts {
+        // SAFETY: writes bytes from a live slice to fd 2.
+        unsafe { libc::write(2, p.as_ptr().cast(), p.len()) };
+    }
+}
+
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Reports the refused call, then lets SIGSYS (blocked while this runs)
+/// end the process with its default action.
+extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo; for SIGSYS the refused
+    // call's number is the int after si_signo, si_errno, si_code, padding
+    // and the 8-byte call address (the `_sigsys` member), i.e. int 6.
+    let nr = unsafe { *(info as *const i32).offset(6) };
+    let name = syscalls::Sysno::new(nr as usize).map_or("unknown", |s| s.name());
+    let kind = KIND.with(|k| k.get()).map_or("unfiltered", |k| k.name());
+    let mut buf = [0u8; 10];
+    write_stderr(&[
+        b"husk: seccomp refused system call ",
+        name.as_bytes(),
+        b" (",
+        decimal(nr as u32, &mut buf),
+        b") on a ",
+        kind.as_bytes(),
+        b" thread; stopping (run with --seccomp=log to find every missing rule)\n",
+    ]);
+    // SAFETY: resetting a signal to its default action and signalling our
+    // own process; both calls are on the allowlists for exactly SIGSYS.
+    unsafe {
+        libc::signal(libc::SIGSYS, libc::SIG_DFL);
+        libc::kill(PID.load(Ordering::Relaxed), libc::SIGSYS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_build_and_stay_small() {
+        for mode in [SeccompMode::Log, SeccompMode::Kill] {
+            assert!(Filters::build(mode).unwrap().is_some());
+        }
+        assert!(Filters::build(SeccompMode::Off).unwrap().is_none());
+        // Firecracker's x86_64 policy: 76 rule entries for its VMM thread,
+        // 49 for vCPUs. Each of ours has to stay below.
+        let vmm = rules(ThreadKind::Vmm).len();
+        let vcpu = rules(ThreadKind::Vcpu).len();
+        assert!(vmm < 76 && vcpu < 49, "vmm {vmm}, vcpu {vcpu}");
+    }
+
+    #[test]
+    fn no_call_is_listed_twice_and_every_one_says_why() {
+        for kind in ThreadKind::ALL {
+            let list = rules(kind);
+            let mut nrs: Vec<i64> = list.iter().map(|a| a.nr).collect();
+            nrs.sort();
+            nrs.dedup();
+            assert_eq!(nrs.len(), list.len(), "{kind:?}");
+            assert!(list.iter().all(|a| !a.why.is_empty()));
+        }
+    }
+
+    #[test]
+    fn vcpus_may_not_open_exec_or_socket() {
+        let vcpu: Vec<i64> = rules(ThreadKind::Vcpu).iter().map(|a| a.nr).collect();
+        let vmm: Vec<i64> = rules(ThreadKind::Vmm).iter().map(|a| a.nr).collect();
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+        ] {
+            assert!(!vcpu.contains(&nr) && !vmm.contains(&nr), "{nr}");
+        }
+    }
+
+    #[test]
+    fn decimals() {
+        let mut b = [0u8; 10];
+        assert_eq!(decimal(0, &mut b), b"0");
+        assert_eq!(decimal(435, &mut b), b"435");
+        assert_eq!(decimal(u32::MAX, &mut b), b"4294967295");
+    }
+}

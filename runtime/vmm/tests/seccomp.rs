@@ -1,0 +1,129 @@
+//! The seccomp policies, each in a child process of this test binary
+//! (filters cannot be removed once installed): allowed work goes through,
+//! a forbidden call ends the process with SIGSYS after husk names it.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitCode};
+
+use vmm::seccomp::{rules, Filters, SeccompMode, ThreadKind};
+
+const CASE: &str = "HUSK_SECCOMP_CASE";
+
+fn main() -> ExitCode {
+    if let Ok(case) = std::env::var(CASE) {
+        child(&case);
+        return ExitCode::SUCCESS;
+    }
+    for kind in ThreadKind::ALL {
+        let list = rules(kind);
+        eprintln!(
+            "{} thread: {} system calls allowed: {}",
+            kind.name(),
+            list.len(),
+            list.iter()
+                .map(|a| syscalls::Sysno::new(a.nr as usize).map_or("?", |s| s.name()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    let cases: [(&str, Option<&str>); 8] = [
+        ("vcpu-allowed", None),
+        ("vmm-allowed", None),
+        ("vcpu-execve", Some("execve")),
+        ("vcpu-open", Some("openat")),
+        ("vcpu-socket", Some("socket")),
+        ("vcpu-ioctl-other", Some("ioctl")),
+        ("vmm-socket", Some("socket")),
+        ("log-mode-lets-through", None),
+    ];
+    let mut failed = 0;
+    for (case, refused) in cases {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env(CASE, case)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let ok = match refused {
+            None => out.status.success(),
+            Some(name) => {
+                out.status.signal() == Some(libc::SIGSYS)
+                    && stderr.contains(&format!("seccomp refused system call {name} ("))
+            }
+        };
+        eprintln!("{case}: {}", if ok { "ok" } else { "FAILED" });
+        if !ok {
+            failed += 1;
+            eprintln!("  status {:?}, stderr:\n{stderr}", out.status);
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs `case` on a thread of the kind it names, under that kind's filter.
+fn child(case: &str) {
+    let mode = if case.starts_with("log-") {
+        SeccompMode::Log
+    } else {
+        SeccompMode::Kill
+    };
+    let filters = Filters::build(mode).unwrap().unwrap();
+    let kind = if case.starts_with("vmm-") {
+        ThreadKind::Vmm
+    } else {
+        ThreadKind::Vcpu
+    };
+    let evt = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    let path = std::ffi::CString::new("/etc/hostname").unwrap();
+    let case = case.to_string();
+    let work = move || {
+        filters.install(kind).unwrap();
+        match case.as_str() {
+            "vcpu-allowed" | "vmm-allowed" => {
+                // What both kinds do: signal an eventfd, take a lock,
+                // allocate, log to stderr.
+                evt.write(1).unwrap();
+                let m = std::sync::Mutex::new(vec![0u8; 1 << 20]);
+                m.lock().unwrap().push(1);
+                eprintln!("allowed work done");
+            }
+            "vcpu-execve" => {
+                let argv = [path.as_ptr(), std::ptr::null()];
+                // SAFETY: valid argv; the call is refused before it runs.
+                unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), argv.as_ptr().add(1)) };
+            }
+            "vcpu-open" => {
+                // SAFETY: a NUL-terminated path.
+                unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+            }
+            "vcpu-socket" | "vmm-socket" => {
+                // SAFETY: plain socket(2).
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            }
+            "vcpu-ioctl-other" => {
+                // SAFETY: TCGETS on stdin with a buffer big enough.
+                let mut t: libc::termios = unsafe { std::mem::zeroed() };
+                unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
+            }
+            "log-mode-lets-through" => {
+                // SAFETY: a NUL-terminated path.
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+                assert!(fd >= 0, "log mode must not refuse");
+            }
+            other => panic!("unknown case {other}"),
+        }
+    };
+    let name = match kind {
+        ThreadKind::Vmm => "vmm",
+        ThreadKind::Vcpu => "vcpu0",
+    };
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(work)
+        .unwrap()
+        .join()
+        .unwrap();
+}
