@@ -104,8 +104,9 @@ fn child(case: &str) {
                 unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             }
             "vcpu-ioctl-other" => {
-                // SAFETY: TCGETS on stdin with a buffer big enough.
+                // SAFETY: termios is plain data; all zeroes is valid.
                 let mut t: libc::termios = unsafe { std::mem::zeroed() };
+                // SAFETY: TCGETS on stdin into a termios we own.
                 unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
             }
             "log-mode-lets-through" => {
