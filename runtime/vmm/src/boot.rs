@@ -69,16 +69,30 @@ fn elf_load_end(file: &mut File) -> Option<u64> {
     Some(end)
 }
 
-/// Loads the kernel at `path` into guest memory of `ram` bytes.
+/// Opens the kernel (before any sandbox).
+pub fn open_kernel(path: &Path) -> Result<File, VmmError> {
+    File::open(path).map_err(|source| VmmError::KernelOpen {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Opens the initrd (before any sandbox).
+pub fn open_initrd(path: &Path) -> Result<File, VmmError> {
+    File::open(path).map_err(|source| VmmError::InitrdOpen {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Loads the kernel `file` (found at `path`) into guest memory of `ram`
+/// bytes.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
+    mut file: File,
     path: &Path,
     ram: u64,
 ) -> Result<(Entry, Option<boot_params>), VmmError> {
-    let mut file = File::open(path).map_err(|source| VmmError::KernelOpen {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let mut magic = [0u8; 4];
     let is_elf = file.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC;
     let _ = file.seek(SeekFrom::Start(0));
@@ -127,11 +141,12 @@ pub fn load_kernel(
 
 /// Copies the initrd to the top of low RAM, page aligned, below 2 GiB (the
 /// Linux boot protocol's default `initrd_addr_max`).
-pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, ram: u64) -> Result<Initrd, VmmError> {
-    let mut file = File::open(path).map_err(|source| VmmError::InitrdOpen {
-        path: path.to_path_buf(),
-        source,
-    })?;
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    mut file: File,
+    path: &Path,
+    ram: u64,
+) -> Result<Initrd, VmmError> {
     let size = file
         .metadata()
         .map_err(|source| VmmError::InitrdOpen {
@@ -271,7 +286,7 @@ mod tests {
         let f = elf_with_segments();
         let ram = 16 << 20;
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
-        match load_kernel(&mem, f.path(), ram) {
+        match load_kernel(&mem, open_kernel(f.path()).unwrap(), f.path(), ram) {
             Err(VmmError::MemoryTooSmall { have_mib, need_mib }) => {
                 assert_eq!((have_mib, need_mib), (16, 18));
             }

@@ -174,17 +174,64 @@ pub fn host_kvm_is_pvm() -> bool {
 /// the probe waits for ticks and costs a good part of a boot).
 const BASE_CMDLINE: &str = "console=hvc0 reboot=t panic=-1 no_timer_check";
 
-/// Builds and runs the VM until the guest shuts down or the timeout passes.
-pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
-    let started = cfg.started;
-    // Every filter exists before any thread starts.
-    let filters = seccomp::Filters::build(cfg.seccomp)?.map(Arc::new);
-    let pvm = host_kvm_is_pvm();
+/// Everything the VM needs from the host's filesystem, opened up front:
+/// after [`open_host_files`] the VMM opens nothing, so it can run in a
+/// jail with an empty root and as a user who could not open these files.
+pub struct HostFiles {
+    kvm: Kvm,
+    kernel: File,
+    initrd: Option<File>,
+    /// Opened with the access each needs and locked.
+    disks: Vec<File>,
+    urandom: File,
+    usage: Option<memory::UsageFiles>,
+    pvm: bool,
+}
+
+/// Opens (and locks) what `cfg` names: /dev/kvm, the kernel, the initrd,
+/// the disks, /dev/urandom.
+pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
     let kvm = Kvm::new().map_err(|e| match e.errno() {
         libc::ENOENT => VmmError::NoKvm,
         libc::EACCES | libc::EPERM => VmmError::KvmPermission,
         _ => VmmError::KvmOpen(e),
     })?;
+    Ok(HostFiles {
+        kvm,
+        kernel: boot::open_kernel(&cfg.kernel)?,
+        initrd: cfg.initrd.as_deref().map(boot::open_initrd).transpose()?,
+        disks: cfg.disks.iter().map(open_disk).collect::<Result<_, _>>()?,
+        urandom: File::open("/dev/urandom").map_err(io("opening /dev/urandom"))?,
+        usage: if cfg.report_memory {
+            memory::UsageFiles::open().ok()
+        } else {
+            None
+        },
+        pvm: host_kvm_is_pvm(),
+    })
+}
+
+/// Builds and runs the VM until the guest shuts down or the timeout passes.
+pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
+    let files = open_host_files(&cfg)?;
+    run_with(cfg, files)
+}
+
+/// [`run`] with the host files already open (perhaps before entering a
+/// jail).
+pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError> {
+    let started = cfg.started;
+    // Every filter exists before any thread starts.
+    let filters = seccomp::Filters::build(cfg.seccomp)?.map(Arc::new);
+    let HostFiles {
+        kvm,
+        kernel,
+        initrd,
+        disks,
+        urandom,
+        usage: usage_files,
+        pvm,
+    } = files;
     let vm = kvm
         .create_vm()
         .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
@@ -218,10 +265,15 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
     let console_buffer = console.input();
     let console_transmitted = console.transmitted();
     let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console)];
-    for (i, d) in cfg.disks.iter().enumerate() {
-        devices.push(Box::new(open_disk(d, i)?));
+    for (i, (d, file)) in cfg.disks.iter().zip(disks).enumerate() {
+        let id = format!("husk-vd{}", (b'a' + i as u8) as char);
+        let block = Block::new(file, d.readonly, &id).map_err(|source| VmmError::DiskOpen {
+            path: d.path.clone(),
+            source,
+        })?;
+        devices.push(Box::new(block));
     }
-    devices.push(Box::new(Rng::new().map_err(io("opening /dev/urandom"))?));
+    devices.push(Box::new(Rng::with_source(urandom)));
     if devices.len() > (LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1) as usize {
         return Err(VmmError::TooManyDevices(devices.len()));
     }
@@ -248,12 +300,11 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
             .map_err(|e| VmmError::Cmdline(e.to_string()))?;
     }
 
-    let (entry, zero_page) = boot::load_kernel(&mem, &cfg.kernel, ram)?;
-    let initrd = cfg
-        .initrd
-        .as_ref()
-        .map(|p| boot::load_initrd(&mem, p, ram))
-        .transpose()?;
+    let (entry, zero_page) = boot::load_kernel(&mem, kernel, &cfg.kernel, ram)?;
+    let initrd = match (initrd, &cfg.initrd) {
+        (Some(file), Some(path)) => Some(boot::load_initrd(&mem, file, path, ram)?),
+        _ => None,
+    };
     boot::write_boot_info(&mem, entry, zero_page, &cmdline, initrd, ram)?;
     mptable::write(&mem, cfg.cpus)
         .map_err(|e| VmmError::GuestMemory(format!("writing the MP table: {e}")))?;
@@ -305,12 +356,6 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, VmmError> {
         cpu::setup_vcpu(&fd, &mem, &cpu::cpuid_for(&cpuid, id, cfg.cpus), id, entry)?;
         vcpus.push(fd);
     }
-    // Files the memory report reads at the end, opened while that is allowed.
-    let usage_files = if cfg.report_memory {
-        memory::UsageFiles::open().ok()
-    } else {
-        None
-    };
     let mut threads = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
         let t = vcpu::spawn(id as u8, fd, shared.clone(), filters.clone());
@@ -415,7 +460,7 @@ fn guest_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
 
 /// Opens a disk with the access it needs and locks it: exclusively when
 /// writable, shared when read-only.
-fn open_disk(d: &DiskConfig, index: usize) -> Result<Block, VmmError> {
+fn open_disk(d: &DiskConfig) -> Result<File, VmmError> {
     let file = OpenOptions::new()
         .read(true)
         .write(!d.readonly)
@@ -434,15 +479,7 @@ fn open_disk(d: &DiskConfig, index: usize) -> Result<Block, VmmError> {
             path: d.path.clone(),
         });
     }
-    Block::new(
-        file,
-        d.readonly,
-        &format!("husk-vd{}", (b'a' + index as u8) as char),
-    )
-    .map_err(|source| VmmError::DiskOpen {
-        path: d.path.clone(),
-        source,
-    })
+    Ok(file)
 }
 
 /// Puts a device behind a transport at `base`, with its interrupt on an

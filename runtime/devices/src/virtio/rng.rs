@@ -20,10 +20,15 @@ pub struct Rng {
 impl Rng {
     /// Entropy from `/dev/urandom`, opened now (before any sandbox).
     pub fn new() -> io::Result<Self> {
-        Ok(Rng {
-            source: File::open("/dev/urandom")?,
+        Ok(Self::with_source(File::open("/dev/urandom")?))
+    }
+
+    /// Entropy from `source`, an already open `/dev/urandom`.
+    pub fn with_source(source: File) -> Self {
+        Rng {
+            source,
             state: DeviceState::Inactive,
-        })
+        }
     }
 }
 

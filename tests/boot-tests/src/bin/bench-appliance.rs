@@ -162,5 +162,28 @@ fn bench(runs: usize) -> Result<(), String> {
             stats(&he).0 / stats(&qe).0
         );
     }
+
+    // What the sandbox costs: the same run with seccomp on and off.
+    let (mut on, mut off) = (vec![], vec![]);
+    for run in 0..=runs {
+        let mut with = Command::new(&bin);
+        with.args(["run", "--timeout", "60", "examples/hello"]);
+        let mut without = Command::new(&bin);
+        without.args(["run", "--seccomp", "off", "--timeout", "60", "examples/hello"]);
+        let a = measure(&mut with)?.1;
+        let b = measure(&mut without)?.1;
+        if run > 0 {
+            on.push(a);
+            off.push(b);
+        }
+    }
+    for (what, v) in [("seccomp on", &on), ("seccomp off", &off)] {
+        let (m, lo, hi) = stats(v);
+        println!("{:<48} {m:>8.3} {lo:>8.3} {hi:>8.3}", format!("examples/hello {what}: spawn to exit"));
+    }
+    println!(
+        "seccomp on/off: {:+.1}%",
+        (stats(&on).0 / stats(&off).0 - 1.0) * 100.0
+    );
     Ok(())
 }
