@@ -9,6 +9,7 @@ pub mod boot;
 pub mod control;
 pub mod cpu;
 mod event_loop;
+pub mod jail;
 pub mod layout;
 mod memory;
 pub mod mptable;

@@ -147,6 +147,11 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
         ),
         allow(SYS_exit, vec![], "a thread ends"),
         allow(
+            SYS_exit_group,
+            vec![],
+            "the process ends (also after a refused call, when jailed)",
+        ),
+        allow(
             SYS_rt_sigaction,
             arg_is(0, &[sigsys]),
             "the SIGSYS report resets SIGSYS",
@@ -199,7 +204,6 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                     arg_is(1, &[TCGETS, TCSETS]),
                     "restore the terminal",
                 ),
-                allow(SYS_exit_group, vec![], "the process ends"),
             ]);
         }
     }
@@ -310,11 +314,18 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         kind.as_bytes(),
         b" thread; stopping (run with --seccomp=log to find every missing rule)\n",
     ]);
+    let pid = PID.load(Ordering::Relaxed);
     // SAFETY: resetting a signal to its default action and signalling our
     // own process; both calls are on the allowlists for exactly SIGSYS.
+    // The init of a PID namespace (a jailed VMM) ignores a default-action
+    // signal from inside: it exits with the status a shell shows for a
+    // death by SIGSYS instead.
     unsafe {
+        if pid == 1 {
+            libc::_exit(128 + libc::SIGSYS);
+        }
         libc::signal(libc::SIGSYS, libc::SIG_DFL);
-        libc::kill(PID.load(Ordering::Relaxed), libc::SIGSYS);
+        libc::kill(pid, libc::SIGSYS);
     }
 }
 

@@ -71,6 +71,16 @@ pub struct Args {
     /// lets it through), off
     #[arg(long, value_enum, default_value_t = Seccomp::Kill)]
     seccomp: Seccomp,
+    /// Run the VMM in a jail: its own namespaces, an empty root, an
+    /// unprivileged user, no capabilities, a cgroup (default when root)
+    #[arg(long, overrides_with = "no_jail")]
+    jail: bool,
+    /// Run the VMM without the jail
+    #[arg(long)]
+    no_jail: bool,
+    /// The user the jailed VMM runs as
+    #[arg(long, value_name = "UID:GID", default_value = "65534:65534")]
+    jail_user: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -279,7 +289,35 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         },
         started,
     };
-    let outcome = vmm::run(config)?;
+    let jail = if args.jail || (!args.no_jail && is_root()) {
+        let (uid, gid) = args
+            .jail_user
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+            .context("--jail-user: write UID:GID with numbers")?;
+        Some(vmm::jail::JailConfig {
+            uid,
+            gid,
+            // Guest RAM plus room for the VMM and the disks' page cache.
+            memory_limit: (plan.memory_mib + 256) << 20,
+            cpus: u32::from(plan.cpus),
+            max_files: 256,
+            new_netns: true,
+        })
+    } else {
+        None
+    };
+    let files = vmm::open_host_files(&config)?;
+    if let Some(jail) = &jail {
+        match vmm::jail::enter(jail)? {
+            vmm::jail::Side::Supervisor(status) => {
+                drop(_raw);
+                return Ok(ExitCode::from(status));
+            }
+            vmm::jail::Side::Jailed => {}
+        }
+    }
+    let outcome = vmm::run_with(config, files)?;
     drop(_raw);
     drop(plan);
     if args.timings {
@@ -311,6 +349,11 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_TIMEOUT)
         }
     })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Raw mode on a terminal stdin for as long as it lives.

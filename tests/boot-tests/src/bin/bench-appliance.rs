@@ -163,13 +163,22 @@ fn bench(runs: usize) -> Result<(), String> {
         );
     }
 
-    // What the sandbox costs: the same run with seccomp on and off.
+    // What the sandbox costs: the same run with seccomp and the jail (the
+    // default for root) and with both off.
     let (mut on, mut off) = (vec![], vec![]);
     for run in 0..=runs {
         let mut with = Command::new(&bin);
         with.args(["run", "--timeout", "60", "examples/hello"]);
         let mut without = Command::new(&bin);
-        without.args(["run", "--seccomp", "off", "--timeout", "60", "examples/hello"]);
+        without.args([
+            "run",
+            "--seccomp",
+            "off",
+            "--no-jail",
+            "--timeout",
+            "60",
+            "examples/hello",
+        ]);
         let a = measure(&mut with)?.1;
         let b = measure(&mut without)?.1;
         if run > 0 {
@@ -177,12 +186,15 @@ fn bench(runs: usize) -> Result<(), String> {
             off.push(b);
         }
     }
-    for (what, v) in [("seccomp on", &on), ("seccomp off", &off)] {
+    for (what, v) in [("sandbox on", &on), ("sandbox off", &off)] {
         let (m, lo, hi) = stats(v);
-        println!("{:<48} {m:>8.3} {lo:>8.3} {hi:>8.3}", format!("examples/hello {what}: spawn to exit"));
+        println!(
+            "{:<48} {m:>8.3} {lo:>8.3} {hi:>8.3}",
+            format!("examples/hello {what}: spawn to exit")
+        );
     }
     println!(
-        "seccomp on/off: {:+.1}%",
+        "sandbox (seccomp + jail) on/off: {:+.1}%",
         (stats(&on).0 / stats(&off).0 - 1.0) * 100.0
     );
     Ok(())

@@ -34,6 +34,10 @@ pub fn trials() -> Vec<Trial> {
             "every_vmm_thread_runs_under_seccomp_with_no_new_privs",
             every_thread_filtered,
         ),
+        Trial::test(
+            "jail_confines_the_vmm_and_leaves_nothing_behind",
+            jail_confines_the_vmm,
+        ),
     ]
 }
 
@@ -209,9 +213,9 @@ fn same_under_qemu() -> Result<(), Failed> {
     Ok(())
 }
 
-/// While a 2-vCPU guest runs, every thread of the husk process shows
-/// `Seccomp: 2` (filter mode) and `NoNewPrivs: 1`.
-fn every_thread_filtered() -> Result<(), Failed> {
+/// `husk run` of a guest that prints "ready" and sleeps `secs`, started
+/// and waited for until "ready": the husk process and the lines to drain.
+fn start_sleeper(cpus: &str, secs: u32) -> Result<(std::process::Child, u32), Failed> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     std::env::set_current_dir(boot_tests::workspace_root())?;
@@ -219,50 +223,184 @@ fn every_thread_filtered() -> Result<(), Failed> {
         .args([
             "run",
             "--cpus",
-            "2",
+            cpus,
             "--timeout",
             "90",
             "oci:examples/busybox/image:latest",
         ])
-        .args(["--", "sh", "-c", "echo ready; sleep 3"])
+        .args(["--", "sh", "-c", &format!("echo ready; sleep {secs}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()?;
-    let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let ready = lines.by_ref().any(|l| l.is_ok_and(|l| l.trim() == "ready"));
-    let mut report = Vec::new();
-    if ready {
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            let dir = task?.path();
-            let comm = std::fs::read_to_string(dir.join("comm"))?
-                .trim()
-                .to_string();
-            let status = std::fs::read_to_string(dir.join("status"))?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_default()
-            };
-            report.push((comm, field("Seccomp:"), field("NoNewPrivs:")));
-        }
+    if !lines.by_ref().any(|l| l.is_ok_and(|l| l.trim() == "ready")) {
+        let _ = child.kill();
+        return Err("the guest never printed ready".into());
     }
-    let _ = lines.count();
+    std::thread::spawn(move || lines.count());
+    let pid = child.id();
+    Ok((child, pid))
+}
+
+/// The jailed VMM: the supervisor's one child (or the process itself when
+/// husk runs unjailed).
+fn vmm_pid(husk: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{husk}/task/{husk}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(husk)
+}
+
+fn status_field(pid: u32, task: Option<&str>, name: &str) -> String {
+    let path = match task {
+        Some(t) => format!("/proc/{pid}/task/{t}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// While a 2-vCPU guest runs, every thread of the VMM process shows
+/// `Seccomp: 2` (filter mode) and `NoNewPrivs: 1`.
+fn every_thread_filtered() -> Result<(), Failed> {
+    let (mut child, husk) = start_sleeper("2", 3)?;
+    let vmm = vmm_pid(husk);
+    let mut report = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{vmm}/task"))? {
+        let t = task?.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{vmm}/task/{t}/comm"))?;
+        report.push((
+            comm.trim().to_string(),
+            status_field(vmm, Some(&t), "Seccomp:"),
+            status_field(vmm, Some(&t), "NoNewPrivs:"),
+        ));
+    }
     let status = child.wait()?;
     report.sort();
-    eprintln!("threads: {report:?}");
-    if !ready || !status.success() {
+    eprintln!("VMM threads: {report:?}");
+    if !status.success() {
         return Err(format!("the guest did not run as expected ({status})").into());
     }
     let names: Vec<&str> = report.iter().map(|(c, ..)| c.as_str()).collect();
-    if !names.contains(&"vcpu0") || !names.contains(&"vcpu1") || report.len() != 3 {
+    if !names.contains(&"vcpu0") || !names.contains(&"vcpu1") || !names.contains(&"husk") {
         return Err(format!("expected the VMM thread and two vCPU threads: {report:?}").into());
     }
     if let Some(bad) = report.iter().find(|(_, s, n)| s != "2" || n != "1") {
         return Err(format!("thread {bad:?} is not filtered").into());
+    }
+    Ok(())
+}
+
+/// Run as root, the VMM is jailed: another user, no capabilities, an
+/// empty root, a cgroup with its limits; nothing is left after it ends,
+/// is SIGKILLed, or its supervisor is SIGKILLed.
+fn jail_confines_the_vmm() -> Result<(), Failed> {
+    let leftovers = |husk: u32| -> Vec<String> {
+        let mut found = Vec::new();
+        let jail = format!("{}/{husk}", vmm::jail::JAIL_DIR);
+        if std::path::Path::new(&jail).exists() {
+            found.push(jail);
+        }
+        if let Some(c) = vmm::jail::Cgroups::detect() {
+            found.extend(
+                c.dirs(husk)
+                    .into_iter()
+                    .filter(|d| d.exists())
+                    .map(|d| d.display().to_string()),
+            );
+        }
+        found
+    };
+
+    let (mut child, husk) = start_sleeper("1", 2)?;
+    let vmm = vmm_pid(husk);
+    if vmm == husk {
+        return Err("husk ran as root without a jailed child".into());
+    }
+    let uid = status_field(vmm, None, "Uid:");
+    let caps: Vec<String> = ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+        .iter()
+        .map(|c| status_field(vmm, None, c))
+        .collect();
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{vmm}/root"))?.collect();
+    let cgroups = vmm::jail::Cgroups::detect().ok_or("no cgroup hierarchy on this host")?;
+    let limit = match &cgroups {
+        vmm::jail::Cgroups::V2(_) => {
+            std::fs::read_to_string(cgroups.dirs(husk)[0].join("memory.max"))?
+        }
+        vmm::jail::Cgroups::V1 { .. } => {
+            std::fs::read_to_string(cgroups.dirs(husk)[0].join("memory.limit_in_bytes"))?
+        }
+    };
+    let procs = std::fs::read_to_string(cgroups.dirs(husk)[0].join("cgroup.procs"))?;
+    let status = child.wait()?;
+    eprintln!(
+        "jailed VMM: uid {uid}, caps {caps:?}, root entries {}, memory limit {}",
+        root.len(),
+        limit.trim()
+    );
+    if !uid.split_whitespace().all(|u| u == "65534") {
+        return Err(format!("the VMM runs as {uid}").into());
+    }
+    if caps.iter().any(|c| !c.trim_start_matches('0').is_empty()) {
+        return Err(format!("capabilities left: {caps:?}").into());
+    }
+    if !root.is_empty() {
+        return Err("the VMM's root is not empty: host files are visible".into());
+    }
+    // Default 128 MiB guest + 256 MiB for the VMM.
+    if limit.trim() != (384u64 << 20).to_string()
+        || !procs.split_whitespace().any(|p| p == vmm.to_string())
+    {
+        return Err(format!("cgroup limit {} / procs {procs:?}", limit.trim()).into());
+    }
+    if !status.success() || !leftovers(husk).is_empty() {
+        return Err(format!("exit {status}, left behind: {:?}", leftovers(husk)).into());
+    }
+
+    // The VMM killed: the supervisor cleans up and says so.
+    let (mut child, husk) = start_sleeper("1", 60)?;
+    let vmm = vmm_pid(husk);
+    std::process::Command::new("kill")
+        .args(["-9", &vmm.to_string()])
+        .status()?;
+    let status = child.wait()?;
+    if status.code() != Some(137) || !leftovers(husk).is_empty() {
+        return Err(format!(
+            "after SIGKILL of the VMM: exit {status}, left {:?}",
+            leftovers(husk)
+        )
+        .into());
+    }
+
+    // The supervisor killed: the VMM dies with it; the next run sweeps.
+    let (mut child, husk) = start_sleeper("1", 60)?;
+    let vmm = vmm_pid(husk);
+    child.kill()?;
+    child.wait()?;
+    // Gone, or a zombie waiting for whoever inherited it to reap it.
+    let running = || {
+        let state = status_field(vmm, None, "State:");
+        !state.is_empty() && !state.starts_with('Z')
+    };
+    for _ in 0..100 {
+        if !running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if running() {
+        return Err("the jailed VMM outlived its supervisor".into());
+    }
+    let r = run(&["examples/hello"], b"")?;
+    expect(&r, 0, &[])?;
+    if !leftovers(husk).is_empty() {
+        return Err(format!("not swept by the next run: {:?}", leftovers(husk)).into());
     }
     Ok(())
 }
