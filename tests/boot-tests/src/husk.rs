@@ -124,18 +124,7 @@ pub fn build_appliances() -> Result<(), String> {
         return Err("examples/prepare failed".into());
     }
     for target in APPLIANCES {
-        let out = Command::new(husk_bin()?)
-            .arg("build")
-            .arg(target)
-            .current_dir(&root)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "husk build {target} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        built_image(target)?;
     }
     Ok(())
 }

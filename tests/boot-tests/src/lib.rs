@@ -138,3 +138,38 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     };
     (median, s[0], s[n - 1])
 }
+
+/// `--runs N` on the command line, else `default`.
+pub fn runs_arg(default: usize) -> usize {
+    std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `main` of a bench that boots Linux: run `bench` where KVM can
+/// (directly, or by re-running this binary in the KVM test bed) and say
+/// where it measured.
+pub fn bench_main(name: &str, bench: impl FnOnce() -> Result<(), String>) -> ExitCode {
+    match route() {
+        Err(why) => {
+            eprintln!("{name}: no usable KVM: {why}");
+            ExitCode::FAILURE
+        }
+        Ok(Route::TestBed { script, host }) => {
+            eprintln!("{name}: host /dev/kvm is {host:?}; running inside the KVM test bed");
+            rerun_in_testbed(&script)
+        }
+        Ok(Route::Direct(kind)) => match bench() {
+            Ok(()) => {
+                println!("(measured on /dev/kvm: {kind:?})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

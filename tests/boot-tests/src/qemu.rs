@@ -116,3 +116,41 @@ impl Microvm {
         })
     }
 }
+
+/// QEMU `microvm` with its fastest options (as [`Microvm::run`]), 1 vCPU,
+/// 128 MiB, the guest console on QEMU's stdout, for the benches; bounded
+/// by `timeout 60` as husk's own `--timeout` bounds a hung guest. The
+/// caller adds the initrd or disks.
+pub fn microvm_stdio(kernel: &Path, cmdline: &str) -> Command {
+    let mut c = Command::new("timeout");
+    c.args([
+        "60",
+        "qemu-system-x86_64",
+        "-M",
+        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "128M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        "stdio,id=con",
+        "-device",
+        "virtconsole,chardev=con",
+        "-append",
+    ])
+    .arg(format!("console=hvc0 reboot=t panic=-1 quiet {cmdline}"))
+    .arg("-kernel")
+    .arg(kernel);
+    c
+}

@@ -9,42 +9,15 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use boot_tests::husk::{build_appliances, built_image, husk_bin};
-use boot_tests::{husk_kernel, route, stats, workspace_root, Route};
+use boot_tests::{husk_kernel, stats, workspace_root};
 
 fn main() -> ExitCode {
-    let mut runs = 20usize;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, n] = args.as_slice() {
-        if flag == "--runs" {
-            runs = n.parse().unwrap_or(runs);
-        }
-    }
+    let runs = boot_tests::runs_arg(20);
     if let Err(e) = build_appliances() {
         eprintln!("bench-appliance: {e}");
         return ExitCode::FAILURE;
     }
-    match route() {
-        Err(why) => {
-            eprintln!("bench-appliance: no usable KVM: {why}");
-            ExitCode::FAILURE
-        }
-        Ok(Route::TestBed { script, host }) => {
-            eprintln!(
-                "bench-appliance: host /dev/kvm is {host:?}; running inside the KVM test bed"
-            );
-            boot_tests::rerun_in_testbed(&script)
-        }
-        Ok(Route::Direct(kind)) => match bench(runs) {
-            Ok(()) => {
-                println!("(measured on /dev/kvm: {kind:?})");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("bench-appliance: {e}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    boot_tests::bench_main("bench-appliance", || bench(runs))
 }
 
 /// (spawn to first stdout byte, spawn to exit), in seconds.
@@ -72,54 +45,23 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
 }
 
 fn qemu(kernel: &Path, image: &Path, ext4: bool) -> Command {
-    let mut c = Command::new("timeout");
-    c.args([
-        "60",
-        "qemu-system-x86_64",
-        "-M",
-        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-m",
-        "128M",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-device",
-        "virtio-serial-device",
-        "-chardev",
-        "stdio,id=con",
-        "-device",
-        "virtconsole,chardev=con",
-        "-kernel",
-    ])
-    .arg(kernel);
     if ext4 {
-        c.args([
-            "-append",
-            "console=hvc0 reboot=t panic=-1 quiet root=/dev/vda rootfstype=ext4 ro init=/.husk/init",
-            "-drive",
-        ])
-        .arg(format!(
-            "id=root,file={},format=raw,if=none,readonly=on",
-            image.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=root"]);
+        let mut c = boot_tests::qemu::microvm_stdio(
+            kernel,
+            "root=/dev/vda rootfstype=ext4 ro init=/.husk/init",
+        );
+        c.arg("-drive")
+            .arg(format!(
+                "id=root,file={},format=raw,if=none,readonly=on",
+                image.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=root"]);
+        c
     } else {
-        c.args([
-            "-append",
-            "console=hvc0 reboot=t panic=-1 quiet rdinit=/.husk/init",
-        ])
-        .arg("-initrd")
-        .arg(image);
+        let mut c = boot_tests::qemu::microvm_stdio(kernel, "rdinit=/.husk/init");
+        c.arg("-initrd").arg(image);
+        c
     }
-    c
 }
 
 fn bench(runs: usize) -> Result<(), String> {

@@ -13,38 +13,13 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use boot_tests::husk::{husk_bin, report_tool};
-use boot_tests::{guest, husk_kernel, route, stats, Route};
+use boot_tests::{guest, husk_kernel, stats};
 
 const MARK: &str = "HUSK-BENCH-MARK";
 
 fn main() -> ExitCode {
-    let mut runs = 10usize;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, n] = args.as_slice() {
-        if flag == "--runs" {
-            runs = n.parse().unwrap_or(10);
-        }
-    }
-    match route() {
-        Err(why) => {
-            eprintln!("bench-boot: no usable KVM: {why}");
-            ExitCode::FAILURE
-        }
-        Ok(Route::TestBed { script, host }) => {
-            eprintln!("bench-boot: host /dev/kvm is {host:?}; running inside the KVM test bed");
-            boot_tests::rerun_in_testbed(&script)
-        }
-        Ok(Route::Direct(kind)) => match bench(runs) {
-            Ok(()) => {
-                println!("(measured on /dev/kvm: {kind:?})");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("bench-boot: {e}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    let runs = boot_tests::runs_arg(10);
+    boot_tests::bench_main("bench-boot", || bench(runs))
 }
 
 /// Spawns `cmd` and returns (time to the marker line, time to exit).
@@ -71,39 +46,8 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
 }
 
 fn qemu(kernel: &Path, initrd: &Path) -> Command {
-    // `timeout` bounds a hung guest, as husk's own --timeout does.
-    let mut c = Command::new("timeout");
-    c.args([
-        "60",
-        "qemu-system-x86_64",
-        "-M",
-        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-m",
-        "128M",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-append",
-        "console=hvc0 reboot=t panic=-1 quiet",
-        "-device",
-        "virtio-serial-device",
-        "-chardev",
-        "stdio,id=con",
-        "-device",
-        "virtconsole,chardev=con",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(initrd);
+    let mut c = boot_tests::qemu::microvm_stdio(kernel, "");
+    c.arg("-initrd").arg(initrd);
     c
 }
 
