@@ -279,9 +279,21 @@ pub fn build(
         })?;
         if let Some(image) = &image {
             let n = image.layers.len();
-            image.unpack(&mut root, |i, l| {
+            let stats = image.unpack(&mut root, |i, l| {
                 progress(&format!("unpacking layer {}/{n} {}", i + 1, l.digest))
             })?;
+            let skipped: Vec<String> = stats
+                .iter()
+                .flat_map(|s| &s.skipped)
+                .map(|p| format!("/{}", p.display()))
+                .collect();
+            if !skipped.is_empty() {
+                progress(&format!(
+                    "note: skipped {} device node(s) ({}); the guest's devtmpfs provides /dev",
+                    skipped.len(),
+                    skipped.join(", ")
+                ));
+            }
         }
         if let Some(a) = appliance {
             add_appliance_entries(&mut root, a)?;

@@ -179,3 +179,70 @@ fn run_explains_pvm_or_exits_with_the_guest_status() {
         assert_eq!(out.status.code(), Some(0), "{stderr}");
     }
 }
+
+/// Without root the builder cannot chown; owners still come out as the
+/// appliance says (the debugfs pass applies them), and the image is the
+/// same bytes a root build makes.
+#[test]
+fn a_build_without_root_sets_owners_and_matches_a_root_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(d.join("prog"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(
+        d.join("appliance.toml"),
+        "[appliance]\nname = \"nr\"\n[rootfs]\nformat = \"ext4\"\n\
+         [[rootfs.files]]\nsrc = \"prog\"\ndst = \"/bin/prog\"\nuid = 1000\ngid = 1000\nmode = \"4750\"\n\
+         [[rootfs.dirs]]\npath = \"/data\"\nmode = \"0700\"\nuid = 7\ngid = 8\n\
+         [run]\ncommand = [\"/bin/prog\"]\n",
+    )
+    .unwrap();
+    let build = |cache: &str, unprivileged: bool| {
+        let husk = env!("CARGO_BIN_EXE_husk");
+        let mut cmd = if unprivileged && is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", husk]);
+            c
+        } else {
+            Command::new(husk)
+        };
+        let out = cmd
+            .args(["build", d.join("appliance.toml").to_str().unwrap()])
+            .env("HUSK_CACHE_DIR", d.join(cache))
+            .env("HUSK_STAGING_DIR", d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    };
+    let image = build("user-cache", true);
+    let out = husk(&["inspect", "--files", image.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("-rwsr-x---  1000  1000         18 /bin/prog"),
+        "{text}"
+    );
+    assert!(
+        text.contains("drwx------     7     8          0 /data"),
+        "{text}"
+    );
+    assert!(text.contains("-rwxr-xr-x     0     0"), "{text}");
+    if is_root() {
+        let root_image = build("root-cache", false);
+        assert_eq!(
+            std::fs::read(&image).unwrap(),
+            std::fs::read(&root_image).unwrap()
+        );
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
