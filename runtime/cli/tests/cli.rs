@@ -246,3 +246,72 @@ fn is_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
+
+/// The jail on this host's own cgroup layout (v1 here; the boot tests
+/// cover v2 in the test bed), with a tiny guest that spins until
+/// `--timeout`: another uid, no capabilities, an empty root, the cgroup
+/// limit, and nothing left afterwards.
+#[test]
+fn the_jail_holds_a_running_vmm_and_leaves_nothing() {
+    assert!(is_root(), "this test needs root: the jail needs it");
+    let dir = tempfile::tempdir().unwrap();
+    let spin = boot_tests::guest::tiny_guest(dir.path(), true).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["run", "--memory", "32", "--timeout", "3", "--kernel"])
+        .arg(&spin)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let husk = child.id();
+    let children = format!("/proc/{husk}/task/{husk}/children");
+    let mut vmm = None;
+    for _ in 0..200 {
+        let c = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = c.split_whitespace().next() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            // Past the drop of privileges and the filters.
+            if status.contains("Seccomp:\t2") {
+                vmm = Some((pid.to_string(), status));
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (pid, status) = vmm.expect("a jailed VMM child under filters");
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .collect();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroups = vmm::jail::Cgroups::detect().expect("a cgroup hierarchy with memory and cpu");
+    let limit_file = match &cgroups {
+        vmm::jail::Cgroups::V2(_) => "memory.max",
+        vmm::jail::Cgroups::V1 { .. } => "memory.limit_in_bytes",
+    };
+    let limit = std::fs::read_to_string(cgroups.dirs(husk)[0].join(limit_file)).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        status.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            status.contains(&format!("{cap}:\t0000000000000000")),
+            "{status}"
+        );
+    }
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(root.is_empty(), "host files are visible in the jail");
+    assert!(cgroup.contains(&format!("husk-{husk}")), "{cgroup}");
+    assert_eq!(limit.trim(), ((32u64 + 256) << 20).to_string());
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&format!("{}/{husk}", vmm::jail::JAIL_DIR)).exists());
+    for d in cgroups.dirs(husk) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
