@@ -256,7 +256,7 @@ fn the_jail_holds_a_running_vmm_and_leaves_nothing() {
     assert!(is_root(), "this test needs root: the jail needs it");
     let dir = tempfile::tempdir().unwrap();
     let spin = boot_tests::guest::tiny_guest(dir.path(), true).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
+    let child = Command::new(env!("CARGO_BIN_EXE_husk"))
         .args(["run", "--memory", "32", "--timeout", "3", "--kernel"])
         .arg(&spin)
         .stdin(std::process::Stdio::null())
