@@ -183,15 +183,6 @@ pub fn build(
         Some(ImageSize::Fixed(s)) => Some(s.0),
         _ => None,
     };
-    let writer: Box<dyn ImageWriter> = match format {
-        ImageFormat::Ext4 => Box::new(Ext4 {
-            size,
-            uuid: [0; 16], // set from the key below
-            label: String::new(),
-        }),
-        ImageFormat::Initramfs => Box::new(Initramfs),
-    };
-
     let mut entries = Vec::new();
     if let Some(a) = appliance {
         for d in &a.rootfs.dirs {
@@ -237,12 +228,28 @@ pub fn build(
         init: oci::file_digest(init).map_err(io_at(init, "cannot read the init binary"))?,
         base: image.as_ref().map_or("scratch", |i| i.id.as_str()),
         run: &run,
-        format: writer.file_name(),
+        format: match format {
+            ImageFormat::Ext4 => "ext4",
+            ImageFormat::Initramfs => "initramfs",
+        },
         size,
         entries,
     };
     let key_hash = Sha256::digest(serde_json::to_vec(&key).expect("plain data"));
     let key_hex = hex(&key_hash);
+    let writer: Box<dyn ImageWriter> = match format {
+        // The inputs' hash names the filesystem: reproducible, yet unique.
+        ImageFormat::Ext4 => Box::new(Ext4 {
+            size,
+            uuid: key_hash[..16].try_into().expect("16 bytes"),
+            label: appliance
+                .map_or("husk", |a| a.appliance.name.as_str())
+                .chars()
+                .take(16)
+                .collect(),
+        }),
+        ImageFormat::Initramfs => Box::new(Initramfs),
+    };
     let dir = cache.join("images").join(&key_hex[..32]);
     let path = dir.join(writer.file_name());
     if let Ok(digest) = std::fs::read_to_string(dir.join("digest")) {
@@ -309,18 +316,6 @@ pub fn build(
         })?;
         progress(&format!("writing {}", writer.file_name()));
         let out = tmp.join(writer.file_name());
-        let writer: Box<dyn ImageWriter> = match format {
-            ImageFormat::Ext4 => Box::new(Ext4 {
-                size,
-                uuid: key_hash[..16].try_into().expect("16 bytes"),
-                label: appliance
-                    .map_or("husk", |a| a.appliance.name.as_str())
-                    .chars()
-                    .take(16)
-                    .collect(),
-            }),
-            ImageFormat::Initramfs => writer,
-        };
         writer.write(&root, &out)?;
         tracing::debug!(ms = started.elapsed().as_millis(), "wrote the image");
         drop(staging);

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use appliance_spec::ImageFormat;
 use husk_init::config::{RunConfig, CONFIG_PATH};
@@ -90,23 +90,9 @@ pub fn format_of(image: &Path) -> Result<ImageFormat, InspectError> {
 }
 
 fn debugfs(image: &Path, script: &str) -> Result<String, InspectError> {
-    let out = Command::new("debugfs")
-        .args(["-f", "-"])
-        .arg(image)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            // Fed from a thread: debugfs's output fills its pipe as it reads.
-            let mut stdin = child.stdin.take().expect("piped");
-            let script = script.to_string();
-            let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
-            let out = child.wait_with_output()?;
-            feeder.join().expect("feeder thread")?;
-            Ok(out)
-        })
+    let mut cmd = Command::new("debugfs");
+    cmd.args(["-f", "-"]).arg(image);
+    let out = crate::image::output_with_input(&mut cmd, Some(script.as_bytes()))
         .map_err(|e| InspectError::Io(name(image), e))?;
     if !out.status.success() {
         return Err(InspectError::Debugfs(

@@ -201,13 +201,7 @@ impl Root {
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             // The folder's real place (its parent was resolved in the root);
             // remove_dir_all never follows symlinks.
-            let real = std::fs::read_link(format!("/proc/self/fd/{}", fd_num(dir)))
-                .map_err(|e| RootError::Io {
-                    path: rel.to_path_buf(),
-                    op: "cannot locate folder",
-                    source: e,
-                })?
-                .join(name);
+            let real = real_path(dir, rel)?.join(name);
             std::fs::remove_dir_all(&real).map_err(|e| RootError::Io {
                 path: rel.to_path_buf(),
                 op: "cannot remove folder",
@@ -377,13 +371,7 @@ impl Root {
         let Some(dir) = self.dir(rel, false)? else {
             return Ok(());
         };
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", fd_num(&dir))).map_err(|e| {
-            RootError::Io {
-                path: rel.to_path_buf(),
-                op: "cannot locate folder",
-                source: e,
-            }
-        })?;
+        let real = real_path(&dir, rel)?;
         let entries = std::fs::read_dir(&real).map_err(|e| RootError::Io {
             path: rel.to_path_buf(),
             op: "cannot list folder",
@@ -429,9 +417,16 @@ impl Root {
     }
 }
 
-fn fd_num(fd: &OwnedFd) -> i32 {
+/// Where the folder open as `dir` (found for `rel`) really is on the host.
+fn real_path(dir: &OwnedFd, rel: &Path) -> Result<PathBuf, RootError> {
     use std::os::fd::AsRawFd;
-    fd.as_fd().as_raw_fd()
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd())).map_err(|e| {
+        RootError::Io {
+            path: rel.to_path_buf(),
+            op: "cannot locate folder",
+            source: e,
+        }
+    })
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> io::Result<()> {

@@ -9,10 +9,9 @@
 //! each inode's ctime and atime (copied from the staging folder, which the
 //! build itself touched; the debugfs pass sets both to the mtime).
 
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::{content_size, walk, ImageError, ImageWriter};
 use crate::rootfs::Root;
@@ -165,26 +164,7 @@ pub(crate) fn run(
         what: "cannot run (is e2fsprogs installed?)",
         source: e,
     };
-    let mut child = cmd
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io)?;
-    // Fed from a thread: the tool's output fills its pipe while it reads.
-    let feeder = input.map(|input| {
-        let mut stdin = child.stdin.take().expect("piped");
-        let input = input.to_vec();
-        std::thread::spawn(move || stdin.write_all(&input))
-    });
-    let output = child.wait_with_output().map_err(io)?;
-    if let Some(f) = feeder {
-        f.join().expect("feeder thread").map_err(io)?;
-    }
+    let output = super::output_with_input(cmd, input).map_err(io)?;
     // debugfs reports a bad command on stderr but exits 0.
     let stderr = String::from_utf8_lossy(&output.stderr);
     let complaint = stderr

@@ -41,6 +41,36 @@ pub trait ImageWriter {
     fn write(&self, root: &Root, out: &Path) -> Result<(), ImageError>;
 }
 
+/// Runs `cmd` with `input` (if any) on its stdin and collects its output.
+/// The input is fed from a thread: a tool such as debugfs fills its output
+/// pipe while it is still reading.
+pub(crate) fn output_with_input(
+    cmd: &mut std::process::Command,
+    input: Option<&[u8]>,
+) -> io::Result<std::process::Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let feeder = input.map(|input| {
+        let mut stdin = child.stdin.take().expect("piped");
+        let input = input.to_vec();
+        std::thread::spawn(move || stdin.write_all(&input))
+    });
+    let output = child.wait_with_output()?;
+    if let Some(f) = feeder {
+        f.join().expect("feeder thread")?;
+    }
+    Ok(output)
+}
+
 /// One staged entry, relative to the root, with its `lstat`.
 pub struct Entry {
     pub rel: PathBuf,

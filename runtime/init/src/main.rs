@@ -12,6 +12,7 @@ mod sys;
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
@@ -176,7 +177,7 @@ fn environment(config: &RunConfig, identity: &Identity) -> Vec<String> {
 }
 
 /// `name` itself when it holds a `/`, else the first executable file of
-/// that name in the command's `PATH`.
+/// that name in the command's `PATH` (any execute bit, as root sees it).
 fn find_program(name: &str, env: &[String]) -> Result<std::path::PathBuf, Failure> {
     let not_found = || Failure {
         status: STATUS_NOT_FOUND,
@@ -196,7 +197,7 @@ fn find_program(name: &str, env: &[String]) -> Result<std::path::PathBuf, Failur
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(name);
         if let Ok(meta) = fs::metadata(&candidate) {
-            if meta.is_file() && sys::is_executable(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
                 return Ok(candidate);
             }
             found_but_not_executable.get_or_insert(candidate);

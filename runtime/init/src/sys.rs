@@ -3,9 +3,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Command;
 
 use husk_init::user::Identity;
@@ -166,11 +164,6 @@ pub fn loopback_up() -> io::Result<()> {
     // SAFETY: sock is ours.
     unsafe { libc::close(sock) };
     result
-}
-
-/// Any execute bit: root may run it, and it is what `PATH` lookup checks.
-pub fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
 }
 
 /// In the child, before exec: a new session with the console as its
