@@ -189,8 +189,9 @@ pub fn sweep(cgroups: Option<&Cgroups>) {
 }
 
 /// Forks into supervisor and jailed VMM. Call with no other thread
-/// running.
-pub fn enter(cfg: &JailConfig) -> Result<Side, JailError> {
+/// running. `in_child` runs in the VMM's process right after the fork,
+/// while it can still see the host's files (e.g. to open `/proc/self`).
+pub fn enter(cfg: &JailConfig, in_child: impl FnOnce()) -> Result<Side, JailError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(JailError::NotRoot);
@@ -220,6 +221,7 @@ pub fn enter(cfg: &JailConfig) -> Result<Side, JailError> {
         -1 => Err(sys("fork")(io::Error::last_os_error())),
         0 => {
             drop(ready_w);
+            in_child();
             become_jailed(cfg, &jail, ready_r)?;
             Ok(Side::Jailed)
         }

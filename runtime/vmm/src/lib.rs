@@ -212,6 +212,17 @@ pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
     })
 }
 
+impl HostFiles {
+    /// Opens again the files that describe this process (`/proc/self/...`):
+    /// after a fork, the ones opened before it still describe the parent.
+    /// Call in the child while the host's `/proc` is still visible.
+    pub fn reopen_own(&mut self) {
+        if self.usage.is_some() {
+            self.usage = memory::UsageFiles::open().ok();
+        }
+    }
+}
+
 /// Builds and runs the VM until the guest shuts down or the timeout passes.
 pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     let files = open_host_files(&cfg)?;

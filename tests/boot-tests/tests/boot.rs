@@ -84,6 +84,10 @@ fn trials() -> Vec<Trial> {
             "husk_run_says_when_memory_is_too_small",
             husk_run_says_when_memory_is_too_small,
         ),
+        Trial::test(
+            "husk_run_timings_show_phases_and_vmm_memory",
+            husk_run_timings_show_phases_and_vmm_memory,
+        ),
     ]);
     all
 }
@@ -353,6 +357,69 @@ fn husk_run_says_when_memory_is_too_small() -> Result<(), Failed> {
         return Err(run
             .explain("expected exit 1 saying memory is too small")
             .into());
+    }
+    Ok(())
+}
+
+/// `--timings`: every phase once, in order, and a memory line about the VMM
+/// itself, jailed (a forked child) or not.
+fn husk_run_timings_show_phases_and_vmm_memory() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let initrd = husk_initramfs(
+        dir.path(),
+        "husk-report mark\necho hello\nhusk-report 0\nreboot -f",
+    )?;
+    let phases = [
+        "VM created",
+        "memory ready",
+        "kernel loaded",
+        "vCPUs started",
+        "guest reached init",
+        "command exited",
+        "exit",
+    ];
+    for jail in ["--jail", "--no-jail"] {
+        let run = husk_boot(&initrd, &["--timings", "--memory", "128", jail], b"")?;
+        if run.code != Some(0) {
+            return Err(run.explain(&format!("{jail}: expected status 0")).into());
+        }
+        let mut times = Vec::new();
+        for phase in phases {
+            let at = run.stderr.lines().find_map(|l| {
+                let rest = l.strip_prefix("husk:")?.trim_end().strip_suffix(phase)?;
+                rest.trim().strip_suffix("ms")?.trim().parse::<f64>().ok()
+            });
+            match at {
+                Some(t) => times.push(t),
+                None => return Err(run.explain(&format!("{jail}: no '{phase}' timing")).into()),
+            }
+        }
+        if times.windows(2).any(|w| w[0] > w[1]) {
+            return Err(run.explain(&format!("{jail}: phases out of order")).into());
+        }
+        // "memory: peak RSS P MiB, guest RAM touched G MiB, VMM overhead O MiB"
+        let figures: Vec<f64> = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("husk: memory:"))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [peak, guest, overhead] = figures[..] else {
+            return Err(run.explain(&format!("{jail}: no memory line")).into());
+        };
+        // The kernel alone is 14 MiB of loaded segments; the VMM itself
+        // is a few MiB (the figure README gives).
+        if !(14.0..=128.0).contains(&guest) || overhead > 16.0 || peak < guest {
+            return Err(run
+                .explain(&format!(
+                    "{jail}: implausible memory report (peak {peak}, guest {guest}, VMM {overhead} MiB)"
+                ))
+                .into());
+        }
     }
     Ok(())
 }

@@ -307,9 +307,9 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let files = vmm::open_host_files(&config)?;
+    let mut files = vmm::open_host_files(&config)?;
     if let Some(jail) = &jail {
-        match vmm::jail::enter(jail)? {
+        match vmm::jail::enter(jail, || files.reopen_own())? {
             vmm::jail::Side::Supervisor(status) => {
                 drop(_raw);
                 return Ok(ExitCode::from(status));
