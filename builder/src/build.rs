@@ -197,9 +197,8 @@ pub fn build(
         }
         for f in &a.rootfs.files {
             let content = match (&f.src, &f.content) {
-                (Some(src), _) => {
-                    oci::file_digest(src).map_err(io_at(src, "cannot read rootfs.files source"))?
-                }
+                (Some(src), _) => crate::cache::input_digest(cache, src)
+                    .map_err(io_at(src, "cannot read rootfs.files source"))?,
                 (None, Some(text)) => hex(&Sha256::digest(text.as_bytes())),
                 (None, None) => String::new(),
             };
@@ -225,7 +224,8 @@ pub fn build(
     }
     let key = Key {
         version: FORMAT_VERSION,
-        init: oci::file_digest(init).map_err(io_at(init, "cannot read the init binary"))?,
+        init: crate::cache::input_digest(cache, init)
+            .map_err(io_at(init, "cannot read the init binary"))?,
         base: image.as_ref().map_or("scratch", |i| i.id.as_str()),
         run: &run,
         format: match format {

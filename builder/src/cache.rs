@@ -96,10 +96,137 @@ fn copy_sparse_into(src: &Path, to: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
+/// How old a file's last change must be before its digest is remembered:
+/// on a file system with coarse timestamps, a file changed again within
+/// the same tick would keep its times (git calls this "racily clean").
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `sha256:HEX` of the file at `path`, an input of a build. The digest is
+/// remembered in `cache/digests/`, one small file per input's real path, with the
+/// file's size and its modification and change times (as git's index
+/// does), so that an unchanged input is not read again: hashing the
+/// 1.4 MB guest init was most of a cached `husk run`'s own work. Any change
+/// to the file moves its change time (which no user can set back), and a
+/// file changed less than [`SETTLED`] ago is hashed but not remembered.
+/// Remembering is best effort: a read-only cache just hashes every time.
+pub fn input_digest(cache: &Path, path: &Path) -> io::Result<String> {
+    input_digest_settled(cache, path, SETTLED)
+}
+
+fn input_digest_settled(
+    cache: &Path,
+    path: &Path,
+    settled: std::time::Duration,
+) -> io::Result<String> {
+    use sha2::{Digest as _, Sha256};
+    use std::os::unix::fs::MetadataExt;
+
+    let mut file = std::fs::File::open(path)?;
+    let stamp = |m: &std::fs::Metadata| {
+        format!(
+            "{} {}.{:09} {}.{:09}",
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        )
+    };
+    let before = file.metadata()?;
+    let real = std::fs::canonicalize(path)?;
+    let name = crate::oci::hex(&Sha256::digest(real.as_os_str().as_encoded_bytes()));
+    let memo = cache.join("digests").join(&name[..32]);
+    // "<size> <mtime> <ctime> sha256:HEX"
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        if let Some((seen, digest)) = text.trim_end().rsplit_once(' ') {
+            if seen == stamp(&before) && digest.starts_with("sha256:") {
+                return Ok(digest.to_string());
+            }
+        }
+    }
+    let mut hash = Sha256::new();
+    io::copy(&mut file, &mut hash)?;
+    let digest = format!("sha256:{}", crate::oci::hex(&hash.finalize()));
+    let after = file.metadata()?;
+    let changed = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(after.ctime().max(0) as u64, after.ctime_nsec() as u32);
+    let old_enough = changed.elapsed().is_ok_and(|age| age >= settled);
+    if old_enough && stamp(&after) == stamp(&before) {
+        let remember = || -> io::Result<()> {
+            std::fs::create_dir_all(memo.parent().expect("in digests/"))?;
+            let tmp = temp_sibling(&memo);
+            std::fs::write(&tmp, format!("{} {digest}\n", stamp(&after)))?;
+            std::fs::rename(&tmp, &memo).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        };
+        if let Err(e) = remember() {
+            tracing::debug!("not remembering the digest of {}: {e}", path.display());
+        }
+    }
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::time::Duration;
+
+    fn sha256_of(bytes: &[u8]) -> String {
+        use sha2::{Digest as _, Sha256};
+        format!("sha256:{}", crate::oci::hex(&Sha256::digest(bytes)))
+    }
+
+    #[test]
+    fn input_digest_is_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let input = dir.path().join("input");
+        std::fs::write(&input, b"first").unwrap();
+        let d1 = input_digest_settled(&cache, &input, Duration::ZERO).unwrap();
+        assert_eq!(d1, sha256_of(b"first"));
+        // The memo, not the file, answers the next time: forge it to see.
+        let memos: Vec<_> = std::fs::read_dir(cache.join("digests"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(memos.len(), 1);
+        let text = std::fs::read_to_string(&memos[0]).unwrap();
+        let forged = text.replace(&d1, &sha256_of(b"forged"));
+        std::fs::write(&memos[0], forged).unwrap();
+        let d2 = input_digest_settled(&cache, &input, Duration::ZERO).unwrap();
+        assert_eq!(d2, sha256_of(b"forged"));
+        // Same size, new content: the change time moved, the file is read.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&input, b"other").unwrap();
+        let d3 = input_digest_settled(&cache, &input, Duration::ZERO).unwrap();
+        assert_eq!(d3, sha256_of(b"other"));
+        // Still one memo for the one path.
+        assert_eq!(std::fs::read_dir(cache.join("digests")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_recently_changed_input_is_hashed_but_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let input = dir.path().join("input");
+        std::fs::write(&input, b"fresh").unwrap();
+        let d = input_digest(&cache, &input).unwrap();
+        assert_eq!(d, sha256_of(b"fresh"));
+        assert!(!cache.join("digests").exists());
+    }
+
+    #[test]
+    fn a_read_only_cache_still_gives_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("input");
+        std::fs::write(&input, b"data").unwrap();
+        // A cache path under a regular file cannot be created.
+        let cache = input.join("cache");
+        let d = input_digest_settled(&cache, &input, Duration::ZERO).unwrap();
+        assert_eq!(d, sha256_of(b"data"));
+    }
 
     #[test]
     fn sparse_copy_keeps_content_and_holes() {
