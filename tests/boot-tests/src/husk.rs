@@ -21,6 +21,29 @@ pub fn husk_bin() -> Result<PathBuf, String> {
     ))
 }
 
+/// The `husk` binary a bench measures. In the KVM test bed the workspace
+/// is an uncached 9p share while QEMU runs from the bed's cached root, so
+/// there husk is first copied to `dir`, a folder on the bed's tmpfs: both
+/// programs then start from memory, as both would from an installed
+/// system. Elsewhere: [`husk_bin`].
+pub fn bench_husk_bin(dir: &Path) -> Result<PathBuf, String> {
+    let bin = husk_bin()?;
+    if std::env::var_os("HUSK_IN_TESTBED").is_none() {
+        return Ok(bin);
+    }
+    // The init the original would use, linked where the copy looks first
+    // (a link, so that its remembered digest still applies).
+    if let Ok(init) = builder::build::find_init(&bin) {
+        let init = std::fs::canonicalize(&init).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&init, dir.join("husk-init"))
+            .map_err(|e| format!("linking {} into {}: {e}", init.display(), dir.display()))?;
+    }
+    let copy = dir.join("husk");
+    std::fs::copy(&bin, &copy)
+        .map_err(|e| format!("copying {} to {}: {e}", bin.display(), dir.display()))?;
+    Ok(copy)
+}
+
 /// What one `husk run` did.
 #[derive(Debug)]
 pub struct HuskRun {

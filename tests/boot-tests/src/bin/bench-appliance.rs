@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-use boot_tests::husk::{build_appliances, built_image, husk_bin};
+use boot_tests::husk::{bench_husk_bin, build_appliances, built_image};
 use boot_tests::{husk_kernel, stats, workspace_root};
 
 fn main() -> ExitCode {
@@ -67,7 +67,8 @@ fn qemu(kernel: &Path, image: &Path, ext4: bool) -> Command {
 fn bench(runs: usize) -> Result<(), String> {
     std::env::set_current_dir(workspace_root()).map_err(|e| e.to_string())?;
     let kernel = husk_kernel()?.vmlinux();
-    let bin = husk_bin()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bin = bench_husk_bin(dir.path())?;
     println!("husk run of a cached appliance vs QEMU microvm on the same image and kernel,");
     println!("1 vCPU, 128 MiB, {runs} runs each, seconds:");
     println!("{:<48} {:>8} {:>8} {:>8}", "", "median", "min", "max");

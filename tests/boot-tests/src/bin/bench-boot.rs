@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-use boot_tests::husk::{husk_bin, report_tool};
+use boot_tests::husk::{bench_husk_bin, report_tool};
 use boot_tests::{guest, husk_kernel, stats};
 
 const MARK: &str = "HUSK-BENCH-MARK";
@@ -67,8 +67,8 @@ fn husk(bin: &Path, initrd: &Path, timings: bool) -> Command {
 
 fn bench(runs: usize) -> Result<(), String> {
     let kernel = husk_kernel()?.vmlinux();
-    let bin = husk_bin()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bin = bench_husk_bin(dir.path())?;
     let report = report_tool(dir.path())?;
     let initrd = guest::busybox_initramfs_with(
         dir.path(),

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-use boot_tests::husk::husk_bin;
+use boot_tests::husk::bench_husk_bin;
 use boot_tests::{guest, stats, KvmKind};
 
 /// husk's --timings line for `phase`, in milliseconds.
@@ -109,8 +109,8 @@ fn main() -> ExitCode {
 
 fn bench(runs: usize) -> Result<(), String> {
     let kind = KvmKind::detect();
-    let bin = husk_bin()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bin = bench_husk_bin(dir.path())?;
     let spin = guest::tiny_guest(dir.path(), true)?;
     let marks = husk_marks(&bin, &spin, runs)?;
     let col = |f: fn(&(f64, f64, f64)) -> f64| marks.iter().map(f).collect::<Vec<_>>();
