@@ -50,20 +50,6 @@ pub fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {
     result
 }
 
-/// A copy of `src` in a file with no name in folder `dir` (`O_TMPFILE`):
-/// it vanishes with its last file descriptor, however the process ends.
-pub fn anonymous_copy(src: &Path, dir: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::TMPFILE.bits() as i32)
-        .open(dir)?;
-    copy_sparse_into(src, &file)?;
-    Ok(file)
-}
-
 /// Copies `src` into the empty file `to`, writing only its data extents.
 fn copy_sparse_into(src: &Path, to: &std::fs::File) -> io::Result<()> {
     use std::io::{Seek, SeekFrom};

@@ -18,11 +18,13 @@ mod vcpu;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use devices::storage::{Overlay, Storage};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, NOTIFY_OFFSET};
@@ -74,7 +76,11 @@ pub struct VmConfig {
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    /// The guest cannot write (the device says so; writes fail).
     pub readonly: bool,
+    /// The guest writes, but its writes go to an unnamed temporary file
+    /// that ends with the VM: the file itself is only read (and shared).
+    pub overlay: bool,
 }
 
 /// How a VM ended.
@@ -136,6 +142,13 @@ pub enum VmmError {
     },
     #[error("the disk {} is in use by another VM (it is locked)", path.display())]
     DiskLocked { path: PathBuf },
+    #[error("cannot make a file for the writes to the disk {} in {}", disk.display(), dir.display())]
+    DiskOverlay {
+        disk: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("too many devices: {0} (at most {max})", max = LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1)]
     TooManyDevices(usize),
     #[error(
@@ -183,7 +196,7 @@ pub struct HostFiles {
     kernel: File,
     initrd: Option<File>,
     /// Opened with the access each needs and locked.
-    disks: Vec<File>,
+    disks: Vec<Storage>,
     urandom: File,
     usage: Option<memory::UsageFiles>,
     pvm: bool,
@@ -277,9 +290,9 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     let console_buffer = console.input();
     let console_transmitted = console.transmitted();
     let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console)];
-    for (i, (d, file)) in cfg.disks.iter().zip(disks).enumerate() {
+    for (i, (d, storage)) in cfg.disks.iter().zip(disks).enumerate() {
         let id = format!("husk-vd{}", (b'a' + i as u8) as char);
-        let block = Block::new(file, d.readonly, &id).map_err(|source| VmmError::DiskOpen {
+        let block = Block::new(storage, d.readonly, &id).map_err(|source| VmmError::DiskOpen {
             path: d.path.clone(),
             source,
         })?;
@@ -472,26 +485,46 @@ fn guest_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
 
 /// Opens a disk with the access it needs and locks it: exclusively when
 /// writable, shared when read-only.
-fn open_disk(d: &DiskConfig) -> Result<File, VmmError> {
+fn open_disk(d: &DiskConfig) -> Result<Storage, VmmError> {
+    let writable = !d.readonly && !d.overlay;
     let file = OpenOptions::new()
         .read(true)
-        .write(!d.readonly)
+        .write(writable)
         .open(&d.path)
         .map_err(|source| VmmError::DiskOpen {
             path: d.path.clone(),
             source,
         })?;
-    let locked = if d.readonly {
-        file.try_lock_shared()
-    } else {
+    // Writers exclude everyone; readers (and overlays) only writers.
+    let locked = if writable {
         file.try_lock()
+    } else {
+        file.try_lock_shared()
     };
     if locked.is_err() {
         return Err(VmmError::DiskLocked {
             path: d.path.clone(),
         });
     }
-    Ok(file)
+    if !d.overlay {
+        return Ok(Storage::File(file));
+    }
+    let dir = std::env::temp_dir();
+    let overlay_error = |source| VmmError::DiskOverlay {
+        disk: d.path.clone(),
+        dir: dir.clone(),
+        source,
+    };
+    let upper = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&dir)
+        .map_err(overlay_error)?;
+    Overlay::new(file, upper)
+        .map(Storage::Overlay)
+        .map_err(overlay_error)
 }
 
 /// Puts a device behind a transport at `base`, with its interrupt on an

@@ -9,8 +9,8 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -47,8 +47,9 @@ pub struct Args {
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// A disk image, attached after the appliance's own disks as /dev/vdX;
-    /// append ",ro" for read-only
-    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    /// append ",ro" for read-only, ",overlay" to keep the guest's writes for
+    /// this run only (the file is not changed)
+    #[arg(long = "disk", value_name = "PATH[,ro|,overlay]")]
     disks: Vec<String>,
     /// Extra kernel command-line arguments
     #[arg(long, default_value = "")]
@@ -107,42 +108,17 @@ fn memory_mib(arg: &str) -> anyhow::Result<u64> {
 }
 
 fn disk(arg: &str) -> DiskConfig {
-    match arg.strip_suffix(",ro") {
-        Some(path) => DiskConfig {
-            path: path.into(),
-            readonly: true,
-        },
-        None => DiskConfig {
-            path: arg.into(),
-            readonly: false,
-        },
-    }
-}
-
-/// The writable copy of an ext4 image one run boots from, so the cached
-/// image stays as built. It has no name (`O_TMPFILE` in the temporary
-/// folder; the cache may be read-only, as in the KVM test bed): it goes
-/// away with the process, however that ends, and nothing is left to
-/// delete once the VMM's seccomp filters forbid deleting. The VMM opens it
-/// through `/proc/self/fd`.
-struct RunCopy(File);
-
-impl RunCopy {
-    fn make(image: &Path) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir();
-        builder::cache::anonymous_copy(image, &dir)
-            .map(RunCopy)
-            .with_context(|| {
-                format!(
-                    "cannot copy {} for this run into {}",
-                    image.display(),
-                    dir.display()
-                )
-            })
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
+    let (path, readonly, overlay) = if let Some(path) = arg.strip_suffix(",ro") {
+        (path, true, false)
+    } else if let Some(path) = arg.strip_suffix(",overlay") {
+        (path, false, true)
+    } else {
+        (arg, false, false)
+    };
+    DiskConfig {
+        path: path.into(),
+        readonly,
+        overlay,
     }
 }
 
@@ -154,7 +130,6 @@ struct Plan {
     cmdline: String,
     cpus: u8,
     memory_mib: u64,
-    _copy: Option<RunCopy>,
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
@@ -168,7 +143,6 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             Some(m) => memory_mib(m)?,
             None => 128,
         },
-        _copy: None,
     };
     let Some(target) = &args.target else {
         if !args.command.is_empty() || !args.env.is_empty() {
@@ -185,17 +159,12 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     let mut cmdline = vec!["quiet".to_string(), boot_cmdline(built.format, readonly)];
     match built.format {
         ImageFormat::Ext4 => {
-            let root = if readonly {
-                built.path.clone()
-            } else {
-                let copy = RunCopy::make(&built.path)?;
-                let path = copy.path();
-                plan._copy = Some(copy);
-                path
-            };
+            // The cached image stays as built: a writable root keeps this
+            // run's writes in an overlay that ends with the VM.
             plan.disks.push(DiskConfig {
-                path: root,
+                path: built.path.clone(),
                 readonly,
+                overlay: !readonly,
             });
         }
         ImageFormat::Initramfs => {
@@ -228,6 +197,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         plan.disks.extend(a.vm.disks.iter().map(|d| DiskConfig {
             path: d.path.clone(),
             readonly: d.readonly,
+            overlay: false,
         }));
         cmdline.extend(a.vm.cmdline.clone());
     }

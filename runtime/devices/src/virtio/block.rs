@@ -1,10 +1,8 @@
-//! virtio-blk on a host file: read, write, flush (`fdatasync`) and
-//! get-id. Read-only disks refuse writes; requests past the end of the disk
-//! fail with an I/O error status.
+//! virtio-blk on a host file or an overlay ([`Storage`]): read, write,
+//! flush (`fdatasync`) and get-id. Read-only disks refuse writes; requests
+//! past the end of the disk fail with an I/O error status.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -15,6 +13,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{QueueT, Reader, Writer};
 
 use super::{notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice};
+use crate::storage::Storage;
 
 const QUEUE_SIZES: &[u16] = &[256];
 pub const SECTOR_SIZE: u64 = 512;
@@ -52,7 +51,7 @@ impl RequestHeader {
 }
 
 pub struct Block {
-    file: File,
+    storage: Storage,
     readonly: bool,
     sectors: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
@@ -60,15 +59,16 @@ pub struct Block {
 }
 
 impl Block {
-    /// A disk backed by `file` (already opened with the right access).
-    /// `id` is the serial GET_ID returns (truncated to 20 bytes).
-    pub fn new(file: File, readonly: bool, id: &str) -> io::Result<Self> {
-        let len = file.metadata()?.len();
+    /// A disk backed by `storage` (a file already opened with the right
+    /// access, or an overlay). `id` is the serial GET_ID returns (truncated
+    /// to 20 bytes).
+    pub fn new(storage: Storage, readonly: bool, id: &str) -> io::Result<Self> {
+        let len = storage.len()?;
         let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
         let n = id.len().min(serial.len());
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Block {
-            file,
+            storage,
             readonly,
             sectors: len / SECTOR_SIZE,
             id: serial,
@@ -85,14 +85,14 @@ impl Block {
     }
 
     /// Performs one request; returns the virtio status byte.
-    fn execute(&self, header: RequestHeader, r: &mut Reader, w: &mut Writer) -> u8 {
+    fn execute(&mut self, header: RequestHeader, r: &mut Reader, w: &mut Writer) -> u8 {
         let status = match header.kind {
             VIRTIO_BLK_T_IN => {
                 let len = w.available_bytes();
                 match self.range(header.sector, len) {
                     Some(offset) if len <= MAX_REQUEST => {
                         let mut buf = vec![0u8; len];
-                        self.file
+                        self.storage
                             .read_exact_at(&mut buf, offset)
                             .and_then(|()| w.write_all(&buf))
                             .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK)
@@ -107,15 +107,15 @@ impl Block {
                     Some(offset) if len <= MAX_REQUEST => {
                         let mut buf = vec![0u8; len];
                         r.read_exact(&mut buf)
-                            .and_then(|()| self.file.write_all_at(&buf, offset))
+                            .and_then(|()| self.storage.write_all_at(&buf, offset))
                             .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK)
                     }
                     _ => VIRTIO_BLK_S_IOERR,
                 }
             }
             VIRTIO_BLK_T_FLUSH => self
-                .file
-                .sync_data()
+                .storage
+                .flush()
                 .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK),
             VIRTIO_BLK_T_GET_ID => {
                 let n = w.available_bytes().min(self.id.len());
@@ -224,17 +224,29 @@ mod tests {
     }
 
     fn rig(mem: &Mem, readonly: bool) -> Rig<'_> {
+        rig_with(mem, readonly, false)
+    }
+
+    /// A disk of 8 sectors, sector 1 filled with 0xab; with `overlay`, the
+    /// file is the overlay's base, opened read-only.
+    fn rig_with(mem: &Mem, readonly: bool, overlay: bool) -> Rig<'_> {
         let file = tempfile::NamedTempFile::new().unwrap();
         let mut content = vec![0u8; 8 * 512];
         content[512..1024].fill(0xab); // sector 1
         std::fs::write(file.path(), &content).unwrap();
         let f = std::fs::OpenOptions::new()
             .read(true)
-            .write(!readonly)
+            .write(!readonly && !overlay)
             .open(file.path())
             .unwrap();
+        let storage = if overlay {
+            let upper = tempfile::tempfile().unwrap();
+            Storage::Overlay(crate::storage::Overlay::new(f, upper).unwrap())
+        } else {
+            Storage::File(f)
+        };
         let vq = MockSplitQueue::new(mem, 16);
-        let mut dev = Block::new(f, readonly, "husk-disk-0").unwrap();
+        let mut dev = Block::new(storage, readonly, "husk-disk-0").unwrap();
         let irq = irq();
         dev.activate(Activation {
             mem: mem.clone(),
@@ -309,6 +321,29 @@ mod tests {
         assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
         let on_disk = std::fs::read(r.file.path()).unwrap();
         assert!(on_disk[3 * 512..4 * 512].iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn an_overlay_disk_takes_writes_and_leaves_its_base_alone() {
+        let m = mem();
+        let mut r = rig_with(&m, false, true);
+        assert_eq!(r.dev.features() & 1 << VIRTIO_BLK_F_RO, 0);
+        m.write_slice(&[0x5a; 1024], GuestAddress(DATA)).unwrap();
+        let (status, _) = r.submit(VIRTIO_BLK_T_OUT, 1, 1024, 0);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+        let (status, _) = r.submit(VIRTIO_BLK_T_FLUSH, 0, 0, 0);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+        // Sectors 0..3 read back: base, written, written.
+        m.write_slice(&[0u8; 1536], GuestAddress(DATA)).unwrap();
+        let (status, _) = r.submit(VIRTIO_BLK_T_IN, 0, 1536, VRING_DESC_F_WRITE);
+        assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+        let mut back = [0u8; 1536];
+        m.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert!(back[..512].iter().all(|&b| b == 0));
+        assert!(back[512..].iter().all(|&b| b == 0x5a));
+        let on_disk = std::fs::read(r.file.path()).unwrap();
+        assert!(on_disk[512..1024].iter().all(|&b| b == 0xab));
+        assert!(on_disk[1024..1536].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         Trial::test("init_forwards_sigterm_to_the_command", sigterm_forwarded),
         Trial::test(
+            "an_ext4_root_keeps_its_writes_for_one_run_only",
+            root_writes_last_one_run,
+        ),
+        Trial::test(
             "appliance_images_boot_the_same_under_qemu_microvm",
             same_under_qemu,
         ),
@@ -157,6 +161,38 @@ fn sigterm_forwarded() -> Result<(), Failed> {
         b"",
     )?;
     expect(&r, 7, &["got-term"])
+}
+
+fn sha256_of(path: &std::path::Path) -> Result<String, Failed> {
+    let out = std::process::Command::new("sha256sum").arg(path).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into())
+}
+
+/// The root disk is the cached image under an overlay: what the guest
+/// writes reads back (from the disk, not the page cache) during the run,
+/// is gone in the next run, and the image is unchanged.
+fn root_writes_last_one_run() -> Result<(), Failed> {
+    let target = "oci:examples/busybox/image:latest";
+    let image = boot_tests::husk::built_image(target)?;
+    let before = sha256_of(&image)?;
+    // The image's own command is a root shell reading the console.
+    let script = b"test -e /marker && { echo stale; exit 9; }\n\
+        dd if=/dev/urandom of=/big bs=64k count=64 2>/dev/null\n\
+        one=$(md5sum < /big)\n\
+        sync; echo 3 > /proc/sys/vm/drop_caches\n\
+        two=$(md5sum < /big)\n\
+        [ \"$one\" = \"$two\" ] && echo read-back-same\n\
+        echo x > /marker; sync; exit 0\n";
+    for round in ["first", "second"] {
+        let r = run(&[target], script)?;
+        // A line of its own: the shell echoes its input, the test included.
+        eprintln!("{round} run");
+        expect(&r, 0, &["read-back-same"])?;
+    }
+    if sha256_of(&image)? != before {
+        return Err(format!("the cached image {} changed", image.display()).into());
+    }
+    Ok(())
 }
 
 /// The console lines of a boot, with hello's pid (which depends on how
