@@ -173,3 +173,39 @@ pub fn bench_main(name: &str, bench: impl FnOnce() -> Result<(), String>) -> Exi
         },
     }
 }
+
+/// Kills process `pid` if it still runs after `limit`, so a hung guest
+/// cannot hang a bench; until then it costs the measured process nothing
+/// (no `timeout` process in front of it, whose own start-up would be
+/// measured too). Dropping it calls it off.
+pub struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn new(pid: u32, limit: std::time::Duration) -> Self {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                eprintln!("watchdog: killing process {pid} after {limit:?}");
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        });
+        Watchdog {
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

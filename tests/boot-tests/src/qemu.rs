@@ -118,14 +118,12 @@ impl Microvm {
 }
 
 /// QEMU `microvm` with its fastest options (as [`Microvm::run`]), 1 vCPU,
-/// 128 MiB, the guest console on QEMU's stdout, for the benches; bounded
-/// by `timeout 60` as husk's own `--timeout` bounds a hung guest. The
-/// caller adds the initrd or disks.
+/// 128 MiB, the guest console on QEMU's stdout, for the benches, which
+/// bound it with a [`crate::Watchdog`]. The caller adds the initrd or
+/// disks.
 pub fn microvm_stdio(kernel: &Path, cmdline: &str) -> Command {
-    let mut c = Command::new("timeout");
+    let mut c = Command::new("qemu-system-x86_64");
     c.args([
-        "60",
-        "qemu-system-x86_64",
         "-M",
         "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off",
         "-accel",

@@ -29,6 +29,7 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let _watchdog = boot_tests::Watchdog::new(child.id(), std::time::Duration::from_secs(60));
     let mut stdout = child.stdout.take().expect("piped");
     let mut byte = [0u8; 1];
     let first = match stdout.read(&mut byte) {

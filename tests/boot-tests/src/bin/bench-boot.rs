@@ -31,6 +31,7 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let _watchdog = boot_tests::Watchdog::new(child.id(), std::time::Duration::from_secs(60));
     let stdout = child.stdout.take().expect("piped");
     let mut first = None;
     for line in BufReader::new(stdout).lines() {

@@ -57,12 +57,15 @@ fn husk_marks(
 
 fn spawn_to_exit(cmd: &mut Command) -> Result<f64, String> {
     let start = Instant::now();
-    let status = cmd
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
+        .spawn()
         .map_err(|e| e.to_string())?;
+    let watchdog = boot_tests::Watchdog::new(child.id(), std::time::Duration::from_secs(30));
+    let status = child.wait().map_err(|e| e.to_string())?;
+    drop(watchdog);
     let elapsed = start.elapsed().as_secs_f64() * 1e3;
     if !status.success() {
         return Err(format!("{cmd:?} failed: {status}"));
