@@ -12,9 +12,10 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// Writes an uncompressed newc initramfs in `dir` holding a static busybox
 /// and `init` as the body of `/init`, a busybox `sh` script that runs with
-/// devtmpfs, proc and sysfs mounted and the console as its stdio when there
-/// is one yet (the kernel finds no /dev/console in an initramfs without
-/// device nodes, and a kernel with a modular console driver has none).
+/// devtmpfs, proc and sysfs mounted and the console as its stdio once there
+/// is one (the kernel finds no /dev/console in an initramfs without device
+/// nodes, a kernel with a modular console driver has none at first, and
+/// QEMU's multiport console may register after init starts).
 pub fn busybox_initramfs(dir: &Path, init: &str) -> io::Result<PathBuf> {
     busybox_initramfs_with(dir, init, &[])
 }
@@ -38,9 +39,12 @@ pub fn busybox_initramfs_with(
         }
         fs::copy(src, dst)?;
     }
+    // Under QEMU the multiport console can register after init starts:
+    // wait for it (up to 3 s, as husk's init does), else output is lost.
     let script = format!(
         "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n\
          mount -t devtmpfs dev /dev\n\
+         i=0; until (exec </dev/console) 2>/dev/null || [ $i -ge 300 ]; do usleep 10000; i=$((i+1)); done\n\
          if (exec </dev/console) 2>/dev/null; then exec </dev/console >/dev/console 2>&1; fi\n\
          mount -t proc proc /proc\nmount -t sysfs sys /sys\n{init}\n"
     );
