@@ -209,3 +209,54 @@ impl Drop for Watchdog {
         }
     }
 }
+
+/// What a bench's first figure waits for in a run's output.
+pub enum First<'a> {
+    /// The first byte, whatever it is.
+    Byte,
+    /// The first line containing this marker.
+    LineWith(&'a str),
+}
+
+/// Spawns `cmd` with its stdout piped (killed by a [`Watchdog`] after 60 s)
+/// and returns, in seconds, the time to `first` in its output and the time
+/// to its exit. A run that fails or never shows `first` is an error.
+pub fn time_run(cmd: &mut Command, first: First) -> Result<(f64, f64), String> {
+    use std::io::{BufRead, BufReader};
+    let start = std::time::Instant::now();
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let watchdog = Watchdog::new(child.id(), std::time::Duration::from_secs(60));
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut first_at = None;
+    let mut line = Vec::new();
+    loop {
+        // fill_buf returns as soon as any output has arrived.
+        if out.fill_buf().map_err(|e| e.to_string())?.is_empty() {
+            break;
+        }
+        if first_at.is_none() && matches!(first, First::Byte) {
+            first_at = Some(start.elapsed());
+        }
+        line.clear();
+        out.read_until(b'\n', &mut line)
+            .map_err(|e| e.to_string())?;
+        if let First::LineWith(mark) = first {
+            if first_at.is_none() && String::from_utf8_lossy(&line).contains(mark) {
+                first_at = Some(start.elapsed());
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let exit = start.elapsed();
+    drop(watchdog);
+    match first_at {
+        Some(f) if status.success() => Ok((f.as_secs_f64(), exit.as_secs_f64())),
+        Some(_) => Err(format!("{cmd:?} failed ({status})")),
+        None => Err(format!("{cmd:?} printed no output or marker ({status})")),
+    }
+}

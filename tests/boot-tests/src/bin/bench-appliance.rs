@@ -3,10 +3,8 @@
 //! spawn to the command's first output byte and to exit, median, min and
 //! max of N runs (default 20). Run it through `ci/bench-build`.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::process::{Command, ExitCode};
 
 use boot_tests::husk::{bench_husk_bin, build_appliances, built_image};
 use boot_tests::{husk_kernel, stats, workspace_root};
@@ -22,27 +20,7 @@ fn main() -> ExitCode {
 
 /// (spawn to first stdout byte, spawn to exit), in seconds.
 fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let _watchdog = boot_tests::Watchdog::new(child.id(), std::time::Duration::from_secs(60));
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut byte = [0u8; 1];
-    let first = match stdout.read(&mut byte) {
-        Ok(1) => Some(start.elapsed()),
-        _ => None,
-    };
-    std::io::copy(&mut stdout, &mut std::io::sink()).map_err(|e| e.to_string())?;
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let exit = start.elapsed();
-    match first {
-        Some(f) if status.success() => Ok((f.as_secs_f64(), exit.as_secs_f64())),
-        _ => Err(format!("{cmd:?} printed nothing or failed ({status})")),
-    }
+    boot_tests::time_run(cmd, boot_tests::First::Byte)
 }
 
 fn qemu(kernel: &Path, image: &Path, ext4: bool) -> Command {

@@ -7,10 +7,8 @@
 //! Figures per run: spawn to the appliance command's first output line
 //! (the init's marker), and spawn to process exit.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
 
 use boot_tests::husk::{bench_husk_bin, report_tool};
 use boot_tests::{guest, husk_kernel, stats};
@@ -24,26 +22,7 @@ fn main() -> ExitCode {
 
 /// Spawns `cmd` and returns (time to the marker line, time to exit).
 fn measure(cmd: &mut Command) -> Result<(f64, f64), String> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let _watchdog = boot_tests::Watchdog::new(child.id(), std::time::Duration::from_secs(60));
-    let stdout = child.stdout.take().expect("piped");
-    let mut first = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        if first.is_none() && line.contains(MARK) {
-            first = Some(start.elapsed());
-        }
-    }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let exit = start.elapsed();
-    let first = first.ok_or_else(|| format!("{cmd:?} printed no marker (exit {status})"))?;
-    Ok((first.as_secs_f64(), exit.as_secs_f64()))
+    boot_tests::time_run(cmd, boot_tests::First::LineWith(MARK))
 }
 
 fn qemu(kernel: &Path, initrd: &Path) -> Command {
