@@ -3,7 +3,6 @@
 //! (an [`Overlay`]), which is how an appliance's root disk boots: every run
 //! starts from the image the builder made, without copying it first.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -54,17 +53,24 @@ impl Storage {
 }
 
 /// A read-only base file and a sparse upper file of the same size that
-/// takes every write. Which byte ranges were written is kept in memory
-/// (disjoint, never adjacent ranges), so memory grows with how scattered
-/// the writes are, not with the disk's size; reads take each piece from
-/// the upper file where it was written, from the base elsewhere.
+/// takes every write, in blocks of [`BLOCK`] bytes: a write that covers
+/// part of a block not written before first copies the block from the base
+/// (as qcow2 does with its clusters). Which blocks were written is a bitmap
+/// allocated in chunks as writes reach them, so its memory is bounded by
+/// the disk's size (at most one bit per 4 KiB: 32 KiB per GiB) however a
+/// guest scatters its writes.
 pub struct Overlay {
     base: File,
     upper: File,
     len: u64,
-    /// Written ranges: start -> end (exclusive).
-    written: BTreeMap<u64, u64>,
+    /// One bit per block; a chunk covers [`CHUNK_BLOCKS`] blocks.
+    chunks: Vec<Option<Box<[u64]>>>,
 }
+
+/// The overlay's unit of copy-on-write.
+pub const BLOCK: u64 = 4096;
+const CHUNK_WORDS: usize = 512;
+const CHUNK_BLOCKS: u64 = CHUNK_WORDS as u64 * 64; // 128 MiB of disk
 
 impl Overlay {
     /// `upper` must be an empty file the caller owns (an unnamed temporary
@@ -73,11 +79,12 @@ impl Overlay {
     pub fn new(base: File, upper: File) -> io::Result<Self> {
         let len = base.metadata()?.len();
         upper.set_len(len)?;
+        let chunks = len.div_ceil(BLOCK).div_ceil(CHUNK_BLOCKS) as usize;
         Ok(Overlay {
             base,
             upper,
             len,
-            written: BTreeMap::new(),
+            chunks: (0..chunks).map(|_| None).collect(),
         })
     }
 
@@ -88,60 +95,81 @@ impl Overlay {
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the end of the disk"))
     }
 
+    fn written(&self, block: u64) -> bool {
+        let (chunk, bit) = (block / CHUNK_BLOCKS, block % CHUNK_BLOCKS);
+        self.chunks[chunk as usize]
+            .as_ref()
+            .is_some_and(|c| c[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+
+    fn mark(&mut self, block: u64) {
+        let (chunk, bit) = (block / CHUNK_BLOCKS, block % CHUNK_BLOCKS);
+        let c = self.chunks[chunk as usize]
+            .get_or_insert_with(|| vec![0u64; CHUNK_WORDS].into_boxed_slice());
+        c[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = self.check(offset, buf.len())?;
         let mut pos = offset;
-        // The written range that starts at or before `offset` may cover it.
-        let first = self.written.range(..=offset).next_back();
-        let rest = self.written.range(offset.saturating_add(1)..end);
-        for (&start, &stop) in first.into_iter().chain(rest) {
-            if stop <= pos {
-                continue;
+        // Runs of blocks from the same file, one read each.
+        while pos < end {
+            let upper = self.written(pos / BLOCK);
+            let mut stop = (pos / BLOCK + 1) * BLOCK;
+            while stop < end && self.written(stop / BLOCK) == upper {
+                stop += BLOCK;
             }
-            if start > pos {
-                let gap = &mut buf[(pos - offset) as usize..(start - offset) as usize];
-                self.base.read_exact_at(gap, pos)?;
-                pos = start;
+            let stop = stop.min(end);
+            let piece = &mut buf[(pos - offset) as usize..(stop - offset) as usize];
+            if upper {
+                self.upper.read_exact_at(piece, pos)?;
+            } else {
+                self.base.read_exact_at(piece, pos)?;
             }
-            let until = stop.min(end);
-            let piece = &mut buf[(pos - offset) as usize..(until - offset) as usize];
-            self.upper.read_exact_at(piece, pos)?;
-            pos = until;
-        }
-        if pos < end {
-            self.base
-                .read_exact_at(&mut buf[(pos - offset) as usize..], pos)?;
+            pos = stop;
         }
         Ok(())
     }
 
     pub fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let end = self.check(offset, buf.len())?;
-        if buf.is_empty() {
-            return Ok(());
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BLOCK;
+            let block_start = block * BLOCK;
+            let block_end = (block_start + BLOCK).min(self.len);
+            let stop = block_end.min(end);
+            let data = &buf[(pos - offset) as usize..(stop - offset) as usize];
+            if self.written(block) || (pos == block_start && stop == block_end) {
+                self.upper.write_all_at(data, pos)?;
+            } else {
+                // First write to part of this block: the rest comes from
+                // the base.
+                let mut whole = vec![0u8; (block_end - block_start) as usize];
+                self.base.read_exact_at(&mut whole, block_start)?;
+                whole[(pos - block_start) as usize..(stop - block_start) as usize]
+                    .copy_from_slice(data);
+                self.upper.write_all_at(&whole, block_start)?;
+            }
+            self.mark(block);
+            pos = stop;
         }
-        self.upper.write_all_at(buf, offset)?;
-        // Merge with every range that overlaps or touches [offset, end).
-        let (mut start, mut stop) = (offset, end);
-        let touching: Vec<(u64, u64)> = self
-            .written
-            .range(..=end)
-            .rev()
-            .take_while(|(_, &e)| e >= offset)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in touching {
-            self.written.remove(&s);
-            start = start.min(s);
-            stop = stop.max(e);
-        }
-        self.written.insert(start, stop);
         Ok(())
     }
 
-    /// How many separate ranges have been written (for tests and figures).
-    pub fn written_ranges(&self) -> usize {
-        self.written.len()
+    /// How many blocks have been written (for tests and figures).
+    pub fn written_blocks(&self) -> u64 {
+        self.chunks
+            .iter()
+            .flatten()
+            .map(|c| c.iter().map(|w| u64::from(w.count_ones())).sum::<u64>())
+            .sum()
+    }
+
+    /// How many bitmap chunks exist (memory follows writes).
+    #[cfg(test)]
+    fn chunks_allocated(&self) -> usize {
+        self.chunks.iter().flatten().count()
     }
 }
 
@@ -174,22 +202,47 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_and_touching_writes_merge() {
-        let (_b, mut o) = files(&[0u8; 8192]);
-        o.write_all_at(&[1; 512], 0).unwrap();
-        o.write_all_at(&[2; 512], 1024).unwrap();
-        assert_eq!(o.written_ranges(), 2);
-        o.write_all_at(&[3; 512], 512).unwrap(); // touches both
-        assert_eq!(o.written_ranges(), 1);
-        o.write_all_at(&[4; 100], 700).unwrap(); // inside
-        assert_eq!(o.written_ranges(), 1);
-        let mut buf = vec![0u8; 1536];
-        o.read_exact_at(&mut buf, 0).unwrap();
-        assert!(buf[..512].iter().all(|&x| x == 1));
-        assert!(buf[512..700].iter().all(|&x| x == 3));
-        assert!(buf[700..800].iter().all(|&x| x == 4));
-        assert!(buf[800..1024].iter().all(|&x| x == 3));
-        assert!(buf[1024..].iter().all(|&x| x == 2));
+    fn a_partial_block_write_keeps_the_rest_of_the_block() {
+        let base: Vec<u8> = (0..3 * BLOCK as usize).map(|i| (i % 251) as u8).collect();
+        let (_b, mut o) = files(&base);
+        o.write_all_at(&[1; 512], 512).unwrap(); // inside block 0
+        o.write_all_at(&[2; 100], 2 * BLOCK - 50).unwrap(); // across 1 and 2
+        assert_eq!(o.written_blocks(), 3);
+        let mut all = vec![0u8; base.len()];
+        o.read_exact_at(&mut all, 0).unwrap();
+        let mut want = base.clone();
+        want[512..1024].fill(1);
+        want[2 * BLOCK as usize - 50..2 * BLOCK as usize + 50].fill(2);
+        assert_eq!(all, want);
+    }
+
+    #[test]
+    fn a_disk_whose_size_is_not_whole_blocks() {
+        let base = vec![9u8; 4096 + 1536];
+        let (_b, mut o) = files(&base);
+        o.write_all_at(&[3; 512], 4096 + 512).unwrap();
+        let mut tail = vec![0u8; 1536];
+        o.read_exact_at(&mut tail, 4096).unwrap();
+        assert_eq!(&tail[..512], &[9; 512]);
+        assert_eq!(&tail[512..1024], &[3; 512]);
+        assert_eq!(&tail[1024..], &[9; 512]);
+        assert!(o.write_all_at(&[3; 512], 4096 + 1536).is_err());
+    }
+
+    #[test]
+    fn scattered_writes_keep_the_bitmap_small() {
+        // 1 GiB disk, one byte written every 64 MiB: the bitmap's chunks
+        // (128 MiB of disk each) are made only where writes land.
+        let b = tempfile::NamedTempFile::new().unwrap();
+        b.as_file().set_len(1 << 30).unwrap();
+        let mut o =
+            Overlay::new(File::open(b.path()).unwrap(), tempfile::tempfile().unwrap()).unwrap();
+        assert_eq!(o.chunks_allocated(), 0);
+        for i in 0..16u64 {
+            o.write_all_at(&[1], i * (64 << 20) + 7).unwrap();
+        }
+        assert_eq!(o.written_blocks(), 16);
+        assert_eq!(o.chunks_allocated(), 8);
     }
 
     #[test]
@@ -199,7 +252,7 @@ mod tests {
         assert!(o.write_all_at(&[1; 1], u64::MAX).is_err());
         let mut buf = [0u8; 16];
         assert!(o.read_exact_at(&mut buf, 1020).is_err());
-        assert_eq!(o.written_ranges(), 0);
+        assert_eq!(o.written_blocks(), 0);
         o.read_exact_at(&mut buf, 1008).unwrap();
         assert_eq!(buf, [7u8; 16]);
     }
