@@ -138,9 +138,24 @@ impl Overlay {
             let block = pos / BLOCK;
             let block_start = block * BLOCK;
             let block_end = (block_start + BLOCK).min(self.len);
+            if pos == block_start && end >= block_end {
+                // Whole blocks, as many as the write covers: one write.
+                let run_end = if end == self.len {
+                    end
+                } else {
+                    end - end % BLOCK
+                };
+                let data = &buf[(pos - offset) as usize..(run_end - offset) as usize];
+                self.upper.write_all_at(data, pos)?;
+                for b in block..run_end.div_ceil(BLOCK) {
+                    self.mark(b);
+                }
+                pos = run_end;
+                continue;
+            }
             let stop = block_end.min(end);
             let data = &buf[(pos - offset) as usize..(stop - offset) as usize];
-            if self.written(block) || (pos == block_start && stop == block_end) {
+            if self.written(block) {
                 self.upper.write_all_at(data, pos)?;
             } else {
                 // First write to part of this block: the rest comes from
@@ -217,6 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn a_write_of_whole_blocks_and_a_tail() {
+        let base = vec![5u8; 8 * BLOCK as usize];
+        let (_b, mut o) = files(&base);
+        let data: Vec<u8> = (0..3 * BLOCK as usize + 100).map(|i| i as u8).collect();
+        o.write_all_at(&data, BLOCK).unwrap();
+        assert_eq!(o.written_blocks(), 4);
+        let mut back = vec![0u8; 8 * BLOCK as usize];
+        o.read_exact_at(&mut back, 0).unwrap();
+        let mut want = base.clone();
+        want[BLOCK as usize..BLOCK as usize + data.len()].copy_from_slice(&data);
+        assert_eq!(back, want);
+    }
+
+    #[test]
     fn a_disk_whose_size_is_not_whole_blocks() {
         let base = vec![9u8; 4096 + 1536];
         let (_b, mut o) = files(&base);
@@ -227,6 +256,12 @@ mod tests {
         assert_eq!(&tail[512..1024], &[3; 512]);
         assert_eq!(&tail[1024..], &[9; 512]);
         assert!(o.write_all_at(&[3; 512], 4096 + 1536).is_err());
+        // Whole blocks up to the end of the disk, the short last one too.
+        o.write_all_at(&vec![4; 4096 + 1536], 0).unwrap();
+        assert_eq!(o.written_blocks(), 2);
+        let mut all = vec![0u8; 4096 + 1536];
+        o.read_exact_at(&mut all, 0).unwrap();
+        assert!(all.iter().all(|&b| b == 4));
     }
 
     #[test]
