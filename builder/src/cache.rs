@@ -141,10 +141,11 @@ fn input_digest_settled(
         let remember = || -> io::Result<()> {
             std::fs::create_dir_all(memo.parent().expect("in digests/"))?;
             let tmp = temp_sibling(&memo);
-            std::fs::write(&tmp, format!("{} {digest}\n", stamp(&after)))?;
-            std::fs::rename(&tmp, &memo).inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })
+            std::fs::write(&tmp, format!("{} {digest}\n", stamp(&after)))
+                .and_then(|()| std::fs::rename(&tmp, &memo))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })
         };
         if let Err(e) = remember() {
             tracing::debug!("not remembering the digest of {}: {e}", path.display());
