@@ -17,15 +17,11 @@ pub enum Storage {
 
 impl Storage {
     /// The disk's size in bytes.
-    pub fn len(&self) -> io::Result<u64> {
+    pub fn size(&self) -> io::Result<u64> {
         match self {
             Storage::File(f) => Ok(f.metadata()?.len()),
             Storage::Overlay(o) => Ok(o.len),
         }
-    }
-
-    pub fn is_empty(&self) -> io::Result<bool> {
-        Ok(self.len()? == 0)
     }
 
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

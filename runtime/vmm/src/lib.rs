@@ -76,11 +76,19 @@ pub struct VmConfig {
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    pub access: DiskAccess,
+}
+
+/// What the guest may do to a disk, and what reaches the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskAccess {
+    /// Writes go to the file (locked against any other VM).
+    ReadWrite,
     /// The guest cannot write (the device says so; writes fail).
-    pub readonly: bool,
+    ReadOnly,
     /// The guest writes, but its writes go to an unnamed temporary file
     /// that ends with the VM: the file itself is only read (and shared).
-    pub overlay: bool,
+    Overlay,
 }
 
 /// How a VM ended.
@@ -292,7 +300,8 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console)];
     for (i, (d, storage)) in cfg.disks.iter().zip(disks).enumerate() {
         let id = format!("husk-vd{}", (b'a' + i as u8) as char);
-        let block = Block::new(storage, d.readonly, &id).map_err(|source| VmmError::DiskOpen {
+        let readonly = d.access == DiskAccess::ReadOnly;
+        let block = Block::new(storage, readonly, &id).map_err(|source| VmmError::DiskOpen {
             path: d.path.clone(),
             source,
         })?;
@@ -484,9 +493,9 @@ fn guest_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
 }
 
 /// Opens a disk with the access it needs and locks it: exclusively when
-/// writable, shared when read-only.
+/// the file is written, shared when it is only read.
 fn open_disk(d: &DiskConfig) -> Result<Storage, VmmError> {
-    let writable = !d.readonly && !d.overlay;
+    let writable = d.access == DiskAccess::ReadWrite;
     let file = OpenOptions::new()
         .read(true)
         .write(writable)
@@ -506,7 +515,7 @@ fn open_disk(d: &DiskConfig) -> Result<Storage, VmmError> {
             path: d.path.clone(),
         });
     }
-    if !d.overlay {
+    if d.access != DiskAccess::Overlay {
         return Ok(Storage::File(file));
     }
     let dir = std::env::temp_dir();

@@ -18,7 +18,7 @@ use anyhow::Context;
 use appliance_spec::{ByteSize, ImageFormat, KernelRef, Vm};
 use builder::kernel;
 use husk_init::config::Overrides;
-use vmm::{DiskConfig, VmConfig, VmExit};
+use vmm::{DiskAccess, DiskConfig, VmConfig, VmExit};
 
 use super::target::{boot_cmdline, Target};
 use vmm_sys_util::terminal::Terminal;
@@ -108,17 +108,16 @@ fn memory_mib(arg: &str) -> anyhow::Result<u64> {
 }
 
 fn disk(arg: &str) -> DiskConfig {
-    let (path, readonly, overlay) = if let Some(path) = arg.strip_suffix(",ro") {
-        (path, true, false)
+    let (path, access) = if let Some(path) = arg.strip_suffix(",ro") {
+        (path, DiskAccess::ReadOnly)
     } else if let Some(path) = arg.strip_suffix(",overlay") {
-        (path, false, true)
+        (path, DiskAccess::Overlay)
     } else {
-        (arg, false, false)
+        (arg, DiskAccess::ReadWrite)
     };
     DiskConfig {
         path: path.into(),
-        readonly,
-        overlay,
+        access,
     }
 }
 
@@ -163,8 +162,11 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             // run's writes in an overlay that ends with the VM.
             plan.disks.push(DiskConfig {
                 path: built.path.clone(),
-                readonly,
-                overlay: !readonly,
+                access: if readonly {
+                    DiskAccess::ReadOnly
+                } else {
+                    DiskAccess::Overlay
+                },
             });
         }
         ImageFormat::Initramfs => {
@@ -196,8 +198,11 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         }
         plan.disks.extend(a.vm.disks.iter().map(|d| DiskConfig {
             path: d.path.clone(),
-            readonly: d.readonly,
-            overlay: false,
+            access: if d.readonly {
+                DiskAccess::ReadOnly
+            } else {
+                DiskAccess::ReadWrite
+            },
         }));
         cmdline.extend(a.vm.cmdline.clone());
     }

@@ -63,7 +63,7 @@ impl Block {
     /// access, or an overlay). `id` is the serial GET_ID returns (truncated
     /// to 20 bytes).
     pub fn new(storage: Storage, readonly: bool, id: &str) -> io::Result<Self> {
-        let len = storage.len()?;
+        let len = storage.size()?;
         let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
         let n = id.len().min(serial.len());
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
