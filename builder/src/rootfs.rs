@@ -103,6 +103,19 @@ pub struct Root {
     dir_mtimes: HashMap<u64, i64>,
 }
 
+/// Access and modification times both at `secs` (whole seconds, as layers
+/// and images keep them).
+fn at(secs: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
 impl Root {
     /// Opens `path`, an empty folder, as the root.
     pub fn open(path: &Path) -> Result<Self, RootError> {
@@ -246,15 +259,7 @@ impl Root {
             )
             .map_err(io_err(rel, "cannot set mode"))?;
         }
-        let t = Timespec {
-            tv_sec: meta.mtime,
-            tv_nsec: 0,
-        };
-        let times = Timestamps {
-            last_access: t,
-            last_modification: t,
-        };
-        rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+        rustix::fs::utimensat(dir, name, &at(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(io_err(rel, "cannot set times"))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             self.dir_mtimes.insert(st.st_ino, meta.mtime);
@@ -402,15 +407,8 @@ impl Root {
         })?;
         // Deepest first; a folder's time does not change when a child's does.
         for (path, ino) in dirs.iter().rev() {
-            let t = Timespec {
-                tv_sec: self.dir_mtimes.get(ino).copied().unwrap_or(0),
-                tv_nsec: 0,
-            };
-            let times = Timestamps {
-                last_access: t,
-                last_modification: t,
-            };
-            rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+            let mtime = self.dir_mtimes.get(ino).copied().unwrap_or(0);
+            rustix::fs::utimensat(CWD, path, &at(mtime), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(io_err(path, "cannot set times"))?;
         }
         Ok(())
