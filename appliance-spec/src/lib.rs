@@ -19,7 +19,9 @@ pub use model::{
     Appliance, DirEntry, Disk, FileEntry, ImageFormat, KernelRef, Metadata, NetInterface, Rootfs,
     Run, SymlinkEntry, Vm, Vsock,
 };
-pub use values::{ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, Source, UserSpec};
+pub use values::{
+    ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Source, UserSpec,
+};
 
 use diag::Locator;
 use serde::Deserialize;

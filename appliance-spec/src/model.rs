@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::values::{ByteSize, Cidr, GuestPath, ImageSize, MacAddr, Mode, Source, UserSpec};
+use crate::values::{
+    ByteSize, Cidr, GuestPath, ImageSize, MacAddr, Mode, PortSpec, Source, UserSpec,
+};
 
 /// A whole appliance file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -183,14 +185,18 @@ pub struct Disk {
     pub readonly: bool,
 }
 
-/// `[[vm.net]]`: a virtio-net interface backed by a host tap device.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[[vm.net]]`: a virtio-net interface: on a host tap device when `tap`
+/// is set, else on the user-mode network (passt), which can publish ports.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetInterface {
-    pub tap: String,
+    pub tap: Option<String>,
     pub mac: Option<MacAddr>,
     pub address: Option<Cidr>,
     pub gateway: Option<IpAddr>,
+    pub mtu: Option<u16>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
 }
 
 /// `[vm.vsock]`: a virtio-vsock device; host side is a Unix socket.

@@ -238,23 +238,67 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
         }
     }
     let mut taps = HashMap::new();
+    let mut user_mode = None;
+    let mut published = HashMap::new();
     for (i, n) in vm.net.iter().enumerate() {
         let at = path("vm.net").index(i);
-        let tap_ok = !n.tap.is_empty()
-            && n.tap.len() <= 15
-            && !n.tap.contains(|c: char| c == '/' || c.is_whitespace());
-        if !tap_ok {
+        match &n.tap {
+            Some(tap) => {
+                let tap_ok = !tap.is_empty()
+                    && tap.len() <= 15
+                    && !tap.contains(|c: char| c == '/' || c.is_whitespace());
+                if !tap_ok {
+                    p.push((
+                        at.clone().key("tap"),
+                        format!(
+                            "{tap:?} is not an interface name; use 1 to 15 characters without '/' or spaces"
+                        ),
+                    ));
+                } else if let Some(first) = taps.insert(tap, at.clone()) {
+                    p.push((
+                        at.clone().key("tap"),
+                        format!("tap {tap:?} is already used by {first}"),
+                    ));
+                }
+                if !n.ports.is_empty() {
+                    p.push((
+                        at.clone().key("ports"),
+                        "ports are published by the user-mode network; a tap is reached at its own address (remove tap, or ports)".into(),
+                    ));
+                }
+            }
+            None => {
+                if let Some(first) = user_mode.replace(at.clone()) {
+                    p.push((
+                        at.clone(),
+                        format!("only one interface can be on the user-mode network, and {first} is; give this one a tap"),
+                    ));
+                }
+            }
+        }
+        if let Some(mtu) = n.mtu {
+            if !(68..=65520).contains(&mtu) {
+                p.push((
+                    at.clone().key("mtu"),
+                    format!("{mtu} is not an MTU husk can give; use 68 to 65520"),
+                ));
+            }
+        }
+        for (j, port) in n.ports.iter().enumerate() {
+            if let Some(first) = published.insert((port.host_ip, port.host_port, port.udp), j) {
+                p.push((
+                    at.clone().key("ports").index(j),
+                    format!(
+                        "host port {} is already published by ports[{first}]",
+                        port.host_port
+                    ),
+                ));
+            }
+        }
+        if n.tap.is_none() && n.address.is_some_and(|a| !a.addr.is_ipv4()) {
             p.push((
-                at.clone().key("tap"),
-                format!(
-                    "{:?} is not an interface name; use 1 to 15 characters without '/' or spaces",
-                    n.tap
-                ),
-            ));
-        } else if let Some(first) = taps.insert(&n.tap, at.clone()) {
-            p.push((
-                at.clone().key("tap"),
-                format!("tap {:?} is already used by {first}", n.tap),
+                at.clone().key("address"),
+                "the user-mode network gives the guest an IPv4 address; write one like \"192.0.2.2/24\"".into(),
             ));
         }
         match (&n.address, &n.gateway) {

@@ -376,6 +376,58 @@ impl FromStr for Cidr {
 
 deserialize_from_str!(Cidr, "an address with prefix such as \"172.16.0.2/24\"");
 
+/// A published port: `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]` (an IPv6
+/// host address in brackets), as `docker run -p` writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub guest_port: u16,
+    pub udp: bool,
+}
+
+impl FromStr for PortSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a published port; write HOST_PORT:GUEST_PORT, \
+                 e.g. \"8080:80\", \"127.0.0.1:8080:80\" or \"5353:53/udp\""
+            )
+        };
+        let (spec, udp) = match s.rsplit_once('/') {
+            Some((spec, "tcp")) => (spec, false),
+            Some((spec, "udp")) => (spec, true),
+            Some(_) => return Err(bad()),
+            None => (s, false),
+        };
+        let (host, guest) = spec.rsplit_once(':').ok_or_else(bad)?;
+        let (host_ip, host_port) = match host.rsplit_once(':') {
+            Some((ip, port)) => {
+                let ip = ip
+                    .strip_prefix('[')
+                    .and_then(|i| i.strip_suffix(']'))
+                    .unwrap_or(ip);
+                (Some(ip.parse::<IpAddr>().map_err(|_| bad())?), port)
+            }
+            None => (None, host),
+        };
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(0) => Err(format!("{s:?}: port 0 cannot be published; use 1 to 65535")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(bad()),
+        };
+        Ok(PortSpec {
+            host_ip,
+            host_port: port(host_port)?,
+            guest_port: port(guest)?,
+            udp,
+        })
+    }
+}
+
+deserialize_from_str!(PortSpec, "a published port such as \"8080:80\"");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +486,31 @@ mod tests {
         assert!("docker://busybox".parse::<Source>().is_err());
         assert!("oci-archive:".parse::<Source>().is_err());
         assert!("ubuntu".parse::<Source>().is_err());
+    }
+
+    #[test]
+    fn published_ports() {
+        let p: PortSpec = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port, p.guest_port, p.udp),
+            (None, 8080, 80, false)
+        );
+        let p: PortSpec = "127.0.0.1:5353:53/udp".parse().unwrap();
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert!(p.udp);
+        let p: PortSpec = "[::1]:8443:443/tcp".parse().unwrap();
+        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        for bad in [
+            "80",
+            "x:80",
+            "8080:80/sctp",
+            "0:80",
+            "70000:80",
+            "nothost:1:2",
+            "",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot an appliance (building it first) and exit with its command's status
-    Run(commands::run::Args),
+    Run(Box<commands::run::Args>),
     /// Build an appliance or image into a bootable root filesystem image
     Build(commands::build::Args),
     /// Show what a built image runs, and with --files what it holds
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => commands::run::run(args, started),
+        Command::Run(args) => commands::run::run(*args, started),
         Command::Build(args) => commands::build::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Validate(args) => commands::validate::run(args),

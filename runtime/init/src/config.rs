@@ -5,6 +5,8 @@
 //! The image carries its own configuration so that it boots the same under
 //! any VMM with husk's kernel; the command line only changes it.
 
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
 
 /// Where the builder installs the init, and the `init=`/`rdinit=` value.
@@ -23,8 +25,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum ConfigError {
     #[error("the run configuration is not valid JSON")]
     Json(#[source] serde_json::Error),
-    #[error("{CMDLINE_KEY}= on the kernel command line is not hex-encoded JSON")]
-    BadOverride,
+    #[error("{0}= on the kernel command line is not hex-encoded JSON of the right shape")]
+    BadParam(String),
     #[error("environment entry {0:?} is not KEY=VALUE")]
     BadEnv(String),
 }
@@ -116,31 +118,96 @@ impl Overrides {
     /// The kernel command-line parameter: hex keeps spaces, quotes and
     /// any byte out of the kernel's own parsing.
     pub fn to_param(&self) -> String {
-        let json = serde_json::to_vec(self).expect("plain data serializes");
-        let mut param = format!("{CMDLINE_KEY}=");
-        for b in json {
-            param.push_str(&format!("{b:02x}"));
-        }
-        param
+        hex_param(CMDLINE_KEY, self)
     }
 
     /// The overrides on a kernel command line, if any (the last one wins).
     pub fn from_cmdline(cmdline: &str) -> Result<Option<Self>, ConfigError> {
-        let prefix = format!("{CMDLINE_KEY}=");
-        let Some(hex) = cmdline
-            .split_ascii_whitespace()
-            .filter_map(|word| word.strip_prefix(&prefix))
-            .next_back()
-        else {
+        let Some(overrides) = from_hex_param::<Overrides>(cmdline, CMDLINE_KEY)? else {
             return Ok(None);
         };
-        let bytes = decode_hex(hex).ok_or(ConfigError::BadOverride)?;
-        let overrides: Overrides =
-            serde_json::from_slice(&bytes).map_err(|_| ConfigError::BadOverride)?;
         for entry in &overrides.env {
             env_key(entry)?;
         }
         Ok(Some(overrides))
+    }
+}
+
+/// `KEY=<hex of JSON>`.
+fn hex_param<T: Serialize>(key: &str, value: &T) -> String {
+    let json = serde_json::to_vec(value).expect("plain data serializes");
+    let mut param = format!("{key}=");
+    for b in json {
+        param.push_str(&format!("{b:02x}"));
+    }
+    param
+}
+
+/// The last `KEY=<hex of JSON>` on a kernel command line, decoded.
+fn from_hex_param<T: serde::de::DeserializeOwned>(
+    cmdline: &str,
+    key: &str,
+) -> Result<Option<T>, ConfigError> {
+    let prefix = format!("{key}=");
+    let Some(hex) = cmdline
+        .split_ascii_whitespace()
+        .filter_map(|word| word.strip_prefix(&prefix))
+        .next_back()
+    else {
+        return Ok(None);
+    };
+    let bad = || ConfigError::BadParam(key.to_string());
+    let bytes = decode_hex(hex).ok_or_else(bad)?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
+}
+
+/// The kernel command-line parameter carrying [`NetSetup`].
+pub const NET_CMDLINE_KEY: &str = "husk.net";
+
+/// How init sets up the guest's network before the command starts: each
+/// interface's address, route and MTU, and the resolver. `husk run` knows
+/// these from the network it attached (passt's, or the appliance file's).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSetup {
+    pub interfaces: Vec<InterfaceSetup>,
+    /// Name servers for `/etc/resolv.conf`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceSetup {
+    /// `eth0`, `eth1`, ... in the order the interfaces were attached.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub prefix: u8,
+    /// The default route goes through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+impl NetSetup {
+    pub fn to_param(&self) -> String {
+        hex_param(NET_CMDLINE_KEY, self)
+    }
+
+    pub fn from_cmdline(cmdline: &str) -> Result<Option<Self>, ConfigError> {
+        let setup = from_hex_param::<NetSetup>(cmdline, NET_CMDLINE_KEY)?;
+        if let Some(s) = &setup {
+            if let Some(i) = s.interfaces.iter().find(|i| i.prefix > 32) {
+                return Err(ConfigError::BadParam(format!(
+                    "{NET_CMDLINE_KEY} (prefix /{} of {})",
+                    i.prefix, i.name
+                )));
+            }
+        }
+        Ok(setup)
     }
 }
 
@@ -203,6 +270,26 @@ mod tests {
             env: vec!["NOEQUALS".into()],
         };
         assert!(Overrides::from_cmdline(&not_kv.to_param()).is_err());
+    }
+
+    #[test]
+    fn network_setup_survives_the_kernel_command_line() {
+        let net = NetSetup {
+            interfaces: vec![InterfaceSetup {
+                name: "eth0".into(),
+                address: Some(Ipv4Addr::new(192, 0, 2, 2)),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                mtu: Some(1500),
+            }],
+            dns: vec![Ipv4Addr::new(192, 0, 2, 1)],
+        };
+        let cmdline = format!("{} {}", Overrides::default().to_param(), net.to_param());
+        assert_eq!(NetSetup::from_cmdline(&cmdline).unwrap(), Some(net.clone()));
+        let mut bad = net;
+        bad.interfaces[0].prefix = 33;
+        assert!(NetSetup::from_cmdline(&bad.to_param()).is_err());
+        assert!(NetSetup::from_cmdline("husk.net=7b").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! 127 command not found, 126 not executable, 125 anything else that kept
 //! the command from starting (bad configuration, unknown user).
 
+mod net;
 mod sys;
 
 use std::collections::HashSet;
@@ -17,7 +18,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
 
-use husk_init::config::{Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH};
+use husk_init::config::{NetSetup, Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH};
 use husk_init::user::{self, Identity};
 
 const STATUS_NOT_FOUND: u8 = 127;
@@ -80,6 +81,12 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     }
     if let Err(e) = sys::loopback_up() {
         say(&format!("cannot bring up lo: {e}"));
+    }
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match NetSetup::from_cmdline(&cmdline) {
+        Ok(Some(setup)) => net::setup(&setup, config.hostname.as_deref(), say),
+        Ok(None) => {}
+        Err(e) => say(&chain(&e)),
     }
     let identity = match &config.user {
         Some(spec) => {

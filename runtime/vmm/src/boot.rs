@@ -176,7 +176,7 @@ pub fn write_boot_info(
 ) -> Result<(), VmmError> {
     let cmdline_len = cmdline
         .as_cstring()
-        .map_err(|e| VmmError::Cmdline(e.to_string()))?
+        .map_err(VmmError::Cmdline)?
         .as_bytes_with_nul()
         .len();
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), cmdline)

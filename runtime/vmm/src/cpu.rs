@@ -162,7 +162,7 @@ fn boot_msrs() -> Result<Msrs, VmmError> {
         entry(MSR_IA32_MISC_ENABLE, 1),          // fast strings
         entry(MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, write-back
     ])
-    .map_err(|_| VmmError::Setup("too many boot MSRs".into()))
+    .map_err(|_| VmmError::BootMsrs)
 }
 
 /// A GDT entry from access/flags (`0xF0FF` mask: flags nibble, access byte),

@@ -1,6 +1,6 @@
-//! The VMM thread's event loop (rust-vmm `event-manager` over epoll): queue
-//! notifications from the guest (KVM ioeventfds), host console input, and
-//! the stop event a vCPU raises when the guest shuts down.
+//! The VMM thread's own event-loop subscribers (rust-vmm `event-manager`
+//! over epoll): host console input, and the stop event a vCPU raises when
+//! the guest shuts down. Devices' events are the device manager's.
 
 use std::fs::File;
 use std::io::Read;
@@ -17,30 +17,6 @@ use vmm_sys_util::timerfd::TimerFd;
 
 fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
     t.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Dispatches one device's queue notifications; the event data is the
-/// queue index.
-pub struct QueueKicks(pub Arc<Mutex<MmioTransport>>);
-
-impl MutEventSubscriber for QueueKicks {
-    fn init(&mut self, ops: &mut EventOps) {
-        let t = lock(&self.0);
-        for (i, evt) in t.queue_evts().iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
-                warn!("cannot watch queue {i} of device {}: {e}", t.device_type());
-            }
-        }
-    }
-
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let queue = events.data() as usize;
-        let mut t = lock(&self.0);
-        if let Some(evt) = t.queue_evts().get(queue) {
-            let _ = evt.read();
-        }
-        t.process_queue(queue);
-    }
 }
 
 /// How often held input is looked at again while the guest is not ready.

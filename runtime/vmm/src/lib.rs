@@ -8,11 +8,14 @@
 pub mod boot;
 pub mod control;
 pub mod cpu;
+pub mod device_manager;
 mod event_loop;
 pub mod jail;
 pub mod layout;
 mod memory;
 pub mod mptable;
+pub mod net;
+pub mod passt;
 pub mod seccomp;
 mod vcpu;
 
@@ -27,21 +30,20 @@ use std::time::{Duration, Instant};
 use devices::storage::{Overlay, Storage};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
-use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, NOTIFY_OFFSET};
+use devices::virtio::net::{Net, NetBackend};
 use devices::virtio::rng::Rng;
-use devices::virtio::VirtioDevice;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 pub use control::Phase;
+use device_manager::{DeviceManager, DeviceManagerError};
 use layout::*;
+pub use net::{NetBackendConfig, NetConfig};
 pub use seccomp::SeccompMode;
 use vcpu::{Shared, Stop};
 
@@ -55,6 +57,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Block devices in order: `/dev/vda`, `/dev/vdb`, ...
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces in order: `eth0`, `eth1`, ...
+    pub net: Vec<NetConfig>,
     /// Where the guest's console output goes.
     pub console_output: Box<dyn Write + Send>,
     /// Host input for the guest's console, if any.
@@ -157,19 +161,33 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("too many devices: {0} (at most {max})", max = LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1)]
-    TooManyDevices(usize),
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    #[error("network interface {index}")]
+    Net {
+        index: usize,
+        #[source]
+        source: net::NetError,
+    },
+    #[error("a VM needs 1 to {MAX_CPUS} vCPUs, not {0}")]
+    Cpus(u8),
+    #[error("{0} MiB of memory is more than husk gives a VM (at most {MAX_MEMORY_MIB} MiB)")]
+    MemoryTooLarge(u64),
     #[error(
         "{have_mib} MiB of memory is too small for the kernel, which needs at least \
          {need_mib} MiB to load; give the VM more memory"
     )]
     MemoryTooSmall { have_mib: u64, need_mib: u64 },
-    #[error("kernel command line: {0}")]
-    Cmdline(String),
+    #[error("building the kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("guest memory: {0}")]
     GuestMemory(String),
-    #[error("setting up the VM: {0}")]
-    Setup(String),
+    #[error("the boot MSRs do not fit KVM's list")]
+    BootMsrs,
+    #[error("the event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+    #[error("cannot install the vCPU kick signal handler")]
+    KickSignal(#[source] vmm_sys_util::errno::Error),
     #[error("{0}")]
     Guest(String),
     #[error("{what}")]
@@ -179,6 +197,11 @@ pub enum VmmError {
         source: std::io::Error,
     },
 }
+
+/// The most vCPUs a VM can have (the MP table's and CPUID's topology).
+pub const MAX_CPUS: u8 = 32;
+/// The most memory a VM can have: 1 TiB.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |source| VmmError::Io { what, source }
@@ -205,6 +228,7 @@ pub struct HostFiles {
     initrd: Option<File>,
     /// Opened with the access each needs and locked.
     disks: Vec<Storage>,
+    net: Vec<Box<dyn NetBackend>>,
     urandom: File,
     usage: Option<memory::UsageFiles>,
     pvm: bool,
@@ -213,6 +237,7 @@ pub struct HostFiles {
 /// Opens (and locks) what `cfg` names: /dev/kvm, the kernel, the initrd,
 /// the disks, /dev/urandom.
 pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
+    check_shape(cfg)?;
     let kvm = Kvm::new().map_err(|e| match e.errno() {
         libc::ENOENT => VmmError::NoKvm,
         libc::EACCES | libc::EPERM => VmmError::KvmPermission,
@@ -223,6 +248,14 @@ pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
         kernel: boot::open_kernel(&cfg.kernel)?,
         initrd: cfg.initrd.as_deref().map(boot::open_initrd).transpose()?,
         disks: cfg.disks.iter().map(open_disk).collect::<Result<_, _>>()?,
+        net: cfg
+            .net
+            .iter()
+            .enumerate()
+            .map(|(index, n)| {
+                net::open_backend(&n.backend).map_err(|source| VmmError::Net { index, source })
+            })
+            .collect::<Result<_, _>>()?,
         urandom: File::open("/dev/urandom").map_err(io("opening /dev/urandom"))?,
         usage: if cfg.report_memory {
             memory::UsageFiles::open().ok()
@@ -231,6 +264,17 @@ pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
         },
         pvm: host_kvm_is_pvm(),
     })
+}
+
+/// The VMM checks the VM's shape itself rather than trusting its caller.
+fn check_shape(cfg: &VmConfig) -> Result<(), VmmError> {
+    if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
+        return Err(VmmError::Cpus(cfg.cpus));
+    }
+    if cfg.memory_mib > MAX_MEMORY_MIB {
+        return Err(VmmError::MemoryTooLarge(cfg.memory_mib));
+    }
+    Ok(())
 }
 
 impl HostFiles {
@@ -261,6 +305,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         kernel,
         initrd,
         disks,
+        net: net_backends,
         urandom,
         usage: usage_files,
         pvm,
@@ -290,14 +335,20 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     let mem = guest_memory(&vm, ram)?;
     report.mark(Phase::MemoryReady);
 
-    // Devices: the console, the disks, then entropy.
+    // Devices: the console first (hvc0), then the disks (vda, ...), the
+    // network interfaces (eth0, ...), entropy.
+    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(VmmError::Cmdline)?;
+    cmdline
+        .insert_str(BASE_CMDLINE)
+        .map_err(VmmError::Cmdline)?;
+    let mut dm = DeviceManager::default();
     let console = Console::new(std::mem::replace(
         &mut cfg.console_output,
         Box::new(std::io::sink()),
     ));
     let console_buffer = console.input();
     let console_transmitted = console.transmitted();
-    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(console)];
+    let console = dm.attach(&vm, &mem, Box::new(console), &mut cmdline)?;
     for (i, (d, storage)) in cfg.disks.iter().zip(disks).enumerate() {
         let id = format!("husk-vd{}", (b'a' + i as u8) as char);
         let readonly = d.access == DiskAccess::ReadOnly;
@@ -305,34 +356,18 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             path: d.path.clone(),
             source,
         })?;
-        devices.push(Box::new(block));
+        dm.attach(&vm, &mem, Box::new(block), &mut cmdline)?;
     }
-    devices.push(Box::new(Rng::with_source(urandom)));
-    if devices.len() > (LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1) as usize {
-        return Err(VmmError::TooManyDevices(devices.len()));
+    for (n, backend) in cfg.net.iter().zip(net_backends) {
+        dm.attach(&vm, &mem, Box::new(Net::new(backend, n.mac)), &mut cmdline)?;
     }
-
-    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| VmmError::Cmdline(e.to_string()))?;
-    cmdline
-        .insert_str(BASE_CMDLINE)
-        .map_err(|e| VmmError::Cmdline(e.to_string()))?;
-    let mut bus = vcpu::MmioBus::default();
-    let mut transports = Vec::new();
-    for (i, dev) in devices.into_iter().enumerate() {
-        let base = VIRTIO_MMIO_BASE + i as u64 * MMIO_SIZE;
-        let irq = FIRST_DEVICE_IRQ + i as u32;
-        let t = attach(&vm, &mem, dev, base, irq)?;
-        cmdline
-            .add_virtio_mmio_device(MMIO_SIZE, GuestAddress(base), irq, None)
-            .map_err(|e| VmmError::Cmdline(e.to_string()))?;
-        bus.insert(base, t.clone());
-        transports.push(t);
-    }
+    dm.attach(&vm, &mem, Box::new(Rng::with_source(urandom)), &mut cmdline)?;
     if !cfg.cmdline.trim().is_empty() {
         cmdline
             .insert_str(cfg.cmdline.trim())
-            .map_err(|e| VmmError::Cmdline(e.to_string()))?;
+            .map_err(VmmError::Cmdline)?;
     }
+    let (device_events, bus) = dm.finish();
 
     let (entry, zero_page) = boot::load_kernel(&mem, kernel, &cfg.kernel, ram)?;
     let initrd = match (initrd, &cfg.initrd) {
@@ -356,14 +391,14 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
 
     // The event loop, before any vCPU runs.
     let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
-        .map_err(|e| VmmError::Setup(format!("event loop: {e}")))?;
+        .map_err(VmmError::EventLoop)?;
     let stopped = Arc::new(AtomicBool::new(false));
     events.add_subscriber(Arc::new(Mutex::new(event_loop::StopWatch {
         evt: stop_evt,
         stopped: stopped.clone(),
     })));
-    for t in &transports {
-        events.add_subscriber(Arc::new(Mutex::new(event_loop::QueueKicks(t.clone()))));
+    for d in device_events {
+        events.add_subscriber(Arc::new(Mutex::new(d)));
     }
     if let Some(input) = cfg.console_input.take() {
         // Host input flows once the guest has its console open: husk's init
@@ -372,15 +407,13 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         let ready = Box::new(move || {
             guest.report.init_running() || console_transmitted.load(Ordering::Acquire)
         });
-        let console_in =
-            event_loop::ConsoleIn::new(input, console_buffer, transports[0].clone(), ready)
-                .map_err(io("creating a timerfd"))?;
+        let console_in = event_loop::ConsoleIn::new(input, console_buffer, console, ready)
+            .map_err(io("creating a timerfd"))?;
         events.add_subscriber(Arc::new(Mutex::new(console_in)));
     }
 
     // vCPUs: all created and set up, then started.
-    register_signal_handler(SIGRTMIN(), kick_handler)
-        .map_err(|e| VmmError::Setup(format!("vCPU kick signal: {e}")))?;
+    register_signal_handler(SIGRTMIN(), kick_handler).map_err(VmmError::KickSignal)?;
     let cpuid = cpu::supported_cpuid(&kvm)?;
     let mut vcpus = Vec::new();
     for id in 0..cfg.cpus {
@@ -395,33 +428,43 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         let t = vcpu::spawn(id as u8, fd, shared.clone(), filters.clone());
         threads.push(t.map_err(io("starting a vCPU thread"))?);
     }
-    // This thread serves the guest's devices from here on: filtered too.
-    if let Some(f) = &filters {
-        if let Err(e) = f.install(seccomp::ThreadKind::Vmm) {
+    // The thread named `vmm` serves the guest's devices from here on; this
+    // one waits for it. Both run filtered.
+    let deadline = cfg.timeout.map(|t| Instant::now() + t);
+    let vmm_filters = filters.clone();
+    let vmm_thread =
+        std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || -> Result<bool, VmmError> {
+                if let Some(f) = &vmm_filters {
+                    f.install(seccomp::ThreadKind::Vmm)?;
+                }
+                serve(&mut events, &stopped, deadline)
+            });
+    let served = match vmm_thread {
+        Ok(t) => {
+            let installed = match &filters {
+                Some(f) => f.install(seccomp::ThreadKind::Vmm),
+                None => Ok(()),
+            };
+            let served = t
+                .join()
+                .unwrap_or_else(|_| Err(VmmError::Guest("the vmm thread panicked".into())));
+            installed.map_err(VmmError::from).and(served)
+        }
+        Err(e) => Err(VmmError::Io {
+            what: "starting the vmm thread",
+            source: e,
+        }),
+    };
+    let timed_out = match served {
+        Ok(timed_out) => timed_out,
+        Err(e) => {
             shared.stop(Stop::Failed(e.to_string()));
             stop_vcpus(&shared, threads);
-            return Err(e.into());
+            return Err(e);
         }
-    }
-
-    let deadline = cfg.timeout.map(|t| Instant::now() + t);
-    let mut timed_out = false;
-    while !stopped.load(Ordering::Acquire) {
-        let wait_ms = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    timed_out = true;
-                    break;
-                }
-                left.as_millis().min(i32::MAX as u128) as i32
-            }
-            None => -1,
-        };
-        events
-            .run_with_timeout(wait_ms)
-            .map_err(|e| VmmError::Setup(format!("event loop: {e}")))?;
-    }
+    };
 
     stop_vcpus(&shared, threads);
 
@@ -442,6 +485,30 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         timings: shared.report.marks(),
         memory: usage_files.and_then(|f| f.usage(&mem)),
     })
+}
+
+/// The event loop, until the guest stops or the deadline passes (true).
+fn serve(
+    events: &mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    stopped: &AtomicBool,
+    deadline: Option<Instant>,
+) -> Result<bool, VmmError> {
+    while !stopped.load(Ordering::Acquire) {
+        let wait_ms = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(true);
+                }
+                left.as_millis().min(i32::MAX as u128) as i32
+            }
+            None => -1,
+        };
+        events
+            .run_with_timeout(wait_ms)
+            .map_err(VmmError::EventLoop)?;
+    }
+    Ok(false)
 }
 
 /// Stops every vCPU thread: flag, then kick each out of KVM_RUN until it
@@ -483,9 +550,14 @@ fn guest_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
             userspace_addr: host as u64,
         };
         // SAFETY: `host` is the start of a live mapping of `region.len()`
-        // bytes owned by `mem`, which outlives the VM's use of it: the VM
-        // file descriptor is dropped before `mem` at the end of `run`, and
-        // the mapping is never resized or unmapped while the VM exists.
+        // bytes owned by `mem`, never resized or moved. KVM reaches guest
+        // RAM through this process's page tables (as copy_from_user does),
+        // never through a kernel pointer kept from this call, so the host
+        // is safe while the mapping lives as long as any vCPU runs:
+        // `run_with` stops the vCPU threads (kicking each until it has left
+        // KVM_RUN) before `mem` is dropped at its end. A vCPU that ignores
+        // 200 kicks is abandoned; husk then exits right after `run_with`
+        // returns, before anything could be mapped at those addresses.
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
@@ -534,24 +606,4 @@ fn open_disk(d: &DiskConfig) -> Result<Storage, VmmError> {
     Overlay::new(file, upper)
         .map(Storage::Overlay)
         .map_err(overlay_error)
-}
-
-/// Puts a device behind a transport at `base`, with its interrupt on an
-/// irqfd and each queue's notification on an ioeventfd.
-fn attach(
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    dev: Box<dyn VirtioDevice>,
-    base: u64,
-    irq: u32,
-) -> Result<Arc<Mutex<MmioTransport>>, VmmError> {
-    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
-    let t = MmioTransport::new(mem.clone(), dev, irq_evt).map_err(io("creating an eventfd"))?;
-    vm.register_irqfd(t.irq_evt(), irq)
-        .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
-    for (i, evt) in t.queue_evts().iter().enumerate() {
-        vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), i as u32)
-            .map_err(|e| VmmError::Kvm("KVM_IOEVENTFD", e))?;
-    }
-    Ok(Arc::new(Mutex::new(t)))
 }

@@ -190,7 +190,17 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                     vec![],
                     "the console input timer comes and goes",
                 ),
-                allow(SYS_read, vec![], "eventfds, console input, /dev/urandom"),
+                allow(
+                    SYS_read,
+                    vec![],
+                    "eventfds, console input, /dev/urandom, network frames",
+                ),
+                allow(SYS_writev, vec![], "a frame and its length to passt"),
+                allow(
+                    SYS_mprotect,
+                    no_exec(2),
+                    "the allocator grows the vmm thread's arena",
+                ),
                 allow(SYS_pread64, vec![], "disk reads"),
                 allow(SYS_pwrite64, vec![], "disk writes"),
                 allow(SYS_fdatasync, vec![], "the block device's FLUSH"),
@@ -201,8 +211,8 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 allow(SYS_clock_nanosleep, vec![], "wait between vCPU kicks"),
                 allow(
                     SYS_ioctl,
-                    arg_is(1, &[TCGETS, TCSETS]),
-                    "restore the terminal",
+                    arg_is(1, &[TCGETS, TCSETS, crate::net::TAP_SET_OFFLOAD]),
+                    "restore the terminal; a tap's offloads once the driver chose them",
                 ),
             ]);
         }

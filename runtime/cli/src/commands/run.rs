@@ -15,10 +15,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use appliance_spec::{ByteSize, ImageFormat, KernelRef, Vm};
+use appliance_spec::{ByteSize, ImageFormat, KernelRef, PortSpec, Vm};
 use builder::kernel;
-use husk_init::config::Overrides;
-use vmm::{DiskAccess, DiskConfig, VmConfig, VmExit};
+use husk_init::config::{InterfaceSetup, NetSetup, Overrides};
+use vmm::passt::{GuestNet, Passt, PortMapping};
+use vmm::{DiskAccess, DiskConfig, NetBackendConfig, NetConfig, VmConfig, VmExit};
 
 use super::target::{boot_cmdline, Target};
 use vmm_sys_util::terminal::Terminal;
@@ -62,8 +63,21 @@ pub struct Args {
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
     /// Stop the guest after this many seconds (exit status 124)
-    #[arg(long)]
-    timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+    /// The guest's network: none; user (user-mode through passt, no root
+    /// needed; the default for image references); tap:NAME (a host tap
+    /// device). Default for an appliance file: its own [[vm.net]].
+    #[arg(long, value_name = "none|user|tap:NAME", value_parser = parse_net)]
+    net: Option<NetMode>,
+    /// Publish a guest port on the host through the user-mode network
+    /// (implies --net user)
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]"
+    )]
+    publish: Vec<PortSpec>,
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
@@ -94,17 +108,223 @@ enum Seccomp {
 /// Guest memory in MiB from `--memory`.
 fn memory_mib(arg: &str) -> anyhow::Result<u64> {
     let bytes = match arg.parse::<u64>() {
-        Ok(mib) => mib << 20,
-        Err(_) => {
+        Ok(mib) => mib.checked_mul(1 << 20),
+        Err(_) => Some(
             arg.parse::<ByteSize>()
                 .map_err(|e| anyhow::anyhow!("--memory: {e}"))?
-                .0
-        }
+                .0,
+        ),
     };
+    let max = vmm::MAX_MEMORY_MIB << 20;
+    let bytes = bytes.filter(|b| *b <= max).with_context(|| {
+        format!(
+            "--memory {arg}: more than husk gives a VM (at most {} MiB)",
+            vmm::MAX_MEMORY_MIB
+        )
+    })?;
     if bytes < Vm::MIN_MEMORY.0 || bytes % (1 << 20) != 0 {
         anyhow::bail!("--memory {arg}: give a whole number of MiB, at least 32MiB");
     }
     Ok(bytes >> 20)
+}
+
+/// `--timeout SECS`: a finite number of seconds, more than 0.
+fn parse_timeout(arg: &str) -> Result<Duration, String> {
+    let secs: f64 = arg
+        .parse()
+        .map_err(|_| format!("{arg:?} is not a number of seconds"))?;
+    if secs <= 0.0 {
+        return Err(format!("{arg}: give a time longer than 0 seconds"));
+    }
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= MAX_TIMEOUT)
+        .ok_or_else(|| {
+            format!(
+                "{arg}: give a finite time of at most {} seconds",
+                MAX_TIMEOUT.as_secs()
+            )
+        })
+}
+
+/// A year: longer is surely a mistake, and still fits every clock.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NetMode {
+    None,
+    User,
+    Tap(String),
+}
+
+fn parse_net(arg: &str) -> Result<NetMode, String> {
+    match arg {
+        "none" => Ok(NetMode::None),
+        "user" => Ok(NetMode::User),
+        _ => match arg.strip_prefix("tap:") {
+            Some(name) if !name.is_empty() && name.len() <= 15 => Ok(NetMode::Tap(name.into())),
+            _ => Err(format!("{arg:?}: write none, user or tap:NAME")),
+        },
+    }
+}
+
+/// One guest interface as planned: on passt, or on a tap.
+#[derive(Debug, Clone, PartialEq)]
+struct PlannedNet {
+    tap: Option<String>,
+    mac: Option<[u8; 6]>,
+    /// The guest's own configuration; for passt, left to the host's.
+    address: Option<(std::net::Ipv4Addr, u8)>,
+    gateway: Option<std::net::Ipv4Addr>,
+    mtu: Option<u16>,
+    ports: Vec<PortSpec>,
+}
+
+impl PlannedNet {
+    fn user(ports: Vec<PortSpec>) -> Self {
+        PlannedNet {
+            tap: None,
+            mac: None,
+            address: None,
+            gateway: None,
+            mtu: None,
+            ports,
+        }
+    }
+}
+
+/// The network a run gets: `--net` and `-p` over the appliance's own
+/// `[[vm.net]]`; an image reference gets the user-mode network, as
+/// `docker run` and `podman run` give a container one.
+fn plan_net(
+    args: &Args,
+    appliance: Option<&appliance_spec::Appliance>,
+    image_ref: bool,
+) -> anyhow::Result<Vec<PlannedNet>> {
+    let mut nets = match &args.net {
+        Some(NetMode::None) => {
+            if !args.publish.is_empty() {
+                anyhow::bail!("-p publishes a port through the user-mode network: drop --net none");
+            }
+            return Ok(Vec::new());
+        }
+        Some(NetMode::User) => vec![PlannedNet::user(Vec::new())],
+        Some(NetMode::Tap(name)) => vec![PlannedNet {
+            tap: Some(name.clone()),
+            ..PlannedNet::user(Vec::new())
+        }],
+        None => match appliance {
+            Some(a) => {
+                a.vm.net
+                    .iter()
+                    .map(|n| {
+                        let address = match n.address {
+                            Some(c) => match c.addr {
+                                std::net::IpAddr::V4(v4) => Some((v4, c.prefix)),
+                                std::net::IpAddr::V6(_) => anyhow::bail!(
+                                    "vm.net address {}: husk's init sets up IPv4 addresses only",
+                                    c.addr
+                                ),
+                            },
+                            None => None,
+                        };
+                        let gateway = match n.gateway {
+                            Some(std::net::IpAddr::V4(g)) => Some(g),
+                            Some(g) => anyhow::bail!("vm.net gateway {g}: IPv4 only"),
+                            None => None,
+                        };
+                        Ok(PlannedNet {
+                            tap: n.tap.clone(),
+                            mac: n.mac.map(|m| m.0),
+                            address,
+                            gateway,
+                            mtu: n.mtu,
+                            ports: n.ports.clone(),
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+            None if image_ref => vec![PlannedNet::user(Vec::new())],
+            None => Vec::new(),
+        },
+    };
+    if !args.publish.is_empty() {
+        match nets.iter_mut().find(|n| n.tap.is_none()) {
+            Some(user) => user.ports.extend(args.publish.iter().copied()),
+            None => nets.push(PlannedNet::user(args.publish.clone())),
+        }
+    }
+    Ok(nets)
+}
+
+/// A locally administered unicast MAC address, random per run.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut mac))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        mac[2..].copy_from_slice(&(nanos ^ std::process::id()).to_le_bytes());
+    }
+    mac[0] = 0x02;
+    mac
+}
+
+/// The host side of the planned interfaces: passt started (kept alive by
+/// the returned guard), taps named; and what the guest's init sets up.
+fn attach_net(nets: &[PlannedNet]) -> anyhow::Result<(Vec<NetConfig>, Option<Passt>, NetSetup)> {
+    let mut configs = Vec::new();
+    let mut passt = None;
+    let mut setup = NetSetup::default();
+    for (i, n) in nets.iter().enumerate() {
+        let mut iface = InterfaceSetup {
+            name: format!("eth{i}"),
+            address: n.address.map(|a| a.0),
+            prefix: n.address.map_or(0, |a| a.1),
+            gateway: n.gateway,
+            mtu: n.mtu,
+        };
+        let backend = match &n.tap {
+            Some(name) => NetBackendConfig::Tap(name.clone()),
+            None => {
+                let host = vmm::passt::guest_net()?;
+                let guest = GuestNet {
+                    address: n.address.map_or(host.address, |a| a.0),
+                    prefix: n.address.map_or(host.prefix, |a| a.1),
+                    gateway: n.gateway.unwrap_or(host.gateway),
+                    mtu: n.mtu.unwrap_or(host.mtu),
+                };
+                let ports: Vec<PortMapping> = n
+                    .ports
+                    .iter()
+                    .map(|p| PortMapping {
+                        host_ip: p.host_ip,
+                        host_port: p.host_port,
+                        guest_port: p.guest_port,
+                        udp: p.udp,
+                    })
+                    .collect();
+                let (guard, fd) = Passt::start(&guest, &ports)?;
+                passt = Some(guard);
+                iface.address = Some(guest.address);
+                iface.prefix = guest.prefix;
+                iface.gateway = Some(guest.gateway);
+                iface.mtu = Some(guest.mtu);
+                // passt answers DNS sent to the gateway with the host's resolver.
+                setup.dns.push(guest.gateway);
+                NetBackendConfig::Stream(fd)
+            }
+        };
+        setup.interfaces.push(iface);
+        configs.push(NetConfig {
+            mac: n.mac.unwrap_or_else(random_mac),
+            backend,
+        });
+    }
+    Ok((configs, passt, setup))
 }
 
 fn disk(arg: &str) -> DiskConfig {
@@ -129,6 +349,10 @@ struct Plan {
     cmdline: String,
     cpus: u8,
     memory_mib: u64,
+    net: Vec<PlannedNet>,
+    /// The image has husk's init, which sets the network up from the
+    /// kernel command line.
+    husk_init: bool,
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
@@ -142,11 +366,14 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             Some(m) => memory_mib(m)?,
             None => 128,
         },
+        net: Vec::new(),
+        husk_init: false,
     };
     let Some(target) = &args.target else {
         if !args.command.is_empty() || !args.env.is_empty() {
             anyhow::bail!("a command after -- and -e need an appliance or image to run");
         }
+        plan.net = plan_net(args, None, false)?;
         plan.disks = args.disks.iter().map(|d| disk(d)).collect();
         plan.cmdline = args.cmdline.clone();
         return Ok(plan);
@@ -154,6 +381,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     let target = Target::parse(target)?;
     let built = target.build()?;
     let appliance = target.appliance();
+    plan.net = plan_net(args, appliance, appliance.is_none())?;
+    plan.husk_init = true;
     let readonly = appliance.is_some_and(|a| a.rootfs.readonly);
     let mut cmdline = vec!["quiet".to_string(), boot_cmdline(built.format, readonly)];
     match built.format {
@@ -177,9 +406,9 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         }
     }
     if let Some(a) = appliance {
-        if !a.vm.net.is_empty() || a.vm.vsock.is_some() {
+        if a.vm.vsock.is_some() {
             anyhow::bail!(
-                "vm.net and vm.vsock are not supported by husk's VMM yet; remove them to run this appliance"
+                "vm.vsock is not supported by husk's VMM yet; remove it to run this appliance"
             );
         }
         if args.cpus.is_none() {
@@ -227,7 +456,14 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
 }
 
 pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
-    let plan = plan(&args)?;
+    let mut plan = plan(&args)?;
+    // passt (if any) lives until this function returns, in the process
+    // that started it (the jail's supervisor).
+    let (net, _passt, net_setup) = attach_net(&plan.net)?;
+    if plan.husk_init && !net_setup.interfaces.is_empty() {
+        plan.cmdline.push(' ');
+        plan.cmdline.push_str(&net_setup.to_param());
+    }
     // husk's own kernel needs no PIT; any other kernel gets one.
     let (kernel, legacy_pit) = match &plan.config_kernel {
         Some(k) => (k.clone(), true),
@@ -252,9 +488,10 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         initrd: plan.initrd.clone(),
         cmdline: plan.cmdline.clone(),
         disks: plan.disks.clone(),
+        net,
         console_output: Box::new(std::io::stdout()),
         console_input: Some(input),
-        timeout: args.timeout.map(Duration::from_secs_f64),
+        timeout: args.timeout,
         legacy_pit,
         report_memory: args.timings,
         seccomp: match args.seccomp {

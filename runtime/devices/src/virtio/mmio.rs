@@ -12,7 +12,7 @@ use virtio_bindings::virtio_config::{
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Activation, IrqLine, Mem, VirtioDevice, INT_CONFIG};
+use super::{Activation, DeviceError, HostEvent, IrqLine, Mem, Ready, VirtioDevice, INT_CONFIG};
 
 /// Size of one transport's MMIO window.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -129,10 +129,33 @@ impl MmioTransport {
     /// input for it is waiting). A guest error marks the device as needing
     /// a reset; it is logged once, then the device stays quiet until reset.
     pub fn process_queue(&mut self, queue: usize) {
+        self.serve(|d| d.process_queue(queue));
+    }
+
+    /// The host descriptors the device waits on (see [`VirtioDevice::host_events`]).
+    pub fn host_events(&self) -> Vec<HostEvent> {
+        self.device.host_events()
+    }
+
+    /// Called by the event loop when a host descriptor of the device is
+    /// ready. Before `DRIVER_OK` the device still sees it (it may accept
+    /// and hold host work); errors are handled as for queues.
+    pub fn process_host_event(&mut self, token: u32, ready: Ready) {
+        if self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            return;
+        }
+        self.fail_on_error(|d| d.process_host_event(token, ready));
+    }
+
+    fn serve(&mut self, f: impl FnOnce(&mut dyn VirtioDevice) -> Result<(), DeviceError>) {
         if !self.active || self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
             return;
         }
-        if let Err(e) = self.device.process_queue(queue) {
+        self.fail_on_error(f);
+    }
+
+    fn fail_on_error(&mut self, f: impl FnOnce(&mut dyn VirtioDevice) -> Result<(), DeviceError>) {
+        if let Err(e) = f(self.device.as_mut()) {
             warn!(
                 device = self.device.device_type(),
                 "guest error, device needs reset: {e}"

@@ -3,9 +3,12 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -120,6 +123,58 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
 }
 
+/// What one event on the VMM thread's loop is for: a queue notification
+/// from the guest, or readiness of one of the device's own host file
+/// descriptors (a tap, a socket). Stored as the epoll event's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventToken {
+    /// The driver notified this queue.
+    Queue(u16),
+    /// A host descriptor the device registered, with the device's token.
+    Host(u32),
+}
+
+impl EventToken {
+    const HOST: u32 = 1 << 31;
+
+    pub fn to_data(self) -> u32 {
+        match self {
+            EventToken::Queue(q) => u32::from(q),
+            EventToken::Host(t) => Self::HOST | (t & !Self::HOST),
+        }
+    }
+
+    pub fn from_data(data: u32) -> Self {
+        if data & Self::HOST != 0 {
+            EventToken::Host(data & !Self::HOST)
+        } else {
+            EventToken::Queue(data as u16)
+        }
+    }
+}
+
+/// A host file descriptor a device waits on. The VMM watches it
+/// edge-triggered: the device reads (or writes) until the call would
+/// block, or remembers that it stopped early and resumes when the guest
+/// gives it room (a queue notification), so the loop never spins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostEvent {
+    pub fd: RawFd,
+    /// Handed back to [`VirtioDevice::process_host_event`].
+    pub token: u32,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// What the event loop saw on a host descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer hung up or the descriptor failed.
+    pub closed: bool,
+}
+
 /// One virtio device, behind the MMIO transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`VIRTIO_ID_*`).
@@ -140,6 +195,33 @@ pub trait VirtioDevice: Send {
     /// Handles the driver's notification that queue `queue` has new buffers
     /// (or, for a device with host input, that input is waiting).
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError>;
+    /// The host descriptors this device waits on, registered once when the
+    /// VM starts (a device with a changing set, such as vsock's
+    /// connections, keeps its own epoll and registers that).
+    fn host_events(&self) -> Vec<HostEvent> {
+        Vec::new()
+    }
+    /// Handles readiness of the host descriptor registered as `token`.
+    fn process_host_event(&mut self, _token: u32, _ready: Ready) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}
+
+/// Counts a guest's or a peer's misbehaviour and says when to log it: the
+/// 1st, 2nd, 4th, 8th, ... time, so a hostile guest cannot flood the log.
+#[derive(Debug, Default)]
+pub struct LogLimit(u64);
+
+impl LogLimit {
+    /// Counts one more; true when this one should be logged.
+    pub fn hit(&mut self) -> bool {
+        self.0 += 1;
+        self.0.is_power_of_two()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Checks the queue count and readiness every device needs at activation.

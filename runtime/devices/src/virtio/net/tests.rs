@@ -1,0 +1,368 @@
+//! virtio-net over in-process guest memory, with a backend in memory.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+use crate::virtio::test_util::{irq, mem};
+use crate::virtio::{IrqLine, Mem, INT_VRING};
+
+#[derive(Default)]
+struct Wire {
+    /// Frames waiting to be received by the device.
+    inbound: VecDeque<Vec<u8>>,
+    /// Frames the device sent.
+    sent: Vec<Vec<u8>>,
+    /// The backend takes nothing while this is set.
+    full: bool,
+    recv_calls: usize,
+}
+
+struct MockBackend {
+    wire: Arc<Mutex<Wire>>,
+    offloads: bool,
+    fd: EventFd,
+}
+
+impl AsRawFd for MockBackend {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl NetBackend for MockBackend {
+    fn offloads(&self) -> bool {
+        self.offloads
+    }
+
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<Sent> {
+        let mut w = self.wire.lock().unwrap();
+        if w.full {
+            return Ok(Sent::WouldBlock);
+        }
+        w.sent.push(frame.to_vec());
+        Ok(Sent::Done)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let mut w = self.wire.lock().unwrap();
+        w.recv_calls += 1;
+        Ok(w.inbound.pop_front().map(|f| {
+            buf[..f.len()].copy_from_slice(&f);
+            f.len()
+        }))
+    }
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+struct Rig<'a> {
+    mem: &'a Mem,
+    rx: MockSplitQueue<'a, Mem>,
+    tx: MockSplitQueue<'a, Mem>,
+    dev: Net,
+    irq: Arc<IrqLine>,
+    wire: Arc<Mutex<Wire>>,
+}
+
+fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
+}
+
+/// A device with 16-slot queues, activated with `features` (masked to
+/// what it offers).
+fn rig(mem: &Mem, features: u64) -> Rig<'_> {
+    let wire = Arc::new(Mutex::new(Wire::default()));
+    let backend = MockBackend {
+        wire: wire.clone(),
+        offloads: false,
+        fd: EventFd::new(0).unwrap(),
+    };
+    let mut dev = Net::new(Box::new(backend), MAC);
+    // The queues' rings live apart: rx at 0, tx at 64 KiB.
+    let rx = MockSplitQueue::new(mem, 16);
+    let tx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
+    let irq = irq();
+    dev.activate(Activation {
+        mem: mem.clone(),
+        irq: irq.clone(),
+        queues: vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()],
+        features: features & dev.features(),
+    })
+    .unwrap();
+    Rig {
+        mem,
+        rx,
+        tx,
+        dev,
+        irq,
+        wire,
+    }
+}
+
+const MERGEABLE: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+const DATA: u64 = 0x2_0000;
+
+fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; HDR_LEN];
+    f.extend((0..len).map(|i| (i * 7 + 3) as u8));
+    f
+}
+
+impl Rig<'_> {
+    fn used(&self, q: &MockSplitQueue<Mem>, i: usize) -> (u32, u32) {
+        let e = q.used().ring().ref_at(i).unwrap().load();
+        (e.id(), e.len())
+    }
+
+    fn used_idx(&self, q: &MockSplitQueue<Mem>) -> u16 {
+        q.used().idx().load()
+    }
+}
+
+#[test]
+fn transmits_a_frame_split_over_descriptors() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    let f = frame(100);
+    m.write_slice(&f[..HDR_LEN], GuestAddress(DATA)).unwrap();
+    m.write_slice(&f[HDR_LEN..], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    r.tx.add_desc_chains(
+        &[
+            desc(DATA, HDR_LEN as u32, VRING_DESC_F_NEXT, 1),
+            desc(DATA + 0x1000, 100, 0, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    r.dev.process_queue(TX_QUEUE).unwrap();
+    assert_eq!(r.wire.lock().unwrap().sent, vec![f]);
+    assert_eq!(r.used_idx(&r.tx), 1);
+    assert_eq!(r.used(&r.tx, 0), (0, 0));
+    assert_eq!(r.irq.status() & INT_VRING, INT_VRING);
+}
+
+#[test]
+fn chains_that_are_no_frame_are_dropped_and_returned() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    m.write_slice(&frame(60), GuestAddress(DATA)).unwrap();
+    r.tx.add_desc_chains(
+        &[
+            // Too short for the header, then empty, then a real frame.
+            desc(DATA, 6, 0, 0),
+            desc(DATA, 0, 0, 0),
+            desc(DATA, (HDR_LEN + 60) as u32, 0, 0),
+            // Only writable: nothing to read, so no frame.
+            desc(DATA, 64, VRING_DESC_F_WRITE, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    r.dev.process_queue(TX_QUEUE).unwrap();
+    assert_eq!(r.wire.lock().unwrap().sent, vec![frame(60)]);
+    assert_eq!(r.used_idx(&r.tx), 4, "every chain goes back to the guest");
+    assert_eq!(r.dev.stats.tx_dropped.count(), 3);
+}
+
+#[test]
+fn a_looping_chain_neither_hangs_nor_panics() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    m.write_slice(&frame(20), GuestAddress(DATA)).unwrap();
+    // Descriptor 0 points at itself.
+    r.tx.add_desc_chains(&[desc(DATA, 32, VRING_DESC_F_NEXT, 0)], 0)
+        .unwrap();
+    let _ = r.dev.process_queue(TX_QUEUE);
+    assert!(r.wire.lock().unwrap().sent.len() <= 1);
+}
+
+#[test]
+fn a_full_backend_holds_one_frame_until_writable() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    m.write_slice(&frame(10), GuestAddress(DATA)).unwrap();
+    r.wire.lock().unwrap().full = true;
+    let chain = [desc(DATA, (HDR_LEN + 10) as u32, 0, 0)];
+    r.tx.add_desc_chains(&chain, 0).unwrap();
+    r.tx.add_desc_chains(&chain, 1).unwrap();
+    r.dev.process_queue(TX_QUEUE).unwrap();
+    // The first frame was read and is held; the second stays in the ring.
+    assert_eq!(r.used_idx(&r.tx), 1);
+    assert!(r.wire.lock().unwrap().sent.is_empty());
+    r.wire.lock().unwrap().full = false;
+    r.dev
+        .process_host_event(
+            NetToken::Backend as u32,
+            Ready {
+                writable: true,
+                ..Ready::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.wire.lock().unwrap().sent.len(), 2);
+    assert_eq!(r.used_idx(&r.tx), 2);
+}
+
+/// Offers `n` receive buffers of `size` bytes each, one descriptor each.
+fn offer_rx(r: &Rig, first: u16, n: u16, size: u32) {
+    let descs: Vec<_> = (0..n)
+        .map(|i| {
+            desc(
+                DATA + u64::from(first + i) * 0x1000,
+                size,
+                VRING_DESC_F_WRITE,
+                0,
+            )
+        })
+        .collect();
+    r.rx.add_desc_chains(&descs, first).unwrap();
+}
+
+#[test]
+fn a_large_frame_spans_mergeable_buffers() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    let f = frame(3000);
+    r.wire.lock().unwrap().inbound.push_back(f.clone());
+    offer_rx(&r, 0, 4, 1526);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.used_idx(&r.rx), 2);
+    assert_eq!(r.used(&r.rx, 0), (0, 1526));
+    assert_eq!(r.used(&r.rx, 1), (1, (f.len() - 1526) as u32));
+    let mut got = vec![0u8; f.len()];
+    r.mem
+        .read_slice(&mut got[..1526], GuestAddress(DATA))
+        .unwrap();
+    r.mem
+        .read_slice(&mut got[1526..], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2, "num_buffers");
+    assert_eq!(&got[HDR_LEN..], &f[HDR_LEN..]);
+    assert_eq!(r.irq.status() & INT_VRING, INT_VRING);
+}
+
+#[test]
+fn without_buffers_a_frame_waits_and_nothing_more_is_read() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    for n in [50, 60, 70] {
+        r.wire.lock().unwrap().inbound.push_back(frame(n));
+    }
+    let readable = Ready {
+        readable: true,
+        ..Ready::default()
+    };
+    r.dev
+        .process_host_event(NetToken::Backend as u32, readable)
+        .unwrap();
+    r.dev
+        .process_host_event(NetToken::Backend as u32, readable)
+        .unwrap();
+    // One frame held; the other two stay with the backend.
+    assert_eq!(r.wire.lock().unwrap().inbound.len(), 2);
+    assert_eq!(r.used_idx(&r.rx), 0);
+    // One buffer: the held frame goes, the next one waits.
+    offer_rx(&r, 0, 1, 1526);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.used_idx(&r.rx), 1);
+    assert_eq!(r.used(&r.rx, 0).1, (HDR_LEN + 50) as u32);
+    assert_eq!(r.wire.lock().unwrap().inbound.len(), 1);
+    offer_rx(&r, 1, 4, 1526);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.used_idx(&r.rx), 3);
+    assert!(r.wire.lock().unwrap().inbound.is_empty());
+}
+
+#[test]
+fn a_frame_too_big_for_a_lone_buffer_is_dropped() {
+    let m = mem();
+    // Not mergeable: one buffer per frame.
+    let mut r = rig(&m, 0);
+    r.wire.lock().unwrap().inbound.push_back(frame(2000));
+    r.wire.lock().unwrap().inbound.push_back(frame(100));
+    offer_rx(&r, 0, 2, 1526);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.dev.stats.rx_dropped.count(), 1);
+    assert_eq!(r.used_idx(&r.rx), 2);
+    assert_eq!(r.used(&r.rx, 0), (0, 0), "the small buffer goes back empty");
+    assert_eq!(r.used(&r.rx, 1), (1, (HDR_LEN + 100) as u32));
+}
+
+#[test]
+fn tiny_mergeable_buffers_cannot_stall_the_device() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    // 16 buffers of 16 bytes can never hold 2000 bytes.
+    r.wire.lock().unwrap().inbound.push_back(frame(2000));
+    r.wire.lock().unwrap().inbound.push_back(frame(40));
+    offer_rx(&r, 0, 16, 16);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.dev.stats.rx_dropped.count(), 1);
+    // The next, small frame used the buffers left in place.
+    assert_eq!(r.used_idx(&r.rx), 4);
+}
+
+#[test]
+fn receive_buffers_outside_memory_are_a_device_error() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE);
+    r.wire.lock().unwrap().inbound.push_back(frame(100));
+    r.rx.add_desc_chains(&[desc(0xffff_0000_0000, 1526, VRING_DESC_F_WRITE, 0)], 0)
+        .unwrap();
+    assert!(r.dev.process_queue(RX_QUEUE).is_err());
+}
+
+#[test]
+fn config_space_holds_the_mac_and_link_up() {
+    let m = mem();
+    let r = rig(&m, 0);
+    let mut c = [0u8; 8];
+    r.dev.read_config(0, &mut c);
+    assert_eq!(&c[..6], &MAC);
+    assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1);
+}
+
+#[test]
+fn offloads_are_offered_only_when_the_backend_carries_them() {
+    let with = |offloads| {
+        let backend = MockBackend {
+            wire: Arc::default(),
+            offloads,
+            fd: EventFd::new(0).unwrap(),
+        };
+        Net::new(Box::new(backend), MAC).features()
+    };
+    assert_eq!(with(false) & offload_features(), 0);
+    assert_eq!(with(true) & offload_features(), offload_features());
+    assert_ne!(with(false) & MERGEABLE, 0);
+}
+
+#[test]
+fn host_events_before_activation_are_ignored() {
+    let wire = Arc::new(Mutex::new(Wire::default()));
+    wire.lock().unwrap().inbound.push_back(frame(10));
+    let backend = MockBackend {
+        wire: wire.clone(),
+        offloads: false,
+        fd: EventFd::new(0).unwrap(),
+    };
+    let mut dev = Net::new(Box::new(backend), MAC);
+    dev.process_host_event(
+        NetToken::Backend as u32,
+        Ready {
+            readable: true,
+            ..Ready::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(wire.lock().unwrap().inbound.len(), 1);
+}
