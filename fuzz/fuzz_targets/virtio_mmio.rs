@@ -1,18 +1,22 @@
 //! A guest driving a virtio-mmio device with any register accesses, any
 //! guest memory contents (descriptors, rings, requests) and queue
-//! notifications in any order: each device answers, fails the request or
-//! marks itself broken, and never panics the VMM.
+//! notifications in any order, and for the network device a host peer
+//! sending any bytes: each device answers, fails the request or marks
+//! itself broken, and never panics the VMM.
 #![no_main]
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 
 use arbitrary::Arbitrary;
 use devices::storage::{Overlay, Storage};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::net::{Net, StreamBackend};
 use devices::virtio::rng::Rng;
-use devices::virtio::VirtioDevice;
+use devices::virtio::{Ready, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -28,6 +32,8 @@ enum Device {
     BlockOverlay,
     Console,
     Rng,
+    /// virtio-net on passt's stream framing; the peer is the fuzzer too.
+    Net,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -55,6 +61,20 @@ enum Op {
     BringUp {
         size: u16,
     },
+    /// The host peer (passt, for the net device) sends these bytes.
+    PeerSend {
+        bytes: Vec<u8>,
+    },
+    /// The event loop reports the device's host descriptor ready.
+    HostReady {
+        readable: bool,
+        writable: bool,
+        closed: bool,
+    },
+    /// The host peer reads what it was sent (or goes away).
+    PeerDrain {
+        hang_up: bool,
+    },
 }
 
 fn disk(writable: bool) -> File {
@@ -70,8 +90,18 @@ fn disk(writable: bool) -> File {
         .expect("reopen read-only")
 }
 
-fn device(kind: &Device) -> Box<dyn VirtioDevice> {
+fn device(kind: &Device, peer: &mut Option<UnixStream>) -> Box<dyn VirtioDevice> {
     match kind {
+        Device::Net => {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            theirs.set_nonblocking(true).unwrap();
+            *peer = Some(theirs);
+            Box::new(Net::new(
+                Box::new(StreamBackend::new(ours)),
+                [2, 0, 0, 0, 0, 1],
+            ))
+        }
         Device::Block => Box::new(Block::new(Storage::File(disk(true)), false, "fuzz").unwrap()),
         Device::BlockReadOnly => {
             Box::new(Block::new(Storage::File(disk(false)), true, "fuzz").unwrap())
@@ -120,7 +150,8 @@ fuzz_target!(|input: (Device, Vec<Op>)| {
     let (kind, ops) = input;
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let mut t = MmioTransport::new(mem.clone(), device(&kind), irq).unwrap();
+    let mut peer = None;
+    let mut t = MmioTransport::new(mem.clone(), device(&kind, &mut peer), irq).unwrap();
     for op in ops {
         match op {
             Op::Write { offset, value } => write32(&mut t, u64::from(offset), value),
@@ -141,6 +172,31 @@ fuzz_target!(|input: (Device, Vec<Op>)| {
                 }
             }
             Op::BringUp { size } => bring_up(&mut t, size),
+            Op::PeerSend { bytes } => {
+                if let Some(p) = &mut peer {
+                    let _ = p.write_all(&bytes);
+                }
+            }
+            Op::HostReady {
+                readable,
+                writable,
+                closed,
+            } => t.process_host_event(
+                0,
+                Ready {
+                    readable,
+                    writable,
+                    closed,
+                },
+            ),
+            Op::PeerDrain { hang_up } => {
+                if hang_up {
+                    peer = None;
+                } else if let Some(p) = &mut peer {
+                    let mut buf = [0u8; 4096];
+                    while std::io::Read::read(p, &mut buf).is_ok_and(|n| n > 0) {}
+                }
+            }
         }
     }
 });

@@ -10,8 +10,10 @@ use libtest_mimic::{Failed, Trial};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+mod network;
+
 pub fn trials() -> Vec<Trial> {
-    vec![
+    let mut all = vec![
         Trial::test("appliance_hello_runs_and_exits_with_its_status", hello),
         Trial::test(
             "appliance_busybox_has_its_user_workdir_hostname_and_env",
@@ -42,7 +44,9 @@ pub fn trials() -> Vec<Trial> {
             "jail_confines_the_vmm_and_leaves_nothing_behind",
             jail_confines_the_vmm,
         ),
-    ]
+    ];
+    all.extend(network::trials());
+    all
 }
 
 /// `husk run ARGS` from the workspace root (appliance paths are relative).
@@ -279,12 +283,17 @@ fn start_sleeper(cpus: &str, secs: u32) -> Result<(std::process::Child, u32), Fa
     Ok((child, pid))
 }
 
-/// The jailed VMM: the supervisor's one child (or the process itself when
-/// husk runs unjailed).
+/// The jailed VMM: the supervisor's child that is husk (passt, for the
+/// user-mode network, is another child), or the process itself when husk
+/// runs unjailed.
 fn vmm_pid(husk: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{husk}/task/{husk}/children"))
-        .ok()
-        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "husk")
+        })
         .unwrap_or(husk)
 }
 
@@ -323,8 +332,12 @@ fn every_thread_filtered() -> Result<(), Failed> {
         return Err(format!("the guest did not run as expected ({status})").into());
     }
     let names: Vec<&str> = report.iter().map(|(c, ..)| c.as_str()).collect();
-    if !names.contains(&"vcpu0") || !names.contains(&"vcpu1") || !names.contains(&"husk") {
-        return Err(format!("expected the VMM thread and two vCPU threads: {report:?}").into());
+    let expected = ["husk", "vcpu0", "vcpu1", "vmm"];
+    if expected.iter().any(|n| !names.contains(n)) {
+        return Err(format!(
+            "expected the main thread, the vmm thread and two vCPU threads: {report:?}"
+        )
+        .into());
     }
     if let Some(bad) = report.iter().find(|(_, s, n)| s != "2" || n != "1") {
         return Err(format!("thread {bad:?} is not filtered").into());
