@@ -103,11 +103,7 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(NetError::TunOpen)?;
-        // SAFETY: an all-zero ifreq is a valid value of this plain C struct.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
+        let mut req = ifreq(name);
         req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
         // SAFETY: TUNSETIFF reads and writes the ifreq we own, which lives
         // across the call; the fd is our open /dev/net/tun.
@@ -157,6 +153,16 @@ impl Tap {
     }
 }
 
+/// An ifreq naming `name` (checked by the caller to fit).
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: an all-zero ifreq is a valid value of this plain C struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
 /// Brings interface `name` up (a tap made for the VM starts down).
 fn set_link_up(name: &str) -> io::Result<()> {
     // SAFETY: socket() has no memory preconditions; the result is checked.
@@ -166,11 +172,7 @@ fn set_link_up(name: &str) -> io::Result<()> {
     }
     // SAFETY: `sock` is a descriptor we just opened and own from here on.
     let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
-    // SAFETY: an all-zero ifreq is a valid value of this plain C struct.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
+    let mut req = ifreq(name);
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {

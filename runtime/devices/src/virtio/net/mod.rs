@@ -87,15 +87,6 @@ impl Net {
         }
     }
 
-    fn backend_failed(&mut self, what: &str, e: std::io::Error) {
-        if !self.backend_gone {
-            warn!("network backend: {what}: {e}; the guest's network is down");
-        }
-        self.backend_gone = true;
-        self.rx_len = 0;
-        self.tx_len = 0;
-    }
-
     /// Moves frames from the backend to the guest until either runs out.
     fn receive(&mut self) -> Result<(), DeviceError> {
         let DeviceState::Active(a) = &mut self.state else {
@@ -112,11 +103,7 @@ impl Net {
                     Ok(Some(n)) => self.rx_len = n,
                     Ok(None) => break,
                     Err(e) => {
-                        // Borrowck: `a` is still borrowed; note and leave.
-                        if !self.backend_gone {
-                            warn!("network backend: receiving: {e}; the guest's network is down");
-                        }
-                        self.backend_gone = true;
+                        backend_failed(&mut self.backend_gone, "receiving", &e);
                         break;
                     }
                 }
@@ -152,13 +139,16 @@ impl Net {
             match self.backend.send(&self.tx[..self.tx_len]) {
                 Ok(Sent::Done) => self.tx_len = 0,
                 Ok(Sent::WouldBlock) => return Ok(()),
-                Err(e) => self.backend_failed("sending", e),
+                Err(e) => {
+                    backend_failed(&mut self.backend_gone, "sending", &e);
+                    self.tx_len = 0;
+                }
             }
         }
         match self.backend.flush() {
             Ok(true) => {}
             Ok(false) => return Ok(()),
-            Err(e) => self.backend_failed("sending", e),
+            Err(e) => backend_failed(&mut self.backend_gone, "sending", &e),
         }
         let DeviceState::Active(a) = &mut self.state else {
             return Ok(());
@@ -194,12 +184,7 @@ impl Net {
                     self.tx_len = len;
                     break;
                 }
-                Err(e) => {
-                    if !self.backend_gone {
-                        warn!("network backend: sending: {e}; the guest's network is down");
-                    }
-                    self.backend_gone = true;
-                }
+                Err(e) => backend_failed(&mut self.backend_gone, "sending", &e),
             }
         }
         if used {
@@ -207,6 +192,15 @@ impl Net {
         }
         Ok(())
     }
+}
+
+/// Notes that the backend failed (its peer went away): said once, and
+/// from then on frames are dropped.
+fn backend_failed(gone: &mut bool, what: &str, e: &std::io::Error) {
+    if !*gone {
+        warn!("network backend: {what}: {e}; the guest's network is down");
+    }
+    *gone = true;
 }
 
 /// Reads a transmit chain into `buf`: its length, or `None` when it holds
