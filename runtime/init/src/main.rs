@@ -79,7 +79,7 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     if let Some(name) = &config.hostname {
         sys::set_hostname(name).map_err(|e| Failure::setup(format!("hostname {name:?}: {e}")))?;
     }
-    if let Err(e) = sys::loopback_up() {
+    if let Err(e) = net::loopback_up() {
         say(&format!("cannot bring up lo: {e}"));
     }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();

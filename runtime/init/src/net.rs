@@ -77,6 +77,20 @@ fn ioctl(sock: &OwnedFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::R
     Ok(())
 }
 
+/// `ip link set NAME up`.
+fn set_up(sock: &OwnedFd, name: &str) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    ioctl(sock, libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl(sock, libc::SIOCSIFFLAGS, &mut req)
+}
+
+/// `ip link set lo up`: every guest has loopback, network or not.
+pub fn loopback_up() -> io::Result<()> {
+    set_up(&socket()?, "lo")
+}
+
 /// Sets up one interface: MTU, address and netmask, up, default route.
 fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
     if let Some(mtu) = i.mtu {
@@ -93,11 +107,7 @@ fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
         req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
         ioctl(sock, libc::SIOCSIFNETMASK, &mut req)?;
     }
-    let mut req = ifreq(&i.name)?;
-    ioctl(sock, libc::SIOCGIFFLAGS, &mut req)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    ioctl(sock, libc::SIOCSIFFLAGS, &mut req)?;
+    set_up(sock, &i.name)?;
     if let Some(gw) = i.gateway {
         let mut dev = std::ffi::CString::new(i.name.as_str())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?

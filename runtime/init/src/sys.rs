@@ -142,30 +142,6 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
 }
 
-/// `ip link set lo up`.
-pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket(2) call; the fd is closed below.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
-    let result = unsafe {
-        check(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req)).and_then(|()| {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            check(libc::ioctl(sock, libc::SIOCSIFFLAGS, &req))
-        })
-    };
-    // SAFETY: sock is ours.
-    unsafe { libc::close(sock) };
-    result
-}
-
 /// In the child, before exec: a new session with the console as its
 /// controlling terminal, then the identity (groups before gid before uid,
 /// while still allowed).

@@ -225,10 +225,6 @@ impl Passt {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 fn port_bound(ip: std::net::IpAddr, port: u16) -> bool {
