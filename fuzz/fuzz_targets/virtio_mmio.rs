@@ -1,13 +1,16 @@
 //! A guest driving a virtio-mmio device with any register accesses, any
 //! guest memory contents (descriptors, rings, requests) and queue
-//! notifications in any order, and for the network device a host peer
-//! sending any bytes: each device answers, fails the request or marks
-//! itself broken, and never panics the VMM.
+//! notifications in any order, for the network device a host peer sending
+//! any bytes, and for vsock host programs connecting and sending any bytes
+//! and a connection broker answering anything: each device answers, fails
+//! the request or marks itself broken, and never panics the VMM.
 #![no_main]
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use arbitrary::Arbitrary;
 use devices::storage::{Overlay, Storage};
@@ -16,10 +19,12 @@ use devices::virtio::console::Console;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, StreamBackend};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{host, HostSide, Vsock};
 use devices::virtio::{Ready, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Guest memory: rings and buffers all live in these 64 KiB.
 const MEM: u64 = 0x1_0000;
@@ -34,6 +39,8 @@ enum Device {
     Rng,
     /// virtio-net on passt's stream framing; the peer is the fuzzer too.
     Net,
+    /// virtio-vsock; host programs and the broker are the fuzzer too.
+    Vsock,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -65,8 +72,9 @@ enum Op {
     PeerSend {
         bytes: Vec<u8>,
     },
-    /// The event loop reports the device's host descriptor ready.
+    /// The event loop reports one of the device's host descriptors ready.
     HostReady {
+        token: u8,
         readable: bool,
         writable: bool,
         closed: bool,
@@ -75,6 +83,53 @@ enum Op {
     PeerDrain {
         hang_up: bool,
     },
+    /// vsock: a host program connects to the VM's socket and sends these
+    /// bytes (a `CONNECT` line, or anything).
+    HostConnect {
+        bytes: Vec<u8>,
+    },
+    /// vsock: the broker answers a request, with a connected socket or
+    /// an error, matching one or not.
+    BrokerReply {
+        tag: u8,
+        connected: bool,
+    },
+}
+
+/// The host side of a vsock device under test.
+#[derive(Default)]
+struct VsockPeers {
+    listener: Option<SocketAddr>,
+    broker: Option<UnixDatagram>,
+    /// Every host socket the fuzzer holds, kept open until the input ends.
+    held: Vec<UnixStream>,
+}
+
+fn vsock(peers: &mut VsockPeers) -> Box<dyn VirtioDevice> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "husk-fuzz-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = UnixListener::bind_addr(&addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    peers.listener = Some(addr);
+    peers.broker = Some(theirs);
+    Box::new(
+        Vsock::new(
+            3,
+            HostSide {
+                listener,
+                broker: ours,
+            },
+        )
+        .unwrap(),
+    )
 }
 
 fn disk(writable: bool) -> File {
@@ -90,8 +145,13 @@ fn disk(writable: bool) -> File {
         .expect("reopen read-only")
 }
 
-fn device(kind: &Device, peer: &mut Option<UnixStream>) -> Box<dyn VirtioDevice> {
+fn device(
+    kind: &Device,
+    peer: &mut Option<UnixStream>,
+    peers: &mut VsockPeers,
+) -> Box<dyn VirtioDevice> {
     match kind {
+        Device::Vsock => vsock(peers),
         Device::Net => {
             let (ours, theirs) = UnixStream::pair().unwrap();
             ours.set_nonblocking(true).unwrap();
@@ -151,7 +211,8 @@ fuzz_target!(|input: (Device, Vec<Op>)| {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut peer = None;
-    let mut t = MmioTransport::new(mem.clone(), device(&kind, &mut peer), irq).unwrap();
+    let mut peers = VsockPeers::default();
+    let mut t = MmioTransport::new(mem.clone(), device(&kind, &mut peer, &mut peers), irq).unwrap();
     for op in ops {
         match op {
             Op::Write { offset, value } => write32(&mut t, u64::from(offset), value),
@@ -178,17 +239,45 @@ fuzz_target!(|input: (Device, Vec<Op>)| {
                 }
             }
             Op::HostReady {
+                token,
                 readable,
                 writable,
                 closed,
             } => t.process_host_event(
-                0,
+                u32::from(token % 3),
                 Ready {
                     readable,
                     writable,
                     closed,
                 },
             ),
+            Op::HostConnect { bytes } => {
+                if let Some(addr) = &peers.listener {
+                    if let Ok(mut s) = UnixStream::connect_addr(addr) {
+                        s.set_nonblocking(true).unwrap();
+                        let _ = s.write(&bytes);
+                        peers.held.push(s);
+                    }
+                }
+            }
+            Op::BrokerReply { tag, connected } => {
+                if let Some(b) = &peers.broker {
+                    let mut req = [0u8; host::MSG_LEN];
+                    let _ = b.recv(&mut req);
+                    let tag = u32::from(tag);
+                    if connected {
+                        let (ours, theirs) = UnixStream::pair().unwrap();
+                        ours.set_nonblocking(true).unwrap();
+                        let _ = b.send_with_fd(
+                            &host::encode_reply(tag, 0)[..],
+                            std::os::fd::AsRawFd::as_raw_fd(&ours),
+                        );
+                        peers.held.push(theirs);
+                    } else {
+                        let _ = b.send(&host::encode_reply(tag, 111));
+                    }
+                }
+            }
             Op::PeerDrain { hang_up } => {
                 if hang_up {
                     peer = None;

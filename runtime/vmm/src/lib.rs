@@ -18,6 +18,7 @@ pub mod net;
 pub mod passt;
 pub mod seccomp;
 mod vcpu;
+pub mod vsock;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -32,6 +33,7 @@ use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::net::{Net, NetBackend};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{HostSide, Vsock};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -59,6 +61,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Network interfaces in order: `eth0`, `eth1`, ...
     pub net: Vec<NetConfig>,
+    /// A vsock device and its host side.
+    pub vsock: Option<vsock::VsockConfig>,
     /// Where the guest's console output goes.
     pub console_output: Box<dyn Write + Send>,
     /// Host input for the guest's console, if any.
@@ -169,6 +173,8 @@ pub enum VmmError {
         #[source]
         source: net::NetError,
     },
+    #[error("the vsock device")]
+    Vsock(#[source] devices::virtio::vsock::VsockError),
     #[error("a VM needs 1 to {MAX_CPUS} vCPUs, not {0}")]
     Cpus(u8),
     #[error("{0} MiB of memory is more than husk gives a VM (at most {MAX_MEMORY_MIB} MiB)")]
@@ -360,6 +366,14 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     }
     for (n, backend) in cfg.net.iter().zip(net_backends) {
         dm.attach(&vm, &mem, Box::new(Net::new(backend, n.mac)), &mut cmdline)?;
+    }
+    if let Some(v) = cfg.vsock.take() {
+        let host = HostSide {
+            listener: v.listener,
+            broker: v.broker,
+        };
+        let dev = Vsock::new(u64::from(v.cid), host).map_err(VmmError::Vsock)?;
+        dm.attach(&vm, &mem, Box::new(dev), &mut cmdline)?;
     }
     dm.attach(&vm, &mem, Box::new(Rng::with_source(urandom)), &mut cmdline)?;
     if !cfg.cmdline.trim().is_empty() {

@@ -211,9 +211,31 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 allow(SYS_clock_nanosleep, vec![], "wait between vCPU kicks"),
                 allow(
                     SYS_ioctl,
-                    arg_is(1, &[TCGETS, TCSETS, crate::net::TAP_SET_OFFLOAD]),
-                    "restore the terminal; a tap's offloads once the driver chose them",
+                    arg_is(1, &[TCGETS, TCSETS, crate::net::TAP_SET_OFFLOAD, FIONBIO]),
+                    "restore the terminal; a tap's offloads once the driver chose them; \
+                     a vsock host connection made non-blocking",
                 ),
+                allow(
+                    SYS_accept4,
+                    vec![],
+                    "host programs connecting to the VM's vsock socket",
+                ),
+                allow(
+                    SYS_sendto,
+                    vec![],
+                    "vsock: a connection request to the broker",
+                ),
+                allow(
+                    SYS_recvfrom,
+                    vec![],
+                    "vsock: reading host streams (std reads sockets with recv)",
+                ),
+                allow(
+                    SYS_recvmsg,
+                    vec![],
+                    "vsock: the broker's answer, with the connected socket",
+                ),
+                allow(SYS_shutdown, vec![], "vsock: the guest's half-close"),
             ]);
         }
     }

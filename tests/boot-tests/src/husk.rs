@@ -113,8 +113,13 @@ pub fn husk_run(args: &[&str], stdin: &[u8], limit: Duration) -> Result<HuskRun,
 /// Compiles the guest's status reporter (`guest/husk-report.c`) statically
 /// into `dir`.
 pub fn report_tool(dir: &Path) -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/husk-report.c");
-    let out = dir.join("husk-report");
+    guest_tool(dir, "husk-report")
+}
+
+/// Compiles the guest program `guest/NAME.c` statically into `dir`.
+pub fn guest_tool(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guest/{name}.c"));
+    let out = dir.join(name);
     let status = Command::new("cc")
         .args(["-static", "-Os", "-o"])
         .arg(&out)

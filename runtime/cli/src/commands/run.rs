@@ -19,6 +19,7 @@ use appliance_spec::{ByteSize, ImageFormat, KernelRef, PortSpec, Vm};
 use builder::kernel;
 use husk_init::config::{InterfaceSetup, NetSetup, Overrides};
 use vmm::passt::{GuestNet, Passt, PortMapping};
+use vmm::vsock::{HostVsock, MAX_CONNECTIONS};
 use vmm::{DiskAccess, DiskConfig, NetBackendConfig, NetConfig, VmConfig, VmExit};
 
 use super::target::{boot_cmdline, Target};
@@ -26,6 +27,8 @@ use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;
 pub const EXIT_NO_STATUS: u8 = 125;
+/// The guest's vsock CID when the appliance names none.
+const DEFAULT_CID: u32 = 3;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -78,6 +81,12 @@ pub struct Args {
         value_name = "[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]"
     )]
     publish: Vec<PortSpec>,
+    /// Give the guest a vsock device whose host side is this Unix socket
+    /// (Firecracker's hybrid vsock: a host program connects and writes
+    /// "CONNECT <port>\n"; the guest reaches host port P at PATH_P). The
+    /// guest's CID is the appliance's vm.vsock.cid, else 3.
+    #[arg(long, value_name = "PATH")]
+    vsock: Option<PathBuf>,
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
@@ -350,6 +359,8 @@ struct Plan {
     cpus: u8,
     memory_mib: u64,
     net: Vec<PlannedNet>,
+    /// The guest's CID and the host socket of its vsock device.
+    vsock: Option<(u32, PathBuf)>,
     /// The image has husk's init, which sets the network up from the
     /// kernel command line.
     husk_init: bool,
@@ -367,6 +378,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             None => 128,
         },
         net: Vec::new(),
+        vsock: args.vsock.clone().map(|uds| (DEFAULT_CID, uds)),
         husk_init: false,
     };
     let Some(target) = &args.target else {
@@ -406,10 +418,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         }
     }
     if let Some(a) = appliance {
-        if a.vm.vsock.is_some() {
-            anyhow::bail!(
-                "vm.vsock is not supported by husk's VMM yet; remove it to run this appliance"
-            );
+        if let Some(v) = &a.vm.vsock {
+            plan.vsock = Some((v.cid, args.vsock.clone().unwrap_or_else(|| v.uds.clone())));
         }
         if args.cpus.is_none() {
             plan.cpus = u8::try_from(a.vm.cpus).context("vm.cpus")?;
@@ -460,6 +470,14 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
     let (net, _passt, net_setup) = attach_net(&plan.net)?;
+    // The vsock socket and its broker, likewise.
+    let (_vsock, vsock) = match &plan.vsock {
+        Some((cid, uds)) => {
+            let (host, config) = HostVsock::start(uds, *cid)?;
+            (Some(host), Some(config))
+        }
+        None => (None, None),
+    };
     if plan.husk_init && !net_setup.interfaces.is_empty() {
         plan.cmdline.push(' ');
         plan.cmdline.push_str(&net_setup.to_param());
@@ -489,6 +507,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         cmdline: plan.cmdline.clone(),
         disks: plan.disks.clone(),
         net,
+        vsock,
         console_output: Box::new(std::io::stdout()),
         console_input: Some(input),
         timeout: args.timeout,
@@ -513,7 +532,13 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             // Guest RAM plus room for the VMM and the disks' page cache.
             memory_limit: (plan.memory_mib + 256) << 20,
             cpus: u32::from(plan.cpus),
-            max_files: 256,
+            // Room for every vsock stream the device allows.
+            max_files: 256
+                + if plan.vsock.is_some() {
+                    MAX_CONNECTIONS as u64
+                } else {
+                    0
+                },
             new_netns: true,
         })
     } else {

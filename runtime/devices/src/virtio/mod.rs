@@ -5,6 +5,7 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use std::io;
 use std::os::fd::RawFd;

@@ -11,6 +11,7 @@ use libtest_mimic::{Failed, Trial};
 const LIMIT: Duration = Duration::from_secs(120);
 
 mod network;
+mod vsock;
 
 pub fn trials() -> Vec<Trial> {
     let mut all = vec![
@@ -46,6 +47,7 @@ pub fn trials() -> Vec<Trial> {
         ),
     ];
     all.extend(network::trials());
+    all.extend(vsock::trials());
     all
 }
 

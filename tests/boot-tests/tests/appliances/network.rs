@@ -42,11 +42,11 @@ fn serve(listener: TcpListener, body: &'static str) {
     });
 }
 
-type Started = (Child, String, std::thread::JoinHandle<String>);
+pub(super) type Started = (Child, String, std::thread::JoinHandle<String>);
 
 /// Starts `cmd` (a husk run) and waits for the guest to print `ready`:
 /// the process, its output until then, and a thread collecting the rest.
-fn start_until_ready(mut cmd: Command) -> Result<Started, Failed> {
+pub(super) fn start_until_ready(mut cmd: Command) -> Result<Started, Failed> {
     std::env::set_current_dir(boot_tests::workspace_root())?;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -101,7 +101,7 @@ fn curl(url: &str, netns: Option<&str>) -> Result<String, Failed> {
 }
 
 /// The processes `pid` started (its main thread's children).
-fn children(pid: u32) -> Vec<u32> {
+pub(super) fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()
@@ -109,7 +109,7 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn comm(pid: u32) -> String {
+pub(super) fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
         .trim()
@@ -117,7 +117,7 @@ fn comm(pid: u32) -> String {
 }
 
 /// Waits up to 2 s for `pid` to be gone.
-fn gone(pid: u32) -> bool {
+pub(super) fn gone(pid: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
