@@ -45,15 +45,19 @@ pub enum ThreadKind {
     Vmm,
     /// One per vCPU: `KVM_RUN` and its exits.
     Vcpu,
+    /// The vsock broker, a process of its own outside the jail: it
+    /// connects guest streams to the host's Unix sockets.
+    Broker,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 2] = [ThreadKind::Vmm, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Broker];
 
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Broker => "vsock broker",
         }
     }
 }
@@ -182,6 +186,23 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 allow(SYS_mprotect, no_exec(2), "the allocator grows its arena"),
             ]);
         }
+        ThreadKind::Broker => {
+            list.extend([
+                allow(SYS_recvfrom, vec![], "a request from the VMM"),
+                allow(
+                    SYS_socket,
+                    arg_is(0, &[AF_UNIX as u64]),
+                    "a Unix socket to connect to <uds>_PORT, nothing else",
+                ),
+                allow(SYS_connect, vec![], "to <uds>_PORT"),
+                allow(SYS_sendto, vec![], "an error answer to the VMM"),
+                allow(SYS_sendmsg, vec![], "the connected socket to the VMM"),
+                allow(SYS_statx, vec![], "is the VM's socket file still ours?"),
+                allow(SYS_newfstatat, vec![], "the same, where std falls back"),
+                allow(SYS_unlink, vec![], "remove the VM's socket file at the end"),
+                allow(SYS_brk, vec![], "the allocator"),
+            ]);
+        }
         ThreadKind::Vmm => {
             list.extend([
                 allow(SYS_epoll_wait, vec![], "the event loop"),
@@ -247,6 +268,7 @@ pub struct Filters {
     mode: SeccompMode,
     vmm: BpfProgram,
     vcpu: BpfProgram,
+    broker: BpfProgram,
 }
 
 // Which kind the current thread installed (for the SIGSYS report).
@@ -284,6 +306,7 @@ impl Filters {
             mode,
             vmm: compile(ThreadKind::Vmm)?,
             vcpu: compile(ThreadKind::Vcpu)?,
+            broker: compile(ThreadKind::Broker)?,
         };
         if mode == SeccompMode::Kill {
             PID.store(std::process::id() as i32, Ordering::Relaxed);
@@ -299,6 +322,7 @@ impl Filters {
         let bpf = match kind {
             ThreadKind::Vmm => &self.vmm,
             ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Broker => &self.broker,
         };
         KIND.with(|k| k.set(Some(kind)));
         seccompiler::apply_filter(bpf).map_err(|e| SeccompError::Install(kind.name(), e))?;

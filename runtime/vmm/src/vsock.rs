@@ -17,6 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use devices::virtio::vsock::host;
 pub use devices::virtio::vsock::MAX_CONNECTIONS;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -63,8 +64,13 @@ pub struct HostVsock {
 
 impl HostVsock {
     /// Makes the VM's socket at `uds` (replacing a stale one nobody
-    /// listens on) and starts its broker.
-    pub fn start(uds: &Path, cid: u32) -> Result<(HostVsock, VsockConfig), VsockError> {
+    /// listens on) and starts its broker, under its own seccomp filter in
+    /// `seccomp` mode.
+    pub fn start(
+        uds: &Path,
+        cid: u32,
+        seccomp: SeccompMode,
+    ) -> Result<(HostVsock, VsockConfig), VsockError> {
         if uds.as_os_str().len() > MAX_UDS {
             return Err(VsockError::TooLong(uds.to_owned()));
         }
@@ -93,7 +99,7 @@ impl HostVsock {
             0 => {
                 drop(listener);
                 drop(ours);
-                serve(theirs, uds, id)
+                serve(theirs, uds, id, seccomp)
             }
             pid => {
                 drop(theirs);
@@ -180,7 +186,7 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// The broker's life: answer connection requests until the VMM's end
 /// closes, then remove the VM's socket and exit.
-fn serve(sock: OwnedFd, uds: &Path, id: (u64, u64)) -> ! {
+fn serve(sock: OwnedFd, uds: &Path, id: (u64, u64), seccomp: SeccompMode) -> ! {
     // Keep only the socket pair and stderr: a host program must not find
     // the VM's listener alive in here after the VM is gone.
     // SAFETY: dup2 onto fd 3 and close_range above it; no Rust object
@@ -196,6 +202,17 @@ fn serve(sock: OwnedFd, uds: &Path, id: (u64, u64)) -> ! {
         libc::prctl(libc::PR_SET_NAME, c"husk-vsock".as_ptr());
         UnixDatagram::from_raw_fd(3)
     };
+    // Built here, in the broker's own process: the SIGSYS report names
+    // (and ends) the process that built the filter.
+    let installed = Filters::build(seccomp).and_then(|f| match f {
+        Some(f) => f.install(ThreadKind::Broker),
+        None => Ok(()),
+    });
+    if installed.is_err() {
+        // SAFETY: _exit ends this forked process at once; the VMM then
+        // sees its guest connections refused.
+        unsafe { libc::_exit(1) }
+    }
     let mut buf = [0u8; host::MSG_LEN];
     loop {
         let n = match sock.recv(&mut buf) {
@@ -280,9 +297,9 @@ mod tests {
     fn the_broker_connects_to_port_sockets_and_tidies_up() {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vm.sock");
-        let (hv, cfg) = HostVsock::start(&uds, 3).unwrap();
+        let (hv, cfg) = HostVsock::start(&uds, 3, SeccompMode::Kill).unwrap();
         assert!(matches!(
-            HostVsock::start(&uds, 3),
+            HostVsock::start(&uds, 3, SeccompMode::Kill),
             Err(VsockError::InUse(_))
         ));
         let port = UnixListener::bind(host::port_path(&uds, 80)).unwrap();
@@ -319,18 +336,18 @@ mod tests {
         let uds = dir.path().join("vm.sock");
         drop(UnixListener::bind(&uds).unwrap());
         assert!(uds.exists(), "a leftover socket nobody listens on");
-        let (hv, cfg) = HostVsock::start(&uds, 3).unwrap();
+        let (hv, cfg) = HostVsock::start(&uds, 3, SeccompMode::Kill).unwrap();
         drop((hv, cfg));
         assert!(!uds.exists());
         std::fs::write(&uds, "data").unwrap();
         assert!(matches!(
-            HostVsock::start(&uds, 3),
+            HostVsock::start(&uds, 3, SeccompMode::Kill),
             Err(VsockError::NotASocket(_))
         ));
         assert_eq!(std::fs::read(&uds).unwrap(), b"data");
         let long = dir.path().join("x".repeat(MAX_UDS));
         assert!(matches!(
-            HostVsock::start(&long, 3),
+            HostVsock::start(&long, 3, SeccompMode::Kill),
             Err(VsockError::TooLong(_))
         ));
     }

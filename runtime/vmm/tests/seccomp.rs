@@ -26,9 +26,12 @@ fn main() -> ExitCode {
                 .join(" ")
         );
     }
-    let cases: [(&str, Option<&str>); 8] = [
+    let cases: [(&str, Option<&str>); 11] = [
         ("vcpu-allowed", None),
         ("vmm-allowed", None),
+        ("broker-allowed", None),
+        ("broker-inet-socket", Some("socket")),
+        ("broker-open", Some("openat")),
         ("vcpu-execve", Some("execve")),
         ("vcpu-open", Some("openat")),
         ("vcpu-socket", Some("socket")),
@@ -73,6 +76,8 @@ fn child(case: &str) {
     let filters = Filters::build(mode).unwrap().unwrap();
     let kind = if case.starts_with("vmm-") {
         ThreadKind::Vmm
+    } else if case.starts_with("broker-") {
+        ThreadKind::Broker
     } else {
         ThreadKind::Vcpu
     };
@@ -89,6 +94,24 @@ fn child(case: &str) {
                 let m = std::sync::Mutex::new(vec![0u8; 1 << 20]);
                 m.lock().unwrap().push(1);
                 eprintln!("allowed work done");
+            }
+            "broker-allowed" => {
+                // A Unix socket to connect, as the broker makes for each
+                // guest connection.
+                // SAFETY: plain socket(2); the descriptor is closed.
+                let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                assert!(fd >= 0);
+                // SAFETY: closing the descriptor just made.
+                unsafe { libc::close(fd) };
+                eprintln!("allowed work done");
+            }
+            "broker-inet-socket" => {
+                // SAFETY: plain socket(2).
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            }
+            "broker-open" => {
+                // SAFETY: a NUL-terminated path.
+                unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
             }
             "vcpu-execve" => {
                 let argv = [path.as_ptr(), std::ptr::null()];
@@ -120,6 +143,7 @@ fn child(case: &str) {
     let name = match kind {
         ThreadKind::Vmm => "vmm",
         ThreadKind::Vcpu => "vcpu0",
+        ThreadKind::Broker => "husk-vsock",
     };
     std::thread::Builder::new()
         .name(name.into())

@@ -470,10 +470,15 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
     let (net, _passt, net_setup) = attach_net(&plan.net)?;
+    let seccomp = match args.seccomp {
+        Seccomp::Kill => vmm::SeccompMode::Kill,
+        Seccomp::Log => vmm::SeccompMode::Log,
+        Seccomp::Off => vmm::SeccompMode::Off,
+    };
     // The vsock socket and its broker, likewise.
     let (_vsock, vsock) = match &plan.vsock {
         Some((cid, uds)) => {
-            let (host, config) = HostVsock::start(uds, *cid)?;
+            let (host, config) = HostVsock::start(uds, *cid, seccomp)?;
             (Some(host), Some(config))
         }
         None => (None, None),
@@ -513,11 +518,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         legacy_pit,
         report_memory: args.timings,
-        seccomp: match args.seccomp {
-            Seccomp::Kill => vmm::SeccompMode::Kill,
-            Seccomp::Log => vmm::SeccompMode::Log,
-            Seccomp::Off => vmm::SeccompMode::Off,
-        },
+        seccomp,
         started,
     };
     let jail = if args.jail || (!args.no_jail && is_root()) {

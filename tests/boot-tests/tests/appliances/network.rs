@@ -23,6 +23,10 @@ pub fn trials() -> Vec<Trial> {
             "network_tap_in_a_namespace_both_ways_and_removed_after",
             tap_in_namespace,
         ),
+        Trial::test(
+            "network_published_port_without_root",
+            published_port_without_root,
+        ),
     ]
 }
 
@@ -278,4 +282,107 @@ fn tap_in_namespace() -> Result<(), Failed> {
     let _ = server.kill();
     let _ = server.wait();
     result
+}
+
+/// Gives the user `nobody` read and write access to `/dev/kvm` for as long
+/// as it lives (the test bed's node is root's alone), then restores it.
+struct KvmForNobody(Option<u32>);
+
+impl KvmForNobody {
+    fn grant() -> Result<Self, Failed> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/kvm")?.permissions().mode() & 0o7777;
+        if mode & 0o006 == 0o006 {
+            return Ok(KvmForNobody(None));
+        }
+        std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(mode | 0o006))?;
+        Ok(KvmForNobody(Some(mode)))
+    }
+}
+
+impl Drop for KvmForNobody {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(mode) = self.0 {
+            let _ = std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
+/// `husk run -p` as an unprivileged user (nobody, with access to
+/// /dev/kvm and nothing else): passt runs as that user, curl reaches the
+/// guest, and passt is gone after kill -9 of husk.
+fn published_port_without_root() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("this test drops from root to nobody: run it as root".into());
+    }
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    // Without husk's init (nobody cannot read root's image cache) the
+    // guest sets its address itself, the one husk gives passt, and waits
+    // for the kernel to bring the link up (linkwatch).
+    let net = vmm::passt::guest_net().map_err(|e| format!("the host's route: {e}"))?;
+    let script = format!(
+        "ip link set eth0 up && ip addr add {}/{} dev eth0 && ip route add default via {}; \
+         while ip link show eth0 | grep -q NO-CARRIER; do usleep 50000; done; \
+         echo unprivileged-page > /tmp/index.html; httpd -p 8080 -h /tmp; echo ready; sleep 120",
+        net.address, net.prefix, net.gateway
+    );
+    let initrd = boot_tests::guest::busybox_initramfs(dir.path(), &script)?;
+    let kernel = dir.path().join("vmlinux");
+    std::fs::copy(boot_tests::husk_kernel()?.vmlinux(), &kernel)?;
+    for f in [&initrd, &kernel] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let _kvm = KvmForNobody::grant()?;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(boot_tests::husk::husk_bin()?)
+        .args([
+            "run",
+            "--timeout",
+            "90",
+            "-p",
+            "127.0.0.1:18083:8080",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .env("HOME", dir.path());
+    let (mut husk, _before, rest) = start_until_ready(cmd)?;
+    let uid = status_uid(husk.id());
+    let passt: Vec<u32> = children(husk.id())
+        .into_iter()
+        .filter(|p| comm(*p).starts_with("passt"))
+        .collect();
+    let passt_uid = passt.first().map(|p| status_uid(*p));
+    let page = curl("http://127.0.0.1:18083/index.html", None);
+    let _ = husk.kill();
+    let _ = husk.wait();
+    let _ = rest.join();
+    if uid.as_deref() != Some("65534") || passt_uid.clone().flatten().as_deref() != Some("65534") {
+        return Err(
+            format!("husk ran as uid {uid:?} and passt as {passt_uid:?}, not nobody").into(),
+        );
+    }
+    let page = page?;
+    if page.trim() != "unprivileged-page" {
+        return Err(format!("curl through -p without root got {page:?}").into());
+    }
+    if passt.len() != 1 || !gone(passt[0]) {
+        return Err(format!("passt {passt:?} outlived kill -9 of an unprivileged husk").into());
+    }
+    Ok(())
+}
+
+/// The real uid of process `pid`.
+fn status_uid(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(str::to_string))
 }

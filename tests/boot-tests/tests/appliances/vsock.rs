@@ -31,7 +31,7 @@ pub fn trials() -> Vec<Trial> {
 
 const MIB64: u64 = 64 << 20;
 
-/// The stream `guest/husk-vsock.c` sends: xorshift64 words from `seed`.
+/// The stream `guest/husk-stream.c` sends: xorshift64 words from `seed`.
 struct Data(u64);
 
 impl Data {
@@ -78,11 +78,14 @@ fn expected(len: u64, seed: u64) -> String {
     format!("{len} {:016x}", fnv.0)
 }
 
-/// A busybox initramfs running `script`, with `husk-vsock` and
+/// A busybox initramfs running `script`, with `husk-stream` and
 /// `husk-report` on its PATH.
 fn initramfs(dir: &Path, script: &str) -> Result<PathBuf, Failed> {
     let tools = [
-        (guest_tool(dir, "husk-vsock")?, "bin/husk-vsock".to_string()),
+        (
+            guest_tool(dir, "husk-stream")?,
+            "bin/husk-stream".to_string(),
+        ),
         (
             guest_tool(dir, "husk-report")?,
             "bin/husk-report".to_string(),
@@ -170,8 +173,8 @@ fn both_ways() -> Result<(), Failed> {
     let initrd = initramfs(
         dir.path(),
         &format!(
-            "husk-vsock sink 5000 & husk-vsock echo 5001 & sleep 1\necho ready\n\
-             husk-vsock send 6000 {MIB64} 42\necho guest-send-done\nsleep 3600"
+            "husk-stream sink vsock 5000 & husk-stream echo vsock 5001 & sleep 1\necho ready\n\
+             husk-stream send 6000 {MIB64} 42\necho guest-send-done\nsleep 3600"
         ),
     )?;
     let mut cmd = Command::new(husk_bin()?);
@@ -267,7 +270,7 @@ fn guest_exits_mid_transfer() -> Result<(), Failed> {
     let sink = host_sink(UnixListener::bind(dir.path().join("vm.sock_6000"))?);
     let initrd = initramfs(
         dir.path(),
-        "husk-vsock send 6000 1099511627776 1 &\nsleep 3\nhusk-report 0\nreboot -f",
+        "husk-stream send 6000 1099511627776 1 &\nsleep 3\nhusk-report 0\nreboot -f",
     )?;
     let run = boot_tests::husk::husk_run(
         &[

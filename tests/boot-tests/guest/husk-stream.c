@@ -1,15 +1,18 @@
-/* husk-vsock: the guest's side of the vsock boot tests (busybox has no
- * AF_VSOCK client). Data is a stream of xorshift64 words from a seed, and
- * streams are compared by their length and FNV-1a 64 digest, which the
- * host side of the tests computes the same way.
+/* husk-stream: the guest's side of the vsock boot tests and the network
+ * bench (busybox has no AF_VSOCK client and no throughput tool). Test data
+ * is a stream of xorshift64 words from a seed, compared by length and
+ * FNV-1a 64 digest, which the host side computes the same way. FAMILY is
+ * vsock or tcp; servers fork one child per stream.
  *
- *   husk-vsock sink PORT       accept streams on PORT; for each, read to
- *                              the end and answer "LEN DIGEST\n"
- *   husk-vsock echo PORT       accept streams on PORT; echo each back
- *   husk-vsock send PORT SIZE SEED
- *                              connect to the host's PORT, send SIZE bytes
- *                              from SEED, shut down sending, print what
- *                              the host answers, then "sent LEN DIGEST"
+ *   husk-stream sink FAMILY PORT    read each stream to its end, answer
+ *                                   "LEN DIGEST\n"
+ *   husk-stream echo FAMILY PORT    echo each stream back
+ *   husk-stream source FAMILY PORT  read a decimal size and a newline,
+ *                                   send that many zero bytes, close
+ *   husk-stream send PORT SIZE SEED connect to the host's vsock PORT, send
+ *                                   SIZE bytes from SEED, shut down
+ *                                   sending, print what the host answers,
+ *                                   then "sent LEN DIGEST"
  */
 #include <errno.h>
 #include <signal.h>
@@ -21,6 +24,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 static uint64_t fnv(uint64_t h, const unsigned char *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -59,20 +64,46 @@ static int write_all(int fd, const unsigned char *p, size_t n) {
 
 static unsigned char buf[1 << 16];
 
-static void serve(int conn, int echo) {
+enum mode { SINK, ECHO, SOURCE };
+
+static void source(int conn) {
+    char line[32];
+    size_t got = 0;
+    while (got < sizeof line - 1) {
+        ssize_t n = read(conn, line + got, 1);
+        if (n <= 0) return;
+        if (line[got] == '\n') break;
+        got++;
+    }
+    line[got] = 0;
+    uint64_t left = strtoull(line, NULL, 10);
+    memset(buf, 0, sizeof buf);
+    while (left > 0) {
+        size_t n = left < sizeof buf ? (size_t)left : sizeof buf;
+        if (write_all(conn, buf, n) != 0) return;
+        left -= n;
+    }
+}
+
+static void serve(int conn, enum mode mode) {
     uint64_t h = FNV_START, len = 0;
+    if (mode == SOURCE) {
+        source(conn);
+        close(conn);
+        return;
+    }
     for (;;) {
         ssize_t n = read(conn, buf, sizeof buf);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
-        if (echo) {
+        if (mode == ECHO) {
             if (write_all(conn, buf, (size_t)n) != 0) break;
         } else {
             h = fnv(h, buf, (size_t)n);
             len += (uint64_t)n;
         }
     }
-    if (!echo) {
+    if (mode == SINK) {
         char line[64];
         int l = snprintf(line, sizeof line, "%llu %016llx\n",
                          (unsigned long long)len, (unsigned long long)h);
@@ -81,33 +112,46 @@ static void serve(int conn, int echo) {
     close(conn);
 }
 
-static int listen_on(unsigned port) {
-    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
-    struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
-    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 128) != 0) {
-        perror("husk-vsock: listen");
+static int listen_on(const char *family, unsigned port) {
+    int s, one = 1;
+    if (strcmp(family, "tcp") == 0) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+        s = socket(AF_INET, SOCK_STREAM, 0);
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0) s = -1;
+    } else {
+        struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
+        s = socket(AF_VSOCK, SOCK_STREAM, 0);
+        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0) s = -1;
+    }
+    if (s < 0 || listen(s, 128) != 0) {
+        perror("husk-stream: listen");
         exit(1);
     }
     return s;
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 3 && (strcmp(argv[1], "sink") == 0 || strcmp(argv[1], "echo") == 0)) {
-        int echo = strcmp(argv[1], "echo") == 0;
-        int s = listen_on((unsigned)atoi(argv[2]));
+    if (argc == 4) {
+        enum mode mode;
+        if (strcmp(argv[1], "sink") == 0) mode = SINK;
+        else if (strcmp(argv[1], "echo") == 0) mode = ECHO;
+        else if (strcmp(argv[1], "source") == 0) mode = SOURCE;
+        else goto usage;
+        int s = listen_on(argv[2], (unsigned)atoi(argv[3]));
+        int tcp = strcmp(argv[2], "tcp") == 0, one = 1;
         signal(SIGCHLD, SIG_IGN);
-        printf("listening %s\n", argv[2]);
-        fflush(stdout);
         for (;;) {
             int c = accept(s, NULL, NULL);
             if (c < 0) {
                 if (errno == EINTR) continue;
-                perror("husk-vsock: accept");
+                perror("husk-stream: accept");
                 return 1;
             }
+            if (tcp) setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             if (fork() == 0) {
                 close(s);
-                serve(c, echo);
+                serve(c, mode);
                 _exit(0);
             }
             close(c);
@@ -119,7 +163,7 @@ int main(int argc, char **argv) {
         int s = socket(AF_VSOCK, SOCK_STREAM, 0);
         struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = port};
         if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
-            perror("husk-vsock: connect");
+            perror("husk-stream: connect");
             return 1;
         }
         uint64_t h = FNV_START, sent = 0;
@@ -129,7 +173,7 @@ int main(int argc, char **argv) {
             fill(&state, buf, (n + 7) & ~(size_t)7);
             h = fnv(h, buf, n);
             if (write_all(s, buf, n) != 0) {
-                perror("husk-vsock: write");
+                perror("husk-stream: write");
                 return 1;
             }
             sent += n;
@@ -143,6 +187,7 @@ int main(int argc, char **argv) {
         printf("sent %llu %016llx\n", (unsigned long long)sent, (unsigned long long)h);
         return 0;
     }
-    fprintf(stderr, "usage: husk-vsock sink|echo PORT | husk-vsock send PORT SIZE SEED\n");
+usage:
+    fprintf(stderr, "usage: husk-stream sink|echo|source vsock|tcp PORT | husk-stream send PORT SIZE SEED\n");
     return 2;
 }

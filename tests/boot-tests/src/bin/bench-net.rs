@@ -1,0 +1,578 @@
+//! Network and vsock bench: husk against QEMU's `microvm` with
+//! `virtio-net-device`, side by side, on the same kernel, initramfs and
+//! guest program (`guest/husk-stream.c`), 1 vCPU, 128 MiB. Run it through
+//! `ci/bench-net`.
+//!
+//!   bench-net [--runs N] [--only tap|passt|vsock|boot]
+//!
+//! - tap: one host tap, used by each VMM in turn (QEMU with vhost off);
+//! - passt: one passt per VM started the same way (husk's own supervisor
+//!   code), reached through the same published ports; QEMU takes its
+//!   socket as `-netdev stream`.
+//!
+//! Per run, all timed on the host: host to guest (SIZE bytes to a guest
+//! sink until it answers its count), guest to host (SIZE bytes from a
+//! guest source until the end), and the median round trip of 200 one-byte
+//! ping-pongs (TCP_NODELAY). Then husk's vsock the same way (no peer here
+//! runs vsock in userspace), its connect latency (connect to `OK`), and
+//! husk's boot with the network off, on a tap, and on passt.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use boot_tests::husk::{bench_husk_bin, guest_tool};
+use boot_tests::{guest, husk_kernel, stats};
+use vmm::passt::{GuestNet, Passt, PortMapping};
+
+const SIZE: u64 = 32 << 20;
+const PINGS: usize = 200;
+const TAP: &str = "hbench0";
+const TAP_HOST: &str = "10.97.0.1";
+const TAP_GUEST: &str = "10.97.0.2";
+/// Guest ports: sink, source, echo (TCP and vsock alike).
+const PORTS: [u16; 3] = [5000, 5001, 5002];
+/// Where passt publishes them on the host's loopback.
+const PUBLISHED: [u16; 3] = [15000, 15001, 15002];
+const MARK: &str = "HUSK-NET-READY";
+
+fn main() -> ExitCode {
+    let runs = boot_tests::runs_arg(10);
+    boot_tests::bench_main("bench-net", || bench(runs))
+}
+
+/// The guest: its address and MTU from `bench.ip=ADDR/PREFIX,GATEWAY`
+/// and `bench.mtu=N` on the kernel command line (what husk's init does
+/// from `husk.net=`), the servers, then the marker.
+const SCRIPT: &str = r#"
+for a in $(cat /proc/cmdline); do case $a in bench.ip=*) ip=${a#bench.ip=};; bench.mtu=*) mtu=${a#bench.mtu=};; esac; done
+ip link set lo up
+ip link set eth0 mtu $mtu up
+ip addr add ${ip%,*} dev eth0
+ip route add default via ${ip#*,}
+husk-stream sink tcp 5000 & husk-stream source tcp 5001 & husk-stream echo tcp 5002 &
+if [ -e /dev/vsock ]; then husk-stream sink vsock 5000 & husk-stream source vsock 5001 & husk-stream echo vsock 5002 & fi
+sleep 1
+echo HUSK-NET-READY
+sleep 3600
+"#;
+
+struct Env {
+    bin: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    boot_initrd: PathBuf,
+    dir: PathBuf,
+    passt_net: GuestNet,
+}
+
+fn bench(runs: usize) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let tools = vec![
+        (
+            guest_tool(dir.path(), "husk-stream")?,
+            "bin/husk-stream".into(),
+        ),
+        (
+            guest_tool(dir.path(), "husk-report")?,
+            "bin/husk-report".into(),
+        ),
+    ];
+    let serve_dir = dir.path().join("serve");
+    let boot_dir = dir.path().join("boot");
+    for d in [&serve_dir, &boot_dir] {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    let env = Env {
+        bin: bench_husk_bin(dir.path())?,
+        kernel: husk_kernel()?.vmlinux(),
+        initrd: guest::busybox_initramfs_with(&serve_dir, SCRIPT, &tools)
+            .map_err(|e| e.to_string())?,
+        boot_initrd: guest::busybox_initramfs_with(
+            &boot_dir,
+            "husk-report mark\necho HUSK-BOOT-MARK\nhusk-report 0\nreboot -f",
+            &tools,
+        )
+        .map_err(|e| e.to_string())?,
+        dir: dir.path().to_owned(),
+        passt_net: vmm::passt::guest_net().map_err(|e| format!("passt's network: {e}"))?,
+    };
+    let _tap = Tap::create()?;
+
+    println!("Network under KVM, husk's kernel + busybox initramfs, 1 vCPU, 128 MiB,");
+    println!(
+        "{runs} runs each of {} MiB transfers and {PINGS} one-byte round trips:",
+        SIZE >> 20
+    );
+    println!(
+        "{:<34} {:>24} {:>24} {:>22}",
+        "", "host->guest MB/s", "guest->host MB/s", "round trip us"
+    );
+    println!(
+        "{:<34} {:>24} {:>24} {:>22}",
+        "", "median (min-max)", "median (min-max)", "median (min-max)"
+    );
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    for backend in [Backend::Tap, Backend::Passt] {
+        if !wanted(backend.name()) {
+            continue;
+        }
+        let h = measure(&env, Vmm::Husk, backend, runs).map_err(|e| format!("husk: {e}"))?;
+        let q = measure(&env, Vmm::Qemu, backend, runs).map_err(|e| format!("QEMU: {e}"))?;
+        h.print(&format!("husk, {}", backend.name()));
+        q.print(&format!("QEMU microvm, {}", backend.name()));
+        println!(
+            "{:<34} {:>24} {:>24} {:>22}",
+            format!("husk/QEMU, {}", backend.name()),
+            format!("{:.2}x", stats(&h.h2g).0 / stats(&q.h2g).0),
+            format!("{:.2}x", stats(&h.g2h).0 / stats(&q.g2h).0),
+            format!("{:.2}x", stats(&h.rtt).0 / stats(&q.rtt).0),
+        );
+    }
+    if wanted("vsock") {
+        let v = measure(&env, Vmm::Husk, Backend::Vsock, runs)?;
+        v.print("husk, vsock (hybrid socket)");
+        let (m, lo, hi) = stats(&v.connect);
+        println!("husk vsock connect (connect to OK): median {m:.0} us, min {lo:.0}, max {hi:.0}");
+    }
+    if wanted("boot") {
+        boot(&env, runs)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    Husk,
+    Qemu,
+}
+
+impl Vmm {
+    fn name(self) -> &'static str {
+        match self {
+            Vmm::Husk => "husk",
+            Vmm::Qemu => "QEMU",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Tap,
+    Passt,
+    Vsock,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Tap => "tap",
+            Backend::Passt => "passt",
+            Backend::Vsock => "vsock",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    h2g: Vec<f64>,
+    g2h: Vec<f64>,
+    rtt: Vec<f64>,
+    connect: Vec<f64>,
+}
+
+impl Figures {
+    fn print(&self, name: &str) {
+        let cell = |v: &[f64]| {
+            let (m, lo, hi) = stats(v);
+            format!("{m:.1} ({lo:.1}-{hi:.1})")
+        };
+        println!(
+            "{name:<34} {:>24} {:>24} {:>22}",
+            cell(&self.h2g),
+            cell(&self.g2h),
+            cell(&self.rtt)
+        );
+    }
+}
+
+/// How the host reaches one of the guest's servers.
+enum Reach {
+    Tcp(String),
+    Vsock(PathBuf),
+}
+
+trait Stream: Read + Write {
+    fn shut_write(&self) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn shut_write(&self) -> std::io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Stream for UnixStream {
+    fn shut_write(&self) -> std::io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Reach {
+    /// Connects to server `i` (sink, source, echo).
+    fn open(&self, i: usize) -> Result<Box<dyn Stream>, String> {
+        match self {
+            Reach::Tcp(host) => {
+                let port = match host.as_str() {
+                    "127.0.0.1" => PUBLISHED[i],
+                    _ => PORTS[i],
+                };
+                let s = TcpStream::connect((host.as_str(), port))
+                    .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(Duration::from_secs(60)))
+                    .map_err(|e| e.to_string())?;
+                Ok(Box::new(s))
+            }
+            Reach::Vsock(uds) => Ok(Box::new(vsock_connect(uds, PORTS[i])?.0)),
+        }
+    }
+}
+
+/// Connects through husk's hybrid vsock; also the time to its `OK`.
+fn vsock_connect(uds: &Path, port: u16) -> Result<(UnixStream, Duration), String> {
+    let start = Instant::now();
+    let mut s = UnixStream::connect(uds).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    writeln!(s, "CONNECT {port}").map_err(|e| e.to_string())?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match s.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => return Err(format!("vsock port {port}: no OK")),
+        }
+    }
+    Ok((s, start.elapsed()))
+}
+
+/// Boots a VM serving on `backend`, measures `runs` runs (after one
+/// warm-up), and stops it.
+fn measure(env: &Env, vmm: Vmm, backend: Backend, runs: usize) -> Result<Figures, String> {
+    let uds = env.dir.join("vm.sock");
+    let (mut vm, _passt) = start(env, vmm, backend, &uds)?;
+    let reach = match backend {
+        Backend::Tap => Reach::Tcp(TAP_GUEST.into()),
+        Backend::Passt => Reach::Tcp("127.0.0.1".into()),
+        Backend::Vsock => Reach::Vsock(uds.clone()),
+    };
+    let result = (|| {
+        let mut f = Figures::default();
+        let mut buf = vec![0u8; 1 << 16];
+        for run in 0..=runs {
+            eprint!(
+                "\rbench-net: {} {}, run {run} of {runs}   ",
+                vmm.name(),
+                backend.name()
+            );
+            // Host to guest.
+            let start = Instant::now();
+            let mut s = reach.open(0)?;
+            let mut left = SIZE;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                s.write_all(&buf[..n])
+                    .map_err(|e| format!("sending: {e}"))?;
+                left -= n as u64;
+            }
+            s.shut_write().map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            BufReader::new(&mut s)
+                .read_line(&mut answer)
+                .map_err(|e| e.to_string())?;
+            let h2g = start.elapsed();
+            if !answer.starts_with(&format!("{SIZE} ")) {
+                return Err(format!("the guest's sink counted {answer:?}"));
+            }
+            // Guest to host.
+            let start = Instant::now();
+            let mut s = reach.open(1)?;
+            writeln!(s, "{SIZE}").map_err(|e| e.to_string())?;
+            let mut got = 0u64;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got += n as u64,
+                    Err(e) => return Err(format!("receiving: {e}")),
+                }
+            }
+            let g2h = start.elapsed();
+            if got != SIZE {
+                return Err(format!("the guest's source sent {got} bytes"));
+            }
+            // Round trips.
+            let mut s = reach.open(2)?;
+            let mut rtts = Vec::with_capacity(PINGS);
+            let mut b = [7u8; 1];
+            for _ in 0..PINGS {
+                let t = Instant::now();
+                s.write_all(&b).map_err(|e| e.to_string())?;
+                s.read_exact(&mut b).map_err(|e| e.to_string())?;
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let mb = |d: Duration| SIZE as f64 / 1e6 / d.as_secs_f64();
+            if run > 0 {
+                f.h2g.push(mb(h2g));
+                f.g2h.push(mb(g2h));
+                f.rtt.push(stats(&rtts).0);
+            }
+            if let Reach::Vsock(uds) = &reach {
+                for _ in 0..10 {
+                    let (_, t) = vsock_connect(uds, PORTS[2])?;
+                    if run > 0 {
+                        f.connect.push(t.as_secs_f64() * 1e6);
+                    }
+                }
+            }
+        }
+        Ok(f)
+    })();
+    let _ = vm.kill();
+    let _ = vm.wait();
+    result
+}
+
+/// Starts the VM and waits for the guest's marker.
+fn start(
+    env: &Env,
+    vmm: Vmm,
+    backend: Backend,
+    uds: &Path,
+) -> Result<(Child, Option<Passt>), String> {
+    let (ip, passt_fd, passt) = match backend {
+        Backend::Tap | Backend::Vsock => (
+            format!("{TAP_GUEST}/24,{TAP_HOST} bench.mtu=1500"),
+            None,
+            None,
+        ),
+        Backend::Passt => {
+            let n = &env.passt_net;
+            let ip = format!(
+                "{}/{},{} bench.mtu={}",
+                n.address, n.prefix, n.gateway, n.mtu
+            );
+            if vmm == Vmm::Husk {
+                (ip, None, None)
+            } else {
+                let (p, fd) = Passt::start(n, &published()).map_err(|e| e.to_string())?;
+                (ip, Some(fd), Some(p))
+            }
+        }
+    };
+    let cmdline = format!("quiet bench.ip={ip}");
+    let mut cmd = match vmm {
+        Vmm::Husk => {
+            let mut c = Command::new(&env.bin);
+            c.arg("run")
+                .arg("--initrd")
+                .arg(&env.initrd)
+                .args(["--cmdline", &cmdline, "--cpus", "1", "--memory", "128"])
+                .args(["--timeout", "3600"]);
+            match backend {
+                Backend::Tap => {
+                    c.args(["--net", &format!("tap:{TAP}")]);
+                }
+                Backend::Passt => {
+                    for (h, g) in PUBLISHED.iter().zip(PORTS) {
+                        c.args(["-p", &format!("127.0.0.1:{h}:{g}")]);
+                    }
+                }
+                Backend::Vsock => {
+                    c.args(["--net", "none", "--vsock"]).arg(uds);
+                }
+            }
+            c
+        }
+        Vmm::Qemu => {
+            let mut c = boot_tests::qemu::microvm_stdio(&env.kernel, &cmdline);
+            c.arg("-initrd").arg(&env.initrd);
+            match backend {
+                Backend::Tap => {
+                    c.args([
+                        "-netdev",
+                        &format!("tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off"),
+                    ]);
+                }
+                _ => {
+                    c.args(["-netdev", "stream,id=n0,addr.type=fd,addr.str=3"]);
+                }
+            }
+            c.args(["-device", "virtio-net-device,netdev=n0"]);
+            c
+        }
+    };
+    if let Some(fd) = &passt_fd {
+        pass_fd_as_3(&mut cmd, fd);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    // QEMU holds passt's socket now; passt ends when QEMU closes it.
+    drop(passt_fd);
+    let out = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(out).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        if line.contains(MARK) {
+            // Keep draining the console so the guest never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return Ok((child, passt));
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("the guest on {} never got ready", backend.name()))
+}
+
+fn published() -> Vec<PortMapping> {
+    PUBLISHED
+        .iter()
+        .zip(PORTS)
+        .map(|(&host_port, guest_port)| PortMapping {
+            host_ip: Some([127, 0, 0, 1].into()),
+            host_port,
+            guest_port,
+            udp: false,
+        })
+        .collect()
+}
+
+/// Hands `fd` to the child as its descriptor 3 (QEMU's `addr.str=3`);
+/// the caller keeps `fd` open until the child is spawned.
+fn pass_fd_as_3(cmd: &mut Command, fd: &OwnedFd) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls dup2, which is
+    // async-signal-safe, on a descriptor the caller keeps open until the
+    // spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Boot to the command's output with the network off, on a tap, on passt,
+/// and the VMM's memory overhead with each.
+fn boot(env: &Env, runs: usize) -> Result<(), String> {
+    let configs: [(&str, Vec<String>); 3] = [
+        ("husk, --net none", vec!["--net".into(), "none".into()]),
+        (
+            "husk, --net tap",
+            vec!["--net".into(), format!("tap:{TAP}")],
+        ),
+        (
+            "husk, --net user (passt)",
+            vec!["--net".into(), "user".into()],
+        ),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for run in 0..=runs {
+        for (i, (_, args)) in configs.iter().enumerate() {
+            let mut c = Command::new(&env.bin);
+            c.arg("run")
+                .arg("--initrd")
+                .arg(&env.boot_initrd)
+                .args(["--cmdline", "quiet", "--cpus", "1", "--memory", "128"])
+                .args(["--timeout", "60"])
+                .args(args);
+            let (first, _) =
+                boot_tests::time_run(&mut c, boot_tests::First::LineWith("HUSK-BOOT-MARK"))?;
+            if run > 0 {
+                times[i].push(first);
+            }
+        }
+    }
+    println!("Boot to the command's output, {runs} runs each, seconds:");
+    let off = stats(&times[0]).0;
+    for ((name, args), t) in configs.iter().zip(&times) {
+        let (m, lo, hi) = stats(t);
+        let overhead = memory_overhead(env, args)?;
+        println!(
+            "{name:<28} median {m:.3} (min {lo:.3}, max {hi:.3}), {:+.1}% against off; VMM overhead {overhead}",
+            (m / off - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// husk's own report of its memory overhead (`--timings`) for one run.
+fn memory_overhead(env: &Env, args: &[String]) -> Result<String, String> {
+    let out = Command::new(&env.bin)
+        .arg("run")
+        .arg("--initrd")
+        .arg(&env.boot_initrd)
+        .args(["--cmdline", "quiet", "--memory", "128", "--timings"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| l.split_once("VMM overhead ").map(|(_, v)| v.to_string()))
+        .ok_or_else(|| format!("no memory report in:\n{err}"))
+}
+
+/// The bench's tap, removed when dropped.
+struct Tap;
+
+impl Tap {
+    fn create() -> Result<Tap, String> {
+        let _ = ip(&["link", "del", TAP]);
+        ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
+        let tap = Tap;
+        ip(&["addr", "add", &format!("{TAP_HOST}/24"), "dev", TAP])?;
+        ip(&["link", "set", TAP, "up"])?;
+        Ok(tap)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", TAP]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
