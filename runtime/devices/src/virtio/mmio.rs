@@ -9,6 +9,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -333,6 +334,13 @@ impl MmioTransport {
                 return false;
             }
         };
+        let mut queues = queues;
+        // Event indexes (offered by devices that handle them: they re-arm
+        // a queue's notification when they stop for want of buffers).
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         let activation = Activation {
             mem: self.mem.clone(),
             irq: self.irq.clone(),

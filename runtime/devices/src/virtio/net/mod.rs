@@ -19,6 +19,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, QueueT};
 
 pub use backend::{NetBackend, Sent, StreamBackend};
@@ -123,8 +124,13 @@ impl Net {
                         );
                     }
                 }
-                // Held until the guest adds buffers and notifies.
-                Delivery::NoBuffers => break,
+                // Held until the guest adds buffers and notifies (unless
+                // it added some meanwhile: then try again).
+                Delivery::NoBuffers => {
+                    if !rearm(a, RX_QUEUE)? {
+                        break;
+                    }
+                }
             }
         }
         if delivered {
@@ -155,7 +161,15 @@ impl Net {
         };
         let mem = a.mem.clone();
         let mut used = false;
-        while let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&mem) {
+        loop {
+            let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&mem) else {
+                // Drained: have the guest notify its next frame, unless one
+                // came meanwhile.
+                if rearm(a, TX_QUEUE)? {
+                    continue;
+                }
+                break;
+            };
             let head = chain.head_index();
             let len = read_frame(chain, &mem, &mut self.tx)?;
             a.queues[TX_QUEUE]
@@ -192,6 +206,23 @@ impl Net {
         }
         Ok(())
     }
+}
+
+/// Asks the guest to notify the next buffer it adds to `queue` (with
+/// event indexes: the avail event becomes the avail ring's current index,
+/// so a device waiting for more buffers than are posted hears of the next
+/// one). True when buffers arrived since the device last looked.
+fn rearm(a: &mut Activation, queue: usize) -> Result<bool, DeviceError> {
+    let q = &mut a.queues[queue];
+    let err = |source| DeviceError::Queue { queue, source };
+    let next = q.next_avail();
+    let avail = q
+        .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+        .map_err(err)?;
+    q.set_next_avail(avail.0);
+    let more = q.enable_notification(&a.mem).map_err(err);
+    q.set_next_avail(next);
+    more
 }
 
 /// Notes that the backend failed (its peer went away): said once, and
@@ -323,7 +354,8 @@ impl VirtioDevice for Net {
         let mut f = super::BASE_FEATURES
             | 1 << VIRTIO_NET_F_MAC
             | 1 << VIRTIO_NET_F_STATUS
-            | 1 << VIRTIO_NET_F_MRG_RXBUF;
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
+            | 1 << VIRTIO_RING_F_EVENT_IDX;
         if self.backend.offloads() {
             f |= offload_features();
         }

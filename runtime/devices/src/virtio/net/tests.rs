@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -90,11 +91,17 @@ fn rig(mem: &Mem, features: u64) -> Rig<'_> {
     let rx = MockSplitQueue::new(mem, 16);
     let tx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
     let irq = irq();
+    let features = features & dev.features();
+    let mut queues: Vec<Queue> = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
+    // As the transport does when the driver took event indexes.
+    for q in &mut queues {
+        q.set_event_idx(features & 1 << VIRTIO_RING_F_EVENT_IDX != 0);
+    }
     dev.activate(Activation {
         mem: mem.clone(),
         irq: irq.clone(),
-        queues: vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()],
-        features: features & dev.features(),
+        queues,
+        features,
     })
     .unwrap();
     Rig {
@@ -280,6 +287,45 @@ fn without_buffers_a_frame_waits_and_nothing_more_is_read() {
     r.dev.process_queue(RX_QUEUE).unwrap();
     assert_eq!(r.used_idx(&r.rx), 3);
     assert!(r.wire.lock().unwrap().inbound.is_empty());
+}
+
+/// The avail event (event indexes): after the used ring's entries.
+fn avail_event(r: &Rig) -> u16 {
+    let at = r.rx.used_addr().0 + 4 + 8 * 16;
+    r.mem.read_obj(GuestAddress(at)).unwrap()
+}
+
+#[test]
+fn with_event_indexes_a_frame_short_of_buffers_asks_for_the_next_one() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE | 1 << VIRTIO_RING_F_EVENT_IDX);
+    r.wire.lock().unwrap().inbound.push_back(frame(3000));
+    // One buffer posted, two needed: the frame waits, and the guest is
+    // asked to notify its next buffer (avail event = the avail index),
+    // though one buffer is still unused.
+    offer_rx(&r, 0, 1, 1526);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.used_idx(&r.rx), 0);
+    assert_eq!(avail_event(&r), 1);
+    offer_rx(&r, 1, 1, 1526);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.used_idx(&r.rx), 2);
+}
+
+#[test]
+fn with_event_indexes_transmit_rearms_after_draining() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE | 1 << VIRTIO_RING_F_EVENT_IDX);
+    m.write_slice(&frame(10), GuestAddress(DATA)).unwrap();
+    let chain = [desc(DATA, (HDR_LEN + 10) as u32, 0, 0)];
+    r.tx.add_desc_chains(&chain, 0).unwrap();
+    r.tx.add_desc_chains(&chain, 1).unwrap();
+    r.dev.process_queue(TX_QUEUE).unwrap();
+    assert_eq!(r.wire.lock().unwrap().sent.len(), 2);
+    // The guest notifies again when it adds the third frame.
+    let at = r.tx.used_addr().0 + 4 + 8 * 16;
+    let event: u16 = m.read_obj(GuestAddress(at)).unwrap();
+    assert_eq!(event, 2);
 }
 
 #[test]
