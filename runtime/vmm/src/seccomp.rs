@@ -257,6 +257,11 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                     "vsock: the broker's answer, with the connected socket",
                 ),
                 allow(SYS_shutdown, vec![], "vsock: the guest's half-close"),
+                allow(
+                    SYS_sendmsg,
+                    vec![],
+                    "vsock: writes to host streams with MSG_NOSIGNAL",
+                ),
             ]);
         }
     }

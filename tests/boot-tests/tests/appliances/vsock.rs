@@ -19,11 +19,11 @@ use super::network::{children, comm, gone, start_until_ready};
 pub fn trials() -> Vec<Trial> {
     vec![
         Trial::test(
-            "vsock_64mib_both_ways_100_streams_and_nothing_left_after_kill_9",
+            "vsock_64mib_both_ways_100_streams_a_host_leaving_and_nothing_left_after_kill_9",
             both_ways,
         ),
         Trial::test(
-            "vsock_guest_powering_off_mid_transfer_ends_the_host_stream",
+            "vsock_unjailed_a_host_leaving_and_a_guest_powering_off_mid_transfer",
             guest_exits_mid_transfer,
         ),
     ]
@@ -231,6 +231,30 @@ fn both_ways() -> Result<(), Failed> {
         for t in streams {
             t.join().map_err(|_| "a stream thread panicked")??;
         }
+        // A host program that leaves while the guest still echoes to it:
+        // husk's writes meet a closed socket (EPIPE, never SIGPIPE), the
+        // stream is reset, and everything else carries on.
+        {
+            let mut s = connect(&uds, 5001)?;
+            s.set_write_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            s.write_all(&vec![5u8; 256 << 10])
+                .map_err(|e| format!("a stream to leave: {e}"))?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let mut s = connect(&uds, 5000)?;
+        s.write_all(b"still here").map_err(|e| e.to_string())?;
+        s.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(&s)
+            .read_line(&mut answer)
+            .map_err(|e| format!("after a host program left: {e}"))?;
+        if !answer.starts_with("10 ") {
+            return Err(format!(
+                "after a host program left, the sink said {answer:?}"
+            ));
+        }
         // A port nobody listens on: the stream ends without an OK.
         if connect(&uds, 7777).is_ok() {
             return Err("a port nobody listens on answered OK".into());
@@ -268,12 +292,24 @@ fn guest_exits_mid_transfer() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let uds = dir.path().join("vm.sock");
     let sink = host_sink(UnixListener::bind(dir.path().join("vm.sock_6000"))?);
+    // A host program that reads 1 MiB and leaves while the guest still
+    // sends: husk's next writes meet a closed socket.
+    let leaver = UnixListener::bind(dir.path().join("vm.sock_6001"))?;
+    let leaver = std::thread::spawn(move || -> Result<(), String> {
+        let (mut s, _) = leaver.accept().map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 20];
+        s.read_exact(&mut buf).map_err(|e| e.to_string())
+    });
     let initrd = initramfs(
         dir.path(),
-        "husk-stream send 6000 1099511627776 1 &\nsleep 3\nhusk-report 0\nreboot -f",
+        "husk-stream send 6000 1099511627776 1 &\nhusk-stream send 6001 1099511627776 2 &\n\
+         sleep 3\nhusk-report 0\nreboot -f",
     )?;
+    // Unjailed, where SIGPIPE would end husk (a jailed VMM is its PID
+    // namespace's init, which ignores it).
     let run = boot_tests::husk::husk_run(
         &[
+            "--no-jail",
             "--timeout",
             "120",
             "--vsock",
@@ -289,6 +325,10 @@ fn guest_exits_mid_transfer() -> Result<(), Failed> {
             .explain("the guest should power off with status 0")
             .into());
     }
+    leaver
+        .join()
+        .map_err(|_| "the leaving host program panicked")?
+        .map_err(|e| format!("the leaving host program read nothing: {e}"))?;
     // The host's end sees the stream end (a reset) rather than hanging.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sink.is_finished() && Instant::now() < deadline {

@@ -3,9 +3,11 @@
 //! way to the host.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::packet::{SHUTDOWN_RCV, SHUTDOWN_SEND};
 
@@ -182,7 +184,7 @@ impl Conn {
             let Some(stream) = &mut self.stream else {
                 return Forward::Failed;
             };
-            match stream.write(data) {
+            match send(stream, data) {
                 Ok(n) => {
                     self.forwarded(n);
                     rest = &data[n..];
@@ -203,7 +205,7 @@ impl Conn {
         let mut written = 0;
         while !self.to_host.is_empty() {
             let (front, _) = self.to_host.as_slices();
-            match stream.write(front) {
+            match send(stream, front) {
                 Ok(n) => {
                     self.to_host.drain(..n);
                     written += n;
@@ -253,6 +255,13 @@ impl Conn {
             }
         }
     }
+}
+
+/// Writes to a host socket without SIGPIPE (`MSG_NOSIGNAL`): a host
+/// program that closed its end is an `EPIPE` for this stream, never the
+/// end of husk, which keeps SIGPIPE's default action for its stdout.
+pub fn send(stream: &UnixStream, data: &[u8]) -> io::Result<usize> {
+    stream.send_with_fds(&[data], &[]).map_err(io::Error::from)
 }
 
 /// `CONNECT <port>` (without its newline) to the port.

@@ -312,7 +312,7 @@ impl Vsock {
                 let ok = format!("OK {}\n", c.host_port);
                 let wrote = match &mut c.stream {
                     // A fresh socket's buffer takes these few bytes whole.
-                    Some(s) => matches!(s.write(ok.as_bytes()), Ok(n) if n == ok.len()),
+                    Some(s) => matches!(conn::send(s, ok.as_bytes()), Ok(n) if n == ok.len()),
                     None => false,
                 };
                 if !wrote {
