@@ -250,18 +250,7 @@ impl Reach {
 /// Connects through husk's hybrid vsock; also the time to its `OK`.
 fn vsock_connect(uds: &Path, port: u16) -> Result<(UnixStream, Duration), String> {
     let start = Instant::now();
-    let mut s = UnixStream::connect(uds).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    writeln!(s, "CONNECT {port}").map_err(|e| e.to_string())?;
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.last() != Some(&b'\n') {
-        match s.read(&mut b) {
-            Ok(1) => line.push(b[0]),
-            _ => return Err(format!("vsock port {port}: no OK")),
-        }
-    }
+    let s = boot_tests::hybrid_vsock_connect(uds, u32::from(port))?;
     Ok((s, start.elapsed()))
 }
 

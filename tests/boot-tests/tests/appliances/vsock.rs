@@ -94,34 +94,8 @@ fn initramfs(dir: &Path, script: &str) -> Result<PathBuf, Failed> {
     Ok(guest::busybox_initramfs_with(dir, script, &tools)?)
 }
 
-/// Connects to the VM's socket and asks for guest port `port`: the
-/// stream after `OK <host port>`, or what the VM said instead.
 fn connect(uds: &Path, port: u32) -> Result<UnixStream, String> {
-    let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {}: {e}", uds.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    writeln!(s, "CONNECT {port}").map_err(|e| e.to_string())?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.last() != Some(&b'\n') {
-        match s.read(&mut byte) {
-            Ok(1) => line.push(byte[0]),
-            _ => {
-                return Err(format!(
-                    "no OK for port {port}: got {:?}",
-                    String::from_utf8_lossy(&line)
-                ))
-            }
-        }
-    }
-    let line = String::from_utf8_lossy(&line);
-    let ok = line
-        .strip_prefix("OK ")
-        .and_then(|p| p.trim().parse::<u32>().ok());
-    match ok {
-        Some(_) => Ok(s),
-        None => Err(format!("expected OK <port>, got {line:?}")),
-    }
+    boot_tests::hybrid_vsock_connect(uds, port)
 }
 
 /// The broker husk started (a child named husk-vsock).

@@ -124,7 +124,7 @@ impl Vsock {
 
     /// The number of open streams (for tests and diagnostics).
     pub fn connections(&self) -> usize {
-        self.open()
+        self.conns.len() - self.free.len()
     }
 
     /// Queues a reset for the guest's stream `(host_port, guest_port)`.
@@ -182,10 +182,6 @@ impl Vsock {
         slot
     }
 
-    fn open(&self) -> usize {
-        self.conns.len() - self.free.len()
-    }
-
     /// Puts a stream's host socket on the device's epoll.
     fn watch(&self, slot: usize) -> io::Result<()> {
         let Some(Some(Conn {
@@ -217,7 +213,7 @@ impl Vsock {
         if self.stats.refused.hit() {
             warn!(
                 "vsock: {what} refused: {} streams open, at most {} ({} refused so far)",
-                self.open(),
+                self.connections(),
                 self.max_connections,
                 self.stats.refused.count()
             );
@@ -359,7 +355,7 @@ impl Vsock {
 
     /// The guest connects to host port `dst_port`: asks the broker.
     fn guest_connect(&mut self, hdr: Header) {
-        if self.open() >= self.max_connections || self.connecting.len() >= MAX_CONNECTING {
+        if self.connections() >= self.max_connections || self.connecting.len() >= MAX_CONNECTING {
             self.refuse("a guest connection");
             self.queue_reset(hdr.dst_port, hdr.src_port);
             return;
@@ -551,7 +547,7 @@ impl Vsock {
                     return;
                 }
             };
-            if self.open() >= self.max_connections {
+            if self.connections() >= self.max_connections {
                 self.refuse("a host connection");
                 continue;
             }
