@@ -108,6 +108,27 @@ pub struct Run {
     pub workdir: Option<GuestPath>,
     pub user: Option<UserSpec>,
     pub hostname: Option<String>,
+    pub ready: Option<Ready>,
+}
+
+/// `[run.ready]`: when a detached appliance counts as ready (`husk run
+/// -d --wait-ready`): a TCP port in the guest that accepts, or a command
+/// in the guest that exits 0; checked every 100 ms for `timeout` seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    pub tcp: Option<u16>,
+    pub command: Option<Vec<String>>,
+    #[serde(default = "Ready::default_timeout")]
+    pub timeout: u32,
+}
+
+impl Ready {
+    pub const MAX_TIMEOUT: u32 = 3600;
+
+    fn default_timeout() -> u32 {
+        60
+    }
 }
 
 /// `[vm]`: the micro-VM the appliance needs.

@@ -161,6 +161,30 @@ fn check_run(a: &Appliance, p: &mut Problems) {
         _ => {}
     }
     check_env(&run.env, p);
+    if let Some(r) = &run.ready {
+        match (&r.tcp, &r.command) {
+            (Some(_), Some(_)) | (None, None) => p.push((
+                path("run.ready"),
+                "give one check: tcp = PORT, or command = [\"prog\", \"arg\"]".into(),
+            )),
+            (Some(0), None) => p.push((path("run.ready.tcp"), "port 0 cannot accept".into())),
+            (None, Some(c)) if c.first().is_none_or(|p| p.is_empty()) => p.push((
+                path("run.ready.command"),
+                "must name a program; write e.g. [\"pg_isready\"]".into(),
+            )),
+            _ => {}
+        }
+        if !(1..=crate::model::Ready::MAX_TIMEOUT).contains(&r.timeout) {
+            p.push((
+                path("run.ready.timeout"),
+                format!(
+                    "{} s: give 1 to {} seconds",
+                    r.timeout,
+                    crate::model::Ready::MAX_TIMEOUT
+                ),
+            ));
+        }
+    }
     if let Some(h) = &run.hostname {
         let label_ok = |l: &str| {
             !l.is_empty()

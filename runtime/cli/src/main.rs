@@ -1,6 +1,7 @@
 //! `husk`: build and run virtual appliances as KVM micro-VMs.
 
 mod commands;
+mod vms;
 
 use std::process::ExitCode;
 
@@ -19,11 +20,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot an appliance (building it first) and exit with its command's status
+    /// Boot an appliance (building it first) and exit with its command's
+    /// status; with -d, in the background
     Run(Box<commands::run::Args>),
+    /// Run a command in a detached appliance
+    Exec(commands::exec::Args),
+    /// List detached appliances
+    Ps(commands::ps::Args),
+    /// Print a detached appliance's console
+    Logs(commands::logs::Args),
+    /// Stop detached appliances: SIGTERM, SIGKILL after a grace period
+    Stop(commands::stop::StopArgs),
+    /// Send a signal to a detached appliance's command
+    Kill(commands::stop::KillArgs),
+    /// Wait for a detached appliance to stop and print its exit status
+    Wait(commands::wait::Args),
+    /// Remove detached appliances that have stopped
+    Rm(commands::rm::Args),
     /// Build an appliance or image into a bootable root filesystem image
     Build(commands::build::Args),
-    /// Show what a built image runs, and with --files what it holds
+    /// Show what a built image runs (with --files what it holds), or a
+    /// detached appliance's state
     Inspect(commands::inspect::Args),
     /// Check appliance files and report every problem with its file:line:column
     Validate(commands::validate::Args),
@@ -48,6 +65,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(*args, started),
+        Command::Exec(args) => commands::exec::run(args),
+        Command::Ps(args) => commands::ps::run(args),
+        Command::Logs(args) => commands::logs::run(args),
+        Command::Stop(args) => commands::stop::stop(args),
+        Command::Kill(args) => commands::stop::kill(args),
+        Command::Wait(args) => commands::wait::run(args),
+        Command::Rm(args) => commands::rm::run(args),
         Command::Build(args) => commands::build::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Validate(args) => commands::validate::run(args),

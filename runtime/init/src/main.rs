@@ -8,6 +8,7 @@
 //! 127 command not found, 126 not executable, 125 anything else that kept
 //! the command from starting (bad configuration, unknown user).
 
+mod agent;
 mod net;
 mod sys;
 
@@ -15,20 +16,21 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use husk_init::config::{NetSetup, Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH};
 use husk_init::user::{self, Identity};
 
 const STATUS_NOT_FOUND: u8 = 127;
 const STATUS_NOT_EXECUTABLE: u8 = 126;
-const STATUS_SETUP_FAILED: u8 = 125;
+pub(crate) const STATUS_SETUP_FAILED: u8 = 125;
 
 /// Why the command never ran, with the status init reports for it.
-struct Failure {
-    status: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub status: u8,
+    pub message: String,
 }
 
 impl Failure {
@@ -88,46 +90,103 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
         Ok(None) => {}
         Err(e) => say(&chain(&e)),
     }
-    let identity = match &config.user {
-        Some(spec) => {
-            let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-            let group = fs::read_to_string("/etc/group").unwrap_or_default();
-            user::resolve(spec, &passwd, &group).map_err(|e| Failure::setup(e.to_string()))?
-        }
-        None => Identity {
-            uid: 0,
-            gid: 0,
-            groups: vec![0],
-            home: root_home(),
-        },
-    };
-    let env = environment(&config, &identity);
-    let workdir = config.workdir.clone().unwrap_or_else(|| "/".into());
-    if !Path::new(&workdir).is_dir() {
-        // Docker creates a missing working directory; so does husk.
-        fs::create_dir_all(&workdir)
-            .map_err(|e| Failure::setup(format!("cannot create workdir {workdir}: {e}")))?;
-    }
-    let program = find_program(&config.command[0], &env)?;
-
+    let agent = agent::Agent::new(config.clone());
     let signals = sys::SignalSet::forwarded();
+    // Blocked before the agent's threads start, so they inherit the mask
+    // and the signals come to this thread's sigwaitinfo.
     signals.block();
-    let mut command = Command::new(&program);
-    command
-        .arg0(&config.command[0])
-        .args(&config.command[1..])
-        .env_clear()
-        .envs(env.iter().filter_map(|e| e.split_once('=')))
-        .current_dir(&workdir);
-    sys::drop_to(&mut command, identity);
-    let child = command
-        .spawn()
-        .map_err(|e| spawn_failure(&config.command[0], &e))?;
+    agent.serve();
+    let main = Prepared::new(&config, &config.command, true)
+        .and_then(|p| spawn_main(&agent, &p, &config.command[0]));
+    let pid = match main {
+        Ok(pid) => pid,
+        Err(f) => {
+            agent.main_spawned(Err(f.status));
+            return Err(f);
+        }
+    };
+    agent.main_spawned(Ok(pid));
     control.mark(sys::MARK_COMMAND_STARTED);
-    let status = shell_status(signals.wait_for(child.id() as i32));
+    let status = loop {
+        let signal = signals.next();
+        if signal == libc::SIGCHLD || signal == -1 {
+            if let Some(raw) = agent.reap(pid) {
+                break shell_status(raw);
+            }
+        } else if sys::SignalSet::is_forwarded(signal) {
+            let _ = sys::signal(pid, signal);
+        }
+    };
     // Whatever the command left behind gets a chance to finish writing.
     sys::terminate_others();
     Ok(status)
+}
+
+fn spawn_main(agent: &Arc<agent::Agent>, p: &Prepared, name: &str) -> Result<i32, Failure> {
+    let mut command = p.command();
+    let child = agent
+        .spawning(|| command.spawn())
+        .map_err(|e| spawn_failure(name, &e))?;
+    Ok(child.id() as i32)
+}
+
+/// A command ready to spawn: who runs it, where, with what.
+pub(crate) struct Prepared {
+    identity: Identity,
+    env: Vec<String>,
+    workdir: String,
+    program: PathBuf,
+    argv: Vec<String>,
+}
+
+impl Prepared {
+    /// `argv` as `config` says to run it; `create_workdir` makes a
+    /// missing working directory (as Docker does for a container's).
+    pub fn new(config: &RunConfig, argv: &[String], create_workdir: bool) -> Result<Self, Failure> {
+        let identity = match &config.user {
+            Some(spec) => {
+                let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+                let group = fs::read_to_string("/etc/group").unwrap_or_default();
+                user::resolve(spec, &passwd, &group).map_err(|e| Failure::setup(e.to_string()))?
+            }
+            None => Identity {
+                uid: 0,
+                gid: 0,
+                groups: vec![0],
+                home: root_home(),
+            },
+        };
+        let env = environment(config, &identity);
+        let workdir = config.workdir.clone().unwrap_or_else(|| "/".into());
+        if !Path::new(&workdir).is_dir() {
+            if !create_workdir {
+                return Err(Failure::setup(format!("{workdir}: no such directory")));
+            }
+            fs::create_dir_all(&workdir)
+                .map_err(|e| Failure::setup(format!("cannot create workdir {workdir}: {e}")))?;
+        }
+        let program = find_program(&argv[0], &env)?;
+        Ok(Prepared {
+            identity,
+            env,
+            workdir,
+            program,
+            argv: argv.to_vec(),
+        })
+    }
+
+    /// The command, as the user it runs as, in a session of its own.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .arg0(&self.argv[0])
+            .args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().filter_map(|e| e.split_once('=')))
+            .current_dir(&self.workdir);
+        sys::drop_to(&mut command, self.identity.clone());
+        command
+    }
 }
 
 fn load_config() -> Result<RunConfig, Failure> {
@@ -185,7 +244,7 @@ fn environment(config: &RunConfig, identity: &Identity) -> Vec<String> {
 
 /// `name` itself when it holds a `/`, else the first executable file of
 /// that name in the command's `PATH` (any execute bit, as root sees it).
-fn find_program(name: &str, env: &[String]) -> Result<std::path::PathBuf, Failure> {
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Failure> {
     let not_found = || Failure {
         status: STATUS_NOT_FOUND,
         message: format!("{name}: command not found"),
@@ -219,7 +278,7 @@ fn find_program(name: &str, env: &[String]) -> Result<std::path::PathBuf, Failur
     }
 }
 
-fn spawn_failure(name: &str, e: &std::io::Error) -> Failure {
+pub(crate) fn spawn_failure(name: &str, e: &std::io::Error) -> Failure {
     let status = match e.raw_os_error() {
         Some(libc::ENOENT) => STATUS_NOT_FOUND,
         Some(libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => STATUS_NOT_EXECUTABLE,

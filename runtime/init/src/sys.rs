@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -195,44 +196,35 @@ impl SignalSet {
         SignalSet(set)
     }
 
-    /// Blocks the set, so the signals wait for `wait_for` (the child
+    /// Blocks the set, so they wait for [`SignalSet::next`] (the child
     /// unblocks them in [`drop_to`]).
     pub fn block(&self) {
         // SAFETY: self.0 is a valid set; the old mask is not wanted.
         unsafe { libc::sigprocmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) };
     }
 
-    /// Forwards signals to `pid` and reaps every child until `pid` ends;
-    /// returns its raw wait status.
-    pub fn wait_for(&self, pid: libc::pid_t) -> i32 {
-        loop {
-            // SAFETY: self.0 is valid; a null siginfo is allowed.
-            let signal = unsafe { libc::sigwaitinfo(&self.0, std::ptr::null_mut()) };
-            if signal == libc::SIGCHLD || signal == -1 {
-                if let Some(status) = reap(pid) {
-                    return status;
-                }
-            } else {
-                // SAFETY: kill(2) with a plain pid and signal number.
-                unsafe { libc::kill(pid, signal) };
-            }
-        }
+    /// Waits for the next signal of the set.
+    pub fn next(&self) -> libc::c_int {
+        // SAFETY: self.0 is valid; a null siginfo is allowed.
+        unsafe { libc::sigwaitinfo(&self.0, std::ptr::null_mut()) }
+    }
+
+    pub fn is_forwarded(signal: libc::c_int) -> bool {
+        Self::FORWARDED.contains(&signal)
     }
 }
 
-/// Reaps every exited child; the wait status of `pid` if it was one.
-fn reap(pid: libc::pid_t) -> Option<i32> {
-    let mut found = None;
+/// Reaps every exited child, calling `ended` with each pid and raw wait
+/// status.
+pub fn reap(mut ended: impl FnMut(libc::pid_t, i32)) {
     loop {
         let mut status = 0;
         // SAFETY: status is a valid out-pointer.
         let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if reaped <= 0 {
-            return found;
+            return;
         }
-        if reaped == pid {
-            found = Some(status);
-        }
+        ended(reaped, status);
     }
 }
 
@@ -244,7 +236,7 @@ pub fn terminate_others() {
         return; // nobody left
     }
     for _ in 0..100 {
-        reap(0);
+        reap(|_, _| {});
         // SAFETY: a probe of whether any child is left.
         let left = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
         if left == -1 {
@@ -254,7 +246,7 @@ pub fn terminate_others() {
     }
     // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
-    reap(0);
+    reap(|_, _| {});
 }
 
 pub fn sync_all() {
@@ -271,4 +263,183 @@ pub fn power_off() -> ! {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+/// A listening AF_VSOCK stream socket on `port`, any CID.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; a new fd or -1.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    addr.svm_port = port;
+    // SAFETY: addr is a valid sockaddr_vm and its size is passed with it.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    check(ret)?;
+    // SAFETY: listen(2) on a bound socket we own.
+    check(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
+    Ok(fd)
+}
+
+/// The next connection on `listener` (retrying on EINTR).
+pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    loop {
+        // SAFETY: accept4 on a listening socket; the peer address is not
+        // wanted, so both pointers are null.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a new fd from accept4, owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A new pseudo-terminal: (master, slave), both close-on-exec.
+pub fn open_pty(size: Option<(u16, u16)>) -> io::Result<(fs::File, fs::File)> {
+    // SAFETY: posix_openpt with valid flags; a new fd or -1.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if master < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd, owned from here on.
+    let master = unsafe { fs::File::from_raw_fd(master) };
+    // SAFETY: grantpt/unlockpt on the master we own.
+    check(unsafe { libc::grantpt(master.as_raw_fd()) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::unlockpt(master.as_raw_fd()) })?;
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: the buffer is valid for its length; ptsname_r NUL-terminates.
+    let ret = unsafe { libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    // SAFETY: ptsname_r succeeded, so name holds a NUL-terminated string.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    // SAFETY: path is NUL-terminated; a new fd or -1.
+    let slave = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd, owned from here on.
+    let slave = unsafe { fs::File::from_raw_fd(slave) };
+    if let Some((rows, cols)) = size {
+        set_window_size(&master, rows, cols)?;
+    }
+    Ok((master, slave))
+}
+
+/// Sets a terminal's size (the process on it gets SIGWINCH).
+pub fn set_window_size(tty: &fs::File, rows: u16, cols: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &size) })
+}
+
+/// `kill(2)`.
+pub fn signal(pid: libc::pid_t, signal: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: kill(2) with a positive pid: one process, never a group.
+    check(unsafe { libc::kill(pid, signal) })
+}
+
+/// Sets the realtime clock.
+pub fn set_clock(secs: u64, nanos: u32) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(secs)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        tv_nsec: libc::c_long::from(nanos.min(999_999_999) as i32),
+    };
+    // SAFETY: a valid timespec pointer.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })
+}
+
+/// The IPv4 and IPv6 addresses of every interface but loopback, as
+/// `iface addr/prefix`.
+pub fn addresses() -> Vec<String> {
+    let mut list = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills list with a chain freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the chain getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0 {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the chain.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
+        // SAFETY: ifa_addr is non-null and points at a sockaddr whose
+        // family says which sockaddr_* it is; the netmask has that family
+        // too when present.
+        let entry = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let addr = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                    let prefix = if ifa.ifa_netmask.is_null() {
+                        32
+                    } else {
+                        let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                        m.sin_addr.s_addr.count_ones()
+                    };
+                    Some(format!("{name} {addr}/{prefix}"))
+                }
+                libc::AF_INET6 => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let addr = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                    let prefix = if ifa.ifa_netmask.is_null() {
+                        128
+                    } else {
+                        let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
+                        m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum()
+                    };
+                    Some(format!("{name} {addr}/{prefix}"))
+                }
+                _ => None,
+            }
+        };
+        out.extend(entry);
+    }
+    // SAFETY: list came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
 }

@@ -11,11 +11,12 @@
 //! one husk made, and exits. So nothing is left behind.
 
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::seccomp::{Filters, SeccompMode, ThreadKind};
 use devices::virtio::vsock::host;
@@ -343,5 +344,52 @@ mod tests {
             HostVsock::start(&long, 3, SeccompMode::Kill),
             Err(VsockError::TooLong(_))
         ));
+    }
+}
+
+/// Why [`connect_guest`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {0}")]
+    Socket(PathBuf, #[source] io::Error),
+    /// Nothing in the guest listens on the port (or the guest is not up).
+    #[error("the guest refused port {0}")]
+    Refused(u32),
+    #[error("expected \"OK <port>\" for port {0}, got {1:?}")]
+    Protocol(u32, String),
+}
+
+/// A host program's side of hybrid vsock: a stream to guest `port`
+/// through the VM's socket `uds` (`CONNECT <port>\n`, answered with
+/// `OK <host port>\n`). `timeout` bounds the wait for the answer.
+pub fn connect_guest(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, ConnectError> {
+    let socket_err = |e| ConnectError::Socket(uds.to_path_buf(), e);
+    let mut s = UnixStream::connect(uds).map_err(socket_err)?;
+    s.set_read_timeout(Some(timeout)).map_err(socket_err)?;
+    writeln!(s, "CONNECT {port}").map_err(socket_err)?;
+    // A byte at a time: nothing after the line is taken from the stream.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match s.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) if line.is_empty() => return Err(ConnectError::Refused(port)),
+            Err(e) if line.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(ConnectError::Refused(port))
+            }
+            Ok(_) => break,
+            Err(e) => return Err(socket_err(e)),
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    match text
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    {
+        Some(_) => {
+            s.set_read_timeout(None).map_err(socket_err)?;
+            Ok(s)
+        }
+        None => Err(ConnectError::Protocol(port, text.into_owned())),
     }
 }

@@ -261,39 +261,15 @@ pub fn time_run(cmd: &mut Command, first: First) -> Result<(f64, f64), String> {
     }
 }
 
-/// Connects to a VM's hybrid vsock socket and asks for guest port `port`
-/// (`CONNECT <port>`): the stream once husk answered `OK <host port>`,
-/// with a 60 s read timeout, or what it said instead.
+/// A host program's hybrid-vsock connection to guest `port` through the
+/// VM's socket `uds`, with a 60 s read timeout (also for the answer).
 pub fn hybrid_vsock_connect(
     uds: &Path,
     port: u32,
 ) -> Result<std::os::unix::net::UnixStream, String> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(uds)
-        .map_err(|e| format!("connect {}: {e}", uds.display()))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+    let minute = std::time::Duration::from_secs(60);
+    let s = vmm::vsock::connect_guest(uds, port, minute).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(minute))
         .map_err(|e| e.to_string())?;
-    writeln!(s, "CONNECT {port}").map_err(|e| e.to_string())?;
-    // A byte at a time: nothing after the line is taken from the stream.
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.last() != Some(&b'\n') {
-        match s.read(&mut byte) {
-            Ok(1) => line.push(byte[0]),
-            _ => {
-                return Err(format!(
-                    "no OK for port {port}: got {:?}",
-                    String::from_utf8_lossy(&line)
-                ))
-            }
-        }
-    }
-    let line = String::from_utf8_lossy(&line);
-    match line
-        .strip_prefix("OK ")
-        .and_then(|p| p.trim().parse::<u32>().ok())
-    {
-        Some(_) => Ok(s),
-        None => Err(format!("expected OK <port>, got {line:?}")),
-    }
+    Ok(s)
 }

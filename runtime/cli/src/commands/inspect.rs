@@ -7,8 +7,9 @@ use super::target::{boot_cmdline, Target};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A built image (ext4 or initramfs), an appliance file, or an image
-    /// reference (built first, from the cache when it can be)
+    /// A built image (ext4 or initramfs), an appliance file, an image
+    /// reference (built first, from the cache when it can be), or the
+    /// name of a detached appliance
     image: String,
     /// List every file with its mode, owner and size
     #[arg(long)]
@@ -16,6 +17,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // A detached appliance's name, as docker inspect takes a container's.
+    if !Path::new(&args.image).exists() && crate::vms::check_name(&args.image).is_ok() {
+        if let Ok(vm) = crate::vms::VmDir::find(&args.image) {
+            return inspect_vm(&vm);
+        }
+    }
     let path = if Path::new(&args.image).is_file()
         && builder::inspect::format_of(Path::new(&args.image)).is_ok()
     {
@@ -78,4 +85,21 @@ fn shell_words(argv: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A detached appliance: its recorded state, its folder and, while it
+/// runs, the guest's own view, as JSON.
+fn inspect_vm(vm: &crate::vms::VmDir) -> anyhow::Result<ExitCode> {
+    let state = vm.current_state()?;
+    let running = state.status == crate::vms::Status::Running;
+    let mut value = serde_json::to_value(&state)?;
+    value["dir"] = vm.dir.display().to_string().into();
+    value["log"] = vm.log().display().to_string().into();
+    if running {
+        if let Some(guest) = super::ps::guest_info(vm) {
+            value["guest"] = serde_json::to_value(guest)?;
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@ use vmm::vsock::{HostVsock, MAX_CONNECTIONS};
 use vmm::{DiskAccess, DiskConfig, NetBackendConfig, NetConfig, VmConfig, VmExit};
 
 use super::target::{boot_cmdline, Target};
+use crate::vms::{self, keeper, VmDir};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;
@@ -87,6 +88,16 @@ pub struct Args {
     /// guest's CID is the appliance's vm.vsock.cid, else 3.
     #[arg(long, value_name = "PATH")]
     vsock: Option<PathBuf>,
+    /// Run in the background: print the appliance's name and return once
+    /// its command started (see husk ps, logs, exec, stop, rm)
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// The detached appliance's name (default: husk- and 6 hex digits)
+    #[arg(long, requires = "detach")]
+    name: Option<String>,
+    /// With -d: return once the appliance's [run.ready] check passes
+    #[arg(long, requires = "detach")]
+    wait_ready: bool,
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
@@ -466,7 +477,17 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
 }
 
 pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
+    let vm_child = keeper::from_env(keeper::VM_ENV);
+    if args.detach && vm_child.is_none() {
+        return match keeper::from_env(keeper::KEEPER_ENV) {
+            Some(vm) => keep(&args, vm),
+            None => detach(&args),
+        };
+    }
     let mut plan = plan(&args)?;
+    if let Some(vm) = &vm_child {
+        plan.vsock = Some(detached_vsock(&plan, vm));
+    }
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
     let (net, _passt, net_setup) = attach_net(&plan.net)?;
@@ -587,6 +608,139 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_TIMEOUT)
         }
     })
+}
+
+/// A detached VM's vsock: the appliance's own, else one in its folder
+/// (the guest agent's way in).
+fn detached_vsock(plan: &Plan, vm: &VmDir) -> (u32, PathBuf) {
+    plan.vsock
+        .clone()
+        .unwrap_or_else(|| (DEFAULT_CID, vm.vsock()))
+}
+
+/// `husk run -d` as the user typed it: checks and builds, makes the VM's
+/// folder, starts the keeper and waits for its word.
+fn detach(args: &Args) -> anyhow::Result<ExitCode> {
+    if args.target.is_none() {
+        anyhow::bail!("-d runs an appliance or an image in the background: name one");
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => vms::random_name(),
+    };
+    vms::check_name(&name)?;
+    let plan = plan(args)?;
+    if args.wait_ready {
+        ready_check(args)?;
+    }
+    let root = vms::root()?;
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let vm = VmDir::at(&root, &name);
+    if let Err(e) = std::fs::create_dir(&vm.dir) {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            let running = vm
+                .current_state()
+                .map_or(true, |s| s.status != vms::Status::Exited);
+            if running {
+                anyhow::bail!(
+                    "the name {name:?} is in use by a running appliance: \
+                     husk stop {name}, or choose another --name"
+                );
+            }
+            anyhow::bail!(
+                "the name {name:?} is taken by an appliance that has exited: \
+                 husk rm {name} first, or choose another --name"
+            );
+        }
+        return Err(e).with_context(|| format!("cannot create {}", vm.dir.display()));
+    }
+    drop(plan);
+    let (from_keeper, to_cli) = std::io::pipe().context("pipe")?;
+    let exe = std::env::current_exe().context("cannot locate the husk binary")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(keeper::KEEPER_ENV, &vm.dir)
+        .env_remove(keeper::VM_ENV)
+        .stdin(std::process::Stdio::null())
+        .stdout(to_cli.try_clone().context("pipe")?)
+        .stderr(to_cli);
+    // SAFETY: setsid(2) in the forked child, async-signal-safe: the
+    // keeper leaves this terminal's session, so closing the terminal or
+    // ^C here does not reach it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut keeper = command.spawn().context("cannot start the keeper")?;
+    drop(command);
+    let word = keeper::await_keeper(from_keeper);
+    match word {
+        Ok(None) => {
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Some(code)) => {
+            let _ = keeper.wait();
+            let status = code.map_or("unknown".into(), |c| c.to_string());
+            eprintln!("husk: {name} stopped before it was ready (exit status {status}); its console ends with:");
+            let tail = vms::log::tail(&vm.log(), Some(20)).unwrap_or_default();
+            eprint!("{}", String::from_utf8_lossy(&tail));
+            eprintln!("husk: see husk logs {name}; husk rm {name} removes it");
+            Ok(ExitCode::from(code.filter(|c| *c != 0).unwrap_or(1)))
+        }
+        Err(e) => {
+            let _ = keeper.wait();
+            if !vm.state_file().exists() {
+                let _ = std::fs::remove_dir_all(&vm.dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The appliance's `[run.ready]` check, for `--wait-ready`.
+fn ready_check(args: &Args) -> anyhow::Result<(keeper::Ready, Duration)> {
+    let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
+    let ready = target
+        .appliance()
+        .and_then(|a| a.run.ready.clone())
+        .context(
+            "--wait-ready: the appliance has no [run.ready] check (tcp = PORT or command = [...])",
+        )?;
+    let check = match (ready.tcp, ready.command) {
+        (Some(port), _) => keeper::Ready::Tcp(port),
+        (None, Some(argv)) => keeper::Ready::Command(argv),
+        (None, None) => anyhow::bail!("[run.ready] names no check"),
+    };
+    Ok((check, Duration::from_secs(ready.timeout.into())))
+}
+
+/// The keeper's side of `husk run -d`.
+fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
+    let plan = plan(args)?;
+    let (_, uds) = detached_vsock(&plan, &vm);
+    let ready = if args.wait_ready {
+        Some(ready_check(args)?)
+    } else {
+        None
+    };
+    let ports = plan
+        .net
+        .iter()
+        .flat_map(|n| &n.ports)
+        .map(|p| {
+            let ip = p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+            let proto = if p.udp { "/udp" } else { "/tcp" };
+            format!("{ip}{}->{}{proto}", p.host_port, p.guest_port)
+        })
+        .collect();
+    drop(plan);
+    let image = args.target.clone().unwrap_or_default();
+    let code = keeper::keep(vm, uds, image, ports, ready)?;
+    Ok(ExitCode::from(code))
 }
 
 fn is_root() -> bool {

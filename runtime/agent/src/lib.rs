@@ -1,0 +1,274 @@
+//! The protocol between husk's host side and the guest agent that husk's
+//! init serves on vsock port [`PORT`].
+//!
+//! A connection carries frames: a 4-byte little-endian length, then that
+//! many bytes of JSON. The host sends one [`Request`] and reads one
+//! [`Response`], as often as it likes, in order. Two requests turn the
+//! connection into something else once answered: [`Request::Attach`]
+//! makes it one of a process's byte streams (stdin, stdout, stderr or its
+//! terminal), and [`Request::Wait`] holds it until the process ends. So a
+//! process's output never waits behind a request, and nobody polls.
+//!
+//! Every request names the protocol version it speaks ([`VERSION`]); an
+//! agent refuses another with [`ErrorKind::Version`]. New optional fields
+//! may be added within a version (unknown fields are refused, so both
+//! sides move together: they ship in one husk).
+
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The guest agent's vsock port.
+pub const PORT: u32 = 1024;
+/// The protocol version this crate speaks.
+pub const VERSION: u32 = 1;
+/// The largest frame either side accepts: a request is small; a process's
+/// argv and environment fit many times over.
+pub const MAX_FRAME: usize = 1 << 20;
+/// The id of the appliance's own command (the one init starts).
+pub const MAIN: u32 = 0;
+
+/// A process to start in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// argv; a program without a `/` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries set over the appliance's own environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory (default: the appliance's).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid` (default: the appliance's).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Give the process a terminal (one stream, [`Stream::Tty`]) instead
+    /// of three pipes.
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size, when `tty`.
+    #[serde(default)]
+    pub size: Option<WindowSize>,
+    /// Keep stdin open for an [`Request::Attach`] of [`Stream::Stdin`];
+    /// without it the process reads `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// One of a process's byte streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdin,
+    Stdout,
+    Stderr,
+    /// The terminal of a process started with `tty`: both directions.
+    Tty,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// This signal ended it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell shows: the code, or 128 + the signal.
+    pub fn shell_code(self) -> u8 {
+        match self {
+            ExitStatus::Code(c) => c as u8,
+            ExitStatus::Signal(s) => 128u8.wrapping_add(s as u8),
+        }
+    }
+}
+
+/// What the host asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Answered with [`Response::Pong`]: the agent is there.
+    Ping,
+    /// Waits until the appliance's command has started (or failed to).
+    /// Answer: [`Response::Started`] with id [`MAIN`], or
+    /// [`Response::Exited`] when it could not start or already ended.
+    MainStarted,
+    /// Starts a process. Answer: [`Response::Started`].
+    Start { process: Process },
+    /// Makes this connection one of the process's streams. Answer:
+    /// [`Response::Ok`], then raw bytes: what the host writes reaches the
+    /// process's stdin (or terminal); what the process writes arrives, and
+    /// the end of its output is the end of the connection. Each stream can
+    /// be attached once.
+    Attach { id: u32, stream: Stream },
+    /// Sends a signal to the process. Answer: [`Response::Ok`].
+    Signal { id: u32, signal: i32 },
+    /// Waits for the process to end, and forgets it. Answer:
+    /// [`Response::Exited`].
+    Wait { id: u32 },
+    /// Closes the process's stdin (the end of its input). Answer:
+    /// [`Response::Ok`].
+    CloseStdin { id: u32 },
+    /// Sets the size of the process's terminal. Answer: [`Response::Ok`].
+    Resize { id: u32, size: WindowSize },
+    /// The guest's hostname, addresses and uptime. Answer:
+    /// [`Response::Info`].
+    Info,
+    /// Sets the guest's clock. Answer: [`Response::Ok`].
+    SetTime { secs: u64, nanos: u32 },
+    /// Whether something in the guest accepts TCP connections on
+    /// 127.0.0.1:`port` (a readiness check). Answer: [`Response::Ok`] or
+    /// an error.
+    ProbeTcp { port: u16 },
+    /// Stops the guest cleanly: SIGTERM to the appliance's command,
+    /// SIGKILL after `grace_ms`, then init ends every process and powers
+    /// off. Answer: [`Response::Ok`] at once.
+    Shutdown { grace_ms: u64 },
+}
+
+/// What the agent answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "re", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    Ok,
+    Pong,
+    Started { id: u32, pid: i32 },
+    Exited { status: ExitStatus },
+    Info(GuestInfo),
+    Error { kind: ErrorKind, message: String },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was not understood.
+    BadRequest,
+    /// The request speaks another protocol version.
+    Version,
+    /// No process has that id (never started, or already waited for).
+    NoSuchProcess,
+    /// The process could not start; `status` as a shell would report it
+    /// (127 not found, 126 not executable, 125 anything else).
+    StartFailed { status: u8 },
+    /// The stream is already attached, or the process has no such stream.
+    NotAttachable,
+    /// Too many processes or streams at once.
+    Busy,
+    /// The operation failed in the guest.
+    Failed,
+}
+
+/// The guest's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestInfo {
+    pub hostname: String,
+    pub uptime_ms: u64,
+    /// Addresses as `iface addr/prefix`, loopback left out.
+    pub addresses: Vec<String>,
+    /// Processes the agent is keeping (running, or ended and not waited for).
+    pub processes: u32,
+}
+
+/// A request with the version it speaks, as framed on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection: {0}")]
+    Io(#[source] io::Error),
+    #[error("the connection ended in the middle of a frame")]
+    Truncated,
+    #[error("a frame of {0} bytes is larger than the {MAX_FRAME} allowed")]
+    TooLarge(usize),
+    #[error("a frame is not a valid message")]
+    Json(#[source] serde_json::Error),
+    #[error("the peer speaks protocol version {0}; this side speaks {VERSION}")]
+    Version(u32),
+}
+
+/// Encodes `message` as one frame.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let envelope = Envelope {
+        v: VERSION,
+        body: message,
+    };
+    let json = serde_json::to_vec(&envelope).expect("protocol types serialize");
+    let mut frame = Vec::with_capacity(4 + json.len());
+    frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&json);
+    frame
+}
+
+/// Decodes one frame's body (the bytes after the length).
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    // The version first, so a newer peer hears why, not a shape error.
+    let version: Version = serde_json::from_slice(body).map_err(FrameError::Json)?;
+    if version.v != VERSION {
+        return Err(FrameError::Version(version.v));
+    }
+    let envelope: Envelope<T> = serde_json::from_slice(body).map_err(FrameError::Json)?;
+    Ok(envelope.body)
+}
+
+/// Writes one frame.
+pub fn write<T: Serialize>(w: &mut impl Write, message: &T) -> Result<(), FrameError> {
+    w.write_all(&encode(message)).map_err(FrameError::Io)
+}
+
+/// Reads one frame; `None` when the connection ended cleanly before it.
+pub fn read<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Option<T>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    decode(&body).map(Some)
+}
+
+/// Sends `request` and reads its answer.
+pub fn call(conn: &mut (impl Read + Write), request: &Request) -> Result<Response, FrameError> {
+    write(conn, request)?;
+    read(conn)?.ok_or(FrameError::Truncated)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+//! `husk exec`: run a command in a detached appliance, with its output
+//! here and its exit status as husk's own, as `docker exec` does.
+//!
+//! The keeper hands over connections to the guest agent; the command's
+//! streams each get one, so its bytes go straight between this process
+//! and the guest.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+
+use agent::{Process, Request, Response, Stream, WindowSize};
+use vmm_sys_util::terminal::Terminal;
+
+use crate::vms::control::Control;
+use crate::vms::{Status, VmDir};
+
+/// Exit status when the command could not be started for a reason other
+/// than its own (docker exec's 126/127 come from the guest).
+const EXIT_EXEC_FAILED: u8 = 125;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep stdin open and pass it to the command
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable for the command
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Run as this user (user, uid, user:group or uid:gid)
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory in the guest
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    name: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let vm = VmDir::find(&args.name)?;
+    if vm.current_state()?.status == Status::Exited {
+        anyhow::bail!("{} is not running (husk ps -a)", args.name);
+    }
+    for e in &args.env {
+        if !e.contains('=') || e.starts_with('=') {
+            anyhow::bail!("-e {e}: write KEY=VALUE");
+        }
+    }
+    let tty = args.tty && io::stdin().is_terminal();
+    if args.tty && !tty {
+        eprintln!("husk: -t: stdin is not a terminal; running without one");
+    }
+    if tty {
+        block_sigwinch();
+    }
+    let mut control = Control::connect(&vm.control(), &vm.name)?;
+    let process = Process {
+        argv: args.command.clone(),
+        env: args.env.clone(),
+        cwd: args.workdir.clone(),
+        user: args.user.clone(),
+        tty,
+        size: if tty { window_size() } else { None },
+        stdin: args.interactive,
+    };
+    let mut main = control.agent()?;
+    let id = match agent::call(&mut main, &Request::Start { process })? {
+        Response::Started { id, .. } => id,
+        Response::Error {
+            kind: agent::ErrorKind::StartFailed { status },
+            message,
+        } => {
+            eprintln!("husk: {message}");
+            return Ok(ExitCode::from(status));
+        }
+        Response::Error { message, .. } => {
+            eprintln!("husk: {message}");
+            return Ok(ExitCode::from(EXIT_EXEC_FAILED));
+        }
+        other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+    };
+    let mut attach = |stream: Stream| -> anyhow::Result<UnixStream> {
+        let mut conn = control.agent()?;
+        match agent::call(&mut conn, &Request::Attach { id, stream })? {
+            Response::Ok => Ok(conn),
+            Response::Error { message, .. } => anyhow::bail!("attach: {message}"),
+            other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+        }
+    };
+    let mut outputs = Vec::new();
+    let mut raw = None;
+    if tty {
+        let conn = attach(Stream::Tty)?;
+        raw = Some(RawMode::enter());
+        if args.interactive {
+            pump_stdin(conn.try_clone()?);
+        }
+        outputs.push(pump_out(conn, io::stdout()));
+        forward_resizes(control, id);
+    } else {
+        if args.interactive {
+            pump_stdin(attach(Stream::Stdin)?);
+        }
+        outputs.push(pump_out(attach(Stream::Stdout)?, io::stdout()));
+        outputs.push(pump_out(attach(Stream::Stderr)?, io::stderr()));
+    }
+    main.set_read_timeout(None)?;
+    let status = match agent::call(&mut main, &Request::Wait { id }) {
+        Ok(Response::Exited { status }) => Some(status),
+        Ok(_) | Err(_) => None,
+    };
+    for o in outputs {
+        let _ = o.join();
+    }
+    drop(raw);
+    match status {
+        Some(s) => Ok(ExitCode::from(s.shell_code())),
+        None => {
+            eprintln!("husk: lost the command's status (did {} stop?)", args.name);
+            Ok(ExitCode::from(EXIT_EXEC_FAILED))
+        }
+    }
+}
+
+/// Copies this process's stdin to the command; at its end, the command's
+/// stdin ends too. Not joined: it may sit in a read of the terminal.
+fn pump_stdin(mut conn: UnixStream) {
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = conn.shutdown(Shutdown::Write);
+    });
+}
+
+fn pump_out(
+    mut conn: UnixStream,
+    mut to: impl Write + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// This terminal's size.
+fn window_size() -> Option<WindowSize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize to a valid pointer.
+    let ret = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
+    (ret == 0 && ws.ws_row > 0).then_some(WindowSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
+}
+
+fn sigwinch() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, set up by sigemptyset/sigaddset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGWINCH);
+        set
+    }
+}
+
+/// Blocks SIGWINCH in this thread, before any other starts: every thread
+/// inherits the mask, so the signal waits for [`forward_resizes`]'s sigwait.
+fn block_sigwinch() {
+    let set = sigwinch();
+    // SAFETY: a valid set; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Passes each change of this terminal's size to the command's.
+fn forward_resizes(mut control: Control, id: u32) {
+    let set = sigwinch();
+    std::thread::spawn(move || {
+        let mut conn: Option<UnixStream> = None;
+        loop {
+            let mut signal = 0;
+            // SAFETY: set is a valid sigset_t, signal a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                return;
+            }
+            let Some(size) = window_size() else { continue };
+            if conn.is_none() {
+                conn = control.agent().ok();
+            }
+            let Some(c) = conn.as_mut() else { return };
+            if agent::call(c, &Request::Resize { id, size }).is_err() {
+                conn = None;
+            }
+        }
+    });
+}
+
+/// Raw mode on this terminal for as long as it lives.
+struct RawMode;
+
+impl RawMode {
+    fn enter() -> Option<Self> {
+        io::stdin().lock().set_raw_mode().ok().map(|_| RawMode)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = io::stdin().lock().set_canon_mode();
+    }
+}

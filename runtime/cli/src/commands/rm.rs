@@ -1,0 +1,56 @@
+//! `husk rm`: remove a detached appliance that has stopped (with -f, stop
+//! it first).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::vms::{Status, VmDir};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Stop a running appliance at once (SIGKILL) and remove it
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for name in &args.names {
+        match remove(name, args.force) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("husk: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn remove(name: &str, force: bool) -> anyhow::Result<()> {
+    let vm = VmDir::find(name)?;
+    let state = vm.current_state()?;
+    if state.status != Status::Exited {
+        if !force {
+            anyhow::bail!("{name} is running: husk stop {name} first, or husk rm -f {name}");
+        }
+        super::stop::stop_one(name, 0)?;
+    }
+    let state = vm.read_state()?;
+    if state.status != Status::Exited {
+        // Its keeper was killed: what it left of the VM died with it
+        // (parent-death signals); the jail's folder and cgroup are swept.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
+        }
+    }
+    std::fs::remove_dir_all(&vm.dir).with_context(|| format!("cannot remove {}", vm.dir.display()))
+}

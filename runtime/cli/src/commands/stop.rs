@@ -1,0 +1,134 @@
+//! `husk stop` and `husk kill`: end a detached appliance's command.
+
+use std::process::ExitCode;
+
+use crate::vms::control::{Control, Request, Response};
+use crate::vms::{Status, VmDir};
+
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// Seconds between SIGTERM and SIGKILL
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u32,
+    /// The appliances to stop
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    name: String,
+    /// A signal name (TERM, SIGTERM) or number
+    #[arg(default_value = "KILL")]
+    signal: String,
+}
+
+/// SIGTERM to the command, SIGKILL after the grace period; the VM powers
+/// off when the command ends. Stopping one that has stopped is not an
+/// error (as with docker).
+pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for name in &args.names {
+        match stop_one(name, args.time) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("husk: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn stop_one(name: &str, grace_secs: u32) -> anyhow::Result<()> {
+    let vm = VmDir::find(name)?;
+    if vm.current_state()?.status == Status::Exited {
+        return Ok(());
+    }
+    let mut control = match Control::connect(&vm.control(), name) {
+        Ok(c) => c,
+        // It ended between the two looks.
+        Err(_) if vm.current_state()?.status == Status::Exited => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    control.call(&Request::Stop {
+        grace_ms: u64::from(grace_secs) * 1000,
+    })?;
+    Ok(())
+}
+
+pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
+    let signal = parse_signal(&args.signal)?;
+    let vm = VmDir::find(&args.name)?;
+    if vm.current_state()?.status == Status::Exited {
+        anyhow::bail!("{} is not running", args.name);
+    }
+    let mut control = Control::connect(&vm.control(), &args.name)?;
+    match control.call(&Request::Kill { signal })? {
+        Response::Ok => {
+            println!("{}", args.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        other => anyhow::bail!("unexpected answer from the keeper: {other:?}"),
+    }
+}
+
+const SIGNALS: [(&str, i32); 19] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("WINCH", libc::SIGWINCH),
+];
+
+/// A signal by number, or by name with or without `SIG` (any case).
+pub fn parse_signal(arg: &str) -> anyhow::Result<i32> {
+    if let Ok(n) = arg.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        anyhow::bail!("{arg}: signal numbers go from 1 to 64");
+    }
+    let upper = arg.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| anyhow::anyhow!("{arg:?} is not a signal husk knows (try a number, or TERM, KILL, HUP, INT, USR1...)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_signal;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("sigterm").unwrap(), 15);
+        assert_eq!(parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1);
+        assert_eq!(parse_signal("hup").unwrap(), 1);
+        for bad in ["0", "65", "-1", "SIGNOPE", "", "SIG"] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+}

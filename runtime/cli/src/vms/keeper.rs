@@ -1,0 +1,481 @@
+//! The keeper: the process that owns one detached VM.
+//!
+//! `husk run -d` starts it (the same command line, in a session of its
+//! own) and waits for its word on a pipe. The keeper starts the VM as a
+//! foreground `husk run` child (so the jail, passt and the vsock broker
+//! are exactly what a foreground run gets), writes the child's console
+//! to the rotated log, waits for the guest agent to say the appliance's
+//! command started (and for the readiness check, when asked), says
+//! `ready`, then serves the control socket until the VM ends, records
+//! the exit status and leaves. The VM child dies with the keeper
+//! (`PR_SET_PDEATHSIG`): a killed keeper leaves no VM behind, and `ps`
+//! shows it exited.
+
+use std::io::{self, BufRead, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::control::{self, Request, Response};
+use super::log::{LogWriter, MAX_LOG};
+use super::{now_ms, process_start, State, Status, VmDir};
+
+/// Set in the keeper's environment: the VM's folder.
+pub const KEEPER_ENV: &str = "HUSK_KEEPER_DIR";
+/// Set in the VM child's environment: the VM's folder (its vsock socket).
+pub const VM_ENV: &str = "HUSK_VM_DIR";
+/// The line the keeper prints once the appliance is up; anything else it
+/// prints before is an error for the user.
+pub const READY: &str = "husk-keeper: ready";
+/// The line the keeper prints when the VM ended before it was ready.
+pub const EXITED: &str = "husk-keeper: exited";
+
+/// How long the keeper waits for the guest agent after the VM started.
+const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// An agent request's answer, when the guest is up.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a readiness check asks of the guest.
+#[derive(Debug, Clone)]
+pub enum Ready {
+    Tcp(u16),
+    Command(Vec<String>),
+}
+
+/// The VM's end, shared between the keeper's threads.
+struct Shared {
+    vm: VmDir,
+    uds: PathBuf,
+    child_pid: u32,
+    /// `Some(code)` once the VM child ended (`None` inside: no status).
+    exit: Mutex<Option<Option<u8>>>,
+    ended: Condvar,
+}
+
+impl Shared {
+    fn wait_exit(&self, timeout: Option<Duration>) -> Option<Option<u8>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(code) = *exit {
+                return Some(code);
+            }
+            match deadline {
+                None => exit = self.ended.wait(exit).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    exit = self
+                        .ended
+                        .wait_timeout(exit, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    fn has_ended(&self) -> bool {
+        self.exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// A new connection to the guest agent.
+    fn agent(&self) -> anyhow::Result<UnixStream> {
+        if self.has_ended() {
+            anyhow::bail!("{} has stopped", self.vm.name);
+        }
+        let conn = vmm::vsock::connect_guest(&self.uds, agent::PORT, AGENT_TIMEOUT)
+            .with_context(|| format!("cannot reach {}'s guest agent", self.vm.name))?;
+        conn.set_read_timeout(Some(AGENT_TIMEOUT))?;
+        Ok(conn)
+    }
+
+    /// One agent request on a connection of its own.
+    fn agent_call(&self, request: &agent::Request) -> anyhow::Result<agent::Response> {
+        let mut conn = self.agent()?;
+        match agent::call(&mut conn, request)? {
+            agent::Response::Error { message, .. } => Err(anyhow::anyhow!("{message}")),
+            r => Ok(r),
+        }
+    }
+
+    /// The VM child, ended at once; what the jail leaves is swept.
+    fn kill_vm(&self) {
+        // SAFETY: kill(2) of our own child, which is not yet reaped (the
+        // waiter thread reaps it, and sets `exit` after).
+        unsafe { libc::kill(self.child_pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// The keeper's life: never returns an error to a caller who is gone;
+/// errors before `ready` go to the `husk run -d` that waits on stdout.
+pub fn keep(
+    vm: VmDir,
+    uds: PathBuf,
+    image: String,
+    ports: Vec<String>,
+    ready: Option<(Ready, Duration)>,
+) -> anyhow::Result<u8> {
+    // Everything the keeper makes is the user's alone.
+    // SAFETY: umask(2) cannot fail.
+    unsafe { libc::umask(0o077) };
+    // The waiting `husk run -d` may be gone (interrupted): its pipe's
+    // end is then EPIPE, not a signal.
+    // SAFETY: ignoring SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let me = std::process::id();
+    let mut state = State {
+        name: vm.name.clone(),
+        image,
+        ports,
+        created_ms: now_ms(),
+        status: Status::Starting,
+        started_ms: None,
+        finished_ms: None,
+        exit_code: None,
+        keeper_pid: me,
+        keeper_start: process_start(me).context("cannot read this process's start time")?,
+    };
+    vm.write_state(&state)
+        .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
+    let listener = UnixListener::bind(vm.control())
+        .with_context(|| format!("cannot bind {}", vm.control().display()))?;
+
+    let (log_r, log_w) = io::pipe().context("pipe")?;
+    let exe = std::env::current_exe().context("cannot locate the husk binary")?;
+    let mut command = Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env_remove(KEEPER_ENV)
+        .env(VM_ENV, &vm.dir)
+        .stdin(Stdio::null())
+        .stdout(log_w.try_clone().context("pipe")?)
+        .stderr(log_w);
+    // SAFETY: prctl in the forked child only sets its parent-death
+    // signal, an async-signal-safe system call.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().context("cannot start the VM")?;
+    // The command builder holds the pipe's write ends: gone with it, so
+    // the log sees the end of the pipe when the VM child is gone.
+    drop(command);
+    let shared = Arc::new(Shared {
+        vm: vm.clone(),
+        uds,
+        child_pid: child.id(),
+        exit: Mutex::new(None),
+        ended: Condvar::new(),
+    });
+    let log = LogWriter::create(&vm.log(), MAX_LOG)
+        .with_context(|| format!("cannot create {}", vm.log().display()))?;
+    let pump = std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || pump_log(log_r, log))?;
+    let waiter = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("wait".into())
+        .spawn(move || wait_child(child, &waiter))?;
+    let server = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || serve(listener, &server))?;
+
+    let mut stdout = io::stdout();
+    match until_ready(&shared, ready) {
+        Ok(()) => {
+            state.status = Status::Running;
+            state.started_ms = Some(now_ms());
+            let _ = vm.write_state(&state);
+            let _ = writeln!(stdout, "{READY}");
+        }
+        Err(e) => {
+            if !shared.has_ended() {
+                let _ = writeln!(stdout, "husk: {e:#}; stopping it");
+                shared.kill_vm();
+            }
+            let code = shared.wait_exit(None).flatten();
+            let _ = writeln!(
+                stdout,
+                "{EXITED} {}",
+                code.map_or("unknown".into(), |c| c.to_string())
+            );
+        }
+    }
+    // Nobody reads any more: later output would go nowhere.
+    let _ = stdout.flush();
+    detach_stdio();
+
+    let code = shared.wait_exit(None).flatten();
+    let _ = pump.join();
+    state.status = Status::Exited;
+    state.finished_ms = Some(now_ms());
+    state.exit_code = code;
+    let _ = vm.write_state(&state);
+    let _ = std::fs::remove_file(vm.control());
+    let _ = std::fs::remove_file(&shared.uds);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && code.is_none() {
+        vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
+    }
+    Ok(code.unwrap_or(0))
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which this
+            // process owns; Rust's handles to them stay valid fds.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn pump_log(mut from: io::PipeReader, mut log: LogWriter) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match io::Read::read(&mut from, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                // A full disk loses log lines, never the VM.
+                let _ = log.write_all(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn wait_child(mut child: Child, shared: &Shared) {
+    let code = match child.wait() {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (status.code(), status.signal()) {
+                (Some(c), _) => Some(c as u8),
+                (None, Some(s)) => Some(128u8.wrapping_add(s as u8)),
+                _ => None,
+            }
+        }
+        Err(_) => None,
+    };
+    *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+    shared.ended.notify_all();
+}
+
+/// Waits until the guest agent answers and says the command started;
+/// then for the readiness check, if any.
+fn until_ready(shared: &Shared, ready: Option<(Ready, Duration)>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + AGENT_BOOT_TIMEOUT;
+    let mut conn = loop {
+        if shared.has_ended() {
+            anyhow::bail!("the VM stopped before its guest agent answered");
+        }
+        match vmm::vsock::connect_guest(&shared.uds, agent::PORT, AGENT_TIMEOUT) {
+            Ok(c) => break c,
+            Err(vmm::vsock::ConnectError::Protocol(..)) => {
+                anyhow::bail!("the VM's vsock socket does not speak hybrid vsock")
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "the guest agent did not answer within {} s",
+                    AGENT_BOOT_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    };
+    conn.set_read_timeout(Some(AGENT_BOOT_TIMEOUT))?;
+    match agent::call(&mut conn, &agent::Request::MainStarted)? {
+        agent::Response::Started { .. } => {}
+        agent::Response::Exited { status } => anyhow::bail!(
+            "the appliance's command ended at once (status {})",
+            status.shell_code()
+        ),
+        other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+    }
+    let Some((check, timeout)) = ready else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if shared.has_ended() {
+            anyhow::bail!("the VM stopped before it was ready");
+        }
+        match probe(shared, &check) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!(
+        "not ready after {} s (last check: {last})",
+        timeout.as_secs()
+    )
+}
+
+/// One readiness check.
+fn probe(shared: &Shared, check: &Ready) -> anyhow::Result<()> {
+    match check {
+        Ready::Tcp(port) => {
+            shared.agent_call(&agent::Request::ProbeTcp { port: *port })?;
+            Ok(())
+        }
+        Ready::Command(argv) => {
+            let process = agent::Process {
+                argv: argv.clone(),
+                ..Default::default()
+            };
+            let mut conn = shared.agent()?;
+            let id = match agent::call(&mut conn, &agent::Request::Start { process })? {
+                agent::Response::Started { id, .. } => id,
+                agent::Response::Error { message, .. } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            };
+            // Its output is not wanted, but must not fill its pipes.
+            for stream in [agent::Stream::Stdout, agent::Stream::Stderr] {
+                let mut out = shared.agent()?;
+                agent::call(&mut out, &agent::Request::Attach { id, stream })?;
+                std::thread::spawn(move || io::copy(&mut out, &mut io::sink()));
+            }
+            match agent::call(&mut conn, &agent::Request::Wait { id })? {
+                agent::Response::Exited {
+                    status: agent::ExitStatus::Code(0),
+                } => Ok(()),
+                agent::Response::Exited { status } => {
+                    anyhow::bail!("{} exited with {}", argv.join(" "), status.shell_code())
+                }
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The control socket: a thread per connection.
+fn serve(listener: UnixListener, shared: &Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let shared = Arc::clone(shared);
+        let _ = std::thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || control_connection(conn, &shared));
+    }
+}
+
+fn control_connection(mut conn: UnixStream, shared: &Shared) {
+    loop {
+        let request = match agent::read::<Request>(&mut conn) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let message = format!("bad request: {e}");
+                let _ = agent::write(&mut conn, &Response::Error { message });
+                return;
+            }
+        };
+        let sent = match request {
+            Request::Agent => match shared.agent() {
+                Ok(agent) => control::send_with_fd(&conn, &Response::Ok, &agent),
+                Err(e) => agent::write(&mut conn, &error(e)).map_err(io::Error::other),
+            },
+            other => {
+                let response = answer(shared, other).unwrap_or_else(error);
+                agent::write(&mut conn, &response).map_err(io::Error::other)
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+fn error(e: anyhow::Error) -> Response {
+    Response::Error {
+        message: format!("{e:#}"),
+    }
+}
+
+fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
+    match request {
+        Request::Agent => anyhow::bail!("an agent connection is answered with a descriptor"),
+        Request::Info => match shared.agent_call(&agent::Request::Info)? {
+            agent::Response::Info(guest) => Ok(Response::Info { guest }),
+            other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+        },
+        Request::Kill { signal } => {
+            shared.agent_call(&agent::Request::Signal {
+                id: agent::MAIN,
+                signal,
+            })?;
+            Ok(Response::Ok)
+        }
+        Request::Wait => Ok(Response::Exited {
+            code: shared.wait_exit(None).flatten(),
+        }),
+        Request::Stop { grace_ms } => {
+            let grace = Duration::from_millis(grace_ms);
+            if !shared.has_ended() {
+                let asked = shared.agent_call(&agent::Request::Shutdown { grace_ms });
+                // The guest ends the command after the grace period itself;
+                // a guest that does not (or cannot be asked) is stopped
+                // from outside a little after that.
+                let wait = if asked.is_ok() {
+                    grace + Duration::from_secs(5)
+                } else {
+                    Duration::ZERO
+                };
+                if shared.wait_exit(Some(wait)).is_none() {
+                    shared.kill_vm();
+                }
+            }
+            Ok(Response::Exited {
+                code: shared.wait_exit(None).flatten(),
+            })
+        }
+    }
+}
+
+/// The VM folder named in the keeper's environment.
+pub fn from_env(var: &str) -> Option<VmDir> {
+    let dir = PathBuf::from(std::env::var_os(var)?);
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    let root = dir.parent()?.to_path_buf();
+    Some(VmDir::at(&root, &name))
+}
+
+/// `husk run -d`'s side: reads the keeper's word. `Ok(None)` once ready;
+/// `Ok(Some(code))` when the VM ended first. Other lines go to stderr.
+pub fn await_keeper(out: impl io::Read) -> anyhow::Result<Option<Option<u8>>> {
+    for line in io::BufReader::new(out).lines() {
+        let line = line?;
+        if line == READY {
+            return Ok(None);
+        }
+        if let Some(code) = line.strip_prefix(EXITED) {
+            return Ok(Some(code.trim().parse().ok()));
+        }
+        eprintln!("{line}");
+    }
+    anyhow::bail!("the keeper ended without a word (see husk logs)")
+}

@@ -1,0 +1,296 @@
+//! Detached appliances: where their state lives, and the records in it.
+//!
+//! Each detached VM has a folder `<root>/<name>/` (root: `/run/husk/vms`;
+//! anyone else: `$XDG_RUNTIME_DIR/husk/vms`) holding:
+//! - `state.json`: what `ps` shows and what outlives the VM (written
+//!   whole, by rename; see [`State`]),
+//! - `control.sock`: the keeper's control socket, mode 0600 (see
+//!   [`control`]), the one way the CLI reaches a running VM,
+//! - `vsock.sock`: the VM's hybrid vsock socket (the guest agent's way
+//!   in; only the keeper connects to it),
+//! - `console.log` and `console.log.1`: the console, rotated at
+//!   [`log::MAX_LOG`].
+//!
+//! The keeper ([`keeper`]) is the process that owns a VM: it starts the
+//! VMM as a foreground `husk run` child, writes its console to the log,
+//! serves the control socket, and records the exit status. The folder is
+//! created with `mkdir`, so one name is one VM; `husk rm` removes it.
+
+pub mod control;
+pub mod keeper;
+pub mod log;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The folder of every detached VM of this user.
+pub fn root() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("HUSK_STATE_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/run/husk/vms"));
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join("husk/vms")),
+        _ => anyhow::bail!(
+            "XDG_RUNTIME_DIR is not set: husk keeps a user's detached appliances there \
+             (log in through a session that sets it, or set HUSK_STATE_DIR)"
+        ),
+    }
+}
+
+/// A name as docker takes it: letters, digits, `_.-`, starting with a
+/// letter or digit, at most 64 bytes.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        anyhow::bail!(
+            "{name:?} is not a valid name: use letters, digits, '_', '.' and '-', \
+             starting with a letter or digit, at most 64 characters"
+        );
+    }
+    Ok(())
+}
+
+/// A fresh name: `husk-` and six random hex digits.
+pub fn random_name() -> String {
+    let mut bytes = [0u8; 3];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
+    format!("husk-{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2])
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Booting; the command has not started yet.
+    Starting,
+    Running,
+    /// It ended; `exit_code` says how.
+    Exited,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    /// What was run: the appliance file or image reference.
+    pub image: String,
+    /// Published ports as given to `-p` (and the appliance's).
+    pub ports: Vec<String>,
+    pub created_ms: u64,
+    pub status: Status,
+    /// When the command started.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// The command's exit status (128 + N for signal N); for a VM whose
+    /// keeper was killed, unknown.
+    #[serde(default)]
+    pub exit_code: Option<u8>,
+    /// The keeper's pid and its start time (`/proc/PID/stat` field 22),
+    /// so a recycled pid is not taken for it.
+    pub keeper_pid: u32,
+    pub keeper_start: u64,
+}
+
+/// One VM's folder.
+#[derive(Debug, Clone)]
+pub struct VmDir {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl VmDir {
+    pub fn at(root: &Path, name: &str) -> Self {
+        VmDir {
+            name: name.into(),
+            dir: root.join(name),
+        }
+    }
+
+    /// The folder of an existing VM, or an error naming what exists.
+    pub fn find(name: &str) -> anyhow::Result<Self> {
+        check_name(name)?;
+        let vm = VmDir::at(&root()?, name);
+        if !vm.dir.join("state.json").exists() {
+            anyhow::bail!("no appliance named {name:?} (see husk ps -a)");
+        }
+        Ok(vm)
+    }
+
+    /// Every VM of this user, by name.
+    pub fn all() -> anyhow::Result<Vec<Self>> {
+        let root = root()?;
+        let mut vms = Vec::new();
+        match std::fs::read_dir(&root) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if e.path().join("state.json").exists() {
+                        vms.push(VmDir::at(&root, &name));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+        }
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vms)
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+    pub fn vsock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    pub fn read_state(&self) -> anyhow::Result<State> {
+        let text = std::fs::read(self.state_file())
+            .with_context(|| format!("cannot read {}", self.state_file().display()))?;
+        serde_json::from_slice(&text)
+            .with_context(|| format!("{} is damaged", self.state_file().display()))
+    }
+
+    /// Writes the state whole: to a temporary file, then renamed over.
+    pub fn write_state(&self, state: &State) -> io::Result<()> {
+        let tmp = self.dir.join(".state.json.tmp");
+        let text = serde_json::to_vec_pretty(state).expect("plain data serializes");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.state_file())
+    }
+
+    /// The state as it really is: a VM whose keeper is gone without
+    /// recording the end (killed) shows as exited with no status.
+    pub fn current_state(&self) -> anyhow::Result<State> {
+        let mut state = self.read_state()?;
+        if state.status != Status::Exited && !process_alive(state.keeper_pid, state.keeper_start) {
+            state.status = Status::Exited;
+        }
+        Ok(state)
+    }
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`
+/// field 22), or `None` when it is gone.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    process_start(pid) == Some(start)
+}
+
+/// "3 minutes", "2 hours": how long, as `ps` shows it.
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s} second{}", if s == 1 { "" } else { "s" }),
+        60..=3599 => plural(s / 60, "minute"),
+        3600..=172_799 => plural(s / 3600, "hour"),
+        _ => plural(s / 86400, "day"),
+    }
+}
+
+fn plural(n: u64, unit: &str) -> String {
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["web", "a", "db-1", "x.y_z", &"n".repeat(64)] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a b", "..", &"n".repeat(65), "é"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        let n = random_name();
+        assert!(check_name(&n).is_ok() && n.len() == 11, "{n}");
+    }
+
+    #[test]
+    fn own_start_time_is_found_and_a_dead_pid_is_not_alive() {
+        let me = std::process::id();
+        let start = process_start(me).unwrap();
+        assert!(process_alive(me, start));
+        assert!(!process_alive(me, start + 1));
+        // pid_max is at most 2^22.
+        assert!(!process_alive(u32::MAX - 1, 0));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(999), "0 seconds");
+        assert_eq!(human_duration(1000), "1 second");
+        assert_eq!(human_duration(61_000), "1 minute");
+        assert_eq!(human_duration(7_200_000), "2 hours");
+        assert_eq!(human_duration(3 * 86_400_000), "3 days");
+    }
+
+    #[test]
+    fn state_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = VmDir::at(dir.path(), "x");
+        std::fs::create_dir(&vm.dir).unwrap();
+        let state = State {
+            name: "x".into(),
+            image: "examples/hello".into(),
+            ports: vec!["8080:80".into()],
+            created_ms: 1,
+            status: Status::Running,
+            started_ms: Some(2),
+            finished_ms: None,
+            exit_code: None,
+            keeper_pid: std::process::id(),
+            keeper_start: process_start(std::process::id()).unwrap(),
+        };
+        vm.write_state(&state).unwrap();
+        let back = vm.current_state().unwrap();
+        assert_eq!(back.status, Status::Running);
+        assert_eq!(back.ports, state.ports);
+        // A keeper that is gone: exited, status unknown.
+        vm.write_state(&State {
+            keeper_start: state.keeper_start + 1,
+            ..state
+        })
+        .unwrap();
+        let back = vm.current_state().unwrap();
+        assert_eq!((back.status, back.exit_code), (Status::Exited, None));
+        std::fs::write(vm.state_file(), b"{").unwrap();
+        assert!(vm.read_state().unwrap_err().to_string().contains("damaged"));
+    }
+}

@@ -1,0 +1,569 @@
+//! The guest agent: husk's host side reaches it on vsock port
+//! [`agent::PORT`] and speaks the `agent` crate's protocol.
+//!
+//! One thread accepts; each connection gets a thread that answers its
+//! requests in order, and becomes a byte pump once it is attached to a
+//! process's stream. Processes started here are children of init; init's
+//! main loop reaps them ([`Agent::reaped`]) and their status stays in the
+//! table until a `Wait` collects it. Nothing here may panic (init is PID
+//! 1, and husk-init is built with `panic = "abort"`): every failure is an
+//! answer or a closed connection, and a connection that sends garbage
+//! is answered and closed, while the agent goes on.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use agent::{ErrorKind, ExitStatus, GuestInfo, Process, Request, Response, Stream, MAIN};
+use husk_init::config::RunConfig;
+
+use crate::sys;
+
+/// Processes kept at once (running, or ended and not yet waited for).
+const MAX_PROCESSES: usize = 1024;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 256;
+
+/// The appliance's command, as the agent sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Main {
+    Starting,
+    Running,
+    /// It never started; init reports this status.
+    Failed(u8),
+}
+
+struct Proc {
+    pid: libc::pid_t,
+    status: Option<ExitStatus>,
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    /// The terminal's master, kept for resizes.
+    tty: Option<File>,
+    tty_attached: bool,
+    /// The connection pumping into stdin, shut to close stdin early.
+    stdin_conn: Option<UnixStream>,
+}
+
+impl Proc {
+    fn new(pid: libc::pid_t) -> Self {
+        Proc {
+            pid,
+            status: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            tty: None,
+            tty_attached: false,
+            stdin_conn: None,
+        }
+    }
+}
+
+struct Table {
+    main: Main,
+    next_id: u32,
+    procs: HashMap<u32, Proc>,
+}
+
+pub struct Agent {
+    table: Mutex<Table>,
+    changed: Condvar,
+    /// What an exec'd process inherits: the appliance's configuration.
+    config: RunConfig,
+    connections: AtomicUsize,
+}
+
+/// A connection's answer, or why it ends.
+type Answer = Result<Response, (ErrorKind, String)>;
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> (ErrorKind, String) {
+    (kind, message.into())
+}
+
+impl Agent {
+    pub fn new(config: RunConfig) -> Arc<Self> {
+        Arc::new(Agent {
+            table: Mutex::new(Table {
+                main: Main::Starting,
+                next_id: MAIN + 1,
+                procs: HashMap::new(),
+            }),
+            changed: Condvar::new(),
+            config,
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A poisoned lock cannot happen (panics abort); take it anyway.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Listens on vsock and serves connections on threads of their own.
+    /// Without a vsock device there is nobody to serve: says so quietly
+    /// and returns.
+    pub fn serve(self: &Arc<Self>) {
+        let listener = match sys::vsock_listen(agent::PORT) {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        let agent = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("agent".into())
+            .spawn(move || agent.accept_loop(listener));
+        if let Err(e) = spawned {
+            crate::say(&format!("agent: cannot start: {e}"));
+        }
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: OwnedFd) {
+        loop {
+            let conn = match sys::accept(&listener) {
+                Ok(c) => UnixStream::from(c),
+                Err(e) => {
+                    crate::say(&format!("agent: accept: {e}"));
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if self.connections.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+                self.connections.fetch_sub(1, Ordering::Relaxed);
+                let mut conn = conn;
+                let _ = agent::write(
+                    &mut conn,
+                    &Response::Error {
+                        kind: ErrorKind::Busy,
+                        message: format!("more than {MAX_CONNECTIONS} connections"),
+                    },
+                );
+                continue;
+            }
+            let agent = Arc::clone(&self);
+            let spawned = std::thread::Builder::new()
+                .name("agent-conn".into())
+                .spawn(move || {
+                    agent.connection(conn);
+                    agent.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            if spawned.is_err() {
+                self.connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// One connection: requests and answers until it ends, is attached
+    /// or says something that is not a request.
+    fn connection(self: &Arc<Self>, mut conn: UnixStream) {
+        loop {
+            let request = match agent::read::<Request>(&mut conn) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(agent::FrameError::Io(_) | agent::FrameError::Truncated) => return,
+                Err(e) => {
+                    let kind = match e {
+                        agent::FrameError::Version(_) => ErrorKind::Version,
+                        _ => ErrorKind::BadRequest,
+                    };
+                    let _ = agent::write(
+                        &mut conn,
+                        &Response::Error {
+                            kind,
+                            message: e.to_string(),
+                        },
+                    );
+                    return;
+                }
+            };
+            if let Request::Attach { id, stream } = request {
+                self.attach(conn, id, stream);
+                return;
+            }
+            let answer = self.answer(request);
+            let response =
+                answer.unwrap_or_else(|(kind, message)| Response::Error { kind, message });
+            if agent::write(&mut conn, &response).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn answer(self: &Arc<Self>, request: Request) -> Answer {
+        match request {
+            Request::Ping => Ok(Response::Pong),
+            Request::MainStarted => self.main_started(),
+            Request::Start { process } => self.start(&process),
+            Request::Attach { .. } => Err(error(
+                ErrorKind::BadRequest,
+                "attach is answered on a connection of its own",
+            )),
+            Request::Signal { id, signal } => {
+                let pid = self.running_pid(id)?;
+                sys::signal(pid, signal)
+                    .map(|_| Response::Ok)
+                    .map_err(|e| error(ErrorKind::Failed, format!("signal {signal}: {e}")))
+            }
+            Request::Wait { id } => self.wait(id),
+            Request::CloseStdin { id } => {
+                let mut table = self.lock();
+                let p = table.procs.get_mut(&id).ok_or_else(|| no_such(id))?;
+                p.stdin = None;
+                if let Some(c) = p.stdin_conn.take() {
+                    // The pump sees the end of its input and closes the pipe.
+                    let _ = c.shutdown(Shutdown::Read);
+                }
+                Ok(Response::Ok)
+            }
+            Request::Resize { id, size } => {
+                let table = self.lock();
+                let p = table.procs.get(&id).ok_or_else(|| no_such(id))?;
+                let tty = p.tty.as_ref().ok_or_else(|| {
+                    error(ErrorKind::NotAttachable, "the process has no terminal")
+                })?;
+                sys::set_window_size(tty, size.rows, size.cols)
+                    .map(|_| Response::Ok)
+                    .map_err(|e| error(ErrorKind::Failed, format!("resize: {e}")))
+            }
+            Request::Info => Ok(Response::Info(self.info())),
+            Request::SetTime { secs, nanos } => sys::set_clock(secs, nanos)
+                .map(|_| Response::Ok)
+                .map_err(|e| error(ErrorKind::Failed, format!("set the clock: {e}"))),
+            Request::ProbeTcp { port } => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                    .map(|_| Response::Ok)
+                    .map_err(|e| error(ErrorKind::Failed, format!("127.0.0.1:{port}: {e}")))
+            }
+            Request::Shutdown { grace_ms } => self.shutdown(Duration::from_millis(grace_ms)),
+        }
+    }
+
+    fn main_started(&self) -> Answer {
+        let mut table = self.lock();
+        loop {
+            match table.main {
+                Main::Starting => {
+                    table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
+                }
+                Main::Failed(status) => {
+                    return Ok(Response::Exited {
+                        status: ExitStatus::Code(status.into()),
+                    })
+                }
+                Main::Running => {
+                    let p = table.procs.get(&MAIN).ok_or_else(|| no_such(MAIN))?;
+                    return Ok(match p.status {
+                        Some(status) => Response::Exited { status },
+                        None => Response::Started {
+                            id: MAIN,
+                            pid: p.pid,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    fn running_pid(&self, id: u32) -> Result<libc::pid_t, (ErrorKind, String)> {
+        let table = self.lock();
+        let p = table.procs.get(&id).ok_or_else(|| no_such(id))?;
+        match p.status {
+            None => Ok(p.pid),
+            Some(_) => Err(error(
+                ErrorKind::NoSuchProcess,
+                format!("process {id} has ended"),
+            )),
+        }
+    }
+
+    fn wait(&self, id: u32) -> Answer {
+        let mut table = self.lock();
+        loop {
+            let p = table.procs.get(&id).ok_or_else(|| no_such(id))?;
+            if let Some(status) = p.status {
+                if id != MAIN {
+                    table.procs.remove(&id);
+                }
+                return Ok(Response::Exited { status });
+            }
+            table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn info(&self) -> GuestInfo {
+        let uptime_ms = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0, |s| (s * 1000.0) as u64);
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        GuestInfo {
+            hostname,
+            uptime_ms,
+            addresses: sys::addresses(),
+            processes: self.lock().procs.len() as u32,
+        }
+    }
+
+    /// SIGTERM to the appliance's command now, SIGKILL after `grace`
+    /// unless it ended; init does the rest when it ends.
+    fn shutdown(self: &Arc<Self>, grace: Duration) -> Answer {
+        let pid = self.running_pid(MAIN)?;
+        let _ = sys::signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        let watch = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("agent-stop".into())
+            .spawn(move || {
+                let mut table = watch.lock();
+                loop {
+                    let ended = table.procs.get(&MAIN).is_none_or(|p| p.status.is_some());
+                    let now = Instant::now();
+                    if ended {
+                        return;
+                    }
+                    if now >= deadline {
+                        let _ = sys::signal(pid, libc::SIGKILL);
+                        return;
+                    }
+                    table = watch
+                        .changed
+                        .wait_timeout(table, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            });
+        match spawned {
+            Ok(_) => Ok(Response::Ok),
+            Err(e) => {
+                let _ = sys::signal(pid, libc::SIGKILL);
+                Err(error(
+                    ErrorKind::Failed,
+                    format!("grace timer: {e}; killed"),
+                ))
+            }
+        }
+    }
+
+    /// Starts `spec` as a child of init, with the appliance's
+    /// configuration under the request's overrides.
+    fn start(&self, spec: &Process) -> Answer {
+        if spec.argv.is_empty() {
+            return Err(error(ErrorKind::BadRequest, "argv is empty"));
+        }
+        let mut config = self.config.clone();
+        for e in &spec.env {
+            config
+                .set_env(e)
+                .map_err(|e| error(ErrorKind::BadRequest, e.to_string()))?;
+        }
+        if spec.user.is_some() {
+            config.user.clone_from(&spec.user);
+        }
+        if spec.cwd.is_some() {
+            config.workdir.clone_from(&spec.cwd);
+        }
+        let failed =
+            |f: crate::Failure| error(ErrorKind::StartFailed { status: f.status }, f.message);
+        let prepared = crate::Prepared::new(&config, &spec.argv, false).map_err(failed)?;
+        let mut command = prepared.command();
+        let mut proc = Proc::new(0);
+        let io_failed = |e: io::Error| error(ErrorKind::Failed, format!("stdio: {e}"));
+        if spec.tty {
+            let (master, slave) =
+                sys::open_pty(spec.size.map(|s| (s.rows, s.cols))).map_err(io_failed)?;
+            command
+                .stdin(slave.try_clone().map_err(io_failed)?)
+                .stdout(slave.try_clone().map_err(io_failed)?)
+                .stderr(slave);
+            proc.tty = Some(master);
+        } else {
+            command
+                .stdin(if spec.stdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        let mut table = self.lock();
+        if table.procs.len() >= MAX_PROCESSES {
+            return Err(error(
+                ErrorKind::Busy,
+                format!("{MAX_PROCESSES} processes not yet waited for"),
+            ));
+        }
+        // Spawned under the table's lock: init's reaper takes it too, so
+        // it cannot collect this child (or std's own wait for a child that
+        // failed to exec) before the child is in the table.
+        let mut child = command
+            .spawn()
+            .map_err(|e| failed(crate::spawn_failure(&spec.argv[0], &e)))?;
+        proc.pid = child.id() as libc::pid_t;
+        proc.stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
+        proc.stdout = child.stdout.take().map(|p| File::from(OwnedFd::from(p)));
+        proc.stderr = child.stderr.take().map(|p| File::from(OwnedFd::from(p)));
+        let id = table.next_id;
+        table.next_id = table.next_id.checked_add(1).unwrap_or(MAIN + 1);
+        let pid = proc.pid;
+        table.procs.insert(id, proc);
+        Ok(Response::Started { id, pid })
+    }
+
+    /// Makes `conn` the stream of process `id`, and pumps it.
+    fn attach(&self, mut conn: UnixStream, id: u32, stream: Stream) {
+        let ends = {
+            let mut table = self.lock();
+            match table.procs.get_mut(&id) {
+                None => Err(no_such(id)),
+                Some(p) => take_stream(p, stream, &conn),
+            }
+        };
+        let (output, input) = match ends {
+            Ok(ends) => ends,
+            Err((kind, message)) => {
+                let _ = agent::write(&mut conn, &Response::Error { kind, message });
+                return;
+            }
+        };
+        if agent::write(&mut conn, &Response::Ok).is_err() {
+            return;
+        }
+        match (output, input) {
+            (Some(mut out), None) => {
+                let _ = io::copy(&mut out, &mut conn);
+                let _ = conn.shutdown(Shutdown::Write);
+            }
+            (None, Some(mut pipe)) => {
+                let _ = io::copy(&mut conn, &mut pipe);
+            }
+            (Some(mut out), Some(mut tty_in)) => {
+                if let Ok(mut from_host) = conn.try_clone() {
+                    let _ = std::thread::Builder::new()
+                        .name("agent-tty".into())
+                        .spawn(move || {
+                            let _ = io::copy(&mut from_host, &mut tty_in);
+                        });
+                }
+                // The terminal reads EIO once no process holds it open.
+                let _ = copy_until_error(&mut out, &mut conn);
+                let _ = conn.shutdown(Shutdown::Both);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Registers the appliance's command: its pid once spawned, or the
+    /// status init reports because it could not start.
+    pub fn main_spawned(&self, spawned: Result<libc::pid_t, u8>) {
+        let mut table = self.lock();
+        match spawned {
+            Ok(pid) => {
+                table.procs.insert(MAIN, Proc::new(pid));
+                table.main = Main::Running;
+            }
+            Err(status) => table.main = Main::Failed(status),
+        }
+        self.changed.notify_all();
+    }
+
+    /// Runs `spawn` under the table's lock (see [`Agent::start`]).
+    pub fn spawning<T>(&self, spawn: impl FnOnce() -> T) -> T {
+        let _table = self.lock();
+        spawn()
+    }
+
+    /// Reaps every ended child, keeping the statuses of the agent's
+    /// processes; the raw status of `main` if it was among them.
+    pub fn reap(&self, main: libc::pid_t) -> Option<i32> {
+        let mut table = self.lock();
+        let mut main_status = None;
+        sys::reap(|pid, raw| {
+            if pid == main {
+                main_status = Some(raw);
+            }
+            if let Some(p) = table
+                .procs
+                .values_mut()
+                .find(|p| p.pid == pid && p.status.is_none())
+            {
+                let status = std::process::ExitStatus::from_raw(raw);
+                p.status = Some(match (status.code(), status.signal()) {
+                    (Some(code), _) => ExitStatus::Code(code),
+                    (None, Some(signal)) => ExitStatus::Signal(signal),
+                    _ => ExitStatus::Code(crate::STATUS_SETUP_FAILED.into()),
+                });
+            }
+        });
+        self.changed.notify_all();
+        main_status
+    }
+}
+
+/// The host ends of `stream` of `p`: (what the process writes, what it reads).
+#[allow(clippy::type_complexity)]
+fn take_stream(
+    p: &mut Proc,
+    stream: Stream,
+    conn: &UnixStream,
+) -> Result<(Option<File>, Option<File>), (ErrorKind, String)> {
+    let taken = |what: &str| {
+        error(
+            ErrorKind::NotAttachable,
+            format!("{what}: already attached, or the process has none"),
+        )
+    };
+    match stream {
+        Stream::Stdout => Ok((Some(p.stdout.take().ok_or_else(|| taken("stdout"))?), None)),
+        Stream::Stderr => Ok((Some(p.stderr.take().ok_or_else(|| taken("stderr"))?), None)),
+        Stream::Stdin => {
+            let pipe = p.stdin.take().ok_or_else(|| taken("stdin"))?;
+            p.stdin_conn = conn.try_clone().ok();
+            Ok((None, Some(pipe)))
+        }
+        Stream::Tty => {
+            let master = p
+                .tty
+                .as_ref()
+                .filter(|_| !p.tty_attached)
+                .ok_or_else(|| taken("tty"))?;
+            let io = |e: io::Error| error(ErrorKind::Failed, format!("tty: {e}"));
+            let ends = (
+                master.try_clone().map_err(io)?,
+                master.try_clone().map_err(io)?,
+            );
+            p.tty_attached = true;
+            Ok((Some(ends.0), Some(ends.1)))
+        }
+    }
+}
+
+/// Copies until the end of `from` or any error (a terminal's master
+/// reads EIO, not the end, once the other side is closed).
+fn copy_until_error(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
+}
+
+fn no_such(id: u32) -> (ErrorKind, String) {
+    error(ErrorKind::NoSuchProcess, format!("no process {id}"))
+}
