@@ -299,7 +299,7 @@ fn cleanup(jail: &Path, cgroups: Option<&Cgroups>, pid: u32) {
                 if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
                     break;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(2));
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
     }

@@ -73,10 +73,16 @@ impl HuskRun {
 
 /// Runs `husk run ARGS` with `stdin` as input, killed after `limit`.
 pub fn husk_run(args: &[&str], stdin: &[u8], limit: Duration) -> Result<HuskRun, String> {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    husk(&all, stdin, limit)
+}
+
+/// Runs `husk ARGS` with `stdin` as input, killed after `limit`.
+pub fn husk(args: &[&str], stdin: &[u8], limit: Duration) -> Result<HuskRun, String> {
     let bin = husk_bin()?;
     let start = Instant::now();
     let mut child = Command::new(&bin)
-        .arg("run")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -135,9 +141,10 @@ pub fn guest_tool(dir: &Path, name: &str) -> Result<PathBuf, String> {
 /// The appliances and images the appliance tests boot. They are built on
 /// the host before the tests move into the KVM test bed, where husk's
 /// cache is read-only and every build must be a cache hit.
-pub const APPLIANCES: [&str; 3] = [
+pub const APPLIANCES: [&str; 4] = [
     "examples/hello",
     "examples/busybox",
+    "examples/web",
     "oci:examples/busybox/image:latest",
 ];
 

@@ -7,11 +7,11 @@
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 use agent::{Process, Request, Response, Stream, WindowSize};
-use vmm_sys_util::terminal::Terminal;
 
 use crate::vms::control::Control;
 use crate::vms::{Status, VmDir};
@@ -130,10 +130,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Copies this process's stdin to the command; at its end, the command's
-/// stdin ends too. Not joined: it may sit in a read of the terminal.
+/// stdin ends too. Not joined: it may sit in a read of the terminal (on
+/// a descriptor of its own, not holding std's stdin lock, which the
+/// terminal's restore takes).
 fn pump_stdin(mut conn: UnixStream) {
+    let Ok(stdin) = io::stdin().as_fd().try_clone_to_owned() else {
+        let _ = conn.shutdown(Shutdown::Write);
+        return;
+    };
     std::thread::spawn(move || {
-        let mut stdin = io::stdin().lock();
+        let mut stdin = std::fs::File::from(stdin);
         let mut buf = [0u8; 16 << 10];
         loop {
             match stdin.read(&mut buf) {
@@ -225,17 +231,29 @@ fn forward_resizes(mut control: Control, id: u32) {
     });
 }
 
-/// Raw mode on this terminal for as long as it lives.
-struct RawMode;
+/// Raw mode on this terminal for as long as it lives; the settings it
+/// found are put back.
+struct RawMode(libc::termios);
 
 impl RawMode {
     fn enter() -> Option<Self> {
-        io::stdin().lock().set_raw_mode().ok().map(|_| RawMode)
+        // SAFETY: termios is plain data; tcgetattr fills it from fd 0.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid termios out-pointer.
+        if unsafe { libc::tcgetattr(0, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw edits the struct it is given.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: a valid termios, applied to fd 0.
+        (unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) } == 0).then_some(RawMode(saved))
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = io::stdin().lock().set_canon_mode();
+        // SAFETY: the settings read in enter(), applied to fd 0.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.0) };
     }
 }

@@ -43,14 +43,11 @@ fn remove(name: &str, force: bool) -> anyhow::Result<()> {
         }
         super::stop::stop_one(name, 0)?;
     }
-    let state = vm.read_state()?;
-    if state.status != Status::Exited {
-        // Its keeper was killed: what it left of the VM died with it
-        // (parent-death signals); the jail's folder and cgroup are swept.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
-        }
+    // A keeper that was killed took its VM with it (parent-death
+    // signals) but left the jail's folder and cgroup: swept.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
     }
     std::fs::remove_dir_all(&vm.dir).with_context(|| format!("cannot remove {}", vm.dir.display()))
 }

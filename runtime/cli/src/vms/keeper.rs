@@ -55,6 +55,9 @@ struct Shared {
     /// `Some(code)` once the VM child ended (`None` inside: no status).
     exit: Mutex<Option<Option<u8>>>,
     ended: Condvar,
+    /// Control requests being answered: the keeper waits for them before
+    /// it leaves, so a `stop` or `wait` hears how the VM ended.
+    answering: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -181,6 +184,7 @@ pub fn keep(
         child_pid: child.id(),
         exit: Mutex::new(None),
         ended: Condvar::new(),
+        answering: std::sync::atomic::AtomicUsize::new(0),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
@@ -227,10 +231,18 @@ pub fn keep(
     state.finished_ms = Some(now_ms());
     state.exit_code = code;
     let _ = vm.write_state(&state);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while shared.answering.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let _ = std::fs::remove_file(vm.control());
     let _ = std::fs::remove_file(&shared.uds);
+    // A VM child killed from here (a stop past its grace period) left its
+    // jail folder and cgroup: swept, as every jail sweeps the dead's.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 && code.is_none() {
+    if unsafe { libc::geteuid() } == 0 {
         vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
     }
     Ok(code.unwrap_or(0))
@@ -394,6 +406,7 @@ fn control_connection(mut conn: UnixStream, shared: &Shared) {
                 return;
             }
         };
+        let _answering = Answering::start(&shared.answering);
         let sent = match request {
             Request::Agent => match shared.agent() {
                 Ok(agent) => control::send_with_fd(&conn, &Response::Ok, &agent),
@@ -407,6 +420,22 @@ fn control_connection(mut conn: UnixStream, shared: &Shared) {
         if sent.is_err() {
             return;
         }
+    }
+}
+
+/// Counts a request as being answered for as long as it lives.
+struct Answering<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Answering<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Answering(count)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -424,11 +453,19 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
             other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
         },
         Request::Kill { signal } => {
-            shared.agent_call(&agent::Request::Signal {
+            let sent = shared.agent_call(&agent::Request::Signal {
                 id: agent::MAIN,
                 signal,
-            })?;
-            Ok(Response::Ok)
+            });
+            match sent {
+                Ok(_) => Ok(Response::Ok),
+                // A signal that ends the command can power the guest off
+                // before the agent's answer leaves it: delivered all the same.
+                Err(_) if shared.wait_exit(Some(Duration::from_secs(2))).is_some() => {
+                    Ok(Response::Ok)
+                }
+                Err(e) => Err(e),
+            }
         }
         Request::Wait => Ok(Response::Exited {
             code: shared.wait_exit(None).flatten(),

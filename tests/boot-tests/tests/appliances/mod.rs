@@ -10,6 +10,7 @@ use libtest_mimic::{Failed, Trial};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+mod detached;
 mod network;
 mod vsock;
 
@@ -46,6 +47,7 @@ pub fn trials() -> Vec<Trial> {
             jail_confines_the_vmm,
         ),
     ];
+    all.extend(detached::trials());
     all.extend(network::trials());
     all.extend(vsock::trials());
     all

@@ -81,7 +81,7 @@ pub(super) fn start_until_ready(mut cmd: Command) -> Result<Started, Failed> {
 }
 
 /// curl, the real client, with a bounded wait.
-fn curl(url: &str, netns: Option<&str>) -> Result<String, Failed> {
+pub(super) fn curl(url: &str, netns: Option<&str>) -> Result<String, Failed> {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -286,10 +286,10 @@ fn tap_in_namespace() -> Result<(), Failed> {
 
 /// Gives the user `nobody` read and write access to `/dev/kvm` for as long
 /// as it lives (the test bed's node is root's alone), then restores it.
-struct KvmForNobody(Option<u32>);
+pub(super) struct KvmForNobody(Option<u32>);
 
 impl KvmForNobody {
-    fn grant() -> Result<Self, Failed> {
+    pub(super) fn grant() -> Result<Self, Failed> {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata("/dev/kvm")?.permissions().mode() & 0o7777;
         if mode & 0o006 == 0o006 {

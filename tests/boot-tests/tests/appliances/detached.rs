@@ -1,0 +1,837 @@
+//! Detached appliances: `husk run -d` and the commands that reach a
+//! running VM through its keeper and the guest agent in husk's init. Each
+//! test names its own VMs; each checks that `husk rm` leaves no process,
+//! no state folder, no jail folder and no cgroup behind, also after
+//! `kill -9` of the VMM or of the keeper.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use boot_tests::husk::{husk, husk_bin, HuskRun};
+use libtest_mimic::{Failed, Trial};
+
+use super::network::{children, comm, gone};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "detached_outlives_the_cli_exec_streams_statuses_signals_and_logs",
+            outlives_the_cli,
+        ),
+        Trial::test(
+            "detached_exec_with_a_tty_sees_its_size_and_a_resize",
+            exec_tty,
+        ),
+        Trial::test(
+            "detached_100_execs_leak_no_fds_threads_or_processes_on_either_side",
+            hundred_execs,
+        ),
+        Trial::test(
+            "detached_stop_ends_a_command_that_ignores_sigterm_after_the_grace_period",
+            stop_after_grace,
+        ),
+        Trial::test(
+            "detached_kill_9_of_the_vmm_or_the_keeper_shows_exited_and_rm_leaves_nothing",
+            kill_9,
+        ),
+        Trial::test(
+            "detached_two_at_once_a_name_in_use_refused_and_a_users_state_apart",
+            names_and_users,
+        ),
+        Trial::test(
+            "detached_web_appliance_waits_ready_and_serves_a_published_port",
+            web_wait_ready,
+        ),
+        Trial::test(
+            "detached_guest_agent_answers_garbage_and_keeps_serving",
+            agent_garbage,
+        ),
+    ]
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+const STATE_ROOT: &str = "/run/husk/vms";
+
+/// `husk ARGS` from the workspace root.
+fn h(args: &[&str]) -> Result<HuskRun, Failed> {
+    h_in(args, b"")
+}
+
+fn h_in(args: &[&str], stdin: &[u8]) -> Result<HuskRun, Failed> {
+    std::env::set_current_dir(boot_tests::workspace_root())?;
+    Ok(husk(args, stdin, LIMIT)?)
+}
+
+fn ok(r: HuskRun, what: &str) -> Result<HuskRun, Failed> {
+    if r.code != Some(0) {
+        return Err(r.explain(&format!("{what}: expected success")).into());
+    }
+    Ok(r)
+}
+
+/// A detached VM, removed with `husk rm -f` when dropped (on any way out
+/// of a test); [`Vm::remove`] removes it and checks what is left.
+struct Vm {
+    name: String,
+    removed: bool,
+}
+
+impl Vm {
+    /// `husk run -d --name NAME ARGS`: the name printed, the VM running.
+    fn start(name: &str, args: &[&str]) -> Result<Self, Failed> {
+        let mut all = vec!["run", "-d", "--name", name];
+        all.extend_from_slice(args);
+        let r = h(&all)?;
+        let vm = Vm {
+            name: name.into(),
+            removed: false,
+        };
+        if r.code != Some(0) || r.stdout.trim() != name {
+            return Err(r
+                .explain("husk run -d should print the name and succeed")
+                .into());
+        }
+        Ok(vm)
+    }
+
+    fn dir(&self) -> PathBuf {
+        Path::new(STATE_ROOT).join(&self.name)
+    }
+
+    fn state(&self) -> Result<serde_json::Value, Failed> {
+        let text = std::fs::read(self.dir().join("state.json"))?;
+        Ok(serde_json::from_slice(&text)?)
+    }
+
+    fn keeper(&self) -> Result<u32, Failed> {
+        self.state()?["keeper_pid"]
+            .as_u64()
+            .map(|p| p as u32)
+            .ok_or_else(|| "state.json has no keeper_pid".into())
+    }
+
+    fn exec(&self, args: &[&str]) -> Result<HuskRun, Failed> {
+        let mut all = vec!["exec", &self.name];
+        all.extend_from_slice(args);
+        h(&all)
+    }
+
+    /// The `husk ps -a` line of this VM.
+    fn ps_line(&self) -> Result<String, Failed> {
+        let r = ok(h(&["ps", "-a"])?, "husk ps -a")?;
+        r.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&self.name))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                r.explain(&format!("{} is not in husk ps -a", self.name))
+                    .into()
+            })
+    }
+
+    /// `husk rm -f`, then: no process of the keeper's tree, no state
+    /// folder, no jail folder or cgroup of any of them.
+    fn remove(mut self, tree: &[u32]) -> Result<(), Failed> {
+        self.removed = true;
+        ok(h(&["rm", "-f", &self.name])?, "husk rm -f")?;
+        nothing_left(&self.dir(), tree)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = h(&["rm", "-f", &self.name]);
+        }
+    }
+}
+
+/// Every descendant of `pid`, and `pid`.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children(all[i]));
+        i += 1;
+    }
+    all
+}
+
+fn nothing_left(dir: &Path, tree: &[u32]) -> Result<(), Failed> {
+    let alive: Vec<String> = tree
+        .iter()
+        .filter(|p| !gone(**p))
+        .map(|p| format!("{p} ({})", comm(*p)))
+        .collect();
+    if !alive.is_empty() {
+        return Err(format!("processes left after husk rm: {alive:?}").into());
+    }
+    if dir.exists() {
+        return Err(format!("{} is left after husk rm", dir.display()).into());
+    }
+    for pid in tree {
+        let jail = Path::new("/run/husk/jail").join(pid.to_string());
+        let cgroup = Path::new("/sys/fs/cgroup").join(format!("husk-{pid}"));
+        for p in [jail, cgroup] {
+            if p.exists() {
+                return Err(format!("{} is left after husk rm", p.display()).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expect_code(r: &HuskRun, code: i32, what: &str) -> Result<(), Failed> {
+    if r.code != Some(code) {
+        return Err(r
+            .explain(&format!("{what}: expected exit status {code}"))
+            .into());
+    }
+    Ok(())
+}
+
+const TICKER: &str = "echo started; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
+
+fn outlives_the_cli() -> Result<(), Failed> {
+    let vm = Vm::start("d-basic", &["examples/busybox", "--", "sh", "-c", TICKER])?;
+    // The CLI has returned; the appliance runs on.
+    if !vm.ps_line()?.contains("Up ") {
+        return Err(format!("husk ps: {}", vm.ps_line()?).into());
+    }
+    let keeper = vm.keeper()?;
+    let processes = tree(keeper);
+    let r = ok(vm.exec(&["echo", "hello", "from", "exec"])?, "exec echo")?;
+    if r.stdout != "hello from exec\n" {
+        return Err(r.explain("exec's output").into());
+    }
+    // The appliance's user, workdir and env; and -u, -w, -e over them.
+    let r = ok(
+        vm.exec(&["sh", "-c", "echo $(id -u) $(pwd) $HOSTNAME"])?,
+        "exec id",
+    )?;
+    if r.stdout.trim() != "1000 /data busybox" {
+        return Err(r
+            .explain("exec should run as the appliance's user in its workdir")
+            .into());
+    }
+    let r = h(&[
+        "exec",
+        "-u",
+        "0",
+        "-w",
+        "/tmp",
+        "-e",
+        "FOO=bar",
+        &vm.name,
+        "sh",
+        "-c",
+        "echo $(id -u) $(pwd) $FOO",
+    ])?;
+    if r.stdout.trim() != "0 /tmp bar" {
+        return Err(r.explain("exec -u 0 -w /tmp -e FOO=bar").into());
+    }
+    // stdout and stderr apart; statuses; a signal; not found.
+    let r = vm.exec(&["sh", "-c", "echo out; echo err >&2; exit 7"])?;
+    expect_code(&r, 7, "exit 7")?;
+    if r.stdout != "out\n" || r.stderr != "err\n" {
+        return Err(r.explain("stdout and stderr should arrive apart").into());
+    }
+    expect_code(
+        &vm.exec(&["sh", "-c", "kill -9 $$"])?,
+        137,
+        "a command killed by SIGKILL",
+    )?;
+    let r = vm.exec(&["no-such-program"])?;
+    expect_code(&r, 127, "a program that is not there")?;
+    if !r.stderr.contains("no-such-program: command not found") {
+        return Err(r.explain("not found should say so").into());
+    }
+    expect_code(
+        &vm.exec(&["-w", "/nope", "true"])?,
+        125,
+        "exec -w into a missing folder",
+    )?;
+    // 1 MiB through stdin, counted in the guest; and stdin's end reaches it.
+    let input = vec![b'x'; 1 << 20];
+    let r = h_in(
+        &["exec", "-i", &vm.name, "sh", "-c", "wc -c; echo end"],
+        &input,
+    )?;
+    if r.code != Some(0) || r.stdout.split_whitespace().collect::<Vec<_>>() != ["1048576", "end"] {
+        return Err(r.explain("1 MiB piped through exec -i").into());
+    }
+    // Without -i the command reads nothing.
+    let r = h_in(&["exec", &vm.name, "sh", "-c", "wc -c"], b"ignored")?;
+    if r.stdout.trim() != "0" {
+        return Err(r.explain("exec without -i should read /dev/null").into());
+    }
+    // The console log, whole and its tail; -f ends when the VM does.
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = ok(h(&["logs", &vm.name])?, "logs")?;
+    // The console is a terminal: its lines end in \r\n.
+    let lines: Vec<&str> = r.stdout.lines().map(str::trim_end).collect();
+    if !lines.starts_with(&["started", "tick 0", "tick 1"]) {
+        return Err(r
+            .explain("husk logs should show the console from the start")
+            .into());
+    }
+    let r = ok(h(&["logs", "--tail", "1", &vm.name])?, "logs --tail 1")?;
+    if r.stdout.lines().count() != 1 || !r.stdout.starts_with("tick ") {
+        return Err(r.explain("husk logs --tail 1").into());
+    }
+    let follower = Command::new(husk_bin()?)
+        .args(["logs", "-f", "-n", "0", &vm.name])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = ok(h(&["kill", &vm.name, "SIGUSR1"])?, "kill SIGUSR1")?;
+    let _ = r;
+    let out = follower.wait_with_output()?;
+    let followed = String::from_utf8_lossy(&out.stdout);
+    if !followed.contains("tick ") || followed.contains("started") {
+        return Err(format!("husk logs -f -n 0 printed {followed:?}").into());
+    }
+    let r = ok(h(&["wait", &vm.name])?, "wait")?;
+    if r.stdout.trim() != "138" {
+        return Err(r
+            .explain("the command died of SIGUSR1: wait prints 138")
+            .into());
+    }
+    if !vm.ps_line()?.contains("Exited (138)") {
+        return Err(format!("husk ps -a: {}", vm.ps_line()?).into());
+    }
+    let r = vm.exec(&["true"])?;
+    if r.code == Some(0) || !r.stderr.contains("not running") {
+        return Err(r.explain("exec into a stopped appliance").into());
+    }
+    vm.remove(&processes)
+}
+
+fn exec_tty() -> Result<(), Failed> {
+    let vm = Vm::start("d-tty", &["examples/busybox", "--", "sleep", "1000"])?;
+    let (master, slave) = openpty(24, 80)?;
+    let mut cmd = Command::new(husk_bin()?);
+    cmd.args([
+        "exec",
+        "-it",
+        &vm.name,
+        "sh",
+        "-c",
+        "stty size; tty >/dev/null && echo is-a-tty; read line; stty size; echo got:$line",
+    ]);
+    cmd.stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY in the forked child, both
+    // async-signal-safe: husk exec gets the pty as its terminal, so a
+    // resize sends it SIGWINCH.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    // Only the child holds the terminal now: the master reads EIO if it dies.
+    drop(cmd);
+    let watchdog = boot_tests::Watchdog::new(child.id(), LIMIT);
+    let mut term = std::fs::File::from(master);
+    let mut seen = String::new();
+    wait_for(&mut term, &mut seen, "is-a-tty")?;
+    if !seen.contains("24 80") {
+        return Err(
+            format!("stty size in exec -t should be the host terminal's 24 80: {seen:?}").into(),
+        );
+    }
+    set_size(&term, 50, 132)?;
+    // The resize travels while the guest waits for a line.
+    std::thread::sleep(Duration::from_millis(500));
+    term.write_all(b"typed\r")?;
+    wait_for(&mut term, &mut seen, "got:typed")?;
+    let status = child.wait()?;
+    drop(watchdog);
+    if !seen.contains("50 132") {
+        return Err(format!("the resize did not reach the guest's terminal: {seen:?}").into());
+    }
+    if !status.success() {
+        return Err(format!("husk exec -it ended with {status}; terminal: {seen:?}").into());
+    }
+    let tree = tree(vm.keeper()?);
+    vm.remove(&tree)
+}
+
+/// Reads the terminal until `what` has appeared.
+fn wait_for(term: &mut std::fs::File, seen: &mut String, what: &str) -> Result<(), Failed> {
+    let mut buf = [0u8; 4096];
+    while !seen.contains(what) {
+        match term.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                return Err(format!("terminal closed before {what:?}; saw {seen:?}").into())
+            }
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    Ok(())
+}
+
+fn openpty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), Failed> {
+    let (mut m, mut s) = (0, 0);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: valid out-pointers and a valid winsize; no name wanted.
+    let ret = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    if ret != 0 {
+        return Err(format!("openpty: {}", std::io::Error::last_os_error()).into());
+    }
+    // SAFETY: two new fds from openpty, owned from here on.
+    Ok(unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) })
+}
+
+fn set_size(term: &std::fs::File, rows: u16, cols: u16) -> Result<(), Failed> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    if unsafe { libc::ioctl(term.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
+        return Err(format!("TIOCSWINSZ: {}", std::io::Error::last_os_error()).into());
+    }
+    Ok(())
+}
+
+/// Open fds and threads of a host process.
+fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let count =
+        |what: &str| std::fs::read_dir(format!("/proc/{pid}/{what}")).map_or(0, |d| d.count());
+    (count("fd"), count("task"))
+}
+
+fn hundred_execs() -> Result<(), Failed> {
+    // The appliance's own command counts init's fds and threads and the
+    // guest's processes (not kernel threads, which come and go; their
+    // parent is kthreadd, pid 2)
+    // five times a second (it runs as root: the image
+    // reference has no user), so the counting is no exec of its own.
+    let count = "while true; do echo count $(ls /proc/1/fd | wc -l) $(ls /proc/1/task | wc -l) \
+                 $(grep -L '^PPid:[[:space:]]*[02]$' /proc/[0-9]*/status 2>/dev/null | wc -l); \
+                 sleep 0.2; done";
+    let vm = Vm::start(
+        "d-loop",
+        &["oci:examples/busybox/image:latest", "--", "sh", "-c", count],
+    )?;
+    let keeper = vm.keeper()?;
+    let processes = tree(keeper);
+    // The least of each over the last second: the counting's own
+    // processes come and go.
+    let guest = |vm: &Vm| -> Result<Vec<usize>, Failed> {
+        let r = ok(h(&["logs", "--tail", "5", &vm.name])?, "logs")?;
+        let mut least = vec![usize::MAX; 3];
+        for line in r.stdout.lines() {
+            let n: Vec<usize> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            if n.len() != 3 || !line.starts_with("count ") {
+                return Err(r.explain("a line of counts").into());
+            }
+            for (l, v) in least.iter_mut().zip(n) {
+                *l = (*l).min(v);
+            }
+        }
+        Ok(least)
+    };
+    let host = || -> Vec<(u32, (usize, usize))> {
+        processes
+            .iter()
+            .map(|p| (*p, fds_and_threads(*p)))
+            .collect()
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(1500));
+    let _ = ok(vm.exec(&["true"])?, "warm-up exec")?;
+    settle();
+    let (guest_before, host_before) = (guest(&vm)?, host());
+    for i in 0..100 {
+        let r = vm.exec(&["sh", "-c", &format!("echo {i}; echo e{i} >&2")])?;
+        if r.code != Some(0)
+            || r.stdout.trim() != i.to_string()
+            || r.stderr.trim() != format!("e{i}")
+        {
+            return Err(r.explain(&format!("exec {i} of 100")).into());
+        }
+    }
+    settle();
+    let (guest_after, host_after) = (guest(&vm)?, host());
+    // init's fds and threads exactly; the processes (zombies included)
+    // no more than before (the counting's own come and go).
+    if guest_after[..2] != guest_before[..2] || guest_after[2] > guest_before[2] {
+        return Err(format!(
+            "after 100 execs the guest has init fds, init threads, processes {guest_after:?}; before {guest_before:?}"
+        )
+        .into());
+    }
+    if host_after != host_before {
+        return Err(format!(
+            "after 100 execs the host's processes (pid, (fds, threads)) are {host_after:?}, before {host_before:?}"
+        )
+        .into());
+    }
+    vm.remove(&processes)
+}
+
+fn stop_after_grace() -> Result<(), Failed> {
+    let vm = Vm::start(
+        "d-stubborn",
+        &[
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo ignored TERM' TERM; while true; do sleep 0.2; done",
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    let start = Instant::now();
+    let r = ok(h(&["stop", "-t", "2", &vm.name])?, "stop -t 2")?;
+    let took = start.elapsed();
+    if r.stdout.trim() != vm.name {
+        return Err(r.explain("stop prints the name").into());
+    }
+    if took < Duration::from_secs(2) || took > Duration::from_secs(6) {
+        return Err(format!("stop -t 2 of a command ignoring SIGTERM took {took:?}").into());
+    }
+    let r = ok(h(&["wait", &vm.name])?, "wait")?;
+    if r.stdout.trim() != "137" {
+        return Err(r.explain("killed after the grace period: 137").into());
+    }
+    let logs = ok(h(&["logs", &vm.name])?, "logs")?;
+    if !logs.stdout.contains("ignored TERM") {
+        return Err(logs
+            .explain("the command should have seen SIGTERM first")
+            .into());
+    }
+    // Stopping a stopped appliance is fine, as with docker.
+    ok(h(&["stop", &vm.name])?, "stop again")?;
+    vm.remove(&processes)?;
+
+    // A command that honours SIGTERM ends at once with 143.
+    let vm = Vm::start("d-polite", &["examples/busybox", "--", "sleep", "1000"])?;
+    let processes = tree(vm.keeper()?);
+    let start = Instant::now();
+    ok(h(&["stop", &vm.name])?, "stop")?;
+    if start.elapsed() > Duration::from_secs(5) {
+        return Err(format!("stop of sleep took {:?}", start.elapsed()).into());
+    }
+    let r = ok(h(&["wait", &vm.name])?, "wait")?;
+    if r.stdout.trim() != "143" {
+        return Err(r.explain("sleep ended by SIGTERM: 143").into());
+    }
+    vm.remove(&processes)
+}
+
+/// The deepest process of the keeper's tree: the (jailed) VMM.
+fn vmm_of(keeper: u32) -> Option<u32> {
+    let mut pid = keeper;
+    loop {
+        let kids: Vec<u32> = children(pid)
+            .into_iter()
+            .filter(|p| comm(*p) == "husk")
+            .collect();
+        match kids.first() {
+            Some(k) => pid = *k,
+            None => return (pid != keeper).then_some(pid),
+        }
+    }
+}
+
+fn kill_9() -> Result<(), Failed> {
+    for target in ["vmm", "keeper"] {
+        let vm = Vm::start(
+            &format!("d-kill-{target}"),
+            &["examples/busybox", "--", "sleep", "1000"],
+        )?;
+        let keeper = vm.keeper()?;
+        let processes = tree(keeper);
+        let victim = match target {
+            "vmm" => vmm_of(keeper).ok_or("no VMM process under the keeper")?,
+            _ => keeper,
+        };
+        Command::new("kill")
+            .args(["-9", &victim.to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            let line = vm.ps_line()?;
+            if line.contains("Exited") || Instant::now() > deadline {
+                break line;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let want = if target == "vmm" {
+            "Exited (137)"
+        } else {
+            "Exited (unknown"
+        };
+        if !line.contains(want) {
+            return Err(format!(
+                "after kill -9 of the {target}, husk ps -a shows {line:?}, not {want}"
+            )
+            .into());
+        }
+        let r = vm.exec(&["true"])?;
+        if r.code == Some(0) {
+            return Err(r.explain("exec into a killed appliance").into());
+        }
+        vm.remove(&processes)?;
+    }
+    Ok(())
+}
+
+fn names_and_users() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let a = Vm::start("d-one", &["examples/busybox", "--", "sleep", "1000"])?;
+    let b = Vm::start(
+        "d-two",
+        &["oci:examples/busybox/image:latest", "--", "sleep", "1000"],
+    )?;
+    for vm in [&a, &b] {
+        if !vm.ps_line()?.contains("Up ") {
+            return Err(format!("{} should be up: {}", vm.name, vm.ps_line()?).into());
+        }
+        let r = ok(vm.exec(&["hostname"])?, "hostname")?;
+        let _ = r;
+    }
+    let r = h(&["run", "-d", "--name", "d-one", "examples/busybox"])?;
+    if r.code == Some(0) || !r.stderr.contains("in use by a running appliance") {
+        return Err(r.explain("a name in use must be refused").into());
+    }
+    for bad in ["-x", "a/b", ".."] {
+        let r = h(&["run", "-d", &format!("--name={bad}"), "examples/busybox"])?;
+        if r.code == Some(0) || !r.stderr.contains("is not a valid name") {
+            return Err(r.explain(&format!("--name {bad} must be refused")).into());
+        }
+    }
+    let r = h(&["exec", "d-nope", "true"])?;
+    if r.code == Some(0) || !r.stderr.contains("no appliance named \"d-nope\"") {
+        return Err(r.explain("an unknown name").into());
+    }
+
+    // A user's appliances live under their own XDG_RUNTIME_DIR: nobody
+    // runs one (its own image cache: a copy of root's busybox image and
+    // kernel) and neither sees the other's.
+    let home = tempfile::tempdir()?;
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755))?;
+    let run = home.path().join("run");
+    std::fs::create_dir(&run)?;
+    let cache = home.path().join("cache");
+    let kernel = boot_tests::husk_kernel()?.vmlinux();
+    let image = boot_tests::husk::built_image("examples/busybox")?;
+    let dir_of = |p: &Path| -> Result<PathBuf, Failed> {
+        Ok(p.parent()
+            .ok_or("a cache file without a folder")?
+            .to_path_buf())
+    };
+    let (kernel_dir, image_dir) = (dir_of(&kernel)?, dir_of(&image)?);
+    let name_of = |p: &Path| p.file_name().unwrap_or_default().to_owned();
+    let kernel_copy = cache.join("kernels").join(name_of(&kernel_dir));
+    let image_copy = cache.join("images").join(name_of(&image_dir));
+    std::fs::create_dir_all(&kernel_copy)?;
+    std::fs::create_dir_all(image_copy.parent().ok_or("no parent")?)?;
+    std::fs::copy(&kernel, kernel_copy.join("vmlinux"))?;
+    let copy = Command::new("sh")
+        .arg("-c")
+        .arg("cp -a \"$1\" \"$2\" && chown -R 65534:65534 \"$3\" \"$4\" && chmod 700 \"$4\"")
+        .args(["sh"])
+        .arg(&image_dir)
+        .arg(&image_copy)
+        .arg(&cache)
+        .arg(&run)
+        .status()?;
+    if !copy.success() {
+        return Err("cannot copy husk's kernel and busybox image for nobody".into());
+    }
+    let _kvm = super::network::KvmForNobody::grant()?;
+    let nobody = |args: &[&str]| -> Result<HuskRun, Failed> {
+        let mut all = vec!["--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+        let bin = husk_bin()?;
+        let bin = bin.to_str().ok_or("husk's path is not UTF-8")?.to_string();
+        all.push(&bin);
+        all.extend_from_slice(args);
+        let out = Command::new("setpriv")
+            .args(&all)
+            .current_dir(boot_tests::workspace_root())
+            .env("HUSK_CACHE_DIR", &cache)
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("HOME", home.path())
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(HuskRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+            elapsed: Duration::ZERO,
+        })
+    };
+    let example = home.path().join("busybox");
+    let copied = Command::new("sh")
+        .arg("-c")
+        .arg("cp -a examples/busybox \"$1\" && chmod -R a+rX \"$1\"")
+        .args(["sh"])
+        .arg(&example)
+        .current_dir(boot_tests::workspace_root())
+        .status()?;
+    if !copied.success() {
+        return Err("cannot copy examples/busybox for nobody".into());
+    }
+    let example = example
+        .to_str()
+        .ok_or("a temporary path that is not UTF-8")?;
+    let r = nobody(&[
+        "run", "-d", "--name", "d-one", example, "--", "sleep", "1000",
+    ])?;
+    let result = (|| -> Result<(), Failed> {
+        if r.code != Some(0) {
+            return Err(r
+                .explain("nobody's husk run -d of a name root uses too")
+                .into());
+        }
+        let mine = nobody(&["ps"])?;
+        if !mine.stdout.contains("d-one") || mine.stdout.contains("d-two") {
+            return Err(mine
+                .explain("nobody's ps shows its own appliances only")
+                .into());
+        }
+        let r = ok(nobody(&["exec", "d-one", "id", "-u"])?, "nobody's exec")?;
+        if r.stdout.trim() != "1000" {
+            return Err(r
+                .explain("nobody's appliance runs its command as uid 1000 in the guest")
+                .into());
+        }
+        if !run.join("husk/vms/d-one/state.json").exists() {
+            return Err("nobody's state is not under its XDG_RUNTIME_DIR".into());
+        }
+        let mode = std::fs::metadata(run.join("husk/vms/d-one/control.sock"))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!("the control socket is mode {:o}, not 0600", mode & 0o777).into());
+        }
+        let roots = ok(h(&["ps"])?, "root's ps")?;
+        if roots.stdout.matches("d-one").count() != 1 {
+            return Err(roots.explain("root's ps shows root's d-one only").into());
+        }
+        Ok(())
+    })();
+    let keeper = std::fs::read(run.join("husk/vms/d-one/state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["keeper_pid"].as_u64());
+    let nobody_tree = keeper.map(|k| tree(k as u32)).unwrap_or_default();
+    let removed = nobody(&["rm", "-f", "d-one"])?;
+    result?;
+    ok(removed, "nobody's husk rm -f")?;
+    nothing_left(&run.join("husk/vms/d-one"), &nobody_tree)?;
+    let (ta, tb) = (tree(a.keeper()?), tree(b.keeper()?));
+    a.remove(&ta)?;
+    b.remove(&tb)
+}
+
+fn web_wait_ready() -> Result<(), Failed> {
+    let port = 18_090;
+    let publish = format!("127.0.0.1:{port}:80");
+    let vm = Vm::start(
+        "d-web",
+        &[
+            "--wait-ready",
+            "--net",
+            "user",
+            "-p",
+            &publish,
+            "examples/web",
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    // Ready means serving: no retry here.
+    let page = super::network::curl(&format!("http://127.0.0.1:{port}/"), None)?;
+    if !page.contains("Hello from a husk appliance") {
+        return Err(format!("the published port served {page:?}").into());
+    }
+    let line = vm.ps_line()?;
+    if !line.contains(&format!("127.0.0.1:{port}->80/tcp")) {
+        return Err(format!("husk ps should show the published port: {line:?}").into());
+    }
+    let inspect = ok(h(&["inspect", &vm.name])?, "inspect")?;
+    let v: serde_json::Value = serde_json::from_str(&inspect.stdout)?;
+    let addresses = v["guest"]["addresses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if v["guest"]["hostname"] != "web"
+        || !addresses
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.starts_with("eth0 ")))
+    {
+        return Err(inspect
+            .explain("inspect should show the guest's hostname and eth0's address")
+            .into());
+    }
+    vm.remove(&processes)
+}
+
+fn agent_garbage() -> Result<(), Failed> {
+    let vm = Vm::start("d-garbage", &["examples/busybox", "--", "sleep", "1000"])?;
+    let processes = tree(vm.keeper()?);
+    let uds = vm.dir().join("vsock.sock");
+    let frame = |body: &[u8]| {
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let inputs = [
+        frame(b"not json at all!"),
+        b"\xff\xff\xff\xff".to_vec(),
+        frame(br#"{"v":9,"op":"ping"}"#),
+        frame(br#"{"v":1,"op":"format_disk"}"#),
+        frame(br#"{"v":1,"op":"wait","id":"x"}"#),
+        b"\x05\x00".to_vec(),
+    ];
+    for input in &inputs {
+        let mut conn = boot_tests::hybrid_vsock_connect(&uds, agent::PORT)?;
+        conn.write_all(input)?;
+        conn.shutdown(std::net::Shutdown::Write)?;
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        let want = if input.len() <= 4 {
+            ""
+        } else {
+            "\"re\":\"error\""
+        };
+        if !answer.contains(want) {
+            return Err(format!("garbage {input:?} got {answer:?}").into());
+        }
+    }
+    let r = ok(vm.exec(&["echo", "still", "here"])?, "exec after garbage")?;
+    if r.stdout.trim() != "still here" {
+        return Err(r.explain("the agent should serve after garbage").into());
+    }
+    vm.remove(&processes)
+}
