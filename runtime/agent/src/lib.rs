@@ -22,6 +22,11 @@ use serde::{Deserialize, Serialize};
 
 /// The guest agent's vsock port.
 pub const PORT: u32 = 1024;
+/// The host port (CID 2) the agent connects to once it listens, to say
+/// so: it writes one [`Response::Pong`] frame and closes. A host that
+/// waits for the guest listens there instead of trying to connect while
+/// the guest boots; where nobody listens the guest is refused at once.
+pub const ANNOUNCE_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
 pub const VERSION: u32 = 1;
 /// The largest frame either side accepts: a request is small; a process's

@@ -127,6 +127,11 @@ impl Agent {
     }
 
     fn accept_loop(self: Arc<Self>, listener: OwnedFd) {
+        // Listening: tell a host that waits for it (connections queue
+        // meanwhile). Refused at once where nobody listens.
+        if let Ok(fd) = sys::vsock_connect(libc::VMADDR_CID_HOST, agent::ANNOUNCE_PORT) {
+            let _ = agent::write(&mut UnixStream::from(fd), &Response::Pong);
+        }
         loop {
             let conn = match sys::accept(&listener) {
                 Ok(c) => UnixStream::from(c),

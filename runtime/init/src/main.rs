@@ -95,18 +95,21 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     // Blocked before the agent's threads start, so they inherit the mask
     // and the signals come to this thread's sigwaitinfo.
     signals.block();
-    agent.serve();
     let main = Prepared::new(&config, &config.command, true)
         .and_then(|p| spawn_main(&agent, &p, &config.command[0]));
+    // The agent starts after the command, off the boot path: a host that
+    // connects earlier is refused and tries again.
     let pid = match main {
         Ok(pid) => pid,
         Err(f) => {
             agent.main_spawned(Err(f.status));
+            agent.serve();
             return Err(f);
         }
     };
     agent.main_spawned(Ok(pid));
     control.mark(sys::MARK_COMMAND_STARTED);
+    agent.serve();
     let status = loop {
         let signal = signals.next();
         if signal == libc::SIGCHLD || signal == -1 {

@@ -293,6 +293,32 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A stream to `port` of vsock peer `cid` (the host is CID 2).
+pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; a new fd or -1.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    // SAFETY: addr is a valid sockaddr_vm and its size is passed with it.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    check(ret)?;
+    Ok(fd)
+}
+
 /// The next connection on `listener` (retrying on EINTR).
 pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
     loop {

@@ -375,6 +375,50 @@ struct Plan {
     /// The image has husk's init, which sets the network up from the
     /// kernel command line.
     husk_init: bool,
+    /// The built image of the target, if any.
+    image: Option<BuiltImage>,
+}
+
+/// A built image, as `husk run -d` hands it to its keeper and VM (in
+/// [`BUILT_ENV`]) so that they do not look it up in the cache again.
+#[derive(Debug, Clone)]
+struct BuiltImage {
+    path: PathBuf,
+    format: ImageFormat,
+}
+
+const BUILT_ENV: &str = "HUSK_BUILT_IMAGE";
+
+impl BuiltImage {
+    fn to_env(&self) -> std::ffi::OsString {
+        let mut v = std::ffi::OsString::from(match self.format {
+            ImageFormat::Ext4 => "ext4:",
+            ImageFormat::Initramfs => "initramfs:",
+        });
+        v.push(&self.path);
+        v
+    }
+}
+
+/// The image a detaching `husk run` built, in a keeper or its VM.
+fn handed_down() -> anyhow::Result<Option<BuiltImage>> {
+    if keeper::from_env(keeper::KEEPER_ENV).is_none() && keeper::from_env(keeper::VM_ENV).is_none()
+    {
+        return Ok(None);
+    }
+    let Some(value) = std::env::var_os(BUILT_ENV) else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    let (format, path) = match value.split_once(':') {
+        Some(("ext4", p)) => (ImageFormat::Ext4, p),
+        Some(("initramfs", p)) => (ImageFormat::Initramfs, p),
+        _ => anyhow::bail!("{BUILT_ENV}={value}: not FORMAT:PATH"),
+    };
+    Ok(Some(BuiltImage {
+        path: path.into(),
+        format,
+    }))
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
@@ -391,6 +435,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         net: Vec::new(),
         vsock: args.vsock.clone().map(|uds| (DEFAULT_CID, uds)),
         husk_init: false,
+        image: None,
     };
     let Some(target) = &args.target else {
         if !args.command.is_empty() || !args.env.is_empty() {
@@ -402,7 +447,17 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         return Ok(plan);
     };
     let target = Target::parse(target)?;
-    let built = target.build()?;
+    let built = match handed_down()? {
+        Some(image) => image,
+        None => {
+            let b = target.build()?;
+            BuiltImage {
+                path: b.path,
+                format: b.format,
+            }
+        }
+    };
+    plan.image = Some(built.clone());
     let appliance = target.appliance();
     plan.net = plan_net(args, appliance, appliance.is_none())?;
     plan.husk_init = true;
@@ -654,7 +709,6 @@ fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         }
         return Err(e).with_context(|| format!("cannot create {}", vm.dir.display()));
     }
-    drop(plan);
     let (from_keeper, to_cli) = std::io::pipe().context("pipe")?;
     let exe = std::env::current_exe().context("cannot locate the husk binary")?;
     let mut command = std::process::Command::new(exe);
@@ -662,6 +716,7 @@ fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         .args(std::env::args_os().skip(1))
         .env(keeper::KEEPER_ENV, &vm.dir)
         .env_remove(keeper::VM_ENV)
+        .env_remove(BUILT_ENV)
         .stdin(std::process::Stdio::null())
         .stdout(to_cli.try_clone().context("pipe")?)
         .stderr(to_cli);
@@ -674,6 +729,10 @@ fn detach(args: &Args) -> anyhow::Result<ExitCode> {
             Ok(())
         });
     }
+    if let Some(image) = &plan.image {
+        command.env(BUILT_ENV, image.to_env());
+    }
+    drop(plan);
     let mut keeper = command.spawn().context("cannot start the keeper")?;
     drop(command);
     let word = keeper::await_keeper(from_keeper);

@@ -153,6 +153,13 @@ pub fn keep(
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
     let listener = UnixListener::bind(vm.control())
         .with_context(|| format!("cannot bind {}", vm.control().display()))?;
+    // Where the guest agent's announcement arrives (hybrid vsock: the
+    // guest's connection to host port P reaches `<uds>_P`).
+    let announce_path = announce_socket(&uds);
+    let _ = std::fs::remove_file(&announce_path);
+    let announce = UnixListener::bind(&announce_path)
+        .with_context(|| format!("cannot bind {}", announce_path.display()))?;
+    announce.set_nonblocking(true)?;
 
     let (log_r, log_w) = io::pipe().context("pipe")?;
     let exe = std::env::current_exe().context("cannot locate the husk binary")?;
@@ -201,7 +208,7 @@ pub fn keep(
         .spawn(move || serve(listener, &server))?;
 
     let mut stdout = io::stdout();
-    match until_ready(&shared, ready) {
+    match until_ready(&shared, &announce, ready) {
         Ok(()) => {
             state.status = Status::Running;
             state.started_ms = Some(now_ms());
@@ -224,6 +231,8 @@ pub fn keep(
     // Nobody reads any more: later output would go nowhere.
     let _ = stdout.flush();
     detach_stdio();
+    drop(announce);
+    let _ = std::fs::remove_file(&announce_path);
 
     let code = shared.wait_exit(None).flatten();
     let _ = pump.join();
@@ -297,18 +306,29 @@ fn wait_child(mut child: Child, shared: &Shared) {
 
 /// Waits until the guest agent answers and says the command started;
 /// then for the readiness check, if any.
-fn until_ready(shared: &Shared, ready: Option<(Ready, Duration)>) -> anyhow::Result<()> {
+fn until_ready(
+    shared: &Shared,
+    announce: &UnixListener,
+    ready: Option<(Ready, Duration)>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + AGENT_BOOT_TIMEOUT;
     let mut conn = loop {
         if shared.has_ended() {
             anyhow::bail!("the VM stopped before its guest agent answered");
         }
+        // The agent says when it listens; until then a try now and then
+        // (a connection attempt costs the booting guest an interrupt).
+        let announced = wait_announce(announce, Duration::from_millis(500));
         match vmm::vsock::connect_guest(&shared.uds, agent::PORT, AGENT_TIMEOUT) {
             Ok(c) => break c,
             Err(vmm::vsock::ConnectError::Protocol(..)) => {
                 anyhow::bail!("the VM's vsock socket does not speak hybrid vsock")
             }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) if Instant::now() < deadline => {
+                if announced {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             Err(e) => {
                 return Err(anyhow::Error::from(e).context(format!(
                     "the guest agent did not answer within {} s",
@@ -345,6 +365,24 @@ fn until_ready(shared: &Shared, ready: Option<(Ready, Duration)>) -> anyhow::Res
         "not ready after {} s (last check: {last})",
         timeout.as_secs()
     )
+}
+
+/// Waits up to `timeout` for the agent's announcement; whether it came.
+fn wait_announce(listener: &UnixListener, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    if ready == 1 {
+        // Taken, so the next wait does not see it again.
+        let _ = listener.accept();
+        return true;
+    }
+    false
 }
 
 /// One readiness check.
@@ -491,6 +529,12 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
             })
         }
     }
+}
+
+fn announce_socket(uds: &std::path::Path) -> PathBuf {
+    let mut p = uds.as_os_str().to_owned();
+    p.push(format!("_{}", agent::ANNOUNCE_PORT));
+    PathBuf::from(p)
 }
 
 /// The VM folder named in the keeper's environment.
