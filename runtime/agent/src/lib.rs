@@ -117,7 +117,8 @@ pub enum Request {
     /// [`Response::Ok`], then raw bytes: what the host writes reaches the
     /// process's stdin (or terminal); what the process writes arrives, and
     /// the end of its output is the end of the connection. Each stream can
-    /// be attached once.
+    /// be attached once; a refused attach is answered with an error and
+    /// the connection takes requests as before.
     Attach { id: u32, stream: Stream },
     /// Sends a signal to the process. Answer: [`Response::Ok`].
     Signal { id: u32, signal: i32 },

@@ -315,3 +315,124 @@ fn the_jail_holds_a_running_vmm_and_leaves_nothing() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+/// `husk ARGS` with its detached appliances kept in `state`.
+fn husk_in(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(args)
+        .env("HUSK_STATE_DIR", state)
+        .output()
+        .expect("run husk")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn detached_commands_name_what_is_wrong() {
+    let state = tempfile::tempdir().unwrap();
+    let s = state.path();
+    let ps = husk_in(s, &["ps", "-a"]);
+    assert!(ps.status.success(), "{}", stderr(&ps));
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "NAME   IMAGE   STATUS   PORTS   ADDRESSES"
+    );
+    for args in [
+        &["exec", "nope", "true"][..],
+        &["logs", "nope"],
+        &["stop", "nope"],
+        &["kill", "nope"],
+        &["wait", "nope"],
+        &["rm", "nope"],
+    ] {
+        let o = husk_in(s, args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&o).contains("no appliance named \"nope\" (see husk ps -a)"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = husk_in(s, &["kill", "nope", "SIGNOPE"]);
+    assert!(
+        stderr(&o).contains("\"SIGNOPE\" is not a signal"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk_in(s, &["run", "-d"]);
+    assert!(
+        stderr(&o).contains("-d runs an appliance or an image"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk_in(s, &["run", "-d", "--name=a/b", "examples/hello"]);
+    assert!(
+        stderr(&o).contains("\"a/b\" is not a valid name"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk_in(s, &["run", "--name", "x", "examples/hello"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--detach"),
+        "{}",
+        stderr(&o)
+    );
+    // Nothing was made for any of them.
+    assert_eq!(std::fs::read_dir(s).unwrap().count(), 0);
+}
+
+/// What a keeper that was killed leaves: ps shows it exited with no
+/// status, exec and wait say so, and rm removes it.
+#[test]
+fn a_dead_keepers_appliance_shows_exited_and_rm_removes_it() {
+    let state = tempfile::tempdir().unwrap();
+    let s = state.path();
+    let dir = s.join("ghost");
+    std::fs::create_dir(&dir).unwrap();
+    // A pid that is alive (this test) with a start time that is not its
+    // own: the keeper's pid was recycled.
+    let state_json = format!(
+        r#"{{"name":"ghost","image":"examples/busybox","ports":[],"created_ms":1,"status":"running",
+            "started_ms":2,"keeper_pid":{},"keeper_start":1}}"#,
+        std::process::id()
+    );
+    std::fs::write(dir.join("state.json"), state_json).unwrap();
+    std::fs::write(dir.join("console.log"), "line one\r\nline two\r\n").unwrap();
+    let ps = husk_in(s, &["ps"]);
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains("ghost"));
+    let ps = husk_in(s, &["ps", "-a"]);
+    let out = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        out.contains("ghost") && out.contains("Exited (unknown: its keeper was killed)"),
+        "{out}"
+    );
+    let logs = husk_in(s, &["logs", "-n", "1", "ghost"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "line two\r\n");
+    let o = husk_in(s, &["exec", "ghost", "true"]);
+    assert!(
+        stderr(&o).contains("ghost is not running"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk_in(s, &["wait", "ghost"]);
+    assert!(
+        stderr(&o).contains("its exit status is unknown"),
+        "{}",
+        stderr(&o)
+    );
+    let hello = examples_dir().join("hello");
+    let o = husk_in(
+        s,
+        &["run", "-d", "--name", "ghost", hello.to_str().unwrap()],
+    );
+    assert!(
+        stderr(&o).contains("taken by an appliance that has exited: husk rm ghost first"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk_in(s, &["rm", "ghost"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dir.exists());
+}

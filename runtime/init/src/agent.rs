@@ -190,8 +190,14 @@ impl Agent {
                 }
             };
             if let Request::Attach { id, stream } = request {
-                self.attach(conn, id, stream);
-                return;
+                // A refused attach leaves the connection for requests.
+                match self.attach(conn, id, stream) {
+                    Some(c) => {
+                        conn = c;
+                        continue;
+                    }
+                    None => return,
+                }
             }
             let answer = self.answer(request);
             let response =
@@ -426,8 +432,9 @@ impl Agent {
         Ok(Response::Started { id, pid })
     }
 
-    /// Makes `conn` the stream of process `id`, and pumps it.
-    fn attach(&self, mut conn: UnixStream, id: u32, stream: Stream) {
+    /// Makes `conn` the stream of process `id`, and pumps it; gives the
+    /// connection back when the stream cannot be attached.
+    fn attach(&self, mut conn: UnixStream, id: u32, stream: Stream) -> Option<UnixStream> {
         let ends = {
             let mut table = self.lock();
             match table.procs.get_mut(&id) {
@@ -438,35 +445,36 @@ impl Agent {
         let (output, input) = match ends {
             Ok(ends) => ends,
             Err((kind, message)) => {
-                let _ = agent::write(&mut conn, &Response::Error { kind, message });
-                return;
+                let sent = agent::write(&mut conn, &Response::Error { kind, message });
+                return sent.is_ok().then_some(conn);
             }
         };
         if agent::write(&mut conn, &Response::Ok).is_err() {
-            return;
+            return None;
         }
         match (output, input) {
             (Some(mut out), None) => {
-                let _ = io::copy(&mut out, &mut conn);
+                let _ = pump(&mut out, &mut conn);
                 let _ = conn.shutdown(Shutdown::Write);
             }
             (None, Some(mut pipe)) => {
-                let _ = io::copy(&mut conn, &mut pipe);
+                let _ = pump(&mut conn, &mut pipe);
             }
             (Some(mut out), Some(mut tty_in)) => {
                 if let Ok(mut from_host) = conn.try_clone() {
                     let _ = std::thread::Builder::new()
                         .name("agent-tty".into())
                         .spawn(move || {
-                            let _ = io::copy(&mut from_host, &mut tty_in);
+                            let _ = pump(&mut from_host, &mut tty_in);
                         });
                 }
                 // The terminal reads EIO once no process holds it open.
-                let _ = copy_until_error(&mut out, &mut conn);
+                let _ = pump(&mut out, &mut conn);
                 let _ = conn.shutdown(Shutdown::Both);
             }
             (None, None) => {}
         }
+        None
     }
 
     /// Registers the appliance's command: its pid once spawned, or the
@@ -555,8 +563,10 @@ fn take_stream(
 }
 
 /// Copies until the end of `from` or any error (a terminal's master
-/// reads EIO, not the end, once the other side is closed).
-fn copy_until_error(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
+/// reads EIO, not the end, once the other side is closed), each read
+/// passed on at once. Not `io::copy`: between a socket and a pipe it
+/// splices, and a vsock socket's splice waits for more than a keystroke.
+fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
     let mut buf = [0u8; 16 << 10];
     loop {
         let n = match from.read(&mut buf) {

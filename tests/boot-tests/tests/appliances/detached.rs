@@ -49,6 +49,10 @@ pub fn trials() -> Vec<Trial> {
             "detached_guest_agent_answers_garbage_and_keeps_serving",
             agent_garbage,
         ),
+        Trial::test(
+            "detached_guest_agent_close_stdin_signal_wait_info_and_clock",
+            agent_protocol,
+        ),
     ]
 }
 
@@ -833,5 +837,174 @@ fn agent_garbage() -> Result<(), Failed> {
     if r.stdout.trim() != "still here" {
         return Err(r.explain("the agent should serve after garbage").into());
     }
+    vm.remove(&processes)
+}
+
+/// The agent protocol itself, on the VM's vsock socket as the keeper uses
+/// it: stdin closed early, a signal, waiting (once), errors, the guest's
+/// view of itself, and its clock set from the host.
+fn agent_protocol() -> Result<(), Failed> {
+    use agent::{ErrorKind, ExitStatus, Process, Request, Response, Stream};
+    let vm = Vm::start(
+        "d-agent",
+        &["oci:examples/busybox/image:latest", "--", "sleep", "1000"],
+    )?;
+    let processes = tree(vm.keeper()?);
+    let uds = vm.dir().join("vsock.sock");
+    let conn = || -> Result<std::os::unix::net::UnixStream, Failed> {
+        Ok(boot_tests::hybrid_vsock_connect(&uds, agent::PORT)?)
+    };
+    let call = |c: &mut std::os::unix::net::UnixStream, r: &Request| -> Result<Response, Failed> {
+        agent::call(c, r).map_err(|e| Failed::from(format!("{r:?}: {e}")))
+    };
+    let mut c = conn()?;
+    if call(&mut c, &Request::Ping)? != Response::Pong {
+        return Err("ping".into());
+    }
+    let start = |c: &mut std::os::unix::net::UnixStream, argv: &[&str], stdin: bool| {
+        let process = Process {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            stdin,
+            ..Default::default()
+        };
+        match call(c, &Request::Start { process })? {
+            Response::Started { id, .. } => Ok::<u32, Failed>(id),
+            other => Err(format!("start {argv:?}: {other:?}").into()),
+        }
+    };
+    let attach = |id: u32, stream: Stream| -> Result<std::os::unix::net::UnixStream, Failed> {
+        let mut s = conn()?;
+        match call(&mut s, &Request::Attach { id, stream })? {
+            Response::Ok => Ok(s),
+            other => Err(format!("attach {stream:?}: {other:?}").into()),
+        }
+    };
+    // cat: what goes in comes out; closing stdin ends it.
+    let id = start(&mut c, &["cat"], true)?;
+    let mut input = attach(id, Stream::Stdin)?;
+    let mut output = attach(id, Stream::Stdout)?;
+    input.write_all(b"abc")?;
+    let mut got = [0u8; 3];
+    output.read_exact(&mut got)?;
+    if call(&mut c, &Request::CloseStdin { id })? != Response::Ok {
+        return Err("close_stdin".into());
+    }
+    let mut rest = Vec::new();
+    output.read_to_end(&mut rest)?;
+    let status = call(&mut c, &Request::Wait { id })?;
+    if &got != b"abc"
+        || !rest.is_empty()
+        || status
+            != (Response::Exited {
+                status: ExitStatus::Code(0),
+            })
+    {
+        return Err(format!("cat gave {got:?} then {rest:?} and {status:?}").into());
+    }
+    // Collected once; then unknown, as is any id never given.
+    for id in [id, 9999] {
+        match call(&mut c, &Request::Wait { id })? {
+            Response::Error {
+                kind: ErrorKind::NoSuchProcess,
+                ..
+            } => {}
+            other => return Err(format!("wait {id} again: {other:?}").into()),
+        }
+    }
+    if let Response::Error { kind, .. } = call(
+        &mut c,
+        &Request::Attach {
+            id: 9999,
+            stream: Stream::Stdout,
+        },
+    )? {
+        if kind != ErrorKind::NoSuchProcess {
+            return Err(format!("attach to nothing: {kind:?}").into());
+        }
+    } else {
+        return Err("attach to an unknown process must fail".into());
+    }
+    // A signal ends a process; its status says which.
+    let id = start(&mut c, &["sleep", "100"], false)?;
+    match call(
+        &mut c,
+        &Request::Resize {
+            id,
+            size: agent::WindowSize { rows: 1, cols: 1 },
+        },
+    )? {
+        Response::Error {
+            kind: ErrorKind::NotAttachable,
+            ..
+        } => {}
+        other => return Err(format!("resize of a process without a terminal: {other:?}").into()),
+    }
+    call(
+        &mut c,
+        &Request::Signal {
+            id,
+            signal: libc::SIGTERM,
+        },
+    )?;
+    let status = call(&mut c, &Request::Wait { id })?;
+    if status
+        != (Response::Exited {
+            status: ExitStatus::Signal(libc::SIGTERM),
+        })
+    {
+        return Err(format!("sleep after SIGTERM: {status:?}").into());
+    }
+    match call(
+        &mut c,
+        &Request::Start {
+            process: Process {
+                argv: vec!["/nope".into()],
+                ..Default::default()
+            },
+        },
+    )? {
+        Response::Error {
+            kind: ErrorKind::StartFailed { status: 127 },
+            ..
+        } => {}
+        other => return Err(format!("start of a missing program: {other:?}").into()),
+    }
+    // The guest's view of itself.
+    match call(&mut c, &Request::Info)? {
+        Response::Info(info) if info.uptime_ms > 0 && !info.hostname.is_empty() => {}
+        other => return Err(format!("info: {other:?}").into()),
+    }
+    // The clock: set to 2030, read back in the guest, set back to now.
+    call(
+        &mut c,
+        &Request::SetTime {
+            secs: 1_893_456_000,
+            nanos: 0,
+        },
+    )?;
+    let year = ok(vm.exec(&["date", "+%Y"])?, "date")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    call(
+        &mut c,
+        &Request::SetTime {
+            secs: now.as_secs(),
+            nanos: now.subsec_nanos(),
+        },
+    )?;
+    if year.stdout.trim() != "2030" {
+        return Err(year
+            .explain("the guest's clock after set_time to 2030")
+            .into());
+    }
+    let guest_now = ok(vm.exec(&["date", "+%s"])?, "date")?;
+    let guest_secs: u64 = guest_now.stdout.trim().parse()?;
+    if guest_secs.abs_diff(now.as_secs()) > 30 {
+        return Err(format!(
+            "the guest's clock is {guest_secs}, the host's {}",
+            now.as_secs()
+        )
+        .into());
+    }
+    drop(c);
     vm.remove(&processes)
 }

@@ -23,7 +23,10 @@ use vmm::vsock::{HostVsock, MAX_CONNECTIONS};
 use vmm::{DiskAccess, DiskConfig, NetBackendConfig, NetConfig, VmConfig, VmExit};
 
 use super::target::{boot_cmdline, Target};
-use crate::vms::{self, keeper, VmDir};
+use crate::vms::keeper;
+
+mod detached;
+use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;
@@ -379,48 +382,6 @@ struct Plan {
     image: Option<BuiltImage>,
 }
 
-/// A built image, as `husk run -d` hands it to its keeper and VM (in
-/// [`BUILT_ENV`]) so that they do not look it up in the cache again.
-#[derive(Debug, Clone)]
-struct BuiltImage {
-    path: PathBuf,
-    format: ImageFormat,
-}
-
-const BUILT_ENV: &str = "HUSK_BUILT_IMAGE";
-
-impl BuiltImage {
-    fn to_env(&self) -> std::ffi::OsString {
-        let mut v = std::ffi::OsString::from(match self.format {
-            ImageFormat::Ext4 => "ext4:",
-            ImageFormat::Initramfs => "initramfs:",
-        });
-        v.push(&self.path);
-        v
-    }
-}
-
-/// The image a detaching `husk run` built, in a keeper or its VM.
-fn handed_down() -> anyhow::Result<Option<BuiltImage>> {
-    if keeper::from_env(keeper::KEEPER_ENV).is_none() && keeper::from_env(keeper::VM_ENV).is_none()
-    {
-        return Ok(None);
-    }
-    let Some(value) = std::env::var_os(BUILT_ENV) else {
-        return Ok(None);
-    };
-    let value = value.to_string_lossy();
-    let (format, path) = match value.split_once(':') {
-        Some(("ext4", p)) => (ImageFormat::Ext4, p),
-        Some(("initramfs", p)) => (ImageFormat::Initramfs, p),
-        _ => anyhow::bail!("{BUILT_ENV}={value}: not FORMAT:PATH"),
-    };
-    Ok(Some(BuiltImage {
-        path: path.into(),
-        format,
-    }))
-}
-
 fn plan(args: &Args) -> anyhow::Result<Plan> {
     let mut plan = Plan {
         config_kernel: args.kernel.clone(),
@@ -663,143 +624,6 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_TIMEOUT)
         }
     })
-}
-
-/// A detached VM's vsock: the appliance's own, else one in its folder
-/// (the guest agent's way in).
-fn detached_vsock(plan: &Plan, vm: &VmDir) -> (u32, PathBuf) {
-    plan.vsock
-        .clone()
-        .unwrap_or_else(|| (DEFAULT_CID, vm.vsock()))
-}
-
-/// `husk run -d` as the user typed it: checks and builds, makes the VM's
-/// folder, starts the keeper and waits for its word.
-fn detach(args: &Args) -> anyhow::Result<ExitCode> {
-    if args.target.is_none() {
-        anyhow::bail!("-d runs an appliance or an image in the background: name one");
-    }
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => vms::random_name(),
-    };
-    vms::check_name(&name)?;
-    let plan = plan(args)?;
-    if args.wait_ready {
-        ready_check(args)?;
-    }
-    let root = vms::root()?;
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let vm = VmDir::at(&root, &name);
-    if let Err(e) = std::fs::create_dir(&vm.dir) {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            let running = vm
-                .current_state()
-                .map_or(true, |s| s.status != vms::Status::Exited);
-            if running {
-                anyhow::bail!(
-                    "the name {name:?} is in use by a running appliance: \
-                     husk stop {name}, or choose another --name"
-                );
-            }
-            anyhow::bail!(
-                "the name {name:?} is taken by an appliance that has exited: \
-                 husk rm {name} first, or choose another --name"
-            );
-        }
-        return Err(e).with_context(|| format!("cannot create {}", vm.dir.display()));
-    }
-    let (from_keeper, to_cli) = std::io::pipe().context("pipe")?;
-    let exe = std::env::current_exe().context("cannot locate the husk binary")?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .args(std::env::args_os().skip(1))
-        .env(keeper::KEEPER_ENV, &vm.dir)
-        .env_remove(keeper::VM_ENV)
-        .env_remove(BUILT_ENV)
-        .stdin(std::process::Stdio::null())
-        .stdout(to_cli.try_clone().context("pipe")?)
-        .stderr(to_cli);
-    // SAFETY: setsid(2) in the forked child, async-signal-safe: the
-    // keeper leaves this terminal's session, so closing the terminal or
-    // ^C here does not reach it.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    if let Some(image) = &plan.image {
-        command.env(BUILT_ENV, image.to_env());
-    }
-    drop(plan);
-    let mut keeper = command.spawn().context("cannot start the keeper")?;
-    drop(command);
-    let word = keeper::await_keeper(from_keeper);
-    match word {
-        Ok(None) => {
-            println!("{name}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(Some(code)) => {
-            let _ = keeper.wait();
-            let status = code.map_or("unknown".into(), |c| c.to_string());
-            eprintln!("husk: {name} stopped before it was ready (exit status {status}); its console ends with:");
-            let tail = vms::log::tail(&vm.log(), Some(20)).unwrap_or_default();
-            eprint!("{}", String::from_utf8_lossy(&tail));
-            eprintln!("husk: see husk logs {name}; husk rm {name} removes it");
-            Ok(ExitCode::from(code.filter(|c| *c != 0).unwrap_or(1)))
-        }
-        Err(e) => {
-            let _ = keeper.wait();
-            if !vm.state_file().exists() {
-                let _ = std::fs::remove_dir_all(&vm.dir);
-            }
-            Err(e)
-        }
-    }
-}
-
-/// The appliance's `[run.ready]` check, for `--wait-ready`.
-fn ready_check(args: &Args) -> anyhow::Result<(keeper::Ready, Duration)> {
-    let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
-    let ready = target
-        .appliance()
-        .and_then(|a| a.run.ready.clone())
-        .context(
-            "--wait-ready: the appliance has no [run.ready] check (tcp = PORT or command = [...])",
-        )?;
-    let check = match (ready.tcp, ready.command) {
-        (Some(port), _) => keeper::Ready::Tcp(port),
-        (None, Some(argv)) => keeper::Ready::Command(argv),
-        (None, None) => anyhow::bail!("[run.ready] names no check"),
-    };
-    Ok((check, Duration::from_secs(ready.timeout.into())))
-}
-
-/// The keeper's side of `husk run -d`.
-fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
-    let plan = plan(args)?;
-    let (_, uds) = detached_vsock(&plan, &vm);
-    let ready = if args.wait_ready {
-        Some(ready_check(args)?)
-    } else {
-        None
-    };
-    let ports = plan
-        .net
-        .iter()
-        .flat_map(|n| &n.ports)
-        .map(|p| {
-            let ip = p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
-            let proto = if p.udp { "/udp" } else { "/tcp" };
-            format!("{ip}{}->{}{proto}", p.host_port, p.guest_port)
-        })
-        .collect();
-    drop(plan);
-    let image = args.target.clone().unwrap_or_default();
-    let code = keeper::keep(vm, uds, image, ports, ready)?;
-    Ok(ExitCode::from(code))
 }
 
 fn is_root() -> bool {
