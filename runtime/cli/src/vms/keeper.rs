@@ -128,6 +128,7 @@ pub fn keep(
     image: String,
     ports: Vec<String>,
     ready: Option<(Ready, Duration)>,
+    remove_at_end: bool,
 ) -> anyhow::Result<u8> {
     // Everything the keeper makes is the user's alone.
     // SAFETY: umask(2) cannot fail.
@@ -248,6 +249,9 @@ pub fn keep(
     }
     let _ = std::fs::remove_file(vm.control());
     let _ = std::fs::remove_file(&shared.uds);
+    if remove_at_end {
+        let _ = std::fs::remove_dir_all(&vm.dir);
+    }
     // A VM child killed from here (a stop past its grace period) left its
     // jail folder and cgroup: swept, as every jail sweeps the dead's.
     // SAFETY: geteuid has no preconditions.

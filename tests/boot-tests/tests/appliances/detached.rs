@@ -548,7 +548,18 @@ fn stop_after_grace() -> Result<(), Failed> {
     if r.stdout.trim() != "143" {
         return Err(r.explain("sleep ended by SIGTERM: 143").into());
     }
-    vm.remove(&processes)
+    vm.remove(&processes)?;
+
+    // With --rm, stopping it removes it.
+    let mut vm = Vm::start("d-rm", &["--rm", "examples/busybox", "--", "sleep", "1000"])?;
+    let processes = tree(vm.keeper()?);
+    ok(h(&["stop", &vm.name])?, "stop of a --rm appliance")?;
+    vm.removed = true;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vm.dir().exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nothing_left(&vm.dir(), &processes)
 }
 
 /// The deepest process of the keeper's tree: the (jailed) VMM.

@@ -80,7 +80,10 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     let root = vms::root()?;
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let vm = VmDir::at(&root, &name);
-    if let Err(e) = std::fs::create_dir(&vm.dir) {
+    // The user's alone: its log and sockets are nobody else's business.
+    let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&vm.dir);
+    if let Err(e) = made {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             let running = vm
                 .current_state()
@@ -187,6 +190,6 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         .collect();
     drop(plan);
     let image = args.target.clone().unwrap_or_default();
-    let code = keeper::keep(vm, uds, image, ports, ready)?;
+    let code = keeper::keep(vm, uds, image, ports, ready, args.rm)?;
     Ok(ExitCode::from(code))
 }

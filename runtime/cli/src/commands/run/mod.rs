@@ -101,6 +101,9 @@ pub struct Args {
     /// With -d: return once the appliance's [run.ready] check passes
     #[arg(long, requires = "detach")]
     wait_ready: bool,
+    /// With -d: remove the appliance (its folder and log) when it stops
+    #[arg(long, requires = "detach")]
+    rm: bool,
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
