@@ -75,10 +75,7 @@ pub fn open_backend(cfg: &NetBackendConfig) -> Result<Box<dyn NetBackend>, NetEr
         NetBackendConfig::Stream(fd) => {
             let stream = UnixStream::from(fd.try_clone().map_err(NetError::Stream)?);
             stream.set_nonblocking(true).map_err(NetError::Stream)?;
-            // Used as a file: read(2) and write(2) serve a socket too, and
-            // the VMM thread's seccomp policy needs no socket calls.
-            let file = File::from(OwnedFd::from(stream));
-            Ok(Box::new(StreamBackend::new(file)))
+            Ok(Box::new(StreamBackend::new(stream)))
         }
     }
 }
@@ -248,5 +245,45 @@ impl NetBackend for Tap {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    /// With SIGPIPE's default action (as the husk binary has it), a frame
+    /// sent to a passt that is gone must be EPIPE, not the end of an
+    /// unjailed husk: checked in a child process, whose death would be the
+    /// failure.
+    #[test]
+    fn a_frame_to_a_passt_that_is_gone_is_epipe_not_sigpipe() {
+        // SAFETY: fork in a test; the child only makes system calls and
+        // leaves with _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            // SAFETY: restoring the default action has no preconditions.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            let (ours, theirs) = UnixStream::pair().expect("socketpair");
+            drop(theirs);
+            let code = match open_backend(&NetBackendConfig::Stream(ours.into())) {
+                Ok(mut backend) => match backend.send(&[0u8; HDR_LEN + 60]) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPIPE) => 0,
+                    _ => 1,
+                },
+                Err(_) => 2,
+            };
+            // SAFETY: leaving the forked child without running destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child; status is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child ended with status {status:#x} (signal {})",
+            libc::WTERMSIG(status)
+        );
     }
 }

@@ -216,7 +216,6 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                     vec![],
                     "eventfds, console input, /dev/urandom, network frames",
                 ),
-                allow(SYS_writev, vec![], "a frame and its length to passt"),
                 allow(
                     SYS_mprotect,
                     no_exec(2),
@@ -249,7 +248,7 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 allow(
                     SYS_recvfrom,
                     vec![],
-                    "vsock: reading host streams (std reads sockets with recv)",
+                    "vsock's host streams and passt's socket (std reads sockets with recv)",
                 ),
                 allow(
                     SYS_recvmsg,
@@ -260,7 +259,7 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 allow(
                     SYS_sendmsg,
                     vec![],
-                    "vsock: writes to host streams with MSG_NOSIGNAL",
+                    "vsock's host streams and passt's socket, with MSG_NOSIGNAL",
                 ),
             ]);
         }

@@ -3,8 +3,10 @@
 //! big-endian length: the protocol of passt and of QEMU's `-netdev
 //! stream`). The tap backend needs ioctls and lives in the VMM.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::{HDR_LEN, MAX_FRAME};
 
@@ -43,6 +45,8 @@ pub trait NetBackend: Send + AsRawFd {
 /// Frames on a stream socket (passt, QEMU `-netdev stream`): a 4-byte
 /// big-endian length, then the frame without a virtio header. The socket
 /// must be non-blocking. At most one frame is ever held on either side.
+/// Writes are `sendmsg` with `MSG_NOSIGNAL`: a peer that went away is an
+/// error for this backend, never a SIGPIPE for the VMM.
 pub struct StreamBackend<S> {
     stream: S,
     /// Bytes of a sent frame the socket has not taken yet.
@@ -58,7 +62,7 @@ const LEN: usize = 4;
 /// The largest Ethernet frame a stream peer may send (no header).
 const MAX_WIRE_FRAME: usize = MAX_FRAME - HDR_LEN;
 
-impl<S: Read + Write + AsRawFd + Send> StreamBackend<S> {
+impl<S: Read + ScmSocket + AsRawFd + Send> StreamBackend<S> {
     pub fn new(stream: S) -> Self {
         StreamBackend {
             stream,
@@ -95,7 +99,7 @@ impl<S: Read + Write + AsRawFd + Send> StreamBackend<S> {
     }
 }
 
-impl<S: Read + Write + AsRawFd + Send> AsRawFd for StreamBackend<S> {
+impl<S: Read + ScmSocket + AsRawFd + Send> AsRawFd for StreamBackend<S> {
     fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
     }
@@ -105,7 +109,14 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-impl<S: Read + Write + AsRawFd + Send> NetBackend for StreamBackend<S> {
+/// One `sendmsg(MSG_NOSIGNAL)` of `parts`, as an io result.
+fn send(stream: &impl ScmSocket, parts: &[&[u8]]) -> io::Result<usize> {
+    stream
+        .send_with_fds(parts, &[])
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+}
+
+impl<S: Read + ScmSocket + AsRawFd + Send> NetBackend for StreamBackend<S> {
     fn offloads(&self) -> bool {
         false
     }
@@ -117,10 +128,7 @@ impl<S: Read + Write + AsRawFd + Send> NetBackend for StreamBackend<S> {
         let payload = frame.get(HDR_LEN..).unwrap_or_default();
         let len = (payload.len() as u32).to_be_bytes();
         let written = loop {
-            match self
-                .stream
-                .write_vectored(&[IoSlice::new(&len), IoSlice::new(payload)])
-            {
+            match send(&self.stream, &[&len[..], payload]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if would_block(&e) => return Ok(Sent::WouldBlock),
@@ -140,7 +148,7 @@ impl<S: Read + Write + AsRawFd + Send> NetBackend for StreamBackend<S> {
 
     fn flush(&mut self) -> io::Result<bool> {
         while self.out_at < self.out.len() {
-            match self.stream.write(&self.out[self.out_at..]) {
+            match send(&self.stream, &[&self.out[self.out_at..]]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.out_at += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -177,6 +185,7 @@ impl<S: Read + Write + AsRawFd + Send> NetBackend for StreamBackend<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     use super::*;
