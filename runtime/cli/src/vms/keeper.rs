@@ -141,6 +141,7 @@ pub fn keep(
     let mut state = State {
         name: vm.name.clone(),
         image,
+        args: std::env::args().skip(1).collect(),
         ports,
         created_ms: now_ms(),
         status: Status::Starting,

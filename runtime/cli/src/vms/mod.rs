@@ -94,6 +94,9 @@ pub struct State {
     pub name: String,
     /// What was run: the appliance file or image reference.
     pub image: String,
+    /// The `husk` command line that started it.
+    #[serde(default)]
+    pub args: Vec<String>,
     /// Published ports as given to `-p` (and the appliance's).
     pub ports: Vec<String>,
     pub created_ms: u64,
@@ -269,6 +272,7 @@ mod tests {
         let state = State {
             name: "x".into(),
             image: "examples/hello".into(),
+            args: vec!["run".into(), "-d".into(), "examples/hello".into()],
             ports: vec!["8080:80".into()],
             created_ms: 1,
             status: Status::Running,
