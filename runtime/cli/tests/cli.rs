@@ -373,6 +373,22 @@ fn detached_commands_name_what_is_wrong() {
         "{}",
         stderr(&o)
     );
+    // A name that makes the sockets' paths too long is refused up front.
+    let deep = s.join("d".repeat(60));
+    std::fs::create_dir(&deep).unwrap();
+    let hello = examples_dir().join("hello");
+    let long = "n".repeat(64);
+    let o = husk_in(
+        &deep,
+        &["run", "-d", "--name", &long, hello.to_str().unwrap()],
+    );
+    assert!(
+        stderr(&o).contains("choose a shorter --name"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 0);
+    std::fs::remove_dir(&deep).unwrap();
     let o = husk_in(s, &["run", "--name", "x", "examples/hello"]);
     assert!(
         !o.status.success() && stderr(&o).contains("--detach"),

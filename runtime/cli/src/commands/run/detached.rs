@@ -73,13 +73,23 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         None => vms::random_name(),
     };
     vms::check_name(&name)?;
+    let root = vms::root()?;
+    let vm = VmDir::at(&root, &name);
+    // Its sockets live in its folder: their paths must fit a socket
+    // address (with `_PORT` after the vsock one).
+    if vm.vsock().as_os_str().len() > vmm::vsock::MAX_UDS {
+        anyhow::bail!(
+            "{}: too long a path for the appliance's sockets (at most {} bytes): \
+             choose a shorter --name",
+            vm.vsock().display(),
+            vmm::vsock::MAX_UDS
+        );
+    }
     let plan = plan(args)?;
     if args.wait_ready {
         ready_check(args)?;
     }
-    let root = vms::root()?;
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let vm = VmDir::at(&root, &name);
     // The user's alone: its log and sockets are nobody else's business.
     let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&vm.dir);
