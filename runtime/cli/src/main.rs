@@ -31,6 +31,10 @@ enum Command {
     Logs(commands::logs::Args),
     /// Stop detached appliances: SIGTERM, SIGKILL after a grace period
     Stop(commands::stop::StopArgs),
+    /// Run detached appliances that have stopped again, as they were started
+    Start(commands::start::StartArgs),
+    /// Stop detached appliances and start them again
+    Restart(commands::start::RestartArgs),
     /// Send a signal to a detached appliance's command
     Kill(commands::stop::KillArgs),
     /// Wait for a detached appliance to stop and print its exit status
@@ -70,6 +74,8 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs::run(args),
         Command::Stop(args) => commands::stop::stop(args),
         Command::Kill(args) => commands::stop::kill(args),
+        Command::Start(args) => commands::start::start(args),
+        Command::Restart(args) => commands::start::restart(args),
         Command::Wait(args) => commands::wait::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Build(args) => commands::build::run(args),

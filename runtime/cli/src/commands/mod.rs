@@ -8,6 +8,7 @@ pub mod logs;
 pub mod ps;
 pub mod rm;
 pub mod run;
+pub mod start;
 pub mod stop;
 mod target;
 pub mod validate;

@@ -142,8 +142,10 @@ pub fn keep(
         name: vm.name.clone(),
         image,
         args: std::env::args().skip(1).collect(),
+        cwd: std::env::current_dir().ok(),
         ports,
-        created_ms: now_ms(),
+        // Started again (husk start): still created when it first was.
+        created_ms: vm.read_state().map_or_else(|_| now_ms(), |s| s.created_ms),
         status: Status::Starting,
         started_ms: None,
         finished_ms: None,

@@ -94,9 +94,12 @@ pub struct State {
     pub name: String,
     /// What was run: the appliance file or image reference.
     pub image: String,
-    /// The `husk` command line that started it.
+    /// The `husk` command line that started it, and the folder it was
+    /// typed in (`husk start` runs it again there).
     #[serde(default)]
     pub args: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<std::path::PathBuf>,
     /// Published ports as given to `-p` (and the appliance's).
     pub ports: Vec<String>,
     pub created_ms: u64,
@@ -273,6 +276,7 @@ mod tests {
             name: "x".into(),
             image: "examples/hello".into(),
             args: vec!["run".into(), "-d".into(), "examples/hello".into()],
+            cwd: None,
             ports: vec!["8080:80".into()],
             created_ms: 1,
             status: Status::Running,

@@ -534,7 +534,27 @@ fn stop_after_grace() -> Result<(), Failed> {
     }
     // Stopping a stopped appliance is fine, as with docker.
     ok(h(&["stop", &vm.name])?, "stop again")?;
-    vm.remove(&processes)?;
+    // Started again, it runs its command line again, with its log kept;
+    // restart stops it and starts it once more.
+    let r = ok(h(&["start", &vm.name])?, "start")?;
+    if r.stdout.trim() != vm.name || !vm.ps_line()?.contains("Up ") {
+        return Err(r.explain("husk start of a stopped appliance").into());
+    }
+    let mut all = processes.clone();
+    all.extend(tree(vm.keeper()?));
+    ok(h(&["restart", "-t", "0", &vm.name])?, "restart")?;
+    all.extend(tree(vm.keeper()?));
+    let r = ok(vm.exec(&["echo", "again"])?, "exec after restart")?;
+    if r.stdout.trim() != "again" {
+        return Err(r.explain("exec after restart").into());
+    }
+    let logs = ok(h(&["logs", &vm.name])?, "logs")?;
+    if !logs.stdout.contains("ignored TERM") {
+        return Err(logs
+            .explain("the log of the first run should be kept")
+            .into());
+    }
+    vm.remove(&all)?;
 
     // A command that honours SIGTERM ends at once with 143.
     let vm = Vm::start("d-polite", &["examples/busybox", "--", "sleep", "1000"])?;

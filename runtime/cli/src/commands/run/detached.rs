@@ -15,7 +15,7 @@ use crate::vms::{self, keeper, VmDir};
 /// A built image, as `husk run -d` hands it to its keeper and VM (in
 /// [`BUILT_ENV`]) so that they do not look it up in the cache again.
 #[derive(Debug, Clone)]
-pub(super) struct BuiltImage {
+pub struct BuiltImage {
     pub(super) path: PathBuf,
     pub(super) format: ImageFormat,
 }
@@ -111,11 +111,28 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         }
         return Err(e).with_context(|| format!("cannot create {}", vm.dir.display()));
     }
+    let image = plan.image.clone();
+    drop(plan);
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let cwd = std::env::current_dir().context("the current folder")?;
+    start_keeper(&vm, &args, &cwd, image.as_ref())
+}
+
+/// Starts the keeper of `vm` with the `husk` arguments `args` in `cwd`
+/// and waits for its word: the name printed once the appliance is up.
+pub fn start_keeper(
+    vm: &VmDir,
+    args: &[std::ffi::OsString],
+    cwd: &std::path::Path,
+    image: Option<&BuiltImage>,
+) -> anyhow::Result<ExitCode> {
+    let name = &vm.name;
     let (from_keeper, to_cli) = std::io::pipe().context("pipe")?;
     let exe = std::env::current_exe().context("cannot locate the husk binary")?;
     let mut command = std::process::Command::new(exe);
     command
-        .args(std::env::args_os().skip(1))
+        .args(args)
+        .current_dir(cwd)
         .env(keeper::KEEPER_ENV, &vm.dir)
         .env_remove(keeper::VM_ENV)
         .env_remove(BUILT_ENV)
@@ -131,10 +148,9 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
             Ok(())
         });
     }
-    if let Some(image) = &plan.image {
+    if let Some(image) = image {
         command.env(BUILT_ENV, image.to_env());
     }
-    drop(plan);
     let mut keeper = command.spawn().context("cannot start the keeper")?;
     drop(command);
     let word = keeper::await_keeper(from_keeper);

@@ -26,6 +26,7 @@ use super::target::{boot_cmdline, Target};
 use crate::vms::keeper;
 
 mod detached;
+pub use detached::start_keeper;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 use vmm_sys_util::terminal::Terminal;
 

@@ -1,0 +1,78 @@
+//! `husk start` and `husk restart`: run a detached appliance that has
+//! stopped again, with the command line it was started with (its folder,
+//! log and name stay), as `docker start` and `docker restart` do.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::vms::{Status, VmDir};
+
+#[derive(clap::Args)]
+pub struct StartArgs {
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct RestartArgs {
+    /// Seconds between SIGTERM and SIGKILL when stopping
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u32,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    each(&args.names, |name| start_one(name, false))
+}
+
+pub fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
+    each(&args.names, |name| {
+        super::stop::stop_one(name, args.time)?;
+        start_one(name, true)
+    })
+}
+
+fn each(
+    names: &[String],
+    mut f: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for name in names {
+        if let Err(e) = f(name) {
+            eprintln!("husk: {e:#}");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn start_one(name: &str, stopped_just_now: bool) -> anyhow::Result<()> {
+    let vm = VmDir::find(name)?;
+    let state = vm.current_state()?;
+    if state.status != Status::Exited {
+        if stopped_just_now {
+            anyhow::bail!("{name} did not stop");
+        }
+        // Running already: nothing to do, as with docker.
+        println!("{name}");
+        return Ok(());
+    }
+    if state.args.first().map(String::as_str) != Some("run") {
+        anyhow::bail!("{name} was made by an older husk that did not keep its command line: husk rm {name}, then run it again");
+    }
+    let cwd = state
+        .cwd
+        .clone()
+        .with_context(|| format!("{name}'s state does not say where it was started"))?;
+    let args: Vec<std::ffi::OsString> = state.args.iter().map(Into::into).collect();
+    match super::run::start_keeper(&vm, &args, &cwd, None)? {
+        code if code == ExitCode::SUCCESS => Ok(()),
+        _ => anyhow::bail!("{name} did not start again"),
+    }
+}
