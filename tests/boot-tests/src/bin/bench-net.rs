@@ -274,6 +274,7 @@ fn measure(env: &Env, vmm: Vmm, backend: Backend, runs: usize) -> Result<Figures
                 backend.name()
             );
             // Host to guest.
+            let _watch = StallReport::arm("host to guest", vm.id());
             let start = Instant::now();
             let mut s = reach.open(0)?;
             let mut left = SIZE;
@@ -293,6 +294,7 @@ fn measure(env: &Env, vmm: Vmm, backend: Backend, runs: usize) -> Result<Figures
                 return Err(format!("the guest's sink counted {answer:?}"));
             }
             // Guest to host.
+            let _watch = StallReport::arm("guest to host", vm.id());
             let start = Instant::now();
             let mut s = reach.open(1)?;
             writeln!(s, "{SIZE}").map_err(|e| e.to_string())?;
@@ -338,6 +340,38 @@ fn measure(env: &Env, vmm: Vmm, backend: Backend, runs: usize) -> Result<Figures
     let _ = vm.kill();
     let _ = vm.wait();
     result
+}
+
+/// Prints what the sockets hold when a transfer takes longer than a
+/// healthy one ever does (30 s), so a stall can be told apart: bytes
+/// waiting in the VMM's socket to passt, in passt's, or in TCP.
+struct StallReport(Option<std::sync::mpsc::Sender<()>>);
+
+impl StallReport {
+    fn arm(phase: &'static str, vmm: u32) -> Self {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(Duration::from_secs(30)).is_ok() {
+                return;
+            }
+            eprintln!("\nbench-net: {phase} has taken 30 s; the VMM is pid {vmm}");
+            for cmd in ["ss -xpnm", "ss -tnpmi", "cat /proc/%/status | grep -i ctxt"] {
+                let cmd = cmd.replace('%', &vmm.to_string());
+                if let Ok(out) = Command::new("sh").args(["-c", &cmd]).output() {
+                    eprintln!("--- {cmd}\n{}", String::from_utf8_lossy(&out.stdout));
+                }
+            }
+        });
+        StallReport(Some(done))
+    }
+}
+
+impl Drop for StallReport {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = d.send(());
+        }
+    }
 }
 
 /// Starts the VM and waits for the guest's marker.
