@@ -51,7 +51,9 @@ pub enum Ready {
 struct Shared {
     vm: VmDir,
     uds: PathBuf,
-    child_pid: u32,
+    /// The VM child as a pidfd: a signal through it can only reach that
+    /// process, even once it is reaped and its pid reused.
+    child: std::os::fd::OwnedFd,
     /// `Some(code)` once the VM child ended (`None` inside: no status).
     exit: Mutex<Option<Option<u8>>>,
     ended: Condvar,
@@ -114,9 +116,7 @@ impl Shared {
 
     /// The VM child, ended at once; what the jail leaves is swept.
     fn kill_vm(&self) {
-        // SAFETY: kill(2) of our own child, which is not yet reaped (the
-        // waiter thread reaps it, and sets `exit` after).
-        unsafe { libc::kill(self.child_pid as libc::pid_t, libc::SIGKILL) };
+        let _ = kill_pidfd(&self.child);
     }
 }
 
@@ -192,7 +192,7 @@ pub fn keep(
     let shared = Arc::new(Shared {
         vm: vm.clone(),
         uds,
-        child_pid: child.id(),
+        child: pidfd(child.id()).context("pidfd_open of the VM")?,
         exit: Mutex::new(None),
         ended: Condvar::new(),
         answering: std::sync::atomic::AtomicUsize::new(0),
@@ -262,6 +262,39 @@ pub fn keep(
         vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
     }
     Ok(code.unwrap_or(0))
+}
+
+/// A pidfd for process `pid` (our child, not yet reaped: it was just
+/// spawned and only the waiter thread, started after this, reaps it).
+fn pidfd(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open with a pid and no flags; a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just returned by pidfd_open and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// SIGKILL to the process behind `pidfd`.
+fn kill_pidfd(pidfd: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with a pidfd we own, a plain signal number
+    // and no siginfo; it touches no memory of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Points stdin, stdout and stderr at /dev/null.
@@ -566,4 +599,21 @@ pub fn await_keeper(out: impl io::Read) -> anyhow::Result<Option<Option<u8>>> {
         eprintln!("{line}");
     }
     anyhow::bail!("the keeper ended without a word (see husk logs)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidfd_kills_its_process_and_only_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+        let fd = pidfd(child.id()).unwrap();
+        kill_pidfd(&fd).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // Reaped: the pidfd now names nobody, whatever takes its pid.
+        let err = kill_pidfd(&fd).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    }
 }
