@@ -265,8 +265,9 @@ pub fn power_off() -> ! {
     }
 }
 
-/// A listening AF_VSOCK stream socket on `port`, any CID.
-pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+/// A new AF_VSOCK stream socket (close-on-exec), and the address of
+/// `port` at `cid`.
+fn vsock_socket(cid: u32, port: u32) -> io::Result<(OwnedFd, libc::sockaddr_vm)> {
     // SAFETY: socket(2) with constant arguments; a new fd or -1.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -277,8 +278,14 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
+    addr.svm_cid = cid;
     addr.svm_port = port;
+    Ok((fd, addr))
+}
+
+/// A listening AF_VSOCK stream socket on `port`, any CID.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    let (fd, addr) = vsock_socket(libc::VMADDR_CID_ANY, port)?;
     // SAFETY: addr is a valid sockaddr_vm and its size is passed with it.
     let ret = unsafe {
         libc::bind(
@@ -295,18 +302,7 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
 
 /// A stream to `port` of vsock peer `cid` (the host is CID 2).
 pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; a new fd or -1.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
+    let (fd, addr) = vsock_socket(cid, port)?;
     // SAFETY: addr is a valid sockaddr_vm and its size is passed with it.
     let ret = unsafe {
         libc::connect(

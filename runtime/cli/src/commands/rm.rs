@@ -17,20 +17,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
-    for name in &args.names {
-        match remove(name, args.force) {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("husk: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    super::each_name(&args.names, |name| {
+        remove(name, args.force)?;
+        println!("{name}");
+        Ok(())
     })
 }
 

@@ -24,31 +24,13 @@ pub struct RestartArgs {
 }
 
 pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
-    each(&args.names, |name| start_one(name, false))
+    super::each_name(&args.names, |name| start_one(name, false))
 }
 
 pub fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
-    each(&args.names, |name| {
+    super::each_name(&args.names, |name| {
         super::stop::stop_one(name, args.time)?;
         start_one(name, true)
-    })
-}
-
-fn each(
-    names: &[String],
-    mut f: impl FnMut(&str) -> anyhow::Result<()>,
-) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
-    for name in names {
-        if let Err(e) = f(name) {
-            eprintln!("husk: {e:#}");
-            failed = true;
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
     })
 }
 

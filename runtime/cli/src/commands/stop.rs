@@ -27,20 +27,10 @@ pub struct KillArgs {
 /// off when the command ends. Stopping one that has stopped is not an
 /// error (as with docker).
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
-    for name in &args.names {
-        match stop_one(name, args.time) {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("husk: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    super::each_name(&args.names, |name| {
+        stop_one(name, args.time)?;
+        println!("{name}");
+        Ok(())
     })
 }
 
