@@ -155,6 +155,9 @@ pub fn keep(
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
+    // A keeper that was killed left its socket: this folder is ours now
+    // (the VM is new, or was found exited), so it goes.
+    let _ = std::fs::remove_file(vm.control());
     let listener = UnixListener::bind(vm.control())
         .with_context(|| format!("cannot bind {}", vm.control().display()))?;
     // Where the guest agent's announcement arrives (hybrid vsock: the
