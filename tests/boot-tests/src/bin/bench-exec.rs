@@ -162,23 +162,17 @@ fn exec(bin: &Path, podman_root: &Path, runs: usize) -> Result<(), String> {
     ]);
     let result = (|| {
         time(&mut start)?;
-        let (mut h, mut p) = (Vec::new(), Vec::new());
-        for i in 0..=runs {
-            let a = time(Command::new(bin).args(["exec", "bench-exec", "true"]))?;
-            let mut pe = podman(podman_root);
-            let b = time(pe.args(["exec", "bench-exec", "true"]))?;
-            if i > 0 {
-                h.push(a);
-                p.push(b);
-            }
-        }
-        header(&format!(
-            "exec of `true` into a running appliance / container, {runs} runs:"
-        ));
-        let hm = row("husk exec NAME true", &h);
-        let pm = row("podman exec CTR true (runc)", &p);
-        println!("{:<44} {:>8.2}x", "husk / podman (median)", hm / pm);
-        Ok(())
+        side_by_side(
+            &format!("exec of `true` into a running appliance / container, {runs} runs:"),
+            ("husk exec NAME true", &mut |_| {
+                time(Command::new(bin).args(["exec", "bench-exec", "true"]))
+            }),
+            ("podman exec CTR true (runc)", &mut |_| {
+                time(podman(podman_root).args(["exec", "bench-exec", "true"]))
+            }),
+            "husk / podman (median)",
+            runs,
+        )
     })();
     let _ = Command::new(bin).args(["rm", "-f", "bench-exec"]).output();
     let _ = podman(podman_root)
@@ -188,39 +182,64 @@ fn exec(bin: &Path, podman_root: &Path, runs: usize) -> Result<(), String> {
 }
 
 fn run_detached(bin: &Path, podman_root: &Path, runs: usize) -> Result<(), String> {
-    let (mut h, mut p) = (Vec::new(), Vec::new());
+    side_by_side(
+        &format!("run -d of the busybox image until it returns (command started), {runs} runs:"),
+        ("husk run -d (VM booted, agent answered)", &mut |i| {
+            let name = format!("bench-run-{i}");
+            let t = time(Command::new(bin).args([
+                "run", "-d", "--net", "none", "--name", &name, IMAGE, "--", "sleep", "3600",
+            ]));
+            let _ = Command::new(bin).args(["rm", "-f", &name]).output();
+            t
+        }),
+        ("podman run -d (runc)", &mut |i| {
+            let name = format!("bench-run-{i}");
+            let t = time(podman(podman_root).args([
+                "run",
+                "-d",
+                "--net",
+                "none",
+                "--name",
+                &name,
+                PODMAN_IMAGE,
+                "sleep",
+                "3600",
+            ]));
+            let _ = podman(podman_root)
+                .args(["rm", "-f", "-t", "0", &name])
+                .output();
+            t
+        }),
+        "husk / podman (median)",
+        runs,
+    )
+}
+
+/// One timed attempt of a side, given the round's number.
+type Side<'a> = (&'a str, &'a mut dyn FnMut(usize) -> Result<f64, String>);
+
+/// Times the two sides alternately, `runs` rounds after one warm-up, and
+/// prints each one's median, min and max and the ratio of the medians.
+fn side_by_side(
+    title: &str,
+    (a_name, a): Side,
+    (b_name, b): Side,
+    ratio: &str,
+    runs: usize,
+) -> Result<(), String> {
+    let (mut at, mut bt) = (Vec::new(), Vec::new());
     for i in 0..=runs {
-        let name = format!("bench-run-{i}");
-        let a = time(Command::new(bin).args([
-            "run", "-d", "--net", "none", "--name", &name, IMAGE, "--", "sleep", "3600",
-        ]));
-        let _ = Command::new(bin).args(["rm", "-f", &name]).output();
-        let mut pr = podman(podman_root);
-        let b = time(pr.args([
-            "run",
-            "-d",
-            "--net",
-            "none",
-            "--name",
-            &name,
-            PODMAN_IMAGE,
-            "sleep",
-            "3600",
-        ]));
-        let _ = podman(podman_root)
-            .args(["rm", "-f", "-t", "0", &name])
-            .output();
+        let x = a(i)?;
+        let y = b(i)?;
         if i > 0 {
-            h.push(a?);
-            p.push(b?);
+            at.push(x);
+            bt.push(y);
         }
     }
-    header(&format!(
-        "run -d of the busybox image until it returns (command started), {runs} runs:"
-    ));
-    let hm = row("husk run -d (VM booted, agent answered)", &h);
-    let pm = row("podman run -d (runc)", &p);
-    println!("{:<44} {:>8.2}x", "husk / podman (median)", hm / pm);
+    header(title);
+    let am = row(a_name, &at);
+    let bm = row(b_name, &bt);
+    println!("{ratio:<44} {:>8.3}x", am / bm);
     Ok(())
 }
 
@@ -265,20 +284,11 @@ fn boot(bin: &Path, baseline: &Path, dir: &Path, runs: usize) -> Result<(), Stri
             .args(["--cmdline", "quiet rdinit=/.husk/init"]);
         Ok(boot_tests::time_run(&mut c, boot_tests::First::Byte)?.1)
     };
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for i in 0..=runs {
-        let x = boot(&now)?;
-        let y = boot(&before)?;
-        if i > 0 {
-            a.push(x);
-            b.push(y);
-        }
-    }
-    header(&format!(
-        "foreground husk run of the hello appliance to exit, {runs} runs, alternated:"
-    ));
-    let am = row("init with the guest agent", &a);
-    let bm = row("init before the guest agent", &b);
-    println!("{:<44} {:>8.3}x", "with / before (median)", am / bm);
-    Ok(())
+    side_by_side(
+        &format!("foreground husk run of the hello appliance to exit, {runs} runs, alternated:"),
+        ("init with the guest agent", &mut |_| boot(&now)),
+        ("init before the guest agent", &mut |_| boot(&before)),
+        "with / before (median)",
+        runs,
+    )
 }
