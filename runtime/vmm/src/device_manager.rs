@@ -94,7 +94,12 @@ pub struct DeviceEvents(Transport);
 impl MutEventSubscriber for DeviceEvents {
     fn init(&mut self, ops: &mut EventOps) {
         let t = lock(&self.0);
-        for (i, evt) in t.queue_evts().iter().enumerate() {
+        let queue_evts = if t.queues_served_elsewhere() {
+            &[][..]
+        } else {
+            t.queue_evts()
+        };
+        for (i, evt) in queue_evts.iter().enumerate() {
             let token = EventToken::Queue(i as u16).to_data();
             if let Err(e) = ops.add(Events::with_data(evt, token, EventSet::IN)) {
                 warn!("cannot watch queue {i} of device {}: {e}", t.device_type());

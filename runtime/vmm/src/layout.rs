@@ -21,7 +21,10 @@ pub const PML4_ADDR: u64 = 0x9000;
 pub const PDPTE_ADDR: u64 = 0xa000;
 pub const PDE_ADDR: u64 = 0xb000;
 pub const CMDLINE_ADDR: u64 = 0x20000;
-pub const CMDLINE_MAX: usize = 4096;
+/// x86 Linux keeps at most 2048 bytes of its command line, the final NUL
+/// included (`COMMAND_LINE_SIZE`), and silently cuts the rest: a longer
+/// one is refused here instead.
+pub const CMDLINE_MAX: usize = 2048;
 /// The MP table sits in the last KiB of base memory, where Linux looks.
 pub const MPTABLE_ADDR: u64 = 0x9fc00;
 /// Base RAM ends where the MP table (and the legacy BIOS area) begins.

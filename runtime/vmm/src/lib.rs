@@ -17,7 +17,9 @@ pub mod mptable;
 pub mod net;
 pub mod passt;
 pub mod seccomp;
+pub mod sidecar;
 mod vcpu;
+pub mod virtiofsd;
 pub mod vsock;
 
 use std::fs::{File, OpenOptions};
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 use devices::storage::{Overlay, Storage};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
+use devices::virtio::fs::Fs;
 use devices::virtio::net::{Net, NetBackend};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{HostSide, Vsock};
@@ -63,6 +66,10 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// A vsock device and its host side.
     pub vsock: Option<vsock::VsockConfig>,
+    /// Shared folders: one virtio-fs device each, served by a vhost-user
+    /// backend (virtiofsd) already connected. With any, guest RAM is a
+    /// shared memfd the backends map.
+    pub shares: Vec<ShareConfig>,
     /// Where the guest's console output goes.
     pub console_output: Box<dyn Write + Send>,
     /// Host input for the guest's console, if any.
@@ -79,6 +86,14 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// When the process started, for the timings.
     pub started: Instant,
+}
+
+/// One virtio-fs device: the tag the guest mounts it by, and the
+/// connected socket of its vhost-user backend.
+#[derive(Debug)]
+pub struct ShareConfig {
+    pub tag: String,
+    pub backend: std::os::unix::net::UnixStream,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +190,12 @@ pub enum VmmError {
     },
     #[error("the vsock device")]
     Vsock(#[source] devices::virtio::vsock::VsockError),
+    #[error("the shared folder with tag {tag:?}")]
+    Share {
+        tag: String,
+        #[source]
+        source: devices::virtio::fs::FsError,
+    },
     #[error("a VM needs 1 to {MAX_CPUS} vCPUs, not {0}")]
     Cpus(u8),
     #[error("{0} MiB of memory is more than husk gives a VM (at most {MAX_MEMORY_MIB} MiB)")]
@@ -184,7 +205,11 @@ pub enum VmmError {
          {need_mib} MiB to load; give the VM more memory"
     )]
     MemoryTooSmall { have_mib: u64, need_mib: u64 },
-    #[error("building the kernel command line")]
+    #[error(
+        "building the kernel command line (Linux takes at most {} bytes; a long command \
+         after -- fits better in a script in the image or a shared folder)",
+        CMDLINE_MAX - 1
+    )]
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("guest memory: {0}")]
     GuestMemory(String),
@@ -338,7 +363,13 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     report.mark(Phase::VmCreated);
 
     let ram = cfg.memory_mib << 20;
-    let mem = guest_memory(&vm, ram)?;
+    // A backend in another process maps the RAM of a VM with shares.
+    let backing = if cfg.shares.is_empty() {
+        memory::Backing::Private
+    } else {
+        memory::Backing::Shared
+    };
+    let mem = guest_memory(&vm, ram, backing)?;
     report.mark(Phase::MemoryReady);
 
     // Devices: the console first (hvc0), then the disks (vda, ...), the
@@ -373,6 +404,13 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             broker: v.broker,
         };
         let dev = Vsock::new(u64::from(v.cid), host).map_err(VmmError::Vsock)?;
+        dm.attach(&vm, &mem, Box::new(dev), &mut cmdline)?;
+    }
+    for share in std::mem::take(&mut cfg.shares) {
+        let dev = Fs::new(share.backend, &share.tag, &mem).map_err(|source| VmmError::Share {
+            tag: share.tag.clone(),
+            source,
+        })?;
         dm.attach(&vm, &mem, Box::new(dev), &mut cmdline)?;
     }
     dm.attach(&vm, &mem, Box::new(Rng::with_source(urandom)), &mut cmdline)?;
@@ -550,8 +588,12 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// Guest RAM, registered with KVM slot by slot.
-fn guest_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
-    let mem = memory::create(size)?;
+fn guest_memory(
+    vm: &VmFd,
+    size: u64,
+    backing: memory::Backing,
+) -> Result<GuestMemoryMmap, VmmError> {
+    let mem = memory::create(size, backing)?;
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))

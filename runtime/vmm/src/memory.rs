@@ -1,12 +1,19 @@
-//! Guest RAM: anonymous memory aligned to 2 MiB, so that KVM can back the
-//! guest's 2 MiB frames with host huge pages (transparent huge pages), as
-//! QEMU does. A guest's first touch of its memory then faults once per
-//! 2 MiB instead of once per 4 KiB, and TLB reach is 512 times larger.
+//! Guest RAM: memory aligned to 2 MiB, so that KVM can back the guest's
+//! 2 MiB frames with host huge pages (transparent huge pages), as QEMU
+//! does. A guest's first touch of its memory then faults once per 2 MiB
+//! instead of once per 4 KiB, and TLB reach is 512 times larger.
+//!
+//! Private anonymous memory, unless another process must map the guest's
+//! RAM too (a vhost-user backend such as virtiofsd): then it is one sealed
+//! `memfd`, mapped shared, whose descriptor the backend receives.
 
+use std::fs::File;
+use std::os::fd::FromRawFd;
 use std::ptr::null_mut;
+use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::layout::ram_ranges;
 use crate::VmmError;
@@ -58,15 +65,96 @@ fn aligned_anonymous(len: usize) -> Result<*mut u8, VmmError> {
     Ok(start as *mut u8)
 }
 
+/// How guest RAM is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Private anonymous memory: only this process maps it.
+    Private,
+    /// A sealed memfd mapped shared, for backends in other processes.
+    Shared,
+}
+
+/// A memfd of `size` bytes that can neither shrink nor grow (a backend that
+/// mapped it can never fault on a truncated page), and whose seals are
+/// themselves sealed.
+fn sealed_memfd(size: u64) -> Result<File, VmmError> {
+    let fail =
+        |what: &str| VmmError::GuestMemory(format!("{what}: {}", std::io::Error::last_os_error()));
+    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a
+    // new descriptor or -1.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"husk-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(fail("memfd_create"));
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)
+        .map_err(|e| VmmError::GuestMemory(format!("sizing the guest RAM file: {e}")))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on our own memfd; no memory is touched.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(fail("sealing the guest RAM file"));
+    }
+    Ok(file)
+}
+
+/// Maps `len` bytes of `file` from `offset` shared over `at`, the start of
+/// an aligned reservation from [`aligned_anonymous`].
+fn map_shared(at: *mut u8, len: usize, file: &File, offset: u64) -> Result<(), VmmError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: MAP_FIXED replaces exactly [at, at + len), which is our own
+    // reservation made by aligned_anonymous and not yet handed to anyone;
+    // no Rust reference points into it.
+    let addr = unsafe {
+        libc::mmap(
+            at.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(VmmError::GuestMemory(format!(
+            "cannot map the guest RAM file: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: advice on our own mapping; failure (shmem THP off) is harmless.
+    unsafe {
+        libc::madvise(at.cast(), len, libc::MADV_HUGEPAGE);
+    }
+    Ok(())
+}
+
 /// Guest RAM of `size` bytes, laid out around the MMIO gap.
-pub fn create(size: u64) -> Result<GuestMemoryMmap, VmmError> {
+pub fn create(size: u64, backing: Backing) -> Result<GuestMemoryMmap, VmmError> {
+    let ranges = ram_ranges(size);
+    let file = match backing {
+        Backing::Private => None,
+        Backing::Shared => Some(Arc::new(sealed_memfd(
+            ranges.iter().map(|(_, len)| len).sum(),
+        )?)),
+    };
     let mut regions = Vec::new();
-    for (start, len) in ram_ranges(size) {
+    let mut offset = 0;
+    for (start, len) in ranges {
         let len = len as usize;
         let ptr = aligned_anonymous(len)?;
         // SAFETY: `ptr` starts `len` bytes of a live mapping made above,
         // never unmapped while the process runs.
-        let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) };
+        let mut builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) };
+        if let Some(file) = &file {
+            map_shared(ptr, len, file, offset)?;
+            builder = builder.with_file_offset(FileOffset::from_arc(file.clone(), offset));
+            offset += len as u64;
+        }
         let mapping = builder
             .build()
             .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
@@ -155,13 +243,19 @@ fn usage(mem: &GuestMemoryMmap, status: &str, smaps: &str) -> Option<(u64, u64)>
 
 #[cfg(test)]
 mod tests {
-    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+    use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
     use super::*;
 
     #[test]
     fn ram_is_2mib_aligned_and_usable() {
-        let mem = create(64 << 20).unwrap();
+        for backing in [Backing::Private, Backing::Shared] {
+            ram_works(backing);
+        }
+    }
+
+    fn ram_works(backing: Backing) {
+        let mem = create(64 << 20, backing).unwrap();
         for r in mem.iter() {
             let host = r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
             assert_eq!(host % HUGE_PAGE, 0);
@@ -177,12 +271,50 @@ mod tests {
 
     #[test]
     fn usage_counts_touched_guest_memory() {
-        let mem = create(64 << 20).unwrap();
+        let mem = create(64 << 20, Backing::Private).unwrap();
         let (_, before) = UsageFiles::open().unwrap().usage(&mem).unwrap();
         mem.write_slice(&vec![1u8; 8 << 20], GuestAddress(0))
             .unwrap();
         let (peak, after) = UsageFiles::open().unwrap().usage(&mem).unwrap();
         assert!(after >= before + (8 << 20), "{before} -> {after}");
         assert!(peak >= after);
+    }
+
+    #[test]
+    fn shared_ram_is_one_sealed_file_another_mapping_sees() {
+        use std::os::fd::AsRawFd;
+        // Above the MMIO gap too, so there are two regions in one file.
+        let size = 4u64 << 30;
+        let mem = create(size, Backing::Shared).unwrap();
+        let offsets: Vec<_> = mem
+            .iter()
+            .map(|r| r.file_offset().unwrap().start())
+            .collect();
+        assert_eq!(offsets.len(), 2);
+        assert_eq!(offsets[0], 0);
+        assert_eq!(offsets[1], mem.iter().next().unwrap().len());
+        let region = mem.iter().last().unwrap();
+        let file = region.file_offset().unwrap().file();
+        // SAFETY: F_GET_SEALS only reads the descriptor's seals.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(
+            seals,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL
+        );
+        assert!(
+            file.set_len(1 << 20).is_err(),
+            "a sealed file cannot shrink"
+        );
+        // What the guest writes is in the file, where a backend reads it.
+        let at = region.start_addr().unchecked_add(4096);
+        mem.write_obj(0x1234_5678_u32, at).unwrap();
+        let mut word = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(
+            file,
+            &mut word,
+            region.file_offset().unwrap().start() + 4096,
+        )
+        .unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0x1234_5678);
     }
 }

@@ -3,18 +3,19 @@
 //! given one end of a socket pair with `--fd`: there is no socket file to
 //! find, race for or leave behind. passt runs in the foreground with
 //! `--one-off`, so it quits as soon as the last holder of the other end
-//! closes it, whichever way husk ends (even `kill -9`); it also gets
-//! SIGKILL when the thread that started it dies, and [`Passt`]'s drop waits
-//! for it, so nothing outlives a run.
+//! closes it, whichever way husk ends (even `kill -9`); it is a
+//! [`Sidecar`], so it also gets SIGKILL when the thread that started it
+//! dies, and its drop waits for it: nothing outlives a run.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::sidecar::{find_program, Sidecar};
 
 /// A published port: `host_ip:host_port` on the host reaches `guest_port`
 /// in the guest.
@@ -137,12 +138,7 @@ fn interface_ipv4(ifname: &str) -> Option<(Ipv4Addr, u8)> {
 }
 
 /// A running passt, serving one VM.
-pub struct Passt {
-    child: Child,
-    /// The process that started passt: only it may wait for or kill it
-    /// (a forked, jailed VMM sees other process numbers).
-    owner: u32,
-}
+pub struct Passt(Sidecar);
 
 /// How long passt has to say it is ready (or why it is not).
 const START_LIMIT: Duration = Duration::from_secs(5);
@@ -179,26 +175,8 @@ impl Passt {
         }
         // With --quiet it speaks only of errors: straight to the user.
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        // SAFETY: between fork and exec the closure makes only
-        // async-signal-safe calls (prctl, fcntl) on memory it owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The socket end passt gets must survive exec.
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(PasstError::Spawn)?;
+        let mut passt = Passt(Sidecar::spawn(&mut cmd, fd).map_err(PasstError::Spawn)?);
         drop(theirs);
-        let mut passt = Passt {
-            child,
-            owner: std::process::id(),
-        };
         passt.wait_ready(ports)?;
         Ok((passt, ours.into()))
     }
@@ -209,7 +187,7 @@ impl Passt {
     fn wait_ready(&mut self, ports: &[PortMapping]) -> Result<(), PasstError> {
         let deadline = Instant::now() + START_LIMIT;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.0.exited() {
                 return Err(PasstError::Failed(format!(
                     "it exited ({status}); its message is above"
                 )));
@@ -256,36 +234,8 @@ fn port_spec(p: &PortMapping) -> String {
 }
 
 fn find_passt() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HUSK_PASST") {
-        return Some(p.into());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join("passt"))
-        .chain([
-            PathBuf::from("/usr/bin/passt"),
-            PathBuf::from("/usr/sbin/passt"),
-        ])
-        .find(|p| p.is_file())
-}
-
-impl Drop for Passt {
-    fn drop(&mut self) {
-        if std::process::id() != self.owner {
-            return;
-        }
-        // It quits once every copy of the VMM's end is closed; give it a
-        // moment, then make sure.
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let distro = ["/usr/bin/passt", "/usr/sbin/passt"].map(PathBuf::from);
+    find_program("HUSK_PASST", "passt", &distro)
 }
 
 #[cfg(test)]

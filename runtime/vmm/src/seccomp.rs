@@ -253,13 +253,16 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 allow(
                     SYS_recvmsg,
                     vec![],
-                    "vsock: the broker's answer, with the connected socket",
+                    "vsock: the broker's answer, with the connected socket; \
+                     vhost-user: the backend's replies",
                 ),
                 allow(SYS_shutdown, vec![], "vsock: the guest's half-close"),
                 allow(
                     SYS_sendmsg,
                     vec![],
-                    "vsock's host streams and passt's socket, with MSG_NOSIGNAL",
+                    "vsock's host streams and passt's socket, with MSG_NOSIGNAL; \
+                     vhost-user: the messages that start and stop the backend's rings \
+                     (carrying their kick and call eventfds)",
                 ),
             ]);
         }

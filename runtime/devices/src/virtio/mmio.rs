@@ -77,11 +77,19 @@ impl MmioTransport {
     /// irqfd. Each queue gets an eventfd for the VMM to register as an
     /// ioeventfd on the notify register.
     pub fn new(mem: Mem, device: Box<dyn VirtioDevice>, irq_evt: EventFd) -> std::io::Result<Self> {
-        let queue_evts = device
+        let queue_evts: Vec<EventFd> = device
             .queue_max_sizes()
             .iter()
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<_, _>>()?;
+        let mut device = device;
+        if device.queues_served_elsewhere() {
+            let copies = queue_evts
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()?;
+            device.take_queue_notifiers(copies);
+        }
         let mut t = MmioTransport {
             device,
             mem,
@@ -131,6 +139,12 @@ impl MmioTransport {
     /// a reset; it is logged once, then the device stays quiet until reset.
     pub fn process_queue(&mut self, queue: usize) {
         self.serve(|d| d.process_queue(queue));
+    }
+
+    /// Whether the VMM's loop leaves the queue notifications to another
+    /// process (see [`VirtioDevice::queues_served_elsewhere`]).
+    pub fn queues_served_elsewhere(&self) -> bool {
+        self.device.queues_served_elsewhere()
     }
 
     /// The host descriptors the device waits on (see [`VirtioDevice::host_events`]).

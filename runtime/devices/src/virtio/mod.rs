@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod console;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -32,6 +33,9 @@ pub const BASE_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1;
 #[derive(Debug)]
 pub struct IrqLine {
     status: AtomicU32,
+    /// Bits that read as set whatever the driver acknowledges: a device
+    /// whose backend signals the irqfd itself holds `INT_VRING`.
+    held: AtomicU32,
     evt: EventFd,
 }
 
@@ -39,6 +43,7 @@ impl IrqLine {
     pub fn new(evt: EventFd) -> Self {
         IrqLine {
             status: AtomicU32::new(0),
+            held: AtomicU32::new(0),
             evt,
         }
     }
@@ -50,7 +55,16 @@ impl IrqLine {
     }
 
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        self.status.load(Ordering::SeqCst) | self.held.load(Ordering::SeqCst)
+    }
+
+    /// Makes `bits` read as set until [`IrqLine::release`].
+    pub fn hold(&self, bits: u32) {
+        self.held.fetch_or(bits, Ordering::SeqCst);
+    }
+
+    pub fn release(&self, bits: u32) {
+        self.held.fetch_and(!bits, Ordering::SeqCst);
     }
 
     pub fn ack(&self, bits: u32) {
@@ -112,6 +126,14 @@ pub enum DeviceError {
     Chain { head: u16, reason: String },
     #[error("cannot signal the guest")]
     Interrupt(#[source] io::Error),
+    #[error("the vhost-user backend refused {what}")]
+    Backend {
+        what: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("the vhost-user backend is gone")]
+    BackendGone,
 }
 
 /// Why a device could not start with what the driver set up.
@@ -201,6 +223,17 @@ pub trait VirtioDevice: Send {
     fn host_events(&self) -> Vec<HostEvent> {
         Vec::new()
     }
+    /// True for a device whose queues another process serves (a
+    /// vhost-user backend): the transport hands it the queues'
+    /// notification eventfds (KVM ioeventfds) with
+    /// [`VirtioDevice::take_queue_notifiers`], and the VMM's event loop
+    /// leaves them to that process.
+    fn queues_served_elsewhere(&self) -> bool {
+        false
+    }
+    /// Takes the queues' notification eventfds, index = queue (see
+    /// [`VirtioDevice::queues_served_elsewhere`]).
+    fn take_queue_notifiers(&mut self, _evts: Vec<EventFd>) {}
     /// Handles readiness of the host descriptor registered as `token`.
     fn process_host_event(&mut self, _token: u32, _ready: Ready) -> Result<(), DeviceError> {
         Ok(())
