@@ -111,5 +111,8 @@ impl Appliance {
         if let Some(v) = &mut self.vm.vsock {
             fix(&mut v.uds);
         }
+        for s in &mut self.vm.shares {
+            fix(&mut s.host);
+        }
     }
 }

@@ -149,6 +149,8 @@ pub struct Vm {
     #[serde(default)]
     pub net: Vec<NetInterface>,
     pub vsock: Option<Vsock>,
+    #[serde(default)]
+    pub shares: Vec<Share>,
 }
 
 impl Vm {
@@ -175,6 +177,7 @@ impl Default for Vm {
             disks: Vec::new(),
             net: Vec::new(),
             vsock: None,
+            shares: Vec::new(),
         }
     }
 }
@@ -202,6 +205,17 @@ impl<'de> Deserialize<'de> for KernelRef {
 #[serde(deny_unknown_fields)]
 pub struct Disk {
     pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// `[[vm.shares]]`: a host folder the guest sees at `guest` (virtio-fs,
+/// served by virtiofsd); the guest's writes land in the folder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    pub host: PathBuf,
+    pub guest: GuestPath,
     #[serde(default)]
     pub readonly: bool,
 }

@@ -37,7 +37,7 @@ pub(crate) fn check_host_paths(a: &Appliance) -> Problems {
         }
     };
     if let Some(host) = a.rootfs.from.host_path() {
-        let is_dir = matches!(a.rootfs.from, Source::OciLayout { .. });
+        let is_dir = matches!(a.rootfs.from, Source::OciLayout { .. } | Source::Dir(_));
         need(path("rootfs.from"), host, is_dir);
     }
     for (i, f) in a.rootfs.files.iter().enumerate() {
@@ -53,6 +53,9 @@ pub(crate) fn check_host_paths(a: &Appliance) -> Problems {
     }
     for (i, d) in a.vm.disks.iter().enumerate() {
         need(path("vm.disks").index(i).key("path"), &d.path, false);
+    }
+    for (i, s) in a.vm.shares.iter().enumerate() {
+        need(path("vm.shares").index(i).key("host"), &s.host, true);
     }
     p
 }
@@ -79,6 +82,30 @@ fn check_metadata(a: &Appliance, p: &mut Problems) {
 
 fn check_rootfs(a: &Appliance, p: &mut Problems) {
     let r = &a.rootfs;
+    if matches!(r.from, Source::Dir(_)) {
+        // The folder is the root as it is: husk writes nothing into it.
+        let added = [
+            ("rootfs.files", r.files.is_empty()),
+            ("rootfs.dirs", r.dirs.is_empty()),
+            ("rootfs.symlinks", r.symlinks.is_empty()),
+        ];
+        for (field, empty) in added {
+            if !empty {
+                p.push((
+                    path(field),
+                    "a root from a folder (from = \"dir:...\") is booted as it is; \
+                     put what you would add here into the folder"
+                        .into(),
+                ));
+            }
+        }
+        if r.format == ImageFormat::Initramfs || r.size != ImageSize::default() {
+            p.push((
+                path("rootfs.format"),
+                "a root from a folder has no image format or size; remove them".into(),
+            ));
+        }
+    }
     if let ImageSize::Fixed(size) = r.size {
         if r.format == ImageFormat::Initramfs {
             p.push((
@@ -147,9 +174,11 @@ fn claim<'a>(
 fn check_run(a: &Appliance, p: &mut Problems) {
     let run = &a.run;
     match &run.command {
-        None if a.rootfs.from == Source::Scratch => p.push((
+        None if matches!(a.rootfs.from, Source::Scratch | Source::Dir(_)) => p.push((
             path("run.command"),
-            "required when rootfs.from = \"scratch\"; add command = [\"/bin/app\"]".into(),
+            "required when rootfs.from is \"scratch\" or a folder (nothing else says what \
+             to run); add command = [\"/bin/app\"]"
+                .into(),
         )),
         Some(cmd) if cmd.is_empty() => p.push((
             path("run.command"),
@@ -259,6 +288,20 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
                 at,
                 format!("{} is already attached at {first}", d.path.display()),
             ));
+        }
+    }
+    let mut guests = HashMap::new();
+    for (i, s) in vm.shares.iter().enumerate() {
+        let at = path("vm.shares").index(i).key("guest");
+        if s.guest.as_path() == Path::new("/") {
+            p.push((
+                at,
+                "cannot share onto \"/\"; boot a folder as the root with \
+                 rootfs.from = \"dir:PATH\""
+                    .into(),
+            ));
+        } else if let Some(first) = guests.insert(s.guest.as_path(), at.clone()) {
+            p.push((at, format!("{} is already shared at {first}", s.guest)));
         }
     }
     let mut taps = HashMap::new();

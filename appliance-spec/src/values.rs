@@ -204,21 +204,32 @@ pub enum Source {
     OciLayout { dir: PathBuf, tag: Option<String> },
     /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: a registry reference.
     Registry(String),
+    /// `dir:PATH`: a host folder the guest boots from as it is (through
+    /// virtio-fs), its writes landing in the folder; nothing is copied.
+    Dir(PathBuf),
 }
 
 impl Source {
     /// The host path this source reads, if it reads one.
     pub fn host_path(&self) -> Option<&Path> {
         match self {
-            Source::OciArchive(p) | Source::DockerArchive(p) => Some(p),
+            Source::OciArchive(p) | Source::DockerArchive(p) | Source::Dir(p) => Some(p),
             Source::OciLayout { dir, .. } => Some(dir),
             Source::Scratch | Source::Registry(_) => None,
         }
     }
 
+    /// The host folder a `dir:` root boots from.
+    pub fn folder(&self) -> Option<&Path> {
+        match self {
+            Source::Dir(p) => Some(p),
+            _ => None,
+        }
+    }
+
     pub(crate) fn host_path_mut(&mut self) -> Option<&mut PathBuf> {
         match self {
-            Source::OciArchive(p) | Source::DockerArchive(p) => Some(p),
+            Source::OciArchive(p) | Source::DockerArchive(p) | Source::Dir(p) => Some(p),
             Source::OciLayout { dir, .. } => Some(dir),
             Source::Scratch | Source::Registry(_) => None,
         }
@@ -241,6 +252,8 @@ impl FromStr for Source {
             nonempty(rest, "\"oci-archive:image.tar\"").map(Source::OciArchive)
         } else if let Some(rest) = s.strip_prefix("docker-archive:") {
             nonempty(rest, "\"docker-archive:image.tar\"").map(Source::DockerArchive)
+        } else if let Some(rest) = s.strip_prefix("dir:") {
+            nonempty(rest, "\"dir:PATH\"").map(Source::Dir)
         } else if let Some(rest) = s.strip_prefix("docker://") {
             match rest.split_once('/') {
                 Some((host, repo)) if !host.is_empty() && !repo.is_empty() => {
@@ -260,7 +273,8 @@ impl FromStr for Source {
         } else {
             Err(format!(
                 "{s:?} is not a rootfs source; write \"scratch\", \"oci:DIR[:TAG]\", \
-                 \"oci-archive:PATH\", \"docker-archive:PATH\" or \"docker://HOST/REPO[:TAG]\""
+                 \"oci-archive:PATH\", \"docker-archive:PATH\", \"docker://HOST/REPO[:TAG]\" \
+                 or \"dir:PATH\""
             ))
         }
     }

@@ -109,9 +109,13 @@ fn user_string(u: &UserSpec) -> String {
 /// The run configuration: the image's defaults under the appliance's
 /// `[run]` (a command replaces Entrypoint and Cmd; env entries are added
 /// or replace the image's).
+/// What the image runs: the OCI image's config, then the appliance's.
+/// Only a root from a folder may have no command yet (`husk run dir:PATH
+/// -- COMMAND` gives it at run time).
 fn run_config(
     appliance: Option<&Appliance>,
     image: Option<&Image>,
+    folder: bool,
 ) -> Result<RunConfig, BuildError> {
     let mut run = RunConfig::default();
     if let Some(c) = image.and_then(|i| i.config.config().as_ref()) {
@@ -146,7 +150,7 @@ fn run_config(
                 .unwrap_or_else(|| a.appliance.name.clone()),
         );
     }
-    if run.command.is_empty() {
+    if run.command.is_empty() && !folder {
         return Err(BuildError::NoCommand);
     }
     Ok(run)
@@ -173,12 +177,19 @@ pub fn build(
         Input::Appliance(a) => (Some(a), &a.rootfs.from),
         Input::Image(s) => (None, s),
     };
+    // A root from a folder is booted as it is: what is built is only the
+    // initramfs that brings husk's init and the run configuration to it.
+    let folder = matches!(source, Source::Dir(_));
     let image = match source {
-        Source::Scratch => None,
+        Source::Scratch | Source::Dir(_) => None,
         s => Some(Image::open(s, cache)?),
     };
-    let run = run_config(appliance, image.as_ref())?;
-    let format = appliance.map_or(ImageFormat::Ext4, |a| a.rootfs.format);
+    let run = run_config(appliance, image.as_ref(), folder)?;
+    let format = match appliance {
+        _ if folder => ImageFormat::Initramfs,
+        Some(a) => a.rootfs.format,
+        None => ImageFormat::Ext4,
+    };
     let size = match appliance.map(|a| a.rootfs.size) {
         Some(ImageSize::Fixed(s)) => Some(s.0),
         _ => None,
@@ -226,7 +237,11 @@ pub fn build(
         version: FORMAT_VERSION,
         init: crate::cache::input_digest(cache, init)
             .map_err(io_at(init, "cannot read the init binary"))?,
-        base: image.as_ref().map_or("scratch", |i| i.id.as_str()),
+        base: match &image {
+            Some(i) => i.id.as_str(),
+            None if folder => "folder",
+            None => "scratch",
+        },
         run: &run,
         format: match format {
             ImageFormat::Ext4 => "ext4",

@@ -75,6 +75,10 @@ impl Image {
     pub fn open(source: &Source, cache: &Path) -> Result<Self, OciError> {
         match source {
             Source::Scratch => Err(OciError::Invalid("scratch has no image".into())),
+            Source::Dir(dir) => Err(OciError::Invalid(format!(
+                "dir:{} is a folder booted as it is, not an image",
+                dir.display()
+            ))),
             Source::OciLayout { dir, tag } => Layout::open(dir)?.image(tag.as_deref()),
             Source::OciArchive(path) => {
                 let dir = archive::import(path, cache)?;

@@ -211,6 +211,52 @@ impl NetSetup {
     }
 }
 
+/// The kernel command-line parameter carrying [`FsSetup`].
+pub const FS_CMDLINE_KEY: &str = "husk.fs";
+
+/// The shared folders init mounts before the command starts, each a
+/// virtio-fs device known by its tag. A mount at `/` is the root itself:
+/// the image is then only an initramfs that brings init to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsSetup {
+    pub mounts: Vec<ShareMount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareMount {
+    pub tag: String,
+    /// An absolute path in the guest.
+    pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl FsSetup {
+    pub fn to_param(&self) -> String {
+        hex_param(FS_CMDLINE_KEY, self)
+    }
+
+    pub fn from_cmdline(cmdline: &str) -> Result<Option<Self>, ConfigError> {
+        let setup = from_hex_param::<FsSetup>(cmdline, FS_CMDLINE_KEY)?;
+        if let Some(s) = &setup {
+            if let Some(m) = s.mounts.iter().find(|m| !m.path.starts_with('/')) {
+                return Err(ConfigError::BadParam(format!(
+                    "{FS_CMDLINE_KEY} (mount path {:?} is not absolute)",
+                    m.path
+                )));
+            }
+        }
+        Ok(setup)
+    }
+
+    /// The share that is the root, if the root is a host folder.
+    pub fn root(&self) -> Option<&ShareMount> {
+        self.mounts.iter().find(|m| m.path == "/")
+    }
+}
+
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
         return None;
@@ -290,6 +336,37 @@ mod tests {
         bad.interfaces[0].prefix = 33;
         assert!(NetSetup::from_cmdline(&bad.to_param()).is_err());
         assert!(NetSetup::from_cmdline("husk.net=7b").is_err());
+    }
+
+    #[test]
+    fn shares_survive_the_kernel_command_line() {
+        let setup = FsSetup {
+            mounts: vec![
+                ShareMount {
+                    tag: "husk-root".into(),
+                    path: "/".into(),
+                    readonly: false,
+                },
+                ShareMount {
+                    tag: "husk-fs1".into(),
+                    path: "/srv/my data".into(),
+                    readonly: true,
+                },
+            ],
+        };
+        let cmdline = format!("quiet {} rdinit=/.husk/init", setup.to_param());
+        let back = FsSetup::from_cmdline(&cmdline).unwrap().unwrap();
+        assert_eq!(back, setup);
+        assert_eq!(back.root().unwrap().tag, "husk-root");
+        assert_eq!(FsSetup::from_cmdline("quiet").unwrap(), None);
+        let relative = FsSetup {
+            mounts: vec![ShareMount {
+                tag: "t".into(),
+                path: "data".into(),
+                readonly: false,
+            }],
+        };
+        assert!(FsSetup::from_cmdline(&relative.to_param()).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use husk_init::config::{NetSetup, Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH};
+use husk_init::config::{FsSetup, NetSetup, Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH};
 use husk_init::user::{self, Identity};
 
 const STATUS_NOT_FOUND: u8 = 127;
@@ -73,6 +73,7 @@ fn main() {
 /// Runs the appliance's command to its end and returns its exit status.
 fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     let config = load_config()?;
+    mount_shares()?;
     if config.command.is_empty() {
         return Err(Failure::setup(
             "the image has no command to run: set run.command, or pass one after --",
@@ -206,6 +207,34 @@ fn load_config() -> Result<RunConfig, Failure> {
         config.apply(&o).map_err(|e| Failure::setup(chain(&e)))?;
     }
     Ok(config)
+}
+
+/// The shared folders `husk run` attached: the root first, when it is a
+/// host folder (the image was only the initramfs that brought init and its
+/// configuration), then the others, before the command starts.
+fn mount_shares() -> Result<(), Failure> {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let Some(setup) = FsSetup::from_cmdline(&cmdline).map_err(|e| Failure::setup(chain(&e)))?
+    else {
+        return Ok(());
+    };
+    if let Some(root) = setup.root() {
+        sys::switch_to_share(&root.tag, root.readonly).map_err(|e| {
+            Failure::setup(format!(
+                "cannot boot from the root folder (virtio-fs {}): {e}",
+                root.tag
+            ))
+        })?;
+    }
+    for m in setup.mounts.iter().filter(|m| m.path != "/") {
+        sys::mount_share(&m.tag, &m.path, m.readonly).map_err(|e| {
+            Failure::setup(format!(
+                "cannot mount the shared folder {} (virtio-fs {}): {e}",
+                m.path, m.tag
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

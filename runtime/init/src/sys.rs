@@ -71,6 +71,63 @@ pub fn mount_filesystems() {
     }
 }
 
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    // Tags and paths come from the command line: a NUL is an error, not a
+    // panic of PID 1.
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (src, tgt, ty) = (c(source)?, c(target)?, c(fstype)?);
+    // SAFETY: every pointer is a NUL-terminated string that outlives the
+    // call (or null for no data); mount(2) only reads them.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Mounts the virtio-fs share `tag` on `target`, making the folder (and
+/// its parents) first when it is missing, as container runtimes make the
+/// targets of bind mounts.
+pub fn mount_share(tag: &str, target: &str, readonly: bool) -> io::Result<()> {
+    if !std::path::Path::new(target).is_dir() {
+        fs::create_dir_all(target)?;
+    }
+    let flags = if readonly { libc::MS_RDONLY } else { 0 };
+    mount(tag, target, "virtiofs", flags)
+}
+
+/// Makes the virtio-fs share `tag` the root, as `switch_root` does from
+/// an initramfs: mount it, move the API filesystems init mounted into it
+/// (where the folder has their mount points: init writes nothing into it),
+/// move it onto `/` and enter it. The initramfs's few files (init and its
+/// configuration) stay behind in memory, unreachable.
+pub fn switch_to_share(tag: &str, readonly: bool) -> io::Result<()> {
+    const NEW_ROOT: &str = "/.husk/root";
+    fs::create_dir_all(NEW_ROOT)?;
+    let flags = if readonly { libc::MS_RDONLY } else { 0 };
+    mount(tag, NEW_ROOT, "virtiofs", flags)?;
+    for api in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        let inside = format!("{NEW_ROOT}{api}");
+        if std::path::Path::new(&inside).is_dir() {
+            mount(api, &inside, "", libc::MS_MOVE)?;
+        } else {
+            crate::say(&format!(
+                "the root folder has no {api}: the command runs without it"
+            ));
+        }
+    }
+    std::env::set_current_dir(NEW_ROOT)?;
+    mount(".", "/", "", libc::MS_MOVE)?;
+    let dot = cstr(".");
+    // SAFETY: a NUL-terminated path that outlives the call.
+    check(unsafe { libc::chroot(dot.as_ptr()) })?;
+    std::env::set_current_dir("/")
+}
+
 /// Makes fds 0-2 the console when the kernel could not open it for init
 /// (Rust's runtime then put /dev/null there). That happens when the
 /// console driver registers late, as a multiport virtio console does under

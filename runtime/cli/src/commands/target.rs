@@ -15,9 +15,15 @@ pub enum Target {
 
 impl Target {
     pub fn parse(arg: &str) -> anyhow::Result<Self> {
-        let looks_like_ref = ["oci:", "oci-archive:", "docker-archive:", "docker://"]
-            .iter()
-            .any(|p| arg.starts_with(p));
+        let looks_like_ref = [
+            "oci:",
+            "oci-archive:",
+            "docker-archive:",
+            "docker://",
+            "dir:",
+        ]
+        .iter()
+        .any(|p| arg.starts_with(p));
         if looks_like_ref {
             let source = arg.parse().map_err(|e: String| anyhow::anyhow!("{e}"))?;
             return Ok(Target::Image(source, arg.to_string()));
@@ -31,8 +37,16 @@ impl Target {
             Err(SpecError::Invalid(diags)) => Err(anyhow::anyhow!("{diags}")),
             Err(e) => Err(anyhow::Error::from(e).context(format!(
                 "{arg} is neither an appliance file nor an image reference \
-                 (oci:DIR[:TAG], oci-archive:PATH, docker-archive:PATH, docker://REF)"
+                 (oci:DIR[:TAG], oci-archive:PATH, docker-archive:PATH, docker://REF, dir:PATH)"
             ))),
+        }
+    }
+
+    /// Where the root filesystem comes from.
+    pub fn source(&self) -> &appliance_spec::Source {
+        match self {
+            Target::Appliance(a, _) => &a.rootfs.from,
+            Target::Image(s, _) => s,
         }
     }
 

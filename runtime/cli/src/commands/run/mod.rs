@@ -26,6 +26,7 @@ use super::target::{boot_cmdline, Target};
 use crate::vms::keeper;
 
 mod detached;
+mod shares;
 pub use detached::start_keeper;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 use vmm_sys_util::terminal::Terminal;
@@ -39,7 +40,8 @@ const DEFAULT_CID: u32 = 3;
 pub struct Args {
     /// An appliance file (or a folder holding appliance.toml) or an image
     /// reference (oci:DIR[:TAG], oci-archive:PATH, docker-archive:PATH),
-    /// built first (from the cache when nothing changed). Without one,
+    /// built first (from the cache when nothing changed), or dir:PATH, a
+    /// folder booted as the root as it is (through virtio-fs). Without one,
     /// husk boots --kernel with the --disk and --initrd given.
     target: Option<String>,
     /// The command to run instead of the appliance's, after --
@@ -92,6 +94,16 @@ pub struct Args {
     /// guest's CID is the appliance's vm.vsock.cid, else 3.
     #[arg(long, value_name = "PATH")]
     vsock: Option<PathBuf>,
+    /// Share a host folder with the guest at GUEST (virtio-fs through
+    /// virtiofsd); the guest's writes land in the folder. ":ro" makes it
+    /// read-only
+    #[arg(
+        short = 'v',
+        long = "volume",
+        value_name = "HOST:GUEST[:ro]",
+        value_parser = shares::parse_volume
+    )]
+    volumes: Vec<shares::PlannedShare>,
     /// Run in the background: print the appliance's name and return once
     /// its command started (see husk ps, logs, exec, stop, rm)
     #[arg(short = 'd', long)]
@@ -379,6 +391,8 @@ struct Plan {
     net: Vec<PlannedNet>,
     /// The guest's CID and the host socket of its vsock device.
     vsock: Option<(u32, PathBuf)>,
+    /// Shared folders, the root first when it is one.
+    shares: Vec<shares::PlannedShare>,
     /// The image has husk's init, which sets the network up from the
     /// kernel command line.
     husk_init: bool,
@@ -399,12 +413,13 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         },
         net: Vec::new(),
         vsock: args.vsock.clone().map(|uds| (DEFAULT_CID, uds)),
+        shares: Vec::new(),
         husk_init: false,
         image: None,
     };
     let Some(target) = &args.target else {
-        if !args.command.is_empty() || !args.env.is_empty() {
-            anyhow::bail!("a command after -- and -e need an appliance or image to run");
+        if !args.command.is_empty() || !args.env.is_empty() || !args.volumes.is_empty() {
+            anyhow::bail!("a command after --, -e and -v need an appliance or image to run");
         }
         plan.net = plan_net(args, None, false)?;
         plan.disks = args.disks.iter().map(|d| disk(d)).collect();
@@ -426,6 +441,10 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     let appliance = target.appliance();
     plan.net = plan_net(args, appliance, appliance.is_none())?;
     plan.husk_init = true;
+    if let Some(folder) = target.source().folder() {
+        let readonly = appliance.is_some_and(|a| a.rootfs.readonly);
+        plan.shares.push(shares::root(folder, readonly)?);
+    }
     let readonly = appliance.is_some_and(|a| a.rootfs.readonly);
     let mut cmdline = vec!["quiet".to_string(), boot_cmdline(built.format, readonly)];
     match built.format {
@@ -475,7 +494,15 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             },
         }));
         cmdline.extend(a.vm.cmdline.clone());
+        plan.shares
+            .extend(a.vm.shares.iter().map(|s| shares::PlannedShare {
+                host: s.host.clone(),
+                guest: s.guest.to_string(),
+                readonly: s.readonly,
+            }));
     }
+    plan.shares.extend(args.volumes.iter().cloned());
+    shares::check_unique(&plan.shares)?;
     plan.disks.extend(args.disks.iter().map(|d| disk(d)));
     let overrides = Overrides {
         command: (!args.command.is_empty()).then(|| args.command.clone()),
@@ -528,6 +555,12 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         plan.cmdline.push(' ');
         plan.cmdline.push_str(&net_setup.to_param());
     }
+    // One virtiofsd per shared folder, likewise.
+    let (shares, _virtiofsd, fs_setup) = shares::attach(&plan.shares)?;
+    if !fs_setup.mounts.is_empty() {
+        plan.cmdline.push(' ');
+        plan.cmdline.push_str(&fs_setup.to_param());
+    }
     // husk's own kernel needs no PIT; any other kernel gets one.
     let (kernel, legacy_pit) = match &plan.config_kernel {
         Some(k) => (k.clone(), true),
@@ -554,6 +587,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         disks: plan.disks.clone(),
         net,
         vsock,
+        shares,
         console_output: Box::new(std::io::stdout()),
         console_input: Some(input),
         timeout: args.timeout,

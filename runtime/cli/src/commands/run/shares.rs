@@ -1,0 +1,146 @@
+//! Shared folders: `-v HOST:GUEST[:ro]`, the appliance's `[[vm.shares]]`
+//! and a root booted from a folder, each served to the VM by a virtiofsd
+//! of its own and mounted by husk's init before the command starts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use husk_init::config::{FsSetup, ShareMount};
+use vmm::virtiofsd::{Cache, ShareSpec, Virtiofsd};
+use vmm::ShareConfig;
+
+/// The virtio-fs tag of a root booted from a folder.
+const ROOT_TAG: &str = "husk-root";
+
+/// One folder as planned: where it is on the host and in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedShare {
+    pub host: PathBuf,
+    /// An absolute guest path; `/` for the root.
+    pub guest: String,
+    pub readonly: bool,
+}
+
+/// `-v HOST:GUEST[:ro|:rw]`, as `docker run -v` writes it. The host folder
+/// is made absolute here (a detached run's keeper starts in the same
+/// folder, but the message names what was meant).
+pub fn parse_volume(arg: &str) -> Result<PlannedShare, String> {
+    let (rest, readonly) = match arg.rsplit_once(':') {
+        Some((rest, "ro")) => (rest, true),
+        Some((rest, "rw")) => (rest, false),
+        _ => (arg, false),
+    };
+    let Some((host, guest)) = rest.split_once(':') else {
+        return Err(format!("{arg:?}: write HOST:GUEST or HOST:GUEST:ro"));
+    };
+    if host.is_empty() {
+        return Err(format!("{arg:?}: the host folder is empty"));
+    }
+    if guest.starts_with('/') && guest.trim_matches('/').is_empty() {
+        return Err(format!(
+            "{arg:?}: cannot share onto /; boot a folder as the root with dir:PATH"
+        ));
+    }
+    let guest = guest.trim_end_matches('/');
+    if !guest.starts_with('/') || guest.contains(':') {
+        return Err(format!(
+            "{arg:?}: the guest path must be absolute, such as /data"
+        ));
+    }
+    let host = std::path::absolute(host).map_err(|e| format!("{arg:?}: {e}"))?;
+    Ok(PlannedShare {
+        host,
+        guest: guest.to_string(),
+        readonly,
+    })
+}
+
+/// The root of a run booted from a folder.
+pub fn root(folder: &Path, readonly: bool) -> anyhow::Result<PlannedShare> {
+    let host = std::path::absolute(folder).with_context(|| format!("dir:{}", folder.display()))?;
+    Ok(PlannedShare {
+        host,
+        guest: "/".into(),
+        readonly,
+    })
+}
+
+/// Checks that no two shares go to one guest path.
+pub fn check_unique(shares: &[PlannedShare]) -> anyhow::Result<()> {
+    for (i, s) in shares.iter().enumerate() {
+        if shares[..i].iter().any(|o| o.guest == s.guest) {
+            anyhow::bail!("two shared folders go to {} in the guest", s.guest);
+        }
+    }
+    Ok(())
+}
+
+/// Starts one virtiofsd per share (kept alive by the returned guards) and
+/// says what the guest's init mounts where.
+pub fn attach(
+    shares: &[PlannedShare],
+) -> anyhow::Result<(Vec<ShareConfig>, Vec<Virtiofsd>, FsSetup)> {
+    let mut configs = Vec::new();
+    let mut daemons = Vec::new();
+    let mut setup = FsSetup::default();
+    for (i, s) in shares.iter().enumerate() {
+        let tag = if s.guest == "/" {
+            ROOT_TAG.to_string()
+        } else {
+            format!("husk-fs{i}")
+        };
+        let spec = ShareSpec {
+            folder: s.host.clone(),
+            readonly: s.readonly,
+            cache: Cache::default(),
+        };
+        let (daemon, backend) = Virtiofsd::start(&spec).with_context(|| {
+            format!(
+                "cannot share {} with the guest at {}",
+                s.host.display(),
+                s.guest
+            )
+        })?;
+        daemons.push(daemon);
+        setup.mounts.push(ShareMount {
+            tag: tag.clone(),
+            path: s.guest.clone(),
+            readonly: s.readonly,
+        });
+        configs.push(ShareConfig { tag, backend });
+    }
+    Ok((configs, daemons, setup))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_parse_as_docker_writes_them() {
+        let v = parse_volume("/srv/data:/data").unwrap();
+        assert_eq!(v.host, PathBuf::from("/srv/data"));
+        assert_eq!(v.guest, "/data");
+        assert!(!v.readonly);
+        let v = parse_volume("/srv/data:/data/:ro").unwrap();
+        assert_eq!(v.guest, "/data");
+        assert!(v.readonly);
+        assert!(!parse_volume("/a:/b:rw").unwrap().readonly);
+        let v = parse_volume("data:/data").unwrap();
+        assert!(v.host.is_absolute(), "{}", v.host.display());
+        assert!(v.host.ends_with("data"));
+        assert!(parse_volume("/a:/").unwrap_err().contains("dir:PATH"));
+        for bad in ["/a", ":/b", "/a:b", "/a:/b:rx", "/a:"] {
+            assert!(parse_volume(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn one_guest_path_takes_one_share() {
+        let a = parse_volume("/a:/d").unwrap();
+        let b = parse_volume("/b:/d").unwrap();
+        assert!(check_unique(&[a.clone(), parse_volume("/b:/e").unwrap()]).is_ok());
+        let e = check_unique(&[a, b]).unwrap_err().to_string();
+        assert!(e.contains("/d"), "{e}");
+    }
+}
