@@ -141,11 +141,13 @@ pub fn guest_tool(dir: &Path, name: &str) -> Result<PathBuf, String> {
 /// The appliances and images the appliance tests boot. They are built on
 /// the host before the tests move into the KVM test bed, where husk's
 /// cache is read-only and every build must be a cache hit.
-pub const APPLIANCES: [&str; 4] = [
+pub const APPLIANCES: [&str; 5] = [
     "examples/hello",
     "examples/busybox",
     "examples/web",
     "oci:examples/busybox/image:latest",
+    // The initramfs that brings init to any root from a folder.
+    "dir:/",
 ];
 
 /// Makes the examples' inputs and builds every entry of [`APPLIANCES`]

@@ -12,6 +12,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 mod detached;
 mod network;
+mod shares;
 mod vsock;
 
 pub fn trials() -> Vec<Trial> {
@@ -49,6 +50,7 @@ pub fn trials() -> Vec<Trial> {
     ];
     all.extend(detached::trials());
     all.extend(network::trials());
+    all.extend(shares::trials());
     all.extend(vsock::trials());
     all
 }

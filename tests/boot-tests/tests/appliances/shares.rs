@@ -1,0 +1,470 @@
+//! Shared folders (virtio-fs through virtiofsd), seen from both sides: the
+//! guest works in the folder, the test checks the result on the host. The
+//! folders live on the test's own tmpfs; every test checks that no
+//! virtiofsd it caused is left, also after `kill -9` of husk.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::{Failed, Trial};
+
+use super::network::{children, comm, gone, start_until_ready};
+use super::{expect, run};
+
+const IMAGE: &str = "oci:examples/busybox/image:latest";
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "shares_posix_behaviour_is_seen_from_both_sides",
+            posix_both_sides,
+        ),
+        Trial::test(
+            "shares_readonly_and_two_at_once_for_a_non_root_user",
+            readonly_and_two_shares,
+        ),
+        Trial::test(
+            "shares_a_missing_folder_is_refused_before_boot",
+            missing_folder,
+        ),
+        Trial::test(
+            "shares_a_folder_removed_under_the_guest_gives_errors_not_a_crash",
+            folder_removed,
+        ),
+        Trial::test(
+            "shares_a_root_from_a_folder_runs_and_writes_land_in_it",
+            root_from_folder,
+        ),
+        Trial::test(
+            "shares_nothing_is_left_after_kill_9_of_husk",
+            nothing_left_after_kill,
+        ),
+    ]
+}
+
+/// A fresh folder on the test's tmpfs (not the work tree's 9p share).
+fn folder(name: &str) -> Result<tempfile::TempDir, Failed> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("husk-test-{name}-"))
+        .tempdir_in("/tmp")?)
+}
+
+/// virtiofsd processes whose command line names `path`.
+fn virtiofsd_serving(path: &Path) -> Vec<u32> {
+    let want = path.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            comm(*pid) == "virtiofsd" && text.split('\0').any(|a| a == want)
+        })
+        .collect()
+}
+
+/// Nothing of a run that shared `path` is left: no virtiofsd serving it
+/// (waiting a moment for one that is ending) and no mount of it.
+fn nothing_left(path: &Path) -> Result<(), Failed> {
+    let left: Vec<u32> = virtiofsd_serving(path)
+        .into_iter()
+        .filter(|p| !gone(*p))
+        .collect();
+    if !left.is_empty() {
+        return Err(format!("virtiofsd {left:?} still serves {}", path.display()).into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if mounts.contains(&*path.to_string_lossy()) {
+        return Err(format!("{} is still mounted:\n{mounts}", path.display()).into());
+    }
+    Ok(())
+}
+
+/// The guest tool for what busybox cannot do, compiled into `dir`.
+fn fsprobe(dir: &Path) -> Result<PathBuf, Failed> {
+    std::fs::create_dir_all(dir)?;
+    Ok(boot_tests::husk::guest_tool(dir, "husk-fsprobe")?)
+}
+
+fn sha256(path: &Path) -> Result<String, Failed> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn xattr(path: &Path, name: &str) -> Option<String> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let n = std::ffi::CString::new(name).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: both names are NUL-terminated and `buf` is writable for its
+    // whole length, which is what getxattr is told.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
+}
+
+fn set_xattr(path: &Path, name: &str, value: &str) -> Result<(), Failed> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let n = std::ffi::CString::new(name)?;
+    // SAFETY: both names are NUL-terminated; the value is `value.len()`
+    // readable bytes.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "setxattr {name} on the host: {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The extended attribute the test sets on both sides. `user.` is the
+/// namespace virtiofsd can serve (it gives up CAP_SYS_ADMIN, which
+/// `trusted.` needs); tmpfs has `user.` attributes only from Linux 6.6,
+/// so that part of the test shares a folder of the work tree instead.
+const XATTR: &str = "user.husk";
+
+fn posix_both_sides() -> Result<(), Failed> {
+    let share = folder("posix")?;
+    let dir = share.path();
+    std::fs::write(dir.join("host.txt"), "from-host\n")?;
+    fsprobe(&dir.join("tools"))?;
+    let attrs = tempfile::Builder::new()
+        .prefix("husk-test-xattr-")
+        .tempdir_in(boot_tests::workspace_root().join("target"))?;
+    std::fs::write(attrs.path().join("host.txt"), "")?;
+    std::fs::write(attrs.path().join("guest.txt"), "")?;
+    set_xattr(&attrs.path().join("host.txt"), XATTR, "set-on-host")?;
+    // The script goes in the folder: the kernel command line is too
+    // short for it.
+    let script = format!(
+        "cd /data
+cat host.txt
+dd if=/dev/urandom of=big bs=1M count=256 2>/dev/null && echo \"big $(sha256sum big | cut -d' ' -f1)\"
+echo a > r1 && echo b > r2 && mv r1 r2 && echo renamed
+ln r2 hardlink && ln -s r2 symlink && echo linked
+chmod 0640 r2 && chown 1234:5678 r2 && echo owned
+./tools/husk-fsprobe mmap mapped mmap-shared-write
+./tools/husk-fsprobe fsync synced fsync-data
+./tools/husk-fsprobe setxattr /attrs/guest.txt {XATTR} set-in-guest
+./tools/husk-fsprobe getxattr /attrs/host.txt {XATTR}
+mkdir many && (cd many && seq 1 10000 | xargs touch) && echo \"many $(ls many | wc -l)\"
+"
+    );
+    std::fs::write(dir.join("tools/posix.sh"), script)?;
+    let volume = format!("{}:/data", dir.display());
+    let attrs_volume = format!("{}:/attrs", attrs.path().display());
+    let r = run(
+        &[
+            "--memory",
+            "256MiB",
+            "-v",
+            &volume,
+            "-v",
+            &attrs_volume,
+            IMAGE,
+            "--",
+            "sh",
+            "/data/tools/posix.sh",
+        ],
+        b"",
+    )?;
+    let host_big = sha256(&dir.join("big"))?;
+    expect(
+        &r,
+        0,
+        &[
+            "from-host",
+            &format!("big {host_big}"),
+            "renamed",
+            "linked",
+            "owned",
+            "mmap ok",
+            "fsync ok",
+            "setxattr ok",
+            &format!("xattr {XATTR}=set-on-host"),
+            "many 10000",
+        ],
+    )?;
+    let check = |ok: bool, what: &str| -> Result<(), Failed> {
+        if ok {
+            Ok(())
+        } else {
+            Err(r.explain(&format!("on the host: {what}")).into())
+        }
+    };
+    let size = std::fs::metadata(dir.join("big"))?.len();
+    check(size == 256 << 20, &format!("big is {size} bytes"))?;
+    check(!dir.join("r1").exists(), "r1 was renamed away")?;
+    check(
+        std::fs::read_to_string(dir.join("r2"))? == "a\n",
+        "r2 has r1's text",
+    )?;
+    let r2 = std::fs::metadata(dir.join("r2"))?;
+    let hard = std::fs::metadata(dir.join("hardlink"))?;
+    check(
+        hard.ino() == r2.ino() && r2.nlink() == 2,
+        "hardlink is r2 (2 links)",
+    )?;
+    check(
+        std::fs::read_link(dir.join("symlink"))? == Path::new("r2"),
+        "symlink points at r2",
+    )?;
+    check(r2.permissions().mode() & 0o7777 == 0o640, "r2 is mode 0640")?;
+    check(
+        r2.uid() == 1234 && r2.gid() == 5678,
+        "r2 is owned by 1234:5678",
+    )?;
+    let mapped = std::fs::read(dir.join("mapped"))?;
+    check(
+        mapped.get(4096..4096 + 17) == Some(b"mmap-shared-write".as_slice()),
+        "mapped holds the shared mapping's write at 4096",
+    )?;
+    check(
+        std::fs::read_to_string(dir.join("synced"))? == "fsync-data",
+        "synced holds the fsync'd text",
+    )?;
+    check(
+        xattr(&attrs.path().join("guest.txt"), XATTR).as_deref() == Some("set-in-guest"),
+        "guest.txt has the guest's xattr",
+    )?;
+    check(
+        std::fs::read_dir(dir.join("many"))?.count() == 10_000,
+        "many has 10000 entries",
+    )?;
+    nothing_left(dir)?;
+    nothing_left(attrs.path())
+}
+
+fn readonly_and_two_shares() -> Result<(), Failed> {
+    let rw = folder("rw")?;
+    let ro = folder("ro")?;
+    // The busybox appliance runs as 1000:1000: its share is theirs; the
+    // read-only one has a file it may read.
+    std::os::unix::fs::chown(rw.path(), Some(1000), Some(1000))?;
+    std::fs::write(ro.path().join("given"), "read-only text\n")?;
+    let script = "echo mine > /rw/mine && echo wrote
+cat /ro/given
+echo no > /ro/new 2>&1 || echo refused
+touch /rw/../etc/nope 2>/dev/null || echo not-root
+id -u";
+    let (rw_arg, ro_arg) = (
+        format!("{}:/rw", rw.path().display()),
+        format!("{}:/ro:ro", ro.path().display()),
+    );
+    let r = run(
+        &[
+            "-v",
+            &rw_arg,
+            "-v",
+            &ro_arg,
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    )?;
+    expect(
+        &r,
+        0,
+        &["wrote", "read-only text", "refused", "not-root", "1000"],
+    )?;
+    if !r.stdout.contains("Read-only file system") {
+        return Err(r.explain("the read-only share did not answer EROFS").into());
+    }
+    let mine = std::fs::metadata(rw.path().join("mine"))?;
+    if mine.uid() != 1000 || std::fs::read_to_string(rw.path().join("mine"))? != "mine\n" {
+        return Err(r
+            .explain("/rw/mine is not 1000's file with its text on the host")
+            .into());
+    }
+    if ro.path().join("new").exists() {
+        return Err(r.explain("a file appeared in the read-only folder").into());
+    }
+    nothing_left(rw.path())?;
+    nothing_left(ro.path())
+}
+
+fn missing_folder() -> Result<(), Failed> {
+    let base = folder("missing")?;
+    let missing = base.path().join("not-there");
+    let volume = format!("{}:/data", missing.display());
+    let r = run(&["-v", &volume, IMAGE, "--", "true"], b"")?;
+    if r.code != Some(1) || !r.stderr.contains("does not exist") || !r.stderr.contains("not-there")
+    {
+        return Err(r
+            .explain("expected exit 1 naming the missing folder")
+            .into());
+    }
+    if r.stdout.contains("husk-init") || !r.stdout.is_empty() {
+        return Err(r.explain("the guest booted anyway").into());
+    }
+    nothing_left(&missing)
+}
+
+fn folder_removed() -> Result<(), Failed> {
+    let share = folder("removed")?;
+    let victim = share.path().join("victim");
+    std::fs::create_dir(&victim)?;
+    std::fs::write(victim.join("file"), "before\n")?;
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args(["run", "--timeout", "90", "-v"])
+        .arg(format!("{}:/gone", victim.display()))
+        .args([IMAGE, "--", "sh", "-c"])
+        .arg(
+            "cat /gone/file; echo ready; sleep 3; cat /gone/file || echo read-failed; \
+             echo x > /gone/new || echo write-failed; echo still-running",
+        );
+    let (mut husk, before, rest) = start_until_ready(cmd)?;
+    std::fs::remove_dir_all(&victim)?;
+    let status = husk.wait()?;
+    let after = rest.join().unwrap_or_default();
+    let all = format!("{before}{after}");
+    if !before.contains("before") {
+        return Err(format!("the guest did not read the file first:\n{all}").into());
+    }
+    for want in ["read-failed", "write-failed", "still-running"] {
+        if !after.lines().any(|l| l.trim() == want) {
+            return Err(format!("no {want:?} after the folder went:\n{all}").into());
+        }
+    }
+    if status.code() != Some(0) {
+        return Err(format!("husk ended with {status} (the guest's shell exits 0):\n{all}").into());
+    }
+    nothing_left(&victim)
+}
+
+/// A minimal root in a folder: busybox and its applets, the mount points
+/// init uses, a passwd.
+fn busybox_root(dir: &Path) -> Result<(), Failed> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or("no static busybox on this machine (ci/setup installs busybox-static)")?;
+    for d in ["bin", "dev", "proc", "sys", "tmp", "run", "etc"] {
+        std::fs::create_dir(dir.join(d))?;
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox"))?;
+    for applet in ["sh", "cat", "ls", "echo", "id"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    std::fs::write(dir.join("etc/marker"), "from-the-folder\n")?;
+    Ok(())
+}
+
+/// Every path under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn root_from_folder() -> Result<(), Failed> {
+    let root = folder("root")?;
+    busybox_root(root.path())?;
+    let before = tree(root.path());
+    let target = format!("dir:{}", root.path().display());
+    let r = run(
+        &[
+            "--net",
+            "none",
+            &target,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/marker; echo written > /from-guest; id -u; ls /",
+        ],
+        b"",
+    )?;
+    expect(&r, 0, &["from-the-folder", "0"])?;
+    if std::fs::read_to_string(root.path().join("from-guest"))
+        .ok()
+        .as_deref()
+        != Some("written\n")
+    {
+        return Err(r
+            .explain("the guest's write did not land in the folder")
+            .into());
+    }
+    let mut after = tree(root.path());
+    after.retain(|p| p != "from-guest");
+    if after != before {
+        return Err(r
+            .explain(&format!(
+                "husk changed the folder beyond the guest's write: {before:?} -> {after:?}"
+            ))
+            .into());
+    }
+    nothing_left(root.path())
+}
+
+fn nothing_left_after_kill() -> Result<(), Failed> {
+    let share = folder("kill")?;
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args(["run", "--timeout", "90", "-v"])
+        .arg(format!("{}:/data", share.path().display()))
+        .args([
+            IMAGE,
+            "--",
+            "sh",
+            "-c",
+            "echo x > /data/f; echo ready; sleep 60",
+        ]);
+    let (mut husk, before, rest) = start_until_ready(cmd)?;
+    let daemons: Vec<u32> = children(husk.id())
+        .into_iter()
+        .filter(|p| comm(*p) == "virtiofsd")
+        .collect();
+    let _ = husk.kill();
+    let _ = husk.wait();
+    let _ = rest.join();
+    if daemons.len() != 1 {
+        return Err(
+            format!("husk should have started one virtiofsd, saw {daemons:?}:\n{before}").into(),
+        );
+    }
+    if !gone(daemons[0]) {
+        return Err(format!("virtiofsd {} outlived kill -9 of husk", daemons[0]).into());
+    }
+    if !share.path().join("f").exists() {
+        return Err(format!("the guest's write is not in the folder:\n{before}").into());
+    }
+    let sockets: Vec<_> = std::fs::read_dir(std::env::temp_dir())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("husk-fs-"))
+        .map(|e| e.path())
+        .collect();
+    if !sockets.is_empty() {
+        return Err(format!("socket folders left: {sockets:?}").into());
+    }
+    nothing_left(share.path())
+}
