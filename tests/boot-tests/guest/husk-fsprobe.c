@@ -8,12 +8,14 @@
  *   husk-fsprobe fsync FILE TEXT         write TEXT to FILE and fsync it
  *   husk-fsprobe setxattr FILE NAME VAL  set an extended attribute
  *   husk-fsprobe getxattr FILE NAME      print an extended attribute
+ *   husk-fsprobe now                     print CLOCK_MONOTONIC in seconds
  */
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 static int fail(const char *what) {
@@ -22,6 +24,12 @@ static int fail(const char *what) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "now") == 0) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        printf("%ld.%09ld\n", (long)t.tv_sec, t.tv_nsec);
+        return 0;
+    }
     if (argc == 4 && strcmp(argv[1], "mmap") == 0) {
         int fd = open(argv[2], O_RDWR | O_CREAT, 0644);
         if (fd < 0) return fail("open");

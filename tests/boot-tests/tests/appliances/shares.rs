@@ -440,9 +440,21 @@ fn nothing_left_after_kill() -> Result<(), Failed> {
             "echo x > /data/f; echo ready; sleep 60",
         ]);
     let (mut husk, before, rest) = start_until_ready(cmd)?;
-    let daemons: Vec<u32> = children(husk.id())
+    let (daemons, vmms): (Vec<u32>, Vec<u32>) = children(husk.id())
         .into_iter()
-        .filter(|p| comm(*p) == "virtiofsd")
+        .partition(|p| comm(*p) == "virtiofsd");
+    // The jailed VMM (husk's other child) holds the guest RAM's memfd and
+    // nothing under the shared folder: only virtiofsd reaches it.
+    let held: Vec<String> = vmms
+        .iter()
+        .flat_map(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.display().to_string())
         .collect();
     let _ = husk.kill();
     let _ = husk.wait();
@@ -451,6 +463,13 @@ fn nothing_left_after_kill() -> Result<(), Failed> {
         return Err(
             format!("husk should have started one virtiofsd, saw {daemons:?}:\n{before}").into(),
         );
+    }
+    if !held.iter().any(|l| l.starts_with("/memfd:husk-guest-ram")) {
+        return Err(format!("the VMM {vmms:?} holds no guest RAM memfd: {held:?}").into());
+    }
+    let folder = share.path().to_string_lossy().into_owned();
+    if held.iter().any(|l| l.starts_with(&folder)) {
+        return Err(format!("the VMM holds a descriptor in the shared folder: {held:?}").into());
     }
     if !gone(daemons[0]) {
         return Err(format!("virtiofsd {} outlived kill -9 of husk", daemons[0]).into());

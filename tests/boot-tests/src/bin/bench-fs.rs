@@ -1,0 +1,398 @@
+//! Shared-folder bench: husk against QEMU `microvm`, side by side in the
+//! same run, both with virtio-fs (virtio-mmio) served by the same
+//! virtiofsd binary with the same options, the same kernel, the same
+//! busybox image (its ext4 root; husk's init mounts the share at /data),
+//! 512 MiB of RAM each. One boot per run and peer does, timed inside the
+//! guest (CLOCK_MONOTONIC, around each step):
+//!
+//! - unpack: `tar -x` of a Debian bookworm minbase tree (6,661 entries,
+//!   made by `ci/bench-fs`) from the share into the share;
+//! - find+stat: `find | xargs stat` over that tree, guest caches dropped;
+//! - write: `dd` of --big-mib MiB (default 1024) of zeros, with fsync;
+//! - read: `dd` of that file back, guest caches dropped.
+//!
+//! Then boots (spawn to exit of `husk run IMAGE -- true`): without a share
+//! against with one empty share (guest RAM becomes a shared memfd, and a
+//! virtiofsd starts), with shmem huge pages as the host has them and, where
+//! the bench may change it, with `shmem_enabled=advise`; and the busybox
+//! image booted from a folder (dir:) against from its ext4 image.
+//!
+//! Median, min and max of N runs (default 10) after one warm-up each.
+//!
+//!   bench-fs --tar MINBASE.tar [--runs N] [--big-mib M] [--only fs|boot]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use boot_tests::husk::{bench_husk_bin, build_appliances, built_image, guest_tool};
+use boot_tests::{husk_kernel, stats, workspace_root};
+use husk_init::config::{FsSetup, Overrides, ShareMount};
+
+const IMAGE: &str = "oci:examples/busybox/image:latest";
+const MEMORY_MIB: u32 = 512;
+const TAG: &str = "husk-fs0";
+
+fn main() -> ExitCode {
+    let runs = boot_tests::runs_arg(10);
+    if let Err(e) = build_appliances() {
+        eprintln!("bench-fs: {e}");
+        return ExitCode::FAILURE;
+    }
+    boot_tests::bench_main("bench-fs", || bench(runs))
+}
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// The guest's script: each step between two clock readings.
+const WORKLOAD: &str = r#"T=/data/tools/husk-fsprobe
+mkdir /data/out
+echo 3 > /proc/sys/vm/drop_caches
+a=$($T now); tar -xf /data/minbase.tar -C /data/out || echo FAILED tar; b=$($T now)
+echo 3 > /proc/sys/vm/drop_caches
+c=$($T now); find /data/out | xargs stat -c %s > /dev/null || echo FAILED find; d=$($T now)
+e=$($T now); dd if=/dev/zero of=/data/big bs=1M count=$BIG conv=fsync 2>/dev/null || echo FAILED write; f=$($T now)
+echo 3 > /proc/sys/vm/drop_caches
+g=$($T now); dd if=/data/big of=/dev/null bs=1M 2>/dev/null || echo FAILED read; h=$($T now)
+echo "entries $(find /data/out | wc -l) big $(stat -c %s /data/big)"
+echo "times $a $b $c $d $e $f $g $h"
+"#;
+
+/// The four steps' durations from the guest's "times" line.
+fn steps(output: &str, big_mib: u64) -> Result<[f64; 4], String> {
+    if output.contains("FAILED") {
+        return Err(format!("a step failed in the guest:\n{output}"));
+    }
+    let want = format!("big {}", big_mib << 20);
+    if !output
+        .lines()
+        .any(|l| l.starts_with("entries ") && l.ends_with(&want))
+    {
+        return Err(format!("the guest did not write {big_mib} MiB:\n{output}"));
+    }
+    let t: Vec<f64> = output
+        .lines()
+        .find_map(|l| l.strip_prefix("times "))
+        .ok_or_else(|| format!("no times from the guest:\n{output}"))?
+        .split_whitespace()
+        .map(|w| w.parse::<f64>().map_err(|e| format!("{w}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if t.len() != 8 {
+        return Err(format!("eight times expected:\n{output}"));
+    }
+    Ok([t[1] - t[0], t[3] - t[2], t[5] - t[4], t[7] - t[6]])
+}
+
+/// Runs `cmd` to its end with its output captured; a failure is an error.
+fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}):\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(text)
+}
+
+/// virtiofsd as husk starts it (same binary, same options), but on a
+/// socket path, for QEMU, which connects as a client.
+fn virtiofsd_for_qemu(folder: &Path, socket: &Path) -> Result<std::process::Child, String> {
+    let bin = vmm::virtiofsd::find_virtiofsd().ok_or("virtiofsd is not installed (ci/setup)")?;
+    let _ = std::fs::remove_file(socket);
+    let child = Command::new(bin)
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg("--shared-dir")
+        .arg(folder)
+        .args([
+            "--cache=auto",
+            "--log-level=error",
+            "--xattr",
+            "--sandbox=namespace",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("virtiofsd: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err("virtiofsd made no socket within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(child)
+}
+
+struct Peers {
+    husk: PathBuf,
+    kernel: PathBuf,
+    /// QEMU's copy of the image (husk's writes go to an overlay; QEMU's
+    /// snapshot=on wants /var/tmp, read-only in the test bed).
+    qemu_root: PathBuf,
+    share: PathBuf,
+    big_mib: u64,
+}
+
+impl Peers {
+    fn clean(&self) -> Result<(), String> {
+        let _ = std::fs::remove_dir_all(self.share.join("out"));
+        let _ = std::fs::remove_file(self.share.join("big"));
+        Ok(())
+    }
+
+    fn husk(&self) -> Result<[f64; 4], String> {
+        self.clean()?;
+        let out = output(
+            Command::new(&self.husk)
+                .args(["run", "--net", "none", "--timeout", "600", "--memory"])
+                .arg(MEMORY_MIB.to_string())
+                .args(["-e", &format!("BIG={}", self.big_mib), "-v"])
+                .arg(format!("{}:/data", self.share.display()))
+                .args([IMAGE, "--", "sh", "/data/tools/workload.sh"]),
+            "husk run",
+        )?;
+        steps(&out, self.big_mib)
+    }
+
+    fn qemu(&self, dir: &Path) -> Result<[f64; 4], String> {
+        self.clean()?;
+        let socket = dir.join("virtiofsd.sock");
+        let mut daemon = virtiofsd_for_qemu(&self.share, &socket)?;
+        let overrides = Overrides {
+            command: Some(vec!["sh".into(), "/data/tools/workload.sh".into()]),
+            env: vec![format!("BIG={}", self.big_mib)],
+        };
+        let fs = FsSetup {
+            mounts: vec![ShareMount {
+                tag: TAG.into(),
+                path: "/data".into(),
+                readonly: false,
+            }],
+        };
+        let cmdline = format!(
+            "quiet root=/dev/vda rootfstype=ext4 rw init=/.husk/init {} {}",
+            overrides.to_param(),
+            fs.to_param()
+        );
+        let result = output(
+            Command::new("timeout")
+                .args(["600", "qemu-system-x86_64"])
+                .args([
+                    "-M",
+                    "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,\
+                     acpi=off,memory-backend=mem",
+                    "-object",
+                    &format!("memory-backend-memfd,id=mem,size={MEMORY_MIB}M,share=on"),
+                    "-accel",
+                    "kvm",
+                    "-cpu",
+                    "host",
+                    "-m",
+                    &format!("{MEMORY_MIB}M"),
+                    "-smp",
+                    "1",
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-display",
+                    "none",
+                    "-no-reboot",
+                    "-device",
+                    "virtio-serial-device",
+                    "-chardev",
+                    "stdio,id=con",
+                    "-device",
+                    "virtconsole,chardev=con",
+                    "-drive",
+                    &format!("id=d0,file={},format=raw,if=none", self.qemu_root.display()),
+                    "-device",
+                    "virtio-blk-device,drive=d0",
+                    "-chardev",
+                    &format!("socket,id=fs0,path={}", socket.display()),
+                    "-device",
+                    &format!("vhost-user-fs-device,chardev=fs0,tag={TAG},queue-size=1024"),
+                    "-append",
+                    &format!("console=hvc0 reboot=t panic=-1 {cmdline}"),
+                    "-kernel",
+                ])
+                .arg(&self.kernel),
+            "qemu microvm",
+        );
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        steps(&result?, self.big_mib)
+    }
+}
+
+fn header(title: &str) {
+    println!("{title}");
+    println!(
+        "{:<46} {:>8} {:>8} {:>8}",
+        "seconds", "median", "min", "max"
+    );
+}
+
+fn row(what: &str, v: &[f64]) -> f64 {
+    let (med, min, max) = stats(v);
+    println!("{what:<46} {med:>8.3} {min:>8.3} {max:>8.3}");
+    med
+}
+
+fn bench(runs: usize) -> Result<(), String> {
+    std::env::set_current_dir(workspace_root()).map_err(|e| e.to_string())?;
+    let only = arg("--only");
+    let want = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let husk = bench_husk_bin(dir.path())?;
+    let kernel = husk_kernel()?.vmlinux();
+    let image = built_image(IMAGE)?;
+    if want("fs") {
+        let tar = PathBuf::from(arg("--tar").ok_or("--tar MINBASE.tar is required")?);
+        let big_mib: u64 = arg("--big-mib").map_or(Ok(1024), |v| {
+            v.parse().map_err(|e| format!("--big-mib: {e}"))
+        })?;
+        let share = dir.path().join("share");
+        std::fs::create_dir_all(&share).map_err(|e| e.to_string())?;
+        std::fs::copy(&tar, share.join("minbase.tar"))
+            .map_err(|e| format!("copying {}: {e}", tar.display()))?;
+        std::fs::create_dir_all(share.join("tools")).map_err(|e| e.to_string())?;
+        guest_tool(&share.join("tools"), "husk-fsprobe")?;
+        std::fs::write(share.join("tools/workload.sh"), WORKLOAD).map_err(|e| e.to_string())?;
+        let qemu_root = dir.path().join("qemu-root.ext4");
+        std::fs::copy(&image, &qemu_root).map_err(|e| format!("copying the image: {e}"))?;
+        let peers = Peers {
+            husk: husk.clone(),
+            kernel: kernel.clone(),
+            qemu_root,
+            share,
+            big_mib,
+        };
+        fs(&peers, dir.path(), runs)?;
+    }
+    if want("boot") {
+        boot(&husk, &image, dir.path(), runs)?;
+    }
+    Ok(())
+}
+
+fn fs(peers: &Peers, dir: &Path, runs: usize) -> Result<(), String> {
+    let (mut h, mut q) = (Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let a = peers.husk()?;
+        eprintln!("bench-fs: run {i}: husk {a:.3?}");
+        let b = peers.qemu(dir)?;
+        eprintln!("bench-fs: run {i}: qemu {b:.3?}");
+        if i > 0 {
+            h.push(a);
+            q.push(b);
+        }
+    }
+    let steps = [
+        "unpack Debian minbase (6,661 entries)",
+        "find + stat over it",
+        &format!("write {} MiB (fsync)", peers.big_mib),
+        &format!("read {} MiB", peers.big_mib),
+    ];
+    for (s, name) in steps.iter().enumerate() {
+        header(&format!("virtio-fs: {name}"));
+        let hm = row("husk", &h.iter().map(|r| r[s]).collect::<Vec<_>>());
+        let qm = row("qemu microvm", &q.iter().map(|r| r[s]).collect::<Vec<_>>());
+        println!(
+            "{:<46} {:>8.3}x",
+            "QEMU time / husk time (>1: husk faster)",
+            qm / hm
+        );
+    }
+    Ok(())
+}
+
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// The selected value of a sysfs choice such as "always [never] advise".
+fn selected(text: &str) -> Option<String> {
+    let start = text.find('[')? + 1;
+    let end = text[start..].find(']')? + start;
+    Some(text[start..end].to_string())
+}
+
+fn boot(husk: &Path, image: &Path, dir: &Path, runs: usize) -> Result<(), String> {
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).map_err(|e| e.to_string())?;
+    let folder = dir.join("busybox-root");
+    std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
+    // The busybox image's own tree, for the folder boot.
+    output(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump / {}", folder.display()))
+            .arg(image),
+        "debugfs rdump",
+    )?;
+    let run = |extra: &[String]| -> Result<f64, String> {
+        let start = Instant::now();
+        output(
+            Command::new(husk)
+                .args(["run", "--net", "none", "--timeout", "60"])
+                .args(extra),
+            "husk run",
+        )?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let plain: Vec<String> = [IMAGE, "--", "true"].map(String::from).to_vec();
+    let shared: Vec<String> = vec![
+        "-v".into(),
+        format!("{}:/data", empty.display()),
+        IMAGE.into(),
+        "--".into(),
+        "true".into(),
+    ];
+    let from_folder: Vec<String> = vec![
+        format!("dir:{}", folder.display()),
+        "--".into(),
+        "true".into(),
+    ];
+    let thp = std::fs::read_to_string(SHMEM_THP).ok();
+    let host_thp = thp.as_deref().and_then(selected).unwrap_or("none".into());
+    let can_advise = host_thp != "advise" && std::fs::write(SHMEM_THP, &host_thp).is_ok();
+    let (mut p, mut s, mut a, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let x = run(&plain)?;
+        let y = run(&shared)?;
+        let z = if can_advise {
+            std::fs::write(SHMEM_THP, "advise").map_err(|e| e.to_string())?;
+            let z = run(&shared);
+            std::fs::write(SHMEM_THP, &host_thp).map_err(|e| e.to_string())?;
+            z?
+        } else {
+            0.0
+        };
+        let w = run(&from_folder)?;
+        if i > 0 {
+            p.push(x);
+            s.push(y);
+            a.push(z);
+            f.push(w);
+        }
+    }
+    header("boot: husk run busybox -- true, spawn to exit");
+    let pm = row("no share (private RAM)", &p);
+    let sm = row(&format!("one share (memfd RAM, shmem THP {host_thp})"), &s);
+    println!("{:<46} {:>8.3}x", "with a share / without", sm / pm);
+    if can_advise {
+        let am = row("one share (memfd RAM, shmem THP advise)", &a);
+        println!("{:<46} {:>8.3}x", "advise / without", am / pm);
+    }
+    let fm = row("root from a folder (dir:, virtio-fs)", &f);
+    println!(
+        "{:<46} {:>8.3}x",
+        "from a folder / from its ext4 image",
+        fm / pm
+    );
+    Ok(())
+}
