@@ -53,6 +53,18 @@ pub enum Cache {
     Never,
 }
 
+impl std::str::FromStr for Cache {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Cache::Auto),
+            "always" => Ok(Cache::Always),
+            "never" => Ok(Cache::Never),
+            _ => Err(format!("{s:?} is not a cache mode: auto, always or never")),
+        }
+    }
+}
+
 impl Cache {
     fn arg(self) -> &'static str {
         match self {

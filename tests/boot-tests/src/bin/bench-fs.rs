@@ -17,9 +17,12 @@
 //! the bench may change it, with `shmem_enabled=advise`; and the busybox
 //! image booted from a folder (dir:) against from its ext4 image.
 //!
+//! `--only cache` runs husk alone with virtiofsd's `--cache=auto|always|
+//! never` on the same workload.
+//!
 //! Median, min and max of N runs (default 10) after one warm-up each.
 //!
-//!   bench-fs --tar MINBASE.tar [--runs N] [--big-mib M] [--only fs|boot]
+//!   bench-fs --tar MINBASE.tar [--runs N] [--big-mib M] [--only fs|boot|cache]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -47,7 +50,10 @@ fn arg(name: &str) -> Option<String> {
 }
 
 /// The guest's script: each step between two clock readings.
-const WORKLOAD: &str = r#"T=/data/tools/husk-fsprobe
+/// The clock tool runs from the guest's tmpfs: run from the share, it
+/// crashed QEMU's guest in the middle of the unpack in the test bed (QEMU
+/// exited as if the guest had rebooted); husk's ran either way.
+const WORKLOAD: &str = r#"cp /data/tools/husk-fsprobe /tmp/clock; T=/tmp/clock
 mkdir /data/out
 echo 3 > /proc/sys/vm/drop_caches
 a=$($T now); tar -xf /data/minbase.tar -C /data/out || echo FAILED tar; b=$($T now)
@@ -147,10 +153,11 @@ impl Peers {
         Ok(())
     }
 
-    fn husk(&self) -> Result<[f64; 4], String> {
+    fn husk(&self, cache: &str) -> Result<[f64; 4], String> {
         self.clean()?;
         let out = output(
             Command::new(&self.husk)
+                .env("HUSK_VIRTIOFS_CACHE", cache)
                 .args(["run", "--net", "none", "--timeout", "600", "--memory"])
                 .arg(MEMORY_MIB.to_string())
                 .args(["-e", &format!("BIG={}", self.big_mib), "-v"])
@@ -252,7 +259,7 @@ fn bench(runs: usize) -> Result<(), String> {
     let husk = bench_husk_bin(dir.path())?;
     let kernel = husk_kernel()?.vmlinux();
     let image = built_image(IMAGE)?;
-    if want("fs") {
+    if want("fs") || want("cache") {
         let tar = PathBuf::from(arg("--tar").ok_or("--tar MINBASE.tar is required")?);
         let big_mib: u64 = arg("--big-mib").map_or(Ok(1024), |v| {
             v.parse().map_err(|e| format!("--big-mib: {e}"))
@@ -273,7 +280,12 @@ fn bench(runs: usize) -> Result<(), String> {
             share,
             big_mib,
         };
-        fs(&peers, dir.path(), runs)?;
+        if want("fs") {
+            fs(&peers, dir.path(), runs)?;
+        }
+        if only.as_deref() == Some("cache") {
+            caches(&peers, runs)?;
+        }
     }
     if want("boot") {
         boot(&husk, &image, dir.path(), runs)?;
@@ -284,7 +296,7 @@ fn bench(runs: usize) -> Result<(), String> {
 fn fs(peers: &Peers, dir: &Path, runs: usize) -> Result<(), String> {
     let (mut h, mut q) = (Vec::new(), Vec::new());
     for i in 0..=runs {
-        let a = peers.husk()?;
+        let a = peers.husk("auto")?;
         eprintln!("bench-fs: run {i}: husk {a:.3?}");
         let b = peers.qemu(dir)?;
         eprintln!("bench-fs: run {i}: qemu {b:.3?}");
@@ -312,6 +324,29 @@ fn fs(peers: &Peers, dir: &Path, runs: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// husk alone with virtiofsd's three cache modes, alternated.
+fn caches(peers: &Peers, runs: usize) -> Result<(), String> {
+    let modes = ["auto", "always", "never"];
+    let mut all = vec![Vec::new(); modes.len()];
+    for i in 0..=runs {
+        for (m, mode) in modes.iter().enumerate() {
+            let r = peers.husk(mode)?;
+            eprintln!("bench-fs: run {i}: --cache={mode} {r:.3?}");
+            if i > 0 {
+                all[m].push(r);
+            }
+        }
+    }
+    let steps = ["unpack", "find + stat", "write", "read"];
+    for (s, name) in steps.iter().enumerate() {
+        header(&format!("husk, virtiofsd --cache=MODE: {name}"));
+        for (m, mode) in modes.iter().enumerate() {
+            row(mode, &all[m].iter().map(|r| r[s]).collect::<Vec<_>>());
+        }
+    }
+    Ok(())
+}
+
 const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
 
 /// The selected value of a sysfs choice such as "always [never] advise".
@@ -334,16 +369,17 @@ fn boot(husk: &Path, image: &Path, dir: &Path, runs: usize) -> Result<(), String
             .arg(image),
         "debugfs rdump",
     )?;
-    let run = |extra: &[String]| -> Result<f64, String> {
+    let run_with = |bin: &Path, extra: &[String]| -> Result<f64, String> {
         let start = Instant::now();
         output(
-            Command::new(husk)
+            Command::new(bin)
                 .args(["run", "--net", "none", "--timeout", "60"])
                 .args(extra),
             "husk run",
         )?;
         Ok(start.elapsed().as_secs_f64())
     };
+    let run = |extra: &[String]| run_with(husk, extra);
     let plain: Vec<String> = [IMAGE, "--", "true"].map(String::from).to_vec();
     let shared: Vec<String> = vec![
         "-v".into(),
@@ -373,6 +409,7 @@ fn boot(husk: &Path, image: &Path, dir: &Path, runs: usize) -> Result<(), String
             0.0
         };
         let w = run(&from_folder)?;
+        eprintln!("bench-fs: boot run {i}: {x:.3} {y:.3} {z:.3} {w:.3}");
         if i > 0 {
             p.push(x);
             s.push(y);

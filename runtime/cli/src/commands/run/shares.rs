@@ -75,6 +75,17 @@ pub fn check_unique(shares: &[PlannedShare]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// virtiofsd's cache mode: `$HUSK_VIRTIOFS_CACHE` (auto, always, never),
+/// else auto (see README's Shared folders for the figures behind it).
+fn cache() -> anyhow::Result<Cache> {
+    match std::env::var("HUSK_VIRTIOFS_CACHE") {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("HUSK_VIRTIOFS_CACHE: {e}")),
+        _ => Ok(Cache::default()),
+    }
+}
+
 /// Starts one virtiofsd per share (kept alive by the returned guards) and
 /// says what the guest's init mounts where.
 pub fn attach(
@@ -83,6 +94,7 @@ pub fn attach(
     let mut configs = Vec::new();
     let mut daemons = Vec::new();
     let mut setup = FsSetup::default();
+    let cache = cache()?;
     for (i, s) in shares.iter().enumerate() {
         let tag = if s.guest == "/" {
             ROOT_TAG.to_string()
@@ -92,7 +104,7 @@ pub fn attach(
         let spec = ShareSpec {
             folder: s.host.clone(),
             readonly: s.readonly,
-            cache: Cache::default(),
+            cache,
         };
         let (daemon, backend) = Virtiofsd::start(&spec).with_context(|| {
             format!(
