@@ -72,8 +72,10 @@ fn main() {
 
 /// Runs the appliance's command to its end and returns its exit status.
 fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
-    let config = load_config()?;
-    mount_shares()?;
+    // Read once: the overrides, the shares and the network are all on it.
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let config = load_config(&cmdline)?;
+    mount_shares(&cmdline)?;
     if config.command.is_empty() {
         return Err(Failure::setup(
             "the image has no command to run: set run.command, or pass one after --",
@@ -85,7 +87,6 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     if let Err(e) = net::loopback_up() {
         say(&format!("cannot bring up lo: {e}"));
     }
-    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     match NetSetup::from_cmdline(&cmdline) {
         Ok(Some(setup)) => net::setup(&setup, config.hostname.as_deref(), say),
         Ok(None) => {}
@@ -193,7 +194,7 @@ impl Prepared {
     }
 }
 
-fn load_config() -> Result<RunConfig, Failure> {
+fn load_config(cmdline: &str) -> Result<RunConfig, Failure> {
     let text = fs::read(CONFIG_PATH).map_err(|e| {
         Failure::setup(format!(
             "cannot read {CONFIG_PATH}: {e} (was this image built by husk?)"
@@ -201,8 +202,7 @@ fn load_config() -> Result<RunConfig, Failure> {
     })?;
     let mut config = RunConfig::from_json(&text)
         .map_err(|e| Failure::setup(format!("{CONFIG_PATH}: {}", chain(&e))))?;
-    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let overrides = Overrides::from_cmdline(&cmdline).map_err(|e| Failure::setup(chain(&e)))?;
+    let overrides = Overrides::from_cmdline(cmdline).map_err(|e| Failure::setup(chain(&e)))?;
     if let Some(o) = overrides {
         config.apply(&o).map_err(|e| Failure::setup(chain(&e)))?;
     }
@@ -212,10 +212,8 @@ fn load_config() -> Result<RunConfig, Failure> {
 /// The shared folders `husk run` attached: the root first, when it is a
 /// host folder (the image was only the initramfs that brought init and its
 /// configuration), then the others, before the command starts.
-fn mount_shares() -> Result<(), Failure> {
-    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let Some(setup) = FsSetup::from_cmdline(&cmdline).map_err(|e| Failure::setup(chain(&e)))?
-    else {
+fn mount_shares(cmdline: &str) -> Result<(), Failure> {
+    let Some(setup) = FsSetup::from_cmdline(cmdline).map_err(|e| Failure::setup(chain(&e)))? else {
         return Ok(());
     };
     if let Some(root) = setup.root() {

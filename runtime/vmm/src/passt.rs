@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::sidecar::{find_program, Sidecar};
+use crate::sidecar::{as_root, find_program, Sidecar};
 
 /// A published port: `host_ip:host_port` on the host reaches `guest_port`
 /// in the guest.
@@ -169,8 +169,7 @@ impl Passt {
         }
         let fd = theirs.as_raw_fd();
         // As root, passt would drop to nobody and say so on every start.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if as_root() {
             cmd.args(["--runas", "65534:65534"]);
         }
         // With --quiet it speaks only of errors: straight to the user.

@@ -68,6 +68,13 @@ impl Drop for Sidecar {
     }
 }
 
+/// Whether husk runs as root, which decides how a sidecar sandboxes
+/// itself (passt drops to nobody; virtiofsd makes its own namespaces).
+pub fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The program `$ENV` names, else `name` on `PATH`, else the first of
 /// `elsewhere` that exists.
 pub fn find_program(env: &str, name: &str, elsewhere: &[PathBuf]) -> Option<PathBuf> {

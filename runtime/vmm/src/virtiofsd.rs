@@ -21,7 +21,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::sidecar::{find_program, Sidecar};
+use crate::sidecar::{as_root, find_program, Sidecar};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtiofsdError {
@@ -105,7 +105,7 @@ impl Virtiofsd {
             .args(["--log-level=error", "--xattr"]);
         // As root, namespaces of its own (the folder is its root); other
         // users may not make them, and get virtiofsd's seccomp filter only.
-        cmd.arg(if is_root() {
+        cmd.arg(if as_root() {
             "--sandbox=namespace"
         } else {
             "--sandbox=none"
@@ -138,11 +138,6 @@ fn listening_pair() -> io::Result<(OwnedFd, UnixStream)> {
     let ours = UnixStream::connect(&path)?;
     dir.close()?;
     Ok((listener.into(), ours))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// `$HUSK_VIRTIOFSD`, else `virtiofsd` on `PATH`, in Cargo's folder (where
