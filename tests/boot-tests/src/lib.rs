@@ -139,6 +139,28 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     (median, s[0], s[n - 1])
 }
 
+/// A bench table's title and column heads (seconds: median, min, max).
+pub fn table_header(title: &str) {
+    println!("{title}");
+    println!(
+        "{:<46} {:>8} {:>8} {:>8}",
+        "seconds", "median", "min", "max"
+    );
+}
+
+/// One row of a bench table: `what`, then the median, min and max of `v`;
+/// returns the median.
+pub fn table_row(what: &str, v: &[f64]) -> f64 {
+    let (med, min, max) = stats(v);
+    println!("{what:<46} {med:>8.3} {min:>8.3} {max:>8.3}");
+    med
+}
+
+/// A row of a bench table that states a ratio.
+pub fn table_ratio(what: &str, ratio: f64) {
+    println!("{what:<46} {ratio:>8.3}x");
+}
+
 /// `--runs N` on the command line, else `default`.
 pub fn runs_arg(default: usize) -> usize {
     std::env::args()

@@ -122,33 +122,46 @@ impl Microvm {
 /// bound it with a [`crate::Watchdog`]. The caller adds the initrd or
 /// disks.
 pub fn microvm_stdio(kernel: &Path, cmdline: &str) -> Command {
+    microvm_stdio_with(kernel, cmdline, 128, false)
+}
+
+/// [`microvm_stdio`] with `memory_mib` of RAM, which is a shared memfd
+/// when `shared_memory` (what a vhost-user device such as virtio-fs needs).
+pub fn microvm_stdio_with(
+    kernel: &Path,
+    cmdline: &str,
+    memory_mib: u32,
+    shared_memory: bool,
+) -> Command {
+    let mut machine =
+        String::from("microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off");
     let mut c = Command::new("qemu-system-x86_64");
-    c.args([
-        "-M",
-        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,acpi=off",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-m",
-        "128M",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-device",
-        "virtio-serial-device",
-        "-chardev",
-        "stdio,id=con",
-        "-device",
-        "virtconsole,chardev=con",
-        "-append",
-    ])
-    .arg(format!("console=hvc0 reboot=t panic=-1 quiet {cmdline}"))
-    .arg("-kernel")
-    .arg(kernel);
+    if shared_memory {
+        machine.push_str(",memory-backend=mem");
+        c.arg("-object").arg(format!(
+            "memory-backend-memfd,id=mem,size={memory_mib}M,share=on"
+        ));
+    }
+    c.args(["-M", &machine, "-accel", "kvm", "-cpu", "host", "-m"])
+        .arg(format!("{memory_mib}M"))
+        .args([
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-device",
+            "virtio-serial-device",
+            "-chardev",
+            "stdio,id=con",
+            "-device",
+            "virtconsole,chardev=con",
+            "-append",
+        ])
+        .arg(format!("console=hvc0 reboot=t panic=-1 quiet {cmdline}"))
+        .arg("-kernel")
+        .arg(kernel);
     c
 }

@@ -20,7 +20,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use boot_tests::husk::{bench_husk_bin, build_appliances, built_image};
-use boot_tests::{husk_kernel, stats, workspace_root};
+use boot_tests::{husk_kernel, table_header, table_ratio, table_row, workspace_root};
 
 const IMAGE: &str = "oci:examples/busybox/image:latest";
 const PODMAN_IMAGE: &str = "localhost/husk-bench-busybox:latest";
@@ -79,20 +79,6 @@ fn podman(root: &Path) -> Command {
         ])
         .env("TMPDIR", root);
     c
-}
-
-fn row(what: &str, v: &[f64]) -> f64 {
-    let (med, min, max) = stats(v);
-    println!("{what:<44} {med:>8.3} {min:>8.3} {max:>8.3}");
-    med
-}
-
-fn header(title: &str) {
-    println!("{title}");
-    println!(
-        "{:<44} {:>8} {:>8} {:>8}",
-        "seconds", "median", "min", "max"
-    );
 }
 
 fn bench(runs: usize) -> Result<(), String> {
@@ -236,10 +222,10 @@ fn side_by_side(
             bt.push(y);
         }
     }
-    header(title);
-    let am = row(a_name, &at);
-    let bm = row(b_name, &bt);
-    println!("{ratio:<44} {:>8.3}x", am / bm);
+    table_header(title);
+    let am = table_row(a_name, &at);
+    let bm = table_row(b_name, &bt);
+    table_ratio(ratio, am / bm);
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //! guest (CLOCK_MONOTONIC, around each step):
 //!
 //! - unpack: `tar -x` of a Debian bookworm minbase tree (6,661 entries,
-//!   made by `ci/bench-fs`) from the share into the share;
+//!   made by `ci/bench-fs`; with `--small`, its /etc and /usr/share/doc,
+//!   725 entries) from the share into the share;
 //! - find+stat: `find | xargs stat` over that tree, guest caches dropped;
 //! - write: `dd` of --big-mib MiB (default 1024) of zeros, with fsync;
 //! - read: `dd` of that file back, guest caches dropped.
@@ -29,7 +30,10 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use boot_tests::husk::{bench_husk_bin, build_appliances, built_image, guest_tool};
-use boot_tests::{husk_kernel, stats, workspace_root};
+use boot_tests::qemu::microvm_stdio_with;
+use boot_tests::{
+    husk_kernel, table_header as header, table_ratio, table_row as row, workspace_root, Watchdog,
+};
 use husk_init::config::{FsSetup, Overrides, ShareMount};
 
 const IMAGE: &str = "oci:examples/busybox/image:latest";
@@ -91,12 +95,20 @@ fn steps(output: &str, big_mib: u64) -> Result<[f64; 4], String> {
     Ok([t[1] - t[0], t[3] - t[2], t[5] - t[4], t[7] - t[6]])
 }
 
-/// Runs `cmd` to its end with its output captured; a failure is an error.
-fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd
+/// Runs `cmd` to its end (killed after `limit`) with its output
+/// captured; a failure is an error.
+fn output(cmd: &mut Command, what: &str, limit: Duration) -> Result<String, String> {
+    let child = cmd
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("{what}: {e}"))?;
+    let watchdog = Watchdog::new(child.id(), limit);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    drop(watchdog);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(
@@ -107,6 +119,11 @@ fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
     }
     Ok(text)
 }
+
+/// How long one boot and its workload may take: a guest that hangs must
+/// not hang the bench.
+const QEMU_LIMIT: Duration = Duration::from_secs(600);
+const HUSK_LIMIT: Duration = Duration::from_secs(660);
 
 /// virtiofsd as husk starts it (same binary, same options), but on a
 /// socket path, for QEMU, which connects as a client.
@@ -144,6 +161,8 @@ struct Peers {
     qemu_root: PathBuf,
     share: PathBuf,
     big_mib: u64,
+    /// Entries in the tree the guest unpacks (for the table's title).
+    entries: usize,
 }
 
 impl Peers {
@@ -164,6 +183,7 @@ impl Peers {
                 .arg(format!("{}:/data", self.share.display()))
                 .args([IMAGE, "--", "sh", "/data/tools/workload.sh"]),
             "husk run",
+            HUSK_LIMIT,
         )?;
         steps(&out, self.big_mib)
     }
@@ -184,71 +204,27 @@ impl Peers {
             }],
         };
         let cmdline = format!(
-            "quiet root=/dev/vda rootfstype=ext4 rw init=/.husk/init {} {}",
+            "root=/dev/vda rootfstype=ext4 rw init=/.husk/init {} {}",
             overrides.to_param(),
             fs.to_param()
         );
-        let result = output(
-            Command::new("timeout")
-                .args(["600", "qemu-system-x86_64"])
-                .args([
-                    "-M",
-                    "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=off,rtc=off,\
-                     acpi=off,memory-backend=mem",
-                    "-object",
-                    &format!("memory-backend-memfd,id=mem,size={MEMORY_MIB}M,share=on"),
-                    "-accel",
-                    "kvm",
-                    "-cpu",
-                    "host",
-                    "-m",
-                    &format!("{MEMORY_MIB}M"),
-                    "-smp",
-                    "1",
-                    "-nodefaults",
-                    "-no-user-config",
-                    "-display",
-                    "none",
-                    "-no-reboot",
-                    "-device",
-                    "virtio-serial-device",
-                    "-chardev",
-                    "stdio,id=con",
-                    "-device",
-                    "virtconsole,chardev=con",
-                    "-drive",
-                    &format!("id=d0,file={},format=raw,if=none", self.qemu_root.display()),
-                    "-device",
-                    "virtio-blk-device,drive=d0",
-                    "-chardev",
-                    &format!("socket,id=fs0,path={}", socket.display()),
-                    "-device",
-                    &format!("vhost-user-fs-device,chardev=fs0,tag={TAG},queue-size=1024"),
-                    "-append",
-                    &format!("console=hvc0 reboot=t panic=-1 {cmdline}"),
-                    "-kernel",
-                ])
-                .arg(&self.kernel),
-            "qemu microvm",
-        );
+        let mut qemu = microvm_stdio_with(&self.kernel, &cmdline, MEMORY_MIB, true);
+        qemu.arg("-drive")
+            .arg(format!(
+                "id=d0,file={},format=raw,if=none",
+                self.qemu_root.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=d0", "-chardev"])
+            .arg(format!("socket,id=fs0,path={}", socket.display()))
+            .arg("-device")
+            .arg(format!(
+                "vhost-user-fs-device,chardev=fs0,tag={TAG},queue-size=1024"
+            ));
+        let result = output(&mut qemu, "qemu microvm", QEMU_LIMIT);
         let _ = daemon.kill();
         let _ = daemon.wait();
         steps(&result?, self.big_mib)
     }
-}
-
-fn header(title: &str) {
-    println!("{title}");
-    println!(
-        "{:<46} {:>8} {:>8} {:>8}",
-        "seconds", "median", "min", "max"
-    );
-}
-
-fn row(what: &str, v: &[f64]) -> f64 {
-    let (med, min, max) = stats(v);
-    println!("{what:<46} {med:>8.3} {min:>8.3} {max:>8.3}");
-    med
 }
 
 fn bench(runs: usize) -> Result<(), String> {
@@ -268,6 +244,11 @@ fn bench(runs: usize) -> Result<(), String> {
         std::fs::create_dir_all(&share).map_err(|e| e.to_string())?;
         std::fs::copy(&tar, share.join("minbase.tar"))
             .map_err(|e| format!("copying {}: {e}", tar.display()))?;
+        let listing = output(
+            Command::new("tar").arg("-tf").arg(&tar),
+            "tar -tf",
+            HUSK_LIMIT,
+        )?;
         std::fs::create_dir_all(share.join("tools")).map_err(|e| e.to_string())?;
         guest_tool(&share.join("tools"), "husk-fsprobe")?;
         std::fs::write(share.join("tools/workload.sh"), WORKLOAD).map_err(|e| e.to_string())?;
@@ -279,6 +260,7 @@ fn bench(runs: usize) -> Result<(), String> {
             qemu_root,
             share,
             big_mib,
+            entries: listing.lines().count(),
         };
         if want("fs") {
             fs(&peers, dir.path(), runs)?;
@@ -306,7 +288,7 @@ fn fs(peers: &Peers, dir: &Path, runs: usize) -> Result<(), String> {
         }
     }
     let steps = [
-        "unpack Debian minbase (6,661 entries)",
+        &format!("unpack the tree ({} entries)", peers.entries),
         "find + stat over it",
         &format!("write {} MiB (fsync)", peers.big_mib),
         &format!("read {} MiB", peers.big_mib),
@@ -315,11 +297,7 @@ fn fs(peers: &Peers, dir: &Path, runs: usize) -> Result<(), String> {
         header(&format!("virtio-fs: {name}"));
         let hm = row("husk", &h.iter().map(|r| r[s]).collect::<Vec<_>>());
         let qm = row("qemu microvm", &q.iter().map(|r| r[s]).collect::<Vec<_>>());
-        println!(
-            "{:<46} {:>8.3}x",
-            "QEMU time / husk time (>1: husk faster)",
-            qm / hm
-        );
+        table_ratio("QEMU time / husk time (>1: husk faster)", qm / hm);
     }
     Ok(())
 }
@@ -368,18 +346,19 @@ fn boot(husk: &Path, image: &Path, dir: &Path, runs: usize) -> Result<(), String
             .arg(format!("rdump / {}", folder.display()))
             .arg(image),
         "debugfs rdump",
+        HUSK_LIMIT,
     )?;
-    let run_with = |bin: &Path, extra: &[String]| -> Result<f64, String> {
+    let run = |extra: &[String]| -> Result<f64, String> {
         let start = Instant::now();
         output(
-            Command::new(bin)
+            Command::new(husk)
                 .args(["run", "--net", "none", "--timeout", "60"])
                 .args(extra),
             "husk run",
+            HUSK_LIMIT,
         )?;
         Ok(start.elapsed().as_secs_f64())
     };
-    let run = |extra: &[String]| run_with(husk, extra);
     let plain: Vec<String> = [IMAGE, "--", "true"].map(String::from).to_vec();
     let shared: Vec<String> = vec![
         "-v".into(),
@@ -420,16 +399,12 @@ fn boot(husk: &Path, image: &Path, dir: &Path, runs: usize) -> Result<(), String
     header("boot: husk run busybox -- true, spawn to exit");
     let pm = row("no share (private RAM)", &p);
     let sm = row(&format!("one share (memfd RAM, shmem THP {host_thp})"), &s);
-    println!("{:<46} {:>8.3}x", "with a share / without", sm / pm);
+    table_ratio("with a share / without", sm / pm);
     if can_advise {
         let am = row("one share (memfd RAM, shmem THP advise)", &a);
-        println!("{:<46} {:>8.3}x", "advise / without", am / pm);
+        table_ratio("advise / without", am / pm);
     }
     let fm = row("root from a folder (dir:, virtio-fs)", &f);
-    println!(
-        "{:<46} {:>8.3}x",
-        "from a folder / from its ext4 image",
-        fm / pm
-    );
+    table_ratio("from a folder / from its ext4 image", fm / pm);
     Ok(())
 }
