@@ -113,6 +113,12 @@ pub enum Request {
     MainStarted,
     /// Starts a process. Answer: [`Response::Started`].
     Start { process: Process },
+    /// Starts the appliance's command, as process [`MAIN`], in a guest
+    /// booted to hold it (`husk run --hold`: init set everything up and
+    /// waits for this). Its end is the guest's end, as for a command init
+    /// started itself. Answer: [`Response::Started`], or an error when
+    /// the guest does not hold a command or already started one.
+    StartMain { process: Process },
     /// Makes this connection one of the process's streams. Answer:
     /// [`Response::Ok`], then raw bytes: what the host writes reaches the
     /// process's stdin (or terminal); what the process writes arrives, and

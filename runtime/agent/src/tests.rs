@@ -26,6 +26,13 @@ fn every_request_round_trips() {
                 stdin: true,
             },
         },
+        Request::StartMain {
+            process: Process {
+                argv: vec!["/bin/sh".into()],
+                env: vec!["PATH=/bin".into()],
+                ..Process::default()
+            },
+        },
         Request::Attach {
             id: 7,
             stream: Stream::Stderr,

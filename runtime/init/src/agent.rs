@@ -36,6 +36,8 @@ const MAX_CONNECTIONS: usize = 256;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Main {
     Starting,
+    /// Booted with `--hold`: waits for [`Request::StartMain`].
+    Held,
     Running,
     /// It never started; init reports this status.
     Failed(u8),
@@ -212,7 +214,8 @@ impl Agent {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::MainStarted => self.main_started(),
-            Request::Start { process } => self.start(&process),
+            Request::Start { process } => self.start(&process, false),
+            Request::StartMain { process } => self.start_main(&process),
             Request::Attach { .. } => Err(error(
                 ErrorKind::BadRequest,
                 "attach is answered on a connection of its own",
@@ -262,7 +265,7 @@ impl Agent {
         let mut table = self.lock();
         loop {
             match table.main {
-                Main::Starting => {
+                Main::Starting | Main::Held => {
                     table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
                 }
                 Main::Failed(status) => {
@@ -329,6 +332,16 @@ impl Agent {
     /// SIGTERM to the appliance's command now, SIGKILL after `grace`
     /// unless it ended; init does the rest when it ends.
     fn shutdown(self: &Arc<Self>, grace: Duration) -> Answer {
+        {
+            let mut table = self.lock();
+            if table.main == Main::Held {
+                // Nothing to stop: init ends the guest.
+                table.main = Main::Failed(0);
+                drop(table);
+                self.wake_init();
+                return Ok(Response::Ok);
+            }
+        }
         let pid = self.running_pid(MAIN)?;
         let _ = sys::signal(pid, libc::SIGTERM);
         let deadline = Instant::now() + grace;
@@ -366,9 +379,35 @@ impl Agent {
         }
     }
 
+    /// Starts the command a held guest waits for, as process [`MAIN`].
+    /// A command that cannot start ends the guest with its status.
+    fn start_main(&self, spec: &Process) -> Answer {
+        if self.lock().main != Main::Held {
+            return Err(error(
+                ErrorKind::BadRequest,
+                "this guest was not booted to hold its command (husk run --hold), \
+                 or its command already started",
+            ));
+        }
+        let answer = self.start(spec, true);
+        if let Err((ErrorKind::StartFailed { status }, _)) = &answer {
+            self.lock().main = Main::Failed(*status);
+            self.changed.notify_all();
+            self.wake_init();
+        }
+        answer
+    }
+
+    /// init's main loop waits in `sigwaitinfo`: a SIGCHLD makes it look
+    /// at the command's state again.
+    fn wake_init(&self) {
+        let _ = sys::signal(std::process::id() as libc::pid_t, libc::SIGCHLD);
+    }
+
     /// Starts `spec` as a child of init, with the appliance's
-    /// configuration under the request's overrides.
-    fn start(&self, spec: &Process) -> Answer {
+    /// configuration under the request's overrides; as the appliance's
+    /// command ([`MAIN`]) when `main`.
+    fn start(&self, spec: &Process, main: bool) -> Answer {
         if spec.argv.is_empty() {
             return Err(error(ErrorKind::BadRequest, "argv is empty"));
         }
@@ -409,6 +448,9 @@ impl Agent {
                 .stderr(Stdio::piped());
         }
         let mut table = self.lock();
+        if main && table.main != Main::Held {
+            return Err(error(ErrorKind::BadRequest, "the command already started"));
+        }
         if table.procs.len() >= MAX_PROCESSES {
             return Err(error(
                 ErrorKind::Busy,
@@ -425,10 +467,17 @@ impl Agent {
         proc.stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
         proc.stdout = child.stdout.take().map(|p| File::from(OwnedFd::from(p)));
         proc.stderr = child.stderr.take().map(|p| File::from(OwnedFd::from(p)));
-        let id = table.next_id;
-        table.next_id = table.next_id.checked_add(1).unwrap_or(MAIN + 1);
+        let id = if main {
+            table.main = Main::Running;
+            MAIN
+        } else {
+            let id = table.next_id;
+            table.next_id = table.next_id.checked_add(1).unwrap_or(MAIN + 1);
+            id
+        };
         let pid = proc.pid;
         table.procs.insert(id, proc);
+        self.changed.notify_all();
         Ok(Response::Started { id, pid })
     }
 
@@ -491,6 +540,31 @@ impl Agent {
         self.changed.notify_all();
     }
 
+    /// Boots to hold the command: it comes through [`Request::StartMain`].
+    pub fn hold_main(&self) {
+        self.lock().main = Main::Held;
+    }
+
+    /// The command's pid, once it runs.
+    pub fn main_pid(&self) -> Option<libc::pid_t> {
+        let table = self.lock();
+        match table.main {
+            Main::Running => table.procs.get(&MAIN).map(|p| p.pid),
+            _ => None,
+        }
+    }
+
+    /// How the command ended, as a shell reports it: its status once
+    /// reaped, or the status of a command that never started.
+    pub fn main_status(&self) -> Option<u8> {
+        let table = self.lock();
+        match table.main {
+            Main::Failed(status) => Some(status),
+            Main::Running => table.procs.get(&MAIN)?.status.map(ExitStatus::shell_code),
+            Main::Starting | Main::Held => None,
+        }
+    }
+
     /// Runs `spawn` under the table's lock (see [`Agent::start`]).
     pub fn spawning<T>(&self, spawn: impl FnOnce() -> T) -> T {
         let _table = self.lock();
@@ -498,14 +572,10 @@ impl Agent {
     }
 
     /// Reaps every ended child, keeping the statuses of the agent's
-    /// processes; the raw status of `main` if it was among them.
-    pub fn reap(&self, main: libc::pid_t) -> Option<i32> {
+    /// processes (the command's among them: [`Agent::main_status`]).
+    pub fn reap(&self) {
         let mut table = self.lock();
-        let mut main_status = None;
         sys::reap(|pid, raw| {
-            if pid == main {
-                main_status = Some(raw);
-            }
             if let Some(p) = table
                 .procs
                 .values_mut()
@@ -520,7 +590,6 @@ impl Agent {
             }
         });
         self.changed.notify_all();
-        main_status
     }
 }
 

@@ -89,6 +89,9 @@ impl RunConfig {
         for entry in &overrides.env {
             self.set_env(entry)?;
         }
+        if overrides.hostname.is_some() {
+            self.hostname.clone_from(&overrides.hostname);
+        }
         Ok(())
     }
 }
@@ -100,7 +103,8 @@ fn env_key(entry: &str) -> Result<&str, ConfigError> {
     }
 }
 
-/// What `husk run` changes for one boot: `-- COMMAND...` and `-e K=V`.
+/// What `husk run` changes for one boot: `-- COMMAND...`, `-e K=V`,
+/// `--hostname` and `--hold`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
@@ -108,11 +112,17 @@ pub struct Overrides {
     pub command: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// Set everything up, then wait for the command to come through the
+    /// guest agent (`StartMain`) rather than start the image's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 impl Overrides {
     pub fn is_empty(&self) -> bool {
-        self.command.is_none() && self.env.is_empty()
+        self.command.is_none() && self.env.is_empty() && !self.hold && self.hostname.is_none()
     }
 
     /// The kernel command-line parameter: hex keeps spaces, quotes and
@@ -299,6 +309,8 @@ mod tests {
         let o = Overrides {
             command: Some(vec!["echo".into(), "two words".into(), "\"q\" ' =".into()]),
             env: vec!["A=x y".into()],
+            hold: true,
+            hostname: Some("web-1".into()),
         };
         let cmdline = format!("console=hvc0 {} panic=-1", o.to_param());
         assert!(!o.to_param().contains(' '));
@@ -312,8 +324,8 @@ mod tests {
             assert!(Overrides::from_cmdline(bad).is_err(), "{bad}");
         }
         let not_kv = Overrides {
-            command: None,
             env: vec!["NOEQUALS".into()],
+            ..Overrides::default()
         };
         assert!(Overrides::from_cmdline(&not_kv.to_param()).is_err());
     }
@@ -375,9 +387,12 @@ mod tests {
         c.apply(&Overrides {
             command: Some(vec!["true".into()]),
             env: vec!["PATH=/usr/bin".into(), "B=2".into()],
+            hostname: Some("other".into()),
+            ..Overrides::default()
         })
         .unwrap();
         assert_eq!(c.command, ["true"]);
+        assert_eq!(c.hostname.as_deref(), Some("other"));
         assert_eq!(c.env, ["PATH=/usr/bin", "A=1", "B=2"]);
         assert_eq!(c.env_value("PATH"), Some("/usr/bin"));
         assert_eq!(c.env_value("PAT"), None);

@@ -15,7 +15,7 @@ mod sys;
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -74,9 +74,9 @@ fn main() {
 fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     // Read once: the overrides, the shares and the network are all on it.
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let config = load_config(&cmdline)?;
+    let (config, hold) = load_config(&cmdline)?;
     mount_shares(&cmdline)?;
-    if config.command.is_empty() {
+    if config.command.is_empty() && !hold {
         return Err(Failure::setup(
             "the image has no command to run: set run.command, or pass one after --",
         ));
@@ -97,29 +97,37 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     // Blocked before the agent's threads start, so they inherit the mask
     // and the signals come to this thread's sigwaitinfo.
     signals.block();
-    let main = Prepared::new(&config, &config.command, true)
-        .and_then(|p| spawn_main(&agent, &p, &config.command[0]));
-    // The agent starts after the command, off the boot path: a host that
-    // connects earlier is refused and tries again.
-    let pid = match main {
-        Ok(pid) => pid,
-        Err(f) => {
-            agent.main_spawned(Err(f.status));
-            agent.serve();
-            return Err(f);
+    if hold {
+        // The command comes through the agent (StartMain); the loop
+        // below learns of it from the agent's table.
+        agent.hold_main();
+    } else {
+        let main = Prepared::new(&config, &config.command, true)
+            .and_then(|p| spawn_main(&agent, &p, &config.command[0]));
+        // The agent starts after the command, off the boot path: a host
+        // that connects earlier is refused and tries again.
+        match main {
+            Ok(pid) => agent.main_spawned(Ok(pid)),
+            Err(f) => {
+                agent.main_spawned(Err(f.status));
+                agent.serve();
+                return Err(f);
+            }
         }
-    };
-    agent.main_spawned(Ok(pid));
-    control.mark(sys::MARK_COMMAND_STARTED);
+        control.mark(sys::MARK_COMMAND_STARTED);
+    }
     agent.serve();
     let status = loop {
         let signal = signals.next();
         if signal == libc::SIGCHLD || signal == -1 {
-            if let Some(raw) = agent.reap(pid) {
-                break shell_status(raw);
+            agent.reap();
+            if let Some(status) = agent.main_status() {
+                break status;
             }
         } else if sys::SignalSet::is_forwarded(signal) {
-            let _ = sys::signal(pid, signal);
+            if let Some(pid) = agent.main_pid() {
+                let _ = sys::signal(pid, signal);
+            }
         }
     };
     // Whatever the command left behind gets a chance to finish writing.
@@ -194,7 +202,9 @@ impl Prepared {
     }
 }
 
-fn load_config(cmdline: &str) -> Result<RunConfig, Failure> {
+/// The image's run configuration under this boot's overrides, and
+/// whether the command is held for the agent.
+fn load_config(cmdline: &str) -> Result<(RunConfig, bool), Failure> {
     let text = fs::read(CONFIG_PATH).map_err(|e| {
         Failure::setup(format!(
             "cannot read {CONFIG_PATH}: {e} (was this image built by husk?)"
@@ -203,10 +213,11 @@ fn load_config(cmdline: &str) -> Result<RunConfig, Failure> {
     let mut config = RunConfig::from_json(&text)
         .map_err(|e| Failure::setup(format!("{CONFIG_PATH}: {}", chain(&e))))?;
     let overrides = Overrides::from_cmdline(cmdline).map_err(|e| Failure::setup(chain(&e)))?;
+    let hold = overrides.as_ref().is_some_and(|o| o.hold);
     if let Some(o) = overrides {
         config.apply(&o).map_err(|e| Failure::setup(chain(&e)))?;
     }
-    Ok(config)
+    Ok((config, hold))
 }
 
 /// The shared folders `husk run` attached: the root first, when it is a
@@ -320,14 +331,4 @@ pub(crate) fn spawn_failure(name: &str, e: &std::io::Error) -> Failure {
         _ => format!("cannot start {name}: {e}"),
     };
     Failure { status, message }
-}
-
-/// The exit status a shell would show: the code, or 128 + the signal.
-fn shell_status(raw: i32) -> u8 {
-    let status = std::process::ExitStatus::from_raw(raw);
-    match (status.code(), status.signal()) {
-        (Some(code), _) => code as u8,
-        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
-        _ => STATUS_SETUP_FAILED,
-    }
 }

@@ -195,6 +195,7 @@ impl Peers {
         let overrides = Overrides {
             command: Some(vec!["sh".into(), "/data/tools/workload.sh".into()]),
             env: vec![format!("BIG={}", self.big_mib)],
+            ..Overrides::default()
         };
         let fs = FsSetup {
             mounts: vec![ShareMount {
