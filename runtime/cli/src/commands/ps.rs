@@ -30,6 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let (status, addresses) = match state.status {
             Status::Starting => ("Starting".into(), String::new()),
+            Status::Created => ("Created".into(), String::new()),
             Status::Running => {
                 let guest = guest_info(&vm);
                 let up = guest.as_ref().map_or_else(

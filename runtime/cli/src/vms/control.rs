@@ -28,7 +28,12 @@ pub enum Request {
     /// SIGTERM to the command, SIGKILL after `grace_ms`, the VM powered
     /// off. Answer: [`Response::Exited`] once the VM is gone.
     Stop { grace_ms: u64 },
-    /// A signal to the command. Answer: [`Response::Ok`].
+    /// Starts the command of a VM booted to hold it (husk-runtime's
+    /// `start`); the keeper relays its streams to its own. Answer:
+    /// [`Response::Ok`].
+    Start { process: agent::Process },
+    /// A signal to the command (to a VM that holds its command: the end
+    /// of the VM). Answer: [`Response::Ok`].
     Kill { signal: i32 },
     /// Waits for the VM to end. Answer: [`Response::Exited`].
     Wait,

@@ -34,6 +34,12 @@ pub const VM_ENV: &str = "HUSK_VM_DIR";
 pub const READY: &str = "husk-keeper: ready";
 /// The line the keeper prints when the VM ended before it was ready.
 pub const EXITED: &str = "husk-keeper: exited";
+/// Set in the keeper's environment by a caller whose standard streams are
+/// the held command's (husk-runtime: those podman or containerd gave it):
+/// the descriptor the keeper says its word on. The keeper then leaves its
+/// stdin, stdout and stderr as they are, and relays the command's streams
+/// to them once it starts.
+pub const WORD_FD_ENV: &str = "HUSK_KEEPER_WORD_FD";
 
 /// How long the keeper waits for the guest agent after the VM started.
 const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -60,6 +66,11 @@ struct Shared {
     /// Control requests being answered: the keeper waits for them before
     /// it leaves, so a `stop` or `wait` hears how the VM ended.
     answering: std::sync::atomic::AtomicUsize,
+    /// The guest holds its command until a [`Request::Start`].
+    held: Mutex<bool>,
+    /// The threads copying the command's output to the keeper's stdout
+    /// and stderr: joined before the keeper leaves, so nothing is lost.
+    relays: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -129,6 +140,7 @@ pub fn keep(
     ports: Vec<String>,
     ready: Option<(Ready, Duration)>,
     remove_at_end: bool,
+    hold: bool,
 ) -> anyhow::Result<u8> {
     // Everything the keeper makes is the user's alone.
     // SAFETY: umask(2) cannot fail.
@@ -137,6 +149,8 @@ pub fn keep(
     // end is then EPIPE, not a signal.
     // SAFETY: ignoring SIGPIPE has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // First: it blocks SIGWINCH before any thread starts.
+    let word_fd = word_fd();
     let me = std::process::id();
     let mut state = State {
         name: vm.name.clone(),
@@ -199,6 +213,8 @@ pub fn keep(
         exit: Mutex::new(None),
         ended: Condvar::new(),
         answering: std::sync::atomic::AtomicUsize::new(0),
+        held: Mutex::new(hold),
+        relays: Mutex::new(Vec::new()),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
@@ -214,11 +230,19 @@ pub fn keep(
         .name("control".into())
         .spawn(move || serve(listener, &server))?;
 
-    let mut stdout = io::stdout();
-    match until_ready(&shared, &announce, ready) {
+    // The word goes to `husk run -d` on stdout, or where WORD_FD_ENV says.
+    let mut stdout: Box<dyn Write> = match &word_fd {
+        Some(fd) => Box::new(std::fs::File::from(fd.try_clone()?)),
+        None => Box::new(io::stdout()),
+    };
+    match until_ready(&shared, &announce, ready, hold) {
         Ok(()) => {
-            state.status = Status::Running;
-            state.started_ms = Some(now_ms());
+            if hold {
+                state.status = Status::Created;
+            } else {
+                state.status = Status::Running;
+                state.started_ms = Some(now_ms());
+            }
             let _ = vm.write_state(&state);
             let _ = writeln!(stdout, "{READY}");
         }
@@ -237,12 +261,25 @@ pub fn keep(
     }
     // Nobody reads any more: later output would go nowhere.
     let _ = stdout.flush();
-    detach_stdio();
+    drop(stdout);
+    if word_fd.is_none() {
+        detach_stdio();
+    }
+    drop(word_fd);
     drop(announce);
     let _ = std::fs::remove_file(&announce_path);
 
     let code = shared.wait_exit(None).flatten();
     let _ = pump.join();
+    // The command's last output, still on its way from the guest.
+    let relays = std::mem::take(&mut *shared.relays.lock().unwrap_or_else(|e| e.into_inner()));
+    for relay in relays {
+        let _ = relay.join();
+    }
+    // Started meanwhile (a control request wrote that down).
+    if let Ok(now) = vm.read_state() {
+        state.started_ms = now.started_ms;
+    }
     state.status = Status::Exited;
     state.finished_ms = Some(now_ms());
     state.exit_code = code;
@@ -347,12 +384,14 @@ fn wait_child(mut child: Child, shared: &Shared) {
     shared.ended.notify_all();
 }
 
-/// Waits until the guest agent answers and says the command started;
-/// then for the readiness check, if any.
+/// Waits until the guest agent answers and says the command started (a
+/// held guest: only that the agent answers); then for the readiness
+/// check, if any.
 fn until_ready(
     shared: &Shared,
     announce: &UnixListener,
     ready: Option<(Ready, Duration)>,
+    hold: bool,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + AGENT_BOOT_TIMEOUT;
     let mut conn = loop {
@@ -381,6 +420,12 @@ fn until_ready(
         }
     };
     conn.set_read_timeout(Some(AGENT_BOOT_TIMEOUT))?;
+    if hold {
+        return match agent::call(&mut conn, &agent::Request::Ping)? {
+            agent::Response::Pong => Ok(()),
+            other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+        };
+    }
     match agent::call(&mut conn, &agent::Request::MainStarted)? {
         agent::Response::Started { .. } => {}
         agent::Response::Exited { status } => anyhow::bail!(
@@ -533,7 +578,14 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
             agent::Response::Info(guest) => Ok(Response::Info { guest }),
             other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
         },
+        Request::Start { process } => start_held(shared, process),
         Request::Kill { signal } => {
+            if *shared.held.lock().unwrap_or_else(|e| e.into_inner()) {
+                // No command yet: the signal ends the guest that waits for it.
+                shared.kill_vm();
+                shared.wait_exit(Some(Duration::from_secs(5)));
+                return Ok(Response::Ok);
+            }
             let sent = shared.agent_call(&agent::Request::Signal {
                 id: agent::MAIN,
                 signal,
@@ -572,6 +624,202 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
             })
         }
     }
+}
+
+/// Starts the command a held guest waits for, and relays its streams to
+/// the keeper's own stdin, stdout and stderr (a terminal's to stdin and
+/// stdout, with its size followed).
+fn start_held(shared: &Shared, process: agent::Process) -> anyhow::Result<Response> {
+    let mut held = shared.held.lock().unwrap_or_else(|e| e.into_inner());
+    if !*held {
+        anyhow::bail!("the command has already started");
+    }
+    let mut conn = shared.agent()?;
+    let tty = process.tty;
+    match agent::call(&mut conn, &agent::Request::StartMain { process })? {
+        agent::Response::Started { .. } => {}
+        agent::Response::Error { message, .. } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+    }
+    *held = false;
+    drop(held);
+    let attach = |stream| -> anyhow::Result<UnixStream> {
+        let mut conn = shared.agent()?;
+        match agent::call(
+            &mut conn,
+            &agent::Request::Attach {
+                id: agent::MAIN,
+                stream,
+            },
+        )? {
+            agent::Response::Ok => {}
+            agent::Response::Error { message, .. } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+        }
+        conn.set_read_timeout(None)?;
+        Ok(conn)
+    };
+    let mut relays = shared.relays.lock().unwrap_or_else(|e| e.into_inner());
+    let own = |fd: i32| -> anyhow::Result<std::fs::File> {
+        // SAFETY: 0, 1 and 2 stay open for the keeper's life (WORD_FD_ENV).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        Ok(std::fs::File::from(borrowed.try_clone_to_owned()?))
+    };
+    if tty {
+        let conn = attach(agent::Stream::Tty)?;
+        let (mut to_guest, mut from_guest) = (conn.try_clone()?, conn);
+        let (mut input, mut output) = (own(0)?, own(1)?);
+        std::thread::Builder::new()
+            .name("tty-in".into())
+            .spawn(move || {
+                let _ = relay(&mut input, &mut to_guest);
+            })?;
+        relays.push(
+            std::thread::Builder::new()
+                .name("tty-out".into())
+                .spawn(move || {
+                    let _ = relay(&mut from_guest, &mut output);
+                })?,
+        );
+        follow_window_size(shared)?;
+    } else {
+        for (stream, fd) in [(agent::Stream::Stdout, 1), (agent::Stream::Stderr, 2)] {
+            let mut from_guest = attach(stream)?;
+            let mut output = own(fd)?;
+            relays.push(
+                std::thread::Builder::new()
+                    .name("relay-out".into())
+                    .spawn(move || {
+                        let _ = relay(&mut from_guest, &mut output);
+                    })?,
+            );
+        }
+        let mut to_guest = attach(agent::Stream::Stdin)?;
+        let mut input = own(0)?;
+        std::thread::Builder::new()
+            .name("relay-in".into())
+            .spawn(move || {
+                let _ = relay(&mut input, &mut to_guest);
+                // The end of the keeper's stdin is the end of the command's.
+                let _ = to_guest.shutdown(std::net::Shutdown::Write);
+            })?;
+    }
+    if let Ok(mut state) = shared.vm.read_state() {
+        state.status = Status::Running;
+        state.started_ms = Some(now_ms());
+        let _ = shared.vm.write_state(&state);
+    }
+    Ok(Response::Ok)
+}
+
+/// Copies until the end or an error, each read passed on at once.
+fn relay(from: &mut impl io::Read, to: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// The keeper's stdin is a terminal (the slave of the pty husk-runtime
+/// handed to its caller): each size change there (SIGWINCH, which the
+/// keeper gets as the terminal's session leader) is passed to the guest's
+/// terminal, and the size it has now at once.
+fn follow_window_size(shared: &Shared) -> anyhow::Result<()> {
+    let resize = |shared: &Shared| {
+        if let Ok(size) = window_size(0) {
+            let _ = shared.agent_call(&agent::Request::Resize {
+                id: agent::MAIN,
+                size,
+            });
+        }
+    };
+    resize(shared);
+    let vm = shared.vm.clone();
+    let uds = shared.uds.clone();
+    std::thread::Builder::new()
+        .name("winch".into())
+        .spawn(move || loop {
+            // SIGWINCH is blocked in every thread (keep() blocked it first).
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            let mut signal = 0;
+            // SAFETY: the set is initialised by sigemptyset before use, and
+            // sigwait writes only to `signal`.
+            let waited = unsafe {
+                libc::sigemptyset(set.as_mut_ptr());
+                libc::sigaddset(set.as_mut_ptr(), libc::SIGWINCH);
+                libc::sigwait(set.as_ptr(), &mut signal)
+            };
+            if waited != 0 {
+                return;
+            }
+            let Ok(size) = window_size(0) else { continue };
+            let Ok(mut conn) = vmm::vsock::connect_guest(&uds, agent::PORT, AGENT_TIMEOUT) else {
+                if !vm.dir.exists() {
+                    return;
+                }
+                continue;
+            };
+            let _ = agent::call(
+                &mut conn,
+                &agent::Request::Resize {
+                    id: agent::MAIN,
+                    size,
+                },
+            );
+        })?;
+    Ok(())
+}
+
+/// The size of the terminal on `fd`.
+fn window_size(fd: i32) -> io::Result<agent::WindowSize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(agent::WindowSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
+}
+
+/// The descriptor named by [`WORD_FD_ENV`], taken (it is the keeper's
+/// alone). While it is set, SIGWINCH is blocked here, before any thread
+/// starts, so the thread that follows a terminal's size receives it.
+fn word_fd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::env::var(WORD_FD_ENV).ok()?.parse().ok()?;
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: F_GETFD only asks whether `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the caller handed this descriptor to the keeper alone
+    // (WORD_FD_ENV's contract); nothing else in this process owns it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: the set is initialised by sigemptyset before use;
+    // pthread_sigmask changes only this thread's mask (inherited by the
+    // threads started after it).
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGWINCH);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+    Some(owned)
 }
 
 fn announce_socket(uds: &std::path::Path) -> PathBuf {

@@ -71,6 +71,16 @@ pub fn random_name() -> String {
     format!("husk-{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2])
 }
 
+/// Writes `bytes` to `path` whole: a temporary file beside it, renamed.
+pub fn write_file(path: &Path, bytes: impl AsRef<[u8]>) -> io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -83,6 +93,9 @@ pub fn now_ms() -> u64 {
 pub enum Status {
     /// Booting; the command has not started yet.
     Starting,
+    /// Booted and set up; the command waits to be started (husk-runtime's
+    /// `create` made it).
+    Created,
     Running,
     /// It ended; `exit_code` says how.
     Exited,
@@ -186,10 +199,8 @@ impl VmDir {
 
     /// Writes the state whole: to a temporary file, then renamed over.
     pub fn write_state(&self, state: &State) -> io::Result<()> {
-        let tmp = self.dir.join(".state.json.tmp");
         let text = serde_json::to_vec_pretty(state).expect("plain data serializes");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, self.state_file())
+        write_file(&self.state_file(), text)
     }
 
     /// The state as it really is: a VM whose keeper is gone without

@@ -154,7 +154,7 @@ impl Drop for Vm {
 }
 
 /// Every descendant of `pid`, and `pid`.
-fn tree(pid: u32) -> Vec<u32> {
+pub(super) fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
     let mut i = 0;
     while i < all.len() {
@@ -164,7 +164,7 @@ fn tree(pid: u32) -> Vec<u32> {
     all
 }
 
-fn nothing_left(dir: &Path, tree: &[u32]) -> Result<(), Failed> {
+pub(super) fn nothing_left(dir: &Path, tree: &[u32]) -> Result<(), Failed> {
     let alive: Vec<String> = tree
         .iter()
         .filter(|p| !gone(**p))

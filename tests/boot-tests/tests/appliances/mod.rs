@@ -12,6 +12,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 mod detached;
 mod network;
+mod oci;
 mod shares;
 mod vsock;
 
@@ -50,6 +51,7 @@ pub fn trials() -> Vec<Trial> {
     ];
     all.extend(detached::trials());
     all.extend(network::trials());
+    all.extend(oci::trials());
     all.extend(shares::trials());
     all.extend(vsock::trials());
     all

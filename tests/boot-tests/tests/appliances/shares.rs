@@ -47,14 +47,14 @@ pub fn trials() -> Vec<Trial> {
 }
 
 /// A fresh folder on the test's tmpfs (not the work tree's 9p share).
-fn folder(name: &str) -> Result<tempfile::TempDir, Failed> {
+pub(super) fn folder(name: &str) -> Result<tempfile::TempDir, Failed> {
     Ok(tempfile::Builder::new()
         .prefix(&format!("husk-test-{name}-"))
         .tempdir_in("/tmp")?)
 }
 
 /// virtiofsd processes whose command line names `path`.
-fn virtiofsd_serving(path: &Path) -> Vec<u32> {
+pub(super) fn virtiofsd_serving(path: &Path) -> Vec<u32> {
     let want = path.to_string_lossy().into_owned();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -363,7 +363,7 @@ fn folder_removed() -> Result<(), Failed> {
 
 /// A minimal root in a folder: busybox and its applets, the mount points
 /// init uses, a passwd.
-fn busybox_root(dir: &Path) -> Result<(), Failed> {
+pub(super) fn busybox_root(dir: &Path) -> Result<(), Failed> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
@@ -373,7 +373,7 @@ fn busybox_root(dir: &Path) -> Result<(), Failed> {
         std::fs::create_dir(dir.join(d))?;
     }
     std::fs::copy(busybox, dir.join("bin/busybox"))?;
-    for applet in ["sh", "cat", "ls", "echo", "id"] {
+    for applet in ["sh", "cat", "ls", "echo", "id", "sleep", "hostname"] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
     }
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;

@@ -118,15 +118,27 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     start_keeper(&vm, &args, &cwd, image.as_ref())
 }
 
-/// Starts the keeper of `vm` with the `husk` arguments `args` in `cwd`
-/// and waits for its word: the name printed once the appliance is up.
-pub fn start_keeper(
+/// Where a keeper's standard streams go.
+pub enum KeeperStdio {
+    /// `husk run -d`: stdin is /dev/null, stdout and stderr a pipe that
+    /// carries its word (and errors before it); then /dev/null.
+    Word,
+    /// husk-runtime: the keeper keeps the caller's stdin, stdout and
+    /// stderr for the held command, and says its word on another pipe.
+    /// With `tty`, stdin is a terminal the keeper makes its own
+    /// (controlling terminal: it hears of size changes).
+    Inherit { tty: bool },
+}
+
+/// Starts the keeper of `vm` with the `husk` arguments `args` in `cwd`,
+/// in a session of its own; the child, and the pipe its word comes on.
+pub fn spawn_keeper(
     vm: &VmDir,
     args: &[std::ffi::OsString],
     cwd: &std::path::Path,
     image: Option<&BuiltImage>,
-) -> anyhow::Result<ExitCode> {
-    let name = &vm.name;
+    stdio: KeeperStdio,
+) -> anyhow::Result<(std::process::Child, std::io::PipeReader)> {
     let (from_keeper, to_cli) = std::io::pipe().context("pipe")?;
     let exe = std::env::current_exe().context("cannot locate the husk binary")?;
     let mut command = std::process::Command::new(exe);
@@ -136,23 +148,75 @@ pub fn start_keeper(
         .env(keeper::KEEPER_ENV, &vm.dir)
         .env_remove(keeper::VM_ENV)
         .env_remove(BUILT_ENV)
-        .stdin(std::process::Stdio::null())
-        .stdout(to_cli.try_clone().context("pipe")?)
-        .stderr(to_cli);
-    // SAFETY: setsid(2) in the forked child, async-signal-safe: the
-    // keeper leaves this terminal's session, so closing the terminal or
-    // ^C here does not reach it.
+        .env_remove(keeper::WORD_FD_ENV);
+    // The write end the keeper inherits as fd 3, closed here after the spawn.
+    let mut word_end = None;
+    let tty = match stdio {
+        KeeperStdio::Word => {
+            command
+                .stdin(std::process::Stdio::null())
+                .stdout(to_cli.try_clone().context("pipe")?)
+                .stderr(to_cli);
+            false
+        }
+        KeeperStdio::Inherit { tty } => {
+            use std::os::fd::{AsRawFd, OwnedFd};
+            // The word's pipe becomes the keeper's fd 3 (dup2 clears its
+            // close-on-exec there).
+            let word = OwnedFd::from(to_cli);
+            let raw = word.as_raw_fd();
+            command.env(keeper::WORD_FD_ENV, "3");
+            // SAFETY: dup2 (or fcntl) in the forked child, async-signal-safe; `word`
+            // outlives the spawn (held in `word_end`).
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    let ok = if raw == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0) == 0
+                    } else {
+                        libc::dup2(raw, 3) == 3
+                    };
+                    if !ok {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            word_end = Some(word);
+            tty
+        }
+    };
+    // SAFETY: setsid(2) and ioctl(TIOCSCTTY) in the forked child, both
+    // async-signal-safe: the keeper leaves this terminal's session, so
+    // closing the terminal or ^C here does not reach it; with a terminal
+    // of its own on stdin, it makes that its controlling terminal.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
             libc::setsid();
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
     if let Some(image) = image {
         command.env(BUILT_ENV, image.to_env());
     }
-    let mut keeper = command.spawn().context("cannot start the keeper")?;
+    let keeper = command.spawn().context("cannot start the keeper")?;
     drop(command);
+    drop(word_end);
+    Ok((keeper, from_keeper))
+}
+
+/// Starts the keeper of `vm` with the `husk` arguments `args` in `cwd`
+/// and waits for its word: the name printed once the appliance is up.
+pub fn start_keeper(
+    vm: &VmDir,
+    args: &[std::ffi::OsString],
+    cwd: &std::path::Path,
+    image: Option<&BuiltImage>,
+) -> anyhow::Result<ExitCode> {
+    let name = &vm.name;
+    let (mut keeper, from_keeper) = spawn_keeper(vm, args, cwd, image, KeeperStdio::Word)?;
     let word = keeper::await_keeper(from_keeper);
     match word {
         Ok(None) => {
@@ -216,6 +280,6 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         .collect();
     drop(plan);
     let image = args.target.clone().unwrap_or_default();
-    let code = keeper::keep(vm, uds, image, ports, ready, args.rm)?;
+    let code = keeper::keep(vm, uds, image, ports, ready, args.rm, args.hold)?;
     Ok(ExitCode::from(code))
 }

@@ -27,8 +27,8 @@ use crate::vms::keeper;
 
 mod detached;
 mod shares;
-pub use detached::start_keeper;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
+pub use detached::{spawn_keeper, start_keeper, KeeperStdio};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;
@@ -117,6 +117,17 @@ pub struct Args {
     /// With -d: remove the appliance (its folder and log) when it stops
     #[arg(long, requires = "detach")]
     rm: bool,
+    /// The guest's hostname (default: the appliance's)
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// Mount the root filesystem read-only
+    #[arg(long)]
+    read_only: bool,
+    /// With -d: boot and set the guest up, but start no command until one
+    /// comes through the keeper's control socket (husk-runtime's create
+    /// and start)
+    #[arg(long, requires = "detach", hide = true)]
+    hold: bool,
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
@@ -145,7 +156,7 @@ enum Seccomp {
 }
 
 /// Guest memory in MiB from `--memory`.
-fn memory_mib(arg: &str) -> anyhow::Result<u64> {
+pub fn memory_mib(arg: &str) -> anyhow::Result<u64> {
     let bytes = match arg.parse::<u64>() {
         Ok(mib) => mib.checked_mul(1 << 20),
         Err(_) => Some(
@@ -441,11 +452,10 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     let appliance = target.appliance();
     plan.net = plan_net(args, appliance, appliance.is_none())?;
     plan.husk_init = true;
+    let readonly = args.read_only || appliance.is_some_and(|a| a.rootfs.readonly);
     if let Some(folder) = target.source().folder() {
-        let readonly = appliance.is_some_and(|a| a.rootfs.readonly);
         plan.shares.push(shares::root(folder, readonly)?);
     }
-    let readonly = appliance.is_some_and(|a| a.rootfs.readonly);
     let mut cmdline = vec!["quiet".to_string(), boot_cmdline(built.format, readonly)];
     match built.format {
         ImageFormat::Ext4 => {
@@ -507,7 +517,12 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     let overrides = Overrides {
         command: (!args.command.is_empty()).then(|| args.command.clone()),
         env: args.env.clone(),
+        hold: args.hold,
+        hostname: args.hostname.clone(),
     };
+    if let Some(h) = &args.hostname {
+        check_hostname(h)?;
+    }
     for e in &overrides.env {
         if !e.contains('=') || e.starts_with('=') {
             anyhow::bail!("-e {e}: write KEY=VALUE");
@@ -521,6 +536,20 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     }
     plan.cmdline = cmdline.join(" ");
     Ok(plan)
+}
+
+/// A hostname as the kernel takes it: 1 to 64 bytes of letters, digits,
+/// '-' and '.'.
+fn check_hostname(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !ok {
+        anyhow::bail!("--hostname {name:?}: use 1 to 64 letters, digits, '-' and '.'");
+    }
+    Ok(())
 }
 
 pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {

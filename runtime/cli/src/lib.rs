@@ -1,0 +1,98 @@
+//! The husk command line: `husk` (build and run virtual appliances as KVM
+//! micro-VMs) and `husk-runtime` (runc's command line over the same
+//! machinery, for podman, docker and containerd). Both binaries are thin
+//! mains over this library.
+
+pub mod commands;
+pub mod oci;
+pub mod vms;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "husk",
+    version,
+    about = "Run software as virtual appliances in KVM micro-VMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot an appliance (building it first) and exit with its command's
+    /// status; with -d, in the background
+    Run(Box<commands::run::Args>),
+    /// Run a command in a detached appliance
+    Exec(commands::exec::Args),
+    /// List detached appliances
+    Ps(commands::ps::Args),
+    /// Print a detached appliance's console
+    Logs(commands::logs::Args),
+    /// Stop detached appliances: SIGTERM, SIGKILL after a grace period
+    Stop(commands::stop::StopArgs),
+    /// Run detached appliances that have stopped again, as they were started
+    Start(commands::start::StartArgs),
+    /// Stop detached appliances and start them again
+    Restart(commands::start::RestartArgs),
+    /// Send a signal to a detached appliance's command
+    Kill(commands::stop::KillArgs),
+    /// Wait for a detached appliance to stop and print its exit status
+    Wait(commands::wait::Args),
+    /// Remove detached appliances that have stopped
+    Rm(commands::rm::Args),
+    /// Build an appliance or image into a bootable root filesystem image
+    Build(commands::build::Args),
+    /// Show what a built image runs (with --files what it holds), or a
+    /// detached appliance's state
+    Inspect(commands::inspect::Args),
+    /// Check appliance files and report every problem with its file:line:column
+    Validate(commands::validate::Args),
+    /// Build or locate husk's guest kernel
+    #[command(subcommand)]
+    Kernel(commands::kernel::Command),
+}
+
+/// `husk`'s main.
+pub fn husk_main() -> ExitCode {
+    let started = std::time::Instant::now();
+    // Like any Unix filter: a closed pipe ends husk quietly.
+    // SAFETY: restoring the default action of a signal has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(*args, started),
+        Command::Exec(args) => commands::exec::run(args),
+        Command::Ps(args) => commands::ps::run(args),
+        Command::Logs(args) => commands::logs::run(args),
+        Command::Stop(args) => commands::stop::stop(args),
+        Command::Kill(args) => commands::stop::kill(args),
+        Command::Start(args) => commands::start::start(args),
+        Command::Restart(args) => commands::start::restart(args),
+        Command::Wait(args) => commands::wait::run(args),
+        Command::Rm(args) => commands::rm::run(args),
+        Command::Build(args) => commands::build::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Kernel(cmd) => commands::kernel::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("husk: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! An OCI bundle's config.json mapped onto a husk micro-VM: the `husk run`
+//! arguments that boot it, and the process `start` hands the guest.
+//!
+//! What a VM cannot take from the spec as runc does (capabilities,
+//! seccomp, rlimits, additional groups, file bind mounts, joining the
+//! caller's network namespace) is left out, and README says so.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// Guest memory beyond the container's memory limit: the guest kernel's
+/// and init's own share, so the limit is what the container's processes
+/// can use.
+pub const MEMORY_OVERHEAD_MIB: u64 = 32;
+/// Guest memory when neither the spec nor an annotation sets it.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// A bundle, read and checked.
+#[derive(Debug)]
+pub struct Launch {
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub annotations: BTreeMap<String, String>,
+    pub process: agent::Process,
+    /// `husk run -d` arguments after `--name ID --hold`, the `dir:` root last.
+    pub husk_args: Vec<String>,
+}
+
+/// Reads `bundle/config.json` and maps it.
+pub fn load(bundle: &Path, id: &str) -> anyhow::Result<Launch> {
+    let bundle = std::fs::canonicalize(bundle)
+        .with_context(|| format!("bundle {}: no such folder", bundle.display()))?;
+    let config = bundle.join("config.json");
+    if !config.is_file() {
+        anyhow::bail!("bundle {}: it has no config.json", bundle.display());
+    }
+    let text =
+        std::fs::read(&config).with_context(|| format!("cannot read {}", config.display()))?;
+    let spec: Spec = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a valid OCI runtime config", config.display()))?;
+    map(&spec, &bundle, id)
+}
+
+fn map(spec: &Spec, bundle: &Path, id: &str) -> anyhow::Result<Launch> {
+    let root = spec
+        .root()
+        .as_ref()
+        .context("config.json names no root (root.path)")?;
+    let rootfs = bundle.join(root.path());
+    if !rootfs.is_dir() {
+        anyhow::bail!(
+            "config.json's root.path {}: no such folder ({})",
+            root.path().display(),
+            rootfs.display()
+        );
+    }
+    let rootfs = std::fs::canonicalize(&rootfs)?;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json has no process to run")?;
+    let argv = process.args().clone().unwrap_or_default();
+    if argv.is_empty() {
+        anyhow::bail!("config.json's process.args is empty: nothing to run");
+    }
+    let cwd = process.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        anyhow::bail!("config.json's process.cwd {cwd:?} is not an absolute path");
+    }
+    let user = process.user();
+    let size = process.console_size().as_ref().map(|b| agent::WindowSize {
+        rows: b.height().min(u64::from(u16::MAX)) as u16,
+        cols: b.width().min(u64::from(u16::MAX)) as u16,
+    });
+    let tty = process.terminal().unwrap_or(false);
+    let process = agent::Process {
+        argv,
+        env: process.env().clone().unwrap_or_default(),
+        cwd: Some(cwd),
+        user: Some(format!("{}:{}", user.uid(), user.gid())),
+        tty,
+        size: size.filter(|_| tty),
+        // The keeper relays its own stdin (conmon's, or /dev/null).
+        stdin: !tty,
+    };
+
+    let annotations: BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut husk_args = Vec::new();
+    let (cpus, memory_mib) = size_of(spec, &annotations)?;
+    husk_args.extend(["--cpus".into(), cpus.to_string()]);
+    husk_args.extend(["--memory".into(), format!("{memory_mib}MiB")]);
+    if let Some(hostname) = spec.hostname() {
+        if !hostname.is_empty() {
+            husk_args.extend(["--hostname".into(), hostname.clone()]);
+        }
+    }
+    if root.readonly().unwrap_or(false) {
+        husk_args.push("--read-only".into());
+    }
+    husk_args.extend(["--net".into(), network(spec).into()]);
+    for volume in volumes(spec, id)? {
+        husk_args.extend(["-v".into(), volume]);
+    }
+    husk_args.push(format!("dir:{}", rootfs.display()));
+    Ok(Launch {
+        bundle: bundle.to_path_buf(),
+        rootfs,
+        annotations,
+        process,
+        husk_args,
+    })
+}
+
+/// vCPUs and MiB: the `io.husk.vm.*` annotations first, then the spec's
+/// CPU quota and memory limit (plus [`MEMORY_OVERHEAD_MIB`]).
+fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::Result<(u32, u64)> {
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let mut cpus = 1u32;
+    if let Some(cpu) = resources.and_then(|r| r.cpu().as_ref()) {
+        if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
+            if quota > 0 && period > 0 {
+                cpus = (quota as u64).div_ceil(period).clamp(1, 32) as u32;
+            }
+        }
+    }
+    if let Some(v) = annotations.get("io.husk.vm.cpus") {
+        cpus = v
+            .parse()
+            .ok()
+            .filter(|n| (1..=32).contains(n))
+            .with_context(|| format!("annotation io.husk.vm.cpus={v:?}: a number from 1 to 32"))?;
+    }
+    let mut memory_mib = DEFAULT_MEMORY_MIB;
+    if let Some(limit) = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+    {
+        if limit > 0 {
+            memory_mib = (limit as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB;
+        }
+    }
+    if let Some(v) = annotations.get("io.husk.vm.memory") {
+        memory_mib = crate::commands::run::memory_mib(v)
+            .with_context(|| format!("annotation io.husk.vm.memory={v:?}"))?;
+    }
+    Ok((cpus, memory_mib))
+}
+
+/// A container with a network namespace of its own (a path the caller
+/// made, or a new one) gets no network device yet: the guest has its
+/// loopback, as a fresh namespace has. One that shares the host's network
+/// gets user-mode networking.
+fn network(spec: &Spec) -> &'static str {
+    let own = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    if own {
+        "none"
+    } else {
+        "user"
+    }
+}
+
+/// Bind mounts of folders, as `-v HOST:GUEST[:ro]`. The container's
+/// proc, sysfs, devpts, tmpfs and the like are the guest's own; bind
+/// mounts of single files (podman's and docker's /etc/hosts,
+/// /etc/resolv.conf, /etc/hostname) cannot be shared through virtio-fs and
+/// are left out.
+fn volumes(spec: &Spec, id: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let options = m.options().clone().unwrap_or_default();
+        let bind = m.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !bind {
+            continue;
+        }
+        let Some(source) = m.source() else { continue };
+        if !source.is_dir() {
+            tracing::debug!(container = id, source = %source.display(), "file bind mount left out");
+            continue;
+        }
+        let destination = m.destination().display().to_string();
+        let source = source.display().to_string();
+        if source.contains(':') || destination.contains(':') {
+            anyhow::bail!("bind mount {source} -> {destination}: a path with ':' cannot be shared");
+        }
+        let ro = options.iter().any(|o| o == "ro");
+        out.push(format!(
+            "{source}:{destination}{}",
+            if ro { ":ro" } else { "" }
+        ));
+    }
+    Ok(out)
+}
+
+/// A terminal for the process: a new pty whose master goes to `socket`
+/// (SCM_RIGHTS, with the terminal's name, as runc sends it); the slave,
+/// raw (the guest's own terminal does the line discipline), comes back.
+pub fn console(socket: &Path) -> anyhow::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let conn = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("--console-socket {}", socket.display()))?;
+    let (mut master, mut slave) = (-1, -1);
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: openpty writes two fds and a NUL-terminated name of at most
+    // 128 bytes (glibc's own bound is smaller) into what we pass.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            name.as_mut_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("openpty");
+    }
+    // SAFETY: both fds were just made by openpty and are owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill;
+    // cfmakeraw and tcsetattr read and write only that struct and the fd.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(slave.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+    // SAFETY: openpty NUL-terminated the name within the buffer.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    use std::os::fd::AsRawFd;
+    conn.send_with_fd(name.to_bytes(), master.as_raw_fd())
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        .with_context(|| format!("cannot send the terminal to {}", socket.display()))?;
+    Ok(slave)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn bundle_with_root() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_spec_becomes_husk_arguments_and_a_process() {
+        let dir = bundle_with_root();
+        let data = tempfile::tempdir().unwrap();
+        let s = spec(&format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs","readonly":true}},
+            "hostname":"c1",
+            "process":{{"args":["sh","-c","exit 7"],"env":["PATH=/bin","A=b"],"cwd":"/tmp",
+              "user":{{"uid":1000,"gid":100}}}},
+            "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
+              {{"destination":"/data","type":"bind","source":"{}","options":["rbind","ro"]}},
+              {{"destination":"/etc/hosts","type":"bind","source":"/etc/hosts","options":["bind"]}}],
+            "linux":{{"namespaces":[{{"type":"network"}},{{"type":"pid"}}],
+              "resources":{{"memory":{{"limit":268435456}},"cpu":{{"quota":150000,"period":100000}}}}}}}}"#,
+            data.path().display()
+        ));
+        let launch = map(&s, dir.path(), "c1").unwrap();
+        assert_eq!(launch.process.argv, ["sh", "-c", "exit 7"]);
+        assert_eq!(launch.process.env, ["PATH=/bin", "A=b"]);
+        assert_eq!(launch.process.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(launch.process.user.as_deref(), Some("1000:100"));
+        assert!(!launch.process.tty && launch.process.stdin);
+        let args = launch.husk_args.join(" ");
+        let root = std::fs::canonicalize(dir.path().join("rootfs")).unwrap();
+        assert_eq!(
+            args,
+            format!(
+                "--cpus 2 --memory 288MiB --hostname c1 --read-only --net none -v {}:/data:ro dir:{}",
+                data.path().display(),
+                root.display()
+            )
+        );
+    }
+
+    #[test]
+    fn annotations_size_the_vm_and_no_network_namespace_is_user_mode() {
+        let dir = bundle_with_root();
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "annotations":{"io.husk.vm.cpus":"3","io.husk.vm.memory":"512MiB"},
+            "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+        );
+        let args = map(&s, dir.path(), "c2").unwrap().husk_args.join(" ");
+        assert!(
+            args.starts_with("--cpus 3 --memory 512MiB --net user dir:"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_the_reason() {
+        let dir = bundle_with_root();
+        let cases = [
+            (
+                r#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "names no root",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"nope"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "no such folder",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#,
+                "no process",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "args is empty",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":["true"],"cwd":"tmp","user":{"uid":0,"gid":0}}}"#,
+                "not an absolute path",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"io.husk.vm.cpus":"0"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "io.husk.vm.cpus",
+            ),
+        ];
+        for (json, why) in cases {
+            let err = format!("{:#}", map(&spec(json), dir.path(), "x").unwrap_err());
+            assert!(err.contains(why), "{json}: {err}");
+        }
+    }
+}

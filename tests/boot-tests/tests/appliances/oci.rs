@@ -1,0 +1,338 @@
+//! husk-runtime, runc's command line, driven as conmon drives runc: a
+//! subreaper (the `oci-reaper` helper) runs `create` with the streams the
+//! container gets, waits for the pid in `--pid-file`, and takes its exit
+//! status for the container's; `start`, `state`, `kill` and `delete` come
+//! from elsewhere. Every test checks that `delete` leaves no process, no
+//! folder under `--root`, no virtiofsd, no jail folder and no cgroup.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use boot_tests::husk::husk_bin;
+use libtest_mimic::{Failed, Trial};
+
+use super::detached::{nothing_left, tree};
+use super::shares::{busybox_root, folder, virtiofsd_serving};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "runtime_create_start_streams_state_exit_status_and_delete",
+            lifecycle,
+        ),
+        Trial::test(
+            "runtime_kill_by_name_delete_created_and_delete_force_running",
+            kill_and_delete,
+        ),
+    ]
+}
+
+/// One `--root` and the bundles made in it.
+struct Runtime {
+    root: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Runtime {
+    fn new() -> Result<Self, Failed> {
+        let bin = husk_bin()?.with_file_name("husk-runtime");
+        if !bin.is_file() {
+            return Err(format!("no {} (cargo build --workspace --bins)", bin.display()).into());
+        }
+        Ok(Runtime {
+            root: folder("oci")?,
+            bin,
+        })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root")
+            .arg(self.state_dir())
+            .arg("--log")
+            .arg(self.root.path().join("log.json"))
+            .args(["--log-format", "json"]);
+        c
+    }
+
+    /// `husk-runtime ARGS`: (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> Result<(bool, String, String), Failed> {
+        let out = self.command().args(args).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String, Failed> {
+        match self.run(args)? {
+            (true, out, _) => Ok(out),
+            (false, _, err) => Err(format!("husk-runtime {args:?} failed: {err}").into()),
+        }
+    }
+
+    fn state(&self, id: &str) -> Result<serde_json::Value, Failed> {
+        Ok(serde_json::from_str(&self.ok(&["state", id])?)?)
+    }
+
+    /// A bundle: a busybox root and a config.json running `script`.
+    fn bundle(&self, id: &str, script: &str) -> Result<PathBuf, Failed> {
+        let dir = self.root.path().join(format!("bundle-{id}"));
+        std::fs::create_dir_all(dir.join("rootfs"))?;
+        busybox_root(&dir.join("rootfs"))?;
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "hostname": id,
+            "process": {
+                "args": ["/bin/sh", "-c", script],
+                "env": ["PATH=/bin", format!("CONTAINER={id}")],
+                "cwd": "/",
+                "user": {"uid": 0, "gid": 0}
+            },
+            "linux": {"namespaces": [{"type": "network"}, {"type": "mount"}]}
+        });
+        std::fs::write(dir.join("config.json"), config.to_string())?;
+        Ok(dir)
+    }
+
+    /// `create` under the reaper, which then holds the container's
+    /// streams and exit status; returns once the container is created.
+    fn create(&self, id: &str, bundle: &Path) -> Result<Container, Failed> {
+        let reaper = husk_bin()?.with_file_name("oci-reaper");
+        let pid_file = self.root.path().join(format!("{id}.pid"));
+        let mut child = Command::new(reaper)
+            .arg(&pid_file)
+            .arg("--")
+            .arg(&self.bin)
+            .arg("--root")
+            .arg(self.state_dir())
+            .arg("--log")
+            .arg(self.root.path().join("log.json"))
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = drain(child.stdout.take().ok_or("stdout")?);
+        let stderr = drain(child.stderr.take().ok_or("stderr")?);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            if let Some(status) = child.try_wait()? {
+                let err = stderr.join().unwrap_or_default();
+                return Err(format!("create of {id} ended ({status}): {err}").into());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("create of {id} did not finish in 120 s").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(Container {
+            id: id.to_string(),
+            reaper: child,
+            stdout,
+            stderr,
+            pid,
+        })
+    }
+}
+
+struct Container {
+    id: String,
+    reaper: Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+    pid: u32,
+}
+
+impl Container {
+    /// The container's exit status as the reaper saw it, and its output.
+    fn finish(mut self, limit: Duration) -> Result<(i32, String, String), Failed> {
+        drop(self.reaper.stdin.take());
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.reaper.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.reaper.kill();
+                return Err(format!("{} did not end within {limit:?}", self.id).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = self.stdout.join().unwrap_or_default();
+        let err = self.stderr.join().unwrap_or_default();
+        let code = status.code().ok_or("the reaper was killed")?;
+        Ok((code, out, err))
+    }
+}
+
+fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = from.read_to_string(&mut s);
+        s
+    })
+}
+
+fn expect_state(rt: &Runtime, id: &str, status: &str) -> Result<serde_json::Value, Failed> {
+    let state = rt.state(id)?;
+    if state["status"] != status {
+        return Err(format!("{id}: expected status {status}, state is {state}").into());
+    }
+    Ok(state)
+}
+
+/// After `delete`: nothing of the container is left.
+fn all_gone(rt: &Runtime, id: &str, processes: &[u32], rootfs: &Path) -> Result<(), Failed> {
+    nothing_left(&rt.state_dir().join(id), processes)?;
+    let serving: Vec<u32> = virtiofsd_serving(rootfs)
+        .into_iter()
+        .filter(|p| !super::network::gone(*p))
+        .collect();
+    if !serving.is_empty() {
+        return Err(format!("virtiofsd {serving:?} still serves {}", rootfs.display()).into());
+    }
+    Ok(())
+}
+
+fn lifecycle() -> Result<(), Failed> {
+    let rt = Runtime::new()?;
+    let script =
+        "echo out $CONTAINER $(hostname); echo err >&2; read line; echo \"got $line\"; exit 7";
+    let bundle = rt.bundle("c1", script)?;
+    let mut c = rt.create("c1", &bundle)?;
+    let state = expect_state(&rt, "c1", "created")?;
+    let canonical = std::fs::canonicalize(&bundle)?;
+    let checks = [
+        (state["ociVersion"] == "1.0.2", "ociVersion"),
+        (state["id"] == "c1", "id"),
+        (state["pid"] == c.pid, "pid is the --pid-file's"),
+        (
+            state["bundle"] == canonical.to_string_lossy().as_ref(),
+            "bundle",
+        ),
+        (
+            state["rootfs"] == canonical.join("rootfs").to_string_lossy().as_ref(),
+            "rootfs",
+        ),
+        (
+            state["created"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "created",
+        ),
+    ];
+    for (ok, what) in checks {
+        if !ok {
+            return Err(format!("state: {what} wrong in {state}").into());
+        }
+    }
+    // The same id again: refused, and the first is untouched.
+    let (ok, _, err) = rt.run(&["create", "--bundle", &bundle.to_string_lossy(), "c1"])?;
+    if ok || !err.contains("container c1 already exists") {
+        return Err(format!("a second create of c1: ok={ok}, stderr {err:?}").into());
+    }
+    let list = rt.ok(&["list", "--format", "json"])?;
+    let list: serde_json::Value = serde_json::from_str(&list)?;
+    if list.as_array().map(Vec::len) != Some(1) || list[0]["status"] != "created" {
+        return Err(format!("list: {list}").into());
+    }
+    let processes = tree(c.pid);
+    rt.ok(&["start", "c1"])?;
+    expect_state(&rt, "c1", "running")?;
+    c.reaper
+        .stdin
+        .as_mut()
+        .ok_or("stdin")?
+        .write_all(b"hello\n")?;
+    let (code, out, err) = c.finish(Duration::from_secs(60))?;
+    if code != 7
+        || !out.contains("out c1 c1\n")
+        || !out.contains("got hello\n")
+        || !err.contains("err\n")
+    {
+        return Err(format!(
+            "container c1: status {code} (want 7), stdout {out:?}, stderr {err:?}"
+        )
+        .into());
+    }
+    let state = expect_state(&rt, "c1", "stopped")?;
+    if state["pid"] != 0 {
+        return Err(format!("a stopped container has a pid: {state}").into());
+    }
+    let (ok, _, err) = rt.run(&["start", "c1"])?;
+    if ok || !err.contains("only a created container can be started") {
+        return Err(format!("start of a stopped container: ok={ok}, {err:?}").into());
+    }
+    rt.ok(&["delete", "c1"])?;
+    all_gone(&rt, "c1", &processes, &bundle.join("rootfs"))?;
+    let (ok, _, err) = rt.run(&["state", "c1"])?;
+    if ok || !err.contains("does not exist") {
+        return Err(format!("state after delete: ok={ok}, {err:?}").into());
+    }
+    Ok(())
+}
+
+fn kill_and_delete() -> Result<(), Failed> {
+    let rt = Runtime::new()?;
+    let waiting = "trap 'echo caught; exit 3' USR1; echo ready; while true; do sleep 1; done";
+
+    // Running: a signal by name reaches the process, which exits 3.
+    let bundle = rt.bundle("k1", waiting)?;
+    let c = rt.create("k1", &bundle)?;
+    let processes = tree(c.pid);
+    rt.ok(&["start", "k1"])?;
+    rt.ok(&["kill", "k1", "SIGUSR1"])?;
+    let (code, out, err) = c.finish(Duration::from_secs(60))?;
+    if code != 3 || !out.contains("caught") {
+        return Err(format!("k1: status {code} (want 3), stdout {out:?}, stderr {err:?}").into());
+    }
+    rt.ok(&["delete", "k1"])?;
+    all_gone(&rt, "k1", &processes, &bundle.join("rootfs"))?;
+
+    // Created, never started: delete needs no --force, as with runc.
+    let bundle = rt.bundle("k2", waiting)?;
+    let c = rt.create("k2", &bundle)?;
+    let processes = tree(c.pid);
+    rt.ok(&["delete", "k2"])?;
+    let (code, out, _) = c.finish(Duration::from_secs(30))?;
+    if code == 0 || out.contains("ready") {
+        return Err(format!("k2 was deleted unstarted: status {code}, stdout {out:?}").into());
+    }
+    all_gone(&rt, "k2", &processes, &bundle.join("rootfs"))?;
+
+    // Running: delete refuses without --force, and with it ends it.
+    let bundle = rt.bundle("k3", waiting)?;
+    let c = rt.create("k3", &bundle)?;
+    let processes = tree(c.pid);
+    rt.ok(&["start", "k3"])?;
+    let (ok, _, err) = rt.run(&["delete", "k3"])?;
+    if ok || !err.contains("is running") {
+        return Err(format!("delete of a running container: ok={ok}, {err:?}").into());
+    }
+    expect_state(&rt, "k3", "running")?;
+    rt.ok(&["delete", "--force", "k3"])?;
+    let (code, _, _) = c.finish(Duration::from_secs(30))?;
+    if code == 0 {
+        return Err("k3 ended with status 0 after delete --force".into());
+    }
+    all_gone(&rt, "k3", &processes, &bundle.join("rootfs"))?;
+    Ok(())
+}
