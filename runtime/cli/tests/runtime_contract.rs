@@ -147,7 +147,7 @@ fn bad_input_is_a_clear_error_in_the_log_and_leaves_nothing() {
         ),
         (
             vec!["exec".into(), "c1".into(), "true".into()],
-            "exec is not offered",
+            "container c1 does not exist",
         ),
     ];
     for (args, why) in cases {

@@ -81,14 +81,26 @@ pub fn husk_run(args: &[&str], stdin: &[u8], limit: Duration) -> Result<HuskRun,
 /// Runs `husk ARGS` with `stdin` as input, killed after `limit`.
 pub fn husk(args: &[&str], stdin: &[u8], limit: Duration) -> Result<HuskRun, String> {
     let bin = husk_bin()?;
+    let mut command = Command::new(&bin);
+    command.args(args);
+    output_within(command, stdin, limit)
+}
+
+/// Runs `command` with `stdin` as its input and its output collected,
+/// killed (SIGKILL) if it runs past `limit`.
+pub fn output_within(
+    mut command: Command,
+    stdin: &[u8],
+    limit: Duration,
+) -> Result<HuskRun, String> {
     let start = Instant::now();
-    let mut child = Command::new(&bin)
-        .args(args)
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
+        .map_err(|e| format!("{program}: {e}"))?;
     let mut input = child.stdin.take().expect("piped stdin");
     let data = stdin.to_vec();
     let feeder = std::thread::spawn(move || {

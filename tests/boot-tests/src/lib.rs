@@ -295,3 +295,22 @@ pub fn hybrid_vsock_connect(
         .map_err(|e| e.to_string())?;
     Ok(s)
 }
+
+/// podman with its store in `root` (the bed's tmpfs: vfs, no systemd, no
+/// system folders written) and the OCI runtime `runtime` (runc, or a path).
+pub fn podman_command(root: &Path, runtime: &std::ffi::OsStr) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(root.join("root"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .arg("--network-config-dir")
+        .arg(root.join("net"))
+        .arg("--tmpdir")
+        .arg(root.join("tmp"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+        .args(["--events-backend", "file", "--runtime"])
+        .arg(runtime)
+        .env("TMPDIR", root);
+    c
+}

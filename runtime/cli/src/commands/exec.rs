@@ -57,19 +57,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.tty && !tty {
         eprintln!("husk: -t: stdin is not a terminal; running without one");
     }
-    if tty {
-        block_sigwinch();
-    }
-    let mut control = Control::connect(&vm.control(), &vm.name)?;
     let process = Process {
         argv: args.command.clone(),
         env: args.env.clone(),
         cwd: args.workdir.clone(),
         user: args.user.clone(),
         tty,
-        size: if tty { window_size() } else { None },
+        size: None,
         stdin: args.interactive,
     };
+    exec_process(&vm, process)
+}
+
+/// Runs `process` in `vm` with this process's streams (its terminal, when
+/// `process.tty`: stdin must then be one) and returns its exit status.
+pub fn exec_process(vm: &VmDir, mut process: Process) -> anyhow::Result<ExitCode> {
+    let tty = process.tty;
+    if tty {
+        block_sigwinch();
+        process.size = process.size.or_else(window_size);
+    }
+    let interactive = process.stdin;
+    let mut control = Control::connect(&vm.control(), &vm.name)?;
     let mut main = control.agent()?;
     let id = match agent::call(&mut main, &Request::Start { process })? {
         Response::Started { id, .. } => id,
@@ -99,13 +108,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if tty {
         let conn = attach(Stream::Tty)?;
         raw = Some(RawMode::enter());
-        if args.interactive {
+        if interactive {
             pump_stdin(conn.try_clone()?);
         }
         outputs.push(pump_out(conn, io::stdout()));
         forward_resizes(control, id);
     } else {
-        if args.interactive {
+        if interactive {
             pump_stdin(attach(Stream::Stdin)?);
         }
         outputs.push(pump_out(attach(Stream::Stdout)?, io::stdout()));
@@ -123,7 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match status {
         Some(s) => Ok(ExitCode::from(s.shell_code())),
         None => {
-            eprintln!("husk: lost the command's status (did {} stop?)", args.name);
+            eprintln!("husk: lost the command's status (did {} stop?)", vm.name);
             Ok(ExitCode::from(EXIT_EXEC_FAILED))
         }
     }
@@ -175,7 +184,7 @@ fn pump_out(
 }
 
 /// This terminal's size.
-fn window_size() -> Option<WindowSize> {
+pub(crate) fn window_size() -> Option<WindowSize> {
     let mut ws = libc::winsize {
         ws_row: 0,
         ws_col: 0,
@@ -190,7 +199,7 @@ fn window_size() -> Option<WindowSize> {
     })
 }
 
-fn sigwinch() -> libc::sigset_t {
+pub(crate) fn sigwinch() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, set up by sigemptyset/sigaddset.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -202,7 +211,7 @@ fn sigwinch() -> libc::sigset_t {
 
 /// Blocks SIGWINCH in this thread, before any other starts: every thread
 /// inherits the mask, so the signal waits for [`forward_resizes`]'s sigwait.
-fn block_sigwinch() {
+pub(crate) fn block_sigwinch() {
     let set = sigwinch();
     // SAFETY: a valid set; the old mask is not wanted.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };

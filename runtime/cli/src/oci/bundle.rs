@@ -59,34 +59,12 @@ fn map(spec: &Spec, bundle: &Path, id: &str) -> anyhow::Result<Launch> {
         );
     }
     let rootfs = std::fs::canonicalize(&rootfs)?;
-    let process = spec
-        .process()
-        .as_ref()
-        .context("config.json has no process to run")?;
-    let argv = process.args().clone().unwrap_or_default();
-    if argv.is_empty() {
-        anyhow::bail!("config.json's process.args is empty: nothing to run");
-    }
-    let cwd = process.cwd().to_string_lossy().into_owned();
-    if !cwd.starts_with('/') {
-        anyhow::bail!("config.json's process.cwd {cwd:?} is not an absolute path");
-    }
-    let user = process.user();
-    let size = process.console_size().as_ref().map(|b| agent::WindowSize {
-        rows: b.height().min(u64::from(u16::MAX)) as u16,
-        cols: b.width().min(u64::from(u16::MAX)) as u16,
-    });
-    let tty = process.terminal().unwrap_or(false);
-    let process = agent::Process {
-        argv,
-        env: process.env().clone().unwrap_or_default(),
-        cwd: Some(cwd),
-        user: Some(format!("{}:{}", user.uid(), user.gid())),
-        tty,
-        size: size.filter(|_| tty),
-        // The keeper relays its own stdin (conmon's, or /dev/null).
-        stdin: !tty,
-    };
+    let process = process(
+        spec.process()
+            .as_ref()
+            .context("config.json has no process to run")?,
+    )
+    .context("config.json's process")?;
 
     let annotations: BTreeMap<String, String> = spec
         .annotations()
@@ -117,6 +95,61 @@ fn map(spec: &Spec, bundle: &Path, id: &str) -> anyhow::Result<Launch> {
         annotations,
         process,
         husk_args,
+    })
+}
+
+/// The folders husk's init mounts the guest's /proc, /sys and /dev on,
+/// made in the container's root where its image has none (runc, too,
+/// makes a spec's mount points). Each is one name made in the root's own
+/// folder (mkdirat), so a symlink in the image cannot send it elsewhere.
+pub fn mount_points(rootfs: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir =
+        std::fs::File::open(rootfs).with_context(|| format!("cannot open {}", rootfs.display()))?;
+    for name in [c"proc", c"sys", c"dev"] {
+        // SAFETY: mkdirat with an open directory fd and a NUL-terminated
+        // single-component name; it touches no memory of ours.
+        let r = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+        let e = std::io::Error::last_os_error();
+        if r != 0 && e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot make {}/{}",
+                    rootfs.display(),
+                    name.to_string_lossy()
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An OCI process as the guest agent starts it: argv, the whole
+/// environment, cwd, uid:gid, and a terminal or three streams (stdin is
+/// always relayed: the caller's, or /dev/null's end).
+pub fn process(p: &oci_spec::runtime::Process) -> anyhow::Result<agent::Process> {
+    let argv = p.args().clone().unwrap_or_default();
+    if argv.is_empty() {
+        anyhow::bail!("args is empty: nothing to run");
+    }
+    let cwd = p.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        anyhow::bail!("cwd {cwd:?} is not an absolute path");
+    }
+    let user = p.user();
+    let tty = p.terminal().unwrap_or(false);
+    let size = p.console_size().as_ref().map(|b| agent::WindowSize {
+        rows: b.height().min(u64::from(u16::MAX)) as u16,
+        cols: b.width().min(u64::from(u16::MAX)) as u16,
+    });
+    Ok(agent::Process {
+        argv,
+        env: p.env().clone().unwrap_or_default(),
+        cwd: Some(cwd),
+        user: Some(format!("{}:{}", user.uid(), user.gid())),
+        tty,
+        size: size.filter(|_| tty),
+        stdin: !tty,
     })
 }
 

@@ -119,11 +119,8 @@ enum Command {
         resources: Option<String>,
         id: String,
     },
-    /// Not offered (a clear error)
-    Exec {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
-    },
+    /// Run another process in a running container
+    Exec(ExecArgs),
     /// Not offered (a clear error)
     Events {
         #[arg(long)]
@@ -154,6 +151,47 @@ struct CreateArgs {
     preserve_fds: u32,
     id: String,
 }
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// The process as OCI process JSON (instead of COMMAND)
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    /// Return once it started; its exit status is the pid file's process's
+    #[arg(short, long)]
+    detach: bool,
+    /// Write the pid of the process standing for it here
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Send the master of its terminal here (SCM_RIGHTS)
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Give it a terminal (with COMMAND)
+    #[arg(short, long)]
+    tty: bool,
+    /// Working directory (with COMMAND)
+    #[arg(long)]
+    cwd: Option<String>,
+    /// KEY=VALUE (with COMMAND)
+    #[arg(short, long)]
+    env: Vec<String>,
+    /// uid[:gid] (with COMMAND)
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Accepted for runc's callers
+    #[arg(long)]
+    cgroup: Option<String>,
+    /// Accepted for runc's callers (none can reach a VM)
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    id: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Set for the process `exec --detach` leaves behind: the process it
+/// runs, as the agent's JSON.
+const EXEC_ENV: &str = "HUSK_RUNTIME_EXEC";
 
 /// The container's own record: what OCI state reports that the VM's
 /// `state.json` does not, and the process `start` hands the guest.
@@ -237,10 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                  it boots (set them in config.json or the io.husk.vm.* annotations)"
             )
         }
-        Command::Exec { .. } => anyhow::bail!(
-            "exec is not offered by husk-runtime yet: run commands in the container's \
-             command, or use husk exec on the VM"
-        ),
+        Command::Exec(args) => exec(root, args),
         Command::Events { id, .. } => {
             container(root, &id)?;
             anyhow::bail!("{id}: events are not offered by husk-runtime")
@@ -310,6 +345,7 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
         process: launch.process.clone(),
     };
     crate::vms::write_file(&vm.dir.join(OCI_FILE), serde_json::to_vec_pretty(&record)?)?;
+    bundle::mount_points(&launch.rootfs)?;
     let tty = launch.process.tty;
     // A terminal: its master goes to the caller's socket; its slave is the
     // keeper's stdin, stdout and stderr.
@@ -368,8 +404,9 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
             .with_context(|| format!("cannot write --pid-file {}", path.display()))?;
     }
     // The keeper is the container's: whoever reaps it is the caller's
-    // subreaper (conmon, the shim), not this process.
-    std::mem::forget(keeper);
+    // subreaper (conmon, the shim), not this process (dropping a Child
+    // leaves the process be).
+    drop(keeper);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -437,6 +474,88 @@ fn start(root: &Path, id: &str) -> anyhow::Result<ExitCode> {
     control.call(&Request::Start {
         process: record.process,
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `exec`: the process runs in the guest; here, a process relays its
+/// streams and exits with its status (with --detach, one left behind,
+/// whose pid goes to --pid-file, for the caller to reap).
+fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let vm = container(root, &args.id)?;
+    if let Ok(json) = std::env::var(EXEC_ENV) {
+        // The relay that a detached exec left.
+        let process: agent::Process = serde_json::from_str(&json).context(EXEC_ENV)?;
+        return crate::commands::exec::exec_process(&vm, process);
+    }
+    let state = vm.current_state()?;
+    if state.status != Status::Running {
+        anyhow::bail!(
+            "container {} is {}, not running",
+            args.id,
+            oci_status(&state)
+        );
+    }
+    if args.preserve_fds > 0 {
+        anyhow::bail!("--preserve-fds: a descriptor of the host cannot be passed into a VM");
+    }
+    let process = match &args.process {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("cannot read --process {}", path.display()))?;
+            let p: oci_spec::runtime::Process = serde_json::from_slice(&text)
+                .with_context(|| format!("--process {} is not OCI process JSON", path.display()))?;
+            bundle::process(&p).with_context(|| format!("--process {}", path.display()))?
+        }
+        None => {
+            if args.command.is_empty() {
+                anyhow::bail!("exec: give a COMMAND or --process FILE");
+            }
+            agent::Process {
+                argv: args.command.clone(),
+                env: args.env.clone(),
+                cwd: args.cwd.clone(),
+                user: args.user.clone(),
+                tty: args.tty,
+                size: None,
+                stdin: !args.tty,
+            }
+        }
+    };
+    let slave = match (&args.console_socket, process.tty) {
+        (Some(socket), true) => Some(bundle::console(socket)?),
+        (None, true) if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            anyhow::bail!("the process wants a terminal: --console-socket is needed")
+        }
+        _ => None,
+    };
+    if !args.detach {
+        let run = || crate::commands::exec::exec_process(&vm, process.clone());
+        return match &slave {
+            Some(slave) => with_stdio(slave, run)?,
+            None => run(),
+        };
+    }
+    // Detached: this same program again, with the process in its
+    // environment, in a session of its own (its terminal's, with one).
+    let exe = std::env::current_exe().context("cannot locate husk-runtime")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("--root")
+        .arg(root)
+        .args(["exec", &args.id])
+        .env(EXEC_ENV, serde_json::to_string(&process)?);
+    crate::commands::run::in_new_session(&mut command, slave.is_some());
+    let child = match &slave {
+        Some(slave) => with_stdio(slave, || command.spawn())??,
+        None => command.spawn()?,
+    };
+    if let Some(path) = &args.pid_file {
+        crate::vms::write_file(path, child.id().to_string())
+            .with_context(|| format!("cannot write --pid-file {}", path.display()))?;
+    }
+    // Not waited for: the caller's subreaper reaps it, as it does the
+    // container's process (dropping a Child leaves the process be).
+    drop(child);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -24,6 +24,7 @@ use anyhow::Context;
 use super::control::{self, Request, Response};
 use super::log::{LogWriter, MAX_LOG};
 use super::{now_ms, process_start, State, Status, VmDir};
+use crate::commands::exec::{block_sigwinch, sigwinch, window_size};
 
 /// Set in the keeper's environment: the VM's folder.
 pub const KEEPER_ENV: &str = "HUSK_KEEPER_DIR";
@@ -731,40 +732,9 @@ fn relay(from: &mut impl io::Read, to: &mut impl Write) -> io::Result<()> {
 /// keeper gets as the terminal's session leader) is passed to the guest's
 /// terminal, and the size it has now at once.
 fn follow_window_size(shared: &Shared) -> anyhow::Result<()> {
-    let resize = |shared: &Shared| {
-        if let Ok(size) = window_size(0) {
-            let _ = shared.agent_call(&agent::Request::Resize {
-                id: agent::MAIN,
-                size,
-            });
-        }
-    };
-    resize(shared);
-    let vm = shared.vm.clone();
-    let uds = shared.uds.clone();
-    std::thread::Builder::new()
-        .name("winch".into())
-        .spawn(move || loop {
-            // SIGWINCH is blocked in every thread (keep() blocked it first).
-            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            let mut signal = 0;
-            // SAFETY: the set is initialised by sigemptyset before use, and
-            // sigwait writes only to `signal`.
-            let waited = unsafe {
-                libc::sigemptyset(set.as_mut_ptr());
-                libc::sigaddset(set.as_mut_ptr(), libc::SIGWINCH);
-                libc::sigwait(set.as_ptr(), &mut signal)
-            };
-            if waited != 0 {
-                return;
-            }
-            let Ok(size) = window_size(0) else { continue };
-            let Ok(mut conn) = vmm::vsock::connect_guest(&uds, agent::PORT, AGENT_TIMEOUT) else {
-                if !vm.dir.exists() {
-                    return;
-                }
-                continue;
-            };
+    let resize = move |uds: &std::path::Path| {
+        let Some(size) = window_size() else { return };
+        if let Ok(mut conn) = vmm::vsock::connect_guest(uds, agent::PORT, AGENT_TIMEOUT) {
             let _ = agent::call(
                 &mut conn,
                 &agent::Request::Resize {
@@ -772,26 +742,23 @@ fn follow_window_size(shared: &Shared) -> anyhow::Result<()> {
                     size,
                 },
             );
+        }
+    };
+    resize(&shared.uds);
+    let uds = shared.uds.clone();
+    std::thread::Builder::new()
+        .name("winch".into())
+        .spawn(move || loop {
+            // SIGWINCH is blocked in every thread (keep() blocked it first).
+            let set = sigwinch();
+            let mut signal = 0;
+            // SAFETY: a valid set, and a valid out-pointer for the signal.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                return;
+            }
+            resize(&uds);
         })?;
     Ok(())
-}
-
-/// The size of the terminal on `fd`.
-fn window_size(fd: i32) -> io::Result<agent::WindowSize> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
-    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(agent::WindowSize {
-        rows: ws.ws_row,
-        cols: ws.ws_col,
-    })
 }
 
 /// The descriptor named by [`WORD_FD_ENV`], taken (it is the keeper's
@@ -810,15 +777,7 @@ fn word_fd() -> Option<std::os::fd::OwnedFd> {
     // SAFETY: the caller handed this descriptor to the keeper alone
     // (WORD_FD_ENV's contract); nothing else in this process owns it.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: the set is initialised by sigemptyset before use;
-    // pthread_sigmask changes only this thread's mask (inherited by the
-    // threads started after it).
-    unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGWINCH);
-        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
-    }
+    block_sigwinch();
     Some(owned)
 }
 

@@ -58,27 +58,7 @@ fn time(cmd: &mut Command) -> Result<f64, String> {
 
 /// podman on the bed's tmpfs, with runc, no network, no systemd.
 fn podman(root: &Path) -> Command {
-    let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(root.join("root"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .arg("--network-config-dir")
-        .arg(root.join("net"))
-        .arg("--tmpdir")
-        .arg(root.join("tmp"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            "--runtime",
-            "runc",
-        ])
-        .env("TMPDIR", root);
-    c
+    boot_tests::podman_command(root, "runc".as_ref())
 }
 
 fn bench(runs: usize) -> Result<(), String> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use boot_tests::husk::husk_bin;
+use boot_tests::husk::{husk_bin, output_within, HuskRun};
 use libtest_mimic::{Failed, Trial};
 
 use super::detached::{nothing_left, tree};
@@ -25,6 +25,10 @@ pub fn trials() -> Vec<Trial> {
         Trial::test(
             "runtime_kill_by_name_delete_created_and_delete_force_running",
             kill_and_delete,
+        ),
+        Trial::test(
+            "podman_runs_containers_on_husk_runtime_and_leaves_nothing",
+            podman,
         ),
     ]
 }
@@ -334,5 +338,244 @@ fn kill_and_delete() -> Result<(), Failed> {
         return Err("k3 ended with status 0 after delete --force".into());
     }
     all_gone(&rt, "k3", &processes, &bundle.join("rootfs"))?;
+    Ok(())
+}
+
+/// podman 4.3 (Debian's) with `--runtime husk-runtime`, its store on the
+/// bed's tmpfs, no systemd: the image is examples/busybox's layout.
+struct Podman {
+    dir: tempfile::TempDir,
+    runtime: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Result<Self, Failed> {
+        if Command::new("podman").arg("--version").output().is_err() {
+            return Err("podman is not installed (ci/setup installs it)".into());
+        }
+        // podman writes a cache under /var/cache/containers, read-only in
+        // the test bed (the host's root): a tmpfs there, in the bed only.
+        if std::env::var_os("HUSK_IN_TESTBED").is_some()
+            && std::fs::create_dir_all("/var/cache/containers").is_err()
+        {
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "podman-cache", "/var/cache"])
+                .status()?;
+            if !mounted.success() {
+                return Err("cannot mount a tmpfs on /var/cache for podman".into());
+            }
+        }
+        let runtime = husk_bin()?.with_file_name("husk-runtime");
+        let p = Podman {
+            dir: folder("podman")?,
+            runtime,
+        };
+        let layout =
+            std::fs::canonicalize(boot_tests::workspace_root().join("examples/busybox/image"))?;
+        let image = format!("oci:{}:latest", layout.display());
+        let pulled = p.run(&["pull", "-q", &image], b"", Duration::from_secs(120))?;
+        if pulled.code != Some(0) {
+            return Err(pulled.explain("podman pull of examples/busybox").into());
+        }
+        let tagged = p.run(
+            &["tag", pulled.stdout.trim(), "husk-test-busybox"],
+            b"",
+            Duration::from_secs(30),
+        )?;
+        if tagged.code != Some(0) {
+            return Err(tagged.explain("podman tag").into());
+        }
+        Ok(p)
+    }
+
+    fn command(&self) -> Command {
+        boot_tests::podman_command(self.dir.path(), self.runtime.as_os_str())
+    }
+
+    fn run<S: AsRef<str>>(
+        &self,
+        args: &[S],
+        stdin: &[u8],
+        limit: Duration,
+    ) -> Result<HuskRun, Failed> {
+        let mut c = self.command();
+        c.args(args.iter().map(AsRef::as_ref));
+        Ok(output_within(c, stdin, limit)?)
+    }
+
+    /// `podman ARGS`, which must exit `code`; its stdout.
+    fn expect<S: AsRef<str>>(&self, args: &[S], stdin: &[u8], code: i32) -> Result<String, Failed> {
+        let r = self.run(args, stdin, Duration::from_secs(120))?;
+        if r.code != Some(code) {
+            let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+            return Err(r
+                .explain(&format!("podman {args:?}: expected exit status {code}"))
+                .into());
+        }
+        Ok(r.stdout)
+    }
+}
+
+/// husk-runtime's default --root, which podman uses: empty once every
+/// container is removed.
+fn runtime_root_empty() -> Result<(), Failed> {
+    let left: Vec<String> = std::fs::read_dir("/run/husk-runtime")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !left.is_empty() {
+        return Err(format!("left under /run/husk-runtime: {left:?}").into());
+    }
+    Ok(())
+}
+
+/// Processes whose command line mentions `what`.
+fn processes_naming(what: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (text.contains(what) && !super::network::gone(pid)).then(|| format!("{pid}: {text}"))
+        })
+        .collect()
+}
+
+fn podman() -> Result<(), Failed> {
+    let p = Podman::new()?;
+    let img = "husk-test-busybox";
+    let run = |extra: &[&str], script: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["run", "--rm", "--network", "none"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend([img.into(), "sh".into(), "-c".into(), script.into()]);
+        a
+    };
+
+    // Exit status, hostname, stdin.
+    let args = run(&[], "echo host $(hostname); exit 7");
+    let out = p.expect(&args, b"", 7)?;
+    if !out.starts_with("host ") {
+        return Err(format!("podman run: stdout {out:?}").into());
+    }
+    let args = run(&["-i"], "read x; echo got $x");
+    let out = p.expect(&args, b"piped\n", 0)?;
+    if out.trim() != "got piped" {
+        return Err(format!("podman run -i: stdout {out:?}").into());
+    }
+
+    // A volume written from the container, read here.
+    let volume = folder("podman-volume")?;
+    let v = format!("{}:/data", volume.path().display());
+    let args = run(&["-v", &v], "echo from-container > /data/f");
+    p.expect(&args, b"", 0)?;
+    let written = std::fs::read_to_string(volume.path().join("f")).unwrap_or_default();
+    if written != "from-container\n" {
+        return Err(format!("-v: the host reads {written:?}").into());
+    }
+
+    // --memory sizes the VM: the limit and husk-runtime's overhead.
+    let args = run(&["--memory", "256m"], "grep MemTotal /proc/meminfo");
+    let out = p.expect(&args, b"", 0)?;
+    let kib: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!("--memory: no MemTotal in {out:?}"))?;
+    if !(256 * 1024..320 * 1024).contains(&kib) {
+        return Err(format!("--memory 256m: the guest has {kib} kB").into());
+    }
+
+    // Detached: ps, logs, exec (status, stdin, a missing program), stop.
+    let cid = p
+        .expect(
+            &[
+                "run",
+                "-d",
+                "--network",
+                "none",
+                img,
+                "sh",
+                "-c",
+                "echo started; trap 'echo term; exit 0' TERM; while true; do sleep 1; done",
+            ],
+            b"",
+            0,
+        )?
+        .trim()
+        .to_string();
+    let ps = p.expect(&["ps", "--format", "{{.ID}} {{.Status}}"], b"", 0)?;
+    if !ps
+        .lines()
+        .any(|l| cid.starts_with(l.split(' ').next().unwrap_or("-")) && l.contains("Up"))
+    {
+        return Err(format!("podman ps does not show {cid} up: {ps:?}").into());
+    }
+    let out = p.expect(&["exec", &cid, "sh", "-c", "echo exec-ok; exit 5"], b"", 5)?;
+    if out.trim() != "exec-ok" {
+        return Err(format!("podman exec: stdout {out:?}").into());
+    }
+    let out = p.expect(
+        &["exec", "-i", &cid, "sh", "-c", "read x; echo exec-got $x"],
+        b"in\n",
+        0,
+    )?;
+    if out.trim() != "exec-got in" {
+        return Err(format!("podman exec -i: stdout {out:?}").into());
+    }
+    p.expect(&["exec", &cid, "no-such-program"], b"", 127)?;
+    p.expect(&["stop", "-t", "10", &cid], b"", 0)?;
+    let logs = p.expect(&["logs", &cid], b"", 0)?;
+    if logs != "started\nterm\n" {
+        return Err(format!("podman logs: {logs:?}").into());
+    }
+    let code = p.expect(
+        &["inspect", "--format", "{{.State.ExitCode}}", &cid],
+        b"",
+        0,
+    )?;
+    if code.trim() != "0" {
+        return Err(format!("exit code after stop: {code:?}").into());
+    }
+    p.expect(&["rm", &cid], b"", 0)?;
+
+    // A terminal: podman's pty reaches the guest's, with its size.
+    // The same podman command line, typed into the terminal `script` makes.
+    let podman = p.command();
+    let line: Vec<String> = std::iter::once(podman.get_program())
+        .chain(podman.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let inner = format!(
+        "stty rows 33 cols 101; {} run --rm -it --network none {img} sh -c 'tty; stty size; exit 4'",
+        line.join(" ")
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &inner, "/dev/null"])
+        .env("TMPDIR", p.dir.path());
+    let r = output_within(script, b"", Duration::from_secs(120))?;
+    if r.code != Some(4) || !r.stdout.contains("/dev/pts/") || !r.stdout.contains("33 101") {
+        return Err(r.explain("podman run -it under script").into());
+    }
+
+    runtime_root_empty()?;
+    let left = processes_naming("husk-runtime");
+    if !left.is_empty() {
+        return Err(format!("processes left: {left:?}").into());
+    }
+    let left = processes_naming(&p.dir.path().to_string_lossy());
+    let left: Vec<&String> = left.iter().filter(|l| l.contains("virtiofsd")).collect();
+    if !left.is_empty() {
+        return Err(format!("virtiofsd left: {left:?}").into());
+    }
     Ok(())
 }

@@ -185,19 +185,9 @@ pub fn spawn_keeper(
             tty
         }
     };
-    // SAFETY: setsid(2) and ioctl(TIOCSCTTY) in the forked child, both
-    // async-signal-safe: the keeper leaves this terminal's session, so
-    // closing the terminal or ^C here does not reach it; with a terminal
-    // of its own on stdin, it makes that its controlling terminal.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            libc::setsid();
-            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The keeper leaves this terminal's session, so closing the terminal
+    // or ^C here does not reach it.
+    in_new_session(&mut command, tty);
     if let Some(image) = image {
         command.env(BUILT_ENV, image.to_env());
     }
@@ -205,6 +195,23 @@ pub fn spawn_keeper(
     drop(command);
     drop(word_end);
     Ok((keeper, from_keeper))
+}
+
+/// Starts `command` in a session of its own; with `tty`, the terminal on
+/// its stdin becomes its controlling terminal (it then hears of size
+/// changes: SIGWINCH).
+pub fn in_new_session(command: &mut std::process::Command, tty: bool) {
+    // SAFETY: setsid(2) and ioctl(TIOCSCTTY) in the forked child, both
+    // async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            libc::setsid();
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Starts the keeper of `vm` with the `husk` arguments `args` in `cwd`

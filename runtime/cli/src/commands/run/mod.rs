@@ -28,7 +28,7 @@ use crate::vms::keeper;
 mod detached;
 mod shares;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
-pub use detached::{spawn_keeper, start_keeper, KeeperStdio};
+pub use detached::{in_new_session, spawn_keeper, start_keeper, KeeperStdio};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;
