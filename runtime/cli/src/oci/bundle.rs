@@ -26,8 +26,21 @@ pub struct Launch {
     pub rootfs: PathBuf,
     pub annotations: BTreeMap<String, String>,
     pub process: agent::Process,
-    /// `husk run -d` arguments after `--name ID --hold`, the `dir:` root last.
+    pub network: Network,
+    /// `husk run -d` arguments after `--name ID --hold` and the network,
+    /// the `dir:` root last.
     pub husk_args: Vec<String>,
+}
+
+/// The container's network, from its spec's namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network (no namespace of its own): user-mode networking.
+    User,
+    /// A new namespace of its own: only a loopback, so the guest gets none.
+    None,
+    /// A namespace the caller made (podman, docker, CRI): joined.
+    Join(PathBuf),
 }
 
 /// Reads `bundle/config.json` and maps it.
@@ -84,7 +97,6 @@ fn map(spec: &Spec, bundle: &Path, id: &str) -> anyhow::Result<Launch> {
     if root.readonly().unwrap_or(false) {
         husk_args.push("--read-only".into());
     }
-    husk_args.extend(["--net".into(), network(spec).into()]);
     for volume in volumes(spec, id)? {
         husk_args.extend(["-v".into(), volume]);
     }
@@ -94,6 +106,7 @@ fn map(spec: &Spec, bundle: &Path, id: &str) -> anyhow::Result<Launch> {
         rootfs,
         annotations,
         process,
+        network: network(spec),
         husk_args,
     })
 }
@@ -188,20 +201,22 @@ fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::Resul
     Ok((cpus, memory_mib))
 }
 
-/// A container with a network namespace of its own (a path the caller
-/// made, or a new one) gets no network device yet: the guest has its
-/// loopback, as a fresh namespace has. One that shares the host's network
-/// gets user-mode networking.
-fn network(spec: &Spec) -> &'static str {
+fn network(spec: &Spec) -> Network {
     let own = spec
         .linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
-    if own {
-        "none"
-    } else {
-        "user"
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Network)
+                .cloned()
+        });
+    match own {
+        None => Network::User,
+        Some(n) => match n.path() {
+            Some(path) => Network::Join(path.clone()),
+            None => Network::None,
+        },
     }
 }
 
@@ -324,7 +339,7 @@ mod tests {
         assert_eq!(
             args,
             format!(
-                "--cpus 2 --memory 288MiB --hostname c1 --read-only --net none -v {}:/data:ro dir:{}",
+                "--cpus 2 --memory 288MiB --hostname c1 --read-only -v {}:/data:ro dir:{}",
                 data.path().display(),
                 root.display()
             )
@@ -339,11 +354,10 @@ mod tests {
             "annotations":{"io.husk.vm.cpus":"3","io.husk.vm.memory":"512MiB"},
             "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
         );
-        let args = map(&s, dir.path(), "c2").unwrap().husk_args.join(" ");
-        assert!(
-            args.starts_with("--cpus 3 --memory 512MiB --net user dir:"),
-            "{args}"
-        );
+        let launch = map(&s, dir.path(), "c2").unwrap();
+        assert_eq!(launch.network, Network::User);
+        let args = launch.husk_args.join(" ");
+        assert!(args.starts_with("--cpus 3 --memory 512MiB dir:"), "{args}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 mod bundle;
 mod log;
+mod netns;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -203,6 +204,9 @@ struct OciRecord {
     #[serde(default)]
     annotations: std::collections::BTreeMap<String, String>,
     process: agent::Process,
+    /// The caller's network namespace, joined (its tap goes at delete).
+    #[serde(default)]
+    netns: Option<PathBuf>,
 }
 
 /// OCI state, as `state` prints it.
@@ -331,6 +335,9 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
     // Whatever fails from here leaves nothing: the folder goes.
     let made = create_in(&vm, &args, launch);
     if made.is_err() {
+        if let Some(ns) = record(&vm).ok().and_then(|r| r.netns) {
+            netns::leave(&ns);
+        }
         let _ = std::fs::remove_dir_all(&vm.dir);
     }
     made
@@ -343,6 +350,10 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
         created: log::rfc3339(std::time::SystemTime::now()),
         annotations: launch.annotations.clone(),
         process: launch.process.clone(),
+        netns: match &launch.network {
+            bundle::Network::Join(path) => Some(path.clone()),
+            _ => None,
+        },
     };
     crate::vms::write_file(&vm.dir.join(OCI_FILE), serde_json::to_vec_pretty(&record)?)?;
     bundle::mount_points(&launch.rootfs)?;
@@ -357,6 +368,18 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
     let cwd = std::env::current_dir().context("the current folder")?;
     let mut keeper_args: Vec<std::ffi::OsString> = vec!["run".into(), "-d".into()];
     keeper_args.extend(["--name".into(), vm.name.clone().into(), "--hold".into()]);
+    let net = match &launch.network {
+        bundle::Network::User => "user".to_string(),
+        bundle::Network::None => "none".to_string(),
+        bundle::Network::Join(ns) => {
+            let net = netns::join(ns)?.unwrap_or_else(|| "none".into());
+            // The keeper and its VM start inside the namespace: the tap
+            // is opened there.
+            netns::enter(ns)?;
+            net
+        }
+    };
+    keeper_args.extend(["--net".into(), net.into()]);
     keeper_args.extend(launch.husk_args.iter().map(Into::into));
     let (mut keeper, word) = match &slave {
         Some(slave) => {
@@ -588,6 +611,9 @@ fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<ExitCode> {
             }
             wait_keeper_gone(&state, Duration::from_secs(10));
         }
+    }
+    if let Some(ns) = record(&vm).ok().and_then(|r| r.netns) {
+        netns::leave(&ns);
     }
     std::fs::remove_dir_all(&vm.dir)
         .with_context(|| format!("cannot remove {}", vm.dir.display()))?;

@@ -30,6 +30,10 @@ pub fn trials() -> Vec<Trial> {
             "podman_runs_containers_on_husk_runtime_and_leaves_nothing",
             podman,
         ),
+        Trial::test(
+            "podman_network_namespace_is_the_vms_and_serves_http",
+            podman_network,
+        ),
     ]
 }
 
@@ -346,6 +350,10 @@ fn kill_and_delete() -> Result<(), Failed> {
 struct Podman {
     dir: tempfile::TempDir,
     runtime: PathBuf,
+    /// husk-runtime's --root: short, as podman's own default
+    /// (/run/husk-runtime) is, so a 64-digit id and the VM's sockets fit
+    /// a socket address.
+    runtime_root: tempfile::TempDir,
 }
 
 impl Podman {
@@ -369,6 +377,7 @@ impl Podman {
         let p = Podman {
             dir: folder("podman")?,
             runtime,
+            runtime_root: tempfile::Builder::new().prefix("hr").tempdir_in("/run")?,
         };
         let layout =
             std::fs::canonicalize(boot_tests::workspace_root().join("examples/busybox/image"))?;
@@ -389,7 +398,36 @@ impl Podman {
     }
 
     fn command(&self) -> Command {
-        boot_tests::podman_command(self.dir.path(), self.runtime.as_os_str())
+        let mut c = boot_tests::podman_command(self.dir.path(), self.runtime.as_os_str());
+        // husk-runtime's --root, this test's own.
+        c.arg("--runtime-flag")
+            .arg(format!("root={}", self.runtime_root().display()));
+        c
+    }
+
+    fn runtime_root(&self) -> PathBuf {
+        self.runtime_root.path().to_path_buf()
+    }
+
+    /// Nothing of its containers is left: no folder under husk-runtime's
+    /// root, no process (keeper, VMM, virtiofsd) naming its store.
+    fn nothing_left(&self) -> Result<(), Failed> {
+        let left: Vec<String> = std::fs::read_dir(self.runtime_root())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !left.is_empty() {
+            return Err(format!("left under husk-runtime's root: {left:?}").into());
+        }
+        let store = self.dir.path().join("root");
+        let left = processes_naming(&store.to_string_lossy());
+        if !left.is_empty() {
+            return Err(format!("processes left: {left:?}").into());
+        }
+        Ok(())
     }
 
     fn run<S: AsRef<str>>(
@@ -414,22 +452,6 @@ impl Podman {
         }
         Ok(r.stdout)
     }
-}
-
-/// husk-runtime's default --root, which podman uses: empty once every
-/// container is removed.
-fn runtime_root_empty() -> Result<(), Failed> {
-    let left: Vec<String> = std::fs::read_dir("/run/husk-runtime")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    if !left.is_empty() {
-        return Err(format!("left under /run/husk-runtime: {left:?}").into());
-    }
-    Ok(())
 }
 
 /// Processes whose command line mentions `what`.
@@ -567,15 +589,125 @@ fn podman() -> Result<(), Failed> {
         return Err(r.explain("podman run -it under script").into());
     }
 
-    runtime_root_empty()?;
-    let left = processes_naming("husk-runtime");
-    if !left.is_empty() {
-        return Err(format!("processes left: {left:?}").into());
-    }
-    let left = processes_naming(&p.dir.path().to_string_lossy());
-    let left: Vec<&String> = left.iter().filter(|l| l.contains("virtiofsd")).collect();
-    if !left.is_empty() {
-        return Err(format!("virtiofsd left: {left:?}").into());
-    }
+    p.nothing_left()?;
     Ok(())
+}
+
+/// A network namespace with a veth into it, as a container tool makes
+/// one: `10.231.N.1/24` here, `10.231.N.2/24` and a default route there.
+struct Netns {
+    name: String,
+    host_end: String,
+}
+
+impl Netns {
+    fn new(n: u8) -> Result<Self, Failed> {
+        let name = format!("husk-test-{}-{n}", std::process::id());
+        let host_end = format!("hkt{n}h{}", std::process::id() % 10_000);
+        let peer = format!("hkt{n}c{}", std::process::id() % 10_000);
+        let ns = Netns {
+            name: name.clone(),
+            host_end: host_end.clone(),
+        };
+        let host = format!("10.231.{n}.1/24");
+        let guest = format!("10.231.{n}.2/24");
+        let gateway = format!("10.231.{n}.1");
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &name],
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
+            ],
+            &["link", "set", &peer, "netns", &name],
+            &["addr", "add", &host, "dev", &host_end],
+            &["link", "set", &host_end, "up"],
+            &["-n", &name, "addr", "add", &guest, "dev", &peer],
+            &["-n", &name, "link", "set", &peer, "up"],
+            &["-n", &name, "route", "add", "default", "via", &gateway],
+        ];
+        for step in steps {
+            let out = Command::new("ip").args(step).output()?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+        }
+        Ok(ns)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// podman with a network namespace of the test's making (`--network
+/// ns:PATH`, the path CNI, netavark, docker and CRI hand over too): the VM
+/// takes the namespace's address, and busybox httpd in it answers curl
+/// from the host; its tap goes with the container.
+fn podman_network() -> Result<(), Failed> {
+    let p = Podman::new()?;
+    let ns = Netns::new(1)?;
+    let network = format!("ns:{}", ns.path());
+    let serve =
+        "mkdir -p /www && echo hello-from-the-vm > /www/index.html && exec httpd -f -p 80 -h /www";
+    let cid = p
+        .expect(
+            &[
+                "run",
+                "-d",
+                "--network",
+                &network,
+                "husk-test-busybox",
+                "sh",
+                "-c",
+                serve,
+            ],
+            b"",
+            0,
+        )?
+        .trim()
+        .to_string();
+    let checked = (|| -> Result<(), Failed> {
+        let addr = p.expect(&["exec", &cid, "ip", "-4", "addr"], b"", 0)?;
+        if !addr.contains("10.231.1.2/24") {
+            return Err(format!("the guest lacks the namespace's address: {addr}").into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "5", "http://10.231.1.2/"])
+                .output()?;
+            let body = String::from_utf8_lossy(&out.stdout);
+            if body.trim() == "hello-from-the-vm" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("curl http://10.231.1.2/: {body:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })();
+    p.expect(&["rm", "-f", "-t", "0", &cid], b"", 0)?;
+    checked?;
+    let tap = Command::new("ip")
+        .args(["-n", &ns.name, "link", "show", "husk0"])
+        .output()?;
+    if tap.status.success() {
+        return Err("the tap husk0 is left in the namespace after rm".into());
+    }
+    p.nothing_left()
 }

@@ -77,8 +77,10 @@ pub struct Args {
     timeout: Option<Duration>,
     /// The guest's network: none; user (user-mode through passt, no root
     /// needed; the default for image references); tap:NAME (a host tap
-    /// device). Default for an appliance file: its own [[vm.net]].
-    #[arg(long, value_name = "none|user|tap:NAME", value_parser = parse_net)]
+    /// device), optionally with the guest's ,mac=MAC ,ip=ADDR/PREFIX
+    /// ,gateway=ADDR ,mtu=N. Default for an appliance file: its own
+    /// [[vm.net]].
+    #[arg(long, value_name = "none|user|tap:NAME[,ip=..]", value_parser = parse_net)]
     net: Option<NetMode>,
     /// Publish a guest port on the host through the user-mode network
     /// (implies --net user)
@@ -200,22 +202,52 @@ fn parse_timeout(arg: &str) -> Result<Duration, String> {
 /// A year: longer is surely a mistake, and still fits every clock.
 const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum NetMode {
     None,
     User,
-    Tap(String),
+    Tap(Box<PlannedNet>),
 }
 
 fn parse_net(arg: &str) -> Result<NetMode, String> {
     match arg {
-        "none" => Ok(NetMode::None),
-        "user" => Ok(NetMode::User),
-        _ => match arg.strip_prefix("tap:") {
-            Some(name) if !name.is_empty() && name.len() <= 15 => Ok(NetMode::Tap(name.into())),
-            _ => Err(format!("{arg:?}: write none, user or tap:NAME")),
-        },
+        "none" => return Ok(NetMode::None),
+        "user" => return Ok(NetMode::User),
+        _ => {}
     }
+    let usage = || {
+        format!("{arg:?}: write none, user or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX][,gateway=ADDR][,mtu=N]")
+    };
+    let mut parts = arg.strip_prefix("tap:").ok_or_else(usage)?.split(',');
+    let name = parts.next().unwrap_or_default();
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{arg:?}: a tap's name has 1 to 15 characters"));
+    }
+    let mut net = PlannedNet {
+        tap: Some(name.into()),
+        ..PlannedNet::user(Vec::new())
+    };
+    for part in parts {
+        let (key, value) = part.split_once('=').ok_or_else(usage)?;
+        let bad = |e: &dyn std::fmt::Display| format!("{arg:?}: {key}={value}: {e}");
+        match key {
+            "mac" => {
+                let mac: appliance_spec::MacAddr = value.parse().map_err(|e| bad(&e))?;
+                net.mac = Some(mac.0);
+            }
+            "ip" => {
+                let cidr: appliance_spec::Cidr = value.parse().map_err(|e| bad(&e))?;
+                match cidr.addr {
+                    std::net::IpAddr::V4(v4) => net.address = Some((v4, cidr.prefix)),
+                    std::net::IpAddr::V6(_) => return Err(bad(&"IPv4 only")),
+                }
+            }
+            "gateway" => net.gateway = Some(value.parse().map_err(|e| bad(&e))?),
+            "mtu" => net.mtu = Some(value.parse().map_err(|e| bad(&e))?),
+            _ => return Err(usage()),
+        }
+    }
+    Ok(NetMode::Tap(Box::new(net)))
 }
 
 /// One guest interface as planned: on passt, or on a tap.
@@ -259,10 +291,7 @@ fn plan_net(
             return Ok(Vec::new());
         }
         Some(NetMode::User) => vec![PlannedNet::user(Vec::new())],
-        Some(NetMode::Tap(name)) => vec![PlannedNet {
-            tap: Some(name.clone()),
-            ..PlannedNet::user(Vec::new())
-        }],
+        Some(NetMode::Tap(net)) => vec![(**net).clone()],
         None => match appliance {
             Some(a) => {
                 a.vm.net
@@ -713,6 +742,45 @@ impl Drop for RawTerminal {
     fn drop(&mut self) {
         if self.0 {
             let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tap_takes_the_guests_address_mac_gateway_and_mtu() {
+        let NetMode::Tap(net) =
+            parse_net("tap:husk0,mac=02:00:00:aa:bb:cc,ip=10.88.0.5/16,gateway=10.88.0.1,mtu=1400")
+                .unwrap()
+        else {
+            panic!("not a tap");
+        };
+        assert_eq!(net.tap.as_deref(), Some("husk0"));
+        assert_eq!(net.mac, Some([2, 0, 0, 0xaa, 0xbb, 0xcc]));
+        assert_eq!(net.address, Some(([10, 88, 0, 5].into(), 16)));
+        assert_eq!(net.gateway, Some([10, 88, 0, 1].into()));
+        assert_eq!(net.mtu, Some(1400));
+        assert_eq!(
+            parse_net("tap:t0").unwrap(),
+            NetMode::Tap(Box::new(PlannedNet {
+                tap: Some("t0".into()),
+                ..PlannedNet::user(Vec::new())
+            }))
+        );
+        for bad in [
+            "tap:",
+            "tap:a-name-far-too-long",
+            "tap:t0,ip=10.0.0.1",
+            "tap:t0,ip=fd00::1/64",
+            "tap:t0,mtu=big",
+            "tap:t0,colour=red",
+            "tap:t0,mac",
+            "bridge",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 }

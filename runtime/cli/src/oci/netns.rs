@@ -1,0 +1,145 @@
+//! The network namespace a container tool made for a container (podman's
+//! netavark or CNI, docker, CRI) becomes the VM's network, as Kata and
+//! firecracker-containerd do it: a tap in that namespace, joined to the
+//! namespace's interface by a tc mirred redirect each way, and the guest
+//! given that interface's address, MAC, gateway and MTU. What the tool
+//! set up around the interface (a bridge, NAT, published ports) then
+//! reaches the guest unchanged.
+//!
+//! The namespace's own tools do the work (`ip`, `tc` from iproute2,
+//! `nsenter` from util-linux), as a user would type it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+
+/// The tap husk makes in a container's namespace.
+pub const TAP: &str = "husk0";
+
+/// Joins `ns`'s first interface with an IPv4 address to a new tap and
+/// returns `husk run`'s `--net` for it; `None` when the namespace has no
+/// such interface (only its loopback: the guest gets none either).
+pub fn join(ns: &Path) -> anyhow::Result<Option<String>> {
+    let links = ip_json(ns, &["addr", "show"])?;
+    let found = links.as_array().into_iter().flatten().find_map(|l| {
+        let name = l["ifname"].as_str()?;
+        if name == "lo" || name == TAP {
+            return None;
+        }
+        let inet = l["addr_info"]
+            .as_array()?
+            .iter()
+            .find(|a| a["family"] == "inet")?;
+        Some((
+            name.to_string(),
+            l["address"].as_str()?.to_string(),
+            l["mtu"].as_u64().unwrap_or(1500),
+            format!(
+                "{}/{}",
+                inet["local"].as_str()?,
+                inet["prefixlen"].as_u64()?
+            ),
+        ))
+    });
+    let Some((iface, mac, mtu, ip)) = found else {
+        return Ok(None);
+    };
+    let routes = ip_json(ns, &["route", "show", "default"])?;
+    let gateway = routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["dev"] == iface.as_str())
+        .and_then(|r| r["gateway"].as_str())
+        .map(str::to_string);
+    let mtu = mtu.to_string();
+    run(
+        ns,
+        &["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"],
+    )?;
+    let joined = (|| {
+        run(ns, &["ip", "link", "set", TAP, "mtu", &mtu, "up"])?;
+        for (from, to) in [(iface.as_str(), TAP), (TAP, iface.as_str())] {
+            run(ns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
+            run(
+                ns,
+                &[
+                    "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all",
+                    "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect",
+                    "dev", to,
+                ],
+            )?;
+        }
+        anyhow::Ok(())
+    })();
+    if let Err(e) = joined {
+        leave(ns);
+        return Err(e);
+    }
+    let mut net = format!("tap:{TAP},mac={mac},ip={ip},mtu={mtu}");
+    if let Some(g) = gateway {
+        net.push_str(&format!(",gateway={g}"));
+    }
+    Ok(Some(net))
+}
+
+/// Undoes [`join`] in `ns` if it is still there: the tap (its filter goes
+/// with it) and the ingress qdisc on the interface it was joined to.
+pub fn leave(ns: &Path) {
+    if !ns.exists() {
+        return;
+    }
+    let _ = run(ns, &["ip", "link", "del", TAP]);
+    let links = ip_json(ns, &["link", "show"]).unwrap_or_default();
+    for name in links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| *n != "lo")
+    {
+        let _ = run(ns, &["tc", "qdisc", "del", "dev", name, "ingress"]);
+    }
+}
+
+/// Moves this thread (and what it spawns) into the network namespace `ns`.
+pub fn enter(ns: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file =
+        std::fs::File::open(ns).with_context(|| format!("network namespace {}", ns.display()))?;
+    // SAFETY: setns with an open namespace fd; it changes only this
+    // thread's network namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot enter the network namespace {}", ns.display()));
+    }
+    Ok(())
+}
+
+fn run(ns: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .arg("--")
+        .args(args)
+        .output()
+        .context("nsenter (util-linux) is needed to join a container's network")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "in the container's network namespace, {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip_json(ns: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let mut all = vec!["ip", "-j"];
+    all.extend_from_slice(args);
+    let text = run(ns, &all)?;
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    serde_json::from_str(&text).context("ip -j printed something that is not JSON")
+}

@@ -1,0 +1,299 @@
+//! OCI runtime bench: podman with husk-runtime against podman with runc
+//! and with crun (Debian's), side by side on the same image, in the same
+//! run, rounds alternating:
+//!
+//! - `podman run --rm --network none IMAGE true`, spawn to exit;
+//! - inside husk: `husk-runtime create` (the VM booted, the agent
+//!   answered, the command held) and `start` (the command running), each
+//!   timed, for the same bundle;
+//! - the host memory of one idle container: the proportional set size
+//!   (PSS) of every process husk runs for it (keeper, supervisor, jailed
+//!   VMM, virtiofsd, vsock broker) beyond the guest RAM (the shared memfd
+//!   they all map), and that guest RAM as the guest touched it.
+//!
+//! Median, min and max of N runs (default 10) after one warm-up each.
+//!
+//!   bench-runtime [--runs N]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use boot_tests::husk::{bench_husk_bin, build_appliances};
+use boot_tests::{podman_command, table_header, table_ratio, table_row, workspace_root};
+
+const TAG: &str = "localhost/husk-bench-busybox:latest";
+
+fn main() -> ExitCode {
+    let runs = boot_tests::runs_arg(10);
+    if let Err(e) = build_appliances() {
+        eprintln!("bench-runtime: {e}");
+        return ExitCode::FAILURE;
+    }
+    boot_tests::bench_main("bench-runtime", || bench(runs))
+}
+
+/// Spawn to exit of `cmd`, in seconds; a failure is an error.
+fn time(cmd: &mut Command) -> Result<f64, String> {
+    let start = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let took = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(took)
+}
+
+fn bench(runs: usize) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // husk and husk-runtime from the bed's tmpfs, as podman's runtimes
+    // run from its cached root (see bench_husk_bin).
+    let husk = bench_husk_bin(dir.path())?;
+    let runtime = husk.with_file_name("husk-runtime");
+    if !runtime.exists() {
+        let built = boot_tests::husk::husk_bin()?.with_file_name("husk-runtime");
+        std::fs::copy(&built, &runtime).map_err(|e| format!("{}: {e}", built.display()))?;
+    }
+    if std::env::var_os("HUSK_IN_TESTBED").is_some()
+        && std::fs::create_dir_all("/var/cache/containers").is_err()
+    {
+        // podman's cache folder, read-only in the bed (the host's root).
+        let _ = Command::new("mount")
+            .args(["-t", "tmpfs", "podman-cache", "/var/cache"])
+            .status();
+    }
+    let store = dir.path().join("podman");
+    let layout = std::fs::canonicalize(workspace_root().join("examples/busybox/image"))
+        .map_err(|e| e.to_string())?;
+    let pulled = podman_command(&store, "runc".as_ref())
+        .args(["pull", "-q", &format!("oci:{}:latest", layout.display())])
+        .output()
+        .map_err(|e| format!("podman pull: {e}"))?;
+    let id = String::from_utf8_lossy(&pulled.stdout).trim().to_string();
+    if !pulled.status.success() || id.is_empty() {
+        return Err(format!(
+            "podman pull: {}",
+            String::from_utf8_lossy(&pulled.stderr)
+        ));
+    }
+    time(podman_command(&store, "runc".as_ref()).args(["tag", &id, TAG]))?;
+
+    podman_run(&store, &runtime, runs)?;
+    create_start(dir.path(), &runtime, runs)?;
+    memory(&store, &runtime)
+}
+
+fn podman_run(store: &Path, runtime: &Path, runs: usize) -> Result<(), String> {
+    let runtimes: [(&str, &std::ffi::OsStr); 3] = [
+        ("podman run --rm true (husk-runtime)", runtime.as_os_str()),
+        ("podman run --rm true (runc)", "runc".as_ref()),
+        ("podman run --rm true (crun)", "crun".as_ref()),
+    ];
+    let mut times = vec![Vec::new(); runtimes.len()];
+    for round in 0..=runs {
+        for (i, (_, rt)) in runtimes.iter().enumerate() {
+            let t = time(podman_command(store, rt).args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                TAG,
+                "true",
+            ]))?;
+            if round > 0 {
+                times[i].push(t);
+            }
+        }
+    }
+    table_header(&format!(
+        "podman run --rm --network none busybox true, {runs} runs:"
+    ));
+    let medians: Vec<f64> = runtimes
+        .iter()
+        .zip(&times)
+        .map(|((name, _), t)| table_row(name, t))
+        .collect();
+    table_ratio("husk-runtime / runc (median)", medians[0] / medians[1]);
+    table_ratio("husk-runtime / crun (median)", medians[0] / medians[2]);
+    println!();
+    Ok(())
+}
+
+/// A bundle of examples/busybox's root (unpacked with umoci) running
+/// `true`, in `dir`.
+fn bundle(dir: &Path) -> Result<PathBuf, String> {
+    let bundle = dir.join("bundle");
+    let layout = workspace_root().join("examples/busybox/image");
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .map_err(|e| format!("umoci: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "umoci unpack: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["true"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "linux": {"namespaces": [{"type": "network"}]}
+    });
+    std::fs::write(bundle.join("config.json"), config.to_string()).map_err(|e| e.to_string())?;
+    Ok(bundle)
+}
+
+fn create_start(dir: &Path, runtime: &Path, runs: usize) -> Result<(), String> {
+    let bundle = bundle(dir)?;
+    let root = dir.join("runtime-root");
+    let rt = |args: &[&str]| {
+        let mut c = Command::new(runtime);
+        c.arg("--root").arg(&root).args(args);
+        c
+    };
+    let (mut created, mut started) = (Vec::new(), Vec::new());
+    for round in 0..=runs {
+        let id = format!("bench-{round}");
+        let pid_file = dir.join(format!("{id}.pid"));
+        let c = time(
+            rt(&["create", "--bundle"])
+                .arg(&bundle)
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg(&id)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let s = time(&mut rt(&["start", &id]))?;
+        // `true` ends at once; the container then stops on its own.
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let state = rt(&["state", &id]).output().map_err(|e| e.to_string())?;
+            if String::from_utf8_lossy(&state.stdout).contains("\"stopped\"") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{id} did not stop"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        time(&mut rt(&["delete", &id]))?;
+        if round > 0 {
+            created.push(c);
+            started.push(s);
+        }
+    }
+    table_header(&format!(
+        "inside husk-runtime, the busybox bundle running `true`, {runs} runs:"
+    ));
+    let c = table_row("create (VM booted, agent answered, held)", &created);
+    let s = table_row("start (the process running)", &started);
+    table_row(
+        "create + start",
+        &created
+            .iter()
+            .zip(&started)
+            .map(|(a, b)| a + b)
+            .collect::<Vec<_>>(),
+    );
+    println!("(create is {:.0}% of create + start)", 100.0 * c / (c + s));
+    println!();
+    Ok(())
+}
+
+/// Sums of a process's `/proc/PID/smaps_rollup` fields, in KiB.
+fn rollup(pid: u32, fields: &[&str]) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            fields
+                .contains(&k)
+                .then(|| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        let children = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default())
+            .collect::<Vec<String>>()
+            .join(" ");
+        all.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    all
+}
+
+fn memory(store: &Path, runtime: &Path) -> Result<(), String> {
+    let podman = |args: &[&str]| {
+        let mut c = podman_command(store, runtime.as_os_str());
+        c.args(args);
+        c
+    };
+    let out = podman(&["run", "-d", "--network", "none", TAG, "sleep", "3600"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || cid.is_empty() {
+        return Err(format!(
+            "podman run -d: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // Idle: the boot is over, the command sleeps.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let state = Command::new(runtime)
+        .args(["--root", "/run/husk-runtime", "state", &cid])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let state: serde_json::Value =
+        serde_json::from_slice(&state.stdout).map_err(|e| format!("state: {e}"))?;
+    let keeper = state["pid"].as_u64().ok_or("state has no pid")? as u32;
+    let procs = descendants(keeper);
+    let (mut own, mut guest) = (0, 0);
+    let mut rows = Vec::new();
+    for p in &procs {
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        let o = rollup(*p, &["Pss_Anon", "Pss_File"]);
+        let g = rollup(*p, &["Pss_Shmem"]);
+        rows.push(format!(
+            "  {:<16} {o:>8} KiB own, {g:>8} KiB of guest RAM",
+            comm.trim()
+        ));
+        own += o;
+        guest += g;
+    }
+    let _ = podman(&["rm", "-f", "-t", "0", &cid]).output();
+    println!("host memory of one idle container (podman run -d ... sleep 3600), PSS:");
+    for r in rows {
+        println!("{r}");
+    }
+    println!(
+        "husk's processes beyond guest RAM: {:.1} MiB; guest RAM touched: {:.1} MiB",
+        own as f64 / 1024.0,
+        guest as f64 / 1024.0
+    );
+    Ok(())
+}
