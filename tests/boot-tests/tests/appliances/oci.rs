@@ -27,6 +27,10 @@ pub fn trials() -> Vec<Trial> {
             kill_and_delete,
         ),
         Trial::test(
+            "runtime_100_create_start_kill_delete_cycles_leave_nothing",
+            cycles,
+        ),
+        Trial::test(
             "podman_runs_containers_on_husk_runtime_and_leaves_nothing",
             podman,
         ),
@@ -342,6 +346,74 @@ fn kill_and_delete() -> Result<(), Failed> {
         return Err("k3 ended with status 0 after delete --force".into());
     }
     all_gone(&rt, "k3", &processes, &bundle.join("rootfs"))?;
+    Ok(())
+}
+
+/// Cgroups the jail made (`husk-PID`), and mounts naming `path`.
+fn cgroups_and_mounts(path: &Path) -> (Vec<String>, usize) {
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("husk-"))
+        .collect();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    (
+        cgroups,
+        mounts.lines().filter(|l| l.contains(&*path)).count(),
+    )
+}
+
+/// The whole life of a container, 100 times over (`HUSK_RUNTIME_CYCLES`
+/// sets another count): each cycle's processes, folder and virtiofsd
+/// gone, and at the end no cgroup, mount or jail folder more than before.
+fn cycles() -> Result<(), Failed> {
+    let rt = Runtime::new()?;
+    let n: usize = std::env::var("HUSK_RUNTIME_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let bundle = rt.bundle("cycle", "echo up; while true; do sleep 1; done")?;
+    let rootfs = bundle.join("rootfs");
+    let before = cgroups_and_mounts(&rootfs);
+    let jails_before = std::fs::read_dir("/run/husk/jail").map_or(0, |d| d.count());
+    for i in 0..n {
+        let id = format!("cycle-{i}");
+        let c = rt.create(&id, &bundle)?;
+        let processes = tree(c.pid);
+        rt.ok(&["start", &id])?;
+        rt.ok(&["kill", &id, "TERM"])?;
+        let (code, out, err) = c.finish(Duration::from_secs(60))?;
+        if code != 128 + libc::SIGTERM || !out.contains("up") {
+            return Err(format!(
+                "cycle {i}: status {code} (want 143), stdout {out:?}, stderr {err:?}"
+            )
+            .into());
+        }
+        rt.ok(&["delete", &id])?;
+        all_gone(&rt, &id, &processes, &rootfs)
+            .map_err(|e| format!("cycle {i}: {}", e.message().unwrap_or("left over")))?;
+    }
+    let after = cgroups_and_mounts(&rootfs);
+    let jails_after = std::fs::read_dir("/run/husk/jail").map_or(0, |d| d.count());
+    if after != before || jails_after > jails_before {
+        return Err(format!(
+            "after {n} cycles: cgroups and mounts {after:?} (before {before:?}), \
+             jail folders {jails_after} (before {jails_before})"
+        )
+        .into());
+    }
+    let left: Vec<String> = std::fs::read_dir(rt.state_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !left.is_empty() {
+        return Err(format!("left under --root: {left:?}").into());
+    }
     Ok(())
 }
 
