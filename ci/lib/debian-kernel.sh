@@ -6,7 +6,7 @@
 # PACKAGE is a metapackage such as linux-image-amd64. Prints the folder
 # CACHE-DIR/RELEASE holding vmlinuz, modules/*.ko and modules/order (load
 # order, dependencies first). Reuses the newest cached release of PACKAGE's
-# flavour; fetches (apt-get download) only when none is cached.
+# flavour with the same MODULE list; fetches (apt-get download) otherwise.
 
 debian_kernel() {
   local package=$1 cache=$2; shift 2
@@ -14,7 +14,9 @@ debian_kernel() {
   local dir
   dir=$(ls -d "$cache"/*-"$flavour" 2>/dev/null | grep -E "/[0-9.]+-[0-9]+-$flavour\$" \
     | sort -V | tail -n 1 || true)
-  if [ -n "$dir" ] && [ -f "$dir/modules/order" ]; then
+  # Kept with the modules asked for: another list fetches again.
+  if [ -n "$dir" ] && [ -f "$dir/modules/order" ] \
+     && [ "$(cat "$dir/modules/wanted" 2>/dev/null)" = "$*" ]; then
     echo "$dir"; return 0
   fi
   mkdir -p "$cache"
@@ -50,6 +52,7 @@ debian_kernel() {
     done < <(modprobe -d "$tmp/root" -S "$release" --show-depends "$m")
   done
   printf '%s\n' "${order[@]}" > "$dir.tmp/modules/order"
+  echo "$*" > "$dir.tmp/modules/wanted"
   rm -rf "$tmp" "$dir"
   mv "$dir.tmp" "$dir"
   echo "$dir"

@@ -96,8 +96,43 @@ pub fn route() -> Result<Route, String> {
     }
 }
 
+/// Set by [`rerun_in_testbed`] for the tests inside: the file each test
+/// that passes appends its name to ([`trial`]).
+pub const PASSED_ENV: &str = "HUSK_BOOT_TESTS_PASSED";
+/// The test bed's exit status when its own kernel stopped (ci/kvm-testbed).
+const BED_FROZE: i32 = 126;
+/// Runs of the test bed a frozen bed allows in all.
+const BED_ATTEMPTS: usize = 3;
+
+/// A test that, inside the test bed, notes that it passed, so a run the
+/// bed's emulator stopped can go on without it.
+pub fn trial(
+    name: &str,
+    test: impl FnOnce() -> Result<(), libtest_mimic::Failed> + Send + 'static,
+) -> libtest_mimic::Trial {
+    let owned = name.to_string();
+    libtest_mimic::Trial::test(name, move || {
+        test()?;
+        if let Some(path) = std::env::var_os(PASSED_ENV) {
+            use std::io::Write;
+            let noted = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{owned}"));
+            if let Err(e) = noted {
+                return Err(format!("cannot note that {owned} passed: {e}").into());
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Runs the current test binary again inside the test bed with the same
-/// arguments, and returns its exit status.
+/// arguments, and returns its exit status. When the bed's own kernel
+/// stops under the emulator (exit 126: no heartbeat, or a panic), the
+/// tests that had not passed yet run in a new bed, up to [`BED_ATTEMPTS`]
+/// beds in all; a test's own failure is never run again.
 pub fn rerun_in_testbed(script: &Path) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -106,18 +141,44 @@ pub fn rerun_in_testbed(script: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let status = Command::new(script)
-        .arg("--")
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .status();
-    match status {
-        Ok(s) => ExitCode::from(s.code().map_or(1, |c| c.clamp(0, 255) as u8)),
-        Err(e) => {
-            eprintln!("boot tests: cannot start {}: {e}", script.display());
-            ExitCode::FAILURE
+    let passed = workspace_root().join("target/boot-tests-passed");
+    let _ = std::fs::remove_file(&passed);
+    let mut skip: Vec<String> = Vec::new();
+    for attempt in 1..=BED_ATTEMPTS {
+        let mut command = Command::new(script);
+        command
+            .arg("--")
+            .arg(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(PASSED_ENV, &passed);
+        // Test names are whole words apart: none is a part of another
+        // (checked by the boot tests' own list), so a skip hits one test.
+        for name in &skip {
+            command.args(["--skip", name]);
         }
+        let status = match command.status() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("boot tests: cannot start {}: {e}", script.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        if status.code() != Some(BED_FROZE) || attempt == BED_ATTEMPTS {
+            let _ = std::fs::remove_file(&passed);
+            return ExitCode::from(status.code().map_or(1, |c| c.clamp(0, 255) as u8));
+        }
+        skip = std::fs::read_to_string(&passed)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        eprintln!(
+            "boot tests: the test bed's kernel stopped (bed {attempt} of {BED_ATTEMPTS}); \
+             {} tests had passed; the others run again in a new bed",
+            skip.len()
+        );
     }
+    ExitCode::FAILURE
 }
 
 /// husk's cached guest kernel, or why there is none.

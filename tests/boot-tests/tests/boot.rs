@@ -16,6 +16,23 @@ mod appliances;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
+    // A run the test bed's emulator stopped goes on with `--skip NAME`
+    // for each test that passed (a part of a name): no name may be a
+    // part of another.
+    let all = trials();
+    for a in &all {
+        if let Some(b) = all
+            .iter()
+            .find(|b| b.name() != a.name() && b.name().contains(a.name()))
+        {
+            eprintln!(
+                "boot tests: the name {:?} is a part of {:?}: rename one",
+                a.name(),
+                b.name()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     // Images are built here, where the cache is writable; inside the test
     // bed these builds are cache hits.
     if let Err(e) = boot_tests::husk::build_appliances() {
@@ -36,7 +53,7 @@ fn main() -> ExitCode {
         }
         Ok(Route::Direct(kind)) => {
             eprintln!("boot tests: running on /dev/kvm ({kind:?})");
-            libtest_mimic::run(&args, trials()).exit_code()
+            libtest_mimic::run(&args, all).exit_code()
         }
     }
 }
@@ -44,51 +61,51 @@ fn main() -> ExitCode {
 fn trials() -> Vec<Trial> {
     let mut all = appliances::trials();
     all.extend([
-        Trial::test(
+        boot_tests::trial(
             "qemu_microvm_boots_husk_kernel_to_init",
             qemu_microvm_boots_husk_kernel_to_init,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_kernel_sees_cpus_memory_and_an_ext4_virtio_disk",
             husk_kernel_sees_cpus_memory_and_an_ext4_virtio_disk,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_exits_with_the_guest_status",
             husk_run_exits_with_the_guest_status,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_guest_sees_2_cpus_and_its_memory",
             husk_run_guest_sees_2_cpus_and_its_memory,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_disk_persists_and_readonly_refuses",
             husk_run_disk_persists_and_readonly_refuses,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_console_input_reaches_the_guest",
             husk_run_console_input_reaches_the_guest,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_boots_debian_bzimage_with_initrd",
             husk_run_boots_debian_bzimage_with_initrd,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_timeout_stops_a_hung_guest",
             husk_run_timeout_stops_a_hung_guest,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_refuses_a_file_that_is_not_a_kernel",
             husk_run_refuses_a_file_that_is_not_a_kernel,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_says_when_memory_is_too_small",
             husk_run_says_when_memory_is_too_small,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_boots_husks_kernel_in_32_mib",
             husk_run_boots_husks_kernel_in_32_mib,
         ),
-        Trial::test(
+        boot_tests::trial(
             "husk_run_timings_show_phases_and_vmm_memory",
             husk_run_timings_show_phases_and_vmm_memory,
         ),

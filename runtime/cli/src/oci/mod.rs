@@ -287,10 +287,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Where container `id`'s VM folder is: `root/ID`, or where that is a
+/// symlink to (see [`make_vm_dir`]).
+fn vm_dir(root: &Path, id: &str) -> VmDir {
+    let link = root.join(id);
+    match std::fs::read_link(&link) {
+        Ok(target) => VmDir {
+            name: target
+                .file_name()
+                .map_or_else(|| id.to_string(), |n| n.to_string_lossy().into_owned()),
+            dir: root.join(target),
+        },
+        Err(_) => VmDir::at(root, id),
+    }
+}
+
+/// Short folders for VMs whose `--root` is too long for their sockets.
+fn short_base() -> anyhow::Result<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/run/husk-runtime/.vm"));
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => Ok(PathBuf::from(d).join("husk-runtime/.vm")),
+        _ => {
+            anyhow::bail!("XDG_RUNTIME_DIR is not set: husk-runtime keeps short socket paths there")
+        }
+    }
+}
+
+/// Makes container `id`'s VM folder: `root/ID` itself, or, where a socket
+/// path in it would be too long (containerd's and docker's roots with a
+/// 64-digit id), a folder under [`short_base`] that `root/ID` links to.
+/// An id in use is an error.
+fn make_vm_dir(root: &Path, id: &str) -> anyhow::Result<VmDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    let exists = || anyhow::anyhow!("container {id} already exists");
+    let link = root.join(id);
+    if link.symlink_metadata().is_ok() {
+        return Err(exists());
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let mut private = std::fs::DirBuilder::new();
+    private.mode(0o700);
+    let vm = VmDir::at(root, id);
+    if vm.vsock().as_os_str().len() <= vmm::vsock::MAX_UDS {
+        return match private.create(&vm.dir) {
+            Ok(()) => Ok(vm),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists()),
+            Err(e) => Err(e).with_context(|| format!("cannot create {}", vm.dir.display())),
+        };
+    }
+    let base = short_base()?;
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let short = loop {
+        let short = VmDir::at(&base, &vms::random_name());
+        match private.create(&short.dir) {
+            Ok(()) => break short,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot create {}", short.dir.display()))
+            }
+        }
+    };
+    if let Err(e) = std::os::unix::fs::symlink(&short.dir, &link) {
+        let _ = std::fs::remove_dir(&short.dir);
+        return match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Err(exists()),
+            _ => Err(e).with_context(|| format!("cannot create {}", link.display())),
+        };
+    }
+    Ok(short)
+}
+
+/// Removes container `id`'s VM folder and the link to it, if any.
+fn remove_vm_dir(root: &Path, id: &str, vm: &VmDir) -> std::io::Result<()> {
+    std::fs::remove_dir_all(&vm.dir)?;
+    let link = root.join(id);
+    if link
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        std::fs::remove_file(link)?;
+    }
+    Ok(())
+}
+
 /// A container known under `root`: its VM folder.
 fn container(root: &Path, id: &str) -> anyhow::Result<VmDir> {
     vms::check_name(id).with_context(|| format!("container id {id:?}"))?;
-    let vm = VmDir::at(root, id);
+    let vm = vm_dir(root, id);
     if !vm.dir.join(OCI_FILE).is_file() {
         anyhow::bail!("container {id} does not exist (under {})", root.display());
     }
@@ -313,24 +399,11 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let launch = bundle::load(&args.bundle, id)?;
-    let vm = VmDir::at(root, id);
-    if vm.vsock().as_os_str().len() > vmm::vsock::MAX_UDS {
-        anyhow::bail!(
-            "{}: too long a path for the container's sockets (at most {} bytes): \
-             choose a shorter --root or id",
-            vm.vsock().display(),
-            vmm::vsock::MAX_UDS
-        );
-    }
-    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-    let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(&vm.dir);
-    match made {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            anyhow::bail!("container {id} already exists")
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", vm.dir.display())),
+    let vm = make_vm_dir(root, id)?;
+    // The keeper finds its VM's folder as `husk run -d --name` does.
+    if let Some(parent) = vm.dir.parent() {
+        // SAFETY: husk-runtime has one thread until the keeper starts.
+        unsafe { std::env::set_var("HUSK_STATE_DIR", parent) };
     }
     // Whatever fails from here leaves nothing: the folder goes.
     let made = create_in(&vm, &args, launch);
@@ -338,7 +411,7 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
         if let Some(ns) = record(&vm).ok().and_then(|r| r.netns) {
             netns::leave(&ns);
         }
-        let _ = std::fs::remove_dir_all(&vm.dir);
+        let _ = remove_vm_dir(root, id, &vm);
     }
     made
 }
@@ -615,8 +688,7 @@ fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<ExitCode> {
     if let Some(ns) = record(&vm).ok().and_then(|r| r.netns) {
         netns::leave(&ns);
     }
-    std::fs::remove_dir_all(&vm.dir)
-        .with_context(|| format!("cannot remove {}", vm.dir.display()))?;
+    remove_vm_dir(root, id, &vm).with_context(|| format!("cannot remove {}", vm.dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 

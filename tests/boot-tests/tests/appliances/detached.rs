@@ -17,39 +17,39 @@ use super::network::{children, comm, gone};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        boot_tests::trial(
             "detached_outlives_the_cli_exec_streams_statuses_signals_and_logs",
             outlives_the_cli,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_exec_with_a_tty_sees_its_size_and_a_resize",
             exec_tty,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_100_execs_leak_no_fds_threads_or_processes_on_either_side",
             hundred_execs,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_stop_ends_a_command_that_ignores_sigterm_after_the_grace_period",
             stop_after_grace,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_kill_9_of_the_vmm_or_the_keeper_shows_exited_and_rm_leaves_nothing",
             kill_9,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_two_at_once_a_name_in_use_refused_and_a_users_state_apart",
             names_and_users,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_web_appliance_waits_ready_and_serves_a_published_port",
             web_wait_ready,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_guest_agent_answers_garbage_and_keeps_serving",
             agent_garbage,
         ),
-        Trial::test(
+        boot_tests::trial(
             "detached_guest_agent_close_stdin_signal_wait_info_and_clock",
             agent_protocol,
         ),

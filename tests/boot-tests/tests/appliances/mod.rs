@@ -18,33 +18,33 @@ mod vsock;
 
 pub fn trials() -> Vec<Trial> {
     let mut all = vec![
-        Trial::test("appliance_hello_runs_and_exits_with_its_status", hello),
-        Trial::test(
+        boot_tests::trial("appliance_hello_runs_and_exits_with_its_status", hello),
+        boot_tests::trial(
             "appliance_busybox_has_its_user_workdir_hostname_and_env",
             busybox_run_config,
         ),
-        Trial::test(
+        boot_tests::trial(
             "appliance_init_reports_not_found_and_not_executable",
             init_failures,
         ),
-        Trial::test(
+        boot_tests::trial(
             "image_reference_runs_with_the_image_config_and_stdin",
             image_reference,
         ),
-        Trial::test("init_forwards_sigterm_to_the_command", sigterm_forwarded),
-        Trial::test(
+        boot_tests::trial("init_forwards_sigterm_to_the_command", sigterm_forwarded),
+        boot_tests::trial(
             "an_ext4_root_keeps_its_writes_for_one_run_only",
             root_writes_last_one_run,
         ),
-        Trial::test(
+        boot_tests::trial(
             "appliance_images_boot_the_same_under_qemu_microvm",
             same_under_qemu,
         ),
-        Trial::test(
+        boot_tests::trial(
             "every_vmm_thread_runs_under_seccomp_with_no_new_privs",
             every_thread_filtered,
         ),
-        Trial::test(
+        boot_tests::trial(
             "jail_confines_the_vmm_and_leaves_nothing_behind",
             jail_confines_the_vmm,
         ),

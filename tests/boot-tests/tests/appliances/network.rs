@@ -15,15 +15,15 @@ const IMAGE: &str = "oci:examples/busybox/image:latest";
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        boot_tests::trial(
             "network_published_port_and_host_loopback_through_passt",
             published_port,
         ),
-        Trial::test(
+        boot_tests::trial(
             "network_tap_in_a_namespace_both_ways_and_removed_after",
             tap_in_namespace,
         ),
-        Trial::test(
+        boot_tests::trial(
             "network_published_port_without_root",
             published_port_without_root,
         ),

@@ -18,23 +18,23 @@ use super::shares::{busybox_root, folder, virtiofsd_serving};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        boot_tests::trial(
             "runtime_create_start_streams_state_exit_status_and_delete",
             lifecycle,
         ),
-        Trial::test(
+        boot_tests::trial(
             "runtime_kill_by_name_delete_created_and_delete_force_running",
             kill_and_delete,
         ),
-        Trial::test(
+        boot_tests::trial(
             "runtime_100_create_start_kill_delete_cycles_leave_nothing",
             cycles,
         ),
-        Trial::test(
+        boot_tests::trial(
             "podman_runs_containers_on_husk_runtime_and_leaves_nothing",
             podman,
         ),
-        Trial::test(
+        boot_tests::trial(
             "podman_network_namespace_is_the_vms_and_serves_http",
             podman_network,
         ),
@@ -45,6 +45,9 @@ pub fn trials() -> Vec<Trial> {
 struct Runtime {
     root: tempfile::TempDir,
     bin: PathBuf,
+    /// `--root` as deep as containerd's runc shim makes it, so a VM's
+    /// socket paths under it would be too long.
+    deep: bool,
 }
 
 impl Runtime {
@@ -56,11 +59,24 @@ impl Runtime {
         Ok(Runtime {
             root: folder("oci")?,
             bin,
+            deep: false,
+        })
+    }
+
+    fn deep() -> Result<Self, Failed> {
+        Ok(Runtime {
+            deep: true,
+            ..Runtime::new()?
         })
     }
 
     fn state_dir(&self) -> PathBuf {
-        self.root.path().join("state")
+        let state = self.root.path().join("state");
+        if self.deep {
+            state.join("run/containerd/runc/k8s.io")
+        } else {
+            state
+        }
     }
 
     fn command(&self) -> Command {
@@ -227,16 +243,19 @@ fn all_gone(rt: &Runtime, id: &str, processes: &[u32], rootfs: &Path) -> Result<
 }
 
 fn lifecycle() -> Result<(), Failed> {
-    let rt = Runtime::new()?;
+    // A deep --root (the VM's folder then lives at a short path that
+    // --root/ID links to) and a 64-digit id, as containerd gives them.
+    let rt = Runtime::deep()?;
+    let id = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1";
     let script =
         "echo out $CONTAINER $(hostname); echo err >&2; read line; echo \"got $line\"; exit 7";
     let bundle = rt.bundle("c1", script)?;
-    let mut c = rt.create("c1", &bundle)?;
-    let state = expect_state(&rt, "c1", "created")?;
+    let mut c = rt.create(id, &bundle)?;
+    let state = expect_state(&rt, id, "created")?;
     let canonical = std::fs::canonicalize(&bundle)?;
     let checks = [
         (state["ociVersion"] == "1.0.2", "ociVersion"),
-        (state["id"] == "c1", "id"),
+        (state["id"] == id, "id"),
         (state["pid"] == c.pid, "pid is the --pid-file's"),
         (
             state["bundle"] == canonical.to_string_lossy().as_ref(),
@@ -257,8 +276,8 @@ fn lifecycle() -> Result<(), Failed> {
         }
     }
     // The same id again: refused, and the first is untouched.
-    let (ok, _, err) = rt.run(&["create", "--bundle", &bundle.to_string_lossy(), "c1"])?;
-    if ok || !err.contains("container c1 already exists") {
+    let (ok, _, err) = rt.run(&["create", "--bundle", &bundle.to_string_lossy(), id])?;
+    if ok || !err.contains(&format!("container {id} already exists")) {
         return Err(format!("a second create of c1: ok={ok}, stderr {err:?}").into());
     }
     let list = rt.ok(&["list", "--format", "json"])?;
@@ -267,8 +286,8 @@ fn lifecycle() -> Result<(), Failed> {
         return Err(format!("list: {list}").into());
     }
     let processes = tree(c.pid);
-    rt.ok(&["start", "c1"])?;
-    expect_state(&rt, "c1", "running")?;
+    rt.ok(&["start", id])?;
+    expect_state(&rt, id, "running")?;
     c.reaper
         .stdin
         .as_mut()
@@ -285,17 +304,23 @@ fn lifecycle() -> Result<(), Failed> {
         )
         .into());
     }
-    let state = expect_state(&rt, "c1", "stopped")?;
+    let state = expect_state(&rt, id, "stopped")?;
     if state["pid"] != 0 {
         return Err(format!("a stopped container has a pid: {state}").into());
     }
-    let (ok, _, err) = rt.run(&["start", "c1"])?;
+    let (ok, _, err) = rt.run(&["start", id])?;
     if ok || !err.contains("only a created container can be started") {
         return Err(format!("start of a stopped container: ok={ok}, {err:?}").into());
     }
-    rt.ok(&["delete", "c1"])?;
-    all_gone(&rt, "c1", &processes, &bundle.join("rootfs"))?;
-    let (ok, _, err) = rt.run(&["state", "c1"])?;
+    // The deep root holds a link to the VM's short folder: both go.
+    let short = std::fs::read_link(rt.state_dir().join(id))
+        .map_err(|e| format!("--root/ID is not a link to a short folder: {e}"))?;
+    rt.ok(&["delete", id])?;
+    all_gone(&rt, id, &processes, &bundle.join("rootfs"))?;
+    if short.exists() {
+        return Err(format!("{} is left after delete", short.display()).into());
+    }
+    let (ok, _, err) = rt.run(&["state", id])?;
     if ok || !err.contains("does not exist") {
         return Err(format!("state after delete: ok={ok}, {err:?}").into());
     }
@@ -422,11 +447,11 @@ fn cycles() -> Result<(), Failed> {
 struct Podman {
     dir: tempfile::TempDir,
     runtime: PathBuf,
-    /// husk-runtime's --root: short, as podman's own default
-    /// (/run/husk-runtime) is, so a 64-digit id and the VM's sockets fit
-    /// a socket address.
-    runtime_root: tempfile::TempDir,
 }
+
+/// husk-runtime's --root when its caller names none, as with podman
+/// (whose cleanup process passes no runtime flags).
+const RUNTIME_ROOT: &str = "/run/husk-runtime";
 
 impl Podman {
     fn new() -> Result<Self, Failed> {
@@ -449,7 +474,6 @@ impl Podman {
         let p = Podman {
             dir: folder("podman")?,
             runtime,
-            runtime_root: tempfile::Builder::new().prefix("hr").tempdir_in("/run")?,
         };
         let layout =
             std::fs::canonicalize(boot_tests::workspace_root().join("examples/busybox/image"))?;
@@ -470,29 +494,26 @@ impl Podman {
     }
 
     fn command(&self) -> Command {
-        let mut c = boot_tests::podman_command(self.dir.path(), self.runtime.as_os_str());
-        // husk-runtime's --root, this test's own.
-        c.arg("--runtime-flag")
-            .arg(format!("root={}", self.runtime_root().display()));
-        c
+        boot_tests::podman_command(self.dir.path(), self.runtime.as_os_str())
     }
 
-    fn runtime_root(&self) -> PathBuf {
-        self.runtime_root.path().to_path_buf()
-    }
-
-    /// Nothing of its containers is left: no folder under husk-runtime's
-    /// root, no process (keeper, VMM, virtiofsd) naming its store.
+    /// Nothing of its containers is left: no container under husk-runtime's
+    /// root whose bundle is in this podman's store (other tests' may run
+    /// beside), no process (keeper, VMM, virtiofsd) naming the store.
     fn nothing_left(&self) -> Result<(), Failed> {
-        let left: Vec<String> = std::fs::read_dir(self.runtime_root())
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
+        let store = self.dir.path().to_string_lossy().into_owned();
+        let left: Vec<String> = std::fs::read_dir(RUNTIME_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("oci.json"))
+                    .is_ok_and(|record| record.contains(&store))
             })
-            .unwrap_or_default();
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         if !left.is_empty() {
-            return Err(format!("left under husk-runtime's root: {left:?}").into());
+            return Err(format!("left under {RUNTIME_ROOT}: {left:?}").into());
         }
         let store = self.dir.path().join("root");
         let left = processes_naming(&store.to_string_lossy());

@@ -19,27 +19,27 @@ const IMAGE: &str = "oci:examples/busybox/image:latest";
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        boot_tests::trial(
             "shares_posix_behaviour_is_seen_from_both_sides",
             posix_both_sides,
         ),
-        Trial::test(
+        boot_tests::trial(
             "shares_readonly_and_two_at_once_for_a_non_root_user",
             readonly_and_two_shares,
         ),
-        Trial::test(
+        boot_tests::trial(
             "shares_a_missing_folder_is_refused_before_boot",
             missing_folder,
         ),
-        Trial::test(
+        boot_tests::trial(
             "shares_a_folder_removed_under_the_guest_gives_errors_not_a_crash",
             folder_removed,
         ),
-        Trial::test(
+        boot_tests::trial(
             "shares_a_root_from_a_folder_runs_and_writes_land_in_it",
             root_from_folder,
         ),
-        Trial::test(
+        boot_tests::trial(
             "shares_nothing_is_left_after_kill_9_of_husk",
             nothing_left_after_kill,
         ),

@@ -18,11 +18,11 @@ use super::network::{children, comm, gone, start_until_ready};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        Trial::test(
+        boot_tests::trial(
             "vsock_64mib_both_ways_100_streams_a_host_leaving_and_nothing_left_after_kill_9",
             both_ways,
         ),
-        Trial::test(
+        boot_tests::trial(
             "vsock_unjailed_a_host_leaving_and_a_guest_powering_off_mid_transfer",
             guest_exits_mid_transfer,
         ),
