@@ -38,6 +38,10 @@ pub fn trials() -> Vec<Trial> {
             "podman_network_namespace_is_the_vms_and_serves_http",
             podman_network,
         ),
+        boot_tests::trial(
+            "docker_and_containerd_run_containers_on_husk_runtime",
+            docker_and_containerd,
+        ),
     ]
 }
 
@@ -803,4 +807,231 @@ fn podman_network() -> Result<(), Failed> {
         return Err("the tap husk0 is left in the namespace after rm".into());
     }
     p.nothing_left()
+}
+
+/// A daemon the test started, ended (SIGTERM, then SIGKILL) when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child, not yet reaped.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` (its output to `log`) and waits for `socket`.
+fn daemon(mut command: Command, log: &Path, socket: &Path) -> Result<Daemon, Failed> {
+    let out = std::fs::File::create(log)?;
+    let d = Daemon(command.stdout(out.try_clone()?).stderr(out).spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{command:?} did not listen: {text}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(d)
+}
+
+/// docker 20.10 (`dockerd --add-runtime husk=husk-runtime`) and
+/// containerd 1.6 (`ctr run --runc-binary husk-runtime`), Debian's, each
+/// with its own state on the bed's tmpfs: exit statuses, output, `docker
+/// exec`; their deep runtime roots take the short-folder path.
+fn docker_and_containerd() -> Result<(), Failed> {
+    for tool in ["dockerd", "containerd", "ctr", "skopeo"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?
+            .status
+            .code()
+            != Some(0)
+        {
+            return Err(format!(
+                "{tool} is not installed (ci/setup installs docker.io, containerd, skopeo)"
+            )
+            .into());
+        }
+    }
+    if std::env::var_os("HUSK_IN_TESTBED").is_some() {
+        // What they write outside their own folders, read-only in the bed
+        // (the host's root): tmpfs there, in the bed only.
+        for (dir, probe) in [("/var/tmp", "/var/tmp"), ("/etc/docker", "/etc/docker")] {
+            let writable =
+                std::fs::create_dir_all(probe).is_ok() && tempfile::tempdir_in(probe).is_ok();
+            if !writable {
+                let mounted = Command::new("mount")
+                    .args(["-t", "tmpfs", "husk-test", dir])
+                    .status()?;
+                if !mounted.success() {
+                    return Err(format!("cannot mount a tmpfs on {dir}").into());
+                }
+            }
+        }
+    }
+    let runtime = husk_bin()?.with_file_name("husk-runtime");
+    let dir = folder("docker")?;
+    let d = dir.path();
+    let layout =
+        std::fs::canonicalize(boot_tests::workspace_root().join("examples/busybox/image"))?;
+    let archive = d.join("busybox.tar");
+    let copied = Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!(
+            "docker-archive:{}:docker.io/library/busybox:latest",
+            archive.display()
+        ))
+        .env("TMPDIR", d)
+        .output()?;
+    if !copied.status.success() {
+        return Err(format!("skopeo copy: {}", String::from_utf8_lossy(&copied.stderr)).into());
+    }
+
+    // containerd's runc shim, with husk-runtime as its runc.
+    {
+        let socket = d.join("containerd.sock");
+        let mut c = Command::new("containerd");
+        c.arg("--root")
+            .arg(d.join("containerd-root"))
+            .arg("--state")
+            .arg(d.join("containerd-state"))
+            .arg("--address")
+            .arg(&socket);
+        let _containerd = daemon(c, &d.join("containerd.log"), &socket)?;
+        let ctr = |args: &[&str]| {
+            let mut c = Command::new("ctr");
+            c.arg("--address").arg(&socket).args(args);
+            c
+        };
+        let mut import = ctr(&["images", "import", "--snapshotter", "native"]);
+        import.arg(&archive);
+        let r = output_within(import, b"", Duration::from_secs(120))?;
+        if r.code != Some(0) {
+            return Err(r.explain("ctr images import").into());
+        }
+        let mut run = ctr(&["run", "--snapshotter", "native", "--rm", "--runc-binary"]);
+        run.arg(&runtime).args([
+            "docker.io/library/busybox:latest",
+            "husk-ctr-1",
+            "sh",
+            "-c",
+            "echo hi from containerd; exit 3",
+        ]);
+        let r = output_within(run, b"", Duration::from_secs(120))?;
+        if r.code != Some(3) || !r.stdout.contains("hi from containerd") {
+            return Err(r
+                .explain("ctr run --runc-binary husk-runtime: expected status 3")
+                .into());
+        }
+    }
+
+    // dockerd with husk-runtime as the runtime "husk".
+    {
+        let socket = d.join("docker.sock");
+        let mut c = Command::new("dockerd");
+        c.arg("--data-root")
+            .arg(d.join("docker-data"))
+            .arg("--exec-root")
+            .arg(d.join("docker-exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--iptables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--storage-driver",
+                "vfs",
+            ])
+            .arg("--add-runtime")
+            .arg(format!("husk={}", runtime.display()));
+        let _dockerd = daemon(c, &d.join("dockerd.log"), &socket)?;
+        let docker = |args: &[&str]| {
+            // Debian's client (20.10), whatever else PATH has.
+            let mut c = Command::new("/usr/bin/docker");
+            c.arg("-H")
+                .arg(format!("unix://{}", socket.display()))
+                .args(args);
+            c
+        };
+        let mut load = docker(&["load", "-q", "-i"]);
+        load.arg(&archive);
+        let r = output_within(load, b"", Duration::from_secs(120))?;
+        if r.code != Some(0) {
+            return Err(r.explain("docker load").into());
+        }
+        let r = output_within(
+            docker(&[
+                "run",
+                "--runtime",
+                "husk",
+                "--rm",
+                "--network",
+                "none",
+                "busybox",
+                "sh",
+                "-c",
+                "echo hi from docker; exit 6",
+            ]),
+            b"",
+            Duration::from_secs(120),
+        )?;
+        if r.code != Some(6) || !r.stdout.contains("hi from docker") {
+            return Err(r
+                .explain("docker run --runtime husk: expected status 6")
+                .into());
+        }
+        let r = output_within(
+            docker(&[
+                "run",
+                "--runtime",
+                "husk",
+                "-d",
+                "--network",
+                "none",
+                "busybox",
+                "sh",
+                "-c",
+                "while true; do sleep 1; done",
+            ]),
+            b"",
+            Duration::from_secs(120),
+        )?;
+        let cid = r.stdout.trim().to_string();
+        if r.code != Some(0) || cid.is_empty() {
+            return Err(r.explain("docker run -d --runtime husk").into());
+        }
+        let e = output_within(
+            docker(&["exec", &cid, "sh", "-c", "echo exec-ok; exit 2"]),
+            b"",
+            Duration::from_secs(60),
+        )?;
+        let rm = output_within(docker(&["rm", "-f", &cid]), b"", Duration::from_secs(60))?;
+        if e.code != Some(2) || e.stdout.trim() != "exec-ok" {
+            return Err(e.explain("docker exec: expected status 2").into());
+        }
+        if rm.code != Some(0) {
+            return Err(rm.explain("docker rm -f").into());
+        }
+    }
+    let left = processes_naming(&d.to_string_lossy());
+    let left: Vec<&String> = left
+        .iter()
+        .filter(|l| !l.contains("dockerd") && !l.contains("containerd"))
+        .collect();
+    if !left.is_empty() {
+        return Err(format!("processes left: {left:?}").into());
+    }
+    Ok(())
 }
