@@ -375,3 +375,22 @@ pub fn podman_command(root: &Path, runtime: &std::ffi::OsStr) -> Command {
         .env("TMPDIR", root);
     c
 }
+
+/// Spawn to exit of `cmd` (stdin /dev/null, output collected), in seconds;
+/// a failure is an error carrying its stderr.
+pub fn time_command(cmd: &mut Command) -> Result<f64, String> {
+    let start = std::time::Instant::now();
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let took = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(took)
+}

@@ -16,10 +16,10 @@
 //!   bench-exec [--runs N] [--baseline-init PATH] [--only exec|run|boot]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::process::{Command, ExitCode};
 
 use boot_tests::husk::{bench_husk_bin, build_appliances, built_image};
+use boot_tests::time_command as time;
 use boot_tests::{husk_kernel, table_header, table_ratio, table_row, workspace_root};
 
 const IMAGE: &str = "oci:examples/busybox/image:latest";
@@ -36,24 +36,6 @@ fn main() -> ExitCode {
 
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
-}
-
-/// Spawn to exit of `cmd`, in seconds; a failure is an error.
-fn time(cmd: &mut Command) -> Result<f64, String> {
-    let start = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let took = start.elapsed().as_secs_f64();
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(took)
 }
 
 /// podman on the bed's tmpfs, with runc, no network, no systemd.

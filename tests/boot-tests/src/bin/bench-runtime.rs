@@ -20,6 +20,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use boot_tests::husk::{bench_husk_bin, build_appliances};
+use boot_tests::time_command as time;
 use boot_tests::{podman_command, table_header, table_ratio, table_row, workspace_root};
 
 const TAG: &str = "localhost/husk-bench-busybox:latest";
@@ -31,24 +32,6 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     boot_tests::bench_main("bench-runtime", || bench(runs))
-}
-
-/// Spawn to exit of `cmd`, in seconds; a failure is an error.
-fn time(cmd: &mut Command) -> Result<f64, String> {
-    let start = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let took = start.elapsed().as_secs_f64();
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(took)
 }
 
 fn bench(runs: usize) -> Result<(), String> {
