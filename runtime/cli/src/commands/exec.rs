@@ -142,7 +142,7 @@ pub fn exec_process(vm: &VmDir, mut process: Process) -> anyhow::Result<ExitCode
 /// stdin ends too. Not joined: it may sit in a read of the terminal (on
 /// a descriptor of its own, not holding std's stdin lock, which the
 /// terminal's restore takes).
-fn pump_stdin(mut conn: UnixStream) {
+pub(crate) fn pump_stdin(mut conn: UnixStream) {
     let Ok(stdin) = io::stdin().as_fd().try_clone_to_owned() else {
         let _ = conn.shutdown(Shutdown::Write);
         return;
@@ -164,7 +164,9 @@ fn pump_stdin(mut conn: UnixStream) {
     });
 }
 
-fn pump_out(
+/// Copies the command's output from `conn` to `to`, each read passed on
+/// at once, until its end; the thread doing it.
+pub(crate) fn pump_out(
     mut conn: UnixStream,
     mut to: impl Write + Send + 'static,
 ) -> std::thread::JoinHandle<()> {

@@ -16,7 +16,6 @@ mod bundle;
 mod log;
 mod netns;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -454,28 +453,14 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
     };
     keeper_args.extend(["--net".into(), net.into()]);
     keeper_args.extend(launch.husk_args.iter().map(Into::into));
-    let (mut keeper, word) = match &slave {
-        Some(slave) => {
-            // The slave as the keeper's three standard streams.
-            with_stdio(slave, || {
-                spawn_keeper(
-                    vm,
-                    &keeper_args,
-                    &cwd,
-                    None,
-                    KeeperStdio::Inherit { tty: true },
-                )
-            })??
-        }
-        None => spawn_keeper(
-            vm,
-            &keeper_args,
-            &cwd,
-            None,
-            KeeperStdio::Inherit { tty: false },
-        )?,
-    };
-    drop(slave);
+    // With a terminal, its slave is the keeper's three standard streams.
+    let (mut keeper, word) = spawn_keeper(
+        vm,
+        &keeper_args,
+        &cwd,
+        None,
+        KeeperStdio::Inherit { terminal: slave },
+    )?;
     let pid = keeper.id();
     let waited = await_word(word, CREATE_TIMEOUT);
     match waited {
@@ -504,39 +489,6 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
     // leaves the process be).
     drop(keeper);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `f` with this process's stdin, stdout and stderr pointed at `fd`
-/// (what a child it spawns inherits), and puts them back.
-fn with_stdio<T>(fd: &std::os::fd::OwnedFd, f: impl FnOnce() -> T) -> anyhow::Result<T> {
-    use std::os::fd::AsRawFd;
-    let mut saved = Vec::new();
-    for n in 0..3 {
-        // SAFETY: dup of a standard descriptor; a new fd or -1.
-        let copy = unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, 3) };
-        if copy < 0 {
-            anyhow::bail!(
-                "cannot save descriptor {n}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        saved.push(copy);
-    }
-    let _ = std::io::stdout().flush();
-    for n in 0..3 {
-        // SAFETY: dup2 onto a standard descriptor this process owns.
-        unsafe { libc::dup2(fd.as_raw_fd(), n) };
-    }
-    let out = f();
-    for (n, copy) in saved.into_iter().enumerate() {
-        // SAFETY: dup2 back from the copy made above, then closing the copy,
-        // which nothing else holds.
-        unsafe {
-            libc::dup2(copy, n as i32);
-            libc::close(copy);
-        }
-    }
-    Ok(out)
 }
 
 /// The keeper's word, within `timeout`: `Ok(None)` once ready,
@@ -624,15 +576,13 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    if !args.detach {
-        let run = || crate::commands::exec::exec_process(&vm, process.clone());
-        return match &slave {
-            Some(slave) => with_stdio(slave, run)?,
-            None => run(),
-        };
+    if !args.detach && slave.is_none() {
+        return crate::commands::exec::exec_process(&vm, process);
     }
-    // Detached: this same program again, with the process in its
-    // environment, in a session of its own (its terminal's, with one).
+    // A relay: this same program again, with the process in its
+    // environment, in a session of its own (with a terminal, the slave as
+    // its streams and controlling terminal). Detached, it is left for the
+    // caller to reap; otherwise its status is exec's.
     let exe = std::env::current_exe().context("cannot locate husk-runtime")?;
     let mut command = std::process::Command::new(exe);
     command
@@ -641,10 +591,24 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
         .args(["exec", &args.id])
         .env(EXEC_ENV, serde_json::to_string(&process)?);
     crate::commands::run::in_new_session(&mut command, slave.is_some());
-    let child = match &slave {
-        Some(slave) => with_stdio(slave, || command.spawn())??,
-        None => command.spawn()?,
-    };
+    if let Some(t) = slave {
+        command
+            .stdin(t.try_clone()?)
+            .stdout(t.try_clone()?)
+            .stderr(t);
+    }
+    let mut child = command.spawn().context("cannot start the exec relay")?;
+    drop(command);
+    if !args.detach {
+        use std::os::unix::process::ExitStatusExt;
+        let status = child.wait()?;
+        let code = match (status.code(), status.signal()) {
+            (Some(c), _) => c as u8,
+            (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+            _ => 1,
+        };
+        return Ok(ExitCode::from(code));
+    }
     if let Some(path) = &args.pid_file {
         crate::vms::write_file(path, child.id().to_string())
             .with_context(|| format!("cannot write --pid-file {}", path.display()))?;

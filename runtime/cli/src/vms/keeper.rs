@@ -24,7 +24,7 @@ use anyhow::Context;
 use super::control::{self, Request, Response};
 use super::log::{LogWriter, MAX_LOG};
 use super::{now_ms, process_start, State, Status, VmDir};
-use crate::commands::exec::{block_sigwinch, sigwinch, window_size};
+use crate::commands::exec::{block_sigwinch, pump_out, pump_stdin, sigwinch, window_size};
 
 /// Set in the keeper's environment: the VM's folder.
 pub const KEEPER_ENV: &str = "HUSK_KEEPER_DIR";
@@ -660,50 +660,17 @@ fn start_held(shared: &Shared, process: agent::Process) -> anyhow::Result<Respon
         conn.set_read_timeout(None)?;
         Ok(conn)
     };
+    // The keeper's own stdin, stdout and stderr are the caller's (WORD_FD_ENV).
     let mut relays = shared.relays.lock().unwrap_or_else(|e| e.into_inner());
-    let own = |fd: i32| -> anyhow::Result<std::fs::File> {
-        // SAFETY: 0, 1 and 2 stay open for the keeper's life (WORD_FD_ENV).
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        Ok(std::fs::File::from(borrowed.try_clone_to_owned()?))
-    };
     if tty {
         let conn = attach(agent::Stream::Tty)?;
-        let (mut to_guest, mut from_guest) = (conn.try_clone()?, conn);
-        let (mut input, mut output) = (own(0)?, own(1)?);
-        std::thread::Builder::new()
-            .name("tty-in".into())
-            .spawn(move || {
-                let _ = relay(&mut input, &mut to_guest);
-            })?;
-        relays.push(
-            std::thread::Builder::new()
-                .name("tty-out".into())
-                .spawn(move || {
-                    let _ = relay(&mut from_guest, &mut output);
-                })?,
-        );
+        pump_stdin(conn.try_clone()?);
+        relays.push(pump_out(conn, io::stdout()));
         follow_window_size(shared)?;
     } else {
-        for (stream, fd) in [(agent::Stream::Stdout, 1), (agent::Stream::Stderr, 2)] {
-            let mut from_guest = attach(stream)?;
-            let mut output = own(fd)?;
-            relays.push(
-                std::thread::Builder::new()
-                    .name("relay-out".into())
-                    .spawn(move || {
-                        let _ = relay(&mut from_guest, &mut output);
-                    })?,
-            );
-        }
-        let mut to_guest = attach(agent::Stream::Stdin)?;
-        let mut input = own(0)?;
-        std::thread::Builder::new()
-            .name("relay-in".into())
-            .spawn(move || {
-                let _ = relay(&mut input, &mut to_guest);
-                // The end of the keeper's stdin is the end of the command's.
-                let _ = to_guest.shutdown(std::net::Shutdown::Write);
-            })?;
+        relays.push(pump_out(attach(agent::Stream::Stdout)?, io::stdout()));
+        relays.push(pump_out(attach(agent::Stream::Stderr)?, io::stderr()));
+        pump_stdin(attach(agent::Stream::Stdin)?);
     }
     if let Ok(mut state) = shared.vm.read_state() {
         state.status = Status::Running;
@@ -711,20 +678,6 @@ fn start_held(shared: &Shared, process: agent::Process) -> anyhow::Result<Respon
         let _ = shared.vm.write_state(&state);
     }
     Ok(Response::Ok)
-}
-
-/// Copies until the end or an error, each read passed on at once.
-fn relay(from: &mut impl io::Read, to: &mut impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; 32 << 10];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-    }
 }
 
 /// The keeper's stdin is a terminal (the slave of the pty husk-runtime

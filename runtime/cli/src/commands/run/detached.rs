@@ -124,10 +124,12 @@ pub enum KeeperStdio {
     /// carries its word (and errors before it); then /dev/null.
     Word,
     /// husk-runtime: the keeper keeps the caller's stdin, stdout and
-    /// stderr for the held command, and says its word on another pipe.
-    /// With `tty`, stdin is a terminal the keeper makes its own
-    /// (controlling terminal: it hears of size changes).
-    Inherit { tty: bool },
+    /// stderr for the held command (or, given a `terminal`, has that as
+    /// all three, and as its controlling terminal: it hears of size
+    /// changes), and says its word on another pipe.
+    Inherit {
+        terminal: Option<std::os::fd::OwnedFd>,
+    },
 }
 
 /// Starts the keeper of `vm` with the `husk` arguments `args` in `cwd`,
@@ -159,8 +161,15 @@ pub fn spawn_keeper(
                 .stderr(to_cli);
             false
         }
-        KeeperStdio::Inherit { tty } => {
+        KeeperStdio::Inherit { terminal } => {
             use std::os::fd::{AsRawFd, OwnedFd};
+            let tty = terminal.is_some();
+            if let Some(t) = terminal {
+                command
+                    .stdin(t.try_clone()?)
+                    .stdout(t.try_clone()?)
+                    .stderr(t);
+            }
             // The word's pipe becomes the keeper's fd 3 (dup2 clears its
             // close-on-exec there).
             let word = OwnedFd::from(to_cli);
