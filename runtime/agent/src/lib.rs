@@ -61,6 +61,50 @@ pub struct Process {
     /// without it the process reads `/dev/null`.
     #[serde(default)]
     pub stdin: bool,
+    /// Run in a container of its own: a mount namespace whose root is a
+    /// folder of the guest (a pod's containers share one VM this way).
+    #[serde(default)]
+    pub container: Option<Container>,
+    /// Run inside the container that process `within` runs in (its mount
+    /// namespace and root), as an exec into a container does. The user,
+    /// working directory and `PATH` lookup are that container's.
+    #[serde(default)]
+    pub within: Option<u32>,
+}
+
+/// A container's filesystem: its root and what is mounted into it.
+/// `/proc`, `/sys` (read-only) and the guest's `/dev` are mounted in
+/// every container, on mount points its root has.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    /// The root folder, a guest path.
+    pub root: String,
+    #[serde(default)]
+    pub readonly: bool,
+    /// Mounted in order, after the standard ones.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// One mount into a container; `target` is a path inside it, made when
+/// missing (a file for a file's bind mount).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Mount {
+    /// A guest file or folder (`source`, a guest path) seen at `target`.
+    Bind {
+        source: String,
+        target: String,
+        #[serde(default)]
+        readonly: bool,
+    },
+    /// A new tmpfs; `options` as mount(8) takes them (`size=64m,mode=1777`).
+    Tmpfs {
+        target: String,
+        #[serde(default)]
+        options: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,12 +24,29 @@ fn every_request_round_trips() {
                 tty: true,
                 size: Some(WindowSize { rows: 24, cols: 80 }),
                 stdin: true,
+                container: Some(Container {
+                    root: "/pod/web/rootfs".into(),
+                    readonly: true,
+                    mounts: vec![
+                        Mount::Bind {
+                            source: "/pod/web/mounts/0".into(),
+                            target: "/etc/hosts".into(),
+                            readonly: true,
+                        },
+                        Mount::Tmpfs {
+                            target: "/run".into(),
+                            options: "mode=755".into(),
+                        },
+                    ],
+                }),
+                within: None,
             },
         },
         Request::StartMain {
             process: Process {
                 argv: vec!["/bin/sh".into()],
                 env: vec!["PATH=/bin".into()],
+                within: Some(3),
                 ..Process::default()
             },
         },

@@ -425,8 +425,39 @@ impl Agent {
         }
         let failed =
             |f: crate::Failure| error(ErrorKind::StartFailed { status: f.status }, f.message);
-        let prepared = crate::Prepared::new(&config, &spec.argv, false).map_err(failed)?;
-        let mut command = prepared.command();
+        let setup_failed = |what: &str, e: io::Error| {
+            error(
+                ErrorKind::StartFailed {
+                    status: crate::STATUS_SETUP_FAILED,
+                },
+                format!("{what}: {e}"),
+            )
+        };
+        let (root, entry) = match (&spec.container, spec.within) {
+            (Some(_), Some(_)) => {
+                return Err(error(
+                    ErrorKind::BadRequest,
+                    "a process is either a new container or within one, not both",
+                ))
+            }
+            (Some(c), None) => {
+                let new = sys::NewRoot::prepare(c).map_err(|e| setup_failed("container", e))?;
+                (
+                    std::path::PathBuf::from(&c.root),
+                    Some(sys::Entry::New(new)),
+                )
+            }
+            (None, Some(id)) => {
+                let pid = self.running_pid(id)?;
+                let entry = sys::join(pid).map_err(|e| setup_failed("the container", e))?;
+                (format!("/proc/{pid}/root").into(), Some(entry))
+            }
+            (None, None) => ("/".into(), None),
+        };
+        // A container's process makes its working directory, as runc does.
+        let prepared =
+            crate::Prepared::new_in(&root, &config, &spec.argv, entry.is_some()).map_err(failed)?;
+        let mut command = prepared.command_entering(entry);
         let mut proc = Proc::new(0);
         let io_failed = |e: io::Error| error(ErrorKind::Failed, format!("stdio: {e}"));
         if spec.tty {

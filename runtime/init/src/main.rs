@@ -156,29 +156,43 @@ impl Prepared {
     /// `argv` as `config` says to run it; `create_workdir` makes a
     /// missing working directory (as Docker does for a container's).
     pub fn new(config: &RunConfig, argv: &[String], create_workdir: bool) -> Result<Self, Failure> {
+        Self::new_in(Path::new("/"), config, argv, create_workdir)
+    }
+
+    /// The same for a process whose filesystem is the folder `root` of
+    /// this one (a container's): its user, working directory and program
+    /// are looked up there, and named as the process will see them.
+    pub fn new_in(
+        root: &Path,
+        config: &RunConfig,
+        argv: &[String],
+        create_workdir: bool,
+    ) -> Result<Self, Failure> {
+        let inside = |path: &str| root.join(path.trim_start_matches('/'));
         let identity = match &config.user {
             Some(spec) => {
-                let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-                let group = fs::read_to_string("/etc/group").unwrap_or_default();
+                let passwd = fs::read_to_string(inside("/etc/passwd")).unwrap_or_default();
+                let group = fs::read_to_string(inside("/etc/group")).unwrap_or_default();
                 user::resolve(spec, &passwd, &group).map_err(|e| Failure::setup(e.to_string()))?
             }
             None => Identity {
                 uid: 0,
                 gid: 0,
                 groups: vec![0],
-                home: root_home(),
+                home: root_home(root),
             },
         };
         let env = environment(config, &identity);
         let workdir = config.workdir.clone().unwrap_or_else(|| "/".into());
-        if !Path::new(&workdir).is_dir() {
+        let seen = inside(&workdir);
+        if !seen.is_dir() {
             if !create_workdir {
                 return Err(Failure::setup(format!("{workdir}: no such directory")));
             }
-            fs::create_dir_all(&workdir)
+            fs::create_dir_all(&seen)
                 .map_err(|e| Failure::setup(format!("cannot create workdir {workdir}: {e}")))?;
         }
-        let program = find_program(&argv[0], &env)?;
+        let program = find_program(root, &argv[0], &env)?;
         Ok(Prepared {
             identity,
             env,
@@ -190,13 +204,26 @@ impl Prepared {
 
     /// The command, as the user it runs as, in a session of its own.
     pub fn command(&self) -> Command {
+        self.command_entering(None)
+    }
+
+    /// The command, entering `container` first (then the working
+    /// directory is the container's).
+    pub fn command_entering(&self, container: Option<sys::Entry>) -> Command {
         let mut command = Command::new(&self.program);
         command
             .arg0(&self.argv[0])
             .args(&self.argv[1..])
             .env_clear()
-            .envs(self.env.iter().filter_map(|e| e.split_once('=')))
-            .current_dir(&self.workdir);
+            .envs(self.env.iter().filter_map(|e| e.split_once('=')));
+        match container {
+            // Entered before the identity drops (pre_exec closures run in
+            // order), with the working directory inside it.
+            Some(entry) => sys::enter(&mut command, entry, &self.workdir),
+            None => {
+                command.current_dir(&self.workdir);
+            }
+        }
         sys::drop_to(&mut command, self.identity.clone());
         command
     }
@@ -256,8 +283,8 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn root_home() -> Option<String> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+fn root_home(root: &Path) -> Option<String> {
+    let passwd = fs::read_to_string(root.join("etc/passwd")).ok()?;
     user::resolve("0", &passwd, "").ok()?.home
 }
 
@@ -284,14 +311,16 @@ fn environment(config: &RunConfig, identity: &Identity) -> Vec<String> {
 }
 
 /// `name` itself when it holds a `/`, else the first executable file of
-/// that name in the command's `PATH` (any execute bit, as root sees it).
-fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Failure> {
+/// that name in the command's `PATH` (any execute bit, as root sees it),
+/// looked up in the folder `root` and named as seen from it.
+fn find_program(root: &Path, name: &str, env: &[String]) -> Result<PathBuf, Failure> {
+    let inside = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
     let not_found = || Failure {
         status: STATUS_NOT_FOUND,
         message: format!("{name}: command not found"),
     };
     if name.contains('/') {
-        return match fs::metadata(name) {
+        return match fs::metadata(inside(Path::new(name))) {
             Ok(_) => Ok(name.into()),
             Err(_) => Err(not_found()),
         };
@@ -303,7 +332,7 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Failure> {
     let mut found_but_not_executable = None;
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(name);
-        if let Ok(meta) = fs::metadata(&candidate) {
+        if let Ok(meta) = fs::metadata(inside(&candidate)) {
             if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
                 return Ok(candidate);
             }

@@ -522,3 +522,232 @@ pub fn addresses() -> Vec<String> {
     unsafe { libc::freeifaddrs(list) };
     out
 }
+
+/// How a process enters its container, prepared in init (where memory may
+/// be allocated) for the forked child (where it may not).
+pub enum Entry {
+    /// A new mount namespace rooted at a folder.
+    New(NewRoot),
+    /// Another process's container: its mount namespace and its root.
+    Join { ns: OwnedFd, root: OwnedFd },
+}
+
+/// A container's root and its mounts, as paths the child passes to the
+/// kernel unchanged.
+pub struct NewRoot {
+    root: CString,
+    readonly: bool,
+    /// (source, target, fstype, flags, data); target under `root`.
+    mounts: Vec<(CString, CString, CString, libc::c_ulong, CString)>,
+    /// Bind mounts to make read-only once mounted (targets).
+    readonly_binds: Vec<CString>,
+}
+
+impl NewRoot {
+    /// The standard mounts (`/proc`, read-only `/sys`, the guest's `/dev`)
+    /// then `mounts`. Missing mount points are made here, before the
+    /// fork: folders, or an empty file for a file's bind mount.
+    pub fn prepare(container: &agent::Container) -> io::Result<Self> {
+        const NOSUID_NODEV_NOEXEC: libc::c_ulong =
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let root = std::path::Path::new(&container.root);
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the container's root {} is not a folder", container.root),
+            ));
+        }
+        let c = |s: &str| {
+            CString::new(s)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
+        };
+        let target = |inside: &str, file: bool| -> io::Result<CString> {
+            let path = root.join(inside.trim_start_matches('/'));
+            if file {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                if !path.exists() {
+                    fs::File::create(&path)?;
+                }
+            } else if !path.is_dir() {
+                fs::create_dir_all(&path)?;
+            }
+            c(&path.to_string_lossy())
+        };
+        let mut new = NewRoot {
+            root: c(&container.root)?,
+            readonly: container.readonly,
+            mounts: Vec::new(),
+            readonly_binds: Vec::new(),
+        };
+        let standard: [(&str, &str, &str, libc::c_ulong); 3] = [
+            ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC),
+            (
+                "sysfs",
+                "/sys",
+                "sysfs",
+                NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
+            ),
+            ("/dev", "/dev", "", libc::MS_BIND | libc::MS_REC),
+        ];
+        for (source, inside, fstype, flags) in standard {
+            let t = target(inside, false)?;
+            new.mounts.push((c(source)?, t, c(fstype)?, flags, c("")?));
+        }
+        for m in &container.mounts {
+            match m {
+                agent::Mount::Bind {
+                    source,
+                    target: inside,
+                    readonly,
+                } => {
+                    let file = !std::path::Path::new(source).is_dir();
+                    let t = target(inside, file)?;
+                    if *readonly {
+                        new.readonly_binds.push(t.clone());
+                    }
+                    new.mounts
+                        .push((c(source)?, t, c("")?, libc::MS_BIND | libc::MS_REC, c("")?));
+                }
+                agent::Mount::Tmpfs {
+                    target: inside,
+                    options,
+                } => {
+                    let t = target(inside, false)?;
+                    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+                    new.mounts
+                        .push((c("tmpfs")?, t, c("tmpfs")?, flags, c(options)?));
+                }
+            }
+        }
+        Ok(new)
+    }
+}
+
+/// Opens what joining process `pid`'s container takes.
+pub fn join(pid: libc::pid_t) -> io::Result<Entry> {
+    let open = |what: &str, flags: libc::c_int| -> io::Result<OwnedFd> {
+        let path = CString::new(format!("/proc/{pid}/{what}")).expect("no NUL");
+        // SAFETY: a NUL-terminated path that outlives the call.
+        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just opened, owned by nothing else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    Ok(Entry::Join {
+        ns: open("ns/mnt", libc::O_RDONLY)?,
+        root: open("root", libc::O_RDONLY | libc::O_DIRECTORY)?,
+    })
+}
+
+/// In the child, before the identity drops: enter the container, then
+/// its working directory.
+pub fn enter(command: &mut Command, entry: Entry, workdir: &str) {
+    let workdir = CString::new(workdir).unwrap_or_else(|_| cstr("/"));
+    // SAFETY: the closure runs in the forked child, before exec; it uses
+    // only what was prepared before the fork and makes async-signal-safe
+    // system calls (mount, pivot_root, setns, chroot, chdir), allocating
+    // nothing.
+    unsafe {
+        command.pre_exec(move || {
+            match &entry {
+                Entry::New(new) => enter_new(new)?,
+                Entry::Join { ns, root } => {
+                    check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS))?;
+                    check(libc::fchdir(root.as_raw_fd()))?;
+                    check(libc::chroot(c".".as_ptr()))?;
+                }
+            }
+            check(libc::chdir(workdir.as_ptr()))
+        });
+    }
+}
+
+/// A mount namespace of the child's own, its root the container's: what
+/// it mounts does not reach init's namespace, and `pivot_root` leaves
+/// the guest's own root out of it (where the guest's root cannot be
+/// pivoted, as an initramfs's cannot, the root is moved and chrooted into).
+/// Only for a forked child before exec: it changes the calling process's
+/// mounts and root.
+fn enter_new(new: &NewRoot) -> io::Result<()> {
+    let null = std::ptr::null();
+    let none = c"".as_ptr();
+    // SAFETY: every pointer is null or one of `new`'s NUL-terminated
+    // strings (or a literal), alive for the whole block; the calls only
+    // read them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            libc::MS_REC | libc::MS_SLAVE,
+            null.cast(),
+        ))?;
+        // pivot_root needs the new root to be a mount point.
+        check(libc::mount(
+            new.root.as_ptr(),
+            new.root.as_ptr(),
+            null,
+            libc::MS_BIND | libc::MS_REC,
+            null.cast(),
+        ))?;
+        for (source, target, fstype, flags, data) in &new.mounts {
+            let fstype = if fstype.is_empty() {
+                null
+            } else {
+                fstype.as_ptr()
+            };
+            let data = if data.is_empty() {
+                null.cast()
+            } else {
+                data.as_ptr().cast()
+            };
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype,
+                *flags,
+                data,
+            ))?;
+        }
+        let remount_ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+        for target in &new.readonly_binds {
+            check(libc::mount(
+                none,
+                target.as_ptr(),
+                null,
+                remount_ro,
+                null.cast(),
+            ))?;
+        }
+        if new.readonly {
+            check(libc::mount(
+                none,
+                new.root.as_ptr(),
+                null,
+                remount_ro,
+                null.cast(),
+            ))?;
+        }
+        check(libc::chdir(new.root.as_ptr()))?;
+        let dot = c".".as_ptr();
+        if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
+            // The old root is stacked under the new one: gone from view.
+            check(libc::umount2(dot, libc::MNT_DETACH))?;
+        } else {
+            check(libc::mount(
+                dot,
+                c"/".as_ptr(),
+                null,
+                libc::MS_MOVE,
+                null.cast(),
+            ))?;
+            check(libc::chroot(dot))?;
+        }
+        check(libc::chdir(c"/".as_ptr()))
+    }
+}
