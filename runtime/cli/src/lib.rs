@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod oci;
+pub mod shim;
 pub mod vms;
 
 use std::process::ExitCode;

@@ -65,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tty,
         size: None,
         stdin: args.interactive,
+        ..Process::default()
     };
     exec_process(&vm, process)
 }
@@ -142,26 +143,29 @@ pub fn exec_process(vm: &VmDir, mut process: Process) -> anyhow::Result<ExitCode
 /// stdin ends too. Not joined: it may sit in a read of the terminal (on
 /// a descriptor of its own, not holding std's stdin lock, which the
 /// terminal's restore takes).
-pub(crate) fn pump_stdin(mut conn: UnixStream) {
+pub(crate) fn pump_stdin(conn: UnixStream) {
     let Ok(stdin) = io::stdin().as_fd().try_clone_to_owned() else {
         let _ = conn.shutdown(Shutdown::Write);
         return;
     };
-    std::thread::spawn(move || {
-        let mut stdin = std::fs::File::from(stdin);
-        let mut buf = [0u8; 16 << 10];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if conn.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
+    std::thread::spawn(move || copy_in(std::fs::File::from(stdin), conn));
+}
+
+/// Copies `from` into a process's stdin stream `conn` until its end, then
+/// ends the stream (the process reads the end of its input).
+pub(crate) fn copy_in(mut from: impl Read, mut conn: UnixStream) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
                 }
             }
         }
-        let _ = conn.shutdown(Shutdown::Write);
-    });
+    }
+    let _ = conn.shutdown(Shutdown::Write);
 }
 
 /// Copies the command's output from `conn` to `to`, each read passed on

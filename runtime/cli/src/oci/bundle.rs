@@ -163,12 +163,13 @@ pub fn process(p: &oci_spec::runtime::Process) -> anyhow::Result<agent::Process>
         tty,
         size: size.filter(|_| tty),
         stdin: !tty,
+        ..Default::default()
     })
 }
 
 /// vCPUs and MiB: the `io.husk.vm.*` annotations first, then the spec's
 /// CPU quota and memory limit (plus [`MEMORY_OVERHEAD_MIB`]).
-fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::Result<(u32, u64)> {
+pub fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::Result<(u32, u64)> {
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
     let mut cpus = 1u32;
     if let Some(cpu) = resources.and_then(|r| r.cpu().as_ref()) {
@@ -201,7 +202,7 @@ fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::Resul
     Ok((cpus, memory_mib))
 }
 
-fn network(spec: &Spec) -> Network {
+pub fn network(spec: &Spec) -> Network {
     let own = spec
         .linux()
         .as_ref()

@@ -12,9 +12,9 @@
 //! `start` hands the command to the guest agent through the keeper;
 //! `kill` signals it there; `delete` removes what is left.
 
-mod bundle;
+pub(crate) mod bundle;
 mod log;
-mod netns;
+pub(crate) mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -493,10 +493,22 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
 
 /// The keeper's word, within `timeout`: `Ok(None)` once ready,
 /// `Ok(Some(code))` when the VM ended first.
-fn await_word(word: std::io::PipeReader, timeout: Duration) -> anyhow::Result<Option<Option<u8>>> {
+pub(crate) fn await_word(
+    word: std::io::PipeReader,
+    timeout: Duration,
+) -> anyhow::Result<Option<Option<u8>>> {
+    await_word_with(word, timeout, |line| eprintln!("{line}"))
+}
+
+/// [`await_word`], the keeper's other lines handed to `other`.
+pub(crate) fn await_word_with(
+    word: std::io::PipeReader,
+    timeout: Duration,
+    other: impl FnMut(String) + Send + 'static,
+) -> anyhow::Result<Option<Option<u8>>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(keeper::await_keeper(word));
+        let _ = tx.send(keeper::await_keeper_with(word, other));
     });
     let deadline = Instant::now() + timeout;
     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -566,6 +578,7 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
                 tty: args.tty,
                 size: None,
                 stdin: !args.tty,
+                ..Default::default()
             }
         }
     };

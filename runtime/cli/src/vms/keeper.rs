@@ -751,6 +751,15 @@ pub fn from_env(var: &str) -> Option<VmDir> {
 /// `husk run -d`'s side: reads the keeper's word. `Ok(None)` once ready;
 /// `Ok(Some(code))` when the VM ended first. Other lines go to stderr.
 pub fn await_keeper(out: impl io::Read) -> anyhow::Result<Option<Option<u8>>> {
+    await_keeper_with(out, |line| eprintln!("{line}"))
+}
+
+/// [`await_keeper`], the other lines (errors before the VM started)
+/// handed to `other`.
+pub fn await_keeper_with(
+    out: impl io::Read,
+    mut other: impl FnMut(String),
+) -> anyhow::Result<Option<Option<u8>>> {
     for line in io::BufReader::new(out).lines() {
         let line = line?;
         if line == READY {
@@ -759,7 +768,7 @@ pub fn await_keeper(out: impl io::Read) -> anyhow::Result<Option<Option<u8>>> {
         if let Some(code) = line.strip_prefix(EXITED) {
             return Ok(Some(code.trim().parse().ok()));
         }
-        eprintln!("{line}");
+        other(line);
     }
     anyhow::bail!("the keeper ended without a word (see husk logs)")
 }

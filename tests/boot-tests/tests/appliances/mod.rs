@@ -14,6 +14,7 @@ mod detached;
 mod network;
 mod oci;
 mod shares;
+mod shim;
 mod vsock;
 
 pub fn trials() -> Vec<Trial> {
@@ -53,6 +54,7 @@ pub fn trials() -> Vec<Trial> {
     all.extend(network::trials());
     all.extend(oci::trials());
     all.extend(shares::trials());
+    all.extend(shim::trials());
     all.extend(vsock::trials());
     all
 }

@@ -552,7 +552,7 @@ impl Podman {
 }
 
 /// Processes whose command line mentions `what`.
-fn processes_naming(what: &str) -> Vec<String> {
+pub(super) fn processes_naming(what: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -810,7 +810,7 @@ fn podman_network() -> Result<(), Failed> {
 }
 
 /// A daemon the test started, ended (SIGTERM, then SIGKILL) when dropped.
-struct Daemon(Child);
+pub(super) struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -829,7 +829,7 @@ impl Drop for Daemon {
 }
 
 /// Starts `command` (its output to `log`) and waits for `socket`.
-fn daemon(mut command: Command, log: &Path, socket: &Path) -> Result<Daemon, Failed> {
+pub(super) fn daemon(mut command: Command, log: &Path, socket: &Path) -> Result<Daemon, Failed> {
     let out = std::fs::File::create(log)?;
     let d = Daemon(command.stdout(out.try_clone()?).stderr(out).spawn()?);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,0 +1,135 @@
+//! A process's stdio as containerd hands it over (FIFO paths, or
+//! `file://` URIs), relayed to and from the guest agent's streams of the
+//! process: one agent connection per stream, one thread per direction.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+
+use super::pod::Pod;
+use crate::commands::exec::{copy_in, pump_out};
+use agent::{Request, Response, Stream};
+
+/// Where a process's streams go, as containerd named them ("" for none).
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The threads copying a process's output; joined before its exit is
+/// reported, so its last bytes arrive before containerd hears it ended.
+pub struct Relays(Vec<JoinHandle<()>>);
+
+impl Relays {
+    pub fn join(self) {
+        for t in self.0 {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Stdio {
+    /// Opens the outputs now (a FIFO's reader is containerd, already
+    /// there) and attaches process `id`'s streams through `pod`.
+    pub fn attach(&self, pod: &Pod, id: u32) -> anyhow::Result<Relays> {
+        let mut relays = Vec::new();
+        if self.terminal {
+            let out = output(&self.stdout)?;
+            let conn = attach(pod, id, Stream::Tty)?;
+            if !self.stdin.is_empty() {
+                let to = conn.try_clone()?;
+                input(self.stdin.clone(), to);
+            }
+            relays.push(pump_out(conn, out));
+            return Ok(Relays(relays));
+        }
+        if !self.stdin.is_empty() {
+            input(self.stdin.clone(), attach(pod, id, Stream::Stdin)?);
+        }
+        for (path, stream) in [
+            (&self.stdout, Stream::Stdout),
+            (&self.stderr, Stream::Stderr),
+        ] {
+            let out = output(path)?;
+            relays.push(pump_out(attach(pod, id, stream)?, out));
+        }
+        Ok(Relays(relays))
+    }
+}
+
+/// A connection to the agent made one of process `id`'s streams.
+fn attach(pod: &Pod, id: u32, stream: Stream) -> anyhow::Result<UnixStream> {
+    let mut conn = pod.agent()?;
+    match agent::call(&mut conn, &Request::Attach { id, stream })? {
+        Response::Ok => Ok(conn),
+        Response::Error { message, .. } => anyhow::bail!("attach {stream:?}: {message}"),
+        other => anyhow::bail!("attach {stream:?}: unexpected answer {other:?}"),
+    }
+}
+
+/// Where output goes: containerd's FIFO, a `file://` file, or nowhere.
+fn output(target: &str) -> anyhow::Result<Box<dyn Write + Send>> {
+    if target.is_empty() {
+        return Ok(Box::new(io::sink()));
+    }
+    if let Some(path) = target.strip_prefix("file://") {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open the log file {path}"))?;
+        return Ok(Box::new(file));
+    }
+    if target.starts_with("binary://") {
+        anyhow::bail!("{target}: logging through a binary is not supported by husk's shim");
+    }
+    // Not blocking: with nobody reading (containerd gone), the output is
+    // dropped rather than the shim hanging in open.
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(target)
+    {
+        Ok(fifo) => {
+            blocking(&fifo)?;
+            Ok(Box::new(fifo))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Box::new(io::sink())),
+        Err(e) => Err(e).with_context(|| format!("cannot open {target}")),
+    }
+}
+
+fn blocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `file` owns; no memory passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Copies the stdin FIFO into `to` until its writer closes it, then ends
+/// the process's input. The open waits for the writer (containerd opens
+/// it when someone attaches); the thread is not joined.
+fn input(path: String, to: UnixStream) {
+    std::thread::spawn(move || match File::open(&path) {
+        Ok(from) => copy_in(from, to),
+        Err(_) => {
+            let _ = to.shutdown(Shutdown::Write);
+        }
+    });
+}
