@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod containerd;
 pub mod guest;
 pub mod husk;
 pub mod qemu;
@@ -393,4 +394,40 @@ pub fn time_command(cmd: &mut Command) -> Result<f64, String> {
         ));
     }
     Ok(took)
+}
+
+/// Sums of a process's `/proc/PID/smaps_rollup` fields, in KiB.
+pub fn rollup(pid: u32, fields: &[&str]) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            fields
+                .contains(&k)
+                .then(|| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// `pid` and every process under it.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        let children = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default())
+            .collect::<Vec<String>>()
+            .join(" ");
+        all.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    all
 }

@@ -89,8 +89,12 @@ impl Pod {
             netns: None,
             keeper: Mutex::new(None),
         };
+        let began = std::time::Instant::now();
         match pod.start(spec, annotations) {
-            Ok(()) => Ok(pod),
+            Ok(()) => {
+                log::info!("pod VM {}: up in {:?}", pod.vm.name, began.elapsed());
+                Ok(pod)
+            }
             Err(e) => {
                 pod.teardown();
                 Err(e)
@@ -218,6 +222,7 @@ impl Pod {
     /// Stops the VM (cleanly if it can within a grace period) and removes
     /// everything the pod had on the host.
     pub fn teardown(&self) {
+        let began = std::time::Instant::now();
         if self.keeper_pid != 0 && vms::process_alive(self.keeper_pid, self.keeper_start) {
             if let Ok(mut control) = Control::connect(&self.vm.control(), &self.vm.name) {
                 control.set_timeout(Some(STOP_GRACE * 3));
@@ -228,6 +233,11 @@ impl Pod {
         }
         self.reap();
         cleanup(&self.record());
+        log::info!(
+            "pod VM {}: stopped and removed in {:?}",
+            self.vm.name,
+            began.elapsed()
+        );
     }
 }
 

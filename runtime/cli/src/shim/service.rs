@@ -114,6 +114,8 @@ pub struct Inner {
     publisher: RemotePublisher,
     pod: Mutex<Option<Arc<Pod>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Pods being stopped (their teardown threads).
+    stopping: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Clone)]
@@ -127,6 +129,7 @@ impl Service {
             publisher,
             pod: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            stopping: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -530,7 +533,9 @@ impl Inner {
         })
     }
 
-    /// Stops the pod's VM and removes what it had on the host.
+    /// Stops the pod's VM and removes what it had on the host, on a thread
+    /// of its own: the task's Delete answers at once, and Shutdown waits
+    /// for it before the shim exits.
     fn end_pod(&self, pod: &Arc<Pod>) {
         {
             let mut current = lock(&self.pod);
@@ -538,7 +543,16 @@ impl Inner {
                 current.take();
             }
         }
-        pod.teardown();
+        let pod = pod.clone();
+        lock(&self.stopping).push(std::thread::spawn(move || pod.teardown()));
+    }
+
+    /// Waits for the pods being stopped.
+    fn stopped(&self) {
+        let stopping: Vec<_> = lock(&self.stopping).drain(..).collect();
+        for t in stopping {
+            let _ = t.join();
+        }
     }
 
     fn exec(&self, req: &api::ExecProcessRequest) -> anyhow::Result<()> {
@@ -756,6 +770,7 @@ impl containerd_shim::Task for Service {
         if let Some(pod) = lock(&self.0.pod).take() {
             pod.teardown();
         }
+        self.0.stopped();
         self.0.exit.signal();
         Ok(api::Empty::default())
     }

@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use boot_tests::husk::{bench_husk_bin, build_appliances};
 use boot_tests::time_command as time;
-use boot_tests::{podman_command, table_header, table_ratio, table_row, workspace_root};
+use boot_tests::{
+    descendants, podman_command, rollup, table_header, table_ratio, table_row, workspace_root,
+};
 
 const TAG: &str = "localhost/husk-bench-busybox:latest";
 
@@ -192,41 +194,6 @@ fn create_start(dir: &Path, runtime: &Path, runs: usize) -> Result<(), String> {
     println!("(create is {:.0}% of create + start)", 100.0 * c / (c + s));
     println!();
     Ok(())
-}
-
-/// Sums of a process's `/proc/PID/smaps_rollup` fields, in KiB.
-fn rollup(pid: u32, fields: &[&str]) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            fields
-                .contains(&k)
-                .then(|| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())?
-        })
-        .sum()
-}
-
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let p = all[i];
-        let children = std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default())
-            .collect::<Vec<String>>()
-            .join(" ");
-        all.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-        i += 1;
-    }
-    all
 }
 
 fn memory(store: &Path, runtime: &Path) -> Result<(), String> {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use boot_tests::containerd::daemon;
 use boot_tests::husk::{husk_bin, output_within, HuskRun};
 use libtest_mimic::{Failed, Trial};
 
@@ -807,40 +808,6 @@ fn podman_network() -> Result<(), Failed> {
         return Err("the tap husk0 is left in the namespace after rm".into());
     }
     p.nothing_left()
-}
-
-/// A daemon the test started, ended (SIGTERM, then SIGKILL) when dropped.
-pub(super) struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child, not yet reaped.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `command` (its output to `log`) and waits for `socket`.
-pub(super) fn daemon(mut command: Command, log: &Path, socket: &Path) -> Result<Daemon, Failed> {
-    let out = std::fs::File::create(log)?;
-    let d = Daemon(command.stdout(out.try_clone()?).stderr(out).spawn()?);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(format!("{command:?} did not listen: {text}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(d)
 }
 
 /// docker 20.10 (`dockerd --add-runtime husk=husk-runtime`) and

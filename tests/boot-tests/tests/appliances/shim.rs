@@ -11,15 +11,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use boot_tests::husk::{husk_bin, output_within, HuskRun};
+use boot_tests::containerd::Containerd;
+use boot_tests::husk::output_within;
 use libtest_mimic::{Failed, Trial};
 
-use super::oci::{daemon, processes_naming, Daemon};
-use super::shares::folder;
+use super::oci::processes_naming;
 
 const RUNTIME: &str = "io.containerd.husk.v2";
-const IMAGE: &str = "docker.io/library/busybox:latest";
 const LIMIT: Duration = Duration::from_secs(120);
+const IMAGE: &str = boot_tests::containerd::IMAGE;
 const STATE_ROOT: &str = "/run/husk-shim";
 
 pub fn trials() -> Vec<Trial> {
@@ -37,165 +37,11 @@ pub fn trials() -> Vec<Trial> {
     ]
 }
 
-/// A containerd of the test's own, with the shim on its PATH and the
-/// busybox example imported (native snapshotter: the bed has no overlay).
-struct Containerd {
-    // Dropped first: containerd ends before its folder goes.
-    _daemon: Daemon,
-    socket: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    fn start() -> Result<Self, Failed> {
-        for tool in ["containerd", "ctr", "skopeo", "script"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()?;
-            if !found.status.success() {
-                return Err(format!(
-                    "{tool} is not installed (ci/setup installs containerd, skopeo, bsdutils)"
-                )
-                .into());
-            }
-        }
-        let shim = husk_bin()?.with_file_name("containerd-shim-husk-v2");
-        if !shim.is_file() {
-            return Err(format!(
-                "{} is missing: cargo build --workspace --bins",
-                shim.display()
-            )
-            .into());
-        }
-        if std::env::var_os("HUSK_IN_TESTBED").is_some()
-            && tempfile::tempdir_in("/var/tmp").is_err()
-        {
-            // skopeo's scratch space: the host's read-only root in the bed.
-            let mounted = Command::new("mount")
-                .args(["-t", "tmpfs", "husk-test", "/var/tmp"])
-                .status()?;
-            if !mounted.success() {
-                return Err("cannot mount a tmpfs on /var/tmp".into());
-            }
-        }
-        nothing_left("before the test")?;
-        let dir = folder("shim")?;
-        let d = dir.path();
-        let socket = d.join("containerd.sock");
-        let path = format!(
-            "{}:{}",
-            shim.parent().expect("a folder").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut c = Command::new("containerd");
-        c.arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .arg("--address")
-            .arg(&socket)
-            .env("PATH", path);
-        let daemon = daemon(c, &d.join("containerd.log"), &socket)?;
-        let me = Containerd {
-            socket,
-            _daemon: daemon,
-            dir,
-        };
-        let layout =
-            std::fs::canonicalize(boot_tests::workspace_root().join("examples/busybox/image"))?;
-        let archive = me.dir.path().join("busybox.tar");
-        let copied = Command::new("skopeo")
-            .args(["copy", "-q"])
-            .arg(format!("oci:{}:latest", layout.display()))
-            .arg(format!("docker-archive:{}:{IMAGE}", archive.display()))
-            .env("TMPDIR", me.dir.path())
-            .output()?;
-        if !copied.status.success() {
-            return Err(format!("skopeo copy: {}", String::from_utf8_lossy(&copied.stderr)).into());
-        }
-        let mut import = me.ctr(&["images", "import", "--snapshotter", "native"]);
-        import.arg(&archive);
-        me.ok(import, "ctr images import")?;
-        Ok(me)
-    }
-
-    fn ctr(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(&self.socket).args(args);
-        c
-    }
-
-    /// `ctr run --runtime io.containerd.husk.v2 [extra] IMAGE ID argv...`
-    fn run(&self, extra: &[&str], id: &str, argv: &[&str]) -> Command {
-        let mut c = self.ctr(&["run", "--snapshotter", "native", "--runtime", RUNTIME]);
-        c.args(extra).args([IMAGE, id]).args(argv);
-        c
-    }
-
-    fn ok(&self, c: Command, what: &str) -> Result<HuskRun, Failed> {
-        let r = output_within(c, b"", LIMIT)?;
-        if r.code != Some(0) {
-            return Err(self.explain(&r, what).into());
-        }
-        Ok(r)
-    }
-
-    fn expect(&self, c: Command, code: i32, out: &str, what: &str) -> Result<HuskRun, Failed> {
-        let r = output_within(c, b"", LIMIT)?;
-        if r.code != Some(code) || !r.stdout.contains(out) {
-            return Err(self
-                .explain(&r, &format!("{what}: expected status {code} and {out:?}"))
-                .into());
-        }
-        Ok(r)
-    }
-
-    /// A failure with containerd's log (the shim's log lines are in it).
-    fn explain(&self, r: &HuskRun, what: &str) -> String {
-        let log =
-            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "{}\n--- containerd's log ends:\n{}",
-            r.explain(what),
-            tail.join("\n")
-        )
-    }
-
-    /// `ctr task rm -f` and `ctr c rm`: the task killed, waited for and
-    /// deleted, then the container.
-    fn remove(&self, id: &str) -> Result<(), Failed> {
-        self.ok(self.ctr(&["task", "rm", "-f", id]), "ctr task rm -f")?;
-        self.ok(self.ctr(&["containers", "rm", id]), "ctr containers rm")?;
-        Ok(())
-    }
-
-    /// The task's status as `ctr task ls` shows it.
-    fn status(&self, id: &str) -> Result<String, Failed> {
-        let r = self.ok(self.ctr(&["task", "ls"]), "ctr task ls")?;
-        Ok(r.stdout
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.first() == Some(&id)).then(|| f.last().unwrap_or(&"").to_string())
-            })
-            .unwrap_or_default())
-    }
-
-    fn wait_status(&self, id: &str, want: &str) -> Result<(), Failed> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = self.status(id)?;
-            if s == want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("task {id} is {s:?}, not {want} after 60 s").into());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+/// A containerd of the test's own, after checking that no earlier test
+/// left anything of the shim's.
+fn containerd() -> Result<Containerd, Failed> {
+    nothing_left("before the test")?;
+    Ok(Containerd::start()?)
 }
 
 /// Pod VM folders under /run/husk-shim.
@@ -239,9 +85,10 @@ fn nothing_left(when: &str) -> Result<(), Failed> {
 /// Exit statuses, output, execs (status, output, stdin), a kill's
 /// status, and a terminal.
 fn tasks_and_execs() -> Result<(), Failed> {
-    let c = Containerd::start()?;
+    let c = containerd()?;
     c.expect(
         c.run(
+            RUNTIME,
             &["--rm"],
             "t1",
             &["sh", "-c", "echo hi from the shim; exit 3"],
@@ -253,6 +100,7 @@ fn tasks_and_execs() -> Result<(), Failed> {
     // The container's own root, with /proc, /sys and /dev in it.
     c.expect(
         c.run(
+            RUNTIME,
             &["--rm"],
             "t2",
             &[
@@ -266,7 +114,10 @@ fn tasks_and_execs() -> Result<(), Failed> {
         "the container's root",
     )?;
 
-    c.ok(c.run(&["-d"], "t3", &["sleep", "1000"]), "ctr run -d")?;
+    c.ok(
+        c.run(RUNTIME, &["-d"], "t3", &["sleep", "1000"]),
+        "ctr run -d",
+    )?;
     c.wait_status("t3", "RUNNING")?;
     c.expect(
         c.ctr(&[
@@ -325,7 +176,7 @@ fn tasks_and_execs() -> Result<(), Failed> {
 /// (annotations), in one shim and one VM; they reach each other on
 /// localhost, each with its own root.
 fn pod_of_three() -> Result<(), Failed> {
-    let c = Containerd::start()?;
+    let c = containerd()?;
     let pod = |kind: &str| -> Vec<String> {
         vec![
             "--annotation".into(),
@@ -340,11 +191,15 @@ fn pod_of_three() -> Result<(), Failed> {
     let mb: Vec<&str> = member.iter().map(String::as_str).collect();
     let mut extra = vec!["-d"];
     extra.extend(&sb);
-    c.ok(c.run(&extra, "pod1", &["sleep", "100000"]), "the sandbox")?;
+    c.ok(
+        c.run(RUNTIME, &extra, "pod1", &["sleep", "100000"]),
+        "the sandbox",
+    )?;
     let mut extra = vec!["-d"];
     extra.extend(&mb);
     c.ok(
         c.run(
+            RUNTIME,
             &extra,
             "web",
             &[
@@ -369,6 +224,7 @@ fn pod_of_three() -> Result<(), Failed> {
     extra.extend(&mb);
     c.expect(
         c.run(
+            RUNTIME,
             &extra,
             "client",
             &[
@@ -391,8 +247,11 @@ fn pod_of_three() -> Result<(), Failed> {
 /// shim: containerd cleans up through `containerd-shim-husk-v2 delete`.
 /// Nothing is left either way.
 fn killed() -> Result<(), Failed> {
-    let c = Containerd::start()?;
-    c.ok(c.run(&["-d"], "k1", &["sleep", "100000"]), "ctr run -d")?;
+    let c = containerd()?;
+    c.ok(
+        c.run(RUNTIME, &["-d"], "k1", &["sleep", "100000"]),
+        "ctr run -d",
+    )?;
     c.wait_status("k1", "RUNNING")?;
     // The VMM: the jailed VM process (runs as nobody) of the one pod.
     let vmm = vmm_pids();
@@ -407,7 +266,10 @@ fn killed() -> Result<(), Failed> {
     c.remove("k1")?;
     nothing_left("after kill -9 of the VMM")?;
 
-    c.ok(c.run(&["-d"], "k2", &["sleep", "100000"]), "ctr run -d")?;
+    c.ok(
+        c.run(RUNTIME, &["-d"], "k2", &["sleep", "100000"]),
+        "ctr run -d",
+    )?;
     c.wait_status("k2", "RUNNING")?;
     let shims: Vec<u32> = processes_naming("containerd-shim-husk-v2 -namespace")
         .iter()
@@ -450,11 +312,11 @@ fn pod_cycles() -> Result<(), Failed> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let c = Containerd::start()?;
+    let c = containerd()?;
     for i in 0..n {
         let id = format!("cycle{i}");
         c.expect(
-            c.run(&["--rm"], &id, &["sh", "-c", "echo cycle; exit 0"]),
+            c.run(RUNTIME, &["--rm"], &id, &["sh", "-c", "echo cycle; exit 0"]),
             0,
             "cycle",
             &format!("pod {i}"),

@@ -1,0 +1,114 @@
+//! containerd shim bench: containerd 1.6 (Debian's) running the same
+//! busybox image through `containerd-shim-husk-v2` and through its own
+//! runc shim (`io.containerd.runc.v2`), side by side, rounds alternating:
+//!
+//! - `ctr run --rm IMAGE ID true`: a one-container pod (a shim, for husk
+//!   its VM) made, started, run to its end and removed;
+//! - the host memory of one idle pod (`ctr run -d ... sleep`): the
+//!   proportional set size (PSS) of the shim and everything under it
+//!   (keeper, supervisor, jailed VMM, virtiofsd, vsock broker) beyond the
+//!   guest RAM (the shared memfd they all map), and that guest RAM as the
+//!   guest touched it.
+//!
+//! Median, min and max of N runs (default 10) after one warm-up each.
+//!
+//!   bench-shim [--runs N]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use boot_tests::containerd::Containerd;
+use boot_tests::husk::build_appliances;
+use boot_tests::time_command as time;
+use boot_tests::{descendants, rollup, table_header, table_ratio, table_row};
+
+const HUSK: &str = "io.containerd.husk.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+
+fn main() -> ExitCode {
+    let runs = boot_tests::runs_arg(10);
+    if let Err(e) = build_appliances() {
+        eprintln!("bench-shim: {e}");
+        return ExitCode::FAILURE;
+    }
+    boot_tests::bench_main("bench-shim", || bench(runs))
+}
+
+fn bench(runs: usize) -> Result<(), String> {
+    let c = Containerd::start()?;
+    let shims = [
+        ("ctr run --rm true (containerd-shim-husk-v2)", HUSK),
+        ("ctr run --rm true (containerd-shim-runc-v2)", RUNC),
+    ];
+    let mut times = vec![Vec::new(); shims.len()];
+    for round in 0..=runs {
+        for (i, (_, runtime)) in shims.iter().enumerate() {
+            let id = format!("bench-{i}-{round}");
+            let t = time(&mut c.run(runtime, &["--rm"], &id, &["true"]))?;
+            if round > 0 {
+                times[i].push(t);
+            }
+        }
+    }
+    table_header(&format!(
+        "ctr run --rm busybox true (a one-container pod), {runs} runs:"
+    ));
+    let medians: Vec<f64> = shims
+        .iter()
+        .zip(&times)
+        .map(|((name, _), t)| table_row(name, t))
+        .collect();
+    table_ratio("husk shim / runc shim (median)", medians[0] / medians[1]);
+    println!();
+    memory(&c)
+}
+
+fn memory(c: &Containerd) -> Result<(), String> {
+    c.ok(
+        c.run(HUSK, &["-d"], "bench-idle", &["sleep", "3600"]),
+        "ctr run -d",
+    )?;
+    // Idle: the boot is over, the command sleeps.
+    std::thread::sleep(Duration::from_secs(5));
+    let connect = c.ok(c.ctr(&["task", "ls"]), "ctr task ls")?;
+    let keeper: u32 = connect
+        .stdout
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&"bench-idle")).then(|| f.get(1)?.parse().ok())?
+        })
+        .ok_or("ctr task ls has no pid for the idle pod")?;
+    // The shim is the keeper's parent.
+    let stat =
+        std::fs::read_to_string(format!("/proc/{keeper}/stat")).map_err(|e| e.to_string())?;
+    let shim: u32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+        .ok_or("cannot read the keeper's parent")?;
+    let (mut own, mut guest) = (0, 0);
+    let mut rows = Vec::new();
+    for p in descendants(shim) {
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        let o = rollup(p, &["Pss_Anon", "Pss_File"]);
+        let g = rollup(p, &["Pss_Shmem"]);
+        rows.push(format!(
+            "  {:<16} {o:>8} KiB own, {g:>8} KiB of guest RAM",
+            comm.trim()
+        ));
+        own += o;
+        guest += g;
+    }
+    c.remove("bench-idle")?;
+    println!("host memory of one idle pod (ctr run -d ... sleep 3600), PSS:");
+    for r in rows {
+        println!("{r}");
+    }
+    println!(
+        "husk's processes beyond guest RAM: {:.1} MiB; guest RAM touched: {:.1} MiB",
+        own as f64 / 1024.0,
+        guest as f64 / 1024.0
+    );
+    Ok(())
+}

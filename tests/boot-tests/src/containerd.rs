@@ -1,0 +1,220 @@
+//! Daemons the boot tests and benches start (containerd, dockerd), and a
+//! containerd of a test's own with Debian's `ctr` to drive it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::husk::{husk_bin, output_within, HuskRun};
+
+/// The image every containerd of the tests and benches has imported.
+pub const IMAGE: &str = "docker.io/library/busybox:latest";
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A daemon a test started, ended (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Our own child, not yet reaped: its pid is still its own.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` (its output to `log`) and waits for `socket`.
+pub fn daemon(mut command: Command, log: &Path, socket: &Path) -> Result<Daemon, String> {
+    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let child = command
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("{command:?}: {e}"))?;
+    let d = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{command:?} did not listen: {text}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(d)
+}
+
+/// A containerd of the caller's own on the bed's tmpfs, with husk's
+/// binaries on its PATH (the shim) and the busybox example imported
+/// (native snapshotter: the bed has no overlay module).
+pub struct Containerd {
+    // Dropped first: containerd ends before its folder goes.
+    _daemon: Daemon,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    pub fn start() -> Result<Self, String> {
+        for tool in ["containerd", "ctr", "skopeo", "script"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !found.status.success() {
+                return Err(format!(
+                    "{tool} is not installed (ci/setup installs containerd, skopeo, bsdutils)"
+                ));
+            }
+        }
+        let shim = husk_bin()?.with_file_name("containerd-shim-husk-v2");
+        if !shim.is_file() {
+            return Err(format!(
+                "{} is missing: cargo build --workspace --bins",
+                shim.display()
+            ));
+        }
+        if std::env::var_os("HUSK_IN_TESTBED").is_some()
+            && tempfile::tempdir_in("/var/tmp").is_err()
+        {
+            // skopeo's scratch space: the host's read-only root in the bed.
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "husk-test", "/var/tmp"])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !mounted.success() {
+                return Err("cannot mount a tmpfs on /var/tmp".into());
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("husk-test-containerd-")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let path = format!(
+            "{}:{}",
+            shim.parent().expect("a folder").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = Command::new("containerd");
+        c.arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .env("PATH", path);
+        let daemon = daemon(c, &d.join("containerd.log"), &socket)?;
+        let me = Containerd {
+            socket,
+            _daemon: daemon,
+            dir,
+        };
+        let layout = std::fs::canonicalize(crate::workspace_root().join("examples/busybox/image"))
+            .map_err(|e| e.to_string())?;
+        let archive = me.dir.path().join("busybox.tar");
+        let copied = Command::new("skopeo")
+            .args(["copy", "-q"])
+            .arg(format!("oci:{}:latest", layout.display()))
+            .arg(format!("docker-archive:{}:{IMAGE}", archive.display()))
+            .env("TMPDIR", me.dir.path())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !copied.status.success() {
+            return Err(format!(
+                "skopeo copy: {}",
+                String::from_utf8_lossy(&copied.stderr)
+            ));
+        }
+        let mut import = me.ctr(&["images", "import", "--snapshotter", "native"]);
+        import.arg(&archive);
+        me.ok(import, "ctr images import")?;
+        Ok(me)
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.socket).args(args);
+        c
+    }
+
+    /// `ctr run --runtime RUNTIME [extra] IMAGE ID argv...`
+    pub fn run(&self, runtime: &str, extra: &[&str], id: &str, argv: &[&str]) -> Command {
+        let mut c = self.ctr(&["run", "--snapshotter", "native", "--runtime", runtime]);
+        c.args(extra).args([IMAGE, id]).args(argv);
+        c
+    }
+
+    pub fn ok(&self, c: Command, what: &str) -> Result<HuskRun, String> {
+        let r = output_within(c, b"", LIMIT)?;
+        if r.code != Some(0) {
+            return Err(self.explain(&r, what));
+        }
+        Ok(r)
+    }
+
+    pub fn expect(&self, c: Command, code: i32, out: &str, what: &str) -> Result<HuskRun, String> {
+        let r = output_within(c, b"", LIMIT)?;
+        if r.code != Some(code) || !r.stdout.contains(out) {
+            return Err(self.explain(&r, &format!("{what}: expected status {code} and {out:?}")));
+        }
+        Ok(r)
+    }
+
+    /// A failure with containerd's log (the shim's log lines are in it).
+    pub fn explain(&self, r: &HuskRun, what: &str) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "{}\n--- containerd's log ends:\n{}",
+            r.explain(what),
+            tail.join("\n")
+        )
+    }
+
+    /// `ctr task rm -f` and `ctr c rm`: the task killed, waited for and
+    /// deleted, then the container.
+    pub fn remove(&self, id: &str) -> Result<(), String> {
+        self.ok(self.ctr(&["task", "rm", "-f", id]), "ctr task rm -f")?;
+        self.ok(self.ctr(&["containers", "rm", id]), "ctr containers rm")?;
+        Ok(())
+    }
+
+    /// The task's status as `ctr task ls` shows it.
+    pub fn status(&self, id: &str) -> Result<String, String> {
+        let r = self.ok(self.ctr(&["task", "ls"]), "ctr task ls")?;
+        Ok(r.stdout
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&id)).then(|| f.last().unwrap_or(&"").to_string())
+            })
+            .unwrap_or_default())
+    }
+
+    pub fn wait_status(&self, id: &str, want: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(id)?;
+            if s == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("task {id} is {s:?}, not {want} after 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
