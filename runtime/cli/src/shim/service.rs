@@ -807,3 +807,35 @@ impl containerd_shim::Task for Service {
         Err(unsupported("checkpoints are not supported"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_ends_once_and_every_waiter_hears_it() {
+        let p = Proc::new(Stdio::default(), agent::Process::default());
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || p.wait().0)
+        };
+        assert!(p.end(137));
+        // A later report (the VM ending under it) changes nothing.
+        assert!(!p.end(VM_GONE));
+        assert_eq!(waiter.join().unwrap(), 137);
+        assert_eq!(p.wait().0, 137);
+        assert_eq!(p.lock().status, Status::Stopped);
+    }
+
+    #[test]
+    fn errors_carry_containerds_codes() {
+        let code = |e: ttrpc::Error| match e {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        };
+        assert_eq!(code(unsupported("x")), Code::UNIMPLEMENTED);
+        assert_eq!(code(failed(anyhow::anyhow!("x"))), Code::UNKNOWN);
+        assert_eq!(what("c", ""), "container c");
+        assert_eq!(what("c", "e"), "exec e of container c");
+    }
+}
