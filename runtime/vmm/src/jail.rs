@@ -294,8 +294,9 @@ fn cleanup(jail: &Path, cgroups: Option<&Cgroups>, pid: u32) {
     if let Some(c) = cgroups {
         for dir in c.dirs(pid) {
             // The child has been reaped: the cgroup is empty; removal can
-            // still race the kernel's own cleanup for a moment.
-            for _ in 0..50 {
+            // still race the kernel's own cleanup, which on a loaded host
+            // (the test bed under CI) took more than a second: up to 5 s.
+            for _ in 0..250 {
                 if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
                     break;
                 }
