@@ -41,7 +41,6 @@ impl Stdio {
     /// Opens the outputs now (a FIFO's reader is containerd, already
     /// there) and attaches process `id`'s streams through `pod`.
     pub fn attach(&self, pod: &Pod, id: u32) -> anyhow::Result<Relays> {
-        let mut relays = Vec::new();
         if self.terminal {
             let out = output(&self.stdout)?;
             let conn = attach(pod, id, Stream::Tty)?;
@@ -49,20 +48,36 @@ impl Stdio {
                 let to = conn.try_clone()?;
                 input(self.stdin.clone(), to);
             }
-            relays.push(pump_out(conn, out));
-            return Ok(Relays(relays));
+            return Ok(Relays(vec![pump_out(conn, out)]));
         }
+        let stdout = output(&self.stdout)?;
+        let stderr = output(&self.stderr)?;
+        // Each attach is a round trip to the guest: all three at once.
+        let mut wanted = vec![Stream::Stdout, Stream::Stderr];
         if !self.stdin.is_empty() {
-            input(self.stdin.clone(), attach(pod, id, Stream::Stdin)?);
+            wanted.push(Stream::Stdin);
         }
-        for (path, stream) in [
-            (&self.stdout, Stream::Stdout),
-            (&self.stderr, Stream::Stderr),
-        ] {
-            let out = output(path)?;
-            relays.push(pump_out(attach(pod, id, stream)?, out));
+        let mut conns = std::thread::scope(|s| {
+            let attaching: Vec<_> = wanted
+                .iter()
+                .map(|&stream| s.spawn(move || attach(pod, id, stream)))
+                .collect();
+            attaching
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("an attach thread panicked")))
+                })
+                .collect::<anyhow::Result<Vec<UnixStream>>>()
+        })?
+        .into_iter();
+        let (Some(out), Some(err)) = (conns.next(), conns.next()) else {
+            anyhow::bail!("the process's output streams were not attached");
+        };
+        if let Some(conn) = conns.next() {
+            input(self.stdin.clone(), conn);
         }
-        Ok(Relays(relays))
+        Ok(Relays(vec![pump_out(out, stdout), pump_out(err, stderr)]))
     }
 }
 
