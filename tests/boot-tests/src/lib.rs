@@ -431,3 +431,33 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
     all
 }
+
+/// The host memory of the processes `pids` (an idle VM's), measured now:
+/// one line per process (PSS of its own, and of the guest RAM it maps),
+/// printed under `title` once `measured` has run (the caller's clean-up),
+/// then the totals beyond guest RAM and of guest RAM touched.
+pub fn print_memory(title: &str, pids: &[u32], measured: impl FnOnce()) {
+    let (mut own, mut guest) = (0, 0);
+    let mut rows = Vec::new();
+    for p in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        let o = rollup(*p, &["Pss_Anon", "Pss_File"]);
+        let g = rollup(*p, &["Pss_Shmem"]);
+        rows.push(format!(
+            "  {:<16} {o:>8} KiB own, {g:>8} KiB of guest RAM",
+            comm.trim()
+        ));
+        own += o;
+        guest += g;
+    }
+    measured();
+    println!("{title}, PSS:");
+    for r in rows {
+        println!("{r}");
+    }
+    println!(
+        "husk's processes beyond guest RAM: {:.1} MiB; guest RAM touched: {:.1} MiB",
+        own as f64 / 1024.0,
+        guest as f64 / 1024.0
+    );
+}

@@ -22,7 +22,7 @@ use std::time::Instant;
 use boot_tests::husk::{bench_husk_bin, build_appliances};
 use boot_tests::time_command as time;
 use boot_tests::{
-    descendants, podman_command, rollup, table_header, table_ratio, table_row, workspace_root,
+    descendants, podman_command, table_header, table_ratio, table_row, workspace_root,
 };
 
 const TAG: &str = "localhost/husk-bench-busybox:latest";
@@ -222,28 +222,12 @@ fn memory(store: &Path, runtime: &Path) -> Result<(), String> {
         serde_json::from_slice(&state.stdout).map_err(|e| format!("state: {e}"))?;
     let keeper = state["pid"].as_u64().ok_or("state has no pid")? as u32;
     let procs = descendants(keeper);
-    let (mut own, mut guest) = (0, 0);
-    let mut rows = Vec::new();
-    for p in &procs {
-        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        let o = rollup(*p, &["Pss_Anon", "Pss_File"]);
-        let g = rollup(*p, &["Pss_Shmem"]);
-        rows.push(format!(
-            "  {:<16} {o:>8} KiB own, {g:>8} KiB of guest RAM",
-            comm.trim()
-        ));
-        own += o;
-        guest += g;
-    }
-    let _ = podman(&["rm", "-f", "-t", "0", &cid]).output();
-    println!("host memory of one idle container (podman run -d ... sleep 3600), PSS:");
-    for r in rows {
-        println!("{r}");
-    }
-    println!(
-        "husk's processes beyond guest RAM: {:.1} MiB; guest RAM touched: {:.1} MiB",
-        own as f64 / 1024.0,
-        guest as f64 / 1024.0
+    boot_tests::print_memory(
+        "host memory of one idle container (podman run -d ... sleep 3600)",
+        &procs,
+        || {
+            let _ = podman(&["rm", "-f", "-t", "0", &cid]).output();
+        },
     );
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use boot_tests::containerd::Containerd;
 use boot_tests::husk::build_appliances;
 use boot_tests::time_command as time;
-use boot_tests::{descendants, rollup, table_header, table_ratio, table_row};
+use boot_tests::{descendants, table_header, table_ratio, table_row};
 
 const HUSK: &str = "io.containerd.husk.v2";
 const RUNC: &str = "io.containerd.runc.v2";
@@ -87,28 +87,12 @@ fn memory(c: &Containerd) -> Result<(), String> {
         .next()
         .and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok())
         .ok_or("cannot read the keeper's parent")?;
-    let (mut own, mut guest) = (0, 0);
-    let mut rows = Vec::new();
-    for p in descendants(shim) {
-        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        let o = rollup(p, &["Pss_Anon", "Pss_File"]);
-        let g = rollup(p, &["Pss_Shmem"]);
-        rows.push(format!(
-            "  {:<16} {o:>8} KiB own, {g:>8} KiB of guest RAM",
-            comm.trim()
-        ));
-        own += o;
-        guest += g;
-    }
-    c.remove("bench-idle")?;
-    println!("host memory of one idle pod (ctr run -d ... sleep 3600), PSS:");
-    for r in rows {
-        println!("{r}");
-    }
-    println!(
-        "husk's processes beyond guest RAM: {:.1} MiB; guest RAM touched: {:.1} MiB",
-        own as f64 / 1024.0,
-        guest as f64 / 1024.0
+    let mut removed = Ok(());
+    boot_tests::print_memory(
+        "host memory of one idle pod (ctr run -d ... sleep 3600)",
+        &descendants(shim),
+        || removed = c.remove("bench-idle"),
     );
+    removed?;
     Ok(())
 }
