@@ -201,15 +201,13 @@ impl Pod {
         Control::connect(&self.vm.control(), &self.vm.name)?.agent()
     }
 
-    /// Waits for the VM's keeper to end (the VM with it); `None` when
-    /// another thread waits for it already.
-    pub fn wait_keeper(&self) -> Option<std::process::ExitStatus> {
-        let mut child = self
-            .keeper
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        child.wait().ok()
+    /// Waits for the VM's keeper to end (the VM with it), and reaps it;
+    /// at once when it was reaped already.
+    pub fn wait_keeper(&self) {
+        let child = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut child) = child {
+            let _ = child.wait();
+        }
     }
 
     fn reap(&self) {

@@ -588,8 +588,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Calls the agent about a running process; `Ok(false)` when it is
-    /// not running.
+    /// Calls the agent about a running process; an error
+    /// (FAILED_PRECONDITION) when it is not running.
     fn call_running(
         &self,
         id: &str,
