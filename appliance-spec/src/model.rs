@@ -109,6 +109,20 @@ pub struct Run {
     pub user: Option<UserSpec>,
     pub hostname: Option<String>,
     pub ready: Option<Ready>,
+    /// What an exported appliance's machine does when the command ends.
+    #[serde(default)]
+    pub on_exit: OnExit,
+}
+
+/// `run.on_exit`: under `husk export`, power the machine off when the
+/// command ends, or restart it (a service). Under husk the VM ends with
+/// the command either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    #[default]
+    Poweroff,
+    Restart,
 }
 
 /// `[run.ready]`: when a detached appliance counts as ready (`husk run

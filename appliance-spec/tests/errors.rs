@@ -119,6 +119,8 @@ const CASES: &[Case] = &[
         6, 7, "vm.vsock.cid", "2 is reserved"),
     case("bad user", "[run]\ncommand = [\"/a\"]\nuser = \"Bad User\"\n",
         5, 8, "run.user", "\"Bad User\" is not a user"),
+    case("unknown on_exit", "[run]\ncommand = [\"/a\"]\non_exit = \"reboot\"\n",
+        5, 11, "run.on_exit", "\"reboot\" is not one of: poweroff, restart"),
     case("bad hostname", "[run]\ncommand = [\"/a\"]\nhostname = \"-x\"\n",
         5, 12, "run.hostname", "\"-x\" is not a hostname"),
     case("two readiness checks", "[run]\ncommand = [\"/a\"]\n[run.ready]\ntcp = 80\ncommand = [\"/b\"]\n",

@@ -149,6 +149,10 @@ fn run_config(
                 .clone()
                 .unwrap_or_else(|| a.appliance.name.clone()),
         );
+        run.on_exit = match a.run.on_exit {
+            appliance_spec::OnExit::Poweroff => husk_init::config::OnExit::Poweroff,
+            appliance_spec::OnExit::Restart => husk_init::config::OnExit::Restart,
+        };
     }
     if run.command.is_empty() && !folder {
         return Err(BuildError::NoCommand);

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 /// husk's x86_64 guest kernel fragment, applied over `allnoconfig`.
 pub const X86_64: &str = include_str!("../../kernel/x86_64.config");
 
+/// What the portable flavour adds to (or changes in) [`X86_64`].
+pub const X86_64_PORTABLE: &str = include_str!("../../kernel/x86_64-portable.config");
+
 /// Options named by a fragment or a `.config`: name -> value, where an
 /// option that is off reads as `n`.
 pub type Options = BTreeMap<String, String>;
@@ -64,6 +67,29 @@ mod tests {
         let have = parse("CONFIG_B=y\nCONFIG_C=32\n");
         let names: Vec<_> = missing(&want, &have).into_iter().map(|m| m.0).collect();
         assert_eq!(names, ["CONFIG_A", "CONFIG_B"]);
+    }
+
+    #[test]
+    fn portable_fragment_adds_what_standard_hardware_needs() {
+        let micro = parse(X86_64);
+        let both = parse(&format!("{X86_64}{X86_64_PORTABLE}"));
+        for must in [
+            "CONFIG_ACPI",
+            "CONFIG_PCI",
+            "CONFIG_EFI_STUB",
+            "CONFIG_VIRTIO_PCI",
+            "CONFIG_SATA_AHCI",
+            "CONFIG_BLK_DEV_NVME",
+            "CONFIG_HYPERV_STORAGE",
+            "CONFIG_VMXNET3",
+            "CONFIG_SERIAL_8250_CONSOLE",
+        ] {
+            assert_eq!(both[must], "y", "{must}");
+            assert_ne!(micro.get(must).map(String::as_str), Some("y"), "{must}");
+        }
+        // Still one file, no modules; the micro-VM's options stay.
+        assert_eq!(both["CONFIG_MODULES"], "n");
+        assert_eq!(both["CONFIG_VIRTIO_MMIO"], "y");
     }
 
     #[test]

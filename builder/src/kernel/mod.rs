@@ -54,10 +54,14 @@ pub enum KernelError {
     NoSource { path: PathBuf },
     #[error(
         "no husk kernel is built for this configuration (hash {hash}) in {}; \
-         run `husk kernel build` (it needs Debian's linux-source-6.1: run ci/setup)",
+         run `husk kernel build{flag}` (it needs Debian's linux-source-6.1: run ci/setup)",
         dir.display()
     )]
-    NotBuilt { hash: String, dir: PathBuf },
+    NotBuilt {
+        hash: String,
+        dir: PathBuf,
+        flag: &'static str,
+    },
     #[error("{} has no VERSION/PATCHLEVEL/SUBLEVEL; is it a Linux source tree?", path.display())]
     NotLinux { path: PathBuf },
     #[error("{step} failed ({status}); the log is {}\n{tail}", log.display())]
@@ -87,6 +91,41 @@ fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> Ker
         op,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Which kernel: the micro-VM one husk boots, or the portable one an
+/// exported disk boots under other hypervisors (`husk export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    #[default]
+    MicroVm,
+    Portable,
+}
+
+impl Flavor {
+    /// The whole configuration fragment: the portable one is the micro-VM
+    /// fragment with its own lines after (a later line wins).
+    pub fn fragment(self) -> String {
+        match self {
+            Flavor::MicroVm => config::X86_64.to_string(),
+            Flavor::Portable => format!("{}{}", config::X86_64, config::X86_64_PORTABLE),
+        }
+    }
+
+    /// Its object folder beside the source, kept for incremental rebuilds.
+    fn obj(self) -> &'static str {
+        match self {
+            Flavor::MicroVm => "obj",
+            Flavor::Portable => "obj-portable",
+        }
+    }
+
+    fn build_flag(self) -> &'static str {
+        match self {
+            Flavor::MicroVm => "",
+            Flavor::Portable => " --flavor portable",
+        }
     }
 }
 
@@ -128,16 +167,18 @@ pub enum Progress<'a> {
 #[derive(Debug, Clone)]
 pub struct Build {
     pub source: Source,
+    pub flavor: Flavor,
     pub jobs: usize,
     /// Cache root (`builder::cache::root()` by default).
     pub cache: PathBuf,
 }
 
-/// First 12 hex digits of the hash of husk's configuration and recipe.
-pub fn config_hash() -> String {
+/// First 12 hex digits of the hash of a flavour's configuration and the
+/// recipe.
+pub fn config_hash(flavor: Flavor) -> String {
     let digest = Sha256::new()
         .chain_update(RECIPE)
-        .chain_update(config::X86_64)
+        .chain_update(flavor.fragment())
         .finalize();
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -147,8 +188,13 @@ pub fn config_hash() -> String {
 /// `husk run` looks it up; `husk kernel build` is what ties a build to a
 /// source version.
 pub fn find(cache: &Path) -> Result<Kernel, KernelError> {
+    find_flavor(cache, Flavor::MicroVm)
+}
+
+/// The newest cached build of a flavour.
+pub fn find_flavor(cache: &Path, flavor: Flavor) -> Result<Kernel, KernelError> {
     let kernels = cache.join("kernels");
-    let hash = config_hash();
+    let hash = config_hash(flavor);
     let suffix = format!("-{hash}");
     let newest = fs::read_dir(&kernels)
         .into_iter()
@@ -158,7 +204,11 @@ pub fn find(cache: &Path) -> Result<Kernel, KernelError> {
         .map(|e| Kernel { dir: e.path() })
         .filter(|k| k.vmlinux().is_file())
         .max_by_key(|k| fs::metadata(k.vmlinux()).and_then(|m| m.modified()).ok());
-    newest.ok_or(KernelError::NotBuilt { hash, dir: kernels })
+    newest.ok_or(KernelError::NotBuilt {
+        hash,
+        dir: kernels,
+        flag: flavor.build_flag(),
+    })
 }
 
 /// A name for the source's version: Debian's package version for a
@@ -227,7 +277,7 @@ impl Build {
         let version = source_version(&self.source)?;
         let kernels = self.cache.join("kernels");
         let kernel = Kernel {
-            dir: kernels.join(format!("{version}-{}", config_hash())),
+            dir: kernels.join(format!("{version}-{}", config_hash(self.flavor))),
         };
         if kernel.vmlinux().is_file() {
             return Ok(kernel);
@@ -247,10 +297,10 @@ impl Build {
             Source::Tree(tree) => tree.clone(),
             Source::Tarball(tarball) => unpack(tarball, &work, progress)?,
         };
-        let obj = work.join("obj");
+        let obj = work.join(self.flavor.obj());
         fs::create_dir_all(&obj).map_err(io_err("create", &obj))?;
         let log = obj.join("husk-build.log");
-        configure(&src, &obj, &log, progress)?;
+        configure(&src, &obj, &self.flavor.fragment(), &log, progress)?;
         compile(&src, &obj, &log, self.jobs, progress)?;
         publish(&obj, &kernel)?;
         Ok(kernel)
@@ -306,12 +356,13 @@ fn make(src: &Path, obj: &Path) -> Command {
 fn configure(
     src: &Path,
     obj: &Path,
+    wanted: &str,
     log: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), KernelError> {
     progress(Progress::Step("configuring"));
     let fragment = obj.join("husk.config");
-    fs::write(&fragment, config::X86_64).map_err(io_err("write", &fragment))?;
+    fs::write(&fragment, wanted).map_err(io_err("write", &fragment))?;
     let all = format!("KCONFIG_ALLCONFIG={}", fragment.display());
     run_logged(
         "make allnoconfig",
@@ -327,7 +378,7 @@ fn configure(
     )?;
     let dot_config = obj.join(".config");
     let have = fs::read_to_string(&dot_config).map_err(io_err("read", &dot_config))?;
-    let dropped = config::missing(&config::parse(config::X86_64), &config::parse(&have));
+    let dropped = config::missing(&config::parse(wanted), &config::parse(&have));
     if dropped.is_empty() {
         return Ok(());
     }
@@ -437,8 +488,9 @@ mod tests {
 
     #[test]
     fn config_hash_is_stable_and_short() {
-        assert_eq!(config_hash(), config_hash());
-        assert_eq!(config_hash().len(), 12);
+        assert_eq!(config_hash(Flavor::MicroVm), config_hash(Flavor::MicroVm));
+        assert_eq!(config_hash(Flavor::MicroVm).len(), 12);
+        assert_ne!(config_hash(Flavor::MicroVm), config_hash(Flavor::Portable));
     }
 
     #[test]
@@ -477,7 +529,7 @@ mod tests {
         let dir = cache
             .path()
             .join("kernels")
-            .join(format!("6.1.1-1-{}", config_hash()));
+            .join(format!("6.1.1-1-{}", config_hash(Flavor::MicroVm)));
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("vmlinux"), b"\x7fELF").unwrap();
         // Another configuration's build is not taken.
@@ -486,5 +538,12 @@ mod tests {
         fs::write(other.join("vmlinux"), b"\x7fELF").unwrap();
         let k = find(cache.path()).unwrap();
         assert_eq!(k.dir, dir);
+        // The portable flavour is another configuration, not built here.
+        let err = find_flavor(cache.path(), Flavor::Portable).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("husk kernel build --flavor portable"),
+            "{err}"
+        );
     }
 }

@@ -48,6 +48,9 @@ enum Command {
     Rm(commands::rm::Args),
     /// Build an appliance or image into a bootable root filesystem image
     Build(commands::build::Args),
+    /// Export an appliance as a disk other hypervisors and clouds boot
+    /// (OVA, VMDK, VHD, VHDX, qcow2, raw)
+    Export(commands::export::Args),
     /// Show what a built image runs (with --files what it holds), or a
     /// detached appliance's state
     Inspect(commands::inspect::Args),
@@ -85,6 +88,7 @@ pub fn husk_main() -> ExitCode {
         Command::Wait(args) => commands::wait::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Build(args) => commands::build::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Validate(args) => commands::validate::run(args),
         Command::Kernel(cmd) => commands::kernel::run(cmd),

@@ -18,6 +18,12 @@ pub const CONFIG_PATH: &str = "/.husk/run.json";
 /// environment variable; init reads it from `/proc/cmdline`.
 pub const CMDLINE_KEY: &str = "husk.run";
 
+/// On the command line of an exported disk's kernel (`husk export`): no
+/// husk VMM is there, so init writes nothing to husk's control port (an
+/// I/O port that is the chipset's power management on a PC), reports the
+/// exit status on the console, and ends as `on_exit` says.
+pub const PORTABLE_ARG: &str = "husk.portable";
+
 /// Search path when the configuration sets none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -47,6 +53,25 @@ pub struct RunConfig {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// What an exported appliance's machine does when the command ends
+    /// (under husk the VM always ends with it).
+    #[serde(default, skip_serializing_if = "OnExit::is_default")]
+    pub on_exit: OnExit,
+}
+
+/// `[run] on_exit`: power the machine off, or restart it (a service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    #[default]
+    Poweroff,
+    Restart,
+}
+
+impl OnExit {
+    fn is_default(&self) -> bool {
+        *self == OnExit::default()
+    }
 }
 
 impl RunConfig {
@@ -288,6 +313,7 @@ mod tests {
             workdir: Some("/data".into()),
             user: Some("user:user".into()),
             hostname: Some("box".into()),
+            on_exit: OnExit::Restart,
         }
     }
 
@@ -295,6 +321,14 @@ mod tests {
     fn json_round_trips() {
         let c = config();
         assert_eq!(RunConfig::from_json(c.to_json().as_bytes()).unwrap(), c);
+        // The default is left out, so images built before on_exit keep
+        // their digest.
+        let plain = RunConfig {
+            on_exit: OnExit::Poweroff,
+            ..config()
+        };
+        assert!(!plain.to_json().contains("on_exit"));
+        assert!(c.to_json().contains(r#""on_exit": "restart""#));
     }
 
     #[test]

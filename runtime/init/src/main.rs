@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use husk_init::config::{FsSetup, NetSetup, Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH};
+use husk_init::config::{
+    FsSetup, NetSetup, OnExit, Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH, PORTABLE_ARG,
+};
 use husk_init::user::{self, Identity};
 
 const STATUS_NOT_FOUND: u8 = 127;
@@ -56,9 +58,17 @@ fn main() {
     }
     sys::mount_filesystems();
     sys::ensure_console();
-    let control = sys::ControlPort::open();
+    // Read once: the overrides, the shares and the network are all on it.
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let portable = cmdline.split_whitespace().any(|w| w == PORTABLE_ARG);
+    let control = if portable {
+        sys::ControlPort::none()
+    } else {
+        sys::ControlPort::open()
+    };
     control.mark(sys::MARK_INIT_RUNNING);
-    let status = match run(&control) {
+    let mut on_exit = OnExit::Poweroff;
+    let status = match run(&control, &cmdline, &mut on_exit) {
         Ok(status) => status,
         Err(f) => {
             say(&f.message);
@@ -66,16 +76,33 @@ fn main() {
         }
     };
     sys::sync_all();
-    control.status(status);
-    sys::power_off();
+    if !portable {
+        control.status(status);
+        sys::power_off();
+    }
+    // An exported disk's machine: the console is all there is to say it on.
+    match on_exit {
+        OnExit::Poweroff => {
+            say(&format!(
+                "the command exited with status {status}; powering off"
+            ));
+            sys::halt();
+        }
+        OnExit::Restart => {
+            say(&format!(
+                "the command exited with status {status}; restarting"
+            ));
+            sys::power_off();
+        }
+    }
 }
 
-/// Runs the appliance's command to its end and returns its exit status.
-fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
-    // Read once: the overrides, the shares and the network are all on it.
-    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (config, hold) = load_config(&cmdline)?;
-    mount_shares(&cmdline)?;
+/// Runs the appliance's command to its end and returns its exit status;
+/// `on_exit` gets the configuration's choice once it is read.
+fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Result<u8, Failure> {
+    let (config, hold) = load_config(cmdline)?;
+    *on_exit = config.on_exit;
+    mount_shares(cmdline)?;
     if config.command.is_empty() && !hold {
         return Err(Failure::setup(
             "the image has no command to run: set run.command, or pass one after --",
@@ -87,7 +114,7 @@ fn run(control: &sys::ControlPort) -> Result<u8, Failure> {
     if let Err(e) = net::loopback_up() {
         say(&format!("cannot bring up lo: {e}"));
     }
-    match NetSetup::from_cmdline(&cmdline) {
+    match NetSetup::from_cmdline(cmdline) {
         Ok(Some(setup)) => net::setup(&setup, config.hostname.as_deref(), say),
         Ok(None) => {}
         Err(e) => say(&chain(&e)),

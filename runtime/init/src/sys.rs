@@ -175,6 +175,12 @@ impl ControlPort {
         ControlPort { usable }
     }
 
+    /// No control port: on a machine husk does not run, the port may be
+    /// another device's.
+    pub fn none() -> Self {
+        ControlPort { usable: false }
+    }
+
     pub fn mark(&self, what: u8) {
         self.write(KIND_MARK << 8 | u32::from(what));
     }
@@ -317,6 +323,17 @@ pub fn power_off() -> ! {
     // SAFETY: reboot(2) with a valid command; it does not return on success.
     unsafe { libc::reboot(libc::RB_AUTOBOOT) };
     crate::say(&format!("reboot failed: {}", io::Error::last_os_error()));
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Powers the machine off through ACPI (an exported disk's machine; husk's
+/// own VMs end by [`power_off`]'s reboot).
+pub fn halt() -> ! {
+    // SAFETY: reboot(2) with a valid command; it does not return on success.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    crate::say(&format!("power off failed: {}", io::Error::last_os_error()));
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }

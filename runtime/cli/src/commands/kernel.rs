@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use builder::kernel::{self, Build, Progress, Source};
+use builder::kernel::{self, Build, Flavor, Progress, Source};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -16,19 +16,58 @@ pub enum Command {
         /// Parallel compile jobs (default: the number of CPUs)
         #[arg(long)]
         jobs: Option<usize>,
+        /// microvm: the kernel husk boots; portable: the one exported disks
+        /// boot under other hypervisors (PCI, ACPI, UEFI, their disks and
+        /// network cards)
+        #[arg(long, value_enum, default_value_t = FlavorArg::Microvm)]
+        flavor: FlavorArg,
     },
-    /// Print the path of the default guest kernel (vmlinux)
-    Path,
+    /// Print the path of a built guest kernel (vmlinux, or the portable
+    /// flavour's bzImage)
+    Path {
+        #[arg(long, value_enum, default_value_t = FlavorArg::Microvm)]
+        flavor: FlavorArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FlavorArg {
+    Microvm,
+    Portable,
+}
+
+impl From<FlavorArg> for Flavor {
+    fn from(f: FlavorArg) -> Flavor {
+        match f {
+            FlavorArg::Microvm => Flavor::MicroVm,
+            FlavorArg::Portable => Flavor::Portable,
+        }
+    }
+}
+
+/// The file that flavour boots from: the ELF for husk's PVH entry, the
+/// bzImage (an EFI program) for a portable machine's firmware.
+fn boot_file(k: &kernel::Kernel, flavor: Flavor) -> PathBuf {
+    match flavor {
+        Flavor::MicroVm => k.vmlinux(),
+        Flavor::Portable => k.bz_image(),
+    }
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let cache = builder::cache::root().context("cannot find husk's cache folder")?;
     match cmd {
-        Command::Build { source, jobs } => {
+        Command::Build {
+            source,
+            jobs,
+            flavor,
+        } => {
+            let flavor = Flavor::from(flavor);
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let build = Build {
                 source: Source::at(&source),
+                flavor,
                 jobs,
                 cache,
             };
@@ -36,11 +75,12 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let mut shown = Shown::new();
             let k = build.run(&mut |p| shown.show(p))?;
             shown.finish(started.elapsed());
-            println!("{}", k.vmlinux().display());
+            println!("{}", boot_file(&k, flavor).display());
         }
-        Command::Path => {
-            let k = kernel::find(&cache)?;
-            println!("{}", k.vmlinux().display());
+        Command::Path { flavor } => {
+            let flavor = Flavor::from(flavor);
+            let k = kernel::find_flavor(&cache, flavor)?;
+            println!("{}", boot_file(&k, flavor).display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod exec;
+pub mod export;
 pub mod inspect;
 pub mod kernel;
 pub mod logs;
