@@ -110,7 +110,8 @@ pub(super) fn assemble(req: &Request, tools: &Tools, work: &Path) -> Result<Raw,
     if root_size > 0 {
         copy_into(&disk, MIB + esp_size, req.image, &path)?;
     }
-    disk.sync_all().map_err(io_at("cannot sync", &path))?;
+    // Not synced here: for most formats it is only the converter's input;
+    // export() syncs whatever becomes the output.
     fs::remove_file(&esp).map_err(io_at("cannot remove", &esp))?;
     Ok(Raw { path, size })
 }

@@ -363,16 +363,10 @@ fn clear_errors_and_nothing_left_behind() {
     // A file system too small: refused with the figures, nothing written.
     let small = f.path("small");
     fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "husk-export-test"])
-        .arg(&small)
-        .status()
-        .expect("mount runs");
-    assert!(mounted.success(), "mounting a small tmpfs needs root");
+    let mount = SmallMount::new(&small);
     let o = f.try_export("raw", &small.join("x.raw"), &[]);
     let listing: Vec<_> = fs::read_dir(&small).unwrap().collect();
-    let unmounted = Command::new("umount").arg(&small).status().unwrap();
-    assert!(unmounted.success());
+    drop(mount);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("not enough free space"), "{err}");
@@ -408,6 +402,35 @@ fn clear_errors_and_nothing_left_behind() {
     child.wait().unwrap();
     f.export("qcow2", "k.qcow2");
     holds_only(f.dir.path(), &["appliance.toml", "small", "k.qcow2"]);
+}
+
+/// An 8 MiB tmpfs on a folder, unmounted when dropped (also when the test
+/// fails).
+struct SmallMount(PathBuf);
+
+impl SmallMount {
+    fn new(dir: &Path) -> SmallMount {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "husk-export-test"])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(mounted.success(), "mounting a small tmpfs needs root");
+        SmallMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallMount {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(&self.0).status();
+        if !std::thread::panicking() {
+            assert!(
+                unmounted.is_ok_and(|s| s.success()),
+                "umount {}",
+                self.0.display()
+            );
+        }
+    }
 }
 
 /// Boots `disk` under QEMU q35 with OVMF, the disk on `controller`;
