@@ -533,11 +533,32 @@ fn exported_disks_boot_under_q35_with_ovmf_from_virtio_ahci_and_nvme() {
         let console = boot_ovmf(&qcow2, "qcow2", controller, dir);
         assert_ran(&console, &format!("qcow2 on {controller}"));
     }
-    for (format, qemu_format) in [("vmdk", "vmdk"), ("vhd", "vpc"), ("vhdx", "vhdx")] {
+    for (format, qemu_format) in [
+        ("vmdk", "vmdk"),
+        ("vhd", "vpc"),
+        ("vhdx", "vhdx"),
+        ("raw", "raw"),
+    ] {
         let disk = f.export(format, &format!("web.{format}"));
         let console = boot_ovmf(&disk, qemu_format, "virtio", dir);
         assert_ran(&console, &format!("{format} on virtio"));
     }
+    // The OVA's own disk (stream-optimized), on the SCSI-less AHCI path
+    // an importer without LSI Logic would pick.
+    let ova = f.export("ova", "web.ova");
+    let mut archive = tar::Archive::new(fs::File::open(&ova).unwrap());
+    let vmdk = dir.join("from-ova.vmdk");
+    let mut found = false;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy().ends_with(".vmdk") {
+            entry.unpack(&vmdk).unwrap();
+            found = true;
+        }
+    }
+    assert!(found, "no VMDK in the OVA");
+    let console = boot_ovmf(&vmdk, "vmdk", "ahci", dir);
+    assert_ran(&console, "the OVA's VMDK on AHCI");
 }
 
 #[test]
