@@ -18,6 +18,7 @@ pub mod net;
 pub mod passt;
 pub mod seccomp;
 pub mod sidecar;
+pub mod snapshot;
 mod vcpu;
 pub mod virtiofsd;
 pub mod vsock;

@@ -106,6 +106,17 @@ fn sealed_memfd(size: u64) -> Result<File, VmmError> {
 /// Maps `len` bytes of `file` from `offset` shared over `at`, the start of
 /// an aligned reservation from [`aligned_anonymous`].
 fn map_shared(at: *mut u8, len: usize, file: &File, offset: u64) -> Result<(), VmmError> {
+    map_file(at, len, file, offset, libc::MAP_SHARED)
+}
+
+/// As [`map_shared`], with `flags` saying shared or private.
+fn map_file(
+    at: *mut u8,
+    len: usize,
+    file: &File,
+    offset: u64,
+    flags: libc::c_int,
+) -> Result<(), VmmError> {
     use std::os::fd::AsRawFd;
     // SAFETY: MAP_FIXED replaces exactly [at, at + len), which is our own
     // reservation made by aligned_anonymous and not yet handed to anyone;
@@ -115,7 +126,7 @@ fn map_shared(at: *mut u8, len: usize, file: &File, offset: u64) -> Result<(), V
             at.cast(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
             file.as_raw_fd(),
             offset as libc::off_t,
         )
@@ -156,6 +167,30 @@ pub fn create(size: u64, backing: Backing) -> Result<GuestMemoryMmap, VmmError> 
             offset += len as u64;
         }
         let mapping = builder
+            .build()
+            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| VmmError::GuestMemory("region wraps the address space".into()))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
+}
+
+/// Guest RAM of `size` bytes restored from a snapshot's memory file (the
+/// ranges back to back, as [`crate::snapshot::save_memory`] writes them):
+/// mapped private, so the guest reads a page from the file when it first
+/// touches it and its writes go to private copies, never to the file.
+pub fn restore(size: u64, file: &File) -> Result<GuestMemoryMmap, VmmError> {
+    let mut regions = Vec::new();
+    let mut offset = 0;
+    for (start, len) in ram_ranges(size) {
+        let len = len as usize;
+        let ptr = aligned_anonymous(len)?;
+        map_file(ptr, len, file, offset, libc::MAP_PRIVATE)?;
+        offset += len as u64;
+        // SAFETY: `ptr` starts `len` bytes of a live mapping made above,
+        // never unmapped while the process runs.
+        let mapping = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) }
             .build()
             .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(start))

@@ -1,0 +1,548 @@
+//! Saving and restoring a VM's KVM state: each vCPU's architectural state,
+//! the in-kernel interrupt controllers, the PIT and kvm-clock, and guest
+//! RAM, in a format of husk's own.
+//!
+//! ```text
+//! SNAPSHOT/state.json   Header, then VmState and one VcpuState per vCPU
+//! SNAPSHOT/memory       guest RAM, its ranges back to back (sparse: pages
+//!                       of zeros are holes)
+//! ```
+//!
+//! A restore maps `memory` private (copy-on-write): the guest reads pages
+//! from the file as it touches them and its writes never reach the file,
+//! so one snapshot serves any number of restores. The header names what
+//! the state is only valid for (husk's version, the kernel, the image, the
+//! VM's shape and devices); [`Snapshot::read`] refuses any difference, and
+//! any file that does not parse, with a message that says which.
+//!
+//! What this module does not hold yet: the virtio devices' own state
+//! (issue #17 goes on from here).
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+/// The format's name in every header.
+const MAGIC: &str = "husk-snapshot";
+/// Bumped whenever the layout of the state changes.
+pub const FORMAT: u32 = 1;
+const STATE_FILE: &str = "state.json";
+const MEMORY_FILE: &str = "memory";
+const PAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a husk snapshot of a format this husk reads: {why}", path.display())]
+    Corrupt { path: PathBuf, why: String },
+    #[error(
+        "the snapshot was taken for another {what} ({snapshot}) than this VM's ({this}); \
+         it cannot be restored here"
+    )]
+    Mismatch {
+        what: &'static str,
+        snapshot: String,
+        this: String,
+    },
+    #[error("KVM set only {set} of the {wanted} MSRs of vCPU {vcpu}")]
+    Msrs {
+        vcpu: usize,
+        set: usize,
+        wanted: usize,
+    },
+}
+
+fn io_at<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a snapshot is valid for: restoring it anywhere else would run the
+/// saved guest against different code, disks or devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub magic: String,
+    pub format: u32,
+    /// The husk version that wrote it (device state is husk's own).
+    pub husk: String,
+    /// `sha256:` of the kernel file the guest booted.
+    pub kernel: String,
+    /// `sha256:` of the root image (empty for none).
+    pub image: String,
+    pub cpus: u8,
+    pub memory_mib: u64,
+    /// The devices, in transport order (`console`, `block`, `rng`, ...).
+    pub devices: Vec<String>,
+}
+
+impl Header {
+    pub fn new(
+        kernel: &str,
+        image: &str,
+        cpus: u8,
+        memory_mib: u64,
+        devices: Vec<String>,
+    ) -> Header {
+        Header {
+            magic: MAGIC.into(),
+            format: FORMAT,
+            husk: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel.into(),
+            image: image.into(),
+            cpus,
+            memory_mib,
+            devices,
+        }
+    }
+
+    /// Refuses a snapshot taken for anything other than `this`, naming the
+    /// first difference.
+    pub fn check(&self, this: &Header) -> Result<(), SnapshotError> {
+        let differ = |what: &'static str, snapshot: String, this: String| {
+            Err(SnapshotError::Mismatch {
+                what,
+                snapshot,
+                this,
+            })
+        };
+        if self.husk != this.husk {
+            return differ("husk version", self.husk.clone(), this.husk.clone());
+        }
+        if self.kernel != this.kernel {
+            return differ("kernel", self.kernel.clone(), this.kernel.clone());
+        }
+        if self.image != this.image {
+            return differ("image", self.image.clone(), this.image.clone());
+        }
+        if self.cpus != this.cpus {
+            return differ("vCPU count", self.cpus.to_string(), this.cpus.to_string());
+        }
+        if self.memory_mib != this.memory_mib {
+            return differ(
+                "memory size",
+                format!("{} MiB", self.memory_mib),
+                format!("{} MiB", this.memory_mib),
+            );
+        }
+        if self.devices != this.devices {
+            return differ(
+                "device list",
+                self.devices.join(","),
+                this.devices.join(","),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One vCPU's architectural state.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub mp_state: kvm_mp_state,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debugregs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    /// (index, value) of every MSR KVM lets userspace read for this vCPU.
+    pub msrs: Vec<(u32, u64)>,
+    pub events: kvm_vcpu_events,
+}
+
+/// The MSRs KVM saves and restores: its own list, each kept only where
+/// this vCPU can read it (some indexes exist only with features the CPUID
+/// leaves off).
+pub fn msr_list(kvm: &Kvm) -> Result<Vec<u32>, SnapshotError> {
+    Ok(kvm
+        .get_msr_index_list()
+        .map_err(|e| SnapshotError::Kvm("KVM_GET_MSR_INDEX_LIST", e))?
+        .as_slice()
+        .to_vec())
+}
+
+impl VcpuState {
+    /// Reads the state of a stopped vCPU (not inside `KVM_RUN`). The
+    /// multiprocessing state first, then the events last, as KVM's own
+    /// documentation orders them for migration.
+    pub fn save(vcpu: &VcpuFd, msr_indexes: &[u32]) -> Result<VcpuState, SnapshotError> {
+        let kvm = |what| move |e| SnapshotError::Kvm(what, e);
+        let mp_state = vcpu.get_mp_state().map_err(kvm("KVM_GET_MP_STATE"))?;
+        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let xsave = vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?;
+        let xcrs = vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?;
+        let debugregs = vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
+        let lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
+        let mut msrs = Vec::new();
+        for &index in msr_indexes {
+            let mut one = Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            }])
+            .expect("one entry fits");
+            // Reads 0 entries for an MSR this vCPU does not have.
+            if vcpu.get_msrs(&mut one).map_err(kvm("KVM_GET_MSRS"))? == 1 {
+                msrs.push((index, one.as_slice()[0].data));
+            }
+        }
+        let events = vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        Ok(VcpuState {
+            mp_state,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debugregs,
+            lapic,
+            msrs,
+            events,
+        })
+    }
+
+    /// Writes the state into a new vCPU whose CPUID is already set.
+    pub fn restore(&self, vcpu: &VcpuFd, id: usize) -> Result<(), SnapshotError> {
+        let kvm = |what| move |e| SnapshotError::Kvm(what, e);
+        vcpu.set_mp_state(self.mp_state)
+            .map_err(kvm("KVM_SET_MP_STATE"))?;
+        vcpu.set_regs(&self.regs).map_err(kvm("KVM_SET_REGS"))?;
+        vcpu.set_sregs(&self.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        // SAFETY: the buffer is a whole kvm_xsave as KVM_GET_XSAVE wrote
+        // it, and KVM reads no more than the structure's size.
+        unsafe { vcpu.set_xsave(&self.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        vcpu.set_xcrs(&self.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+        vcpu.set_debug_regs(&self.debugregs)
+            .map_err(kvm("KVM_SET_DEBUGREGS"))?;
+        vcpu.set_lapic(&self.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+        let entries: Vec<_> = self
+            .msrs
+            .iter()
+            .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        for chunk in entries.chunks(64) {
+            let msrs = Msrs::from_entries(chunk).expect("64 entries fit");
+            let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
+            if set != chunk.len() {
+                return Err(SnapshotError::Msrs {
+                    vcpu: id,
+                    set,
+                    wanted: chunk.len(),
+                });
+            }
+        }
+        vcpu.set_vcpu_events(&self.events)
+            .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
+        Ok(())
+    }
+}
+
+/// The VM-wide state KVM keeps: both PICs, the IOAPIC, the PIT, the clock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
+
+impl VmState {
+    pub fn save(vm: &VmFd) -> Result<VmState, SnapshotError> {
+        let chip = |id| {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut c)
+                .map(|()| c)
+                .map_err(|e| SnapshotError::Kvm("KVM_GET_IRQCHIP", e))
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: vm
+                .get_pit2()
+                .map_err(|e| SnapshotError::Kvm("KVM_GET_PIT2", e))?,
+            clock: vm
+                .get_clock()
+                .map_err(|e| SnapshotError::Kvm("KVM_GET_CLOCK", e))?,
+        })
+    }
+
+    /// Writes the state into a new VM that has its irqchip and PIT.
+    pub fn restore(&self, vm: &VmFd) -> Result<(), SnapshotError> {
+        for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
+            vm.set_irqchip(chip)
+                .map_err(|e| SnapshotError::Kvm("KVM_SET_IRQCHIP", e))?;
+        }
+        vm.set_pit2(&self.pit)
+            .map_err(|e| SnapshotError::Kvm("KVM_SET_PIT2", e))?;
+        // The guest's clock goes on from where it stopped; only the flags
+        // KVM accepts back are kept.
+        let clock = kvm_clock_data {
+            clock: self.clock.clock,
+            ..Default::default()
+        };
+        vm.set_clock(&clock)
+            .map_err(|e| SnapshotError::Kvm("KVM_SET_CLOCK", e))
+    }
+}
+
+/// A whole snapshot's state, as `state.json` holds it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub header: Header,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+}
+
+impl Snapshot {
+    /// Writes `dir/state.json` and `dir/memory`, each under a temporary
+    /// name renamed when complete (the state last: a snapshot without it is
+    /// no snapshot).
+    pub fn write(&self, mem: &GuestMemoryMmap, dir: &Path) -> Result<(), SnapshotError> {
+        fs::create_dir_all(dir).map_err(io_at("cannot create", dir))?;
+        let memory = dir.join(MEMORY_FILE);
+        let tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
+        save_memory(mem, &tmp)?;
+        fs::rename(&tmp, &memory).map_err(io_at("cannot rename into place", &memory))?;
+        let state = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        let text = serde_json::to_vec(self).expect("plain data serializes");
+        let mut f = File::create(&tmp).map_err(io_at("cannot create", &tmp))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_all())
+            .map_err(io_at("cannot write", &tmp))?;
+        fs::rename(&tmp, &state).map_err(io_at("cannot rename into place", &state))
+    }
+
+    /// Reads `dir/state.json`, refusing one that does not parse, was taken
+    /// for anything but `this`, has the wrong number of vCPUs, or whose
+    /// memory file is missing or of the wrong size.
+    pub fn read(dir: &Path, this: &Header) -> Result<Snapshot, SnapshotError> {
+        let state = dir.join(STATE_FILE);
+        let mut text = Vec::new();
+        File::open(&state)
+            .and_then(|mut f| f.read_to_end(&mut text))
+            .map_err(io_at("cannot read", &state))?;
+        let corrupt = |why: String| SnapshotError::Corrupt {
+            path: state.clone(),
+            why,
+        };
+        // The header alone first: a snapshot of another format may not
+        // parse as this one, and the message should say so, not why.
+        #[derive(Deserialize)]
+        struct HeaderOnly {
+            header: serde_json::Value,
+        }
+        let head: HeaderOnly =
+            serde_json::from_slice(&text).map_err(|e| corrupt(format!("{e}")))?;
+        if head.header.get("magic").and_then(|m| m.as_str()) != Some(MAGIC) {
+            return Err(corrupt("no husk snapshot header".into()));
+        }
+        let format = head.header.get("format").and_then(|f| f.as_u64());
+        if format != Some(u64::from(FORMAT)) {
+            return Err(corrupt(format!(
+                "format {}, this husk reads format {FORMAT}",
+                format.map_or("unknown".into(), |f| f.to_string())
+            )));
+        }
+        let snapshot: Snapshot =
+            serde_json::from_slice(&text).map_err(|e| corrupt(format!("{e}")))?;
+        snapshot.header.check(this)?;
+        if snapshot.vcpus.len() != usize::from(snapshot.header.cpus) {
+            return Err(corrupt(format!(
+                "{} vCPU states for {} vCPUs",
+                snapshot.vcpus.len(),
+                snapshot.header.cpus
+            )));
+        }
+        let memory = dir.join(MEMORY_FILE);
+        let len = fs::metadata(&memory)
+            .map_err(io_at("cannot read", &memory))?
+            .len();
+        let want: u64 = crate::layout::ram_ranges(snapshot.header.memory_mib << 20)
+            .iter()
+            .map(|(_, len)| len)
+            .sum();
+        if len != want {
+            return Err(SnapshotError::Corrupt {
+                path: memory,
+                why: format!("{len} bytes of guest memory, the VM has {want}"),
+            });
+        }
+        Ok(snapshot)
+    }
+
+    /// The guest memory file of the snapshot in `dir`.
+    pub fn memory_file(dir: &Path) -> Result<File, SnapshotError> {
+        let path = dir.join(MEMORY_FILE);
+        File::open(&path).map_err(io_at("cannot open", &path))
+    }
+}
+
+/// Guest RAM of `memory_mib` restored from the snapshot in `dir`, mapped
+/// private from its memory file (see [`crate::memory::restore`]).
+pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+    let file = Snapshot::memory_file(dir)?;
+    crate::memory::restore(memory_mib << 20, &file).map_err(|e| SnapshotError::Io {
+        what: "cannot map the guest memory of",
+        path: dir.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+/// Writes guest RAM to `path`, its regions back to back; pages of zeros
+/// are left as holes, so the file takes only what the guest wrote.
+pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotError> {
+    let file = File::create(path).map_err(io_at("cannot create", path))?;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(total).map_err(io_at("cannot size", path))?;
+    let mut offset = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| SnapshotError::Io {
+                what: "cannot address guest memory for",
+                path: path.to_path_buf(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        // SAFETY: `host` starts `len` bytes of the region's live mapping,
+        // which `mem` keeps mapped for this call; the vCPUs are stopped,
+        // so nothing writes to it while the slice exists.
+        let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), len) };
+        for (i, page) in bytes.chunks(PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                file.write_all_at(page, offset + (i * PAGE) as u64)
+                    .map_err(io_at("cannot write", path))?;
+            }
+        }
+        offset += len as u64;
+    }
+    file.sync_all().map_err(io_at("cannot sync", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header::new(
+            "sha256:k",
+            "sha256:i",
+            2,
+            128,
+            vec!["console".into(), "block".into()],
+        )
+    }
+
+    #[test]
+    fn header_check_names_the_first_difference() {
+        let h = header();
+        h.check(&header()).unwrap();
+        type Change = fn(&mut Header);
+        let cases: [(&str, Change); 6] = [
+            ("husk version", |h| h.husk = "0.0.1".into()),
+            ("kernel", |h| h.kernel = "sha256:other".into()),
+            ("image", |h| h.image = "sha256:other".into()),
+            ("vCPU count", |h| h.cpus = 1),
+            ("memory size", |h| h.memory_mib = 256),
+            ("device list", |h| h.devices.push("rng".into())),
+        ];
+        for (what, change) in cases {
+            let mut other = header();
+            change(&mut other);
+            let err = h.check(&other).unwrap_err();
+            assert!(
+                matches!(&err, SnapshotError::Mismatch { what: w, .. } if *w == what),
+                "{what}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_state_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(STATE_FILE);
+        for (text, why) in [
+            (&b"{\"header\": {\"magic\": \"husk-snap"[..], "EOF"),
+            (
+                b"{\"header\": {\"magic\": \"other\"}}",
+                "no husk snapshot header",
+            ),
+            (
+                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 99}}",
+                "format 99, this husk reads format 1",
+            ),
+            (
+                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 1}}",
+                "missing field",
+            ),
+        ] {
+            fs::write(&state, text).unwrap();
+            let err = Snapshot::read(dir.path(), &header()).unwrap_err();
+            assert!(
+                matches!(err, SnapshotError::Corrupt { .. }) && err.to_string().contains(why),
+                "{why}: {err}"
+            );
+        }
+        fs::remove_file(&state).unwrap();
+        assert!(matches!(
+            Snapshot::read(dir.path(), &header()).unwrap_err(),
+            SnapshotError::Io { .. }
+        ));
+    }
+
+    #[test]
+    fn memory_is_saved_sparse_and_whole() {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(4 << 20), 1 << 20),
+        ])
+        .unwrap();
+        mem.write_slice(b"first", GuestAddress(0x1000)).unwrap();
+        mem.write_slice(b"second", GuestAddress((4 << 20) + 0x3000))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        save_memory(&mem, &path).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 2 << 20);
+        assert_eq!(&bytes[0x1000..0x1005], b"first");
+        assert_eq!(&bytes[(1 << 20) + 0x3000..(1 << 20) + 0x3006], b"second");
+        use std::os::unix::fs::MetadataExt;
+        let allocated = fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(
+            allocated <= 64 << 10,
+            "{allocated} bytes allocated for 2 pages"
+        );
+    }
+}
