@@ -2,8 +2,10 @@
 //! guest memory contents (descriptors, rings, requests) and queue
 //! notifications in any order, for the network device a host peer sending
 //! any bytes, and for vsock host programs connecting and sending any bytes
-//! and a connection broker answering anything: each device answers, fails
-//! the request or marks itself broken, and never panics the VMM.
+//! and a connection broker answering anything, and snapshots of it saved,
+//! damaged and restored: each device answers, fails the request or marks
+//! itself broken, a damaged snapshot is refused or restores a device that
+//! does the same, and nothing panics the VMM.
 #![no_main]
 
 use std::fs::{File, OpenOptions};
@@ -16,7 +18,7 @@ use arbitrary::Arbitrary;
 use devices::storage::{Overlay, Storage};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
-use devices::virtio::mmio::MmioTransport;
+use devices::virtio::mmio::{MmioTransport, TransportState};
 use devices::virtio::net::{Net, StreamBackend};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{host, HostSide, Vsock};
@@ -94,6 +96,70 @@ enum Op {
         tag: u8,
         connected: bool,
     },
+    /// A snapshot: the transport saved, the state (as an untrusted file
+    /// would carry it) changed by the fuzzer, and restored into a new
+    /// transport with a new device of the same kind, which goes on.
+    SaveRestore {
+        tamper: Option<Tamper>,
+    },
+}
+
+/// What a damaged or hostile snapshot file could change.
+#[derive(Arbitrary, Debug)]
+enum Tamper {
+    Status(u32),
+    Features(u64),
+    Active(bool),
+    DropDeviceQueues,
+    Queue {
+        which: u8,
+        device: bool,
+        size: u16,
+        next_avail: u16,
+        next_used: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        ready: bool,
+    },
+}
+
+fn tamper(s: &mut TransportState, t: Tamper) {
+    match t {
+        Tamper::Status(v) => s.status = v,
+        Tamper::Features(v) => s.driver_features = v,
+        Tamper::Active(v) => s.active = v,
+        Tamper::DropDeviceQueues => s.device_queues = None,
+        Tamper::Queue {
+            which,
+            device,
+            size,
+            next_avail,
+            next_used,
+            desc,
+            avail,
+            used,
+            ready,
+        } => {
+            let queues = if device {
+                match &mut s.device_queues {
+                    Some(q) => q,
+                    None => return,
+                }
+            } else {
+                &mut s.queues
+            };
+            if let Some(q) = queues.get_mut(usize::from(which)) {
+                q.size = size;
+                q.next_avail = next_avail;
+                q.next_used = next_used;
+                q.desc_table = desc;
+                q.avail_ring = avail;
+                q.used_ring = used;
+                q.ready = ready;
+            }
+        }
+    }
 }
 
 /// The host side of a vsock device under test.
@@ -276,6 +342,21 @@ fuzz_target!(|input: (Device, Vec<Op>)| {
                     } else {
                         let _ = b.send(&host::encode_reply(tag, 111));
                     }
+                }
+            }
+            Op::SaveRestore { tamper: change } => {
+                // A device that cannot be saved says so; nothing else.
+                let Ok(mut state) = t.save() else { continue };
+                if let Some(change) = change {
+                    tamper(&mut state, change);
+                }
+                let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+                let mut fresh =
+                    MmioTransport::new(mem.clone(), device(&kind, &mut peer, &mut peers), irq)
+                        .unwrap();
+                // A refused state leaves the old transport in use.
+                if fresh.restore(&state).is_ok() {
+                    t = fresh;
                 }
             }
             Op::PeerDrain { hang_up } => {

@@ -6,6 +6,8 @@
 //! counting from six with the registers the first one had, while the
 //! snapshot's memory file stays as it was saved.
 
+use devices::virtio::mmio::{MmioTransport, TransportState};
+use devices::virtio::rng::Rng;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{
@@ -13,6 +15,7 @@ use vm_memory::{
     MemoryRegionAddress,
 };
 use vmm::snapshot::{self, Header, Snapshot, SnapshotError, VcpuState, VmState};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const CODE: u64 = 0x1000;
 const COUNTER: u64 = 0x8000;
@@ -75,7 +78,19 @@ fn next_count(vcpu: &mut VcpuFd) -> u16 {
 }
 
 fn header() -> Header {
-    Header::new("sha256:none", "", 1, MEMORY_MIB, Vec::new())
+    Header::new("sha256:none", "", 1, MEMORY_MIB, vec!["rng".into()])
+}
+
+/// An entropy device no driver has set up, as a VM has before its guest's
+/// drivers run: its state goes through the file with the rest.
+fn rng_state(mem: &GuestMemoryMmap) -> TransportState {
+    let t = MmioTransport::new(
+        mem.clone(),
+        Box::new(Rng::new().unwrap()),
+        EventFd::new(EFD_NONBLOCK).unwrap(),
+    )
+    .unwrap();
+    t.save().unwrap()
 }
 
 #[test]
@@ -110,6 +125,7 @@ fn a_restored_guest_goes_on_where_it_was_saved() {
         header: header(),
         vm: VmState::save(&vm).unwrap(),
         vcpus: vec![VcpuState::save(&vcpu, &msrs).unwrap()],
+        devices: vec![rng_state(&mem)],
     };
     snap.write(&mem, dir.path()).unwrap();
     // Saving does not disturb the running guest.
@@ -120,6 +136,13 @@ fn a_restored_guest_goes_on_where_it_was_saved() {
         let mem2 = snapshot::restore_memory(dir.path(), MEMORY_MIB).unwrap();
         let (vm2, mut vcpu2) = vm_with(&kvm, &mem2);
         snap.vm.restore(&vm2).unwrap();
+        let mut rng = MmioTransport::new(
+            mem2.clone(),
+            Box::new(Rng::new().unwrap()),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        )
+        .unwrap();
+        rng.restore(&snap.devices[0]).unwrap();
         snap.vcpus[0].restore(&vcpu2, 0).unwrap();
         for want in 6..=8 {
             assert_eq!(next_count(&mut vcpu2), want, "restore {restore}");
@@ -147,6 +170,7 @@ fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() {
         header: header(),
         vm: VmState::save(&vm).unwrap(),
         vcpus: vec![VcpuState::save(&vcpu, &snapshot::msr_list(&kvm).unwrap()).unwrap()],
+        devices: vec![rng_state(&mem)],
     };
     snap.write(&mem, dir.path()).unwrap();
     Snapshot::read(dir.path(), &header()).unwrap();

@@ -143,6 +143,10 @@ impl VirtioDevice for Console {
         self.state = DeviceState::Inactive;
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.state.queue_states()
+    }
+
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
         let output = &mut self.output;
         let input = &self.input;

@@ -4,16 +4,20 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Activation, DeviceError, HostEvent, IrqLine, Mem, Ready, VirtioDevice, INT_CONFIG};
+use super::{
+    ActivateError, Activation, DeviceError, HostEvent, IrqLine, Mem, Ready, VirtioDevice,
+    INT_CONFIG,
+};
 
 /// Size of one transport's MMIO window.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -50,6 +54,107 @@ const R_CONFIG: u64 = 0x100;
 
 /// Offset of the notify register, which the VMM backs with ioeventfds.
 pub const NOTIFY_OFFSET: u64 = R_QUEUE_NOTIFY;
+
+/// A queue's state as a snapshot holds it (virtio-queue's `QueueState`,
+/// which has no serde of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQueue {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for SavedQueue {
+    fn from(q: QueueState) -> Self {
+        SavedQueue {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<SavedQueue> for QueueState {
+    fn from(q: SavedQueue) -> Self {
+        QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// A transport's registers and its device's queues, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub driver_features: u64,
+    pub queue_select: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub interrupt_status: u32,
+    pub active: bool,
+    pub bad_queue_size: bool,
+    /// The queues as the driver set them up (what the registers read).
+    pub queues: Vec<SavedQueue>,
+    /// Where the active device is in each ring.
+    pub device_queues: Option<Vec<SavedQueue>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the VM cannot be snapshotted: {0}")]
+pub struct SaveError(pub &'static str);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the snapshot holds device type {saved} where this VM has {here}")]
+    DeviceType { saved: u32, here: u32 },
+    #[error("the snapshot holds {saved} queues for a device with {here}")]
+    QueueCount { saved: usize, here: usize },
+    #[error("saved queue {0} is not valid: {1}")]
+    Queue(usize, String),
+    #[error("the snapshot's device is active without queue state, or the reverse")]
+    Inconsistent,
+    #[error("cannot activate the restored device")]
+    Activate(#[source] ActivateError),
+}
+
+/// Queues from saved states, each checked by virtio-queue as the driver's
+/// writes would be.
+fn rebuild(saved: &[SavedQueue], count: usize) -> Result<Vec<Queue>, RestoreError> {
+    if saved.len() != count {
+        return Err(RestoreError::QueueCount {
+            saved: saved.len(),
+            here: count,
+        });
+    }
+    saved
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            Queue::try_from(QueueState::from(*q)).map_err(|e| RestoreError::Queue(i, e.to_string()))
+        })
+        .collect()
+}
 
 /// One virtio device behind its MMIO register window.
 pub struct MmioTransport {
@@ -378,6 +483,96 @@ impl MmioTransport {
         }
     }
 
+    /// The transport's state and where its device is in each ring, for a
+    /// snapshot (the vCPUs and the event loop stopped).
+    pub fn save(&self) -> Result<TransportState, SaveError> {
+        if let Some(why) = self.device.snapshot_refusal() {
+            return Err(SaveError(why));
+        }
+        let device_queues = if self.active {
+            let states = self
+                .device
+                .queue_states()
+                .ok_or(SaveError("an active device that reports no queue state"))?;
+            Some(states.into_iter().map(SavedQueue::from).collect())
+        } else {
+            None
+        };
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            interrupt_status: self.irq.status(),
+            active: self.active,
+            bad_queue_size: self.bad_queue_size,
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+            device_queues,
+        })
+    }
+
+    /// Puts a saved state into this transport, whose device is new (as
+    /// built at boot): the registers, the queues as the driver set them,
+    /// and an active device activated with its rings where they were. The
+    /// saved state is untrusted: a queue it describes must be valid in
+    /// this VM's memory, as at `DRIVER_OK`.
+    pub fn restore(&mut self, s: &TransportState) -> Result<(), RestoreError> {
+        let device_type = self.device.device_type();
+        if s.device_type != device_type {
+            return Err(RestoreError::DeviceType {
+                saved: s.device_type,
+                here: device_type,
+            });
+        }
+        let count = self.device.queue_max_sizes().len();
+        let queues = rebuild(&s.queues, count)?;
+        let device_queues = match (&s.device_queues, s.active) {
+            (Some(q), true) => Some(rebuild(q, count)?),
+            (None, false) => None,
+            _ => return Err(RestoreError::Inconsistent),
+        };
+        if let Some(i) = device_queues
+            .iter()
+            .flatten()
+            .position(|q| !q.is_valid(&self.mem))
+        {
+            return Err(RestoreError::Queue(i, "outside this VM's memory".into()));
+        }
+        self.queues = queues;
+        self.status = s.status;
+        self.driver_features = s.driver_features;
+        self.queue_select = s.queue_select;
+        self.device_features_select = s.device_features_select;
+        self.driver_features_select = s.driver_features_select;
+        self.bad_queue_size = s.bad_queue_size;
+        self.active = false;
+        if let Some(queues) = device_queues {
+            let activation = Activation {
+                mem: self.mem.clone(),
+                irq: self.irq.clone(),
+                queues,
+                features: self.driver_features,
+            };
+            self.device
+                .activate(activation)
+                .map_err(RestoreError::Activate)?;
+            self.active = true;
+            // Whatever the driver queued while the VM was saved gets looked
+            // at, as after DRIVER_OK.
+            for evt in &self.queue_evts {
+                let _ = evt.write(1);
+            }
+        }
+        if s.interrupt_status != 0 {
+            // Pending at the save: raised again (a spurious interrupt is
+            // harmless, a lost one stalls the driver).
+            let _ = self.irq.trigger(s.interrupt_status);
+        }
+        Ok(())
+    }
+
     fn reset(&mut self) {
         self.device.reset();
         self.queues = self.fresh_queues();
@@ -560,6 +755,93 @@ pub(crate) mod tests {
         let _ = t.queue_evts()[0].read(); // the kick made at activation
         write32(&mut t, R_QUEUE_NOTIFY, 0);
         assert_eq!(t.queue_evts()[0].read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_restored_transport_goes_on_where_the_saved_one_was() {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+        use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let chain = |i: u16| {
+            [RawDescriptor::from(SplitDescriptor::new(
+                0x8000 + u64::from(i) * 0x100,
+                64,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ))]
+        };
+        let new_rng = || {
+            MmioTransport::new(
+                m.clone(),
+                Box::new(Rng::new().unwrap()),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+            )
+            .unwrap()
+        };
+        let mut t = new_rng();
+        let (desc, avail, used) = (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+        bring_up(&mut t, 16, desc, avail, used);
+        vq.add_desc_chains(&chain(0), 0).unwrap();
+        t.process_queue(0);
+        assert_eq!(vq.used().idx().load(), 1);
+
+        // Through serde, as a snapshot file carries it.
+        let saved = t.save().unwrap();
+        let text = serde_json::to_string(&saved).unwrap();
+        let saved: TransportState = serde_json::from_str(&text).unwrap();
+        assert!(saved.active);
+        assert_eq!(saved.device_queues.as_ref().unwrap()[0].next_avail, 1);
+
+        // The driver queues another buffer; a new transport with a new
+        // device takes it, not the first one again.
+        vq.add_desc_chains(&chain(1), 1).unwrap();
+        let mut r = new_rng();
+        r.restore(&saved).unwrap();
+        assert_eq!(r.status(), t.status());
+        write32(&mut r, R_QUEUE_SEL, 0);
+        assert_eq!(read32(&mut r, R_QUEUE_READY), 1);
+        assert_eq!(read32(&mut r, R_QUEUE_NUM_MAX), 256);
+        r.process_queue(0);
+        assert_eq!(vq.used().idx().load(), 2);
+        assert_eq!(vq.used().ring().ref_at(1).unwrap().load().id(), 1);
+
+        // Untrusted states are refused, never half applied.
+        let mut bad = saved.clone();
+        bad.device_type = 1;
+        assert!(matches!(
+            new_rng().restore(&bad),
+            Err(RestoreError::DeviceType { .. })
+        ));
+        let mut bad = saved.clone();
+        bad.device_queues.as_mut().unwrap()[0].size = 12;
+        assert!(matches!(
+            new_rng().restore(&bad),
+            Err(RestoreError::Queue(0, _))
+        ));
+        let mut bad = saved.clone();
+        bad.device_queues = None;
+        assert!(matches!(
+            new_rng().restore(&bad),
+            Err(RestoreError::Inconsistent)
+        ));
+        let mut bad = saved.clone();
+        bad.device_queues.as_mut().unwrap()[0].desc_table = 0xfff_f000_0000;
+        let mut fresh = new_rng();
+        assert!(matches!(
+            fresh.restore(&bad),
+            Err(RestoreError::Queue(0, _))
+        ));
+        assert_eq!(fresh.status(), 0, "a refused state changes nothing");
+
+        // A transport the driver never set up saves and restores as such.
+        let idle = new_rng().save().unwrap();
+        assert!(!idle.active && idle.device_queues.is_none());
+        let mut r = new_rng();
+        r.restore(&idle).unwrap();
+        assert_eq!(r.status(), 0);
     }
 
     #[test]

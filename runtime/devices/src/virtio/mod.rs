@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -101,6 +101,15 @@ impl DeviceState {
 
     /// Runs `f` with the active state; does nothing while inactive (a kick
     /// before `DRIVER_OK` is the driver's mistake and is ignored).
+    /// Where an active device is in each of its rings (for a snapshot);
+    /// None while inactive.
+    pub fn queue_states(&self) -> Option<Vec<QueueState>> {
+        match self {
+            DeviceState::Inactive => None,
+            DeviceState::Active(a) => Some(a.queues.iter().map(|q| q.state()).collect()),
+        }
+    }
+
     pub fn with_active<T>(
         &mut self,
         f: impl FnOnce(&mut Activation) -> Result<T, DeviceError>,
@@ -237,6 +246,16 @@ pub trait VirtioDevice: Send {
     /// Handles readiness of the host descriptor registered as `token`.
     fn process_host_event(&mut self, _token: u32, _ready: Ready) -> Result<(), DeviceError> {
         Ok(())
+    }
+
+    /// Where the active device is in each of its rings, for a snapshot
+    /// (None while inactive). Every device says: a snapshot of an active
+    /// device without its queues could not be restored.
+    fn queue_states(&self) -> Option<Vec<QueueState>>;
+
+    /// Why the device cannot be part of a snapshot, where it cannot.
+    fn snapshot_refusal(&self) -> Option<&'static str> {
+        None
     }
 }
 

@@ -57,6 +57,10 @@ impl VirtioDevice for Rng {
         self.state = DeviceState::Inactive;
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.state.queue_states()
+    }
+
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
         if queue != 0 {
             return Ok(());

@@ -285,6 +285,14 @@ impl VirtioDevice for Fs {
         let _ = self.request_evt.write(1);
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        None
+    }
+
+    fn snapshot_refusal(&self) -> Option<&'static str> {
+        Some("virtio-fs: its queues live in virtiofsd, which cannot hand them over")
+    }
+
     fn process_queue(&mut self, _queue: usize) -> Result<(), DeviceError> {
         // The backend serves the queues; a notification that reached the
         // VMM went around the ioeventfd and is already in the eventfd the

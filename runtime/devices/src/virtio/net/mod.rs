@@ -383,6 +383,10 @@ impl VirtioDevice for Net {
         self.tx_len = 0;
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.state.queue_states()
+    }
+
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
         match queue {
             // New buffers: deliver what is held, then read on.

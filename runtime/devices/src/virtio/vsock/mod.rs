@@ -793,6 +793,10 @@ impl VirtioDevice for Vsock {
         self.clear();
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.state.queue_states()
+    }
+
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
         // Otherwise new receive buffers (the event queue is only used for
         // migration, which husk does not do).
