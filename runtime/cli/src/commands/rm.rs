@@ -2,10 +2,11 @@
 //! it first).
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::vms::{Status, VmDir};
+use crate::vms::{process_alive, Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,6 +33,20 @@ fn remove(name: &str, force: bool) -> anyhow::Result<()> {
             anyhow::bail!("{name} is running: husk stop {name} first, or husk rm -f {name}");
         }
         super::stop::stop_one(name, 0)?;
+    }
+    // The keeper answers a stop before it is done: it still records the
+    // end in its folder. Removing the folder under it races with that (a
+    // file written mid-removal fails it with "Directory not empty"): wait
+    // until it has gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(state.keeper_pid, state.keeper_start) {
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "{name}'s keeper (pid {}) did not end within 10 s",
+                state.keeper_pid
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     // A keeper that was killed took its VM with it (parent-death
     // signals) but left the jail's folder and cgroup: swept.
