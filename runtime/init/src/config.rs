@@ -24,6 +24,12 @@ pub const CMDLINE_KEY: &str = "husk.run";
 /// exit status on the console, and ends as `on_exit` says.
 pub const PORTABLE_ARG: &str = "husk.portable";
 
+/// On the kernel command line of a VM that takes a snapshot: init stops at
+/// its snapshot point (everything mounted, the console open, nothing of the
+/// run configuration read yet) and tells the VMM on the control port, which
+/// saves the VM there; a VM restored from it goes on from that point.
+pub const SNAPSHOT_ARG: &str = "husk.snapshot";
+
 /// Search path when the configuration sets none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

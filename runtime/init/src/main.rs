@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use husk_init::config::{
     FsSetup, NetSetup, OnExit, Overrides, RunConfig, CONFIG_PATH, DEFAULT_PATH, PORTABLE_ARG,
+    SNAPSHOT_ARG,
 };
 use husk_init::user::{self, Identity};
 
@@ -67,6 +68,11 @@ fn main() {
         sys::ControlPort::open()
     };
     control.mark(sys::MARK_INIT_RUNNING);
+    if cmdline.split_whitespace().any(|w| w == SNAPSHOT_ARG) {
+        // The VMM saves the VM during this port write; a restored VM goes
+        // on from here.
+        control.mark(sys::MARK_SNAPSHOT_POINT);
+    }
     let mut on_exit = OnExit::Poweroff;
     let status = match run(&control, &cmdline, &mut on_exit) {
         Ok(status) => status,

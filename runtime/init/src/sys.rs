@@ -15,6 +15,7 @@ const KIND_MARK: u32 = 1;
 const KIND_STATUS: u32 = 2;
 pub const MARK_INIT_RUNNING: u8 = 1;
 pub const MARK_COMMAND_STARTED: u8 = 2;
+pub const MARK_SNAPSHOT_POINT: u8 = 3;
 
 fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in fixed strings")

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | 1 | 1 | the guest's init is running |
 //! | 1 | 2 | the appliance's command was started |
+//! | 1 | 3 | init is at its snapshot point (with `husk.snapshot` on the command line) |
 //! | 2 | status | the command exited with `status` (0-255) |
 //!
 //! A port write is one VM exit, taken before the guest moves on, so the
@@ -75,21 +76,24 @@ impl GuestReport {
             .push((phase, at));
     }
 
-    /// Handles a guest write to the control port.
-    pub fn guest_write(&self, data: &[u8]) {
+    /// Handles a guest write to the control port; true when the guest
+    /// asks for its snapshot to be taken now.
+    pub fn guest_write(&self, data: &[u8]) -> bool {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            return;
+            return false;
         };
         let v = u32::from_le_bytes(bytes);
         match (v >> 8, v & 0xff) {
             (KIND_MARK, 1) => self.mark(Phase::GuestInit),
             (KIND_MARK, 2) => self.mark(Phase::CommandStarted),
+            (KIND_MARK, 3) => return true,
             (KIND_STATUS, status) => {
                 self.mark(Phase::CommandExited);
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status as u8);
             }
             _ => {}
         }
+        false
     }
 
     /// Whether the guest's init said it is running (its console is open).
@@ -123,7 +127,11 @@ mod tests {
         let r = GuestReport::new(Instant::now());
         r.guest_write(&0x0101u32.to_le_bytes());
         r.guest_write(&0x0102u32.to_le_bytes());
-        r.guest_write(&0x0203u32.to_le_bytes());
+        assert!(!r.guest_write(&0x0203u32.to_le_bytes()));
+        assert!(
+            r.guest_write(&0x0103u32.to_le_bytes()),
+            "the snapshot point"
+        );
         assert_eq!(r.status(), Some(3));
         let phases: Vec<Phase> = r.marks().into_iter().map(|m| m.0).collect();
         assert_eq!(

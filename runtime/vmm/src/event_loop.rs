@@ -15,7 +15,7 @@ use tracing::warn;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+pub(crate) fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -134,5 +134,89 @@ impl MutEventSubscriber for StopWatch {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.evt.read();
         self.stopped.store(true, Ordering::Release);
+    }
+}
+
+/// Takes the VM's snapshot when the guest asks (a vCPU raised `evt`): every
+/// vCPU parked with its state saved, then, on this thread (so no device
+/// event is served meanwhile), the interrupt controllers, PIT and clock,
+/// every transport, and guest RAM, written through the target's open files;
+/// then the vCPUs run on. Once: a second request is ignored.
+pub struct SnapshotTaker {
+    pub evt: EventFd,
+    pub shared: Arc<crate::vcpu::Shared>,
+    pub vm: Arc<kvm_ioctls::VmFd>,
+    pub mem: vm_memory::GuestMemoryMmap,
+    pub target: Option<crate::snapshot::Target>,
+    pub cpus: usize,
+    pub pit: bool,
+    /// What came of it, for the VM's outcome.
+    pub result: Arc<Mutex<Option<Result<(), String>>>>,
+}
+
+impl SnapshotTaker {
+    fn take(&mut self, target: &crate::snapshot::Target) -> Result<(), String> {
+        use crate::snapshot::{device_name, Snapshot, VmState};
+        let shared = &self.shared;
+        shared.pause.request(self.cpus);
+        let kick = || {
+            let threads = shared
+                .vcpu_threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for &t in threads.iter() {
+                // SAFETY: `t` is a vCPU thread of this process, joined only
+                // after the event loop ends; the signal's handler is a no-op
+                // that only interrupts KVM_RUN.
+                unsafe { libc::pthread_kill(t, vmm_sys_util::signal::SIGRTMIN()) };
+            }
+        };
+        let Some(vcpus) = shared.pause.wait_parked(Duration::from_secs(5), kick) else {
+            return Err("the vCPUs did not stop within 5 s".into());
+        };
+        let vcpus = vcpus.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let vm = VmState::save(&self.vm, self.pit).map_err(|e| e.to_string())?;
+        let mut devices = Vec::new();
+        let mut names = Vec::new();
+        for t in shared.bus.transports() {
+            let t = lock(t);
+            names.push(device_name(t.device_type()));
+            devices.push(t.save().map_err(|e| e.to_string())?);
+        }
+        let mut header = target.header.clone();
+        header.devices = names;
+        let snapshot = Snapshot {
+            header,
+            vm,
+            vcpus,
+            devices,
+        };
+        target
+            .write(&snapshot, &self.mem)
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl MutEventSubscriber for SnapshotTaker {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            warn!("cannot watch the snapshot request: {e}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        let Some(target) = self.target.take() else {
+            self.shared.pause.resume();
+            return;
+        };
+        let started = std::time::Instant::now();
+        let result = self.take(&target);
+        self.shared.pause.resume();
+        match &result {
+            Ok(()) => tracing::info!(took = ?started.elapsed(), "snapshot taken"),
+            Err(e) => warn!("the snapshot failed: {e}"),
+        }
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
     }
 }

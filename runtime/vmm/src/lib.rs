@@ -87,6 +87,11 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// When the process started, for the timings.
     pub started: Instant,
+    /// Take a snapshot into these files when the guest's init reaches its
+    /// snapshot point (it asks on the control port).
+    pub snapshot: Option<snapshot::Target>,
+    /// Start from this snapshot instead of booting the kernel.
+    pub restore: Option<snapshot::Restore>,
 }
 
 /// One virtio-fs device: the tag the guest mounts it by, and the
@@ -133,6 +138,9 @@ pub struct Outcome {
     /// Peak resident memory of the process, and the guest RAM the guest
     /// touched, in bytes; their difference is the VMM's own overhead.
     pub memory: Option<(u64, u64)>,
+    /// With [`VmConfig::snapshot`]: whether it was taken (or why not);
+    /// None when the guest never asked.
+    pub snapshot: Option<Result<(), String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +236,18 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot restore the snapshot")]
+    Restore(#[source] snapshot::SnapshotError),
+    #[error("cannot restore the snapshot's device {index}")]
+    RestoreDevice {
+        index: usize,
+        #[source]
+        source: devices::virtio::mmio::RestoreError,
+    },
+    #[error(
+        "a VM with shared folders cannot be snapshotted or restored (virtiofsd holds their rings)"
+    )]
+    SnapshotShares,
 }
 
 /// The most vCPUs a VM can have (the MP table's and CPUID's topology).
@@ -331,7 +351,11 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
 pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError> {
     let started = cfg.started;
     // Every filter exists before any thread starts.
-    let filters = seccomp::Filters::build(cfg.seccomp)?.map(Arc::new);
+    let filters = seccomp::Filters::build_for(cfg.seccomp, cfg.snapshot.is_some())?.map(Arc::new);
+    if (cfg.snapshot.is_some() || cfg.restore.is_some()) && !cfg.shares.is_empty() {
+        return Err(VmmError::SnapshotShares);
+    }
+    let restore = cfg.restore.take();
     let HostFiles {
         kvm,
         kernel,
@@ -342,9 +366,10 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         usage: usage_files,
         pvm,
     } = files;
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+    let vm = Arc::new(
+        kvm.create_vm()
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?,
+    );
     vm.set_tss_address(0xfffb_d000)
         .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
     // In-kernel LAPICs and IOAPIC, and the PIT if asked for; with one,
@@ -370,7 +395,13 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     } else {
         memory::Backing::Shared
     };
-    let mem = guest_memory(&vm, ram, backing)?;
+    let mem = match &restore {
+        // Mapped private from the snapshot: pages come in as the guest
+        // touches them.
+        Some(r) => memory::restore(ram, &r.memory)?,
+        None => memory::create(ram, backing)?,
+    };
+    register_memory(&vm, &mem)?;
     report.mark(Phase::MemoryReady);
 
     // Devices: the console first (hvc0), then the disks (vda, ...), the
@@ -422,17 +453,53 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     }
     let (device_events, bus) = dm.finish();
 
-    let (entry, zero_page) = boot::load_kernel(&mem, kernel, &cfg.kernel, ram)?;
-    let initrd = match (initrd, &cfg.initrd) {
-        (Some(file), Some(path)) => Some(boot::load_initrd(&mem, file, path, ram)?),
-        _ => None,
+    // A restored VM's memory already holds the kernel, and its devices and
+    // interrupt controllers are put back as they were; a booted one loads
+    // the kernel.
+    let entry = match &restore {
+        Some(r) => {
+            let names: Vec<String> = bus
+                .transports()
+                .map(|t| snapshot::device_name(event_loop::lock(t).device_type()))
+                .collect();
+            r.snapshot
+                .header
+                .check_devices(&names)
+                .map_err(VmmError::Restore)?;
+            for (index, (t, state)) in bus.transports().zip(&r.snapshot.devices).enumerate() {
+                event_loop::lock(t)
+                    .restore(state)
+                    .map_err(|source| VmmError::RestoreDevice { index, source })?;
+            }
+            if r.snapshot.vm.pit.is_some() != cfg.legacy_pit {
+                return Err(VmmError::Restore(snapshot::SnapshotError::Mismatch {
+                    what: "PIT",
+                    snapshot: r.snapshot.vm.pit.is_some().to_string(),
+                    this: cfg.legacy_pit.to_string(),
+                }));
+            }
+            r.snapshot.vm.restore(&vm).map_err(VmmError::Restore)?;
+            None
+        }
+        None => {
+            let (entry, zero_page) = boot::load_kernel(&mem, kernel, &cfg.kernel, ram)?;
+            let initrd = match (initrd, &cfg.initrd) {
+                (Some(file), Some(path)) => Some(boot::load_initrd(&mem, file, path, ram)?),
+                _ => None,
+            };
+            boot::write_boot_info(&mem, entry, zero_page, &cmdline, initrd, ram)?;
+            mptable::write(&mem, cfg.cpus)
+                .map_err(|e| VmmError::GuestMemory(format!("writing the MP table: {e}")))?;
+            Some(entry)
+        }
     };
-    boot::write_boot_info(&mem, entry, zero_page, &cmdline, initrd, ram)?;
-    mptable::write(&mem, cfg.cpus)
-        .map_err(|e| VmmError::GuestMemory(format!("writing the MP table: {e}")))?;
     report.mark(Phase::KernelLoaded);
 
     let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
+    let snapshot_evt = match &cfg.snapshot {
+        Some(_) => Some(EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         bus,
         report,
@@ -440,7 +507,19 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         stop_evt: stop_evt.try_clone().map_err(io("cloning an eventfd"))?,
         exiting: AtomicBool::new(false),
         pvm,
+        pause: vcpu::Pause::default(),
+        msrs: match &cfg.snapshot {
+            Some(_) => snapshot::msr_list(&kvm).map_err(VmmError::Restore)?,
+            None => Vec::new(),
+        },
+        snapshot_evt: snapshot_evt
+            .as_ref()
+            .map(EventFd::try_clone)
+            .transpose()
+            .map_err(io("cloning an eventfd"))?,
+        vcpu_threads: Mutex::new(Vec::new()),
     });
+    let snapshot_result = Arc::new(Mutex::new(None));
 
     // The event loop, before any vCPU runs.
     let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
@@ -452,6 +531,18 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     })));
     for d in device_events {
         events.add_subscriber(Arc::new(Mutex::new(d)));
+    }
+    if let Some(evt) = snapshot_evt {
+        events.add_subscriber(Arc::new(Mutex::new(event_loop::SnapshotTaker {
+            evt,
+            shared: shared.clone(),
+            vm: vm.clone(),
+            mem: mem.clone(),
+            target: cfg.snapshot.take(),
+            cpus: usize::from(cfg.cpus),
+            pit: cfg.legacy_pit,
+            result: snapshot_result.clone(),
+        })));
     }
     if let Some(input) = cfg.console_input.take() {
         // Host input flows once the guest has its console open: husk's init
@@ -473,13 +564,38 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
-        cpu::setup_vcpu(&fd, &mem, &cpu::cpuid_for(&cpuid, id, cfg.cpus), id, entry)?;
+        let vcpu_cpuid = cpu::cpuid_for(&cpuid, id, cfg.cpus);
+        match (entry, &restore) {
+            (Some(entry), _) => cpu::setup_vcpu(&fd, &mem, &vcpu_cpuid, id, entry)?,
+            (None, Some(r)) => {
+                fd.set_cpuid2(&vcpu_cpuid)
+                    .map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
+                let state = r.snapshot.vcpus.get(usize::from(id)).ok_or_else(|| {
+                    VmmError::Restore(snapshot::SnapshotError::Mismatch {
+                        what: "vCPU count",
+                        snapshot: r.snapshot.vcpus.len().to_string(),
+                        this: cfg.cpus.to_string(),
+                    })
+                })?;
+                state
+                    .restore(&fd, usize::from(id))
+                    .map_err(VmmError::Restore)?;
+            }
+            (None, None) => unreachable!("a VM either boots or is restored"),
+        }
         vcpus.push(fd);
     }
+    drop(restore);
     let mut threads = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
         let t = vcpu::spawn(id as u8, fd, shared.clone(), filters.clone());
-        threads.push(t.map_err(io("starting a vCPU thread"))?);
+        let t = t.map_err(io("starting a vCPU thread"))?;
+        shared
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t));
+        threads.push(t);
     }
     // The thread named `vmm` serves the guest's devices from here on; this
     // one waits for it. Both run filtered.
@@ -533,10 +649,15 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             status: shared.report.status(),
         },
     };
+    let snapshot = snapshot_result
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     Ok(Outcome {
         exit,
         timings: shared.report.marks(),
         memory: usage_files.and_then(|f| f.usage(&mem)),
+        snapshot,
     })
 }
 
@@ -588,13 +709,8 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     // Only interrupts KVM_RUN (EINTR); the vCPU loop then sees `exiting`.
 }
 
-/// Guest RAM, registered with KVM slot by slot.
-fn guest_memory(
-    vm: &VmFd,
-    size: u64,
-    backing: memory::Backing,
-) -> Result<GuestMemoryMmap, VmmError> {
-    let mem = memory::create(size, backing)?;
+/// Registers guest RAM with KVM, slot by slot.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
@@ -618,7 +734,7 @@ fn guest_memory(
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Opens a disk with the access it needs and locks it: exclusively when

@@ -112,8 +112,53 @@ fn allow(nr: libc::c_long, rules: Vec<SeccompRule>, why: &'static str) -> Allowe
     Allowed { nr, rules, why }
 }
 
-/// The allowlist of `kind`.
+/// The ioctls that read a vCPU's state, for a snapshot (each vCPU thread
+/// saves its own, out of `KVM_RUN`).
+fn vcpu_state_reads() -> [u64; 9] {
+    use kvm_bindings::*;
+    const KVMIO: u32 = 0xae;
+    vmm_sys_util::ioctl_ior_nr!(GET_REGS, KVMIO, 0x81, kvm_regs);
+    vmm_sys_util::ioctl_ior_nr!(GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    vmm_sys_util::ioctl_iowr_nr!(GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    vmm_sys_util::ioctl_ior_nr!(GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    vmm_sys_util::ioctl_ior_nr!(GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    vmm_sys_util::ioctl_ior_nr!(GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    vmm_sys_util::ioctl_ior_nr!(GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    vmm_sys_util::ioctl_ior_nr!(GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    vmm_sys_util::ioctl_ior_nr!(GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    [
+        GET_REGS(),
+        GET_SREGS(),
+        GET_MSRS(),
+        GET_LAPIC(),
+        GET_MP_STATE(),
+        GET_VCPU_EVENTS(),
+        GET_DEBUGREGS(),
+        GET_XSAVE(),
+        GET_XCRS(),
+    ]
+    .map(u64::from)
+}
+
+/// The ioctls that read the VM's own state (interrupt controllers, PIT,
+/// clock), for a snapshot taken on the vmm thread.
+fn vm_state_reads() -> [u64; 3] {
+    use kvm_bindings::*;
+    const KVMIO: u32 = 0xae;
+    vmm_sys_util::ioctl_iowr_nr!(GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    vmm_sys_util::ioctl_ior_nr!(GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    vmm_sys_util::ioctl_ior_nr!(GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    [GET_IRQCHIP(), GET_PIT2(), GET_CLOCK()].map(u64::from)
+}
+
+/// The allowlist of `kind` for a VM that takes no snapshot.
 pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
+    rules_for(kind, false)
+}
+
+/// The allowlist of `kind`; with `snapshots`, what saving the VM's state
+/// needs as well (the ioctls that read it, sizing the memory file).
+pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
     use libc::*;
     let sigsys = u64::from(SIGSYS.unsigned_abs());
     let kick = u64::from(vmm_sys_util::signal::SIGRTMIN().unsigned_abs());
@@ -177,11 +222,15 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
     }
     match kind {
         ThreadKind::Vcpu => {
+            let mut ioctls = vec![KVM_RUN];
+            if snapshots {
+                ioctls.extend(vcpu_state_reads());
+            }
             list.extend([
                 allow(
                     SYS_ioctl,
-                    arg_is(1, &[KVM_RUN]),
-                    "KVM_RUN, and nothing else",
+                    arg_is(1, &ioctls),
+                    "KVM_RUN, and nothing else (with snapshots: reading its own state)",
                 ),
                 allow(SYS_mprotect, no_exec(2), "the allocator grows its arena"),
             ]);
@@ -204,6 +253,10 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
             ]);
         }
         ThreadKind::Vmm => {
+            let mut vmm_ioctls = vec![TCGETS, TCSETS, crate::net::TAP_SET_OFFLOAD, FIONBIO];
+            if snapshots {
+                vmm_ioctls.extend(vm_state_reads());
+            }
             list.extend([
                 allow(SYS_epoll_wait, vec![], "the event loop"),
                 allow(
@@ -231,9 +284,10 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 allow(SYS_clock_nanosleep, vec![], "wait between vCPU kicks"),
                 allow(
                     SYS_ioctl,
-                    arg_is(1, &[TCGETS, TCSETS, crate::net::TAP_SET_OFFLOAD, FIONBIO]),
+                    arg_is(1, &vmm_ioctls),
                     "restore the terminal; a tap's offloads once the driver chose them; \
-                     a vsock host connection made non-blocking",
+                     a vsock host connection made non-blocking; with snapshots, reading \
+                     the interrupt controllers, PIT and clock",
                 ),
                 allow(
                     SYS_accept4,
@@ -265,6 +319,13 @@ pub fn rules(kind: ThreadKind) -> Vec<Allowed> {
                      (carrying their kick and call eventfds)",
                 ),
             ]);
+            if snapshots {
+                list.push(allow(
+                    SYS_ftruncate,
+                    vec![],
+                    "a snapshot's memory file sized to the guest's RAM",
+                ));
+            }
         }
     }
     list
@@ -288,6 +349,11 @@ impl Filters {
     /// Builds every filter and, in mode `kill`, the SIGSYS handler; call
     /// before starting any thread.
     pub fn build(mode: SeccompMode) -> Result<Option<Self>, SeccompError> {
+        Self::build_for(mode, false)
+    }
+
+    /// [`Filters::build`] for a VM that may take a snapshot.
+    pub fn build_for(mode: SeccompMode, snapshots: bool) -> Result<Option<Self>, SeccompError> {
         if mode == SeccompMode::Off {
             return Ok(None);
         }
@@ -296,8 +362,10 @@ impl Filters {
             _ => SeccompAction::Log,
         };
         let compile = |kind: ThreadKind| -> Result<BpfProgram, SeccompError> {
-            let map: BTreeMap<i64, Vec<SeccompRule>> =
-                rules(kind).into_iter().map(|a| (a.nr, a.rules)).collect();
+            let map: BTreeMap<i64, Vec<SeccompRule>> = rules_for(kind, snapshots)
+                .into_iter()
+                .map(|a| (a.nr, a.rules))
+                .collect();
             let filter = SeccompFilter::new(
                 map,
                 mismatch.clone(),
@@ -407,12 +475,21 @@ mod tests {
         let vmm = rules(ThreadKind::Vmm).len();
         let vcpu = rules(ThreadKind::Vcpu).len();
         assert!(vmm < 76 && vcpu < 49, "vmm {vmm}, vcpu {vcpu}");
+        // Snapshots add one call (ftruncate) and widen two ioctl rules.
+        assert_eq!(rules_for(ThreadKind::Vmm, true).len(), vmm + 1);
+        assert_eq!(rules_for(ThreadKind::Vcpu, true).len(), vcpu);
+        assert!(Filters::build_for(SeccompMode::Kill, true)
+            .unwrap()
+            .is_some());
     }
 
     #[test]
     fn no_call_is_listed_twice_and_every_one_says_why() {
-        for kind in ThreadKind::ALL {
-            let list = rules(kind);
+        for (kind, snapshots) in ThreadKind::ALL
+            .into_iter()
+            .flat_map(|k| [(k, false), (k, true)])
+        {
+            let list = rules_for(kind, snapshots);
             let mut nrs: Vec<i64> = list.iter().map(|a| a.nr).collect();
             nrs.sort();
             nrs.dedup();
@@ -435,6 +512,21 @@ mod tests {
         ] {
             assert!(!vcpu.contains(&nr) && !vmm.contains(&nr), "{nr}");
         }
+    }
+
+    #[test]
+    fn snapshot_ioctls_are_the_kernels_numbers() {
+        // From <linux/kvm.h> on x86_64.
+        let vcpu = vcpu_state_reads();
+        assert_eq!(vcpu[0], 0x8090_ae81, "KVM_GET_REGS");
+        assert_eq!(vcpu[1], 0x8138_ae83, "KVM_GET_SREGS");
+        assert_eq!(vcpu[2], 0xc008_ae88, "KVM_GET_MSRS");
+        assert_eq!(vcpu[3], 0x8400_ae8e, "KVM_GET_LAPIC");
+        assert_eq!(vcpu[7], 0x9000_aea4, "KVM_GET_XSAVE");
+        let vm = vm_state_reads();
+        assert_eq!(vm[0], 0xc208_ae62, "KVM_GET_IRQCHIP");
+        assert_eq!(vm[1], 0x8070_ae9f, "KVM_GET_PIT2");
+        assert_eq!(vm[2], 0x8030_ae7c, "KVM_GET_CLOCK");
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub struct Header {
     pub image: String,
     pub cpus: u8,
     pub memory_mib: u64,
-    /// The devices, in transport order (`console`, `block`, `rng`, ...).
+    /// The devices, in transport order (`console`, `block`, `rng`, ...);
+    /// the VMM fills it when it saves and checks it when it restores.
     pub devices: Vec<String>,
 }
 
@@ -149,12 +150,19 @@ impl Header {
                 format!("{} MiB", this.memory_mib),
             );
         }
-        if self.devices != this.devices {
-            return differ(
-                "device list",
-                self.devices.join(","),
-                this.devices.join(","),
-            );
+        Ok(())
+    }
+
+    /// Refuses a snapshot whose devices (by type, in transport order)
+    /// differ from the VM's: the VMM knows its own list only once it has
+    /// built its devices.
+    pub fn check_devices(&self, here: &[String]) -> Result<(), SnapshotError> {
+        if self.devices != here {
+            return Err(SnapshotError::Mismatch {
+                what: "device list",
+                snapshot: self.devices.join(","),
+                this: here.join(","),
+            });
         }
         Ok(())
     }
@@ -231,7 +239,18 @@ impl VcpuState {
         vcpu.set_mp_state(self.mp_state)
             .map_err(kvm("KVM_SET_MP_STATE"))?;
         vcpu.set_regs(&self.regs).map_err(kvm("KVM_SET_REGS"))?;
-        vcpu.set_sregs(&self.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        let mut sregs = self.sregs;
+        if host_is_amd() {
+            // KVM on SVM reports the task register as a busy TSS whatever
+            // the VMCB holds. AMD's CPUs look at neither the busy bit nor
+            // the type when they load TR or check I/O permission, but
+            // QEMU's emulated SVM (the KVM test bed) allows a user-mode
+            // port access only through an "available" TSS: given back as
+            // busy, init's ioperm() ports fault after a restore. Intel's
+            // VM entry requires busy, so only on AMD is it cleared.
+            sregs.tr.type_ &= !0x2;
+        }
+        vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
         // SAFETY: the buffer is a whole kvm_xsave as KVM_GET_XSAVE wrote
         // it, and KVM reads no more than the structure's size.
         unsafe { vcpu.set_xsave(&self.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
@@ -265,18 +284,29 @@ impl VcpuState {
     }
 }
 
+/// Whether this host's CPU is AMD's (CPUID vendor "AuthenticAMD").
+fn host_is_amd() -> bool {
+    let r = std::arch::x86_64::__cpuid(0);
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&r.ecx.to_le_bytes());
+    &vendor == b"AuthenticAMD"
+}
+
 /// The VM-wide state KVM keeps: both PICs, the IOAPIC, the PIT, the clock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
-    pub pit: kvm_pit_state2,
+    /// Only for a VM given a PIT (`legacy_pit`).
+    pub pit: Option<kvm_pit_state2>,
     pub clock: kvm_clock_data,
 }
 
 impl VmState {
-    pub fn save(vm: &VmFd) -> Result<VmState, SnapshotError> {
+    pub fn save(vm: &VmFd, pit: bool) -> Result<VmState, SnapshotError> {
         let chip = |id| {
             let mut c = kvm_irqchip {
                 chip_id: id,
@@ -290,23 +320,31 @@ impl VmState {
             pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
             pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
             ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
-            pit: vm
-                .get_pit2()
-                .map_err(|e| SnapshotError::Kvm("KVM_GET_PIT2", e))?,
+            pit: if pit {
+                Some(
+                    vm.get_pit2()
+                        .map_err(|e| SnapshotError::Kvm("KVM_GET_PIT2", e))?,
+                )
+            } else {
+                None
+            },
             clock: vm
                 .get_clock()
                 .map_err(|e| SnapshotError::Kvm("KVM_GET_CLOCK", e))?,
         })
     }
 
-    /// Writes the state into a new VM that has its irqchip and PIT.
+    /// Writes the state into a new VM that has its irqchip, and its PIT
+    /// when the saved one had one.
     pub fn restore(&self, vm: &VmFd) -> Result<(), SnapshotError> {
         for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
             vm.set_irqchip(chip)
                 .map_err(|e| SnapshotError::Kvm("KVM_SET_IRQCHIP", e))?;
         }
-        vm.set_pit2(&self.pit)
-            .map_err(|e| SnapshotError::Kvm("KVM_SET_PIT2", e))?;
+        if let Some(pit) = &self.pit {
+            vm.set_pit2(pit)
+                .map_err(|e| SnapshotError::Kvm("KVM_SET_PIT2", e))?;
+        }
         // The guest's clock goes on from where it stopped; only the flags
         // KVM accepts back are kept.
         let clock = kvm_clock_data {
@@ -316,6 +354,27 @@ impl VmState {
         vm.set_clock(&clock)
             .map_err(|e| SnapshotError::Kvm("KVM_SET_CLOCK", e))
     }
+}
+
+/// A device's name in a snapshot's header, by virtio device type.
+pub fn device_name(device_type: u32) -> String {
+    match device_type {
+        1 => "net".into(),
+        2 => "block".into(),
+        3 => "console".into(),
+        4 => "rng".into(),
+        19 => "vsock".into(),
+        26 => "fs".into(),
+        other => format!("type-{other}"),
+    }
+}
+
+/// What a VM is restored from: a snapshot read and checked
+/// ([`Snapshot::read`]) and its memory file.
+#[derive(Debug)]
+pub struct Restore {
+    pub snapshot: Snapshot,
+    pub memory: File,
 }
 
 /// A whole snapshot's state, as `state.json` holds it.
@@ -432,10 +491,65 @@ pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestMemoryMmap, Sn
     })
 }
 
+/// Files a running VMM writes a snapshot into, opened (and later renamed
+/// into place) by its caller: the jailed, filtered VMM opens nothing.
+#[derive(Debug)]
+pub struct Target {
+    /// What the snapshot is for; the VMM fills in the device list.
+    pub header: Header,
+    pub state: File,
+    pub memory: File,
+    /// Named in errors.
+    pub dir: PathBuf,
+}
+
+impl Target {
+    /// `dir/.state.json.tmp` and `dir/.memory.tmp`, made (truncated) now.
+    pub fn create(dir: &Path, header: Header) -> Result<Target, SnapshotError> {
+        fs::create_dir_all(dir).map_err(io_at("cannot create", dir))?;
+        let open = |name: &str| {
+            let p = dir.join(format!(".{name}.tmp"));
+            File::create(&p).map_err(io_at("cannot create", &p))
+        };
+        Ok(Target {
+            header,
+            state: open(STATE_FILE)?,
+            memory: open(MEMORY_FILE)?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// After the VMM wrote them: the memory, then the state, renamed into
+    /// place (a folder with a state file holds a whole snapshot).
+    pub fn publish(dir: &Path) -> Result<(), SnapshotError> {
+        for name in [MEMORY_FILE, STATE_FILE] {
+            let from = dir.join(format!(".{name}.tmp"));
+            let to = dir.join(name);
+            fs::rename(&from, &to).map_err(io_at("cannot rename into place", &to))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot through the open files.
+    pub fn write(&self, snapshot: &Snapshot, mem: &GuestMemoryMmap) -> Result<(), SnapshotError> {
+        write_memory(mem, &self.memory, &self.dir)?;
+        let text = serde_json::to_vec(snapshot).expect("plain data serializes");
+        (&self.state)
+            .write_all(&text)
+            .and_then(|()| self.state.sync_data())
+            .map_err(io_at("cannot write the snapshot's state in", &self.dir))
+    }
+}
+
 /// Writes guest RAM to `path`, its regions back to back; pages of zeros
 /// are left as holes, so the file takes only what the guest wrote.
 pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotError> {
     let file = File::create(path).map_err(io_at("cannot create", path))?;
+    write_memory(mem, &file, path)
+}
+
+/// [`save_memory`] into an open file (`path` names it in errors).
+fn write_memory(mem: &GuestMemoryMmap, file: &File, path: &Path) -> Result<(), SnapshotError> {
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     file.set_len(total).map_err(io_at("cannot size", path))?;
     let mut offset = 0u64;
@@ -460,7 +574,7 @@ pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotErr
         }
         offset += len as u64;
     }
-    file.sync_all().map_err(io_at("cannot sync", path))
+    file.sync_data().map_err(io_at("cannot sync", path))
 }
 
 #[cfg(test)]
@@ -482,13 +596,12 @@ mod tests {
         let h = header();
         h.check(&header()).unwrap();
         type Change = fn(&mut Header);
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 5] = [
             ("husk version", |h| h.husk = "0.0.1".into()),
             ("kernel", |h| h.kernel = "sha256:other".into()),
             ("image", |h| h.image = "sha256:other".into()),
             ("vCPU count", |h| h.cpus = 1),
             ("memory size", |h| h.memory_mib = 256),
-            ("device list", |h| h.devices.push("rng".into())),
         ];
         for (what, change) in cases {
             let mut other = header();
@@ -499,6 +612,24 @@ mod tests {
                 "{what}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn device_lists_must_match() {
+        let h = header();
+        h.check_devices(&["console".into(), "block".into()])
+            .unwrap();
+        let err = h.check_devices(&["console".into()]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SnapshotError::Mismatch {
+                    what: "device list",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

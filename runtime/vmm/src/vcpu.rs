@@ -4,8 +4,9 @@
 //! no device work runs on a vCPU thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::virtio::mmio::{MmioTransport, MMIO_SIZE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -14,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{self, GuestReport};
 use crate::seccomp::{Filters, ThreadKind};
+use crate::snapshot::VcpuState;
 
 /// The virtio-mmio windows, by base address.
 #[derive(Default)]
@@ -24,6 +26,11 @@ pub struct MmioBus {
 impl MmioBus {
     pub fn insert(&mut self, base: u64, t: Arc<Mutex<MmioTransport>>) {
         self.windows.push((base, t));
+    }
+
+    /// The transports in the order they were attached.
+    pub fn transports(&self) -> impl Iterator<Item = &Arc<Mutex<MmioTransport>>> {
+        self.windows.iter().map(|(_, t)| t)
     }
 
     fn find(&self, addr: u64) -> Option<(u64, &Arc<Mutex<MmioTransport>>)> {
@@ -56,6 +63,106 @@ pub enum Stop {
     Failed(String),
 }
 
+/// Pausing every vCPU for a snapshot: the VMM thread asks, each vCPU
+/// thread leaves `KVM_RUN`, saves its own state (only its thread may use
+/// its descriptor) and waits here until the VMM thread resumes them.
+#[derive(Default)]
+pub struct Pause {
+    /// Checked after every exit; set while a snapshot is being taken.
+    pub requested: AtomicBool,
+    state: Mutex<Parked>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct Parked {
+    /// Each vCPU's saved state (or why it could not be read), by id.
+    saved: Vec<Option<Result<VcpuState, String>>>,
+    /// Bumped at each resume; a parked vCPU waits for it to change.
+    generation: u64,
+}
+
+impl Pause {
+    /// Asks `cpus` vCPUs to park. The one whose guest asked may have
+    /// parked already: what it saved stays.
+    pub fn request(&self, cpus: usize) {
+        let mut p = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if p.saved.len() < cpus {
+            p.saved.resize_with(cpus, || None);
+        }
+        self.requested.store(true, Ordering::Release);
+    }
+
+    /// Waits until every vCPU has parked, up to `limit`; their states.
+    pub fn wait_parked(
+        &self,
+        limit: Duration,
+        kick: impl Fn(),
+    ) -> Option<Vec<Result<VcpuState, String>>> {
+        let deadline = Instant::now() + limit;
+        let mut p = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if p.saved.iter().all(Option::is_some) {
+                return Some(
+                    p.saved
+                        .iter_mut()
+                        .map(|s| s.take().expect("all some"))
+                        .collect(),
+                );
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            drop(p);
+            // A kick can land just before a vCPU re-enters the guest:
+            // kick again until each has parked.
+            kick();
+            p = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            p = self
+                .cv
+                .wait_timeout(p, Duration::from_millis(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Lets every parked vCPU run again.
+    pub fn resume(&self) {
+        let mut p = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.requested.store(false, Ordering::Release);
+        p.generation += 1;
+        p.saved.clear();
+        self.cv.notify_all();
+    }
+
+    /// On a vCPU thread: saves this vCPU's state and waits for the resume
+    /// (or the VM's end).
+    fn park(&self, id: u8, vcpu: &mut VcpuFd, msrs: &[u32], exiting: &AtomicBool) {
+        // An exit still pending (the port write that asked for this, an
+        // MMIO access) is completed by KVM at the next KVM_RUN: run once
+        // with immediate_exit set, so the saved state is past it.
+        vcpu.set_kvm_immediate_exit(1);
+        let _ = vcpu.run();
+        vcpu.set_kvm_immediate_exit(0);
+        let state = VcpuState::save(vcpu, msrs).map_err(|e| e.to_string());
+        let mut p = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = p.generation;
+        let id = usize::from(id);
+        if p.saved.len() <= id {
+            p.saved.resize_with(id + 1, || None);
+        }
+        p.saved[id] = Some(state);
+        self.cv.notify_all();
+        while p.generation == generation && !exiting.load(Ordering::Acquire) {
+            p = self
+                .cv
+                .wait_timeout(p, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 /// What the vCPU threads share with the VMM thread.
 pub struct Shared {
     pub bus: MmioBus,
@@ -67,6 +174,14 @@ pub struct Shared {
     pub exiting: AtomicBool,
     /// The host's KVM is PVM (known before the filters forbid looking).
     pub pvm: bool,
+    /// Snapshots: the pause handshake, the MSRs each vCPU saves, and the
+    /// eventfd that tells the VMM thread the guest asked for its snapshot
+    /// (None: the VM takes none, and the guest's asking is ignored).
+    pub pause: Pause,
+    pub msrs: Vec<u32>,
+    pub snapshot_evt: Option<EventFd>,
+    /// The vCPU threads, for kicks from the VMM thread.
+    pub vcpu_threads: Mutex<Vec<libc::pthread_t>>,
 }
 
 impl Shared {
@@ -112,8 +227,13 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
             Ok(VcpuExit::MmioRead(addr, data)) => shared.bus.read(addr, data),
             Ok(VcpuExit::MmioWrite(addr, data)) => shared.bus.write(addr, data),
             Ok(VcpuExit::IoOut(port, data)) => {
-                if port == control::PORT {
-                    shared.report.guest_write(data);
+                if port == control::PORT && shared.report.guest_write(data) {
+                    if let Some(evt) = &shared.snapshot_evt {
+                        // The VMM thread pauses every vCPU, this one too
+                        // (the pause flag is seen right below).
+                        shared.pause.requested.store(true, Ordering::Release);
+                        let _ = evt.write(1);
+                    }
                 }
             }
             Ok(VcpuExit::IoIn(_, data)) => data.fill(0xff),
@@ -145,6 +265,9 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
                 shared.stop(Stop::Failed(format!("vCPU {id}: KVM_RUN failed: {e}")));
                 return;
             }
+        }
+        if shared.pause.requested.load(Ordering::Acquire) && shared.snapshot_evt.is_some() {
+            shared.pause.park(id, vcpu, &shared.msrs, &shared.exiting);
         }
     }
 }

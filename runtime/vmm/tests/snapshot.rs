@@ -123,7 +123,7 @@ fn a_restored_guest_goes_on_where_it_was_saved() {
     let msrs = snapshot::msr_list(&kvm).unwrap();
     let snap = Snapshot {
         header: header(),
-        vm: VmState::save(&vm).unwrap(),
+        vm: VmState::save(&vm, true).unwrap(),
         vcpus: vec![VcpuState::save(&vcpu, &msrs).unwrap()],
         devices: vec![rng_state(&mem)],
     };
@@ -168,7 +168,7 @@ fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let snap = Snapshot {
         header: header(),
-        vm: VmState::save(&vm).unwrap(),
+        vm: VmState::save(&vm, true).unwrap(),
         vcpus: vec![VcpuState::save(&vcpu, &snapshot::msr_list(&kvm).unwrap()).unwrap()],
         devices: vec![rng_state(&mem)],
     };

@@ -162,6 +162,12 @@ impl VirtioDevice for Block {
         self.state.queue_states()
     }
 
+    fn snapshot_refusal(&self) -> Option<&'static str> {
+        // What the guest wrote before the snapshot (its overlay, or the
+        // file itself) would have to be saved with it; not done yet.
+        (!self.readonly).then_some("a writable disk (its writes are not saved with a snapshot yet)")
+    }
+
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
         if queue != 0 {
             return Ok(());

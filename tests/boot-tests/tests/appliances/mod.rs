@@ -15,6 +15,7 @@ mod network;
 mod oci;
 mod shares;
 mod shim;
+mod snapshot;
 mod vsock;
 
 pub fn trials() -> Vec<Trial> {
@@ -55,6 +56,7 @@ pub fn trials() -> Vec<Trial> {
     all.extend(oci::trials());
     all.extend(shares::trials());
     all.extend(shim::trials());
+    all.extend(snapshot::trials());
     all.extend(vsock::trials());
     all
 }

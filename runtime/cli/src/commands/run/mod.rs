@@ -653,6 +653,8 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         report_memory: args.timings,
         seccomp,
         started,
+        snapshot: None,
+        restore: None,
     };
     let jail = if args.jail || (!args.no_jail && is_root()) {
         let (uid, gid) = args

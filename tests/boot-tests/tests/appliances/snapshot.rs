@@ -1,0 +1,137 @@
+//! Snapshots through the VMM itself (issue #17's first part): the hello
+//! appliance boots with `husk.snapshot` on its command line, its init stops
+//! at its snapshot point and the VMM saves the VM there (every vCPU parked,
+//! under the seccomp filters); two later VMs restored from that snapshot go
+//! on from the same point, run the command and report its status, without
+//! booting the kernel.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use boot_tests::husk::built_image;
+use boot_tests::husk_kernel;
+use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
+use libtest_mimic::{Failed, Trial};
+use vmm::snapshot::{Header, Restore, Snapshot, Target};
+use vmm::{SeccompMode, VmConfig, VmExit};
+
+pub fn trials() -> Vec<Trial> {
+    vec![boot_tests::trial(
+        "snapshot_at_init_restores_twice_and_runs_the_command",
+        snapshot_restores,
+    )]
+}
+
+fn config(kernel: &std::path::Path, image: &std::path::Path, console: fs::File) -> VmConfig {
+    VmConfig {
+        cpus: 1,
+        memory_mib: 64,
+        kernel: kernel.to_path_buf(),
+        initrd: Some(image.to_path_buf()),
+        cmdline: format!("rdinit={INIT_PATH} {SNAPSHOT_ARG} loglevel=7"),
+        disks: Vec::new(),
+        net: Vec::new(),
+        vsock: None,
+        shares: Vec::new(),
+        console_output: Box::new(console),
+        console_input: None,
+        timeout: Some(Duration::from_secs(120)),
+        legacy_pit: false,
+        report_memory: false,
+        seccomp: SeccompMode::Kill,
+        started: Instant::now(),
+        snapshot: None,
+        restore: None,
+    }
+}
+
+/// `vmm::run` on a thread of its own: the VMM installs its seccomp filter
+/// on the thread that calls it, which must not be the test's.
+fn run_vm(cfg: VmConfig) -> Result<vmm::Outcome, Failed> {
+    std::thread::spawn(move || {
+        vmm::run(cfg).map_err(|e| {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg = format!("{msg}: {s}");
+                source = s.source();
+            }
+            msg
+        })
+    })
+    .join()
+    .map_err(|_| "the VMM's thread panicked")?
+    .map_err(Failed::from)
+}
+
+fn snapshot_restores() -> Result<(), Failed> {
+    let kernel = husk_kernel()?.vmlinux();
+    let image = built_image("examples/hello")?;
+    let dir = tempfile::tempdir()?;
+    let header = Header::new("sha256:test-kernel", "sha256:test-image", 1, 64, Vec::new());
+    let snap_dir = dir.path().join("snapshot");
+
+    // Cold: boot, snapshot at init's point, run the command.
+    let console = dir.path().join("cold.log");
+    let mut cfg = config(&kernel, &image, fs::File::create(&console)?);
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone())?);
+    let started = Instant::now();
+    let out = run_vm(cfg)?;
+    let cold = started.elapsed();
+    let text = fs::read_to_string(&console)?;
+    if out.snapshot != Some(Ok(())) {
+        return Err(format!("no snapshot: {:?}\n{text}", out.snapshot).into());
+    }
+    if out.exit != (VmExit::Shutdown { status: Some(0) }) || !text.contains("Hello from hello") {
+        return Err(format!("the cold run: {:?}\n{text}", out.exit).into());
+    }
+    Target::publish(&snap_dir)?;
+    let memory_bytes = fs::metadata(snap_dir.join("memory"))?.len();
+    let allocated = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(snap_dir.join("memory"))?.blocks() * 512
+    };
+
+    // Warm, twice: from the snapshot, the same output and status.
+    let mut warm = Vec::new();
+    for run in 0..2 {
+        let snapshot = Snapshot::read(&snap_dir, &header)?;
+        if snapshot.header.devices != ["console", "rng"] {
+            return Err(format!("devices saved: {:?}", snapshot.header.devices).into());
+        }
+        let console = dir.path().join(format!("warm-{run}.log"));
+        let mut cfg = config(&kernel, &image, fs::File::create(&console)?);
+        cfg.restore = Some(Restore {
+            snapshot,
+            memory: Snapshot::memory_file(&snap_dir)?,
+        });
+        let started = Instant::now();
+        let out = run_vm(cfg)?;
+        warm.push(started.elapsed());
+        let text = fs::read_to_string(&console)?;
+        if out.exit != (VmExit::Shutdown { status: Some(0) }) || !text.contains("Hello from hello")
+        {
+            return Err(format!("restore {run}: {:?}\n{text}", out.exit).into());
+        }
+        if text.contains("Linux version") || text.contains("Run /.husk/init") {
+            return Err(format!("restore {run} booted the kernel again:\n{text}").into());
+        }
+    }
+
+    // A snapshot for another image is refused before any VM is made.
+    let other = Header::new("sha256:test-kernel", "sha256:other", 1, 64, Vec::new());
+    match Snapshot::read(&snap_dir, &other) {
+        Err(vmm::snapshot::SnapshotError::Mismatch { what: "image", .. }) => {}
+        other => return Err(format!("another image's snapshot: {other:?}").into()),
+    }
+    eprintln!(
+        "snapshot: cold {:.3} s (boot, save, run); warm {:.3} s and {:.3} s; \
+         memory file {} MiB, {:.1} MiB allocated",
+        cold.as_secs_f64(),
+        warm[0].as_secs_f64(),
+        warm[1].as_secs_f64(),
+        memory_bytes >> 20,
+        allocated as f64 / f64::from(1 << 20)
+    );
+    Ok(())
+}
