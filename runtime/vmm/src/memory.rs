@@ -166,14 +166,18 @@ pub fn create(size: u64, backing: Backing) -> Result<GuestMemoryMmap, VmmError> 
             builder = builder.with_file_offset(FileOffset::from_arc(file.clone(), offset));
             offset += len as u64;
         }
-        let mapping = builder
-            .build()
-            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
-            .ok_or_else(|| VmmError::GuestMemory("region wraps the address space".into()))?;
-        regions.push(region);
+        regions.push(region(builder, start)?);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
+}
+
+/// The guest region at `start` that `builder` describes.
+fn region(builder: MmapRegionBuilder<()>, start: u64) -> Result<GuestRegionMmap, VmmError> {
+    let mapping = builder
+        .build()
+        .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+    GuestRegionMmap::new(mapping, GuestAddress(start))
+        .ok_or_else(|| VmmError::GuestMemory("region wraps the address space".into()))
 }
 
 /// Guest RAM of `size` bytes restored from a snapshot's memory file (the
@@ -190,12 +194,8 @@ pub fn restore(size: u64, file: &File) -> Result<GuestMemoryMmap, VmmError> {
         offset += len as u64;
         // SAFETY: `ptr` starts `len` bytes of a live mapping made above,
         // never unmapped while the process runs.
-        let mapping = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) }
-            .build()
-            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
-            .ok_or_else(|| VmmError::GuestMemory("region wraps the address space".into()))?;
-        regions.push(region);
+        let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) };
+        regions.push(region(builder, start)?);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
 }

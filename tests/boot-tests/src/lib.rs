@@ -232,6 +232,35 @@ pub fn runs_arg(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The `main` of a bench over targets given on its command line
+/// (`NAME [--runs N] TARGET...`, `runs` by default).
+pub fn targets_main(
+    name: &str,
+    runs: usize,
+    bench: impl FnOnce(usize, &[String]) -> Result<(), String>,
+) -> ExitCode {
+    let mut runs = runs;
+    let mut targets = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
+            _ => targets.push(a),
+        }
+    }
+    if targets.is_empty() {
+        eprintln!("usage: {name} [--runs N] TARGET...");
+        return ExitCode::FAILURE;
+    }
+    match bench(runs, &targets) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The `main` of a bench that boots Linux: run `bench` where KVM can
 /// (directly, or by re-running this binary in the KVM test bed) and say
 /// where it measured.

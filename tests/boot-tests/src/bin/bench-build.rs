@@ -16,26 +16,7 @@ use boot_tests::husk::husk_bin;
 use boot_tests::stats;
 
 fn main() -> ExitCode {
-    let mut runs = 5usize;
-    let mut targets = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
-            _ => targets.push(a),
-        }
-    }
-    if targets.is_empty() {
-        eprintln!("usage: bench-build [--runs N] TARGET...");
-        return ExitCode::FAILURE;
-    }
-    match bench(runs, &targets) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-build: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    boot_tests::targets_main("bench-build", 5, bench)
 }
 
 /// Seconds for one `husk build TARGET` with `cache`, and the image's size.

@@ -30,26 +30,7 @@ const FORMATS: [(&str, &str, &str); 7] = [
 ];
 
 fn main() -> ExitCode {
-    let mut runs = 5usize;
-    let mut targets = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
-            _ => targets.push(a),
-        }
-    }
-    if targets.is_empty() {
-        eprintln!("usage: bench-export [--runs N] TARGET...");
-        return ExitCode::FAILURE;
-    }
-    match bench(runs, &targets) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-export: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    boot_tests::targets_main("bench-export", 5, bench)
 }
 
 fn husk(args: &[&str]) -> Result<String, String> {
