@@ -70,8 +70,13 @@ fn main() {
     control.mark(sys::MARK_INIT_RUNNING);
     if cmdline.split_whitespace().any(|w| w == SNAPSHOT_ARG) {
         // The VMM saves the VM during this port write; a restored VM goes
-        // on from here.
+        // on from here, and first makes its random state its own.
         control.mark(sys::MARK_SNAPSHOT_POINT);
+        if let Err(e) = sys::reseed_from_hwrng() {
+            say(&format!(
+                "cannot reseed the random generator from /dev/hwrng: {e}"
+            ));
+        }
     }
     let mut on_exit = OnExit::Poweroff;
     let status = match run(&control, &cmdline, &mut on_exit) {

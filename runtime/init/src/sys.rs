@@ -329,6 +329,37 @@ pub fn power_off() -> ! {
     }
 }
 
+/// `_IOW('R', 0x03, int[2])` and `_IO('R', 0x07)` of `<linux/random.h>`.
+const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
+const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
+
+/// A VM restored from a snapshot starts with the random state of the VM
+/// that was saved, the same in every VM restored from it: mix in fresh
+/// bytes from the entropy device (the host's `/dev/urandom` through
+/// virtio-rng, read anew by each VM), credited, and reseed the kernel's
+/// generator at once rather than at its next scheduled reseed.
+pub fn reseed_from_hwrng() -> io::Result<()> {
+    use std::io::Read;
+    #[repr(C)]
+    struct PoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; 64],
+    }
+    let mut pool = PoolInfo {
+        entropy_count: 64 * 8,
+        buf_size: 64,
+        buf: [0; 64],
+    };
+    fs::File::open("/dev/hwrng")?.read_exact(&mut pool.buf)?;
+    let urandom = fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info header and then
+    // buf_size bytes, all inside `pool`, which outlives the call.
+    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, &pool) })?;
+    // SAFETY: RNDRESEEDCRNG takes no argument and touches no memory of ours.
+    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) })
+}
+
 /// Powers the machine off through ACPI (an exported disk's machine; husk's
 /// own VMs end by [`power_off`]'s reboot).
 pub fn halt() -> ! {

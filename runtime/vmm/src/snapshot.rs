@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use devices::virtio::mmio::TransportState;
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2,
-    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_IRQCHIP_IOAPIC,
-    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_CLOCK_REALTIME,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -345,12 +345,21 @@ impl VmState {
             vm.set_pit2(pit)
                 .map_err(|e| SnapshotError::Kvm("KVM_SET_PIT2", e))?;
         }
-        // The guest's clock goes on from where it stopped; only the flags
-        // KVM accepts back are kept.
-        let clock = kvm_clock_data {
+        // The guest's clock moves on by the host time since the save (KVM
+        // adds what passed since `realtime`), so its wall clock is right;
+        // a host without that (before Linux 5.16) resumes it where it was.
+        let mut clock = kvm_clock_data {
             clock: self.clock.clock,
             ..Default::default()
         };
+        if self.clock.flags & KVM_CLOCK_REALTIME != 0 {
+            clock.flags = KVM_CLOCK_REALTIME;
+            clock.realtime = self.clock.realtime;
+            if vm.set_clock(&clock).is_ok() {
+                return Ok(());
+            }
+            clock.flags = 0;
+        }
         vm.set_clock(&clock)
             .map_err(|e| SnapshotError::Kvm("KVM_SET_CLOCK", e))
     }

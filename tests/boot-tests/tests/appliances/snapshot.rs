@@ -13,13 +13,20 @@ use boot_tests::husk_kernel;
 use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
 use libtest_mimic::{Failed, Trial};
 use vmm::snapshot::{Header, Restore, Snapshot, Target};
-use vmm::{SeccompMode, VmConfig, VmExit};
+use husk_init::config::Overrides;
+use vmm::{DiskAccess, DiskConfig, SeccompMode, VmConfig, VmExit};
 
 pub fn trials() -> Vec<Trial> {
-    vec![boot_tests::trial(
-        "snapshot_at_init_restores_twice_and_runs_the_command",
-        snapshot_restores,
-    )]
+    vec![
+        boot_tests::trial(
+            "snapshot_at_init_restores_twice_and_runs_the_command",
+            snapshot_restores,
+        ),
+        boot_tests::trial(
+            "snapshot_restores_differ_in_randomness_and_keep_the_wall_clock",
+            restores_differ,
+        ),
+    ]
 }
 
 fn config(kernel: &std::path::Path, image: &std::path::Path, console: fs::File) -> VmConfig {
@@ -133,5 +140,99 @@ fn snapshot_restores() -> Result<(), Failed> {
         memory_bytes >> 20,
         allocated as f64 / f64::from(1 << 20)
     );
+    Ok(())
+}
+
+/// The busybox image's read-only ext4 root (a writable disk refuses to be
+/// snapshotted), printing 16 random bytes, its boot id and the time.
+fn busybox_config(image: &std::path::Path, console: fs::File) -> Result<VmConfig, Failed> {
+    let kernel = husk_kernel()?.vmlinux();
+    let overrides = Overrides {
+        command: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); \
+             echo boot=$(cat /proc/sys/kernel/random/boot_id); echo time=$(date +%s)"
+                .into(),
+        ]),
+        ..Default::default()
+    };
+    let mut cfg = config(&kernel, image, console);
+    cfg.initrd = None;
+    cfg.memory_mib = 128;
+    cfg.cmdline = format!(
+        "root=/dev/vda rootfstype=ext4 ro init={INIT_PATH} {SNAPSHOT_ARG} {}",
+        overrides.to_param()
+    );
+    cfg.disks = vec![DiskConfig {
+        path: image.to_path_buf(),
+        access: DiskAccess::ReadOnly,
+    }];
+    Ok(cfg)
+}
+
+/// `key=value` from a console's text.
+fn field(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+}
+
+fn restores_differ() -> Result<(), Failed> {
+    let image = built_image("examples/busybox")?;
+    let dir = tempfile::tempdir()?;
+    let header = Header::new("sha256:test-kernel", "sha256:busybox", 1, 128, Vec::new());
+    let snap_dir = dir.path().join("snapshot");
+    let console = dir.path().join("cold.log");
+    let mut cfg = busybox_config(&image, fs::File::create(&console)?)?;
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone())?);
+    let out = run_vm(cfg)?;
+    let text = fs::read_to_string(&console)?;
+    if out.snapshot != Some(Ok(())) || out.exit != (VmExit::Shutdown { status: Some(0) }) {
+        return Err(format!("the cold run: {:?} {:?}\n{text}", out.snapshot, out.exit).into());
+    }
+    Target::publish(&snap_dir)?;
+
+    let mut seen = Vec::new();
+    for run in 0..2 {
+        // Long enough that a clock resumed where it was saved would show.
+        std::thread::sleep(Duration::from_secs(3));
+        let snapshot = Snapshot::read(&snap_dir, &header)?;
+        if snapshot.header.devices != ["console", "block", "rng"] {
+            return Err(format!("devices saved: {:?}", snapshot.header.devices).into());
+        }
+        let console = dir.path().join(format!("warm-{run}.log"));
+        let mut cfg = busybox_config(&image, fs::File::create(&console)?)?;
+        cfg.restore = Some(Restore {
+            snapshot,
+            memory: Snapshot::memory_file(&snap_dir)?,
+        });
+        let out = run_vm(cfg)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let text = fs::read_to_string(&console)?;
+        let (Some(rand), Some(boot), Some(time)) = (
+            field(&text, "rand"),
+            field(&text, "boot"),
+            field(&text, "time"),
+        ) else {
+            return Err(format!("restore {run}: {:?}\n{text}", out.exit).into());
+        };
+        let time: u64 = time.parse()?;
+        if now.abs_diff(time) > 2 {
+            return Err(format!(
+                "restore {run}: the guest's clock says {time}, the host's {now}\n{text}"
+            )
+            .into());
+        }
+        if rand.len() != 32 || boot.len() != 36 {
+            return Err(format!("restore {run}: {rand:?} {boot:?}\n{text}").into());
+        }
+        seen.push((rand, boot));
+    }
+    if seen[0].0 == seen[1].0 || seen[0].1 == seen[1].1 {
+        return Err(format!("two restores share random bytes or a boot id: {seen:?}").into());
+    }
     Ok(())
 }
