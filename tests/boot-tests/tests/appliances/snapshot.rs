@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use boot_tests::husk::built_image;
 use boot_tests::husk_kernel;
+use husk_init::config::Overrides;
 use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
 use libtest_mimic::{Failed, Trial};
 use vmm::snapshot::{Header, Restore, Snapshot, Target};
-use husk_init::config::Overrides;
 use vmm::{DiskAccess, DiskConfig, SeccompMode, VmConfig, VmExit};
 
 pub fn trials() -> Vec<Trial> {

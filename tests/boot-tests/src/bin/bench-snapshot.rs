@@ -1,0 +1,188 @@
+//! Snapshot bench: the hello appliance (husk's kernel, its initramfs and
+//! init, 1 vCPU, 64 MiB) booted cold by husk's VMM, against the same VM
+//! restored from a snapshot taken at its init's snapshot point, against
+//! QEMU `microvm` booting it cold; time to the command's output and to the
+//! end, median, min and max of N runs each, alternated. Run it through
+//! `ci/bench-snapshot` (in the KVM test bed where the host's KVM is PVM).
+//!
+//! husk's VMM runs in this process (`vmm::run`, as `husk run`'s child
+//! does, filters and all), timed from the call; QEMU from its spawn.
+//! `husk run` does not restore snapshots yet (issue #17), so there is no
+//! husk process to spawn for the warm case.
+//!
+//!   bench-snapshot [--runs N]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boot_tests::husk::built_image;
+use boot_tests::{husk_kernel, table_header, table_ratio, table_row};
+use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
+use vmm::snapshot::{Header, Restore, Snapshot, Target};
+use vmm::{SeccompMode, VmConfig, VmExit};
+
+const MARK: &str = "Hello from hello";
+
+fn main() -> ExitCode {
+    let runs = boot_tests::runs_arg(20);
+    boot_tests::bench_main("bench-snapshot", || bench(runs))
+}
+
+/// Console output that notes when `MARK` first appears.
+struct Watch {
+    seen: Arc<Mutex<Option<Instant>>>,
+    text: Vec<u8>,
+}
+
+impl Write for Watch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(buf);
+        let mut seen = self.seen.lock().unwrap();
+        if seen.is_none() && String::from_utf8_lossy(&self.text).contains(MARK) {
+            *seen = Some(Instant::now());
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn config(kernel: &Path, image: &Path, seen: Arc<Mutex<Option<Instant>>>) -> VmConfig {
+    VmConfig {
+        cpus: 1,
+        memory_mib: 64,
+        kernel: kernel.to_path_buf(),
+        initrd: Some(image.to_path_buf()),
+        cmdline: format!("quiet rdinit={INIT_PATH} {SNAPSHOT_ARG}"),
+        disks: Vec::new(),
+        net: Vec::new(),
+        vsock: None,
+        shares: Vec::new(),
+        console_output: Box::new(Watch {
+            seen,
+            text: Vec::new(),
+        }),
+        console_input: None,
+        timeout: Some(Duration::from_secs(120)),
+        legacy_pit: false,
+        report_memory: false,
+        seccomp: SeccompMode::Kill,
+        started: Instant::now(),
+        snapshot: None,
+        restore: None,
+    }
+}
+
+/// One VM on a thread of its own (the VMM filters the calling thread):
+/// seconds to the command's output and to the end.
+fn run(cfg: VmConfig, seen: &Arc<Mutex<Option<Instant>>>) -> Result<(f64, f64), String> {
+    let start = Instant::now();
+    let out = std::thread::spawn(move || vmm::run(cfg).map_err(|e| e.to_string()))
+        .join()
+        .map_err(|_| "the VMM's thread panicked".to_string())??;
+    let end = start.elapsed().as_secs_f64();
+    if out.exit != (VmExit::Shutdown { status: Some(0) }) {
+        return Err(format!("the VM ended {:?}", out.exit));
+    }
+    let first = seen
+        .lock()
+        .unwrap()
+        .ok_or("no command output")?
+        .duration_since(start)
+        .as_secs_f64();
+    Ok((first, end))
+}
+
+fn bench(runs: usize) -> Result<(), String> {
+    let kernel = husk_kernel()?.vmlinux();
+    let image = built_image("examples/hello")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let snap_dir = dir.path().join("snapshot");
+    let header = Header::new("sha256:bench", "sha256:hello", 1, 64, Vec::new());
+
+    // The snapshot, once.
+    let seen = Arc::new(Mutex::new(None));
+    let mut cfg = config(&kernel, &image, seen.clone());
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone()).map_err(|e| e.to_string())?);
+    let taking = Instant::now();
+    let out = std::thread::spawn(move || vmm::run(cfg).map_err(|e| e.to_string()))
+        .join()
+        .map_err(|_| "the VMM's thread panicked".to_string())??;
+    if out.snapshot != Some(Ok(())) {
+        return Err(format!("no snapshot: {:?}", out.snapshot));
+    }
+    let taking = taking.elapsed().as_secs_f64();
+    Target::publish(&snap_dir).map_err(|e| e.to_string())?;
+    let memory = snap_dir.join("memory");
+    let allocated = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&memory)
+            .map_err(|e| e.to_string())?
+            .blocks()
+            * 512
+    };
+
+    let (mut cold, mut warm, mut qemu) = (
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+    );
+    for i in 0..=runs {
+        let seen = Arc::new(Mutex::new(None));
+        let mut cfg = config(&kernel, &image, seen.clone());
+        cfg.cmdline = format!("quiet rdinit={INIT_PATH}");
+        let c = run(cfg, &seen)?;
+
+        let seen = Arc::new(Mutex::new(None));
+        let mut cfg = config(&kernel, &image, seen.clone());
+        let snapshot = Snapshot::read(&snap_dir, &header).map_err(|e| e.to_string())?;
+        cfg.restore = Some(Restore {
+            snapshot,
+            memory: Snapshot::memory_file(&snap_dir).map_err(|e| e.to_string())?,
+        });
+        let w = run(cfg, &seen)?;
+
+        let mut q = boot_tests::qemu::microvm_stdio_with(
+            &kernel,
+            &format!("quiet rdinit={INIT_PATH}"),
+            64,
+            false,
+        );
+        q.arg("-initrd").arg(&image);
+        let q = boot_tests::time_run(&mut q, boot_tests::First::LineWith(MARK))?;
+        // The first round warms the page cache and is not counted.
+        if i > 0 {
+            for (into, (first, end)) in [(&mut cold, c), (&mut warm, w), (&mut qemu, q)] {
+                into.0.push(first);
+                into.1.push(end);
+            }
+        }
+    }
+    table_header(&format!(
+        "hello appliance (husk's kernel + initramfs), 1 vCPU, 64 MiB, {runs} runs each"
+    ));
+    let cold_first = table_row("husk cold: to the command's output", &cold.0);
+    table_row("husk cold: to the end", &cold.1);
+    let warm_first = table_row("husk restored: to the command's output", &warm.0);
+    table_row("husk restored: to the end", &warm.1);
+    let qemu_first = table_row("QEMU microvm cold: spawn to the output", &qemu.0);
+    table_row("QEMU microvm cold: spawn to the end", &qemu.1);
+    table_ratio(
+        "restored / husk cold, to the output",
+        warm_first / cold_first,
+    );
+    table_ratio(
+        "restored / QEMU cold, to the output",
+        warm_first / qemu_first,
+    );
+    println!(
+        "(taking the snapshot: boot + save + run {taking:.3} s; memory file 64 MiB, \
+         {:.1} MiB allocated)",
+        allocated as f64 / f64::from(1 << 20)
+    );
+    Ok(())
+}
