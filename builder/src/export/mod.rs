@@ -246,6 +246,12 @@ impl Tools {
     }
 }
 
+/// Whether every tool `format` needs is installed (the error names the
+/// first missing one and its package): worth knowing before building.
+pub fn check_tools(format: Format) -> Result<(), ExportError> {
+    Tools::find(format).map(|_| ())
+}
+
 /// Runs `cmd`; a failure carries its stderr.
 fn run(step: &'static str, cmd: &mut Command) -> Result<(), ExportError> {
     tracing::debug!(?cmd, "running");

@@ -71,6 +71,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(a) = target.appliance() {
         portable(a)?;
     }
+    // What can be refused without building is refused first.
+    export::check_tools(format)?;
     let cache = builder::cache::root().context("cannot find husk's cache folder")?;
     let kernel = kernel::find_flavor(&cache, Flavor::Portable)?;
     let built = target.build()?;
