@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod guest;
 pub mod husk;
 pub mod qemu;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

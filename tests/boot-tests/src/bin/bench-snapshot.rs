@@ -16,13 +16,13 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use boot_tests::husk::built_image;
 use boot_tests::{husk_kernel, table_header, table_ratio, table_row};
 use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
 use vmm::snapshot::{Header, Restore, Snapshot, Target};
-use vmm::{SeccompMode, VmConfig, VmExit};
+use vmm::{VmConfig, VmExit};
 
 const MARK: &str = "Hello from hello";
 
@@ -52,38 +52,24 @@ impl Write for Watch {
 }
 
 fn config(kernel: &Path, image: &Path, seen: Arc<Mutex<Option<Instant>>>) -> VmConfig {
-    VmConfig {
-        cpus: 1,
-        memory_mib: 64,
-        kernel: kernel.to_path_buf(),
-        initrd: Some(image.to_path_buf()),
-        cmdline: format!("quiet rdinit={INIT_PATH} {SNAPSHOT_ARG}"),
-        disks: Vec::new(),
-        net: Vec::new(),
-        vsock: None,
-        shares: Vec::new(),
-        console_output: Box::new(Watch {
-            seen,
-            text: Vec::new(),
-        }),
-        console_input: None,
-        timeout: Some(Duration::from_secs(120)),
-        legacy_pit: false,
-        report_memory: false,
-        seccomp: SeccompMode::Kill,
-        started: Instant::now(),
-        snapshot: None,
-        restore: None,
-    }
+    let console = Watch {
+        seen,
+        text: Vec::new(),
+    };
+    boot_tests::vm::initramfs(
+        kernel,
+        image,
+        64,
+        &format!("quiet {SNAPSHOT_ARG}"),
+        Box::new(console),
+    )
 }
 
 /// One VM on a thread of its own (the VMM filters the calling thread):
 /// seconds to the command's output and to the end.
 fn run(cfg: VmConfig, seen: &Arc<Mutex<Option<Instant>>>) -> Result<(f64, f64), String> {
     let start = Instant::now();
-    let out = std::thread::spawn(move || vmm::run(cfg).map_err(|e| e.to_string()))
-        .join()
-        .map_err(|_| "the VMM's thread panicked".to_string())??;
+    let out = boot_tests::vm::run(cfg)?;
     let end = start.elapsed().as_secs_f64();
     if out.exit != (VmExit::Shutdown { status: Some(0) }) {
         return Err(format!("the VM ended {:?}", out.exit));
@@ -109,9 +95,7 @@ fn bench(runs: usize) -> Result<(), String> {
     let mut cfg = config(&kernel, &image, seen.clone());
     cfg.snapshot = Some(Target::create(&snap_dir, header.clone()).map_err(|e| e.to_string())?);
     let taking = Instant::now();
-    let out = std::thread::spawn(move || vmm::run(cfg).map_err(|e| e.to_string()))
-        .join()
-        .map_err(|_| "the VMM's thread panicked".to_string())??;
+    let out = boot_tests::vm::run(cfg)?;
     if out.snapshot != Some(Ok(())) {
         return Err(format!("no snapshot: {:?}", out.snapshot));
     }
@@ -134,7 +118,7 @@ fn bench(runs: usize) -> Result<(), String> {
     for i in 0..=runs {
         let seen = Arc::new(Mutex::new(None));
         let mut cfg = config(&kernel, &image, seen.clone());
-        cfg.cmdline = format!("quiet rdinit={INIT_PATH}");
+        cfg.cmdline = format!("rdinit={INIT_PATH} quiet");
         let c = run(cfg, &seen)?;
 
         let seen = Arc::new(Mutex::new(None));

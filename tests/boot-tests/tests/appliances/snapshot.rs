@@ -14,7 +14,7 @@ use husk_init::config::Overrides;
 use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
 use libtest_mimic::{Failed, Trial};
 use vmm::snapshot::{Header, Restore, Snapshot, Target};
-use vmm::{DiskAccess, DiskConfig, SeccompMode, VmConfig, VmExit};
+use vmm::{DiskAccess, DiskConfig, VmConfig, VmExit};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -30,45 +30,17 @@ pub fn trials() -> Vec<Trial> {
 }
 
 fn config(kernel: &std::path::Path, image: &std::path::Path, console: fs::File) -> VmConfig {
-    VmConfig {
-        cpus: 1,
-        memory_mib: 64,
-        kernel: kernel.to_path_buf(),
-        initrd: Some(image.to_path_buf()),
-        cmdline: format!("rdinit={INIT_PATH} {SNAPSHOT_ARG} loglevel=7"),
-        disks: Vec::new(),
-        net: Vec::new(),
-        vsock: None,
-        shares: Vec::new(),
-        console_output: Box::new(console),
-        console_input: None,
-        timeout: Some(Duration::from_secs(120)),
-        legacy_pit: false,
-        report_memory: false,
-        seccomp: SeccompMode::Kill,
-        started: Instant::now(),
-        snapshot: None,
-        restore: None,
-    }
+    boot_tests::vm::initramfs(
+        kernel,
+        image,
+        64,
+        &format!("{SNAPSHOT_ARG} loglevel=7"),
+        Box::new(console),
+    )
 }
 
-/// `vmm::run` on a thread of its own: the VMM installs its seccomp filter
-/// on the thread that calls it, which must not be the test's.
 fn run_vm(cfg: VmConfig) -> Result<vmm::Outcome, Failed> {
-    std::thread::spawn(move || {
-        vmm::run(cfg).map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg = format!("{msg}: {s}");
-                source = s.source();
-            }
-            msg
-        })
-    })
-    .join()
-    .map_err(|_| "the VMM's thread panicked")?
-    .map_err(Failed::from)
+    boot_tests::vm::run(cfg).map_err(Failed::from)
 }
 
 fn snapshot_restores() -> Result<(), Failed> {
