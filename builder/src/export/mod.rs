@@ -21,7 +21,7 @@ pub mod disk;
 pub mod ovf;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -440,13 +440,7 @@ fn gce_tarball(raw: &Path, out: &Path) -> Result<(), ExportError> {
     let mut tar = tar::Builder::new(gz);
     let mut disk = File::open(raw).map_err(io_at("cannot open", raw))?;
     let len = disk.metadata().map_err(io_at("cannot stat", raw))?.len();
-    let mut header = tar::Header::new_gnu();
-    header.set_size(len);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_entry_type(tar::EntryType::Regular);
+    let mut header = fixed_header(tar::Header::new_gnu(), len);
     tar.append_data(&mut header, "disk.raw", &mut disk)
         .map_err(io_at("cannot write", out))?;
     let gz = tar.into_inner().map_err(io_at("cannot write", out))?;
@@ -478,31 +472,24 @@ pub fn derived_uuid(seed: &str, what: &str) -> String {
     )
 }
 
-/// The SHA-256 of a file, as lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String, ExportError> {
-    let mut f = File::open(path).map_err(io_at("cannot open", path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_at("cannot read", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+/// The SHA-256 of a file, as lowercase hex (the builder's own digest,
+/// without its `sha256:`).
+fn sha256_file(path: &Path) -> Result<String, ExportError> {
+    let digest = crate::oci::file_digest(path).map_err(io_at("cannot read", path))?;
+    Ok(digest.trim_start_matches("sha256:").to_string())
 }
 
-/// The SHA-256 of bytes, as lowercase hex.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A tar member's header with owner, mode and time fixed (the bytes of
+/// an archive depend on its contents only): GNU format for Compute
+/// Engine, ustar for OVF.
+fn fixed_header(mut h: tar::Header, len: u64) -> tar::Header {
+    h.set_size(len);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h
 }
 
 /// `name` with what a file name should not hold replaced by `-`.

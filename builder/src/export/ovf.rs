@@ -10,7 +10,9 @@
 use std::fs::{self, File};
 use std::path::Path;
 
-use super::{io_at, safe_name, sha256_file, ExportError, Machine};
+use sha2::{Digest, Sha256};
+
+use super::{fixed_header, io_at, safe_name, sha256_file, ExportError, Machine};
 
 /// The part of the OVA's member names that comes from the appliance.
 pub fn file_base(name: &str) -> String {
@@ -189,22 +191,13 @@ pub(super) fn package(
             capacity,
         },
     );
-    let ovf_digest = super::sha256_bytes(ovf.as_bytes());
+    let ovf_digest = crate::oci::hex(&Sha256::digest(ovf.as_bytes()));
     let vmdk_digest = sha256_file(vmdk)?;
     let mf = manifest(&[(&ovf_name, &ovf_digest), (&vmdk_name, &vmdk_digest)]);
 
     let file = File::create(out).map_err(io_at("cannot create", out))?;
     let mut tar = tar::Builder::new(file);
-    let header = |len: u64| {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(len);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        h
-    };
+    let header = |len: u64| fixed_header(tar::Header::new_ustar(), len);
     tar.append_data(&mut header(ovf.len() as u64), &ovf_name, ovf.as_bytes())
         .map_err(io_at("cannot write", out))?;
     tar.append_data(&mut header(mf.len() as u64), &mf_name, mf.as_bytes())

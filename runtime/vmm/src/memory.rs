@@ -181,7 +181,7 @@ fn region(builder: MmapRegionBuilder<()>, start: u64) -> Result<GuestRegionMmap,
 }
 
 /// Guest RAM of `size` bytes restored from a snapshot's memory file (the
-/// ranges back to back, as [`crate::snapshot::save_memory`] writes them):
+/// ranges back to back, as a snapshot writes them):
 /// mapped private, so the guest reads a page from the file when it first
 /// touches it and its writes go to private copies, never to the file.
 pub fn restore(size: u64, file: &File) -> Result<GuestMemoryMmap, VmmError> {

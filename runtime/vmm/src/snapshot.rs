@@ -402,19 +402,9 @@ impl Snapshot {
     /// name renamed when complete (the state last: a snapshot without it is
     /// no snapshot).
     pub fn write(&self, mem: &GuestMemoryMmap, dir: &Path) -> Result<(), SnapshotError> {
-        fs::create_dir_all(dir).map_err(io_at("cannot create", dir))?;
-        let memory = dir.join(MEMORY_FILE);
-        let tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
-        save_memory(mem, &tmp)?;
-        fs::rename(&tmp, &memory).map_err(io_at("cannot rename into place", &memory))?;
-        let state = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        let text = serde_json::to_vec(self).expect("plain data serializes");
-        let mut f = File::create(&tmp).map_err(io_at("cannot create", &tmp))?;
-        f.write_all(&text)
-            .and_then(|()| f.sync_all())
-            .map_err(io_at("cannot write", &tmp))?;
-        fs::rename(&tmp, &state).map_err(io_at("cannot rename into place", &state))
+        let target = Target::create(dir, self.header.clone())?;
+        target.write(self, mem)?;
+        Target::publish(dir)
     }
 
     /// Reads `dir/state.json`, refusing one that does not parse, was taken
@@ -550,14 +540,9 @@ impl Target {
     }
 }
 
-/// Writes guest RAM to `path`, its regions back to back; pages of zeros
-/// are left as holes, so the file takes only what the guest wrote.
-pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<(), SnapshotError> {
-    let file = File::create(path).map_err(io_at("cannot create", path))?;
-    write_memory(mem, &file, path)
-}
-
-/// [`save_memory`] into an open file (`path` names it in errors).
+/// Writes guest RAM into `file`, its regions back to back; pages of zeros
+/// are left as holes, so the file takes only what the guest wrote (`path`
+/// names it in errors).
 fn write_memory(mem: &GuestMemoryMmap, file: &File, path: &Path) -> Result<(), SnapshotError> {
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     file.set_len(total).map_err(io_at("cannot size", path))?;
@@ -687,7 +672,7 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
-        save_memory(&mem, &path).unwrap();
+        write_memory(&mem, &File::create(&path).unwrap(), &path).unwrap();
         let bytes = fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 2 << 20);
         assert_eq!(&bytes[0x1000..0x1005], b"first");

@@ -165,3 +165,52 @@ pub fn microvm_stdio_with(
         .arg(kernel);
     c
 }
+
+/// OVMF, Debian's UEFI firmware for QEMU: its code and the template of its
+/// variable store.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// QEMU's standard PC (`q35`) on TCG with 512 MiB and one vCPU, no reboot,
+/// booting `disk` (QEMU's `format`, writes kept apart) attached by
+/// `device` (a `-device` spec naming drive `d0`), the first serial port
+/// into `console`. With `uefi_vars`, OVMF is the firmware, its variables
+/// a writable copy made at that path; without, SeaBIOS (for `-kernel`).
+pub fn q35(
+    disk: &Path,
+    format: &str,
+    device: &str,
+    console: &Path,
+    uefi_vars: Option<&Path>,
+) -> std::io::Result<Command> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
+        .args(["-display", "none", "-no-reboot", "-nodefaults"])
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=d0,format={format},snapshot=on,file={}",
+            disk.display()
+        ))
+        .args(["-device", device])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()));
+    if let Some(vars) = uefi_vars {
+        if !Path::new(OVMF_CODE).is_file() || !Path::new(OVMF_VARS).is_file() {
+            return Err(std::io::Error::other(
+                "OVMF is not installed (apt-get install ovmf)",
+            ));
+        }
+        std::fs::copy(OVMF_VARS, vars)?;
+        std::fs::set_permissions(vars, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        c.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
+    Ok(c)
+}

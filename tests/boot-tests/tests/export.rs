@@ -13,7 +13,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -118,7 +117,8 @@ fn info(path: &Path, format: &str) -> serde_json::Value {
 }
 
 fn sha256(path: &Path) -> String {
-    builder::export::sha256_file(path).unwrap()
+    let digest = builder::oci::file_digest(path).unwrap();
+    digest.trim_start_matches("sha256:").to_string()
 }
 
 /// The folder holds exactly `names` (no work folder, no temporary file).
@@ -436,45 +436,18 @@ impl Drop for SmallMount {
 /// Boots `disk` under QEMU q35 with OVMF, the disk on `controller`;
 /// returns the serial console once the machine has powered itself off.
 fn boot_ovmf(disk: &Path, format: &str, controller: &str, dir: &Path) -> String {
-    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
-    let vars_template = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
-    assert!(
-        code.is_file() && vars_template.is_file(),
-        "OVMF is not installed (apt-get install ovmf)"
-    );
     let vars = dir.join(format!("vars-{format}-{controller}.fd"));
-    fs::copy(vars_template, &vars).unwrap();
-    fs::set_permissions(&vars, fs::Permissions::from_mode(0o600)).unwrap();
     let console = dir.join(format!("console-{format}-{controller}.log"));
     let device = match controller {
-        "virtio" => "virtio-blk-pci,drive=d0".to_string(),
+        "virtio" => "virtio-blk-pci,drive=d0",
         // q35's own AHCI controller (what VMware and VirtualBox call SATA).
-        "ahci" => "ide-hd,drive=d0,bus=ide.0".to_string(),
-        "nvme" => "nvme,drive=d0,serial=husk0".to_string(),
+        "ahci" => "ide-hd,drive=d0,bus=ide.0",
+        "nvme" => "nvme,drive=d0,serial=husk0",
         other => panic!("controller {other}"),
     };
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
-        .args(["-display", "none", "-no-reboot", "-nodefaults"])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            code.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=none,id=d0,format={format},snapshot=on,file={}",
-            disk.display()
-        ))
-        .args(["-device", &device])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .stdin(Stdio::null())
+    let mut qemu = boot_tests::qemu::q35(disk, format, device, &console, Some(&vars))
+        .unwrap_or_else(|e| panic!("{e}"));
+    qemu.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = qemu.spawn().expect("qemu-system-x86_64 runs");

@@ -181,24 +181,15 @@ fn boot(runs: usize, disk: &Path, dir: &Path) -> Result<(), String> {
             let console = dir.join("console.log");
             let _ = fs::remove_file(&console);
             let vars = dir.join("vars.fd");
-            fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).map_err(|e| format!("OVMF: {e}"))?;
-            let mut qemu = Command::new("qemu-system-x86_64");
-            qemu.args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
-                .args(["-display", "none", "-no-reboot", "-nodefaults"])
-                .arg("-drive")
-                .arg(format!(
-                    "if=none,id=d0,format=qcow2,snapshot=on,file={}",
-                    disk.display()
-                ))
-                .args(["-device", "virtio-blk-pci,drive=d0"])
-                .arg("-serial")
-                .arg(format!("file:{}", console.display()));
-            if uefi {
-                qemu.arg("-drive")
-                    .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-                    .arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-            } else {
+            let mut qemu = boot_tests::qemu::q35(
+                disk,
+                "qcow2",
+                "virtio-blk-pci,drive=d0",
+                &console,
+                uefi.then_some(vars.as_path()),
+            )
+            .map_err(|e| e.to_string())?;
+            if !uefi {
                 qemu.arg("-kernel").arg(&kernel).arg("-append").arg(format!(
                     "root=PARTUUID={uuid} rootfstype=ext4 rootwait rw init=/.husk/init \
                      husk.portable console=ttyS0,115200 panic=10"
