@@ -192,6 +192,7 @@ fn vsock(peers: &mut VsockPeers) -> Box<dyn VirtioDevice> {
             HostSide {
                 listener,
                 broker: ours,
+                presets: Vec::new(),
             },
         )
         .unwrap(),

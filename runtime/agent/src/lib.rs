@@ -27,6 +27,10 @@ pub const PORT: u32 = 1024;
 /// waits for the guest listens there instead of trying to connect while
 /// the guest boots; where nobody listens the guest is refused at once.
 pub const ANNOUNCE_PORT: u32 = 1024;
+/// The host port (CID 2) a guest restored from a snapshot (or booted to
+/// take one) connects to at its snapshot point, to read this run's
+/// [`Resume`] frame: what a snapshot must not fix for every run.
+pub const RESUME_PORT: u32 = 1025;
 /// The protocol version this crate speaks.
 pub const VERSION: u32 = 1;
 /// The largest frame either side accepts: a request is small; a process's
@@ -238,6 +242,19 @@ pub struct GuestInfo {
     pub addresses: Vec<String>,
     /// Processes the agent is keeping (running, or ended and not waited for).
     pub processes: u32,
+}
+
+/// What init reads on [`RESUME_PORT`]: this run's part of the kernel
+/// command line (the `husk.run=`, `husk.net=` parameters a cold boot
+/// would have had), and a seed for the guest's random generator, so no
+/// two runs of one snapshot share their random state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// Appended to the saved kernel command line (a later parameter wins).
+    pub params: String,
+    /// Fresh random bytes from the host.
+    pub seed: Vec<u8>,
 }
 
 /// A request with the version it speaks, as framed on the wire.

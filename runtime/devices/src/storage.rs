@@ -38,6 +38,16 @@ impl Storage {
         }
     }
 
+    /// The disk's own blocks as a snapshot keeps them: an overlay's
+    /// written blocks saved into `out` (see [`Overlay::save`]); `None` for
+    /// a host file, which is its own state.
+    pub fn save(&self, out: &File) -> io::Result<Option<Vec<(u64, u64)>>> {
+        match self {
+            Storage::File(_) => Ok(None),
+            Storage::Overlay(o) => o.save(out).map(Some),
+        }
+    }
+
     /// Makes written data durable. An overlay's writes end with the VM, so
     /// there is nothing to make durable.
     pub fn flush(&self) -> io::Result<()> {
@@ -50,23 +60,117 @@ impl Storage {
 
 /// A read-only base file and a sparse upper file of the same size that
 /// takes every write, in blocks of [`BLOCK`] bytes: a write that covers
-/// part of a block not written before first copies the block from the base
-/// (as qcow2 does with its clusters). Which blocks were written is a bitmap
-/// allocated in chunks as writes reach them, so its memory is bounded by
-/// the disk's size (at most one bit per 4 KiB: 32 KiB per GiB) however a
-/// guest scatters its writes.
+/// part of a block not written before first copies the block from below
+/// (as qcow2 does with its clusters). Which blocks were written is a
+/// [`Bitmap`], so its memory is bounded by the disk's size however a guest
+/// scatters its writes.
+///
+/// A VM restored from a snapshot also has the snapshot's own writes: a
+/// read-only [`Layer`] between the base and the upper file, read where it
+/// has a block and this run has not written one.
 pub struct Overlay {
     base: File,
     upper: File,
     len: u64,
-    /// One bit per block; a chunk covers [`CHUNK_BLOCKS`] blocks.
-    chunks: Vec<Option<Box<[u64]>>>,
+    written: Bitmap,
+    layer: Option<Layer>,
+}
+
+/// The blocks an overlay saved with a snapshot: their data in `file`, at
+/// their own offsets (a sparse file the size of the disk), and which they
+/// are.
+pub struct Layer {
+    pub file: File,
+    pub blocks: Bitmap,
 }
 
 /// The overlay's unit of copy-on-write.
 pub const BLOCK: u64 = 4096;
 const CHUNK_WORDS: usize = 512;
 const CHUNK_BLOCKS: u64 = CHUNK_WORDS as u64 * 64; // 128 MiB of disk
+
+/// One bit per block of a disk, allocated in chunks as blocks are marked
+/// (at most 32 KiB per GiB of disk).
+pub struct Bitmap {
+    chunks: Vec<Option<Box<[u64]>>>,
+}
+
+impl Bitmap {
+    /// No block marked, for a disk of `len` bytes.
+    pub fn new(len: u64) -> Self {
+        let chunks = len.div_ceil(BLOCK).div_ceil(CHUNK_BLOCKS) as usize;
+        Bitmap {
+            chunks: (0..chunks).map(|_| None).collect(),
+        }
+    }
+
+    /// The blocks of `runs` (`(first, count)`) marked, for a disk of `len`
+    /// bytes; `None` when a run reaches past its end.
+    pub fn from_runs(len: u64, runs: &[(u64, u64)]) -> Option<Self> {
+        let blocks = len.div_ceil(BLOCK);
+        let mut map = Bitmap::new(len);
+        for &(first, count) in runs {
+            let end = first.checked_add(count).filter(|&e| e <= blocks)?;
+            for b in first..end {
+                map.mark(b);
+            }
+        }
+        Some(map)
+    }
+
+    pub fn get(&self, block: u64) -> bool {
+        let (chunk, bit) = (block / CHUNK_BLOCKS, block % CHUNK_BLOCKS);
+        self.chunks
+            .get(chunk as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+
+    pub fn mark(&mut self, block: u64) {
+        let (chunk, bit) = (block / CHUNK_BLOCKS, block % CHUNK_BLOCKS);
+        let c = self.chunks[chunk as usize]
+            .get_or_insert_with(|| vec![0u64; CHUNK_WORDS].into_boxed_slice());
+        c[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+
+    /// How many blocks are marked.
+    pub fn count(&self) -> u64 {
+        self.chunks
+            .iter()
+            .flatten()
+            .map(|c| c.iter().map(|w| u64::from(w.count_ones())).sum::<u64>())
+            .sum()
+    }
+
+    /// The marked blocks as runs `(first, count)`, in order.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (ci, chunk) in self.chunks.iter().enumerate() {
+            let Some(words) = chunk else { continue };
+            for (wi, &word) in words.iter().enumerate() {
+                let mut w = word;
+                while w != 0 {
+                    let bit = u64::from(w.trailing_zeros());
+                    w &= w - 1;
+                    let block = ci as u64 * CHUNK_BLOCKS + wi as u64 * 64 + bit;
+                    match runs.last_mut() {
+                        Some((first, count)) if *first + *count == block => *count += 1,
+                        _ => runs.push((block, 1)),
+                    }
+                }
+            }
+        }
+        runs
+    }
+}
+
+/// Where a block's bytes are read from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Upper,
+    Layer,
+    Base,
+}
 
 impl Overlay {
     /// `upper` must be an empty file the caller owns (an unnamed temporary
@@ -75,13 +179,20 @@ impl Overlay {
     pub fn new(base: File, upper: File) -> io::Result<Self> {
         let len = base.metadata()?.len();
         upper.set_len(len)?;
-        let chunks = len.div_ceil(BLOCK).div_ceil(CHUNK_BLOCKS) as usize;
         Ok(Overlay {
             base,
             upper,
             len,
-            chunks: (0..chunks).map(|_| None).collect(),
+            written: Bitmap::new(len),
+            layer: None,
         })
+    }
+
+    /// An overlay over `base` that starts with a snapshot's saved writes.
+    pub fn with_layer(base: File, upper: File, layer: Layer) -> io::Result<Self> {
+        let mut o = Overlay::new(base, upper)?;
+        o.layer = Some(layer);
+        Ok(o)
     }
 
     fn check(&self, offset: u64, len: usize) -> io::Result<u64> {
@@ -91,18 +202,22 @@ impl Overlay {
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the end of the disk"))
     }
 
-    fn written(&self, block: u64) -> bool {
-        let (chunk, bit) = (block / CHUNK_BLOCKS, block % CHUNK_BLOCKS);
-        self.chunks[chunk as usize]
-            .as_ref()
-            .is_some_and(|c| c[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    fn source(&self, block: u64) -> Source {
+        if self.written.get(block) {
+            Source::Upper
+        } else if self.layer.as_ref().is_some_and(|l| l.blocks.get(block)) {
+            Source::Layer
+        } else {
+            Source::Base
+        }
     }
 
-    fn mark(&mut self, block: u64) {
-        let (chunk, bit) = (block / CHUNK_BLOCKS, block % CHUNK_BLOCKS);
-        let c = self.chunks[chunk as usize]
-            .get_or_insert_with(|| vec![0u64; CHUNK_WORDS].into_boxed_slice());
-        c[(bit / 64) as usize] |= 1 << (bit % 64);
+    fn file(&self, source: Source) -> &File {
+        match (source, &self.layer) {
+            (Source::Upper, _) => &self.upper,
+            (Source::Layer, Some(l)) => &l.file,
+            _ => &self.base,
+        }
     }
 
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -110,18 +225,14 @@ impl Overlay {
         let mut pos = offset;
         // Runs of blocks from the same file, one read each.
         while pos < end {
-            let upper = self.written(pos / BLOCK);
+            let source = self.source(pos / BLOCK);
             let mut stop = (pos / BLOCK + 1) * BLOCK;
-            while stop < end && self.written(stop / BLOCK) == upper {
+            while stop < end && self.source(stop / BLOCK) == source {
                 stop += BLOCK;
             }
             let stop = stop.min(end);
             let piece = &mut buf[(pos - offset) as usize..(stop - offset) as usize];
-            if upper {
-                self.upper.read_exact_at(piece, pos)?;
-            } else {
-                self.base.read_exact_at(piece, pos)?;
-            }
+            self.file(source).read_exact_at(piece, pos)?;
             pos = stop;
         }
         Ok(())
@@ -144,25 +255,26 @@ impl Overlay {
                 let data = &buf[(pos - offset) as usize..(run_end - offset) as usize];
                 self.upper.write_all_at(data, pos)?;
                 for b in block..run_end.div_ceil(BLOCK) {
-                    self.mark(b);
+                    self.written.mark(b);
                 }
                 pos = run_end;
                 continue;
             }
             let stop = block_end.min(end);
             let data = &buf[(pos - offset) as usize..(stop - offset) as usize];
-            if self.written(block) {
+            let source = self.source(block);
+            if source == Source::Upper {
                 self.upper.write_all_at(data, pos)?;
             } else {
                 // First write to part of this block: the rest comes from
-                // the base.
+                // below.
                 let mut whole = vec![0u8; (block_end - block_start) as usize];
-                self.base.read_exact_at(&mut whole, block_start)?;
+                self.file(source).read_exact_at(&mut whole, block_start)?;
                 whole[(pos - block_start) as usize..(stop - block_start) as usize]
                     .copy_from_slice(data);
                 self.upper.write_all_at(&whole, block_start)?;
             }
-            self.mark(block);
+            self.written.mark(block);
             pos = stop;
         }
         Ok(())
@@ -170,17 +282,39 @@ impl Overlay {
 
     /// How many blocks have been written (for tests and figures).
     pub fn written_blocks(&self) -> u64 {
-        self.chunks
-            .iter()
-            .flatten()
-            .map(|c| c.iter().map(|w| u64::from(w.count_ones())).sum::<u64>())
-            .sum()
+        self.written.count()
+    }
+
+    /// Writes every block that differs from the base (this VM's writes and
+    /// its layer's) into `out` at its own offset, and returns them as runs
+    /// `(first block, count)`: what a snapshot keeps of this disk.
+    pub fn save(&self, out: &File) -> io::Result<Vec<(u64, u64)>> {
+        out.set_len(self.len)?;
+        let mut all = Bitmap::new(self.len);
+        for (first, count) in self.written.runs() {
+            (first..first + count).for_each(|b| all.mark(b));
+        }
+        if let Some(l) = &self.layer {
+            for (first, count) in l.blocks.runs() {
+                (first..first + count).for_each(|b| all.mark(b));
+            }
+        }
+        let runs = all.runs();
+        let mut buf = Vec::new();
+        for &(first, count) in &runs {
+            let start = first * BLOCK;
+            let end = ((first + count) * BLOCK).min(self.len);
+            buf.resize((end - start) as usize, 0);
+            self.read_exact_at(&mut buf, start)?;
+            out.write_all_at(&buf, start)?;
+        }
+        Ok(runs)
     }
 
     /// How many bitmap chunks exist (memory follows writes).
     #[cfg(test)]
     fn chunks_allocated(&self) -> usize {
-        self.chunks.iter().flatten().count()
+        self.written.chunks.iter().flatten().count()
     }
 }
 
@@ -286,6 +420,46 @@ mod tests {
         assert_eq!(o.written_blocks(), 0);
         o.read_exact_at(&mut buf, 1008).unwrap();
         assert_eq!(buf, [7u8; 16]);
+    }
+
+    #[test]
+    fn saved_blocks_come_back_as_a_layer_under_a_new_run() {
+        let base: Vec<u8> = (0..8 * BLOCK as usize).map(|i| (i % 253) as u8).collect();
+        let (b, mut o) = files(&base);
+        o.write_all_at(&[1; 100], 10).unwrap(); // block 0
+        o.write_all_at(&vec![2; 2 * BLOCK as usize], 3 * BLOCK)
+            .unwrap(); // 3, 4
+        let saved = tempfile::tempfile().unwrap();
+        let runs = o.save(&saved).unwrap();
+        assert_eq!(runs, vec![(0, 1), (3, 2)]);
+        let mut want = vec![0u8; base.len()];
+        o.read_exact_at(&mut want, 0).unwrap();
+
+        // A new run over the saved layer reads what the saved one did...
+        let layer = Layer {
+            file: saved,
+            blocks: Bitmap::from_runs(base.len() as u64, &runs).unwrap(),
+        };
+        let mut r = Overlay::with_layer(
+            File::open(b.path()).unwrap(),
+            tempfile::tempfile().unwrap(),
+            layer,
+        )
+        .unwrap();
+        let mut got = vec![0u8; base.len()];
+        r.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(r.written_blocks(), 0);
+        // ...and a partial write over a layer block keeps the layer's rest.
+        r.write_all_at(&[3; 10], 3 * BLOCK + 5).unwrap();
+        r.read_exact_at(&mut got, 0).unwrap();
+        want[3 * BLOCK as usize + 5..3 * BLOCK as usize + 15].fill(3);
+        assert_eq!(got, want);
+        // Saving again keeps both.
+        let again = tempfile::tempfile().unwrap();
+        assert_eq!(r.save(&again).unwrap(), vec![(0, 1), (3, 2)]);
+        // A run past the disk's end is no layer.
+        assert!(Bitmap::from_runs(base.len() as u64, &[(7, 2)]).is_none());
     }
 
     /// Random writes and reads against a plain byte vector.

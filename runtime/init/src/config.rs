@@ -231,6 +231,10 @@ pub struct InterfaceSetup {
     pub gateway: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// Set as the interface's address before it goes up: a VM restored
+    /// from a snapshot kept the MAC of the run that took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
 }
 
 impl NetSetup {
@@ -379,6 +383,7 @@ mod tests {
                 prefix: 24,
                 gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
                 mtu: Some(1500),
+                mac: Some([2, 0, 0, 0, 0, 9]),
             }],
             dns: vec![Ipv4Addr::new(192, 0, 2, 1)],
         };

@@ -60,7 +60,7 @@ fn main() {
     sys::mount_filesystems();
     sys::ensure_console();
     // Read once: the overrides, the shares and the network are all on it.
-    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let portable = cmdline.split_whitespace().any(|w| w == PORTABLE_ARG);
     let control = if portable {
         sys::ControlPort::none()
@@ -70,12 +70,23 @@ fn main() {
     control.mark(sys::MARK_INIT_RUNNING);
     if cmdline.split_whitespace().any(|w| w == SNAPSHOT_ARG) {
         // The VMM saves the VM during this port write; a restored VM goes
-        // on from here, and first makes its random state its own.
+        // on from here: it reads this run's parameters from the host and
+        // makes its random state its own.
         control.mark(sys::MARK_SNAPSHOT_POINT);
-        if let Err(e) = sys::reseed_from_hwrng() {
-            say(&format!(
-                "cannot reseed the random generator from /dev/hwrng: {e}"
-            ));
+        let seed = match resume() {
+            Ok(Some(r)) => {
+                cmdline.push(' ');
+                cmdline.push_str(&r.params);
+                r.seed
+            }
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                say(&format!("cannot read this run's parameters: {e}"));
+                Vec::new()
+            }
+        };
+        if let Err(e) = sys::reseed(&seed) {
+            say(&format!("cannot reseed the random generator: {e}"));
         }
     }
     let mut on_exit = OnExit::Poweroff;
@@ -106,6 +117,17 @@ fn main() {
             sys::power_off();
         }
     }
+}
+
+/// This run's parameters, from the host's [`::agent::RESUME_PORT`]; `None`
+/// where the VM has no vsock device or the host serves no parameters.
+fn resume() -> Result<Option<::agent::Resume>, ::agent::FrameError> {
+    let fd = match sys::vsock_connect(libc::VMADDR_CID_HOST, ::agent::RESUME_PORT) {
+        Ok(fd) => fd,
+        Err(_) => return Ok(None),
+    };
+    let mut conn = std::os::unix::net::UnixStream::from(fd);
+    ::agent::read(&mut conn)
 }
 
 /// Runs the appliance's command to its end and returns its exit status;

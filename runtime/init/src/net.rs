@@ -91,8 +91,21 @@ pub fn loopback_up() -> io::Result<()> {
     set_up(&socket()?, "lo")
 }
 
-/// Sets up one interface: MTU, address and netmask, up, default route.
+/// Sets up one interface: MAC, MTU, address and netmask, up, default
+/// route.
 fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
+    if let Some(mac) = i.mac {
+        let mut req = ifreq(&i.name)?;
+        // SAFETY: an all-zero sockaddr is a valid value of the plain C
+        // struct; the family and the first 6 data bytes are set below.
+        let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+        hw.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_hwaddr = hw;
+        ioctl(sock, libc::SIOCSIFHWADDR, &mut req)?;
+    }
     if let Some(mtu) = i.mtu {
         let mut req = ifreq(&i.name)?;
         req.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);

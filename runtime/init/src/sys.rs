@@ -336,28 +336,47 @@ const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
 /// A VM restored from a snapshot starts with the random state of the VM
 /// that was saved, the same in every VM restored from it: mix in fresh
 /// bytes from the entropy device (the host's `/dev/urandom` through
-/// virtio-rng, read anew by each VM), credited, and reseed the kernel's
-/// generator at once rather than at its next scheduled reseed.
-pub fn reseed_from_hwrng() -> io::Result<()> {
+/// virtio-rng, read anew by each VM) and `seed` (the host's, handed over
+/// at resume), both credited, and reseed the kernel's generator at once
+/// rather than at its next scheduled reseed. Fails only when neither
+/// source could be added.
+pub fn reseed(seed: &[u8]) -> io::Result<()> {
     use std::io::Read;
+    let urandom = fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    let mut hwrng = [0u8; 64];
+    let from_device = fs::File::open("/dev/hwrng")
+        .and_then(|mut f| f.read_exact(&mut hwrng))
+        .and_then(|()| add_entropy(&urandom, &hwrng));
+    let from_host = add_entropy(&urandom, seed);
+    if from_device.is_err() && from_host.is_err() {
+        return from_device;
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument and touches no memory of ours.
+    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) })
+}
+
+/// Adds up to 64 bytes to the kernel's pool, credited as full entropy.
+fn add_entropy(urandom: &fs::File, bytes: &[u8]) -> io::Result<()> {
     #[repr(C)]
     struct PoolInfo {
         entropy_count: libc::c_int,
         buf_size: libc::c_int,
         buf: [u8; 64],
     }
+    let len = bytes.len().min(64);
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no bytes"));
+    }
     let mut pool = PoolInfo {
-        entropy_count: 64 * 8,
-        buf_size: 64,
+        entropy_count: (len * 8) as libc::c_int,
+        buf_size: len as libc::c_int,
         buf: [0; 64],
     };
-    fs::File::open("/dev/hwrng")?.read_exact(&mut pool.buf)?;
-    let urandom = fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    pool.buf[..len].copy_from_slice(&bytes[..len]);
     // SAFETY: RNDADDENTROPY reads a rand_pool_info header and then
-    // buf_size bytes, all inside `pool`, which outlives the call.
-    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, &pool) })?;
-    // SAFETY: RNDRESEEDCRNG takes no argument and touches no memory of ours.
-    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) })
+    // buf_size (at most 64) bytes, all inside `pool`, which outlives the
+    // call.
+    check(unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, &pool) })
 }
 
 /// Powers the machine off through ACPI (an exported disk's machine; husk's

@@ -178,10 +178,22 @@ impl SnapshotTaker {
         let vm = VmState::save(&self.vm, self.pit).map_err(|e| e.to_string())?;
         let mut devices = Vec::new();
         let mut names = Vec::new();
+        let mut disks = Vec::new();
         for t in shared.bus.transports() {
             let t = lock(t);
-            names.push(device_name(t.device_type()));
+            let name = device_name(t.device_type());
             devices.push(t.save().map_err(|e| e.to_string())?);
+            if name == "block" {
+                let out = target
+                    .disks
+                    .get(disks.len())
+                    .ok_or_else(|| format!("no file for disk {} of the snapshot", disks.len()))?;
+                let saved = t
+                    .save_disk(out)
+                    .map_err(|e| format!("cannot save disk {}: {e}", disks.len()))?;
+                disks.push(saved);
+            }
+            names.push(name);
         }
         let mut header = target.header.clone();
         header.devices = names;
@@ -190,6 +202,7 @@ impl SnapshotTaker {
             vm,
             vcpus,
             devices,
+            disks,
         };
         target
             .write(&snapshot, &self.mem)

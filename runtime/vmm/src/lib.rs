@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::storage::{Overlay, Storage};
+use devices::storage::{Bitmap, Layer, Overlay, Storage};
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::fs::Fs;
@@ -299,7 +299,12 @@ pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
         kvm,
         kernel: boot::open_kernel(&cfg.kernel)?,
         initrd: cfg.initrd.as_deref().map(boot::open_initrd).transpose()?,
-        disks: cfg.disks.iter().map(open_disk).collect::<Result<_, _>>()?,
+        disks: cfg
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| open_disk(d, restored_layer(cfg, i, d)?))
+            .collect::<Result<_, _>>()?,
         net: cfg
             .net
             .iter()
@@ -434,6 +439,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         let host = HostSide {
             listener: v.listener,
             broker: v.broker,
+            presets: v.presets,
         };
         let dev = Vsock::new(u64::from(v.cid), host).map_err(VmmError::Vsock)?;
         dm.attach(&vm, &mem, Box::new(dev), &mut cmdline)?;
@@ -739,7 +745,48 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
 
 /// Opens a disk with the access it needs and locks it: exclusively when
 /// the file is written, shared when it is only read.
-fn open_disk(d: &DiskConfig) -> Result<Storage, VmmError> {
+/// A snapshot's saved blocks of one disk: their file and their runs
+/// `(first block, count)`.
+type SavedBlocks = (File, Vec<(u64, u64)>);
+
+/// Disk `index`'s saved blocks in the snapshot being restored: the file
+/// and its runs, for an overlay disk of a snapshot that has them. A disk
+/// an overlay in one and not in the other is refused.
+fn restored_layer(
+    cfg: &VmConfig,
+    index: usize,
+    d: &DiskConfig,
+) -> Result<Option<SavedBlocks>, VmmError> {
+    let Some(r) = &cfg.restore else {
+        return Ok(None);
+    };
+    let saved = r.snapshot.disks.get(index).cloned().flatten();
+    let file = r.disks.get(index).and_then(Option::as_ref);
+    let overlay = d.access == DiskAccess::Overlay;
+    match (saved, file) {
+        (Some(runs), Some(f)) if overlay => {
+            let f = f
+                .try_clone()
+                .map_err(io("duplicating a snapshot's disk file"))?;
+            Ok(Some((f, runs)))
+        }
+        (None, _) if !overlay => Ok(None),
+        (saved, _) => Err(VmmError::Restore(snapshot::SnapshotError::Mismatch {
+            what: "disk access",
+            snapshot: format!(
+                "disk {index} {}",
+                if saved.is_some() {
+                    "an overlay"
+                } else {
+                    "a file"
+                }
+            ),
+            this: format!("{:?}", d.access),
+        })),
+    }
+}
+
+fn open_disk(d: &DiskConfig, layer: Option<(File, Vec<(u64, u64)>)>) -> Result<Storage, VmmError> {
     let writable = d.access == DiskAccess::ReadWrite;
     let file = OpenOptions::new()
         .read(true)
@@ -776,7 +823,25 @@ fn open_disk(d: &DiskConfig) -> Result<Storage, VmmError> {
         .custom_flags(libc::O_TMPFILE)
         .open(&dir)
         .map_err(overlay_error)?;
-    Overlay::new(file, upper)
-        .map(Storage::Overlay)
-        .map_err(overlay_error)
+    let overlay = match layer {
+        None => Overlay::new(file, upper),
+        Some((layer, runs)) => {
+            let len = file.metadata().map_err(overlay_error)?.len();
+            let blocks = Bitmap::from_runs(len, &runs).ok_or_else(|| {
+                VmmError::Restore(snapshot::SnapshotError::Corrupt {
+                    path: d.path.clone(),
+                    why: "the snapshot's saved blocks reach past the end of this disk".into(),
+                })
+            })?;
+            Overlay::with_layer(
+                file,
+                upper,
+                Layer {
+                    file: layer,
+                    blocks,
+                },
+            )
+        }
+    };
+    overlay.map(Storage::Overlay).map_err(overlay_error)
 }

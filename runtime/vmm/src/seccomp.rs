@@ -320,11 +320,18 @@ pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
                 ),
             ]);
             if snapshots {
-                list.push(allow(
-                    SYS_ftruncate,
-                    vec![],
-                    "a snapshot's memory file sized to the guest's RAM",
-                ));
+                list.extend([
+                    allow(
+                        SYS_ftruncate,
+                        vec![],
+                        "a snapshot's memory and disk files sized to the guest's",
+                    ),
+                    allow(
+                        SYS_flock,
+                        vec![],
+                        "the snapshot's lock given up once it is whole, for restores to read",
+                    ),
+                ]);
             }
         }
     }
@@ -475,8 +482,9 @@ mod tests {
         let vmm = rules(ThreadKind::Vmm).len();
         let vcpu = rules(ThreadKind::Vcpu).len();
         assert!(vmm < 76 && vcpu < 49, "vmm {vmm}, vcpu {vcpu}");
-        // Snapshots add one call (ftruncate) and widen two ioctl rules.
-        assert_eq!(rules_for(ThreadKind::Vmm, true).len(), vmm + 1);
+        // Snapshots add two calls (ftruncate, flock) and widen two ioctl
+        // rules.
+        assert_eq!(rules_for(ThreadKind::Vmm, true).len(), vmm + 2);
         assert_eq!(rules_for(ThreadKind::Vcpu, true).len(), vcpu);
         assert!(Filters::build_for(SeccompMode::Kill, true)
             .unwrap()

@@ -3,10 +3,20 @@
 //! RAM, in a format of husk's own.
 //!
 //! ```text
-//! SNAPSHOT/state.json   Header, then VmState and one VcpuState per vCPU
+//! SNAPSHOT/state.json   Header, then VmState, one VcpuState per vCPU, the
+//!                       devices, and each overlay disk's saved blocks
 //! SNAPSHOT/memory       guest RAM, its ranges back to back (sparse: pages
 //!                       of zeros are holes)
+//! SNAPSHOT/diskN        disk N's blocks that differ from its image, at
+//!                       their own offsets (sparse), for an overlay disk
+//! SNAPSHOT/lock         held (flock) exclusively while a VMM writes the
+//!                       snapshot, shared while a restore opens it
 //! ```
+//!
+//! A writer removes the old files before it makes new ones, so a VM
+//! restored earlier keeps the inodes it mapped; it writes the state last,
+//! so a VMM killed while writing leaves a state file that does not parse,
+//! which is refused.
 //!
 //! A restore maps `memory` private (copy-on-write): the guest reads pages
 //! from the file as it touches them and its writes never reach the file,
@@ -18,8 +28,9 @@
 //! The virtio devices are saved by their transports (registers, the
 //! queues as the driver set them, where the device is in each ring); a
 //! device with state outside the VMM (virtio-fs, whose rings virtiofsd
-//! holds) refuses. What is not here yet: pausing a running VMM to take a
-//! snapshot, and restoring one in `husk run` (issue #17 goes on from here).
+//! holds) refuses, as does a disk the guest writes in place. An overlay
+//! disk's writes are saved with the snapshot and come back as a read-only
+//! layer under the restored VM's own overlay.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -39,9 +50,14 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";
 /// Bumped whenever the layout of the state changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const STATE_FILE: &str = "state.json";
 const MEMORY_FILE: &str = "memory";
+const LOCK_FILE: &str = "lock";
+
+fn disk_file(index: usize) -> String {
+    format!("disk{index}")
+}
 const PAGE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +82,8 @@ pub enum SnapshotError {
         snapshot: String,
         this: String,
     },
+    #[error("{} is being written by another VM", path.display())]
+    Busy { path: PathBuf },
     #[error("KVM set only {set} of the {wanted} MSRs of vCPU {vcpu}")]
     Msrs {
         vcpu: usize,
@@ -379,11 +397,58 @@ pub fn device_name(device_type: u32) -> String {
 }
 
 /// What a VM is restored from: a snapshot read and checked
-/// ([`Snapshot::read`]) and its memory file.
+/// ([`Snapshot::read`]), its memory file, and for each disk the file of
+/// its saved blocks (an overlay's).
 #[derive(Debug)]
 pub struct Restore {
     pub snapshot: Snapshot,
     pub memory: File,
+    pub disks: Vec<Option<File>>,
+}
+
+impl Restore {
+    /// Opens the snapshot in `dir` for a VM like `this`: waits for no
+    /// writer (a snapshot being written is [`SnapshotError::Busy`]), reads
+    /// and checks the state, opens the memory and disk files. Restores
+    /// need no lock after this: a writer replaces files, never changes
+    /// them.
+    pub fn open(dir: &Path, this: &Header) -> Result<Restore, SnapshotError> {
+        let lock_path = dir.join(LOCK_FILE);
+        let _lock = match File::open(&lock_path) {
+            Ok(f) => {
+                f.try_lock_shared().map_err(|e| match e {
+                    fs::TryLockError::WouldBlock => SnapshotError::Busy {
+                        path: dir.to_path_buf(),
+                    },
+                    fs::TryLockError::Error(e) => io_at("cannot lock", &lock_path)(e),
+                })?;
+                Some(f)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_at("cannot open", &lock_path)(e)),
+        };
+        let snapshot = Snapshot::read(dir, this)?;
+        let memory = Snapshot::memory_file(dir)?;
+        let disks = snapshot
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, runs)| match runs {
+                Some(_) => {
+                    let path = dir.join(disk_file(i));
+                    File::open(&path)
+                        .map(Some)
+                        .map_err(io_at("cannot open", &path))
+                }
+                None => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Restore {
+            snapshot,
+            memory,
+            disks,
+        })
+    }
 }
 
 /// A whole snapshot's state, as `state.json` holds it.
@@ -395,16 +460,17 @@ pub struct Snapshot {
     /// Each virtio-mmio transport with its device's rings, in transport
     /// order ([`MmioTransport::save`](devices::virtio::mmio::MmioTransport::save)).
     pub devices: Vec<TransportState>,
+    /// Each disk, in order: an overlay's saved blocks as runs `(first
+    /// block, count)`, their data in `diskN`; `None` for a host file.
+    pub disks: Vec<Option<Vec<(u64, u64)>>>,
 }
 
 impl Snapshot {
-    /// Writes `dir/state.json` and `dir/memory`, each under a temporary
-    /// name renamed when complete (the state last: a snapshot without it is
-    /// no snapshot).
+    /// Writes `dir/state.json` and `dir/memory` (the state last: see
+    /// [`Target`]), for a VM without overlay disks.
     pub fn write(&self, mem: &GuestMemoryMmap, dir: &Path) -> Result<(), SnapshotError> {
-        let target = Target::create(dir, self.header.clone())?;
-        target.write(self, mem)?;
-        Target::publish(dir)
+        let target = Target::create(dir, self.header.clone(), self.disks.len())?;
+        target.write(self, mem)
     }
 
     /// Reads `dir/state.json`, refusing one that does not parse, was taken
@@ -446,6 +512,18 @@ impl Snapshot {
                 "{} device states for {} devices",
                 snapshot.devices.len(),
                 snapshot.header.devices.len()
+            )));
+        }
+        let disk_devices = snapshot
+            .header
+            .devices
+            .iter()
+            .filter(|d| *d == "block")
+            .count();
+        if snapshot.disks.len() != disk_devices {
+            return Err(corrupt(format!(
+                "{} disk states for {disk_devices} disks",
+                snapshot.disks.len()
             )));
         }
         if snapshot.vcpus.len() != usize::from(snapshot.header.cpus) {
@@ -490,53 +568,105 @@ pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestMemoryMmap, Sn
     })
 }
 
-/// Files a running VMM writes a snapshot into, opened (and later renamed
-/// into place) by its caller: the jailed, filtered VMM opens nothing.
+/// Files a running VMM writes a snapshot into, opened by its caller: the
+/// jailed, filtered VMM opens nothing. While it lives it holds the
+/// snapshot's lock, which [`Target::write`] gives up once the snapshot is
+/// whole.
 #[derive(Debug)]
 pub struct Target {
     /// What the snapshot is for; the VMM fills in the device list.
     pub header: Header,
     pub state: File,
     pub memory: File,
+    /// One per disk, in order (filled only for overlays).
+    pub disks: Vec<File>,
+    lock: File,
     /// Named in errors.
     pub dir: PathBuf,
 }
 
 impl Target {
-    /// `dir/.state.json.tmp` and `dir/.memory.tmp`, made (truncated) now.
-    pub fn create(dir: &Path, header: Header) -> Result<Target, SnapshotError> {
+    /// Takes `dir`'s lock ([`SnapshotError::Busy`] when another VMM holds
+    /// it), removes what an earlier snapshot left there, and makes the new
+    /// files, empty: `state.json` (first, so no state ever describes
+    /// another memory file), `memory`, and `disk0`.. for `disks` disks.
+    pub fn create(dir: &Path, header: Header, disks: usize) -> Result<Target, SnapshotError> {
         fs::create_dir_all(dir).map_err(io_at("cannot create", dir))?;
-        let open = |name: &str| {
-            let p = dir.join(format!(".{name}.tmp"));
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_at("cannot create", &lock_path))?;
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::WouldBlock => SnapshotError::Busy {
+                path: dir.to_path_buf(),
+            },
+            fs::TryLockError::Error(e) => io_at("cannot lock", &lock_path)(e),
+        })?;
+        Target::clear(dir)?;
+        let make = |name: &str| {
+            let p = dir.join(name);
             File::create(&p).map_err(io_at("cannot create", &p))
         };
         Ok(Target {
             header,
-            state: open(STATE_FILE)?,
-            memory: open(MEMORY_FILE)?,
+            state: make(STATE_FILE)?,
+            memory: make(MEMORY_FILE)?,
+            disks: (0..disks)
+                .map(|i| make(&disk_file(i)))
+                .collect::<Result<_, _>>()?,
+            lock,
             dir: dir.to_path_buf(),
         })
     }
 
-    /// After the VMM wrote them: the memory, then the state, renamed into
-    /// place (a folder with a state file holds a whole snapshot).
-    pub fn publish(dir: &Path) -> Result<(), SnapshotError> {
-        for name in [MEMORY_FILE, STATE_FILE] {
-            let from = dir.join(format!(".{name}.tmp"));
-            let to = dir.join(name);
-            fs::rename(&from, &to).map_err(io_at("cannot rename into place", &to))?;
+    /// Removes a snapshot's state, memory and disk files from `dir` (the
+    /// state first), leaving the folder and its lock.
+    fn clear(dir: &Path) -> Result<(), SnapshotError> {
+        let mut names = vec![STATE_FILE.to_string(), MEMORY_FILE.to_string()];
+        for entry in fs::read_dir(dir).map_err(io_at("cannot read", dir))? {
+            let name = entry
+                .map_err(io_at("cannot read", dir))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if name
+                .strip_prefix("disk")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+            {
+                names.push(name);
+            }
+        }
+        for name in names {
+            let p = dir.join(name);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at("cannot remove", &p)(e)),
+            }
         }
         Ok(())
     }
 
-    /// Writes a snapshot through the open files.
+    /// Writes a snapshot through the open files (the disks' blocks are
+    /// already in theirs), the state last, all synced; then gives up the
+    /// lock.
     pub fn write(&self, snapshot: &Snapshot, mem: &GuestMemoryMmap) -> Result<(), SnapshotError> {
         write_memory(mem, &self.memory, &self.dir)?;
+        for disk in &self.disks {
+            disk.sync_data()
+                .map_err(io_at("cannot sync the disks of", &self.dir))?;
+        }
         let text = serde_json::to_vec(snapshot).expect("plain data serializes");
         (&self.state)
             .write_all(&text)
             .and_then(|()| self.state.sync_data())
-            .map_err(io_at("cannot write the snapshot's state in", &self.dir))
+            .map_err(io_at("cannot write the snapshot's state in", &self.dir))?;
+        self.lock
+            .unlock()
+            .map_err(io_at("cannot unlock", &self.dir))
     }
 }
 
@@ -638,10 +768,10 @@ mod tests {
             ),
             (
                 b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 99}}",
-                "format 99, this husk reads format 1",
+                "format 99, this husk reads format 2",
             ),
             (
-                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 1}}",
+                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 2}}",
                 "missing field",
             ),
         ] {
@@ -657,6 +787,34 @@ mod tests {
             Snapshot::read(dir.path(), &header()).unwrap_err(),
             SnapshotError::Io { .. }
         ));
+    }
+
+    #[test]
+    fn one_writer_at_a_time_and_no_restore_while_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::create(dir.path(), header(), 2).unwrap();
+        for name in ["state.json", "memory", "disk0", "disk1", "lock"] {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
+        assert!(matches!(
+            Target::create(dir.path(), header(), 2).unwrap_err(),
+            SnapshotError::Busy { .. }
+        ));
+        assert!(matches!(
+            Restore::open(dir.path(), &header()).unwrap_err(),
+            SnapshotError::Busy { .. }
+        ));
+        // The writer gone (its lock with it), the next one starts afresh:
+        // the old files are removed, not reused.
+        fs::write(dir.path().join("disk1"), b"old").unwrap();
+        drop(t);
+        let _t = Target::create(dir.path(), header(), 1).unwrap();
+        assert!(dir.path().join("disk0").exists());
+        assert!(!dir.path().join("disk1").exists());
+        assert_eq!(
+            fs::metadata(dir.path().join("state.json")).unwrap().len(),
+            0
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct VsockConfig {
     pub listener: UnixListener,
     /// The VMM's end of the broker's socket pair (non-blocking).
     pub broker: UnixDatagram,
+    /// Host ports the device serves itself, each with a socket given up
+    /// front, once (see `devices::virtio::vsock::HostSide::presets`).
+    pub presets: Vec<(u32, std::os::unix::net::UnixStream)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ impl HostVsock {
                         cid,
                         listener,
                         broker: ours,
+                        presets: Vec::new(),
                     },
                 ))
             }

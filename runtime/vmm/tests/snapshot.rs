@@ -126,6 +126,7 @@ fn a_restored_guest_goes_on_where_it_was_saved() {
         vm: VmState::save(&vm, true).unwrap(),
         vcpus: vec![VcpuState::save(&vcpu, &msrs).unwrap()],
         devices: vec![rng_state(&mem)],
+        disks: Vec::new(),
     };
     snap.write(&mem, dir.path()).unwrap();
     // Saving does not disturb the running guest.
@@ -171,6 +172,7 @@ fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() {
         vm: VmState::save(&vm, true).unwrap(),
         vcpus: vec![VcpuState::save(&vcpu, &snapshot::msr_list(&kvm).unwrap()).unwrap()],
         devices: vec![rng_state(&mem)],
+        disks: Vec::new(),
     };
     snap.write(&mem, dir.path()).unwrap();
     Snapshot::read(dir.path(), &header()).unwrap();

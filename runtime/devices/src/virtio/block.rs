@@ -163,9 +163,14 @@ impl VirtioDevice for Block {
     }
 
     fn snapshot_refusal(&self) -> Option<&'static str> {
-        // What the guest wrote before the snapshot (its overlay, or the
-        // file itself) would have to be saved with it; not done yet.
-        (!self.readonly).then_some("a writable disk (its writes are not saved with a snapshot yet)")
+        // An overlay's writes are saved with the snapshot; a host file the
+        // guest writes in place would go on changing under it.
+        (!self.readonly && matches!(self.storage, Storage::File(_)))
+            .then_some("a disk the guest writes in place (give it as an overlay or read-only)")
+    }
+
+    fn save_disk(&self, out: &std::fs::File) -> io::Result<Option<Vec<(u64, u64)>>> {
+        self.storage.save(out)
     }
 
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {

@@ -485,6 +485,12 @@ impl MmioTransport {
 
     /// The transport's state and where its device is in each ring, for a
     /// snapshot (the vCPUs and the event loop stopped).
+    /// The device's disk blocks a snapshot keeps, if it is a disk (see
+    /// [`VirtioDevice::save_disk`]).
+    pub fn save_disk(&self, out: &std::fs::File) -> std::io::Result<Option<Vec<(u64, u64)>>> {
+        self.device.save_disk(out)
+    }
+
     pub fn save(&self) -> Result<TransportState, SaveError> {
         if let Some(why) = self.device.snapshot_refusal() {
             return Err(SaveError(why));

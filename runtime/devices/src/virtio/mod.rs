@@ -257,6 +257,13 @@ pub trait VirtioDevice: Send {
     fn snapshot_refusal(&self) -> Option<&'static str> {
         None
     }
+
+    /// A disk's blocks that a snapshot must keep (its overlay's writes),
+    /// saved into `out` as runs `(first block, count)`; `None` for every
+    /// other device and for a disk that is a host file.
+    fn save_disk(&self, _out: &std::fs::File) -> std::io::Result<Option<Vec<(u64, u64)>>> {
+        Ok(None)
+    }
 }
 
 /// Counts a guest's or a peer's misbehaviour and says when to log it: the

@@ -93,14 +93,13 @@ fn bench(runs: usize) -> Result<(), String> {
     // The snapshot, once.
     let seen = Arc::new(Mutex::new(None));
     let mut cfg = config(&kernel, &image, seen.clone());
-    cfg.snapshot = Some(Target::create(&snap_dir, header.clone()).map_err(|e| e.to_string())?);
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone(), 0).map_err(|e| e.to_string())?);
     let taking = Instant::now();
     let out = boot_tests::vm::run(cfg)?;
     if out.snapshot != Some(Ok(())) {
         return Err(format!("no snapshot: {:?}", out.snapshot));
     }
     let taking = taking.elapsed().as_secs_f64();
-    Target::publish(&snap_dir).map_err(|e| e.to_string())?;
     let memory = snap_dir.join("memory");
     let allocated = {
         use std::os::unix::fs::MetadataExt;
@@ -127,6 +126,7 @@ fn bench(runs: usize) -> Result<(), String> {
         cfg.restore = Some(Restore {
             snapshot,
             memory: Snapshot::memory_file(&snap_dir).map_err(|e| e.to_string())?,
+            disks: Vec::new(),
         });
         let w = run(cfg, &seen)?;
 

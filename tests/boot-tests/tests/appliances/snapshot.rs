@@ -53,7 +53,7 @@ fn snapshot_restores() -> Result<(), Failed> {
     // Cold: boot, snapshot at init's point, run the command.
     let console = dir.path().join("cold.log");
     let mut cfg = config(&kernel, &image, fs::File::create(&console)?);
-    cfg.snapshot = Some(Target::create(&snap_dir, header.clone())?);
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone(), 0)?);
     let started = Instant::now();
     let out = run_vm(cfg)?;
     let cold = started.elapsed();
@@ -64,7 +64,6 @@ fn snapshot_restores() -> Result<(), Failed> {
     if out.exit != (VmExit::Shutdown { status: Some(0) }) || !text.contains("Hello from hello") {
         return Err(format!("the cold run: {:?}\n{text}", out.exit).into());
     }
-    Target::publish(&snap_dir)?;
     let memory_bytes = fs::metadata(snap_dir.join("memory"))?.len();
     let allocated = {
         use std::os::unix::fs::MetadataExt;
@@ -83,6 +82,7 @@ fn snapshot_restores() -> Result<(), Failed> {
         cfg.restore = Some(Restore {
             snapshot,
             memory: Snapshot::memory_file(&snap_dir)?,
+            disks: Vec::new(),
         });
         let started = Instant::now();
         let out = run_vm(cfg)?;
@@ -157,13 +157,12 @@ fn restores_differ() -> Result<(), Failed> {
     let snap_dir = dir.path().join("snapshot");
     let console = dir.path().join("cold.log");
     let mut cfg = busybox_config(&image, fs::File::create(&console)?)?;
-    cfg.snapshot = Some(Target::create(&snap_dir, header.clone())?);
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone(), 0)?);
     let out = run_vm(cfg)?;
     let text = fs::read_to_string(&console)?;
     if out.snapshot != Some(Ok(())) || out.exit != (VmExit::Shutdown { status: Some(0) }) {
         return Err(format!("the cold run: {:?} {:?}\n{text}", out.snapshot, out.exit).into());
     }
-    Target::publish(&snap_dir)?;
 
     let mut seen = Vec::new();
     for run in 0..2 {
@@ -178,6 +177,7 @@ fn restores_differ() -> Result<(), Failed> {
         cfg.restore = Some(Restore {
             snapshot,
             memory: Snapshot::memory_file(&snap_dir)?,
+            disks: Vec::new(),
         });
         let out = run_vm(cfg)?;
         let now = std::time::SystemTime::now()

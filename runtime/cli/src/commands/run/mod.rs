@@ -27,6 +27,7 @@ use crate::vms::keeper;
 
 mod detached;
 mod shares;
+pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 pub use detached::{in_new_session, spawn_keeper, start_keeper, KeeperStdio};
 use vmm_sys_util::terminal::Terminal;
@@ -130,6 +131,11 @@ pub struct Args {
     /// and start)
     #[arg(long, requires = "detach", hide = true)]
     hold: bool,
+    /// Boot the kernel even where a snapshot of this appliance is cached,
+    /// and take none (by default the first run of an appliance snapshots
+    /// it and later runs restore that: see husk snapshot)
+    #[arg(long)]
+    cold: bool,
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
@@ -365,6 +371,7 @@ fn attach_net(nets: &[PlannedNet]) -> anyhow::Result<(Vec<NetConfig>, Option<Pas
             prefix: n.address.map_or(0, |a| a.1),
             gateway: n.gateway,
             mtu: n.mtu,
+            mac: None,
         };
         let backend = match &n.tap {
             Some(name) => NetBackendConfig::Tap(name.clone()),
@@ -397,11 +404,12 @@ fn attach_net(nets: &[PlannedNet]) -> anyhow::Result<(Vec<NetConfig>, Option<Pas
                 NetBackendConfig::Stream(fd)
             }
         };
+        let mac = n.mac.unwrap_or_else(random_mac);
+        // Set by init too: a VM restored from a snapshot kept the MAC of
+        // the run that took it.
+        iface.mac = Some(mac);
         setup.interfaces.push(iface);
-        configs.push(NetConfig {
-            mac: n.mac.unwrap_or_else(random_mac),
-            backend,
-        });
+        configs.push(NetConfig { mac, backend });
     }
     Ok((configs, passt, setup))
 }
@@ -425,7 +433,12 @@ struct Plan {
     config_kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
     disks: Vec<DiskConfig>,
+    /// The kernel command line every run of this VM shares.
     cmdline: String,
+    /// husk's init's parameters for this run only (`husk.run=`,
+    /// `husk.net=`, `husk.fs=`): on the kernel command line of a cold
+    /// boot, handed over at the snapshot point of a warm one.
+    params: Vec<String>,
     cpus: u8,
     memory_mib: u64,
     net: Vec<PlannedNet>,
@@ -446,6 +459,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         initrd: args.initrd.clone(),
         disks: Vec::new(),
         cmdline: String::new(),
+        params: Vec::new(),
         cpus: args.cpus.unwrap_or(1),
         memory_mib: match &args.memory {
             Some(m) => memory_mib(m)?,
@@ -558,7 +572,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         }
     }
     if !overrides.is_empty() {
-        cmdline.push(overrides.to_param());
+        plan.params.push(overrides.to_param());
     }
     if !args.cmdline.is_empty() {
         cmdline.push(args.cmdline.clone());
@@ -601,23 +615,13 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         Seccomp::Log => vmm::SeccompMode::Log,
         Seccomp::Off => vmm::SeccompMode::Off,
     };
-    // The vsock socket and its broker, likewise.
-    let (_vsock, vsock) = match &plan.vsock {
-        Some((cid, uds)) => {
-            let (host, config) = HostVsock::start(uds, *cid, seccomp)?;
-            (Some(host), Some(config))
-        }
-        None => (None, None),
-    };
     if plan.husk_init && !net_setup.interfaces.is_empty() {
-        plan.cmdline.push(' ');
-        plan.cmdline.push_str(&net_setup.to_param());
+        plan.params.push(net_setup.to_param());
     }
     // One virtiofsd per shared folder, likewise.
     let (shares, _virtiofsd, fs_setup) = shares::attach(&plan.shares)?;
     if !fs_setup.mounts.is_empty() {
-        plan.cmdline.push(' ');
-        plan.cmdline.push_str(&fs_setup.to_param());
+        plan.params.push(fs_setup.to_param());
     }
     // husk's own kernel needs no PIT; any other kernel gets one.
     let (kernel, legacy_pit) = match &plan.config_kernel {
@@ -625,6 +629,69 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         None => {
             let cache = builder::cache::root().context("cannot find husk's cache folder")?;
             (kernel::find(&cache)?.vmlinux(), false)
+        }
+    };
+    let vsock_cid = plan.vsock.as_ref().map_or(DEFAULT_CID, |v| v.0);
+    let warm = match &plan.image {
+        Some(image)
+            if !args.cold && warm::eligible(plan.husk_init, plan.shares.len(), &plan.disks) =>
+        {
+            warm::Warm::prepare(&warm::Shape {
+                target: args.target.as_deref().unwrap_or_default(),
+                kernel: &kernel,
+                image: &image.path,
+                cmdline: &plan.cmdline,
+                cpus: plan.cpus,
+                memory_mib: plan.memory_mib,
+                disks: &plan.disks,
+                nets: net.len(),
+                vsock_cid,
+                legacy_pit,
+            })
+        }
+        _ => None,
+    };
+    let params = plan.params.join(" ");
+    // A warm VM reads its parameters through vsock: it gets a device
+    // (on a socket of this run's) where it has none.
+    let _own_vsock = match (&warm, &plan.vsock) {
+        (Some(_), None) => {
+            let uds = own_vsock_path();
+            plan.vsock = Some((vsock_cid, uds.clone()));
+            Some(RemoveOnDrop {
+                path: uds,
+                owner: std::process::id(),
+            })
+        }
+        _ => None,
+    };
+    // The vsock socket and its broker, likewise.
+    let (_vsock, mut vsock) = match &plan.vsock {
+        Some((cid, uds)) => {
+            let (host, config) = HostVsock::start(uds, *cid, seccomp)?;
+            (Some(host), Some(config))
+        }
+        None => (None, None),
+    };
+    let (snapshot, restore, warm_dir) = match warm {
+        Some(w) => {
+            plan.cmdline.push(' ');
+            plan.cmdline.push_str(husk_init::config::SNAPSHOT_ARG);
+            let socket = warm::resume_socket(params)?;
+            if let Some(v) = &mut vsock {
+                v.presets.push((agent::RESUME_PORT, socket));
+            }
+            match w {
+                warm::Warm::Take { dir, target } => (Some(target), None, Some(dir)),
+                warm::Warm::Restore { dir, restore } => (None, Some(*restore), Some(dir)),
+            }
+        }
+        None => {
+            if !params.is_empty() {
+                plan.cmdline.push(' ');
+                plan.cmdline.push_str(&params);
+            }
+            (None, None, None)
         }
     };
     let stdin = std::io::stdin();
@@ -653,8 +720,8 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         report_memory: args.timings,
         seccomp,
         started,
-        snapshot: None,
-        restore: None,
+        snapshot,
+        restore,
     };
     let jail = if args.jail || (!args.no_jail && is_root()) {
         let (uid, gid) = args
@@ -670,7 +737,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             cpus: u32::from(plan.cpus),
             // Room for every vsock stream the device allows.
             max_files: 256
-                + if plan.vsock.is_some() {
+                + if config.vsock.is_some() {
                     MAX_CONNECTIONS as u64
                 } else {
                     0
@@ -693,6 +760,15 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     let outcome = vmm::run_with(config, files)?;
     drop(_raw);
     drop(plan);
+    // This thread is under the VMM's seccomp filter now: nothing below
+    // may touch a path. A snapshot that failed left a state file that
+    // does not parse, refused (and taken again) by the next run.
+    if let (Some(Err(e)), Some(dir)) = (&outcome.snapshot, &warm_dir) {
+        eprintln!(
+            "husk: no snapshot was taken for warm starts in {} ({e}); the next run boots cold again",
+            dir.display()
+        );
+    }
     if args.timings {
         for (phase, at) in &outcome.timings {
             eprintln!("husk: {:>9.3} ms  {}", at.as_secs_f64() * 1e3, phase.name());
@@ -722,6 +798,27 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_TIMEOUT)
         }
     })
+}
+
+/// The vsock socket of a foreground run that needs one only for itself.
+fn own_vsock_path() -> PathBuf {
+    std::env::temp_dir().join(format!("husk-{}.vsock", std::process::id()))
+}
+
+/// Removes a path when dropped (a socket of this run's) in the process
+/// that made it: a jailed VMM (a fork, under its seccomp filter) drops
+/// its copy without touching the path.
+struct RemoveOnDrop {
+    path: PathBuf,
+    owner: u32,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if std::process::id() == self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn is_root() -> bool {

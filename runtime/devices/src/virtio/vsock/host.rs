@@ -15,7 +15,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -26,6 +26,10 @@ pub struct HostSide {
     pub listener: UnixListener,
     /// The broker that makes guest-initiated connections (non-blocking).
     pub broker: UnixDatagram,
+    /// Host ports served by a socket given up front: the guest's first
+    /// connection to the port gets the socket, without the broker (a
+    /// restored guest's init reads this run's parameters this way).
+    pub presets: Vec<(u32, UnixStream)>,
 }
 
 /// The Unix socket a guest connection to host port `port` reaches.

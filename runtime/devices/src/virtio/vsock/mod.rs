@@ -360,6 +360,27 @@ impl Vsock {
             self.queue_reset(hdr.dst_port, hdr.src_port);
             return;
         }
+        if let Some(i) = self
+            .host
+            .presets
+            .iter()
+            .position(|(p, _)| *p == hdr.dst_port)
+        {
+            let (_, stream) = self.host.presets.swap_remove(i);
+            let mut c = Conn::new(ConnState::Established, None, hdr.dst_port, hdr.src_port);
+            c.peer_buf_alloc = hdr.buf_alloc;
+            c.peer_fwd_cnt = hdr.fwd_cnt;
+            c.owed |= owed::RESPONSE;
+            let nonblocking = stream.set_nonblocking(true);
+            c.stream = Some(stream);
+            let slot = self.insert(c);
+            if nonblocking.is_err() || self.watch(slot).is_err() {
+                self.remove(slot, true);
+                return;
+            }
+            self.schedule(slot);
+            return;
+        }
         let tag = self.next_tag;
         let sent = !self.broker_gone
             && self

@@ -213,6 +213,10 @@ impl Rig {
 }
 
 fn setup(mem: &Mem) -> (Rig, Vsock, Guest<'_>) {
+    setup_with(mem, Vec::new())
+}
+
+fn setup_with(mem: &Mem, presets: Vec<(u32, UnixStream)>) -> (Rig, Vsock, Guest<'_>) {
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
     let listener = UnixListener::bind(&uds).unwrap();
@@ -225,6 +229,7 @@ fn setup(mem: &Mem) -> (Rig, Vsock, Guest<'_>) {
         HostSide {
             listener,
             broker: ours,
+            presets,
         },
     )
     .unwrap();
@@ -524,6 +529,28 @@ fn half_close_in_both_directions() {
     g.send(&mut dev, sd, &[]);
     assert_eq!(ops(&g.received()), vec![OP_RST]);
     assert_eq!(dev.connections(), 0);
+}
+
+#[test]
+fn a_preset_port_serves_its_socket_once_without_the_broker() {
+    let m = big_mem();
+    let (mut host, theirs) = UnixStream::pair().unwrap();
+    host.write_all(b"params").unwrap();
+    drop(host);
+    let (rig, mut dev, mut g) = setup_with(&m, vec![(1025, theirs)]);
+    g.offer(32);
+    g.send(&mut dev, g.packet(OP_REQUEST, 1234, 1025), &[]);
+    settle(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![OP_RESPONSE, OP_RW, OP_SHUTDOWN]);
+    assert_eq!(got[1].1, b"params");
+    assert_eq!(rig.serve_broker(), 0, "the broker was not asked");
+    // Taken: a second connection to the port goes to the broker, and
+    // nobody listens there.
+    g.send(&mut dev, g.packet(OP_REQUEST, 1235, 1025), &[]);
+    assert_eq!(rig.serve_broker(), 1);
+    host_event(&mut dev, VsockToken::Broker);
+    assert_eq!(ops(&g.received()), vec![OP_RST]);
 }
 
 #[test]

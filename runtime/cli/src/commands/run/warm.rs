@@ -1,0 +1,313 @@
+//! Warm start: the first run of an appliance boots it and snapshots it at
+//! init's snapshot point; every later run of the same VM restores that
+//! snapshot and goes straight to the command.
+//!
+//! A snapshot is cached under `CACHE/snapshots/KEY/`, where KEY hashes
+//! everything that shapes the saved VM: husk's version, the kernel and
+//! image files, the kernel command line, vCPUs, memory, the disks and
+//! their access, the network interfaces, the vsock CID. What differs from
+//! run to run (the command, `-e`, `--hostname`, the network's addresses,
+//! the MAC) is not in the snapshot: init reads it at its snapshot point
+//! from the host ([`agent::RESUME_PORT`]), in the cold run as in every
+//! restored one, so one snapshot serves every command line.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use vmm::snapshot::{Header, Restore, SnapshotError, Target};
+use vmm::{DiskAccess, DiskConfig};
+
+/// The folder of every cached snapshot: `$HUSK_SNAPSHOT_DIR`, else the
+/// cache's `snapshots/`.
+pub fn root() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("HUSK_SNAPSHOT_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    Ok(builder::cache::root()
+        .context("cannot find husk's cache folder")?
+        .join("snapshots"))
+}
+
+/// What a cached snapshot was taken for, for `husk snapshot ls` and
+/// `prune` (the state's header is what a restore checks).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    /// What was run, as the user named it.
+    pub target: String,
+    pub kernel: PathBuf,
+    pub image: PathBuf,
+    /// The identities (path, size, time, inode) the key was made of.
+    pub kernel_id: String,
+    pub image_id: String,
+    pub cpus: u8,
+    pub memory_mib: u64,
+    /// When it was taken, in ms since the epoch.
+    pub created_ms: u64,
+}
+
+pub const META_FILE: &str = "meta.json";
+
+/// What shapes a VM that a snapshot is taken of.
+pub struct Shape<'a> {
+    pub target: &'a str,
+    pub kernel: &'a Path,
+    pub image: &'a Path,
+    pub cmdline: &'a str,
+    pub cpus: u8,
+    pub memory_mib: u64,
+    pub disks: &'a [DiskConfig],
+    pub nets: usize,
+    pub vsock_cid: u32,
+    pub legacy_pit: bool,
+}
+
+/// This run's use of the cache: restore a snapshot, or take one.
+pub enum Warm {
+    Restore { dir: PathBuf, restore: Box<Restore> },
+    Take { dir: PathBuf, target: Target },
+}
+
+impl Warm {
+    /// The cached snapshot of `shape` to restore, or the files to take it
+    /// into. `None` (said on stderr where something was wrong) when
+    /// neither can be: the run then boots cold as if there were no cache.
+    pub fn prepare(shape: &Shape) -> Option<Warm> {
+        match Warm::try_prepare(shape) {
+            Ok(w) => w,
+            // A cache on a read-only filesystem (a test bed's) is no
+            // cache for snapshots: boot cold, as --cold would.
+            Err(e) if read_only(&e) => None,
+            Err(e) => {
+                eprintln!("husk: warm start unavailable, booting cold: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn try_prepare(shape: &Shape) -> anyhow::Result<Option<Warm>> {
+        let kernel_id = file_id(shape.kernel)?;
+        let image_id = file_id(shape.image)?;
+        let dir = root()?.join(key(shape, &kernel_id, &image_id)?);
+        let header = Header::new(
+            &kernel_id,
+            &image_id,
+            shape.cpus,
+            shape.memory_mib,
+            Vec::new(),
+        );
+        let state = dir.join("state.json");
+        let whole = fs::metadata(&state).is_ok_and(|m| m.len() > 0);
+        if whole {
+            match Restore::open(&dir, &header) {
+                Ok(restore) => {
+                    return Ok(Some(Warm::Restore {
+                        dir,
+                        restore: Box::new(restore),
+                    }))
+                }
+                // Another run is taking it: this one boots cold.
+                Err(SnapshotError::Busy { .. }) => return Ok(None),
+                Err(e) => eprintln!(
+                    "husk: the cached snapshot cannot be restored ({e}); booting cold and taking \
+                     it again"
+                ),
+            }
+        }
+        let disks = shape.disks.len();
+        let target = match Target::create(&dir, header, disks) {
+            Ok(t) => t,
+            Err(SnapshotError::Busy { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = Meta {
+            target: shape.target.to_string(),
+            kernel: shape.kernel.to_path_buf(),
+            image: shape.image.to_path_buf(),
+            kernel_id,
+            image_id,
+            cpus: shape.cpus,
+            memory_mib: shape.memory_mib,
+            created_ms: crate::vms::now_ms(),
+        };
+        let text = serde_json::to_vec_pretty(&meta).expect("plain data serializes");
+        crate::vms::write_file(&dir.join(META_FILE), text)
+            .with_context(|| format!("cannot write {}", dir.join(META_FILE).display()))?;
+        Ok(Some(Warm::Take { dir, target }))
+    }
+}
+
+fn read_only(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EROFS))
+    })
+}
+
+/// A file's identity without reading it: path, size, modification time
+/// and inode (a rebuilt kernel or image differs in one of them).
+pub fn file_id(path: &Path) -> anyhow::Result<String> {
+    let path = fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let m = fs::metadata(&path).with_context(|| format!("{}", path.display()))?;
+    Ok(format!(
+        "file:{}:{}:{}.{:09}:{}",
+        path.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
+}
+
+/// The cache key: the first 32 hex digits of the SHA-256 of the shape.
+fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        husk: &'a str,
+        kernel: &'a str,
+        image: &'a str,
+        cmdline: &'a str,
+        cpus: u8,
+        memory_mib: u64,
+        disks: Vec<(String, &'static str)>,
+        nets: usize,
+        vsock_cid: u32,
+        legacy_pit: bool,
+    }
+    let disks = shape
+        .disks
+        .iter()
+        .map(|d| {
+            let access = match d.access {
+                DiskAccess::ReadOnly => "ro",
+                DiskAccess::Overlay => "overlay",
+                DiskAccess::ReadWrite => "rw",
+            };
+            Ok((file_id(&d.path)?, access))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let key = Key {
+        husk: env!("CARGO_PKG_VERSION"),
+        kernel: kernel_id,
+        image: image_id,
+        cmdline: shape.cmdline,
+        cpus: shape.cpus,
+        memory_mib: shape.memory_mib,
+        disks,
+        nets: shape.nets,
+        vsock_cid: shape.vsock_cid,
+        legacy_pit: shape.legacy_pit,
+    };
+    let json = serde_json::to_vec(&key).expect("plain data serializes");
+    Ok(builder::oci::hex(&Sha256::digest(json))[..32].to_string())
+}
+
+/// Whether a run can be warm: husk's init, no shared folder (virtiofsd
+/// holds their state), and no disk the guest writes in place.
+pub fn eligible(husk_init: bool, shares: usize, disks: &[DiskConfig]) -> bool {
+    husk_init && shares == 0 && disks.iter().all(|d| d.access != DiskAccess::ReadWrite)
+}
+
+/// The socket the vsock device hands to init's connection to
+/// [`agent::RESUME_PORT`]: this run's parameters and a fresh seed, already
+/// written, then the end of the stream.
+pub fn resume_socket(params: String) -> anyhow::Result<UnixStream> {
+    let mut seed = vec![0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("cannot read /dev/urandom")?;
+    let frame = agent::encode(&agent::Resume { params, seed });
+    let (mut ours, theirs) = UnixStream::pair().context("cannot make a socket pair")?;
+    // A frame of a few KiB fits the socket's buffer: this never blocks.
+    ours.set_nonblocking(true)
+        .and_then(|()| ours.write_all(&frame))
+        .context("cannot hand this run's parameters to the VM")?;
+    Ok(theirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_socket_holds_one_frame_and_its_end() {
+        let params = "husk.run=7b7d husk.net=7b7d".to_string();
+        let mut s = resume_socket(params.clone()).unwrap();
+        let r: agent::Resume = agent::read(&mut s).unwrap().unwrap();
+        assert_eq!(r.params, params);
+        assert_eq!(r.seed.len(), 32);
+        assert!(agent::read::<agent::Resume>(&mut s).unwrap().is_none());
+        let other: agent::Resume = agent::read(&mut resume_socket(String::new()).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_ne!(other.seed, r.seed, "every run gets its own seed");
+    }
+
+    #[test]
+    fn the_key_follows_every_part_of_the_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        let image = dir.path().join("image");
+        fs::write(&kernel, b"k").unwrap();
+        fs::write(&image, b"i").unwrap();
+        let disks = vec![DiskConfig {
+            path: image.clone(),
+            access: DiskAccess::Overlay,
+        }];
+        let shape = Shape {
+            target: "t",
+            kernel: &kernel,
+            image: &image,
+            cmdline: "quiet",
+            cpus: 1,
+            memory_mib: 64,
+            disks: &disks,
+            nets: 0,
+            vsock_cid: 3,
+            legacy_pit: false,
+        };
+        let k = |s: &Shape| key(s, &file_id(s.kernel).unwrap(), &file_id(s.image).unwrap());
+        let base = k(&shape).unwrap();
+        assert_eq!(base, k(&shape).unwrap(), "the same shape, the same key");
+        let ro = vec![DiskConfig {
+            path: image.clone(),
+            access: DiskAccess::ReadOnly,
+        }];
+        let others = [
+            Shape { cpus: 2, ..shape },
+            Shape {
+                memory_mib: 128,
+                ..shape
+            },
+            Shape {
+                cmdline: "quiet x",
+                ..shape
+            },
+            Shape { nets: 1, ..shape },
+            Shape {
+                disks: &ro,
+                ..shape
+            },
+        ];
+        for other in &others {
+            assert_ne!(k(other).unwrap(), base);
+        }
+        // A rebuilt image (another size and time) is another key.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(&image, b"ii").unwrap();
+        assert_ne!(k(&shape).unwrap(), base);
+        assert!(eligible(true, 0, &disks));
+        assert!(!eligible(true, 1, &disks));
+        assert!(!eligible(false, 0, &disks));
+        let rw = vec![DiskConfig {
+            path: image,
+            access: DiskAccess::ReadWrite,
+        }];
+        assert!(!eligible(true, 0, &rw));
+    }
+}
