@@ -59,6 +59,9 @@ enum Command {
     /// Build or locate husk's guest kernel
     #[command(subcommand)]
     Kernel(commands::kernel::Command),
+    /// List or remove the snapshots husk run keeps for warm starts
+    #[command(subcommand)]
+    Snapshot(commands::snapshot::Command),
 }
 
 /// `husk`'s main.
@@ -92,6 +95,7 @@ pub fn husk_main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Validate(args) => commands::validate::run(args),
         Command::Kernel(cmd) => commands::kernel::run(cmd),
+        Command::Snapshot(cmd) => commands::snapshot::run(cmd),
     };
     match result {
         Ok(code) => code,

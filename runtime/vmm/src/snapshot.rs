@@ -670,6 +670,33 @@ impl Target {
     }
 }
 
+/// Removes the snapshot folder `dir` and everything in it, unless a VMM is
+/// writing it ([`SnapshotError::Busy`]). VMs restored from it go on: they
+/// hold the files they opened.
+pub fn remove(dir: &Path) -> Result<(), SnapshotError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let _lock = match File::open(&lock_path) {
+        Ok(f) => {
+            f.try_lock().map_err(|e| match e {
+                fs::TryLockError::WouldBlock => SnapshotError::Busy {
+                    path: dir.to_path_buf(),
+                },
+                fs::TryLockError::Error(e) => io_at("cannot lock", &lock_path)(e),
+            })?;
+            Some(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_at("cannot open", &lock_path)(e)),
+    };
+    fs::remove_dir_all(dir).map_err(io_at("cannot remove", dir))
+}
+
+/// Whether a VMM is writing the snapshot in `dir` now.
+pub fn being_written(dir: &Path) -> bool {
+    File::open(dir.join(LOCK_FILE))
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)))
+}
+
 /// Writes guest RAM into `file`, its regions back to back; pages of zeros
 /// are left as holes, so the file takes only what the guest wrote (`path`
 /// names it in errors).

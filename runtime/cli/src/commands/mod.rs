@@ -9,6 +9,7 @@ pub mod logs;
 pub mod ps;
 pub mod rm;
 pub mod run;
+pub mod snapshot;
 pub mod start;
 pub mod stop;
 mod target;

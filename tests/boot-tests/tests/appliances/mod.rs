@@ -17,6 +17,7 @@ mod shares;
 mod shim;
 mod snapshot;
 mod vsock;
+mod warm;
 
 pub fn trials() -> Vec<Trial> {
     let mut all = vec![
@@ -58,6 +59,7 @@ pub fn trials() -> Vec<Trial> {
     all.extend(shim::trials());
     all.extend(snapshot::trials());
     all.extend(vsock::trials());
+    all.extend(warm::trials());
     all
 }
 

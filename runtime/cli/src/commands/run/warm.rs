@@ -106,10 +106,11 @@ impl Warm {
         if whole {
             match Restore::open(&dir, &header) {
                 Ok(restore) => {
+                    tracing::info!("warm start: restoring the snapshot in {}", dir.display());
                     return Ok(Some(Warm::Restore {
                         dir,
                         restore: Box::new(restore),
-                    }))
+                    }));
                 }
                 // Another run is taking it: this one boots cold.
                 Err(SnapshotError::Busy { .. }) => return Ok(None),
@@ -138,6 +139,7 @@ impl Warm {
         let text = serde_json::to_vec_pretty(&meta).expect("plain data serializes");
         crate::vms::write_file(&dir.join(META_FILE), text)
             .with_context(|| format!("cannot write {}", dir.join(META_FILE).display()))?;
+        tracing::info!("cold start: taking a snapshot into {}", dir.display());
         Ok(Some(Warm::Take { dir, target }))
     }
 }

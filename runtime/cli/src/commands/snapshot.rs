@@ -1,0 +1,266 @@
+//! `husk snapshot ls|rm|prune`: the snapshots `husk run` keeps for warm
+//! starts (see `run::warm`).
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::run::warm::{self, Meta, META_FILE};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// List the cached snapshots: what each was taken of, its size on
+    /// disk, and whether it can still be restored
+    Ls,
+    /// Remove snapshots by key (or a unique beginning of one)
+    Rm {
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Remove the snapshots no run can restore any more (their kernel or
+    /// image changed or is gone, or they were never finished); with --all,
+    /// every snapshot
+    Prune {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    let root = warm::root()?;
+    match cmd {
+        Command::Ls => {
+            println!(
+                "{:<14} {:<10} {:>4} {:>8} {:>9}  {:<14}  TARGET",
+                "KEY", "STATE", "CPUS", "MEMORY", "SIZE", "CREATED"
+            );
+            let now = crate::vms::now_ms();
+            for s in list(&root)? {
+                let (target, cpus, memory, created) = match &s.meta {
+                    Some(m) => (
+                        m.target.as_str(),
+                        m.cpus.to_string(),
+                        format!("{}MiB", m.memory_mib),
+                        format!(
+                            "{} ago",
+                            crate::vms::human_duration(now.saturating_sub(m.created_ms))
+                        ),
+                    ),
+                    None => ("?", "?".into(), "?".into(), "?".into()),
+                };
+                println!(
+                    "{:<14} {:<10} {:>4} {:>8} {:>9}  {:<14}  {target}",
+                    &s.key[..s.key.len().min(12)],
+                    s.state.name(),
+                    cpus,
+                    memory,
+                    human_size(s.bytes),
+                    created
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { keys } => super::each_name(&keys, |key| {
+            let s = find(&root, key)?;
+            vmm::snapshot::remove(&s.dir)?;
+            println!("{}", s.key);
+            Ok(())
+        }),
+        Command::Prune { all } => {
+            let mut freed = 0;
+            let mut failed = false;
+            for s in list(&root)? {
+                let stale = matches!(s.state, State::Stale | State::Incomplete);
+                if !(all || stale) || s.state == State::Writing {
+                    continue;
+                }
+                match vmm::snapshot::remove(&s.dir) {
+                    Ok(()) => {
+                        freed += s.bytes;
+                        println!("{}", s.key);
+                    }
+                    Err(e) => {
+                        eprintln!("husk: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            eprintln!("husk: freed {}", human_size(freed));
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A run of the same VM restores it.
+    Ready,
+    /// A VMM is writing it now.
+    Writing,
+    /// Its run ended before the snapshot was whole.
+    Incomplete,
+    /// Its kernel or image changed or is gone: no run restores it.
+    Stale,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::Writing => "writing",
+            State::Incomplete => "incomplete",
+            State::Stale => "stale",
+        }
+    }
+}
+
+struct Cached {
+    key: String,
+    dir: PathBuf,
+    meta: Option<Meta>,
+    state: State,
+    /// Bytes it takes on disk (its files are sparse).
+    bytes: u64,
+}
+
+/// Every snapshot folder under `root`, by key.
+fn list(root: &Path) -> anyhow::Result<Vec<Cached>> {
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+    };
+    let mut all = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = entry.path();
+        let meta: Option<Meta> = fs::read(dir.join(META_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_slice(&t).ok());
+        let state = if vmm::snapshot::being_written(&dir) {
+            State::Writing
+        } else if !fs::metadata(dir.join("state.json")).is_ok_and(|m| m.len() > 0) {
+            State::Incomplete
+        } else if meta.as_ref().is_some_and(|m| {
+            warm::file_id(&m.kernel).ok().as_ref() == Some(&m.kernel_id)
+                && warm::file_id(&m.image).ok().as_ref() == Some(&m.image_id)
+        }) {
+            State::Ready
+        } else {
+            State::Stale
+        };
+        all.push(Cached {
+            key: entry.file_name().to_string_lossy().into_owned(),
+            bytes: disk_usage(&dir),
+            dir,
+            meta,
+            state,
+        });
+    }
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(all)
+}
+
+/// The snapshot whose key is or begins with `key`.
+fn find(root: &Path, key: &str) -> anyhow::Result<Cached> {
+    if key.is_empty() {
+        anyhow::bail!("give a snapshot's key (husk snapshot ls lists them)");
+    }
+    let mut found: Vec<Cached> = list(root)?
+        .into_iter()
+        .filter(|s| s.key.starts_with(key))
+        .collect();
+    match found.len() {
+        0 => anyhow::bail!("{key}: no such snapshot (husk snapshot ls lists them)"),
+        1 => Ok(found.remove(0)),
+        n => anyhow::bail!("{key}: {n} snapshots' keys begin so; give more of the key"),
+    }
+}
+
+fn disk_usage(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+fn human_size(bytes: u64) -> String {
+    const MIB: f64 = (1 << 20) as f64;
+    if bytes < 1 << 20 {
+        format!("{}KiB", bytes.div_ceil(1024))
+    } else {
+        format!("{:.1}MiB", bytes as f64 / MIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(root: &Path, key: &str, kernel: &Path, image: &Path, state: &[u8]) {
+        let dir = root.join(key);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("state.json"), state).unwrap();
+        fs::write(dir.join("memory"), vec![1u8; 8192]).unwrap();
+        let meta = Meta {
+            target: "examples/hello".into(),
+            kernel: kernel.into(),
+            image: image.into(),
+            kernel_id: warm::file_id(kernel).unwrap(),
+            image_id: warm::file_id(image).unwrap(),
+            cpus: 1,
+            memory_mib: 64,
+            created_ms: 0,
+        };
+        fs::write(dir.join(META_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn states_keys_and_what_prune_takes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("snapshots");
+        let (kernel, image) = (tmp.path().join("k"), tmp.path().join("i"));
+        fs::write(&kernel, b"k").unwrap();
+        fs::write(&image, b"i").unwrap();
+        snapshot(&root, "aaaa1111", &kernel, &image, b"{}");
+        snapshot(&root, "aaaa2222", &kernel, &image, b"");
+        let other = tmp.path().join("i2");
+        fs::write(&other, b"i2").unwrap();
+        snapshot(&root, "bbbb3333", &kernel, &other, b"{}");
+        fs::remove_file(&other).unwrap();
+
+        let states: Vec<_> = list(&root)
+            .unwrap()
+            .iter()
+            .map(|s| (s.key.clone(), s.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("aaaa1111".to_string(), State::Ready),
+                ("aaaa2222".to_string(), State::Incomplete),
+                ("bbbb3333".to_string(), State::Stale),
+            ]
+        );
+        assert!(list(&root).unwrap()[0].bytes >= 8192);
+        assert_eq!(find(&root, "b").unwrap().key, "bbbb3333");
+        let err = find(&root, "aaaa").err().unwrap().to_string();
+        assert!(err.contains("2 snapshots"), "{err}");
+        assert!(find(&root, "c").is_err());
+        assert!(find(&root, "").is_err());
+        assert!(list(&tmp.path().join("none")).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,326 @@
+//! Warm start through `husk run` itself (issue #17): the first run of an
+//! appliance boots it and snapshots it at init's snapshot point; later
+//! runs of the same VM restore that snapshot and run this run's command,
+//! environment and network. Each test keeps its snapshots in a folder of
+//! its own (`HUSK_SNAPSHOT_DIR`); the other tests, on the bed's read-only
+//! cache, boot cold.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use boot_tests::husk::{husk_bin, output_within, HuskRun};
+use libtest_mimic::{Failed, Trial};
+
+use super::network::{children, comm, curl, gone};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        boot_tests::trial(
+            "warm_start_restores_with_this_runs_command_and_refuses_a_bad_snapshot",
+            warm_hello,
+        ),
+        boot_tests::trial(
+            "warm_start_keeps_disk_writes_per_run_differs_in_randomness_and_runs_2_vcpus",
+            warm_disks_randomness_cpus,
+        ),
+        boot_tests::trial(
+            "warm_start_serves_http_through_a_published_port_and_leaves_nothing_after_kill_9",
+            warm_published_port,
+        ),
+    ]
+}
+
+/// `husk ARGS` from the workspace root with snapshots in `snapshots`.
+fn husk(snapshots: &Path, args: &[&str]) -> Result<HuskRun, Failed> {
+    std::env::set_current_dir(boot_tests::workspace_root())?;
+    let mut cmd = Command::new(husk_bin()?);
+    cmd.args(args)
+        .env("HUSK_SNAPSHOT_DIR", snapshots)
+        .env("HUSK_LOG", "info");
+    Ok(output_within(cmd, b"", LIMIT)?)
+}
+
+/// `husk run --timeout 90 ARGS`, which must exit with `code`.
+fn run(snapshots: &Path, args: &[&str], code: i32) -> Result<HuskRun, Failed> {
+    let mut all = vec!["run", "--timeout", "90"];
+    all.extend_from_slice(args);
+    let r = husk(snapshots, &all)?;
+    if r.code != Some(code) {
+        return Err(r
+            .explain(&format!("husk {} should exit {code}", all.join(" ")))
+            .into());
+    }
+    Ok(r)
+}
+
+fn restored(r: &HuskRun) -> bool {
+    r.stderr.contains("warm start: restoring")
+}
+
+fn took(r: &HuskRun) -> bool {
+    r.stderr.contains("cold start: taking a snapshot")
+}
+
+/// The snapshot folders under `root`.
+fn snapshot_dirs(root: &Path) -> Result<Vec<std::path::PathBuf>, Failed> {
+    let mut dirs: Vec<_> = fs::read_dir(root)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn warm_hello() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let snaps = tmp.path().join("snapshots");
+
+    // Cold: boots, takes the snapshot, runs the image's command.
+    let cold = run(&snaps, &["examples/hello"], 0)?;
+    if !took(&cold) || restored(&cold) || !cold.stdout.contains("Hello from hello") {
+        return Err(cold
+            .explain("the first run should boot cold and snapshot")
+            .into());
+    }
+    let dirs = snapshot_dirs(&snaps)?;
+    if dirs.len() != 1 || fs::metadata(dirs[0].join("state.json"))?.len() == 0 {
+        return Err(format!("one whole snapshot expected, found {dirs:?}").into());
+    }
+
+    // Warm: this run's environment and command, not the snapshot's.
+    let warm = run(
+        &snaps,
+        &["--timings", "-e", "GREETING=Warm", "examples/hello"],
+        0,
+    )?;
+    if !restored(&warm) || !warm.stdout.contains("Warm from hello") {
+        return Err(warm
+            .explain("the second run should restore, with -e")
+            .into());
+    }
+    if warm.stderr.contains("guest reached init") {
+        return Err(warm
+            .explain("a restored VM does not boot its kernel")
+            .into());
+    }
+    let ls = husk(&snaps, &["snapshot", "ls"])?;
+    if ls.code != Some(0) || !ls.stdout.contains("ready") || !ls.stdout.contains("examples/hello") {
+        return Err(ls.explain("husk snapshot ls should list it, ready").into());
+    }
+
+    // A damaged snapshot is refused, never run: this run boots cold and
+    // takes it again; the next one restores the new one.
+    let state = dirs[0].join("state.json");
+    let text = fs::read(&state)?;
+    fs::write(&state, &text[..text.len() / 2])?;
+    let redo = run(&snaps, &["examples/hello"], 0)?;
+    if !redo.stderr.contains("cannot be restored") || !took(&redo) || restored(&redo) {
+        return Err(redo
+            .explain("a truncated snapshot must be refused and taken again")
+            .into());
+    }
+    let again = run(&snaps, &["examples/hello"], 0)?;
+    if !restored(&again) || !again.stdout.contains("Hello from hello") {
+        return Err(again
+            .explain("the snapshot taken again should restore")
+            .into());
+    }
+
+    // Another kernel (a copy, then the copy changed): boots cold each
+    // time under a new key; the old snapshot is stale and pruned.
+    let kernel = tmp.path().join("vmlinux");
+    fs::copy(boot_tests::husk_kernel()?.vmlinux(), &kernel)?;
+    let kernel_arg = kernel.to_string_lossy().into_owned();
+    let args = ["--kernel", kernel_arg.as_str(), "examples/hello"];
+    let first = run(&snaps, &args, 0)?;
+    let second = run(&snaps, &args, 0)?;
+    if !took(&first) || !restored(&second) {
+        return Err(second
+            .explain("a run with --kernel should snapshot, then restore")
+            .into());
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let bytes = fs::read(&kernel)?;
+    fs::write(&kernel, &bytes)?;
+    let changed = run(&snaps, &args, 0)?;
+    if !took(&changed) || restored(&changed) {
+        return Err(changed.explain("a changed kernel must not restore").into());
+    }
+    if snapshot_dirs(&snaps)?.len() != 3 {
+        return Err(format!("three snapshots expected: {:?}", snapshot_dirs(&snaps)?).into());
+    }
+    let ls = husk(&snaps, &["snapshot", "ls"])?;
+    if ls.stdout.matches("stale").count() != 1 {
+        return Err(ls
+            .explain("the old kernel's snapshot should be stale")
+            .into());
+    }
+    let prune = husk(&snaps, &["snapshot", "prune"])?;
+    if prune.code != Some(0) || snapshot_dirs(&snaps)?.len() != 2 {
+        return Err(prune
+            .explain("prune should remove the stale snapshot")
+            .into());
+    }
+    let key = snapshot_dirs(&snaps)?[0]
+        .file_name()
+        .map(|n| n.to_string_lossy()[..8].to_string())
+        .unwrap_or_default();
+    let rm = husk(&snaps, &["snapshot", "rm", &key])?;
+    if rm.code != Some(0) || snapshot_dirs(&snaps)?.len() != 1 {
+        return Err(rm.explain("rm should remove it").into());
+    }
+    let missing = husk(&snaps, &["snapshot", "rm", "ffffffffff"])?;
+    if missing.code != Some(1) || !missing.stderr.contains("no such snapshot") {
+        return Err(missing.explain("rm of an unknown key").into());
+    }
+    // --cold neither restores nor takes one.
+    let cold = run(&snaps, &["--cold", "examples/hello"], 0)?;
+    if took(&cold) || restored(&cold) {
+        return Err(cold.explain("--cold should bypass the snapshots").into());
+    }
+    Ok(())
+}
+
+fn warm_disks_randomness_cpus() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let snaps = tmp.path().join("snapshots");
+
+    // The web appliance's root is a writable ext4 overlay: what the cold
+    // run writes after the snapshot point stays in that run.
+    let cold = run(
+        &snaps,
+        &[
+            "examples/web",
+            "--",
+            "sh",
+            "-c",
+            "echo data > /written; cat /written; exit 3",
+        ],
+        3,
+    )?;
+    if !took(&cold) || !cold.stdout.contains("data") {
+        return Err(cold.explain("the cold web run").into());
+    }
+    let script = "test -e /written && echo leaked; echo fresh > /other; cat /other; \
+                  cat /sys/class/net/eth0/address; exit 4";
+    let mut macs = Vec::new();
+    for _ in 0..2 {
+        let warm = run(&snaps, &["examples/web", "--", "sh", "-c", script], 4)?;
+        if !restored(&warm) || warm.stdout.contains("leaked") || !warm.stdout.contains("fresh") {
+            return Err(warm
+                .explain("a restored run writes its own overlay only")
+                .into());
+        }
+        macs.push(warm.stdout.lines().last().unwrap_or_default().to_string());
+    }
+    if macs[0] == macs[1] || !macs.iter().all(|m| m.starts_with("02:")) {
+        return Err(format!("each run gets its own MAC: {macs:?}").into());
+    }
+
+    // Two vCPUs; two restores of one snapshot differ in their random
+    // state and both have the host's time.
+    let script = "echo cpus=$(nproc); echo boot=$(cat /proc/sys/kernel/random/boot_id); \
+                  echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); \
+                  echo time=$(date +%s)";
+    let args = ["--cpus", "2", "examples/busybox", "--", "sh", "-c", script];
+    let cold = run(&snaps, &args, 0)?;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let warm = run(&snaps, &args, 0)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let time: u64 = warm.field("time").and_then(|t| t.parse().ok()).unwrap_or(0);
+        if !restored(&warm) || warm.field("cpus").as_deref() != Some("2") || now.abs_diff(time) > 5
+        {
+            return Err(warm
+                .explain(&format!(
+                    "a restored 2-vCPU VM with the host's time ({now})"
+                ))
+                .into());
+        }
+        seen.push((warm.field("boot"), warm.field("rand")));
+    }
+    if !took(&cold) || seen[0].0 == seen[1].0 || seen[0].1 == seen[1].1 || seen[0].0.is_none() {
+        return Err(format!("two restores must differ in boot_id and urandom: {seen:?}").into());
+    }
+    Ok(())
+}
+
+fn warm_published_port() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let snaps = tmp.path().join("snapshots");
+    let script = "httpd -p 80 -h /www; echo ready; sleep 60";
+    for round in ["cold", "warm"] {
+        std::env::set_current_dir(boot_tests::workspace_root())?;
+        let log = tmp.path().join(format!("{round}.log"));
+        let mut husk = Command::new(husk_bin()?)
+            .args(["run", "--timeout", "90", "-p", "127.0.0.1:18082:80"])
+            .args(["examples/web", "--", "sh", "-c", script])
+            .env("HUSK_SNAPSHOT_DIR", &snaps)
+            .env("HUSK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log)?)
+            .spawn()?;
+        let mut out = husk.stdout.take().expect("piped");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("ready") {
+            match out.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => break,
+            }
+        }
+        let helpers: Vec<u32> = children(husk.id())
+            .into_iter()
+            .filter(|p| comm(*p).starts_with("passt") || comm(*p) == "husk-vsock")
+            .collect();
+        let pid = husk.id();
+        let sockets = || -> Vec<String> {
+            fs::read_dir(std::env::temp_dir())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("husk-{pid}.vsock")))
+                .collect()
+        };
+        let during = sockets();
+        let page = curl("http://127.0.0.1:18082/", None);
+        // kill -9 of husk, whatever curl said: nothing may be left.
+        let _ = husk.kill();
+        let _ = husk.wait();
+        let stderr = fs::read_to_string(&log)?;
+        let page = page.map_err(|e| format!("{round}: {e:?}\n{stderr}"))?;
+        if !page.contains("Hello from a husk appliance") {
+            return Err(format!("{round}: curl through -p got {page:?}\n{stderr}").into());
+        }
+        let warm = stderr.contains("warm start: restoring");
+        if warm != (round == "warm") {
+            return Err(format!("{round} run, but its log says:\n{stderr}").into());
+        }
+        if helpers.len() != 2 || during.len() != 1 {
+            return Err(format!(
+                "{round}: expected passt, the vsock broker and its socket: {helpers:?} {during:?}"
+            )
+            .into());
+        }
+        for p in helpers {
+            if !gone(p) {
+                return Err(format!("{round}: {} ({p}) outlived kill -9 of husk", comm(p)).into());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if !sockets().is_empty() {
+            return Err(format!("{round}: the run's vsock socket outlived it").into());
+        }
+    }
+    Ok(())
+}
