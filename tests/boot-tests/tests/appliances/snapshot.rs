@@ -157,7 +157,7 @@ fn restores_differ() -> Result<(), Failed> {
     let snap_dir = dir.path().join("snapshot");
     let console = dir.path().join("cold.log");
     let mut cfg = busybox_config(&image, fs::File::create(&console)?)?;
-    cfg.snapshot = Some(Target::create(&snap_dir, header.clone(), 0)?);
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone(), 1)?);
     let out = run_vm(cfg)?;
     let text = fs::read_to_string(&console)?;
     if out.snapshot != Some(Ok(())) || out.exit != (VmExit::Shutdown { status: Some(0) }) {
