@@ -5,20 +5,22 @@
 //! end, median, min and max of N runs each, alternated. Run it through
 //! `ci/bench-snapshot` (in the KVM test bed where the host's KVM is PVM).
 //!
-//! husk's VMM runs in this process (`vmm::run`, as `husk run`'s child
-//! does, filters and all), timed from the call; QEMU from its spawn.
-//! `husk run` does not restore snapshots yet (issue #17), so there is no
-//! husk process to spawn for the warm case.
+//! First the VMM alone: it runs in this process (`vmm::run`, as `husk
+//! run`'s child does, filters and all), timed from the call. Then the
+//! whole command a user types, timed from its spawn: `husk run
+//! examples/hello` restoring the snapshot it took on its first run (warm
+//! start), `husk run --cold examples/hello`, and QEMU; plus what one warm
+//! run reads of the snapshot's memory (`--timings`' guest RAM touched).
 //!
 //!   bench-snapshot [--runs N]
 
 use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use boot_tests::husk::built_image;
+use boot_tests::husk::{bench_husk_bin, built_image};
 use boot_tests::{husk_kernel, table_header, table_ratio, table_row};
 use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
 use vmm::snapshot::{Header, Restore, Snapshot, Target};
@@ -168,5 +170,66 @@ fn bench(runs: usize) -> Result<(), String> {
          {:.1} MiB allocated)",
         allocated as f64 / f64::from(1 << 20)
     );
+    husk_run(runs, &kernel, &image, dir.path())
+}
+
+/// `husk run` as a user types it: warm (restoring its cached snapshot)
+/// against `--cold` against QEMU, from spawn to the command's output.
+fn husk_run(runs: usize, kernel: &Path, image: &Path, dir: &Path) -> Result<(), String> {
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).map_err(|e| e.to_string())?;
+    let husk = bench_husk_bin(&bin_dir)?;
+    let snapshots = dir.join("snapshots");
+    let cmd = |extra: &[&str]| {
+        let mut c = Command::new(&husk);
+        c.arg("run")
+            .args(extra)
+            .arg("examples/hello")
+            .env("HUSK_SNAPSHOT_DIR", &snapshots)
+            .current_dir(boot_tests::workspace_root());
+        c
+    };
+    // The first run takes the snapshot.
+    let first = cmd(&[]).output().map_err(|e| e.to_string())?;
+    if !first.status.success() {
+        return Err(format!(
+            "the first husk run failed: {}",
+            String::from_utf8_lossy(&first.stderr)
+        ));
+    }
+    let (mut cold, mut warm, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let c = boot_tests::time_run(&mut cmd(&["--cold"]), boot_tests::First::LineWith(MARK))?;
+        let w = boot_tests::time_run(&mut cmd(&[]), boot_tests::First::LineWith(MARK))?;
+        let mut q = boot_tests::qemu::microvm_stdio_with(
+            kernel,
+            &format!("quiet rdinit={INIT_PATH}"),
+            64,
+            false,
+        );
+        q.arg("-initrd").arg(image);
+        let q = boot_tests::time_run(&mut q, boot_tests::First::LineWith(MARK))?;
+        if i > 0 {
+            cold.push(c.0);
+            warm.push(w.0);
+            qemu.push(q.0);
+        }
+    }
+    table_header(&format!(
+        "husk run examples/hello, spawn to the command's output, {runs} runs each"
+    ));
+    let cold_first = table_row("husk run --cold", &cold);
+    let warm_first = table_row("husk run (warm: restores its snapshot)", &warm);
+    let qemu_first = table_row("QEMU microvm cold", &qemu);
+    table_ratio("warm / husk cold", warm_first / cold_first);
+    table_ratio("warm / QEMU cold", warm_first / qemu_first);
+    let timed = cmd(&["--timings"]).output().map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&timed.stderr);
+    let touched = stderr
+        .lines()
+        .find_map(|l| l.split("guest RAM touched ").nth(1))
+        .and_then(|t| t.split(',').next())
+        .unwrap_or("?");
+    println!("(one warm run read {touched} of the snapshot's guest memory)");
     Ok(())
 }
