@@ -109,6 +109,13 @@ fn warm_hello() -> Result<(), Failed> {
             .explain("a restored VM does not boot its kernel")
             .into());
     }
+    // Without the jail too (the VMM is then this very process).
+    let unjailed = run(&snaps, &["--no-jail", "examples/hello"], 0)?;
+    if !restored(&unjailed) || !unjailed.stdout.contains("Hello from hello") {
+        return Err(unjailed
+            .explain("a run without the jail should restore too")
+            .into());
+    }
     let ls = husk(&snaps, &["snapshot", "ls"])?;
     if ls.code != Some(0) || !ls.stdout.contains("ready") || !ls.stdout.contains("examples/hello") {
         return Err(ls.explain("husk snapshot ls should list it, ready").into());

@@ -653,18 +653,11 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     };
     let params = plan.params.join(" ");
     // A warm VM reads its parameters through vsock: it gets a device
-    // (on a socket of this run's) where it has none.
-    let _own_vsock = match (&warm, &plan.vsock) {
-        (Some(_), None) => {
-            let uds = own_vsock_path();
-            plan.vsock = Some((vsock_cid, uds.clone()));
-            Some(RemoveOnDrop {
-                path: uds,
-                owner: std::process::id(),
-            })
-        }
-        _ => None,
-    };
+    // (on a socket of this run's, which its broker removes when the VMM
+    // ends) where it has none.
+    if warm.is_some() && plan.vsock.is_none() {
+        plan.vsock = Some((vsock_cid, own_vsock_path()));
+    }
     // The vsock socket and its broker, likewise.
     let (_vsock, mut vsock) = match &plan.vsock {
         Some((cid, uds)) => {
@@ -803,22 +796,6 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
 /// The vsock socket of a foreground run that needs one only for itself.
 fn own_vsock_path() -> PathBuf {
     std::env::temp_dir().join(format!("husk-{}.vsock", std::process::id()))
-}
-
-/// Removes a path when dropped (a socket of this run's) in the process
-/// that made it: a jailed VMM (a fork, under its seccomp filter) drops
-/// its copy without touching the path.
-struct RemoveOnDrop {
-    path: PathBuf,
-    owner: u32,
-}
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if std::process::id() == self.owner {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
 }
 
 fn is_root() -> bool {
