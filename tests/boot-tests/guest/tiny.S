@@ -2,7 +2,8 @@
  * report "command exited, status 0" on husk's control port (0x600: husk
  * records when), then leave by triple fault as Linux does with reboot=t,
  * which ends husk and QEMU alike. Built with -DSPIN it spins instead, for
- * hosts whose KVM (PVM) cannot emulate the triple fault. */
+ * hosts whose KVM (PVM) cannot emulate the triple fault; with -DSNAPSHOT
+ * it first marks a snapshot point (ci/bench-snapshot --tiny). */
         .section .note.pvh, "a"
         .align 4
         .long 4                 /* name size */
@@ -15,6 +16,11 @@
         .globl _start
 _start:
         mov $0x600, %dx
+#ifdef SNAPSHOT
+        /* init's snapshot point: a VMM asked to snapshot saves the VM here */
+        mov $0x103, %eax
+        out %eax, (%dx)
+#endif
         mov $0x200, %eax
         out %eax, (%dx)
 #ifdef SPIN

@@ -86,14 +86,28 @@ fn check(status: std::process::ExitStatus, what: &str) -> io::Result<()> {
 /// husk's control port and then triple-faults, or with `spin` spins for
 /// hosts (PVM) that cannot emulate the triple fault.
 pub fn tiny_guest(dir: &Path, spin: bool) -> Result<PathBuf, String> {
+    tiny_guest_with(dir, spin, false)
+}
+
+/// [`tiny_guest`], with `snapshot`: its first port write marks init's
+/// snapshot point.
+pub fn tiny_guest_with(dir: &Path, spin: bool, snapshot: bool) -> Result<PathBuf, String> {
     let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
-    let name = if spin { "tiny-spin" } else { "tiny" };
+    let name = match (spin, snapshot) {
+        (false, false) => "tiny",
+        (true, false) => "tiny-spin",
+        (false, true) => "tiny-snapshot",
+        (true, true) => "tiny-spin-snapshot",
+    };
     let obj = dir.join(format!("{name}.o"));
     let elf = dir.join(format!("{name}.elf"));
     let mut cc = Command::new("cc");
     cc.arg("-c").arg(guest.join("tiny.S")).arg("-o").arg(&obj);
     if spin {
         cc.arg("-DSPIN");
+    }
+    if snapshot {
+        cc.arg("-DSNAPSHOT");
     }
     let compiled = cc
         .status()

@@ -12,7 +12,12 @@
 //! start), `husk run --cold examples/hello`, and QEMU; plus what one warm
 //! run reads of the snapshot's memory (`--timings`' guest RAM touched).
 //!
-//!   bench-snapshot [--runs N]
+//! With `--tiny` it measures on this host's own `/dev/kvm` (PVM here)
+//! instead: a tiny PVH guest whose first instruction marks the snapshot
+//! point and whose next reports status 0, snapshotted once and restored N
+//! times, from the `vmm::run` call to the status reaching the VMM.
+//!
+//!   bench-snapshot [--runs N] [--tiny]
 
 use std::io::Write;
 use std::path::Path;
@@ -30,7 +35,67 @@ const MARK: &str = "Hello from hello";
 
 fn main() -> ExitCode {
     let runs = boot_tests::runs_arg(20);
+    if std::env::args().any(|a| a == "--tiny") {
+        return match tiny(runs) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-snapshot: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     boot_tests::bench_main("bench-snapshot", || bench(runs))
+}
+
+/// The tiny guest on this host's `/dev/kvm`: ms from the `vmm::run` call
+/// to the guest's status, cold (from its entry point) and restored.
+fn tiny(runs: usize) -> Result<(), String> {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let guest = boot_tests::guest::tiny_guest_with(dir.path(), true, true)?;
+    let snap_dir = dir.path().join("snapshot");
+    let header = Header::new("sha256:tiny", "", 1, 32, Vec::new());
+    let config = || {
+        let mut cfg = boot_tests::vm::initramfs(&guest, &guest, 32, "", Box::new(std::io::sink()));
+        cfg.initrd = None;
+        // The guest spins once it has reported (PVM cannot end it by a
+        // triple fault): the VM ends at the timeout.
+        cfg.timeout = Some(Duration::from_millis(300));
+        cfg.started = Instant::now();
+        cfg
+    };
+    let to_status = |out: &vmm::Outcome| {
+        out.timings
+            .iter()
+            .find(|(p, _)| *p == vmm::Phase::CommandExited)
+            .map(|(_, at)| at.as_secs_f64() * 1e3)
+            .ok_or_else(|| format!("the guest reported no status: {:?}", out.exit))
+    };
+    let mut cfg = config();
+    cfg.snapshot = Some(Target::create(&snap_dir, header.clone(), 0).map_err(|e| e.to_string())?);
+    let out = boot_tests::vm::run(cfg)?;
+    if out.snapshot != Some(Ok(())) {
+        return Err(format!("no snapshot: {:?}", out.snapshot));
+    }
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        cold.push(to_status(&boot_tests::vm::run(config())?)?);
+        let mut cfg = config();
+        cfg.restore = Some(Restore::open(&snap_dir, &header).map_err(|e| e.to_string())?);
+        cfg.started = Instant::now();
+        warm.push(to_status(&boot_tests::vm::run(cfg)?)?);
+    }
+    let kind = boot_tests::KvmKind::detect();
+    println!(
+        "tiny guest on this host's /dev/kvm ({kind:?}), 32 MiB, {runs} runs, ms from vmm::run to \
+         its status:"
+    );
+    println!("{:<34} {:>8} {:>8} {:>8}", "", "median", "min", "max");
+    for (what, v) in [("cold (from its entry point)", &cold), ("restored", &warm)] {
+        let (m, lo, hi) = boot_tests::stats(v);
+        println!("{what:<34} {m:>8.2} {lo:>8.2} {hi:>8.2}");
+    }
+    Ok(())
 }
 
 /// Console output that notes when `MARK` first appears.
