@@ -231,15 +231,23 @@ fn warm_disks_randomness_cpus() -> Result<(), Failed> {
     }
 
     // Two vCPUs; two restores of one snapshot differ in their random
-    // state and both have the host's time.
+    // state, and each has the host's time and this run's hostname.
     let script = "echo cpus=$(nproc); echo boot=$(cat /proc/sys/kernel/random/boot_id); \
                   echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); \
-                  echo time=$(date +%s)";
+                  echo time=$(date +%s); echo host=$(hostname)";
     let args = ["--cpus", "2", "examples/busybox", "--", "sh", "-c", script];
     let cold = run(&snaps, &args, 0)?;
     let mut seen = Vec::new();
-    for _ in 0..2 {
-        let warm = run(&snaps, &args, 0)?;
+    for round in 0..2 {
+        let name = format!("restored-{round}");
+        let mut all = vec!["--hostname", name.as_str()];
+        all.extend_from_slice(&args);
+        let warm = run(&snaps, &all, 0)?;
+        if warm.field("host").as_deref() != Some(name.as_str()) {
+            return Err(warm
+                .explain(&format!("the hostname should be {name}"))
+                .into());
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
