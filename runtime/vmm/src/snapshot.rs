@@ -34,7 +34,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use devices::virtio::mmio::TransportState;
@@ -591,7 +591,15 @@ impl Target {
     /// files, empty: `state.json` (first, so no state ever describes
     /// another memory file), `memory`, and `disk0`.. for `disks` disks.
     pub fn create(dir: &Path, header: Header, disks: usize) -> Result<Target, SnapshotError> {
-        fs::create_dir_all(dir).map_err(io_at("cannot create", dir))?;
+        // A snapshot holds the guest's memory, secrets and all: its folder
+        // and files are the user's alone.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_at("cannot create", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_at("cannot restrict", dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
@@ -608,7 +616,12 @@ impl Target {
         Target::clear(dir)?;
         let make = |name: &str| {
             let p = dir.join(name);
-            File::create(&p).map_err(io_at("cannot create", &p))
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(io_at("cannot create", &p))
         };
         Ok(Target {
             header,
@@ -838,6 +851,14 @@ mod tests {
         let _t = Target::create(dir.path(), header(), 1).unwrap();
         assert!(dir.path().join("disk0").exists());
         assert!(!dir.path().join("disk1").exists());
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(dir.path()).unwrap().mode() & 0o777, 0o700);
+        let memory = fs::metadata(dir.path().join("memory")).unwrap();
+        assert_eq!(
+            memory.mode() & 0o777,
+            0o600,
+            "guest memory is the user's alone"
+        );
         assert_eq!(
             fs::metadata(dir.path().join("state.json")).unwrap().len(),
             0

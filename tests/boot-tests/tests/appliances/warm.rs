@@ -32,6 +32,10 @@ pub fn trials() -> Vec<Trial> {
             "warm_start_serves_http_through_a_published_port_and_leaves_nothing_after_kill_9",
             warm_published_port,
         ),
+        boot_tests::trial(
+            "warm_start_runs_a_detached_appliance_with_exec_and_stop",
+            warm_detached,
+        ),
     ]
 }
 
@@ -335,6 +339,55 @@ fn warm_published_port() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(200));
         if !sockets().is_empty() {
             return Err(format!("{round}: the run's vsock socket outlived it").into());
+        }
+    }
+    Ok(())
+}
+
+fn warm_detached() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let snaps = tmp.path().join("snapshots");
+    for round in ["cold", "warm"] {
+        let name = format!("warm-test-{round}");
+        let started = husk(
+            &snaps,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--wait-ready",
+                "-p",
+                "127.0.0.1:18083:80",
+                "examples/web",
+            ],
+        )?;
+        let checked = (|| -> Result<(), Failed> {
+            if started.code != Some(0) {
+                return Err(started.explain("husk run -d").into());
+            }
+            let page = curl("http://127.0.0.1:18083/", None)?;
+            if !page.contains("Hello from a husk appliance") {
+                return Err(format!("{round}: curl got {page:?}").into());
+            }
+            let exec = husk(&snaps, &["exec", &name, "hostname"])?;
+            if exec.code != Some(0) || exec.stdout.trim() != "web" {
+                return Err(exec.explain("husk exec into the appliance").into());
+            }
+            let logs = husk(&snaps, &["logs", &name])?;
+            let restored = logs.stdout.contains("warm start: restoring");
+            if restored != (round == "warm") {
+                return Err(logs
+                    .explain(&format!("{round}: the appliance's log"))
+                    .into());
+            }
+            Ok(())
+        })();
+        let stop = husk(&snaps, &["stop", &name])?;
+        let rm = husk(&snaps, &["rm", &name])?;
+        checked?;
+        if stop.code != Some(0) || rm.code != Some(0) {
+            return Err(format!("{}\n{}", stop.explain("stop"), rm.explain("rm")).into());
         }
     }
     Ok(())
