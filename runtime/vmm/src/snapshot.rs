@@ -413,20 +413,7 @@ impl Restore {
     /// need no lock after this: a writer replaces files, never changes
     /// them.
     pub fn open(dir: &Path, this: &Header) -> Result<Restore, SnapshotError> {
-        let lock_path = dir.join(LOCK_FILE);
-        let _lock = match File::open(&lock_path) {
-            Ok(f) => {
-                f.try_lock_shared().map_err(|e| match e {
-                    fs::TryLockError::WouldBlock => SnapshotError::Busy {
-                        path: dir.to_path_buf(),
-                    },
-                    fs::TryLockError::Error(e) => io_at("cannot lock", &lock_path)(e),
-                })?;
-                Some(f)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_at("cannot open", &lock_path)(e)),
-        };
+        let _lock = lock_existing(dir, Lock::Shared)?;
         let snapshot = Snapshot::read(dir, this)?;
         let memory = Snapshot::memory_file(dir)?;
         let disks = snapshot
@@ -607,12 +594,7 @@ impl Target {
             .write(true)
             .open(&lock_path)
             .map_err(io_at("cannot create", &lock_path))?;
-        lock.try_lock().map_err(|e| match e {
-            fs::TryLockError::WouldBlock => SnapshotError::Busy {
-                path: dir.to_path_buf(),
-            },
-            fs::TryLockError::Error(e) => io_at("cannot lock", &lock_path)(e),
-        })?;
+        let lock = try_lock(lock, dir, &lock_path, Lock::Exclusive)?;
         Target::clear(dir)?;
         let make = |name: &str| {
             let p = dir.join(name);
@@ -687,21 +669,40 @@ impl Target {
 /// writing it ([`SnapshotError::Busy`]). VMs restored from it go on: they
 /// hold the files they opened.
 pub fn remove(dir: &Path) -> Result<(), SnapshotError> {
-    let lock_path = dir.join(LOCK_FILE);
-    let _lock = match File::open(&lock_path) {
-        Ok(f) => {
-            f.try_lock().map_err(|e| match e {
-                fs::TryLockError::WouldBlock => SnapshotError::Busy {
-                    path: dir.to_path_buf(),
-                },
-                fs::TryLockError::Error(e) => io_at("cannot lock", &lock_path)(e),
-            })?;
-            Some(f)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_at("cannot open", &lock_path)(e)),
-    };
+    let _lock = lock_existing(dir, Lock::Exclusive)?;
     fs::remove_dir_all(dir).map_err(io_at("cannot remove", dir))
+}
+
+#[derive(Clone, Copy)]
+enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// Takes `lock`, without waiting, on the lock file `dir` has (none is
+/// needed where it has none): [`SnapshotError::Busy`] while a writer
+/// holds it.
+fn lock_existing(dir: &Path, kind: Lock) -> Result<Option<File>, SnapshotError> {
+    let path = dir.join(LOCK_FILE);
+    match File::open(&path) {
+        Ok(f) => try_lock(f, dir, &path, kind).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_at("cannot open", &path)(e)),
+    }
+}
+
+fn try_lock(f: File, dir: &Path, path: &Path, kind: Lock) -> Result<File, SnapshotError> {
+    let locked = match kind {
+        Lock::Shared => f.try_lock_shared(),
+        Lock::Exclusive => f.try_lock(),
+    };
+    match locked {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(SnapshotError::Busy {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_at("cannot lock", path)(e)),
+    }
 }
 
 /// Whether a VMM is writing the snapshot in `dir` now.
