@@ -134,6 +134,11 @@ pub enum RestoreError {
     Queue(usize, String),
     #[error("the snapshot's device is active without queue state, or the reverse")]
     Inconsistent,
+    #[error(
+        "the snapshot's driver uses features {extra:#x} this device does not offer \
+         (another backend?)"
+    )]
+    Features { extra: u64 },
     #[error("cannot activate the restored device")]
     Activate(#[source] ActivateError),
 }
@@ -532,6 +537,12 @@ impl MmioTransport {
                 here: device_type,
             });
         }
+        // The driver goes on with what it negotiated: the device must
+        // offer all of it (a tap's offloads are not every backend's).
+        let extra = s.driver_features & !self.device.features();
+        if extra != 0 {
+            return Err(RestoreError::Features { extra });
+        }
         let count = self.device.queue_max_sizes().len();
         let queues = rebuild(&s.queues, count)?;
         let device_queues = match (&s.device_queues, s.active) {
@@ -832,6 +843,13 @@ pub(crate) mod tests {
         assert!(matches!(
             new_rng().restore(&bad),
             Err(RestoreError::Inconsistent)
+        ));
+        // A driver that negotiated what this device does not offer.
+        let mut bad = saved.clone();
+        bad.driver_features |= 1 << 40;
+        assert!(matches!(
+            new_rng().restore(&bad),
+            Err(RestoreError::Features { extra }) if extra == 1 << 40
         ));
         let mut bad = saved.clone();
         bad.device_queues.as_mut().unwrap()[0].desc_table = 0xfff_f000_0000;

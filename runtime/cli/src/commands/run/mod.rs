@@ -632,6 +632,11 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         }
     };
     let vsock_cid = plan.vsock.as_ref().map_or(DEFAULT_CID, |v| v.0);
+    let backends: Vec<&'static str> = plan
+        .net
+        .iter()
+        .map(|n| if n.tap.is_some() { "tap" } else { "user" })
+        .collect();
     let warm = match &plan.image {
         Some(image)
             if !args.cold && warm::eligible(plan.husk_init, plan.shares.len(), &plan.disks) =>
@@ -644,7 +649,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 cpus: plan.cpus,
                 memory_mib: plan.memory_mib,
                 disks: &plan.disks,
-                nets: net.len(),
+                nets: &backends,
                 vsock_cid,
                 legacy_pit,
             })

@@ -5,7 +5,7 @@
 //! A snapshot is cached under `CACHE/snapshots/KEY/`, where KEY hashes
 //! everything that shapes the saved VM: husk's version, the kernel and
 //! image files, the kernel command line, vCPUs, memory, the disks and
-//! their access, the network interfaces, the vsock CID. What differs from
+//! their access, the network interfaces' backends, the vsock CID. What differs from
 //! run to run (the command, `-e`, `--hostname`, the network's addresses,
 //! the MAC) is not in the snapshot: init reads it at its snapshot point
 //! from the host ([`agent::RESUME_PORT`]), in the cold run as in every
@@ -62,7 +62,9 @@ pub struct Shape<'a> {
     pub cpus: u8,
     pub memory_mib: u64,
     pub disks: &'a [DiskConfig],
-    pub nets: usize,
+    /// Each interface's backend (`tap`, `user`): their offloads differ,
+    /// and a restored driver goes on with what it negotiated.
+    pub nets: &'a [&'static str],
     pub vsock_cid: u32,
     pub legacy_pit: bool,
 }
@@ -177,7 +179,7 @@ fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String>
         cpus: u8,
         memory_mib: u64,
         disks: Vec<(String, &'static str)>,
-        nets: usize,
+        nets: &'a [&'static str],
         vsock_cid: u32,
         legacy_pit: bool,
     }
@@ -269,7 +271,7 @@ mod tests {
             cpus: 1,
             memory_mib: 64,
             disks: &disks,
-            nets: 0,
+            nets: &[],
             vsock_cid: 3,
             legacy_pit: false,
         };
@@ -290,7 +292,14 @@ mod tests {
                 cmdline: "quiet x",
                 ..shape
             },
-            Shape { nets: 1, ..shape },
+            Shape {
+                nets: &["user"],
+                ..shape
+            },
+            Shape {
+                nets: &["tap"],
+                ..shape
+            },
             Shape {
                 disks: &ro,
                 ..shape
