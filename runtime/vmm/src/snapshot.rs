@@ -707,8 +707,10 @@ fn try_lock(f: File, dir: &Path, path: &Path, kind: Lock) -> Result<File, Snapsh
 
 /// Whether a VMM is writing the snapshot in `dir` now.
 pub fn being_written(dir: &Path) -> bool {
-    File::open(dir.join(LOCK_FILE))
-        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)))
+    matches!(
+        lock_existing(dir, Lock::Shared),
+        Err(SnapshotError::Busy { .. })
+    )
 }
 
 /// Writes guest RAM into `file`, its regions back to back; pages of zeros

@@ -28,7 +28,7 @@ use std::time::Instant;
 use boot_tests::husk::{bench_husk_bin, built_image};
 use boot_tests::{husk_kernel, table_header, table_ratio, table_row};
 use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
-use vmm::snapshot::{Header, Restore, Snapshot, Target};
+use vmm::snapshot::{Header, Restore, Target};
 use vmm::{VmConfig, VmExit};
 
 const MARK: &str = "Hello from hello";
@@ -189,12 +189,7 @@ fn bench(runs: usize) -> Result<(), String> {
 
         let seen = Arc::new(Mutex::new(None));
         let mut cfg = config(&kernel, &image, seen.clone());
-        let snapshot = Snapshot::read(&snap_dir, &header).map_err(|e| e.to_string())?;
-        cfg.restore = Some(Restore {
-            snapshot,
-            memory: Snapshot::memory_file(&snap_dir).map_err(|e| e.to_string())?,
-            disks: Vec::new(),
-        });
+        cfg.restore = Some(Restore::open(&snap_dir, &header).map_err(|e| e.to_string())?);
         let w = run(cfg, &seen)?;
 
         let mut q = boot_tests::qemu::microvm_stdio_with(

@@ -73,17 +73,13 @@ fn snapshot_restores() -> Result<(), Failed> {
     // Warm, twice: from the snapshot, the same output and status.
     let mut warm = Vec::new();
     for run in 0..2 {
-        let snapshot = Snapshot::read(&snap_dir, &header)?;
-        if snapshot.header.devices != ["console", "rng"] {
-            return Err(format!("devices saved: {:?}", snapshot.header.devices).into());
+        let restore = Restore::open(&snap_dir, &header)?;
+        if restore.snapshot.header.devices != ["console", "rng"] {
+            return Err(format!("devices saved: {:?}", restore.snapshot.header.devices).into());
         }
         let console = dir.path().join(format!("warm-{run}.log"));
         let mut cfg = config(&kernel, &image, fs::File::create(&console)?);
-        cfg.restore = Some(Restore {
-            snapshot,
-            memory: Snapshot::memory_file(&snap_dir)?,
-            disks: Vec::new(),
-        });
+        cfg.restore = Some(restore);
         let started = Instant::now();
         let out = run_vm(cfg)?;
         warm.push(started.elapsed());
@@ -168,17 +164,13 @@ fn restores_differ() -> Result<(), Failed> {
     for run in 0..2 {
         // Long enough that a clock resumed where it was saved would show.
         std::thread::sleep(Duration::from_secs(3));
-        let snapshot = Snapshot::read(&snap_dir, &header)?;
-        if snapshot.header.devices != ["console", "block", "rng"] {
-            return Err(format!("devices saved: {:?}", snapshot.header.devices).into());
+        let restore = Restore::open(&snap_dir, &header)?;
+        if restore.snapshot.header.devices != ["console", "block", "rng"] {
+            return Err(format!("devices saved: {:?}", restore.snapshot.header.devices).into());
         }
         let console = dir.path().join(format!("warm-{run}.log"));
         let mut cfg = busybox_config(&image, fs::File::create(&console)?)?;
-        cfg.restore = Some(Restore {
-            snapshot,
-            memory: Snapshot::memory_file(&snap_dir)?,
-            disks: Vec::new(),
-        });
+        cfg.restore = Some(restore);
         let out = run_vm(cfg)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
