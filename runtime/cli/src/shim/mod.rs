@@ -30,6 +30,14 @@ pub fn main() -> std::process::ExitCode {
     // The keepers find their VMs' folders where the pods live.
     // SAFETY: the shim has one thread until containerd_shim::run starts more.
     unsafe { std::env::set_var("HUSK_STATE_DIR", pod::STATE_ROOT) };
+    // A panic in a request's thread would only close containerd's
+    // connection, which containerd takes for a dead shim: say why first,
+    // in the shim's log (containerd's own log).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("containerd-shim-husk-v2 panicked: {info}");
+        default_hook(info);
+    }));
     let config = Config {
         // The shim waits for its own children (the keepers); the crate's
         // reaper would take their statuses. Nor is it a subreaper: what a

@@ -535,7 +535,13 @@ fn control_connection(mut conn: UnixStream, shared: &Shared) {
         };
         let _answering = Answering::start(&shared.answering);
         let sent = match request {
-            Request::Agent => match shared.agent() {
+            // Handed over without the keeper's own read timeout (a socket
+            // option, so it would travel with the descriptor): the caller
+            // may wait on it for as long as a process runs.
+            Request::Agent => match shared.agent().and_then(|a| {
+                a.set_read_timeout(None)?;
+                Ok(a)
+            }) {
                 Ok(agent) => control::send_with_fd(&conn, &Response::Ok, &agent),
                 Err(e) => agent::write(&mut conn, &error(e)).map_err(io::Error::other),
             },
