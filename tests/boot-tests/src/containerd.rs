@@ -63,18 +63,106 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
 }
 
+/// Pod networks of the CRI tests: CNI's `ptp` (a veth pair per pod, no
+/// bridge module needed) with addresses from `host-local`.
+pub const POD_SUBNET: &str = "10.123.0.0/24";
+
+/// The pod sandbox ("pause") image of the CRI tests: the busybox layout
+/// with `sleep` as its command (Kubernetes' own pause image cannot be
+/// pulled here).
+pub const PAUSE_IMAGE: &str = "husk.test/pause:1";
+
+/// containerd 1.6's configuration for CRI: husk as the runtime handler
+/// `husk` (a RuntimeClass's `handler: husk`), runc's shim as `runc`.
+fn cri_config(dir: &Path) -> String {
+    format!(
+        r#"version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
+      runtime_type = "io.containerd.husk.v2"
+      pod_annotations = ["io.husk.*"]
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{}"
+"#,
+        dir.join("net.d").display()
+    )
+}
+
+fn cni_config(dir: &Path) -> String {
+    format!(
+        r#"{{"cniVersion": "0.4.0", "name": "husk-test", "plugins": [
+  {{"type": "ptp", "ipMasq": false, "ipam": {{"type": "host-local",
+    "subnet": "{POD_SUBNET}", "routes": [{{"dst": "0.0.0.0/0"}}],
+    "dataDir": "{}"}}}}]}}
+"#,
+        dir.join("ipam").display()
+    )
+}
+
+/// Whether `tool` is on PATH.
+fn have(tool: &str) -> Result<bool, String> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map_err(|e| e.to_string())?;
+    Ok(found.status.success())
+}
+
+/// A tmpfs on `folder` when the bed's read-only root does not let us
+/// write there (skopeo's scratch space, libcni's cache).
+fn writable_in_bed(folder: &str) -> Result<(), String> {
+    if std::env::var_os("HUSK_IN_TESTBED").is_none() || tempfile::tempdir_in(folder).is_ok() {
+        return Ok(());
+    }
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "husk-test", folder])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !mounted.success() {
+        return Err(format!(
+            "cannot mount a tmpfs on {folder} (ci/setup makes the folders the bed needs)"
+        ));
+    }
+    Ok(())
+}
+
 impl Containerd {
+    /// containerd with its default configuration, busybox in the
+    /// `default` namespace (what `ctr` uses).
     pub fn start() -> Result<Self, String> {
-        for tool in ["containerd", "ctr", "skopeo", "script"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !found.status.success() {
+        Self::launch(false)
+    }
+
+    /// containerd with CRI set up as a Kubernetes node's would be for
+    /// husk (see `cri_config`), a CNI network, and busybox and the pause
+    /// image in CRI's `k8s.io` namespace. Drive it with `crate::cri::Cri`.
+    pub fn start_cri() -> Result<Self, String> {
+        Self::launch(true)
+    }
+
+    fn launch(cri: bool) -> Result<Self, String> {
+        let mut tools = vec!["containerd", "ctr", "skopeo", "script"];
+        if cri {
+            tools.extend(["umoci", "runc"]);
+        }
+        for tool in tools {
+            if !have(tool)? {
                 return Err(format!(
-                    "{tool} is not installed (ci/setup installs containerd, skopeo, bsdutils)"
+                    "{tool} is not installed (ci/setup installs containerd, skopeo, umoci, runc, bsdutils)"
                 ));
             }
+        }
+        if cri && !Path::new("/usr/lib/cni/ptp").is_file() {
+            return Err(
+                "/usr/lib/cni/ptp is missing: ci/setup installs containernetworking-plugins".into(),
+            );
         }
         let shim = husk_bin()?.with_file_name("containerd-shim-husk-v2");
         if !shim.is_file() {
@@ -83,17 +171,9 @@ impl Containerd {
                 shim.display()
             ));
         }
-        if std::env::var_os("HUSK_IN_TESTBED").is_some()
-            && tempfile::tempdir_in("/var/tmp").is_err()
-        {
-            // skopeo's scratch space: the host's read-only root in the bed.
-            let mounted = Command::new("mount")
-                .args(["-t", "tmpfs", "husk-test", "/var/tmp"])
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !mounted.success() {
-                return Err("cannot mount a tmpfs on /var/tmp".into());
-            }
+        writable_in_bed("/var/tmp")?;
+        if cri {
+            writable_in_bed("/var/lib/cni")?;
         }
         let dir = tempfile::Builder::new()
             .prefix("husk-test-containerd-")
@@ -107,6 +187,16 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_default()
         );
         let mut c = Command::new("containerd");
+        if cri {
+            let write = |p: PathBuf, text: String| {
+                std::fs::create_dir_all(p.parent().expect("a folder"))
+                    .and_then(|()| std::fs::write(&p, text))
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            };
+            write(d.join("config.toml"), cri_config(d))?;
+            write(d.join("net.d/10-husk-test.conflist"), cni_config(d))?;
+            c.arg("--config").arg(d.join("config.toml"));
+        }
         c.arg("--root")
             .arg(d.join("root"))
             .arg("--state")
@@ -122,12 +212,40 @@ impl Containerd {
         };
         let layout = std::fs::canonicalize(crate::workspace_root().join("examples/busybox/image"))
             .map_err(|e| e.to_string())?;
-        let archive = me.dir.path().join("busybox.tar");
+        let namespace = if cri { "k8s.io" } else { "default" };
+        me.import(&layout, "latest", IMAGE, namespace)?;
+        if cri {
+            // A copy of the layout with `sleep` as the image's command.
+            let pause = me.dir.path().join("pause");
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(&layout)
+                .arg(&pause)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !copied.success() {
+                return Err(format!("cannot copy {}", layout.display()));
+            }
+            let mut umoci = Command::new("umoci");
+            umoci
+                .args(["config", "--image"])
+                .arg(format!("{}:latest", pause.display()))
+                .args(["--config.cmd", "sleep", "--config.cmd", "2147483647"])
+                .args(["--tag", "pause"]);
+            me.ok(umoci, "umoci config (the pause image)")?;
+            me.import(&pause, "pause", PAUSE_IMAGE, namespace)?;
+        }
+        Ok(me)
+    }
+
+    /// `TAG` of the OCI layout, imported as `name` into `namespace`.
+    fn import(&self, layout: &Path, tag: &str, name: &str, namespace: &str) -> Result<(), String> {
+        let archive = self.dir.path().join(format!("{tag}.tar"));
         let copied = Command::new("skopeo")
             .args(["copy", "-q"])
-            .arg(format!("oci:{}:latest", layout.display()))
-            .arg(format!("docker-archive:{}:{IMAGE}", archive.display()))
-            .env("TMPDIR", me.dir.path())
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker-archive:{}:{name}", archive.display()))
+            .env("TMPDIR", self.dir.path())
             .output()
             .map_err(|e| e.to_string())?;
         if !copied.status.success() {
@@ -136,10 +254,17 @@ impl Containerd {
                 String::from_utf8_lossy(&copied.stderr)
             ));
         }
-        let mut import = me.ctr(&["images", "import", "--snapshotter", "native"]);
+        let mut import = self.ctr(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+        ]);
         import.arg(&archive);
-        me.ok(import, "ctr images import")?;
-        Ok(me)
+        self.ok(import, "ctr images import")?;
+        std::fs::remove_file(&archive).map_err(|e| e.to_string())
     }
 
     pub fn ctr(&self, args: &[&str]) -> Command {
@@ -173,15 +298,16 @@ impl Containerd {
 
     /// A failure with containerd's log (the shim's log lines are in it).
     pub fn explain(&self, r: &HuskRun, what: &str) -> String {
+        self.with_log(&r.explain(what))
+    }
+
+    /// `what`, then the last lines of containerd's log.
+    pub fn with_log(&self, what: &str) -> String {
         let log =
             std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "{}\n--- containerd's log ends:\n{}",
-            r.explain(what),
-            tail.join("\n")
-        )
+        format!("{what}\n--- containerd's log ends:\n{}", tail.join("\n"))
     }
 
     /// `ctr task rm -f` and `ctr c rm`: the task killed, waited for and

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod containerd;
+pub mod cri;
 pub mod guest;
 pub mod husk;
 pub mod qemu;

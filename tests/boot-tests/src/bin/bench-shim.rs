@@ -10,14 +10,21 @@
 //!   guest RAM (the shared memfd they all map), and that guest RAM as the
 //!   guest touched it.
 //!
+//! - through CRI (as the kubelet, `boot_tests::cri`), with runtime
+//!   handlers `husk` and `runc` and a CNI network: RunPodSandbox,
+//!   CreateContainer and StartContainer of a one-container pod, until
+//!   its process runs (`crictl runp` + `create` + `start`); the pod is
+//!   removed untimed.
+//!
 //! Median, min and max of N runs (default 10) after one warm-up each.
 //!
 //!   bench-shim [--runs N]
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use boot_tests::containerd::Containerd;
+use boot_tests::containerd::{Containerd, IMAGE};
+use boot_tests::cri::{container_config, pod_config, Cri, NamespaceMode};
 use boot_tests::husk::build_appliances;
 use boot_tests::time_command as time;
 use boot_tests::{descendants, table_header, table_ratio, table_row};
@@ -60,7 +67,59 @@ fn bench(runs: usize) -> Result<(), String> {
         .collect();
     table_ratio("husk shim / runc shim (median)", medians[0] / medians[1]);
     println!();
-    memory(&c)
+    memory(&c)?;
+    drop(c);
+    println!();
+    cri_pod_start(runs)
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer through CRI, each
+/// handler in turn; seconds to the process running.
+fn cri_pod_start(runs: usize) -> Result<(), String> {
+    let c = Containerd::start_cri()?;
+    let cri = Cri::connect(&c.socket)?;
+    let logs = c.dir.path().join("pods");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    let handlers = [
+        ("CRI pod start (handler husk)", "husk"),
+        ("CRI pod start (handler runc)", "runc"),
+    ];
+    let mut times = vec![Vec::new(); handlers.len()];
+    for round in 0..=runs {
+        for (i, (_, handler)) in handlers.iter().enumerate() {
+            let pc = pod_config(
+                &format!("bench-{i}-{round}"),
+                &logs,
+                NamespaceMode::Pod,
+                &[],
+            );
+            let began = Instant::now();
+            let pod = cri.run_pod(&pc, handler)?;
+            let id = cri.create(
+                &pod,
+                &container_config("sleep", IMAGE, &["sleep", "3600"]),
+                &pc,
+            )?;
+            cri.start(&id)?;
+            let t = began.elapsed().as_secs_f64();
+            cri.stop_pod(&pod)?;
+            cri.remove_pod(&pod)?;
+            if round > 0 {
+                times[i].push(t);
+            }
+        }
+    }
+    table_header(&format!(
+        "CRI RunPodSandbox + CreateContainer + StartContainer (crictl runp, create, start), \
+         {runs} runs:"
+    ));
+    let medians: Vec<f64> = handlers
+        .iter()
+        .zip(&times)
+        .map(|((name, _), t)| table_row(name, t))
+        .collect();
+    table_ratio("husk / runc (median)", medians[0] / medians[1]);
+    Ok(())
 }
 
 fn memory(c: &Containerd) -> Result<(), String> {

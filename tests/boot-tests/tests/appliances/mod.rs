@@ -10,6 +10,7 @@ use libtest_mimic::{Failed, Trial};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+mod cri;
 mod detached;
 mod network;
 mod oci;
@@ -52,6 +53,7 @@ pub fn trials() -> Vec<Trial> {
             jail_confines_the_vmm,
         ),
     ];
+    all.extend(cri::trials());
     all.extend(detached::trials());
     all.extend(network::trials());
     all.extend(oci::trials());

@@ -55,7 +55,7 @@ fn pod_folders() -> Vec<PathBuf> {
 }
 
 /// Nothing of the shim's on the host: processes, folders, mounts.
-fn nothing_left(when: &str) -> Result<(), Failed> {
+pub(super) fn nothing_left(when: &str) -> Result<(), Failed> {
     // What ends asynchronously (a keeper, its VM) gets a moment.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -295,7 +295,7 @@ fn killed() -> Result<(), Failed> {
 
 /// The pid of every process running as nobody whose command line names
 /// the pod root: the jailed VMMs.
-fn vmm_pids() -> Vec<u32> {
+pub(super) fn vmm_pids() -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
     processes_naming(STATE_ROOT)
         .iter()
