@@ -169,7 +169,7 @@ impl Runtime {
                 break pid;
             }
             if let Some(status) = child.try_wait()? {
-                let err = stderr.join().unwrap_or_default();
+                let err = stderr.join()?;
                 return Err(format!("create of {id} ended ({status}): {err}").into());
             }
             if Instant::now() > deadline {
@@ -191,12 +191,31 @@ impl Runtime {
 struct Container {
     id: String,
     reaper: Child,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stdout: Drained,
+    stderr: Drained,
     pid: u32,
 }
 
 impl Container {
+    /// Waits until the container has written `text` to its stdout: a
+    /// signal sent sooner could end its shell before the first line.
+    fn wait_for(&self, text: &str, limit: Duration) -> Result<(), Failed> {
+        let deadline = Instant::now() + limit;
+        while !self.stdout.text().contains(text) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not print {text:?} within {limit:?}; stdout {:?}, stderr {:?}",
+                    self.id,
+                    self.stdout.text(),
+                    self.stderr.text()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// The container's exit status as the reaper saw it, and its output.
     fn finish(mut self, limit: Duration) -> Result<(i32, String, String), Failed> {
         drop(self.reaper.stdin.take());
@@ -211,19 +230,54 @@ impl Container {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let out = self.stdout.join().unwrap_or_default();
-        let err = self.stderr.join().unwrap_or_default();
+        let out = self.stdout.join()?;
+        let err = self.stderr.join()?;
         let code = status.code().ok_or("the reaper was killed")?;
         Ok((code, out, err))
     }
 }
 
-fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = from.read_to_string(&mut s);
-        s
-    })
+/// A stream read to its end on a thread, readable as it comes.
+struct Drained {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drained {
+    /// What has come so far.
+    fn text(&self) -> String {
+        let bytes = self.text.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Everything, once the stream has ended.
+    fn join(self) -> Result<String, Failed> {
+        let Drained { text, thread } = self;
+        thread.join().map_err(|_| "a reader thread panicked")?;
+        let bytes = text.lock().map(|b| b.clone()).unwrap_or_default();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+fn drain(mut from: impl Read + Send + 'static) -> Drained {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = text.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Ok(mut text) = sink.lock() {
+                        text.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+    Drained { text, thread }
 }
 
 fn expect_state(rt: &Runtime, id: &str, status: &str) -> Result<serde_json::Value, Failed> {
@@ -414,6 +468,7 @@ fn cycles() -> Result<(), Failed> {
         let c = rt.create(&id, &bundle)?;
         let processes = tree(c.pid);
         rt.ok(&["start", &id])?;
+        c.wait_for("up", Duration::from_secs(60))?;
         rt.ok(&["kill", &id, "TERM"])?;
         let (code, out, err) = c.finish(Duration::from_secs(60))?;
         if code != 128 + libc::SIGTERM || !out.contains("up") {
