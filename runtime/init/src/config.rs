@@ -266,6 +266,30 @@ pub const FS_CMDLINE_KEY: &str = "husk.fs";
 #[serde(deny_unknown_fields)]
 pub struct FsSetup {
     pub mounts: Vec<ShareMount>,
+    /// Single host files, all served by one virtio-fs device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileShare>,
+}
+
+/// The virtio-fs device that serves single host files: its file `name`
+/// is seen at `path`, mounted after the shared folders (so a file may go
+/// into one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShare {
+    pub tag: String,
+    pub files: Vec<SharedFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedFile {
+    /// Its name in the share's root.
+    pub name: String,
+    /// An absolute path in the guest.
+    pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,10 +310,22 @@ impl FsSetup {
     pub fn from_cmdline(cmdline: &str) -> Result<Option<Self>, ConfigError> {
         let setup = from_hex_param::<FsSetup>(cmdline, FS_CMDLINE_KEY)?;
         if let Some(s) = &setup {
-            if let Some(m) = s.mounts.iter().find(|m| !m.path.starts_with('/')) {
+            let files = s.files.iter().flat_map(|f| &f.files);
+            let paths = s.mounts.iter().map(|m| &m.path);
+            if let Some(p) = paths
+                .chain(files.clone().map(|f| &f.path))
+                .find(|p| !p.starts_with('/'))
+            {
                 return Err(ConfigError::BadParam(format!(
-                    "{FS_CMDLINE_KEY} (mount path {:?} is not absolute)",
-                    m.path
+                    "{FS_CMDLINE_KEY} (mount path {p:?} is not absolute)"
+                )));
+            }
+            if let Some(f) = files.clone().find(|f| {
+                f.name.is_empty() || f.name.contains('/') || f.name == "." || f.name == ".."
+            }) {
+                return Err(ConfigError::BadParam(format!(
+                    "{FS_CMDLINE_KEY} (shared file name {:?} is not one name)",
+                    f.name
                 )));
             }
         }
@@ -410,6 +446,14 @@ mod tests {
                     readonly: true,
                 },
             ],
+            files: Some(FileShare {
+                tag: "husk-files".into(),
+                files: vec![SharedFile {
+                    name: "0".into(),
+                    path: "/etc/resolv.conf".into(),
+                    readonly: true,
+                }],
+            }),
         };
         let cmdline = format!("quiet {} rdinit=/.husk/init", setup.to_param());
         let back = FsSetup::from_cmdline(&cmdline).unwrap().unwrap();
@@ -422,8 +466,30 @@ mod tests {
                 path: "data".into(),
                 readonly: false,
             }],
+            files: None,
         };
         assert!(FsSetup::from_cmdline(&relative.to_param()).is_err());
+        for (name, path) in [
+            ("0", "etc/hosts"),
+            ("../0", "/etc/hosts"),
+            ("", "/etc/hosts"),
+        ] {
+            let bad = FsSetup {
+                mounts: vec![],
+                files: Some(FileShare {
+                    tag: "husk-files".into(),
+                    files: vec![SharedFile {
+                        name: name.into(),
+                        path: path.into(),
+                        readonly: false,
+                    }],
+                }),
+            };
+            assert!(
+                FsSetup::from_cmdline(&bad.to_param()).is_err(),
+                "{name} at {path} was accepted"
+            );
+        }
     }
 
     #[test]

@@ -330,6 +330,19 @@ fn mount_shares(cmdline: &str) -> Result<(), Failure> {
             ))
         })?;
     }
+    if let Some(share) = &setup.files {
+        let files: Vec<(&str, &str, bool)> = share
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.path.as_str(), f.readonly))
+            .collect();
+        sys::mount_files(&share.tag, &files).map_err(|e| {
+            Failure::setup(format!(
+                "cannot mount the shared files (virtio-fs {}): {e}",
+                share.tag
+            ))
+        })?;
+    }
     Ok(())
 }
 

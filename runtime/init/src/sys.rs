@@ -101,6 +101,62 @@ pub fn mount_share(tag: &str, target: &str, readonly: bool) -> io::Result<()> {
     mount(tag, target, "virtiofs", flags)
 }
 
+/// Binds each `(name, target, readonly)` file of the virtio-fs share
+/// `tag`, which serves single files, onto its target, made (an empty file,
+/// and its folders) where it is missing, as container runtimes make the
+/// targets of bind mounts. The share is mounted only for that, on a folder
+/// of its own in the guest's devtmpfs, then detached and the folder
+/// removed: the files' mounts outlive it, and the share is seen nowhere.
+pub fn mount_files(tag: &str, files: &[(&str, &str, bool)]) -> io::Result<()> {
+    const STAGING: &str = "/dev/.husk-files";
+    fs::create_dir(STAGING)?;
+    let bound = mount(tag, STAGING, "virtiofs", 0).and_then(|()| {
+        let bound = files.iter().try_for_each(|(name, target, readonly)| {
+            bind_file(&format!("{STAGING}/{name}"), target, *readonly)
+                .map_err(|e| io::Error::new(e.kind(), format!("{target}: {e}")))
+        });
+        let staging = cstr(STAGING);
+        // SAFETY: a NUL-terminated path that outlives the call.
+        let detached = check(unsafe { libc::umount2(staging.as_ptr(), libc::MNT_DETACH) });
+        bound.and(detached)
+    });
+    let removed = fs::remove_dir(STAGING);
+    bound.and(removed)
+}
+
+fn bind_file(source: &str, target: &str, readonly: bool) -> io::Result<()> {
+    let path = std::path::Path::new(target);
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a folder in the guest",
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+        }
+    }
+    mount(source, target, "", libc::MS_BIND)?;
+    if readonly {
+        mount(
+            "",
+            target,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        )?;
+    }
+    Ok(())
+}
+
 /// Makes the virtio-fs share `tag` the root, as `switch_root` does from
 /// an initramfs: mount it, move the API filesystems init mounted into it
 /// (where the folder has their mount points: init writes nothing into it),

@@ -1,6 +1,7 @@
 //! virtiofsd, the virtio-fs project's own daemon: one per shared folder
-//! (virtiofsd serves one folder), started by the husk process before the
-//! VMM is built (the VMM itself never execs).
+//! (virtiofsd serves one folder) and one for all single files shared,
+//! started by the husk process before the VMM is built (the VMM itself
+//! never execs).
 //!
 //! husk binds a listening socket in a private folder, connects to it at
 //! once (the connection waits in the backlog) and hands the listener to
@@ -15,9 +16,11 @@
 //! shared folder as its root (`--sandbox namespace`); as another user,
 //! without namespaces it may not create, confined by its seccomp filter.
 
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -39,6 +42,32 @@ pub enum VirtiofsdError {
     Socket(#[source] io::Error),
     #[error("cannot start virtiofsd")]
     Spawn(#[source] io::Error),
+    #[error("{} does not exist", .0.display())]
+    NoFile(PathBuf),
+    #[error("{} is a folder: share it as one", .0.display())]
+    AFolder(PathBuf),
+    #[error(
+        "sharing single files needs root (each is bind-mounted into the folder \
+         virtiofsd serves); share the folder that holds {} instead", .0.display()
+    )]
+    FilesNeedRoot(PathBuf),
+    #[error("cannot make {FILES_STAGING}")]
+    Staging(#[source] io::Error),
+}
+
+/// Where a virtiofsd that serves single files finds them: a tmpfs mounted
+/// here in a mount namespace of its own, holding a bind mount of each
+/// file. The folder itself stays empty on the host (it is made once and
+/// shared by every VM); the namespace, the tmpfs and the bind mounts end
+/// with that virtiofsd, however it ends.
+pub const FILES_STAGING: &str = "/run/husk/files";
+
+/// One host file served by [`Virtiofsd::start_files`], under its index
+/// in the list as its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    pub host: PathBuf,
+    pub readonly: bool,
 }
 
 /// How virtiofsd caches: `auto` lets the guest cache file data and
@@ -119,6 +148,122 @@ impl Virtiofsd {
         drop(listener);
         Ok((Virtiofsd { _process: daemon }, ours))
     }
+
+    /// Starts one virtiofsd serving single host files (`docker run -v
+    /// FILE:PATH`): file `i` of `files` is `i` in the share's root, a
+    /// bind mount of the host file (read-only if asked), so what either
+    /// side writes the other sees, as with a folder. Root only.
+    pub fn start_files(
+        files: &[SharedFile],
+        cache: Cache,
+    ) -> Result<(Virtiofsd, UnixStream), VirtiofsdError> {
+        for f in files {
+            match std::fs::metadata(&f.host) {
+                Ok(m) if m.is_dir() => return Err(VirtiofsdError::AFolder(f.host.clone())),
+                Ok(_) => {}
+                Err(_) => return Err(VirtiofsdError::NoFile(f.host.clone())),
+            }
+            if !as_root() {
+                return Err(VirtiofsdError::FilesNeedRoot(f.host.clone()));
+            }
+        }
+        let binary = find_virtiofsd().ok_or(VirtiofsdError::Missing)?;
+        std::fs::create_dir_all(FILES_STAGING).map_err(VirtiofsdError::Staging)?;
+        let staging = cstring(Path::new(FILES_STAGING));
+        let binds: Vec<(CString, CString, bool)> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let target = Path::new(FILES_STAGING).join(i.to_string());
+                (cstring(&f.host), cstring(&target), f.readonly)
+            })
+            .collect();
+        let (listener, ours) = listening_pair().map_err(VirtiofsdError::Socket)?;
+        let fd = listener.as_raw_fd();
+        let mut cmd = Command::new(binary);
+        cmd.arg(format!("--fd={fd}"))
+            .args(["--shared-dir", FILES_STAGING])
+            .arg(format!("--cache={}", cache.arg()))
+            .args(["--log-level=error", "--xattr", "--sandbox=namespace"]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        // SAFETY: between fork and exec the closure makes only
+        // async-signal-safe system calls (unshare, mount, open, close) with
+        // NUL-terminated strings made before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || stage_files(&staging, &binds));
+        }
+        let daemon = Sidecar::spawn(&mut cmd, fd).map_err(VirtiofsdError::Spawn)?;
+        drop(listener);
+        Ok((Virtiofsd { _process: daemon }, ours))
+    }
+}
+
+fn cstring(path: &Path) -> CString {
+    use std::os::unix::ffi::OsStrExt;
+    // A path from the OS or made of digits holds no NUL byte.
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// In virtiofsd's child before exec: a mount namespace of its own (its
+/// mounts do not reach the host's), a tmpfs on the staging folder and a
+/// bind mount of each file onto an empty file made there.
+///
+/// # Safety
+/// Only for a forked child: it changes the calling process's mounts.
+unsafe fn stage_files(staging: &CString, binds: &[(CString, CString, bool)]) -> io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    let null = std::ptr::null();
+    // SAFETY: every pointer is null, a literal or one of the caller's
+    // NUL-terminated strings, alive for the whole block; the calls only
+    // read them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            libc::MS_REC | libc::MS_SLAVE,
+            null.cast(),
+        ))?;
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            staging.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=0755,size=64k".as_ptr().cast(),
+        ))?;
+        for (source, target, readonly) in binds {
+            let fd = check(libc::open(
+                target.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            ))?;
+            libc::close(fd);
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                null,
+                libc::MS_BIND,
+                null.cast(),
+            ))?;
+            if *readonly {
+                check(libc::mount(
+                    null,
+                    target.as_ptr(),
+                    null,
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    null.cast(),
+                ))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_folder(folder: &Path) -> Result<(), VirtiofsdError> {
@@ -177,6 +322,24 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(e, VirtiofsdError::NotAFolder(_)), "{e}");
+    }
+
+    #[test]
+    fn single_files_that_are_missing_or_folders_are_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |host: PathBuf| SharedFile {
+            host,
+            readonly: true,
+        };
+        let e = Virtiofsd::start_files(&[file(dir.path().join("nope"))], Cache::Auto)
+            .err()
+            .unwrap();
+        assert!(matches!(e, VirtiofsdError::NoFile(_)), "{e}");
+        let e = Virtiofsd::start_files(&[file(dir.path().to_path_buf())], Cache::Auto)
+            .err()
+            .unwrap();
+        assert!(matches!(e, VirtiofsdError::AFolder(_)), "{e}");
+        assert!(e.to_string().contains("share it as one"), "{e}");
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! arguments that boot it, and the process `start` hands the guest.
 //!
 //! What a VM cannot take from the spec as runc does (capabilities,
-//! seccomp, rlimits, additional groups, file bind mounts, joining the
-//! caller's network namespace) is left out, and README says so.
+//! seccomp, rlimits, additional groups) is left out, and README says so.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -44,7 +43,7 @@ pub enum Network {
 }
 
 /// Reads `bundle/config.json` and maps it.
-pub fn load(bundle: &Path, id: &str) -> anyhow::Result<Launch> {
+pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
     let bundle = std::fs::canonicalize(bundle)
         .with_context(|| format!("bundle {}: no such folder", bundle.display()))?;
     let config = bundle.join("config.json");
@@ -55,10 +54,10 @@ pub fn load(bundle: &Path, id: &str) -> anyhow::Result<Launch> {
         std::fs::read(&config).with_context(|| format!("cannot read {}", config.display()))?;
     let spec: Spec = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a valid OCI runtime config", config.display()))?;
-    map(&spec, &bundle, id)
+    map(&spec, &bundle)
 }
 
-fn map(spec: &Spec, bundle: &Path, id: &str) -> anyhow::Result<Launch> {
+fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
     let root = spec
         .root()
         .as_ref()
@@ -97,7 +96,7 @@ fn map(spec: &Spec, bundle: &Path, id: &str) -> anyhow::Result<Launch> {
     if root.readonly().unwrap_or(false) {
         husk_args.push("--read-only".into());
     }
-    for volume in volumes(spec, id)? {
+    for volume in volumes(spec)? {
         husk_args.extend(["-v".into(), volume]);
     }
     husk_args.push(format!("dir:{}", rootfs.display()));
@@ -221,12 +220,11 @@ pub fn network(spec: &Spec) -> Network {
     }
 }
 
-/// Bind mounts of folders, as `-v HOST:GUEST[:ro]`. The container's
-/// proc, sysfs, devpts, tmpfs and the like are the guest's own; bind
-/// mounts of single files (podman's and docker's /etc/hosts,
-/// /etc/resolv.conf, /etc/hostname) cannot be shared through virtio-fs and
-/// are left out.
-fn volumes(spec: &Spec, id: &str) -> anyhow::Result<Vec<String>> {
+/// Bind mounts of folders and of single files (podman's and docker's
+/// /etc/hosts, /etc/resolv.conf, /etc/hostname), as `-v HOST:GUEST[:ro]`.
+/// The container's proc, sysfs, devpts, tmpfs and the like are the
+/// guest's own.
+fn volumes(spec: &Spec) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let options = m.options().clone().unwrap_or_default();
@@ -236,9 +234,12 @@ fn volumes(spec: &Spec, id: &str) -> anyhow::Result<Vec<String>> {
             continue;
         }
         let Some(source) = m.source() else { continue };
-        if !source.is_dir() {
-            tracing::debug!(container = id, source = %source.display(), "file bind mount left out");
-            continue;
+        if !source.exists() {
+            anyhow::bail!(
+                "bind mount {} -> {}: no such file or folder",
+                source.display(),
+                m.destination().display()
+            );
         }
         let destination = m.destination().display().to_string();
         let source = source.display().to_string();
@@ -329,7 +330,7 @@ mod tests {
               "resources":{{"memory":{{"limit":268435456}},"cpu":{{"quota":150000,"period":100000}}}}}}}}"#,
             data.path().display()
         ));
-        let launch = map(&s, dir.path(), "c1").unwrap();
+        let launch = map(&s, dir.path()).unwrap();
         assert_eq!(launch.process.argv, ["sh", "-c", "exit 7"]);
         assert_eq!(launch.process.env, ["PATH=/bin", "A=b"]);
         assert_eq!(launch.process.cwd.as_deref(), Some("/tmp"));
@@ -340,7 +341,8 @@ mod tests {
         assert_eq!(
             args,
             format!(
-                "--cpus 2 --memory 288MiB --hostname c1 --read-only -v {}:/data:ro dir:{}",
+                "--cpus 2 --memory 288MiB --hostname c1 --read-only -v {}:/data:ro \
+                 -v /etc/hosts:/etc/hosts dir:{}",
                 data.path().display(),
                 root.display()
             )
@@ -355,7 +357,7 @@ mod tests {
             "annotations":{"io.husk.vm.cpus":"3","io.husk.vm.memory":"512MiB"},
             "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
         );
-        let launch = map(&s, dir.path(), "c2").unwrap();
+        let launch = map(&s, dir.path()).unwrap();
         assert_eq!(launch.network, Network::User);
         let args = launch.husk_args.join(" ");
         assert!(args.starts_with("--cpus 3 --memory 512MiB dir:"), "{args}");
@@ -391,7 +393,7 @@ mod tests {
             ),
         ];
         for (json, why) in cases {
-            let err = format!("{:#}", map(&spec(json), dir.path(), "x").unwrap_err());
+            let err = format!("{:#}", map(&spec(json), dir.path()).unwrap_err());
             assert!(err.contains(why), "{json}: {err}");
         }
     }

@@ -397,7 +397,7 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
             args.preserve_fds
         );
     }
-    let launch = bundle::load(&args.bundle, id)?;
+    let launch = bundle::load(&args.bundle)?;
     let vm = make_vm_dir(root, id)?;
     // The keeper finds its VM's folder as `husk run -d --name` does.
     if let Some(parent) = vm.dir.parent() {

@@ -203,6 +203,7 @@ impl Peers {
                 path: "/data".into(),
                 readonly: false,
             }],
+            files: None,
         };
         let cmdline = format!(
             "root=/dev/vda rootfstype=ext4 rw init=/.husk/init {} {}",

@@ -824,6 +824,8 @@ fn podman_network() -> Result<(), Failed> {
                 "-d",
                 "--network",
                 &network,
+                "--dns",
+                "192.0.2.53",
                 "husk-test-busybox",
                 "sh",
                 "-c",
@@ -838,6 +840,20 @@ fn podman_network() -> Result<(), Failed> {
         let addr = p.expect(&["exec", &cid, "ip", "-4", "addr"], b"", 0)?;
         if !addr.contains("10.231.1.2/24") {
             return Err(format!("the guest lacks the namespace's address: {addr}").into());
+        }
+        // podman's /etc/resolv.conf and /etc/hosts are single files it
+        // bind-mounts: the guest sees podman's, with --dns, and the
+        // container's name at its address.
+        let etc = p.expect(
+            &["exec", &cid, "cat", "/etc/resolv.conf", "/etc/hosts"],
+            b"",
+            0,
+        )?;
+        let named = format!("10.231.1.2\t{}", &cid[..12.min(cid.len())]);
+        if !etc.contains("nameserver 192.0.2.53") || !etc.contains(&named) {
+            return Err(
+                format!("the guest's resolv.conf and hosts are not podman's: {etc}").into(),
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -1035,13 +1051,23 @@ fn docker_and_containerd() -> Result<(), Failed> {
             return Err(r.explain("docker run -d --runtime husk").into());
         }
         let e = output_within(
-            docker(&["exec", &cid, "sh", "-c", "echo exec-ok; exit 2"]),
+            docker(&[
+                "exec",
+                &cid,
+                "sh",
+                "-c",
+                "cat /etc/hostname; echo exec-ok; exit 2",
+            ]),
             b"",
             Duration::from_secs(60),
         )?;
         let rm = output_within(docker(&["rm", "-f", &cid]), b"", Duration::from_secs(60))?;
-        if e.code != Some(2) || e.stdout.trim() != "exec-ok" {
-            return Err(e.explain("docker exec: expected status 2").into());
+        // /etc/hostname is docker's own file, bind-mounted: the short id.
+        let want = format!("{}\nexec-ok", &cid[..12.min(cid.len())]);
+        if e.code != Some(2) || e.stdout.trim() != want {
+            return Err(e
+                .explain("docker exec: expected status 2 and docker's /etc/hostname")
+                .into());
         }
         if rm.code != Some(0) {
             return Err(rm.explain("docker rm -f").into());

@@ -43,6 +43,10 @@ pub fn trials() -> Vec<Trial> {
             "shares_nothing_is_left_after_kill_9_of_husk",
             nothing_left_after_kill,
         ),
+        boot_tests::trial(
+            "shares_single_files_both_ways_read_only_and_nothing_left_after_kill_9",
+            single_files,
+        ),
     ]
 }
 
@@ -496,4 +500,137 @@ fn nothing_left_after_kill() -> Result<(), Failed> {
         return Err(format!("socket folders left: {sockets:?}").into());
     }
     nothing_left(share.path())
+}
+
+/// Mounts of the staging folder that serves single files, in `mountinfo`.
+fn staged(mountinfo: &str) -> usize {
+    mountinfo
+        .lines()
+        .filter(|l| l.contains(vmm::virtiofsd::FILES_STAGING))
+        .count()
+}
+
+/// `-v FILE:PATH` as docker takes it: a read-only file the guest cannot
+/// change, a read-write file both sides append to and see, a file whose
+/// target (and its folder) did not exist, made inside a shared folder.
+/// The files' bind mounts live only in their virtiofsd's own mount
+/// namespace, so nothing of them is on the host, during or after.
+fn single_files() -> Result<(), Failed> {
+    let files = folder("files")?;
+    let data = folder("filedata")?;
+    let (conf, log, inner) = (
+        files.path().join("app.conf"),
+        files.path().join("app.log"),
+        files.path().join("inner"),
+    );
+    std::fs::write(&conf, "setting=1\n")?;
+    std::fs::write(&log, "")?;
+    std::fs::write(&inner, "inner text\n")?;
+    let script = "cat /etc/app.conf
+echo changed > /etc/app.conf || echo refused
+echo from-guest >> /var/log/app.log && echo appended
+cat /data/sub/inner
+echo ready
+i=0
+while [ $i -lt 300 ]; do
+  if grep -q host-wrote /var/log/app.log; then echo saw-host; touch /data/done; break; fi
+  sleep 0.1; i=$((i+1))
+done
+sleep 60";
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args(["run", "--timeout", "120"])
+        .arg("-v")
+        .arg(format!("{}:/data", data.path().display()))
+        .arg("-v")
+        .arg(format!("{}:/etc/app.conf:ro", conf.display()))
+        .arg("-v")
+        .arg(format!("{}:/var/log/app.log", log.display()))
+        .arg("-v")
+        .arg(format!("{}:/data/sub/inner", inner.display()))
+        .args([IMAGE, "--", "sh", "-c", script]);
+    let (mut husk, before, rest) = start_until_ready(cmd)?;
+    let daemons: Vec<u32> = children(husk.id())
+        .into_iter()
+        .filter(|p| comm(*p) == "virtiofsd")
+        .collect();
+    // virtiofsd forks into its sandbox: husk's own child is the one whose
+    // mount namespace husk made.
+    let serving_files: Vec<u32> = virtiofsd_serving(Path::new(vmm::virtiofsd::FILES_STAGING))
+        .into_iter()
+        .filter(|p| daemons.contains(p))
+        .collect();
+    let theirs = serving_files
+        .first()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default())
+        .unwrap_or_default();
+    let ours = std::fs::read_to_string("/proc/self/mountinfo")?;
+    {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)?
+            .write_all(b"host-wrote\n")?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !data.path().join("done").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = husk.kill();
+    let _ = husk.wait();
+    let after = rest.join().unwrap_or_default();
+    let seen = format!("{before}{after}");
+    let fail = |why: &str| -> Result<(), Failed> {
+        Err(format!("{why}; the guest printed:\n{seen}").into())
+    };
+    for want in ["setting=1", "refused", "appended", "inner text", "saw-host"] {
+        if !seen.contains(want) {
+            return fail(&format!("no {want:?}"));
+        }
+    }
+    if daemons.len() != 2 || serving_files.len() != 1 {
+        return fail(&format!(
+            "want two virtiofsd (the folder, the files), saw {daemons:?}, {serving_files:?} for the files"
+        ));
+    }
+    // virtiofsd has pivoted into the staging tmpfs: its files are /0, /1
+    // and /2 there, bind mounts of the host files, the first read-only.
+    let bound = ["/app.conf /0 ro,", "/app.log /1 rw,", "/inner /2 rw,"];
+    if !bound.iter().all(|b| theirs.contains(b)) {
+        return fail(&format!(
+            "the files' virtiofsd does not hold the three bind mounts {bound:?}:\n{theirs}"
+        ));
+    }
+    if staged(&ours) != 0 {
+        return fail(&format!(
+            "the staged files are mounted on the host:\n{ours}"
+        ));
+    }
+    if std::fs::read_to_string(&conf)? != "setting=1\n" {
+        return fail("the read-only file changed");
+    }
+    if std::fs::read_to_string(&log)? != "from-guest\nhost-wrote\n" {
+        return fail(&format!(
+            "app.log on the host is {:?}",
+            std::fs::read_to_string(&log)?
+        ));
+    }
+    if !data.path().join("sub/inner").is_file() {
+        return fail("the target made inside the shared folder is not on the host");
+    }
+    for pid in &daemons {
+        if !gone(*pid) {
+            return fail(&format!("virtiofsd {pid} outlived kill -9 of husk"));
+        }
+    }
+    if staged(&std::fs::read_to_string("/proc/self/mountinfo")?) != 0 {
+        return fail("staged files are mounted on the host after the run");
+    }
+    let left: Vec<_> = std::fs::read_dir(vmm::virtiofsd::FILES_STAGING)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    if !left.is_empty() {
+        return fail(&format!("left in the staging folder: {left:?}"));
+    }
+    nothing_left(data.path())
 }

@@ -97,9 +97,9 @@ pub struct Args {
     /// guest's CID is the appliance's vm.vsock.cid, else 3.
     #[arg(long, value_name = "PATH")]
     vsock: Option<PathBuf>,
-    /// Share a host folder with the guest at GUEST (virtio-fs through
-    /// virtiofsd); the guest's writes land in the folder. ":ro" makes it
-    /// read-only
+    /// Share a host folder (or, as root, a single file) with the guest at
+    /// GUEST (virtio-fs through virtiofsd); the guest's writes land on the
+    /// host. ":ro" makes it read-only
     #[arg(
         short = 'v',
         long = "volume",

@@ -1,16 +1,19 @@
-//! Shared folders: `-v HOST:GUEST[:ro]`, the appliance's `[[vm.shares]]`
-//! and a root booted from a folder, each served to the VM by a virtiofsd
-//! of its own and mounted by husk's init before the command starts.
+//! Shared folders and files: `-v HOST:GUEST[:ro]`, the appliance's
+//! `[[vm.shares]]` and a root booted from a folder, each folder served to
+//! the VM by a virtiofsd of its own, every single file by one more, and
+//! mounted by husk's init before the command starts.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use husk_init::config::{FsSetup, ShareMount};
-use vmm::virtiofsd::{Cache, ShareSpec, Virtiofsd};
+use husk_init::config::{FileShare, FsSetup, ShareMount, SharedFile as GuestFile};
+use vmm::virtiofsd::{Cache, ShareSpec, SharedFile, Virtiofsd};
 use vmm::ShareConfig;
 
 /// The virtio-fs tag of a root booted from a folder.
 const ROOT_TAG: &str = "husk-root";
+/// The virtio-fs tag of the share that serves single files.
+const FILES_TAG: &str = "husk-files";
 
 /// One folder as planned: where it is on the host and in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +89,9 @@ fn cache() -> anyhow::Result<Cache> {
     }
 }
 
-/// Starts one virtiofsd per share (kept alive by the returned guards) and
-/// says what the guest's init mounts where.
+/// Starts one virtiofsd per shared folder and one for all the single
+/// files shared (kept alive by the returned guards), and says what the
+/// guest's init mounts where.
 pub fn attach(
     shares: &[PlannedShare],
 ) -> anyhow::Result<(Vec<ShareConfig>, Vec<Virtiofsd>, FsSetup)> {
@@ -95,7 +99,38 @@ pub fn attach(
     let mut daemons = Vec::new();
     let mut setup = FsSetup::default();
     let cache = cache()?;
-    for (i, s) in shares.iter().enumerate() {
+    let (files, folders): (Vec<&PlannedShare>, Vec<&PlannedShare>) = shares
+        .iter()
+        .partition(|s| s.guest != "/" && std::fs::metadata(&s.host).is_ok_and(|m| !m.is_dir()));
+    if !files.is_empty() {
+        let served: Vec<SharedFile> = files
+            .iter()
+            .map(|s| SharedFile {
+                host: s.host.clone(),
+                readonly: s.readonly,
+            })
+            .collect();
+        let (daemon, backend) = Virtiofsd::start_files(&served, cache)
+            .context("cannot share single files with the guest")?;
+        daemons.push(daemon);
+        setup.files = Some(FileShare {
+            tag: FILES_TAG.into(),
+            files: files
+                .iter()
+                .enumerate()
+                .map(|(i, s)| GuestFile {
+                    name: i.to_string(),
+                    path: s.guest.clone(),
+                    readonly: s.readonly,
+                })
+                .collect(),
+        });
+        configs.push(ShareConfig {
+            tag: FILES_TAG.into(),
+            backend,
+        });
+    }
+    for (i, s) in folders.into_iter().enumerate() {
         let tag = if s.guest == "/" {
             ROOT_TAG.to_string()
         } else {
