@@ -74,6 +74,42 @@ pub struct Process {
     /// working directory and `PATH` lookup are that container's.
     #[serde(default)]
     pub within: Option<u32>,
+    /// Supplementary groups beside the user's own (OCI's
+    /// `additionalGids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
+    /// Resource limits, set before the process drops to its user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+    /// The capability sets to run with; without them root keeps every
+    /// capability and another user has none, as an ordinary exec gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// Set `no_new_privs`: no exec may grant privileges (setuid bits, file
+    /// capabilities).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
+}
+
+/// One resource limit: `resource` is Linux's number (`RLIMIT_NOFILE` is 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Capability sets as bit masks, bit N for capability N
+/// (`CAP_NET_BIND_SERVICE` is 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
 }
 
 /// A container's filesystem: its root and what is mounted into it.

@@ -40,6 +40,20 @@ fn every_request_round_trips() {
                     ],
                 }),
                 within: None,
+                groups: vec![10, 27],
+                rlimits: vec![Rlimit {
+                    resource: 7,
+                    soft: 1024,
+                    hard: 4096,
+                }],
+                capabilities: Some(Capabilities {
+                    bounding: 0x8004_05fb,
+                    effective: 1 << 10,
+                    permitted: 1 << 10,
+                    inheritable: 0,
+                    ambient: 1 << 10,
+                }),
+                no_new_privileges: true,
             },
         },
         Request::StartMain {

@@ -455,8 +455,16 @@ impl Agent {
             (None, None) => ("/".into(), None),
         };
         // A container's process makes its working directory, as runc does.
-        let prepared =
+        let mut prepared =
             crate::Prepared::new_in(&root, &config, &spec.argv, entry.is_some()).map_err(failed)?;
+        prepared.restrict(
+            &spec.groups,
+            sys::Restrictions {
+                rlimits: spec.rlimits.clone(),
+                capabilities: spec.capabilities,
+                no_new_privileges: spec.no_new_privileges,
+            },
+        );
         let mut command = prepared.command_entering(entry);
         let mut proc = Proc::new(0);
         let io_failed = |e: io::Error| error(ErrorKind::Failed, format!("stdio: {e}"));

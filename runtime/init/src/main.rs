@@ -206,6 +206,7 @@ fn spawn_main(agent: &Arc<agent::Agent>, p: &Prepared, name: &str) -> Result<i32
 /// A command ready to spawn: who runs it, where, with what.
 pub(crate) struct Prepared {
     identity: Identity,
+    restrictions: sys::Restrictions,
     env: Vec<String>,
     workdir: String,
     program: PathBuf,
@@ -255,11 +256,23 @@ impl Prepared {
         let program = find_program(root, &argv[0], &env)?;
         Ok(Prepared {
             identity,
+            restrictions: sys::Restrictions::default(),
             env,
             workdir,
             program,
             argv: argv.to_vec(),
         })
+    }
+
+    /// Narrows the process further: supplementary groups beside the
+    /// user's, resource limits, capabilities, `no_new_privs`.
+    pub fn restrict(&mut self, groups: &[u32], restrictions: sys::Restrictions) {
+        for g in groups {
+            if !self.identity.groups.contains(g) {
+                self.identity.groups.push(*g);
+            }
+        }
+        self.restrictions = restrictions;
     }
 
     /// The command, as the user it runs as, in a session of its own.
@@ -284,7 +297,11 @@ impl Prepared {
                 command.current_dir(&self.workdir);
             }
         }
-        sys::drop_to(&mut command, self.identity.clone());
+        sys::drop_to(
+            &mut command,
+            self.identity.clone(),
+            self.restrictions.clone(),
+        );
         command
     }
 }

@@ -263,12 +263,45 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
 }
 
+/// What narrows a process beyond its user and groups, as an OCI process
+/// asks: resource limits, capability sets, `no_new_privs`.
+#[derive(Debug, Clone, Default)]
+pub struct Restrictions {
+    pub rlimits: Vec<agent::Rlimit>,
+    pub capabilities: Option<agent::Capabilities>,
+    pub no_new_privileges: bool,
+}
+
+/// The capabilities this kernel knows, as a mask (bits past
+/// `cap_last_cap` make `capset` fail).
+fn known_capabilities() -> u64 {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+        .min(63);
+    u64::MAX >> (63 - last)
+}
+
 /// In the child, before exec: a new session with the console as its
-/// controlling terminal, then the identity (groups before gid before uid,
-/// while still allowed).
-pub fn drop_to(command: &mut Command, id: Identity) {
-    // SAFETY: the closure runs in the forked child of a single-threaded
-    // process and only makes async-signal-safe system calls.
+/// controlling terminal, then the identity and restrictions in runc's
+/// order: resource limits and the bounding set while still root, the
+/// groups, gid and uid (keeping the permitted capabilities across the
+/// change), the capability sets, the ambient ones, then `no_new_privs`.
+pub fn drop_to(command: &mut Command, id: Identity, limits: Restrictions) {
+    let caps = limits.capabilities.map(|c| {
+        let known = known_capabilities();
+        agent::Capabilities {
+            bounding: c.bounding & known,
+            effective: c.effective & known,
+            permitted: c.permitted & known,
+            inheritable: c.inheritable & known,
+            ambient: c.ambient & known,
+        }
+    });
+    // SAFETY: the closure runs in the forked child and only makes
+    // async-signal-safe system calls on memory prepared before the fork;
+    // it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             // The command starts with no signal blocked (init blocks the
@@ -281,12 +314,83 @@ pub fn drop_to(command: &mut Command, id: Identity) {
                 // Best effort: a console that is not a tty has no session.
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
+            for r in &limits.rlimits {
+                let value = libc::rlimit {
+                    rlim_cur: r.soft,
+                    rlim_max: r.hard,
+                };
+                check(libc::setrlimit(r.resource as _, &value))?;
+            }
+            if let Some(c) = &caps {
+                for cap in 0..64 {
+                    if c.bounding & (1 << cap) == 0
+                        && libc::prctl(libc::PR_CAPBSET_DROP, cap) != 0
+                        && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                check(libc::prctl(libc::PR_SET_KEEPCAPS, 1))?;
+            }
             check(libc::setgroups(id.groups.len(), id.groups.as_ptr()))?;
             check(libc::setgid(id.gid))?;
             check(libc::setuid(id.uid))?;
+            if let Some(c) = &caps {
+                check(libc::prctl(libc::PR_SET_KEEPCAPS, 0))?;
+                set_capabilities(c)?;
+                for cap in 0..64 {
+                    if c.ambient & (1 << cap) != 0 {
+                        check(libc::prctl(
+                            libc::PR_CAP_AMBIENT,
+                            libc::PR_CAP_AMBIENT_RAISE,
+                            cap,
+                            0,
+                            0,
+                        ))?;
+                    }
+                }
+            }
+            if limits.no_new_privileges {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
             Ok(())
         });
     }
+}
+
+/// capset(2) of the effective, permitted and inheritable sets (version 3:
+/// two 32-bit words per set). Async-signal-safe.
+fn set_capabilities(c: &agent::Capabilities) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let word = |mask: u64, i: u32| (mask >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| Data {
+        effective: word(c.effective, i),
+        permitted: word(c.permitted, i),
+        inheritable: word(c.inheritable, i),
+    });
+    // SAFETY: capset reads a version-3 header and two data structs, laid
+    // out as the kernel's (repr(C)), alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The signals init handles itself: children ending, and those it forwards.

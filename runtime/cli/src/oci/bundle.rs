@@ -1,8 +1,8 @@
 //! An OCI bundle's config.json mapped onto a husk micro-VM: the `husk run`
 //! arguments that boot it, and the process `start` hands the guest.
 //!
-//! What a VM cannot take from the spec as runc does (capabilities,
-//! seccomp, rlimits, additional groups) is left out, and README says so.
+//! What a VM cannot take from the spec as runc does (the seccomp profile)
+//! is left out, and README says so.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -137,8 +137,9 @@ pub fn mount_points(rootfs: &Path) -> anyhow::Result<()> {
 }
 
 /// An OCI process as the guest agent starts it: argv, the whole
-/// environment, cwd, uid:gid, and a terminal or three streams (stdin is
-/// always relayed: the caller's, or /dev/null's end).
+/// environment, cwd, uid:gid and additional groups, resource limits,
+/// capabilities, `noNewPrivileges`, and a terminal or three streams (stdin
+/// is always relayed: the caller's, or /dev/null's end).
 pub fn process(p: &oci_spec::runtime::Process) -> anyhow::Result<agent::Process> {
     let argv = p.args().clone().unwrap_or_default();
     if argv.is_empty() {
@@ -154,6 +155,33 @@ pub fn process(p: &oci_spec::runtime::Process) -> anyhow::Result<agent::Process>
         rows: b.height().min(u64::from(u16::MAX)) as u16,
         cols: b.width().min(u64::from(u16::MAX)) as u16,
     });
+    let rlimits = p
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| {
+            let name = oci_name(&r.typ());
+            Ok(agent::Rlimit {
+                resource: rlimit_number(&name)
+                    .with_context(|| format!("rlimits: {name} is not a resource limit"))?,
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let capabilities = p
+        .capabilities()
+        .as_ref()
+        .map(|c| -> anyhow::Result<agent::Capabilities> {
+            Ok(agent::Capabilities {
+                bounding: capability_mask(c.bounding())?,
+                effective: capability_mask(c.effective())?,
+                permitted: capability_mask(c.permitted())?,
+                inheritable: capability_mask(c.inheritable())?,
+                ambient: capability_mask(c.ambient())?,
+            })
+        })
+        .transpose()?;
     Ok(agent::Process {
         argv,
         env: p.env().clone().unwrap_or_default(),
@@ -162,8 +190,57 @@ pub fn process(p: &oci_spec::runtime::Process) -> anyhow::Result<agent::Process>
         tty,
         size: size.filter(|_| tty),
         stdin: !tty,
+        groups: user.additional_gids().clone().unwrap_or_default(),
+        rlimits,
+        capabilities,
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
         ..Default::default()
     })
+}
+
+/// The name a spec value has in config.json (`CAP_CHOWN`, `RLIMIT_NOFILE`).
+fn oci_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// A capability set of the spec as a mask, bit N for capability N.
+fn capability_mask(set: &Option<oci_spec::runtime::Capabilities>) -> anyhow::Result<u64> {
+    let mut mask = 0;
+    for cap in set.iter().flatten() {
+        let name = oci_name(cap);
+        let known: caps::Capability = name
+            .parse()
+            .map_err(|_| anyhow::anyhow!("capabilities: {name} is not a capability"))?;
+        mask |= known.bitmask();
+    }
+    Ok(mask)
+}
+
+/// Linux's number of the resource limit `name`.
+fn rlimit_number(name: &str) -> Option<u32> {
+    let n = match name {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => return None,
+    };
+    Some(n)
 }
 
 /// vCPUs and MiB: the `io.husk.vm.*` annotations first, then the spec's
@@ -322,7 +399,12 @@ mod tests {
             r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs","readonly":true}},
             "hostname":"c1",
             "process":{{"args":["sh","-c","exit 7"],"env":["PATH=/bin","A=b"],"cwd":"/tmp",
-              "user":{{"uid":1000,"gid":100}}}},
+              "user":{{"uid":1000,"gid":100,"additionalGids":[10,27]}},
+              "rlimits":[{{"type":"RLIMIT_NOFILE","soft":1024,"hard":4096}}],
+              "noNewPrivileges":true,
+              "capabilities":{{"bounding":["CAP_CHOWN","CAP_NET_BIND_SERVICE"],
+                "effective":["CAP_NET_BIND_SERVICE"],"permitted":["CAP_NET_BIND_SERVICE"],
+                "ambient":["CAP_NET_BIND_SERVICE"]}}}},
             "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
               {{"destination":"/data","type":"bind","source":"{}","options":["rbind","ro"]}},
               {{"destination":"/etc/hosts","type":"bind","source":"/etc/hosts","options":["bind"]}}],
@@ -336,6 +418,27 @@ mod tests {
         assert_eq!(launch.process.cwd.as_deref(), Some("/tmp"));
         assert_eq!(launch.process.user.as_deref(), Some("1000:100"));
         assert!(!launch.process.tty && launch.process.stdin);
+        assert_eq!(launch.process.groups, [10, 27]);
+        assert_eq!(
+            launch.process.rlimits,
+            [agent::Rlimit {
+                resource: 7,
+                soft: 1024,
+                hard: 4096
+            }]
+        );
+        assert!(launch.process.no_new_privileges);
+        // CAP_CHOWN is 0, CAP_NET_BIND_SERVICE 10; no inheritable set given.
+        assert_eq!(
+            launch.process.capabilities,
+            Some(agent::Capabilities {
+                bounding: 1 | 1 << 10,
+                effective: 1 << 10,
+                permitted: 1 << 10,
+                inheritable: 0,
+                ambient: 1 << 10,
+            })
+        );
         let args = launch.husk_args.join(" ");
         let root = std::fs::canonicalize(dir.path().join("rootfs")).unwrap();
         assert_eq!(

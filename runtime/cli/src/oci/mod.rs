@@ -532,7 +532,7 @@ fn start(root: &Path, id: &str) -> anyhow::Result<ExitCode> {
     let record = record(&vm)?;
     let mut control = Control::connect(&vm.control(), id)?;
     control.call(&Request::Start {
-        process: record.process,
+        process: Box::new(record.process),
     })?;
     Ok(ExitCode::SUCCESS)
 }

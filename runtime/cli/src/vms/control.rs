@@ -31,7 +31,7 @@ pub enum Request {
     /// Starts the command of a VM booted to hold it (husk-runtime's
     /// `start`); the keeper relays its streams to its own. Answer:
     /// [`Response::Ok`].
-    Start { process: agent::Process },
+    Start { process: Box<agent::Process> },
     /// A signal to the command (to a VM that holds its command: the end
     /// of the VM). Answer: [`Response::Ok`].
     Kill { signal: i32 },

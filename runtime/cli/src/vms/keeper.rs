@@ -585,7 +585,7 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
             agent::Response::Info(guest) => Ok(Response::Info { guest }),
             other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
         },
-        Request::Start { process } => start_held(shared, process),
+        Request::Start { process } => start_held(shared, *process),
         Request::Kill { signal } => {
             if *shared.held.lock().unwrap_or_else(|e| e.into_inner()) {
                 // No command yet: the signal ends the guest that waits for it.

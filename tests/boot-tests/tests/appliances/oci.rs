@@ -647,6 +647,57 @@ fn podman() -> Result<(), Failed> {
         return Err(format!("podman run -i: stdout {out:?}").into());
     }
 
+    // The process's capabilities, limits, groups and no_new_privs, as
+    // podman asks: by default its own capability set (not all of root's);
+    // then what the flags say.
+    let status = |out: &str, key: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let probe = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Groups):' /proc/self/status; \
+                 echo soft $(ulimit -n) hard $(ulimit -Hn)";
+    let out = p.expect(&run(&[], probe), b"", 0)?;
+    let bounding = status(&out, "CapBnd:");
+    if bounding.is_empty() || bounding == "000001ffffffffff" || status(&out, "CapEff:") != bounding
+    {
+        return Err(format!("podman's default capabilities are not applied: {out}").into());
+    }
+    let args = run(
+        &[
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "NET_BIND_SERVICE",
+            "--ulimit",
+            "nofile=1000:2000",
+            "--group-add",
+            "1234",
+            "--security-opt",
+            "no-new-privileges",
+        ],
+        probe,
+    );
+    let out = p.expect(&args, b"", 0)?;
+    // CAP_NET_BIND_SERVICE is capability 10.
+    let want = [
+        ("CapEff:", "0000000000000400"),
+        ("CapBnd:", "0000000000000400"),
+        ("NoNewPrivs:", "1"),
+    ];
+    if want.iter().any(|(k, v)| status(&out, k) != *v)
+        || !status(&out, "Groups:")
+            .split_whitespace()
+            .any(|g| g == "1234")
+        || !out.contains("soft 1000 hard 2000")
+    {
+        return Err(format!(
+            "--cap-drop/--cap-add, --ulimit, --group-add, no-new-privileges: {out}"
+        )
+        .into());
+    }
+
     // A volume written from the container, read here.
     let volume = folder("podman-volume")?;
     let v = format!("{}:/data", volume.path().display());
