@@ -89,6 +89,21 @@ pub struct Process {
     /// capabilities).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privileges: bool,
+    /// Seccomp BPF programs to install, in order, as the last thing
+    /// before exec (each instruction as [`pack_bpf`] packs it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp: Vec<Vec<u64>>,
+}
+
+/// One BPF instruction (`struct sock_filter`) as a number: `code` in the
+/// low 16 bits, then `jt`, `jf`, and `k` in the high 32.
+pub fn pack_bpf(code: u16, jt: u8, jf: u8, k: u32) -> u64 {
+    u64::from(code) | u64::from(jt) << 16 | u64::from(jf) << 24 | u64::from(k) << 32
+}
+
+/// The fields [`pack_bpf`] packed: (code, jt, jf, k).
+pub fn unpack_bpf(i: u64) -> (u16, u8, u8, u32) {
+    (i as u16, (i >> 16) as u8, (i >> 24) as u8, (i >> 32) as u32)
 }
 
 /// One resource limit: `resource` is Linux's number (`RLIMIT_NOFILE` is 7).

@@ -54,6 +54,10 @@ fn every_request_round_trips() {
                     ambient: 1 << 10,
                 }),
                 no_new_privileges: true,
+                seccomp: vec![vec![
+                    pack_bpf(0x20, 0, 0, 4),
+                    pack_bpf(0x15, 1, 0, 0xc000_003e),
+                ]],
             },
         },
         Request::StartMain {
@@ -218,4 +222,15 @@ fn call_sends_and_reads() {
     };
     assert_eq!(call(&mut pipe, &Request::Ping).unwrap(), Response::Pong);
     assert_eq!(pipe.sent, encode(&Request::Ping));
+}
+
+#[test]
+fn bpf_instructions_pack_and_unpack() {
+    for (code, jt, jf, k) in [
+        (0x06, 0, 0, 0x7fff_0000),
+        (0x15, 255, 7, u32::MAX),
+        (0, 0, 0, 0),
+    ] {
+        assert_eq!(unpack_bpf(pack_bpf(code, jt, jf, k)), (code, jt, jf, k));
+    }
 }

@@ -463,6 +463,7 @@ impl Agent {
                 rlimits: spec.rlimits.clone(),
                 capabilities: spec.capabilities,
                 no_new_privileges: spec.no_new_privileges,
+                seccomp: spec.seccomp.clone(),
             },
         );
         let mut command = prepared.command_entering(entry);

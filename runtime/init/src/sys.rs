@@ -270,6 +270,8 @@ pub struct Restrictions {
     pub rlimits: Vec<agent::Rlimit>,
     pub capabilities: Option<agent::Capabilities>,
     pub no_new_privileges: bool,
+    /// Seccomp BPF programs, packed as `agent::pack_bpf` packs them.
+    pub seccomp: Vec<Vec<u64>>,
 }
 
 /// The capabilities this kernel knows, as a mask (bits past
@@ -299,6 +301,21 @@ pub fn drop_to(command: &mut Command, id: Identity, limits: Restrictions) {
             ambient: c.ambient & known,
         }
     });
+    let programs: Vec<Vec<libc::sock_filter>> = limits
+        .seccomp
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|i| {
+                    let (code, jt, jf, k) = agent::unpack_bpf(*i);
+                    libc::sock_filter { code, jt, jf, k }
+                })
+                .collect()
+        })
+        .collect();
+    // Installed while still root (runc's order) unless no_new_privs lets
+    // an unprivileged process install them, then as late as can be.
+    let seccomp_early = !limits.no_new_privileges;
     // SAFETY: the closure runs in the forked child and only makes
     // async-signal-safe system calls on memory prepared before the fork;
     // it allocates nothing.
@@ -332,6 +349,9 @@ pub fn drop_to(command: &mut Command, id: Identity, limits: Restrictions) {
                 }
                 check(libc::prctl(libc::PR_SET_KEEPCAPS, 1))?;
             }
+            if seccomp_early {
+                install_seccomp(&programs)?;
+            }
             check(libc::setgroups(id.groups.len(), id.groups.as_ptr()))?;
             check(libc::setgid(id.gid))?;
             check(libc::setuid(id.uid))?;
@@ -353,9 +373,32 @@ pub fn drop_to(command: &mut Command, id: Identity, limits: Restrictions) {
             if limits.no_new_privileges {
                 check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             }
+            if !seccomp_early {
+                install_seccomp(&programs)?;
+            }
             Ok(())
         });
     }
+}
+
+/// Installs each seccomp program on the calling thread. Async-signal-safe.
+fn install_seccomp(programs: &[Vec<libc::sock_filter>]) -> io::Result<()> {
+    for p in programs {
+        let prog = libc::sock_fprog {
+            len: p.len() as libc::c_ushort,
+            filter: p.as_ptr().cast_mut(),
+        };
+        // SAFETY: the program and its header live for the call; the kernel
+        // copies the instructions and checks them.
+        check(unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// capset(2) of the effective, permitted and inheritable sets (version 3:

@@ -1,8 +1,8 @@
 //! An OCI bundle's config.json mapped onto a husk micro-VM: the `husk run`
 //! arguments that boot it, and the process `start` hands the guest.
 //!
-//! What a VM cannot take from the spec as runc does (the seccomp profile)
-//! is left out, and README says so.
+//! The seccomp profile is compiled here (`super::seccomp`) and installed
+//! by the guest's init.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -71,12 +71,13 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
         );
     }
     let rootfs = std::fs::canonicalize(&rootfs)?;
-    let process = process(
+    let mut process = process(
         spec.process()
             .as_ref()
             .context("config.json has no process to run")?,
     )
     .context("config.json's process")?;
+    process.seccomp = seccomp(spec)?;
 
     let annotations: BTreeMap<String, String> = spec
         .annotations()
@@ -196,6 +197,15 @@ pub fn process(p: &oci_spec::runtime::Process) -> anyhow::Result<agent::Process>
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         ..Default::default()
     })
+}
+
+/// The spec's seccomp profile as the BPF programs the guest installs
+/// (none without a profile).
+pub fn seccomp(spec: &Spec) -> anyhow::Result<Vec<Vec<u64>>> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => super::seccomp::compile(profile),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// The name a spec value has in config.json (`CAP_CHOWN`, `RLIMIT_NOFILE`).

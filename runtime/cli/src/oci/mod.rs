@@ -15,6 +15,7 @@
 pub(crate) mod bundle;
 mod log;
 pub(crate) mod netns;
+pub(crate) mod seccomp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -558,7 +559,7 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
     if args.preserve_fds > 0 {
         anyhow::bail!("--preserve-fds: a descriptor of the host cannot be passed into a VM");
     }
-    let process = match &args.process {
+    let mut process = match &args.process {
         Some(path) => {
             let text = std::fs::read(path)
                 .with_context(|| format!("cannot read --process {}", path.display()))?;
@@ -582,6 +583,8 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    // The container's seccomp profile holds for everything run in it.
+    process.seccomp = record(&vm)?.process.seccomp;
     let slave = match (&args.console_socket, process.tty) {
         (Some(socket), true) => Some(bundle::console(socket)?),
         (None, true) if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => {

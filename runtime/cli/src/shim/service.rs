@@ -300,6 +300,7 @@ impl Inner {
         )
         .context("config.json's process")?;
         process.stdin = !process.tty && !req.stdin.is_empty();
+        process.seccomp = bundle::seccomp(&spec)?;
 
         let (pod, booted) = self.pod_for(&spec, &annotations)?;
         log::info!("container {id}: in the pod VM {}", pod.vm.name);
@@ -564,6 +565,13 @@ impl Inner {
             .context("the exec's process spec is not valid")?;
         let mut process = bundle::process(&spec).context("the exec's process")?;
         process.stdin = !process.tty && !req.stdin.is_empty();
+        // The container's seccomp profile holds for what runs in it.
+        let config = Path::new(&c.bundle).join("config.json");
+        let container: Spec = std::fs::read(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| Ok(serde_json::from_slice(&t)?))
+            .with_context(|| format!("cannot read {}", config.display()))?;
+        process.seccomp = bundle::seccomp(&container)?;
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),

@@ -656,13 +656,37 @@ fn podman() -> Result<(), Failed> {
             .map(|v| v.trim().to_string())
             .unwrap_or_default()
     };
-    let probe = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Groups):' /proc/self/status; \
+    let probe = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Groups|Seccomp):' /proc/self/status; \
                  echo soft $(ulimit -n) hard $(ulimit -Hn)";
     let out = p.expect(&run(&[], probe), b"", 0)?;
     let bounding = status(&out, "CapBnd:");
     if bounding.is_empty() || bounding == "000001ffffffffff" || status(&out, "CapEff:") != bounding
     {
         return Err(format!("podman's default capabilities are not applied: {out}").into());
+    }
+    // Seccomp mode 2: podman's default profile is a filter on the process.
+    if status(&out, "Seccomp:") != "2" {
+        return Err(format!("podman's default seccomp profile is not applied: {out}").into());
+    }
+    // A profile of one's own: mkdir refused with EPERM, the rest allowed.
+    let profile = folder("seccomp")?;
+    let path = profile.path().join("profile.json");
+    std::fs::write(
+        &path,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )?;
+    let opt = format!("seccomp={}", path.display());
+    let args = run(
+        &["--security-opt", &opt],
+        "mkdir /tmp/refused 2>&1; echo mkdir $?; touch /tmp/allowed && echo touch ok",
+    );
+    let out = p.expect(&args, b"", 0)?;
+    if !out.contains("Operation not permitted")
+        || !out.contains("mkdir 1")
+        || !out.contains("touch ok")
+    {
+        return Err(format!("--security-opt seccomp=PROFILE: {out}").into());
     }
     let args = run(
         &[
@@ -744,6 +768,15 @@ fn podman() -> Result<(), Failed> {
         .any(|l| cid.starts_with(l.split(' ').next().unwrap_or("-")) && l.contains("Up"))
     {
         return Err(format!("podman ps does not show {cid} up: {ps:?}").into());
+    }
+    // The container's seccomp profile holds for what is exec'd in it.
+    let out = p.expect(
+        &["exec", &cid, "grep", "Seccomp:", "/proc/self/status"],
+        b"",
+        0,
+    )?;
+    if out.split_whitespace().nth(1) != Some("2") {
+        return Err(format!("podman exec runs without the container's seccomp: {out}").into());
     }
     let out = p.expect(&["exec", &cid, "sh", "-c", "echo exec-ok; exit 5"], b"", 5)?;
     if out.trim() != "exec-ok" {
