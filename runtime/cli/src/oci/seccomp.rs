@@ -270,8 +270,14 @@ mod tests {
         let (code, out) = run_under(&programs, &script);
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("touched"), "{out}");
-        assert!(out.contains("Permission denied"), "mkdir: EACCES from errnoRet: {out}");
-        assert!(out.contains("Operation not permitted"), "ln: EPERM by default: {out}");
+        assert!(
+            out.contains("Permission denied"),
+            "mkdir: EACCES from errnoRet: {out}"
+        );
+        assert!(
+            out.contains("Operation not permitted"),
+            "ln: EPERM by default: {out}"
+        );
         // unlinkat without AT_REMOVEDIR (512) is not matched: rm works.
         assert!(out.contains("removed-file"), "{out}");
         // With AT_REMOVEDIR it is: the folder stays.
