@@ -124,6 +124,24 @@ pub fn mount_files(tag: &str, files: &[(&str, &str, bool)]) -> io::Result<()> {
     bound.and(removed)
 }
 
+/// Where a chain of symbolic links from `path` ends (`path` itself when it
+/// is no link), followed at most 8 links deep.
+fn dangling_end(path: &std::path::Path) -> std::path::PathBuf {
+    let mut at = path.to_path_buf();
+    for _ in 0..8 {
+        match fs::read_link(&at) {
+            Ok(next) => {
+                at = match at.parent() {
+                    Some(dir) if next.is_relative() => dir.join(next),
+                    _ => next,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    at
+}
+
 fn bind_file(source: &str, target: &str, readonly: bool) -> io::Result<()> {
     let path = std::path::Path::new(target);
     match fs::metadata(path) {
@@ -135,14 +153,18 @@ fn bind_file(source: &str, target: &str, readonly: bool) -> io::Result<()> {
         }
         Ok(_) => {}
         Err(_) => {
-            if let Some(parent) = path.parent() {
+            // Missing, or a link to what is missing (an image's
+            // /etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf):
+            // make what the link names, as mount(2) follows it.
+            let made = dangling_end(path);
+            if let Some(parent) = made.parent() {
                 fs::create_dir_all(parent)?;
             }
             fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(path)?;
+                .open(&made)?;
         }
     }
     mount(source, target, "", libc::MS_BIND)?;

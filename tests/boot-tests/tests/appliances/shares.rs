@@ -47,6 +47,10 @@ pub fn trials() -> Vec<Trial> {
             "shares_single_files_both_ways_read_only_and_nothing_left_after_kill_9",
             single_files,
         ),
+        boot_tests::trial(
+            "shares_a_file_onto_a_link_to_nothing_in_a_folder_root",
+            file_onto_dangling_link,
+        ),
     ]
 }
 
@@ -633,4 +637,52 @@ sleep 60";
         return fail(&format!("left in the staging folder: {left:?}"));
     }
     nothing_left(data.path())
+}
+
+/// A file shared onto a path that the image has as a link to nothing (as
+/// systemd images have /etc/resolv.conf): what the link names is made and
+/// the file seen through the link, as runc does.
+fn file_onto_dangling_link() -> Result<(), Failed> {
+    let root = folder("linkroot")?;
+    busybox_root(root.path())?;
+    std::os::unix::fs::symlink(
+        "../var/lib/resolve/stub-resolv.conf",
+        root.path().join("etc/resolv.conf"),
+    )?;
+    let files = folder("linkfile")?;
+    let conf = files.path().join("resolv.conf");
+    std::fs::write(&conf, "nameserver 192.0.2.53\n")?;
+    let volume = format!("{}:/etc/resolv.conf:ro", conf.display());
+    let target = format!("dir:{}", root.path().display());
+    let r = run(
+        &[
+            "--net",
+            "none",
+            "-v",
+            &volume,
+            &target,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /etc/resolv.conf; readlink /etc/resolv.conf",
+        ],
+        b"",
+    )?;
+    expect(
+        &r,
+        0,
+        &[
+            "nameserver 192.0.2.53",
+            "../var/lib/resolve/stub-resolv.conf",
+        ],
+    )?;
+    if !root
+        .path()
+        .join("var/lib/resolve/stub-resolv.conf")
+        .is_file()
+    {
+        return Err(r.explain("the link's target was not made").into());
+    }
+    nothing_left(root.path())?;
+    nothing_left(files.path())
 }
