@@ -163,9 +163,9 @@ impl Virtiofsd {
                 Ok(_) => {}
                 Err(_) => return Err(VirtiofsdError::NoFile(f.host.clone())),
             }
-            if !as_root() {
-                return Err(VirtiofsdError::FilesNeedRoot(f.host.clone()));
-            }
+        }
+        if let (false, Some(f)) = (as_root(), files.first()) {
+            return Err(VirtiofsdError::FilesNeedRoot(f.host.clone()));
         }
         let binary = find_virtiofsd().ok_or(VirtiofsdError::Missing)?;
         std::fs::create_dir_all(FILES_STAGING).map_err(VirtiofsdError::Staging)?;

@@ -684,5 +684,41 @@ fn file_onto_dangling_link() -> Result<(), Failed> {
         return Err(r.explain("the link's target was not made").into());
     }
     nothing_left(root.path())?;
-    nothing_left(files.path())
+    nothing_left(files.path())?;
+    file_refused_without_root(&conf)
+}
+
+/// Another user may not bind-mount: husk says so before anything starts.
+fn file_refused_without_root(file: &Path) -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root)?;
+    busybox_root(&root)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644))?;
+    for d in file.ancestors().skip(1) {
+        let mode = std::fs::metadata(d)?.permissions().mode();
+        if mode & 0o005 != 0o005 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o005))?;
+        }
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(boot_tests::husk::husk_bin()?)
+        .args(["run", "--net", "none", "-v"])
+        .arg(format!("{}:/etc/app.conf", file.display()))
+        .arg(format!("dir:{}", root.display()))
+        .args(["--", "true"])
+        .env("HOME", dir.path())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(1) || !err.contains("sharing single files needs root") {
+        return Err(format!(
+            "a file shared by nobody: status {:?}, stderr {err}",
+            out.status.code()
+        )
+        .into());
+    }
+    Ok(())
 }
