@@ -565,13 +565,9 @@ impl Inner {
             .context("the exec's process spec is not valid")?;
         let mut process = bundle::process(&spec).context("the exec's process")?;
         process.stdin = !process.tty && !req.stdin.is_empty();
-        // The container's seccomp profile holds for what runs in it.
-        let config = Path::new(&c.bundle).join("config.json");
-        let container: Spec = std::fs::read(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|t| Ok(serde_json::from_slice(&t)?))
-            .with_context(|| format!("cannot read {}", config.display()))?;
-        process.seccomp = bundle::seccomp(&container)?;
+        // The container's seccomp profile (compiled at Create) holds for
+        // what runs in it.
+        process.seccomp.clone_from(&c.init.process.seccomp);
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
