@@ -116,7 +116,11 @@ pub fn trial(
 ) -> libtest_mimic::Trial {
     let owned = name.to_string();
     libtest_mimic::Trial::test(name, move || {
-        test()?;
+        let started = std::time::Instant::now();
+        let result = test();
+        // Where the suite's time goes (the bed's emulation makes it long).
+        eprintln!("{owned}: {:.1} s", started.elapsed().as_secs_f64());
+        result?;
         if let Some(path) = std::env::var_os(PASSED_ENV) {
             use std::io::Write;
             let noted = std::fs::OpenOptions::new()

@@ -13,6 +13,7 @@ use boot_tests::{husk_kernel, route, Route};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod appliances;
+mod kvm;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
 
 fn trials() -> Vec<Trial> {
     let mut all = appliances::trials();
+    all.extend(kvm::trials());
     all.extend([
         boot_tests::trial(
             "qemu_microvm_boots_husk_kernel_to_init",

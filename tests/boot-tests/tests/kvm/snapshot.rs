@@ -1,6 +1,6 @@
 //! Snapshot and restore of a running guest's KVM state on a real
-//! `/dev/kvm` (PVM included: the guest is a few bytes of real-mode code,
-//! no kernel). The guest counts in memory and reports each count on an I/O
+//! `/dev/kvm` (any would do, PVM included: the guest is a few bytes of
+//! real-mode code, no kernel; it runs with the boot tests). The guest counts in memory and reports each count on an I/O
 //! port; after five counts its vCPU, interrupt controllers, PIT, clock and
 //! memory are saved, and two new VMs restored from that snapshot go on
 //! counting from six with the registers the first one had, while the
@@ -10,6 +10,7 @@ use devices::virtio::mmio::{MmioTransport, TransportState};
 use devices::virtio::rng::Rng;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use libtest_mimic::Failed;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress,
@@ -93,8 +94,7 @@ fn rng_state(mem: &GuestMemoryMmap) -> TransportState {
     t.save().unwrap()
 }
 
-#[test]
-fn a_restored_guest_goes_on_where_it_was_saved() {
+pub fn a_restored_guest_goes_on_where_it_was_saved() -> Result<(), Failed> {
     let kvm = kvm();
     let mem = GuestMemoryMmap::<()>::from_ranges(
         &vmm::layout::ram_ranges(MEMORY_MIB << 20)
@@ -157,10 +157,10 @@ fn a_restored_guest_goes_on_where_it_was_saved() {
         &file[COUNTER as usize..COUNTER as usize + 2],
         &5u16.to_le_bytes()
     );
+    Ok(())
 }
 
-#[test]
-fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() {
+pub fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() -> Result<(), Failed> {
     let kvm = kvm();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (MEMORY_MIB << 20) as usize)])
         .unwrap();
@@ -201,4 +201,5 @@ fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() {
     std::fs::write(&state, &text[..text.len() / 2]).unwrap();
     let err = Snapshot::read(dir.path(), &header()).unwrap_err();
     assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
+    Ok(())
 }

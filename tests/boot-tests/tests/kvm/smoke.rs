@@ -2,11 +2,13 @@
 //! code through a vCPU, checking that port I/O to husk's control port,
 //! MMIO and HLT come back as the exits the VMM dispatches on.
 //!
-//! This runs on any usable /dev/kvm, PVM included (it boots no kernel).
-//! Without one it fails and says so.
+//! It boots no kernel, so any usable /dev/kvm would do (PVM included); it
+//! runs with the boot tests, where they run (the test bed on a host
+//! without such a KVM).
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
+use libtest_mimic::Failed;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress,
@@ -14,8 +16,7 @@ use vm_memory::{
 
 const CODE_ADDR: u64 = 0x1000;
 
-#[test]
-fn guest_code_reaches_the_control_port_mmio_and_halts() {
+pub fn guest_code_reaches_the_control_port_mmio_and_halts() -> Result<(), Failed> {
     let kvm = Kvm::new().unwrap_or_else(|e| {
         panic!("no usable /dev/kvm on this machine ({e}); the KVM smoke test needs one")
     });
@@ -84,4 +85,5 @@ fn guest_code_reaches_the_control_port_mmio_and_halts() {
     let report = vmm::control::GuestReport::new(std::time::Instant::now());
     report.guest_write(&[0x03, 0x02, 0x00, 0x00]);
     assert_eq!(report.status(), Some(3));
+    Ok(())
 }
