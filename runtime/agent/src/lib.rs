@@ -140,6 +140,60 @@ pub struct Container {
     /// Mounted in order, after the standard ones.
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Limits of the container's cgroup (every container has one, which
+    /// its exec'd processes join).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+}
+
+/// Limits of a container's cgroup in the guest (cgroup v2), from its OCI
+/// `linux.resources`; what is `None` is left as the kernel makes it (no
+/// limit, the default weight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// `memory.max`, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: microseconds of CPU time per `cpu_period` (default
+    /// 100,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<u64>,
+    /// `cpu.weight`, 1 to 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u64>,
+    /// `pids.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        *self == Resources::default()
+    }
+}
+
+/// A container's cgroup figures, as the guest kernel's cgroup v2 files
+/// give them; the `*_stat` and `*_events` maps hold every `key value`
+/// line of `memory.stat`, `memory.events` and `cpu.stat`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupStats {
+    /// `memory.current`, bytes.
+    pub memory_current: u64,
+    /// `memory.max`; `None` for no limit.
+    pub memory_max: Option<u64>,
+    /// `memory.peak` where the kernel has it (6.1 does not).
+    #[serde(default)]
+    pub memory_peak: Option<u64>,
+    pub memory_stat: std::collections::BTreeMap<String, u64>,
+    pub memory_events: std::collections::BTreeMap<String, u64>,
+    pub cpu_stat: std::collections::BTreeMap<String, u64>,
+    pub pids_current: u64,
+    /// `pids.max`; `None` for no limit.
+    pub pids_max: Option<u64>,
 }
 
 /// One mount into a container; `target` is a path inside it, made when
@@ -244,6 +298,13 @@ pub enum Request {
     /// 127.0.0.1:`port` (a readiness check). Answer: [`Response::Ok`] or
     /// an error.
     ProbeTcp { port: u16 },
+    /// The figures of the cgroup the container process `id` runs in.
+    /// Answer: [`Response::Stats`].
+    Stats { id: u32 },
+    /// Sets limits of the cgroup the container process `id` runs in
+    /// (what `resources` leaves `None` stays as it is). Answer:
+    /// [`Response::Ok`].
+    Update { id: u32, resources: Resources },
     /// Stops the guest cleanly: SIGTERM to the appliance's command,
     /// SIGKILL after `grace_ms`, then init ends every process and powers
     /// off. Answer: [`Response::Ok`] at once.
@@ -259,6 +320,7 @@ pub enum Response {
     Started { id: u32, pid: i32 },
     Exited { status: ExitStatus },
     Info(GuestInfo),
+    Stats(CgroupStats),
     Error { kind: ErrorKind, message: String },
 }
 

@@ -38,6 +38,13 @@ fn every_request_round_trips() {
                             options: "mode=755".into(),
                         },
                     ],
+                    resources: Resources {
+                        memory_max: Some(64 << 20),
+                        cpu_quota: Some(50_000),
+                        cpu_period: Some(100_000),
+                        cpu_weight: Some(100),
+                        pids_max: Some(64),
+                    },
                 }),
                 within: None,
                 groups: vec![10, 27],
@@ -88,6 +95,14 @@ fn every_request_round_trips() {
             nanos: 999_999_999,
         },
         Request::ProbeTcp { port: 8080 },
+        Request::Stats { id: 4 },
+        Request::Update {
+            id: 4,
+            resources: Resources {
+                memory_max: Some(1 << 30),
+                ..Resources::default()
+            },
+        },
         Request::Shutdown { grace_ms: 10_000 },
     ];
     for r in &requests {
@@ -112,6 +127,16 @@ fn every_response_round_trips() {
             uptime_ms: 1234,
             addresses: vec!["eth0 10.0.2.15/24".into()],
             processes: 2,
+        }),
+        Response::Stats(CgroupStats {
+            memory_current: 3 << 20,
+            memory_max: None,
+            memory_peak: Some(4 << 20),
+            memory_stat: [("anon".to_string(), 1 << 20), ("file".to_string(), 2 << 20)].into(),
+            memory_events: [("oom_kill".to_string(), 0)].into(),
+            cpu_stat: [("usage_usec".to_string(), 1234)].into(),
+            pids_current: 2,
+            pids_max: Some(64),
         }),
         Response::Error {
             kind: ErrorKind::StartFailed { status: 127 },

@@ -17,6 +17,7 @@ use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use agent::{ErrorKind, ExitStatus, GuestInfo, Process, Request, Response, Stream, MAIN};
 use husk_init::config::RunConfig;
 
-use crate::sys;
+use crate::{cgroup, sys};
 
 /// Processes kept at once (running, or ended and not yet waited for).
 const MAX_PROCESSES: usize = 1024;
@@ -54,6 +55,29 @@ struct Proc {
     tty_attached: bool,
     /// The connection pumping into stdin, shut to close stdin early.
     stdin_conn: Option<UnixStream>,
+    /// The cgroup of the container this process is the first of, ended
+    /// with it.
+    cgroup: Option<PathBuf>,
+}
+
+/// A new container's cgroup, removed when dropped before [`keep`] (its
+/// process did not start).
+///
+/// [`keep`]: NewCgroup::keep
+struct NewCgroup(Option<PathBuf>);
+
+impl NewCgroup {
+    fn keep(mut self) -> Option<PathBuf> {
+        self.0.take()
+    }
+}
+
+impl Drop for NewCgroup {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            cgroup::end(&path);
+        }
+    }
 }
 
 impl Proc {
@@ -67,6 +91,7 @@ impl Proc {
             tty: None,
             tty_attached: false,
             stdin_conn: None,
+            cgroup: None,
         }
     }
 }
@@ -75,6 +100,9 @@ struct Table {
     main: Main,
     next_id: u32,
     procs: HashMap<u32, Proc>,
+    /// Cgroups of ended containers, removed once what was left in them
+    /// has been killed and has ended.
+    ending: Vec<PathBuf>,
 }
 
 pub struct Agent {
@@ -99,6 +127,7 @@ impl Agent {
                 main: Main::Starting,
                 next_id: MAIN + 1,
                 procs: HashMap::new(),
+                ending: Vec::new(),
             }),
             changed: Condvar::new(),
             config,
@@ -257,6 +286,18 @@ impl Agent {
                     .map(|_| Response::Ok)
                     .map_err(|e| error(ErrorKind::Failed, format!("127.0.0.1:{port}: {e}")))
             }
+            Request::Stats { id } => {
+                let path = self.cgroup_of(id)?;
+                cgroup::stats(&path)
+                    .map(Response::Stats)
+                    .map_err(|e| error(ErrorKind::Failed, format!("cgroup figures: {e}")))
+            }
+            Request::Update { id, resources } => {
+                let path = self.cgroup_of(id)?;
+                cgroup::set(&path, &resources)
+                    .map(|_| Response::Ok)
+                    .map_err(|e| error(ErrorKind::Failed, format!("cgroup limits: {e}")))
+            }
             Request::Shutdown { grace_ms } => self.shutdown(Duration::from_millis(grace_ms)),
         }
     }
@@ -297,6 +338,12 @@ impl Agent {
                 format!("process {id} has ended"),
             )),
         }
+    }
+
+    /// The cgroup of the container process `id` runs in.
+    fn cgroup_of(&self, id: u32) -> Result<PathBuf, (ErrorKind, String)> {
+        let pid = self.running_pid(id)?;
+        cgroup::path_of(pid).map_err(|e| error(ErrorKind::Failed, format!("process {id}: {e}")))
     }
 
     fn wait(&self, id: u32) -> Answer {
@@ -433,6 +480,7 @@ impl Agent {
                 format!("{what}: {e}"),
             )
         };
+        let mut owned_cgroup = None;
         let (root, entry) = match (&spec.container, spec.within) {
             (Some(_), Some(_)) => {
                 return Err(error(
@@ -442,18 +490,27 @@ impl Agent {
             }
             (Some(c), None) => {
                 let new = sys::NewRoot::prepare(c).map_err(|e| setup_failed("container", e))?;
+                let (path, procs) = cgroup::create(&c.resources)
+                    .map_err(|e| setup_failed("the container's cgroup", e))?;
+                owned_cgroup = Some(path);
                 (
                     std::path::PathBuf::from(&c.root),
-                    Some(sys::Entry::New(new)),
+                    Some(sys::Entry::new(new).in_cgroup(procs)),
                 )
             }
             (None, Some(id)) => {
                 let pid = self.running_pid(id)?;
-                let entry = sys::join(pid).map_err(|e| setup_failed("the container", e))?;
+                let mut entry = sys::join(pid).map_err(|e| setup_failed("the container", e))?;
+                // A container the agent made has a cgroup to join.
+                if let Ok((_, procs)) = cgroup::of(pid) {
+                    entry = entry.in_cgroup(procs);
+                }
                 (format!("/proc/{pid}/root").into(), Some(entry))
             }
             (None, None) => ("/".into(), None),
         };
+        // Removed again if the process does not start.
+        let owned_cgroup = NewCgroup(owned_cgroup);
         // A container's process makes its working directory, as runc does.
         let mut prepared =
             crate::Prepared::new_in(&root, &config, &spec.argv, entry.is_some()).map_err(failed)?;
@@ -504,6 +561,7 @@ impl Agent {
             .spawn()
             .map_err(|e| failed(crate::spawn_failure(&spec.argv[0], &e)))?;
         proc.pid = child.id() as libc::pid_t;
+        proc.cgroup = owned_cgroup.keep();
         proc.stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
         proc.stdout = child.stdout.take().map(|p| File::from(OwnedFd::from(p)));
         proc.stderr = child.stderr.take().map(|p| File::from(OwnedFd::from(p)));
@@ -615,9 +673,9 @@ impl Agent {
     /// processes (the command's among them: [`Agent::main_status`]).
     pub fn reap(&self) {
         let mut table = self.lock();
+        let Table { procs, ending, .. } = &mut *table;
         sys::reap(|pid, raw| {
-            if let Some(p) = table
-                .procs
+            if let Some(p) = procs
                 .values_mut()
                 .find(|p| p.pid == pid && p.status.is_none())
             {
@@ -627,8 +685,12 @@ impl Agent {
                     (None, Some(signal)) => ExitStatus::Signal(signal),
                     _ => ExitStatus::Code(crate::STATUS_SETUP_FAILED.into()),
                 });
+                ending.extend(p.cgroup.take());
             }
         });
+        // Each pass kills what is left and removes what is empty; the
+        // killed processes' ends bring the next pass.
+        ending.retain(|path| !cgroup::end(path));
         self.changed.notify_all();
     }
 }

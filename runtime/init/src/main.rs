@@ -9,6 +9,7 @@
 //! the command from starting (bad configuration, unknown user).
 
 mod agent;
+mod cgroup;
 mod net;
 mod sys;
 

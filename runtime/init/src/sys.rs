@@ -818,11 +818,37 @@ pub fn addresses() -> Vec<String> {
 
 /// How a process enters its container, prepared in init (where memory may
 /// be allocated) for the forked child (where it may not).
-pub enum Entry {
+pub struct Entry {
+    way: Way,
+    /// The `cgroup.procs` of the container's cgroup, which the child
+    /// moves itself into first.
+    cgroup: Option<OwnedFd>,
+}
+
+enum Way {
     /// A new mount namespace rooted at a folder.
     New(NewRoot),
     /// Another process's container: its mount namespace and its root.
     Join { ns: OwnedFd, root: OwnedFd },
+}
+
+impl Entry {
+    /// A new container rooted as `root` says.
+    pub fn new(root: NewRoot) -> Entry {
+        Entry {
+            way: Way::New(root),
+            cgroup: None,
+        }
+    }
+
+    /// The child moves itself into the cgroup whose `cgroup.procs` is
+    /// `procs` before anything else.
+    pub fn in_cgroup(self, procs: OwnedFd) -> Entry {
+        Entry {
+            cgroup: Some(procs),
+            ..self
+        }
+    }
 }
 
 /// A container's root and its mounts, as paths the child passes to the
@@ -930,9 +956,12 @@ pub fn join(pid: libc::pid_t) -> io::Result<Entry> {
         // SAFETY: a descriptor just opened, owned by nothing else.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     };
-    Ok(Entry::Join {
-        ns: open("ns/mnt", libc::O_RDONLY)?,
-        root: open("root", libc::O_RDONLY | libc::O_DIRECTORY)?,
+    Ok(Entry {
+        way: Way::Join {
+            ns: open("ns/mnt", libc::O_RDONLY)?,
+            root: open("root", libc::O_RDONLY | libc::O_DIRECTORY)?,
+        },
+        cgroup: None,
     })
 }
 
@@ -942,13 +971,20 @@ pub fn enter(command: &mut Command, entry: Entry, workdir: &str) {
     let workdir = CString::new(workdir).unwrap_or_else(|_| cstr("/"));
     // SAFETY: the closure runs in the forked child, before exec; it uses
     // only what was prepared before the fork and makes async-signal-safe
-    // system calls (mount, pivot_root, setns, chroot, chdir), allocating
-    // nothing.
+    // system calls (write, mount, pivot_root, setns, chroot, chdir),
+    // allocating nothing.
     unsafe {
         command.pre_exec(move || {
-            match &entry {
-                Entry::New(new) => enter_new(new)?,
-                Entry::Join { ns, root } => {
+            if let Some(procs) = &entry.cgroup {
+                // "0": the writing process itself.
+                let moved = libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1);
+                if moved != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            match &entry.way {
+                Way::New(new) => enter_new(new)?,
+                Way::Join { ns, root } => {
                     check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS))?;
                     check(libc::fchdir(root.as_raw_fd()))?;
                     check(libc::chroot(c".".as_ptr()))?;

@@ -16,7 +16,9 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use k8s_cri::v1::{ContainerState, NamespaceMode, PodSandboxState};
+pub use k8s_cri::v1::{
+    ContainerState, LinuxContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxState,
+};
 
 /// Every call's limit: a pod's VM boots in a few seconds in the bed.
 const CALL_LIMIT: Duration = Duration::from_secs(120);
@@ -219,6 +221,33 @@ impl Cri {
         )?;
         r.status
             .ok_or_else(|| format!("CRI ContainerStatus: no status for {id}"))
+    }
+
+    /// `crictl stats ID`: the container's CPU and memory figures.
+    pub fn stats(&self, id: &str) -> Result<ContainerStats, String> {
+        let mut c = self.runtime.clone();
+        let r = self.call(
+            "ContainerStats",
+            c.container_stats(ContainerStatsRequest {
+                container_id: id.into(),
+            }),
+        )?;
+        r.stats
+            .ok_or_else(|| format!("CRI ContainerStats: no figures for {id}"))
+    }
+
+    /// `crictl update`: new resource limits for a running container.
+    pub fn update(&self, id: &str, resources: LinuxContainerResources) -> Result<(), String> {
+        let mut c = self.runtime.clone();
+        self.call(
+            "UpdateContainerResources",
+            c.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(resources),
+                ..Default::default()
+            }),
+        )
+        .map(drop)
     }
 
     /// Waits (up to `limit`) until the container is in `state`.

@@ -9,6 +9,7 @@
 //! as `husk run -d` and husk-runtime (`crate::vms`); a keeper it starts
 //! is this same program again, with the keeper's environment.
 
+mod cgroup;
 pub mod io;
 pub mod pod;
 mod service;

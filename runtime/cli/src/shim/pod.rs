@@ -358,6 +358,7 @@ fn mount_container(
             .and_then(|r| r.readonly())
             .unwrap_or(false),
         mounts,
+        resources: super::cgroup::resources(spec),
     })
 }
 

@@ -25,6 +25,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::Spec;
 
+use super::cgroup;
 use super::io::Stdio;
 use super::pod::{self, Pod};
 use crate::oci::bundle;
@@ -352,6 +353,34 @@ impl Inner {
             }),
         );
         Ok(pod.keeper_pid)
+    }
+
+    /// Asks the agent `request` about container `id`'s running process
+    /// (its agent id given to `request`); an agent's error is the answer.
+    fn ask_container(
+        &self,
+        id: &str,
+        request: impl FnOnce(u32) -> Request,
+    ) -> TtrpcResult<Response> {
+        let c = self.container(id)?;
+        let aid = match lock(&c.init.state) {
+            s if s.status == Status::Running => s.agent_id,
+            _ => None,
+        }
+        .ok_or_else(|| {
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("container {id} is not running"),
+            )
+        })?;
+        let mut conn = self.pod()?.agent().map_err(failed)?;
+        match agent::call(&mut conn, &request(aid)) {
+            Ok(Response::Error { message, .. }) => {
+                Err(status(Code::UNKNOWN, format!("container {id}: {message}")))
+            }
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(failed(e.into())),
+        }
     }
 
     fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> TtrpcResult<u32> {
@@ -782,9 +811,20 @@ impl containerd_shim::Task for Service {
     fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        Err(unsupported("stats are not collected from the guest yet"))
+        let figures = match self
+            .0
+            .ask_container(&req.id, |aid| Request::Stats { id: aid })?
+        {
+            Response::Stats(figures) => figures,
+            other => return Err(failed(anyhow::anyhow!("unexpected answer {other:?}"))),
+        };
+        let any = cgroup::metrics(&figures).map_err(failed)?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
     fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
@@ -797,10 +837,22 @@ impl containerd_shim::Task for Service {
         ))
     }
 
-    fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        Err(unsupported(
-            "a pod's VM is sized when it boots; its resources cannot be updated",
-        ))
+    /// New limits for a container's cgroup in the guest (the pod's VM
+    /// keeps the size it booted with).
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "the update names no resources"))?;
+        let resources =
+            cgroup::update(any).map_err(|e| status(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
+        match self
+            .0
+            .ask_container(&req.id, |aid| Request::Update { id: aid, resources })?
+        {
+            Response::Ok => Ok(api::Empty::default()),
+            other => Err(failed(anyhow::anyhow!("unexpected answer {other:?}"))),
+        }
     }
 
     fn checkpoint(

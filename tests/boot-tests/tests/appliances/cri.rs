@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use boot_tests::containerd::{Containerd, IMAGE, POD_SUBNET};
-use boot_tests::cri::{container_config, log_text, pod_config, ContainerState, Cri, NamespaceMode};
+use boot_tests::cri::{
+    container_config, log_text, pod_config, ContainerState, Cri, LinuxContainerConfig,
+    LinuxContainerResources, NamespaceMode,
+};
 use boot_tests::husk::output_within;
 use libtest_mimic::{Failed, Trial};
 
@@ -147,20 +150,29 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
         return Err(format!("expected one shim for the pod, found {shims:?}").into());
     }
 
-    let web = cri.create(
-        &pod,
-        &container_config(
-            "web",
-            IMAGE,
-            &[
-                "sh",
-                "-c",
-                "mkdir -p /www && echo hello from the pod > /www/index.html \
-                 && echo serving && exec httpd -f -p 8080 -h /www",
-            ],
-        ),
-        &pc,
-    )?;
+    let mut web_config = container_config(
+        "web",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello from the pod > /www/index.html \
+             && echo serving && exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    // Limits, as the kubelet sets them from the pod spec: the
+    // container's cgroup in the guest holds them.
+    web_config.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let web = cri.create(&pod, &web_config, &pc)?;
     cri.start(&web)?;
     cri.wait_state(&web, ContainerState::ContainerRunning, LIMIT)?;
 
@@ -233,6 +245,7 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
     {
         return Err(format!("exec -it: status {code}, terminal showed {seen:?}").into());
     }
+    cgroup_limits_stats_and_update(cri, &web)?;
     // The pod annotation sized the VM.
     let (meminfo, _, _) = cri.exec_sync(&web, &["grep", "MemTotal", "/proc/meminfo"], 30)?;
     let kib: u64 = meminfo
@@ -269,6 +282,68 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
     cri.stop_pod(&pod)?;
     cri.remove_pod(&pod)?;
     all_gone(c, cri, "after the pod")
+}
+
+/// The web container's cgroup in the guest: its execs join it, its
+/// memory limit (96 MiB) ends a process that goes past it (OOM-killed:
+/// 137) while the server goes on, `UpdateContainerResources` raises the
+/// limit so the same process fits, and `ContainerStats` gives the
+/// container's CPU time and memory, as the kubelet reads them.
+fn cgroup_limits_stats_and_update(cri: &Cri, web: &str) -> Result<(), Failed> {
+    let (cgroup, _, code) = cri.exec_sync(web, &["cat", "/proc/self/cgroup"], 30)?;
+    if code != 0 || !cgroup.trim().starts_with("0::/container-") {
+        return Err(format!("an exec's cgroup: {cgroup:?} (status {code})").into());
+    }
+    // 112 MiB touched at once by dd's buffer.
+    let big = ["dd", "if=/dev/zero", "of=/dev/null", "bs=112M", "count=1"];
+    let (_, err, code) = cri.exec_sync(web, &big, 60)?;
+    if code != 137 {
+        return Err(format!(
+            "112 MiB under a 96 MiB limit: status {code} (expected 137, OOM-killed), {err:?}"
+        )
+        .into());
+    }
+    let (out, _, code) = cri.exec_sync(
+        web,
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+        30,
+    )?;
+    if code != 0 || !out.contains("hello from the pod") {
+        return Err(format!("the server after the OOM kill: status {code}, {out:?}").into());
+    }
+    cri.update(
+        web,
+        LinuxContainerResources {
+            memory_limit_in_bytes: 192 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            ..Default::default()
+        },
+    )?;
+    let (_, err, code) = cri.exec_sync(web, &big, 60)?;
+    if code != 0 {
+        return Err(
+            format!("112 MiB under a limit raised to 192 MiB: status {code}, {err:?}").into(),
+        );
+    }
+    let stats = cri.stats(web)?;
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map_or(0, |v| v.value);
+    let memory = stats.memory.unwrap_or_default();
+    let working_set = memory.working_set_bytes.map_or(0, |v| v.value);
+    let usage = memory.usage_bytes.map_or(0, |v| v.value);
+    eprintln!("ContainerStats of web: cpu {cpu} ns, working set {working_set} B, usage {usage} B");
+    // httpd, a shell and two dd runs took CPU time and hold memory.
+    if cpu == 0 || working_set == 0 || usage < working_set {
+        return Err(format!(
+            "ContainerStats: cpu {cpu} ns, working set {working_set}, usage {usage}"
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// An unknown handler, an image that does not exist, a program that does

@@ -115,10 +115,39 @@ fn tasks_and_execs() -> Result<(), Failed> {
     )?;
 
     c.ok(
-        c.run(RUNTIME, &["-d"], "t3", &["sleep", "1000"]),
+        c.run(
+            RUNTIME,
+            &["-d", "--memory-limit", "100663296"],
+            "t3",
+            &["sleep", "1000"],
+        ),
         "ctr run -d",
     )?;
     c.wait_status("t3", "RUNNING")?;
+    // The container's cgroup in the guest, as containerd's cgroup v2
+    // metrics: its limit from the spec, what it uses.
+    let r = c.ok(
+        c.ctr(&["task", "metrics", "--format", "json", "t3"]),
+        "ctr task metrics",
+    )?;
+    let m: serde_json::Value = serde_json::from_str(&r.stdout)
+        .map_err(|e| c.explain(&r, &format!("ctr task metrics: not JSON ({e})")))?;
+    let field = |path: &[&str]| {
+        path.iter()
+            .try_fold(&m, |v, k| v.get(k))
+            .and_then(|v| v.as_u64())
+    };
+    if field(&["memory", "usage_limit"]) != Some(100_663_296)
+        || field(&["memory", "usage"]).unwrap_or(0) == 0
+        || field(&["pids", "current"]).unwrap_or(0) == 0
+    {
+        return Err(c
+            .explain(
+                &r,
+                "ctr task metrics: expected a 96 MiB limit, memory and a process",
+            )
+            .into());
+    }
     c.expect(
         c.ctr(&[
             "task",
