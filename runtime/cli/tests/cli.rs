@@ -266,15 +266,15 @@ fn the_jail_holds_a_running_vmm_and_leaves_nothing() {
     assert!(is_root(), "this test needs root: the jail needs it");
     let dir = tempfile::tempdir().unwrap();
     let spin = boot_tests::guest::tiny_guest(dir.path(), true).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["run", "--memory", "32", "--timeout", "3", "--kernel"])
+        .arg(&spin)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let husk = child.id();
     if !Path::new("/dev/kvm").exists() {
-        let child = Command::new(env!("CARGO_BIN_EXE_husk"))
-            .args(["run", "--memory", "32", "--timeout", "3", "--kernel"])
-            .arg(&spin)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let husk = child.id();
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -286,14 +286,6 @@ fn the_jail_holds_a_running_vmm_and_leaves_nothing() {
         }
         return;
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_husk"))
-        .args(["run", "--memory", "32", "--timeout", "3", "--kernel"])
-        .arg(&spin)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let husk = child.id();
     let children = format!("/proc/{husk}/task/{husk}/children");
     let mut vmm = None;
     for _ in 0..200 {
