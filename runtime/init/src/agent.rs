@@ -502,7 +502,7 @@ impl Agent {
                 let pid = self.running_pid(id)?;
                 let mut entry = sys::join(pid).map_err(|e| setup_failed("the container", e))?;
                 // A container the agent made has a cgroup to join.
-                if let Ok((_, procs)) = cgroup::of(pid) {
+                if let Ok(procs) = cgroup::procs_of(pid) {
                     entry = entry.in_cgroup(procs);
                 }
                 (format!("/proc/{pid}/root").into(), Some(entry))

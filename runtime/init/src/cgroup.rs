@@ -87,12 +87,10 @@ pub fn create(limits: &Resources) -> io::Result<(PathBuf, OwnedFd)> {
     made.map(|procs| (path, procs))
 }
 
-/// The cgroup process `pid` runs in, and its `cgroup.procs` opened, for
-/// a process exec'd into that container.
-pub fn of(pid: libc::pid_t) -> io::Result<(PathBuf, OwnedFd)> {
-    let path = path_of(pid)?;
-    let fd = procs(&path)?;
-    Ok((path, fd))
+/// The `cgroup.procs` of the container cgroup process `pid` runs in,
+/// opened for a process exec'd into that container.
+pub fn procs_of(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    procs(&path_of(pid)?)
 }
 
 /// The cgroup process `pid` runs in (the `0::` line of its
