@@ -294,6 +294,11 @@ pub enum Request {
     Info,
     /// Sets the guest's clock. Answer: [`Response::Ok`].
     SetTime { secs: u64, nanos: u32 },
+    /// Mixes fresh random bytes from the host into the guest's generator
+    /// and reseeds it at once (a guest restored from a snapshot must not
+    /// go on with the random state every other restore of it has).
+    /// Answer: [`Response::Ok`].
+    Reseed { seed: Vec<u8> },
     /// Whether something in the guest accepts TCP connections on
     /// 127.0.0.1:`port` (a readiness check). Answer: [`Response::Ok`] or
     /// an error.

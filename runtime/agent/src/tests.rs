@@ -94,6 +94,9 @@ fn every_request_round_trips() {
             secs: 1_800_000_000,
             nanos: 999_999_999,
         },
+        Request::Reseed {
+            seed: vec![0, 7, 255],
+        },
         Request::ProbeTcp { port: 8080 },
         Request::Stats { id: 4 },
         Request::Update {

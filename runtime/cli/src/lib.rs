@@ -64,6 +64,16 @@ enum Command {
     Snapshot(commands::snapshot::Command),
 }
 
+/// A recorded `husk run ...` command line (without `husk`) as `husk run`
+/// takes it.
+pub fn parse_run_args(args: &[String]) -> anyhow::Result<commands::run::Args> {
+    let cli = Cli::try_parse_from(std::iter::once("husk").chain(args.iter().map(String::as_str)))?;
+    match cli.command {
+        Command::Run(args) => Ok(*args),
+        _ => anyhow::bail!("not a husk run command line"),
+    }
+}
+
 /// `husk`'s main.
 pub fn husk_main() -> ExitCode {
     let started = std::time::Instant::now();

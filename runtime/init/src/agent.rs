@@ -280,6 +280,13 @@ impl Agent {
             Request::SetTime { secs, nanos } => sys::set_clock(secs, nanos)
                 .map(|_| Response::Ok)
                 .map_err(|e| error(ErrorKind::Failed, format!("set the clock: {e}"))),
+            Request::Reseed { seed } => {
+                sys::reseed(&seed).map_err(|e| error(ErrorKind::Failed, format!("reseed: {e}")))?;
+                // On the console (the appliance's log): a restored guest
+                // says it no longer runs on its snapshot's random state.
+                crate::say("agent: the random generator is reseeded with the host's bytes");
+                Ok(Response::Ok)
+            }
             Request::ProbeTcp { port } => {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))

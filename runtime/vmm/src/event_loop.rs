@@ -137,25 +137,33 @@ impl MutEventSubscriber for StopWatch {
     }
 }
 
-/// Takes the VM's snapshot when the guest asks (a vCPU raised `evt`): every
-/// vCPU parked with its state saved, then, on this thread (so no device
-/// event is served meanwhile), the interrupt controllers, PIT and clock,
-/// every transport, and guest RAM, written through the target's open files;
-/// then the vCPUs run on. Once: a second request is ignored.
-pub struct SnapshotTaker {
-    pub evt: EventFd,
+/// What taking a snapshot needs of the VM, shared by the two ways one is
+/// asked for.
+pub struct SnapshotSource {
     pub shared: Arc<crate::vcpu::Shared>,
     pub vm: Arc<kvm_ioctls::VmFd>,
     pub mem: vm_memory::GuestMemoryMmap,
-    pub target: Option<crate::snapshot::Target>,
     pub cpus: usize,
     pub pit: bool,
-    /// What came of it, for the VM's outcome.
-    pub result: Arc<Mutex<Option<Result<(), String>>>>,
 }
 
-impl SnapshotTaker {
-    fn take(&mut self, target: &crate::snapshot::Target) -> Result<(), String> {
+impl SnapshotSource {
+    /// Every vCPU parked with its state saved, then, on this thread (so no
+    /// device event is served meanwhile), the interrupt controllers, PIT
+    /// and clock, every transport, and guest RAM, written through the
+    /// target's open files; then the vCPUs run on.
+    fn take(&self, target: &crate::snapshot::Target) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let result = self.take_paused(target);
+        self.shared.pause.resume();
+        match &result {
+            Ok(()) => tracing::info!(took = ?started.elapsed(), "snapshot taken"),
+            Err(e) => warn!("the snapshot failed: {e}"),
+        }
+        result
+    }
+
+    fn take_paused(&self, target: &crate::snapshot::Target) -> Result<(), String> {
         use crate::snapshot::{device_name, Snapshot, VmState};
         let shared = &self.shared;
         shared.pause.request(self.cpus);
@@ -210,6 +218,16 @@ impl SnapshotTaker {
     }
 }
 
+/// Takes the VM's snapshot when the guest asks (a vCPU raised `evt`).
+/// Once: a second request is ignored.
+pub struct SnapshotTaker {
+    pub evt: EventFd,
+    pub source: Arc<SnapshotSource>,
+    pub target: Option<crate::snapshot::Target>,
+    /// What came of it, for the VM's outcome.
+    pub result: Arc<Mutex<Option<Result<(), String>>>>,
+}
+
 impl MutEventSubscriber for SnapshotTaker {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
@@ -220,16 +238,41 @@ impl MutEventSubscriber for SnapshotTaker {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.evt.read();
         let Some(target) = self.target.take() else {
-            self.shared.pause.resume();
+            self.source.shared.pause.resume();
             return;
         };
-        let started = std::time::Instant::now();
-        let result = self.take(&target);
-        self.shared.pause.resume();
-        match &result {
-            Ok(()) => tracing::info!(took = ?started.elapsed(), "snapshot taken"),
-            Err(e) => warn!("the snapshot failed: {e}"),
-        }
+        let result = self.source.take(&target);
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+    }
+}
+
+/// Takes a snapshot whenever a process outside the jail hands over the
+/// files of one ([`crate::snapshot::OnRequest`]), and answers.
+pub struct SnapshotServer {
+    pub requests: crate::snapshot::OnRequest,
+    pub source: Arc<SnapshotSource>,
+}
+
+impl MutEventSubscriber for SnapshotServer {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.requests.socket, EventSet::IN)) {
+            warn!("cannot watch the snapshot requests: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match self.requests.receive() {
+            Ok(Some(target)) => {
+                let result = self.source.take(&target);
+                self.requests.answer(&result);
+            }
+            Ok(None) => {}
+            // The requester's end closed (its keeper is gone): no more
+            // requests, and no busy loop on a hung-up socket.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                let _ = ops.remove(events);
+            }
+            Err(e) => self.requests.answer(&Err(format!("a bad request: {e}"))),
+        }
     }
 }

@@ -92,6 +92,9 @@ pub struct VmConfig {
     pub snapshot: Option<snapshot::Target>,
     /// Start from this snapshot instead of booting the kernel.
     pub restore: Option<snapshot::Restore>,
+    /// Take a snapshot whenever one is asked for on this socket, while the
+    /// guest runs (`husk snapshot create` of a detached VM).
+    pub snapshot_requests: Option<snapshot::OnRequest>,
 }
 
 /// One virtio-fs device: the tag the guest mounts it by, and the
@@ -356,8 +359,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
 pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError> {
     let started = cfg.started;
     // Every filter exists before any thread starts.
-    let filters = seccomp::Filters::build_for(cfg.seccomp, cfg.snapshot.is_some())?.map(Arc::new);
-    if (cfg.snapshot.is_some() || cfg.restore.is_some()) && !cfg.shares.is_empty() {
+    let snapshots = cfg.snapshot.is_some() || cfg.snapshot_requests.is_some();
+    let filters = seccomp::Filters::build_for(cfg.seccomp, snapshots)?.map(Arc::new);
+    if (snapshots || cfg.restore.is_some()) && !cfg.shares.is_empty() {
         return Err(VmmError::SnapshotShares);
     }
     let restore = cfg.restore.take();
@@ -513,10 +517,11 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         stop_evt: stop_evt.try_clone().map_err(io("cloning an eventfd"))?,
         exiting: AtomicBool::new(false),
         pvm,
+        snapshots,
         pause: vcpu::Pause::default(),
-        msrs: match &cfg.snapshot {
-            Some(_) => snapshot::msr_list(&kvm).map_err(VmmError::Restore)?,
-            None => Vec::new(),
+        msrs: match snapshots {
+            true => snapshot::msr_list(&kvm).map_err(VmmError::Restore)?,
+            false => Vec::new(),
         },
         snapshot_evt: snapshot_evt
             .as_ref()
@@ -538,16 +543,25 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     for d in device_events {
         events.add_subscriber(Arc::new(Mutex::new(d)));
     }
+    let source = Arc::new(event_loop::SnapshotSource {
+        shared: shared.clone(),
+        vm: vm.clone(),
+        mem: mem.clone(),
+        cpus: usize::from(cfg.cpus),
+        pit: cfg.legacy_pit,
+    });
     if let Some(evt) = snapshot_evt {
         events.add_subscriber(Arc::new(Mutex::new(event_loop::SnapshotTaker {
             evt,
-            shared: shared.clone(),
-            vm: vm.clone(),
-            mem: mem.clone(),
+            source: source.clone(),
             target: cfg.snapshot.take(),
-            cpus: usize::from(cfg.cpus),
-            pit: cfg.legacy_pit,
             result: snapshot_result.clone(),
+        })));
+    }
+    if let Some(requests) = cfg.snapshot_requests.take() {
+        events.add_subscriber(Arc::new(Mutex::new(event_loop::SnapshotServer {
+            requests,
+            source,
         })));
     }
     if let Some(input) = cfg.console_input.take() {

@@ -174,9 +174,11 @@ pub struct Shared {
     pub exiting: AtomicBool,
     /// The host's KVM is PVM (known before the filters forbid looking).
     pub pvm: bool,
-    /// Snapshots: the pause handshake, the MSRs each vCPU saves, and the
+    /// Snapshots: whether this VM takes any (at the guest's asking or on
+    /// request), the pause handshake, the MSRs each vCPU saves, and the
     /// eventfd that tells the VMM thread the guest asked for its snapshot
-    /// (None: the VM takes none, and the guest's asking is ignored).
+    /// (None: the guest's asking is ignored).
+    pub snapshots: bool,
     pub pause: Pause,
     pub msrs: Vec<u32>,
     pub snapshot_evt: Option<EventFd>,
@@ -266,7 +268,7 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
                 return;
             }
         }
-        if shared.pause.requested.load(Ordering::Acquire) && shared.snapshot_evt.is_some() {
+        if shared.snapshots && shared.pause.requested.load(Ordering::Acquire) {
             shared.pause.park(id, vcpu, &shared.msrs, &shared.exiting);
         }
     }

@@ -161,7 +161,7 @@ fn remove_if_ours(uds: &Path, id: (u64, u64)) {
     }
 }
 
-fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two ints for the new descriptors.
     let ret = unsafe {

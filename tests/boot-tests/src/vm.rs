@@ -36,6 +36,7 @@ pub fn initramfs(
         started: Instant::now(),
         snapshot: None,
         restore: None,
+        snapshot_requests: None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! `husk snapshot ls|rm|prune`: the snapshots `husk run` keeps for warm
-//! starts (see `run::warm`).
+//! `husk snapshot create|ls|rm|prune`: the snapshots `husk run` keeps for
+//! warm starts (see `run::warm`), and those a user takes of a running
+//! detached appliance and names (see `run::named`).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -12,10 +13,18 @@ use super::run::warm::{self, Meta, META_FILE};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Snapshot a running detached appliance (paused, saved, resumed);
+    /// husk run --from-snapshot NAME restores it, running where it was
+    Create {
+        /// The detached appliance
+        vm: String,
+        /// The snapshot's name
+        name: String,
+    },
     /// List the cached snapshots: what each was taken of, its size on
     /// disk, and whether it can still be restored
     Ls,
-    /// Remove snapshots by key (or a unique beginning of one)
+    /// Remove snapshots by name or key (or a unique beginning of a key)
     Rm {
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
@@ -32,6 +41,11 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let root = warm::root()?;
     match cmd {
+        Command::Create { vm, name } => {
+            create(&root, &vm, &name)?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ls => {
             println!(
                 "{:<14} {:<10} {:>4} {:>8} {:>9}  {:<14}  TARGET",
@@ -51,9 +65,16 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     ),
                     None => ("?", "?".into(), "?".into(), "?".into()),
                 };
+                // A warm start's key, shortened; a name, whole.
+                let named = s.meta.as_ref().is_some_and(|m| m.from.is_some());
+                let shown = if named {
+                    &s.key
+                } else {
+                    &s.key[..s.key.len().min(12)]
+                };
                 println!(
                     "{:<14} {:<10} {:>4} {:>8} {:>9}  {:<14}  {target}",
-                    &s.key[..s.key.len().min(12)],
+                    shown,
                     s.state.name(),
                     cpus,
                     memory,
@@ -96,6 +117,27 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `husk snapshot create VM NAME`: the VM's keeper makes the files and
+/// has its VMM write them.
+fn create(root: &Path, vm: &str, name: &str) -> anyhow::Result<()> {
+    use crate::vms::control::{Control, Request};
+    super::run::named::check_name(name)?;
+    let dir = root.join(name);
+    if dir.exists() {
+        anyhow::bail!("a snapshot named {name} exists already (husk snapshot rm {name})");
+    }
+    let vm = crate::vms::VmDir::find(vm)?;
+    let state = vm.current_state()?;
+    if state.status != crate::vms::Status::Running {
+        anyhow::bail!("{} is not running (see husk ps -a)", vm.name);
+    }
+    let mut control = Control::connect(&vm.control(), &vm.name)?;
+    // The keeper's own limit for the VMM is 120 s.
+    control.set_timeout(Some(std::time::Duration::from_secs(150)));
+    control.call(&Request::Snapshot { dir })?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +218,12 @@ fn find(root: &Path, key: &str) -> anyhow::Result<Cached> {
     if key.is_empty() {
         anyhow::bail!("give a snapshot's key (husk snapshot ls lists them)");
     }
-    let mut found: Vec<Cached> = list(root)?
-        .into_iter()
-        .filter(|s| s.key.starts_with(key))
-        .collect();
+    let all = list(root)?;
+    let mut found: Vec<Cached> = match all.iter().position(|s| s.key == key) {
+        // A name, or a whole key.
+        Some(i) => all.into_iter().skip(i).take(1).collect(),
+        None => all.into_iter().filter(|s| s.key.starts_with(key)).collect(),
+    };
     match found.len() {
         0 => anyhow::bail!("{key}: no such snapshot (husk snapshot ls lists them)"),
         1 => Ok(found.remove(0)),
@@ -224,6 +268,9 @@ mod tests {
             cpus: 1,
             memory_mib: 64,
             created_ms: 0,
+            args: Vec::new(),
+            cwd: None,
+            from: None,
         };
         fs::write(dir.join(META_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
     }
@@ -257,6 +304,10 @@ mod tests {
         );
         assert!(list(&root).unwrap()[0].bytes >= 8192);
         assert_eq!(find(&root, "b").unwrap().key, "bbbb3333");
+        // A whole name wins over the keys it begins.
+        snapshot(&root, "aaaa", &kernel, &image, b"{}");
+        assert_eq!(find(&root, "aaaa").unwrap().key, "aaaa");
+        fs::remove_dir_all(root.join("aaaa")).unwrap();
         let err = find(&root, "aaaa").err().unwrap().to_string();
         assert!(err.contains("2 snapshots"), "{err}");
         assert!(find(&root, "c").is_err());

@@ -37,6 +37,9 @@ pub enum Request {
     Kill { signal: i32 },
     /// Waits for the VM to end. Answer: [`Response::Exited`].
     Wait,
+    /// Snapshots the running VM into the new folder `dir` (paused, saved,
+    /// resumed). Answer: [`Response::Ok`] once it is whole.
+    Snapshot { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,7 @@ use super::control::{self, Request, Response};
 use super::log::{LogWriter, MAX_LOG};
 use super::{now_ms, process_start, State, Status, VmDir};
 use crate::commands::exec::{block_sigwinch, pump_out, pump_stdin, sigwinch, window_size};
+use crate::commands::run::named::SNAPSHOT_FD_ENV;
 
 /// Set in the keeper's environment: the VM's folder.
 pub const KEEPER_ENV: &str = "HUSK_KEEPER_DIR";
@@ -72,6 +73,9 @@ struct Shared {
     /// The threads copying the command's output to the keeper's stdout
     /// and stderr: joined before the keeper leaves, so nothing is lost.
     relays: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Our end of the VM child's snapshot request socket; one snapshot at
+    /// a time.
+    snapshots: Mutex<std::os::unix::net::UnixDatagram>,
 }
 
 impl Shared {
@@ -184,20 +188,27 @@ pub fn keep(
     announce.set_nonblocking(true)?;
 
     let (log_r, log_w) = io::pipe().context("pipe")?;
+    // Snapshots on request: the VM child's VMM takes its end.
+    let (snapshots, vm_end) = vmm::snapshot::request_pair().context("socketpair")?;
+    let vm_fd = std::os::fd::AsRawFd::as_raw_fd(&vm_end);
     let exe = std::env::current_exe().context("cannot locate the husk binary")?;
     let mut command = Command::new(exe);
     command
         .args(std::env::args_os().skip(1))
         .env_remove(KEEPER_ENV)
         .env(VM_ENV, &vm.dir)
+        .env(SNAPSHOT_FD_ENV, vm_fd.to_string())
         .stdin(Stdio::null())
         .stdout(log_w.try_clone().context("pipe")?)
         .stderr(log_w);
-    // SAFETY: prctl in the forked child only sets its parent-death
-    // signal, an async-signal-safe system call.
+    // SAFETY: prctl and fcntl in the forked child only set its
+    // parent-death signal and let the socket's end (open in this process
+    // until after the spawn) through exec: async-signal-safe system calls.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                || libc::fcntl(vm_fd, libc::F_SETFD, 0) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -207,6 +218,7 @@ pub fn keep(
     // The command builder holds the pipe's write ends: gone with it, so
     // the log sees the end of the pipe when the VM child is gone.
     drop(command);
+    drop(vm_end);
     let shared = Arc::new(Shared {
         vm: vm.clone(),
         uds,
@@ -216,6 +228,7 @@ pub fn keep(
         answering: std::sync::atomic::AtomicUsize::new(0),
         held: Mutex::new(hold),
         relays: Mutex::new(Vec::new()),
+        snapshots: Mutex::new(snapshots),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
@@ -610,6 +623,7 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
         Request::Wait => Ok(Response::Exited {
             code: shared.wait_exit(None).flatten(),
         }),
+        Request::Snapshot { dir } => snapshot(shared, &dir).map(|()| Response::Ok),
         Request::Stop { grace_ms } => {
             let grace = Duration::from_millis(grace_ms);
             if !shared.has_ended() {
@@ -631,6 +645,54 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
             })
         }
     }
+}
+
+/// How long the VMM may take to write a snapshot (the guest is paused
+/// meanwhile): its RAM goes to disk.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Snapshots the running VM into the new folder `dir`: its files made
+/// here (the VMM opens nothing), handed to the VMM, written while the
+/// guest is paused. Nothing is left of a snapshot that failed.
+fn snapshot(shared: &Shared, dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::commands::run::named::Offer;
+    let name = &shared.vm.name;
+    if shared.has_ended() {
+        anyhow::bail!("{name} has stopped");
+    }
+    let offer: Offer = std::fs::read(shared.vm.snapshot_offer())
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .with_context(|| {
+            format!("{name} was started by a husk that takes no snapshots: husk restart {name}")
+        })?;
+    let (mut meta, header, disks) = match offer {
+        Offer::Ready {
+            meta,
+            header,
+            disks,
+        } => (*meta, header, disks),
+        Offer::Refused { why } => anyhow::bail!("no snapshot can be taken of {name}: {why}"),
+    };
+    let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.exists() {
+        anyhow::bail!("{} exists already", dir.display());
+    }
+    let taken = (|| {
+        let target = vmm::snapshot::Target::create(dir, header, disks)?;
+        meta.created_ms = now_ms();
+        let text = serde_json::to_vec_pretty(&meta).expect("plain data serializes");
+        let meta_file = dir.join(crate::commands::run::warm::META_FILE);
+        super::write_file(&meta_file, text)
+            .with_context(|| format!("cannot write {}", meta_file.display()))?;
+        vmm::snapshot::request(&socket, &target, SNAPSHOT_TIMEOUT)?;
+        anyhow::Ok(())
+    })();
+    if let Err(e) = taken {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e.context(format!("cannot snapshot {name}")));
+    }
+    Ok(())
 }
 
 /// Starts the command a held guest waits for, and relays its streams to

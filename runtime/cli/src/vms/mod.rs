@@ -189,6 +189,10 @@ impl VmDir {
     pub fn log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
+    /// What a snapshot of the running VM would be (its VM child writes it).
+    pub fn snapshot_offer(&self) -> PathBuf {
+        self.dir.join("snapshot-offer.json")
+    }
 
     pub fn read_state(&self) -> anyhow::Result<State> {
         let text = std::fs::read(self.state_file())

@@ -36,6 +36,10 @@ pub fn trials() -> Vec<Trial> {
             "warm_start_runs_a_detached_appliance_with_exec_and_stop",
             warm_detached,
         ),
+        boot_tests::trial(
+            "snapshot_create_of_a_running_appliance_restores_where_it_was_twice_and_in_the_foreground",
+            named_snapshot,
+        ),
     ]
 }
 
@@ -389,6 +393,262 @@ fn warm_detached() -> Result<(), Failed> {
         if stop.code != Some(0) || rm.code != Some(0) {
             return Err(format!("{}\n{}", stop.explain("stop"), rm.explain("rm")).into());
         }
+    }
+    Ok(())
+}
+
+/// `husk snapshot create` of a running detached appliance, and `husk run
+/// --from-snapshot` of it: restored twice at once and in the foreground,
+/// each goes on where the snapshot was (a file the guest wrote before it,
+/// not one written after; its web server serving through this run's own
+/// `-p`), with random bytes of its own; the original goes on too. Bad
+/// names and a damaged snapshot are refused; nothing is left behind.
+fn named_snapshot() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let snaps = tmp.path().join("snapshots");
+    let ok = |r: HuskRun, what: &str| -> Result<HuskRun, Failed> {
+        match r.code {
+            Some(0) => Ok(r),
+            _ => Err(r.explain(what).into()),
+        }
+    };
+    let names = ["named-src", "named-a", "named-b"];
+    let checked = (|| -> Result<(), Failed> {
+        let source = ok(
+            husk(
+                &snaps,
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    names[0],
+                    "--wait-ready",
+                    "-p",
+                    "127.0.0.1:18084:80",
+                    "examples/web",
+                ],
+            )?,
+            "husk run -d of the source",
+        )?;
+        ok(
+            husk(
+                &snaps,
+                &[
+                    "exec",
+                    names[0],
+                    "sh",
+                    "-c",
+                    "echo before > /tmp/mark; echo disk > /on-disk",
+                ],
+            )?,
+            "exec before the snapshot",
+        )?;
+        let created = ok(
+            husk(&snaps, &["snapshot", "create", names[0], "snap1"])?,
+            "husk snapshot create",
+        )?;
+        if created.stdout.trim() != "snap1" {
+            return Err(created
+                .explain("snapshot create should print the name")
+                .into());
+        }
+        // The source was resumed: it serves, and takes an exec.
+        let page = curl("http://127.0.0.1:18084/", None)?;
+        if !page.contains("Hello from a husk appliance") {
+            return Err(format!("the source after its snapshot: curl got {page:?}").into());
+        }
+        ok(
+            husk(
+                &snaps,
+                &["exec", names[0], "sh", "-c", "echo after > /tmp/mark"],
+            )?,
+            "exec after the snapshot",
+        )?;
+        let again = husk(&snaps, &["snapshot", "create", names[0], "snap1"])?;
+        if again.code == Some(0) || !again.stderr.contains("exists already") {
+            return Err(again
+                .explain("a second snapshot of one name must be refused")
+                .into());
+        }
+        let ls = ok(husk(&snaps, &["snapshot", "ls"])?, "husk snapshot ls")?;
+        if !ls
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("snap1 ") && l.contains("ready"))
+        {
+            return Err(ls.explain("snapshot ls should list snap1, ready").into());
+        }
+
+        // Two restores at once, each with its own port.
+        let mut urandom = Vec::new();
+        for (name, port) in [(names[1], 18085), (names[2], 18086)] {
+            let publish = format!("127.0.0.1:{port}:80");
+            let restored = ok(
+                husk(
+                    &snaps,
+                    &[
+                        "run",
+                        "-d",
+                        "--name",
+                        name,
+                        "--wait-ready",
+                        "-p",
+                        &publish,
+                        "--from-snapshot",
+                        "snap1",
+                    ],
+                )?,
+                &format!("husk run -d --from-snapshot snap1 as {name}"),
+            )?;
+            eprintln!(
+                "named snapshot: husk run -d --wait-ready {:.1} s booted, snapshot create {:.1} s, \
+                 restored ({name}) {:.1} s",
+                source.elapsed.as_secs_f64(),
+                created.elapsed.as_secs_f64(),
+                restored.elapsed.as_secs_f64()
+            );
+            let page = curl(&format!("http://127.0.0.1:{port}/"), None)?;
+            if !page.contains("Hello from a husk appliance") {
+                return Err(format!("{name}: curl through its -p got {page:?}").into());
+            }
+            let seen = ok(
+                husk(
+                    &snaps,
+                    &[
+                        "exec",
+                        name,
+                        "sh",
+                        "-c",
+                        "cat /tmp/mark /on-disk; hostname; od -An -tx1 -N16 /dev/urandom",
+                    ],
+                )?,
+                &format!("exec in {name}"),
+            )?;
+            let lines: Vec<&str> = seen.stdout.lines().collect();
+            if lines.len() != 4 || lines[..3] != ["before", "disk", "web"] {
+                return Err(seen
+                    .explain(&format!("{name} must go on from the snapshot"))
+                    .into());
+            }
+            urandom.push(lines[3].to_string());
+        }
+        if urandom[0] == urandom[1] {
+            return Err(format!("two restores read the same random bytes: {urandom:?}").into());
+        }
+        // Different bytes alone do not show the host's seed arrived (the
+        // guest gathers entropy of its own): its agent says so.
+        for name in &names[1..] {
+            let logs = ok(husk(&snaps, &["logs", name])?, "husk logs of a restore")?;
+            if !logs.stdout.contains("random generator is reseeded") {
+                return Err(logs.explain(&format!("{name} must be reseeded")).into());
+            }
+        }
+        // The source still has what it wrote after the snapshot.
+        let src = ok(
+            husk(&snaps, &["exec", names[0], "cat", "/tmp/mark"])?,
+            "exec in the source",
+        )?;
+        if src.stdout.trim() != "after" {
+            return Err(src.explain("the source must keep its own writes").into());
+        }
+
+        // In the foreground: serves through -p until killed; nothing left.
+        std::env::set_current_dir(boot_tests::workspace_root())?;
+        let log = tmp.path().join("foreground.log");
+        let mut fg = Command::new(husk_bin()?)
+            .args([
+                "run",
+                "-p",
+                "127.0.0.1:18087:80",
+                "--from-snapshot",
+                "snap1",
+            ])
+            .env("HUSK_SNAPSHOT_DIR", &snaps)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?)
+            .spawn()?;
+        let mut page = Err(Failed::from("not tried"));
+        for _ in 0..60 {
+            page = curl("http://127.0.0.1:18087/", None);
+            if page.as_ref().is_ok_and(|p| p.contains("Hello")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let helpers: Vec<u32> = children(fg.id())
+            .into_iter()
+            .filter(|p| comm(*p).starts_with("passt") || comm(*p) == "husk-vsock")
+            .collect();
+        let _ = fg.kill();
+        let _ = fg.wait();
+        let stderr = fs::read_to_string(&log)?;
+        let page = page.map_err(|e| format!("foreground restore: {e:?}\n{stderr}"))?;
+        if !page.contains("Hello from a husk appliance") {
+            return Err(format!("foreground restore: curl got {page:?}\n{stderr}").into());
+        }
+        for p in helpers {
+            if !gone(p) {
+                return Err(
+                    format!("{} ({p}) outlived kill -9 of a restoring husk", comm(p)).into(),
+                );
+            }
+        }
+
+        // Refused: no such name, a bad name, a damaged snapshot.
+        for (args, says) in [
+            (
+                &["run", "--from-snapshot", "nosuch"][..],
+                "no snapshot named nosuch",
+            ),
+            (&["run", "--from-snapshot", "../x"][..], "name"),
+            (
+                &[
+                    "snapshot",
+                    "create",
+                    names[0],
+                    "0123456789abcdef0123456789abcdef",
+                ][..],
+                "warm-start",
+            ),
+        ] {
+            let r = husk(&snaps, args)?;
+            if r.code == Some(0) || !r.stderr.contains(says) {
+                return Err(r
+                    .explain(&format!("husk {} must be refused ({says})", args.join(" ")))
+                    .into());
+            }
+        }
+        let state = snaps.join("snap1").join("state.json");
+        let whole = fs::read(&state)?;
+        fs::write(&state, &whole[..whole.len() / 2])?;
+        let r = husk(
+            &snaps,
+            &[
+                "run",
+                "-p",
+                "127.0.0.1:18088:80",
+                "--from-snapshot",
+                "snap1",
+            ],
+        )?;
+        if r.code == Some(0) || !r.stderr.contains("not a husk snapshot") {
+            return Err(r.explain("a damaged snapshot must be refused").into());
+        }
+        ok(husk(&snaps, &["snapshot", "rm", "snap1"])?, "snapshot rm")?;
+        if snaps.join("snap1").exists() {
+            return Err("snapshot rm left its folder".into());
+        }
+        Ok(())
+    })();
+    let mut ends = Vec::new();
+    for name in names {
+        ends.push(husk(&snaps, &["stop", name])?);
+        ends.push(husk(&snaps, &["rm", name])?);
+    }
+    checked?;
+    if let Some(bad) = ends.iter().find(|r| r.code != Some(0)) {
+        return Err(bad.explain("stop or rm of a restored appliance").into());
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use super::target::{boot_cmdline, Target};
 use crate::vms::keeper;
 
 mod detached;
+pub mod named;
 mod shares;
 pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
@@ -136,6 +137,23 @@ pub struct Args {
     /// it and later runs restore that: see husk snapshot)
     #[arg(long)]
     cold: bool,
+    /// Restore a snapshot husk snapshot create took of a running appliance
+    /// and go on running it: the appliance, its command and its VM are the
+    /// snapshot's; -d, --name, --rm, -p, --timeout and the like are this
+    /// run's
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = [
+            "target", "command", "env", "kernel", "initrd", "disks", "cmdline", "cpus",
+            "memory", "net", "vsock", "volumes", "hostname", "read_only", "hold", "cold",
+        ]
+    )]
+    from_snapshot: Option<String>,
+    /// `-p` replaces every port the run would publish (a restore's own
+    /// ports instead of those of the run its snapshot was taken of).
+    #[arg(skip)]
+    replace_ports: bool,
     /// Print when each boot phase was reached, on stderr
     #[arg(long)]
     timings: bool,
@@ -333,6 +351,11 @@ fn plan_net(
             None => Vec::new(),
         },
     };
+    if args.replace_ports {
+        for n in &mut nets {
+            n.ports.clear();
+        }
+    }
     if !args.publish.is_empty() {
         match nets.iter_mut().find(|n| n.tap.is_none()) {
             Some(user) => user.ports.extend(args.publish.iter().copied()),
@@ -581,6 +604,61 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
+/// What a snapshot of this detached VM, taken while it runs, would be:
+/// its header, what it is of, and its disks; or why none can be taken.
+fn snapshot_offer(
+    args: &Args,
+    plan: &Plan,
+    named: &Option<named::Named>,
+    kernel: &std::path::Path,
+    vm: &crate::vms::VmDir,
+) -> Result<(vmm::snapshot::Header, warm::Meta, usize), String> {
+    let Some(image) = &plan.image else {
+        return Err("it boots no appliance image".into());
+    };
+    if !plan.husk_init {
+        return Err("its init is not husk's".into());
+    }
+    if !plan.shares.is_empty() {
+        return Err("it has shared folders (virtiofsd holds their state)".into());
+    }
+    if plan.disks.iter().any(|d| d.access == DiskAccess::ReadWrite) {
+        return Err("the guest writes a disk in place".into());
+    }
+    let id = |p: &std::path::Path| warm::file_id(p).map_err(|e| format!("{e:#}"));
+    let (kernel_id, image_id) = (id(kernel)?, id(&image.path)?);
+    let header = vmm::snapshot::Header::new(
+        &kernel_id,
+        &image_id,
+        plan.cpus,
+        plan.memory_mib,
+        Vec::new(),
+    );
+    // A restore runs this command line again: the one this VM was first
+    // started with, also when it was itself restored from a snapshot.
+    let (recorded, cwd) = match named {
+        Some(n) => (n.meta.args.clone(), n.meta.cwd.clone()),
+        None => (
+            std::env::args().skip(1).collect(),
+            std::env::current_dir().ok(),
+        ),
+    };
+    let meta = warm::Meta {
+        target: args.target.clone().unwrap_or_default(),
+        kernel: kernel.to_path_buf(),
+        image: image.path.clone(),
+        kernel_id,
+        image_id,
+        cpus: plan.cpus,
+        memory_mib: plan.memory_mib,
+        created_ms: 0,
+        args: recorded,
+        cwd,
+        from: Some(vm.name.clone()),
+    };
+    Ok((header, meta, plan.disks.len()))
+}
+
 /// A hostname as the kernel takes it: 1 to 64 bytes of letters, digits,
 /// '-' and '.'.
 fn check_hostname(name: &str) -> anyhow::Result<()> {
@@ -596,6 +674,13 @@ fn check_hostname(name: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
+    let (args, named) = match args.from_snapshot.clone() {
+        Some(name) => {
+            let (args, named) = named::resolve(args, &name)?;
+            (args, Some(named))
+        }
+        None => (args, None),
+    };
     let vm_child = keeper::from_env(keeper::VM_ENV);
     if args.detach && vm_child.is_none() {
         return match keeper::from_env(keeper::KEEPER_ENV) {
@@ -607,6 +692,21 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     if let Some(vm) = &vm_child {
         plan.vsock = Some(detached_vsock(&plan, vm));
     }
+    // husk's own kernel needs no PIT; any other kernel gets one.
+    let (kernel, legacy_pit) = match &plan.config_kernel {
+        Some(k) => (k.clone(), true),
+        None => {
+            let cache = builder::cache::root().context("cannot find husk's cache folder")?;
+            (kernel::find(&cache)?.vmlinux(), false)
+        }
+    };
+    // A snapshot that cannot be restored here is refused before anything
+    // starts.
+    let restore_named = match (&named, &plan.image) {
+        (Some(n), Some(image)) => Some(n.open(&kernel, &image.path, plan.cpus, plan.memory_mib)?),
+        (Some(n), None) => anyhow::bail!("{} holds no appliance image", n.dir.display()),
+        (None, _) => None,
+    };
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
     let (net, _passt, net_setup) = attach_net(&plan.net)?;
@@ -623,14 +723,6 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     if !fs_setup.mounts.is_empty() {
         plan.params.push(fs_setup.to_param());
     }
-    // husk's own kernel needs no PIT; any other kernel gets one.
-    let (kernel, legacy_pit) = match &plan.config_kernel {
-        Some(k) => (k.clone(), true),
-        None => {
-            let cache = builder::cache::root().context("cannot find husk's cache folder")?;
-            (kernel::find(&cache)?.vmlinux(), false)
-        }
-    };
     let vsock_cid = plan.vsock.as_ref().map_or(DEFAULT_CID, |v| v.0);
     let backends: Vec<&'static str> = plan
         .net
@@ -656,11 +748,16 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    // A detached VM child: what a snapshot of it on request would be.
+    let snapshot_requests = match &vm_child {
+        Some(vm) => named::serve_requests(vm, snapshot_offer(&args, &plan, &named, &kernel, vm))?,
+        None => None,
+    };
     let params = plan.params.join(" ");
-    // A warm VM reads its parameters through vsock: it gets a device
-    // (on a socket of this run's, which its broker removes when the VMM
-    // ends) where it has none.
-    if warm.is_some() && plan.vsock.is_none() {
+    // A warm VM reads its parameters through vsock, and a restored one
+    // gets its seed that way: each gets a device (on a socket of this
+    // run's, which its broker removes when the VMM ends) where it has none.
+    if (warm.is_some() || named.is_some()) && plan.vsock.is_none() {
         plan.vsock = Some((vsock_cid, own_vsock_path()));
     }
     // The vsock socket and its broker, likewise.
@@ -670,6 +767,12 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             (Some(host), Some(config))
         }
         None => (None, None),
+    };
+    // Held until the VM ends: the restored guest's agent reads its new
+    // seed from it.
+    let _reseed = match (&restore_named, &plan.vsock) {
+        (Some(_), Some((_, uds))) => Some(named::reseed_connection(uds)?),
+        _ => None,
     };
     let (snapshot, restore, warm_dir) = match warm {
         Some(w) => {
@@ -689,7 +792,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 plan.cmdline.push(' ');
                 plan.cmdline.push_str(&params);
             }
-            (None, None, None)
+            (None, restore_named, None)
         }
     };
     let stdin = std::io::stdin();
@@ -720,6 +823,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         started,
         snapshot,
         restore,
+        snapshot_requests,
     };
     let jail = if args.jail || (!args.no_jail && is_root()) {
         let (uid, gid) = args

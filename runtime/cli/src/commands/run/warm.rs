@@ -49,6 +49,15 @@ pub struct Meta {
     pub memory_mib: u64,
     /// When it was taken, in ms since the epoch.
     pub created_ms: u64,
+    /// A named snapshot's (`husk snapshot create`): the `husk run`
+    /// command line a restore runs again, the folder it was typed in, and
+    /// the detached VM it was taken of. Empty for a warm start's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 pub const META_FILE: &str = "meta.json";
@@ -137,6 +146,9 @@ impl Warm {
             cpus: shape.cpus,
             memory_mib: shape.memory_mib,
             created_ms: crate::vms::now_ms(),
+            args: Vec::new(),
+            cwd: None,
+            from: None,
         };
         let text = serde_json::to_vec_pretty(&meta).expect("plain data serializes");
         crate::vms::write_file(&dir.join(META_FILE), text)
@@ -217,14 +229,21 @@ pub fn eligible(husk_init: bool, shares: usize, disks: &[DiskConfig]) -> bool {
     husk_init && shares == 0 && disks.iter().all(|d| d.access != DiskAccess::ReadWrite)
 }
 
-/// The socket the vsock device hands to init's connection to
-/// [`agent::RESUME_PORT`]: this run's parameters and a fresh seed, already
-/// written, then the end of the stream.
-pub fn resume_socket(params: String) -> anyhow::Result<UnixStream> {
+/// 32 bytes from the host's `/dev/urandom`, for a restored guest's
+/// random generator.
+pub fn host_seed() -> anyhow::Result<Vec<u8>> {
     let mut seed = vec![0u8; 32];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
         .context("cannot read /dev/urandom")?;
+    Ok(seed)
+}
+
+/// The socket the vsock device hands to init's connection to
+/// [`agent::RESUME_PORT`]: this run's parameters and a fresh seed, already
+/// written, then the end of the stream.
+pub fn resume_socket(params: String) -> anyhow::Result<UnixStream> {
+    let seed = host_seed()?;
     let frame = agent::encode(&agent::Resume { params, seed });
     let (mut ours, theirs) = UnixStream::pair().context("cannot make a socket pair")?;
     // A frame of a few KiB fits the socket's buffer: this never blocks.
