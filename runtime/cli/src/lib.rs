@@ -59,7 +59,8 @@ enum Command {
     /// Build or locate husk's guest kernel
     #[command(subcommand)]
     Kernel(commands::kernel::Command),
-    /// List or remove the snapshots husk run keeps for warm starts
+    /// Snapshot a running detached appliance; list or remove snapshots
+    /// (those husk run keeps for warm starts, and named ones)
     #[command(subcommand)]
     Snapshot(commands::snapshot::Command),
 }
