@@ -692,21 +692,6 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     if let Some(vm) = &vm_child {
         plan.vsock = Some(detached_vsock(&plan, vm));
     }
-    // husk's own kernel needs no PIT; any other kernel gets one.
-    let (kernel, legacy_pit) = match &plan.config_kernel {
-        Some(k) => (k.clone(), true),
-        None => {
-            let cache = builder::cache::root().context("cannot find husk's cache folder")?;
-            (kernel::find(&cache)?.vmlinux(), false)
-        }
-    };
-    // A snapshot that cannot be restored here is refused before anything
-    // starts.
-    let restore_named = match (&named, &plan.image) {
-        (Some(n), Some(image)) => Some(n.open(&kernel, &image.path, plan.cpus, plan.memory_mib)?),
-        (Some(n), None) => anyhow::bail!("{} holds no appliance image", n.dir.display()),
-        (None, _) => None,
-    };
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
     let (net, _passt, net_setup) = attach_net(&plan.net)?;
@@ -723,6 +708,19 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     if !fs_setup.mounts.is_empty() {
         plan.params.push(fs_setup.to_param());
     }
+    // husk's own kernel needs no PIT; any other kernel gets one.
+    let (kernel, legacy_pit) = match &plan.config_kernel {
+        Some(k) => (k.clone(), true),
+        None => {
+            let cache = builder::cache::root().context("cannot find husk's cache folder")?;
+            (kernel::find(&cache)?.vmlinux(), false)
+        }
+    };
+    let restore_named = match (&named, &plan.image) {
+        (Some(n), Some(image)) => Some(n.open(&kernel, &image.path, plan.cpus, plan.memory_mib)?),
+        (Some(n), None) => anyhow::bail!("{} holds no appliance image", n.dir.display()),
+        (None, _) => None,
+    };
     let vsock_cid = plan.vsock.as_ref().map_or(DEFAULT_CID, |v| v.0);
     let backends: Vec<&'static str> = plan
         .net
