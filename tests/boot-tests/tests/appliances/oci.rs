@@ -635,21 +635,8 @@ fn podman() -> Result<(), Failed> {
         a
     };
 
-    // Exit status, hostname, stdin.
-    let args = run(&[], "echo host $(hostname); exit 7");
-    let out = p.expect(&args, b"", 7)?;
-    if !out.starts_with("host ") {
-        return Err(format!("podman run: stdout {out:?}").into());
-    }
-    let args = run(&["-i"], "read x; echo got $x");
-    let out = p.expect(&args, b"piped\n", 0)?;
-    if out.trim() != "got piped" {
-        return Err(format!("podman run -i: stdout {out:?}").into());
-    }
-
-    // The process's capabilities, limits, groups and no_new_privs, as
-    // podman asks: by default its own capability set (not all of root's);
-    // then what the flags say.
+    // Each `podman run` boots a VM (10 to 20 s under the test bed's
+    // emulation): one run checks several things where they do not meddle.
     let status = |out: &str, key: &str| -> String {
         out.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -658,17 +645,30 @@ fn podman() -> Result<(), Failed> {
     };
     let probe = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Groups|Seccomp):' /proc/self/status; \
                  echo soft $(ulimit -n) hard $(ulimit -Hn)";
-    let out = p.expect(&run(&[], probe), b"", 0)?;
+
+    // Exit status, hostname, stdin; and the process's capabilities and
+    // seccomp as podman asks by default: its own capability set (not all
+    // of root's), its default profile (seccomp mode 2, a filter).
+    let args = run(
+        &["-i"],
+        &format!("read x; echo got $x; echo host $(hostname); {probe}; exit 7"),
+    );
+    let out = p.expect(&args, b"piped\n", 7)?;
+    if !out.starts_with("got piped\nhost ") {
+        return Err(format!("podman run -i: stdout {out:?}").into());
+    }
     let bounding = status(&out, "CapBnd:");
     if bounding.is_empty() || bounding == "000001ffffffffff" || status(&out, "CapEff:") != bounding
     {
         return Err(format!("podman's default capabilities are not applied: {out}").into());
     }
-    // Seccomp mode 2: podman's default profile is a filter on the process.
     if status(&out, "Seccomp:") != "2" {
         return Err(format!("podman's default seccomp profile is not applied: {out}").into());
     }
-    // A profile of one's own: mkdir refused with EPERM, the rest allowed.
+
+    // A seccomp profile of one's own (mkdir refused with EPERM, the rest
+    // allowed), with the capabilities, limits, groups and no_new_privs
+    // the flags say.
     let profile = folder("seccomp")?;
     let path = profile.path().join("profile.json");
     std::fs::write(
@@ -678,18 +678,9 @@ fn podman() -> Result<(), Failed> {
     )?;
     let opt = format!("seccomp={}", path.display());
     let args = run(
-        &["--security-opt", &opt],
-        "mkdir /tmp/refused 2>&1; echo mkdir $?; touch /tmp/allowed && echo touch ok",
-    );
-    let out = p.expect(&args, b"", 0)?;
-    if !out.contains("Operation not permitted")
-        || !out.contains("mkdir 1")
-        || !out.contains("touch ok")
-    {
-        return Err(format!("--security-opt seccomp=PROFILE: {out}").into());
-    }
-    let args = run(
         &[
+            "--security-opt",
+            &opt,
             "--cap-drop",
             "ALL",
             "--cap-add",
@@ -701,14 +692,23 @@ fn podman() -> Result<(), Failed> {
             "--security-opt",
             "no-new-privileges",
         ],
-        probe,
+        &format!(
+            "mkdir /tmp/refused 2>&1; echo mkdir $?; touch /tmp/allowed && echo touch ok; {probe}"
+        ),
     );
     let out = p.expect(&args, b"", 0)?;
+    if !out.contains("Operation not permitted")
+        || !out.contains("mkdir 1")
+        || !out.contains("touch ok")
+    {
+        return Err(format!("--security-opt seccomp=PROFILE: {out}").into());
+    }
     // CAP_NET_BIND_SERVICE is capability 10.
     let want = [
         ("CapEff:", "0000000000000400"),
         ("CapBnd:", "0000000000000400"),
         ("NoNewPrivs:", "1"),
+        ("Seccomp:", "2"),
     ];
     if want.iter().any(|(k, v)| status(&out, k) != *v)
         || !status(&out, "Groups:")
@@ -722,19 +722,19 @@ fn podman() -> Result<(), Failed> {
         .into());
     }
 
-    // A volume written from the container, read here.
+    // A volume written from the container, read here; --memory sizes the
+    // VM: the limit and husk-runtime's overhead.
     let volume = folder("podman-volume")?;
     let v = format!("{}:/data", volume.path().display());
-    let args = run(&["-v", &v], "echo from-container > /data/f");
-    p.expect(&args, b"", 0)?;
+    let args = run(
+        &["-v", &v, "--memory", "256m"],
+        "echo from-container > /data/f; grep MemTotal /proc/meminfo",
+    );
+    let out = p.expect(&args, b"", 0)?;
     let written = std::fs::read_to_string(volume.path().join("f")).unwrap_or_default();
     if written != "from-container\n" {
         return Err(format!("-v: the host reads {written:?}").into());
     }
-
-    // --memory sizes the VM: the limit and husk-runtime's overhead.
-    let args = run(&["--memory", "256m"], "grep MemTotal /proc/meminfo");
-    let out = p.expect(&args, b"", 0)?;
     let kib: u64 = out
         .split_whitespace()
         .nth(1)
