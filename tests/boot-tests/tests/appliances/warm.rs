@@ -74,6 +74,53 @@ fn took(r: &HuskRun) -> bool {
     r.stderr.contains("cold start: taking a snapshot")
 }
 
+/// The helpers a `husk run` (pid `pid`) with a user-mode network and a
+/// vsock device started: passt and the vsock broker.
+fn helpers(pid: u32) -> Vec<u32> {
+    children(pid)
+        .into_iter()
+        .filter(|p| comm(*p).starts_with("passt") || comm(*p) == "husk-vsock")
+        .collect()
+}
+
+/// The vsock sockets of `husk run` `pid`'s own in the temporary folder.
+fn vsock_sockets(pid: u32) -> Vec<String> {
+    fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("husk-{pid}.vsock")))
+        .collect()
+}
+
+/// After kill -9 of `husk run` `pid`: `helpers` and `sockets`, seen while
+/// it ran (passt, the vsock broker and its socket, all three expected),
+/// are gone.
+fn nothing_left_after_kill(
+    what: &str,
+    pid: u32,
+    helpers: Vec<u32>,
+    sockets: Vec<String>,
+) -> Result<(), Failed> {
+    if helpers.len() != 2 || sockets.len() != 1 {
+        return Err(format!(
+            "{what}: expected passt, the vsock broker and its socket: {helpers:?} {sockets:?}"
+        )
+        .into());
+    }
+    for p in helpers {
+        if !gone(p) {
+            return Err(format!("{what}: {} ({p}) outlived kill -9 of husk", comm(p)).into());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    if !vsock_sockets(pid).is_empty() {
+        return Err(format!("{what}: the run's vsock socket outlived it").into());
+    }
+    Ok(())
+}
+
 /// The snapshot folders under `root`.
 fn snapshot_dirs(root: &Path) -> Result<Vec<std::path::PathBuf>, Failed> {
     let mut dirs: Vec<_> = fs::read_dir(root)?
@@ -301,21 +348,8 @@ fn warm_published_port() -> Result<(), Failed> {
                 _ => break,
             }
         }
-        let helpers: Vec<u32> = children(husk.id())
-            .into_iter()
-            .filter(|p| comm(*p).starts_with("passt") || comm(*p) == "husk-vsock")
-            .collect();
         let pid = husk.id();
-        let sockets = || -> Vec<String> {
-            fs::read_dir(std::env::temp_dir())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("husk-{pid}.vsock")))
-                .collect()
-        };
-        let during = sockets();
+        let (helpers, during) = (helpers(pid), vsock_sockets(pid));
         let page = curl("http://127.0.0.1:18082/", None);
         // kill -9 of husk, whatever curl said: nothing may be left.
         let _ = husk.kill();
@@ -329,21 +363,7 @@ fn warm_published_port() -> Result<(), Failed> {
         if warm != (round == "warm") {
             return Err(format!("{round} run, but its log says:\n{stderr}").into());
         }
-        if helpers.len() != 2 || during.len() != 1 {
-            return Err(format!(
-                "{round}: expected passt, the vsock broker and its socket: {helpers:?} {during:?}"
-            )
-            .into());
-        }
-        for p in helpers {
-            if !gone(p) {
-                return Err(format!("{round}: {} ({p}) outlived kill -9 of husk", comm(p)).into());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        if !sockets().is_empty() {
-            return Err(format!("{round}: the run's vsock socket outlived it").into());
-        }
+        nothing_left_after_kill(round, pid, helpers, during)?;
     }
     Ok(())
 }
@@ -576,10 +596,8 @@ fn named_snapshot() -> Result<(), Failed> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let helpers: Vec<u32> = children(fg.id())
-            .into_iter()
-            .filter(|p| comm(*p).starts_with("passt") || comm(*p) == "husk-vsock")
-            .collect();
+        let pid = fg.id();
+        let (helpers, during) = (helpers(pid), vsock_sockets(pid));
         let _ = fg.kill();
         let _ = fg.wait();
         let stderr = fs::read_to_string(&log)?;
@@ -587,13 +605,7 @@ fn named_snapshot() -> Result<(), Failed> {
         if !page.contains("Hello from a husk appliance") {
             return Err(format!("foreground restore: curl got {page:?}\n{stderr}").into());
         }
-        for p in helpers {
-            if !gone(p) {
-                return Err(
-                    format!("{} ({p}) outlived kill -9 of a restoring husk", comm(p)).into(),
-                );
-            }
-        }
+        nothing_left_after_kill("foreground restore", pid, helpers, during)?;
 
         // Refused: no such name, a bad name, a damaged snapshot.
         for (args, says) in [

@@ -616,15 +616,7 @@ fn snapshot_offer(
     let Some(image) = &plan.image else {
         return Err("it boots no appliance image".into());
     };
-    if !plan.husk_init {
-        return Err("its init is not husk's".into());
-    }
-    if !plan.shares.is_empty() {
-        return Err("it has shared folders (virtiofsd holds their state)".into());
-    }
-    if plan.disks.iter().any(|d| d.access == DiskAccess::ReadWrite) {
-        return Err("the guest writes a disk in place".into());
-    }
+    warm::eligible(plan.husk_init, plan.shares.len(), &plan.disks)?;
     let id = |p: &std::path::Path| warm::file_id(p).map_err(|e| format!("{e:#}"));
     let (kernel_id, image_id) = (id(kernel)?, id(&image.path)?);
     let header = vmm::snapshot::Header::new(
@@ -729,7 +721,8 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         .collect();
     let warm = match &plan.image {
         Some(image)
-            if !args.cold && warm::eligible(plan.husk_init, plan.shares.len(), &plan.disks) =>
+            if !args.cold
+                && warm::eligible(plan.husk_init, plan.shares.len(), &plan.disks).is_ok() =>
         {
             warm::Warm::prepare(&warm::Shape {
                 target: args.target.as_deref().unwrap_or_default(),

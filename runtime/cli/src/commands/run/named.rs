@@ -13,8 +13,8 @@
 //! command, env and VM shape are the snapshot's), with this run's `-d`,
 //! `--name`, `--rm`, `--timeout` and the like, and with this run's `-p`
 //! (when given) instead of every port the snapshot's run published; it
-//! restores the snapshot instead of booting. The guest is then in the middle of its
-//! command: it gets a fresh seed for its random generator through the
+//! restores the snapshot instead of booting. The guest is then in the
+//! middle of its command: it gets a fresh seed for its random generator through the
 //! guest agent as soon as it runs again; its clock is right already
 //! (kvm-clock is restored against the host's wall clock).
 
@@ -113,7 +113,6 @@ pub fn resolve(this: Args, name: &str) -> anyhow::Result<(Args, Named)> {
         args.publish = this.publish;
         args.replace_ports = true;
     }
-    args.from_snapshot = Some(name.to_string());
     Ok((args, Named { dir, meta }))
 }
 

@@ -223,10 +223,20 @@ fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String>
     Ok(builder::oci::hex(&Sha256::digest(json))[..32].to_string())
 }
 
-/// Whether a run can be warm: husk's init, no shared folder (virtiofsd
-/// holds their state), and no disk the guest writes in place.
-pub fn eligible(husk_init: bool, shares: usize, disks: &[DiskConfig]) -> bool {
-    husk_init && shares == 0 && disks.iter().all(|d| d.access != DiskAccess::ReadWrite)
+/// Whether a VM can be snapshotted (a warm start's or a named one): husk's
+/// init, no shared folder (virtiofsd holds their state), and no disk the
+/// guest writes in place; else why not.
+pub fn eligible(husk_init: bool, shares: usize, disks: &[DiskConfig]) -> Result<(), &'static str> {
+    if !husk_init {
+        return Err("its init is not husk's");
+    }
+    if shares > 0 {
+        return Err("it has shared folders (virtiofsd holds their state)");
+    }
+    if disks.iter().any(|d| d.access == DiskAccess::ReadWrite) {
+        return Err("the guest writes a disk in place");
+    }
+    Ok(())
 }
 
 /// 32 bytes from the host's `/dev/urandom`, for a restored guest's
@@ -331,13 +341,13 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(10));
         fs::write(&image, b"ii").unwrap();
         assert_ne!(k(&shape).unwrap(), base);
-        assert!(eligible(true, 0, &disks));
-        assert!(!eligible(true, 1, &disks));
-        assert!(!eligible(false, 0, &disks));
+        assert!(eligible(true, 0, &disks).is_ok());
+        assert!(eligible(true, 1, &disks).is_err());
+        assert!(eligible(false, 0, &disks).is_err());
         let rw = vec![DiskConfig {
             path: image,
             access: DiskAccess::ReadWrite,
         }];
-        assert!(!eligible(true, 0, &rw));
+        assert!(eligible(true, 0, &rw).is_err());
     }
 }
