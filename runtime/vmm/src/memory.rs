@@ -200,13 +200,34 @@ pub fn restore(size: u64, file: &File) -> Result<GuestMemoryMmap, VmmError> {
     GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
 }
 
-/// The process's peak resident memory and how much of it is guest RAM the
-/// guest has touched, in bytes (from /proc/self/status and smaps).
-/// `/proc/self/status` and `/proc/self/smaps`, opened before the seccomp
-/// filters forbid opening files and read when the VM has ended.
+/// The process's memory at the end of a run: its peak resident size (the
+/// kernel's `VmHWM`), what is resident now and how much of that is guest
+/// RAM the guest touched, read from `/proc/self/status` and
+/// `/proc/self/smaps`, opened before the seccomp filters forbid opening
+/// files and read when the VM has ended.
 pub struct UsageFiles {
     status: std::fs::File,
     smaps: std::fs::File,
+}
+
+/// What [`UsageFiles::usage`] found, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// `VmHWM`. On kernels before 6.2 it is an estimate: each thread
+    /// counts up to 64 pages before the process's total hears of them.
+    pub peak: u64,
+    /// Every resident page of every mapping (smaps walks the page tables:
+    /// exact).
+    pub resident: u64,
+    /// The resident part of guest RAM.
+    pub guest: u64,
+}
+
+impl MemoryUsage {
+    /// What the VMM itself holds: everything resident but guest RAM.
+    pub fn overhead(&self) -> u64 {
+        self.resident.saturating_sub(self.guest)
+    }
 }
 
 impl UsageFiles {
@@ -217,8 +238,7 @@ impl UsageFiles {
         })
     }
 
-    /// (peak RSS, guest RAM the guest touched), in bytes.
-    pub fn usage(mut self, mem: &GuestMemoryMmap) -> Option<(u64, u64)> {
+    pub fn usage(mut self, mem: &GuestMemoryMmap) -> Option<MemoryUsage> {
         let status = read_all(&mut self.status)?;
         let smaps = read_all(&mut self.smaps)?;
         usage(mem, &status, &smaps)
@@ -241,7 +261,7 @@ fn read_all(f: &mut std::fs::File) -> Option<String> {
     }
 }
 
-fn usage(mem: &GuestMemoryMmap, status: &str, smaps: &str) -> Option<(u64, u64)> {
+fn usage(mem: &GuestMemoryMmap, status: &str, smaps: &str) -> Option<MemoryUsage> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
     let kib = |line: &str| -> Option<u64> {
         line.split_whitespace()
@@ -259,7 +279,7 @@ fn usage(mem: &GuestMemoryMmap, status: &str, smaps: &str) -> Option<(u64, u64)>
         .filter_map(|r| r.get_host_address(MemoryRegionAddress(0)).ok())
         .map(|p| p as u64)
         .collect();
-    let mut guest = 0;
+    let (mut resident, mut guest) = (0, 0);
     let mut in_guest = false;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -269,11 +289,19 @@ fn usage(mem: &GuestMemoryMmap, status: &str, smaps: &str) -> Option<(u64, u64)>
                 continue;
             }
         }
-        if in_guest && line.starts_with("Rss:") {
-            guest += kib(line).unwrap_or(0);
+        if line.starts_with("Rss:") {
+            let n = kib(line).unwrap_or(0);
+            resident += n;
+            if in_guest {
+                guest += n;
+            }
         }
     }
-    Some((peak, guest))
+    Some(MemoryUsage {
+        peak,
+        resident,
+        guest,
+    })
 }
 
 #[cfg(test)]
@@ -307,12 +335,17 @@ mod tests {
     #[test]
     fn usage_counts_touched_guest_memory() {
         let mem = create(64 << 20, Backing::Private).unwrap();
-        let (_, before) = UsageFiles::open().unwrap().usage(&mem).unwrap();
+        let before = UsageFiles::open().unwrap().usage(&mem).unwrap();
         mem.write_slice(&vec![1u8; 8 << 20], GuestAddress(0))
             .unwrap();
-        let (peak, after) = UsageFiles::open().unwrap().usage(&mem).unwrap();
-        assert!(after >= before + (8 << 20), "{before} -> {after}");
-        assert!(peak >= after);
+        let after = UsageFiles::open().unwrap().usage(&mem).unwrap();
+        assert!(
+            after.guest >= before.guest + (8 << 20),
+            "{before:?} -> {after:?}"
+        );
+        assert!(after.peak >= after.guest, "{after:?}");
+        assert!(after.resident >= after.guest, "{after:?}");
+        assert_eq!(after.overhead(), after.resident - after.guest);
     }
 
     #[test]

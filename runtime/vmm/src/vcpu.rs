@@ -206,6 +206,7 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
+        .stack_size(crate::THREAD_STACK)
         .spawn(move || {
             if let Some(f) = &filters {
                 if let Err(e) = f.install(ThreadKind::Vcpu) {

@@ -443,7 +443,8 @@ fn husk_run_timings_show_phases_and_vmm_memory() -> Result<(), Failed> {
         if times.windows(2).any(|w| w[0] > w[1]) {
             return Err(run.explain(&format!("{jail}: phases out of order")).into());
         }
-        // "memory: peak RSS P MiB, guest RAM touched G MiB, VMM overhead O MiB"
+        // "memory: peak RSS P MiB, RSS R MiB, guest RAM touched G MiB,
+        // VMM overhead O MiB"
         let figures: Vec<f64> = run
             .stderr
             .lines()
@@ -454,15 +455,19 @@ fn husk_run_timings_show_phases_and_vmm_memory() -> Result<(), Failed> {
                     .collect()
             })
             .unwrap_or_default();
-        let [peak, guest, overhead] = figures[..] else {
+        let [peak, resident, guest, overhead] = figures[..] else {
             return Err(run.explain(&format!("{jail}: no memory line")).into());
         };
         // The kernel alone is 14 MiB of loaded segments; the VMM itself
         // is a few MiB (the figure README gives).
-        if !(14.0..=128.0).contains(&guest) || overhead > 16.0 || peak < guest {
+        if !(14.0..=128.0).contains(&guest)
+            || overhead > 16.0
+            || peak < guest
+            || (resident - guest - overhead).abs() > 0.16
+        {
             return Err(run
                 .explain(&format!(
-                    "{jail}: implausible memory report (peak {peak}, guest {guest}, VMM {overhead} MiB)"
+                    "{jail}: implausible memory report (peak {peak}, resident {resident}, guest {guest}, VMM {overhead} MiB)"
                 ))
                 .into());
         }

@@ -538,17 +538,19 @@ fn boot(env: &Env, runs: usize) -> Result<(), String> {
     let off = stats(&times[0]).0;
     for ((name, args), t) in configs.iter().zip(&times) {
         let (m, lo, hi) = stats(t);
-        let overhead = memory_overhead(env, args)?;
+        let (overhead, phases) = timings(env, args)?;
         println!(
             "{name:<28} median {m:.3} (min {lo:.3}, max {hi:.3}), {:+.1}% against off; VMM overhead {overhead}",
             (m / off - 1.0) * 100.0
         );
+        println!("  --timings (one run): {}", phases.join(", "));
     }
     Ok(())
 }
 
-/// husk's own report of its memory overhead (`--timings`) for one run.
-fn memory_overhead(env: &Env, args: &[String]) -> Result<String, String> {
+/// husk's own report (`--timings`) of one run: its memory overhead, and
+/// when each phase was reached.
+fn timings(env: &Env, args: &[String]) -> Result<(String, Vec<String>), String> {
     let out = Command::new(&env.bin)
         .arg("run")
         .arg("--initrd")
@@ -559,9 +561,19 @@ fn memory_overhead(env: &Env, args: &[String]) -> Result<String, String> {
         .output()
         .map_err(|e| e.to_string())?;
     let err = String::from_utf8_lossy(&out.stderr);
-    err.lines()
+    let overhead = err
+        .lines()
         .find_map(|l| l.split_once("VMM overhead ").map(|(_, v)| v.to_string()))
-        .ok_or_else(|| format!("no memory report in:\n{err}"))
+        .ok_or_else(|| format!("no memory report in:\n{err}"))?;
+    // "husk:   123.456 ms  phase" -> "phase 123 ms"
+    let phases = err
+        .lines()
+        .filter_map(|l| {
+            let (ms, phase) = l.strip_prefix("husk: ")?.trim().split_once(" ms  ")?;
+            Some(format!("{phase} {:.0} ms", ms.parse::<f64>().ok()?))
+        })
+        .collect();
+    Ok((overhead, phases))
 }
 
 /// The bench's tap, removed when dropped.

@@ -870,13 +870,14 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             "husk: {:>9.3} ms  exit",
             started.elapsed().as_secs_f64() * 1e3
         );
-        if let Some((peak, guest)) = outcome.memory {
+        if let Some(m) = outcome.memory {
             let mib = |b: u64| b as f64 / f64::from(1 << 20);
             eprintln!(
-                "husk: memory: peak RSS {:.1} MiB, guest RAM touched {:.1} MiB, VMM overhead {:.1} MiB",
-                mib(peak),
-                mib(guest),
-                mib(peak.saturating_sub(guest))
+                "husk: memory: peak RSS {:.1} MiB, RSS {:.1} MiB, guest RAM touched {:.1} MiB, VMM overhead {:.1} MiB",
+                mib(m.peak),
+                mib(m.resident),
+                mib(m.guest),
+                mib(m.overhead())
             );
         }
     }
