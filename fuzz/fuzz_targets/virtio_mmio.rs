@@ -110,6 +110,7 @@ enum Tamper {
     Status(u32),
     Features(u64),
     Active(bool),
+    Streams(bool),
     DropDeviceQueues,
     Queue {
         which: u8,
@@ -129,6 +130,7 @@ fn tamper(s: &mut TransportState, t: Tamper) {
         Tamper::Status(v) => s.status = v,
         Tamper::Features(v) => s.driver_features = v,
         Tamper::Active(v) => s.active = v,
+        Tamper::Streams(v) => s.streams = v,
         Tamper::DropDeviceQueues => s.device_queues = None,
         Tamper::Queue {
             which,
@@ -357,6 +359,8 @@ fuzz_target!(|input: (Device, Vec<Op>)| {
                         .unwrap();
                 // A refused state leaves the old transport in use.
                 if fresh.restore(&state).is_ok() {
+                    // A device whose driver cannot hear of it says so.
+                    let _ = fresh.resume();
                     t = fresh;
                 }
             }

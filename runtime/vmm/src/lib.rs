@@ -248,6 +248,12 @@ pub enum VmmError {
         #[source]
         source: devices::virtio::mmio::RestoreError,
     },
+    #[error("cannot resume the snapshot's device {index}")]
+    ResumeDevice {
+        index: usize,
+        #[source]
+        source: devices::virtio::DeviceError,
+    },
     #[error(
         "a VM with shared folders cannot be snapshotted or restored (virtiofsd holds their rings)"
     )]
@@ -614,6 +620,15 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             (None, None) => unreachable!("a VM either boots or is restored"),
         }
         vcpus.push(fd);
+    }
+    if restore.is_some() {
+        // Only now: an interrupt raised before the interrupt controllers'
+        // and vCPUs' saved state went in would have been overwritten.
+        for (index, t) in shared.bus.transports().enumerate() {
+            event_loop::lock(t)
+                .resume()
+                .map_err(|source| VmmError::ResumeDevice { index, source })?;
+        }
     }
     drop(restore);
     let mut threads = Vec::new();

@@ -118,6 +118,10 @@ pub struct TransportState {
     pub queues: Vec<SavedQueue>,
     /// Where the active device is in each ring.
     pub device_queues: Option<Vec<SavedQueue>>,
+    /// The device had streams to host programs open (see
+    /// [`VirtioDevice::has_streams`]); absent in older snapshots.
+    #[serde(default)]
+    pub streams: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +184,20 @@ pub struct MmioTransport {
     /// two, zero, or over the maximum); the queue would otherwise keep its
     /// old size and disagree with the driver's rings.
     bad_queue_size: bool,
+    /// What a restore leaves for [`MmioTransport::resume`].
+    on_resume: Option<OnResume>,
+}
+
+/// What a restored transport still owes its driver once the VM's
+/// interrupt controllers and vCPUs are restored: an interrupt raised
+/// before that would be overwritten by their saved state, and lost.
+#[derive(Debug, Clone, Copy)]
+struct OnResume {
+    /// Pending at the save: raised again (a spurious interrupt is
+    /// harmless, a lost one stalls the driver).
+    interrupt_status: u32,
+    /// The device had streams the snapshot cannot keep.
+    streams: bool,
 }
 
 impl MmioTransport {
@@ -213,6 +231,7 @@ impl MmioTransport {
             status: 0,
             active: false,
             bad_queue_size: false,
+            on_resume: None,
         };
         t.queues = t.fresh_queues();
         Ok(t)
@@ -521,6 +540,7 @@ impl MmioTransport {
             bad_queue_size: self.bad_queue_size,
             queues: self.queues.iter().map(|q| q.state().into()).collect(),
             device_queues,
+            streams: self.device.has_streams(),
         })
     }
 
@@ -582,10 +602,26 @@ impl MmioTransport {
                 let _ = evt.write(1);
             }
         }
-        if s.interrupt_status != 0 {
-            // Pending at the save: raised again (a spurious interrupt is
-            // harmless, a lost one stalls the driver).
-            let _ = self.irq.trigger(s.interrupt_status);
+        self.on_resume = Some(OnResume {
+            interrupt_status: s.interrupt_status,
+            streams: s.streams && self.active,
+        });
+        Ok(())
+    }
+
+    /// The second half of [`MmioTransport::restore`], once the VM's
+    /// interrupt controllers and vCPUs have their saved state and before
+    /// the vCPUs run: raises the interrupt pending at the save and tells
+    /// the driver of a device that had streams that they are gone.
+    pub fn resume(&mut self) -> Result<(), DeviceError> {
+        let Some(r) = self.on_resume.take() else {
+            return Ok(());
+        };
+        if r.streams {
+            self.device.streams_lost()?;
+        }
+        if r.interrupt_status != 0 {
+            let _ = self.irq.trigger(r.interrupt_status);
         }
         Ok(())
     }
@@ -600,6 +636,7 @@ impl MmioTransport {
         self.device_features_select = 0;
         self.driver_features_select = 0;
         self.driver_features = 0;
+        self.on_resume = None;
         self.irq.ack(u32::MAX);
     }
 }
@@ -775,6 +812,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_restored_transport_raises_its_pending_interrupt_on_resume_only() {
+        let new_rng = || {
+            MmioTransport::new(
+                mem(),
+                Box::new(Rng::new().unwrap()),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+            )
+            .unwrap()
+        };
+        let mut saved = new_rng().save().unwrap();
+        saved.interrupt_status = crate::virtio::INT_VRING;
+        let mut r = new_rng();
+        r.restore(&saved).unwrap();
+        // The interrupt controllers are restored after the devices: an
+        // interrupt raised now would be overwritten.
+        assert_eq!(read32(&mut r, R_INTERRUPT_STATUS), 0);
+        r.resume().unwrap();
+        assert_eq!(read32(&mut r, R_INTERRUPT_STATUS), crate::virtio::INT_VRING);
+        write32(&mut r, R_INTERRUPT_ACK, crate::virtio::INT_VRING);
+        r.resume().unwrap();
+        assert_eq!(read32(&mut r, R_INTERRUPT_STATUS), 0, "once");
+    }
+
+    #[test]
     fn a_restored_transport_goes_on_where_the_saved_one_was() {
         use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
         use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -811,6 +872,12 @@ pub(crate) mod tests {
         let saved: TransportState = serde_json::from_str(&text).unwrap();
         assert!(saved.active);
         assert_eq!(saved.device_queues.as_ref().unwrap()[0].next_avail, 1);
+        assert!(!saved.streams, "an rng holds no streams");
+        // A snapshot from before `streams` was saved still reads.
+        let older = text.replace(",\"streams\":false", "");
+        assert_ne!(older, text);
+        let older: TransportState = serde_json::from_str(&older).unwrap();
+        assert_eq!(older, saved);
 
         // The driver queues another buffer; a new transport with a new
         // device takes it, not the first one again.

@@ -253,6 +253,20 @@ pub trait VirtioDevice: Send {
     /// device without its queues could not be restored.
     fn queue_states(&self) -> Option<Vec<QueueState>>;
 
+    /// Whether the device has streams to host programs open (vsock): a
+    /// snapshot keeps none of them, since the host's ends belong to this
+    /// process. Saved with the device's state.
+    fn has_streams(&self) -> bool {
+        false
+    }
+
+    /// Restored from a snapshot taken while [`VirtioDevice::has_streams`]:
+    /// tells the driver that the streams it had are gone (vsock: a
+    /// transport reset, as Firecracker sends after every restore).
+    fn streams_lost(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
     /// Why the device cannot be part of a snapshot, where it cannot.
     fn snapshot_refusal(&self) -> Option<&'static str> {
         None

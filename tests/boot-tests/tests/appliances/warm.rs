@@ -463,6 +463,51 @@ fn named_snapshot() -> Result<(), Failed> {
             )?,
             "exec before the snapshot",
         )?;
+        // A stream open at the snapshot: the restores must drop it (a
+        // vsock transport reset) and still take the host's reseed, which
+        // arrives right after.
+        let agent_streams = |name: &str| -> Result<usize, Failed> {
+            let r = ok(
+                husk(
+                    &snaps,
+                    &[
+                        "exec",
+                        name,
+                        "sh",
+                        "-c",
+                        "cat /proc/1/task/*/comm | grep -c agent-conn || true",
+                    ],
+                )?,
+                &format!("counting the agent's stream threads in {name}"),
+            )?;
+            r.stdout
+                .trim()
+                .parse()
+                .map_err(|_| r.explain("a count of threads").into())
+        };
+        let quiet = agent_streams(names[0])?;
+        // An agent connection between two requests: its thread in the
+        // guest waits for the next one.
+        let uds = Path::new("/run/husk/vms").join(names[0]).join("vsock.sock");
+        let mut in_flight = boot_tests::hybrid_vsock_connect(&uds, agent::PORT)?;
+        match agent::call(&mut in_flight, &agent::Request::Ping) {
+            Ok(agent::Response::Pong) => {}
+            other => return Err(format!("ping on a held agent connection: {other:?}").into()),
+        }
+        let mut busy = quiet;
+        for _ in 0..40 {
+            busy = agent_streams(names[0])?;
+            if busy > quiet {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if busy <= quiet {
+            return Err(format!(
+                "a held connection should hold an agent thread in the source ({quiet} -> {busy})"
+            )
+            .into());
+        }
         let created = ok(
             husk(&snaps, &["snapshot", "create", names[0], "snap1"])?,
             "husk snapshot create",
@@ -551,7 +596,21 @@ fn named_snapshot() -> Result<(), Failed> {
                     .into());
             }
             urandom.push(lines[3].to_string());
+            // The restore's own reseed connection stays open (its husk
+            // holds it until the VM ends): one agent thread more than
+            // `quiet`. The connection held across the snapshot, had it
+            // not been reset, would be a second.
+            let streams = agent_streams(name)?;
+            if streams != quiet + 1 {
+                return Err(format!(
+                    "{name}: the agent connection open at the snapshot must be reset \
+                     ({streams} agent stream threads; {quiet} in the source without it, \
+                     {busy} with it; the reseed's makes one more)"
+                )
+                .into());
+            }
         }
+        drop(in_flight);
         if urandom[0] == urandom[1] {
             return Err(format!("two restores read the same random bytes: {urandom:?}").into());
         }

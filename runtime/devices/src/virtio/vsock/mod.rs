@@ -50,6 +50,9 @@ const MAX_CONNECTING: usize = 64;
 pub const MAX_RESETS: usize = 1024;
 /// The first port husk gives a host program's connection (as Firecracker).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (`struct virtio_vsock_event`'s
+/// id): the driver drops every stream it has.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// The tokens of the device's host descriptors on the VMM's loop.
 #[repr(u32)]
@@ -93,6 +96,12 @@ pub struct Vsock {
     scratch: Box<[u8]>,
     /// [`MAX_CONNECTIONS`], lower in tests.
     max_connections: usize,
+    /// After [`VirtioDevice::streams_lost`]: the event queue's available
+    /// index when the transport reset went to the driver. Nothing goes to
+    /// the guest until the driver gives a buffer back to that queue (it
+    /// has then dropped its old streams), so that a stream made after a
+    /// restore is never taken for one from before it and reset with them.
+    reset_sent_at: Option<u16>,
     pub stats: VsockStats,
 }
 
@@ -118,6 +127,7 @@ impl Vsock {
             next_port: FIRST_LOCAL_PORT,
             scratch: vec![0u8; MAX_PAYLOAD as usize].into_boxed_slice(),
             max_connections: MAX_CONNECTIONS,
+            reset_sent_at: None,
             stats: VsockStats::default(),
         })
     }
@@ -407,6 +417,9 @@ impl Vsock {
         let DeviceState::Active(a) = &mut self.state else {
             return Ok(());
         };
+        if self.reset_sent_at.is_some() {
+            return Ok(());
+        }
         let mem = a.mem.clone();
         let mut used = false;
         loop {
@@ -747,6 +760,60 @@ impl Vsock {
         self.resets.clear();
         // Replies still on their way are matched to nothing and dropped.
         self.connecting.clear();
+        self.reset_sent_at = None;
+    }
+
+    /// Sends the driver a transport reset on the event queue (see
+    /// [`Vsock::reset_sent_at`]).
+    fn send_transport_reset(&mut self) -> Result<(), DeviceError> {
+        let DeviceState::Active(a) = &mut self.state else {
+            return Ok(());
+        };
+        let mem = a.mem.clone();
+        let q = &mut a.queues[EVENT_QUEUE];
+        let Some(chain) = q.pop_descriptor_chain(&mem) else {
+            warn!("vsock: the driver gave no event buffer; its streams from before the snapshot are not reset");
+            return Ok(());
+        };
+        let head = chain.head_index();
+        let written = match chain.writer(&mem) {
+            Ok(mut w) if w.available_bytes() >= 4 => w
+                .write_all(&EVENT_TRANSPORT_RESET.to_le_bytes())
+                .map_or(0, |()| 4),
+            _ => 0,
+        };
+        let queue_error = |source| DeviceError::Queue {
+            queue: EVENT_QUEUE,
+            source,
+        };
+        q.add_used(&mem, head, written).map_err(queue_error)?;
+        if written == 0 {
+            warn!("vsock: the driver's event buffer is too small for a transport reset");
+            return notify(a, EVENT_QUEUE);
+        }
+        let avail = q
+            .avail_idx(&mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(queue_error)?;
+        self.reset_sent_at = Some(avail.0);
+        notify(a, EVENT_QUEUE)
+    }
+
+    /// The driver notified the event queue: once it has given a buffer
+    /// back after a transport reset, the guest gets its packets again.
+    fn event_buffers(&mut self) -> Result<(), DeviceError> {
+        let (DeviceState::Active(a), Some(sent_at)) = (&self.state, self.reset_sent_at) else {
+            return Ok(());
+        };
+        let avail = a.queues[EVENT_QUEUE]
+            .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(|source| DeviceError::Queue {
+                queue: EVENT_QUEUE,
+                source,
+            })?;
+        if avail.0 != sent_at {
+            self.reset_sent_at = None;
+        }
+        Ok(())
     }
 }
 
@@ -819,12 +886,21 @@ impl VirtioDevice for Vsock {
     }
 
     fn process_queue(&mut self, queue: usize) -> Result<(), DeviceError> {
-        // Otherwise new receive buffers (the event queue is only used for
-        // migration, which husk does not do).
-        if queue == TX_QUEUE {
-            self.transmit()?;
+        // Otherwise new receive buffers.
+        match queue {
+            TX_QUEUE => self.transmit()?,
+            EVENT_QUEUE => self.event_buffers()?,
+            _ => {}
         }
         self.receive()
+    }
+
+    fn has_streams(&self) -> bool {
+        self.connections() > 0 || !self.resets.is_empty() || !self.connecting.is_empty()
+    }
+
+    fn streams_lost(&mut self) -> Result<(), DeviceError> {
+        self.send_transport_reset()
     }
 
     fn host_events(&self) -> Vec<HostEvent> {

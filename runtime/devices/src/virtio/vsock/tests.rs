@@ -22,6 +22,7 @@ const RX_BUFS: u64 = 0x10_0000;
 const RX_BUF_LEN: u32 = (HDR_LEN + 4096) as u32;
 const TX_BUFS: u64 = 0x40_0000;
 const TX_SLOT: u64 = 0x1_1000;
+const EVENT_BUFS: u64 = 0x3_0000;
 
 /// A split virtqueue of [`QSIZE`] entries laid out at `base` (the
 /// `virtio-queue` mock places its used ring inside its avail ring at this
@@ -63,6 +64,7 @@ struct Guest<'a> {
     mem: &'a Mem,
     rx: Ring,
     tx: Ring,
+    ev: Ring,
     rx_seen: u16,
     tx_next: u16,
     /// The guest's own receive buffer, as it tells the device.
@@ -105,6 +107,35 @@ impl<'a> Guest<'a> {
                 ),
             );
         }
+    }
+
+    /// Gives the device event buffer `i` (4 bytes at [`EVENT_BUFS`]), as
+    /// the driver does at probe and after each event, and notifies.
+    fn offer_event(&mut self, dev: &mut Vsock, i: u16) {
+        push(
+            self.mem,
+            &self.ev,
+            i,
+            desc(EVENT_BUFS + u64::from(i) * 16, 4, VRING_DESC_F_WRITE),
+        );
+        dev.process_queue(EVENT_QUEUE).unwrap();
+    }
+
+    /// The events the device used so far: (buffer, length, id).
+    fn events(&self) -> Vec<(u32, u32, u32)> {
+        let used: u16 = self.mem.read_obj(GuestAddress(self.ev.used() + 2)).unwrap();
+        (0..used)
+            .map(|n| {
+                let at = self.ev.used() + 4 + u64::from(n) * 8;
+                let head: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+                let id: u32 = self
+                    .mem
+                    .read_obj(GuestAddress(EVENT_BUFS + u64::from(head) * 16))
+                    .unwrap();
+                (head, len, id)
+            })
+            .collect()
     }
 
     fn offered_ahead(&self) -> u16 {
@@ -247,6 +278,7 @@ fn setup_with(mem: &Mem, presets: Vec<(u32, UnixStream)>) -> (Rig, Vsock, Guest<
         mem,
         rx,
         tx,
+        ev,
         rx_seen: 0,
         tx_next: 0,
         buf_alloc: 256 * 1024,
@@ -606,6 +638,61 @@ fn reset_drops_every_stream() {
     let mut buf = [0u8; 1];
     assert_eq!(host.read(&mut buf).unwrap(), 0);
     drop(rig.dir);
+}
+
+/// What a restore does to a device whose snapshot had streams: the
+/// driver gets a transport reset, and nothing else until it has handled
+/// it (given an event buffer back), so a host program's connection made
+/// right after the restore is not dropped with the old streams.
+#[test]
+fn a_restore_after_streams_resets_the_transport_before_anything_else() {
+    let m = big_mem();
+    let (rig, mut dev, mut g) = setup(&m);
+    assert!(!dev.has_streams());
+    let l = rig.listen(5000);
+    let _host = guest_connect(&rig, &mut dev, &mut g, &l);
+    assert!(dev.has_streams(), "an open stream is one a snapshot loses");
+
+    // The restored device: new, as a restore builds it.
+    let m = big_mem();
+    let (rig, mut dev, mut g) = setup(&m);
+    for i in 0..2 {
+        g.offer_event(&mut dev, i);
+    }
+    g.offer(8);
+    dev.streams_lost().unwrap();
+    assert_eq!(g.events(), vec![(0, 4, EVENT_TRANSPORT_RESET)]);
+
+    let mut host = UnixStream::connect(&rig.uds).unwrap();
+    host.write_all(b"CONNECT 52\n").unwrap();
+    host_event(&mut dev, VsockToken::Listener);
+    assert!(
+        g.received().is_empty(),
+        "held until the driver handled the reset"
+    );
+    // A notification without a new buffer is not the driver's answer.
+    dev.process_queue(EVENT_QUEUE).unwrap();
+    assert!(g.received().is_empty());
+
+    // The driver handled the event and gives its buffer back.
+    g.offer_event(&mut dev, 0);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![OP_REQUEST]);
+    assert_eq!(got[0].0.dst_port, 52);
+    assert_eq!(g.events().len(), 1, "one reset, once");
+}
+
+#[test]
+fn a_restore_without_an_event_buffer_holds_nothing_back() {
+    let m = big_mem();
+    let (rig, mut dev, mut g) = setup(&m);
+    g.offer(8);
+    dev.streams_lost().unwrap();
+    assert!(g.events().is_empty());
+    let mut host = UnixStream::connect(&rig.uds).unwrap();
+    host.write_all(b"CONNECT 52\n").unwrap();
+    host_event(&mut dev, VsockToken::Listener);
+    assert_eq!(ops(&g.received()), vec![OP_REQUEST]);
 }
 
 impl Header {
