@@ -466,18 +466,13 @@ fn named_snapshot() -> Result<(), Failed> {
         // A stream open at the snapshot: the restores must drop it (a
         // vsock transport reset) and still take the host's reseed, which
         // arrives right after.
+        let sh = |name: &str, script: &str, what: &str| -> Result<HuskRun, Failed> {
+            ok(husk(&snaps, &["exec", name, "sh", "-c", script])?, what)
+        };
         let agent_streams = |name: &str| -> Result<usize, Failed> {
-            let r = ok(
-                husk(
-                    &snaps,
-                    &[
-                        "exec",
-                        name,
-                        "sh",
-                        "-c",
-                        "cat /proc/1/task/*/comm | grep -c agent-conn || true",
-                    ],
-                )?,
+            let r = sh(
+                name,
+                "cat /proc/1/task/*/comm | grep -c agent-conn || true",
                 &format!("counting the agent's stream threads in {name}"),
             )?;
             r.stdout
@@ -576,17 +571,9 @@ fn named_snapshot() -> Result<(), Failed> {
             if !page.contains("Hello from a husk appliance") {
                 return Err(format!("{name}: curl through its -p got {page:?}").into());
             }
-            let seen = ok(
-                husk(
-                    &snaps,
-                    &[
-                        "exec",
-                        name,
-                        "sh",
-                        "-c",
-                        "cat /tmp/mark /on-disk; hostname; od -An -tx1 -N16 /dev/urandom",
-                    ],
-                )?,
+            let seen = sh(
+                name,
+                "cat /tmp/mark /on-disk; hostname; od -An -tx1 -N16 /dev/urandom",
                 &format!("exec in {name}"),
             )?;
             let lines: Vec<&str> = seen.stdout.lines().collect();
