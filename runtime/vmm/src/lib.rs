@@ -254,10 +254,6 @@ pub enum VmmError {
         #[source]
         source: devices::virtio::DeviceError,
     },
-    #[error(
-        "a VM with shared folders cannot be snapshotted or restored (virtiofsd holds their rings)"
-    )]
-    SnapshotShares,
 }
 
 /// The most vCPUs a VM can have (the MP table's and CPUID's topology).
@@ -377,9 +373,6 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     // Every filter exists before any thread starts.
     let snapshots = cfg.snapshot.is_some() || cfg.snapshot_requests.is_some();
     let filters = seccomp::Filters::build_for(cfg.seccomp, snapshots)?.map(Arc::new);
-    if (snapshots || cfg.restore.is_some()) && !cfg.shares.is_empty() {
-        return Err(VmmError::SnapshotShares);
-    }
     let restore = cfg.restore.take();
     let HostFiles {
         kvm,
@@ -421,9 +414,9 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         memory::Backing::Shared
     };
     let mem = match &restore {
-        // Mapped private from the snapshot: pages come in as the guest
-        // touches them.
-        Some(r) => memory::restore(ram, &r.memory)?,
+        // From the snapshot: mapped private, pages coming in as the guest
+        // touches them, or copied into shared RAM.
+        Some(r) => memory::restore(ram, &r.memory, backing)?,
         None => memory::create(ram, backing)?,
     };
     register_memory(&vm, &mem)?;

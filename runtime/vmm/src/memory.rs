@@ -181,10 +181,20 @@ fn region(builder: MmapRegionBuilder<()>, start: u64) -> Result<GuestRegionMmap,
 }
 
 /// Guest RAM of `size` bytes restored from a snapshot's memory file (the
-/// ranges back to back, as a snapshot writes them):
-/// mapped private, so the guest reads a page from the file when it first
-/// touches it and its writes go to private copies, never to the file.
-pub fn restore(size: u64, file: &File) -> Result<GuestMemoryMmap, VmmError> {
+/// ranges back to back, as a snapshot writes them).
+///
+/// Private RAM is mapped private from the file: the guest reads a page
+/// from the file when it first touches it and its writes go to private
+/// copies, never to the file. Shared RAM (a VM with a vhost-user backend,
+/// which must see the guest's writes and the guest its) cannot be the
+/// file: it is a new memfd, as at boot, with the file's data copied in
+/// (its holes, pages of zeros, are skipped: the memfd reads zeros there).
+pub fn restore(size: u64, file: &File, backing: Backing) -> Result<GuestMemoryMmap, VmmError> {
+    if backing == Backing::Shared {
+        let mem = create(size, Backing::Shared)?;
+        copy_in(&mem, file, size)?;
+        return Ok(mem);
+    }
     let mut regions = Vec::new();
     let mut offset = 0;
     for (start, len) in ram_ranges(size) {
@@ -198,6 +208,65 @@ pub fn restore(size: u64, file: &File) -> Result<GuestMemoryMmap, VmmError> {
         regions.push(region(builder, start)?);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
+}
+
+/// Copies the data of a snapshot's memory file into `mem`, range by range,
+/// one run of data (between holes) at a time.
+fn copy_in(mem: &GuestMemoryMmap, file: &File, size: u64) -> Result<(), VmmError> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    use vm_memory::Bytes;
+    let fail = |e: &dyn std::fmt::Display| {
+        VmmError::GuestMemory(format!("copying the snapshot's memory in: {e}"))
+    };
+    let mut src = file;
+    let mut offset = 0u64;
+    for (start, len) in ram_ranges(size) {
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let Some((data, hole)) = next_data(file.as_raw_fd(), at, end).map_err(|e| fail(&e))?
+            else {
+                break;
+            };
+            src.seek(SeekFrom::Start(data)).map_err(|e| fail(&e))?;
+            mem.read_exact_volatile_from(
+                GuestAddress(start + (data - offset)),
+                &mut src,
+                (hole - data) as usize,
+            )
+            .map_err(|e| fail(&e))?;
+            at = hole;
+        }
+        offset = end;
+    }
+    Ok(())
+}
+
+/// The next run of data in `fd` at or after `at` and before `end`, as
+/// `(first byte, end)`: `None` when only holes are left.
+fn next_data(fd: std::os::fd::RawFd, at: u64, end: u64) -> std::io::Result<Option<(u64, u64)>> {
+    // SAFETY: lseek on a descriptor this process holds open; it moves the
+    // file's offset, which the caller sets again before reading.
+    let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+    if data < 0 {
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data after `at`.
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let data = data as u64;
+    if data >= end {
+        return Ok(None);
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+    if hole < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some((data, (hole as u64).min(end))))
 }
 
 /// The process's memory at the end of a run: its peak resident size (the
@@ -389,5 +458,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(u32::from_le_bytes(word), 0x1234_5678);
+    }
+
+    #[test]
+    fn restoring_shared_ram_copies_the_snapshot_in_and_leaves_the_file_alone() {
+        use std::os::unix::fs::FileExt;
+        // Two ranges (4 GiB crosses the MMIO gap); the file is sparse with
+        // data at the start, in the middle of the first range and at the
+        // start of the second.
+        let size = 4u64 << 30;
+        let ranges = ram_ranges(size);
+        let total: u64 = ranges.iter().map(|(_, l)| l).sum();
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(total).unwrap();
+        let first = ranges[0].1;
+        file.write_all_at(&[7u8; 4096], 0).unwrap();
+        file.write_all_at(&[8u8; 8192], 64 << 20).unwrap();
+        file.write_all_at(&[9u8; 4096], first).unwrap();
+        let mem = restore(size, &file, Backing::Shared).unwrap();
+        let read = |gpa: u64| mem.read_obj::<u8>(GuestAddress(gpa)).unwrap();
+        assert_eq!(read(0), 7);
+        assert_eq!(read(4095), 7);
+        assert_eq!(read(4096), 0, "a hole reads zeros");
+        assert_eq!(read((64 << 20) + 8191), 8);
+        assert_eq!(read(ranges[1].0), 9, "the second range from its offset");
+        // Backed by a memfd a backend can map, not by the snapshot: the
+        // guest's writes stay out of the file.
+        assert!(mem.iter().all(|r| r.file_offset().is_some()));
+        mem.write_obj(1u8, GuestAddress(0)).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, 0).unwrap();
+        assert_eq!(byte, [7]);
+        // Private RAM is the file, copy-on-write: no descriptor to hand out.
+        let private = restore(size, &file, Backing::Private).unwrap();
+        assert_eq!(private.read_obj::<u8>(GuestAddress(64 << 20)).unwrap(), 8);
+        assert!(private.iter().all(|r| r.file_offset().is_none()));
     }
 }

@@ -27,8 +27,10 @@
 //!
 //! The virtio devices are saved by their transports (registers, the
 //! queues as the driver set them, where the device is in each ring); a
-//! device with state outside the VMM (virtio-fs, whose rings virtiofsd
-//! holds) refuses, as does a disk the guest writes in place. An overlay
+//! device with state outside the VMM refuses (virtio-fs once the guest has
+//! used it: virtiofsd holds its rings and open files), as does a disk the
+//! guest writes in place. Guest RAM a backend maps is restored by copying
+//! (see [`crate::memory::restore`]). An overlay
 //! disk's writes are saved with the snapshot and come back as a read-only
 //! layer under the restored VM's own overlay.
 
@@ -556,10 +558,12 @@ impl Snapshot {
 /// private from its memory file (see [`crate::memory::restore`]).
 pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestMemoryMmap, SnapshotError> {
     let file = Snapshot::memory_file(dir)?;
-    crate::memory::restore(memory_mib << 20, &file).map_err(|e| SnapshotError::Io {
-        what: "cannot map the guest memory of",
-        path: dir.to_path_buf(),
-        source: io::Error::other(e.to_string()),
+    crate::memory::restore(memory_mib << 20, &file, crate::memory::Backing::Private).map_err(|e| {
+        SnapshotError::Io {
+            what: "cannot map the guest memory of",
+            path: dir.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        }
     })
 }
 

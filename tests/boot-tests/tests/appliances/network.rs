@@ -50,13 +50,10 @@ pub(super) type Started = (Child, String, std::thread::JoinHandle<String>);
 
 /// Starts `cmd` (a husk run) and waits for the guest to print `ready`:
 /// the process, its output until then, and a thread collecting the rest.
+/// Its stderr is what `cmd` says (the test's own, unless it chose).
 pub(super) fn start_until_ready(mut cmd: Command) -> Result<Started, Failed> {
     std::env::set_current_dir(boot_tests::workspace_root())?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut seen = String::new();
     for line in lines.by_ref() {

@@ -37,6 +37,10 @@ pub fn trials() -> Vec<Trial> {
             warm_detached,
         ),
         boot_tests::trial(
+            "warm_start_restores_shared_folders_and_a_root_from_a_folder_and_leaves_nothing_after_kill_9",
+            warm_shares,
+        ),
+        boot_tests::trial(
             "snapshot_create_of_a_running_appliance_restores_where_it_was_twice_and_in_the_foreground",
             named_snapshot,
         ),
@@ -319,6 +323,142 @@ fn warm_disks_randomness_cpus() -> Result<(), Failed> {
     }
     if !took(&cold) || seen[0].0 == seen[1].0 || seen[0].1 == seen[1].1 || seen[0].0.is_none() {
         return Err(format!("two restores must differ in boot_id and urandom: {seen:?}").into());
+    }
+    Ok(())
+}
+
+/// A snapshot taken at init's snapshot point holds a shared folder's
+/// device before the guest mounted it: each restore gets virtiofsd serving
+/// this run's folder, at this run's guest path and access.
+fn warm_shares() -> Result<(), Failed> {
+    use super::shares::{busybox_root, folder, virtiofsd_serving};
+    let tmp = tempfile::tempdir()?;
+    let snaps = tmp.path().join("snapshots");
+    let (one, two) = (folder("warm-one")?, folder("warm-two")?);
+    for (dir, text) in [(&one, "the first folder"), (&two, "the second folder")] {
+        fs::write(dir.path().join("in"), format!("{text}\n"))?;
+        // The busybox appliance runs as 1000:1000.
+        std::os::unix::fs::chown(dir.path(), Some(1000), Some(1000))?;
+    }
+    let volume = |dir: &Path, at: &str| format!("{}:{at}", dir.display());
+    let busybox = |v: &str, script: &str| -> Result<HuskRun, Failed> {
+        let script = format!("{script}; true");
+        run(
+            &snaps,
+            &["-v", v, "examples/busybox", "--", "sh", "-c", &script],
+            0,
+        )
+    };
+    let cold = busybox(
+        &volume(one.path(), "/data"),
+        "cat /data/in; echo cold > /data/out",
+    )?;
+    if !took(&cold) || !cold.stdout.contains("the first folder") {
+        return Err(cold
+            .explain("a cold run with a share takes a snapshot")
+            .into());
+    }
+    let warm = busybox(
+        &volume(two.path(), "/elsewhere"),
+        "cat /elsewhere/in; echo warm > /elsewhere/out; test -e /data/in && echo leaked",
+    )?;
+    if !restored(&warm)
+        || !warm.stdout.contains("the second folder")
+        || warm.stdout.contains("leaked")
+    {
+        return Err(warm
+            .explain("a restore mounts this run's folder where this run says")
+            .into());
+    }
+    let ro = busybox(
+        &format!("{}:/ro:ro", one.path().display()),
+        "cat /ro/in; echo x > /ro/new 2>&1 || echo refused",
+    )?;
+    if !restored(&ro) || !ro.stdout.contains("the first folder") || !ro.stdout.contains("refused") {
+        return Err(ro
+            .explain("a restore shares read-only where this run says")
+            .into());
+    }
+    let text = |p: std::path::PathBuf| fs::read_to_string(p).unwrap_or_default();
+    if text(one.path().join("out")) != "cold\n"
+        || text(two.path().join("out")) != "warm\n"
+        || one.path().join("new").exists()
+    {
+        return Err("each run's writes belong in its own folder, none in the read-only one".into());
+    }
+    for dir in [&one, &two] {
+        if !virtiofsd_serving(dir.path()).is_empty() {
+            return Err(format!("a virtiofsd still serves {}", dir.path().display()).into());
+        }
+    }
+
+    // A root booted from a folder: the folder is shared from the start,
+    // and mounted as the root only after the snapshot point.
+    let root = folder("warm-root")?;
+    busybox_root(root.path())?;
+    let target = format!("dir:{}", root.path().display());
+    for round in ["cold", "warm"] {
+        let r = run(
+            &snaps,
+            &[
+                "--net",
+                "none",
+                &target,
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("cat /etc/marker; echo {round} > /{round}"),
+            ],
+            0,
+        )?;
+        let right = if round == "cold" {
+            took(&r)
+        } else {
+            restored(&r)
+        };
+        if !right || !r.stdout.contains("from-the-folder") {
+            return Err(r
+                .explain(&format!("the {round} run of a folder root"))
+                .into());
+        }
+        if text(root.path().join(round)) != format!("{round}\n") {
+            return Err(r
+                .explain("the guest's write did not land in the folder")
+                .into());
+        }
+    }
+
+    // kill -9 of a restored run: its virtiofsd goes with it.
+    std::env::set_current_dir(boot_tests::workspace_root())?;
+    let log = tmp.path().join("killed.log");
+    let mut cmd = Command::new(husk_bin()?);
+    cmd.args(["run", "--timeout", "90", "-v"])
+        .arg(volume(two.path(), "/data"))
+        .args(["examples/busybox", "--", "sh", "-c"])
+        .arg("cat /data/in; echo ready; sleep 60")
+        .env("HUSK_SNAPSHOT_DIR", &snaps)
+        .env("HUSK_LOG", "info")
+        .stderr(fs::File::create(&log)?);
+    let (mut husk, seen, rest) = super::network::start_until_ready(cmd)?;
+    let daemons: Vec<u32> = children(husk.id())
+        .into_iter()
+        .filter(|p| comm(*p) == "virtiofsd")
+        .collect();
+    let _ = husk.kill();
+    let _ = husk.wait();
+    let _ = rest.join();
+    let said = fs::read_to_string(&log)?;
+    if !said.contains("warm start: restoring") || !seen.contains("the second folder") {
+        return Err(format!("the killed run should be a restore:\n{seen}\n{said}").into());
+    }
+    if daemons.len() != 1 {
+        return Err(format!("one virtiofsd should serve the restored run: {daemons:?}").into());
+    }
+    if !gone(daemons[0]) || !virtiofsd_serving(two.path()).into_iter().all(gone) {
+        return Err(format!("virtiofsd {} outlived kill -9 of husk", daemons[0]).into());
+    }
+    if snapshot_dirs(&snaps)?.len() != 2 {
+        return Err("one snapshot per shape: the busybox one and the folder root's".into());
     }
     Ok(())
 }

@@ -616,7 +616,7 @@ fn snapshot_offer(
     let Some(image) = &plan.image else {
         return Err("it boots no appliance image".into());
     };
-    warm::eligible(plan.husk_init, plan.shares.len(), &plan.disks)?;
+    warm::eligible(plan.husk_init, &plan.disks)?;
     let id = |p: &std::path::Path| warm::file_id(p).map_err(|e| format!("{e:#}"));
     let (kernel_id, image_id) = (id(kernel)?, id(&image.path)?);
     let header = vmm::snapshot::Header::new(
@@ -719,11 +719,9 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|n| if n.tap.is_some() { "tap" } else { "user" })
         .collect();
+    let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
     let warm = match &plan.image {
-        Some(image)
-            if !args.cold
-                && warm::eligible(plan.husk_init, plan.shares.len(), &plan.disks).is_ok() =>
-        {
+        Some(image) if !args.cold && warm::eligible(plan.husk_init, &plan.disks).is_ok() => {
             warm::Warm::prepare(&warm::Shape {
                 target: args.target.as_deref().unwrap_or_default(),
                 kernel: &kernel,
@@ -733,6 +731,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 memory_mib: plan.memory_mib,
                 disks: &plan.disks,
                 nets: &backends,
+                shares: &tags,
                 vsock_cid,
                 legacy_pit,
             })

@@ -5,11 +5,15 @@
 //! A snapshot is cached under `CACHE/snapshots/KEY/`, where KEY hashes
 //! everything that shapes the saved VM: husk's version, the kernel and
 //! image files, the kernel command line, vCPUs, memory, the disks and
-//! their access, the network interfaces' backends, the vsock CID. What differs from
-//! run to run (the command, `-e`, `--hostname`, the network's addresses,
-//! the MAC) is not in the snapshot: init reads it at its snapshot point
-//! from the host ([`agent::RESUME_PORT`]), in the cold run as in every
-//! restored one, so one snapshot serves every command line.
+//! their access, the network interfaces' backends, the shared folders'
+//! tags, the vsock CID. What differs from run to run (the command, `-e`,
+//! `--hostname`, the network's addresses, the MAC, which host folders the
+//! shares serve and where the guest mounts them) is not in the snapshot:
+//! init reads it at its snapshot point from the host
+//! ([`agent::RESUME_PORT`]), in the cold run as in every restored one, so
+//! one snapshot serves every command line. A shared folder is not yet
+//! mounted there, so virtiofsd holds nothing the snapshot lacks; a
+//! restored VM gets a virtiofsd of its own for each share.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -74,6 +78,8 @@ pub struct Shape<'a> {
     /// Each interface's backend (`tap`, `user`): their offloads differ,
     /// and a restored driver goes on with what it negotiated.
     pub nets: &'a [&'static str],
+    /// Each shared folder's tag, which the guest's driver read at boot.
+    pub shares: &'a [&'a str],
     pub vsock_cid: u32,
     pub legacy_pit: bool,
 }
@@ -192,6 +198,7 @@ fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String>
         memory_mib: u64,
         disks: Vec<(String, &'static str)>,
         nets: &'a [&'static str],
+        shares: &'a [&'a str],
         vsock_cid: u32,
         legacy_pit: bool,
     }
@@ -216,6 +223,7 @@ fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String>
         memory_mib: shape.memory_mib,
         disks,
         nets: shape.nets,
+        shares: shape.shares,
         vsock_cid: shape.vsock_cid,
         legacy_pit: shape.legacy_pit,
     };
@@ -224,14 +232,11 @@ fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String>
 }
 
 /// Whether a VM can be snapshotted (a warm start's or a named one): husk's
-/// init, no shared folder (virtiofsd holds their state), and no disk the
-/// guest writes in place; else why not.
-pub fn eligible(husk_init: bool, shares: usize, disks: &[DiskConfig]) -> Result<(), &'static str> {
+/// init and no disk the guest writes in place; else why not. (A shared
+/// folder the guest has mounted is refused when the snapshot is taken.)
+pub fn eligible(husk_init: bool, disks: &[DiskConfig]) -> Result<(), &'static str> {
     if !husk_init {
         return Err("its init is not husk's");
-    }
-    if shares > 0 {
-        return Err("it has shared folders (virtiofsd holds their state)");
     }
     if disks.iter().any(|d| d.access == DiskAccess::ReadWrite) {
         return Err("the guest writes a disk in place");
@@ -301,6 +306,7 @@ mod tests {
             memory_mib: 64,
             disks: &disks,
             nets: &[],
+            shares: &[],
             vsock_cid: 3,
             legacy_pit: false,
         };
@@ -326,6 +332,10 @@ mod tests {
                 ..shape
             },
             Shape {
+                shares: &["husk-root"],
+                ..shape
+            },
+            Shape {
                 nets: &["tap"],
                 ..shape
             },
@@ -341,13 +351,12 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(10));
         fs::write(&image, b"ii").unwrap();
         assert_ne!(k(&shape).unwrap(), base);
-        assert!(eligible(true, 0, &disks).is_ok());
-        assert!(eligible(true, 1, &disks).is_err());
-        assert!(eligible(false, 0, &disks).is_err());
+        assert!(eligible(true, &disks).is_ok());
+        assert!(eligible(false, &disks).is_err());
         let rw = vec![DiskConfig {
             path: image,
             access: DiskAccess::ReadWrite,
         }];
-        assert!(eligible(true, 0, &rw).is_err());
+        assert!(eligible(true, &rw).is_err());
     }
 }

@@ -21,6 +21,13 @@
 //! the backend. Kicks the guest makes in between wait in their eventfds
 //! until the backend takes them.
 //!
+//! A snapshot holds the device only while the guest has made no request
+//! (before it mounts the share, as at init's snapshot point): the backend
+//! then holds nothing but what the transport saves, and a restored device
+//! hands a new backend the rings where they were, as at `DRIVER_OK`.
+//! After the first request the backend's open files and place in the
+//! rings are its own, and a snapshot is refused.
+//!
 //! A backend that ends is seen at once (its socket hangs up: an error at
 //! start, `DEVICE_NEEDS_RESET` later). One that stops answering stalls the
 //! VMM thread in the middle of a message, as it would QEMU's: the vhost
@@ -183,6 +190,30 @@ impl Fs {
         Ok(())
     }
 
+    /// The activation the driver asked for, whether the VMM thread has
+    /// handed it to the backend yet or not.
+    fn activation(&self) -> Option<&Activation> {
+        match &self.request {
+            Request::Start(a) => Some(a),
+            Request::Stop => None,
+            Request::None => self.running.as_ref(),
+        }
+    }
+
+    /// Whether the driver has made a request: an available ring's index
+    /// moved. Until then (Linux sends its first, `FUSE_INIT`, when the
+    /// guest mounts the share) the backend holds nothing a snapshot lacks:
+    /// the rings' addresses and the features are the transport's, and a
+    /// new backend set up with them at a restore is where this one is.
+    fn used(&self) -> bool {
+        self.activation().is_some_and(|a| {
+            a.queues.iter().any(|q| {
+                q.avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+                    .map_or(true, |i| i.0 != 0)
+            })
+        })
+    }
+
     fn protocol_bit(&self) -> u64 {
         if self.protocol {
             VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
@@ -286,11 +317,17 @@ impl VirtioDevice for Fs {
     }
 
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
-        None
+        // Exact only while the rings are unused (see `snapshot_refusal`):
+        // where the backend is in them is then where it started.
+        self.activation()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
     }
 
     fn snapshot_refusal(&self) -> Option<&'static str> {
-        Some("virtio-fs: its queues live in virtiofsd, which cannot hand them over")
+        self.used().then_some(
+            "virtio-fs: the guest has used the shared folder, and virtiofsd cannot hand over \
+             what it holds of it (its open files, where it is in the rings)",
+        )
     }
 
     fn process_queue(&mut self, _queue: usize) -> Result<(), DeviceError> {
