@@ -137,17 +137,29 @@ impl Containerd {
     /// containerd with its default configuration, busybox in the
     /// `default` namespace (what `ctr` uses).
     pub fn start() -> Result<Self, String> {
-        Self::launch(false)
+        Self::launch(false, &[])
+    }
+
+    /// As [`Containerd::start`], with `env` added to containerd's
+    /// environment (and so to its shims').
+    pub fn start_with_env(env: &[(&str, &std::ffi::OsStr)]) -> Result<Self, String> {
+        Self::launch(false, env)
     }
 
     /// containerd with CRI set up as a Kubernetes node's would be for
     /// husk (see `cri_config`), a CNI network, and busybox and the pause
     /// image in CRI's `k8s.io` namespace. Drive it with `crate::cri::Cri`.
     pub fn start_cri() -> Result<Self, String> {
-        Self::launch(true)
+        Self::launch(true, &[])
     }
 
-    fn launch(cri: bool) -> Result<Self, String> {
+    /// As [`Containerd::start_cri`], with `env` as for
+    /// [`Containerd::start_with_env`].
+    pub fn start_cri_with_env(env: &[(&str, &std::ffi::OsStr)]) -> Result<Self, String> {
+        Self::launch(true, env)
+    }
+
+    fn launch(cri: bool, env: &[(&str, &std::ffi::OsStr)]) -> Result<Self, String> {
         let mut tools = vec!["containerd", "ctr", "skopeo", "script"];
         if cri {
             tools.extend(["umoci", "runc"]);
@@ -203,7 +215,8 @@ impl Containerd {
             .arg(d.join("state"))
             .arg("--address")
             .arg(&socket)
-            .env("PATH", path);
+            .env("PATH", path)
+            .envs(env.iter().copied());
         let daemon = daemon(c, &d.join("containerd.log"), &socket)?;
         let me = Containerd {
             socket,

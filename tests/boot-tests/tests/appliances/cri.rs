@@ -26,20 +26,38 @@ const LIMIT: Duration = Duration::from_secs(120);
 pub fn trials() -> Vec<Trial> {
     vec![
         boot_tests::trial(
-            "cri_pod_of_containers_on_localhost_in_one_vm_with_its_cni_network",
-            || with_containerd(pod_of_containers),
+            "cri_pod_of_containers_on_localhost_in_one_restored_vm_with_its_cni_network",
+            || with_containerd(Start::Warm, pod_of_containers),
         ),
         boot_tests::trial("cri_bad_requests_and_a_killed_vmm_leave_nothing", || {
-            with_containerd(failures)
+            with_containerd(Start::Cold, failures)
         }),
     ]
 }
 
+/// How the test's pod VMs start: cold (the bed's cache is read-only), or
+/// warm, with a snapshot folder of the test's own.
+#[derive(Clone, Copy, PartialEq)]
+enum Start {
+    Cold,
+    Warm,
+}
+
 /// Runs `test` on a containerd of its own set up for CRI; a failure
 /// carries the end of containerd's log (the shim's lines are in it).
-fn with_containerd(test: fn(&Containerd, &Cri, &Path) -> Result<(), Failed>) -> Result<(), Failed> {
+fn with_containerd(
+    start: Start,
+    test: fn(&Containerd, &Cri, &Path) -> Result<(), Failed>,
+) -> Result<(), Failed> {
     nothing_left("before the test")?;
-    let c = Containerd::start_cri()?;
+    let snaps = tempfile::Builder::new()
+        .prefix("husk-test-snapshots-")
+        .tempdir_in("/tmp")?;
+    let warm = [
+        ("HUSK_SNAPSHOT_DIR", snaps.path().as_os_str()),
+        ("HUSK_LOG", std::ffi::OsStr::new("info")),
+    ];
+    let c = Containerd::start_cri_with_env(if start == Start::Warm { &warm } else { &[] })?;
     let before = network_state(&c);
     if before != Default::default() {
         return Err(format!("network state before the test: {before:?}").into());
@@ -123,17 +141,26 @@ fn all_gone(c: &Containerd, cri: &Cri, when: &str) -> Result<(), Failed> {
 /// A pod (the sandbox boots its VM; `io.husk.vm.memory` sizes it) with a
 /// web server, a client that reaches it on localhost, and a container
 /// that fails; its CNI address served from the host; exec, logs, exit
-/// statuses; stop and removal leave nothing.
+/// statuses; stop and removal leave nothing. Its VM is restored from the
+/// snapshot a first pod of the same shape took (on a tap in another
+/// network namespace, with another address).
 fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Failed> {
     let pod_logs = logs.join("web");
     std::fs::create_dir_all(&pod_logs)?;
-    let pc = pod_config(
-        "web",
-        &pod_logs,
-        NamespaceMode::Pod,
-        &[("io.husk.vm.memory", "256MiB")],
-    );
+    let annotations = [("io.husk.vm.memory", "256MiB")];
+    let first = pod_config("first", &pod_logs, NamespaceMode::Pod, &annotations);
+    let taker = cri.run_pod(&first, HANDLER)?;
+    cri.stop_pod(&taker)?;
+    cri.remove_pod(&taker)?;
+    let pc = pod_config("web", &pod_logs, NamespaceMode::Pod, &annotations);
     let pod = cri.run_pod(&pc, HANDLER)?;
+    let vm_logs: String = super::shim::pod_folders()
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("console.log")).unwrap_or_default())
+        .collect();
+    if !vm_logs.contains("warm start: restoring") {
+        return Err(format!("the pod's VM was not restored; its log:\n{vm_logs}").into());
+    }
     let status = cri.pod_status(&pod)?;
     let ip = status
         .network

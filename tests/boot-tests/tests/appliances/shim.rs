@@ -45,7 +45,7 @@ fn containerd() -> Result<Containerd, Failed> {
 }
 
 /// Pod VM folders under /run/husk-shim.
-fn pod_folders() -> Vec<PathBuf> {
+pub(super) fn pod_folders() -> Vec<PathBuf> {
     std::fs::read_dir(STATE_ROOT)
         .into_iter()
         .flatten()
@@ -338,13 +338,35 @@ pub(super) fn vmm_pids() -> Vec<u32> {
 }
 
 /// Pods made and removed one after another (`HUSK_SHIM_PODS`, 50 by
-/// default): each leaves nothing.
+/// default): each leaves nothing. They warm-start: the first pod's VM is
+/// snapshotted at init's snapshot point (its root folder shared but not
+/// yet mounted), and every later pod's VM restores that snapshot; a last,
+/// detached pod shows in its VM's log that it was restored, and runs a
+/// `ctr task exec` in its container.
 fn pod_cycles() -> Result<(), Failed> {
     let n: usize = std::env::var("HUSK_SHIM_PODS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let c = containerd()?;
+    nothing_left("before the test")?;
+    let snaps = tempfile::Builder::new()
+        .prefix("husk-test-snapshots-")
+        .tempdir_in("/tmp")?;
+    let c = Containerd::start_with_env(&[
+        ("HUSK_SNAPSHOT_DIR", snaps.path().as_os_str()),
+        ("HUSK_LOG", std::ffi::OsStr::new("info")),
+    ])?;
+    let taken = |when: &str| -> Result<std::time::SystemTime, Failed> {
+        let dirs: Vec<PathBuf> = std::fs::read_dir(snaps.path())?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        match &dirs[..] {
+            [one] => Ok(std::fs::metadata(one.join("state.json"))?.modified()?),
+            _ => Err(format!("{when}: one snapshot expected, found {dirs:?}").into()),
+        }
+    };
+    let mut first = None;
     for i in 0..n {
         let id = format!("cycle{i}");
         c.expect(
@@ -354,7 +376,41 @@ fn pod_cycles() -> Result<(), Failed> {
             &format!("pod {i}"),
         )?;
         nothing_left(&format!("after pod {i}"))?;
+        // Taken once, by the first pod; never taken again (a restore that
+        // failed would boot cold and take it anew).
+        let at = taken(&format!("after pod {i}"))?;
+        if *first.get_or_insert(at) != at {
+            return Err(format!("pod {i} took the snapshot again").into());
+        }
     }
+    c.ok(
+        c.run(RUNTIME, &["-d"], "restored", &["sleep", "600"]),
+        "ctr run -d",
+    )?;
+    c.wait_status("restored", "RUNNING")?;
+    let logs: String = pod_folders()
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("console.log")).unwrap_or_default())
+        .collect();
+    if !logs.contains("warm start: restoring") {
+        return Err(format!("the pod's VM was not restored; its log:\n{logs}").into());
+    }
+    c.expect(
+        c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "restored",
+            "sh",
+            "-c",
+            "test -x /bin/busybox && echo in-its-root",
+        ]),
+        0,
+        "in-its-root",
+        "ctr task exec in a restored pod",
+    )?;
+    c.remove("restored")?;
     drop(c);
-    nothing_left(&format!("after {n} pods"))
+    nothing_left(&format!("after {n} pods and a restored one"))
 }
