@@ -89,6 +89,9 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
     let (cpus, memory_mib) = size_of(spec, &annotations)?;
     husk_args.extend(["--cpus".into(), cpus.to_string()]);
     husk_args.extend(["--memory".into(), format!("{memory_mib}MiB")]);
+    if cold_boot(&annotations)? {
+        husk_args.push("--cold".into());
+    }
     if let Some(hostname) = spec.hostname() {
         if !hostname.is_empty() {
             husk_args.extend(["--hostname".into(), hostname.clone()]);
@@ -288,6 +291,16 @@ pub fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::R
     Ok((cpus, memory_mib))
 }
 
+/// The `io.husk.vm.cold` annotation: `true` boots the VM cold, as `husk
+/// run --cold` does (no warm start from a snapshot, none taken).
+pub fn cold_boot(annotations: &BTreeMap<String, String>) -> anyhow::Result<bool> {
+    match annotations.get("io.husk.vm.cold").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => anyhow::bail!("annotation io.husk.vm.cold={v:?}: true or false"),
+    }
+}
+
 pub fn network(spec: &Spec) -> Network {
     let own = spec
         .linux()
@@ -474,6 +487,13 @@ mod tests {
         assert_eq!(launch.network, Network::User);
         let args = launch.husk_args.join(" ");
         assert!(args.starts_with("--cpus 3 --memory 512MiB dir:"), "{args}");
+        let cold = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "annotations":{"io.husk.vm.cold":"true"},
+            "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+        );
+        let args = map(&cold, dir.path()).unwrap().husk_args.join(" ");
+        assert!(args.contains("MiB --cold dir:"), "{args}");
     }
 
     #[test]
@@ -503,6 +523,10 @@ mod tests {
             (
                 r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"io.husk.vm.cpus":"0"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
                 "io.husk.vm.cpus",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"io.husk.vm.cold":"yes"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "io.husk.vm.cold",
             ),
         ];
         for (json, why) in cases {

@@ -125,6 +125,9 @@ impl Pod {
         ]);
         args.extend(["--cpus".into(), cpus.to_string().into()]);
         args.extend(["--memory".into(), format!("{memory_mib}MiB").into()]);
+        if bundle::cold_boot(annotations)? {
+            args.push("--cold".into());
+        }
         if let Some(h) = spec.hostname().as_ref().filter(|h| !h.is_empty()) {
             args.extend(["--hostname".into(), h.into()]);
         }

@@ -16,6 +16,10 @@
 //!   its process runs (`crictl runp` + `create` + `start`); the pod is
 //!   removed untimed.
 //!
+//! husk runs twice in each: warm-started, as it runs by default (the pod's
+//! VM restored from the snapshot the warm-up round took, in a snapshot
+//! folder of the bench's own), and cold (`io.husk.vm.cold=true`: booted).
+//!
 //! Median, min and max of N runs (default 10) after one warm-up each.
 //!
 //!   bench-shim [--runs N]
@@ -31,6 +35,8 @@ use boot_tests::{descendants, table_header, table_ratio, table_row};
 
 const HUSK: &str = "io.containerd.husk.v2";
 const RUNC: &str = "io.containerd.runc.v2";
+/// The annotation that boots a pod's VM cold.
+const COLD: (&str, &str) = ("io.husk.vm.cold", "true");
 
 fn main() -> ExitCode {
     let runs = boot_tests::runs_arg(10);
@@ -42,16 +48,30 @@ fn main() -> ExitCode {
 }
 
 fn bench(runs: usize) -> Result<(), String> {
-    let c = Containerd::start()?;
-    let shims = [
-        ("ctr run --rm true (containerd-shim-husk-v2)", HUSK),
-        ("ctr run --rm true (containerd-shim-runc-v2)", RUNC),
+    // Warm starts need a snapshot folder that can be written (the bed's
+    // cache cannot): one of the bench's own, given to containerd and so to
+    // the shims and the pods' `husk run`.
+    let snapshots = tempfile::Builder::new()
+        .prefix("bench-shim-snapshots-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let env = [("HUSK_SNAPSHOT_DIR", snapshots.path().as_os_str())];
+    let c = Containerd::start_with_env(&env)?;
+    let cold = format!("{}={}", COLD.0, COLD.1);
+    let shims: [(&str, &str, &[&str]); 3] = [
+        ("ctr run --rm true (husk shim, warm)", HUSK, &["--rm"]),
+        (
+            "ctr run --rm true (husk shim, cold)",
+            HUSK,
+            &["--rm", "--annotation", &cold],
+        ),
+        ("ctr run --rm true (runc shim)", RUNC, &["--rm"]),
     ];
     let mut times = vec![Vec::new(); shims.len()];
     for round in 0..=runs {
-        for (i, (_, runtime)) in shims.iter().enumerate() {
+        for (i, (_, runtime, extra)) in shims.iter().enumerate() {
             let id = format!("bench-{i}-{round}");
-            let t = time(&mut c.run(runtime, &["--rm"], &id, &["true"]))?;
+            let t = time(&mut c.run(runtime, extra, &id, &["true"]))?;
             if round > 0 {
                 times[i].push(t);
             }
@@ -63,35 +83,43 @@ fn bench(runs: usize) -> Result<(), String> {
     let medians: Vec<f64> = shims
         .iter()
         .zip(&times)
-        .map(|((name, _), t)| table_row(name, t))
+        .map(|((name, ..), t)| table_row(name, t))
         .collect();
-    table_ratio("husk shim / runc shim (median)", medians[0] / medians[1]);
+    table_ratio(
+        "husk shim warm / runc shim (median)",
+        medians[0] / medians[2],
+    );
+    table_ratio(
+        "husk shim cold / runc shim (median)",
+        medians[1] / medians[2],
+    );
     println!();
     memory(&c)?;
     drop(c);
     println!();
-    cri_pod_start(runs)
+    cri_pod_start(runs, &env)
 }
 
 /// RunPodSandbox + CreateContainer + StartContainer through CRI, each
 /// handler in turn; seconds to the process running.
-fn cri_pod_start(runs: usize) -> Result<(), String> {
-    let c = Containerd::start_cri()?;
+fn cri_pod_start(runs: usize, env: &[(&str, &std::ffi::OsStr)]) -> Result<(), String> {
+    let c = Containerd::start_cri_with_env(env)?;
     let cri = Cri::connect(&c.socket)?;
     let logs = c.dir.path().join("pods");
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-    let handlers = [
-        ("CRI pod start (handler husk)", "husk"),
-        ("CRI pod start (handler runc)", "runc"),
+    let handlers: [(&str, &str, &[(&str, &str)]); 3] = [
+        ("CRI pod start (handler husk, warm)", "husk", &[]),
+        ("CRI pod start (handler husk, cold)", "husk", &[COLD]),
+        ("CRI pod start (handler runc)", "runc", &[]),
     ];
     let mut times = vec![Vec::new(); handlers.len()];
     for round in 0..=runs {
-        for (i, (_, handler)) in handlers.iter().enumerate() {
+        for (i, (_, handler, annotations)) in handlers.iter().enumerate() {
             let pc = pod_config(
                 &format!("bench-{i}-{round}"),
                 &logs,
                 NamespaceMode::Pod,
-                &[],
+                annotations,
             );
             let began = Instant::now();
             let pod = cri.run_pod(&pc, handler)?;
@@ -116,9 +144,10 @@ fn cri_pod_start(runs: usize) -> Result<(), String> {
     let medians: Vec<f64> = handlers
         .iter()
         .zip(&times)
-        .map(|((name, _), t)| table_row(name, t))
+        .map(|((name, ..), t)| table_row(name, t))
         .collect();
-    table_ratio("husk / runc (median)", medians[0] / medians[1]);
+    table_ratio("husk warm / runc (median)", medians[0] / medians[2]);
+    table_ratio("husk cold / runc (median)", medians[1] / medians[2]);
     Ok(())
 }
 
