@@ -256,18 +256,38 @@ fn rlimit_number(name: &str) -> Option<u32> {
     Some(n)
 }
 
-/// vCPUs and MiB: the `io.husk.vm.*` annotations first, then the spec's
-/// CPU quota and memory limit (plus [`MEMORY_OVERHEAD_MIB`]).
+/// vCPUs and MiB: the `io.husk.vm.*` annotations first; then, for a pod's
+/// sandbox, the pod's resources as containerd's CRI passes them
+/// (`io.kubernetes.cri.sandbox-cpu-quota`/`-period` and
+/// `io.kubernetes.cri.sandbox-memory`: the sum of its containers' limits,
+/// which the kubelet sends since Kubernetes 1.23); then the spec's own CPU
+/// quota and memory limit. A memory limit gets [`MEMORY_OVERHEAD_MIB`]
+/// added.
 pub fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::Result<(u32, u64)> {
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-    let mut cpus = 1u32;
-    if let Some(cpu) = resources.and_then(|r| r.cpu().as_ref()) {
-        if let (Some(quota), Some(period)) = (cpu.quota(), cpu.period()) {
-            if quota > 0 && period > 0 {
-                cpus = (quota as u64).div_ceil(period).clamp(1, 32) as u32;
-            }
-        }
-    }
+    let cpus_of = |quota: i64, period: u64| {
+        (quota > 0 && period > 0).then(|| (quota as u64).div_ceil(period).clamp(1, 32) as u32)
+    };
+    let number = |key: &str| -> anyhow::Result<Option<i64>> {
+        annotations
+            .get(key)
+            .map(|v| {
+                v.parse::<i64>()
+                    .with_context(|| format!("annotation {key}={v:?}: not a number"))
+            })
+            .transpose()
+    };
+    let pod_cpus = match (
+        number("io.kubernetes.cri.sandbox-cpu-quota")?,
+        number("io.kubernetes.cri.sandbox-cpu-period")?,
+    ) {
+        (Some(quota), Some(period)) => cpus_of(quota, period.max(0) as u64),
+        _ => None,
+    };
+    let own_cpus = resources
+        .and_then(|r| r.cpu().as_ref())
+        .and_then(|cpu| cpus_of(cpu.quota()?, cpu.period()?));
+    let mut cpus = pod_cpus.or(own_cpus).unwrap_or(1);
     if let Some(v) = annotations.get("io.husk.vm.cpus") {
         cpus = v
             .parse()
@@ -275,15 +295,14 @@ pub fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::R
             .filter(|n| (1..=32).contains(n))
             .with_context(|| format!("annotation io.husk.vm.cpus={v:?}: a number from 1 to 32"))?;
     }
-    let mut memory_mib = DEFAULT_MEMORY_MIB;
-    if let Some(limit) = resources
+    let limit_mib =
+        |bytes: i64| (bytes > 0).then(|| (bytes as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB);
+    let pod_memory = number("io.kubernetes.cri.sandbox-memory")?.and_then(limit_mib);
+    let own_memory = resources
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
-    {
-        if limit > 0 {
-            memory_mib = (limit as u64).div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB;
-        }
-    }
+        .and_then(limit_mib);
+    let mut memory_mib = pod_memory.or(own_memory).unwrap_or(DEFAULT_MEMORY_MIB);
     if let Some(v) = annotations.get("io.husk.vm.memory") {
         memory_mib = crate::commands::run::memory_mib(v)
             .with_context(|| format!("annotation io.husk.vm.memory={v:?}"))?;
@@ -497,6 +516,39 @@ mod tests {
     }
 
     #[test]
+    fn a_sandbox_is_sized_by_its_pods_resources_from_cri() {
+        let dir = bundle_with_root();
+        let sized = |annotations: &str, resources: &str| {
+            let s = spec(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "annotations":{{{annotations}}},
+                "linux":{{"resources":{{{resources}}}}},
+                "process":{{"args":["true"],"cwd":"/","user":{{"uid":0,"gid":0}}}}}}"#
+            ));
+            let a = map(&s, dir.path()).unwrap().annotations;
+            size_of(&s, &a).unwrap()
+        };
+        // The sum of the pod's containers' limits: 2.5 CPUs, 192 MiB.
+        let pod = r#""io.kubernetes.cri.sandbox-cpu-quota":"250000",
+            "io.kubernetes.cri.sandbox-cpu-period":"100000",
+            "io.kubernetes.cri.sandbox-cpu-shares":"1024",
+            "io.kubernetes.cri.sandbox-memory":"201326592""#;
+        let own = r#""memory":{"limit":67108864},"cpu":{"quota":100000,"period":100000}"#;
+        assert_eq!(sized(pod, ""), (3, 192 + MEMORY_OVERHEAD_MIB));
+        // Before the sandbox's own limits (a pause container's, if any).
+        assert_eq!(sized(pod, own), (3, 192 + MEMORY_OVERHEAD_MIB));
+        assert_eq!(sized("", own), (1, 64 + MEMORY_OVERHEAD_MIB));
+        // An unlimited pod (CRI passes 0) is sized as no limit is.
+        let unlimited = r#""io.kubernetes.cri.sandbox-cpu-quota":"0",
+            "io.kubernetes.cri.sandbox-cpu-period":"100000",
+            "io.kubernetes.cri.sandbox-memory":"0""#;
+        assert_eq!(sized(unlimited, ""), (1, DEFAULT_MEMORY_MIB));
+        // husk's own annotations win.
+        let both = format!(r#"{pod},"io.husk.vm.cpus":"1","io.husk.vm.memory":"1GiB""#);
+        assert_eq!(sized(&both, own), (1, 1024));
+    }
+
+    #[test]
     fn bad_specs_are_refused_with_the_reason() {
         let dir = bundle_with_root();
         let cases = [
@@ -527,6 +579,10 @@ mod tests {
             (
                 r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"io.husk.vm.cold":"yes"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
                 "io.husk.vm.cold",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"io.kubernetes.cri.sandbox-memory":"lots"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "io.kubernetes.cri.sandbox-memory",
             ),
         ];
         for (json, why) in cases {

@@ -380,7 +380,17 @@ fn cgroup_limits_stats_and_update(cri: &Cri, web: &str) -> Result<(), Failed> {
 /// not exist: clear errors and nothing left. Then the pod's VMM killed:
 /// its containers end (status 255) and the pod can be removed.
 fn failures(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Failed> {
-    let pc = pod_config("bad", logs, NamespaceMode::Pod, &[]);
+    let mut pc = pod_config("bad", logs, NamespaceMode::Pod, &[]);
+    // The pod's resources, as the kubelet sends the sum of its containers'
+    // limits: 1.5 CPUs and 320 MiB size its VM (2 vCPUs, 320 + 32 MiB).
+    if let Some(linux) = pc.linux.as_mut() {
+        linux.resources = Some(LinuxContainerResources {
+            memory_limit_in_bytes: 320 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 150_000,
+            ..Default::default()
+        });
+    }
     match cri.run_pod(&pc, "no-such-handler") {
         Err(e) if e.contains("no-such-handler") => {}
         other => return Err(format!("an unknown handler: {other:?}").into()),
@@ -417,6 +427,16 @@ fn failures(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Failed> {
     )?;
     cri.start(&sleeper)?;
     cri.wait_state(&sleeper, ContainerState::ContainerRunning, LIMIT)?;
+    let (size, _, _) = cri.exec_sync(
+        &sleeper,
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+        30,
+    )?;
+    let words: Vec<&str> = size.split_whitespace().collect();
+    let kib: u64 = words.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    if words.first() != Some(&"2") || !(288 * 1024..=352 * 1024).contains(&kib) {
+        return Err(format!("a pod of 1.5 CPUs and 320 MiB has a VM of {size:?}").into());
+    }
     let vmm = vmm_pids();
     if vmm.len() != 1 {
         return Err(format!("expected one VMM for the pod, found {vmm:?}").into());

@@ -133,6 +133,14 @@ fn start(mem: &Mem) -> (Fs, Log, std::thread::JoinHandle<()>) {
     (fs, log, thread)
 }
 
+/// A transport over a device on a scripted backend, as the VMM builds it.
+fn transport(mem: &Mem) -> (MmioTransport, Log, std::thread::JoinHandle<()>) {
+    let (fs, log, thread) = start(mem);
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let t = MmioTransport::new(mem.clone(), Box::new(fs), irq).unwrap();
+    (t, log, thread)
+}
+
 fn requests(log: &Log) -> Vec<u32> {
     log.lock().unwrap().iter().map(|m| m.request).collect()
 }
@@ -233,8 +241,7 @@ fn activation_hands_the_rings_kicks_and_interrupt_to_the_backend() {
 #[test]
 fn reset_stops_the_rings_and_a_backend_hangup_needs_a_reset() {
     let mem = shared_mem();
-    let (fs, log, _t) = start(&mem);
-    let mut t = MmioTransport::new(mem, Box::new(fs), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+    let (mut t, log, _backend) = transport(&mem);
     bring_up(&mut t, 256, 0x1_0000, 0x2_0000, 0x3_0000);
     let events = t.host_events();
     t.process_host_event(events[0].token, Ready::default());
@@ -279,13 +286,7 @@ fn a_backend_that_is_gone_is_an_error() {
 #[test]
 fn a_snapshot_holds_the_device_until_the_guest_makes_a_request() {
     let mem = shared_mem();
-    let (fs, _log, _t) = start(&mem);
-    let mut t = MmioTransport::new(
-        mem.clone(),
-        Box::new(fs),
-        EventFd::new(EFD_NONBLOCK).unwrap(),
-    )
-    .unwrap();
+    let (mut t, _log, _backend) = transport(&mem);
     // Set up but not yet handed to the backend, then handed: both save.
     bring_up(&mut t, 256, 0x1_0000, 0x2_0000, 0x3_0000);
     let pending = t.save().unwrap();
@@ -309,13 +310,7 @@ fn a_snapshot_holds_the_device_until_the_guest_makes_a_request() {
 #[test]
 fn a_restored_device_hands_a_new_backend_the_rings_where_they_were() {
     let mem = shared_mem();
-    let (fs, old, _t) = start(&mem);
-    let mut t = MmioTransport::new(
-        mem.clone(),
-        Box::new(fs),
-        EventFd::new(EFD_NONBLOCK).unwrap(),
-    )
-    .unwrap();
+    let (mut t, old, _backend) = transport(&mem);
     bring_up(&mut t, 256, 0x1_0000, 0x2_0000, 0x3_0000);
     t.process_host_event(t.host_events()[0].token, Ready::default());
     let state = t.save().unwrap();
@@ -323,13 +318,7 @@ fn a_restored_device_hands_a_new_backend_the_rings_where_they_were() {
     let setup = first.iter().position(|&r| r == SET_FEATURES).unwrap();
 
     // A new VM's device on a new backend, as a restore builds it.
-    let (fs, new, _t2) = start(&mem);
-    let mut r = MmioTransport::new(
-        mem.clone(),
-        Box::new(fs),
-        EventFd::new(EFD_NONBLOCK).unwrap(),
-    )
-    .unwrap();
+    let (mut r, new, _new_backend) = transport(&mem);
     r.restore(&state).unwrap();
     r.resume().unwrap();
     assert_eq!(read32(&mut r, 0x70), state.status, "the driver's status");
