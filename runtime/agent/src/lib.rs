@@ -310,6 +310,11 @@ pub enum Request {
     /// (what `resources` leaves `None` stays as it is). Answer:
     /// [`Response::Ok`].
     Update { id: u32, resources: Resources },
+    /// Freezes (`frozen`) or thaws every process of the cgroup the
+    /// container process `id` runs in (cgroup v2's freezer, as runc pauses
+    /// a container), and answers once the kernel says it is done. Answer:
+    /// [`Response::Ok`].
+    Freeze { id: u32, frozen: bool },
     /// Stops the guest cleanly: SIGTERM to the appliance's command,
     /// SIGKILL after `grace_ms`, then init ends every process and powers
     /// off. Answer: [`Response::Ok`] at once.

@@ -305,6 +305,12 @@ impl Agent {
                     .map(|_| Response::Ok)
                     .map_err(|e| error(ErrorKind::Failed, format!("cgroup limits: {e}")))
             }
+            Request::Freeze { id, frozen } => {
+                let path = self.cgroup_of(id)?;
+                cgroup::freeze(&path, frozen)
+                    .map(|_| Response::Ok)
+                    .map_err(|e| error(ErrorKind::Failed, format!("process {id}: {e}")))
+            }
             Request::Shutdown { grace_ms } => self.shutdown(Duration::from_millis(grace_ms)),
         }
     }

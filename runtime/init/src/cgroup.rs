@@ -177,6 +177,41 @@ pub fn stats(path: &Path) -> io::Result<CgroupStats> {
     })
 }
 
+/// How long a freeze or a thaw may take to reach every process.
+const FREEZE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Freezes or thaws the cgroup at `path` (`cgroup.freeze`) and waits until
+/// `cgroup.events` says every process in it is (or is no longer) frozen.
+/// The root cgroup, which has no freezer, is refused: a process there is
+/// not a container's.
+pub fn freeze(path: &Path, frozen: bool) -> io::Result<()> {
+    if !path.join("cgroup.freeze").exists() {
+        return Err(io::Error::other(format!(
+            "{} has no freezer: the process runs in no container's cgroup",
+            path.display()
+        )));
+    }
+    fs::write(path.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+    let want = u64::from(frozen);
+    let began = std::time::Instant::now();
+    loop {
+        let events = fs::read_to_string(path.join("cgroup.events"))?;
+        if pairs(&events).get("frozen") == Some(&want) {
+            return Ok(());
+        }
+        if began.elapsed() > FREEZE_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "its cgroup was not {} after {FREEZE_LIMIT:?}",
+                    if frozen { "frozen" } else { "thawed" }
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `key value` lines (the flat-keyed cgroup files).
 fn pairs(text: &str) -> BTreeMap<String, u64> {
     text.lines()

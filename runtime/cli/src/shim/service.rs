@@ -14,7 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
@@ -107,6 +108,8 @@ struct Container {
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     /// This container booted the pod's VM: deleting it ends the VM.
     booted_pod: bool,
+    /// Paused: its cgroup in the guest frozen, with every process in it.
+    paused: Mutex<bool>,
 }
 
 pub struct Inner {
@@ -332,6 +335,7 @@ impl Inner {
             init: Proc::new(stdio, process),
             execs: Mutex::new(HashMap::new()),
             booted_pod: booted,
+            paused: Mutex::new(false),
         });
         lock(&self.containers).insert(id.clone(), container);
         log::info!("container {id}: created");
@@ -383,6 +387,26 @@ impl Inner {
         }
     }
 
+    /// Pauses (`frozen`) or resumes container `id`.
+    fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
+        let c = self.container(id)?;
+        let mut paused = lock(&c.paused);
+        if *paused == frozen {
+            let now = if frozen { "paused" } else { "not paused" };
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("container {id} is already {now}"),
+            ));
+        }
+        match self.ask_container(id, |aid| Request::Freeze { id: aid, frozen })? {
+            Response::Ok => {
+                *paused = frozen;
+                Ok(())
+            }
+            other => Err(failed(anyhow::anyhow!("unexpected answer {other:?}"))),
+        }
+    }
+
     fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> TtrpcResult<u32> {
         let (c, p) = self.process(id, exec_id)?;
         let pod = self.pod()?;
@@ -394,6 +418,14 @@ impl Inner {
         }
         let mut process = p.process.clone();
         if !exec_id.is_empty() {
+            if *lock(&c.paused) {
+                // It would join the frozen cgroup and never start, as runc
+                // refuses it.
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {id} is paused"),
+                ));
+            }
             let init = lock(&c.init.state);
             match (init.status, init.agent_id) {
                 (Status::Running, Some(aid)) => process.within = Some(aid),
@@ -529,6 +561,18 @@ impl Inner {
             ));
         }
         let (exit_status, exited_at) = exit.unwrap_or_else(|| (0, now()));
+        // A process that never started ends here: containerd waits for a
+        // process before it starts it, and that wait must be answered (a
+        // request left blocked would keep the shim from exiting).
+        let never_started = |p: &Proc| {
+            if p.lock().status == Status::Created {
+                p.end(exit_status);
+            }
+        };
+        never_started(&p);
+        if exec_id.is_empty() {
+            lock(&c.execs).values().for_each(|e| never_started(e));
+        }
         let pid = self.keeper_pid();
         if !exec_id.is_empty() {
             lock(&c.execs).remove(exec_id);
@@ -705,6 +749,7 @@ impl containerd_shim::Task for Service {
             pid: self.0.keeper_pid(),
             status: match s.status {
                 Status::Created => TaskStatus::CREATED,
+                Status::Running if *lock(&c.paused) => TaskStatus::PAUSED,
                 Status::Running => TaskStatus::RUNNING,
                 Status::Stopped => TaskStatus::STOPPED,
             }
@@ -827,14 +872,31 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(unsupported("a container in a micro-VM cannot be paused"))
+    /// Freezes the container's cgroup in the guest, its execs with it, as
+    /// runc freezes a container's cgroup; the pod's VM and its other
+    /// containers run on.
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.0.freeze(&req.id, true)?;
+        self.0.publish(
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            Box::new(TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::default())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        Err(unsupported(
-            "a container in a micro-VM cannot be paused or resumed",
-        ))
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.0.freeze(&req.id, false)?;
+        self.0.publish(
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            Box::new(TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::default())
     }
 
     /// New limits for a container's cgroup in the guest (the pod's VM

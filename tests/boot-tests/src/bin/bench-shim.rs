@@ -37,6 +37,13 @@ const HUSK: &str = "io.containerd.husk.v2";
 const RUNC: &str = "io.containerd.runc.v2";
 /// The annotation that boots a pod's VM cold.
 const COLD: (&str, &str) = ("io.husk.vm.cold", "true");
+/// What a CRI round runs: its name, the runtime handler and the pod's
+/// annotations.
+type Variant = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
 
 fn main() -> ExitCode {
     let runs = boot_tests::runs_arg(10);
@@ -107,7 +114,7 @@ fn cri_pod_start(runs: usize, env: &[(&str, &std::ffi::OsStr)]) -> Result<(), St
     let cri = Cri::connect(&c.socket)?;
     let logs = c.dir.path().join("pods");
     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-    let handlers: [(&str, &str, &[(&str, &str)]); 3] = [
+    let handlers: [Variant; 3] = [
         ("CRI pod start (handler husk, warm)", "husk", &[]),
         ("CRI pod start (handler husk, cold)", "husk", &[COLD]),
         ("CRI pod start (handler runc)", "runc", &[]),

@@ -188,6 +188,7 @@ fn tasks_and_execs() -> Result<(), Failed> {
             .into());
     }
     c.ok(c.ctr(&["containers", "rm", "t3"]), "ctr containers rm")?;
+    paused(&c)?;
 
     // A terminal: ctr -t needs one of its own, from script(1).
     let line = format!(
@@ -199,6 +200,56 @@ fn tasks_and_execs() -> Result<(), Failed> {
     c.expect(script, 5, "/dev/pts/", "ctr run -t")?;
     drop(c);
     nothing_left("after the tasks")
+}
+
+/// `ctr task pause` freezes the container's processes (its cgroup in the
+/// guest) until `resume`; an exec into a paused container is refused, and
+/// SIGKILL ends a paused one.
+fn paused(c: &Containerd) -> Result<(), Failed> {
+    // The longest gap, in seconds, between two turns of a loop that turns
+    // five times a second.
+    let looping = "prev=$(date +%s); gap=0; while true; do now=$(date +%s); \
+                   if [ $((now - prev)) -gt $gap ]; then gap=$((now - prev)); echo $gap > /gap; fi; \
+                   prev=$now; sleep 0.2; done";
+    c.ok(
+        c.run(RUNTIME, &["-d"], "t5", &["sh", "-c", looping]),
+        "ctr run -d",
+    )?;
+    c.wait_status("t5", "RUNNING")?;
+    c.ok(c.ctr(&["task", "pause", "t5"]), "ctr task pause")?;
+    c.wait_status("t5", "PAUSED")?;
+    let exec = |id: &str, script: &str| {
+        c.ctr(&["task", "exec", "--exec-id", id, "t5", "sh", "-c", script])
+    };
+    let refused = output_within(exec("p1", "true"), b"", LIMIT)?;
+    if refused.code == Some(0) || !refused.stderr.contains("paused") {
+        return Err(c
+            .explain(&refused, "an exec into a paused container")
+            .into());
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    c.ok(c.ctr(&["task", "resume", "t5"]), "ctr task resume")?;
+    c.wait_status("t5", "RUNNING")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let gap = c.ok(exec("p2", "cat /gap"), "ctr task exec after resume")?;
+    let seconds: u64 = gap.stdout.trim().parse().unwrap_or(0);
+    if seconds < 4 {
+        return Err(c
+            .explain(
+                &gap,
+                "the loop should have stood still for the 5 s it was paused",
+            )
+            .into());
+    }
+    c.ok(c.ctr(&["task", "pause", "t5"]), "ctr task pause")?;
+    c.ok(
+        c.ctr(&["task", "kill", "-s", "SIGKILL", "t5"]),
+        "ctr task kill -s SIGKILL of a paused task",
+    )?;
+    c.wait_status("t5", "STOPPED")?;
+    c.ok(c.ctr(&["task", "delete", "t5"]), "ctr task delete")?;
+    c.ok(c.ctr(&["containers", "rm", "t5"]), "ctr containers rm")?;
+    Ok(())
 }
 
 /// A pod as CRI makes one: a sandbox container, then containers naming it
