@@ -387,7 +387,8 @@ impl Inner {
         }
     }
 
-    /// Pauses (`frozen`) or resumes container `id`.
+    /// Pauses (`frozen`) or resumes container `id`, and says so with
+    /// TaskPaused or TaskResumed.
     fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
         let c = self.container(id)?;
         let mut paused = lock(&c.paused);
@@ -401,6 +402,21 @@ impl Inner {
         match self.ask_container(id, |aid| Request::Freeze { id: aid, frozen })? {
             Response::Ok => {
                 *paused = frozen;
+                let container_id = id.to_string();
+                let (topic, event): (_, Box<dyn MessageDyn>) = if frozen {
+                    let e = TaskPaused {
+                        container_id,
+                        ..Default::default()
+                    };
+                    (topics::TASK_PAUSED_EVENT_TOPIC, Box::new(e))
+                } else {
+                    let e = TaskResumed {
+                        container_id,
+                        ..Default::default()
+                    };
+                    (topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e))
+                };
+                self.publish(topic, event);
                 Ok(())
             }
             other => Err(failed(anyhow::anyhow!("unexpected answer {other:?}"))),
@@ -738,6 +754,9 @@ impl containerd_shim::Task for Service {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let (c, p) = self.0.process(&req.id, &req.exec_id)?;
+        // Before the process's state: `freeze` holds `paused` while it asks
+        // the agent, which takes the init's state (one lock order).
+        let paused = *lock(&c.paused);
         let s = p.lock();
         let (exit_status, exited_at) = match &s.exit {
             Some((code, at)) => (*code, MessageField::some(at.clone())),
@@ -749,7 +768,7 @@ impl containerd_shim::Task for Service {
             pid: self.0.keeper_pid(),
             status: match s.status {
                 Status::Created => TaskStatus::CREATED,
-                Status::Running if *lock(&c.paused) => TaskStatus::PAUSED,
+                Status::Running if paused => TaskStatus::PAUSED,
                 Status::Running => TaskStatus::RUNNING,
                 Status::Stopped => TaskStatus::STOPPED,
             }
@@ -877,25 +896,11 @@ impl containerd_shim::Task for Service {
     /// containers run on.
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         self.0.freeze(&req.id, true)?;
-        self.0.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
         Ok(api::Empty::default())
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         self.0.freeze(&req.id, false)?;
-        self.0.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
         Ok(api::Empty::default())
     }
 
