@@ -620,7 +620,14 @@ fn named_snapshot() -> Result<(), Failed> {
                 .parse()
                 .map_err(|_| r.explain("a count of threads").into())
         };
-        let quiet = agent_streams(names[0])?;
+        // An exec's connections end in the guest a moment after husk exec
+        // returns: a count can include the last exec's thread on its way
+        // out. The fewest of a few looks is the source's own.
+        let mut quiet = usize::MAX;
+        for _ in 0..4 {
+            quiet = quiet.min(agent_streams(names[0])?);
+            std::thread::sleep(Duration::from_millis(250));
+        }
         // An agent connection between two requests: its thread in the
         // guest waits for the next one.
         let uds = Path::new("/run/husk/vms").join(names[0]).join("vsock.sock");
@@ -726,8 +733,16 @@ fn named_snapshot() -> Result<(), Failed> {
             // The restore's own reseed connection stays open (its husk
             // holds it until the VM ends): one agent thread more than
             // `quiet`. The connection held across the snapshot, had it
-            // not been reset, would be a second.
-            let streams = agent_streams(name)?;
+            // not been reset, would be a second, and stay; a thread of an
+            // exec before this count goes within moments.
+            let mut streams = agent_streams(name)?;
+            for _ in 0..20 {
+                if streams == quiet + 1 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                streams = agent_streams(name)?;
+            }
             if streams != quiet + 1 {
                 return Err(format!(
                     "{name}: the agent connection open at the snapshot must be reset \
