@@ -285,6 +285,11 @@ impl Agent {
                 // On the console (the appliance's log): a restored guest
                 // says it no longer runs on its snapshot's random state.
                 crate::say("agent: the random generator is reseeded with the host's bytes");
+                // The reseed is a restore's first request: the network
+                // hears of the guest before anyone connects to it.
+                if let Err(e) = crate::net::announce() {
+                    crate::say(&format!("agent: cannot announce the guest's network: {e}"));
+                }
                 Ok(Response::Ok)
             }
             Request::ProbeTcp { port } => {

@@ -5,7 +5,7 @@
 //! The image carries its own configuration so that it boots the same under
 //! any VMM with husk's kernel; the command line only changes it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -235,6 +235,13 @@ pub struct InterfaceSetup {
     /// from a snapshot kept the MAC of the run that took it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<[u8; 6]>,
+    /// An IPv6 address and its prefix length, beside or instead of the
+    /// IPv4 one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<(Ipv6Addr, u8)>,
+    /// The IPv6 default route goes through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl NetSetup {
@@ -249,6 +256,16 @@ impl NetSetup {
                 return Err(ConfigError::BadParam(format!(
                     "{NET_CMDLINE_KEY} (prefix /{} of {})",
                     i.prefix, i.name
+                )));
+            }
+            if let Some((i, (_, prefix))) = s
+                .interfaces
+                .iter()
+                .find_map(|i| i.address6.filter(|a| a.1 > 128).map(|a| (i, a)))
+            {
+                return Err(ConfigError::BadParam(format!(
+                    "{NET_CMDLINE_KEY} (IPv6 prefix /{prefix} of {})",
+                    i.name
                 )));
             }
         }
@@ -420,6 +437,8 @@ mod tests {
                 gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
                 mtu: Some(1500),
                 mac: Some([2, 0, 0, 0, 0, 9]),
+                address6: Some(("2001:db8::2".parse().unwrap(), 64)),
+                gateway6: Some("fe80::1".parse().unwrap()),
             }],
             dns: vec![Ipv4Addr::new(192, 0, 2, 1)],
         };
@@ -427,6 +446,9 @@ mod tests {
         assert_eq!(NetSetup::from_cmdline(&cmdline).unwrap(), Some(net.clone()));
         let mut bad = net;
         bad.interfaces[0].prefix = 33;
+        assert!(NetSetup::from_cmdline(&bad.to_param()).is_err());
+        bad.interfaces[0].prefix = 24;
+        bad.interfaces[0].address6 = Some(("2001:db8::2".parse().unwrap(), 129));
         assert!(NetSetup::from_cmdline(&bad.to_param()).is_err());
         assert!(NetSetup::from_cmdline("husk.net=7b").is_err());
     }

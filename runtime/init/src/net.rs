@@ -1,10 +1,11 @@
 //! The guest's network, as `husk.net=` describes it: each interface's MTU,
-//! address and default route (classic socket ioctls: no netlink, no `ip`
-//! binary in the image), then `/etc/resolv.conf` and `/etc/hosts`.
+//! IPv4 and IPv6 addresses and default routes (classic socket ioctls: no
+//! netlink, no `ip` binary in the image), then `/etc/resolv.conf` and
+//! `/etc/hosts`.
 
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -42,9 +43,35 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
+/// `struct in6_rtmsg` from `<linux/ipv6_route.h>` (the libc crate's has
+/// private fields).
+#[repr(C)]
+struct In6Rtmsg {
+    dst: libc::in6_addr,
+    src: libc::in6_addr,
+    gateway: libc::in6_addr,
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
+fn in6(addr: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr {
+        s6_addr: addr.octets(),
+    }
+}
+
 fn socket() -> io::Result<OwnedFd> {
+    socket_of(libc::AF_INET)
+}
+
+fn socket_of(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket() has no memory preconditions; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -86,6 +113,36 @@ fn set_up(sock: &OwnedFd, name: &str) -> io::Result<()> {
     ioctl(sock, libc::SIOCSIFFLAGS, &mut req)
 }
 
+/// Has the kernel tell the network where this guest is whenever an
+/// interface comes up or changes its address: a gratuitous ARP (IPv4) and
+/// an unsolicited neighbour advertisement (IPv6) from its MAC.
+fn notify_peers(name: &str) {
+    for (family, key) in [("ipv4", "arp_notify"), ("ipv6", "ndisc_notify")] {
+        let _ = fs::write(format!("/proc/sys/net/{family}/conf/{name}/{key}"), "1");
+    }
+}
+
+/// Tells the network a guest restored from a snapshot is here, as a VM
+/// does after a migration: each interface's MAC is set again, to itself,
+/// and the kernel announces it ([`notify_peers`]). The host side is new
+/// after a restore and has seen no frame of the guest's: passt learns the
+/// guest's MAC from its first frame and until then sends to the broadcast
+/// address, which the guest's TCP drops; a bridge has forgotten the port.
+pub fn announce() -> io::Result<()> {
+    let sock = socket()?;
+    for entry in fs::read_dir("/sys/class/net")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name == "lo" {
+            continue;
+        }
+        notify_peers(&name);
+        let mut req = ifreq(&name)?;
+        ioctl(&sock, libc::SIOCGIFHWADDR, &mut req)?;
+        ioctl(&sock, libc::SIOCSIFHWADDR, &mut req)?;
+    }
+    Ok(())
+}
+
 /// `ip link set lo up`: every guest has loopback, network or not.
 pub fn loopback_up() -> io::Result<()> {
     set_up(&socket()?, "lo")
@@ -120,6 +177,7 @@ fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
         req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
         ioctl(sock, libc::SIOCSIFNETMASK, &mut req)?;
     }
+    notify_peers(&i.name);
     set_up(sock, &i.name)?;
     if let Some(gw) = i.gateway {
         let mut dev = std::ffi::CString::new(i.name.as_str())
@@ -143,6 +201,57 @@ fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
         // SAFETY: SIOCADDRT reads the rtentry we own; `dev` (its rt_dev)
         // is a NUL-terminated buffer alive across the call.
         if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if i.address6.is_some() || i.gateway6.is_some() {
+        configure6(sock, i)?;
+    }
+    Ok(())
+}
+
+/// The IPv6 address and default route of an interface that is up. The
+/// address is the guest's alone (the host side gave it out), so it is
+/// used at once, without duplicate address detection, as container
+/// networks add theirs.
+fn configure6(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
+    let mut req = ifreq(&i.name)?;
+    ioctl(sock, libc::SIOCGIFINDEX, &mut req)?;
+    // SAFETY: SIOCGIFINDEX filled the ifindex member of the union.
+    let ifindex = unsafe { req.ifr_ifru.ifru_ifindex };
+    let sock6 = socket_of(libc::AF_INET6)?;
+    if let Some((addr, prefix)) = i.address6 {
+        let _ = fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/accept_dad", i.name),
+            "0",
+        );
+        let mut req = libc::in6_ifreq {
+            ifr6_addr: in6(addr),
+            ifr6_prefixlen: u32::from(prefix),
+            ifr6_ifindex: ifindex,
+        };
+        // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one in6_ifreq,
+        // which we own and which outlives the call.
+        if unsafe { libc::ioctl(sock6.as_raw_fd(), libc::SIOCSIFADDR, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if let Some(gw) = i.gateway6 {
+        let mut route = In6Rtmsg {
+            dst: in6(Ipv6Addr::UNSPECIFIED),
+            src: in6(Ipv6Addr::UNSPECIFIED),
+            gateway: in6(gw),
+            kind: 0,
+            dst_len: 0,
+            src_len: 0,
+            metric: 0,
+            info: 0,
+            flags: u32::from(libc::RTF_UP | libc::RTF_GATEWAY),
+            ifindex,
+        };
+        // SAFETY: SIOCADDRT on an AF_INET6 socket reads one in6_rtmsg,
+        // laid out as the kernel's, which we own for the call.
+        if unsafe { libc::ioctl(sock6.as_raw_fd(), libc::SIOCADDRT, &mut route) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -173,10 +282,16 @@ pub fn setup(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
         }
     }
     let own = net.interfaces.iter().find_map(|i| i.address);
+    let own6 = net.interfaces.iter().find_map(|i| i.address6);
     let mut hosts =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    if let (Some(addr), Some(name)) = (own, hostname) {
-        hosts.push_str(&format!("{addr}\t{name}\n"));
+    if let Some(name) = hostname {
+        if let Some(addr) = own {
+            hosts.push_str(&format!("{addr}\t{name}\n"));
+        }
+        if let Some((addr, _)) = own6 {
+            hosts.push_str(&format!("{addr}\t{name}\n"));
+        }
     }
     if let Err(e) = install("/etc/hosts", &hosts) {
         say(&format!("cannot write /etc/hosts: {e}"));

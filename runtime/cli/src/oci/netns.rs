@@ -2,7 +2,8 @@
 //! netavark or CNI, docker, CRI) becomes the VM's network, as Kata and
 //! firecracker-containerd do it: a tap in that namespace, joined to the
 //! namespace's interface by a tc mirred redirect each way, and the guest
-//! given that interface's address, MAC, gateway and MTU. What the tool
+//! given that interface's addresses (IPv4 and IPv6), MAC, gateways and
+//! MTU. What the tool
 //! set up around the interface (a bridge, NAT, published ports) then
 //! reaches the guest unchanged.
 //!
@@ -17,9 +18,10 @@ use anyhow::Context;
 /// The tap husk makes in a container's namespace.
 pub const TAP: &str = "husk0";
 
-/// Joins `ns`'s first interface with an IPv4 address to a new tap and
-/// returns `husk run`'s `--net` for it; `None` when the namespace has no
-/// such interface (only its loopback: the guest gets none either).
+/// Joins `ns`'s first interface with an IPv4 or a global IPv6 address to
+/// a new tap and returns `husk run`'s `--net` for it; `None` when the
+/// namespace has no such interface (only its loopback: the guest gets
+/// none either).
 pub fn join(ns: &Path) -> anyhow::Result<Option<String>> {
     let links = ip_json(ns, &["addr", "show"])?;
     let found = links.as_array().into_iter().flatten().find_map(|l| {
@@ -27,32 +29,47 @@ pub fn join(ns: &Path) -> anyhow::Result<Option<String>> {
         if name == "lo" || name == TAP {
             return None;
         }
-        let inet = l["addr_info"]
-            .as_array()?
-            .iter()
-            .find(|a| a["family"] == "inet")?;
+        let addrs = l["addr_info"].as_array()?;
+        // The guest makes its own link-local address from the MAC.
+        let of = |family: &str| {
+            addrs
+                .iter()
+                .find(|a| a["family"] == family && a["scope"] == "global")
+                .and_then(|a| {
+                    Some(format!(
+                        "{}/{}",
+                        a["local"].as_str()?,
+                        a["prefixlen"].as_u64()?
+                    ))
+                })
+        };
+        let ips: Vec<String> = [of("inet"), of("inet6")].into_iter().flatten().collect();
+        if ips.is_empty() {
+            return None;
+        }
         Some((
             name.to_string(),
             l["address"].as_str()?.to_string(),
             l["mtu"].as_u64().unwrap_or(1500),
-            format!(
-                "{}/{}",
-                inet["local"].as_str()?,
-                inet["prefixlen"].as_u64()?
-            ),
+            ips,
         ))
     });
-    let Some((iface, mac, mtu, ip)) = found else {
+    let Some((iface, mac, mtu, ips)) = found else {
         return Ok(None);
     };
-    let routes = ip_json(ns, &["route", "show", "default"])?;
-    let gateway = routes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["dev"] == iface.as_str())
-        .and_then(|r| r["gateway"].as_str())
-        .map(str::to_string);
+    let mut gateways = Vec::new();
+    for family in ["-4", "-6"] {
+        let routes = ip_json(ns, &[family, "route", "show", "default"])?;
+        gateways.extend(
+            routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["dev"] == iface.as_str())
+                .and_then(|r| r["gateway"].as_str())
+                .map(str::to_string),
+        );
+    }
     let mtu = mtu.to_string();
     run(
         ns,
@@ -77,8 +94,11 @@ pub fn join(ns: &Path) -> anyhow::Result<Option<String>> {
         leave(ns);
         return Err(e);
     }
-    let mut net = format!("tap:{TAP},mac={mac},ip={ip},mtu={mtu}");
-    if let Some(g) = gateway {
+    let mut net = format!("tap:{TAP},mac={mac},mtu={mtu}");
+    for ip in ips {
+        net.push_str(&format!(",ip={ip}"));
+    }
+    for g in gateways {
         net.push_str(&format!(",gateway={g}"));
     }
     Ok(Some(net))

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,8 +81,8 @@ pub struct Args {
     /// The guest's network: none; user (user-mode through passt, no root
     /// needed; the default for image references); tap:NAME (a host tap
     /// device), optionally with the guest's ,mac=MAC ,ip=ADDR/PREFIX
-    /// ,gateway=ADDR ,mtu=N. Default for an appliance file: its own
-    /// [[vm.net]].
+    /// ,gateway=ADDR ,mtu=N (ip and gateway once per IP family, IPv4 and
+    /// IPv6). Default for an appliance file: its own [[vm.net]].
     #[arg(long, value_name = "none|user|tap:NAME[,ip=..]", value_parser = parse_net)]
     net: Option<NetMode>,
     /// Publish a guest port on the host through the user-mode network
@@ -240,7 +241,7 @@ fn parse_net(arg: &str) -> Result<NetMode, String> {
         _ => {}
     }
     let usage = || {
-        format!("{arg:?}: write none, user or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX][,gateway=ADDR][,mtu=N]")
+        format!("{arg:?}: write none, user or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX][,gateway=ADDR][,mtu=N] (ip and gateway once for IPv4, once for IPv6)")
     };
     let mut parts = arg.strip_prefix("tap:").ok_or_else(usage)?.split(',');
     let name = parts.next().unwrap_or_default();
@@ -261,12 +262,23 @@ fn parse_net(arg: &str) -> Result<NetMode, String> {
             }
             "ip" => {
                 let cidr: appliance_spec::Cidr = value.parse().map_err(|e| bad(&e))?;
-                match cidr.addr {
-                    std::net::IpAddr::V4(v4) => net.address = Some((v4, cidr.prefix)),
-                    std::net::IpAddr::V6(_) => return Err(bad(&"IPv4 only")),
+                let twice = match cidr.addr {
+                    IpAddr::V4(v4) => net.address.replace((v4, cidr.prefix)).is_some(),
+                    IpAddr::V6(v6) => net.address6.replace((v6, cidr.prefix)).is_some(),
+                };
+                if twice {
+                    return Err(bad(&"a second address of the same IP family"));
                 }
             }
-            "gateway" => net.gateway = Some(value.parse().map_err(|e| bad(&e))?),
+            "gateway" => {
+                let twice = match value.parse().map_err(|e| bad(&e))? {
+                    IpAddr::V4(v4) => net.gateway.replace(v4).is_some(),
+                    IpAddr::V6(v6) => net.gateway6.replace(v6).is_some(),
+                };
+                if twice {
+                    return Err(bad(&"a second gateway of the same IP family"));
+                }
+            }
             "mtu" => net.mtu = Some(value.parse().map_err(|e| bad(&e))?),
             _ => return Err(usage()),
         }
@@ -282,6 +294,9 @@ struct PlannedNet {
     /// The guest's own configuration; for passt, left to the host's.
     address: Option<(std::net::Ipv4Addr, u8)>,
     gateway: Option<std::net::Ipv4Addr>,
+    /// A tap's guest may have an IPv6 address and route too.
+    address6: Option<(std::net::Ipv6Addr, u8)>,
+    gateway6: Option<std::net::Ipv6Addr>,
     mtu: Option<u16>,
     ports: Vec<PortSpec>,
 }
@@ -293,6 +308,8 @@ impl PlannedNet {
             mac: None,
             address: None,
             gateway: None,
+            address6: None,
+            gateway6: None,
             mtu: None,
             ports,
         }
@@ -321,31 +338,27 @@ fn plan_net(
                 a.vm.net
                     .iter()
                     .map(|n| {
-                        let address = match n.address {
-                            Some(c) => match c.addr {
-                                std::net::IpAddr::V4(v4) => Some((v4, c.prefix)),
-                                std::net::IpAddr::V6(_) => anyhow::bail!(
-                                    "vm.net address {}: husk's init sets up IPv4 addresses only",
-                                    c.addr
-                                ),
-                            },
-                            None => None,
-                        };
-                        let gateway = match n.gateway {
-                            Some(std::net::IpAddr::V4(g)) => Some(g),
-                            Some(g) => anyhow::bail!("vm.net gateway {g}: IPv4 only"),
-                            None => None,
-                        };
-                        Ok(PlannedNet {
+                        // Validation keeps the gateway of the address's
+                        // family, and an IPv6 address off passt's network.
+                        let mut planned = PlannedNet {
                             tap: n.tap.clone(),
                             mac: n.mac.map(|m| m.0),
-                            address,
-                            gateway,
                             mtu: n.mtu,
-                            ports: n.ports.clone(),
-                        })
+                            ..PlannedNet::user(n.ports.clone())
+                        };
+                        match n.address.map(|c| (c.addr, c.prefix)) {
+                            Some((IpAddr::V4(a), p)) => planned.address = Some((a, p)),
+                            Some((IpAddr::V6(a), p)) => planned.address6 = Some((a, p)),
+                            None => {}
+                        }
+                        match n.gateway {
+                            Some(IpAddr::V4(g)) => planned.gateway = Some(g),
+                            Some(IpAddr::V6(g)) => planned.gateway6 = Some(g),
+                            None => {}
+                        }
+                        planned
                     })
-                    .collect::<anyhow::Result<_>>()?
+                    .collect()
             }
             None if image_ref => vec![PlannedNet::user(Vec::new())],
             None => Vec::new(),
@@ -395,6 +408,8 @@ fn attach_net(nets: &[PlannedNet]) -> anyhow::Result<(Vec<NetConfig>, Option<Pas
             gateway: n.gateway,
             mtu: n.mtu,
             mac: None,
+            address6: n.address6,
+            gateway6: n.gateway6,
         };
         let backend = match &n.tap {
             Some(name) => NetBackendConfig::Tap(name.clone()),
@@ -939,6 +954,17 @@ mod tests {
         assert_eq!(net.address, Some(([10, 88, 0, 5].into(), 16)));
         assert_eq!(net.gateway, Some([10, 88, 0, 1].into()));
         assert_eq!(net.mtu, Some(1400));
+        assert_eq!(net.address6, None);
+        let NetMode::Tap(dual) =
+            parse_net("tap:t0,ip=fd00:1::5/64,ip=10.0.0.5/24,gateway=fe80::1,gateway=10.0.0.1")
+                .unwrap()
+        else {
+            panic!("not a tap");
+        };
+        assert_eq!(dual.address, Some(([10, 0, 0, 5].into(), 24)));
+        assert_eq!(dual.address6, Some(("fd00:1::5".parse().unwrap(), 64)));
+        assert_eq!(dual.gateway, Some([10, 0, 0, 1].into()));
+        assert_eq!(dual.gateway6, Some("fe80::1".parse().unwrap()));
         assert_eq!(
             parse_net("tap:t0").unwrap(),
             NetMode::Tap(Box::new(PlannedNet {
@@ -950,7 +976,10 @@ mod tests {
             "tap:",
             "tap:a-name-far-too-long",
             "tap:t0,ip=10.0.0.1",
-            "tap:t0,ip=fd00::1/64",
+            "tap:t0,ip=fd00::1/129",
+            "tap:t0,ip=10.0.0.1/24,ip=10.0.0.2/24",
+            "tap:t0,ip=fd00::1/64,ip=fd00::2/64",
+            "tap:t0,gateway=fe80::1,gateway=fe80::2",
             "tap:t0,mtu=big",
             "tap:t0,colour=red",
             "tap:t0,mac",
