@@ -36,7 +36,7 @@ pub fn trials() -> Vec<Trial> {
             podman,
         ),
         boot_tests::trial(
-            "podman_network_namespace_is_the_vms_and_serves_http",
+            "podman_networks_a_dual_stack_namespace_and_its_own_bridge_with_a_published_port",
             podman_network,
         ),
         boot_tests::trial(
@@ -594,6 +594,13 @@ impl Podman {
         Ok(output_within(c, stdin, limit)?)
     }
 
+    /// `podman run -d ARGS`, which must succeed; the container's id.
+    fn detached(&self, args: &[&str]) -> Result<String, Failed> {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        Ok(self.expect(&all, b"", 0)?.trim().to_string())
+    }
+
     /// `podman ARGS`, which must exit `code`; its stdout.
     fn expect<S: AsRef<str>>(&self, args: &[S], stdin: &[u8], code: i32) -> Result<String, Failed> {
         let r = self.run(args, stdin, Duration::from_secs(120))?;
@@ -849,17 +856,27 @@ impl Netns {
         let host = format!("10.231.{n}.1/24");
         let guest = format!("10.231.{n}.2/24");
         let gateway = format!("10.231.{n}.1");
-        let steps: [&[&str]; 8] = [
+        // Dual stack, as a container network with IPv6 has it (addresses
+        // given out, so no duplicate detection).
+        let host6 = format!("fd00:231:{n}::1/64");
+        let guest6 = format!("fd00:231:{n}::2/64");
+        let gateway6 = format!("fd00:231:{n}::1");
+        let steps: [&[&str]; 11] = [
             &["netns", "add", &name],
             &[
                 "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
             ],
             &["link", "set", &peer, "netns", &name],
             &["addr", "add", &host, "dev", &host_end],
+            &["addr", "add", &host6, "dev", &host_end, "nodad"],
             &["link", "set", &host_end, "up"],
             &["-n", &name, "addr", "add", &guest, "dev", &peer],
+            &["-n", &name, "addr", "add", &guest6, "dev", &peer, "nodad"],
             &["-n", &name, "link", "set", &peer, "up"],
             &["-n", &name, "route", "add", "default", "via", &gateway],
+            &[
+                "-n", &name, "-6", "route", "add", "default", "via", &gateway6,
+            ],
         ];
         for step in steps {
             let out = Command::new("ip").args(step).output()?;
@@ -891,39 +908,35 @@ impl Drop for Netns {
     }
 }
 
-/// podman with a network namespace of the test's making (`--network
-/// ns:PATH`, the path CNI, netavark, docker and CRI hand over too): the VM
-/// takes the namespace's address, and busybox httpd in it answers curl
-/// from the host; its tap goes with the container.
+/// podman with a dual-stack network namespace of the test's making
+/// (`--network ns:PATH`, the path CNI, netavark, docker and CRI hand over
+/// too): the VM takes the namespace's IPv4 and IPv6 addresses and routes,
+/// and busybox httpd in it answers curl from the host over both; its tap
+/// goes with the container. Then podman's own bridge network.
 fn podman_network() -> Result<(), Failed> {
     let p = Podman::new()?;
     let ns = Netns::new(1)?;
     let network = format!("ns:{}", ns.path());
     let serve =
         "mkdir -p /www && echo hello-from-the-vm > /www/index.html && exec httpd -f -p 80 -h /www";
-    let cid = p
-        .expect(
-            &[
-                "run",
-                "-d",
-                "--network",
-                &network,
-                "--dns",
-                "192.0.2.53",
-                "husk-test-busybox",
-                "sh",
-                "-c",
-                serve,
-            ],
-            b"",
-            0,
-        )?
-        .trim()
-        .to_string();
+    let cid = p.detached(&[
+        "--network",
+        &network,
+        "--dns",
+        "192.0.2.53",
+        "husk-test-busybox",
+        "sh",
+        "-c",
+        serve,
+    ])?;
     let checked = (|| -> Result<(), Failed> {
-        let addr = p.expect(&["exec", &cid, "ip", "-4", "addr"], b"", 0)?;
-        if !addr.contains("10.231.1.2/24") {
-            return Err(format!("the guest lacks the namespace's address: {addr}").into());
+        let addr = p.expect(&["exec", &cid, "ip", "addr"], b"", 0)?;
+        if !addr.contains("10.231.1.2/24") || !addr.contains("fd00:231:1::2/64") {
+            return Err(format!("the guest lacks the namespace's addresses: {addr}").into());
+        }
+        let route6 = p.expect(&["exec", &cid, "ip", "-6", "route"], b"", 0)?;
+        if !route6.contains("default via fd00:231:1::1") {
+            return Err(format!("the guest lacks the namespace's IPv6 route: {route6}").into());
         }
         // podman's /etc/resolv.conf and /etc/hosts are single files it
         // bind-mounts: the guest sees podman's, with --dns, and the
@@ -939,20 +952,8 @@ fn podman_network() -> Result<(), Failed> {
                 format!("the guest's resolv.conf and hosts are not podman's: {etc}").into(),
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = Command::new("curl")
-                .args(["-s", "--max-time", "5", "http://10.231.1.2/"])
-                .output()?;
-            let body = String::from_utf8_lossy(&out.stdout);
-            if body.trim() == "hello-from-the-vm" {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("curl http://10.231.1.2/: {body:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        curl_until("http://10.231.1.2/", "hello-from-the-vm")?;
+        curl_until("http://[fd00:231:1::2]/", "hello-from-the-vm")
     })();
     p.expect(&["rm", "-f", "-t", "0", &cid], b"", 0)?;
     checked?;
@@ -962,7 +963,77 @@ fn podman_network() -> Result<(), Failed> {
     if tap.status.success() {
         return Err("the tap husk0 is left in the namespace after rm".into());
     }
+    p.nothing_left()?;
+    podman_bridge(&p, serve)
+}
+
+/// podman's own network, as a user gets it with no `--network`: netavark
+/// makes the namespace, a veth from its bridge into it, an address of
+/// 10.88.0.0/16 and iptables DNAT for `-p`. The VM takes that namespace's
+/// address; `-p` reaches busybox httpd in it from the host's loopback, and
+/// the guest reaches a host server through the bridge's gateway. Nothing
+/// of the container is left in the firewall after rm.
+fn podman_bridge(p: &Podman, serve: &str) -> Result<(), Failed> {
+    let host = std::net::TcpListener::bind("0.0.0.0:0")?;
+    let host_port = host.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut conn in host.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nhello-the-host");
+        }
+    });
+    let cid = p.detached(&[
+        "-p",
+        "127.0.0.1:18090:80",
+        "husk-test-busybox",
+        "sh",
+        "-c",
+        serve,
+    ])?;
+    let checked = (|| -> Result<(), Failed> {
+        let addr = p.expect(&["exec", &cid, "ip", "-4", "addr"], b"", 0)?;
+        if !addr.contains("inet 10.88.") {
+            return Err(format!("the guest lacks podman's bridge address: {addr}").into());
+        }
+        curl_until("http://127.0.0.1:18090/", "hello-from-the-vm")?;
+        let fetch = format!(
+            "gw=$(ip route | awk '/^default/ {{print $3}}'); wget -q -O - http://$gw:{host_port}/"
+        );
+        let page = p.expect(&["exec", &cid, "sh", "-c", &fetch], b"", 0)?;
+        if page != "hello-the-host" {
+            return Err(format!("the guest through the bridge's gateway got {page:?}").into());
+        }
+        Ok(())
+    })();
+    p.expect(&["rm", "-f", "-t", "0", &cid], b"", 0)?;
+    checked?;
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()?;
+    let rules = String::from_utf8_lossy(&nat.stdout);
+    if rules.contains("18090") || rules.contains(&cid[..12.min(cid.len())]) {
+        return Err(format!("podman's port rules outlived the container: {rules}").into());
+    }
     p.nothing_left()
+}
+
+/// GETs `url` until it answers `body` (60 s at most).
+fn curl_until(url: &str, body: &str) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "-g", "--max-time", "5", url])
+            .output()?;
+        let got = String::from_utf8_lossy(&out.stdout);
+        if got.trim() == body {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("curl {url}: {got:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// docker 20.10 (`dockerd --add-runtime husk=husk-runtime`) and
@@ -1069,6 +1140,8 @@ fn docker_and_containerd() -> Result<(), Failed> {
             .arg(d.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
+            // docker's own networks reach a runtime through OCI hooks
+            // (libnetwork-setkey), which husk-runtime does not run yet.
             .args([
                 "--iptables=false",
                 "--ip-masq=false",
