@@ -57,6 +57,16 @@ fn bad_input_is_a_clear_error_in_the_log_and_leaves_nothing() {
         r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
         "process":{"terminal":true,"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
     ));
+    let hook_in_the_container = bundle(Some(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},
+        "hooks":{"createContainer":[{"path":"/bin/true"}]}}"#,
+    ));
+    let failing_prestart = bundle(Some(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},
+        "hooks":{"prestart":[{"path":"/bin/sh","args":["sh","-c","echo no way >&2; exit 4"]}]}}"#,
+    ));
     let good = bundle(Some(GOOD));
     let b = |d: &tempfile::TempDir| d.path().display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
@@ -124,6 +134,24 @@ fn bad_input_is_a_clear_error_in_the_log_and_leaves_nothing() {
                 "c1".into(),
             ],
             "--console-socket is needed",
+        ),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                b(&hook_in_the_container),
+                "c1".into(),
+            ],
+            "createContainer hooks",
+        ),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                b(&failing_prestart),
+                "c1".into(),
+            ],
+            "prestart hook /bin/sh",
         ),
         (
             vec![
@@ -223,5 +251,9 @@ fn features_is_the_oci_document() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["ociVersionMax"], "1.0.2");
+    assert_eq!(
+        doc["hooks"],
+        serde_json::json!(["prestart", "createRuntime", "poststart", "poststop"])
+    );
     assert!(doc["linux"]["namespaces"].is_array());
 }

@@ -26,6 +26,8 @@ pub struct Launch {
     pub annotations: BTreeMap<String, String>,
     pub process: agent::Process,
     pub network: Network,
+    /// The spec's hooks, run on the host (`super::hooks`).
+    pub hooks: Option<oci_spec::runtime::Hooks>,
     /// `husk run -d` arguments after `--name ID --hold` and the network,
     /// the `dir:` root last.
     pub husk_args: Vec<String>,
@@ -78,6 +80,9 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
     )
     .context("config.json's process")?;
     process.seccomp = seccomp(spec)?;
+    if let Some(hooks) = spec.hooks() {
+        super::hooks::check(hooks)?;
+    }
 
     let annotations: BTreeMap<String, String> = spec
         .annotations()
@@ -110,6 +115,7 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
         annotations,
         process,
         network: network(spec),
+        hooks: spec.hooks().clone(),
         husk_args,
     })
 }

@@ -13,6 +13,7 @@
 //! `kill` signals it there; `delete` removes what is left.
 
 pub(crate) mod bundle;
+mod hooks;
 mod log;
 pub(crate) mod netns;
 pub(crate) mod seccomp;
@@ -204,10 +205,32 @@ struct OciRecord {
     #[serde(default)]
     annotations: std::collections::BTreeMap<String, String>,
     process: agent::Process,
-    /// The caller's network namespace, joined (its tap goes at delete).
+    /// The network namespace joined (its tap goes at delete): the
+    /// caller's, or one husk-runtime made for the spec's hooks to fill.
     #[serde(default)]
     netns: Option<PathBuf>,
+    /// `netns` is husk-runtime's own, kept by a bind mount at delete.
+    #[serde(default)]
+    own_netns: bool,
+    #[serde(default)]
+    hooks: Option<oci_spec::runtime::Hooks>,
 }
+
+impl OciRecord {
+    /// Undoes the container's network: its tap, and a namespace of its
+    /// own.
+    fn release_net(&self) {
+        match (&self.netns, self.own_netns) {
+            (Some(ns), true) => netns::release(ns),
+            (Some(ns), false) => netns::leave(ns),
+            (None, _) => {}
+        }
+    }
+}
+
+/// The file under a container's folder that keeps a network namespace
+/// husk-runtime made for it.
+const NETNS_FILE: &str = "netns";
 
 /// OCI state, as `state` prints it.
 #[derive(Debug, Serialize)]
@@ -408,8 +431,8 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
     // Whatever fails from here leaves nothing: the folder goes.
     let made = create_in(&vm, &args, launch);
     if made.is_err() {
-        if let Some(ns) = record(&vm).ok().and_then(|r| r.netns) {
-            netns::leave(&ns);
+        if let Ok(r) = record(&vm) {
+            r.release_net();
         }
         let _ = remove_vm_dir(root, id, &vm);
     }
@@ -417,6 +440,14 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::Result<ExitCode> {
+    let mut before_boot = launch
+        .hooks
+        .as_ref()
+        .map(hooks::before_boot)
+        .unwrap_or_default();
+    // A new namespace asked for without a path is made here when hooks
+    // run before the boot: they may put the container's interface in it.
+    let own_netns = launch.network == bundle::Network::None && !before_boot.is_empty();
     let record = OciRecord {
         bundle: launch.bundle.clone(),
         rootfs: launch.rootfs.clone(),
@@ -425,8 +456,11 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
         process: launch.process.clone(),
         netns: match &launch.network {
             bundle::Network::Join(path) => Some(path.clone()),
+            _ if own_netns => Some(vm.dir.join(NETNS_FILE)),
             _ => None,
         },
+        own_netns,
+        hooks: launch.hooks.clone(),
     };
     crate::vms::write_file(&vm.dir.join(OCI_FILE), serde_json::to_vec_pretty(&record)?)?;
     bundle::mount_points(&launch.rootfs)?;
@@ -441,9 +475,27 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
     let cwd = std::env::current_dir().context("the current folder")?;
     let mut keeper_args: Vec<std::ffi::OsString> = vec!["run".into(), "-d".into()];
     keeper_args.extend(["--name".into(), vm.name.clone().into(), "--hold".into()]);
+    // The state the hooks read: this process stands for the container
+    // (its namespace is the container's, as the process's is under runc).
+    let state = serde_json::to_vec(&OciState {
+        oci_version: OCI_VERSION,
+        id: args.id.clone(),
+        status: "creating",
+        pid: std::process::id(),
+        bundle: record.bundle.clone(),
+        rootfs: record.rootfs.clone(),
+        created: record.created.clone(),
+        annotations: record.annotations.clone(),
+    })?;
     let net = match &launch.network {
         bundle::Network::User => "user".to_string(),
-        bundle::Network::None => "none".to_string(),
+        bundle::Network::None if !own_netns => "none".to_string(),
+        bundle::Network::None => {
+            let ns = vm.dir.join(NETNS_FILE);
+            netns::own(&ns)?;
+            hooks::run(&std::mem::take(&mut before_boot), &state)?;
+            netns::join(&ns)?.unwrap_or_else(|| "none".into())
+        }
         bundle::Network::Join(ns) => {
             let net = netns::join(ns)?.unwrap_or_else(|| "none".into());
             // The keeper and its VM start inside the namespace: the tap
@@ -452,6 +504,7 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
             net
         }
     };
+    hooks::run(&before_boot, &state)?;
     keeper_args.extend(["--net".into(), net.into()]);
     keeper_args.extend(launch.husk_args.iter().map(Into::into));
     // With a terminal, its slave is the keeper's three standard streams.
@@ -535,7 +588,37 @@ fn start(root: &Path, id: &str) -> anyhow::Result<ExitCode> {
     control.call(&Request::Start {
         process: Box::new(record.process),
     })?;
+    // A poststart hook that fails is told, and the container runs on.
+    after_hooks(
+        root,
+        id,
+        record.hooks.as_ref().and_then(|h| h.poststart().clone()),
+        "poststart",
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `list`, the poststart or poststop hooks of container `id`, with
+/// its state now; a failure is a warning (the container has started, or
+/// is gone), as with runc.
+fn after_hooks(
+    root: &Path,
+    id: &str,
+    list: Option<Vec<oci_spec::runtime::Hook>>,
+    kind: &'static str,
+) {
+    let Some(list) = list.filter(|l| !l.is_empty()) else {
+        return;
+    };
+    let ran = oci_state(root, id)
+        .and_then(|state| Ok(serde_json::to_vec(&state)?))
+        .and_then(|state| {
+            let all: Vec<_> = list.iter().map(|h| (kind, h)).collect();
+            hooks::run(&all, &state)
+        });
+    if let Err(e) = ran {
+        eprintln!("husk-runtime: warning: container {id}: {e:#}");
+    }
 }
 
 /// `exec`: the process runs in the guest; here, a process relays its
@@ -665,9 +748,14 @@ fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<ExitCode> {
             wait_keeper_gone(&state, Duration::from_secs(10));
         }
     }
-    if let Some(ns) = record(&vm).ok().and_then(|r| r.netns) {
-        netns::leave(&ns);
+    let record = record(&vm).ok();
+    if let Some(r) = &record {
+        r.release_net();
     }
+    let poststop = record
+        .and_then(|r| r.hooks)
+        .and_then(|h| h.poststop().clone());
+    after_hooks(root, id, poststop, "poststop");
     remove_vm_dir(root, id, &vm).with_context(|| format!("cannot remove {}", vm.dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -781,7 +869,7 @@ fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "bind", "rbind"],
         "linux": {
             "namespaces": ["mount", "network", "pid", "ipc", "uts"],

@@ -180,7 +180,7 @@ fn published_port() -> Result<(), Failed> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<(), Failed> {
+pub(super) fn ip(args: &[&str]) -> Result<(), Failed> {
     let out = Command::new("ip")
         .args(args)
         .output()

@@ -15,6 +15,7 @@ use boot_tests::husk::{husk_bin, output_within, HuskRun};
 use libtest_mimic::{Failed, Trial};
 
 use super::detached::{nothing_left, tree};
+use super::network::ip;
 use super::shares::{busybox_root, folder, virtiofsd_serving};
 
 pub fn trials() -> Vec<Trial> {
@@ -879,15 +880,7 @@ impl Netns {
             ],
         ];
         for step in steps {
-            let out = Command::new("ip").args(step).output()?;
-            if !out.status.success() {
-                return Err(format!(
-                    "ip {}: {}",
-                    step.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
+            ip(step)?;
         }
         Ok(ns)
     }
@@ -1018,6 +1011,29 @@ fn podman_bridge(p: &Podman, serve: &str) -> Result<(), Failed> {
     p.nothing_left()
 }
 
+/// A bridge of the test's own, removed with it.
+struct Bridge(&'static str);
+
+impl Bridge {
+    fn new(name: &'static str, address: &str) -> Result<Self, Failed> {
+        let bridge = Bridge(name);
+        for step in [
+            &["link", "add", name, "type", "bridge"][..],
+            &["addr", "add", address, "dev", name],
+            &["link", "set", name, "up"],
+        ] {
+            ip(step)?;
+        }
+        Ok(bridge)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", self.0]).output();
+    }
+}
+
 /// GETs `url` until it answers `body` (60 s at most).
 fn curl_until(url: &str, body: &str) -> Result<(), Failed> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1130,6 +1146,7 @@ fn docker_and_containerd() -> Result<(), Failed> {
 
     // dockerd with husk-runtime as the runtime "husk".
     {
+        let bridge = Bridge::new("husk-dk0", "10.89.7.1/24")?;
         let socket = d.join("docker.sock");
         let mut c = Command::new("dockerd");
         c.arg("--data-root")
@@ -1140,15 +1157,13 @@ fn docker_and_containerd() -> Result<(), Failed> {
             .arg(d.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
-            // docker's own networks reach a runtime through OCI hooks
-            // (libnetwork-setkey), which husk-runtime does not run yet.
-            .args([
-                "--iptables=false",
-                "--ip-masq=false",
-                "--bridge=none",
-                "--storage-driver",
-                "vfs",
-            ])
+            // A bridge network as docker's default one (on a bridge of the
+            // test's own, not a docker0 another dockerd may own), with
+            // docker's iptables rules and port proxy: docker puts the
+            // container's interface into the namespace husk-runtime made,
+            // from its prestart hook (libnetwork-setkey).
+            .args(["--bridge", bridge.0, "--ip-forward=false"])
+            .args(["--storage-driver", "vfs"])
             .arg("--add-runtime")
             .arg(format!("husk={}", runtime.display()));
         let _dockerd = daemon(c, &d.join("dockerd.log"), &socket)?;
@@ -1193,12 +1208,12 @@ fn docker_and_containerd() -> Result<(), Failed> {
                 "--runtime",
                 "husk",
                 "-d",
-                "--network",
-                "none",
+                "-p",
+                "127.0.0.1:18091:80",
                 "busybox",
                 "sh",
                 "-c",
-                "while true; do sleep 1; done",
+                "mkdir -p /www && echo hello-from-docker > /www/index.html && exec httpd -f -p 80 -h /www",
             ]),
             b"",
             Duration::from_secs(120),
@@ -1218,7 +1233,21 @@ fn docker_and_containerd() -> Result<(), Failed> {
             b"",
             Duration::from_secs(60),
         )?;
+        // docker's bridge network: the VM has the address docker gave the
+        // container, and -p reaches it from the host's loopback.
+        let published = curl_until("http://127.0.0.1:18091/", "hello-from-docker").map_err(|e| {
+            let seen = |args: &[&str]| {
+                output_within(docker(args), b"", Duration::from_secs(30))
+                    .map_or_else(|e| e.to_string(), |r| format!("{}{}", r.stdout, r.stderr))
+            };
+            format!(
+                "{e:?}; docker's address for it: {}; the guest's: {}",
+                seen(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &cid]),
+                seen(&["exec", &cid, "ip", "-4", "addr"]),
+            )
+        });
         let rm = output_within(docker(&["rm", "-f", &cid]), b"", Duration::from_secs(60))?;
+        published?;
         // /etc/hostname is docker's own file, bind-mounted: the short id.
         let want = format!("{}\nexec-ok", &cid[..12.min(cid.len())]);
         if e.code != Some(2) || e.stdout.trim() != want {
@@ -1228,6 +1257,21 @@ fn docker_and_containerd() -> Result<(), Failed> {
         }
         if rm.code != Some(0) {
             return Err(rm.explain("docker rm -f").into());
+        }
+        // The namespaces husk-runtime made for docker's hooks went with
+        // their containers.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let kept: Vec<&str> = mounts
+            .lines()
+            .filter(|l| {
+                l.split(' ').nth(4).is_some_and(|at| {
+                    at.ends_with("/netns")
+                        && (at.contains("husk-runtime") || at.contains(d.to_str().unwrap_or("/")))
+                })
+            })
+            .collect();
+        if !kept.is_empty() {
+            return Err(format!("network namespaces left mounted: {kept:?}").into());
         }
     }
     let left = processes_naming(&d.to_string_lossy());
