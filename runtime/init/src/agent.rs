@@ -287,9 +287,7 @@ impl Agent {
                 crate::say("agent: the random generator is reseeded with the host's bytes");
                 // The reseed is a restore's first request: the network
                 // hears of the guest before anyone connects to it.
-                if let Err(e) = crate::net::announce() {
-                    crate::say(&format!("agent: cannot announce the guest's network: {e}"));
-                }
+                crate::net::announce(|m| crate::say(&format!("agent: {m}")));
                 Ok(Response::Ok)
             }
             Request::ProbeTcp { port } => {

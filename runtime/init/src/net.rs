@@ -128,19 +128,29 @@ fn notify_peers(name: &str) {
 /// after a restore and has seen no frame of the guest's: passt learns the
 /// guest's MAC from its first frame and until then sends to the broadcast
 /// address, which the guest's TCP drops; a bridge has forgotten the port.
-pub fn announce() -> io::Result<()> {
-    let sock = socket()?;
-    for entry in fs::read_dir("/sys/class/net")? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name == "lo" {
-            continue;
-        }
+/// An interface that cannot be announced (one without an Ethernet
+/// address, under another kernel) is reported and the others still are.
+pub fn announce(say: impl Fn(&str)) {
+    let sock = match socket() {
+        Ok(s) => s,
+        Err(e) => return say(&format!("cannot announce the guest's network: {e}")),
+    };
+    let names = fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo");
+    for name in names {
         notify_peers(&name);
-        let mut req = ifreq(&name)?;
-        ioctl(&sock, libc::SIOCGIFHWADDR, &mut req)?;
-        ioctl(&sock, libc::SIOCSIFHWADDR, &mut req)?;
+        let announced = ifreq(&name).and_then(|mut req| {
+            ioctl(&sock, libc::SIOCGIFHWADDR, &mut req)?;
+            ioctl(&sock, libc::SIOCSIFHWADDR, &mut req)
+        });
+        if let Err(e) = announced {
+            say(&format!("cannot announce {name} to the network: {e}"));
+        }
     }
-    Ok(())
 }
 
 /// `ip link set lo up`: every guest has loopback, network or not.
