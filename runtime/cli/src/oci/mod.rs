@@ -217,6 +217,20 @@ struct OciRecord {
 }
 
 impl OciRecord {
+    /// The OCI state of container `id` as `status` with `pid`.
+    fn state(&self, id: &str, status: &'static str, pid: u32) -> OciState {
+        OciState {
+            oci_version: OCI_VERSION,
+            id: id.to_string(),
+            status,
+            pid,
+            bundle: self.bundle.clone(),
+            rootfs: self.rootfs.clone(),
+            created: self.created.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
+
     /// Undoes the container's network: its tap, and a namespace of its
     /// own.
     fn release_net(&self) {
@@ -477,16 +491,7 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
     keeper_args.extend(["--name".into(), vm.name.clone().into(), "--hold".into()]);
     // The state the hooks read: this process stands for the container
     // (its namespace is the container's, as the process's is under runc).
-    let state = serde_json::to_vec(&OciState {
-        oci_version: OCI_VERSION,
-        id: args.id.clone(),
-        status: "creating",
-        pid: std::process::id(),
-        bundle: record.bundle.clone(),
-        rootfs: record.rootfs.clone(),
-        created: record.created.clone(),
-        annotations: record.annotations.clone(),
-    })?;
+    let state = serde_json::to_vec(&record.state(&args.id, "creating", std::process::id()))?;
     let net = match &launch.network {
         bundle::Network::User => "user".to_string(),
         bundle::Network::None if !own_netns => "none".to_string(),
@@ -790,20 +795,12 @@ fn oci_state(root: &Path, id: &str) -> anyhow::Result<OciState> {
     let record = record(&vm)?;
     let state = vm.current_state()?;
     let status = oci_status(&state);
-    Ok(OciState {
-        oci_version: OCI_VERSION,
-        id: id.to_string(),
-        status,
-        pid: if status == "stopped" {
-            0
-        } else {
-            state.keeper_pid
-        },
-        bundle: record.bundle,
-        rootfs: record.rootfs,
-        created: record.created,
-        annotations: record.annotations,
-    })
+    let pid = if status == "stopped" {
+        0
+    } else {
+        state.keeper_pid
+    };
+    Ok(record.state(id, status, pid))
 }
 
 fn list(root: &Path, format: &str, quiet: bool) -> anyhow::Result<ExitCode> {
