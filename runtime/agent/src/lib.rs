@@ -74,6 +74,14 @@ pub struct Process {
     /// working directory and `PATH` lookup are that container's.
     #[serde(default)]
     pub within: Option<u32>,
+    /// A process in the guest's own root that is a container all the
+    /// same (husk-runtime's, whose VM is one container): it runs in a
+    /// cgroup of its own with these limits, which every later process
+    /// started without `container` or `within` joins while it runs, so
+    /// [`Request::Stats`], [`Request::Update`] and [`Request::Freeze`]
+    /// reach the container's every process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Resources>,
     /// Supplementary groups beside the user's own (OCI's
     /// `additionalGids`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -147,8 +155,9 @@ pub struct Container {
 }
 
 /// Limits of a container's cgroup in the guest (cgroup v2), from its OCI
-/// `linux.resources`; what is `None` is left as the kernel makes it (no
-/// limit, the default weight).
+/// `linux.resources`; what is `None` is left as it is (at first, as the
+/// kernel makes it: no limit, the default weight), and a limit of
+/// [`NO_LIMIT`] is lifted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
@@ -168,6 +177,10 @@ pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_max: Option<u64>,
 }
+
+/// In [`Resources`], a limit of this value is "max": none (what an update
+/// sets to lift a limit).
+pub const NO_LIMIT: u64 = u64::MAX;
 
 impl Resources {
     pub fn is_empty(&self) -> bool {

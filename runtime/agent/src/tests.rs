@@ -65,6 +65,7 @@ fn every_request_round_trips() {
                     pack_bpf(0x20, 0, 0, 4),
                     pack_bpf(0x15, 1, 0, 0xc000_003e),
                 ]],
+                cgroup: None,
             },
         },
         Request::StartMain {
@@ -72,6 +73,16 @@ fn every_request_round_trips() {
                 argv: vec!["/bin/sh".into()],
                 env: vec!["PATH=/bin".into()],
                 within: Some(3),
+                ..Process::default()
+            },
+        },
+        Request::StartMain {
+            process: Process {
+                argv: vec!["/bin/true".into()],
+                cgroup: Some(Resources {
+                    pids_max: Some(crate::NO_LIMIT),
+                    ..Resources::default()
+                }),
                 ..Process::default()
             },
         },

@@ -95,6 +95,23 @@ fn bad_input_is_a_clear_error_in_the_log_and_leaves_nothing() {
             "container nosuch does not exist",
         ),
         (
+            vec!["resume".into(), "nosuch".into()],
+            "container nosuch does not exist",
+        ),
+        (
+            vec![
+                "update".into(),
+                "--resources".into(),
+                "-".into(),
+                "nosuch".into(),
+            ],
+            "container nosuch does not exist",
+        ),
+        (
+            vec!["events".into(), "--stats".into(), "nosuch".into()],
+            "container nosuch does not exist",
+        ),
+        (
             vec!["kill".into(), "nosuch".into(), "SIGNOPE".into()],
             "NOPE",
         ),

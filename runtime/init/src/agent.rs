@@ -356,6 +356,14 @@ impl Agent {
         }
     }
 
+    /// The `cgroup.procs` of the appliance's command's cgroup, when it
+    /// runs in one of its own ([`Process::cgroup`]): a process started
+    /// beside it joins it.
+    fn command_cgroup(&self) -> Option<OwnedFd> {
+        let pid = self.running_pid(MAIN).ok()?;
+        cgroup::procs_of(pid).ok()
+    }
+
     /// The cgroup of the container process `id` runs in.
     fn cgroup_of(&self, id: u32) -> Result<PathBuf, (ErrorKind, String)> {
         let pid = self.running_pid(id)?;
@@ -496,6 +504,12 @@ impl Agent {
                 format!("{what}: {e}"),
             )
         };
+        if spec.cgroup.is_some() && (spec.container.is_some() || spec.within.is_some()) {
+            return Err(error(
+                ErrorKind::BadRequest,
+                "only a process in the guest's root takes a cgroup of its own",
+            ));
+        }
         let mut owned_cgroup = None;
         let (root, entry) = match (&spec.container, spec.within) {
             (Some(_), Some(_)) => {
@@ -523,7 +537,16 @@ impl Agent {
                 }
                 (format!("/proc/{pid}/root").into(), Some(entry))
             }
-            (None, None) => ("/".into(), None),
+            (None, None) => match &spec.cgroup {
+                Some(limits) => {
+                    let (path, procs) = cgroup::create(limits)
+                        .map_err(|e| setup_failed("the container's cgroup", e))?;
+                    owned_cgroup = Some(path);
+                    ("/".into(), Some(sys::Entry::here(procs)))
+                }
+                // The command's cgroup, when it is a container's.
+                None => ("/".into(), self.command_cgroup().map(sys::Entry::here)),
+            },
         };
         // Removed again if the process does not start.
         let owned_cgroup = NewCgroup(owned_cgroup);

@@ -128,12 +128,10 @@ pub fn set(path: &Path, limits: &Resources) -> io::Result<()> {
             .map_err(|e| io::Error::new(e.kind(), format!("{file} = {value}: {e}")))
     };
     if let Some(max) = limits.memory_max {
-        write("memory.max", max.to_string())?;
+        write("memory.max", limit(max))?;
     }
     if limits.cpu_quota.is_some() || limits.cpu_period.is_some() {
-        let quota = limits
-            .cpu_quota
-            .map_or_else(|| "max".to_string(), |q| q.to_string());
+        let quota = limits.cpu_quota.map_or_else(|| "max".to_string(), limit);
         let period = limits.cpu_period.unwrap_or(100_000);
         write("cpu.max", format!("{quota} {period}"))?;
     }
@@ -141,9 +139,18 @@ pub fn set(path: &Path, limits: &Resources) -> io::Result<()> {
         write("cpu.weight", weight.to_string())?;
     }
     if let Some(max) = limits.pids_max {
-        write("pids.max", max.to_string())?;
+        write("pids.max", limit(max))?;
     }
     Ok(())
+}
+
+/// A limit as a cgroup file takes it: [`agent::NO_LIMIT`] is "max".
+fn limit(value: u64) -> String {
+    if value == agent::NO_LIMIT {
+        "max".into()
+    } else {
+        value.to_string()
+    }
 }
 
 /// The cgroup's figures.
@@ -239,6 +246,12 @@ pub fn end(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_limit_is_written_as_max() {
+        assert_eq!(limit(agent::NO_LIMIT), "max");
+        assert_eq!(limit(64 << 20), "67108864");
+    }
 
     #[test]
     fn flat_keyed_files_parse_and_odd_lines_are_skipped() {

@@ -826,6 +826,9 @@ pub struct Entry {
 }
 
 enum Way {
+    /// The guest's own root and mounts: only the cgroup is the
+    /// container's.
+    Here,
     /// A new mount namespace rooted at a folder.
     New(NewRoot),
     /// Another process's container: its mount namespace and its root.
@@ -838,6 +841,15 @@ impl Entry {
         Entry {
             way: Way::New(root),
             cgroup: None,
+        }
+    }
+
+    /// A container in the guest's own root: only its cgroup, whose
+    /// `cgroup.procs` is `procs`.
+    pub fn here(procs: OwnedFd) -> Entry {
+        Entry {
+            way: Way::Here,
+            cgroup: Some(procs),
         }
     }
 
@@ -983,6 +995,7 @@ pub fn enter(command: &mut Command, entry: Entry, workdir: &str) {
                 }
             }
             match &entry.way {
+                Way::Here => {}
                 Way::New(new) => enter_new(new)?,
                 Way::Join { ns, root } => {
                     check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS))?;

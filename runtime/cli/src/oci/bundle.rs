@@ -28,6 +28,7 @@ pub struct Launch {
     pub network: Network,
     /// The spec's hooks, run on the host (`super::hooks`).
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    pub size: super::resources::VmSize,
     /// `husk run -d` arguments after `--name ID --hold` and the network,
     /// the `dir:` root last.
     pub husk_args: Vec<String>,
@@ -80,6 +81,9 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
     )
     .context("config.json's process")?;
     process.seccomp = seccomp(spec)?;
+    // The VM is the container, and its cgroup in the guest the
+    // container's: limits, figures, the freezer of `pause`.
+    process.cgroup = Some(super::resources::of_spec(spec));
     if let Some(hooks) = spec.hooks() {
         super::hooks::check(hooks)?;
     }
@@ -116,6 +120,7 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
         process,
         network: network(spec),
         hooks: spec.hooks().clone(),
+        size: super::resources::VmSize { cpus, memory_mib },
         husk_args,
     })
 }
@@ -486,6 +491,20 @@ mod tests {
                 inheritable: 0,
                 ambient: 1 << 10,
             })
+        );
+        // The limits are the guest cgroup's too, as runc's are the host's.
+        let cgroup = launch.process.cgroup.unwrap();
+        assert_eq!(cgroup.memory_max, Some(256 << 20));
+        assert_eq!(
+            (cgroup.cpu_quota, cgroup.cpu_period),
+            (Some(150_000), Some(100_000))
+        );
+        assert_eq!(
+            launch.size,
+            super::super::resources::VmSize {
+                cpus: 2,
+                memory_mib: 288
+            }
         );
         let args = launch.husk_args.join(" ");
         let root = std::fs::canonicalize(dir.path().join("rootfs")).unwrap();

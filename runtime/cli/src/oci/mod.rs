@@ -16,6 +16,7 @@ pub(crate) mod bundle;
 mod hooks;
 mod log;
 pub(crate) mod netns;
+pub(crate) mod resources;
 pub(crate) mod seccomp;
 
 use std::path::{Path, PathBuf};
@@ -111,22 +112,29 @@ enum Command {
     },
     /// What this runtime supports, as JSON
     Features,
-    /// Not possible for a micro-VM container (a clear error)
+    /// Freeze every process of a running container (its cgroup in the VM)
     Pause { id: String },
-    /// Not possible for a micro-VM container (a clear error)
+    /// Thaw a paused container
     Resume { id: String },
-    /// Change resources: a VM's size is fixed at create (a clear error)
+    /// Change the limits of a container's cgroup in its VM (within the
+    /// VM's size, fixed when it boots)
     Update {
+        /// OCI linux resources as JSON: a file, or - for stdin
         #[arg(short, long)]
-        resources: Option<String>,
+        resources: Option<PathBuf>,
         id: String,
     },
     /// Run another process in a running container
     Exec(ExecArgs),
-    /// Not offered (a clear error)
+    /// The container's figures as JSON lines: one with --stats, else one
+    /// each --interval (and an oom event at each OOM kill) until it stops
     Events {
+        /// Print the figures once
         #[arg(long)]
         stats: bool,
+        /// Between two lines, as 5s, 500ms or 1m
+        #[arg(long, default_value = "5s", value_parser = parse_interval)]
+        interval: Duration,
         id: String,
     },
 }
@@ -214,6 +222,9 @@ struct OciRecord {
     own_netns: bool,
     #[serde(default)]
     hooks: Option<oci_spec::runtime::Hooks>,
+    /// The VM's size, the bounds of an `update`.
+    #[serde(default)]
+    size: Option<resources::VmSize>,
 }
 
 impl OciRecord {
@@ -245,6 +256,8 @@ impl OciRecord {
 /// The file under a container's folder that keeps a network namespace
 /// husk-runtime made for it.
 const NETNS_FILE: &str = "netns";
+/// There while the container is paused (its cgroup in the guest frozen).
+const PAUSED_FILE: &str = "paused";
 
 /// OCI state, as `state` prints it.
 #[derive(Debug, Serialize)]
@@ -301,27 +314,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&features())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pause { id } | Command::Resume { id } => {
-            container(root, &id)?;
-            anyhow::bail!(
-                "{id}: pausing is not supported: a husk container is a VM whose vCPUs \
-                 husk-runtime does not freeze"
-            )
-        }
-        Command::Update { id, resources } => {
-            container(root, &id)?;
-            let what = resources.map_or("its resources".into(), |r| format!("--resources {r}"));
-            anyhow::bail!(
-                "{id}: cannot apply {what}: a micro-VM's CPUs and memory are fixed when \
-                 it boots (set them in config.json or the io.husk.vm.* annotations)"
-            )
-        }
+        Command::Pause { id } => pause(root, &id, true),
+        Command::Resume { id } => pause(root, &id, false),
+        Command::Update { id, resources } => update(root, &id, resources.as_deref()),
         Command::Exec(args) => exec(root, args),
-        Command::Events { id, .. } => {
-            container(root, &id)?;
-            anyhow::bail!("{id}: events are not offered by husk-runtime")
-        }
+        Command::Events {
+            id,
+            stats,
+            interval,
+        } => events(root, &id, stats, interval),
     }
+}
+
+/// `--interval`: a number and a unit (ms, s, m).
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?}: a duration such as 5s, 500ms or 1m");
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(bad());
+    }
+    Ok(d)
 }
 
 /// Where container `id`'s VM folder is: `root/ID`, or where that is a
@@ -475,6 +496,7 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
         },
         own_netns,
         hooks: launch.hooks.clone(),
+        size: Some(launch.size),
     };
     crate::vms::write_file(&vm.dir.join(OCI_FILE), serde_json::to_vec_pretty(&record)?)?;
     bundle::mount_points(&launch.rootfs)?;
@@ -585,7 +607,7 @@ fn start(root: &Path, id: &str) -> anyhow::Result<ExitCode> {
     if state.status != Status::Created {
         anyhow::bail!(
             "container {id} is {}: only a created container can be started",
-            oci_status(&state)
+            oci_status(&vm, &state)
         );
     }
     let record = record(&vm)?;
@@ -641,8 +663,13 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!(
             "container {} is {}, not running",
             args.id,
-            oci_status(&state)
+            oci_status(&vm, &state)
         );
+    }
+    if vm.dir.join(PAUSED_FILE).exists() {
+        // It would join the frozen cgroup and never start (runc refuses it
+        // too).
+        anyhow::bail!("container {} is paused: resume it first", args.id);
     }
     if args.preserve_fds > 0 {
         anyhow::bail!("--preserve-fds: a descriptor of the host cannot be passed into a VM");
@@ -735,6 +762,113 @@ fn kill(root: &Path, id: &str, signal: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Asks the guest agent of running container `id` about its command (the
+/// container's process, in the container's cgroup).
+fn ask_agent(vm: &VmDir, id: &str, request: &agent::Request) -> anyhow::Result<agent::Response> {
+    let state = vm.current_state()?;
+    if state.status != Status::Running {
+        anyhow::bail!("container {id} is {}, not running", oci_status(vm, &state));
+    }
+    let mut conn = Control::connect(&vm.control(), id)?.agent()?;
+    match agent::call(&mut conn, request)? {
+        agent::Response::Error { message, .. } => anyhow::bail!("container {id}: {message}"),
+        answer => Ok(answer),
+    }
+}
+
+/// `pause` (`frozen`) or `resume`: the freezer of the container's cgroup
+/// in the guest, as runc's of its cgroup on the host. The VM runs on (its
+/// agent answers); every process of the container stops.
+fn pause(root: &Path, id: &str, frozen: bool) -> anyhow::Result<ExitCode> {
+    let vm = container(root, id)?;
+    let marker = vm.dir.join(PAUSED_FILE);
+    match (frozen, marker.exists()) {
+        (true, true) => anyhow::bail!("container {id} is already paused"),
+        (false, false) => anyhow::bail!("container {id} is not paused"),
+        _ => {}
+    }
+    ask_agent(
+        &vm,
+        id,
+        &agent::Request::Freeze {
+            id: agent::MAIN,
+            frozen,
+        },
+    )?;
+    if frozen {
+        crate::vms::write_file(&marker, "")?;
+    } else {
+        std::fs::remove_file(&marker)
+            .with_context(|| format!("cannot remove {}", marker.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `update --resources FILE|-`: new limits of the container's cgroup in
+/// its VM, within the VM's size.
+fn update(root: &Path, id: &str, resources: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let vm = container(root, id)?;
+    let Some(path) = resources else {
+        anyhow::bail!("update: give the new limits as --resources FILE (or - for stdin)");
+    };
+    let text = if path == Path::new("-") {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text).context("stdin")?;
+        text
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    let asked: oci_spec::runtime::LinuxResources = serde_json::from_slice(&text)
+        .with_context(|| format!("--resources {}: not OCI linux resources", path.display()))?;
+    let size = record(&vm)?
+        .size
+        .with_context(|| format!("container {id} was created by an older husk-runtime"))?;
+    let limits = resources::update(&asked, size).with_context(|| format!("container {id}"))?;
+    ask_agent(
+        &vm,
+        id,
+        &agent::Request::Update {
+            id: agent::MAIN,
+            resources: limits,
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `events`: the container's cgroup figures as runc prints them, once
+/// (`--stats`) or every `interval` until it stops, with an `oom` line for
+/// each process the kernel killed for its memory limit.
+fn events(root: &Path, id: &str, once: bool, interval: Duration) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let vm = container(root, id)?;
+    let figures = |vm: &VmDir| match ask_agent(vm, id, &agent::Request::Stats { id: agent::MAIN })?
+    {
+        agent::Response::Stats(s) => Ok(s),
+        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    let first = figures(&vm)?;
+    writeln!(out, "{}", resources::stats_event(id, &first))?;
+    if once {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let oom_kills = |s: &agent::CgroupStats| s.memory_events.get("oom_kill").copied().unwrap_or(0);
+    let mut kills = oom_kills(&first);
+    loop {
+        std::thread::sleep(interval);
+        // Its end is the end of the stream.
+        let Ok(now) = figures(&vm) else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        for _ in kills..oom_kills(&now) {
+            writeln!(out, "{}", serde_json::json!({ "type": "oom", "id": id }))?;
+        }
+        kills = oom_kills(&now);
+        writeln!(out, "{}", resources::stats_event(id, &now))?;
+        out.flush()?;
+    }
+}
+
 fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<ExitCode> {
     let vm = container(root, id)?;
     let state = vm.current_state()?;
@@ -781,10 +915,11 @@ fn wait_keeper_gone(state: &State, timeout: Duration) {
     }
 }
 
-fn oci_status(state: &State) -> &'static str {
+fn oci_status(vm: &VmDir, state: &State) -> &'static str {
     match state.status {
         Status::Starting => "creating",
         Status::Created => "created",
+        Status::Running if vm.dir.join(PAUSED_FILE).exists() => "paused",
         Status::Running => "running",
         Status::Exited => "stopped",
     }
@@ -794,7 +929,7 @@ fn oci_state(root: &Path, id: &str) -> anyhow::Result<OciState> {
     let vm = container(root, id)?;
     let record = record(&vm)?;
     let state = vm.current_state()?;
-    let status = oci_status(&state);
+    let status = oci_status(&vm, &state);
     let pid = if status == "stopped" {
         0
     } else {
@@ -871,7 +1006,7 @@ fn features() -> serde_json::Value {
         "linux": {
             "namespaces": ["mount", "network", "pid", "ipc", "uts"],
             "capabilities": [],
-            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false },
+            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false },
             "seccomp": { "enabled": false },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false }
@@ -882,4 +1017,19 @@ fn features() -> serde_json::Value {
             "io.husk.vm.memory": "memory of the container's VM (a size, or MiB)"
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_take_a_unit_and_refuse_zero_and_nonsense() {
+        assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "5", "0s", "s", "1h", "-1s", "1.5s"] {
+            assert!(parse_interval(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! A pod's container has a cgroup of its own in the guest: its spec's
-//! `linux.resources` become that cgroup's limits ([`resources`]),
-//! `Update` sets new ones ([`update`]), and `Stats` answers with its
+//! `linux.resources` become that cgroup's limits
+//! ([`crate::oci::resources::of_spec`]), `Update` sets new ones
+//! ([`update`]), and `Stats` answers with its
 //! figures as containerd's cgroup v2 metrics ([`metrics`]), which
 //! containerd's CRI plugin turns into the kubelet's container stats.
 
@@ -12,37 +13,7 @@ use containerd_shim::protos::cgroups_v2::metrics::{
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
-use oci_spec::runtime::{LinuxResources, Spec};
-
-/// The cgroup limits `linux.resources` of `spec` sets.
-pub fn resources(spec: &Spec) -> agent::Resources {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .map(of)
-        .unwrap_or_default()
-}
-
-/// What `linux.resources` sets that a cgroup v2 takes (memory, CPU quota
-/// and shares, process count); runc's rules for values that mean "none".
-fn of(r: &LinuxResources) -> agent::Resources {
-    let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
-    let cpu = r.cpu().as_ref();
-    agent::Resources {
-        memory_max: positive(r.memory().as_ref().and_then(|m| m.limit())),
-        cpu_quota: positive(cpu.and_then(|c| c.quota())),
-        cpu_period: cpu.and_then(|c| c.period()).filter(|p| *p > 0),
-        cpu_weight: cpu.and_then(|c| c.shares()).filter(|s| *s > 0).map(weight),
-        pids_max: positive(r.pids().as_ref().map(|p| p.limit())),
-    }
-}
-
-/// cgroup v1's CPU shares (2 to 262,144) as cgroup v2's weight (1 to
-/// 10,000), the conversion runc and crun make.
-fn weight(shares: u64) -> u64 {
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9_999) / 262_142
-}
+use oci_spec::runtime::LinuxResources;
 
 /// The new limits of an `UpdateTaskRequest`: containerd sends the OCI
 /// `LinuxResources` as JSON in an `Any`.
@@ -55,7 +26,7 @@ pub fn update(any: &Any) -> anyhow::Result<agent::Resources> {
     }
     let r: LinuxResources = serde_json::from_slice(&any.value)
         .context("the update's resources are not OCI linux resources")?;
-    Ok(of(&r))
+    Ok(crate::oci::resources::of(&r))
 }
 
 /// The guest's figures as containerd's `io.containerd.cgroups.v2.Metrics`,
@@ -143,43 +114,6 @@ pub fn metrics(s: &agent::CgroupStats) -> anyhow::Result<Any> {
 mod tests {
     use super::*;
     use containerd_shim::protos::protobuf::Message;
-
-    #[test]
-    fn a_specs_resources_become_cgroup_v2_limits() {
-        let spec: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "linux": { "resources": {
-                "memory": { "limit": 67108864 },
-                "cpu": { "quota": 50000, "period": 100000, "shares": 1024 },
-                "pids": { "limit": 100 }
-            }}
-        }))
-        .unwrap();
-        let r = resources(&spec);
-        assert_eq!(
-            r,
-            agent::Resources {
-                memory_max: Some(64 << 20),
-                cpu_quota: Some(50_000),
-                cpu_period: Some(100_000),
-                cpu_weight: Some(39),
-                pids_max: Some(100),
-            }
-        );
-        // runc's "no limit" values set nothing.
-        let spec: Spec = serde_json::from_value(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "linux": { "resources": {
-                "memory": { "limit": -1 },
-                "cpu": { "quota": -1, "shares": 0 },
-                "pids": { "limit": 0 }
-            }}
-        }))
-        .unwrap();
-        assert!(resources(&spec).is_empty());
-        assert_eq!(weight(2), 1);
-        assert_eq!(weight(262_144), 10_000);
-    }
 
     #[test]
     fn an_update_reads_containerds_json_and_refuses_other_types() {

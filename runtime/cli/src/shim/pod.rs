@@ -361,7 +361,7 @@ fn mount_container(
             .and_then(|r| r.readonly())
             .unwrap_or(false),
         mounts,
-        resources: super::cgroup::resources(spec),
+        resources: crate::oci::resources::of_spec(spec),
     })
 }
 

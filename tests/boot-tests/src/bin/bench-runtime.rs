@@ -2,10 +2,14 @@
 //! and with crun (Debian's), side by side on the same image, in the same
 //! run, rounds alternating:
 //!
-//! - `podman run --rm --network none IMAGE true`, spawn to exit;
-//! - inside husk: `husk-runtime create` (the VM booted, the agent
-//!   answered, the command held) and `start` (the command running), each
-//!   timed, for the same bundle;
+//! - `podman run --rm --network none IMAGE true`, spawn to exit; husk
+//!   twice: warm, as containers start by default (the VM restored from
+//!   the snapshot the warm-up round took, in a snapshot folder of the
+//!   bench's own, since the bed's cache is read-only), and cold (the
+//!   annotation `io.husk.vm.cold=true`: the VM boots);
+//! - inside husk: `husk-runtime create` (the VM booted or restored, the
+//!   agent answered, the command held) and `start` (the command running),
+//!   each timed, for the same bundle, warm and cold;
 //! - the host memory of one idle container: the proportional set size
 //!   (PSS) of every process husk runs for it (keeper, supervisor, jailed
 //!   VMM, virtiofsd, vsock broker) beyond the guest RAM (the shared memfd
@@ -36,8 +40,17 @@ fn main() -> ExitCode {
     boot_tests::bench_main("bench-runtime", || bench(runs))
 }
 
+/// The annotation that boots a container's VM cold.
+const COLD: &str = "io.husk.vm.cold=true";
+
 fn bench(runs: usize) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // Warm starts need a snapshot folder that can be written; podman hands
+    // its environment down through conmon to husk-runtime.
+    let snapshots = dir.path().join("snapshots");
+    std::fs::create_dir(&snapshots).map_err(|e| e.to_string())?;
+    // SAFETY: set before any thread of the bench starts.
+    unsafe { std::env::set_var("HUSK_SNAPSHOT_DIR", &snapshots) };
     // husk and husk-runtime from the bed's tmpfs, as podman's runtimes
     // run from its cached root (see bench_husk_bin).
     let husk = bench_husk_bin(dir.path())?;
@@ -70,31 +83,44 @@ fn bench(runs: usize) -> Result<(), String> {
     }
     time(podman_command(&store, "runc".as_ref()).args(["tag", &id, TAG]))?;
 
-    podman_run(&store, &runtime, runs)?;
+    podman_run(&store, &runtime, runs, &snapshots)?;
     create_start(dir.path(), &runtime, runs)?;
     memory(&store, &runtime)
 }
 
-fn podman_run(store: &Path, runtime: &Path, runs: usize) -> Result<(), String> {
-    let runtimes: [(&str, &std::ffi::OsStr); 3] = [
-        ("podman run --rm true (husk-runtime)", runtime.as_os_str()),
-        ("podman run --rm true (runc)", "runc".as_ref()),
-        ("podman run --rm true (crun)", "crun".as_ref()),
+fn podman_run(store: &Path, runtime: &Path, runs: usize, snapshots: &Path) -> Result<(), String> {
+    let runtimes: [(&str, &std::ffi::OsStr, &[&str]); 4] = [
+        (
+            "podman run --rm true (husk-runtime, warm)",
+            runtime.as_os_str(),
+            &[],
+        ),
+        (
+            "podman run --rm true (husk-runtime, cold)",
+            runtime.as_os_str(),
+            &["--annotation", COLD],
+        ),
+        ("podman run --rm true (runc)", "runc".as_ref(), &[]),
+        ("podman run --rm true (crun)", "crun".as_ref(), &[]),
     ];
     let mut times = vec![Vec::new(); runtimes.len()];
     for round in 0..=runs {
-        for (i, (_, rt)) in runtimes.iter().enumerate() {
-            let t = time(podman_command(store, rt).args([
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                TAG,
-                "true",
-            ]))?;
+        for (i, (_, rt, extra)) in runtimes.iter().enumerate() {
+            let t = time(
+                podman_command(store, rt)
+                    .args(["run", "--rm", "--network", "none"])
+                    .args(*extra)
+                    .args([TAG, "true"]),
+            )?;
             if round > 0 {
                 times[i].push(t);
             }
+        }
+        if round == 0 && taken(snapshots) == 0 {
+            return Err(format!(
+                "the warm-up took no snapshot in {}: husk-runtime did not start warm",
+                snapshots.display()
+            ));
         }
     }
     table_header(&format!(
@@ -103,18 +129,24 @@ fn podman_run(store: &Path, runtime: &Path, runs: usize) -> Result<(), String> {
     let medians: Vec<f64> = runtimes
         .iter()
         .zip(&times)
-        .map(|((name, _), t)| table_row(name, t))
+        .map(|((name, ..), t)| table_row(name, t))
         .collect();
-    table_ratio("husk-runtime / runc (median)", medians[0] / medians[1]);
-    table_ratio("husk-runtime / crun (median)", medians[0] / medians[2]);
+    table_ratio("husk-runtime warm / runc (median)", medians[0] / medians[2]);
+    table_ratio("husk-runtime cold / runc (median)", medians[1] / medians[2]);
+    table_ratio("husk-runtime warm / crun (median)", medians[0] / medians[3]);
     println!();
     Ok(())
 }
 
+/// How many snapshots the folder holds.
+fn taken(snapshots: &Path) -> usize {
+    std::fs::read_dir(snapshots).map_or(0, |d| d.flatten().count())
+}
+
 /// A bundle of examples/busybox's root (unpacked with umoci) running
 /// `true`, in `dir`.
-fn bundle(dir: &Path) -> Result<PathBuf, String> {
-    let bundle = dir.join("bundle");
+fn bundle(dir: &Path, cold: bool) -> Result<PathBuf, String> {
+    let bundle = dir.join(if cold { "bundle-cold" } else { "bundle" });
     let layout = workspace_root().join("examples/busybox/image");
     let out = Command::new("umoci")
         .args(["unpack", "--image"])
@@ -128,8 +160,15 @@ fn bundle(dir: &Path) -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    let (key, value) = COLD.split_once('=').unwrap_or_default();
+    let annotations: serde_json::Map<String, serde_json::Value> = if cold {
+        [(key.to_string(), value.into())].into_iter().collect()
+    } else {
+        Default::default()
+    };
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
+        "annotations": annotations,
         "root": {"path": "rootfs"},
         "process": {"args": ["true"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
         "linux": {"namespaces": [{"type": "network"}]}
@@ -139,59 +178,70 @@ fn bundle(dir: &Path) -> Result<PathBuf, String> {
 }
 
 fn create_start(dir: &Path, runtime: &Path, runs: usize) -> Result<(), String> {
-    let bundle = bundle(dir)?;
     let root = dir.join("runtime-root");
     let rt = |args: &[&str]| {
         let mut c = Command::new(runtime);
         c.arg("--root").arg(&root).args(args);
         c
     };
-    let (mut created, mut started) = (Vec::new(), Vec::new());
+    let variants = [("warm", bundle(dir, false)?), ("cold", bundle(dir, true)?)];
+    // (create, start) per variant.
+    let mut times = vec![(Vec::new(), Vec::new()); variants.len()];
     for round in 0..=runs {
-        let id = format!("bench-{round}");
-        let pid_file = dir.join(format!("{id}.pid"));
-        let c = time(
-            rt(&["create", "--bundle"])
-                .arg(&bundle)
-                .arg("--pid-file")
-                .arg(&pid_file)
-                .arg(&id)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )?;
-        let s = time(&mut rt(&["start", &id]))?;
-        // `true` ends at once; the container then stops on its own.
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let state = rt(&["state", &id]).output().map_err(|e| e.to_string())?;
-            if String::from_utf8_lossy(&state.stdout).contains("\"stopped\"") {
-                break;
+        for (v, (name, bundle)) in variants.iter().enumerate() {
+            let id = format!("bench-{name}-{round}");
+            let pid_file = dir.join(format!("{id}.pid"));
+            let c = time(
+                rt(&["create", "--bundle"])
+                    .arg(bundle)
+                    .arg("--pid-file")
+                    .arg(&pid_file)
+                    .arg(&id)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )?;
+            let s = time(&mut rt(&["start", &id]))?;
+            // `true` ends at once; the container then stops on its own.
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let state = rt(&["state", &id]).output().map_err(|e| e.to_string())?;
+                if String::from_utf8_lossy(&state.stdout).contains("\"stopped\"") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{id} did not stop"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            if Instant::now() > deadline {
-                return Err(format!("{id} did not stop"));
+            time(&mut rt(&["delete", &id]))?;
+            if round > 0 {
+                times[v].0.push(c);
+                times[v].1.push(s);
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        time(&mut rt(&["delete", &id]))?;
-        if round > 0 {
-            created.push(c);
-            started.push(s);
         }
     }
     table_header(&format!(
         "inside husk-runtime, the busybox bundle running `true`, {runs} runs:"
     ));
-    let c = table_row("create (VM booted, agent answered, held)", &created);
-    let s = table_row("start (the process running)", &started);
-    table_row(
-        "create + start",
-        &created
-            .iter()
-            .zip(&started)
-            .map(|(a, b)| a + b)
-            .collect::<Vec<_>>(),
-    );
-    println!("(create is {:.0}% of create + start)", 100.0 * c / (c + s));
+    for ((name, _), (created, started)) in variants.iter().zip(&times) {
+        let c = table_row(
+            &format!("create, {name} (VM up, agent answered, held)"),
+            created,
+        );
+        let s = table_row(&format!("start, {name} (the process running)"), started);
+        table_row(
+            &format!("create + start, {name}"),
+            &created
+                .iter()
+                .zip(started)
+                .map(|(a, b)| a + b)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "({name}: create is {:.0}% of create + start)",
+            100.0 * c / (c + s)
+        );
+    }
     println!();
     Ok(())
 }

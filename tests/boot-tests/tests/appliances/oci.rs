@@ -25,7 +25,7 @@ pub fn trials() -> Vec<Trial> {
             lifecycle,
         ),
         boot_tests::trial(
-            "runtime_kill_by_name_delete_created_and_delete_force_running",
+            "runtime_kill_by_name_pause_resume_update_events_and_delete_force_running",
             kill_and_delete,
         ),
         boot_tests::trial(
@@ -415,11 +415,31 @@ fn kill_and_delete() -> Result<(), Failed> {
     }
     all_gone(&rt, "k2", &processes, &bundle.join("rootfs"))?;
 
-    // Running: delete refuses without --force, and with it ends it.
-    let bundle = rt.bundle("k3", waiting)?;
+    // Running: paused and resumed, its limits changed and its figures
+    // read; delete refuses without --force, and with it ends it.
+    let ticking = "echo ready; while true; do echo tick; sleep 0.2; done";
+    let bundle = rt.bundle("k3", ticking)?;
     let c = rt.create("k3", &bundle)?;
     let processes = tree(c.pid);
     rt.ok(&["start", "k3"])?;
+    c.wait_for("tick", Duration::from_secs(30))?;
+    pause_update_events(&rt, &c)?;
+    // A stream of figures ends when the container does.
+    let mut stream = rt
+        .command()
+        .args(["events", "--interval", "200ms", "k3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let streamed = drain(stream.stdout.take().ok_or("stdout")?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while streamed.text().lines().count() < 3 {
+        if Instant::now() > deadline {
+            let _ = stream.kill();
+            return Err(format!("events gave {:?} in 30 s", streamed.text()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (ok, _, err) = rt.run(&["delete", "k3"])?;
     if ok || !err.contains("is running") {
         return Err(format!("delete of a running container: ok={ok}, {err:?}").into());
@@ -430,7 +450,131 @@ fn kill_and_delete() -> Result<(), Failed> {
     if code == 0 {
         return Err("k3 ended with status 0 after delete --force".into());
     }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ended = loop {
+        if let Some(status) = stream.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = stream.kill();
+            return Err("events went on after the container was deleted".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines = streamed.join()?;
+    let stats = lines
+        .lines()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ended.success()
+        || stats
+            .iter()
+            .any(|e| e["type"] != "stats" || e["id"] != "k3")
+    {
+        return Err(format!("events: {ended}, {lines:?}").into());
+    }
     all_gone(&rt, "k3", &processes, &bundle.join("rootfs"))?;
+    Ok(())
+}
+
+/// One `events --stats` line of container `id`: its figures.
+fn figures(rt: &Runtime, id: &str) -> Result<serde_json::Value, Failed> {
+    let out = rt.ok(&["events", "--stats", id])?;
+    let event: serde_json::Value = serde_json::from_str(out.trim())?;
+    if event["type"] != "stats" || event["id"] != id {
+        return Err(format!("events --stats: {out}").into());
+    }
+    Ok(event["data"].clone())
+}
+
+/// `pause` freezes every process of running container `c` (its output
+/// stops, its CPU time stands still, exec is refused), `resume` thaws
+/// them; `update` sets its cgroup's limits in the guest within the VM's
+/// size, seen from inside and by `events --stats`.
+fn pause_update_events(rt: &Runtime, c: &Container) -> Result<(), Failed> {
+    let id = c.id.as_str();
+    let cpu = |d: &serde_json::Value| d["cpu"]["usage"]["total"].as_u64().unwrap_or(0);
+    let before = figures(rt, id)?;
+    if cpu(&before) == 0 || before["pids"]["current"].as_u64().unwrap_or(0) == 0 {
+        return Err(format!("{id}'s figures: {before}").into());
+    }
+    rt.ok(&["pause", id])?;
+    expect_state(rt, id, "paused")?;
+    let (ok, _, err) = rt.run(&["pause", id])?;
+    if ok || !err.contains("already paused") {
+        return Err(format!("a second pause: ok={ok}, {err:?}").into());
+    }
+    let (ok, _, err) = rt.run(&["exec", id, "true"])?;
+    if ok || !err.contains("is paused") {
+        return Err(format!("exec into a paused container: ok={ok}, {err:?}").into());
+    }
+    let ticks = |c: &Container| c.stdout.text().matches("tick").count();
+    let (frozen_ticks, frozen_cpu) = (ticks(c), cpu(&figures(rt, id)?));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (later_ticks, later_cpu) = (ticks(c), cpu(&figures(rt, id)?));
+    if later_ticks != frozen_ticks || later_cpu != frozen_cpu {
+        return Err(format!(
+            "{id} ran while paused: ticks {frozen_ticks} -> {later_ticks}, \
+             CPU {frozen_cpu} -> {later_cpu} ns"
+        )
+        .into());
+    }
+    rt.ok(&["resume", id])?;
+    expect_state(rt, id, "running")?;
+    let (ok, _, err) = rt.run(&["resume", id])?;
+    if ok || !err.contains("is not paused") {
+        return Err(format!("a second resume: ok={ok}, {err:?}").into());
+    }
+    c.wait_for(&"tick\n".repeat(later_ticks + 2), Duration::from_secs(20))?;
+
+    let update = |json: &str| -> Result<(bool, String), Failed> {
+        let mut child = rt
+            .command()
+            .args(["update", "--resources", "-", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or("stdin")?
+            .write_all(json.as_bytes())?;
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (ok, err) = update(r#"{"memory":{"limit":67108864},"pids":{"limit":50}}"#)?;
+    if !ok {
+        return Err(format!("update: {err}").into());
+    }
+    // An exec'd process is in the container's cgroup, and sees its limits.
+    let inside = rt.ok(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "g=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $g/memory.max $g/pids.max",
+    ])?;
+    if inside.split_whitespace().collect::<Vec<_>>() != ["67108864", "50"] {
+        return Err(format!("the guest's limits after update: {inside:?}").into());
+    }
+    let after = figures(rt, id)?;
+    if after["memory"]["usage"]["limit"] != 67108864u64 || after["pids"]["limit"] != 50 {
+        return Err(format!("figures after update: {after}").into());
+    }
+    // Beyond the VM (256 MiB): refused, the limits as they were.
+    let (ok, err) = update(r#"{"memory":{"limit":1073741824}}"#)?;
+    if ok || !err.contains("has 256 MiB") {
+        return Err(format!("an update beyond the VM: ok={ok}, {err:?}").into());
+    }
+    let (ok, err) = update(r#"{"memory":{"limit":-1},"pids":{"limit":-1}}"#)?;
+    let lifted = figures(rt, id)?;
+    if !ok || lifted["memory"]["usage"]["limit"] != u64::MAX || lifted["pids"]["limit"] != 0 {
+        return Err(format!("lifting the limits: ok={ok}, {err:?}, {lifted}").into());
+    }
     Ok(())
 }
 
@@ -799,6 +943,19 @@ fn podman() -> Result<(), Failed> {
         return Err(format!("podman exec -i: stdout {out:?}").into());
     }
     p.expect(&["exec", &cid, "no-such-program"], b"", 127)?;
+    // pause and unpause: husk-runtime's freezer, seen in podman's state.
+    let status = |p: &Podman| -> Result<String, Failed> {
+        let s = p.expect(&["inspect", "--format", "{{.State.Status}}", &cid], b"", 0)?;
+        Ok(s.trim().to_string())
+    };
+    p.expect(&["pause", &cid], b"", 0)?;
+    if status(&p)? != "paused" {
+        return Err(format!("after podman pause: {}", status(&p)?).into());
+    }
+    p.expect(&["unpause", &cid], b"", 0)?;
+    if status(&p)? != "running" {
+        return Err(format!("after podman unpause: {}", status(&p)?).into());
+    }
     p.expect(&["stop", "-t", "10", &cid], b"", 0)?;
     let logs = p.expect(&["logs", &cid], b"", 0)?;
     if logs != "started\nterm\n" {
@@ -1233,6 +1390,27 @@ fn docker_and_containerd() -> Result<(), Failed> {
             b"",
             Duration::from_secs(60),
         )?;
+        // pause, unpause and update reach husk-runtime through
+        // containerd's runc shim.
+        let mut changes = Vec::new();
+        for args in [
+            &["pause", cid.as_str()][..],
+            &["unpause", &cid],
+            &["update", "--memory", "96m", &cid],
+        ] {
+            changes.push(output_within(docker(args), b"", Duration::from_secs(60))?);
+        }
+        let limit = output_within(
+            docker(&[
+                "exec",
+                &cid,
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max",
+            ]),
+            b"",
+            Duration::from_secs(60),
+        )?;
         // docker's bridge network: the VM has the address docker gave the
         // container, and -p reaches it from the host's loopback.
         let published = curl_until("http://127.0.0.1:18091/", "hello-from-docker").map_err(|e| {
@@ -1253,6 +1431,18 @@ fn docker_and_containerd() -> Result<(), Failed> {
         if e.code != Some(2) || e.stdout.trim() != want {
             return Err(e
                 .explain("docker exec: expected status 2 and docker's /etc/hostname")
+                .into());
+        }
+        for r in changes {
+            if r.code != Some(0) {
+                return Err(r
+                    .explain("docker pause, unpause, update --memory 96m")
+                    .into());
+            }
+        }
+        if limit.code != Some(0) || limit.stdout.trim() != "100663296" {
+            return Err(limit
+                .explain("after docker update --memory 96m, the container's memory.max")
                 .into());
         }
         if rm.code != Some(0) {
