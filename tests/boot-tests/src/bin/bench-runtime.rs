@@ -45,12 +45,27 @@ const COLD: &str = "io.husk.vm.cold=true";
 
 fn bench(runs: usize) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    // Warm starts need a snapshot folder that can be written; podman hands
-    // its environment down through conmon to husk-runtime.
+    // Warm starts need a snapshot folder that can be written. podman
+    // hands conmon, and so the runtime, only HOME and its configuration's
+    // `conmon_env_vars` of its environment: the folder goes there.
     let snapshots = dir.path().join("snapshots");
     std::fs::create_dir(&snapshots).map_err(|e| e.to_string())?;
+    let conf = dir.path().join("containers.conf");
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::fs::write(
+        &conf,
+        format!(
+            "[engine]\nconmon_env_vars = [{:?}, {:?}]\n",
+            format!("PATH={path}"),
+            format!("HUSK_SNAPSHOT_DIR={}", snapshots.display())
+        ),
+    )
+    .map_err(|e| e.to_string())?;
     // SAFETY: set before any thread of the bench starts.
-    unsafe { std::env::set_var("HUSK_SNAPSHOT_DIR", &snapshots) };
+    unsafe {
+        std::env::set_var("HUSK_SNAPSHOT_DIR", &snapshots);
+        std::env::set_var("CONTAINERS_CONF", &conf);
+    }
     // husk and husk-runtime from the bed's tmpfs, as podman's runtimes
     // run from its cached root (see bench_husk_bin).
     let husk = bench_husk_bin(dir.path())?;
