@@ -130,9 +130,12 @@ pub(super) fn events(
     let mut kills = oom_kills(&first);
     loop {
         std::thread::sleep(interval);
-        // Its end is the end of the stream.
-        let Ok(now) = figures(&vm) else {
-            return Ok(ExitCode::SUCCESS);
+        let now = match figures(&vm) {
+            Ok(now) => now,
+            // The container's end (or its delete) is the end of the
+            // stream; any other failure is an error.
+            Err(_) if ends_within(&vm, Duration::from_secs(2)) => return Ok(ExitCode::SUCCESS),
+            Err(e) => return Err(e),
         };
         for _ in kills..oom_kills(&now) {
             writeln!(out, "{}", serde_json::json!({ "type": "oom", "id": id }))?;
@@ -140,6 +143,24 @@ pub(super) fn events(
         kills = oom_kills(&now);
         writeln!(out, "{}", resources::stats_event(id, &now))?;
         out.flush()?;
+    }
+}
+
+/// Whether the container stops (or is deleted) within `limit`: its
+/// keeper records the end a moment after the agent is gone.
+fn ends_within(vm: &VmDir, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if vm
+            .current_state()
+            .map_or(true, |s| s.status != Status::Running)
+        {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

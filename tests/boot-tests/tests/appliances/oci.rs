@@ -396,6 +396,8 @@ fn kill_and_delete() -> Result<(), Failed> {
     let c = rt.create("k1", &bundle)?;
     let processes = tree(c.pid);
     rt.ok(&["start", "k1"])?;
+    // Its trap is set once it says ready.
+    c.wait_for("ready", Duration::from_secs(30))?;
     rt.ok(&["kill", "k1", "SIGUSR1"])?;
     let (code, out, err) = c.finish(Duration::from_secs(60))?;
     if code != 3 || !out.contains("caught") {
