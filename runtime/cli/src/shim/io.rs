@@ -1,6 +1,6 @@
-//! A process's stdio as containerd hands it over (FIFO paths, or
-//! `file://` URIs), relayed to and from the guest agent's streams of the
-//! process: one agent connection per stream, one thread per direction.
+//! A process's stdio as containerd hands it over (FIFO paths, `file://`
+//! or `binary://` URIs), relayed to and from the guest agent's streams of
+//! the process: one agent connection per stream, one thread per direction.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use anyhow::Context;
 
+use super::logger::{self, BinaryUri, Logger};
 use super::pod::Pod;
 use crate::commands::exec::{copy_in, pump_out};
 use agent::{Request, Response, Stream};
@@ -23,35 +24,64 @@ pub struct Stdio {
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
+    /// Whose they are, for a logging binary: the container's or the
+    /// exec's id, and containerd's namespace.
+    pub id: String,
+    pub namespace: String,
 }
 
 /// The threads copying a process's output; joined before its exit is
 /// reported, so its last bytes arrive before containerd hears it ended.
-pub struct Relays(Vec<JoinHandle<()>>);
+/// Then a logging binary behind them is waited for.
+pub struct Relays {
+    threads: Vec<JoinHandle<()>>,
+    logger: Option<Logger>,
+}
 
 impl Relays {
     pub fn join(self) {
-        for t in self.0 {
+        for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(mut logger) = self.logger {
+            let _ = logger.finish();
         }
     }
 }
 
+type Output = Box<dyn Write + Send>;
+
 impl Stdio {
+    /// Refuses, before anything starts, output URIs that cannot work:
+    /// a logging binary that is not there, a relative log file.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(uri) = BinaryUri::parse(&self.stdout) {
+            uri?.check()?;
+        }
+        // A log file's folder is made now, as runc's shim makes it.
+        for target in [&self.stdout, &self.stderr] {
+            if let Some(path) = logger::file_target(target) {
+                path?;
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the outputs now (a FIFO's reader is containerd, already
     /// there) and attaches process `id`'s streams through `pod`.
     pub fn attach(&self, pod: &Pod, id: u32) -> anyhow::Result<Relays> {
+        let (stdout, stderr, logger) = self.outputs()?;
         if self.terminal {
-            let out = output(&self.stdout)?;
             let conn = attach(pod, id, Stream::Tty)?;
             if !self.stdin.is_empty() {
                 let to = conn.try_clone()?;
                 input(self.stdin.clone(), to);
             }
-            return Ok(Relays(vec![pump_out(conn, out)]));
+            return Ok(Relays {
+                threads: vec![pump_out(conn, stdout)],
+                logger,
+            });
         }
-        let stdout = output(&self.stdout)?;
-        let stderr = output(&self.stderr)?;
         // Each attach is a round trip to the guest: all three at once.
         let mut wanted = vec![Stream::Stdout, Stream::Stderr];
         if !self.stdin.is_empty() {
@@ -77,7 +107,20 @@ impl Stdio {
         if let Some(conn) = conns.next() {
             input(self.stdin.clone(), conn);
         }
-        Ok(Relays(vec![pump_out(out, stdout), pump_out(err, stderr)]))
+        Ok(Relays {
+            threads: vec![pump_out(out, stdout), pump_out(err, stderr)],
+            logger,
+        })
+    }
+
+    /// Where the output and the error output go. A logging binary, as
+    /// runc's shim reads it, takes both when the output names one.
+    fn outputs(&self) -> anyhow::Result<(Output, Output, Option<Logger>)> {
+        if let Some(uri) = BinaryUri::parse(&self.stdout) {
+            let (logger, out, err) = Logger::start(&uri?, &self.id, &self.namespace)?;
+            return Ok((Box::new(out), Box::new(err), Some(logger)));
+        }
+        Ok((output(&self.stdout)?, output(&self.stderr)?, None))
     }
 }
 
@@ -92,20 +135,21 @@ fn attach(pod: &Pod, id: u32, stream: Stream) -> anyhow::Result<UnixStream> {
 }
 
 /// Where output goes: containerd's FIFO, a `file://` file, or nowhere.
-fn output(target: &str) -> anyhow::Result<Box<dyn Write + Send>> {
+fn output(target: &str) -> anyhow::Result<Output> {
     if target.is_empty() {
         return Ok(Box::new(io::sink()));
     }
-    if let Some(path) = target.strip_prefix("file://") {
+    if let Some(path) = logger::file_target(target) {
+        let path = path?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open the log file {path}"))?;
+            .open(&path)
+            .with_context(|| format!("cannot open the log file {}", path.display()))?;
         return Ok(Box::new(file));
     }
     if target.starts_with("binary://") {
-        anyhow::bail!("{target}: logging through a binary is not supported by husk's shim");
+        anyhow::bail!("{target}: a logging binary takes the output, not only the error output");
     }
     // Not blocking: with nobody reading (containerd gone), the output is
     // dropped rather than the shim hanging in open.

@@ -11,6 +11,7 @@
 
 mod cgroup;
 pub mod io;
+mod logger;
 pub mod pod;
 mod service;
 

@@ -305,6 +305,15 @@ impl Inner {
         .context("config.json's process")?;
         process.stdin = !process.tty && !req.stdin.is_empty();
         process.seccomp = bundle::seccomp(&spec)?;
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            id: id.clone(),
+            namespace: self.namespace.clone(),
+        };
+        stdio.check()?;
 
         let (pod, booted) = self.pod_for(&spec, &annotations)?;
         log::info!("container {id}: in the pod VM {}", pod.vm.name);
@@ -324,12 +333,6 @@ impl Inner {
             }
             return Err(e);
         }
-        let stdio = Stdio {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
         let container = Arc::new(Container {
             bundle: req.bundle.clone(),
             init: Proc::new(stdio, process),
@@ -662,7 +665,10 @@ impl Inner {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
+            id: req.exec_id.clone(),
+            namespace: self.namespace.clone(),
         };
+        stdio.check()?;
         {
             let mut execs = lock(&c.execs);
             if execs.contains_key(&req.exec_id) {

@@ -189,6 +189,7 @@ fn tasks_and_execs() -> Result<(), Failed> {
     }
     c.ok(c.ctr(&["containers", "rm", "t3"]), "ctr containers rm")?;
     paused(&c)?;
+    log_uris(&c)?;
 
     // A terminal: ctr -t needs one of its own, from script(1).
     let line = format!(
@@ -200,6 +201,107 @@ fn tasks_and_execs() -> Result<(), Failed> {
     c.expect(script, 5, "/dev/pts/", "ctr run -t")?;
     drop(c);
     nothing_left("after the tasks")
+}
+
+/// `ctr run --log-uri`: a logging binary gets the output on fd 3, the
+/// error output on fd 4, its query as arguments and the container's id
+/// and namespace; a `file://` log gets both outputs; a logging binary that
+/// is not there refuses the task before a VM boots.
+fn log_uris(c: &Containerd) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let logger = dir.path().join("logger");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh
+         dir=\"$2\"
+         echo \"$1 $CONTAINER_ID $CONTAINER_NAMESPACE\" > \"$dir/who\"
+         exec 5>&-
+         /bin/cat <&3 > \"$dir/out\" &
+         /bin/cat <&4 > \"$dir/err\"
+         wait
+",
+    )?;
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let uri = format!("binary://{}?dir={}", logger.display(), dir.path().display());
+    let r = output_within(
+        c.run(
+            RUNTIME,
+            &["--rm", "--log-uri", &uri],
+            "t6",
+            &[
+                "sh",
+                "-c",
+                "echo to the logger; echo also its errors >&2; exit 2",
+            ],
+        ),
+        b"",
+        LIMIT,
+    )?;
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    if r.code != Some(2)
+        || read("out") != "to the logger\n"
+        || read("err") != "also its errors\n"
+        || read("who") != "dir t6 default\n"
+    {
+        return Err(c
+            .explain(
+                &r,
+                &format!(
+                    "ctr run --log-uri binary://: expected status 2, the outputs in the \
+                     logger's files and its arguments and variables; got out {:?}, err {:?}, \
+                     who {:?}",
+                    read("out"),
+                    read("err"),
+                    read("who")
+                ),
+            )
+            .into());
+    }
+
+    let file = dir.path().join("logs/t7.log");
+    let r = output_within(
+        c.run(
+            RUNTIME,
+            &["--rm", "--log-uri", &format!("file://{}", file.display())],
+            "t7",
+            &["sh", "-c", "echo into the file; echo and this >&2"],
+        ),
+        b"",
+        LIMIT,
+    )?;
+    let logged = std::fs::read_to_string(&file).unwrap_or_default();
+    if r.code != Some(0) || !logged.contains("into the file\n") || !logged.contains("and this\n") {
+        return Err(c
+            .explain(&r, &format!("ctr run --log-uri file://: got {logged:?}"))
+            .into());
+    }
+
+    let missing = dir.path().join("no-such-logger");
+    let r = output_within(
+        c.run(
+            RUNTIME,
+            &[
+                "--rm",
+                "--log-uri",
+                &format!("binary://{}", missing.display()),
+            ],
+            "t8",
+            &["true"],
+        ),
+        b"",
+        LIMIT,
+    )?;
+    if r.code == Some(0) || !r.stderr.contains("logging binary") {
+        return Err(c
+            .explain(
+                &r,
+                "ctr run --log-uri with no such binary: expected its error",
+            )
+            .into());
+    }
+    // ctr --rm removed the container itself.
+    nothing_left("after the refused log URI")?;
+    Ok(())
 }
 
 /// `ctr task pause` freezes the container's processes (its cgroup in the
