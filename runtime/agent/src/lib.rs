@@ -82,6 +82,13 @@ pub struct Process {
     /// reach the container's every process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<Resources>,
+    /// The PID namespace of a new container (`container`) or of a
+    /// process with a cgroup of its own (`cgroup`; with one of its own it
+    /// also sees a `/proc` of its own). A process `within` a container is
+    /// born in that container's; a later process in the guest's root, in
+    /// the command's (and its mounts) when the command has one of its own.
+    #[serde(default, skip_serializing_if = "PidNamespace::is_guest")]
+    pub pid_ns: PidNamespace,
     /// Supplementary groups beside the user's own (OCI's
     /// `additionalGids`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -152,6 +159,28 @@ pub struct Container {
     /// its exec'd processes join).
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+}
+
+/// Which processes a container's process sees, and which see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum PidNamespace {
+    /// The guest's own: every process of the guest.
+    #[default]
+    Guest,
+    /// One of its own, whose PID 1 the container's process is (an OCI
+    /// spec's `pid` namespace without a path).
+    Own,
+    /// That of the running container whose process has this id: a pod
+    /// whose containers share their processes (CRI's `POD` mode). Only
+    /// for a new `container`.
+    Of(u32),
+}
+
+impl PidNamespace {
+    pub fn is_guest(&self) -> bool {
+        *self == PidNamespace::Guest
+    }
 }
 
 /// Limits of a container's cgroup in the guest (cgroup v2), from its OCI

@@ -46,6 +46,7 @@ fn every_request_round_trips() {
                         pids_max: Some(64),
                     },
                 }),
+                pid_ns: PidNamespace::Of(3),
                 within: None,
                 groups: vec![10, 27],
                 rlimits: vec![Rlimit {
@@ -272,4 +273,25 @@ fn bpf_instructions_pack_and_unpack() {
     ] {
         assert_eq!(unpack_bpf(pack_bpf(code, jt, jf, k)), (code, jt, jf, k));
     }
+}
+
+#[test]
+fn a_process_in_the_guests_pid_namespace_says_nothing_of_it() {
+    let process = |pid_ns| Process {
+        argv: vec!["x".into()],
+        pid_ns,
+        ..Default::default()
+    };
+    let json = |p: &Process| serde_json::to_string(p).unwrap();
+    // The wire form from before PID namespaces, unchanged.
+    assert!(!json(&process(PidNamespace::Guest)).contains("pid_ns"));
+    assert_eq!(
+        serde_json::from_str::<Process>(r#"{"argv":["x"]}"#)
+            .unwrap()
+            .pid_ns,
+        PidNamespace::Guest
+    );
+    assert!(json(&process(PidNamespace::Own)).contains(r#""pid_ns":"Own""#));
+    assert!(json(&process(PidNamespace::Of(7))).contains(r#""pid_ns":{"Of":7}"#));
+    assert!(serde_json::from_str::<Process>(r#"{"argv":["x"],"pid_ns":"Host"}"#).is_err());
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use agent::{ErrorKind, ExitStatus, GuestInfo, Process, Request, Response, Stream, MAIN};
 use husk_init::config::RunConfig;
 
-use crate::{cgroup, sys};
+use crate::{cgroup, pidns, sys};
 
 /// Processes kept at once (running, or ended and not yet waited for).
 const MAX_PROCESSES: usize = 1024;
@@ -356,12 +356,22 @@ impl Agent {
         }
     }
 
-    /// The `cgroup.procs` of the appliance's command's cgroup, when it
-    /// runs in one of its own ([`Process::cgroup`]): a process started
-    /// beside it joins it.
-    fn command_cgroup(&self) -> Option<OwnedFd> {
-        let pid = self.running_pid(MAIN).ok()?;
-        cgroup::procs_of(pid).ok()
+    /// What a process started beside the appliance's command enters:
+    /// nothing while the command has no cgroup of its own; its cgroup
+    /// when it has ([`Process::cgroup`]); and its mount and PID
+    /// namespaces when it has those too, as `runc exec` joins a container.
+    fn command_entry(&self) -> io::Result<(Option<sys::Entry>, PidNs)> {
+        let Ok(pid) = self.running_pid(MAIN) else {
+            return Ok((None, PidNs::Guest));
+        };
+        let Ok(procs) = cgroup::procs_of(pid) else {
+            return Ok((None, PidNs::Guest));
+        };
+        if !pidns::own_pid_ns(pid)? {
+            return Ok((Some(sys::Entry::here(procs, false)), PidNs::Guest));
+        }
+        let entry = sys::join(pid)?.in_cgroup(procs);
+        Ok((Some(entry), PidNs::Join(pidns::pid_ns_of(pid)?)))
     }
 
     /// The cgroup of the container process `id` runs in.
@@ -510,7 +520,21 @@ impl Agent {
                 "only a process in the guest's root takes a cgroup of its own",
             ));
         }
+        let own_ns_allowed = match spec.pid_ns {
+            agent::PidNamespace::Guest => true,
+            agent::PidNamespace::Own => spec.container.is_some() || spec.cgroup.is_some(),
+            agent::PidNamespace::Of(_) => spec.container.is_some(),
+        };
+        if !own_ns_allowed {
+            return Err(error(
+                ErrorKind::BadRequest,
+                "only a new container, or a process with a cgroup of its own, takes a PID namespace",
+            ));
+        }
         let mut owned_cgroup = None;
+        // The PID namespace its process is born in: the guest's unless
+        // it is a container's.
+        let mut pid_ns = PidNs::Guest;
         let (root, entry) = match (&spec.container, spec.within) {
             (Some(_), Some(_)) => {
                 return Err(error(
@@ -519,6 +543,14 @@ impl Agent {
                 ))
             }
             (Some(c), None) => {
+                pid_ns = match spec.pid_ns {
+                    agent::PidNamespace::Guest => PidNs::Guest,
+                    agent::PidNamespace::Own => PidNs::New,
+                    agent::PidNamespace::Of(id) => PidNs::Join(
+                        pidns::pid_ns_of(self.running_pid(id)?)
+                            .map_err(|e| setup_failed("the PID namespace to share", e))?,
+                    ),
+                };
                 let new = sys::NewRoot::prepare(c).map_err(|e| setup_failed("container", e))?;
                 let (path, procs) = cgroup::create(&c.resources)
                     .map_err(|e| setup_failed("the container's cgroup", e))?;
@@ -531,6 +563,11 @@ impl Agent {
             (None, Some(id)) => {
                 let pid = self.running_pid(id)?;
                 let mut entry = sys::join(pid).map_err(|e| setup_failed("the container", e))?;
+                // Its PID namespace too (the guest's own, for a container
+                // in the guest's).
+                pid_ns = PidNs::Join(
+                    pidns::pid_ns_of(pid).map_err(|e| setup_failed("the container", e))?,
+                );
                 // A container the agent made has a cgroup to join.
                 if let Ok(procs) = cgroup::procs_of(pid) {
                     entry = entry.in_cgroup(procs);
@@ -542,10 +579,21 @@ impl Agent {
                     let (path, procs) = cgroup::create(limits)
                         .map_err(|e| setup_failed("the container's cgroup", e))?;
                     owned_cgroup = Some(path);
-                    ("/".into(), Some(sys::Entry::here(procs)))
+                    let own = spec.pid_ns == agent::PidNamespace::Own;
+                    if own {
+                        pid_ns = PidNs::New;
+                    }
+                    ("/".into(), Some(sys::Entry::here(procs, own)))
                 }
-                // The command's cgroup, when it is a container's.
-                None => ("/".into(), self.command_cgroup().map(sys::Entry::here)),
+                // The command's cgroup, when it is a container's, and its
+                // namespaces when it has its own.
+                None => {
+                    let (entry, ns) = self
+                        .command_entry()
+                        .map_err(|e| setup_failed("the command's container", e))?;
+                    pid_ns = ns;
+                    ("/".into(), entry)
+                }
             },
         };
         // Removed again if the process does not start.
@@ -596,9 +644,17 @@ impl Agent {
         // Spawned under the table's lock: init's reaper takes it too, so
         // it cannot collect this child (or std's own wait for a child that
         // failed to exec) before the child is in the table.
+        let born_in = match &pid_ns {
+            PidNs::Guest => None,
+            PidNs::New => Some(pidns::BornIn::new_ns()),
+            PidNs::Join(ns) => Some(pidns::BornIn::join(ns)),
+        }
+        .transpose()
+        .map_err(|e| setup_failed("the container's PID namespace", e))?;
         let mut child = command
             .spawn()
             .map_err(|e| failed(crate::spawn_failure(&spec.argv[0], &e)))?;
+        drop(born_in);
         proc.pid = child.id() as libc::pid_t;
         proc.cgroup = owned_cgroup.keep();
         proc.stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
@@ -787,6 +843,13 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
         };
         to.write_all(&buf[..n])?;
     }
+}
+
+/// Where a process is born, of PID namespaces.
+enum PidNs {
+    Guest,
+    New,
+    Join(OwnedFd),
 }
 
 fn no_such(id: u32) -> (ErrorKind, String) {

@@ -11,6 +11,7 @@
 mod agent;
 mod cgroup;
 mod net;
+mod pidns;
 mod sys;
 
 use std::collections::HashSet;

@@ -21,7 +21,7 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in fixed strings")
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
+pub fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {
@@ -827,8 +827,9 @@ pub struct Entry {
 
 enum Way {
     /// The guest's own root and mounts: only the cgroup is the
-    /// container's.
-    Here,
+    /// container's, and with `own_proc` a mount namespace whose only
+    /// change is a `/proc` of the process's own PID namespace.
+    Here { own_proc: bool },
     /// A new mount namespace rooted at a folder.
     New(NewRoot),
     /// Another process's container: its mount namespace and its root.
@@ -844,11 +845,12 @@ impl Entry {
         }
     }
 
-    /// A container in the guest's own root: only its cgroup, whose
-    /// `cgroup.procs` is `procs`.
-    pub fn here(procs: OwnedFd) -> Entry {
+    /// A container in the guest's own root: its cgroup, whose
+    /// `cgroup.procs` is `procs`, and with `own_proc` a `/proc` of its own
+    /// (for a process born in a PID namespace of its own).
+    pub fn here(procs: OwnedFd, own_proc: bool) -> Entry {
         Entry {
-            way: Way::Here,
+            way: Way::Here { own_proc },
             cgroup: Some(procs),
         }
     }
@@ -956,22 +958,25 @@ impl NewRoot {
     }
 }
 
+/// Opens `/proc/PID/WHAT` (`pid` None: the calling thread's).
+pub fn open_proc(pid: Option<libc::pid_t>, what: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let of = pid.map_or("thread-self".to_string(), |p| p.to_string());
+    let path = CString::new(format!("/proc/{of}/{what}")).expect("no NUL");
+    // SAFETY: a NUL-terminated path that outlives the call.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Opens what joining process `pid`'s container takes.
 pub fn join(pid: libc::pid_t) -> io::Result<Entry> {
-    let open = |what: &str, flags: libc::c_int| -> io::Result<OwnedFd> {
-        let path = CString::new(format!("/proc/{pid}/{what}")).expect("no NUL");
-        // SAFETY: a NUL-terminated path that outlives the call.
-        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor just opened, owned by nothing else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    };
     Ok(Entry {
         way: Way::Join {
-            ns: open("ns/mnt", libc::O_RDONLY)?,
-            root: open("root", libc::O_RDONLY | libc::O_DIRECTORY)?,
+            ns: open_proc(Some(pid), "ns/mnt", libc::O_RDONLY)?,
+            root: open_proc(Some(pid), "root", libc::O_RDONLY | libc::O_DIRECTORY)?,
         },
         cgroup: None,
     })
@@ -983,7 +988,8 @@ pub fn enter(command: &mut Command, entry: Entry, workdir: &str) {
     let workdir = CString::new(workdir).unwrap_or_else(|_| cstr("/"));
     // SAFETY: the closure runs in the forked child, before exec; it uses
     // only what was prepared before the fork and makes async-signal-safe
-    // system calls (write, mount, pivot_root, setns, chroot, chdir),
+    // system calls (write, unshare, mount, pivot_root, setns, chroot,
+    // chdir),
     // allocating nothing.
     unsafe {
         command.pre_exec(move || {
@@ -995,7 +1001,24 @@ pub fn enter(command: &mut Command, entry: Entry, workdir: &str) {
                 }
             }
             match &entry.way {
-                Way::Here => {}
+                Way::Here { own_proc: false } => {}
+                Way::Here { own_proc: true } => {
+                    check(libc::unshare(libc::CLONE_NEWNS))?;
+                    check(libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_SLAVE,
+                        std::ptr::null(),
+                    ))?;
+                    check(libc::mount(
+                        c"proc".as_ptr(),
+                        c"/proc".as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    ))?;
+                }
                 Way::New(new) => enter_new(new)?,
                 Way::Join { ns, root } => {
                     check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS))?;

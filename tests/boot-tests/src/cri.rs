@@ -461,7 +461,9 @@ pub fn pod_config(
 }
 
 /// A container of `image` running `argv`, its log at `NAME.log` in the
-/// pod's log folder (the kubelet's `crictl logs` reads it).
+/// pod's log folder (the kubelet's `crictl logs` reads it), with the
+/// namespaces the kubelet gives a pod's container by default: the pod's
+/// network and IPC, a PID namespace of its own.
 pub fn container_config(name: &str, image: &str, argv: &[&str]) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -471,6 +473,18 @@ pub fn container_config(name: &str, image: &str, argv: &[&str]) -> ContainerConf
         image: Some(image_spec(image)),
         command: argv.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

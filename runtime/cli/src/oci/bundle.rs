@@ -60,6 +60,38 @@ pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
     map(&spec, &bundle)
 }
 
+/// Which processes a container sees, as its spec asks (CRI's modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidMode {
+    /// No `pid` namespace listed (CRI's `NODE` mode): the VM's.
+    Guest,
+    /// A `pid` namespace without a path (CRI's default, `CONTAINER`; `ctr
+    /// run`): its own, its process PID 1 in it, as under runc.
+    Own,
+    /// A path (CRI's `POD` mode: `shareProcessNamespace`): the pod
+    /// sandbox's under the shim, where every task's pid is the pod's
+    /// keeper, so a path can only name the sandbox (CRI's `TARGET` mode
+    /// reads as `POD`). husk-runtime's container is a VM of its own: it
+    /// runs in the VM's.
+    Path,
+}
+
+pub fn pid_namespace(spec: &Spec) -> PidMode {
+    let pid = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+        });
+    match pid {
+        None => PidMode::Guest,
+        Some(n) if n.path().is_none() => PidMode::Own,
+        Some(_) => PidMode::Path,
+    }
+}
+
 fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
     let root = spec
         .root()
@@ -84,6 +116,11 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
     // The VM is the container, and its cgroup in the guest the
     // container's: limits, figures, the freezer of `pause`.
     process.cgroup = Some(super::resources::of_spec(spec));
+    // Its process PID 1 of its own namespace, as runc makes it, where
+    // the spec asks for one.
+    if pid_namespace(spec) == PidMode::Own {
+        process.pid_ns = agent::PidNamespace::Own;
+    }
     if let Some(hooks) = spec.hooks() {
         super::hooks::check(hooks)?;
     }
@@ -433,6 +470,33 @@ pub fn console(socket: &Path) -> anyhow::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pid_namespace_is_read_as_cri_writes_it() {
+        let spec = |namespaces: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{namespaces}]}}}}"#
+            ))
+            .unwrap()
+        };
+        // NODE: no pid namespace at all.
+        assert_eq!(
+            pid_namespace(&spec(r#"{"type":"network","path":"/proc/9/ns/net"}"#)),
+            PidMode::Guest
+        );
+        // CONTAINER (and ctr run): a new one.
+        assert_eq!(
+            pid_namespace(&spec(r#"{"type":"mount"},{"type":"pid"}"#)),
+            PidMode::Own
+        );
+        // POD: the sandbox's, by its path.
+        assert_eq!(
+            pid_namespace(&spec(r#"{"type":"pid","path":"/proc/9/ns/pid"}"#)),
+            PidMode::Path
+        );
+        let no_linux: Spec = serde_json::from_str(r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        assert_eq!(pid_namespace(&no_linux), PidMode::Guest);
+    }
 
     fn spec(json: &str) -> Spec {
         serde_json::from_str(json).unwrap()

@@ -110,6 +110,8 @@ struct Container {
     booted_pod: bool,
     /// Paused: its cgroup in the guest frozen, with every process in it.
     paused: Mutex<bool>,
+    /// It shares the pod sandbox's PID namespace.
+    pod_pids: bool,
 }
 
 pub struct Inner {
@@ -200,6 +202,22 @@ impl Inner {
         lock(&self.pod)
             .clone()
             .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the pod's VM is gone"))
+    }
+
+    /// The agent's id of the pod sandbox's running process (the
+    /// container that booted the VM).
+    fn sandbox_process(&self) -> Option<u32> {
+        lock(&self.containers)
+            .values()
+            .filter(|c| c.booted_pod)
+            .find_map(|c| match *c.init.lock() {
+                ProcState {
+                    status: Status::Running,
+                    agent_id,
+                    ..
+                } => agent_id,
+                _ => None,
+            })
     }
 
     fn keeper_pid(&self) -> u32 {
@@ -305,6 +323,11 @@ impl Inner {
         .context("config.json's process")?;
         process.stdin = !process.tty && !req.stdin.is_empty();
         process.seccomp = bundle::seccomp(&spec)?;
+        process.pid_ns = match bundle::pid_namespace(&spec) {
+            bundle::PidMode::Guest => agent::PidNamespace::Guest,
+            // The pod's is given at Start, once the sandbox runs.
+            bundle::PidMode::Own | bundle::PidMode::Path => agent::PidNamespace::Own,
+        };
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -339,6 +362,8 @@ impl Inner {
             execs: Mutex::new(HashMap::new()),
             booted_pod: booted,
             paused: Mutex::new(false),
+            // The sandbox itself makes the pod's.
+            pod_pids: !booted && bundle::pid_namespace(&spec) == bundle::PidMode::Path,
         });
         lock(&self.containers).insert(id.clone(), container);
         log::info!("container {id}: created");
@@ -436,6 +461,17 @@ impl Inner {
             ));
         }
         let mut process = p.process.clone();
+        if exec_id.is_empty() && c.pod_pids {
+            let sandbox = self.sandbox_process().ok_or_else(|| {
+                status(
+                    Code::FAILED_PRECONDITION,
+                    format!(
+                        "container {id} shares the pod's processes, but its sandbox is not running"
+                    ),
+                )
+            })?;
+            process.pid_ns = agent::PidNamespace::Of(sandbox);
+        }
         if !exec_id.is_empty() {
             if *lock(&c.paused) {
                 // It would join the frozen cgroup and never start, as runc

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use boot_tests::containerd::{Containerd, IMAGE, POD_SUBNET};
 use boot_tests::cri::{
-    container_config, log_text, pod_config, ContainerState, Cri, LinuxContainerConfig,
-    LinuxContainerResources, NamespaceMode,
+    container_config, log_text, pod_config, ContainerState, Cri, LinuxContainerResources,
+    NamespaceMode,
 };
 use boot_tests::husk::output_within;
 use libtest_mimic::{Failed, Trial};
@@ -189,16 +189,15 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
     );
     // Limits, as the kubelet sets them from the pod spec: the
     // container's cgroup in the guest holds them.
-    web_config.linux = Some(LinuxContainerConfig {
-        resources: Some(LinuxContainerResources {
+    if let Some(linux) = web_config.linux.as_mut() {
+        linux.resources = Some(LinuxContainerResources {
             memory_limit_in_bytes: 32 << 20,
             cpu_period: 100_000,
             cpu_quota: 50_000,
             cpu_shares: 512,
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        });
+    }
     let web = cri.create(&pod, &web_config, &pc)?;
     cri.start(&web)?;
     cri.wait_state(&web, ContainerState::ContainerRunning, LIMIT)?;
@@ -212,6 +211,8 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
                 "sh",
                 "-c",
                 "test ! -e /www || echo sees the files of the web container; \
+                 ! grep -qs httpd /proc/[0-9]*/comm || echo sees the processes of the web container; \
+                 [ $(cat /proc/1/comm) = sh ] || echo sees the PID 1 of another; \
                  for i in $(seq 100); do \
                  wget -q -O - http://127.0.0.1:8080/ && exit 0; sleep 0.2; done; exit 1",
             ],
@@ -224,7 +225,7 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
     if done.exit_code != 0 || !said.contains("hello from the pod") || said.contains("sees the") {
         return Err(format!(
             "the client ended with {} and wrote {said:?}: expected status 0 and the page, \
-             from its own root",
+             from its own root and PID namespace",
             done.exit_code
         )
         .into());
@@ -284,15 +285,34 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
         return Err(format!("the VM of a 256 MiB pod has MemTotal {kib} kB").into());
     }
 
-    let failing = cri.create(
-        &pod,
-        &container_config("failing", IMAGE, &["sh", "-c", "echo failing; exit 3"]),
-        &pc,
-    )?;
+    // This one shares the pod's processes (shareProcessNamespace: CRI's
+    // POD mode): the sandbox's process is its PID 1.
+    let mut failing_config = container_config(
+        "failing",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "echo failing; echo pid 1 is $(cat /proc/1/comm); exit 3",
+        ],
+    );
+    if let Some(ns) = failing_config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|c| c.namespace_options.as_mut())
+    {
+        ns.pid = NamespaceMode::Pod as i32;
+    }
+    let failing = cri.create(&pod, &failing_config, &pc)?;
     cri.start(&failing)?;
     let failed = cri.wait_state(&failing, ContainerState::ContainerExited, LIMIT)?;
-    if failed.exit_code != 3 || !log_text(&pod_logs.join("failing.log"))?.contains("failing") {
-        return Err(format!("the failing container: {failed:?}").into());
+    let said = log_text(&pod_logs.join("failing.log"))?;
+    if failed.exit_code != 3 || !said.contains("failing") || !said.contains("pid 1 is sleep") {
+        return Err(format!(
+            "the failing container, in the pod's PID namespace: {failed:?}, wrote {said:?}"
+        )
+        .into());
     }
 
     if !log_text(&pod_logs.join("web.log"))?.contains("serving") {

@@ -936,6 +936,33 @@ fn podman() -> Result<(), Failed> {
     if out.trim() != "exec-ok" {
         return Err(format!("podman exec: stdout {out:?}").into());
     }
+    // A PID namespace of its own, as runc gives: the command is PID 1,
+    // and an exec sees the container's processes, not the guest's (husk's
+    // init and agent).
+    let out = p.expect(
+        &[
+            "exec",
+            &cid,
+            "sh",
+            "-c",
+            "echo 1=$(cat /proc/1/comm); cat /proc/[0-9]*/comm | sort -u | tr '\\n' ' '",
+        ],
+        b"",
+        0,
+    )?;
+    let seen: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    if !out.starts_with("1=sh\n")
+        || seen
+            .iter()
+            .any(|p| !["sh", "sleep", "cat", "sort", "tr"].contains(p))
+    {
+        return Err(format!("podman exec: expected the command as PID 1 and only the container's processes: {out:?}").into());
+    }
     let out = p.expect(
         &["exec", "-i", &cid, "sh", "-c", "read x; echo exec-got $x"],
         b"in\n",
