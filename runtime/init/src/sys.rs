@@ -987,10 +987,9 @@ pub fn join(pid: libc::pid_t) -> io::Result<Entry> {
 pub fn enter(command: &mut Command, entry: Entry, workdir: &str) {
     let workdir = CString::new(workdir).unwrap_or_else(|_| cstr("/"));
     // SAFETY: the closure runs in the forked child, before exec; it uses
-    // only what was prepared before the fork and makes async-signal-safe
-    // system calls (write, unshare, mount, pivot_root, setns, chroot,
-    // chdir),
-    // allocating nothing.
+    // only what was prepared before the fork (or literals) and makes
+    // async-signal-safe system calls (write, unshare, mount, pivot_root,
+    // setns, chroot, chdir), allocating nothing.
     unsafe {
         command.pre_exec(move || {
             if let Some(procs) = &entry.cgroup {

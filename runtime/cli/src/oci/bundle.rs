@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 
 /// Guest memory beyond the container's memory limit: the guest kernel's
 /// and init's own share, so the limit is what the container's processes
@@ -77,19 +77,21 @@ pub enum PidMode {
 }
 
 pub fn pid_namespace(spec: &Spec) -> PidMode {
-    let pid = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| {
-            ns.iter()
-                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
-        });
-    match pid {
+    match namespace(spec, LinuxNamespaceType::Pid) {
         None => PidMode::Guest,
         Some(n) if n.path().is_none() => PidMode::Own,
         Some(_) => PidMode::Path,
     }
+}
+
+/// The spec's namespace of type `typ`, when it lists one.
+fn namespace(spec: &Spec, typ: LinuxNamespaceType) -> Option<&LinuxNamespace> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == typ)
 }
 
 fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
@@ -369,16 +371,7 @@ pub fn cold_boot(annotations: &BTreeMap<String, String>) -> anyhow::Result<bool>
 }
 
 pub fn network(spec: &Spec) -> Network {
-    let own = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| {
-            ns.iter()
-                .find(|n| n.typ() == LinuxNamespaceType::Network)
-                .cloned()
-        });
-    match own {
+    match namespace(spec, LinuxNamespaceType::Network) {
         None => Network::User,
         Some(n) => match n.path() {
             Some(path) => Network::Join(path.clone()),
