@@ -5,6 +5,7 @@
 //! its own (`HUSK_SNAPSHOT_DIR`); the other tests, on the bed's read-only
 //! cache, boot cold.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::Path;
@@ -609,25 +610,42 @@ fn named_snapshot() -> Result<(), Failed> {
         let sh = |name: &str, script: &str, what: &str| -> Result<HuskRun, Failed> {
             ok(husk(&snaps, &["exec", name, "sh", "-c", script])?, what)
         };
-        let agent_streams = |name: &str| -> Result<usize, Failed> {
+        // The agent's stream threads, by thread id: ids only grow, so a
+        // thread from before the snapshot keeps its id in a restore and
+        // one made after it has a greater one. A look is an exec: its
+        // output's threads come after its shell (`$$`) and are left out;
+        // its own request connection's thread came just before.
+        let agent_streams = |name: &str| -> Result<BTreeSet<u32>, Failed> {
             let r = sh(
                 name,
-                "cat /proc/1/task/*/comm | grep -c agent-conn || true",
-                &format!("counting the agent's stream threads in {name}"),
+                "for t in /proc/1/task/*; do i=${t##*/}; [ $i -lt $$ ] || continue; \
+                 read c < $t/comm; [ \"$c\" = agent-conn ] && echo $i; done; true",
+                &format!("listing the agent's stream threads in {name}"),
             )?;
             r.stdout
-                .trim()
-                .parse()
-                .map_err(|_| r.explain("a count of threads").into())
+                .lines()
+                .map(|l| l.trim().parse::<u32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| r.explain("thread ids").into())
         };
         // An exec's connections end in the guest a moment after husk exec
-        // returns: a count can include the last exec's thread on its way
-        // out. The fewest of a few looks is the source's own.
-        let mut quiet = usize::MAX;
-        for _ in 0..4 {
-            quiet = quiet.min(agent_streams(names[0])?);
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        // returns, so a look can hold the last one's thread on its way
+        // out. What stays: two looks in a row that differ only in their
+        // own connection's thread.
+        let steady = |name: &str| -> Result<BTreeSet<u32>, Failed> {
+            let mut last = agent_streams(name)?;
+            for _ in 0..8 {
+                std::thread::sleep(Duration::from_millis(250));
+                let now = agent_streams(name)?;
+                let both: BTreeSet<u32> = last.intersection(&now).copied().collect();
+                if both.len() + 1 == now.len() && last.len() == now.len() {
+                    return Ok(both);
+                }
+                last = now;
+            }
+            Err(format!("{name}: the agent's stream threads do not settle ({last:?})").into())
+        };
+        let quiet = steady(names[0])?;
         // An agent connection between two requests: its thread in the
         // guest waits for the next one.
         let uds = Path::new("/run/husk/vms").join(names[0]).join("vsock.sock");
@@ -636,17 +654,18 @@ fn named_snapshot() -> Result<(), Failed> {
             Ok(agent::Response::Pong) => {}
             other => return Err(format!("ping on a held agent connection: {other:?}").into()),
         }
-        let mut busy = quiet;
+        let mut held = BTreeSet::new();
         for _ in 0..40 {
-            busy = agent_streams(names[0])?;
-            if busy > quiet {
+            held = steady(names[0])?.difference(&quiet).copied().collect();
+            if !held.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        if busy <= quiet {
+        if held.len() != 1 {
             return Err(format!(
-                "a held connection should hold an agent thread in the source ({quiet} -> {busy})"
+                "a held connection should hold one agent thread in the source \
+                 (threads {quiet:?} without it, {held:?} more with it)"
             )
             .into());
         }
@@ -731,23 +750,24 @@ fn named_snapshot() -> Result<(), Failed> {
             }
             urandom.push(lines[3].to_string());
             // The restore's own reseed connection stays open (its husk
-            // holds it until the VM ends): one agent thread more than
-            // `quiet`. The connection held across the snapshot, had it
-            // not been reset, would be a second, and stay; a thread of an
-            // exec before this count goes within moments.
-            let mut streams = agent_streams(name)?;
+            // holds it until the VM ends): one steady thread made after
+            // the restore. The connection held across the snapshot must
+            // be reset: its thread, with its id from the source, goes.
+            let mut streams = steady(name)?;
             for _ in 0..20 {
-                if streams == quiet + 1 {
+                if streams.is_disjoint(&held) && streams.len() == quiet.len() + 1 {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(500));
-                streams = agent_streams(name)?;
+                streams = steady(name)?;
             }
-            if streams != quiet + 1 {
+            if !streams.is_disjoint(&held) || streams.len() != quiet.len() + 1 {
+                let logs = husk(&snaps, &["logs", name])?;
                 return Err(format!(
-                    "{name}: the agent connection open at the snapshot must be reset \
-                     ({streams} agent stream threads; {quiet} in the source without it, \
-                     {busy} with it; the reseed's makes one more)"
+                    "{name}: the agent connection open at the snapshot must be reset, and \
+                     the reseed's stay: agent stream threads {streams:?}; in the source \
+                     {quiet:?} without it and {held:?} more with it\n{}",
+                    logs.explain("its log")
                 )
                 .into());
             }
