@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 pub const JAIL_DIR: &str = "/run/husk/jail";
 /// The prefix of husk's cgroups: `husk-<supervisor pid>`.
 pub const CGROUP_PREFIX: &str = "husk-";
+/// What a VM's cgroup allows beyond its guest memory: the VMM's own
+/// memory and the page cache of its disks (and, where the cgroup is a
+/// container's, its keeper, passt and virtiofsd).
+pub const MEMORY_ROOM: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct JailConfig {
@@ -36,6 +40,10 @@ pub struct JailConfig {
     pub max_files: u64,
     /// A network namespace of its own (no network devices yet: always).
     pub new_netns: bool,
+    /// The jail makes the VMM a cgroup of its own with the limits above.
+    /// Without: the VMM stays in the cgroup husk runs in, which its
+    /// caller made and limits (husk-runtime's container cgroup).
+    pub own_cgroup: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +206,7 @@ pub fn enter(cfg: &JailConfig, in_child: impl FnOnce()) -> Result<Side, JailErro
     }
     let cgroups = Cgroups::detect();
     sweep(cgroups.as_ref());
+    let cgroups = cgroups.filter(|_| cfg.own_cgroup);
     let pid = std::process::id();
     let jail = Path::new(JAIL_DIR).join(pid.to_string());
     std::fs::create_dir_all(&jail).map_err(sys(format!("cannot create {}", jail.display())))?;
@@ -256,7 +265,7 @@ pub fn enter(cfg: &JailConfig, in_child: impl FnOnce()) -> Result<Side, JailErro
                 }
             };
             cleanup(&jail, cgroups.as_ref(), pid);
-            if cgroups.is_none() {
+            if cgroups.is_none() && cfg.own_cgroup {
                 tracing::warn!("no cgroup hierarchy with memory and cpu controllers: the jailed VMM ran without resource limits");
             }
             Ok(Side::Supervisor(status))

@@ -32,6 +32,8 @@ pub struct Launch {
     /// `husk run -d` arguments after `--name ID --hold` and the network,
     /// the `dir:` root last.
     pub husk_args: Vec<String>,
+    /// `linux.cgroupsPath`: where the VM's cgroup goes on the host.
+    pub cgroups_path: Option<String>,
 }
 
 /// The container's network, from its spec's namespaces.
@@ -161,6 +163,11 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
         hooks: spec.hooks().clone(),
         size: super::resources::VmSize { cpus, memory_mib },
         husk_args,
+        cgroups_path: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned()),
     })
 }
 

@@ -15,6 +15,7 @@
 pub(crate) mod bundle;
 mod cgroup;
 mod hooks;
+mod host_cgroup;
 mod log;
 pub(crate) mod netns;
 pub(crate) mod resources;
@@ -58,7 +59,8 @@ struct Cli {
     /// The format of --log: text or json
     #[arg(long, global = true, default_value = "text")]
     log_format: log::Format,
-    /// Accepted for runc's callers; cgroups are the VM's own
+    /// cgroupsPath is systemd's slice:prefix:name: the container gets no
+    /// cgroup on the host (a scope is systemd's to make)
     #[arg(long, global = true)]
     systemd_cgroup: bool,
     /// Accepted for runc's callers
@@ -226,6 +228,10 @@ struct OciRecord {
     /// The VM's size, the bounds of an `update`.
     #[serde(default)]
     size: Option<resources::VmSize>,
+    /// The container's cgroup on the host, the whole VM in it (see
+    /// [`host_cgroup`]); removed at delete.
+    #[serde(default)]
+    host_cgroup: Option<PathBuf>,
 }
 
 impl OciRecord {
@@ -300,7 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     unsafe { std::env::set_var("HUSK_STATE_DIR", &cli.root) };
     let root = cli.root.as_path();
     match cli.command {
-        Command::Create(args) => create(root, args),
+        Command::Create(args) => create(root, args, cli.systemd_cgroup),
         Command::Start { id } => start(root, &id),
         Command::State { id } => {
             let state = oci_state(root, &id)?;
@@ -429,7 +435,7 @@ fn record(vm: &VmDir) -> anyhow::Result<OciRecord> {
     serde_json::from_slice(&text).with_context(|| format!("{} is damaged", path.display()))
 }
 
-fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
+fn create(root: &Path, args: CreateArgs, systemd_cgroup: bool) -> anyhow::Result<ExitCode> {
     let id = &args.id;
     vms::check_name(id).with_context(|| format!("container id {id:?}"))?;
     if args.preserve_fds > 0 {
@@ -446,17 +452,25 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
         unsafe { std::env::set_var("HUSK_STATE_DIR", parent) };
     }
     // Whatever fails from here leaves nothing: the folder goes.
-    let made = create_in(&vm, &args, launch);
+    let made = create_in(&vm, &args, launch, systemd_cgroup);
     if made.is_err() {
         if let Ok(r) = record(&vm) {
             r.release_net();
+            if let Some(dir) = &r.host_cgroup {
+                let _ = host_cgroup::remove(dir);
+            }
         }
         let _ = remove_vm_dir(root, id, &vm);
     }
     made
 }
 
-fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::Result<ExitCode> {
+fn create_in(
+    vm: &VmDir,
+    args: &CreateArgs,
+    launch: bundle::Launch,
+    systemd_cgroup: bool,
+) -> anyhow::Result<ExitCode> {
     let mut before_boot = launch
         .hooks
         .as_ref()
@@ -479,6 +493,11 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
         own_netns,
         hooks: launch.hooks.clone(),
         size: Some(launch.size),
+        host_cgroup: host_cgroup::for_container(
+            launch.cgroups_path.as_deref(),
+            &args.id,
+            systemd_cgroup,
+        )?,
     };
     crate::vms::write_file(&vm.dir.join(OCI_FILE), serde_json::to_vec_pretty(&record)?)?;
     bundle::mount_points(&launch.rootfs)?;
@@ -515,6 +534,11 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
     };
     hooks::run(&before_boot, &state)?;
     keeper_args.extend(["--net".into(), net.into()]);
+    if let Some(dir) = &record.host_cgroup {
+        let memory = (launch.size.memory_mib << 20) + vmm::jail::MEMORY_ROOM;
+        host_cgroup::make(dir, memory, launch.size.cpus)?;
+        keeper_args.push("--keep-cgroup".into());
+    }
     keeper_args.extend(launch.husk_args.iter().map(Into::into));
     // With a terminal, its slave is the keeper's three standard streams.
     let (mut keeper, word) = spawn_keeper(
@@ -523,6 +547,7 @@ fn create_in(vm: &VmDir, args: &CreateArgs, launch: bundle::Launch) -> anyhow::R
         &cwd,
         None,
         KeeperStdio::Inherit { terminal: slave },
+        record.host_cgroup.as_deref(),
     )?;
     let pid = keeper.id();
     let waited = await_word(word, CREATE_TIMEOUT);
@@ -766,11 +791,20 @@ fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<ExitCode> {
     if let Some(r) = &record {
         r.release_net();
     }
+    let cgroup_dir = record.as_ref().and_then(|r| r.host_cgroup.clone());
+    // A keeper that was killed took its VM with it (parent-death
+    // signals) but left the jail's folder: swept, as `husk rm` does.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
+    }
     let poststop = record
         .and_then(|r| r.hooks)
         .and_then(|h| h.poststop().clone());
     after_hooks(root, id, poststop, "poststop");
+    let cgroup = cgroup_dir.map_or(Ok(()), |dir| host_cgroup::remove(&dir));
     remove_vm_dir(root, id, &vm).with_context(|| format!("cannot remove {}", vm.dir.display()))?;
+    cgroup?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -857,7 +891,17 @@ fn list(root: &Path, format: &str, quiet: bool) -> anyhow::Result<ExitCode> {
 
 fn ps(root: &Path, id: &str, format: &str) -> anyhow::Result<ExitCode> {
     let state = oci_state(root, id)?;
-    let pids: Vec<u32> = (state.pid != 0).then_some(state.pid).into_iter().collect();
+    // Every process of the VM where it has a cgroup of its own, as runc
+    // lists its container's cgroup; else the keeper, which stands for it.
+    let in_cgroup = record(&container(root, id)?)?
+        .host_cgroup
+        .map(|dir| host_cgroup::procs(&dir))
+        .unwrap_or_default();
+    let pids: Vec<u32> = if in_cgroup.is_empty() {
+        (state.pid != 0).then_some(state.pid).into_iter().collect()
+    } else {
+        in_cgroup
+    };
     match format {
         "json" => println!("{}", serde_json::to_string(&pids)?),
         "table" => {

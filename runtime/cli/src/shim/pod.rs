@@ -155,7 +155,14 @@ impl Pod {
                 if let Some(ns) = &ns {
                     netns::enter(ns)?;
                 }
-                spawn_keeper(&self.vm, &args, Path::new("/"), None, KeeperStdio::Word)
+                spawn_keeper(
+                    &self.vm,
+                    &args,
+                    Path::new("/"),
+                    None,
+                    KeeperStdio::Word,
+                    None,
+                )
             })
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread starting the pod's VM panicked")))

@@ -102,11 +102,20 @@ pub(super) fn curl(url: &str, netns: Option<&str>) -> Result<String, Failed> {
 }
 
 /// The processes `pid` started (its main thread's children).
+/// The children of process `pid`, of all its threads (a child's parent
+/// is the thread that forked it).
 pub(super) fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
         .collect()
 }
 

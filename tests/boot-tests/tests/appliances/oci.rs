@@ -47,6 +47,9 @@ pub fn trials() -> Vec<Trial> {
     ]
 }
 
+/// Where the bed mounts cgroup v2.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// One `--root` and the bundles made in it.
 struct Runtime {
     root: tempfile::TempDir,
@@ -70,10 +73,21 @@ impl Runtime {
     }
 
     fn deep() -> Result<Self, Failed> {
-        Ok(Runtime {
-            deep: true,
-            ..Runtime::new()?
-        })
+        let mut rt = Runtime::new()?;
+        rt.deep = true;
+        Ok(rt)
+    }
+
+    /// The `linux.cgroupsPath` of container `id`: under a parent cgroup
+    /// of this runtime's own, removed with it.
+    fn cgroups_path(&self, id: &str) -> String {
+        let own = self.root.path().file_name().unwrap_or_default();
+        format!("/{}/{id}", own.to_string_lossy())
+    }
+
+    /// Container `id`'s cgroup on the host (the bed's cgroup v2).
+    fn cgroup(&self, id: &str) -> PathBuf {
+        Path::new(CGROUP_ROOT).join(self.cgroups_path(id).trim_start_matches('/'))
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -131,7 +145,10 @@ impl Runtime {
                 "cwd": "/",
                 "user": {"uid": 0, "gid": 0}
             },
-            "linux": {"namespaces": [{"type": "network"}, {"type": "mount"}]}
+            "linux": {
+                "namespaces": [{"type": "network"}, {"type": "mount"}],
+                "cgroupsPath": self.cgroups_path(id)
+            }
         });
         std::fs::write(dir.join("config.json"), config.to_string())?;
         Ok(dir)
@@ -289,9 +306,23 @@ fn expect_state(rt: &Runtime, id: &str, status: &str) -> Result<serde_json::Valu
     Ok(state)
 }
 
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // The parent of its containers' cgroups, made by husk-runtime as
+        // runc makes a cgroupsPath's parents (and leaves them).
+        if let Some(parent) = self.cgroup("x").parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
 /// After `delete`: nothing of the container is left.
 fn all_gone(rt: &Runtime, id: &str, processes: &[u32], rootfs: &Path) -> Result<(), Failed> {
     nothing_left(&rt.state_dir().join(id), processes)?;
+    let cgroup = bundle_cgroup(rootfs.parent().unwrap_or(rootfs))?;
+    if cgroup.exists() {
+        return Err(format!("cgroup {} is left after delete", cgroup.display()).into());
+    }
     let serving: Vec<u32> = virtiofsd_serving(rootfs)
         .into_iter()
         .filter(|p| !super::network::gone(*p))
@@ -346,6 +377,7 @@ fn lifecycle() -> Result<(), Failed> {
         return Err(format!("list: {list}").into());
     }
     let processes = tree(c.pid);
+    whole_vm_in_its_cgroup(&rt, id, &bundle, &processes)?;
     rt.ok(&["start", id])?;
     expect_state(&rt, id, "running")?;
     c.reaper
@@ -383,6 +415,81 @@ fn lifecycle() -> Result<(), Failed> {
     let (ok, _, err) = rt.run(&["state", id])?;
     if ok || !err.contains("does not exist") {
         return Err(format!("state after delete: ok={ok}, {err:?}").into());
+    }
+    Ok(())
+}
+
+/// The cgroup on the host of the container of `bundle`: its config's
+/// `cgroupsPath`.
+fn bundle_cgroup(bundle: &Path) -> Result<PathBuf, Failed> {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+    let path = config["linux"]["cgroupsPath"]
+        .as_str()
+        .ok_or("the bundle has no cgroupsPath")?;
+    Ok(Path::new(CGROUP_ROOT).join(path.trim_start_matches('/')))
+}
+
+/// The container's cgroup on the host, at its `cgroupsPath`, holds the
+/// whole VM (keeper, VMM, virtiofsd), which `ps` lists, with the VM's
+/// limits.
+fn whole_vm_in_its_cgroup(
+    rt: &Runtime,
+    id: &str,
+    bundle: &Path,
+    processes: &[u32],
+) -> Result<(), Failed> {
+    let dir = bundle_cgroup(bundle)?;
+    let inner = dir.strip_prefix(CGROUP_ROOT).unwrap_or(&dir);
+    let want = format!("0::/{}", inner.display());
+    for pid in processes {
+        let at = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if at.trim() != want {
+            return Err(format!(
+                "{pid} ({}) is in cgroup {:?}, not the container's {want:?}",
+                super::network::comm(*pid),
+                at.trim()
+            )
+            .into());
+        }
+    }
+    // ps lists the cgroup's processes: the VM's, as they were a moment
+    // ago and are now (a helper may have started meanwhile).
+    let listed: Vec<u32> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", id])?)?;
+    let now = tree(processes[0]);
+    // KVM's kernel thread for the VM (kvm-nx-lpage-recovery) joins the
+    // cgroup of the process that made the VM: no descendant, but the VM's.
+    let kernel_thread = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            == Some(2u32)
+    };
+    if processes.len() < 3
+        || processes.iter().any(|p| !listed.contains(p))
+        || listed.iter().any(|p| !now.contains(p) && !kernel_thread(p))
+    {
+        let named: Vec<String> = listed
+            .iter()
+            .map(|p| format!("{p} {}", super::network::comm(*p)))
+            .collect();
+        return Err(format!(
+            "ps lists {named:?}; the VM's processes were {processes:?} and are {now:?}"
+        )
+        .into());
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    // One vCPU; the VM's memory (256 MiB with no limit) and 256 MiB more.
+    let (memory, cpu) = (read("memory.max"), read("cpu.max"));
+    if memory.trim() != (512u64 << 20).to_string() || cpu.trim() != "100000 100000" {
+        return Err(format!("{}: memory.max {memory:?}, cpu.max {cpu:?}", dir.display()).into());
     }
     Ok(())
 }
@@ -476,6 +583,24 @@ fn kill_and_delete() -> Result<(), Failed> {
         return Err(format!("events: {ended}, {lines:?}").into());
     }
     all_gone(&rt, "k3", &processes, &bundle.join("rootfs"))?;
+
+    // The keeper killed with SIGKILL, as a crash would: its VM ends with
+    // it, the container reads as stopped, and delete leaves nothing (its
+    // cgroup neither).
+    let bundle = rt.bundle("k4", ticking)?;
+    let c = rt.create("k4", &bundle)?;
+    let processes = tree(c.pid);
+    rt.ok(&["start", "k4"])?;
+    c.wait_for("tick", Duration::from_secs(30))?;
+    // SAFETY: kill(2) of this test's own container's keeper, alive.
+    unsafe { libc::kill(c.pid as libc::pid_t, libc::SIGKILL) };
+    let (code, _, _) = c.finish(Duration::from_secs(30))?;
+    if code != 128 + libc::SIGKILL {
+        return Err(format!("k4's keeper, killed, ended with status {code}").into());
+    }
+    expect_state(&rt, "k4", "stopped")?;
+    rt.ok(&["delete", "k4"])?;
+    all_gone(&rt, "k4", &processes, &bundle.join("rootfs"))?;
     Ok(())
 }
 
@@ -581,14 +706,26 @@ fn pause_update_events(rt: &Runtime, c: &Container) -> Result<(), Failed> {
 }
 
 /// Cgroups the jail made (`husk-PID`), and mounts naming `path`.
-fn cgroups_and_mounts(path: &Path) -> (Vec<String>, usize) {
-    let cgroups = std::fs::read_dir("/sys/fs/cgroup")
+fn cgroups_and_mounts(rt: &Runtime, path: &Path) -> (Vec<String>, usize) {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // husk's jail cgroups, and the containers' under this runtime's parent
+    // (which stays while the runtime does, as runc leaves a parent).
+    let parent = rt.cgroup("x");
+    let parent = parent.parent().unwrap_or(Path::new(CGROUP_ROOT));
+    let own = parent.file_name().unwrap_or_default().to_string_lossy();
+    let mut cgroups: Vec<String> = names(Path::new(CGROUP_ROOT))
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("husk-"))
+        .filter(|n| n.starts_with("husk-") && *n != own)
         .collect();
+    cgroups.extend(names(parent).into_iter().map(|n| format!("{own}/{n}")));
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let path = path.to_string_lossy();
     (
@@ -608,7 +745,7 @@ fn cycles() -> Result<(), Failed> {
         .unwrap_or(100);
     let bundle = rt.bundle("cycle", "echo up; while true; do sleep 1; done")?;
     let rootfs = bundle.join("rootfs");
-    let before = cgroups_and_mounts(&rootfs);
+    let before = cgroups_and_mounts(&rt, &rootfs);
     let jails_before = std::fs::read_dir("/run/husk/jail").map_or(0, |d| d.count());
     for i in 0..n {
         let id = format!("cycle-{i}");
@@ -628,7 +765,7 @@ fn cycles() -> Result<(), Failed> {
         all_gone(&rt, &id, &processes, &rootfs)
             .map_err(|e| format!("cycle {i}: {}", e.message().unwrap_or("left over")))?;
     }
-    let after = cgroups_and_mounts(&rootfs);
+    let after = cgroups_and_mounts(&rt, &rootfs);
     let jails_after = std::fs::read_dir("/run/husk/jail").map_or(0, |d| d.count());
     if after != before || jails_after > jails_before {
         return Err(format!(
@@ -963,6 +1100,28 @@ fn podman() -> Result<(), Failed> {
     {
         return Err(format!("podman exec: expected the command as PID 1 and only the container's processes: {out:?}").into());
     }
+    // The VM is in the container's cgroup on the host, which podman
+    // reads: podman stats shows what it uses, within the VM's limit.
+    let pid = p.expect(&["inspect", "--format", "{{.State.Pid}}", &cid], b"", 0)?;
+    let cgroup = cgroup_of(&pid)?;
+    if !cgroup.ends_with(format!("libpod-{cid}")) {
+        return Err(format!("podman's container {cid} runs in cgroup {cgroup:?}").into());
+    }
+    let stats = p.expect(&["stats", "--no-stream", "--format", STATS, &cid], b"", 0)?;
+    // Its usage is the cgroup's anonymous memory (a warm VM's guest pages
+    // it wrote; those it only read are the snapshot file's page cache);
+    // its limit podman takes from the spec, not the cgroup.
+    let (used, pids) = stats_of(&stats);
+    if pids < 3 || !used.is_some_and(|u| u > 1e6) {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| e.to_string());
+        return Err(format!(
+            "podman stats: {stats:?}; {}: memory.current {:?}, procs {:?}",
+            cgroup.display(),
+            read(&cgroup.join("memory.current")),
+            read(&cgroup.join("cgroup.procs")),
+        )
+        .into());
+    }
     let out = p.expect(
         &["exec", "-i", &cid, "sh", "-c", "read x; echo exec-got $x"],
         b"in\n",
@@ -999,6 +1158,9 @@ fn podman() -> Result<(), Failed> {
         return Err(format!("exit code after stop: {code:?}").into());
     }
     p.expect(&["rm", &cid], b"", 0)?;
+    if cgroup.exists() {
+        return Err(format!("cgroup {} is left after podman rm", cgroup.display()).into());
+    }
 
     // A terminal: podman's pty reaches the guest's, with its size.
     // The same podman command line, typed into the terminal `script` makes.
@@ -1022,6 +1184,40 @@ fn podman() -> Result<(), Failed> {
 
     p.nothing_left()?;
     Ok(())
+}
+
+/// What podman and docker stats print of a container here.
+const STATS: &str = "{{.MemUsage}}|{{.PIDs}}";
+
+/// A [`STATS`] line: the memory in use, in bytes, and the processes.
+fn stats_of(line: &str) -> (Option<f64>, u32) {
+    let (usage, pids) = line.trim().split_once('|').unwrap_or_default();
+    let used = usage.split_once(" / ").and_then(|(u, _)| bytes(u));
+    (used, pids.parse().unwrap_or(0))
+}
+
+/// The cgroup (v2) of process `pid` (as a tool prints it).
+fn cgroup_of(pid: &str) -> Result<PathBuf, Failed> {
+    let at = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim()))?;
+    Ok(Path::new(CGROUP_ROOT).join(at.trim().trim_start_matches("0::/")))
+}
+
+/// A size as podman and docker print one (`45.1MB`, `512MiB`), in bytes.
+fn bytes(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let at = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(at);
+    let scale = match unit {
+        "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(number.trim().parse::<f64>().ok()? * scale)
 }
 
 /// A network namespace with a veth into it, as a container tool makes
@@ -1419,6 +1615,36 @@ fn docker_and_containerd() -> Result<(), Failed> {
             b"",
             Duration::from_secs(60),
         )?;
+        // docker stats and docker top read the container's cgroup on the
+        // host (containerd's runc shim finds it from the pid; top asks
+        // husk-runtime ps): the VM is in it.
+        let pid = output_within(
+            docker(&["inspect", "-f", "{{.State.Pid}}", &cid]),
+            b"",
+            Duration::from_secs(30),
+        )?;
+        let cgroup = cgroup_of(&pid.stdout)?;
+        let stats = output_within(
+            docker(&["stats", "--no-stream", "--format", STATS, &cid]),
+            b"",
+            Duration::from_secs(60),
+        )?;
+        let top = output_within(docker(&["top", &cid]), b"", Duration::from_secs(60))?;
+        let seen = stats.stdout.trim().to_string();
+        let (used, pids) = stats_of(&seen);
+        let top_lines = top.stdout.lines().count();
+        if !cgroup.ends_with(&cid)
+            || pids < 3
+            || !used.is_some_and(|u| u > 1e6)
+            || top_lines < 4
+            || !top.stdout.contains("husk-runtime")
+        {
+            return Err(format!(
+                "docker's container in cgroup {cgroup:?}; docker stats {seen:?} ({}); docker top {:?} ({})",
+                stats.stderr, top.stdout, top.stderr
+            )
+            .into());
+        }
         // pause, unpause and update reach husk-runtime through
         // containerd's runc shim.
         let mut changes = Vec::new();
@@ -1476,6 +1702,9 @@ fn docker_and_containerd() -> Result<(), Failed> {
         }
         if rm.code != Some(0) {
             return Err(rm.explain("docker rm -f").into());
+        }
+        if cgroup.exists() {
+            return Err(format!("cgroup {} is left after docker rm", cgroup.display()).into());
         }
         // The namespaces husk-runtime made for docker's hooks went with
         // their containers.

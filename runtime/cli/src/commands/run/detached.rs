@@ -140,6 +140,7 @@ pub fn spawn_keeper(
     cwd: &std::path::Path,
     image: Option<&BuiltImage>,
     stdio: KeeperStdio,
+    cgroup: Option<&std::path::Path>,
 ) -> anyhow::Result<(std::process::Child, std::io::PipeReader)> {
     let (from_keeper, to_cli) = std::io::pipe().context("pipe")?;
     let exe = std::env::current_exe().context("cannot locate the husk binary")?;
@@ -197,6 +198,9 @@ pub fn spawn_keeper(
     // The keeper leaves this terminal's session, so closing the terminal
     // or ^C here does not reach it.
     in_new_session(&mut command, tty);
+    if let Some(dir) = cgroup {
+        into_cgroup(&mut command, dir)?;
+    }
     if let Some(image) = image {
         command.env(BUILT_ENV, image.to_env());
     }
@@ -204,6 +208,33 @@ pub fn spawn_keeper(
     drop(command);
     drop(word_end);
     Ok((keeper, from_keeper))
+}
+
+/// Starts `command` in cgroup `dir` (v2): what it starts stays there.
+fn into_cgroup(command: &mut std::process::Command, dir: &std::path::Path) -> anyhow::Result<()> {
+    let procs = dir.join("cgroup.procs");
+    let procs = std::ffi::CString::new(procs.into_os_string().into_encoded_bytes())
+        .context("a cgroup path holds a NUL byte")?;
+    // SAFETY: open, write and close in the forked child, async-signal-safe;
+    // the closure owns the path it opens.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0": the writing process itself.
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written == 1 {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Starts `command` in a session of its own; with `tty`, the terminal on
@@ -232,7 +263,7 @@ pub fn start_keeper(
     image: Option<&BuiltImage>,
 ) -> anyhow::Result<ExitCode> {
     let name = &vm.name;
-    let (mut keeper, from_keeper) = spawn_keeper(vm, args, cwd, image, KeeperStdio::Word)?;
+    let (mut keeper, from_keeper) = spawn_keeper(vm, args, cwd, image, KeeperStdio::Word, None)?;
     let word = keeper::await_keeper(from_keeper);
     match word {
         Ok(None) => {

@@ -133,6 +133,11 @@ pub struct Args {
     /// and start)
     #[arg(long, requires = "detach", hide = true)]
     hold: bool,
+    /// The VM's processes stay in the cgroup husk starts in, which its
+    /// caller made and limits (husk-runtime's container cgroup): the jail
+    /// makes none of its own
+    #[arg(long, hide = true)]
+    keep_cgroup: bool,
     /// Boot the kernel even where a snapshot of this appliance is cached,
     /// and take none (by default the first run of an appliance snapshots
     /// it and later runs restore that: see husk snapshot)
@@ -840,7 +845,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             uid,
             gid,
             // Guest RAM plus room for the VMM and the disks' page cache.
-            memory_limit: (plan.memory_mib + 256) << 20,
+            memory_limit: (plan.memory_mib << 20) + vmm::jail::MEMORY_ROOM,
             cpus: u32::from(plan.cpus),
             // Room for every vsock stream the device allows.
             max_files: 256
@@ -850,6 +855,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                     0
                 },
             new_netns: true,
+            own_cgroup: !args.keep_cgroup,
         })
     } else {
         None
