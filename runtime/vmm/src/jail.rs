@@ -131,7 +131,7 @@ impl Cgroups {
                 dir.join(file).display()
             )))
         };
-        let period = 100_000u64;
+        let period = CPU_PERIOD;
         let quota = period * u64::from(cfg.cpus.max(1));
         for dir in self.dirs(pid) {
             std::fs::create_dir(&dir).map_err(sys(format!("cannot create {}", dir.display())))?;
@@ -139,9 +139,13 @@ impl Cgroups {
         match self {
             Cgroups::V2(_) => {
                 let dir = &self.dirs(pid)[0];
-                write(dir, "memory.max", cfg.memory_limit.to_string())?;
-                write(dir, "memory.swap.max", "0".into()).ok();
-                write(dir, "cpu.max", format!("{quota} {period}"))?;
+                for (file, value) in v2_limits(cfg.memory_limit, cfg.cpus) {
+                    let written = write(dir, file, value);
+                    // A host may have no swap accounting.
+                    if file != "memory.swap.max" {
+                        written?;
+                    }
+                }
                 write(dir, "cgroup.procs", child.to_string())?;
             }
             Cgroups::V1 { .. } => {
@@ -160,6 +164,20 @@ impl Cgroups {
         }
         Ok(())
     }
+}
+
+/// The CPU limit's period, in microseconds.
+const CPU_PERIOD: u64 = 100_000;
+
+/// A VM's cgroup v2 limits, as (file, value): `memory` bytes, no swap,
+/// and `cpus` CPUs.
+pub fn v2_limits(memory: u64, cpus: u32) -> [(&'static str, String); 3] {
+    let quota = CPU_PERIOD * u64::from(cpus.max(1));
+    [
+        ("memory.max", memory.to_string()),
+        ("memory.swap.max", "0".to_string()),
+        ("cpu.max", format!("{quota} {CPU_PERIOD}")),
+    ]
 }
 
 fn alive(pid: &str) -> bool {

@@ -102,7 +102,7 @@ pub fn for_container(
 
 /// Makes cgroup `dir` (from [`for_container`]) with the VM's limits.
 pub fn make(dir: &Path, memory: u64, cpus: u32) -> anyhow::Result<()> {
-    let root = v2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    let root = v2_root().context("this host has no cgroup v2 hierarchy")?;
     create(&root, dir, memory, cpus)
 }
 
@@ -142,16 +142,7 @@ fn create(root: &Path, dir: &Path, memory: u64, cpus: u32) -> anyhow::Result<()>
             }
         }
     }
-    let period = 100_000u64;
-    let limits = [
-        ("memory.max", memory.to_string()),
-        ("memory.swap.max", "0".to_string()),
-        (
-            "cpu.max",
-            format!("{} {period}", period * u64::from(cpus.max(1))),
-        ),
-    ];
-    for (file, value) in limits {
+    for (file, value) in vmm::jail::v2_limits(memory, cpus) {
         let path = dir.join(file);
         // A controller the parents do not have: no such limit to set.
         if path.exists() {
