@@ -22,6 +22,9 @@ pub use k8s_cri::v1::{
 
 /// Every call's limit: a pod's VM boots in a few seconds in the bed.
 const CALL_LIMIT: Duration = Duration::from_secs(120);
+/// The cgroup (under the cgroup v2 mount) that holds the test pods' own,
+/// as the kubelet's `kubepods` holds a node's pods.
+pub const KUBEPODS: &str = "husk-test-kubepods";
 
 pub struct Cri {
     rt: tokio::runtime::Runtime,
@@ -427,7 +430,10 @@ pub fn image_spec(image: &str) -> ImageSpec {
 }
 
 /// A pod's configuration as the kubelet writes it: its log folder, the
-/// network namespace (`Pod`: CNI's; `Node`: the host's), annotations.
+/// network namespace (`Pod`: CNI's; `Node`: the host's), annotations, and
+/// its cgroup parent, `/KUBEPODS/pod<uid>` (the kubelet's cgroupfs
+/// driver names a pod's cgroup so); the sandbox's cgroup is
+/// `<parent>/<sandbox id>`.
 pub fn pod_config(
     name: &str,
     log_directory: &Path,
@@ -454,10 +460,31 @@ pub fn pod_config(
                 }),
                 ..Default::default()
             }),
+            cgroup_parent: pod_cgroup(name),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// The cgroup parent [`pod_config`] gives pod `name`.
+pub fn pod_cgroup(name: &str) -> String {
+    format!("/{KUBEPODS}/pod{name}-uid")
+}
+
+/// Removes the pod cgroups below [`KUBEPODS`] and it, as the kubelet
+/// removes a pod's cgroup once its sandbox is gone; what still has a
+/// child cgroup stays, and is named.
+pub fn remove_pod_cgroups() -> Result<(), String> {
+    let root = Path::new("/sys/fs/cgroup").join(KUBEPODS);
+    let pods = match std::fs::read_dir(&root) {
+        Ok(entries) => entries.flatten().filter(|e| e.path().is_dir()),
+        Err(_) => return Ok(()),
+    };
+    for pod in pods {
+        std::fs::remove_dir(pod.path()).map_err(|e| format!("{}: {e}", pod.path().display()))?;
+    }
+    std::fs::remove_dir(&root).map_err(|e| format!("{}: {e}", root.display()))
 }
 
 /// A container of `image` running `argv`, its log at `NAME.log` in the

@@ -80,6 +80,13 @@ pub fn place(
     Ok(Some(root.join(inner)))
 }
 
+/// Whether `cgroups_path` has systemd's `slice:prefix:name` form, for a
+/// caller that is not told which driver its cgroups are for (the shim:
+/// containerd gives runc's shim that choice in runc's own options).
+pub fn systemd_form(cgroups_path: &str) -> bool {
+    !cgroups_path.starts_with('/') && cgroups_path.matches(':').count() == 2
+}
+
 /// Where this host's cgroup v2 hierarchy is mounted, if it has one.
 fn v2_root() -> Option<PathBuf> {
     match vmm::jail::Cgroups::detect() {
@@ -230,6 +237,12 @@ mod tests {
         );
         // A systemd scope is systemd's to make.
         assert_eq!(placed("/", Some("machine.slice:libpod:c1"), true), None);
+        // The shim tells that form by its look: containerd's CRI writes
+        // `slice:cri-containerd:ID` for the systemd driver.
+        assert!(systemd_form("kubepods-pod1.slice:cri-containerd:c1"));
+        for cgroupfs in ["/kubepods/pod1/c1", "/default/c1", "c1", "/a:b:c", "a:b"] {
+            assert!(!systemd_form(cgroupfs), "{cgroupfs}");
+        }
         // The root cgroup is nobody's container.
         for root in ["/", "/..", "/./"] {
             let e = place(Path::new("/sys/fs/cgroup"), "/", Some(root), "c1", false);

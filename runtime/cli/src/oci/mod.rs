@@ -15,7 +15,7 @@
 pub(crate) mod bundle;
 mod cgroup;
 mod hooks;
-mod host_cgroup;
+pub(crate) mod host_cgroup;
 mod log;
 pub(crate) mod netns;
 pub(crate) mod resources;

@@ -23,7 +23,7 @@ use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::run::{spawn_keeper, KeeperStdio};
-use crate::oci::{bundle, netns};
+use crate::oci::{bundle, host_cgroup, netns};
 use crate::vms::control::{Control, Request};
 use crate::vms::{self, VmDir};
 
@@ -49,6 +49,9 @@ pub struct Record {
     pub keeper_start: u64,
     /// The pod's network namespace, joined by a tap.
     pub netns: Option<PathBuf>,
+    /// The pod's cgroup on the host, the whole VM in it.
+    #[serde(default)]
+    pub host_cgroup: Option<PathBuf>,
 }
 
 pub struct Pod {
@@ -58,18 +61,38 @@ pub struct Pod {
     pub keeper_pid: u32,
     keeper_start: u64,
     netns: Option<PathBuf>,
+    host_cgroup: Option<PathBuf>,
     keeper: Mutex<Option<Child>>,
 }
 
 impl Pod {
-    /// Boots the VM of the pod whose first container's spec is `spec`:
-    /// its size, hostname and network are the pod's.
+    /// Boots the VM of the pod whose first container (`id`, the sandbox
+    /// under CRI) has the spec `spec`: its size, hostname, network and
+    /// cgroup on the host are the pod's.
+    ///
+    /// That cgroup is the one the spec's `linux.cgroupsPath` names (under
+    /// CRI the sandbox's, below the kubelet's pod cgroup), placed and made
+    /// as husk-runtime makes a container's (`oci::host_cgroup`), as Kata
+    /// does with `sandbox_cgroup_only`: the keeper, the VMM, virtiofsd and
+    /// passt are in it, so the host accounts the pod's VM to the pod.
     pub fn boot(
         spec: &Spec,
+        id: &str,
         annotations: &std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<Pod> {
         std::fs::create_dir_all(STATE_ROOT)
             .with_context(|| format!("cannot create {STATE_ROOT}"))?;
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let cgroups_path = cgroups_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let host_cgroup = host_cgroup::for_container(
+            cgroups_path.as_deref(),
+            id,
+            cgroups_path
+                .as_deref()
+                .is_some_and(host_cgroup::systemd_form),
+        )?;
         let vm = loop {
             let vm = VmDir::at(Path::new(STATE_ROOT), &vms::random_name());
             match std::fs::DirBuilder::new().mode(0o700).create(&vm.dir) {
@@ -87,6 +110,7 @@ impl Pod {
             keeper_pid: 0,
             keeper_start: 0,
             netns: None,
+            host_cgroup,
             keeper: Mutex::new(None),
         };
         let began = std::time::Instant::now();
@@ -145,6 +169,11 @@ impl Pod {
             }
         };
         args.extend(["--net".into(), net.into()]);
+        if let Some(dir) = &self.host_cgroup {
+            let memory = (memory_mib << 20) + vmm::jail::MEMORY_ROOM;
+            host_cgroup::make(dir, memory, cpus)?;
+            args.push("--keep-cgroup".into());
+        }
         args.push(format!("dir:{}", self.share.display()).into());
 
         // The keeper starts in the pod's network namespace (its tap is
@@ -161,7 +190,7 @@ impl Pod {
                     Path::new("/"),
                     None,
                     KeeperStdio::Word,
-                    None,
+                    self.host_cgroup.as_deref(),
                 )
             })
             .join()
@@ -203,6 +232,7 @@ impl Pod {
             keeper_pid: self.keeper_pid,
             keeper_start: self.keeper_start,
             netns: self.netns.clone(),
+            host_cgroup: self.host_cgroup.clone(),
         }
     }
 
@@ -261,6 +291,13 @@ pub fn cleanup(record: &Record) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // What the keeper leaves when it is killed (its VMM, virtiofsd) dies
+    // with the cgroup, before the share they hold is unmounted.
+    if let Some(dir) = &record.host_cgroup {
+        if let Err(e) = host_cgroup::remove(dir) {
+            log::warn!("{e:#}");
         }
     }
     let share = record.vm.join("pod");

@@ -228,6 +228,7 @@ impl Inner {
     fn pod_for(
         self: &Arc<Self>,
         spec: &Spec,
+        id: &str,
         annotations: &std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<(Arc<Pod>, bool)> {
         let mut pod = lock(&self.pod);
@@ -237,7 +238,7 @@ impl Inner {
         if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container") {
             anyhow::bail!("the pod's sandbox is not running in this shim");
         }
-        let booted = Arc::new(Pod::boot(spec, annotations)?);
+        let booted = Arc::new(Pod::boot(spec, id, annotations)?);
         *pod = Some(booted.clone());
         let watcher = (self.clone(), booted.clone());
         std::thread::spawn(move || {
@@ -338,7 +339,7 @@ impl Inner {
         };
         stdio.check()?;
 
-        let (pod, booted) = self.pod_for(&spec, &annotations)?;
+        let (pod, booted) = self.pod_for(&spec, id, &annotations)?;
         log::info!("container {id}: in the pod VM {}", pod.vm.name);
         let made = (|| {
             let fs = pod::prepare_container(&pod.share, id, bundle_dir, &req.rootfs, &spec)?;

@@ -63,7 +63,7 @@ fn with_containerd(
         return Err(format!("network state before the test: {before:?}").into());
     }
     let (cri, logs) = connect(&c).map_err(|e| c.with_log(&e))?;
-    test(&c, &cri, &logs).map_err(|e| {
+    let tested = test(&c, &cri, &logs).map_err(|e| {
         let text = e.message().map(str::to_string).unwrap_or_default();
         let text = c.with_log(&text);
         // What the failed test left goes, so that the next test starts
@@ -73,7 +73,11 @@ fn with_containerd(
             let _ = cri.remove_pod(&pod);
         }
         Failed::from(text)
-    })
+    });
+    // The pods' cgroups go, as the kubelet removes them.
+    let removed = boot_tests::cri::remove_pod_cgroups();
+    tested?;
+    Ok(removed?)
 }
 
 /// What a pod leaves on the host besides husk's own: CNI's network
@@ -176,6 +180,9 @@ fn pod_of_containers(c: &Containerd, cri: &Cri, logs: &Path) -> Result<(), Faile
     if shims.len() != 1 {
         return Err(format!("expected one shim for the pod, found {shims:?}").into());
     }
+    // The pod's VM is in its sandbox's cgroup on the host, below the pod
+    // cgroup the kubelet named.
+    super::shim::pod_vm_in_cgroup(&format!("{}/{pod}", boot_tests::cri::pod_cgroup("web")))?;
 
     let mut web_config = container_config(
         "web",

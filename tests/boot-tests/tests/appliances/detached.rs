@@ -153,6 +153,21 @@ impl Drop for Vm {
     }
 }
 
+/// The parent of process `pid` (0 where it is gone).
+pub(super) fn parent(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Every descendant of `pid`, and `pid`.
 pub(super) fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];

@@ -459,19 +459,7 @@ fn whole_vm_in_its_cgroup(
     let now = tree(processes[0]);
     // KVM's kernel thread for the VM (kvm-nx-lpage-recovery) joins the
     // cgroup of the process that made the VM: no descendant, but the VM's.
-    let kernel_thread = |p: &u32| {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
-            == Some(2u32)
-    };
+    let kernel_thread = |p: &u32| super::detached::parent(*p) == 2;
     if processes.len() < 3
         || processes.iter().any(|p| !listed.contains(p))
         || listed.iter().any(|p| !now.contains(p) && !kernel_thread(p))

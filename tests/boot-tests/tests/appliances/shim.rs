@@ -5,9 +5,9 @@
 //! itself by `kill -9`. Each test starts a containerd of its own on the
 //! bed's tmpfs and checks that nothing of husk's is left after it: no
 //! shim, keeper, VMM or virtiofsd, no folder under /run/husk-shim, no
-//! mount.
+//! mount, no pod cgroup on the host.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ const RUNTIME: &str = "io.containerd.husk.v2";
 const LIMIT: Duration = Duration::from_secs(120);
 const IMAGE: &str = boot_tests::containerd::IMAGE;
 const STATE_ROOT: &str = "/run/husk-shim";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -54,7 +55,117 @@ pub(super) fn pod_folders() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Nothing of the shim's on the host: processes, folders, mounts.
+/// The host cgroups the tests' pod VMs get: ctr's `/default/ID`, CRI's
+/// `/k8s.io/ID` for a pod without a parent, and `/KUBEPODS/POD/ID` below
+/// the pod cgroups the CRI tests name as the kubelet does.
+fn pod_cgroups() -> Vec<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    let children = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    let mut all: Vec<PathBuf> = ["default", "k8s.io"]
+        .iter()
+        .flat_map(|n| children(&root.join(n)))
+        .collect();
+    for pod in children(&root.join(boot_tests::cri::KUBEPODS)) {
+        all.extend(children(&pod));
+    }
+    all
+}
+
+/// The pod's VM is in the host cgroup `path` (a cgroupsPath, under the
+/// cgroup v2 mount): the keeper that runs it and every process under it
+/// (the jail's supervisor and VMM, virtiofsd), not the shim; its limits
+/// are the VM's memory and 256 MiB more, and its vCPUs.
+pub(super) fn pod_vm_in_cgroup(path: &str) -> Result<(), Failed> {
+    let dir = Path::new(CGROUP_ROOT).join(path.trim_start_matches('/'));
+    let procs: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map_err(|e| format!("the pod's cgroup {}: {e}", dir.display()))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    // The keeper: started by the shim, outside the cgroup; its forks (the
+    // jail's supervisor and VMM) carry its command line.
+    let keepers: Vec<(u32, Vec<String>)> = procs
+        .iter()
+        .filter(|p| !procs.contains(&super::detached::parent(**p)))
+        .filter_map(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let args: Vec<String> = String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .map(str::to_string)
+                .collect();
+            args.iter()
+                .any(|a| a == "--keep-cgroup")
+                .then_some((*p, args))
+        })
+        .collect();
+    let [(keeper, args)] = &keepers[..] else {
+        return Err(format!("{}: expected one keeper among {procs:?}", dir.display()).into());
+    };
+    let want = format!("0::/{}", path.trim_start_matches('/'));
+    let tree = super::detached::tree(*keeper);
+    let named: Vec<String> = tree
+        .iter()
+        .map(|p| format!("{p} {}", super::network::comm(*p)))
+        .collect();
+    for pid in &tree {
+        let at = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if at.trim() != want && !super::network::gone(*pid) {
+            return Err(format!(
+                "{pid} ({}) of the pod's VM {named:?} is in {:?}, not {want:?}",
+                super::network::comm(*pid),
+                at.trim()
+            )
+            .into());
+        }
+    }
+    if !tree.iter().any(|p| super::network::comm(*p) == "virtiofsd") || tree.len() < 4 {
+        return Err(format!("the pod's VM {named:?}: expected its VMM and virtiofsd").into());
+    }
+    for shim in processes_naming("containerd-shim-husk-v2 -namespace") {
+        let pid = shim.split(':').next().unwrap_or_default();
+        let at = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if at.trim() == want {
+            return Err(format!("the shim {shim} is in the pod's cgroup {want}").into());
+        }
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let memory_mib: u64 = value("--memory")
+        .trim_end_matches("MiB")
+        .parse()
+        .map_err(|_| format!("the keeper's --memory in {args:?}"))?;
+    let cpus: u64 = value("--cpus")
+        .parse()
+        .map_err(|_| format!("the keeper's --cpus in {args:?}"))?;
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let (memory, cpu) = (read("memory.max"), read("cpu.max"));
+    if memory.trim() != ((memory_mib + 256) << 20).to_string()
+        || cpu.trim() != format!("{} 100000", cpus * 100_000)
+    {
+        return Err(format!(
+            "{}: memory.max {memory:?}, cpu.max {cpu:?} for a VM of {memory_mib} MiB, {cpus} CPUs",
+            dir.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Nothing of the shim's on the host: processes, folders, mounts, pod
+/// cgroups.
 pub(super) fn nothing_left(when: &str) -> Result<(), Failed> {
     // What ends asynchronously (a keeper, its VM) gets a moment.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -69,12 +180,14 @@ pub(super) fn nothing_left(when: &str) -> Result<(), Failed> {
             .filter(|l| l.contains(STATE_ROOT))
             .map(str::to_string)
             .collect();
-        if procs.is_empty() && folders.is_empty() && mounts.is_empty() {
+        let cgroups = pod_cgroups();
+        if procs.is_empty() && folders.is_empty() && mounts.is_empty() && cgroups.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "{when}: left behind: processes {procs:?}, folders {folders:?}, mounts {mounts:?}"
+                "{when}: left behind: processes {procs:?}, folders {folders:?}, mounts {mounts:?}, \
+                 cgroups {cgroups:?}"
             )
             .into());
         }
@@ -148,6 +261,9 @@ fn tasks_and_execs() -> Result<(), Failed> {
             )
             .into());
     }
+    // On the host, the whole VM is in the cgroup the spec names (ctr's
+    // `/NAMESPACE/ID`), as runc's container would be.
+    pod_vm_in_cgroup("/default/t3")?;
     c.expect(
         c.ctr(&[
             "task",
@@ -446,6 +562,12 @@ fn pod_of_three() -> Result<(), Failed> {
     let shims = processes_naming("containerd-shim-husk-v2 -namespace");
     if shims.len() != 1 {
         return Err(format!("two containers of a pod: expected one shim, found {shims:?}").into());
+    }
+    // The pod's VM is in its sandbox's cgroup; a member container makes
+    // none of its own on the host (its cgroup is in the guest).
+    pod_vm_in_cgroup("/default/pod1")?;
+    if Path::new(CGROUP_ROOT).join("default/web").exists() {
+        return Err("a pod's member container got a host cgroup of its own".into());
     }
     let mut extra = vec!["--rm"];
     extra.extend(&mb);
