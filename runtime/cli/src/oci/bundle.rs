@@ -163,12 +163,16 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
         hooks: spec.hooks().clone(),
         size: super::resources::VmSize { cpus, memory_mib },
         husk_args,
-        cgroups_path: spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned()),
+        cgroups_path: cgroups_path(spec),
     })
+}
+
+/// The spec's `linux.cgroupsPath`, where it has one.
+pub fn cgroups_path(spec: &Spec) -> Option<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// The folders husk's init mounts the guest's /proc, /sys and /dev on,

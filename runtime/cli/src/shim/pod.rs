@@ -82,10 +82,7 @@ impl Pod {
     ) -> anyhow::Result<Pod> {
         std::fs::create_dir_all(STATE_ROOT)
             .with_context(|| format!("cannot create {STATE_ROOT}"))?;
-        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-        let cgroups_path = cgroups_path
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned());
+        let cgroups_path = bundle::cgroups_path(spec);
         let host_cgroup = host_cgroup::for_container(
             cgroups_path.as_deref(),
             id,

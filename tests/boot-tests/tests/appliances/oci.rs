@@ -440,19 +440,7 @@ fn whole_vm_in_its_cgroup(
     processes: &[u32],
 ) -> Result<(), Failed> {
     let dir = bundle_cgroup(bundle)?;
-    let inner = dir.strip_prefix(CGROUP_ROOT).unwrap_or(&dir);
-    let want = format!("0::/{}", inner.display());
-    for pid in processes {
-        let at = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if at.trim() != want {
-            return Err(format!(
-                "{pid} ({}) is in cgroup {:?}, not the container's {want:?}",
-                super::network::comm(*pid),
-                at.trim()
-            )
-            .into());
-        }
-    }
+    all_in_cgroup(processes, &dir)?;
     // ps lists the cgroup's processes: the VM's, as they were a moment
     // ago and are now (a helper may have started meanwhile).
     let listed: Vec<u32> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", id])?)?;
@@ -473,11 +461,42 @@ fn whole_vm_in_its_cgroup(
         )
         .into());
     }
+    // One vCPU; the VM's memory (256 MiB with no limit).
+    vm_limits(&dir, 256, 1)
+}
+
+/// Every process of `pids` is in the cgroup at `dir` (under the cgroup v2
+/// mount).
+pub(super) fn all_in_cgroup(pids: &[u32], dir: &Path) -> Result<(), Failed> {
+    let inner = dir.strip_prefix(CGROUP_ROOT).unwrap_or(dir);
+    let want = format!("0::/{}", inner.display());
+    for pid in pids {
+        let at = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if at.trim() != want {
+            return Err(format!(
+                "{pid} ({}) is in cgroup {:?}, not the VM's {want:?}",
+                super::network::comm(*pid),
+                at.trim()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup at `dir` has the limits of a VM of `memory_mib` MiB and
+/// `cpus` vCPUs: its memory and 256 MiB more, its vCPUs' time.
+pub(super) fn vm_limits(dir: &Path, memory_mib: u64, cpus: u64) -> Result<(), Failed> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    // One vCPU; the VM's memory (256 MiB with no limit) and 256 MiB more.
     let (memory, cpu) = (read("memory.max"), read("cpu.max"));
-    if memory.trim() != (512u64 << 20).to_string() || cpu.trim() != "100000 100000" {
-        return Err(format!("{}: memory.max {memory:?}, cpu.max {cpu:?}", dir.display()).into());
+    if memory.trim() != ((memory_mib + 256) << 20).to_string()
+        || cpu.trim() != format!("{} 100000", cpus * 100_000)
+    {
+        return Err(format!(
+            "{}: memory.max {memory:?}, cpu.max {cpu:?} for a VM of {memory_mib} MiB, {cpus} CPUs",
+            dir.display()
+        )
+        .into());
     }
     Ok(())
 }

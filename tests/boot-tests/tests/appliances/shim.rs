@@ -115,17 +115,7 @@ pub(super) fn pod_vm_in_cgroup(path: &str) -> Result<(), Failed> {
         .iter()
         .map(|p| format!("{p} {}", super::network::comm(*p)))
         .collect();
-    for pid in &tree {
-        let at = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if at.trim() != want && !super::network::gone(*pid) {
-            return Err(format!(
-                "{pid} ({}) of the pod's VM {named:?} is in {:?}, not {want:?}",
-                super::network::comm(*pid),
-                at.trim()
-            )
-            .into());
-        }
-    }
+    super::oci::all_in_cgroup(&tree, &dir)?;
     if !tree.iter().any(|p| super::network::comm(*p) == "virtiofsd") || tree.len() < 4 {
         return Err(format!("the pod's VM {named:?}: expected its VMM and virtiofsd").into());
     }
@@ -150,18 +140,7 @@ pub(super) fn pod_vm_in_cgroup(path: &str) -> Result<(), Failed> {
     let cpus: u64 = value("--cpus")
         .parse()
         .map_err(|_| format!("the keeper's --cpus in {args:?}"))?;
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    let (memory, cpu) = (read("memory.max"), read("cpu.max"));
-    if memory.trim() != ((memory_mib + 256) << 20).to_string()
-        || cpu.trim() != format!("{} 100000", cpus * 100_000)
-    {
-        return Err(format!(
-            "{}: memory.max {memory:?}, cpu.max {cpu:?} for a VM of {memory_mib} MiB, {cpus} CPUs",
-            dir.display()
-        )
-        .into());
-    }
-    Ok(())
+    super::oci::vm_limits(&dir, memory_mib, cpus)
 }
 
 /// Nothing of the shim's on the host: processes, folders, mounts, pod
