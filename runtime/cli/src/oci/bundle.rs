@@ -47,6 +47,16 @@ pub enum Network {
     Join(PathBuf),
 }
 
+impl Network {
+    /// The namespace joined, if one is.
+    pub fn joined(&self) -> Option<&Path> {
+        match self {
+            Network::Join(ns) => Some(ns),
+            _ => None,
+        }
+    }
+}
+
 /// Reads `bundle/config.json` and maps it.
 pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
     let bundle = std::fs::canonicalize(bundle)

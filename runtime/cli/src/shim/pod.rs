@@ -75,10 +75,16 @@ impl Pod {
     /// as husk-runtime makes a container's (`oci::host_cgroup`), as Kata
     /// does with `sandbox_cgroup_only`: the keeper, the VMM, virtiofsd and
     /// passt are in it, so the host accounts the pod's VM to the pod.
+    ///
+    /// The pod's record is written to `record_at` (in the container's
+    /// bundle) before anything is made on the host and again once the
+    /// keeper runs, so a shim killed mid-boot leaves `shim delete` what it
+    /// needs to remove it all; a failed boot removes it with the rest.
     pub fn boot(
         spec: &Spec,
         id: &str,
         annotations: &std::collections::BTreeMap<String, String>,
+        record_at: &Path,
     ) -> anyhow::Result<Pod> {
         std::fs::create_dir_all(STATE_ROOT)
             .with_context(|| format!("cannot create {STATE_ROOT}"))?;
@@ -106,27 +112,38 @@ impl Pod {
             share,
             keeper_pid: 0,
             keeper_start: 0,
-            netns: None,
+            netns: bundle::network(spec).joined().map(Path::to_path_buf),
             host_cgroup,
             keeper: Mutex::new(None),
         };
         let began = std::time::Instant::now();
-        match pod.start(spec, annotations) {
+        match pod
+            .write_record(record_at)
+            .and_then(|()| pod.start(spec, annotations, record_at))
+        {
             Ok(()) => {
                 log::info!("pod VM {}: up in {:?}", pod.vm.name, began.elapsed());
                 Ok(pod)
             }
             Err(e) => {
                 pod.teardown();
+                let _ = std::fs::remove_file(record_at);
                 Err(e)
             }
         }
+    }
+
+    /// Writes the pod's record (atomically) to `path`.
+    pub fn write_record(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_vec_pretty(&self.record())?;
+        vms::write_file(path, text).with_context(|| format!("cannot write {}", path.display()))
     }
 
     fn start(
         &mut self,
         spec: &Spec,
         annotations: &std::collections::BTreeMap<String, String>,
+        record_at: &Path,
     ) -> anyhow::Result<()> {
         std::fs::create_dir(&self.share)
             .with_context(|| format!("cannot create {}", self.share.display()))?;
@@ -152,18 +169,11 @@ impl Pod {
         if let Some(h) = spec.hostname().as_ref().filter(|h| !h.is_empty()) {
             args.extend(["--hostname".into(), h.into()]);
         }
-        let network = bundle::network(spec);
-        let ns = match &network {
-            bundle::Network::Join(ns) => Some(ns.clone()),
-            _ => None,
-        };
-        let net = match &network {
+        let ns = self.netns.clone();
+        let net = match bundle::network(spec) {
             bundle::Network::User => "user".to_string(),
             bundle::Network::None => "none".to_string(),
-            bundle::Network::Join(ns) => {
-                self.netns = Some(ns.clone());
-                netns::join(ns)?.unwrap_or_else(|| "none".into())
-            }
+            bundle::Network::Join(ns) => netns::join(&ns)?.unwrap_or_else(|| "none".into()),
         };
         args.extend(["--net".into(), net.into()]);
         if let Some(dir) = &self.host_cgroup {
@@ -196,6 +206,7 @@ impl Pod {
         self.keeper_pid = keeper.id();
         self.keeper_start = vms::process_start(self.keeper_pid).unwrap_or(0);
         *self.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(keeper);
+        self.write_record(record_at)?;
         // What the keeper says before its word is why it failed.
         let said = std::sync::Arc::new(Mutex::new(Vec::new()));
         let lines = said.clone();

@@ -230,6 +230,7 @@ impl Inner {
         spec: &Spec,
         id: &str,
         annotations: &std::collections::BTreeMap<String, String>,
+        record_at: &Path,
     ) -> anyhow::Result<(Arc<Pod>, bool)> {
         let mut pod = lock(&self.pod);
         if let Some(p) = pod.as_ref() {
@@ -238,7 +239,7 @@ impl Inner {
         if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container") {
             anyhow::bail!("the pod's sandbox is not running in this shim");
         }
-        let booted = Arc::new(Pod::boot(spec, id, annotations)?);
+        let booted = Arc::new(Pod::boot(spec, id, annotations, record_at)?);
         *pod = Some(booted.clone());
         let watcher = (self.clone(), booted.clone());
         std::thread::spawn(move || {
@@ -339,15 +340,13 @@ impl Inner {
         };
         stdio.check()?;
 
-        let (pod, booted) = self.pod_for(&spec, id, &annotations)?;
+        let record_at = bundle_dir.join(pod::RECORD);
+        let (pod, booted) = self.pod_for(&spec, id, &annotations, &record_at)?;
         log::info!("container {id}: in the pod VM {}", pod.vm.name);
         let made = (|| {
             let fs = pod::prepare_container(&pod.share, id, bundle_dir, &req.rootfs, &spec)?;
             process.container = Some(fs);
-            crate::vms::write_file(
-                &bundle_dir.join(pod::RECORD),
-                serde_json::to_vec_pretty(&pod.record())?,
-            )?;
+            pod.write_record(&record_at)?;
             anyhow::Ok(())
         })();
         if let Err(e) = made {

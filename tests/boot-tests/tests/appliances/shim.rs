@@ -604,8 +604,8 @@ fn pod_of_three() -> Result<(), Failed> {
 }
 
 /// `kill -9` of a pod's VMM: containerd sees the task end (255); of the
-/// shim: containerd cleans up through `containerd-shim-husk-v2 delete`.
-/// Nothing is left either way.
+/// shim, after its pod's VM booted or while it boots: containerd cleans up
+/// through `containerd-shim-husk-v2 delete`. Nothing is left either way.
 fn killed() -> Result<(), Failed> {
     let c = containerd()?;
     c.ok(
@@ -649,8 +649,63 @@ fn killed() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let _ = output_within(c.ctr(&["containers", "rm", "k2"]), b"", LIMIT)?;
+    nothing_left("after kill -9 of the shim")?;
+
+    // The shim killed while its pod's VM still boots (cold, so the boot
+    // takes long enough to be caught in it): containerd's `shim delete`
+    // finds the pod's record in the bundle and removes the VM, its folder
+    // and its cgroup.
+    let mut run = c.run(
+        RUNTIME,
+        &["-d", "--annotation", "io.husk.vm.cold=true"],
+        "k3",
+        &["sleep", "100000"],
+    );
+    let mut ctr = run
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let keeper = loop {
+        if let Some(k) = processes_naming("--hold").first() {
+            break k.clone();
+        }
+        if Instant::now() > deadline || ctr.try_wait()?.is_some() {
+            let _ = ctr.kill();
+            let _ = ctr.wait();
+            return Err("the pod's keeper never showed while ctr run -d was running".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let shims: Vec<u32> = processes_naming("containerd-shim-husk-v2 -namespace")
+        .iter()
+        .filter_map(|l| l.split(':').next()?.parse().ok())
+        .collect();
+    if shims.len() != 1 {
+        let _ = ctr.kill();
+        let _ = ctr.wait();
+        return Err(format!("expected one shim, found {shims:?}").into());
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(shims[0] as libc::pid_t, libc::SIGKILL) };
+    let booted = c.status("k3")? == "RUNNING";
+    let status = ctr.wait()?;
+    if booted || status.success() {
+        return Err(format!(
+            "the shim was killed after the boot, not during it (keeper {keeper}; ctr run {status})"
+        )
+        .into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.status("k3")?.is_empty() {
+        if Instant::now() > deadline {
+            return Err("containerd still lists the task 60 s after its shim was killed".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = output_within(c.ctr(&["containers", "rm", "k3"]), b"", LIMIT)?;
     drop(c);
-    nothing_left("after kill -9 of the shim")
+    nothing_left("after kill -9 of the shim while its pod's VM booted")
 }
 
 /// The pid of every process running as nobody whose command line names
