@@ -608,6 +608,53 @@ fn kill_and_delete() -> Result<(), Failed> {
     expect_state(&rt, "k4", "stopped")?;
     rt.ok(&["delete", "k4"])?;
     all_gone(&rt, "k4", &processes, &bundle.join("rootfs"))?;
+
+    // `create` killed while the VM boots (cold, so the boot is long
+    // enough to be caught in), as when its caller dies: `delete --force`
+    // at once, the VM perhaps still booting, leaves nothing.
+    let bundle = rt.bundle("k5", ticking)?;
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+    spec["annotations"] = serde_json::json!({"io.husk.vm.cold": "true"});
+    std::fs::write(&config, spec.to_string())?;
+    let rootfs = bundle.join("rootfs");
+    let mut create = rt
+        .command()
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg("k5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let processes = loop {
+        // The keeper and its VM name the root they boot from.
+        let running: Vec<u32> = processes_naming(&rootfs.to_string_lossy())
+            .iter()
+            .filter_map(|l| l.split(':').next()?.parse().ok())
+            .collect();
+        if running.len() >= 2 {
+            break running;
+        }
+        if Instant::now() > deadline || create.try_wait()?.is_some() {
+            let _ = create.kill();
+            let _ = create.wait();
+            return Err(format!("k5's VM never showed while create ran: {running:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    create.kill()?;
+    create.wait()?;
+    // The keeper goes on booting without it (as runc's init outlives a
+    // killed `runc create`): the container is still being created, or
+    // has just become created.
+    let state = rt.state("k5")?;
+    if state["status"] != "creating" && state["status"] != "created" {
+        return Err(format!("k5 after its create was killed: {state}").into());
+    }
+    rt.ok(&["delete", "--force", "k5"])?;
+    all_gone(&rt, "k5", &processes, &rootfs)?;
     Ok(())
 }
 
