@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use agent::{ErrorKind, ExitStatus, GuestInfo, Process, Request, Response, Stream, MAIN};
 use husk_init::config::RunConfig;
 
-use crate::{cgroup, pidns, sys};
+use crate::{cgroup, container, pidns, sys};
 
 /// Processes kept at once (running, or ended and not yet waited for).
 const MAX_PROCESSES: usize = 1024;
@@ -360,7 +360,7 @@ impl Agent {
     /// nothing while the command has no cgroup of its own; its cgroup
     /// when it has ([`Process::cgroup`]); and its mount and PID
     /// namespaces when it has those too, as `runc exec` joins a container.
-    fn command_entry(&self) -> io::Result<(Option<sys::Entry>, PidNs)> {
+    fn command_entry(&self) -> io::Result<(Option<container::Entry>, PidNs)> {
         let Ok(pid) = self.running_pid(MAIN) else {
             return Ok((None, PidNs::Guest));
         };
@@ -368,9 +368,9 @@ impl Agent {
             return Ok((None, PidNs::Guest));
         };
         if !pidns::own_pid_ns(pid)? {
-            return Ok((Some(sys::Entry::here(procs, false)), PidNs::Guest));
+            return Ok((Some(container::Entry::here(procs, false)), PidNs::Guest));
         }
-        let entry = sys::join(pid)?.in_cgroup(procs);
+        let entry = container::join(pid)?.in_cgroup(procs);
         Ok((Some(entry), PidNs::Join(pidns::pid_ns_of(pid)?)))
     }
 
@@ -551,18 +551,20 @@ impl Agent {
                             .map_err(|e| setup_failed("the PID namespace to share", e))?,
                     ),
                 };
-                let new = sys::NewRoot::prepare(c).map_err(|e| setup_failed("container", e))?;
+                let new =
+                    container::NewRoot::prepare(c).map_err(|e| setup_failed("container", e))?;
                 let (path, procs) = cgroup::create(&c.resources)
                     .map_err(|e| setup_failed("the container's cgroup", e))?;
                 owned_cgroup = Some(path);
                 (
                     std::path::PathBuf::from(&c.root),
-                    Some(sys::Entry::new(new).in_cgroup(procs)),
+                    Some(container::Entry::new(new).in_cgroup(procs)),
                 )
             }
             (None, Some(id)) => {
                 let pid = self.running_pid(id)?;
-                let mut entry = sys::join(pid).map_err(|e| setup_failed("the container", e))?;
+                let mut entry =
+                    container::join(pid).map_err(|e| setup_failed("the container", e))?;
                 // Its PID namespace too (the guest's own, for a container
                 // in the guest's).
                 pid_ns = PidNs::Join(
@@ -583,7 +585,7 @@ impl Agent {
                     if own {
                         pid_ns = PidNs::New;
                     }
-                    ("/".into(), Some(sys::Entry::here(procs, own)))
+                    ("/".into(), Some(container::Entry::here(procs, own)))
                 }
                 // The command's cgroup, when it is a container's, and its
                 // namespaces when it has its own.
@@ -603,7 +605,7 @@ impl Agent {
             crate::Prepared::new_in(&root, &config, &spec.argv, entry.is_some()).map_err(failed)?;
         prepared.restrict(
             &spec.groups,
-            sys::Restrictions {
+            container::Restrictions {
                 rlimits: spec.rlimits.clone(),
                 capabilities: spec.capabilities,
                 no_new_privileges: spec.no_new_privileges,

@@ -72,7 +72,7 @@ fn mounted() -> io::Result<()> {
 
 /// A new container's cgroup with `limits` set: its path, and its
 /// `cgroup.procs` opened for the child to move itself into
-/// ([`crate::sys::Entry::in_cgroup`]).
+/// ([`crate::container::Entry::in_cgroup`]).
 pub fn create(limits: &Resources) -> io::Result<(PathBuf, OwnedFd)> {
     mounted()?;
     let path = Path::new(ROOT).join(format!(

@@ -10,6 +10,7 @@
 
 mod agent;
 mod cgroup;
+mod container;
 mod net;
 mod pidns;
 mod sys;
@@ -208,7 +209,7 @@ fn spawn_main(agent: &Arc<agent::Agent>, p: &Prepared, name: &str) -> Result<i32
 /// A command ready to spawn: who runs it, where, with what.
 pub(crate) struct Prepared {
     identity: Identity,
-    restrictions: sys::Restrictions,
+    restrictions: container::Restrictions,
     env: Vec<String>,
     workdir: String,
     program: PathBuf,
@@ -258,7 +259,7 @@ impl Prepared {
         let program = find_program(root, &argv[0], &env)?;
         Ok(Prepared {
             identity,
-            restrictions: sys::Restrictions::default(),
+            restrictions: container::Restrictions::default(),
             env,
             workdir,
             program,
@@ -268,7 +269,7 @@ impl Prepared {
 
     /// Narrows the process further: supplementary groups beside the
     /// user's, resource limits, capabilities, `no_new_privs`.
-    pub fn restrict(&mut self, groups: &[u32], restrictions: sys::Restrictions) {
+    pub fn restrict(&mut self, groups: &[u32], restrictions: container::Restrictions) {
         for g in groups {
             if !self.identity.groups.contains(g) {
                 self.identity.groups.push(*g);
@@ -284,7 +285,7 @@ impl Prepared {
 
     /// The command, entering `container` first (then the working
     /// directory is the container's).
-    pub fn command_entering(&self, container: Option<sys::Entry>) -> Command {
+    pub fn command_entering(&self, container: Option<container::Entry>) -> Command {
         let mut command = Command::new(&self.program);
         command
             .arg0(&self.argv[0])
@@ -294,12 +295,12 @@ impl Prepared {
         match container {
             // Entered before the identity drops (pre_exec closures run in
             // order), with the working directory inside it.
-            Some(entry) => sys::enter(&mut command, entry, &self.workdir),
+            Some(entry) => container::enter(&mut command, entry, &self.workdir),
             None => {
                 command.current_dir(&self.workdir);
             }
         }
-        sys::drop_to(
+        container::drop_to(
             &mut command,
             self.identity.clone(),
             self.restrictions.clone(),
