@@ -1,0 +1,292 @@
+//! A run's network: `--net`, `-p` and the appliance's `[[vm.net]]`
+//! planned into guest interfaces, then attached on the host (passt
+//! started, taps named) with what the guest's init sets up.
+
+use std::net::IpAddr;
+
+use appliance_spec::PortSpec;
+use husk_init::config::{InterfaceSetup, NetSetup};
+use vmm::passt::{GuestNet, Passt, PortMapping};
+use vmm::{NetBackendConfig, NetConfig};
+
+use super::Args;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum NetMode {
+    None,
+    User,
+    Tap(Box<PlannedNet>),
+}
+
+pub(super) fn parse_net(arg: &str) -> Result<NetMode, String> {
+    match arg {
+        "none" => return Ok(NetMode::None),
+        "user" => return Ok(NetMode::User),
+        _ => {}
+    }
+    let usage = || {
+        format!("{arg:?}: write none, user or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX][,gateway=ADDR][,mtu=N] (ip and gateway once for IPv4, once for IPv6)")
+    };
+    let mut parts = arg.strip_prefix("tap:").ok_or_else(usage)?.split(',');
+    let name = parts.next().unwrap_or_default();
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{arg:?}: a tap's name has 1 to 15 characters"));
+    }
+    let mut net = PlannedNet {
+        tap: Some(name.into()),
+        ..PlannedNet::user(Vec::new())
+    };
+    for part in parts {
+        let (key, value) = part.split_once('=').ok_or_else(usage)?;
+        let bad = |e: &dyn std::fmt::Display| format!("{arg:?}: {key}={value}: {e}");
+        match key {
+            "mac" => {
+                let mac: appliance_spec::MacAddr = value.parse().map_err(|e| bad(&e))?;
+                net.mac = Some(mac.0);
+            }
+            "ip" => {
+                let cidr: appliance_spec::Cidr = value.parse().map_err(|e| bad(&e))?;
+                let twice = match cidr.addr {
+                    IpAddr::V4(v4) => net.address.replace((v4, cidr.prefix)).is_some(),
+                    IpAddr::V6(v6) => net.address6.replace((v6, cidr.prefix)).is_some(),
+                };
+                if twice {
+                    return Err(bad(&"a second address of the same IP family"));
+                }
+            }
+            "gateway" => {
+                let twice = match value.parse().map_err(|e| bad(&e))? {
+                    IpAddr::V4(v4) => net.gateway.replace(v4).is_some(),
+                    IpAddr::V6(v6) => net.gateway6.replace(v6).is_some(),
+                };
+                if twice {
+                    return Err(bad(&"a second gateway of the same IP family"));
+                }
+            }
+            "mtu" => net.mtu = Some(value.parse().map_err(|e| bad(&e))?),
+            _ => return Err(usage()),
+        }
+    }
+    Ok(NetMode::Tap(Box::new(net)))
+}
+
+/// One guest interface as planned: on passt, or on a tap.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PlannedNet {
+    pub(super) tap: Option<String>,
+    mac: Option<[u8; 6]>,
+    /// The guest's own configuration; for passt, left to the host's.
+    address: Option<(std::net::Ipv4Addr, u8)>,
+    gateway: Option<std::net::Ipv4Addr>,
+    /// A tap's guest may have an IPv6 address and route too.
+    address6: Option<(std::net::Ipv6Addr, u8)>,
+    gateway6: Option<std::net::Ipv6Addr>,
+    mtu: Option<u16>,
+    pub(super) ports: Vec<PortSpec>,
+}
+
+impl PlannedNet {
+    fn user(ports: Vec<PortSpec>) -> Self {
+        PlannedNet {
+            tap: None,
+            mac: None,
+            address: None,
+            gateway: None,
+            address6: None,
+            gateway6: None,
+            mtu: None,
+            ports,
+        }
+    }
+}
+
+/// The network a run gets: `--net` and `-p` over the appliance's own
+/// `[[vm.net]]`; an image reference gets the user-mode network, as
+/// `docker run` and `podman run` give a container one.
+pub(super) fn plan_net(
+    args: &Args,
+    appliance: Option<&appliance_spec::Appliance>,
+    image_ref: bool,
+) -> anyhow::Result<Vec<PlannedNet>> {
+    let mut nets = match &args.net {
+        Some(NetMode::None) => {
+            if !args.publish.is_empty() {
+                anyhow::bail!("-p publishes a port through the user-mode network: drop --net none");
+            }
+            return Ok(Vec::new());
+        }
+        Some(NetMode::User) => vec![PlannedNet::user(Vec::new())],
+        Some(NetMode::Tap(net)) => vec![(**net).clone()],
+        None => match appliance {
+            Some(a) => {
+                a.vm.net
+                    .iter()
+                    .map(|n| {
+                        // Validation keeps the gateway of the address's
+                        // family, and an IPv6 address off passt's network.
+                        let mut planned = PlannedNet {
+                            tap: n.tap.clone(),
+                            mac: n.mac.map(|m| m.0),
+                            mtu: n.mtu,
+                            ..PlannedNet::user(n.ports.clone())
+                        };
+                        match n.address.map(|c| (c.addr, c.prefix)) {
+                            Some((IpAddr::V4(a), p)) => planned.address = Some((a, p)),
+                            Some((IpAddr::V6(a), p)) => planned.address6 = Some((a, p)),
+                            None => {}
+                        }
+                        match n.gateway {
+                            Some(IpAddr::V4(g)) => planned.gateway = Some(g),
+                            Some(IpAddr::V6(g)) => planned.gateway6 = Some(g),
+                            None => {}
+                        }
+                        planned
+                    })
+                    .collect()
+            }
+            None if image_ref => vec![PlannedNet::user(Vec::new())],
+            None => Vec::new(),
+        },
+    };
+    if args.replace_ports {
+        for n in &mut nets {
+            n.ports.clear();
+        }
+    }
+    if !args.publish.is_empty() {
+        match nets.iter_mut().find(|n| n.tap.is_none()) {
+            Some(user) => user.ports.extend(args.publish.iter().copied()),
+            None => nets.push(PlannedNet::user(args.publish.clone())),
+        }
+    }
+    Ok(nets)
+}
+
+/// A locally administered unicast MAC address, random per run.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut mac))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        mac[2..].copy_from_slice(&(nanos ^ std::process::id()).to_le_bytes());
+    }
+    mac[0] = 0x02;
+    mac
+}
+
+/// The host side of the planned interfaces: passt started (kept alive by
+/// the returned guard), taps named; and what the guest's init sets up.
+pub(super) fn attach_net(
+    nets: &[PlannedNet],
+) -> anyhow::Result<(Vec<NetConfig>, Option<Passt>, NetSetup)> {
+    let mut configs = Vec::new();
+    let mut passt = None;
+    let mut setup = NetSetup::default();
+    for (i, n) in nets.iter().enumerate() {
+        let mut iface = InterfaceSetup {
+            name: format!("eth{i}"),
+            address: n.address.map(|a| a.0),
+            prefix: n.address.map_or(0, |a| a.1),
+            gateway: n.gateway,
+            mtu: n.mtu,
+            mac: None,
+            address6: n.address6,
+            gateway6: n.gateway6,
+        };
+        let backend = match &n.tap {
+            Some(name) => NetBackendConfig::Tap(name.clone()),
+            None => {
+                let host = vmm::passt::guest_net()?;
+                let guest = GuestNet {
+                    address: n.address.map_or(host.address, |a| a.0),
+                    prefix: n.address.map_or(host.prefix, |a| a.1),
+                    gateway: n.gateway.unwrap_or(host.gateway),
+                    mtu: n.mtu.unwrap_or(host.mtu),
+                };
+                let ports: Vec<PortMapping> = n
+                    .ports
+                    .iter()
+                    .map(|p| PortMapping {
+                        host_ip: p.host_ip,
+                        host_port: p.host_port,
+                        guest_port: p.guest_port,
+                        udp: p.udp,
+                    })
+                    .collect();
+                let (guard, fd) = Passt::start(&guest, &ports)?;
+                passt = Some(guard);
+                iface.address = Some(guest.address);
+                iface.prefix = guest.prefix;
+                iface.gateway = Some(guest.gateway);
+                iface.mtu = Some(guest.mtu);
+                // passt answers DNS sent to the gateway with the host's resolver.
+                setup.dns.push(guest.gateway);
+                NetBackendConfig::Stream(fd)
+            }
+        };
+        let mac = n.mac.unwrap_or_else(random_mac);
+        // Set by init too: a VM restored from a snapshot kept the MAC of
+        // the run that took it.
+        iface.mac = Some(mac);
+        setup.interfaces.push(iface);
+        configs.push(NetConfig { mac, backend });
+    }
+    Ok((configs, passt, setup))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tap_takes_the_guests_address_mac_gateway_and_mtu() {
+        let NetMode::Tap(net) =
+            parse_net("tap:husk0,mac=02:00:00:aa:bb:cc,ip=10.88.0.5/16,gateway=10.88.0.1,mtu=1400")
+                .unwrap()
+        else {
+            panic!("not a tap");
+        };
+        assert_eq!(net.tap.as_deref(), Some("husk0"));
+        assert_eq!(net.mac, Some([2, 0, 0, 0xaa, 0xbb, 0xcc]));
+        assert_eq!(net.address, Some(([10, 88, 0, 5].into(), 16)));
+        assert_eq!(net.gateway, Some([10, 88, 0, 1].into()));
+        assert_eq!(net.mtu, Some(1400));
+        assert_eq!(net.address6, None);
+        let NetMode::Tap(dual) =
+            parse_net("tap:t0,ip=fd00:1::5/64,ip=10.0.0.5/24,gateway=fe80::1,gateway=10.0.0.1")
+                .unwrap()
+        else {
+            panic!("not a tap");
+        };
+        assert_eq!(dual.address, Some(([10, 0, 0, 5].into(), 24)));
+        assert_eq!(dual.address6, Some(("fd00:1::5".parse().unwrap(), 64)));
+        assert_eq!(dual.gateway, Some([10, 0, 0, 1].into()));
+        assert_eq!(dual.gateway6, Some("fe80::1".parse().unwrap()));
+        assert_eq!(
+            parse_net("tap:t0").unwrap(),
+            NetMode::Tap(Box::new(PlannedNet {
+                tap: Some("t0".into()),
+                ..PlannedNet::user(Vec::new())
+            }))
+        );
+        for bad in [
+            "tap:",
+            "tap:a-name-far-too-long",
+            "tap:t0,ip=10.0.0.1",
+            "tap:t0,ip=fd00::1/129",
+            "tap:t0,ip=10.0.0.1/24,ip=10.0.0.2/24",
+            "tap:t0,ip=fd00::1/64,ip=fd00::2/64",
+            "tap:t0,gateway=fe80::1,gateway=fe80::2",
+            "tap:t0,mtu=big",
+            "tap:t0,colour=red",
+            "tap:t0,mac",
+            "bridge",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+    }
+}
