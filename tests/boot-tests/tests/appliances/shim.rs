@@ -631,24 +631,8 @@ fn killed() -> Result<(), Failed> {
         "ctr run -d",
     )?;
     c.wait_status("k2", "RUNNING")?;
-    let shims: Vec<u32> = processes_naming("containerd-shim-husk-v2 -namespace")
-        .iter()
-        .filter_map(|l| l.split(':').next()?.parse().ok())
-        .collect();
-    if shims.len() != 1 {
-        return Err(format!("expected one shim, found {shims:?}").into());
-    }
-    // SAFETY: as above.
-    unsafe { libc::kill(shims[0] as libc::pid_t, libc::SIGKILL) };
-    // containerd notices, cleans up and forgets the task.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !c.status("k2")?.is_empty() {
-        if Instant::now() > deadline {
-            return Err("containerd still lists the task 60 s after its shim was killed".into());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = output_within(c.ctr(&["containers", "rm", "k2"]), b"", LIMIT)?;
+    kill_the_shim()?;
+    forgotten(&c, "k2")?;
     nothing_left("after kill -9 of the shim")?;
 
     // The shim killed while its pod's VM still boots (cold, so the boot
@@ -677,17 +661,11 @@ fn killed() -> Result<(), Failed> {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let shims: Vec<u32> = processes_naming("containerd-shim-husk-v2 -namespace")
-        .iter()
-        .filter_map(|l| l.split(':').next()?.parse().ok())
-        .collect();
-    if shims.len() != 1 {
+    if let Err(e) = kill_the_shim() {
         let _ = ctr.kill();
         let _ = ctr.wait();
-        return Err(format!("expected one shim, found {shims:?}").into());
+        return Err(e);
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(shims[0] as libc::pid_t, libc::SIGKILL) };
     let booted = c.status("k3")? == "RUNNING";
     let status = ctr.wait()?;
     if booted || status.success() {
@@ -696,16 +674,37 @@ fn killed() -> Result<(), Failed> {
         )
         .into());
     }
+    forgotten(&c, "k3")?;
+    drop(c);
+    nothing_left("after kill -9 of the shim while its pod's VM booted")
+}
+
+/// `kill -9` of the one shim running.
+fn kill_the_shim() -> Result<(), Failed> {
+    let shims: Vec<u32> = processes_naming("containerd-shim-husk-v2 -namespace")
+        .iter()
+        .filter_map(|l| l.split(':').next()?.parse().ok())
+        .collect();
+    let [shim] = shims[..] else {
+        return Err(format!("expected one shim, found {shims:?}").into());
+    };
+    // SAFETY: kill(2) with a pid just read; it touches no memory.
+    unsafe { libc::kill(shim as libc::pid_t, libc::SIGKILL) };
+    Ok(())
+}
+
+/// containerd notices that the shim of container `id` is gone, cleans up
+/// and forgets its task (within 60 s); then the container is removed.
+fn forgotten(c: &Containerd, id: &str) -> Result<(), Failed> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !c.status("k3")?.is_empty() {
+    while !c.status(id)?.is_empty() {
         if Instant::now() > deadline {
             return Err("containerd still lists the task 60 s after its shim was killed".into());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = output_within(c.ctr(&["containers", "rm", "k3"]), b"", LIMIT)?;
-    drop(c);
-    nothing_left("after kill -9 of the shim while its pod's VM booted")
+    let _ = output_within(c.ctr(&["containers", "rm", id]), b"", LIMIT)?;
+    Ok(())
 }
 
 /// The pid of every process running as nobody whose command line names

@@ -21,7 +21,6 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, Code};
-
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcResult};
 use oci_spec::runtime::Spec;
