@@ -6,9 +6,11 @@
 //! shuts down (Linux with `reboot=t` triple-faults, a clean KVM exit).
 
 pub mod boot;
+mod config;
 pub mod control;
 pub mod cpu;
 pub mod device_manager;
+mod error;
 mod event_loop;
 pub mod jail;
 pub mod layout;
@@ -23,12 +25,15 @@ mod vcpu;
 pub mod virtiofsd;
 pub mod vsock;
 
+pub use config::{
+    DiskAccess, DiskConfig, Outcome, ShareConfig, VmConfig, VmExit, MAX_CPUS, MAX_MEMORY_MIB,
+};
+use error::io;
+pub use error::VmmError;
 pub use memory::MemoryUsage;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,221 +54,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 pub use control::Phase;
-use device_manager::{DeviceManager, DeviceManagerError};
+use device_manager::DeviceManager;
 use layout::*;
 pub use net::{NetBackendConfig, NetConfig};
 pub use seccomp::SeccompMode;
 use vcpu::{Shared, Stop};
-
-/// Everything the VMM needs to run one VM.
-pub struct VmConfig {
-    pub cpus: u8,
-    pub memory_mib: u64,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    /// Kernel arguments after husk's own (console, reboot, devices).
-    pub cmdline: String,
-    /// Block devices in order: `/dev/vda`, `/dev/vdb`, ...
-    pub disks: Vec<DiskConfig>,
-    /// Network interfaces in order: `eth0`, `eth1`, ...
-    pub net: Vec<NetConfig>,
-    /// A vsock device and its host side.
-    pub vsock: Option<vsock::VsockConfig>,
-    /// Shared folders: one virtio-fs device each, served by a vhost-user
-    /// backend (virtiofsd) already connected. With any, guest RAM is a
-    /// shared memfd the backends map.
-    pub shares: Vec<ShareConfig>,
-    /// Where the guest's console output goes.
-    pub console_output: Box<dyn Write + Send>,
-    /// Host input for the guest's console, if any.
-    pub console_input: Option<File>,
-    /// Stop the guest after this long.
-    pub timeout: Option<Duration>,
-    /// Give the guest a PIT. Kernels without an MP table or ACPI parser
-    /// (Debian's cloud kernel) tick on it; husk's kernel ticks on the
-    /// TSC-deadline LAPIC timer and boots about 0.1 s sooner without one.
-    pub legacy_pit: bool,
-    /// Measure the memory use at the end (reads /proc/self/smaps).
-    pub report_memory: bool,
-    /// Seccomp filters on every VMM thread (default: refused calls kill).
-    pub seccomp: SeccompMode,
-    /// When the process started, for the timings.
-    pub started: Instant,
-    /// Take a snapshot into these files when the guest's init reaches its
-    /// snapshot point (it asks on the control port).
-    pub snapshot: Option<snapshot::Target>,
-    /// Start from this snapshot instead of booting the kernel.
-    pub restore: Option<snapshot::Restore>,
-    /// Take a snapshot whenever one is asked for on this socket, while the
-    /// guest runs (`husk snapshot create` of a detached VM).
-    pub snapshot_requests: Option<snapshot::OnRequest>,
-}
-
-/// One virtio-fs device: the tag the guest mounts it by, and the
-/// connected socket of its vhost-user backend.
-#[derive(Debug)]
-pub struct ShareConfig {
-    pub tag: String,
-    pub backend: std::os::unix::net::UnixStream,
-}
-
-#[derive(Debug, Clone)]
-pub struct DiskConfig {
-    pub path: PathBuf,
-    pub access: DiskAccess,
-}
-
-/// What the guest may do to a disk, and what reaches the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskAccess {
-    /// Writes go to the file (locked against any other VM).
-    ReadWrite,
-    /// The guest cannot write (the device says so; writes fail).
-    ReadOnly,
-    /// The guest writes, but its writes go to an unnamed temporary file
-    /// that ends with the VM: the file itself is only read (and shared).
-    Overlay,
-}
-
-/// How a VM ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmExit {
-    /// The guest shut down; `status` is what it reported on the control
-    /// port, if anything.
-    Shutdown { status: Option<u8> },
-    /// The guest was still running when the timeout passed.
-    Timeout,
-}
-
-/// The end of a run and when each phase was reached.
-#[derive(Debug)]
-pub struct Outcome {
-    pub exit: VmExit,
-    pub timings: Vec<(Phase, Duration)>,
-    /// The process's memory at the end (with [`VmConfig::report_memory`]).
-    pub memory: Option<MemoryUsage>,
-    /// With [`VmConfig::snapshot`]: whether it was taken (or why not);
-    /// None when the guest never asked.
-    pub snapshot: Option<Result<(), String>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error(
-        "/dev/kvm does not exist: KVM is not available here (enable virtualization in \
-         the firmware and load kvm_intel or kvm_amd)"
-    )]
-    NoKvm,
-    #[error("no permission to open /dev/kvm: add your user to the kvm group, or run as root")]
-    KvmPermission,
-    #[error("cannot open /dev/kvm")]
-    KvmOpen(#[source] kvm_ioctls::Error),
-    #[error("{0} failed")]
-    Kvm(&'static str, #[source] kvm_ioctls::Error),
-    #[error("cannot open the kernel {}", path.display())]
-    KernelOpen {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{} is not a kernel husk can boot: {why}", path.display())]
-    NotAKernel { path: PathBuf, why: String },
-    #[error("cannot open the initrd {}", path.display())]
-    InitrdOpen {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the initrd ({size} bytes) does not fit in {} MiB of guest memory; give the VM more memory", ram >> 20)]
-    InitrdTooLarge { size: u64, ram: u64 },
-    #[error("cannot open the disk {}", path.display())]
-    DiskOpen {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the disk {} is in use by another VM (it is locked)", path.display())]
-    DiskLocked { path: PathBuf },
-    #[error("cannot make a file for the writes to the disk {} in {}", disk.display(), dir.display())]
-    DiskOverlay {
-        disk: PathBuf,
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Devices(#[from] DeviceManagerError),
-    #[error("network interface {index}")]
-    Net {
-        index: usize,
-        #[source]
-        source: net::NetError,
-    },
-    #[error("the vsock device")]
-    Vsock(#[source] devices::virtio::vsock::VsockError),
-    #[error("the shared folder with tag {tag:?}")]
-    Share {
-        tag: String,
-        #[source]
-        source: devices::virtio::fs::FsError,
-    },
-    #[error("a VM needs 1 to {MAX_CPUS} vCPUs, not {0}")]
-    Cpus(u8),
-    #[error("{0} MiB of memory is more than husk gives a VM (at most {MAX_MEMORY_MIB} MiB)")]
-    MemoryTooLarge(u64),
-    #[error(
-        "{have_mib} MiB of memory is too small for the kernel, which needs at least \
-         {need_mib} MiB to load; give the VM more memory"
-    )]
-    MemoryTooSmall { have_mib: u64, need_mib: u64 },
-    #[error(
-        "building the kernel command line (Linux takes at most {} bytes; a long command \
-         after -- fits better in a script in the image or a shared folder)",
-        CMDLINE_MAX - 1
-    )]
-    Cmdline(#[source] linux_loader::cmdline::Error),
-    #[error("guest memory: {0}")]
-    GuestMemory(String),
-    #[error("the boot MSRs do not fit KVM's list")]
-    BootMsrs,
-    #[error("the event loop failed")]
-    EventLoop(#[source] event_manager::Error),
-    #[error("cannot install the vCPU kick signal handler")]
-    KickSignal(#[source] vmm_sys_util::errno::Error),
-    #[error("{0}")]
-    Guest(String),
-    #[error("{what}")]
-    Io {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot restore the snapshot")]
-    Restore(#[source] snapshot::SnapshotError),
-    #[error("cannot restore the snapshot's device {index}")]
-    RestoreDevice {
-        index: usize,
-        #[source]
-        source: devices::virtio::mmio::RestoreError,
-    },
-    #[error("cannot resume the snapshot's device {index}")]
-    ResumeDevice {
-        index: usize,
-        #[source]
-        source: devices::virtio::DeviceError,
-    },
-}
-
-/// The most vCPUs a VM can have (the MP table's and CPUID's topology).
-pub const MAX_CPUS: u8 = 32;
-/// The most memory a VM can have: 1 TiB.
-pub const MAX_MEMORY_MIB: u64 = 1 << 20;
-
-fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
-    move |source| VmmError::Io { what, source }
-}
 
 /// Whether this host's `/dev/kvm` is served by PVM, which cannot boot an
 /// ordinary Linux guest.
