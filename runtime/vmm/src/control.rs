@@ -50,6 +50,16 @@ impl Phase {
     }
 }
 
+/// A guest write to the control port the VMM acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    Nothing,
+    /// init asks for its snapshot to be taken now.
+    SnapshotPoint,
+    /// The command was started (a warm start records its working set).
+    Command,
+}
+
 /// What the guest reported, and when each phase was reached, timed from
 /// `started` (the process start).
 pub struct GuestReport {
@@ -76,24 +86,27 @@ impl GuestReport {
             .push((phase, at));
     }
 
-    /// Handles a guest write to the control port; true when the guest
-    /// asks for its snapshot to be taken now.
-    pub fn guest_write(&self, data: &[u8]) -> bool {
+    /// Handles a guest write to the control port: what the VMM must act
+    /// on, if anything.
+    pub fn guest_write(&self, data: &[u8]) -> Reached {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            return false;
+            return Reached::Nothing;
         };
         let v = u32::from_le_bytes(bytes);
         match (v >> 8, v & 0xff) {
             (KIND_MARK, 1) => self.mark(Phase::GuestInit),
-            (KIND_MARK, 2) => self.mark(Phase::CommandStarted),
-            (KIND_MARK, 3) => return true,
+            (KIND_MARK, 2) => {
+                self.mark(Phase::CommandStarted);
+                return Reached::Command;
+            }
+            (KIND_MARK, 3) => return Reached::SnapshotPoint,
             (KIND_STATUS, status) => {
                 self.mark(Phase::CommandExited);
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status as u8);
             }
             _ => {}
         }
-        false
+        Reached::Nothing
     }
 
     /// Whether the guest's init said it is running (its console is open).
@@ -125,12 +138,12 @@ mod tests {
     #[test]
     fn status_and_marks_from_port_writes() {
         let r = GuestReport::new(Instant::now());
-        r.guest_write(&0x0101u32.to_le_bytes());
-        r.guest_write(&0x0102u32.to_le_bytes());
-        assert!(!r.guest_write(&0x0203u32.to_le_bytes()));
-        assert!(
+        assert_eq!(r.guest_write(&0x0101u32.to_le_bytes()), Reached::Nothing);
+        assert_eq!(r.guest_write(&0x0102u32.to_le_bytes()), Reached::Command);
+        assert_eq!(r.guest_write(&0x0203u32.to_le_bytes()), Reached::Nothing);
+        assert_eq!(
             r.guest_write(&0x0103u32.to_le_bytes()),
-            "the snapshot point"
+            Reached::SnapshotPoint
         );
         assert_eq!(r.status(), Some(3));
         let phases: Vec<Phase> = r.marks().into_iter().map(|m| m.0).collect();
@@ -147,9 +160,9 @@ mod tests {
     #[test]
     fn malformed_writes_are_ignored() {
         let r = GuestReport::new(Instant::now());
-        r.guest_write(&[2]);
-        r.guest_write(&0x0901u32.to_le_bytes());
-        r.guest_write(&[0xff; 8]);
+        for write in [&[2][..], &0x0901u32.to_le_bytes(), &[0xff; 8]] {
+            assert_eq!(r.guest_write(write), Reached::Nothing);
+        }
         assert_eq!(r.status(), None);
         assert!(r.marks().is_empty());
     }

@@ -246,6 +246,39 @@ impl MutEventSubscriber for SnapshotTaker {
     }
 }
 
+/// Records a warm start's working set when the guest's command starts
+/// (see [`crate::snapshot::Pages`]), once.
+pub struct PageRecorder {
+    pub evt: EventFd,
+    pub mem: vm_memory::GuestMemoryMmap,
+    /// This process's `/proc/self/pagemap`.
+    pub pagemap: std::fs::File,
+    /// The claimed file; taken when written.
+    pub out: Option<std::fs::File>,
+}
+
+impl MutEventSubscriber for PageRecorder {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            warn!("cannot watch for the command's start: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let _ = self.evt.read();
+        let _ = ops.remove(events);
+        let Some(out) = self.out.take() else {
+            return;
+        };
+        let saved = crate::snapshot::record(&self.mem, &self.pagemap)
+            .and_then(|set| crate::snapshot::save_pages(&set, &out).map(|()| set.pages()));
+        match saved {
+            Ok(pages) => tracing::info!("warm start: recorded a working set of {pages} pages"),
+            Err(e) => warn!("cannot record the warm start's working set: {e}"),
+        }
+    }
+}
+
 /// Takes a snapshot whenever a process outside the jail hands over the
 /// files of one ([`crate::snapshot::OnRequest`]), and answers.
 pub struct SnapshotServer {

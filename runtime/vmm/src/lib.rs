@@ -93,6 +93,9 @@ pub struct HostFiles {
     net: Vec<Box<dyn NetBackend>>,
     urandom: File,
     usage: Option<memory::UsageFiles>,
+    /// `/proc/self/pagemap`, for a warm start that records its working
+    /// set (see [`snapshot::Pages`]).
+    pagemap: Option<File>,
     pvm: bool,
 }
 
@@ -129,8 +132,29 @@ pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
         } else {
             None
         },
+        pagemap: match records_pages(cfg) {
+            true => open_pagemap(),
+            false => None,
+        },
         pvm: host_kvm_is_pvm(),
     })
+}
+
+/// Whether the VM is a restore that records its working set: one whose RAM
+/// is mapped from the snapshot (no shares: their RAM is a copy, all of it
+/// present).
+fn records_pages(cfg: &VmConfig) -> bool {
+    cfg.shares.is_empty()
+        && cfg
+            .restore
+            .as_ref()
+            .is_some_and(|r| matches!(r.pages, snapshot::Pages::Record(_)))
+}
+
+fn open_pagemap() -> Option<File> {
+    File::open("/proc/self/pagemap")
+        .map_err(|e| tracing::debug!("cannot open /proc/self/pagemap: {e}"))
+        .ok()
 }
 
 /// The VMM checks the VM's shape itself rather than trusting its caller.
@@ -152,6 +176,9 @@ impl HostFiles {
         if self.usage.is_some() {
             self.usage = memory::UsageFiles::open().ok();
         }
+        if self.pagemap.is_some() {
+            self.pagemap = open_pagemap();
+        }
     }
 }
 
@@ -168,7 +195,11 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     // Every filter exists before any thread starts.
     let snapshots = cfg.snapshot.is_some() || cfg.snapshot_requests.is_some();
     let filters = seccomp::Filters::build_for(cfg.seccomp, snapshots)?.map(Arc::new);
-    let restore = cfg.restore.take();
+    let mut restore = cfg.restore.take();
+    let pages = restore
+        .as_mut()
+        .map(|r| std::mem::take(&mut r.pages))
+        .unwrap_or_default();
     let HostFiles {
         kvm,
         kernel,
@@ -177,6 +208,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         net: net_backends,
         urandom,
         usage: usage_files,
+        pagemap,
         pvm,
     } = files;
     let vm = Arc::new(
@@ -214,6 +246,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         Some(r) => memory::restore(ram, &r.memory, backing)?,
         None => memory::create(ram, backing)?,
     };
+    let recorder = working_set(&mem, backing, pages, pagemap);
     register_memory(&vm, &mem)?;
     report.mark(Phase::MemoryReady);
 
@@ -332,6 +365,10 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             .map(EventFd::try_clone)
             .transpose()
             .map_err(io("cloning an eventfd"))?,
+        command_evt: match &recorder {
+            Some(r) => Some(r.evt.try_clone().map_err(io("cloning an eventfd"))?),
+            None => None,
+        },
         vcpu_threads: Mutex::new(Vec::new()),
     });
     let snapshot_result = Arc::new(Mutex::new(None));
@@ -361,6 +398,9 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             target: cfg.snapshot.take(),
             result: snapshot_result.clone(),
         })));
+    }
+    if let Some(recorder) = recorder {
+        events.add_subscriber(Arc::new(Mutex::new(recorder)));
     }
     if let Some(requests) = cfg.snapshot_requests.take() {
         events.add_subscriber(Arc::new(Mutex::new(event_loop::SnapshotServer {
@@ -492,6 +532,43 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         memory: usage_files.and_then(|f| f.usage(&mem)),
         snapshot,
     })
+}
+
+/// A warm start's working set (see [`snapshot::Pages`]): read in now, or
+/// recorded by the returned subscriber when the command starts.
+fn working_set(
+    mem: &GuestMemoryMmap,
+    backing: memory::Backing,
+    pages: snapshot::Pages,
+    pagemap: Option<File>,
+) -> Option<event_loop::PageRecorder> {
+    match (pages, backing) {
+        (snapshot::Pages::Prefetch(set), memory::Backing::Private) => {
+            let read = snapshot::prefetch(mem, &set);
+            tracing::info!(
+                "warm start: read in {read} of the working set's {} pages",
+                set.pages()
+            );
+            None
+        }
+        (snapshot::Pages::Record(out), memory::Backing::Private) => {
+            let evt = EventFd::new(EFD_NONBLOCK)
+                .map_err(|e| tracing::debug!("no working set recorded: {e}"))
+                .ok()?;
+            Some(event_loop::PageRecorder {
+                evt,
+                mem: mem.clone(),
+                pagemap: pagemap?,
+                out: Some(out),
+            })
+        }
+        // Shared RAM is a copy of the whole file: nothing to read ahead.
+        (snapshot::Pages::Record(out), memory::Backing::Shared) => {
+            let _ = snapshot::save_pages(&snapshot::WorkingSet::new(Vec::new()), &out);
+            None
+        }
+        _ => None,
+    }
 }
 
 /// The event loop, until the guest stops or the deadline passes (true).

@@ -182,6 +182,9 @@ pub struct Shared {
     pub pause: Pause,
     pub msrs: Vec<u32>,
     pub snapshot_evt: Option<EventFd>,
+    /// Tells the VMM thread the command started (a warm start recording
+    /// its working set; None otherwise).
+    pub command_evt: Option<EventFd>,
     /// The vCPU threads, for kicks from the VMM thread.
     pub vcpu_threads: Mutex<Vec<libc::pthread_t>>,
 }
@@ -230,12 +233,22 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
             Ok(VcpuExit::MmioRead(addr, data)) => shared.bus.read(addr, data),
             Ok(VcpuExit::MmioWrite(addr, data)) => shared.bus.write(addr, data),
             Ok(VcpuExit::IoOut(port, data)) => {
-                if port == control::PORT && shared.report.guest_write(data) {
-                    if let Some(evt) = &shared.snapshot_evt {
-                        // The VMM thread pauses every vCPU, this one too
-                        // (the pause flag is seen right below).
-                        shared.pause.requested.store(true, Ordering::Release);
-                        let _ = evt.write(1);
+                if port == control::PORT {
+                    match shared.report.guest_write(data) {
+                        control::Reached::SnapshotPoint => {
+                            if let Some(evt) = &shared.snapshot_evt {
+                                // The VMM thread pauses every vCPU, this one
+                                // too (the pause flag is seen right below).
+                                shared.pause.requested.store(true, Ordering::Release);
+                                let _ = evt.write(1);
+                            }
+                        }
+                        control::Reached::Command => {
+                            if let Some(evt) = &shared.command_evt {
+                                let _ = evt.write(1);
+                            }
+                        }
+                        control::Reached::Nothing => {}
                     }
                 }
             }

@@ -11,6 +11,8 @@
 //!                       their own offsets (sparse), for an overlay disk
 //! SNAPSHOT/lock         held (flock) exclusively while a VMM writes the
 //!                       snapshot, shared while a restore opens it
+//! SNAPSHOT/pages        the pages a warm start's guest touched up to its
+//!                       command, read in ahead by later restores (pages.rs)
 //! ```
 //!
 //! A writer removes the old files before it makes new ones, so a VM
@@ -49,7 +51,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 mod kvm;
+mod pages;
 pub use kvm::{msr_list, VcpuState, VmState};
+pub use pages::{prefetch, record, save as save_pages, Pages, Run, WorkingSet};
 
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";
@@ -214,6 +218,8 @@ pub struct Restore {
     pub snapshot: Snapshot,
     pub memory: File,
     pub disks: Vec<Option<File>>,
+    /// Its working set: read in ahead, or recorded by this restore.
+    pub pages: Pages,
 }
 
 impl Restore {
@@ -223,6 +229,16 @@ impl Restore {
     /// need no lock after this: a writer replaces files, never changes
     /// them.
     pub fn open(dir: &Path, this: &Header) -> Result<Restore, SnapshotError> {
+        Restore::open_with(dir, this, false)
+    }
+
+    /// [`Restore::open`] for a warm start: with the snapshot's working set
+    /// to read in, or the file to record it in (see [`Pages`]).
+    pub fn open_warm(dir: &Path, this: &Header) -> Result<Restore, SnapshotError> {
+        Restore::open_with(dir, this, true)
+    }
+
+    fn open_with(dir: &Path, this: &Header, warm: bool) -> Result<Restore, SnapshotError> {
         let _lock = lock_existing(dir, Lock::Shared)?;
         let snapshot = Snapshot::read(dir, this)?;
         let memory = Snapshot::memory_file(dir)?;
@@ -240,10 +256,23 @@ impl Restore {
                 None => Ok(None),
             })
             .collect::<Result<_, _>>()?;
+        // Claimed under the lock: a new snapshot removes it only once no
+        // restore reads the old one.
+        let pages = match warm {
+            true => {
+                let ram = crate::layout::ram_ranges(snapshot.header.memory_mib << 20);
+                pages::open(
+                    dir,
+                    ram.iter().map(|(_, len)| len).sum::<u64>() / PAGE as u64,
+                )
+            }
+            false => Pages::None,
+        };
         Ok(Restore {
             snapshot,
             memory,
             disks,
+            pages,
         })
     }
 }
@@ -431,10 +460,14 @@ impl Target {
         })
     }
 
-    /// Removes a snapshot's state, memory and disk files from `dir` (the
-    /// state first), leaving the folder and its lock.
+    /// Removes a snapshot's state, memory, disk and working set files from
+    /// `dir` (the state first), leaving the folder and its lock.
     fn clear(dir: &Path) -> Result<(), SnapshotError> {
-        let mut names = vec![STATE_FILE.to_string(), MEMORY_FILE.to_string()];
+        let mut names = vec![
+            STATE_FILE.to_string(),
+            MEMORY_FILE.to_string(),
+            pages::PAGES_FILE.to_string(),
+        ];
         for entry in fs::read_dir(dir).map_err(io_at("cannot read", dir))? {
             let name = entry
                 .map_err(io_at("cannot read", dir))?

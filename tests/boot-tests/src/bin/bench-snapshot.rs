@@ -1,8 +1,10 @@
 //! Snapshot bench: the hello appliance (husk's kernel, its initramfs and
 //! init, 1 vCPU, 64 MiB) booted cold by husk's VMM, against the same VM
-//! restored from a snapshot taken at its init's snapshot point, against
-//! QEMU `microvm` booting it cold; time to the command's output and to the
-//! end, median, min and max of N runs each, alternated. Run it through
+//! restored from a snapshot taken at its init's snapshot point (pages read
+//! as the guest touches them, and with the working set a first restore
+//! recorded read in ahead), against QEMU `microvm` booting it cold; time
+//! to the command's output and to the end, median, min and max of N runs
+//! each, alternated. Run it through
 //! `ci/bench-snapshot` (in the KVM test bed where the host's KVM is PVM).
 //!
 //! First the VMM alone: it runs in this process (`vmm::run`, as `husk
@@ -28,7 +30,7 @@ use std::time::Instant;
 use boot_tests::husk::{bench_husk_bin, built_image};
 use boot_tests::{husk_kernel, table_header, table_ratio, table_row};
 use husk_init::config::{INIT_PATH, SNAPSHOT_ARG};
-use vmm::snapshot::{Header, Restore, Target};
+use vmm::snapshot::{Header, Pages, Restore, Target};
 use vmm::{VmConfig, VmExit};
 
 const MARK: &str = "Hello from hello";
@@ -176,7 +178,29 @@ fn bench(runs: usize) -> Result<(), String> {
             * 512
     };
 
-    let (mut cold, mut warm, mut qemu) = (
+    // A warm start's first restore records the working set the later ones
+    // read in ahead.
+    let seen = Arc::new(Mutex::new(None));
+    let mut cfg = config(&kernel, &image, seen.clone());
+    let recording = Restore::open_warm(&snap_dir, &header).map_err(|e| e.to_string())?;
+    if !matches!(recording.pages, Pages::Record(_)) {
+        return Err(format!(
+            "the first restore records no working set: {:?}",
+            recording.pages
+        ));
+    }
+    cfg.restore = Some(recording);
+    run(cfg, &seen)?;
+    let set_pages = match Restore::open_warm(&snap_dir, &header)
+        .map_err(|e| e.to_string())?
+        .pages
+    {
+        Pages::Prefetch(set) => set.pages(),
+        other => return Err(format!("no working set was recorded: {other:?}")),
+    };
+
+    let (mut cold, mut warm, mut ahead, mut qemu) = (
+        (Vec::new(), Vec::new()),
         (Vec::new(), Vec::new()),
         (Vec::new(), Vec::new()),
         (Vec::new(), Vec::new()),
@@ -192,6 +216,11 @@ fn bench(runs: usize) -> Result<(), String> {
         cfg.restore = Some(Restore::open(&snap_dir, &header).map_err(|e| e.to_string())?);
         let w = run(cfg, &seen)?;
 
+        let seen = Arc::new(Mutex::new(None));
+        let mut cfg = config(&kernel, &image, seen.clone());
+        cfg.restore = Some(Restore::open_warm(&snap_dir, &header).map_err(|e| e.to_string())?);
+        let a = run(cfg, &seen)?;
+
         let mut q = boot_tests::qemu::microvm_stdio_with(
             &kernel,
             &format!("quiet rdinit={INIT_PATH}"),
@@ -202,7 +231,12 @@ fn bench(runs: usize) -> Result<(), String> {
         let q = boot_tests::time_run(&mut q, boot_tests::First::LineWith(MARK))?;
         // The first round warms the page cache and is not counted.
         if i > 0 {
-            for (into, (first, end)) in [(&mut cold, c), (&mut warm, w), (&mut qemu, q)] {
+            for (into, (first, end)) in [
+                (&mut cold, c),
+                (&mut warm, w),
+                (&mut ahead, a),
+                (&mut qemu, q),
+            ] {
                 into.0.push(first);
                 into.1.push(end);
             }
@@ -215,6 +249,14 @@ fn bench(runs: usize) -> Result<(), String> {
     table_row("husk cold: to the end", &cold.1);
     let warm_first = table_row("husk restored: to the command's output", &warm.0);
     table_row("husk restored: to the end", &warm.1);
+    let ahead_first = table_row(
+        "husk restored, working set read ahead: to the output",
+        &ahead.0,
+    );
+    table_row(
+        "husk restored, working set read ahead: to the end",
+        &ahead.1,
+    );
     let qemu_first = table_row("QEMU microvm cold: spawn to the output", &qemu.0);
     table_row("QEMU microvm cold: spawn to the end", &qemu.1);
     table_ratio(
@@ -224,6 +266,18 @@ fn bench(runs: usize) -> Result<(), String> {
     table_ratio(
         "restored / QEMU cold, to the output",
         warm_first / qemu_first,
+    );
+    table_ratio(
+        "read ahead / restored, to the output",
+        ahead_first / warm_first,
+    );
+    table_ratio(
+        "read ahead / husk cold, to the output",
+        ahead_first / cold_first,
+    );
+    println!(
+        "(the working set: {set_pages} pages, {:.1} MiB)",
+        (set_pages * 4096) as f64 / f64::from(1 << 20)
     );
     println!(
         "(taking the snapshot: boot + save + run {taking:.3} s; memory file 64 MiB, \

@@ -75,6 +75,22 @@ fn restored(r: &HuskRun) -> bool {
     r.stderr.contains("warm start: restoring")
 }
 
+/// Whether the run recorded its snapshot's working set.
+fn recorded(r: &HuskRun) -> bool {
+    r.stderr.contains("warm start: recorded a working set of")
+}
+
+/// The pages of the working set the run read in ahead, if it did.
+fn read_ahead(r: &HuskRun) -> Option<u64> {
+    r.stderr
+        .split("warm start: read in ")
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn took(r: &HuskRun) -> bool {
     r.stderr.contains("cold start: taking a snapshot")
 }
@@ -169,11 +185,37 @@ fn warm_hello() -> Result<(), Failed> {
             .explain("a restored VM does not boot its kernel")
             .into());
     }
-    // Without the jail too (the VMM is then this very process).
+    // The first restore recorded its working set (jailed: through the
+    // pagemap it opened before entering the jail).
+    let pages = dirs[0].join("pages");
+    if !recorded(&warm) || fs::metadata(&pages).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(warm
+            .explain("the first restore should record its working set")
+            .into());
+    }
+    // Without the jail too (the VMM is then this very process); it reads
+    // the working set in ahead.
     let unjailed = run(&snaps, &["--no-jail", "examples/hello"], 0)?;
     if !restored(&unjailed) || !unjailed.stdout.contains("Hello from hello") {
         return Err(unjailed
             .explain("a run without the jail should restore too")
+            .into());
+    }
+    if read_ahead(&unjailed).is_none_or(|n| n == 0) || recorded(&unjailed) {
+        return Err(unjailed
+            .explain("a later restore should read the working set in, not record it")
+            .into());
+    }
+    // A damaged working set is only a hint: the run goes on, and records
+    // it again.
+    fs::write(&pages, b"{\"format\":1,\"runs\":[[0,99999999,true]]}")?;
+    let hint = run(&snaps, &["--no-jail", "examples/hello"], 0)?;
+    if !hint.stderr.contains("recording it again")
+        || !recorded(&hint)
+        || read_ahead(&hint).is_some()
+    {
+        return Err(hint
+            .explain("a working set past the RAM should be recorded again")
             .into());
     }
     let ls = husk(&snaps, &["snapshot", "ls"])?;
@@ -192,10 +234,13 @@ fn warm_hello() -> Result<(), Failed> {
             .explain("a truncated snapshot must be refused and taken again")
             .into());
     }
+    if pages.exists() {
+        return Err("a new snapshot should remove the old one's working set".into());
+    }
     let again = run(&snaps, &["examples/hello"], 0)?;
-    if !restored(&again) || !again.stdout.contains("Hello from hello") {
+    if !restored(&again) || !again.stdout.contains("Hello from hello") || !recorded(&again) {
         return Err(again
-            .explain("the snapshot taken again should restore")
+            .explain("the snapshot taken again should restore, and record its working set")
             .into());
     }
 

@@ -121,7 +121,7 @@ impl Warm {
         let state = dir.join("state.json");
         let whole = fs::metadata(&state).is_ok_and(|m| m.len() > 0);
         if whole {
-            match Restore::open(&dir, &header) {
+            match Restore::open_warm(&dir, &header) {
                 Ok(restore) => {
                     tracing::info!("warm start: restoring the snapshot in {}", dir.display());
                     return Ok(Some(Warm::Restore {

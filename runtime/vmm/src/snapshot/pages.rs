@@ -1,0 +1,370 @@
+//! A warm start's working set: the pages of guest RAM a restored guest
+//! touches between its resume and its command's start. The first restore
+//! of a snapshot records them; every later restore reads them in before
+//! its vCPUs start.
+//!
+//! A restore maps the memory file private (see [`crate::memory::restore`]),
+//! so each page the guest touches first costs a host page fault (a page
+//! cache lookup, and a copy for a write) and then a nested-paging fault
+//! for KVM to map it. A restored guest touches a few thousand pages on its
+//! way to the command, each on the critical path. Populated ahead with one
+//! `madvise` per run of pages (`MADV_POPULATE_WRITE` for the pages the
+//! guest wrote, `MADV_POPULATE_READ` for those it only read), the host's
+//! faults are gone, taken in the kernel in a batch.
+//!
+//! ```text
+//! SNAPSHOT/pages   {"format":1,"runs":[[first page, pages, written], ...]}
+//! ```
+//!
+//! Pages are counted in the memory file (the RAM ranges back to back, as
+//! the snapshot saves them). The file is a hint: populating a private
+//! mapping reads the same file the guest would, so a wrong set costs time,
+//! never a wrong guest. A set that does not parse, or names pages past the
+//! RAM, is replaced by the next restore's record; so is the empty file of
+//! a recorder that died. A new snapshot in the folder removes it.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+use super::PAGE;
+
+pub(super) const PAGES_FILE: &str = "pages";
+const FORMAT: u32 = 1;
+/// `/proc/self/pagemap`: page present in memory.
+const PM_PRESENT: u64 = 1 << 63;
+/// `/proc/self/pagemap`: a file page (or shared anonymous): for a private
+/// file mapping, a page the guest only read; its writes made anonymous
+/// copies.
+const PM_FILE: u64 = 1 << 61;
+/// Pagemap entries read at a time (256 KiB).
+const CHUNK: usize = 32 << 10;
+
+/// Pages `first..first + pages` of the memory file, all written by the
+/// guest or all only read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run(pub u64, pub u64, pub bool);
+
+impl Run {
+    fn end(&self) -> Option<u64> {
+        self.0.checked_add(self.1)
+    }
+}
+
+/// The pages one restore touched on its way to the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkingSet {
+    format: u32,
+    pub runs: Vec<Run>,
+}
+
+impl WorkingSet {
+    pub fn new(runs: Vec<Run>) -> WorkingSet {
+        WorkingSet {
+            format: FORMAT,
+            runs,
+        }
+    }
+
+    /// Parses a set and checks it against RAM of `ram_pages` pages: runs
+    /// non-empty, in order, not overlapping, inside the RAM.
+    pub fn parse(bytes: &[u8], ram_pages: u64) -> Result<WorkingSet, String> {
+        let set: WorkingSet = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if set.format != FORMAT {
+            return Err(format!("format {}, this husk reads {FORMAT}", set.format));
+        }
+        let mut next = 0;
+        for run in &set.runs {
+            let end = run.end().filter(|&end| run.1 > 0 && end <= ram_pages);
+            match end {
+                Some(end) if run.0 >= next => next = end,
+                _ => return Err(format!("run {run:?} is out of order or past the RAM")),
+            }
+        }
+        Ok(set)
+    }
+
+    /// The pages of all runs.
+    pub fn pages(&self) -> u64 {
+        self.runs.iter().map(|r| r.1).sum()
+    }
+}
+
+/// What a restore does with the working set.
+#[derive(Debug, Default)]
+pub enum Pages {
+    /// Neither reads nor records one (a named snapshot's restore: it goes
+    /// on where it was, with no command start to record up to).
+    #[default]
+    None,
+    /// Read these pages in before the vCPUs start.
+    Prefetch(WorkingSet),
+    /// Record the set into this file, claimed for this restore, when the
+    /// command starts.
+    Record(File),
+}
+
+/// The working set of the snapshot in `dir`, for RAM of `ram_pages`
+/// pages: the one recorded, or, when there is none yet or it is not
+/// usable, the file to record it in (claimed with `O_EXCL`: one recorder
+/// at a time). Never an error: without a set a restore only runs slower.
+pub(super) fn open(dir: &Path, ram_pages: u64) -> Pages {
+    let path = dir.join(PAGES_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => match WorkingSet::parse(&bytes, ram_pages) {
+            Ok(set) => return Pages::Prefetch(set),
+            Err(why) => {
+                if !bytes.is_empty() {
+                    tracing::warn!("{}: {why}; recording it again", path.display());
+                }
+                // Empty: its recorder died, or records now, in which
+                // case it writes to a file no longer named: harmless.
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::debug!("cannot remove {}: {e}", path.display());
+                    return Pages::None;
+                }
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::debug!("cannot read {}: {e}", path.display());
+            return Pages::None;
+        }
+    }
+    match File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(f) => Pages::Record(f),
+        Err(e) => {
+            tracing::debug!("cannot claim {}: {e}", path.display());
+            Pages::None
+        }
+    }
+}
+
+/// Each region of `mem`: its host address, length, and first page in the
+/// memory file.
+fn regions(mem: &GuestMemoryMmap) -> Vec<(usize, usize, u64)> {
+    let mut out = Vec::new();
+    let mut page = 0;
+    for region in mem.iter() {
+        let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        out.push((host as usize, len, page));
+        page += (len / PAGE) as u64;
+    }
+    out
+}
+
+/// The pages of `mem` present now, read from `pagemap` (this process's
+/// `/proc/self/pagemap`, opened before any jail): a page the guest wrote
+/// is an anonymous copy, one it only read is the file's.
+pub fn record(mem: &GuestMemoryMmap, pagemap: &File) -> io::Result<WorkingSet> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut entries = vec![0u8; CHUNK * 8];
+    for (host, len, first) in regions(mem) {
+        let pages = len / PAGE;
+        let mut done = 0;
+        // A run never spans two regions: their pages are adjacent in the
+        // file but not in the host's address space.
+        let mut open: Option<Run> = None;
+        while done < pages {
+            let n = CHUNK.min(pages - done);
+            let buf = &mut entries[..n * 8];
+            pagemap.read_exact_at(buf, ((host / PAGE + done) * 8) as u64)?;
+            for (i, e) in buf.chunks_exact(8).enumerate() {
+                let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+                let page = first + (done + i) as u64;
+                if e & PM_PRESENT == 0 {
+                    runs.extend(open.take());
+                    continue;
+                }
+                let written = e & PM_FILE == 0;
+                match &mut open {
+                    Some(run) if run.2 == written => run.1 += 1,
+                    _ => {
+                        runs.extend(open.take());
+                        open = Some(Run(page, 1, written));
+                    }
+                }
+            }
+            done += n;
+        }
+        runs.extend(open);
+    }
+    Ok(WorkingSet::new(runs))
+}
+
+/// Records the working set into `out` (one write of the whole set).
+pub fn save(set: &WorkingSet, mut out: &File) -> io::Result<()> {
+    let bytes = serde_json::to_vec(set).map_err(io::Error::other)?;
+    out.write_all(&bytes)
+}
+
+/// Reads the pages of `set` into `mem`, mapped private from the snapshot's
+/// memory file: written pages copied, read ones mapped. Returns the pages
+/// populated; stops at the first refusal (a kernel before 5.14 knows
+/// neither advice), since the set is only a hint.
+pub fn prefetch(mem: &GuestMemoryMmap, set: &WorkingSet) -> u64 {
+    let regions = regions(mem);
+    let mut populated = 0;
+    for run in &set.runs {
+        let Some((host, _, first)) = regions.iter().find(|(_, len, first)| {
+            run.0 >= *first && run.end() <= Some(first + (len / PAGE) as u64)
+        }) else {
+            tracing::debug!("working set: run {run:?} is in no region");
+            continue;
+        };
+        let at = host + ((run.0 - first) as usize) * PAGE;
+        let advice = match run.2 {
+            true => libc::MADV_POPULATE_WRITE,
+            false => libc::MADV_POPULATE_READ,
+        };
+        // SAFETY: the range lies inside a guest RAM mapping this process
+        // made and keeps for its life (the region found above holds it
+        // whole); populating changes no byte of it, only which pages are
+        // present.
+        let r = unsafe { libc::madvise(at as *mut libc::c_void, run.1 as usize * PAGE, advice) };
+        if r != 0 {
+            tracing::debug!(
+                "working set: madvise: {}; reading the rest on demand",
+                io::Error::last_os_error()
+            );
+            break;
+        }
+        populated += run.1;
+    }
+    populated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{restore, Backing};
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn pagemap() -> File {
+        File::open("/proc/self/pagemap").unwrap()
+    }
+
+    /// 4 MiB of RAM restored private from a file of non-zero bytes.
+    fn restored() -> (tempfile::NamedTempFile, GuestMemoryMmap) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().write_all(&vec![7u8; 4 << 20]).unwrap();
+        let mem = restore(4 << 20, file.as_file(), Backing::Private).unwrap();
+        (file, mem)
+    }
+
+    #[test]
+    fn records_what_the_guest_wrote_and_read() {
+        let (_file, mem) = restored();
+        let mut byte = [0u8; 1];
+        mem.write_slice(&[1], GuestAddress(3 * PAGE as u64))
+            .unwrap();
+        mem.write_slice(&[1], GuestAddress(4 * PAGE as u64))
+            .unwrap();
+        mem.read_slice(&mut byte, GuestAddress(10 * PAGE as u64))
+            .unwrap();
+        assert_eq!(byte[0], 7, "the file's data");
+        let set = record(&mem, &pagemap()).unwrap();
+        // A read fault maps the file's pages around the one read too (the
+        // kernel's fault-around): those are in the set as read.
+        let written: Vec<Run> = set.runs.iter().filter(|r| r.2).copied().collect();
+        assert_eq!(written, vec![Run(3, 2, true)], "the two written pages");
+        assert!(covers(&set, 10, false), "the page read: {set:?}");
+        assert!(set.pages() < 1024, "only what was touched and around it");
+    }
+
+    /// Whether `page` is in a run of `set` that is `written` or not.
+    fn covers(set: &WorkingSet, page: u64, written: bool) -> bool {
+        set.runs
+            .iter()
+            .any(|r| r.2 == written && (r.0..r.0 + r.1).contains(&page))
+    }
+
+    #[test]
+    fn prefetch_makes_the_recorded_pages_present_and_keeps_their_data() {
+        let (_file, mem) = restored();
+        let set = WorkingSet::new(vec![Run(0, 2, true), Run(5, 3, false)]);
+        assert_eq!(prefetch(&mem, &set), 5);
+        let after = record(&mem, &pagemap()).unwrap();
+        for page in [0, 1] {
+            assert!(covers(&after, page, true), "page {page} copied: {after:?}");
+        }
+        for page in [5, 6, 7] {
+            assert!(covers(&after, page, false), "page {page} mapped: {after:?}");
+        }
+        let mut byte = [0u8; 1];
+        mem.read_slice(&mut byte, GuestAddress(1)).unwrap();
+        assert_eq!(byte[0], 7, "a populated copy holds the file's data");
+    }
+
+    #[test]
+    fn round_trips_and_refuses_bad_sets() {
+        let set = WorkingSet::new(vec![Run(0, 2, true), Run(5, 3, false)]);
+        let out = tempfile::tempfile().unwrap();
+        save(&set, &out).unwrap();
+        let bytes = std::fs::read(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            out.as_raw_fd()
+        }))
+        .unwrap();
+        assert_eq!(WorkingSet::parse(&bytes, 8).unwrap(), set);
+        for (bad, why) in [
+            (&bytes[..bytes.len() - 1], "truncated"),
+            (b"".as_slice(), "empty: a recorder that died"),
+            (br#"{"format":2,"runs":[]}"#, "another format"),
+            (br#"{"format":1,"runs":[[0,0,true]]}"#, "an empty run"),
+            (
+                br#"{"format":1,"runs":[[4,2,true],[0,1,true]]}"#,
+                "out of order",
+            ),
+            (
+                br#"{"format":1,"runs":[[0,2,true],[1,1,true]]}"#,
+                "overlapping",
+            ),
+            (br#"{"format":1,"runs":[[6,3,true]]}"#, "past the RAM"),
+            (
+                br#"{"format":1,"runs":[[18446744073709551615,2,true]]}"#,
+                "wrapping",
+            ),
+        ] {
+            assert!(WorkingSet::parse(bad, 8).is_err(), "{why} was taken");
+        }
+        assert!(
+            WorkingSet::parse(&bytes, 7).is_err(),
+            "RAM smaller than the set"
+        );
+    }
+
+    #[test]
+    fn a_set_recorded_once_is_read_and_a_bad_one_recorded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let Pages::Record(first) = open(dir.path(), 8) else {
+            panic!("no set yet: this restore records it");
+        };
+        // An empty set (its recorder still at work, or dead) is claimed
+        // again; the first recorder then writes to a file no longer named.
+        let Pages::Record(second) = open(dir.path(), 8) else {
+            panic!("an empty set is recorded again");
+        };
+        save(&WorkingSet::new(vec![Run(0, 8, true)]), &first).unwrap();
+        save(&WorkingSet::new(vec![Run(1, 1, false)]), &second).unwrap();
+        match open(dir.path(), 8) {
+            Pages::Prefetch(set) => assert_eq!(set.runs, vec![Run(1, 1, false)]),
+            other => panic!("the recorded set is read: {other:?}"),
+        }
+        // RAM of another size: the set does not fit, and is taken again.
+        assert!(matches!(open(dir.path(), 1), Pages::Record(_)));
+        assert!(matches!(open(dir.path(), 1), Pages::Record(_)));
+    }
+}
