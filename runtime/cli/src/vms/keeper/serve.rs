@@ -1,0 +1,273 @@
+//! The keeper's control socket: `husk exec`, `stop`, `kill`, `snapshot
+//! create` and a held command's start reach the VM through it, one thread
+//! per connection.
+
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::super::control::{self, Request, Response};
+use super::super::{now_ms, Status};
+use super::{Shared, AGENT_TIMEOUT};
+use crate::commands::exec::{pump_out, pump_stdin, sigwinch, window_size};
+
+/// The control socket: a thread per connection.
+pub(super) fn serve(listener: UnixListener, shared: &Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let shared = Arc::clone(shared);
+        let _ = std::thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || control_connection(conn, &shared));
+    }
+}
+
+fn control_connection(mut conn: UnixStream, shared: &Shared) {
+    loop {
+        let request = match agent::read::<Request>(&mut conn) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let message = format!("bad request: {e}");
+                let _ = agent::write(&mut conn, &Response::Error { message });
+                return;
+            }
+        };
+        let _answering = Answering::start(&shared.answering);
+        let sent = match request {
+            // Handed over without the keeper's own read timeout (a socket
+            // option, so it would travel with the descriptor): the caller
+            // may wait on it for as long as a process runs.
+            Request::Agent => match shared.agent().and_then(|a| {
+                a.set_read_timeout(None)?;
+                Ok(a)
+            }) {
+                Ok(agent) => control::send_with_fd(&conn, &Response::Ok, &agent),
+                Err(e) => agent::write(&mut conn, &error(e)).map_err(io::Error::other),
+            },
+            other => {
+                let response = answer(shared, other).unwrap_or_else(error);
+                agent::write(&mut conn, &response).map_err(io::Error::other)
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Counts a request as being answered for as long as it lives.
+struct Answering<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Answering<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Answering(count)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn error(e: anyhow::Error) -> Response {
+    Response::Error {
+        message: format!("{e:#}"),
+    }
+}
+
+fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
+    match request {
+        Request::Agent => anyhow::bail!("an agent connection is answered with a descriptor"),
+        Request::Info => match shared.agent_call(&agent::Request::Info)? {
+            agent::Response::Info(guest) => Ok(Response::Info { guest }),
+            other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+        },
+        Request::Start { process } => start_held(shared, *process),
+        Request::Kill { signal } => {
+            if *shared.held.lock().unwrap_or_else(|e| e.into_inner()) {
+                // No command yet: the signal ends the guest that waits for it.
+                shared.kill_vm();
+                shared.wait_exit(Some(Duration::from_secs(5)));
+                return Ok(Response::Ok);
+            }
+            let sent = shared.agent_call(&agent::Request::Signal {
+                id: agent::MAIN,
+                signal,
+            });
+            match sent {
+                Ok(_) => Ok(Response::Ok),
+                // A signal that ends the command can power the guest off
+                // before the agent's answer leaves it: delivered all the same.
+                Err(_) if shared.wait_exit(Some(Duration::from_secs(2))).is_some() => {
+                    Ok(Response::Ok)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Request::Wait => Ok(Response::Exited {
+            code: shared.wait_exit(None).flatten(),
+        }),
+        Request::Snapshot { dir } => snapshot(shared, &dir).map(|()| Response::Ok),
+        Request::Stop { grace_ms } => {
+            let grace = Duration::from_millis(grace_ms);
+            if !shared.has_ended() {
+                let asked = shared.agent_call(&agent::Request::Shutdown { grace_ms });
+                // The guest ends the command after the grace period itself;
+                // a guest that does not (or cannot be asked) is stopped
+                // from outside a little after that.
+                let wait = if asked.is_ok() {
+                    grace + Duration::from_secs(5)
+                } else {
+                    Duration::ZERO
+                };
+                if shared.wait_exit(Some(wait)).is_none() {
+                    shared.kill_vm();
+                }
+            }
+            Ok(Response::Exited {
+                code: shared.wait_exit(None).flatten(),
+            })
+        }
+    }
+}
+
+/// How long the VMM may take to write a snapshot (the guest is paused
+/// meanwhile): its RAM goes to disk.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Snapshots the running VM into the new folder `dir`: its files made
+/// here (the VMM opens nothing), handed to the VMM, written while the
+/// guest is paused. Nothing is left of a snapshot that failed.
+fn snapshot(shared: &Shared, dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::commands::run::named::Offer;
+    let name = &shared.vm.name;
+    if shared.has_ended() {
+        anyhow::bail!("{name} has stopped");
+    }
+    let offer: Offer = std::fs::read(shared.vm.snapshot_offer())
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .with_context(|| {
+            format!("{name} was started by a husk that takes no snapshots: husk restart {name}")
+        })?;
+    let (mut meta, header, disks) = match offer {
+        Offer::Ready {
+            meta,
+            header,
+            disks,
+        } => (*meta, header, disks),
+        Offer::Refused { why } => anyhow::bail!("no snapshot can be taken of {name}: {why}"),
+    };
+    let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.exists() {
+        anyhow::bail!("{} exists already", dir.display());
+    }
+    let taken = (|| {
+        let target = vmm::snapshot::Target::create(dir, header, disks)?;
+        meta.created_ms = now_ms();
+        let text = serde_json::to_vec_pretty(&meta).expect("plain data serializes");
+        let meta_file = dir.join(crate::commands::run::warm::META_FILE);
+        super::super::write_file(&meta_file, text)
+            .with_context(|| format!("cannot write {}", meta_file.display()))?;
+        vmm::snapshot::request(&socket, &target, SNAPSHOT_TIMEOUT)?;
+        anyhow::Ok(())
+    })();
+    if let Err(e) = taken {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e.context(format!("cannot snapshot {name}")));
+    }
+    Ok(())
+}
+
+/// Starts the command a held guest waits for, and relays its streams to
+/// the keeper's own stdin, stdout and stderr (a terminal's to stdin and
+/// stdout, with its size followed).
+fn start_held(shared: &Shared, process: agent::Process) -> anyhow::Result<Response> {
+    let mut held = shared.held.lock().unwrap_or_else(|e| e.into_inner());
+    if !*held {
+        anyhow::bail!("the command has already started");
+    }
+    let mut conn = shared.agent()?;
+    let tty = process.tty;
+    match agent::call(&mut conn, &agent::Request::StartMain { process })? {
+        agent::Response::Started { .. } => {}
+        agent::Response::Error { message, .. } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+    }
+    *held = false;
+    drop(held);
+    let attach = |stream| -> anyhow::Result<UnixStream> {
+        let mut conn = shared.agent()?;
+        match agent::call(
+            &mut conn,
+            &agent::Request::Attach {
+                id: agent::MAIN,
+                stream,
+            },
+        )? {
+            agent::Response::Ok => {}
+            agent::Response::Error { message, .. } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
+        }
+        conn.set_read_timeout(None)?;
+        Ok(conn)
+    };
+    // The keeper's own stdin, stdout and stderr are the caller's (WORD_FD_ENV).
+    let mut relays = shared.relays.lock().unwrap_or_else(|e| e.into_inner());
+    if tty {
+        let conn = attach(agent::Stream::Tty)?;
+        pump_stdin(conn.try_clone()?);
+        relays.push(pump_out(conn, io::stdout()));
+        follow_window_size(shared)?;
+    } else {
+        relays.push(pump_out(attach(agent::Stream::Stdout)?, io::stdout()));
+        relays.push(pump_out(attach(agent::Stream::Stderr)?, io::stderr()));
+        pump_stdin(attach(agent::Stream::Stdin)?);
+    }
+    if let Ok(mut state) = shared.vm.read_state() {
+        state.status = Status::Running;
+        state.started_ms = Some(now_ms());
+        let _ = shared.vm.write_state(&state);
+    }
+    Ok(Response::Ok)
+}
+
+/// The keeper's stdin is a terminal (the slave of the pty husk-runtime
+/// handed to its caller): each size change there (SIGWINCH, which the
+/// keeper gets as the terminal's session leader) is passed to the guest's
+/// terminal, and the size it has now at once.
+fn follow_window_size(shared: &Shared) -> anyhow::Result<()> {
+    let resize = move |uds: &std::path::Path| {
+        let Some(size) = window_size() else { return };
+        if let Ok(mut conn) = vmm::vsock::connect_guest(uds, agent::PORT, AGENT_TIMEOUT) {
+            let _ = agent::call(
+                &mut conn,
+                &agent::Request::Resize {
+                    id: agent::MAIN,
+                    size,
+                },
+            );
+        }
+    };
+    resize(&shared.uds);
+    let uds = shared.uds.clone();
+    std::thread::Builder::new()
+        .name("winch".into())
+        .spawn(move || loop {
+            // SIGWINCH is blocked in every thread (keep() blocked it first).
+            let set = sigwinch();
+            let mut signal = 0;
+            // SAFETY: a valid set, and a valid out-pointer for the signal.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                return;
+            }
+            resize(&uds);
+        })?;
+    Ok(())
+}
