@@ -140,11 +140,20 @@ pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
     })
 }
 
+/// How the VM's RAM is backed: a backend in another process maps the RAM
+/// of a VM with shares.
+fn backing(cfg: &VmConfig) -> memory::Backing {
+    if cfg.shares.is_empty() {
+        memory::Backing::Private
+    } else {
+        memory::Backing::Shared
+    }
+}
+
 /// Whether the VM is a restore that records its working set: one whose RAM
-/// is mapped from the snapshot (no shares: their RAM is a copy, all of it
-/// present).
+/// is mapped from the snapshot (shared RAM is a copy, all of it present).
 fn records_pages(cfg: &VmConfig) -> bool {
-    cfg.shares.is_empty()
+    backing(cfg) == memory::Backing::Private
         && cfg
             .restore
             .as_ref()
@@ -234,12 +243,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     report.mark(Phase::VmCreated);
 
     let ram = cfg.memory_mib << 20;
-    // A backend in another process maps the RAM of a VM with shares.
-    let backing = if cfg.shares.is_empty() {
-        memory::Backing::Private
-    } else {
-        memory::Backing::Shared
-    };
+    let backing = backing(&cfg);
     let mem = match &restore {
         // From the snapshot: mapped private, pages coming in as the guest
         // touches them, or copied into shared RAM.

@@ -259,13 +259,7 @@ impl Restore {
         // Claimed under the lock: a new snapshot removes it only once no
         // restore reads the old one.
         let pages = match warm {
-            true => {
-                let ram = crate::layout::ram_ranges(snapshot.header.memory_mib << 20);
-                pages::open(
-                    dir,
-                    ram.iter().map(|(_, len)| len).sum::<u64>() / PAGE as u64,
-                )
-            }
+            true => pages::open(dir, (snapshot.header.memory_mib << 20) / PAGE as u64),
             false => Pages::None,
         };
         Ok(Restore {
@@ -363,10 +357,8 @@ impl Snapshot {
         let len = fs::metadata(&memory)
             .map_err(io_at("cannot read", &memory))?
             .len();
-        let want: u64 = crate::layout::ram_ranges(snapshot.header.memory_mib << 20)
-            .iter()
-            .map(|(_, len)| len)
-            .sum();
+        // The RAM ranges back to back: as long as the RAM, gap or not.
+        let want = snapshot.header.memory_mib << 20;
         if len != want {
             return Err(SnapshotError::Corrupt {
                 path: memory,

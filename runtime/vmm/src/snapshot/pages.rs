@@ -219,7 +219,8 @@ pub fn prefetch(mem: &GuestMemoryMmap, set: &WorkingSet) -> u64 {
     let mut populated = 0;
     for run in &set.runs {
         let Some((host, _, first)) = regions.iter().find(|(_, len, first)| {
-            run.0 >= *first && run.end() <= Some(first + (len / PAGE) as u64)
+            let last = first + (len / PAGE) as u64;
+            run.0 >= *first && run.end().is_some_and(|end| end <= last)
         }) else {
             tracing::debug!("working set: run {run:?} is in no region");
             continue;
@@ -296,6 +297,9 @@ mod tests {
         let (_file, mem) = restored();
         let set = WorkingSet::new(vec![Run(0, 2, true), Run(5, 3, false)]);
         assert_eq!(prefetch(&mem, &set), 5);
+        // Runs outside the RAM, or wrapping, are skipped, never advised.
+        let outside = WorkingSet::new(vec![Run(1023, 2, true), Run(u64::MAX, 2, false)]);
+        assert_eq!(prefetch(&mem, &outside), 0);
         let after = record(&mem, &pagemap()).unwrap();
         for page in [0, 1] {
             assert!(covers(&after, page, true), "page {page} copied: {after:?}");
