@@ -123,6 +123,12 @@ impl RunConfig {
         if overrides.hostname.is_some() {
             self.hostname.clone_from(&overrides.hostname);
         }
+        if overrides.user.is_some() {
+            self.user.clone_from(&overrides.user);
+        }
+        if overrides.workdir.is_some() {
+            self.workdir.clone_from(&overrides.workdir);
+        }
         Ok(())
     }
 }
@@ -135,7 +141,7 @@ fn env_key(entry: &str) -> Result<&str, ConfigError> {
 }
 
 /// What `husk run` changes for one boot: `-- COMMAND...`, `-e K=V`,
-/// `--hostname` and `--hold`.
+/// `--hostname`, `-u`, `-w` and `--hold`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
@@ -149,11 +155,17 @@ pub struct Overrides {
     pub hold: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// `-u`: the user the command runs as, as [`RunConfig::user`] takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `-w`: the command's working directory, made when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
 }
 
 impl Overrides {
     pub fn is_empty(&self) -> bool {
-        self.command.is_none() && self.env.is_empty() && !self.hold && self.hostname.is_none()
+        *self == Overrides::default()
     }
 
     /// The kernel command-line parameter: hex keeps spaces, quotes and
@@ -408,11 +420,36 @@ mod tests {
             env: vec!["A=x y".into()],
             hold: true,
             hostname: Some("web-1".into()),
+            user: Some("1000:1000".into()),
+            workdir: Some("/srv/app".into()),
         };
         let cmdline = format!("console=hvc0 {} panic=-1", o.to_param());
         assert!(!o.to_param().contains(' '));
         assert_eq!(Overrides::from_cmdline(&cmdline).unwrap(), Some(o));
         assert_eq!(Overrides::from_cmdline("console=hvc0").unwrap(), None);
+    }
+
+    #[test]
+    fn overrides_replace_only_what_they_name() {
+        let mut c = config();
+        c.apply(&Overrides {
+            env: vec!["A=2".into(), "B=3".into()],
+            user: Some("nobody".into()),
+            workdir: Some("/tmp".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(c.env, ["PATH=/bin", "A=2", "B=3"]);
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.workdir.as_deref(), Some("/tmp"));
+        assert_eq!(c.command, config().command);
+        assert_eq!(c.hostname, config().hostname);
+        assert!(Overrides::default().is_empty());
+        let only_user = Overrides {
+            user: Some("0".into()),
+            ..Overrides::default()
+        };
+        assert!(!only_user.is_empty());
     }
 
     #[test]

@@ -28,9 +28,14 @@ pub struct Args {
     /// Give the command a terminal
     #[arg(short, long)]
     tty: bool,
-    /// Set an environment variable for the command
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    /// Set an environment variable for the command; KEY alone takes
+    /// husk's own value of KEY (left out when husk has none)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE|KEY")]
     env: Vec<String>,
+    /// Read environment variables from a file: a KEY=VALUE or KEY per line,
+    /// blank lines and lines starting with # skipped (before -e's)
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<std::path::PathBuf>,
     /// Run as this user (user, uid, user:group or uid:gid)
     #[arg(short, long)]
     user: Option<String>,
@@ -48,18 +53,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if vm.current_state()?.status == Status::Exited {
         anyhow::bail!("{} is not running (husk ps -a)", args.name);
     }
-    for e in &args.env {
-        if !e.contains('=') || e.starts_with('=') {
-            anyhow::bail!("-e {e}: write KEY=VALUE");
-        }
-    }
+    let env = super::env::gather(&args.env, &args.env_file)?;
     let tty = args.tty && io::stdin().is_terminal();
     if args.tty && !tty {
         eprintln!("husk: -t: stdin is not a terminal; running without one");
     }
     let process = Process {
         argv: args.command.clone(),
-        env: args.env.clone(),
+        env,
         cwd: args.workdir.clone(),
         user: args.user.clone(),
         tty,

@@ -1,6 +1,7 @@
 //! One file per `husk` command: parse arguments, call the libraries, print.
 
 pub mod build;
+mod env;
 pub mod exec;
 pub mod export;
 pub mod inspect;

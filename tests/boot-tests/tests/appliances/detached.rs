@@ -236,21 +236,28 @@ fn outlives_the_cli() -> Result<(), Failed> {
             .explain("exec should run as the appliance's user in its workdir")
             .into());
     }
+    let env_dir = tempfile::tempdir()?;
+    let env_file = env_dir.path().join("exec.env");
+    std::fs::write(&env_file, "# for exec\nFROM_FILE=f v\nFOO=from file\n")?;
     let r = h(&[
         "exec",
         "-u",
         "0",
         "-w",
         "/tmp",
+        "--env-file",
+        &env_file.to_string_lossy(),
         "-e",
         "FOO=bar",
         &vm.name,
         "sh",
         "-c",
-        "echo $(id -u) $(pwd) $FOO",
+        "echo $(id -u) $(pwd) $FOO $FROM_FILE",
     ])?;
-    if r.stdout.trim() != "0 /tmp bar" {
-        return Err(r.explain("exec -u 0 -w /tmp -e FOO=bar").into());
+    if r.stdout.trim() != "0 /tmp bar f v" {
+        return Err(r
+            .explain("exec -u 0 -w /tmp --env-file F -e FOO=bar")
+            .into());
     }
     // stdout and stderr apart; statuses; a signal; not found.
     let r = vm.exec(&["sh", "-c", "echo out; echo err >&2; exit 7"])?;

@@ -24,7 +24,7 @@ pub fn trials() -> Vec<Trial> {
     let mut all = vec![
         boot_tests::trial("appliance_hello_runs_and_exits_with_its_status", hello),
         boot_tests::trial(
-            "appliance_busybox_has_its_user_workdir_hostname_and_env",
+            "appliance_busybox_has_its_user_workdir_hostname_and_env_and_run_overrides_them",
             busybox_run_config,
         ),
         boot_tests::trial(
@@ -136,7 +136,53 @@ fn busybox_run_config() -> Result<(), Failed> {
             "extra=a b",
             "path=/usr/bin:/bin",
         ],
-    )
+    )?;
+    // docker's -u, -w, --env-file and -e KEY (husk's own value of KEY),
+    // on the kernel command line of a cold boot.
+    let tmp = tempfile::tempdir()?;
+    let env_file = tmp.path().join("app.env");
+    std::fs::write(
+        &env_file,
+        "# settings\n\nFROM_FILE=file value\nEXTRA=from file\n  HUSK_TEST_SECRET\n",
+    )?;
+    let script = "echo user=$(id -u):$(id -g); echo pwd=$(pwd); echo file=$FROM_FILE; \
+                  echo extra=$EXTRA; echo secret=$HUSK_TEST_SECRET; \
+                  echo unset=${HUSK_TEST_UNSET-none}";
+    let mut cmd = std::process::Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args(["run", "--timeout", "90", "-u", "0:0", "-w", "/made/here"])
+        .arg("--env-file")
+        .arg(&env_file)
+        .args(["-e", "EXTRA=from flag", "-e", "HUSK_TEST_UNSET"])
+        .args(["examples/busybox", "--", "sh", "-c", script])
+        .env("HUSK_TEST_SECRET", "s3cret")
+        .env_remove("HUSK_TEST_UNSET");
+    let r = boot_tests::husk::output_within(cmd, b"", LIMIT)?;
+    expect(
+        &r,
+        0,
+        &[
+            "user=0:0",
+            "pwd=/made/here",
+            "file=file value",
+            "extra=from flag",
+            "secret=s3cret",
+            "unset=none",
+        ],
+    )?;
+    // Refused before boot, each naming its flag.
+    for (flag, value, says) in [
+        ("-w", "relative", "must be an absolute path"),
+        ("-u", "a b", "write USER, UID"),
+        ("-e", "=x", "no variable name"),
+    ] {
+        let r = run(&[flag, value, "examples/busybox"], b"")?;
+        if r.code != Some(1) || !r.stderr.contains(says) {
+            return Err(r
+                .explain(&format!("{flag} {value:?} should be refused"))
+                .into());
+        }
+    }
+    Ok(())
 }
 
 fn init_failures() -> Result<(), Failed> {

@@ -339,18 +339,35 @@ fn warm_disks_randomness_cpus() -> Result<(), Failed> {
     // state, and each has the host's time and this run's hostname.
     let script = "echo cpus=$(nproc); echo boot=$(cat /proc/sys/kernel/random/boot_id); \
                   echo rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); \
-                  echo time=$(date +%s); echo host=$(hostname)";
+                  echo time=$(date +%s); echo host=$(hostname); \
+                  echo user=$(id -u):$(id -g); echo pwd=$(pwd); echo from=$FROM_RUN";
     let args = ["--cpus", "2", "examples/busybox", "--", "sh", "-c", script];
     let cold = run(&snaps, &args, 0)?;
     let mut seen = Vec::new();
     for round in 0..2 {
         let name = format!("restored-{round}");
         let mut all = vec!["--hostname", name.as_str()];
+        // The second restore has docker's -u, -w and -e too; the first
+        // the appliance's own user and folder.
+        let (user, pwd, from) = if round == 1 {
+            all.extend(["-u", "1:1", "-w", "/var/made", "-e", "FROM_RUN=warm"]);
+            ("1:1", "/var/made", "warm")
+        } else {
+            ("1000:1000", "/data", "")
+        };
         all.extend_from_slice(&args);
         let warm = run(&snaps, &all, 0)?;
         if warm.field("host").as_deref() != Some(name.as_str()) {
             return Err(warm
                 .explain(&format!("the hostname should be {name}"))
+                .into());
+        }
+        let got = (warm.field("user"), warm.field("pwd"), warm.field("from"));
+        if got != (Some(user.into()), Some(pwd.into()), Some(from.into())) {
+            return Err(warm
+                .explain(&format!(
+                    "a restore runs as {user} in {pwd} with FROM_RUN={from:?}"
+                ))
                 .into());
         }
         let now = std::time::SystemTime::now()

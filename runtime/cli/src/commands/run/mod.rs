@@ -50,9 +50,22 @@ pub struct Args {
     /// The command to run instead of the appliance's, after --
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
-    /// Set an environment variable for the appliance's command
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    /// Set an environment variable for the appliance's command; KEY alone
+    /// takes husk's own value of KEY (left out when husk has none)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE|KEY")]
     env: Vec<String>,
+    /// Read environment variables from a file: a KEY=VALUE or KEY per line,
+    /// blank lines and lines starting with # skipped (before -e's)
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Run the command as this user (user, uid, user:group or uid:gid,
+    /// looked up in the image; default: the appliance's run.user)
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// The command's working directory in the guest, an absolute path,
+    /// made when missing (default: the appliance's run.workdir)
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<String>,
     /// Kernel: an ELF vmlinux with a PVH entry, or a bzImage (default:
     /// the appliance's vm.kernel, else husk's kernel)
     #[arg(long)]
@@ -151,7 +164,7 @@ pub struct Args {
         long,
         value_name = "NAME",
         conflicts_with_all = [
-            "target", "command", "env", "kernel", "initrd", "disks", "cmdline", "cpus",
+            "target", "command", "env", "env_file", "user", "workdir", "kernel", "initrd", "disks", "cmdline", "cpus",
             "memory", "net", "vsock", "volumes", "hostname", "read_only", "hold", "cold",
         ]
     )]
@@ -377,16 +390,21 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     plan.disks.extend(args.disks.iter().map(|d| disk(d)));
     let overrides = Overrides {
         command: (!args.command.is_empty()).then(|| args.command.clone()),
-        env: args.env.clone(),
+        env: super::env::gather(&args.env, &args.env_file)?,
         hold: args.hold,
         hostname: args.hostname.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
     };
     if let Some(h) = &args.hostname {
         check_hostname(h)?;
     }
-    for e in &overrides.env {
-        if !e.contains('=') || e.starts_with('=') {
-            anyhow::bail!("-e {e}: write KEY=VALUE");
+    if let Some(user) = &args.user {
+        check_user(user)?;
+    }
+    if let Some(dir) = &args.workdir {
+        if !dir.starts_with('/') || dir.contains('\0') {
+            anyhow::bail!("-w {dir:?}: the working directory must be an absolute path");
         }
     }
     if !overrides.is_empty() {
@@ -444,6 +462,25 @@ fn snapshot_offer(
         from: Some(vm.name.clone()),
     };
     Ok((header, meta, plan.disks.len()))
+}
+
+/// `-u`: a name or number, and optionally `:` and a group's; the image's
+/// own files resolve it (init says when one is unknown).
+fn check_user(user: &str) -> anyhow::Result<()> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && !p
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+    };
+    let ok = match user.split_once(':') {
+        Some((u, g)) => part_ok(u) && part_ok(g),
+        None => part_ok(user),
+    };
+    if !ok {
+        anyhow::bail!("-u {user:?}: write USER, UID, USER:GROUP or UID:GID");
+    }
+    Ok(())
 }
 
 /// A hostname as the kernel takes it: 1 to 64 bytes of letters, digits,
