@@ -512,13 +512,20 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             None => detach(&args),
         };
     }
+    // husk's own steps before the VM exists, for --timings.
+    let mut marks = Vec::new();
+    let mut mark = |name: &'static str| marks.push((name, started.elapsed()));
     let mut plan = plan(&args)?;
+    mark("image ready");
     if let Some(vm) = &vm_child {
         plan.vsock = Some(detached_vsock(&plan, vm));
     }
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
     let (net, _passt, net_setup) = attach_net(&plan.net)?;
+    if !plan.net.is_empty() {
+        mark("network ready");
+    }
     let seccomp = match args.seccomp {
         Seccomp::Kill => vmm::SeccompMode::Kill,
         Seccomp::Log => vmm::SeccompMode::Log,
@@ -529,6 +536,9 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     }
     // One virtiofsd per shared folder, likewise.
     let (shares, _virtiofsd, fs_setup) = shares::attach(&plan.shares)?;
+    if !plan.shares.is_empty() {
+        mark("shared folders ready");
+    }
     if !fs_setup.mounts.is_empty() {
         plan.params.push(fs_setup.to_param());
     }
@@ -570,6 +580,10 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    mark(match &warm {
+        Some(warm::Warm::Restore { .. }) => "snapshot opened",
+        _ => "snapshot looked up",
+    });
     // A detached VM child: what a snapshot of it on request would be.
     let snapshot_requests = match &vm_child {
         Some(vm) => named::serve_requests(vm, snapshot_offer(&args, &plan, &named, &kernel, vm))?,
@@ -590,6 +604,9 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         }
         None => (None, None),
     };
+    if vsock.is_some() {
+        mark("vsock ready");
+    }
     // Held until the VM ends: the restored guest's agent reads its new
     // seed from it.
     let _reseed = match (&restore_named, &plan.vsock) {
@@ -673,13 +690,14 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         None
     };
     let mut files = vmm::open_host_files(&config)?;
+    mark("host files opened");
     if let Some(jail) = &jail {
         match vmm::jail::enter(jail, || files.reopen_own())? {
             vmm::jail::Side::Supervisor(status) => {
                 drop(_raw);
                 return Ok(ExitCode::from(status));
             }
-            vmm::jail::Side::Jailed => {}
+            vmm::jail::Side::Jailed => mark("jail entered"),
         }
     }
     let outcome = vmm::run_with(config, files)?;
@@ -695,6 +713,9 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         );
     }
     if args.timings {
+        for (name, at) in &marks {
+            eprintln!("husk: {:>9.3} ms  {name}", at.as_secs_f64() * 1e3);
+        }
         for (phase, at) in &outcome.timings {
             eprintln!("husk: {:>9.3} ms  {}", at.as_secs_f64() * 1e3, phase.name());
         }
