@@ -34,6 +34,22 @@ pub fn temp_sibling(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.tmp-{}-{seq}", std::process::id()))
 }
 
+/// Bytes the tree under `dir` takes on disk (sparse files count only
+/// their blocks); what cannot be read counts nothing.
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.blocks() * 512),
+        })
+        .sum()
+}
+
 /// Copies `src` to `dest` keeping holes (a fresh ext4 image is mostly
 /// holes), through a temporary sibling renamed into place.
 pub fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {

@@ -9,6 +9,7 @@ pub mod build;
 pub mod cache;
 pub mod export;
 pub mod image;
+pub mod images;
 pub mod inspect;
 pub mod kernel;
 pub mod oci;

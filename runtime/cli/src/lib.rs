@@ -63,6 +63,9 @@ enum Command {
     /// (those husk run keeps for warm starts, and named ones)
     #[command(subcommand)]
     Snapshot(commands::snapshot::Command),
+    /// List and remove the built images husk keeps in its cache
+    #[command(subcommand)]
+    Image(commands::image::Command),
 }
 
 /// A recorded `husk run ...` command line (without `husk`) as `husk run`
@@ -107,6 +110,7 @@ pub fn husk_main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Kernel(cmd) => commands::kernel::run(cmd),
         Command::Snapshot(cmd) => commands::snapshot::run(cmd),
+        Command::Image(cmd) => commands::image::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -126,6 +126,105 @@ fn build_then_inspect_an_example() {
     }
 }
 
+/// `husk image ls|rm|prune` over a cache of its own: an appliance changed
+/// supersedes its old image, a deleted one orphans its image, a killed
+/// build's folder is a leftover; prune takes those and nothing else.
+#[test]
+fn image_ls_prune_and_rm_take_only_what_they_should() {
+    let prepare = Command::new(examples_dir().join("prepare"))
+        .status()
+        .unwrap();
+    assert!(prepare.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let husk_c = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .env("HUSK_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // Copies of the hello example, each with a greeting of its own.
+    let appliance = |name: &str, greeting: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(examples_dir().join("hello/hello"), dir.join("hello")).unwrap();
+        let text = std::fs::read_to_string(examples_dir().join("hello/appliance.toml")).unwrap();
+        let text = text.replace(
+            "GREETING = \"Hello\"",
+            &format!("GREETING = \"{greeting}\""),
+        );
+        std::fs::write(dir.join("appliance.toml"), text).unwrap();
+        dir
+    };
+    let build = |dir: &Path| {
+        let (code, out, err) = husk_c(&["build", dir.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{err}");
+        // .../images/KEY/rootfs.cpio.gz
+        let path = PathBuf::from(out.trim());
+        let key = path.parent().and_then(|p| p.file_name()).unwrap();
+        key.to_string_lossy().into_owned()
+    };
+    let one = appliance("one", "First");
+    let old = build(&one);
+    appliance("one", "Changed");
+    let new = build(&one);
+    let two = appliance("two", "Second");
+    let orphan = build(&two);
+    std::fs::remove_dir_all(&two).unwrap();
+    assert!(old != new && new != orphan && old != orphan);
+
+    let (code, ls, err) = husk_c(&["image", "ls"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("3 images"), "{err}");
+    let line = |key: &str| {
+        ls.lines()
+            .find(|l| l.starts_with(&key[..12]))
+            .unwrap_or_else(|| panic!("{key} not in:\n{ls}"))
+            .to_string()
+    };
+    let one_file = one.join("appliance.toml").canonicalize().unwrap();
+    assert!(
+        line(&new).ends_with(&one_file.display().to_string()),
+        "{ls}"
+    );
+    assert!(line(&old).contains("superseded"), "{ls}");
+    assert!(line(&orphan).contains("orphaned"), "{ls}");
+    assert!(!line(&new).contains("superseded") && !line(&new).contains("orphaned"));
+
+    // A killed build's folder (no process has pid 0 in /proc).
+    let leftover = cache.join("images").join(".0123.tmp-0-0");
+    std::fs::create_dir_all(leftover.join("staging")).unwrap();
+    let (code, out, err) = husk_c(&["image", "prune"]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut pruned: Vec<&str> = out.lines().collect();
+    pruned.sort();
+    let mut want = [old.as_str(), orphan.as_str()];
+    want.sort();
+    assert_eq!(pruned, want, "prune takes the superseded and the orphaned");
+    assert!(!leftover.exists(), "prune takes a killed build's leftover");
+    assert!(err.contains("freed"), "{err}");
+
+    // rm by a beginning of the key; an unknown key is named.
+    let (code, _, err) = husk_c(&["image", "rm", "nosuchkey"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nosuchkey: no such image"), "{err}");
+    let (code, out, err) = husk_c(&["image", "rm", &new[..8]]);
+    assert_eq!((code, out.trim()), (Some(0), new.as_str()), "{err}");
+    let (_, ls, err) = husk_c(&["image", "ls"]);
+    assert_eq!(ls.lines().count(), 1, "only the header is left: {ls}");
+    assert!(err.contains("0 images"), "{err}");
+
+    // --all takes every image, in use or not.
+    build(&one);
+    let (code, out, _) = husk_c(&["image", "prune", "--all"]);
+    assert_eq!((code, out.lines().count()), (Some(0), 1));
+    let left: Vec<_> = std::fs::read_dir(cache.join("images")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// A bad appliance file stops the build with the placed diagnostics; an
 /// argument that is neither a file nor a reference says what is expected.
 #[test]

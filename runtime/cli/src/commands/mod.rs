@@ -4,6 +4,7 @@ pub mod build;
 mod env;
 pub mod exec;
 pub mod export;
+pub mod image;
 pub mod inspect;
 pub mod kernel;
 pub mod logs;
@@ -36,4 +37,49 @@ pub(crate) fn each_name(
     } else {
         std::process::ExitCode::SUCCESS
     })
+}
+
+/// A size on disk as `ls` commands show it: KiB under a MiB, else MiB.
+pub fn human_size(bytes: u64) -> String {
+    const MIB: f64 = (1 << 20) as f64;
+    if bytes < 1 << 20 {
+        format!("{}KiB", bytes.div_ceil(1024))
+    } else {
+        format!("{:.1}MiB", bytes as f64 / MIB)
+    }
+}
+
+/// What a `prune` removes: its key (printed once removed; none for a
+/// leftover), the bytes it frees, and how to remove it.
+pub type Doomed<'a> = (
+    Option<String>,
+    u64,
+    Box<dyn FnOnce() -> anyhow::Result<()> + 'a>,
+);
+
+/// Removes each of `doomed`, printing each key removed on stdout and the
+/// bytes freed on stderr; one that cannot be removed is reported and the
+/// rest still go. Fails if any could not be removed.
+pub fn prune<'a>(doomed: impl IntoIterator<Item = Doomed<'a>>) -> std::process::ExitCode {
+    let (mut freed, mut failed) = (0, false);
+    for (key, bytes, remove) in doomed {
+        match remove() {
+            Ok(()) => {
+                freed += bytes;
+                if let Some(key) = key {
+                    println!("{key}");
+                }
+            }
+            Err(e) => {
+                eprintln!("husk: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    eprintln!("husk: freed {}", human_size(freed));
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }

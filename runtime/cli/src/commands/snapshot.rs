@@ -3,12 +3,12 @@
 //! detached appliance and names (see `run::named`).
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+use super::human_size;
 use super::run::warm::{self, Meta, META_FILE};
 
 #[derive(clap::Subcommand)]
@@ -91,30 +91,14 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(())
         }),
         Command::Prune { all } => {
-            let mut freed = 0;
-            let mut failed = false;
-            for s in list(&root)? {
+            let doomed = list(&root)?.into_iter().filter(|s| {
                 let stale = matches!(s.state, State::Stale | State::Incomplete);
-                if !(all || stale) || s.state == State::Writing {
-                    continue;
-                }
-                match vmm::snapshot::remove(&s.dir) {
-                    Ok(()) => {
-                        freed += s.bytes;
-                        println!("{}", s.key);
-                    }
-                    Err(e) => {
-                        eprintln!("husk: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            eprintln!("husk: freed {}", human_size(freed));
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+                (all || stale) && s.state != State::Writing
+            });
+            Ok(super::prune(doomed.map(|s| -> super::Doomed {
+                let remove = move || Ok(vmm::snapshot::remove(&s.dir)?);
+                (Some(s.key.clone()), s.bytes, Box::new(remove))
+            })))
         }
     }
 }
@@ -203,7 +187,7 @@ fn list(root: &Path) -> anyhow::Result<Vec<Cached>> {
         };
         all.push(Cached {
             key: entry.file_name().to_string_lossy().into_owned(),
-            bytes: disk_usage(&dir),
+            bytes: builder::cache::disk_usage(&dir),
             dir,
             meta,
             state,
@@ -228,25 +212,6 @@ fn find(root: &Path, key: &str) -> anyhow::Result<Cached> {
         0 => anyhow::bail!("{key}: no such snapshot (husk snapshot ls lists them)"),
         1 => Ok(found.remove(0)),
         n => anyhow::bail!("{key}: {n} snapshots' keys begin so; give more of the key"),
-    }
-}
-
-fn disk_usage(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
-}
-
-fn human_size(bytes: u64) -> String {
-    const MIB: f64 = (1 << 20) as f64;
-    if bytes < 1 << 20 {
-        format!("{}KiB", bytes.div_ceil(1024))
-    } else {
-        format!("{:.1}MiB", bytes as f64 / MIB)
     }
 }
 

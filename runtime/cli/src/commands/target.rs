@@ -77,8 +77,37 @@ impl Target {
             Target::Appliance(_, file) => file.display().to_string(),
             Target::Image(_, arg) => arg.clone(),
         };
-        builder::build(input, &init, &cache, &mut progress)
-            .with_context(|| format!("cannot build {what}"))
+        let built = builder::build(input, &init, &cache, &mut progress)
+            .with_context(|| format!("cannot build {what}"))?;
+        // For husk image ls and prune; a read-only cache keeps no record.
+        if let Err(e) = builder::images::record_use(&built.path, &self.identity()) {
+            tracing::debug!("cannot record the use of {}: {e}", built.path.display());
+        }
+        Ok(built)
+    }
+
+    /// What this target is wherever husk runs: the appliance file's
+    /// canonical path, or the reference with its path made absolute.
+    fn identity(&self) -> String {
+        let absolute = |p: &str| match std::env::current_dir() {
+            Ok(cwd) if !p.starts_with('/') => cwd.join(p).display().to_string(),
+            _ => p.to_string(),
+        };
+        match self {
+            Target::Appliance(_, file) => std::fs::canonicalize(file)
+                .unwrap_or_else(|_| file.clone())
+                .display()
+                .to_string(),
+            Target::Image(_, arg) => {
+                let prefix = ["oci:", "oci-archive:", "docker-archive:", "dir:"]
+                    .into_iter()
+                    .find(|p| arg.starts_with(p));
+                match prefix {
+                    Some(p) => format!("{p}{}", absolute(&arg[p.len()..])),
+                    None => arg.clone(),
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,129 @@
+//! `husk image ls|rm|prune`: the images `husk build` (and `run`, `export`,
+//! `inspect`, the container runtimes) keep in the cache, as `docker image`
+//! lists and removes its own. See `builder::images` for what is recorded.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use builder::images::{self, CachedImage, Unused};
+
+use super::human_size;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// List the built images: format, size on disk, when built and last
+    /// used, and the appliance file or image reference last built to it
+    Ls,
+    /// Remove images by key (or a unique beginning of a key); a VM running
+    /// one keeps it until it ends
+    Rm {
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Remove the images no target builds to any more (superseded: their
+    /// appliance or image changed; orphaned: it is gone) and what killed
+    /// builds left; with --all, every image
+    Prune {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    let cache = builder::cache::root().context("cannot find husk's cache folder")?;
+    let listing =
+        images::list(&cache).with_context(|| format!("cannot read {}/images", cache.display()))?;
+    match cmd {
+        Command::Ls => {
+            ls(&listing.images);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm { keys } => super::each_name(&keys, |key| {
+            let image = find(&listing.images, key)?;
+            remove(&image.dir)?;
+            println!("{}", image.key);
+            Ok(())
+        }),
+        Command::Prune { all } => {
+            let unused = images::unused(&listing.images);
+            let doomed = listing
+                .images
+                .into_iter()
+                .zip(unused)
+                .filter(|(_, u)| all || u.is_some())
+                .map(|(i, _)| (Some(i.key), i.bytes, i.dir));
+            let leftovers = listing
+                .leftovers
+                .into_iter()
+                .map(|d| (None, builder::cache::disk_usage(&d), d));
+            Ok(super::prune(doomed.chain(leftovers).map(
+                |(key, bytes, dir)| -> super::Doomed {
+                    (key, bytes, Box::new(move || remove(&dir)))
+                },
+            )))
+        }
+    }
+}
+
+fn ls(all: &[CachedImage]) {
+    println!(
+        "{:<14} {:<9} {:>9}  {:<14}  {:<14}  {:<10}  TARGET",
+        "KEY", "FORMAT", "SIZE", "BUILT", "USED", "STATE"
+    );
+    let now = crate::vms::now_ms();
+    let ago = |ms: u64| format!("{} ago", crate::vms::human_duration(now.saturating_sub(ms)));
+    for (image, unused) in all.iter().zip(images::unused(all)) {
+        let built = image.built.map_or_else(
+            || "?".into(),
+            |t| {
+                ago(t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64))
+            },
+        );
+        let (used, target) = match &image.used {
+            Some(u) => (ago(u.at_ms), u.target.as_str()),
+            None => ("?".into(), "?"),
+        };
+        let state = match unused {
+            None => "",
+            Some(Unused::Superseded) => "superseded",
+            Some(Unused::Orphaned) => "orphaned",
+        };
+        println!(
+            "{:<14} {:<9} {:>9}  {:<14}  {:<14}  {:<10}  {target}",
+            &image.key[..image.key.len().min(12)],
+            image.format,
+            human_size(image.bytes),
+            built,
+            used,
+            state,
+        );
+    }
+    let total: u64 = all.iter().map(|i| i.bytes).sum();
+    eprintln!("husk: {} images, {}", all.len(), human_size(total));
+}
+
+/// The image whose key is or begins with `key`.
+fn find<'a>(all: &'a [CachedImage], key: &str) -> anyhow::Result<&'a CachedImage> {
+    if key.is_empty() {
+        anyhow::bail!("give an image's key (husk image ls lists them)");
+    }
+    let found: Vec<&CachedImage> = match all.iter().find(|i| i.key == key) {
+        Some(whole) => vec![whole],
+        None => all.iter().filter(|i| i.key.starts_with(key)).collect(),
+    };
+    match found[..] {
+        [] => anyhow::bail!("{key}: no such image (husk image ls lists them)"),
+        [one] => Ok(one),
+        _ => anyhow::bail!(
+            "{key}: {} images' keys begin so; give more of the key",
+            found.len()
+        ),
+    }
+}
+
+fn remove(dir: &Path) -> anyhow::Result<()> {
+    images::remove(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
