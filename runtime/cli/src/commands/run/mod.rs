@@ -164,8 +164,9 @@ pub struct Args {
         long,
         value_name = "NAME",
         conflicts_with_all = [
-            "target", "command", "env", "env_file", "user", "workdir", "kernel", "initrd", "disks", "cmdline", "cpus",
-            "memory", "net", "vsock", "volumes", "hostname", "read_only", "hold", "cold",
+            "target", "command", "env", "env_file", "user", "workdir", "kernel", "initrd",
+            "disks", "cmdline", "cpus", "memory", "net", "vsock", "volumes", "hostname",
+            "read_only", "hold", "cold",
         ]
     )]
     from_snapshot: Option<String>,
@@ -580,10 +581,11 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    mark(match &warm {
-        Some(warm::Warm::Restore { .. }) => "snapshot opened",
-        _ => "snapshot looked up",
-    });
+    match &warm {
+        Some(warm::Warm::Restore { .. }) => mark("snapshot opened"),
+        Some(warm::Warm::Take { .. }) => mark("no snapshot yet: this run takes one"),
+        None => {}
+    }
     // A detached VM child: what a snapshot of it on request would be.
     let snapshot_requests = match &vm_child {
         Some(vm) => named::serve_requests(vm, snapshot_offer(&args, &plan, &named, &kernel, vm))?,
