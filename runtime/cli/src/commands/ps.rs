@@ -49,6 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 (format!("Up {up}"), addresses)
             }
+            Status::Restarting => {
+                let code = state.exit_code.map_or("?".into(), |c| c.to_string());
+                let ago = human_duration(now_ms().saturating_sub(state.finished_ms.unwrap_or(0)));
+                (format!("Restarting ({code}) {ago} ago"), String::new())
+            }
             Status::Exited => {
                 let ago = state
                     .finished_ms

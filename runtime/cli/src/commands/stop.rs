@@ -34,16 +34,35 @@ pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The keeper's control socket, or `None` once the appliance has exited.
+/// A keeper that restarts its appliance (`--restart`) runs itself again
+/// and binds the socket anew: it is waited for.
+fn connect(vm: &VmDir, name: &str) -> anyhow::Result<Option<Control>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = vm.current_state()?.status;
+        if status == Status::Exited {
+            return Ok(None);
+        }
+        match Control::connect(&vm.control(), name) {
+            Ok(c) => return Ok(Some(c)),
+            Err(_)
+                if matches!(status, Status::Restarting | Status::Starting)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // It ended between the two looks.
+            Err(_) if vm.current_state()?.status == Status::Exited => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn stop_one(name: &str, grace_secs: u32) -> anyhow::Result<()> {
     let vm = VmDir::find(name)?;
-    if vm.current_state()?.status == Status::Exited {
+    let Some(mut control) = connect(&vm, name)? else {
         return Ok(());
-    }
-    let mut control = match Control::connect(&vm.control(), name) {
-        Ok(c) => c,
-        // It ended between the two looks.
-        Err(_) if vm.current_state()?.status == Status::Exited => return Ok(()),
-        Err(e) => return Err(e),
     };
     let asked = control.call(&Request::Stop {
         grace_ms: u64::from(grace_secs) * 1000,
@@ -59,10 +78,9 @@ pub fn stop_one(name: &str, grace_secs: u32) -> anyhow::Result<()> {
 pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
     let signal = parse_signal(&args.signal)?;
     let vm = VmDir::find(&args.name)?;
-    if vm.current_state()?.status == Status::Exited {
+    let Some(mut control) = connect(&vm, &args.name)? else {
         anyhow::bail!("{} is not running", args.name);
-    }
-    let mut control = Control::connect(&vm.control(), &args.name)?;
+    };
     match control.call(&Request::Kill { signal })? {
         Response::Ok => {
             println!("{}", args.name);

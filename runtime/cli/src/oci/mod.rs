@@ -673,7 +673,8 @@ fn oci_status(vm: &VmDir, state: &State) -> &'static str {
         Status::Created => "created",
         Status::Running if vm.dir.join(PAUSED_FILE).exists() => "paused",
         Status::Running => "running",
-        Status::Exited => "stopped",
+        // husk-runtime's containers have no restart policy.
+        Status::Exited | Status::Restarting => "stopped",
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod control;
 pub mod keeper;
 pub mod log;
+pub mod restart;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,9 @@ pub enum Status {
     Running,
     /// It ended; `exit_code` says how.
     Exited,
+    /// Its command ended (`exit_code`) and its restart policy starts it
+    /// again after a delay.
+    Restarting,
 }
 
 /// `state.json`.
@@ -130,6 +134,11 @@ pub struct State {
     /// so a recycled pid is not taken for it.
     pub keeper_pid: u32,
     pub keeper_start: u64,
+    /// `--restart`, and how many times it has started the command again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restart: String,
+    #[serde(default)]
+    pub restart_count: u32,
 }
 
 /// One VM's folder.
@@ -300,6 +309,8 @@ mod tests {
             exit_code: None,
             keeper_pid: std::process::id(),
             keeper_start: process_start(std::process::id()).unwrap(),
+            restart: String::new(),
+            restart_count: 0,
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();

@@ -53,6 +53,10 @@ pub fn trials() -> Vec<Trial> {
             "detached_guest_agent_close_stdin_signal_wait_info_and_clock",
             agent_protocol,
         ),
+        boot_tests::trial(
+            "detached_restart_policies_start_the_command_again_until_stopped",
+            restart_policies,
+        ),
     ]
 }
 
@@ -1083,5 +1087,113 @@ fn agent_protocol() -> Result<(), Failed> {
         .into());
     }
     drop(c);
+    vm.remove(&processes)
+}
+
+/// Polls `vm`'s state until `done` holds for it (within `limit`).
+fn state_until(
+    vm: &Vm,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, Failed> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let state = vm.state()?;
+        if done(&state) {
+            return Ok(state);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{}: {what} within {limit:?}; state: {state}", vm.name).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `--restart`: on-failure starts a failing command again at most N
+/// times, keeping one log; always starts even a clean exit again, until
+/// `husk stop`, which a restart in progress also hears; nothing is left.
+fn restart_policies() -> Result<(), Failed> {
+    for (bad, says) in [
+        (&["--restart", "sometimes"][..], "write no, always"),
+        (&["--restart", "always", "--rm"][..], "cannot be used with"),
+    ] {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(bad);
+        all.push("examples/busybox");
+        let r = h(&all)?;
+        if r.code != Some(2) || !r.stderr.contains(says) {
+            return Err(r.explain(&format!("{bad:?} should be refused")).into());
+        }
+    }
+
+    let script = "echo run; sleep 1; exit 3";
+    let vm = Vm::start(
+        "d-on-failure",
+        &[
+            "--restart",
+            "on-failure:2",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )?;
+    let mut processes = tree(vm.keeper()?);
+    let state = state_until(
+        &vm,
+        Duration::from_secs(150),
+        "exited after 2 restarts",
+        |s| s["status"] == "exited",
+    )?;
+    if state["restart_count"] != 2 || state["exit_code"] != 3 || state["restart"] != "on-failure:2"
+    {
+        return Err(format!("on-failure:2 of a command exiting 3: {state}").into());
+    }
+    let logs = ok(h(&["logs", &vm.name])?, "logs")?;
+    if logs.stdout.lines().filter(|l| l.trim() == "run").count() != 3 {
+        return Err(logs.explain("three runs, one log").into());
+    }
+    if !vm.ps_line()?.contains("Exited (3)") {
+        return Err("ps -a should show it exited with 3".into());
+    }
+    processes.extend(tree(vm.keeper()?));
+    vm.remove(&processes)?;
+
+    // always: a clean exit starts it again too; stop ends that, also
+    // while a restart waits or boots.
+    let vm = Vm::start(
+        "d-always",
+        &[
+            "--restart",
+            "always",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 2",
+        ],
+    )?;
+    let mut processes = tree(vm.keeper()?);
+    state_until(&vm, Duration::from_secs(90), "restarted twice", |s| {
+        s["restart_count"].as_u64() >= Some(2)
+    })?;
+    processes.extend(tree(vm.keeper()?));
+    let r = ok(
+        h(&["stop", "-t", "1", &vm.name])?,
+        "stop of an always-restarting appliance",
+    )?;
+    if r.stdout.trim() != vm.name {
+        return Err(r.explain("stop prints the name").into());
+    }
+    let stopped = state_until(&vm, Duration::from_secs(30), "exited after stop", |s| {
+        s["status"] == "exited"
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    let later = vm.state()?;
+    if later["status"] != "exited" || later["restart_count"] != stopped["restart_count"] {
+        return Err(format!("stopped, it must stay stopped: {stopped} then {later}").into());
+    }
     vm.remove(&processes)
 }

@@ -327,6 +327,12 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         .collect();
     drop(plan);
     let image = args.target.clone().unwrap_or_default();
-    let code = keeper::keep(vm, uds, image, ports, ready, args.rm, args.hold)?;
+    let options = keeper::Options {
+        ready,
+        remove_at_end: args.rm,
+        hold: args.hold,
+        restart: args.restart,
+    };
+    let code = keeper::keep(vm, uds, image, ports, options)?;
     Ok(ExitCode::from(code))
 }

@@ -135,6 +135,17 @@ pub struct Args {
     /// With -d: remove the appliance (its folder and log) when it stops
     #[arg(long, requires = "detach")]
     rm: bool,
+    /// With -d: start the command again when it ends: no, always,
+    /// unless-stopped, or on-failure[:MAX-RESTARTS] (a status other than
+    /// 0); not after husk stop, or husk kill with KILL, TERM, INT or QUIT
+    #[arg(
+        long,
+        value_name = "POLICY",
+        requires = "detach",
+        conflicts_with_all = ["rm", "hold"],
+        default_value = "no"
+    )]
+    restart: crate::vms::restart::Policy,
     /// The guest's hostname (default: the appliance's)
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::log::{LogWriter, MAX_LOG};
-use super::{now_ms, process_start, State, Status, VmDir};
+use super::{now_ms, process_start, restart, State, Status, VmDir};
 use crate::commands::exec::block_sigwinch;
 use crate::commands::run::named::SNAPSHOT_FD_ENV;
 
@@ -44,6 +44,10 @@ pub const EXITED: &str = "husk-keeper: exited";
 /// stdin, stdout and stderr as they are, and relays the command's streams
 /// to them once it starts.
 pub const WORD_FD_ENV: &str = "HUSK_KEEPER_WORD_FD";
+
+/// Set in a restarted keeper's environment (the keeper runs itself
+/// again): the delay it waited, in milliseconds, which the next doubles.
+const RESTART_DELAY_ENV: &str = "HUSK_KEEPER_RESTART_DELAY_MS";
 
 /// How long the keeper waits for the guest agent after the VM started.
 const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -78,6 +82,9 @@ struct Shared {
     /// Our end of the VM child's snapshot request socket; one snapshot at
     /// a time.
     snapshots: Mutex<std::os::unix::net::UnixDatagram>,
+    /// `husk stop` (or a `husk kill` that ends it) came: the restart
+    /// policy no longer applies.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -102,6 +109,16 @@ impl Shared {
                         .0;
                 }
             }
+        }
+    }
+
+    /// Waits (a second at most) for the control requests being answered.
+    fn drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.answering.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -140,15 +157,30 @@ impl Shared {
 
 /// The keeper's life: never returns an error to a caller who is gone;
 /// errors before `ready` go to the `husk run -d` that waits on stdout.
+/// How the keeper keeps its VM, besides what it runs.
+pub struct Options {
+    /// Wait for this check (and at most so long) before saying ready.
+    pub ready: Option<(Ready, Duration)>,
+    /// `--rm`: the VM's folder goes when it ends.
+    pub remove_at_end: bool,
+    /// The command waits for husk-runtime's start.
+    pub hold: bool,
+    pub restart: restart::Policy,
+}
+
 pub fn keep(
     vm: VmDir,
     uds: PathBuf,
     image: String,
     ports: Vec<String>,
-    ready: Option<(Ready, Duration)>,
-    remove_at_end: bool,
-    hold: bool,
+    options: Options,
 ) -> anyhow::Result<u8> {
+    let Options {
+        ready,
+        remove_at_end,
+        hold,
+        restart,
+    } = options;
     // Everything the keeper makes is the user's alone.
     // SAFETY: umask(2) cannot fail.
     unsafe { libc::umask(0o077) };
@@ -159,6 +191,12 @@ pub fn keep(
     // First: it blocks SIGWINCH before any thread starts.
     let word_fd = word_fd();
     let me = std::process::id();
+    let previous = vm.read_state().ok();
+    // Run again by its own restart policy: it counts on.
+    let restart_count = previous
+        .as_ref()
+        .filter(|s| s.status == Status::Restarting)
+        .map_or(0, |s| s.restart_count);
     let mut state = State {
         name: vm.name.clone(),
         image,
@@ -166,13 +204,18 @@ pub fn keep(
         cwd: std::env::current_dir().ok(),
         ports,
         // Started again (husk start): still created when it first was.
-        created_ms: vm.read_state().map_or_else(|_| now_ms(), |s| s.created_ms),
+        created_ms: previous.map_or_else(now_ms, |s| s.created_ms),
         status: Status::Starting,
         started_ms: None,
         finished_ms: None,
         exit_code: None,
         keeper_pid: me,
         keeper_start: process_start(me).context("cannot read this process's start time")?,
+        restart: match restart {
+            restart::Policy::No => String::new(),
+            policy => policy.to_string(),
+        },
+        restart_count,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
@@ -231,6 +274,7 @@ pub fn keep(
         held: Mutex::new(hold),
         relays: Mutex::new(Vec::new()),
         snapshots: Mutex::new(snapshots),
+        stopped: std::sync::atomic::AtomicBool::new(false),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
@@ -251,8 +295,12 @@ pub fn keep(
         Some(fd) => Box::new(std::fs::File::from(fd.try_clone()?)),
         None => Box::new(io::stdout()),
     };
-    match until_ready(&shared, &announce, ready, hold) {
+    // Whether the command ran (its restart policy applies to how it ended).
+    let mut ran = false;
+    let mut progress = Progress::Booting;
+    match until_ready(&shared, &announce, ready, hold, &mut progress) {
         Ok(()) => {
+            ran = !hold;
             if hold {
                 state.status = Status::Created;
             } else {
@@ -263,7 +311,21 @@ pub fn keep(
             let _ = writeln!(stdout, "{READY}");
         }
         Err(e) => {
-            if !shared.has_ended() {
+            // A command that ended at once powers its guest off itself.
+            if progress == Progress::Ended {
+                shared.wait_exit(Some(Duration::from_secs(10)));
+            }
+            if shared.has_ended() {
+                ran = progress != Progress::Booting;
+                if ran && restart != restart::Policy::No {
+                    let _ = writeln!(
+                        stdout,
+                        "husk: {e:#}; its restart policy ({restart}) may start it again \
+                         (husk stop {} ends that)",
+                        vm.name
+                    );
+                }
+            } else {
                 let _ = writeln!(stdout, "husk: {e:#}; stopping it");
                 shared.kill_vm();
             }
@@ -296,16 +358,37 @@ pub fn keep(
     if let Ok(now) = vm.read_state() {
         state.started_ms = now.started_ms;
     }
-    state.status = Status::Exited;
     state.finished_ms = Some(now_ms());
     state.exit_code = code;
-    let _ = vm.write_state(&state);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while shared.answering.load(std::sync::atomic::Ordering::SeqCst) > 0
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
+    let stopped = || shared.stopped.load(std::sync::atomic::Ordering::SeqCst);
+    if ran && !stopped() && restart.restarts(code, state.restart_count) {
+        let previous = std::env::var(RESTART_DELAY_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
+        let ran_for = state.finished_ms.unwrap_or(0) - state.started_ms.unwrap_or(0);
+        let delay = restart::delay(previous, Duration::from_millis(ran_for));
+        state.status = Status::Restarting;
+        state.restart_count += 1;
+        let _ = vm.write_state(&state);
+        // The control socket still answers meanwhile: a stop ends this.
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !stopped() {
+            std::thread::sleep(Duration::from_millis(20).min(delay));
+        }
+        if !stopped() {
+            // No request comes in any more; one on its way is answered
+            // (a stop among them still counts).
+            let _ = std::fs::remove_file(vm.control());
+            shared.drain();
+            if !stopped() {
+                return run_again(&shared, delay);
+            }
+        }
     }
+    state.status = Status::Exited;
+    let _ = vm.write_state(&state);
+    shared.drain();
     let _ = std::fs::remove_file(vm.control());
     let _ = std::fs::remove_file(&shared.uds);
     if remove_at_end {
@@ -318,6 +401,25 @@ pub fn keep(
         vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
     }
     Ok(code.unwrap_or(0))
+}
+
+/// The keeper once more, in this process (its pid and start time are
+/// what the state names): it starts a new VM. The old VM's vsock socket
+/// and jail go first, as when a keeper leaves.
+fn run_again(shared: &Shared, delay: Duration) -> anyhow::Result<u8> {
+    let _ = std::fs::remove_file(&shared.uds);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
+    }
+    let exe = std::env::current_exe().context("cannot locate the husk binary")?;
+    // exec only returns on failure; every descriptor this process opened
+    // is close-on-exec.
+    let e = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(RESTART_DELAY_ENV, delay.as_millis().to_string())
+        .exec();
+    Err(e).context("cannot run the keeper again")
 }
 
 /// A pidfd for process `pid` (our child, not yet reaped: it was just
@@ -403,11 +505,22 @@ fn wait_child(mut child: Child, shared: &Shared) {
 /// Waits until the guest agent answers and says the command started (a
 /// held guest: only that the agent answers); then for the readiness
 /// check, if any.
+/// How far a VM got on its way to ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Booting,
+    /// Its command started.
+    Started,
+    /// Its command started and ended at once.
+    Ended,
+}
+
 fn until_ready(
     shared: &Shared,
     announce: &UnixListener,
     ready: Option<(Ready, Duration)>,
     hold: bool,
+    progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + AGENT_BOOT_TIMEOUT;
     let mut conn = loop {
@@ -443,11 +556,14 @@ fn until_ready(
         };
     }
     match agent::call(&mut conn, &agent::Request::MainStarted)? {
-        agent::Response::Started { .. } => {}
-        agent::Response::Exited { status } => anyhow::bail!(
-            "the appliance's command ended at once (status {})",
-            status.shell_code()
-        ),
+        agent::Response::Started { .. } => *progress = Progress::Started,
+        agent::Response::Exited { status } => {
+            *progress = Progress::Ended;
+            anyhow::bail!(
+                "the appliance's command ended at once (status {})",
+                status.shell_code()
+            )
+        }
         other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
     }
     let Some((check, timeout)) = ready else {

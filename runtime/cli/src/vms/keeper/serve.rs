@@ -90,6 +90,11 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
         },
         Request::Start { process } => start_held(shared, *process),
         Request::Kill { signal } => {
+            if super::restart::stops_for_good(signal) {
+                shared
+                    .stopped
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if *shared.held.lock().unwrap_or_else(|e| e.into_inner()) {
                 // No command yet: the signal ends the guest that waits for it.
                 shared.kill_vm();
@@ -115,6 +120,9 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
         }),
         Request::Snapshot { dir } => snapshot(shared, &dir).map(|()| Response::Ok),
         Request::Stop { grace_ms } => {
+            shared
+                .stopped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let grace = Duration::from_millis(grace_ms);
             if !shared.has_ended() {
                 let asked = shared.agent_call(&agent::Request::Shutdown { grace_ms });
