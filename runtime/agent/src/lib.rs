@@ -348,6 +348,9 @@ pub enum Request {
     /// The figures of the cgroup the container process `id` runs in.
     /// Answer: [`Response::Stats`].
     Stats { id: u32 },
+    /// What the whole guest uses: memory, network and disk traffic,
+    /// processes (`husk stats`). Answer: [`Response::Usage`].
+    Usage,
     /// Sets limits of the cgroup the container process `id` runs in
     /// (what `resources` leaves `None` stays as it is). Answer:
     /// [`Response::Ok`].
@@ -373,6 +376,7 @@ pub enum Response {
     Exited { status: ExitStatus },
     Info(GuestInfo),
     Stats(CgroupStats),
+    Usage(Usage),
     Error { kind: ErrorKind, message: String },
 }
 
@@ -407,6 +411,23 @@ pub struct GuestInfo {
     pub addresses: Vec<String>,
     /// Processes the agent is keeping (running, or ended and not waited for).
     pub processes: u32,
+}
+
+/// What the whole guest uses, as its kernel counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    /// `MemTotal` and `MemAvailable` of `/proc/meminfo`, bytes.
+    pub memory_total: u64,
+    pub memory_available: u64,
+    /// Bytes received and sent on every interface but loopback.
+    pub net_rx: u64,
+    pub net_tx: u64,
+    /// Bytes read from and written to the guest's disks.
+    pub block_read: u64,
+    pub block_write: u64,
+    /// Processes (kernel threads left out).
+    pub pids: u32,
 }
 
 /// What init reads on [`RESUME_PORT`]: this run's part of the kernel

@@ -111,6 +111,7 @@ fn every_request_round_trips() {
         },
         Request::ProbeTcp { port: 8080 },
         Request::Stats { id: 4 },
+        Request::Usage,
         Request::Update {
             id: 4,
             resources: Resources {
@@ -137,6 +138,15 @@ fn every_response_round_trips() {
         Response::Exited {
             status: ExitStatus::Signal(9),
         },
+        Response::Usage(Usage {
+            memory_total: 128 << 20,
+            memory_available: 100 << 20,
+            net_rx: 1,
+            net_tx: u64::MAX,
+            block_read: 512,
+            block_write: 0,
+            pids: 3,
+        }),
         Response::Info(GuestInfo {
             hostname: "web".into(),
             uptime_ms: 1234,

@@ -44,6 +44,9 @@ enum Command {
     Kill(commands::stop::KillArgs),
     /// Wait for a detached appliance to stop and print its exit status
     Wait(commands::wait::Args),
+    /// Show what running detached appliances use: CPU, memory, network,
+    /// disk, processes
+    Stats(commands::stats::Args),
     /// Remove detached appliances that have stopped
     Rm(commands::rm::Args),
     /// Build an appliance or image into a bootable root filesystem image
@@ -103,6 +106,7 @@ pub fn husk_main() -> ExitCode {
         Command::Start(args) => commands::start::start(args),
         Command::Restart(args) => commands::start::restart(args),
         Command::Wait(args) => commands::wait::run(args),
+        Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Build(args) => commands::build::run(args),
         Command::Export(args) => commands::export::run(args),

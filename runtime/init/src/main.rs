@@ -14,6 +14,7 @@ mod container;
 mod net;
 mod pidns;
 mod sys;
+mod usage;
 
 use std::collections::HashSet;
 use std::fs;

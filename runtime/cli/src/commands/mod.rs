@@ -13,6 +13,7 @@ pub mod rm;
 pub mod run;
 pub mod snapshot;
 pub mod start;
+pub mod stats;
 pub mod stop;
 mod target;
 pub mod validate;
@@ -81,5 +82,30 @@ pub fn prune<'a>(doomed: impl IntoIterator<Item = Doomed<'a>>) -> std::process::
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Rows in columns as `ps`-like commands print them: each cell padded to
+/// its column's widest, three spaces apart, the last column as it is.
+pub fn print_columns(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == columns {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
     }
 }

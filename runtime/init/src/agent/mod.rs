@@ -278,6 +278,7 @@ impl Agent {
                     .map_err(|e| error(ErrorKind::Failed, format!("resize: {e}")))
             }
             Request::Info => Ok(Response::Info(self.info())),
+            Request::Usage => Ok(Response::Usage(crate::usage::now())),
             Request::SetTime { secs, nanos } => sys::set_clock(secs, nanos)
                 .map(|_| Response::Ok)
                 .map_err(|e| error(ErrorKind::Failed, format!("set the clock: {e}"))),

@@ -57,6 +57,7 @@ pub fn trials() -> Vec<Trial> {
             "detached_restart_policies_start_the_command_again_until_stopped",
             restart_policies,
         ),
+        boot_tests::trial("detached_stats_shows_cpu_memory_disk_and_processes", stats),
     ]
 }
 
@@ -1196,4 +1197,76 @@ fn restart_policies() -> Result<(), Failed> {
         return Err(format!("stopped, it must stay stopped: {stopped} then {later}").into());
     }
     vm.remove(&processes)
+}
+
+/// `husk stats`: a busy appliance's CPU is its VMM's (far above an idle
+/// one's), its memory, disk writes and processes the guest's own.
+fn stats() -> Result<(), Failed> {
+    let busy = Vm::start(
+        "d-busy",
+        &[
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/data/f bs=1M count=4 conv=fsync 2>/dev/null; \
+             sleep 1000 & while :; do :; done",
+        ],
+    )?;
+    let idle = Vm::start("d-idle", &["examples/busybox", "--", "sleep", "1000"])?;
+    let (busy_tree, idle_tree) = (tree(busy.keeper()?), tree(idle.keeper()?));
+    // The dd is done once its file is whole.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = busy.exec(&[
+            "sh",
+            "-c",
+            "test $(stat -c %s /data/f) = 4194304 && echo whole",
+        ])?;
+        if r.stdout.trim() == "whole" {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(r.explain("the guest's dd did not finish").into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = ok(h(&["stats", "--no-stream"])?, "husk stats --no-stream")?;
+    let row = |name: &str| -> Result<Vec<String>, Failed> {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .ok_or_else(|| r.explain(&format!("{name} is not in husk stats")))?;
+        Ok(line
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect())
+    };
+    let (b, i) = (row(&busy.name)?, row(&idle.name)?);
+    let cpu = |row: &[String]| -> f64 { row[1].trim_end_matches('%').parse().unwrap_or(-1.0) };
+    let pids = |row: &[String]| -> u32 { row[6].parse().unwrap_or(0) };
+    let written = b[5].split(" / ").nth(1).unwrap_or("0B");
+    if b.len() != 8 || cpu(&b) < 20.0 || cpu(&b) <= cpu(&i) || cpu(&i) < 0.0 {
+        return Err(r
+            .explain("a busy guest's CPU % should be high, above an idle one's")
+            .into());
+    }
+    if !b[2].ends_with("MiB") || !b[2].contains(" / ") || pids(&b) < 3 || pids(&i) < 2 {
+        return Err(r
+            .explain("memory used / total and the guest's processes")
+            .into());
+    }
+    if written == "0B" || !written.ends_with("MB") {
+        return Err(r.explain("the guest wrote 4 MiB to its disk").into());
+    }
+    // One name: that row alone.
+    let r = ok(h(&["stats", "--no-stream", &idle.name])?, "husk stats NAME")?;
+    if r.stdout.lines().count() != 2 || !r.stdout.contains(&idle.name) {
+        return Err(r.explain("stats of one appliance").into());
+    }
+    busy.remove(&busy_tree)?;
+    idle.remove(&idle_tree)
 }
