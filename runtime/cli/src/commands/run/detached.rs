@@ -306,6 +306,26 @@ fn ready_check(args: &Args) -> anyhow::Result<(keeper::Ready, Duration)> {
     Ok((check, Duration::from_secs(ready.timeout.into())))
 }
 
+/// The restart policy of a `husk run -d` that names none: an appliance
+/// that says it is a service (`run.on_exit = "restart"`, what an exported
+/// machine does) is started again unless stopped; anything else is not.
+fn default_restart(args: &Args) -> crate::vms::restart::Policy {
+    use crate::vms::restart::Policy;
+    let service = !args.rm
+        && !args.hold
+        && args
+            .target
+            .as_deref()
+            .and_then(|t| super::super::target::Target::parse(t).ok())
+            .and_then(|t| Some(t.appliance()?.run.on_exit))
+            == Some(appliance_spec::OnExit::Restart);
+    if service {
+        Policy::UnlessStopped
+    } else {
+        Policy::No
+    }
+}
+
 /// The keeper's side of `husk run -d`.
 pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
     let plan = plan(args)?;
@@ -331,8 +351,51 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         ready,
         remove_at_end: args.rm,
         hold: args.hold,
-        restart: args.restart,
+        restart: args.restart.unwrap_or_else(|| default_restart(args)),
     };
     let code = keeper::keep(vm, uds, image, ports, options)?;
     Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vms::restart::Policy;
+
+    #[test]
+    fn a_service_appliance_restarts_unless_stopped_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        // The file the appliance adds (only looked at, not built).
+        std::fs::write(dir.path().join("hello"), "").unwrap();
+        let app = |name: &str, on_exit: &str| {
+            let path = dir.path().join(name);
+            let text = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../examples/hello/appliance.toml"),
+            )
+            .unwrap()
+            .replace("[run]\n", &format!("[run]\n{on_exit}\n"));
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let service = app("service.toml", "on_exit = \"restart\"");
+        let plain = app("plain.toml", "");
+        let policy = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let args = crate::parse_run_args(&args).unwrap();
+            args.restart
+                .unwrap_or_else(|| super::default_restart(&args))
+        };
+        assert_eq!(policy(&["run", "-d", &service]), Policy::UnlessStopped);
+        assert_eq!(policy(&["run", "-d", "--rm", &service]), Policy::No);
+        assert_eq!(
+            policy(&["run", "-d", "--restart", "no", &service]),
+            Policy::No
+        );
+        assert_eq!(policy(&["run", "-d", &plain]), Policy::No);
+        assert_eq!(
+            policy(&["run", "-d", "--restart", "on-failure:5", &plain]),
+            Policy::OnFailure { max: Some(5) }
+        );
+        assert_eq!(policy(&["run", "-d", "oci:/nowhere"]), Policy::No);
+    }
 }

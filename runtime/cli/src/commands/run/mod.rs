@@ -138,14 +138,15 @@ pub struct Args {
     /// With -d: start the command again when it ends: no, always,
     /// unless-stopped, or on-failure[:MAX-RESTARTS] (a status other than
     /// 0); not after husk stop, or husk kill with KILL, TERM, INT or QUIT
+    /// (default: unless-stopped for an appliance whose run.on_exit is
+    /// "restart", else no)
     #[arg(
         long,
         value_name = "POLICY",
         requires = "detach",
-        conflicts_with_all = ["rm", "hold"],
-        default_value = "no"
+        conflicts_with_all = ["rm", "hold"]
     )]
-    restart: crate::vms::restart::Policy,
+    restart: Option<crate::vms::restart::Policy>,
     /// The guest's hostname (default: the appliance's)
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
