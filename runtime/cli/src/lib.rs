@@ -69,6 +69,9 @@ enum Command {
     /// List and remove the built images husk keeps in its cache
     #[command(subcommand)]
     Image(commands::image::Command),
+    /// Show the space husk takes, and remove what nothing uses any more
+    #[command(subcommand)]
+    System(commands::system::Command),
 }
 
 /// A recorded `husk run ...` command line (without `husk`) as `husk run`
@@ -115,6 +118,7 @@ pub fn husk_main() -> ExitCode {
         Command::Kernel(cmd) => commands::kernel::run(cmd),
         Command::Snapshot(cmd) => commands::snapshot::run(cmd),
         Command::Image(cmd) => commands::image::run(cmd),
+        Command::System(cmd) => commands::system::run(cmd),
     };
     match result {
         Ok(code) => code,

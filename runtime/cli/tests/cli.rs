@@ -573,3 +573,111 @@ fn a_dead_keepers_appliance_shows_exited_and_rm_removes_it() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!dir.exists());
 }
+
+/// `husk system df` counts appliances, images and snapshots, and what of
+/// them nothing uses; `husk system prune` removes just that.
+#[test]
+fn system_df_and_prune_take_what_nothing_uses() {
+    let prepare = Command::new(examples_dir().join("prepare"))
+        .status()
+        .unwrap();
+    assert!(prepare.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, cache, snaps) = (
+        tmp.path().join("state"),
+        tmp.path().join("cache"),
+        tmp.path().join("snapshots"),
+    );
+    let husk_s = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .env("HUSK_STATE_DIR", &state)
+            .env("HUSK_CACHE_DIR", &cache)
+            .env("HUSK_SNAPSHOT_DIR", &snaps)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "husk {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Two appliances: one exited, one whose keeper (this test) runs.
+    let own_start = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let own_start = own_start[own_start.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    for (name, status, start) in [("gone", "exited", "1"), ("live", "running", &own_start)] {
+        let dir = state.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = format!(
+            r#"{{"name":"{name}","image":"x","ports":[],"created_ms":1,"status":"{status}",
+                "keeper_pid":{},"keeper_start":{start}}}"#,
+            std::process::id()
+        );
+        std::fs::write(dir.join("state.json"), json).unwrap();
+        std::fs::write(dir.join("console.log"), vec![b'x'; 5000]).unwrap();
+    }
+    // Two images of one appliance: the first superseded by the second.
+    let app = tmp.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::copy(examples_dir().join("hello/hello"), app.join("hello")).unwrap();
+    let toml = std::fs::read_to_string(examples_dir().join("hello/appliance.toml")).unwrap();
+    let mut keys = Vec::new();
+    for greeting in ["One", "Two"] {
+        let text = toml.replace(
+            "GREETING = \"Hello\"",
+            &format!("GREETING = \"{greeting}\""),
+        );
+        std::fs::write(app.join("appliance.toml"), text).unwrap();
+        let path = husk_s(&["build", app.to_str().unwrap()]);
+        let key = std::path::Path::new(path.trim())
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap();
+        keys.push(key.to_string_lossy().into_owned());
+    }
+    // A snapshot whose run ended before it was whole.
+    std::fs::create_dir_all(snaps.join("0123456789abcdef0123456789abcdef")).unwrap();
+
+    let row_of = |df: &str, kind: &str| -> Vec<String> {
+        df.lines()
+            .find(|l| l.starts_with(kind))
+            .unwrap_or_else(|| panic!("no {kind} in:\n{df}"))
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let df = husk_s(&["system", "df"]);
+    let row = |kind: &str| row_of(&df, kind);
+    assert_eq!(row("Appliances")[1..3], ["2", "1"], "{df}");
+    assert_eq!(row("Images")[1..3], ["2", "1"], "{df}");
+    assert_eq!(row("Snapshots")[1..3], ["1", "0"], "{df}");
+    assert_ne!(row("Images")[4], "0KiB", "{df}");
+    assert!(
+        row("Kernels").len() == 5 && row("Pulled images").len() == 5,
+        "{df}"
+    );
+
+    let out = husk_s(&["system", "prune"]);
+    let want = format!(
+        "Deleted appliances:\ngone\nDeleted images:\n{}\nDeleted snapshots:\n0123456789abcdef0123456789abcdef\n",
+        keys[0]
+    );
+    assert_eq!(out, want);
+    assert!(state.join("live").exists() && !state.join("gone").exists());
+    assert!(cache.join("images").join(&keys[1]).exists());
+    assert!(!cache.join("images").join(&keys[0]).exists());
+    let df = husk_s(&["system", "df"]);
+    for kind in ["Appliances", "Images", "Snapshots"] {
+        assert_eq!(row_of(&df, kind)[4], "0KiB", "{kind}: {df}");
+    }
+    // Nothing more to take.
+    assert_eq!(husk_s(&["system", "prune"]), "");
+}

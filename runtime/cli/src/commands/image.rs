@@ -45,25 +45,28 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("{}", image.key);
             Ok(())
         }),
-        Command::Prune { all } => {
-            let unused = images::unused(&listing.images);
-            let doomed = listing
-                .images
-                .into_iter()
-                .zip(unused)
-                .filter(|(_, u)| all || u.is_some())
-                .map(|(i, _)| (Some(i.key), i.bytes, i.dir));
-            let leftovers = listing
-                .leftovers
-                .into_iter()
-                .map(|d| (None, builder::cache::disk_usage(&d), d));
-            Ok(super::prune(doomed.chain(leftovers).map(
-                |(key, bytes, dir)| -> super::Doomed {
-                    (key, bytes, Box::new(move || remove(&dir)))
-                },
-            )))
-        }
+        Command::Prune { all } => Ok(super::prune(doomed(listing, all))),
     }
+}
+
+/// What `prune` removes: the images no target builds to any more (with
+/// `all`, every one), and what killed builds left.
+pub fn doomed(listing: images::Listing, all: bool) -> Vec<super::Doomed<'static>> {
+    let unused = images::unused(&listing.images);
+    let doomed = listing
+        .images
+        .into_iter()
+        .zip(unused)
+        .filter(|(_, u)| all || u.is_some())
+        .map(|(i, _)| (Some(i.key), i.bytes, i.dir));
+    let leftovers = listing
+        .leftovers
+        .into_iter()
+        .map(|d| (None, builder::cache::disk_usage(&d), d));
+    doomed
+        .chain(leftovers)
+        .map(|(key, bytes, dir)| -> super::Doomed { (key, bytes, Box::new(move || remove(&dir))) })
+        .collect()
 }
 
 fn ls(all: &[CachedImage]) {

@@ -15,6 +15,7 @@ pub mod snapshot;
 pub mod start;
 pub mod stats;
 pub mod stop;
+pub mod system;
 mod target;
 pub mod validate;
 pub mod wait;
@@ -62,6 +63,18 @@ pub type Doomed<'a> = (
 /// bytes freed on stderr; one that cannot be removed is reported and the
 /// rest still go. Fails if any could not be removed.
 pub fn prune<'a>(doomed: impl IntoIterator<Item = Doomed<'a>>) -> std::process::ExitCode {
+    let (freed, failed) = remove_each(doomed);
+    eprintln!("husk: freed {}", human_size(freed));
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Removes each of `doomed` as [`prune`] does, saying nothing of the
+/// total: the bytes freed, and whether any could not be removed.
+pub fn remove_each<'a>(doomed: impl IntoIterator<Item = Doomed<'a>>) -> (u64, bool) {
     let (mut freed, mut failed) = (0, false);
     for (key, bytes, remove) in doomed {
         match remove() {
@@ -77,12 +90,7 @@ pub fn prune<'a>(doomed: impl IntoIterator<Item = Doomed<'a>>) -> std::process::
             }
         }
     }
-    eprintln!("husk: freed {}", human_size(freed));
-    if failed {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    }
+    (freed, failed)
 }
 
 /// Rows in columns as `ps`-like commands print them: each cell padded to

@@ -25,7 +25,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn remove(name: &str, force: bool) -> anyhow::Result<()> {
+pub(super) fn remove(name: &str, force: bool) -> anyhow::Result<()> {
     let vm = VmDir::find(name)?;
     let state = vm.current_state()?;
     if state.status != Status::Exited {

@@ -90,17 +90,23 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("{}", s.key);
             Ok(())
         }),
-        Command::Prune { all } => {
-            let doomed = list(&root)?.into_iter().filter(|s| {
-                let stale = matches!(s.state, State::Stale | State::Incomplete);
-                (all || stale) && s.state != State::Writing
-            });
-            Ok(super::prune(doomed.map(|s| -> super::Doomed {
-                let remove = move || Ok(vmm::snapshot::remove(&s.dir)?);
-                (Some(s.key.clone()), s.bytes, Box::new(remove))
-            })))
-        }
+        Command::Prune { all } => Ok(super::prune(doomed(&root, all)?)),
     }
+}
+
+/// What `prune` removes: the snapshots no run can restore (with `all`,
+/// every one), never one being written.
+pub fn doomed(root: &Path, all: bool) -> anyhow::Result<Vec<super::Doomed<'static>>> {
+    let doomed = list(root)?.into_iter().filter(|s| {
+        let stale = matches!(s.state, State::Stale | State::Incomplete);
+        (all || stale) && s.state != State::Writing
+    });
+    Ok(doomed
+        .map(|s| -> super::Doomed {
+            let remove = move || Ok(vmm::snapshot::remove(&s.dir)?);
+            (Some(s.key.clone()), s.bytes, Box::new(remove))
+        })
+        .collect())
 }
 
 /// `husk snapshot create VM NAME`: the VM's keeper makes the files and

@@ -1,0 +1,130 @@
+//! `husk system df|prune`: what husk keeps on this machine, and removing
+//! what nothing uses any more, as `docker system` does.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::{human_size, Doomed};
+use crate::vms::{Status, VmDir};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// How much space appliances, images, snapshots, kernels and pulled
+    /// images take, and how much prune would free
+    Df,
+    /// Remove detached appliances that have exited, images no target
+    /// builds to any more, snapshots no run can restore, and what killed
+    /// builds left; with --all, every image and snapshot too
+    Prune {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    let cache = builder::cache::root().context("cannot find husk's cache folder")?;
+    let snapshots = super::run::warm::root()?;
+    let images = || {
+        builder::images::list(&cache)
+            .with_context(|| format!("cannot read {}/images", cache.display()))
+    };
+    match cmd {
+        Command::Df => {
+            let kinds = [
+                ("Appliances", appliances(true)?, appliances(false)?),
+                (
+                    "Images",
+                    super::image::doomed(images()?, true),
+                    super::image::doomed(images()?, false),
+                ),
+                (
+                    "Snapshots",
+                    super::snapshot::doomed(&snapshots, true)?,
+                    super::snapshot::doomed(&snapshots, false)?,
+                ),
+            ];
+            let mut rows = vec![["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+                .map(String::from)
+                .to_vec()];
+            let bytes = |d: &[Doomed]| d.iter().map(|(_, b, _)| b).sum::<u64>();
+            for (kind, every, unused) in &kinds {
+                // A leftover of a killed build is not counted as an image.
+                let count = |d: &[Doomed]| d.iter().filter(|(k, ..)| k.is_some()).count();
+                rows.push(vec![
+                    kind.to_string(),
+                    count(every).to_string(),
+                    (count(every) - count(unused)).to_string(),
+                    human_size(bytes(every)),
+                    human_size(bytes(unused)),
+                ]);
+            }
+            // Kept by prune: a kernel takes minutes to build again, and a
+            // pulled image is what a later build of its reference uses.
+            for (kind, dirs) in [
+                ("Kernels", &["kernels"][..]),
+                ("Pulled images", &["pulls", "imports", "blobs"][..]),
+            ] {
+                let size: u64 = dirs
+                    .iter()
+                    .map(|d| builder::cache::disk_usage(&cache.join(d)))
+                    .sum();
+                let count = dirs
+                    .iter()
+                    .filter_map(|d| std::fs::read_dir(cache.join(d)).ok())
+                    .flat_map(|e| e.flatten())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count();
+                rows.push(vec![
+                    kind.to_string(),
+                    count.to_string(),
+                    "-".into(),
+                    human_size(size),
+                    human_size(0),
+                ]);
+            }
+            super::print_columns(&rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune { all } => {
+            let mut freed = 0;
+            let mut failed = false;
+            for (kind, doomed) in [
+                ("appliances", appliances(false)?),
+                ("images", super::image::doomed(images()?, all)),
+                ("snapshots", super::snapshot::doomed(&snapshots, all)?),
+            ] {
+                if doomed.iter().any(|(key, ..)| key.is_some()) {
+                    println!("Deleted {kind}:");
+                }
+                let (f, e) = super::remove_each(doomed);
+                freed += f;
+                failed |= e;
+            }
+            eprintln!("husk: freed {}", human_size(freed));
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// The detached appliances (`every`), or those that have exited.
+fn appliances(every: bool) -> anyhow::Result<Vec<Doomed<'static>>> {
+    let mut out: Vec<Doomed> = Vec::new();
+    for vm in VmDir::all()? {
+        let Ok(state) = vm.current_state() else {
+            continue;
+        };
+        if !every && state.status != Status::Exited {
+            continue;
+        }
+        let bytes = builder::cache::disk_usage(&vm.dir);
+        let name = vm.name.clone();
+        let remove = move || super::rm::remove(&vm.name, false);
+        out.push((Some(name), bytes, Box::new(remove)));
+    }
+    Ok(out)
+}
