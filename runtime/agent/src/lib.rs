@@ -16,6 +16,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod copy;
+
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -351,6 +353,23 @@ pub enum Request {
     /// What the whole guest uses: memory, network and disk traffic,
     /// processes (`husk stats`). Answer: [`Response::Usage`].
     Usage,
+    /// Copies `path` out of the guest (`husk cp NAME:PATH ...`). Answer:
+    /// [`Response::Ok`], then the connection carries a [`copy`] archive
+    /// of it (what it holds, with `contents`) and ends with it; or an
+    /// error when there is nothing at `path`. An archive cut short is the
+    /// guest failing to read something.
+    CopyOut { path: String, contents: bool },
+    /// Copies an archive into the guest at `path` by [`copy::unpack`]'s
+    /// rules (`husk cp ... NAME:PATH`), its files owned by root, or with
+    /// `owners` by the archive's owners. Answer: [`Response::Ok`]; then
+    /// the host sends the archive and ends its side of the connection
+    /// (`shutdown(SHUT_WR)`); then the agent answers once more:
+    /// [`Response::Ok`] once it is all in place, or an error.
+    CopyIn {
+        path: String,
+        contents: bool,
+        owners: bool,
+    },
     /// Sets limits of the cgroup the container process `id` runs in
     /// (what `resources` leaves `None` stays as it is). Answer:
     /// [`Response::Ok`].

@@ -112,6 +112,15 @@ fn every_request_round_trips() {
         Request::ProbeTcp { port: 8080 },
         Request::Stats { id: 4 },
         Request::Usage,
+        Request::CopyOut {
+            path: "/data/.".into(),
+            contents: true,
+        },
+        Request::CopyIn {
+            path: "/srv/".into(),
+            contents: false,
+            owners: true,
+        },
         Request::Update {
             id: 4,
             resources: Resources {

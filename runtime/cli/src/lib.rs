@@ -44,6 +44,9 @@ enum Command {
     Kill(commands::stop::KillArgs),
     /// Wait for a detached appliance to stop and print its exit status
     Wait(commands::wait::Args),
+    /// Copy files and folders between the host and a running detached
+    /// appliance (NAME:PATH), as docker cp does
+    Cp(commands::cp::Args),
     /// Show what running detached appliances use: CPU, memory, network,
     /// disk, processes
     Stats(commands::stats::Args),
@@ -109,6 +112,7 @@ pub fn husk_main() -> ExitCode {
         Command::Start(args) => commands::start::start(args),
         Command::Restart(args) => commands::start::restart(args),
         Command::Wait(args) => commands::wait::run(args),
+        Command::Cp(args) => commands::cp::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Build(args) => commands::build::run(args),

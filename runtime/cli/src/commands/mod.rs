@@ -1,6 +1,7 @@
 //! One file per `husk` command: parse arguments, call the libraries, print.
 
 pub mod build;
+pub mod cp;
 mod env;
 pub mod exec;
 pub mod export;

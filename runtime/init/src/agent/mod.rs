@@ -27,6 +27,7 @@ use husk_init::config::RunConfig;
 
 use crate::{cgroup, container, pidns, sys};
 
+mod copy;
 mod start;
 
 /// Processes kept at once (running, or ended and not yet waited for).
@@ -221,6 +222,15 @@ impl Agent {
                     return;
                 }
             };
+            match request {
+                Request::CopyOut { path, contents } => return copy::out(conn, &path, contents),
+                Request::CopyIn {
+                    path,
+                    contents,
+                    owners,
+                } => return copy::into(conn, &path, contents, owners),
+                _ => {}
+            }
             if let Request::Attach { id, stream } = request {
                 // A refused attach leaves the connection for requests.
                 match self.attach(conn, id, stream) {
@@ -246,10 +256,12 @@ impl Agent {
             Request::MainStarted => self.main_started(),
             Request::Start { process } => self.start(&process, false),
             Request::StartMain { process } => self.start_main(&process),
-            Request::Attach { .. } => Err(error(
-                ErrorKind::BadRequest,
-                "attach is answered on a connection of its own",
-            )),
+            Request::Attach { .. } | Request::CopyOut { .. } | Request::CopyIn { .. } => {
+                Err(error(
+                    ErrorKind::BadRequest,
+                    "attach and copies are answered on a connection of their own",
+                ))
+            }
             Request::Signal { id, signal } => {
                 let pid = self.running_pid(id)?;
                 sys::signal(pid, signal)

@@ -58,6 +58,10 @@ pub fn trials() -> Vec<Trial> {
             restart_policies,
         ),
         boot_tests::trial("detached_stats_shows_cpu_memory_disk_and_processes", stats),
+        boot_tests::trial(
+            "detached_cp_copies_files_and_folders_both_ways_as_docker_does",
+            cp,
+        ),
     ]
 }
 
@@ -1269,4 +1273,134 @@ fn stats() -> Result<(), Failed> {
     }
     busy.remove(&busy_tree)?;
     idle.remove(&idle_tree)
+}
+
+/// SHA-256 of a host file, as `sha256sum` prints it.
+fn sha256(path: &Path) -> Result<String, Failed> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// `husk cp` both ways: a folder with a file, an 8 MiB file checked by
+/// digest and a link; into a new folder, an existing one, by `DIR/.`, as
+/// a tar stream; owners kept with -a; docker's refusals.
+fn cp() -> Result<(), Failed> {
+    let vm = Vm::start("d-cp", &["examples/busybox", "--", "sleep", "1000"])?;
+    let processes = tree(vm.keeper()?);
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub"))?;
+    std::fs::write(src.join("a.txt"), "alpha")?;
+    let big = src.join("sub/big.bin");
+    let status = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "count=8", "status=none"])
+        .arg(format!("of={}", big.display()))
+        .status()?;
+    if !status.success() {
+        return Err("dd".into());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("a.txt"), std::fs::Permissions::from_mode(0o640))?;
+    std::os::unix::fs::symlink("a.txt", src.join("link"))?;
+    std::os::unix::fs::chown(src.join("a.txt"), Some(1234), Some(4321))?;
+    let digest = sha256(&big)?;
+    let src_arg = src.to_string_lossy().into_owned();
+    let at = |p: &str| format!("{}:{p}", vm.name);
+
+    // In: a new folder (made), then a file into it with -a.
+    ok(
+        h(&["cp", &src_arg, &at("/tmp/in")])?,
+        "cp into a new folder",
+    )?;
+    // As root: the 0640 file is root's in the guest.
+    let r = ok(
+        h(&[
+            "exec",
+            "-u",
+            "0",
+            &vm.name,
+            "sh",
+            "-c",
+            "cat /tmp/in/a.txt; echo; sha256sum /tmp/in/sub/big.bin; readlink /tmp/in/link; \
+             stat -c '%u:%g %a' /tmp/in/a.txt",
+        ])?,
+        "exec",
+    )?;
+    let want = format!("alpha\n{digest}  /tmp/in/sub/big.bin\na.txt\n0:0 640\n");
+    if r.stdout != want {
+        return Err(r
+            .explain(&format!("the copy in the guest: want {want:?}"))
+            .into());
+    }
+    let a_txt = src.join("a.txt").to_string_lossy().into_owned();
+    ok(
+        h(&["cp", "-a", &a_txt, &at("/tmp/in/sub/")])?,
+        "cp -a into a folder",
+    )?;
+    let r = ok(
+        vm.exec(&["stat", "-c", "%u:%g", "/tmp/in/sub/a.txt"])?,
+        "stat",
+    )?;
+    if r.stdout.trim() != "1234:4321" {
+        return Err(r.explain("-a keeps the owners").into());
+    }
+
+    // Out: a new folder, a file into an existing folder, DIR/., a tar.
+    let back = tmp.path().join("back");
+    ok(
+        h(&["cp", &at("/tmp/in"), &back.to_string_lossy()])?,
+        "cp out",
+    )?;
+    if sha256(&back.join("sub/big.bin"))? != digest
+        || std::fs::read_to_string(back.join("a.txt"))? != "alpha"
+        || std::fs::read_link(back.join("link"))? != Path::new("a.txt")
+    {
+        return Err("the copy out differs".into());
+    }
+    let dir = tmp.path().join("dir");
+    std::fs::create_dir(&dir)?;
+    ok(
+        h(&["cp", &at("/etc/motd"), &dir.to_string_lossy()])?,
+        "cp a file out",
+    )?;
+    if !std::fs::read_to_string(dir.join("motd"))?.contains("husk") {
+        return Err("motd should land in the folder".into());
+    }
+    let spread = tmp.path().join("spread");
+    ok(
+        h(&["cp", &at("/tmp/in/."), &spread.to_string_lossy()])?,
+        "cp DIR/.",
+    )?;
+    if !spread.join("sub/big.bin").exists() || spread.join("in").exists() {
+        return Err("DIR/. copies what the folder holds".into());
+    }
+    let r = ok(h(&["cp", &at("/tmp/in/a.txt"), "-"])?, "cp to stdout")?;
+    if !r.stdout.contains("a.txt") || !r.stdout.contains("alpha") {
+        return Err(r.explain("a tar archive on stdout").into());
+    }
+
+    // docker's refusals, and an appliance that is not there.
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (nowhere, onto, no_folder) = (at("/nowhere"), at("/tmp/in/a.txt"), at("/no/such/"));
+    let cases: [([&str; 3], &str); 5] = [
+        (["cp", &nowhere, &dir_arg], "No such file"),
+        (["cp", &src_arg, &onto], "onto a file"),
+        (["cp", &a_txt, &no_folder], "no such folder"),
+        (["cp", &a_txt, "d-absent:/x"], "d-absent"),
+        (["cp", &a_txt, &dir_arg], "NAME:PATH"),
+    ];
+    for (args, says) in cases {
+        let r = h(&args)?;
+        if r.code != Some(1) || !r.stderr.contains(says) {
+            return Err(r
+                .explain(&format!("husk {args:?} should fail saying {says:?}"))
+                .into());
+        }
+    }
+    vm.remove(&processes)
 }
