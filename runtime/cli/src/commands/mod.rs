@@ -42,13 +42,16 @@ pub(crate) fn each_name(
     })
 }
 
-/// A size on disk as `ls` commands show it: KiB under a MiB, else MiB.
+/// A size on disk as `ls` commands show it: KiB under a MiB, MiB under a
+/// GiB, else GiB.
 pub fn human_size(bytes: u64) -> String {
     const MIB: f64 = (1 << 20) as f64;
     if bytes < 1 << 20 {
         format!("{}KiB", bytes.div_ceil(1024))
-    } else {
+    } else if bytes < 1 << 30 {
         format!("{:.1}MiB", bytes as f64 / MIB)
+    } else {
+        format!("{:.1}GiB", bytes as f64 / MIB / 1024.0)
     }
 }
 

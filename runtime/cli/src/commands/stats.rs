@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::vms::control::Control;
-use crate::vms::{Status, VmDir};
+use crate::vms::{stat_field, Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -145,14 +145,8 @@ fn children(pid: u32) -> Vec<u32> {
 fn cpu_ticks(keeper: u32) -> u64 {
     vm_processes(keeper)
         .into_iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command name (which may hold spaces): utime
-            // and stime are fields 14 and 15, the 12th and 13th after it.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
+        // utime and stime.
+        .filter_map(|pid| Some(stat_field(pid, 14)? + stat_field(pid, 15)?))
         .sum()
 }
 

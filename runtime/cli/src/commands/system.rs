@@ -61,19 +61,27 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             // Kept by prune: a kernel takes minutes to build again, and a
             // pulled image is what a later build of its reference uses.
-            for (kind, dirs) in [
-                ("Kernels", &["kernels"][..]),
-                ("Pulled images", &["pulls", "imports", "blobs"][..]),
+            // Each kernel and each pulled or imported image is a folder of
+            // its own; the registries' blobs are the pulled images' too.
+            for (kind, counted, also) in [
+                ("Kernels", &["kernels"][..], &[][..]),
+                ("Pulled images", &["pulls", "imports"][..], &["blobs"][..]),
             ] {
-                let size: u64 = dirs
+                let size: u64 = counted
                     .iter()
+                    .chain(also)
                     .map(|d| builder::cache::disk_usage(&cache.join(d)))
                     .sum();
-                let count = dirs
+                let count = counted
                     .iter()
                     .filter_map(|d| std::fs::read_dir(cache.join(d)).ok())
                     .flat_map(|e| e.flatten())
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    // Not a temporary folder, nor the kernels' sources.
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        !name.starts_with('.') && name != "build"
+                    })
                     .count();
                 rows.push(vec![
                     kind.to_string(),

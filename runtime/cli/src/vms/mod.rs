@@ -230,11 +230,17 @@ impl VmDir {
 /// A process's start time in clock ticks since boot (`/proc/PID/stat`
 /// field 22), or `None` when it is gone.
 pub fn process_start(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+/// Field `n` (from 1, as proc(5) counts) of `/proc/PID/stat`, a number
+/// from field 3 on; `None` when the process is gone.
+pub fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
     // fields after it start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 pub fn process_alive(pid: u32, start: u64) -> bool {

@@ -366,7 +366,11 @@ pub fn keep(
             .ok()
             .and_then(|ms| ms.parse().ok())
             .map(Duration::from_millis);
-        let ran_for = state.finished_ms.unwrap_or(0) - state.started_ms.unwrap_or(0);
+        // A command that ended at once has no start recorded: no time.
+        let ran_for = match (state.started_ms, state.finished_ms) {
+            (Some(start), Some(end)) => end.saturating_sub(start),
+            _ => 0,
+        };
         let delay = restart::delay(previous, Duration::from_millis(ran_for));
         state.status = Status::Restarting;
         state.restart_count += 1;
