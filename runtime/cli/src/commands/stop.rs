@@ -68,11 +68,28 @@ pub fn stop_one(name: &str, grace_secs: u32) -> anyhow::Result<()> {
         grace_ms: u64::from(grace_secs) * 1000,
     });
     match asked {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         // The keeper left as the VM ended: stopped all the same.
-        Err(_) if vm.current_state()?.status == Status::Exited => Ok(()),
-        Err(e) => Err(e),
+        Err(_) if vm.current_state()?.status == Status::Exited => {}
+        Err(e) => return Err(e),
     }
+    // The keeper answers once the VM ended, and records the end just
+    // after (or, for `run -d --rm`, removes the folder): a `start` right
+    // after this (`husk restart`) must find it recorded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match vm.current_state() {
+            Ok(state) if state.status == Status::Exited => break,
+            // Removed (--rm), or being removed now.
+            Err(_) if !vm.dir.exists() => break,
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{name} stopped, but its keeper did not record it within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
