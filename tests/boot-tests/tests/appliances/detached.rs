@@ -1200,6 +1200,41 @@ fn restart_policies() -> Result<(), Failed> {
     if later["status"] != "exited" || later["restart_count"] != stopped["restart_count"] {
         return Err(format!("stopped, it must stay stopped: {stopped} then {later}").into());
     }
+    vm.remove(&processes)?;
+
+    // husk kill: a HUP the command ends on keeps the policy (it starts
+    // again); a KILL ends it for good.
+    let script = "trap 'echo hup; exit 5' HUP; echo up; while :; do sleep 1; done";
+    let vm = Vm::start(
+        "d-kill",
+        &[
+            "--restart",
+            "always",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )?;
+    let mut processes = tree(vm.keeper()?);
+    ok(h(&["kill", &vm.name, "HUP"])?, "kill HUP")?;
+    state_until(
+        &vm,
+        Duration::from_secs(60),
+        "running again after HUP",
+        |s| s["restart_count"] == 1 && s["status"] == "running",
+    )?;
+    processes.extend(tree(vm.keeper()?));
+    ok(h(&["kill", &vm.name, "KILL"])?, "kill KILL")?;
+    state_until(&vm, Duration::from_secs(30), "exited after KILL", |s| {
+        s["status"] == "exited"
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let later = vm.state()?;
+    if later["status"] != "exited" || later["restart_count"] != 1 || later["exit_code"] != 137 {
+        return Err(format!("killed with KILL, it must stay exited (137): {later}").into());
+    }
     vm.remove(&processes)
 }
 
