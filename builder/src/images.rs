@@ -5,7 +5,8 @@
 //! the image, its `digest` and `run.json`. Each time an image is built or
 //! found for a target, the caller records that use in `KEY/used.json`: what
 //! the target was (an appliance file or an image reference, with absolute
-//! paths) and when. So an image is **superseded** when another image was
+//! paths) and when, at most once a minute for the same target (a read
+//! costs each run's start less than a write). So an image is **superseded** when another image was
 //! used later for the same target (the target changed and builds to a new
 //! key), and **orphaned** when its target is a path that is gone (a deleted
 //! appliance, a removed container bundle). A build that was killed leaves
@@ -31,8 +32,14 @@ pub struct Used {
     pub at_ms: u64,
 }
 
+/// A use for the same target this soon after the recorded one is not
+/// written again: every `husk run` records its image's use, and a read
+/// costs its start less than a write and a rename.
+const RECORD_EVERY: Duration = Duration::from_secs(60);
+
 /// Records that the image at `image` (a file in its `KEY/` folder) was
-/// used now for `target`. Best effort: a read-only cache keeps no record.
+/// used now for `target`, unless that use is on record from less than
+/// [`RECORD_EVERY`] ago. Best effort: a read-only cache keeps no record.
 pub fn record_use(image: &Path, target: &str) -> io::Result<()> {
     let dir = image
         .parent()
@@ -41,6 +48,15 @@ pub fn record_use(image: &Path, target: &str) -> io::Result<()> {
         target: target.to_string(),
         at_ms: now_ms(),
     };
+    let recorded: Option<Used> = fs::read(dir.join(USED_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok());
+    if recorded.is_some_and(|r| {
+        r.target == used.target
+            && used.at_ms.saturating_sub(r.at_ms) < RECORD_EVERY.as_millis() as u64
+    }) {
+        return Ok(());
+    }
     let tmp = crate::cache::temp_sibling(&dir.join(USED_FILE));
     fs::write(&tmp, serde_json::to_vec(&used).expect("plain data"))?;
     fs::rename(&tmp, dir.join(USED_FILE)).inspect_err(|_| {
@@ -62,19 +78,6 @@ pub struct CachedImage {
     pub built: Option<SystemTime>,
     /// Its latest use, where one was recorded.
     pub used: Option<Used>,
-}
-
-impl CachedImage {
-    /// Milliseconds since the epoch of its latest use, else of its build.
-    pub fn last_ms(&self) -> u64 {
-        self.used.as_ref().map_or_else(
-            || {
-                self.built
-                    .map_or(0, |t| millis(t.duration_since(UNIX_EPOCH)))
-            },
-            |u| u.at_ms,
-        )
-    }
 }
 
 /// What the image cache holds.
@@ -210,12 +213,10 @@ fn temp_owner(name: &str) -> Option<u32> {
     tail.split('-').next()?.parse().ok()
 }
 
-fn millis(since: Result<Duration, std::time::SystemTimeError>) -> u64 {
-    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn now_ms() -> u64 {
-    millis(SystemTime::now().duration_since(UNIX_EPOCH))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -275,7 +276,14 @@ mod tests {
         let used = l.images[0].used.clone().unwrap();
         assert_eq!(used.target, "/apps/web/appliance.toml");
         assert!(now_ms() - used.at_ms < 60_000);
-        assert_eq!(l.images[0].last_ms(), used.at_ms);
+        // A use for the same target a moment later is not written again;
+        // one for another target is.
+        let before = fs::read(dir.join(USED_FILE)).unwrap();
+        record_use(&dir.join("rootfs.cpio.gz"), "/apps/web/appliance.toml").unwrap();
+        assert_eq!(fs::read(dir.join(USED_FILE)).unwrap(), before);
+        record_use(&dir.join("rootfs.cpio.gz"), "/apps/other/appliance.toml").unwrap();
+        let again = list(tmp.path()).unwrap().images[0].used.clone().unwrap();
+        assert_eq!(again.target, "/apps/other/appliance.toml");
         // Only the record is left beside the image: no temporary file.
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
