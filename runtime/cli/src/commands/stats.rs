@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::vms::control::Control;
-use crate::vms::{stat_field, Status, VmDir};
+use crate::vms::{stat_fields, Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -146,7 +146,8 @@ fn cpu_ticks(keeper: u32) -> u64 {
     vm_processes(keeper)
         .into_iter()
         // utime and stime.
-        .filter_map(|pid| Some(stat_field(pid, 14)? + stat_field(pid, 15)?))
+        .filter_map(|pid| stat_fields(pid, [14, 15]))
+        .map(|[user, system]| user + system)
         .sum()
 }
 

@@ -230,17 +230,21 @@ impl VmDir {
 /// A process's start time in clock ticks since boot (`/proc/PID/stat`
 /// field 22), or `None` when it is gone.
 pub fn process_start(pid: u32) -> Option<u64> {
-    stat_field(pid, 22)
+    stat_fields(pid, [22]).map(|[start]| start)
 }
 
-/// Field `n` (from 1, as proc(5) counts) of `/proc/PID/stat`, a number
-/// from field 3 on; `None` when the process is gone.
-pub fn stat_field(pid: u32, n: usize) -> Option<u64> {
+/// Numeric fields of `/proc/PID/stat` (numbered from 1, as proc(5) does;
+/// 4 and up), read once; `None` when the process is gone.
+pub fn stat_fields<const N: usize>(pid: u32, fields: [usize; N]) -> Option<[u64; N]> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
-    // fields after it start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    // fields after it start after the last ')', with field 3.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let mut out = [0; N];
+    for (value, n) in out.iter_mut().zip(fields) {
+        *value = rest.get(n.checked_sub(3)?)?.parse().ok()?;
+    }
+    Some(out)
 }
 
 pub fn process_alive(pid: u32, start: u64) -> bool {
