@@ -49,6 +49,30 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What the images take: those in use, and those `prune` removes (with
+/// what killed builds left).
+pub fn space(listing: &images::Listing) -> super::Space {
+    let leftovers: u64 = listing
+        .leftovers
+        .iter()
+        .map(|d| builder::cache::disk_usage(d))
+        .sum();
+    let mut space = super::Space {
+        total: listing.images.len(),
+        bytes: leftovers,
+        reclaimable: leftovers,
+        ..super::Space::default()
+    };
+    for (image, unused) in listing.images.iter().zip(images::unused(&listing.images)) {
+        space.bytes += image.bytes;
+        match unused {
+            None => space.active += 1,
+            Some(_) => space.reclaimable += image.bytes,
+        }
+    }
+    space
+}
+
 /// What `prune` removes: the images no target builds to any more (with
 /// `all`, every one), and what killed builds left.
 pub fn doomed(listing: images::Listing, all: bool) -> Vec<super::Doomed<'static>> {

@@ -121,3 +121,13 @@ pub fn print_columns(rows: &[Vec<String>]) {
         println!("{}", line.trim_end());
     }
 }
+
+/// What `husk system df` shows of one kind: how many, how many in use,
+/// the bytes all take, and the bytes `prune` would free.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Space {
+    pub total: usize,
+    pub active: usize,
+    pub bytes: u64,
+    pub reclaimable: u64,
+}

@@ -94,6 +94,21 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What the snapshots take: those a run can restore (or a VMM is
+/// writing), and those `prune` removes.
+pub fn space(root: &Path) -> anyhow::Result<super::Space> {
+    let mut space = super::Space::default();
+    for s in list(root)? {
+        space.total += 1;
+        space.bytes += s.bytes;
+        match s.state {
+            State::Ready | State::Writing => space.active += 1,
+            State::Stale | State::Incomplete => space.reclaimable += s.bytes,
+        }
+    }
+    Ok(space)
+}
+
 /// What `prune` removes: the snapshots no run can restore (with `all`,
 /// every one), never one being written.
 pub fn doomed(root: &Path, all: bool) -> anyhow::Result<Vec<super::Doomed<'static>>> {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{human_size, Doomed};
+use super::{human_size, Doomed, Space};
 use crate::vms::{Status, VmDir};
 
 #[derive(clap::Subcommand)]
@@ -32,31 +32,20 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Df => {
             let kinds = [
-                ("Appliances", appliances(true)?, appliances(false)?),
-                (
-                    "Images",
-                    super::image::doomed(images()?, true),
-                    super::image::doomed(images()?, false),
-                ),
-                (
-                    "Snapshots",
-                    super::snapshot::doomed(&snapshots, true)?,
-                    super::snapshot::doomed(&snapshots, false)?,
-                ),
+                ("Appliances", appliances_space()?),
+                ("Images", super::image::space(&images()?)),
+                ("Snapshots", super::snapshot::space(&snapshots)?),
             ];
             let mut rows = vec![["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
                 .map(String::from)
                 .to_vec()];
-            let bytes = |d: &[Doomed]| d.iter().map(|(_, b, _)| b).sum::<u64>();
-            for (kind, every, unused) in &kinds {
-                // A leftover of a killed build is not counted as an image.
-                let count = |d: &[Doomed]| d.iter().filter(|(k, ..)| k.is_some()).count();
+            for (kind, space) in kinds {
                 rows.push(vec![
                     kind.to_string(),
-                    count(every).to_string(),
-                    (count(every) - count(unused)).to_string(),
-                    human_size(bytes(every)),
-                    human_size(bytes(unused)),
+                    space.total.to_string(),
+                    space.active.to_string(),
+                    human_size(space.bytes),
+                    human_size(space.reclaimable),
                 ]);
             }
             // Kept by prune: a kernel takes minutes to build again, and a
@@ -98,7 +87,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let mut freed = 0;
             let mut failed = false;
             for (kind, doomed) in [
-                ("appliances", appliances(false)?),
+                ("appliances", exited_appliances()?),
                 ("images", super::image::doomed(images()?, all)),
                 ("snapshots", super::snapshot::doomed(&snapshots, all)?),
             ] {
@@ -119,14 +108,34 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The detached appliances (`every`), or those that have exited.
-fn appliances(every: bool) -> anyhow::Result<Vec<Doomed<'static>>> {
+/// What the detached appliances' folders take; those that have exited
+/// are what `prune` removes.
+fn appliances_space() -> anyhow::Result<Space> {
+    let mut space = Space::default();
+    for vm in VmDir::all()? {
+        let Ok(state) = vm.current_state() else {
+            continue;
+        };
+        let bytes = builder::cache::disk_usage(&vm.dir);
+        space.total += 1;
+        space.bytes += bytes;
+        if state.status == Status::Exited {
+            space.reclaimable += bytes;
+        } else {
+            space.active += 1;
+        }
+    }
+    Ok(space)
+}
+
+/// The detached appliances that have exited.
+fn exited_appliances() -> anyhow::Result<Vec<Doomed<'static>>> {
     let mut out: Vec<Doomed> = Vec::new();
     for vm in VmDir::all()? {
         let Ok(state) = vm.current_state() else {
             continue;
         };
-        if !every && state.status != Status::Exited {
+        if state.status != Status::Exited {
             continue;
         }
         let bytes = builder::cache::disk_usage(&vm.dir);
