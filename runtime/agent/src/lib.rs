@@ -353,6 +353,9 @@ pub enum Request {
     /// What the whole guest uses: memory, network and disk traffic,
     /// processes (`husk stats`). Answer: [`Response::Usage`].
     Usage,
+    /// The guest's processes, kernel threads left out (`husk top`).
+    /// Answer: [`Response::Processes`].
+    Processes,
     /// Copies `path` out of the guest (`husk cp NAME:PATH ...`). Answer:
     /// [`Response::Ok`], then the connection carries a [`copy`] archive
     /// of it (what it holds, with `contents`) and ends with it; or an
@@ -396,6 +399,7 @@ pub enum Response {
     Info(GuestInfo),
     Stats(CgroupStats),
     Usage(Usage),
+    Processes { processes: Vec<GuestProcess> },
     Error { kind: ErrorKind, message: String },
 }
 
@@ -447,6 +451,27 @@ pub struct Usage {
     pub block_write: u64,
     /// Processes (kernel threads left out).
     pub pids: u32,
+}
+
+/// One process of the guest, as `ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestProcess {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Its effective user, by name where the guest's `/etc/passwd` has one.
+    pub user: String,
+    /// `R` running, `S` sleeping, `D` in uninterruptible sleep, `Z` a
+    /// zombie, `T` stopped.
+    pub state: String,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// CPU time in user and kernel mode, milliseconds.
+    pub cpu_ms: u64,
+    /// Since it started, milliseconds.
+    pub elapsed_ms: u64,
+    /// Its command line, arguments joined by spaces.
+    pub command: String,
 }
 
 /// What init reads on [`RESUME_PORT`]: this run's part of the kernel

@@ -112,6 +112,7 @@ fn every_request_round_trips() {
         Request::ProbeTcp { port: 8080 },
         Request::Stats { id: 4 },
         Request::Usage,
+        Request::Processes,
         Request::CopyOut {
             path: "/data/.".into(),
             contents: true,
@@ -156,6 +157,18 @@ fn every_response_round_trips() {
             block_write: 0,
             pids: 3,
         }),
+        Response::Processes {
+            processes: vec![GuestProcess {
+                pid: 1,
+                ppid: 0,
+                user: "root".into(),
+                state: "S".into(),
+                rss: 1 << 20,
+                cpu_ms: 20,
+                elapsed_ms: 5_000,
+                command: "/.husk/init".into(),
+            }],
+        },
         Response::Info(GuestInfo {
             hostname: "web".into(),
             uptime_ms: 1234,

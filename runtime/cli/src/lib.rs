@@ -44,6 +44,12 @@ enum Command {
     Kill(commands::stop::KillArgs),
     /// Wait for a detached appliance to stop and print its exit status
     Wait(commands::wait::Args),
+    /// Stop every vCPU of detached appliances until husk unpause
+    Pause(commands::pause::Args),
+    /// Let paused detached appliances run on
+    Unpause(commands::pause::Args),
+    /// List the processes running in a detached appliance
+    Top(commands::top::Args),
     /// Copy files and folders between the host and a running detached
     /// appliance (NAME:PATH), as docker cp does
     Cp(commands::cp::Args),
@@ -112,6 +118,9 @@ pub fn husk_main() -> ExitCode {
         Command::Start(args) => commands::start::start(args),
         Command::Restart(args) => commands::start::restart(args),
         Command::Wait(args) => commands::wait::run(args),
+        Command::Pause(args) => commands::pause::pause(args),
+        Command::Unpause(args) => commands::pause::unpause(args),
+        Command::Top(args) => commands::top::run(args),
         Command::Cp(args) => commands::cp::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),

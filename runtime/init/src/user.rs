@@ -116,6 +116,14 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, UserEr
     })
 }
 
+/// The name `passwd` gives `uid`, or the number itself when it has none
+/// (as `ps` shows such a user).
+pub fn name_of(uid: u32, passwd: &str) -> String {
+    passwd_entries(passwd)
+        .find(|e| e.uid == uid)
+        .map_or_else(|| uid.to_string(), |e| e.name.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

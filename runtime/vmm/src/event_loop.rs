@@ -12,6 +12,8 @@ use devices::virtio::console::{ConsoleInput, RX_QUEUE};
 use devices::virtio::mmio::MmioTransport;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::warn;
+
+use crate::snapshot::Asked;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -145,7 +147,12 @@ pub struct SnapshotSource {
     pub mem: vm_memory::GuestMemoryMmap,
     pub cpus: usize,
     pub pit: bool,
+    /// Paused on request (`husk pause`) until a resume.
+    pub paused: AtomicBool,
 }
+
+/// How long the vCPUs may take to stop.
+const PARK_LIMIT: Duration = Duration::from_secs(5);
 
 impl SnapshotSource {
     /// Every vCPU parked with its state saved, then, on this thread (so no
@@ -153,6 +160,11 @@ impl SnapshotSource {
     /// and clock, every transport, and guest RAM, written through the
     /// target's open files; then the vCPUs run on.
     fn take(&self, target: &crate::snapshot::Target) -> Result<(), String> {
+        if self.paused.load(Ordering::Acquire) {
+            // Its vCPUs' saved state is as old as the pause, while the
+            // devices went on: not one moment. Resumed first, it is.
+            return Err("the VM is paused: resume it first".into());
+        }
         let started = std::time::Instant::now();
         let result = self.take_paused(target);
         self.shared.pause.resume();
@@ -163,8 +175,8 @@ impl SnapshotSource {
         result
     }
 
-    fn take_paused(&self, target: &crate::snapshot::Target) -> Result<(), String> {
-        use crate::snapshot::{device_name, Snapshot, VmState};
+    /// Parks every vCPU; their saved states.
+    fn park(&self) -> Result<Vec<crate::snapshot::VcpuState>, String> {
         let shared = &self.shared;
         shared.pause.request(self.cpus);
         let kick = || {
@@ -179,10 +191,43 @@ impl SnapshotSource {
                 unsafe { libc::pthread_kill(t, vmm_sys_util::signal::SIGRTMIN()) };
             }
         };
-        let Some(vcpus) = shared.pause.wait_parked(Duration::from_secs(5), kick) else {
-            return Err("the vCPUs did not stop within 5 s".into());
+        let Some(vcpus) = shared.pause.wait_parked(PARK_LIMIT, kick) else {
+            return Err(format!(
+                "the vCPUs did not stop within {} s",
+                PARK_LIMIT.as_secs()
+            ));
         };
-        let vcpus = vcpus.into_iter().collect::<Result<Vec<_>, _>>()?;
+        vcpus.into_iter().collect()
+    }
+
+    /// `husk pause`: every vCPU stops until [`SnapshotSource::resume`];
+    /// devices go on (a frame that arrives meanwhile waits in its queue).
+    fn pause(&self) -> Result<(), String> {
+        if self.paused.load(Ordering::Acquire) {
+            return Err("the VM is paused already".into());
+        }
+        if let Err(e) = self.park() {
+            self.shared.pause.resume();
+            return Err(e);
+        }
+        self.paused.store(true, Ordering::Release);
+        tracing::info!("paused");
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        if !self.paused.swap(false, Ordering::AcqRel) {
+            return Err("the VM is not paused".into());
+        }
+        self.shared.pause.resume();
+        tracing::info!("resumed");
+        Ok(())
+    }
+
+    fn take_paused(&self, target: &crate::snapshot::Target) -> Result<(), String> {
+        use crate::snapshot::{device_name, Snapshot, VmState};
+        let shared = &self.shared;
+        let vcpus = self.park()?;
         let vm = VmState::save(&self.vm, self.pit).map_err(|e| e.to_string())?;
         let mut devices = Vec::new();
         let mut names = Vec::new();
@@ -279,8 +324,9 @@ impl MutEventSubscriber for PageRecorder {
     }
 }
 
-/// Takes a snapshot whenever a process outside the jail hands over the
-/// files of one ([`crate::snapshot::OnRequest`]), and answers.
+/// Serves what a process outside the jail asks ([`crate::snapshot::OnRequest`]):
+/// takes a snapshot whenever it hands over the files of one, pauses and
+/// resumes the vCPUs; and answers.
 pub struct SnapshotServer {
     pub requests: crate::snapshot::OnRequest,
     pub source: Arc<SnapshotSource>,
@@ -295,8 +341,13 @@ impl MutEventSubscriber for SnapshotServer {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match self.requests.receive() {
-            Ok(Some(target)) => {
-                let result = self.source.take(&target);
+            Ok(Some(asked)) => {
+                let result = match asked {
+                    Asked::Snapshot(target) => self.source.take(&target),
+                    Asked::Pause => self.source.pause(),
+                    Asked::Resume => self.source.resume(),
+                    Asked::Refused(why) => Err(format!("no snapshot can be taken of it: {why}")),
+                };
                 self.requests.answer(&result);
             }
             Ok(None) => {}

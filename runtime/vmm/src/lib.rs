@@ -394,6 +394,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         mem: mem.clone(),
         cpus: usize::from(cfg.cpus),
         pit: cfg.legacy_pit,
+        paused: AtomicBool::new(false),
     });
     if let Some(evt) = snapshot_evt {
         events.add_subscriber(Arc::new(Mutex::new(event_loop::SnapshotTaker {

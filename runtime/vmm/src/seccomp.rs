@@ -113,8 +113,9 @@ fn allow(nr: libc::c_long, rules: Vec<SeccompRule>, why: &'static str) -> Allowe
 }
 
 /// The ioctls that read a vCPU's state, for a snapshot (each vCPU thread
-/// saves its own, out of `KVM_RUN`).
-fn vcpu_state_reads() -> [u64; 9] {
+/// saves its own, out of `KVM_RUN`), and the one that tells the guest's
+/// kvm-clock it was paused.
+fn vcpu_state_reads() -> [u64; 10] {
     use kvm_bindings::*;
     const KVMIO: u32 = 0xae;
     vmm_sys_util::ioctl_ior_nr!(GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -126,6 +127,7 @@ fn vcpu_state_reads() -> [u64; 9] {
     vmm_sys_util::ioctl_ior_nr!(GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
     vmm_sys_util::ioctl_ior_nr!(GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
     vmm_sys_util::ioctl_ior_nr!(GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    vmm_sys_util::ioctl_io_nr!(KVMCLOCK_CTRL, KVMIO, 0xad);
     [
         GET_REGS(),
         GET_SREGS(),
@@ -136,6 +138,7 @@ fn vcpu_state_reads() -> [u64; 9] {
         GET_DEBUGREGS(),
         GET_XSAVE(),
         GET_XCRS(),
+        KVMCLOCK_CTRL(),
     ]
     .map(u64::from)
 }

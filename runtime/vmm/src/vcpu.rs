@@ -145,6 +145,11 @@ impl Pause {
         let _ = vcpu.run();
         vcpu.set_kvm_immediate_exit(0);
         let state = VcpuState::save(vcpu, msrs).map_err(|e| e.to_string());
+        // Tells a guest using kvm-clock that it was stopped, so the time
+        // that passes meanwhile is not taken for a CPU stuck in the kernel
+        // (soft lockup warnings, RCU stalls) once it runs on. A guest
+        // without kvm-clock refuses (EINVAL), which changes nothing.
+        let _ = vcpu.kvmclock_ctrl();
         let mut p = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let generation = p.generation;
         let id = usize::from(id);

@@ -13,8 +13,7 @@ use agent::copy::{self, Unpack};
 use agent::{Request, Response};
 use anyhow::Context;
 
-use crate::vms::control::Control;
-use crate::vms::{Status, VmDir};
+use crate::vms::VmDir;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,11 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// An agent connection of the running appliance `name`.
 fn agent(name: &str) -> anyhow::Result<UnixStream> {
-    let vm = VmDir::find(name)?;
-    if vm.current_state()?.status != Status::Running {
-        anyhow::bail!("{name} is not running (husk ps -a)");
-    }
-    let conn = Control::connect(&vm.control(), name)?.agent()?;
+    let conn = VmDir::find(name)?.agent()?;
     conn.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     Ok(conn)
 }

@@ -9,6 +9,7 @@ pub mod image;
 pub mod inspect;
 pub mod kernel;
 pub mod logs;
+pub mod pause;
 pub mod ps;
 pub mod rm;
 pub mod run;
@@ -18,6 +19,7 @@ pub mod stats;
 pub mod stop;
 pub mod system;
 mod target;
+pub mod top;
 pub mod validate;
 pub mod wait;
 

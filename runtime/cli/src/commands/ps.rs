@@ -32,7 +32,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Status::Starting => ("Starting".into(), String::new()),
             Status::Created => ("Created".into(), String::new()),
             Status::Running => {
-                let guest = guest_info(&vm);
+                // A paused guest cannot answer.
+                let guest = if state.paused { None } else { guest_info(&vm) };
                 let up = guest.as_ref().map_or_else(
                     || human_duration(now_ms().saturating_sub(state.started_ms.unwrap_or(0))),
                     |g| human_duration(g.uptime_ms),
@@ -47,7 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             .join(", ")
                     })
                     .unwrap_or_default();
-                (format!("Up {up}"), addresses)
+                let paused = if state.paused { " (Paused)" } else { "" };
+                (format!("Up {up}{paused}"), addresses)
             }
             Status::Restarting => {
                 let code = state.exit_code.map_or("?".into(), |c| c.to_string());

@@ -1,5 +1,5 @@
-//! The control socket of a detached VM: what the CLI (and later the OCI
-//! runtime and the shim) asks the keeper. Frames as the agent protocol's
+//! The control socket of a detached VM: what the CLI (and the OCI
+//! runtime) asks the keeper. Frames as the agent protocol's
 //! (`agent::encode`/`agent::read`); one request, one answer, in order.
 //!
 //! [`Request::Agent`] is answered with a connection to the guest agent,
@@ -40,6 +40,9 @@ pub enum Request {
     /// Snapshots the running VM into the new folder `dir` (paused, saved,
     /// resumed). Answer: [`Response::Ok`] once it is whole.
     Snapshot { dir: std::path::PathBuf },
+    /// Stops every vCPU (`paused`) or lets them run on (`husk pause`,
+    /// `husk unpause`). Answer: [`Response::Ok`] once it is done.
+    Pause { paused: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -139,6 +139,9 @@ pub struct State {
     pub restart: String,
     #[serde(default)]
     pub restart_count: u32,
+    /// Its vCPUs are stopped (`husk pause`) until `husk unpause`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// One VM's folder.
@@ -164,6 +167,20 @@ impl VmDir {
             anyhow::bail!("no appliance named {name:?} (see husk ps -a)");
         }
         Ok(vm)
+    }
+
+    /// A new connection to the guest agent of this running VM (a paused
+    /// or stopped one is an error that says so).
+    pub fn agent(&self) -> anyhow::Result<std::os::unix::net::UnixStream> {
+        let name = &self.name;
+        let state = self.current_state()?;
+        if state.status != Status::Running {
+            anyhow::bail!("{name} is not running (husk ps -a)");
+        }
+        if state.paused {
+            anyhow::bail!("{name} is paused (husk unpause {name})");
+        }
+        control::Control::connect(&self.control(), name)?.agent()
     }
 
     /// Every VM of this user, by name.
@@ -222,6 +239,7 @@ impl VmDir {
         let mut state = self.read_state()?;
         if state.status != Status::Exited && !process_alive(state.keeper_pid, state.keeper_start) {
             state.status = Status::Exited;
+            state.paused = false;
         }
         Ok(state)
     }
@@ -321,19 +339,23 @@ mod tests {
             keeper_start: process_start(std::process::id()).unwrap(),
             restart: String::new(),
             restart_count: 0,
+            paused: true,
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();
-        assert_eq!(back.status, Status::Running);
+        assert_eq!((back.status, back.paused), (Status::Running, true));
         assert_eq!(back.ports, state.ports);
-        // A keeper that is gone: exited, status unknown.
+        // A keeper that is gone: exited (paused no longer), status unknown.
         vm.write_state(&State {
             keeper_start: state.keeper_start + 1,
             ..state
         })
         .unwrap();
         let back = vm.current_state().unwrap();
-        assert_eq!((back.status, back.exit_code), (Status::Exited, None));
+        assert_eq!(
+            (back.status, back.exit_code, back.paused),
+            (Status::Exited, None, false)
+        );
         std::fs::write(vm.state_file(), b"{").unwrap();
         assert!(vm.read_state().unwrap_err().to_string().contains("damaged"));
     }

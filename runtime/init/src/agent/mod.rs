@@ -291,6 +291,12 @@ impl Agent {
             }
             Request::Info => Ok(Response::Info(self.info())),
             Request::Usage => Ok(Response::Usage(crate::usage::now())),
+            Request::Processes => {
+                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                Ok(Response::Processes {
+                    processes: crate::usage::process_list(&passwd),
+                })
+            }
             Request::SetTime { secs, nanos } => sys::set_clock(secs, nanos)
                 .map(|_| Response::Ok)
                 .map_err(|e| error(ErrorKind::Failed, format!("set the clock: {e}"))),

@@ -38,22 +38,20 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use devices::virtio::mmio::TransportState;
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 mod kvm;
 mod pages;
+mod request;
+
 pub use kvm::{msr_list, VcpuState, VmState};
 pub use pages::{prefetch, record, save as save_pages, Pages, Run, WorkingSet};
+pub use request::{pause, request, request_pair, Asked, OnRequest};
 
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";
@@ -505,151 +503,6 @@ impl Target {
     }
 }
 
-/// Snapshots of a running VM, on request (`husk snapshot create`): a
-/// process outside the jail makes a [`Target`] and hands its open files
-/// to the VMM over a `SOCK_SEQPACKET` socket ([`request`]); the VMM
-/// pauses the vCPUs, writes the snapshot, resumes them and answers.
-#[derive(Debug)]
-pub struct OnRequest {
-    pub socket: UnixDatagram,
-    /// What this VM's snapshots are for; the VMM fills in the devices.
-    pub header: Header,
-}
-
-/// The two ends of a request socket: the requester's, and the VMM's (for
-/// [`OnRequest::socket`]); both close-on-exec.
-pub fn request_pair() -> io::Result<(UnixDatagram, UnixDatagram)> {
-    let (a, b) = crate::vsock::seqpacket_pair()?;
-    Ok((UnixDatagram::from(a), UnixDatagram::from(b)))
-}
-
-/// A request: this tag, then the snapshot folder's path (for messages),
-/// with the state, memory and disk files attached.
-const REQUEST_TAG: &[u8] = b"husk-snapshot\0";
-/// Files one request carries at most: state, memory and a disk file each
-/// for up to 30 disks.
-const REQUEST_FILES: usize = 32;
-
-/// Hands `target`'s files to the VMM at the other end of `socket` and
-/// waits up to `limit` for the snapshot to be written.
-pub fn request(
-    socket: &UnixDatagram,
-    target: &Target,
-    limit: Duration,
-) -> Result<(), SnapshotError> {
-    let mut fds = vec![target.state.as_raw_fd(), target.memory.as_raw_fd()];
-    fds.extend(target.disks.iter().map(|d| d.as_raw_fd()));
-    if fds.len() > REQUEST_FILES {
-        return Err(SnapshotError::Refused(format!(
-            "a snapshot on request takes {} disks at most",
-            REQUEST_FILES - 2
-        )));
-    }
-    let mut msg = REQUEST_TAG.to_vec();
-    msg.extend_from_slice(target.dir.as_os_str().as_bytes());
-    let gone = |e: io::Error| SnapshotError::Refused(format!("the VMM cannot be reached ({e})"));
-    // The late answer to an earlier request that timed out is not this
-    // one's.
-    socket.set_nonblocking(true).map_err(gone)?;
-    while socket.recv(&mut [0u8; 64]).is_ok_and(|n| n > 0) {}
-    socket.set_nonblocking(false).map_err(gone)?;
-    socket
-        .send_with_fds(&[&msg[..]], &fds)
-        .map_err(|e| gone(e.into()))?;
-    socket.set_read_timeout(Some(limit)).map_err(gone)?;
-    let mut answer = vec![0u8; 4096];
-    let n = match socket.recv(&mut answer) {
-        Ok(n) => n,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Err(SnapshotError::Refused(format!(
-                "the VMM did not answer within {} s",
-                limit.as_secs()
-            )))
-        }
-        Err(e) => return Err(gone(e)),
-    };
-    match &answer[..n] {
-        [] => Err(gone(io::ErrorKind::UnexpectedEof.into())),
-        [b'+', ..] => Ok(()),
-        [_, why @ ..] => Err(SnapshotError::Refused(
-            String::from_utf8_lossy(why).into_owned(),
-        )),
-    }
-}
-
-impl OnRequest {
-    /// The next request's files as a [`Target`] (without its lock, which
-    /// the caller holds); `None` when none is waiting. A malformed
-    /// request is an error, answered by the caller.
-    pub fn receive(&self) -> io::Result<Option<Target>> {
-        let mut buf = vec![0u8; 4096 + REQUEST_TAG.len()];
-        let mut fds = [-1 as RawFd; REQUEST_FILES];
-        let mut iov = [libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }];
-        // SAFETY: the one iovec points into `buf`, alive and unborrowed
-        // for the call, of the length it says.
-        let (n, count) = match unsafe { self.socket.recv_with_fds(&mut iov, &mut fds) } {
-            Ok(r) => r,
-            Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        // SAFETY: recvmsg made the first `count` descriptors for this
-        // process; each is owned from here on, closed on every way out.
-        let mut files: Vec<File> = fds[..count]
-            .iter()
-            .map(|&fd| unsafe { File::from_raw_fd(fd) })
-            .collect();
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let Some(path) = buf[..n].strip_prefix(REQUEST_TAG) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a snapshot request",
-            ));
-        };
-        if files.len() < 2 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a snapshot request without its files",
-            ));
-        }
-        let dir = PathBuf::from(std::ffi::OsStr::from_bytes(path));
-        let disks = files.split_off(2);
-        let memory = files.pop().expect("two files");
-        let state = files.pop().expect("one file");
-        Ok(Some(Target {
-            header: self.header.clone(),
-            state,
-            memory,
-            disks,
-            lock: None,
-            dir,
-        }))
-    }
-
-    /// Tells the requester how it went.
-    pub fn answer(&self, result: &Result<(), String>) {
-        let msg = match result {
-            Ok(()) => b"+".to_vec(),
-            Err(why) => {
-                let mut m = b"-".to_vec();
-                m.extend_from_slice(&why.as_bytes()[..why.len().min(4000)]);
-                m
-            }
-        };
-        // A requester that left hears nothing; the VM goes on.
-        let _ = self.socket.send(&msg);
-    }
-}
-
 /// Removes the snapshot folder `dir` and everything in it, unless a VMM is
 /// writing it ([`SnapshotError::Busy`]). VMs restored from it go on: they
 /// hold the files they opened.
@@ -735,7 +588,7 @@ fn write_memory(mem: &GuestMemoryMmap, file: &File, path: &Path) -> Result<(), S
 mod tests {
     use super::*;
 
-    fn header() -> Header {
+    pub(super) fn header() -> Header {
         Header::new(
             "sha256:k",
             "sha256:i",
@@ -743,73 +596,6 @@ mod tests {
             128,
             vec!["console".into(), "block".into()],
         )
-    }
-
-    #[test]
-    fn a_request_hands_over_the_targets_files_and_hears_the_answer() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("snap");
-        let target = Target::create(&dir, header(), 2).unwrap();
-        let (ours, theirs) = request_pair().unwrap();
-        theirs.set_nonblocking(true).unwrap();
-        let vmm = OnRequest {
-            socket: theirs,
-            header: header(),
-        };
-        assert!(vmm.receive().unwrap().is_none(), "nothing asked yet");
-        let serve = |answer: Result<(), String>| {
-            let (vmm, dir) = (&vmm, &dir);
-            move || {
-                let got = loop {
-                    if let Some(t) = vmm.receive().unwrap() {
-                        break t;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                };
-                // The files are the target's own: written here, seen there.
-                (&got.state).write_all(b"state").unwrap();
-                got.disks[1].write_all_at(b"d1", 0).unwrap();
-                assert_eq!(&got.dir, dir);
-                assert_eq!(got.disks.len(), 2);
-                assert!(got.lock.is_none(), "the requester keeps the lock");
-                vmm.answer(&answer);
-            }
-        };
-        std::thread::scope(|s| {
-            s.spawn(serve(Ok(())));
-            request(&ours, &target, Duration::from_secs(5)).unwrap();
-        });
-        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), b"state");
-        assert_eq!(fs::read(dir.join(disk_file(1))).unwrap(), b"d1");
-        assert!(being_written(&dir), "the requester's target holds the lock");
-        std::thread::scope(|s| {
-            s.spawn(serve(Err("the vCPUs did not stop".into())));
-            let err = request(&ours, &target, Duration::from_secs(5)).unwrap_err();
-            assert!(err.to_string().contains("the vCPUs did not stop"), "{err}");
-        });
-        // Nobody answers: a clear timeout, and the late answer is not
-        // taken for the next request's.
-        let err = request(&ours, &target, Duration::from_millis(100)).unwrap_err();
-        assert!(err.to_string().contains("did not answer"), "{err}");
-        vmm.receive().unwrap().expect("the request waits");
-        vmm.answer(&Err("late".into()));
-        std::thread::scope(|s| {
-            s.spawn(serve(Ok(())));
-            request(&ours, &target, Duration::from_secs(5)).unwrap();
-        });
-        // A message that is no request, and the requester gone.
-        ours.send(b"hello").unwrap();
-        assert_eq!(
-            vmm.receive().unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
-        drop(ours);
-        assert_eq!(
-            vmm.receive().unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
-        drop(target);
-        assert!(!being_written(&dir));
     }
 
     #[test]

@@ -69,7 +69,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 const STATE_ROOT: &str = "/run/husk/vms";
 
 /// `husk ARGS` from the workspace root.
-fn h(args: &[&str]) -> Result<HuskRun, Failed> {
+pub(super) fn h(args: &[&str]) -> Result<HuskRun, Failed> {
     h_in(args, b"")
 }
 
@@ -78,7 +78,7 @@ fn h_in(args: &[&str], stdin: &[u8]) -> Result<HuskRun, Failed> {
     Ok(husk(args, stdin, LIMIT)?)
 }
 
-fn ok(r: HuskRun, what: &str) -> Result<HuskRun, Failed> {
+pub(super) fn ok(r: HuskRun, what: &str) -> Result<HuskRun, Failed> {
     if r.code != Some(0) {
         return Err(r.explain(&format!("{what}: expected success")).into());
     }
@@ -87,14 +87,14 @@ fn ok(r: HuskRun, what: &str) -> Result<HuskRun, Failed> {
 
 /// A detached VM, removed with `husk rm -f` when dropped (on any way out
 /// of a test); [`Vm::remove`] removes it and checks what is left.
-struct Vm {
-    name: String,
+pub(super) struct Vm {
+    pub(super) name: String,
     removed: bool,
 }
 
 impl Vm {
     /// `husk run -d --name NAME ARGS`: the name printed, the VM running.
-    fn start(name: &str, args: &[&str]) -> Result<Self, Failed> {
+    pub(super) fn start(name: &str, args: &[&str]) -> Result<Self, Failed> {
         let mut all = vec!["run", "-d", "--name", name];
         all.extend_from_slice(args);
         let r = h(&all)?;
@@ -119,21 +119,21 @@ impl Vm {
         Ok(serde_json::from_slice(&text)?)
     }
 
-    fn keeper(&self) -> Result<u32, Failed> {
+    pub(super) fn keeper(&self) -> Result<u32, Failed> {
         self.state()?["keeper_pid"]
             .as_u64()
             .map(|p| p as u32)
             .ok_or_else(|| "state.json has no keeper_pid".into())
     }
 
-    fn exec(&self, args: &[&str]) -> Result<HuskRun, Failed> {
+    pub(super) fn exec(&self, args: &[&str]) -> Result<HuskRun, Failed> {
         let mut all = vec!["exec", &self.name];
         all.extend_from_slice(args);
         h(&all)
     }
 
     /// The `husk ps -a` line of this VM.
-    fn ps_line(&self) -> Result<String, Failed> {
+    pub(super) fn ps_line(&self) -> Result<String, Failed> {
         let r = ok(h(&["ps", "-a"])?, "husk ps -a")?;
         r.stdout
             .lines()
@@ -147,7 +147,7 @@ impl Vm {
 
     /// `husk rm -f`, then: no process of the keeper's tree, no state
     /// folder, no jail folder or cgroup of any of them.
-    fn remove(mut self, tree: &[u32]) -> Result<(), Failed> {
+    pub(super) fn remove(mut self, tree: &[u32]) -> Result<(), Failed> {
         self.removed = true;
         ok(h(&["rm", "-f", &self.name])?, "husk rm -f")?;
         nothing_left(&self.dir(), tree)
@@ -628,7 +628,7 @@ fn stop_after_grace() -> Result<(), Failed> {
 }
 
 /// The deepest process of the keeper's tree: the (jailed) VMM.
-fn vmm_of(keeper: u32) -> Option<u32> {
+pub(super) fn vmm_of(keeper: u32) -> Option<u32> {
     let mut pid = keeper;
     loop {
         let kids: Vec<u32> = children(pid)

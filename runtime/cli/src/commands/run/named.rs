@@ -158,7 +158,8 @@ pub fn reseed_connection(uds: &Path) -> anyhow::Result<UnixStream> {
 /// A detached VM child's side: the socket its keeper passed (see
 /// [`SNAPSHOT_FD_ENV`]), and what a snapshot of this VM would be,
 /// written into its folder. `offer` is `Err(why)` for a VM no snapshot
-/// can be taken of; the socket is then dropped and the keeper refuses.
+/// can be taken of: the keeper then refuses snapshots, and the socket
+/// serves its pauses and resumes alone.
 pub fn serve_requests(
     vm: &VmDir,
     offer: Result<(Header, Meta, usize), String>,
@@ -177,24 +178,23 @@ pub fn serve_requests(
     let socket = unsafe { UnixDatagram::from_raw_fd(fd) };
     // SAFETY: F_SETFD on a descriptor we own.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    let (written, requests) = match offer {
-        Ok((header, meta, disks)) => {
-            socket
-                .set_nonblocking(true)
-                .context("the snapshot request socket")?;
-            (
-                Offer::Ready {
-                    meta: Box::new(meta),
-                    header: header.clone(),
-                    disks,
-                },
-                Some(OnRequest { socket, header }),
-            )
-        }
-        Err(why) => (Offer::Refused { why }, None),
+    socket
+        .set_nonblocking(true)
+        .context("the snapshot request socket")?;
+    // Pauses and resumes are served either way.
+    let (written, header) = match offer {
+        Ok((header, meta, disks)) => (
+            Offer::Ready {
+                meta: Box::new(meta),
+                header: header.clone(),
+                disks,
+            },
+            Ok(header),
+        ),
+        Err(why) => (Offer::Refused { why: why.clone() }, Err(why)),
     };
     let text = serde_json::to_vec_pretty(&written).expect("plain data serializes");
     crate::vms::write_file(&vm.snapshot_offer(), text)
         .with_context(|| format!("cannot write {}", vm.snapshot_offer().display()))?;
-    Ok(requests)
+    Ok(Some(OnRequest { socket, header }))
 }

@@ -85,6 +85,9 @@ struct Shared {
     /// `husk stop` (or a `husk kill` that ends it) came: the restart
     /// policy no longer applies.
     stopped: std::sync::atomic::AtomicBool,
+    /// `husk pause` stopped the vCPUs: the guest agent cannot answer.
+    /// Changed with `snapshots` held.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -133,6 +136,10 @@ impl Shared {
     fn agent(&self) -> anyhow::Result<UnixStream> {
         if self.has_ended() {
             anyhow::bail!("{} has stopped", self.vm.name);
+        }
+        if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            let name = &self.vm.name;
+            anyhow::bail!("{name} is paused (husk unpause {name})");
         }
         let conn = vmm::vsock::connect_guest(&self.uds, agent::PORT, AGENT_TIMEOUT)
             .with_context(|| format!("cannot reach {}'s guest agent", self.vm.name))?;
@@ -216,6 +223,7 @@ pub fn keep(
             policy => policy.to_string(),
         },
         restart_count,
+        paused: false,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
@@ -275,6 +283,7 @@ pub fn keep(
         relays: Mutex::new(Vec::new()),
         snapshots: Mutex::new(snapshots),
         stopped: std::sync::atomic::AtomicBool::new(false),
+        paused: std::sync::atomic::AtomicBool::new(false),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;

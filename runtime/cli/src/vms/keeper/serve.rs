@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
         },
         Request::Start { process } => start_held(shared, *process),
         Request::Kill { signal } => {
+            // A paused guest runs again to take it (as docker does).
+            unpause_to_end(shared);
             if super::restart::stops_for_good(signal) {
                 shared
                     .stopped
@@ -119,11 +122,13 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
             code: shared.wait_exit(None).flatten(),
         }),
         Request::Snapshot { dir } => snapshot(shared, &dir).map(|()| Response::Ok),
+        Request::Pause { paused } => set_paused(shared, paused).map(|()| Response::Ok),
         Request::Stop { grace_ms } => {
             shared
                 .stopped
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             let grace = Duration::from_millis(grace_ms);
+            unpause_to_end(shared);
             if !shared.has_ended() {
                 let asked = shared.agent_call(&agent::Request::Shutdown { grace_ms });
                 // The guest ends the command after the grace period itself;
@@ -173,6 +178,9 @@ fn snapshot(shared: &Shared, dir: &std::path::Path) -> anyhow::Result<()> {
         Offer::Refused { why } => anyhow::bail!("no snapshot can be taken of {name}: {why}"),
     };
     let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.paused.load(Ordering::SeqCst) {
+        anyhow::bail!("{name} is paused: husk unpause {name}, then snapshot it");
+    }
     if dir.exists() {
         anyhow::bail!("{} exists already", dir.display());
     }
@@ -191,6 +199,51 @@ fn snapshot(shared: &Shared, dir: &std::path::Path) -> anyhow::Result<()> {
         return Err(e.context(format!("cannot snapshot {name}")));
     }
     Ok(())
+}
+
+/// How long the VMM may take to stop or restart its vCPUs.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `husk pause` and `unpause`: the VMM stops every vCPU, or lets them run
+/// on, and `state.json` says so (`ps` shows it). The guest's devices go
+/// on meanwhile: what arrives for it waits in their queues, and a
+/// published port's connections wait to be accepted.
+fn set_paused(shared: &Shared, paused: bool) -> anyhow::Result<()> {
+    let name = &shared.vm.name;
+    let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+    let running = !shared.has_ended()
+        && shared
+            .vm
+            .read_state()
+            .is_ok_and(|s| s.status == Status::Running);
+    if !running {
+        anyhow::bail!("{name} is not running");
+    }
+    match (paused, shared.paused.load(Ordering::SeqCst)) {
+        (true, true) => anyhow::bail!("{name} is paused already"),
+        (false, false) => anyhow::bail!("{name} is not paused"),
+        _ => {}
+    }
+    vmm::snapshot::pause(&socket, paused, PAUSE_TIMEOUT).with_context(|| {
+        let what = if paused { "pause" } else { "unpause" };
+        format!("cannot {what} {name}")
+    })?;
+    shared.paused.store(paused, Ordering::SeqCst);
+    if let Ok(mut state) = shared.vm.read_state() {
+        state.paused = paused;
+        let _ = shared.vm.write_state(&state);
+    }
+    Ok(())
+}
+
+/// Lets a paused guest run again so that it can be stopped or signalled;
+/// one that cannot be resumed is ended from outside by its caller.
+fn unpause_to_end(shared: &Shared) {
+    if shared.paused.load(Ordering::SeqCst) {
+        if let Err(e) = set_paused(shared, false) {
+            tracing::warn!("{e:#}");
+        }
+    }
 }
 
 /// Starts the command a held guest waits for, and relays its streams to

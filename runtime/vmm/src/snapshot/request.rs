@@ -1,0 +1,336 @@
+//! What a process outside the jail asks of a running VMM (the keeper of a
+//! detached VM): a snapshot (`husk snapshot create`), a pause or a resume
+//! (`husk pause`, `husk unpause`). The asker holds one end of a
+//! `SOCK_SEQPACKET` socket pair, the VMM the other ([`OnRequest`]); each
+//! request is one message, answered by one message: `+`, or `-` and why.
+//!
+//! A snapshot request carries the [`Target`]'s open files (the jailed VMM
+//! opens nothing): the VMM pauses the vCPUs, writes the snapshot through
+//! them, resumes the vCPUs and answers.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::{Header, SnapshotError, Target};
+
+/// The VMM's end of the request socket.
+#[derive(Debug)]
+pub struct OnRequest {
+    pub socket: UnixDatagram,
+    /// What this VM's snapshots are for (the VMM fills in the devices), or
+    /// why none can be taken of it: a snapshot request is then answered
+    /// with that. Pauses and resumes are served either way.
+    pub header: Result<Header, String>,
+}
+
+/// A request the VMM received.
+#[derive(Debug)]
+pub enum Asked {
+    /// Write a snapshot into these files.
+    Snapshot(Target),
+    /// Stop every vCPU until [`Asked::Resume`].
+    Pause,
+    Resume,
+    /// A snapshot of a VM none can be taken of: why.
+    Refused(String),
+}
+
+/// The two ends of a request socket: the requester's, and the VMM's (for
+/// [`OnRequest::socket`]); both close-on-exec.
+pub fn request_pair() -> io::Result<(UnixDatagram, UnixDatagram)> {
+    let (a, b) = crate::vsock::seqpacket_pair()?;
+    Ok((UnixDatagram::from(a), UnixDatagram::from(b)))
+}
+
+/// A snapshot request: this tag, then the snapshot folder's path (for
+/// messages), with the state, memory and disk files attached.
+const SNAPSHOT_TAG: &[u8] = b"husk-snapshot\0";
+/// A pause and a resume: the tag alone.
+const PAUSE_TAG: &[u8] = b"husk-pause\0";
+const RESUME_TAG: &[u8] = b"husk-resume\0";
+/// Files one request carries at most: state, memory and a disk file each
+/// for up to 30 disks.
+const REQUEST_FILES: usize = 32;
+
+/// Hands `target`'s files to the VMM at the other end of `socket` and
+/// waits up to `limit` for the snapshot to be written.
+pub fn request(
+    socket: &UnixDatagram,
+    target: &Target,
+    limit: Duration,
+) -> Result<(), SnapshotError> {
+    let mut fds = vec![target.state.as_raw_fd(), target.memory.as_raw_fd()];
+    fds.extend(target.disks.iter().map(|d| d.as_raw_fd()));
+    if fds.len() > REQUEST_FILES {
+        return Err(SnapshotError::Refused(format!(
+            "a snapshot on request takes {} disks at most",
+            REQUEST_FILES - 2
+        )));
+    }
+    let mut msg = SNAPSHOT_TAG.to_vec();
+    msg.extend_from_slice(target.dir.as_os_str().as_bytes());
+    ask(socket, &msg, &fds, limit)
+}
+
+/// Asks the VMM at the other end of `socket` to stop every vCPU (`true`)
+/// or to let them run again (`false`), and waits up to `limit` for it.
+pub fn pause(socket: &UnixDatagram, paused: bool, limit: Duration) -> Result<(), SnapshotError> {
+    let tag = if paused { PAUSE_TAG } else { RESUME_TAG };
+    ask(socket, tag, &[], limit)
+}
+
+/// Sends one request and waits up to `limit` for its answer.
+fn ask(
+    socket: &UnixDatagram,
+    msg: &[u8],
+    fds: &[RawFd],
+    limit: Duration,
+) -> Result<(), SnapshotError> {
+    let gone = |e: io::Error| SnapshotError::Refused(format!("the VMM cannot be reached ({e})"));
+    // The late answer to an earlier request that timed out is not this
+    // one's.
+    socket.set_nonblocking(true).map_err(gone)?;
+    while socket.recv(&mut [0u8; 64]).is_ok_and(|n| n > 0) {}
+    socket.set_nonblocking(false).map_err(gone)?;
+    socket
+        .send_with_fds(&[msg], fds)
+        .map_err(|e| gone(e.into()))?;
+    socket.set_read_timeout(Some(limit)).map_err(gone)?;
+    let mut answer = vec![0u8; 4096];
+    let n = match socket.recv(&mut answer) {
+        Ok(n) => n,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(SnapshotError::Refused(format!(
+                "the VMM did not answer within {} s",
+                limit.as_secs_f32()
+            )))
+        }
+        Err(e) => return Err(gone(e)),
+    };
+    match &answer[..n] {
+        [] => Err(gone(io::ErrorKind::UnexpectedEof.into())),
+        [b'+', ..] => Ok(()),
+        [_, why @ ..] => Err(SnapshotError::Refused(
+            String::from_utf8_lossy(why).into_owned(),
+        )),
+    }
+}
+
+impl OnRequest {
+    /// The next request; `None` when none is waiting. A malformed
+    /// request is an error, answered by the caller.
+    pub fn receive(&self) -> io::Result<Option<Asked>> {
+        let mut buf = vec![0u8; 4096 + SNAPSHOT_TAG.len()];
+        let mut fds = [-1 as RawFd; REQUEST_FILES];
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // SAFETY: the one iovec points into `buf`, alive and unborrowed
+        // for the call, of the length it says.
+        let (n, count) = match unsafe { self.socket.recv_with_fds(&mut iov, &mut fds) } {
+            Ok(r) => r,
+            Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: recvmsg made the first `count` descriptors for this
+        // process; each is owned from here on, closed on every way out.
+        let mut files: Vec<File> = fds[..count]
+            .iter()
+            .map(|&fd| unsafe { File::from_raw_fd(fd) })
+            .collect();
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        let msg = &buf[..n];
+        if msg == PAUSE_TAG || msg == RESUME_TAG {
+            if !files.is_empty() {
+                return Err(bad("a pause or resume with files"));
+            }
+            return Ok(Some(if msg == PAUSE_TAG {
+                Asked::Pause
+            } else {
+                Asked::Resume
+            }));
+        }
+        let Some(path) = msg.strip_prefix(SNAPSHOT_TAG) else {
+            return Err(bad("not a request"));
+        };
+        if files.len() < 2 {
+            return Err(bad("a snapshot request without its files"));
+        }
+        let header = match &self.header {
+            Ok(h) => h.clone(),
+            Err(why) => return Ok(Some(Asked::Refused(why.clone()))),
+        };
+        let dir = PathBuf::from(std::ffi::OsStr::from_bytes(path));
+        let disks = files.split_off(2);
+        let memory = files.pop().expect("two files");
+        let state = files.pop().expect("one file");
+        Ok(Some(Asked::Snapshot(Target {
+            header,
+            state,
+            memory,
+            disks,
+            lock: None,
+            dir,
+        })))
+    }
+
+    /// Tells the requester how it went.
+    pub fn answer(&self, result: &Result<(), String>) {
+        let msg = match result {
+            Ok(()) => b"+".to_vec(),
+            Err(why) => {
+                let mut m = b"-".to_vec();
+                m.extend_from_slice(&why.as_bytes()[..why.len().min(4000)]);
+                m
+            }
+        };
+        // A requester that left hears nothing; the VM goes on.
+        let _ = self.socket.send(&msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+
+    use super::super::tests::header;
+    use super::super::{being_written, disk_file, STATE_FILE};
+    use super::*;
+
+    fn snapshot_of(asked: Option<Asked>) -> Option<Target> {
+        match asked {
+            Some(Asked::Snapshot(t)) => Some(t),
+            Some(other) => panic!("a snapshot request was expected, not {other:?}"),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn a_request_hands_over_the_targets_files_and_hears_the_answer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("snap");
+        let target = Target::create(&dir, header(), 2).unwrap();
+        let (ours, theirs) = request_pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let vmm = OnRequest {
+            socket: theirs,
+            header: Ok(header()),
+        };
+        assert!(vmm.receive().unwrap().is_none(), "nothing asked yet");
+        let serve = |answer: Result<(), String>| {
+            let (vmm, dir) = (&vmm, &dir);
+            move || {
+                let got = loop {
+                    if let Some(t) = snapshot_of(vmm.receive().unwrap()) {
+                        break t;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                // The files are the target's own: written here, seen there.
+                (&got.state).write_all(b"state").unwrap();
+                got.disks[1].write_all_at(b"d1", 0).unwrap();
+                assert_eq!(&got.dir, dir);
+                assert_eq!(got.disks.len(), 2);
+                assert!(got.lock.is_none(), "the requester keeps the lock");
+                vmm.answer(&answer);
+            }
+        };
+        std::thread::scope(|s| {
+            s.spawn(serve(Ok(())));
+            request(&ours, &target, Duration::from_secs(5)).unwrap();
+        });
+        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), b"state");
+        assert_eq!(fs::read(dir.join(disk_file(1))).unwrap(), b"d1");
+        assert!(being_written(&dir), "the requester's target holds the lock");
+        std::thread::scope(|s| {
+            s.spawn(serve(Err("the vCPUs did not stop".into())));
+            let err = request(&ours, &target, Duration::from_secs(5)).unwrap_err();
+            assert!(err.to_string().contains("the vCPUs did not stop"), "{err}");
+        });
+        // Nobody answers: a clear timeout, and the late answer is not
+        // taken for the next request's.
+        let err = request(&ours, &target, Duration::from_millis(100)).unwrap_err();
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        snapshot_of(vmm.receive().unwrap()).expect("the request waits");
+        vmm.answer(&Err("late".into()));
+        std::thread::scope(|s| {
+            s.spawn(serve(Ok(())));
+            request(&ours, &target, Duration::from_secs(5)).unwrap();
+        });
+        // A message that is no request, and the requester gone.
+        ours.send(b"hello").unwrap();
+        assert_eq!(
+            vmm.receive().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        drop(ours);
+        assert_eq!(
+            vmm.receive().unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        drop(target);
+        assert!(!being_written(&dir));
+    }
+
+    #[test]
+    fn pauses_and_resumes_are_asked_and_answered() {
+        let (ours, theirs) = request_pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let vmm = OnRequest {
+            socket: theirs,
+            header: Err("its disk is written in place".into()),
+        };
+        let serve = |answer: Result<(), String>| {
+            let vmm = &vmm;
+            move || loop {
+                match vmm.receive().unwrap() {
+                    Some(asked) => {
+                        vmm.answer(&answer);
+                        break asked;
+                    }
+                    None => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            let got = s.spawn(serve(Ok(())));
+            pause(&ours, true, Duration::from_secs(5)).unwrap();
+            assert!(matches!(got.join().unwrap(), Asked::Pause));
+            let got = s.spawn(serve(Err("it is not paused".into())));
+            let err = pause(&ours, false, Duration::from_secs(5)).unwrap_err();
+            assert!(err.to_string().contains("it is not paused"), "{err}");
+            assert!(matches!(got.join().unwrap(), Asked::Resume));
+        });
+        // A VM no snapshot can be taken of says why, and serves on.
+        let tmp = tempfile::tempdir().unwrap();
+        let target = Target::create(&tmp.path().join("snap"), header(), 0).unwrap();
+        let err = request(&ours, &target, Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        match vmm.receive().unwrap() {
+            Some(Asked::Refused(why)) => assert!(why.contains("written in place"), "{why}"),
+            other => panic!("a refused snapshot was expected, not {other:?}"),
+        }
+        std::thread::scope(|s| {
+            s.spawn(serve(Ok(())));
+            pause(&ours, true, Duration::from_secs(5)).unwrap();
+        });
+    }
+}

@@ -1,0 +1,162 @@
+//! `husk pause`, `unpause` and `top` of a detached appliance, in the KVM
+//! test bed: a paused guest takes no host CPU and its agent is out of
+//! reach (exec, top, snapshot refused with a clear message); unpaused, it
+//! runs on; a paused one stops at `husk stop`.
+
+use std::time::Duration;
+
+use libtest_mimic::{Failed, Trial};
+
+use super::detached::{h, ok, tree, vmm_of, Vm};
+
+pub fn trials() -> Vec<Trial> {
+    vec![boot_tests::trial(
+        "detached_pause_stops_the_vcpus_top_lists_the_guests_processes",
+        pause_and_top,
+    )]
+}
+
+/// The share of one host CPU process `pid` (all its threads) took over
+/// `over`.
+fn cpu_share(pid: u32, over: Duration) -> Result<f64, Failed> {
+    let ticks = || -> Result<u64, Failed> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let f: Vec<u64> = stat
+            .rsplit_once(')')
+            .ok_or("a malformed /proc/PID/stat")?
+            .1
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // utime and stime: fields 14 and 15, the 12th and 13th after comm.
+        Ok(f[11] + f[12])
+    };
+    let before = ticks()?;
+    std::thread::sleep(over);
+    // USER_HZ is 100.
+    Ok((ticks()? - before) as f64 / 100.0 / over.as_secs_f64())
+}
+
+fn expect_refused(r: boot_tests::husk::HuskRun, what: &str, says: &str) -> Result<(), Failed> {
+    if r.code == Some(0) || !r.stderr.contains(says) {
+        return Err(r
+            .explain(&format!("{what} should fail saying {says:?}"))
+            .into());
+    }
+    Ok(())
+}
+
+fn pause_and_top() -> Result<(), Failed> {
+    let vm = Vm::start(
+        "d-pause",
+        &[
+            "examples/busybox",
+            "-u",
+            "65534",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000 & while :; do :; done",
+        ],
+    )?;
+    let keeper = vm.keeper()?;
+    let processes = tree(keeper);
+    let vmm = vmm_of(keeper).ok_or("no VMM under the keeper")?;
+    let name = vm.name.clone();
+
+    // top: init as PID 1, the command and its sleep, as the run's user.
+    let r = ok(h(&["top", &name])?, "husk top")?;
+    let mut lines = r.stdout.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let sleep = rows
+        .iter()
+        .find(|c| c.len() >= 9 && c[7..] == ["sleep", "1000"]);
+    let init = rows.iter().find(|c| c.get(1) == Some(&"1"));
+    match (sleep, init) {
+        (Some(s), Some(i))
+            if header
+                == [
+                    "USER", "PID", "PPID", "STAT", "RSS", "TIME", "ELAPSED", "COMMAND",
+                ]
+                && s[0] == "65534"
+                && i[0] == "root"
+                && rows.iter().any(|c| c[0] == "65534" && c[3] == "R") => {}
+        _ => {
+            return Err(r
+                .explain("husk top should list init, the busy sh (running) and its sleep, by user")
+                .into())
+        }
+    }
+
+    let busy = cpu_share(vmm, Duration::from_secs(1))?;
+    if busy < 0.3 {
+        return Err(
+            format!("the busy guest's VMM took {busy:.2} CPU, expected most of one").into(),
+        );
+    }
+    let r = ok(h(&["pause", &name])?, "husk pause")?;
+    if r.stdout.trim() != name {
+        return Err(r.explain("husk pause prints the name").into());
+    }
+    let line = vm.ps_line()?;
+    if !line.contains("(Paused)") {
+        return Err(format!("husk ps should show it paused: {line}").into());
+    }
+    let idle = cpu_share(vmm, Duration::from_secs(1))?;
+    if idle > 0.05 {
+        return Err(format!(
+            "paused, the VMM took {idle:.2} CPU (running it took {busy:.2}): its vCPUs did not stop"
+        )
+        .into());
+    }
+    expect_refused(vm.exec(&["true"])?, "exec in a paused guest", "is paused")?;
+    expect_refused(h(&["top", &name])?, "top of a paused guest", "is paused")?;
+    expect_refused(h(&["pause", &name])?, "a second pause", "paused already")?;
+    let snap = format!("{name}-snap");
+    expect_refused(
+        h(&["snapshot", "create", &name, &snap])?,
+        "a snapshot of a paused guest",
+        "is paused",
+    )?;
+
+    ok(h(&["unpause", &name])?, "husk unpause")?;
+    if vm.ps_line()?.contains("(Paused)") {
+        return Err("husk ps still shows it paused after unpause".into());
+    }
+    let again = cpu_share(vmm, Duration::from_secs(1))?;
+    if again < 0.3 {
+        return Err(format!("unpaused, the busy guest took only {again:.2} CPU").into());
+    }
+    let r = ok(vm.exec(&["echo", "back"])?, "exec after unpause")?;
+    if r.stdout.trim() != "back" {
+        return Err(r.explain("exec after unpause").into());
+    }
+    expect_refused(
+        h(&["unpause", &name])?,
+        "unpause of a running guest",
+        "not paused",
+    )?;
+
+    // Stopped while paused: resumed to take the SIGTERM, so the command's
+    // status is the signal's.
+    ok(h(&["pause", &name])?, "husk pause")?;
+    ok(
+        h(&["stop", "-t", "5", &name])?,
+        "husk stop of a paused appliance",
+    )?;
+    let line = vm.ps_line()?;
+    if !line.contains("Exited (143)") {
+        return Err(format!("stopped while paused, it should show Exited (143): {line}").into());
+    }
+    expect_refused(
+        h(&["pause", &name])?,
+        "pause of a stopped appliance",
+        "not running",
+    )?;
+    vm.remove(&processes)
+}
