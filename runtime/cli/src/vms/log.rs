@@ -1,15 +1,28 @@
 //! The console log of a detached VM: `console.log`, moved to
 //! `console.log.1` when it reaches [`MAX_LOG`] (one older file kept, so a
 //! chatty appliance holds at most twice that on the host's tmpfs).
+//!
+//! Each line is stored after the time its first bytes arrived, as
+//! `docker logs -t` shows it (`2026-12-02T04:20:00.123456789Z line`), so
+//! `husk logs` can show the times and select lines by them. A file that
+//! begins in the middle of a line (rotated there) begins with a time too,
+//! which a reader drops. A log written without times (by an older husk)
+//! reads as it is.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
 /// Bytes in `console.log` before it is rotated.
 pub const MAX_LOG: u64 = 1 << 20;
+
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, then a space.
+const STAMP: usize = 30;
 
 fn older(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
@@ -17,12 +30,50 @@ fn older(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Appends to the log, rotating it.
+/// A time as a line's stamp: UTC, to the nanosecond, always as wide.
+pub fn stamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond()
+    )
+}
+
+/// The stamp `line` starts with, as nanoseconds since the epoch, and the
+/// rest of the line; `None` and the line whole when it has none.
+fn split_stamp(line: &[u8]) -> (Option<(i128, &[u8])>, &[u8]) {
+    let looks_like = line.len() > STAMP
+        && line[STAMP] == b' '
+        && line[4] == b'-'
+        && line[10] == b'T'
+        && line[STAMP - 1] == b'Z';
+    let parsed = looks_like
+        .then(|| std::str::from_utf8(&line[..STAMP]).ok())
+        .flatten()
+        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok());
+    match parsed {
+        Some(t) => (
+            Some((t.unix_timestamp_nanos(), &line[..STAMP])),
+            &line[STAMP + 1..],
+        ),
+        None => (None, line),
+    }
+}
+
+/// Appends to the log, rotating it, each line after its time.
 pub struct LogWriter {
     path: PathBuf,
     file: File,
     size: u64,
     max: u64,
+    /// The next byte starts a line, or the file.
+    line_start: bool,
 }
 
 impl LogWriter {
@@ -30,14 +81,21 @@ impl LogWriter {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .mode_0600()
             .open(path)?;
         let size = file.metadata()?.len();
+        // Run again (a restart), it goes on where the last run stopped.
+        let mut last = [b'\n'];
+        if size > 0 {
+            file.read_exact_at(&mut last, size - 1)?;
+        }
         Ok(LogWriter {
             path: path.into(),
             file,
             size,
             max,
+            line_start: last[0] == b'\n',
         })
     }
 
@@ -49,6 +107,8 @@ impl LogWriter {
             .mode_0600()
             .open(&self.path)?;
         self.size = 0;
+        // The new file begins with a time, also in the middle of a line.
+        self.line_start = true;
         Ok(())
     }
 }
@@ -64,14 +124,30 @@ impl Mode0600 for OpenOptions {
 }
 
 impl Write for LogWriter {
+    /// Writes one line at most (to its newline), after its time when it
+    /// starts here; never past the limit in one file.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.size >= self.max {
             self.rotate()?;
         }
-        // Never past the limit in one file: a huge write is split.
+        let end = buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |i| i + 1);
         let room = (self.max - self.size).max(1) as usize;
-        let n = self.file.write(&buf[..buf.len().min(room)])?;
-        self.size += n as u64;
+        let n = end.min(room);
+        let mut record = Vec::with_capacity(STAMP + 1 + n);
+        if self.line_start {
+            record.extend_from_slice(stamp(OffsetDateTime::now_utc()).as_bytes());
+            record.push(b' ');
+        }
+        record.extend_from_slice(&buf[..n]);
+        self.file.write_all(&record)?;
+        self.size += record.len() as u64;
+        self.line_start = buf[n - 1] == b'\n';
         Ok(n)
     }
 
@@ -80,11 +156,67 @@ impl Write for LogWriter {
     }
 }
 
-/// The last `lines` lines of the log (all of it for `None`), older file
-/// first.
-pub fn tail(path: &Path, lines: Option<usize>) -> io::Result<Vec<u8>> {
-    let mut text = Vec::new();
+/// Which lines `husk logs` shows, and how.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Select {
+    /// The last N lines only.
+    pub lines: Option<usize>,
+    /// Lines that arrived at or after, before or at, these times
+    /// (nanoseconds since the epoch). A line without a time is shown.
+    pub since: Option<i128>,
+    pub until: Option<i128>,
+    /// Each line after its time.
+    pub timestamps: bool,
+}
+
+impl Select {
+    fn keeps(&self, at: Option<i128>) -> bool {
+        at.is_none_or(|t| self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u))
+    }
+}
+
+/// One line: its time and stamp, and its bytes with the newline (none on
+/// a last, unfinished line).
+struct Line<'a> {
+    stamp: Option<(i128, &'a [u8])>,
+    text: Vec<u8>,
+}
+
+/// The lines of the log's files (older first); a line a rotation cut in
+/// two is one again.
+fn lines_of(files: &[Vec<u8>]) -> Vec<Line<'_>> {
+    let mut lines: Vec<Line> = Vec::new();
+    for data in files {
+        let mut rest = &data[..];
+        let mut first = true;
+        while !rest.is_empty() {
+            let (stamp, body) = split_stamp(rest);
+            let end = body
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(body.len(), |i| i + 1);
+            match lines.last_mut() {
+                Some(prev) if first && !prev.text.ends_with(b"\n") => {
+                    prev.text.extend_from_slice(&body[..end]);
+                }
+                _ => lines.push(Line {
+                    stamp,
+                    text: body[..end].to_vec(),
+                }),
+            }
+            rest = &body[end..];
+            first = false;
+        }
+    }
+    lines
+}
+
+/// The log's files as they are now (older first), and the length of the
+/// current one (where [`follow`] goes on).
+fn load(path: &Path) -> io::Result<(Vec<Vec<u8>>, u64)> {
+    let mut files = Vec::new();
     for p in [older(path), path.to_path_buf()] {
+        let mut text = Vec::new();
         match File::open(&p) {
             Ok(mut f) => {
                 f.read_to_end(&mut text)?;
@@ -92,36 +224,144 @@ pub fn tail(path: &Path, lines: Option<usize>) -> io::Result<Vec<u8>> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        files.push(text);
     }
-    let Some(n) = lines else {
-        return Ok(text);
+    let current = files.last().map_or(0, |f| f.len() as u64);
+    Ok((files, current))
+}
+
+/// The log as `select` shows it, and the length of the current file it
+/// read (for [`follow`]).
+pub fn read(path: &Path, select: &Select) -> io::Result<(Vec<u8>, u64)> {
+    let (files, current) = load(path)?;
+    let lines: Vec<Line> = lines_of(&files)
+        .into_iter()
+        .filter(|l| select.keeps(l.stamp.map(|(t, _)| t)))
+        .collect();
+    let skip = select.lines.map_or(0, |n| lines.len().saturating_sub(n));
+    let mut out = Vec::new();
+    for line in &lines[skip..] {
+        if let (true, Some((_, s))) = (select.timestamps, line.stamp) {
+            out.extend_from_slice(s);
+            out.push(b' ');
+        }
+        out.extend_from_slice(&line.text);
+    }
+    Ok((out, current))
+}
+
+/// The last `lines` lines of the log (all of it for `None`), without
+/// their times: what an error shows of a console.
+pub fn tail(path: &Path, lines: Option<usize>) -> io::Result<Vec<u8>> {
+    let select = Select {
+        lines,
+        ..Select::default()
     };
-    // A final line without its newline counts as a line.
-    let body = text.strip_suffix(b"\n").unwrap_or(&text);
-    let start = if n == 0 {
-        text.len()
-    } else {
-        body.iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, b)| **b == b'\n')
-            .nth(n - 1)
-            .map_or(0, |(i, _)| i + 1)
-    };
-    Ok(text[start..].to_vec())
+    read(path, &select).map(|(text, _)| text)
+}
+
+/// The log as it arrives (in pieces that may end anywhere), shown as
+/// `select` says.
+struct Shown<'a> {
+    select: &'a Select,
+    /// The next byte starts a line (or a file): a stamp may come.
+    line_start: bool,
+    /// A line's first bytes, until it is known whether they are a stamp.
+    head: Vec<u8>,
+    /// The current line is shown.
+    keep: bool,
+    /// The next file goes on with the current line: its stamp is dropped.
+    continuing: bool,
+}
+
+impl Shown<'_> {
+    fn feed(&mut self, data: &[u8], out: &mut impl Write) -> io::Result<()> {
+        let mut i = 0;
+        while i < data.len() {
+            if self.line_start {
+                while self.head.len() <= STAMP && i < data.len() {
+                    self.head.push(data[i]);
+                    i += 1;
+                    if self.head.ends_with(b"\n") {
+                        break;
+                    }
+                }
+                if self.head.len() <= STAMP && !self.head.ends_with(b"\n") {
+                    return Ok(());
+                }
+                self.start_line(out)?;
+                continue;
+            }
+            let end = data[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(data.len(), |j| i + j + 1);
+            if self.keep {
+                out.write_all(&data[i..end])?;
+            }
+            self.line_start = data[end - 1] == b'\n';
+            i = end;
+        }
+        Ok(())
+    }
+
+    /// The head gathered: its stamp decides whether the line is shown.
+    fn start_line(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let head = std::mem::take(&mut self.head);
+        let (stamp, body) = split_stamp(&head);
+        if !std::mem::take(&mut self.continuing) {
+            self.keep = self.select.keeps(stamp.map(|(t, _)| t));
+            if let (true, true, Some((_, s))) = (self.keep, self.select.timestamps, stamp) {
+                out.write_all(s)?;
+                out.write_all(b" ")?;
+            }
+        }
+        if self.keep {
+            out.write_all(body)?;
+        }
+        self.line_start = body.ends_with(b"\n");
+        Ok(())
+    }
+
+    /// A new file: it starts with a stamp, in a line or not.
+    fn next_file(&mut self) {
+        self.continuing = !self.line_start;
+        self.line_start = true;
+    }
+
+    /// The writer is gone: a head that never grew to a stamp's length is
+    /// a line of its own.
+    fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if !self.head.is_empty() {
+            self.start_line(out)?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes what is appended to the log from byte `offset` of the current
-/// file on, following rotations, until `done()` says the writer is gone
-/// (then what is left is written too).
+/// file on (as `select` shows it), following rotations, until `done()`
+/// says the writer is gone (then what is left is written too).
 pub fn follow(
     path: &Path,
-    mut offset: u64,
+    offset: u64,
+    select: &Select,
     out: &mut impl Write,
     mut done: impl FnMut() -> bool,
 ) -> io::Result<()> {
     let mut file = File::open(path)?;
     let mut inode = file.metadata()?.ino();
+    let mut last = [b'\n'];
+    if offset > 0 {
+        file.read_exact_at(&mut last, offset - 1)?;
+    }
+    let mut shown = Shown {
+        select,
+        line_start: last[0] == b'\n',
+        head: Vec::new(),
+        keep: true,
+        continuing: false,
+    };
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -131,8 +371,7 @@ pub fn follow(
             if n == 0 {
                 break;
             }
-            offset += n as u64;
-            out.write_all(&buf[..n])?;
+            shown.feed(&buf[..n], out)?;
         }
         out.flush()?;
         // Rotated: the rest of the old file was read above; go on in the new.
@@ -140,80 +379,18 @@ pub fn follow(
             Ok(m) if m.ino() != inode => {
                 file = File::open(path)?;
                 inode = m.ino();
-                offset = 0;
+                shown.next_file();
                 continue;
             }
             _ => {}
         }
         if finished {
-            let _ = offset;
-            return Ok(());
+            shown.finish(out)?;
+            return out.flush();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rotates_at_the_limit_and_keeps_one_older_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console.log");
-        let mut w = LogWriter::create(&path, 10).unwrap();
-        w.write_all(b"0123456789abcdef").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
-        assert_eq!(std::fs::read(older(&path)).unwrap(), b"0123456789");
-        w.write_all(b"ghijklmnopq").unwrap();
-        assert_eq!(std::fs::read(older(&path)).unwrap(), b"abcdefghij");
-        assert_eq!(std::fs::read(&path).unwrap(), b"klmnopq");
-        // Reopened, it goes on where it was.
-        drop(w);
-        let mut w = LogWriter::create(&path, 10).unwrap();
-        w.write_all(b"rst").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"klmnopqrst");
-        assert_eq!(tail(&path, None).unwrap(), b"abcdefghijklmnopqrst");
-    }
-
-    #[test]
-    fn tail_counts_lines_across_both_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console.log");
-        std::fs::write(older(&path), b"one\ntwo\nthr").unwrap();
-        std::fs::write(&path, b"ee\nfour\nfive").unwrap();
-        assert_eq!(tail(&path, Some(0)).unwrap(), b"");
-        assert_eq!(tail(&path, Some(1)).unwrap(), b"five");
-        assert_eq!(tail(&path, Some(3)).unwrap(), b"three\nfour\nfive");
-        assert_eq!(
-            tail(&path, Some(99)).unwrap(),
-            b"one\ntwo\nthree\nfour\nfive"
-        );
-        std::fs::write(&path, b"ee\nfour\n").unwrap();
-        assert_eq!(tail(&path, Some(2)).unwrap(), b"three\nfour\n");
-        let none = dir.path().join("missing.log");
-        assert_eq!(tail(&none, None).unwrap(), b"");
-    }
-
-    #[test]
-    fn follow_reads_on_through_a_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console.log");
-        let mut w = LogWriter::create(&path, 16).unwrap();
-        w.write_all(b"early").unwrap();
-        let mut out = Vec::new();
-        let mut polls = 0;
-        follow(&path, 2, &mut out, || {
-            polls += 1;
-            match polls {
-                1 => {
-                    w.write_all(b"-more-and-rotated").unwrap();
-                    false
-                }
-                _ => true,
-            }
-        })
-        .unwrap();
-        assert_eq!(out, b"rly-more-and-rotated");
-    }
-}
+mod tests;

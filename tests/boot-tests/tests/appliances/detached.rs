@@ -162,6 +162,52 @@ impl Drop for Vm {
     }
 }
 
+/// `husk logs -t`, `--since` and `--until` of a guest printing "started",
+/// then a tick a second.
+fn logs_by_time(vm: &Vm) -> Result<(), Failed> {
+    let plain = ok(h(&["logs", &vm.name])?, "logs")?;
+    let stamped = ok(h(&["logs", "-t", &vm.name])?, "logs -t")?;
+    // Each line after its time: 2026-12-02T04:20:00.123456789Z, in order.
+    let mut stamps = Vec::new();
+    for (with, without) in stamped.stdout.lines().zip(plain.stdout.lines()) {
+        let (stamp, rest) = with.split_at_checked(31).unwrap_or_default();
+        let shaped = stamp.len() == 31
+            && stamp.as_bytes()[10] == b'T'
+            && stamp.ends_with("Z ")
+            && stamp[..4].parse::<u32>().is_ok_and(|y| y >= 2024);
+        if !shaped || rest != without {
+            return Err(stamped
+                .explain(&format!(
+                    "husk logs -t: {with:?} should be a time, then {without:?}"
+                ))
+                .into());
+        }
+        stamps.push(stamp.trim_end().to_string());
+    }
+    if stamps.len() < 3 || !stamps.is_sorted() {
+        return Err(stamped.explain("husk logs -t: times in order").into());
+    }
+    // Up to the first line's time: that line alone.
+    let r = ok(
+        h(&["logs", "--until", &stamps[0], &vm.name])?,
+        "logs --until",
+    )?;
+    if r.stdout.trim_end() != "started" {
+        return Err(r.explain("husk logs --until the first line's time").into());
+    }
+    // The last 2.5 s: a tick or a few, not the start.
+    let r = ok(h(&["logs", "--since", "2500ms", &vm.name])?, "logs --since")?;
+    let ticks = r.stdout.lines().filter(|l| l.starts_with("tick ")).count();
+    if !(1..=3).contains(&ticks) || r.stdout.contains("started") {
+        return Err(r.explain("husk logs --since 2500ms").into());
+    }
+    let r = h(&["logs", "--since", "yesterday", &vm.name])?;
+    if r.code == Some(0) || !r.stderr.contains("expected a duration") {
+        return Err(r.explain("a --since husk cannot read").into());
+    }
+    Ok(())
+}
+
 /// The parent of process `pid` (0 where it is gone).
 pub(super) fn parent(pid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -324,6 +370,7 @@ fn outlives_the_cli() -> Result<(), Failed> {
     if r.stdout.lines().count() != 1 || !r.stdout.starts_with("tick ") {
         return Err(r.explain("husk logs --tail 1").into());
     }
+    logs_by_time(&vm)?;
     let follower = Command::new(husk_bin()?)
         .args(["logs", "-f", "-n", "0", &vm.name])
         .stdout(Stdio::piped())
