@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 pub use diag::{Diagnostic, Diagnostics, FieldPath};
 pub use model::{
-    Appliance, DirEntry, Disk, FileEntry, ImageFormat, KernelRef, Metadata, NetInterface, OnExit,
-    Ready, Rootfs, Run, SymlinkEntry, Vm, Vsock,
+    Appliance, DirEntry, Disk, FileEntry, Health, ImageFormat, KernelRef, Metadata, NetInterface,
+    OnExit, Ready, Rootfs, Run, SymlinkEntry, Vm, Vsock,
 };
 pub use values::{
     ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Source, UserSpec,

@@ -109,6 +109,7 @@ pub struct Run {
     pub user: Option<UserSpec>,
     pub hostname: Option<String>,
     pub ready: Option<Ready>,
+    pub health: Option<Health>,
     /// What an exported appliance's machine does when the command ends.
     #[serde(default)]
     pub on_exit: OnExit,
@@ -142,6 +143,43 @@ impl Ready {
 
     fn default_timeout() -> u32 {
         60
+    }
+}
+
+/// `[run.health]`: a detached appliance's health check, as docker's
+/// HEALTHCHECK: every `interval` seconds, a TCP port in the guest that
+/// accepts, or a command in the guest that exits 0, within `timeout`
+/// seconds; `retries` failures in a row make it unhealthy; failures in
+/// the first `start_period` seconds do not count.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub tcp: Option<u16>,
+    pub command: Option<Vec<String>>,
+    #[serde(default = "Health::default_interval")]
+    pub interval: u32,
+    #[serde(default = "Health::default_interval")]
+    pub timeout: u32,
+    #[serde(default = "Health::default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub start_period: u32,
+}
+
+impl Health {
+    /// Bounds of `interval` and `start_period` (a day), `timeout` (an
+    /// hour) and `retries`.
+    pub const MAX_INTERVAL: u32 = 86_400;
+    pub const MAX_TIMEOUT: u32 = 3600;
+    pub const MAX_RETRIES: u32 = 100;
+
+    /// Docker's: 30 s between checks, 30 s for one.
+    fn default_interval() -> u32 {
+        30
+    }
+
+    fn default_retries() -> u32 {
+        3
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::diag::{path, FieldPath};
-use crate::model::{Appliance, ImageFormat, KernelRef, Vm};
+use crate::model::{Appliance, Health, ImageFormat, KernelRef, Ready, Vm};
 use crate::values::{ByteSize, ImageSize, Source};
 
 pub(crate) type Problems = Vec<(FieldPath, String)>;
@@ -191,28 +191,8 @@ fn check_run(a: &Appliance, p: &mut Problems) {
     }
     check_env(&run.env, p);
     if let Some(r) = &run.ready {
-        match (&r.tcp, &r.command) {
-            (Some(_), Some(_)) | (None, None) => p.push((
-                path("run.ready"),
-                "give one check: tcp = PORT, or command = [\"prog\", \"arg\"]".into(),
-            )),
-            (Some(0), None) => p.push((path("run.ready.tcp"), "port 0 cannot accept".into())),
-            (None, Some(c)) if c.first().is_none_or(|p| p.is_empty()) => p.push((
-                path("run.ready.command"),
-                "must name a program; write e.g. [\"pg_isready\"]".into(),
-            )),
-            _ => {}
-        }
-        if !(1..=crate::model::Ready::MAX_TIMEOUT).contains(&r.timeout) {
-            p.push((
-                path("run.ready.timeout"),
-                format!(
-                    "{} s: give 1 to {} seconds",
-                    r.timeout,
-                    crate::model::Ready::MAX_TIMEOUT
-                ),
-            ));
-        }
+        check_probe("run.ready", r.tcp, &r.command, p);
+        check_bounds("run.ready.timeout", r.timeout, 1..=Ready::MAX_TIMEOUT, p);
     }
     if let Some(h) = &run.hostname {
         let label_ok = |l: &str| {
@@ -228,6 +208,59 @@ fn check_run(a: &Appliance, p: &mut Problems) {
                 format!("{h:?} is not a hostname; use letters, digits, '-' and '.', at most 64"),
             ));
         }
+    }
+    if let Some(h) = &run.health {
+        check_probe("run.health", h.tcp, &h.command, p);
+        check_bounds(
+            "run.health.interval",
+            h.interval,
+            1..=Health::MAX_INTERVAL,
+            p,
+        );
+        check_bounds("run.health.timeout", h.timeout, 1..=Health::MAX_TIMEOUT, p);
+        check_bounds(
+            "run.health.start_period",
+            h.start_period,
+            0..=Health::MAX_INTERVAL,
+            p,
+        );
+        if !(1..=Health::MAX_RETRIES).contains(&h.retries) {
+            p.push((
+                path("run.health.retries"),
+                format!("{}: give 1 to {}", h.retries, Health::MAX_RETRIES),
+            ));
+        }
+    }
+}
+
+/// A check in the guest (`[run.ready]`, `[run.health]`): exactly one of
+/// `tcp = PORT` and `command = [...]`.
+fn check_probe(table: &str, tcp: Option<u16>, command: &Option<Vec<String>>, p: &mut Problems) {
+    match (tcp, command) {
+        (Some(_), Some(_)) | (None, None) => p.push((
+            path(table),
+            "give one check: tcp = PORT, or command = [\"prog\", \"arg\"]".into(),
+        )),
+        (Some(0), None) => p.push((path(&format!("{table}.tcp")), "port 0 cannot accept".into())),
+        (None, Some(c)) if c.first().is_none_or(|p| p.is_empty()) => p.push((
+            path(&format!("{table}.command")),
+            "must name a program; write e.g. [\"pg_isready\"]".into(),
+        )),
+        _ => {}
+    }
+}
+
+/// A number of seconds within `range`.
+fn check_bounds(key: &str, secs: u32, range: std::ops::RangeInclusive<u32>, p: &mut Problems) {
+    if !range.contains(&secs) {
+        p.push((
+            path(key),
+            format!(
+                "{secs} s: give {} to {} seconds",
+                range.start(),
+                range.end()
+            ),
+        ));
     }
 }
 

@@ -79,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// a date.
 fn parse_time(text: &str, now: OffsetDateTime) -> Option<i128> {
     let nanos = |secs: f64| (secs * 1e9) as i128;
-    if let Some(secs) = go_duration(text) {
+    if let Some(secs) = super::go_duration(text) {
         return Some(now.unix_timestamp_nanos() - nanos(secs));
     }
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
@@ -93,35 +93,6 @@ fn parse_time(text: &str, now: OffsetDateTime) -> Option<i128> {
     .iter()
     .find_map(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
     .map(|t| t.unix_timestamp_nanos())
-}
-
-/// A Go duration (numbers, each with its unit: `h`, `m`, `s`, `ms`,
-/// `us`, `ns`), in seconds; `None` for anything else.
-fn go_duration(text: &str) -> Option<f64> {
-    let number = |c: char| c.is_ascii_digit() || c == '.';
-    let mut rest = text;
-    let mut total = 0.0;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let n = rest.find(|c| !number(c)).unwrap_or(rest.len());
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest.find(number).unwrap_or(rest.len());
-        let unit = match &rest[..u] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += value * unit;
-        rest = &rest[u..];
-    }
-    Some(total)
 }
 
 #[cfg(test)]

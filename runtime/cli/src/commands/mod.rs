@@ -44,6 +44,42 @@ pub(crate) fn each_name(
     })
 }
 
+/// A Go duration (numbers, each with its unit: `h`, `m`, `s`, `ms`,
+/// `us`, `ns`), in seconds; `None` for anything else.
+pub fn go_duration(text: &str) -> Option<f64> {
+    let number = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = text;
+    let mut total = 0.0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest.find(|c| !number(c)).unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest.find(number).unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * unit;
+        rest = &rest[u..];
+    }
+    Some(total)
+}
+
+/// A Go duration as a clap value (`--health-interval 30s`).
+pub fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    go_duration(text)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text:?} is not a duration: write e.g. 30s, 1m30s, 500ms"))
+}
+
 /// A size on disk as `ls` commands show it: KiB under a MiB, MiB under a
 /// GiB, else GiB.
 pub fn human_size(bytes: u64) -> String {

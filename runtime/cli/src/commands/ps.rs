@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::vms::control::{Control, Request, Response};
-use crate::vms::{human_duration, now_ms, Status, VmDir};
+use crate::vms::{human_duration, now_ms, HealthStatus, Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,8 +48,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             .join(", ")
                     })
                     .unwrap_or_default();
-                let paused = if state.paused { " (Paused)" } else { "" };
-                (format!("Up {up}{paused}"), addresses)
+                // As docker shows them: paused over the health check.
+                let note = match (&state.paused, state.health.as_ref().map(|h| h.status)) {
+                    (true, _) => " (Paused)",
+                    (false, Some(HealthStatus::Starting)) => " (health: starting)",
+                    (false, Some(HealthStatus::Healthy)) => " (healthy)",
+                    (false, Some(HealthStatus::Unhealthy)) => " (unhealthy)",
+                    (false, None) => "",
+                };
+                (format!("Up {up}{note}"), addresses)
             }
             Status::Restarting => {
                 let code = state.exit_code.map_or("?".into(), |c| c.to_string());

@@ -142,6 +142,44 @@ pub struct State {
     /// Its vCPUs are stopped (`husk pause`) until `husk unpause`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// What its health check found (`--health-cmd`, `[run.health]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// A health check's view of a detached VM, as docker's `State.Health`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Checks failed in a row.
+    pub failing_streak: u32,
+    /// The last [`Health::KEPT`] checks, oldest first.
+    pub log: Vec<HealthCheck>,
+}
+
+impl Health {
+    pub const KEPT: usize = 5;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// No check has passed yet.
+    #[default]
+    Starting,
+    Healthy,
+    /// `retries` checks failed in a row.
+    Unhealthy,
+}
+
+/// One health check: when it ran, its exit code (0 passed, -1 it took too
+/// long) and the start of what it printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub exit_code: i32,
+    pub output: String,
 }
 
 /// One VM's folder.
@@ -340,6 +378,7 @@ mod tests {
             restart: String::new(),
             restart_count: 0,
             paused: true,
+            health: None,
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();

@@ -114,7 +114,7 @@ impl Vm {
         Path::new(STATE_ROOT).join(&self.name)
     }
 
-    fn state(&self) -> Result<serde_json::Value, Failed> {
+    pub(super) fn state(&self) -> Result<serde_json::Value, Failed> {
         let text = std::fs::read(self.dir().join("state.json"))?;
         Ok(serde_json::from_slice(&text)?)
     }

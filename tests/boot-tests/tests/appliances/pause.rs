@@ -1,19 +1,26 @@
-//! `husk pause`, `unpause` and `top` of a detached appliance, in the KVM
-//! test bed: a paused guest takes no host CPU and its agent is out of
-//! reach (exec, top, snapshot refused with a clear message); unpaused, it
-//! runs on; a paused one stops at `husk stop`.
+//! Watching a detached appliance, in the KVM test bed: `husk pause`,
+//! `unpause` and `top` (a paused guest takes no host CPU and its agent is
+//! out of reach: exec, top, snapshot refused with a clear message;
+//! unpaused, it runs on; a paused one stops at `husk stop`), and health
+//! checks (`--health-cmd`, `[run.health]`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 
 use super::detached::{h, ok, tree, vmm_of, Vm};
 
 pub fn trials() -> Vec<Trial> {
-    vec![boot_tests::trial(
-        "detached_pause_stops_the_vcpus_top_lists_the_guests_processes",
-        pause_and_top,
-    )]
+    vec![
+        boot_tests::trial(
+            "detached_pause_stops_the_vcpus_top_lists_the_guests_processes",
+            pause_and_top,
+        ),
+        boot_tests::trial(
+            "detached_health_checks_count_failures_timeouts_and_passes_as_docker",
+            health,
+        ),
+    ]
 }
 
 /// The share of one host CPU process `pid` (all its threads) took over
@@ -158,5 +165,134 @@ fn pause_and_top() -> Result<(), Failed> {
         "pause of a stopped appliance",
         "not running",
     )?;
+    vm.remove(&processes)
+}
+
+/// Waits up to `limit` for `husk ps -a`'s line of `vm` to contain `what`.
+fn ps_shows(vm: &Vm, what: &str, limit: Duration) -> Result<String, Failed> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let line = vm.ps_line()?;
+        if line.contains(what) {
+            return Ok(line);
+        }
+        if Instant::now() > deadline {
+            let state = vm.state()?;
+            return Err(format!(
+                "husk ps should show {what:?} within {limit:?}: {line}\nhealth: {}",
+                state["health"]
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn health() -> Result<(), Failed> {
+    // A check on a file the test makes and removes: failures in a row make
+    // it unhealthy, a pass healthy again.
+    let vm = Vm::start(
+        "d-health",
+        &[
+            "--health-cmd",
+            "echo looking; test -e /tmp/ok",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "3",
+            "examples/busybox",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    let line = vm.ps_line()?;
+    if !line.contains("(health: starting)") {
+        return Err(format!("before a check passes: {line}").into());
+    }
+    ps_shows(&vm, "(unhealthy)", Duration::from_secs(30))?;
+    let health = &vm.state()?["health"];
+    let last = &health["log"][health["log"]
+        .as_array()
+        .map_or(0, Vec::len)
+        .saturating_sub(1)];
+    if health["failing_streak"].as_u64() < Some(3)
+        || last["exit_code"] != 1
+        || last["output"] != "looking\n"
+    {
+        return Err(format!("unhealthy: three failures in a row, each logged: {health}").into());
+    }
+    ok(vm.exec(&["touch", "/tmp/ok"])?, "exec touch")?;
+    ps_shows(&vm, "(healthy)", Duration::from_secs(30))?;
+    if vm.state()?["health"]["failing_streak"] != 0 {
+        return Err(format!("healthy: {}", vm.state()?["health"]).into());
+    }
+    ok(vm.exec(&["rm", "/tmp/ok"])?, "exec rm")?;
+    ps_shows(&vm, "(unhealthy)", Duration::from_secs(30))?;
+    let log_len = vm.state()?["health"]["log"].as_array().map_or(0, Vec::len);
+    if log_len != 5 {
+        return Err(format!("the last 5 of 7 checks or more are kept, not {log_len}").into());
+    }
+    vm.remove(&processes)?;
+
+    // A check that takes longer than its timeout fails (-1) and is killed:
+    // no sleep piles up in the guest.
+    let vm = Vm::start(
+        "d-health-slow",
+        &[
+            "--health-cmd",
+            "sleep 30",
+            "--health-interval",
+            "1s",
+            "--health-timeout",
+            "1s",
+            "--health-retries",
+            "2",
+            "examples/busybox",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    ps_shows(&vm, "(unhealthy)", Duration::from_secs(30))?;
+    let health = vm.state()?["health"].clone();
+    let timed_out = health["log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|c| c["exit_code"] == -1 && c["output"] == "the check took longer than 1s");
+    if !timed_out {
+        return Err(format!("every check should time out: {health}").into());
+    }
+    let r = ok(h(&["top", &vm.name])?, "husk top")?;
+    let piled = r.stdout.matches("sleep 30").count();
+    if piled > 1 {
+        return Err(r
+            .explain("a check past its timeout should be killed")
+            .into());
+    }
+    vm.remove(&processes)?;
+
+    // The web appliance's own [run.health] (tcp = 80), made quicker; and
+    // --no-healthcheck.
+    let vm = Vm::start(
+        "d-health-web",
+        &["--health-interval", "1s", "--wait-ready", "examples/web"],
+    )?;
+    let processes = tree(vm.keeper()?);
+    ps_shows(&vm, "(healthy)", Duration::from_secs(30))?;
+    vm.remove(&processes)?;
+    let vm = Vm::start("d-health-off", &["--no-healthcheck", "examples/web"])?;
+    let processes = tree(vm.keeper()?);
+    let line = vm.ps_line()?;
+    if line.contains("healthy") || line.contains("(health") || !vm.state()?["health"].is_null() {
+        return Err(format!("--no-healthcheck: {line}").into());
+    }
+    let r = h(&["run", "-d", "--health-retries", "2", "examples/busybox"])?;
+    if r.code == Some(0) || !r.stderr.contains("give --health-cmd") {
+        return Err(r.explain("tuning a health check there is not").into());
+    }
     vm.remove(&processes)
 }

@@ -89,6 +89,7 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     if args.wait_ready {
         ready_check(args)?;
     }
+    health_check(args)?;
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     // The user's alone: its log and sockets are nobody else's business.
     let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -290,7 +291,7 @@ pub fn start_keeper(
 }
 
 /// The appliance's `[run.ready]` check, for `--wait-ready`.
-fn ready_check(args: &Args) -> anyhow::Result<(keeper::Ready, Duration)> {
+fn ready_check(args: &Args) -> anyhow::Result<(keeper::Check, Duration)> {
     let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
     let ready = target
         .appliance()
@@ -299,11 +300,20 @@ fn ready_check(args: &Args) -> anyhow::Result<(keeper::Ready, Duration)> {
             "--wait-ready: the appliance has no [run.ready] check (tcp = PORT or command = [...])",
         )?;
     let check = match (ready.tcp, ready.command) {
-        (Some(port), _) => keeper::Ready::Tcp(port),
-        (None, Some(argv)) => keeper::Ready::Command(argv),
+        (Some(port), _) => keeper::Check::Tcp(port),
+        (None, Some(argv)) => keeper::Check::Command(argv),
         (None, None) => anyhow::bail!("[run.ready] names no check"),
     };
     Ok((check, Duration::from_secs(ready.timeout.into())))
+}
+
+/// The health check the keeper runs: `--health-*` over the appliance's.
+fn health_check(args: &Args) -> anyhow::Result<Option<keeper::HealthCheck>> {
+    let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
+    super::health::resolve(
+        &args.health,
+        target.appliance().and_then(|a| a.run.health.as_ref()),
+    )
 }
 
 /// The restart policy of a `husk run -d` that names none: an appliance
@@ -349,6 +359,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
     let image = args.target.clone().unwrap_or_default();
     let options = keeper::Options {
         ready,
+        health: health_check(args)?,
         remove_at_end: args.rm,
         hold: args.hold,
         restart: args.restart.unwrap_or_else(|| default_restart(args)),

@@ -25,6 +25,7 @@ use super::target::{boot_cmdline, Target};
 use crate::vms::keeper;
 
 mod detached;
+mod health;
 pub mod named;
 mod net;
 mod shares;
@@ -147,6 +148,8 @@ pub struct Args {
         conflicts_with_all = ["rm", "hold"]
     )]
     restart: Option<crate::vms::restart::Policy>,
+    #[command(flatten)]
+    health: health::HealthArgs,
     /// The guest's hostname (default: the appliance's)
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,

@@ -26,7 +26,9 @@ use super::{now_ms, process_start, restart, State, Status, VmDir};
 use crate::commands::exec::block_sigwinch;
 use crate::commands::run::named::SNAPSHOT_FD_ENV;
 
+mod check;
 mod serve;
+pub use check::{Check, HealthCheck};
 use serve::serve;
 
 /// Set in the keeper's environment: the VM's folder.
@@ -53,13 +55,6 @@ const RESTART_DELAY_ENV: &str = "HUSK_KEEPER_RESTART_DELAY_MS";
 const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// An agent request's answer, when the guest is up.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a readiness check asks of the guest.
-#[derive(Debug, Clone)]
-pub enum Ready {
-    Tcp(u16),
-    Command(Vec<String>),
-}
 
 /// The VM's end, shared between the keeper's threads.
 struct Shared {
@@ -88,6 +83,8 @@ struct Shared {
     /// `husk pause` stopped the vCPUs: the guest agent cannot answer.
     /// Changed with `snapshots` held.
     paused: std::sync::atomic::AtomicBool,
+    /// Held while `state.json` is read, changed and written.
+    state_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -156,6 +153,26 @@ impl Shared {
         }
     }
 
+    /// Changes `state.json` while the VM runs (a later change of another
+    /// thread is not lost); once it ended, the keeper's own record of the
+    /// end stands, and this changes nothing.
+    fn update_state(&self, change: impl FnOnce(&mut State)) {
+        let _held = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.has_ended() {
+            return;
+        }
+        if let Ok(mut state) = self.vm.read_state() {
+            change(&mut state);
+            let _ = self.vm.write_state(&state);
+        }
+    }
+
+    /// Writes the keeper's own record whole.
+    fn write_state(&self, state: &State) {
+        let _held = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.vm.write_state(state);
+    }
+
     /// The VM child, ended at once; what the jail leaves is swept.
     fn kill_vm(&self) {
         let _ = kill_pidfd(&self.child);
@@ -167,7 +184,9 @@ impl Shared {
 /// How the keeper keeps its VM, besides what it runs.
 pub struct Options {
     /// Wait for this check (and at most so long) before saying ready.
-    pub ready: Option<(Ready, Duration)>,
+    pub ready: Option<(Check, Duration)>,
+    /// Run this health check while the VM runs.
+    pub health: Option<HealthCheck>,
     /// `--rm`: the VM's folder goes when it ends.
     pub remove_at_end: bool,
     /// The command waits for husk-runtime's start.
@@ -184,6 +203,7 @@ pub fn keep(
 ) -> anyhow::Result<u8> {
     let Options {
         ready,
+        health,
         remove_at_end,
         hold,
         restart,
@@ -224,6 +244,7 @@ pub fn keep(
         },
         restart_count,
         paused: false,
+        health: None,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
@@ -284,6 +305,7 @@ pub fn keep(
         snapshots: Mutex::new(snapshots),
         stopped: std::sync::atomic::AtomicBool::new(false),
         paused: std::sync::atomic::AtomicBool::new(false),
+        state_lock: Mutex::new(()),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
@@ -316,7 +338,13 @@ pub fn keep(
                 state.status = Status::Running;
                 state.started_ms = Some(now_ms());
             }
-            let _ = vm.write_state(&state);
+            shared.write_state(&state);
+            if let (Some(health), false) = (health, hold) {
+                let watcher = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name("health".into())
+                    .spawn(move || check::watch_health(watcher, health))?;
+            }
             let _ = writeln!(stdout, "{READY}");
         }
         Err(e) => {
@@ -363,9 +391,11 @@ pub fn keep(
     for relay in relays {
         let _ = relay.join();
     }
-    // Started meanwhile (a control request wrote that down).
+    // Started meanwhile (a control request wrote that down), and the
+    // health check's last word.
     if let Ok(now) = vm.read_state() {
         state.started_ms = now.started_ms;
+        state.health = now.health;
     }
     state.finished_ms = Some(now_ms());
     state.exit_code = code;
@@ -383,7 +413,7 @@ pub fn keep(
         let delay = restart::delay(previous, Duration::from_millis(ran_for));
         state.status = Status::Restarting;
         state.restart_count += 1;
-        let _ = vm.write_state(&state);
+        shared.write_state(&state);
         // The control socket still answers meanwhile: a stop ends this.
         let until = Instant::now() + delay;
         while Instant::now() < until && !stopped() {
@@ -400,7 +430,7 @@ pub fn keep(
         }
     }
     state.status = Status::Exited;
-    let _ = vm.write_state(&state);
+    shared.write_state(&state);
     shared.drain();
     let _ = std::fs::remove_file(vm.control());
     let _ = std::fs::remove_file(&shared.uds);
@@ -531,7 +561,7 @@ enum Progress {
 fn until_ready(
     shared: &Shared,
     announce: &UnixListener,
-    ready: Option<(Ready, Duration)>,
+    ready: Option<(Check, Duration)>,
     hold: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
@@ -579,25 +609,10 @@ fn until_ready(
         }
         other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
     }
-    let Some((check, timeout)) = ready else {
-        return Ok(());
-    };
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if shared.has_ended() {
-            anyhow::bail!("the VM stopped before it was ready");
-        }
-        match probe(shared, &check) {
-            Ok(()) => return Ok(()),
-            Err(e) => last = format!("{e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    match ready {
+        Some((check, timeout)) => check::until_ready(shared, &check, timeout),
+        None => Ok(()),
     }
-    anyhow::bail!(
-        "not ready after {} s (last check: {last})",
-        timeout.as_secs()
-    )
 }
 
 /// Waits up to `timeout` for the agent's announcement; whether it came.
@@ -616,43 +631,6 @@ fn wait_announce(listener: &UnixListener, timeout: Duration) -> bool {
         return true;
     }
     false
-}
-
-/// One readiness check.
-fn probe(shared: &Shared, check: &Ready) -> anyhow::Result<()> {
-    match check {
-        Ready::Tcp(port) => {
-            shared.agent_call(&agent::Request::ProbeTcp { port: *port })?;
-            Ok(())
-        }
-        Ready::Command(argv) => {
-            let process = agent::Process {
-                argv: argv.clone(),
-                ..Default::default()
-            };
-            let mut conn = shared.agent()?;
-            let id = match agent::call(&mut conn, &agent::Request::Start { process })? {
-                agent::Response::Started { id, .. } => id,
-                agent::Response::Error { message, .. } => anyhow::bail!("{message}"),
-                other => anyhow::bail!("unexpected answer: {other:?}"),
-            };
-            // Its output is not wanted, but must not fill its pipes.
-            for stream in [agent::Stream::Stdout, agent::Stream::Stderr] {
-                let mut out = shared.agent()?;
-                agent::call(&mut out, &agent::Request::Attach { id, stream })?;
-                std::thread::spawn(move || io::copy(&mut out, &mut io::sink()));
-            }
-            match agent::call(&mut conn, &agent::Request::Wait { id })? {
-                agent::Response::Exited {
-                    status: agent::ExitStatus::Code(0),
-                } => Ok(()),
-                agent::Response::Exited { status } => {
-                    anyhow::bail!("{} exited with {}", argv.join(" "), status.shell_code())
-                }
-                other => anyhow::bail!("unexpected answer: {other:?}"),
-            }
-        }
-    }
 }
 
 /// The descriptor named by [`WORD_FD_ENV`], taken (it is the keeper's

@@ -229,10 +229,7 @@ fn set_paused(shared: &Shared, paused: bool) -> anyhow::Result<()> {
         format!("cannot {what} {name}")
     })?;
     shared.paused.store(paused, Ordering::SeqCst);
-    if let Ok(mut state) = shared.vm.read_state() {
-        state.paused = paused;
-        let _ = shared.vm.write_state(&state);
-    }
+    shared.update_state(|s| s.paused = paused);
     Ok(())
 }
 
@@ -291,11 +288,10 @@ fn start_held(shared: &Shared, process: agent::Process) -> anyhow::Result<Respon
         relays.push(pump_out(attach(agent::Stream::Stderr)?, io::stderr()));
         pump_stdin(attach(agent::Stream::Stdin)?);
     }
-    if let Ok(mut state) = shared.vm.read_state() {
-        state.status = Status::Running;
-        state.started_ms = Some(now_ms());
-        let _ = shared.vm.write_state(&state);
-    }
+    shared.update_state(|s| {
+        s.status = Status::Running;
+        s.started_ms = Some(now_ms());
+    });
     Ok(Response::Ok)
 }
 

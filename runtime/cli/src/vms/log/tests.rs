@@ -72,7 +72,7 @@ fn rotates_at_the_limit_keeps_one_older_file_and_a_cut_line_whole() {
     assert!(before.ends_with(&long[..43]), "{before}");
     assert!(current.ends_with(" last\n"), "{current}");
     let (_, rest) = split_stamp(current.as_bytes());
-    assert!(rest.starts_with(long[43..].as_bytes()), "{current}");
+    assert!(rest.starts_with(&long.as_bytes()[43..]), "{current}");
     // Both files read as one log: the cut line is whole again.
     assert_eq!(
         String::from_utf8(tail(&path, None).unwrap()).unwrap(),

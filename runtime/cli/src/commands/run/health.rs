@@ -1,0 +1,157 @@
+//! `husk run -d`'s health check: docker's `--health-*` flags over the
+//! appliance's `[run.health]`.
+
+use std::time::Duration;
+
+use crate::vms::keeper::{Check, HealthCheck};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct HealthArgs {
+    /// With -d: a health check, run in the guest with /bin/sh -c (as
+    /// docker's); it replaces the appliance's [run.health] check
+    #[arg(long, value_name = "COMMAND", requires = "detach")]
+    health_cmd: Option<String>,
+    /// Between health checks (default 30s)
+    #[arg(long, value_name = "DURATION", value_parser = super::super::parse_go_duration)]
+    health_interval: Option<Duration>,
+    /// How long one check may take (default 30s)
+    #[arg(long, value_name = "DURATION", value_parser = super::super::parse_go_duration)]
+    health_timeout: Option<Duration>,
+    /// Failures in a row that make the appliance unhealthy (default 3)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    health_retries: Option<u32>,
+    /// Failures this soon after the start do not count, until a check
+    /// passes (default 0s)
+    #[arg(long, value_name = "DURATION", value_parser = super::super::parse_go_duration)]
+    health_start_period: Option<Duration>,
+    /// No health check, not even the appliance's
+    #[arg(long, conflicts_with_all = [
+        "health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period",
+    ])]
+    no_healthcheck: bool,
+}
+
+/// The health check this run's keeper runs: the flags over the
+/// appliance's `[run.health]` (`None` for none).
+pub fn resolve(
+    args: &HealthArgs,
+    appliance: Option<&appliance_spec::Health>,
+) -> anyhow::Result<Option<HealthCheck>> {
+    if args.no_healthcheck {
+        return Ok(None);
+    }
+    let secs = |s: u32| Duration::from_secs(s.into());
+    let base = match (&args.health_cmd, appliance) {
+        (Some(cmd), _) => HealthCheck {
+            check: Check::Command(vec!["/bin/sh".into(), "-c".into(), cmd.clone()]),
+            interval: secs(30),
+            timeout: secs(30),
+            retries: 3,
+            start_period: Duration::ZERO,
+        },
+        (None, Some(h)) => HealthCheck {
+            check: match (h.tcp, &h.command) {
+                (Some(port), _) => Check::Tcp(port),
+                (None, Some(argv)) => Check::Command(argv.clone()),
+                (None, None) => anyhow::bail!("[run.health] names no check"),
+            },
+            interval: secs(h.interval),
+            timeout: secs(h.timeout),
+            retries: h.retries,
+            start_period: secs(h.start_period),
+        },
+        (None, None) => {
+            let tuned = args.health_interval.is_some()
+                || args.health_timeout.is_some()
+                || args.health_retries.is_some()
+                || args.health_start_period.is_some();
+            if tuned {
+                anyhow::bail!(
+                    "--health-interval, --health-timeout, --health-retries and \
+                     --health-start-period tune a health check: give --health-cmd, or run an \
+                     appliance with [run.health]"
+                );
+            }
+            return Ok(None);
+        }
+    };
+    let positive = |flag: &str, d: Option<Duration>| -> anyhow::Result<Option<Duration>> {
+        match d {
+            Some(d) if d.is_zero() => anyhow::bail!("{flag} must be longer than 0s"),
+            other => Ok(other),
+        }
+    };
+    Ok(Some(HealthCheck {
+        interval: positive("--health-interval", args.health_interval)?.unwrap_or(base.interval),
+        timeout: positive("--health-timeout", args.health_timeout)?.unwrap_or(base.timeout),
+        retries: args.health_retries.unwrap_or(base.retries),
+        start_period: args.health_start_period.unwrap_or(base.start_period),
+        check: base.check,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appliance(tcp: Option<u16>) -> appliance_spec::Health {
+        appliance_spec::Health {
+            tcp,
+            command: tcp.is_none().then(|| vec!["pg_isready".into()]),
+            interval: 5,
+            timeout: 2,
+            retries: 4,
+            start_period: 10,
+        }
+    }
+
+    #[test]
+    fn flags_over_the_appliances_check() {
+        let none = HealthArgs::default();
+        assert_eq!(resolve(&none, None).unwrap(), None);
+        let from_app = resolve(&none, Some(&appliance(Some(80)))).unwrap().unwrap();
+        assert_eq!(
+            from_app,
+            HealthCheck {
+                check: Check::Tcp(80),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                retries: 4,
+                start_period: Duration::from_secs(10),
+            }
+        );
+        // --health-cmd replaces the check, with docker's defaults; the
+        // other flags tune either.
+        let cmd = HealthArgs {
+            health_cmd: Some("test -e /ok".into()),
+            health_retries: Some(1),
+            ..HealthArgs::default()
+        };
+        let h = resolve(&cmd, Some(&appliance(None))).unwrap().unwrap();
+        assert_eq!(
+            h.check,
+            Check::Command(vec!["/bin/sh".into(), "-c".into(), "test -e /ok".into()])
+        );
+        assert_eq!((h.interval, h.retries), (Duration::from_secs(30), 1));
+        let tuned = HealthArgs {
+            health_interval: Some(Duration::from_millis(500)),
+            ..HealthArgs::default()
+        };
+        let h = resolve(&tuned, Some(&appliance(None))).unwrap().unwrap();
+        assert_eq!(h.check, Check::Command(vec!["pg_isready".into()]));
+        assert_eq!(h.interval, Duration::from_millis(500));
+        // Tuning nothing, or to zero, is an error; --no-healthcheck wins.
+        let err = resolve(&tuned, None).unwrap_err().to_string();
+        assert!(err.contains("give --health-cmd"), "{err}");
+        let zero = HealthArgs {
+            health_timeout: Some(Duration::ZERO),
+            ..cmd.clone()
+        };
+        assert!(resolve(&zero, None).is_err());
+        let off = HealthArgs {
+            no_healthcheck: true,
+            ..HealthArgs::default()
+        };
+        assert_eq!(resolve(&off, Some(&appliance(Some(80)))).unwrap(), None);
+    }
+}
