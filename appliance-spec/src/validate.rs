@@ -384,7 +384,8 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
                 ));
             }
         }
-        for (j, port) in n.ports.iter().enumerate() {
+        // A port published on any free host port cannot clash.
+        for (j, port) in n.ports.iter().enumerate().filter(|(_, p)| p.host_port != 0) {
             if let Some(first) = published.insert((port.host_ip, port.host_port, port.udp), j) {
                 p.push((
                     at.clone().key("ports").index(j),

@@ -391,10 +391,13 @@ impl FromStr for Cidr {
 deserialize_from_str!(Cidr, "an address with prefix such as \"172.16.0.2/24\"");
 
 /// A published port: `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]` (an IPv6
-/// host address in brackets), as `docker run -p` writes it.
+/// host address in brackets), as `docker run -p` writes it; without a
+/// host port (`GUEST_PORT`, `HOST_IP::GUEST_PORT`), a free one is chosen
+/// when the VM starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortSpec {
     pub host_ip: Option<IpAddr>,
+    /// 0: any free port, chosen at the start.
     pub host_port: u16,
     pub guest_port: u16,
     pub udp: bool,
@@ -406,7 +409,8 @@ impl FromStr for PortSpec {
         let bad = || {
             format!(
                 "{s:?} is not a published port; write HOST_PORT:GUEST_PORT, \
-                 e.g. \"8080:80\", \"127.0.0.1:8080:80\" or \"5353:53/udp\""
+                 e.g. \"8080:80\", \"127.0.0.1:8080:80\" or \"5353:53/udp\" \
+                 (or GUEST_PORT alone for any free host port)"
             )
         };
         let (spec, udp) = match s.rsplit_once('/') {
@@ -415,7 +419,7 @@ impl FromStr for PortSpec {
             Some(_) => return Err(bad()),
             None => (s, false),
         };
-        let (host, guest) = spec.rsplit_once(':').ok_or_else(bad)?;
+        let (host, guest) = spec.rsplit_once(':').unwrap_or(("", spec));
         let (host_ip, host_port) = match host.rsplit_once(':') {
             Some((ip, port)) => {
                 let ip = ip
@@ -433,7 +437,11 @@ impl FromStr for PortSpec {
         };
         Ok(PortSpec {
             host_ip,
-            host_port: port(host_port)?,
+            host_port: if host_port.is_empty() {
+                0
+            } else {
+                port(host_port)?
+            },
             guest_port: port(guest)?,
             udp,
         })
@@ -514,9 +522,19 @@ mod tests {
         assert!(p.udp);
         let p: PortSpec = "[::1]:8443:443/tcp".parse().unwrap();
         assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        // No host port: any free one.
+        let p: PortSpec = "80".parse().unwrap();
+        assert_eq!((p.host_ip, p.host_port, p.guest_port), (None, 0, 80));
+        let p: PortSpec = "53/udp".parse().unwrap();
+        assert_eq!((p.host_port, p.guest_port, p.udp), (0, 53, true));
+        let p: PortSpec = "127.0.0.1::80".parse().unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port),
+            (Some("127.0.0.1".parse().unwrap()), 0)
+        );
         for bad in [
-            "80",
             "x:80",
+            "80/",
             "8080:80/sctp",
             "0:80",
             "70000:80",

@@ -50,6 +50,8 @@ enum Command {
     Unpause(commands::pause::Args),
     /// List the processes running in a detached appliance
     Top(commands::top::Args),
+    /// List a detached appliance's published ports
+    Port(commands::port::Args),
     /// Copy files and folders between the host and a running detached
     /// appliance (NAME:PATH), as docker cp does
     Cp(commands::cp::Args),
@@ -121,6 +123,7 @@ pub fn husk_main() -> ExitCode {
         Command::Pause(args) => commands::pause::pause(args),
         Command::Unpause(args) => commands::pause::unpause(args),
         Command::Top(args) => commands::top::run(args),
+        Command::Port(args) => commands::port::run(args),
         Command::Cp(args) => commands::cp::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),

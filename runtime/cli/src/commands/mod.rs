@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod kernel;
 pub mod logs;
 pub mod pause;
+pub mod port;
 pub mod ps;
 pub mod rm;
 pub mod run;

@@ -930,7 +930,65 @@ fn web_wait_ready() -> Result<(), Failed> {
             .explain("inspect should show the guest's hostname and eth0's address")
             .into());
     }
-    vm.remove(&processes)
+    let r = ok(h(&["port", &vm.name])?, "husk port")?;
+    if r.stdout != format!("80/tcp -> 127.0.0.1:{port}\n") {
+        return Err(r.explain("husk port lists what is published").into());
+    }
+    vm.remove(&processes)?;
+
+    // Published on any free host port: husk port says which, and it
+    // serves there; a foreground run says it on stderr.
+    let vm = Vm::start(
+        "d-web-any",
+        &[
+            "--wait-ready",
+            "--net",
+            "user",
+            "-p",
+            "127.0.0.1::80",
+            "examples/web",
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    let r = ok(h(&["port", &vm.name, "80"])?, "husk port NAME 80")?;
+    let host = r.stdout.trim().to_string();
+    let chosen: u16 = host
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| r.explain("husk port NAME 80 prints the host address"))?;
+    let page = super::network::curl(&format!("http://{host}/"), None)?;
+    if chosen == 0 || !page.contains("Hello from a husk appliance") {
+        return Err(format!("the chosen port {host} served {page:?}").into());
+    }
+    if !vm.ps_line()?.contains(&format!("{host}->80/tcp")) {
+        return Err(format!("husk ps should show {host}: {}", vm.ps_line()?).into());
+    }
+    let r = h(&["port", &vm.name, "81"])?;
+    if r.code == Some(0) || !r.stderr.contains("publishes no port 81") {
+        return Err(r.explain("a port it does not publish").into());
+    }
+    vm.remove(&processes)?;
+    let r = ok(
+        h(&[
+            "run",
+            "--net",
+            "user",
+            "-p",
+            "80",
+            "examples/busybox",
+            "--",
+            "true",
+        ])?,
+        "a foreground run with -p 80",
+    )?;
+    let said = r
+        .stderr
+        .lines()
+        .any(|l| l.starts_with("husk: published ") && l.ends_with("->80/tcp"));
+    if !said {
+        return Err(r.explain("a foreground run says the port it chose").into());
+    }
+    Ok(())
 }
 
 fn agent_garbage() -> Result<(), Failed> {

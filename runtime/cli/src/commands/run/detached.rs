@@ -349,12 +349,13 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         .net
         .iter()
         .flat_map(|n| &n.ports)
-        .map(|p| {
-            let ip = p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
-            let proto = if p.udp { "/udp" } else { "/tcp" };
-            format!("{ip}{}->{}{proto}", p.host_port, p.guest_port)
-        })
+        .map(super::net::published)
         .collect();
+    // The host ports chosen for `-p GUEST_PORT`: the VM child and this
+    // keeper's restarts, which inherit its environment, publish the same.
+    // No other thread runs yet in this process.
+    let chosen: Vec<String> = plan.chosen_ports.iter().map(u16::to_string).collect();
+    std::env::set_var(super::net::CHOSEN_PORTS_ENV, chosen.join(","));
     drop(plan);
     let image = args.target.clone().unwrap_or_default();
     let options = keeper::Options {

@@ -289,6 +289,8 @@ struct Plan {
     cpus: u8,
     memory_mib: u64,
     net: Vec<PlannedNet>,
+    /// Host ports chosen for ports published without one (`-p 80`).
+    chosen_ports: Vec<u16>,
     /// The guest's CID and the host socket of its vsock device.
     vsock: Option<(u32, PathBuf)>,
     /// Shared folders, the root first when it is one.
@@ -313,6 +315,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             None => 128,
         },
         net: Vec::new(),
+        chosen_ports: Vec::new(),
         vsock: args.vsock.clone().map(|uds| (DEFAULT_CID, uds)),
         shares: Vec::new(),
         husk_init: false,
@@ -322,7 +325,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         if !args.command.is_empty() || !args.env.is_empty() || !args.volumes.is_empty() {
             anyhow::bail!("a command after --, -e and -v need an appliance or image to run");
         }
-        plan.net = plan_net(args, None, false)?;
+        (plan.net, plan.chosen_ports) = plan_net(args, None, false)?;
         plan.disks = args.disks.iter().map(|d| disk(d)).collect();
         plan.cmdline = args.cmdline.clone();
         return Ok(plan);
@@ -340,7 +343,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     };
     plan.image = Some(built.clone());
     let appliance = target.appliance();
-    plan.net = plan_net(args, appliance, appliance.is_none())?;
+    (plan.net, plan.chosen_ports) = plan_net(args, appliance, appliance.is_none())?;
     plan.husk_init = true;
     let readonly = args.read_only || appliance.is_some_and(|a| a.rootfs.readonly);
     if let Some(folder) = target.source().folder() {

@@ -107,13 +107,13 @@ pub(super) fn plan_net(
     args: &Args,
     appliance: Option<&appliance_spec::Appliance>,
     image_ref: bool,
-) -> anyhow::Result<Vec<PlannedNet>> {
+) -> anyhow::Result<(Vec<PlannedNet>, Vec<u16>)> {
     let mut nets = match &args.net {
         Some(NetMode::None) => {
             if !args.publish.is_empty() {
                 anyhow::bail!("-p publishes a port through the user-mode network: drop --net none");
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         Some(NetMode::User) => vec![PlannedNet::user(Vec::new())],
         Some(NetMode::Tap(net)) => vec![(**net).clone()],
@@ -159,7 +159,74 @@ pub(super) fn plan_net(
             None => nets.push(PlannedNet::user(args.publish.clone())),
         }
     }
-    Ok(nets)
+    let chosen = choose_host_ports(&mut nets)?;
+    let foreground = !args.detach
+        && std::env::var_os(crate::vms::keeper::KEEPER_ENV).is_none()
+        && std::env::var_os(crate::vms::keeper::VM_ENV).is_none();
+    if foreground {
+        for p in &chosen {
+            eprintln!("husk: published {}", published(p));
+        }
+    }
+    Ok((nets, chosen.iter().map(|p| p.host_port).collect()))
+}
+
+/// Set for a detached VM's keeper and VM child: the host ports chosen for
+/// ports published without one, in order, so the keeper's record, its VM
+/// and its restarts publish the same ones.
+pub(super) const CHOSEN_PORTS_ENV: &str = "HUSK_CHOSEN_PORTS";
+
+/// Gives each port published without a host port (`-p 80`) a free one:
+/// those [`CHOSEN_PORTS_ENV`] names, else one the kernel picks now (bound
+/// and let go: passt binds it a moment later). The ports given one.
+fn choose_host_ports(nets: &mut [PlannedNet]) -> anyhow::Result<Vec<PortSpec>> {
+    let mut named = std::env::var(CHOSEN_PORTS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.parse::<u16>().ok())
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut chosen = Vec::new();
+    for p in nets
+        .iter_mut()
+        .flat_map(|n| n.ports.iter_mut())
+        .filter(|p| p.host_port == 0)
+    {
+        p.host_port = match named.next() {
+            Some(port) => port,
+            None => free_port(p)?,
+        };
+        chosen.push(*p);
+    }
+    Ok(chosen)
+}
+
+/// A port the kernel has free now on `p`'s host address (any address when
+/// it names none), of `p`'s protocol.
+fn free_port(p: &PortSpec) -> anyhow::Result<u16> {
+    use anyhow::Context;
+    let ip = p
+        .host_ip
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let port = if p.udp {
+        std::net::UdpSocket::bind((ip, 0)).and_then(|s| s.local_addr())
+    } else {
+        std::net::TcpListener::bind((ip, 0)).and_then(|s| s.local_addr())
+    };
+    Ok(port
+        .with_context(|| format!("no free port on {ip} to publish port {}", p.guest_port))?
+        .port())
+}
+
+/// A published port as `ps` and `husk port` show it: `[IP:]HOST->GUEST/PROTO`.
+pub(super) fn published(p: &PortSpec) -> String {
+    let ip = match p.host_ip {
+        Some(IpAddr::V6(ip)) => format!("[{ip}]:"),
+        Some(ip) => format!("{ip}:"),
+        None => String::new(),
+    };
+    let proto = if p.udp { "udp" } else { "tcp" };
+    format!("{ip}{}->{}/{proto}", p.host_port, p.guest_port)
 }
 
 /// A locally administered unicast MAC address, random per run.
