@@ -67,6 +67,10 @@ pub struct Process {
     /// without it the process reads `/dev/null`.
     #[serde(default)]
     pub stdin: bool,
+    /// In the background (`husk exec -d`): its streams are `/dev/null`,
+    /// and the agent forgets it when it ends (nobody waits for it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
     /// Run in a container of its own: a mount namespace whose root is a
     /// folder of the guest (a pod's containers share one VM this way).
     #[serde(default)]

@@ -17,6 +17,13 @@ fn every_request_round_trips() {
         Request::MainStarted,
         Request::Start {
             process: Process {
+                argv: vec!["sleep".into(), "100".into()],
+                detached: true,
+                ..Process::default()
+            },
+        },
+        Request::Start {
+            process: Process {
                 argv: vec!["sh".into(), "-c".into(), "echo \"hi\"\n".into()],
                 env: vec!["A=b c".into()],
                 cwd: Some("/tmp".into()),
@@ -24,6 +31,7 @@ fn every_request_round_trips() {
                 tty: true,
                 size: Some(WindowSize { rows: 24, cols: 80 }),
                 stdin: true,
+                detached: false,
                 container: Some(Container {
                     root: "/pod/web/rootfs".into(),
                     readonly: true,

@@ -28,6 +28,10 @@ pub struct Args {
     /// Give the command a terminal
     #[arg(short, long)]
     tty: bool,
+    /// Run the command in the background: start it and return (its output
+    /// is discarded, as docker exec -d does)
+    #[arg(short, long, conflicts_with_all = ["interactive", "tty"])]
+    detach: bool,
     /// Set an environment variable for the command; KEY alone takes
     /// husk's own value of KEY (left out when husk has none)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE|KEY")]
@@ -66,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tty,
         size: None,
         stdin: args.interactive,
+        detached: args.detach,
         ..Process::default()
     };
     exec_process(&vm, process)
@@ -80,6 +85,7 @@ pub fn exec_process(vm: &VmDir, mut process: Process) -> anyhow::Result<ExitCode
         process.size = process.size.or_else(window_size);
     }
     let interactive = process.stdin;
+    let process_detached = process.detached;
     let mut control = Control::connect(&vm.control(), &vm.name)?;
     let mut main = control.agent()?;
     let id = match agent::call(&mut main, &Request::Start { process })? {
@@ -97,6 +103,9 @@ pub fn exec_process(vm: &VmDir, mut process: Process) -> anyhow::Result<ExitCode
         }
         other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
     };
+    if process_detached {
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut attach = |stream: Stream| -> anyhow::Result<UnixStream> {
         let mut conn = control.agent()?;
         match agent::call(&mut conn, &Request::Attach { id, stream })? {

@@ -60,6 +60,8 @@ struct Proc {
     /// The cgroup of the container this process is the first of, ended
     /// with it.
     cgroup: Option<PathBuf>,
+    /// Nobody waits for it: forgotten when it ends.
+    detached: bool,
 }
 
 /// A new container's cgroup, removed when dropped before [`keep`] (its
@@ -94,6 +96,7 @@ impl Proc {
             tty_attached: false,
             stdin_conn: None,
             cgroup: None,
+            detached: false,
         }
     }
 }
@@ -589,6 +592,7 @@ impl Agent {
                 ending.extend(p.cgroup.take());
             }
         });
+        procs.retain(|_, p| !(p.detached && p.status.is_some()));
         // Each pass kills what is left and removes what is empty; the
         // killed processes' ends bring the next pass.
         ending.retain(|path| !cgroup::end(path));

@@ -176,6 +176,12 @@ impl Agent {
                 .stdout(slave.try_clone().map_err(io_failed)?)
                 .stderr(slave);
             proc.tty = Some(master);
+        } else if spec.detached {
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            proc.detached = true;
         } else {
             command
                 .stdin(if spec.stdin {

@@ -44,6 +44,47 @@ fn cpu_share(pid: u32, over: Duration) -> Result<f64, Failed> {
     Ok((ticks()? - before) as f64 / 100.0 / over.as_secs_f64())
 }
 
+/// The processes the guest agent keeps (running, or ended and not waited
+/// for), as `husk inspect` shows them.
+fn agent_processes(vm: &Vm) -> Result<u64, Failed> {
+    let r = ok(h(&["inspect", &vm.name])?, "husk inspect")?;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)?;
+    v["guest"]["processes"]
+        .as_u64()
+        .ok_or_else(|| r.explain("inspect shows the agent's processes").into())
+}
+
+/// `husk exec -d`: returns at once with nothing printed; the command runs
+/// on (top lists it) and, once it ended, the agent has forgotten it.
+fn exec_detached(vm: &Vm) -> Result<(), Failed> {
+    let before = agent_processes(vm)?;
+    let r = ok(
+        vm.exec(&["-d", "sh", "-c", "echo unseen; exec sleep 3"])?,
+        "exec -d",
+    )?;
+    if !r.stdout.is_empty() || !r.stderr.is_empty() {
+        return Err(r.explain("exec -d prints nothing").into());
+    }
+    let r = ok(h(&["top", &vm.name])?, "husk top")?;
+    if !r.stdout.contains("sleep 3") {
+        return Err(r
+            .explain("the exec -d command runs in the background")
+            .into());
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let r = ok(h(&["top", &vm.name])?, "husk top")?;
+    let after = agent_processes(vm)?;
+    if r.stdout.contains("sleep 3") || after != before {
+        return Err(r
+            .explain(&format!(
+                "ended, an exec -d is forgotten: the agent kept {before} processes before, \
+                 {after} after"
+            ))
+            .into());
+    }
+    Ok(())
+}
+
 fn expect_refused(r: boot_tests::husk::HuskRun, what: &str, says: &str) -> Result<(), Failed> {
     if r.code == Some(0) || !r.stderr.contains(says) {
         return Err(r
@@ -99,6 +140,8 @@ fn pause_and_top() -> Result<(), Failed> {
                 .into())
         }
     }
+
+    exec_detached(&vm)?;
 
     let busy = cpu_share(vmm, Duration::from_secs(1))?;
     if busy < 0.3 {
