@@ -11,6 +11,9 @@ pub struct Args {
     /// Also list appliances that have exited
     #[arg(short, long)]
     all: bool,
+    /// Only their names, one a line (husk rm $(husk ps -aq))
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -26,6 +29,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             continue;
         };
         if state.status == Status::Exited && !args.all {
+            continue;
+        }
+        if args.quiet {
+            println!("{}", state.name);
             continue;
         }
         let (status, addresses) = match state.status {
@@ -83,8 +90,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             addresses,
         ]);
     }
-    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
-    super::print_columns(&rows);
+    if !args.quiet {
+        let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+        super::print_columns(&rows);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

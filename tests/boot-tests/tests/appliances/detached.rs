@@ -756,6 +756,15 @@ fn names_and_users() -> Result<(), Failed> {
         let r = ok(vm.exec(&["hostname"])?, "hostname")?;
         let _ = r;
     }
+    // -q: the names alone.
+    let r = ok(h(&["ps", "-q"])?, "husk ps -q")?;
+    let names: Vec<&str> = r.stdout.lines().collect();
+    if !names.contains(&"d-one")
+        || !names.contains(&"d-two")
+        || names.iter().any(|n| n.contains(' '))
+    {
+        return Err(r.explain("husk ps -q lists the names alone").into());
+    }
     let r = h(&["run", "-d", "--name", "d-one", "examples/busybox"])?;
     if r.code == Some(0) || !r.stderr.contains("in use by a running appliance") {
         return Err(r.explain("a name in use must be refused").into());
