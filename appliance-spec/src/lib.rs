@@ -20,7 +20,8 @@ pub use model::{
     OnExit, Ready, Rootfs, Run, SymlinkEntry, Vm, Vsock,
 };
 pub use values::{
-    ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Source, UserSpec,
+    ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Signal, Source,
+    UserSpec,
 };
 
 use diag::Locator;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::values::{
-    ByteSize, Cidr, GuestPath, ImageSize, MacAddr, Mode, PortSpec, Source, UserSpec,
+    ByteSize, Cidr, GuestPath, ImageSize, MacAddr, Mode, PortSpec, Signal, Source, UserSpec,
 };
 
 /// A whole appliance file.
@@ -110,6 +110,11 @@ pub struct Run {
     pub hostname: Option<String>,
     pub ready: Option<Ready>,
     pub health: Option<Health>,
+    /// What `husk stop` sends the command first (default: the image's
+    /// STOPSIGNAL, else SIGTERM), and how long it waits before SIGKILL
+    /// (default 10 s).
+    pub stop_signal: Option<Signal>,
+    pub stop_timeout: Option<u32>,
     /// What an exported appliance's machine does when the command ends.
     #[serde(default)]
     pub on_exit: OnExit,

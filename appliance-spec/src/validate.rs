@@ -209,6 +209,9 @@ fn check_run(a: &Appliance, p: &mut Problems) {
             ));
         }
     }
+    if let Some(t) = run.stop_timeout {
+        check_bounds("run.stop_timeout", t, 0..=Health::MAX_INTERVAL, p);
+    }
     if let Some(h) = &run.health {
         check_probe("run.health", h.tcp, &h.command, p);
         check_bounds(

@@ -450,6 +450,70 @@ impl FromStr for PortSpec {
 
 deserialize_from_str!(PortSpec, "a published port such as \"8080:80\"");
 
+/// A signal, by name (`SIGQUIT`, `QUIT`, any case; `SIGRTMIN+3`) or by
+/// number, as a Dockerfile's STOPSIGNAL and `docker kill` take it; Linux's
+/// numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal(pub i32);
+
+/// Linux's signal names, from 1.
+const SIGNAL_NAMES: [&str; 31] = [
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+    "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+    "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+];
+/// The real-time signals' range.
+const SIGRTMIN: i32 = 34;
+const SIGRTMAX: i32 = 64;
+
+impl FromStr for Signal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let unknown = || {
+            format!(
+                "{s:?} is not a signal: write a name (TERM, SIGQUIT, SIGRTMIN+3) or a number \
+                 from 1 to {SIGRTMAX}"
+            )
+        };
+        if let Ok(n) = s.parse::<i32>() {
+            return (1..=SIGRTMAX)
+                .contains(&n)
+                .then_some(Signal(n))
+                .ok_or_else(unknown);
+        }
+        let upper = s.to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        if let Some(i) = SIGNAL_NAMES.iter().position(|n| *n == name) {
+            return Ok(Signal(i as i32 + 1));
+        }
+        let offset = |rest: &str| -> Option<i32> {
+            if rest.is_empty() {
+                Some(0)
+            } else {
+                rest.parse().ok()
+            }
+        };
+        let n = if let Some(rest) = name.strip_prefix("RTMIN") {
+            rest.strip_prefix('+')
+                .or(rest.is_empty().then_some(""))
+                .and_then(offset)
+                .map(|k| SIGRTMIN + k)
+        } else if let Some(rest) = name.strip_prefix("RTMAX") {
+            rest.strip_prefix('-')
+                .or(rest.is_empty().then_some(""))
+                .and_then(offset)
+                .map(|k| SIGRTMAX - k)
+        } else {
+            None
+        };
+        n.filter(|n| (SIGRTMIN..=SIGRTMAX).contains(n))
+            .map(Signal)
+            .ok_or_else(unknown)
+    }
+}
+
+deserialize_from_str!(Signal, "a signal such as \"SIGQUIT\"");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +572,24 @@ mod tests {
         assert!("docker://busybox".parse::<Source>().is_err());
         assert!("oci-archive:".parse::<Source>().is_err());
         assert!("ubuntu".parse::<Source>().is_err());
+    }
+
+    #[test]
+    fn signals_by_name_and_number() {
+        let sig = |s: &str| s.parse::<Signal>().map(|s| s.0);
+        assert_eq!(sig("9"), Ok(9));
+        assert_eq!(sig("KILL"), Ok(9));
+        assert_eq!(sig("sigterm"), Ok(15));
+        assert_eq!(sig("SIGQUIT"), Ok(3));
+        assert_eq!(sig("SIGWINCH"), Ok(28));
+        assert_eq!(sig("SIGRTMIN+3"), Ok(37));
+        assert_eq!(sig("RTMIN"), Ok(34));
+        assert_eq!(sig("SIGRTMAX-1"), Ok(63));
+        for bad in [
+            "0", "65", "-1", "SIGNOPE", "", "SIG", "RTMIN+31", "RTMIN-1", "RTMAX+1",
+        ] {
+            assert!(sig(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -124,6 +124,13 @@ fn run_config(
         run.env = c.env().clone().unwrap_or_default();
         run.workdir = c.working_dir().clone().filter(|w| !w.is_empty());
         run.user = c.user().clone().filter(|u| !u.is_empty());
+        // A STOPSIGNAL husk cannot read leaves SIGTERM, as it would be
+        // without one.
+        run.stop_signal = c
+            .stop_signal()
+            .as_deref()
+            .and_then(|s| s.parse::<appliance_spec::Signal>().ok())
+            .map(|s| s.0);
     }
     if let Some(a) = appliance {
         if let Some(command) = &a.run.command {
@@ -149,6 +156,9 @@ fn run_config(
                 .clone()
                 .unwrap_or_else(|| a.appliance.name.clone()),
         );
+        if let Some(signal) = a.run.stop_signal {
+            run.stop_signal = Some(signal.0);
+        }
         run.on_exit = match a.run.on_exit {
             appliance_spec::OnExit::Poweroff => husk_init::config::OnExit::Poweroff,
             appliance_spec::OnExit::Restart => husk_init::config::OnExit::Restart,

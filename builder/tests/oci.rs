@@ -61,7 +61,15 @@ fn umoci_image(dir: &Path) -> PathBuf {
     run(Command::new("umoci")
         .args(["repack", "--image", &tag])
         .arg(&bundle));
-    run(Command::new("umoci").args(["config", "--image", &tag, "--config.cmd", "/bin/sh"]));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &tag,
+        "--config.cmd",
+        "/bin/sh",
+        "--config.stopsignal",
+        "SIGQUIT",
+    ]));
     image
 }
 
@@ -80,6 +88,7 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
     assert!(!p.contains(&"/etc/gone"), "whiteout ignored: {p:?}");
     assert!(!p.iter().any(|f| f.starts_with("/etc/old")), "{p:?}");
     assert_eq!(built.run.command, ["/bin/sh"]);
+    assert_eq!(built.run.stop_signal, Some(3), "STOPSIGNAL SIGQUIT");
 
     // The same image as an OCI archive and as a docker archive.
     let oci_archive = dir.path().join("image.oci.tar");
@@ -105,6 +114,7 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
         let other_files = inspect::files(&other.path).unwrap();
         assert_eq!(listing(&other_files), listing(&files), "{source:?}");
         assert_eq!(other.run.command, ["/bin/sh"], "{source:?}");
+        assert_eq!(other.run.stop_signal, Some(3), "{source:?}");
     }
 }
 

@@ -386,10 +386,15 @@ pub enum Request {
     /// a container), and answers once the kernel says it is done. Answer:
     /// [`Response::Ok`].
     Freeze { id: u32, frozen: bool },
-    /// Stops the guest cleanly: SIGTERM to the appliance's command,
-    /// SIGKILL after `grace_ms`, then init ends every process and powers
-    /// off. Answer: [`Response::Ok`] at once.
-    Shutdown { grace_ms: u64 },
+    /// Stops the guest cleanly: `signal` (default: the appliance's stop
+    /// signal, else SIGTERM) to the appliance's command, SIGKILL after
+    /// `grace_ms`, then init ends every process and powers off. Answer:
+    /// [`Response::Ok`] at once.
+    Shutdown {
+        grace_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
 }
 
 /// What the agent answers.

@@ -137,7 +137,14 @@ fn every_request_round_trips() {
                 ..Resources::default()
             },
         },
-        Request::Shutdown { grace_ms: 10_000 },
+        Request::Shutdown {
+            grace_ms: 10_000,
+            signal: None,
+        },
+        Request::Shutdown {
+            grace_ms: 0,
+            signal: Some(3),
+        },
     ];
     for r in &requests {
         assert_eq!(&round_trip(r), r);

@@ -63,6 +63,10 @@ pub struct RunConfig {
     /// (under husk the VM always ends with it).
     #[serde(default, skip_serializing_if = "OnExit::is_default")]
     pub on_exit: OnExit,
+    /// The signal that asks the command to stop (the image's STOPSIGNAL,
+    /// the appliance's `run.stop_signal`); SIGTERM when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
 }
 
 /// `[run] on_exit`: power the machine off, or restart it (a service).
@@ -129,6 +133,9 @@ impl RunConfig {
         if overrides.workdir.is_some() {
             self.workdir.clone_from(&overrides.workdir);
         }
+        if overrides.stop_signal.is_some() {
+            self.stop_signal = overrides.stop_signal;
+        }
         Ok(())
     }
 }
@@ -141,7 +148,7 @@ fn env_key(entry: &str) -> Result<&str, ConfigError> {
 }
 
 /// What `husk run` changes for one boot: `-- COMMAND...`, `-e K=V`,
-/// `--hostname`, `-u`, `-w` and `--hold`.
+/// `--hostname`, `-u`, `-w`, `--stop-signal` and `--hold`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
@@ -161,6 +168,9 @@ pub struct Overrides {
     /// `-w`: the command's working directory, made when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// `--stop-signal`, as [`RunConfig::stop_signal`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
 }
 
 impl Overrides {
@@ -389,6 +399,7 @@ mod tests {
             user: Some("user:user".into()),
             hostname: Some("box".into()),
             on_exit: OnExit::Restart,
+            stop_signal: Some(3),
         }
     }
 
@@ -400,9 +411,11 @@ mod tests {
         // their digest.
         let plain = RunConfig {
             on_exit: OnExit::Poweroff,
+            stop_signal: None,
             ..config()
         };
         assert!(!plain.to_json().contains("on_exit"));
+        assert!(!plain.to_json().contains("stop_signal"));
         assert!(c.to_json().contains(r#""on_exit": "restart""#));
     }
 
@@ -422,6 +435,7 @@ mod tests {
             hostname: Some("web-1".into()),
             user: Some("1000:1000".into()),
             workdir: Some("/srv/app".into()),
+            stop_signal: Some(2),
         };
         let cmdline = format!("console=hvc0 {} panic=-1", o.to_param());
         assert!(!o.to_param().contains(' '));
@@ -444,6 +458,13 @@ mod tests {
         assert_eq!(c.workdir.as_deref(), Some("/tmp"));
         assert_eq!(c.command, config().command);
         assert_eq!(c.hostname, config().hostname);
+        assert_eq!(c.stop_signal, Some(3), "the image's, as no override names one");
+        c.apply(&Overrides {
+            stop_signal: Some(2),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(c.stop_signal, Some(2));
         assert!(Overrides::default().is_empty());
         let only_user = Overrides {
             user: Some("0".into()),

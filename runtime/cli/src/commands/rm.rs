@@ -32,7 +32,7 @@ pub(super) fn remove(name: &str, force: bool) -> anyhow::Result<()> {
         if !force {
             anyhow::bail!("{name} is running: husk stop {name} first, or husk rm -f {name}");
         }
-        super::stop::stop_one(name, 0)?;
+        super::stop::stop_one(name, Some(0), Some(libc::SIGKILL))?;
     }
     // The keeper answers a stop before it is done: it still records the
     // end in its folder. Removing the folder under it races with that (a

@@ -16,9 +16,10 @@ pub struct StartArgs {
 
 #[derive(clap::Args)]
 pub struct RestartArgs {
-    /// Seconds between SIGTERM and SIGKILL when stopping
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u32,
+    /// Seconds between the stop signal and SIGKILL when stopping
+    /// (default: the appliance's --stop-timeout, else 10)
+    #[arg(short = 't', long = "time")]
+    time: Option<u32>,
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -29,7 +30,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
 
 pub fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
     super::each_name(&args.names, |name| {
-        super::stop::stop_one(name, args.time)?;
+        super::stop::stop_one(name, args.time, None)?;
         start_one(name, true)
     })
 }

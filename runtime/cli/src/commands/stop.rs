@@ -7,9 +7,14 @@ use crate::vms::{Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct StopArgs {
-    /// Seconds between SIGTERM and SIGKILL
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u32,
+    /// Seconds between the stop signal and SIGKILL (default: the
+    /// appliance's --stop-timeout, else 10)
+    #[arg(short = 't', long = "time")]
+    time: Option<u32>,
+    /// The signal to send first (default: the appliance's stop signal,
+    /// else TERM)
+    #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
+    signal: Option<appliance_spec::Signal>,
     /// The appliances to stop
     #[arg(required = true)]
     names: Vec<String>,
@@ -23,16 +28,20 @@ pub struct KillArgs {
     signal: String,
 }
 
-/// SIGTERM to the command, SIGKILL after the grace period; the VM powers
-/// off when the command ends. Stopping one that has stopped is not an
-/// error (as with docker).
+/// The stop signal to the command, SIGKILL after the grace period; the VM
+/// powers off when the command ends. Stopping one that has stopped is not
+/// an error (as with docker).
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
     super::each_name(&args.names, |name| {
-        stop_one(name, args.time)?;
+        stop_one(name, args.time, args.signal.map(|s| s.0))?;
         println!("{name}");
         Ok(())
     })
 }
+
+/// Seconds `husk stop` waits for the command when neither it nor the
+/// appliance says (docker's).
+const DEFAULT_STOP_TIMEOUT: u32 = 10;
 
 /// The keeper's control socket, or `None` once the appliance has exited.
 /// A keeper that restarts its appliance (`--restart`) runs itself again
@@ -59,13 +68,23 @@ fn connect(vm: &VmDir, name: &str) -> anyhow::Result<Option<Control>> {
     }
 }
 
-pub fn stop_one(name: &str, grace_secs: u32) -> anyhow::Result<()> {
+/// Stops `name`: `signal` (default: its stop signal) to its command,
+/// SIGKILL after `grace_secs` (default: its stop timeout, else 10 s).
+pub fn stop_one(name: &str, grace_secs: Option<u32>, signal: Option<i32>) -> anyhow::Result<()> {
     let vm = VmDir::find(name)?;
+    let grace_secs = match grace_secs {
+        Some(s) => s,
+        None => vm
+            .current_state()?
+            .stop_timeout
+            .unwrap_or(DEFAULT_STOP_TIMEOUT),
+    };
     let Some(mut control) = connect(&vm, name)? else {
         return Ok(());
     };
     let asked = control.call(&Request::Stop {
         grace_ms: u64::from(grace_secs) * 1000,
+        signal,
     });
     match asked {
         Ok(_) => {}
@@ -107,43 +126,11 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-const SIGNALS: [(&str, i32); 19] = [
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("WINCH", libc::SIGWINCH),
-];
-
 /// A signal by number, or by name with or without `SIG` (any case).
 pub fn parse_signal(arg: &str) -> anyhow::Result<i32> {
-    if let Ok(n) = arg.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
-        anyhow::bail!("{arg}: signal numbers go from 1 to 64");
-    }
-    let upper = arg.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    SIGNALS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
-        .ok_or_else(|| anyhow::anyhow!("{arg:?} is not a signal husk knows (try a number, or TERM, KILL, HUP, INT, USR1...)"))
+    arg.parse::<appliance_spec::Signal>()
+        .map(|s| s.0)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 #[cfg(test)]
@@ -151,14 +138,29 @@ mod tests {
     use super::parse_signal;
 
     #[test]
-    fn signals_by_name_and_number() {
-        assert_eq!(parse_signal("9").unwrap(), 9);
-        assert_eq!(parse_signal("KILL").unwrap(), 9);
-        assert_eq!(parse_signal("sigterm").unwrap(), 15);
-        assert_eq!(parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1);
-        assert_eq!(parse_signal("hup").unwrap(), 1);
-        for bad in ["0", "65", "-1", "SIGNOPE", "", "SIG"] {
-            assert!(parse_signal(bad).is_err(), "{bad}");
+    fn signal_names_agree_with_the_c_librarys_numbers() {
+        let known = [
+            ("HUP", libc::SIGHUP),
+            ("INT", libc::SIGINT),
+            ("QUIT", libc::SIGQUIT),
+            ("KILL", libc::SIGKILL),
+            ("USR1", libc::SIGUSR1),
+            ("USR2", libc::SIGUSR2),
+            ("PIPE", libc::SIGPIPE),
+            ("TERM", libc::SIGTERM),
+            ("CHLD", libc::SIGCHLD),
+            ("CONT", libc::SIGCONT),
+            ("STOP", libc::SIGSTOP),
+            ("WINCH", libc::SIGWINCH),
+            ("PWR", libc::SIGPWR),
+            ("SYS", libc::SIGSYS),
+            ("RTMIN", libc::SIGRTMIN()),
+            ("RTMAX", libc::SIGRTMAX()),
+        ];
+        for (name, number) in known {
+            assert_eq!(parse_signal(name).unwrap(), number, "{name}");
         }
+        let err = parse_signal("SIGNOPE").unwrap_err().to_string();
+        assert!(err.contains("is not a signal"), "{err}");
     }
 }

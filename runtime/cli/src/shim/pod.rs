@@ -274,6 +274,7 @@ impl Pod {
                 control.set_timeout(Some(STOP_GRACE * 3));
                 let _ = control.call(&Request::Stop {
                     grace_ms: STOP_GRACE.as_millis() as u64,
+                    signal: None,
                 });
             }
         }

@@ -25,9 +25,14 @@ pub enum Request {
     Agent,
     /// The guest's own view (addresses, uptime). Answer: [`Response::Info`].
     Info,
-    /// SIGTERM to the command, SIGKILL after `grace_ms`, the VM powered
-    /// off. Answer: [`Response::Exited`] once the VM is gone.
-    Stop { grace_ms: u64 },
+    /// `signal` (default: the appliance's stop signal, else SIGTERM) to
+    /// the command, SIGKILL after `grace_ms`, the VM powered off. Answer:
+    /// [`Response::Exited`] once the VM is gone.
+    Stop {
+        grace_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
     /// Starts the command of a VM booted to hold it (husk-runtime's
     /// `start`); the keeper relays its streams to its own. Answer:
     /// [`Response::Ok`].

@@ -145,6 +145,10 @@ pub struct State {
     /// What its health check found (`--health-cmd`, `[run.health]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Seconds `husk stop` waits before SIGKILL when not told (10 when
+    /// `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<u32>,
 }
 
 /// A health check's view of a detached VM, as docker's `State.Health`.
@@ -379,6 +383,7 @@ mod tests {
             restart_count: 0,
             paused: true,
             health: None,
+            stop_timeout: Some(30),
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();

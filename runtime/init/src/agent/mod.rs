@@ -337,7 +337,13 @@ impl Agent {
                     .map(|_| Response::Ok)
                     .map_err(|e| error(ErrorKind::Failed, format!("process {id}: {e}")))
             }
-            Request::Shutdown { grace_ms } => self.shutdown(Duration::from_millis(grace_ms)),
+            Request::Shutdown { grace_ms, signal } => {
+                let signal = signal.or(self.config.stop_signal);
+                self.shutdown(
+                    Duration::from_millis(grace_ms),
+                    signal.unwrap_or(libc::SIGTERM),
+                )
+            }
         }
     }
 
@@ -433,9 +439,9 @@ impl Agent {
         }
     }
 
-    /// SIGTERM to the appliance's command now, SIGKILL after `grace`
+    /// `signal` to the appliance's command now, SIGKILL after `grace`
     /// unless it ended; init does the rest when it ends.
-    fn shutdown(self: &Arc<Self>, grace: Duration) -> Answer {
+    fn shutdown(self: &Arc<Self>, grace: Duration, signal: i32) -> Answer {
         {
             let mut table = self.lock();
             if table.main == Main::Held {
@@ -447,7 +453,7 @@ impl Agent {
             }
         }
         let pid = self.running_pid(MAIN)?;
-        let _ = sys::signal(pid, libc::SIGTERM);
+        let _ = sys::signal(pid, signal);
         let deadline = Instant::now() + grace;
         let watch = Arc::clone(self);
         let spawned = std::thread::Builder::new()

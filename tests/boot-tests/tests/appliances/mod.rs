@@ -14,7 +14,7 @@ mod cri;
 mod detached;
 mod network;
 mod oci;
-mod pause;
+mod service;
 mod shares;
 mod shim;
 mod snapshot;
@@ -58,7 +58,7 @@ pub fn trials() -> Vec<Trial> {
     all.extend(detached::trials());
     all.extend(network::trials());
     all.extend(oci::trials());
-    all.extend(pause::trials());
+    all.extend(service::trials());
     all.extend(shares::trials());
     all.extend(shim::trials());
     all.extend(snapshot::trials());

@@ -310,8 +310,8 @@ fn ready_check(args: &Args) -> anyhow::Result<(keeper::Check, Duration)> {
 /// The health check the keeper runs: `--health-*` over the appliance's.
 fn health_check(args: &Args) -> anyhow::Result<Option<keeper::HealthCheck>> {
     let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
-    super::health::resolve(
-        &args.health,
+    super::service::resolve(
+        &args.service,
         target.appliance().and_then(|a| a.run.health.as_ref()),
     )
 }
@@ -358,9 +358,14 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
     std::env::set_var(super::net::CHOSEN_PORTS_ENV, chosen.join(","));
     drop(plan);
     let image = args.target.clone().unwrap_or_default();
+    let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
     let options = keeper::Options {
         ready,
         health: health_check(args)?,
+        stop_timeout: super::service::stop_timeout(
+            &args.service,
+            target.appliance().map(|a| &a.run),
+        ),
         remove_at_end: args.rm,
         hold: args.hold,
         restart: args.restart.unwrap_or_else(|| default_restart(args)),

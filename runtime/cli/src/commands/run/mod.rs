@@ -25,9 +25,9 @@ use super::target::{boot_cmdline, Target};
 use crate::vms::keeper;
 
 mod detached;
-mod health;
 pub mod named;
 mod net;
+mod service;
 mod shares;
 pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
@@ -149,7 +149,7 @@ pub struct Args {
     )]
     restart: Option<crate::vms::restart::Policy>,
     #[command(flatten)]
-    health: health::HealthArgs,
+    service: service::ServiceArgs,
     /// The guest's hostname (default: the appliance's)
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
@@ -414,6 +414,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         hostname: args.hostname.clone(),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
+        stop_signal: args.service.stop_signal.map(|s| s.0),
     };
     if let Some(h) = &args.hostname {
         check_hostname(h)?;

@@ -187,6 +187,8 @@ pub struct Options {
     pub ready: Option<(Check, Duration)>,
     /// Run this health check while the VM runs.
     pub health: Option<HealthCheck>,
+    /// What `husk stop` waits by default (state.json keeps it).
+    pub stop_timeout: Option<u32>,
     /// `--rm`: the VM's folder goes when it ends.
     pub remove_at_end: bool,
     /// The command waits for husk-runtime's start.
@@ -204,6 +206,7 @@ pub fn keep(
     let Options {
         ready,
         health,
+        stop_timeout,
         remove_at_end,
         hold,
         restart,
@@ -245,6 +248,7 @@ pub fn keep(
         restart_count,
         paused: false,
         health: None,
+        stop_timeout,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;

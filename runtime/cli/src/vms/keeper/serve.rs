@@ -123,14 +123,14 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
         }),
         Request::Snapshot { dir } => snapshot(shared, &dir).map(|()| Response::Ok),
         Request::Pause { paused } => set_paused(shared, paused).map(|()| Response::Ok),
-        Request::Stop { grace_ms } => {
+        Request::Stop { grace_ms, signal } => {
             shared
                 .stopped
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             let grace = Duration::from_millis(grace_ms);
             unpause_to_end(shared);
             if !shared.has_ended() {
-                let asked = shared.agent_call(&agent::Request::Shutdown { grace_ms });
+                let asked = shared.agent_call(&agent::Request::Shutdown { grace_ms, signal });
                 // The guest ends the command after the grace period itself;
                 // a guest that does not (or cannot be asked) is stopped
                 // from outside a little after that.

@@ -1,12 +1,25 @@
-//! `husk run -d`'s health check: docker's `--health-*` flags over the
-//! appliance's `[run.health]`.
+//! What `husk run -d` keeps of a service besides its command: its health
+//! check (docker's `--health-*` flags over the appliance's
+//! `[run.health]`) and how it is stopped (`--stop-signal`,
+//! `--stop-timeout` over the image's STOPSIGNAL and the appliance's
+//! `run.stop_signal` and `run.stop_timeout`).
 
 use std::time::Duration;
+
+use appliance_spec::Signal;
 
 use crate::vms::keeper::{Check, HealthCheck};
 
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct HealthArgs {
+pub struct ServiceArgs {
+    /// The signal husk stop sends the command first (default: the
+    /// appliance's run.stop_signal, else the image's STOPSIGNAL, else TERM)
+    #[arg(long, value_name = "SIGNAL")]
+    pub(super) stop_signal: Option<Signal>,
+    /// With -d: seconds husk stop waits for the command before SIGKILL
+    /// (default: the appliance's run.stop_timeout, else 10)
+    #[arg(long, value_name = "SECS", requires = "detach")]
+    stop_timeout: Option<u32>,
     /// With -d: a health check, run in the guest with /bin/sh -c (as
     /// docker's); it replaces the appliance's [run.health] check
     #[arg(long, value_name = "COMMAND", requires = "detach")]
@@ -31,10 +44,16 @@ pub struct HealthArgs {
     no_healthcheck: bool,
 }
 
+/// The seconds `husk stop` waits by default: `--stop-timeout` over the
+/// appliance's `run.stop_timeout`.
+pub fn stop_timeout(args: &ServiceArgs, appliance: Option<&appliance_spec::Run>) -> Option<u32> {
+    args.stop_timeout.or(appliance.and_then(|r| r.stop_timeout))
+}
+
 /// The health check this run's keeper runs: the flags over the
 /// appliance's `[run.health]` (`None` for none).
 pub fn resolve(
-    args: &HealthArgs,
+    args: &ServiceArgs,
     appliance: Option<&appliance_spec::Health>,
 ) -> anyhow::Result<Option<HealthCheck>> {
     if args.no_healthcheck {
@@ -107,7 +126,7 @@ mod tests {
 
     #[test]
     fn flags_over_the_appliances_check() {
-        let none = HealthArgs::default();
+        let none = ServiceArgs::default();
         assert_eq!(resolve(&none, None).unwrap(), None);
         let from_app = resolve(&none, Some(&appliance(Some(80)))).unwrap().unwrap();
         assert_eq!(
@@ -122,10 +141,10 @@ mod tests {
         );
         // --health-cmd replaces the check, with docker's defaults; the
         // other flags tune either.
-        let cmd = HealthArgs {
+        let cmd = ServiceArgs {
             health_cmd: Some("test -e /ok".into()),
             health_retries: Some(1),
-            ..HealthArgs::default()
+            ..ServiceArgs::default()
         };
         let h = resolve(&cmd, Some(&appliance(None))).unwrap().unwrap();
         assert_eq!(
@@ -133,9 +152,9 @@ mod tests {
             Check::Command(vec!["/bin/sh".into(), "-c".into(), "test -e /ok".into()])
         );
         assert_eq!((h.interval, h.retries), (Duration::from_secs(30), 1));
-        let tuned = HealthArgs {
+        let tuned = ServiceArgs {
             health_interval: Some(Duration::from_millis(500)),
-            ..HealthArgs::default()
+            ..ServiceArgs::default()
         };
         let h = resolve(&tuned, Some(&appliance(None))).unwrap().unwrap();
         assert_eq!(h.check, Check::Command(vec!["pg_isready".into()]));
@@ -143,14 +162,14 @@ mod tests {
         // Tuning nothing, or to zero, is an error; --no-healthcheck wins.
         let err = resolve(&tuned, None).unwrap_err().to_string();
         assert!(err.contains("give --health-cmd"), "{err}");
-        let zero = HealthArgs {
+        let zero = ServiceArgs {
             health_timeout: Some(Duration::ZERO),
             ..cmd.clone()
         };
         assert!(resolve(&zero, None).is_err());
-        let off = HealthArgs {
+        let off = ServiceArgs {
             no_healthcheck: true,
-            ..HealthArgs::default()
+            ..ServiceArgs::default()
         };
         assert_eq!(resolve(&off, Some(&appliance(Some(80)))).unwrap(), None);
     }

@@ -1,8 +1,9 @@
-//! Watching a detached appliance, in the KVM test bed: `husk pause`,
+//! A detached appliance as a service, in the KVM test bed: `husk pause`,
 //! `unpause` and `top` (a paused guest takes no host CPU and its agent is
 //! out of reach: exec, top, snapshot refused with a clear message;
-//! unpaused, it runs on; a paused one stops at `husk stop`), and health
-//! checks (`--health-cmd`, `[run.health]`).
+//! unpaused, it runs on; a paused one stops at `husk stop`), `exec -d`,
+//! health checks (`--health-cmd`, `[run.health]`), and how it is stopped
+//! (`--stop-signal`, `--stop-timeout`, `husk stop -s`).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,10 @@ pub fn trials() -> Vec<Trial> {
         boot_tests::trial(
             "detached_health_checks_count_failures_timeouts_and_passes_as_docker",
             health,
+        ),
+        boot_tests::trial(
+            "detached_stop_signal_and_timeout_from_the_run_and_husk_stop",
+            stop_signal,
         ),
     ]
 }
@@ -336,6 +341,62 @@ fn health() -> Result<(), Failed> {
     let r = h(&["run", "-d", "--health-retries", "2", "examples/busybox"])?;
     if r.code == Some(0) || !r.stderr.contains("give --health-cmd") {
         return Err(r.explain("tuning a health check there is not").into());
+    }
+    vm.remove(&processes)
+}
+
+/// `--stop-signal QUIT --stop-timeout 30`: `husk stop` sends QUIT and would
+/// wait 30 s; `husk stop -s INT -t 1` overrides both.
+fn stop_signal() -> Result<(), Failed> {
+    let vm = Vm::start(
+        "d-stopsig",
+        &[
+            "--stop-signal",
+            "SIGQUIT",
+            "--stop-timeout",
+            "30",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got QUIT; exit 3' QUIT; trap 'echo got INT; exit 4' INT; \
+             trap 'echo ignored TERM' TERM; while :; do sleep 0.2; done",
+        ],
+    )?;
+    let mut processes = tree(vm.keeper()?);
+    if vm.state()?["stop_timeout"] != 30 {
+        return Err(format!("state.json keeps the stop timeout: {}", vm.state()?).into());
+    }
+    let started = Instant::now();
+    ok(h(&["stop", &vm.name])?, "husk stop")?;
+    let took = started.elapsed();
+    let r = ok(h(&["wait", &vm.name])?, "wait")?;
+    let logs = ok(h(&["logs", &vm.name])?, "logs")?;
+    if r.stdout.trim() != "3" || !logs.stdout.contains("got QUIT") || took > Duration::from_secs(10)
+    {
+        return Err(logs
+            .explain(&format!(
+                "husk stop should send SIGQUIT (exit 3) at once, not TERM; took {took:?}, \
+                 exit {}",
+                r.stdout.trim()
+            ))
+            .into());
+    }
+    ok(h(&["start", &vm.name])?, "husk start")?;
+    processes.extend(tree(vm.keeper()?));
+    ok(
+        h(&["stop", "-s", "INT", "-t", "1", &vm.name])?,
+        "husk stop -s INT",
+    )?;
+    let r = ok(h(&["wait", &vm.name])?, "wait")?;
+    if r.stdout.trim() != "4" {
+        return Err(r
+            .explain("husk stop -s INT: the command's INT trap exits 4")
+            .into());
+    }
+    let r = h(&["run", "-d", "--stop-signal", "SIGNOPE", "examples/busybox"])?;
+    if r.code == Some(0) || !r.stderr.contains("is not a signal") {
+        return Err(r.explain("an unknown stop signal").into());
     }
     vm.remove(&processes)
 }
