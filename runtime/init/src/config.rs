@@ -458,7 +458,11 @@ mod tests {
         assert_eq!(c.workdir.as_deref(), Some("/tmp"));
         assert_eq!(c.command, config().command);
         assert_eq!(c.hostname, config().hostname);
-        assert_eq!(c.stop_signal, Some(3), "the image's, as no override names one");
+        assert_eq!(
+            c.stop_signal,
+            Some(3),
+            "the image's, as no override names one"
+        );
         c.apply(&Overrides {
             stop_signal: Some(2),
             ..Overrides::default()
