@@ -352,10 +352,9 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         .map(super::net::published)
         .collect();
     // The host ports chosen for `-p GUEST_PORT`: the VM child and this
-    // keeper's restarts, which inherit its environment, publish the same.
-    // No other thread runs yet in this process.
+    // keeper's restarts publish the same.
     let chosen: Vec<String> = plan.chosen_ports.iter().map(u16::to_string).collect();
-    std::env::set_var(super::net::CHOSEN_PORTS_ENV, chosen.join(","));
+    let env = vec![(super::net::CHOSEN_PORTS_ENV, chosen.join(","))];
     drop(plan);
     let image = args.target.clone().unwrap_or_default();
     let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
@@ -366,6 +365,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
             &args.service,
             target.appliance().map(|a| &a.run),
         ),
+        env,
         remove_at_end: args.rm,
         hold: args.hold,
         restart: args.restart.unwrap_or_else(|| default_restart(args)),

@@ -189,6 +189,9 @@ pub struct Options {
     pub health: Option<HealthCheck>,
     /// What `husk stop` waits by default (state.json keeps it).
     pub stop_timeout: Option<u32>,
+    /// Set in the environment of the VM child and of the keeper's own
+    /// restarts: what the keeper chose for this run and they must share.
+    pub env: Vec<(&'static str, String)>,
     /// `--rm`: the VM's folder goes when it ends.
     pub remove_at_end: bool,
     /// The command waits for husk-runtime's start.
@@ -207,6 +210,7 @@ pub fn keep(
         ready,
         health,
         stop_timeout,
+        env,
         remove_at_end,
         hold,
         restart,
@@ -276,6 +280,7 @@ pub fn keep(
         .env_remove(KEEPER_ENV)
         .env(VM_ENV, &vm.dir)
         .env(SNAPSHOT_FD_ENV, vm_fd.to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log_w.try_clone().context("pipe")?)
         .stderr(log_w);
@@ -429,7 +434,7 @@ pub fn keep(
             let _ = std::fs::remove_file(vm.control());
             shared.drain();
             if !stopped() {
-                return run_again(&shared, delay);
+                return run_again(&shared, delay, &env);
             }
         }
     }
@@ -453,7 +458,11 @@ pub fn keep(
 /// The keeper once more, in this process (its pid and start time are
 /// what the state names): it starts a new VM. The old VM's vsock socket
 /// and jail go first, as when a keeper leaves.
-fn run_again(shared: &Shared, delay: Duration) -> anyhow::Result<u8> {
+fn run_again(
+    shared: &Shared,
+    delay: Duration,
+    env: &[(&'static str, String)],
+) -> anyhow::Result<u8> {
     let _ = std::fs::remove_file(&shared.uds);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -465,6 +474,7 @@ fn run_again(shared: &Shared, delay: Duration) -> anyhow::Result<u8> {
     let e = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(RESTART_DELAY_ENV, delay.as_millis().to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .exec();
     Err(e).context("cannot run the keeper again")
 }
