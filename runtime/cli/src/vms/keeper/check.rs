@@ -114,7 +114,11 @@ fn run(shared: &Shared, argv: &[String], timeout: Duration) -> anyhow::Result<Ou
     let mut readers = Vec::new();
     for stream in [agent::Stream::Stdout, agent::Stream::Stderr] {
         let mut out = shared.agent()?;
-        agent::call(&mut out, &agent::Request::Attach { id, stream })?;
+        match agent::call(&mut out, &agent::Request::Attach { id, stream })? {
+            agent::Response::Ok => {}
+            agent::Response::Error { message, .. } => anyhow::bail!("attach: {message}"),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
         out.set_read_timeout(None)?;
         readers.push(std::thread::spawn(move || {
             let mut kept = Vec::new();
