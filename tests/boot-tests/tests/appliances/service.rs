@@ -323,6 +323,29 @@ fn health() -> Result<(), Failed> {
     }
     vm.remove(&processes)?;
 
+    // --wait-ready without a [run.ready] waits for the health check to pass.
+    let vm = Vm::start(
+        "d-health-wait",
+        &[
+            "--health-cmd",
+            "test -e /tmp/ok",
+            "--wait-ready",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "sleep 3; touch /tmp/ok; exec sleep 1000",
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    let r = vm.exec(&["test", "-e", "/tmp/ok"])?;
+    if r.code != Some(0) {
+        return Err(r
+            .explain("--wait-ready returns once the health check passes")
+            .into());
+    }
+    vm.remove(&processes)?;
+
     // The web appliance's own [run.health] (tcp = 80), made quicker; and
     // --no-healthcheck.
     let vm = Vm::start(

@@ -290,21 +290,26 @@ pub fn start_keeper(
     }
 }
 
-/// The appliance's `[run.ready]` check, for `--wait-ready`.
+/// What `--wait-ready` waits for: the appliance's `[run.ready]` check,
+/// else its health check passing once (tried as often, for 60 s), as
+/// compose waits for a healthy service.
 fn ready_check(args: &Args) -> anyhow::Result<(keeper::Check, Duration)> {
     let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
-    let ready = target
-        .appliance()
-        .and_then(|a| a.run.ready.clone())
-        .context(
-            "--wait-ready: the appliance has no [run.ready] check (tcp = PORT or command = [...])",
-        )?;
-    let check = match (ready.tcp, ready.command) {
-        (Some(port), _) => keeper::Check::Tcp(port),
-        (None, Some(argv)) => keeper::Check::Command(argv),
-        (None, None) => anyhow::bail!("[run.ready] names no check"),
-    };
-    Ok((check, Duration::from_secs(ready.timeout.into())))
+    if let Some(ready) = target.appliance().and_then(|a| a.run.ready.clone()) {
+        let check = match (ready.tcp, ready.command) {
+            (Some(port), _) => keeper::Check::Tcp(port),
+            (None, Some(argv)) => keeper::Check::Command(argv),
+            (None, None) => anyhow::bail!("[run.ready] names no check"),
+        };
+        return Ok((check, Duration::from_secs(ready.timeout.into())));
+    }
+    match health_check(args)? {
+        Some(health) => Ok((health.check, Duration::from_secs(60))),
+        None => anyhow::bail!(
+            "--wait-ready: the appliance has no [run.ready] check (tcp = PORT or command = \
+             [...]) and no health check (--health-cmd, [run.health])"
+        ),
+    }
 }
 
 /// The health check the keeper runs: `--health-*` over the appliance's.

@@ -130,7 +130,8 @@ pub struct Args {
     /// The detached appliance's name (default: husk- and 6 hex digits)
     #[arg(long, requires = "detach")]
     name: Option<String>,
-    /// With -d: return once the appliance's [run.ready] check passes
+    /// With -d: return once the appliance's [run.ready] check passes (else
+    /// its health check)
     #[arg(long, requires = "detach")]
     wait_ready: bool,
     /// With -d: remove the appliance (its folder and log) when it stops
