@@ -323,6 +323,48 @@ fn health() -> Result<(), Failed> {
     }
     vm.remove(&processes)?;
 
+    // --health-on-failure restart: unhealthy, it starts again (a new VM,
+    // whose disk no longer has the file that broke it); stop: it ends.
+    let broken = [
+        "--health-cmd",
+        "test ! -e /tmp/broken",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        "--stop-timeout",
+        "2",
+        "--health-on-failure",
+    ];
+    let restarted = [
+        &broken[..],
+        &["restart", "examples/busybox", "--", "sleep", "1000"],
+    ]
+    .concat();
+    let vm = Vm::start("d-health-restart", &restarted)?;
+    let mut processes = tree(vm.keeper()?);
+    ok(vm.exec(&["touch", "/tmp/broken"])?, "exec touch")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vm.state()?["restart_count"] != 1 || !vm.ps_line()?.contains("Up ") {
+        if Instant::now() > deadline {
+            return Err(format!("unhealthy, it should start again: {}", vm.state()?).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    processes.extend(tree(vm.keeper()?));
+    ps_shows(&vm, "(healthy)", Duration::from_secs(30))?;
+    vm.remove(&processes)?;
+    let stopped = [
+        &broken[..],
+        &["stop", "examples/busybox", "--", "sleep", "1000"],
+    ]
+    .concat();
+    let vm = Vm::start("d-health-stop", &stopped)?;
+    let processes = tree(vm.keeper()?);
+    ok(vm.exec(&["touch", "/tmp/broken"])?, "exec touch")?;
+    ps_shows(&vm, "Exited (143)", Duration::from_secs(30))?;
+    vm.remove(&processes)?;
+
     // --wait-ready without a [run.ready] waits for the health check to pass.
     let vm = Vm::start(
         "d-health-wait",

@@ -312,13 +312,24 @@ fn ready_check(args: &Args) -> anyhow::Result<(keeper::Check, Duration)> {
     }
 }
 
-/// The health check the keeper runs: `--health-*` over the appliance's.
+/// The health check the keeper runs: `--health-*` over the appliance's;
+/// a stop it makes waits the run's stop timeout.
 fn health_check(args: &Args) -> anyhow::Result<Option<keeper::HealthCheck>> {
     let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
-    super::service::resolve(
-        &args.service,
-        target.appliance().and_then(|a| a.run.health.as_ref()),
-    )
+    let appliance = target.appliance();
+    let health =
+        super::service::resolve(&args.service, appliance.and_then(|a| a.run.health.as_ref()))?;
+    if args.restart.is_some() && args.service.health_on_failure == keeper::OnFailure::Restart {
+        anyhow::bail!(
+            "--health-on-failure restart starts it again itself: drop --restart (or use \
+             --health-on-failure kill, after which the restart policy applies)"
+        );
+    }
+    let grace = super::service::stop_timeout(&args.service, appliance.map(|a| &a.run));
+    Ok(health.map(|h| keeper::HealthCheck {
+        stop_grace: grace.map_or(h.stop_grace, |s| Duration::from_secs(s.into())),
+        ..h
+    }))
 }
 
 /// The restart policy of a `husk run -d` that names none: an appliance

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use appliance_spec::Signal;
 
-use crate::vms::keeper::{Check, HealthCheck};
+use crate::vms::keeper::{Check, HealthCheck, OnFailure};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServiceArgs {
@@ -37,6 +37,10 @@ pub struct ServiceArgs {
     /// passes (default 0s)
     #[arg(long, value_name = "DURATION", value_parser = super::super::parse_go_duration)]
     health_start_period: Option<Duration>,
+    /// What to do when the appliance turns unhealthy: none, kill (its
+    /// restart policy then applies), restart (whatever the policy), stop
+    #[arg(long, value_name = "ACTION", value_enum, default_value_t = OnFailure::None)]
+    pub(super) health_on_failure: OnFailure,
     /// No health check, not even the appliance's
     #[arg(long, conflicts_with_all = [
         "health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period",
@@ -67,6 +71,8 @@ pub fn resolve(
             timeout: secs(30),
             retries: 3,
             start_period: Duration::ZERO,
+            on_failure: OnFailure::None,
+            stop_grace: secs(10),
         },
         (None, Some(h)) => HealthCheck {
             check: match (h.tcp, &h.command) {
@@ -78,17 +84,20 @@ pub fn resolve(
             timeout: secs(h.timeout),
             retries: h.retries,
             start_period: secs(h.start_period),
+            on_failure: OnFailure::None,
+            stop_grace: secs(10),
         },
         (None, None) => {
             let tuned = args.health_interval.is_some()
                 || args.health_timeout.is_some()
                 || args.health_retries.is_some()
-                || args.health_start_period.is_some();
+                || args.health_start_period.is_some()
+                || args.health_on_failure != OnFailure::None;
             if tuned {
                 anyhow::bail!(
-                    "--health-interval, --health-timeout, --health-retries and \
-                     --health-start-period tune a health check: give --health-cmd, or run an \
-                     appliance with [run.health]"
+                    "--health-interval, --health-timeout, --health-retries, \
+                     --health-start-period and --health-on-failure tune a health check: give \
+                     --health-cmd, or run an appliance with [run.health]"
                 );
             }
             return Ok(None);
@@ -105,6 +114,8 @@ pub fn resolve(
         timeout: positive("--health-timeout", args.health_timeout)?.unwrap_or(base.timeout),
         retries: args.health_retries.unwrap_or(base.retries),
         start_period: args.health_start_period.unwrap_or(base.start_period),
+        on_failure: args.health_on_failure,
+        stop_grace: base.stop_grace,
         check: base.check,
     }))
 }
@@ -137,6 +148,8 @@ mod tests {
                 timeout: Duration::from_secs(2),
                 retries: 4,
                 start_period: Duration::from_secs(10),
+                on_failure: OnFailure::None,
+                stop_grace: Duration::from_secs(10),
             }
         );
         // --health-cmd replaces the check, with docker's defaults; the

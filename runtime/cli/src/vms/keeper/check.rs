@@ -31,6 +31,26 @@ pub struct HealthCheck {
     pub retries: u32,
     /// Failures this soon after the start do not count, until one passes.
     pub start_period: Duration,
+    /// What the keeper does when the VM turns unhealthy.
+    pub on_failure: OnFailure,
+    /// How long a stop for it waits for the command (its stop timeout).
+    pub stop_grace: Duration,
+}
+
+/// What the keeper does when a VM turns unhealthy, as podman's
+/// `--health-on-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnFailure {
+    /// Nothing: the health is only reported (docker's way).
+    #[default]
+    None,
+    /// SIGKILL to the command: the VM ends, and its restart policy applies.
+    Kill,
+    /// Stop it (its stop signal, SIGKILL after its stop timeout), then
+    /// start it again, whatever its restart policy.
+    Restart,
+    /// Stop it for good.
+    Stop,
 }
 
 /// What a command's output a check keeps (docker keeps as much).
@@ -202,10 +222,51 @@ pub fn watch_health(shared: Arc<Shared>, health: HealthCheck) {
             continue;
         }
         let early = started.elapsed() < health.start_period;
+        let mut turned = false;
         shared.update_state(|s| {
             let h = s.health.get_or_insert_with(Health::default);
+            let was = h.status;
             record(h, &found, start_ms, early, health.retries);
+            turned = was != HealthStatus::Unhealthy && h.status == HealthStatus::Unhealthy;
         });
+        if turned && health.on_failure != OnFailure::None {
+            act_on_failure(&shared, &health);
+            return;
+        }
+    }
+}
+
+/// `--health-on-failure`: the VM turned unhealthy.
+fn act_on_failure(shared: &Shared, health: &HealthCheck) {
+    let grace_ms = health.stop_grace.as_millis() as u64;
+    let asked = match health.on_failure {
+        OnFailure::None => return,
+        OnFailure::Kill => shared.agent_call(&agent::Request::Signal {
+            id: agent::MAIN,
+            signal: libc::SIGKILL,
+        }),
+        OnFailure::Restart => {
+            shared.health_restart.store(true, Ordering::SeqCst);
+            shared.agent_call(&agent::Request::Shutdown {
+                grace_ms,
+                signal: None,
+            })
+        }
+        OnFailure::Stop => {
+            shared.stopped.store(true, Ordering::SeqCst);
+            shared.agent_call(&agent::Request::Shutdown {
+                grace_ms,
+                signal: None,
+            })
+        }
+    };
+    // A guest that cannot be asked is ended from outside, as a stop does.
+    let ended = asked.is_ok()
+        && shared
+            .wait_exit(Some(health.stop_grace + Duration::from_secs(5)))
+            .is_some();
+    if !ended {
+        shared.kill_vm();
     }
 }
 

@@ -28,7 +28,7 @@ use crate::commands::run::named::SNAPSHOT_FD_ENV;
 
 mod check;
 mod serve;
-pub use check::{Check, HealthCheck};
+pub use check::{Check, HealthCheck, OnFailure};
 use serve::serve;
 
 /// Set in the keeper's environment: the VM's folder.
@@ -85,6 +85,9 @@ struct Shared {
     paused: std::sync::atomic::AtomicBool,
     /// Held while `state.json` is read, changed and written.
     state_lock: Mutex<()>,
+    /// The health check stopped the VM to start it again
+    /// (`--health-on-failure restart`), whatever the restart policy.
+    health_restart: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -315,6 +318,7 @@ pub fn keep(
         stopped: std::sync::atomic::AtomicBool::new(false),
         paused: std::sync::atomic::AtomicBool::new(false),
         state_lock: Mutex::new(()),
+        health_restart: std::sync::atomic::AtomicBool::new(false),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
@@ -409,7 +413,10 @@ pub fn keep(
     state.finished_ms = Some(now_ms());
     state.exit_code = code;
     let stopped = || shared.stopped.load(std::sync::atomic::Ordering::SeqCst);
-    if ran && !stopped() && restart.restarts(code, state.restart_count) {
+    let health_restart = shared
+        .health_restart
+        .load(std::sync::atomic::Ordering::SeqCst);
+    if ran && !stopped() && (health_restart || restart.restarts(code, state.restart_count)) {
         let previous = std::env::var(RESTART_DELAY_ENV)
             .ok()
             .and_then(|ms| ms.parse().ok())
