@@ -68,6 +68,30 @@ fn connect(vm: &VmDir, name: &str) -> anyhow::Result<Option<Control>> {
     }
 }
 
+/// Sends `request` to the keeper of `vm`; `None` once the appliance has
+/// exited. A keeper that restarts its appliance runs itself again, and a
+/// request that reached it just then is closed unanswered (the keeper
+/// takes none while it goes): it is sent again to the keeper's next run.
+fn ask(vm: &VmDir, name: &str, request: &Request) -> anyhow::Result<Option<Response>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let Some(mut control) = connect(vm, name)? else {
+            return Ok(None);
+        };
+        match control.call(request) {
+            Ok(r) => return Ok(Some(r)),
+            Err(e) => match vm.current_state()?.status {
+                // The keeper left as the VM ended.
+                Status::Exited => return Ok(None),
+                Status::Restarting | Status::Starting if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
 /// Stops `name`: `signal` (default: its stop signal) to its command,
 /// SIGKILL after `grace_secs` (default: its stop timeout, else 10 s).
 pub fn stop_one(name: &str, grace_secs: Option<u32>, signal: Option<i32>) -> anyhow::Result<()> {
@@ -79,19 +103,12 @@ pub fn stop_one(name: &str, grace_secs: Option<u32>, signal: Option<i32>) -> any
             .stop_timeout
             .unwrap_or(DEFAULT_STOP_TIMEOUT),
     };
-    let Some(mut control) = connect(&vm, name)? else {
-        return Ok(());
-    };
-    let asked = control.call(&Request::Stop {
+    let stop = Request::Stop {
         grace_ms: u64::from(grace_secs) * 1000,
         signal,
-    });
-    match asked {
-        Ok(_) => {}
-        // The keeper left as the VM ended: stopped all the same.
-        Err(_) if vm.current_state()?.status == Status::Exited => {}
-        Err(e) => return Err(e),
-    }
+    };
+    // Answered, or exited meanwhile: stopped all the same.
+    ask(&vm, name, &stop)?;
     // The keeper answers once the VM ended, and records the end just
     // after (or, for `run -d --rm`, removes the folder): a `start` right
     // after this (`husk restart`) must find it recorded.
@@ -114,15 +131,13 @@ pub fn stop_one(name: &str, grace_secs: Option<u32>, signal: Option<i32>) -> any
 pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
     let signal = parse_signal(&args.signal)?;
     let vm = VmDir::find(&args.name)?;
-    let Some(mut control) = connect(&vm, &args.name)? else {
-        anyhow::bail!("{} is not running", args.name);
-    };
-    match control.call(&Request::Kill { signal })? {
-        Response::Ok => {
+    match ask(&vm, &args.name, &Request::Kill { signal })? {
+        None => anyhow::bail!("{} is not running", args.name),
+        Some(Response::Ok) => {
             println!("{}", args.name);
             Ok(ExitCode::SUCCESS)
         }
-        other => anyhow::bail!("unexpected answer from the keeper: {other:?}"),
+        Some(other) => anyhow::bail!("unexpected answer from the keeper: {other:?}"),
     }
 }
 
