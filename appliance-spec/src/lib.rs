@@ -14,10 +14,22 @@ mod values;
 
 use std::path::{Path, PathBuf};
 
+/// Whether `text` is a volume's name as docker takes one: a letter or
+/// digit, then at least one more of letters, digits and `_.-`; at most
+/// 128 bytes.
+pub fn is_volume_name(text: &str) -> bool {
+    text.len() >= 2
+        && text.len() <= 128
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 pub use diag::{Diagnostic, Diagnostics, FieldPath};
 pub use model::{
     Appliance, DirEntry, Disk, FileEntry, Health, ImageFormat, KernelRef, Metadata, NetInterface,
-    OnExit, Ready, Rootfs, Run, SymlinkEntry, Vm, Vsock,
+    OnExit, Ready, Rootfs, Run, Share, SymlinkEntry, Vm, Vsock,
 };
 pub use values::{
     ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Signal, Source,
@@ -112,8 +124,8 @@ impl Appliance {
         if let Some(v) = &mut self.vm.vsock {
             fix(&mut v.uds);
         }
-        for s in &mut self.vm.shares {
-            fix(&mut s.host);
+        for s in self.vm.shares.iter_mut().filter_map(|s| s.host.as_mut()) {
+            fix(s);
         }
     }
 }

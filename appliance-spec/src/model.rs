@@ -266,12 +266,15 @@ pub struct Disk {
     pub readonly: bool,
 }
 
-/// `[[vm.shares]]`: a host folder the guest sees at `guest` (virtio-fs,
-/// served by virtiofsd); the guest's writes land in the folder.
+/// `[[vm.shares]]`: a host folder, or a named volume, the guest sees at
+/// `guest` (virtio-fs, served by virtiofsd); the guest's writes land in
+/// the folder. One of `host` and `volume` (validation says so).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Share {
-    pub host: PathBuf,
+    pub host: Option<PathBuf>,
+    /// A named volume: made on first use, filled from the image when new.
+    pub volume: Option<String>,
     pub guest: GuestPath,
     #[serde(default)]
     pub readonly: bool,

@@ -55,7 +55,9 @@ pub(crate) fn check_host_paths(a: &Appliance) -> Problems {
         need(path("vm.disks").index(i).key("path"), &d.path, false);
     }
     for (i, s) in a.vm.shares.iter().enumerate() {
-        need(path("vm.shares").index(i).key("host"), &s.host, true);
+        if let Some(host) = &s.host {
+            need(path("vm.shares").index(i).key("host"), host, true);
+        }
     }
     p
 }
@@ -328,6 +330,24 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
     }
     let mut guests = HashMap::new();
     for (i, s) in vm.shares.iter().enumerate() {
+        match (&s.host, &s.volume) {
+            (None, None) => p.push((
+                path("vm.shares").index(i),
+                "give the host folder (host = \"PATH\") or a volume (volume = \"NAME\")".into(),
+            )),
+            (Some(_), Some(_)) => p.push((
+                path("vm.shares").index(i).key("volume"),
+                "give host or volume, not both".into(),
+            )),
+            (None, Some(name)) if !crate::is_volume_name(name) => p.push((
+                path("vm.shares").index(i).key("volume"),
+                format!(
+                    "{name:?} is not a volume name; use two or more of letters, digits, '_', \
+                     '.' and '-', starting with a letter or digit"
+                ),
+            )),
+            _ => {}
+        }
         let at = path("vm.shares").index(i).key("guest");
         if s.guest.as_path() == Path::new("/") {
             p.push((

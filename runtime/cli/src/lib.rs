@@ -7,6 +7,7 @@ pub mod commands;
 pub mod oci;
 pub mod shim;
 pub mod vms;
+pub mod volumes;
 
 use std::process::ExitCode;
 
@@ -80,6 +81,9 @@ enum Command {
     /// List and remove the built images husk keeps in its cache
     #[command(subcommand)]
     Image(commands::image::Command),
+    /// Make, list and remove the named volumes appliances keep data in
+    #[command(subcommand)]
+    Volume(commands::volume::Command),
     /// Show the space husk takes, and remove what nothing uses any more
     #[command(subcommand)]
     System(commands::system::Command),
@@ -134,6 +138,7 @@ pub fn husk_main() -> ExitCode {
         Command::Kernel(cmd) => commands::kernel::run(cmd),
         Command::Snapshot(cmd) => commands::snapshot::run(cmd),
         Command::Image(cmd) => commands::image::run(cmd),
+        Command::Volume(cmd) => commands::volume::run(cmd),
         Command::System(cmd) => commands::system::run(cmd),
     };
     match result {

@@ -339,6 +339,10 @@ pub struct ShareMount {
     pub path: String,
     #[serde(default)]
     pub readonly: bool,
+    /// A volume: when the share is empty, init first fills it with what
+    /// the image holds at `path` (see [`crate::populate`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub populate: bool,
 }
 
 impl FsSetup {
@@ -523,11 +527,19 @@ mod tests {
                     tag: "husk-root".into(),
                     path: "/".into(),
                     readonly: false,
+                    populate: false,
                 },
                 ShareMount {
                     tag: "husk-fs1".into(),
                     path: "/srv/my data".into(),
                     readonly: true,
+                    populate: false,
+                },
+                ShareMount {
+                    tag: "husk-fs2".into(),
+                    path: "/var/lib/db".into(),
+                    readonly: false,
+                    populate: true,
                 },
             ],
             files: Some(FileShare {
@@ -549,6 +561,7 @@ mod tests {
                 tag: "t".into(),
                 path: "data".into(),
                 readonly: false,
+                populate: false,
             }],
             files: None,
         };

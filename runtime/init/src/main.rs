@@ -344,6 +344,25 @@ fn mount_shares(cmdline: &str) -> Result<(), Failure> {
         })?;
     }
     for m in setup.mounts.iter().filter(|m| m.path != "/") {
+        if m.populate && !m.readonly {
+            match sys::populate_share(&m.tag, &m.path) {
+                Ok(Some(skipped)) => {
+                    for path in skipped {
+                        say(&format!(
+                            "{}: not copied into the new volume (neither a file, a folder nor a link)",
+                            path.display()
+                        ));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Failure::setup(format!(
+                        "cannot fill the new volume at {} with the image's files: {e}",
+                        m.path
+                    )))
+                }
+            }
+        }
         sys::mount_share(&m.tag, &m.path, m.readonly).map_err(|e| {
             Failure::setup(format!(
                 "cannot mount the shared folder {} (virtio-fs {}): {e}",

@@ -97,6 +97,29 @@ pub fn mount_share(tag: &str, target: &str, readonly: bool) -> io::Result<()> {
     mount(tag, target, "virtiofs", flags)
 }
 
+/// Fills the volume that virtio-fs share `tag` serves with what the image
+/// holds at `target`, when the volume is empty and `target` is a folder
+/// (docker's first use of a named volume; see [`husk_init::populate`]).
+/// The share is mounted for that on a folder of its own in the guest's
+/// devtmpfs, then detached and the folder removed. Says whether it
+/// copied, and what it skipped.
+pub fn populate_share(tag: &str, target: &str) -> io::Result<Option<husk_init::populate::Skipped>> {
+    const STAGING: &str = "/dev/.husk-volume";
+    if !std::path::Path::new(target).is_dir() {
+        return Ok(None);
+    }
+    fs::create_dir(STAGING)?;
+    let copied = mount(tag, STAGING, "virtiofs", 0).and_then(|()| {
+        let copied = husk_init::populate::fill(target.as_ref(), STAGING.as_ref());
+        let staging = cstr(STAGING);
+        // SAFETY: a NUL-terminated path that outlives the call.
+        let detached = check(unsafe { libc::umount2(staging.as_ptr(), libc::MNT_DETACH) });
+        copied.and_then(|c| detached.map(|()| c))
+    });
+    let removed = fs::remove_dir(STAGING);
+    copied.and_then(|c| removed.map(|()| c))
+}
+
 /// Binds each `(name, target, readonly)` file of the virtio-fs share
 /// `tag`, which serves single files, onto its target, made (an empty file,
 /// and its folders) where it is missing, as container runtimes make the

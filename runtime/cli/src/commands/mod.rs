@@ -22,6 +22,7 @@ pub mod system;
 mod target;
 pub mod top;
 pub mod validate;
+pub mod volume;
 pub mod wait;
 
 /// Runs `f` for each name, as docker's commands over several containers

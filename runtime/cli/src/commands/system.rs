@@ -10,15 +10,18 @@ use crate::vms::{Status, VmDir};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// How much space appliances, images, snapshots, kernels and pulled
-    /// images take, and how much prune would free
+    /// How much space appliances, images, snapshots, volumes, kernels and
+    /// pulled images take, and how much prune would free
     Df,
     /// Remove detached appliances that have exited, images no target
     /// builds to any more, snapshots no run can restore, and what killed
-    /// builds left; with --all, every image and snapshot too
+    /// builds left; with --all, every image and snapshot too; with
+    /// --volumes, every volume no appliance uses (and its data)
     Prune {
         #[arg(long)]
         all: bool,
+        #[arg(long)]
+        volumes: bool,
     },
 }
 
@@ -35,6 +38,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 ("Appliances", appliances_space()?),
                 ("Images", super::image::space(&images()?)),
                 ("Snapshots", super::snapshot::space(&snapshots)?),
+                ("Volumes", super::volume::space()?),
             ];
             let mut rows = vec![["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
                 .map(String::from)
@@ -83,13 +87,21 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             super::print_columns(&rows);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prune { all } => {
+        Command::Prune { all, volumes } => {
             let mut freed = 0;
             let mut failed = false;
             for (kind, doomed) in [
                 ("appliances", exited_appliances()?),
                 ("images", super::image::doomed(images()?, all)),
                 ("snapshots", super::snapshot::doomed(&snapshots, all)?),
+                (
+                    "volumes",
+                    if volumes {
+                        super::volume::doomed()?
+                    } else {
+                        Vec::new()
+                    },
+                ),
             ] {
                 if doomed.iter().any(|(key, ..)| key.is_some()) {
                     println!("Deleted {kind}:");

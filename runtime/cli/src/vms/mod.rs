@@ -149,6 +149,9 @@ pub struct State {
     /// `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
+    /// The named volumes it shares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 /// A health check's view of a detached VM, as docker's `State.Health`.
@@ -384,11 +387,12 @@ mod tests {
             paused: true,
             health: None,
             stop_timeout: Some(30),
+            volumes: vec!["db".into()],
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();
         assert_eq!((back.status, back.paused), (Status::Running, true));
-        assert_eq!(back.ports, state.ports);
+        assert_eq!((&back.ports, &back.volumes), (&state.ports, &state.volumes));
         // A keeper that is gone: exited (paused no longer), status unknown.
         vm.write_state(&State {
             keeper_start: state.keeper_start + 1,

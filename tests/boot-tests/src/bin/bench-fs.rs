@@ -202,6 +202,7 @@ impl Peers {
                 tag: TAG.into(),
                 path: "/data".into(),
                 readonly: false,
+                populate: false,
             }],
             files: None,
         };

@@ -18,6 +18,7 @@ mod service;
 mod shares;
 mod shim;
 mod snapshot;
+mod volumes;
 mod vsock;
 mod warm;
 
@@ -62,6 +63,7 @@ pub fn trials() -> Vec<Trial> {
     all.extend(shares::trials());
     all.extend(shim::trials());
     all.extend(snapshot::trials());
+    all.extend(volumes::trials());
     all.extend(vsock::trials());
     all.extend(warm::trials());
     all

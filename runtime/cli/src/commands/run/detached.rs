@@ -371,6 +371,11 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
     // keeper's restarts publish the same.
     let chosen: Vec<String> = plan.chosen_ports.iter().map(u16::to_string).collect();
     let env = vec![(super::net::CHOSEN_PORTS_ENV, chosen.join(","))];
+    let volumes = plan
+        .shares
+        .iter()
+        .filter_map(|s| s.volume.clone())
+        .collect();
     drop(plan);
     let image = args.target.clone().unwrap_or_default();
     let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
@@ -382,6 +387,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
             target.appliance().map(|a| &a.run),
         ),
         env,
+        volumes,
         remove_at_end: args.rm,
         hold: args.hold,
         restart: args.restart.unwrap_or_else(|| default_restart(args)),

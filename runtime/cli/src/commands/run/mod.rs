@@ -113,16 +113,17 @@ pub struct Args {
     /// guest's CID is the appliance's vm.vsock.cid, else 3.
     #[arg(long, value_name = "PATH")]
     vsock: Option<PathBuf>,
-    /// Share a host folder (or, as root, a single file) with the guest at
-    /// GUEST (virtio-fs through virtiofsd); the guest's writes land on the
-    /// host. ":ro" makes it read-only
+    /// Share a host folder (a path: /abs or ./rel; as root also a single
+    /// file) or a named volume (made on first use, and filled from the
+    /// image unless :nocopy) with the guest at GUEST, through virtiofsd;
+    /// the guest's writes land on the host. ":ro" makes it read-only
     #[arg(
         short = 'v',
         long = "volume",
-        value_name = "HOST:GUEST[:ro]",
+        value_name = "HOST|VOLUME:GUEST[:ro]",
         value_parser = shares::parse_volume
     )]
-    volumes: Vec<shares::PlannedShare>,
+    volumes: Vec<shares::VolumeArg>,
     /// Run in the background: print the appliance's name and return once
     /// its command started (see husk ps, logs, exec, stop, rm)
     #[arg(short = 'd', long)]
@@ -398,14 +399,9 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             },
         }));
         cmdline.extend(a.vm.cmdline.clone());
-        plan.shares
-            .extend(a.vm.shares.iter().map(|s| shares::PlannedShare {
-                host: s.host.clone(),
-                guest: s.guest.to_string(),
-                readonly: s.readonly,
-            }));
+        plan.shares.extend(shares::from_spec(&a.vm.shares)?);
     }
-    plan.shares.extend(args.volumes.iter().cloned());
+    plan.shares.extend(shares::resolve(&args.volumes)?);
     shares::check_unique(&plan.shares)?;
     plan.disks.extend(args.disks.iter().map(|d| disk(d)));
     let overrides = Overrides {

@@ -22,20 +22,61 @@ pub struct PlannedShare {
     /// An absolute guest path; `/` for the root.
     pub guest: String,
     pub readonly: bool,
+    /// A volume the guest's init fills from the image when it is empty.
+    pub populate: bool,
+    /// The named volume shared, if it is one.
+    pub volume: Option<String>,
 }
 
-/// `-v HOST:GUEST[:ro|:rw]`, as `docker run -v` writes it. The host folder
-/// is made absolute here (a detached run's keeper starts in the same
-/// folder, but the message names what was meant).
-pub fn parse_volume(arg: &str) -> Result<PlannedShare, String> {
-    let (rest, readonly) = match arg.rsplit_once(':') {
-        Some((rest, "ro")) => (rest, true),
-        Some((rest, "rw")) => (rest, false),
-        _ => (arg, false),
+/// What `-v` shares: a host folder (or file), or a named volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Folder(PathBuf),
+    Volume(String),
+}
+
+/// One `-v`, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeArg {
+    pub source: Source,
+    pub guest: String,
+    pub readonly: bool,
+    /// `nocopy`: a new volume is not filled from the image.
+    pub nocopy: bool,
+}
+
+/// `-v HOST:GUEST[:OPTIONS]` as `docker run -v` writes it: HOST is a
+/// path (absolute, or `./` and `../` for one relative to here, made
+/// absolute here: a detached run's keeper starts in the same folder, but
+/// the message names what was meant) or a volume's name; OPTIONS are `ro`,
+/// `rw`, `nocopy`, and podman's SELinux `z` and `Z` (taken, and nothing to
+/// do: virtiofsd serves the files).
+pub fn parse_volume(arg: &str) -> Result<VolumeArg, String> {
+    let (host, guest, options) = match arg.split(':').collect::<Vec<_>>()[..] {
+        [host, guest] => (host, guest, ""),
+        [host, guest, options] => (host, guest, options),
+        [_] if arg.starts_with('/') => {
+            return Err(format!(
+                "{arg:?}: husk makes no anonymous volumes: name one (-v NAME:{arg}) or \
+                 give a host folder (-v ./FOLDER:{arg})"
+            ))
+        }
+        _ => return Err(format!("{arg:?}: write HOST:GUEST or HOST:GUEST:ro")),
     };
-    let Some((host, guest)) = rest.split_once(':') else {
-        return Err(format!("{arg:?}: write HOST:GUEST or HOST:GUEST:ro"));
-    };
+    let (mut readonly, mut nocopy) = (false, false);
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "ro" => readonly = true,
+            "rw" => readonly = false,
+            "nocopy" => nocopy = true,
+            "z" | "Z" => {}
+            _ => {
+                return Err(format!(
+                    "{arg:?}: unknown option {option:?} (ro, rw, nocopy, z, Z)"
+                ))
+            }
+        }
+    }
     if host.is_empty() {
         return Err(format!("{arg:?}: the host folder is empty"));
     }
@@ -45,17 +86,69 @@ pub fn parse_volume(arg: &str) -> Result<PlannedShare, String> {
         ));
     }
     let guest = guest.trim_end_matches('/');
-    if !guest.starts_with('/') || guest.contains(':') {
+    if !guest.starts_with('/') {
         return Err(format!(
             "{arg:?}: the guest path must be absolute, such as /data"
         ));
     }
-    let host = std::path::absolute(host).map_err(|e| format!("{arg:?}: {e}"))?;
-    Ok(PlannedShare {
-        host,
+    let source = if host.starts_with('/') || host.starts_with('.') {
+        Source::Folder(std::path::absolute(host).map_err(|e| format!("{arg:?}: {e}"))?)
+    } else if crate::volumes::is_name(host) {
+        Source::Volume(host.to_string())
+    } else {
+        return Err(format!(
+            "{arg:?}: {host:?} is neither a path nor a volume's name: write ./{host} for a \
+             folder here, or name a volume with two or more letters, digits, '_', '.' and '-'"
+        ));
+    };
+    Ok(VolumeArg {
+        source,
         guest: guest.to_string(),
         readonly,
+        nocopy,
     })
+}
+
+/// The shares of `-v`s: each volume made when missing (see
+/// [`crate::volumes::take`]) and held while this process lives.
+pub fn resolve(args: &[VolumeArg]) -> anyhow::Result<Vec<PlannedShare>> {
+    args.iter()
+        .map(|a| {
+            let (host, volume) = match &a.source {
+                Source::Folder(path) => (path.clone(), None),
+                Source::Volume(name) => (crate::volumes::take(name)?.0, Some(name.clone())),
+            };
+            Ok(PlannedShare {
+                host,
+                guest: a.guest.clone(),
+                readonly: a.readonly,
+                populate: volume.is_some() && !a.nocopy,
+                volume,
+            })
+        })
+        .collect()
+}
+
+/// The shares of the appliance's `[[vm.shares]]` (validated: each a
+/// host folder or a volume), the volumes taken as [`resolve`] takes them.
+pub fn from_spec(shares: &[appliance_spec::Share]) -> anyhow::Result<Vec<PlannedShare>> {
+    shares
+        .iter()
+        .map(|s| {
+            let host = match (&s.host, &s.volume) {
+                (Some(host), _) => host.clone(),
+                (None, Some(name)) => crate::volumes::take(name)?.0,
+                (None, None) => anyhow::bail!("vm.shares: {} names no host folder", s.guest),
+            };
+            Ok(PlannedShare {
+                host,
+                guest: s.guest.to_string(),
+                readonly: s.readonly,
+                populate: s.host.is_none(),
+                volume: s.host.is_none().then(|| s.volume.clone()).flatten(),
+            })
+        })
+        .collect()
 }
 
 /// The root of a run booted from a folder.
@@ -65,6 +158,8 @@ pub fn root(folder: &Path, readonly: bool) -> anyhow::Result<PlannedShare> {
         host,
         guest: "/".into(),
         readonly,
+        populate: false,
+        volume: None,
     })
 }
 
@@ -153,6 +248,7 @@ pub fn attach(
             tag: tag.clone(),
             path: s.guest.clone(),
             readonly: s.readonly,
+            populate: s.populate,
         });
         configs.push(ShareConfig { tag, backend });
     }
@@ -165,28 +261,53 @@ mod tests {
 
     #[test]
     fn volumes_parse_as_docker_writes_them() {
-        let v = parse_volume("/srv/data:/data").unwrap();
-        assert_eq!(v.host, PathBuf::from("/srv/data"));
-        assert_eq!(v.guest, "/data");
-        assert!(!v.readonly);
-        let v = parse_volume("/srv/data:/data/:ro").unwrap();
-        assert_eq!(v.guest, "/data");
-        assert!(v.readonly);
-        assert!(!parse_volume("/a:/b:rw").unwrap().readonly);
-        let v = parse_volume("data:/data").unwrap();
-        assert!(v.host.is_absolute(), "{}", v.host.display());
-        assert!(v.host.ends_with("data"));
+        let folder = |arg: &str| match parse_volume(arg).unwrap() {
+            VolumeArg {
+                source: Source::Folder(path),
+                guest,
+                readonly,
+                ..
+            } => (path, guest, readonly),
+            other => panic!("{arg}: {other:?}"),
+        };
+        assert_eq!(
+            folder("/srv/data:/data"),
+            (PathBuf::from("/srv/data"), "/data".into(), false)
+        );
+        assert_eq!(
+            folder("/srv/data:/data/:ro"),
+            (PathBuf::from("/srv/data"), "/data".into(), true)
+        );
+        assert!(!folder("/a:/b:rw").2);
+        assert!(folder("/a:/b:ro,Z").2);
+        let (here, ..) = folder("./data:/data");
+        assert!(
+            here.is_absolute() && here.ends_with("data"),
+            "{}",
+            here.display()
+        );
+        assert_eq!(
+            parse_volume("pg-data:/var/lib/db:ro,nocopy").unwrap(),
+            VolumeArg {
+                source: Source::Volume("pg-data".into()),
+                guest: "/var/lib/db".into(),
+                readonly: true,
+                nocopy: true,
+            }
+        );
         assert!(parse_volume("/a:/").unwrap_err().contains("dir:PATH"));
-        for bad in ["/a", ":/b", "/a:b", "/a:/b:rx", "/a:"] {
+        assert!(parse_volume("/data").unwrap_err().contains("anonymous"));
+        assert!(parse_volume("a/b:/b").unwrap_err().contains("./a/b"));
+        for bad in [":/b", "/a:b", "/a:/b:rx", "/a:", "x:/b", "/a:/b:ro:x"] {
             assert!(parse_volume(bad).is_err(), "{bad} was accepted");
         }
     }
 
     #[test]
     fn one_guest_path_takes_one_share() {
-        let a = parse_volume("/a:/d").unwrap();
-        let b = parse_volume("/b:/d").unwrap();
-        assert!(check_unique(&[a.clone(), parse_volume("/b:/e").unwrap()]).is_ok());
+        let share = |arg| resolve(&[parse_volume(arg).unwrap()]).unwrap().remove(0);
+        let (a, b) = (share("/a:/d"), share("/b:/d"));
+        assert!(check_unique(&[a.clone(), share("/b:/e")]).is_ok());
         let e = check_unique(&[a, b]).unwrap_err().to_string();
         assert!(e.contains("/d"), "{e}");
     }

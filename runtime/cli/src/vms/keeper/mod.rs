@@ -195,6 +195,9 @@ pub struct Options {
     /// Set in the environment of the VM child and of the keeper's own
     /// restarts: what the keeper chose for this run and they must share.
     pub env: Vec<(&'static str, String)>,
+    /// The named volumes it shares (state.json keeps them: `husk volume
+    /// rm` refuses those an appliance that was not removed uses).
+    pub volumes: Vec<String>,
     /// `--rm`: the VM's folder goes when it ends.
     pub remove_at_end: bool,
     /// The command waits for husk-runtime's start.
@@ -214,6 +217,7 @@ pub fn keep(
         health,
         stop_timeout,
         env,
+        volumes,
         remove_at_end,
         hold,
         restart,
@@ -256,6 +260,7 @@ pub fn keep(
         paused: false,
         health: None,
         stop_timeout,
+        volumes,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;

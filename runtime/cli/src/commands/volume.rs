@@ -1,0 +1,210 @@
+//! `husk volume create|ls|inspect|rm|prune`: the named volumes appliances
+//! keep their data in, as `docker volume` manages its local ones. See
+//! `crate::volumes` for where they live and how use is known.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::vms::VmDir;
+use crate::volumes::{self, Volume};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Make a volume (a name of its own when none is given) and print its
+    /// name; one that exists is left as it is
+    Create { name: Option<String> },
+    /// List the volumes: when made, and the appliances that use them
+    Ls {
+        /// Only the names
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show volumes as JSON: name, host folder, when made, size, users
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove volumes and the data in them; not one a running appliance,
+    /// or a detached appliance not yet removed, uses (with --force, also
+    /// one that only a stopped appliance names)
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every volume no appliance uses, and the data in them
+    Prune {
+        /// Do not ask first
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Create { name } => {
+            let name = name.unwrap_or_else(random_name);
+            volumes::check_name(&name)?;
+            Volume::at(&volumes::root()?, &name).create()?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls { quiet } => {
+            let all = Volume::all()?;
+            if quiet {
+                all.iter().for_each(|v| println!("{}", v.name));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let users = Users::now()?;
+            let now = crate::vms::now_ms();
+            let mut rows = vec![["NAME", "CREATED", "USED BY"].map(String::from).to_vec()];
+            for v in &all {
+                let created = v.meta().map_or("?".into(), |m| {
+                    format!(
+                        "{} ago",
+                        crate::vms::human_duration(now.saturating_sub(m.created_ms))
+                    )
+                });
+                rows.push(vec![v.name.clone(), created, users.of(v)?.join(", ")]);
+            }
+            super::print_columns(&rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { names } => {
+            let users = Users::now()?;
+            let mut shown = Vec::new();
+            let code = super::each_name(&names, |name| {
+                let v = Volume::find(name)?;
+                let created = v.meta().and_then(|m| {
+                    let ns = i128::from(m.created_ms) * 1_000_000;
+                    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok()?;
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+                shown.push(serde_json::json!({
+                    "Name": v.name,
+                    "Mountpoint": v.data(),
+                    "CreatedAt": created,
+                    "Size": builder::cache::disk_usage(&v.data()),
+                    "UsedBy": users.of(&v)?,
+                }));
+                Ok(())
+            })?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(code)
+        }
+        Command::Rm { force, names } => {
+            let users = Users::now()?;
+            super::each_name(&names, |name| {
+                let v = Volume::find(name)?;
+                let using = users.naming(&v.name);
+                if !using.is_empty() && !force {
+                    anyhow::bail!(
+                        "the volume {name} is in use by {}: husk rm it first, or husk volume rm -f",
+                        using.join(", ")
+                    );
+                }
+                v.remove()?;
+                println!("{name}");
+                Ok(())
+            })
+        }
+        Command::Prune { force } => {
+            if !force && !confirm("remove every volume no appliance uses, and its data")? {
+                anyhow::bail!("nothing removed");
+            }
+            Ok(super::prune(doomed()?))
+        }
+    }
+}
+
+/// The volumes no appliance uses, as `husk volume prune` (and `husk
+/// system prune --volumes`) removes them.
+pub fn doomed() -> anyhow::Result<Vec<super::Doomed<'static>>> {
+    let users = Users::now()?;
+    let mut out: Vec<super::Doomed> = Vec::new();
+    for v in Volume::all()? {
+        if !users.of(&v)?.is_empty() {
+            continue;
+        }
+        let bytes = builder::cache::disk_usage(&v.dir);
+        out.push((Some(v.name.clone()), bytes, Box::new(move || v.remove())));
+    }
+    Ok(out)
+}
+
+/// What volumes take, for `husk system df`; those no appliance uses are
+/// what prune frees.
+pub fn space() -> anyhow::Result<super::Space> {
+    let users = Users::now()?;
+    let mut space = super::Space::default();
+    for v in Volume::all()? {
+        let bytes = builder::cache::disk_usage(&v.dir);
+        space.total += 1;
+        space.bytes += bytes;
+        if users.of(&v)?.is_empty() {
+            space.reclaimable += bytes;
+        } else {
+            space.active += 1;
+        }
+    }
+    Ok(space)
+}
+
+/// Who uses volumes: the detached appliances that name them (running or
+/// not, until removed), and, through each volume's lock, any run.
+struct Users {
+    /// (appliance, the volumes it names)
+    appliances: Vec<(String, Vec<String>)>,
+}
+
+impl Users {
+    fn now() -> anyhow::Result<Self> {
+        let appliances = VmDir::all()?
+            .into_iter()
+            .filter_map(|vm| Some((vm.name.clone(), vm.current_state().ok()?.volumes)))
+            .collect();
+        Ok(Users { appliances })
+    }
+
+    /// The detached appliances that name `volume`.
+    fn naming(&self, volume: &str) -> Vec<String> {
+        self.appliances
+            .iter()
+            .filter(|(_, vols)| vols.iter().any(|v| v == volume))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Who uses `v`: the appliances that name it, else "a running VM"
+    /// when a run holds it (a foreground `husk run`); none when unused.
+    fn of(&self, v: &Volume) -> anyhow::Result<Vec<String>> {
+        let users = self.naming(&v.name);
+        if users.is_empty() && v.in_use()? {
+            return Ok(vec!["a running VM".into()]);
+        }
+        Ok(users)
+    }
+}
+
+/// 32 hex digits from the kernel's random source, as a volume's name.
+fn random_name() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Asks `what?` on stderr and reads y or yes from stdin.
+fn confirm(what: &str) -> anyhow::Result<bool> {
+    eprint!("husk: {what}? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

@@ -1,0 +1,200 @@
+//! Named volumes (`-v NAME:/path`, `husk volume`): made on first use,
+//! filled from the image when new, kept across runs, held by the runs and
+//! appliances that use them, removed whole. The volumes live under
+//! `$HUSK_DATA_DIR` on the test's tmpfs (the bed's own root is read-only).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::Command;
+
+use boot_tests::husk::HuskRun;
+use libtest_mimic::{Failed, Trial};
+
+use super::detached::{h, ok, tree, Vm};
+use super::network::{gone, start_until_ready};
+use super::shares::{folder, virtiofsd_serving};
+use super::{expect, run};
+
+/// The busybox appliance: its /etc has a motd of its own, its /data is
+/// 1000:1000 and 0750, and its commands run as user 1000 in /data.
+const IMAGE: &str = "examples/busybox";
+
+pub fn trials() -> Vec<Trial> {
+    vec![boot_tests::trial(
+        "volumes_are_made_filled_from_the_image_kept_held_and_removed",
+        volumes,
+    )]
+}
+
+fn volumes() -> Result<(), Failed> {
+    let home = folder("volumes")?;
+    // Every husk this test starts (and only this test uses volumes).
+    std::env::set_var("HUSK_DATA_DIR", home.path());
+    let result = volumes_in(&home.path().join("volumes"));
+    std::env::remove_var("HUSK_DATA_DIR");
+    result
+}
+
+fn volumes_in(root: &std::path::Path) -> Result<(), Failed> {
+    let data = |volume: &str| root.join(volume).join("_data");
+    // First use: made, and filled from what the image holds there; the
+    // command runs as the appliance's user 1000, in /data, which the
+    // image gives to that user (mode 0750): the volume's root takes both.
+    let r = run(
+        &[
+            "-v",
+            "husk-conf:/etc",
+            "-v",
+            "husk-data:/data",
+            "-v",
+            "husk-bare:/usr:nocopy",
+            IMAGE,
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/motd; echo kept > note; ls -A /usr | wc -l; id -u",
+        ],
+        b"",
+    )?;
+    expect(&r, 0, &["Welcome to a husk appliance.", "0", "1000"])?;
+    let motd = data("husk-conf").join("motd");
+    if std::fs::read_to_string(&motd)? != "Welcome to a husk appliance.\n"
+        || std::fs::metadata(&motd)?.permissions().mode() & 0o7777 != 0o644
+    {
+        return Err(r
+            .explain("the image's /etc/motd is not in the new volume as it was")
+            .into());
+    }
+    let root_of_data = std::fs::metadata(data("husk-data"))?;
+    if root_of_data.mode() & 0o7777 != 0o750
+        || (root_of_data.uid(), root_of_data.gid()) != (1000, 1000)
+    {
+        return Err(format!(
+            "the volume's root should take /data's owner and mode (1000:1000, 0750): {}:{} {:o}",
+            root_of_data.uid(),
+            root_of_data.gid(),
+            root_of_data.mode() & 0o7777
+        )
+        .into());
+    }
+    let note = data("husk-data").join("note");
+    if std::fs::read_to_string(&note)? != "kept\n" || std::fs::metadata(&note)?.uid() != 1000 {
+        return Err("the guest's write is not in the volume, as its user's".into());
+    }
+    if std::fs::read_dir(data("husk-bare"))?.next().is_some() {
+        return Err("a :nocopy volume was filled from the image".into());
+    }
+
+    // A volume is filled once: its own files are what later runs see.
+    std::fs::write(&motd, "changed\n")?;
+    let r = run(
+        &[
+            "-v",
+            "husk-conf:/etc:ro",
+            "-v",
+            "husk-data:/data",
+            IMAGE,
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/motd; cat note; touch /etc/x || echo read-only",
+        ],
+        b"",
+    )?;
+    expect(&r, 0, &["changed", "kept", "read-only"])?;
+
+    // A detached appliance that names a volume keeps it, running or not,
+    // until it is removed; prune takes only what nothing uses.
+    let vm = Vm::start(
+        "vols",
+        &["-v", "husk-data:/data", IMAGE, "--", "sleep", "600"],
+    )?;
+    let keeper = vm.keeper()?;
+    let ls = ok(h(&["volume", "ls"])?, "husk volume ls")?;
+    if !ls
+        .stdout
+        .lines()
+        .any(|l| l.starts_with("husk-data ") && l.trim_end().ends_with("vols"))
+    {
+        return Err(ls
+            .explain("husk volume ls should say vols uses husk-data")
+            .into());
+    }
+    refused(h(&["volume", "rm", "husk-data"])?, "in use by vols")?;
+    let pruned = ok(h(&["volume", "prune", "-f"])?, "husk volume prune -f")?;
+    let mut gone_names: Vec<&str> = pruned.stdout.lines().collect();
+    gone_names.sort();
+    if gone_names != ["husk-bare", "husk-conf"] {
+        return Err(pruned
+            .explain("prune should remove husk-bare and husk-conf alone")
+            .into());
+    }
+    let inspect = ok(
+        h(&["volume", "inspect", "husk-data"])?,
+        "husk volume inspect",
+    )?;
+    let shown: serde_json::Value = serde_json::from_str(&inspect.stdout)?;
+    if shown[0]["Mountpoint"] != serde_json::json!(data("husk-data"))
+        || shown[0]["UsedBy"][0] != "vols"
+    {
+        return Err(inspect
+            .explain("inspect should give the folder and the user")
+            .into());
+    }
+    vm.remove(&tree(keeper))?;
+    ok(
+        h(&["volume", "rm", "husk-data"])?,
+        "husk volume rm of a volume no one uses",
+    )?;
+
+    // A foreground run holds its volume while it runs, also against a
+    // volume nothing names; kill -9 of husk lets it go, leaving nothing.
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args([
+        "run",
+        "--timeout",
+        "90",
+        "-v",
+        "husk-held:/srv",
+        IMAGE,
+        "--",
+    ])
+    .args(["sh", "-c", "echo ready; sleep 60"]);
+    let (mut husk, before, rest) = start_until_ready(cmd)?;
+    let held = h(&["volume", "rm", "husk-held"])?;
+    let pid = husk.id();
+    let _ = husk.kill();
+    let _ = husk.wait();
+    let _ = rest.join();
+    if held.code == Some(0) || !held.stderr.contains("in use by a running appliance") {
+        return Err(held
+            .explain(&format!(
+                "a held volume was not refused; the guest said:\n{before}"
+            ))
+            .into());
+    }
+    let daemons = virtiofsd_serving(&data("husk-held"));
+    if !gone(pid) || daemons.iter().any(|p| !gone(*p)) {
+        return Err(format!("husk {pid} or its virtiofsd {daemons:?} outlived kill -9").into());
+    }
+    ok(
+        h(&["volume", "rm", "husk-held"])?,
+        "husk volume rm after kill -9 of its run",
+    )?;
+    let left: Vec<PathBuf> = std::fs::read_dir(root)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    if !left.is_empty() {
+        return Err(format!("left in the volumes' folder: {left:?}").into());
+    }
+    Ok(())
+}
+
+/// A husk command that failed, saying `why`.
+fn refused(r: HuskRun, why: &str) -> Result<(), Failed> {
+    if r.code == Some(0) || !r.stderr.contains(why) {
+        return Err(r.explain(&format!("should fail with {why:?}")).into());
+    }
+    Ok(())
+}
