@@ -5,7 +5,7 @@
 //! The image carries its own configuration so that it boots the same under
 //! any VMM with husk's kernel; the command line only changes it.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -236,7 +236,29 @@ pub struct NetSetup {
     pub interfaces: Vec<InterfaceSetup>,
     /// Name servers for `/etc/resolv.conf`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<Ipv4Addr>,
+    pub dns: Vec<IpAddr>,
+    /// Its `search` domains and `options` (`--dns-search`, `--dns-option`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// Names `/etc/hosts` gives beside its own (`--add-host`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostEntry>,
+}
+
+/// One `/etc/hosts` line: an address and a name for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+/// Whether `text` is one word a resolver file can hold: printable, no
+/// blank, no `#` (a comment there).
+pub fn is_resolver_word(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 253 && text.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,9 +293,27 @@ impl NetSetup {
         hex_param(NET_CMDLINE_KEY, self)
     }
 
+    /// Nothing to set up: no interface, and nothing for the resolver files.
+    pub fn is_empty(&self) -> bool {
+        self.interfaces.is_empty()
+            && self.dns.is_empty()
+            && self.search.is_empty()
+            && self.options.is_empty()
+            && self.hosts.is_empty()
+    }
+
     pub fn from_cmdline(cmdline: &str) -> Result<Option<Self>, ConfigError> {
         let setup = from_hex_param::<NetSetup>(cmdline, NET_CMDLINE_KEY)?;
         if let Some(s) = &setup {
+            let words = s.search.iter().chain(&s.options);
+            if let Some(w) = words
+                .chain(s.hosts.iter().map(|h| &h.name))
+                .find(|w| !is_resolver_word(w))
+            {
+                return Err(ConfigError::BadParam(format!(
+                    "{NET_CMDLINE_KEY} ({w:?} is not one word of printable characters)"
+                )));
+            }
             if let Some(i) = s.interfaces.iter().find(|i| i.prefix > 32) {
                 return Err(ConfigError::BadParam(format!(
                     "{NET_CMDLINE_KEY} (prefix /{} of {})",
@@ -506,7 +546,16 @@ mod tests {
                 address6: Some(("2001:db8::2".parse().unwrap(), 64)),
                 gateway6: Some("fe80::1".parse().unwrap()),
             }],
-            dns: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            dns: vec![
+                Ipv4Addr::new(192, 0, 2, 1).into(),
+                "2001:db8::53".parse().unwrap(),
+            ],
+            search: vec!["example.test".into()],
+            options: vec!["ndots:2".into()],
+            hosts: vec![HostEntry {
+                name: "db.local".into(),
+                address: Ipv4Addr::new(192, 0, 2, 9).into(),
+            }],
         };
         let cmdline = format!("{} {}", Overrides::default().to_param(), net.to_param());
         assert_eq!(NetSetup::from_cmdline(&cmdline).unwrap(), Some(net.clone()));
@@ -517,6 +566,11 @@ mod tests {
         bad.interfaces[0].address6 = Some(("2001:db8::2".parse().unwrap(), 129));
         assert!(NetSetup::from_cmdline(&bad.to_param()).is_err());
         assert!(NetSetup::from_cmdline("husk.net=7b").is_err());
+        for word in ["two words", "a\nnameserver 1.2.3.4", "", "#x"] {
+            let mut bad = NetSetup::default();
+            bad.search.push(word.into());
+            assert!(NetSetup::from_cmdline(&bad.to_param()).is_err(), "{word:?}");
+        }
     }
 
     #[test]

@@ -281,12 +281,18 @@ pub fn setup(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
             say(&format!("cannot set up {}: {e}", i.name));
         }
     }
-    if !net.dns.is_empty() {
-        let text: String = net
+    if !net.dns.is_empty() || !net.search.is_empty() || !net.options.is_empty() {
+        let mut text: String = net
             .dns
             .iter()
             .map(|a| format!("nameserver {a}\n"))
             .collect();
+        if !net.search.is_empty() {
+            text.push_str(&format!("search {}\n", net.search.join(" ")));
+        }
+        if !net.options.is_empty() {
+            text.push_str(&format!("options {}\n", net.options.join(" ")));
+        }
         if let Err(e) = install("/etc/resolv.conf", &text) {
             say(&format!("cannot write /etc/resolv.conf: {e}"));
         }
@@ -302,6 +308,9 @@ pub fn setup(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
         if let Some((addr, _)) = own6 {
             hosts.push_str(&format!("{addr}\t{name}\n"));
         }
+    }
+    for h in &net.hosts {
+        hosts.push_str(&format!("{}\t{}\n", h.address, h.name));
     }
     if let Err(e) = install("/etc/hosts", &hosts) {
         say(&format!("cannot write /etc/hosts: {e}"));

@@ -16,7 +16,7 @@ const IMAGE: &str = "oci:examples/busybox/image:latest";
 pub fn trials() -> Vec<Trial> {
     vec![
         boot_tests::trial(
-            "network_published_port_and_host_loopback_through_passt",
+            "network_published_port_and_the_host_by_name_through_passt",
             published_port,
         ),
         boot_tests::trial(
@@ -148,10 +148,15 @@ fn published_port() -> Result<(), Failed> {
     let host = TcpListener::bind("127.0.0.1:0")?;
     let host_port = host.local_addr()?.port();
     serve(host, "hello from the host loopback");
+    // The host by the name --add-host gave it (host-gateway: the
+    // gateway, where passt hands the host's loopback), as docker users
+    // write host.docker.internal.
     let guest_script = format!(
         "gw=$(ip route | awk '/^default/ {{print $3}}'); \
+         host=$(awk '$2 == \"hostbox\" {{print $1}}' /etc/hosts); \
+         echo \"hostbox is $host, gateway $gw\"; grep -v '^#' /etc/resolv.conf; \
          echo guest-page > /tmp/index.html; httpd -p 8080 -h /tmp; \
-         wget -q -O - http://$gw:{host_port}/; echo; echo ready; sleep 60"
+         wget -q -O - http://$host:{host_port}/; echo; echo ready; sleep 60"
     );
     let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
     cmd.args([
@@ -160,6 +165,10 @@ fn published_port() -> Result<(), Failed> {
         "90",
         "-p",
         "127.0.0.1:18081:8080",
+        "--add-host",
+        "hostbox:host-gateway",
+        "--dns-search",
+        "example.test",
         IMAGE,
     ])
     .args(["--", "sh", "-c", &guest_script]);
@@ -176,6 +185,25 @@ fn published_port() -> Result<(), Failed> {
     let page = page?;
     if page.trim() != "guest-page" {
         return Err(format!("curl through -p got {page:?}").into());
+    }
+    let named = before
+        .lines()
+        .find_map(|l| l.strip_prefix("hostbox is "))
+        .and_then(|l| l.split_once(", gateway "))
+        .is_some_and(|(host, gw)| !host.is_empty() && host == gw);
+    let resolver = format!(
+        "nameserver {}",
+        before
+            .lines()
+            .find_map(|l| l.split_once(", gateway "))
+            .map_or("", |(_, gw)| gw)
+    );
+    if !named || !before.contains("search example.test") || !before.contains(&resolver) {
+        return Err(format!(
+            "/etc/hosts should name the gateway hostbox, and resolv.conf have the \
+             gateway as its name server and example.test as its search domain:\n{before}"
+        )
+        .into());
     }
     if !before.contains("hello from the host loopback") {
         return Err(format!("the guest did not reach the host's loopback:\n{before}").into());

@@ -152,6 +152,8 @@ pub struct Args {
     restart: Option<crate::vms::restart::Policy>,
     #[command(flatten)]
     service: service::ServiceArgs,
+    #[command(flatten)]
+    names: net::NameArgs,
     /// The guest's hostname (default: the appliance's)
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
@@ -183,7 +185,7 @@ pub struct Args {
         conflicts_with_all = [
             "target", "command", "env", "env_file", "user", "workdir", "kernel", "initrd",
             "disks", "cmdline", "cpus", "memory", "net", "vsock", "volumes", "hostname",
-            "read_only", "hold", "cold",
+            "read_only", "hold", "cold", "add_host", "dns", "dns_search", "dns_option",
         ]
     )]
     from_snapshot: Option<String>,
@@ -539,7 +541,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     }
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
-    let (net, _passt, net_setup) = attach_net(&plan.net)?;
+    let (net, _passt, net_setup) = attach_net(&plan.net, &args.names)?;
     if !plan.net.is_empty() {
         mark("network ready");
     }
@@ -548,7 +550,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         Seccomp::Log => vmm::SeccompMode::Log,
         Seccomp::Off => vmm::SeccompMode::Off,
     };
-    if plan.husk_init && !net_setup.interfaces.is_empty() {
+    if plan.husk_init && !net_setup.is_empty() {
         plan.params.push(net_setup.to_param());
     }
     // One virtiofsd per shared folder, likewise.

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use appliance_spec::PortSpec;
-use husk_init::config::{InterfaceSetup, NetSetup};
+use husk_init::config::{is_resolver_word, HostEntry, InterfaceSetup, NetSetup};
 use vmm::passt::{GuestNet, Passt, PortMapping};
 use vmm::{NetBackendConfig, NetConfig};
 
@@ -229,6 +229,92 @@ pub(super) fn published(p: &PortSpec) -> String {
     format!("{ip}{}->{}/{proto}", p.host_port, p.guest_port)
 }
 
+/// The names the guest resolves, as docker's flags set them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NameArgs {
+    /// A line in the guest's /etc/hosts: NAME:IP, or NAME:host-gateway for
+    /// the host (the network's gateway: passt hands the host's loopback
+    /// there)
+    #[arg(long = "add-host", value_name = "NAME:IP", value_parser = parse_add_host)]
+    add_host: Vec<AddHost>,
+    /// A name server for the guest's /etc/resolv.conf, in place of the
+    /// network's own
+    #[arg(long, value_name = "IP")]
+    dns: Vec<IpAddr>,
+    /// A search domain for the guest's /etc/resolv.conf
+    #[arg(long, value_name = "DOMAIN", value_parser = resolver_word)]
+    dns_search: Vec<String>,
+    /// An option for the guest's /etc/resolv.conf (ndots:2, ...)
+    #[arg(long, value_name = "OPTION", value_parser = resolver_word)]
+    dns_option: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddHost {
+    name: String,
+    /// `None`: the host (`host-gateway`).
+    address: Option<IpAddr>,
+}
+
+/// `--add-host NAME:IP` (or `NAME=IP`), as docker takes it.
+fn parse_add_host(arg: &str) -> Result<AddHost, String> {
+    let (name, address) = match (arg.split_once('='), arg.split_once(':')) {
+        (Some(pair), _) | (None, Some(pair)) => pair,
+        (None, None) => return Err(format!("{arg:?}: write NAME:IP or NAME:host-gateway")),
+    };
+    let name = resolver_word(name)?;
+    let address = match address {
+        "host-gateway" => None,
+        ip => Some(
+            ip.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| format!("{arg:?}: {ip:?} is not an IP address or host-gateway"))?,
+        ),
+    };
+    Ok(AddHost { name, address })
+}
+
+fn resolver_word(text: &str) -> Result<String, String> {
+    if !is_resolver_word(text) {
+        return Err(format!(
+            "{text:?}: give one word of printable characters, without '#'"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Puts `names` into what the guest's init sets up: `--dns` in place of
+/// the network's name servers, the search domains and options, and the
+/// extra hosts, `host-gateway` as the first interface's gateway.
+fn add_names(setup: &mut NetSetup, names: &NameArgs) -> anyhow::Result<()> {
+    if !names.dns.is_empty() {
+        setup.dns = names.dns.clone();
+    }
+    setup.search = names.dns_search.clone();
+    setup.options = names.dns_option.clone();
+    let gateway = setup.interfaces.iter().find_map(|i| {
+        i.gateway
+            .map(IpAddr::from)
+            .or_else(|| i.gateway6.map(IpAddr::from))
+    });
+    for h in &names.add_host {
+        let address = match (h.address, gateway) {
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => anyhow::bail!(
+                "--add-host {}:host-gateway: the guest has no network with a gateway \
+                 (--net user, or a tap with gateway=)",
+                h.name
+            ),
+        };
+        setup.hosts.push(HostEntry {
+            name: h.name.clone(),
+            address,
+        });
+    }
+    Ok(())
+}
+
 /// A locally administered unicast MAC address, random per run.
 fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
@@ -249,6 +335,7 @@ fn random_mac() -> [u8; 6] {
 /// the returned guard), taps named; and what the guest's init sets up.
 pub(super) fn attach_net(
     nets: &[PlannedNet],
+    names: &NameArgs,
 ) -> anyhow::Result<(Vec<NetConfig>, Option<Passt>, NetSetup)> {
     let mut configs = Vec::new();
     let mut passt = None;
@@ -291,7 +378,7 @@ pub(super) fn attach_net(
                 iface.gateway = Some(guest.gateway);
                 iface.mtu = Some(guest.mtu);
                 // passt answers DNS sent to the gateway with the host's resolver.
-                setup.dns.push(guest.gateway);
+                setup.dns.push(guest.gateway.into());
                 NetBackendConfig::Stream(fd)
             }
         };
@@ -302,12 +389,66 @@ pub(super) fn attach_net(
         setup.interfaces.push(iface);
         configs.push(NetConfig { mac, backend });
     }
+    add_names(&mut setup, names)?;
     Ok((configs, passt, setup))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_go_to_the_resolver_files_as_docker_s_flags_say() {
+        let names = NameArgs {
+            add_host: [
+                "db:10.0.0.9",
+                "host.docker.internal:host-gateway",
+                "v6=[fd00::9]",
+            ]
+            .iter()
+            .map(|a| parse_add_host(a).unwrap())
+            .collect(),
+            dns: vec!["9.9.9.9".parse().unwrap()],
+            dns_search: vec!["example.test".into()],
+            dns_option: vec!["ndots:2".into()],
+        };
+        let mut setup = NetSetup {
+            interfaces: vec![InterfaceSetup {
+                name: "eth0".into(),
+                address: Some([10, 0, 2, 15].into()),
+                prefix: 24,
+                gateway: Some([10, 0, 2, 2].into()),
+                mtu: None,
+                mac: None,
+                address6: None,
+                gateway6: None,
+            }],
+            dns: vec![IpAddr::from([10, 0, 2, 2])],
+            ..NetSetup::default()
+        };
+        add_names(&mut setup, &names).unwrap();
+        assert_eq!(
+            setup.dns,
+            vec![IpAddr::from([9, 9, 9, 9])],
+            "--dns replaces"
+        );
+        assert_eq!((setup.search.len(), setup.options.len()), (1, 1));
+        let hosts: Vec<String> = setup
+            .hosts
+            .iter()
+            .map(|h| format!("{} {}", h.address, h.name))
+            .collect();
+        assert_eq!(
+            hosts,
+            ["10.0.0.9 db", "10.0.2.2 host.docker.internal", "fd00::9 v6"]
+        );
+        let mut none = NetSetup::default();
+        let e = add_names(&mut none, &names).unwrap_err().to_string();
+        assert!(e.contains("host-gateway"), "{e}");
+        for bad in ["db", "db:", "db:nowhere", "two words:1.2.3.4", ":1.2.3.4"] {
+            assert!(parse_add_host(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_tap_takes_the_guests_address_mac_gateway_and_mtu() {
