@@ -4,7 +4,7 @@
 //! starts from the image the builder made, without copying it first.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 
 /// A disk's backing store.
@@ -48,12 +48,16 @@ impl Storage {
         }
     }
 
-    /// Makes written data durable. An overlay's writes end with the VM, so
-    /// there is nothing to make durable.
+    /// Makes written data durable. A temporary overlay's writes end with
+    /// the VM, so there is nothing to make durable; a kept one's blocks
+    /// and journal are synced.
     pub fn flush(&self) -> io::Result<()> {
         match self {
             Storage::File(f) => f.sync_data(),
-            Storage::Overlay(_) => Ok(()),
+            Storage::Overlay(o) => match &o.journal {
+                Some(journal) => o.upper.sync_data().and_then(|()| journal.sync_data()),
+                None => Ok(()),
+            },
         }
     }
 }
@@ -74,6 +78,37 @@ pub struct Overlay {
     len: u64,
     written: Bitmap,
     layer: Option<Layer>,
+    /// A kept overlay's journal (see [`Overlay::kept`]).
+    journal: Option<File>,
+}
+
+/// The first bytes of a kept overlay's journal; records follow.
+pub const JOURNAL_MAGIC: &[u8; 8] = b"huskblk1";
+
+/// A journal naming the blocks of `runs` (`(first, count)`).
+pub fn journal_bytes(runs: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = JOURNAL_MAGIC.to_vec();
+    for &(first, count) in runs {
+        out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+    out
+}
+
+/// The blocks a journal names, for a disk of `len` bytes; `None` when it
+/// is not a journal or names blocks past the end. A last record cut short
+/// (the VMM killed while appending it) is not counted: its block's write
+/// had not completed.
+pub fn read_journal(bytes: &[u8], len: u64) -> Option<Bitmap> {
+    let records = bytes.strip_prefix(JOURNAL_MAGIC)?;
+    let runs: Vec<(u64, u64)> = records
+        .chunks_exact(16)
+        .map(|r| {
+            let word = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
+            (word(0), word(8))
+        })
+        .collect();
+    Bitmap::from_runs(len, &runs)
 }
 
 /// The blocks an overlay saved with a snapshot: their data in `file`, at
@@ -185,7 +220,71 @@ impl Overlay {
             len,
             written: Bitmap::new(len),
             layer: None,
+            journal: None,
         })
+    }
+
+    /// An overlay whose writes outlive the VM: `upper` (the disk's size)
+    /// holds the blocks written, now and by earlier runs (`written`, read
+    /// back with [`read_journal`]), at their own offsets, and `journal`
+    /// (opened to append) names each block as it is first written, after
+    /// its data: a block is read from `upper` only once its write is
+    /// complete, so a VMM killed at any moment leaves a disk whose blocks
+    /// are each old or new, as a real disk's are. A snapshot's `layer` is
+    /// copied up at once, so `upper` and its journal alone are the disk.
+    pub fn kept(
+        base: File,
+        upper: File,
+        journal: File,
+        written: Bitmap,
+        layer: Option<Layer>,
+    ) -> io::Result<Self> {
+        let len = base.metadata()?.len();
+        if upper.metadata()?.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the kept writes are of a disk of another size",
+            ));
+        }
+        let mut o = Overlay {
+            base,
+            upper,
+            len,
+            written,
+            layer,
+            journal: Some(journal),
+        };
+        if let Some(layer) = o.layer.take() {
+            let mut buf = vec![0u8; BLOCK as usize];
+            for (first, count) in layer.blocks.runs() {
+                for block in first..first + count {
+                    if o.written.get(block) {
+                        continue;
+                    }
+                    let start = block * BLOCK;
+                    let piece = &mut buf[..(o.len - start).min(BLOCK) as usize];
+                    layer.file.read_exact_at(piece, start)?;
+                    o.upper.write_all_at(piece, start)?;
+                    o.note(block, 1)?;
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// Marks `count` blocks from `first` written, and journals those that
+    /// were not.
+    fn note(&mut self, first: u64, count: u64) -> io::Result<()> {
+        let new = (first..first + count).any(|b| !self.written.get(b));
+        for b in first..first + count {
+            self.written.mark(b);
+        }
+        match &mut self.journal {
+            Some(journal) if new => {
+                journal.write_all(&journal_bytes(&[(first, count)])[JOURNAL_MAGIC.len()..])
+            }
+            _ => Ok(()),
+        }
     }
 
     /// An overlay over `base` that starts with a snapshot's saved writes.
@@ -254,9 +353,7 @@ impl Overlay {
                 };
                 let data = &buf[(pos - offset) as usize..(run_end - offset) as usize];
                 self.upper.write_all_at(data, pos)?;
-                for b in block..run_end.div_ceil(BLOCK) {
-                    self.written.mark(b);
-                }
+                self.note(block, run_end.div_ceil(BLOCK) - block)?;
                 pos = run_end;
                 continue;
             }
@@ -274,7 +371,7 @@ impl Overlay {
                     .copy_from_slice(data);
                 self.upper.write_all_at(&whole, block_start)?;
             }
-            self.written.mark(block);
+            self.note(block, 1)?;
             pos = stop;
         }
         Ok(())
@@ -460,6 +557,100 @@ mod tests {
         assert_eq!(r.save(&again).unwrap(), vec![(0, 1), (3, 2)]);
         // A run past the disk's end is no layer.
         assert!(Bitmap::from_runs(base.len() as u64, &[(7, 2)]).is_none());
+    }
+
+    /// A kept overlay over `base`: its upper file and journal (on disk),
+    /// and the overlay opened on them as a VMM opens it.
+    fn kept(
+        base: &tempfile::NamedTempFile,
+        upper: &std::path::Path,
+        journal: &std::path::Path,
+        layer: Option<Layer>,
+    ) -> Overlay {
+        let len = base.as_file().metadata().unwrap().len();
+        let upper_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(upper)
+            .unwrap();
+        if upper_file.metadata().unwrap().len() == 0 {
+            upper_file.set_len(len).unwrap();
+        }
+        let bytes = std::fs::read(journal).unwrap_or_else(|_| JOURNAL_MAGIC.to_vec());
+        let written = read_journal(&bytes, len).unwrap();
+        std::fs::write(journal, journal_bytes(&written.runs())).unwrap();
+        let journal = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal)
+            .unwrap();
+        Overlay::kept(
+            File::open(base.path()).unwrap(),
+            upper_file,
+            journal,
+            written,
+            layer,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_kept_overlay_s_writes_come_back_in_the_next_run() {
+        let base: Vec<u8> = (0..8 * BLOCK as usize).map(|i| (i % 249) as u8).collect();
+        let b = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(b.path(), &base).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (upper, journal) = (dir.path().join("upper"), dir.path().join("journal"));
+
+        // A snapshot's layer under the first run is copied up.
+        let saved = tempfile::tempfile().unwrap();
+        saved.set_len(base.len() as u64).unwrap();
+        saved.write_all_at(&[8; BLOCK as usize], 6 * BLOCK).unwrap();
+        let layer = Layer {
+            file: saved,
+            blocks: Bitmap::from_runs(base.len() as u64, &[(6, 1)]).unwrap(),
+        };
+        let mut first = kept(&b, &upper, &journal, Some(layer));
+        first.write_all_at(&[1; 10], 5).unwrap(); // block 0, partly
+        first
+            .write_all_at(&vec![2; 2 * BLOCK as usize], 2 * BLOCK)
+            .unwrap(); // 2, 3
+        first.write_all_at(&[3; 10], 2 * BLOCK).unwrap(); // 2 again: no record
+        let mut want = vec![0u8; base.len()];
+        first.read_exact_at(&mut want, 0).unwrap();
+        Storage::Overlay(first).flush().unwrap();
+        let records = (std::fs::read(&journal).unwrap().len() - 8) / 16;
+        assert_eq!(records, 3, "the layer's block, block 0, blocks 2-3");
+
+        let second = kept(&b, &upper, &journal, None);
+        let mut got = vec![0u8; base.len()];
+        second.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(second.written_blocks(), 4);
+        assert_eq!(
+            (std::fs::read(&journal).unwrap().len() - 8) / 16,
+            3,
+            "compacted to its runs"
+        );
+        // The base image is untouched.
+        assert_eq!(std::fs::read(b.path()).unwrap(), base);
+    }
+
+    #[test]
+    fn a_journal_cut_short_or_not_one_reads_as_it_should() {
+        let len = 4 * BLOCK;
+        let mut bytes = journal_bytes(&[(1, 2)]);
+        assert_eq!(read_journal(&bytes, len).unwrap().runs(), vec![(1, 2)]);
+        // A record half appended when the VMM died: its write never completed.
+        bytes.extend_from_slice(&[3, 0, 0]);
+        assert_eq!(read_journal(&bytes, len).unwrap().runs(), vec![(1, 2)]);
+        assert!(
+            read_journal(&journal_bytes(&[(3, 2)]), len).is_none(),
+            "past the end"
+        );
+        assert!(read_journal(b"not a journal", len).is_none());
+        assert_eq!(read_journal(JOURNAL_MAGIC, len).unwrap().count(), 0);
     }
 
     /// Random writes and reads against a plain byte vector.

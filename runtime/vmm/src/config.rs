@@ -63,6 +63,10 @@ pub struct ShareConfig {
 pub struct DiskConfig {
     pub path: PathBuf,
     pub access: DiskAccess,
+    /// With [`DiskAccess::Overlay`]: the file the guest's writes go to
+    /// and stay in across runs (with a journal beside it, see
+    /// [`crate::disk::journal_path`]), instead of a temporary file.
+    pub upper: Option<PathBuf>,
 }
 
 /// What the guest may do to a disk, and what reaches the file.

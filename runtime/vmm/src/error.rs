@@ -45,6 +45,12 @@ pub enum VmmError {
     },
     #[error("the disk {} is in use by another VM (it is locked)", path.display())]
     DiskLocked { path: PathBuf },
+    #[error("cannot open the kept writes {} of a disk", path.display())]
+    DiskKept {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot make a file for the writes to the disk {} in {}", disk.display(), dir.display())]
     DiskOverlay {
         disk: PathBuf,

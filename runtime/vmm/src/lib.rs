@@ -10,6 +10,7 @@ mod config;
 pub mod control;
 pub mod cpu;
 pub mod device_manager;
+pub mod disk;
 mod error;
 mod event_loop;
 pub mod jail;
@@ -32,13 +33,12 @@ use error::io;
 pub use error::VmmError;
 pub use memory::MemoryUsage;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::storage::{Bitmap, Layer, Overlay, Storage};
+use devices::storage::Storage;
 use devices::virtio::block::Block;
 use devices::virtio::console::Console;
 use devices::virtio::fs::Fs;
@@ -116,7 +116,7 @@ pub fn open_host_files(cfg: &VmConfig) -> Result<HostFiles, VmmError> {
             .disks
             .iter()
             .enumerate()
-            .map(|(i, d)| open_disk(d, restored_layer(cfg, i, d)?))
+            .map(|(i, d)| disk::open(d, disk::restored_layer(cfg, i, d)?))
             .collect::<Result<_, _>>()?,
         net: cfg
             .net
@@ -650,107 +650,4 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
             .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
     Ok(())
-}
-
-/// Opens a disk with the access it needs and locks it: exclusively when
-/// the file is written, shared when it is only read.
-/// A snapshot's saved blocks of one disk: their file and their runs
-/// `(first block, count)`.
-type SavedBlocks = (File, Vec<(u64, u64)>);
-
-/// Disk `index`'s saved blocks in the snapshot being restored: the file
-/// and its runs, for an overlay disk of a snapshot that has them. A disk
-/// an overlay in one and not in the other is refused.
-fn restored_layer(
-    cfg: &VmConfig,
-    index: usize,
-    d: &DiskConfig,
-) -> Result<Option<SavedBlocks>, VmmError> {
-    let Some(r) = &cfg.restore else {
-        return Ok(None);
-    };
-    let saved = r.snapshot.disks.get(index).cloned().flatten();
-    let file = r.disks.get(index).and_then(Option::as_ref);
-    let overlay = d.access == DiskAccess::Overlay;
-    match (saved, file) {
-        (Some(runs), Some(f)) if overlay => {
-            let f = f
-                .try_clone()
-                .map_err(io("duplicating a snapshot's disk file"))?;
-            Ok(Some((f, runs)))
-        }
-        (None, _) if !overlay => Ok(None),
-        (saved, _) => Err(VmmError::Restore(snapshot::SnapshotError::Mismatch {
-            what: "disk access",
-            snapshot: format!(
-                "disk {index} {}",
-                if saved.is_some() {
-                    "an overlay"
-                } else {
-                    "a file"
-                }
-            ),
-            this: format!("{:?}", d.access),
-        })),
-    }
-}
-
-fn open_disk(d: &DiskConfig, layer: Option<(File, Vec<(u64, u64)>)>) -> Result<Storage, VmmError> {
-    let writable = d.access == DiskAccess::ReadWrite;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(&d.path)
-        .map_err(|source| VmmError::DiskOpen {
-            path: d.path.clone(),
-            source,
-        })?;
-    // Writers exclude everyone; readers (and overlays) only writers.
-    let locked = if writable {
-        file.try_lock()
-    } else {
-        file.try_lock_shared()
-    };
-    if locked.is_err() {
-        return Err(VmmError::DiskLocked {
-            path: d.path.clone(),
-        });
-    }
-    if d.access != DiskAccess::Overlay {
-        return Ok(Storage::File(file));
-    }
-    let dir = std::env::temp_dir();
-    let overlay_error = |source| VmmError::DiskOverlay {
-        disk: d.path.clone(),
-        dir: dir.clone(),
-        source,
-    };
-    let upper = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE)
-        .open(&dir)
-        .map_err(overlay_error)?;
-    let overlay = match layer {
-        None => Overlay::new(file, upper),
-        Some((layer, runs)) => {
-            let len = file.metadata().map_err(overlay_error)?.len();
-            let blocks = Bitmap::from_runs(len, &runs).ok_or_else(|| {
-                VmmError::Restore(snapshot::SnapshotError::Corrupt {
-                    path: d.path.clone(),
-                    why: "the snapshot's saved blocks reach past the end of this disk".into(),
-                })
-            })?;
-            Overlay::with_layer(
-                file,
-                upper,
-                Layer {
-                    file: layer,
-                    blocks,
-                },
-            )
-        }
-    };
-    overlay.map(Storage::Overlay).map_err(overlay_error)
 }

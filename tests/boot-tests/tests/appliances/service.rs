@@ -25,7 +25,91 @@ pub fn trials() -> Vec<Trial> {
             "detached_stop_signal_and_timeout_from_the_run_and_husk_stop",
             stop_signal,
         ),
+        boot_tests::trial(
+            "detached_root_writes_are_kept_across_restarts_and_kill_9_until_rm",
+            kept_root,
+        ),
     ]
+}
+
+/// Waits until the appliance's log has `line` `times` times; the log.
+fn log_has(vm: &Vm, line: &str, times: usize, limit: Duration) -> Result<String, Failed> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = h(&["logs", &vm.name])?.stdout;
+        if log.lines().filter(|l| l.trim_end() == line).count() >= times {
+            return Ok(log);
+        }
+        if Instant::now() > deadline {
+            return Err(
+                format!("{}: {line:?} not {times} times in the log:\n{log}", vm.name).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A detached appliance's root keeps what its runs wrote, as a
+/// container's writable layer does: across `husk restart`, a restart
+/// after `kill -9` of its VMM (what the guest synced is there, and the
+/// filesystem mounts), and `husk stop` and `start`; a changed build is
+/// refused while writes are kept; `husk rm` removes them.
+fn kept_root() -> Result<(), Failed> {
+    let script = "n=$(cat /data/kept 2>/dev/null | wc -l); echo run $n; \
+                  echo line >> /data/kept; sync; echo written; sleep 600";
+    let vm = Vm::start(
+        "kept",
+        &[
+            "--restart",
+            "always",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )?;
+    let limit = Duration::from_secs(60);
+    log_has(&vm, "written", 1, limit)?;
+    ok(h(&["restart", "-t", "1", &vm.name])?, "husk restart")?;
+    log_has(&vm, "run 1", 1, limit)?;
+    log_has(&vm, "written", 2, limit)?;
+    // kill -9 of the VMM: the keeper starts it again (--restart always).
+    let keeper = vm.keeper()?;
+    let vmm = vmm_of(keeper).ok_or("no VMM under the keeper")?;
+    // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+    unsafe { libc::kill(vmm as i32, libc::SIGKILL) };
+    log_has(&vm, "run 2", 1, limit)?;
+    log_has(&vm, "written", 3, limit)?;
+    ok(h(&["stop", "-t", "1", &vm.name])?, "husk stop")?;
+    // Another build of the image under the kept writes is refused.
+    let base = std::path::Path::new("/run/husk/vms/kept/root.base");
+    let build = std::fs::read_to_string(base)?;
+    std::fs::write(base, "sha256:another-build")?;
+    let refused = h(&["start", &vm.name])?;
+    if refused.code == Some(0) {
+        return Err(refused
+            .explain("a start over another build should fail")
+            .into());
+    }
+    let log = h(&["logs", &vm.name])?.stdout;
+    if !log.contains("over another build") {
+        return Err(format!("the log should say why it did not start:\n{log}").into());
+    }
+    std::fs::write(base, build)?;
+    ok(h(&["start", &vm.name])?, "husk start")?;
+    let log = log_has(&vm, "run 3", 1, limit)?;
+    if log.lines().any(|l| {
+        l.starts_with("run ")
+            && l.trim_end() != "run 0"
+            && l.trim_end() != "run 1"
+            && l.trim_end() != "run 2"
+            && l.trim_end() != "run 3"
+    }) {
+        return Err(format!("a run saw another count of lines:\n{log}").into());
+    }
+    let keeper = vm.keeper()?;
+    vm.remove(&tree(keeper))
 }
 
 /// The share of one host CPU process `pid` (all its threads) took over

@@ -135,6 +135,7 @@ fn busybox_config(image: &std::path::Path, console: fs::File) -> Result<VmConfig
     cfg.disks = vec![DiskConfig {
         path: image.to_path_buf(),
         access: DiskAccess::ReadOnly,
+        upper: None,
     }];
     Ok(cfg)
 }

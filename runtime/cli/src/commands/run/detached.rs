@@ -62,6 +62,59 @@ pub(super) fn detached_vsock(plan: &Plan, vm: &VmDir) -> (u32, PathBuf) {
         .unwrap_or_else(|| (DEFAULT_CID, vm.vsock()))
 }
 
+/// A detached appliance's root keeps its writes across its runs (its
+/// restarts, `husk start`), as a container's writable layer does until
+/// `husk rm`: in its folder, `root.upper` and its journal (see
+/// `vmm::disk`), with `root.base` naming the build of the image they were
+/// written over. A build that differs (the appliance or image changed)
+/// is refused while writes are kept. A run that restores a named
+/// snapshot goes on from the snapshot's disk each time: nothing is kept.
+pub(super) fn keep_root(plan: &mut Plan, vm: &VmDir, from_snapshot: bool) -> anyhow::Result<()> {
+    let Some(image) = &plan.image else {
+        return Ok(());
+    };
+    let root = plan
+        .disks
+        .iter_mut()
+        .find(|d| d.path == image.path && d.access == vmm::DiskAccess::Overlay);
+    let (Some(root), false) = (root, from_snapshot) else {
+        return Ok(());
+    };
+    let upper = vm.dir.join("root.upper");
+    let base = vm.dir.join("root.base");
+    // The builder's digest of the image (builds are reproducible: the same
+    // inputs give the same bytes), else the file's identity.
+    let build = match std::fs::read_to_string(image.path.with_file_name("digest")) {
+        Ok(digest) => digest.trim().to_string(),
+        Err(_) => super::warm::file_id(&image.path)?,
+    };
+    match std::fs::read_to_string(&base) {
+        Ok(kept) if kept == build => {}
+        Ok(_) if vmm::disk::has_kept_writes(&upper) => anyhow::bail!(
+            "{} keeps what its earlier runs wrote to its root, over another build of its \
+             image ({}): the appliance or image changed since. husk rm {} and run it again \
+             to use this build (data that must outlive that belongs in a volume: -v NAME:/PATH)",
+            vm.name,
+            image.path.display(),
+            vm.name
+        ),
+        _ => {
+            for stale in [upper.clone(), vmm::disk::journal_path(&upper)] {
+                if let Err(e) = std::fs::remove_file(&stale) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e)
+                            .with_context(|| format!("cannot remove {}", stale.display()));
+                    }
+                }
+            }
+            vms::write_file(&base, &build)
+                .with_context(|| format!("cannot write {}", base.display()))?;
+        }
+    }
+    root.upper = Some(upper);
+    Ok(())
+}
+
 /// `husk run -d` as the user typed it: checks and builds, makes the VM's
 /// folder, starts the keeper and waits for its word.
 pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {

@@ -276,6 +276,7 @@ fn disk(arg: &str) -> DiskConfig {
     DiskConfig {
         path: path.into(),
         access,
+        upper: None,
     }
 }
 
@@ -357,7 +358,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     match built.format {
         ImageFormat::Ext4 => {
             // The cached image stays as built: a writable root keeps this
-            // run's writes in an overlay that ends with the VM.
+            // run's writes in an overlay that ends with the VM (a
+            // detached appliance's are kept: detached::keep_root).
             plan.disks.push(DiskConfig {
                 path: built.path.clone(),
                 access: if readonly {
@@ -365,6 +367,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
                 } else {
                     DiskAccess::Overlay
                 },
+                upper: None,
             });
         }
         ImageFormat::Initramfs => {
@@ -399,6 +402,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             } else {
                 DiskAccess::ReadWrite
             },
+            upper: None,
         }));
         cmdline.extend(a.vm.cmdline.clone());
         plan.shares.extend(shares::from_spec(&a.vm.shares)?);
@@ -434,53 +438,6 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     }
     plan.cmdline = cmdline.join(" ");
     Ok(plan)
-}
-
-/// What a snapshot of this detached VM, taken while it runs, would be:
-/// its header, what it is of, and its disks; or why none can be taken.
-fn snapshot_offer(
-    args: &Args,
-    plan: &Plan,
-    named: &Option<named::Named>,
-    kernel: &std::path::Path,
-    vm: &crate::vms::VmDir,
-) -> Result<(vmm::snapshot::Header, warm::Meta, usize), String> {
-    let Some(image) = &plan.image else {
-        return Err("it boots no appliance image".into());
-    };
-    warm::eligible(plan.husk_init, &plan.disks)?;
-    let id = |p: &std::path::Path| warm::file_id(p).map_err(|e| format!("{e:#}"));
-    let (kernel_id, image_id) = (id(kernel)?, id(&image.path)?);
-    let header = vmm::snapshot::Header::new(
-        &kernel_id,
-        &image_id,
-        plan.cpus,
-        plan.memory_mib,
-        Vec::new(),
-    );
-    // A restore runs this command line again: the one this VM was first
-    // started with, also when it was itself restored from a snapshot.
-    let (recorded, cwd) = match named {
-        Some(n) => (n.meta.args.clone(), n.meta.cwd.clone()),
-        None => (
-            std::env::args().skip(1).collect(),
-            std::env::current_dir().ok(),
-        ),
-    };
-    let meta = warm::Meta {
-        target: args.target.clone().unwrap_or_default(),
-        kernel: kernel.to_path_buf(),
-        image: image.path.clone(),
-        kernel_id,
-        image_id,
-        cpus: plan.cpus,
-        memory_mib: plan.memory_mib,
-        created_ms: 0,
-        args: recorded,
-        cwd,
-        from: Some(vm.name.clone()),
-    };
-    Ok((header, meta, plan.disks.len()))
 }
 
 /// `-u`: a name or number, and optionally `:` and a group's; the image's
@@ -538,6 +495,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     mark("image ready");
     if let Some(vm) = &vm_child {
         plan.vsock = Some(detached_vsock(&plan, vm));
+        detached::keep_root(&mut plan, vm, named.is_some())?;
     }
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
@@ -582,7 +540,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         .collect();
     let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
     let warm = match &plan.image {
-        Some(image) if !args.cold && warm::eligible(plan.husk_init, &plan.disks).is_ok() => {
+        Some(image) if !args.cold && warm::restorable(plan.husk_init, &plan.disks) => {
             warm::Warm::prepare(&warm::Shape {
                 target: args.target.as_deref().unwrap_or_default(),
                 kernel: &kernel,
@@ -606,7 +564,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     }
     // A detached VM child: what a snapshot of it on request would be.
     let snapshot_requests = match &vm_child {
-        Some(vm) => named::serve_requests(vm, snapshot_offer(&args, &plan, &named, &kernel, vm))?,
+        Some(vm) => named::serve_requests(vm, named::offer(&args, &plan, &named, &kernel, vm))?,
         None => None,
     };
     let params = plan.params.join(" ");

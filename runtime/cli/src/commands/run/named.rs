@@ -198,3 +198,50 @@ pub fn serve_requests(
         .with_context(|| format!("cannot write {}", vm.snapshot_offer().display()))?;
     Ok(Some(OnRequest { socket, header }))
 }
+
+/// What a snapshot of this detached VM, taken while it runs, would be:
+/// its header, what it is of, and its disks; or why none can be taken.
+pub(super) fn offer(
+    args: &super::Args,
+    plan: &super::Plan,
+    named: &Option<Named>,
+    kernel: &std::path::Path,
+    vm: &crate::vms::VmDir,
+) -> Result<(vmm::snapshot::Header, super::warm::Meta, usize), String> {
+    let Some(image) = &plan.image else {
+        return Err("it boots no appliance image".into());
+    };
+    super::warm::eligible(plan.husk_init, &plan.disks)?;
+    let id = |p: &std::path::Path| super::warm::file_id(p).map_err(|e| format!("{e:#}"));
+    let (kernel_id, image_id) = (id(kernel)?, id(&image.path)?);
+    let header = vmm::snapshot::Header::new(
+        &kernel_id,
+        &image_id,
+        plan.cpus,
+        plan.memory_mib,
+        Vec::new(),
+    );
+    // A restore runs this command line again: the one this VM was first
+    // started with, also when it was itself restored from a snapshot.
+    let (recorded, cwd) = match named {
+        Some(n) => (n.meta.args.clone(), n.meta.cwd.clone()),
+        None => (
+            std::env::args().skip(1).collect(),
+            std::env::current_dir().ok(),
+        ),
+    };
+    let meta = super::warm::Meta {
+        target: args.target.clone().unwrap_or_default(),
+        kernel: kernel.to_path_buf(),
+        image: image.path.clone(),
+        kernel_id,
+        image_id,
+        cpus: plan.cpus,
+        memory_mib: plan.memory_mib,
+        created_ms: 0,
+        args: recorded,
+        cwd,
+        from: Some(vm.name.clone()),
+    };
+    Ok((header, meta, plan.disks.len()))
+}

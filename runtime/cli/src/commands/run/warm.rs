@@ -244,6 +244,19 @@ pub fn eligible(husk_init: bool, disks: &[DiskConfig]) -> Result<(), &'static st
     Ok(())
 }
 
+/// Whether a run may restore (or take) a warm start's snapshot: it could
+/// be snapshotted, and no disk keeps writes of an earlier run (a detached
+/// appliance's root, once written): a snapshot taken over the bare image
+/// would not match that disk, and one taken over it would carry its data
+/// to every other run of the image.
+pub fn restorable(husk_init: bool, disks: &[DiskConfig]) -> bool {
+    eligible(husk_init, disks).is_ok()
+        && !disks
+            .iter()
+            .filter_map(|d| d.upper.as_deref())
+            .any(vmm::disk::has_kept_writes)
+}
+
 /// 32 bytes from the host's `/dev/urandom`, for a restored guest's
 /// random generator.
 pub fn host_seed() -> anyhow::Result<Vec<u8>> {
@@ -296,6 +309,7 @@ mod tests {
         let disks = vec![DiskConfig {
             path: image.clone(),
             access: DiskAccess::Overlay,
+            upper: None,
         }];
         let shape = Shape {
             target: "t",
@@ -316,6 +330,7 @@ mod tests {
         let ro = vec![DiskConfig {
             path: image.clone(),
             access: DiskAccess::ReadOnly,
+            upper: None,
         }];
         let others = [
             Shape { cpus: 2, ..shape },
@@ -354,9 +369,24 @@ mod tests {
         assert!(eligible(true, &disks).is_ok());
         assert!(eligible(false, &disks).is_err());
         let rw = vec![DiskConfig {
-            path: image,
+            path: image.clone(),
             access: DiskAccess::ReadWrite,
+            upper: None,
         }];
         assert!(eligible(true, &rw).is_err());
+        assert!(!restorable(true, &rw));
+        // A kept root restores and snapshots only until a block is kept.
+        let upper = image.with_file_name("root.upper");
+        let kept = vec![DiskConfig {
+            path: image,
+            access: DiskAccess::Overlay,
+            upper: Some(upper.clone()),
+        }];
+        assert!(restorable(true, &kept), "no journal yet");
+        let journal = vmm::disk::journal_path(&upper);
+        fs::write(&journal, vmm::disk::journal_bytes(&[])).unwrap();
+        assert!(restorable(true, &kept), "an empty journal");
+        fs::write(&journal, vmm::disk::journal_bytes(&[(4, 1)])).unwrap();
+        assert!(!restorable(true, &kept));
     }
 }
