@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use appliance_spec::ImageFormat;
+use appliance_spec::{Appliance, ImageFormat};
 
-use super::{plan, Args, Plan, Target, DEFAULT_CID};
+use super::{plan, Args, Plan, DEFAULT_CID};
 use crate::vms::{self, keeper, VmDir};
 
 /// A built image, as `husk run -d` hands it to its keeper and VM (in
@@ -140,9 +140,9 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     }
     let plan = plan(args)?;
     if args.wait_ready {
-        ready_check(args)?;
+        ready_check(args, plan.appliance.as_deref())?;
     }
-    health_check(args)?;
+    health_check(args, plan.appliance.as_deref())?;
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     // The user's alone: its log and sockets are nobody else's business.
     let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -346,9 +346,11 @@ pub fn start_keeper(
 /// What `--wait-ready` waits for: the appliance's `[run.ready]` check,
 /// else its health check passing once (tried as often, for 60 s), as
 /// compose waits for a healthy service.
-fn ready_check(args: &Args) -> anyhow::Result<(keeper::Check, Duration)> {
-    let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
-    if let Some(ready) = target.appliance().and_then(|a| a.run.ready.clone()) {
+fn ready_check(
+    args: &Args,
+    appliance: Option<&Appliance>,
+) -> anyhow::Result<(keeper::Check, Duration)> {
+    if let Some(ready) = appliance.and_then(|a| a.run.ready.clone()) {
         let check = match (ready.tcp, ready.command) {
             (Some(port), _) => keeper::Check::Tcp(port),
             (None, Some(argv)) => keeper::Check::Command(argv),
@@ -356,7 +358,7 @@ fn ready_check(args: &Args) -> anyhow::Result<(keeper::Check, Duration)> {
         };
         return Ok((check, Duration::from_secs(ready.timeout.into())));
     }
-    match health_check(args)? {
+    match health_check(args, appliance)? {
         Some(health) => Ok((health.check, Duration::from_secs(60))),
         None => anyhow::bail!(
             "--wait-ready: the appliance has no [run.ready] check (tcp = PORT or command = \
@@ -367,9 +369,10 @@ fn ready_check(args: &Args) -> anyhow::Result<(keeper::Check, Duration)> {
 
 /// The health check the keeper runs: `--health-*` over the appliance's;
 /// a stop it makes waits the run's stop timeout.
-fn health_check(args: &Args) -> anyhow::Result<Option<keeper::HealthCheck>> {
-    let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
-    let appliance = target.appliance();
+fn health_check(
+    args: &Args,
+    appliance: Option<&Appliance>,
+) -> anyhow::Result<Option<keeper::HealthCheck>> {
     let health =
         super::service::resolve(&args.service, appliance.and_then(|a| a.run.health.as_ref()))?;
     if args.restart.is_some() && args.service.health_on_failure == keeper::OnFailure::Restart {
@@ -388,16 +391,11 @@ fn health_check(args: &Args) -> anyhow::Result<Option<keeper::HealthCheck>> {
 /// The restart policy of a `husk run -d` that names none: an appliance
 /// that says it is a service (`run.on_exit = "restart"`, what an exported
 /// machine does) is started again unless stopped; anything else is not.
-fn default_restart(args: &Args) -> crate::vms::restart::Policy {
+fn default_restart(args: &Args, appliance: Option<&Appliance>) -> crate::vms::restart::Policy {
     use crate::vms::restart::Policy;
     let service = !args.rm
         && !args.hold
-        && args
-            .target
-            .as_deref()
-            .and_then(|t| super::super::target::Target::parse(t).ok())
-            .and_then(|t| Some(t.appliance()?.run.on_exit))
-            == Some(appliance_spec::OnExit::Restart);
+        && appliance.map(|a| a.run.on_exit) == Some(appliance_spec::OnExit::Restart);
     if service {
         Policy::UnlessStopped
     } else {
@@ -408,9 +406,10 @@ fn default_restart(args: &Args) -> crate::vms::restart::Policy {
 /// The keeper's side of `husk run -d`.
 pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
     let plan = plan(args)?;
+    let appliance = plan.appliance.as_deref();
     let (_, uds) = detached_vsock(&plan, &vm);
     let ready = if args.wait_ready {
-        Some(ready_check(args)?)
+        Some(ready_check(args, appliance)?)
     } else {
         None
     };
@@ -429,22 +428,20 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         .iter()
         .filter_map(|s| s.volume.clone())
         .collect();
-    drop(plan);
     let image = args.target.clone().unwrap_or_default();
-    let target = Target::parse(args.target.as_deref().unwrap_or_default())?;
     let options = keeper::Options {
         ready,
-        health: health_check(args)?,
-        stop_timeout: super::service::stop_timeout(
-            &args.service,
-            target.appliance().map(|a| &a.run),
-        ),
+        health: health_check(args, appliance)?,
+        stop_timeout: super::service::stop_timeout(&args.service, appliance.map(|a| &a.run)),
         env,
         volumes,
         remove_at_end: args.rm,
         hold: args.hold,
-        restart: args.restart.unwrap_or_else(|| default_restart(args)),
+        restart: args
+            .restart
+            .unwrap_or_else(|| default_restart(args, appliance)),
     };
+    drop(plan);
     let code = keeper::keep(vm, uds, image, ports, options)?;
     Ok(ExitCode::from(code))
 }
@@ -474,8 +471,10 @@ mod tests {
         let policy = |args: &[&str]| {
             let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
             let args = crate::parse_run_args(&args).unwrap();
-            args.restart
-                .unwrap_or_else(|| super::default_restart(&args))
+            args.restart.unwrap_or_else(|| {
+                let target = super::super::Target::parse(args.target.as_deref().unwrap()).unwrap();
+                super::default_restart(&args, target.appliance())
+            })
         };
         assert_eq!(policy(&["run", "-d", &service]), Policy::UnlessStopped);
         assert_eq!(policy(&["run", "-d", "--rm", &service]), Policy::No);

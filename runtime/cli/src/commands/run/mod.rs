@@ -303,8 +303,9 @@ struct Plan {
     /// The image has husk's init, which sets the network up from the
     /// kernel command line.
     husk_init: bool,
-    /// The built image of the target, if any.
+    /// The built image of the target, if any, and its appliance file.
     image: Option<BuiltImage>,
+    appliance: Option<Box<appliance_spec::Appliance>>,
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
@@ -325,6 +326,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         shares: Vec::new(),
         husk_init: false,
         image: None,
+        appliance: None,
     };
     let Some(target) = &args.target else {
         if !args.command.is_empty() || !args.env.is_empty() || !args.volumes.is_empty() {
@@ -437,6 +439,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         cmdline.push(args.cmdline.clone());
     }
     plan.cmdline = cmdline.join(" ");
+    plan.appliance = appliance.cloned().map(Box::new);
     Ok(plan)
 }
 
