@@ -15,6 +15,12 @@ use appliance_spec::Source;
 use builder::{build, Input};
 use common::*;
 
+/// Every test here sets the environment husk-pull inherits: one at a time.
+static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `husk:husk-secret`, bcrypt (cost 4) as the registry's htpasswd wants.
+const HTPASSWD: &str = "husk:$2b$04$YkVeFlttdDeEQyIZCDJV7Oz.vpCmB39sOUE62CskaEQfq/cZvm226\n";
+
 /// A registry on a free loopback port, stopped when dropped.
 struct Registry {
     child: Child,
@@ -23,8 +29,20 @@ struct Registry {
 }
 
 impl Registry {
-    fn start() -> Registry {
+    /// With `htpasswd`, it wants those credentials (Basic auth).
+    fn start(htpasswd: Option<&str>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let auth = match htpasswd {
+            Some(users) => {
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, users).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -35,7 +53,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -72,23 +90,12 @@ impl Drop for Registry {
 
 #[test]
 fn a_pushed_multi_arch_image_is_pulled_built_and_then_cached() {
-    let registry = Registry::start();
-    let layout = tempfile::tempdir().unwrap();
-    multi_arch_layout(layout.path());
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let registry = Registry::start(None);
     let reference = format!("docker://{}/husk/multi:v1", registry.addr);
-    let out = Command::new("skopeo")
-        .args(["copy", "--all", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:latest", layout.path().display()))
-        .arg(&reference)
-        .output()
-        .expect("skopeo runs (ci/setup installs it)");
-    assert!(
-        out.status.success(),
-        "skopeo push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push(&reference, None);
 
-    // Setting the environment is safe here: this binary runs one test.
+    // The environment is this test's while it holds ENV.
     std::env::set_var("HUSK_PULL", env!("CARGO_BIN_EXE_husk-pull"));
     let cache = tempfile::tempdir().unwrap();
     let source: Source = reference.parse().unwrap();
@@ -113,4 +120,114 @@ fn a_pushed_multi_arch_image_is_pulled_built_and_then_cached() {
     let missing: Source = "docker://127.0.0.1:9/none:latest".parse().unwrap();
     let err = build(Input::Image(&missing), &init(), cache.path(), &mut |_| {}).unwrap_err();
     assert!(chain(&err).contains("husk-pull failed"), "{}", chain(&err));
+}
+
+/// `skopeo copy` of the multi-arch test image to `reference`.
+fn push(reference: &str, creds: Option<&str>) {
+    let layout = tempfile::tempdir().unwrap();
+    multi_arch_layout(layout.path());
+    let mut skopeo = Command::new("skopeo");
+    skopeo.args(["copy", "--all", "--dest-tls-verify=false"]);
+    if let Some(c) = creds {
+        skopeo.args(["--dest-creds", c]);
+    }
+    let out = skopeo
+        .arg(format!("oci:{}:latest", layout.path().display()))
+        .arg(reference)
+        .output()
+        .expect("skopeo runs (ci/setup installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A registry that wants credentials: refused without them, with a hint;
+/// pulled with what `docker login` or `podman login` saved (the auth file
+/// of either, or a credential helper one names); refused, saying so,
+/// with a wrong password.
+#[test]
+fn a_registry_that_wants_credentials_gets_the_saved_ones() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let registry = Registry::start(Some(HTPASSWD));
+    let reference = format!("docker://{}/husk/private:v1", registry.addr);
+    push(&reference, Some("husk:husk-secret"));
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("HUSK_PULL", env!("CARGO_BIN_EXE_husk-pull"));
+    std::env::set_var("HOME", home.path());
+    for var in ["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG"] {
+        std::env::remove_var(var);
+    }
+    let source: Source = reference.parse().unwrap();
+    // The image's architecture, read before its cache goes.
+    let pull = || {
+        let cache = tempfile::tempdir().unwrap();
+        build(Input::Image(&source), &init(), cache.path(), &mut |_| {}).map(|b| arch_of(&b.path))
+    };
+
+    // What husk-pull says (on its stderr, which husk passes through).
+    let refused = || {
+        let cache = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_husk-pull"))
+            .arg(&reference)
+            .env("HUSK_CACHE_DIR", cache.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "pulled where it should be refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let err = refused();
+    assert!(
+        err.contains("wants credentials") && err.contains("docker login"),
+        "{err}"
+    );
+
+    // podman login's file, named by REGISTRY_AUTH_FILE.
+    let auth_file = home.path().join("auth.json");
+    let saved = |auth: &str| {
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.addr
+        )
+    };
+    std::fs::write(&auth_file, saved("aHVzazpodXNrLXNlY3JldA==")).unwrap();
+    std::env::set_var("REGISTRY_AUTH_FILE", &auth_file);
+    assert_eq!(pull().unwrap(), "amd64");
+
+    std::fs::write(&auth_file, saved("aHVzazp3cm9uZw==")).unwrap(); // husk:wrong
+    let err = refused();
+    assert!(err.contains("refused the saved credentials"), "{err}");
+    std::env::remove_var("REGISTRY_AUTH_FILE");
+
+    // docker's config.json naming a credential helper for the registry.
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("docker-credential-husktest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread registry\n[ \"$1 $registry\" = \"get {}\" ] || exit 1\n\
+             echo '{{\"Username\": \"husk\", \"Secret\": \"husk-secret\"}}'\n",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let docker = home.path().join(".docker");
+    std::fs::create_dir(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"credHelpers": {{"{}": "husktest"}}}}"#, registry.addr),
+    )
+    .unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut with_bin = std::ffi::OsString::from(&bin);
+    with_bin.push(":");
+    with_bin.push(&path);
+    std::env::set_var("PATH", with_bin);
+    let built = pull();
+    std::env::set_var("PATH", path);
+    assert_eq!(built.unwrap(), "amd64");
 }

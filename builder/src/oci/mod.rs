@@ -3,6 +3,8 @@
 //! linux/amd64, its configuration, and its layer blobs.
 
 mod archive;
+#[cfg(feature = "registry")]
+pub mod auth;
 mod layout;
 #[cfg(feature = "registry")]
 pub mod registry;

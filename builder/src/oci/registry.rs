@@ -10,6 +10,8 @@
 //! store, read by the builder like any layout. Registries on the loopback
 //! address are spoken to over plain HTTP (as Docker does); others over
 //! HTTPS unless listed in `$HUSK_INSECURE_REGISTRIES` (comma-separated).
+//! The credentials are those `docker login` or `podman login` saved (see
+//! [`super::auth`]); none, an anonymous pull.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +46,8 @@ pub enum PullError {
     },
     #[error("blob {digest} from {reference}: content does not match its digest")]
     DigestMismatch { reference: String, digest: String },
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
 }
 
 use super::bare;
@@ -105,12 +109,30 @@ async fn pull_async(
     cache: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, PullError> {
+    let credentials = super::auth::credentials(parsed.resolve_registry(), parsed.repository())?;
+    let anonymous = credentials.is_none();
     let registry_err = |what: &str| {
         let what = what.to_string();
-        move |source| PullError::Registry {
-            reference: reference.to_string(),
-            what,
-            source,
+        move |source: oci_client::errors::OciDistributionError| {
+            use oci_client::errors::OciDistributionError as E;
+            let refused = matches!(
+                source,
+                E::AuthenticationFailure(_) | E::UnauthorizedError { .. }
+            );
+            let what = match (refused, anonymous) {
+                (true, true) => format!(
+                    "{what}: the registry wants credentials (docker login or podman login \
+                     {} saves them where husk reads them)",
+                    parsed.resolve_registry()
+                ),
+                (true, false) => format!("{what}: the registry refused the saved credentials"),
+                (false, _) => what,
+            };
+            PullError::Registry {
+                reference: reference.to_string(),
+                what,
+                source,
+            }
         }
     };
     let store = cache.join("blobs/sha256");
@@ -121,7 +143,10 @@ async fn pull_async(
             what: "cannot create the blob store",
             source: e,
         })?;
-    let auth = RegistryAuth::Anonymous;
+    let auth = match credentials {
+        Some(c) => RegistryAuth::Basic(c.user, c.password),
+        None => RegistryAuth::Anonymous,
+    };
     let (mut bytes, mut digest) = client
         .pull_manifest_raw(parsed, &auth, &MANIFEST_TYPES)
         .await
