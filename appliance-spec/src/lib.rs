@@ -32,8 +32,8 @@ pub use model::{
     OnExit, Ready, Rootfs, Run, Share, SymlinkEntry, Vm, Vsock,
 };
 pub use values::{
-    ByteSize, Cidr, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Signal, Source,
-    UserSpec,
+    ByteSize, Cidr, ExposedPort, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Signal,
+    Source, UserSpec,
 };
 
 use diag::Locator;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::values::{
-    ByteSize, Cidr, GuestPath, ImageSize, MacAddr, Mode, PortSpec, Signal, Source, UserSpec,
+    ByteSize, Cidr, ExposedPort, GuestPath, ImageSize, MacAddr, Mode, PortSpec, Signal, Source,
+    UserSpec,
 };
 
 /// A whole appliance file.
@@ -115,6 +116,10 @@ pub struct Run {
     /// (default 10 s).
     pub stop_signal: Option<Signal>,
     pub stop_timeout: Option<u32>,
+    /// The ports it listens on, beside the image's EXPOSE (`husk run -P`
+    /// publishes them all).
+    #[serde(default)]
+    pub expose: Vec<ExposedPort>,
     /// What an exported appliance's machine does when the command ends.
     #[serde(default)]
     pub on_exit: OnExit,

@@ -450,6 +450,60 @@ impl FromStr for PortSpec {
 
 deserialize_from_str!(PortSpec, "a published port such as \"8080:80\"");
 
+/// A port the appliance listens on (`[run] expose`, a Dockerfile's
+/// EXPOSE): `80`, `"80"`, `"80/tcp"` or `"53/udp"`. `husk run -P`
+/// publishes each on a free host port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExposedPort {
+    pub port: u16,
+    pub udp: bool,
+}
+
+impl fmt::Display for ExposedPort {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}/{}", self.port, if self.udp { "udp" } else { "tcp" })
+    }
+}
+
+impl FromStr for ExposedPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port; write e.g. 80, \"80/tcp\" or \"53/udp\"");
+        let (port, udp) = match s.split_once('/') {
+            Some((p, "tcp")) => (p, false),
+            Some((p, "udp")) => (p, true),
+            Some(_) => return Err(bad()),
+            None => (s, false),
+        };
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad()),
+            Ok(port) => Ok(ExposedPort { port, udp }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExposedPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ExposedPort;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port such as 80 or \"53/udp\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ExposedPort, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ExposedPort, E> {
+                match u16::try_from(n) {
+                    Ok(port) if port != 0 => Ok(ExposedPort { port, udp: false }),
+                    _ => Err(E::custom(format!("{n} is not a port: give 1 to 65535"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A signal, by name (`SIGQUIT`, `QUIT`, any case; `SIGRTMIN+3`) or by
 /// number, as a Dockerfile's STOPSIGNAL and `docker kill` take it; Linux's
 /// numbers.

@@ -131,6 +131,14 @@ fn run_config(
             .as_deref()
             .and_then(|s| s.parse::<appliance_spec::Signal>().ok())
             .map(|s| s.0);
+        // What husk cannot read as a port is left out, as a STOPSIGNAL is.
+        run.exposed_ports = c
+            .exposed_ports()
+            .iter()
+            .flatten()
+            .filter_map(|p| p.parse::<appliance_spec::ExposedPort>().ok())
+            .map(|p| p.to_string())
+            .collect();
     }
     if let Some(a) = appliance {
         if let Some(command) = &a.run.command {
@@ -159,11 +167,15 @@ fn run_config(
         if let Some(signal) = a.run.stop_signal {
             run.stop_signal = Some(signal.0);
         }
+        run.exposed_ports
+            .extend(a.run.expose.iter().map(|p| p.to_string()));
         run.on_exit = match a.run.on_exit {
             appliance_spec::OnExit::Poweroff => husk_init::config::OnExit::Poweroff,
             appliance_spec::OnExit::Restart => husk_init::config::OnExit::Restart,
         };
     }
+    run.exposed_ports.sort();
+    run.exposed_ports.dedup();
     if run.command.is_empty() && !folder {
         return Err(BuildError::NoCommand);
     }

@@ -69,6 +69,12 @@ fn umoci_image(dir: &Path) -> PathBuf {
         "/bin/sh",
         "--config.stopsignal",
         "SIGQUIT",
+        "--config.exposedports",
+        "8080/tcp",
+        "--config.exposedports",
+        "53/udp",
+        "--config.exposedports",
+        "nonsense/sctp",
     ]));
     image
 }
@@ -89,6 +95,8 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
     assert!(!p.iter().any(|f| f.starts_with("/etc/old")), "{p:?}");
     assert_eq!(built.run.command, ["/bin/sh"]);
     assert_eq!(built.run.stop_signal, Some(3), "STOPSIGNAL SIGQUIT");
+    // EXPOSE, what husk reads of it (for husk run -P).
+    assert_eq!(built.run.exposed_ports, ["53/udp", "8080/tcp"]);
 
     // The same image as an OCI archive and as a docker archive.
     let oci_archive = dir.path().join("image.oci.tar");
@@ -115,6 +123,11 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
         assert_eq!(listing(&other_files), listing(&files), "{source:?}");
         assert_eq!(other.run.command, ["/bin/sh"], "{source:?}");
         assert_eq!(other.run.stop_signal, Some(3), "{source:?}");
+        assert_eq!(
+            other.run.exposed_ports,
+            ["53/udp", "8080/tcp"],
+            "{source:?}"
+        );
     }
 }
 

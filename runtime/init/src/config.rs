@@ -67,6 +67,11 @@ pub struct RunConfig {
     /// the appliance's `run.stop_signal`); SIGTERM when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<i32>,
+    /// The ports it listens on, as `80/tcp` or `53/udp` (the image's
+    /// EXPOSE and the appliance's `run.expose`): for `husk run -P`, the
+    /// host's side alone reads them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
 }
 
 /// `[run] on_exit`: power the machine off, or restart it (a service).
@@ -444,6 +449,7 @@ mod tests {
             hostname: Some("box".into()),
             on_exit: OnExit::Restart,
             stop_signal: Some(3),
+            exposed_ports: vec!["80/tcp".into()],
         }
     }
 

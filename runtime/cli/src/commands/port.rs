@@ -49,9 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// `80`, `80/tcp` or `53/udp` as `PORT/PROTO`.
 fn guest_port(text: &str) -> Option<String> {
-    let (port, proto) = text.split_once('/').unwrap_or((text, "tcp"));
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    matches!(proto, "tcp" | "udp").then(|| format!("{port}/{proto}"))
+    let port: appliance_spec::ExposedPort = text.parse().ok()?;
+    Some(port.to_string())
 }
 
 /// A recorded `[IP:]HOST->GUEST/PROTO` as docker shows it: the host

@@ -945,7 +945,8 @@ fn web_wait_ready() -> Result<(), Failed> {
     }
     vm.remove(&processes)?;
 
-    // Published on any free host port: husk port says which, and it
+    // Published on any free host port (-p 127.0.0.1::80, and -P for
+    // the appliance's run.expose = [80]): husk port says which, and it
     // serves there; a foreground run says it on stderr.
     let vm = Vm::start(
         "d-web-any",
@@ -955,19 +956,34 @@ fn web_wait_ready() -> Result<(), Failed> {
             "user",
             "-p",
             "127.0.0.1::80",
+            "-P",
             "examples/web",
         ],
     )?;
     let processes = tree(vm.keeper()?);
     let r = ok(h(&["port", &vm.name, "80"])?, "husk port NAME 80")?;
-    let host = r.stdout.trim().to_string();
-    let chosen: u16 = host
-        .strip_prefix("127.0.0.1:")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| r.explain("husk port NAME 80 prints the host address"))?;
-    let page = super::network::curl(&format!("http://{host}/"), None)?;
-    if chosen == 0 || !page.contains("Hello from a husk appliance") {
-        return Err(format!("the chosen port {host} served {page:?}").into());
+    let chosen_on = |ip: &str| -> Result<(String, u16), Failed> {
+        let host = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{ip}:")))
+            .map(str::to_string)
+            .ok_or_else(|| r.explain(&format!("husk port NAME 80 names no port on {ip}")))?;
+        let port = host[ip.len() + 1..]
+            .parse()
+            .map_err(|_| r.explain("husk port NAME 80 prints the host address"))?;
+        Ok((host, port))
+    };
+    let (host, chosen) = chosen_on("127.0.0.1")?;
+    let (_, all) = chosen_on("0.0.0.0")?;
+    for url in [
+        format!("http://{host}/"),
+        format!("http://127.0.0.1:{all}/"),
+    ] {
+        let page = super::network::curl(&url, None)?;
+        if chosen == 0 || all == 0 || !page.contains("Hello from a husk appliance") {
+            return Err(format!("the chosen port {url} served {page:?}").into());
+        }
     }
     if !vm.ps_line()?.contains(&format!("{host}->80/tcp")) {
         return Err(format!("husk ps should show {host}: {}", vm.ps_line()?).into());

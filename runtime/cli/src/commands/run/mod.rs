@@ -107,6 +107,10 @@ pub struct Args {
         value_name = "[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]"
     )]
     publish: Vec<PortSpec>,
+    /// Publish every port the image exposes (its EXPOSE, the appliance's
+    /// run.expose) on a free host port
+    #[arg(short = 'P', long)]
+    publish_all: bool,
     /// Give the guest a vsock device whose host side is this Unix socket
     /// (Firecracker's hybrid vsock: a host program connects and writes
     /// "CONNECT <port>\n"; the guest reaches host port P at PATH_P). The
@@ -332,7 +336,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         if !args.command.is_empty() || !args.env.is_empty() || !args.volumes.is_empty() {
             anyhow::bail!("a command after --, -e and -v need an appliance or image to run");
         }
-        (plan.net, plan.chosen_ports) = plan_net(args, None, false)?;
+        (plan.net, plan.chosen_ports) = plan_net(args, None, false, &[])?;
         plan.disks = args.disks.iter().map(|d| disk(d)).collect();
         plan.cmdline = args.cmdline.clone();
         return Ok(plan);
@@ -350,7 +354,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     };
     plan.image = Some(built.clone());
     let appliance = target.appliance();
-    (plan.net, plan.chosen_ports) = plan_net(args, appliance, appliance.is_none())?;
+    let exposed = net::exposed(args, &built.path)?;
+    (plan.net, plan.chosen_ports) = plan_net(args, appliance, appliance.is_none(), &exposed)?;
     plan.husk_init = true;
     let readonly = args.read_only || appliance.is_some_and(|a| a.rootfs.readonly);
     if let Some(folder) = target.source().folder() {

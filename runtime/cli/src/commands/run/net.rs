@@ -107,11 +107,15 @@ pub(super) fn plan_net(
     args: &Args,
     appliance: Option<&appliance_spec::Appliance>,
     image_ref: bool,
+    exposed: &[PortSpec],
 ) -> anyhow::Result<(Vec<PlannedNet>, Vec<u16>)> {
+    let publish: Vec<PortSpec> = args.publish.iter().chain(exposed).copied().collect();
     let mut nets = match &args.net {
         Some(NetMode::None) => {
-            if !args.publish.is_empty() {
-                anyhow::bail!("-p publishes a port through the user-mode network: drop --net none");
+            if !publish.is_empty() {
+                anyhow::bail!(
+                    "-p and -P publish ports through the user-mode network: drop --net none"
+                );
             }
             return Ok((Vec::new(), Vec::new()));
         }
@@ -153,10 +157,10 @@ pub(super) fn plan_net(
             n.ports.clear();
         }
     }
-    if !args.publish.is_empty() {
+    if !publish.is_empty() {
         match nets.iter_mut().find(|n| n.tap.is_none()) {
-            Some(user) => user.ports.extend(args.publish.iter().copied()),
-            None => nets.push(PlannedNet::user(args.publish.clone())),
+            Some(user) => user.ports.extend(publish),
+            None => nets.push(PlannedNet::user(publish)),
         }
     }
     let chosen = choose_host_ports(&mut nets)?;
@@ -169,6 +173,40 @@ pub(super) fn plan_net(
         }
     }
     Ok((nets, chosen.iter().map(|p| p.host_port).collect()))
+}
+
+/// With `-P`: the ports the image at `image` exposes (the builder's
+/// `run.json` beside it), each to be published on a free host port.
+pub(super) fn exposed(args: &Args, image: &std::path::Path) -> anyhow::Result<Vec<PortSpec>> {
+    use anyhow::Context;
+    if !args.publish_all {
+        return Ok(Vec::new());
+    }
+    let path = image.with_file_name("run.json");
+    let text =
+        std::fs::read(&path).with_context(|| format!("-P: cannot read {}", path.display()))?;
+    let run = husk_init::config::RunConfig::from_json(&text)
+        .with_context(|| format!("-P: {}", path.display()))?;
+    let ports = exposed_ports(&run.exposed_ports);
+    if ports.is_empty() {
+        eprintln!("husk: -P: the image exposes no port (EXPOSE, run.expose)");
+    }
+    Ok(ports)
+}
+
+/// `80/tcp`, `53/udp` as ports published on any free host port; what is
+/// not a port is left out.
+fn exposed_ports(ports: &[String]) -> Vec<PortSpec> {
+    ports
+        .iter()
+        .filter_map(|p| p.parse::<appliance_spec::ExposedPort>().ok())
+        .map(|p| PortSpec {
+            host_ip: None,
+            host_port: 0,
+            guest_port: p.port,
+            udp: p.udp,
+        })
+        .collect()
 }
 
 /// Set for a detached VM's keeper and VM child: the host ports chosen for
@@ -396,6 +434,17 @@ pub(super) fn attach_net(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposed_ports_publish_on_any_host_port() {
+        let ports = exposed_ports(&["53/udp".into(), "8080/tcp".into(), "x/sctp".into()]);
+        let shown: Vec<(u16, u16, bool)> = ports
+            .iter()
+            .map(|p| (p.host_port, p.guest_port, p.udp))
+            .collect();
+        assert_eq!(shown, [(0, 53, true), (0, 8080, false)]);
+        assert!(ports.iter().all(|p| p.host_ip.is_none()));
+    }
 
     #[test]
     fn names_go_to_the_resolver_files_as_docker_s_flags_say() {
