@@ -119,7 +119,8 @@ fn run_config(
 ) -> Result<RunConfig, BuildError> {
     let mut run = RunConfig::default();
     if let Some(c) = image.and_then(|i| i.config.config().as_ref()) {
-        run.command = c.entrypoint().clone().unwrap_or_default();
+        run.entrypoint = c.entrypoint().clone().unwrap_or_default();
+        run.command = run.entrypoint.clone();
         run.command.extend(c.cmd().clone().unwrap_or_default());
         run.env = c.env().clone().unwrap_or_default();
         run.workdir = c.working_dir().clone().filter(|w| !w.is_empty());
@@ -143,6 +144,7 @@ fn run_config(
     if let Some(a) = appliance {
         if let Some(command) = &a.run.command {
             run.command = command.clone();
+            run.entrypoint.clear();
         }
         for (k, v) in &a.run.env {
             run.set_env(&format!("{k}={v}"))

@@ -65,8 +65,10 @@ fn umoci_image(dir: &Path) -> PathBuf {
         "config",
         "--image",
         &tag,
+        "--config.entrypoint",
+        "/bin/busybox",
         "--config.cmd",
-        "/bin/sh",
+        "sh",
         "--config.stopsignal",
         "SIGQUIT",
         "--config.exposedports",
@@ -93,7 +95,12 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
     );
     assert!(!p.contains(&"/etc/gone"), "whiteout ignored: {p:?}");
     assert!(!p.iter().any(|f| f.starts_with("/etc/old")), "{p:?}");
-    assert_eq!(built.run.command, ["/bin/sh"]);
+    assert_eq!(built.run.command, ["/bin/busybox", "sh"]);
+    assert_eq!(
+        built.run.entrypoint,
+        ["/bin/busybox"],
+        "-- ARGS replace sh alone"
+    );
     assert_eq!(built.run.stop_signal, Some(3), "STOPSIGNAL SIGQUIT");
     // EXPOSE, what husk reads of it (for husk run -P).
     assert_eq!(built.run.exposed_ports, ["53/udp", "8080/tcp"]);
@@ -121,7 +128,7 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
         let other = build(Input::Image(&source), &init(), cache.path(), &mut |_| {}).unwrap();
         let other_files = inspect::files(&other.path).unwrap();
         assert_eq!(listing(&other_files), listing(&files), "{source:?}");
-        assert_eq!(other.run.command, ["/bin/sh"], "{source:?}");
+        assert_eq!(other.run.command, ["/bin/busybox", "sh"], "{source:?}");
         assert_eq!(other.run.stop_signal, Some(3), "{source:?}");
         assert_eq!(
             other.run.exposed_ports,

@@ -49,6 +49,12 @@ pub enum ConfigError {
 pub struct RunConfig {
     /// argv; a program without a `/` is looked up in `PATH`.
     pub command: Vec<String>,
+    /// The image's ENTRYPOINT, the first words of `command`: a run's
+    /// `-- ARGS` replace only what follows it (the image's CMD), as
+    /// docker's arguments after the image do. Empty for an appliance
+    /// whose `run.command` is the whole command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
     /// `KEY=VALUE` entries, in order, keys unique.
     #[serde(default)]
     pub env: Vec<String>,
@@ -123,8 +129,18 @@ impl RunConfig {
     }
 
     pub fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
-        if let Some(command) = &overrides.command {
-            self.command = command.clone();
+        match (&overrides.entrypoint, &overrides.command) {
+            // `--entrypoint` replaces the image's, and its CMD with it.
+            (Some(entrypoint), args) => {
+                self.entrypoint.clone_from(entrypoint);
+                self.command = entrypoint.clone();
+                self.command.extend(args.iter().flatten().cloned());
+            }
+            (None, Some(args)) => {
+                self.command = self.entrypoint.clone();
+                self.command.extend(args.iter().cloned());
+            }
+            (None, None) => {}
         }
         for entry in &overrides.env {
             self.set_env(entry)?;
@@ -152,13 +168,17 @@ fn env_key(entry: &str) -> Result<&str, ConfigError> {
     }
 }
 
-/// What `husk run` changes for one boot: `-- COMMAND...`, `-e K=V`,
-/// `--hostname`, `-u`, `-w`, `--stop-signal` and `--hold`.
+/// What `husk run` changes for one boot: `-- ARGS...`, `--entrypoint`,
+/// `-e K=V`, `--hostname`, `-u`, `-w`, `--stop-signal` and `--hold`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
+    /// `-- ARGS`: after the entrypoint, in place of the image's CMD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// `--entrypoint`: in place of the image's ENTRYPOINT (and its CMD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
     /// Set everything up, then wait for the command to come through the
@@ -443,6 +463,7 @@ mod tests {
     fn config() -> RunConfig {
         RunConfig {
             command: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            entrypoint: vec![],
             env: vec!["PATH=/bin".into(), "A=1".into()],
             workdir: Some("/data".into()),
             user: Some("user:user".into()),
@@ -480,6 +501,7 @@ mod tests {
     fn overrides_survive_the_kernel_command_line() {
         let o = Overrides {
             command: Some(vec!["echo".into(), "two words".into(), "\"q\" ' =".into()]),
+            entrypoint: Some(vec![]),
             env: vec!["A=x y".into()],
             hold: true,
             hostname: Some("web-1".into()),
@@ -647,6 +669,47 @@ mod tests {
                 "{name} at {path} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn arguments_follow_the_entrypoint_which_entrypoint_replaces() {
+        let image = || RunConfig {
+            command: vec!["/usr/bin/curl".into(), "--help".into()],
+            entrypoint: vec!["/usr/bin/curl".into()],
+            ..RunConfig::default()
+        };
+        let with = |o: Overrides| {
+            let mut c = image();
+            c.apply(&o).unwrap();
+            c.command
+        };
+        let args = Some(vec!["-s".to_string(), "http://x/".to_string()]);
+        assert_eq!(
+            with(Overrides {
+                command: args.clone(),
+                ..Overrides::default()
+            }),
+            ["/usr/bin/curl", "-s", "http://x/"]
+        );
+        assert_eq!(
+            with(Overrides {
+                command: args.clone(),
+                entrypoint: Some(vec!["/bin/sh".into()]),
+                ..Overrides::default()
+            }),
+            ["/bin/sh", "-s", "http://x/"]
+        );
+        assert_eq!(
+            with(Overrides {
+                entrypoint: Some(vec!["/bin/true".into()]),
+                ..Overrides::default()
+            }),
+            ["/bin/true"],
+            "the image's CMD goes with its ENTRYPOINT"
+        );
+        assert_eq!(with(Overrides::default()), ["/usr/bin/curl", "--help"]);
+        let back = RunConfig::from_json(image().to_json().as_bytes()).unwrap();
+        assert_eq!(back.entrypoint, ["/usr/bin/curl"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `-e` and `--env-file`, as docker and podman take them.
+//! `-e` and `--env-file`, as docker and podman take them (and `--entrypoint`'s words).
 //!
 //! `KEY=VALUE` is set as written. `KEY` alone takes husk's own value of
 //! `KEY` (a secret need not be written on the command line), and is left out
@@ -69,6 +69,20 @@ fn resolve(entry: &str, host: impl Fn(&str) -> Option<String>) -> Result<Option<
     Ok(host(key).map(|value| format!("{key}={value}")))
 }
 
+/// `--entrypoint`, as docker and podman take it: a JSON array of words
+/// (podman's), else one program; `""` for none.
+pub fn parse_entrypoint(text: &str) -> Result<Vec<String>, String> {
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(text)
+            .map_err(|e| format!("{text:?}: not a JSON array of strings: {e}"));
+    }
+    Ok(if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![text.to_string()]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +136,13 @@ mod tests {
         let missing = dir.path().join("nope.env");
         let err = gather(&[], std::slice::from_ref(&missing)).unwrap_err();
         assert!(format!("{err:#}").contains(&format!("--env-file {}", missing.display())));
+    }
+
+    #[test]
+    fn an_entrypoint_is_a_program_or_a_json_array() {
+        assert_eq!(parse_entrypoint("/bin/sh -c").unwrap(), ["/bin/sh -c"]);
+        assert_eq!(parse_entrypoint(r#"["sh", "-c"]"#).unwrap(), ["sh", "-c"]);
+        assert!(parse_entrypoint("").unwrap().is_empty());
+        assert!(parse_entrypoint("[1]").is_err());
     }
 }

@@ -213,7 +213,20 @@ fn image_reference() -> Result<(), Failed> {
     if !r.stdout.contains("uid=0 pwd=/ path=/usr/bin:/bin") {
         return Err(r.explain("the image's config did not apply").into());
     }
-    Ok(())
+    // --entrypoint, with the arguments after -- following it (docker's).
+    let r = run(
+        &[
+            "--entrypoint",
+            r#"["/bin/sh", "-c"]"#,
+            "oci:examples/busybox/image:latest",
+            "--",
+            "echo entry \"$0\" $1; exit 5",
+            "zero",
+            "one",
+        ],
+        b"",
+    )?;
+    expect(&r, 5, &["entry zero one"])
 }
 
 fn sigterm_forwarded() -> Result<(), Failed> {

@@ -48,9 +48,14 @@ pub struct Args {
     /// folder booted as the root as it is (through virtio-fs). Without one,
     /// husk boots --kernel with the --disk and --initrd given.
     target: Option<String>,
-    /// The command to run instead of the appliance's, after --
+    /// The command to run instead of the appliance's, after -- (an image's
+    /// ENTRYPOINT stays, and these replace its CMD, as with docker)
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+    /// Run this instead of the image's ENTRYPOINT (and its CMD): a program,
+    /// or a JSON array of words; "" for none
+    #[arg(long, value_name = "PROGRAM|JSON", value_parser = super::env::parse_entrypoint)]
+    entrypoint: Option<Vec<String>>,
     /// Set an environment variable for the appliance's command; KEY alone
     /// takes husk's own value of KEY (left out when husk has none)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE|KEY")]
@@ -419,6 +424,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     plan.disks.extend(args.disks.iter().map(|d| disk(d)));
     let overrides = Overrides {
         command: (!args.command.is_empty()).then(|| args.command.clone()),
+        entrypoint: args.entrypoint.clone(),
         env: super::env::gather(&args.env, &args.env_file)?,
         hold: args.hold,
         hostname: args.hostname.clone(),
