@@ -373,6 +373,76 @@ pub struct FsSetup {
     /// Single host files, all served by one virtio-fs device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileShare>,
+    /// `--tmpfs`: memory filesystems, mounted last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<TmpfsMount>,
+}
+
+/// A tmpfs at `path` (absolute), with mount options as `mount -o` takes
+/// them (`size=64m,mode=1777,exec`); `nosuid`, `nodev` and `noexec` unless
+/// they say otherwise, as docker's `--tmpfs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TmpfsMount {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub options: String,
+}
+
+/// The mount flags tmpfs options may name, and whether each sets (`true`)
+/// or clears its flag.
+pub const TMPFS_FLAGS: [(&str, libc::c_ulong, bool); 14] = [
+    ("ro", libc::MS_RDONLY, true),
+    ("rw", libc::MS_RDONLY, false),
+    ("nosuid", libc::MS_NOSUID, true),
+    ("suid", libc::MS_NOSUID, false),
+    ("nodev", libc::MS_NODEV, true),
+    ("dev", libc::MS_NODEV, false),
+    ("noexec", libc::MS_NOEXEC, true),
+    ("exec", libc::MS_NOEXEC, false),
+    ("sync", libc::MS_SYNCHRONOUS, true),
+    ("async", libc::MS_SYNCHRONOUS, false),
+    ("noatime", libc::MS_NOATIME, true),
+    ("atime", libc::MS_NOATIME, false),
+    ("nodiratime", libc::MS_NODIRATIME, true),
+    ("diratime", libc::MS_NODIRATIME, false),
+];
+
+/// The tmpfs data options `--tmpfs` takes, as `KEY=VALUE`.
+pub const TMPFS_DATA: [&str; 7] = [
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "nr_inodes",
+    "nr_blocks",
+    "huge",
+];
+
+impl TmpfsMount {
+    /// The mount flags and the data string of its options; `Err` names an
+    /// option tmpfs does not take.
+    pub fn flags_and_data(&self) -> Result<(libc::c_ulong, String), String> {
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let mut data = Vec::new();
+        for option in self.options.split(',').filter(|o| !o.is_empty()) {
+            if let Some((_, bit, set)) = TMPFS_FLAGS.iter().find(|(n, ..)| *n == option) {
+                if *set {
+                    flags |= bit;
+                } else {
+                    flags &= !bit;
+                }
+                continue;
+            }
+            let key = option.split_once('=').map_or("", |(k, _)| k);
+            let printable = option.bytes().all(|b| b.is_ascii_graphic());
+            if !TMPFS_DATA.contains(&key) || !printable {
+                return Err(format!("{option:?} is not a tmpfs option"));
+            }
+            data.push(option);
+        }
+        Ok((flags, data.join(",")))
+    }
 }
 
 /// The virtio-fs device that serves single host files: its file `name`
@@ -428,6 +498,15 @@ impl FsSetup {
                     "{FS_CMDLINE_KEY} (mount path {p:?} is not absolute)"
                 )));
             }
+            if let Some(t) = s.tmpfs.iter().find(|t| !t.path.starts_with('/')) {
+                return Err(ConfigError::BadParam(format!(
+                    "{FS_CMDLINE_KEY} (tmpfs path {:?} is not absolute)",
+                    t.path
+                )));
+            }
+            if let Some(e) = s.tmpfs.iter().find_map(|t| t.flags_and_data().err()) {
+                return Err(ConfigError::BadParam(format!("{FS_CMDLINE_KEY} ({e})")));
+            }
             if let Some(f) = files.clone().find(|f| {
                 f.name.is_empty() || f.name.contains('/') || f.name == "." || f.name == ".."
             }) {
@@ -438,6 +517,11 @@ impl FsSetup {
             }
         }
         Ok(setup)
+    }
+
+    /// Nothing to mount.
+    pub fn is_empty(&self) -> bool {
+        self.mounts.is_empty() && self.files.is_none() && self.tmpfs.is_empty()
     }
 
     /// The share that is the root, if the root is a host folder.
@@ -632,6 +716,10 @@ mod tests {
                     readonly: true,
                 }],
             }),
+            tmpfs: vec![TmpfsMount {
+                path: "/var/cache/app".into(),
+                options: "size=16m,exec".into(),
+            }],
         };
         let cmdline = format!("quiet {} rdinit=/.husk/init", setup.to_param());
         let back = FsSetup::from_cmdline(&cmdline).unwrap().unwrap();
@@ -645,7 +733,7 @@ mod tests {
                 readonly: false,
                 populate: false,
             }],
-            files: None,
+            ..FsSetup::default()
         };
         assert!(FsSetup::from_cmdline(&relative.to_param()).is_err());
         for (name, path) in [
@@ -663,6 +751,7 @@ mod tests {
                         readonly: false,
                     }],
                 }),
+                ..FsSetup::default()
             };
             assert!(
                 FsSetup::from_cmdline(&bad.to_param()).is_err(),
@@ -710,6 +799,34 @@ mod tests {
         assert_eq!(with(Overrides::default()), ["/usr/bin/curl", "--help"]);
         let back = RunConfig::from_json(image().to_json().as_bytes()).unwrap();
         assert_eq!(back.entrypoint, ["/usr/bin/curl"]);
+    }
+
+    #[test]
+    fn tmpfs_options_are_flags_or_data_and_nothing_else() {
+        let t = |options: &str| {
+            TmpfsMount {
+                path: "/scratch".into(),
+                options: options.into(),
+            }
+            .flags_and_data()
+        };
+        let (flags, data) = t("").unwrap();
+        assert_eq!(flags, libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+        assert_eq!(data, "");
+        let (flags, data) = t("exec,ro,size=64m,mode=1777").unwrap();
+        assert_eq!(flags, libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY);
+        assert_eq!(data, "size=64m,mode=1777");
+        for bad in ["bind", "size", "context=x", "size=1m x"] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+        let mut setup = FsSetup::default();
+        assert!(setup.is_empty());
+        setup.tmpfs.push(TmpfsMount {
+            path: "rel".into(),
+            options: String::new(),
+        });
+        assert!(!setup.is_empty());
+        assert!(FsSetup::from_cmdline(&setup.to_param()).is_err());
     }
 
     #[test]

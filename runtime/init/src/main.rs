@@ -330,7 +330,8 @@ fn load_config(cmdline: &str) -> Result<(RunConfig, bool), Failure> {
 
 /// The shared folders `husk run` attached: the root first, when it is a
 /// host folder (the image was only the initramfs that brought init and its
-/// configuration), then the others, before the command starts.
+/// configuration), then the others, the single files and `--tmpfs`
+/// mounts, before the command starts.
 fn mount_shares(cmdline: &str) -> Result<(), Failure> {
     let Some(setup) = FsSetup::from_cmdline(cmdline).map_err(|e| Failure::setup(chain(&e)))? else {
         return Ok(());
@@ -382,6 +383,10 @@ fn mount_shares(cmdline: &str) -> Result<(), Failure> {
                 share.tag
             ))
         })?;
+    }
+    for t in &setup.tmpfs {
+        sys::mount_tmpfs(t)
+            .map_err(|e| Failure::setup(format!("cannot mount a tmpfs on {}: {e}", t.path)))?;
     }
     Ok(())
 }

@@ -69,21 +69,37 @@ pub fn mount_filesystems() {
 }
 
 fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
-    // Tags and paths come from the command line: a NUL is an error, not a
-    // panic of PID 1.
+    mount_with(source, target, fstype, flags, "")
+}
+
+fn mount_with(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    // Tags, paths and options come from the command line: a NUL is an
+    // error, not a panic of PID 1.
     let c = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let (src, tgt, ty) = (c(source)?, c(target)?, c(fstype)?);
+    let (src, tgt, ty, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
+    let dat = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        dat.as_ptr().cast()
+    };
     // SAFETY: every pointer is a NUL-terminated string that outlives the
     // call (or null for no data); mount(2) only reads them.
-    check(unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            ty.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
-    })
+    check(unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), flags, dat) })
+}
+
+/// `--tmpfs`: a tmpfs on `t.path` (made when missing) with its options.
+pub fn mount_tmpfs(t: &husk_init::config::TmpfsMount) -> io::Result<()> {
+    let (flags, data) = t
+        .flags_and_data()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    fs::create_dir_all(&t.path)?;
+    mount_with("tmpfs", &t.path, "tmpfs", flags, &data)
 }
 
 /// Mounts the virtio-fs share `tag` on `target`, making the folder (and

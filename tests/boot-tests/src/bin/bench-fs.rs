@@ -204,7 +204,7 @@ impl Peers {
                 readonly: false,
                 populate: false,
             }],
-            files: None,
+            ..FsSetup::default()
         };
         let cmdline = format!(
             "root=/dev/vda rootfstype=ext4 rw init=/.husk/init {} {}",

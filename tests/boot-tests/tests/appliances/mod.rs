@@ -226,7 +226,51 @@ fn image_reference() -> Result<(), Failed> {
         ],
         b"",
     )?;
-    expect(&r, 5, &["entry zero one"])
+    expect(&r, 5, &["entry zero one"])?;
+    // A single host file alone (no folder shared) and a tmpfs, on a
+    // read-only root: docker's -v FILE:PATH:ro and --tmpfs.
+    let dir = shares::folder("tmpfs")?;
+    let note = dir.path().join("note");
+    std::fs::write(&note, "a note from the host\n")?;
+    let volume = format!("{}:/etc/note:ro", note.display());
+    let r = run(
+        &[
+            "--read-only",
+            "-v",
+            &volume,
+            "--tmpfs",
+            "/scratch:size=1m,mode=1777",
+            "oci:examples/busybox/image:latest",
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/note; grep ' /scratch ' /proc/mounts; echo x > /scratch/f && echo wrote",
+        ],
+        b"",
+    )?;
+    expect(&r, 0, &["a note from the host", "wrote"])?;
+    let mount = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("tmpfs /scratch tmpfs "));
+    let shaped = mount.is_some_and(|m| {
+        [
+            "rw,",
+            "nosuid",
+            "nodev",
+            "noexec",
+            "size=1024k",
+            "mode=1777",
+        ]
+        .iter()
+        .all(|o| m.contains(o))
+    });
+    if !shaped {
+        return Err(r
+            .explain("--tmpfs should mount /scratch with its options")
+            .into());
+    }
+    Ok(())
 }
 
 fn sigterm_forwarded() -> Result<(), Failed> {

@@ -133,6 +133,11 @@ pub struct Args {
         value_parser = shares::parse_volume
     )]
     volumes: Vec<shares::VolumeArg>,
+    /// Mount a tmpfs at PATH in the guest, with mount options (size=64m,
+    /// mode=1777, uid=, gid=, exec, ro, ...; nosuid, nodev, noexec unless
+    /// they say otherwise), as docker's --tmpfs
+    #[arg(long, value_name = "PATH[:OPTIONS]", value_parser = shares::parse_tmpfs)]
+    tmpfs: Vec<husk_init::config::TmpfsMount>,
     /// Run in the background: print the appliance's name and return once
     /// its command started (see husk ps, logs, exec, stop, rm)
     #[arg(short = 'd', long)]
@@ -194,7 +199,7 @@ pub struct Args {
         conflicts_with_all = [
             "target", "command", "env", "env_file", "user", "workdir", "kernel", "initrd",
             "disks", "cmdline", "cpus", "memory", "net", "vsock", "volumes", "hostname",
-            "read_only", "hold", "cold", "add_host", "dns", "dns_search", "dns_option",
+            "read_only", "hold", "cold", "add_host", "dns", "dns_search", "dns_option", "tmpfs",
         ]
     )]
     from_snapshot: Option<String>,
@@ -526,11 +531,12 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         plan.params.push(net_setup.to_param());
     }
     // One virtiofsd per shared folder, likewise.
-    let (shares, _virtiofsd, fs_setup) = shares::attach(&plan.shares)?;
+    let (shares, _virtiofsd, mut fs_setup) = shares::attach(&plan.shares)?;
+    fs_setup.tmpfs.clone_from(&args.tmpfs);
     if !plan.shares.is_empty() {
         mark("shared folders ready");
     }
-    if !fs_setup.mounts.is_empty() {
+    if !fs_setup.is_empty() {
         plan.params.push(fs_setup.to_param());
     }
     // husk's own kernel needs no PIT; any other kernel gets one.

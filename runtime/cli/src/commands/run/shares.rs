@@ -109,6 +109,28 @@ pub fn parse_volume(arg: &str) -> Result<VolumeArg, String> {
     })
 }
 
+/// `--tmpfs PATH[:OPTIONS]`, as docker takes it.
+pub fn parse_tmpfs(arg: &str) -> Result<husk_init::config::TmpfsMount, String> {
+    let (path, options) = arg.split_once(':').unwrap_or((arg, ""));
+    if !path.starts_with('/') || path.trim_matches('/').is_empty() {
+        return Err(format!(
+            "{arg:?}: the path must be absolute, such as /scratch, and not /"
+        ));
+    }
+    let mount = husk_init::config::TmpfsMount {
+        path: path.trim_end_matches('/').to_string(),
+        options: options.to_string(),
+    };
+    mount.flags_and_data().map_err(|e| {
+        format!(
+            "{arg:?}: {e}; give flags ({}) and {}=VALUE",
+            husk_init::config::TMPFS_FLAGS.map(|f| f.0).join(", "),
+            husk_init::config::TMPFS_DATA.join("=, ")
+        )
+    })?;
+    Ok(mount)
+}
+
 /// The shares of `-v`s: each volume made when missing (see
 /// [`crate::volumes::take`]) and held while this process lives.
 pub fn resolve(args: &[VolumeArg]) -> anyhow::Result<Vec<PlannedShare>> {
@@ -301,6 +323,20 @@ mod tests {
         for bad in [":/b", "/a:b", "/a:/b:rx", "/a:", "x:/b", "/a:/b:ro:x"] {
             assert!(parse_volume(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn tmpfs_mounts_parse_as_docker_writes_them() {
+        let t = parse_tmpfs("/scratch/:size=1m,mode=1777,exec").unwrap();
+        assert_eq!(
+            (t.path.as_str(), t.options.as_str()),
+            ("/scratch", "size=1m,mode=1777,exec")
+        );
+        assert_eq!(parse_tmpfs("/run").unwrap().options, "");
+        for bad in ["scratch", "/", "/x:bind", "/x:size"] {
+            assert!(parse_tmpfs(bad).is_err(), "{bad}");
+        }
+        assert!(parse_tmpfs("/x:bind").unwrap_err().contains("noexec"));
     }
 
     #[test]
