@@ -69,18 +69,23 @@ fn resolve(entry: &str, host: impl Fn(&str) -> Option<String>) -> Result<Option<
     Ok(host(key).map(|value| format!("{key}={value}")))
 }
 
+/// `--entrypoint`'s words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entrypoint(pub Vec<String>);
+
 /// `--entrypoint`, as docker and podman take it: a JSON array of words
 /// (podman's), else one program; `""` for none.
-pub fn parse_entrypoint(text: &str) -> Result<Vec<String>, String> {
+pub fn parse_entrypoint(text: &str) -> Result<Entrypoint, String> {
     if text.trim_start().starts_with('[') {
         return serde_json::from_str(text)
+            .map(Entrypoint)
             .map_err(|e| format!("{text:?}: not a JSON array of strings: {e}"));
     }
-    Ok(if text.is_empty() {
+    Ok(Entrypoint(if text.is_empty() {
         Vec::new()
     } else {
         vec![text.to_string()]
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -140,9 +145,38 @@ mod tests {
 
     #[test]
     fn an_entrypoint_is_a_program_or_a_json_array() {
-        assert_eq!(parse_entrypoint("/bin/sh -c").unwrap(), ["/bin/sh -c"]);
-        assert_eq!(parse_entrypoint(r#"["sh", "-c"]"#).unwrap(), ["sh", "-c"]);
-        assert!(parse_entrypoint("").unwrap().is_empty());
+        let words = |text| parse_entrypoint(text).unwrap().0;
+        assert_eq!(words("/bin/sh -c"), ["/bin/sh -c"]);
+        assert_eq!(words(r#"["sh", "-c"]"#), ["sh", "-c"]);
+        assert!(words("").is_empty());
         assert!(parse_entrypoint("[1]").is_err());
+        // As husk run's command line takes it.
+        // As husk run's command line takes it, with this session's other
+        // flags (clap checks each field's type only when it is given).
+        let args: Vec<String> = [
+            "run",
+            "--entrypoint",
+            r#"["sh","-c"]"#,
+            "--tmpfs",
+            "/x:size=1m",
+            "--add-host",
+            "a:10.0.0.1",
+            "--dns",
+            "10.0.0.53",
+            "--dns-search",
+            "test",
+            "--dns-option",
+            "ndots:2",
+            "-P",
+            "-v",
+            "vol:/data",
+            "img",
+            "--",
+            "x",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        crate::parse_run_args(&args).unwrap();
     }
 }

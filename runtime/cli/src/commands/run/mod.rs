@@ -55,7 +55,7 @@ pub struct Args {
     /// Run this instead of the image's ENTRYPOINT (and its CMD): a program,
     /// or a JSON array of words; "" for none
     #[arg(long, value_name = "PROGRAM|JSON", value_parser = super::env::parse_entrypoint)]
-    entrypoint: Option<Vec<String>>,
+    entrypoint: Option<super::env::Entrypoint>,
     /// Set an environment variable for the appliance's command; KEY alone
     /// takes husk's own value of KEY (left out when husk has none)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE|KEY")]
@@ -429,7 +429,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     plan.disks.extend(args.disks.iter().map(|d| disk(d)));
     let overrides = Overrides {
         command: (!args.command.is_empty()).then(|| args.command.clone()),
-        entrypoint: args.entrypoint.clone(),
+        entrypoint: args.entrypoint.clone().map(|e| e.0),
         env: super::env::gather(&args.env, &args.env_file)?,
         hold: args.hold,
         hostname: args.hostname.clone(),
