@@ -37,6 +37,20 @@ pub struct Used {
 /// costs its start less than a write and a rename.
 const RECORD_EVERY: Duration = Duration::from_secs(60);
 
+/// The `sha256:HEX` digest the build recorded beside the image at `image`
+/// (a file in its `KEY/` folder); `None` for a file outside the cache.
+pub fn digest_of(image: &Path) -> Option<String> {
+    let text = fs::read_to_string(image.with_file_name("digest")).ok()?;
+    Some(text.trim().to_string())
+}
+
+/// The run configuration the build recorded beside the image at `image`.
+pub fn run_config_of(image: &Path) -> Result<husk_init::config::RunConfig, String> {
+    let path = image.with_file_name("run.json");
+    let text = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    husk_init::config::RunConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Records that the image at `image` (a file in its `KEY/` folder) was
 /// used now for `target`, unless that use is on record from less than
 /// [`RECORD_EVERY`] ago. Best effort: a read-only cache keeps no record.
@@ -222,6 +236,22 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_s_digest_and_run_configuration_are_read_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("rootfs.ext4");
+        assert_eq!(digest_of(&image), None);
+        assert!(run_config_of(&image).unwrap_err().contains("run.json"));
+        fs::write(dir.path().join("digest"), "sha256:ab\n").unwrap();
+        fs::write(
+            dir.path().join("run.json"),
+            r#"{"command": ["/a"], "exposed_ports": ["80/tcp"]}"#,
+        )
+        .unwrap();
+        assert_eq!(digest_of(&image).as_deref(), Some("sha256:ab"));
+        assert_eq!(run_config_of(&image).unwrap().exposed_ports, ["80/tcp"]);
+    }
 
     /// A whole image folder under `cache`, used for `target` at `at_ms`.
     fn image(cache: &Path, key: &str, target: Option<(&str, u64)>) -> PathBuf {

@@ -148,29 +148,29 @@ impl Volume {
         }
     }
 
-    /// Whether a running appliance (or any process) holds the volume.
-    pub fn in_use(&self) -> anyhow::Result<bool> {
-        let lock = File::open(self.dir.join(LOCK))
-            .with_context(|| format!("cannot open {}", self.dir.join(LOCK).display()))?;
+    /// The volume's lock taken exclusively, without waiting; `None` while
+    /// a run holds it.
+    fn lock_alone(&self) -> anyhow::Result<Option<File>> {
+        let path = self.dir.join(LOCK);
+        let lock = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         match lock.try_lock() {
-            Ok(()) => Ok(false),
-            Err(fs::TryLockError::WouldBlock) => Ok(true),
+            Ok(()) => Ok(Some(lock)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e).context("cannot lock the volume"),
         }
+    }
+
+    /// Whether a running appliance (or any process) holds the volume.
+    pub fn in_use(&self) -> anyhow::Result<bool> {
+        Ok(self.lock_alone()?.is_none())
     }
 
     /// Removes the volume, unless a running appliance holds it: the
     /// exclusive lock is held while it is renamed away, then removed.
     pub fn remove(&self) -> anyhow::Result<()> {
-        let lock = File::open(self.dir.join(LOCK))
-            .with_context(|| format!("cannot open {}", self.dir.join(LOCK).display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                anyhow::bail!("the volume {} is in use by a running appliance", self.name)
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(e).context("cannot lock the volume"),
-        }
+        let Some(lock) = self.lock_alone()? else {
+            anyhow::bail!("the volume {} is in use by a running appliance", self.name)
+        };
         let gone =
             self.dir
                 .with_file_name(format!(".{}.removing-{}", self.name, std::process::id()));

@@ -46,7 +46,7 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Create { name } => {
-            let name = name.unwrap_or_else(random_name);
+            let name = name.unwrap_or_else(|| crate::vms::random_hex(16));
             volumes::check_name(&name)?;
             Volume::at(&volumes::root()?, &name).create()?;
             println!("{name}");
@@ -188,14 +188,6 @@ impl Users {
         }
         Ok(users)
     }
-}
-
-/// 32 hex digits from the kernel's random source, as a volume's name.
-fn random_name() -> String {
-    let mut bytes = [0u8; 16];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Asks `what?` on stderr and reads y or yes from stdin.

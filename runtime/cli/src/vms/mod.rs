@@ -66,10 +66,15 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 
 /// A fresh name: `husk-` and six random hex digits.
 pub fn random_name() -> String {
-    let mut bytes = [0u8; 3];
+    format!("husk-{}", random_hex(3))
+}
+
+/// `bytes` bytes of the kernel's random source, in hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
     let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
-    format!("husk-{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2])
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut buf));
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `bytes` to `path` whole: a temporary file beside it, renamed.

@@ -84,9 +84,9 @@ pub(super) fn keep_root(plan: &mut Plan, vm: &VmDir, from_snapshot: bool) -> any
     let base = vm.dir.join("root.base");
     // The builder's digest of the image (builds are reproducible: the same
     // inputs give the same bytes), else the file's identity.
-    let build = match std::fs::read_to_string(image.path.with_file_name("digest")) {
-        Ok(digest) => digest.trim().to_string(),
-        Err(_) => super::warm::file_id(&image.path)?,
+    let build = match builder::images::digest_of(&image.path) {
+        Some(digest) => digest,
+        None => super::warm::file_id(&image.path)?,
     };
     match std::fs::read_to_string(&base) {
         Ok(kept) if kept == build => {}

@@ -175,18 +175,13 @@ pub(super) fn plan_net(
     Ok((nets, chosen.iter().map(|p| p.host_port).collect()))
 }
 
-/// With `-P`: the ports the image at `image` exposes (the builder's
-/// `run.json` beside it), each to be published on a free host port.
+/// With `-P`: the ports the image at `image` exposes (what its build
+/// recorded), each to be published on a free host port.
 pub(super) fn exposed(args: &Args, image: &std::path::Path) -> anyhow::Result<Vec<PortSpec>> {
-    use anyhow::Context;
     if !args.publish_all {
         return Ok(Vec::new());
     }
-    let path = image.with_file_name("run.json");
-    let text =
-        std::fs::read(&path).with_context(|| format!("-P: cannot read {}", path.display()))?;
-    let run = husk_init::config::RunConfig::from_json(&text)
-        .with_context(|| format!("-P: {}", path.display()))?;
+    let run = builder::images::run_config_of(image).map_err(|e| anyhow::anyhow!("-P: {e}"))?;
     let ports = exposed_ports(&run.exposed_ports);
     if ports.is_empty() {
         eprintln!("husk: -P: the image exposes no port (EXPOSE, run.expose)");
