@@ -4,6 +4,7 @@
 //! mains over this library.
 
 pub mod commands;
+pub mod networks;
 pub mod oci;
 pub mod shim;
 pub mod vms;
@@ -84,6 +85,10 @@ enum Command {
     /// Make, list and remove the named volumes appliances keep data in
     #[command(subcommand)]
     Volume(commands::volume::Command),
+    /// Make, list and remove networks appliances reach each other on by
+    /// name
+    #[command(subcommand)]
+    Network(commands::network::Command),
     /// Show the space husk takes, and remove what nothing uses any more
     #[command(subcommand)]
     System(commands::system::Command),
@@ -139,6 +144,7 @@ pub fn husk_main() -> ExitCode {
         Command::Snapshot(cmd) => commands::snapshot::run(cmd),
         Command::Image(cmd) => commands::image::run(cmd),
         Command::Volume(cmd) => commands::volume::run(cmd),
+        Command::Network(cmd) => commands::network::run(cmd),
         Command::System(cmd) => commands::system::run(cmd),
     };
     match result {

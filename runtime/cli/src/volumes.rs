@@ -22,23 +22,28 @@ const DATA: &str = "_data";
 const META: &str = "volume.json";
 const LOCK: &str = "lock";
 
-/// The folder of every volume: `$HUSK_DATA_DIR/volumes`; for root
-/// `/var/lib/husk/volumes`; else `$XDG_DATA_HOME/husk/volumes` or
-/// `~/.local/share/husk/volumes`.
+/// The folder of every volume: `volumes` in [`data_dir`].
 pub fn root() -> anyhow::Result<PathBuf> {
+    Ok(data_dir()?.join("volumes"))
+}
+
+/// Where husk keeps what outlives runs and reboots (volumes, networks):
+/// `$HUSK_DATA_DIR`; for root `/var/lib/husk`; else `$XDG_DATA_HOME/husk`
+/// or `~/.local/share/husk`.
+pub fn data_dir() -> anyhow::Result<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = var("HUSK_DATA_DIR") {
-        return Ok(Path::new(&dir).join("volumes"));
+        return Ok(PathBuf::from(dir));
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        return Ok(PathBuf::from("/var/lib/husk/volumes"));
+        return Ok(PathBuf::from("/var/lib/husk"));
     }
     if let Some(dir) = var("XDG_DATA_HOME") {
-        return Ok(Path::new(&dir).join("husk/volumes"));
+        return Ok(Path::new(&dir).join("husk"));
     }
     match var("HOME") {
-        Some(home) => Ok(Path::new(&home).join(".local/share/husk/volumes")),
+        Some(home) => Ok(Path::new(&home).join(".local/share/husk")),
         None => anyhow::bail!("neither HUSK_DATA_DIR, XDG_DATA_HOME nor HOME is set"),
     }
 }
@@ -88,20 +93,11 @@ impl Volume {
     /// Every volume, by name.
     pub fn all() -> anyhow::Result<Vec<Self>> {
         let root = root()?;
-        let entries = match fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
-        };
-        let mut all: Vec<Volume> = entries
-            .flatten()
-            .filter_map(|e| Some(e.file_name().to_str()?.to_string()))
-            .filter(|n| is_name(n))
-            .map(|n| Volume::at(&root, &n))
+        Ok(names_in(&root, is_name)?
+            .iter()
+            .map(|n| Volume::at(&root, n))
             .filter(|v| v.dir.join(DATA).is_dir())
-            .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(all)
+            .collect())
     }
 
     /// The folder the guest sees.
@@ -171,14 +167,35 @@ impl Volume {
         let Some(lock) = self.lock_alone()? else {
             anyhow::bail!("the volume {} is in use by a running appliance", self.name)
         };
-        let gone =
-            self.dir
-                .with_file_name(format!(".{}.removing-{}", self.name, std::process::id()));
-        fs::rename(&self.dir, &gone)
-            .with_context(|| format!("cannot remove {}", self.dir.display()))?;
-        drop(lock);
-        fs::remove_dir_all(&gone).with_context(|| format!("cannot remove {}", gone.display()))
+        remove_whole(&self.dir, lock)
     }
+}
+
+/// Removes folder `dir` whole: renamed away while `lock` (its own) is
+/// held, so no one sees it half gone, then deleted.
+pub fn remove_whole(dir: &Path, lock: File) -> anyhow::Result<()> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let gone = dir.with_file_name(format!(".{name}.removing-{}", std::process::id()));
+    fs::rename(dir, &gone).with_context(|| format!("cannot remove {}", dir.display()))?;
+    drop(lock);
+    fs::remove_dir_all(&gone).with_context(|| format!("cannot remove {}", gone.display()))
+}
+
+/// The names in folder `root` that `valid` takes, sorted; none when
+/// `root` is not there yet.
+pub fn names_in(root: &Path, valid: impl Fn(&str) -> bool) -> anyhow::Result<Vec<String>> {
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| Some(e.file_name().to_str()?.to_string()))
+        .filter(|n| valid(n))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// The locks of the volumes this process uses, held until it exits.

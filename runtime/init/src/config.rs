@@ -311,6 +311,50 @@ pub struct InterfaceSetup {
     /// The IPv6 default route goes through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway6: Option<Ipv6Addr>,
+    /// The husk network (`husk network create`) this interface is on: its
+    /// hub sends the members' names for `/etc/hosts` on it
+    /// ([`NetworkHosts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// The EtherType of the frames a husk network's hub and a guest's init
+/// exchange on the network's interface (IEEE's local experimental
+/// EtherType 1). A guest's frame of this type asks the hub for the names;
+/// the hub never passes one on to another member.
+pub const NETWORK_ETHERTYPE: u16 = 0x88b5;
+
+/// What a husk network's hub sends each member whenever one joins or
+/// leaves, and when asked: every member's address and names, which init
+/// puts in `/etc/hosts` after its own lines.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NetworkHosts {
+    pub hosts: Vec<NetworkHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkHost {
+    pub address: Ipv4Addr,
+    pub names: Vec<String>,
+}
+
+impl NetworkHosts {
+    /// The `/etc/hosts` lines: an address and its names, each name a
+    /// resolver word (what is not is left out).
+    pub fn lines(&self) -> String {
+        self.hosts
+            .iter()
+            .filter_map(|h| {
+                let names: Vec<&str> = h
+                    .names
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| is_resolver_word(n))
+                    .collect();
+                (!names.is_empty()).then(|| format!("{}\t{}\n", h.address, names.join(" ")))
+            })
+            .collect()
+    }
 }
 
 impl NetSetup {
@@ -657,6 +701,7 @@ mod tests {
                 mac: Some([2, 0, 0, 0, 0, 9]),
                 address6: Some(("2001:db8::2".parse().unwrap(), 64)),
                 gateway6: Some("fe80::1".parse().unwrap()),
+                network: Some("backend".into()),
             }],
             dns: vec![
                 Ipv4Addr::new(192, 0, 2, 1).into(),
@@ -683,6 +728,23 @@ mod tests {
             bad.search.push(word.into());
             assert!(NetSetup::from_cmdline(&bad.to_param()).is_err(), "{word:?}");
         }
+    }
+
+    #[test]
+    fn a_network_s_names_become_hosts_lines_without_what_a_line_cannot_hold() {
+        let hosts = NetworkHosts {
+            hosts: vec![
+                NetworkHost {
+                    address: Ipv4Addr::new(10, 89, 0, 2),
+                    names: vec!["db".into(), "two words".into(), "postgres".into()],
+                },
+                NetworkHost {
+                    address: Ipv4Addr::new(10, 89, 0, 3),
+                    names: vec!["#x".into()],
+                },
+            ],
+        };
+        assert_eq!(hosts.lines(), "10.89.0.2\tdb postgres\n");
     }
 
     #[test]

@@ -151,16 +151,20 @@ fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Resul
     if let Err(e) = net::loopback_up() {
         say(&format!("cannot bring up lo: {e}"));
     }
-    match NetSetup::from_cmdline(cmdline) {
-        Ok(Some(setup)) => net::setup(&setup, config.hostname.as_deref(), say),
+    let net_setup = NetSetup::from_cmdline(cmdline);
+    match &net_setup {
+        Ok(Some(setup)) => net::setup(setup, config.hostname.as_deref(), say),
         Ok(None) => {}
-        Err(e) => say(&chain(&e)),
+        Err(e) => say(&chain(e)),
     }
     let agent = agent::Agent::new(config.clone());
     let signals = sys::SignalSet::forwarded();
     // Blocked before the agent's threads start, so they inherit the mask
     // and the signals come to this thread's sigwaitinfo.
     signals.block();
+    if let Ok(Some(setup)) = &net_setup {
+        net::follow_networks(setup, config.hostname.as_deref(), say);
+    }
     if hold {
         // The command comes through the agent (StartMain); the loop
         // below learns of it from the agent's table.

@@ -8,8 +8,10 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use husk_init::config::{InterfaceSetup, NetSetup};
+use husk_init::config::{InterfaceSetup, NetSetup, NetworkHosts, NETWORK_ETHERTYPE};
 
 /// `struct rtentry` from `<net/route.h>` (glibc's libc crate lacks it).
 #[repr(C)]
@@ -297,6 +299,15 @@ pub fn setup(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
             say(&format!("cannot write /etc/resolv.conf: {e}"));
         }
     }
+    if let Err(e) = install("/etc/hosts", &own_hosts(net, hostname)) {
+        say(&format!("cannot write /etc/hosts: {e}"));
+    }
+}
+
+/// The guest's own `/etc/hosts` lines: localhost, its hostname at its
+/// first addresses, `--add-host`'s and, last, the names of its husk
+/// networks' members as `husk run` found them.
+fn own_hosts(net: &NetSetup, hostname: Option<&str>) -> String {
     let own = net.interfaces.iter().find_map(|i| i.address);
     let own6 = net.interfaces.iter().find_map(|i| i.address6);
     let mut hosts =
@@ -312,9 +323,129 @@ pub fn setup(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
     for h in &net.hosts {
         hosts.push_str(&format!("{}\t{}\n", h.address, h.name));
     }
-    if let Err(e) = install("/etc/hosts", &hosts) {
-        say(&format!("cannot write /etc/hosts: {e}"));
+    hosts
+}
+
+/// Keeps `/etc/hosts` up to date with the members of the guest's husk
+/// networks: one thread per such interface asks the network's hub for
+/// the names and rewrites the file with each answer, and with each list
+/// the hub sends when a member joins or leaves. Returns once every hub
+/// answered (the command starts knowing the names, as a container on a
+/// docker network does), or after a second. Called once the signals init
+/// waits for are blocked, so the threads never take them.
+pub fn follow_networks(net: &NetSetup, hostname: Option<&str>, say: fn(&str)) {
+    let networks: Vec<(String, String)> = net
+        .interfaces
+        .iter()
+        .filter_map(|i| Some((i.name.clone(), i.network.clone()?)))
+        .collect();
+    if networks.is_empty() {
+        return;
     }
+    let base = own_hosts(net, hostname);
+    // Each network's lines, `None` until its hub answered.
+    let lists = Arc::new((
+        Mutex::new(vec![None::<String>; networks.len()]),
+        Condvar::new(),
+    ));
+    for (at, (interface, network)) in networks.into_iter().enumerate() {
+        let (base, lists) = (base.clone(), lists.clone());
+        let followed = std::thread::Builder::new()
+            .name(format!("hosts-{interface}"))
+            .spawn(move || {
+                let (all, answered) = &*lists;
+                let result = follow(&interface, |lines| {
+                    let mut all = all.lock().unwrap_or_else(|p| p.into_inner());
+                    all[at] = Some(lines);
+                    let text: String = all.iter().flatten().map(String::as_str).collect();
+                    if let Err(e) = rewrite_hosts(&format!("{base}{text}")) {
+                        say(&format!("cannot update /etc/hosts: {e}"));
+                    }
+                    answered.notify_all();
+                });
+                if let Err(e) = result {
+                    say(&format!("names of network {network} ({interface}): {e}"));
+                }
+            });
+        if let Err(e) = followed {
+            say(&format!("cannot follow network names: {e}"));
+        }
+    }
+    let (all, answered) = &*lists;
+    let all = all.lock().unwrap_or_else(|p| p.into_inner());
+    let waited = answered.wait_timeout_while(all, Duration::from_secs(1), |all| {
+        all.iter().any(Option::is_none)
+    });
+    if waited.map_or(true, |(_, t)| t.timed_out()) {
+        say("a network's hub did not send its names within a second: /etc/hosts follows later");
+    }
+}
+
+/// Asks the hub behind `interface` for the network's names, then hands
+/// every list it sends to `update` as `/etc/hosts` lines; returns only on
+/// an error.
+fn follow(interface: &str, mut update: impl FnMut(String)) -> io::Result<()> {
+    let ifindex = {
+        let sock = socket()?;
+        let mut req = ifreq(interface)?;
+        ioctl(&sock, libc::SIOCGIFINDEX, &mut req)?;
+        // SAFETY: SIOCGIFINDEX filled the ifindex member of the union.
+        unsafe { req.ifr_ifru.ifru_ifindex }
+    };
+    let proto = NETWORK_ETHERTYPE.to_be();
+    // SAFETY: socket() takes no pointers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_ll is a valid value of the plain C
+    // struct; the fields that matter are set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].fill(0xff);
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    let at = (&addr as *const libc::sockaddr_ll).cast::<libc::sockaddr>();
+    // SAFETY: `addr` is a sockaddr_ll of `len` bytes alive for the call.
+    if unsafe { libc::bind(fd.as_raw_fd(), at, len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ask = b"names?";
+    // SAFETY: the buffer and the address are ours and alive for the call.
+    if unsafe { libc::sendto(fd.as_raw_fd(), ask.as_ptr().cast(), ask.len(), 0, at, len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: `buf` is ours, writable for its length, for the call.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // A frame that is not a list is not the hub's: left alone.
+        if let Ok(hosts) = serde_json::from_slice::<NetworkHosts>(&buf[..n as usize]) {
+            update(hosts.lines());
+        }
+    }
+}
+
+/// Writes `/etc/hosts` whole: beside it and renamed over it, or, on a
+/// read-only root, into the file [`install`] mounted over it.
+fn rewrite_hosts(text: &str) -> io::Result<()> {
+    let staged = Path::new("/run/husk/hosts");
+    if staged.exists() {
+        return fs::write(staged, text);
+    }
+    fs::write("/etc/.hosts.husk", text)?;
+    fs::rename("/etc/.hosts.husk", "/etc/hosts")
 }
 
 /// Writes `path`, or, on a read-only root, mounts a file with the text

@@ -150,8 +150,7 @@ mod tests {
         assert_eq!(words(r#"["sh", "-c"]"#), ["sh", "-c"]);
         assert!(words("").is_empty());
         assert!(parse_entrypoint("[1]").is_err());
-        // As husk run's command line takes it.
-        // As husk run's command line takes it, with this session's other
+        // As husk run's command line takes it, with the other newer
         // flags (clap checks each field's type only when it is given).
         let args: Vec<String> = [
             "run",
@@ -170,6 +169,12 @@ mod tests {
             "-P",
             "-v",
             "vol:/data",
+            "--net",
+            "user",
+            "--network",
+            "backend",
+            "--network-alias",
+            "db",
             "img",
             "--",
             "x",

@@ -9,6 +9,7 @@ pub mod image;
 pub mod inspect;
 pub mod kernel;
 pub mod logs;
+pub mod network;
 pub mod pause;
 pub mod port;
 pub mod ps;
@@ -24,6 +25,18 @@ pub mod top;
 pub mod validate;
 pub mod volume;
 pub mod wait;
+
+/// Asks `what?` on stderr and reads y or yes from stdin.
+pub(crate) fn confirm(what: &str) -> anyhow::Result<bool> {
+    use std::io::BufRead;
+    eprint!("husk: {what}? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| anyhow::anyhow!("cannot read the answer: {e}"))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
 
 /// Runs `f` for each name, as docker's commands over several containers
 /// do: a failure is reported on stderr and the others still run; the

@@ -2,10 +2,7 @@
 //! keep their data in, as `docker volume` manages its local ones. See
 //! `crate::volumes` for where they live and how use is known.
 
-use std::io::BufRead;
 use std::process::ExitCode;
-
-use anyhow::Context;
 
 use crate::vms::VmDir;
 use crate::volumes::{self, Volume};
@@ -113,7 +110,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Prune { force } => {
-            if !force && !confirm("remove every volume no appliance uses, and its data")? {
+            if !force && !super::confirm("remove every volume no appliance uses, and its data")? {
                 anyhow::bail!("nothing removed");
             }
             Ok(super::prune(doomed()?))
@@ -154,24 +151,32 @@ pub fn space() -> anyhow::Result<super::Space> {
     Ok(space)
 }
 
-/// Who uses volumes: the detached appliances that name them (running or
-/// not, until removed), and, through each volume's lock, any run.
-struct Users {
-    /// (appliance, the volumes it names)
+/// Who uses volumes (or networks): the detached appliances that name
+/// them (running or not, until removed), and, through each volume's lock,
+/// any run.
+pub(crate) struct Users {
+    /// (appliance, the volumes or networks it names)
     appliances: Vec<(String, Vec<String>)>,
 }
 
 impl Users {
     fn now() -> anyhow::Result<Self> {
+        Self::naming_by(|s| s.volumes)
+    }
+
+    /// The detached appliances and what `names` takes from their state.
+    pub(crate) fn naming_by(
+        names: impl Fn(crate::vms::State) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
         let appliances = VmDir::all()?
             .into_iter()
-            .filter_map(|vm| Some((vm.name.clone(), vm.current_state().ok()?.volumes)))
+            .filter_map(|vm| Some((vm.name.clone(), names(vm.current_state().ok()?))))
             .collect();
         Ok(Users { appliances })
     }
 
     /// The detached appliances that name `volume`.
-    fn naming(&self, volume: &str) -> Vec<String> {
+    pub(crate) fn naming(&self, volume: &str) -> Vec<String> {
         self.appliances
             .iter()
             .filter(|(_, vols)| vols.iter().any(|v| v == volume))
@@ -188,15 +193,4 @@ impl Users {
         }
         Ok(users)
     }
-}
-
-/// Asks `what?` on stderr and reads y or yes from stdin.
-fn confirm(what: &str) -> anyhow::Result<bool> {
-    eprint!("husk: {what}? [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("cannot read the answer")?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

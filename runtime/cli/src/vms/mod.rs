@@ -157,6 +157,9 @@ pub struct State {
     /// The named volumes it shares.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// The husk networks it is on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
 }
 
 /// A health check's view of a detached VM, as docker's `State.Health`.
@@ -393,11 +396,13 @@ mod tests {
             health: None,
             stop_timeout: Some(30),
             volumes: vec!["db".into()],
+            networks: vec!["backend".into()],
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();
         assert_eq!((back.status, back.paused), (Status::Running, true));
         assert_eq!((&back.ports, &back.volumes), (&state.ports, &state.volumes));
+        assert_eq!(back.networks, state.networks);
         // A keeper that is gone: exited (paused no longer), status unknown.
         vm.write_state(&State {
             keeper_start: state.keeper_start + 1,

@@ -13,6 +13,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 mod cri;
 mod detached;
 mod network;
+mod networks;
 mod oci;
 mod service;
 mod shares;
@@ -58,6 +59,7 @@ pub fn trials() -> Vec<Trial> {
     all.extend(cri::trials());
     all.extend(detached::trials());
     all.extend(network::trials());
+    all.extend(networks::trials());
     all.extend(oci::trials());
     all.extend(service::trials());
     all.extend(shares::trials());

@@ -192,7 +192,7 @@ fn volumes_in(root: &std::path::Path) -> Result<(), Failed> {
 }
 
 /// A husk command that failed, saying `why`.
-fn refused(r: HuskRun, why: &str) -> Result<(), Failed> {
+pub(super) fn refused(r: HuskRun, why: &str) -> Result<(), Failed> {
     if r.code == Some(0) || !r.stderr.contains(why) {
         return Err(r.explain(&format!("should fail with {why:?}")).into());
     }

@@ -435,6 +435,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         stop_timeout: super::service::stop_timeout(&args.service, appliance.map(|a| &a.run)),
         env,
         volumes,
+        networks: plan.net.iter().filter_map(|n| n.network.clone()).collect(),
         remove_at_end: args.rm,
         hold: args.hold,
         restart: args

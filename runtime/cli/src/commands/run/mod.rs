@@ -101,9 +101,21 @@ pub struct Args {
     /// needed; the default for image references); tap:NAME (a host tap
     /// device), optionally with the guest's ,mac=MAC ,ip=ADDR/PREFIX
     /// ,gateway=ADDR ,mtu=N (ip and gateway once per IP family, IPv4 and
-    /// IPv6). Default for an appliance file: its own [[vm.net]].
-    #[arg(long, value_name = "none|user|tap:NAME[,ip=..]", value_parser = parse_net)]
-    net: Option<NetMode>,
+    /// IPv6). A husk network's name (husk network create) adds an
+    /// interface on it, beside the others (by default the user-mode
+    /// network for its way out, unless it is --internal); repeat --net
+    /// for several. Default for an appliance file: its own [[vm.net]].
+    #[arg(
+        long,
+        visible_alias = "network",
+        value_name = "none|user|NETWORK|tap:NAME[,ip=..]",
+        value_parser = parse_net
+    )]
+    net: Vec<NetMode>,
+    /// Another name the appliance answers to on its husk networks (its
+    /// --name is one)
+    #[arg(long, value_name = "NAME", value_parser = net::network_alias)]
+    network_alias: Vec<String>,
     /// Publish a guest port on the host through the user-mode network
     /// (implies --net user)
     #[arg(
@@ -518,7 +530,21 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     }
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
-    let (net, _passt, net_setup) = attach_net(&plan.net, &args.names)?;
+    let member = net::Member {
+        names: vm_child
+            .iter()
+            .map(|vm| vm.name.clone())
+            .chain(args.network_alias.iter().cloned())
+            .chain(args.hostname.iter().cloned())
+            .fold(Vec::new(), |mut all, n| {
+                if !all.contains(&n) {
+                    all.push(n);
+                }
+                all
+            }),
+        vm_dir: vm_child.as_ref().map(|vm| vm.dir.clone()),
+    };
+    let (net, _passt, net_setup) = attach_net(&plan.net, &args.names, &member)?;
     if !plan.net.is_empty() {
         mark("network ready");
     }
@@ -556,7 +582,11 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     let backends: Vec<&'static str> = plan
         .net
         .iter()
-        .map(|n| if n.tap.is_some() { "tap" } else { "user" })
+        .map(|n| match (&n.tap, &n.network) {
+            (Some(_), _) => "tap",
+            (None, Some(_)) => "network",
+            (None, None) => "user",
+        })
         .collect();
     let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
     let warm = match &plan.image {

@@ -16,6 +16,8 @@ pub(super) enum NetMode {
     None,
     User,
     Tap(Box<PlannedNet>),
+    /// A husk network (`husk network create`).
+    Network(String),
 }
 
 pub(super) fn parse_net(arg: &str) -> Result<NetMode, String> {
@@ -25,9 +27,15 @@ pub(super) fn parse_net(arg: &str) -> Result<NetMode, String> {
         _ => {}
     }
     let usage = || {
-        format!("{arg:?}: write none, user or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX][,gateway=ADDR][,mtu=N] (ip and gateway once for IPv4, once for IPv6)")
+        format!("{arg:?}: write none, user, a network's name or tap:NAME[,mac=MAC][,ip=ADDR/PREFIX][,gateway=ADDR][,mtu=N] (ip and gateway once for IPv4, once for IPv6)")
     };
-    let mut parts = arg.strip_prefix("tap:").ok_or_else(usage)?.split(',');
+    let Some(tap) = arg.strip_prefix("tap:") else {
+        return match crate::networks::check_name(arg) {
+            Ok(()) => Ok(NetMode::Network(arg.into())),
+            Err(_) => Err(usage()),
+        };
+    };
+    let mut parts = tap.split(',');
     let name = parts.next().unwrap_or_default();
     if name.is_empty() || name.len() > 15 {
         return Err(format!("{arg:?}: a tap's name has 1 to 15 characters"));
@@ -83,11 +91,14 @@ pub(super) struct PlannedNet {
     gateway6: Option<std::net::Ipv6Addr>,
     mtu: Option<u16>,
     pub(super) ports: Vec<PortSpec>,
+    /// On a husk network: its hub is the backend.
+    pub(super) network: Option<String>,
 }
 
 impl PlannedNet {
     fn user(ports: Vec<PortSpec>) -> Self {
         PlannedNet {
+            network: None,
             tap: None,
             mac: None,
             address: None,
@@ -110,17 +121,48 @@ pub(super) fn plan_net(
     exposed: &[PortSpec],
 ) -> anyhow::Result<(Vec<PlannedNet>, Vec<u16>)> {
     let publish: Vec<PortSpec> = args.publish.iter().chain(exposed).copied().collect();
-    let mut nets = match &args.net {
+    let mut base = None;
+    let mut networks = Vec::new();
+    for mode in &args.net {
+        match mode {
+            NetMode::Network(name) => {
+                if networks.contains(name) {
+                    anyhow::bail!("--net {name} twice");
+                }
+                networks.push(name.clone());
+            }
+            other => {
+                if base.replace(other).is_some() {
+                    anyhow::bail!(
+                        "--net: one of none, user and tap:NAME (with any number of networks)"
+                    );
+                }
+            }
+        }
+    }
+    let mut joined = Vec::new();
+    let mut internal = true;
+    for name in &networks {
+        let network = crate::networks::Network::find(name)?;
+        internal &= network.meta()?.internal;
+        joined.push(PlannedNet {
+            network: Some(name.clone()),
+            mtu: Some(crate::networks::MTU),
+            ..PlannedNet::user(Vec::new())
+        });
+    }
+    let mut nets = match base {
         Some(NetMode::None) => {
             if !publish.is_empty() {
                 anyhow::bail!(
                     "-p and -P publish ports through the user-mode network: drop --net none"
                 );
             }
-            return Ok((Vec::new(), Vec::new()));
+            return Ok((joined, Vec::new()));
         }
         Some(NetMode::User) => vec![PlannedNet::user(Vec::new())],
         Some(NetMode::Tap(net)) => vec![(**net).clone()],
+        Some(NetMode::Network(_)) => unreachable!("networks are taken above"),
         None => match appliance {
             Some(a) => {
                 a.vm.net
@@ -152,17 +194,26 @@ pub(super) fn plan_net(
             None => Vec::new(),
         },
     };
+    // A network that is not internal has its way out through the
+    // user-mode network, as docker's bridge networks NAT theirs.
+    if nets.is_empty() && !networks.is_empty() && !internal {
+        nets.push(PlannedNet::user(Vec::new()));
+    }
     if args.replace_ports {
         for n in &mut nets {
             n.ports.clear();
         }
     }
     if !publish.is_empty() {
-        match nets.iter_mut().find(|n| n.tap.is_none()) {
+        match nets
+            .iter_mut()
+            .find(|n| n.tap.is_none() && n.network.is_none())
+        {
             Some(user) => user.ports.extend(publish),
             None => nets.push(PlannedNet::user(publish)),
         }
     }
+    nets.extend(joined);
     let chosen = choose_host_ports(&mut nets)?;
     let foreground = !args.detach
         && std::env::var_os(crate::vms::keeper::KEEPER_ENV).is_none()
@@ -308,6 +359,12 @@ fn parse_add_host(arg: &str) -> Result<AddHost, String> {
     Ok(AddHost { name, address })
 }
 
+/// `--network-alias NAME`: a name as containers' are.
+pub(super) fn network_alias(text: &str) -> Result<String, String> {
+    crate::vms::check_name(text).map_err(|e| format!("{e:#}"))?;
+    Ok(text.to_string())
+}
+
 fn resolver_word(text: &str) -> Result<String, String> {
     if !is_resolver_word(text) {
         return Err(format!(
@@ -369,11 +426,32 @@ fn random_mac() -> [u8; 6] {
 pub(super) fn attach_net(
     nets: &[PlannedNet],
     names: &NameArgs,
+    member: &Member,
 ) -> anyhow::Result<(Vec<NetConfig>, Option<Passt>, NetSetup)> {
     let mut configs = Vec::new();
     let mut passt = None;
     let mut setup = NetSetup::default();
     for (i, n) in nets.iter().enumerate() {
+        if let Some(name) = &n.network {
+            let mac = n.mac.unwrap_or_else(random_mac);
+            let fd = member.join(name, mac, i)?;
+            setup.interfaces.push(InterfaceSetup {
+                name: format!("eth{i}"),
+                address: Some(fd.1),
+                prefix: fd.2,
+                gateway: None,
+                mtu: n.mtu,
+                mac: Some(mac),
+                address6: None,
+                gateway6: None,
+                network: Some(name.clone()),
+            });
+            configs.push(NetConfig {
+                mac,
+                backend: NetBackendConfig::Stream(fd.0),
+            });
+            continue;
+        }
         let mut iface = InterfaceSetup {
             name: format!("eth{i}"),
             address: n.address.map(|a| a.0),
@@ -383,6 +461,7 @@ pub(super) fn attach_net(
             mac: None,
             address6: n.address6,
             gateway6: n.gateway6,
+            network: None,
         };
         let backend = match &n.tap {
             Some(name) => NetBackendConfig::Tap(name.clone()),
@@ -426,6 +505,44 @@ pub(super) fn attach_net(
     Ok((configs, passt, setup))
 }
 
+/// Who this run is on husk networks: the names other members reach it
+/// by, and (a detached VM) the folder that remembers its addresses, so a
+/// restart asks for the same ones.
+pub(super) struct Member {
+    pub(super) names: Vec<String>,
+    pub(super) vm_dir: Option<std::path::PathBuf>,
+}
+
+impl Member {
+    /// Joins network `name` with `mac` as interface `index`: the socket
+    /// to its hub, the address it gave and the prefix length.
+    fn join(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        index: usize,
+    ) -> anyhow::Result<(std::os::fd::OwnedFd, std::net::Ipv4Addr, u8)> {
+        let remembered = self
+            .vm_dir
+            .as_ref()
+            .map(|d| d.join(format!("network-{index}.address")));
+        let want = remembered
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|a| a.trim().parse().ok());
+        let hello = crate::networks::hub::Hello {
+            names: self.names.clone(),
+            mac,
+            want,
+        };
+        let joined = crate::networks::Network::find(name)?.join(&hello)?;
+        if let Some(path) = remembered {
+            let _ = crate::vms::write_file(&path, joined.1.to_string());
+        }
+        Ok(joined)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +583,7 @@ mod tests {
                 mac: None,
                 address6: None,
                 gateway6: None,
+                network: None,
             }],
             dns: vec![IpAddr::from([10, 0, 2, 2])],
             ..NetSetup::default()
@@ -519,6 +637,10 @@ mod tests {
         assert_eq!(dual.gateway, Some([10, 0, 0, 1].into()));
         assert_eq!(dual.gateway6, Some("fe80::1".parse().unwrap()));
         assert_eq!(
+            parse_net("backend").unwrap(),
+            NetMode::Network("backend".into())
+        );
+        assert_eq!(
             parse_net("tap:t0").unwrap(),
             NetMode::Tap(Box::new(PlannedNet {
                 tap: Some("t0".into()),
@@ -537,6 +659,7 @@ mod tests {
             "tap:t0,colour=red",
             "tap:t0,mac",
             "bridge",
+            "-x",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }

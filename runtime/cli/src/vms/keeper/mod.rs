@@ -198,6 +198,8 @@ pub struct Options {
     /// The named volumes it shares (state.json keeps them: `husk volume
     /// rm` refuses those an appliance that was not removed uses).
     pub volumes: Vec<String>,
+    /// The husk networks it is on (likewise for `husk network rm`).
+    pub networks: Vec<String>,
     /// `--rm`: the VM's folder goes when it ends.
     pub remove_at_end: bool,
     /// The command waits for husk-runtime's start.
@@ -218,6 +220,7 @@ pub fn keep(
         stop_timeout,
         env,
         volumes,
+        networks,
         remove_at_end,
         hold,
         restart,
@@ -261,6 +264,7 @@ pub fn keep(
         health: None,
         stop_timeout,
         volumes,
+        networks,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;

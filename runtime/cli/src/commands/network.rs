@@ -1,0 +1,168 @@
+//! `husk network create|ls|inspect|rm|prune`: networks appliances reach
+//! each other on by name, as `docker network` manages user-defined ones.
+//! See `crate::networks` for how they work.
+
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::volume::Users;
+use crate::networks::{self, Network};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Make a network and print its name
+    Create {
+        /// Its IPv4 subnet (default: the first free 10.89.N.0/24)
+        #[arg(long, value_name = "CIDR")]
+        subnet: Option<String>,
+        /// No way out: appliances on it get no user-mode network for it,
+        /// only each other
+        #[arg(long)]
+        internal: bool,
+        name: String,
+    },
+    /// List the networks: subnet, internal or not, whether appliances are
+    /// on it now
+    Ls {
+        /// Only the names
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show networks as JSON: name, subnet, internal, in use, folder
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks no appliance is on, running or not (with --force,
+    /// also one only stopped appliances name: they cannot start again
+    /// until it is made again)
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every network no appliance is on, running or not
+    Prune {
+        /// Do not ask first
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// A network's hub (started by the first appliance that joins it)
+    #[command(hide = true)]
+    Hub { name: String },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Create {
+            subnet,
+            internal,
+            name,
+        } => {
+            networks::check_name(&name)?;
+            let subnet = subnet.as_deref().map(networks::parse_subnet).transpose()?;
+            let meta = Network::at(&networks::root()?, &name).create(subnet, internal)?;
+            eprintln!("husk: network {name}: {}/{}", meta.subnet.0, meta.subnet.1);
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls { quiet } => {
+            let all = Network::all()?;
+            if quiet {
+                all.iter().for_each(|n| println!("{}", n.name));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let users = Users::naming_by(|s| s.networks)?;
+            let mut rows = vec![["NAME", "SUBNET", "INTERNAL", "IN USE", "APPLIANCES"]
+                .map(String::from)
+                .to_vec()];
+            for n in &all {
+                let Ok(meta) = n.meta() else { continue };
+                let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+                rows.push(vec![
+                    n.name.clone(),
+                    format!("{}/{}", meta.subnet.0, meta.subnet.1),
+                    yes_no(meta.internal),
+                    yes_no(n.in_use()),
+                    users.naming(&n.name).join(", "),
+                ]);
+            }
+            super::print_columns(&rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { names } => {
+            let users = Users::naming_by(|s| s.networks)?;
+            let mut shown = Vec::new();
+            let code = super::each_name(&names, |name| {
+                let n = Network::find(name)?;
+                let meta = n.meta()?;
+                shown.push(serde_json::json!({
+                    "Name": n.name,
+                    "Subnet": format!("{}/{}", meta.subnet.0, meta.subnet.1),
+                    "Internal": meta.internal,
+                    "InUse": n.in_use(),
+                    "Appliances": users.naming(&n.name),
+                    "Folder": n.dir,
+                    "CreatedMs": meta.created_ms,
+                }));
+                Ok(())
+            })?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(code)
+        }
+        Command::Rm { force, names } => {
+            let users = Users::naming_by(|s| s.networks)?;
+            super::each_name(&names, |name| {
+                let network = Network::find(name)?;
+                let naming = users.naming(name);
+                if !force && !naming.is_empty() {
+                    anyhow::bail!(
+                        "the network {name} is named by {} (husk rm them first, or rm -f)",
+                        naming.join(", ")
+                    );
+                }
+                network.remove()?;
+                println!("{name}");
+                Ok(())
+            })
+        }
+        Command::Prune { force } => {
+            let users = Users::naming_by(|s| s.networks)?;
+            let unused: Vec<Network> = Network::all()?
+                .into_iter()
+                .filter(|n| !n.in_use() && users.naming(&n.name).is_empty())
+                .collect();
+            if unused.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !force && !super::confirm("remove every network no appliance is on")? {
+                return Ok(ExitCode::FAILURE);
+            }
+            let doomed = unused.iter().map(|n| -> super::Doomed<'_> {
+                (Some(n.name.clone()), 0, Box::new(|| n.remove()))
+            });
+            let (_, failed) = super::remove_each(doomed);
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Hub { name } => {
+            let network = Network::find(&name)?;
+            // SAFETY: the run that started this hub passed its listening
+            // socket as this descriptor (`Network::start_hub`), and
+            // nothing else here owns it.
+            let listener = unsafe {
+                std::os::unix::net::UnixListener::from_raw_fd(networks::hub::LISTENER_FD)
+            };
+            network
+                .serve(listener)
+                .with_context(|| format!("the hub of network {name}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! A network's hub: the switch its VMs' interfaces are plugged into.
+//!
+//! Each member is a stream socket speaking passt's framing (a 4-byte
+//! big-endian length, then an Ethernet frame), which the VMM's stream
+//! backend speaks unchanged. The first frame on a new connection is the
+//! joining `husk run`'s [`Hello`] (its MAC, the names it answers to, the
+//! address it would like), answered with a [`Reply`] before the VMM is
+//! handed the socket; every later frame is the guest's. A frame goes to
+//! the member whose MAC it is addressed to, or to every other member when
+//! it is broadcast or multicast; a frame for a MAC no member has is
+//! dropped. MACs are the ones members joined with, never learned from
+//! frames, so a guest cannot draw another's traffic by sending from its
+//! MAC. A member's frames of [`NETWORK_ETHERTYPE`] are never passed on:
+//! they ask for the members' names, which the hub sends back (and sends
+//! every member whenever one joins or leaves) for init's `/etc/hosts`.
+//! A member that does not read its frames loses the ones beyond
+//! [`MAX_QUEUED`], as a switch port drops what it cannot send.
+
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use husk_init::config::{is_resolver_word, NetworkHost, NetworkHosts, NETWORK_ETHERTYPE};
+use serde::{Deserialize, Serialize};
+
+/// The descriptor the hub process finds its listening socket on.
+pub const LISTENER_FD: i32 = 3;
+/// The longest frame in the stream framing, as the VMM's stream backend
+/// takes it.
+pub const MAX_FRAME: usize = 65_550;
+/// What the hub holds for one member that is not reading.
+pub const MAX_QUEUED: usize = 4 << 20;
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+/// The hub's own (locally administered) MAC, the source of its frames.
+pub const HUB_MAC: [u8; 6] = [0x02, 0x48, 0x55, 0x53, 0x4b, 0x00];
+const HEADER: usize = 14;
+/// Names one member may register.
+const MAX_NAMES: usize = 16;
+
+/// A joining run's first frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The names other members resolve to it (its name, aliases).
+    pub names: Vec<String>,
+    /// Its interface's MAC: frames for it go to this member.
+    pub mac: [u8; 6],
+    /// The address it would like (a restart's earlier one), if free.
+    pub want: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Welcome { address: Ipv4Addr },
+    Refused { reason: String },
+}
+
+/// A frame of [`NETWORK_ETHERTYPE`] in the stream framing.
+pub fn control_frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let len = HEADER + payload.len();
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&NETWORK_ETHERTYPE.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The payload of a frame of [`NETWORK_ETHERTYPE`]; `None` for any other.
+pub fn payload(frame: &[u8]) -> Option<&[u8]> {
+    (frame.len() >= HEADER && frame[12..14] == NETWORK_ETHERTYPE.to_be_bytes())
+        .then(|| &frame[HEADER..])
+}
+
+/// Whether a connection waits in `listener`'s backlog.
+pub fn pending(listener: &UnixListener) -> bool {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, for the call; no waiting.
+    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+}
+
+struct Joined {
+    names: Vec<String>,
+    mac: [u8; 6],
+    address: Ipv4Addr,
+}
+
+struct Member {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// `None` until its hello was taken.
+    joined: Option<Joined>,
+    /// Refused: dropped once its answer is written.
+    refused: bool,
+}
+
+pub struct Hub {
+    /// The first and last address members are given.
+    range: (u32, u32),
+    members: Vec<Member>,
+    /// Frames dropped for members that did not read them.
+    dropped: u64,
+}
+
+impl Hub {
+    pub fn new(range: (u32, u32)) -> Self {
+        Hub {
+            range,
+            members: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Switches frames until the last member left and `may_leave` says
+    /// no other is on its way.
+    pub fn run(
+        mut self,
+        listener: &UnixListener,
+        mut may_leave: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        listener.set_nonblocking(true)?;
+        loop {
+            self.accept(listener);
+            if self.members.is_empty() && may_leave() {
+                return Ok(());
+            }
+            let mut fds = vec![libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            fds.extend(self.members.iter().map(|m| libc::pollfd {
+                fd: m.stream.as_raw_fd(),
+                events: libc::POLLIN
+                    | if m.output.is_empty() {
+                        0
+                    } else {
+                        libc::POLLOUT
+                    },
+                revents: 0,
+            }));
+            // SAFETY: `fds` is ours and alive for the call; its length is
+            // what we pass.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            let ready: Vec<usize> = (0..self.members.len())
+                .filter(|i| fds[i + 1].revents != 0)
+                .collect();
+            self.step(&ready);
+        }
+    }
+
+    /// Takes every connection waiting.
+    fn accept(&mut self, listener: &UnixListener) {
+        while let Ok((stream, _)) = listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                self.members.push(Member {
+                    stream,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    joined: None,
+                    refused: false,
+                });
+            }
+        }
+    }
+
+    /// Reads what the `ready` members sent and switches it, drops the
+    /// members that left, tells everyone the names when they changed, and
+    /// writes what it can.
+    fn step(&mut self, ready: &[usize]) {
+        let mut gone = vec![false; self.members.len()];
+        let mut changed = false;
+        for &i in ready {
+            match self.receive(i) {
+                Ok(frames) => {
+                    for frame in frames {
+                        changed |= self.on_frame(i, &frame);
+                    }
+                }
+                Err(_) => gone[i] = true,
+            }
+        }
+        for (i, m) in self.members.iter_mut().enumerate() {
+            if flush(m).is_err() || (m.refused && m.output.is_empty()) {
+                gone[i] = true;
+            }
+        }
+        let mut i = 0;
+        self.members.retain(|m| {
+            let keep = !gone[i];
+            i += 1;
+            if !keep {
+                if let Some(j) = &m.joined {
+                    eprintln!("husk: {} left ({})", j.address, j.names.join(" "));
+                    changed = true;
+                }
+            }
+            keep
+        });
+        if changed {
+            self.tell_names();
+            for m in &mut self.members {
+                let _ = flush(m);
+            }
+        }
+    }
+
+    /// What member `i` sent since its last read, as whole frames; an
+    /// error when it left or broke the framing.
+    fn receive(&mut self, i: usize) -> io::Result<Vec<Vec<u8>>> {
+        let m = &mut self.members[i];
+        let mut buf = [0u8; 1 << 16];
+        loop {
+            match m.stream.read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => m.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if m.input.len() > 4 * MAX_FRAME {
+                break;
+            }
+        }
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while m.input.len() - at >= 4 {
+            let len = u32::from_be_bytes(m.input[at..at + 4].try_into().expect("4 bytes")) as usize;
+            if len > MAX_FRAME {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
+            }
+            if m.input.len() - at - 4 < len {
+                break;
+            }
+            frames.push(m.input[at + 4..at + 4 + len].to_vec());
+            at += 4 + len;
+        }
+        m.input.drain(..at);
+        Ok(frames)
+    }
+
+    /// Takes one frame of member `i`; says whether the names changed.
+    fn on_frame(&mut self, i: usize, frame: &[u8]) -> bool {
+        if self.members[i].joined.is_none() {
+            if self.members[i].refused {
+                return false;
+            }
+            let reply = match payload(frame).map(serde_json::from_slice::<Hello>) {
+                Some(Ok(hello)) => self.admit(i, hello),
+                _ => Reply::Refused {
+                    reason: "the first frame must be husk's hello".into(),
+                },
+            };
+            let admitted = matches!(reply, Reply::Welcome { .. });
+            let src = frame.get(6..12).and_then(|s| s.try_into().ok());
+            let json = serde_json::to_vec(&reply).expect("a reply serializes");
+            self.queue(i, &control_frame(src.unwrap_or(BROADCAST), HUB_MAC, &json));
+            self.members[i].refused = !admitted;
+            return admitted;
+        }
+        if frame.len() < HEADER {
+            return false;
+        }
+        if payload(frame).is_some() {
+            let names = self.names_frame(i);
+            self.queue(i, &names);
+            return false;
+        }
+        let dst: [u8; 6] = frame[..6].try_into().expect("6 bytes");
+        let mut wire = Vec::with_capacity(4 + frame.len());
+        wire.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        wire.extend_from_slice(frame);
+        let to: Vec<usize> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(j, m)| {
+                *j != i
+                    && m.joined
+                        .as_ref()
+                        .is_some_and(|jm| dst[0] & 1 == 1 || jm.mac == dst)
+            })
+            .map(|(j, _)| j)
+            .collect();
+        for j in to {
+            self.queue(j, &wire);
+        }
+        false
+    }
+
+    /// Member `i`'s hello: its address, or why it cannot join.
+    fn admit(&mut self, i: usize, hello: Hello) -> Reply {
+        let refuse = |reason: String| Reply::Refused { reason };
+        if hello.names.len() > MAX_NAMES {
+            return refuse(format!("at most {MAX_NAMES} names"));
+        }
+        if let Some(bad) = hello.names.iter().find(|n| !is_resolver_word(n)) {
+            return refuse(format!("{bad:?} is not a name /etc/hosts can hold"));
+        }
+        if hello.mac[0] & 1 == 1 || hello.mac == [0; 6] {
+            return refuse("a member's MAC is a unicast address".into());
+        }
+        let joined = || self.members.iter().filter_map(|m| m.joined.as_ref());
+        if joined().any(|j| j.mac == hello.mac) {
+            return refuse("another member has this MAC".into());
+        }
+        let (first, last) = self.range;
+        let free = |a: u32| joined().all(|j| u32::from(j.address) != a);
+        let wanted = hello
+            .want
+            .map(u32::from)
+            .filter(|a| (first..=last).contains(a) && free(*a));
+        let Some(address) = wanted.or_else(|| (first..=last).find(|a| free(*a))) else {
+            return refuse("no address is left in its subnet".into());
+        };
+        let address = Ipv4Addr::from(address);
+        eprintln!("husk: {address} joined ({})", hello.names.join(" "));
+        self.members[i].joined = Some(Joined {
+            names: hello.names,
+            mac: hello.mac,
+            address,
+        });
+        Reply::Welcome { address }
+    }
+
+    /// Every member's address and names, for member `i`.
+    fn names_frame(&self, i: usize) -> Vec<u8> {
+        let mut hosts = NetworkHosts {
+            hosts: self
+                .members
+                .iter()
+                .filter_map(|m| m.joined.as_ref())
+                .filter(|j| !j.names.is_empty())
+                .map(|j| NetworkHost {
+                    address: j.address,
+                    names: j.names.clone(),
+                })
+                .collect(),
+        };
+        let mac = self.members[i].joined.as_ref().map_or(BROADCAST, |j| j.mac);
+        loop {
+            let json = serde_json::to_vec(&hosts).expect("names serialize");
+            if HEADER + json.len() <= MAX_FRAME || hosts.hosts.is_empty() {
+                return control_frame(mac, HUB_MAC, &json);
+            }
+            hosts.hosts.pop();
+        }
+    }
+
+    /// Sends every member the names.
+    fn tell_names(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].joined.is_some() {
+                let names = self.names_frame(i);
+                self.queue(i, &names);
+            }
+        }
+    }
+
+    /// Queues `wire` (a frame in the stream framing) for member `j`,
+    /// unless that member already has its fill waiting.
+    fn queue(&mut self, j: usize, wire: &[u8]) {
+        let m = &mut self.members[j];
+        if m.output.len() + wire.len() > MAX_QUEUED {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                eprintln!(
+                    "husk: {} frames dropped for members not reading",
+                    self.dropped
+                );
+            }
+            return;
+        }
+        m.output.extend_from_slice(wire);
+    }
+}
+
+/// Writes what member `m` has queued, as much as its socket takes now.
+fn flush(m: &mut Member) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < m.output.len() {
+        match m.stream.write(&m.output[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    m.output.drain(..sent);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+use std::time::Duration;
+
+use super::*;
+
+const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+/// A hub on a socket in a temporary folder, serving in a thread until
+/// its last member left; the first member is connected before it starts.
+fn hub_with(
+    first: Hello,
+) -> (
+    tempfile::TempDir,
+    std::thread::JoinHandle<()>,
+    UnixStream,
+    Reply,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = UnixListener::bind(dir.path().join("hub.sock")).unwrap();
+    let mut member = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
+    let range = (
+        u32::from(Ipv4Addr::new(10, 89, 0, 2)),
+        u32::from(Ipv4Addr::new(10, 89, 0, 4)),
+    );
+    let hub = std::thread::spawn(move || Hub::new(range).run(&listener, || true).unwrap());
+    let reply = hello(&mut member, &first);
+    (dir, hub, member, reply)
+}
+
+fn join(dir: &tempfile::TempDir, h: &Hello) -> (UnixStream, Reply) {
+    let mut member = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
+    let reply = hello(&mut member, h);
+    (member, reply)
+}
+
+fn hello(member: &mut UnixStream, h: &Hello) -> Reply {
+    member
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    member
+        .write_all(&control_frame(
+            BROADCAST,
+            h.mac,
+            &serde_json::to_vec(h).unwrap(),
+        ))
+        .unwrap();
+    let frame = super::super::read_frame(member).unwrap();
+    serde_json::from_slice(payload(&frame).unwrap()).unwrap()
+}
+
+fn named(name: &str, mac: [u8; 6]) -> Hello {
+    Hello {
+        names: vec![name.into()],
+        mac,
+        want: None,
+    }
+}
+
+fn welcome(address: [u8; 4]) -> Reply {
+    Reply::Welcome {
+        address: address.into(),
+    }
+}
+
+/// An Ethernet frame from `src` to `dst` with `body`, in the stream framing.
+fn frame(dst: [u8; 6], src: [u8; 6], body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&((14 + body.len()) as u32).to_be_bytes());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// The next frame that is not a list of names, and the last list seen
+/// before it.
+fn next_data(member: &mut UnixStream) -> (Vec<u8>, Option<NetworkHosts>) {
+    let mut names = None;
+    loop {
+        let f = super::super::read_frame(member).unwrap();
+        match payload(&f) {
+            Some(p) => names = Some(serde_json::from_slice(p).unwrap()),
+            None => return (f, names),
+        }
+    }
+}
+
+/// The next list of `n` members' names (earlier lists skipped).
+fn names_of(member: &mut UnixStream, n: usize) -> NetworkHosts {
+    loop {
+        let f = super::super::read_frame(member).unwrap();
+        if let Some(p) = payload(&f) {
+            let hosts: NetworkHosts = serde_json::from_slice(p).unwrap();
+            if hosts.hosts.len() == n {
+                return hosts;
+            }
+        }
+    }
+}
+
+fn listed(hosts: &NetworkHosts) -> Vec<String> {
+    hosts
+        .hosts
+        .iter()
+        .map(|h| format!("{} {}", h.address, h.names.join(",")))
+        .collect()
+}
+
+#[test]
+fn members_get_addresses_and_each_other_s_frames_by_mac() {
+    let (dir, hub, mut a, reply) = hub_with(named("db", A));
+    assert_eq!(reply, welcome([10, 89, 0, 2]));
+    let (mut b, reply) = join(
+        &dir,
+        &Hello {
+            names: vec!["web".into(), "www".into()],
+            mac: B,
+            want: Some([10, 89, 0, 4].into()),
+        },
+    );
+    assert_eq!(reply, welcome([10, 89, 0, 4]), "the address it asked for");
+    assert_eq!(
+        listed(&names_of(&mut a, 2)),
+        ["10.89.0.2 db", "10.89.0.4 web,www"],
+        "a member learns of the one that joined"
+    );
+
+    // Unicast to B, to a MAC nobody has (dropped), broadcast.
+    a.write_all(&frame(B, A, b"to b")).unwrap();
+    a.write_all(&frame([2, 9, 9, 9, 9, 9], A, b"to nobody"))
+        .unwrap();
+    a.write_all(&frame(BROADCAST, A, b"to all")).unwrap();
+    let (got, _) = next_data(&mut b);
+    assert_eq!(&got[14..], b"to b");
+    let (got, _) = next_data(&mut b);
+    assert_eq!(&got[14..], b"to all", "the frame for nobody went nowhere");
+    b.write_all(&frame(A, B, b"to a")).unwrap();
+    let (got, _) = next_data(&mut a);
+    assert_eq!(&got[14..], b"to a", "A's own broadcast did not come back");
+
+    // A guest's question for the names goes to the hub only.
+    b.write_all(&control_frame(BROADCAST, B, b"names?"))
+        .unwrap();
+    assert_eq!(listed(&names_of(&mut b, 2)).len(), 2);
+    b.write_all(&frame(A, B, b"after")).unwrap();
+    let (got, names) = next_data(&mut a);
+    assert_eq!(&got[14..], b"after");
+    assert!(names.is_none(), "B's question never reached A");
+
+    drop(b);
+    assert_eq!(listed(&names_of(&mut a, 1)), ["10.89.0.2 db"], "B left");
+    drop(a);
+    hub.join().unwrap();
+    drop(dir);
+}
+
+#[test]
+fn hellos_that_cannot_be_members_are_refused_and_the_subnet_runs_out() {
+    let (dir, hub, _a, _) = hub_with(named("a", A));
+    let refused = |r: Reply| matches!(r, Reply::Refused { .. });
+    assert!(refused(join(&dir, &named("b", A)).1), "a MAC in use");
+    assert!(refused(join(&dir, &named("two words", B)).1));
+    assert!(
+        refused(join(&dir, &named("b", [3, 0, 0, 0, 0, 1])).1),
+        "multicast MAC"
+    );
+    let many = Hello {
+        names: (0..17).map(|n| format!("n{n}")).collect(),
+        ..named("b", B)
+    };
+    assert!(refused(join(&dir, &many).1));
+    let mut raw = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&frame(BROADCAST, B, b"not a hello")).unwrap();
+    let reply: Reply =
+        serde_json::from_slice(payload(&super::super::read_frame(&mut raw).unwrap()).unwrap())
+            .unwrap();
+    assert!(refused(reply));
+    let mut buf = [0u8; 1];
+    assert_eq!(raw.read(&mut buf).unwrap(), 0, "a refused member is let go");
+
+    let (_b, reply) = join(&dir, &named("b", B));
+    assert_eq!(reply, welcome([10, 89, 0, 3]));
+    let (_c, reply) = join(&dir, &named("c", [2, 0, 0, 0, 0, 0xc]));
+    assert_eq!(reply, welcome([10, 89, 0, 4]));
+    let (_d, reply) = join(&dir, &named("d", [2, 0, 0, 0, 0, 0xd]));
+    assert!(refused(reply), "the range holds three");
+
+    let mut long = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    long.write_all(&(MAX_FRAME as u32 + 1).to_be_bytes())
+        .unwrap();
+    assert_eq!(
+        long.read(&mut buf).unwrap_or(0),
+        0,
+        "a frame too long ends it"
+    );
+    drop((_a, _b, _c, _d));
+    hub.join().unwrap();
+}

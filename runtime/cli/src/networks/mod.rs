@@ -1,0 +1,429 @@
+//! Networks between appliances, as docker's user-defined networks: the
+//! appliances on one reach each other by address and by name, with no
+//! root, no host interface and no daemon.
+//!
+//! A network is a folder under `networks` in husk's data folder
+//! ([`crate::volumes::data_dir`]): `NAME/network.json` (its IPv4 subnet,
+//! whether it is internal, when it was made), `NAME/lock`, and while any
+//! appliance is on it `NAME/hub.sock` and `NAME/hub.log`.
+//!
+//! Each VM on the network gets an interface whose backend is a stream
+//! socket to the network's hub ([`hub`]): one process per network,
+//! started by the first run that joins it and gone when the last VM
+//! leaves. The hub is the network's switch: frames in passt's stream
+//! framing, each sent to the member whose MAC it is for, or to all for
+//! broadcast and multicast. It gives each member its address and tells
+//! every member's init the members' names for `/etc/hosts`. A network
+//! that is not internal leaves the way out to the user-mode network
+//! (passt) each VM also gets, as docker's bridge networks NAT theirs.
+
+pub mod hub;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use hub::{Hello, Reply};
+
+const META: &str = "network.json";
+const LOCK: &str = "lock";
+const SOCKET: &str = "hub.sock";
+const LOG: &str = "hub.log";
+
+/// The MTU of a network's interfaces: as passt's, the largest frame the
+/// stream framing carries less its Ethernet header.
+pub const MTU: u16 = 65_520;
+
+/// Names `husk run --net` gives other meanings to, and docker's own.
+const RESERVED: &[&str] = &["none", "user", "host", "bridge", "default"];
+
+/// The folder of every network.
+pub fn root() -> anyhow::Result<PathBuf> {
+    Ok(crate::volumes::data_dir()?.join("networks"))
+}
+
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    crate::vms::check_name(name).context("a network's name")?;
+    if RESERVED.contains(&name) || name.starts_with("tap:") {
+        anyhow::bail!("{name:?} is a --net word of its own: choose another name for a network");
+    }
+    Ok(())
+}
+
+/// `network.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// The network's own address and prefix length (`10.89.0.0/24`).
+    pub subnet: (Ipv4Addr, u8),
+    /// No way out: its VMs get no user-mode network for it.
+    #[serde(default)]
+    pub internal: bool,
+    pub created_ms: u64,
+}
+
+impl Meta {
+    /// The first and last address a member may have: the subnet's own
+    /// address, `.1` (kept for a gateway) and the broadcast address are
+    /// no member's.
+    pub fn hosts(&self) -> (u32, u32) {
+        let (base, prefix) = self.subnet;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let base = u32::from(base) & mask;
+        (base + 2, (base | !mask) - 1)
+    }
+}
+
+/// One network, made or not.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Network {
+    pub fn at(root: &Path, name: &str) -> Self {
+        Network {
+            name: name.to_string(),
+            dir: root.join(name),
+        }
+    }
+
+    /// The network `name`, which must have been made.
+    pub fn find(name: &str) -> anyhow::Result<Self> {
+        check_name(name)?;
+        let network = Network::at(&root()?, name);
+        if network.meta().is_err() {
+            anyhow::bail!(
+                "no such network: {name} (husk network create {name} makes it; \
+                 husk network ls lists them)"
+            );
+        }
+        Ok(network)
+    }
+
+    /// Every network, by name.
+    pub fn all() -> anyhow::Result<Vec<Self>> {
+        let root = root()?;
+        Ok(crate::volumes::names_in(&root, |n| check_name(n).is_ok())?
+            .iter()
+            .map(|n| Network::at(&root, n))
+            .filter(|n| n.dir.join(META).is_file())
+            .collect())
+    }
+
+    pub fn meta(&self) -> anyhow::Result<Meta> {
+        let path = self.dir.join(META);
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta: Meta = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is damaged", path.display()))?;
+        if !(8..=30).contains(&meta.subnet.1) {
+            anyhow::bail!("{}: a subnet of /8 to /30", path.display());
+        }
+        Ok(meta)
+    }
+
+    /// Makes the network with `subnet` (else the first free `10.89.N.0/24`).
+    pub fn create(&self, subnet: Option<(Ipv4Addr, u8)>, internal: bool) -> anyhow::Result<Meta> {
+        let root = self
+            .dir
+            .parent()
+            .context("a network's folder has a parent")?;
+        fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        // One creation at a time, so two never pick the same subnet.
+        let lock = File::create(root.join(".create.lock"))?;
+        lock.lock().context("cannot lock the networks' folder")?;
+        if self.dir.join(META).exists() {
+            anyhow::bail!("a network named {} exists already", self.name);
+        }
+        let taken: Vec<(Ipv4Addr, u8)> = Network::all()?
+            .iter()
+            .filter_map(|n| n.meta().ok())
+            .map(|m| m.subnet)
+            .collect();
+        let subnet = match subnet {
+            Some(s) => {
+                if let Some(t) = taken.iter().find(|t| overlap(**t, s)) {
+                    anyhow::bail!(
+                        "--subnet {}/{}: another husk network has {}/{}",
+                        s.0,
+                        s.1,
+                        t.0,
+                        t.1
+                    );
+                }
+                s
+            }
+            None => free_subnet(&taken, &host_routes())?,
+        };
+        let meta = Meta {
+            subnet,
+            internal,
+            created_ms: crate::vms::now_ms(),
+        };
+        let tmp = root.join(format!(".{}.tmp-{}", self.name, std::process::id()));
+        let made = (|| {
+            let mut builder = fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700).create(&tmp)?;
+            fs::write(tmp.join(META), serde_json::to_vec_pretty(&meta)?)?;
+            File::create(tmp.join(LOCK))?;
+            fs::rename(&tmp, &self.dir)
+        })();
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e).with_context(|| format!("cannot create the network {}", self.name));
+        }
+        Ok(meta)
+    }
+
+    /// Whether a hub serves the network now (some VM is on it).
+    pub fn in_use(&self) -> bool {
+        UnixStream::connect(self.dir.join(SOCKET)).is_ok()
+    }
+
+    /// Removes the network, unless a VM is on it.
+    pub fn remove(&self) -> anyhow::Result<()> {
+        let lock = self.lock()?;
+        if self.in_use() {
+            anyhow::bail!(
+                "the network {} has appliances on it: stop them first",
+                self.name
+            );
+        }
+        crate::volumes::remove_whole(&self.dir, lock)
+    }
+
+    /// The network's lock, held exclusively: starting its hub, joining it
+    /// and the hub's leaving are one at a time.
+    fn lock(&self) -> anyhow::Result<File> {
+        let path = self.dir.join(LOCK);
+        let lock = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        lock.lock().context("cannot lock the network")?;
+        Ok(lock)
+    }
+
+    /// Joins the network as `hello` says: connects to its hub (starting
+    /// one when none serves it) and is given an address. Returns the
+    /// socket the VM's interface speaks on, and the address.
+    pub fn join(&self, hello: &Hello) -> anyhow::Result<(OwnedFd, Ipv4Addr, u8)> {
+        let meta = self.meta()?;
+        let lock = self.lock()?;
+        let socket = self.dir.join(SOCKET);
+        let mut stream = match UnixStream::connect(&socket) {
+            Ok(s) => s,
+            Err(_) => {
+                self.start_hub()?;
+                UnixStream::connect(&socket)
+                    .with_context(|| format!("cannot reach the hub of network {}", self.name))?
+            }
+        };
+        // Connected (in the hub's backlog): the hub cannot leave now.
+        drop(lock);
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(&hub::control_frame(
+            hub::BROADCAST,
+            hello.mac,
+            &serde_json::to_vec(hello)?,
+        ))?;
+        let reply = read_frame(&mut stream)
+            .with_context(|| format!("the hub of network {} did not answer", self.name))?;
+        let reply: Reply = serde_json::from_slice(hub::payload(&reply).unwrap_or_default())
+            .with_context(|| format!("the hub of network {} answered nonsense", self.name))?;
+        stream.set_read_timeout(None)?;
+        match reply {
+            Reply::Welcome { address } => Ok((stream.into(), address, meta.subnet.1)),
+            Reply::Refused { reason } => anyhow::bail!("network {}: {reason}", self.name),
+        }
+    }
+
+    /// Starts the network's hub: its socket made and listening here, then
+    /// handed to a new session's `husk network hub NAME`, which outlives
+    /// this process and leaves when the last VM does.
+    fn start_hub(&self) -> anyhow::Result<()> {
+        let socket = self.dir.join(SOCKET);
+        let _ = fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket)
+            .with_context(|| format!("cannot make {}", socket.display()))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(LOG))?;
+        let exe = std::env::current_exe().context("cannot find husk's own binary")?;
+        let mut command = std::process::Command::new(exe);
+        command
+            .args(["network", "hub", &self.name])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .env_remove(crate::vms::keeper::KEEPER_ENV)
+            .env_remove(crate::vms::keeper::VM_ENV);
+        let fd = listener.as_raw_fd();
+        // SAFETY: setsid(2) and dup2(2) are async-signal-safe; `fd` is the
+        // listener, open across the fork. The hub takes it as fd 3.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                libc::setsid();
+                if libc::dup2(fd, hub::LISTENER_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().context("cannot start the network's hub")?;
+        // The hub outlives us; a thread reaps it should it end first.
+        std::thread::spawn(move || child.wait());
+        Ok(())
+    }
+
+    /// Run by the hub process: serves until the last member left and no
+    /// other is joining.
+    pub fn serve(&self, listener: UnixListener) -> anyhow::Result<()> {
+        let meta = self.meta()?;
+        let socket = self.dir.join(SOCKET);
+        hub::Hub::new(meta.hosts()).run(&listener, || {
+            // Joiners connect under the lock: with it held and nothing in
+            // the backlog, none is on its way.
+            let Ok(lock) = self.lock() else { return true };
+            if hub::pending(&listener) {
+                return false;
+            }
+            let _ = fs::remove_file(&socket);
+            drop(lock);
+            true
+        })
+    }
+}
+
+/// One frame in passt's framing (a 4-byte big-endian length first).
+fn read_frame(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > hub::MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
+    }
+    let mut frame = vec![0u8; len];
+    stream.read_exact(&mut frame)?;
+    Ok(frame)
+}
+
+/// Whether two IPv4 networks share an address.
+fn overlap(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let prefix = a.1.min(b.1);
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
+/// The host's IPv4 routes but the default one (`/proc/net/route`): a
+/// network over one would hide it from the guests' way out.
+fn host_routes() -> Vec<(Ipv4Addr, u8)> {
+    let text = fs::read_to_string("/proc/net/route").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            route(fields.get(1)?, fields.get(7)?)
+        })
+        .filter(|r| r.1 != 0)
+        .collect()
+}
+
+/// One route of `/proc/net/route`: its destination and mask as the kernel
+/// prints them, the bytes in network order read as a number of this host.
+fn route(dest: &str, mask: &str) -> Option<(Ipv4Addr, u8)> {
+    let dest = u32::from_str_radix(dest, 16).ok()?;
+    let mask = u32::from_str_radix(mask, 16).ok()?;
+    Some((Ipv4Addr::from(dest.to_ne_bytes()), mask.count_ones() as u8))
+}
+
+/// The first `10.89.N.0/24` no husk network and no host route has.
+fn free_subnet(
+    taken: &[(Ipv4Addr, u8)],
+    routes: &[(Ipv4Addr, u8)],
+) -> anyhow::Result<(Ipv4Addr, u8)> {
+    (0..=255u8)
+        .map(|n| (Ipv4Addr::new(10, 89, n, 0), 24))
+        .find(|s| !taken.iter().chain(routes).any(|t| overlap(*t, *s)))
+        .context("every 10.89.N.0/24 is taken: give one with --subnet")
+}
+
+/// `--subnet 10.90.0.0/24`: an IPv4 network of /8 to /30.
+pub fn parse_subnet(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let cidr: appliance_spec::Cidr = text.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let std::net::IpAddr::V4(addr) = cidr.addr else {
+        anyhow::bail!("--subnet {text}: an IPv4 network (IPv6 is not given out yet)");
+    };
+    if !(8..=30).contains(&cidr.prefix) {
+        anyhow::bail!("--subnet {text}: a prefix of /8 to /30");
+    }
+    let mask = u32::MAX << (32 - u32::from(cidr.prefix));
+    Ok((Ipv4Addr::from(u32::from(addr) & mask), cidr.prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_are_chosen_clear_of_husk_s_other_networks_and_the_host_s_routes() {
+        let taken = [(Ipv4Addr::new(10, 89, 0, 0), 24)];
+        let routes = [(Ipv4Addr::new(10, 89, 1, 0), 24)];
+        assert_eq!(
+            free_subnet(&taken, &routes).unwrap(),
+            (Ipv4Addr::new(10, 89, 2, 0), 24)
+        );
+        assert!(free_subnet(&[(Ipv4Addr::new(10, 0, 0, 0), 8)], &[]).is_err());
+        assert!(overlap(
+            (Ipv4Addr::new(10, 89, 0, 0), 16),
+            (Ipv4Addr::new(10, 89, 7, 0), 24)
+        ));
+        assert!(!overlap(
+            (Ipv4Addr::new(10, 89, 0, 0), 24),
+            (Ipv4Addr::new(10, 89, 1, 0), 24)
+        ));
+        assert_eq!(
+            parse_subnet("10.90.3.7/16").unwrap(),
+            (Ipv4Addr::new(10, 90, 0, 0), 16)
+        );
+        for bad in ["10.0.0.0", "fd00::/64", "10.0.0.0/31", "10.0.0.0/4", "x/24"] {
+            assert!(parse_subnet(bad).is_err(), "{bad}");
+        }
+        let meta = Meta {
+            subnet: (Ipv4Addr::new(10, 89, 5, 0), 24),
+            internal: false,
+            created_ms: 0,
+        };
+        let (first, last) = meta.hosts();
+        assert_eq!(
+            (Ipv4Addr::from(first), Ipv4Addr::from(last)),
+            (Ipv4Addr::new(10, 89, 5, 2), Ipv4Addr::new(10, 89, 5, 254))
+        );
+    }
+
+    #[test]
+    fn names_that_mean_something_else_to_net_are_refused() {
+        for bad in ["none", "user", "host", "bridge", "-x", ""] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        check_name("backend").unwrap();
+    }
+
+    #[test]
+    fn the_host_s_routes_are_read_in_network_byte_order() {
+        // 10.0.2.0/24 as /proc/net/route prints it on a little-endian host.
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                route("0002000A", "00FFFFFF"),
+                Some((Ipv4Addr::new(10, 0, 2, 0), 24))
+            );
+        }
+        assert_eq!(route("x", "0"), None);
+    }
+}

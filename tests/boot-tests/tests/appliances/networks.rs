@@ -1,0 +1,266 @@
+//! Networks between appliances (`husk network`, `--net NAME`): members
+//! reach each other by address and by name through the network's hub, a
+//! network that is not internal leaves the way out to the user-mode
+//! network, names follow members joining and leaving, a restart keeps its
+//! address, and the hub leaves with the last member, also after `kill -9`
+//! of a member or of the hub. The networks live under `$HUSK_DATA_DIR` on
+//! the test's tmpfs (the bed's own root is read-only).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Failed, Trial};
+
+use super::detached::{h, ok, tree, Vm};
+use super::network::{gone, start_until_ready};
+use super::shares::folder;
+use super::volumes::refused;
+
+pub fn trials() -> Vec<Trial> {
+    vec![boot_tests::trial(
+        "networks_join_appliances_by_name_and_their_hub_leaves_with_the_last",
+        networks,
+    )]
+}
+
+fn networks() -> Result<(), Failed> {
+    let home = folder("networks")?;
+    // Every husk this test starts (and only this test uses networks).
+    std::env::set_var("HUSK_DATA_DIR", home.path());
+    let result = networks_in(&home.path().join("networks"));
+    std::env::remove_var("HUSK_DATA_DIR");
+    result
+}
+
+fn networks_in(root: &Path) -> Result<(), Failed> {
+    let made = ok(h(&["network", "create", "backend"])?, "husk network create")?;
+    if made.stdout.trim() != "backend" || !made.stderr.contains("10.89.") {
+        return Err(made
+            .explain("create should print the name, and the subnet on stderr")
+            .into());
+    }
+    refused(h(&["network", "create", "backend"])?, "exists already")?;
+    refused(h(&["network", "create", "bridge"])?, "--net word")?;
+    refused(
+        h(&["run", "--net", "nowhere", "examples/hello"])?,
+        "no such network: nowhere",
+    )?;
+
+    // A server on the network alone (--net none: no way out), with an
+    // alias beside its name.
+    let web = Vm::start(
+        "netweb",
+        &[
+            "--net",
+            "none",
+            "--net",
+            "backend",
+            "--network-alias",
+            "www",
+            "--wait-ready",
+            "examples/web",
+        ],
+    )?;
+    let keeper = web.keeper()?;
+    let address = address_of(&web)?;
+    if !address.starts_with("10.89.") {
+        return Err(format!("netweb's address on backend: {address:?}").into());
+    }
+    let ls = ok(h(&["network", "ls"])?, "husk network ls")?;
+    if !ls.stdout.lines().any(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        words.len() == 5
+            && words[0] == "backend"
+            && words[1].starts_with("10.89.")
+            && words[3..] == ["yes", "netweb"]
+    }) {
+        return Err(ls
+            .explain("ls should show backend in use, by netweb")
+            .into());
+    }
+    refused(h(&["network", "rm", "backend"])?, "named by netweb")?;
+    refused(
+        h(&["network", "rm", "-f", "backend"])?,
+        "has appliances on it",
+    )?;
+    // prune takes only what no appliance names.
+    ok(h(&["network", "create", "spare"])?, "create spare")?;
+    let pruned = ok(h(&["network", "prune", "-f"])?, "husk network prune -f")?;
+    if pruned.stdout.trim() != "spare" {
+        return Err(pruned.explain("prune should remove spare alone").into());
+    }
+
+    // A client on the network (and, by default, the user-mode network for
+    // its way out) reaches the server by name and by alias.
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args([
+        "run",
+        "--timeout",
+        "120",
+        "--net",
+        "backend",
+        "--hostname",
+        "client",
+        "examples/busybox",
+        "--",
+        "sh",
+        "-c",
+        "wget -q -O- http://netweb/ && wget -q -O- http://www/ && \
+         ip route | grep -c '^default' && echo ready && sleep 100",
+    ]);
+    let (mut client, seen, rest) = start_until_ready(cmd)?;
+    let pid = client.id();
+    let checked = (|| -> Result<(), Failed> {
+        let pages = seen.matches("Hello from a husk appliance").count();
+        if pages != 2 || !seen.lines().any(|l| l.trim() == "1") {
+            return Err(format!(
+                "the client should fetch the page by name and by alias, with one \
+                 default route (the user-mode network's); it printed:\n{seen}"
+            )
+            .into());
+        }
+        // The server learned the client's name when it joined.
+        hosts_until(&web, |hosts| hosts.contains("client"))?;
+        ok(
+            web.exec(&["ping", "-c", "1", "-W", "5", "client"])?,
+            "ping client from netweb",
+        )?;
+        Ok(())
+    })();
+    // kill -9 of the client's husk: it leaves the network, and its name
+    // goes from the server's /etc/hosts.
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = rest.join();
+    checked?;
+    if !gone(pid) {
+        return Err(format!("husk {pid} outlived kill -9").into());
+    }
+    hosts_until(&web, |hosts| !hosts.contains("client"))?;
+
+    // A restart joins again with the address it had.
+    ok(h(&["restart", "-t", "1", &web.name])?, "husk restart")?;
+    let again = address_of(&web)?;
+    if again != address {
+        return Err(format!("netweb had {address} before its restart, {again} after").into());
+    }
+
+    // kill -9 of the hub: the network is not in use any more, and the
+    // next run that joins starts a hub of its own over the stale socket;
+    // that hub leaves when that run ends.
+    let hubs = hubs_of("backend");
+    if hubs.len() != 1 {
+        return Err(format!("one hub should serve backend: {hubs:?}").into());
+    }
+    // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+    unsafe { libc::kill(hubs[0] as i32, libc::SIGKILL) };
+    if !gone(hubs[0]) {
+        return Err("the hub outlived kill -9".into());
+    }
+    let r = h(&[
+        "run",
+        "--net",
+        "none",
+        "--net",
+        "backend",
+        "examples/busybox",
+        "--",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0",
+    ])?;
+    if r.code != Some(0) || !r.stdout.contains("10.89.") {
+        return Err(r
+            .explain("a run after the hub was killed should join a new one")
+            .into());
+    }
+    no_hub(root, "backend")?;
+
+    web.remove(&tree(keeper))?;
+    no_hub(root, "backend")?;
+    ok(h(&["network", "rm", "backend"])?, "husk network rm")?;
+    let left: Vec<String> = std::fs::read_dir(root)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".create.lock")
+        .collect();
+    if !left.is_empty() {
+        return Err(format!("left in the networks' folder: {left:?}").into());
+    }
+    Ok(())
+}
+
+/// The IPv4 address (with its prefix) of a detached appliance's first
+/// interface, once its agent answers.
+fn address_of(vm: &Vm) -> Result<String, Failed> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = vm.exec(&["sh", "-c", "ip -4 -o addr show eth0 | awk '{print $4}'"])?;
+        if r.code == Some(0) && !r.stdout.trim().is_empty() {
+            return Ok(r.stdout.trim().to_string());
+        }
+        if Instant::now() > deadline {
+            return Err(r.explain("no address on eth0").into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits (up to 20 s) for the appliance's /etc/hosts to satisfy `test`.
+fn hosts_until(vm: &Vm, test: impl Fn(&str) -> bool) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = ok(vm.exec(&["cat", "/etc/hosts"])?, "cat /etc/hosts")?;
+        if test(&r.stdout) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(r
+                .explain(&format!(
+                    "{}'s /etc/hosts never changed as expected",
+                    vm.name
+                ))
+                .into());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The processes serving as `network`'s hub.
+fn hubs_of(network: &str) -> Vec<u32> {
+    let wanted = format!("network\0hub\0{network}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&wanted))
+        })
+        .filter(|pid| {
+            // Not a zombie: one whose parent has not reaped it yet.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, st)| !st.trim_start().starts_with('Z'))
+            })
+        })
+        .collect()
+}
+
+/// No hub serves `network` and its socket is gone.
+fn no_hub(root: &Path, network: &str) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !hubs_of(network).is_empty() || root.join(network).join("hub.sock").exists() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the hub of {network} is left with no member: {:?}",
+                hubs_of(network)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
