@@ -141,6 +141,7 @@ fn run_config(
             .map(|p| p.to_string())
             .collect();
     }
+    run.healthcheck = image.and_then(|i| i.healthcheck.clone());
     if let Some(a) = appliance {
         if let Some(command) = &a.run.command {
             run.command = command.clone();

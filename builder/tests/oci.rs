@@ -81,6 +81,82 @@ fn umoci_image(dir: &Path) -> PathBuf {
     image
 }
 
+/// Puts a docker HEALTHCHECK into the config of the layout's image (as
+/// docker writes one; OCI and umoci have none), with new digests up the
+/// chain from the config blob to `index.json`.
+fn add_healthcheck(image: &Path) {
+    use sha2::Digest;
+    let blob = |digest: &str| {
+        image
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let put = |value: &serde_json::Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let digest = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+        std::fs::write(blob(&digest), &bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let read = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let mut index = read(image.join("index.json"));
+    let mut manifest = read(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let mut config = read(blob(manifest["config"]["digest"].as_str().unwrap()));
+    config["config"]["Healthcheck"] = serde_json::json!({
+        "Test": ["CMD-SHELL", "wget -q -O- http://localhost/ || exit 1"],
+        "Interval": 5_000_000_000u64,
+        "Timeout": 0,
+        "Retries": 2,
+    });
+    let (digest, size) = put(&config);
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = size.into();
+    let (digest, size) = put(&manifest);
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    std::fs::write(
+        image.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_docker_healthcheck_in_the_image_is_kept_for_the_keeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let image = umoci_image(dir.path());
+    assert_eq!(
+        build_layout(&image, cache.path()).unwrap().run.healthcheck,
+        None
+    );
+    add_healthcheck(&image);
+    let built = build_layout(&image, cache.path()).unwrap();
+    assert_eq!(
+        built.run.healthcheck,
+        Some(husk_init::config::ImageHealthcheck {
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "wget -q -O- http://localhost/ || exit 1".into()
+            ],
+            interval_ms: 5000,
+            timeout_ms: 30_000,
+            start_period_ms: 0,
+            retries: 2,
+        }),
+        "docker's defaults where it gives 0 or nothing"
+    );
+    // As the build wrote it beside the image, where the keeper reads it.
+    assert_eq!(
+        builder::images::run_config_of(&built.path)
+            .unwrap()
+            .healthcheck,
+        built.run.healthcheck
+    );
+}
+
 #[test]
 fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
     let dir = tempfile::tempdir().unwrap();

@@ -94,11 +94,17 @@ pub fn docker_image(dir: &Path) -> Result<Image, OciError> {
         Ok(dir.join(rel))
     };
     let config_path = inside(&m.config)?;
-    let config = ImageConfiguration::from_file(&config_path).map_err(|e| OciError::Json {
+    let config_bytes = std::fs::read(&config_path).map_err(|e| OciError::Io {
         path: config_path.clone(),
-        what: "image configuration",
+        what: "cannot read image configuration",
         source: e,
     })?;
+    let config =
+        ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| OciError::Json {
+            path: config_path.clone(),
+            what: "image configuration",
+            source: e,
+        })?;
     let id = file_digest(&config_path).map_err(|e| OciError::Io {
         path: config_path.clone(),
         what: "cannot read image configuration",
@@ -125,5 +131,10 @@ pub fn docker_image(dir: &Path) -> Result<Image, OciError> {
             Ok(Layer { digest, path })
         })
         .collect::<Result<_, OciError>>()?;
-    Ok(Image { id, config, layers })
+    Ok(Image {
+        id,
+        config,
+        layers,
+        healthcheck: super::healthcheck(&config_bytes),
+    })
 }

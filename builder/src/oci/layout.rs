@@ -144,6 +144,7 @@ impl Layout {
             id: desc.digest().to_string(),
             config,
             layers,
+            healthcheck: super::healthcheck(&config_bytes),
         })
     }
 }

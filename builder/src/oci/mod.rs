@@ -68,6 +68,48 @@ pub struct Image {
     pub id: String,
     pub config: ImageConfiguration,
     pub layers: Vec<Layer>,
+    /// A docker image's HEALTHCHECK (not in the OCI configuration, which
+    /// oci-spec reads).
+    pub healthcheck: Option<husk_init::config::ImageHealthcheck>,
+}
+
+/// The `HEALTHCHECK` in an image configuration's JSON, as docker writes it
+/// (`config.Healthcheck`: `Test`, durations in nanoseconds, `Retries`);
+/// `None` for none, `NONE`, or one husk cannot read. Durations of 0 are
+/// docker's defaults: 30 s between checks and for one, no start period,
+/// 3 retries.
+pub fn healthcheck(config: &[u8]) -> Option<husk_init::config::ImageHealthcheck> {
+    let value: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let h = value.get("config")?.get("Healthcheck")?;
+    let test: Vec<String> = h
+        .get("Test")?
+        .as_array()?
+        .iter()
+        .map(|w| w.as_str().map(String::from))
+        .collect::<Option<_>>()?;
+    let command = match test.split_first()? {
+        (kind, args) if kind == "CMD" && !args.is_empty() => args.to_vec(),
+        (kind, [shell]) if kind == "CMD-SHELL" => {
+            vec!["/bin/sh".into(), "-c".into(), shell.clone()]
+        }
+        _ => return None,
+    };
+    let ms = |key: &str, default: u64| match h.get(key).and_then(|v| v.as_u64()) {
+        Some(ns) if ns > 0 => (ns / 1_000_000).max(1),
+        _ => default,
+    };
+    let retries = h.get("Retries").and_then(|v| v.as_u64()).unwrap_or(0);
+    Some(husk_init::config::ImageHealthcheck {
+        command,
+        interval_ms: ms("Interval", 30_000),
+        timeout_ms: ms("Timeout", 30_000),
+        start_period_ms: ms("StartPeriod", 0),
+        retries: if retries == 0 {
+            3
+        } else {
+            retries.min(100) as u32
+        },
+    })
 }
 
 impl Image {
@@ -228,4 +270,46 @@ pub fn file_digest(path: &Path) -> io::Result<String> {
     let mut r = HashingReader::new(File::open(path)?);
     r.drain()?;
     Ok(r.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn healthchecks_are_read_as_docker_writes_them() {
+        let check = |test: serde_json::Value| {
+            let config = serde_json::json!({"config": {"Healthcheck": {"Test": test}}});
+            super::healthcheck(&serde_json::to_vec(&config).unwrap()).map(|h| h.command)
+        };
+        assert_eq!(
+            check(serde_json::json!(["CMD", "pg_isready", "-q"])),
+            Some(vec!["pg_isready".to_string(), "-q".into()])
+        );
+        assert_eq!(
+            check(serde_json::json!(["CMD-SHELL", "curl -f localhost"])),
+            Some(vec![
+                "/bin/sh".to_string(),
+                "-c".into(),
+                "curl -f localhost".into()
+            ])
+        );
+        for none in [
+            serde_json::json!(["NONE"]),
+            serde_json::json!([]),
+            serde_json::json!(["CMD"]),
+            serde_json::json!(["CMD-SHELL", "a", "b"]),
+            serde_json::json!(["CMD", 1]),
+            serde_json::json!("CMD true"),
+        ] {
+            assert_eq!(check(none.clone()), None, "{none}");
+        }
+        assert_eq!(super::healthcheck(b"{\"config\": {}}"), None);
+        assert_eq!(super::healthcheck(b"not json"), None);
+        let h = super::healthcheck(
+            br#"{"config": {"Healthcheck": {"Test": ["CMD", "x"], "Interval": 1000,
+                "StartPeriod": 2000000000, "Retries": 1000}}}"#,
+        )
+        .unwrap();
+        assert_eq!((h.interval_ms, h.timeout_ms), (1, 30_000), "at least 1 ms");
+        assert_eq!((h.start_period_ms, h.retries), (2000, 100));
+    }
 }

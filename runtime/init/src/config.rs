@@ -78,6 +78,23 @@ pub struct RunConfig {
     /// host's side alone reads them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<String>,
+    /// The image's HEALTHCHECK (a docker image's): for a detached run's
+    /// keeper, when neither `--health-cmd` nor the appliance's
+    /// `[run.health]` gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<ImageHealthcheck>,
+}
+
+/// A docker image's `HEALTHCHECK`, as husk's keeper runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageHealthcheck {
+    /// The argv run in the guest (`CMD-SHELL X` is `/bin/sh -c X`).
+    pub command: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub start_period_ms: u64,
+    pub retries: u32,
 }
 
 /// `[run] on_exit`: power the machine off, or restart it (a service).
@@ -599,6 +616,13 @@ mod tests {
             on_exit: OnExit::Restart,
             stop_signal: Some(3),
             exposed_ports: vec!["80/tcp".into()],
+            healthcheck: Some(ImageHealthcheck {
+                command: vec!["true".into()],
+                interval_ms: 1000,
+                timeout_ms: 1000,
+                start_period_ms: 0,
+                retries: 3,
+            }),
         }
     }
 

@@ -140,9 +140,9 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     }
     let plan = plan(args)?;
     if args.wait_ready {
-        ready_check(args, plan.appliance.as_deref())?;
+        ready_check(args, &plan)?;
     }
-    health_check(args, plan.appliance.as_deref())?;
+    health_check(args, &plan)?;
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     // The user's alone: its log and sockets are nobody else's business.
     let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -346,11 +346,8 @@ pub fn start_keeper(
 /// What `--wait-ready` waits for: the appliance's `[run.ready]` check,
 /// else its health check passing once (tried as often, for 60 s), as
 /// compose waits for a healthy service.
-fn ready_check(
-    args: &Args,
-    appliance: Option<&Appliance>,
-) -> anyhow::Result<(keeper::Check, Duration)> {
-    if let Some(ready) = appliance.and_then(|a| a.run.ready.clone()) {
+fn ready_check(args: &Args, plan: &Plan) -> anyhow::Result<(keeper::Check, Duration)> {
+    if let Some(ready) = plan.appliance.as_ref().and_then(|a| a.run.ready.clone()) {
         let check = match (ready.tcp, ready.command) {
             (Some(port), _) => keeper::Check::Tcp(port),
             (None, Some(argv)) => keeper::Check::Command(argv),
@@ -358,23 +355,30 @@ fn ready_check(
         };
         return Ok((check, Duration::from_secs(ready.timeout.into())));
     }
-    match health_check(args, appliance)? {
+    match health_check(args, plan)? {
         Some(health) => Ok((health.check, Duration::from_secs(60))),
         None => anyhow::bail!(
             "--wait-ready: the appliance has no [run.ready] check (tcp = PORT or command = \
-             [...]) and no health check (--health-cmd, [run.health])"
+             [...]) and no health check (--health-cmd, [run.health], the image's HEALTHCHECK)"
         ),
     }
 }
 
 /// The health check the keeper runs: `--health-*` over the appliance's;
 /// a stop it makes waits the run's stop timeout.
-fn health_check(
-    args: &Args,
-    appliance: Option<&Appliance>,
-) -> anyhow::Result<Option<keeper::HealthCheck>> {
-    let health =
-        super::service::resolve(&args.service, appliance.and_then(|a| a.run.health.as_ref()))?;
+fn health_check(args: &Args, plan: &Plan) -> anyhow::Result<Option<keeper::HealthCheck>> {
+    let appliance = plan.appliance.as_deref();
+    // The image's HEALTHCHECK, as its build recorded it.
+    let recorded = plan
+        .image
+        .as_ref()
+        .and_then(|i| builder::images::run_config_of(&i.path).ok())
+        .and_then(|r| r.healthcheck);
+    let health = super::service::resolve(
+        &args.service,
+        appliance.and_then(|a| a.run.health.as_ref()),
+        recorded.as_ref(),
+    )?;
     if args.restart.is_some() && args.service.health_on_failure == keeper::OnFailure::Restart {
         anyhow::bail!(
             "--health-on-failure restart starts it again itself: drop --restart (or use \
@@ -409,7 +413,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
     let appliance = plan.appliance.as_deref();
     let (_, uds) = detached_vsock(&plan, &vm);
     let ready = if args.wait_ready {
-        Some(ready_check(args, appliance)?)
+        Some(ready_check(args, &plan)?)
     } else {
         None
     };
@@ -431,7 +435,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
     let image = args.target.clone().unwrap_or_default();
     let options = keeper::Options {
         ready,
-        health: health_check(args, appliance)?,
+        health: health_check(args, &plan)?,
         stop_timeout: super::service::stop_timeout(&args.service, appliance.map(|a| &a.run)),
         env,
         volumes,

@@ -55,10 +55,12 @@ pub fn stop_timeout(args: &ServiceArgs, appliance: Option<&appliance_spec::Run>)
 }
 
 /// The health check this run's keeper runs: the flags over the
-/// appliance's `[run.health]` (`None` for none).
+/// appliance's `[run.health]`, over the image's HEALTHCHECK (`None` for
+/// none).
 pub fn resolve(
     args: &ServiceArgs,
     appliance: Option<&appliance_spec::Health>,
+    image: Option<&husk_init::config::ImageHealthcheck>,
 ) -> anyhow::Result<Option<HealthCheck>> {
     if args.no_healthcheck {
         return Ok(None);
@@ -87,6 +89,19 @@ pub fn resolve(
             on_failure: OnFailure::None,
             stop_grace: secs(10),
         },
+        (None, None) if image.is_some() => {
+            let h = image.expect("matched");
+            let ms = Duration::from_millis;
+            HealthCheck {
+                check: Check::Command(h.command.clone()),
+                interval: ms(h.interval_ms),
+                timeout: ms(h.timeout_ms),
+                retries: h.retries,
+                start_period: ms(h.start_period_ms),
+                on_failure: OnFailure::None,
+                stop_grace: secs(10),
+            }
+        }
         (None, None) => {
             let tuned = args.health_interval.is_some()
                 || args.health_timeout.is_some()
@@ -97,7 +112,8 @@ pub fn resolve(
                 anyhow::bail!(
                     "--health-interval, --health-timeout, --health-retries, \
                      --health-start-period and --health-on-failure tune a health check: give \
-                     --health-cmd, or run an appliance with [run.health]"
+                     --health-cmd, or run an appliance with [run.health] or an image with a \
+                     HEALTHCHECK"
                 );
             }
             return Ok(None);
@@ -138,8 +154,10 @@ mod tests {
     #[test]
     fn flags_over_the_appliances_check() {
         let none = ServiceArgs::default();
-        assert_eq!(resolve(&none, None).unwrap(), None);
-        let from_app = resolve(&none, Some(&appliance(Some(80)))).unwrap().unwrap();
+        assert_eq!(resolve(&none, None, None).unwrap(), None);
+        let from_app = resolve(&none, Some(&appliance(Some(80))), Some(&image()))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             from_app,
             HealthCheck {
@@ -159,7 +177,9 @@ mod tests {
             health_retries: Some(1),
             ..ServiceArgs::default()
         };
-        let h = resolve(&cmd, Some(&appliance(None))).unwrap().unwrap();
+        let h = resolve(&cmd, Some(&appliance(None)), Some(&image()))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             h.check,
             Check::Command(vec!["/bin/sh".into(), "-c".into(), "test -e /ok".into()])
@@ -169,21 +189,51 @@ mod tests {
             health_interval: Some(Duration::from_millis(500)),
             ..ServiceArgs::default()
         };
-        let h = resolve(&tuned, Some(&appliance(None))).unwrap().unwrap();
+        let h = resolve(&tuned, Some(&appliance(None)), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.check, Check::Command(vec!["pg_isready".into()]));
         assert_eq!(h.interval, Duration::from_millis(500));
         // Tuning nothing, or to zero, is an error; --no-healthcheck wins.
-        let err = resolve(&tuned, None).unwrap_err().to_string();
+        let err = resolve(&tuned, None, None).unwrap_err().to_string();
         assert!(err.contains("give --health-cmd"), "{err}");
         let zero = ServiceArgs {
             health_timeout: Some(Duration::ZERO),
             ..cmd.clone()
         };
-        assert!(resolve(&zero, None).is_err());
+        assert!(resolve(&zero, None, None).is_err());
         let off = ServiceArgs {
             no_healthcheck: true,
             ..ServiceArgs::default()
         };
-        assert_eq!(resolve(&off, Some(&appliance(Some(80)))).unwrap(), None);
+        assert_eq!(
+            resolve(&off, Some(&appliance(Some(80))), Some(&image())).unwrap(),
+            None
+        );
+        // The image's HEALTHCHECK when nothing else gives one; the flags
+        // tune it.
+        let h = resolve(&tuned, None, Some(&image())).unwrap().unwrap();
+        assert_eq!(
+            h,
+            HealthCheck {
+                check: Check::Command(vec!["curl".into(), "-f".into(), "http://localhost/".into()]),
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_secs(3),
+                retries: 2,
+                start_period: Duration::from_millis(1500),
+                on_failure: OnFailure::None,
+                stop_grace: Duration::from_secs(10),
+            }
+        );
+    }
+
+    fn image() -> husk_init::config::ImageHealthcheck {
+        husk_init::config::ImageHealthcheck {
+            command: vec!["curl".into(), "-f".into(), "http://localhost/".into()],
+            interval_ms: 5000,
+            timeout_ms: 3000,
+            start_period_ms: 1500,
+            retries: 2,
+        }
     }
 }
