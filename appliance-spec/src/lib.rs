@@ -26,6 +26,20 @@ pub fn is_volume_name(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// Whether `text` can name a husk network (`husk network create`): as a
+/// container's name, 1 to 64 letters, digits, `_.-`, starting with a
+/// letter or digit, and none of the words `--net` gives another meaning
+/// (`none`, `user`) or docker's own networks have.
+pub fn is_network_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !["none", "user", "host", "bridge", "default"].contains(&text)
+}
+
 pub use diag::{Diagnostic, Diagnostics, FieldPath};
 pub use model::{
     Appliance, DirEntry, Disk, FileEntry, Health, ImageFormat, KernelRef, Metadata, NetInterface,

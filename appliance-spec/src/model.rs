@@ -286,11 +286,15 @@ pub struct Share {
 }
 
 /// `[[vm.net]]`: a virtio-net interface: on a host tap device when `tap`
-/// is set, else on the user-mode network (passt), which can publish ports.
+/// is set, on a husk network when `network` is, else on the user-mode
+/// network (passt), which can publish ports.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetInterface {
     pub tap: Option<String>,
+    /// A husk network (`husk network create NAME`) whose members reach
+    /// this appliance by name.
+    pub network: Option<String>,
     pub mac: Option<MacAddr>,
     pub address: Option<Cidr>,
     pub gateway: Option<IpAddr>,

@@ -361,10 +361,47 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
         }
     }
     let mut taps = HashMap::new();
+    let mut networks = HashMap::new();
     let mut user_mode = None;
     let mut published = HashMap::new();
     for (i, n) in vm.net.iter().enumerate() {
         let at = path("vm.net").index(i);
+        if let Some(network) = &n.network {
+            let given: Vec<&str> = [
+                ("tap", n.tap.is_some()),
+                ("address", n.address.is_some()),
+                ("gateway", n.gateway.is_some()),
+                ("ports", !n.ports.is_empty()),
+            ]
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(key, _)| *key)
+            .collect();
+            if !crate::is_network_name(network) {
+                p.push((
+                    at.clone().key("network"),
+                    format!(
+                        "{network:?} is not a network name; use 1 to 64 letters, digits, '_', \
+                         '.' and '-', starting with a letter or digit (not none, user, host, \
+                         bridge or default)"
+                    ),
+                ));
+            } else if let Some(first) = networks.insert(network, at.clone()) {
+                p.push((
+                    at.clone().key("network"),
+                    format!("network {network:?} is already joined by {first}"),
+                ));
+            }
+            if let Some(key) = given.first() {
+                p.push((
+                    at.clone().key(key),
+                    "a network gives its members their addresses, and publishes no port: \
+                     keep network alone (with mac or mtu), and publish on a user-mode interface"
+                        .into(),
+                ));
+            }
+            continue;
+        }
         match &n.tap {
             Some(tap) => {
                 let tap_ok = !tap.is_empty()

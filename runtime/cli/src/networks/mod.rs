@@ -41,18 +41,18 @@ const LOG: &str = "hub.log";
 /// stream framing carries less its Ethernet header.
 pub const MTU: u16 = 65_520;
 
-/// Names `husk run --net` gives other meanings to, and docker's own.
-const RESERVED: &[&str] = &["none", "user", "host", "bridge", "default"];
-
 /// The folder of every network.
 pub fn root() -> anyhow::Result<PathBuf> {
     Ok(crate::volumes::data_dir()?.join("networks"))
 }
 
 pub fn check_name(name: &str) -> anyhow::Result<()> {
-    crate::vms::check_name(name).context("a network's name")?;
-    if RESERVED.contains(&name) || name.starts_with("tap:") {
-        anyhow::bail!("{name:?} is a --net word of its own: choose another name for a network");
+    if !appliance_spec::is_network_name(name) {
+        anyhow::bail!(
+            "{name:?} is not a network name: use 1 to 64 letters, digits, '_', '.' and '-', \
+             starting with a letter or digit (none, user, host, bridge and default are --net \
+             words of their own)"
+        );
     }
     Ok(())
 }

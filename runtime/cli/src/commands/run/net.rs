@@ -176,6 +176,10 @@ pub(super) fn plan_net(
                             mtu: n.mtu,
                             ..PlannedNet::user(n.ports.clone())
                         };
+                        if let Some(network) = &n.network {
+                            planned.network = Some(network.clone());
+                            planned.mtu = n.mtu.or(Some(crate::networks::MTU));
+                        }
                         match n.address.map(|c| (c.addr, c.prefix)) {
                             Some((IpAddr::V4(a), p)) => planned.address = Some((a, p)),
                             Some((IpAddr::V6(a), p)) => planned.address6 = Some((a, p)),
@@ -610,6 +614,53 @@ mod tests {
         for bad in ["db", "db:", "db:nowhere", "two words:1.2.3.4", ":1.2.3.4"] {
             assert!(parse_add_host(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_appliance_s_network_entry_joins_beside_its_user_mode_one() {
+        let appliance = appliance_spec::Appliance::parse(
+            "[appliance]\nname = \"app\"\n[run]\ncommand = [\"/a\"]\n\
+             [[vm.net]]\nports = [\"8080:80\"]\n\
+             [[vm.net]]\nnetwork = \"backend\"\nmac = \"02:00:00:00:00:01\"\n",
+            std::path::Path::new("/nowhere/appliance.toml"),
+        )
+        .unwrap();
+        let args =
+            crate::parse_run_args(&["run".into(), "--timeout".into(), "9".into(), "x".into()])
+                .unwrap();
+        let (nets, chosen) = plan_net(&args, Some(&appliance), false, &[]).unwrap();
+        assert!(chosen.is_empty());
+        assert_eq!(nets.len(), 2);
+        assert_eq!((nets[0].network.as_deref(), nets[0].ports.len()), (None, 1));
+        assert_eq!(nets[1].network.as_deref(), Some("backend"));
+        assert_eq!(nets[1].mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(nets[1].mtu, Some(crate::networks::MTU));
+        // -p goes to the user-mode interface, never a network's.
+        let args =
+            crate::parse_run_args(&["run".into(), "-p".into(), "9090:90".into(), "x".into()])
+                .unwrap();
+        let (nets, _) = plan_net(&args, Some(&appliance), false, &[]).unwrap();
+        assert_eq!((nets[0].ports.len(), nets[1].ports.len()), (2, 0));
+        // --net none|user|tap: replace the appliance's entries, networks and all.
+        let args =
+            crate::parse_run_args(&["run".into(), "--net".into(), "user".into(), "x".into()])
+                .unwrap();
+        let (nets, _) = plan_net(&args, Some(&appliance), false, &[]).unwrap();
+        assert_eq!(nets.len(), 1);
+        assert!(nets[0].network.is_none());
+        let two = crate::parse_run_args(&[
+            "run".into(),
+            "--net".into(),
+            "user".into(),
+            "--net".into(),
+            "none".into(),
+            "x".into(),
+        ])
+        .unwrap();
+        let e = plan_net(&two, Some(&appliance), false, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one of none, user and tap:NAME"), "{e}");
     }
 
     #[test]
