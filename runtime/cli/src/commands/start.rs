@@ -10,7 +10,12 @@ use crate::vms::{Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct StartArgs {
-    #[arg(required = true)]
+    /// Start every stopped appliance whose restart policy is always, or
+    /// unless-stopped and it was not stopped by husk stop (what a host
+    /// restart stopped; a systemd unit runs this at boot)
+    #[arg(long, conflicts_with = "names")]
+    at_boot: bool,
+    #[arg(required_unless_present = "at_boot")]
     names: Vec<String>,
 }
 
@@ -25,7 +30,29 @@ pub struct RestartArgs {
 }
 
 pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    if args.at_boot {
+        return super::each_name(&at_boot()?, |name| start_one(name, false));
+    }
     super::each_name(&args.names, |name| start_one(name, false))
+}
+
+/// The appliances `--at-boot` starts: stopped, and their restart policy
+/// says a host restart is no reason to stay stopped.
+fn at_boot() -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for vm in VmDir::all()? {
+        let Ok(state) = vm.current_state() else {
+            continue;
+        };
+        let policy = match state.restart.as_str() {
+            "" => crate::vms::restart::Policy::No,
+            text => text.parse().unwrap_or_default(),
+        };
+        if state.status == Status::Exited && policy.starts_at_boot(state.stopped) {
+            names.push(vm.name);
+        }
+    }
+    Ok(names)
 }
 
 pub fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,9 @@
 //! Detached appliances: where their state lives, and the records in it.
 //!
-//! Each detached VM has a folder `<root>/<name>/` (root: `/run/husk/vms`;
-//! anyone else: `$XDG_RUNTIME_DIR/husk/vms`) holding:
+//! Each detached VM has a folder `<root>/<name>/` (root: `/var/lib/husk/vms`;
+//! anyone else: `$XDG_DATA_HOME/husk/vms`, else `~/.local/share/husk/vms`;
+//! it outlives a host restart, as a container does, with its root's
+//! writes and its log) holding:
 //! - `state.json`: what `ps` shows and what outlives the VM (written
 //!   whole, by rename; see [`State`]),
 //! - `control.sock`: the keeper's control socket, mode 0600 (see
@@ -28,20 +30,28 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// The folder of every detached VM of this user.
+/// The folder of every detached VM of this user: `$HUSK_STATE_DIR`; for
+/// root `/var/lib/husk/vms`; else `$XDG_DATA_HOME/husk/vms` or
+/// `~/.local/share/husk/vms`. Not under `/run`: an appliance, its root's
+/// kept writes and its log outlive a restart of the host, and `husk start
+/// --at-boot` starts those whose restart policy says so.
 pub fn root() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("HUSK_STATE_DIR") {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("HUSK_STATE_DIR") {
         return Ok(PathBuf::from(dir));
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        return Ok(PathBuf::from("/run/husk/vms"));
+        return Ok(PathBuf::from("/var/lib/husk/vms"));
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join("husk/vms")),
-        _ => anyhow::bail!(
-            "XDG_RUNTIME_DIR is not set: husk keeps a user's detached appliances there \
-             (log in through a session that sets it, or set HUSK_STATE_DIR)"
+    if let Some(dir) = var("XDG_DATA_HOME") {
+        return Ok(Path::new(&dir).join("husk/vms"));
+    }
+    match var("HOME") {
+        Some(home) => Ok(Path::new(&home).join(".local/share/husk/vms")),
+        None => anyhow::bail!(
+            "neither HUSK_STATE_DIR, XDG_DATA_HOME nor HOME is set: husk keeps a user's \
+             detached appliances there"
         ),
     }
 }
@@ -160,6 +170,10 @@ pub struct State {
     /// The husk networks it is on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// It ended by `husk stop` (or a `husk kill` that ends it): an
+    /// `unless-stopped` one is not started at boot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// A health check's view of a detached VM, as docker's `State.Health`.
@@ -397,6 +411,7 @@ mod tests {
             stop_timeout: Some(30),
             volumes: vec!["db".into()],
             networks: vec!["backend".into()],
+            stopped: false,
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();

@@ -8,8 +8,10 @@
 //! a HUP or USR1 asks the command to do something, and keeps the policy),
 //! and not when the VM never got its command started. Restarts wait as
 //! docker's do: 100 ms, doubled after each run shorter than 10 s, at most
-//! a minute. husk has no daemon: nothing starts an appliance again after
-//! the host restarts, so `always` and `unless-stopped` are the same here.
+//! a minute. husk has no daemon: after the host restarts, `husk start
+//! --at-boot` (a systemd unit runs it) starts again every appliance whose
+//! policy is `always`, and every `unless-stopped` one that was not
+//! stopped, as docker's daemon does when it starts.
 
 use std::time::Duration;
 
@@ -79,6 +81,17 @@ impl std::fmt::Display for Policy {
 }
 
 impl Policy {
+    /// Whether `husk start --at-boot` starts an appliance with this
+    /// policy that `stopped` (`husk stop`) or not before the host went
+    /// down.
+    pub fn starts_at_boot(self, stopped: bool) -> bool {
+        match self {
+            Policy::Always => true,
+            Policy::UnlessStopped => !stopped,
+            Policy::No | Policy::OnFailure { .. } => false,
+        }
+    }
+
     /// Whether a command that ended with `code` (unknown: `None`) after
     /// `restarts` restarts so far is started again.
     pub fn restarts(self, code: Option<u8>, restarts: u32) -> bool {
@@ -138,6 +151,15 @@ mod tests {
         assert!(Policy::Always.restarts(Some(0), 1000));
         assert!(Policy::UnlessStopped.restarts(Some(0), 0));
         assert!(!Policy::No.restarts(Some(1), 0));
+    }
+
+    #[test]
+    fn at_boot_always_starts_and_unless_stopped_unless_it_was_stopped() {
+        assert!(Policy::Always.starts_at_boot(true));
+        assert!(Policy::UnlessStopped.starts_at_boot(false));
+        assert!(!Policy::UnlessStopped.starts_at_boot(true));
+        assert!(!Policy::No.starts_at_boot(false));
+        assert!(!Policy::OnFailure { max: None }.starts_at_boot(false));
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 const LIMIT: Duration = Duration::from_secs(120);
-const STATE_ROOT: &str = "/run/husk/vms";
+const STATE_ROOT: &str = "/var/lib/husk/vms";
 
 /// `husk ARGS` from the workspace root.
 pub(super) fn h(args: &[&str]) -> Result<HuskRun, Failed> {
@@ -780,13 +780,15 @@ fn names_and_users() -> Result<(), Failed> {
         return Err(r.explain("an unknown name").into());
     }
 
-    // A user's appliances live under their own XDG_RUNTIME_DIR: nobody
-    // runs one (its own image cache: a copy of root's busybox image and
-    // kernel) and neither sees the other's.
+    // A user's appliances live under their own XDG_DATA_HOME: nobody runs
+    // one (its own image cache: a copy of root's busybox image and kernel)
+    // and neither sees the other's.
     let home = tempfile::tempdir()?;
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755))?;
     let run = home.path().join("run");
     std::fs::create_dir(&run)?;
+    let data = home.path().join("data");
+    std::fs::create_dir(&data)?;
     let cache = home.path().join("cache");
     let kernel = boot_tests::husk_kernel()?.vmlinux();
     let image = boot_tests::husk::built_image("examples/busybox")?;
@@ -804,12 +806,16 @@ fn names_and_users() -> Result<(), Failed> {
     std::fs::copy(&kernel, kernel_copy.join("vmlinux"))?;
     let copy = Command::new("sh")
         .arg("-c")
-        .arg("cp -a \"$1\" \"$2\" && chown -R 65534:65534 \"$3\" \"$4\" && chmod 700 \"$4\"")
+        .arg(
+            "cp -a \"$1\" \"$2\" && chown -R 65534:65534 \"$3\" \"$4\" \"$5\" \
+             && chmod 700 \"$4\" \"$5\"",
+        )
         .args(["sh"])
         .arg(&image_dir)
         .arg(&image_copy)
         .arg(&cache)
         .arg(&run)
+        .arg(&data)
         .status()?;
     if !copy.success() {
         return Err("cannot copy husk's kernel and busybox image for nobody".into());
@@ -826,6 +832,7 @@ fn names_and_users() -> Result<(), Failed> {
             .current_dir(boot_tests::workspace_root())
             .env("HUSK_CACHE_DIR", &cache)
             .env("XDG_RUNTIME_DIR", &run)
+            .env("XDG_DATA_HOME", &data)
             .env("HOME", home.path())
             .stdin(Stdio::null())
             .output()?;
@@ -871,10 +878,10 @@ fn names_and_users() -> Result<(), Failed> {
                 .explain("nobody's appliance runs its command as uid 1000 in the guest")
                 .into());
         }
-        if !run.join("husk/vms/d-one/state.json").exists() {
-            return Err("nobody's state is not under its XDG_RUNTIME_DIR".into());
+        if !data.join("husk/vms/d-one/state.json").exists() {
+            return Err("nobody's state is not under its XDG_DATA_HOME".into());
         }
-        let mode = std::fs::metadata(run.join("husk/vms/d-one/control.sock"))?
+        let mode = std::fs::metadata(data.join("husk/vms/d-one/control.sock"))?
             .permissions()
             .mode();
         if mode & 0o077 != 0 {
@@ -886,7 +893,7 @@ fn names_and_users() -> Result<(), Failed> {
         }
         Ok(())
     })();
-    let keeper = std::fs::read(run.join("husk/vms/d-one/state.json"))
+    let keeper = std::fs::read(data.join("husk/vms/d-one/state.json"))
         .ok()
         .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
         .and_then(|v| v["keeper_pid"].as_u64());
@@ -894,7 +901,7 @@ fn names_and_users() -> Result<(), Failed> {
     let removed = nobody(&["rm", "-f", "d-one"])?;
     result?;
     ok(removed, "nobody's husk rm -f")?;
-    nothing_left(&run.join("husk/vms/d-one"), &nobody_tree)?;
+    nothing_left(&data.join("husk/vms/d-one"), &nobody_tree)?;
     let (ta, tb) = (tree(a.keeper()?), tree(b.keeper()?));
     a.remove(&ta)?;
     b.remove(&tb)

@@ -29,7 +29,79 @@ pub fn trials() -> Vec<Trial> {
             "detached_root_writes_are_kept_across_restarts_and_kill_9_until_rm",
             kept_root,
         ),
+        boot_tests::trial(
+            "detached_start_at_boot_starts_what_a_host_restart_stopped_as_its_policy_says",
+            start_at_boot,
+        ),
     ]
+}
+
+/// `husk start --at-boot` after every keeper died as a host going down
+/// kills them: `always` starts (even one `husk stop` stopped), and
+/// `unless-stopped` unless it was stopped; no policy stays down.
+fn start_at_boot() -> Result<(), Failed> {
+    let sleeper = |policy: &'static str| -> Vec<&'static str> {
+        let mut args = if policy.is_empty() {
+            vec![]
+        } else {
+            vec!["--restart", policy]
+        };
+        args.extend(["examples/busybox", "--", "sleep", "1000"]);
+        args
+    };
+    let vms = [
+        Vm::start("boot-always", &sleeper("always"))?,
+        Vm::start("boot-unless", &sleeper("unless-stopped"))?,
+        Vm::start("boot-stopped", &sleeper("unless-stopped"))?,
+        Vm::start("boot-no", &sleeper(""))?,
+    ];
+    for name in ["boot-always", "boot-stopped"] {
+        ok(h(&["stop", "-t", "1", name])?, "husk stop")?;
+    }
+    // The host goes down: the keepers that still run die at once, their
+    // VMs with them.
+    let mut trees = Vec::new();
+    for vm in [&vms[1], &vms[3]] {
+        let keeper = vm.keeper()?;
+        trees.extend(tree(keeper));
+        // SAFETY: kill(2) with a pid and a signal number has no memory
+        // effects.
+        unsafe { libc::kill(keeper as i32, libc::SIGKILL) };
+    }
+    if let Some(pid) = trees.iter().find(|p| !super::network::gone(**p)) {
+        return Err(format!("{pid} outlived its keeper's kill -9").into());
+    }
+    for vm in &vms {
+        if !vm.ps_line()?.contains("Exited") {
+            return Err(format!("{} should show exited: {}", vm.name, vm.ps_line()?).into());
+        }
+    }
+    let r = ok(h(&["start", "--at-boot"])?, "husk start --at-boot")?;
+    let mut started: Vec<&str> = r.stdout.lines().collect();
+    started.sort();
+    if started != ["boot-always", "boot-unless"] {
+        return Err(r
+            .explain("--at-boot should start boot-always and boot-unless alone")
+            .into());
+    }
+    for vm in &vms {
+        let line = vm.ps_line()?;
+        let up = vm.name == "boot-always" || vm.name == "boot-unless";
+        if line.contains("Up ") != up {
+            return Err(format!("{}: {line}", vm.name).into());
+        }
+    }
+    let again = ok(h(&["start", "--at-boot"])?, "husk start --at-boot again")?;
+    if !again.stdout.trim().is_empty() {
+        return Err(again
+            .explain("a second --at-boot has nothing to start")
+            .into());
+    }
+    for vm in vms {
+        let keeper = vm.state()?["keeper_pid"].as_u64().unwrap_or(0) as u32;
+        vm.remove(&tree(keeper))?;
+    }
+    Ok(())
 }
 
 /// Waits until the appliance's log has `line` `times` times; the log.
@@ -83,7 +155,7 @@ fn kept_root() -> Result<(), Failed> {
     log_has(&vm, "written", 3, limit)?;
     ok(h(&["stop", "-t", "1", &vm.name])?, "husk stop")?;
     // Another build of the image under the kept writes is refused.
-    let base = std::path::Path::new("/run/husk/vms/kept/root.base");
+    let base = std::path::Path::new("/var/lib/husk/vms/kept/root.base");
     let build = std::fs::read_to_string(base)?;
     std::fs::write(base, "sha256:another-build")?;
     let refused = h(&["start", &vm.name])?;

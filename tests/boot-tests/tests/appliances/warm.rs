@@ -710,7 +710,9 @@ fn named_snapshot() -> Result<(), Failed> {
         let quiet = steady(names[0])?;
         // An agent connection between two requests: its thread in the
         // guest waits for the next one.
-        let uds = Path::new("/run/husk/vms").join(names[0]).join("vsock.sock");
+        let uds = Path::new("/var/lib/husk/vms")
+            .join(names[0])
+            .join("vsock.sock");
         let mut in_flight = boot_tests::hybrid_vsock_connect(&uds, agent::PORT)?;
         match agent::call(&mut in_flight, &agent::Request::Ping) {
             Ok(agent::Response::Pong) => {}

@@ -265,6 +265,7 @@ pub fn keep(
         stop_timeout,
         volumes,
         networks,
+        stopped: false,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
@@ -455,6 +456,7 @@ pub fn keep(
         }
     }
     state.status = Status::Exited;
+    state.stopped = stopped();
     shared.write_state(&state);
     shared.drain();
     let _ = std::fs::remove_file(vm.control());
