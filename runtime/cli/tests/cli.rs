@@ -681,3 +681,89 @@ fn system_df_and_prune_take_what_nothing_uses() {
     // Nothing more to take.
     assert_eq!(husk_s(&["system", "prune"]), "");
 }
+
+#[test]
+fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, data) = (tmp.path().join("state"), tmp.path().join("data"));
+    let husk_n = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .env("HUSK_STATE_DIR", &state)
+            .env("HUSK_DATA_DIR", &data)
+            .env("HUSK_CACHE_DIR", tmp.path().join("cache"))
+            .env("HUSK_SNAPSHOT_DIR", tmp.path().join("snapshots"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = husk_n(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fails = |args: &[&str], why: &str| {
+        let out = husk_n(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "husk {args:?} should fail with {why:?}: {stderr}"
+        );
+    };
+    assert_eq!(ok(&["network", "create", "backend"]).trim(), "backend");
+    ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.77.1.9/24",
+        "quiet",
+    ]);
+    ok(&["network", "create", "spare"]);
+    fails(&["network", "create", "backend"], "exists already");
+    fails(&["network", "create", "user"], "not a network name");
+    fails(
+        &["network", "create", "--subnet", "10.77.0.0/16", "wide"],
+        "another husk network has 10.77.1.0/24",
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&["network", "inspect", "backend", "quiet", "spare"])).unwrap();
+    let subnets: Vec<&str> = (0..3)
+        .map(|i| inspect[i]["Subnet"].as_str().unwrap())
+        .collect();
+    assert_eq!(subnets[1], "10.77.1.0/24");
+    assert!(
+        subnets[0].starts_with("10.89.") && subnets[2].starts_with("10.89."),
+        "{subnets:?}"
+    );
+    assert_ne!(subnets[0], subnets[2], "each its own subnet");
+    assert_eq!(inspect[1]["Internal"], true);
+    assert_eq!(inspect[0]["InUse"], false);
+
+    // An exited appliance that names backend holds it from rm and prune,
+    // until it goes (system prune removes both).
+    let dir = state.join("db");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("state.json"),
+        r#"{"name":"db","image":"x","ports":[],"created_ms":1,"status":"exited",
+            "keeper_pid":1,"keeper_start":1,"networks":["backend"]}"#,
+    )
+    .unwrap();
+    let ls = ok(&["network", "ls"]);
+    assert!(
+        ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == ["backend", subnets[0], "no", "no", "db"]),
+        "{ls}"
+    );
+    fails(&["network", "rm", "backend"], "named by db");
+    assert_eq!(ok(&["network", "prune", "-f"]), "quiet\nspare\n");
+    let pruned = ok(&["system", "prune"]);
+    assert!(pruned.contains("Deleted networks:\nbackend\n"), "{pruned}");
+    assert_eq!(ok(&["network", "ls", "-q"]), "");
+    fails(&["network", "rm", "backend"], "no such network: backend");
+}

@@ -55,6 +55,18 @@ pub enum Command {
     Hub { name: String },
 }
 
+/// The networks no appliance is on or names (what prune removes).
+pub fn doomed() -> anyhow::Result<Vec<super::Doomed<'static>>> {
+    let users = Users::naming_by(|s| s.networks)?;
+    Ok(Network::all()?
+        .into_iter()
+        .filter(|n| !n.in_use() && users.naming(&n.name).is_empty())
+        .map(|n| -> super::Doomed<'static> {
+            (Some(n.name.clone()), 0, Box::new(move || n.remove()))
+        })
+        .collect())
+}
+
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Create {
@@ -130,20 +142,13 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Prune { force } => {
-            let users = Users::naming_by(|s| s.networks)?;
-            let unused: Vec<Network> = Network::all()?
-                .into_iter()
-                .filter(|n| !n.in_use() && users.naming(&n.name).is_empty())
-                .collect();
-            if unused.is_empty() {
+            let doomed = doomed()?;
+            if doomed.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }
             if !force && !super::confirm("remove every network no appliance is on")? {
                 return Ok(ExitCode::FAILURE);
             }
-            let doomed = unused.iter().map(|n| -> super::Doomed<'_> {
-                (Some(n.name.clone()), 0, Box::new(|| n.remove()))
-            });
             let (_, failed) = super::remove_each(doomed);
             Ok(if failed {
                 ExitCode::FAILURE

@@ -14,9 +14,10 @@ pub enum Command {
     /// pulled images take, and how much prune would free
     Df,
     /// Remove detached appliances that have exited, images no target
-    /// builds to any more, snapshots no run can restore, and what killed
-    /// builds left; with --all, every image and snapshot too; with
-    /// --volumes, every volume no appliance uses (and its data)
+    /// builds to any more, snapshots no run can restore, networks no
+    /// appliance is on or names, and what killed builds left; with --all,
+    /// every image and snapshot too; with --volumes, every volume no
+    /// appliance uses (and its data)
     Prune {
         #[arg(long)]
         all: bool,
@@ -110,6 +111,13 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 freed += f;
                 failed |= e;
             }
+            // Once the exited appliances are gone, the networks only they
+            // named are unused too.
+            let networks = super::network::doomed()?;
+            if !networks.is_empty() {
+                println!("Deleted networks:");
+            }
+            failed |= super::remove_each(networks).1;
             eprintln!("husk: freed {}", human_size(freed));
             Ok(if failed {
                 ExitCode::FAILURE

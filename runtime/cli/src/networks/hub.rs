@@ -186,14 +186,11 @@ impl Hub {
         let mut gone = vec![false; self.members.len()];
         let mut changed = false;
         for &i in ready {
-            match self.receive(i) {
-                Ok(frames) => {
-                    for frame in frames {
-                        changed |= self.on_frame(i, &frame);
-                    }
-                }
-                Err(_) => gone[i] = true,
+            let (frames, alive) = self.receive(i);
+            for frame in frames {
+                changed |= self.on_frame(i, &frame);
             }
+            gone[i] = !alive;
         }
         for (i, m) in self.members.iter_mut().enumerate() {
             if flush(m).is_err() || (m.refused && m.output.is_empty()) {
@@ -220,18 +217,26 @@ impl Hub {
         }
     }
 
-    /// What member `i` sent since its last read, as whole frames; an
-    /// error when it left or broke the framing.
-    fn receive(&mut self, i: usize) -> io::Result<Vec<Vec<u8>>> {
+    /// What member `i` sent since its last read, as whole frames, and
+    /// whether it is still there (it did not leave or break the framing:
+    /// the frames before either still count).
+    fn receive(&mut self, i: usize) -> (Vec<Vec<u8>>, bool) {
         let m = &mut self.members[i];
         let mut buf = [0u8; 1 << 16];
+        let mut alive = true;
         loop {
             match m.stream.read(&mut buf) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => {
+                    alive = false;
+                    break;
+                }
                 Ok(n) => m.input.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(_) => {
+                    alive = false;
+                    break;
+                }
             }
             if m.input.len() > 4 * MAX_FRAME {
                 break;
@@ -242,7 +247,8 @@ impl Hub {
         while m.input.len() - at >= 4 {
             let len = u32::from_be_bytes(m.input[at..at + 4].try_into().expect("4 bytes")) as usize;
             if len > MAX_FRAME {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
+                alive = false;
+                break;
             }
             if m.input.len() - at - 4 < len {
                 break;
@@ -251,7 +257,7 @@ impl Hub {
             at += 4 + len;
         }
         m.input.drain(..at);
-        Ok(frames)
+        (frames, alive)
     }
 
     /// Takes one frame of member `i`; says whether the names changed.

@@ -530,20 +530,7 @@ pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     }
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
-    let member = net::Member {
-        names: vm_child
-            .iter()
-            .map(|vm| vm.name.clone())
-            .chain(args.network_alias.iter().cloned())
-            .chain(args.hostname.iter().cloned())
-            .fold(Vec::new(), |mut all, n| {
-                if !all.contains(&n) {
-                    all.push(n);
-                }
-                all
-            }),
-        vm_dir: vm_child.as_ref().map(|vm| vm.dir.clone()),
-    };
+    let member = net::Member::of(&args, vm_child.as_ref());
     let (net, _passt, net_setup) = attach_net(&plan.net, &args.names, &member)?;
     if !plan.net.is_empty() {
         mark("network ready");

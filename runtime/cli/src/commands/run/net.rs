@@ -518,6 +518,26 @@ pub(super) struct Member {
 }
 
 impl Member {
+    /// This run: a detached VM's name, `--network-alias`es and
+    /// `--hostname`, each once.
+    pub(super) fn of(args: &Args, vm: Option<&crate::vms::VmDir>) -> Self {
+        let mut names: Vec<String> = Vec::new();
+        let all = vm
+            .map(|vm| vm.name.clone())
+            .into_iter()
+            .chain(args.network_alias.iter().cloned())
+            .chain(args.hostname.iter().cloned());
+        for name in all {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Member {
+            names,
+            vm_dir: vm.map(|vm| vm.dir.clone()),
+        }
+    }
+
     /// Joins network `name` with `mac` as interface `index`: the socket
     /// to its hub, the address it gave and the prefix length.
     fn join(

@@ -148,7 +148,11 @@ fn members_get_addresses_and_each_other_s_frames_by_mac() {
     assert_eq!(&got[14..], b"after");
     assert!(names.is_none(), "B's question never reached A");
 
+    // What a member sent just before it left still goes out.
+    b.write_all(&frame(A, B, b"last words")).unwrap();
     drop(b);
+    let (got, _) = next_data(&mut a);
+    assert_eq!(&got[14..], b"last words");
     assert_eq!(listed(&names_of(&mut a, 1)), ["10.89.0.2 db"], "B left");
     drop(a);
     hub.join().unwrap();
