@@ -50,10 +50,12 @@ impl Failure {
 }
 
 /// A message on the console. Never panics: PID 1 must not die because
-/// the console went away.
+/// the console went away. One write per line: stderr is unbuffered, and
+/// `writeln!` would write the prefix, the message and the newline apart,
+/// letting the kernel's own console messages in between.
 fn say(message: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "husk-init: {message}");
+    let _ = std::io::stderr().write_all(format!("husk-init: {message}\n").as_bytes());
 }
 
 fn main() {

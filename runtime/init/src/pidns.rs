@@ -54,10 +54,10 @@ impl Drop for BornIn {
         // SAFETY: as in `join`.
         if unsafe { libc::setns(self.back.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
             // Its later children would be born in a container's namespace.
-            eprintln!(
-                "husk-init: cannot return to the guest's PID namespace: {}",
+            crate::say(&format!(
+                "cannot return to the guest's PID namespace: {}",
                 io::Error::last_os_error()
-            );
+            ));
             std::process::abort();
         }
     }

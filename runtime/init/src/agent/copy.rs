@@ -29,7 +29,7 @@ pub(super) fn out(mut conn: UnixStream, path: &str, contents: bool) {
     let mut writer = BufWriter::with_capacity(BUFFER, &conn);
     if let Err(e) = copy::pack(Path::new(path), contents, &mut writer) {
         // The host sees the archive end early; the reason stays here.
-        eprintln!("husk-init: copying {path} out: {e}");
+        crate::say(&format!("copying {path} out: {e}"));
         drop(writer);
         let _ = conn.shutdown(Shutdown::Both);
     }

@@ -857,8 +857,15 @@ fn names_and_users() -> Result<(), Failed> {
     let example = example
         .to_str()
         .ok_or("a temporary path that is not UTF-8")?;
+    // On a network of its own: its hub runs as nobody, from nobody's
+    // data folder.
+    ok(
+        nobody(&["network", "create", "mine"])?,
+        "nobody's network create",
+    )?;
     let r = nobody(&[
-        "run", "-d", "--name", "d-one", example, "--", "sleep", "1000",
+        "run", "-d", "--name", "d-one", "--net", "none", "--net", "mine", example, "--", "sleep",
+        "1000",
     ])?;
     let result = (|| -> Result<(), Failed> {
         if r.code != Some(0) {
@@ -876,6 +883,30 @@ fn names_and_users() -> Result<(), Failed> {
         if r.stdout.trim() != "1000" {
             return Err(r
                 .explain("nobody's appliance runs its command as uid 1000 in the guest")
+                .into());
+        }
+        let r = ok(
+            nobody(&["exec", "d-one", "ip", "-4", "-o", "addr", "show", "eth0"])?,
+            "nobody's exec",
+        )?;
+        let hubs = super::networks::hubs_of("mine");
+        let uid = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:").map(str::to_string))
+                .unwrap_or_default()
+        };
+        if !r.stdout.contains("10.89.")
+            || hubs.len() != 1
+            || uid(hubs[0]).split_whitespace().any(|u| u != "65534")
+            || !data.join("husk/networks/mine/hub.sock").exists()
+        {
+            return Err(r
+                .explain(&format!(
+                    "nobody's appliance should be on its network, served by a hub of \
+                     nobody's: hubs {hubs:?}"
+                ))
                 .into());
         }
         if !data.join("husk/vms/d-one/state.json").exists() {
@@ -902,6 +933,7 @@ fn names_and_users() -> Result<(), Failed> {
     result?;
     ok(removed, "nobody's husk rm -f")?;
     nothing_left(&data.join("husk/vms/d-one"), &nobody_tree)?;
+    super::networks::no_hub(&data.join("husk/networks"), "mine")?;
     let (ta, tb) = (tree(a.keeper()?), tree(b.keeper()?));
     a.remove(&ta)?;
     b.remove(&tb)

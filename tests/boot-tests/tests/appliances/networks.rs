@@ -228,7 +228,7 @@ fn hosts_until(vm: &Vm, test: impl Fn(&str) -> bool) -> Result<(), Failed> {
 }
 
 /// The processes serving as `network`'s hub.
-fn hubs_of(network: &str) -> Vec<u32> {
+pub(super) fn hubs_of(network: &str) -> Vec<u32> {
     let wanted = format!("network\0hub\0{network}\0");
     std::fs::read_dir("/proc")
         .into_iter()
@@ -250,7 +250,7 @@ fn hubs_of(network: &str) -> Vec<u32> {
 }
 
 /// No hub serves `network` and its socket is gone.
-fn no_hub(root: &Path, network: &str) -> Result<(), Failed> {
+pub(super) fn no_hub(root: &Path, network: &str) -> Result<(), Failed> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !hubs_of(network).is_empty() || root.join(network).join("hub.sock").exists() {
         if Instant::now() > deadline {
