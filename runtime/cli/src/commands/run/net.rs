@@ -438,11 +438,11 @@ pub(super) fn attach_net(
     for (i, n) in nets.iter().enumerate() {
         if let Some(name) = &n.network {
             let mac = n.mac.unwrap_or_else(random_mac);
-            let fd = member.join(name, mac, i)?;
+            let (socket, address, prefix) = member.join(name, mac, i)?;
             setup.interfaces.push(InterfaceSetup {
                 name: format!("eth{i}"),
-                address: Some(fd.1),
-                prefix: fd.2,
+                address: Some(address),
+                prefix,
                 gateway: None,
                 mtu: n.mtu,
                 mac: Some(mac),
@@ -452,7 +452,7 @@ pub(super) fn attach_net(
             });
             configs.push(NetConfig {
                 mac,
-                backend: NetBackendConfig::Stream(fd.0),
+                backend: NetBackendConfig::Stream(socket),
             });
             continue;
         }
