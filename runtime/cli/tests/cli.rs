@@ -767,3 +767,145 @@ fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
     assert_eq!(ok(&["network", "ls", "-q"]), "");
     fails(&["network", "rm", "backend"], "no such network: backend");
 }
+
+/// A network's hub as the first `husk run` on a network starts it (its
+/// socket made, then handed over as fd 3), driven by two members that
+/// speak its protocol as the runs and their guests do: it runs confined
+/// (a user namespace of its own, its folder as its root, seccomp), gives
+/// each an address, tells each the other's name, switches a frame from
+/// one to the other by MAC, and leaves with the last, taking its socket.
+#[test]
+fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member() {
+    use cli::networks::hub::{self, Hello, Reply};
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let made = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["network", "create", "--subnet", "10.77.3.0/24", "lan"])
+        .env("HUSK_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let dir = data.join("networks/lan").canonicalize().unwrap();
+    let listener = UnixListener::bind(dir.join("hub.sock")).unwrap();
+    let log = std::fs::File::create(dir.join("hub.log")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_husk"));
+    command
+        .args(["network", "hub", "lan"])
+        .env("HUSK_DATA_DIR", &data)
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    hub::hand_listener(&mut command, &listener, false);
+    // Killed should the test fail before it leaves.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut hub_process = Reaped(command.spawn().unwrap());
+    drop(listener);
+
+    let read_frame = |s: &mut UnixStream| -> Vec<u8> {
+        let mut len = [0u8; 4];
+        if let Err(e) = s.read_exact(&mut len) {
+            let log = std::fs::read_to_string(dir.join("hub.log")).unwrap_or_default();
+            panic!("no frame from the hub ({e}); its log:\n{log}");
+        }
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut frame).unwrap();
+        frame
+    };
+    let join = |name: &str, mac: [u8; 6]| -> (UnixStream, Reply) {
+        let mut s = UnixStream::connect(dir.join("hub.sock")).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let hello = Hello {
+            names: vec![name.into()],
+            mac,
+            want: None,
+        };
+        let json = serde_json::to_vec(&hello).unwrap();
+        s.write_all(&hub::control_frame(hub::BROADCAST, mac, &json))
+            .unwrap();
+        let reply = read_frame(&mut s);
+        let reply = serde_json::from_slice(hub::payload(&reply).expect("a reply")).unwrap();
+        (s, reply)
+    };
+    // The next frame that is not the hub's, skipping its lists of names.
+    let next_data = |s: &mut UnixStream| loop {
+        let frame = read_frame(s);
+        if hub::payload(&frame).is_none() {
+            return frame;
+        }
+    };
+    let (mac_a, mac_b) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
+    let (mut a, reply_a) = join("web", mac_a);
+    let (mut b, reply_b) = join("db", mac_b);
+    let address = |r: Reply| match r {
+        Reply::Welcome { address } => address.to_string(),
+        Reply::Refused { reason } => panic!("refused: {reason}"),
+    };
+    assert_eq!(address(reply_a), "10.77.3.2");
+    assert_eq!(address(reply_b), "10.77.3.3");
+    // a's latest list of names has both.
+    loop {
+        let frame = read_frame(&mut a);
+        let hosts: serde_json::Value =
+            serde_json::from_slice(hub::payload(&frame).unwrap()).unwrap();
+        if hosts["hosts"].as_array().unwrap().len() == 2 {
+            assert_eq!(hosts["hosts"][1]["names"][0], "db", "{hosts}");
+            break;
+        }
+    }
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&mac_b);
+    frame.extend_from_slice(&mac_a);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(b"from web to db");
+    let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&frame);
+    a.write_all(&wire).unwrap();
+    assert_eq!(next_data(&mut b), frame);
+
+    // Confined, as seen from the host.
+    let pid = hub_process.0.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+    assert!(status.contains("\nNoNewPrivs:\t1\n"), "{status}");
+    let ns = |p: String| std::fs::read_link(p).unwrap();
+    assert_ne!(
+        ns(format!("/proc/{pid}/ns/user")),
+        ns("/proc/self/ns/user".into()),
+        "the hub has a user namespace of its own"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        dir
+    );
+
+    // Both leave: so does the hub, and its socket with it.
+    drop((a, b));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = hub_process.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub did not leave"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(dir.join("hub.log")).unwrap();
+    assert!(exit.success(), "{exit}: {log}");
+    assert!(!dir.join("hub.sock").exists(), "{log}");
+    assert!(
+        log.contains("10.77.3.2 joined (web)") && log.contains("10.77.3.3 left (db)"),
+        "{log}"
+    );
+    assert!(!log.contains("refused"), "{log}");
+}

@@ -48,16 +48,26 @@ pub enum ThreadKind {
     /// The vsock broker, a process of its own outside the jail: it
     /// connects guest streams to the host's Unix sockets.
     Broker,
+    /// A network's hub (`husk network hub`), a process of its own beside
+    /// the VMs on that network: it switches the frames their guests send
+    /// between its members' sockets.
+    Hub,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Broker];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vmm,
+        ThreadKind::Vcpu,
+        ThreadKind::Broker,
+        ThreadKind::Hub,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Broker => "vsock broker",
+            ThreadKind::Hub => "network hub",
         }
     }
 }
@@ -255,6 +265,38 @@ pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
                 allow(SYS_brk, vec![], "the allocator"),
             ]);
         }
+        ThreadKind::Hub => {
+            list.extend([
+                allow(SYS_poll, vec![], "wait for members and frames"),
+                allow(SYS_accept4, vec![], "a member joining"),
+                allow(
+                    SYS_ioctl,
+                    arg_is(1, &[FIONBIO]),
+                    "a member's socket made non-blocking",
+                ),
+                allow(
+                    SYS_recvfrom,
+                    vec![],
+                    "a member's frames (std reads sockets with recv)",
+                ),
+                allow(
+                    SYS_sendto,
+                    vec![],
+                    "frames to a member (std writes sockets with send)",
+                ),
+                allow(
+                    SYS_flock,
+                    vec![],
+                    "the network's lock, held while the hub decides to leave",
+                ),
+                allow(
+                    SYS_unlink,
+                    vec![],
+                    "its socket file removed as it leaves (in its own folder only)",
+                ),
+                allow(SYS_brk, vec![], "the allocator"),
+            ]);
+        }
         ThreadKind::Vmm => {
             let mut vmm_ioctls = vec![TCGETS, TCSETS, crate::net::TAP_SET_OFFLOAD, FIONBIO];
             if snapshots {
@@ -347,6 +389,7 @@ pub struct Filters {
     vmm: BpfProgram,
     vcpu: BpfProgram,
     broker: BpfProgram,
+    hub: BpfProgram,
 }
 
 // Which kind the current thread installed (for the SIGSYS report).
@@ -392,6 +435,7 @@ impl Filters {
             vmm: compile(ThreadKind::Vmm)?,
             vcpu: compile(ThreadKind::Vcpu)?,
             broker: compile(ThreadKind::Broker)?,
+            hub: compile(ThreadKind::Hub)?,
         };
         if mode == SeccompMode::Kill {
             PID.store(std::process::id() as i32, Ordering::Relaxed);
@@ -408,6 +452,7 @@ impl Filters {
             ThreadKind::Vmm => &self.vmm,
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Broker => &self.broker,
+            ThreadKind::Hub => &self.hub,
         };
         KIND.with(|k| k.set(Some(kind)));
         seccompiler::apply_filter(bpf).map_err(|e| SeccompError::Install(kind.name(), e))?;
@@ -510,9 +555,13 @@ mod tests {
     }
 
     #[test]
-    fn vcpus_may_not_open_exec_or_socket() {
+    fn vcpus_and_hubs_may_not_open_exec_or_socket() {
         let vcpu: Vec<i64> = rules(ThreadKind::Vcpu).iter().map(|a| a.nr).collect();
         let vmm: Vec<i64> = rules(ThreadKind::Vmm).iter().map(|a| a.nr).collect();
+        let hub: Vec<i64> = rules(ThreadKind::Hub).iter().map(|a| a.nr).collect();
+        for nr in [libc::SYS_connect, libc::SYS_sendmsg, libc::SYS_chmod] {
+            assert!(!hub.contains(&nr), "{nr}");
+        }
         for nr in [
             libc::SYS_execve,
             libc::SYS_open,
@@ -521,7 +570,10 @@ mod tests {
             libc::SYS_clone,
             libc::SYS_clone3,
         ] {
-            assert!(!vcpu.contains(&nr) && !vmm.contains(&nr), "{nr}");
+            assert!(
+                !vcpu.contains(&nr) && !vmm.contains(&nr) && !hub.contains(&nr),
+                "{nr}"
+            );
         }
     }
 

@@ -26,10 +26,13 @@ fn main() -> ExitCode {
                 .join(" ")
         );
     }
-    let cases: [(&str, Option<&str>); 11] = [
+    let cases: [(&str, Option<&str>); 14] = [
         ("vcpu-allowed", None),
         ("vmm-allowed", None),
         ("broker-allowed", None),
+        ("hub-allowed", None),
+        ("hub-socket", Some("socket")),
+        ("hub-open", Some("openat")),
         ("broker-inet-socket", Some("socket")),
         ("broker-open", Some("openat")),
         ("vcpu-execve", Some("execve")),
@@ -78,11 +81,26 @@ fn child(case: &str) {
         ThreadKind::Vmm
     } else if case.starts_with("broker-") {
         ThreadKind::Broker
+    } else if case.starts_with("hub-") {
+        ThreadKind::Hub
     } else {
         ThreadKind::Vcpu
     };
     let evt = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
     let path = std::ffi::CString::new("/etc/hostname").unwrap();
+    // A hub's world, made before its filter: a listening socket with a
+    // member waiting, the network's lock file, its socket file.
+    // Only where the case ends well: a refused call leaves no cleanup.
+    // The folder stays with this thread: removing it is not the hub's.
+    let dir = (case == "hub-allowed").then(|| tempfile::tempdir().unwrap());
+    let hub = dir.as_ref().map(|dir| {
+        let socket = dir.path().join("hub.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let mut member = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        std::io::Write::write_all(&mut member, b"frame").unwrap();
+        let lock = std::fs::File::create(dir.path().join("lock")).unwrap();
+        (socket, listener, member, lock)
+    });
     let case = case.to_string();
     let work = move || {
         filters.install(kind).unwrap();
@@ -104,6 +122,37 @@ fn child(case: &str) {
                 // SAFETY: closing the descriptor just made.
                 unsafe { libc::close(fd) };
                 eprintln!("allowed work done");
+            }
+            "hub-allowed" => {
+                // What the hub does: wait, take a member, read its frames,
+                // lock, remove its socket file, leave.
+                let (socket, listener, member, lock) = hub.expect("the hub's world");
+                let mut fd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd we own, for the call.
+                assert_eq!(unsafe { libc::poll(&mut fd, 1, 1000) }, 1);
+                let (mut stream, _) = listener.accept().unwrap();
+                stream.set_nonblocking(true).unwrap();
+                let mut buf = [0u8; 5];
+                std::io::Read::read_exact(&mut stream, &mut buf).unwrap();
+                assert_eq!(&buf, b"frame");
+                std::io::Write::write_all(&mut stream, b"frame").unwrap();
+                lock.lock().unwrap();
+                std::fs::remove_file(&socket).unwrap();
+                lock.unlock().unwrap();
+                drop((stream, member));
+                eprintln!("allowed work done");
+            }
+            "hub-socket" => {
+                // SAFETY: plain socket(2).
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            }
+            "hub-open" => {
+                // SAFETY: a NUL-terminated path.
+                unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
             }
             "broker-inet-socket" => {
                 // SAFETY: plain socket(2).
@@ -144,6 +193,7 @@ fn child(case: &str) {
         ThreadKind::Vmm => "vmm",
         ThreadKind::Vcpu => "vcpu0",
         ThreadKind::Broker => "husk-vsock",
+        ThreadKind::Hub => "husk-hub",
     };
     std::thread::Builder::new()
         .name(name.into())
@@ -151,4 +201,5 @@ fn child(case: &str) {
         .unwrap()
         .join()
         .unwrap();
+    drop(dir);
 }

@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
 use husk_init::config::{is_resolver_word, NetworkHost, NetworkHosts, NETWORK_ETHERTYPE};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,70 @@ pub fn payload(frame: &[u8]) -> Option<&[u8]> {
         .then(|| &frame[HEADER..])
 }
 
+/// Has `command` (a hub's) start with `listener` as its
+/// [`LISTENER_FD`], and with `session`, in a session of its own. The
+/// caller keeps `listener` open until the spawn.
+pub fn hand_listener(command: &mut std::process::Command, listener: &UnixListener, session: bool) {
+    let fd = listener.as_raw_fd();
+    // SAFETY: setsid(2), dup2(2) and fcntl(2) are async-signal-safe; `fd`
+    // is the listener, open across the fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            if session {
+                libc::setsid();
+            }
+            // dup2 onto itself would leave close-on-exec set.
+            let moved = if fd == LISTENER_FD {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, LISTENER_FD)
+            };
+            if moved < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Confines the hub process before it reads a guest's frame: a user
+/// namespace of its own (no capability on the host, also when started by
+/// root), its network's folder `dir` as its root, and the seccomp filter
+/// of [`ThreadKind::Hub`](vmm::seccomp::ThreadKind) (no open, socket,
+/// connect or exec). Returns where `dir` is seen from then on. Where user
+/// namespaces are not allowed, seccomp alone confines it, and its log
+/// says so.
+pub fn confine(dir: &Path) -> anyhow::Result<PathBuf> {
+    let seen = match own_root(dir) {
+        Ok(()) => PathBuf::from("/"),
+        Err(e) => {
+            eprintln!(
+                "husk: the hub keeps the host's view ({e}); its seccomp filter alone confines it"
+            );
+            dir.to_path_buf()
+        }
+    };
+    let filters = vmm::seccomp::Filters::build(vmm::seccomp::SeccompMode::Kill)?
+        .expect("mode kill builds filters");
+    filters.install(vmm::seccomp::ThreadKind::Hub)?;
+    Ok(seen)
+}
+
+/// A new user namespace (the process is single-threaded here, as
+/// unshare requires) and `dir` as the root.
+fn own_root(dir: &Path) -> io::Result<()> {
+    // SAFETY: unshare changes only this process's namespaces; nothing
+    // here depends on its capabilities in the host's namespace after it.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(io::Error::other(format!(
+            "no user namespace: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    std::os::unix::fs::chroot(dir)?;
+    std::env::set_current_dir("/")
+}
+
 /// Whether a connection waits in `listener`'s backlog.
 pub fn pending(listener: &UnixListener) -> bool {
     let mut fd = libc::pollfd {
@@ -128,7 +193,9 @@ impl Hub {
     ) -> anyhow::Result<()> {
         listener.set_nonblocking(true)?;
         loop {
-            self.accept(listener);
+            self.accept(listener).map_err(|e| {
+                anyhow::anyhow!("descriptor {LISTENER_FD} is no listening socket: {e}")
+            })?;
             if self.members.is_empty() && may_leave() {
                 return Ok(());
             }
@@ -164,17 +231,33 @@ impl Hub {
         }
     }
 
-    /// Takes every connection waiting.
-    fn accept(&mut self, listener: &UnixListener) {
-        while let Ok((stream, _)) = listener.accept() {
-            if stream.set_nonblocking(true).is_ok() {
-                self.members.push(Member {
-                    stream,
-                    input: Vec::new(),
-                    output: Vec::new(),
-                    joined: None,
-                    refused: false,
-                });
+    /// Takes every connection waiting; fails when `listener` is no
+    /// listening socket.
+    fn accept(&mut self, listener: &UnixListener) -> io::Result<()> {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.members.push(Member {
+                            stream,
+                            input: Vec::new(),
+                            output: Vec::new(),
+                            joined: None,
+                            refused: false,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOTSOCK | libc::EINVAL | libc::EBADF)
+                    ) =>
+                {
+                    return Err(e);
+                }
+                // Gone before it was taken, or out of descriptors for now.
+                Err(_) => return Ok(()),
             }
         }
     }

@@ -22,7 +22,7 @@ pub mod hub;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -264,18 +264,7 @@ impl Network {
             .stderr(log)
             .env_remove(crate::vms::keeper::KEEPER_ENV)
             .env_remove(crate::vms::keeper::VM_ENV);
-        let fd = listener.as_raw_fd();
-        // SAFETY: setsid(2) and dup2(2) are async-signal-safe; `fd` is the
-        // listener, open across the fork. The hub takes it as fd 3.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                libc::setsid();
-                if libc::dup2(fd, hub::LISTENER_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        hub::hand_listener(&mut command, &listener, true);
         let mut child = command.spawn().context("cannot start the network's hub")?;
         // The hub outlives us; a thread reaps it should it end first.
         std::thread::spawn(move || child.wait());
@@ -286,17 +275,21 @@ impl Network {
     /// other is joining.
     pub fn serve(&self, listener: UnixListener) -> anyhow::Result<()> {
         let meta = self.meta()?;
-        let socket = self.dir.join(SOCKET);
+        let path = self.dir.join(LOCK);
+        let lock = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let socket = hub::confine(&self.dir)?.join(SOCKET);
         hub::Hub::new(meta.hosts()).run(&listener, || {
             // Joiners connect under the lock: with it held and nothing in
             // the backlog, none is on its way.
-            let Ok(lock) = self.lock() else { return true };
-            if hub::pending(&listener) {
-                return false;
+            if lock.lock().is_err() {
+                return true;
             }
-            let _ = fs::remove_file(&socket);
-            drop(lock);
-            true
+            let leave = !hub::pending(&listener);
+            if leave {
+                let _ = fs::remove_file(&socket);
+            }
+            let _ = lock.unlock();
+            leave
         })
     }
 }

@@ -153,6 +153,15 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
     if hubs.len() != 1 {
         return Err(format!("one hub should serve backend: {hubs:?}").into());
     }
+    // It reads what guests send, so it runs confined: seccomp, and its
+    // network's folder as its root (in a user namespace of its own).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hubs[0]))?;
+    let seen_root = std::fs::read_link(format!("/proc/{}/root", hubs[0]))?;
+    if !status.contains("\nSeccomp:\t2\n") || seen_root != root.join("backend").canonicalize()? {
+        return Err(
+            format!("the hub is not confined: root {seen_root:?}, status:\n{status}").into(),
+        );
+    }
     // SAFETY: kill(2) with a pid and a signal number has no memory effects.
     unsafe { libc::kill(hubs[0] as i32, libc::SIGKILL) };
     if !gone(hubs[0]) {
@@ -179,6 +188,10 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
 
     web.remove(&tree(keeper))?;
     no_hub(root, "backend")?;
+    let log = std::fs::read_to_string(root.join("backend/hub.log"))?;
+    if log.contains("refused") || !log.contains(" left (") {
+        return Err(format!("the hubs' log:\n{log}").into());
+    }
     ok(h(&["network", "rm", "backend"])?, "husk network rm")?;
     let left: Vec<String> = std::fs::read_dir(root)?
         .flatten()
