@@ -13,6 +13,14 @@
  *                                   SIZE bytes from SEED, shut down
  *                                   sending, print what the host answers,
  *                                   then "sent LEN DIGEST"
+ *   husk-stream bench ADDR SIZE PINGS RUNS
+ *                                   against another guest's TCP sink,
+ *                                   source and echo (ports 5000-5002): a
+ *                                   warm-up, then RUNS runs of SIZE bytes
+ *                                   to it, SIZE bytes from it and PINGS
+ *                                   one-byte round trips, each printed as
+ *                                   "bench RUN TO_MBPS FROM_MBPS RTT_US"
+ *                                   (the round trips' median)
  */
 #include <errno.h>
 #include <signal.h>
@@ -22,7 +30,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -131,6 +141,101 @@ static int listen_on(const char *family, unsigned port) {
     return s;
 }
 
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* A TCP connection to ADDR:PORT; the peer may still be starting. */
+static int dial(const char *addr, unsigned port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    int one = 1;
+    if (inet_pton(AF_INET, addr, &a.sin_addr) != 1) {
+        fprintf(stderr, "husk-stream: %s is no IPv4 address\n", addr);
+        exit(2);
+    }
+    for (int tries = 0; tries < 300; tries++) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        if (s >= 0 && connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
+            setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            return s;
+        }
+        if (s >= 0) close(s);
+        usleep(100000);
+    }
+    perror("husk-stream: connect");
+    exit(1);
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int bench(const char *addr, uint64_t size, int pings, int runs) {
+    static double rtt[10000];
+    if (pings < 1 || pings > 10000) pings = 200;
+    memset(buf, 0, sizeof buf);
+    for (int run = 0; run <= runs; run++) {
+        /* To the sink, until it answers its count. */
+        double start = now();
+        int s = dial(addr, 5000);
+        uint64_t left = size;
+        while (left > 0) {
+            size_t n = left < sizeof buf ? (size_t)left : sizeof buf;
+            if (write_all(s, buf, n) != 0) {
+                perror("husk-stream: to the sink");
+                return 1;
+            }
+            left -= n;
+        }
+        shutdown(s, SHUT_WR);
+        char answer[64] = {0};
+        size_t got = 0;
+        for (ssize_t n; got < sizeof answer - 1 && (n = read(s, answer + got, sizeof answer - 1 - got)) > 0;)
+            got += (size_t)n;
+        double to = now() - start;
+        close(s);
+        if (strtoull(answer, NULL, 10) != size) {
+            fprintf(stderr, "husk-stream: the sink counted %s\n", answer);
+            return 1;
+        }
+        /* From the source, until its end. */
+        start = now();
+        s = dial(addr, 5001);
+        char line[32];
+        int l = snprintf(line, sizeof line, "%llu\n", (unsigned long long)size);
+        write_all(s, (unsigned char *)line, (size_t)l);
+        uint64_t from_bytes = 0;
+        for (ssize_t n; (n = read(s, buf, sizeof buf)) > 0;) from_bytes += (uint64_t)n;
+        double from = now() - start;
+        close(s);
+        if (from_bytes != size) {
+            fprintf(stderr, "husk-stream: the source sent %llu bytes\n", (unsigned long long)from_bytes);
+            return 1;
+        }
+        /* Round trips. */
+        s = dial(addr, 5002);
+        unsigned char b = 7;
+        for (int i = 0; i < pings; i++) {
+            double t = now();
+            if (write_all(s, &b, 1) != 0 || read(s, &b, 1) != 1) {
+                perror("husk-stream: round trip");
+                return 1;
+            }
+            rtt[i] = now() - t;
+        }
+        close(s);
+        qsort(rtt, (size_t)pings, sizeof rtt[0], by_value);
+        if (run > 0)
+            printf("bench %d %.1f %.1f %.0f\n", run, (double)size / 1e6 / to,
+                   (double)size / 1e6 / from, rtt[pings / 2] * 1e6);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 4) {
         enum mode mode;
@@ -187,7 +292,10 @@ int main(int argc, char **argv) {
         printf("sent %llu %016llx\n", (unsigned long long)sent, (unsigned long long)h);
         return 0;
     }
+    if (argc == 6 && strcmp(argv[1], "bench") == 0)
+        return bench(argv[2], strtoull(argv[3], NULL, 0), atoi(argv[4]), atoi(argv[5]));
 usage:
-    fprintf(stderr, "usage: husk-stream sink|echo|source vsock|tcp PORT | husk-stream send PORT SIZE SEED\n");
+    fprintf(stderr, "usage: husk-stream sink|echo|source vsock|tcp PORT | husk-stream send PORT SIZE SEED"
+                    " | husk-stream bench ADDR SIZE PINGS RUNS\n");
     return 2;
 }

@@ -3,7 +3,7 @@
 //! guest program (`guest/husk-stream.c`), 1 vCPU, 128 MiB. Run it through
 //! `ci/bench-net`.
 //!
-//!   bench-net [--runs N] [--only tap|passt|vsock|boot]
+//!   bench-net [--runs N] [--only tap|passt|vsock|pair|boot]
 //!
 //! - tap: one host tap, used by each VMM in turn (QEMU with vhost off);
 //! - passt: one passt per VM started the same way (husk's own supervisor
@@ -14,8 +14,12 @@
 //! sink until it answers its count), guest to host (SIZE bytes from a
 //! guest source until the end), and the median round trip of 200 one-byte
 //! ping-pongs (TCP_NODELAY). Then husk's vsock the same way (no peer here
-//! runs vsock in userspace), its connect latency (connect to `OK`), and
-//! husk's boot with the network off, on a tap, and on passt.
+//! runs vsock in userspace), its connect latency (connect to `OK`); two
+//! guests on one network (`pair`: a second guest times the same transfers
+//! to the first), husk's two VMs on a `husk network` (its hub between
+//! them) against two QEMU microvms joined by `-netdev stream` (one
+//! listening, one connecting: a wire, no switch); and husk's boot with the
+//! network off, on a tap, and on passt.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -48,13 +52,16 @@ fn main() -> ExitCode {
 
 /// The guest: its address and MTU from `bench.ip=ADDR/PREFIX,GATEWAY`
 /// and `bench.mtu=N` on the kernel command line (what husk's init does
-/// from `husk.net=`), the servers, then the marker.
+/// from `husk.net=`), the servers, then the marker. With `bench.peer=ADDR
+/// bench.runs=N` it times the transfers to that guest's servers instead,
+/// prints them, and powers off.
 const SCRIPT: &str = r#"
-for a in $(cat /proc/cmdline); do case $a in bench.ip=*) ip=${a#bench.ip=};; bench.mtu=*) mtu=${a#bench.mtu=};; esac; done
+for a in $(cat /proc/cmdline); do case $a in bench.ip=*) ip=${a#bench.ip=};; bench.mtu=*) mtu=${a#bench.mtu=};; bench.peer=*) peer=${a#bench.peer=};; bench.runs=*) runs=${a#bench.runs=};; esac; done
 ip link set lo up
 ip link set eth0 mtu $mtu up
 ip addr add ${ip%,*} dev eth0
 ip route add default via ${ip#*,}
+if [ -n "$peer" ]; then husk-stream bench $peer 33554432 200 $runs; echo HUSK-PAIR-DONE; reboot -f; fi
 husk-stream sink tcp 5000 & husk-stream source tcp 5001 & husk-stream echo tcp 5002 &
 if [ -e /dev/vsock ]; then husk-stream sink vsock 5000 & husk-stream source vsock 5001 & husk-stream echo vsock 5002 & fi
 sleep 1
@@ -141,10 +148,131 @@ fn bench(runs: usize) -> Result<(), String> {
         let (m, lo, hi) = stats(&v.connect);
         println!("husk vsock connect (connect to OK): median {m:.0} us, min {lo:.0}, max {hi:.0}");
     }
+    if wanted("pair") {
+        pair(&env, runs)?;
+    }
     if wanted("boot") {
         boot(&env, runs)?;
     }
     Ok(())
+}
+
+/// The guests' subnet on the pair's network.
+const PAIR_SUBNET: &str = "10.96.0";
+
+/// Two guests on one network, husk's and QEMU's, as the module says.
+fn pair(env: &Env, runs: usize) -> Result<(), String> {
+    let h = pair_runs(env, Vmm::Husk, runs).map_err(|e| format!("husk: {e}"))?;
+    let q = pair_runs(env, Vmm::Qemu, runs).map_err(|e| format!("QEMU: {e}"))?;
+    println!(
+        "{:<34} {:>24} {:>24} {:>22}",
+        "guest to guest", "to the other MB/s", "from the other MB/s", "round trip us"
+    );
+    h.print("husk, on a husk network");
+    q.print("QEMU microvm, -netdev stream");
+    println!(
+        "{:<34} {:>24} {:>24} {:>22}",
+        "husk/QEMU, guest to guest",
+        format!("{:.2}x", stats(&h.h2g).0 / stats(&q.h2g).0),
+        format!("{:.2}x", stats(&h.g2h).0 / stats(&q.g2h).0),
+        format!("{:.2}x", stats(&h.rtt).0 / stats(&q.rtt).0),
+    );
+    Ok(())
+}
+
+/// Boots the serving guest, then the one that times `runs` runs against
+/// it (after its warm-up), and reads its figures.
+fn pair_runs(env: &Env, vmm: Vmm, runs: usize) -> Result<Figures, String> {
+    const NETWORK: &str = "hbench";
+    const PORT: u16 = 15100;
+    let data = env.dir.join("data");
+    let vm = |n: u8, peer: &str| {
+        // The MTU of husk's networks and of passt.
+        let cmdline =
+            format!("quiet bench.ip={PAIR_SUBNET}.{n}/24,{PAIR_SUBNET}.1 bench.mtu=65520 {peer}");
+        match vmm {
+            Vmm::Husk => {
+                let mut c = Command::new(&env.bin);
+                c.env("HUSK_DATA_DIR", &data)
+                    .arg("run")
+                    .arg("--initrd")
+                    .arg(&env.initrd)
+                    .args(["--cmdline", &cmdline, "--cpus", "1", "--memory", "128"])
+                    .args(["--timeout", "3600", "--net", "none", "--net", NETWORK]);
+                c
+            }
+            Vmm::Qemu => {
+                let mut c = boot_tests::qemu::microvm_stdio(&env.kernel, &cmdline);
+                let server = if peer.is_empty() { "on" } else { "off" };
+                c.arg("-initrd").arg(&env.initrd).args([
+                    "-netdev",
+                    &format!(
+                        "stream,id=n0,server={server},addr.type=inet,\
+                         addr.host=127.0.0.1,addr.port={PORT}"
+                    ),
+                    "-device",
+                    "virtio-net-device,netdev=n0",
+                ]);
+                c
+            }
+        }
+    };
+    if vmm == Vmm::Husk && !data.join("networks").join(NETWORK).exists() {
+        let out = Command::new(&env.bin)
+            .env("HUSK_DATA_DIR", &data)
+            .args([
+                "network",
+                "create",
+                "--subnet",
+                &format!("{PAIR_SUBNET}.0/24"),
+                NETWORK,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "husk network create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let mut server = until_marked(vm(2, ""), "the serving guest")?;
+    let peer = format!("bench.peer={PAIR_SUBNET}.2 bench.runs={runs}");
+    let result = (|| {
+        let mut client = vm(3, &peer)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let out = client.stdout.take().expect("piped");
+        let mut f = Figures::default();
+        let mut done = false;
+        for line in BufReader::new(out).lines() {
+            let line = line.unwrap_or_default();
+            eprint!("\rbench-net: {} pair: {line:<40}", vmm.name());
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let ["bench", _, to, from, rtt] = words[..] {
+                let value = |w: &str| w.parse::<f64>().map_err(|e| format!("{line:?}: {e}"));
+                f.h2g.push(value(to)?);
+                f.g2h.push(value(from)?);
+                f.rtt.push(value(rtt)?);
+            }
+            done |= line.contains("HUSK-PAIR-DONE");
+        }
+        eprintln!();
+        let _ = client.wait();
+        if !done || f.rtt.len() != runs {
+            return Err(format!(
+                "the timing guest gave {} of {runs} runs",
+                f.rtt.len()
+            ));
+        }
+        Ok(f)
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -446,14 +574,20 @@ fn start(
     if let Some(fd) = &passt_fd {
         pass_fd_as_3(&mut cmd, fd);
     }
+    let child = until_marked(cmd, &format!("the guest on {}", backend.name()));
+    // QEMU holds passt's socket now; passt ends when QEMU closes it.
+    drop(passt_fd);
+    Ok((child?, passt))
+}
+
+/// Spawns `cmd`, a VM, and waits for its guest's marker.
+fn until_marked(mut cmd: Command, what: &str) -> Result<Child, String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
-    // QEMU holds passt's socket now; passt ends when QEMU closes it.
-    drop(passt_fd);
     let out = child.stdout.take().expect("piped");
     let mut lines = BufReader::new(out).lines();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -462,7 +596,7 @@ fn start(
         if line.contains(MARK) {
             // Keep draining the console so the guest never blocks on it.
             std::thread::spawn(move || for _ in lines {});
-            return Ok((child, passt));
+            return Ok(child);
         }
         if Instant::now() > deadline {
             break;
@@ -470,7 +604,7 @@ fn start(
     }
     let _ = child.kill();
     let _ = child.wait();
-    Err(format!("the guest on {} never got ready", backend.name()))
+    Err(format!("{what} never got ready"))
 }
 
 fn published() -> Vec<PortMapping> {
