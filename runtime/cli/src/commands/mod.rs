@@ -95,6 +95,38 @@ pub fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a duration: write e.g. 30s, 1m30s, 500ms"))
 }
 
+/// A size as docker takes one (`512m`, `2g`, `1gb`: binary units in
+/// any case, `b` for bytes) or as husk writes it (`512MiB`); `None` when
+/// it is past what a u64 holds.
+pub fn docker_size(text: &str) -> Result<Option<u64>, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size: write e.g. 512m, 2g or 512MiB"
+            ))
+        }
+    };
+    if digits.is_empty() {
+        return Err(format!(
+            "{text:?} is not a size: write e.g. 512m, 2g or 512MiB"
+        ));
+    }
+    // Only digits: a number too long for a u64.
+    Ok(digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift)))
+}
+
 /// A size on disk as `ls` commands show it: KiB under a MiB, MiB under a
 /// GiB, else GiB.
 pub fn human_size(bytes: u64) -> String {
@@ -183,4 +215,30 @@ pub struct Space {
     pub active: usize,
     pub bytes: u64,
     pub reclaimable: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::docker_size;
+
+    #[test]
+    fn sizes_are_taken_as_docker_and_husk_write_them() {
+        for (text, bytes) in [
+            ("512m", 512 << 20),
+            ("512M", 512 << 20),
+            ("512mb", 512 << 20),
+            ("512MiB", 512 << 20),
+            ("2g", 2 << 30),
+            ("1GB", 1 << 30),
+            ("64k", 64 << 10),
+            ("4096b", 4096),
+        ] {
+            assert_eq!(docker_size(text), Ok(Some(bytes)), "{text}");
+        }
+        assert_eq!(docker_size("99999999999999999999m"), Ok(None));
+        assert_eq!(docker_size("16777216t"), Ok(None));
+        for bad in ["", "m", "12x", "1.5g", "-1m", "12 m"] {
+            assert!(docker_size(bad).is_err(), "{bad}");
+        }
+    }
 }

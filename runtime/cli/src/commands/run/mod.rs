@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use appliance_spec::{ByteSize, ImageFormat, KernelRef, PortSpec, Vm};
+use appliance_spec::{ImageFormat, KernelRef, PortSpec, Vm};
 use builder::kernel;
 use husk_init::config::Overrides;
 use vmm::vsock::{HostVsock, MAX_CONNECTIONS};
@@ -90,9 +90,9 @@ pub struct Args {
     /// vCPUs, 1 to 32 (default: the appliance's vm.cpus, else 1)
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=32))]
     cpus: Option<u8>,
-    /// Guest memory: a size such as 256MiB, or a number of MiB (default:
-    /// the appliance's vm.memory, else 128MiB)
-    #[arg(long, value_name = "SIZE")]
+    /// Guest memory: a size such as 256MiB or 256m, or a number of MiB
+    /// (default: the appliance's vm.memory, else 128MiB)
+    #[arg(short = 'm', long, value_name = "SIZE")]
     memory: Option<String>,
     /// Stop the guest after this many seconds (exit status 124)
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
@@ -250,11 +250,7 @@ enum Seccomp {
 pub fn memory_mib(arg: &str) -> anyhow::Result<u64> {
     let bytes = match arg.parse::<u64>() {
         Ok(mib) => mib.checked_mul(1 << 20),
-        Err(_) => Some(
-            arg.parse::<ByteSize>()
-                .map_err(|e| anyhow::anyhow!("--memory: {e}"))?
-                .0,
-        ),
+        Err(_) => super::docker_size(arg).map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
     };
     let max = vmm::MAX_MEMORY_MIB << 20;
     let bytes = bytes.filter(|b| *b <= max).with_context(|| {
