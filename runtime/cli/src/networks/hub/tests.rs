@@ -203,3 +203,69 @@ fn hellos_that_cannot_be_members_are_refused_and_the_subnet_runs_out() {
     drop((_a, _b, _c, _d));
     hub.join().unwrap();
 }
+
+#[test]
+fn a_member_that_never_reads_loses_frames_and_holds_up_no_other() {
+    let (dir, hub, mut a, _) = hub_with(named("a", A));
+    let (b, _) = join(&dir, &named("b", B));
+    let c_mac = [2, 0, 0, 0, 0, 0xc];
+    let (mut c, _) = join(&dir, &named("c", c_mac));
+    // C reads everything, in a thread of its own, and says how far it
+    // got; B reads nothing.
+    let (progress, got) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut broadcasts = 0;
+        loop {
+            let (f, _) = next_data(&mut c);
+            match &f[14..] {
+                b"to c" => return (broadcasts, c),
+                _ => broadcasts += 1,
+            }
+            let _ = progress.send(broadcasts);
+        }
+    });
+    // Far more than the hub holds for a member (MAX_QUEUED) and the
+    // socket's own buffer together, never more than 16 frames ahead of C
+    // (so only B's queue fills, however C's thread is scheduled).
+    let body = vec![0x55u8; 60_000];
+    let sent = 2 * MAX_QUEUED / body.len();
+    let mut seen = 0;
+    for i in 0..sent {
+        while seen + 16 < i {
+            seen = got.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        a.write_all(&frame(BROADCAST, A, &body)).unwrap();
+    }
+    // A runt (shorter than an Ethernet header) goes nowhere.
+    a.write_all(&12u32.to_be_bytes()).unwrap();
+    a.write_all(&[0u8; 12]).unwrap();
+    a.write_all(&frame(c_mac, A, b"to c")).unwrap();
+    let (broadcasts, c) = reader.join().unwrap();
+    assert_eq!(broadcasts, sent, "C got every broadcast and no runt");
+
+    // B finds what the hub kept for it: less than it was sent.
+    b.set_nonblocking(true).unwrap();
+    let (mut kept, mut buf) = (0, vec![0u8; 1 << 16]);
+    loop {
+        match (&b).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => kept += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The hub may still be writing its queue out.
+                std::thread::sleep(Duration::from_millis(50));
+                match (&b).read(&mut buf) {
+                    Ok(n) if n > 0 => kept += n,
+                    _ => break,
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        kept > 0 && kept < sent * body.len() && kept <= MAX_QUEUED + (2 << 20),
+        "B kept {kept} bytes of {}",
+        sent * body.len()
+    );
+    drop((a, b, c));
+    hub.join().unwrap();
+}
