@@ -909,3 +909,120 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
     );
     assert!(!log.contains("refused"), "{log}");
 }
+
+/// `husk network connect` and `disconnect` change what a stopped
+/// detached appliance joins at its next start (its recorded command line
+/// and the networks it names), and refuse a running one, a network that
+/// does not exist, and one it is not on.
+#[test]
+fn stopped_appliances_are_connected_to_networks_and_disconnected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, data) = (tmp.path().join("state"), tmp.path().join("data"));
+    let husk_n = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .env("HUSK_STATE_DIR", &state)
+            .env("HUSK_DATA_DIR", &data)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = husk_n(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let fails = |args: &[&str], why: &str| {
+        let out = husk_n(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "husk {args:?} should fail with {why:?}: {stderr}"
+        );
+    };
+    ok(&["network", "create", "backend"]);
+    ok(&["network", "create", "front"]);
+    let write = |name: &str, status: &str, pid: u32, start: u64| {
+        let dir = state.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = serde_json::json!({
+            "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
+            "status": status, "keeper_pid": pid, "keeper_start": start,
+            "networks": ["backend"], "cwd": "/",
+            "args": ["run", "-d", "--name", name, "--net", "backend", "examples/busybox",
+                     "--", "echo", "--net", "backend"],
+        });
+        std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    };
+    let recorded = |name: &str| -> (Vec<String>, Vec<String>) {
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join(name).join("state.json")).unwrap())
+                .unwrap();
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap().to_string())
+                .collect()
+        };
+        (strings(&s["args"]), strings(&s["networks"]))
+    };
+    write("db", "exited", 1, 1);
+
+    ok(&["network", "connect", "--alias", "data", "front", "db"]);
+    let (args, networks) = recorded("db");
+    assert_eq!(networks, ["backend", "front"]);
+    assert_eq!(
+        args.join(" "),
+        "run -d --name db --net backend --net front --network-alias data examples/busybox \
+         -- echo --net backend"
+    );
+    let ls = String::from_utf8(husk_n(&["network", "ls"]).stdout).unwrap();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("front ") && l.ends_with(" db")),
+        "front is named by db now: {ls}"
+    );
+    fails(
+        &["network", "connect", "front", "db"],
+        "db is on front already",
+    );
+    fails(
+        &["network", "connect", "nowhere", "db"],
+        "no such network: nowhere",
+    );
+
+    ok(&["network", "disconnect", "backend", "db"]);
+    let (args, networks) = recorded("db");
+    assert_eq!(networks, ["front"]);
+    assert_eq!(
+        args.join(" "),
+        "run -d --name db --net front --network-alias data examples/busybox \
+         -- echo --net backend",
+        "the command's words stay"
+    );
+    fails(
+        &["network", "disconnect", "backend", "db"],
+        "db is not on backend",
+    );
+    fails(&["network", "disconnect", "front", "nobody"], "nobody");
+
+    // A running one (its keeper is this test, alive): refused, unchanged.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    write("web", "running", std::process::id(), start);
+    fails(&["network", "connect", "front", "web"], "web is running");
+    fails(
+        &["network", "disconnect", "backend", "web"],
+        "web is running",
+    );
+    assert_eq!(recorded("web").1, ["backend"]);
+}

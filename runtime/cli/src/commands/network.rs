@@ -50,6 +50,19 @@ pub enum Command {
         #[arg(short, long)]
         force: bool,
     },
+    /// Put a stopped detached appliance on a network: it joins it when it
+    /// starts (an appliance gets its interfaces at boot: stop a running
+    /// one first)
+    Connect {
+        /// Another name it answers to on its networks, as run's
+        /// --network-alias
+        #[arg(long = "alias", value_name = "NAME", value_parser = super::run::network_alias)]
+        aliases: Vec<String>,
+        network: String,
+        appliance: String,
+    },
+    /// Take a stopped detached appliance off a network it was started on
+    Disconnect { network: String, appliance: String },
     /// A network's hub (started by the first appliance that joins it)
     #[command(hide = true)]
     Hub { name: String },
@@ -156,6 +169,39 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Connect {
+            aliases,
+            network,
+            appliance,
+        } => {
+            Network::find(&network)?;
+            change_stopped(&appliance, |state| {
+                if state.networks.contains(&network) {
+                    anyhow::bail!("{appliance} is on {network} already");
+                }
+                state.args = super::run::with_network(&state.args, &network, &aliases)?;
+                state.networks.push(network.clone());
+                Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Disconnect { network, appliance } => {
+            change_stopped(&appliance, |state| {
+                if !state.networks.contains(&network) {
+                    anyhow::bail!("{appliance} is not on {network}");
+                }
+                state.args =
+                    super::run::without_network(&state.args, &network)?.with_context(|| {
+                        format!(
+                            "{appliance} is on {network} through its appliance file ([[vm.net]]), \
+                             which husk does not change"
+                        )
+                    })?;
+                state.networks.retain(|n| *n != network);
+                Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Hub { name } => {
             let network = Network::find(&name)?;
             // SAFETY: the run that started this hub passed its listening
@@ -170,4 +216,27 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Changes the state of detached appliance `name` by `change`, which
+/// must leave its recorded command line one `husk start` runs. Only while
+/// it is stopped: a running VM's interfaces are fixed at its boot.
+fn change_stopped(
+    name: &str,
+    change: impl FnOnce(&mut crate::vms::State) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let vm = crate::vms::VmDir::find(name)?;
+    let mut state = vm.current_state()?;
+    if state.status != crate::vms::Status::Exited {
+        anyhow::bail!(
+            "{name} is running, and an appliance gets its network interfaces when it boots: \
+             husk stop {name} first (husk start {name} after)"
+        );
+    }
+    if state.args.first().map(String::as_str) != Some("run") {
+        anyhow::bail!("{name} was made by an older husk that did not keep its command line");
+    }
+    change(&mut state)?;
+    vm.write_state(&state)
+        .with_context(|| format!("cannot write {}", vm.state_file().display()))
 }

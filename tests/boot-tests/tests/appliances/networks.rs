@@ -146,6 +146,48 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         return Err(format!("netweb had {address} before its restart, {again} after").into());
     }
 
+    // Connected to a second network while stopped, it joins it at its
+    // start (after backend: its address there stays); disconnected, it
+    // is off it at the next.
+    ok(
+        h(&["network", "create", "frontend"])?,
+        "husk network create",
+    )?;
+    refused(
+        h(&["network", "connect", "frontend", &web.name])?,
+        "netweb is running",
+    )?;
+    let restarted_on = |networks: &str| -> Result<String, Failed> {
+        ok(h(&["stop", "-t", "1", &web.name])?, "husk stop")?;
+        let verb = if networks == "both" {
+            "connect"
+        } else {
+            "disconnect"
+        };
+        ok(
+            h(&["network", verb, "frontend", &web.name])?,
+            "husk network connect",
+        )?;
+        ok(h(&["start", &web.name])?, "husk start")?;
+        address_of(&web)?;
+        let r = web.exec(&["sh", "-c", "ip -4 -o addr show | grep -c ' 10\\.'"])?;
+        Ok(r.stdout.trim().to_string())
+    };
+    let two = restarted_on("both")?;
+    if two != "2" || address_of(&web)? != address {
+        return Err(format!(
+            "after connect: {two} addresses on networks (want 2), eth0 {}",
+            address_of(&web)?
+        )
+        .into());
+    }
+    let one = restarted_on("backend")?;
+    if one != "1" {
+        return Err(format!("after disconnect: {one} addresses on networks (want 1)").into());
+    }
+    no_hub(root, "frontend")?;
+    ok(h(&["network", "rm", "frontend"])?, "husk network rm")?;
+
     // kill -9 of the hub: the network is not in use any more, and the
     // next run that joins starts a hub of its own over the stale socket;
     // that hub leaves when that run ends.

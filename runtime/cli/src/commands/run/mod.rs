@@ -33,6 +33,7 @@ pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 pub use detached::{in_new_session, spawn_keeper, start_keeper, KeeperStdio};
 use net::{attach_net, parse_net, plan_net, NetMode, PlannedNet};
+pub(crate) use net::{network_alias, with_network, without_network};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;

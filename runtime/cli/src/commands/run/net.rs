@@ -364,7 +364,7 @@ fn parse_add_host(arg: &str) -> Result<AddHost, String> {
 }
 
 /// `--network-alias NAME`: a name as containers' are.
-pub(super) fn network_alias(text: &str) -> Result<String, String> {
+pub(crate) fn network_alias(text: &str) -> Result<String, String> {
     crate::vms::check_name(text).map_err(|e| format!("{e:#}"))?;
     Ok(text.to_string())
 }
@@ -438,7 +438,7 @@ pub(super) fn attach_net(
     for (i, n) in nets.iter().enumerate() {
         if let Some(name) = &n.network {
             let mac = n.mac.unwrap_or_else(random_mac);
-            let (socket, address, prefix) = member.join(name, mac, i)?;
+            let (socket, address, prefix) = member.join(name, mac)?;
             setup.interfaces.push(InterfaceSetup {
                 name: format!("eth{i}"),
                 address: Some(address),
@@ -509,6 +509,69 @@ pub(super) fn attach_net(
     Ok((configs, passt, setup))
 }
 
+/// The recorded `husk run` command line `args` (a detached appliance's)
+/// with `--net NAME` and a `--network-alias` for each of `aliases` put in
+/// after its other networks' options: the same run, also on network
+/// `name`, joined last (so the others keep their interfaces).
+pub(crate) fn with_network(
+    args: &[String],
+    name: &str,
+    aliases: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let before = crate::parse_run_args(args)?;
+    let mut wanted = before.net.clone();
+    wanted.push(NetMode::Network(name.into()));
+    let mut added = vec!["--net".to_string(), name.to_string()];
+    for alias in aliases {
+        added.extend(["--network-alias".to_string(), alias.clone()]);
+    }
+    // The first place where the parsed networks come out in that order.
+    for at in 1..=args.len() {
+        let after: Vec<String> = args[..at]
+            .iter()
+            .chain(&added)
+            .chain(&args[at..])
+            .cloned()
+            .collect();
+        if crate::parse_run_args(&after).is_ok_and(|a| {
+            a.net == wanted && a.target == before.target && a.command == before.command
+        }) {
+            return Ok(after);
+        }
+    }
+    anyhow::bail!("its recorded command line takes no --net {name}")
+}
+
+/// `args` as [`with_network`] takes them, without the option that put the
+/// run on network `name` (`--net NAME`, `--network NAME` or their `=`
+/// forms): the same run, off that network. `None` when no such option is
+/// there (its appliance file's `[[vm.net]]` names the network).
+pub(crate) fn without_network(args: &[String], name: &str) -> anyhow::Result<Option<Vec<String>>> {
+    let before = crate::parse_run_args(args)?;
+    let wanted: Vec<NetMode> = before
+        .net
+        .iter()
+        .filter(|m| **m != NetMode::Network(name.into()))
+        .cloned()
+        .collect();
+    for (i, word) in args.iter().enumerate() {
+        let taken = match word.as_str() {
+            "--net" | "--network" if args.get(i + 1).is_some_and(|n| n == name) => 2,
+            w if w.strip_prefix("--net=").or(w.strip_prefix("--network=")) == Some(name) => 1,
+            _ => continue,
+        };
+        let mut after = args.to_vec();
+        after.drain(i..i + taken);
+        // Only an option: what runs, and the other networks, stay.
+        if crate::parse_run_args(&after).is_ok_and(|a| {
+            a.net == wanted && a.target == before.target && a.command == before.command
+        }) {
+            return Ok(Some(after));
+        }
+    }
+    Ok(None)
+}
+
 /// Who this run is on husk networks: the names other members reach it
 /// by, and (a detached VM) the folder that remembers its addresses, so a
 /// restart asks for the same ones.
@@ -538,18 +601,19 @@ impl Member {
         }
     }
 
-    /// Joins network `name` with `mac` as interface `index`: the socket
-    /// to its hub, the address it gave and the prefix length.
+    /// Joins network `name` with `mac`: the socket to its hub, the
+    /// address it gave and the prefix length.
     fn join(
         &self,
         name: &str,
         mac: [u8; 6],
-        index: usize,
     ) -> anyhow::Result<(std::os::fd::OwnedFd, std::net::Ipv4Addr, u8)> {
+        // By the network's name: its place among the interfaces changes
+        // when a network is connected or disconnected.
         let remembered = self
             .vm_dir
             .as_ref()
-            .map(|d| d.join(format!("network-{index}.address")));
+            .map(|d| d.join(format!("network-{name}.address")));
         let want = remembered
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
@@ -570,6 +634,47 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_run_is_put_on_a_network_and_taken_off_it_as_an_option_only() {
+        let words = |w: &str| -> Vec<String> { w.split(' ').map(String::from).collect() };
+        let run =
+            words("run -d --name db --net none --net=backend -e A=1 app -- echo --net backend");
+        let on = with_network(&run, "front", &["www".into()]).unwrap();
+        assert_eq!(
+            on,
+            words(
+                "run -d --name db --net none --net=backend --net front --network-alias www \
+                 -e A=1 app -- echo --net backend"
+            ),
+            "joined after its other networks"
+        );
+        let off = without_network(&on, "backend").unwrap().unwrap();
+        assert_eq!(
+            off,
+            words(
+                "run -d --name db --net none --net front --network-alias www -e A=1 app \
+                 -- echo --net backend"
+            ),
+            "the command's own words stay"
+        );
+        let off = without_network(&off, "front").unwrap().unwrap();
+        assert_eq!(
+            off,
+            words(
+                "run -d --name db --net none --network-alias www -e A=1 app -- echo --net backend"
+            )
+        );
+        assert_eq!(
+            without_network(&words("run --network backend app"), "backend").unwrap(),
+            Some(words("run app"))
+        );
+        // Only the command names it: nothing to take away.
+        assert_eq!(
+            without_network(&words("run app -- echo --net backend"), "backend").unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn exposed_ports_publish_on_any_host_port() {
