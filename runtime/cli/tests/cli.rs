@@ -827,6 +827,7 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
             names: vec![name.into()],
             mac,
             want: None,
+            fixed: false,
         };
         let json = serde_json::to_vec(&hello).unwrap();
         s.write_all(&hub::control_frame(hub::BROADCAST, mac, &json))
@@ -989,6 +990,17 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     fails(
         &["network", "connect", "front", "db"],
         "db is on front already",
+    );
+    // --ip names an address in a network's subnet (checked before boot).
+    let hello = examples_dir().join("hello");
+    let hello = hello.to_str().unwrap();
+    fails(
+        &["run", "--net", "front", "--ip", "192.0.2.9", hello],
+        "--ip 192.0.2.9: none of this run's networks (front) has it in its subnet",
+    );
+    fails(
+        &["run", "--ip", "192.0.2.9", hello],
+        "this run joins none: add --net NAME",
     );
     fails(
         &["network", "connect", "nowhere", "db"],

@@ -49,6 +49,9 @@ pub struct Hello {
     pub mac: [u8; 6],
     /// The address it would like (a restart's earlier one), if free.
     pub want: Option<Ipv4Addr>,
+    /// `want` or nothing (`--ip`): refused when another member has it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -410,6 +413,22 @@ impl Hub {
         }
         let (first, last) = self.range;
         let free = |a: u32| joined().all(|j| u32::from(j.address) != a);
+        if let (true, Some(want)) = (hello.fixed, hello.want) {
+            let a = u32::from(want);
+            if !(first..=last).contains(&a) {
+                return refuse(format!(
+                    "{want} is not an address it gives its members ({} to {})",
+                    Ipv4Addr::from(first),
+                    Ipv4Addr::from(last)
+                ));
+            }
+            if let Some(j) = joined().find(|j| j.address == want) {
+                return refuse(format!(
+                    "{want} is taken by another member ({})",
+                    j.names.join(" ")
+                ));
+            }
+        }
         let wanted = hello
             .want
             .map(u32::from)

@@ -146,6 +146,36 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         return Err(format!("netweb had {address} before its restart, {again} after").into());
     }
 
+    // --ip: that address or none; web's is taken.
+    let (web_ip, prefix) = address.split_once('/').unwrap_or((&address, "24"));
+    let fixed = format!("{}.77", &web_ip[..web_ip.rfind('.').unwrap_or(0)]);
+    let on = |ip: &str| {
+        h(&[
+            "run",
+            "--net",
+            "none",
+            "--net",
+            "backend",
+            "--ip",
+            ip,
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "ip -4 -o addr show eth0",
+        ])
+    };
+    let r = on(&fixed)?;
+    if r.code != Some(0) || !r.stdout.contains(&format!(" {fixed}/{prefix} ")) {
+        return Err(r
+            .explain(&format!("the run should have {fixed} on eth0"))
+            .into());
+    }
+    refused(
+        on(web_ip)?,
+        &format!("{web_ip} is taken by another member (netweb www)"),
+    )?;
+
     // Connected to a second network while stopped, it joins it at its
     // start (after backend: its address there stays); disconnected, it
     // is off it at the next.

@@ -142,14 +142,35 @@ pub(super) fn plan_net(
     }
     let mut joined = Vec::new();
     let mut internal = true;
+    let mut subnets = Vec::new();
     for name in &networks {
-        let network = crate::networks::Network::find(name)?;
-        internal &= network.meta()?.internal;
+        let meta = crate::networks::Network::find(name)?.meta()?;
+        internal &= meta.internal;
+        subnets.push(meta.subnet);
         joined.push(PlannedNet {
             network: Some(name.clone()),
             mtu: Some(crate::networks::MTU),
             ..PlannedNet::user(Vec::new())
         });
+    }
+    if let Some(ip) = args.names.ip {
+        let within = |(net, prefix): (std::net::Ipv4Addr, u8)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        };
+        if networks.is_empty() {
+            anyhow::bail!(
+                "--ip {ip} is an address on a husk network, and this run joins none: \
+                 add --net NAME"
+            );
+        }
+        let Some(at) = subnets.iter().position(|s| within(*s)) else {
+            anyhow::bail!(
+                "--ip {ip}: none of this run's networks ({}) has it in its subnet",
+                networks.join(", ")
+            );
+        };
+        joined[at].address = Some((ip, subnets[at].1));
     }
     let mut nets = match base {
         Some(NetMode::None) => {
@@ -335,6 +356,11 @@ pub struct NameArgs {
     /// An option for the guest's /etc/resolv.conf (ndots:2, ...)
     #[arg(long, value_name = "OPTION", value_parser = resolver_word)]
     dns_option: Vec<String>,
+    /// The guest's address on the husk network whose subnet holds it,
+    /// which no other member may have then (by default the network gives
+    /// one)
+    #[arg(long, value_name = "IPV4")]
+    ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,7 +464,7 @@ pub(super) fn attach_net(
     for (i, n) in nets.iter().enumerate() {
         if let Some(name) = &n.network {
             let mac = n.mac.unwrap_or_else(random_mac);
-            let (socket, address, prefix) = member.join(name, mac)?;
+            let (socket, address, prefix) = member.join(name, mac, n.address.map(|a| a.0))?;
             setup.interfaces.push(InterfaceSetup {
                 name: format!("eth{i}"),
                 address: Some(address),
@@ -601,12 +627,14 @@ impl Member {
         }
     }
 
-    /// Joins network `name` with `mac`: the socket to its hub, the
-    /// address it gave and the prefix length.
+    /// Joins network `name` with `mac`, at address `fixed` when given (or
+    /// not at all): the socket to its hub, the address it gave and the
+    /// prefix length.
     fn join(
         &self,
         name: &str,
         mac: [u8; 6],
+        fixed: Option<std::net::Ipv4Addr>,
     ) -> anyhow::Result<(std::os::fd::OwnedFd, std::net::Ipv4Addr, u8)> {
         // By the network's name: its place among the interfaces changes
         // when a network is connected or disconnected.
@@ -614,14 +642,17 @@ impl Member {
             .vm_dir
             .as_ref()
             .map(|d| d.join(format!("network-{name}.address")));
-        let want = remembered
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|a| a.trim().parse().ok());
+        let want = fixed.or_else(|| {
+            remembered
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|a| a.trim().parse().ok())
+        });
         let hello = crate::networks::hub::Hello {
             names: self.names.clone(),
             mac,
             want,
+            fixed: fixed.is_some(),
         };
         let joined = crate::networks::Network::find(name)?.join(&hello)?;
         if let Some(path) = remembered {
@@ -701,6 +732,7 @@ mod tests {
             dns: vec!["9.9.9.9".parse().unwrap()],
             dns_search: vec!["example.test".into()],
             dns_option: vec!["ndots:2".into()],
+            ip: None,
         };
         let mut setup = NetSetup {
             interfaces: vec![InterfaceSetup {

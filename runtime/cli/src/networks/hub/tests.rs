@@ -53,6 +53,7 @@ fn named(name: &str, mac: [u8; 6]) -> Hello {
         names: vec![name.into()],
         mac,
         want: None,
+        fixed: false,
     }
 }
 
@@ -117,6 +118,7 @@ fn members_get_addresses_and_each_other_s_frames_by_mac() {
             names: vec!["web".into(), "www".into()],
             mac: B,
             want: Some([10, 89, 0, 4].into()),
+            fixed: false,
         },
     );
     assert_eq!(reply, welcome([10, 89, 0, 4]), "the address it asked for");
@@ -267,5 +269,41 @@ fn a_member_that_never_reads_loses_frames_and_holds_up_no_other() {
         sent * body.len()
     );
     drop((a, b, c));
+    hub.join().unwrap();
+}
+
+#[test]
+fn a_fixed_address_is_given_or_refused_never_another() {
+    let (dir, hub, _a, reply) = hub_with(named("a", A));
+    assert_eq!(reply, welcome([10, 89, 0, 2]));
+    let fixed = |name: &str, mac: [u8; 6], want: [u8; 4]| Hello {
+        want: Some(want.into()),
+        fixed: true,
+        ..named(name, mac)
+    };
+    let reason = |r: Reply| match r {
+        Reply::Refused { reason } => reason,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(
+        reason(join(&dir, &fixed("b", B, [10, 89, 0, 2])).1),
+        "10.89.0.2 is taken by another member (a)"
+    );
+    for outside in [[10, 89, 0, 1], [10, 89, 0, 5], [192, 0, 2, 3]] {
+        assert!(
+            reason(join(&dir, &fixed("b", B, outside)).1).contains("not an address it gives"),
+            "{outside:?}"
+        );
+    }
+    let (_b, reply) = join(&dir, &fixed("b", B, [10, 89, 0, 4]));
+    assert_eq!(reply, welcome([10, 89, 0, 4]));
+    // An address only wished for falls back to a free one.
+    let wish = Hello {
+        want: Some([10, 89, 0, 4].into()),
+        ..named("c", [2, 0, 0, 0, 0, 0xc])
+    };
+    let (_c, reply) = join(&dir, &wish);
+    assert_eq!(reply, welcome([10, 89, 0, 3]));
+    drop((_a, _b, _c));
     hub.join().unwrap();
 }
