@@ -944,7 +944,7 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
             "husk {args:?} should fail with {why:?}: {stderr}"
         );
     };
-    ok(&["network", "create", "backend"]);
+    ok(&["network", "create", "--subnet", "10.77.5.0/24", "backend"]);
     ok(&["network", "create", "front"]);
     let write = |name: &str, status: &str, pid: u32, start: u64| {
         let dir = state.join(name);
@@ -953,7 +953,8 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
             "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
             "status": status, "keeper_pid": pid, "keeper_start": start,
             "networks": ["backend"], "cwd": "/",
-            "args": ["run", "-d", "--name", name, "--net", "backend", "examples/busybox",
+            "args": ["run", "-d", "--name", name, "--net", "backend", "--ip", "10.77.5.9",
+                     "examples/busybox",
                      "--", "echo", "--net", "backend"],
         });
         std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
@@ -978,8 +979,8 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     assert_eq!(networks, ["backend", "front"]);
     assert_eq!(
         args.join(" "),
-        "run -d --name db --net backend --net front --network-alias data examples/busybox \
-         -- echo --net backend"
+        "run -d --name db --net backend --net front --network-alias data --ip 10.77.5.9 \
+         examples/busybox -- echo --net backend"
     );
     let ls = String::from_utf8(husk_n(&["network", "ls"]).stdout).unwrap();
     assert!(
@@ -1014,7 +1015,7 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
         args.join(" "),
         "run -d --name db --net front --network-alias data examples/busybox \
          -- echo --net backend",
-        "the command's words stay"
+        "its --ip on backend goes with it, the command's words stay"
     );
     fails(
         &["network", "disconnect", "backend", "db"],

@@ -489,7 +489,14 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     // and the 8-byte call address (the `_sigsys` member), i.e. int 6.
     let nr = unsafe { *(info as *const i32).offset(6) };
     let name = syscalls::Sysno::new(nr as usize).map_or("unknown", |s| s.name());
-    let kind = KIND.with(|k| k.get()).map_or("unfiltered", |k| k.name());
+    let kind = KIND.with(|k| k.get());
+    // `husk run --seccomp` sets the mode of the VM's own threads only.
+    let hint: &[u8] = match kind {
+        Some(ThreadKind::Vmm | ThreadKind::Vcpu) => {
+            b" (run with --seccomp=log to find every missing rule)"
+        }
+        _ => b"",
+    };
     let mut buf = [0u8; 10];
     write_stderr(&[
         b"husk: seccomp refused system call ",
@@ -497,8 +504,10 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         b" (",
         decimal(nr as u32, &mut buf),
         b") on a ",
-        kind.as_bytes(),
-        b" thread; stopping (run with --seccomp=log to find every missing rule)\n",
+        kind.map_or("unfiltered", |k| k.name()).as_bytes(),
+        b" thread; stopping",
+        hint,
+        b"\n",
     ]);
     let pid = PID.load(Ordering::Relaxed);
     // SAFETY: resetting a signal to its default action and signalling our

@@ -580,18 +580,57 @@ pub(crate) fn without_network(args: &[String], name: &str) -> anyhow::Result<Opt
         .filter(|m| **m != NetMode::Network(name.into()))
         .cloned()
         .collect();
+    let Some(mut after) = without_option(args, &["--net", "--network"], name, |a| {
+        a.net == wanted && a.names.ip == before.names.ip
+    })?
+    else {
+        return Ok(None);
+    };
+    // Its --ip, when that network's subnet held it, goes with it.
+    let subnet = crate::networks::Network::find(name).and_then(|n| n.meta());
+    if let (Some(ip), Ok(meta)) = (before.names.ip, subnet) {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(meta.subnet.1))
+            .unwrap_or(0);
+        if u32::from(ip) & mask == u32::from(meta.subnet.0) & mask {
+            after = without_option(&after, &["--ip"], &ip.to_string(), |a| {
+                a.net == wanted && a.names.ip.is_none()
+            })?
+            .unwrap_or(after);
+        }
+    }
+    Ok(Some(after))
+}
+
+/// `args` without one option of `flags` given `value` (`FLAG VALUE` or
+/// `FLAG=VALUE`) such that the run parses as `same` says, with the same
+/// target and command: an option taken away, never a word of the command.
+fn without_option(
+    args: &[String],
+    flags: &[&str],
+    value: &str,
+    same: impl Fn(&Args) -> bool,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let before = crate::parse_run_args(args)?;
     for (i, word) in args.iter().enumerate() {
-        let taken = match word.as_str() {
-            "--net" | "--network" if args.get(i + 1).is_some_and(|n| n == name) => 2,
-            w if w.strip_prefix("--net=").or(w.strip_prefix("--network=")) == Some(name) => 1,
-            _ => continue,
+        let taken = if flags.contains(&word.as_str()) {
+            if args.get(i + 1).is_none_or(|v| v != value) {
+                continue;
+            }
+            2
+        } else if flags
+            .iter()
+            .any(|f| word.strip_prefix(f).and_then(|w| w.strip_prefix('=')) == Some(value))
+        {
+            1
+        } else {
+            continue;
         };
         let mut after = args.to_vec();
         after.drain(i..i + taken);
-        // Only an option: what runs, and the other networks, stay.
-        if crate::parse_run_args(&after).is_ok_and(|a| {
-            a.net == wanted && a.target == before.target && a.command == before.command
-        }) {
+        if crate::parse_run_args(&after)
+            .is_ok_and(|a| same(&a) && a.target == before.target && a.command == before.command)
+        {
             return Ok(Some(after));
         }
     }
