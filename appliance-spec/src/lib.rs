@@ -46,8 +46,8 @@ pub use model::{
     OnExit, Ready, Rootfs, Run, Share, SymlinkEntry, Vm, Vsock,
 };
 pub use values::{
-    ByteSize, Cidr, ExposedPort, GuestPath, IdOrName, ImageSize, MacAddr, Mode, PortSpec, Signal,
-    Source, UserSpec,
+    registry_reference, ByteSize, Cidr, ExposedPort, GuestPath, IdOrName, ImageSize, MacAddr, Mode,
+    PortSpec, Signal, Source, UserSpec,
 };
 
 use diag::Locator;

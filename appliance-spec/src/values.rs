@@ -255,14 +255,12 @@ impl FromStr for Source {
         } else if let Some(rest) = s.strip_prefix("dir:") {
             nonempty(rest, "\"dir:PATH\"").map(Source::Dir)
         } else if let Some(rest) = s.strip_prefix("docker://") {
-            match rest.split_once('/') {
-                Some((host, repo)) if !host.is_empty() && !repo.is_empty() => {
-                    Ok(Source::Registry(rest.to_string()))
-                }
-                _ => Err(format!(
-                    "{s:?} is not a registry reference; write \"docker://HOST[:PORT]/REPO[:TAG]\""
-                )),
-            }
+            registry_reference(rest).map(Source::Registry).ok_or_else(|| {
+                format!(
+                    "{s:?} is not a registry reference; write \"docker://[HOST[:PORT]/]REPO[:TAG]\" \
+                     (\"docker://busybox\" is docker.io/library/busybox:latest)"
+                )
+            })
         } else if let Some(rest) = s.strip_prefix("oci:") {
             let (dir, tag) = match rest.rsplit_once(':') {
                 Some((dir, tag)) if !tag.contains('/') => (dir, Some(tag.to_string())),
@@ -281,6 +279,72 @@ impl FromStr for Source {
 }
 
 deserialize_from_str!(Source, "a rootfs source such as \"scratch\"");
+
+/// An image reference as docker and podman take one, in full: a first
+/// part without a dot, a colon or `localhost` is a path on Docker Hub
+/// (`busybox` is `docker.io/library/busybox`), and no tag or digest is
+/// `:latest`. `None` for what is no reference (repository paths are
+/// lowercase letters, digits and `._-` between slashes).
+pub fn registry_reference(text: &str) -> Option<String> {
+    let (name, digest) = match text.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (text, None),
+    };
+    let (host, path) = match name.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first.to_string(), rest)
+        }
+        _ => ("docker.io".to_string(), name),
+    };
+    let (path, tag) = match path.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') => (path, Some(tag)),
+        _ => (path, None),
+    };
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.as_bytes()[0].is_ascii_alphanumeric()
+    };
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    let digest_ok = digest.is_none_or(|d| {
+        d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty() && !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    });
+    let host_ok = host
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'[')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !(host_ok && tag_ok && digest_ok && path.split('/').all(component_ok)) {
+        return None;
+    }
+    let path = if host == "docker.io" && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path.to_string()
+    };
+    let mut full = format!("{host}/{path}");
+    match (tag, digest) {
+        (Some(t), _) => full.push_str(&format!(":{t}")),
+        (None, None) => full.push_str(":latest"),
+        (None, Some(_)) => {}
+    }
+    if let Some(d) = digest {
+        full.push_str(&format!("@{d}"));
+    }
+    Some(full)
+}
 
 /// `uid[:gid]` or `name[:group]` (names resolved in the image at build time).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -623,7 +687,45 @@ mod tests {
             "docker://127.0.0.1:5000/busybox:1".parse::<Source>(),
             Ok(Source::Registry("127.0.0.1:5000/busybox:1".into()))
         );
-        assert!("docker://busybox".parse::<Source>().is_err());
+        for (short, full) in [
+            ("busybox", "docker.io/library/busybox:latest"),
+            ("busybox:1.36", "docker.io/library/busybox:1.36"),
+            ("library/busybox", "docker.io/library/busybox:latest"),
+            ("bitnami/redis:7", "docker.io/bitnami/redis:7"),
+            ("quay.io/podman/hello", "quay.io/podman/hello:latest"),
+            ("localhost/app", "localhost/app:latest"),
+            ("localhost:5000/a/b:v1", "localhost:5000/a/b:v1"),
+            (
+                "alpine@sha256:0123abcd",
+                "docker.io/library/alpine@sha256:0123abcd",
+            ),
+            ("ghcr.io/o/r:v2@sha256:ff", "ghcr.io/o/r:v2@sha256:ff"),
+        ] {
+            assert_eq!(
+                format!("docker://{short}").parse::<Source>(),
+                Ok(Source::Registry(full.into())),
+                "{short}"
+            );
+            assert_eq!(
+                registry_reference(full).as_deref(),
+                Some(full),
+                "{full} stays"
+            );
+        }
+        for bad in [
+            "",
+            "Busybox",
+            "a//b",
+            "a b",
+            "x:",
+            "/abs",
+            "./rel",
+            "a@sha256",
+            "-x",
+            "examples/hello/",
+        ] {
+            assert_eq!(registry_reference(bad), None, "{bad:?}");
+        }
         assert!("oci-archive:".parse::<Source>().is_err());
         assert!("ubuntu".parse::<Source>().is_err());
     }

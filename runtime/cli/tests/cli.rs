@@ -246,6 +246,19 @@ fn build_reports_bad_input() {
         err.contains("neither an appliance file nor an image reference"),
         "{err}"
     );
+    // A word that is no file or folder here and reads as a registry
+    // reference is pulled, as docker and podman take it (nothing listens
+    // on port 1: the pull fails at once, or husk-pull is not built here).
+    let out = husk(&["build", "127.0.0.1:1/husk/none:v1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "cannot build 127.0.0.1:1/husk/none:v1 (no appliance file or folder here, so the \
+             registry image 127.0.0.1:1/husk/none:v1)"
+        ),
+        "{err}"
+    );
 }
 
 /// What `husk run` does depends on what serves `/dev/kvm` here: none

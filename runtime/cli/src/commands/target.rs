@@ -1,5 +1,8 @@
 //! What `husk build`, `run` and `inspect` accept: an appliance file (or a
-//! folder holding `appliance.toml`), or an image reference.
+//! folder holding `appliance.toml`), or an image reference; a word that
+//! is neither a file nor a folder here and reads as a registry reference
+//! (`nginx`, `alpine:3.19`, `quay.io/org/app`) is one, as docker and
+//! podman take it.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -10,7 +13,9 @@ use builder::{Built, Input};
 
 pub enum Target {
     Appliance(Box<Appliance>, PathBuf),
-    Image(appliance_spec::Source, String),
+    /// The source, the reference as given (`docker://` and in full for a
+    /// bare registry reference), and that bare word.
+    Image(appliance_spec::Source, String, Option<String>),
 }
 
 impl Target {
@@ -26,7 +31,16 @@ impl Target {
         .any(|p| arg.starts_with(p));
         if looks_like_ref {
             let source = arg.parse().map_err(|e: String| anyhow::anyhow!("{e}"))?;
-            return Ok(Target::Image(source, arg.to_string()));
+            return Ok(Target::Image(source, arg.to_string(), None));
+        }
+        if !std::path::Path::new(arg).exists() && !arg.ends_with(".toml") {
+            if let Some(full) = appliance_spec::registry_reference(arg) {
+                return Ok(Target::Image(
+                    appliance_spec::Source::Registry(full.clone()),
+                    format!("docker://{full}"),
+                    Some(arg.to_string()),
+                ));
+            }
         }
         let mut file = PathBuf::from(arg);
         if file.is_dir() {
@@ -37,7 +51,8 @@ impl Target {
             Err(SpecError::Invalid(diags)) => Err(anyhow::anyhow!("{diags}")),
             Err(e) => Err(anyhow::Error::from(e).context(format!(
                 "{arg} is neither an appliance file nor an image reference \
-                 (oci:DIR[:TAG], oci-archive:PATH, docker-archive:PATH, docker://REF, dir:PATH)"
+                 (oci:DIR[:TAG], oci-archive:PATH, docker-archive:PATH, dir:PATH, \
+                 docker://REF or REF, such as alpine:3.19)"
             ))),
         }
     }
@@ -46,7 +61,7 @@ impl Target {
     pub fn source(&self) -> &appliance_spec::Source {
         match self {
             Target::Appliance(a, _) => &a.rootfs.from,
-            Target::Image(s, _) => s,
+            Target::Image(s, ..) => s,
         }
     }
 
@@ -71,11 +86,15 @@ impl Target {
         };
         let input = match self {
             Target::Appliance(a, _) => Input::Appliance(a),
-            Target::Image(s, _) => Input::Image(s),
+            Target::Image(s, ..) => Input::Image(s),
         };
         let what = match self {
             Target::Appliance(_, file) => file.display().to_string(),
-            Target::Image(_, arg) => arg.clone(),
+            Target::Image(_, arg, None) => arg.clone(),
+            Target::Image(_, arg, Some(word)) => format!(
+                "{word} (no appliance file or folder here, so the registry image {})",
+                arg.trim_start_matches("docker://")
+            ),
         };
         let built = builder::build(input, &init, &cache, &mut progress)
             .with_context(|| format!("cannot build {what}"))?;
@@ -98,7 +117,7 @@ impl Target {
                 .unwrap_or_else(|_| file.clone())
                 .display()
                 .to_string(),
-            Target::Image(_, arg) => {
+            Target::Image(_, arg, _) => {
                 let prefix = ["oci:", "oci-archive:", "docker-archive:", "dir:"]
                     .into_iter()
                     .find(|p| arg.starts_with(p));
