@@ -307,8 +307,8 @@ fn read_frame(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
     Ok(frame)
 }
 
-/// Whether two IPv4 networks share an address.
-fn overlap(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+/// Whether two IPv4 networks share an address (an address is a /32).
+pub fn overlap(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
     let prefix = a.1.min(b.1);
     let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
     u32::from(a.0) & mask == u32::from(b.0) & mask

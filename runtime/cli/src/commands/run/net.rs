@@ -154,17 +154,16 @@ pub(super) fn plan_net(
         });
     }
     if let Some(ip) = args.names.ip {
-        let within = |(net, prefix): (std::net::Ipv4Addr, u8)| {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            u32::from(ip) & mask == u32::from(net) & mask
-        };
         if networks.is_empty() {
             anyhow::bail!(
                 "--ip {ip} is an address on a husk network, and this run joins none: \
                  add --net NAME"
             );
         }
-        let Some(at) = subnets.iter().position(|s| within(*s)) else {
+        let Some(at) = subnets
+            .iter()
+            .position(|s| crate::networks::overlap(*s, (ip, 32)))
+        else {
             anyhow::bail!(
                 "--ip {ip}: none of this run's networks ({}) has it in its subnet",
                 networks.join(", ")
@@ -589,10 +588,7 @@ pub(crate) fn without_network(args: &[String], name: &str) -> anyhow::Result<Opt
     // Its --ip, when that network's subnet held it, goes with it.
     let subnet = crate::networks::Network::find(name).and_then(|n| n.meta());
     if let (Some(ip), Ok(meta)) = (before.names.ip, subnet) {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(meta.subnet.1))
-            .unwrap_or(0);
-        if u32::from(ip) & mask == u32::from(meta.subnet.0) & mask {
+        if crate::networks::overlap(meta.subnet, (ip, 32)) {
             after = without_option(&after, &["--ip"], &ip.to_string(), |a| {
                 a.net == wanted && a.names.ip.is_none()
             })?
