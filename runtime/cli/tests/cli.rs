@@ -10,6 +10,54 @@ fn husk(args: &[&str]) -> Output {
         .expect("run husk")
 }
 
+/// husk with its state, data, cache and snapshot folders in a temporary
+/// folder of the test's own.
+struct Home(tempfile::TempDir);
+
+impl Home {
+    fn new() -> Self {
+        Home(tempfile::tempdir().unwrap())
+    }
+
+    fn state(&self) -> PathBuf {
+        self.0.path().join("state")
+    }
+
+    fn husk(&self, args: &[&str]) -> Output {
+        let at = |folder: &str| self.0.path().join(folder);
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .env("HUSK_STATE_DIR", at("state"))
+            .env("HUSK_DATA_DIR", at("data"))
+            .env("HUSK_CACHE_DIR", at("cache"))
+            .env("HUSK_SNAPSHOT_DIR", at("snapshots"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Its stdout; it must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.husk(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// It must fail, saying `why`.
+    fn fails(&self, args: &[&str], why: &str) {
+        let out = self.husk(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "husk {args:?} should fail with {why:?}: {stderr}"
+        );
+    }
+}
+
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
@@ -697,38 +745,10 @@ fn system_df_and_prune_take_what_nothing_uses() {
 
 #[test]
 fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (state, data) = (tmp.path().join("state"), tmp.path().join("data"));
-    let husk_n = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_husk"))
-            .args(args)
-            .env("HUSK_STATE_DIR", &state)
-            .env("HUSK_DATA_DIR", &data)
-            .env("HUSK_CACHE_DIR", tmp.path().join("cache"))
-            .env("HUSK_SNAPSHOT_DIR", tmp.path().join("snapshots"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let ok = |args: &[&str]| {
-        let out = husk_n(args);
-        assert!(
-            out.status.success(),
-            "husk {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let fails = |args: &[&str], why: &str| {
-        let out = husk_n(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(why),
-            "husk {args:?} should fail with {why:?}: {stderr}"
-        );
-    };
-    assert_eq!(ok(&["network", "create", "backend"]).trim(), "backend");
-    ok(&[
+    let home = Home::new();
+    let state = home.state();
+    assert_eq!(home.ok(&["network", "create", "backend"]).trim(), "backend");
+    home.ok(&[
         "network",
         "create",
         "--internal",
@@ -736,15 +756,16 @@ fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
         "10.77.1.9/24",
         "quiet",
     ]);
-    ok(&["network", "create", "spare"]);
-    fails(&["network", "create", "backend"], "exists already");
-    fails(&["network", "create", "user"], "not a network name");
-    fails(
+    home.ok(&["network", "create", "spare"]);
+    home.fails(&["network", "create", "backend"], "exists already");
+    home.fails(&["network", "create", "user"], "not a network name");
+    home.fails(
         &["network", "create", "--subnet", "10.77.0.0/16", "wide"],
         "another husk network has 10.77.1.0/24",
     );
     let inspect: serde_json::Value =
-        serde_json::from_str(&ok(&["network", "inspect", "backend", "quiet", "spare"])).unwrap();
+        serde_json::from_str(&home.ok(&["network", "inspect", "backend", "quiet", "spare"]))
+            .unwrap();
     let subnets: Vec<&str> = (0..3)
         .map(|i| inspect[i]["Subnet"].as_str().unwrap())
         .collect();
@@ -767,18 +788,18 @@ fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
             "keeper_pid":1,"keeper_start":1,"networks":["backend"]}"#,
     )
     .unwrap();
-    let ls = ok(&["network", "ls"]);
+    let ls = home.ok(&["network", "ls"]);
     assert!(
         ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
             == ["backend", subnets[0], "no", "no", "db"]),
         "{ls}"
     );
-    fails(&["network", "rm", "backend"], "named by db");
-    assert_eq!(ok(&["network", "prune", "-f"]), "quiet\nspare\n");
-    let pruned = ok(&["system", "prune"]);
+    home.fails(&["network", "rm", "backend"], "named by db");
+    assert_eq!(home.ok(&["network", "prune", "-f"]), "quiet\nspare\n");
+    let pruned = home.ok(&["system", "prune"]);
     assert!(pruned.contains("Deleted networks:\nbackend\n"), "{pruned}");
-    assert_eq!(ok(&["network", "ls", "-q"]), "");
-    fails(&["network", "rm", "backend"], "no such network: backend");
+    assert_eq!(home.ok(&["network", "ls", "-q"]), "");
+    home.fails(&["network", "rm", "backend"], "no such network: backend");
 }
 
 /// A network's hub as the first `husk run` on a network starts it (its
@@ -930,35 +951,10 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
 /// does not exist, and one it is not on.
 #[test]
 fn stopped_appliances_are_connected_to_networks_and_disconnected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (state, data) = (tmp.path().join("state"), tmp.path().join("data"));
-    let husk_n = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_husk"))
-            .args(args)
-            .env("HUSK_STATE_DIR", &state)
-            .env("HUSK_DATA_DIR", &data)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let ok = |args: &[&str]| {
-        let out = husk_n(args);
-        assert!(
-            out.status.success(),
-            "husk {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let fails = |args: &[&str], why: &str| {
-        let out = husk_n(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(why),
-            "husk {args:?} should fail with {why:?}: {stderr}"
-        );
-    };
-    ok(&["network", "create", "--subnet", "10.77.5.0/24", "backend"]);
-    ok(&["network", "create", "front"]);
+    let home = Home::new();
+    let state = home.state();
+    home.ok(&["network", "create", "--subnet", "10.77.5.0/24", "backend"]);
+    home.ok(&["network", "create", "front"]);
     let write = |name: &str, status: &str, pid: u32, start: u64| {
         let dir = state.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -987,7 +983,7 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     };
     write("db", "exited", 1, 1);
 
-    ok(&["network", "connect", "--alias", "data", "front", "db"]);
+    home.ok(&["network", "connect", "--alias", "data", "front", "db"]);
     let (args, networks) = recorded("db");
     assert_eq!(networks, ["backend", "front"]);
     assert_eq!(
@@ -995,33 +991,33 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
         "run -d --name db --net backend --net front --network-alias data --ip 10.77.5.9 \
          examples/busybox -- echo --net backend"
     );
-    let ls = String::from_utf8(husk_n(&["network", "ls"]).stdout).unwrap();
+    let ls = String::from_utf8(home.husk(&["network", "ls"]).stdout).unwrap();
     assert!(
         ls.lines()
             .any(|l| l.starts_with("front ") && l.ends_with(" db")),
         "front is named by db now: {ls}"
     );
-    fails(
+    home.fails(
         &["network", "connect", "front", "db"],
         "db is on front already",
     );
     // --ip names an address in a network's subnet (checked before boot).
     let hello = examples_dir().join("hello");
     let hello = hello.to_str().unwrap();
-    fails(
+    home.fails(
         &["run", "--net", "front", "--ip", "192.0.2.9", hello],
         "--ip 192.0.2.9: none of this run's networks (front) has it in its subnet",
     );
-    fails(
+    home.fails(
         &["run", "--ip", "192.0.2.9", hello],
         "this run joins none: add --net NAME",
     );
-    fails(
+    home.fails(
         &["network", "connect", "nowhere", "db"],
         "no such network: nowhere",
     );
 
-    ok(&["network", "disconnect", "backend", "db"]);
+    home.ok(&["network", "disconnect", "backend", "db"]);
     let (args, networks) = recorded("db");
     assert_eq!(networks, ["front"]);
     assert_eq!(
@@ -1030,11 +1026,11 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
          -- echo --net backend",
         "its --ip on backend goes with it, the command's words stay"
     );
-    fails(
+    home.fails(
         &["network", "disconnect", "backend", "db"],
         "db is not on backend",
     );
-    fails(&["network", "disconnect", "front", "nobody"], "nobody");
+    home.fails(&["network", "disconnect", "front", "nobody"], "nobody");
 
     // A running one (its keeper is this test, alive): refused, unchanged.
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -1045,8 +1041,8 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
         .parse()
         .unwrap();
     write("web", "running", std::process::id(), start);
-    fails(&["network", "connect", "front", "web"], "web is running");
-    fails(
+    home.fails(&["network", "connect", "front", "web"], "web is running");
+    home.fails(
         &["network", "disconnect", "backend", "web"],
         "web is running",
     );
