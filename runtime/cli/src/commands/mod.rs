@@ -127,6 +127,25 @@ pub fn docker_size(text: &str) -> Result<Option<u64>, String> {
         .and_then(|n| n.checked_mul(1 << shift)))
 }
 
+/// Guest memory in MiB from `--memory`.
+pub fn memory_mib(arg: &str) -> anyhow::Result<u64> {
+    let bytes = match arg.parse::<u64>() {
+        Ok(mib) => mib.checked_mul(1 << 20),
+        Err(_) => docker_size(arg).map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
+    };
+    let max = vmm::MAX_MEMORY_MIB << 20;
+    let bytes = bytes.filter(|b| *b <= max).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--memory {arg}: more than husk gives a VM (at most {} MiB)",
+            vmm::MAX_MEMORY_MIB
+        )
+    })?;
+    if bytes < appliance_spec::Vm::MIN_MEMORY.0 || bytes % (1 << 20) != 0 {
+        anyhow::bail!("--memory {arg}: give a whole number of MiB, at least 32MiB");
+    }
+    Ok(bytes >> 20)
+}
+
 /// A size on disk as `ls` commands show it: KiB under a MiB, MiB under a
 /// GiB, else GiB.
 pub fn human_size(bytes: u64) -> String {
@@ -219,7 +238,24 @@ pub struct Space {
 
 #[cfg(test)]
 mod tests {
-    use super::docker_size;
+    use super::{docker_size, memory_mib};
+
+    #[test]
+    fn guest_memory_is_a_number_of_mib_or_a_size_and_is_bounded() {
+        for (arg, mib) in [("256", 256), ("512m", 512), ("2g", 2048), ("1GiB", 1024)] {
+            assert_eq!(memory_mib(arg).unwrap(), mib, "{arg}");
+        }
+        for (arg, why) in [
+            ("17592186044544", "more than husk gives a VM"),
+            ("99999999999999999999g", "more than husk gives a VM"),
+            ("16m", "at least 32MiB"),
+            ("33554433b", "whole number of MiB"),
+            ("1.5g", "is not a size"),
+        ] {
+            let e = memory_mib(arg).unwrap_err().to_string();
+            assert!(e.contains(why), "{arg}: {e}");
+        }
+    }
 
     #[test]
     fn sizes_are_taken_as_docker_and_husk_write_them() {

@@ -375,7 +375,7 @@ pub fn size_of(spec: &Spec, annotations: &BTreeMap<String, String>) -> anyhow::R
         .and_then(limit_mib);
     let mut memory_mib = pod_memory.or(own_memory).unwrap_or(DEFAULT_MEMORY_MIB);
     if let Some(v) = annotations.get("io.husk.vm.memory") {
-        memory_mib = crate::commands::run::memory_mib(v)
+        memory_mib = crate::commands::memory_mib(v)
             .with_context(|| format!("annotation io.husk.vm.memory={v:?}"))?;
     }
     Ok((cpus, memory_mib))

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use appliance_spec::{ImageFormat, KernelRef, PortSpec, Vm};
+use appliance_spec::{ImageFormat, KernelRef, PortSpec};
 use builder::kernel;
 use husk_init::config::Overrides;
 use vmm::vsock::{HostVsock, MAX_CONNECTIONS};
@@ -163,8 +163,17 @@ pub struct Args {
     #[arg(long, requires = "detach")]
     wait_ready: bool,
     /// With -d: remove the appliance (its folder and log) when it stops
-    #[arg(long, requires = "detach")]
+    /// (a run in the foreground leaves nothing anyway)
+    #[arg(long)]
     rm: bool,
+    /// Taken as docker's -i and -t are: in the foreground the guest's
+    /// console is always husk's stdin and stdout, raw when stdin is a
+    /// terminal; with -d it goes to the log (husk exec -it NAME sh for a
+    /// shell)
+    #[arg(short = 'i', long, conflicts_with = "detach")]
+    interactive: bool,
+    #[arg(short = 't', long, conflicts_with = "detach", hide = true)]
+    tty: bool,
     /// With -d: start the command again when it ends: no, always,
     /// unless-stopped, or on-failure[:MAX-RESTARTS] (a status other than
     /// 0); not after husk stop, or husk kill with KILL, TERM, INT or QUIT
@@ -247,25 +256,6 @@ enum Seccomp {
     Off,
 }
 
-/// Guest memory in MiB from `--memory`.
-pub fn memory_mib(arg: &str) -> anyhow::Result<u64> {
-    let bytes = match arg.parse::<u64>() {
-        Ok(mib) => mib.checked_mul(1 << 20),
-        Err(_) => super::docker_size(arg).map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
-    };
-    let max = vmm::MAX_MEMORY_MIB << 20;
-    let bytes = bytes.filter(|b| *b <= max).with_context(|| {
-        format!(
-            "--memory {arg}: more than husk gives a VM (at most {} MiB)",
-            vmm::MAX_MEMORY_MIB
-        )
-    })?;
-    if bytes < Vm::MIN_MEMORY.0 || bytes % (1 << 20) != 0 {
-        anyhow::bail!("--memory {arg}: give a whole number of MiB, at least 32MiB");
-    }
-    Ok(bytes >> 20)
-}
-
 /// `--timeout SECS`: a finite number of seconds, more than 0.
 fn parse_timeout(arg: &str) -> Result<Duration, String> {
     let secs: f64 = arg
@@ -340,7 +330,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         params: Vec::new(),
         cpus: args.cpus.unwrap_or(1),
         memory_mib: match &args.memory {
-            Some(m) => memory_mib(m)?,
+            Some(m) => super::memory_mib(m)?,
             None => 128,
         },
         net: Vec::new(),
