@@ -122,17 +122,57 @@ fn a_pushed_multi_arch_image_is_pulled_built_and_then_cached() {
     assert!(chain(&err).contains("husk-pull failed"), "{}", chain(&err));
 }
 
+/// A pulled tag is used as it is until it is pulled again (`husk pull`,
+/// `--pull always`), which takes the image the tag names now.
+#[test]
+fn a_tag_pulled_again_takes_the_image_it_names_now() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let registry = Registry::start(None);
+    let reference = format!("docker://{}/husk/moving:v1", registry.addr);
+    let image = |cmd: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar(&[E::File("x", cmd.as_bytes())]);
+        oci_layout(dir.path(), &[(layer, Compression::Gzip)], &[cmd]);
+        dir
+    };
+    push_layout(image("/first").path(), &reference, None);
+    std::env::set_var("HUSK_PULL", env!("CARGO_BIN_EXE_husk-pull"));
+    let cache = tempfile::tempdir().unwrap();
+    let source: Source = reference.parse().unwrap();
+    let build_it = || build(Input::Image(&source), &init(), cache.path(), &mut |_| {}).unwrap();
+    let first = build_it();
+    assert_eq!(first.run.command, ["/first"]);
+
+    push_layout(image("/second").path(), &reference, None);
+    let kept = build_it();
+    assert!(kept.cached, "a pulled tag is not fetched again by itself");
+    assert_eq!(kept.run.command, ["/first"]);
+    assert!(builder::oci::is_pulled(&reference, cache.path()));
+
+    builder::oci::run_pull(&reference, cache.path()).unwrap();
+    let second = build_it();
+    assert!(!second.cached);
+    assert_ne!(second.digest, first.digest);
+    assert_eq!(second.run.command, ["/second"]);
+}
+
 /// `skopeo copy` of the multi-arch test image to `reference`.
 fn push(reference: &str, creds: Option<&str>) {
     let layout = tempfile::tempdir().unwrap();
     multi_arch_layout(layout.path());
+    push_layout(layout.path(), reference, creds);
+}
+
+/// `skopeo copy` of the image layout at `layout` (tag `latest`) to
+/// `reference`.
+fn push_layout(layout: &std::path::Path, reference: &str, creds: Option<&str>) {
     let mut skopeo = Command::new("skopeo");
     skopeo.args(["copy", "--all", "--dest-tls-verify=false"]);
     if let Some(c) = creds {
         skopeo.args(["--dest-creds", c]);
     }
     let out = skopeo
-        .arg(format!("oci:{}:latest", layout.path().display()))
+        .arg(format!("oci:{}:latest", layout.display()))
         .arg(reference)
         .output()
         .expect("skopeo runs (ci/setup installs it)");

@@ -134,7 +134,7 @@ impl Image {
             }
             Source::Registry(reference) => {
                 let dir = pulled_layout(reference, cache);
-                if !dir.join("index.json").is_file() {
+                if !is_pulled(reference, cache) {
                     run_pull(reference, cache)?;
                 }
                 Layout::open(&dir)?.image(Some("latest"))
@@ -191,9 +191,16 @@ pub fn pulled_layout(reference: &str, cache: &Path) -> PathBuf {
     cache.join("pulls").join(&key[..32])
 }
 
+/// Whether `reference` was pulled into `cache` (a build uses it as it is).
+pub fn is_pulled(reference: &str, cache: &Path) -> bool {
+    pulled_layout(reference, cache).join("index.json").is_file()
+}
+
 /// Runs `husk-pull` (`$HUSK_PULL`, else beside the running program) to
-/// pull `reference` into `cache`; its progress goes to stderr.
-fn run_pull(reference: &str, cache: &Path) -> Result<(), OciError> {
+/// pull `reference` into `cache`, again if it was (what the tag names
+/// now; blobs already stored are not fetched); its progress goes to
+/// stderr.
+pub fn run_pull(reference: &str, cache: &Path) -> Result<(), OciError> {
     let program = match std::env::var_os("HUSK_PULL").filter(|v| !v.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => std::env::current_exe()

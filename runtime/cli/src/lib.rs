@@ -64,6 +64,9 @@ enum Command {
     Rm(commands::rm::Args),
     /// Build an appliance or image into a bootable root filesystem image
     Build(commands::build::Args),
+    /// Pull registry images again, for what their tags name now, and build
+    /// them (husk run and build pull an image once and keep it)
+    Pull(commands::pull::Args),
     /// Export an appliance as a disk other hypervisors and clouds boot
     /// (OVA, VMDK, VHD, VHDX, qcow2, raw)
     Export(commands::export::Args),
@@ -137,6 +140,7 @@ pub fn husk_main() -> ExitCode {
         Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Build(args) => commands::build::run(args),
+        Command::Pull(args) => commands::pull::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Validate(args) => commands::validate::run(args),

@@ -1048,3 +1048,33 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     );
     assert_eq!(recorded("web").1, ["backend"]);
 }
+
+/// `--pull never` refuses a registry image not pulled yet, and `husk
+/// pull` takes registry images only (what a pull again does is the
+/// builder's registry test's: `a_tag_pulled_again_...`).
+#[test]
+fn registry_images_are_pulled_as_the_policy_says() {
+    let home = Home::new();
+    home.fails(
+        &["run", "--pull", "never", "127.0.0.1:1/husk/none:v1"],
+        "127.0.0.1:1/husk/none:v1 has not been pulled, and --pull never",
+    );
+    home.fails(
+        &["build", "--pull", "never", "docker://127.0.0.1:1/husk/none"],
+        "127.0.0.1:1/husk/none:latest has not been pulled, and --pull never",
+    );
+    let hello = examples_dir().join("hello");
+    home.fails(
+        &["pull", hello.to_str().unwrap()],
+        "is no registry image (husk build builds it)",
+    );
+    // Nothing listens on port 1: the pull fails, saying so.
+    home.fails(
+        &["pull", "127.0.0.1:1/husk/none:v1"],
+        "cannot pull 127.0.0.1:1/husk/none:v1",
+    );
+    home.fails(
+        &["run", "--pull", "sometimes", "x"],
+        "invalid value 'sometimes'",
+    );
+}

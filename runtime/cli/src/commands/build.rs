@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::target::Target;
+use super::target::{Pull, Target};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,10 +15,15 @@ pub struct Args {
     /// Also write the image here (written whole, then renamed into place)
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Pull a registry image: missing, always (what its tag names now) or
+    /// never
+    #[arg(long, value_enum, default_value_t)]
+    pull: Pull,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.target)?;
+    target.pull(args.pull)?;
     let built = target.build()?;
     let path = match &args.output {
         Some(out) => {

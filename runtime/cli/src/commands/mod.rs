@@ -13,6 +13,7 @@ pub mod network;
 pub mod pause;
 pub mod port;
 pub mod ps;
+pub mod pull;
 pub mod rm;
 pub mod run;
 pub mod snapshot;

@@ -18,7 +18,37 @@ pub enum Target {
     Image(appliance_spec::Source, String, Option<String>),
 }
 
+/// When a registry image is pulled, as docker's and podman's `--pull`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pull {
+    /// When it has not been pulled yet; then it is used as it is
+    #[default]
+    Missing,
+    /// Again, for the image its tag names now (blobs already here are
+    /// not fetched)
+    Always,
+    /// Never: one not pulled yet is an error
+    Never,
+}
+
 impl Target {
+    /// Pulls the registry image this target is or starts from (an
+    /// appliance file's `rootfs.from`) as `policy` says, for the build
+    /// that follows; nothing for any other.
+    pub fn pull(&self, policy: Pull) -> anyhow::Result<()> {
+        let appliance_spec::Source::Registry(reference) = self.source() else {
+            return Ok(());
+        };
+        let cache = builder::cache::root().context("cannot find husk's cache folder")?;
+        match policy {
+            Pull::Missing => Ok(()),
+            Pull::Always => builder::oci::run_pull(reference, &cache)
+                .with_context(|| format!("cannot pull {reference}")),
+            Pull::Never if builder::oci::is_pulled(reference, &cache) => Ok(()),
+            Pull::Never => anyhow::bail!("{reference} has not been pulled, and --pull never"),
+        }
+    }
+
     pub fn parse(arg: &str) -> anyhow::Result<Self> {
         let looks_like_ref = [
             "oci:",

@@ -196,6 +196,10 @@ pub struct Args {
     /// Mount the root filesystem read-only
     #[arg(long)]
     read_only: bool,
+    /// Pull a registry image: missing, always (what its tag names now) or
+    /// never
+    #[arg(long, value_enum, default_value_t)]
+    pull: super::target::Pull,
     /// With -d: boot and set the guest up, but start no command until one
     /// comes through the keeper's control socket (husk-runtime's create
     /// and start)
@@ -354,6 +358,11 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     let built = match handed_down()? {
         Some(image) => image,
         None => {
+            // Only where the user ran it: a detached appliance's start
+            // again (its keeper) uses what is here.
+            if keeper::from_env(keeper::KEEPER_ENV).is_none() {
+                target.pull(args.pull)?;
+            }
             let b = target.build()?;
             BuiltImage {
                 path: b.path,
