@@ -367,9 +367,11 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
     for (i, n) in vm.net.iter().enumerate() {
         let at = path("vm.net").index(i);
         if let Some(network) = &n.network {
+            // A fixed IPv4 address on it is its own (as run's --ip).
+            let ipv6 = n.address.is_some_and(|c| c.addr.is_ipv6());
             let given: Vec<&str> = [
                 ("tap", n.tap.is_some()),
-                ("address", n.address.is_some()),
+                ("address", ipv6),
                 ("gateway", n.gateway.is_some()),
                 ("ports", !n.ports.is_empty()),
             ]
@@ -395,8 +397,9 @@ fn check_vm(vm: &Vm, p: &mut Problems) {
             if let Some(key) = given.first() {
                 p.push((
                     at.clone().key(key),
-                    "a network gives its members their addresses, and publishes no port: \
-                     keep network alone (with mac or mtu), and publish on a user-mode interface"
+                    "a network gives its members their addresses (or one fixed IPv4 address), \
+                     and publishes no port: keep network alone (with mac, mtu or an IPv4 \
+                     address), and publish on a user-mode interface"
                         .into(),
                 ));
             }

@@ -107,6 +107,8 @@ const CASES: &[Case] = &[
         6, 11, "vm.net[0].network", "\"none\" is not a network name"),
     case("a network with ports", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\nnetwork = \"b\"\nports = [\"80\"]\n",
         7, 9, "vm.net[0].ports", "a network gives its members their addresses"),
+    case("a network with an IPv6 address", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\nnetwork = \"b\"\naddress = \"fd00::5/64\"\n",
+        7, 11, "vm.net[0].address", "or one fixed IPv4 address"),
     case("a network joined twice", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\nnetwork = \"b\"\n[[vm.net]]\nnetwork = \"b\"\n",
         8, 11, "vm.net[1].network", "network \"b\" is already joined by vm.net[0]"),
     case("mtu too small", "[run]\ncommand = [\"/a\"]\n[[vm.net]]\nmtu = 20\n",

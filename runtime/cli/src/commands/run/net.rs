@@ -813,7 +813,8 @@ mod tests {
         let appliance = appliance_spec::Appliance::parse(
             "[appliance]\nname = \"app\"\n[run]\ncommand = [\"/a\"]\n\
              [[vm.net]]\nports = [\"8080:80\"]\n\
-             [[vm.net]]\nnetwork = \"backend\"\nmac = \"02:00:00:00:00:01\"\n",
+             [[vm.net]]\nnetwork = \"backend\"\nmac = \"02:00:00:00:00:01\"\n\
+             address = \"10.89.0.10/24\"\n",
             std::path::Path::new("/nowhere/appliance.toml"),
         )
         .unwrap();
@@ -826,6 +827,8 @@ mod tests {
         assert_eq!((nets[0].network.as_deref(), nets[0].ports.len()), (None, 1));
         assert_eq!(nets[1].network.as_deref(), Some("backend"));
         assert_eq!(nets[1].mac, Some([2, 0, 0, 0, 0, 1]));
+        // Its fixed address, which attach_net asks the hub for (or none).
+        assert_eq!(nets[1].address, Some(([10, 89, 0, 10].into(), 24)));
         assert_eq!(nets[1].mtu, Some(crate::networks::MTU));
         // -p goes to the user-mode interface, never a network's.
         let args =
