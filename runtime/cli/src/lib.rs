@@ -54,6 +54,9 @@ enum Command {
     Top(commands::top::Args),
     /// List a detached appliance's published ports
     Port(commands::port::Args),
+    /// Change detached appliances' restart policy (at once), vCPUs and
+    /// memory (a stopped one's, from its next start)
+    Update(commands::update::Args),
     /// Copy files and folders between the host and a running detached
     /// appliance (NAME:PATH), as docker cp does
     Cp(commands::cp::Args),
@@ -136,6 +139,7 @@ pub fn husk_main() -> ExitCode {
         Command::Unpause(args) => commands::pause::unpause(args),
         Command::Top(args) => commands::top::run(args),
         Command::Port(args) => commands::port::run(args),
+        Command::Update(args) => commands::update::run(args),
         Command::Cp(args) => commands::cp::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),

@@ -1078,3 +1078,99 @@ fn registry_images_are_pulled_as_the_policy_says() {
         "invalid value 'sometimes'",
     );
 }
+
+/// `husk update` writes a detached appliance's new restart policy, vCPUs
+/// and memory into its state and recorded command line (what `husk
+/// start` runs); a running one takes only a restart policy, and what a
+/// run would refuse is refused.
+#[test]
+fn detached_appliances_are_updated_as_their_next_start_will_run() {
+    let home = Home::new();
+    let write = |name: &str, args: &[&str]| {
+        let dir = home.state().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = serde_json::json!({
+            "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
+            "status": "exited", "keeper_pid": 1, "keeper_start": 1, "cwd": "/",
+            "args": args,
+        });
+        std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    };
+    let recorded = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(home.state().join(name).join("state.json")).unwrap())
+            .unwrap()
+    };
+    write(
+        "db",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "-m",
+            "256",
+            "examples/busybox",
+            "--",
+            "top",
+            "-m",
+            "1",
+        ],
+    );
+    assert_eq!(
+        home.ok(&[
+            "update",
+            "--restart",
+            "on-failure:3",
+            "--cpus",
+            "2",
+            "--memory",
+            "1g",
+            "db"
+        ]),
+        "db\n"
+    );
+    let state = recorded("db");
+    assert_eq!(state["restart"], "on-failure:3");
+    assert_eq!(
+        state["args"],
+        serde_json::json!([
+            "run",
+            "--memory",
+            "1g",
+            "--cpus",
+            "2",
+            "--restart",
+            "on-failure:3",
+            "-d",
+            "--name",
+            "db",
+            "examples/busybox",
+            "--",
+            "top",
+            "-m",
+            "1"
+        ])
+    );
+    home.ok(&["update", "--restart", "no", "db"]);
+    assert_eq!(
+        recorded("db")["restart"],
+        serde_json::Value::Null,
+        "no policy"
+    );
+    home.fails(&["update", "db"], "say what to change");
+    home.fails(&["update", "-m", "16m", "db"], "at least 32MiB");
+    home.fails(
+        &["update", "--restart", "sometimes", "db"],
+        "write no, always",
+    );
+    home.fails(&["update", "--cpus", "2", "nobody"], "nobody");
+
+    write(
+        "once",
+        &["run", "-d", "--rm", "--name", "once", "examples/busybox"],
+    );
+    home.fails(
+        &["update", "--restart", "always", "once"],
+        "once cannot run so: --restart always: ",
+    );
+}

@@ -23,6 +23,7 @@ pub mod stop;
 pub mod system;
 mod target;
 pub mod top;
+pub mod update;
 pub mod validate;
 pub mod volume;
 pub mod wait;

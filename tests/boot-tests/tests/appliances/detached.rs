@@ -14,6 +14,7 @@ use boot_tests::husk::{husk, husk_bin, HuskRun};
 use libtest_mimic::{Failed, Trial};
 
 use super::network::{children, comm, gone};
+use super::volumes::refused;
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -1331,6 +1332,39 @@ fn restart_policies() -> Result<(), Failed> {
     }
     if !vm.ps_line()?.contains("Exited (3)") {
         return Err("ps -a should show it exited with 3".into());
+    }
+    processes.extend(tree(vm.keeper()?));
+    vm.remove(&processes)?;
+
+    // husk update --restart while it runs: the keeper takes the new
+    // policy when the command ends, and keeps it across the restart.
+    let vm = Vm::start(
+        "d-updated",
+        &[
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "echo run; sleep 3; exit 3",
+        ],
+    )?;
+    let mut processes = tree(vm.keeper()?);
+    ok(
+        h(&["update", "--restart", "on-failure:1", &vm.name])?,
+        "husk update --restart",
+    )?;
+    refused(
+        h(&["update", "--memory", "256m", &vm.name])?,
+        "d-updated is running, and a VM's vCPUs and memory are fixed while it runs",
+    )?;
+    let state = state_until(
+        &vm,
+        Duration::from_secs(150),
+        "exited after 1 restart",
+        |s| s["status"] == "exited",
+    )?;
+    if state["restart_count"] != 1 || state["restart"] != "on-failure:1" {
+        return Err(format!("on-failure:1 set by husk update: {state}").into());
     }
     processes.extend(tree(vm.keeper()?));
     vm.remove(&processes)?;

@@ -27,13 +27,15 @@ use crate::vms::keeper;
 mod detached;
 pub mod named;
 mod net;
+mod recorded;
 mod service;
 mod shares;
 pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 pub use detached::{in_new_session, spawn_keeper, start_keeper, KeeperStdio};
+pub(crate) use net::network_alias;
 use net::{attach_net, parse_net, plan_net, NetMode, PlannedNet};
-pub(crate) use net::{network_alias, with_network, without_network};
+pub(crate) use recorded::{with_network, with_option, without_network};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;

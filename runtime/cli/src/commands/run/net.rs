@@ -359,7 +359,7 @@ pub struct NameArgs {
     /// which no other member may have then (by default the network gives
     /// one)
     #[arg(long, value_name = "IPV4")]
-    ip: Option<std::net::Ipv4Addr>,
+    pub(super) ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -534,105 +534,6 @@ pub(super) fn attach_net(
     Ok((configs, passt, setup))
 }
 
-/// The recorded `husk run` command line `args` (a detached appliance's)
-/// with `--net NAME` and a `--network-alias` for each of `aliases` put in
-/// after its other networks' options: the same run, also on network
-/// `name`, joined last (so the others keep their interfaces).
-pub(crate) fn with_network(
-    args: &[String],
-    name: &str,
-    aliases: &[String],
-) -> anyhow::Result<Vec<String>> {
-    let before = crate::parse_run_args(args)?;
-    let mut wanted = before.net.clone();
-    wanted.push(NetMode::Network(name.into()));
-    let mut added = vec!["--net".to_string(), name.to_string()];
-    for alias in aliases {
-        added.extend(["--network-alias".to_string(), alias.clone()]);
-    }
-    // The first place where the parsed networks come out in that order.
-    for at in 1..=args.len() {
-        let after: Vec<String> = args[..at]
-            .iter()
-            .chain(&added)
-            .chain(&args[at..])
-            .cloned()
-            .collect();
-        if crate::parse_run_args(&after).is_ok_and(|a| {
-            a.net == wanted && a.target == before.target && a.command == before.command
-        }) {
-            return Ok(after);
-        }
-    }
-    anyhow::bail!("its recorded command line takes no --net {name}")
-}
-
-/// `args` as [`with_network`] takes them, without the option that put the
-/// run on network `name` (`--net NAME`, `--network NAME` or their `=`
-/// forms): the same run, off that network. `None` when no such option is
-/// there (its appliance file's `[[vm.net]]` names the network).
-pub(crate) fn without_network(args: &[String], name: &str) -> anyhow::Result<Option<Vec<String>>> {
-    let before = crate::parse_run_args(args)?;
-    let wanted: Vec<NetMode> = before
-        .net
-        .iter()
-        .filter(|m| **m != NetMode::Network(name.into()))
-        .cloned()
-        .collect();
-    let Some(mut after) = without_option(args, &["--net", "--network"], name, |a| {
-        a.net == wanted && a.names.ip == before.names.ip
-    })?
-    else {
-        return Ok(None);
-    };
-    // Its --ip, when that network's subnet held it, goes with it.
-    let subnet = crate::networks::Network::find(name).and_then(|n| n.meta());
-    if let (Some(ip), Ok(meta)) = (before.names.ip, subnet) {
-        if crate::networks::overlap(meta.subnet, (ip, 32)) {
-            after = without_option(&after, &["--ip"], &ip.to_string(), |a| {
-                a.net == wanted && a.names.ip.is_none()
-            })?
-            .unwrap_or(after);
-        }
-    }
-    Ok(Some(after))
-}
-
-/// `args` without one option of `flags` given `value` (`FLAG VALUE` or
-/// `FLAG=VALUE`) such that the run parses as `same` says, with the same
-/// target and command: an option taken away, never a word of the command.
-fn without_option(
-    args: &[String],
-    flags: &[&str],
-    value: &str,
-    same: impl Fn(&Args) -> bool,
-) -> anyhow::Result<Option<Vec<String>>> {
-    let before = crate::parse_run_args(args)?;
-    for (i, word) in args.iter().enumerate() {
-        let taken = if flags.contains(&word.as_str()) {
-            if args.get(i + 1).is_none_or(|v| v != value) {
-                continue;
-            }
-            2
-        } else if flags
-            .iter()
-            .any(|f| word.strip_prefix(f).and_then(|w| w.strip_prefix('=')) == Some(value))
-        {
-            1
-        } else {
-            continue;
-        };
-        let mut after = args.to_vec();
-        after.drain(i..i + taken);
-        if crate::parse_run_args(&after)
-            .is_ok_and(|a| same(&a) && a.target == before.target && a.command == before.command)
-        {
-            return Ok(Some(after));
-        }
-    }
-    Ok(None)
-}
-
 /// Who this run is on husk networks: the names other members reach it
 /// by, and (a detached VM) the folder that remembers its addresses, so a
 /// restart asks for the same ones.
@@ -700,47 +601,6 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_recorded_run_is_put_on_a_network_and_taken_off_it_as_an_option_only() {
-        let words = |w: &str| -> Vec<String> { w.split(' ').map(String::from).collect() };
-        let run =
-            words("run -d --name db --net none --net=backend -e A=1 app -- echo --net backend");
-        let on = with_network(&run, "front", &["www".into()]).unwrap();
-        assert_eq!(
-            on,
-            words(
-                "run -d --name db --net none --net=backend --net front --network-alias www \
-                 -e A=1 app -- echo --net backend"
-            ),
-            "joined after its other networks"
-        );
-        let off = without_network(&on, "backend").unwrap().unwrap();
-        assert_eq!(
-            off,
-            words(
-                "run -d --name db --net none --net front --network-alias www -e A=1 app \
-                 -- echo --net backend"
-            ),
-            "the command's own words stay"
-        );
-        let off = without_network(&off, "front").unwrap().unwrap();
-        assert_eq!(
-            off,
-            words(
-                "run -d --name db --net none --network-alias www -e A=1 app -- echo --net backend"
-            )
-        );
-        assert_eq!(
-            without_network(&words("run --network backend app"), "backend").unwrap(),
-            Some(words("run app"))
-        );
-        // Only the command names it: nothing to take away.
-        assert_eq!(
-            without_network(&words("run app -- echo --net backend"), "backend").unwrap(),
-            None
-        );
-    }
 
     #[test]
     fn exposed_ports_publish_on_any_host_port() {

@@ -414,11 +414,18 @@ pub fn keep(
     for relay in relays {
         let _ = relay.join();
     }
-    // Started meanwhile (a control request wrote that down), and the
-    // health check's last word.
+    // Started meanwhile (a control request wrote that down), the health
+    // check's last word, and what husk update changed: its restart
+    // policy counts from now on.
+    let mut restart = restart;
     if let Ok(now) = vm.read_state() {
         state.started_ms = now.started_ms;
         state.health = now.health;
+        if now.restart != state.restart {
+            restart = now.restart.parse().unwrap_or_default();
+            state.restart = now.restart;
+        }
+        state.args = now.args;
     }
     state.finished_ms = Some(now_ms());
     state.exit_code = code;
@@ -451,7 +458,7 @@ pub fn keep(
             let _ = std::fs::remove_file(vm.control());
             shared.drain();
             if !stopped() {
-                return run_again(&shared, delay, &env);
+                return run_again(&shared, delay, &env, &state.args);
             }
         }
     }
@@ -480,6 +487,7 @@ fn run_again(
     shared: &Shared,
     delay: Duration,
     env: &[(&'static str, String)],
+    recorded: &[String],
 ) -> anyhow::Result<u8> {
     let _ = std::fs::remove_file(&shared.uds);
     // SAFETY: geteuid has no preconditions.
@@ -489,8 +497,14 @@ fn run_again(
     let exe = std::env::current_exe().context("cannot locate the husk binary")?;
     // exec only returns on failure; every descriptor this process opened
     // is close-on-exec.
+    // Its recorded command line, as husk update may have changed it.
+    let args: Vec<std::ffi::OsString> = if recorded.is_empty() {
+        std::env::args_os().skip(1).collect()
+    } else {
+        recorded.iter().map(Into::into).collect()
+    };
     let e = Command::new(exe)
-        .args(std::env::args_os().skip(1))
+        .args(args)
         .env(RESTART_DELAY_ENV, delay.as_millis().to_string())
         .envs(env.iter().map(|(k, v)| (k, v)))
         .exec();
