@@ -65,6 +65,8 @@ enum Command {
     Stats(commands::stats::Args),
     /// Remove detached appliances that have stopped
     Rm(commands::rm::Args),
+    /// Give a stopped detached appliance another name
+    Rename(commands::rename::Args),
     /// Build an appliance or image into a bootable root filesystem image
     Build(commands::build::Args),
     /// Pull registry images again, for what their tags name now, and build
@@ -143,6 +145,7 @@ pub fn husk_main() -> ExitCode {
         Command::Cp(args) => commands::cp::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),
+        Command::Rename(args) => commands::rename::run(args),
         Command::Build(args) => commands::build::run(args),
         Command::Pull(args) => commands::pull::run(args),
         Command::Export(args) => commands::export::run(args),

@@ -58,6 +58,33 @@ impl Home {
     }
 }
 
+impl Home {
+    /// A detached appliance's `state.json`, as husk would have written it.
+    fn put_state(&self, name: &str, state: serde_json::Value) {
+        let dir = self.state().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    }
+
+    fn state_of(&self, name: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.state().join(name).join("state.json")).unwrap())
+            .unwrap()
+    }
+}
+
+/// This process's start time (`/proc/self/stat` field 22): with its pid,
+/// a keeper that runs, for a state that says so.
+fn alive_keeper() -> (u32, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (std::process::id(), start)
+}
+
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
@@ -952,26 +979,23 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
 #[test]
 fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     let home = Home::new();
-    let state = home.state();
     home.ok(&["network", "create", "--subnet", "10.77.5.0/24", "backend"]);
     home.ok(&["network", "create", "front"]);
     let write = |name: &str, status: &str, pid: u32, start: u64| {
-        let dir = state.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let state = serde_json::json!({
-            "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
-            "status": status, "keeper_pid": pid, "keeper_start": start,
-            "networks": ["backend"], "cwd": "/",
-            "args": ["run", "-d", "--name", name, "--net", "backend", "--ip", "10.77.5.9",
-                     "examples/busybox",
-                     "--", "echo", "--net", "backend"],
-        });
-        std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+        home.put_state(
+            name,
+            serde_json::json!({
+                "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
+                "status": status, "keeper_pid": pid, "keeper_start": start,
+                "networks": ["backend"], "cwd": "/",
+                "args": ["run", "-d", "--name", name, "--net", "backend", "--ip", "10.77.5.9",
+                         "examples/busybox",
+                         "--", "echo", "--net", "backend"],
+            }),
+        );
     };
     let recorded = |name: &str| -> (Vec<String>, Vec<String>) {
-        let s: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(state.join(name).join("state.json")).unwrap())
-                .unwrap();
+        let s = home.state_of(name);
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array()
                 .unwrap()
@@ -1033,14 +1057,8 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     home.fails(&["network", "disconnect", "front", "nobody"], "nobody");
 
     // A running one (its keeper is this test, alive): refused, unchanged.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap();
-    write("web", "running", std::process::id(), start);
+    let (pid, start) = alive_keeper();
+    write("web", "running", pid, start);
     home.fails(&["network", "connect", "front", "web"], "web is running");
     home.fails(
         &["network", "disconnect", "backend", "web"],
@@ -1087,19 +1105,16 @@ fn registry_images_are_pulled_as_the_policy_says() {
 fn detached_appliances_are_updated_as_their_next_start_will_run() {
     let home = Home::new();
     let write = |name: &str, args: &[&str]| {
-        let dir = home.state().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let state = serde_json::json!({
-            "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
-            "status": "exited", "keeper_pid": 1, "keeper_start": 1, "cwd": "/",
-            "args": args,
-        });
-        std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+        home.put_state(
+            name,
+            serde_json::json!({
+                "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
+                "status": "exited", "keeper_pid": 1, "keeper_start": 1, "cwd": "/",
+                "args": args,
+            }),
+        );
     };
-    let recorded = |name: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(home.state().join(name).join("state.json")).unwrap())
-            .unwrap()
-    };
+    let recorded = |name: &str| home.state_of(name);
     write(
         "db",
         &[
@@ -1173,4 +1188,49 @@ fn detached_appliances_are_updated_as_their_next_start_will_run() {
         &["update", "--restart", "always", "once"],
         "once cannot run so: --restart always: ",
     );
+}
+
+/// `husk rename` moves a stopped detached appliance's folder and changes
+/// its state and recorded command line; a name in use, a bad name and a
+/// running appliance are refused, and nothing changes then.
+#[test]
+fn stopped_appliances_are_renamed() {
+    let home = Home::new();
+    let write = |name: &str, status: &str, pid: u32, start: u64| {
+        home.put_state(
+            name,
+            serde_json::json!({
+                "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
+                "status": status, "keeper_pid": pid, "keeper_start": start, "cwd": "/",
+                "args": ["run", "-d", "--name", name, "examples/busybox"],
+            }),
+        );
+        std::fs::write(home.state().join(name).join("console.log"), "its log\n").unwrap();
+    };
+    let state_of = |name: &str| home.state_of(name);
+    write("db", "exited", 1, 1);
+    write("web", "exited", 1, 1);
+    home.ok(&["rename", "db", "store"]);
+    assert!(!home.state().join("db").exists());
+    let state = state_of("store");
+    assert_eq!(state["name"], "store");
+    assert_eq!(
+        state["args"],
+        serde_json::json!(["run", "--name", "store", "-d", "examples/busybox"])
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.state().join("store/console.log")).unwrap(),
+        "its log\n"
+    );
+    home.fails(&["rename", "store", "web"], "the name \"web\" is in use");
+    assert_eq!(state_of("store")["name"], "store", "unchanged");
+    assert_eq!(state_of("web")["name"], "web");
+    home.fails(&["rename", "store", "no/slash"], "no/slash");
+    home.fails(&["rename", "nobody", "x"], "no appliance named \"nobody\"");
+
+    // A running one (its keeper is this test, alive).
+    let (pid, start) = alive_keeper();
+    write("live", "running", pid, start);
+    home.fails(&["rename", "live", "x"], "live is running");
+    assert!(home.state().join("live").exists());
 }

@@ -14,6 +14,7 @@ pub mod pause;
 pub mod port;
 pub mod ps;
 pub mod pull;
+pub mod rename;
 pub mod rm;
 pub mod run;
 pub mod snapshot;
