@@ -807,19 +807,25 @@ fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
 
     // An exited appliance that names backend holds it from rm and prune,
     // until it goes (system prune removes both).
-    let dir = state.join("db");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("state.json"),
-        r#"{"name":"db","image":"x","ports":[],"created_ms":1,"status":"exited",
-            "keeper_pid":1,"keeper_start":1,"networks":["backend"]}"#,
-    )
-    .unwrap();
+    home.put_state(
+        "db",
+        serde_json::json!({"name": "db", "image": "x", "ports": [], "created_ms": 1,
+            "status": "exited", "keeper_pid": 1, "keeper_start": 1, "networks": ["backend"]}),
+    );
+    std::fs::write(state.join("db/network-backend.address"), "10.89.9.7\n").unwrap();
     let ls = home.ok(&["network", "ls"]);
     assert!(
         ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
             == ["backend", subnets[0], "no", "no", "db"]),
         "{ls}"
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&home.ok(&["network", "inspect", "backend"])).unwrap();
+    assert_eq!(inspect[0]["Appliances"], serde_json::json!(["db"]));
+    assert_eq!(
+        inspect[0]["Addresses"],
+        serde_json::json!({"db": "10.89.9.7"}),
+        "the address it last had"
     );
     home.fails(&["network", "rm", "backend"], "named by db");
     assert_eq!(home.ok(&["network", "prune", "-f"]), "quiet\nspare\n");

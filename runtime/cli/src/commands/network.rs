@@ -30,7 +30,8 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Show networks as JSON: name, subnet, internal, in use, folder
+    /// Show networks as JSON: name, subnet, internal, in use, the
+    /// appliances on it and their addresses, folder
     Inspect {
         #[arg(required = true)]
         names: Vec<String>,
@@ -124,12 +125,25 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let code = super::each_name(&names, |name| {
                 let n = Network::find(name)?;
                 let meta = n.meta()?;
+                // Each appliance's address on it: the one it has now, or
+                // had when it last ran (and asks for again).
+                let addresses: serde_json::Map<String, serde_json::Value> = users
+                    .naming(&n.name)
+                    .iter()
+                    .filter_map(|app| {
+                        let dir = crate::vms::VmDir::find(app).ok()?.dir;
+                        let file = dir.join(format!("network-{}.address", n.name));
+                        let address = std::fs::read_to_string(file).ok()?;
+                        Some((app.clone(), address.trim().into()))
+                    })
+                    .collect();
                 shown.push(serde_json::json!({
                     "Name": n.name,
                     "Subnet": format!("{}/{}", meta.subnet.0, meta.subnet.1),
                     "Internal": meta.internal,
                     "InUse": n.in_use(),
                     "Appliances": users.naming(&n.name),
+                    "Addresses": addresses,
                     "Folder": n.dir,
                     "CreatedMs": meta.created_ms,
                 }));
