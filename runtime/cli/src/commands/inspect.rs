@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::target::{boot_cmdline, Target};
+use super::target::{boot_cmdline, Pull, Target};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,7 +28,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         Path::new(&args.image).to_path_buf()
     } else {
-        Target::parse(&args.image)?.build()?.path
+        let target = Target::parse(&args.image)?;
+        // As docker inspect, which never pulls: a bare word is a
+        // detached appliance's name or an image pulled already.
+        if target.bare_word().is_some() && target.pull(Pull::Never).is_err() {
+            anyhow::bail!(
+                "no appliance named {0:?}, no file {0}, and no pulled image {0} \
+                 (husk pull {0} pulls it)",
+                args.image
+            );
+        }
+        target.build()?.path
     };
     let format = builder::inspect::format_of(&path)?;
     let run = builder::inspect::run_config(&path)?;

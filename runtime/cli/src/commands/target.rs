@@ -87,6 +87,14 @@ impl Target {
         }
     }
 
+    /// The word a bare registry reference was given as (`alpine:3.19`).
+    pub fn bare_word(&self) -> Option<&str> {
+        match self {
+            Target::Image(_, _, word) => word.as_deref(),
+            Target::Appliance(..) => None,
+        }
+    }
+
     /// Where the root filesystem comes from.
     pub fn source(&self) -> &appliance_spec::Source {
         match self {
