@@ -1073,9 +1073,9 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     assert_eq!(recorded("web").1, ["backend"]);
 }
 
-/// `--pull never` refuses a registry image not pulled yet, and `husk
-/// pull` takes registry images only (what a pull again does is the
-/// builder's registry test's: `a_tag_pulled_again_...`).
+/// `--pull never` refuses a registry image not pulled yet, `husk pull`
+/// takes registry images only, and `husk inspect` pulls none (what a pull
+/// again does is the builder's registry test's: `a_tag_pulled_again_...`).
 #[test]
 fn registry_images_are_pulled_as_the_policy_says() {
     let home = Home::new();
@@ -1100,6 +1100,12 @@ fn registry_images_are_pulled_as_the_policy_says() {
     home.fails(
         &["run", "--pull", "sometimes", "x"],
         "invalid value 'sometimes'",
+    );
+    // inspect never pulls, as docker's: a bare word is an appliance's
+    // name or an image pulled already.
+    home.fails(
+        &["inspect", "nosuchthing"],
+        "no appliance named \"nosuchthing\", no file nosuchthing, and no pulled image",
     );
 }
 
