@@ -836,7 +836,8 @@ fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
 }
 
 /// A network's hub as the first `husk run` on a network starts it (its
-/// socket made, then handed over as fd 3), driven by two members that
+/// socket made, then handed over as fd 3, the first member connected
+/// under the network's lock), driven by two members that
 /// speak its protocol as the runs and their guests do: it runs confined
 /// (a user namespace of its own, its folder as its root, seccomp), gives
 /// each an address, tells each the other's name, switches a frame from
@@ -873,8 +874,15 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
             let _ = self.0.wait();
         }
     }
+    // As a run joins: it connects under the network's lock, which the hub
+    // takes before it leaves, so the hub cannot leave before its first
+    // member is in its backlog.
+    let lock = std::fs::File::open(dir.join("lock")).unwrap();
+    lock.lock().unwrap();
     let mut hub_process = Reaped(command.spawn().unwrap());
     drop(listener);
+    let first = UnixStream::connect(dir.join("hub.sock")).unwrap();
+    lock.unlock().unwrap();
 
     let read_frame = |s: &mut UnixStream| -> Vec<u8> {
         let mut len = [0u8; 4];
@@ -886,8 +894,7 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
         s.read_exact(&mut frame).unwrap();
         frame
     };
-    let join = |name: &str, mac: [u8; 6]| -> (UnixStream, Reply) {
-        let mut s = UnixStream::connect(dir.join("hub.sock")).unwrap();
+    let join = |mut s: UnixStream, name: &str, mac: [u8; 6]| -> (UnixStream, Reply) {
         s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .unwrap();
         let hello = Hello {
@@ -911,8 +918,9 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
         }
     };
     let (mac_a, mac_b) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
-    let (mut a, reply_a) = join("web", mac_a);
-    let (mut b, reply_b) = join("db", mac_b);
+    let (mut a, reply_a) = join(first, "web", mac_a);
+    let second = UnixStream::connect(dir.join("hub.sock")).unwrap();
+    let (mut b, reply_b) = join(second, "db", mac_b);
     let address = |r: Reply| match r {
         Reply::Welcome { address } => address.to_string(),
         Reply::Refused { reason } => panic!("refused: {reason}"),
