@@ -247,9 +247,7 @@ fn change_stopped(
              husk stop {name} first (husk start {name} after)"
         );
     }
-    if state.args.first().map(String::as_str) != Some("run") {
-        anyhow::bail!("{name} was made by an older husk that did not keep its command line");
-    }
+    state.check_recorded()?;
     change(&mut state)?;
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))

@@ -27,9 +27,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              husk stop {old} first"
         );
     }
-    if state.args.first().map(String::as_str) != Some("run") {
-        anyhow::bail!("{old} was made by an older husk that did not keep its command line");
-    }
+    state.check_recorded()?;
     let before = state.clone();
     state.name = new.clone();
     state.args = super::run::with_option(&state.args, &["--name"], new)

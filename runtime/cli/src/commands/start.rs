@@ -73,9 +73,7 @@ fn start_one(name: &str, stopped_just_now: bool) -> anyhow::Result<()> {
         println!("{name}");
         return Ok(());
     }
-    if state.args.first().map(String::as_str) != Some("run") {
-        anyhow::bail!("{name} was made by an older husk that did not keep its command line: husk rm {name}, then run it again");
-    }
+    state.check_recorded()?;
     let cwd = state
         .cwd
         .clone()

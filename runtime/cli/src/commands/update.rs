@@ -40,9 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn update(name: &str, args: &Args) -> anyhow::Result<()> {
     let vm = VmDir::find(name)?;
     let mut state = vm.current_state()?;
-    if state.args.first().map(String::as_str) != Some("run") {
-        anyhow::bail!("{name} was made by an older husk that did not keep its command line");
-    }
+    state.check_recorded()?;
     if state.status != Status::Exited && (args.cpus.is_some() || args.memory.is_some()) {
         anyhow::bail!(
             "{name} is running, and a VM's vCPUs and memory are fixed while it runs: \

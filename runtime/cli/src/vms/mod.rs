@@ -176,6 +176,23 @@ pub struct State {
     pub stopped: bool,
 }
 
+impl State {
+    /// Fails unless the state keeps the `husk run` command line that
+    /// started it (what `start`, `update`, `rename` and `network connect`
+    /// work from), as every husk since detached appliances could start
+    /// again writes it.
+    pub fn check_recorded(&self) -> anyhow::Result<()> {
+        if self.args.first().map(String::as_str) != Some("run") {
+            anyhow::bail!(
+                "{0} was made by an older husk that did not keep its command line: \
+                 husk rm {0}, then run it again",
+                self.name
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A health check's view of a detached VM, as docker's `State.Health`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Health {
