@@ -52,10 +52,7 @@ fn update(name: &str, args: &Args) -> anyhow::Result<()> {
     if let Some(policy) = &args.restart {
         recorded = super::run::with_option(&recorded, &["--restart"], &policy.to_string())
             .with_context(context)?;
-        state.restart = match policy {
-            Policy::No => String::new(),
-            policy => policy.to_string(),
-        };
+        state.restart = policy.recorded();
     }
     if let Some(cpus) = args.cpus {
         recorded = super::run::with_option(&recorded, &["--cpus"], &cpus.to_string())

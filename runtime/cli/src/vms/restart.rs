@@ -81,6 +81,14 @@ impl std::fmt::Display for Policy {
 }
 
 impl Policy {
+    /// As `state.json` records it: none for `no`.
+    pub fn recorded(&self) -> String {
+        match self {
+            Policy::No => String::new(),
+            policy => policy.to_string(),
+        }
+    }
+
     /// Whether `husk start --at-boot` starts an appliance with this
     /// policy that `stopped` (`husk stop`) or not before the host went
     /// down.

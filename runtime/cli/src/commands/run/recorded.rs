@@ -52,58 +52,23 @@ pub(crate) fn without_network(args: &[String], name: &str) -> anyhow::Result<Opt
         .filter(|m| **m != NetMode::Network(name.into()))
         .cloned()
         .collect();
-    let Some(mut after) = without_option(args, &["--net", "--network"], name, |a| {
+    let (mut after, removed) = without_options(args, &["--net", "--network"], Some(name), |a| {
         a.net == wanted && a.names.ip == before.names.ip
-    })?
-    else {
+    })?;
+    if !removed {
         return Ok(None);
-    };
+    }
     // Its --ip, when that network's subnet held it, goes with it.
     let subnet = crate::networks::Network::find(name).and_then(|n| n.meta());
     if let (Some(ip), Ok(meta)) = (before.names.ip, subnet) {
         if crate::networks::overlap(meta.subnet, (ip, 32)) {
-            after = without_option(&after, &["--ip"], &ip.to_string(), |a| {
+            let ip = ip.to_string();
+            (after, _) = without_options(&after, &["--ip"], Some(&ip), |a| {
                 a.net == wanted && a.names.ip.is_none()
-            })?
-            .unwrap_or(after);
+            })?;
         }
     }
     Ok(Some(after))
-}
-
-/// `args` without one option of `flags` given `value` (`FLAG VALUE` or
-/// `FLAG=VALUE`) such that the run parses as `same` says, with the same
-/// target and command: an option taken away, never a word of the command.
-fn without_option(
-    args: &[String],
-    flags: &[&str],
-    value: &str,
-    same: impl Fn(&Args) -> bool,
-) -> anyhow::Result<Option<Vec<String>>> {
-    let before = crate::parse_run_args(args)?;
-    for (i, word) in args.iter().enumerate() {
-        let taken = if flags.contains(&word.as_str()) {
-            if args.get(i + 1).is_none_or(|v| v != value) {
-                continue;
-            }
-            2
-        } else if flags
-            .iter()
-            .any(|f| word.strip_prefix(f).and_then(|w| w.strip_prefix('=')) == Some(value))
-        {
-            1
-        } else {
-            continue;
-        };
-        let mut after = args.to_vec();
-        after.drain(i..i + taken);
-        if crate::parse_run_args(&after)
-            .is_ok_and(|a| same(&a) && a.target == before.target && a.command == before.command)
-        {
-            return Ok(Some(after));
-        }
-    }
-    Ok(None)
 }
 
 /// `args` with option `flags[0]` set to `value`, in place of what any of
@@ -113,24 +78,35 @@ pub(crate) fn with_option(
     flags: &[&str],
     value: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let mut out = without_flag(args, flags)?;
+    let (mut out, _) = without_options(args, flags, None, |_| true)?;
     out.splice(1..1, [flags[0].to_string(), value.to_string()]);
     crate::parse_run_args(&out).map_err(|e| anyhow::anyhow!("{} {value}: {e}", flags[0]))?;
     Ok(out)
 }
 
-/// `args` without any option of `flags` (`FLAG VALUE` or `FLAG=VALUE`).
-fn without_flag(args: &[String], flags: &[&str]) -> anyhow::Result<Vec<String>> {
+/// `args` without every option of `flags` (`FLAG VALUE` or
+/// `FLAG=VALUE`; with `value`, only those given it) whose removal leaves a
+/// run that parses, that `same` accepts, and that runs the same target and
+/// command: options taken away, never a word of the command. Also whether
+/// any was.
+fn without_options(
+    args: &[String],
+    flags: &[&str],
+    value: Option<&str>,
+    same: impl Fn(&Args) -> bool,
+) -> anyhow::Result<(Vec<String>, bool)> {
     let before = crate::parse_run_args(args)?;
-    let mut out = args.to_vec();
+    let given = |v: &str| value.is_none_or(|value| v == value);
+    let (mut out, mut removed) = (args.to_vec(), false);
     let mut i = 1;
     while i < out.len() {
         let word = &out[i];
-        let taken = if flags.contains(&word.as_str()) {
+        let taken = if flags.contains(&word.as_str()) && out.get(i + 1).is_some_and(|v| given(v)) {
             2
         } else if flags.iter().any(|f| {
             word.strip_prefix(f)
-                .is_some_and(|rest| rest.starts_with('='))
+                .and_then(|rest| rest.strip_prefix('='))
+                .is_some_and(given)
         }) {
             1
         } else {
@@ -138,14 +114,16 @@ fn without_flag(args: &[String], flags: &[&str]) -> anyhow::Result<Vec<String>> 
             continue;
         };
         let mut after = out.clone();
-        after.drain(i..(i + taken).min(out.len()));
+        after.drain(i..i + taken);
         match crate::parse_run_args(&after) {
-            Ok(a) if a.target == before.target && a.command == before.command => out = after,
+            Ok(a) if same(&a) && a.target == before.target && a.command == before.command => {
+                (out, removed) = (after, true);
+            }
             // A word of the command, or the value of another option.
             _ => i += 1,
         }
     }
-    Ok(out)
+    Ok((out, removed))
 }
 
 #[cfg(test)]

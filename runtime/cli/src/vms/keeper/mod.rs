@@ -255,10 +255,7 @@ pub fn keep(
         exit_code: None,
         keeper_pid: me,
         keeper_start: process_start(me).context("cannot read this process's start time")?,
-        restart: match restart {
-            restart::Policy::No => String::new(),
-            policy => policy.to_string(),
-        },
+        restart: restart.recorded(),
         restart_count,
         paused: false,
         health: None,
