@@ -27,6 +27,7 @@ use crate::commands::exec::block_sigwinch;
 use crate::commands::run::named::SNAPSHOT_FD_ENV;
 
 mod check;
+mod gate;
 mod serve;
 pub use check::{Check, HealthCheck, OnFailure};
 use serve::serve;
@@ -66,9 +67,10 @@ struct Shared {
     /// `Some(code)` once the VM child ended (`None` inside: no status).
     exit: Mutex<Option<Option<u8>>>,
     ended: Condvar,
-    /// Control requests being answered: the keeper waits for them before
-    /// it leaves, so a `stop` or `wait` hears how the VM ended.
-    answering: std::sync::atomic::AtomicUsize,
+    /// Control requests come in through it; the keeper closes it before
+    /// it leaves or runs itself again, so a `stop` or `wait` hears how
+    /// the VM ended, and a stop that was answered is heeded.
+    gate: gate::Gate,
     /// The guest holds its command until a [`Request::Start`].
     held: Mutex<bool>,
     /// The threads copying the command's output to the keeper's stdout
@@ -115,13 +117,12 @@ impl Shared {
         }
     }
 
-    /// Waits (a second at most) for the control requests being answered.
+    /// Takes no more control requests, and waits (a few seconds at
+    /// most: once the VM ended, each is answered at once) for those being
+    /// answered.
     fn drain(&self) {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while self.answering.load(std::sync::atomic::Ordering::SeqCst) > 0
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(5));
+        if !self.gate.close(Duration::from_secs(5)) {
+            tracing::warn!("a control request was still being answered as the keeper went on");
         }
     }
 
@@ -318,7 +319,7 @@ pub fn keep(
         child: pidfd(child.id()).context("pidfd_open of the VM")?,
         exit: Mutex::new(None),
         ended: Condvar::new(),
-        answering: std::sync::atomic::AtomicUsize::new(0),
+        gate: gate::Gate::default(),
         held: Mutex::new(hold),
         relays: Mutex::new(Vec::new()),
         snapshots: Mutex::new(snapshots),

@@ -37,7 +37,11 @@ fn control_connection(mut conn: UnixStream, shared: &Shared) {
                 return;
             }
         };
-        let _answering = Answering::start(&shared.answering);
+        // The keeper is leaving or running itself again: closed
+        // unanswered, the caller asks again or finds it exited.
+        let Some(_pass) = shared.gate.enter() else {
+            return;
+        };
         let sent = match request {
             // Handed over without the keeper's own read timeout (a socket
             // option, so it would travel with the descriptor): the caller
@@ -57,22 +61,6 @@ fn control_connection(mut conn: UnixStream, shared: &Shared) {
         if sent.is_err() {
             return;
         }
-    }
-}
-
-/// Counts a request as being answered for as long as it lives.
-struct Answering<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Answering<'a> {
-    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
-        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Answering(count)
-    }
-}
-
-impl Drop for Answering<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
