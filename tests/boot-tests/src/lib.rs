@@ -121,6 +121,22 @@ pub fn trial(
         let result = test();
         // Where the suite's time goes (the bed's emulation makes it long).
         eprintln!("{owned}: {:.1} s", started.elapsed().as_secs_f64());
+        if let Err(failed) = &result {
+            // Also here, beside the test's own lines: a CI excerpt taken
+            // around the failing test then shows why (the summary at the
+            // end of the run may be cut away).
+            // The reason comes first and a console's end last: both kept.
+            let why = failed.message().unwrap_or("(no message)");
+            let lines: Vec<&str> = why.lines().collect();
+            eprintln!("{owned} FAILED:");
+            for (i, line) in lines.iter().enumerate() {
+                if i < 10 || i + 30 >= lines.len() {
+                    eprintln!("  {line}");
+                } else if i == 10 {
+                    eprintln!("  [{} lines]", lines.len() - 40);
+                }
+            }
+        }
         result?;
         if let Some(path) = std::env::var_os(PASSED_ENV) {
             use std::io::Write;
