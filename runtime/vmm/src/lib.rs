@@ -307,7 +307,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     // A restored VM's memory already holds the kernel, and its devices and
     // interrupt controllers are put back as they were; a booted one loads
     // the kernel.
-    let entry = match &restore {
+    let (entry, mut tsc) = match &restore {
         Some(r) => {
             let names: Vec<String> = bus
                 .transports()
@@ -329,8 +329,8 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
                     this: cfg.legacy_pit.to_string(),
                 }));
             }
-            r.snapshot.vm.restore(&vm).map_err(VmmError::Restore)?;
-            None
+            let tsc = r.snapshot.vm.restore(&vm).map_err(VmmError::Restore)?;
+            (None, Some(tsc))
         }
         None => {
             let (entry, zero_page) = boot::load_kernel(&mem, kernel, &cfg.kernel, ram)?;
@@ -341,7 +341,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             boot::write_boot_info(&mem, entry, zero_page, &cmdline, initrd, ram)?;
             mptable::write(&mem, cfg.cpus)
                 .map_err(|e| VmmError::GuestMemory(format!("writing the MP table: {e}")))?;
-            Some(entry)
+            (Some(entry), None)
         }
     };
     report.mark(Phase::KernelLoaded);
@@ -434,9 +434,9 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             .create_vcpu(u64::from(id))
             .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
         let vcpu_cpuid = cpu::cpuid_for(&cpuid, id, cfg.cpus);
-        match (entry, &restore) {
-            (Some(entry), _) => cpu::setup_vcpu(&fd, &mem, &vcpu_cpuid, id, entry)?,
-            (None, Some(r)) => {
+        match (entry, &restore, &mut tsc) {
+            (Some(entry), _, _) => cpu::setup_vcpu(&fd, &mem, &vcpu_cpuid, id, entry)?,
+            (None, Some(r), Some(tsc)) => {
                 fd.set_cpuid2(&vcpu_cpuid)
                     .map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
                 let state = r.snapshot.vcpus.get(usize::from(id)).ok_or_else(|| {
@@ -447,10 +447,10 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
                     })
                 })?;
                 state
-                    .restore(&fd, usize::from(id))
+                    .restore(&fd, usize::from(id), tsc)
                     .map_err(VmmError::Restore)?;
             }
-            (None, None) => unreachable!("a VM either boots or is restored"),
+            _ => unreachable!("a VM either boots or is restored"),
         }
         vcpus.push(fd);
     }

@@ -49,7 +49,7 @@ mod kvm;
 mod pages;
 mod request;
 
-pub use kvm::{msr_list, VcpuState, VmState};
+pub use kvm::{msr_list, Tsc, VcpuState, VmState};
 pub use pages::{prefetch, record, save as save_pages, Pages, Run, WorkingSet};
 pub use request::{pause, request, request_pair, Asked, OnRequest};
 

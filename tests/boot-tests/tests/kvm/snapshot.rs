@@ -143,7 +143,7 @@ pub fn a_restored_guest_goes_on_where_it_was_saved() -> Result<(), Failed> {
         let snap = Snapshot::read(dir.path(), &header()).unwrap();
         let mem2 = snapshot::restore_memory(dir.path(), MEMORY_MIB).unwrap();
         let (vm2, mut vcpu2) = vm_with(&kvm, &mem2);
-        snap.vm.restore(&vm2).unwrap();
+        let mut tsc = snap.vm.restore(&vm2).unwrap();
         let mut rng = MmioTransport::new(
             mem2.clone(),
             Box::new(Rng::new().unwrap()),
@@ -151,7 +151,13 @@ pub fn a_restored_guest_goes_on_where_it_was_saved() -> Result<(), Failed> {
         )
         .unwrap();
         rng.restore(&snap.devices[0]).unwrap();
-        snap.vcpus[0].restore(&vcpu2, 0).unwrap();
+        snap.vcpus[0].restore(&vcpu2, 0, &mut tsc).unwrap();
+        // The TSC goes on from where it was saved (this VM is younger than
+        // a second: KVM before Linux 6.7 dropped such a value written as
+        // IA32_TSC, and the TSC started again near 0).
+        let saved = tsc_of(&snap.vcpus[0]);
+        let now = read_tsc(&vcpu2);
+        assert!(now >= saved, "restore {restore}: TSC {now}, saved {saved}");
         for want in 6..=8 {
             assert_eq!(next_count(&mut vcpu2), want, "restore {restore}");
         }
@@ -165,6 +171,27 @@ pub fn a_restored_guest_goes_on_where_it_was_saved() -> Result<(), Failed> {
         &5u16.to_le_bytes()
     );
     Ok(())
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+
+fn tsc_of(state: &VcpuState) -> u64 {
+    state
+        .msrs
+        .iter()
+        .find(|(index, _)| *index == MSR_IA32_TSC)
+        .expect("the saved MSRs hold the TSC")
+        .1
+}
+
+fn read_tsc(vcpu: &VcpuFd) -> u64 {
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: MSR_IA32_TSC,
+        ..Default::default()
+    }])
+    .unwrap();
+    assert_eq!(vcpu.get_msrs(&mut msrs).unwrap(), 1);
+    msrs.as_slice()[0].data
 }
 
 pub fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() -> Result<(), Failed> {
