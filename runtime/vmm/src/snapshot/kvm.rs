@@ -200,7 +200,7 @@ impl VmState {
     /// when the saved one had one; the clock as it now stands, for the
     /// vCPUs' TSCs to follow.
     pub fn restore(&self, vm: &VmFd) -> Result<Tsc, SnapshotError> {
-        self.restore_clock(vm)?;
+        self.put_back(vm)?;
         let now = vm
             .get_clock()
             .map_err(|e| SnapshotError::Kvm("KVM_GET_CLOCK", e))?;
@@ -220,7 +220,8 @@ impl VmState {
         })
     }
 
-    fn restore_clock(&self, vm: &VmFd) -> Result<(), SnapshotError> {
+    /// The interrupt controllers, the PIT and the clock, as saved.
+    fn put_back(&self, vm: &VmFd) -> Result<(), SnapshotError> {
         for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
             vm.set_irqchip(chip)
                 .map_err(|e| SnapshotError::Kvm("KVM_SET_IRQCHIP", e))?;
