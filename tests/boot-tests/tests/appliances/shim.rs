@@ -691,11 +691,8 @@ fn kill_the_shim_while_it_boots(c: &Containerd, id: &str) -> Result<Result<(), S
     let shim = keeper
         .split(':')
         .next()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .and_then(|stat| {
-            let after_name = &stat[stat.rfind(')')? + 1..];
-            after_name.split_whitespace().nth(1)?.parse::<u32>().ok()
-        });
+        .and_then(|pid| pid.parse().ok())
+        .map(super::detached::parent);
     let is_shim = |pid: u32| {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
             String::from_utf8_lossy(&c).contains("containerd-shim-husk-v2\0-namespace")
