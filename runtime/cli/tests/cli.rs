@@ -23,17 +23,20 @@ impl Home {
         self.0.path().join("state")
     }
 
-    fn husk(&self, args: &[&str]) -> Output {
+    fn command(&self, args: &[&str]) -> Command {
         let at = |folder: &str| self.0.path().join(folder);
-        Command::new(env!("CARGO_BIN_EXE_husk"))
-            .args(args)
+        let mut c = Command::new(env!("CARGO_BIN_EXE_husk"));
+        c.args(args)
             .env("HUSK_STATE_DIR", at("state"))
             .env("HUSK_DATA_DIR", at("data"))
             .env("HUSK_CACHE_DIR", at("cache"))
             .env("HUSK_SNAPSHOT_DIR", at("snapshots"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn husk(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     /// Its stdout; it must succeed.
@@ -1253,4 +1256,91 @@ fn stopped_appliances_are_renamed() {
     write("live", "running", pid, start);
     home.fails(&["rename", "live", "x"], "live is running");
     assert!(home.state().join("live").exists());
+}
+
+/// `update`, `rename` and `rm` wait while another holds an appliance's
+/// state lock (its keeper writing `state.json`, or another command
+/// changing it), then act on the state as it is by then; none of them
+/// writes under the lock's holder.
+#[test]
+fn state_changes_wait_for_the_state_lock() {
+    use std::os::fd::AsRawFd;
+    let home = Home::new();
+    let put = |name: &str| {
+        home.put_state(
+            name,
+            serde_json::json!({
+                "name": name, "image": "examples/busybox", "ports": [], "created_ms": 1,
+                "status": "exited", "keeper_pid": 1, "keeper_start": 1, "cwd": "/",
+                "args": ["run", "-d", "--name", name, "examples/busybox"],
+            }),
+        );
+    };
+    let lock = |name: &str| {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(home.state().join(name).join("state.lock"))
+            .unwrap();
+        // SAFETY: flock on a descriptor the test owns.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        f
+    };
+    // Runs `args` while `name`'s lock is held: it must still be waiting
+    // after 300 ms, and end once the lock is let go.
+    let waits = |name: &str, args: &[&str], meanwhile: &dyn Fn()| {
+        let held = lock(name);
+        let mut child = home
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "husk {args:?} did not wait for the state lock"
+        );
+        meanwhile();
+        drop(held);
+        child.wait_with_output().unwrap()
+    };
+
+    put("db");
+    let out = waits("db", &["update", "--restart", "always", "db"], &|| {
+        assert_eq!(home.state_of("db")["restart"], serde_json::Value::Null);
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(home.state_of("db")["restart"], "always");
+
+    let out = waits("db", &["rename", "db", "store"], &|| {
+        assert!(home.state().join("db").exists());
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!home.state().join("db").exists());
+    assert_eq!(home.state_of("store")["name"], "store");
+
+    // Started by another meanwhile (its keeper, alive, is this test):
+    // rm waited, then found it running and left it.
+    let (pid, start) = alive_keeper();
+    let out = waits("store", &["rm", "store"], &|| {
+        let mut state = home.state_of("store");
+        state["status"] = "running".into();
+        state["keeper_pid"] = pid.into();
+        state["keeper_start"] = start.into();
+        home.put_state("store", state);
+    });
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("store was started again meanwhile"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(home.state().join("store").exists());
+
+    put("old");
+    let out = waits("old", &["rm", "old"], &|| {});
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!home.state().join("old").exists());
 }

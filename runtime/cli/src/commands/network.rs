@@ -240,6 +240,7 @@ fn change_stopped(
     change: impl FnOnce(&mut crate::vms::State) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let vm = crate::vms::VmDir::find(name)?;
+    let _held = vm.lock_state()?;
     let mut state = vm.current_state()?;
     if state.status != crate::vms::Status::Exited {
         anyhow::bail!(

@@ -20,6 +20,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (old, new) = (&args.name, &args.new_name);
     check_name(new)?;
     let vm = VmDir::find(old)?;
+    // Held across the move: no keeper starts under the old name
+    // meanwhile (one that waits for it finds the folder gone).
+    let _held = vm.lock_state()?;
     let mut state = vm.current_state()?;
     if state.status != Status::Exited {
         anyhow::bail!(

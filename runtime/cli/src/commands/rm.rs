@@ -54,5 +54,11 @@ pub(super) fn remove(name: &str, force: bool) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         vmm::jail::sweep(vmm::jail::Cgroups::detect().as_ref());
     }
+    // Removed under the state lock, and only if no keeper started it
+    // again meanwhile (a husk start, or the host's start at boot).
+    let _held = vm.lock_state()?;
+    if vm.current_state()?.status != Status::Exited {
+        anyhow::bail!("{name} was started again meanwhile: not removed");
+    }
     std::fs::remove_dir_all(&vm.dir).with_context(|| format!("cannot remove {}", vm.dir.display()))
 }

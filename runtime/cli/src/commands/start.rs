@@ -64,6 +64,8 @@ pub fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
 
 fn start_one(name: &str, stopped_just_now: bool) -> anyhow::Result<()> {
     let vm = VmDir::find(name)?;
+    // The keeper looks again under the state lock, and does not start
+    // if another keeper started meanwhile (a second husk start).
     let state = vm.current_state()?;
     if state.status != Status::Exited {
         if stopped_just_now {
@@ -79,8 +81,16 @@ fn start_one(name: &str, stopped_just_now: bool) -> anyhow::Result<()> {
         .clone()
         .with_context(|| format!("{name}'s state does not say where it was started"))?;
     let args: Vec<std::ffi::OsString> = state.args.iter().map(Into::into).collect();
-    match super::run::start_keeper(&vm, &args, &cwd, None)? {
-        code if code == ExitCode::SUCCESS => Ok(()),
-        _ => anyhow::bail!("{name} did not start again"),
+    let started = super::run::start_keeper(&vm, &args, &cwd, None);
+    if matches!(started, Ok(code) if code == ExitCode::SUCCESS) {
+        return Ok(());
     }
+    // Another start's keeper took it first (ours was refused): it runs,
+    // which is what this start was for, as docker's second start says.
+    if !stopped_just_now && vm.current_state()?.status != Status::Exited {
+        println!("{name}");
+        return Ok(());
+    }
+    started?;
+    anyhow::bail!("{name} did not start again")
 }

@@ -39,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn update(name: &str, args: &Args) -> anyhow::Result<()> {
     let vm = VmDir::find(name)?;
+    let _held = vm.lock_state()?;
     let mut state = vm.current_state()?;
     state.check_recorded()?;
     if state.status != Status::Exited && (args.cpus.is_some() || args.memory.is_some()) {

@@ -11,7 +11,9 @@
 //! - `vsock.sock`: the VM's hybrid vsock socket (the guest agent's way
 //!   in; only the keeper connects to it),
 //! - `console.log` and `console.log.1`: the console, rotated at
-//!   [`log::MAX_LOG`].
+//!   [`log::MAX_LOG`],
+//! - `state.lock`: locked by whoever reads, changes and writes back
+//!   `state.json` (see [`VmDir::lock_state`]).
 //!
 //! The keeper ([`keeper`]) is the process that owns a VM: it starts the
 //! VMM as a foreground `husk run` child, writes its console to the log,
@@ -311,6 +313,41 @@ impl VmDir {
             .with_context(|| format!("{} is damaged", self.state_file().display()))
     }
 
+    /// Locks `state.json` against every other husk process (and every
+    /// other thread) that changes it, until the lock is dropped: the
+    /// keeper as it records the VM's life, and the commands that change a
+    /// record (`update`, `rename`, `network connect`) or act on what it
+    /// says (`start`, `rm`). A change is then never lost to a write based
+    /// on an older read, and no VM is started, renamed or removed between
+    /// another's look at its state and its act. Held for a read and a
+    /// write, never while waiting for a VM.
+    pub fn lock_state(&self) -> anyhow::Result<StateLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join("state.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => {
+                    anyhow::anyhow!("{} is gone (removed or renamed meanwhile)", self.name)
+                }
+                _ => anyhow::Error::new(e).context(format!("cannot open {}", path.display())),
+            })?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } == 0 {
+                return Ok(StateLock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+    }
+
     /// Writes the state whole: to a temporary file, then renamed over.
     pub fn write_state(&self, state: &State) -> io::Result<()> {
         let text = serde_json::to_vec_pretty(state).expect("plain data serializes");
@@ -327,6 +364,12 @@ impl VmDir {
         }
         Ok(state)
     }
+}
+
+/// [`VmDir::lock_state`]'s lock, released when dropped (or when the
+/// process ends, however it ends).
+pub struct StateLock {
+    _file: std::fs::File,
 }
 
 /// A process's start time in clock ticks since boot (`/proc/PID/stat`
@@ -392,6 +435,29 @@ mod tests {
         assert!(!process_alive(me, start + 1));
         // pid_max is at most 2^22.
         assert!(!process_alive(u32::MAX - 1, 0));
+    }
+
+    #[test]
+    fn the_state_lock_excludes_other_holders_and_names_a_folder_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let vm = VmDir::at(root.path(), "db");
+        std::fs::create_dir(&vm.dir).unwrap();
+        let held = vm.lock_state().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = VmDir::at(root.path(), "db");
+        let waiter = std::thread::spawn(move || {
+            let _second = other.lock_state().unwrap();
+            tx.send(()).unwrap();
+        });
+        let wait = std::time::Duration::from_millis(200);
+        assert!(rx.recv_timeout(wait).is_err(), "taken while held");
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("taken once let go");
+        waiter.join().unwrap();
+        std::fs::remove_dir_all(&vm.dir).unwrap();
+        let gone = vm.lock_state().err().unwrap().to_string();
+        assert!(gone.contains("db is gone"), "{gone}");
     }
 
     #[test]

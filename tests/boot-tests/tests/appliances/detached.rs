@@ -224,6 +224,24 @@ pub(super) fn parent(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// The keepers of the VM in `dir`: the processes whose environment names
+/// it as theirs to keep.
+fn keepers_of(dir: &Path) -> Vec<u32> {
+    let wanted = format!("HUSK_KEEPER_DIR={}", dir.display());
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Every descendant of `pid`, and `pid`.
 pub(super) fn tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
@@ -628,10 +646,44 @@ fn stop_after_grace() -> Result<(), Failed> {
     // Stopping a stopped appliance is fine, as with docker.
     ok(h(&["stop", &vm.name])?, "stop again")?;
     // Started again, it runs its command line again, with its log kept;
-    // restart stops it and starts it once more.
-    let r = ok(h(&["start", &vm.name])?, "start")?;
-    if r.stdout.trim() != vm.name || !vm.ps_line()?.contains("Up ") {
-        return Err(r.explain("husk start of a stopped appliance").into());
+    // restart stops it and starts it once more. Two starts at once start
+    // one keeper, and both succeed, as docker's do: the other start finds
+    // it running, or its keeper is refused under the state lock and the
+    // start finds the first one's running.
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            let name = vm.name.clone();
+            std::thread::spawn(move || h(&["start", &name]))
+        })
+        .collect();
+    let starts: Vec<HuskRun> = starts
+        .into_iter()
+        .map(|t| t.join().expect("a start thread"))
+        .collect::<Result<_, _>>()?;
+    let refused = starts
+        .iter()
+        .filter(|r| {
+            r.stderr
+                .contains(&format!("{} is running already", vm.name))
+        })
+        .count();
+    if starts
+        .iter()
+        .any(|r| r.code != Some(0) || r.stdout.trim() != vm.name)
+        || !vm.ps_line()?.contains("Up ")
+    {
+        let r = &starts[0];
+        return Err(r
+            .explain(&format!(
+                "two husk starts at once; the other: {:?}",
+                starts[1]
+            ))
+            .into());
+    }
+    eprintln!("two husk starts at once: {refused} of their keepers refused");
+    let keepers = keepers_of(&vm.dir());
+    if keepers != [vm.keeper()?] {
+        return Err(format!("two husk starts at once left keepers {keepers:?}").into());
     }
     let mut all = processes.clone();
     all.extend(tree(vm.keeper()?));

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::log::{LogWriter, MAX_LOG};
-use super::{now_ms, process_start, restart, State, Status, VmDir};
+use super::{now_ms, process_alive, process_start, restart, State, Status, VmDir};
 use crate::commands::exec::block_sigwinch;
 use crate::commands::run::named::SNAPSHOT_FD_ENV;
 
@@ -85,8 +85,6 @@ struct Shared {
     /// `husk pause` stopped the vCPUs: the guest agent cannot answer.
     /// Changed with `snapshots` held.
     paused: std::sync::atomic::AtomicBool,
-    /// Held while `state.json` is read, changed and written.
-    state_lock: Mutex<()>,
     /// The health check stopped the VM to start it again
     /// (`--health-on-failure restart`), whatever the restart policy.
     health_restart: std::sync::atomic::AtomicBool,
@@ -161,7 +159,9 @@ impl Shared {
     /// thread is not lost); once it ended, the keeper's own record of the
     /// end stands, and this changes nothing.
     fn update_state(&self, change: impl FnOnce(&mut State)) {
-        let _held = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(_held) = self.vm.lock_state() else {
+            return;
+        };
         if self.has_ended() {
             return;
         }
@@ -171,10 +171,25 @@ impl Shared {
         }
     }
 
-    /// Writes the keeper's own record whole.
+    /// Writes the keeper's own record whole, but for what `husk update`
+    /// may have changed meanwhile (the restart policy and the recorded
+    /// command line), which stays as the file has it.
     fn write_state(&self, state: &State) {
-        let _held = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.vm.write_state(state);
+        let Ok(_held) = self.vm.lock_state() else {
+            return;
+        };
+        let mut state = state.clone();
+        if let Ok(now) = self.vm.read_state() {
+            state.restart = now.restart;
+            state.args = now.args;
+        }
+        let _ = self.vm.write_state(&state);
+    }
+
+    /// The recorded command line, as `husk update` may have changed it.
+    fn recorded_args(&self) -> Option<Vec<String>> {
+        let _held = self.vm.lock_state().ok()?;
+        self.vm.read_state().ok().map(|s| s.args)
     }
 
     /// The VM child, ended at once; what the jail leaves is swept.
@@ -236,7 +251,21 @@ pub fn keep(
     // First: it blocks SIGWINCH before any thread starts.
     let word_fd = word_fd();
     let me = std::process::id();
+    // One keeper per VM: the state is checked and this keeper's record
+    // written under the lock every starter and changer of it takes.
+    let held = vm.lock_state()?;
     let previous = vm.read_state().ok();
+    if let Some(p) = previous.as_ref().filter(|p| {
+        p.keeper_pid != me
+            && p.status != Status::Exited
+            && process_alive(p.keeper_pid, p.keeper_start)
+    }) {
+        anyhow::bail!(
+            "{} is running already (its keeper, pid {}, started meanwhile)",
+            vm.name,
+            p.keeper_pid
+        );
+    }
     // Run again by its own restart policy: it counts on.
     let restart_count = previous
         .as_ref()
@@ -267,6 +296,7 @@ pub fn keep(
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
+    drop(held);
     // A keeper that was killed left its socket: this folder is ours now
     // (the VM is new, or was found exited), so it goes.
     let _ = std::fs::remove_file(vm.control());
@@ -325,7 +355,6 @@ pub fn keep(
         snapshots: Mutex::new(snapshots),
         stopped: std::sync::atomic::AtomicBool::new(false),
         paused: std::sync::atomic::AtomicBool::new(false),
-        state_lock: Mutex::new(()),
         health_restart: std::sync::atomic::AtomicBool::new(false),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
@@ -456,7 +485,8 @@ pub fn keep(
             let _ = std::fs::remove_file(vm.control());
             shared.drain();
             if !stopped() {
-                return run_again(&shared, delay, &env, &state.args);
+                let args = shared.recorded_args().unwrap_or(state.args);
+                return run_again(&shared, delay, &env, &args);
             }
         }
     }
