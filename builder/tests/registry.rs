@@ -271,3 +271,64 @@ fn a_registry_that_wants_credentials_gets_the_saved_ones() {
     std::env::set_var("PATH", path);
     assert_eq!(built.unwrap(), "amd64");
 }
+
+/// `husk-pull login` (what `husk login` runs) checks the credentials with
+/// the registry before it saves them: a wrong password is refused and
+/// nothing is written; the right one is saved where podman's are (here
+/// `$REGISTRY_AUTH_FILE`), a pull then uses it, and `logout` removes it.
+#[test]
+fn login_checks_saves_and_logout_removes_the_credentials() {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let registry = Registry::start(Some(HTPASSWD));
+    let reference = format!("docker://{}/husk/login:v1", registry.addr);
+    push(&reference, Some("husk:husk-secret"));
+    let home = tempfile::tempdir().unwrap();
+    let auth_file = home.path().join("containers/auth.json");
+    std::env::set_var("HOME", home.path());
+    std::env::set_var("REGISTRY_AUTH_FILE", &auth_file);
+    for var in ["XDG_RUNTIME_DIR", "DOCKER_CONFIG"] {
+        std::env::remove_var(var);
+    }
+    // Each run with a cache of its own: a pull fetches every blob.
+    let husk_pull = |args: &[&str], stdin: &str| {
+        let cache = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_husk-pull"))
+            .args(args)
+            .env("HUSK_CACHE_DIR", cache.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, err) = husk_pull(&["login", &registry.addr], "husk\nwrong\n");
+    assert!(
+        !ok && err.contains("refused the user name and password"),
+        "{err}"
+    );
+    assert!(!auth_file.exists(), "refused credentials were saved");
+    let (ok, err) = husk_pull(&["login", &registry.addr], "husk\n");
+    assert!(!ok && err.contains("a user name and a password"), "{err}");
+
+    let (ok, err) = husk_pull(&["login", &registry.addr], "husk\nhusk-secret\n");
+    assert!(ok, "{err}");
+    let saved = std::fs::read_to_string(&auth_file).unwrap();
+    assert!(saved.contains("aHVzazpodXNrLXNlY3JldA=="), "{saved}");
+    let (ok, err) = husk_pull(&[&reference], "");
+    assert!(ok, "a pull with the saved credentials: {err}");
+
+    let (ok, err) = husk_pull(&["logout", &registry.addr], "");
+    assert!(ok, "{err}");
+    let (ok, err) = husk_pull(&[&reference], "");
+    assert!(!ok && err.contains("wants credentials"), "{err}");
+    let (ok, err) = husk_pull(&["logout", &registry.addr], "");
+    assert!(!ok && err.contains("not logged in"), "{err}");
+    std::env::remove_var("REGISTRY_AUTH_FILE");
+}

@@ -4,7 +4,9 @@
 //! `~/.config/containers/auth.json`, `$DOCKER_CONFIG/config.json` or
 //! `~/.docker/config.json`), or from the credential helper such a file
 //! names (`credHelpers`, `credsStore`: `docker-credential-NAME get`). No
-//! credentials: the pull is anonymous.
+//! credentials: the pull is anonymous. `husk login` saves credentials
+//! where `podman login` does ([`login_file`]), and `husk logout` removes
+//! them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,13 @@ pub enum AuthError {
     },
     #[error("{}: the credentials of {registry} are not base64 of USER:PASSWORD", path.display())]
     Entry { path: PathBuf, registry: String },
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the credential helper docker-credential-{helper} gave no credentials for {registry}: {why}")]
     Helper {
         helper: String,
@@ -74,6 +83,141 @@ fn files() -> Vec<PathBuf> {
         (None, None) => {}
     }
     files
+}
+
+/// Where `husk login` saves credentials, as `podman login` does:
+/// `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`,
+/// else `~/.config/containers/auth.json` (the first files a pull reads).
+pub fn login_file() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(f) = var("REGISTRY_AUTH_FILE") {
+        return Some(PathBuf::from(f));
+    }
+    if let Some(run) = var("XDG_RUNTIME_DIR") {
+        return Some(Path::new(&run).join("containers/auth.json"));
+    }
+    var("HOME").map(|h| Path::new(&h).join(".config/containers/auth.json"))
+}
+
+/// The `auths` key `husk login REGISTRY` writes: the registry as given,
+/// Docker Hub as podman names it.
+fn login_key(registry: &str) -> String {
+    match canonical(registry) {
+        "index.docker.io" => "docker.io".into(),
+        _ => registry.into(),
+    }
+}
+
+/// The auth file at `path` as JSON, every field kept (an absent file is
+/// an empty one).
+fn read_json(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+    match std::fs::read(path) {
+        Ok(text) => serde_json::from_slice(&text).map_err(|source| AuthError::File {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(source) => Err(AuthError::Io {
+            path: path.to_path_buf(),
+            what: "cannot read the credentials file",
+            source,
+        }),
+    }
+}
+
+/// Writes the auth file whole, mode 0600 (its folder made 0700 if
+/// missing): a temporary file beside it, renamed over it.
+fn write_json(
+    path: &Path,
+    json: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), AuthError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |what| {
+        move |source| AuthError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("cannot make the credentials file's folder"))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".husk-tmp");
+    let tmp = PathBuf::from(tmp);
+    let text = serde_json::to_vec_pretty(json).expect("JSON values serialize");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io("cannot write the credentials file"))
+}
+
+/// Saves `creds` for `registry` in the auth file at `path`, as `podman
+/// login` does; the file's other entries and fields stay.
+pub fn save(path: &Path, registry: &str, creds: &Credentials) -> Result<(), AuthError> {
+    let mut json = read_json(path)?;
+    let auths = json
+        .entry("auths")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let Some(auths) = auths.as_object_mut() else {
+        return Err(AuthError::File {
+            path: path.to_path_buf(),
+            source: serde::de::Error::custom("its \"auths\" is not an object"),
+        });
+    };
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", creds.user, creds.password));
+    auths.insert(login_key(registry), serde_json::json!({ "auth": auth }));
+    write_json(path, &json)
+}
+
+/// Removes every entry of `registry` (any spelling of it, and those
+/// limited to one of its repositories) from the auth file at `path`;
+/// whether there was one.
+pub fn forget(path: &Path, registry: &str) -> Result<bool, AuthError> {
+    let mut json = read_json(path)?;
+    let Some(auths) = json.get_mut("auths").and_then(|a| a.as_object_mut()) else {
+        return Ok(false);
+    };
+    let before = auths.len();
+    let wanted = canonical(registry);
+    auths.retain(|key, _| key_parts(key).0 != wanted);
+    if auths.len() == before {
+        return Ok(false);
+    }
+    write_json(path, &json)?;
+    Ok(true)
+}
+
+/// The files other than `except` that hold credentials for `registry`
+/// (docker's, for a `husk logout` to point at).
+pub fn held_elsewhere(registry: &str, except: &Path) -> Vec<PathBuf> {
+    files()
+        .into_iter()
+        .filter(|f| f != except)
+        .filter(|f| {
+            std::fs::read(f)
+                .ok()
+                .and_then(|t| serde_json::from_slice::<AuthFile>(&t).ok())
+                .is_some_and(|file| {
+                    file.auths
+                        .keys()
+                        .any(|k| key_parts(k).0 == canonical(registry))
+                })
+        })
+        .collect()
 }
 
 /// Docker Hub goes by several names; the one oci-client resolves to.
@@ -238,6 +382,44 @@ mod tests {
         let podman = file(r#"{"auths": {"docker.io": {"auth": "aHVzazpwdw=="}}}"#);
         let found = from_file(&podman, Path::new("f"), "index.docker.io", "x").unwrap();
         assert_eq!(found, creds("husk", "pw"));
+    }
+
+    #[test]
+    fn login_saves_beside_other_entries_and_logout_removes_every_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("containers/auth.json");
+        std::fs::create_dir(dir.path().join("containers")).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"auths": {"other.test": {"auth": "b3RoZXI6eA=="},
+                "https://index.docker.io/v1/": {"auth": "b3RoZXI6eA=="}},
+                "credHelpers": {"x.test": "pass"}}"#,
+        )
+        .unwrap();
+        let husk = creds("husk", "pw:with:colons").unwrap();
+        save(&path, "reg.test:5000", &husk).unwrap();
+        save(&path, "docker.io", &husk).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let f = file(&std::fs::read_to_string(&path).unwrap());
+        let at = |reg| from_file(&f, &path, reg, "app").unwrap();
+        assert_eq!(at("reg.test:5000"), Some(husk.clone()));
+        assert_eq!(at("other.test"), creds("other", "x"));
+        assert_eq!(f.cred_helpers["x.test"], "pass");
+        assert!(forget(&path, "docker.io").unwrap());
+        let f = file(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(from_file(&f, &path, "index.docker.io", "x").unwrap(), None);
+        assert!(
+            !forget(&path, "docker.io").unwrap(),
+            "nothing left to forget"
+        );
+        assert!(forget(&path, "reg.test:5000").unwrap());
+        assert!(!forget(&dir.path().join("none.json"), "reg.test").unwrap());
+        let f = file(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(f.auths.len(), 1, "other.test stays");
+        assert!(!dir.path().join("containers/auth.json.husk-tmp").exists());
     }
 
     #[test]

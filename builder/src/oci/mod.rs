@@ -196,19 +196,24 @@ pub fn is_pulled(reference: &str, cache: &Path) -> bool {
     pulled_layout(reference, cache).join("index.json").is_file()
 }
 
+/// The `husk-pull` program: `$HUSK_PULL`, else the one beside the
+/// running program, if there is one.
+pub fn puller() -> Option<PathBuf> {
+    match std::env::var_os("HUSK_PULL").filter(|v| !v.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("husk-pull")))
+            .filter(|p| p.is_file()),
+    }
+}
+
 /// Runs `husk-pull` (`$HUSK_PULL`, else beside the running program) to
 /// pull `reference` into `cache`, again if it was (what the tag names
 /// now; blobs already stored are not fetched); its progress goes to
 /// stderr.
 pub fn run_pull(reference: &str, cache: &Path) -> Result<(), OciError> {
-    let program = match std::env::var_os("HUSK_PULL").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.join("husk-pull")))
-            .filter(|p| p.is_file())
-            .ok_or_else(|| OciError::NoPuller(reference.to_string()))?,
-    };
+    let program = puller().ok_or_else(|| OciError::NoPuller(reference.to_string()))?;
     let status = std::process::Command::new(&program)
         .arg(reference)
         .env("HUSK_CACHE_DIR", cache)

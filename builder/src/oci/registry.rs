@@ -313,3 +313,162 @@ fn write_layout(
     std::fs::rename(&tmp, &dir).map_err(io("cannot store layout"))?;
     Ok(dir)
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("{registry}: the registry refused the user name and password")]
+    Refused { registry: String },
+    #[error("{registry}: {what}")]
+    Http {
+        registry: String,
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{registry}: {what}")]
+    Unexpected { registry: String, what: String },
+}
+
+/// The host a registry's API answers on (Docker Hub's is not its name).
+fn api_host(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "registry-1.docker.io",
+        other => other,
+    }
+}
+
+/// The parameters of a `Bearer` challenge (`realm`, `service`, ...), as
+/// `WWW-Authenticate` gives them: `key="value"` pairs, commas between.
+fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
+    let rest = challenge.trim().strip_prefix("Bearer ")?;
+    let mut params = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
+        if key.is_empty() {
+            return Some(params);
+        }
+        chars.next()?;
+        let value: String = if chars.next_if_eq(&'"').is_some() {
+            let v = std::iter::from_fn(|| chars.next_if(|c| *c != '"')).collect();
+            chars.next()?;
+            v
+        } else {
+            std::iter::from_fn(|| chars.next_if(|c| *c != ',')).collect()
+        };
+        params.push((key.trim().to_ascii_lowercase(), value));
+    }
+}
+
+/// Checks `creds` with `registry` as `docker login` does: its `/v2/`
+/// endpoint, then the credentials as its challenge asks for them (HTTP
+/// Basic on `/v2/`, or a token from the token service a `Bearer`
+/// challenge names). A registry that wants none takes any.
+pub fn check_login(registry: &str, creds: &super::auth::Credentials) -> Result<(), LoginError> {
+    let scheme = if insecure(registry) { "http" } else { "https" };
+    let url = format!("{scheme}://{}/v2/", api_host(registry));
+    let http = |what: &str| {
+        let (registry, what) = (registry.to_string(), what.to_string());
+        move |source| LoginError::Http {
+            registry,
+            what,
+            source,
+        }
+    };
+    let unexpected = |what: String| LoginError::Unexpected {
+        registry: registry.into(),
+        what,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unexpected(format!("cannot start the I/O runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let first = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(http(&format!("cannot reach {url}")))?;
+        if first.status().is_success() {
+            return Ok(());
+        }
+        if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Err(unexpected(format!("{url} answered {}", first.status())));
+        }
+        let challenge = first
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let answer = if challenge.to_ascii_lowercase().starts_with("basic") {
+            client
+                .get(&url)
+                .basic_auth(&creds.user, Some(&creds.password))
+                .send()
+                .await
+                .map_err(http(&format!("cannot reach {url}")))?
+        } else {
+            let params = bearer_params(&challenge).ok_or_else(|| {
+                unexpected(format!(
+                    "{url} asks for credentials as {challenge:?}, which husk does not speak"
+                ))
+            })?;
+            let realm = params
+                .iter()
+                .find(|(k, _)| k == "realm")
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| unexpected(format!("{url}'s challenge names no token service")))?;
+            let mut query = vec![("account", creds.user.clone())];
+            if let Some((_, service)) = params.iter().find(|(k, _)| k == "service") {
+                query.push(("service", service.clone()));
+            }
+            client
+                .get(&realm)
+                .query(&query)
+                .basic_auth(&creds.user, Some(&creds.password))
+                .send()
+                .await
+                .map_err(http(&format!("cannot reach the token service {realm}")))?
+        };
+        match answer.status() {
+            s if s.is_success() => Ok(()),
+            reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => {
+                Err(LoginError::Refused {
+                    registry: registry.into(),
+                })
+            }
+            s => Err(unexpected(format!("the login answered {s}"))),
+        }
+    })
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_are_read_with_quoted_commas() {
+        let p = bearer_params(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            [
+                (
+                    "realm".to_string(),
+                    "https://auth.docker.io/token".to_string()
+                ),
+                ("service".to_string(), "registry.docker.io".to_string()),
+                ("scope".to_string(), "repository:a/b:pull,push".to_string()),
+            ]
+        );
+        assert_eq!(bearer_params("Basic realm=x"), None);
+        assert_eq!(bearer_params("Bearer realm=\"unterminated"), None);
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("127.0.0.1:5000"), "127.0.0.1:5000");
+    }
+}

@@ -72,6 +72,11 @@ enum Command {
     /// Pull registry images again, for what their tags name now, and build
     /// them (husk run and build pull an image once and keep it)
     Pull(commands::pull::Args),
+    /// Save a registry's credentials for pulls (checked with the
+    /// registry first), where podman login saves them
+    Login(commands::login::LoginArgs),
+    /// Remove a registry's saved credentials
+    Logout(commands::login::LogoutArgs),
     /// Export an appliance as a disk other hypervisors and clouds boot
     /// (OVA, VMDK, VHD, VHDX, qcow2, raw)
     Export(commands::export::Args),
@@ -148,6 +153,8 @@ pub fn husk_main() -> ExitCode {
         Command::Rename(args) => commands::rename::run(args),
         Command::Build(args) => commands::build::run(args),
         Command::Pull(args) => commands::pull::run(args),
+        Command::Login(args) => commands::login::login(args),
+        Command::Logout(args) => commands::login::logout(args),
         Command::Export(args) => commands::export::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Validate(args) => commands::validate::run(args),

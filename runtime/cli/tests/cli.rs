@@ -1344,3 +1344,99 @@ fn state_changes_wait_for_the_state_lock() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!home.state().join("old").exists());
 }
+
+/// `husk login` asks for nothing it cannot ask a terminal for, and hands
+/// the credentials to husk-pull (which checks and saves them; tested
+/// against a registry in builder's registry tests) on its stdin, never
+/// on a command line; `husk logout` likewise.
+#[test]
+fn login_hands_the_credentials_to_husk_pull_on_its_stdin() {
+    let home = Home::new();
+    let bin = home.0.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let seen = home.0.path().join("seen");
+    let fake = bin.join("husk-pull");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" > {0}\ncat >> {0}\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let login = |args: &[&str], stdin: &str| {
+        let mut child = home
+            .command(args)
+            .env("HUSK_PULL", &fake)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = login(
+        &[
+            "login",
+            "-u",
+            "husk",
+            "--password-stdin",
+            "https://127.0.0.1:5000/v1/",
+        ],
+        "s3cret\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Login Succeeded\n");
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "login 127.0.0.1:5000\nhusk\ns3cret\n"
+    );
+    let out = login(&["logout", "--authfile", "/x/auth.json", "quay.io"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "logout quay.io /x/auth.json\n"
+    );
+
+    // Without a terminal it asks for nothing.
+    let out = login(&["login", "--password-stdin", "quay.io"], "pw\n");
+    assert!(
+        stderr(&out).contains("give the user name with -u USER"),
+        "{}",
+        stderr(&out)
+    );
+    let out = login(&["login", "-u", "husk", "quay.io"], "");
+    assert!(
+        stderr(&out).contains("--password-stdin"),
+        "{}",
+        stderr(&out)
+    );
+    let out = login(&["login", "-u", "a:b", "--password-stdin", "quay.io"], "pw");
+    assert!(stderr(&out).contains("no ':'"), "{}", stderr(&out));
+    let out = login(
+        &[
+            "login",
+            "-u",
+            "husk",
+            "-p",
+            "x",
+            "--password-stdin",
+            "quay.io",
+        ],
+        "",
+    );
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&fake).unwrap();
+    let out = login(
+        &["login", "-u", "husk", "--password-stdin", "quay.io"],
+        "pw\n",
+    );
+    assert!(
+        stderr(&out).contains("cannot run husk-pull"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -8,6 +8,7 @@ pub mod export;
 pub mod image;
 pub mod inspect;
 pub mod kernel;
+pub mod login;
 pub mod logs;
 pub mod network;
 pub mod pause;
