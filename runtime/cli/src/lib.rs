@@ -60,6 +60,9 @@ enum Command {
     /// Copy files and folders between the host and a running detached
     /// appliance (NAME:PATH), as docker cp does
     Cp(commands::cp::Args),
+    /// Attach this terminal to a running detached appliance's console
+    /// (its input too when it was run with -i); Ctrl-P Ctrl-Q detaches
+    Attach(commands::attach::Args),
     /// Show what running detached appliances use: CPU, memory, network,
     /// disk, processes
     Stats(commands::stats::Args),
@@ -148,6 +151,7 @@ pub fn husk_main() -> ExitCode {
         Command::Port(args) => commands::port::run(args),
         Command::Update(args) => commands::update::run(args),
         Command::Cp(args) => commands::cp::run(args),
+        Command::Attach(args) => commands::attach::run(args),
         Command::Stats(args) => commands::stats::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Rename(args) => commands::rename::run(args),

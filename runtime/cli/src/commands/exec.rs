@@ -258,10 +258,10 @@ fn forward_resizes(mut control: Control, id: u32) {
 
 /// Raw mode on this terminal for as long as it lives; the settings it
 /// found are put back.
-struct RawMode(libc::termios);
+pub(crate) struct RawMode(libc::termios);
 
 impl RawMode {
-    fn enter() -> Option<Self> {
+    pub(crate) fn enter() -> Option<Self> {
         // SAFETY: termios is plain data; tcgetattr fills it from fd 0.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: a valid termios out-pointer.

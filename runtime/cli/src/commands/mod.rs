@@ -1,5 +1,6 @@
 //! One file per `husk` command: parse arguments, call the libraries, print.
 
+pub mod attach;
 pub mod build;
 pub mod cp;
 mod env;

@@ -48,6 +48,10 @@ pub enum Request {
     /// Stops every vCPU (`paused`) or lets them run on (`husk pause`,
     /// `husk unpause`). Answer: [`Response::Ok`] once it is done.
     Pause { paused: bool },
+    /// `husk attach`: the connection becomes the console's stream, its
+    /// output from now on and (`stdin`, for an appliance run with `-i`)
+    /// its input, until the VM ends. Answer: [`Response::Attached`].
+    Attach { stdin: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +67,11 @@ pub enum Response {
     },
     Error {
         message: String,
+    },
+    /// The connection is the console's stream from here on; `stdin`:
+    /// what is sent on it reaches the console's input.
+    Attached {
+        stdin: bool,
     },
 }
 
@@ -94,6 +103,12 @@ impl Control {
             Some(r) => Ok(r),
             None => anyhow::bail!("the keeper closed the connection"),
         }
+    }
+
+    /// The connection itself (after a [`Request::Attach`]: the console's
+    /// stream).
+    pub fn into_stream(self) -> UnixStream {
+        self.conn
     }
 
     /// A connection to the guest agent.

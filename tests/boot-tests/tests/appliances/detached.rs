@@ -63,6 +63,10 @@ pub fn trials() -> Vec<Trial> {
             "detached_cp_copies_files_and_folders_both_ways_as_docker_does",
             cp,
         ),
+        boot_tests::trial(
+            "detached_attach_takes_the_console_both_ways_detaches_and_ends_with_its_status",
+            attach,
+        ),
     ]
 }
 
@@ -1693,4 +1697,53 @@ fn cp() -> Result<(), Failed> {
         }
     }
     vm.remove(&processes)
+}
+
+/// `husk attach` to a shell run with `-d -i`: what is sent reaches the
+/// shell and its output comes back, and attach ends with the shell's
+/// status; Ctrl-P Ctrl-Q detaches and leaves it running; a `--no-stdin`
+/// attach ends when `husk stop` stops it, with the status `husk wait`
+/// says; nothing is left after `rm`.
+fn attach() -> Result<(), Failed> {
+    let vm = Vm::start("d-attach", &["-i", "examples/busybox", "--", "sh"])?;
+    let mut all = tree(vm.keeper()?);
+    let r = h_in(&["attach", &vm.name], b"echo attached-$((6*7))\nexit 3\n")?;
+    if r.code != Some(3) || !r.stdout.contains("attached-42") {
+        return Err(r
+            .explain("attach: the shell's answer, then its status 3")
+            .into());
+    }
+    if !vm.ps_line()?.contains("Exited (3)") {
+        return Err(format!("after exit 3: {}", vm.ps_line()?).into());
+    }
+
+    ok(h(&["start", &vm.name])?, "start")?;
+    all.extend(tree(vm.keeper()?));
+    let r = h_in(&["attach", &vm.name], b"echo one-$((1+1))\n\x10\x11")?;
+    if r.code != Some(0) || !r.stderr.contains("detached from d-attach") {
+        return Err(r.explain("attach: Ctrl-P Ctrl-Q detaches").into());
+    }
+    if !vm.ps_line()?.contains("Up ") {
+        return Err(format!("running on after a detach: {}", vm.ps_line()?).into());
+    }
+
+    let name = vm.name.clone();
+    let attached = std::thread::spawn(move || h(&["attach", "--no-stdin", &name]));
+    std::thread::sleep(Duration::from_secs(2));
+    ok(h(&["stop", "-t", "1", &vm.name])?, "stop")?;
+    let r = attached.join().expect("the attach thread")?;
+    let waited = ok(h(&["wait", &vm.name])?, "wait")?;
+    if r.code.map(|c| c.to_string()) != Some(waited.stdout.trim().to_string()) {
+        return Err(r
+            .explain(&format!(
+                "attach --no-stdin should end with the status husk wait says ({})",
+                waited.stdout.trim()
+            ))
+            .into());
+    }
+    let r = h(&["attach", &vm.name])?;
+    if r.code == Some(0) || !r.stderr.contains("d-attach is not running") {
+        return Err(r.explain("attach to a stopped appliance").into());
+    }
+    vm.remove(&all)
 }

@@ -442,6 +442,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         networks: plan.net.iter().filter_map(|n| n.network.clone()).collect(),
         remove_at_end: args.rm,
         hold: args.hold,
+        stdin: args.interactive,
         restart: args
             .restart
             .unwrap_or_else(|| default_restart(args, appliance)),

@@ -170,11 +170,11 @@ pub struct Args {
     rm: bool,
     /// Taken as docker's -i and -t are: in the foreground the guest's
     /// console is always husk's stdin and stdout, raw when stdin is a
-    /// terminal; with -d it goes to the log (husk exec -it NAME sh for a
-    /// shell)
-    #[arg(short = 'i', long, conflicts_with = "detach")]
+    /// terminal; with -d its output goes to the log, and -i keeps its
+    /// input open for husk attach (as docker run -dit)
+    #[arg(short = 'i', long)]
     interactive: bool,
-    #[arg(short = 't', long, conflicts_with = "detach", hide = true)]
+    #[arg(short = 't', long, hide = true)]
     tty: bool,
     /// With -d: start the command again when it ends: no, always,
     /// unless-stopped, or on-failure[:MAX-RESTARTS] (a status other than

@@ -26,6 +26,7 @@ use super::{now_ms, process_alive, process_start, restart, State, Status, VmDir}
 use crate::commands::exec::block_sigwinch;
 use crate::commands::run::named::SNAPSHOT_FD_ENV;
 
+mod attach;
 mod check;
 mod gate;
 mod serve;
@@ -88,6 +89,11 @@ struct Shared {
     /// The health check stopped the VM to start it again
     /// (`--health-on-failure restart`), whatever the restart policy.
     health_restart: std::sync::atomic::AtomicBool,
+    /// With `-i`: the console's input.
+    input: Mutex<Option<io::PipeWriter>>,
+    /// The `husk attach` connections the console's output goes to; `None`
+    /// once the output ended.
+    attached: Mutex<Option<Vec<attach::Client>>>,
 }
 
 impl Shared {
@@ -221,6 +227,8 @@ pub struct Options {
     /// The command waits for husk-runtime's start.
     pub hold: bool,
     pub restart: restart::Policy,
+    /// `-i`: the console's input stays open for `husk attach`.
+    pub stdin: bool,
 }
 
 pub fn keep(
@@ -240,6 +248,7 @@ pub fn keep(
         remove_at_end,
         hold,
         restart,
+        stdin,
     } = options;
     // Everything the keeper makes is the user's alone.
     // SAFETY: umask(2) cannot fail.
@@ -311,6 +320,14 @@ pub fn keep(
     announce.set_nonblocking(true)?;
 
     let (log_r, log_w) = io::pipe().context("pipe")?;
+    // With -i, the console's input: `husk attach` writes to it.
+    let (input_r, input) = match stdin {
+        true => {
+            let (r, w) = io::pipe().context("pipe")?;
+            (Stdio::from(r), Some(w))
+        }
+        false => (Stdio::null(), None),
+    };
     // Snapshots on request: the VM child's VMM takes its end.
     let (snapshots, vm_end) = vmm::snapshot::request_pair().context("socketpair")?;
     let vm_fd = std::os::fd::AsRawFd::as_raw_fd(&vm_end);
@@ -322,7 +339,7 @@ pub fn keep(
         .env(VM_ENV, &vm.dir)
         .env(SNAPSHOT_FD_ENV, vm_fd.to_string())
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(input_r)
         .stdout(log_w.try_clone().context("pipe")?)
         .stderr(log_w);
     // SAFETY: prctl and fcntl in the forked child only set its
@@ -356,12 +373,15 @@ pub fn keep(
         stopped: std::sync::atomic::AtomicBool::new(false),
         paused: std::sync::atomic::AtomicBool::new(false),
         health_restart: std::sync::atomic::AtomicBool::new(false),
+        input: Mutex::new(input),
+        attached: Mutex::new(Some(Vec::new())),
     });
     let log = LogWriter::create(&vm.log(), MAX_LOG)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
-    let pump = std::thread::Builder::new()
-        .name("log".into())
-        .spawn(move || pump_log(log_r, log))?;
+    let pump = std::thread::Builder::new().name("log".into()).spawn({
+        let shared = Arc::clone(&shared);
+        move || pump_log(log_r, log, &shared)
+    })?;
     let waiter = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("wait".into())
@@ -588,19 +608,23 @@ fn detach_stdio() {
     }
 }
 
-fn pump_log(mut from: io::PipeReader, mut log: LogWriter) {
+/// The console's output into the log and to every `husk attach`, until
+/// the VM child ends; the attached then see the end of their stream.
+fn pump_log(mut from: io::PipeReader, mut log: LogWriter, shared: &Shared) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         match io::Read::read(&mut from, &mut buf) {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(n) => {
                 // A full disk loses log lines, never the VM.
                 let _ = log.write_all(&buf[..n]);
+                attach::send(shared, &buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(_) => break,
         }
     }
+    attach::end(shared);
 }
 
 fn wait_child(mut child: Child, shared: &Shared) {

@@ -26,7 +26,7 @@ pub(super) fn serve(listener: UnixListener, shared: &Arc<Shared>) {
     }
 }
 
-fn control_connection(mut conn: UnixStream, shared: &Shared) {
+fn control_connection(mut conn: UnixStream, shared: &Arc<Shared>) {
     loop {
         let request = match agent::read::<Request>(&mut conn) {
             Ok(Some(r)) => r,
@@ -46,6 +46,15 @@ fn control_connection(mut conn: UnixStream, shared: &Shared) {
             // Handed over without the keeper's own read timeout (a socket
             // option, so it would travel with the descriptor): the caller
             // may wait on it for as long as a process runs.
+            // The connection is the console's stream from here on, held by
+            // the keeper's output pump (not by this request's pass).
+            Request::Attach { stdin } => {
+                let stdin = stdin && super::attach::has_input(shared);
+                if agent::write(&mut conn, &Response::Attached { stdin }).is_ok() {
+                    super::attach::attach(shared, conn, stdin);
+                }
+                return;
+            }
             Request::Agent => match shared.agent().and_then(|a| {
                 a.set_read_timeout(None)?;
                 Ok(a)
@@ -73,6 +82,7 @@ fn error(e: anyhow::Error) -> Response {
 fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
     match request {
         Request::Agent => anyhow::bail!("an agent connection is answered with a descriptor"),
+        Request::Attach { .. } => anyhow::bail!("an attach is answered with the console's stream"),
         Request::Info => match shared.agent_call(&agent::Request::Info)? {
             agent::Response::Info(guest) => Ok(Response::Info { guest }),
             other => anyhow::bail!("unexpected answer from the guest agent: {other:?}"),
