@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::Shared;
 
 /// How long one write to an attached connection may block.
-pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) struct Client {
     id: u64,
