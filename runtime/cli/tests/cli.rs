@@ -1440,3 +1440,93 @@ fn login_hands_the_credentials_to_husk_pull_on_its_stdin() {
         stderr(&out)
     );
 }
+
+/// `husk ps --filter` and `--format`, as docker's: values of one key are
+/// alternatives, keys all apply, a status filter for exited ones implies
+/// -a; a template's fields, `table` with its header, `json`; what is
+/// not a filter or a field is refused, naming what is.
+#[test]
+fn ps_filters_and_formats_as_docker_does() {
+    let home = Home::new();
+    let (pid, start) = alive_keeper();
+    let put = |name: &str, status: &str, image: &str, networks: &[&str], paused: bool| {
+        home.put_state(
+            name,
+            serde_json::json!({
+                "name": name, "image": image, "ports": ["8080:80"], "created_ms": 1,
+                "status": status, "started_ms": 2, "finished_ms": 3, "exit_code": 0,
+                "keeper_pid": pid, "keeper_start": start, "networks": networks,
+                "paused": paused,
+            }),
+        );
+    };
+    put("web", "running", "examples/web", &["front"], false);
+    put(
+        "db",
+        "running",
+        "docker.io/library/postgres",
+        &["back"],
+        true,
+    );
+    put("old", "exited", "examples/web", &[], false);
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["ps", "--format", "{{.Names}}"];
+        all.extend_from_slice(args);
+        home.ok(&all).lines().map(String::from).collect()
+    };
+    assert_eq!(names(&[]), ["db", "web"]);
+    assert_eq!(names(&["-a"]), ["db", "old", "web"]);
+    assert_eq!(names(&["--filter", "name=we"]), ["web"]);
+    assert_eq!(names(&["--filter", "ancestor=examples/web"]), ["web"]);
+    assert_eq!(names(&["--filter", "status=exited"]), ["old"]);
+    assert_eq!(names(&["--filter", "status=paused"]), ["db"]);
+    assert_eq!(
+        names(&["-f", "status=running", "-f", "status=paused"]),
+        ["db", "web"]
+    );
+    assert_eq!(
+        names(&["-f", "network=back", "-f", "name=web"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(&["-f", "health=none", "-f", "network=front"]),
+        ["web"]
+    );
+    assert_eq!(home.ok(&["ps", "-q", "-f", "name=d"]), "db\n");
+
+    assert_eq!(
+        home.ok(&[
+            "ps",
+            "--format",
+            "{{.Names}}: {{.State}} on {{.Networks}} ({{.Ports}})"
+        ]),
+        "db: paused on back (8080:80)\nweb: running on front (8080:80)\n"
+    );
+    let table = home.ok(&["ps", "-a", "--format", "table {{.Names}}\\t{{.State}}"]);
+    assert_eq!(
+        table.lines().map(str::trim_end).collect::<Vec<_>>(),
+        [
+            "NAMES   STATE",
+            "db      paused",
+            "old     exited",
+            "web     running"
+        ]
+    );
+    let json = home.ok(&["ps", "--format", "json", "-f", "name=web"]);
+    let row: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(row["Names"], "web");
+    assert_eq!(row["Image"], "examples/web");
+    assert_eq!(row["State"], "running");
+
+    home.fails(
+        &["ps", "--format", "{{.ID}}"],
+        "{{.ID}} is not a field; these are: {{.Names}}",
+    );
+    home.fails(&["ps", "--format", "{{.Names"], "{{ without }}");
+    home.fails(&["ps", "-f", "label=a"], "filter by name, status");
+    home.fails(
+        &["ps", "-f", "status=sleeping"],
+        "no appliance is ever \"sleeping\"",
+    );
+    home.fails(&["ps", "-f", "name"], "write KEY=VALUE");
+}

@@ -1,10 +1,11 @@
-//! `husk ps`: the detached appliances, as `docker ps` lists containers.
+//! `husk ps`: the detached appliances, as `docker ps` lists containers,
+//! with docker's `--filter` and `--format`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::vms::control::{Control, Request, Response};
-use crate::vms::{human_duration, now_ms, HealthStatus, Status, VmDir};
+use crate::vms::{human_duration, now_ms, HealthStatus, State, Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,87 +15,311 @@ pub struct Args {
     /// Only their names, one a line (husk rm $(husk ps -aq))
     #[arg(short, long)]
     quiet: bool,
+    /// Only those that match, as docker's: name=PART, status=created|
+    /// restarting|running|paused|exited, ancestor=IMAGE, network=NAME,
+    /// volume=NAME, health=starting|healthy|unhealthy|none; a key given
+    /// twice matches either value, different keys must all match
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+    /// Each appliance as TEMPLATE says, as docker's: {{.Names}}
+    /// {{.Image}} {{.Status}} {{.State}} {{.Ports}} {{.Networks}}
+    /// {{.Addresses}}, \t a tab; "table TEMPLATE" adds a header and lines
+    /// up the columns; "json" gives a JSON object a line
+    #[arg(long, value_name = "TEMPLATE")]
+    format: Option<String>,
+}
+
+/// The fields a template may name, as docker names them.
+const FIELDS: [&str; 7] = [
+    "Names",
+    "Image",
+    "Status",
+    "State",
+    "Ports",
+    "Networks",
+    "Addresses",
+];
+
+/// One appliance as `ps` shows it.
+struct Row {
+    state: State,
+    status: String,
+    addresses: String,
+}
+
+impl Row {
+    fn field(&self, name: &str) -> String {
+        match name {
+            "Names" => self.state.name.clone(),
+            "Image" => self.state.image.clone(),
+            "Status" => self.status.clone(),
+            "State" => state_word(&self.state).into(),
+            "Ports" => self.state.ports.join(", "),
+            "Networks" => self.state.networks.join(","),
+            "Addresses" => self.addresses.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// docker's one-word state.
+fn state_word(state: &State) -> &'static str {
+    match state.status {
+        Status::Running if state.paused => "paused",
+        Status::Starting | Status::Running => "running",
+        Status::Created => "created",
+        Status::Restarting => "restarting",
+        Status::Exited => "exited",
+    }
+}
+
+/// A `--format` template: text and the fields it names, in order.
+enum Part {
+    Text(String),
+    Field(&'static str),
+}
+
+fn parse_template(template: &str) -> anyhow::Result<Vec<Part>> {
+    let template = template.replace("\\t", "\t");
+    let mut parts = Vec::new();
+    let mut rest = template.as_str();
+    while let Some(open) = rest.find("{{") {
+        parts.push(Part::Text(rest[..open].to_string()));
+        let close = rest[open..]
+            .find("}}")
+            .ok_or_else(|| anyhow::anyhow!("--format: {{{{ without }}}}"))?;
+        let name = rest[open + 2..open + close].trim();
+        let field = name
+            .strip_prefix('.')
+            .and_then(|n| FIELDS.iter().find(|f| **f == n))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--format: {{{{{name}}}}} is not a field; these are: {}",
+                    FIELDS.map(|f| format!("{{{{.{f}}}}}")).join(" ")
+                )
+            })?;
+        parts.push(Part::Field(field));
+        rest = &rest[open + close + 2..];
+    }
+    parts.push(Part::Text(rest.to_string()));
+    Ok(parts)
+}
+
+fn render(parts: &[Part], value: impl Fn(&'static str) -> String) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(t) => t.clone(),
+            Part::Field(f) => value(f),
+        })
+        .collect()
+}
+
+/// `--filter`s, as docker takes them: values of one key are alternatives,
+/// keys all apply.
+struct Filters(Vec<(String, Vec<String>)>);
+
+impl Filters {
+    fn parse(given: &[String]) -> anyhow::Result<Self> {
+        let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+        for f in given {
+            let (key, value) = f
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--filter {f:?}: write KEY=VALUE"))?;
+            let ok = match key {
+                "name" | "ancestor" | "network" | "volume" => true,
+                "status" => {
+                    ["created", "restarting", "running", "paused", "exited"].contains(&value)
+                }
+                "health" => ["starting", "healthy", "unhealthy", "none"].contains(&value),
+                _ => anyhow::bail!(
+                    "--filter {f:?}: filter by name, status, ancestor, network, volume or health"
+                ),
+            };
+            if !ok {
+                anyhow::bail!("--filter {f:?}: no appliance is ever {value:?}");
+            }
+            match keys.iter_mut().find(|(k, _)| k == key) {
+                Some((_, values)) => values.push(value.to_string()),
+                None => keys.push((key.to_string(), vec![value.to_string()])),
+            }
+        }
+        Ok(Filters(keys))
+    }
+
+    /// Whether a status filter asks for stopped ones (then -a is implied,
+    /// as docker does).
+    fn wants_exited(&self) -> bool {
+        self.0
+            .iter()
+            .any(|(k, v)| k == "status" && v.iter().any(|v| v == "exited"))
+    }
+
+    fn matches(&self, state: &State) -> bool {
+        self.0.iter().all(|(key, values)| {
+            values.iter().any(|v| match key.as_str() {
+                "name" => state.name.contains(v.as_str()),
+                "status" => state_word(state) == v,
+                "ancestor" => state.image == *v,
+                "network" => state.networks.contains(v),
+                "volume" => state.volumes.contains(v),
+                "health" => {
+                    let health = match state.health.as_ref().map(|h| h.status) {
+                        Some(HealthStatus::Starting) => "starting",
+                        Some(HealthStatus::Healthy) => "healthy",
+                        Some(HealthStatus::Unhealthy) => "unhealthy",
+                        None => "none",
+                    };
+                    health == v
+                }
+                _ => false,
+            })
+        })
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "IMAGE".into(),
-        "STATUS".into(),
-        "PORTS".into(),
-        "ADDRESSES".into(),
-    ]];
+    let filters = Filters::parse(&args.filter)?;
+    let format = args.format.as_deref().map(str::trim);
+    let template = match format {
+        None | Some("json") => None,
+        Some(t) => Some(parse_template(t.strip_prefix("table").unwrap_or(t))?),
+    };
+    // The guest is asked for its addresses only when they are shown.
+    let wants_addresses = match &template {
+        Some(parts) => parts.iter().any(|p| matches!(p, Part::Field("Addresses"))),
+        None => !args.quiet,
+    };
+    let all = args.all || filters.wants_exited();
+    let mut rows = Vec::new();
     for vm in VmDir::all()? {
         let Ok(state) = vm.current_state() else {
             continue;
         };
-        if state.status == Status::Exited && !args.all {
+        if (state.status == Status::Exited && !all) || !filters.matches(&state) {
             continue;
         }
         if args.quiet {
             println!("{}", state.name);
             continue;
         }
-        let (status, addresses) = match state.status {
-            Status::Starting => ("Starting".into(), String::new()),
-            Status::Created => ("Created".into(), String::new()),
-            Status::Running => {
-                // A paused guest cannot answer.
-                let guest = if state.paused { None } else { guest_info(&vm) };
-                let up = guest.as_ref().map_or_else(
-                    || human_duration(now_ms().saturating_sub(state.started_ms.unwrap_or(0))),
-                    |g| human_duration(g.uptime_ms),
-                );
-                let addresses = guest
-                    .map(|g| {
-                        g.addresses
-                            .iter()
-                            .filter_map(|a| a.split_once(' ').map(|(_, addr)| addr.to_string()))
-                            .filter(|a| !a.starts_with("fe80:"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                // As docker shows them: paused over the health check.
-                let note = match (&state.paused, state.health.as_ref().map(|h| h.status)) {
-                    (true, _) => " (Paused)",
-                    (false, Some(HealthStatus::Starting)) => " (health: starting)",
-                    (false, Some(HealthStatus::Healthy)) => " (healthy)",
-                    (false, Some(HealthStatus::Unhealthy)) => " (unhealthy)",
-                    (false, None) => "",
-                };
-                (format!("Up {up}{note}"), addresses)
-            }
-            Status::Restarting => {
-                let code = state.exit_code.map_or("?".into(), |c| c.to_string());
-                let ago = human_duration(now_ms().saturating_sub(state.finished_ms.unwrap_or(0)));
-                (format!("Restarting ({code}) {ago} ago"), String::new())
-            }
-            Status::Exited => {
-                let ago = state
-                    .finished_ms
-                    .map(|f| format!(" {} ago", human_duration(now_ms().saturating_sub(f))))
-                    .unwrap_or_default();
-                let code = match state.exit_code {
-                    Some(c) => format!("Exited ({c}){ago}"),
-                    None => "Exited (unknown: its keeper was killed)".into(),
-                };
-                (code, String::new())
-            }
-        };
-        rows.push([
-            state.name,
-            state.image,
-            status,
-            state.ports.join(", "),
-            addresses,
-        ]);
+        rows.push(row(&vm, state, wants_addresses));
     }
-    if !args.quiet {
-        let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
-        super::print_columns(&rows);
+    if args.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (format, &template) {
+        (Some("json"), _) => {
+            for r in &rows {
+                let object: serde_json::Map<String, serde_json::Value> = FIELDS
+                    .iter()
+                    .map(|f| (f.to_string(), r.field(f).into()))
+                    .collect();
+                println!("{}", serde_json::Value::Object(object));
+            }
+        }
+        (Some(t), Some(parts)) if t.starts_with("table") => {
+            let cells = |value: &dyn Fn(&'static str) -> String| -> Vec<String> {
+                render(parts, value)
+                    .split('\t')
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            };
+            let mut table = vec![cells(&|f| header(f).to_string())];
+            table.extend(rows.iter().map(|r| cells(&|f| r.field(f))));
+            super::print_columns(&table);
+        }
+        (_, Some(parts)) => {
+            for r in &rows {
+                println!("{}", render(parts, |f| r.field(f)));
+            }
+        }
+        (_, None) => {
+            let mut table = vec![["NAME", "IMAGE", "STATUS", "PORTS", "ADDRESSES"]
+                .map(String::from)
+                .to_vec()];
+            table.extend(rows.iter().map(|r| {
+                ["Names", "Image", "Status", "Ports", "Addresses"]
+                    .map(|f| r.field(f))
+                    .to_vec()
+            }));
+            super::print_columns(&table);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A field's column header, as docker's.
+fn header(field: &str) -> &str {
+    match field {
+        "Names" => "NAMES",
+        "Image" => "IMAGE",
+        "Status" => "STATUS",
+        "State" => "STATE",
+        "Ports" => "PORTS",
+        "Networks" => "NETWORKS",
+        "Addresses" => "ADDRESSES",
+        other => other,
+    }
+}
+
+fn row(vm: &VmDir, state: State, wants_addresses: bool) -> Row {
+    let (status, addresses) = match state.status {
+        Status::Starting => ("Starting".into(), String::new()),
+        Status::Created => ("Created".into(), String::new()),
+        Status::Running => {
+            // A paused guest cannot answer.
+            let guest = if state.paused || !wants_addresses {
+                None
+            } else {
+                guest_info(vm)
+            };
+            let up = guest.as_ref().map_or_else(
+                || human_duration(now_ms().saturating_sub(state.started_ms.unwrap_or(0))),
+                |g| human_duration(g.uptime_ms),
+            );
+            let addresses = guest
+                .map(|g| {
+                    g.addresses
+                        .iter()
+                        .filter_map(|a| a.split_once(' ').map(|(_, addr)| addr.to_string()))
+                        .filter(|a| !a.starts_with("fe80:"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            // As docker shows them: paused over the health check.
+            let note = match (&state.paused, state.health.as_ref().map(|h| h.status)) {
+                (true, _) => " (Paused)",
+                (false, Some(HealthStatus::Starting)) => " (health: starting)",
+                (false, Some(HealthStatus::Healthy)) => " (healthy)",
+                (false, Some(HealthStatus::Unhealthy)) => " (unhealthy)",
+                (false, None) => "",
+            };
+            (format!("Up {up}{note}"), addresses)
+        }
+        Status::Restarting => {
+            let code = state.exit_code.map_or("?".into(), |c| c.to_string());
+            let ago = human_duration(now_ms().saturating_sub(state.finished_ms.unwrap_or(0)));
+            (format!("Restarting ({code}) {ago} ago"), String::new())
+        }
+        Status::Exited => {
+            let ago = state
+                .finished_ms
+                .map(|f| format!(" {} ago", human_duration(now_ms().saturating_sub(f))))
+                .unwrap_or_default();
+            let code = match state.exit_code {
+                Some(c) => format!("Exited ({c}){ago}"),
+                None => "Exited (unknown: its keeper was killed)".into(),
+            };
+            (code, String::new())
+        }
+    };
+    Row {
+        state,
+        status,
+        addresses,
+    }
 }
 
 /// The guest's own view, or `None` when it does not answer in time.
