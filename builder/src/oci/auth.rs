@@ -63,10 +63,12 @@ struct AuthEntry {
     auth: Option<String>,
 }
 
-/// The files to look in, in order.
-fn files() -> Vec<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    let home = var("HOME").map(PathBuf::from);
+fn var(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+/// podman's files, in its order.
+fn podman_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     if let Some(f) = var("REGISTRY_AUTH_FILE") {
         files.push(PathBuf::from(f));
@@ -74,9 +76,16 @@ fn files() -> Vec<PathBuf> {
     if let Some(run) = var("XDG_RUNTIME_DIR") {
         files.push(Path::new(&run).join("containers/auth.json"));
     }
-    if let Some(h) = &home {
-        files.push(h.join(".config/containers/auth.json"));
+    if let Some(h) = var("HOME") {
+        files.push(Path::new(&h).join(".config/containers/auth.json"));
     }
+    files
+}
+
+/// The files to look in, in order: podman's, then docker's.
+fn files() -> Vec<PathBuf> {
+    let home = var("HOME").map(PathBuf::from);
+    let mut files = podman_files();
     match (var("DOCKER_CONFIG"), &home) {
         (Some(d), _) => files.push(Path::new(&d).join("config.json")),
         (None, Some(h)) => files.push(h.join(".docker/config.json")),
@@ -89,14 +98,7 @@ fn files() -> Vec<PathBuf> {
 /// `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`,
 /// else `~/.config/containers/auth.json` (the first files a pull reads).
 pub fn login_file() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(f) = var("REGISTRY_AUTH_FILE") {
-        return Some(PathBuf::from(f));
-    }
-    if let Some(run) = var("XDG_RUNTIME_DIR") {
-        return Some(Path::new(&run).join("containers/auth.json"));
-    }
-    var("HOME").map(|h| Path::new(&h).join(".config/containers/auth.json"))
+    podman_files().into_iter().next()
 }
 
 /// The `auths` key `husk login REGISTRY` writes: the registry as given,
@@ -221,7 +223,7 @@ pub fn held_elsewhere(registry: &str, except: &Path) -> Vec<PathBuf> {
 }
 
 /// Docker Hub goes by several names; the one oci-client resolves to.
-fn canonical(host: &str) -> &str {
+pub(super) fn canonical(host: &str) -> &str {
     match host {
         "docker.io" | "registry-1.docker.io" | "index.docker.io" => "index.docker.io",
         other => other,

@@ -331,8 +331,8 @@ pub enum LoginError {
 
 /// The host a registry's API answers on (Docker Hub's is not its name).
 fn api_host(registry: &str) -> &str {
-    match registry {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "registry-1.docker.io",
+    match super::auth::canonical(registry) {
+        "index.docker.io" => "registry-1.docker.io",
         other => other,
     }
 }
