@@ -140,6 +140,7 @@ fn run_config(
             .filter_map(|p| p.parse::<appliance_spec::ExposedPort>().ok())
             .map(|p| p.to_string())
             .collect();
+        run.volumes = image_volumes(c.volumes().iter().flatten());
     }
     run.healthcheck = image.and_then(|i| i.healthcheck.clone());
     if let Some(a) = appliance {
@@ -183,6 +184,21 @@ fn run_config(
         return Err(BuildError::NoCommand);
     }
     Ok(run)
+}
+
+/// An image's VOLUMEs as runs mount them: absolute paths, without a
+/// trailing `/`, sorted, each once. The root and paths that are not
+/// absolute or climb with `..` are left out, as docker refuses them at
+/// run time (a volume is mounted at a path of the image's root).
+fn image_volumes<'a>(paths: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .filter(|p| p.starts_with('/') && !p.split('/').any(|part| part == ".."))
+        .map(|p| p.trim_end_matches('/').to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn io_at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError + 'a {

@@ -77,6 +77,14 @@ fn umoci_image(dir: &Path) -> PathBuf {
         "53/udp",
         "--config.exposedports",
         "nonsense/sctp",
+        "--config.volume",
+        "/var/lib/db/",
+        "--config.volume",
+        "/cache",
+        "--config.volume",
+        "relative",
+        "--config.volume",
+        "/",
     ]));
     image
 }
@@ -180,6 +188,8 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
     assert_eq!(built.run.stop_signal, Some(3), "STOPSIGNAL SIGQUIT");
     // EXPOSE, what husk reads of it (for husk run -P).
     assert_eq!(built.run.exposed_ports, ["53/udp", "8080/tcp"]);
+    // VOLUME, what husk gives an anonymous volume (no root, no relative).
+    assert_eq!(built.run.volumes, ["/cache", "/var/lib/db"]);
 
     // The same image as an OCI archive and as a docker archive.
     let oci_archive = dir.path().join("image.oci.tar");
@@ -211,6 +221,7 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
             ["53/udp", "8080/tcp"],
             "{source:?}"
         );
+        assert_eq!(other.run.volumes, ["/cache", "/var/lib/db"], "{source:?}");
     }
 }
 

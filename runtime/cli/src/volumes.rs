@@ -9,9 +9,15 @@
 //! temporary name and renamed) and goes whole (renamed away, then
 //! removed). The guest's init fills a new, empty volume with what the
 //! image holds where it is mounted (`husk_init::populate`).
+//!
+//! An anonymous volume (docker's: `-v /PATH`, or a VOLUME of the image) is
+//! one of these with a name of 64 hex digits, made by the run that needs
+//! it and marked so in `volume.json`: a detached appliance keeps its own
+//! across restarts and `husk rm -v` removes them with it; a foreground
+//! run's go when it ends, by a [`reap_when_done`] child that outlives it.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -63,6 +69,10 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
     pub created_ms: u64,
+    /// Made for one run or appliance, not named by the user: `husk rm -v`
+    /// and the end of a `--rm` or foreground run remove it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
 }
 
 /// One volume, made or not.
@@ -109,8 +119,18 @@ impl Volume {
         serde_json::from_slice(&fs::read(self.dir.join(META)).ok()?).ok()
     }
 
+    /// Whether the volume was made as an anonymous one.
+    pub fn anonymous(&self) -> bool {
+        self.meta().is_some_and(|m| m.anonymous)
+    }
+
     /// Makes the volume unless it is there; says whether it made it.
     pub fn create(&self) -> anyhow::Result<bool> {
+        self.create_as(false)
+    }
+
+    /// [`Self::create`], the volume marked `anonymous` when this makes it.
+    pub fn create_as(&self, anonymous: bool) -> anyhow::Result<bool> {
         if self.dir.join(DATA).is_dir() {
             return Ok(false);
         }
@@ -126,6 +146,7 @@ impl Volume {
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o755).create(tmp.join(DATA))?;
             let meta = Meta {
                 created_ms: crate::vms::now_ms(),
+                anonymous,
             };
             fs::write(tmp.join(META), serde_json::to_vec(&meta)?)?;
             File::create(tmp.join(LOCK))?;
@@ -198,19 +219,25 @@ pub fn names_in(root: &Path, valid: impl Fn(&str) -> bool) -> anyhow::Result<Vec
     Ok(names)
 }
 
-/// The locks of the volumes this process uses, held until it exits.
-static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+/// The locks of the volumes this process uses, by name, held until it
+/// exits (or [`remove_anonymous`] lets one go).
+static HELD: Mutex<Vec<(String, File)>> = Mutex::new(Vec::new());
 
 /// The volume `name` for this run: made when missing, and held (its lock
 /// shared) until this process exits. Returns its data folder, and whether
 /// this call made it.
 pub fn take(name: &str) -> anyhow::Result<(PathBuf, bool)> {
+    take_as(name, false)
+}
+
+/// [`take`], the volume made as an anonymous one when missing.
+pub fn take_as(name: &str, anonymous: bool) -> anyhow::Result<(PathBuf, bool)> {
     check_name(name)?;
     let volume = Volume::at(&root()?, name);
     // A removal that renamed the volume away under us leaves our lock on
     // a file no longer in it: make it again.
     for _ in 0..3 {
-        let made = volume.create()?;
+        let made = volume.create_as(anonymous)?;
         let lock = match File::open(volume.dir.join(LOCK)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -219,11 +246,86 @@ pub fn take(name: &str) -> anyhow::Result<(PathBuf, bool)> {
         lock.lock_shared()
             .with_context(|| format!("cannot lock the volume {name}"))?;
         if volume.dir.join(LOCK).exists() {
-            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
+            HELD.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name.to_string(), lock));
             return Ok((volume.data(), made));
         }
     }
     anyhow::bail!("the volume {name} is being removed: try again")
+}
+
+/// A new anonymous volume's name: 64 hex digits, as docker's.
+pub fn anonymous_name() -> String {
+    crate::vms::random_hex(32)
+}
+
+/// Removes volume `name` if it is an anonymous one and nothing else uses
+/// it (this process lets its own hold go first). Says what it did: `Ok`
+/// when it is gone or was never anonymous, an error naming why it stays.
+pub fn remove_anonymous(name: &str) -> anyhow::Result<()> {
+    remove_anonymous_in(&root()?, name)
+}
+
+fn remove_anonymous_in(root: &Path, name: &str) -> anyhow::Result<()> {
+    let volume = Volume::at(root, name);
+    if !volume.dir.join(DATA).is_dir() || !volume.anonymous() {
+        return Ok(());
+    }
+    HELD.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(held, _)| held != name);
+    volume.remove()
+}
+
+/// The pipe to this process's reaper (see [`reap_when_done`]).
+static REAPER: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None);
+
+/// Has volume `name` removed once this process, and every process forked
+/// from it without an exec (the jail's), is gone: however it ends,
+/// `kill -9` included. The first call starts the reaper, `husk volume
+/// reap` in a process group of its own, on a pipe whose writing end only
+/// those processes hold (it is close-on-exec); each name goes down the
+/// pipe, and the reaper removes them when the pipe's end comes. Called
+/// before the volume is made, so no volume is ever left without one.
+pub fn reap_when_done(name: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
+    if reaper.is_none() {
+        let exe = std::env::current_exe().context("cannot locate the husk binary")?;
+        let child = std::process::Command::new(exe)
+            .args(["volume", "reap"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("cannot start husk volume reap")?;
+        *reaper = child.stdin;
+    }
+    let pipe = reaper.as_mut().context("the reaper's pipe")?;
+    writeln!(pipe, "{name}").context("cannot tell the reaper")
+}
+
+/// `husk volume reap`: reads volume names from stdin to its end, then
+/// removes those that are anonymous and that nothing else holds.
+pub fn reap(input: impl io::Read) -> anyhow::Result<()> {
+    reap_in(&root()?, input)
+}
+
+fn reap_in(root: &Path, input: impl io::Read) -> anyhow::Result<()> {
+    let mut names = String::new();
+    io::BufReader::new(input)
+        .read_to_string(&mut names)
+        .context("cannot read the names of the volumes to remove")?;
+    let mut failed = None;
+    for name in names.lines().filter(|n| is_name(n)) {
+        if let Err(e) = remove_anonymous_in(root, name) {
+            eprintln!("husk: the run's volume {name} stays: {e:#}");
+            failed = Some(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -238,6 +340,38 @@ mod tests {
         for bad in ["a", "", "-x", ".x", "a/b", "a b", "a:b", &"x".repeat(129)] {
             assert!(!is_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_reaper_removes_only_anonymous_volumes_nothing_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = |name: &str, anonymous| {
+            let v = Volume::at(dir.path(), name);
+            assert!(v.create_as(anonymous).unwrap());
+            assert_eq!(v.anonymous(), anonymous);
+            fs::write(v.data().join("f"), name).unwrap();
+            v
+        };
+        let (done, named, held) = (
+            volume("done", true),
+            volume("named", false),
+            volume("held", true),
+        );
+        let lock = File::open(held.dir.join(LOCK)).unwrap();
+        lock.lock_shared().unwrap();
+        // Names it does not know, or that are no volume's, are passed by.
+        let e = reap_in(dir.path(), "done\nnamed\nheld\nnone\n../x\n".as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        assert!(!done.dir.exists(), "the anonymous volume stayed");
+        assert!(named.data().join("f").exists(), "a named volume went");
+        assert!(held.data().join("f").exists(), "a held volume went");
+        drop(lock);
+        reap_in(dir.path(), "held\n".as_bytes()).unwrap();
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec!["named"]);
     }
 
     #[test]

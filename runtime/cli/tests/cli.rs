@@ -1530,3 +1530,111 @@ fn ps_filters_and_formats_as_docker_does() {
     );
     home.fails(&["ps", "-f", "name"], "write KEY=VALUE");
 }
+
+/// Anonymous volumes (`-v /PATH`, the image's VOLUMEs), with no kernel in
+/// the test's cache so that every run stops after its volumes are made
+/// and before a VM boots, on any host: a foreground run's go when it ends;
+/// a detached appliance's are on its recorded command line, the same ones
+/// at each start, and stay after `husk rm` (as docker's) but not after
+/// `husk rm -v`, which leaves named volumes alone.
+#[test]
+fn anonymous_volumes_go_with_their_run_or_stay_with_their_appliance() {
+    let home = Home::new();
+    let busybox = examples_dir().join("busybox");
+    let busybox = busybox.to_str().unwrap();
+    let root = home.0.path().join("data/volumes");
+    // The volumes there, and whatever of one is being made or removed.
+    let entries = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&root)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let settled = |wanted: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while entries().len() != wanted && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        entries()
+    };
+    let recorded = |name: &str| -> Vec<String> {
+        let args = home.state_of(name)["args"].clone();
+        let args: Vec<String> = serde_json::from_value(args).unwrap();
+        args.windows(2)
+            .filter(|w| w[0] == "--anonymous-volume")
+            .map(|w| w[1].clone())
+            .collect()
+    };
+
+    // A foreground run's: made (the folder of volumes is there), then
+    // removed by its reaper once it has ended.
+    let o = home.husk(&["run", "-v", "/scratch", busybox, "--", "true"]);
+    assert!(!o.status.success());
+    assert!(root.is_dir(), "no volume was made: {}", stderr(&o));
+    assert_eq!(settled(0), Vec::<String>::new(), "the run's volume stayed");
+
+    // A detached appliance's: named on its command line, used by it.
+    home.husk(&["run", "-d", "--name", "keep", "-v", "/scratch", busybox]);
+    let anonymous = recorded("keep");
+    assert_eq!(anonymous.len(), 1, "{anonymous:?}");
+    let (name, path) = anonymous[0].split_once(':').unwrap();
+    assert_eq!((name.len(), path), (64, "/scratch"));
+    assert_eq!(entries(), [name]);
+    assert_eq!(home.state_of("keep")["volumes"], serde_json::json!([name]));
+    let ls = home.ok(&["volume", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(name) && l.ends_with("keep")),
+        "{ls}"
+    );
+    // Started again: the same volume, and no other.
+    home.husk(&["start", "keep"]);
+    home.husk(&["wait", "keep"]);
+    assert_eq!(recorded("keep"), anonymous);
+    assert_eq!(entries(), [name]);
+    // Removed without -v: the volume stays, used by nobody.
+    home.ok(&["rm", "keep"]);
+    assert_eq!(entries(), [name]);
+    let ls = home.ok(&["volume", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(name) && !l.ends_with("keep")),
+        "{ls}"
+    );
+
+    // The image's VOLUMEs (the boot tests' busybox with /home and
+    // /var/lib/app), less one a named volume takes, and with -v /scratch
+    // besides: rm -v removes the anonymous ones and leaves the named one
+    // and the first appliance's.
+    let layout = home.0.path().join("layout");
+    boot_tests::husk::make_volumes_layout(&layout).unwrap();
+    let tag = format!("{}:latest", layout.display());
+    let image = format!("oci:{tag}");
+    home.husk(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "-v",
+        "/scratch",
+        "-v",
+        "kept:/home",
+        &image,
+    ]);
+    let mut paths: Vec<String> = recorded("db")
+        .iter()
+        .map(|a| a.split_once(':').unwrap().1.to_string())
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/scratch", "/var/lib/app"]);
+    assert_eq!(entries().len(), 4, "{:?}", entries());
+    let o = home.husk(&["rm", "-v", "db"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut left = vec![name.to_string(), "kept".to_string()];
+    left.sort();
+    assert_eq!(entries(), left);
+}

@@ -78,6 +78,11 @@ pub struct RunConfig {
     /// host's side alone reads them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<String>,
+    /// The image's VOLUMEs: absolute guest paths a run gives a volume of
+    /// its own (an anonymous one) unless it mounts something else there;
+    /// the host's side alone reads them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
     /// The image's HEALTHCHECK (a docker image's): for a detached run's
     /// keeper, when neither `--health-cmd` nor the appliance's
     /// `[run.health]` gives one.
@@ -616,6 +621,7 @@ mod tests {
             on_exit: OnExit::Restart,
             stop_signal: Some(3),
             exposed_ports: vec!["80/tcp".into()],
+            volumes: vec!["/var/lib/db".into()],
             healthcheck: Some(ImageHealthcheck {
                 command: vec!["true".into()],
                 interval_ms: 1000,

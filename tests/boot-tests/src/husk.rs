@@ -153,14 +153,54 @@ pub fn guest_tool(dir: &Path, name: &str) -> Result<PathBuf, String> {
 /// The appliances and images the appliance tests boot. They are built on
 /// the host before the tests move into the KVM test bed, where husk's
 /// cache is read-only and every build must be a cache hit.
-pub const APPLIANCES: [&str; 5] = [
+pub const APPLIANCES: [&str; 6] = [
     "examples/hello",
     "examples/busybox",
     "examples/web",
     "oci:examples/busybox/image:latest",
+    VOLUMES_IMAGE,
     // The initramfs that brings init to any root from a folder.
     "dir:/",
 ];
+
+/// The busybox image with VOLUMEs `/home` and `/var/lib/app`, for the
+/// anonymous volumes' test: a copy of its layout that
+/// [`build_appliances`] makes, relative to the workspace root.
+pub const VOLUMES_IMAGE: &str = "oci:target/boot-test-images/volumes:latest";
+
+/// Makes [`VOLUMES_IMAGE`]'s layout at `dir` unless it is there: the
+/// busybox layout copied and its config given the VOLUMEs by umoci, in a
+/// temporary folder renamed into place.
+pub fn make_volumes_layout(dir: &std::path::Path) -> Result<(), String> {
+    let root = crate::workspace_root();
+    if dir.join("index.json").exists() {
+        return Ok(());
+    }
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(dir.parent().expect("a parent")).map_err(|e| e.to_string())?;
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(root.join("examples/busybox/image"))
+        .arg(&tmp)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    let tag = format!("{}:latest", tmp.display());
+    let configured = Command::new("umoci")
+        .args(["config", "--image", &tag])
+        .args([
+            "--config.volume",
+            "/home",
+            "--config.volume",
+            "/var/lib/app",
+        ])
+        .status()
+        .map_err(|e| format!("umoci (ci/setup installs it): {e}"))?;
+    if !copied.success() || !configured.success() {
+        return Err("cannot make the layout of an image with VOLUMEs".into());
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| e.to_string())
+}
 
 /// Makes the examples' inputs and builds every entry of [`APPLIANCES`]
 /// with `husk build`, from the workspace root.
@@ -172,6 +212,7 @@ pub fn build_appliances() -> Result<(), String> {
     if !prepare.success() {
         return Err("examples/prepare failed".into());
     }
+    make_volumes_layout(&root.join("target/boot-test-images/volumes"))?;
     for target in APPLIANCES {
         built_image(target)?;
     }

@@ -56,6 +56,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(h) = &run.hostname {
         println!("hostname: {h}");
     }
+    if !run.exposed_ports.is_empty() {
+        println!("ports:    {}", run.exposed_ports.join(" "));
+    }
+    if !run.volumes.is_empty() {
+        println!(
+            "volumes:  {} (each run gets anonymous volumes there)",
+            run.volumes.join(" ")
+        );
+    }
     println!(
         "boot:     husk's kernel with \"{}\"{}",
         boot_cmdline(format, false),

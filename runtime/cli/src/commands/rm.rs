@@ -13,19 +13,33 @@ pub struct Args {
     /// Stop a running appliance at once (SIGKILL) and remove it
     #[arg(short, long)]
     force: bool,
+    /// Also remove its anonymous volumes (those of -v /PATH and of the
+    /// image's VOLUMEs); named volumes stay
+    #[arg(short, long)]
+    volumes: bool,
     #[arg(required = true)]
     names: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::each_name(&args.names, |name| {
-        remove(name, args.force)?;
+        let volumes = remove(name, args.force)?;
         println!("{name}");
+        if args.volumes {
+            // As docker rm -v: one another appliance uses stays, and says
+            // so; the appliance is removed all the same.
+            for volume in volumes {
+                if let Err(e) = crate::volumes::remove_anonymous(&volume) {
+                    eprintln!("husk: the volume {volume} stays: {e:#}");
+                }
+            }
+        }
         Ok(())
     })
 }
 
-pub(super) fn remove(name: &str, force: bool) -> anyhow::Result<()> {
+/// Removes appliance `name`; the volumes it used.
+pub(super) fn remove(name: &str, force: bool) -> anyhow::Result<Vec<String>> {
     let vm = VmDir::find(name)?;
     let state = vm.current_state()?;
     if state.status != Status::Exited {
@@ -57,8 +71,11 @@ pub(super) fn remove(name: &str, force: bool) -> anyhow::Result<()> {
     // Removed under the state lock, and only if no keeper started it
     // again meanwhile (a husk start, or the host's start at boot).
     let _held = vm.lock_state()?;
-    if vm.current_state()?.status != Status::Exited {
+    let state = vm.current_state()?;
+    if state.status != Status::Exited {
         anyhow::bail!("{name} was started again meanwhile: not removed");
     }
-    std::fs::remove_dir_all(&vm.dir).with_context(|| format!("cannot remove {}", vm.dir.display()))
+    std::fs::remove_dir_all(&vm.dir)
+        .with_context(|| format!("cannot remove {}", vm.dir.display()))?;
+    Ok(state.volumes)
 }

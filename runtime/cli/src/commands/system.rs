@@ -160,7 +160,7 @@ fn exited_appliances() -> anyhow::Result<Vec<Doomed<'static>>> {
         }
         let bytes = builder::cache::disk_usage(&vm.dir);
         let name = vm.name.clone();
-        let remove = move || super::rm::remove(&vm.name, false);
+        let remove = move || super::rm::remove(&vm.name, false).map(drop);
         out.push((Some(name), bytes, Box::new(remove)));
     }
     Ok(out)

@@ -38,6 +38,10 @@ pub enum Command {
         #[arg(short, long)]
         force: bool,
     },
+    /// A foreground run's reaper: removes the anonymous volumes named on
+    /// stdin when its end comes (see volumes::reap_when_done)
+    #[command(hide = true)]
+    Reap,
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
@@ -114,6 +118,10 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("nothing removed");
             }
             Ok(super::prune(doomed()?))
+        }
+        Command::Reap => {
+            volumes::reap(std::io::stdin().lock())?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

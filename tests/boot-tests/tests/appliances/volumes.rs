@@ -21,7 +21,7 @@ const IMAGE: &str = "examples/busybox";
 
 pub fn trials() -> Vec<Trial> {
     vec![boot_tests::trial(
-        "volumes_are_made_filled_from_the_image_kept_held_and_removed",
+        "volumes_named_and_anonymous_are_made_filled_from_the_image_kept_held_and_removed",
         volumes,
     )]
 }
@@ -30,9 +30,110 @@ fn volumes() -> Result<(), Failed> {
     let home = folder("volumes")?;
     // Every husk this test starts (and only this test uses volumes).
     std::env::set_var("HUSK_DATA_DIR", home.path());
-    let result = volumes_in(&home.path().join("volumes"));
+    let root = home.path().join("volumes");
+    let result = volumes_in(&root).and_then(|()| anonymous_in(&root));
     std::env::remove_var("HUSK_DATA_DIR");
     result
+}
+
+/// The volumes in `root` (their folders, and any being made or removed)
+/// once they are `wanted` many, or after 10 s.
+fn volumes_settled(root: &std::path::Path, wanted: usize) -> Vec<String> {
+    let list = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while list().len() != wanted && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    list()
+}
+
+/// Anonymous volumes: an image's VOLUMEs (`VOLUMES_IMAGE`'s /home and
+/// /var/lib/app) and `-v /PATH` get volumes of
+/// their own, filled from the image; a foreground run's go when it ends,
+/// `kill -9` of it included; a detached appliance keeps its own across a
+/// stop and start, and `husk rm -v` removes them, as does the end of a
+/// `--rm` one.
+fn anonymous_in(root: &std::path::Path) -> Result<(), Failed> {
+    let image = boot_tests::husk::VOLUMES_IMAGE;
+    let listing = "ls /home; grep -c ' virtiofs ' /proc/mounts; \
+                   touch /var/lib/app/x /scratch/x && echo wrote";
+
+    // A foreground run: three volumes (the image's two, -v /scratch), /home
+    // filled from the image (its user's folder); all gone once the run is.
+    let r = run(&["-v", "/scratch", image, "--", "sh", "-c", listing], b"")?;
+    expect(&r, 0, &["user", "3", "wrote"])?;
+    let left = volumes_settled(root, 0);
+    if !left.is_empty() {
+        return Err(format!("a foreground run's volumes stayed: {left:?}").into());
+    }
+
+    // Killed with -9: its reaper removes them all the same.
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args(["run", "--timeout", "90", image, "--"])
+        .args(["sh", "-c", "echo ready; sleep 60"]);
+    let (mut husk, before, rest) = start_until_ready(cmd)?;
+    let made = volumes_settled(root, 2);
+    let pid = husk.id();
+    let _ = husk.kill();
+    let _ = husk.wait();
+    let _ = rest.join();
+    if made.len() != 2 {
+        return Err(format!("the image's two volumes are not made: {made:?}; {before}").into());
+    }
+    let daemons: Vec<u32> = made
+        .iter()
+        .flat_map(|v| virtiofsd_serving(&root.join(v).join("_data")))
+        .collect();
+    let left = volumes_settled(root, 0);
+    if !gone(pid) || daemons.iter().any(|p| !gone(*p)) || !left.is_empty() {
+        return Err(format!(
+            "after kill -9 of husk {pid}: its virtiofsd {daemons:?}, volumes left {left:?}"
+        )
+        .into());
+    }
+
+    // A detached appliance keeps its volumes across a stop and a start.
+    let vm = Vm::start("anon", &[image, "--", "sleep", "600"])?;
+    ok(
+        vm.exec(&["sh", "-c", "echo kept > /var/lib/app/f"])?,
+        "write into a volume",
+    )?;
+    let made = volumes_settled(root, 2);
+    ok(h(&["stop", "anon"])?, "husk stop")?;
+    ok(h(&["start", "anon"])?, "husk start")?;
+    let again = ok(vm.exec(&["cat", "/var/lib/app/f"])?, "read it back")?;
+    if again.stdout != "kept\n" || volumes_settled(root, 2) != made {
+        return Err(again
+            .explain(&format!("the same volumes {made:?} after a start"))
+            .into());
+    }
+    let keeper = vm.keeper()?;
+    let everything = tree(keeper);
+    std::mem::forget(vm);
+    ok(h(&["rm", "-f", "-v", "anon"])?, "husk rm -f -v")?;
+    let left = volumes_settled(root, 0);
+    if everything.iter().any(|p| !gone(*p)) || !left.is_empty() {
+        return Err(format!("after husk rm -f -v: volumes left {left:?}").into());
+    }
+
+    // --rm: its volumes go when it ends.
+    let once = h(&["run", "-d", "--rm", "--name", "once", image, "--", "true"])?;
+    ok(once, "husk run -d --rm")?;
+    let left = volumes_settled(root, 0);
+    if !left.is_empty() {
+        return Err(format!("an --rm appliance's volumes stayed: {left:?}").into());
+    }
+    Ok(())
 }
 
 fn volumes_in(root: &std::path::Path) -> Result<(), Failed> {

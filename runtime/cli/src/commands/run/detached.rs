@@ -166,8 +166,15 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         return Err(e).with_context(|| format!("cannot create {}", vm.dir.display()));
     }
     let image = plan.image.clone();
+    // Its anonymous volumes, named here, are on the keeper's command line
+    // (the one husk start runs again): each start mounts the same ones.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let named = plan
+        .new_anonymous
+        .iter()
+        .flat_map(|(name, path)| ["--anonymous-volume".into(), format!("{name}:{path}").into()]);
+    args.splice(1..1, named);
     drop(plan);
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let cwd = std::env::current_dir().context("the current folder")?;
     start_keeper(&vm, &args, &cwd, image.as_ref())
 }

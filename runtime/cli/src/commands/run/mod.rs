@@ -140,7 +140,10 @@ pub struct Args {
     /// Share a host folder (a path: /abs or ./rel; as root also a single
     /// file) or a named volume (made on first use, and filled from the
     /// image unless :nocopy) with the guest at GUEST, through virtiofsd;
-    /// the guest's writes land on the host. ":ro" makes it read-only
+    /// the guest's writes land on the host. ":ro" makes it read-only.
+    /// "-v /GUEST" alone: a new anonymous volume there (as the image's
+    /// VOLUMEs get), which a foreground run removes when it ends and a
+    /// detached appliance keeps until husk rm -v
     #[arg(
         short = 'v',
         long = "volume",
@@ -148,6 +151,11 @@ pub struct Args {
         value_parser = shares::parse_volume
     )]
     volumes: Vec<shares::VolumeArg>,
+    /// A detached appliance's anonymous volumes, as its `husk run -d`
+    /// named them: its keeper's command line carries them, so every start
+    /// of it mounts the same ones
+    #[arg(long, value_name = "NAME:/PATH", hide = true, value_parser = shares::parse_anonymous)]
+    anonymous_volume: Vec<(String, String)>,
     /// Mount a tmpfs at PATH in the guest, with mount options (size=64m,
     /// mode=1777, uid=, gid=, exec, ro, ...; nosuid, nodev, noexec unless
     /// they say otherwise), as docker's --tmpfs
@@ -319,6 +327,9 @@ struct Plan {
     vsock: Option<(u32, PathBuf)>,
     /// Shared folders, the root first when it is one.
     shares: Vec<shares::PlannedShare>,
+    /// The anonymous volumes this run named (`--anonymous-volume` for a
+    /// detached appliance's keeper to take).
+    new_anonymous: Vec<(String, String)>,
     /// The image has husk's init, which sets the network up from the
     /// kernel command line.
     husk_init: bool,
@@ -343,6 +354,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         chosen_ports: Vec::new(),
         vsock: args.vsock.clone().map(|uds| (DEFAULT_CID, uds)),
         shares: Vec::new(),
+        new_anonymous: Vec::new(),
         husk_init: false,
         image: None,
         appliance: None,
@@ -435,6 +447,31 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         plan.shares.extend(shares::from_spec(&a.vm.shares)?);
     }
     plan.shares.extend(shares::resolve(&args.volumes)?);
+    plan.shares
+        .extend(shares::recorded_anonymous(&args.anonymous_volume)?);
+    // A detached appliance's keeper and VM child mount the anonymous
+    // volumes its command line records, and no new ones: as a docker
+    // container, it keeps those it was made with.
+    if keeper::from_env(keeper::KEEPER_ENV).is_none() && keeper::from_env(keeper::VM_ENV).is_none()
+    {
+        let mounted: Vec<&str> = plan
+            .shares
+            .iter()
+            .map(|s| s.guest.as_str())
+            .chain(args.tmpfs.iter().map(|t| t.path.as_str()))
+            .collect();
+        let paths = shares::anonymous_paths(&args.volumes, &image_volumes(&built.path)?, &mounted);
+        let make = match args.detach {
+            true => shares::MakeAnonymous::NameOnly,
+            false => shares::MakeAnonymous::ForThisRun,
+        };
+        let made = shares::anonymous(&paths, make)?;
+        plan.new_anonymous = made
+            .iter()
+            .filter_map(|s| Some((s.volume.clone()?, s.guest.clone())))
+            .collect();
+        plan.shares.extend(made);
+    }
     shares::check_unique(&plan.shares)?;
     plan.disks.extend(args.disks.iter().map(|d| disk(d)));
     let overrides = Overrides {
@@ -467,6 +504,16 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     plan.cmdline = cmdline.join(" ");
     plan.appliance = appliance.cloned().map(Box::new);
     Ok(plan)
+}
+
+/// The VOLUMEs of the image at `image`, as its build recorded them beside
+/// it (none for an image husk did not build).
+fn image_volumes(image: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    if !image.with_file_name("run.json").exists() {
+        return Ok(Vec::new());
+    }
+    let run = builder::images::run_config_of(image).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(run.volumes)
 }
 
 /// `-u`: a name or number, and optionally `:` and a group's; the image's

@@ -28,11 +28,13 @@ pub struct PlannedShare {
     pub volume: Option<String>,
 }
 
-/// What `-v` shares: a host folder (or file), or a named volume.
+/// What `-v` shares: a host folder (or file), a named volume, or a new
+/// anonymous volume (`-v /PATH`: see [`anonymous`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Folder(PathBuf),
     Volume(String),
+    Anonymous,
 }
 
 /// One `-v`, as given.
@@ -50,18 +52,25 @@ pub struct VolumeArg {
 /// absolute here: a detached run's keeper starts in the same folder, but
 /// the message names what was meant) or a volume's name; OPTIONS are `ro`,
 /// `rw`, `nocopy`, and podman's SELinux `z` and `Z` (taken, and nothing to
-/// do: virtiofsd serves the files).
+/// do: virtiofsd serves the files). `-v /GUEST` alone: a new anonymous
+/// volume there.
 pub fn parse_volume(arg: &str) -> Result<VolumeArg, String> {
     let (host, guest, options) = match arg.split(':').collect::<Vec<_>>()[..] {
         [host, guest] => (host, guest, ""),
         [host, guest, options] => (host, guest, options),
-        [_] if arg.starts_with('/') => {
+        [guest] if guest.starts_with('/') => {
+            return Ok(VolumeArg {
+                source: Source::Anonymous,
+                guest: guest_path(arg, guest)?,
+                readonly: false,
+                nocopy: false,
+            })
+        }
+        _ => {
             return Err(format!(
-                "{arg:?}: husk makes no anonymous volumes: name one (-v NAME:{arg}) or \
-                 give a host folder (-v ./FOLDER:{arg})"
+                "{arg:?}: write HOST:GUEST, HOST:GUEST:ro or /GUEST"
             ))
         }
-        _ => return Err(format!("{arg:?}: write HOST:GUEST or HOST:GUEST:ro")),
     };
     let (mut readonly, mut nocopy) = (false, false);
     for option in options.split(',').filter(|o| !o.is_empty()) {
@@ -80,17 +89,7 @@ pub fn parse_volume(arg: &str) -> Result<VolumeArg, String> {
     if host.is_empty() {
         return Err(format!("{arg:?}: the host folder is empty"));
     }
-    if guest.starts_with('/') && guest.trim_matches('/').is_empty() {
-        return Err(format!(
-            "{arg:?}: cannot share onto /; boot a folder as the root with dir:PATH"
-        ));
-    }
-    let guest = guest.trim_end_matches('/');
-    if !guest.starts_with('/') {
-        return Err(format!(
-            "{arg:?}: the guest path must be absolute, such as /data"
-        ));
-    }
+    let guest = guest_path(arg, guest)?;
     let source = if host.starts_with('/') || host.starts_with('.') {
         Source::Folder(std::path::absolute(host).map_err(|e| format!("{arg:?}: {e}"))?)
     } else if crate::volumes::is_name(host) {
@@ -103,10 +102,37 @@ pub fn parse_volume(arg: &str) -> Result<VolumeArg, String> {
     };
     Ok(VolumeArg {
         source,
-        guest: guest.to_string(),
+        guest,
         readonly,
         nocopy,
     })
+}
+
+/// `-v`'s GUEST: absolute, not the root, without a trailing `/`.
+fn guest_path(arg: &str, guest: &str) -> Result<String, String> {
+    if guest.starts_with('/') && guest.trim_matches('/').is_empty() {
+        return Err(format!(
+            "{arg:?}: cannot share onto /; boot a folder as the root with dir:PATH"
+        ));
+    }
+    let guest = guest.trim_end_matches('/');
+    if !guest.starts_with('/') {
+        return Err(format!(
+            "{arg:?}: the guest path must be absolute, such as /data"
+        ));
+    }
+    Ok(guest.to_string())
+}
+
+/// `--anonymous-volume NAME:/PATH`, which `husk run -d` records for its
+/// keeper: the appliance's anonymous volume at PATH is NAME.
+pub fn parse_anonymous(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once(':') {
+        Some((name, path)) if crate::volumes::is_name(name) => {
+            Ok((name.to_string(), guest_path(arg, path)?))
+        }
+        _ => Err(format!("{arg:?}: write NAME:/PATH")),
+    }
 }
 
 /// `--tmpfs PATH[:OPTIONS]`, as docker takes it.
@@ -132,13 +158,16 @@ pub fn parse_tmpfs(arg: &str) -> Result<husk_init::config::TmpfsMount, String> {
 }
 
 /// The shares of `-v`s: each volume made when missing (see
-/// [`crate::volumes::take`]) and held while this process lives.
+/// [`crate::volumes::take`]) and held while this process lives. Not the
+/// anonymous ones, which [`anonymous`] plans.
 pub fn resolve(args: &[VolumeArg]) -> anyhow::Result<Vec<PlannedShare>> {
     args.iter()
+        .filter(|a| a.source != Source::Anonymous)
         .map(|a| {
             let (host, volume) = match &a.source {
                 Source::Folder(path) => (path.clone(), None),
                 Source::Volume(name) => (crate::volumes::take(name)?.0, Some(name.clone())),
+                Source::Anonymous => unreachable!("filtered out above"),
             };
             Ok(PlannedShare {
                 host,
@@ -171,6 +200,79 @@ pub fn from_spec(shares: &[appliance_spec::Share]) -> anyhow::Result<Vec<Planned
             })
         })
         .collect()
+}
+
+/// Where a run gets anonymous volumes, as docker gives them: at each
+/// `-v /PATH` (one where something else is mounted too is for
+/// [`check_unique`] to refuse), then at each of the image's VOLUMEs
+/// (`image`) where nothing else is (`mounted`: the other shares' and the
+/// tmpfs' paths, or an anonymous one's).
+pub fn anonymous_paths(args: &[VolumeArg], image: &[String], mounted: &[&str]) -> Vec<String> {
+    let mut paths: Vec<String> = args
+        .iter()
+        .filter(|a| a.source == Source::Anonymous)
+        .map(|a| a.guest.clone())
+        .collect();
+    for path in image {
+        if !mounted.contains(&path.as_str()) && !paths.contains(path) {
+            paths.push(path.clone());
+        }
+    }
+    paths
+}
+
+/// How a run's new anonymous volumes are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MakeAnonymous {
+    /// A foreground run's: made now, removed when the run is done
+    /// (`kill -9` of it included: [`crate::volumes::reap_when_done`]).
+    ForThisRun,
+    /// `husk run -d`'s: only named, for the keeper's command line, which
+    /// makes them and keeps them with the appliance.
+    NameOnly,
+}
+
+/// The anonymous volumes at `paths`, each made and filled from the image
+/// as a new named volume is, as `make` says.
+pub fn anonymous(paths: &[String], make: MakeAnonymous) -> anyhow::Result<Vec<PlannedShare>> {
+    let root = crate::volumes::root()?;
+    paths
+        .iter()
+        .map(|path| {
+            let name = crate::volumes::anonymous_name();
+            let host = match make {
+                MakeAnonymous::NameOnly => crate::volumes::Volume::at(&root, &name).data(),
+                MakeAnonymous::ForThisRun => {
+                    crate::volumes::reap_when_done(&name)?;
+                    crate::volumes::take_as(&name, true)?.0
+                }
+            };
+            Ok(volume_share(host, path, name))
+        })
+        .collect()
+}
+
+/// The anonymous volumes a detached appliance's command line names
+/// (`--anonymous-volume`), made again if they went while it was stopped.
+pub fn recorded_anonymous(recorded: &[(String, String)]) -> anyhow::Result<Vec<PlannedShare>> {
+    recorded
+        .iter()
+        .map(|(name, path)| {
+            let host = crate::volumes::take_as(name, true)?.0;
+            Ok(volume_share(host, path, name.clone()))
+        })
+        .collect()
+}
+
+/// A writable volume's share at `guest`, filled from the image when new.
+fn volume_share(host: PathBuf, guest: &str, name: String) -> PlannedShare {
+    PlannedShare {
+        host,
+        guest: guest.to_string(),
+        readonly: false,
+        populate: true,
+        volume: Some(name),
+    }
 }
 
 /// The root of a run booted from a folder.
@@ -318,7 +420,23 @@ mod tests {
             }
         );
         assert!(parse_volume("/a:/").unwrap_err().contains("dir:PATH"));
-        assert!(parse_volume("/data").unwrap_err().contains("anonymous"));
+        assert_eq!(
+            parse_volume("/data/").unwrap(),
+            VolumeArg {
+                source: Source::Anonymous,
+                guest: "/data".into(),
+                readonly: false,
+                nocopy: false,
+            }
+        );
+        assert!(parse_volume("/").unwrap_err().contains("dir:PATH"));
+        assert_eq!(
+            parse_anonymous(&format!("{}:/var/db/", "ab".repeat(32))).unwrap(),
+            ("ab".repeat(32), "/var/db".to_string())
+        );
+        for bad in ["x:/a", "ab", "ab:rel", "ab:/"] {
+            assert!(parse_anonymous(bad).is_err(), "{bad} was accepted");
+        }
         assert!(parse_volume("a/b:/b").unwrap_err().contains("./a/b"));
         for bad in [":/b", "/a:b", "/a:/b:rx", "/a:", "x:/b", "/a:/b:ro:x"] {
             assert!(parse_volume(bad).is_err(), "{bad} was accepted");
@@ -337,6 +455,32 @@ mod tests {
             assert!(parse_tmpfs(bad).is_err(), "{bad}");
         }
         assert!(parse_tmpfs("/x:bind").unwrap_err().contains("noexec"));
+    }
+
+    #[test]
+    fn anonymous_volumes_go_where_nothing_else_is_mounted() {
+        let args: Vec<VolumeArg> = ["/cache", "db:/var/lib/db"]
+            .iter()
+            .map(|a| parse_volume(a).unwrap())
+            .collect();
+        let image = ["/srv", "/var/lib/db", "/tmp", "/cache"].map(String::from);
+        // -v /cache, then the image's, less what a share (the named
+        // volume), a tmpfs or -v /cache takes.
+        assert_eq!(
+            anonymous_paths(&args, &image, &["/var/lib/db", "/tmp"]),
+            ["/cache", "/srv"]
+        );
+        // -v /x twice, or where a share goes: both kept, for check_unique.
+        let twice: Vec<VolumeArg> = ["/x", "/x"]
+            .iter()
+            .map(|a| parse_volume(a).unwrap())
+            .collect();
+        assert_eq!(anonymous_paths(&twice, &[], &["/x"]), ["/x", "/x"]);
+        assert!(anonymous_paths(&[], &[], &[]).is_empty());
+        assert!(
+            resolve(&args[..1]).unwrap().is_empty(),
+            "-v /cache resolved"
+        );
     }
 
     #[test]

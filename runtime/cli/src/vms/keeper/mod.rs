@@ -518,6 +518,12 @@ pub fn keep(
     let _ = std::fs::remove_file(&shared.uds);
     if remove_at_end {
         let _ = std::fs::remove_dir_all(&vm.dir);
+        // Its anonymous volumes go with it, as docker's --rm takes them.
+        for name in &state.volumes {
+            if let Err(e) = crate::volumes::remove_anonymous(name) {
+                tracing::warn!("the volume {name} stays: {e:#}");
+            }
+        }
     }
     // A VM child killed from here (a stop past its grace period) left its
     // jail folder and cgroup: swept, as every jail sweeps the dead's.
