@@ -41,6 +41,8 @@ pub enum ConfigError {
     BadParam(String),
     #[error("environment entry {0:?} is not KEY=VALUE")]
     BadEnv(String),
+    #[error("{0:?} is not a kernel parameter: write KEY=VALUE, such as net.core.somaxconn=1024")]
+    BadSysctl(String),
 }
 
 /// How the appliance's command runs.
@@ -191,7 +193,8 @@ fn env_key(entry: &str) -> Result<&str, ConfigError> {
 }
 
 /// What `husk run` changes for one boot: `-- ARGS...`, `--entrypoint`,
-/// `-e K=V`, `--hostname`, `-u`, `-w`, `--stop-signal` and `--hold`.
+/// `-e K=V`, `--hostname`, `-u`, `-w`, `--stop-signal`, `--ulimit`,
+/// `--sysctl`, `--shm-size` and `--hold`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
@@ -218,6 +221,53 @@ pub struct Overrides {
     /// `--stop-signal`, as [`RunConfig::stop_signal`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<i32>,
+    /// `--ulimit`: resource limits init takes before it starts anything,
+    /// so that the command and every process started later (`husk exec`,
+    /// health checks) has them; in place of [`DEFAULT_RLIMITS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<agent::Rlimit>,
+    /// `--sysctl`: `KEY=VALUE` kernel parameters set before the network
+    /// and the command (the guest's kernel is the VM's own: any key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<String>,
+    /// `--shm-size`: `/dev/shm`'s size in bytes (else tmpfs's default,
+    /// half the guest's memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+}
+
+/// The resource limits every process init starts has unless `--ulimit`
+/// says otherwise: docker's for open files (a soft limit of 1024, which
+/// programs that loop over every descriptor need, and a hard one of
+/// 524288 a program may raise its own to), in place of the kernel's hard
+/// 4096.
+pub const DEFAULT_RLIMITS: [agent::Rlimit; 1] = [agent::Rlimit {
+    resource: libc::RLIMIT_NOFILE,
+    soft: 1024,
+    hard: 524288,
+}];
+
+/// Where `/proc/sys` has sysctl `key` (`net.core.somaxconn`, or with `/`
+/// for a part that holds dots, as `net/ipv4/conf/eth0.1/forwarding`).
+pub fn sysctl_path(key: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::BadSysctl(key.to_string());
+    let path = if key.contains('/') {
+        key.to_string()
+    } else {
+        key.replace('.', "/")
+    };
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    };
+    if !path.split('/').all(valid) {
+        return Err(bad());
+    }
+    Ok(format!("/proc/sys/{path}"))
 }
 
 impl Overrides {
@@ -238,6 +288,12 @@ impl Overrides {
         };
         for entry in &overrides.env {
             env_key(entry)?;
+        }
+        for entry in &overrides.sysctls {
+            let (key, _) = entry
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadSysctl(entry.clone()))?;
+            sysctl_path(key)?;
         }
         Ok(Some(overrides))
     }
@@ -666,11 +722,40 @@ mod tests {
             user: Some("1000:1000".into()),
             workdir: Some("/srv/app".into()),
             stop_signal: Some(2),
+            ulimits: vec![agent::Rlimit {
+                resource: 7,
+                soft: 10,
+                hard: u64::MAX,
+            }],
+            sysctls: vec!["net.ipv4.ping_group_range=0 0".into()],
+            shm_size: Some(1 << 30),
         };
         let cmdline = format!("console=hvc0 {} panic=-1", o.to_param());
         assert!(!o.to_param().contains(' '));
         assert_eq!(Overrides::from_cmdline(&cmdline).unwrap(), Some(o));
         assert_eq!(Overrides::from_cmdline("console=hvc0").unwrap(), None);
+        // A sysctl that climbs out of /proc/sys is refused, whoever wrote it.
+        let climbing = Overrides {
+            sysctls: vec!["../../etc/passwd=x".into()],
+            ..Overrides::default()
+        };
+        let err = Overrides::from_cmdline(&climbing.to_param()).unwrap_err();
+        assert!(matches!(err, ConfigError::BadSysctl(_)), "{err}");
+    }
+
+    #[test]
+    fn sysctl_keys_are_paths_under_proc_sys() {
+        assert_eq!(
+            sysctl_path("net.core.somaxconn").unwrap(),
+            "/proc/sys/net/core/somaxconn"
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.1/forwarding").unwrap(),
+            "/proc/sys/net/ipv4/conf/eth0.1/forwarding"
+        );
+        for bad in ["", "net..core", "../x", "net/../x", "a b", ".x", "x/"] {
+            assert!(sysctl_path(bad).is_err(), "{bad:?} was taken");
+        }
     }
 
     #[test]

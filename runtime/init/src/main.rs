@@ -139,9 +139,11 @@ fn resume() -> Result<Option<::agent::Resume>, ::agent::FrameError> {
 /// Runs the appliance's command to its end and returns its exit status;
 /// `on_exit` gets the configuration's choice once it is read.
 fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Result<u8, Failure> {
-    let (config, hold) = load_config(cmdline)?;
+    let (config, overrides) = load_config(cmdline)?;
+    let hold = overrides.hold;
     *on_exit = config.on_exit;
     mount_shares(cmdline)?;
+    tune(&overrides)?;
     if config.command.is_empty() && !hold {
         return Err(Failure::setup(
             "the image has no command to run: set run.command, or pass one after --",
@@ -316,9 +318,9 @@ impl Prepared {
     }
 }
 
-/// The image's run configuration under this boot's overrides, and
-/// whether the command is held for the agent.
-fn load_config(cmdline: &str) -> Result<(RunConfig, bool), Failure> {
+/// The image's run configuration under this boot's overrides, and the
+/// overrides (none: the defaults).
+fn load_config(cmdline: &str) -> Result<(RunConfig, Overrides), Failure> {
     let text = fs::read(CONFIG_PATH).map_err(|e| {
         Failure::setup(format!(
             "cannot read {CONFIG_PATH}: {e} (was this image built by husk?)"
@@ -326,12 +328,38 @@ fn load_config(cmdline: &str) -> Result<(RunConfig, bool), Failure> {
     })?;
     let mut config = RunConfig::from_json(&text)
         .map_err(|e| Failure::setup(format!("{CONFIG_PATH}: {}", chain(&e))))?;
-    let overrides = Overrides::from_cmdline(cmdline).map_err(|e| Failure::setup(chain(&e)))?;
-    let hold = overrides.as_ref().is_some_and(|o| o.hold);
-    if let Some(o) = overrides {
-        config.apply(&o).map_err(|e| Failure::setup(chain(&e)))?;
+    let overrides = Overrides::from_cmdline(cmdline)
+        .map_err(|e| Failure::setup(chain(&e)))?
+        .unwrap_or_default();
+    config
+        .apply(&overrides)
+        .map_err(|e| Failure::setup(chain(&e)))?;
+    Ok((config, overrides))
+}
+
+/// What `--ulimit`, `--sysctl` and `--shm-size` ask of the guest, before
+/// anything of the appliance's starts: init's own resource limits (the
+/// defaults, then those given), the kernel parameters, `/dev/shm`.
+fn tune(overrides: &Overrides) -> Result<(), Failure> {
+    let limits = husk_init::config::DEFAULT_RLIMITS
+        .iter()
+        .filter(|d| !overrides.ulimits.iter().any(|u| u.resource == d.resource))
+        .chain(&overrides.ulimits)
+        .copied()
+        .collect::<Vec<_>>();
+    sys::set_rlimits(&limits)
+        .map_err(|e| Failure::setup(format!("cannot set the resource limits: {e}")))?;
+    for entry in &overrides.sysctls {
+        let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+        let path = husk_init::config::sysctl_path(key).map_err(|e| Failure::setup(chain(&e)))?;
+        fs::write(&path, value)
+            .map_err(|e| Failure::setup(format!("cannot set {key} to {value:?}: {e}")))?;
     }
-    Ok((config, hold))
+    if let Some(bytes) = overrides.shm_size {
+        sys::resize_shm(bytes)
+            .map_err(|e| Failure::setup(format!("cannot size /dev/shm to {bytes} bytes: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The shared folders `husk run` attached: the root first, when it is a

@@ -315,6 +315,28 @@ impl ControlPort {
     }
 }
 
+/// Takes resource limits `limits` for init itself, so that every process
+/// it starts from now on inherits them.
+pub fn set_rlimits(limits: &[agent::Rlimit]) -> io::Result<()> {
+    for r in limits {
+        let value = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: setrlimit reads the rlimit value, which outlives the call.
+        check(unsafe { libc::setrlimit(r.resource as _, &value) })?;
+    }
+    Ok(())
+}
+
+/// Sets `/dev/shm`'s size to `bytes` (a remount of the tmpfs
+/// [`mount_filesystems`] made, its other options kept).
+pub fn resize_shm(bytes: u64) -> io::Result<()> {
+    let data = format!("size={bytes},mode=1777");
+    let flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    mount_with("shm", "/dev/shm", "tmpfs", flags, &data)
+}
+
 pub fn set_hostname(name: &str) -> io::Result<()> {
     // SAFETY: the buffer is valid for name.len() bytes.
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })

@@ -163,6 +163,7 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
     for volume in volumes(spec)? {
         husk_args.extend(["-v".into(), volume]);
     }
+    husk_args.extend(sysctl_args(spec)?);
     husk_args.push(format!("dir:{}", rootfs.display()));
     Ok(Launch {
         bundle: bundle.to_path_buf(),
@@ -175,6 +176,21 @@ fn map(spec: &Spec, bundle: &Path) -> anyhow::Result<Launch> {
         husk_args,
         cgroups_path: cgroups_path(spec),
     })
+}
+
+/// The spec's `linux.sysctl` as `husk run --sysctl`s, in the order of
+/// their keys: the guest's init sets them before the process starts
+/// (podman's `--sysctl` and its default ones, a pod's).
+pub fn sysctl_args(spec: &Spec) -> anyhow::Result<Vec<String>> {
+    let mut args = Vec::new();
+    let sysctls = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref());
+    let mut sorted: Vec<(&String, &String)> = sysctls.into_iter().flatten().collect();
+    sorted.sort();
+    for (key, value) in sorted {
+        husk_init::config::sysctl_path(key).context("linux.sysctl")?;
+        args.extend(["--sysctl".to_string(), format!("{key}={value}")]);
+    }
+    Ok(args)
 }
 
 /// The spec's `linux.cgroupsPath`, where it has one.
@@ -304,7 +320,7 @@ fn capability_mask(set: &Option<oci_spec::runtime::Capabilities>) -> anyhow::Res
 }
 
 /// Linux's number of the resource limit `name`.
-fn rlimit_number(name: &str) -> Option<u32> {
+pub(crate) fn rlimit_number(name: &str) -> Option<u32> {
     let n = match name {
         "RLIMIT_CPU" => libc::RLIMIT_CPU,
         "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
@@ -540,6 +556,7 @@ mod tests {
               {{"destination":"/data","type":"bind","source":"{}","options":["rbind","ro"]}},
               {{"destination":"/etc/hosts","type":"bind","source":"/etc/hosts","options":["bind"]}}],
             "linux":{{"namespaces":[{{"type":"network"}},{{"type":"pid"}}],
+              "sysctl":{{"net.ipv4.ping_group_range":"0 0","kernel.shmmax":"65536"}},
               "resources":{{"memory":{{"limit":268435456}},"cpu":{{"quota":150000,"period":100000}}}}}}}}"#,
             data.path().display()
         ));
@@ -590,7 +607,8 @@ mod tests {
             args,
             format!(
                 "--cpus 2 --memory 288MiB --hostname c1 --read-only -v {}:/data:ro \
-                 -v /etc/hosts:/etc/hosts dir:{}",
+                 -v /etc/hosts:/etc/hosts --sysctl kernel.shmmax=65536 \
+                 --sysctl net.ipv4.ping_group_range=0 0 dir:{}",
                 data.path().display(),
                 root.display()
             )
@@ -686,6 +704,10 @@ mod tests {
             (
                 r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"io.kubernetes.cri.sandbox-memory":"lots"},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
                 "io.kubernetes.cri.sandbox-memory",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"sysctl":{"../x":"1"}},"process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+                "linux.sysctl: \"../x\" is not a kernel parameter",
             ),
         ];
         for (json, why) in cases {

@@ -176,6 +176,9 @@ impl Pod {
             bundle::Network::Join(ns) => netns::join(&ns)?.unwrap_or_else(|| "none".into()),
         };
         args.extend(["--net".into(), net.into()]);
+        // The pod's sysctls (its securityContext's), which the kubelet
+        // puts on the sandbox's spec: the VM's kernel is the pod's.
+        args.extend(bundle::sysctl_args(spec)?.into_iter().map(Into::into));
         if let Some(dir) = &self.host_cgroup {
             let memory = (memory_mib << 20) + vmm::jail::MEMORY_ROOM;
             host_cgroup::make(dir, memory, cpus)?;

@@ -35,6 +35,10 @@ pub fn trials() -> Vec<Trial> {
             init_failures,
         ),
         boot_tests::trial(
+            "run_sets_ulimits_sysctls_and_the_size_of_dev_shm_in_the_guest",
+            guest_tuning,
+        ),
+        boot_tests::trial(
             "image_reference_runs_with_the_image_config_and_stdin",
             image_reference,
         ),
@@ -187,6 +191,55 @@ fn busybox_run_config() -> Result<(), Failed> {
                 .explain(&format!("{flag} {value:?} should be refused"))
                 .into());
         }
+    }
+    Ok(())
+}
+
+/// `--ulimit`, `--sysctl` and `--shm-size`, set by init before the
+/// command (on a cold boot's command line and after a warm start's
+/// restore); docker's open-files limits by default; a kernel parameter
+/// the guest's kernel lacks fails the run with init's setup status.
+fn guest_tuning() -> Result<(), Failed> {
+    let script = "grep 'open files' /proc/self/limits | tr -s ' '; \
+                  cat /proc/sys/net/core/somaxconn; \
+                  grep ' /dev/shm ' /proc/mounts | grep -o 'size=[0-9]*k' || echo no size";
+    let r = run(&["examples/busybox", "--", "sh", "-c", script], b"")?;
+    expect(&r, 0, &["Max open files 1024 524288 files", "no size"])?;
+    for cold in [true, false] {
+        let mut args = vec![
+            "--ulimit",
+            "nofile=4096:8192",
+            "--sysctl",
+            "net.core.somaxconn=1234",
+            "--shm-size",
+            "8m",
+        ];
+        if cold {
+            args.push("--cold");
+        }
+        args.extend(["examples/busybox", "--", "sh", "-c", script]);
+        let r = run(&args, b"")?;
+        expect(
+            &r,
+            0,
+            &["Max open files 4096 8192 files", "1234", "size=8192k"],
+        )?;
+    }
+    let r = run(
+        &[
+            "--sysctl",
+            "kernel.husk_none=1",
+            "examples/busybox",
+            "--",
+            "true",
+        ],
+        b"",
+    )?;
+    expect(&r, 125, &[])?;
+    if !r.stdout.contains("cannot set kernel.husk_none to \"1\"") {
+        return Err(r
+            .explain("init did not say which parameter it could not set")
+            .into());
     }
     Ok(())
 }

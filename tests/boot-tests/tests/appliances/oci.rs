@@ -1036,9 +1036,12 @@ fn podman() -> Result<(), Failed> {
             "1234",
             "--security-opt",
             "no-new-privileges",
+            "--sysctl",
+            "net.core.somaxconn=1234",
         ],
         &format!(
-            "mkdir /tmp/refused 2>&1; echo mkdir $?; touch /tmp/allowed && echo touch ok; {probe}"
+            "mkdir /tmp/refused 2>&1; echo mkdir $?; touch /tmp/allowed && echo touch ok; \
+             echo somaxconn $(cat /proc/sys/net/core/somaxconn); {probe}"
         ),
     );
     let out = p.expect(&args, b"", 0)?;
@@ -1060,9 +1063,10 @@ fn podman() -> Result<(), Failed> {
             .split_whitespace()
             .any(|g| g == "1234")
         || !out.contains("soft 1000 hard 2000")
+        || !out.contains("somaxconn 1234")
     {
         return Err(format!(
-            "--cap-drop/--cap-add, --ulimit, --group-add, no-new-privileges: {out}"
+            "--cap-drop/--cap-add, --ulimit, --group-add, no-new-privileges, --sysctl: {out}"
         )
         .into());
     }

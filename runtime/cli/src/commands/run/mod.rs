@@ -30,6 +30,7 @@ mod net;
 mod recorded;
 mod service;
 mod shares;
+mod tuning;
 pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 pub use detached::{in_new_session, spawn_keeper, start_keeper, KeeperStdio};
@@ -206,6 +207,18 @@ pub struct Args {
     /// Mount the root filesystem read-only
     #[arg(long)]
     read_only: bool,
+    /// A resource limit of the command and of everything started in the
+    /// guest later (husk exec), as docker's: nofile=1024:65536,
+    /// memlock=-1 (default: nofile=1024:524288, as docker's)
+    #[arg(long, value_name = "NAME=SOFT[:HARD]", value_parser = tuning::parse_ulimit)]
+    ulimit: Vec<agent::Rlimit>,
+    /// Set a kernel parameter in the guest before the command starts
+    /// (any: the guest's kernel is the VM's own), as net.core.somaxconn=1024
+    #[arg(long, value_name = "KEY=VALUE", value_parser = tuning::parse_sysctl)]
+    sysctl: Vec<String>,
+    /// The size of /dev/shm (64m, 1g; default: half the guest's memory)
+    #[arg(long, value_name = "SIZE", value_parser = tuning::parse_shm_size)]
+    shm_size: Option<u64>,
     /// Pull a registry image: missing, always (what its tag names now) or
     /// never
     #[arg(long, value_enum, default_value_t)]
@@ -483,6 +496,9 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         user: args.user.clone(),
         workdir: args.workdir.clone(),
         stop_signal: args.service.stop_signal.map(|s| s.0),
+        ulimits: args.ulimit.clone(),
+        sysctls: args.sysctl.clone(),
+        shm_size: args.shm_size,
     };
     if let Some(h) = &args.hostname {
         check_hostname(h)?;
