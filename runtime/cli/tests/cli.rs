@@ -1450,13 +1450,18 @@ fn ps_filters_and_formats_as_docker_does() {
     let home = Home::new();
     let (pid, start) = alive_keeper();
     let put = |name: &str, status: &str, image: &str, networks: &[&str], paused: bool| {
+        let tier = networks.first().copied().unwrap_or_default();
+        let labels = match tier {
+            "" => serde_json::json!({}),
+            tier => serde_json::json!({ "team": "a", "tier": tier }),
+        };
         home.put_state(
             name,
             serde_json::json!({
                 "name": name, "image": image, "ports": ["8080:80"], "created_ms": 1,
                 "status": status, "started_ms": 2, "finished_ms": 3, "exit_code": 0,
                 "keeper_pid": pid, "keeper_start": start, "networks": networks,
-                "paused": paused,
+                "paused": paused, "labels": labels,
             }),
         );
     };
@@ -1493,6 +1498,21 @@ fn ps_filters_and_formats_as_docker_does() {
         ["web"]
     );
     assert_eq!(home.ok(&["ps", "-q", "-f", "name=d"]), "db\n");
+    // Labels: by key, by key and value, and every label given must match.
+    assert_eq!(names(&["-a", "-f", "label=team"]), ["db", "web"]);
+    assert_eq!(names(&["-f", "label=tier=front"]), ["web"]);
+    assert_eq!(
+        names(&["-f", "label=team", "-f", "label=tier=back"]),
+        ["db"]
+    );
+    assert_eq!(
+        names(&["-f", "label=tier=front", "-f", "label=tier=back"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        home.ok(&["ps", "-f", "name=web", "--format", "{{.Labels}}"]),
+        "team=a,tier=front\n"
+    );
 
     assert_eq!(
         home.ok(&[
@@ -1523,7 +1543,11 @@ fn ps_filters_and_formats_as_docker_does() {
         "{{.ID}} is not a field; these are: {{.Names}}",
     );
     home.fails(&["ps", "--format", "{{.Names"], "{{ without }}");
-    home.fails(&["ps", "-f", "label=a"], "filter by name, status");
+    home.fails(&["ps", "-f", "since=a"], "filter by name, status");
+    home.fails(
+        &["ps", "-f", "label==a"],
+        "write label=KEY or label=KEY=VALUE",
+    );
     home.fails(
         &["ps", "-f", "status=sleeping"],
         "no appliance is ever \"sleeping\"",
@@ -1637,4 +1661,57 @@ fn anonymous_volumes_go_with_their_run_or_stay_with_their_appliance() {
     let mut left = vec![name.to_string(), "kept".to_string()];
     left.sort();
     assert_eq!(entries(), left);
+}
+
+/// `husk run -d --label` and `--label-file`: recorded in the appliance's
+/// state (a later value of a key wins, files first), and a bad line
+/// refused with its file and line before anything is made.
+#[test]
+fn labels_are_recorded_from_flags_and_files() {
+    let home = Home::new();
+    let busybox = examples_dir().join("busybox");
+    let busybox = busybox.to_str().unwrap();
+    let file = home.0.path().join("labels");
+    std::fs::write(&file, "# ours\n\nteam=a\ntier=back\n").unwrap();
+    let file = file.to_str().unwrap();
+    // The keeper records them before its VM fails for want of a kernel.
+    home.husk(&[
+        "run",
+        "-d",
+        "--name",
+        "lab",
+        "--label-file",
+        file,
+        "-l",
+        "tier=front",
+        "--label",
+        "flag",
+        busybox,
+    ]);
+    assert_eq!(
+        home.state_of("lab")["labels"],
+        serde_json::json!({ "team": "a", "tier": "front", "flag": "" })
+    );
+    let bad = home.0.path().join("bad");
+    std::fs::write(&bad, "ok=1\n=nokey\n").unwrap();
+    home.fails(
+        &[
+            "run",
+            "-d",
+            "--name",
+            "bad",
+            "--label-file",
+            bad.to_str().unwrap(),
+            busybox,
+        ],
+        &format!("{}:2: \"=nokey\" is not KEY=VALUE", bad.display()),
+    );
+    home.fails(
+        &["run", "-d", "--name", "bad", "-l", "a b=c", busybox],
+        "--label: \"a b=c\" is not KEY=VALUE",
+    );
+    assert!(
+        !home.state().join("bad").exists(),
+        "a refused run made its folder"
+    );
 }

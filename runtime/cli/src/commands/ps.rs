@@ -17,20 +17,21 @@ pub struct Args {
     quiet: bool,
     /// Only those that match, as docker's: name=PART, status=created|
     /// restarting|running|paused|exited, ancestor=IMAGE, network=NAME,
-    /// volume=NAME, health=starting|healthy|unhealthy|none; a key given
-    /// twice matches either value, different keys must all match
+    /// volume=NAME, health=starting|healthy|unhealthy|none,
+    /// label=KEY[=VALUE]; a key given twice matches either value (but
+    /// every label must match), different keys must all match
     #[arg(short, long, value_name = "KEY=VALUE")]
     filter: Vec<String>,
     /// Each appliance as TEMPLATE says, as docker's: {{.Names}}
     /// {{.Image}} {{.Status}} {{.State}} {{.Ports}} {{.Networks}}
-    /// {{.Addresses}}, \t a tab; "table TEMPLATE" adds a header and lines
+    /// {{.Addresses}} {{.Labels}}, \t a tab; "table TEMPLATE" adds a header and lines
     /// up the columns; "json" gives a JSON object a line
     #[arg(long, value_name = "TEMPLATE")]
     format: Option<String>,
 }
 
 /// The fields a template may name, as docker names them.
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "Names",
     "Image",
     "Status",
@@ -38,6 +39,7 @@ const FIELDS: [&str; 7] = [
     "Ports",
     "Networks",
     "Addresses",
+    "Labels",
 ];
 
 /// One appliance as `ps` shows it.
@@ -57,6 +59,13 @@ impl Row {
             "Ports" => self.state.ports.join(", "),
             "Networks" => self.state.networks.join(","),
             "Addresses" => self.addresses.clone(),
+            "Labels" => self
+                .state
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
             _ => String::new(),
         }
     }
@@ -128,18 +137,25 @@ impl Filters {
                 .ok_or_else(|| anyhow::anyhow!("--filter {f:?}: write KEY=VALUE"))?;
             let ok = match key {
                 "name" | "ancestor" | "network" | "volume" => true,
+                "label" => !value.is_empty() && !value.starts_with('='),
                 "status" => {
                     ["created", "restarting", "running", "paused", "exited"].contains(&value)
                 }
                 "health" => ["starting", "healthy", "unhealthy", "none"].contains(&value),
                 _ => anyhow::bail!(
-                    "--filter {f:?}: filter by name, status, ancestor, network, volume or health"
+                    "--filter {f:?}: filter by name, status, ancestor, network, volume, health \
+                     or label"
                 ),
             };
+            if !ok && key == "label" {
+                anyhow::bail!("--filter {f:?}: write label=KEY or label=KEY=VALUE");
+            }
             if !ok {
                 anyhow::bail!("--filter {f:?}: no appliance is ever {value:?}");
             }
-            match keys.iter_mut().find(|(k, _)| k == key) {
+            // Each label must match (docker's rule): one group each.
+            let group = keys.iter_mut().find(|(k, _)| k == key && key != "label");
+            match group {
                 Some((_, values)) => values.push(value.to_string()),
                 None => keys.push((key.to_string(), vec![value.to_string()])),
             }
@@ -163,6 +179,10 @@ impl Filters {
                 "ancestor" => state.image == *v,
                 "network" => state.networks.contains(v),
                 "volume" => state.volumes.contains(v),
+                "label" => match v.split_once('=') {
+                    Some((key, value)) => state.labels.get(key).is_some_and(|l| l == value),
+                    None => state.labels.contains_key(v.as_str()),
+                },
                 "health" => {
                     let health = match state.health.as_ref().map(|h| h.status) {
                         Some(HealthStatus::Starting) => "starting",

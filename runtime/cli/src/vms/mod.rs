@@ -172,6 +172,9 @@ pub struct State {
     /// The husk networks it is on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// `--label`s: what the user tagged it with, for `ps --filter label=`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// It ended by `husk stop` (or a `husk kill` that ends it): an
     /// `unless-stopped` one is not started at boot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -494,12 +497,14 @@ mod tests {
             stop_timeout: Some(30),
             volumes: vec!["db".into()],
             networks: vec!["backend".into()],
+            labels: [("tier".to_string(), "db".to_string())].into(),
             stopped: false,
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();
         assert_eq!((back.status, back.paused), (Status::Running, true));
         assert_eq!((&back.ports, &back.volumes), (&state.ports, &state.volumes));
+        assert_eq!(back.labels, state.labels);
         assert_eq!(back.networks, state.networks);
         // A keeper that is gone: exited (paused no longer), status unknown.
         vm.write_state(&State {

@@ -169,6 +169,15 @@ pub struct Args {
     /// The detached appliance's name (default: husk- and 6 hex digits)
     #[arg(long, requires = "detach")]
     name: Option<String>,
+    /// A label of the detached appliance (KEY=VALUE, or KEY for an empty
+    /// value), for husk ps --filter label=KEY[=VALUE] and husk inspect
+    /// (a foreground run, which ps does not list, keeps them nowhere)
+    #[arg(short = 'l', long, value_name = "KEY[=VALUE]")]
+    label: Vec<String>,
+    /// Labels from a file, a KEY=VALUE a line (blank lines and # comments
+    /// skipped), before those of --label
+    #[arg(long, value_name = "FILE")]
+    label_file: Vec<PathBuf>,
     /// With -d: return once the appliance's [run.ready] check passes (else
     /// its health check)
     #[arg(long, requires = "detach")]
@@ -520,6 +529,34 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     plan.cmdline = cmdline.join(" ");
     plan.appliance = appliance.cloned().map(Box::new);
     Ok(plan)
+}
+
+/// A detached run's labels: `--label-file`s' lines, then `--label`s, a
+/// later value of a key replacing an earlier one, as docker's.
+fn labels(args: &Args) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut labels = std::collections::BTreeMap::new();
+    let mut add = |entry: &str, from: &dyn Fn() -> String| -> anyhow::Result<()> {
+        let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            anyhow::bail!("{}: {entry:?} is not KEY=VALUE", from());
+        }
+        labels.insert(key.to_string(), value.to_string());
+        Ok(())
+    };
+    for file in &args.label_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--label-file {}", file.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                add(line, &|| format!("{}:{}", file.display(), n + 1))?;
+            }
+        }
+    }
+    for entry in &args.label {
+        add(entry, &|| "--label".to_string())?;
+    }
+    Ok(labels)
 }
 
 /// The VOLUMEs of the image at `image`, as its build recorded them beside

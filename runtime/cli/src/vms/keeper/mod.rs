@@ -222,6 +222,8 @@ pub struct Options {
     pub volumes: Vec<String>,
     /// The husk networks it is on (likewise for `husk network rm`).
     pub networks: Vec<String>,
+    /// Its `--label`s.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// `--rm`: the VM's folder goes when it ends.
     pub remove_at_end: bool,
     /// The command waits for husk-runtime's start.
@@ -245,6 +247,7 @@ pub fn keep(
         env,
         volumes,
         networks,
+        labels,
         remove_at_end,
         hold,
         restart,
@@ -301,6 +304,7 @@ pub fn keep(
         stop_timeout,
         volumes,
         networks,
+        labels,
         stopped: false,
     };
     vm.write_state(&state)
