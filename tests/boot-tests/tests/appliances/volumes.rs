@@ -66,12 +66,48 @@ fn volumes_settled(root: &std::path::Path, wanted: usize) -> Vec<String> {
 fn anonymous_in(root: &std::path::Path) -> Result<(), Failed> {
     let image = boot_tests::husk::VOLUMES_IMAGE;
     let listing = "ls /home; grep -c ' virtiofs ' /proc/mounts; \
-                   touch /var/lib/app/x /scratch/x && echo wrote";
+                   touch /var/lib/app/x /scratch/x && echo wrote; \
+                   touch /bound/x 2>/dev/null || echo bound read-only; ls /bound; \
+                   grep ' /fast ' /proc/mounts | grep -o 'size=1024k'";
 
     // A foreground run: three volumes (the image's two, -v /scratch), /home
     // filled from the image (its user's folder); all gone once the run is.
-    let r = run(&["-v", "/scratch", image, "--", "sh", "-c", listing], b"")?;
-    expect(&r, 0, &["user", "3", "wrote"])?;
+    // Beside them, docker's --mount forms of a read-only bind mount and
+    // of a tmpfs.
+    let bound = folder("bound")?;
+    std::fs::write(bound.path().join("seen"), "")?;
+    let bind = format!(
+        "type=bind,source={},target=/bound,readonly",
+        bound.path().display()
+    );
+    let r = run(
+        &[
+            "-v",
+            "/scratch",
+            "--mount",
+            &bind,
+            "--mount",
+            "type=tmpfs,destination=/fast,tmpfs-size=1m",
+            image,
+            "--",
+            "sh",
+            "-c",
+            listing,
+        ],
+        b"",
+    )?;
+    expect(
+        &r,
+        0,
+        &[
+            "user",
+            "4",
+            "wrote",
+            "bound read-only",
+            "seen",
+            "size=1024k",
+        ],
+    )?;
     let left = volumes_settled(root, 0);
     if !left.is_empty() {
         return Err(format!("a foreground run's volumes stayed: {left:?}").into());

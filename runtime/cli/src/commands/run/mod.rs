@@ -152,6 +152,12 @@ pub struct Args {
         value_parser = shares::parse_volume
     )]
     volumes: Vec<shares::VolumeArg>,
+    /// A bind mount, volume or tmpfs in docker's long form:
+    /// type=bind,source=PATH,target=/PATH[,readonly];
+    /// type=volume[,source=NAME],target=/PATH[,volume-nocopy];
+    /// type=tmpfs,target=/PATH[,tmpfs-size=64m][,tmpfs-mode=1777]
+    #[arg(long, value_name = "type=...,target=/PATH", value_parser = shares::parse_mount)]
+    mount: Vec<shares::MountArg>,
     /// A detached appliance's anonymous volumes, as its `husk run -d`
     /// named them: its keeper's command line carries them, so every start
     /// of it mounts the same ones
@@ -194,6 +200,10 @@ pub struct Args {
     interactive: bool,
     #[arg(short = 't', long, hide = true)]
     tty: bool,
+    /// Taken as docker's --init is: husk's init is always PID 1 and the
+    /// command's parent, forwarding signals to it and reaping orphans
+    #[arg(long)]
+    init: bool,
     /// With -d: start the command again when it ends: no, always,
     /// unless-stopped, or on-failure[:MAX-RESTARTS] (a status other than
     /// 0); not after husk stop, or husk kill with KILL, TERM, INT or QUIT
@@ -602,7 +612,14 @@ fn check_hostname(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(args: Args, started: Instant) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
+    // --mount's are -v's and --tmpfs's in another form, taken after them.
+    for mount in std::mem::take(&mut args.mount) {
+        match mount {
+            shares::MountArg::Share(v) => args.volumes.push(v),
+            shares::MountArg::Tmpfs(t) => args.tmpfs.push(t),
+        }
+    }
     let (args, named) = match args.from_snapshot.clone() {
         Some(name) => {
             let (args, named) = named::resolve(args, &name)?;

@@ -135,6 +135,117 @@ pub fn parse_anonymous(arg: &str) -> Result<(String, String), String> {
     }
 }
 
+/// One `--mount`: a share as `-v` gives one, or a tmpfs as `--tmpfs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountArg {
+    Share(VolumeArg),
+    Tmpfs(husk_init::config::TmpfsMount),
+}
+
+/// `--mount type=bind|volume|tmpfs,...` as docker writes it: `source`
+/// (`src`), `target` (`destination`, `dst`), `readonly` (`ro`, with an
+/// optional `=true|false|1|0`); for a bind mount a folder or file that
+/// must be there, and `bind-propagation`, `bind-nonrecursive` and
+/// `consistency` taken (nothing to do across a VM's boundary); for a
+/// volume a name (none: an anonymous one), `volume-nocopy`, and only the
+/// `local` driver; for a tmpfs `tmpfs-size` and `tmpfs-mode`. docker's
+/// default type is a volume.
+pub fn parse_mount(arg: &str) -> Result<MountArg, String> {
+    let (mut kind, mut source, mut target, mut readonly) = ("volume", None, None, false);
+    let (mut nocopy, mut size, mut mode) = (false, None, None);
+    let bool_of = |key: &str, value: Option<&str>| match value {
+        None | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(format!("{arg:?}: {key}={v}: write true or false")),
+    };
+    for field in arg.split(',') {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim_matches('"'))),
+            None => (field.trim(), None),
+        };
+        let value_of = || value.ok_or_else(|| format!("{arg:?}: {key} needs a value"));
+        match key {
+            "type" => kind = value_of()?,
+            "source" | "src" => source = Some(value_of()?),
+            "target" | "destination" | "dst" => target = Some(value_of()?),
+            "readonly" | "ro" => readonly = bool_of(key, value)?,
+            "volume-nocopy" => nocopy = bool_of(key, value)?,
+            "volume-driver" if value == Some("local") => {}
+            "tmpfs-size" => size = Some(value_of()?),
+            "tmpfs-mode" => mode = Some(value_of()?),
+            "bind-propagation" | "bind-nonrecursive" | "consistency" => {}
+            _ => {
+                return Err(format!(
+                    "{arg:?}: husk does not take {field:?} (type, source, target, readonly, \
+                     volume-nocopy, tmpfs-size, tmpfs-mode)"
+                ))
+            }
+        }
+    }
+    let target = target.ok_or_else(|| format!("{arg:?}: say where: target=/PATH"))?;
+    let guest = guest_path(arg, target)?;
+    let only = |what: &str, given: bool| match given {
+        true => Err(format!("{arg:?}: {what} is not for a {kind} mount")),
+        false => Ok(()),
+    };
+    match kind {
+        "bind" => {
+            only("volume-nocopy", nocopy)?;
+            only("tmpfs-size or tmpfs-mode", size.is_some() || mode.is_some())?;
+            let host = source.ok_or_else(|| format!("{arg:?}: a bind mount needs source=PATH"))?;
+            let path = std::path::absolute(host).map_err(|e| format!("{arg:?}: {e}"))?;
+            if !path.exists() {
+                return Err(format!(
+                    "{arg:?}: the bind source {} does not exist",
+                    path.display()
+                ));
+            }
+            Ok(MountArg::Share(VolumeArg {
+                source: Source::Folder(path),
+                guest,
+                readonly,
+                nocopy: false,
+            }))
+        }
+        "volume" => {
+            only("tmpfs-size or tmpfs-mode", size.is_some() || mode.is_some())?;
+            let source = match source {
+                None | Some("") => Source::Anonymous,
+                Some(name) if crate::volumes::is_name(name) => Source::Volume(name.to_string()),
+                Some(name) => {
+                    return Err(format!(
+                        "{arg:?}: {name:?} is not a volume's name (type=bind mounts a path)"
+                    ))
+                }
+            };
+            Ok(MountArg::Share(VolumeArg {
+                source,
+                guest,
+                readonly,
+                nocopy,
+            }))
+        }
+        "tmpfs" => {
+            only("source", source.is_some())?;
+            only("volume-nocopy", nocopy)?;
+            let mut options = Vec::new();
+            if let Some(size) = size {
+                options.push(format!("size={size}"));
+            }
+            if let Some(mode) = mode {
+                options.push(format!("mode={mode}"));
+            }
+            if readonly {
+                options.push("ro".to_string());
+            }
+            parse_tmpfs(&format!("{guest}:{}", options.join(","))).map(MountArg::Tmpfs)
+        }
+        other => Err(format!(
+            "{arg:?}: type={other}: husk mounts bind, volume and tmpfs"
+        )),
+    }
+}
+
 /// `--tmpfs PATH[:OPTIONS]`, as docker takes it.
 pub fn parse_tmpfs(arg: &str) -> Result<husk_init::config::TmpfsMount, String> {
     let (path, options) = arg.split_once(':').unwrap_or((arg, ""));
@@ -440,6 +551,64 @@ mod tests {
         assert!(parse_volume("a/b:/b").unwrap_err().contains("./a/b"));
         for bad in [":/b", "/a:b", "/a:/b:rx", "/a:", "x:/b", "/a:/b:ro:x"] {
             assert!(parse_volume(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn mounts_parse_as_docker_writes_them() {
+        let here = std::env::current_dir().unwrap();
+        let share = |arg: &str| match parse_mount(arg).unwrap() {
+            MountArg::Share(v) => v,
+            other => panic!("{arg}: {other:?}"),
+        };
+        assert_eq!(
+            share(&format!(
+                "type=bind,source={},target=/src,readonly,bind-propagation=rprivate",
+                here.display()
+            )),
+            VolumeArg {
+                source: Source::Folder(here.clone()),
+                guest: "/src".into(),
+                readonly: true,
+                nocopy: false,
+            }
+        );
+        assert_eq!(
+            share("src=pg-data,dst=/var/lib/db,volume-nocopy,ro=false").source,
+            Source::Volume("pg-data".into())
+        );
+        let anonymous = share("type=volume,destination=/cache");
+        assert_eq!(
+            (anonymous.source, anonymous.readonly),
+            (Source::Anonymous, false)
+        );
+        match parse_mount("type=tmpfs,target=/scratch,tmpfs-size=64m,tmpfs-mode=1770").unwrap() {
+            MountArg::Tmpfs(t) => {
+                assert_eq!(
+                    (t.path.as_str(), t.options.as_str()),
+                    ("/scratch", "size=64m,mode=1770")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        for (bad, why) in [
+            ("type=bind,target=/x", "needs source"),
+            (
+                "type=bind,source=/no/such/husk/path,target=/x",
+                "does not exist",
+            ),
+            ("type=volume,source=a/b,target=/x", "not a volume's name"),
+            ("type=tmpfs,source=x,target=/x", "source is not for a tmpfs"),
+            ("type=volume,target=/x,tmpfs-size=1m", "not for a volume"),
+            ("type=npipe,target=/x", "bind, volume and tmpfs"),
+            ("type=volume,source=v", "target=/PATH"),
+            ("type=volume,target=x", "must be absolute"),
+            ("type=volume,target=/x,readonly=maybe", "true or false"),
+            ("type=volume,target=/x,volume-opt=o=1", "does not take"),
+            ("type=volume,target=/x,volume-driver=nfs", "does not take"),
+        ] {
+            let e = parse_mount(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 
