@@ -556,6 +556,7 @@ fn detached_commands_name_what_is_wrong() {
         &["logs", "nope"],
         &["stop", "nope"],
         &["kill", "nope"],
+        &["kill", "-s", "TERM", "nope"],
         &["wait", "nope"],
         &["rm", "nope"],
     ] {
@@ -567,9 +568,15 @@ fn detached_commands_name_what_is_wrong() {
             stderr(&o)
         );
     }
-    let o = husk_in(s, &["kill", "nope", "SIGNOPE"]);
+    let o = husk_in(s, &["kill", "-s", "SIGNOPE", "nope"]);
     assert!(
         stderr(&o).contains("\"SIGNOPE\" is not a signal"),
+        "{}",
+        stderr(&o)
+    );
+    let o = husk_in(s, &["kill", "nope", "TERM"]);
+    assert!(
+        stderr(&o).contains("TERM is a signal, not an appliance: write husk kill -s TERM NAME"),
         "{}",
         stderr(&o)
     );

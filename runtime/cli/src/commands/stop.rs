@@ -22,10 +22,11 @@ pub struct StopArgs {
 
 #[derive(clap::Args)]
 pub struct KillArgs {
-    name: String,
-    /// A signal name (TERM, SIGTERM) or number
-    #[arg(default_value = "KILL")]
+    /// The signal: a name (TERM, SIGTERM) or number, as docker kill -s
+    #[arg(short, long, default_value = "KILL")]
     signal: String,
+    #[arg(required = true)]
+    names: Vec<String>,
 }
 
 /// The stop signal to the command, SIGKILL after the grace period; the VM
@@ -130,15 +131,27 @@ pub fn stop_one(name: &str, grace_secs: Option<u32>, signal: Option<i32>) -> any
 
 pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
     let signal = parse_signal(&args.signal)?;
-    let vm = VmDir::find(&args.name)?;
-    match ask(&vm, &args.name, &Request::Kill { signal })? {
-        None => anyhow::bail!("{} is not running", args.name),
-        Some(Response::Ok) => {
-            println!("{}", args.name);
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(other) => anyhow::bail!("unexpected answer from the keeper: {other:?}"),
+    // A signal where a name goes (husk kill NAME TERM, as husk once took
+    // it) is refused before anything is signalled: not a KILL meant as
+    // another signal.
+    if let Some(word) = args
+        .names
+        .iter()
+        .find(|n| parse_signal(n).is_ok() && VmDir::find(n).is_err())
+    {
+        anyhow::bail!("{word} is a signal, not an appliance: write husk kill -s {word} NAME");
     }
+    super::each_name(&args.names, |name| {
+        let vm = VmDir::find(name)?;
+        match ask(&vm, name, &Request::Kill { signal })? {
+            None => anyhow::bail!("{name} is not running"),
+            Some(Response::Ok) => {
+                println!("{name}");
+                Ok(())
+            }
+            Some(other) => anyhow::bail!("unexpected answer from the keeper: {other:?}"),
+        }
+    })
 }
 
 /// A signal by number, or by name with or without `SIG` (any case).

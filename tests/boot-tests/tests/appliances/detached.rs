@@ -399,7 +399,7 @@ fn outlives_the_cli() -> Result<(), Failed> {
         .stdout(Stdio::piped())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(1500));
-    let r = ok(h(&["kill", &vm.name, "SIGUSR1"])?, "kill SIGUSR1")?;
+    let r = ok(h(&["kill", "-s", "SIGUSR1", &vm.name])?, "kill SIGUSR1")?;
     let _ = r;
     let out = follower.wait_with_output()?;
     let followed = String::from_utf8_lossy(&out.stdout);
@@ -1477,7 +1477,7 @@ fn restart_policies() -> Result<(), Failed> {
         ],
     )?;
     let mut processes = tree(vm.keeper()?);
-    ok(h(&["kill", &vm.name, "HUP"])?, "kill HUP")?;
+    ok(h(&["kill", "--signal", "HUP", &vm.name])?, "kill HUP")?;
     state_until(
         &vm,
         Duration::from_secs(60),
@@ -1485,7 +1485,7 @@ fn restart_policies() -> Result<(), Failed> {
         |s| s["restart_count"] == 1 && s["status"] == "running",
     )?;
     processes.extend(tree(vm.keeper()?));
-    ok(h(&["kill", &vm.name, "KILL"])?, "kill KILL")?;
+    ok(h(&["kill", &vm.name])?, "kill KILL")?;
     state_until(&vm, Duration::from_secs(30), "exited after KILL", |s| {
         s["status"] == "exited"
     })?;
