@@ -141,6 +141,7 @@ fn run_config(
             .map(|p| p.to_string())
             .collect();
         run.volumes = image_volumes(c.volumes().iter().flatten());
+        run.labels = c.labels().clone().unwrap_or_default().into_iter().collect();
     }
     run.healthcheck = image.and_then(|i| i.healthcheck.clone());
     if let Some(a) = appliance {

@@ -85,6 +85,8 @@ fn umoci_image(dir: &Path) -> PathBuf {
         "relative",
         "--config.volume",
         "/",
+        "--config.label",
+        "org.opencontainers.image.title=test",
     ]));
     image
 }
@@ -190,6 +192,14 @@ fn umoci_layout_and_its_skopeo_archives_build_the_same_tree() {
     assert_eq!(built.run.exposed_ports, ["53/udp", "8080/tcp"]);
     // VOLUME, what husk gives an anonymous volume (no root, no relative).
     assert_eq!(built.run.volumes, ["/cache", "/var/lib/db"]);
+    assert_eq!(
+        built.run.labels,
+        [(
+            "org.opencontainers.image.title".to_string(),
+            "test".to_string()
+        )]
+        .into()
+    );
 
     // The same image as an OCI archive and as a docker archive.
     let oci_archive = dir.path().join("image.oci.tar");

@@ -1671,13 +1671,30 @@ fn anonymous_volumes_go_with_their_run_or_stay_with_their_appliance() {
 }
 
 /// `husk run -d --label` and `--label-file`: recorded in the appliance's
-/// state (a later value of a key wins, files first), and a bad line
-/// refused with its file and line before anything is made.
+/// state over the image's LABELs (a later value of a key wins: the
+/// image's, then files, then flags), and a bad line refused with its file
+/// and line before anything is made.
 #[test]
 fn labels_are_recorded_from_flags_and_files() {
     let home = Home::new();
-    let busybox = examples_dir().join("busybox");
-    let busybox = busybox.to_str().unwrap();
+    let layout = home.0.path().join("layout");
+    boot_tests::husk::make_volumes_layout(&layout).unwrap();
+    let tag = format!("{}:latest", layout.display());
+    let labelled = Command::new("umoci")
+        .args(["config", "--image", &tag])
+        .args([
+            "--config.label",
+            "tier=image",
+            "--config.label",
+            "from=image",
+        ])
+        .status()
+        .expect("umoci (ci/setup installs it)");
+    assert!(labelled.success());
+    let image = format!("oci:{tag}");
+    let busybox = image.as_str();
+    let inspected = home.ok(&["inspect", busybox]);
+    assert!(inspected.contains("label:    from=image"), "{inspected}");
     let file = home.0.path().join("labels");
     std::fs::write(&file, "# ours\n\nteam=a\ntier=back\n").unwrap();
     let file = file.to_str().unwrap();
@@ -1697,7 +1714,7 @@ fn labels_are_recorded_from_flags_and_files() {
     ]);
     assert_eq!(
         home.state_of("lab")["labels"],
-        serde_json::json!({ "team": "a", "tier": "front", "flag": "" })
+        serde_json::json!({ "from": "image", "team": "a", "tier": "front", "flag": "" })
     );
     let bad = home.0.path().join("bad");
     std::fs::write(&bad, "ok=1\n=nokey\n").unwrap();

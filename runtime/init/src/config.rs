@@ -85,6 +85,10 @@ pub struct RunConfig {
     /// the host's side alone reads them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// The image's LABELs: a detached appliance's labels start from them
+    /// (the host's side alone reads them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The image's HEALTHCHECK (a docker image's): for a detached run's
     /// keeper, when neither `--health-cmd` nor the appliance's
     /// `[run.health]` gives one.
@@ -678,6 +682,7 @@ mod tests {
             stop_signal: Some(3),
             exposed_ports: vec!["80/tcp".into()],
             volumes: vec!["/var/lib/db".into()],
+            labels: [("org.opencontainers.image.title".into(), "db".into())].into(),
             healthcheck: Some(ImageHealthcheck {
                 command: vec!["true".into()],
                 interval_ms: 1000,

@@ -59,6 +59,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !run.exposed_ports.is_empty() {
         println!("ports:    {}", run.exposed_ports.join(" "));
     }
+    for (key, value) in &run.labels {
+        println!("label:    {key}={value}");
+    }
     if !run.volumes.is_empty() {
         println!(
             "volumes:  {} (each run gets anonymous volumes there)",

@@ -143,7 +143,7 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         ready_check(args, &plan)?;
     }
     health_check(args, &plan)?;
-    super::labels(args)?;
+    super::labels(args, None)?;
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     // The user's alone: its log and sockets are nobody else's business.
     let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -448,7 +448,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         env,
         volumes,
         networks: plan.net.iter().filter_map(|n| n.network.clone()).collect(),
-        labels: super::labels(args)?,
+        labels: super::labels(args, plan.image.as_ref().map(|i| i.path.as_path()))?,
         remove_at_end: args.rm,
         hold: args.hold,
         stdin: args.interactive,

@@ -492,7 +492,9 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             .map(|s| s.guest.as_str())
             .chain(args.tmpfs.iter().map(|t| t.path.as_str()))
             .collect();
-        let paths = shares::anonymous_paths(&args.volumes, &image_volumes(&built.path)?, &mounted);
+        let image_volumes = image_run_config(&built.path)?.map(|r| r.volumes);
+        let paths =
+            shares::anonymous_paths(&args.volumes, &image_volumes.unwrap_or_default(), &mounted);
         let make = match args.detach {
             true => shares::MakeAnonymous::NameOnly,
             false => shares::MakeAnonymous::ForThisRun,
@@ -541,10 +543,19 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
-/// A detached run's labels: `--label-file`s' lines, then `--label`s, a
-/// later value of a key replacing an earlier one, as docker's.
-fn labels(args: &Args) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut labels = std::collections::BTreeMap::new();
+/// A detached run's labels: the image's LABELs (`image`, those its build
+/// recorded), then `--label-file`s' lines, then `--label`s, a later value
+/// of a key replacing an earlier one, as docker's.
+fn labels(
+    args: &Args,
+    image: Option<&std::path::Path>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut labels = match image {
+        Some(image) => image_run_config(image)?
+            .map(|r| r.labels)
+            .unwrap_or_default(),
+        None => std::collections::BTreeMap::new(),
+    };
     let mut add = |entry: &str, from: &dyn Fn() -> String| -> anyhow::Result<()> {
         let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
         if key.is_empty() || key.chars().any(char::is_whitespace) {
@@ -569,14 +580,16 @@ fn labels(args: &Args) -> anyhow::Result<std::collections::BTreeMap<String, Stri
     Ok(labels)
 }
 
-/// The VOLUMEs of the image at `image`, as its build recorded them beside
-/// it (none for an image husk did not build).
-fn image_volumes(image: &std::path::Path) -> anyhow::Result<Vec<String>> {
+/// The run configuration the build of the image at `image` recorded
+/// beside it; `None` for an image husk did not build.
+fn image_run_config(
+    image: &std::path::Path,
+) -> anyhow::Result<Option<husk_init::config::RunConfig>> {
     if !image.with_file_name("run.json").exists() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let run = builder::images::run_config_of(image).map_err(|e| anyhow::anyhow!(e))?;
-    Ok(run.volumes)
+    Ok(Some(run))
 }
 
 /// `-u`: a name or number, and optionally `:` and a group's; the image's
