@@ -20,6 +20,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -185,8 +186,19 @@ impl Volume {
     /// Removes the volume, unless a running appliance holds it: the
     /// exclusive lock is held while it is renamed away, then removed.
     pub fn remove(&self) -> anyhow::Result<()> {
-        let Some(lock) = self.lock_alone()? else {
-            anyhow::bail!("the volume {} is in use by a running appliance", self.name)
+        self.remove_within(Duration::ZERO)
+    }
+
+    /// [`Self::remove`], waiting up to `patience` for the volume's holders
+    /// to let it go.
+    fn remove_within(&self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        let lock = loop {
+            match self.lock_alone()? {
+                Some(lock) => break lock,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None => anyhow::bail!("the volume {} is in use by a running appliance", self.name),
+            }
         };
         remove_whole(&self.dir, lock)
     }
@@ -264,10 +276,16 @@ pub fn anonymous_name() -> String {
 /// it (this process lets its own hold go first). Says what it did: `Ok`
 /// when it is gone or was never anonymous, an error naming why it stays.
 pub fn remove_anonymous(name: &str) -> anyhow::Result<()> {
-    remove_anonymous_in(&root()?, name)
+    remove_anonymous_in(&root()?, name, Duration::ZERO)
 }
 
-fn remove_anonymous_in(root: &Path, name: &str) -> anyhow::Result<()> {
+/// How long the reaper waits for a volume's holders: the run's processes
+/// close the pipe it waits on before the volumes' locks (a lower
+/// descriptor, closed first as a process exits), so it can wake while the
+/// last of them still holds one.
+const REAPER_PATIENCE: Duration = Duration::from_secs(5);
+
+fn remove_anonymous_in(root: &Path, name: &str, patience: Duration) -> anyhow::Result<()> {
     let volume = Volume::at(root, name);
     if !volume.dir.join(DATA).is_dir() || !volume.anonymous() {
         return Ok(());
@@ -275,7 +293,7 @@ fn remove_anonymous_in(root: &Path, name: &str) -> anyhow::Result<()> {
     HELD.lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|(held, _)| held != name);
-    volume.remove()
+    volume.remove_within(patience)
 }
 
 /// The pipe to this process's reaper (see [`reap_when_done`]).
@@ -310,17 +328,17 @@ pub fn reap_when_done(name: &str) -> anyhow::Result<()> {
 /// `husk volume reap`: reads volume names from stdin to its end, then
 /// removes those that are anonymous and that nothing else holds.
 pub fn reap(input: impl io::Read) -> anyhow::Result<()> {
-    reap_in(&root()?, input)
+    reap_in(&root()?, input, REAPER_PATIENCE)
 }
 
-fn reap_in(root: &Path, input: impl io::Read) -> anyhow::Result<()> {
+fn reap_in(root: &Path, input: impl io::Read, patience: Duration) -> anyhow::Result<()> {
     let mut names = String::new();
     io::BufReader::new(input)
         .read_to_string(&mut names)
         .context("cannot read the names of the volumes to remove")?;
     let mut failed = None;
     for name in names.lines().filter(|n| is_name(n)) {
-        if let Err(e) = remove_anonymous_in(root, name) {
+        if let Err(e) = remove_anonymous_in(root, name, patience) {
             eprintln!("husk: the run's volume {name} stays: {e:#}");
             failed = Some(e);
         }
@@ -359,14 +377,21 @@ mod tests {
         );
         let lock = File::open(held.dir.join(LOCK)).unwrap();
         lock.lock_shared().unwrap();
-        // Names it does not know, or that are no volume's, are passed by.
-        let e = reap_in(dir.path(), "done\nnamed\nheld\nnone\n../x\n".as_bytes()).unwrap_err();
+        // Names it does not know, or that are no volume's, are passed by;
+        // a volume held past its patience stays.
+        let names = "done\nnamed\nheld\nnone\n../x\n".as_bytes();
+        let e = reap_in(dir.path(), names, Duration::from_millis(50)).unwrap_err();
         assert!(e.to_string().contains("in use"), "{e}");
         assert!(!done.dir.exists(), "the anonymous volume stayed");
         assert!(named.data().join("f").exists(), "a named volume went");
         assert!(held.data().join("f").exists(), "a held volume went");
-        drop(lock);
-        reap_in(dir.path(), "held\n".as_bytes()).unwrap();
+        // One let go while it waits is removed.
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(lock);
+        });
+        reap_in(dir.path(), "held\n".as_bytes(), REAPER_PATIENCE).unwrap();
+        letting_go.join().unwrap();
         let left: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

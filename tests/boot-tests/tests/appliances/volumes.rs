@@ -110,7 +110,9 @@ fn anonymous_in(root: &std::path::Path) -> Result<(), Failed> {
     )?;
     let left = volumes_settled(root, 0);
     if !left.is_empty() {
-        return Err(format!("a foreground run's volumes stayed: {left:?}").into());
+        return Err(r
+            .explain(&format!("a foreground run's volumes stayed: {left:?}"))
+            .into());
     }
 
     // Killed with -9: its reaper removes them all the same.
