@@ -476,6 +476,61 @@ fn exec_tty() -> Result<(), Failed> {
     vm.remove(&tree)
 }
 
+/// `husk attach` on a terminal (a pty of the test's, its controlling
+/// terminal): a line typed reaches the shell, whose answer comes back;
+/// the terminal is raw while attached (no echo, no line editing, so the
+/// keys reach the guest as typed); Ctrl-P Ctrl-Q typed detaches with
+/// status 0, and the terminal's modes are as they were.
+fn attach_on_a_terminal(vm: &Vm) -> Result<(), Failed> {
+    let modes = |fd: &OwnedFd| -> Result<libc::tcflag_t, Failed> {
+        // SAFETY: termios is plain data, filled by tcgetattr on our fd.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd and a valid out-pointer.
+        if unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) } != 0 {
+            return Err(format!("tcgetattr: {}", std::io::Error::last_os_error()).into());
+        }
+        Ok(t.c_lflag)
+    };
+    let (master, slave) = openpty(24, 80)?;
+    let ours = slave.try_clone()?;
+    let before = modes(&ours)?;
+    let mut cmd = Command::new(husk_bin()?);
+    cmd.args(["attach", &vm.name])
+        .stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY in the forked child, both
+    // async-signal-safe: the pty becomes husk attach's terminal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(cmd);
+    let watchdog = boot_tests::Watchdog::new(child.id(), LIMIT);
+    let mut term = std::fs::File::from(master);
+    let mut seen = String::new();
+    term.write_all(b"echo tty-$((2+3))\r")?;
+    wait_for(&mut term, &mut seen, "tty-5")?;
+    let during = modes(&ours)?;
+    term.write_all(b"\x10\x11")?;
+    let status = child.wait()?;
+    drop(watchdog);
+    let after = modes(&ours)?;
+    let raw = libc::ICANON | libc::ECHO;
+    if !status.success() || during & raw != 0 || after != before || before & raw != raw {
+        return Err(format!(
+            "attach on a terminal ended with {status}, its modes {before:o} before, \
+             {during:o} while attached, {after:o} after; it showed {seen:?}"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Reads the terminal until `what` has appeared.
 fn wait_for(term: &mut std::fs::File, seen: &mut String, what: &str) -> Result<(), Failed> {
     let mut buf = [0u8; 4096];
@@ -1701,9 +1756,10 @@ fn cp() -> Result<(), Failed> {
 
 /// `husk attach` to a shell run with `-d -i`: what is sent reaches the
 /// shell and its output comes back, and attach ends with the shell's
-/// status; Ctrl-P Ctrl-Q detaches and leaves it running; a `--no-stdin`
-/// attach ends when `husk stop` stops it, with the status `husk wait`
-/// says; nothing is left after `rm`.
+/// status; Ctrl-P Ctrl-Q detaches and leaves it running, also typed on a
+/// terminal, which is raw while attached and as it was after; a
+/// `--no-stdin` attach ends when `husk stop` stops it, with the status
+/// `husk wait` says; nothing is left after `rm`.
 fn attach() -> Result<(), Failed> {
     let vm = Vm::start("d-attach", &["-i", "examples/busybox", "--", "sh"])?;
     let mut all = tree(vm.keeper()?);
@@ -1726,6 +1782,7 @@ fn attach() -> Result<(), Failed> {
     if !vm.ps_line()?.contains("Up ") {
         return Err(format!("running on after a detach: {}", vm.ps_line()?).into());
     }
+    attach_on_a_terminal(&vm)?;
 
     let name = vm.name.clone();
     let attached = std::thread::spawn(move || h(&["attach", "--no-stdin", &name]));
