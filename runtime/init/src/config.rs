@@ -198,7 +198,8 @@ fn env_key(entry: &str) -> Result<&str, ConfigError> {
 
 /// What `husk run` changes for one boot: `-- ARGS...`, `--entrypoint`,
 /// `-e K=V`, `--hostname`, `-u`, `-w`, `--stop-signal`, `--ulimit`,
-/// `--sysctl`, `--shm-size` and `--hold`.
+/// `--sysctl`, `--shm-size`, `--cap-add`/`--cap-drop`, `--security-opt
+/// no-new-privileges` and `--hold`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
@@ -238,6 +239,16 @@ pub struct Overrides {
     /// half the guest's memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
+    /// `--cap-drop` (and `--cap-add` after it): the capabilities, bit N
+    /// for capability N, that init keeps in its bounding set, so that no
+    /// program it starts from then on (the command, `husk exec`'s, health
+    /// checks) gains others, root included; every one when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<u64>,
+    /// `--security-opt no-new-privileges`: set on init, so every program
+    /// it starts has it (no set-user-ID, no file capabilities gained).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
 }
 
 /// The resource limits every process init starts has unless `--ulimit`
@@ -734,6 +745,8 @@ mod tests {
             }],
             sysctls: vec!["net.ipv4.ping_group_range=0 0".into()],
             shm_size: Some(1 << 30),
+            capabilities: Some(1 << 10),
+            no_new_privileges: true,
         };
         let cmdline = format!("console=hvc0 {} panic=-1", o.to_param());
         assert!(!o.to_param().contains(' '));

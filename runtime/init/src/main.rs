@@ -337,9 +337,11 @@ fn load_config(cmdline: &str) -> Result<(RunConfig, Overrides), Failure> {
     Ok((config, overrides))
 }
 
-/// What `--ulimit`, `--sysctl` and `--shm-size` ask of the guest, before
-/// anything of the appliance's starts: init's own resource limits (the
-/// defaults, then those given), the kernel parameters, `/dev/shm`.
+/// What `--ulimit`, `--sysctl`, `--shm-size`, `--cap-drop` and
+/// `--security-opt no-new-privileges` ask of the guest, before anything of
+/// the appliance's starts: init's own resource limits (the defaults, then
+/// those given), the kernel parameters, `/dev/shm`, init's bounding set
+/// and no_new_privs (which every program it starts inherits).
 fn tune(overrides: &Overrides) -> Result<(), Failure> {
     let limits = husk_init::config::DEFAULT_RLIMITS
         .iter()
@@ -358,6 +360,14 @@ fn tune(overrides: &Overrides) -> Result<(), Failure> {
     if let Some(bytes) = overrides.shm_size {
         sys::resize_shm(bytes)
             .map_err(|e| Failure::setup(format!("cannot size /dev/shm to {bytes} bytes: {e}")))?;
+    }
+    if let Some(keep) = overrides.capabilities {
+        sys::limit_capabilities(keep)
+            .map_err(|e| Failure::setup(format!("cannot drop capabilities: {e}")))?;
+    }
+    if overrides.no_new_privileges {
+        sys::no_new_privileges()
+            .map_err(|e| Failure::setup(format!("cannot set no_new_privs: {e}")))?;
     }
     Ok(())
 }

@@ -329,6 +329,29 @@ pub fn set_rlimits(limits: &[agent::Rlimit]) -> io::Result<()> {
     Ok(())
 }
 
+/// Drops from init's bounding set every capability this kernel knows
+/// that `keep` (bit N for capability N) does not hold: no program init
+/// starts from then on gains it, root included. Init's own capabilities
+/// stay (the bounding set only limits what an exec gains).
+pub fn limit_capabilities(keep: u64) -> io::Result<()> {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other("/proc/sys/kernel/cap_last_cap is not a number"))?;
+    for cap in (0..=last.min(63)).filter(|c| keep & (1 << c) == 0) {
+        // SAFETY: prctl with PR_CAPBSET_DROP and a capability number;
+        // it touches no memory of ours.
+        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) })?;
+    }
+    Ok(())
+}
+
+/// Sets no_new_privs on init, which every program it starts inherits.
+pub fn no_new_privileges() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS and plain integers.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+}
+
 /// Sets `/dev/shm`'s size to `bytes` (a remount of the tmpfs
 /// [`mount_filesystems`] made, its other options kept).
 pub fn resize_shm(bytes: u64) -> io::Result<()> {

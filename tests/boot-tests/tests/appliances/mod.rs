@@ -35,7 +35,7 @@ pub fn trials() -> Vec<Trial> {
             init_failures,
         ),
         boot_tests::trial(
-            "run_sets_ulimits_sysctls_and_the_size_of_dev_shm_in_the_guest",
+            "run_sets_ulimits_sysctls_dev_shm_and_capabilities_in_the_guest",
             guest_tuning,
         ),
         boot_tests::trial(
@@ -195,16 +195,39 @@ fn busybox_run_config() -> Result<(), Failed> {
     Ok(())
 }
 
-/// `--ulimit`, `--sysctl` and `--shm-size`, set by init before the
-/// command (on a cold boot's command line and after a warm start's
-/// restore); docker's open-files limits by default; a kernel parameter
+/// `--ulimit`, `--sysctl`, `--shm-size`, `--cap-drop`/`--cap-add` and
+/// `--security-opt no-new-privileges`, set by init before the command (on
+/// a cold boot's command line and after a warm start's restore); docker's
+/// open-files limits and every capability by default; a kernel parameter
 /// the guest's kernel lacks fails the run with init's setup status.
 fn guest_tuning() -> Result<(), Failed> {
     let script = "grep 'open files' /proc/self/limits | tr -s ' '; \
                   cat /proc/sys/net/core/somaxconn; \
-                  grep ' /dev/shm ' /proc/mounts | grep -o 'size=[0-9]*k' || echo no size";
-    let r = run(&["examples/busybox", "--", "sh", "-c", script], b"")?;
-    expect(&r, 0, &["Max open files 1024 524288 files", "no size"])?;
+                  grep ' /dev/shm ' /proc/mounts | grep -o 'size=[0-9]*k' || echo no size; \
+                  grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status | tr -d '\t'; \
+                  echo last=$(cat /proc/sys/kernel/cap_last_cap)";
+    let r = run(
+        &["-u", "0:0", "examples/busybox", "--", "sh", "-c", script],
+        b"",
+    )?;
+    // Every capability the guest's kernel knows.
+    let last: u32 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("last=")?.parse().ok())
+        .ok_or_else(|| r.explain("no cap_last_cap from the guest"))?;
+    let all = format!("{:016x}", u64::MAX >> (63 - last));
+    expect(
+        &r,
+        0,
+        &[
+            "Max open files 1024 524288 files",
+            "no size",
+            &format!("CapBnd:{all}"),
+            &format!("CapEff:{all}"),
+            "NoNewPrivs:0",
+        ],
+    )?;
     for cold in [true, false] {
         let mut args = vec![
             "--ulimit",
@@ -213,16 +236,32 @@ fn guest_tuning() -> Result<(), Failed> {
             "net.core.somaxconn=1234",
             "--shm-size",
             "8m",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "net_bind_service",
+            "--security-opt",
+            "no-new-privileges",
+            "-u",
+            "0:0",
         ];
         if cold {
             args.push("--cold");
         }
         args.extend(["examples/busybox", "--", "sh", "-c", script]);
         let r = run(&args, b"")?;
+        // CAP_NET_BIND_SERVICE is capability 10.
         expect(
             &r,
             0,
-            &["Max open files 4096 8192 files", "1234", "size=8192k"],
+            &[
+                "Max open files 4096 8192 files",
+                "1234",
+                "size=8192k",
+                "CapBnd:0000000000000400",
+                "CapEff:0000000000000400",
+                "NoNewPrivs:1",
+            ],
         )?;
     }
     let r = run(

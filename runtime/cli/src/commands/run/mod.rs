@@ -238,6 +238,22 @@ pub struct Args {
     /// The size of /dev/shm (64m, 1g; default: half the guest's memory)
     #[arg(long, value_name = "SIZE", value_parser = tuning::parse_shm_size)]
     shm_size: Option<u64>,
+    /// Take a capability from every program started in the guest (NET_RAW,
+    /// SYS_ADMIN, ..., ALL): the VM's root has them all unless dropped
+    #[arg(long, value_name = "CAP", value_parser = tuning::parse_capability)]
+    cap_drop: Vec<Option<caps::Capability>>,
+    /// Keep a capability --cap-drop would take (--cap-drop ALL --cap-add
+    /// NET_BIND_SERVICE); with no drop there is nothing to add
+    #[arg(long, value_name = "CAP", value_parser = tuning::parse_capability)]
+    cap_add: Vec<Option<caps::Capability>>,
+    /// Taken as docker's is: the VM's root already has every capability
+    /// and every device of the VM
+    #[arg(long, conflicts_with = "cap_drop")]
+    privileged: bool,
+    /// no-new-privileges: every program started in the guest runs with
+    /// no_new_privs; label=, apparmor= and seccomp=unconfined are taken
+    #[arg(long, value_name = "OPT", value_parser = tuning::parse_security_opt)]
+    security_opt: Vec<Option<bool>>,
     /// Pull a registry image: missing, always (what its tag names now) or
     /// never
     #[arg(long, value_enum, default_value_t)]
@@ -520,6 +536,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         ulimits: args.ulimit.clone(),
         sysctls: args.sysctl.clone(),
         shm_size: args.shm_size,
+        capabilities: tuning::capabilities(&args.cap_add, &args.cap_drop),
+        no_new_privileges: args.security_opt.iter().flatten().last() == Some(&true),
     };
     if let Some(h) = &args.hostname {
         check_hostname(h)?;

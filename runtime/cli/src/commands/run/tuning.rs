@@ -1,6 +1,7 @@
 //! What a run asks of the guest's kernel and init beyond its command:
-//! `--ulimit`, `--sysctl` and `--shm-size`, as docker takes them. The
-//! guest's init applies them before anything of the appliance starts
+//! `--ulimit`, `--sysctl`, `--shm-size`, `--cap-add`/`--cap-drop`,
+//! `--privileged` and `--security-opt`, as docker takes them. The guest's
+//! init applies them before anything of the appliance starts
 //! (`husk_init::config::Overrides`).
 
 use husk_init::config::sysctl_path;
@@ -63,9 +64,101 @@ pub fn parse_shm_size(arg: &str) -> Result<u64, String> {
     }
 }
 
+/// `--cap-add`/`--cap-drop`'s value: a capability (`NET_ADMIN`,
+/// `CAP_NET_ADMIN`, any case) or `ALL`; `None` for ALL.
+pub fn parse_capability(arg: &str) -> Result<Option<caps::Capability>, String> {
+    let upper = arg.to_ascii_uppercase();
+    if upper == "ALL" {
+        return Ok(None);
+    }
+    let name = match upper.starts_with("CAP_") {
+        true => upper,
+        false => format!("CAP_{upper}"),
+    };
+    name.parse()
+        .map(Some)
+        .map_err(|_| format!("{arg:?} is not a capability (NET_ADMIN, SYS_PTRACE, ..., ALL)"))
+}
+
+/// The bounding set `--cap-add` and `--cap-drop` leave, as docker
+/// reckons it, but from every capability (the VM's root has them all: the
+/// VM is the boundary) rather than docker's 14: `--cap-drop ALL` empties
+/// it, other drops take theirs away, then adds put theirs back (`ALL`:
+/// every one). `None` when nothing is dropped.
+pub fn capabilities(
+    add: &[Option<caps::Capability>],
+    drop: &[Option<caps::Capability>],
+) -> Option<u64> {
+    if drop.is_empty() {
+        return None;
+    }
+    let mask = |caps: &[Option<caps::Capability>]| {
+        caps.iter()
+            .map(|c| c.map_or(u64::MAX, |c| c.bitmask()))
+            .fold(0, |all, bits| all | bits)
+    };
+    Some(!mask(drop) | mask(add))
+}
+
+/// What `--security-opt` asks: `no-new-privileges` (also `=true`) is kept,
+/// `false` turns it off; SELinux and AppArmor labels, and `seccomp=
+/// unconfined`, are taken with nothing to do (the host's security module
+/// never sees inside the VM, and husk run filters no guest system calls).
+/// Says whether it asks for no_new_privs.
+pub fn parse_security_opt(arg: &str) -> Result<Option<bool>, String> {
+    let (key, value) = arg
+        .split_once(['=', ':'])
+        .map_or((arg, None), |(k, v)| (k, Some(v)));
+    match (key, value) {
+        ("no-new-privileges", None | Some("true")) => Ok(Some(true)),
+        ("no-new-privileges", Some("false")) => Ok(Some(false)),
+        ("label" | "apparmor", Some(_)) | ("seccomp", Some("unconfined")) => Ok(None),
+        _ => Err(format!(
+            "{arg:?}: husk run takes no-new-privileges[=true|false], label=..., apparmor=... \
+             and seccomp=unconfined"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_are_reckoned_as_docker_does_from_all() {
+        let caps = |list: &[&str]| -> Vec<Option<caps::Capability>> {
+            list.iter().map(|c| parse_capability(c).unwrap()).collect()
+        };
+        let bind = caps::Capability::CAP_NET_BIND_SERVICE.bitmask();
+        let admin = caps::Capability::CAP_SYS_ADMIN.bitmask();
+        assert_eq!(capabilities(&caps(&["NET_ADMIN"]), &[]), None);
+        assert_eq!(
+            capabilities(&caps(&["net_bind_service"]), &caps(&["ALL"])),
+            Some(bind)
+        );
+        assert_eq!(capabilities(&[], &caps(&["CAP_SYS_ADMIN"])), Some(!admin));
+        assert_eq!(
+            capabilities(&caps(&["ALL"]), &caps(&["ALL"])),
+            Some(u64::MAX)
+        );
+        assert!(parse_capability("NET_NOTHING")
+            .unwrap_err()
+            .contains("not a capability"));
+        assert_eq!(parse_security_opt("no-new-privileges"), Ok(Some(true)));
+        assert_eq!(
+            parse_security_opt("no-new-privileges:false"),
+            Ok(Some(false))
+        );
+        assert_eq!(parse_security_opt("label=disable"), Ok(None));
+        assert_eq!(parse_security_opt("seccomp=unconfined"), Ok(None));
+        for bad in [
+            "seccomp=profile.json",
+            "nonsense",
+            "no-new-privileges=maybe",
+        ] {
+            assert!(parse_security_opt(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn ulimits_parse_as_docker_writes_them() {
