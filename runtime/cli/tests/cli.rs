@@ -1716,6 +1716,13 @@ fn labels_are_recorded_from_flags_and_files() {
         home.state_of("lab")["labels"],
         serde_json::json!({ "from": "image", "team": "a", "tier": "front", "flag": "" })
     );
+    // Read once: the recorded command line carries the file's labels, so
+    // a later start does not need the file.
+    let recorded = home.state_of("lab")["args"].to_string();
+    assert!(
+        !recorded.contains("--label-file") && recorded.contains("\"team=a\""),
+        "{recorded}"
+    );
     let bad = home.0.path().join("bad");
     std::fs::write(&bad, "ok=1\n=nokey\n").unwrap();
     home.fails(

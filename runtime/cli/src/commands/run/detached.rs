@@ -144,6 +144,21 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     }
     health_check(args, &plan)?;
     super::labels(args, None)?;
+    // The command line the keeper runs (and husk start again), read now.
+    let typed = std::env::args_os()
+        .skip(1)
+        .map(|a| {
+            a.into_string().map_err(|a| {
+                anyhow::anyhow!(
+                    "{a:?} is not UTF-8: a detached appliance's command line is kept as text"
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    let mut recorded: Vec<std::ffi::OsString> = super::recorded::with_label_files_read(&typed)?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     // The user's alone: its log and sockets are nobody else's business.
     let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -169,15 +184,14 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     let image = plan.image.clone();
     // Its anonymous volumes, named here, are on the keeper's command line
     // (the one husk start runs again): each start mounts the same ones.
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let named = plan
         .new_anonymous
         .iter()
         .flat_map(|(name, path)| ["--anonymous-volume".into(), format!("{name}:{path}").into()]);
-    args.splice(1..1, named);
+    recorded.splice(1..1, named);
     drop(plan);
     let cwd = std::env::current_dir().context("the current folder")?;
-    start_keeper(&vm, &args, &cwd, image.as_ref())
+    start_keeper(&vm, &recorded, &cwd, image.as_ref())
 }
 
 /// Where a keeper's standard streams go.

@@ -574,28 +574,40 @@ fn labels(
             .unwrap_or_default(),
         None => std::collections::BTreeMap::new(),
     };
-    let mut add = |entry: &str, from: &dyn Fn() -> String| -> anyhow::Result<()> {
-        let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
-        if key.is_empty() || key.chars().any(char::is_whitespace) {
-            anyhow::bail!("{}: {entry:?} is not KEY=VALUE", from());
-        }
-        labels.insert(key.to_string(), value.to_string());
-        Ok(())
-    };
-    for file in &args.label_file {
+    labels.extend(label_file_entries(&args.label_file)?);
+    for entry in &args.label {
+        labels.extend([label(entry).map_err(|e| anyhow::anyhow!("--label: {e}"))?]);
+    }
+    Ok(labels)
+}
+
+/// The labels of `--label-file`s, in order: a `KEY=VALUE` a line, blank
+/// lines and `#` comments skipped; an error names the file and line.
+fn label_file_entries(files: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for file in files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("--label-file {}", file.display()))?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if !line.is_empty() && !line.starts_with('#') {
-                add(line, &|| format!("{}:{}", file.display(), n + 1))?;
+                out.push(
+                    label(line)
+                        .map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?,
+                );
             }
         }
     }
-    for entry in &args.label {
-        add(entry, &|| "--label".to_string())?;
+    Ok(out)
+}
+
+/// One label: `KEY=VALUE`, or `KEY` for an empty value.
+fn label(entry: &str) -> Result<(String, String), String> {
+    let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+    if key.is_empty() || key.chars().any(char::is_whitespace) {
+        return Err(format!("{entry:?} is not KEY=VALUE"));
     }
-    Ok(labels)
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// The run configuration the build of the image at `image` recorded

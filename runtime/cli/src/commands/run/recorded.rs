@@ -84,6 +84,21 @@ pub(crate) fn with_option(
     Ok(out)
 }
 
+/// `args` with each `--label-file` replaced by its labels, as `--label
+/// KEY=VALUE`s put first (so the run's own `--label`s still win): a
+/// detached appliance's labels are what its files held when it was made,
+/// as docker reads them once, and a later start does not need the files.
+pub(crate) fn with_label_files_read(args: &[String]) -> anyhow::Result<Vec<String>> {
+    let parsed = crate::parse_run_args(args)?;
+    let read = super::label_file_entries(&parsed.label_file)?;
+    let (mut out, _) = without_options(args, &["--label-file"], None, |a| a.label_file.is_empty())?;
+    let inline = read
+        .into_iter()
+        .flat_map(|(k, v)| ["--label".to_string(), format!("{k}={v}")]);
+    out.splice(1..1, inline);
+    Ok(out)
+}
+
 /// `args` without every option of `flags` (`FLAG VALUE` or
 /// `FLAG=VALUE`; with `value`, only those given it) whose removal leaves a
 /// run that parses, that `same` accepts, and that runs the same target and
@@ -148,6 +163,51 @@ mod tests {
         let removed = words("run -d --rm app");
         let e = with_option(&removed, &["--restart"], "always").unwrap_err();
         assert!(e.to_string().starts_with("--restart always: "), "{e}");
+    }
+
+    #[test]
+    fn label_files_are_read_into_the_recorded_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("labels");
+        std::fs::write(&file, "# ours\na=1\nb=from file\n").unwrap();
+        let file = file.to_str().unwrap().to_string();
+        let run: Vec<String> = [
+            "run",
+            "-d",
+            "--label-file",
+            &file,
+            "-l",
+            "b=2",
+            "app",
+            "--",
+            "x",
+        ]
+        .map(String::from)
+        .to_vec();
+        let read = with_label_files_read(&run).unwrap();
+        assert_eq!(
+            read,
+            [
+                "run",
+                "--label",
+                "a=1",
+                "--label",
+                "b=from file",
+                "-d",
+                "-l",
+                "b=2",
+                "app",
+                "--",
+                "x"
+            ]
+        );
+        std::fs::remove_file(&file).unwrap();
+        let args = crate::parse_run_args(&read).unwrap();
+        assert!(args.label_file.is_empty());
+        assert_eq!(
+            super::super::labels(&args, None).unwrap(),
+            [("a".into(), "1".into()), ("b".into(), "2".into())].into()
+        );
     }
 
     #[test]
