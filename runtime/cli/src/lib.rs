@@ -30,6 +30,9 @@ enum Command {
     /// Boot an appliance (building it first) and exit with its command's
     /// status; with -d, in the background
     Run(Box<commands::run::Args>),
+    /// Make a detached appliance as husk run -d would, without starting it
+    /// (husk start starts it)
+    Create(Box<commands::run::Args>),
     /// Run a command in a detached appliance
     Exec(commands::exec::Args),
     /// List detached appliances
@@ -120,6 +123,23 @@ pub fn parse_run_args(args: &[String]) -> anyhow::Result<commands::run::Args> {
     }
 }
 
+/// Whether a `husk run` command line's options (those before `--`) hold
+/// `-d`: alone, as `--detach`, or among short flags (`-dit`), up to one
+/// that takes a value (`-eDEBUG=1` is `-e` alone).
+pub fn says_detach(args: &[std::ffi::OsString]) -> bool {
+    const TAKE_VALUES: &str = "euwmpvl";
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--")
+        .any(|a| match a.strip_prefix('-') {
+            Some(rest) if !rest.starts_with('-') => rest
+                .chars()
+                .take_while(|c| !TAKE_VALUES.contains(*c))
+                .any(|c| c == 'd'),
+            _ => a == "--detach",
+        })
+}
+
 /// `husk`'s main.
 pub fn husk_main() -> ExitCode {
     let started = std::time::Instant::now();
@@ -134,9 +154,16 @@ pub fn husk_main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    // husk create takes husk run -d's flags, those that need -d included
+    // (and -d itself, which it needs not).
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "create") && !says_detach(&argv[2..]) {
+        argv.insert(2, "-d".into());
+    }
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::Run(args) => commands::run::run(*args, started),
+        Command::Create(args) => commands::run::create(*args),
         Command::Exec(args) => commands::exec::run(args),
         Command::Ps(args) => commands::ps::run(args),
         Command::Logs(args) => commands::logs::run(args),
@@ -174,6 +201,30 @@ pub fn husk_main() -> ExitCode {
         Err(e) => {
             eprintln!("husk: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detach_is_found_among_short_flags_but_not_in_values() {
+        let says = |line: &str| {
+            let args: Vec<std::ffi::OsString> = line.split(' ').map(Into::into).collect();
+            super::says_detach(&args)
+        };
+        for yes in ["-d app", "--detach app", "-it -dP app", "-dp 80 app"] {
+            assert!(says(yes), "{yes}");
+        }
+        for no in [
+            "app",
+            "-eDEBUG=1 app",
+            "-it app",
+            "-v /d:/d app",
+            "app -- -d",
+            "--name d app",
+        ] {
+            assert!(!says(no), "{no}");
         }
     }
 }

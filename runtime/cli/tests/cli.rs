@@ -1746,3 +1746,69 @@ fn labels_are_recorded_from_flags_and_files() {
         "a refused run made its folder"
     );
 }
+
+/// `husk create`: an appliance made as `husk run -d` would make it, not
+/// started (ps -a and status=created list it as Created; wait, and a
+/// start at boot, leave it be), which `husk start` runs (here it stops for
+/// want of a kernel, after its keeper ran) and `husk rm` removes.
+#[test]
+fn create_makes_an_appliance_that_start_runs() {
+    let home = Home::new();
+    let busybox = examples_dir().join("busybox");
+    let busybox = busybox.to_str().unwrap();
+    let made = home.ok(&[
+        "create",
+        "--name",
+        "made",
+        "--restart",
+        "always",
+        "-l",
+        "a=b",
+        busybox,
+        "--",
+        "true",
+    ]);
+    assert_eq!(made, "made\n");
+    let state = home.state_of("made");
+    assert_eq!(state["status"], "exited");
+    assert_eq!(state["keeper_pid"], 0);
+    assert_eq!(state["labels"], serde_json::json!({ "a": "b" }));
+    let args: Vec<String> = serde_json::from_value(state["args"].clone()).unwrap();
+    assert_eq!(args[..2], ["run", "-d"], "{args:?}");
+    assert!(args.ends_with(&["--".into(), "true".into()]), "{args:?}");
+    let names = |args: &[&str]| home.ok(args).lines().map(String::from).collect::<Vec<_>>();
+    assert!(names(&["ps", "-q"]).is_empty());
+    assert_eq!(names(&["ps", "-q", "-f", "status=created"]), ["made"]);
+    let ps = home.ok(&["ps", "-a"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("made") && l.contains("Created")),
+        "{ps}"
+    );
+    home.fails(
+        &["wait", "made"],
+        "made has not been started (husk start made)",
+    );
+    home.ok(&["start", "--at-boot"]);
+    assert_eq!(home.state_of("made")["keeper_pid"], 0, "started at boot");
+    // Started: its keeper ran (and its VM stopped for want of a kernel).
+    home.husk(&["start", "made"]);
+    assert_ne!(home.state_of("made")["keeper_pid"], 0);
+    assert!(!home.ok(&["ps", "-a"]).contains("Created"));
+    home.fails(
+        &["create", "--name", "made", busybox],
+        "taken by an appliance that has exited",
+    );
+    home.ok(&["rm", "made"]);
+    assert!(!home.state().join("made").exists());
+    // -d given as well (here among -dit) is taken once.
+    home.ok(&["create", "-dit", "--name", "again", busybox]);
+    let args: Vec<String> = serde_json::from_value(home.state_of("again")["args"].clone()).unwrap();
+    assert_eq!(args[..3], ["run", "-dit", "--name"], "{args:?}");
+    home.ok(&["rm", "again"]);
+    home.fails(
+        &["create", "--name", "bad", "-l", "=x", busybox],
+        "is not KEY=VALUE",
+    );
+    assert!(!home.state().join("bad").exists());
+}

@@ -78,6 +78,7 @@ fn state_word(state: &State) -> &'static str {
         Status::Starting | Status::Running => "running",
         Status::Created => "created",
         Status::Restarting => "restarting",
+        Status::Exited if state.never_started() => "created",
         Status::Exited => "exited",
     }
 }
@@ -168,7 +169,7 @@ impl Filters {
     fn wants_exited(&self) -> bool {
         self.0
             .iter()
-            .any(|(k, v)| k == "status" && v.iter().any(|v| v == "exited"))
+            .any(|(k, v)| k == "status" && v.iter().any(|v| v == "exited" || v == "created"))
     }
 
     fn matches(&self, state: &State) -> bool {
@@ -323,6 +324,7 @@ fn row(vm: &VmDir, state: State, wants_addresses: bool) -> Row {
             let ago = human_duration(now_ms().saturating_sub(state.finished_ms.unwrap_or(0)));
             (format!("Restarting ({code}) {ago} ago"), String::new())
         }
+        Status::Exited if state.never_started() => ("Created".into(), String::new()),
         Status::Exited => {
             let ago = state
                 .finished_ms

@@ -48,7 +48,11 @@ fn at_boot() -> anyhow::Result<Vec<String>> {
             "" => crate::vms::restart::Policy::No,
             text => text.parse().unwrap_or_default(),
         };
-        if state.status == Status::Exited && policy.starts_at_boot(state.stopped) {
+        // One husk create made and nobody started stays so, as docker's.
+        if state.status == Status::Exited
+            && !state.never_started()
+            && policy.starts_at_boot(state.stopped)
+        {
             names.push(vm.name);
         }
     }

@@ -29,6 +29,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let state = vm.current_state()?;
+    if state.never_started() {
+        anyhow::bail!("{} has not been started (husk start {0})", args.name);
+    }
     match state.exit_code {
         Some(code) => {
             println!("{code}");

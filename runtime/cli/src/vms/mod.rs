@@ -182,6 +182,12 @@ pub struct State {
 }
 
 impl State {
+    /// Made by `husk create` and never started: stopped, with no start on
+    /// record.
+    pub fn never_started(&self) -> bool {
+        self.status == Status::Exited && self.started_ms.is_none() && self.keeper_pid == 0
+    }
+
     /// Fails unless the state keeps the `husk run` command line that
     /// started it (what `start`, `update`, `rename` and `network connect`
     /// work from), as every husk since detached appliances could start

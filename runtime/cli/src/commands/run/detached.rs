@@ -115,9 +115,19 @@ pub(super) fn keep_root(plan: &mut Plan, vm: &VmDir, from_snapshot: bool) -> any
     Ok(())
 }
 
-/// `husk run -d` as the user typed it: checks and builds, makes the VM's
-/// folder, starts the keeper and waits for its word.
-pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
+/// What [`detach`] does once the appliance's folder is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Then {
+    /// `husk run -d`: start the keeper and wait for its word.
+    Start,
+    /// `husk create`: record the appliance, stopped and never started.
+    Record,
+}
+
+/// `husk run -d` (or `husk create`) as the user typed it: checks and
+/// builds, makes the VM's folder, then starts the keeper and waits for its
+/// word, or only records it.
+pub(super) fn detach(args: &Args, then: Then) -> anyhow::Result<ExitCode> {
     if args.target.is_none() {
         anyhow::bail!("-d runs an appliance or an image in the background: name one");
     }
@@ -145,7 +155,7 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
     health_check(args, &plan)?;
     super::labels(args, None)?;
     // The command line the keeper runs (and husk start again), read now.
-    let typed = std::env::args_os()
+    let mut typed = std::env::args_os()
         .skip(1)
         .map(|a| {
             a.into_string().map_err(|a| {
@@ -155,6 +165,14 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
             })
         })
         .collect::<anyhow::Result<Vec<String>>>()?;
+    // husk create's line is husk run -d's.
+    if then == Then::Record {
+        typed[0] = "run".to_string();
+        let given: Vec<std::ffi::OsString> = typed[1..].iter().map(Into::into).collect();
+        if !crate::says_detach(&given) {
+            typed.insert(1, "-d".to_string());
+        }
+    }
     let mut recorded: Vec<std::ffi::OsString> = super::recorded::with_label_files_read(&typed)?
         .into_iter()
         .map(Into::into)
@@ -189,9 +207,66 @@ pub(super) fn detach(args: &Args) -> anyhow::Result<ExitCode> {
         .iter()
         .flat_map(|(name, path)| ["--anonymous-volume".into(), format!("{name}:{path}").into()]);
     recorded.splice(1..1, named);
-    drop(plan);
     let cwd = std::env::current_dir().context("the current folder")?;
+    if then == Then::Record {
+        let recorded: Vec<String> = recorded
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let state = created(args, &plan, &name, recorded, cwd);
+        let written = state.and_then(|s| Ok(vm.write_state(&s)?));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&vm.dir);
+            return Err(e);
+        }
+        println!("{name}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    drop(plan);
     start_keeper(&vm, &recorded, &cwd, image.as_ref())
+}
+
+/// The state of an appliance `husk create` made: stopped and never
+/// started, with the command line `husk start` runs and what `ps`,
+/// `volume` and `network` read of it.
+fn created(
+    args: &Args,
+    plan: &super::Plan,
+    name: &str,
+    recorded: Vec<String>,
+    cwd: std::path::PathBuf,
+) -> anyhow::Result<vms::State> {
+    let appliance = plan.appliance.as_deref();
+    Ok(vms::State {
+        name: name.to_string(),
+        image: args.target.clone().unwrap_or_default(),
+        args: recorded,
+        cwd: Some(cwd),
+        ports: Vec::new(),
+        created_ms: vms::now_ms(),
+        status: vms::Status::Exited,
+        started_ms: None,
+        finished_ms: None,
+        exit_code: None,
+        keeper_pid: 0,
+        keeper_start: 0,
+        restart: args
+            .restart
+            .unwrap_or_else(|| default_restart(args, appliance))
+            .recorded(),
+        restart_count: 0,
+        paused: false,
+        health: None,
+        stop_timeout: super::service::stop_timeout(&args.service, appliance.map(|a| &a.run)),
+        volumes: plan
+            .shares
+            .iter()
+            .filter_map(|s| s.volume.clone())
+            .collect(),
+        networks: plan.net.iter().filter_map(|n| n.network.clone()).collect(),
+        labels: super::labels(args, plan.image.as_ref().map(|i| i.path.as_path()))?,
+        stopped: false,
+    })
 }
 
 /// Where a keeper's standard streams go.

@@ -655,14 +655,28 @@ fn check_hostname(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
-    // --mount's are -v's and --tmpfs's in another form, taken after them.
+/// --mount's are -v's and --tmpfs's in another form, taken after them.
+fn merge_mounts(args: &mut Args) {
     for mount in std::mem::take(&mut args.mount) {
         match mount {
             shares::MountArg::Share(v) => args.volumes.push(v),
             shares::MountArg::Tmpfs(t) => args.tmpfs.push(t),
         }
     }
+}
+
+/// `husk create`: `husk run -d` up to the keeper's start.
+pub fn create(mut args: Args) -> anyhow::Result<ExitCode> {
+    merge_mounts(&mut args);
+    args.detach = true;
+    if args.from_snapshot.is_some() {
+        anyhow::bail!("--from-snapshot: husk create makes an appliance to boot; husk run -d --from-snapshot goes on from a snapshot");
+    }
+    detached::detach(&args, detached::Then::Record)
+}
+
+pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
+    merge_mounts(&mut args);
     let (args, named) = match args.from_snapshot.clone() {
         Some(name) => {
             let (args, named) = named::resolve(args, &name)?;
@@ -674,7 +688,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     if args.detach && vm_child.is_none() {
         return match keeper::from_env(keeper::KEEPER_ENV) {
             Some(vm) => keep(&args, vm),
-            None => detach(&args),
+            None => detach(&args, detached::Then::Start),
         };
     }
     // husk's own steps before the VM exists, for --timings.
