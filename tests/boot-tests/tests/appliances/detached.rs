@@ -67,7 +67,73 @@ pub fn trials() -> Vec<Trial> {
             "detached_attach_takes_the_console_both_ways_detaches_and_ends_with_its_status",
             attach,
         ),
+        boot_tests::trial(
+            "detached_created_appliance_boots_on_start_with_its_volume_and_label",
+            created,
+        ),
     ]
+}
+
+/// `husk create`, then `husk start`: nothing runs before the start (no
+/// keeper, no VM); the start boots it with what create was given (an
+/// anonymous volume, a label), it exits with its command's status, and
+/// `rm -v` leaves nothing.
+fn created() -> Result<(), Failed> {
+    let r = ok(
+        h(&[
+            "create",
+            "--name",
+            "d-made",
+            "-l",
+            "made=yes",
+            "-v",
+            "/scratch",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "grep -c ' /scratch ' /proc/mounts; exit 4",
+        ])?,
+        "husk create",
+    )?;
+    let vm = Vm {
+        name: r.stdout.trim().to_string(),
+        removed: false,
+    };
+    if vm.name != "d-made" || !vm.ps_line()?.contains("Created") || vm.keeper()? != 0 {
+        return Err(format!("created, not started: {}", vm.ps_line()?).into());
+    }
+    ok(h(&["start", &vm.name])?, "husk start")?;
+    let keeper = vm.keeper()?;
+    let all = tree(keeper);
+    let waited = ok(h(&["wait", &vm.name])?, "husk wait")?;
+    let logs = ok(h(&["logs", &vm.name])?, "husk logs")?;
+    let labelled = ok(h(&["ps", "-aq", "-f", "label=made=yes"])?, "ps -f label")?;
+    if waited.stdout.trim() != "4"
+        || !logs.stdout.lines().any(|l| l.trim() == "1")
+        || labelled.stdout.trim() != "d-made"
+    {
+        return Err(format!(
+            "started: status {:?}, console {:?}, by label {:?}",
+            waited.stdout, logs.stdout, labelled.stdout
+        )
+        .into());
+    }
+    let volumes = vm.state()?["volumes"].clone();
+    let mut vm = vm;
+    vm.removed = true;
+    ok(h(&["rm", "-v", &vm.name])?, "husk rm -v")?;
+    nothing_left(&vm.dir(), &all)?;
+    let listed = ok(h(&["volume", "ls", "-q"])?, "volume ls")?;
+    let volume = volumes[0].as_str().unwrap_or_default();
+    if volume.len() != 64 || listed.stdout.contains(volume) {
+        return Err(format!(
+            "its anonymous volume {volumes} after rm -v: {}",
+            listed.stdout
+        )
+        .into());
+    }
+    Ok(())
 }
 
 const LIMIT: Duration = Duration::from_secs(120);
