@@ -7,6 +7,7 @@ pub mod commands;
 pub mod networks;
 pub mod oci;
 pub mod shim;
+pub mod template;
 pub mod vms;
 pub mod volumes;
 

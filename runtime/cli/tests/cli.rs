@@ -1545,9 +1545,19 @@ fn ps_filters_and_formats_as_docker_does() {
     assert_eq!(row["Image"], "examples/web");
     assert_eq!(row["State"], "running");
 
+    // Go's template language, as docker's: functions and control.
+    assert_eq!(
+        home.ok(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names | upper}}{{if eq .State \"exited\"}} (gone){{end}}"
+        ]),
+        "DB\nOLD (gone)\nWEB\n"
+    );
     home.fails(
         &["ps", "--format", "{{.ID}}"],
-        "{{.ID}} is not a field; these are: {{.Names}}",
+        ".ID: no such field; . has Addresses, Image, Labels, Names",
     );
     home.fails(&["ps", "--format", "{{.Names"], "{{ without }}");
     home.fails(&["ps", "-f", "since=a"], "filter by name, status");
@@ -1560,6 +1570,108 @@ fn ps_filters_and_formats_as_docker_does() {
         "no appliance is ever \"sleeping\"",
     );
     home.fails(&["ps", "-f", "name"], "write KEY=VALUE");
+}
+
+/// `husk inspect NAME...` shows appliances as docker inspect shows
+/// containers (one JSON list), and `--format` takes docker's templates.
+#[test]
+fn inspect_shows_appliances_as_docker_does() {
+    let home = Home::new();
+    let (pid, start) = alive_keeper();
+    home.put_state(
+        "web",
+        serde_json::json!({
+            "name": "web", "image": "examples/web", "created_ms": 1_700_000_000_000u64,
+            "ports": ["127.0.0.1:8080->80/tcp", "9090->90/udp"],
+            "status": "running", "started_ms": 1_700_000_001_000u64,
+            "keeper_pid": pid, "keeper_start": start, "networks": ["front"],
+            "restart": "on-failure:3", "restart_count": 2,
+            "labels": {"tier": "front"},
+            "health": {"status": "healthy", "failing_streak": 0, "log": [
+                {"start_ms": 1_700_000_002_000u64, "end_ms": 1_700_000_002_500u64,
+                 "exit_code": 0, "output": "ok"}
+            ]},
+        }),
+    );
+    std::fs::write(
+        home.state().join("web/network-front.address"),
+        "10.89.0.2\n",
+    )
+    .unwrap();
+    home.put_state(
+        "old",
+        serde_json::json!({
+            "name": "old", "image": "examples/hello", "created_ms": 1, "ports": [],
+            "status": "exited", "started_ms": 2, "finished_ms": 3, "exit_code": 3,
+            "keeper_pid": 0, "keeper_start": 0, "volumes": ["data"],
+        }),
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&home.ok(&["inspect", "web", "old"])).unwrap();
+    let web = &listed[0];
+    assert_eq!(web["Name"], "web");
+    assert_eq!(web["Created"], "2023-11-14T22:13:20Z");
+    assert_eq!(web["State"]["Status"], "running");
+    assert_eq!(web["State"]["Running"], true);
+    assert_eq!(web["State"]["Pid"], pid);
+    assert_eq!(web["State"]["Health"]["Status"], "healthy");
+    assert_eq!(web["State"]["Health"]["Log"][0]["Output"], "ok");
+    assert_eq!(web["HostConfig"]["RestartPolicy"]["Name"], "on-failure");
+    assert_eq!(web["HostConfig"]["RestartPolicy"]["MaximumRetryCount"], 3);
+    assert_eq!(
+        web["NetworkSettings"]["Ports"]["80/tcp"],
+        serde_json::json!([{"HostIp": "127.0.0.1", "HostPort": "8080"}])
+    );
+    assert_eq!(
+        web["NetworkSettings"]["Ports"]["90/udp"][0]["HostIp"],
+        "0.0.0.0"
+    );
+    assert_eq!(web["Husk"]["keeper_pid"], pid);
+    let old = &listed[1];
+    assert_eq!(old["State"]["Status"], "exited");
+    assert_eq!(old["State"]["ExitCode"], 3);
+    assert_eq!(old["State"]["Running"], false);
+    assert_eq!(old["State"]["StartedAt"], "1970-01-01T00:00:00.002Z");
+    assert_eq!(old["Mounts"][0]["Name"], "data");
+    assert_eq!(old["HostConfig"]["RestartPolicy"]["Name"], "no");
+
+    let format = |template: &str| home.ok(&["inspect", "-f", template, "web", "old"]);
+    assert_eq!(
+        format("{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}"),
+        "web running 0 2\nold exited 3 0\n"
+    );
+    assert_eq!(
+        format("{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}}{{else}}none{{end}}"),
+        "front=10.89.0.2\nnone\n"
+    );
+    assert_eq!(
+        format("{{index .Config.Labels \"tier\"}}|{{json .Config.Labels}}|{{with .State.Health}}{{.Status}}{{end}}"),
+        "front|{\"tier\":\"front\"}|healthy\n|{}|\n"
+    );
+    assert_eq!(
+        format(
+            "{{range $p, $b := .NetworkSettings.Ports}}{{$p}}>{{(index $b 0).HostPort}} {{end}}"
+        ),
+        "80/tcp>8080 90/udp>9090 \n\n"
+    );
+
+    // One not there: the others are shown, and it fails naming it.
+    let out = home.husk(&["inspect", "-f", "{{.Name}}", "web", "nosuch"]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    home.fails(
+        &["inspect", "-f", "{{.State.Nope}}", "web"],
+        ".State.Nope: no such field",
+    );
+    home.fails(
+        &["inspect", "-f", "{{.State.Health.Status}}", "old"],
+        ".State.Health is nil",
+    );
+    home.fails(
+        &["inspect", "-f", "{{if .Name}}", "web"],
+        "--format: {{if}} without its {{end}}",
+    );
 }
 
 /// Anonymous volumes (`-v /PATH`, the image's VOLUMEs), with no kernel in
@@ -1695,6 +1807,15 @@ fn labels_are_recorded_from_flags_and_files() {
     let busybox = image.as_str();
     let inspected = home.ok(&["inspect", busybox]);
     assert!(inspected.contains("label:    from=image"), "{inspected}");
+    assert_eq!(
+        home.ok(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"from\"}} {{.Format}}",
+            busybox
+        ]),
+        "image ext4\n"
+    );
     let file = home.0.path().join("labels");
     std::fs::write(&file, "# ours\n\nteam=a\ntier=back\n").unwrap();
     let file = file.to_str().unwrap();

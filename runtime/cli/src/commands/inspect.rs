@@ -1,51 +1,132 @@
-//! `husk inspect`: what a built image runs, and what it holds.
+//! `husk inspect`: what a built image runs and what it holds, and a
+//! detached appliance's state as docker inspect shows a container's, with
+//! docker's `--format`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde_json::{json, Map, Value};
+
 use super::target::{boot_cmdline, Pull, Target};
+use crate::template::Template;
+use crate::vms::{Status, VmDir};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A built image (ext4 or initramfs), an appliance file, an image
-    /// reference (built first, from the cache when it can be), or the
-    /// name of a detached appliance
-    image: String,
-    /// List every file with its mode, owner and size
+    /// Built images (ext4 or initramfs), appliance files, image
+    /// references (built first, from the cache when they can be), or the
+    /// names of detached appliances
+    #[arg(required = true, value_name = "NAME|IMAGE")]
+    targets: Vec<String>,
+    /// List every file of an image with its mode, owner and size
     #[arg(long)]
     files: bool,
+    /// Each as TEMPLATE (Go's text/template, as docker's: {{.State.Status}},
+    /// {{json .Config}}, {{range ...}}{{end}}, {{index .Config.Labels
+    /// "KEY"}}), one line each
+    #[arg(short, long, value_name = "TEMPLATE")]
+    format: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // A detached appliance's name, as docker inspect takes a container's.
-    if !Path::new(&args.image).exists() && crate::vms::check_name(&args.image).is_ok() {
-        if let Ok(vm) = crate::vms::VmDir::find(&args.image) {
-            return inspect_vm(&vm);
-        }
-    }
-    let path = if Path::new(&args.image).is_file()
-        && builder::inspect::format_of(Path::new(&args.image)).is_ok()
-    {
-        Path::new(&args.image).to_path_buf()
-    } else {
-        let target = Target::parse(&args.image)?;
-        // As docker inspect, which never pulls: a bare word is a
-        // detached appliance's name or an image pulled already.
-        if target.bare_word().is_some() && target.pull(Pull::Never).is_err() {
-            anyhow::bail!(
-                "no appliance named {0:?}, no file {0}, and no pulled image {0} \
-                 (husk pull {0} pulls it)",
-                args.image
-            );
-        }
-        target.build()?.path
+    let template = match &args.format {
+        Some(t) => Some(Template::parse(t).map_err(|e| anyhow::anyhow!("--format: {e}"))?),
+        None => None,
     };
-    let format = builder::inspect::format_of(&path)?;
-    let run = builder::inspect::run_config(&path)?;
-    let fmt_name = match format {
+    // Without --format, appliances as docker prints containers: one JSON
+    // list of them all, after the rest.
+    let mut listed = Vec::new();
+    let code = super::each_name(&args.targets, |target| {
+        let doc = match appliance(target) {
+            Some(vm) => appliance_doc(&vm)?,
+            None => {
+                let path = image(target)?;
+                if template.is_none() {
+                    return print_image(&path, args.files);
+                }
+                image_doc(&path)?
+            }
+        };
+        match &template {
+            Some(t) => {
+                let line = t
+                    .render(&doc)
+                    .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+                println!("{line}");
+            }
+            None => listed.push(doc),
+        }
+        Ok(())
+    })?;
+    if !listed.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+    }
+    Ok(code)
+}
+
+/// A detached appliance's name, as docker inspect takes a container's
+/// (a file or folder of that name is not one).
+fn appliance(target: &str) -> Option<VmDir> {
+    if Path::new(target).exists() || crate::vms::check_name(target).is_err() {
+        return None;
+    }
+    VmDir::find(target).ok()
+}
+
+/// The image `target` names: built, or built now.
+fn image(target: &str) -> anyhow::Result<PathBuf> {
+    if Path::new(target).is_file() && builder::inspect::format_of(Path::new(target)).is_ok() {
+        return Ok(target.into());
+    }
+    let parsed = Target::parse(target)?;
+    // As docker inspect, which never pulls: a bare word is a detached
+    // appliance's name or an image pulled already.
+    if parsed.bare_word().is_some() && parsed.pull(Pull::Never).is_err() {
+        anyhow::bail!(
+            "no appliance named {0:?}, no file {0}, and no pulled image {0} \
+             (husk pull {0} pulls it)",
+            target
+        );
+    }
+    Ok(parsed.build()?.path)
+}
+
+/// An image as docker inspect shows one (the parts husk has), for
+/// `--format`.
+fn image_doc(path: &Path) -> anyhow::Result<Value> {
+    let run = builder::inspect::run_config(path)?;
+    let set = |items: &[String]| -> Map<String, Value> {
+        items.iter().map(|i| (i.clone(), json!({}))).collect()
+    };
+    Ok(json!({
+        "Id": path,
+        "Format": format_name(builder::inspect::format_of(path)?),
+        "Config": {
+            "Entrypoint": run.entrypoint,
+            "Cmd": run.command.get(run.entrypoint.len()..).unwrap_or_default(),
+            "Env": run.env,
+            "WorkingDir": run.workdir.unwrap_or_default(),
+            "User": run.user.unwrap_or_default(),
+            "Hostname": run.hostname.unwrap_or_default(),
+            "ExposedPorts": set(&run.exposed_ports),
+            "Volumes": set(&run.volumes),
+            "Labels": run.labels,
+        },
+    }))
+}
+
+fn format_name(format: appliance_spec::ImageFormat) -> &'static str {
+    match format {
         appliance_spec::ImageFormat::Ext4 => "ext4",
         appliance_spec::ImageFormat::Initramfs => "initramfs",
-    };
+    }
+}
+
+/// An image as husk shows one: what it runs, and with --files its files.
+fn print_image(path: &Path, files: bool) -> anyhow::Result<()> {
+    let format = builder::inspect::format_of(path)?;
+    let run = builder::inspect::run_config(path)?;
+    let fmt_name = format_name(format);
     println!("image:    {} ({fmt_name})", path.display());
     println!("command:  {}", shell_words(&run.command));
     for e in &run.env {
@@ -76,9 +157,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             appliance_spec::ImageFormat::Initramfs => " and the image as its initrd",
         }
     );
-    if args.files {
+    if files {
         println!();
-        for f in builder::inspect::files(&path)? {
+        for f in builder::inspect::files(path)? {
             println!(
                 "{} {:>5} {:>5} {:>10} {}",
                 f.mode_string(),
@@ -89,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// argv as a shell would need it typed.
@@ -109,19 +190,126 @@ fn shell_words(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// A detached appliance: its recorded state, its folder and, while it
-/// runs, the guest's own view, as JSON.
-fn inspect_vm(vm: &crate::vms::VmDir) -> anyhow::Result<ExitCode> {
+/// A detached appliance as docker inspect shows a container: `Name`,
+/// `Created`, `State` (with `Health`), `Config` (`Image`, `Labels`),
+/// `HostConfig.RestartPolicy`, `NetworkSettings` (`IPAddress`, `Ports`,
+/// `Networks`), `Mounts` (its volumes), `RestartCount` and `LogPath`;
+/// then husk's own: `Guest` (the guest's view, while it runs) and `Husk`
+/// (its `state.json` as it is, and its folder).
+fn appliance_doc(vm: &VmDir) -> anyhow::Result<Value> {
     let state = vm.current_state()?;
-    let running = state.status == crate::vms::Status::Running;
-    let mut value = serde_json::to_value(&state)?;
-    value["dir"] = vm.dir.display().to_string().into();
-    value["log"] = vm.log().display().to_string().into();
-    if running {
-        if let Some(guest) = super::ps::guest_info(vm) {
-            value["guest"] = serde_json::to_value(guest)?;
+    let running = state.status == Status::Running;
+    let guest = if running && !state.paused {
+        super::ps::guest_info(vm)
+    } else {
+        None
+    };
+    let word = super::ps::state_word(&state);
+    let health = state.health.as_ref().map(|h| {
+        json!({
+            "Status": match h.status {
+                crate::vms::HealthStatus::Starting => "starting",
+                crate::vms::HealthStatus::Healthy => "healthy",
+                crate::vms::HealthStatus::Unhealthy => "unhealthy",
+            },
+            "FailingStreak": h.failing_streak,
+            "Log": h.log.iter().map(|c| json!({
+                "Start": time(Some(c.start_ms)),
+                "End": time(Some(c.end_ms)),
+                "ExitCode": c.exit_code,
+                "Output": c.output,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    let policy: crate::vms::restart::Policy = match state.restart.as_str() {
+        "" => crate::vms::restart::Policy::No,
+        text => text.parse().unwrap_or_default(),
+    };
+    let (policy_name, retries) = match policy {
+        crate::vms::restart::Policy::OnFailure { max } => {
+            ("on-failure".to_string(), max.unwrap_or(0))
+        }
+        other => (other.to_string(), 0),
+    };
+    // docker's map of guest ports to the host's.
+    let mut ports = Map::new();
+    for (host, guest) in state.ports.iter().filter_map(|p| super::port::mapping(p)) {
+        let (ip, port) = host.rsplit_once(':').unwrap_or(("", &host));
+        let bound = json!({"HostIp": ip.trim_matches(['[', ']']), "HostPort": port});
+        match ports.entry(guest).or_insert_with(|| json!([])) {
+            Value::Array(a) => a.push(bound),
+            _ => unreachable!("made a list just above"),
         }
     }
-    println!("{}", serde_json::to_string_pretty(&value)?);
-    Ok(ExitCode::SUCCESS)
+    let networks: Map<String, Value> = state
+        .networks
+        .iter()
+        .map(|n| {
+            let file = vm.dir.join(format!("network-{n}.address"));
+            let address = std::fs::read_to_string(file).unwrap_or_default();
+            (n.clone(), json!({"IPAddress": address.trim()}))
+        })
+        .collect();
+    // The guest's first IPv4 address, as docker's IPAddress (its bridge's).
+    let address = guest
+        .iter()
+        .flat_map(|g| &g.addresses)
+        .filter_map(|a| a.split_once(' ')?.1.split_once('/'))
+        .map(|(ip, _)| ip)
+        .find(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut husk = serde_json::to_value(&state)?;
+    husk["dir"] = vm.dir.display().to_string().into();
+    Ok(json!({
+        "Name": state.name,
+        "Created": time(Some(state.created_ms)),
+        "Image": state.image,
+        "RestartCount": state.restart_count,
+        "State": {
+            "Status": word,
+            "Running": running,
+            "Paused": state.paused,
+            "Restarting": state.status == Status::Restarting,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": if running { state.keeper_pid } else { 0 },
+            "ExitCode": state.exit_code.unwrap_or(0),
+            "Error": if state.status == Status::Exited && state.exit_code.is_none() && !state.never_started() {
+                "its keeper was killed: the exit status is unknown"
+            } else {
+                ""
+            },
+            "StartedAt": time(state.started_ms),
+            "FinishedAt": time(state.finished_ms),
+            "Health": health,
+        },
+        "Config": {
+            "Image": state.image,
+            "Labels": state.labels,
+            "StopTimeout": state.stop_timeout.unwrap_or(10),
+        },
+        "HostConfig": {
+            "RestartPolicy": {"Name": policy_name, "MaximumRetryCount": retries},
+        },
+        "NetworkSettings": {
+            "IPAddress": address,
+            "Ports": ports,
+            "Networks": networks,
+        },
+        "Mounts": state.volumes.iter().map(|v| json!({"Type": "volume", "Name": v})).collect::<Vec<_>>(),
+        "LogPath": vm.log(),
+        "Guest": guest,
+        "Husk": husk,
+    }))
+}
+
+/// A time as docker writes one (RFC 3339, UTC); never is Go's zero time.
+fn time(ms: Option<u64>) -> String {
+    use time::format_description::well_known::Rfc3339;
+    ms.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    })
+    .and_then(|t| t.format(&Rfc3339).ok())
+    .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
 }

@@ -56,7 +56,7 @@ fn guest_port(text: &str) -> Option<String> {
 /// A recorded `[IP:]HOST->GUEST/PROTO` as docker shows it: the host
 /// address (`0.0.0.0` for every IPv4 address: passt publishes on IPv4)
 /// and `GUEST/PROTO`.
-fn mapping(spec: &str) -> Option<(String, String)> {
+pub(super) fn mapping(spec: &str) -> Option<(String, String)> {
     let (host, guest) = spec.split_once("->")?;
     let host = if host.bytes().all(|b| b.is_ascii_digit()) {
         format!("0.0.0.0:{host}")

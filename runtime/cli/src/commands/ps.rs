@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::template::Template;
 use crate::vms::control::{Control, Request, Response};
 use crate::vms::{human_duration, now_ms, HealthStatus, State, Status, VmDir};
 
@@ -50,6 +51,15 @@ struct Row {
 }
 
 impl Row {
+    /// The row as a template sees it: each field, as text.
+    fn doc(&self) -> serde_json::Value {
+        FIELDS
+            .iter()
+            .map(|f| (f.to_string(), self.field(f).into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
     fn field(&self, name: &str) -> String {
         match name {
             "Names" => self.state.name.clone(),
@@ -72,7 +82,7 @@ impl Row {
 }
 
 /// docker's one-word state.
-fn state_word(state: &State) -> &'static str {
+pub(super) fn state_word(state: &State) -> &'static str {
     match state.status {
         Status::Running if state.paused => "paused",
         Status::Starting | Status::Running => "running",
@@ -81,48 +91,6 @@ fn state_word(state: &State) -> &'static str {
         Status::Exited if state.never_started() => "created",
         Status::Exited => "exited",
     }
-}
-
-/// A `--format` template: text and the fields it names, in order.
-enum Part {
-    Text(String),
-    Field(&'static str),
-}
-
-fn parse_template(template: &str) -> anyhow::Result<Vec<Part>> {
-    let template = template.replace("\\t", "\t");
-    let mut parts = Vec::new();
-    let mut rest = template.as_str();
-    while let Some(open) = rest.find("{{") {
-        parts.push(Part::Text(rest[..open].to_string()));
-        let close = rest[open..]
-            .find("}}")
-            .ok_or_else(|| anyhow::anyhow!("--format: {{{{ without }}}}"))?;
-        let name = rest[open + 2..open + close].trim();
-        let field = name
-            .strip_prefix('.')
-            .and_then(|n| FIELDS.iter().find(|f| **f == n))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--format: {{{{{name}}}}} is not a field; these are: {}",
-                    FIELDS.map(|f| format!("{{{{.{f}}}}}")).join(" ")
-                )
-            })?;
-        parts.push(Part::Field(field));
-        rest = &rest[open + close + 2..];
-    }
-    parts.push(Part::Text(rest.to_string()));
-    Ok(parts)
-}
-
-fn render(parts: &[Part], value: impl Fn(&'static str) -> String) -> String {
-    parts
-        .iter()
-        .map(|p| match p {
-            Part::Text(t) => t.clone(),
-            Part::Field(f) => value(f),
-        })
-        .collect()
 }
 
 /// `--filter`s, as docker takes them: values of one key are alternatives,
@@ -204,11 +172,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let format = args.format.as_deref().map(str::trim);
     let template = match format {
         None | Some("json") => None,
-        Some(t) => Some(parse_template(t.strip_prefix("table").unwrap_or(t))?),
+        Some(t) => {
+            let t = t.strip_prefix("table").unwrap_or(t).replace("\\t", "\t");
+            Some(Template::parse(&t).map_err(|e| anyhow::anyhow!("--format: {e}"))?)
+        }
     };
     // The guest is asked for its addresses only when they are shown.
     let wants_addresses = match &template {
-        Some(parts) => parts.iter().any(|p| matches!(p, Part::Field("Addresses"))),
+        Some(t) => t.names_field("Addresses"),
         None => !args.quiet,
     };
     let all = args.all || filters.wants_exited();
@@ -232,27 +203,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match (format, &template) {
         (Some("json"), _) => {
             for r in &rows {
-                let object: serde_json::Map<String, serde_json::Value> = FIELDS
-                    .iter()
-                    .map(|f| (f.to_string(), r.field(f).into()))
-                    .collect();
-                println!("{}", serde_json::Value::Object(object));
+                println!("{}", r.doc());
             }
         }
-        (Some(t), Some(parts)) if t.starts_with("table") => {
-            let cells = |value: &dyn Fn(&'static str) -> String| -> Vec<String> {
-                render(parts, value)
-                    .split('\t')
-                    .map(|c| c.trim().to_string())
-                    .collect()
+        (Some(t), Some(template)) if t.starts_with("table") => {
+            let cells = |doc: &serde_json::Value| -> anyhow::Result<Vec<String>> {
+                let line = template
+                    .render(doc)
+                    .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+                Ok(line.split('\t').map(|c| c.trim().to_string()).collect())
             };
-            let mut table = vec![cells(&|f| header(f).to_string())];
-            table.extend(rows.iter().map(|r| cells(&|f| r.field(f))));
+            // The header: the template over each field's title.
+            let titles: serde_json::Map<_, _> = FIELDS
+                .iter()
+                .map(|f| (f.to_string(), header(f).into()))
+                .collect();
+            let mut table = vec![cells(&titles.into())?];
+            for r in &rows {
+                table.push(cells(&r.doc())?);
+            }
             super::print_columns(&table);
         }
-        (_, Some(parts)) => {
+        (_, Some(template)) => {
             for r in &rows {
-                println!("{}", render(parts, |f| r.field(f)));
+                let line = template
+                    .render(&r.doc())
+                    .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+                println!("{line}");
             }
         }
         (_, None) => {
@@ -280,6 +257,7 @@ fn header(field: &str) -> &str {
         "Ports" => "PORTS",
         "Networks" => "NETWORKS",
         "Addresses" => "ADDRESSES",
+        "Labels" => "LABELS",
         other => other,
     }
 }

@@ -103,12 +103,22 @@ fn created() -> Result<(), Failed> {
     if vm.name != "d-made" || !vm.ps_line()?.contains("Created") || vm.keeper()? != 0 {
         return Err(format!("created, not started: {}", vm.ps_line()?).into());
     }
+    let status = "{{.State.Status}} {{.State.ExitCode}} {{index .Config.Labels \"made\"}}";
+    let before = ok(h(&["inspect", "-f", status, &vm.name])?, "inspect -f")?;
     ok(h(&["start", &vm.name])?, "husk start")?;
     let keeper = vm.keeper()?;
     let all = tree(keeper);
     let waited = ok(h(&["wait", &vm.name])?, "husk wait")?;
     let logs = ok(h(&["logs", &vm.name])?, "husk logs")?;
     let labelled = ok(h(&["ps", "-aq", "-f", "label=made=yes"])?, "ps -f label")?;
+    let after = ok(h(&["inspect", "-f", status, &vm.name])?, "inspect -f")?;
+    if before.stdout != "created 0 yes\n" || after.stdout != "exited 4 yes\n" {
+        return Err(format!(
+            "inspect -f before the start {:?}, after it ended {:?}",
+            before.stdout, after.stdout
+        )
+        .into());
+    }
     if waited.stdout.trim() != "4"
         || !logs.stdout.lines().any(|l| l.trim() == "1")
         || labelled.stdout.trim() != "d-made"
@@ -1143,11 +1153,11 @@ fn web_wait_ready() -> Result<(), Failed> {
     }
     let inspect = ok(h(&["inspect", &vm.name])?, "inspect")?;
     let v: serde_json::Value = serde_json::from_str(&inspect.stdout)?;
-    let addresses = v["guest"]["addresses"]
+    let addresses = v[0]["Guest"]["addresses"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    if v["guest"]["hostname"] != "web"
+    if v[0]["Guest"]["hostname"] != "web"
         || !addresses
             .iter()
             .any(|a| a.as_str().is_some_and(|a| a.starts_with("eth0 ")))

@@ -210,7 +210,7 @@ fn cpu_share(pid: u32, over: Duration) -> Result<f64, Failed> {
 fn agent_processes(vm: &Vm) -> Result<u64, Failed> {
     let r = ok(h(&["inspect", &vm.name])?, "husk inspect")?;
     let v: serde_json::Value = serde_json::from_str(&r.stdout)?;
-    v["guest"]["processes"]
+    v[0]["Guest"]["processes"]
         .as_u64()
         .ok_or_else(|| r.explain("inspect shows the agent's processes").into())
 }
