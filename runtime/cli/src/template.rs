@@ -85,6 +85,7 @@ enum Token {
 impl Template {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let pieces = lex(text)?;
+        check_depth(&pieces)?;
         let mut at = 0;
         let (nodes, stop) = parse_list(&pieces, &mut at)?;
         if let Some(stop) = stop {
@@ -166,6 +167,39 @@ fn lex(text: &str) -> anyhow::Result<Vec<Piece>> {
         rest.to_string()
     }));
     Ok(pieces)
+}
+
+/// Blocks and parentheses nest at most [`MAX_DEPTH`] deep, so that the
+/// parser's recursion is bounded whatever the template.
+const MAX_DEPTH: usize = 64;
+
+fn check_depth(pieces: &[Piece]) -> anyhow::Result<()> {
+    let mut blocks = 0usize;
+    for piece in pieces {
+        let Piece::Action(tokens) = piece else {
+            continue;
+        };
+        match tokens.first() {
+            Some(Token::Ident(k)) if ["if", "with", "range"].contains(&k.as_str()) => blocks += 1,
+            Some(Token::Ident(k)) if k == "end" => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        let mut parens = 0usize;
+        for t in tokens {
+            match t {
+                Token::Open => parens += 1,
+                Token::Close => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+            if blocks + parens > MAX_DEPTH {
+                anyhow::bail!("blocks and parentheses nested more than {MAX_DEPTH} deep");
+            }
+        }
+        if blocks > MAX_DEPTH {
+            anyhow::bail!("blocks and parentheses nested more than {MAX_DEPTH} deep");
+        }
+    }
+    Ok(())
 }
 
 /// An action's tokens up to its `}}` (or ` -}}`), and how many bytes they
@@ -940,6 +974,63 @@ mod tests {
         );
     }
 
+    /// Any text of template pieces is parsed and rendered, or refused:
+    /// never a panic (a cheap stand-in for a fuzz target, which would pull
+    /// the whole command line into the fuzz build).
+    #[test]
+    fn any_text_renders_or_is_refused() {
+        const BITS: [&str; 24] = [
+            "{{",
+            "}}",
+            "{{- ",
+            " -}}",
+            ".",
+            ".Name",
+            ".State",
+            ".Config.Labels",
+            "$",
+            "$k",
+            "(",
+            ")",
+            "|",
+            " ",
+            "\"",
+            "`",
+            "if ",
+            "range ",
+            "else",
+            "end",
+            "json ",
+            "index ",
+            ":=",
+            "é",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let doc = doc();
+        let (mut parsed, mut rendered) = (0, 0);
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..next() % 24 {
+                text.push_str(BITS[(next() % BITS.len() as u64) as usize]);
+            }
+            if let Ok(t) = Template::parse(&text) {
+                parsed += 1;
+                rendered += usize::from(t.render(&doc).is_ok());
+            }
+        }
+        // The texts reach the renderer, not only the parser's refusals.
+        assert!(
+            parsed > 1_000 && rendered > 500,
+            "{parsed} parsed, {rendered} rendered"
+        );
+    }
+
     #[test]
     fn mistakes_are_named() {
         assert!(fails("{{.State.Nope}}")
@@ -958,5 +1049,17 @@ mod tests {
         assert!(fails("{{}}").contains("an empty {{}}"));
         assert!(fails("{{range .Name}}{{end}}").contains("not a list or a map"));
         assert!(fails("{{index .Config.Env 5}}").contains("out of range"));
+        let deep = format!("{}.Name{}", "{{if .Name}}".repeat(65), "{{end}}".repeat(65));
+        assert!(fails(&deep).contains("nested more than 64 deep"));
+        let deep = format!("{{{{{}.Name{}}}}}", "(".repeat(65), ")".repeat(65));
+        assert!(fails(&deep).contains("nested more than 64 deep"));
+        assert_eq!(
+            render(&format!(
+                "{{{{{}.Name{}}}}}",
+                "(".repeat(64),
+                ")".repeat(64)
+            )),
+            "web"
+        );
     }
 }
