@@ -1926,6 +1926,22 @@ fn create_makes_an_appliance_that_start_runs() {
     home.ok(&["create", "-dit", "--name", "again", busybox]);
     let args: Vec<String> = serde_json::from_value(home.state_of("again")["args"].clone()).unwrap();
     assert_eq!(args[..3], ["run", "-dit", "--name"], "{args:?}");
+    // start -a: what this run's console said (here, why it stopped), from
+    // the log, and its status.
+    home.fails(&["start", "-a", "again", "made"], "take one appliance");
+    let attached = home.husk(&["start", "-a", "again"]);
+    let said = String::from_utf8_lossy(&attached.stdout);
+    assert!(
+        !attached.status.success() && said.contains("kernel"),
+        "{said}"
+    );
+    let again = home.husk(&["start", "-a", "again"]);
+    let said_again = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(
+        said_again.lines().count(),
+        said.lines().count(),
+        "{said_again}"
+    );
     home.ok(&["rm", "again"]);
     home.fails(
         &["create", "--name", "bad", "-l", "=x", busybox],

@@ -33,6 +33,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if vm.current_state()?.status != Status::Running {
         anyhow::bail!("{name} is not running (husk start {name} starts it)");
     }
+    attach_to(&vm, !args.no_stdin, &keys, None)
+}
+
+/// `husk start -a`: the console of the run it just started, from `since_ms`
+/// (before the start) on, so none of its output is missed, also when it
+/// has ended already; exits with its status.
+pub fn attach_since(
+    vm: &VmDir,
+    stdin: bool,
+    detach: &str,
+    since_ms: u64,
+) -> anyhow::Result<ExitCode> {
+    let keys = detach_keys(detach)?;
+    let attached = attach_to(vm, stdin, &keys, Some(since_ms));
+    // Its keeper was gone before it could attach (the run was short): the
+    // log and the recorded status tell all.
+    if attached.is_err() && vm.current_state()?.status == Status::Exited {
+        return replay_ended(vm, since_ms);
+    }
+    attached
+}
+
+/// A run that has ended: its console since `since_ms`, from the log, and
+/// the status its keeper recorded.
+pub fn replay_ended(vm: &VmDir, since_ms: u64) -> anyhow::Result<ExitCode> {
+    let select = crate::vms::log::Select {
+        since: Some(i128::from(since_ms) * 1_000_000),
+        ..Default::default()
+    };
+    let (text, _) = crate::vms::log::read(&vm.log(), &select)?;
+    std::io::stdout().write_all(&text)?;
+    Ok(exit_code(&vm.name, vm.current_state()?.exit_code))
+}
+
+fn attach_to(
+    vm: &VmDir,
+    want_stdin: bool,
+    keys: &[u8],
+    since_ms: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let name = &vm.name;
+    let keys = keys.to_vec();
     // Its status, asked for first on a connection of its own: answered
     // when the VM ends, whatever the console says meanwhile.
     let mut waiter = Control::connect(&vm.control(), name)?;
@@ -42,12 +84,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     let mut control = Control::connect(&vm.control(), name)?;
     let stdin = match control.call(&Request::Attach {
-        stdin: !args.no_stdin,
+        stdin: want_stdin,
+        since_ms,
     })? {
         Response::Attached { stdin } => stdin,
         other => anyhow::bail!("unexpected answer from {name}'s keeper: {other:?}"),
     };
-    if !args.no_stdin && !stdin {
+    if want_stdin && !stdin {
         eprintln!("husk: {name} was not run with -i: its console takes no input here");
     }
     let conn = control.into_stream();
@@ -81,11 +124,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // The keeper is gone: what it recorded.
         vm.current_state().ok().and_then(|s| s.exit_code)
     });
+    Ok(exit_code(name, code))
+}
+
+fn exit_code(name: &str, code: Option<u8>) -> ExitCode {
     match code {
-        Some(c) => Ok(ExitCode::from(c)),
+        Some(c) => ExitCode::from(c),
         None => {
             eprintln!("husk: {name} stopped; its exit status is unknown");
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
     }
 }

@@ -13,8 +13,19 @@ pub struct StartArgs {
     /// Start every stopped appliance whose restart policy is always, or
     /// unless-stopped and it was not stopped by husk stop (what a host
     /// restart stopped; a systemd unit runs this at boot)
-    #[arg(long, conflicts_with = "names")]
+    #[arg(long, conflicts_with_all = ["names", "attach", "interactive"])]
     at_boot: bool,
+    /// Its console here, from its start on, until it stops; exits with
+    /// its status (one appliance)
+    #[arg(short, long)]
+    attach: bool,
+    /// Also send this input to its console (run -i or create -i; implies
+    /// --attach)
+    #[arg(short, long)]
+    interactive: bool,
+    /// The keys that detach (with -a or -i), as docker's
+    #[arg(long, default_value = "ctrl-p,ctrl-q", value_name = "KEYS")]
+    detach_keys: String,
     #[arg(required_unless_present = "at_boot")]
     names: Vec<String>,
 }
@@ -33,7 +44,40 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     if args.at_boot {
         return super::each_name(&at_boot()?, |name| start_one(name, false));
     }
+    if args.attach || args.interactive {
+        let [name] = args.names.as_slice() else {
+            anyhow::bail!(
+                "husk start -a and -i take one appliance, not {}",
+                args.names.len()
+            );
+        };
+        return start_attached(name, args.interactive, &args.detach_keys);
+    }
     super::each_name(&args.names, |name| start_one(name, false))
+}
+
+/// `husk start -a`: started as `husk start` starts it, then its console
+/// from the start on (read from the log, so nothing it said before the
+/// attach is missed), with its status, as docker start -a.
+fn start_attached(name: &str, stdin: bool, detach_keys: &str) -> anyhow::Result<ExitCode> {
+    let vm = VmDir::find(name)?;
+    let state = vm.current_state()?;
+    if state.status != Status::Exited {
+        anyhow::bail!("{name} is running already (husk attach {name})");
+    }
+    state.check_recorded()?;
+    let cwd = state
+        .cwd
+        .clone()
+        .with_context(|| format!("{name}'s state does not say where it was started"))?;
+    let args: Vec<std::ffi::OsString> = state.args.iter().map(Into::into).collect();
+    // The log's lines carry the time they arrived: this run's are after.
+    let since = crate::vms::now_ms();
+    match super::run::launch_keeper(&vm, &args, &cwd, None)? {
+        // Stopped before it was ready: what it said, and its status.
+        Some(_) => super::attach::replay_ended(&vm, since),
+        None => super::attach::attach_since(&vm, stdin, detach_keys, since),
+    }
 }
 
 /// The appliances `--at-boot` starts: stopped, and their restart policy

@@ -51,7 +51,13 @@ pub enum Request {
     /// `husk attach`: the connection becomes the console's stream, its
     /// output from now on and (`stdin`, for an appliance run with `-i`)
     /// its input, until the VM ends. Answer: [`Response::Attached`].
-    Attach { stdin: bool },
+    /// `since_ms`: the console's output since then (ms since the epoch)
+    /// first, from the log (`husk start -a`: all of the run just started).
+    Attach {
+        stdin: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

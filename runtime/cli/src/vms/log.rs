@@ -84,18 +84,24 @@ impl LogWriter {
             .read(true)
             .mode_0600()
             .open(path)?;
-        let size = file.metadata()?.len();
-        // Run again (a restart), it goes on where the last run stopped.
+        let mut size = file.metadata()?.len();
+        // Run again (a restart), it goes on after the last run's output,
+        // on a line of its own (with its own time: `husk start -a` shows
+        // a run's lines by their times).
         let mut last = [b'\n'];
         if size > 0 {
             file.read_exact_at(&mut last, size - 1)?;
+        }
+        if last[0] != b'\n' {
+            (&file).write_all(b"\n")?;
+            size += 1;
         }
         Ok(LogWriter {
             path: path.into(),
             file,
             size,
             max,
-            line_start: last[0] == b'\n',
+            line_start: true,
         })
     }
 

@@ -71,6 +71,10 @@ pub fn trials() -> Vec<Trial> {
             "detached_created_appliance_boots_on_start_with_its_volume_and_label",
             created,
         ),
+        boot_tests::trial(
+            "detached_start_attach_shows_each_run_whole_takes_input_and_ends_with_its_status",
+            start_attached,
+        ),
     ]
 }
 
@@ -144,6 +148,71 @@ fn created() -> Result<(), Failed> {
         .into());
     }
     Ok(())
+}
+
+/// `husk start -a` of a created appliance: all of the run's console
+/// (what it said before the attach too, from the log) and its status; a
+/// second start shows its own run alone. `start -ai` sends its input to
+/// one created with `-i`.
+fn start_attached() -> Result<(), Failed> {
+    let script = "echo first; sleep 1; echo second; exit 5";
+    let r = h(&[
+        "create",
+        "--name",
+        "d-sa",
+        "examples/busybox",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])?;
+    let vm = Vm {
+        name: ok(r, "husk create")?.stdout.trim().to_string(),
+        removed: false,
+    };
+    let lines = |r: &HuskRun| -> Vec<String> {
+        r.stdout
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    for run in ["first", "second"] {
+        let r = h(&["start", "-a", &vm.name])?;
+        if r.code != Some(5) || lines(&r) != ["first", "second"] {
+            return Err(r
+                .explain(&format!(
+                    "{run} start -a: the run's two lines, once each, and status 5"
+                ))
+                .into());
+        }
+    }
+    let r = h(&[
+        "create",
+        "-i",
+        "--name",
+        "d-si",
+        "examples/busybox",
+        "--",
+        "sh",
+        "-c",
+        "read x; echo got $x; exit 2",
+    ])?;
+    let input = Vm {
+        name: ok(r, "husk create -i")?.stdout.trim().to_string(),
+        removed: false,
+    };
+    let r = h_in(&["start", "-ai", &input.name], b"hello\n")?;
+    if r.code != Some(2) || !lines(&r).iter().any(|l| l == "got hello") {
+        return Err(r.explain("start -ai: the input read, status 2").into());
+    }
+    refused(
+        h(&["start", "-a", &vm.name, &input.name])?,
+        "take one appliance",
+    )?;
+    // Both have ended: rm must leave no folder, jail or cgroup.
+    vm.remove(&[])?;
+    input.remove(&[])
 }
 
 const LIMIT: Duration = Duration::from_secs(120);

@@ -414,15 +414,12 @@ pub fn start_keeper(
     image: Option<&BuiltImage>,
 ) -> anyhow::Result<ExitCode> {
     let name = &vm.name;
-    let (mut keeper, from_keeper) = spawn_keeper(vm, args, cwd, image, KeeperStdio::Word, None)?;
-    let word = keeper::await_keeper(from_keeper);
-    match word {
+    match launch_keeper(vm, args, cwd, image) {
         Ok(None) => {
             println!("{name}");
             Ok(ExitCode::SUCCESS)
         }
         Ok(Some(code)) => {
-            let _ = keeper.wait();
             let status = code.map_or("unknown".into(), |c| c.to_string());
             eprintln!("husk: {name} stopped before it was ready (exit status {status}); its console ends with:");
             let tail = vms::log::tail(&vm.log(), Some(20)).unwrap_or_default();
@@ -430,14 +427,29 @@ pub fn start_keeper(
             eprintln!("husk: see husk logs {name}; husk rm {name} removes it");
             Ok(ExitCode::from(code.filter(|c| *c != 0).unwrap_or(1)))
         }
-        Err(e) => {
-            let _ = keeper.wait();
-            if !vm.state_file().exists() {
-                let _ = std::fs::remove_dir_all(&vm.dir);
-            }
-            Err(e)
-        }
+        Err(e) => Err(e),
     }
+}
+
+/// Starts the keeper of `vm` and waits for its word: `None` once the
+/// appliance runs, `Some(status)` when it stopped before (its keeper has
+/// ended then). A keeper that failed before it wrote a state leaves no
+/// folder behind.
+pub fn launch_keeper(
+    vm: &VmDir,
+    args: &[std::ffi::OsString],
+    cwd: &std::path::Path,
+    image: Option<&BuiltImage>,
+) -> anyhow::Result<Option<Option<u8>>> {
+    let (mut keeper, from_keeper) = spawn_keeper(vm, args, cwd, image, KeeperStdio::Word, None)?;
+    let word = keeper::await_keeper(from_keeper);
+    if !matches!(word, Ok(None)) {
+        let _ = keeper.wait();
+    }
+    if word.is_err() && !vm.state_file().exists() {
+        let _ = std::fs::remove_dir_all(&vm.dir);
+    }
+    word
 }
 
 /// What `--wait-ready` waits for: the appliance's `[run.ready]` check,

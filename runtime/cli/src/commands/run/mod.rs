@@ -33,7 +33,7 @@ mod shares;
 mod tuning;
 pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
-pub use detached::{in_new_session, spawn_keeper, start_keeper, KeeperStdio};
+pub use detached::{in_new_session, launch_keeper, spawn_keeper, start_keeper, KeeperStdio};
 pub(crate) use net::network_alias;
 use net::{attach_net, parse_net, plan_net, NetMode, PlannedNet};
 pub(crate) use recorded::{with_network, with_option, without_network};

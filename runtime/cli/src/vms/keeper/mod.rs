@@ -625,11 +625,7 @@ fn pump_log(mut from: io::PipeReader, mut log: LogWriter, shared: &Shared) {
     loop {
         match io::Read::read(&mut from, &mut buf) {
             Ok(0) => break,
-            Ok(n) => {
-                // A full disk loses log lines, never the VM.
-                let _ = log.write_all(&buf[..n]);
-                attach::send(shared, &buf[..n]);
-            }
+            Ok(n) => attach::log_and_send(shared, &mut log, &buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }

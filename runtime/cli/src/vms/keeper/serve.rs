@@ -48,10 +48,10 @@ fn control_connection(mut conn: UnixStream, shared: &Arc<Shared>) {
             // may wait on it for as long as a process runs.
             // The connection is the console's stream from here on, held by
             // the keeper's output pump (not by this request's pass).
-            Request::Attach { stdin } => {
+            Request::Attach { stdin, since_ms } => {
                 let stdin = stdin && super::attach::has_input(shared);
                 if agent::write(&mut conn, &Response::Attached { stdin }).is_ok() {
-                    super::attach::attach(shared, conn, stdin);
+                    super::attach::attach(shared, conn, stdin, since_ms);
                 }
                 return;
             }

@@ -34,16 +34,17 @@ fn each_line_is_stamped_once_and_reads_back_as_written() {
     w.write_all(b"one\ntw").unwrap();
     w.write_all(b"o\nthr").unwrap();
     drop(w);
-    // Run again (a restart) in the middle of a line: it goes on there.
+    // Run again (a restart) in the middle of a line: the new run's
+    // output starts a line of its own, with its own time.
     let mut w = LogWriter::create(&path, 1 << 20).unwrap();
     w.write_all(b"ee\n\nfour").unwrap();
     let raw = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(raw.lines().count(), 5, "{raw}");
+    assert_eq!(raw.lines().count(), 6, "{raw}");
     assert!(
         raw.lines().all(|l| split_stamp(l.as_bytes()).0.is_some()),
         "{raw}"
     );
-    assert_eq!(tail(&path, None).unwrap(), b"one\ntwo\nthree\n\nfour");
+    assert_eq!(tail(&path, None).unwrap(), b"one\ntwo\nthr\nee\n\nfour");
     assert_eq!(tail(&path, Some(2)).unwrap(), b"\nfour");
     let (shown, current) = read(
         &path,
