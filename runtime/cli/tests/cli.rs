@@ -271,6 +271,24 @@ fn image_ls_prune_and_rm_take_only_what_they_should() {
     assert!(line(&old).contains("superseded"), "{ls}");
     assert!(line(&orphan).contains("orphaned"), "{ls}");
     assert!(!line(&new).contains("superseded") && !line(&new).contains("orphaned"));
+    // docker's --format: a template a line, json, a table.
+    let (code, keys, err) = husk_c(&["image", "ls", "--format", "{{.Key}} {{.State}}"]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort();
+    let mut want = vec![
+        format!("{new} "),
+        format!("{old} superseded"),
+        format!("{orphan} orphaned"),
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+    let (_, json, _) = husk_c(&["image", "ls", "--format", "json"]);
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["ID"].as_str().unwrap().len(), 12, "{json}");
+    let (_, table, _) = husk_c(&["image", "ls", "--format", "table {{.ID}}\\t{{.Format}}"]);
+    assert!(table.starts_with("KEY "), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
 
     // A killed build's folder (no process has pid 0 in /proc).
     let leftover = cache.join("images").join(".0123.tmp-0-0");
@@ -823,6 +841,15 @@ fn networks_are_made_listed_held_by_the_appliances_that_name_them_and_pruned() {
             "status": "exited", "keeper_pid": 1, "keeper_start": 1, "networks": ["backend"]}),
     );
     std::fs::write(state.join("db/network-backend.address"), "10.89.9.7\n").unwrap();
+    assert_eq!(
+        home.ok(&[
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}} {{.Internal}} {{.Appliances}}"
+        ]),
+        "backend false db\nquiet true \nspare false \n"
+    );
     let ls = home.ok(&["network", "ls"]);
     assert!(
         ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
@@ -1733,6 +1760,15 @@ fn anonymous_volumes_go_with_their_run_or_stay_with_their_appliance() {
         ls.lines()
             .any(|l| l.starts_with(name) && l.ends_with("keep")),
         "{ls}"
+    );
+    assert_eq!(
+        home.ok(&[
+            "volume",
+            "ls",
+            "--format",
+            "{{.Name}} {{.Driver}} {{.UsedBy}}"
+        ]),
+        format!("{name} local keep\n")
     );
     // Started again: the same volume, and no other.
     home.husk(&["start", "keep"]);

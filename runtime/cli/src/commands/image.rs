@@ -14,7 +14,13 @@ use super::human_size;
 pub enum Command {
     /// List the built images: format, size on disk, when built and last
     /// used, and the appliance file or image reference last built to it
-    Ls,
+    Ls {
+        /// Each as TEMPLATE says, as docker's: {{.ID}} (12 digits) {{.Key}}
+        /// {{.Format}} {{.Size}} {{.Built}} {{.Used}} {{.State}}
+        /// {{.Target}}; "table TEMPLATE"; "json"
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
+    },
     /// Remove images by key (or a unique beginning of a key); a VM running
     /// one keeps it until it ends
     Rm {
@@ -35,8 +41,12 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let listing =
         images::list(&cache).with_context(|| format!("cannot read {}/images", cache.display()))?;
     match cmd {
-        Command::Ls => {
-            ls(&listing.images);
+        Command::Ls { format } => {
+            let format = format
+                .as_deref()
+                .map(super::listing::Format::parse)
+                .transpose()?;
+            ls(&listing.images, format)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rm { keys } => super::each_name(&keys, |key| {
@@ -93,13 +103,22 @@ pub fn doomed(listing: images::Listing, all: bool) -> Vec<super::Doomed<'static>
         .collect()
 }
 
-fn ls(all: &[CachedImage]) {
-    println!(
-        "{:<14} {:<9} {:>9}  {:<14}  {:<14}  {:<10}  TARGET",
-        "KEY", "FORMAT", "SIZE", "BUILT", "USED", "STATE"
-    );
+/// The fields of `image ls`, and their titles.
+const COLUMNS: [(&str, &str); 8] = [
+    ("ID", "KEY"),
+    ("Key", "KEY"),
+    ("Format", "FORMAT"),
+    ("Size", "SIZE"),
+    ("Built", "BUILT"),
+    ("Used", "USED"),
+    ("State", "STATE"),
+    ("Target", "TARGET"),
+];
+
+fn ls(all: &[CachedImage], format: Option<super::listing::Format>) -> anyhow::Result<()> {
     let now = crate::vms::now_ms();
     let ago = |ms: u64| format!("{} ago", crate::vms::human_duration(now.saturating_sub(ms)));
+    let mut rows = Vec::new();
     for (image, unused) in all.iter().zip(images::unused(all)) {
         let built = image.built.map_or_else(
             || "?".into(),
@@ -118,18 +137,41 @@ fn ls(all: &[CachedImage]) {
             Some(Unused::Superseded) => "superseded",
             Some(Unused::Orphaned) => "orphaned",
         };
+        rows.push(super::listing::row(&COLUMNS, |field| match field {
+            "ID" => image.key[..image.key.len().min(12)].to_string(),
+            "Key" => image.key.clone(),
+            "Format" => image.format.to_string(),
+            "Size" => human_size(image.bytes),
+            "Built" => built.clone(),
+            "Used" => used.clone(),
+            "State" => state.into(),
+            _ => target.into(),
+        }));
+    }
+    if let Some(format) = format {
+        return format.print(&COLUMNS, &rows);
+    }
+    let cell =
+        |row: &serde_json::Value, field: &str| row[field].as_str().unwrap_or_default().to_string();
+    println!(
+        "{:<14} {:<9} {:>9}  {:<14}  {:<14}  {:<10}  TARGET",
+        "KEY", "FORMAT", "SIZE", "BUILT", "USED", "STATE"
+    );
+    for r in &rows {
         println!(
-            "{:<14} {:<9} {:>9}  {:<14}  {:<14}  {:<10}  {target}",
-            &image.key[..image.key.len().min(12)],
-            image.format,
-            human_size(image.bytes),
-            built,
-            used,
-            state,
+            "{:<14} {:<9} {:>9}  {:<14}  {:<14}  {:<10}  {}",
+            cell(r, "ID"),
+            cell(r, "Format"),
+            cell(r, "Size"),
+            cell(r, "Built"),
+            cell(r, "Used"),
+            cell(r, "State"),
+            cell(r, "Target"),
         );
     }
     let total: u64 = all.iter().map(|i| i.bytes).sum();
     eprintln!("husk: {} images, {}", all.len(), human_size(total));
+    Ok(())
 }
 
 /// The image whose key is or begins with `key`.

@@ -9,6 +9,7 @@ pub mod export;
 pub mod image;
 pub mod inspect;
 pub mod kernel;
+mod listing;
 pub mod login;
 pub mod logs;
 pub mod network;

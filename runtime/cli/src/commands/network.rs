@@ -29,6 +29,11 @@ pub enum Command {
         /// Only the names
         #[arg(short, long)]
         quiet: bool,
+        /// Each as TEMPLATE says, as docker's: {{.Name}} {{.Driver}}
+        /// {{.Subnet}} {{.Internal}} {{.InUse}} {{.Appliances}};
+        /// "table TEMPLATE"; "json"
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
     /// Show networks as JSON: name, subnet, internal, in use, the
     /// appliances on it and their addresses, folder
@@ -95,28 +100,57 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("{name}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ls { quiet } => {
+        Command::Ls { quiet, format } => {
+            let format = format
+                .as_deref()
+                .map(super::listing::Format::parse)
+                .transpose()?;
             let all = Network::all()?;
             if quiet {
                 all.iter().for_each(|n| println!("{}", n.name));
                 return Ok(ExitCode::SUCCESS);
             }
+            const COLUMNS: [(&str, &str); 6] = [
+                ("Name", "NAME"),
+                ("Driver", "DRIVER"),
+                ("Subnet", "SUBNET"),
+                ("Internal", "INTERNAL"),
+                ("InUse", "IN USE"),
+                ("Appliances", "APPLIANCES"),
+            ];
             let users = Users::naming_by(|s| s.networks)?;
-            let mut rows = vec![["NAME", "SUBNET", "INTERNAL", "IN USE", "APPLIANCES"]
-                .map(String::from)
-                .to_vec()];
+            let mut rows = Vec::new();
             for n in &all {
                 let Ok(meta) = n.meta() else { continue };
-                let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
-                rows.push(vec![
-                    n.name.clone(),
-                    format!("{}/{}", meta.subnet.0, meta.subnet.1),
-                    yes_no(meta.internal),
-                    yes_no(n.in_use()),
-                    users.naming(&n.name).join(", "),
+                let in_use = n.in_use();
+                rows.push(super::listing::row(&COLUMNS, |field| match field {
+                    "Name" => n.name.clone(),
+                    "Driver" => "husk".into(),
+                    "Subnet" => format!("{}/{}", meta.subnet.0, meta.subnet.1),
+                    "Internal" => meta.internal.to_string(),
+                    "InUse" => in_use.to_string(),
+                    _ => users.naming(&n.name).join(", "),
+                }));
+            }
+            if let Some(format) = format {
+                format.print(&COLUMNS, &rows)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = vec![["NAME", "SUBNET", "INTERNAL", "IN USE", "APPLIANCES"]
+                .map(String::from)
+                .to_vec()];
+            let yes_no = |text: &str| if text == "true" { "yes" } else { "no" }.to_string();
+            for r in &rows {
+                let cell = |f: &str| r[f].as_str().unwrap_or_default().to_string();
+                table.push(vec![
+                    cell("Name"),
+                    cell("Subnet"),
+                    yes_no(&cell("Internal")),
+                    yes_no(&cell("InUse")),
+                    cell("Appliances"),
                 ]);
             }
-            super::print_columns(&rows);
+            super::print_columns(&table);
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { names } => {

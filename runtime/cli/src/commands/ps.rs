@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::template::Template;
 use crate::vms::control::{Control, Request, Response};
 use crate::vms::{human_duration, now_ms, HealthStatus, State, Status, VmDir};
 
@@ -31,16 +30,17 @@ pub struct Args {
     format: Option<String>,
 }
 
-/// The fields a template may name, as docker names them.
-const FIELDS: [&str; 8] = [
-    "Names",
-    "Image",
-    "Status",
-    "State",
-    "Ports",
-    "Networks",
-    "Addresses",
-    "Labels",
+/// The fields a template may name, as docker names them, and their
+/// titles.
+const COLUMNS: [(&str, &str); 8] = [
+    ("Names", "NAMES"),
+    ("Image", "IMAGE"),
+    ("Status", "STATUS"),
+    ("State", "STATE"),
+    ("Ports", "PORTS"),
+    ("Networks", "NETWORKS"),
+    ("Addresses", "ADDRESSES"),
+    ("Labels", "LABELS"),
 ];
 
 /// One appliance as `ps` shows it.
@@ -53,11 +53,7 @@ struct Row {
 impl Row {
     /// The row as a template sees it: each field, as text.
     fn doc(&self) -> serde_json::Value {
-        FIELDS
-            .iter()
-            .map(|f| (f.to_string(), self.field(f).into()))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+        super::listing::row(&COLUMNS, |f| self.field(f))
     }
 
     fn field(&self, name: &str) -> String {
@@ -169,17 +165,14 @@ impl Filters {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let filters = Filters::parse(&args.filter)?;
-    let format = args.format.as_deref().map(str::trim);
-    let template = match format {
-        None | Some("json") => None,
-        Some(t) => {
-            let t = t.strip_prefix("table").unwrap_or(t).replace("\\t", "\t");
-            Some(Template::parse(&t).map_err(|e| anyhow::anyhow!("--format: {e}"))?)
-        }
-    };
+    let format = args
+        .format
+        .as_deref()
+        .map(super::listing::Format::parse)
+        .transpose()?;
     // The guest is asked for its addresses only when they are shown.
-    let wants_addresses = match &template {
-        Some(t) => t.names_field("Addresses"),
+    let wants_addresses = match &format {
+        Some(f) => f.shows("Addresses"),
         None => !args.quiet,
     };
     let all = args.all || filters.wants_exited();
@@ -200,66 +193,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.quiet {
         return Ok(ExitCode::SUCCESS);
     }
-    match (format, &template) {
-        (Some("json"), _) => {
-            for r in &rows {
-                println!("{}", r.doc());
-            }
-        }
-        (Some(t), Some(template)) if t.starts_with("table") => {
-            let cells = |doc: &serde_json::Value| -> anyhow::Result<Vec<String>> {
-                let line = template
-                    .render(doc)
-                    .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-                Ok(line.split('\t').map(|c| c.trim().to_string()).collect())
-            };
-            // The header: the template over each field's title.
-            let titles: serde_json::Map<_, _> = FIELDS
-                .iter()
-                .map(|f| (f.to_string(), header(f).into()))
-                .collect();
-            let mut table = vec![cells(&titles.into())?];
-            for r in &rows {
-                table.push(cells(&r.doc())?);
-            }
-            super::print_columns(&table);
-        }
-        (_, Some(template)) => {
-            for r in &rows {
-                let line = template
-                    .render(&r.doc())
-                    .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-                println!("{line}");
-            }
-        }
-        (_, None) => {
-            let mut table = vec![["NAME", "IMAGE", "STATUS", "PORTS", "ADDRESSES"]
-                .map(String::from)
-                .to_vec()];
-            table.extend(rows.iter().map(|r| {
-                ["Names", "Image", "Status", "Ports", "Addresses"]
-                    .map(|f| r.field(f))
-                    .to_vec()
-            }));
-            super::print_columns(&table);
-        }
+    if let Some(format) = format {
+        let docs: Vec<_> = rows.iter().map(Row::doc).collect();
+        format.print(&COLUMNS, &docs)?;
+        return Ok(ExitCode::SUCCESS);
     }
+    let mut table = vec![["NAME", "IMAGE", "STATUS", "PORTS", "ADDRESSES"]
+        .map(String::from)
+        .to_vec()];
+    table.extend(rows.iter().map(|r| {
+        ["Names", "Image", "Status", "Ports", "Addresses"]
+            .map(|f| r.field(f))
+            .to_vec()
+    }));
+    super::print_columns(&table);
     Ok(ExitCode::SUCCESS)
-}
-
-/// A field's column header, as docker's.
-fn header(field: &str) -> &str {
-    match field {
-        "Names" => "NAMES",
-        "Image" => "IMAGE",
-        "Status" => "STATUS",
-        "State" => "STATE",
-        "Ports" => "PORTS",
-        "Networks" => "NETWORKS",
-        "Addresses" => "ADDRESSES",
-        "Labels" => "LABELS",
-        other => other,
-    }
 }
 
 fn row(vm: &VmDir, state: State, wants_addresses: bool) -> Row {

@@ -17,6 +17,11 @@ pub enum Command {
         /// Only the names
         #[arg(short, long)]
         quiet: bool,
+        /// Each as TEMPLATE says, as docker's: {{.Name}} {{.Driver}}
+        /// {{.Mountpoint}} {{.Created}} {{.UsedBy}}; "table TEMPLATE";
+        /// "json"
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
     /// Show volumes as JSON: name, host folder, when made, size, users
     Inspect {
@@ -53,15 +58,26 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("{name}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ls { quiet } => {
+        Command::Ls { quiet, format } => {
+            let format = format
+                .as_deref()
+                .map(super::listing::Format::parse)
+                .transpose()?;
             let all = Volume::all()?;
             if quiet {
                 all.iter().for_each(|v| println!("{}", v.name));
                 return Ok(ExitCode::SUCCESS);
             }
+            const COLUMNS: [(&str, &str); 5] = [
+                ("Name", "VOLUME NAME"),
+                ("Driver", "DRIVER"),
+                ("Mountpoint", "MOUNTPOINT"),
+                ("Created", "CREATED"),
+                ("UsedBy", "USED BY"),
+            ];
             let users = Users::now()?;
             let now = crate::vms::now_ms();
-            let mut rows = vec![["NAME", "CREATED", "USED BY"].map(String::from).to_vec()];
+            let mut rows = Vec::new();
             for v in &all {
                 let created = v.meta().map_or("?".into(), |m| {
                     format!(
@@ -69,9 +85,28 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                         crate::vms::human_duration(now.saturating_sub(m.created_ms))
                     )
                 });
-                rows.push(vec![v.name.clone(), created, users.of(v)?.join(", ")]);
+                let used_by = users.of(v)?.join(", ");
+                rows.push(super::listing::row(&COLUMNS, |field| match field {
+                    "Name" => v.name.clone(),
+                    "Driver" => "local".into(),
+                    "Mountpoint" => v.data().display().to_string(),
+                    "Created" => created.clone(),
+                    _ => used_by.clone(),
+                }));
             }
-            super::print_columns(&rows);
+            if let Some(format) = format {
+                format.print(&COLUMNS, &rows)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = vec![["NAME", "CREATED", "USED BY"].map(String::from).to_vec()];
+            for r in &rows {
+                table.push(
+                    ["Name", "Created", "UsedBy"]
+                        .map(|f| r[f].as_str().unwrap_or_default().to_string())
+                        .to_vec(),
+                );
+            }
+            super::print_columns(&table);
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { names } => {
