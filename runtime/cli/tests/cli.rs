@@ -1682,6 +1682,27 @@ fn inspect_shows_appliances_as_docker_does() {
         "80/tcp>8080 90/udp>9090 \n\n"
     );
 
+    // stats --format: the running one; its guest does not answer here.
+    assert_eq!(
+        home.ok(&[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.Name}} {{.MemUsage}}"
+        ]),
+        "web --\n"
+    );
+    assert_eq!(
+        home.ok(&[
+            "stats",
+            "--no-stream",
+            "--format",
+            "table {{.Container}}\\t{{.PIDs}}"
+        ])
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["CONTAINER", "PIDS", "web", "--"]
+    );
     // One not there: the others are shown, and it fails naming it.
     let out = home.husk(&["inspect", "-f", "{{.Name}}", "web", "nosuch"]);
     assert!(!out.status.success());

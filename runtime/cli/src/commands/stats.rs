@@ -19,9 +19,32 @@ pub struct Args {
     /// Print the figures once instead of every 2 seconds
     #[arg(long)]
     no_stream: bool,
+    /// Each as TEMPLATE says, as docker's: {{.Name}} {{.CPUPerc}}
+    /// {{.MemUsage}} {{.MemPerc}} {{.NetIO}} {{.BlockIO}} {{.PIDs}}
+    /// {{.HostRSS}}; "table TEMPLATE"; "json"
+    #[arg(long, value_name = "TEMPLATE")]
+    format: Option<String>,
     /// Appliances to show (default: every running one)
     names: Vec<String>,
 }
+
+/// The fields, as docker names them, and their titles.
+const COLUMNS: [(&str, &str); 9] = [
+    ("Name", "NAME"),
+    ("Container", "CONTAINER"),
+    ("CPUPerc", "CPU %"),
+    ("MemUsage", "MEM USAGE / LIMIT"),
+    ("MemPerc", "MEM %"),
+    ("NetIO", "NET I/O"),
+    ("BlockIO", "BLOCK I/O"),
+    ("PIDs", "PIDS"),
+    ("HostRSS", "HOST RSS"),
+];
+
+/// What `husk stats` shows without `--format`.
+const DEFAULT: &str =
+    "table {{.Name}}\\t{{.CPUPerc}}\\t{{.MemUsage}}\\t{{.MemPerc}}\\t{{.NetIO}}\\t\
+                       {{.BlockIO}}\\t{{.PIDs}}\\t{{.HostRSS}}";
 
 /// How long CPU time is sampled for.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -29,6 +52,7 @@ const INTERVAL: Duration = Duration::from_secs(1);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let format = super::listing::Format::parse(args.format.as_deref().unwrap_or(DEFAULT))?;
     let vms = if args.names.is_empty() {
         VmDir::all()?
     } else {
@@ -51,48 +75,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(_, keeper)| (cpu_ticks(*keeper), Instant::now()))
             .collect();
         std::thread::sleep(INTERVAL);
-        let mut rows = vec![[
-            "NAME",
-            "CPU %",
-            "MEM USAGE / LIMIT",
-            "MEM %",
-            "NET I/O",
-            "BLOCK I/O",
-            "PIDS",
-            "HOST RSS",
-        ]
-        .map(String::from)
-        .to_vec()];
+        let mut rows = Vec::new();
         for ((vm, keeper), (ticks, at)) in running.iter().zip(before) {
             let cpu = (cpu_ticks(*keeper).saturating_sub(ticks)) as f64
                 / ticks_per_second()
                 / at.elapsed().as_secs_f64()
                 * 100.0;
-            let usage = guest_usage(vm);
-            let dash = || "--".to_string();
-            let mut row = vec![vm.name.clone(), format!("{cpu:.1}%")];
-            match usage {
+            // The guest's figures: "--" when its agent does not answer.
+            let guest: [String; 5] = match guest_usage(vm) {
                 Some(u) => {
                     let used = u.memory_total.saturating_sub(u.memory_available);
                     let pct = used as f64 * 100.0 / u.memory_total.max(1) as f64;
-                    row.extend([
+                    [
                         format!("{} / {}", binary(used), binary(u.memory_total)),
                         format!("{pct:.1}%"),
                         format!("{} / {}", decimal(u.net_rx), decimal(u.net_tx)),
                         format!("{} / {}", decimal(u.block_read), decimal(u.block_write)),
                         u.pids.to_string(),
-                    ]);
+                    ]
                 }
-                None => row.extend([dash(), dash(), dash(), dash(), dash()]),
-            }
-            row.push(binary(resident(*keeper)));
-            rows.push(row);
+                None => std::array::from_fn(|_| "--".to_string()),
+            };
+            let rss = binary(resident(*keeper));
+            rows.push(super::listing::row(&COLUMNS, |field| match field {
+                "Name" | "Container" => vm.name.clone(),
+                "CPUPerc" => format!("{cpu:.1}%"),
+                "MemUsage" => guest[0].clone(),
+                "MemPerc" => guest[1].clone(),
+                "NetIO" => guest[2].clone(),
+                "BlockIO" => guest[3].clone(),
+                "PIDs" => guest[4].clone(),
+                _ => rss.clone(),
+            }));
         }
         if clear {
             // As docker stats does: the table in place of the last one.
             print!("\x1b[2J\x1b[H");
         }
-        super::print_columns(&rows);
+        format.print(&COLUMNS, &rows)?;
         if args.no_stream {
             return Ok(ExitCode::SUCCESS);
         }

@@ -1765,6 +1765,31 @@ fn stats() -> Result<(), Failed> {
     if r.stdout.lines().count() != 2 || !r.stdout.contains(&idle.name) {
         return Err(r.explain("stats of one appliance").into());
     }
+    // docker's --format: a template a line, and json.
+    let r = ok(
+        h(&[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.Name}} {{.PIDs}}",
+            &idle.name,
+        ])?,
+        "husk stats --format",
+    )?;
+    let shown: Vec<&str> = r.stdout.split_whitespace().collect();
+    if shown.len() != 2 || shown[0] != idle.name || shown[1].parse::<u32>().unwrap_or(0) < 2 {
+        return Err(r.explain("stats --format {{.Name}} {{.PIDs}}").into());
+    }
+    let r = ok(
+        h(&["stats", "--no-stream", "--format", "json", &busy.name])?,
+        "husk stats --format json",
+    )?;
+    let row: serde_json::Value = serde_json::from_str(r.stdout.trim())?;
+    if row["Name"] != busy.name.as_str()
+        || !row["CPUPerc"].as_str().is_some_and(|c| c.ends_with('%'))
+    {
+        return Err(r.explain("stats --format json").into());
+    }
     busy.remove(&busy_tree)?;
     idle.remove(&idle_tree)
 }
