@@ -299,7 +299,8 @@ pub struct NetInterface {
     pub address: Option<Cidr>,
     pub gateway: Option<IpAddr>,
     pub mtu: Option<u16>,
-    #[serde(default)]
+    /// Each entry one port or a range (`"8000-8002:8000-8002"`).
+    #[serde(default, deserialize_with = "PortSpec::deserialize_list")]
     pub ports: Vec<PortSpec>,
 }
 

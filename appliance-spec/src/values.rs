@@ -467,14 +467,20 @@ pub struct PortSpec {
     pub udp: bool,
 }
 
-impl FromStr for PortSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+/// The most ports one range publishes.
+pub const MAX_PORT_RANGE: usize = 1024;
+
+impl PortSpec {
+    /// One published port or a range of them, as `docker run -p` takes
+    /// it: `8000-8002:9000-9002` pairs the ranges' ports in order,
+    /// `8000-8002` (or `IP::8000-8002`) gives each a free host port; `/tcp`
+    /// or `/udp` after it applies to all.
+    pub fn parse_many(s: &str) -> Result<Vec<PortSpec>, String> {
         let bad = || {
             format!(
                 "{s:?} is not a published port; write HOST_PORT:GUEST_PORT, \
-                 e.g. \"8080:80\", \"127.0.0.1:8080:80\" or \"5353:53/udp\" \
-                 (or GUEST_PORT alone for any free host port)"
+                 e.g. \"8080:80\", \"127.0.0.1:8080:80\", \"5353:53/udp\" or a range \
+                 \"8000-8002:8000-8002\" (or GUEST_PORT alone for any free host port)"
             )
         };
         let (spec, udp) = match s.rsplit_once('/') {
@@ -484,7 +490,7 @@ impl FromStr for PortSpec {
             None => (s, false),
         };
         let (host, guest) = spec.rsplit_once(':').unwrap_or(("", spec));
-        let (host_ip, host_port) = match host.rsplit_once(':') {
+        let (host_ip, host_ports) = match host.rsplit_once(':') {
             Some((ip, port)) => {
                 let ip = ip
                     .strip_prefix('[')
@@ -499,16 +505,79 @@ impl FromStr for PortSpec {
             Ok(n) => Ok(n),
             Err(_) => Err(bad()),
         };
-        Ok(PortSpec {
-            host_ip,
-            host_port: if host_port.is_empty() {
-                0
-            } else {
-                port(host_port)?
-            },
-            guest_port: port(guest)?,
-            udp,
-        })
+        // `A` or `A-B`, as its first port and how many.
+        let range = |p: &str| -> Result<(u16, usize), String> {
+            match p.split_once('-') {
+                None => Ok((port(p)?, 1)),
+                Some((first, last)) => {
+                    let (first, last) = (port(first)?, port(last)?);
+                    if last < first {
+                        return Err(format!("{s:?}: the range {first}-{last} runs backwards"));
+                    }
+                    let count = usize::from(last - first) + 1;
+                    if count > MAX_PORT_RANGE {
+                        return Err(format!(
+                            "{s:?}: {count} ports in one range; at most {MAX_PORT_RANGE}"
+                        ));
+                    }
+                    Ok((first, count))
+                }
+            }
+        };
+        let (guest_first, count) = range(guest)?;
+        let host_first = match host_ports {
+            "" => None,
+            h => {
+                let (first, host_count) = range(h)?;
+                if host_count != count {
+                    return Err(format!(
+                        "{s:?}: {host_count} host port{} for {count} guest port{}; \
+                         give as many of each",
+                        if host_count == 1 { "" } else { "s" },
+                        if count == 1 { "" } else { "s" }
+                    ));
+                }
+                Some(first)
+            }
+        };
+        Ok((0..count as u16)
+            .map(|i| PortSpec {
+                host_ip,
+                host_port: host_first.map_or(0, |h| h + i),
+                guest_port: guest_first + i,
+                udp,
+            })
+            .collect())
+    }
+
+    /// A list of them as an appliance file writes it (`ports = [...]`),
+    /// each entry one port or a range.
+    pub fn deserialize_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PortSpec>, D::Error> {
+        // Each entry read on its own, so that an error is placed at it.
+        let entries: Vec<PortRange> = Deserialize::deserialize(d)?;
+        Ok(entries.into_iter().flat_map(|r| r.0).collect())
+    }
+}
+
+/// One entry of a `ports` list: a port or a range of them.
+struct PortRange(Vec<PortSpec>);
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PortSpec::parse_many(s).map(PortRange)
+    }
+}
+
+deserialize_from_str!(PortRange, "a published port such as \"8080:80\" or a range");
+
+impl FromStr for PortSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match PortSpec::parse_many(s)?.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(format!("{s:?}: one port here, not a range")),
+        }
     }
 }
 
@@ -781,6 +850,39 @@ mod tests {
         ] {
             assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn published_port_ranges() {
+        let pairs = |s: &str| -> Vec<(u16, u16, bool)> {
+            PortSpec::parse_many(s)
+                .unwrap()
+                .iter()
+                .map(|p| (p.host_port, p.guest_port, p.udp))
+                .collect()
+        };
+        assert_eq!(
+            pairs("8000-8002:9000-9002/udp"),
+            [(8000, 9000, true), (8001, 9001, true), (8002, 9002, true)]
+        );
+        assert_eq!(pairs("7000-7001"), [(0, 7000, false), (0, 7001, false)]);
+        let all = PortSpec::parse_many("127.0.0.1::7000-7001").unwrap();
+        assert!(all
+            .iter()
+            .all(|p| p.host_ip == Some("127.0.0.1".parse().unwrap())));
+        assert_eq!(pairs("8080:80"), [(8080, 80, false)]);
+        let refused = |s: &str| PortSpec::parse_many(s).unwrap_err();
+        assert!(refused("8000-8001:80").contains("2 host ports for 1 guest port"));
+        assert!(refused("8000:80-81").contains("1 host port for 2 guest ports"));
+        assert!(refused("90-80").contains("runs backwards"));
+        assert!(refused("1-2000").contains("at most 1024"));
+        assert!(refused("0-5").contains("port 0"));
+        assert!(refused("8000-:80").contains("not a published port"));
+        // One where a single port is asked for.
+        assert!("80-81"
+            .parse::<PortSpec>()
+            .unwrap_err()
+            .contains("not a range"));
     }
 
     #[test]

@@ -1873,6 +1873,26 @@ fn labels_are_recorded_from_flags_and_files() {
         ]),
         "image ext4\n"
     );
+    // A published range, as docker's: each port, paired in order (the
+    // keeper records them before its VM fails for want of a kernel).
+    home.husk(&[
+        "run",
+        "-d",
+        "--name",
+        "ranged",
+        "-p",
+        "127.0.0.1:18000-18001:80-81/udp",
+        busybox,
+    ]);
+    assert_eq!(
+        home.ok(&["port", "ranged"]),
+        "80/udp -> 127.0.0.1:18000\n81/udp -> 127.0.0.1:18001\n"
+    );
+    home.ok(&["rm", "ranged"]);
+    home.fails(
+        &["run", "-p", "8000-8001:80", busybox],
+        "2 host ports for 1 guest port",
+    );
     let file = home.0.path().join("labels");
     std::fs::write(&file, "# ours\n\nteam=a\ntier=back\n").unwrap();
     let file = file.to_str().unwrap();

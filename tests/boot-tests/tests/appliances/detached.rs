@@ -1199,6 +1199,8 @@ fn names_and_users() -> Result<(), Failed> {
 fn web_wait_ready() -> Result<(), Failed> {
     let port = 18_090;
     let publish = format!("127.0.0.1:{port}:80");
+    // A range, as docker takes one: 18091 to the guest's 80, 18092 to 81.
+    let range = format!("127.0.0.1:{}-{}:80-81", port + 1, port + 2);
     let vm = Vm::start(
         "d-web",
         &[
@@ -1207,6 +1209,8 @@ fn web_wait_ready() -> Result<(), Failed> {
             "user",
             "-p",
             &publish,
+            "-p",
+            &range,
             "examples/web",
         ],
     )?;
@@ -1236,8 +1240,17 @@ fn web_wait_ready() -> Result<(), Failed> {
             .into());
     }
     let r = ok(h(&["port", &vm.name])?, "husk port")?;
-    if r.stdout != format!("80/tcp -> 127.0.0.1:{port}\n") {
+    let want = format!(
+        "80/tcp -> 127.0.0.1:{port}\n80/tcp -> 127.0.0.1:{}\n81/tcp -> 127.0.0.1:{}\n",
+        port + 1,
+        port + 2
+    );
+    if r.stdout != want {
         return Err(r.explain("husk port lists what is published").into());
+    }
+    let page = super::network::curl(&format!("http://127.0.0.1:{}/", port + 1), None)?;
+    if !page.contains("Hello from a husk appliance") {
+        return Err(format!("the range's first port served {page:?}").into());
     }
     vm.remove(&processes)?;
 

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use appliance_spec::{ImageFormat, KernelRef, PortSpec};
+use appliance_spec::{ImageFormat, KernelRef};
 use builder::kernel;
 use husk_init::config::Overrides;
 use vmm::vsock::{HostVsock, MAX_CONNECTIONS};
@@ -125,9 +125,10 @@ pub struct Args {
     #[arg(
         short = 'p',
         long = "publish",
-        value_name = "[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]"
+        value_name = "[HOST_IP:]HOST_PORT[-LAST]:GUEST_PORT[-LAST][/tcp|/udp]",
+        value_parser = net::Published::parse
     )]
-    publish: Vec<PortSpec>,
+    publish: Vec<net::Published>,
     /// Publish every port the image exposes (its EXPOSE, the appliance's
     /// run.expose) on a free host port
     #[arg(short = 'P', long)]

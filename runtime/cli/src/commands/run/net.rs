@@ -120,7 +120,13 @@ pub(super) fn plan_net(
     image_ref: bool,
     exposed: &[PortSpec],
 ) -> anyhow::Result<(Vec<PlannedNet>, Vec<u16>)> {
-    let publish: Vec<PortSpec> = args.publish.iter().chain(exposed).copied().collect();
+    let publish: Vec<PortSpec> = args
+        .publish
+        .iter()
+        .flat_map(|p| &p.0)
+        .chain(exposed)
+        .copied()
+        .collect();
     let mut base = None;
     let mut networks = Vec::new();
     for mode in &args.net {
@@ -327,6 +333,16 @@ fn free_port(p: &PortSpec) -> anyhow::Result<u16> {
 }
 
 /// A published port as `ps` and `husk port` show it: `[IP:]HOST->GUEST/PROTO`.
+/// One `-p`: a port, or a range of them.
+#[derive(Debug, Clone)]
+pub struct Published(pub Vec<PortSpec>);
+
+impl Published {
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
+        PortSpec::parse_many(text).map(Published)
+    }
+}
+
 pub(super) fn published(p: &PortSpec) -> String {
     let ip = match p.host_ip {
         Some(IpAddr::V6(ip)) => format!("[{ip}]:"),
