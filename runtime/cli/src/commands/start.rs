@@ -65,12 +65,7 @@ fn start_attached(name: &str, stdin: bool, detach_keys: &str) -> anyhow::Result<
     if state.status != Status::Exited {
         anyhow::bail!("{name} is running already (husk attach {name})");
     }
-    state.check_recorded()?;
-    let cwd = state
-        .cwd
-        .clone()
-        .with_context(|| format!("{name}'s state does not say where it was started"))?;
-    let args: Vec<std::ffi::OsString> = state.args.iter().map(Into::into).collect();
+    let (args, cwd) = recorded(&state)?;
     // The log's lines carry the time they arrived: this run's are after.
     let since = crate::vms::now_ms();
     match super::run::launch_keeper(&vm, &args, &cwd, None)? {
@@ -78,6 +73,19 @@ fn start_attached(name: &str, stdin: bool, detach_keys: &str) -> anyhow::Result<
         Some(_) => super::attach::replay_ended(&vm, since),
         None => super::attach::attach_since(&vm, stdin, detach_keys, since),
     }
+}
+
+/// The `husk run` command line a start runs again, and the folder it was
+/// typed in.
+fn recorded(
+    state: &crate::vms::State,
+) -> anyhow::Result<(Vec<std::ffi::OsString>, std::path::PathBuf)> {
+    state.check_recorded()?;
+    let cwd = state
+        .cwd
+        .clone()
+        .with_context(|| format!("{}'s state does not say where it was started", state.name))?;
+    Ok((state.args.iter().map(Into::into).collect(), cwd))
 }
 
 /// The appliances `--at-boot` starts: stopped, and their restart policy
@@ -123,12 +131,7 @@ fn start_one(name: &str, stopped_just_now: bool) -> anyhow::Result<()> {
         println!("{name}");
         return Ok(());
     }
-    state.check_recorded()?;
-    let cwd = state
-        .cwd
-        .clone()
-        .with_context(|| format!("{name}'s state does not say where it was started"))?;
-    let args: Vec<std::ffi::OsString> = state.args.iter().map(Into::into).collect();
+    let (args, cwd) = recorded(&state)?;
     let started = super::run::start_keeper(&vm, &args, &cwd, None);
     if matches!(started, Ok(code) if code == ExitCode::SUCCESS) {
         return Ok(());

@@ -579,19 +579,8 @@ fn exec_tty() -> Result<(), Failed> {
         "-c",
         "stty size; tty >/dev/null && echo is-a-tty; read line; stty size; echo got:$line",
     ]);
-    cmd.stdin(Stdio::from(slave.try_clone()?))
-        .stdout(Stdio::from(slave.try_clone()?))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY in the forked child, both
-    // async-signal-safe: husk exec gets the pty as its terminal, so a
-    // resize sends it SIGWINCH.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            libc::setsid();
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
-            Ok(())
-        });
-    }
+    // husk exec gets the pty as its terminal, so a resize sends it SIGWINCH.
+    on_terminal(&mut cmd, slave)?;
     let mut child = cmd.spawn()?;
     // Only the child holds the terminal now: the master reads EIO if it dies.
     drop(cmd);
@@ -640,19 +629,8 @@ fn attach_on_a_terminal(vm: &Vm) -> Result<(), Failed> {
     let ours = slave.try_clone()?;
     let before = modes(&ours)?;
     let mut cmd = Command::new(husk_bin()?);
-    cmd.args(["attach", &vm.name])
-        .stdin(Stdio::from(slave.try_clone()?))
-        .stdout(Stdio::from(slave.try_clone()?))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY in the forked child, both
-    // async-signal-safe: the pty becomes husk attach's terminal.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            libc::setsid();
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
-            Ok(())
-        });
-    }
+    cmd.args(["attach", &vm.name]);
+    on_terminal(&mut cmd, slave)?;
     let mut child = cmd.spawn()?;
     drop(cmd);
     let watchdog = boot_tests::Watchdog::new(child.id(), LIMIT);
@@ -677,6 +655,24 @@ fn attach_on_a_terminal(vm: &Vm) -> Result<(), Failed> {
 }
 
 /// Reads the terminal until `what` has appeared.
+/// `cmd`'s stdin, stdout and stderr on the pty `slave`, which becomes its
+/// controlling terminal (a session of its own).
+fn on_terminal(cmd: &mut Command, slave: OwnedFd) -> Result<(), Failed> {
+    cmd.stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY in the forked child, both
+    // async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 fn wait_for(term: &mut std::fs::File, seen: &mut String, what: &str) -> Result<(), Failed> {
     let mut buf = [0u8; 4096];
     while !seen.contains(what) {
