@@ -207,11 +207,7 @@ fn appliance_doc(vm: &VmDir) -> anyhow::Result<Value> {
     let word = super::ps::state_word(&state);
     let health = state.health.as_ref().map(|h| {
         json!({
-            "Status": match h.status {
-                crate::vms::HealthStatus::Starting => "starting",
-                crate::vms::HealthStatus::Healthy => "healthy",
-                crate::vms::HealthStatus::Unhealthy => "unhealthy",
-            },
+            "Status": h.status.word(),
             "FailingStreak": h.failing_streak,
             "Log": h.log.iter().map(|c| json!({
                 "Start": time(Some(c.start_ms)),
@@ -221,11 +217,7 @@ fn appliance_doc(vm: &VmDir) -> anyhow::Result<Value> {
             })).collect::<Vec<_>>(),
         })
     });
-    let policy: crate::vms::restart::Policy = match state.restart.as_str() {
-        "" => crate::vms::restart::Policy::No,
-        text => text.parse().unwrap_or_default(),
-    };
-    let (policy_name, retries) = match policy {
+    let (policy_name, retries) = match state.restart_policy() {
         crate::vms::restart::Policy::OnFailure { max } => {
             ("on-failure".to_string(), max.unwrap_or(0))
         }

@@ -148,15 +148,7 @@ impl Filters {
                     Some((key, value)) => state.labels.get(key).is_some_and(|l| l == value),
                     None => state.labels.contains_key(v.as_str()),
                 },
-                "health" => {
-                    let health = match state.health.as_ref().map(|h| h.status) {
-                        Some(HealthStatus::Starting) => "starting",
-                        Some(HealthStatus::Healthy) => "healthy",
-                        Some(HealthStatus::Unhealthy) => "unhealthy",
-                        None => "none",
-                    };
-                    health == v
-                }
+                "health" => state.health.as_ref().map_or("none", |h| h.status.word()) == v,
                 _ => false,
             })
         })

@@ -96,10 +96,7 @@ fn at_boot() -> anyhow::Result<Vec<String>> {
         let Ok(state) = vm.current_state() else {
             continue;
         };
-        let policy = match state.restart.as_str() {
-            "" => crate::vms::restart::Policy::No,
-            text => text.parse().unwrap_or_default(),
-        };
+        let policy = state.restart_policy();
         // One husk create made and nobody started stays so, as docker's.
         if state.status == Status::Exited
             && !state.never_started()

@@ -188,6 +188,12 @@ impl State {
         self.status == Status::Exited && self.started_ms.is_none() && self.keeper_pid == 0
     }
 
+    /// Its restart policy (none recorded, or one an older husk wrote that
+    /// does not parse: `no`).
+    pub fn restart_policy(&self) -> restart::Policy {
+        self.restart.parse().unwrap_or_default()
+    }
+
     /// Fails unless the state keeps the `husk run` command line that
     /// started it (what `start`, `update`, `rename` and `network connect`
     /// work from), as every husk since detached appliances could start
@@ -227,6 +233,17 @@ pub enum HealthStatus {
     Healthy,
     /// `retries` checks failed in a row.
     Unhealthy,
+}
+
+impl HealthStatus {
+    /// docker's word for it (`State.Health.Status`, `ps -f health=`).
+    pub fn word(self) -> &'static str {
+        match self {
+            HealthStatus::Starting => "starting",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// One health check: when it ran, its exit code (0 passed, -1 it took too
