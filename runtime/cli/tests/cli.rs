@@ -921,6 +921,7 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
     let first = UnixStream::connect(dir.join("hub.sock")).unwrap();
     lock.unlock().unwrap();
 
+    // The answer to a hello, on the connection it was sent on.
     let read_frame = |s: &mut UnixStream| -> Vec<u8> {
         let mut len = [0u8; 4];
         if let Err(e) = s.read_exact(&mut len) {
@@ -931,7 +932,11 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
         s.read_exact(&mut frame).unwrap();
         frame
     };
-    let join = |mut s: UnixStream, name: &str, mac: [u8; 6]| -> (UnixStream, Reply) {
+    // As a run joins: its hello, with the hub's end of a new socket pair
+    // attached; the VM's end, where frames come a message each, is the
+    // member's from then on.
+    let join = |mut s: UnixStream, name: &str, mac: [u8; 6]| -> (UnixStream, UnixStream, Reply) {
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
         s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .unwrap();
         let hello = Hello {
@@ -941,23 +946,42 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
             fixed: false,
         };
         let json = serde_json::to_vec(&hello).unwrap();
-        s.write_all(&hub::control_frame(hub::BROADCAST, mac, &json))
+        let (vm, theirs) = vmm::vsock::seqpacket_pair().unwrap();
+        let frame = hub::control_frame(hub::BROADCAST, mac, &json);
+        let sent = s
+            .send_with_fd(&frame[..], std::os::fd::AsRawFd::as_raw_fd(&theirs))
             .unwrap();
+        assert_eq!(sent, frame.len());
         let reply = read_frame(&mut s);
         let reply = serde_json::from_slice(hub::payload(&reply).expect("a reply")).unwrap();
-        (s, reply)
+        let vm = UnixStream::from(vm);
+        vm.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        (s, vm, reply)
+    };
+    let message = |vm: &UnixStream| -> Vec<u8> {
+        let mut buf = vec![0u8; 1 << 17];
+        let n = match (&*vm).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let log = std::fs::read_to_string(dir.join("hub.log")).unwrap_or_default();
+                panic!("no frame from the hub ({e}); its log:\n{log}");
+            }
+        };
+        assert!(n >= 4 && u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize == n - 4);
+        buf[4..n].to_vec()
     };
     // The next frame that is not the hub's, skipping its lists of names.
-    let next_data = |s: &mut UnixStream| loop {
-        let frame = read_frame(s);
+    let next_data = |s: &UnixStream| loop {
+        let frame = message(s);
         if hub::payload(&frame).is_none() {
             return frame;
         }
     };
     let (mac_a, mac_b) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
-    let (mut a, reply_a) = join(first, "web", mac_a);
+    let (_a_control, a, reply_a) = join(first, "web", mac_a);
     let second = UnixStream::connect(dir.join("hub.sock")).unwrap();
-    let (mut b, reply_b) = join(second, "db", mac_b);
+    let (_b_control, b, reply_b) = join(second, "db", mac_b);
     let address = |r: Reply| match r {
         Reply::Welcome { address } => address.to_string(),
         Reply::Refused { reason } => panic!("refused: {reason}"),
@@ -966,7 +990,7 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
     assert_eq!(address(reply_b), "10.77.3.3");
     // a's latest list of names has both.
     loop {
-        let frame = read_frame(&mut a);
+        let frame = message(&a);
         let hosts: serde_json::Value =
             serde_json::from_slice(hub::payload(&frame).unwrap()).unwrap();
         if hosts["hosts"].as_array().unwrap().len() == 2 {
@@ -981,8 +1005,8 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
     frame.extend_from_slice(b"from web to db");
     let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
     wire.extend_from_slice(&frame);
-    a.write_all(&wire).unwrap();
-    assert_eq!(next_data(&mut b), frame);
+    assert_eq!((&a).write(&wire).unwrap(), wire.len());
+    assert_eq!(next_data(&b), frame);
 
     // Confined, as seen from the host.
     let pid = hub_process.0.id();
@@ -1000,7 +1024,8 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
         dir
     );
 
-    // Both leave: so does the hub, and its socket with it.
+    // Both VMs end (their husks still hold their connections): the
+    // members leave, and so does the hub, and its socket with it.
     drop((a, b));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let exit = loop {

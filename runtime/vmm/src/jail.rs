@@ -15,7 +15,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Where jail folders live on the host: `<JAIL_DIR>/<supervisor pid>`.
@@ -214,10 +214,21 @@ pub fn sweep(cgroups: Option<&Cgroups>) {
     }
 }
 
+/// The side of the fork [`enter`]'s `after_fork` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The VMM's process, right after the fork, while it can still see
+    /// the host's files (e.g. to open `/proc/self`).
+    Child,
+    /// The supervisor, right after the fork, before it waits for the
+    /// VMM: back in its own PID namespace for what it starts, so it may
+    /// start threads, and programs that outlive the VMM.
+    Supervisor,
+}
+
 /// Forks into supervisor and jailed VMM. Call with no other thread
-/// running. `in_child` runs in the VMM's process right after the fork,
-/// while it can still see the host's files (e.g. to open `/proc/self`).
-pub fn enter(cfg: &JailConfig, in_child: impl FnOnce()) -> Result<Side, JailError> {
+/// running. `after_fork` runs once on each side of the fork.
+pub fn enter(cfg: &JailConfig, mut after_fork: impl FnMut(Forked)) -> Result<Side, JailError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(JailError::NotRoot);
@@ -236,6 +247,9 @@ pub fn enter(cfg: &JailConfig, in_child: impl FnOnce()) -> Result<Side, JailErro
     // SAFETY: pipe2 returned two new descriptors, owned from here on.
     let (ready_r, ready_w) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // This process's own PID namespace, for its children after the fork.
+    let own_pid_ns = std::fs::File::open("/proc/self/ns/pid")
+        .map_err(sys("cannot open /proc/self/ns/pid"))?;
     // Children from here on start in a new PID namespace (this process
     // stays where it is).
     // SAFETY: unshare with a valid flag.
@@ -248,12 +262,26 @@ pub fn enter(cfg: &JailConfig, in_child: impl FnOnce()) -> Result<Side, JailErro
         -1 => Err(sys("fork")(io::Error::last_os_error())),
         0 => {
             drop(ready_w);
-            in_child();
+            drop(own_pid_ns);
+            after_fork(Forked::Child);
             become_jailed(cfg, &jail, ready_r)?;
             Ok(Side::Jailed)
         }
         child => {
             drop(ready_r);
+            // Back to its own PID namespace for what it starts from now
+            // on: threads (which the kernel refuses while children would
+            // start in another) and programs that outlive the VM.
+            // SAFETY: setns with a namespace descriptor we own and its
+            // matching flag; it changes only where later children start.
+            if unsafe { libc::setns(own_pid_ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+                tracing::warn!(
+                    "the supervisor cannot return to its PID namespace: {}",
+                    io::Error::last_os_error()
+                );
+            }
+            drop(own_pid_ns);
+            after_fork(Forked::Supervisor);
             let setup = cgroups
                 .as_ref()
                 .map(|c| c.create(pid, child, cfg))
@@ -430,7 +458,7 @@ fn become_jailed(cfg: &JailConfig, jail: &Path, ready: OwnedFd) -> Result<(), Ja
     let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     check(ret, "parent-death signal")?;
     let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&ready),
+        fd: ready.as_raw_fd(),
         events: 0,
         revents: 0,
     };

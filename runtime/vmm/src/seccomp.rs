@@ -285,6 +285,11 @@ pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
                     "frames to a member (std writes sockets with send)",
                 ),
                 allow(
+                    SYS_recvmsg,
+                    vec![],
+                    "a member's hello, with its VM's socket attached",
+                ),
+                allow(
                     SYS_flock,
                     vec![],
                     "the network's lock, held while the hub decides to leave",

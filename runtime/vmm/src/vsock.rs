@@ -161,7 +161,8 @@ fn remove_if_ours(uds: &Path, id: (u64, u64)) {
     }
 }
 
-pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two ints for the new descriptors.
     let ret = unsafe {

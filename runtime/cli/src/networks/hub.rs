@@ -1,21 +1,27 @@
 //! A network's hub: the switch its VMs' interfaces are plugged into.
 //!
-//! Each member is a stream socket speaking passt's framing (a 4-byte
-//! big-endian length, then an Ethernet frame), which the VMM's stream
-//! backend speaks unchanged. The first frame on a new connection is the
-//! joining `husk run`'s [`Hello`] (its MAC, the names it answers to, the
-//! address it would like), answered with a [`Reply`] before the VMM is
-//! handed the socket; every later frame is the guest's. A frame goes to
-//! the member whose MAC it is addressed to, or to every other member when
-//! it is broadcast or multicast; a frame for a MAC no member has is
-//! dropped. MACs are the ones members joined with, never learned from
-//! frames, so a guest cannot draw another's traffic by sending from its
-//! MAC. A member's frames of [`NETWORK_ETHERTYPE`] are never passed on:
-//! they ask for the members' names, which the hub sends back (and sends
-//! every member whenever one joins or leaves) for init's `/etc/hosts`.
-//! A member that does not read its frames loses the ones beyond
-//! [`MAX_QUEUED`], as a switch port drops what it cannot send.
+//! A member joins on a connection to the hub's socket: its first frame
+//! (passt's framing: a 4-byte big-endian length, then an Ethernet frame)
+//! is the joining `husk run`'s [`Hello`] (its MAC, the names it answers
+//! to, the address it would like), sent with one end of a
+//! `SOCK_SEQPACKET` pair attached; the VMM's stream backend speaks on the
+//! other end unchanged, and the hub answers with a [`Reply`] on the
+//! connection. Every message on that pair is one frame in the stream
+//! framing, whole: a hub that dies leaves no half frame behind, and the
+//! joining husk, which keeps a copy of the hub's end, hands it to the next
+//! hub with the same hello ([`super::Membership`]), so a killed hub costs
+//! its members the frames it held and nothing more. A frame goes to the
+//! member whose MAC it is addressed to, or to every other member when it
+//! is broadcast or multicast; a frame for a MAC no member has is dropped.
+//! MACs are the ones members joined with, never learned from frames, so a
+//! guest cannot draw another's traffic by sending from its MAC. A
+//! member's frames of [`NETWORK_ETHERTYPE`] are never passed on: they ask
+//! for the members' names, which the hub sends back (and sends every
+//! member whenever one joins or leaves) for init's `/etc/hosts`. A member
+//! that does not read its frames loses the ones beyond [`MAX_QUEUED`], as
+//! a switch port drops what it cannot send.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -24,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use husk_init::config::{is_resolver_word, NetworkHost, NetworkHosts, NETWORK_ETHERTYPE};
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// The descriptor the hub process finds its listening socket on.
 pub const LISTENER_FD: i32 = 3;
@@ -160,14 +167,30 @@ struct Joined {
     address: Ipv4Addr,
 }
 
+/// One member: the connection it joined on, and the socket its VM's
+/// frames cross, handed over with its hello.
 struct Member {
-    stream: UnixStream,
+    /// The connection it joined on; `None` once its husk closed it (the
+    /// member stays while its VM's socket is open).
+    control: Option<UnixStream>,
+    /// What came on `control` before its hello was whole.
     input: Vec<u8>,
-    output: Vec<u8>,
-    /// `None` until its hello was taken.
+    /// The member's end of its VM's socket pair (`SOCK_SEQPACKET`: one
+    /// message is one frame in the stream framing, so a hub that dies
+    /// leaves no half frame on it for the next).
+    data: Option<UnixStream>,
+    /// Frames (in the stream framing) waiting for `data` to take them,
+    /// and their bytes.
+    output: VecDeque<Vec<u8>>,
+    queued: usize,
     joined: Option<Joined>,
-    /// Refused: dropped once its answer is written.
-    refused: bool,
+}
+
+/// Which of a member's descriptors a poll entry is.
+#[derive(Clone, Copy)]
+enum Watched {
+    Control(usize),
+    Data(usize),
 }
 
 pub struct Hub {
@@ -176,6 +199,8 @@ pub struct Hub {
     members: Vec<Member>,
     /// Frames dropped for members that did not read them.
     dropped: u64,
+    /// Messages on a member's socket that were no frame.
+    malformed: u64,
 }
 
 impl Hub {
@@ -184,6 +209,7 @@ impl Hub {
             range,
             members: Vec::new(),
             dropped: 0,
+            malformed: 0,
         }
     }
 
@@ -207,16 +233,22 @@ impl Hub {
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            fds.extend(self.members.iter().map(|m| libc::pollfd {
-                fd: m.stream.as_raw_fd(),
-                events: libc::POLLIN
-                    | if m.output.is_empty() {
+            let mut watched = Vec::new();
+            for (i, m) in self.members.iter().enumerate() {
+                if let Some(c) = &m.control {
+                    fds.push(pollfd(c, libc::POLLIN));
+                    watched.push(Watched::Control(i));
+                }
+                if let (Some(d), Some(_)) = (&m.data, &m.joined) {
+                    let out = if m.output.is_empty() {
                         0
                     } else {
                         libc::POLLOUT
-                    },
-                revents: 0,
-            }));
+                    };
+                    fds.push(pollfd(d, libc::POLLIN | out));
+                    watched.push(Watched::Data(i));
+                }
+            }
             // SAFETY: `fds` is ours and alive for the call; its length is
             // what we pass.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -227,8 +259,11 @@ impl Hub {
                 }
                 return Err(e.into());
             }
-            let ready: Vec<usize> = (0..self.members.len())
-                .filter(|i| fds[i + 1].revents != 0)
+            let ready: Vec<Watched> = watched
+                .into_iter()
+                .zip(&fds[1..])
+                .filter(|(_, fd)| fd.revents != 0)
+                .map(|(w, _)| w)
                 .collect();
             self.step(&ready);
         }
@@ -242,11 +277,12 @@ impl Hub {
                 Ok((stream, _)) => {
                     if stream.set_nonblocking(true).is_ok() {
                         self.members.push(Member {
-                            stream,
+                            control: Some(stream),
                             input: Vec::new(),
-                            output: Vec::new(),
+                            data: None,
+                            output: VecDeque::new(),
+                            queued: 0,
                             joined: None,
-                            refused: false,
                         });
                     }
                 }
@@ -265,21 +301,29 @@ impl Hub {
         }
     }
 
-    /// Reads what the `ready` members sent and switches it, drops the
-    /// members that left, tells everyone the names when they changed, and
-    /// writes what it can.
-    fn step(&mut self, ready: &[usize]) {
+    /// Serves the `ready` descriptors: hellos answered, frames read and
+    /// switched; drops the members that left, tells everyone the names
+    /// when they changed, and writes what it can.
+    fn step(&mut self, ready: &[Watched]) {
         let mut gone = vec![false; self.members.len()];
         let mut changed = false;
-        for &i in ready {
-            let (frames, alive) = self.receive(i);
-            for frame in frames {
-                changed |= self.on_frame(i, &frame);
+        for &w in ready {
+            match w {
+                Watched::Control(i) => match self.on_control(i) {
+                    Ok(joined) => changed |= joined,
+                    Err(()) => gone[i] = true,
+                },
+                Watched::Data(i) => {
+                    let (frames, alive) = self.receive(i);
+                    for frame in frames {
+                        self.on_frame(i, &frame);
+                    }
+                    gone[i] |= !alive;
+                }
             }
-            gone[i] = !alive;
         }
         for (i, m) in self.members.iter_mut().enumerate() {
-            if flush(m).is_err() || (m.refused && m.output.is_empty()) {
+            if flush(m).is_err() {
                 gone[i] = true;
             }
         }
@@ -303,20 +347,125 @@ impl Hub {
         }
     }
 
-    /// What member `i` sent since its last read, as whole frames, and
-    /// whether it is still there (it did not leave or break the framing:
-    /// the frames before either still count).
-    fn receive(&mut self, i: usize) -> (Vec<Vec<u8>>, bool) {
+    /// Reads member `i`'s connection: before it joined, its hello (with
+    /// its socket), answered there; after, only whether its husk closed
+    /// it. `Ok(true)` when it joined; `Err` when it is to go.
+    fn on_control(&mut self, i: usize) -> Result<bool, ()> {
         let m = &mut self.members[i];
-        let mut buf = [0u8; 1 << 16];
-        let mut alive = true;
+        let Some(control) = &m.control else {
+            return Ok(false);
+        };
+        let mut buf = [0u8; 4096];
         loop {
-            match m.stream.read(&mut buf) {
+            match control.recv_with_fd(&mut buf) {
+                Ok((0, _)) => break,
+                Ok((n, socket)) => {
+                    if let (None, Some(s)) = (&m.data, socket) {
+                        m.data = Some(UnixStream::from(std::os::fd::OwnedFd::from(s)));
+                    }
+                    if m.joined.is_none() {
+                        m.input.extend_from_slice(&buf[..n]);
+                        if m.input.len() > 4 + MAX_FRAME {
+                            return Err(());
+                        }
+                    }
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EAGAIN => return self.hello(i),
+                Err(e) if e.errno() == libc::EINTR => continue,
+                Err(_) => break,
+            }
+        }
+        // Closed: before its hello that is the member gone; after, only
+        // its husk (the VM's socket says when the member leaves).
+        if m.joined.is_none() {
+            return Err(());
+        }
+        m.control = None;
+        Ok(false)
+    }
+
+    /// Member `i`'s hello, once it is whole: the answer written on its
+    /// connection. `Ok(true)` when it joined, `Err` when refused (the
+    /// member goes once it has the answer).
+    fn hello(&mut self, i: usize) -> Result<bool, ()> {
+        let m = &mut self.members[i];
+        if m.joined.is_some() || m.input.len() < 4 {
+            return Ok(false);
+        }
+        let len = u32::from_be_bytes(m.input[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(());
+        }
+        if m.input.len() < 4 + len {
+            return Ok(false);
+        }
+        let frame = std::mem::take(&mut m.input);
+        let frame = &frame[4..4 + len];
+        let reply = match payload(frame).map(serde_json::from_slice::<Hello>) {
+            Some(Ok(hello)) => match self.members[i].data.as_ref().map(|d| d.set_nonblocking(true)) {
+                Some(Ok(())) => self.admit(i, hello),
+                _ => Reply::Refused {
+                    reason: "a member hands over its socket with its hello (is this husk older than the network's hub?)".into(),
+                },
+            },
+            _ => Reply::Refused {
+                reason: "the first frame must be husk's hello".into(),
+            },
+        };
+        let admitted = matches!(reply, Reply::Welcome { .. });
+        let src = frame.get(6..12).and_then(|s| s.try_into().ok());
+        let json = serde_json::to_vec(&reply).expect("a reply serializes");
+        let answer = control_frame(src.unwrap_or(BROADCAST), HUB_MAC, &json);
+        // A few hundred bytes on a connection nothing was written to
+        // yet: taken whole, or the joiner is gone.
+        let written = self.members[i]
+            .control
+            .as_ref()
+            .map(|mut c| c.write(&answer));
+        match (admitted, written) {
+            (true, Some(Ok(n))) if n == answer.len() => Ok(true),
+            _ => {
+                self.members[i].joined = None;
+                Err(())
+            }
+        }
+    }
+
+    /// The frames member `i`'s VM sent since its last read, and whether
+    /// it is still there. Each message on its socket is one frame in the
+    /// stream framing; one that is not is dropped.
+    fn receive(&mut self, i: usize) -> (Vec<Vec<u8>>, bool) {
+        let Some(data) = &self.members[i].data else {
+            return (Vec::new(), false);
+        };
+        // One byte more than the longest message, to tell one cut short.
+        let mut buf = vec![0u8; 4 + MAX_FRAME + 1];
+        let mut frames = Vec::new();
+        let mut alive = true;
+        // A bounded batch: the others get their turn.
+        while frames.len() < 64 {
+            match (&*data).read(&mut buf) {
                 Ok(0) => {
                     alive = false;
                     break;
                 }
-                Ok(n) => m.input.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    let framed = (4..=4 + MAX_FRAME).contains(&n)
+                        && u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize
+                            == n - 4;
+                    if !framed {
+                        self.malformed += 1;
+                        if self.malformed.is_power_of_two() {
+                            eprintln!(
+                                "husk: {} messages that are no frame dropped",
+                                self.malformed
+                            );
+                        }
+                        continue;
+                    }
+                    frames.push(buf[4..n].to_vec());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -324,54 +473,19 @@ impl Hub {
                     break;
                 }
             }
-            if m.input.len() > 4 * MAX_FRAME {
-                break;
-            }
         }
-        let mut frames = Vec::new();
-        let mut at = 0;
-        while m.input.len() - at >= 4 {
-            let len = u32::from_be_bytes(m.input[at..at + 4].try_into().expect("4 bytes")) as usize;
-            if len > MAX_FRAME {
-                alive = false;
-                break;
-            }
-            if m.input.len() - at - 4 < len {
-                break;
-            }
-            frames.push(m.input[at + 4..at + 4 + len].to_vec());
-            at += 4 + len;
-        }
-        m.input.drain(..at);
         (frames, alive)
     }
 
-    /// Takes one frame of member `i`; says whether the names changed.
-    fn on_frame(&mut self, i: usize, frame: &[u8]) -> bool {
-        if self.members[i].joined.is_none() {
-            if self.members[i].refused {
-                return false;
-            }
-            let reply = match payload(frame).map(serde_json::from_slice::<Hello>) {
-                Some(Ok(hello)) => self.admit(i, hello),
-                _ => Reply::Refused {
-                    reason: "the first frame must be husk's hello".into(),
-                },
-            };
-            let admitted = matches!(reply, Reply::Welcome { .. });
-            let src = frame.get(6..12).and_then(|s| s.try_into().ok());
-            let json = serde_json::to_vec(&reply).expect("a reply serializes");
-            self.queue(i, &control_frame(src.unwrap_or(BROADCAST), HUB_MAC, &json));
-            self.members[i].refused = !admitted;
-            return admitted;
-        }
+    /// Switches one frame of member `i`'s VM.
+    fn on_frame(&mut self, i: usize, frame: &[u8]) {
         if frame.len() < HEADER {
-            return false;
+            return;
         }
         if payload(frame).is_some() {
             let names = self.names_frame(i);
             self.queue(i, &names);
-            return false;
+            return;
         }
         let dst: [u8; 6] = frame[..6].try_into().expect("6 bytes");
         let mut wire = Vec::with_capacity(4 + frame.len());
@@ -392,7 +506,6 @@ impl Hub {
         for j in to {
             self.queue(j, &wire);
         }
-        false
     }
 
     /// Member `i`'s hello: its address, or why it cannot join.
@@ -484,7 +597,7 @@ impl Hub {
     /// unless that member already has its fill waiting.
     fn queue(&mut self, j: usize, wire: &[u8]) {
         let m = &mut self.members[j];
-        if m.output.len() + wire.len() > MAX_QUEUED {
+        if m.queued + wire.len() > MAX_QUEUED {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 eprintln!(
@@ -494,23 +607,37 @@ impl Hub {
             }
             return;
         }
-        m.output.extend_from_slice(wire);
+        m.queued += wire.len();
+        m.output.push_back(wire.to_vec());
     }
 }
 
-/// Writes what member `m` has queued, as much as its socket takes now.
+fn pollfd(fd: &impl AsRawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }
+}
+
+/// Writes what member `m` has queued, a frame per message, as far as its
+/// socket takes them now.
 fn flush(m: &mut Member) -> io::Result<()> {
-    let mut sent = 0;
-    while sent < m.output.len() {
-        match m.stream.write(&m.output[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
+    let Some(data) = &m.data else {
+        return Ok(());
+    };
+    while let Some(frame) = m.output.front() {
+        match (&*data).write(frame) {
+            Ok(n) if n == frame.len() => {
+                m.queued -= n;
+                m.output.pop_front();
+            }
+            Ok(_) => return Err(io::ErrorKind::WriteZero.into()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    m.output.drain(..sent);
     Ok(())
 }
 

@@ -7,10 +7,11 @@
 //! whether it is internal, when it was made), `NAME/lock`, and while any
 //! appliance is on it `NAME/hub.sock` and `NAME/hub.log`.
 //!
-//! Each VM on the network gets an interface whose backend is a stream
-//! socket to the network's hub ([`hub`]): one process per network,
-//! started by the first run that joins it and gone when the last VM
-//! leaves. The hub is the network's switch: frames in passt's stream
+//! Each VM on the network gets an interface whose backend is a socket
+//! to the network's hub ([`hub`]): one process per network, started by
+//! the first run that joins it and gone when the last VM leaves (a hub
+//! that dies before is replaced by the next, which its members join
+//! again: [`Membership`]). The hub is the network's switch: frames in passt's stream
 //! framing, each sent to the member whose MAC it is for, or to all for
 //! broadcast and multicast. It gives each member its address and tells
 //! every member's init the members' names for `/etc/hosts`. A network
@@ -18,11 +19,12 @@
 //! (passt) each VM also gets, as docker's bridge networks NAT theirs.
 
 pub mod hub;
+mod membership;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +33,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use hub::{Hello, Reply};
+pub use membership::Membership;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const META: &str = "network.json";
 const LOCK: &str = "lock";
@@ -79,6 +83,17 @@ impl Meta {
         let base = u32::from(base) & mask;
         (base + 2, (base | !mask) - 1)
     }
+}
+
+/// A VM on a network, as [`Network::join`] put it there.
+pub struct Joined {
+    /// The VM's end of its socket pair with the hub: its interface's
+    /// backend.
+    pub socket: OwnedFd,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    /// What keeps it on the network should the hub go.
+    pub membership: Membership,
 }
 
 /// One network, made or not.
@@ -210,10 +225,31 @@ impl Network {
     }
 
     /// Joins the network as `hello` says: connects to its hub (starting
-    /// one when none serves it) and is given an address. Returns the
-    /// socket the VM's interface speaks on, and the address.
-    pub fn join(&self, hello: &Hello) -> anyhow::Result<(OwnedFd, Ipv4Addr, u8)> {
+    /// one when none serves it), hands it one end of a new socket pair and
+    /// is given an address.
+    pub fn join(&self, hello: &Hello) -> anyhow::Result<Joined> {
         let meta = self.meta()?;
+        let (vm, member) = vmm::vsock::seqpacket_pair().context("socketpair")?;
+        let (control, address) = self
+            .reach_hub(hello, &member)?
+            .map_err(|reason| anyhow::anyhow!("network {}: {reason}", self.name))?;
+        Ok(Joined {
+            socket: vm,
+            address,
+            prefix: meta.subnet.1,
+            membership: Membership::new(self.clone(), hello, address, control, member),
+        })
+    }
+
+    /// Connects to the hub (starting one when none serves), sends it
+    /// `hello` with `member` (the hub's end of the VM's socket pair) and
+    /// reads its answer: the connection and the address, or why the hub
+    /// refused.
+    fn reach_hub(
+        &self,
+        hello: &Hello,
+        member: &OwnedFd,
+    ) -> anyhow::Result<Result<(UnixStream, Ipv4Addr), String>> {
         let lock = self.lock()?;
         let socket = self.dir.join(SOCKET);
         let mut stream = match UnixStream::connect(&socket) {
@@ -227,20 +263,23 @@ impl Network {
         // Connected (in the hub's backlog): the hub cannot leave now.
         drop(lock);
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(&hub::control_frame(
-            hub::BROADCAST,
-            hello.mac,
-            &serde_json::to_vec(hello)?,
-        ))?;
+        let frame = hub::control_frame(hub::BROADCAST, hello.mac, &serde_json::to_vec(hello)?);
+        let sent = stream
+            .send_with_fd(&frame[..], member.as_raw_fd())
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+            .with_context(|| format!("cannot reach the hub of network {}", self.name))?;
+        if sent < frame.len() {
+            stream.write_all(&frame[sent..])?;
+        }
         let reply = read_frame(&mut stream)
             .with_context(|| format!("the hub of network {} did not answer", self.name))?;
         let reply: Reply = serde_json::from_slice(hub::payload(&reply).unwrap_or_default())
             .with_context(|| format!("the hub of network {} answered nonsense", self.name))?;
         stream.set_read_timeout(None)?;
-        match reply {
-            Reply::Welcome { address } => Ok((stream.into(), address, meta.subnet.1)),
-            Reply::Refused { reason } => anyhow::bail!("network {}: {reason}", self.name),
-        }
+        Ok(match reply {
+            Reply::Welcome { address } => Ok((stream, address)),
+            Reply::Refused { reason } => Err(reason),
+        })
     }
 
     /// Starts the network's hub: its socket made and listening here, then

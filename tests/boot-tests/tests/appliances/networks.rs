@@ -2,8 +2,9 @@
 //! reach each other by address and by name through the network's hub, a
 //! network that is not internal leaves the way out to the user-mode
 //! network, names follow members joining and leaving, a restart keeps its
-//! address, and the hub leaves with the last member, also after `kill -9`
-//! of a member or of the hub. The networks live under `$HUSK_DATA_DIR` on
+//! address, the hub leaves with the last member, also after `kill -9`
+//! of a member, and a hub killed is replaced by the next, which its
+//! members join again with their connections open. The networks live under `$HUSK_DATA_DIR` on
 //! the test's tmpfs (the bed's own root is read-only).
 
 use std::path::Path;
@@ -218,29 +219,23 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
     no_hub(root, "frontend")?;
     ok(h(&["network", "rm", "frontend"])?, "husk network rm")?;
 
-    // kill -9 of the hub: the network is not in use any more, and the
-    // next run that joins starts a hub of its own over the stale socket;
-    // that hub leaves when that run ends.
-    let hubs = hubs_of("backend");
-    if hubs.len() != 1 {
-        return Err(format!("one hub should serve backend: {hubs:?}").into());
-    }
-    // It reads what guests send, so it runs confined: seccomp, and its
-    // network's folder as its root (in a user namespace of its own).
-    let status = std::fs::read_to_string(format!("/proc/{}/status", hubs[0]))?;
-    let seen_root = std::fs::read_link(format!("/proc/{}/root", hubs[0]))?;
-    if !status.contains("\nSeccomp:\t2\n") || seen_root != root.join("backend").canonicalize()? {
-        return Err(
-            format!("the hub is not confined: root {seen_root:?}, status:\n{status}").into(),
-        );
-    }
-    // SAFETY: kill(2) with a pid and a signal number has no memory effects.
-    unsafe { libc::kill(hubs[0] as i32, libc::SIGKILL) };
-    if !gone(hubs[0]) {
-        return Err("the hub outlived kill -9".into());
-    }
-    let r = h(&[
+    // kill -9 of the hub, with a TCP connection open across it between
+    // two members: their husks start the next hub and join it again with
+    // the same addresses and sockets, and the connection goes on.
+    ok(
+        web.exec(&[
+            "sh",
+            "-c",
+            "(sleep 1000 | nc -l -p 7000 > /tmp/through-the-kill) > /dev/null 2>&1 &",
+        ])?,
+        "a listener in netweb",
+    )?;
+    let told = tempfile::NamedTempFile::new()?;
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args([
         "run",
+        "--timeout",
+        "120",
         "--net",
         "none",
         "--net",
@@ -249,14 +244,80 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         "--",
         "sh",
         "-c",
-        "ip -4 -o addr show eth0",
-    ])?;
-    if r.code != Some(0) || !r.stdout.contains("10.89.") {
-        return Err(r
-            .explain("a run after the hub was killed should join a new one")
-            .into());
+        "{ echo one; echo ready >&2; sleep 20; echo two; } | nc netweb 7000; \
+         echo nc=$?; wget -q -O- http://netweb/",
+    ])
+    .stderr(told.reopen()?);
+    let (mut client, _, rest) = start_until_ready(cmd)?;
+    let across = (|| -> Result<(), Failed> {
+        // The connection is up once the first line is there.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ok(web.exec(&["cat", "/tmp/through-the-kill"])?, "cat")?.stdout != "one\n" {
+            if Instant::now() > deadline {
+                return Err("netweb never got the client's first line".into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let hubs = hubs_of("backend");
+        if hubs.len() != 1 {
+            return Err(format!("one hub should serve backend: {hubs:?}").into());
+        }
+        // It reads what guests send, so it runs confined: seccomp, and its
+        // network's folder as its root (in a user namespace of its own).
+        let status = std::fs::read_to_string(format!("/proc/{}/status", hubs[0]))?;
+        let seen_root = std::fs::read_link(format!("/proc/{}/root", hubs[0]))?;
+        if !status.contains("\nSeccomp:\t2\n")
+            || seen_root != root.join("backend").canonicalize()?
+        {
+            return Err(
+                format!("the hub is not confined: root {seen_root:?}, status:\n{status}").into(),
+            );
+        }
+        // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+        unsafe { libc::kill(hubs[0] as i32, libc::SIGKILL) };
+        if !gone(hubs[0]) {
+            return Err("the hub outlived kill -9".into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = hubs_of("backend");
+            if now.len() == 1 && now[0] != hubs[0] {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no new hub serves backend: {now:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if client.try_wait()?.is_some() {
+            return Err("the client finished before the hub was killed: \
+                        nothing was open across the kill"
+                .into());
+        }
+        Ok(())
+    })();
+    let waited = exited_within(&mut client, Duration::from_secs(90));
+    if waited.is_none() {
+        let _ = client.kill();
+        let _ = client.wait();
     }
-    no_hub(root, "backend")?;
+    let out = rest.join().unwrap_or_default();
+    let said = std::fs::read_to_string(told.path())?;
+    across?;
+    let got = ok(web.exec(&["cat", "/tmp/through-the-kill"])?, "cat")?.stdout;
+    if waited.and_then(|s| s.code()) != Some(0)
+        || !out.contains("nc=0")
+        || !out.contains("Hello from a husk appliance")
+        || got != "one\ntwo\n"
+        || !said.contains("joined its next one, at 10.89.")
+    {
+        return Err(format!(
+            "across the hub's kill -9 the connection should go on and the page come \
+             by name ({waited:?}); the client printed:\n{out}\nhusk said:\n{said}\n\
+             netweb got {got:?}"
+        )
+        .into());
+    }
 
     web.remove(&tree(keeper))?;
     no_hub(root, "backend")?;
@@ -310,6 +371,21 @@ fn hosts_until(vm: &Vm, test: impl Fn(&str) -> bool) -> Result<(), Failed> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// How `child` ended, if it did within `limit`.
+fn exited_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }
 
 /// The processes serving as `network`'s hub.

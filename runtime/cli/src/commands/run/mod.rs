@@ -704,7 +704,12 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     // passt (if any) lives until this function returns, in the process
     // that started it (the jail's supervisor).
     let member = net::Member::of(&args, vm_child.as_ref());
-    let (net, _passt, net_setup) = attach_net(&plan.net, &args.names, &member)?;
+    let net::Attached {
+        configs: net,
+        passt: _passt,
+        setup: net_setup,
+        mut memberships,
+    } = attach_net(&plan.net, &args.names, &member)?;
     if !plan.net.is_empty() {
         mark("network ready");
     }
@@ -880,7 +885,16 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     let mut files = vmm::open_host_files(&config)?;
     mark("host files opened");
     if let Some(jail) = &jail {
-        match vmm::jail::enter(jail, || files.reopen_own())? {
+        let forked = vmm::jail::enter(jail, |side| match side {
+            vmm::jail::Forked::Child => {
+                files.reopen_own();
+                // The jailed VMM holds its own end of each socket pair,
+                // not the connections to the hubs.
+                memberships.clear();
+            }
+            vmm::jail::Forked::Supervisor => keep_memberships(&mut memberships),
+        })?;
+        match forked {
             vmm::jail::Side::Supervisor(status) => {
                 drop(_raw);
                 return Ok(ExitCode::from(status));
@@ -888,6 +902,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             vmm::jail::Side::Jailed => mark("jail entered"),
         }
     }
+    keep_memberships(&mut memberships);
     let outcome = vmm::run_with(config, files)?;
     drop(_raw);
     drop(plan);
@@ -933,6 +948,15 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_TIMEOUT)
         }
     })
+}
+
+/// Keeps the run on its husk networks while its VM runs, should a hub go
+/// away: from threads of this process, which stays (outside the jail, or
+/// with the VMM in it).
+fn keep_memberships(memberships: &mut Vec<crate::networks::Membership>) {
+    for m in memberships.drain(..) {
+        m.keep();
+    }
 }
 
 /// The vsock socket of a foreground run that needs one only for itself.

@@ -466,24 +466,40 @@ fn random_mac() -> [u8; 6] {
     mac
 }
 
-/// The host side of the planned interfaces: passt started (kept alive by
-/// the returned guard), taps named; and what the guest's init sets up.
+/// The host side of a run's interfaces.
+pub(super) struct Attached {
+    /// The VMM's side.
+    pub configs: Vec<NetConfig>,
+    /// passt, when the run has the user-mode network: it lives as long as
+    /// this guard, in the process that started it.
+    pub passt: Option<Passt>,
+    /// What the guest's init sets up.
+    pub setup: NetSetup,
+    /// The run's places on husk networks: kept (from the process that
+    /// stays, after the jail's fork) while the VM runs.
+    pub memberships: Vec<crate::networks::Membership>,
+}
+
+/// The host side of the planned interfaces: passt started, taps named,
+/// networks joined; and what the guest's init sets up.
 pub(super) fn attach_net(
     nets: &[PlannedNet],
     names: &NameArgs,
     member: &Member,
-) -> anyhow::Result<(Vec<NetConfig>, Option<Passt>, NetSetup)> {
+) -> anyhow::Result<Attached> {
     let mut configs = Vec::new();
     let mut passt = None;
     let mut setup = NetSetup::default();
+    let mut memberships = Vec::new();
     for (i, n) in nets.iter().enumerate() {
         if let Some(name) = &n.network {
             let mac = n.mac.unwrap_or_else(random_mac);
-            let (socket, address, prefix) = member.join(name, mac, n.address.map(|a| a.0))?;
+            let joined = member.join(name, mac, n.address.map(|a| a.0))?;
+            memberships.push(joined.membership);
             setup.interfaces.push(InterfaceSetup {
                 name: format!("eth{i}"),
-                address: Some(address),
-                prefix,
+                address: Some(joined.address),
+                prefix: joined.prefix,
                 gateway: None,
                 mtu: n.mtu,
                 mac: Some(mac),
@@ -493,7 +509,7 @@ pub(super) fn attach_net(
             });
             configs.push(NetConfig {
                 mac,
-                backend: NetBackendConfig::Stream(socket),
+                backend: NetBackendConfig::Stream(joined.socket),
             });
             continue;
         }
@@ -547,7 +563,12 @@ pub(super) fn attach_net(
         configs.push(NetConfig { mac, backend });
     }
     add_names(&mut setup, names)?;
-    Ok((configs, passt, setup))
+    Ok(Attached {
+        configs,
+        passt,
+        setup,
+        memberships,
+    })
 }
 
 /// Who this run is on husk networks: the names other members reach it
@@ -580,14 +601,13 @@ impl Member {
     }
 
     /// Joins network `name` with `mac`, at address `fixed` when given (or
-    /// not at all): the socket to its hub, the address it gave and the
-    /// prefix length.
+    /// not at all).
     fn join(
         &self,
         name: &str,
         mac: [u8; 6],
         fixed: Option<std::net::Ipv4Addr>,
-    ) -> anyhow::Result<(std::os::fd::OwnedFd, std::net::Ipv4Addr, u8)> {
+    ) -> anyhow::Result<crate::networks::Joined> {
         // By the network's name: its place among the interfaces changes
         // when a network is connected or disconnected.
         let remembered = self
@@ -608,7 +628,7 @@ impl Member {
         };
         let joined = crate::networks::Network::find(name)?.join(&hello)?;
         if let Some(path) = remembered {
-            let _ = crate::vms::write_file(&path, joined.1.to_string());
+            let _ = crate::vms::write_file(&path, joined.address.to_string());
         }
         Ok(joined)
     }

@@ -5,6 +5,13 @@ use super::*;
 const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 
+/// One member as a run makes it: its connection to the hub, and its
+/// VM's end of the socket pair whose other end went to the hub.
+struct Member {
+    _control: UnixStream,
+    vm: UnixStream,
+}
+
 /// A hub on a socket in a temporary folder, serving in a thread until
 /// its last member left; the first member is connected before it starts.
 fn hub_with(
@@ -12,40 +19,67 @@ fn hub_with(
 ) -> (
     tempfile::TempDir,
     std::thread::JoinHandle<()>,
-    UnixStream,
+    Member,
     Reply,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let listener = UnixListener::bind(dir.path().join("hub.sock")).unwrap();
-    let mut member = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
+    let control = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
     let range = (
         u32::from(Ipv4Addr::new(10, 89, 0, 2)),
         u32::from(Ipv4Addr::new(10, 89, 0, 4)),
     );
     let hub = std::thread::spawn(move || Hub::new(range).run(&listener, || true).unwrap());
-    let reply = hello(&mut member, &first);
+    let (member, reply) = hello(control, &first);
     (dir, hub, member, reply)
 }
 
-fn join(dir: &tempfile::TempDir, h: &Hello) -> (UnixStream, Reply) {
-    let mut member = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
-    let reply = hello(&mut member, h);
-    (member, reply)
+fn join(dir: &tempfile::TempDir, h: &Hello) -> (Member, Reply) {
+    hello(UnixStream::connect(dir.path().join("hub.sock")).unwrap(), h)
 }
 
-fn hello(member: &mut UnixStream, h: &Hello) -> Reply {
-    member
+/// Sends `h` with the hub's end of a new socket pair, and reads the
+/// answer.
+fn hello(control: UnixStream, h: &Hello) -> (Member, Reply) {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let (vm, theirs) = vmm::vsock::seqpacket_pair().unwrap();
+    control
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    member
-        .write_all(&control_frame(
-            BROADCAST,
-            h.mac,
-            &serde_json::to_vec(h).unwrap(),
-        ))
+    let frame = control_frame(BROADCAST, h.mac, &serde_json::to_vec(h).unwrap());
+    let sent = control
+        .send_with_fd(&frame[..], theirs.as_raw_fd())
         .unwrap();
-    let frame = super::super::read_frame(member).unwrap();
-    serde_json::from_slice(payload(&frame).unwrap()).unwrap()
+    assert_eq!(sent, frame.len());
+    drop(theirs);
+    let mut control = control;
+    let frame = super::super::read_frame(&mut control).unwrap();
+    let reply = serde_json::from_slice(payload(&frame).unwrap()).unwrap();
+    let vm = UnixStream::from(vm);
+    vm.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (
+        Member {
+            _control: control,
+            vm,
+        },
+        reply,
+    )
+}
+
+/// The next message on a VM's socket: one frame in the stream framing,
+/// returned without its length.
+fn read_frame(vm: &UnixStream) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4 + MAX_FRAME + 1];
+    let n = (&*vm).read(&mut buf)?;
+    assert!(n >= 4, "a {n}-byte message");
+    let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+    assert_eq!(len, n - 4, "one frame per message");
+    Ok(buf[4..n].to_vec())
+}
+
+/// Sends one frame (already in the stream framing) as one message.
+fn send(m: &Member, wire: &[u8]) {
+    assert_eq!((&m.vm).write(wire).unwrap(), wire.len());
 }
 
 fn named(name: &str, mac: [u8; 6]) -> Hello {
@@ -76,10 +110,10 @@ fn frame(dst: [u8; 6], src: [u8; 6], body: &[u8]) -> Vec<u8> {
 
 /// The next frame that is not a list of names, and the last list seen
 /// before it.
-fn next_data(member: &mut UnixStream) -> (Vec<u8>, Option<NetworkHosts>) {
+fn next_data(member: &Member) -> (Vec<u8>, Option<NetworkHosts>) {
     let mut names = None;
     loop {
-        let f = super::super::read_frame(member).unwrap();
+        let f = read_frame(&member.vm).unwrap();
         match payload(&f) {
             Some(p) => names = Some(serde_json::from_slice(p).unwrap()),
             None => return (f, names),
@@ -88,9 +122,9 @@ fn next_data(member: &mut UnixStream) -> (Vec<u8>, Option<NetworkHosts>) {
 }
 
 /// The next list of `n` members' names (earlier lists skipped).
-fn names_of(member: &mut UnixStream, n: usize) -> NetworkHosts {
+fn names_of(member: &Member, n: usize) -> NetworkHosts {
     loop {
-        let f = super::super::read_frame(member).unwrap();
+        let f = read_frame(&member.vm).unwrap();
         if let Some(p) = payload(&f) {
             let hosts: NetworkHosts = serde_json::from_slice(p).unwrap();
             if hosts.hosts.len() == n {
@@ -110,9 +144,9 @@ fn listed(hosts: &NetworkHosts) -> Vec<String> {
 
 #[test]
 fn members_get_addresses_and_each_other_s_frames_by_mac() {
-    let (dir, hub, mut a, reply) = hub_with(named("db", A));
+    let (dir, hub, a, reply) = hub_with(named("db", A));
     assert_eq!(reply, welcome([10, 89, 0, 2]));
-    let (mut b, reply) = join(
+    let (b, reply) = join(
         &dir,
         &Hello {
             names: vec!["web".into(), "www".into()],
@@ -123,39 +157,45 @@ fn members_get_addresses_and_each_other_s_frames_by_mac() {
     );
     assert_eq!(reply, welcome([10, 89, 0, 4]), "the address it asked for");
     assert_eq!(
-        listed(&names_of(&mut a, 2)),
+        listed(&names_of(&a, 2)),
         ["10.89.0.2 db", "10.89.0.4 web,www"],
         "a member learns of the one that joined"
     );
 
     // Unicast to B, to a MAC nobody has (dropped), broadcast.
-    a.write_all(&frame(B, A, b"to b")).unwrap();
-    a.write_all(&frame([2, 9, 9, 9, 9, 9], A, b"to nobody"))
-        .unwrap();
-    a.write_all(&frame(BROADCAST, A, b"to all")).unwrap();
-    let (got, _) = next_data(&mut b);
+    send(&a, &frame(B, A, b"to b"));
+    send(&a, &frame([2, 9, 9, 9, 9, 9], A, b"to nobody"));
+    send(&a, &frame(BROADCAST, A, b"to all"));
+    let (got, _) = next_data(&b);
     assert_eq!(&got[14..], b"to b");
-    let (got, _) = next_data(&mut b);
+    let (got, _) = next_data(&b);
     assert_eq!(&got[14..], b"to all", "the frame for nobody went nowhere");
-    b.write_all(&frame(A, B, b"to a")).unwrap();
-    let (got, _) = next_data(&mut a);
+    // A message whose length is not its own is dropped, and the member
+    // goes on.
+    let mut lying = frame(B, A, b"lies");
+    lying[3] += 1;
+    send(&a, &lying);
+    send(&a, &frame(B, A, b"true"));
+    let (got, _) = next_data(&b);
+    assert_eq!(&got[14..], b"true");
+    send(&b, &frame(A, B, b"to a"));
+    let (got, _) = next_data(&a);
     assert_eq!(&got[14..], b"to a", "A's own broadcast did not come back");
 
     // A guest's question for the names goes to the hub only.
-    b.write_all(&control_frame(BROADCAST, B, b"names?"))
-        .unwrap();
-    assert_eq!(listed(&names_of(&mut b, 2)).len(), 2);
-    b.write_all(&frame(A, B, b"after")).unwrap();
-    let (got, names) = next_data(&mut a);
+    send(&b, &control_frame(BROADCAST, B, b"names?"));
+    assert_eq!(listed(&names_of(&b, 2)).len(), 2);
+    send(&b, &frame(A, B, b"after"));
+    let (got, names) = next_data(&a);
     assert_eq!(&got[14..], b"after");
     assert!(names.is_none(), "B's question never reached A");
 
     // What a member sent just before it left still goes out.
-    b.write_all(&frame(A, B, b"last words")).unwrap();
+    send(&b, &frame(A, B, b"last words"));
     drop(b);
-    let (got, _) = next_data(&mut a);
+    let (got, _) = next_data(&a);
     assert_eq!(&got[14..], b"last words");
-    assert_eq!(listed(&names_of(&mut a, 1)), ["10.89.0.2 db"], "B left");
+    assert_eq!(listed(&names_of(&a, 1)), ["10.89.0.2 db"], "B left");
     drop(a);
     hub.join().unwrap();
     drop(dir);
@@ -185,6 +225,22 @@ fn hellos_that_cannot_be_members_are_refused_and_the_subnet_runs_out() {
     assert!(refused(reply));
     let mut buf = [0u8; 1];
     assert_eq!(raw.read(&mut buf).unwrap(), 0, "a refused member is let go");
+    // A hello without the VM's socket: an older husk's.
+    let mut bare = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
+    bare.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let h = named("b", B);
+    bare.write_all(&control_frame(
+        BROADCAST,
+        B,
+        &serde_json::to_vec(&h).unwrap(),
+    ))
+    .unwrap();
+    match serde_json::from_slice(payload(&super::super::read_frame(&mut bare).unwrap()).unwrap())
+        .unwrap()
+    {
+        Reply::Refused { reason } => assert!(reason.contains("hands over its socket"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 
     let (_b, reply) = join(&dir, &named("b", B));
     assert_eq!(reply, welcome([10, 89, 0, 3]));
@@ -208,17 +264,17 @@ fn hellos_that_cannot_be_members_are_refused_and_the_subnet_runs_out() {
 
 #[test]
 fn a_member_that_never_reads_loses_frames_and_holds_up_no_other() {
-    let (dir, hub, mut a, _) = hub_with(named("a", A));
+    let (dir, hub, a, _) = hub_with(named("a", A));
     let (b, _) = join(&dir, &named("b", B));
     let c_mac = [2, 0, 0, 0, 0, 0xc];
-    let (mut c, _) = join(&dir, &named("c", c_mac));
+    let (c, _) = join(&dir, &named("c", c_mac));
     // C reads everything, in a thread of its own, and says how far it
     // got; B reads nothing.
     let (progress, got) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut broadcasts = 0;
         loop {
-            let (f, _) = next_data(&mut c);
+            let (f, _) = next_data(&c);
             match &f[14..] {
                 b"to c" => return (broadcasts, c),
                 _ => broadcasts += 1,
@@ -236,26 +292,27 @@ fn a_member_that_never_reads_loses_frames_and_holds_up_no_other() {
         while seen + 16 < i {
             seen = got.recv_timeout(Duration::from_secs(10)).unwrap();
         }
-        a.write_all(&frame(BROADCAST, A, &body)).unwrap();
+        send(&a, &frame(BROADCAST, A, &body));
     }
     // A runt (shorter than an Ethernet header) goes nowhere.
-    a.write_all(&12u32.to_be_bytes()).unwrap();
-    a.write_all(&[0u8; 12]).unwrap();
-    a.write_all(&frame(c_mac, A, b"to c")).unwrap();
+    let mut runt = 12u32.to_be_bytes().to_vec();
+    runt.extend_from_slice(&[0u8; 12]);
+    send(&a, &runt);
+    send(&a, &frame(c_mac, A, b"to c"));
     let (broadcasts, c) = reader.join().unwrap();
     assert_eq!(broadcasts, sent, "C got every broadcast and no runt");
 
     // B finds what the hub kept for it: less than it was sent.
-    b.set_nonblocking(true).unwrap();
+    b.vm.set_nonblocking(true).unwrap();
     let (mut kept, mut buf) = (0, vec![0u8; 1 << 16]);
     loop {
-        match (&b).read(&mut buf) {
+        match (&b.vm).read(&mut buf) {
             Ok(0) => break,
             Ok(n) => kept += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // The hub may still be writing its queue out.
                 std::thread::sleep(Duration::from_millis(50));
-                match (&b).read(&mut buf) {
+                match (&b.vm).read(&mut buf) {
                     Ok(n) if n > 0 => kept += n,
                     _ => break,
                 }

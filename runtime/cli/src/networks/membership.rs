@@ -1,0 +1,273 @@
+//! A VM's place on a network, kept while the VM runs: should the
+//! network's hub go away (killed, crashed), the husk that joined joins the
+//! next hub (starting one, as a first joiner does) with the same hello and
+//! hands it the same socket, so the guest's interface goes on with its
+//! address and MAC, having lost only the frames the old hub held.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::hub::Hello;
+use super::Network;
+
+/// How long a member tries to reach a new hub before it gives up.
+const REJOIN_TRIES: u32 = 50;
+const REJOIN_PAUSE: Duration = Duration::from_millis(100);
+
+pub struct Membership {
+    network: Network,
+    /// The hello it joined with, its address now fixed: the next hub
+    /// gives it that one or refuses it, never another.
+    hello: Hello,
+    /// Its connection to the hub: hung up when the hub goes.
+    control: UnixStream,
+    /// A copy of the hub's end of the VM's socket pair; its peer (the
+    /// VM's end) hangs up when the VM ends.
+    member: OwnedFd,
+}
+
+/// What ended a wait.
+#[derive(Debug, PartialEq)]
+enum Gone {
+    Vm,
+    Hub,
+}
+
+impl Membership {
+    pub(super) fn new(
+        network: Network,
+        hello: &Hello,
+        address: Ipv4Addr,
+        control: UnixStream,
+        member: OwnedFd,
+    ) -> Self {
+        Membership {
+            network,
+            hello: Hello {
+                want: Some(address),
+                fixed: true,
+                ..hello.clone()
+            },
+            control,
+            member,
+        }
+    }
+
+    /// Keeps the VM on its network from a thread of its own until the
+    /// VM's end of its socket closes. Start it where the VM's husk stays
+    /// (after the jail's fork: threads do not cross it).
+    pub fn keep(self) {
+        let name = self.network.name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("husk-network".into())
+            .spawn(move || self.run());
+        if let Err(e) = spawned {
+            eprintln!("husk: network {name}: cannot watch its hub ({e}); should it go, this VM's interface on it is down");
+        }
+    }
+
+    fn run(mut self) {
+        let name = self.network.name.clone();
+        while self.wait() == Gone::Hub {
+            match self.rejoin() {
+                Ok(Some(address)) => {
+                    eprintln!("husk: network {name}: its hub went away; joined its next one, at {address} again")
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    eprintln!(
+                        "husk: network {name}: its hub went away and no other took this VM ({e:#}); its interface on {name} is down"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until the hub or the VM goes.
+    fn wait(&mut self) -> Gone {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.control.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                // Only hang-ups: what is waiting on it is the hub's to read.
+                libc::pollfd {
+                    fd: self.member.as_raw_fd(),
+                    events: 0,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two pollfds we own, alive for the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Nothing here can be waited on: watch no more.
+                return Gone::Vm;
+            }
+            if fds[1].revents != 0 {
+                return Gone::Vm;
+            }
+            if fds[0].revents != 0 {
+                // The hub writes nothing here after its welcome: what
+                // reads is its end closing.
+                let mut buf = [0u8; 256];
+                match std::io::Read::read(&mut self.control, &mut buf) {
+                    Ok(n) if n > 0 => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => return Gone::Hub,
+                }
+            }
+        }
+    }
+
+    /// Whether the VM's end of its socket closed.
+    fn vm_gone(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.member.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, for the call; no waiting.
+        unsafe { libc::poll(&mut fd, 1, 0) != 0 }
+    }
+
+    /// Joins the network's next hub: the address it has again, or `None`
+    /// when the VM ended meanwhile.
+    fn rejoin(&mut self) -> anyhow::Result<Option<Ipv4Addr>> {
+        let mut tries = 0;
+        loop {
+            if self.vm_gone() {
+                return Ok(None);
+            }
+            match self.network.reach_hub(&self.hello, &self.member) {
+                Ok(Ok((control, address))) => {
+                    self.control = control;
+                    return Ok(Some(address));
+                }
+                Ok(Err(refused)) => anyhow::bail!("refused: {refused}"),
+                Err(e) if tries + 1 >= REJOIN_TRIES => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(REJOIN_PAUSE);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    use super::super::hub::{control_frame, payload, Reply, HUB_MAC};
+    use super::*;
+
+    /// A stand-in for a hub: takes one member's hello and socket and
+    /// welcomes it at `address`; dropping what it returns is the hub
+    /// dying.
+    fn stand_in_hub(listener: &UnixListener, address: [u8; 4]) -> (UnixStream, UnixStream, Hello) {
+        let (control, _) = listener.accept().unwrap();
+        control
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, socket) = control.recv_with_fd(&mut buf).unwrap();
+        let hello: Hello = serde_json::from_slice(payload(&buf[4..n]).unwrap()).unwrap();
+        let reply = Reply::Welcome {
+            address: address.into(),
+        };
+        (&control)
+            .write_all(&control_frame(
+                hello.mac,
+                HUB_MAC,
+                &serde_json::to_vec(&reply).unwrap(),
+            ))
+            .unwrap();
+        let data = UnixStream::from(OwnedFd::from(socket.expect("the member's socket")));
+        (control, data, hello)
+    }
+
+    fn message(s: &UnixStream) -> Vec<u8> {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = vec![0u8; 1 << 17];
+        let n = (&*s).read(&mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn a_member_joins_the_next_hub_with_its_address_and_socket_and_leaves_with_its_vm() {
+        let tmp = tempfile::tempdir().unwrap();
+        let network = Network::at(tmp.path(), "lan");
+        network
+            .create(Some(([10, 90, 0, 0].into(), 24)), true)
+            .unwrap();
+        let socket = network.dir.join(super::super::SOCKET);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let hello = Hello {
+            names: vec!["web".into()],
+            mac: [2, 0, 0, 0, 0, 7],
+            want: None,
+            fixed: false,
+        };
+        let joining = std::thread::scope(|s| {
+            let hub = s.spawn(|| stand_in_hub(&listener, [10, 90, 0, 5]));
+            let joined = network.join(&hello).unwrap();
+            (joined, hub.join().unwrap())
+        });
+        let (joined, (control, data, seen)) = joining;
+        assert_eq!(joined.address, Ipv4Addr::new(10, 90, 0, 5));
+        assert_eq!(
+            (seen.want, seen.fixed),
+            (None, false),
+            "the first hello as asked"
+        );
+        let vm = UnixStream::from(joined.socket);
+        // A frame from the VM reaches the hub as one message.
+        (&vm).write_all(b"\0\0\0\x02hi").unwrap();
+        assert_eq!(message(&data), b"\0\0\0\x02hi");
+        joined.membership.keep();
+
+        // The hub dies; the next one is on a new socket at the same path
+        // before the member notices, and gets the same hello (its address
+        // now fixed) and the same socket, with the frame the VM sent
+        // meanwhile.
+        drop(listener);
+        std::fs::remove_file(&socket).unwrap();
+        let listener = UnixListener::bind(&socket).unwrap();
+        (&vm).write_all(b"\0\0\0\x02yo").unwrap();
+        drop((control, data));
+        let (control, data, seen) = stand_in_hub(&listener, [10, 90, 0, 5]);
+        assert_eq!(seen.want, Some(Ipv4Addr::new(10, 90, 0, 5)));
+        assert!(seen.fixed && seen.names == ["web"] && seen.mac == hello.mac);
+        assert_eq!(message(&data), b"\0\0\0\x02yo");
+        (&data).write_all(b"\0\0\0\x03new").unwrap();
+        assert_eq!(message(&vm), b"\0\0\0\x03new");
+
+        // The VM ends: the member lets go of its connection and its copy
+        // of the socket.
+        drop(vm);
+        control
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!((&control).read(&mut [0u8; 16]).unwrap(), 0);
+        let mut fd = libc::pollfd {
+            fd: data.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, for the call.
+        let n = unsafe { libc::poll(&mut fd, 1, 10_000) };
+        assert_eq!(n, 1, "the hub's end sees the VM's close");
+    }
+}
