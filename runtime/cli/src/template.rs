@@ -56,10 +56,52 @@ enum Arg {
     Group(Pipeline, Vec<String>),
 }
 
-const FUNCS: [&str; 15] = [
+const FUNCS: [&str; 16] = [
     "json", "index", "len", "join", "split", "upper", "lower", "title", "eq", "ne", "not", "and",
-    "or", "print", "println",
+    "or", "print", "println", "printf",
 ];
+
+/// The fields of docker's objects that hold maps (their keys are data,
+/// not field names): a key not in one is no mistake.
+const MAP_FIELDS: [&str; 12] = [
+    "Labels",
+    "Ports",
+    "Networks",
+    "ExposedPorts",
+    "Volumes",
+    "PortBindings",
+    "Sysctls",
+    "Tmpfs",
+    "Options",
+    "DriverOpts",
+    "Annotations",
+    "Containers",
+];
+
+/// What a key missing from a map gives, as Go's default
+/// (`missingkey=default`): printed `<no value>`, false, and no mistake.
+const NO_VALUE: &str = "\0<no value>";
+
+fn no_value() -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert(NO_VALUE.into(), Value::Bool(true));
+    Value::Object(map)
+}
+
+fn is_no_value(v: &Value) -> bool {
+    matches!(v, Value::Object(m) if m.len() == 1 && m.contains_key(NO_VALUE))
+}
+
+/// Whether `map`, reached through field `field`, is a map rather than one
+/// of docker's structs: a field known to hold one, or keys that are not
+/// all field names (`80/tcp`, `org.label`, `app`), or none at all.
+fn is_map(field: Option<&str>, map: &serde_json::Map<String, Value>) -> bool {
+    let field_name = |k: &String| {
+        k.starts_with(|c: char| c.is_ascii_uppercase())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    field.is_some_and(|f| MAP_FIELDS.contains(&f)) || map.is_empty() || !map.keys().all(field_name)
+}
 
 /// One lexed piece: text between actions, or an action's words.
 enum Piece {
@@ -301,13 +343,25 @@ fn lex_action(text: &str) -> anyhow::Result<(Vec<Token>, usize)> {
                 i += 2;
             }
             b'-' | b'0'..=b'9' => {
-                let end = word_end(i + 1);
+                let mut end = word_end(i + 1);
+                // A fraction: `3.14` (and `1e-3`), where `.` takes no field.
+                if bytes.get(end) == Some(&b'.')
+                    && bytes.get(end + 1).is_some_and(u8::is_ascii_digit)
+                {
+                    end = word_end(end + 1);
+                }
+                if bytes.get(end) == Some(&b'-') && text[..end].ends_with(['e', 'E']) {
+                    end = word_end(end + 1);
+                }
                 let word = &text[i..end];
-                let number = word
-                    .parse::<i64>()
-                    .ok()
-                    .map(serde_json::Number::from)
-                    .ok_or_else(|| anyhow::anyhow!("{word:?} is not a whole number"))?;
+                let number = match word.parse::<i64>() {
+                    Ok(n) => Some(serde_json::Number::from(n)),
+                    Err(_) => word
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64),
+                }
+                .ok_or_else(|| anyhow::anyhow!("{word:?} is not a number"))?;
                 tokens.push(Token::Number(number));
                 i = end;
             }
@@ -535,11 +589,13 @@ fn exec(nodes: &[Node], dot: &Value, scope: &mut Scope, out: &mut String) -> any
                         .enumerate()
                         .map(|(i, v)| (Value::from(i), v))
                         .collect(),
-                    Value::Object(map) => map
+                    Value::Object(map) if !is_no_value(&over) => map
                         .iter()
                         .map(|(k, v)| (Value::from(k.clone()), v))
                         .collect(),
                     Value::Null => Vec::new(),
+                    // A key missing from a map ranges over nothing, as in Go.
+                    no if is_no_value(no) => Vec::new(),
                     other => {
                         anyhow::bail!("range over {}, which is not a list or a map", kind(other))
                     }
@@ -614,12 +670,17 @@ fn operand(arg: &Arg, dot: &Value, scope: &Scope) -> anyhow::Result<Value> {
     }
 }
 
-/// `.A.B` from `value`; a missing field is an error naming those there.
+/// `.A.B` from `value`; a missing field is an error naming those there,
+/// a key missing from a map gives [`no_value`].
 fn walk(value: &Value, fields: &[String], start: &str) -> anyhow::Result<Value> {
     let mut value = value;
     let mut path = start.trim_end_matches('.').to_string();
+    let mut previous: Option<&str> = None;
     for field in fields {
         value = match value {
+            Value::Object(map) if !map.contains_key(field) && is_map(previous, map) => {
+                return Ok(no_value())
+            }
             Value::Object(map) => map.get(field).ok_or_else(|| {
                 let known: Vec<&str> = map.keys().map(String::as_str).collect();
                 anyhow::anyhow!(
@@ -636,6 +697,7 @@ fn walk(value: &Value, fields: &[String], start: &str) -> anyhow::Result<Value> 
             other => anyhow::bail!("{path}.{field}: {path} is {}, with no fields", kind(other)),
         };
         let _ = write!(path, ".{field}");
+        previous = Some(field);
     }
     Ok(value.clone())
 }
@@ -654,7 +716,11 @@ fn call(name: &str, args: &[Value]) -> anyhow::Result<Value> {
     Ok(match name {
         "json" => {
             want(1)?;
-            Value::String(serde_json::to_string(&args[0])?)
+            if is_no_value(&args[0]) {
+                Value::String("null".into())
+            } else {
+                Value::String(serde_json::to_string(&args[0])?)
+            }
         }
         "index" => {
             let Some((first, keys)) = args.split_first() else {
@@ -682,6 +748,9 @@ fn call(name: &str, args: &[Value]) -> anyhow::Result<Value> {
         }
         "len" => {
             want(1)?;
+            if is_no_value(&args[0]) {
+                anyhow::bail!("len of <no value>");
+            }
             Value::from(match &args[0] {
                 Value::Array(a) => a.len(),
                 Value::Object(m) => m.len(),
@@ -772,12 +841,154 @@ fn call(name: &str, args: &[Value]) -> anyhow::Result<Value> {
             }
             Value::String(s)
         }
+        "printf" => {
+            let Some((Value::String(format), rest)) = args.split_first() else {
+                anyhow::bail!("printf takes a format string first");
+            };
+            Value::String(printf(format, rest))
+        }
         _ => unreachable!("the parser takes only FUNCS"),
     })
 }
 
+/// Go's `fmt.Sprintf` for the verbs templates use: `%v %s %d %q %t %x
+/// %X %f %e %g %%`, with the `-`, `0` and `+` flags, a width and a
+/// precision. A verb that does not fit its value, or one with no value
+/// left, is written as Go writes it (`%!d(string=web)`, `%!s(MISSING)`).
+fn printf(format: &str, args: &[Value]) -> String {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let (mut left, mut zero, mut plus) = (false, false, false);
+        while let Some(&f) = chars.peek() {
+            match f {
+                '-' => left = true,
+                '0' => zero = true,
+                '+' => plus = true,
+                ' ' | '#' => {}
+                _ => break,
+            }
+            chars.next();
+        }
+        let number = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+            let mut n: Option<usize> = None;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = Some(
+                    n.unwrap_or(0)
+                        .saturating_mul(10)
+                        .saturating_add(d as usize)
+                        .min(1024),
+                );
+                chars.next();
+            }
+            n
+        };
+        let width = number(&mut chars);
+        let precision = if chars.peek() == Some(&'.') {
+            chars.next();
+            Some(number(&mut chars).unwrap_or(0))
+        } else {
+            None
+        };
+        let Some(verb) = chars.next() else {
+            out.push_str("%!(NOVERB)");
+            break;
+        };
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let Some(arg) = args.next() else {
+            let _ = write!(out, "%!{verb}(MISSING)");
+            continue;
+        };
+        let float = arg.as_f64();
+        let formatted = match (verb, arg) {
+            ('v', _) => Some(text(arg)),
+            ('s', Value::String(s)) => Some(match precision {
+                Some(p) => s.chars().take(p).collect(),
+                None => s.clone(),
+            }),
+            ('s', _) if !arg.is_number() && !arg.is_boolean() => Some(text(arg)),
+            ('q', Value::String(s)) => Some(serde_json::to_string(s).expect("a string serializes")),
+            ('t', Value::Bool(b)) => Some(b.to_string()),
+            ('d', Value::Number(n)) if n.is_i64() || n.is_u64() => Some(match (plus, n.as_i64()) {
+                (true, Some(i)) if i >= 0 => format!("+{n}"),
+                _ => n.to_string(),
+            }),
+            ('x', Value::Number(n)) if n.is_u64() => n.as_u64().map(|u| format!("{u:x}")),
+            ('X', Value::Number(n)) if n.is_u64() => n.as_u64().map(|u| format!("{u:X}")),
+            ('x', Value::String(s)) => Some(s.bytes().map(|b| format!("{b:02x}")).collect()),
+            ('f' | 'e' | 'g', Value::Number(_)) => float.map(|f| {
+                let p = precision.unwrap_or(6);
+                let body = match verb {
+                    'f' => format!("{f:.p$}"),
+                    'e' => format!("{f:.p$e}"),
+                    _ => text(arg),
+                };
+                if plus && f >= 0.0 {
+                    format!("+{body}")
+                } else {
+                    body
+                }
+            }),
+            _ => None,
+        };
+        let Some(body) = formatted else {
+            let _ = write!(out, "%!{verb}({})", typed(arg));
+            continue;
+        };
+        let pad = width.unwrap_or(0).saturating_sub(body.chars().count());
+        let numeric = matches!(verb, 'd' | 'x' | 'X' | 'f' | 'e' | 'g');
+        if left {
+            out.push_str(&body);
+            out.extend(std::iter::repeat_n(' ', pad));
+        } else if zero && numeric {
+            let (sign, digits) = match body.strip_prefix(['-', '+']) {
+                Some(rest) => (&body[..1], rest),
+                None => ("", body.as_str()),
+            };
+            out.push_str(sign);
+            out.extend(std::iter::repeat_n('0', pad));
+            out.push_str(digits);
+        } else {
+            out.extend(std::iter::repeat_n(' ', pad));
+            out.push_str(&body);
+        }
+    }
+    // Go names arguments no verb took.
+    let extra: Vec<String> = args.map(typed).collect();
+    if !extra.is_empty() {
+        let _ = write!(out, "%!(EXTRA {})", extra.join(", "));
+    }
+    out
+}
+
+/// A value with its Go type, as fmt names a value a verb did not fit:
+/// `string=web`.
+fn typed(v: &Value) -> String {
+    let what = match v {
+        Value::String(_) => "string",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float64",
+        Value::Number(_) => "int",
+        Value::Null => return "<nil>".into(),
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) => "map[string]interface {}",
+    };
+    format!("{what}={}", text(v))
+}
+
 /// Go's truth: false, 0, nil and empty strings, lists and maps are false.
 fn truth(v: &Value) -> bool {
+    if is_no_value(v) {
+        return false;
+    }
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,
@@ -790,6 +1001,10 @@ fn truth(v: &Value) -> bool {
 
 /// A value as Go's `%v` prints it: `<nil>`, `[a b]`, `map[k:v]`.
 fn print(v: &Value, out: &mut String) {
+    if is_no_value(v) {
+        out.push_str("<no value>");
+        return;
+    }
     match v {
         Value::Null => out.push_str("<nil>"),
         Value::Bool(b) => {
@@ -931,6 +1146,44 @@ mod tests {
             "none true"
         );
         assert_eq!(render("{{not .Mounts}}"), "true");
+        assert_eq!(
+            render("{{printf \"%s is %v\" .Name .State.Running}}"),
+            "web is true"
+        );
+        assert_eq!(
+            render(
+                "{{printf \"%-6s|%5d|%05d|%+.2f|%q|%x|%.1s|%t|%%\" \
+                 .Name .State.ExitCode 42 3.14159 .Name 255 .Name .State.Running}}"
+            ),
+            "web   |    0|00042|+3.14|\"web\"|ff|w|true|%"
+        );
+        assert_eq!(render("{{.Name | printf \"<%8s>\"}}"), "<     web>");
+        // What does not fit is written as Go writes it.
+        assert_eq!(render("{{printf \"%d\" .Name}}"), "%!d(string=web)");
+        assert_eq!(render("{{printf \"%s %s\" .Name}}"), "web %!s(MISSING)");
+        assert_eq!(render("{{printf \"%s\" .Name 1}}"), "web%!(EXTRA int=1)");
+    }
+
+    #[test]
+    fn a_key_missing_from_a_map_is_no_value_as_in_go() {
+        assert_eq!(render("{{.Config.Labels.version}}"), "<no value>");
+        assert_eq!(render("{{.NetworkSettings.Networks.nope}}"), "<no value>");
+        assert_eq!(
+            render("{{if .Config.Labels.version}}y{{else}}n{{end}}"),
+            "n"
+        );
+        assert_eq!(
+            render("{{range .Config.Labels.version}}x{{else}}none{{end}}"),
+            "none"
+        );
+        assert_eq!(render("{{json .Config.Labels.version}}"), "null");
+        assert_eq!(
+            render("{{with .NetworkSettings.Networks}}{{.nope}}{{end}}"),
+            "<no value>",
+            "keys that are no field names: a map"
+        );
+        // docker's structs still name their fields.
+        assert!(fails("{{.Config.Lables}}").contains("no such field; .Config has Env, Labels"));
     }
 
     #[test]

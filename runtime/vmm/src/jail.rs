@@ -248,8 +248,8 @@ pub fn enter(cfg: &JailConfig, mut after_fork: impl FnMut(Forked)) -> Result<Sid
     let (ready_r, ready_w) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // This process's own PID namespace, for its children after the fork.
-    let own_pid_ns = std::fs::File::open("/proc/self/ns/pid")
-        .map_err(sys("cannot open /proc/self/ns/pid"))?;
+    let own_pid_ns =
+        std::fs::File::open("/proc/self/ns/pid").map_err(sys("cannot open /proc/self/ns/pid"))?;
     // Children from here on start in a new PID namespace (this process
     // stays where it is).
     // SAFETY: unshare with a valid flag.
