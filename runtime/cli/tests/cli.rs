@@ -2051,3 +2051,85 @@ fn create_makes_an_appliance_that_start_runs() {
     );
     assert!(!home.state().join("bad").exists());
 }
+
+/// `--volumes-from NAME[:ro]`: another appliance's folders and volumes
+/// (its anonymous ones by name, its relative folders from where it was
+/// made), at the same paths, read-only with `:ro`, less what this run
+/// mounts there itself; a detached appliance records them as `--mount`s,
+/// so it keeps them when the other is gone.
+#[test]
+fn volumes_from_takes_another_appliance_s_shares_and_keeps_them() {
+    let home = Home::new();
+    let busybox = examples_dir().join("busybox");
+    let busybox = busybox.to_str().unwrap();
+    let made_in = home.0.path().join("made-in");
+    std::fs::create_dir_all(made_in.join("data")).unwrap();
+    let mut create = home.command(&[
+        "create",
+        "--name",
+        "src",
+        "-v",
+        "./data:/data",
+        "-v",
+        "vol1:/v1",
+        "-v",
+        "/anon",
+        busybox,
+    ]);
+    let out = create.current_dir(&made_in).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recorded = |name: &str| -> Vec<String> {
+        serde_json::from_value(home.state_of(name)["args"].clone()).unwrap()
+    };
+    let anon = recorded("src")
+        .iter()
+        .find_map(|a| a.strip_suffix(":/anon").map(String::from))
+        .expect("src's anonymous volume is recorded");
+    std::fs::create_dir_all(home.0.path().join("other")).unwrap();
+    let other = home.0.path().join("other");
+    home.ok(&[
+        "create",
+        "--name",
+        "dst",
+        "--volumes-from",
+        "src:ro",
+        "-v",
+        &format!("{}:/v1", other.display()),
+        busybox,
+    ]);
+    let args = recorded("dst");
+    let mounts: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--mount")
+        .map(|w| w[1].as_str())
+        .collect();
+    let data = made_in.join("data");
+    assert_eq!(
+        mounts,
+        [
+            format!("type=bind,source={},target=/data,readonly", data.display()),
+            format!("type=volume,source={anon},target=/anon,readonly,volume-nocopy"),
+        ],
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.contains("volumes-from")), "{args:?}");
+    // Kept when src is gone: dst's start reads only its own line (and
+    // stops for want of a kernel, after its keeper ran).
+    home.ok(&["rm", "src"]);
+    home.husk(&["start", "dst"]);
+    assert_ne!(home.state_of("dst")["keeper_pid"], 0);
+    home.ok(&["rm", "dst"]);
+
+    home.fails(
+        &["run", "--volumes-from", "nope", busybox],
+        "no appliance named \"nope\"",
+    );
+    home.fails(
+        &["run", "--volumes-from", "dst:rx", busybox],
+        "write NAME, NAME:ro or NAME:rw",
+    );
+}

@@ -155,6 +155,28 @@ fn anonymous_in(root: &std::path::Path) -> Result<(), Failed> {
             .explain(&format!("the same volumes {made:?} after a start"))
             .into());
     }
+    // docker's backup pattern: another run mounts what it has, here
+    // read-only, and makes no volume of its own for the image's VOLUMEs.
+    let backup = h(&[
+        "run",
+        "--volumes-from",
+        "anon:ro",
+        image,
+        "--",
+        "sh",
+        "-c",
+        "cat /var/lib/app/f; touch /var/lib/app/g 2>/dev/null || echo read-only",
+    ])?;
+    if backup.code != Some(0)
+        || !backup.stdout.contains("kept\nread-only\n")
+        || volumes_settled(root, 2) != made
+    {
+        return Err(backup
+            .explain(&format!(
+                "--volumes-from anon:ro should read anon's volumes {made:?}, read-only"
+            ))
+            .into());
+    }
     let keeper = vm.keeper()?;
     let everything = tree(keeper);
     std::mem::forget(vm);

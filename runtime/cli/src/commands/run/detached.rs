@@ -173,7 +173,8 @@ pub(super) fn detach(args: &Args, then: Then) -> anyhow::Result<ExitCode> {
             typed.insert(1, "-d".to_string());
         }
     }
-    let mut recorded: Vec<std::ffi::OsString> = super::recorded::with_label_files_read(&typed)?
+    let typed = super::recorded::with_label_files_read(&typed)?;
+    let mut recorded: Vec<std::ffi::OsString> = super::recorded::with_volumes_from_read(&typed)?
         .into_iter()
         .map(Into::into)
         .collect();

@@ -153,6 +153,11 @@ pub struct Args {
         value_parser = shares::parse_volume
     )]
     volumes: Vec<shares::VolumeArg>,
+    /// Mount what detached appliance NAME has shared (its folders and
+    /// volumes, anonymous ones too), at the same paths; :ro makes them
+    /// read-only here. Read once: a detached appliance keeps them
+    #[arg(long, value_name = "NAME[:ro|:rw]")]
+    volumes_from: Vec<String>,
     /// A bind mount, volume or tmpfs in docker's long form:
     /// type=bind,source=PATH,target=/PATH[,readonly];
     /// type=volume[,source=NAME],target=/PATH[,volume-nocopy];
@@ -657,7 +662,7 @@ fn check_hostname(name: &str) -> anyhow::Result<()> {
 }
 
 /// --mount's are -v's and --tmpfs's in another form, taken after them.
-fn merge_mounts(args: &mut Args) {
+pub(super) fn merge_mounts(args: &mut Args) {
     for mount in std::mem::take(&mut args.mount) {
         match mount {
             shares::MountArg::Share(v) => args.volumes.push(v),
@@ -666,9 +671,20 @@ fn merge_mounts(args: &mut Args) {
     }
 }
 
+/// What --volumes-from names, as -v's before this run's own (call after
+/// [`merge_mounts`]).
+fn take_volumes_from(args: &mut Args) -> anyhow::Result<()> {
+    let mut taken = shares::all_volumes_from(args)?;
+    args.volumes_from.clear();
+    taken.append(&mut args.volumes);
+    args.volumes = taken;
+    Ok(())
+}
+
 /// `husk create`: `husk run -d` up to the keeper's start.
 pub fn create(mut args: Args) -> anyhow::Result<ExitCode> {
     merge_mounts(&mut args);
+    take_volumes_from(&mut args)?;
     args.detach = true;
     if args.from_snapshot.is_some() {
         anyhow::bail!("--from-snapshot: husk create makes an appliance to boot; husk run -d --from-snapshot goes on from a snapshot");
@@ -678,6 +694,7 @@ pub fn create(mut args: Args) -> anyhow::Result<ExitCode> {
 
 pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     merge_mounts(&mut args);
+    take_volumes_from(&mut args)?;
     let (args, named) = match args.from_snapshot.clone() {
         Some(name) => {
             let (args, named) = named::resolve(args, &name)?;

@@ -99,6 +99,23 @@ pub(crate) fn with_label_files_read(args: &[String]) -> anyhow::Result<Vec<Strin
     Ok(out)
 }
 
+/// `args` (a `husk run -d` line) with each `--volumes-from` replaced by
+/// the `--mount`s it stands for now: the appliance keeps them, whatever
+/// becomes of the one it took them from.
+pub(crate) fn with_volumes_from_read(args: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut parsed = crate::parse_run_args(args)?;
+    super::merge_mounts(&mut parsed);
+    let read = super::shares::all_volumes_from(&parsed)?;
+    let (mut out, _) = without_options(args, &["--volumes-from"], None, |a| {
+        a.volumes_from.is_empty()
+    })?;
+    let inline = read
+        .iter()
+        .flat_map(|v| ["--mount".to_string(), super::shares::mount_option(v)]);
+    out.splice(1..1, inline);
+    Ok(out)
+}
+
 /// `args` without every option of `flags` (`FLAG VALUE` or
 /// `FLAG=VALUE`; with `value`, only those given it) whose removal leaves a
 /// run that parses, that `same` accepts, and that runs the same target and

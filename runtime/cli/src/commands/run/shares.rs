@@ -135,6 +135,90 @@ pub fn parse_anonymous(arg: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--volumes-from NAME[:ro|:rw]`, as docker's: the shares of detached
+/// appliance NAME (running or not) as its recorded command line gives
+/// them: its folders and named volumes, and its anonymous volumes by
+/// their names, each at the same guest path; all read-only with `:ro`,
+/// each as the appliance has it otherwise. Its tmpfs mounts are its own.
+pub fn volumes_from(spec: &str) -> anyhow::Result<Vec<VolumeArg>> {
+    let (name, readonly) = match spec.rsplit_once(':') {
+        Some((name, "ro")) => (name, Some(true)),
+        Some((name, "rw")) => (name, Some(false)),
+        Some(_) => anyhow::bail!("--volumes-from {spec:?}: write NAME, NAME:ro or NAME:rw"),
+        None => (spec, None),
+    };
+    let vm = crate::vms::VmDir::find(name).with_context(|| format!("--volumes-from {name}"))?;
+    let state = vm.read_state()?;
+    // Its relative folders are relative to where it was made.
+    let here = std::env::current_dir().context("the current folder")?;
+    let there = state.cwd.clone().unwrap_or_else(|| here.clone());
+    std::env::set_current_dir(&there)
+        .with_context(|| format!("--volumes-from {name}: its folder {}", there.display()))?;
+    let parsed = crate::parse_run_args(&state.args);
+    std::env::set_current_dir(&here).context("the current folder")?;
+    let mut parsed = parsed.with_context(|| format!("--volumes-from {name}: its command line"))?;
+    super::merge_mounts(&mut parsed);
+    let anonymous = parsed
+        .anonymous_volume
+        .iter()
+        .map(|(volume, guest)| VolumeArg {
+            source: Source::Volume(volume.clone()),
+            guest: guest.clone(),
+            readonly: false,
+            nocopy: true,
+        });
+    Ok(parsed
+        .volumes
+        .into_iter()
+        // Named by --anonymous-volume, taken above.
+        .filter(|v| v.source != Source::Anonymous)
+        .chain(anonymous)
+        .map(|v| VolumeArg {
+            readonly: readonly.unwrap_or(v.readonly),
+            // A volume exists: nothing to fill.
+            nocopy: matches!(v.source, Source::Volume(_)),
+            ..v
+        })
+        .collect())
+}
+
+/// What `args`' `--volumes-from` stand for (merged mounts), less what
+/// its own `-v`, `--mount` and `--tmpfs` put at the same guest path, as
+/// docker lets a container's own mounts win.
+pub fn all_volumes_from(args: &super::Args) -> anyhow::Result<Vec<VolumeArg>> {
+    let own: Vec<&str> = args
+        .volumes
+        .iter()
+        .map(|v| v.guest.as_str())
+        .chain(args.tmpfs.iter().map(|t| t.path.as_str()))
+        .collect();
+    let mut taken: Vec<VolumeArg> = Vec::new();
+    for spec in &args.volumes_from {
+        for v in volumes_from(spec)? {
+            if !own.contains(&v.guest.as_str()) && !taken.iter().any(|t| t.guest == v.guest) {
+                taken.push(v);
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// A share as `--mount` writes it, for a recorded command line.
+pub fn mount_option(v: &VolumeArg) -> String {
+    let mut out = match &v.source {
+        Source::Folder(path) => format!("type=bind,source={},target={}", path.display(), v.guest),
+        Source::Volume(name) => format!("type=volume,source={name},target={}", v.guest),
+        Source::Anonymous => format!("type=volume,target={}", v.guest),
+    };
+    if v.readonly {
+        out.push_str(",readonly");
+    }
+    if v.nocopy && !matches!(v.source, Source::Folder(_)) {
+        out.push_str(",volume-nocopy");
+    }
+    out
+}
+
 /// One `--mount`: a share as `-v` gives one, or a tmpfs as `--tmpfs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountArg {
