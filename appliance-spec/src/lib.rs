@@ -47,7 +47,7 @@ pub use model::{
 };
 pub use values::{
     registry_reference, ByteSize, Cidr, ExposedPort, GuestPath, IdOrName, ImageSize, MacAddr, Mode,
-    PortSpec, Signal, Source, UserSpec,
+    PortSpec, Signal, Source, UserSpec, MAX_PORT_RANGE,
 };
 
 use diag::Locator;

@@ -2133,3 +2133,79 @@ fn volumes_from_takes_another_appliance_s_shares_and_keeps_them() {
         "write NAME, NAME:ro or NAME:rw",
     );
 }
+
+/// docker's `--expose` (published by `-P`), `--mac-address`,
+/// `--platform` and `--cidfile`.
+#[test]
+fn expose_mac_address_platform_and_cidfile_are_docker_s() {
+    let home = Home::new();
+    let busybox = examples_dir().join("busybox");
+    let busybox = busybox.to_str().unwrap();
+    let cidfile = home.0.path().join("cid");
+    let cid = cidfile.to_str().unwrap();
+    // The keeper records the ports -P chose before its VM fails for want
+    // of a kernel.
+    home.husk(&[
+        "run",
+        "-d",
+        "--name",
+        "exposed",
+        "--cidfile",
+        cid,
+        "-P",
+        "--expose",
+        "7000-7001/udp",
+        "--mac-address",
+        "02:11:22:33:44:55",
+        "--platform",
+        "linux/amd64",
+        busybox,
+    ]);
+    assert_eq!(std::fs::read_to_string(&cidfile).unwrap(), "exposed");
+    let ports = home.ok(&["port", "exposed"]);
+    let guest: Vec<&str> = ports
+        .lines()
+        .filter_map(|l| l.split(" -> ").next())
+        .collect();
+    assert_eq!(guest, ["7000/udp", "7001/udp"], "{ports}");
+    let args: Vec<String> =
+        serde_json::from_value(home.state_of("exposed")["args"].clone()).unwrap();
+    assert!(
+        !args.iter().any(|a| a.contains("cidfile")),
+        "written once: {args:?}"
+    );
+    assert!(args.iter().any(|a| a == "02:11:22:33:44:55"), "{args:?}");
+    home.fails(
+        &["run", "-d", "--name", "again", "--cidfile", cid, busybox],
+        "the file exists",
+    );
+    assert!(
+        !home.state().join("again").exists(),
+        "a refused run made its folder"
+    );
+    home.ok(&["rm", "exposed"]);
+    home.fails(
+        &["run", "--platform", "linux/arm64", busybox],
+        "husk runs x86_64 guests",
+    );
+    home.fails(
+        &["run", "--mac-address", "01:00:00:00:00:01", busybox],
+        "is a multicast address",
+    );
+    home.fails(
+        &[
+            "run",
+            "--net",
+            "none",
+            "--mac-address",
+            "02:00:00:00:00:01",
+            busybox,
+        ],
+        "this run has no network interface",
+    );
+    home.fails(
+        &["run", "--expose", "90-80", busybox],
+        "a range is FIRST-LAST",
+    );
+    home.fails(&["run", "--cidfile", cid, busybox], "--detach");
+}

@@ -159,17 +159,24 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
             "backend",
             "--ip",
             ip,
+            "--mac-address",
+            "02:42:ac:11:00:99",
             "examples/busybox",
             "--",
             "sh",
             "-c",
-            "ip -4 -o addr show eth0",
+            "ip -4 -o addr show eth0; cat /sys/class/net/eth0/address",
         ])
     };
     let r = on(&fixed)?;
-    if r.code != Some(0) || !r.stdout.contains(&format!(" {fixed}/{prefix} ")) {
+    if r.code != Some(0)
+        || !r.stdout.contains(&format!(" {fixed}/{prefix} "))
+        || !r.stdout.contains("02:42:ac:11:00:99")
+    {
         return Err(r
-            .explain(&format!("the run should have {fixed} on eth0"))
+            .explain(&format!(
+                "the run should have {fixed} on eth0, with --mac-address's MAC"
+            ))
             .into());
     }
     refused(

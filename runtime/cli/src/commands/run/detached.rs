@@ -174,6 +174,7 @@ pub(super) fn detach(args: &Args, then: Then) -> anyhow::Result<ExitCode> {
         }
     }
     let typed = super::recorded::with_label_files_read(&typed)?;
+    let typed = super::recorded::without_cidfile(&typed)?;
     let mut recorded: Vec<std::ffi::OsString> = super::recorded::with_volumes_from_read(&typed)?
         .into_iter()
         .map(Into::into)
@@ -199,6 +200,25 @@ pub(super) fn detach(args: &Args, then: Then) -> anyhow::Result<ExitCode> {
             );
         }
         return Err(e).with_context(|| format!("cannot create {}", vm.dir.display()));
+    }
+    if let Some(path) = &args.cidfile {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, name.as_bytes()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&vm.dir);
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!(
+                    "--cidfile {}: the file exists; remove it (another appliance may have \
+                     written it)",
+                    path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("--cidfile {}", path.display()))
+            });
+        }
     }
     let image = plan.image.clone();
     // Its anonymous volumes, named here, are on the keeper's command line

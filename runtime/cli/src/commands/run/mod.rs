@@ -130,9 +130,24 @@ pub struct Args {
     )]
     publish: Vec<net::Published>,
     /// Publish every port the image exposes (its EXPOSE, the appliance's
-    /// run.expose) on a free host port
+    /// run.expose, --expose) on a free host port
     #[arg(short = 'P', long)]
     publish_all: bool,
+    /// A port (or range) the appliance exposes, beside its image's: -P
+    /// publishes it
+    #[arg(long, value_name = "PORT[-LAST][/tcp|/udp]", value_parser = net::parse_expose)]
+    expose: Vec<Vec<appliance_spec::ExposedPort>>,
+    /// The MAC address of the appliance's first interface
+    #[arg(long, value_name = "MAC")]
+    mac_address: Option<appliance_spec::MacAddr>,
+    /// Taken for docker's scripts: linux/amd64 (husk's guests are
+    /// x86_64); any other is refused
+    #[arg(long, value_name = "linux/amd64", value_parser = parse_platform)]
+    platform: Option<String>,
+    /// With -d: write the appliance's name (what husk's commands take
+    /// for it) to FILE, which must not exist yet
+    #[arg(long, value_name = "FILE", requires = "detach")]
+    cidfile: Option<PathBuf>,
     /// Give the guest a vsock device whose host side is this Unix socket
     /// (Firecracker's hybrid vsock: a host program connects and writes
     /// "CONNECT <port>\n"; the guest reaches host port P at PATH_P). The
@@ -659,6 +674,15 @@ fn check_hostname(name: &str) -> anyhow::Result<()> {
         anyhow::bail!("--hostname {name:?}: use 1 to 64 letters, digits, '-' and '.'");
     }
     Ok(())
+}
+
+/// `--platform`: x86_64's names, as docker's and OCI's write them.
+fn parse_platform(s: &str) -> Result<String, String> {
+    let arch = s.strip_prefix("linux/").unwrap_or(s);
+    match arch {
+        "amd64" | "x86_64" | "x86-64" => Ok(s.to_string()),
+        _ => Err(format!("husk runs x86_64 guests: linux/amd64, not {s:?}")),
+    }
 }
 
 /// --mount's are -v's and --tmpfs's in another form, taken after them.

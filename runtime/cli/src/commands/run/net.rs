@@ -184,6 +184,8 @@ pub(super) fn plan_net(
                     "-p and -P publish ports through the user-mode network: drop --net none"
                 );
             }
+            let mut joined = joined;
+            set_mac(&mut joined, args)?;
             return Ok((joined, Vec::new()));
         }
         Some(NetMode::User) => vec![PlannedNet::user(Vec::new())],
@@ -244,6 +246,7 @@ pub(super) fn plan_net(
         }
     }
     nets.extend(joined);
+    set_mac(&mut nets, args)?;
     let chosen = choose_host_ports(&mut nets)?;
     let foreground = !args.detach
         && std::env::var_os(crate::vms::keeper::KEEPER_ENV).is_none()
@@ -256,14 +259,57 @@ pub(super) fn plan_net(
     Ok((nets, chosen.iter().map(|p| p.host_port).collect()))
 }
 
+/// `--mac-address`: the first interface's MAC.
+fn set_mac(nets: &mut [PlannedNet], args: &Args) -> anyhow::Result<()> {
+    if let Some(mac) = args.mac_address {
+        match nets.first_mut() {
+            Some(first) => first.mac = Some(mac.0),
+            None => anyhow::bail!("--mac-address: this run has no network interface"),
+        }
+    }
+    Ok(())
+}
+
+/// `--expose PORT[-LAST][/tcp|/udp]`: the ports, at most
+/// [`appliance_spec::MAX_PORT_RANGE`] of them.
+pub(super) fn parse_expose(s: &str) -> Result<Vec<appliance_spec::ExposedPort>, String> {
+    let (ports, proto) = match s.split_once('/') {
+        Some((p, proto)) => (p, format!("/{proto}")),
+        None => (s, String::new()),
+    };
+    let (first, last) = ports.split_once('-').unwrap_or((ports, ports));
+    let first: appliance_spec::ExposedPort = format!("{first}{proto}").parse()?;
+    let last: appliance_spec::ExposedPort = format!("{last}{proto}").parse()?;
+    let most = appliance_spec::MAX_PORT_RANGE;
+    if last.port < first.port || usize::from(last.port - first.port) >= most {
+        return Err(format!(
+            "{s:?}: a range is FIRST-LAST, FIRST no higher, of at most {most} ports"
+        ));
+    }
+    Ok((first.port..=last.port)
+        .map(|port| appliance_spec::ExposedPort {
+            port,
+            udp: first.udp,
+        })
+        .collect())
+}
+
 /// With `-P`: the ports the image at `image` exposes (what its build
-/// recorded), each to be published on a free host port.
+/// recorded) and `--expose` adds, each to be published on a free host
+/// port.
 pub(super) fn exposed(args: &Args, image: &std::path::Path) -> anyhow::Result<Vec<PortSpec>> {
     if !args.publish_all {
         return Ok(Vec::new());
     }
     let run = builder::images::run_config_of(image).map_err(|e| anyhow::anyhow!("-P: {e}"))?;
-    let ports = exposed_ports(&run.exposed_ports);
+    let mut exposed = run.exposed_ports.clone();
+    for port in args.expose.iter().flatten() {
+        let port = port.to_string();
+        if !exposed.contains(&port) {
+            exposed.push(port);
+        }
+    }
+    let ports = exposed_ports(&exposed);
     if ports.is_empty() {
         eprintln!("husk: -P: the image exposes no port (EXPOSE, run.expose)");
     }

@@ -116,6 +116,12 @@ pub(crate) fn with_volumes_from_read(args: &[String]) -> anyhow::Result<Vec<Stri
     Ok(out)
 }
 
+/// `args` (a `husk run -d` line) without `--cidfile`: the file is
+/// written once, when the appliance is made.
+pub(crate) fn without_cidfile(args: &[String]) -> anyhow::Result<Vec<String>> {
+    Ok(without_options(args, &["--cidfile"], None, |a| a.cidfile.is_none())?.0)
+}
+
 /// `args` without every option of `flags` (`FLAG VALUE` or
 /// `FLAG=VALUE`; with `value`, only those given it) whose removal leaves a
 /// run that parses, that `same` accepts, and that runs the same target and
