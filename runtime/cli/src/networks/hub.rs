@@ -201,6 +201,9 @@ pub struct Hub {
     dropped: u64,
     /// Messages on a member's socket that were no frame.
     malformed: u64,
+    /// Where a member's messages are read: one byte more than the
+    /// longest, to tell one cut short.
+    buf: Box<[u8]>,
 }
 
 impl Hub {
@@ -210,6 +213,7 @@ impl Hub {
             members: Vec::new(),
             dropped: 0,
             malformed: 0,
+            buf: vec![0u8; 4 + MAX_FRAME + 1].into_boxed_slice(),
         }
     }
 
@@ -439,13 +443,12 @@ impl Hub {
         let Some(data) = &self.members[i].data else {
             return (Vec::new(), false);
         };
-        // One byte more than the longest message, to tell one cut short.
-        let mut buf = vec![0u8; 4 + MAX_FRAME + 1];
+        let buf = &mut self.buf;
         let mut frames = Vec::new();
         let mut alive = true;
         // A bounded batch: the others get their turn.
         while frames.len() < 64 {
-            match (&*data).read(&mut buf) {
+            match (&*data).read(buf) {
                 Ok(0) => {
                     alive = false;
                     break;
