@@ -152,11 +152,7 @@ fn own_root(dir: &Path) -> io::Result<()> {
 
 /// Whether a connection waits in `listener`'s backlog.
 pub fn pending(listener: &UnixListener) -> bool {
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut fd = pollfd(listener, libc::POLLIN);
     // SAFETY: one pollfd we own, for the call; no waiting.
     unsafe { libc::poll(&mut fd, 1, 0) > 0 }
 }
@@ -319,8 +315,8 @@ impl Hub {
                 },
                 Watched::Data(i) => {
                     let (frames, alive) = self.receive(i);
-                    for frame in frames {
-                        self.on_frame(i, &frame);
+                    for wire in frames {
+                        self.on_frame(i, &wire);
                     }
                     gone[i] |= !alive;
                 }
@@ -436,8 +432,9 @@ impl Hub {
         }
     }
 
-    /// The frames member `i`'s VM sent since its last read, and whether
-    /// it is still there. Each message on its socket is one frame in the
+    /// The frames member `i`'s VM sent since its last read, each in the
+    /// stream framing as it came (so it goes on as it is), and whether it
+    /// is still there. Each message on its socket is one frame in the
     /// stream framing; one that is not is dropped.
     fn receive(&mut self, i: usize) -> (Vec<Vec<u8>>, bool) {
         let Some(data) = &self.members[i].data else {
@@ -467,7 +464,7 @@ impl Hub {
                         }
                         continue;
                     }
-                    frames.push(buf[4..n].to_vec());
+                    frames.push(buf[..n].to_vec());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -480,8 +477,10 @@ impl Hub {
         (frames, alive)
     }
 
-    /// Switches one frame of member `i`'s VM.
-    fn on_frame(&mut self, i: usize, frame: &[u8]) {
+    /// Switches one frame of member `i`'s VM, `wire` in the stream
+    /// framing (its length checked).
+    fn on_frame(&mut self, i: usize, wire: &[u8]) {
+        let frame = &wire[4..];
         if frame.len() < HEADER {
             return;
         }
@@ -491,9 +490,6 @@ impl Hub {
             return;
         }
         let dst: [u8; 6] = frame[..6].try_into().expect("6 bytes");
-        let mut wire = Vec::with_capacity(4 + frame.len());
-        wire.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        wire.extend_from_slice(frame);
         let to: Vec<usize> = self
             .members
             .iter()
@@ -507,7 +503,7 @@ impl Hub {
             .map(|(j, _)| j)
             .collect();
         for j in to {
-            self.queue(j, &wire);
+            self.queue(j, wire);
         }
     }
 
@@ -615,7 +611,8 @@ impl Hub {
     }
 }
 
-fn pollfd(fd: &impl AsRawFd, events: libc::c_short) -> libc::pollfd {
+/// A `pollfd` for `fd`, waiting for `events` (0: hang-ups only).
+pub(super) fn pollfd(fd: &impl AsRawFd, events: libc::c_short) -> libc::pollfd {
     libc::pollfd {
         fd: fd.as_raw_fd(),
         events,

@@ -5,11 +5,11 @@
 //! address and MAC, having lost only the frames the old hub held.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::hub::Hello;
+use super::hub::{pollfd, Hello};
 use super::Network;
 
 /// How long a member tries to reach a new hub before it gives up.
@@ -90,17 +90,9 @@ impl Membership {
     fn wait(&mut self) -> Gone {
         loop {
             let mut fds = [
-                libc::pollfd {
-                    fd: self.control.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                pollfd(&self.control, libc::POLLIN),
                 // Only hang-ups: what is waiting on it is the hub's to read.
-                libc::pollfd {
-                    fd: self.member.as_raw_fd(),
-                    events: 0,
-                    revents: 0,
-                },
+                pollfd(&self.member, 0),
             ];
             // SAFETY: two pollfds we own, alive for the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -129,11 +121,7 @@ impl Membership {
 
     /// Whether the VM's end of its socket closed.
     fn vm_gone(&self) -> bool {
-        let mut fd = libc::pollfd {
-            fd: self.member.as_raw_fd(),
-            events: 0,
-            revents: 0,
-        };
+        let mut fd = pollfd(&self.member, 0);
         // SAFETY: one pollfd we own, for the call; no waiting.
         unsafe { libc::poll(&mut fd, 1, 0) != 0 }
     }
@@ -165,6 +153,7 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
 
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
