@@ -379,7 +379,7 @@ pub fn is_resolver_word(text: &str) -> bool {
     !text.is_empty() && text.len() <= 253 && text.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceSetup {
     /// `eth0`, `eth1`, ... in the order the interfaces were attached.

@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dhcp;
 pub mod populate;
 pub mod user;

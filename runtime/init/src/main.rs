@@ -11,6 +11,7 @@
 mod agent;
 mod cgroup;
 mod container;
+mod leases;
 mod net;
 mod pidns;
 mod sys;
@@ -67,7 +68,7 @@ fn main() {
     sys::ensure_console();
     // Read once: the overrides, the shares and the network are all on it.
     let mut cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let portable = cmdline.split_whitespace().any(|w| w == PORTABLE_ARG);
+    let portable = is_portable(&cmdline);
     let control = if portable {
         sys::ControlPort::none()
     } else {
@@ -125,6 +126,11 @@ fn main() {
     }
 }
 
+/// Booted from an exported disk, by another hypervisor: no husk VMM.
+fn is_portable(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == PORTABLE_ARG)
+}
+
 /// This run's parameters, from the host's [`::agent::RESUME_PORT`]; `None`
 /// where the VM has no vsock device or the host serves no parameters.
 fn resume() -> Result<Option<::agent::Resume>, ::agent::FrameError> {
@@ -166,8 +172,11 @@ fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Resul
     // Blocked before the agent's threads start, so they inherit the mask
     // and the signals come to this thread's sigwaitinfo.
     signals.block();
-    if let Ok(Some(setup)) = &net_setup {
-        net::follow_networks(setup, config.hostname.as_deref(), say);
+    match &net_setup {
+        Ok(Some(setup)) => net::follow_networks(setup, config.hostname.as_deref(), say),
+        // An exported disk's machine: the hypervisor's DHCP server says.
+        Ok(None) if is_portable(cmdline) => leases::start(config.hostname.as_deref(), say),
+        _ => {}
     }
     if hold {
         // The command comes through the agent (StartMain); the loop

@@ -67,7 +67,7 @@ fn in6(addr: Ipv6Addr) -> libc::in6_addr {
     }
 }
 
-fn socket() -> io::Result<OwnedFd> {
+pub(crate) fn socket() -> io::Result<OwnedFd> {
     socket_of(libc::AF_INET)
 }
 
@@ -107,7 +107,7 @@ fn ioctl(sock: &OwnedFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::R
 }
 
 /// `ip link set NAME up`.
-fn set_up(sock: &OwnedFd, name: &str) -> io::Result<()> {
+pub(crate) fn set_up(sock: &OwnedFd, name: &str) -> io::Result<()> {
     let mut req = ifreq(name)?;
     ioctl(sock, libc::SIOCGIFFLAGS, &mut req)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
@@ -162,7 +162,7 @@ pub fn loopback_up() -> io::Result<()> {
 
 /// Sets up one interface: MAC, MTU, address and netmask, up, default
 /// route.
-fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
+pub(crate) fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
     if let Some(mac) = i.mac {
         let mut req = ifreq(&i.name)?;
         // SAFETY: an all-zero sockaddr is a valid value of the plain C
@@ -192,34 +192,65 @@ fn configure(sock: &OwnedFd, i: &InterfaceSetup) -> io::Result<()> {
     notify_peers(&i.name);
     set_up(sock, &i.name)?;
     if let Some(gw) = i.gateway {
-        let mut dev = std::ffi::CString::new(i.name.as_str())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?
-            .into_bytes_with_nul();
-        let mut route = RtEntry {
-            rt_pad1: 0,
-            rt_dst: sockaddr_in(Ipv4Addr::UNSPECIFIED),
-            rt_gateway: sockaddr_in(gw),
-            rt_genmask: sockaddr_in(Ipv4Addr::UNSPECIFIED),
-            rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
-            rt_pad2: 0,
-            rt_pad3: 0,
-            rt_pad4: std::ptr::null_mut(),
-            rt_metric: 0,
-            rt_dev: dev.as_mut_ptr().cast(),
-            rt_mtu: 0,
-            rt_window: 0,
-            rt_irtt: 0,
-        };
-        // SAFETY: SIOCADDRT reads the rtentry we own; `dev` (its rt_dev)
-        // is a NUL-terminated buffer alive across the call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        add_route(sock, &i.name, Ipv4Addr::UNSPECIFIED, 0, Some(gw), 0)?;
     }
     if i.address6.is_some() || i.gateway6.is_some() {
         configure6(sock, i)?;
     }
     Ok(())
+}
+
+/// `ip route add DESTINATION/PREFIX [via GATEWAY] dev NAME metric
+/// METRIC`; without a gateway the destination is on the link.
+pub(crate) fn add_route(
+    sock: &OwnedFd,
+    name: &str,
+    destination: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+    metric: u16,
+) -> io::Result<()> {
+    let mut dev = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?
+        .into_bytes_with_nul();
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let mut flags = libc::RTF_UP;
+    if gateway.is_some() {
+        flags |= libc::RTF_GATEWAY;
+    }
+    if prefix == 32 {
+        flags |= libc::RTF_HOST;
+    }
+    let mut route = RtEntry {
+        rt_pad1: 0,
+        rt_dst: sockaddr_in(destination),
+        rt_gateway: sockaddr_in(gateway.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        rt_genmask: sockaddr_in(Ipv4Addr::from(mask)),
+        rt_flags: flags,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        // The ioctl's metric is one more than the route's (0: none given).
+        rt_metric: metric.saturating_add(1) as libc::c_short,
+        rt_dev: dev.as_mut_ptr().cast(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads the rtentry we own; `dev` (its rt_dev) is a
+    // NUL-terminated buffer alive across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes every IPv4 address off an interface (`ifconfig NAME 0.0.0.0`);
+/// the kernel drops the routes through it with the last one.
+pub(crate) fn clear_addresses(sock: &OwnedFd, name: &str) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+    ioctl(sock, libc::SIOCSIFADDR, &mut req)
 }
 
 /// The IPv6 address and default route of an interface that is up. The
@@ -283,6 +314,11 @@ pub fn setup(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
             say(&format!("cannot set up {}: {e}", i.name));
         }
     }
+    write_files(net, hostname, say);
+}
+
+/// `/etc/resolv.conf` (when `net` has anything for it) and `/etc/hosts`.
+pub fn write_files(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
     if !net.dns.is_empty() || !net.search.is_empty() || !net.options.is_empty() {
         let mut text: String = net
             .dns

@@ -28,6 +28,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(extra: &str) -> Fixture {
+        Fixture::running("echo exported-ok on $(hostname) $(uname -r); exit 3", extra)
+    }
+
+    /// The appliance runs `script` with busybox's shell.
+    fn running(script: &str, extra: &str) -> Fixture {
         prepare_examples();
         let dir = tempfile::tempdir().expect("a temporary folder");
         let image = workspace_root().join("examples/busybox/image");
@@ -35,8 +40,7 @@ impl Fixture {
             "[appliance]\nname = \"web\"\nversion = \"1.2.3\"\n\
              description = \"An exported busybox\"\n\
              [rootfs]\nfrom = \"oci:{}:latest\"\n\
-             [run]\ncommand = [\"/bin/sh\", \"-c\", \
-             \"echo exported-ok on $(hostname) $(uname -r); exit 3\"]\n\
+             [run]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\
              [vm]\ncpus = 2\nmemory = \"256MiB\"\n{extra}",
             image.display()
         );
@@ -436,54 +440,89 @@ impl Drop for SmallMount {
 /// Boots `disk` under QEMU q35 with OVMF, the disk on `controller`;
 /// returns the serial console once the machine has powered itself off.
 fn boot_ovmf(disk: &Path, format: &str, controller: &str, dir: &Path) -> String {
-    let vars = dir.join(format!("vars-{format}-{controller}.fd"));
-    let console = dir.join(format!("console-{format}-{controller}.log"));
-    let device = match controller {
-        "virtio" => "virtio-blk-pci,drive=d0",
-        // q35's own AHCI controller (what VMware and VirtualBox call SATA).
-        "ahci" => "ide-hd,drive=d0,bus=ide.0",
-        "nvme" => "nvme,drive=d0,serial=husk0",
-        other => panic!("controller {other}"),
-    };
-    let mut qemu = boot_tests::qemu::q35(disk, format, device, &console, Some(&vars))
-        .unwrap_or_else(|e| panic!("{e}"));
-    qemu.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = qemu.spawn().expect("qemu-system-x86_64 runs");
-    let started = Instant::now();
-    let limit = Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+    let machine = Machine::start(disk, format, controller, dir, &[]);
+    machine.wait_powered_off()
+}
+
+/// A q35 machine with OVMF booting an exported disk, killed if dropped
+/// still running (a failing test leaves no QEMU).
+struct Machine {
+    child: std::process::Child,
+    console: PathBuf,
+    what: String,
+    started: Instant,
+}
+
+impl Machine {
+    /// `extra`: more QEMU arguments (network cards).
+    fn start(disk: &Path, format: &str, controller: &str, dir: &Path, extra: &[String]) -> Machine {
+        let vars = dir.join(format!("vars-{format}-{controller}.fd"));
+        let console = dir.join(format!("console-{format}-{controller}.log"));
+        let device = match controller {
+            "virtio" => "virtio-blk-pci,drive=d0",
+            // q35's own AHCI controller (what VMware and VirtualBox call SATA).
+            "ahci" => "ide-hd,drive=d0,bus=ide.0",
+            "nvme" => "nvme,drive=d0,serial=husk0",
+            other => panic!("controller {other}"),
+        };
+        let mut qemu = boot_tests::qemu::q35(disk, format, device, &console, Some(&vars))
+            .unwrap_or_else(|e| panic!("{e}"));
+        qemu.args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Machine {
+            child: qemu.spawn().expect("qemu-system-x86_64 runs"),
+            console,
+            what: format!("{format} on {controller}"),
+            started: Instant::now(),
         }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{format} on {controller}: the machine did not power off within {limit:?}; console:\n{}",
-                fs::read_to_string(&console).unwrap_or_default()
-            );
+    }
+
+    fn console(&self) -> String {
+        fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// The serial console once the machine has powered itself off.
+    fn wait_powered_off(mut self) -> String {
+        let limit = Duration::from_secs(300);
+        let what = self.what.clone();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if self.started.elapsed() > limit {
+                panic!(
+                    "{what}: the machine did not power off within {limit:?}; console:\n{}",
+                    self.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let text = self.console();
+        assert!(status.success(), "{what}: qemu {status}: {stderr}\n{text}");
+        eprintln!(
+            "{what}: powered off after {:.1} s",
+            self.started.elapsed().as_secs_f64()
+        );
+        text
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let text = fs::read_to_string(&console).unwrap_or_default();
-    assert!(
-        status.success(),
-        "{format} on {controller}: qemu {status}: {stderr}\n{text}"
-    );
-    eprintln!(
-        "{format} on {controller}: powered off after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    text
+    }
 }
 
 fn assert_ran(console: &str, what: &str) {
@@ -567,6 +606,148 @@ fn an_initramfs_appliance_boots_and_restart_is_honoured() {
     let console = boot_ovmf(&disk, "qcow2", "virtio", f.dir.path());
     assert!(
         console.contains("husk-init: the command exited with status 3; restarting"),
+        "{console}"
+    );
+}
+
+/// A free TCP port on the host's loopback (bound and let go: QEMU takes it
+/// next).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// An HTTP GET of `/` on the host's loopback `port`: the body, or why not.
+fn http_get(port: u16) -> Result<String, String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(format!("no body: {text:?}"))?;
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+        return Err(format!("not a 200: {head:?}"));
+    }
+    Ok(body.to_string())
+}
+
+#[test]
+fn an_exported_appliance_takes_each_cards_network_from_dhcp_and_serves_on_it() {
+    // What the guest fetches from the host: on QEMU's user network the
+    // gateway, 10.0.2.2, is the host's loopback.
+    let token = format!("dhcp-token-{}", std::process::id());
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = server.local_addr().unwrap().port();
+    let served = token.clone();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for stream in server.incoming().flatten().take(4) {
+            let mut s = stream;
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{served}",
+                served.len()
+            );
+        }
+    });
+    // The appliance reports its network, fetches from the host, serves a
+    // page, and ends when the test connects to port 9000.
+    let script = format!(
+        "ip -4 -o addr; ip route; cat /etc/resolv.conf /etc/hosts; \
+         echo fetched: $(wget -q -O - http://10.0.2.2:{host_port}/); \
+         echo guest-page > /tmp/index.html; httpd -p 8080 -h /tmp; \
+         echo serving; nc -l -p 9000; exit 3"
+    );
+    let f = Fixture::running(&script, "");
+    let dir = f.dir.path();
+    let disk = f.export("qcow2", "web.qcow2");
+    let (web, done) = (free_port(), free_port());
+    // Three cards: VMware's e1000 and VMXNET3, and virtio-net (KVM's),
+    // each on a user network of its own with QEMU's DHCP server.
+    let extra: Vec<String> = [
+        format!(
+            "user,id=n0,domainname=husk.test,dnssearch=lab.husk.test,dnssearch=husk.test,\
+             hostfwd=tcp:127.0.0.1:{web}-:8080,hostfwd=tcp:127.0.0.1:{done}-:9000"
+        ),
+        "e1000,netdev=n0".into(),
+        "user,id=n1,net=10.0.3.0/24".into(),
+        "vmxnet3,netdev=n1".into(),
+        "user,id=n2,net=10.0.4.0/24".into(),
+        "virtio-net-pci,netdev=n2".into(),
+    ]
+    .chunks(2)
+    .flat_map(|p| {
+        [
+            "-netdev".into(),
+            p[0].clone(),
+            "-device".into(),
+            p[1].clone(),
+        ]
+    })
+    .collect();
+    let machine = Machine::start(&disk, "qcow2", "virtio", dir, &extra);
+    let began = Instant::now();
+    while !machine.console().contains("serving") {
+        assert!(
+            began.elapsed() < Duration::from_secs(300),
+            "the appliance did not start serving; console:\n{}",
+            machine.console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The guest's page, through the e1000's forwarded port.
+    let page = (0..20)
+        .find_map(|_| {
+            let got = http_get(web);
+            if got.is_err() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            got.ok()
+        })
+        .unwrap_or_else(|| panic!("no page from the guest; console:\n{}", machine.console()));
+    assert_eq!(page.trim(), "guest-page");
+    // Ending it: one connection to its nc.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", done)).unwrap();
+        s.write_all(b"bye\n").unwrap();
+    }
+    let console = machine.wait_powered_off();
+    let addresses = ["10.0.2.15/24", "10.0.3.15/24", "10.0.4.15/24"];
+    for a in addresses {
+        assert!(console.contains(&format!("inet {a}")), "no {a}:\n{console}");
+        assert!(
+            console.contains(&format!("{a} from the DHCP server at 10.0.")),
+            "init did not report {a}:\n{console}"
+        );
+    }
+    assert!(
+        console.contains("default via 10.0."),
+        "no default route:\n{console}"
+    );
+    assert!(console.contains("nameserver 10.0.2.3"), "{console}");
+    assert!(
+        console.contains("search lab.husk.test husk.test"),
+        "the search list (option 119):\n{console}"
+    );
+    assert!(
+        ["10.0.2.15\tweb", "10.0.3.15\tweb", "10.0.4.15\tweb"]
+            .iter()
+            .any(|l| console.contains(l)),
+        "/etc/hosts names the appliance at its address:\n{console}"
+    );
+    assert!(
+        console.contains(&format!("fetched: {token}")),
+        "the guest did not reach the host:\n{console}"
+    );
+    assert!(
+        console.contains("husk-init: the command exited with status 3; powering off"),
         "{console}"
     );
 }
