@@ -65,6 +65,11 @@ pub struct RunConfig {
     /// `user`, `uid`, `user:group` or `uid:gid`, resolved in the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Supplementary groups of every process started from this
+    /// configuration, beside its user's (`--group-add`): names in the
+    /// image's `/etc/group`, or gids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// What an exported appliance's machine does when the command ends
@@ -179,6 +184,11 @@ impl RunConfig {
         if overrides.user.is_some() {
             self.user.clone_from(&overrides.user);
         }
+        for g in &overrides.groups {
+            if !self.groups.contains(g) {
+                self.groups.push(g.clone());
+            }
+        }
         if overrides.workdir.is_some() {
             self.workdir.clone_from(&overrides.workdir);
         }
@@ -220,6 +230,9 @@ pub struct Overrides {
     /// `-u`: the user the command runs as, as [`RunConfig::user`] takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `--group-add`: added to [`RunConfig::groups`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// `-w`: the command's working directory, made when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
@@ -688,6 +701,7 @@ mod tests {
             env: vec!["PATH=/bin".into(), "A=1".into()],
             workdir: Some("/data".into()),
             user: Some("user:user".into()),
+            groups: vec!["audio".into()],
             hostname: Some("box".into()),
             on_exit: OnExit::Restart,
             stop_signal: Some(3),
@@ -736,6 +750,7 @@ mod tests {
             hold: true,
             hostname: Some("web-1".into()),
             user: Some("1000:1000".into()),
+            groups: vec!["video".into(), "4242".into()],
             workdir: Some("/srv/app".into()),
             stop_signal: Some(2),
             ulimits: vec![agent::Rlimit {
@@ -782,11 +797,13 @@ mod tests {
         c.apply(&Overrides {
             env: vec!["A=2".into(), "B=3".into()],
             user: Some("nobody".into()),
+            groups: vec!["audio".into(), "4242".into()],
             workdir: Some("/tmp".into()),
             ..Overrides::default()
         })
         .unwrap();
         assert_eq!(c.env, ["PATH=/bin", "A=2", "B=3"]);
+        assert_eq!(c.groups, ["audio", "4242"], "added to the image's, once");
         assert_eq!(c.user.as_deref(), Some("nobody"));
         assert_eq!(c.workdir.as_deref(), Some("/tmp"));
         assert_eq!(c.command, config().command);

@@ -251,11 +251,11 @@ impl Prepared {
         create_workdir: bool,
     ) -> Result<Self, Failure> {
         let inside = |path: &str| root.join(path.trim_start_matches('/'));
-        let identity = match &config.user {
+        let group = || fs::read_to_string(inside("/etc/group")).unwrap_or_default();
+        let mut identity = match &config.user {
             Some(spec) => {
                 let passwd = fs::read_to_string(inside("/etc/passwd")).unwrap_or_default();
-                let group = fs::read_to_string(inside("/etc/group")).unwrap_or_default();
-                user::resolve(spec, &passwd, &group).map_err(|e| Failure::setup(e.to_string()))?
+                user::resolve(spec, &passwd, &group()).map_err(|e| Failure::setup(e.to_string()))?
             }
             None => Identity {
                 uid: 0,
@@ -264,6 +264,16 @@ impl Prepared {
                 home: root_home(root),
             },
         };
+        if !config.groups.is_empty() {
+            let group = group();
+            for spec in &config.groups {
+                let gid = user::group_id(spec, &group)
+                    .map_err(|e| Failure::setup(format!("--group-add: {e}")))?;
+                if !identity.groups.contains(&gid) {
+                    identity.groups.push(gid);
+                }
+            }
+        }
         let env = environment(config, &identity);
         let workdir = config.workdir.clone().unwrap_or_else(|| "/".into());
         let seen = inside(&workdir);

@@ -116,6 +116,20 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, UserEr
     })
 }
 
+/// A supplementary group as `--group-add` names it: a gid, or a name the
+/// image's `/etc/group` (`group`) lists.
+pub fn group_id(spec: &str, group: &str) -> Result<u32, UserError> {
+    if is_id(spec) {
+        return spec
+            .parse()
+            .map_err(|_| UserError::Malformed(spec.to_string()));
+    }
+    group_entries(group)
+        .find(|(name, _, _)| *name == spec)
+        .map(|(_, gid, _)| gid)
+        .ok_or_else(|| UserError::UnknownGroup(spec.to_string()))
+}
+
 /// The name `passwd` gives `uid`, or the number itself when it has none
 /// (as `ps` shows such a user).
 pub fn name_of(uid: u32, passwd: &str) -> String {
@@ -144,6 +158,20 @@ mod tests {
         assert_eq!((d.uid, d.gid, d.groups), (2, 29, vec![29, 10]));
         let r = resolve("root:1000", PASSWD, GROUP).unwrap();
         assert_eq!((r.uid, r.gid), (0, 1000));
+    }
+
+    #[test]
+    fn added_groups_are_gids_or_names_in_the_image() {
+        assert_eq!(group_id("audio", GROUP), Ok(29));
+        assert_eq!(group_id("4242", ""), Ok(4242), "a gid needs no entry");
+        assert_eq!(
+            group_id("video", GROUP),
+            Err(UserError::UnknownGroup("video".into()))
+        );
+        assert!(matches!(
+            group_id("99999999999", GROUP),
+            Err(UserError::Malformed(_))
+        ));
     }
 
     #[test]

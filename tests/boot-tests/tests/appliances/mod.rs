@@ -155,11 +155,13 @@ fn busybox_run_config() -> Result<(), Failed> {
         &env_file,
         "# settings\n\nFROM_FILE=file value\nEXTRA=from file\n  HUSK_TEST_SECRET\n",
     )?;
-    let script = "echo user=$(id -u):$(id -g); echo pwd=$(pwd); echo file=$FROM_FILE; \
+    let script = "echo user=$(id -u):$(id -g); echo groups=$(id -G); echo pwd=$(pwd); \
+                  echo file=$FROM_FILE; \
                   echo extra=$EXTRA; echo secret=$HUSK_TEST_SECRET; \
                   echo unset=${HUSK_TEST_UNSET-none}";
     let mut cmd = std::process::Command::new(boot_tests::husk::husk_bin()?);
     cmd.args(["run", "--timeout", "90", "-u", "0:0", "-w", "/made/here"])
+        .args(["--group-add", "user", "--group-add", "4242"])
         .arg("--env-file")
         .arg(&env_file)
         .args(["-e", "EXTRA=from flag", "-e", "HUSK_TEST_UNSET"])
@@ -172,6 +174,7 @@ fn busybox_run_config() -> Result<(), Failed> {
         0,
         &[
             "user=0:0",
+            "groups=0 1000 4242",
             "pwd=/made/here",
             "file=file value",
             "extra=from flag",
@@ -179,14 +182,28 @@ fn busybox_run_config() -> Result<(), Failed> {
             "unset=none",
         ],
     )?;
+    // A group the image does not have: init's setup status, saying so.
+    let r = run(
+        &["--group-add", "wheel", "examples/busybox", "--", "true"],
+        b"",
+    )?;
+    expect(&r, 125, &[])?;
+    if !r
+        .stdout
+        .contains("--group-add: group \"wheel\" is not in the image's /etc/group")
+    {
+        return Err(r.explain("init did not name the missing group").into());
+    }
     // Refused before boot, each naming its flag.
-    for (flag, value, says) in [
-        ("-w", "relative", "must be an absolute path"),
-        ("-u", "a b", "write USER, UID"),
-        ("-e", "=x", "no variable name"),
+    for (flag, value, code, says) in [
+        ("-w", "relative", 1, "must be an absolute path"),
+        ("-u", "a b", 1, "write USER, UID"),
+        ("-e", "=x", 1, "no variable name"),
+        ("--group-add", "a b", 2, "write one group"),
+        ("--group-add", "4294967296", 2, "beyond 4294967295"),
     ] {
         let r = run(&[flag, value, "examples/busybox"], b"")?;
-        if r.code != Some(1) || !r.stderr.contains(says) {
+        if r.code != Some(code) || !r.stderr.contains(says) {
             return Err(r
                 .explain(&format!("{flag} {value:?} should be refused"))
                 .into());

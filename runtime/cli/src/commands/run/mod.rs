@@ -72,6 +72,11 @@ pub struct Args {
     /// looked up in the image; default: the appliance's run.user)
     #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// Add a supplementary group (a name in the image's /etc/group, or a
+    /// gid) to the command and to every process started in the guest
+    /// later (husk exec, health checks)
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    group_add: Vec<String>,
     /// The command's working directory in the guest, an absolute path,
     /// made when missing (default: the appliance's run.workdir)
     #[arg(short = 'w', long, value_name = "DIR")]
@@ -552,6 +557,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         hold: args.hold,
         hostname: args.hostname.clone(),
         user: args.user.clone(),
+        groups: args.group_add.clone(),
         workdir: args.workdir.clone(),
         stop_signal: args.service.stop_signal.map(|s| s.0),
         ulimits: args.ulimit.clone(),
@@ -645,6 +651,20 @@ fn image_run_config(
 
 /// `-u`: a name or number, and optionally `:` and a group's; the image's
 /// own files resolve it (init says when one is unknown).
+/// `--group-add`'s value: a gid, or one word naming a group.
+fn parse_group(arg: &str) -> Result<String, String> {
+    let numeric = !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit());
+    let word = !arg.is_empty()
+        && !arg
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == ',');
+    match (numeric, word) {
+        (true, _) if arg.parse::<u32>().is_err() => Err(format!("gid {arg} is beyond 4294967295")),
+        (_, true) => Ok(arg.to_string()),
+        _ => Err("write one group: a name or a gid".into()),
+    }
+}
+
 fn check_user(user: &str) -> anyhow::Result<()> {
     let part_ok = |p: &str| {
         !p.is_empty()
