@@ -245,8 +245,9 @@ pub(crate) fn add_route(
     Ok(())
 }
 
-/// Takes every IPv4 address off an interface (`ifconfig NAME 0.0.0.0`);
-/// the kernel drops the routes through it with the last one.
+/// Takes the interface's IPv4 address off (`ifconfig NAME 0.0.0.0`, the
+/// one address a DHCP lease gives); the kernel drops the routes through
+/// it with it.
 pub(crate) fn clear_addresses(sock: &OwnedFd, name: &str) -> io::Result<()> {
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr_in(Ipv4Addr::UNSPECIFIED);
