@@ -657,12 +657,13 @@ fn an_exported_appliance_takes_each_cards_network_from_dhcp_and_serves_on_it() {
         }
     });
     // The appliance reports its network, fetches from the host, serves a
-    // page, and ends when the test connects to port 9000.
+    // page, and ends when the test connects to port 9000, saying what
+    // IPv6 it has by then.
     let script = format!(
         "ip -4 -o addr; ip route; cat /etc/resolv.conf /etc/hosts; \
          echo fetched: $(wget -q -O - http://10.0.2.2:{host_port}/); \
          echo guest-page > /tmp/index.html; httpd -p 8080 -h /tmp; \
-         echo serving; nc -l -p 9000; exit 3"
+         echo serving; nc -l -p 9000; ip -6 -o addr; ip -6 route; exit 3"
     );
     let f = Fixture::running(&script, "");
     let dir = f.dir.path();
@@ -741,6 +742,12 @@ fn an_exported_appliance_takes_each_cards_network_from_dhcp_and_serves_on_it() {
             .iter()
             .any(|l| console.contains(l)),
         "/etc/hosts names the appliance at its address:\n{console}"
+    );
+    // IPv6 by the kernel's SLAAC from QEMU's router advertisements (its
+    // prefix fec0::/64), by the time the test has fetched the page.
+    assert!(
+        console.contains("inet6 fec0::") && console.contains("default via fe80::"),
+        "no IPv6 address or route from router advertisements:\n{console}"
     );
     assert!(
         console.contains(&format!("fetched: {token}")),
