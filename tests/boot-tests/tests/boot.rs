@@ -459,9 +459,13 @@ fn husk_run_timings_show_phases_and_vmm_memory() -> Result<(), Failed> {
             return Err(run.explain(&format!("{jail}: no memory line")).into());
         };
         // The kernel alone is 14 MiB of loaded segments; the VMM itself
-        // is a few MiB (the figure README gives).
+        // is a few MiB (the figure README gives). Unjailed, the VMM is the
+        // whole husk process, its command line's work and the pages of
+        // its (here debug) binary included: 16.1 to 16.6 MiB in the test
+        // bed.
+        let most = if jail == "--jail" { 16.0 } else { 24.0 };
         if !(14.0..=128.0).contains(&guest)
-            || overhead > 16.0
+            || overhead > most
             || peak < guest
             || (resident - guest - overhead).abs() > 0.16
         {
