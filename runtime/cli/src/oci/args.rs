@@ -23,8 +23,8 @@ pub(super) struct Cli {
     /// The format of --log: text or json
     #[arg(long, global = true, default_value = "text")]
     pub(super) log_format: log::Format,
-    /// cgroupsPath is systemd's slice:prefix:name: the container gets no
-    /// cgroup on the host (a scope is systemd's to make)
+    /// cgroupsPath is systemd's slice:prefix:name: the container's cgroup
+    /// is a scope systemd makes
     #[arg(long, global = true)]
     pub(super) systemd_cgroup: bool,
     /// Accepted for runc's callers

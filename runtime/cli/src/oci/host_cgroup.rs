@@ -9,9 +9,10 @@
 //! are those of its cgroup in the guest (`super::resources`).
 //!
 //! Made at `create`, removed at `delete` (whatever still runs in it is
-//! killed first), as runc does. Not made on a host without cgroup v2, nor
-//! for a systemd path (`slice:prefix:name` with `--systemd-cgroup`),
-//! which names a scope only systemd may make: the VM then runs in its
+//! killed first), as runc does: a folder husk makes for a path (runc's
+//! cgroupfs driver), or a scope systemd makes for systemd's
+//! `slice:prefix:name` (`--systemd-cgroup`; [`super::systemd_scope`]).
+//! Not made on a host without cgroup v2: the VM then runs in its
 //! caller's cgroup, the VMM in a jail cgroup of its own.
 
 use std::ffi::OsStr;
@@ -20,6 +21,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::systemd_scope::{Hold, Scope};
 
 /// The controllers whose limits and figures the cgroup needs.
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -51,21 +55,43 @@ fn own_cgroup() -> String {
         .unwrap_or_default()
 }
 
+/// Where a container's cgroup goes, and who makes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// A folder husk makes (runc's cgroupfs driver).
+    Dir(PathBuf),
+    /// A scope systemd makes (runc's systemd driver).
+    Scope(Scope),
+}
+
+impl Placement {
+    /// The folder, where it is known before the cgroup is made.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Placement::Dir(d) => Some(d),
+            Placement::Scope(_) => None,
+        }
+    }
+
+    /// The systemd scope, if this is one.
+    pub fn scope(&self) -> Option<&Scope> {
+        match self {
+            Placement::Dir(_) => None,
+            Placement::Scope(s) => Some(s),
+        }
+    }
+}
+
 /// Where container `id`'s cgroup goes under the cgroup v2 mount `root`,
 /// as runc's cgroupfs driver reads `linux.cgroupsPath`: an absolute path
 /// is under the root; a relative one (or none: the container's id) is
-/// under the parent of `own`, the caller's cgroup. `None` for a systemd
-/// path.
+/// under the parent of `own`, the caller's cgroup.
 pub fn place(
     root: &Path,
     own: &str,
     cgroups_path: Option<&str>,
     id: &str,
-    systemd: bool,
-) -> anyhow::Result<Option<PathBuf>> {
-    if systemd {
-        return Ok(None);
-    }
+) -> anyhow::Result<PathBuf> {
     let path = cgroups_path.filter(|p| !p.is_empty());
     let inner = match path {
         Some(p) if p.starts_with('/') => clean(p),
@@ -77,12 +103,13 @@ pub fn place(
     if inner.as_os_str().is_empty() {
         anyhow::bail!("cgroupsPath {:?} names the root cgroup", path.unwrap_or(id));
     }
-    Ok(Some(root.join(inner)))
+    Ok(root.join(inner))
 }
 
 /// Whether `cgroups_path` has systemd's `slice:prefix:name` form, for a
 /// caller that is not told which driver its cgroups are for (the shim:
-/// containerd gives runc's shim that choice in runc's own options).
+/// containerd gives runc's shim that choice in runc's own options, and
+/// CRI writes this form only for `SystemdCgroup`).
 pub fn systemd_form(cgroups_path: &str) -> bool {
     !cgroups_path.starts_with('/') && cgroups_path.matches(':').count() == 2
 }
@@ -95,22 +122,66 @@ fn v2_root() -> Option<PathBuf> {
     }
 }
 
-/// The cgroup v2 folder container `id` gets, where this host makes one.
+/// The cgroup container `id` gets, where this host has cgroup v2: a
+/// systemd scope for `systemd` (runc's `--systemd-cgroup`), else a
+/// folder.
 pub fn for_container(
     cgroups_path: Option<&str>,
     id: &str,
     systemd: bool,
-) -> anyhow::Result<Option<PathBuf>> {
-    match v2_root() {
-        Some(root) => place(&root, &own_cgroup(), cgroups_path, id, systemd),
-        None => Ok(None),
+) -> anyhow::Result<Option<Placement>> {
+    let Some(root) = v2_root() else {
+        return Ok(None);
+    };
+    if systemd {
+        // SAFETY: geteuid has no preconditions.
+        let user = unsafe { libc::geteuid() } != 0;
+        return Ok(Some(Placement::Scope(Scope::parse(
+            cgroups_path,
+            id,
+            user,
+        )?)));
+    }
+    place(&root, &own_cgroup(), cgroups_path, id).map(|d| Some(Placement::Dir(d)))
+}
+
+/// A container's cgroup, made: its folder, and for a systemd scope the
+/// placeholder that holds it until the keeper is in (drop this after).
+pub struct Made {
+    pub dir: PathBuf,
+    _hold: Option<Hold>,
+}
+
+/// Makes the cgroup `placement` (from [`for_container`]) names, with the
+/// VM's limits: `memory` bytes, `cpus` CPUs.
+pub fn make(placement: &Placement, memory: u64, cpus: u32) -> anyhow::Result<Made> {
+    let root = v2_root().context("this host has no cgroup v2 hierarchy")?;
+    match placement {
+        Placement::Dir(dir) => {
+            create(&root, dir, memory, cpus)?;
+            Ok(Made {
+                dir: dir.clone(),
+                _hold: None,
+            })
+        }
+        Placement::Scope(scope) => {
+            let (dir, hold) = scope.make(&root, memory, cpus)?;
+            Ok(Made {
+                dir,
+                _hold: Some(hold),
+            })
+        }
     }
 }
 
-/// Makes cgroup `dir` (from [`for_container`]) with the VM's limits.
-pub fn make(dir: &Path, memory: u64, cpus: u32) -> anyhow::Result<()> {
-    let root = v2_root().context("this host has no cgroup v2 hierarchy")?;
-    create(&root, dir, memory, cpus)
+/// Removes a container's cgroup: folder `dir` (see [`remove`]), then
+/// systemd's unit for `scope`.
+pub fn remove_all(dir: Option<&Path>, scope: Option<&Scope>) -> anyhow::Result<()> {
+    let removed = dir.map_or(Ok(()), remove);
+    if let Some(scope) = scope {
+        scope.stop();
+    }
+    removed
 }
 
 /// Makes cgroup `dir` under `root` with the VM's limits: `memory` bytes
@@ -199,44 +270,32 @@ pub fn procs(dir: &Path) -> Vec<u32> {
 mod tests {
     use super::*;
 
-    fn placed(own: &str, path: Option<&str>, systemd: bool) -> Option<PathBuf> {
-        place(Path::new("/sys/fs/cgroup"), own, path, "c1", systemd).unwrap()
+    fn placed(own: &str, path: Option<&str>) -> PathBuf {
+        place(Path::new("/sys/fs/cgroup"), own, path, "c1").unwrap()
     }
 
     #[test]
     fn cgroups_paths_are_placed_as_runc_places_them() {
-        let p = |s: &str| Some(PathBuf::from(s));
+        let p = PathBuf::from;
         // podman's (cgroupfs), docker's, containerd's: absolute.
         assert_eq!(
-            placed(
-                "/libpod_parent/conmon",
-                Some("/libpod_parent/libpod-c1"),
-                false
-            ),
+            placed("/libpod_parent/conmon", Some("/libpod_parent/libpod-c1")),
             p("/sys/fs/cgroup/libpod_parent/libpod-c1")
         );
         assert_eq!(
-            placed("/", Some("/docker/c1"), false),
+            placed("/", Some("/docker/c1")),
             p("/sys/fs/cgroup/docker/c1")
         );
         // Relative, or none: beside the caller's cgroup.
         assert_eq!(
-            placed("/system.slice/shim.scope", Some("pods/c1"), false),
+            placed("/system.slice/shim.scope", Some("pods/c1")),
             p("/sys/fs/cgroup/system.slice/pods/c1")
         );
-        assert_eq!(placed("/a/b", None, false), p("/sys/fs/cgroup/a/c1"));
-        assert_eq!(placed("/", None, false), p("/sys/fs/cgroup/c1"));
+        assert_eq!(placed("/a/b", None), p("/sys/fs/cgroup/a/c1"));
+        assert_eq!(placed("/", None), p("/sys/fs/cgroup/c1"));
         // `..` never climbs out of the cgroup mount.
-        assert_eq!(
-            placed("/", Some("/../../etc/x"), false),
-            p("/sys/fs/cgroup/etc/x")
-        );
-        assert_eq!(
-            placed("/a", Some("../../../x"), false),
-            p("/sys/fs/cgroup/x")
-        );
-        // A systemd scope is systemd's to make.
-        assert_eq!(placed("/", Some("machine.slice:libpod:c1"), true), None);
+        assert_eq!(placed("/", Some("/../../etc/x")), p("/sys/fs/cgroup/etc/x"));
+        assert_eq!(placed("/a", Some("../../../x")), p("/sys/fs/cgroup/x"));
         // The shim tells that form by its look: containerd's CRI writes
         // `slice:cri-containerd:ID` for the systemd driver.
         assert!(systemd_form("kubepods-pod1.slice:cri-containerd:c1"));
@@ -245,7 +304,7 @@ mod tests {
         }
         // The root cgroup is nobody's container.
         for root in ["/", "/..", "/./"] {
-            let e = place(Path::new("/sys/fs/cgroup"), "/", Some(root), "c1", false);
+            let e = place(Path::new("/sys/fs/cgroup"), "/", Some(root), "c1");
             let e = e.unwrap_err().to_string();
             assert!(e.contains("names the root cgroup"), "{root}: {e}");
         }

@@ -21,6 +21,7 @@ mod log;
 pub(crate) mod netns;
 pub(crate) mod resources;
 pub(crate) mod seccomp;
+pub(crate) mod systemd_scope;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,9 +73,14 @@ struct OciRecord {
     #[serde(default)]
     size: Option<resources::VmSize>,
     /// The container's cgroup on the host, the whole VM in it (see
-    /// [`host_cgroup`]); removed at delete.
+    /// [`host_cgroup`]); removed at delete. A systemd scope's is known
+    /// once systemd has made it.
     #[serde(default)]
     host_cgroup: Option<PathBuf>,
+    /// The systemd scope that cgroup is (`--systemd-cgroup`), stopped at
+    /// delete.
+    #[serde(default)]
+    systemd_scope: Option<systemd_scope::Scope>,
 }
 
 impl OciRecord {
@@ -299,9 +305,7 @@ fn create(root: &Path, args: CreateArgs, systemd_cgroup: bool) -> anyhow::Result
     if made.is_err() {
         if let Ok(r) = record(&vm) {
             r.release_net();
-            if let Some(dir) = &r.host_cgroup {
-                let _ = host_cgroup::remove(dir);
-            }
+            let _ = host_cgroup::remove_all(r.host_cgroup.as_deref(), r.systemd_scope.as_ref());
         }
         let _ = remove_vm_dir(root, id, &vm);
     }
@@ -322,7 +326,9 @@ fn create_in(
     // A new namespace asked for without a path is made here when hooks
     // run before the boot: they may put the container's interface in it.
     let own_netns = launch.network == bundle::Network::None && !before_boot.is_empty();
-    let record = OciRecord {
+    let placement =
+        host_cgroup::for_container(launch.cgroups_path.as_deref(), &args.id, systemd_cgroup)?;
+    let mut record = OciRecord {
         bundle: launch.bundle.clone(),
         rootfs: launch.rootfs.clone(),
         created: log::rfc3339(std::time::SystemTime::now()),
@@ -336,13 +342,14 @@ fn create_in(
         own_netns,
         hooks: launch.hooks.clone(),
         size: Some(launch.size),
-        host_cgroup: host_cgroup::for_container(
-            launch.cgroups_path.as_deref(),
-            &args.id,
-            systemd_cgroup,
-        )?,
+        host_cgroup: placement
+            .as_ref()
+            .and_then(|p| p.dir())
+            .map(Path::to_path_buf),
+        systemd_scope: placement.as_ref().and_then(|p| p.scope()).cloned(),
     };
-    crate::vms::write_file(&vm.dir.join(OCI_FILE), serde_json::to_vec_pretty(&record)?)?;
+    let record_at = vm.dir.join(OCI_FILE);
+    crate::vms::write_file(&record_at, serde_json::to_vec_pretty(&record)?)?;
     bundle::mount_points(&launch.rootfs)?;
     let tty = launch.process.tty;
     // A terminal: its master goes to the caller's socket; its slave is the
@@ -377,11 +384,19 @@ fn create_in(
     };
     hooks::run(&before_boot, &state)?;
     keeper_args.extend(["--net".into(), net.into()]);
-    if let Some(dir) = &record.host_cgroup {
-        let memory = (launch.size.memory_mib << 20) + vmm::jail::MEMORY_ROOM;
-        host_cgroup::make(dir, memory, launch.size.cpus)?;
-        keeper_args.push("--keep-cgroup".into());
-    }
+    let cgroup = match &placement {
+        Some(p) => {
+            let memory = (launch.size.memory_mib << 20) + vmm::jail::MEMORY_ROOM;
+            let made = host_cgroup::make(p, memory, launch.size.cpus)?;
+            if record.host_cgroup.is_none() {
+                record.host_cgroup = Some(made.dir.clone());
+                crate::vms::write_file(&record_at, serde_json::to_vec_pretty(&record)?)?;
+            }
+            keeper_args.push("--keep-cgroup".into());
+            Some(made)
+        }
+        None => None,
+    };
     keeper_args.extend(launch.husk_args.iter().map(Into::into));
     // With a terminal, its slave is the keeper's three standard streams.
     let (mut keeper, word) = spawn_keeper(
@@ -390,8 +405,10 @@ fn create_in(
         &cwd,
         None,
         KeeperStdio::Inherit { terminal: slave },
-        record.host_cgroup.as_deref(),
+        cgroup.as_ref().map(|c| c.dir.as_path()),
     )?;
+    // The keeper is in: a systemd scope's placeholder may go.
+    drop(cgroup);
     let pid = keeper.id();
     let waited = await_word(word, CREATE_TIMEOUT);
     match waited {
@@ -635,6 +652,7 @@ fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<ExitCode> {
         r.release_net();
     }
     let cgroup_dir = record.as_ref().and_then(|r| r.host_cgroup.clone());
+    let scope = record.as_ref().and_then(|r| r.systemd_scope.clone());
     // A keeper that was killed took its VM with it (parent-death
     // signals) but left the jail's folder: swept, as `husk rm` does.
     // SAFETY: geteuid has no preconditions.
@@ -645,7 +663,7 @@ fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<ExitCode> {
         .and_then(|r| r.hooks)
         .and_then(|h| h.poststop().clone());
     after_hooks(root, id, poststop, "poststop");
-    let cgroup = cgroup_dir.map_or(Ok(()), |dir| host_cgroup::remove(&dir));
+    let cgroup = host_cgroup::remove_all(cgroup_dir.as_deref(), scope.as_ref());
     remove_vm_dir(root, id, &vm).with_context(|| format!("cannot remove {}", vm.dir.display()))?;
     cgroup?;
     Ok(ExitCode::SUCCESS)
@@ -769,7 +787,7 @@ fn features() -> serde_json::Value {
         "linux": {
             "namespaces": ["mount", "network", "pid", "ipc", "uts"],
             "capabilities": [],
-            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false },
+            "cgroup": { "v1": false, "v2": true, "systemd": true, "systemdUser": true },
             "seccomp": { "enabled": false },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false }

@@ -23,7 +23,7 @@ use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::run::{spawn_keeper, KeeperStdio};
-use crate::oci::{bundle, host_cgroup, netns};
+use crate::oci::{bundle, host_cgroup, netns, systemd_scope};
 use crate::vms::control::{Control, Request};
 use crate::vms::{self, VmDir};
 
@@ -52,6 +52,9 @@ pub struct Record {
     /// The pod's cgroup on the host, the whole VM in it.
     #[serde(default)]
     pub host_cgroup: Option<PathBuf>,
+    /// The systemd scope that cgroup is, where CRI uses systemd's cgroups.
+    #[serde(default)]
+    pub systemd_scope: Option<systemd_scope::Scope>,
 }
 
 pub struct Pod {
@@ -61,6 +64,8 @@ pub struct Pod {
     pub keeper_pid: u32,
     keeper_start: u64,
     netns: Option<PathBuf>,
+    placement: Option<host_cgroup::Placement>,
+    /// The cgroup's folder, once made.
     host_cgroup: Option<PathBuf>,
     keeper: Mutex<Option<Child>>,
 }
@@ -89,7 +94,7 @@ impl Pod {
         std::fs::create_dir_all(STATE_ROOT)
             .with_context(|| format!("cannot create {STATE_ROOT}"))?;
         let cgroups_path = bundle::cgroups_path(spec);
-        let host_cgroup = host_cgroup::for_container(
+        let placement = host_cgroup::for_container(
             cgroups_path.as_deref(),
             id,
             cgroups_path
@@ -113,7 +118,11 @@ impl Pod {
             keeper_pid: 0,
             keeper_start: 0,
             netns: bundle::network(spec).joined().map(Path::to_path_buf),
-            host_cgroup,
+            host_cgroup: placement
+                .as_ref()
+                .and_then(|p| p.dir())
+                .map(Path::to_path_buf),
+            placement,
             keeper: Mutex::new(None),
         };
         let began = std::time::Instant::now();
@@ -179,11 +188,19 @@ impl Pod {
         // The pod's sysctls (its securityContext's), which the kubelet
         // puts on the sandbox's spec: the VM's kernel is the pod's.
         args.extend(bundle::sysctl_args(spec)?.into_iter().map(Into::into));
-        if let Some(dir) = &self.host_cgroup {
-            let memory = (memory_mib << 20) + vmm::jail::MEMORY_ROOM;
-            host_cgroup::make(dir, memory, cpus)?;
-            args.push("--keep-cgroup".into());
-        }
+        let cgroup = match &self.placement {
+            Some(p) => {
+                let memory = (memory_mib << 20) + vmm::jail::MEMORY_ROOM;
+                let made = host_cgroup::make(p, memory, cpus)?;
+                if self.host_cgroup.is_none() {
+                    self.host_cgroup = Some(made.dir.clone());
+                    self.write_record(record_at)?;
+                }
+                args.push("--keep-cgroup".into());
+                Some(made)
+            }
+            None => None,
+        };
         args.push(format!("dir:{}", self.share.display()).into());
 
         // The keeper starts in the pod's network namespace (its tap is
@@ -200,12 +217,14 @@ impl Pod {
                     Path::new("/"),
                     None,
                     KeeperStdio::Word,
-                    self.host_cgroup.as_deref(),
+                    cgroup.as_ref().map(|c| c.dir.as_path()),
                 )
             })
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread starting the pod's VM panicked")))
         })?;
+        // The keeper is in: a systemd scope's placeholder may go.
+        drop(cgroup);
         self.keeper_pid = keeper.id();
         self.keeper_start = vms::process_start(self.keeper_pid).unwrap_or(0);
         *self.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(keeper);
@@ -244,6 +263,7 @@ impl Pod {
             keeper_start: self.keeper_start,
             netns: self.netns.clone(),
             host_cgroup: self.host_cgroup.clone(),
+            systemd_scope: self.placement.as_ref().and_then(|p| p.scope()).cloned(),
         }
     }
 
@@ -307,10 +327,9 @@ pub fn cleanup(record: &Record) {
     }
     // What the keeper leaves when it is killed (its VMM, virtiofsd) dies
     // with the cgroup, before the share they hold is unmounted.
-    if let Some(dir) = &record.host_cgroup {
-        if let Err(e) = host_cgroup::remove(dir) {
-            log::warn!("{e:#}");
-        }
+    let scope = record.systemd_scope.as_ref();
+    if let Err(e) = host_cgroup::remove_all(record.host_cgroup.as_deref(), scope) {
+        log::warn!("{e:#}");
     }
     let share = record.vm.join("pod");
     if let Some(s) = share.to_str() {

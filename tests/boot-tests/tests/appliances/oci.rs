@@ -18,6 +18,8 @@ use super::detached::{nothing_left, tree};
 use super::network::ip;
 use super::shares::{busybox_root, folder, virtiofsd_serving};
 
+mod systemd;
+
 pub fn trials() -> Vec<Trial> {
     vec![
         boot_tests::trial(
@@ -44,6 +46,10 @@ pub fn trials() -> Vec<Trial> {
             "docker_and_containerd_run_containers_on_husk_runtime",
             docker_and_containerd,
         ),
+        boot_tests::trial(
+            "runtime_puts_each_vm_in_a_systemd_scope_for_a_systemd_cgroups_path",
+            systemd::scopes,
+        ),
     ]
 }
 
@@ -57,6 +63,11 @@ struct Runtime {
     /// `--root` as deep as containerd's runc shim makes it, so a VM's
     /// socket paths under it would be too long.
     deep: bool,
+    /// What husk-runtime (and the reaper) run under: nothing, or `nsenter`
+    /// into a systemd host's namespaces.
+    under: Vec<std::ffi::OsString>,
+    /// `--systemd-cgroup`, with containers' cgroupsPath in systemd's form.
+    systemd: bool,
 }
 
 impl Runtime {
@@ -69,6 +80,8 @@ impl Runtime {
             root: folder("oci")?,
             bin,
             deep: false,
+            under: Vec::new(),
+            systemd: false,
         })
     }
 
@@ -81,6 +94,10 @@ impl Runtime {
     /// The `linux.cgroupsPath` of container `id`: under a parent cgroup
     /// of this runtime's own, removed with it.
     fn cgroups_path(&self, id: &str) -> String {
+        if self.systemd {
+            // podman's with its systemd cgroup manager.
+            return format!("machine.slice:libpod:{id}");
+        }
         let own = self.root.path().file_name().unwrap_or_default();
         format!("/{}/{id}", own.to_string_lossy())
     }
@@ -99,8 +116,23 @@ impl Runtime {
         }
     }
 
+    /// `program` as this runtime runs it (under `under`).
+    fn program(&self, program: &Path) -> Command {
+        match self.under.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.bin);
+        let mut c = self.program(&self.bin);
+        if self.systemd {
+            c.arg("--systemd-cgroup");
+        }
         c.arg("--root")
             .arg(self.state_dir())
             .arg("--log")
@@ -159,10 +191,12 @@ impl Runtime {
     fn create(&self, id: &str, bundle: &Path) -> Result<Container, Failed> {
         let reaper = husk_bin()?.with_file_name("oci-reaper");
         let pid_file = self.root.path().join(format!("{id}.pid"));
-        let mut child = Command::new(reaper)
+        let mut child = self
+            .program(&reaper)
             .arg(&pid_file)
             .arg("--")
             .arg(&self.bin)
+            .args(self.systemd.then_some("--systemd-cgroup"))
             .arg("--root")
             .arg(self.state_dir())
             .arg("--log")
@@ -310,7 +344,7 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         // The parent of its containers' cgroups, made by husk-runtime as
         // runc makes a cgroupsPath's parents (and leaves them).
-        if let Some(parent) = self.cgroup("x").parent() {
+        if let Some(parent) = self.cgroup("x").parent().filter(|_| !self.systemd) {
             let _ = std::fs::remove_dir(parent);
         }
     }
