@@ -32,6 +32,18 @@ impl Drop for Daemon {
     }
 }
 
+/// `program` run under the command line prefix `under` (none: itself).
+fn program_under(under: &[std::ffi::OsString], program: &str) -> Command {
+    match under.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Starts `command` (its output to `log`) and waits for `socket`.
 pub fn daemon(mut command: Command, log: &Path, socket: &Path) -> Result<Daemon, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -61,6 +73,8 @@ pub struct Containerd {
     _daemon: Daemon,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// What containerd and `ctr` run under (see [`Containerd::start_under`]).
+    under: Vec<std::ffi::OsString>,
 }
 
 /// Pod networks of the CRI tests: CNI's `ptp` (a veth pair per pod, no
@@ -159,7 +173,22 @@ impl Containerd {
         Self::launch(true, env)
     }
 
+    /// As [`Containerd::start`], with containerd (and so its shims) and
+    /// `ctr` run under `under`, a command line prefix (`nsenter` into a
+    /// test's namespaces); the caller ends what it leaves there.
+    pub fn start_under(under: &[std::ffi::OsString]) -> Result<Self, String> {
+        Self::launch_in(false, &[], under)
+    }
+
     fn launch(cri: bool, env: &[(&str, &std::ffi::OsStr)]) -> Result<Self, String> {
+        Self::launch_in(cri, env, &[])
+    }
+
+    fn launch_in(
+        cri: bool,
+        env: &[(&str, &std::ffi::OsStr)],
+        under: &[std::ffi::OsString],
+    ) -> Result<Self, String> {
         let mut tools = vec!["containerd", "ctr", "skopeo", "script"];
         if cri {
             tools.extend(["umoci", "runc"]);
@@ -198,7 +227,7 @@ impl Containerd {
             shim.parent().expect("a folder").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut c = Command::new("containerd");
+        let mut c = program_under(under, "containerd");
         if cri {
             let write = |p: PathBuf, text: String| {
                 std::fs::create_dir_all(p.parent().expect("a folder"))
@@ -222,6 +251,7 @@ impl Containerd {
             socket,
             _daemon: daemon,
             dir,
+            under: under.to_vec(),
         };
         let layout = std::fs::canonicalize(crate::workspace_root().join("examples/busybox/image"))
             .map_err(|e| e.to_string())?;
@@ -281,7 +311,7 @@ impl Containerd {
     }
 
     pub fn ctr(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = program_under(&self.under, "ctr");
         c.arg("--address").arg(&self.socket).args(args);
         c
     }

@@ -383,6 +383,7 @@ pub(super) fn scopes() -> Result<(), Failed> {
     let _ = c.finish(Duration::from_secs(30));
 
     podman_in_scopes(&host, &podman)?;
+    shim_in_scopes(&host)?;
 
     let left = host.scopes();
     if !left.is_empty() {
@@ -444,6 +445,44 @@ fn podman_in_scopes(host: &SystemdHost, p: &super::Podman) -> Result<(), Failed>
     podman(&["rm", "-f", &id])?;
     checked?;
     scope_gone(host, &dir, &unit, &processes)
+}
+
+/// The shim with a spec whose cgroupsPath has systemd's form (CRI's with
+/// `SystemdCgroup`; here `ctr run --cgroup`): the pod's VM is in the
+/// scope systemd makes, which goes with the task.
+fn shim_in_scopes(host: &SystemdHost) -> Result<(), Failed> {
+    let c = boot_tests::containerd::Containerd::start_under(&host.under())?;
+    let checked = (|| -> Result<(), Failed> {
+        let run = c.run(
+            "io.containerd.husk.v2",
+            &["-d", "--cgroup", "machine.slice:ctr:sdc1"],
+            "sdc1",
+            &["sleep", "1000"],
+        );
+        c.ok(run, "ctr run -d --cgroup machine.slice:ctr:sdc1")?;
+        c.wait_status("sdc1", "RUNNING")?;
+        let dir = host.cgroup.join("machine.slice/ctr-sdc1.scope");
+        let procs: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map_err(|e| c.with_log(&format!("the pod's scope {}: {e}", dir.display())))?
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        // The keeper, the jail's supervisor and the VMM at least.
+        let max = std::fs::read_to_string(dir.join("memory.max")).unwrap_or_default();
+        if procs.len() < 3 || max.trim().parse::<u64>().is_err() {
+            return Err(format!("the pod's scope holds {procs:?}, memory.max {max:?}").into());
+        }
+        let shown = host.show("ctr-sdc1.scope", "ActiveState,Delegate")?;
+        if !shown.contains("ActiveState=active") || !shown.contains("Delegate=yes") {
+            return Err(format!("systemd shows ctr-sdc1.scope as {shown:?}").into());
+        }
+        c.remove("sdc1")?;
+        scope_gone(host, &dir, "ctr-sdc1.scope", &procs)
+    })();
+    // containerd ends in systemd's namespace (nsenter, its parent here,
+    // passes it no signal).
+    let _ = host.run("pkill", &["-x", "containerd"]);
+    checked
 }
 
 /// After `delete`: no process of the VM, no scope folder, no unit.
