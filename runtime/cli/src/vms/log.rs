@@ -1,6 +1,9 @@
 //! The console log of a detached VM: `console.log`, moved to
-//! `console.log.1` when it reaches [`MAX_LOG`] (one older file kept, so a
-//! chatty appliance holds at most twice that on the host's tmpfs).
+//! `console.log.1` (and an older `.1` to `.2`, and so on) when it reaches
+//! its limit (a whole line that does not fit starts the next file);
+//! [`Limits`] says how large a file grows (its lines' times counted) and how many are
+//! kept (docker's `--log-opt max-size` and `max-file`; by default 1 MiB
+//! and two files, so a chatty appliance holds at most 2 MiB).
 //!
 //! Each line is stored after the time its first bytes arrived, as
 //! `docker logs -t` shows it (`2026-12-02T04:20:00.123456789Z line`), so
@@ -18,16 +21,40 @@ use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// Bytes in `console.log` before it is rotated.
+/// Bytes in `console.log` before it is rotated, by default.
 pub const MAX_LOG: u64 = 1 << 20;
+
+/// How much of the log is kept: files of `max_size` bytes at most,
+/// `max_files` of them (the current one among them; with one, it starts
+/// again empty when full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_size: MAX_LOG,
+            max_files: 2,
+        }
+    }
+}
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, then a space.
 const STAMP: usize = 30;
 
-fn older(path: &Path) -> PathBuf {
+/// The `n`th older file of the log at `path` (`console.log.N`).
+fn older_n(path: &Path, n: u32) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
-    p.push(".1");
+    p.push(format!(".{n}"));
     PathBuf::from(p)
+}
+
+#[cfg(test)]
+fn older(path: &Path) -> PathBuf {
+    older_n(path, 1)
 }
 
 /// A time as a line's stamp: UTC, to the nanosecond, always as wide.
@@ -72,12 +99,14 @@ pub struct LogWriter {
     file: File,
     size: u64,
     max: u64,
+    /// Files kept, the current one among them.
+    files: u32,
     /// The next byte starts a line, or the file.
     line_start: bool,
 }
 
 impl LogWriter {
-    pub fn create(path: &Path, max: u64) -> io::Result<Self> {
+    pub fn create(path: &Path, limits: Limits) -> io::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -100,13 +129,32 @@ impl LogWriter {
             path: path.into(),
             file,
             size,
-            max,
+            max: limits.max_size.max(1),
+            files: limits.max_files.max(1),
             line_start: true,
         })
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        std::fs::rename(&self.path, older(&self.path))?;
+        // The oldest kept goes, each other moves one older, and the
+        // current one becomes `.1`; with no older file kept, it is
+        // emptied.
+        let _ = std::fs::remove_file(older_n(&self.path, self.files));
+        for n in (1..self.files).rev() {
+            let to = older_n(&self.path, n);
+            let from = if n == 1 {
+                self.path.clone()
+            } else {
+                older_n(&self.path, n - 1)
+            };
+            match std::fs::rename(&from, &to) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        if self.files == 1 {
+            let _ = std::fs::remove_file(&self.path);
+        }
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -131,19 +179,27 @@ impl Mode0600 for OpenOptions {
 
 impl Write for LogWriter {
     /// Writes one line at most (to its newline), after its time when it
-    /// starts here; never past the limit in one file.
+    /// starts here; never past the limit in one file, the time counted.
+    /// A whole line that does not fit where the file is goes to the next
+    /// file whole; only a line longer than a file is cut (or one that
+    /// arrives in pieces).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
-        }
-        if self.size >= self.max {
-            self.rotate()?;
         }
         let end = buf
             .iter()
             .position(|&b| b == b'\n')
             .map_or(buf.len(), |i| i + 1);
-        let room = (self.max - self.size).max(1) as usize;
+        let time = if self.line_start { STAMP as u64 + 1 } else { 0 };
+        let whole = buf[end - 1] == b'\n' && time + end as u64 <= self.max;
+        let fits = self.size + time + if whole { end as u64 } else { 1 } <= self.max;
+        if self.size > 0 && !fits {
+            self.rotate()?;
+        }
+        // Rotated, the line goes on after a time of its own.
+        let time = if self.line_start { STAMP as u64 + 1 } else { 0 };
+        let room = self.max.saturating_sub(self.size + time).max(1) as usize;
         let n = end.min(room);
         let mut record = Vec::with_capacity(STAMP + 1 + n);
         if self.line_start {
@@ -221,7 +277,9 @@ fn lines_of(files: &[Vec<u8>]) -> Vec<Line<'_>> {
 /// current one (where [`follow`] goes on).
 fn load(path: &Path) -> io::Result<(Vec<Vec<u8>>, u64)> {
     let mut files = Vec::new();
-    for p in [older(path), path.to_path_buf()] {
+    let mut paths = vec![path.to_path_buf()];
+    paths.extend((1..).map(|n| older_n(path, n)).take_while(|p| p.exists()));
+    for p in paths.into_iter().rev() {
         let mut text = Vec::new();
         match File::open(&p) {
             Ok(mut f) => {

@@ -10,8 +10,9 @@
 //!   [`control`]), the one way the CLI reaches a running VM,
 //! - `vsock.sock`: the VM's hybrid vsock socket (the guest agent's way
 //!   in; only the keeper connects to it),
-//! - `console.log` and `console.log.1`: the console, rotated at
-//!   [`log::MAX_LOG`],
+//! - `console.log` and `console.log.1` (and older ones, as
+//!   `--log-opt max-file` says): the console, rotated at its
+//!   [`log::Limits`],
 //! - `state.lock`: locked by whoever reads, changes and writes back
 //!   `state.json` (see [`VmDir::lock_state`]).
 //!

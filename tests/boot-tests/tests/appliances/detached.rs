@@ -564,6 +564,54 @@ fn outlives_the_cli() -> Result<(), Failed> {
     if r.code == Some(0) || !r.stderr.contains("not running") {
         return Err(r.explain("exec into a stopped appliance").into());
     }
+    vm.remove(&processes)?;
+    log_opts_bound_the_log()
+}
+
+/// `--log-opt max-size` and `max-file`: the log's files never grow past
+/// the size, no more of them are kept, and `husk logs` reads them as one,
+/// its newest lines last.
+fn log_opts_bound_the_log() -> Result<(), Failed> {
+    let script = "i=0; while [ $i -lt 60 ]; do echo line $i; i=$((i+1)); done; sleep 1000";
+    let vm = Vm::start(
+        "d-logopt",
+        &[
+            "--log-opt",
+            "max-size=300",
+            "--log-opt",
+            "max-file=3",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let r = ok(h(&["logs", &vm.name])?, "logs")?;
+        if r.stdout.contains("line 59") || std::time::Instant::now() > deadline {
+            break r.stdout;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let lines: Vec<&str> = shown.lines().map(str::trim_end).collect();
+    let sizes: Vec<u64> = ["console.log", "console.log.1", "console.log.2"]
+        .iter()
+        .map(|f| std::fs::metadata(vm.dir().join(f)).map_or(0, |m| m.len()))
+        .collect();
+    if lines.last() != Some(&"line 59")
+        || lines.contains(&"line 0")
+        || sizes.iter().any(|s| *s == 0 || *s > 300)
+        || vm.dir().join("console.log.3").exists()
+    {
+        return Err(format!(
+            "with max-size=300 max-file=3: files of {sizes:?} bytes, a fourth: {}; logs {lines:?}",
+            vm.dir().join("console.log.3").exists()
+        )
+        .into());
+    }
     vm.remove(&processes)
 }
 

@@ -574,6 +574,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         remove_at_end: args.rm,
         hold: args.hold,
         stdin: args.interactive,
+        log: super::service::log_limits(&args.service),
         restart: args
             .restart
             .unwrap_or_else(|| default_restart(args, appliance)),

@@ -1,14 +1,16 @@
 //! What `husk run -d` keeps of a service besides its command: its health
 //! check (docker's `--health-*` flags over the appliance's
-//! `[run.health]`) and how it is stopped (`--stop-signal`,
-//! `--stop-timeout` over the image's STOPSIGNAL and the appliance's
-//! `run.stop_signal` and `run.stop_timeout`).
+//! `[run.health]`), how it is stopped (`--stop-signal`, `--stop-timeout`
+//! over the image's STOPSIGNAL and the appliance's `run.stop_signal` and
+//! `run.stop_timeout`), and how much of its console log is kept
+//! (`--log-driver`, `--log-opt` as docker's json-file driver takes them).
 
 use std::time::Duration;
 
 use appliance_spec::Signal;
 
 use crate::vms::keeper::{Check, HealthCheck, OnFailure};
+use crate::vms::log::Limits;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServiceArgs {
@@ -46,6 +48,82 @@ pub struct ServiceArgs {
         "health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period",
     ])]
     no_healthcheck: bool,
+    /// json-file or local: both are husk's own console log of a detached
+    /// run, which husk logs reads (a foreground run keeps none)
+    #[arg(long, value_name = "DRIVER", value_enum)]
+    log_driver: Option<LogDriver>,
+    /// For -d's log: max-size=SIZE (a log file's size before it is
+    /// rotated: 10m, 1g, bytes; default 1m), max-file=N (files kept,
+    /// default 2), compress=false; repeatable
+    #[arg(long, value_name = "OPT=VALUE", value_parser = parse_log_opt)]
+    log_opt: Vec<LogOpt>,
+}
+
+/// docker's log drivers that keep the log where `docker logs` reads it;
+/// husk's own log is both.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogDriver {
+    #[value(name = "json-file")]
+    JsonFile,
+    Local,
+}
+
+/// One `--log-opt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOpt {
+    MaxSize(u64),
+    MaxFile(u32),
+    /// `compress=false`: rotated files stay as they are (husk does not
+    /// compress them).
+    Uncompressed,
+}
+
+/// `--log-opt KEY=VALUE`, as docker's json-file driver reads it.
+pub fn parse_log_opt(arg: &str) -> Result<LogOpt, String> {
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?}: give OPT=VALUE (max-size=10m, max-file=3)"))?;
+    match key {
+        "max-size" => {
+            let bytes = match value.parse::<u64>() {
+                Ok(b) => Some(b),
+                Err(_) => super::super::docker_size(value).map_err(|e| format!("max-size: {e}"))?,
+            };
+            match bytes {
+                Some(b) if b > 0 => Ok(LogOpt::MaxSize(b)),
+                Some(_) => Err("max-size must be more than 0".into()),
+                None => Err(format!("max-size={value}: too large")),
+            }
+        }
+        "max-file" => match value.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(LogOpt::MaxFile(n)),
+            _ => Err(format!(
+                "max-file={value}: give a number of files, 1 or more"
+            )),
+        },
+        "compress" => match value {
+            "false" => Ok(LogOpt::Uncompressed),
+            "true" => Err("compress=true: husk keeps rotated log files uncompressed".into()),
+            _ => Err(format!("compress={value}: give true or false")),
+        },
+        other => Err(format!(
+            "unknown log opt {other:?}: husk's log takes max-size, max-file and compress=false"
+        )),
+    }
+}
+
+/// How much of the console log the keeper keeps: `--log-opt` over the
+/// defaults (1 MiB files, two of them).
+pub fn log_limits(args: &ServiceArgs) -> Limits {
+    let mut limits = Limits::default();
+    for opt in &args.log_opt {
+        match *opt {
+            LogOpt::MaxSize(b) => limits.max_size = b,
+            LogOpt::MaxFile(n) => limits.max_files = n,
+            LogOpt::Uncompressed => {}
+        }
+    }
+    limits
 }
 
 /// The seconds `husk stop` waits by default: `--stop-timeout` over the
@@ -235,5 +313,37 @@ mod tests {
             start_period_ms: 1500,
             retries: 2,
         }
+    }
+
+    #[test]
+    fn log_opts_are_read_as_dockers_json_file_driver_reads_them() {
+        assert_eq!(parse_log_opt("max-size=10m"), Ok(LogOpt::MaxSize(10 << 20)));
+        assert_eq!(parse_log_opt("max-size=4096"), Ok(LogOpt::MaxSize(4096)));
+        assert_eq!(parse_log_opt("max-file=3"), Ok(LogOpt::MaxFile(3)));
+        assert_eq!(parse_log_opt("compress=false"), Ok(LogOpt::Uncompressed));
+        for (bad, says) in [
+            ("max-size", "give OPT=VALUE"),
+            ("max-size=0", "more than 0"),
+            ("max-size=lots", "max-size:"),
+            ("max-file=0", "1 or more"),
+            ("max-file=-1", "1 or more"),
+            ("compress=true", "uncompressed"),
+            ("labels=a", "unknown log opt \"labels\""),
+        ] {
+            let e = parse_log_opt(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let args = ServiceArgs {
+            log_opt: vec![LogOpt::MaxFile(5), LogOpt::MaxSize(1 << 10)],
+            ..ServiceArgs::default()
+        };
+        assert_eq!(
+            log_limits(&args),
+            Limits {
+                max_size: 1 << 10,
+                max_files: 5
+            }
+        );
+        assert_eq!(log_limits(&ServiceArgs::default()), Limits::default());
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::log::{LogWriter, MAX_LOG};
+use super::log::{Limits, LogWriter};
 use super::{now_ms, process_alive, process_start, restart, State, Status, VmDir};
 use crate::commands::exec::block_sigwinch;
 use crate::commands::run::named::SNAPSHOT_FD_ENV;
@@ -231,6 +231,8 @@ pub struct Options {
     pub restart: restart::Policy,
     /// `-i`: the console's input stays open for `husk attach`.
     pub stdin: bool,
+    /// How much of the console log is kept (`--log-opt`).
+    pub log: Limits,
 }
 
 pub fn keep(
@@ -252,6 +254,7 @@ pub fn keep(
         hold,
         restart,
         stdin,
+        log: log_limits,
     } = options;
     // Everything the keeper makes is the user's alone.
     // SAFETY: umask(2) cannot fail.
@@ -380,7 +383,7 @@ pub fn keep(
         input: Mutex::new(input),
         attached: Mutex::new(Some(Vec::new())),
     });
-    let log = LogWriter::create(&vm.log(), MAX_LOG)
+    let log = LogWriter::create(&vm.log(), log_limits)
         .with_context(|| format!("cannot create {}", vm.log().display()))?;
     let pump = std::thread::Builder::new().name("log".into()).spawn({
         let shared = Arc::clone(&shared);

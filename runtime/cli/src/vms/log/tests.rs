@@ -8,6 +8,14 @@ fn at(secs: i64, text: &str) -> String {
 
 const NS: i128 = 1_000_000_000;
 
+/// Files of `max_size` bytes, two kept (the default's count).
+fn limit(max_size: u64) -> Limits {
+    Limits {
+        max_size,
+        max_files: 2,
+    }
+}
+
 #[test]
 fn stamps_are_fixed_width_and_read_back() {
     let t = OffsetDateTime::from_unix_timestamp_nanos(1_764_649_200_000_000_001).unwrap();
@@ -30,13 +38,13 @@ fn stamps_are_fixed_width_and_read_back() {
 fn each_line_is_stamped_once_and_reads_back_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("console.log");
-    let mut w = LogWriter::create(&path, 1 << 20).unwrap();
+    let mut w = LogWriter::create(&path, Limits::default()).unwrap();
     w.write_all(b"one\ntw").unwrap();
     w.write_all(b"o\nthr").unwrap();
     drop(w);
     // Run again (a restart) in the middle of a line: the new run's
     // output starts a line of its own, with its own time.
-    let mut w = LogWriter::create(&path, 1 << 20).unwrap();
+    let mut w = LogWriter::create(&path, Limits::default()).unwrap();
     w.write_all(b"ee\n\nfour").unwrap();
     let raw = std::fs::read_to_string(&path).unwrap();
     assert_eq!(raw.lines().count(), 6, "{raw}");
@@ -59,22 +67,30 @@ fn each_line_is_stamped_once_and_reads_back_as_written() {
 }
 
 #[test]
-fn rotates_at_the_limit_keeps_one_older_file_and_a_cut_line_whole() {
+fn rotates_at_the_limit_and_a_cut_line_reads_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("console.log");
-    // "first" and its stamp take 37 bytes: the next line is cut at 80.
+    // "first" and its stamp take 37 bytes; the next line and its own
+    // (82) would not fit in any file: it is cut at 80, 12 bytes on, and
+    // goes on after a time of its own (70 bytes); "last" then starts a
+    // third file.
     let long = "a line much longer than what is left of the limit\n";
-    let mut w = LogWriter::create(&path, 80).unwrap();
+    let limits = Limits {
+        max_size: 80,
+        max_files: 3,
+    };
+    let mut w = LogWriter::create(&path, limits).unwrap();
     w.write_all(b"first\n").unwrap();
     w.write_all(long.as_bytes()).unwrap();
     w.write_all(b"last\n").unwrap();
     let current = std::fs::read_to_string(&path).unwrap();
-    let before = std::fs::read_to_string(older(&path)).unwrap();
-    assert!(before.ends_with(&long[..43]), "{before}");
+    let cut = std::fs::read_to_string(older(&path)).unwrap();
+    let before = std::fs::read_to_string(older_n(&path, 2)).unwrap();
+    assert!(before.ends_with(&long[..12]), "{before}");
+    assert_eq!(before.len(), 80);
     assert!(current.ends_with(" last\n"), "{current}");
-    let (_, rest) = split_stamp(current.as_bytes());
-    assert!(rest.starts_with(&long.as_bytes()[43..]), "{current}");
-    // Both files read as one log: the cut line is whole again.
+    assert_eq!(split_stamp(cut.as_bytes()).1, &long.as_bytes()[12..]);
+    // The files read as one log: the cut line is whole again.
     assert_eq!(
         String::from_utf8(tail(&path, None).unwrap()).unwrap(),
         format!("first\n{long}last\n")
@@ -82,6 +98,65 @@ fn rotates_at_the_limit_keeps_one_older_file_and_a_cut_line_whole() {
     assert_eq!(
         String::from_utf8(tail(&path, Some(2)).unwrap()).unwrap(),
         format!("{long}last\n")
+    );
+}
+
+#[test]
+fn a_whole_line_that_does_not_fit_starts_the_next_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("console.log");
+    let mut w = LogWriter::create(&path, limit(100)).unwrap();
+    // 37 bytes, then 31 + 40: the second goes to a file of its own.
+    w.write_all(b"first\n").unwrap();
+    w.write_all(format!("{}\n", "x".repeat(39)).as_bytes())
+        .unwrap();
+    let before = std::fs::read_to_string(older(&path)).unwrap();
+    let current = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        before.ends_with(" first\n") && before.len() == 37,
+        "{before}"
+    );
+    assert_eq!(current.len(), 71, "{current}");
+    assert_eq!(
+        split_stamp(current.as_bytes()).1,
+        format!("{}\n", "x".repeat(39)).as_bytes()
+    );
+}
+
+#[test]
+fn max_files_keeps_that_many_files_and_reads_them_as_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("console.log");
+    // Each line and its stamp (38 bytes) fill a file: one line a file.
+    let limits = Limits {
+        max_size: 38,
+        max_files: 3,
+    };
+    let mut w = LogWriter::create(&path, limits).unwrap();
+    for n in 1..=5 {
+        w.write_all(format!("line {n}\n").as_bytes()).unwrap();
+    }
+    // The current file and two older: lines 3, 4 and 5; no fourth file.
+    assert!(older_n(&path, 2).exists());
+    assert!(!older_n(&path, 3).exists());
+    assert_eq!(
+        String::from_utf8(tail(&path, None).unwrap()).unwrap(),
+        "line 3\nline 4\nline 5\n"
+    );
+    // One file: it starts again empty when full.
+    let one = dir.path().join("one.log");
+    let limits = Limits {
+        max_size: 38,
+        max_files: 1,
+    };
+    let mut w = LogWriter::create(&one, limits).unwrap();
+    for n in 1..=3 {
+        w.write_all(format!("line {n}\n").as_bytes()).unwrap();
+    }
+    assert!(!older(&one).exists());
+    assert_eq!(
+        String::from_utf8(tail(&one, None).unwrap()).unwrap(),
+        "line 3\n"
     );
 }
 
@@ -205,7 +280,8 @@ fn what_arrives_is_shown_whatever_its_pieces() {
 fn follow_reads_on_through_a_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("console.log");
-    let mut w = LogWriter::create(&path, 64).unwrap();
+    // "early" (37 bytes) and the next line (81) fit; "end" rotates.
+    let mut w = LogWriter::create(&path, limit(128)).unwrap();
     w.write_all(b"early\n").unwrap();
     let offset = std::fs::metadata(&path).unwrap().len();
     let mut out = Vec::new();
