@@ -944,6 +944,7 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
             mac,
             want: None,
             fixed: false,
+            held: Vec::new(),
         };
         let json = serde_json::to_vec(&hello).unwrap();
         let (vm, theirs) = vmm::vsock::seqpacket_pair().unwrap();

@@ -59,6 +59,21 @@ pub struct Hello {
     /// `want` or nothing (`--ip`): refused when another member has it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixed: bool,
+    /// The addresses members whose husks live hold on the network, as the
+    /// joiner found their leases (under the network's lock): none is given
+    /// to another MAC, so a member on its way to this hub after the last
+    /// one died finds its address still its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<Held>,
+}
+
+/// An address a living member holds: its lease (`members/` in the
+/// network's folder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +208,8 @@ pub struct Hub {
     /// The first and last address members are given.
     range: (u32, u32),
     members: Vec<Member>,
+    /// The leases the latest joiner saw: their addresses are their MACs'.
+    held: Vec<Held>,
     /// Frames dropped for members that did not read them.
     dropped: u64,
     /// Messages on a member's socket that were no frame.
@@ -207,6 +224,7 @@ impl Hub {
         Hub {
             range,
             members: Vec::new(),
+            held: Vec::new(),
             dropped: 0,
             malformed: 0,
             buf: vec![0u8; 4 + MAX_FRAME + 1].into_boxed_slice(),
@@ -519,12 +537,19 @@ impl Hub {
         if hello.mac[0] & 1 == 1 || hello.mac == [0; 6] {
             return refuse("a member's MAC is a unicast address".into());
         }
+        // What the joiner found is newer than what the last one did.
+        self.held = hello.held.clone();
         let joined = || self.members.iter().filter_map(|m| m.joined.as_ref());
         if joined().any(|j| j.mac == hello.mac) {
             return refuse("another member has this MAC".into());
         }
+        let held_by_another = |a: u32| {
+            self.held
+                .iter()
+                .any(|h| u32::from(h.address) == a && h.mac != hello.mac)
+        };
         let (first, last) = self.range;
-        let free = |a: u32| joined().all(|j| u32::from(j.address) != a);
+        let free = |a: u32| joined().all(|j| u32::from(j.address) != a) && !held_by_another(a);
         if let (true, Some(want)) = (hello.fixed, hello.want) {
             let a = u32::from(want);
             if !(first..=last).contains(&a) {
@@ -538,6 +563,11 @@ impl Hub {
                 return refuse(format!(
                     "{want} is taken by another member ({})",
                     j.names.join(" ")
+                ));
+            }
+            if held_by_another(a) {
+                return refuse(format!(
+                    "{want} is held by another member, joining the network again"
                 ));
             }
         }

@@ -7,10 +7,11 @@
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use super::hub::{pollfd, Hello};
-use super::Network;
+use super::{Lease, Network};
 
 /// How long a member tries to reach a new hub before it gives up.
 const REJOIN_TRIES: u32 = 50;
@@ -26,6 +27,24 @@ pub struct Membership {
     /// A copy of the hub's end of the VM's socket pair; its peer (the
     /// VM's end) hangs up when the VM ends.
     member: OwnedFd,
+    /// Its address, held while this husk lives: a run joining before it
+    /// is back on the next hub is given another.
+    lease: Lease,
+}
+
+/// Says when a kept membership let its network go: once its VM's end of
+/// the socket closed (every copy: the VMM's, and the one a jail's
+/// supervisor holds until it lets its VM's configuration go).
+pub struct Left(Option<mpsc::Receiver<()>>);
+
+impl Left {
+    /// Waits until `deadline` for the membership to end; past it, its
+    /// lease goes with this process (and the next joiner removes it).
+    pub fn wait(self, deadline: Instant) {
+        if let Some(left) = self.0 {
+            let _ = left.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
 }
 
 /// What ended a wait.
@@ -42,6 +61,7 @@ impl Membership {
         address: Ipv4Addr,
         control: UnixStream,
         member: OwnedFd,
+        lease: Lease,
     ) -> Self {
         Membership {
             network,
@@ -52,19 +72,29 @@ impl Membership {
             },
             control,
             member,
+            lease,
         }
     }
 
     /// Keeps the VM on its network from a thread of its own until the
-    /// VM's end of its socket closes. Start it where the VM's husk stays
-    /// (after the jail's fork: threads do not cross it).
-    pub fn keep(self) {
+    /// VM's end of its socket closes, then gives its address up. Start it
+    /// where the VM's husk stays (after the jail's fork: threads do not
+    /// cross it).
+    pub fn keep(self) -> Left {
         let name = self.network.name.clone();
+        let (done, left) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("husk-network".into())
-            .spawn(move || self.run());
-        if let Err(e) = spawned {
-            eprintln!("husk: network {name}: cannot watch its hub ({e}); should it go, this VM's interface on it is down");
+            .spawn(move || {
+                self.run();
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => Left(Some(left)),
+            Err(e) => {
+                eprintln!("husk: network {name}: cannot watch its hub ({e}); should it go, this VM's interface on it is down");
+                Left(None)
+            }
         }
     }
 
@@ -75,15 +105,16 @@ impl Membership {
                 Ok(Some(address)) => {
                     eprintln!("husk: network {name}: its hub went away; joined its next one, at {address} again")
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     eprintln!(
                         "husk: network {name}: its hub went away and no other took this VM ({e:#}); its interface on {name} is down"
                     );
-                    return;
+                    break;
                 }
             }
         }
+        self.lease.release();
     }
 
     /// Waits until the hub or the VM goes.
@@ -208,6 +239,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 7],
             want: None,
             fixed: false,
+            held: Vec::new(),
         };
         let joining = std::thread::scope(|s| {
             let hub = s.spawn(|| stand_in_hub(&listener, [10, 90, 0, 5]));
@@ -225,7 +257,11 @@ mod tests {
         // A frame from the VM reaches the hub as one message.
         (&vm).write_all(b"\0\0\0\x02hi").unwrap();
         assert_eq!(message(&data), b"\0\0\0\x02hi");
-        joined.membership.keep();
+        // Its lease holds the address while this process lives.
+        let leases = network.dir.join(super::super::MEMBERS);
+        let lease = leases.join(format!("10.90.0.5-{}", std::process::id()));
+        assert!(lease.is_file());
+        let left = joined.membership.keep();
 
         // The hub dies; the next one is on a new socket at the same path
         // before the member notices, and gets the same hello (its address
@@ -239,6 +275,14 @@ mod tests {
         let (control, data, seen) = stand_in_hub(&listener, [10, 90, 0, 5]);
         assert_eq!(seen.want, Some(Ipv4Addr::new(10, 90, 0, 5)));
         assert!(seen.fixed && seen.names == ["web"] && seen.mac == hello.mac);
+        // It read its own lease, as every joiner reads the living ones.
+        assert_eq!(
+            seen.held,
+            [super::super::hub::Held {
+                mac: hello.mac,
+                address: [10, 90, 0, 5].into()
+            }]
+        );
         assert_eq!(message(&data), b"\0\0\0\x02yo");
         (&data).write_all(b"\0\0\0\x03new").unwrap();
         assert_eq!(message(&vm), b"\0\0\0\x03new");
@@ -258,5 +302,42 @@ mod tests {
         // SAFETY: one pollfd we own, for the call.
         let n = unsafe { libc::poll(&mut fd, 1, 10_000) };
         assert_eq!(n, 1, "the hub's end sees the VM's close");
+        // And gives its address up.
+        left.wait(Instant::now() + Duration::from_secs(10));
+        assert!(!lease.exists(), "the lease outlived its member");
+    }
+
+    #[test]
+    fn joiners_tell_the_hub_the_living_members_leases_and_remove_the_dead_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let network = Network::at(tmp.path(), "lan");
+        network
+            .create(Some(([10, 90, 0, 0].into(), 24)), true)
+            .unwrap();
+        let living = network
+            .lease([2, 0, 0, 0, 0, 1], [10, 90, 0, 2].into())
+            .unwrap();
+        // A killed husk's lease: the file, its lock gone with it.
+        let dir = network.dir.join(super::super::MEMBERS);
+        let dead = dir.join("10.90.0.3-999999");
+        std::fs::write(&dead, br#"{"mac":[2,0,0,0,0,2],"address":"10.90.0.3"}"#).unwrap();
+        // A living one's file that is not a lease is passed over.
+        let odd = network
+            .lease([2, 0, 0, 0, 0, 3], [10, 90, 0, 4].into())
+            .unwrap();
+        std::fs::write(dir.join(format!("10.90.0.4-{}", std::process::id())), b"x").unwrap();
+        assert_eq!(
+            network.held(),
+            [super::super::hub::Held {
+                mac: [2, 0, 0, 0, 0, 1],
+                address: [10, 90, 0, 2].into()
+            }]
+        );
+        assert!(!dead.exists(), "a dead member's lease is removed");
+        // A lease given up, or whose process ended, holds nothing.
+        living.release();
+        drop(odd);
+        assert_eq!(network.held(), []);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }
 }

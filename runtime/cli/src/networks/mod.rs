@@ -4,8 +4,10 @@
 //!
 //! A network is a folder under `networks` in husk's data folder
 //! ([`crate::volumes::data_dir`]): `NAME/network.json` (its IPv4 subnet,
-//! whether it is internal, when it was made), `NAME/lock`, and while any
-//! appliance is on it `NAME/hub.sock` and `NAME/hub.log`.
+//! whether it is internal, when it was made), `NAME/lock`, while any
+//! appliance is on it `NAME/hub.sock` and `NAME/hub.log`, and a lease in
+//! `NAME/members/` for each member's address, locked by the member's
+//! husk while it lives ([`Lease`]).
 //!
 //! Each VM on the network gets an interface whose backend is a socket
 //! to the network's hub ([`hub`]): one process per network, started by
@@ -32,14 +34,15 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use hub::{Hello, Reply};
-pub use membership::Membership;
+use hub::{Held, Hello, Reply};
+pub use membership::{Left, Membership};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const META: &str = "network.json";
 const LOCK: &str = "lock";
 const SOCKET: &str = "hub.sock";
 const LOG: &str = "hub.log";
+const MEMBERS: &str = "members";
 
 /// The MTU of a network's interfaces: as passt's, the largest frame the
 /// stream framing carries less its Ethernet header.
@@ -226,19 +229,72 @@ impl Network {
 
     /// Joins the network as `hello` says: connects to its hub (starting
     /// one when none serves it), hands it one end of a new socket pair and
-    /// is given an address.
+    /// is given an address, which a lease then holds for as long as this
+    /// process lives.
     pub fn join(&self, hello: &Hello) -> anyhow::Result<Joined> {
         let meta = self.meta()?;
         let (vm, member) = vmm::vsock::seqpacket_pair().context("socketpair")?;
         let (control, address) = self
             .reach_hub(hello, &member)?
             .map_err(|reason| anyhow::anyhow!("network {}: {reason}", self.name))?;
+        let lease = self.lease(hello.mac, address)?;
         Ok(Joined {
             socket: vm,
             address,
             prefix: meta.subnet.1,
-            membership: Membership::new(self.clone(), hello, address, control, member),
+            membership: Membership::new(self.clone(), hello, address, control, member, lease),
         })
+    }
+
+    /// Writes this process's lease on `address` and locks it. Under the
+    /// network's lock, so a joiner reads none half-written.
+    fn lease(&self, mac: [u8; 6], address: Ipv4Addr) -> anyhow::Result<Lease> {
+        let _lock = self.lock()?;
+        let dir = self.dir.join(MEMBERS);
+        let made = (|| {
+            fs::create_dir_all(&dir)?;
+            // A living member's address is no other living member's, so
+            // the name is this process's alone; a dead one's is reused.
+            let path = dir.join(format!("{address}-{}", std::process::id()));
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            file.try_lock().map_err(io::Error::from)?;
+            file.set_len(0)?;
+            file.write_all(&serde_json::to_vec(&Held { mac, address })?)?;
+            io::Result::Ok(Lease { path, _file: file })
+        })();
+        made.with_context(|| format!("cannot write a lease in {}", dir.display()))
+    }
+
+    /// The addresses living members hold, from their leases; a lease whose
+    /// husk is gone (its lock free) is removed. Under the network's lock.
+    fn held(&self) -> Vec<Held> {
+        let dir = self.dir.join(MEMBERS);
+        let mut held = Vec::new();
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(mut file) = File::open(&path) else {
+                continue;
+            };
+            match file.try_lock() {
+                Ok(()) => {
+                    let _ = fs::remove_file(&path);
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    let mut text = Vec::new();
+                    if file.read_to_end(&mut text).is_ok() {
+                        held.extend(serde_json::from_slice::<Held>(&text).ok());
+                    }
+                }
+                Err(fs::TryLockError::Error(_)) => {}
+            }
+        }
+        // Within a hello, whatever the subnet.
+        held.truncate(1000);
+        held
     }
 
     /// Connects to the hub (starting one when none serves), sends it
@@ -251,6 +307,10 @@ impl Network {
         member: &OwnedFd,
     ) -> anyhow::Result<Result<(UnixStream, Ipv4Addr), String>> {
         let lock = self.lock()?;
+        let hello = &Hello {
+            held: self.held(),
+            ..hello.clone()
+        };
         let socket = self.dir.join(SOCKET);
         let mut stream = match UnixStream::connect(&socket) {
             Ok(s) => s,
@@ -330,6 +390,24 @@ impl Network {
             let _ = lock.unlock();
             leave
         })
+    }
+}
+
+/// A member's hold on its address: `members/ADDRESS-PID` in the
+/// network's folder, locked while the file is open, so while the husk
+/// that joined lives (a killed one's lock goes with it). Every joiner
+/// reads the leases and tells the hub, which gives a held address to no
+/// other MAC: a member whose hub died finds its address its own when it
+/// joins the next hub, however many runs joined that one first.
+pub struct Lease {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Lease {
+    /// Gives the address up: the member left.
+    pub fn release(self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

@@ -4,7 +4,8 @@
 //! network, names follow members joining and leaving, a restart keeps its
 //! address, the hub leaves with the last member, also after `kill -9`
 //! of a member, and a hub killed is replaced by the next, which its
-//! members join again with their connections open. The networks live under `$HUSK_DATA_DIR` on
+//! members join again with their connections open and their addresses
+//! their own, even when a new run joins it first. The networks live under `$HUSK_DATA_DIR` on
 //! the test's tmpfs (the bed's own root is read-only).
 
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 
 use super::detached::{h, ok, tree, Vm};
-use super::network::{gone, start_until_ready};
+use super::network::{children, gone, start_until_ready};
 use super::shares::folder;
 use super::volumes::refused;
 
@@ -326,8 +327,18 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         .into());
     }
 
+    rejoin_before_a_new_run(root, &web, &address)?;
+
     web.remove(&tree(keeper))?;
     no_hub(root, "backend")?;
+    // Every member gave its address up: no lease is left.
+    let leases: Vec<_> = std::fs::read_dir(root.join("backend/members"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    if !leases.is_empty() {
+        return Err(format!("leases left in backend/members: {leases:?}").into());
+    }
     let log = std::fs::read_to_string(root.join("backend/hub.log"))?;
     if log.contains("refused") || !log.contains(" left (") {
         return Err(format!("the hubs' log:\n{log}").into());
@@ -342,6 +353,93 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         return Err(format!("left in the networks' folder: {left:?}").into());
     }
     Ok(())
+}
+
+/// The hub dies while netweb's husk is stopped (so it cannot join the
+/// next one yet), and a new run joins first: the run is given another
+/// address, since netweb's lease holds its own, and once netweb's husk
+/// goes on it joins the new hub at its address and the run reaches it by
+/// name.
+fn rejoin_before_a_new_run(root: &Path, web: &Vm, address: &str) -> Result<(), Failed> {
+    // The husk that holds netweb's place on its networks: its keeper's
+    // VM child (the jail's supervisor; the jailed VMM, its child, runs on).
+    let keeper = web.keeper()?;
+    let holder = children(keeper)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|v| v.starts_with(b"HUSK_VM_DIR="))
+            })
+        })
+        .ok_or("netweb's keeper has no VM child")? as i32;
+    let hubs = hubs_of("backend");
+    if hubs.len() != 1 {
+        return Err(format!("one hub should serve backend: {hubs:?}").into());
+    }
+    // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+    unsafe { libc::kill(holder, libc::SIGSTOP) };
+    let result = (|| -> Result<(), Failed> {
+        // SAFETY: as above.
+        unsafe { libc::kill(hubs[0] as i32, libc::SIGKILL) };
+        if !gone(hubs[0]) {
+            return Err("the hub outlived kill -9".into());
+        }
+        let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+        cmd.args([
+            "run",
+            "--timeout",
+            "120",
+            "--net",
+            "none",
+            "--net",
+            "backend",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "ip -4 -o addr show eth0 | awk '{print \"at \" $4}'; echo ready; \
+             for i in $(seq 100); do wget -q -O- http://netweb/ 2>/dev/null && exit 0; sleep 0.3; done; \
+             exit 1",
+        ]);
+        let (mut run, seen, rest) = start_until_ready(cmd)?;
+        // SAFETY: as above.
+        unsafe { libc::kill(holder, libc::SIGCONT) };
+        let waited = exited_within(&mut run, Duration::from_secs(90));
+        if waited.is_none() {
+            let _ = run.kill();
+            let _ = run.wait();
+        }
+        let out = rest.join().unwrap_or_default();
+        let at = seen.lines().find_map(|l| l.strip_prefix("at "));
+        if at.is_none() || at == Some(address) {
+            return Err(format!(
+                "a run joining while netweb (at {address}) was on its way to the next hub \
+                 should be given another address; it printed:\n{seen}"
+            )
+            .into());
+        }
+        if waited.and_then(|s| s.code()) != Some(0) || !out.contains("Hello from a husk appliance")
+        {
+            let hubs = std::fs::read_to_string(root.join("backend/hub.log")).unwrap_or_default();
+            let said = h(&["logs", &web.name])?;
+            return Err(format!(
+                "netweb should join the next hub again and the run reach it by name \
+                 ({waited:?}); the run printed:\n{seen}{out}\nthe hubs' log:\n{hubs}\n\
+                 netweb's log:\n{}{}",
+                said.stdout, said.stderr
+            )
+            .into());
+        }
+        let now = address_of(web)?;
+        if now != address {
+            return Err(format!("netweb was at {address}, and at {now} after the rejoin").into());
+        }
+        Ok(())
+    })();
+    // SAFETY: as above; a stopped husk is never left behind.
+    unsafe { libc::kill(holder, libc::SIGCONT) };
+    result
 }
 
 /// The IPv4 address (with its prefix) of a detached appliance's first

@@ -945,6 +945,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     };
     let mut files = vmm::open_host_files(&config)?;
     mark("host files opened");
+    let mut left = Vec::new();
     if let Some(jail) = &jail {
         let forked = vmm::jail::enter(jail, |side| match side {
             vmm::jail::Forked::Child => {
@@ -953,18 +954,26 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 // not the connections to the hubs.
                 memberships.clear();
             }
-            vmm::jail::Forked::Supervisor => keep_memberships(&mut memberships),
+            vmm::jail::Forked::Supervisor => left = keep_memberships(&mut memberships),
         })?;
         match forked {
             vmm::jail::Side::Supervisor(status) => {
                 drop(_raw);
+                // The supervisor's copies of the VM's sockets: with them
+                // gone the memberships see their VM end.
+                drop(config);
+                leave_networks(left);
                 return Ok(ExitCode::from(status));
             }
             vmm::jail::Side::Jailed => mark("jail entered"),
         }
     }
-    keep_memberships(&mut memberships);
-    let outcome = vmm::run_with(config, files)?;
+    left.extend(keep_memberships(&mut memberships));
+    let outcome = vmm::run_with(config, files);
+    // The VMM and its sockets are gone. (This thread may be under the
+    // VMM's filter; the memberships' threads, older, are not.)
+    leave_networks(left);
+    let outcome = outcome?;
     drop(_raw);
     drop(plan);
     // This thread is under the VMM's seccomp filter now: nothing below
@@ -1014,9 +1023,18 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
 /// Keeps the run on its husk networks while its VM runs, should a hub go
 /// away: from threads of this process, which stays (outside the jail, or
 /// with the VMM in it).
-fn keep_memberships(memberships: &mut Vec<crate::networks::Membership>) {
-    for m in memberships.drain(..) {
-        m.keep();
+fn keep_memberships(
+    memberships: &mut Vec<crate::networks::Membership>,
+) -> Vec<crate::networks::Left> {
+    memberships.drain(..).map(|m| m.keep()).collect()
+}
+
+/// Waits (briefly) for the memberships of a VM that ended to give up
+/// their addresses.
+fn leave_networks(left: Vec<crate::networks::Left>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for l in left {
+        l.wait(deadline);
     }
 }
 

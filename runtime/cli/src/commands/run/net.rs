@@ -671,6 +671,7 @@ impl Member {
             mac,
             want,
             fixed: fixed.is_some(),
+            held: Vec::new(),
         };
         let joined = crate::networks::Network::find(name)?.join(&hello)?;
         if let Some(path) = remembered {

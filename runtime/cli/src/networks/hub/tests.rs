@@ -88,6 +88,7 @@ fn named(name: &str, mac: [u8; 6]) -> Hello {
         mac,
         want: None,
         fixed: false,
+        held: Vec::new(),
     }
 }
 
@@ -153,6 +154,7 @@ fn members_get_addresses_and_each_other_s_frames_by_mac() {
             mac: B,
             want: Some([10, 89, 0, 4].into()),
             fixed: false,
+            held: Vec::new(),
         },
     );
     assert_eq!(reply, welcome([10, 89, 0, 4]), "the address it asked for");
@@ -362,5 +364,60 @@ fn a_fixed_address_is_given_or_refused_never_another() {
     let (_c, reply) = join(&dir, &wish);
     assert_eq!(reply, welcome([10, 89, 0, 3]));
     drop((_a, _b, _c));
+    hub.join().unwrap();
+}
+
+#[test]
+fn an_address_a_living_member_holds_goes_to_no_other_mac() {
+    // The hub is new (the last one died); A's husk lives and holds
+    // 10.89.0.2 but has not joined this hub yet; B joins first.
+    let held = vec![Held {
+        mac: A,
+        address: [10, 89, 0, 2].into(),
+    }];
+    let (dir, hub, b, reply) = hub_with(Hello {
+        held: held.clone(),
+        ..named("b", B)
+    });
+    assert_eq!(reply, welcome([10, 89, 0, 3]), "B must not get A's address");
+    let reason = |r: Reply| match r {
+        Reply::Refused { reason } => reason,
+        other => panic!("not refused: {other:?}"),
+    };
+    let c = [2, 0, 0, 0, 0, 0xc];
+    assert_eq!(
+        reason(
+            join(
+                &dir,
+                &Hello {
+                    want: Some([10, 89, 0, 2].into()),
+                    fixed: true,
+                    held: held.clone(),
+                    ..named("c", c)
+                }
+            )
+            .1
+        ),
+        "10.89.0.2 is held by another member, joining the network again"
+    );
+    // A comes back to it.
+    let (a, reply) = join(
+        &dir,
+        &Hello {
+            want: Some([10, 89, 0, 2].into()),
+            fixed: true,
+            held: held.clone(),
+            ..named("a", A)
+        },
+    );
+    assert_eq!(reply, welcome([10, 89, 0, 2]));
+    // Once A's husk is gone its lease is no more, and a joiner's list
+    // (empty) frees what it held: C gets the last address.
+    names_of(&b, 2);
+    drop(a);
+    names_of(&b, 1);
+    let (_c, reply) = join(&dir, &named("c", c));
+    assert_eq!(reply, welcome([10, 89, 0, 2]));
+    drop((b, _c));
     hub.join().unwrap();
 }
