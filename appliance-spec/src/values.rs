@@ -699,6 +699,19 @@ impl FromStr for Signal {
     }
 }
 
+impl fmt::Display for Signal {
+    /// Its name as a Dockerfile's STOPSIGNAL writes it (`SIGQUIT`,
+    /// `SIGRTMIN+3`); a number beyond Linux's signals as a number.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            n @ 1..=31 => write!(f, "SIG{}", SIGNAL_NAMES[n as usize - 1]),
+            SIGRTMIN => f.write_str("SIGRTMIN"),
+            n @ SIGRTMIN..=SIGRTMAX => write!(f, "SIGRTMIN+{}", n - SIGRTMIN),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
 deserialize_from_str!(Signal, "a signal such as \"SIGQUIT\"");
 
 #[cfg(test)]
@@ -716,6 +729,22 @@ mod tests {
         assert!("99999999999T".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(128 << 20).to_string(), "128MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn signals_are_named_as_they_are_read() {
+        for name in [
+            "SIGQUIT",
+            "SIGTERM",
+            "SIGSYS",
+            "SIGRTMIN",
+            "SIGRTMIN+3",
+            "SIGHUP",
+        ] {
+            assert_eq!(name.parse::<Signal>().unwrap().to_string(), name);
+        }
+        assert_eq!(Signal(64).to_string(), "SIGRTMIN+30");
+        assert_eq!(Signal(99).to_string(), "99");
     }
 
     #[test]

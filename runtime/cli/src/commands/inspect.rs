@@ -192,7 +192,7 @@ fn shell_words(argv: &[String]) -> String {
 
 /// A detached appliance as docker inspect shows a container: `Name`,
 /// `Created`, `State` (with `Health`), `Config` (`Image`, `Labels`),
-/// `HostConfig.RestartPolicy`, `NetworkSettings` (`IPAddress`, `Ports`,
+/// `HostConfig` (from its command line, [`crate::commands::run::Args::host_config`]), `NetworkSettings` (`IPAddress`, `Ports`,
 /// `Networks`), `Mounts` (its volumes), `RestartCount` and `LogPath`;
 /// then husk's own: `Guest` (the guest's view, while it runs) and `Husk`
 /// (its `state.json` as it is, and its folder).
@@ -253,6 +253,15 @@ fn appliance_doc(vm: &VmDir) -> anyhow::Result<Value> {
         .to_string();
     let mut husk = serde_json::to_value(&state)?;
     husk["dir"] = vm.dir.display().to_string().into();
+    // What its command line asked for (an older husk's state may keep
+    // none: then the restart policy alone).
+    let restart = json!({"Name": policy_name, "MaximumRetryCount": retries});
+    let run = crate::parse_run_args(&state.args).ok();
+    let keeps_log = run.as_ref().is_none_or(|a| a.keeps_log());
+    let host_config = match &run {
+        Some(a) => a.host_config(restart),
+        None => json!({ "RestartPolicy": restart }),
+    };
     Ok(json!({
         "Name": state.name,
         "Created": time(Some(state.created_ms)),
@@ -276,24 +285,46 @@ fn appliance_doc(vm: &VmDir) -> anyhow::Result<Value> {
             "FinishedAt": time(state.finished_ms),
             "Health": health,
         },
-        "Config": {
-            "Image": state.image,
-            "Labels": state.labels,
-            "StopTimeout": state.stop_timeout.unwrap_or(10),
-        },
-        "HostConfig": {
-            "RestartPolicy": {"Name": policy_name, "MaximumRetryCount": retries},
-        },
+        "Config": container_config(&state, run.as_ref()),
+        "HostConfig": host_config,
         "NetworkSettings": {
             "IPAddress": address,
             "Ports": ports,
             "Networks": networks,
         },
         "Mounts": state.volumes.iter().map(|v| json!({"Type": "volume", "Name": v})).collect::<Vec<_>>(),
-        "LogPath": vm.log(),
+        "LogPath": if keeps_log { vm.log().display().to_string() } else { String::new() },
         "Guest": guest,
         "Husk": husk,
     }))
+}
+
+/// docker inspect's `Config` of an appliance: what its init runs (the
+/// image's run configuration under the run's flags, recorded when it was
+/// made), its image and labels, and how it is stopped.
+fn container_config(state: &crate::vms::State, run: Option<&super::run::Args>) -> Value {
+    let set = |items: &[String]| -> Map<String, Value> {
+        items.iter().map(|i| (i.clone(), json!({}))).collect()
+    };
+    let none = husk_init::config::RunConfig::default();
+    let c = state.config.as_ref().unwrap_or(&none);
+    let signal = c.stop_signal.map(|n| appliance_spec::Signal(n).to_string());
+    json!({
+        "Hostname": c.hostname.clone().unwrap_or_default(),
+        "User": c.user.clone().unwrap_or_default(),
+        "Env": c.env,
+        "Entrypoint": c.entrypoint,
+        "Cmd": c.command.get(c.entrypoint.len()..).unwrap_or_default(),
+        "WorkingDir": c.workdir.clone().unwrap_or_default(),
+        "ExposedPorts": set(&c.exposed_ports),
+        "Volumes": set(&c.volumes),
+        "Tty": run.is_some_and(|a| a.tty()),
+        "OpenStdin": run.is_some_and(|a| a.interactive()),
+        "Image": state.image,
+        "Labels": state.labels,
+        "StopSignal": signal,
+        "StopTimeout": state.stop_timeout.unwrap_or(10),
+    })
 }
 
 /// A time as docker writes one (RFC 3339, UTC); never is Go's zero time.

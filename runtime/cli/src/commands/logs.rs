@@ -34,6 +34,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let vm = VmDir::find(&args.name)?;
+    let state = vm.current_state()?;
+    if crate::parse_run_args(&state.args).is_ok_and(|a| !a.keeps_log()) {
+        anyhow::bail!(
+            "{} keeps no log: it runs with --log-driver none (husk attach {} shows its output \
+             as it comes)",
+            args.name,
+            args.name
+        );
+    }
     let path = vm.log();
     let now = OffsetDateTime::now_utc();
     let when = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<i128>> {

@@ -96,7 +96,8 @@ fn split_stamp(line: &[u8]) -> (Option<(i128, &[u8])>, &[u8]) {
 /// Appends to the log, rotating it, each line after its time.
 pub struct LogWriter {
     path: PathBuf,
-    file: File,
+    /// `None`: no log is kept (`--log-driver none`).
+    file: Option<File>,
     size: u64,
     max: u64,
     /// Files kept, the current one among them.
@@ -127,12 +128,31 @@ impl LogWriter {
         }
         Ok(LogWriter {
             path: path.into(),
-            file,
+            file: Some(file),
             size,
             max: limits.max_size.max(1),
             files: limits.max_files.max(1),
             line_start: true,
         })
+    }
+
+    /// A writer that keeps nothing: the log of `--log-driver none`, whose
+    /// files (from before) are removed.
+    pub fn none(path: &Path) -> Self {
+        let _ = std::fs::remove_file(path);
+        for n in 1.. {
+            if std::fs::remove_file(older_n(path, n)).is_err() {
+                break;
+            }
+        }
+        LogWriter {
+            path: path.into(),
+            file: None,
+            size: 0,
+            max: u64::MAX,
+            files: 1,
+            line_start: true,
+        }
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -155,11 +175,13 @@ impl LogWriter {
         if self.files == 1 {
             let _ = std::fs::remove_file(&self.path);
         }
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode_0600()
-            .open(&self.path)?;
+        self.file = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode_0600()
+                .open(&self.path)?,
+        );
         self.size = 0;
         // The new file begins with a time, also in the middle of a line.
         self.line_start = true;
@@ -184,8 +206,8 @@ impl Write for LogWriter {
     /// file whole; only a line longer than a file is cut (or one that
     /// arrives in pieces).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
+        if self.file.is_none() || buf.is_empty() {
+            return Ok(buf.len());
         }
         let end = buf
             .iter()
@@ -207,14 +229,19 @@ impl Write for LogWriter {
             record.push(b' ');
         }
         record.extend_from_slice(&buf[..n]);
-        self.file.write_all(&record)?;
+        if let Some(file) = &mut self.file {
+            file.write_all(&record)?;
+        }
         self.size += record.len() as u64;
         self.line_start = buf[n - 1] == b'\n';
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
     }
 }
 

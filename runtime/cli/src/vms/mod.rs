@@ -180,6 +180,10 @@ pub struct State {
     /// `unless-stopped` one is not started at boot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// What its init runs: the image's run configuration under the run's
+    /// flags (`inspect`'s `Config`); none for an image husk did not build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<husk_init::config::RunConfig>,
 }
 
 impl State {
@@ -523,12 +527,18 @@ mod tests {
             networks: vec!["backend".into()],
             labels: [("tier".to_string(), "db".to_string())].into(),
             stopped: false,
+            config: Some(husk_init::config::RunConfig {
+                command: vec!["httpd".into(), "-f".into()],
+                env: vec!["PATH=/bin".into()],
+                ..Default::default()
+            }),
         };
         vm.write_state(&state).unwrap();
         let back = vm.current_state().unwrap();
         assert_eq!((back.status, back.paused), (Status::Running, true));
         assert_eq!((&back.ports, &back.volumes), (&state.ports, &state.volumes));
         assert_eq!(back.labels, state.labels);
+        assert_eq!(back.config, state.config);
         assert_eq!(back.networks, state.networks);
         // A keeper that is gone: exited (paused no longer), status unknown.
         vm.write_state(&State {

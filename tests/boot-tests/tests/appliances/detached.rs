@@ -612,6 +612,95 @@ fn log_opts_bound_the_log() -> Result<(), Failed> {
         )
         .into());
     }
+    // inspect shows the driver and the options as docker writes them.
+    let config = ok(
+        h(&["inspect", "-f", "{{json .HostConfig.LogConfig}}", &vm.name])?,
+        "inspect",
+    )?;
+    if config.stdout.trim() != r#"{"Config":{"max-file":"3","max-size":"300"},"Type":"json-file"}"# {
+        return Err(config.explain("inspect's LogConfig").into());
+    }
+    vm.remove(&processes)?;
+
+    // --log-driver none: no log at all; logs says so, the VM runs. And
+    // inspect's Config and HostConfig say what the run asked for (the
+    // image's environment, then -e's).
+    let vm = Vm::start(
+        "d-nolog",
+        &[
+            "--log-driver",
+            "none",
+            "-e",
+            "FOO=bar",
+            "-w",
+            "/tmp",
+            "--hostname",
+            "quiet",
+            "--stop-signal",
+            "QUIT",
+            "-m",
+            "192m",
+            "--group-add",
+            "user",
+            "examples/busybox",
+            "--",
+            "sh",
+            "-c",
+            "echo said-to-nobody; sleep 1000",
+        ],
+    )?;
+    let processes = tree(vm.keeper()?);
+    refused(
+        h(&["logs", &vm.name])?,
+        "d-nolog keeps no log: it runs with --log-driver none",
+    )?;
+    ok(vm.exec(&["true"])?, "exec in d-nolog")?;
+    let shown = ok(
+        h(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.LogConfig.Type}} path={{.LogPath}}",
+            &vm.name,
+        ])?,
+        "inspect",
+    )?;
+    let files: Vec<_> = std::fs::read_dir(vm.dir())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("console.log"))
+        .collect();
+    if shown.stdout.trim() != "none path=" || !files.is_empty() {
+        return Err(shown
+            .explain(&format!("no log should be kept; console files {files:?}"))
+            .into());
+    }
+    let config = ok(
+        h(&[
+            "inspect",
+            "-f",
+            "{{json .Config.Cmd}} {{.Config.WorkingDir}} {{.Config.Hostname}} \
+             {{.Config.StopSignal}} {{json .Config.Env}} {{.HostConfig.Memory}} \
+             {{json .HostConfig.GroupAdd}}",
+            &vm.name,
+        ])?,
+        "inspect",
+    )?;
+    let want = r#"["sh","-c","echo said-to-nobody; sleep 1000"] /tmp quiet SIGQUIT ["PATH=/usr/bin:/bin","PS1=husk$ ","FOO=bar"] 201326592 ["user"]"#;
+    if config.stdout.trim() != want {
+        return Err(config
+            .explain(&format!(
+                "inspect's Config and HostConfig should read {want}"
+            ))
+            .into());
+    }
+    ok(
+        vm.exec(&[
+            "sh",
+            "-c",
+            "[ \"$(hostname):$FOO:$(pwd)\" = quiet:bar:/tmp ]",
+        ])?,
+        "the guest runs as inspect says",
+    )?;
     vm.remove(&processes)
 }
 

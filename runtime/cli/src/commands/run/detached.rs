@@ -287,6 +287,7 @@ fn created(
         networks: plan.net.iter().filter_map(|n| n.network.clone()).collect(),
         labels: super::labels(args, plan.image.as_ref().map(|i| i.path.as_path()))?,
         stopped: false,
+        config: super::run_config(plan)?,
     })
 }
 
@@ -571,6 +572,7 @@ pub(super) fn keep(args: &Args, vm: VmDir) -> anyhow::Result<ExitCode> {
         volumes,
         networks: plan.net.iter().filter_map(|n| n.network.clone()).collect(),
         labels: super::labels(args, plan.image.as_ref().map(|i| i.path.as_path()))?,
+        config: super::run_config(&plan)?,
         remove_at_end: args.rm,
         hold: args.hold,
         stdin: args.interactive,

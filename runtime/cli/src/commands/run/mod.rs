@@ -25,6 +25,7 @@ use super::target::{boot_cmdline, Target};
 use crate::vms::keeper;
 
 mod detached;
+mod host_config;
 pub mod named;
 mod net;
 mod recorded;
@@ -410,6 +411,8 @@ struct Plan {
     /// The built image of the target, if any, and its appliance file.
     image: Option<BuiltImage>,
     appliance: Option<Box<appliance_spec::Appliance>>,
+    /// What this run changes of the image's run configuration.
+    overrides: husk_init::config::Overrides,
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
@@ -432,6 +435,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         husk_init: false,
         image: None,
         appliance: None,
+        overrides: husk_init::config::Overrides::default(),
     };
     let Some(target) = &args.target else {
         if !args.command.is_empty() || !args.env.is_empty() || !args.volumes.is_empty() {
@@ -580,6 +584,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     if !overrides.is_empty() {
         plan.params.push(overrides.to_param());
     }
+    plan.overrides = overrides;
     if !args.cmdline.is_empty() {
         cmdline.push(args.cmdline.clone());
     }
@@ -635,6 +640,20 @@ fn label(entry: &str) -> Result<(String, String), String> {
         return Err(format!("{entry:?} is not KEY=VALUE"));
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+/// What the guest's init will run: the image's run configuration under
+/// this run's overrides, as init applies them (`None` for an image husk
+/// did not build); docker inspect's `Config` of a detached appliance.
+fn run_config(plan: &Plan) -> anyhow::Result<Option<husk_init::config::RunConfig>> {
+    let Some(image) = &plan.image else {
+        return Ok(None);
+    };
+    let Some(mut run) = image_run_config(&image.path)? else {
+        return Ok(None);
+    };
+    run.apply(&plan.overrides)?;
+    Ok(Some(run))
 }
 
 /// The run configuration the build of the image at `image` recorded

@@ -424,6 +424,27 @@ pub struct NameArgs {
     pub(super) ip: Option<std::net::Ipv4Addr>,
 }
 
+impl NameArgs {
+    /// `Dns`, `DnsSearch`, `DnsOptions` and `ExtraHosts` as docker
+    /// inspect shows them.
+    pub(super) fn docker_fields(&self) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+        let hosts = self
+            .add_host
+            .iter()
+            .map(|h| match h.address {
+                Some(ip) => format!("{}:{ip}", h.name),
+                None => format!("{}:host-gateway", h.name),
+            })
+            .collect();
+        (
+            self.dns.iter().map(ToString::to_string).collect(),
+            self.dns_search.clone(),
+            self.dns_option.clone(),
+            hosts,
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddHost {
     name: String,

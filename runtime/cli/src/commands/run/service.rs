@@ -49,7 +49,8 @@ pub struct ServiceArgs {
     ])]
     no_healthcheck: bool,
     /// json-file or local: both are husk's own console log of a detached
-    /// run, which husk logs reads (a foreground run keeps none)
+    /// run, which husk logs reads (a foreground run keeps none); none: no
+    /// log is kept (husk attach still shows the output as it comes)
     #[arg(long, value_name = "DRIVER", value_enum)]
     log_driver: Option<LogDriver>,
     /// For -d's log: max-size=SIZE (a log file's size before it is
@@ -59,13 +60,24 @@ pub struct ServiceArgs {
     log_opt: Vec<LogOpt>,
 }
 
-/// docker's log drivers that keep the log where `docker logs` reads it;
-/// husk's own log is both.
+/// docker's log drivers that keep the log where `docker logs` reads it
+/// (husk's own log is both), and `none`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum LogDriver {
     #[value(name = "json-file")]
     JsonFile,
     Local,
+    None,
+}
+
+impl LogDriver {
+    fn word(self) -> &'static str {
+        match self {
+            LogDriver::JsonFile => "json-file",
+            LogDriver::Local => "local",
+            LogDriver::None => "none",
+        }
+    }
 }
 
 /// One `--log-opt`.
@@ -113,8 +125,11 @@ pub fn parse_log_opt(arg: &str) -> Result<LogOpt, String> {
 }
 
 /// How much of the console log the keeper keeps: `--log-opt` over the
-/// defaults (1 MiB files, two of them).
-pub fn log_limits(args: &ServiceArgs) -> Limits {
+/// defaults (1 MiB files, two of them); `None` for `--log-driver none`.
+pub fn log_limits(args: &ServiceArgs) -> Option<Limits> {
+    if !keeps_log(args) {
+        return None;
+    }
     let mut limits = Limits::default();
     for opt in &args.log_opt {
         match *opt {
@@ -123,7 +138,40 @@ pub fn log_limits(args: &ServiceArgs) -> Limits {
             LogOpt::Uncompressed => {}
         }
     }
-    limits
+    Some(limits)
+}
+
+/// Whether the run keeps a console log (all but `--log-driver none`).
+pub fn keeps_log(args: &ServiceArgs) -> bool {
+    args.log_driver != Some(LogDriver::None)
+}
+
+/// `HostConfig.LogConfig` as docker inspect shows it: the driver, and the
+/// options given (as docker's json-file driver writes them back).
+pub fn log_config(args: &ServiceArgs) -> serde_json::Value {
+    let mut config = serde_json::Map::new();
+    for opt in &args.log_opt {
+        let (key, value) = match *opt {
+            LogOpt::MaxSize(b) => ("max-size", size_word(b)),
+            LogOpt::MaxFile(n) => ("max-file", n.to_string()),
+            LogOpt::Uncompressed => ("compress", "false".into()),
+        };
+        config.insert(key.into(), value.into());
+    }
+    serde_json::json!({
+        "Type": args.log_driver.unwrap_or(LogDriver::JsonFile).word(),
+        "Config": config,
+    })
+}
+
+/// A size in docker's words: `10m` for 10 MiB, bytes when no unit fits.
+fn size_word(bytes: u64) -> String {
+    for (shift, unit) in [(30, "g"), (20, "m"), (10, "k")] {
+        if bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 /// The seconds `husk stop` waits by default: `--stop-timeout` over the
@@ -339,11 +387,28 @@ mod tests {
         };
         assert_eq!(
             log_limits(&args),
-            Limits {
+            Some(Limits {
                 max_size: 1 << 10,
                 max_files: 5
-            }
+            })
         );
-        assert_eq!(log_limits(&ServiceArgs::default()), Limits::default());
+        assert_eq!(
+            log_config(&args),
+            serde_json::json!({"Type": "json-file", "Config": {"max-file": "5", "max-size": "1k"}})
+        );
+        assert_eq!(log_limits(&ServiceArgs::default()), Some(Limits::default()));
+        let none = ServiceArgs {
+            log_driver: Some(LogDriver::None),
+            ..ServiceArgs::default()
+        };
+        assert_eq!(log_limits(&none), None);
+        assert_eq!(
+            log_config(&none),
+            serde_json::json!({"Type": "none", "Config": {}})
+        );
+        assert_eq!(
+            [size_word(10 << 20), size_word(3 << 30), size_word(1500)],
+            ["10m", "3g", "1500"]
+        );
     }
 }

@@ -224,6 +224,9 @@ pub struct Options {
     pub networks: Vec<String>,
     /// Its `--label`s.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// What its init runs (the image's run configuration under the run's
+    /// flags).
+    pub config: Option<husk_init::config::RunConfig>,
     /// `--rm`: the VM's folder goes when it ends.
     pub remove_at_end: bool,
     /// The command waits for husk-runtime's start.
@@ -231,8 +234,9 @@ pub struct Options {
     pub restart: restart::Policy,
     /// `-i`: the console's input stays open for `husk attach`.
     pub stdin: bool,
-    /// How much of the console log is kept (`--log-opt`).
-    pub log: Limits,
+    /// How much of the console log is kept (`--log-opt`); `None`: none
+    /// (`--log-driver none`).
+    pub log: Option<Limits>,
 }
 
 pub fn keep(
@@ -250,6 +254,7 @@ pub fn keep(
         volumes,
         networks,
         labels,
+        config,
         remove_at_end,
         hold,
         restart,
@@ -309,6 +314,7 @@ pub fn keep(
         networks,
         labels,
         stopped: false,
+        config,
     };
     vm.write_state(&state)
         .with_context(|| format!("cannot write {}", vm.state_file().display()))?;
@@ -383,8 +389,11 @@ pub fn keep(
         input: Mutex::new(input),
         attached: Mutex::new(Some(Vec::new())),
     });
-    let log = LogWriter::create(&vm.log(), log_limits)
-        .with_context(|| format!("cannot create {}", vm.log().display()))?;
+    let log = match log_limits {
+        Some(limits) => LogWriter::create(&vm.log(), limits)
+            .with_context(|| format!("cannot create {}", vm.log().display()))?,
+        None => LogWriter::none(&vm.log()),
+    };
     let pump = std::thread::Builder::new().name("log".into()).spawn({
         let shared = Arc::clone(&shared);
         move || pump_log(log_r, log, &shared)

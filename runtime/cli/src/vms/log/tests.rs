@@ -304,3 +304,16 @@ fn follow_reads_on_through_a_rotation() {
     );
     assert!(older(&path).exists(), "the log was rotated meanwhile");
 }
+
+#[test]
+fn the_none_driver_keeps_nothing_and_removes_an_earlier_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("console.log");
+    for name in ["console.log", "console.log.1", "console.log.2"] {
+        std::fs::write(dir.path().join(name), "from before\n").unwrap();
+    }
+    let mut log = LogWriter::none(&path);
+    log.write_all(b"said to nobody\n").unwrap();
+    log.flush().unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
