@@ -428,6 +428,13 @@ impl FromStr for MacAddr {
     }
 }
 
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
 deserialize_from_str!(MacAddr, "a MAC address such as \"52:54:00:12:34:56\"");
 
 /// An interface address with its prefix length, e.g. `172.16.0.2/24`.

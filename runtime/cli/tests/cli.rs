@@ -902,7 +902,7 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
         .env("HUSK_DATA_DIR", &data)
         .stdout(std::process::Stdio::null())
         .stderr(log);
-    hub::hand_listener(&mut command, &listener, false);
+    hub::hand_listener(&mut command, &listener, None, false);
     // Killed should the test fail before it leaves.
     struct Reaped(std::process::Child);
     impl Drop for Reaped {

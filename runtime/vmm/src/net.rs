@@ -89,31 +89,45 @@ pub struct Tap {
     pending_offloads: Option<u32>,
 }
 
+/// Attaches to (or, with CAP_NET_ADMIN, makes) tap `name` with `flags`,
+/// non-blocking.
+fn tun_attach(name: &str, flags: libc::c_short) -> Result<File, NetError> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(NetError::TapName(name.into()));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(NetError::TunOpen)?;
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_flags = flags;
+    // SAFETY: TUNSETIFF reads and writes the ifreq we own, which lives
+    // across the call; the fd is our open /dev/net/tun.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => NetError::TapPermission(name.into()),
+            _ => NetError::TapAttach {
+                name: name.into(),
+                source: e,
+            },
+        });
+    }
+    Ok(file)
+}
+
+/// A tap made for a switch in userspace (a husk network's hub): whole
+/// Ethernet frames, no virtio-net header, non-blocking; it goes when its
+/// last descriptor closes.
+pub fn plain_tap(name: &str) -> Result<File, NetError> {
+    tun_attach(name, IFF_TAP | IFF_NO_PI)
+}
+
 impl Tap {
     pub fn open(name: &str) -> Result<Tap, NetError> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-            return Err(NetError::TapName(name.into()));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(NetError::TunOpen)?;
-        let mut req = ifreq(name);
-        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-        // SAFETY: TUNSETIFF reads and writes the ifreq we own, which lives
-        // across the call; the fd is our open /dev/net/tun.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => NetError::TapPermission(name.into()),
-                _ => NetError::TapAttach {
-                    name: name.into(),
-                    source: e,
-                },
-            });
-        }
+        let file = tun_attach(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)?;
         let hdr_len = HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads the int we pass by reference.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {

@@ -290,6 +290,11 @@ pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
                     "a member's hello, with its VM's socket attached",
                 ),
                 allow(
+                    SYS_read,
+                    vec![],
+                    "frames from the host's tap (a network of root's)",
+                ),
+                allow(
                     SYS_flock,
                     vec![],
                     "the network's lock, held while the hub decides to leave",

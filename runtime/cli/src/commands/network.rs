@@ -71,7 +71,12 @@ pub enum Command {
     Disconnect { network: String, appliance: String },
     /// A network's hub (started by the first appliance that joins it)
     #[command(hide = true)]
-    Hub { name: String },
+    Hub {
+        name: String,
+        /// Its descriptor 4 is the host's tap, whose host side has this MAC
+        #[arg(long, value_name = "MAC")]
+        host_port: Option<appliance_spec::MacAddr>,
+    },
 }
 
 /// The networks no appliance is on or names (what prune removes).
@@ -176,6 +181,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     "Subnet": format!("{}/{}", meta.subnet.0, meta.subnet.1),
                     "Internal": meta.internal,
                     "InUse": n.in_use(),
+                    // The host's interface on it, while its hub has one.
+                    "HostInterface": Some(n.interface())
+                        .filter(|i| std::path::Path::new("/sys/class/net").join(i).exists()),
                     "Appliances": users.naming(&n.name),
                     "Addresses": addresses,
                     "Folder": n.dir,
@@ -250,7 +258,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Hub { name } => {
+        Command::Hub { name, host_port } => {
             let network = Network::find(&name)?;
             // SAFETY: the run that started this hub passed its listening
             // socket as this descriptor (`Network::start_hub`), and
@@ -258,8 +266,18 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let listener = unsafe {
                 std::os::unix::net::UnixListener::from_raw_fd(networks::hub::LISTENER_FD)
             };
+            let host = host_port
+                .map(|mac| {
+                    // SAFETY: with --host-port, the run that started this
+                    // hub passed the host's tap as this descriptor, owned
+                    // by nothing else here.
+                    let tap = unsafe { std::fs::File::from_raw_fd(networks::hub::HOST_TAP_FD) };
+                    networks::hub::HostPort::new(tap, mac.0)
+                })
+                .transpose()
+                .context("the host's tap")?;
             network
-                .serve(listener)
+                .serve(listener, host)
                 .with_context(|| format!("the hub of network {name}"))?;
             Ok(ExitCode::SUCCESS)
         }

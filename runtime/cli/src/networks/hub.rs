@@ -19,9 +19,13 @@
 //! for the members' names, which the hub sends back (and sends every
 //! member whenever one joins or leaves) for init's `/etc/hosts`. A member
 //! that does not read its frames loses the ones beyond [`MAX_QUEUED`], as
-//! a switch port drops what it cannot send.
+//! a switch port drops what it cannot send. A network of root's has one
+//! port more, the host's ([`HostPort`]): a tap whose other side is a host
+//! interface with the network's gateway address, so the host reaches the
+//! members by address, as docker's host reaches its bridge's containers.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -34,6 +38,8 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// The descriptor the hub process finds its listening socket on.
 pub const LISTENER_FD: i32 = 3;
+/// The descriptor it finds the host's tap on, when it has one.
+pub const HOST_TAP_FD: i32 = 4;
 /// The longest frame in the stream framing, as the VMM's stream backend
 /// takes it.
 pub const MAX_FRAME: usize = 65_550;
@@ -102,25 +108,42 @@ pub fn payload(frame: &[u8]) -> Option<&[u8]> {
 }
 
 /// Has `command` (a hub's) start with `listener` as its
-/// [`LISTENER_FD`], and with `session`, in a session of its own. The
-/// caller keeps `listener` open until the spawn.
-pub fn hand_listener(command: &mut std::process::Command, listener: &UnixListener, session: bool) {
-    let fd = listener.as_raw_fd();
-    // SAFETY: setsid(2), dup2(2) and fcntl(2) are async-signal-safe; `fd`
-    // is the listener, open across the fork.
+/// [`LISTENER_FD`], the host's tap (if any) as its [`HOST_TAP_FD`], and
+/// with `session`, in a session of its own. The caller keeps both open
+/// until the spawn.
+pub fn hand_listener(
+    command: &mut std::process::Command,
+    listener: &UnixListener,
+    tap: Option<&File>,
+    session: bool,
+) {
+    let fds = [
+        Some((listener.as_raw_fd(), LISTENER_FD)),
+        tap.map(|t| (t.as_raw_fd(), HOST_TAP_FD)),
+    ];
+    // SAFETY: setsid(2), dup(2), dup2(2) and fcntl(2) are
+    // async-signal-safe; the descriptors are the caller's, open across the
+    // fork.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(command, move || {
             if session {
                 libc::setsid();
             }
-            // dup2 onto itself would leave close-on-exec set.
-            let moved = if fd == LISTENER_FD {
-                libc::fcntl(fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, LISTENER_FD)
-            };
-            if moved < 0 {
-                return Err(io::Error::last_os_error());
+            // Each first to a number above both targets, so that moving
+            // one never overwrites the other.
+            let mut moved = Vec::with_capacity(2);
+            for (fd, to) in fds.into_iter().flatten() {
+                let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HOST_TAP_FD + 1);
+                if high < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                moved.push((high, to));
+            }
+            for (high, to) in moved {
+                // dup2 leaves the copy without close-on-exec.
+                if libc::dup2(high, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -197,11 +220,44 @@ struct Member {
     joined: Option<Joined>,
 }
 
-/// Which of a member's descriptors a poll entry is.
+/// The host's port on the network: a tap (whole frames, one a read)
+/// whose other side is the host's interface with the gateway's address.
+/// It is no member: the hub leaves with its last member all the same,
+/// and the tap (and the host's interface) with it.
+pub struct HostPort {
+    tap: File,
+    /// The host interface's MAC: frames for it go to the tap.
+    mac: [u8; 6],
+    /// Frames (without the stream framing's length) waiting for the tap.
+    output: VecDeque<Vec<u8>>,
+    queued: usize,
+}
+
+impl HostPort {
+    /// The port on `tap`, made non-blocking (the hub never waits on one
+    /// descriptor).
+    pub fn new(tap: File, mac: [u8; 6]) -> io::Result<Self> {
+        let on: libc::c_int = 1;
+        // SAFETY: FIONBIO reads the int we pass by reference; `tap` is an
+        // open descriptor we own.
+        if unsafe { libc::ioctl(tap.as_raw_fd(), libc::FIONBIO, &on) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(HostPort {
+            tap,
+            mac,
+            output: VecDeque::new(),
+            queued: 0,
+        })
+    }
+}
+
+/// Which of a member's descriptors a poll entry is, or the host's tap.
 #[derive(Clone, Copy)]
 enum Watched {
     Control(usize),
     Data(usize),
+    Host,
 }
 
 pub struct Hub {
@@ -210,6 +266,8 @@ pub struct Hub {
     members: Vec<Member>,
     /// The leases the latest joiner saw: their addresses are their MACs'.
     held: Vec<Held>,
+    /// The host's port, on a network of root's.
+    host: Option<HostPort>,
     /// Frames dropped for members that did not read them.
     dropped: u64,
     /// Messages on a member's socket that were no frame.
@@ -225,10 +283,17 @@ impl Hub {
             range,
             members: Vec::new(),
             held: Vec::new(),
+            host: None,
             dropped: 0,
             malformed: 0,
             buf: vec![0u8; 4 + MAX_FRAME + 1].into_boxed_slice(),
         }
+    }
+
+    /// The host's port on the network.
+    pub fn with_host(mut self, host: HostPort) -> Self {
+        self.host = Some(host);
+        self
     }
 
     /// Switches frames until the last member left and `may_leave` says
@@ -266,6 +331,15 @@ impl Hub {
                     fds.push(pollfd(d, libc::POLLIN | out));
                     watched.push(Watched::Data(i));
                 }
+            }
+            if let Some(h) = &self.host {
+                let out = if h.output.is_empty() {
+                    0
+                } else {
+                    libc::POLLOUT
+                };
+                fds.push(pollfd(&h.tap, libc::POLLIN | out));
+                watched.push(Watched::Host);
             }
             // SAFETY: `fds` is ours and alive for the call; its length is
             // what we pass.
@@ -338,6 +412,11 @@ impl Hub {
                     }
                     gone[i] |= !alive;
                 }
+                Watched::Host => {
+                    for wire in self.read_host() {
+                        self.switch(None, &wire);
+                    }
+                }
             }
         }
         for (i, m) in self.members.iter_mut().enumerate() {
@@ -345,6 +424,7 @@ impl Hub {
                 gone[i] = true;
             }
         }
+        self.flush_host();
         let mut i = 0;
         self.members.retain(|m| {
             let keep = !gone[i];
@@ -507,13 +587,21 @@ impl Hub {
             self.queue(i, &names);
             return;
         }
-        let dst: [u8; 6] = frame[..6].try_into().expect("6 bytes");
+        self.switch(Some(i), wire);
+    }
+
+    /// Sends a frame (`wire`, in the stream framing, at least a header
+    /// long) from member `from` (the host's port for `None`) on to the
+    /// member whose MAC it is for, or to all others when it is broadcast
+    /// or multicast; the host's port among them.
+    fn switch(&mut self, from: Option<usize>, wire: &[u8]) {
+        let dst: [u8; 6] = wire[4..10].try_into().expect("6 bytes");
         let to: Vec<usize> = self
             .members
             .iter()
             .enumerate()
             .filter(|(j, m)| {
-                *j != i
+                Some(*j) != from
                     && m.joined
                         .as_ref()
                         .is_some_and(|jm| dst[0] & 1 == 1 || jm.mac == dst)
@@ -522,6 +610,86 @@ impl Hub {
             .collect();
         for j in to {
             self.queue(j, wire);
+        }
+        if let (Some(_), Some(h)) = (from, &mut self.host) {
+            if dst[0] & 1 == 1 || h.mac == dst {
+                if h.queued + wire.len() > MAX_QUEUED {
+                    self.dropped += 1;
+                    return;
+                }
+                h.queued += wire.len() - 4;
+                h.output.push_back(wire[4..].to_vec());
+            }
+        }
+    }
+
+    /// The frames the host sent through its tap since the last read, each
+    /// in the stream framing; the host's port goes (with a line in the
+    /// log) when its tap fails.
+    fn read_host(&mut self) -> Vec<Vec<u8>> {
+        let Some(h) = &self.host else {
+            return Vec::new();
+        };
+        let mut frames = Vec::new();
+        let mut failed = None;
+        while frames.len() < 64 {
+            match (&h.tap).read(&mut self.buf[4..]) {
+                // Never more than the framing carries: an MTU above
+                // 65520 is the host's own misconfiguration.
+                Ok(n) if (HEADER..=MAX_FRAME).contains(&n) => {
+                    let frame = &self.buf[4..4 + n];
+                    // The names are the hub's to send, not the host's.
+                    if payload(frame).is_none() {
+                        let mut wire = Vec::with_capacity(4 + n);
+                        wire.extend_from_slice(&(n as u32).to_be_bytes());
+                        wire.extend_from_slice(frame);
+                        frames.push(wire);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            eprintln!("husk: the host's port failed ({e}); the host no longer reaches the members");
+            self.host = None;
+        }
+        frames
+    }
+
+    /// Writes what waits for the host's tap, as far as it takes it now.
+    fn flush_host(&mut self) {
+        let Some(h) = &mut self.host else {
+            return;
+        };
+        while let Some(frame) = h.output.front() {
+            match (&h.tap).write(frame) {
+                Ok(_) => {
+                    h.queued -= frame.len();
+                    h.output.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The host's interface is down (EIO): what it is sent
+                // now is lost, as on a wire.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    h.queued = 0;
+                    h.output.clear();
+                    return;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "husk: the host's port failed ({e}); the host no longer reaches the members"
+                    );
+                    self.host = None;
+                    return;
+                }
+            }
         }
     }
 

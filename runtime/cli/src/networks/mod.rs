@@ -1,6 +1,7 @@
 //! Networks between appliances, as docker's user-defined networks: the
 //! appliances on one reach each other by address and by name, with no
-//! root, no host interface and no daemon.
+//! root and no daemon; on a network of root's, the host reaches them by
+//! address through the hub's host port (a tap).
 //!
 //! A network is a folder under `networks` in husk's data folder
 //! ([`crate::volumes::data_dir`]): `NAME/network.json` (its IPv4 subnet,
@@ -344,40 +345,115 @@ impl Network {
 
     /// Starts the network's hub: its socket made and listening here, then
     /// handed to a new session's `husk network hub NAME`, which outlives
-    /// this process and leaves when the last VM does.
+    /// this process and leaves when the last VM does. Started by root, it
+    /// gets the host's port too ([`Network::host_tap`]).
     fn start_hub(&self) -> anyhow::Result<()> {
         let socket = self.dir.join(SOCKET);
         let _ = fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)
             .with_context(|| format!("cannot make {}", socket.display()))?;
-        let log = fs::OpenOptions::new()
+        let mut log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(LOG))?;
         let exe = std::env::current_exe().context("cannot find husk's own binary")?;
         let mut command = std::process::Command::new(exe);
+        command.args(["network", "hub", &self.name]);
+        // SAFETY: geteuid(2) cannot fail.
+        let tap = if unsafe { libc::geteuid() } == 0 {
+            match self.host_tap() {
+                Ok((tap, mac)) => {
+                    command.args(["--host-port", &appliance_spec::MacAddr(mac).to_string()]);
+                    Some(tap)
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        log,
+                        "husk: no host port ({e:#}): the host does not reach the members"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         command
-            .args(["network", "hub", &self.name])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .env_remove(crate::vms::keeper::KEEPER_ENV)
             .env_remove(crate::vms::keeper::VM_ENV);
-        hub::hand_listener(&mut command, &listener, true);
+        hub::hand_listener(&mut command, &listener, tap.as_ref(), true);
         let mut child = command.spawn().context("cannot start the network's hub")?;
         // The hub outlives us; a thread reaps it should it end first.
         std::thread::spawn(move || child.wait());
         Ok(())
     }
 
+    /// The host interface that reaches the network's members:
+    /// `huskXXXXXXXX` (a hash of the network's folder), a tap with the
+    /// gateway's address (`.1`) and the network's MTU, and its MAC. The
+    /// hub holds the only descriptor: the interface goes with the hub.
+    fn host_tap(&self) -> anyhow::Result<(File, [u8; 6])> {
+        let meta = self.meta()?;
+        let name = self.interface();
+        let tap = vmm::net::plain_tap(&name).with_context(|| format!("tap {name}"))?;
+        let (base, prefix) = meta.subnet;
+        let gateway = Ipv4Addr::from(u32::from(base) + 1);
+        let address = format!("{gateway}/{prefix}");
+        let mtu = MTU.to_string();
+        for args in [
+            &["addr", "add", &address, "dev", &name][..],
+            &["link", "set", "dev", &name, "mtu", &mtu, "up"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .context("cannot run ip (iproute2)")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        let path = format!("/sys/class/net/{name}/address");
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let mac: appliance_spec::MacAddr = text
+            .trim()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{path}: {e}"))?;
+        Ok((tap, mac.0))
+    }
+
+    /// The host's interface on the network, while a hub started by root
+    /// serves it.
+    pub fn interface(&self) -> String {
+        // FNV-1a: the same name for the same folder, in 15 bytes.
+        let hash = self
+            .dir
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+            });
+        format!("husk{hash:08x}")
+    }
+
     /// Run by the hub process: serves until the last member left and no
-    /// other is joining.
-    pub fn serve(&self, listener: UnixListener) -> anyhow::Result<()> {
+    /// other is joining; `host` is the host's port, when it was handed one.
+    pub fn serve(&self, listener: UnixListener, host: Option<hub::HostPort>) -> anyhow::Result<()> {
         let meta = self.meta()?;
         let path = self.dir.join(LOCK);
         let lock = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let socket = hub::confine(&self.dir)?.join(SOCKET);
-        hub::Hub::new(meta.hosts()).run(&listener, || {
+        let mut hub = hub::Hub::new(meta.hosts());
+        if let Some(host) = host {
+            hub = hub.with_host(host);
+        }
+        hub.run(&listener, || {
             // Joiners connect under the lock: with it held and nothing in
             // the backlog, none is on its way.
             if lock.lock().is_err() {

@@ -5,7 +5,8 @@
 //! address, the hub leaves with the last member, also after `kill -9`
 //! of a member, and a hub killed is replaced by the next, which its
 //! members join again with their connections open and their addresses
-//! their own, even when a new run joins it first. The networks live under `$HUSK_DATA_DIR` on
+//! their own, even when a new run joins it first; the host reaches the
+//! members by address through the hub's host port. The networks live under `$HUSK_DATA_DIR` on
 //! the test's tmpfs (the bed's own root is read-only).
 
 use std::path::Path;
@@ -69,6 +70,9 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
     if !address.starts_with("10.89.") {
         return Err(format!("netweb's address on backend: {address:?}").into());
     }
+    // The host (root's network) reaches it by address, through the hub's
+    // host port: an interface with the network's .1.
+    host_reaches(&address)?;
     let ls = ok(h(&["network", "ls"])?, "husk network ls")?;
     if !ls.stdout.lines().any(|l| {
         let words: Vec<&str> = l.split_whitespace().collect();
@@ -302,6 +306,8 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
                         nothing was open across the kill"
                 .into());
         }
+        // The next hub has a host port of its own.
+        host_reaches(&address)?;
         Ok(())
     })();
     let waited = exited_within(&mut client, Duration::from_secs(90));
@@ -343,6 +349,15 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
     if log.contains("refused") || !log.contains(" left (") {
         return Err(format!("the hubs' log:\n{log}").into());
     }
+    // The host's interfaces went with their hubs.
+    let taps: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("husk"))
+        .collect();
+    if !taps.is_empty() {
+        return Err(format!("host interfaces left: {taps:?}").into());
+    }
     ok(h(&["network", "rm", "backend"])?, "husk network rm")?;
     let left: Vec<String> = std::fs::read_dir(root)?
         .flatten()
@@ -351,6 +366,36 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         .collect();
     if !left.is_empty() {
         return Err(format!("left in the networks' folder: {left:?}").into());
+    }
+    Ok(())
+}
+
+/// The host reaches the member at `address` (with its prefix): its page
+/// by curl, through an interface of the host's with the network's `.1`.
+fn host_reaches(address: &str) -> Result<(), Failed> {
+    let (ip, prefix) = address.split_once('/').unwrap_or((address, "24"));
+    let gateway = format!("{}.1/{prefix}", &ip[..ip.rfind('.').unwrap_or(0)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let out = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()?;
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        if shown
+            .lines()
+            .any(|l| l.contains(" husk") && l.contains(&format!(" {gateway} ")))
+            || Instant::now() > deadline
+        {
+            break shown;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !shown.contains(&format!(" {gateway} ")) {
+        return Err(format!("no host interface has {gateway}:\n{shown}").into());
+    }
+    let page = super::network::curl(&format!("http://{ip}/"), None)?;
+    if !page.contains("Hello from a husk appliance") {
+        return Err(format!("curl http://{ip}/ from the host got:\n{page}").into());
     }
     Ok(())
 }
@@ -452,7 +497,21 @@ fn address_of(vm: &Vm) -> Result<String, Failed> {
             return Ok(r.stdout.trim().to_string());
         }
         if Instant::now() > deadline {
-            return Err(r.explain("no address on eth0").into());
+            let logs = h(&["logs", &vm.name])?;
+            let ps = h(&["ps", "-a"])?;
+            let dmesg = Command::new("dmesg").output()?;
+            let dmesg = String::from_utf8_lossy(&dmesg.stdout);
+            let tail: Vec<&str> = dmesg.lines().rev().take(20).collect();
+            return Err(r
+                .explain(&format!(
+                    "no address on eth0 (at {}); its log:\n{}{}\nps:\n{}\ndmesg:\n{}",
+                    std::backtrace::Backtrace::force_capture(),
+                    logs.stdout,
+                    logs.stderr,
+                    ps.stdout,
+                    tail.join("\n")
+                ))
+                .into());
         }
         std::thread::sleep(Duration::from_millis(500));
     }

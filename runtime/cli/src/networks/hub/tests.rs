@@ -421,3 +421,60 @@ fn an_address_a_living_member_holds_goes_to_no_other_mac() {
     drop((b, _c));
     hub.join().unwrap();
 }
+
+#[test]
+fn the_host_s_port_gets_the_frames_for_its_mac_and_broadcasts_and_is_no_member() {
+    let host_mac = [2, 0, 0, 0, 0, 0x11];
+    // A SOCK_SEQPACKET pair stands in for the tap: read(2) and write(2)
+    // take a whole frame each, as on a tap.
+    let (tap, host) = vmm::vsock::seqpacket_pair().unwrap();
+    let host = UnixStream::from(host);
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = UnixListener::bind(dir.path().join("hub.sock")).unwrap();
+    let control = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
+    let range = (
+        u32::from(Ipv4Addr::new(10, 89, 0, 2)),
+        u32::from(Ipv4Addr::new(10, 89, 0, 4)),
+    );
+    let port = HostPort::new(File::from(tap), host_mac).unwrap();
+    let hub = std::thread::spawn(move || {
+        Hub::new(range)
+            .with_host(port)
+            .run(&listener, || true)
+            .unwrap()
+    });
+    let (a, reply) = hello(control, &named("a", A));
+    assert_eq!(reply, welcome([10, 89, 0, 2]));
+    // The host's broadcast (an ARP request) reaches the member, framed.
+    let raw = |f: Vec<u8>| f[4..].to_vec();
+    (&host)
+        .write_all(&raw(frame(BROADCAST, host_mac, b"who-has")))
+        .unwrap();
+    let (got, _) = next_data(&a);
+    assert_eq!(got, raw(frame(BROADCAST, host_mac, b"who-has")));
+    // The member's frame for a MAC nobody has goes nowhere; its frame for
+    // the host's reaches the tap whole, without the framing's length.
+    send(&a, &frame([2, 9, 9, 9, 9, 9], A, b"lost"));
+    send(&a, &frame(host_mac, A, b"is-at"));
+    let mut buf = vec![0u8; 70_000];
+    let n = (&host).read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &raw(frame(host_mac, A, b"is-at"))[..]);
+    // The host cannot speak for the hub: a names frame from it is dropped,
+    // what it sends after reaches the member.
+    (&host)
+        .write_all(&control_frame(BROADCAST, host_mac, b"{}")[4..])
+        .unwrap();
+    (&host)
+        .write_all(&raw(frame(A, host_mac, b"reply")))
+        .unwrap();
+    assert_eq!(next_data(&a).0, raw(frame(A, host_mac, b"reply")));
+    // The hub leaves with its last member, the host's port or not.
+    drop(a);
+    hub.join().unwrap();
+    assert_eq!(
+        (&host).read(&mut buf).unwrap(),
+        0,
+        "the tap went with the hub"
+    );
+}
