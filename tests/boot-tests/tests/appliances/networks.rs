@@ -243,23 +243,11 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         "a listener in netweb",
     )?;
     let told = tempfile::NamedTempFile::new()?;
-    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
-    cmd.args([
-        "run",
-        "--timeout",
-        "120",
-        "--net",
-        "none",
-        "--net",
-        "backend",
-        "examples/busybox",
-        "--",
-        "sh",
-        "-c",
+    let mut cmd = on_backend_alone(
         "{ echo one; echo ready >&2; sleep 20; echo two; } | nc netweb 7000; \
          echo nc=$?; wget -q -O- http://netweb/",
-    ])
-    .stderr(told.reopen()?);
+    )?;
+    cmd.stderr(told.reopen()?);
     let (mut client, _, rest) = start_until_ready(cmd)?;
     let across = (|| -> Result<(), Failed> {
         // The connection is up once the first line is there.
@@ -370,6 +358,26 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A busybox run on backend alone (no way out), running `script`.
+fn on_backend_alone(script: &str) -> Result<Command, Failed> {
+    let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args([
+        "run",
+        "--timeout",
+        "120",
+        "--net",
+        "none",
+        "--net",
+        "backend",
+        "examples/busybox",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    Ok(cmd)
+}
+
 /// The host reaches the member at `address` (with its prefix): its page
 /// by curl, through an interface of the host's with the network's `.1`.
 fn host_reaches(address: &str) -> Result<(), Failed> {
@@ -430,23 +438,11 @@ fn rejoin_before_a_new_run(root: &Path, web: &Vm, address: &str) -> Result<(), F
         if !gone(hubs[0]) {
             return Err("the hub outlived kill -9".into());
         }
-        let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
-        cmd.args([
-            "run",
-            "--timeout",
-            "120",
-            "--net",
-            "none",
-            "--net",
-            "backend",
-            "examples/busybox",
-            "--",
-            "sh",
-            "-c",
+        let cmd = on_backend_alone(
             "ip -4 -o addr show eth0 | awk '{print \"at \" $4}'; echo ready; \
              for i in $(seq 100); do wget -q -O- http://netweb/ 2>/dev/null && exit 0; sleep 0.3; done; \
              exit 1",
-        ]);
+        )?;
         let (mut run, seen, rest) = start_until_ready(cmd)?;
         // SAFETY: as above.
         unsafe { libc::kill(holder, libc::SIGCONT) };

@@ -384,32 +384,20 @@ fn an_address_a_living_member_holds_goes_to_no_other_mac() {
         Reply::Refused { reason } => reason,
         other => panic!("not refused: {other:?}"),
     };
+    // `--ip 10.89.0.2`, with the living leases.
+    let at_a_s = |name: &str, mac: [u8; 6]| Hello {
+        want: Some([10, 89, 0, 2].into()),
+        fixed: true,
+        held: held.clone(),
+        ..named(name, mac)
+    };
     let c = [2, 0, 0, 0, 0, 0xc];
     assert_eq!(
-        reason(
-            join(
-                &dir,
-                &Hello {
-                    want: Some([10, 89, 0, 2].into()),
-                    fixed: true,
-                    held: held.clone(),
-                    ..named("c", c)
-                }
-            )
-            .1
-        ),
+        reason(join(&dir, &at_a_s("c", c)).1),
         "10.89.0.2 is held by another member, joining the network again"
     );
     // A comes back to it.
-    let (a, reply) = join(
-        &dir,
-        &Hello {
-            want: Some([10, 89, 0, 2].into()),
-            fixed: true,
-            held: held.clone(),
-            ..named("a", A)
-        },
-    );
+    let (a, reply) = join(&dir, &at_a_s("a", A));
     assert_eq!(reply, welcome([10, 89, 0, 2]));
     // Once A's husk is gone its lease is no more, and a joiner's list
     // (empty) frees what it held: C gets the last address.
