@@ -22,6 +22,19 @@ fn hub_with(
     Member,
     Reply,
 ) {
+    hub_on(first, None)
+}
+
+/// [`hub_with`], with the host's port `host`.
+fn hub_on(
+    first: Hello,
+    host: Option<HostPort>,
+) -> (
+    tempfile::TempDir,
+    std::thread::JoinHandle<()>,
+    Member,
+    Reply,
+) {
     let dir = tempfile::tempdir().unwrap();
     let listener = UnixListener::bind(dir.path().join("hub.sock")).unwrap();
     let control = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
@@ -29,7 +42,13 @@ fn hub_with(
         u32::from(Ipv4Addr::new(10, 89, 0, 2)),
         u32::from(Ipv4Addr::new(10, 89, 0, 4)),
     );
-    let hub = std::thread::spawn(move || Hub::new(range).run(&listener, || true).unwrap());
+    let hub = std::thread::spawn(move || {
+        let mut hub = Hub::new(range);
+        if let Some(host) = host {
+            hub = hub.with_host(host);
+        }
+        hub.run(&listener, || true).unwrap()
+    });
     let (member, reply) = hello(control, &first);
     (dir, hub, member, reply)
 }
@@ -418,21 +437,8 @@ fn the_host_s_port_gets_the_frames_for_its_mac_and_broadcasts_and_is_no_member()
     let (tap, host) = vmm::vsock::seqpacket_pair().unwrap();
     let host = UnixStream::from(host);
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = UnixListener::bind(dir.path().join("hub.sock")).unwrap();
-    let control = UnixStream::connect(dir.path().join("hub.sock")).unwrap();
-    let range = (
-        u32::from(Ipv4Addr::new(10, 89, 0, 2)),
-        u32::from(Ipv4Addr::new(10, 89, 0, 4)),
-    );
     let port = HostPort::new(File::from(tap), host_mac).unwrap();
-    let hub = std::thread::spawn(move || {
-        Hub::new(range)
-            .with_host(port)
-            .run(&listener, || true)
-            .unwrap()
-    });
-    let (a, reply) = hello(control, &named("a", A));
+    let (_dir, hub, a, reply) = hub_on(named("a", A), Some(port));
     assert_eq!(reply, welcome([10, 89, 0, 2]));
     // The host's broadcast (an ARP request) reaches the member, framed.
     let raw = |f: Vec<u8>| f[4..].to_vec();
