@@ -2210,3 +2210,43 @@ fn expose_mac_address_platform_and_cidfile_are_docker_s() {
     );
     home.fails(&["run", "--cidfile", cid, busybox], "--detach");
 }
+
+/// `husk exec` into an appliance whose guest agent drops the connection
+/// (a VM on its way down) fails saying so, with a status of its own.
+#[test]
+fn exec_says_when_the_guest_agent_drops_its_connection() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let home = Home::new();
+    let (pid, start) = alive_keeper();
+    home.put_state(
+        "web",
+        serde_json::json!({
+            "name": "web", "image": "examples/busybox", "ports": [], "created_ms": 1,
+            "status": "running", "keeper_pid": pid, "keeper_start": start, "cwd": "/",
+            "args": ["run", "-d", "--name", "web", "examples/busybox"],
+        }),
+    );
+    // A keeper whose agent connection's far end is closed already.
+    let listener = UnixListener::bind(home.state().join("web/control.sock")).unwrap();
+    let keeper = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let asked: Option<cli::vms::control::Request> = agent::read(&mut conn).unwrap();
+        assert!(matches!(asked, Some(cli::vms::control::Request::Agent)));
+        let (gone, agent_end) = UnixStream::pair().unwrap();
+        drop(gone);
+        cli::vms::control::send_with_fd(&conn, &cli::vms::control::Response::Ok, &agent_end)
+            .unwrap();
+        // Open until husk exec ends.
+        let _ = std::io::Read::read(&mut conn, &mut [0u8; 1]);
+    });
+    let out = home.husk(&["exec", "web", "true"]);
+    keeper.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0)
+            && stderr.contains("web's guest agent did not take the command")
+            && stderr.contains("Broken pipe"),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

@@ -5,6 +5,7 @@
 //! streams each get one, so its bytes go straight between this process
 //! and the guest.
 
+use anyhow::Context;
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
@@ -88,7 +89,13 @@ pub fn exec_process(vm: &VmDir, mut process: Process) -> anyhow::Result<ExitCode
     let process_detached = process.detached;
     let mut control = Control::connect(&vm.control(), &vm.name)?;
     let mut main = control.agent()?;
-    let id = match agent::call(&mut main, &Request::Start { process })? {
+    let started = agent::call(&mut main, &Request::Start { process }).with_context(|| {
+        format!(
+            "{}'s guest agent did not take the command (is {} stopping?)",
+            vm.name, vm.name
+        )
+    })?;
+    let id = match started {
         Response::Started { id, .. } => id,
         Response::Error {
             kind: agent::ErrorKind::StartFailed { status },
