@@ -401,6 +401,20 @@ fn host_reaches(address: &str) -> Result<(), Failed> {
     if !shown.contains(&format!(" {gateway} ")) {
         return Err(format!("no host interface has {gateway}:\n{shown}").into());
     }
+    // network inspect names it.
+    let inspect = ok(h(&["network", "inspect", "backend"])?, "network inspect")?;
+    let listed: serde_json::Value = serde_json::from_str(&inspect.stdout)?;
+    let interface = listed[0]["HostInterface"].as_str().unwrap_or_default();
+    if interface.is_empty()
+        || !shown
+            .lines()
+            .any(|l| l.contains(&format!(" {interface} ")) && l.contains(&gateway))
+    {
+        return Err(format!(
+            "network inspect's HostInterface {interface:?} should be the one with {gateway}:\n{shown}"
+        )
+        .into());
+    }
     let page = super::network::curl(&format!("http://{ip}/"), None)?;
     if !page.contains("Hello from a husk appliance") {
         return Err(format!("curl http://{ip}/ from the host got:\n{page}").into());
