@@ -632,8 +632,14 @@ impl Hub {
         };
         let mut frames = Vec::new();
         let mut failed = None;
-        while frames.len() < 64 {
+        // A bounded batch of reads (the members get their turn), whatever
+        // they hold.
+        for _ in 0..64 {
             match (&h.tap).read(&mut self.buf[4..]) {
+                Ok(0) => {
+                    failed = Some(io::Error::from(io::ErrorKind::UnexpectedEof));
+                    break;
+                }
                 // Never more than the framing carries: an MTU above
                 // 65520 is the host's own misconfiguration.
                 Ok(n) if (HEADER..=MAX_FRAME).contains(&n) => {

@@ -472,3 +472,20 @@ fn the_host_s_port_gets_the_frames_for_its_mac_and_broadcasts_and_is_no_member()
         "the tap went with the hub"
     );
 }
+
+#[test]
+fn a_host_port_that_closes_is_dropped_and_the_members_go_on() {
+    let (tap, host) = vmm::vsock::seqpacket_pair().unwrap();
+    let port = HostPort::new(File::from(tap), [2, 0, 0, 0, 0, 0x11]).unwrap();
+    let (dir, hub, a, reply) = hub_on(named("a", A), Some(port));
+    assert_eq!(reply, welcome([10, 89, 0, 2]));
+    // Its end reads as closed from now on: the hub lets the port go (it
+    // would spin on it otherwise) and still switches between members.
+    drop(host);
+    let (b, reply) = join(&dir, &named("b", B));
+    assert_eq!(reply, welcome([10, 89, 0, 3]));
+    send(&a, &frame(B, A, b"still here"));
+    assert_eq!(next_data(&b).0, frame(B, A, b"still here")[4..]);
+    drop((a, b));
+    hub.join().unwrap();
+}
