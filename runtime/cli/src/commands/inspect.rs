@@ -191,9 +191,11 @@ fn shell_words(argv: &[String]) -> String {
 }
 
 /// A detached appliance as docker inspect shows a container: `Name`,
-/// `Created`, `State` (with `Health`), `Config` (`Image`, `Labels`),
-/// `HostConfig` (from its command line, [`crate::commands::run::Args::host_config`]), `NetworkSettings` (`IPAddress`, `Ports`,
-/// `Networks`), `Mounts` (its volumes), `RestartCount` and `LogPath`;
+/// `Created`, `State` (with `Health`), `Config` (what its init runs:
+/// [`container_config`]), `HostConfig` (what its command line asked for:
+/// [`crate::commands::run::Args::host_config`]), `NetworkSettings`
+/// (`IPAddress`, `Ports`, `Networks`), `Mounts` (its volumes),
+/// `RestartCount` and `LogPath`;
 /// then husk's own: `Guest` (the guest's view, while it runs) and `Husk`
 /// (its `state.json` as it is, and its folder).
 fn appliance_doc(vm: &VmDir) -> anyhow::Result<Value> {
