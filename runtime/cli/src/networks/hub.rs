@@ -662,10 +662,15 @@ impl Hub {
             }
         }
         if let Some(e) = failed {
-            eprintln!("husk: the host's port failed ({e}); the host no longer reaches the members");
-            self.host = None;
+            self.drop_host(&e);
         }
         frames
+    }
+
+    /// Lets the host's port go after its tap failed with `e`.
+    fn drop_host(&mut self, e: &io::Error) {
+        eprintln!("husk: the host's port failed ({e}); the host no longer reaches the members");
+        self.host = None;
     }
 
     /// Writes what waits for the host's tap, as far as it takes it now.
@@ -689,10 +694,7 @@ impl Hub {
                     return;
                 }
                 Err(e) => {
-                    eprintln!(
-                        "husk: the host's port failed ({e}); the host no longer reaches the members"
-                    );
-                    self.host = None;
+                    self.drop_host(&e);
                     return;
                 }
             }
