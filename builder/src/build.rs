@@ -22,7 +22,7 @@ use crate::oci::{self, hex, Image, OciError};
 use crate::rootfs::{clean, Meta, Root, RootError};
 
 /// Bump when the same inputs should produce a different image.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

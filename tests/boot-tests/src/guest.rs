@@ -64,9 +64,22 @@ pub fn busybox_initramfs_with(
 }
 
 /// Makes an ext4 image of `size_mib` at `out` holding the files of `from`.
+/// Its inode tables are marked zeroed (the new file's holes are), as
+/// husk's own images are: the guest kernel would otherwise zero them after
+/// mounting, racing the VM's end.
 pub fn ext4_image(from: &Path, out: &Path, size_mib: u32) -> io::Result<()> {
+    match std::fs::remove_file(out) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-E",
+            "root_owner=0:0,assume_storage_prezeroed=1",
+            "-d",
+        ])
         .arg(from)
         .arg(out)
         .arg(format!("{size_mib}M"))
