@@ -12,7 +12,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{QueueT, Reader, Writer};
 
-use super::{notify, ActivateError, Activation, DeviceError, DeviceState, VirtioDevice};
+use tracing::warn;
+
+use super::{notify, ActivateError, Activation, DeviceError, DeviceState, LogLimit, VirtioDevice};
 use crate::storage::Storage;
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -56,6 +58,7 @@ pub struct Block {
     sectors: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     state: DeviceState,
+    host_errors: LogLimit,
 }
 
 impl Block {
@@ -73,6 +76,7 @@ impl Block {
             sectors: len / SECTOR_SIZE,
             id: serial,
             state: DeviceState::Inactive,
+            host_errors: LogLimit::default(),
         })
     }
 
@@ -84,7 +88,10 @@ impl Block {
         (end <= self.sectors * SECTOR_SIZE).then_some(offset)
     }
 
-    /// Performs one request; returns the virtio status byte.
+    /// Performs one request; returns the virtio status byte. A host error
+    /// (not the guest's own: a request past the end, a write to a
+    /// read-only disk) is logged with its cause, rate-limited: the guest
+    /// sees only "I/O error".
     fn execute(&mut self, header: RequestHeader, r: &mut Reader, w: &mut Writer) -> u8 {
         let status = match header.kind {
             VIRTIO_BLK_T_IN => {
@@ -92,10 +99,12 @@ impl Block {
                 match self.range(header.sector, len) {
                     Some(offset) if len <= MAX_REQUEST => {
                         let mut buf = vec![0u8; len];
-                        self.storage
-                            .read_exact_at(&mut buf, offset)
-                            .and_then(|()| w.write_all(&buf))
-                            .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK)
+                        match self.storage.read_exact_at(&mut buf, offset) {
+                            Ok(()) => w
+                                .write_all(&buf)
+                                .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK),
+                            Err(e) => self.host_error("reading", len, offset, &e),
+                        }
                     }
                     _ => VIRTIO_BLK_S_IOERR,
                 }
@@ -106,17 +115,21 @@ impl Block {
                 match self.range(header.sector, len) {
                     Some(offset) if len <= MAX_REQUEST => {
                         let mut buf = vec![0u8; len];
-                        r.read_exact(&mut buf)
-                            .and_then(|()| self.storage.write_all_at(&buf, offset))
-                            .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK)
+                        match r.read_exact(&mut buf) {
+                            Ok(()) => match self.storage.write_all_at(&buf, offset) {
+                                Ok(()) => VIRTIO_BLK_S_OK,
+                                Err(e) => self.host_error("writing", len, offset, &e),
+                            },
+                            Err(_) => VIRTIO_BLK_S_IOERR,
+                        }
                     }
                     _ => VIRTIO_BLK_S_IOERR,
                 }
             }
-            VIRTIO_BLK_T_FLUSH => self
-                .storage
-                .flush()
-                .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK),
+            VIRTIO_BLK_T_FLUSH => match self.storage.flush() {
+                Ok(()) => VIRTIO_BLK_S_OK,
+                Err(e) => self.host_error("flushing", 0, 0, &e),
+            },
             VIRTIO_BLK_T_GET_ID => {
                 let n = w.available_bytes().min(self.id.len());
                 w.write_all(&self.id[..n])
@@ -125,6 +138,25 @@ impl Block {
             _ => VIRTIO_BLK_S_UNSUPP,
         };
         status as u8
+    }
+
+    /// Logs a failed host read, write or flush (the 1st, 2nd, 4th, ...)
+    /// and returns the status the guest gets for it.
+    fn host_error(&mut self, what: &str, len: usize, offset: u64, e: &io::Error) -> u32 {
+        if self.host_errors.hit() {
+            let id = String::from_utf8_lossy(&self.id);
+            let id = id.trim_end_matches('\0');
+            let place = if what == "flushing" {
+                String::new()
+            } else {
+                format!(" {len} bytes at byte {offset}")
+            };
+            warn!(
+                "disk {id}: {what}{place} failed on the host: {e}; the guest sees an I/O error ({} so far)",
+                self.host_errors.count()
+            );
+        }
+        VIRTIO_BLK_S_IOERR
     }
 }
 
@@ -381,6 +413,26 @@ mod tests {
         assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR);
         let (status, _) = r.submit(VIRTIO_BLK_T_IN, u64::MAX, 512, VRING_DESC_F_WRITE);
         assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR, "sector overflow");
+    }
+
+    #[test]
+    fn a_failed_host_write_is_an_io_error_counted_as_the_hosts() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        // The guest's own mistakes are not the host's.
+        r.submit(VIRTIO_BLK_T_IN, 7, 1024, VRING_DESC_F_WRITE);
+        assert_eq!(r.dev.host_errors.count(), 0);
+        // A writable disk whose host file will not take writes (EBADF).
+        let f = std::fs::File::open(r.file.path()).unwrap();
+        r.dev.storage = Storage::File(f);
+        m.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        for _ in 0..3 {
+            let (status, _) = r.submit(VIRTIO_BLK_T_OUT, 2, 512, 0);
+            assert_eq!(u32::from(status), VIRTIO_BLK_S_IOERR);
+        }
+        assert_eq!(r.dev.host_errors.count(), 3);
+        let on_disk = std::fs::read(r.file.path()).unwrap();
+        assert!(on_disk[2 * 512..3 * 512].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -466,8 +466,8 @@ fn same_under_qemu() -> Result<(), Failed> {
         let (ours, theirs) = (command_lines(&husk.stdout), command_lines(&boot.console));
         if ours != theirs || boot.exit != Some(0) {
             return Err(format!(
-                "{target}: QEMU's console differs from husk run's output\n--- husk:\n{ours:#?}\n--- qemu (exit {:?}):\n{theirs:#?}\n--- qemu stderr:\n{}",
-                boot.exit, boot.qemu_stderr
+                "{target}: QEMU's console differs from husk run's output\n--- husk:\n{ours:#?}\n--- husk stderr:\n{}\n--- qemu (exit {:?}):\n{theirs:#?}\n--- qemu stderr:\n{}",
+                husk.stderr, boot.exit, boot.qemu_stderr
             )
             .into());
         }
