@@ -103,7 +103,7 @@ impl Block {
                             Ok(()) => w
                                 .write_all(&buf)
                                 .map_or(VIRTIO_BLK_S_IOERR, |()| VIRTIO_BLK_S_OK),
-                            Err(e) => self.host_error("reading", len, offset, &e),
+                            Err(e) => self.host_error("reading", Some((len, offset)), &e),
                         }
                     }
                     _ => VIRTIO_BLK_S_IOERR,
@@ -118,7 +118,7 @@ impl Block {
                         match r.read_exact(&mut buf) {
                             Ok(()) => match self.storage.write_all_at(&buf, offset) {
                                 Ok(()) => VIRTIO_BLK_S_OK,
-                                Err(e) => self.host_error("writing", len, offset, &e),
+                                Err(e) => self.host_error("writing", Some((len, offset)), &e),
                             },
                             Err(_) => VIRTIO_BLK_S_IOERR,
                         }
@@ -128,7 +128,7 @@ impl Block {
             }
             VIRTIO_BLK_T_FLUSH => match self.storage.flush() {
                 Ok(()) => VIRTIO_BLK_S_OK,
-                Err(e) => self.host_error("flushing", 0, 0, &e),
+                Err(e) => self.host_error("flushing", None, &e),
             },
             VIRTIO_BLK_T_GET_ID => {
                 let n = w.available_bytes().min(self.id.len());
@@ -141,16 +141,14 @@ impl Block {
     }
 
     /// Logs a failed host read, write or flush (the 1st, 2nd, 4th, ...)
-    /// and returns the status the guest gets for it.
-    fn host_error(&mut self, what: &str, len: usize, offset: u64, e: &io::Error) -> u32 {
+    /// of `place` (bytes, at byte) and returns the status the guest gets.
+    fn host_error(&mut self, what: &str, place: Option<(usize, u64)>, e: &io::Error) -> u32 {
         if self.host_errors.hit() {
             let id = String::from_utf8_lossy(&self.id);
             let id = id.trim_end_matches('\0');
-            let place = if what == "flushing" {
-                String::new()
-            } else {
+            let place = place.map_or(String::new(), |(len, offset)| {
                 format!(" {len} bytes at byte {offset}")
-            };
+            });
             warn!(
                 "disk {id}: {what}{place} failed on the host: {e}; the guest sees an I/O error ({} so far)",
                 self.host_errors.count()
