@@ -1,13 +1,15 @@
 //! virtio-blk on a host file or an overlay ([`Storage`]): read, write,
 //! flush (`fdatasync`) and get-id. Read-only disks refuse writes; requests
-//! past the end of the disk fail with an I/O error status.
+//! past the end of the disk fail with an I/O error status. A request's data
+//! may be scattered over up to [`SEG_MAX`] buffers (without the feature,
+//! Linux sends one buffer, a page at most of its page cache, per request).
 
 use std::io::{self, Read, Write};
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{QueueT, Reader, Writer};
@@ -17,10 +19,15 @@ use tracing::warn;
 use super::{notify, ActivateError, Activation, DeviceError, DeviceState, LogLimit, VirtioDevice};
 use crate::storage::Storage;
 
-const QUEUE_SIZES: &[u16] = &[256];
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
 pub const SECTOR_SIZE: u64 = 512;
 /// Largest data transfer of one request (bounds the bounce buffer).
 const MAX_REQUEST: usize = 4 << 20;
+/// Data buffers a request may have: the queue's descriptors less the
+/// header's and the status's (QEMU offers the same). Linux's requests stay
+/// under its own 1280 KiB, far from [`MAX_REQUEST`].
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
 /// The request header at the start of every chain (little-endian
 /// `type: u32, reserved: u32, sector: u64`).
@@ -168,7 +175,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = super::BASE_FEATURES | 1 << VIRTIO_BLK_F_FLUSH;
+        let mut f = super::BASE_FEATURES | 1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX;
         if self.readonly {
             f |= 1 << VIRTIO_BLK_F_RO;
         }
@@ -176,8 +183,13 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // Only `capacity` (in 512-byte sectors) is meaningful to husk.
-        super::read_config_bytes(&self.sectors.to_le_bytes(), offset, data);
+        // `capacity` (in 512-byte sectors), `size_max` (no limit offered)
+        // and `seg_max`; the rest of the layout is for features not
+        // offered.
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.sectors.to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        super::read_config_bytes(&config, offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
@@ -353,6 +365,66 @@ mod tests {
         let mut buf = [0u8; 512];
         m.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
         assert!(buf.iter().all(|&b| b == 0xab));
+    }
+
+    #[test]
+    fn offers_seg_max_and_serves_a_request_scattered_over_buffers() {
+        let m = mem();
+        let mut r = rig(&m, false);
+        assert!(r.dev.features() & (1 << VIRTIO_BLK_F_SEG_MAX) != 0);
+        let mut seg_max = [0u8; 4];
+        r.dev.read_config(12, &mut seg_max);
+        assert_eq!(u32::from_le_bytes(seg_max), SEG_MAX);
+        let mut capacity = [0u8; 8];
+        r.dev.read_config(0, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 8);
+        // A write of sectors 4 and 5 from two buffers apart, then a read
+        // of sectors 1 to 5 into three buffers of other sizes.
+        let (a, b) = (0x9000u64, 0xb000u64);
+        m.write_slice(&[0x11; 512], GuestAddress(a)).unwrap();
+        m.write_slice(&[0x22; 512], GuestAddress(b)).unwrap();
+        let hdr = RequestHeader {
+            kind: VIRTIO_BLK_T_OUT,
+            sector: 4,
+        };
+        m.write_slice(&hdr.to_bytes(), GuestAddress(HDR)).unwrap();
+        let descs = [
+            desc(HDR, 16, VRING_DESC_F_NEXT, 1),
+            desc(a, 512, VRING_DESC_F_NEXT, 2),
+            desc(b, 512, VRING_DESC_F_NEXT, 3),
+            desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+        ];
+        r.vq.add_desc_chains(&descs, 0).unwrap();
+        r.dev.process_queue(0).unwrap();
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+        let on_disk = std::fs::read(r.file.path()).unwrap();
+        assert!(on_disk[4 * 512..5 * 512].iter().all(|&x| x == 0x11));
+        assert!(on_disk[5 * 512..6 * 512].iter().all(|&x| x == 0x22));
+
+        let hdr = RequestHeader {
+            kind: VIRTIO_BLK_T_IN,
+            sector: 1,
+        };
+        m.write_slice(&hdr.to_bytes(), GuestAddress(HDR)).unwrap();
+        let (x, y, z) = (0xc000u64, 0xd000u64, 0xe000u64);
+        let w = VRING_DESC_F_WRITE | VRING_DESC_F_NEXT;
+        let descs = [
+            desc(HDR, 16, VRING_DESC_F_NEXT, 5),
+            desc(x, 1024, w, 6),
+            desc(y, 1000, w, 7),
+            desc(z, 536, w, 8),
+            desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+        ];
+        r.vq.add_desc_chains(&descs, 4).unwrap();
+        r.dev.process_queue(0).unwrap();
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+        let used = r.vq.used().ring().ref_at(1).unwrap().load();
+        assert_eq!(used.len(), 5 * 512 + 1);
+        let mut got = vec![0u8; 1024 + 1000 + 536];
+        m.read_slice(&mut got[..1024], GuestAddress(x)).unwrap();
+        m.read_slice(&mut got[1024..2024], GuestAddress(y)).unwrap();
+        m.read_slice(&mut got[2024..], GuestAddress(z)).unwrap();
+        assert_eq!(got, on_disk[512..6 * 512]);
     }
 
     #[test]
