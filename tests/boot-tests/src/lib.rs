@@ -430,6 +430,37 @@ pub fn podman_command(root: &Path, runtime: &std::ffi::OsStr) -> Command {
     c
 }
 
+/// Runs `cmd` to its end (stdin /dev/null, killed by a [`Watchdog`] after
+/// `limit`, so a hung guest cannot hang a bench) and returns its stdout; a
+/// failure is an error carrying its output.
+pub fn output_within(
+    cmd: &mut Command,
+    what: &str,
+    limit: std::time::Duration,
+) -> Result<String, String> {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let watchdog = Watchdog::new(child.id(), limit);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    drop(watchdog);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}):\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(text)
+}
+
 /// Spawn to exit of `cmd` (stdin /dev/null, output collected), in seconds;
 /// a failure is an error carrying its stderr.
 pub fn time_command(cmd: &mut Command) -> Result<f64, String> {

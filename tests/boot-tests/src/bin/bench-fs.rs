@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use boot_tests::husk::{bench_husk_bin, build_appliances, built_image, guest_tool};
 use boot_tests::qemu::microvm_stdio_with;
 use boot_tests::{
-    husk_kernel, table_header as header, table_ratio, table_row as row, workspace_root, Watchdog,
+    husk_kernel, table_header as header, table_ratio, table_row as row, workspace_root,
 };
 use husk_init::config::{FsSetup, Overrides, ShareMount};
 
@@ -95,29 +95,8 @@ fn steps(output: &str, big_mib: u64) -> Result<[f64; 4], String> {
     Ok([t[1] - t[0], t[3] - t[2], t[5] - t[4], t[7] - t[6]])
 }
 
-/// Runs `cmd` to its end (killed after `limit`) with its output
-/// captured; a failure is an error.
 fn output(cmd: &mut Command, what: &str, limit: Duration) -> Result<String, String> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{what}: {e}"))?;
-    let watchdog = Watchdog::new(child.id(), limit);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{what}: {e}"))?;
-    drop(watchdog);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({}):\n{text}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(text)
+    boot_tests::output_within(cmd, what, limit)
 }
 
 /// How long one boot and its workload may take: a guest that hangs must
