@@ -395,6 +395,22 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<i32>,
     },
+    /// Takes the network interface the VMM has just put into the empty
+    /// slot `virtio-mmio.{device}` (`husk network connect` of a running
+    /// VM): probes it, gives it `address`/`prefix`, and keeps the names of
+    /// husk network `network`'s members in `/etc/hosts`. No default route:
+    /// the guest's way out stays the one it booted with, as docker's
+    /// `network connect` leaves a container's. Answer: [`Response::Ok`].
+    PlugInterface {
+        device: u32,
+        network: String,
+        address: std::net::Ipv4Addr,
+        prefix: u8,
+    },
+    /// Lets go of the interface in slot `virtio-mmio.{device}`: its
+    /// network's names leave `/etc/hosts` and its driver is unbound,
+    /// after which the VMM can take it out. Answer: [`Response::Ok`].
+    UnplugInterface { device: u32 },
 }
 
 /// What the agent answers.

@@ -1051,7 +1051,7 @@ fn a_network_hub_runs_confined_switches_frames_and_leaves_with_its_last_member()
 
 /// `husk network connect` and `disconnect` change what a stopped
 /// detached appliance joins at its next start (its recorded command line
-/// and the networks it names), and refuse a running one, a network that
+/// and the networks it names), leave a running one to its keeper, and refuse a network that
 /// does not exist, and one it is not on.
 #[test]
 fn stopped_appliances_are_connected_to_networks_and_disconnected() {
@@ -1133,13 +1133,18 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
     );
     home.fails(&["network", "disconnect", "front", "nobody"], "nobody");
 
-    // A running one (its keeper is this test, alive): refused, unchanged.
+    // A running one is changed by its keeper, through its control socket
+    // (the keeper here is this test, alive, with none): refused,
+    // unchanged. (The bed's networks test connects a running one.)
     let (pid, start) = alive_keeper();
     write("web", "running", pid, start);
-    home.fails(&["network", "connect", "front", "web"], "web is running");
+    home.fails(
+        &["network", "connect", "front", "web"],
+        "web is not running",
+    );
     home.fails(
         &["network", "disconnect", "backend", "web"],
-        "web is running",
+        "web is not running",
     );
     assert_eq!(recorded("web").1, ["backend"]);
 }

@@ -173,7 +173,7 @@ fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Resul
     // and the signals come to this thread's sigwaitinfo.
     signals.block();
     match &net_setup {
-        Ok(Some(setup)) => net::follow_networks(setup, config.hostname.as_deref(), say),
+        Ok(Some(setup)) => net::follow_networks(setup, say),
         // An exported disk's machine: the hypervisor's DHCP server says.
         Ok(None) if is_portable(cmdline) => leases::start(config.hostname.as_deref(), say),
         _ => {}

@@ -8,7 +8,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use husk_init::config::{InterfaceSetup, NetSetup, NetworkHosts, NETWORK_ETHERTYPE};
@@ -336,9 +336,11 @@ pub fn write_files(net: &NetSetup, hostname: Option<&str>, say: impl Fn(&str)) {
             say(&format!("cannot write /etc/resolv.conf: {e}"));
         }
     }
-    if let Err(e) = install("/etc/hosts", &own_hosts(net, hostname)) {
+    let own = own_hosts(net, hostname);
+    if let Err(e) = install("/etc/hosts", &own) {
         say(&format!("cannot write /etc/hosts: {e}"));
     }
+    hosts().own = own;
 }
 
 /// The guest's own `/etc/hosts` lines: localhost, its hostname at its
@@ -363,6 +365,51 @@ fn own_hosts(net: &NetSetup, hostname: Option<&str>) -> String {
     hosts
 }
 
+/// What init keeps in `/etc/hosts`: the guest's own lines, then the
+/// names of each husk network's members, by interface (`None` until its
+/// hub answered). Interfaces come (at boot, and with
+/// `husk network connect`) and go (`disconnect`).
+struct Hosts {
+    own: String,
+    networks: Vec<Followed>,
+    /// Numbers the followers, so one whose interface went cannot touch an
+    /// interface of the same name that came after.
+    next: u64,
+}
+
+struct Followed {
+    id: u64,
+    interface: String,
+    lines: Option<String>,
+}
+
+static HOSTS: Mutex<Hosts> = Mutex::new(Hosts {
+    own: String::new(),
+    networks: Vec::new(),
+    next: 0,
+});
+static ANSWERED: Condvar = Condvar::new();
+
+fn hosts() -> std::sync::MutexGuard<'static, Hosts> {
+    HOSTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hosts {
+    fn text(&self) -> String {
+        let mut text = self.own.clone();
+        for f in &self.networks {
+            text.push_str(f.lines.as_deref().unwrap_or_default());
+        }
+        text
+    }
+
+    fn rewrite(&self, say: fn(&str)) {
+        if let Err(e) = rewrite_hosts(&self.text()) {
+            say(&format!("cannot update /etc/hosts: {e}"));
+        }
+    }
+}
+
 /// Keeps `/etc/hosts` up to date with the members of the guest's husk
 /// networks: one thread per such interface asks the network's hub for
 /// the names and rewrites the file with each answer, and with each list
@@ -370,52 +417,157 @@ fn own_hosts(net: &NetSetup, hostname: Option<&str>) -> String {
 /// answered (the command starts knowing the names, as a container on a
 /// docker network does), or after a second. Called once the signals init
 /// waits for are blocked, so the threads never take them.
-pub fn follow_networks(net: &NetSetup, hostname: Option<&str>, say: fn(&str)) {
-    let networks: Vec<(String, String)> = net
+pub fn follow_networks(net: &NetSetup, say: fn(&str)) {
+    let ids: Vec<u64> = net
         .interfaces
         .iter()
-        .filter_map(|i| Some((i.name.clone(), i.network.clone()?)))
+        .filter_map(|i| Some(start_following(&i.name, i.network.as_deref()?, say)))
         .collect();
-    if networks.is_empty() {
-        return;
-    }
-    let base = own_hosts(net, hostname);
-    // Each network's lines, `None` until its hub answered.
-    let lists = Arc::new((
-        Mutex::new(vec![None::<String>; networks.len()]),
-        Condvar::new(),
-    ));
-    for (at, (interface, network)) in networks.into_iter().enumerate() {
-        let (base, lists) = (base.clone(), lists.clone());
-        let followed = std::thread::Builder::new()
-            .name(format!("hosts-{interface}"))
-            .spawn(move || {
-                let (all, answered) = &*lists;
-                let result = follow(&interface, |lines| {
-                    let mut all = all.lock().unwrap_or_else(|p| p.into_inner());
-                    all[at] = Some(lines);
-                    let text: String = all.iter().flatten().map(String::as_str).collect();
-                    if let Err(e) = rewrite_hosts(&format!("{base}{text}")) {
-                        say(&format!("cannot update /etc/hosts: {e}"));
-                    }
-                    answered.notify_all();
-                });
-                if let Err(e) = result {
-                    say(&format!("names of network {network} ({interface}): {e}"));
-                }
-            });
-        if let Err(e) = followed {
-            say(&format!("cannot follow network names: {e}"));
-        }
-    }
-    let (all, answered) = &*lists;
-    let all = all.lock().unwrap_or_else(|p| p.into_inner());
-    let waited = answered.wait_timeout_while(all, Duration::from_secs(1), |all| {
-        all.iter().any(Option::is_none)
-    });
-    if waited.map_or(true, |(_, t)| t.timed_out()) {
+    if !wait_for_names(&ids) {
         say("a network's hub did not send its names within a second: /etc/hosts follows later");
     }
+}
+
+/// Starts following the names of `network` on `interface`; its id.
+fn start_following(interface: &str, network: &str, say: fn(&str)) -> u64 {
+    let id = {
+        let mut all = hosts();
+        all.next += 1;
+        let id = all.next;
+        all.networks.push(Followed {
+            id,
+            interface: interface.to_string(),
+            lines: None,
+        });
+        id
+    };
+    let (interface, network) = (interface.to_string(), network.to_string());
+    let followed = std::thread::Builder::new()
+        .name(format!("hosts-{interface}"))
+        .spawn(move || {
+            let result = follow(&interface, |lines| {
+                let mut all = hosts();
+                if let Some(f) = all.networks.iter_mut().find(|f| f.id == id) {
+                    f.lines = Some(lines);
+                    all.rewrite(say);
+                }
+                ANSWERED.notify_all();
+            });
+            // An interface taken out (disconnected) ends its follower.
+            let followed = hosts().networks.iter().any(|f| f.id == id);
+            if let (Err(e), true) = (result, followed) {
+                say(&format!("names of network {network} ({interface}): {e}"));
+            }
+        });
+    if let Err(e) = followed {
+        say(&format!("cannot follow network names: {e}"));
+    }
+    id
+}
+
+/// Waits up to a second for the hubs of followers `ids` to answer; true
+/// when all did.
+fn wait_for_names(ids: &[u64]) -> bool {
+    let all = hosts();
+    let waiting = |all: &mut Hosts| {
+        all.networks
+            .iter()
+            .any(|f| ids.contains(&f.id) && f.lines.is_none())
+    };
+    let waited = ANSWERED.wait_timeout_while(all, Duration::from_secs(1), waiting);
+    waited.is_ok_and(|(_, t)| !t.timed_out())
+}
+
+/// The platform device of slot `device` (`virtio-mmio.N`).
+fn slot_device(device: u32) -> std::path::PathBuf {
+    Path::new("/sys/bus/platform/devices").join(format!("virtio-mmio.{device}"))
+}
+
+/// The network interface of the virtio device behind platform device
+/// `platform`, if a driver holds one there.
+fn interface_of(platform: &Path) -> Option<String> {
+    fs::read_dir(platform)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+        .find_map(|e| {
+            let mut names = fs::read_dir(e.path().join("net")).ok()?.flatten();
+            Some(names.next()?.file_name().to_string_lossy().into_owned())
+        })
+}
+
+/// Takes the interface the VMM has put into slot `device`: the kernel
+/// probes the slot again and finds it; it gets its address and follows
+/// the names of `network`. Its name (`eth1`, ...).
+pub fn plug(
+    device: u32,
+    network: &str,
+    address: Ipv4Addr,
+    prefix: u8,
+    say: fn(&str),
+) -> io::Result<String> {
+    let platform = slot_device(device);
+    if !platform.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("this guest has no device virtio-mmio.{device}"),
+        ));
+    }
+    if interface_of(&platform).is_none() {
+        let name = format!("virtio-mmio.{device}");
+        fs::write("/sys/bus/platform/drivers_probe", name)?;
+    }
+    let name = interface_of(&platform).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no network interface came up in virtio-mmio.{device}"),
+        )
+    })?;
+    let setup = InterfaceSetup {
+        name: name.clone(),
+        address: Some(address),
+        prefix,
+        gateway: None,
+        mtu: None,
+        mac: None,
+        address6: None,
+        gateway6: None,
+        network: Some(network.to_string()),
+    };
+    configure(&socket()?, &setup)?;
+    {
+        // A guest booted without husk's network setup has the image's
+        // own /etc/hosts: the network's names go after its lines.
+        let mut all = hosts();
+        if all.own.is_empty() {
+            all.own = fs::read_to_string("/etc/hosts")
+                .unwrap_or_else(|_| "127.0.0.1\tlocalhost\n".into());
+        }
+    }
+    let id = start_following(&name, network, say);
+    if !wait_for_names(&[id]) {
+        say(&format!(
+            "network {network}'s hub did not send its names within a second: /etc/hosts follows later"
+        ));
+    }
+    Ok(name)
+}
+
+/// Lets go of the interface in slot `device`: its network's names leave
+/// `/etc/hosts`, and its driver is unbound (the interface goes), so the
+/// VMM can take the device out.
+pub fn unplug(device: u32, say: fn(&str)) -> io::Result<()> {
+    let platform = slot_device(device);
+    if let Some(name) = interface_of(&platform) {
+        let mut all = hosts();
+        all.networks.retain(|f| f.interface != name);
+        all.rewrite(say);
+    }
+    if platform.join("driver").exists() {
+        let name = format!("virtio-mmio.{device}");
+        fs::write("/sys/bus/platform/drivers/virtio-mmio/unbind", name)?;
+    }
+    Ok(())
 }
 
 /// Asks the hub behind `interface` for the network's names, then hands

@@ -19,6 +19,11 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Network interfaces in order: `eth0`, `eth1`, ...
     pub net: Vec<NetConfig>,
+    /// Empty slots (device ID 0, which Linux probes and leaves alone),
+    /// after every other device, that a network interface can be put into
+    /// while the VM runs (through [`VmConfig::snapshot_requests`]); as
+    /// many of them as the interrupts left after the other devices allow.
+    pub net_slots: u8,
     /// A vsock device and its host side.
     pub vsock: Option<vsock::VsockConfig>,
     /// Shared folders: one virtio-fs device each, served by a vhost-user

@@ -75,6 +75,16 @@ impl DeviceManager {
         Ok(t)
     }
 
+    /// How many devices are attached: the next one's platform device
+    /// number (`virtio-mmio.N`, in command-line order).
+    pub fn len(&self) -> usize {
+        self.transports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.transports.is_empty()
+    }
+
     /// One event-loop subscriber per device, and the MMIO bus for the vCPUs.
     pub fn finish(self) -> (Vec<DeviceEvents>, MmioBus) {
         let subscribers = self.transports.into_iter().map(DeviceEvents).collect();
@@ -129,14 +139,7 @@ impl MutEventSubscriber for DeviceEvents {
                 t.process_queue(usize::from(q));
             }
             EventToken::Host(token) => {
-                let set = events.event_set();
-                let ready = Ready {
-                    readable: set.contains(EventSet::IN),
-                    writable: set.contains(EventSet::OUT),
-                    closed: set
-                        .intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP),
-                };
-                t.process_host_event(token, ready);
+                t.process_host_event(token, Ready::from(events.event_set()));
             }
         }
     }

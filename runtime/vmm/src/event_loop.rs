@@ -326,10 +326,51 @@ impl MutEventSubscriber for PageRecorder {
 
 /// Serves what a process outside the jail asks ([`crate::snapshot::OnRequest`]):
 /// takes a snapshot whenever it hands over the files of one, pauses and
-/// resumes the vCPUs; and answers.
+/// resumes the vCPUs, puts network interfaces into empty slots and takes
+/// them out; and answers.
 pub struct SnapshotServer {
     pub requests: crate::snapshot::OnRequest,
     pub source: Arc<SnapshotSource>,
+    /// The VM's slots, each with its platform device number.
+    pub slots: Vec<(u32, crate::device_manager::Transport)>,
+}
+
+impl SnapshotServer {
+    /// Puts a virtio-net device on `stream` into the first empty slot;
+    /// answers its platform device number.
+    fn plug(&self, mac: [u8; 6], stream: std::os::unix::net::UnixStream) -> Result<String, String> {
+        if self.slots.is_empty() {
+            return Err("this VM was started without slots for more networks".into());
+        }
+        for (device, t) in &self.slots {
+            let mut t = lock(t);
+            if t.slot_state() != Some(false) {
+                continue;
+            }
+            let backend = devices::virtio::net::StreamBackend::new(stream);
+            let net = devices::virtio::net::Net::new(Box::new(backend), mac);
+            t.plug(Box::new(net))
+                .map_err(|e| format!("cannot plug the interface: {e}"))?;
+            return Ok(device.to_string());
+        }
+        Err(format!(
+            "every slot for more networks is taken ({})",
+            self.slots.len()
+        ))
+    }
+
+    /// Takes the device out of platform device `device`'s slot.
+    fn unplug(&self, device: u32) -> Result<String, String> {
+        let (_, t) = self
+            .slots
+            .iter()
+            .find(|(d, _)| *d == device)
+            .ok_or_else(|| format!("virtio-mmio.{device} is not a slot"))?;
+        lock(t)
+            .unplug()
+            .map(|_| String::new())
+            .map_err(|e| format!("cannot take virtio-mmio.{device} out: {e}"))
+    }
 }
 
 impl MutEventSubscriber for SnapshotServer {
@@ -342,11 +383,14 @@ impl MutEventSubscriber for SnapshotServer {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match self.requests.receive() {
             Ok(Some(asked)) => {
+                let done = |r: Result<(), String>| r.map(|()| String::new());
                 let result = match asked {
-                    Asked::Snapshot(target) => self.source.take(&target),
-                    Asked::Pause => self.source.pause(),
-                    Asked::Resume => self.source.resume(),
+                    Asked::Snapshot(target) => done(self.source.take(&target)),
+                    Asked::Pause => done(self.source.pause()),
+                    Asked::Resume => done(self.source.resume()),
                     Asked::Refused(why) => Err(format!("no snapshot can be taken of it: {why}")),
+                    Asked::Plug { mac, stream } => self.plug(mac, stream),
+                    Asked::Unplug { device } => self.unplug(device),
                 };
                 self.requests.answer(&result);
             }

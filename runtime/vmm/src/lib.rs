@@ -44,6 +44,7 @@ use devices::virtio::console::Console;
 use devices::virtio::fs::Fs;
 use devices::virtio::net::{Net, NetBackend};
 use devices::virtio::rng::Rng;
+use devices::virtio::slot::Slot;
 use devices::virtio::vsock::{HostSide, Vsock};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -297,6 +298,15 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         dm.attach(&vm, &mem, Box::new(dev), &mut cmdline)?;
     }
     dm.attach(&vm, &mem, Box::new(Rng::with_source(urandom)), &mut cmdline)?;
+    // As many of the slots asked for as the interrupts left allow.
+    let room = device_manager::MAX_DEVICES.saturating_sub(dm.len());
+    let mut slots = Vec::new();
+    for _ in 0..usize::from(cfg.net_slots).min(room) {
+        let device = dm.len() as u32;
+        let slot = Slot::new(devices::virtio::net::QUEUE_SIZES)
+            .map_err(io("creating a network slot's epoll"))?;
+        slots.push((device, dm.attach(&vm, &mem, Box::new(slot), &mut cmdline)?));
+    }
     if !cfg.cmdline.trim().is_empty() {
         cmdline
             .insert_str(cfg.cmdline.trim())
@@ -411,6 +421,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         events.add_subscriber(Arc::new(Mutex::new(event_loop::SnapshotServer {
             requests,
             source,
+            slots,
         })));
     }
     if let Some(input) = cfg.console_input.take() {

@@ -25,6 +25,7 @@ pub fn initramfs(
         cmdline: format!("rdinit={INIT_PATH} {extra}"),
         disks: Vec::new(),
         net: Vec::new(),
+        net_slots: 0,
         vsock: None,
         shares: Vec::new(),
         console_output: console,

@@ -56,9 +56,8 @@ pub enum Command {
         #[arg(short, long)]
         force: bool,
     },
-    /// Put a stopped detached appliance on a network: it joins it when it
-    /// starts (an appliance gets its interfaces at boot: stop a running
-    /// one first)
+    /// Put a detached appliance on a network: a running one gets an
+    /// interface on it at once, and every one joins it at each start
     Connect {
         /// Another name it answers to on its networks, as run's
         /// --network-alias
@@ -67,7 +66,9 @@ pub enum Command {
         network: String,
         appliance: String,
     },
-    /// Take a stopped detached appliance off a network it was started on
+    /// Take a detached appliance off a network: a running one loses the
+    /// interface it was connected to while it ran (one it booted with
+    /// stays until it stops), and none joins it at its next start
     Disconnect { network: String, appliance: String },
     /// A network's hub (started by the first appliance that joins it)
     #[command(hide = true)]
@@ -231,6 +232,10 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             appliance,
         } => {
             Network::find(&network)?;
+            if let Some(mut keeper) = running(&appliance)? {
+                keeper.call(&crate::vms::control::Request::Connect { network, aliases })?;
+                return Ok(ExitCode::SUCCESS);
+            }
             change_stopped(&appliance, |state| {
                 if state.networks.contains(&network) {
                     anyhow::bail!("{appliance} is on {network} already");
@@ -242,6 +247,10 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Disconnect { network, appliance } => {
+            if let Some(mut keeper) = running(&appliance)? {
+                keeper.call(&crate::vms::control::Request::Disconnect { network })?;
+                return Ok(ExitCode::SUCCESS);
+            }
             change_stopped(&appliance, |state| {
                 if !state.networks.contains(&network) {
                     anyhow::bail!("{appliance} is not on {network}");
@@ -284,9 +293,19 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The keeper of detached appliance `name` while its VM runs (a running
+/// VM's interfaces come and go through it); `None` once it has stopped.
+fn running(name: &str) -> anyhow::Result<Option<crate::vms::control::Control>> {
+    let vm = crate::vms::VmDir::find(name)?;
+    if vm.current_state()?.status == crate::vms::Status::Exited {
+        return Ok(None);
+    }
+    crate::vms::control::Control::connect(&vm.control(), name).map(Some)
+}
+
 /// Changes the state of detached appliance `name` by `change`, which
 /// must leave its recorded command line one `husk start` runs. Only while
-/// it is stopped: a running VM's interfaces are fixed at its boot.
+/// it is stopped (a running one's keeper changes it, see [`running`]).
 fn change_stopped(
     name: &str,
     change: impl FnOnce(&mut crate::vms::State) -> anyhow::Result<()>,
@@ -295,10 +314,7 @@ fn change_stopped(
     let _held = vm.lock_state()?;
     let mut state = vm.current_state()?;
     if state.status != crate::vms::Status::Exited {
-        anyhow::bail!(
-            "{name} is running, and an appliance gets its network interfaces when it boots: \
-             husk stop {name} first (husk start {name} after)"
-        );
+        anyhow::bail!("{name} started meanwhile: try again");
     }
     state.check_recorded()?;
     change(&mut state)?;

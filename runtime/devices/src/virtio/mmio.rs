@@ -14,6 +14,8 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::slot::SlotError;
+
 use super::{
     ActivateError, Activation, DeviceError, HostEvent, IrqLine, Mem, Ready, VirtioDevice,
     INT_CONFIG,
@@ -626,6 +628,39 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// Puts `device` into this transport's empty slot
+    /// ([`super::slot::Slot`]), and resets the transport. Only while no
+    /// driver holds the window (never probed into use, or let go by the
+    /// guest's unbinding), so no driver ever sees its device change.
+    pub fn plug(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), SlotError> {
+        self.free_slot()?.put(device)?;
+        self.reset();
+        Ok(())
+    }
+
+    /// Takes the device out of this transport's slot, on the terms of
+    /// [`MmioTransport::plug`].
+    pub fn unplug(&mut self) -> Result<Box<dyn VirtioDevice>, SlotError> {
+        let device = self.free_slot()?.take().ok_or(SlotError::Empty)?;
+        self.reset();
+        Ok(device)
+    }
+
+    /// The slot, while no driver holds its window: the status is 0, or
+    /// ACKNOWLEDGE alone (what Linux leaves when it unbinds a driver: it
+    /// acknowledges the device's existence again).
+    fn free_slot(&mut self) -> Result<&mut super::slot::Slot, SlotError> {
+        if self.status & !VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
+            return Err(SlotError::Driven(self.status));
+        }
+        self.device.as_slot().ok_or(SlotError::NotASlot)
+    }
+
+    /// Whether this transport is a slot, and whether a device is in it.
+    pub fn slot_state(&mut self) -> Option<bool> {
+        self.device.as_slot().map(|s| !s.is_empty())
+    }
+
     fn reset(&mut self) {
         self.device.reset();
         self.queues = self.fresh_queues();
@@ -777,6 +812,43 @@ pub(crate) mod tests {
         );
         assert!(!t.active);
         assert_ne!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn a_slot_takes_a_device_only_while_no_driver_holds_it() {
+        use crate::virtio::slot::{Slot, SlotError};
+        let rng = Rng::new().unwrap();
+        let slot = Slot::new(rng.queue_max_sizes()).unwrap();
+        let mut t =
+            MmioTransport::new(mem(), Box::new(slot), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+        // Empty: a placeholder, which a hostile driver cannot start.
+        assert_eq!(read32(&mut t, R_DEVICE_ID), 0);
+        assert_eq!(t.slot_state(), Some(false));
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        assert!(!t.active);
+        assert!(matches!(t.plug(Box::new(rng)), Err(SlotError::Driven(_))));
+        // Reset and acknowledged again (as the guest's unbinding leaves
+        // it), it takes one.
+        write32(&mut t, R_STATUS, 0);
+        write32(&mut t, R_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        t.plug(Box::new(Rng::new().unwrap())).unwrap();
+        assert_eq!(t.status(), 0, "a plug resets the transport");
+        assert_eq!(read32(&mut t, R_DEVICE_ID), VIRTIO_ID_RNG);
+        assert_eq!(t.slot_state(), Some(true));
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        assert!(t.active, "the device in the slot starts");
+        assert!(matches!(t.unplug(), Err(SlotError::Driven(_))));
+        write32(&mut t, R_STATUS, 0);
+        assert_eq!(t.unplug().unwrap().device_type(), VIRTIO_ID_RNG);
+        assert_eq!(read32(&mut t, R_DEVICE_ID), 0);
+        assert!(matches!(t.unplug(), Err(SlotError::Empty)));
+        // A transport that is no slot is never changed.
+        let mut plain = rng_transport();
+        assert_eq!(plain.slot_state(), None);
+        assert!(matches!(
+            plain.plug(Box::new(Rng::new().unwrap())),
+            Err(SlotError::NotASlot)
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod slot;
 pub mod vsock;
 
 use std::io;
@@ -152,6 +153,8 @@ pub enum ActivateError {
     QueueNotReady(usize),
     #[error("expected {expected} queues, got {got}")]
     QueueCount { expected: usize, got: usize },
+    #[error("an empty slot has no device to start")]
+    NoDevice,
 }
 
 /// What one event on the VMM thread's loop is for: a queue notification
@@ -204,6 +207,17 @@ pub struct Ready {
     pub writable: bool,
     /// The peer hung up or the descriptor failed.
     pub closed: bool,
+}
+
+impl From<vmm_sys_util::epoll::EventSet> for Ready {
+    fn from(set: vmm_sys_util::epoll::EventSet) -> Self {
+        use vmm_sys_util::epoll::EventSet;
+        Ready {
+            readable: set.contains(EventSet::IN),
+            writable: set.contains(EventSet::OUT),
+            closed: set.intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP),
+        }
+    }
 }
 
 /// One virtio device, behind the MMIO transport.
@@ -277,6 +291,12 @@ pub trait VirtioDevice: Send {
     /// other device and for a disk that is a host file.
     fn save_disk(&self, _out: &std::fs::File) -> std::io::Result<Option<Vec<(u64, u64)>>> {
         Ok(None)
+    }
+
+    /// The [`slot::Slot`] this is, for putting a device in or taking it
+    /// out; `None` for every real device.
+    fn as_slot(&mut self) -> Option<&mut slot::Slot> {
+        None
     }
 }
 

@@ -313,6 +313,22 @@ impl Agent {
                 crate::net::announce(|m| crate::say(&format!("agent: {m}")));
                 Ok(Response::Ok)
             }
+            Request::PlugInterface {
+                device,
+                network,
+                address,
+                prefix,
+            } => {
+                let name = crate::net::plug(device, &network, address, prefix, crate::say)
+                    .map_err(|e| error(ErrorKind::Failed, format!("network {network}: {e}")))?;
+                crate::say(&format!(
+                    "agent: {name} is on network {network} at {address}/{prefix}"
+                ));
+                Ok(Response::Ok)
+            }
+            Request::UnplugInterface { device } => crate::net::unplug(device, crate::say)
+                .map(|()| Response::Ok)
+                .map_err(|e| error(ErrorKind::Failed, format!("virtio-mmio.{device}: {e}"))),
             Request::ProbeTcp { port } => {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))

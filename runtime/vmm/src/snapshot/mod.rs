@@ -51,7 +51,7 @@ mod request;
 
 pub use kvm::{msr_list, Tsc, VcpuState, VmState};
 pub use pages::{prefetch, record, save as save_pages, Pages, Run, WorkingSet};
-pub use request::{pause, request, request_pair, Asked, OnRequest};
+pub use request::{pause, plug, request, request_pair, unplug, Asked, OnRequest, Refused};
 
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";
@@ -198,6 +198,7 @@ impl Header {
 /// A device's name in a snapshot's header, by virtio device type.
 pub fn device_name(device_type: u32) -> String {
     match device_type {
+        0 => "empty slot".into(),
         1 => "net".into(),
         2 => "block".into(),
         3 => "console".into(),

@@ -1,6 +1,7 @@
 //! What a process outside the jail asks of a running VMM (the keeper of a
 //! detached VM): a snapshot (`husk snapshot create`), a pause or a resume
-//! (`husk pause`, `husk unpause`). The asker holds one end of a
+//! (`husk pause`, `husk unpause`), a network interface put into an empty
+//! slot or taken out of one (`husk network connect`, `disconnect`). The asker holds one end of a
 //! `SOCK_SEQPACKET` socket pair, the VMM the other ([`OnRequest`]); each
 //! request is one message, answered by one message: `+`, or `-` and why.
 //!
@@ -10,9 +11,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +41,16 @@ pub enum Asked {
     Resume,
     /// A snapshot of a VM none can be taken of: why.
     Refused(String),
+    /// Put a network interface with this MAC into an empty slot, its
+    /// frames on this stream (passt's framing, non-blocking).
+    Plug {
+        mac: [u8; 6],
+        stream: UnixStream,
+    },
+    /// Take the interface out of the slot that is this platform device.
+    Unplug {
+        device: u32,
+    },
 }
 
 /// The two ends of a request socket: the requester's, and the VMM's (for
@@ -55,6 +66,11 @@ const SNAPSHOT_TAG: &[u8] = b"husk-snapshot\0";
 /// A pause and a resume: the tag alone.
 const PAUSE_TAG: &[u8] = b"husk-pause\0";
 const RESUME_TAG: &[u8] = b"husk-resume\0";
+/// A plug: the tag, then the interface's MAC, with its stream attached;
+/// answered with the slot's platform device number (`virtio-mmio.N`).
+const PLUG_TAG: &[u8] = b"husk-net-plug\0";
+/// An unplug: the tag, then the platform device number (u32, little end).
+const UNPLUG_TAG: &[u8] = b"husk-net-unplug\0";
 /// Files one request carries at most: state, memory and a disk file each
 /// for up to 30 disks.
 const REQUEST_FILES: usize = 32;
@@ -76,14 +92,58 @@ pub fn request(
     }
     let mut msg = SNAPSHOT_TAG.to_vec();
     msg.extend_from_slice(target.dir.as_os_str().as_bytes());
-    ask(socket, &msg, &fds, limit)
+    ask(socket, &msg, &fds, limit)?;
+    Ok(())
 }
 
 /// Asks the VMM at the other end of `socket` to stop every vCPU (`true`)
 /// or to let them run again (`false`), and waits up to `limit` for it.
-pub fn pause(socket: &UnixDatagram, paused: bool, limit: Duration) -> Result<(), SnapshotError> {
+pub fn pause(socket: &UnixDatagram, paused: bool, limit: Duration) -> Result<(), Refused> {
     let tag = if paused { PAUSE_TAG } else { RESUME_TAG };
-    ask(socket, tag, &[], limit)
+    ask(socket, tag, &[], limit).map(drop)
+}
+
+/// Asks the VMM to put an interface with `mac` into an empty slot, its
+/// frames on `stream` (made non-blocking here: the VMM thread must never
+/// block on it). Returns the slot's platform device number, by which the
+/// guest probes it and [`unplug`] takes it out.
+pub fn plug(
+    socket: &UnixDatagram,
+    mac: [u8; 6],
+    stream: &UnixStream,
+    limit: Duration,
+) -> Result<u32, Refused> {
+    stream.set_nonblocking(true).map_err(|e| {
+        Refused(format!(
+            "cannot make the interface's socket non-blocking: {e}"
+        ))
+    })?;
+    let mut msg = PLUG_TAG.to_vec();
+    msg.extend_from_slice(&mac);
+    let answer = ask(socket, &msg, &[stream.as_raw_fd()], limit)?;
+    std::str::from_utf8(&answer)
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| Refused("the VMM's answer names no device".into()))
+}
+
+/// Asks the VMM to take the interface out of platform device `device`'s
+/// slot; the guest's driver must have let it go first.
+pub fn unplug(socket: &UnixDatagram, device: u32, limit: Duration) -> Result<(), Refused> {
+    let mut msg = UNPLUG_TAG.to_vec();
+    msg.extend_from_slice(&device.to_le_bytes());
+    ask(socket, &msg, &[], limit).map(drop)
+}
+
+/// Why the VMM did not do what it was asked, in its words or ours.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl From<Refused> for SnapshotError {
+    fn from(r: Refused) -> Self {
+        SnapshotError::Refused(r.0)
+    }
 }
 
 /// Sends one request and waits up to `limit` for its answer.
@@ -92,8 +152,8 @@ fn ask(
     msg: &[u8],
     fds: &[RawFd],
     limit: Duration,
-) -> Result<(), SnapshotError> {
-    let gone = |e: io::Error| SnapshotError::Refused(format!("the VMM cannot be reached ({e})"));
+) -> Result<Vec<u8>, Refused> {
+    let gone = |e: io::Error| Refused(format!("the VMM cannot be reached ({e})"));
     // The late answer to an earlier request that timed out is not this
     // one's.
     socket.set_nonblocking(true).map_err(gone)?;
@@ -112,7 +172,7 @@ fn ask(
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            return Err(SnapshotError::Refused(format!(
+            return Err(Refused(format!(
                 "the VMM did not answer within {} s",
                 limit.as_secs_f32()
             )))
@@ -121,10 +181,8 @@ fn ask(
     };
     match &answer[..n] {
         [] => Err(gone(io::ErrorKind::UnexpectedEof.into())),
-        [b'+', ..] => Ok(()),
-        [_, why @ ..] => Err(SnapshotError::Refused(
-            String::from_utf8_lossy(why).into_owned(),
-        )),
+        [b'+', rest @ ..] => Ok(rest.to_vec()),
+        [_, why @ ..] => Err(Refused(String::from_utf8_lossy(why).into_owned())),
     }
 }
 
@@ -166,6 +224,21 @@ impl OnRequest {
                 Asked::Resume
             }));
         }
+        if let Some(mac) = msg.strip_prefix(PLUG_TAG) {
+            let (Ok(mac), 1) = (<[u8; 6]>::try_from(mac), files.len()) else {
+                return Err(bad("a plug is a MAC and one socket"));
+            };
+            let stream = UnixStream::from(OwnedFd::from(files.pop().expect("one file")));
+            return Ok(Some(Asked::Plug { mac, stream }));
+        }
+        if let Some(device) = msg.strip_prefix(UNPLUG_TAG) {
+            let (Ok(device), true) = (<[u8; 4]>::try_from(device), files.is_empty()) else {
+                return Err(bad("an unplug is a device number alone"));
+            };
+            return Ok(Some(Asked::Unplug {
+                device: u32::from_le_bytes(device),
+            }));
+        }
         let Some(path) = msg.strip_prefix(SNAPSHOT_TAG) else {
             return Err(bad("not a request"));
         };
@@ -190,10 +263,11 @@ impl OnRequest {
         })))
     }
 
-    /// Tells the requester how it went.
-    pub fn answer(&self, result: &Result<(), String>) {
+    /// Tells the requester how it went, with what it asked for on success
+    /// (a plug's device number; nothing for the rest).
+    pub fn answer(&self, result: &Result<String, String>) {
         let msg = match result {
-            Ok(()) => b"+".to_vec(),
+            Ok(what) => [b"+", what.as_bytes()].concat(),
             Err(why) => {
                 let mut m = b"-".to_vec();
                 m.extend_from_slice(&why.as_bytes()[..why.len().min(4000)]);
@@ -215,6 +289,19 @@ mod tests {
     use super::super::{being_written, disk_file, STATE_FILE};
     use super::*;
 
+    /// Waits for the next request, answers it with `answer`; the request.
+    fn answering(vmm: &OnRequest, answer: Result<String, String>) -> Asked {
+        loop {
+            match vmm.receive().unwrap() {
+                Some(asked) => {
+                    vmm.answer(&answer);
+                    return asked;
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
     fn snapshot_of(asked: Option<Asked>) -> Option<Target> {
         match asked {
             Some(Asked::Snapshot(t)) => Some(t),
@@ -235,7 +322,7 @@ mod tests {
             header: Ok(header()),
         };
         assert!(vmm.receive().unwrap().is_none(), "nothing asked yet");
-        let serve = |answer: Result<(), String>| {
+        let serve = |answer: Result<String, String>| {
             let (vmm, dir) = (&vmm, &dir);
             move || {
                 let got = loop {
@@ -254,7 +341,7 @@ mod tests {
             }
         };
         std::thread::scope(|s| {
-            s.spawn(serve(Ok(())));
+            s.spawn(serve(Ok(String::new())));
             request(&ours, &target, Duration::from_secs(5)).unwrap();
         });
         assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), b"state");
@@ -272,7 +359,7 @@ mod tests {
         snapshot_of(vmm.receive().unwrap()).expect("the request waits");
         vmm.answer(&Err("late".into()));
         std::thread::scope(|s| {
-            s.spawn(serve(Ok(())));
+            s.spawn(serve(Ok(String::new())));
             request(&ours, &target, Duration::from_secs(5)).unwrap();
         });
         // A message that is no request, and the requester gone.
@@ -298,20 +385,12 @@ mod tests {
             socket: theirs,
             header: Err("its disk is written in place".into()),
         };
-        let serve = |answer: Result<(), String>| {
+        let serve = |answer: Result<String, String>| {
             let vmm = &vmm;
-            move || loop {
-                match vmm.receive().unwrap() {
-                    Some(asked) => {
-                        vmm.answer(&answer);
-                        break asked;
-                    }
-                    None => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
+            move || answering(vmm, answer)
         };
         std::thread::scope(|s| {
-            let got = s.spawn(serve(Ok(())));
+            let got = s.spawn(serve(Ok(String::new())));
             pause(&ours, true, Duration::from_secs(5)).unwrap();
             assert!(matches!(got.join().unwrap(), Asked::Pause));
             let got = s.spawn(serve(Err("it is not paused".into())));
@@ -329,8 +408,73 @@ mod tests {
             other => panic!("a refused snapshot was expected, not {other:?}"),
         }
         std::thread::scope(|s| {
-            s.spawn(serve(Ok(())));
+            s.spawn(serve(Ok(String::new())));
             pause(&ours, true, Duration::from_secs(5)).unwrap();
         });
+    }
+
+    #[test]
+    fn a_plug_hands_over_the_stream_and_hears_the_device_number() {
+        use std::io::Read;
+        let (ours, theirs) = request_pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let vmm = OnRequest {
+            socket: theirs,
+            header: Err("no image".into()),
+        };
+        let (vm_end, mut hub_end) = UnixStream::pair().unwrap();
+        let mac = [0x02, 0x48, 0x55, 0x53, 0x4b, 0x01];
+        let served = |answer: Result<String, String>| {
+            let vmm = &vmm;
+            move || answering(vmm, answer)
+        };
+        std::thread::scope(|s| {
+            let got = s.spawn(served(Ok("7".into())));
+            assert_eq!(
+                plug(&ours, mac, &vm_end, Duration::from_secs(5)).unwrap(),
+                7
+            );
+            match got.join().unwrap() {
+                Asked::Plug { mac: m, stream } => {
+                    assert_eq!(m, mac);
+                    // The VMM's copy is the VM's end, and never blocks.
+                    let mut buf = [0u8; 4];
+                    let e = (&stream).read(&mut buf).unwrap_err();
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    (&stream).write_all(b"ping").unwrap();
+                    hub_end.read_exact(&mut buf).unwrap();
+                    assert_eq!(&buf, b"ping");
+                }
+                other => panic!("a plug was expected, not {other:?}"),
+            }
+            let got = s.spawn(served(Err("no empty slot".into())));
+            let err = plug(&ours, mac, &vm_end, Duration::from_secs(5)).unwrap_err();
+            assert!(err.to_string().contains("no empty slot"), "{err}");
+            got.join().unwrap();
+            let got = s.spawn(served(Ok(String::new())));
+            unplug(&ours, 7, Duration::from_secs(5)).unwrap();
+            assert!(matches!(got.join().unwrap(), Asked::Unplug { device: 7 }));
+            // An answer without a number is not taken for one.
+            let got = s.spawn(served(Ok(String::new())));
+            let err = plug(&ours, mac, &vm_end, Duration::from_secs(5)).unwrap_err();
+            assert!(err.to_string().contains("names no device"), "{err}");
+            got.join().unwrap();
+        });
+        // Malformed: a plug without its socket, an unplug with a file.
+        let mut msg = PLUG_TAG.to_vec();
+        msg.extend_from_slice(&mac);
+        ours.send(&msg).unwrap();
+        assert_eq!(
+            vmm.receive().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut msg = UNPLUG_TAG.to_vec();
+        msg.extend_from_slice(&7u32.to_le_bytes());
+        ours.send_with_fds(&[&msg[..]], &[vm_end.as_raw_fd()])
+            .unwrap();
+        assert_eq!(
+            vmm.receive().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 }

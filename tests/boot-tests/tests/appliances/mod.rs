@@ -18,6 +18,7 @@ mod oci;
 mod service;
 mod shares;
 mod shim;
+mod slots;
 mod snapshot;
 mod volumes;
 mod vsock;
@@ -69,6 +70,7 @@ pub fn trials() -> Vec<Trial> {
     all.extend(shares::trials());
     all.extend(shim::trials());
     all.extend(snapshot::trials());
+    all.extend(slots::trials());
     all.extend(volumes::trials());
     all.extend(vsock::trials());
     all.extend(warm::trials());

@@ -1,5 +1,6 @@
 //! Networks between appliances (`husk network`, `--net NAME`): members
 //! reach each other by address and by name through the network's hub, a
+//! running member is connected to another network and disconnected, a
 //! network that is not internal leaves the way out to the user-mode
 //! network, names follow members joining and leaving, a restart keeps its
 //! address, the hub leaves with the last member, also after `kill -9`
@@ -189,17 +190,15 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
         &format!("{web_ip} is taken by another member (netweb www)"),
     )?;
 
-    // Connected to a second network while stopped, it joins it at its
-    // start (after backend: its address there stays); disconnected, it
-    // is off it at the next.
     ok(
         h(&["network", "create", "frontend"])?,
         "husk network create",
     )?;
-    refused(
-        h(&["network", "connect", "frontend", &web.name])?,
-        "netweb is running",
-    )?;
+    connected_while_running(root, &web)?;
+
+    // Connected to a second network while stopped, it joins it at its
+    // start (after backend: its address there stays); disconnected, it
+    // is off it at the next.
     let restarted_on = |networks: &str| -> Result<String, Failed> {
         ok(h(&["stop", "-t", "1", &web.name])?, "husk stop")?;
         let verb = if networks == "both" {
@@ -359,6 +358,68 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
 }
 
 /// A busybox run on backend alone (no way out), running `script`.
+/// Connected to a second network while it runs, a member gets an
+/// interface on it at once, and another member there reaches it by name
+/// and by the connect's alias; disconnected, the interface goes (and the
+/// network's hub with its last member), while one it booted with stays.
+fn connected_while_running(root: &Path, web: &Vm) -> Result<(), Failed> {
+    let on_networks = |want: &str, when: &str| -> Result<(), Failed> {
+        let r = web.exec(&["sh", "-c", "ip -4 -o addr show | grep -c ' 10\\.'"])?;
+        let got = r.stdout.trim();
+        if got != want {
+            return Err(format!("{when}: {got} addresses on networks (want {want})").into());
+        }
+        Ok(())
+    };
+    ok(
+        h(&[
+            "network", "connect", "--alias", "front", "frontend", &web.name,
+        ])?,
+        "husk network connect of a running appliance",
+    )?;
+    refused(
+        h(&["network", "connect", "frontend", &web.name])?,
+        "netweb is on frontend already",
+    )?;
+    on_networks("2", "connected while running")?;
+    let ps = ok(
+        h(&["ps", "--format", "{{.Networks}}", "-f", "name=netweb"])?,
+        "husk ps",
+    )?;
+    if !ps.stdout.contains("frontend") {
+        return Err(ps.explain("ps should show netweb on frontend").into());
+    }
+    let r = h(&[
+        "run",
+        "--timeout",
+        "120",
+        "--net",
+        "none",
+        "--net",
+        "frontend",
+        "examples/busybox",
+        "--",
+        "sh",
+        "-c",
+        "wget -q -O- http://netweb/ && wget -q -O- http://front/",
+    ])?;
+    if r.code != Some(0) || r.stdout.matches("Hello from a husk appliance").count() != 2 {
+        return Err(r
+            .explain("a member of frontend should fetch netweb's page by name and by alias")
+            .into());
+    }
+    ok(
+        h(&["network", "disconnect", "frontend", &web.name])?,
+        "husk network disconnect of a running appliance",
+    )?;
+    on_networks("1", "disconnected while running")?;
+    refused(
+        h(&["network", "disconnect", "backend", &web.name])?,
+        "netweb booted on backend",
+    )?;
+    no_hub(root, "frontend")
+}
+
 fn on_backend_alone(script: &str) -> Result<Command, Failed> {
     let mut cmd = Command::new(boot_tests::husk::husk_bin()?);
     cmd.args([

@@ -35,8 +35,8 @@ mod tuning;
 pub mod warm;
 use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 pub use detached::{in_new_session, launch_keeper, spawn_keeper, start_keeper, KeeperStdio};
-pub(crate) use net::network_alias;
 use net::{attach_net, parse_net, plan_net, NetMode, PlannedNet};
+pub(crate) use net::{network_alias, random_mac, Member};
 pub(crate) use recorded::{with_network, with_option, without_network};
 use vmm_sys_util::terminal::Terminal;
 
@@ -44,6 +44,10 @@ pub const EXIT_TIMEOUT: u8 = 124;
 pub const EXIT_NO_STATUS: u8 = 125;
 /// The guest's vsock CID when the appliance names none.
 const DEFAULT_CID: u32 = 3;
+/// Networks a detached appliance can be connected to while it runs
+/// (beyond those it booted with): each is an empty virtio-mmio slot, an
+/// interrupt and three register reads at boot.
+const NET_SLOTS: u8 = 4;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -834,6 +838,20 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
+    // A detached VM has empty slots that `husk network connect` puts
+    // interfaces into while it runs; one restored from a named snapshot
+    // has the slots the snapshot's VM had.
+    let net_slots = match (&restore_named, &vm_child) {
+        (Some(r), _) => r
+            .snapshot
+            .header
+            .devices
+            .iter()
+            .filter(|d| d.as_str() == vmm::snapshot::device_name(0))
+            .count() as u8,
+        (None, Some(_)) => NET_SLOTS,
+        (None, None) => 0,
+    };
     let warm = match &plan.image {
         Some(image) if !args.cold && warm::restorable(plan.husk_init, &plan.disks) => {
             warm::Warm::prepare(&warm::Shape {
@@ -848,6 +866,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 shares: &tags,
                 vsock_cid,
                 legacy_pit,
+                net_slots,
             })
         }
         _ => None,
@@ -924,6 +943,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         cmdline: plan.cmdline.clone(),
         disks: plan.disks.clone(),
         net,
+        net_slots,
         vsock,
         shares,
         console_output: Box::new(std::io::stdout()),

@@ -518,7 +518,7 @@ fn add_names(setup: &mut NetSetup, names: &NameArgs) -> anyhow::Result<()> {
 }
 
 /// A locally administered unicast MAC address, random per run.
-fn random_mac() -> [u8; 6] {
+pub(crate) fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut mac))
@@ -641,9 +641,9 @@ pub(super) fn attach_net(
 /// Who this run is on husk networks: the names other members reach it
 /// by, and (a detached VM) the folder that remembers its addresses, so a
 /// restart asks for the same ones.
-pub(super) struct Member {
-    pub(super) names: Vec<String>,
-    pub(super) vm_dir: Option<std::path::PathBuf>,
+pub(crate) struct Member {
+    pub(crate) names: Vec<String>,
+    pub(crate) vm_dir: Option<std::path::PathBuf>,
 }
 
 impl Member {
@@ -669,7 +669,7 @@ impl Member {
 
     /// Joins network `name` with `mac`, at address `fixed` when given (or
     /// not at all).
-    fn join(
+    pub(crate) fn join(
         &self,
         name: &str,
         mac: [u8; 6],

@@ -82,6 +82,8 @@ pub struct Shape<'a> {
     pub shares: &'a [&'a str],
     pub vsock_cid: u32,
     pub legacy_pit: bool,
+    /// Empty slots for networks connected while it runs (a detached VM's).
+    pub net_slots: u8,
 }
 
 /// This run's use of the cache: restore a snapshot, or take one.
@@ -201,6 +203,12 @@ fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String>
         shares: &'a [&'a str],
         vsock_cid: u32,
         legacy_pit: bool,
+        // Left out when none, so the keys of VMs without slots stay.
+        #[serde(skip_serializing_if = "is_zero")]
+        net_slots: u8,
+    }
+    fn is_zero(n: &u8) -> bool {
+        *n == 0
     }
     let disks = shape
         .disks
@@ -226,6 +234,7 @@ fn key(shape: &Shape, kernel_id: &str, image_id: &str) -> anyhow::Result<String>
         shares: shape.shares,
         vsock_cid: shape.vsock_cid,
         legacy_pit: shape.legacy_pit,
+        net_slots: shape.net_slots,
     };
     let json = serde_json::to_vec(&key).expect("plain data serializes");
     Ok(builder::oci::hex(&Sha256::digest(json))[..32].to_string())
@@ -323,6 +332,7 @@ mod tests {
             shares: &[],
             vsock_cid: 3,
             legacy_pit: false,
+            net_slots: 0,
         };
         let k = |s: &Shape| key(s, &file_id(s.kernel).unwrap(), &file_id(s.image).unwrap());
         let base = k(&shape).unwrap();
@@ -356,6 +366,10 @@ mod tests {
             },
             Shape {
                 disks: &ro,
+                ..shape
+            },
+            Shape {
+                net_slots: 4,
                 ..shape
             },
         ];

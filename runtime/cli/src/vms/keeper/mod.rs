@@ -94,6 +94,8 @@ struct Shared {
     /// The `husk attach` connections the console's output goes to; `None`
     /// once the output ended.
     attached: Mutex<Option<Vec<attach::Client>>>,
+    /// The networks connected while the VM runs, each in a slot of its.
+    connected: Mutex<Vec<serve::Connected>>,
 }
 
 impl Shared {
@@ -388,6 +390,7 @@ pub fn keep(
         health_restart: std::sync::atomic::AtomicBool::new(false),
         input: Mutex::new(input),
         attached: Mutex::new(Some(Vec::new())),
+        connected: Mutex::new(Vec::new()),
     });
     let log = match log_limits {
         Some(limits) => LogWriter::create(&vm.log(), limits)
@@ -471,6 +474,7 @@ pub fn keep(
     let _ = std::fs::remove_file(&announce_path);
 
     let code = shared.wait_exit(None).flatten();
+    serve::leave_connected(&shared);
     let _ = pump.join();
     // The command's last output, still on its way from the guest.
     let relays = std::mem::take(&mut *shared.relays.lock().unwrap_or_else(|e| e.into_inner()));

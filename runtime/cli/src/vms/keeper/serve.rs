@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -121,6 +121,10 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
         }),
         Request::Snapshot { dir } => snapshot(shared, &dir).map(|()| Response::Ok),
         Request::Pause { paused } => set_paused(shared, paused).map(|()| Response::Ok),
+        Request::Connect { network, aliases } => {
+            connect(shared, &network, &aliases).map(|()| Response::Ok)
+        }
+        Request::Disconnect { network } => disconnect(shared, &network).map(|()| Response::Ok),
         Request::Stop { grace_ms, signal } => {
             shared
                 .stopped
@@ -197,6 +201,134 @@ fn snapshot(shared: &Shared, dir: &std::path::Path) -> anyhow::Result<()> {
         return Err(e.context(format!("cannot snapshot {name}")));
     }
     Ok(())
+}
+
+/// How long the VMM may take to put an interface into a slot or take
+/// one out.
+const PLUG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A network connected while the VM runs: the slot its interface is in,
+/// and what says when its membership let the network go.
+pub(super) struct Connected {
+    network: String,
+    device: u32,
+    left: crate::networks::Left,
+}
+
+/// `husk network connect` of the running VM: joins the network, has the
+/// VMM put an interface on it into an empty slot and the guest take it,
+/// and records it, so the VM is on it from its next start too (as docker
+/// keeps a connected network). Nothing stays of a connect that failed.
+fn connect(shared: &Shared, network: &str, aliases: &[String]) -> anyhow::Result<()> {
+    let name = &shared.vm.name;
+    let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+    let mut connected = shared.connected.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.has_ended() {
+        anyhow::bail!("{name} has stopped");
+    }
+    if shared.paused.load(Ordering::SeqCst) {
+        anyhow::bail!("{name} is paused (husk unpause {name})");
+    }
+    let state = shared.vm.read_state()?;
+    if state.networks.iter().any(|n| n == network) {
+        anyhow::bail!("{name} is on {network} already");
+    }
+    state.check_recorded()?;
+    let args = crate::commands::run::with_network(&state.args, network, aliases)?;
+    let mut names = vec![name.clone()];
+    names.extend(aliases.iter().filter(|a| *a != name).cloned());
+    let member = crate::commands::run::Member {
+        names,
+        vm_dir: Some(shared.vm.dir.clone()),
+    };
+    let mac = crate::commands::run::random_mac();
+    let joined = member.join(network, mac, None)?;
+    let stream = std::os::unix::net::UnixStream::from(joined.socket);
+    let device = vmm::snapshot::plug(&socket, mac, &stream, PLUG_TIMEOUT)
+        .with_context(|| format!("cannot connect {name} to {network}"))?;
+    // The VMM holds the VM's end now: the membership ends with its copy.
+    drop(stream);
+    let left = joined.membership.keep();
+    let took = shared.agent_call(&agent::Request::PlugInterface {
+        device,
+        network: network.to_string(),
+        address: joined.address,
+        prefix: joined.prefix,
+    });
+    if let Err(e) = took {
+        // Out again, whatever the guest did with it.
+        let _ = shared.agent_call(&agent::Request::UnplugInterface { device });
+        if let Err(out) = vmm::snapshot::unplug(&socket, device, PLUG_TIMEOUT) {
+            tracing::warn!(
+                "{name}: its interface on {network} stays in virtio-mmio.{device}: {out}"
+            );
+        }
+        left.wait(Instant::now() + LEAVE_TIMEOUT);
+        return Err(e.context(format!(
+            "{name}'s guest did not take its interface on {network}"
+        )));
+    }
+    connected.push(Connected {
+        network: network.to_string(),
+        device,
+        left,
+    });
+    let network = network.to_string();
+    shared.update_state(move |s| {
+        s.args = args;
+        s.networks.push(network);
+    });
+    Ok(())
+}
+
+/// How long a membership may take to give its address up.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `husk network disconnect` of the running VM from a network connected
+/// while it ran: the guest lets the interface go, the VMM takes it out,
+/// and the network is off its recorded command line.
+fn disconnect(shared: &Shared, network: &str) -> anyhow::Result<()> {
+    let name = &shared.vm.name;
+    let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+    let mut connected = shared.connected.lock().unwrap_or_else(|e| e.into_inner());
+    let state = shared.vm.read_state()?;
+    if !state.networks.iter().any(|n| n == network) {
+        anyhow::bail!("{name} is not on {network}");
+    }
+    let Some(at) = connected.iter().position(|c| c.network == network) else {
+        anyhow::bail!(
+            "{name} booted on {network}, and an interface it booted with stays until it stops:              husk stop {name}, then disconnect it"
+        );
+    };
+    let args = crate::commands::run::without_network(&state.args, network)?
+        .with_context(|| format!("{name}'s recorded command line has no --net {network}"))?;
+    let device = connected[at].device;
+    shared
+        .agent_call(&agent::Request::UnplugInterface { device })
+        .with_context(|| format!("{name}'s guest did not let its interface on {network} go"))?;
+    vmm::snapshot::unplug(&socket, device, PLUG_TIMEOUT)
+        .with_context(|| format!("cannot take {name}'s interface on {network} out"))?;
+    connected
+        .remove(at)
+        .left
+        .wait(Instant::now() + LEAVE_TIMEOUT);
+    let network = network.to_string();
+    shared.update_state(move |s| {
+        s.args = args;
+        s.networks.retain(|n| *n != network);
+    });
+    Ok(())
+}
+
+/// Once the VM ended: waits (briefly) for the memberships of the networks
+/// connected while it ran to give their addresses up.
+pub(super) fn leave_connected(shared: &Shared) {
+    let connected =
+        std::mem::take(&mut *shared.connected.lock().unwrap_or_else(|e| e.into_inner()));
+    let deadline = Instant::now() + LEAVE_TIMEOUT;
+    for c in connected {
+        c.left.wait(deadline);
+    }
 }
 
 /// How long the VMM may take to stop or restart its vCPUs.

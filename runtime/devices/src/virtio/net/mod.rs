@@ -39,7 +39,8 @@ const NUM_BUFFERS_AT: usize = 10;
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
-const QUEUE_SIZES: &[u16] = &[256, 256];
+/// The queues' largest sizes (a slot for an interface has the same).
+pub const QUEUE_SIZES: &[u16] = &[256, 256];
 
 /// The token of the backend's descriptor.
 #[repr(u32)]
