@@ -2,10 +2,11 @@
 //! guest memory contents (descriptors, rings, requests) and queue
 //! notifications in any order, for the network device a host peer sending
 //! any bytes, and for vsock host programs connecting and sending any bytes
-//! and a connection broker answering anything, and snapshots of it saved,
-//! damaged and restored: each device answers, fails the request or marks
-//! itself broken, a damaged snapshot is refused or restores a device that
-//! does the same, and nothing panics the VMM.
+//! and a connection broker answering anything, a network device put into
+//! and taken out of a slot at any point of the driver's dance, and
+//! snapshots of it saved, damaged and restored: each device answers, fails
+//! the request or marks itself broken, a damaged snapshot is refused or
+//! restores a device that does the same, and nothing panics the VMM.
 #![no_main]
 
 use std::fs::{File, OpenOptions};
@@ -21,6 +22,7 @@ use devices::virtio::console::Console;
 use devices::virtio::mmio::{MmioTransport, TransportState};
 use devices::virtio::net::{Net, StreamBackend};
 use devices::virtio::rng::Rng;
+use devices::virtio::slot::Slot;
 use devices::virtio::vsock::{host, HostSide, Vsock};
 use devices::virtio::{Ready, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
@@ -43,6 +45,8 @@ enum Device {
     Net,
     /// virtio-vsock; host programs and the broker are the fuzzer too.
     Vsock,
+    /// An empty slot, which [`Op::Plug`] puts a virtio-net device into.
+    Slot,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -102,6 +106,11 @@ enum Op {
     SaveRestore {
         tamper: Option<Tamper>,
     },
+    /// A slot: a virtio-net device (its peer the fuzzer) put in, refused
+    /// while a driver holds the window or the slot is full.
+    Plug,
+    /// A slot: its device taken out, refused as a plug is.
+    Unplug,
 }
 
 /// What a damaged or hostile snapshot file could change.
@@ -214,6 +223,18 @@ fn disk(writable: bool) -> File {
         .expect("reopen read-only")
 }
 
+/// A virtio-net device on passt's framing; `peer` gets the other end.
+fn net(peer: &mut Option<UnixStream>) -> Box<dyn VirtioDevice> {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    *peer = Some(theirs);
+    Box::new(Net::new(
+        Box::new(StreamBackend::new(ours)),
+        [2, 0, 0, 0, 0, 1],
+    ))
+}
+
 fn device(
     kind: &Device,
     peer: &mut Option<UnixStream>,
@@ -221,16 +242,7 @@ fn device(
 ) -> Box<dyn VirtioDevice> {
     match kind {
         Device::Vsock => vsock(peers),
-        Device::Net => {
-            let (ours, theirs) = UnixStream::pair().unwrap();
-            ours.set_nonblocking(true).unwrap();
-            theirs.set_nonblocking(true).unwrap();
-            *peer = Some(theirs);
-            Box::new(Net::new(
-                Box::new(StreamBackend::new(ours)),
-                [2, 0, 0, 0, 0, 1],
-            ))
-        }
+        Device::Net => net(peer),
         Device::Block => Box::new(Block::new(Storage::File(disk(true)), false, "fuzz").unwrap()),
         Device::BlockReadOnly => {
             Box::new(Block::new(Storage::File(disk(false)), true, "fuzz").unwrap())
@@ -240,6 +252,7 @@ fn device(
             Box::new(Block::new(Storage::Overlay(o), false, "fuzz").unwrap())
         }
         Device::Console => Box::new(Console::new(Box::new(std::io::sink()))),
+        Device::Slot => Box::new(Slot::new(devices::virtio::net::QUEUE_SIZES).unwrap()),
         Device::Rng => Box::new(Rng::with_source(File::open("/dev/urandom").unwrap())),
     }
 }
@@ -362,6 +375,19 @@ fuzz_target!(|input: (Device, Vec<Op>)| {
                     // A device whose driver cannot hear of it says so.
                     let _ = fresh.resume();
                     t = fresh;
+                }
+            }
+            Op::Plug => {
+                let mut next = None;
+                // Refused (a driver holds it, it is full, it is no slot):
+                // the device goes, and the old peer stays.
+                if t.plug(net(&mut next)).is_ok() {
+                    peer = next;
+                }
+            }
+            Op::Unplug => {
+                if t.unplug().is_ok() {
+                    peer = None;
                 }
             }
             Op::PeerDrain { hang_up } => {

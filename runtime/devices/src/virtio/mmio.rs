@@ -821,8 +821,10 @@ pub(crate) mod tests {
         let slot = Slot::new(rng.queue_max_sizes()).unwrap();
         let mut t =
             MmioTransport::new(mem(), Box::new(slot), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
-        // Empty: a placeholder, which a hostile driver cannot start.
+        // Empty: a placeholder, which a hostile driver cannot start, and
+        // which a snapshot keeps.
         assert_eq!(read32(&mut t, R_DEVICE_ID), 0);
+        assert_eq!(t.save().unwrap().device_type, 0);
         assert_eq!(t.slot_state(), Some(false));
         bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
         assert!(!t.active);
@@ -833,6 +835,9 @@ pub(crate) mod tests {
         write32(&mut t, R_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         t.plug(Box::new(Rng::new().unwrap())).unwrap();
         assert_eq!(t.status(), 0, "a plug resets the transport");
+        // A VM restored from a snapshot would have the slot empty.
+        let refused = t.save().unwrap_err();
+        assert!(refused.0.contains("connected"), "{}", refused.0);
         assert_eq!(read32(&mut t, R_DEVICE_ID), VIRTIO_ID_RNG);
         assert_eq!(t.slot_state(), Some(true));
         bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
