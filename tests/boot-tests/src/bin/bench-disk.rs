@@ -164,6 +164,18 @@ fn data_disk(dir: &Path, mib: u64) -> Result<PathBuf, String> {
     let size_mib = u32::try_from(2 * mib + 64).map_err(|_| "--mib is too large")?;
     boot_tests::guest::ext4_image(&staging, &disk, size_mib)
         .map_err(|e| format!("making the data disk: {e}"))?;
+    // Every block allocated now, by this process: in the bed the disk is
+    // on tmpfs, where the blocks the guest's write fills would otherwise
+    // be charged to the jailed VMM's cgroup (its RAM and 128 MiB more),
+    // and the write test would end in the cgroup's OOM kill; QEMU has no
+    // such limit.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len)
+        .map_err(|e| format!("allocating the data disk: {e}"))?;
     std::fs::remove_dir_all(&staging).map_err(|e| e.to_string())?;
     Ok(disk)
 }
