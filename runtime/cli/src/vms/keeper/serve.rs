@@ -244,11 +244,20 @@ fn connect(shared: &Shared, network: &str, aliases: &[String]) -> anyhow::Result
     let mac = crate::commands::run::random_mac();
     let joined = member.join(network, mac, None)?;
     let stream = std::os::unix::net::UnixStream::from(joined.socket);
-    let device = vmm::snapshot::plug(&socket, mac, &stream, PLUG_TIMEOUT)
-        .with_context(|| format!("cannot connect {name} to {network}"))?;
-    // The VMM holds the VM's end now: the membership ends with its copy.
-    drop(stream);
+    // Kept until the VM's end of the socket closes: the VMM's copy, or,
+    // should the VMM not take it, ours, just below.
     let left = joined.membership.keep();
+    let plugged = vmm::snapshot::plug(&socket, mac, &stream, PLUG_TIMEOUT);
+    drop(stream);
+    let device = match plugged {
+        Ok(device) => device,
+        Err(e) => {
+            left.wait(Instant::now() + LEAVE_TIMEOUT);
+            return Err(
+                anyhow::Error::from(e).context(format!("cannot connect {name} to {network}"))
+            );
+        }
+    };
     let took = shared.agent_call(&agent::Request::PlugInterface {
         device,
         network: network.to_string(),
