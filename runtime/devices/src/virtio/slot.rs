@@ -72,11 +72,6 @@ impl Slot {
         self.device.is_none()
     }
 
-    /// The device in the slot, if any.
-    pub fn device(&self) -> Option<&dyn VirtioDevice> {
-        self.device.as_deref()
-    }
-
     /// Puts `device` into the empty slot and watches its host descriptors.
     /// Call through the transport, which checks that no driver is bound.
     pub(crate) fn put(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), SlotError> {
