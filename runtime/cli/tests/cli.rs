@@ -1132,6 +1132,28 @@ fn stopped_appliances_are_connected_to_networks_and_disconnected() {
         "db is not on backend",
     );
     home.fails(&["network", "disconnect", "front", "nobody"], "nobody");
+    // --ip: an address in the network's subnet, on a run without one.
+    home.fails(
+        &["network", "connect", "--ip", "192.0.2.9", "backend", "db"],
+        "--ip 192.0.2.9 is not in backend's subnet 10.77.5.0/24",
+    );
+    home.ok(&["network", "connect", "--ip", "10.77.5.30", "backend", "db"]);
+    let (args, networks) = recorded("db");
+    assert_eq!(networks, ["front", "backend"]);
+    assert_eq!(
+        args.join(" "),
+        "run --ip 10.77.5.30 -d --name db --net front --net backend --network-alias data \
+         examples/busybox -- echo --net backend"
+    );
+    home.ok(&["network", "disconnect", "front", "db"]);
+    let inspected = home.husk(&["network", "inspect", "front"]).stdout;
+    let inspected: serde_json::Value = serde_json::from_slice(&inspected).unwrap();
+    let subnet = inspected[0]["Subnet"].as_str().unwrap().to_string();
+    let in_front = format!("{}.31", &subnet[..subnet.rfind('.').unwrap()]);
+    home.fails(
+        &["network", "connect", "--ip", &in_front, "front", "db"],
+        "it has --ip 10.77.5.30 already, and a run takes one --ip",
+    );
 
     // A running one is changed by its keeper, through its control socket
     // (the keeper here is this test, alive, with none): refused,

@@ -63,6 +63,10 @@ pub enum Command {
         /// --network-alias
         #[arg(long = "alias", value_name = "NAME", value_parser = super::run::network_alias)]
         aliases: Vec<String>,
+        /// Its address on the network (in its subnet), as run's --ip: that
+        /// one or none (a run takes one --ip)
+        #[arg(long, value_name = "ADDRESS")]
+        ip: Option<std::net::Ipv4Addr>,
         network: String,
         appliance: String,
     },
@@ -228,19 +232,24 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Connect {
             aliases,
+            ip,
             network,
             appliance,
         } => {
             Network::find(&network)?;
             if let Some(mut keeper) = running(&appliance)? {
-                keeper.call(&crate::vms::control::Request::Connect { network, aliases })?;
+                keeper.call(&crate::vms::control::Request::Connect {
+                    network,
+                    aliases,
+                    ip,
+                })?;
                 return Ok(ExitCode::SUCCESS);
             }
             change_stopped(&appliance, |state| {
                 if state.networks.contains(&network) {
                     anyhow::bail!("{appliance} is on {network} already");
                 }
-                state.args = super::run::with_network(&state.args, &network, &aliases)?;
+                state.args = super::run::with_network_at(&state.args, &network, &aliases, ip)?;
                 state.networks.push(network.clone());
                 Ok(())
             })?;

@@ -59,13 +59,16 @@ pub enum Request {
         since_ms: Option<u64>,
     },
     /// `husk network connect` of the running VM: joins `network` (known
-    /// on it by the VM's name and `aliases`), puts an interface on it into
+    /// on it by the VM's name and `aliases`, at `ip` when given), puts an interface on it into
     /// an empty slot of the VM, and has the guest take it. Answer:
     /// [`Response::Ok`] once the guest has its address.
     Connect {
         network: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         aliases: Vec<String>,
+        /// Its address there (`--ip`), or none at all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<std::net::Ipv4Addr>,
     },
     /// `husk network disconnect` of the running VM from a network it was
     /// connected to while it ran: the guest lets the interface go and the

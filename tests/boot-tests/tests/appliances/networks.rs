@@ -371,12 +371,26 @@ fn connected_while_running(root: &Path, web: &Vm) -> Result<(), Failed> {
         }
         Ok(())
     };
+    // At an address of its own choosing there (--ip), as docker's.
+    let inspected = ok(h(&["network", "inspect", "frontend"])?, "inspect")?;
+    let inspected: serde_json::Value = serde_json::from_str(&inspected.stdout)?;
+    let subnet = inspected[0]["Subnet"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let at = format!("{}.50", &subnet[..subnet.rfind('.').unwrap_or(0)]);
     ok(
         h(&[
-            "network", "connect", "--alias", "front", "frontend", &web.name,
+            "network", "connect", "--alias", "front", "--ip", &at, "frontend", &web.name,
         ])?,
         "husk network connect of a running appliance",
     )?;
+    let addresses = ok(web.exec(&["ip", "-4", "-o", "addr", "show"])?, "ip addr")?;
+    if !addresses.stdout.contains(&format!(" {at}/")) {
+        return Err(addresses
+            .explain(&format!("netweb should have {at} on frontend"))
+            .into());
+    }
     refused(
         h(&["network", "connect", "frontend", &web.name])?,
         "netweb is on frontend already",

@@ -37,7 +37,7 @@ use detached::{detach, detached_vsock, handed_down, keep, BuiltImage};
 pub use detached::{in_new_session, launch_keeper, spawn_keeper, start_keeper, KeeperStdio};
 use net::{attach_net, parse_net, plan_net, NetMode, PlannedNet};
 pub(crate) use net::{network_alias, random_mac, Member};
-pub(crate) use recorded::{with_network, with_option, without_network};
+pub(crate) use recorded::{with_network_at, with_option, without_network};
 use vmm_sys_util::terminal::Terminal;
 
 pub const EXIT_TIMEOUT: u8 = 124;

@@ -11,11 +11,7 @@ use super::Args;
 /// with `--net NAME` and a `--network-alias` for each of `aliases` put in
 /// after its other networks' options: the same run, also on network
 /// `name`, joined last (so the others keep their interfaces).
-pub(crate) fn with_network(
-    args: &[String],
-    name: &str,
-    aliases: &[String],
-) -> anyhow::Result<Vec<String>> {
+fn with_network(args: &[String], name: &str, aliases: &[String]) -> anyhow::Result<Vec<String>> {
     let before = crate::parse_run_args(args)?;
     let mut wanted = before.net.clone();
     wanted.push(NetMode::Network(name.into()));
@@ -38,6 +34,29 @@ pub(crate) fn with_network(
         }
     }
     anyhow::bail!("its recorded command line takes no --net {name}")
+}
+
+/// [`with_network`], and with `ip` (`husk network connect --ip`) the run's
+/// `--ip` on that network: it must be in the network's subnet, and the
+/// run must have no `--ip` yet (a run takes one).
+pub(crate) fn with_network_at(
+    args: &[String],
+    name: &str,
+    aliases: &[String],
+    ip: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<Vec<String>> {
+    let after = with_network(args, name, aliases)?;
+    let Some(ip) = ip else {
+        return Ok(after);
+    };
+    let (subnet, prefix) = crate::networks::Network::find(name)?.meta()?.subnet;
+    if !crate::networks::overlap((subnet, prefix), (ip, 32)) {
+        anyhow::bail!("--ip {ip} is not in {name}'s subnet {subnet}/{prefix}");
+    }
+    if let Some(had) = crate::parse_run_args(args)?.names.ip {
+        anyhow::bail!("it has --ip {had} already, and a run takes one --ip");
+    }
+    with_option(&after, &["--ip"], &ip.to_string())
 }
 
 /// `args` as [`with_network`] takes them, without the option that put the

@@ -121,9 +121,11 @@ fn answer(shared: &Shared, request: Request) -> anyhow::Result<Response> {
         }),
         Request::Snapshot { dir } => snapshot(shared, &dir).map(|()| Response::Ok),
         Request::Pause { paused } => set_paused(shared, paused).map(|()| Response::Ok),
-        Request::Connect { network, aliases } => {
-            connect(shared, &network, &aliases).map(|()| Response::Ok)
-        }
+        Request::Connect {
+            network,
+            aliases,
+            ip,
+        } => connect(shared, &network, &aliases, ip).map(|()| Response::Ok),
         Request::Disconnect { network } => disconnect(shared, &network).map(|()| Response::Ok),
         Request::Stop { grace_ms, signal } => {
             shared
@@ -219,7 +221,12 @@ pub(super) struct Connected {
 /// VMM put an interface on it into an empty slot and the guest take it,
 /// and records it, so the VM is on it from its next start too (as docker
 /// keeps a connected network). Nothing stays of a connect that failed.
-fn connect(shared: &Shared, network: &str, aliases: &[String]) -> anyhow::Result<()> {
+fn connect(
+    shared: &Shared,
+    network: &str,
+    aliases: &[String],
+    ip: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<()> {
     let name = &shared.vm.name;
     let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
     let mut connected = shared.connected.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,7 +241,7 @@ fn connect(shared: &Shared, network: &str, aliases: &[String]) -> anyhow::Result
         anyhow::bail!("{name} is on {network} already");
     }
     state.check_recorded()?;
-    let args = crate::commands::run::with_network(&state.args, network, aliases)?;
+    let args = crate::commands::run::with_network_at(&state.args, network, aliases, ip)?;
     let mut names = vec![name.clone()];
     names.extend(aliases.iter().filter(|a| *a != name).cloned());
     let member = crate::commands::run::Member {
@@ -242,7 +249,7 @@ fn connect(shared: &Shared, network: &str, aliases: &[String]) -> anyhow::Result
         vm_dir: Some(shared.vm.dir.clone()),
     };
     let mac = crate::commands::run::random_mac();
-    let joined = member.join(network, mac, None)?;
+    let joined = member.join(network, mac, ip)?;
     let stream = std::os::unix::net::UnixStream::from(joined.socket);
     // Kept until the VM's end of the socket closes: the VMM's copy, or,
     // should the VMM not take it, ours, just below.
