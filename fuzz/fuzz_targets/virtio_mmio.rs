@@ -47,6 +47,9 @@ enum Device {
     Vsock,
     /// An empty slot, which [`Op::Plug`] puts a virtio-net device into.
     Slot,
+    /// A slot holding a virtio-net device from boot (a detached VM's
+    /// boot-time interface), which [`Op::Unplug`] takes out.
+    SlotWithNet,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -253,6 +256,7 @@ fn device(
         }
         Device::Console => Box::new(Console::new(Box::new(std::io::sink()))),
         Device::Slot => Box::new(Slot::new(devices::virtio::net::QUEUE_SIZES).unwrap()),
+        Device::SlotWithNet => Box::new(Slot::holding(net(peer)).unwrap()),
         Device::Rng => Box::new(Rng::with_source(File::open("/dev/urandom").unwrap())),
     }
 }

@@ -66,6 +66,12 @@ pub enum VmmError {
         #[source]
         source: net::NetError,
     },
+    #[error("network interface {index}, in its slot")]
+    NetSlot {
+        index: usize,
+        #[source]
+        source: devices::virtio::slot::SlotError,
+    },
     #[error("the vsock device")]
     Vsock(#[source] devices::virtio::vsock::VsockError),
     #[error("the shared folder with tag {tag:?}")]

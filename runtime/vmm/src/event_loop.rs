@@ -324,34 +324,51 @@ impl MutEventSubscriber for PageRecorder {
     }
 }
 
+/// A slot of the VM's ([`devices::virtio::slot::Slot`]), as the request
+/// server knows it.
+pub struct ServedSlot {
+    /// Its platform device number (`virtio-mmio.N`).
+    pub device: u32,
+    pub transport: crate::device_manager::Transport,
+    /// The husk network the interface in it is on, if any.
+    pub network: Option<String>,
+}
+
 /// Serves what a process outside the jail asks ([`crate::snapshot::OnRequest`]):
 /// takes a snapshot whenever it hands over the files of one, pauses and
-/// resumes the vCPUs, puts network interfaces into empty slots and takes
-/// them out; and answers.
+/// resumes the vCPUs, puts network interfaces into empty slots, finds
+/// them and takes them out; and answers.
 pub struct SnapshotServer {
     pub requests: crate::snapshot::OnRequest,
     pub source: Arc<SnapshotSource>,
-    /// The VM's slots, each with its platform device number.
-    pub slots: Vec<(u32, crate::device_manager::Transport)>,
+    /// The VM's slots: its boot-time interfaces', then the empty ones.
+    pub slots: Vec<ServedSlot>,
 }
 
 impl SnapshotServer {
-    /// Puts a virtio-net device on `stream` into the first empty slot;
-    /// answers its platform device number.
-    fn plug(&self, mac: [u8; 6], stream: std::os::unix::net::UnixStream) -> Result<String, String> {
+    /// Puts a virtio-net device on `stream` into the first slot it can go
+    /// into (empty, and left alone by the guest's drivers); answers its
+    /// platform device number.
+    fn plug(
+        &mut self,
+        mac: [u8; 6],
+        stream: std::os::unix::net::UnixStream,
+        network: String,
+    ) -> Result<String, String> {
         if self.slots.is_empty() {
             return Err("this VM was started without slots for more networks".into());
         }
-        for (device, t) in &self.slots {
-            let mut t = lock(t);
-            if t.slot_state() != Some(false) {
+        for slot in &mut self.slots {
+            let mut t = lock(&slot.transport);
+            if !t.can_plug() {
                 continue;
             }
             let backend = devices::virtio::net::StreamBackend::new(stream);
             let net = devices::virtio::net::Net::new(Box::new(backend), mac);
             t.plug(Box::new(net))
                 .map_err(|e| format!("cannot plug the interface: {e}"))?;
-            return Ok(device.to_string());
+            slot.network = Some(network).filter(|n| !n.is_empty());
+            return Ok(slot.device.to_string());
         }
         Err(format!(
             "every slot for more networks is taken ({})",
@@ -359,17 +376,28 @@ impl SnapshotServer {
         ))
     }
 
-    /// Takes the device out of platform device `device`'s slot.
-    fn unplug(&self, device: u32) -> Result<String, String> {
-        let (_, t) = self
-            .slots
+    /// The platform device number of the slot with the interface on
+    /// `network`.
+    fn locate(&self, network: &str) -> Result<String, String> {
+        self.slots
             .iter()
-            .find(|(d, _)| *d == device)
+            .find(|s| s.network.as_deref() == Some(network))
+            .map(|s| s.device.to_string())
+            .ok_or_else(|| format!("no interface in a slot is on {network}"))
+    }
+
+    /// Takes the device out of platform device `device`'s slot.
+    fn unplug(&mut self, device: u32) -> Result<String, String> {
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.device == device)
             .ok_or_else(|| format!("virtio-mmio.{device} is not a slot"))?;
-        lock(t)
+        lock(&slot.transport)
             .unplug()
-            .map(|_| String::new())
-            .map_err(|e| format!("cannot take virtio-mmio.{device} out: {e}"))
+            .map_err(|e| format!("cannot take virtio-mmio.{device} out: {e}"))?;
+        slot.network = None;
+        Ok(String::new())
     }
 }
 
@@ -389,8 +417,13 @@ impl MutEventSubscriber for SnapshotServer {
                     Asked::Pause => done(self.source.pause()),
                     Asked::Resume => done(self.source.resume()),
                     Asked::Refused(why) => Err(format!("no snapshot can be taken of it: {why}")),
-                    Asked::Plug { mac, stream } => self.plug(mac, stream),
+                    Asked::Plug {
+                        mac,
+                        stream,
+                        network,
+                    } => self.plug(mac, stream, network),
                     Asked::Unplug { device } => self.unplug(device),
+                    Asked::Locate { network } => self.locate(&network),
                 };
                 self.requests.answer(&result);
             }

@@ -179,6 +179,16 @@ fn check_shape(cfg: &VmConfig) -> Result<(), VmmError> {
 }
 
 impl HostFiles {
+    /// In the process that does not run the VM (the jail's supervisor):
+    /// closes its copies of the interfaces' host ends, those opened and
+    /// those `cfg` holds, so that the VM's own are the last. Taken out of
+    /// the running VM, an interface then closes its socket, and its peer
+    /// (a husk network's hub) hears the VM leave.
+    pub fn close_interfaces(&mut self, cfg: &mut VmConfig) {
+        self.net.clear();
+        cfg.net.clear();
+    }
+
     /// Opens again the files that describe this process (`/proc/self/...`):
     /// after a fork, the ones opened before it still describe the parent.
     /// Call in the child while the host's `/proc` is still visible.
@@ -278,8 +288,28 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         })?;
         dm.attach(&vm, &mem, Box::new(block), &mut cmdline)?;
     }
-    for (n, backend) in cfg.net.iter().zip(net_backends) {
-        dm.attach(&vm, &mem, Box::new(Net::new(backend, n.mac)), &mut cmdline)?;
+    // A VM with slots has its boot-time interfaces in slots too, each
+    // holding its device from the start, so that one can be taken out
+    // while it runs. The configs go here: the interfaces' own copies of
+    // their sockets are the VM's ends, which close when one is taken out.
+    let mut slots = Vec::new();
+    for (index, (n, backend)) in std::mem::take(&mut cfg.net)
+        .into_iter()
+        .zip(net_backends)
+        .enumerate()
+    {
+        let net = Box::new(Net::new(backend, n.mac));
+        if cfg.net_slots == 0 {
+            dm.attach(&vm, &mem, net, &mut cmdline)?;
+            continue;
+        }
+        let device = dm.len() as u32;
+        let slot = Slot::holding(net).map_err(|source| VmmError::NetSlot { index, source })?;
+        slots.push(event_loop::ServedSlot {
+            device,
+            transport: dm.attach(&vm, &mem, Box::new(slot), &mut cmdline)?,
+            network: n.network,
+        });
     }
     if let Some(v) = cfg.vsock.take() {
         let host = HostSide {
@@ -300,12 +330,15 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     dm.attach(&vm, &mem, Box::new(Rng::with_source(urandom)), &mut cmdline)?;
     // As many of the slots asked for as the interrupts left allow.
     let room = device_manager::MAX_DEVICES.saturating_sub(dm.len());
-    let mut slots = Vec::new();
     for _ in 0..usize::from(cfg.net_slots).min(room) {
         let device = dm.len() as u32;
         let slot = Slot::new(devices::virtio::net::QUEUE_SIZES)
             .map_err(io("creating a network slot's epoll"))?;
-        slots.push((device, dm.attach(&vm, &mem, Box::new(slot), &mut cmdline)?));
+        slots.push(event_loop::ServedSlot {
+            device,
+            transport: dm.attach(&vm, &mem, Box::new(slot), &mut cmdline)?,
+            network: None,
+        });
     }
     if !cfg.cmdline.trim().is_empty() {
         cmdline

@@ -19,6 +19,9 @@ use virtio_bindings::virtio_net::{
 pub struct NetConfig {
     pub mac: [u8; 6],
     pub backend: NetBackendConfig,
+    /// The husk network it is on, by which a request finds its slot
+    /// ([`crate::snapshot::locate`]) to take it out while the VM runs.
+    pub network: Option<String>,
 }
 
 #[derive(Debug)]

@@ -70,9 +70,9 @@ pub enum Command {
         network: String,
         appliance: String,
     },
-    /// Take a detached appliance off a network: a running one loses the
-    /// interface it was connected to while it ran (one it booted with
-    /// stays until it stops), and none joins it at its next start
+    /// Take a detached appliance off a network: a running one loses its
+    /// interface on it at once (one it booted with too), and none joins it
+    /// at its next start
     Disconnect { network: String, appliance: String },
     /// A network's hub (started by the first appliance that joins it)
     #[command(hide = true)]

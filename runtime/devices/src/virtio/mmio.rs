@@ -656,6 +656,12 @@ impl MmioTransport {
         self.device.as_slot().ok_or(SlotError::NotASlot)
     }
 
+    /// Whether a device can be put into this transport now: it is an
+    /// empty slot that no driver holds.
+    pub fn can_plug(&mut self) -> bool {
+        self.free_slot().is_ok_and(|s| s.is_empty())
+    }
+
     /// Whether this transport is a slot, and whether a device is in it.
     pub fn slot_state(&mut self) -> Option<bool> {
         self.device.as_slot().map(|s| !s.is_empty())
@@ -826,14 +832,18 @@ pub(crate) mod tests {
         assert_eq!(read32(&mut t, R_DEVICE_ID), 0);
         assert_eq!(t.save().unwrap().device_type, 0);
         assert_eq!(t.slot_state(), Some(false));
+        assert!(t.can_plug());
         bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
         assert!(!t.active);
+        assert!(!t.can_plug(), "a driver dirtied it");
         assert!(matches!(t.plug(Box::new(rng)), Err(SlotError::Driven(_))));
         // Reset and acknowledged again (as the guest's unbinding leaves
         // it), it takes one.
         write32(&mut t, R_STATUS, 0);
         write32(&mut t, R_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        assert!(t.can_plug());
         t.plug(Box::new(Rng::new().unwrap())).unwrap();
+        assert!(!t.can_plug(), "full");
         assert_eq!(t.status(), 0, "a plug resets the transport");
         // A VM restored from a snapshot would have the slot empty.
         let refused = t.save().unwrap_err();
@@ -854,6 +864,29 @@ pub(crate) mod tests {
             plain.plug(Box::new(Rng::new().unwrap())),
             Err(SlotError::NotASlot)
         ));
+    }
+
+    #[test]
+    fn a_device_booted_in_a_slot_is_saved_until_it_is_taken_out() {
+        use crate::virtio::slot::{Slot, SlotError};
+        let slot = Slot::holding(Box::new(Rng::new().unwrap())).unwrap();
+        let mut t =
+            MmioTransport::new(mem(), Box::new(slot), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+        assert_eq!(read32(&mut t, R_DEVICE_ID), VIRTIO_ID_RNG);
+        assert!(!t.can_plug());
+        bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
+        assert!(t.active);
+        let saved = t.save().expect("a device the VM booted with is saved");
+        assert_eq!(saved.device_type, VIRTIO_ID_RNG);
+        assert!(matches!(t.unplug(), Err(SlotError::Driven(_))));
+        // The guest unbinds its driver (reset, then ACKNOWLEDGE again).
+        write32(&mut t, R_STATUS, 0);
+        write32(&mut t, R_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        t.unplug().unwrap();
+        assert_eq!(read32(&mut t, R_DEVICE_ID), 0);
+        let refused = t.save().unwrap_err();
+        assert!(refused.0.contains("disconnected"), "{}", refused.0);
+        assert!(t.can_plug(), "the emptied slot takes another device");
     }
 
     #[test]

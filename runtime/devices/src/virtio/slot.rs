@@ -9,6 +9,11 @@
 //! which resets the device. The transport only lets either happen while
 //! no driver holds the window ([`crate::virtio::mmio::MmioTransport::plug`]).
 //!
+//! A detached VM's boot-time network interfaces are in slots too, each
+//! holding its device from the start ([`Slot::holding`]), so that one can
+//! be taken out while the VM runs (`husk network disconnect` of a network
+//! it booted on).
+//!
 //! A slot's window, interrupt and queue notifications are wired once, at
 //! boot, like any device's, so putting a device in needs no new KVM
 //! registration on the sandboxed VMM thread. Its host descriptors change
@@ -55,6 +60,11 @@ pub struct Slot {
     /// The device's host descriptors, each under its own token.
     epoll: Epoll,
     watched: Vec<i32>,
+    /// It held a device at boot ([`Slot::holding`]).
+    booted_full: bool,
+    /// A device was put in or taken out since boot: the slot is no longer
+    /// what a VM restored from a snapshot of it would boot with.
+    changed: bool,
 }
 
 impl Slot {
@@ -65,7 +75,20 @@ impl Slot {
             device: None,
             epoll: Epoll::new()?,
             watched: Vec::new(),
+            booted_full: false,
+            changed: false,
         })
+    }
+
+    /// A slot that holds `device` from boot: a device the VM boots with,
+    /// and saves and restores as it would without a slot, until it is
+    /// taken out.
+    pub fn holding(device: Box<dyn VirtioDevice>) -> Result<Self, SlotError> {
+        let mut slot = Slot::new(device.queue_max_sizes()).map_err(SlotError::Watch)?;
+        slot.put(device)?;
+        slot.booted_full = true;
+        slot.changed = false;
+        Ok(slot)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,13 +126,16 @@ impl Slot {
             self.watched.push(h.fd);
         }
         self.device = Some(device);
+        self.changed = true;
         Ok(())
     }
 
     /// Takes the device out, off the slot's epoll, leaving the slot empty.
     pub(crate) fn take(&mut self) -> Option<Box<dyn VirtioDevice>> {
         self.unwatch();
-        self.device.take()
+        let device = self.device.take();
+        self.changed |= device.is_some();
+        device
     }
 
     fn unwatch(&mut self) {
@@ -204,12 +230,29 @@ impl VirtioDevice for Slot {
         self.device.as_ref().and_then(|d| d.queue_states())
     }
 
+    fn has_streams(&self) -> bool {
+        self.device.as_ref().is_some_and(|d| d.has_streams())
+    }
+
+    fn streams_lost(&mut self) -> Result<(), DeviceError> {
+        match &mut self.device {
+            Some(d) => d.streams_lost(),
+            None => Ok(()),
+        }
+    }
+
     fn snapshot_refusal(&self) -> Option<&'static str> {
         // A snapshot's devices are the ones a VM boots with: one put in
-        // while it ran would be an empty slot in the restored VM.
-        self.device
-            .as_ref()
-            .map(|_| "a network was connected to it while it ran")
+        // while it ran would be an empty slot in the restored VM, and one
+        // taken out would be back in it.
+        match (&self.device, self.changed) {
+            (Some(_), true) => Some("a network was connected to it while it ran"),
+            (None, true) if self.booted_full => {
+                Some("a network it booted on was disconnected while it ran")
+            }
+            (Some(d), false) => d.snapshot_refusal(),
+            (None, _) => None,
+        }
     }
 
     fn as_slot(&mut self) -> Option<&mut Slot> {
@@ -334,6 +377,44 @@ mod tests {
         slot.put(out).unwrap();
         slot.process_host_event(0, Ready::default()).unwrap();
         assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_device_held_from_boot_is_saved_until_taken_out() {
+        use std::io::Write;
+        let (dev, mut peer, heard) = probe();
+        let mut slot = Slot::holding(Box::new(dev)).unwrap();
+        assert_eq!(slot.device_type(), 1);
+        assert_eq!(slot.queue_max_sizes(), &[256, 256]);
+        assert!(
+            slot.snapshot_refusal().is_none(),
+            "a device the VM booted with is saved as any other"
+        );
+        peer.write_all(b"x").unwrap();
+        slot.process_host_event(0, Ready::default()).unwrap();
+        assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let out = slot.take().expect("the boot device comes out");
+        let refusal = slot
+            .snapshot_refusal()
+            .expect("a restore would bring it back");
+        assert!(refusal.contains("disconnected"), "{refusal}");
+        // Back in (or another one in), it is still not the VM's boot state.
+        slot.put(out).unwrap();
+        let refusal = slot
+            .snapshot_refusal()
+            .expect("not the device it booted with");
+        assert!(refusal.contains("connected"), "{refusal}");
+    }
+
+    #[test]
+    fn a_slot_emptied_again_is_as_it_booted() {
+        let mut slot = Slot::new(&[256, 256]).unwrap();
+        let (dev, _, _) = probe();
+        slot.put(Box::new(dev)).unwrap();
+        assert!(slot.snapshot_refusal().is_some());
+        slot.take().unwrap();
+        assert!(slot.snapshot_refusal().is_none());
     }
 
     #[test]

@@ -51,7 +51,7 @@ mod request;
 
 pub use kvm::{msr_list, Tsc, VcpuState, VmState};
 pub use pages::{prefetch, record, save as save_pages, Pages, Run, WorkingSet};
-pub use request::{pause, plug, request, request_pair, unplug, Asked, OnRequest, Refused};
+pub use request::{locate, pause, plug, request, request_pair, unplug, Asked, OnRequest, Refused};
 
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";

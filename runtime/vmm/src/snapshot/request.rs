@@ -1,7 +1,8 @@
 //! What a process outside the jail asks of a running VMM (the keeper of a
 //! detached VM): a snapshot (`husk snapshot create`), a pause or a resume
 //! (`husk pause`, `husk unpause`), a network interface put into an empty
-//! slot or taken out of one (`husk network connect`, `disconnect`). The asker holds one end of a
+//! slot or taken out of one (`husk network connect`, `disconnect`), and
+//! which slot a network's interface is in. The asker holds one end of a
 //! `SOCK_SEQPACKET` socket pair, the VMM the other ([`OnRequest`]); each
 //! request is one message, answered by one message: `+`, or `-` and why.
 //!
@@ -42,14 +43,21 @@ pub enum Asked {
     /// A snapshot of a VM none can be taken of: why.
     Refused(String),
     /// Put a network interface with this MAC into an empty slot, its
-    /// frames on this stream (passt's framing, non-blocking).
+    /// frames on this stream (passt's framing, non-blocking); it is on
+    /// this husk network (empty: none).
     Plug {
         mac: [u8; 6],
         stream: UnixStream,
+        network: String,
     },
     /// Take the interface out of the slot that is this platform device.
     Unplug {
         device: u32,
+    },
+    /// The platform device number of the slot whose interface is on this
+    /// husk network.
+    Locate {
+        network: String,
     },
 }
 
@@ -66,11 +74,15 @@ const SNAPSHOT_TAG: &[u8] = b"husk-snapshot\0";
 /// A pause and a resume: the tag alone.
 const PAUSE_TAG: &[u8] = b"husk-pause\0";
 const RESUME_TAG: &[u8] = b"husk-resume\0";
-/// A plug: the tag, then the interface's MAC, with its stream attached;
-/// answered with the slot's platform device number (`virtio-mmio.N`).
+/// A plug: the tag, the interface's MAC, then its network's name, with
+/// its stream attached; answered with the slot's platform device number
+/// (`virtio-mmio.N`).
 const PLUG_TAG: &[u8] = b"husk-net-plug\0";
 /// An unplug: the tag, then the platform device number (u32, little end).
 const UNPLUG_TAG: &[u8] = b"husk-net-unplug\0";
+/// A locate: the tag, then the network's name; answered with a platform
+/// device number.
+const LOCATE_TAG: &[u8] = b"husk-net-locate\0";
 /// Files one request carries at most: state, memory and a disk file each
 /// for up to 30 disks.
 const REQUEST_FILES: usize = 32;
@@ -103,13 +115,15 @@ pub fn pause(socket: &UnixDatagram, paused: bool, limit: Duration) -> Result<(),
     ask(socket, tag, &[], limit).map(drop)
 }
 
-/// Asks the VMM to put an interface with `mac` into an empty slot, its
-/// frames on `stream` (made non-blocking here: the VMM thread must never
-/// block on it). Returns the slot's platform device number, by which the
-/// guest probes it and [`unplug`] takes it out.
+/// Asks the VMM to put an interface with `mac` on husk network `network`
+/// into an empty slot, its frames on `stream` (made non-blocking here:
+/// the VMM thread must never block on it). Returns the slot's platform
+/// device number, by which the guest probes it and [`unplug`] takes it
+/// out.
 pub fn plug(
     socket: &UnixDatagram,
     mac: [u8; 6],
+    network: &str,
     stream: &UnixStream,
     limit: Duration,
 ) -> Result<u32, Refused> {
@@ -120,8 +134,21 @@ pub fn plug(
     })?;
     let mut msg = PLUG_TAG.to_vec();
     msg.extend_from_slice(&mac);
-    let answer = ask(socket, &msg, &[stream.as_raw_fd()], limit)?;
-    std::str::from_utf8(&answer)
+    msg.extend_from_slice(network.as_bytes());
+    device_number(&ask(socket, &msg, &[stream.as_raw_fd()], limit)?)
+}
+
+/// Asks the VMM which slot holds the interface on husk network `network`
+/// (one the VM booted on, or one put in while it runs); returns its
+/// platform device number.
+pub fn locate(socket: &UnixDatagram, network: &str, limit: Duration) -> Result<u32, Refused> {
+    let mut msg = LOCATE_TAG.to_vec();
+    msg.extend_from_slice(network.as_bytes());
+    device_number(&ask(socket, &msg, &[], limit)?)
+}
+
+fn device_number(answer: &[u8]) -> Result<u32, Refused> {
+    std::str::from_utf8(answer)
         .ok()
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| Refused("the VMM's answer names no device".into()))
@@ -186,6 +213,11 @@ fn ask(
     }
 }
 
+/// A network's name in a request: UTF-8.
+fn network_name(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes).ok().map(str::to_string)
+}
+
 impl OnRequest {
     /// The next request; `None` when none is waiting. A malformed
     /// request is an error, answered by the caller.
@@ -224,12 +256,25 @@ impl OnRequest {
                 Asked::Resume
             }));
         }
-        if let Some(mac) = msg.strip_prefix(PLUG_TAG) {
-            let (Ok(mac), 1) = (<[u8; 6]>::try_from(mac), files.len()) else {
-                return Err(bad("a plug is a MAC and one socket"));
+        if let Some(rest) = msg.strip_prefix(PLUG_TAG) {
+            let parsed = rest.split_at_checked(6).and_then(|(mac, network)| {
+                Some((<[u8; 6]>::try_from(mac).ok()?, network_name(network)?))
+            });
+            let (Some((mac, network)), 1) = (parsed, files.len()) else {
+                return Err(bad("a plug is a MAC, a network's name and one socket"));
             };
             let stream = UnixStream::from(OwnedFd::from(files.pop().expect("one file")));
-            return Ok(Some(Asked::Plug { mac, stream }));
+            return Ok(Some(Asked::Plug {
+                mac,
+                stream,
+                network,
+            }));
+        }
+        if let Some(name) = msg.strip_prefix(LOCATE_TAG) {
+            let (Some(network), true) = (network_name(name), files.is_empty()) else {
+                return Err(bad("a locate is a network's name alone"));
+            };
+            return Ok(Some(Asked::Locate { network }));
         }
         if let Some(device) = msg.strip_prefix(UNPLUG_TAG) {
             let (Ok(device), true) = (<[u8; 4]>::try_from(device), files.is_empty()) else {
@@ -431,12 +476,17 @@ mod tests {
         std::thread::scope(|s| {
             let got = s.spawn(served(Ok("7".into())));
             assert_eq!(
-                plug(&ours, mac, &vm_end, Duration::from_secs(5)).unwrap(),
+                plug(&ours, mac, "front", &vm_end, Duration::from_secs(5)).unwrap(),
                 7
             );
             match got.join().unwrap() {
-                Asked::Plug { mac: m, stream } => {
+                Asked::Plug {
+                    mac: m,
+                    stream,
+                    network,
+                } => {
                     assert_eq!(m, mac);
+                    assert_eq!(network, "front");
                     // The VMM's copy is the VM's end, and never blocks.
                     let mut buf = [0u8; 4];
                     let e = (&stream).read(&mut buf).unwrap_err();
@@ -448,21 +498,46 @@ mod tests {
                 other => panic!("a plug was expected, not {other:?}"),
             }
             let got = s.spawn(served(Err("no empty slot".into())));
-            let err = plug(&ours, mac, &vm_end, Duration::from_secs(5)).unwrap_err();
+            let err = plug(&ours, mac, "", &vm_end, Duration::from_secs(5)).unwrap_err();
             assert!(err.to_string().contains("no empty slot"), "{err}");
+            assert!(
+                matches!(got.join().unwrap(), Asked::Plug { network, .. } if network.is_empty())
+            );
+            let got = s.spawn(served(Ok("3".into())));
+            assert_eq!(locate(&ours, "back", Duration::from_secs(5)).unwrap(), 3);
+            assert!(matches!(got.join().unwrap(), Asked::Locate { network } if network == "back"));
+            let got = s.spawn(served(Err("no interface on back".into())));
+            let err = locate(&ours, "back", Duration::from_secs(5)).unwrap_err();
+            assert!(err.to_string().contains("no interface on back"), "{err}");
             got.join().unwrap();
             let got = s.spawn(served(Ok(String::new())));
             unplug(&ours, 7, Duration::from_secs(5)).unwrap();
             assert!(matches!(got.join().unwrap(), Asked::Unplug { device: 7 }));
             // An answer without a number is not taken for one.
             let got = s.spawn(served(Ok(String::new())));
-            let err = plug(&ours, mac, &vm_end, Duration::from_secs(5)).unwrap_err();
+            let err = plug(&ours, mac, "front", &vm_end, Duration::from_secs(5)).unwrap_err();
             assert!(err.to_string().contains("names no device"), "{err}");
             got.join().unwrap();
         });
-        // Malformed: a plug without its socket, an unplug with a file.
+        // Malformed: a plug without its socket or with half a MAC, a
+        // network's name that is not UTF-8, an unplug with a file.
         let mut msg = PLUG_TAG.to_vec();
         msg.extend_from_slice(&mac);
+        ours.send(&msg).unwrap();
+        assert_eq!(
+            vmm.receive().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut msg = PLUG_TAG.to_vec();
+        msg.extend_from_slice(&mac[..3]);
+        ours.send_with_fds(&[&msg[..]], &[vm_end.as_raw_fd()])
+            .unwrap();
+        assert_eq!(
+            vmm.receive().unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut msg = LOCATE_TAG.to_vec();
+        msg.extend_from_slice(&[0xff, 0xfe]);
         ours.send(&msg).unwrap();
         assert_eq!(
             vmm.receive().unwrap_err().kind(),

@@ -1,7 +1,8 @@
 //! A network interface put into a running VM's empty slot and taken out
-//! again, through the VMM's request socket, with the guest's kernel
-//! probing and unbinding the slot's window (what `husk network connect`
-//! and `disconnect` of a running appliance stand on).
+//! again, and one the VM booted with taken out of its slot, through the
+//! VMM's request socket, with the guest's kernel probing and unbinding
+//! the slots' windows (what `husk network connect` and `disconnect` of a
+//! running appliance stand on).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -23,29 +24,35 @@ pub fn trials() -> Vec<Trial> {
     )]
 }
 
-/// The guest: finds the slot (the last platform device), waits for the
-/// host's word, probes it, sends a frame from the interface it finds,
-/// unbinds it, and after the host's second word probes the interface the
-/// host put in next.
+/// The guest: finds the slot of the interface it booted with (eth0) and
+/// the empty one (the last platform device), waits for the host's word,
+/// probes the empty one, sends a frame from the interface it finds there
+/// (eth1), unbinds both, and after the host's second word probes the boot
+/// interface's slot again, where the host put another.
 const SCRIPT: &str = r#"
-slot=$(ls /sys/bus/platform/devices | grep virtio-mmio | sort -t. -k2 -n | tail -1)
-[ -e /sys/class/net/eth0 ] && { echo "an interface before any was put in"; exit 3; }
+n=/sys/class/net
+p=/sys/bus/platform
+boot=$(basename "$(dirname "$(readlink -f $n/eth0/device)")")
+slot=$(ls $p/devices | grep mmio | sort -t. -k2 -n | tail -1)
+[ -e $n/eth1 ] && exit 3
+echo "boot=$boot"
 echo "slot=$slot"
 read go
-echo "$slot" > /sys/bus/platform/drivers_probe
-[ -e /sys/class/net/eth0 ] || { echo "no eth0 after the probe"; exit 4; }
-echo "first=$(cat /sys/class/net/eth0/address)"
-ip link set eth0 up
-ip addr add 10.9.0.2/24 dev eth0
+echo $slot > $p/drivers_probe
+echo "first=$(cat $n/eth1/address)"
+ip link set eth1 up
+ip addr add 10.9.0.2/24 dev eth1
 ping -c 1 -W 1 10.9.0.1 >/dev/null 2>&1
-echo "$slot" > /sys/bus/platform/drivers/virtio-mmio/unbind
-[ -e /sys/class/net/eth0 ] && { echo "eth0 stayed after the unbind"; exit 5; }
+echo $slot > $p/drivers/virtio-mmio/unbind
+echo $boot > $p/drivers/virtio-mmio/unbind
+[ -e $n/eth1 ] || [ -e $n/eth0 ] && exit 5
 echo unbound
 read go
-echo "$slot" > /sys/bus/platform/drivers_probe
-echo "second=$(cat /sys/class/net/eth0/address)"
+echo $boot > $p/drivers_probe
+echo "second=$(cat $n/eth0/address)"
 "#;
 
+const BOOT: [u8; 6] = [0x02, 0x48, 0x4b, 0x00, 0x00, 0xb0];
 const FIRST: [u8; 6] = [0x02, 0x48, 0x4b, 0x00, 0x00, 0x01];
 const SECOND: [u8; 6] = [0x02, 0x48, 0x4b, 0x00, 0x00, 0x02];
 const LIMIT: Duration = Duration::from_secs(120);
@@ -109,6 +116,23 @@ fn frame_from(hub: &mut UnixStream, mac: [u8; 6]) -> Result<(), String> {
     }
 }
 
+/// The platform device number in a guest's `virtio-mmio.N`.
+fn device_number(name: &str) -> Result<u32, String> {
+    name.strip_prefix("virtio-mmio.")
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!("not a platform device: {name:?}"))
+}
+
+/// Reads what is left on `hub` until its VM end closes.
+fn closes(hub: &mut UnixStream, what: &str) -> Result<(), String> {
+    let mut rest = Vec::new();
+    hub.set_read_timeout(Some(LIMIT))
+        .map_err(|e| e.to_string())?;
+    hub.read_to_end(&mut rest)
+        .map(drop)
+        .map_err(|e| format!("{what}'s socket stayed open: {e}"))
+}
+
 fn an_interface_goes_in_and_out() -> Result<(), Failed> {
     let image = built_image("examples/busybox")?;
     let kernel = husk_kernel()?.vmlinux();
@@ -133,6 +157,14 @@ fn an_interface_goes_in_and_out() -> Result<(), Failed> {
         access: DiskAccess::ReadOnly,
         upper: None,
     }];
+    // One interface it boots with (in a slot of its own, as a VM with
+    // slots has), and one empty slot.
+    let (boot_end, mut boot_hub) = UnixStream::pair()?;
+    cfg.net = vec![vmm::NetConfig {
+        mac: BOOT,
+        backend: vmm::NetBackendConfig::Stream(boot_end.into()),
+        network: Some("boot".into()),
+    }];
     cfg.net_slots = 1;
     cfg.console_input = Some(fs::File::from(std::os::fd::OwnedFd::from(input)));
     cfg.snapshot_requests = Some(OnRequest {
@@ -144,22 +176,34 @@ fn an_interface_goes_in_and_out() -> Result<(), Failed> {
         let console = console.clone();
         std::thread::spawn(move || -> Result<(), String> {
             let ask = Duration::from_secs(30);
+            let boot = device_number(&console.wait("boot=")?)?;
             let slot = console.wait("slot=")?;
-            let device: u32 = slot
-                .strip_prefix("virtio-mmio.")
-                .and_then(|n| n.parse().ok())
-                .ok_or(format!("the guest's slot {slot:?}"))?;
+            let device = device_number(&slot)?;
+            // The VMM knows which slot the boot interface's network is in.
+            let located = snapshot::locate(&ours, "boot", ask).map_err(|e| e.to_string())?;
+            if located != boot {
+                return Err(format!(
+                    "the VMM located boot in virtio-mmio.{located}, the guest's eth0 is in virtio-mmio.{boot}"
+                ));
+            }
+            if snapshot::locate(&ours, "elsewhere", ask).is_ok() {
+                return Err("a network no interface is on was located".into());
+            }
             // An unplug of an empty slot is refused.
             if snapshot::unplug(&ours, device, ask).is_ok() {
                 return Err("an empty slot was unplugged".into());
             }
             let (vm_end, mut hub) = UnixStream::pair().map_err(|e| e.to_string())?;
-            let got = snapshot::plug(&ours, FIRST, &vm_end, ask).map_err(|e| e.to_string())?;
+            let got =
+                snapshot::plug(&ours, FIRST, "front", &vm_end, ask).map_err(|e| e.to_string())?;
             drop(vm_end);
             if got != device {
                 return Err(format!(
                     "plugged into virtio-mmio.{got}, the guest saw {slot}"
                 ));
+            }
+            if snapshot::locate(&ours, "front", ask).ok() != Some(device) {
+                return Err("the plugged interface's network was not located".into());
             }
             to_guest.write_all(b"go\n").map_err(|e| e.to_string())?;
             frame_from(&mut hub, FIRST)?;
@@ -169,18 +213,30 @@ fn an_interface_goes_in_and_out() -> Result<(), Failed> {
             }
             console.wait("unbound")?;
             snapshot::unplug(&ours, device, ask).map_err(|e| e.to_string())?;
-            // The first interface's host end hears its VMM end close.
-            let mut rest = Vec::new();
-            hub.set_read_timeout(Some(LIMIT))
-                .map_err(|e| e.to_string())?;
-            hub.read_to_end(&mut rest)
-                .map_err(|e| format!("the unplugged interface's socket stayed open: {e}"))?;
+            // Each interface's host end hears its VM end close: the VMM
+            // kept no other copy, of the boot interface's either.
+            closes(&mut hub, "the unplugged interface")?;
+            snapshot::unplug(&ours, boot, ask).map_err(|e| e.to_string())?;
+            closes(&mut boot_hub, "the boot interface taken out")?;
+            if snapshot::locate(&ours, "boot", ask).is_ok() {
+                return Err("the boot interface's network was located once it was out".into());
+            }
+            // The emptied boot slot comes first, then the other.
             let (vm_end, _hub) = UnixStream::pair().map_err(|e| e.to_string())?;
-            snapshot::plug(&ours, SECOND, &vm_end, ask).map_err(|e| e.to_string())?;
-            // No second empty slot.
+            let got = snapshot::plug(&ours, SECOND, "", &vm_end, ask).map_err(|e| e.to_string())?;
+            if got != boot {
+                return Err(format!(
+                    "the second interface went into virtio-mmio.{got}, not the emptied boot slot"
+                ));
+            }
             let (spare, _) = UnixStream::pair().map_err(|e| e.to_string())?;
-            if snapshot::plug(&ours, FIRST, &spare, ask).is_ok() {
-                return Err("a full slot took a second interface".into());
+            let got = snapshot::plug(&ours, FIRST, "", &spare, ask).map_err(|e| e.to_string())?;
+            if got != device {
+                return Err(format!("the third interface went into virtio-mmio.{got}"));
+            }
+            // No empty slot is left.
+            if snapshot::plug(&ours, FIRST, "", &spare, ask).is_ok() {
+                return Err("a full slot took another interface".into());
             }
             to_guest.write_all(b"go\n").map_err(|e| e.to_string())?;
             console.wait("second=")?;

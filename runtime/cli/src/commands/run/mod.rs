@@ -935,7 +935,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
     // A terminal goes raw, so keys reach the guest as typed; restored on
     // every way out of this function.
     let _raw = RawTerminal::enter();
-    let config = VmConfig {
+    let mut config = VmConfig {
         cpus: plan.cpus,
         memory_mib: plan.memory_mib,
         kernel,
@@ -993,13 +993,18 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 // not the connections to the hubs.
                 memberships.clear();
             }
-            vmm::jail::Forked::Supervisor => left = keep_memberships(&mut memberships),
+            vmm::jail::Forked::Supervisor => {
+                left = keep_memberships(&mut memberships);
+                // The jailed VMM's ends of the interfaces' sockets are
+                // then the only ones: one it lets go of while the VM
+                // runs (`husk network disconnect`) ends that membership.
+                files.close_interfaces(&mut config);
+            }
         })?;
         match forked {
             vmm::jail::Side::Supervisor(status) => {
                 drop(_raw);
-                // The supervisor's copies of the VM's sockets: with them
-                // gone the memberships see their VM end.
+                // The supervisor's copies of the VM's other host files.
                 drop(config);
                 leave_networks(left);
                 return Ok(ExitCode::from(status));

@@ -577,6 +577,7 @@ pub(super) fn attach_net(
             configs.push(NetConfig {
                 mac,
                 backend: NetBackendConfig::Stream(joined.socket),
+                network: Some(name.clone()),
             });
             continue;
         }
@@ -627,7 +628,11 @@ pub(super) fn attach_net(
         // the run that took it.
         iface.mac = Some(mac);
         setup.interfaces.push(iface);
-        configs.push(NetConfig { mac, backend });
+        configs.push(NetConfig {
+            mac,
+            backend,
+            network: None,
+        });
     }
     add_names(&mut setup, names)?;
     Ok(Attached {

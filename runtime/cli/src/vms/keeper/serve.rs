@@ -254,7 +254,7 @@ fn connect(
     // Kept until the VM's end of the socket closes: the VMM's copy, or,
     // should the VMM not take it, ours, just below.
     let left = joined.membership.keep();
-    let plugged = vmm::snapshot::plug(&socket, mac, &stream, PLUG_TIMEOUT);
+    let plugged = vmm::snapshot::plug(&socket, mac, network, &stream, PLUG_TIMEOUT);
     drop(stream);
     let device = match plugged {
         Ok(device) => device,
@@ -300,34 +300,48 @@ fn connect(
 /// How long a membership may take to give its address up.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `husk network disconnect` of the running VM from a network connected
-/// while it ran: the guest lets the interface go, the VMM takes it out,
-/// and the network is off its recorded command line.
+/// `husk network disconnect` of the running VM, from a network it booted
+/// on or one connected while it ran: the guest lets the interface go, the
+/// VMM takes it out of its slot, and the network is off its recorded
+/// command line. The VM's end of the interface's socket closes with it,
+/// which ends its membership.
 fn disconnect(shared: &Shared, network: &str) -> anyhow::Result<()> {
     let name = &shared.vm.name;
     let socket = shared.snapshots.lock().unwrap_or_else(|e| e.into_inner());
     let mut connected = shared.connected.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.paused.load(Ordering::SeqCst) {
+        anyhow::bail!("{name} is paused (husk unpause {name})");
+    }
     let state = shared.vm.read_state()?;
     if !state.networks.iter().any(|n| n == network) {
         anyhow::bail!("{name} is not on {network}");
     }
-    let Some(at) = connected.iter().position(|c| c.network == network) else {
-        anyhow::bail!(
-            "{name} booted on {network}, and an interface it booted with stays until it stops:              husk stop {name}, then disconnect it"
-        );
+    let args = crate::commands::run::without_network(&state.args, network)?.with_context(|| {
+        format!(
+            "{name} is on {network} through its appliance file ([[vm.net]]), which husk \
+                 does not change"
+        )
+    })?;
+    let at = connected.iter().position(|c| c.network == network);
+    let device = match at {
+        Some(at) => connected[at].device,
+        // One it booted on: its slot is the VMM's to say (a VM started
+        // by an older husk has none).
+        None => vmm::snapshot::locate(&socket, network, PLUG_TIMEOUT).with_context(|| {
+            format!("{name} booted on {network} without a slot to take it out of while it runs: husk stop {name}, then disconnect it")
+        })?,
     };
-    let args = crate::commands::run::without_network(&state.args, network)?
-        .with_context(|| format!("{name}'s recorded command line has no --net {network}"))?;
-    let device = connected[at].device;
     shared
         .agent_call(&agent::Request::UnplugInterface { device })
         .with_context(|| format!("{name}'s guest did not let its interface on {network} go"))?;
     vmm::snapshot::unplug(&socket, device, PLUG_TIMEOUT)
         .with_context(|| format!("cannot take {name}'s interface on {network} out"))?;
-    connected
-        .remove(at)
-        .left
-        .wait(Instant::now() + LEAVE_TIMEOUT);
+    if let Some(at) = at {
+        connected
+            .remove(at)
+            .left
+            .wait(Instant::now() + LEAVE_TIMEOUT);
+    }
     let network = network.to_string();
     shared.update_state(move |s| {
         s.args = args;
