@@ -5,7 +5,9 @@
 //!   bench-boot [--runs N]
 //!
 //! Figures per run: spawn to the appliance command's first output line
-//! (the init's marker), and spawn to process exit.
+//! (the init's marker), and spawn to process exit; and husk's spawn to
+//! output with the four empty network slots a detached appliance's VM
+//! boots with (`--net-slots 4`), against none.
 
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -45,6 +47,14 @@ fn husk(bin: &Path, initrd: &Path, timings: bool) -> Command {
     c
 }
 
+/// The same with the four empty network slots a detached appliance's VM
+/// boots with.
+fn husk_with_slots(bin: &Path, initrd: &Path) -> Command {
+    let mut c = husk(bin, initrd, false);
+    c.args(["--net-slots", "4"]);
+    c
+}
+
 fn bench(runs: usize) -> Result<(), String> {
     let kernel = husk_kernel()?.vmlinux();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -58,15 +68,18 @@ fn bench(runs: usize) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
 
     let (mut h_first, mut h_exit, mut q_first, mut q_exit) = (vec![], vec![], vec![], vec![]);
-    // One warm-up each, then alternate so both see the same conditions.
+    let mut s_first = vec![];
+    // One warm-up each, then alternate so all see the same conditions.
     for run in 0..=runs {
         let (hf, he) = measure(&mut husk(&bin, &initrd, false))?;
         let (qf, qe) = measure(&mut qemu(&kernel, &initrd))?;
+        let (sf, _) = measure(&mut husk_with_slots(&bin, &initrd))?;
         if run > 0 {
             h_first.push(hf);
             h_exit.push(he);
             q_first.push(qf);
             q_exit.push(qe);
+            s_first.push(sf);
         }
     }
     println!(
@@ -86,6 +99,15 @@ fn bench(runs: usize) -> Result<(), String> {
         "husk/QEMU ratio: command output {:.2}x, exit {:.2}x",
         stats(&h_first).0 / stats(&q_first).0,
         stats(&h_exit).0 / stats(&q_exit).0
+    );
+    let (m, lo, hi) = stats(&s_first);
+    println!(
+        "{:<40} {m:>8.3} {lo:>8.3} {hi:>8.3}",
+        "husk, 4 network slots: command output"
+    );
+    println!(
+        "4 empty network slots (a detached appliance's) / none: {:.3}x",
+        m / stats(&h_first).0
     );
 
     // Where husk's time goes, from one run with --timings.

@@ -3,12 +3,15 @@
 //! guest program (`guest/husk-stream.c`), 1 vCPU, 128 MiB. Run it through
 //! `ci/bench-net`.
 //!
-//!   bench-net [--runs N] [--only tap|passt|vsock|pair|boot]
+//!   bench-net [--runs N] [--only tap|passt|slot|vsock|pair|boot]
 //!
 //! - tap: one host tap, used by each VMM in turn (QEMU with vhost off);
 //! - passt: one passt per VM started the same way (husk's own supervisor
 //!   code), reached through the same published ports; QEMU takes its
-//!   socket as `-netdev stream`.
+//!   socket as `-netdev stream`;
+//! - slot: husk on the tap with its interface in a virtio-mmio slot, as a
+//!   detached appliance's are (`--net-slots`: served through the slot's
+//!   own epoll), against husk without.
 //!
 //! Per run, all timed on the host: host to guest (SIZE bytes to a guest
 //! sink until it answers its count), guest to host (SIZE bytes from a
@@ -134,13 +137,15 @@ fn bench(runs: usize) -> Result<(), String> {
         let q = measure(&env, Vmm::Qemu, backend, runs).map_err(|e| format!("QEMU: {e}"))?;
         h.print(&format!("husk, {}", backend.name()));
         q.print(&format!("QEMU microvm, {}", backend.name()));
-        println!(
-            "{:<34} {:>24} {:>24} {:>22}",
-            format!("husk/QEMU, {}", backend.name()),
-            format!("{:.2}x", stats(&h.h2g).0 / stats(&q.h2g).0),
-            format!("{:.2}x", stats(&h.g2h).0 / stats(&q.g2h).0),
-            format!("{:.2}x", stats(&h.rtt).0 / stats(&q.rtt).0),
-        );
+        h.print_ratio(&q, &format!("husk/QEMU, {}", backend.name()));
+    }
+    if wanted("slot") {
+        let s = measure(&env, Vmm::HuskInSlot, Backend::Tap, runs)
+            .map_err(|e| format!("husk, in a slot: {e}"))?;
+        let h = measure(&env, Vmm::Husk, Backend::Tap, runs).map_err(|e| format!("husk: {e}"))?;
+        s.print("husk, tap, in a slot");
+        h.print("husk, tap");
+        s.print_ratio(&h, "in a slot/not, tap");
     }
     if wanted("vsock") {
         let v = measure(&env, Vmm::Husk, Backend::Vsock, runs)?;
@@ -191,7 +196,7 @@ fn pair_runs(env: &Env, vmm: Vmm, runs: usize) -> Result<Figures, String> {
         let cmdline =
             format!("quiet bench.ip={PAIR_SUBNET}.{n}/24,{PAIR_SUBNET}.1 bench.mtu=65520 {peer}");
         match vmm {
-            Vmm::Husk => {
+            Vmm::Husk | Vmm::HuskInSlot => {
                 let mut c = Command::new(&env.bin);
                 c.env("HUSK_DATA_DIR", &data)
                     .arg("run")
@@ -278,6 +283,8 @@ fn pair_runs(env: &Env, vmm: Vmm, runs: usize) -> Result<Figures, String> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Vmm {
     Husk,
+    /// husk with its interfaces in slots, as a detached appliance's.
+    HuskInSlot,
     Qemu,
 }
 
@@ -285,6 +292,7 @@ impl Vmm {
     fn name(self) -> &'static str {
         match self {
             Vmm::Husk => "husk",
+            Vmm::HuskInSlot => "husk (in a slot)",
             Vmm::Qemu => "QEMU",
         }
     }
@@ -316,6 +324,17 @@ struct Figures {
 }
 
 impl Figures {
+    /// One row of medians' ratios, these over `other`.
+    fn print_ratio(&self, other: &Figures, name: &str) {
+        let ratio = |a: &[f64], b: &[f64]| format!("{:.2}x", stats(a).0 / stats(b).0);
+        println!(
+            "{name:<34} {:>24} {:>24} {:>22}",
+            ratio(&self.h2g, &other.h2g),
+            ratio(&self.g2h, &other.g2h),
+            ratio(&self.rtt, &other.rtt),
+        );
+    }
+
     fn print(&self, name: &str) {
         let cell = |v: &[f64]| {
             let (m, lo, hi) = stats(v);
@@ -521,7 +540,7 @@ fn start(
                 "{}/{},{} bench.mtu={}",
                 n.address, n.prefix, n.gateway, n.mtu
             );
-            if vmm == Vmm::Husk {
+            if vmm != Vmm::Qemu {
                 (ip, None, None)
             } else {
                 let (p, fd) = Passt::start(n, &published()).map_err(|e| e.to_string())?;
@@ -531,13 +550,16 @@ fn start(
     };
     let cmdline = format!("quiet bench.ip={ip}");
     let mut cmd = match vmm {
-        Vmm::Husk => {
+        Vmm::Husk | Vmm::HuskInSlot => {
             let mut c = Command::new(&env.bin);
             c.arg("run")
                 .arg("--initrd")
                 .arg(&env.initrd)
                 .args(["--cmdline", &cmdline, "--cpus", "1", "--memory", "128"])
                 .args(["--timeout", "3600"]);
+            if vmm == Vmm::HuskInSlot {
+                c.args(["--net-slots", "1"]);
+            }
             match backend {
                 Backend::Tap => {
                     c.args(["--net", &format!("tap:{TAP}")]);

@@ -299,6 +299,11 @@ pub struct Args {
     /// makes none of its own
     #[arg(long, hide = true)]
     keep_cgroup: bool,
+    /// Empty virtio-mmio slots for network interfaces, which also puts
+    /// the interfaces the VM boots with into slots (a detached run's VM
+    /// has 4, a foreground one none): for the benches that weigh them
+    #[arg(long, value_name = "N", hide = true)]
+    net_slots: Option<u8>,
     /// Boot the kernel even where a snapshot of this appliance is cached,
     /// and take none (by default the first run of an appliance snapshots
     /// it and later runs restore that: see husk snapshot)
@@ -849,8 +854,8 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             .iter()
             .filter(|d| d.as_str() == vmm::snapshot::device_name(0))
             .count() as u8,
-        (None, Some(_)) => NET_SLOTS,
-        (None, None) => 0,
+        (None, Some(_)) => args.net_slots.unwrap_or(NET_SLOTS),
+        (None, None) => args.net_slots.unwrap_or(0),
     };
     let warm = match &plan.image {
         Some(image) if !args.cold && warm::restorable(plan.husk_init, &plan.disks) => {
