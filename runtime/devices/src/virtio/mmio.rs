@@ -662,11 +662,6 @@ impl MmioTransport {
         self.free_slot().is_ok_and(|s| s.is_empty())
     }
 
-    /// Whether this transport is a slot, and whether a device is in it.
-    pub fn slot_state(&mut self) -> Option<bool> {
-        self.device.as_slot().map(|s| !s.is_empty())
-    }
-
     fn reset(&mut self) {
         self.device.reset();
         self.queues = self.fresh_queues();
@@ -831,7 +826,6 @@ pub(crate) mod tests {
         // which a snapshot keeps.
         assert_eq!(read32(&mut t, R_DEVICE_ID), 0);
         assert_eq!(t.save().unwrap().device_type, 0);
-        assert_eq!(t.slot_state(), Some(false));
         assert!(t.can_plug());
         bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
         assert!(!t.active);
@@ -849,7 +843,6 @@ pub(crate) mod tests {
         let refused = t.save().unwrap_err();
         assert!(refused.0.contains("connected"), "{}", refused.0);
         assert_eq!(read32(&mut t, R_DEVICE_ID), VIRTIO_ID_RNG);
-        assert_eq!(t.slot_state(), Some(true));
         bring_up(&mut t, 16, 0x1000, 0x2000, 0x3000);
         assert!(t.active, "the device in the slot starts");
         assert!(matches!(t.unplug(), Err(SlotError::Driven(_))));
@@ -859,7 +852,7 @@ pub(crate) mod tests {
         assert!(matches!(t.unplug(), Err(SlotError::Empty)));
         // A transport that is no slot is never changed.
         let mut plain = rng_transport();
-        assert_eq!(plain.slot_state(), None);
+        assert!(!plain.can_plug());
         assert!(matches!(
             plain.plug(Box::new(Rng::new().unwrap())),
             Err(SlotError::NotASlot)
