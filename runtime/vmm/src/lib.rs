@@ -459,10 +459,15 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     }
     if let Some(input) = cfg.console_input.take() {
         // Host input flows once the guest has its console open: husk's init
-        // says so on the control port; another init shows it by writing.
+        // says so on the control port; another init shows it by writing. A
+        // restored guest had it open when it was saved (a snapshot is taken
+        // at init's snapshot point or of a running appliance), and its init
+        // says nothing again: a command that reads before it writes would
+        // wait for input held back for ever.
         let guest = shared.clone();
+        let restored = restore.is_some();
         let ready = Box::new(move || {
-            guest.report.init_running() || console_transmitted.load(Ordering::Acquire)
+            restored || guest.report.init_running() || console_transmitted.load(Ordering::Acquire)
         });
         let console_in = event_loop::ConsoleIn::new(input, console_buffer, console, ready)
             .map_err(io("creating a timerfd"))?;

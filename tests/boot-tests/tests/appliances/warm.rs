@@ -50,12 +50,17 @@ pub fn trials() -> Vec<Trial> {
 
 /// `husk ARGS` from the workspace root with snapshots in `snapshots`.
 fn husk(snapshots: &Path, args: &[&str]) -> Result<HuskRun, Failed> {
+    husk_in(snapshots, args, b"")
+}
+
+/// [`husk`] with `stdin` as its input.
+fn husk_in(snapshots: &Path, args: &[&str], stdin: &[u8]) -> Result<HuskRun, Failed> {
     std::env::set_current_dir(boot_tests::workspace_root())?;
     let mut cmd = Command::new(husk_bin()?);
     cmd.args(args)
         .env("HUSK_SNAPSHOT_DIR", snapshots)
         .env("HUSK_LOG", "info");
-    Ok(output_within(cmd, b"", LIMIT)?)
+    Ok(output_within(cmd, stdin, LIMIT)?)
 }
 
 /// `husk run --timeout 90 ARGS`, which must exit with `code`.
@@ -333,6 +338,30 @@ fn warm_disks_randomness_cpus() -> Result<(), Failed> {
     }
     if macs[0] == macs[1] || !macs.iter().all(|m| m.starts_with("02:")) {
         return Err(format!("each run gets its own MAC: {macs:?}").into());
+    }
+    // -i: this run's input reaches a restored command that reads before
+    // it writes anything (its init said it was running before the snapshot,
+    // and says nothing after the restore).
+    let script = "read x; echo got $x; exit 5";
+    let typed = husk_in(
+        &snaps,
+        &[
+            "run",
+            "--timeout",
+            "60",
+            "-i",
+            "examples/web",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"typed\n",
+    )?;
+    if typed.code != Some(5) || !restored(&typed) || !typed.stdout.contains("got typed") {
+        return Err(typed
+            .explain("a restored run with -i should read its input and exit 5")
+            .into());
     }
 
     // Two vCPUs; two restores of one snapshot differ in their random
