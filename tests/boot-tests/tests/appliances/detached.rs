@@ -204,7 +204,16 @@ fn start_attached() -> Result<(), Failed> {
     };
     let r = h_in(&["start", "-ai", &input.name], b"hello\n")?;
     if r.code != Some(2) || !lines(&r).iter().any(|l| l == "got hello") {
-        return Err(r.explain("start -ai: the input read, status 2").into());
+        // What the keeper saw, for a failure that did not show itself here.
+        let logs = h(&["logs", &input.name])?;
+        return Err(format!(
+            "{}\n  --- ps: {}\n  --- husk logs: {:?} {:?}",
+            r.explain("start -ai: the input read, status 2"),
+            input.ps_line()?,
+            logs.stdout,
+            logs.stderr
+        )
+        .into());
     }
     refused(
         h(&["start", "-a", &vm.name, &input.name])?,
