@@ -96,6 +96,7 @@ impl Net {
         };
         let mergeable = a.features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let mut delivered = false;
+        let mut rearmed_at = None;
         loop {
             if self.rx_len == 0 {
                 if self.backend_gone {
@@ -127,8 +128,8 @@ impl Net {
                 }
                 // Held until the guest adds buffers and notifies (unless
                 // it added some meanwhile: then try again).
-                Delivery::NoBuffers => {
-                    if !rearm(a, RX_QUEUE)? {
+                Delivery::NoBuffers { seen } => {
+                    if !rearm_once(a, RX_QUEUE, seen, &mut rearmed_at)? {
                         break;
                     }
                 }
@@ -162,11 +163,13 @@ impl Net {
         };
         let mem = a.mem.clone();
         let mut used = false;
+        let mut rearmed_at = None;
         loop {
             let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&mem) else {
                 // Drained: have the guest notify its next frame, unless one
                 // came meanwhile.
-                if rearm(a, TX_QUEUE)? {
+                let seen = a.queues[TX_QUEUE].next_avail();
+                if rearm_once(a, TX_QUEUE, seen, &mut rearmed_at)? {
                     continue;
                 }
                 break;
@@ -209,21 +212,42 @@ impl Net {
     }
 }
 
-/// Asks the guest to notify the next buffer it adds to `queue` (with
-/// event indexes: the avail event becomes the avail ring's current index,
-/// so a device waiting for more buffers than are posted hears of the next
-/// one). True when buffers arrived since the device last looked.
-fn rearm(a: &mut Activation, queue: usize) -> Result<bool, DeviceError> {
+/// Asks the guest to notify the next buffer it adds to `queue` after the
+/// `seen` ones, the avail index the device last read (with event indexes:
+/// the avail event becomes `seen`, so a device waiting for more buffers
+/// than are posted hears of the next one). True when the guest added
+/// buffers past `seen` meanwhile: it may not notify those, so the device
+/// must look again. (Comparing with an avail index read here instead
+/// would take a buffer added since the last look as seen, and leave it in
+/// the ring until the guest's next one: a frame unsent, which Linux's TCP
+/// does not send again while it is still queued.)
+fn rearm(a: &mut Activation, queue: usize, seen: u16) -> Result<bool, DeviceError> {
     let q = &mut a.queues[queue];
-    let err = |source| DeviceError::Queue { queue, source };
     let next = q.next_avail();
-    let avail = q
-        .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
-        .map_err(err)?;
-    q.set_next_avail(avail.0);
-    let more = q.enable_notification(&a.mem).map_err(err);
+    q.set_next_avail(seen);
+    let more = q
+        .enable_notification(&a.mem)
+        .map_err(|source| DeviceError::Queue { queue, source });
     q.set_next_avail(next);
     more
+}
+
+/// [`rearm`], unless the device rearmed at `seen` already in this pass:
+/// the ring did not move since, so what the avail index shows past `seen`
+/// cannot be taken (an index a hostile guest set too far ahead, a ring
+/// outside memory), and looking again would loop for ever. The guest's
+/// next notification brings the device back.
+fn rearm_once(
+    a: &mut Activation,
+    queue: usize,
+    seen: u16,
+    rearmed_at: &mut Option<u16>,
+) -> Result<bool, DeviceError> {
+    if *rearmed_at == Some(seen) {
+        return Ok(false);
+    }
+    *rearmed_at = Some(seen);
+    rearm(a, queue, seen)
 }
 
 /// Notes that the backend failed (its peer went away): said once, and
@@ -258,8 +282,11 @@ enum Delivery {
     Done,
     /// The frame can never fit what the guest offers.
     Dropped,
-    /// Not enough buffers now; nothing was consumed.
-    NoBuffers,
+    /// Not enough buffers now; nothing was consumed. `seen`: the avail
+    /// index at which the ring ran out.
+    NoBuffers {
+        seen: u16,
+    },
 }
 
 /// Writes one received frame into the guest's receive buffers: one chain,
@@ -282,8 +309,9 @@ fn deliver(a: &mut Activation, frame: &mut [u8], mergeable: bool) -> Result<Deli
             return Ok(Delivery::Dropped);
         }
         let Some(chain) = q.pop_descriptor_chain(&mem) else {
+            let seen = q.next_avail();
             q.set_next_avail(start);
-            return Ok(Delivery::NoBuffers);
+            return Ok(Delivery::NoBuffers { seen });
         };
         let head = chain.head_index();
         let cap = chain

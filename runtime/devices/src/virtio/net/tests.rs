@@ -412,3 +412,70 @@ fn host_events_before_activation_are_ignored() {
     .unwrap();
     assert_eq!(wire.lock().unwrap().inbound.len(), 1);
 }
+
+/// The guest may add a buffer after the device found the ring empty and
+/// before it rearms, and not notify it (the avail event it read was
+/// older). Rearming must report it: left in the ring until the guest's
+/// next buffer, a frame stays unsent, and Linux's TCP does not send again
+/// what is still queued in the device (a transfer stopped for good).
+#[test]
+fn rearm_reports_a_buffer_added_after_the_ring_was_found_empty() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE | 1 << VIRTIO_RING_F_EVENT_IDX);
+    m.write_slice(&frame(10), GuestAddress(DATA)).unwrap();
+    let chain = [desc(DATA, (HDR_LEN + 10) as u32, 0, 0)];
+    r.tx.add_desc_chains(&chain, 0).unwrap();
+    let DeviceState::Active(a) = &mut r.dev.state else {
+        panic!("not active");
+    };
+    // The device takes the frame and finds the ring empty at index 1.
+    assert!(a.queues[TX_QUEUE].pop_descriptor_chain(&m).is_some());
+    assert!(a.queues[TX_QUEUE].pop_descriptor_chain(&m).is_none());
+    let seen = a.queues[TX_QUEUE].next_avail();
+    // The guest adds one more now.
+    r.tx.add_desc_chains(&chain, 1).unwrap();
+    assert!(rearm(a, TX_QUEUE, seen).unwrap(), "the added frame is seen");
+    let at = r.tx.used_addr().0 + 4 + 8 * 16;
+    assert_eq!(m.read_obj::<u16>(GuestAddress(at)).unwrap(), seen);
+
+    // Receiving: a frame short of buffers, and one more posted before
+    // the device rearms.
+    let mut f = frame(3000);
+    offer_rx(&r, 0, 1, 1526);
+    let DeviceState::Active(a) = &mut r.dev.state else {
+        panic!("not active");
+    };
+    let Delivery::NoBuffers { seen } = deliver(a, &mut f, true).unwrap() else {
+        panic!("one buffer cannot hold 3000 bytes");
+    };
+    assert_eq!(seen, 1);
+    assert_eq!(a.queues[RX_QUEUE].next_avail(), 0, "nothing consumed");
+    let buffer = desc(DATA + 0x1000, 1526, VRING_DESC_F_WRITE, 0);
+    r.rx.add_desc_chains(&[buffer], 1).unwrap();
+    assert!(
+        rearm(a, RX_QUEUE, seen).unwrap(),
+        "the added buffer is seen"
+    );
+    assert!(matches!(deliver(a, &mut f, true), Ok(Delivery::Done)));
+}
+
+/// An avail index a hostile guest set past what the ring can hold reads as
+/// "more buffers" to a rearm, but none can be taken: neither queue loops
+/// on it, and the device still works once the guest mends the ring.
+#[test]
+fn an_avail_index_too_far_ahead_neither_hangs_nor_panics() {
+    let m = mem();
+    let mut r = rig(&m, MERGEABLE | 1 << VIRTIO_RING_F_EVENT_IDX);
+    r.tx.avail().idx().store(1000);
+    r.rx.avail().idx().store(1000);
+    r.wire.lock().unwrap().inbound.push_back(frame(100));
+    r.dev.process_queue(TX_QUEUE).unwrap();
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.used_idx(&r.tx), 0);
+    assert_eq!(r.used_idx(&r.rx), 0);
+    // Mended: one receive buffer, and the held frame goes.
+    r.rx.avail().idx().store(0);
+    offer_rx(&r, 0, 1, 1526);
+    r.dev.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(r.used_idx(&r.rx), 1);
+}
