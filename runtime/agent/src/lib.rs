@@ -397,8 +397,9 @@ pub enum Request {
     },
     /// Takes the network interface the VMM has just put into the empty
     /// slot `virtio-mmio.{device}` (`husk network connect` of a running
-    /// VM): probes it, gives it `address`/`prefix`, and keeps the names of
-    /// husk network `network`'s members in `/etc/hosts`. No default route:
+    /// VM): probes it, gives it `address`/`prefix` (and `address6` on a
+    /// network with IPv6), and keeps the names of husk network `network`'s
+    /// members in `/etc/hosts`. No default route:
     /// the guest's way out stays the one it booted with, as docker's
     /// `network connect` leaves a container's. Answer: [`Response::Ok`].
     PlugInterface {
@@ -406,6 +407,8 @@ pub enum Request {
         network: String,
         address: std::net::Ipv4Addr,
         prefix: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address6: Option<(std::net::Ipv6Addr, u8)>,
     },
     /// Lets go of the interface in slot `virtio-mmio.{device}`: its
     /// network's names leave `/etc/hosts` and its driver is unbound,

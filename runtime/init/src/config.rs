@@ -441,6 +441,9 @@ pub struct NetworkHosts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkHost {
     pub address: Ipv4Addr,
+    /// Its IPv6 address, on a network with IPv6 (`network create --ipv6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
     pub names: Vec<String>,
 }
 
@@ -457,7 +460,15 @@ impl NetworkHosts {
                     .map(String::as_str)
                     .filter(|n| is_resolver_word(n))
                     .collect();
-                (!names.is_empty()).then(|| format!("{}\t{}\n", h.address, names.join(" ")))
+                if names.is_empty() {
+                    return None;
+                }
+                let names = names.join(" ");
+                let mut lines = format!("{}\t{names}\n", h.address);
+                if let Some(v6) = h.address6 {
+                    lines.push_str(&format!("{v6}\t{names}\n"));
+                }
+                Some(lines)
             })
             .collect()
     }
@@ -886,15 +897,25 @@ mod tests {
             hosts: vec![
                 NetworkHost {
                     address: Ipv4Addr::new(10, 89, 0, 2),
+                    address6: None,
                     names: vec!["db".into(), "two words".into(), "postgres".into()],
                 },
                 NetworkHost {
                     address: Ipv4Addr::new(10, 89, 0, 3),
+                    address6: Some("fd00::3".parse().unwrap()),
                     names: vec!["#x".into()],
+                },
+                NetworkHost {
+                    address: Ipv4Addr::new(10, 89, 0, 4),
+                    address6: Some("fd00::4".parse().unwrap()),
+                    names: vec!["web".into()],
                 },
             ],
         };
-        assert_eq!(hosts.lines(), "10.89.0.2\tdb postgres\n");
+        assert_eq!(
+            hosts.lines(),
+            "10.89.0.2\tdb postgres\n10.89.0.4\tweb\nfd00::4\tweb\n"
+        );
     }
 
     #[test]

@@ -502,8 +502,8 @@ fn interface_of(platform: &Path) -> Option<String> {
 pub fn plug(
     device: u32,
     network: &str,
-    address: Ipv4Addr,
-    prefix: u8,
+    (address, prefix): (Ipv4Addr, u8),
+    address6: Option<(Ipv6Addr, u8)>,
     say: fn(&str),
 ) -> io::Result<String> {
     let platform = slot_device(device);
@@ -530,7 +530,7 @@ pub fn plug(
         gateway: None,
         mtu: None,
         mac: None,
-        address6: None,
+        address6,
         gateway6: None,
         network: Some(network.to_string()),
     };

@@ -241,7 +241,24 @@ fn appliance_doc(vm: &VmDir) -> anyhow::Result<Value> {
         .map(|n| {
             let file = vm.dir.join(format!("network-{n}.address"));
             let address = std::fs::read_to_string(file).unwrap_or_default();
-            (n.clone(), json!({"IPAddress": address.trim()}))
+            // On a network with IPv6, the address that goes with it.
+            let v6 = address
+                .trim()
+                .parse()
+                .ok()
+                .and_then(|a| {
+                    crate::networks::Network::find(n)
+                        .ok()?
+                        .meta()
+                        .ok()?
+                        .address6(a)
+                })
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default();
+            (
+                n.clone(),
+                json!({"IPAddress": address.trim(), "GlobalIPv6Address": v6}),
+            )
         })
         .collect();
     // The guest's first IPv4 address, as docker's IPAddress (its bridge's).

@@ -14,9 +14,16 @@ use crate::networks::{self, Network};
 pub enum Command {
     /// Make a network and print its name
     Create {
-        /// Its IPv4 subnet (default: the first free 10.89.N.0/24)
+        /// Its IPv4 subnet (default: the first free 10.89.N.0/24), and
+        /// with --ipv6 its IPv6 one (default: a unique local /64 of its
+        /// own): give --subnet once for each
         #[arg(long, value_name = "CIDR")]
-        subnet: Option<String>,
+        subnet: Vec<String>,
+        /// IPv6 too: each appliance gets an IPv6 address beside its IPv4
+        /// one (the IPv6 subnet's prefix and the IPv4 address's host
+        /// part), and its names resolve to both
+        #[arg(long)]
+        ipv6: bool,
         /// No way out: appliances on it get no user-mode network for it,
         /// only each other
         #[arg(long)]
@@ -30,12 +37,13 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
         /// Each as TEMPLATE says, as docker's: {{.Name}} {{.Driver}}
-        /// {{.Subnet}} {{.Internal}} {{.InUse}} {{.Appliances}};
+        /// {{.Subnet}} {{.IPv6Subnet}} {{.Internal}} {{.InUse}}
+        /// {{.Appliances}};
         /// "table TEMPLATE"; "json"
         #[arg(long, value_name = "TEMPLATE")]
         format: Option<String>,
     },
-    /// Show networks as JSON: name, subnet, internal, in use, the
+    /// Show networks as JSON: name, subnets, internal, in use, the
     /// appliances on it and their addresses, folder
     Inspect {
         #[arg(required = true)]
@@ -84,6 +92,11 @@ pub enum Command {
     },
 }
 
+/// A network's IPv6 subnet, if it has IPv6, as `fd00:1::/64`.
+fn subnet6(meta: &networks::Meta) -> Option<String> {
+    meta.subnet6.map(|(a, p)| format!("{a}/{p}"))
+}
+
 /// The networks no appliance is on or names (what prune removes).
 pub fn doomed() -> anyhow::Result<Vec<super::Doomed<'static>>> {
     let users = Users::naming_by(|s| s.networks)?;
@@ -100,13 +113,30 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Create {
             subnet,
+            ipv6,
             internal,
             name,
         } => {
             networks::check_name(&name)?;
-            let subnet = subnet.as_deref().map(networks::parse_subnet).transpose()?;
-            let meta = Network::at(&networks::root()?, &name).create(subnet, internal)?;
-            eprintln!("husk: network {name}: {}/{}", meta.subnet.0, meta.subnet.1);
+            let (mut v4, mut v6) = (None, None);
+            for text in &subnet {
+                match networks::parse_subnet(text)? {
+                    networks::Subnet::V4(a, p) if v4.is_none() => v4 = Some((a, p)),
+                    networks::Subnet::V6(a, p) if v6.is_none() => v6 = Some((a, p)),
+                    _ => anyhow::bail!(
+                        "--subnet {text}: one IPv4 subnet and one IPv6 subnet at most"
+                    ),
+                }
+            }
+            let meta = Network::at(&networks::root()?, &name).create(v4, ipv6, v6, internal)?;
+            let v6 = meta
+                .subnet6
+                .map(|(a, p)| format!(" and {a}/{p}"))
+                .unwrap_or_default();
+            eprintln!(
+                "husk: network {name}: {}/{}{v6}",
+                meta.subnet.0, meta.subnet.1
+            );
             println!("{name}");
             Ok(ExitCode::SUCCESS)
         }
@@ -120,10 +150,11 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 all.iter().for_each(|n| println!("{}", n.name));
                 return Ok(ExitCode::SUCCESS);
             }
-            const COLUMNS: [(&str, &str); 6] = [
+            const COLUMNS: [(&str, &str); 7] = [
                 ("Name", "NAME"),
                 ("Driver", "DRIVER"),
                 ("Subnet", "SUBNET"),
+                ("IPv6Subnet", "IPV6 SUBNET"),
                 ("Internal", "INTERNAL"),
                 ("InUse", "IN USE"),
                 ("Appliances", "APPLIANCES"),
@@ -137,6 +168,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     "Name" => n.name.clone(),
                     "Driver" => "husk".into(),
                     "Subnet" => format!("{}/{}", meta.subnet.0, meta.subnet.1),
+                    "IPv6Subnet" => subnet6(&meta).unwrap_or_default(),
                     "Internal" => meta.internal.to_string(),
                     "InUse" => in_use.to_string(),
                     _ => users.naming(&n.name).join(", "),
@@ -152,9 +184,14 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let yes_no = |text: &str| if text == "true" { "yes" } else { "no" }.to_string();
             for r in &rows {
                 let cell = |f: &str| r[f].as_str().unwrap_or_default().to_string();
+                let subnets = [cell("Subnet"), cell("IPv6Subnet")]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 table.push(vec![
                     cell("Name"),
-                    cell("Subnet"),
+                    subnets,
                     yes_no(&cell("Internal")),
                     yes_no(&cell("InUse")),
                     cell("Appliances"),
@@ -184,6 +221,8 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 shown.push(serde_json::json!({
                     "Name": n.name,
                     "Subnet": format!("{}/{}", meta.subnet.0, meta.subnet.1),
+                    "EnableIPv6": meta.subnet6.is_some(),
+                    "IPv6Subnet": subnet6(&meta),
                     "Internal": meta.internal,
                     "InUse": n.in_use(),
                     // The host's interface on it, while its hub has one.

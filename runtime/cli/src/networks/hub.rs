@@ -268,6 +268,8 @@ pub struct Hub {
     held: Vec<Held>,
     /// The host's port, on a network of root's.
     host: Option<HostPort>,
+    /// A member's IPv6 address from its IPv4 one, on a network with IPv6.
+    ipv6: Option<Box<dyn Fn(Ipv4Addr) -> Option<std::net::Ipv6Addr>>>,
     /// Frames dropped for members that did not read them.
     dropped: u64,
     /// Messages on a member's socket that were no frame.
@@ -284,6 +286,7 @@ impl Hub {
             members: Vec::new(),
             held: Vec::new(),
             host: None,
+            ipv6: None,
             dropped: 0,
             malformed: 0,
             buf: vec![0u8; 4 + MAX_FRAME + 1].into_boxed_slice(),
@@ -293,6 +296,16 @@ impl Hub {
     /// The host's port on the network.
     pub fn with_host(mut self, host: HostPort) -> Self {
         self.host = Some(host);
+        self
+    }
+
+    /// IPv6 on the network: `address6` gives a member's IPv6 address from
+    /// its IPv4 one, for the names the members are sent.
+    pub fn with_ipv6(
+        mut self,
+        address6: impl Fn(Ipv4Addr) -> Option<std::net::Ipv6Addr> + 'static,
+    ) -> Self {
+        self.ipv6 = Some(Box::new(address6));
         self
     }
 
@@ -774,6 +787,7 @@ impl Hub {
                 .filter(|j| !j.names.is_empty())
                 .map(|j| NetworkHost {
                     address: j.address,
+                    address6: self.ipv6.as_ref().and_then(|f| f(j.address)),
                     names: j.names.clone(),
                 })
                 .collect(),

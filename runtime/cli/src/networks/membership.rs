@@ -230,7 +230,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let network = Network::at(tmp.path(), "lan");
         network
-            .create(Some(([10, 90, 0, 0].into(), 24)), true)
+            .create(Some(([10, 90, 0, 0].into(), 24)), false, None, true)
             .unwrap();
         let socket = network.dir.join(super::super::SOCKET);
         let listener = UnixListener::bind(&socket).unwrap();
@@ -312,7 +312,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let network = Network::at(tmp.path(), "lan");
         network
-            .create(Some(([10, 90, 0, 0].into(), 24)), true)
+            .create(Some(([10, 90, 0, 0].into(), 24)), false, None, true)
             .unwrap();
         let living = network
             .lease([2, 0, 0, 0, 0, 1], [10, 90, 0, 2].into())

@@ -5,7 +5,7 @@
 //!
 //! A network is a folder under `networks` in husk's data folder
 //! ([`crate::volumes::data_dir`]): `NAME/network.json` (its IPv4 subnet,
-//! whether it is internal, when it was made), `NAME/lock`, while any
+//! its IPv6 one if it has IPv6, whether it is internal, when it was made), `NAME/lock`, while any
 //! appliance is on it `NAME/hub.sock` and `NAME/hub.log`, and a lease in
 //! `NAME/members/` for each member's address, locked by the member's
 //! husk while it lives ([`Lease`]).
@@ -26,7 +26,7 @@ mod membership;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -71,6 +71,11 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 pub struct Meta {
     /// The network's own address and prefix length (`10.89.0.0/24`).
     pub subnet: (Ipv4Addr, u8),
+    /// Its IPv6 subnet, when it has IPv6 (`network create --ipv6`): a
+    /// member's IPv6 address is this prefix with its IPv4 address's host
+    /// part (`10.89.0.5` is `fd..::5`), so its lease holds both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<(Ipv6Addr, u8)>,
     /// No way out: its VMs get no user-mode network for it.
     #[serde(default)]
     pub internal: bool,
@@ -87,6 +92,20 @@ impl Meta {
         let base = u32::from(base) & mask;
         (base + 2, (base | !mask) - 1)
     }
+
+    /// The IPv6 address and prefix of the member (or the gateway) at
+    /// `address`, on a network with IPv6.
+    pub fn address6(&self, address: Ipv4Addr) -> Option<(Ipv6Addr, u8)> {
+        let (base6, prefix6) = self.subnet6?;
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.subnet.1))
+            .unwrap_or(0);
+        let host = u32::from(address) & !mask;
+        Some((
+            Ipv6Addr::from(u128::from(base6) | u128::from(host)),
+            prefix6,
+        ))
+    }
 }
 
 /// A VM on a network, as [`Network::join`] put it there.
@@ -96,6 +115,8 @@ pub struct Joined {
     pub socket: OwnedFd,
     pub address: Ipv4Addr,
     pub prefix: u8,
+    /// Its IPv6 address and prefix, on a network with IPv6.
+    pub address6: Option<(Ipv6Addr, u8)>,
     /// What keeps it on the network should the hub go.
     pub membership: Membership,
 }
@@ -146,11 +167,22 @@ impl Network {
         if !(8..=30).contains(&meta.subnet.1) {
             anyhow::bail!("{}: a subnet of /8 to /30", path.display());
         }
+        if let Some(s6) = meta.subnet6 {
+            check_subnet6(s6, meta.subnet.1).with_context(|| path.display().to_string())?;
+        }
         Ok(meta)
     }
 
-    /// Makes the network with `subnet` (else the first free `10.89.N.0/24`).
-    pub fn create(&self, subnet: Option<(Ipv4Addr, u8)>, internal: bool) -> anyhow::Result<Meta> {
+    /// Makes the network with `subnet` (else the first free `10.89.N.0/24`),
+    /// and with `ipv6` IPv6 too: `subnet6`, else a unique local `/64` of
+    /// its own (RFC 4193: `fd` and 40 random bits).
+    pub fn create(
+        &self,
+        subnet: Option<(Ipv4Addr, u8)>,
+        ipv6: bool,
+        subnet6: Option<(Ipv6Addr, u8)>,
+        internal: bool,
+    ) -> anyhow::Result<Meta> {
         let root = self
             .dir
             .parent()
@@ -162,11 +194,11 @@ impl Network {
         if self.dir.join(META).exists() {
             anyhow::bail!("a network named {} exists already", self.name);
         }
-        let taken: Vec<(Ipv4Addr, u8)> = Network::all()?
+        let others: Vec<Meta> = Network::all()?
             .iter()
             .filter_map(|n| n.meta().ok())
-            .map(|m| m.subnet)
             .collect();
+        let taken: Vec<(Ipv4Addr, u8)> = others.iter().map(|m| m.subnet).collect();
         let subnet = match subnet {
             Some(s) => {
                 if let Some(t) = taken.iter().find(|t| overlap(**t, s)) {
@@ -182,10 +214,38 @@ impl Network {
             }
             None => free_subnet(&taken, &host_routes())?,
         };
+        let created_ms = crate::vms::now_ms();
+        let subnet6 = match (ipv6, subnet6) {
+            (false, None) => None,
+            (false, Some(s)) => anyhow::bail!(
+                "--subnet {}/{}: an IPv6 subnet needs --ipv6, as docker's",
+                s.0,
+                s.1
+            ),
+            (true, Some(s)) => {
+                check_subnet6(s, subnet.1)?;
+                if let Some(t) = others
+                    .iter()
+                    .filter_map(|m| m.subnet6)
+                    .find(|t| overlap6(*t, s))
+                {
+                    anyhow::bail!(
+                        "--subnet {}/{}: another husk network has {}/{}",
+                        s.0,
+                        s.1,
+                        t.0,
+                        t.1
+                    );
+                }
+                Some(s)
+            }
+            (true, None) => Some(unique_local(&self.name, created_ms)),
+        };
         let meta = Meta {
             subnet,
+            subnet6,
             internal,
-            created_ms: crate::vms::now_ms(),
+            created_ms,
         };
         let tmp = root.join(format!(".{}.tmp-{}", self.name, std::process::id()));
         let made = (|| {
@@ -243,6 +303,7 @@ impl Network {
             socket: vm,
             address,
             prefix: meta.subnet.1,
+            address6: meta.address6(address),
             membership: Membership::new(self.clone(), hello, address, control, member, lease),
         })
     }
@@ -401,11 +462,18 @@ impl Network {
         let (base, prefix) = meta.subnet;
         let gateway = Ipv4Addr::from(u32::from(base) + 1);
         let address = format!("{gateway}/{prefix}");
+        // The IPv6 gateway (`::1`), used at once: no member has it.
+        let address6 = meta
+            .address6(gateway)
+            .map(|(a, p)| format!("{a}/{p}"))
+            .unwrap_or_default();
         let mtu = MTU.to_string();
-        for args in [
-            &["addr", "add", &address, "dev", &name][..],
-            &["link", "set", "dev", &name, "mtu", &mtu, "up"],
-        ] {
+        let mut steps = vec![vec!["addr", "add", &address, "dev", &name]];
+        if !address6.is_empty() {
+            steps.push(vec!["-6", "addr", "add", &address6, "dev", &name, "nodad"]);
+        }
+        steps.push(vec!["link", "set", "dev", &name, "mtu", &mtu, "up"]);
+        for args in &steps {
             let out = std::process::Command::new("ip")
                 .args(args)
                 .output()
@@ -450,6 +518,9 @@ impl Network {
         let lock = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let socket = hub::confine(&self.dir)?.join(SOCKET);
         let mut hub = hub::Hub::new(meta.hosts());
+        if meta.subnet6.is_some() {
+            hub = hub.with_ipv6(move |a| meta.address6(a).map(|(v6, _)| v6));
+        }
         if let Some(host) = host {
             hub = hub.with_host(host);
         }
@@ -540,17 +611,77 @@ fn free_subnet(
         .context("every 10.89.N.0/24 is taken: give one with --subnet")
 }
 
-/// `--subnet 10.90.0.0/24`: an IPv4 network of /8 to /30.
-pub fn parse_subnet(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+/// A network's subnet, as `--subnet` gives it: IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subnet {
+    V4(Ipv4Addr, u8),
+    V6(Ipv6Addr, u8),
+}
+
+/// `--subnet 10.90.0.0/24` (an IPv4 network of /8 to /30) or `--subnet
+/// fd00:1::/64` (an IPv6 one), the address taken down to the network's.
+pub fn parse_subnet(text: &str) -> anyhow::Result<Subnet> {
     let cidr: appliance_spec::Cidr = text.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let std::net::IpAddr::V4(addr) = cidr.addr else {
-        anyhow::bail!("--subnet {text}: an IPv4 network (IPv6 is not given out yet)");
-    };
-    if !(8..=30).contains(&cidr.prefix) {
-        anyhow::bail!("--subnet {text}: a prefix of /8 to /30");
+    match cidr.addr {
+        std::net::IpAddr::V4(addr) => {
+            if !(8..=30).contains(&cidr.prefix) {
+                anyhow::bail!("--subnet {text}: an IPv4 prefix of /8 to /30");
+            }
+            let mask = u32::MAX << (32 - u32::from(cidr.prefix));
+            Ok(Subnet::V4(
+                Ipv4Addr::from(u32::from(addr) & mask),
+                cidr.prefix,
+            ))
+        }
+        std::net::IpAddr::V6(addr) => {
+            if !(8..=120).contains(&cidr.prefix) {
+                anyhow::bail!("--subnet {text}: an IPv6 prefix of /8 to /120");
+            }
+            let mask = u128::MAX << (128 - u32::from(cidr.prefix));
+            Ok(Subnet::V6(
+                Ipv6Addr::from(u128::from(addr) & mask),
+                cidr.prefix,
+            ))
+        }
     }
-    let mask = u32::MAX << (32 - u32::from(cidr.prefix));
-    Ok((Ipv4Addr::from(u32::from(addr) & mask), cidr.prefix))
+}
+
+/// An IPv6 subnet must hold every IPv4 host part of the network's
+/// (`v4_prefix`), which members' IPv6 addresses are made of.
+fn check_subnet6((addr, prefix): (Ipv6Addr, u8), v4_prefix: u8) -> anyhow::Result<()> {
+    let room = 128 - u32::from(prefix.min(128));
+    let needed = 32 - u32::from(v4_prefix.min(32));
+    if room < needed {
+        anyhow::bail!(
+            "{addr}/{prefix} leaves {room} bits for hosts; the IPv4 subnet's /{v4_prefix} needs {needed}"
+        );
+    }
+    Ok(())
+}
+
+/// Whether two IPv6 networks share an address.
+fn overlap6(a: (Ipv6Addr, u8), b: (Ipv6Addr, u8)) -> bool {
+    let prefix = a.1.min(b.1);
+    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+    u128::from(a.0) & mask == u128::from(b.0) & mask
+}
+
+/// A unique local `/64` (RFC 4193: `fd`, a 40-bit global ID, subnet 0)
+/// for network `name`: the ID is a hash of its name, the time it is made
+/// and this host's boot, as random as the RFC asks.
+fn unique_local(name: &str, created_ms: u64) -> (Ipv6Addr, u8) {
+    use sha2::{Digest, Sha256};
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let digest = Sha256::new()
+        .chain_update(name)
+        .chain_update(created_ms.to_le_bytes())
+        .chain_update(boot.trim())
+        .chain_update(std::process::id().to_le_bytes())
+        .finalize();
+    let mut octets = [0u8; 16];
+    octets[0] = 0xfd;
+    octets[1..6].copy_from_slice(&digest[..5]);
+    (Ipv6Addr::from(octets), 64)
 }
 
 #[cfg(test)]
@@ -576,13 +707,25 @@ mod tests {
         ));
         assert_eq!(
             parse_subnet("10.90.3.7/16").unwrap(),
-            (Ipv4Addr::new(10, 90, 0, 0), 16)
+            Subnet::V4(Ipv4Addr::new(10, 90, 0, 0), 16)
         );
-        for bad in ["10.0.0.0", "fd00::/64", "10.0.0.0/31", "10.0.0.0/4", "x/24"] {
+        assert_eq!(
+            parse_subnet("fd00:1:2:3:4::9/64").unwrap(),
+            Subnet::V6("fd00:1:2:3::".parse().unwrap(), 64)
+        );
+        for bad in [
+            "10.0.0.0",
+            "fd00::",
+            "10.0.0.0/31",
+            "10.0.0.0/4",
+            "x/24",
+            "fd00::/121",
+        ] {
             assert!(parse_subnet(bad).is_err(), "{bad}");
         }
         let meta = Meta {
             subnet: (Ipv4Addr::new(10, 89, 5, 0), 24),
+            subnet6: None,
             internal: false,
             created_ms: 0,
         };
@@ -591,6 +734,71 @@ mod tests {
             (Ipv4Addr::from(first), Ipv4Addr::from(last)),
             (Ipv4Addr::new(10, 89, 5, 2), Ipv4Addr::new(10, 89, 5, 254))
         );
+        assert_eq!(meta.address6(Ipv4Addr::new(10, 89, 5, 7)), None);
+    }
+
+    /// A member's IPv6 address is the IPv6 prefix with its IPv4 address's
+    /// host part; an IPv6 subnet too small for the IPv4 one's hosts is
+    /// refused, and a network's own is unique local and a /64.
+    #[test]
+    fn ipv6_addresses_follow_the_ipv4_host_part() {
+        let meta = Meta {
+            subnet: (Ipv4Addr::new(10, 89, 0, 0), 16),
+            subnet6: Some(("fd12:3456:789a::".parse().unwrap(), 64)),
+            internal: false,
+            created_ms: 0,
+        };
+        assert_eq!(
+            meta.address6(Ipv4Addr::new(10, 89, 1, 5)),
+            Some(("fd12:3456:789a::105".parse().unwrap(), 64))
+        );
+        assert_eq!(
+            meta.address6(Ipv4Addr::new(10, 89, 0, 1)),
+            Some(("fd12:3456:789a::1".parse().unwrap(), 64))
+        );
+        check_subnet6(("fd00::".parse().unwrap(), 112), 16).unwrap();
+        assert!(check_subnet6(("fd00::".parse().unwrap(), 120), 16).is_err());
+        let (a, p) = unique_local("web", 1);
+        assert_eq!(
+            (a.octets()[0], &a.octets()[6..], p),
+            (0xfd, &[0u8; 10][..], 64)
+        );
+        assert_ne!(unique_local("web", 2).0, a, "a network's own");
+        assert!(overlap6(
+            ("fd00::".parse().unwrap(), 48),
+            ("fd00:0:0:5::".parse().unwrap(), 64)
+        ));
+        assert!(!overlap6(
+            ("fd00::".parse().unwrap(), 64),
+            ("fd00:0:0:5::".parse().unwrap(), 64)
+        ));
+    }
+
+    /// `--ipv6` alone gives the network a unique local /64 of its own,
+    /// kept in network.json; an IPv6 subnet needs `--ipv6` and room for
+    /// the IPv4 subnet's hosts, and a refused create leaves no network.
+    #[test]
+    fn a_network_with_ipv6_keeps_its_subnet_and_a_bad_one_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v4 = Some((Ipv4Addr::new(10, 91, 0, 0), 16));
+        let made = Network::at(tmp.path(), "six");
+        let meta = made.create(v4, true, None, false).unwrap();
+        let (prefix, len) = meta.subnet6.expect("an IPv6 subnet");
+        assert_eq!((prefix.octets()[0], len), (0xfd, 64));
+        assert_eq!(made.meta().unwrap().subnet6, meta.subnet6, "read back");
+        let given = Some(("fd00:9::".parse().unwrap(), 64));
+        let err = Network::at(tmp.path(), "no6")
+            .create(v4, false, given, false)
+            .unwrap_err();
+        assert!(err.to_string().contains("needs --ipv6"), "{err:#}");
+        let small = Some(("fd00:9::".parse().unwrap(), 120));
+        let err = Network::at(tmp.path(), "small")
+            .create(v4, true, small, false)
+            .unwrap_err();
+        assert!(err.to_string().contains("needs 16"), "{err:#}");
+        for name in ["no6", "small"] {
+            assert!(!tmp.path().join(name).exists(), "{name} was made");
+        }
     }
 
     #[test]

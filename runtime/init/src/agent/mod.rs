@@ -318,11 +318,16 @@ impl Agent {
                 network,
                 address,
                 prefix,
+                address6,
             } => {
-                let name = crate::net::plug(device, &network, address, prefix, crate::say)
-                    .map_err(|e| error(ErrorKind::Failed, format!("network {network}: {e}")))?;
+                let name =
+                    crate::net::plug(device, &network, (address, prefix), address6, crate::say)
+                        .map_err(|e| error(ErrorKind::Failed, format!("network {network}: {e}")))?;
+                let v6 = address6
+                    .map(|(a, p)| format!(" and {a}/{p}"))
+                    .unwrap_or_default();
                 crate::say(&format!(
-                    "agent: {name} is on network {network} at {address}/{prefix}"
+                    "agent: {name} is on network {network} at {address}/{prefix}{v6}"
                 ));
                 Ok(Response::Ok)
             }

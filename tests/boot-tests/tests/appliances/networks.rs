@@ -191,8 +191,8 @@ fn networks_in(root: &Path) -> Result<(), Failed> {
     )?;
 
     ok(
-        h(&["network", "create", "frontend"])?,
-        "husk network create",
+        h(&["network", "create", "--ipv6", "frontend"])?,
+        "husk network create --ipv6",
     )?;
     connected_while_running(root, &web)?;
 
@@ -417,17 +417,32 @@ fn connected_while_running(root: &Path, web: &Vm) -> Result<(), Failed> {
         .unwrap_or_default()
         .to_string();
     let at = format!("{}.50", &subnet[..subnet.rfind('.').unwrap_or(0)]);
+    // frontend has IPv6 too: netweb's address there is the IPv6 subnet's
+    // prefix with its IPv4 address's host part (.50).
+    let subnet6 = inspected[0]["IPv6Subnet"].as_str().unwrap_or_default();
+    let prefix6: std::net::Ipv6Addr = subnet6
+        .split_once('/')
+        .and_then(|(a, _)| a.parse().ok())
+        .ok_or_else(|| format!("network inspect's IPv6Subnet: {subnet6:?}"))?;
+    let at6 = std::net::Ipv6Addr::from(u128::from(prefix6) | 50).to_string();
     ok(
         h(&[
             "network", "connect", "--alias", "front", "--ip", &at, "frontend", &web.name,
         ])?,
         "husk network connect of a running appliance",
     )?;
-    let addresses = ok(web.exec(&["ip", "-4", "-o", "addr", "show"])?, "ip addr")?;
-    if !addresses.stdout.contains(&format!(" {at}/")) {
+    let addresses = ok(web.exec(&["ip", "-o", "addr", "show"])?, "ip addr")?;
+    if !addresses.stdout.contains(&format!(" {at}/"))
+        || !addresses.stdout.contains(&format!(" {at6}/64 "))
+    {
         return Err(addresses
-            .explain(&format!("netweb should have {at} on frontend"))
+            .explain(&format!("netweb should have {at} and {at6} on frontend"))
             .into());
+    }
+    // The host reaches it over IPv6 too, through the host port's ::1.
+    let page = super::network::curl(&format!("http://[{at6}]/"), None)?;
+    if !page.contains("Hello from a husk appliance") {
+        return Err(format!("curl http://[{at6}]/ from the host got:\n{page}").into());
     }
     refused(
         h(&["network", "connect", "frontend", &web.name])?,
@@ -441,6 +456,12 @@ fn connected_while_running(root: &Path, web: &Vm) -> Result<(), Failed> {
     if !ps.stdout.contains("frontend") {
         return Err(ps.explain("ps should show netweb on frontend").into());
     }
+    // A member of frontend: by name and alias, and over IPv6 (its names
+    // in /etc/hosts at both addresses).
+    let script = format!(
+        "wget -q -O- http://netweb/ && wget -q -O- http://front/ && \
+         wget -q -O- 'http://[{at6}]/' && grep -c '^{at6}\tnetweb' /etc/hosts"
+    );
     let r = h(&[
         "run",
         "--timeout",
@@ -453,11 +474,17 @@ fn connected_while_running(root: &Path, web: &Vm) -> Result<(), Failed> {
         "--",
         "sh",
         "-c",
-        "wget -q -O- http://netweb/ && wget -q -O- http://front/",
+        &script,
     ])?;
-    if r.code != Some(0) || r.stdout.matches("Hello from a husk appliance").count() != 2 {
+    if r.code != Some(0)
+        || r.stdout.matches("Hello from a husk appliance").count() != 3
+        || r.stdout.lines().last() != Some("1")
+    {
         return Err(r
-            .explain("a member of frontend should fetch netweb's page by name and by alias")
+            .explain(
+                "a member of frontend should fetch netweb's page by name, by alias and at \
+                 its IPv6 address, and find it in /etc/hosts at that address",
+            )
             .into());
     }
     ok(

@@ -570,7 +570,7 @@ pub(super) fn attach_net(
                 gateway: None,
                 mtu: n.mtu,
                 mac: Some(mac),
-                address6: None,
+                address6: joined.address6,
                 gateway6: None,
                 network: Some(name.clone()),
             });

@@ -22,13 +22,13 @@ fn hub_with(
     Member,
     Reply,
 ) {
-    hub_on(first, None)
+    hub_on(first, |hub| hub)
 }
 
-/// [`hub_with`], with the host's port `host`.
+/// [`hub_with`], the hub as `setup` makes it (a host port, IPv6).
 fn hub_on(
     first: Hello,
-    host: Option<HostPort>,
+    setup: impl FnOnce(Hub) -> Hub + Send + 'static,
 ) -> (
     tempfile::TempDir,
     std::thread::JoinHandle<()>,
@@ -42,13 +42,7 @@ fn hub_on(
         u32::from(Ipv4Addr::new(10, 89, 0, 2)),
         u32::from(Ipv4Addr::new(10, 89, 0, 4)),
     );
-    let hub = std::thread::spawn(move || {
-        let mut hub = Hub::new(range);
-        if let Some(host) = host {
-            hub = hub.with_host(host);
-        }
-        hub.run(&listener, || true).unwrap()
-    });
+    let hub = std::thread::spawn(move || setup(Hub::new(range)).run(&listener, || true).unwrap());
     let (member, reply) = hello(control, &first);
     (dir, hub, member, reply)
 }
@@ -160,6 +154,30 @@ fn listed(hosts: &NetworkHosts) -> Vec<String> {
         .iter()
         .map(|h| format!("{} {}", h.address, h.names.join(",")))
         .collect()
+}
+
+/// On a network with IPv6, the names each member is sent carry every
+/// member's IPv6 address too.
+#[test]
+fn with_ipv6_the_names_carry_each_member_s_ipv6_address() {
+    let v6 = |a: Ipv4Addr| {
+        Some(std::net::Ipv6Addr::from(
+            0xfd00_u128 << 112 | u128::from(a.octets()[3]),
+        ))
+    };
+    let (dir, hub, a, _) = hub_on(named("db", A), move |hub| hub.with_ipv6(v6));
+    let (b, _) = join(&dir, &named("web", B));
+    let hosts = names_of(&a, 2);
+    let got: Vec<String> = hosts
+        .hosts
+        .iter()
+        .map(|h| format!("{} {:?}", h.address, h.address6))
+        .collect();
+    assert_eq!(got, ["10.89.0.2 Some(fd00::2)", "10.89.0.3 Some(fd00::3)"]);
+    assert!(hosts.lines().contains("fd00::3\tweb\n"));
+    drop((a, b));
+    hub.join().unwrap();
+    drop(dir);
 }
 
 #[test]
@@ -438,7 +456,7 @@ fn the_host_s_port_gets_the_frames_for_its_mac_and_broadcasts_and_is_no_member()
     let host = UnixStream::from(host);
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let port = HostPort::new(File::from(tap), host_mac).unwrap();
-    let (_dir, hub, a, reply) = hub_on(named("a", A), Some(port));
+    let (_dir, hub, a, reply) = hub_on(named("a", A), move |hub| hub.with_host(port));
     assert_eq!(reply, welcome([10, 89, 0, 2]));
     // The host's broadcast (an ARP request) reaches the member, framed.
     let raw = |f: Vec<u8>| f[4..].to_vec();
@@ -477,7 +495,7 @@ fn the_host_s_port_gets_the_frames_for_its_mac_and_broadcasts_and_is_no_member()
 fn a_host_port_that_closes_is_dropped_and_the_members_go_on() {
     let (tap, host) = vmm::vsock::seqpacket_pair().unwrap();
     let port = HostPort::new(File::from(tap), [2, 0, 0, 0, 0, 0x11]).unwrap();
-    let (dir, hub, a, reply) = hub_on(named("a", A), Some(port));
+    let (dir, hub, a, reply) = hub_on(named("a", A), move |hub| hub.with_host(port));
     assert_eq!(reply, welcome([10, 89, 0, 2]));
     // Its end reads as closed from now on: the hub lets the port go (it
     // would spin on it otherwise) and still switches between members.

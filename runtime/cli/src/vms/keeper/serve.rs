@@ -270,6 +270,7 @@ fn connect(
         network: network.to_string(),
         address: joined.address,
         prefix: joined.prefix,
+        address6: joined.address6,
     });
     if let Err(e) = took {
         // Out again, whatever the guest did with it.
