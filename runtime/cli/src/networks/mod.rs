@@ -468,24 +468,18 @@ impl Network {
             .map(|(a, p)| format!("{a}/{p}"))
             .unwrap_or_default();
         let mtu = MTU.to_string();
-        let mut steps = vec![vec!["addr", "add", &address, "dev", &name]];
+        ip(&["addr", "add", &address, "dev", &name])?;
+        // A host without IPv6 (disabled) still reaches the members by
+        // their IPv4 addresses.
         if !address6.is_empty() {
-            steps.push(vec!["-6", "addr", "add", &address6, "dev", &name, "nodad"]);
-        }
-        steps.push(vec!["link", "set", "dev", &name, "mtu", &mtu, "up"]);
-        for args in &steps {
-            let out = std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .context("cannot run ip (iproute2)")?;
-            if !out.status.success() {
-                anyhow::bail!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
+            if let Err(e) = ip(&["-6", "addr", "add", &address6, "dev", &name, "nodad"]) {
+                tracing::warn!(
+                    "network {}: the host reaches its members by IPv4 only: {e:#}",
+                    self.name
                 );
             }
         }
+        ip(&["link", "set", "dev", &name, "mtu", &mtu, "up"])?;
         let path = format!("/sys/class/net/{name}/address");
         let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
         let mac: appliance_spec::MacAddr = text
@@ -538,6 +532,22 @@ impl Network {
             leave
         })
     }
+}
+
+/// `ip ARGS` (iproute2), its complaint the error when it fails.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip (iproute2)")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// A member's hold on its address: `members/ADDRESS-PID` in the
