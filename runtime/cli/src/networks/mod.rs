@@ -5,8 +5,9 @@
 //!
 //! A network is a folder under `networks` in husk's data folder
 //! ([`crate::volumes::data_dir`]): `NAME/network.json` (its IPv4 subnet,
-//! its IPv6 one if it has IPv6, whether it is internal, when it was made), `NAME/lock`, while any
-//! appliance is on it `NAME/hub.sock` and `NAME/hub.log`, and a lease in
+//! its IPv6 one if it has IPv6, whether it is internal, when it was
+//! made), `NAME/lock`, while any appliance is on it `NAME/hub.sock` and
+//! `NAME/hub.log`, and a lease in
 //! `NAME/members/` for each member's address, locked by the member's
 //! husk while it lives ([`Lease`]).
 //!
@@ -677,8 +678,9 @@ fn overlap6(a: (Ipv6Addr, u8), b: (Ipv6Addr, u8)) -> bool {
 }
 
 /// A unique local `/64` (RFC 4193: `fd`, a 40-bit global ID, subnet 0)
-/// for network `name`: the ID is a hash of its name, the time it is made
-/// and this host's boot, as random as the RFC asks.
+/// for network `name`: the ID is a hash of its name, the time it is made,
+/// this host's boot ID and the creating process's ID, as random as the RFC
+/// asks.
 fn unique_local(name: &str, created_ms: u64) -> (Ipv6Addr, u8) {
     use sha2::{Digest, Sha256};
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
