@@ -2,8 +2,9 @@
 //! root), entered after [`crate::open_host_files`] and before the VM is
 //! built.
 //!
-//! husk forks. The parent stays outside as the supervisor: it puts the
-//! child in a cgroup with memory and CPU limits, waits for it, relays its
+//! husk forks, the child started in a cgroup with memory and CPU limits
+//! (or moved there where it cannot start there). The parent stays outside
+//! as the supervisor: it waits for the child, relays its
 //! exit status, and removes the jail folder and the cgroup, also when the
 //! child was killed. The child (PID 1 of a new PID namespace) enters new
 //! mount, IPC, UTS and (without networking) network namespaces,
@@ -123,47 +124,62 @@ impl Cgroups {
         }
     }
 
-    /// Makes the cgroup with its limits and moves `child` into it.
-    fn create(&self, pid: u32, child: libc::pid_t, cfg: &JailConfig) -> Result<(), JailError> {
-        let write = |dir: &Path, file: &str, value: String| {
-            std::fs::write(dir.join(file), &value).map_err(sys(format!(
-                "cannot write {value} to {}",
-                dir.join(file).display()
-            )))
-        };
-        let period = CPU_PERIOD;
-        let quota = period * u64::from(cfg.cpus.max(1));
-        for dir in self.dirs(pid) {
-            std::fs::create_dir(&dir).map_err(sys(format!("cannot create {}", dir.display())))?;
+    /// Makes supervisor `pid`'s cgroup with its limits.
+    fn make(&self, pid: u32, cfg: &JailConfig) -> Result<(), JailError> {
+        let dirs = self.dirs(pid);
+        for dir in &dirs {
+            std::fs::create_dir(dir).map_err(sys(format!("cannot create {}", dir.display())))?;
         }
         match self {
             Cgroups::V2(_) => {
-                let dir = &self.dirs(pid)[0];
                 for (file, value) in v2_limits(cfg.memory_limit, cfg.cpus) {
-                    let written = write(dir, file, value);
+                    let written = write_cgroup(&dirs[0], file, value);
                     // A host may have no swap accounting.
                     if file != "memory.swap.max" {
                         written?;
                     }
                 }
-                write(dir, "cgroup.procs", child.to_string())?;
             }
             Cgroups::V1 { .. } => {
-                let dirs = self.dirs(pid);
-                write(
-                    &dirs[0],
-                    "memory.limit_in_bytes",
-                    cfg.memory_limit.to_string(),
-                )?;
-                write(&dirs[1], "cpu.cfs_period_us", period.to_string())?;
-                write(&dirs[1], "cpu.cfs_quota_us", quota.to_string())?;
-                for d in &dirs {
-                    write(d, "cgroup.procs", child.to_string())?;
-                }
+                let period = CPU_PERIOD;
+                let quota = period * u64::from(cfg.cpus.max(1));
+                let memory = cfg.memory_limit.to_string();
+                write_cgroup(&dirs[0], "memory.limit_in_bytes", memory)?;
+                write_cgroup(&dirs[1], "cpu.cfs_period_us", period.to_string())?;
+                write_cgroup(&dirs[1], "cpu.cfs_quota_us", quota.to_string())?;
             }
         }
         Ok(())
     }
+
+    /// Moves `child` into supervisor `pid`'s cgroup, made already.
+    fn admit(&self, pid: u32, child: libc::pid_t) -> Result<(), JailError> {
+        for dir in self.dirs(pid) {
+            write_cgroup(&dir, "cgroup.procs", child.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// A v2 cgroup folder to start the VMM in (clone3's
+    /// `CLONE_INTO_CGROUP`); v1 has none.
+    fn open_v2(&self, pid: u32) -> Result<Option<OwnedFd>, JailError> {
+        match self {
+            Cgroups::V2(_) => {
+                let dir = &self.dirs(pid)[0];
+                let file = std::fs::File::open(dir)
+                    .map_err(sys(format!("cannot open {}", dir.display())))?;
+                Ok(Some(file.into()))
+            }
+            Cgroups::V1 { .. } => Ok(None),
+        }
+    }
+}
+
+fn write_cgroup(dir: &Path, file: &str, value: String) -> Result<(), JailError> {
+    std::fs::write(dir.join(file), &value).map_err(sys(format!(
+        "cannot write {value} to {}",
+        dir.join(file).display()
+    )))
 }
 
 /// The CPU limit's period, in microseconds.
@@ -240,34 +256,57 @@ pub fn enter(cfg: &JailConfig, mut after_fork: impl FnMut(Forked)) -> Result<Sid
     let jail = Path::new(JAIL_DIR).join(pid.to_string());
     std::fs::create_dir_all(&jail).map_err(sys(format!("cannot create {}", jail.display())))?;
 
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    check(ret, "pipe2")?;
-    // SAFETY: pipe2 returned two new descriptors, owned from here on.
-    let (ready_r, ready_w) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // This process's own PID namespace, for its children after the fork.
-    let own_pid_ns =
-        std::fs::File::open("/proc/self/ns/pid").map_err(sys("cannot open /proc/self/ns/pid"))?;
-    // Children from here on start in a new PID namespace (this process
-    // stays where it is).
-    // SAFETY: unshare with a valid flag.
-    let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
-    check(ret, "new PID namespace")?;
-    // SAFETY: the caller runs no other thread; the child only makes system
-    // calls and returns to single-threaded code.
-    let child = unsafe { libc::fork() };
-    match child {
-        -1 => Err(sys("fork")(io::Error::last_os_error())),
-        0 => {
+    // The cgroup is made before the fork so that the VMM can start in it.
+    let cgroup = match &cgroups {
+        Some(c) => match c.make(pid, cfg).and_then(|()| c.open_v2(pid)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                cleanup(&jail, Some(c), pid);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+
+    let prepared = (|| {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid array of two ints.
+        let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        check(ret, "pipe2")?;
+        // SAFETY: pipe2 returned two new descriptors, owned from here on.
+        let pipe = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // This process's own PID namespace, for its children after the fork.
+        let own_pid_ns = std::fs::File::open("/proc/self/ns/pid")
+            .map_err(sys("cannot open /proc/self/ns/pid"))?;
+        // Children from here on start in a new PID namespace (this process
+        // stays where it is).
+        // SAFETY: unshare with a valid flag.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
+        check(ret, "new PID namespace")?;
+        Ok((pipe, own_pid_ns))
+    })();
+    let ((ready_r, ready_w), own_pid_ns) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            cleanup(&jail, cgroups.as_ref(), pid);
+            return Err(e);
+        }
+    };
+    let forked = fork_into(cgroup.as_ref());
+    drop(cgroup);
+    match forked {
+        Err(e) => {
+            cleanup(&jail, cgroups.as_ref(), pid);
+            Err(sys("fork")(e))
+        }
+        Ok(Fork::Child) => {
             drop(ready_w);
             drop(own_pid_ns);
             after_fork(Forked::Child);
             become_jailed(cfg, &jail, ready_r)?;
             Ok(Side::Jailed)
         }
-        child => {
+        Ok(Fork::Parent { child, placed }) => {
             drop(ready_r);
             // Back to its own PID namespace for what it starts from now
             // on: threads (which the kernel refuses while children would
@@ -282,10 +321,10 @@ pub fn enter(cfg: &JailConfig, mut after_fork: impl FnMut(Forked)) -> Result<Sid
             }
             drop(own_pid_ns);
             after_fork(Forked::Supervisor);
-            let setup = cgroups
-                .as_ref()
-                .map(|c| c.create(pid, child, cfg))
-                .transpose();
+            let setup = match &cgroups {
+                Some(c) if !placed => c.admit(pid, child),
+                _ => Ok(()),
+            };
             let mut ready_w = std::fs::File::from(ready_w);
             let status = match setup {
                 Ok(_) => {
@@ -316,6 +355,121 @@ pub fn enter(cfg: &JailConfig, mut after_fork: impl FnMut(Forked)) -> Result<Sid
             }
             Ok(Side::Supervisor(status))
         }
+    }
+}
+
+/// What [`fork_into`] returns on each side.
+enum Fork {
+    Child,
+    /// `placed`: the child started in the cgroup.
+    Parent {
+        child: libc::pid_t,
+        placed: bool,
+    },
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), which the libc crate gives only as a
+/// deprecated, overflowing `c_int`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// prctl's `PR_GET_TID_ADDRESS`, absent from the libc crate on glibc.
+const PR_GET_TID_ADDRESS: libc::c_int = 40;
+
+/// Forks; where `cgroup` (a v2 cgroup folder) is given and the kernel
+/// can, the child starts in it (clone3 with `CLONE_INTO_CGROUP`). Moving
+/// a running process into a cgroup waits for an RCU grace period (10 to
+/// 28 ms measured on this project's hosts and test bed, each run), most of
+/// a warm start's time on hardware KVM; starting it there costs nothing
+/// beyond the fork. Where clone3 is refused (an older kernel, a seccomp
+/// profile that answers it ENOSYS), a plain fork, and the caller moves the
+/// child.
+///
+/// Call with no other thread running, as for `fork`.
+fn fork_into(cgroup: Option<&OwnedFd>) -> io::Result<Fork> {
+    if let Some(cgroup) = cgroup {
+        // The child of a raw clone3 must look to glibc as a forked one
+        // does: glibc's fork has the kernel write the child's thread ID
+        // into the thread's own record (its clear-child-TID address,
+        // which PR_GET_TID_ADDRESS reads back), and registers its robust
+        // futex list again (a child starts without one).
+        let mut tid_slot: *mut libc::c_int = std::ptr::null_mut();
+        let mut robust: *mut libc::c_void = std::ptr::null_mut();
+        let mut robust_len: libc::size_t = 0;
+        // SAFETY: PR_GET_TID_ADDRESS writes one pointer to tid_slot;
+        // get_robust_list(0, ..) writes this thread's list head and length
+        // to the two out-pointers.
+        let known = unsafe {
+            libc::prctl(
+                PR_GET_TID_ADDRESS,
+                &mut tid_slot as *mut *mut libc::c_int,
+                0,
+                0,
+                0,
+            ) == 0
+                && !tid_slot.is_null()
+                && libc::syscall(
+                    libc::SYS_get_robust_list,
+                    0,
+                    &mut robust as *mut *mut libc::c_void,
+                    &mut robust_len as *mut libc::size_t,
+                ) == 0
+        };
+        if known {
+            let mut args = libc::clone_args {
+                flags: CLONE_INTO_CGROUP
+                    | libc::CLONE_CHILD_SETTID as u64
+                    | libc::CLONE_CHILD_CLEARTID as u64,
+                pidfd: 0,
+                child_tid: tid_slot as u64,
+                parent_tid: 0,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: 0,
+                stack_size: 0,
+                tls: 0,
+                set_tid: 0,
+                set_tid_size: 0,
+                cgroup: cgroup.as_raw_fd() as u64,
+            };
+            // SAFETY: clone3 with no stack given duplicates this process
+            // as fork does (the child returns here on a copy of this
+            // stack); the caller runs no other thread, so no lock is held
+            // that the child could wait on; child_tid is this thread's
+            // own clear-child-TID slot, as glibc's fork passes it.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &mut args as *mut libc::clone_args,
+                    std::mem::size_of::<libc::clone_args>(),
+                )
+            };
+            match r {
+                0 => {
+                    // SAFETY: the list head read above, in this process's
+                    // copy of the same memory.
+                    unsafe { libc::syscall(libc::SYS_set_robust_list, robust, robust_len) };
+                    return Ok(Fork::Child);
+                }
+                child if child > 0 => {
+                    return Ok(Fork::Parent {
+                        child: child as libc::pid_t,
+                        placed: true,
+                    })
+                }
+                _ => tracing::debug!(
+                    "clone3 into the cgroup refused ({}): forking, then moving the VMM",
+                    io::Error::last_os_error()
+                ),
+            }
+        }
+    }
+    // SAFETY: the caller runs no other thread; the child only makes system
+    // calls and returns to single-threaded code.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Fork::Child),
+        child => Ok(Fork::Parent {
+            child,
+            placed: false,
+        }),
     }
 }
 
@@ -490,12 +644,19 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     // SAFETY: plain prctl/setgroups/setres*id/capset calls with valid
     // arguments; the capset header and data are owned locals.
     unsafe {
-        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
-            .unwrap_or(63);
-        for cap in 0..=last_cap {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        // Every capability the kernel knows, up to the first it does not
+        // (EINVAL): /proc, where cap_last_cap says which that is, is out
+        // of sight in the jail.
+        for cap in 0..=63 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINVAL) && cap > 0 {
+                    break;
+                }
+                return Err(sys(format!("drop capability {cap} from the bounding set"))(
+                    e,
+                ));
+            }
         }
         check(
             libc::prctl(
@@ -542,4 +703,105 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a whole small file with system calls alone (a forked child
+    /// of the multithreaded test harness must not allocate).
+    fn read_raw(path: &CString, buf: &mut [u8]) -> usize {
+        // SAFETY: a NUL-terminated path; read writes at most buf.len()
+        // bytes into buf.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return 0;
+            }
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n.max(0) as usize
+        }
+    }
+
+    #[test]
+    fn the_vmm_starts_in_its_v2_cgroup_with_its_own_thread_id() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test mounts a cgroup2 hierarchy and makes a cgroup: run it as root (CI does)"
+        );
+        let mnt = tempfile::tempdir().unwrap();
+        let target = cstr(mnt.path());
+        let (none, kind) = (
+            CString::new("none").unwrap(),
+            CString::new("cgroup2").unwrap(),
+        );
+        // SAFETY: NUL-terminated strings; mount(2) only reads them.
+        let ret = unsafe {
+            libc::mount(
+                none.as_ptr(),
+                target.as_ptr(),
+                kind.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(ret, 0, "mount cgroup2: {}", io::Error::last_os_error());
+        let name = format!("husk-jail-test-{}", std::process::id());
+        let dir = mnt.path().join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let fd: OwnedFd = std::fs::File::open(&dir).unwrap().into();
+        // What the child checks, made before the fork.
+        let want = format!("0::/{name}\n");
+        let cgroup_file = CString::new("/proc/self/cgroup").unwrap();
+
+        match fork_into(Some(&fd)).unwrap() {
+            Fork::Child => {
+                let mut buf = [0u8; 1024];
+                let n = read_raw(&cgroup_file, &mut buf);
+                let text = &buf[..n];
+                let in_cgroup = text
+                    .split_inclusive(|&b| b == b'\n')
+                    .any(|line| line.ends_with(want.as_bytes()));
+                let mut slot: *mut libc::c_int = std::ptr::null_mut();
+                // SAFETY: as in fork_into; the slot read is this thread's
+                // own clear-child-TID int, written by the kernel.
+                let tid_ok = unsafe {
+                    libc::prctl(
+                        PR_GET_TID_ADDRESS,
+                        &mut slot as *mut *mut libc::c_int,
+                        0,
+                        0,
+                        0,
+                    ) == 0
+                        && !slot.is_null()
+                        && *slot as libc::c_long == libc::syscall(libc::SYS_gettid)
+                };
+                let code = u8::from(!in_cgroup) | u8::from(!tid_ok) << 1;
+                // SAFETY: leaving the child without running the harness.
+                unsafe { libc::_exit(code.into()) };
+            }
+            Fork::Parent { child, placed } => {
+                let mut status = 0;
+                // SAFETY: status is a valid out-pointer.
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+                drop(fd);
+                let removed = std::fs::remove_dir(&dir);
+                // SAFETY: a NUL-terminated path.
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+                removed.unwrap();
+                assert!(placed, "clone3 did not start the child in the cgroup");
+                assert!(libc::WIFEXITED(status), "child status {status:#x}");
+                match libc::WEXITSTATUS(status) {
+                    0 => {}
+                    1 => panic!("the child is not in {} ({want:?})", dir.display()),
+                    2 => panic!("glibc's thread ID of the child is not its own"),
+                    c => panic!("the child is neither in its cgroup nor knows its thread ID ({c})"),
+                }
+            }
+        }
+    }
 }
