@@ -504,6 +504,27 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Removes the folder of a snapshot that was never taken (its state
+    /// file still empty: the VM ended before its snapshot point), under
+    /// this target's lock; a taken one (whole, or cut short while its state
+    /// was written, which a restore refuses) stays. Returns whether it
+    /// removed the folder.
+    pub fn discard_untaken(self) -> Result<bool, SnapshotError> {
+        let taken = self
+            .state
+            .metadata()
+            .map_err(io_at("cannot read the state file in", &self.dir))?
+            .len()
+            > 0;
+        if taken {
+            return Ok(false);
+        }
+        fs::remove_dir_all(&self.dir).map_err(io_at("cannot remove", &self.dir))?;
+        Ok(true)
+    }
+}
+
 /// Removes the snapshot folder `dir` and everything in it, unless a VMM is
 /// writing it ([`SnapshotError::Busy`]). VMs restored from it go on: they
 /// hold the files they opened.
@@ -671,6 +692,20 @@ mod tests {
             Snapshot::read(dir.path(), &header()).unwrap_err(),
             SnapshotError::Io { .. }
         ));
+    }
+
+    #[test]
+    fn a_snapshot_never_taken_leaves_no_folder_and_a_taken_one_stays() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("key");
+        let t = Target::create(&dir, header(), 1).unwrap();
+        assert!(t.discard_untaken().unwrap());
+        assert!(!dir.exists(), "an untaken snapshot's folder is left");
+
+        let t = Target::create(&dir, header(), 1).unwrap();
+        (&t.state).write_all(b"{").unwrap();
+        assert!(!t.discard_untaken().unwrap());
+        assert!(dir.join("state.json").exists());
     }
 
     #[test]

@@ -162,6 +162,18 @@ fn warm_hello() -> Result<(), Failed> {
     let tmp = tempfile::tempdir()?;
     let snaps = tmp.path().join("snapshots");
 
+    // A run stopped long before its snapshot point (the guest's init)
+    // leaves no snapshot folder behind: the next run takes it afresh.
+    let cut = husk(&snaps, &["run", "--timeout", "0.2", "examples/hello"])?;
+    if cut.code != Some(124) || (snaps.exists() && !snapshot_dirs(&snaps)?.is_empty()) {
+        return Err(format!(
+            "{} left {:?}",
+            cut.explain("a run stopped by --timeout 0.2 before its snapshot point"),
+            snapshot_dirs(&snaps).unwrap_or_default()
+        )
+        .into());
+    }
+
     // Cold: boots, takes the snapshot, runs the image's command.
     let cold = run(&snaps, &["examples/hello"], 0)?;
     if !took(&cold) || restored(&cold) || !cold.stdout.contains("Hello from hello") {

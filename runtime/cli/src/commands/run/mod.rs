@@ -1009,6 +1009,13 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         match forked {
             vmm::jail::Side::Supervisor(status) => {
                 drop(_raw);
+                // A warm start's snapshot the VM ended before taking (its
+                // boot failed, or was stopped) leaves no folder behind.
+                if let Some(target) = config.snapshot.take() {
+                    if let Err(e) = target.discard_untaken() {
+                        eprintln!("husk: {e}");
+                    }
+                }
                 // The supervisor's copies of the VM's other host files.
                 drop(config);
                 leave_networks(left);
