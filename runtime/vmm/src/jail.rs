@@ -376,7 +376,7 @@ const PR_GET_TID_ADDRESS: libc::c_int = 40;
 
 /// Forks; where `cgroup` (a v2 cgroup folder) is given and the kernel
 /// can, the child starts in it (clone3 with `CLONE_INTO_CGROUP`). Moving
-/// a running process into a cgroup waits for an RCU grace period (10 to
+/// a running process into a cgroup waits for an RCU grace period (6 to
 /// 28 ms measured on this project's hosts and test bed, each run), most of
 /// a warm start's time on hardware KVM; starting it there costs nothing
 /// beyond the fork. Where clone3 is refused (an older kernel, a seccomp
