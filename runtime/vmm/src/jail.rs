@@ -374,6 +374,24 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// prctl's `PR_GET_TID_ADDRESS`, absent from the libc crate on glibc.
 const PR_GET_TID_ADDRESS: libc::c_int = 40;
 
+/// This thread's clear-child-TID address: where glibc keeps its thread
+/// ID (set at its start with set_tid_address). `None` where the kernel
+/// does not say (PR_GET_TID_ADDRESS needs CONFIG_CHECKPOINT_RESTORE).
+fn tid_slot() -> Option<*mut libc::c_int> {
+    let mut slot: *mut libc::c_int = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer to slot.
+    let ret = unsafe {
+        libc::prctl(
+            PR_GET_TID_ADDRESS,
+            &mut slot as *mut *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    };
+    (ret == 0 && !slot.is_null()).then_some(slot)
+}
+
 /// Forks; where `cgroup` (a v2 cgroup folder) is given and the kernel
 /// can, the child starts in it (clone3 with `CLONE_INTO_CGROUP`). Moving
 /// a running process into a cgroup waits for an RCU grace period (6 to
@@ -391,29 +409,19 @@ fn fork_into(cgroup: Option<&OwnedFd>) -> io::Result<Fork> {
         // into the thread's own record (its clear-child-TID address,
         // which PR_GET_TID_ADDRESS reads back), and registers its robust
         // futex list again (a child starts without one).
-        let mut tid_slot: *mut libc::c_int = std::ptr::null_mut();
         let mut robust: *mut libc::c_void = std::ptr::null_mut();
         let mut robust_len: libc::size_t = 0;
-        // SAFETY: PR_GET_TID_ADDRESS writes one pointer to tid_slot;
-        // get_robust_list(0, ..) writes this thread's list head and length
-        // to the two out-pointers.
-        let known = unsafe {
-            libc::prctl(
-                PR_GET_TID_ADDRESS,
-                &mut tid_slot as *mut *mut libc::c_int,
+        // SAFETY: get_robust_list(0, ..) writes this thread's list head
+        // and length to the two out-pointers.
+        let robust_known = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
                 0,
-                0,
-                0,
+                &mut robust as *mut *mut libc::c_void,
+                &mut robust_len as *mut libc::size_t,
             ) == 0
-                && !tid_slot.is_null()
-                && libc::syscall(
-                    libc::SYS_get_robust_list,
-                    0,
-                    &mut robust as *mut *mut libc::c_void,
-                    &mut robust_len as *mut libc::size_t,
-                ) == 0
         };
-        if known {
+        if let Some(tid_slot) = tid_slot().filter(|_| robust_known) {
             let mut args = libc::clone_args {
                 flags: CLONE_INTO_CGROUP
                     | libc::CLONE_CHILD_SETTID as u64
@@ -766,20 +774,11 @@ mod tests {
                 let in_cgroup = text
                     .split_inclusive(|&b| b == b'\n')
                     .any(|line| line.ends_with(want.as_bytes()));
-                let mut slot: *mut libc::c_int = std::ptr::null_mut();
-                // SAFETY: as in fork_into; the slot read is this thread's
-                // own clear-child-TID int, written by the kernel.
-                let tid_ok = unsafe {
-                    libc::prctl(
-                        PR_GET_TID_ADDRESS,
-                        &mut slot as *mut *mut libc::c_int,
-                        0,
-                        0,
-                        0,
-                    ) == 0
-                        && !slot.is_null()
-                        && *slot as libc::c_long == libc::syscall(libc::SYS_gettid)
-                };
+                // SAFETY: the slot is this thread's own clear-child-TID
+                // int (glibc's thread record), valid while it lives.
+                let tid_ok = tid_slot().is_some_and(|slot| unsafe {
+                    *slot as libc::c_long == libc::syscall(libc::SYS_gettid)
+                });
                 let code = u8::from(!in_cgroup) | u8::from(!tid_ok) << 1;
                 // SAFETY: leaving the child without running the harness.
                 unsafe { libc::_exit(code.into()) };
