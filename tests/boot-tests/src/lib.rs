@@ -159,51 +159,179 @@ pub fn trial(
 /// tests that had not passed yet run in a new bed, up to [`BED_ATTEMPTS`]
 /// beds in all; a test's own failure is never run again.
 pub fn rerun_in_testbed(script: &Path) -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("boot tests: cannot find the test binary to re-run: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(exe) = test_binary() else {
+        return ExitCode::FAILURE;
     };
     let passed = workspace_root().join("target/boot-tests-passed");
-    let _ = std::fs::remove_file(&passed);
+    exit_code(bed_runs(script, &exe, &passed, &[], None))
+}
+
+/// Test beds the boot tests are shared out among, side by side
+/// (`$HUSK_TESTBED_BEDS`, 1 by default): each is one emulated CPU, so a
+/// host with two cores runs two, each with half of the tests.
+pub const BEDS_ENV: &str = "HUSK_TESTBED_BEDS";
+
+/// [`rerun_in_testbed`] for the tests named `selected` (those this run's
+/// arguments select), shared out among `$HUSK_TESTBED_BEDS` beds run at
+/// once: bed `i` of `n` runs every `n`th test from the `i`th, in their
+/// order (neighbours, often alike in cost, go to different beds). Each
+/// bed's lines come out prefixed with `[bed i]`; the exit status is the
+/// first failing bed's, else 0.
+pub fn rerun_in_testbeds(script: &Path, selected: &[String]) -> ExitCode {
+    let beds = match std::env::var(BEDS_ENV) {
+        Err(_) => 1,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                eprintln!("boot tests: {BEDS_ENV}={v:?} is not a number of beds (1 or more)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let beds = beds.min(selected.len().max(1));
+    if beds == 1 {
+        return rerun_in_testbed(script);
+    }
+    let Some(exe) = test_binary() else {
+        return ExitCode::FAILURE;
+    };
+    eprintln!(
+        "boot tests: {} tests shared out among {beds} test beds run side by side ({BEDS_ENV})",
+        selected.len()
+    );
+    let statuses: Vec<i32> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..beds)
+            .map(|bed| {
+                // Each bed skips the tests the others run.
+                let others: Vec<String> = selected
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % beds != bed)
+                    .map(|(_, name)| name.clone())
+                    .collect();
+                let passed = workspace_root().join(format!("target/boot-tests-passed-{bed}"));
+                let exe = &exe;
+                scope.spawn(move || {
+                    let status = bed_runs(script, exe, &passed, &others, Some(bed + 1));
+                    eprintln!(
+                        "boot tests: bed {} ended with exit status {status}",
+                        bed + 1
+                    );
+                    status
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap_or(101)).collect()
+    });
+    exit_code(statuses.into_iter().find(|&s| s != 0).unwrap_or(0))
+}
+
+/// This test binary, to run again in a bed.
+fn test_binary() -> Option<std::path::PathBuf> {
+    std::env::current_exe()
+        .map_err(|e| eprintln!("boot tests: cannot find the test binary to re-run: {e}"))
+        .ok()
+}
+
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(status.clamp(0, 255) as u8)
+}
+
+/// One bed's run of the test binary `exe` (with this run's arguments,
+/// less the tests in `not_here`), and its runs again after the bed's own
+/// kernel stopped. `prefix`: the bed's number, to mark its output lines.
+/// Returns the exit status.
+fn bed_runs(
+    script: &Path,
+    exe: &Path,
+    passed: &Path,
+    not_here: &[String],
+    prefix: Option<usize>,
+) -> i32 {
+    let _ = std::fs::remove_file(passed);
     let mut skip: Vec<String> = Vec::new();
     for attempt in 1..=BED_ATTEMPTS {
         let mut command = Command::new(script);
         command
             .arg("--")
-            .arg(&exe)
+            .arg(exe)
             .args(std::env::args_os().skip(1))
-            .env(PASSED_ENV, &passed);
+            .env(PASSED_ENV, passed);
         // Test names are whole words apart: none is a part of another
         // (checked by the boot tests' own list), so a skip hits one test.
-        for name in &skip {
+        for name in not_here.iter().chain(&skip) {
             command.args(["--skip", name]);
         }
-        let status = match command.status() {
-            Ok(s) => s,
+        let status = match prefix {
+            None => command.status().map(|s| s.code()),
+            Some(bed) => run_prefixed(&mut command, &format!("[bed {bed}] ")),
+        };
+        let code = match status {
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("boot tests: cannot start {}: {e}", script.display());
-                return ExitCode::FAILURE;
+                return 1;
             }
         };
-        if status.code() != Some(BED_FROZE) || attempt == BED_ATTEMPTS {
-            let _ = std::fs::remove_file(&passed);
-            return ExitCode::from(status.code().map_or(1, |c| c.clamp(0, 255) as u8));
+        if code != Some(BED_FROZE) || attempt == BED_ATTEMPTS {
+            let _ = std::fs::remove_file(passed);
+            return code.unwrap_or(1);
         }
-        skip = std::fs::read_to_string(&passed)
+        skip = std::fs::read_to_string(passed)
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
             .collect();
+        let bed = prefix.map(|b| format!(" {b}")).unwrap_or_default();
         eprintln!(
-            "boot tests: the test bed's kernel stopped (bed {attempt} of {BED_ATTEMPTS}); \
+            "boot tests: the test bed{bed}'s kernel stopped (run {attempt} of {BED_ATTEMPTS}); \
              {} tests had passed; the others run again in a new bed",
             skip.len()
         );
     }
-    ExitCode::FAILURE
+    1
+}
+
+/// Runs `command` with each line of its stdout and stderr copied to ours,
+/// `prefix` before it, whole lines at a time (beds side by side interleave
+/// lines, never parts of them). Returns its exit code.
+fn run_prefixed(command: &mut Command, prefix: &str) -> std::io::Result<Option<i32>> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let out = child
+        .stdout
+        .take()
+        .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>);
+    std::thread::scope(|scope| {
+        for (stream, to_stderr) in [(out, false), (err, true)] {
+            let Some(stream) = stream else { continue };
+            scope.spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    let mut whole = prefix.as_bytes().to_vec();
+                    whole.extend_from_slice(&line);
+                    let _ = if to_stderr {
+                        std::io::stderr().lock().write_all(&whole)
+                    } else {
+                        std::io::stdout().lock().write_all(&whole)
+                    };
+                    line.clear();
+                }
+            });
+        }
+    });
+    Ok(child.wait()?.code())
 }
 
 /// husk's cached guest kernel, or why there is none.
