@@ -202,13 +202,7 @@ pub fn rerun_in_testbeds(script: &Path, selected: &[String]) -> ExitCode {
     let statuses: Vec<i32> = std::thread::scope(|scope| {
         let runs: Vec<_> = (0..beds)
             .map(|bed| {
-                // Each bed skips the tests the others run.
-                let others: Vec<String> = selected
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % beds != bed)
-                    .map(|(_, name)| name.clone())
-                    .collect();
+                let others = others_tests(selected, beds, bed);
                 let passed = workspace_root().join(format!("target/boot-tests-passed-{bed}"));
                 let exe = &exe;
                 scope.spawn(move || {
@@ -224,6 +218,17 @@ pub fn rerun_in_testbeds(script: &Path, selected: &[String]) -> ExitCode {
         runs.into_iter().map(|r| r.join().unwrap_or(101)).collect()
     });
     exit_code(statuses.into_iter().find(|&s| s != 0).unwrap_or(0))
+}
+
+/// The tests of `selected` that bed `bed` of `beds` skips: those the
+/// others run (every `beds`th from its own index on is its own).
+fn others_tests(selected: &[String], beds: usize, bed: usize) -> Vec<String> {
+    selected
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % beds != bed)
+        .map(|(_, name)| name.clone())
+        .collect()
 }
 
 /// This test binary, to run again in a bed.
@@ -672,4 +677,32 @@ pub fn print_memory(title: &str, pids: &[u32], measured: impl FnOnce()) {
         own as f64 / 1024.0,
         guest as f64 / 1024.0
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beds_side_by_side_run_every_selected_test_once() {
+        let selected: Vec<String> = (0..7).map(|i| format!("test_{i}")).collect();
+        for beds in 1..=4 {
+            let mut runs = vec![0; selected.len()];
+            for bed in 0..beds {
+                let skipped = others_tests(&selected, beds, bed);
+                for (i, name) in selected.iter().enumerate() {
+                    if !skipped.contains(name) {
+                        runs[i] += 1;
+                    }
+                }
+                // Shared out evenly: no bed gets two more than another.
+                let own = selected.len() - skipped.len();
+                assert!(
+                    own.abs_diff(selected.len() / beds) <= 1,
+                    "{beds} beds: bed {bed} runs {own}"
+                );
+            }
+            assert_eq!(runs, vec![1; selected.len()], "{beds} beds");
+        }
+    }
 }
