@@ -301,42 +301,35 @@ fn bed_runs(
 /// `prefix` before it, whole lines at a time (beds side by side interleave
 /// lines, never parts of them). Returns its exit code.
 fn run_prefixed(command: &mut Command, prefix: &str) -> std::io::Result<Option<i32>> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let out = child
-        .stdout
-        .take()
-        .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>);
-    let err = child
-        .stderr
-        .take()
-        .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>);
+    let (out, err) = (child.stdout.take(), child.stderr.take());
     std::thread::scope(|scope| {
-        for (stream, to_stderr) in [(out, false), (err, true)] {
-            let Some(stream) = stream else { continue };
-            scope.spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut line = Vec::new();
-                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-                    if !line.ends_with(b"\n") {
-                        line.push(b'\n');
-                    }
-                    let mut whole = prefix.as_bytes().to_vec();
-                    whole.extend_from_slice(&line);
-                    let _ = if to_stderr {
-                        std::io::stderr().lock().write_all(&whole)
-                    } else {
-                        std::io::stdout().lock().write_all(&whole)
-                    };
-                    line.clear();
-                }
-            });
+        if let Some(out) = out {
+            scope.spawn(|| relay(out, prefix, |l| std::io::stdout().lock().write_all(l)));
+        }
+        if let Some(err) = err {
+            scope.spawn(|| relay(err, prefix, |l| std::io::stderr().lock().write_all(l)));
         }
     });
     Ok(child.wait()?.code())
+}
+
+/// Each line of `from`, `prefix` before it, to `write` in one call.
+fn relay(from: impl std::io::Read, prefix: &str, write: impl Fn(&[u8]) -> std::io::Result<()>) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(from);
+    let mut line = prefix.as_bytes().to_vec();
+    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        let _ = write(&line);
+        line.truncate(prefix.len());
+    }
 }
 
 /// husk's cached guest kernel, or why there is none.
@@ -695,7 +688,7 @@ mod tests {
                         runs[i] += 1;
                     }
                 }
-                // Shared out evenly: no bed gets two more than another.
+                // Shared out evenly: each bed its share, give or take one.
                 let own = selected.len() - skipped.len();
                 assert!(
                     own.abs_diff(selected.len() / beds) <= 1,

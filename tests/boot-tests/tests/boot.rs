@@ -50,16 +50,15 @@ fn main() -> ExitCode {
                 "boot tests: host /dev/kvm is {host:?}; running inside the KVM test bed ({})",
                 script.display()
             );
+            if args.list {
+                return boot_tests::rerun_in_testbed(&script);
+            }
             let selected: Vec<String> = all
                 .iter()
                 .filter(|t| !args.is_filtered_out(t))
                 .map(|t| t.name().to_string())
                 .collect();
-            if args.list {
-                boot_tests::rerun_in_testbed(&script)
-            } else {
-                boot_tests::rerun_in_testbeds(&script, &selected)
-            }
+            boot_tests::rerun_in_testbeds(&script, &selected)
         }
         Ok(Route::Direct(kind)) => {
             eprintln!("boot tests: running on /dev/kvm ({kind:?})");
