@@ -53,19 +53,17 @@ fn bench(runs: usize) -> Result<(), String> {
     println!("{:<48} {:>8} {:>8} {:>8}", "", "median", "min", "max");
     for (target, ext4) in [("examples/hello", false), ("examples/busybox", true)] {
         let image = built_image(target)?;
-        let (mut hf, mut he, mut qf, mut qe) = (vec![], vec![], vec![], vec![]);
-        for run in 0..=runs {
-            let mut husk = Command::new(&bin);
-            husk.args(["run", "--memory", "128", "--timeout", "60", target]);
-            let (a, b) = measure(&mut husk)?;
-            let (c, d) = measure(&mut qemu(&kernel, &image, ext4))?;
-            if run > 0 {
-                hf.push(a);
-                he.push(b);
-                qf.push(c);
-                qe.push(d);
+        let [husk, peer] = boot_tests::rounds(runs, |side, _| {
+            if side == 0 {
+                let mut husk = Command::new(&bin);
+                husk.args(["run", "--memory", "128", "--timeout", "60", target]);
+                measure(&mut husk)
+            } else {
+                measure(&mut qemu(&kernel, &image, ext4))
             }
-        }
+        })?;
+        let (hf, he): (Vec<f64>, Vec<f64>) = husk.into_iter().unzip();
+        let (qf, qe): (Vec<f64>, Vec<f64>) = peer.into_iter().unzip();
         for (what, v) in [
             ("husk: spawn to output", &hf),
             ("QEMU microvm: spawn to output", &qf),
@@ -87,27 +85,15 @@ fn bench(runs: usize) -> Result<(), String> {
 
     // What the sandbox costs: the same run with seccomp and the jail (the
     // default for root) and with both off.
-    let (mut on, mut off) = (vec![], vec![]);
-    for run in 0..=runs {
-        let mut with = Command::new(&bin);
-        with.args(["run", "--timeout", "60", "examples/hello"]);
-        let mut without = Command::new(&bin);
-        without.args([
-            "run",
-            "--seccomp",
-            "off",
-            "--no-jail",
-            "--timeout",
-            "60",
-            "examples/hello",
-        ]);
-        let a = measure(&mut with)?.1;
-        let b = measure(&mut without)?.1;
-        if run > 0 {
-            on.push(a);
-            off.push(b);
+    let [on, off] = boot_tests::rounds(runs, |side, _| {
+        let mut husk = Command::new(&bin);
+        husk.arg("run");
+        if side == 1 {
+            husk.args(["--seccomp", "off", "--no-jail"]);
         }
-    }
+        husk.args(["--timeout", "60", "examples/hello"]);
+        Ok(measure(&mut husk)?.1)
+    })?;
     for (what, v) in [("sandbox on", &on), ("sandbox off", &off)] {
         let (m, lo, hi) = stats(v);
         println!(

@@ -67,21 +67,17 @@ fn bench(runs: usize) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let (mut h_first, mut h_exit, mut q_first, mut q_exit) = (vec![], vec![], vec![], vec![]);
-    let mut s_first = vec![];
-    // One warm-up each, then alternate so all see the same conditions.
-    for run in 0..=runs {
-        let (hf, he) = measure(&mut husk(&bin, &initrd, false))?;
-        let (qf, qe) = measure(&mut qemu(&kernel, &initrd))?;
-        let (sf, _) = measure(&mut husk_with_slots(&bin, &initrd))?;
-        if run > 0 {
-            h_first.push(hf);
-            h_exit.push(he);
-            q_first.push(qf);
-            q_exit.push(qe);
-            s_first.push(sf);
-        }
-    }
+    // One warm-up each, then rounds in a changing order.
+    let [h, q, s] = boot_tests::rounds(runs, |side, _| {
+        measure(&mut match side {
+            0 => husk(&bin, &initrd, false),
+            1 => qemu(&kernel, &initrd),
+            _ => husk_with_slots(&bin, &initrd),
+        })
+    })?;
+    let (h_first, h_exit): (Vec<f64>, Vec<f64>) = h.into_iter().unzip();
+    let (q_first, q_exit): (Vec<f64>, Vec<f64>) = q.into_iter().unzip();
+    let s_first: Vec<f64> = s.into_iter().map(|t| t.0).collect();
     println!(
         "Boot under KVM, husk's kernel + busybox initramfs, 1 vCPU, 128 MiB, {runs} runs each, seconds:"
     );

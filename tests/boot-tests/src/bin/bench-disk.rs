@@ -196,17 +196,15 @@ fn bench(runs: usize) -> Result<(), String> {
         data: data_disk(dir.path(), mib)?,
         mib,
     };
-    let (mut h, mut q) = (Vec::new(), Vec::new());
-    for i in 0..=runs {
-        let a = peers.husk()?;
-        eprintln!("bench-disk: run {i}: husk {a:.3?}");
-        let b = peers.qemu()?;
-        eprintln!("bench-disk: run {i}: qemu {b:.3?}");
-        if i > 0 {
-            h.push(a);
-            q.push(b);
-        }
-    }
+    let [h, q] = boot_tests::rounds(runs, |side, i| {
+        let (who, r) = if side == 0 {
+            ("husk", peers.husk()?)
+        } else {
+            ("qemu", peers.qemu()?)
+        };
+        eprintln!("bench-disk: run {i}: {who} {r:.3?}");
+        Ok(r)
+    })?;
     for (s, name) in [
         format!("read {mib} MiB (sequential, 1 MiB)"),
         format!("write {mib} MiB (sequential, 1 MiB, fsync)"),

@@ -166,8 +166,9 @@ fn run_detached(bin: &Path, podman_root: &Path, runs: usize) -> Result<(), Strin
 /// One timed attempt of a side, given the round's number.
 type Side<'a> = (&'a str, &'a mut dyn FnMut(usize) -> Result<f64, String>);
 
-/// Times the two sides alternately, `runs` rounds after one warm-up, and
-/// prints each one's median, min and max and the ratio of the medians.
+/// Times the two sides in rounds ([`boot_tests::rounds`]), `runs` after
+/// one warm-up, and prints each one's median, min and max and the ratio
+/// of the medians.
 fn side_by_side(
     title: &str,
     (a_name, a): Side,
@@ -175,15 +176,7 @@ fn side_by_side(
     ratio: &str,
     runs: usize,
 ) -> Result<(), String> {
-    let (mut at, mut bt) = (Vec::new(), Vec::new());
-    for i in 0..=runs {
-        let x = a(i)?;
-        let y = b(i)?;
-        if i > 0 {
-            at.push(x);
-            bt.push(y);
-        }
-    }
+    let [at, bt] = boot_tests::rounds(runs, |side, i| if side == 0 { a(i) } else { b(i) })?;
     table_header(title);
     let am = table_row(a_name, &at);
     let bm = table_row(b_name, &bt);

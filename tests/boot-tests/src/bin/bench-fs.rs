@@ -258,17 +258,15 @@ fn bench(runs: usize) -> Result<(), String> {
 }
 
 fn fs(peers: &Peers, dir: &Path, runs: usize) -> Result<(), String> {
-    let (mut h, mut q) = (Vec::new(), Vec::new());
-    for i in 0..=runs {
-        let a = peers.husk("auto")?;
-        eprintln!("bench-fs: run {i}: husk {a:.3?}");
-        let b = peers.qemu(dir)?;
-        eprintln!("bench-fs: run {i}: qemu {b:.3?}");
-        if i > 0 {
-            h.push(a);
-            q.push(b);
-        }
-    }
+    let [h, q] = boot_tests::rounds(runs, |side, i| {
+        let (who, r) = if side == 0 {
+            ("husk", peers.husk("auto")?)
+        } else {
+            ("qemu", peers.qemu(dir)?)
+        };
+        eprintln!("bench-fs: run {i}: {who} {r:.3?}");
+        Ok(r)
+    })?;
     let steps = [
         &format!("unpack the tree ({} entries)", peers.entries),
         "find + stat over it",
@@ -287,16 +285,11 @@ fn fs(peers: &Peers, dir: &Path, runs: usize) -> Result<(), String> {
 /// husk alone with virtiofsd's three cache modes, alternated.
 fn caches(peers: &Peers, runs: usize) -> Result<(), String> {
     let modes = ["auto", "always", "never"];
-    let mut all = vec![Vec::new(); modes.len()];
-    for i in 0..=runs {
-        for (m, mode) in modes.iter().enumerate() {
-            let r = peers.husk(mode)?;
-            eprintln!("bench-fs: run {i}: --cache={mode} {r:.3?}");
-            if i > 0 {
-                all[m].push(r);
-            }
-        }
-    }
+    let all: [_; 3] = boot_tests::rounds(runs, |m, i| {
+        let r = peers.husk(modes[m])?;
+        eprintln!("bench-fs: run {i}: --cache={} {r:.3?}", modes[m]);
+        Ok(r)
+    })?;
     let steps = ["unpack", "find + stat", "write", "read"];
     for (s, name) in steps.iter().enumerate() {
         header(&format!("husk, virtiofsd --cache=MODE: {name}"));
@@ -357,27 +350,23 @@ fn boot(husk: &Path, image: &Path, dir: &Path, runs: usize) -> Result<(), String
     let thp = std::fs::read_to_string(SHMEM_THP).ok();
     let host_thp = thp.as_deref().and_then(selected).unwrap_or("none".into());
     let can_advise = host_thp != "advise" && std::fs::write(SHMEM_THP, &host_thp).is_ok();
-    let (mut p, mut s, mut a, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..=runs {
-        let x = run(&plain)?;
-        let y = run(&shared)?;
-        let z = if can_advise {
-            std::fs::write(SHMEM_THP, "advise").map_err(|e| e.to_string())?;
-            let z = run(&shared);
-            std::fs::write(SHMEM_THP, &host_thp).map_err(|e| e.to_string())?;
-            z?
-        } else {
-            0.0
+    let names = ["no share", "share", "share, THP advise", "from a folder"];
+    let [p, s, a, f] = boot_tests::rounds(runs, |side, i| {
+        let t = match side {
+            0 => run(&plain)?,
+            1 => run(&shared)?,
+            2 if can_advise => {
+                std::fs::write(SHMEM_THP, "advise").map_err(|e| e.to_string())?;
+                let t = run(&shared);
+                std::fs::write(SHMEM_THP, &host_thp).map_err(|e| e.to_string())?;
+                t?
+            }
+            2 => 0.0,
+            _ => run(&from_folder)?,
         };
-        let w = run(&from_folder)?;
-        eprintln!("bench-fs: boot run {i}: {x:.3} {y:.3} {z:.3} {w:.3}");
-        if i > 0 {
-            p.push(x);
-            s.push(y);
-            a.push(z);
-            f.push(w);
-        }
-    }
+        eprintln!("bench-fs: boot run {i}: {}: {t:.3}", names[side]);
+        Ok(t)
+    })?;
     header("boot: husk run busybox -- true, spawn to exit");
     let pm = row("no share (private RAM)", &p);
     let sm = row(&format!("one share (memfd RAM, shmem THP {host_thp})"), &s);

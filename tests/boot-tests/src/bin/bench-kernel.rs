@@ -143,32 +143,30 @@ fn bench(args: &Args) -> Result<(), String> {
         s.vm.cmdline = "quiet".into();
         s.vm.timeout = Duration::from_secs(120);
     }
-    // One warm-up boot each (page cache), then alternate, so both see the
-    // same machine conditions.
-    for run in 0..=args.runs {
-        for s in &mut subjects {
-            let run_dir = if s.name == "husk" {
-                &husk_dir
-            } else {
-                &peer_dir
-            };
-            let boot = s.vm.run(run_dir).map_err(|e| e.to_string())?;
-            let init_at = boot
-                .console
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("init_at="))
-                .and_then(|v| v.parse::<f64>().ok());
-            let Some(init_at) = init_at.filter(|_| boot.exit == Some(0)) else {
-                return Err(format!(
-                    "{} did not reach init (exit {:?}):\n{}\n{}",
-                    s.name, boot.exit, boot.console, boot.qemu_stderr
-                ));
-            };
-            if run > 0 {
-                s.init_s.push(init_at);
-                s.wall_s.push(boot.elapsed.as_secs_f64());
-            }
+    // One warm-up boot each (page cache), then rounds in a changing order.
+    let times: [_; 2] = boot_tests::rounds(args.runs, |i, _| {
+        let s = &mut subjects[i];
+        let run_dir = if s.name == "husk" {
+            &husk_dir
+        } else {
+            &peer_dir
+        };
+        let boot = s.vm.run(run_dir).map_err(|e| e.to_string())?;
+        let init_at = boot
+            .console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("init_at="))
+            .and_then(|v| v.parse::<f64>().ok());
+        match init_at.filter(|_| boot.exit == Some(0)) {
+            Some(init_at) => Ok((init_at, boot.elapsed.as_secs_f64())),
+            None => Err(format!(
+                "{} did not reach init (exit {:?}):\n{}\n{}",
+                s.name, boot.exit, boot.console, boot.qemu_stderr
+            )),
         }
+    })?;
+    for (s, t) in subjects.iter_mut().zip(times) {
+        (s.init_s, s.wall_s) = t.into_iter().unzip();
     }
 
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;

@@ -673,23 +673,18 @@ fn boot(env: &Env, runs: usize) -> Result<(), String> {
             vec!["--net".into(), "user".into()],
         ),
     ];
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
-    for run in 0..=runs {
-        for (i, (_, args)) in configs.iter().enumerate() {
-            let mut c = Command::new(&env.bin);
-            c.arg("run")
-                .arg("--initrd")
-                .arg(&env.boot_initrd)
-                .args(["--cmdline", "quiet", "--cpus", "1", "--memory", "128"])
-                .args(["--timeout", "60"])
-                .args(args);
-            let (first, _) =
-                boot_tests::time_run(&mut c, boot_tests::First::LineWith("HUSK-BOOT-MARK"))?;
-            if run > 0 {
-                times[i].push(first);
-            }
-        }
-    }
+    let times: [_; 3] = boot_tests::rounds(runs, |i, _| {
+        let mut c = Command::new(&env.bin);
+        c.arg("run")
+            .arg("--initrd")
+            .arg(&env.boot_initrd)
+            .args(["--cmdline", "quiet", "--cpus", "1", "--memory", "128"])
+            .args(["--timeout", "60"])
+            .args(&configs[i].1);
+        let (first, _) =
+            boot_tests::time_run(&mut c, boot_tests::First::LineWith("HUSK-BOOT-MARK"))?;
+        Ok(first)
+    })?;
     println!("Boot to the command's output, {runs} runs each, seconds:");
     let off = stats(&times[0]).0;
     for ((name, args), t) in configs.iter().zip(&times) {

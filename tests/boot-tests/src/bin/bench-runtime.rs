@@ -118,26 +118,22 @@ fn podman_run(store: &Path, runtime: &Path, runs: usize, snapshots: &Path) -> Re
         ("podman run --rm true (runc)", "runc".as_ref(), &[]),
         ("podman run --rm true (crun)", "crun".as_ref(), &[]),
     ];
-    let mut times = vec![Vec::new(); runtimes.len()];
-    for round in 0..=runs {
-        for (i, (_, rt, extra)) in runtimes.iter().enumerate() {
-            let t = time(
-                podman_command(store, rt)
-                    .args(["run", "--rm", "--network", "none"])
-                    .args(*extra)
-                    .args([TAG, "true"]),
-            )?;
-            if round > 0 {
-                times[i].push(t);
-            }
-        }
-        if round == 0 && taken(snapshots) == 0 {
+    let times: [_; 4] = boot_tests::rounds(runs, |i, round| {
+        let (_, rt, extra) = runtimes[i];
+        let t = time(
+            podman_command(store, rt)
+                .args(["run", "--rm", "--network", "none"])
+                .args(extra)
+                .args([TAG, "true"]),
+        )?;
+        if i == 0 && round == 0 && taken(snapshots) == 0 {
             return Err(format!(
                 "the warm-up took no snapshot in {}: husk-runtime did not start warm",
                 snapshots.display()
             ));
         }
-    }
+        Ok(t)
+    })?;
     table_header(&format!(
         "podman run --rm --network none busybox true, {runs} runs:"
     ));
@@ -201,40 +197,36 @@ fn create_start(dir: &Path, runtime: &Path, runs: usize) -> Result<(), String> {
     };
     let variants = [("warm", bundle(dir, false)?), ("cold", bundle(dir, true)?)];
     // (create, start) per variant.
-    let mut times = vec![(Vec::new(), Vec::new()); variants.len()];
-    for round in 0..=runs {
-        for (v, (name, bundle)) in variants.iter().enumerate() {
-            let id = format!("bench-{name}-{round}");
-            let pid_file = dir.join(format!("{id}.pid"));
-            let c = time(
-                rt(&["create", "--bundle"])
-                    .arg(bundle)
-                    .arg("--pid-file")
-                    .arg(&pid_file)
-                    .arg(&id)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )?;
-            let s = time(&mut rt(&["start", &id]))?;
-            // `true` ends at once; the container then stops on its own.
-            let deadline = Instant::now() + std::time::Duration::from_secs(60);
-            loop {
-                let state = rt(&["state", &id]).output().map_err(|e| e.to_string())?;
-                if String::from_utf8_lossy(&state.stdout).contains("\"stopped\"") {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("{id} did not stop"));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+    let times: [_; 2] = boot_tests::rounds(runs, |v, round| {
+        let (name, bundle) = &variants[v];
+        let id = format!("bench-{name}-{round}");
+        let pid_file = dir.join(format!("{id}.pid"));
+        let c = time(
+            rt(&["create", "--bundle"])
+                .arg(bundle)
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg(&id)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let s = time(&mut rt(&["start", &id]))?;
+        // `true` ends at once; the container then stops on its own.
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let state = rt(&["state", &id]).output().map_err(|e| e.to_string())?;
+            if String::from_utf8_lossy(&state.stdout).contains("\"stopped\"") {
+                break;
             }
-            time(&mut rt(&["delete", &id]))?;
-            if round > 0 {
-                times[v].0.push(c);
-                times[v].1.push(s);
+            if Instant::now() > deadline {
+                return Err(format!("{id} did not stop"));
             }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-    }
+        time(&mut rt(&["delete", &id]))?;
+        Ok((c, s))
+    })?;
+    let times = times.map(|t| t.into_iter().unzip::<_, _, Vec<f64>, Vec<f64>>());
     table_header(&format!(
         "inside husk-runtime, the busybox bundle running `true`, {runs} runs:"
     ));

@@ -74,16 +74,10 @@ fn bench(runs: usize) -> Result<(), String> {
         ),
         ("ctr run --rm true (runc shim)", RUNC, &["--rm"]),
     ];
-    let mut times = vec![Vec::new(); shims.len()];
-    for round in 0..=runs {
-        for (i, (_, runtime, extra)) in shims.iter().enumerate() {
-            let id = format!("bench-{i}-{round}");
-            let t = time(&mut c.run(runtime, extra, &id, &["true"]))?;
-            if round > 0 {
-                times[i].push(t);
-            }
-        }
-    }
+    let times: [_; 3] = boot_tests::rounds(runs, |i, round| {
+        let (_, runtime, extra) = shims[i];
+        time(&mut c.run(runtime, extra, &format!("bench-{i}-{round}"), &["true"]))
+    })?;
     table_header(&format!(
         "ctr run --rm busybox true (a one-container pod), {runs} runs:"
     ));
@@ -119,31 +113,27 @@ fn cri_pod_start(runs: usize, env: &[(&str, &std::ffi::OsStr)]) -> Result<(), St
         ("CRI pod start (handler husk, cold)", "husk", &[COLD]),
         ("CRI pod start (handler runc)", "runc", &[]),
     ];
-    let mut times = vec![Vec::new(); handlers.len()];
-    for round in 0..=runs {
-        for (i, (_, handler, annotations)) in handlers.iter().enumerate() {
-            let pc = pod_config(
-                &format!("bench-{i}-{round}"),
-                &logs,
-                NamespaceMode::Pod,
-                annotations,
-            );
-            let began = Instant::now();
-            let pod = cri.run_pod(&pc, handler)?;
-            let id = cri.create(
-                &pod,
-                &container_config("sleep", IMAGE, &["sleep", "3600"]),
-                &pc,
-            )?;
-            cri.start(&id)?;
-            let t = began.elapsed().as_secs_f64();
-            cri.stop_pod(&pod)?;
-            cri.remove_pod(&pod)?;
-            if round > 0 {
-                times[i].push(t);
-            }
-        }
-    }
+    let times: [_; 3] = boot_tests::rounds(runs, |i, round| {
+        let (_, handler, annotations) = handlers[i];
+        let pc = pod_config(
+            &format!("bench-{i}-{round}"),
+            &logs,
+            NamespaceMode::Pod,
+            annotations,
+        );
+        let began = Instant::now();
+        let pod = cri.run_pod(&pc, handler)?;
+        let id = cri.create(
+            &pod,
+            &container_config("sleep", IMAGE, &["sleep", "3600"]),
+            &pc,
+        )?;
+        cri.start(&id)?;
+        let t = began.elapsed().as_secs_f64();
+        cri.stop_pod(&pod)?;
+        cri.remove_pod(&pod)?;
+        Ok(t)
+    })?;
     table_header(&format!(
         "CRI RunPodSandbox + CreateContainer + StartContainer (crictl runp, create, start), \
          {runs} runs:"

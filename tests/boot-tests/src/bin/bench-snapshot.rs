@@ -199,49 +199,32 @@ fn bench(runs: usize) -> Result<(), String> {
         other => return Err(format!("no working set was recorded: {other:?}")),
     };
 
-    let (mut cold, mut warm, mut ahead, mut qemu) = (
-        (Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new()),
-    );
-    for i in 0..=runs {
+    // The first round warms the page cache and is not counted.
+    let sides = boot_tests::rounds(runs, |side, _| {
+        if side == 3 {
+            let mut q = boot_tests::qemu::microvm_stdio_with(
+                &kernel,
+                &format!("quiet rdinit={INIT_PATH}"),
+                64,
+                false,
+            );
+            q.arg("-initrd").arg(&image);
+            return boot_tests::time_run(&mut q, boot_tests::First::LineWith(MARK));
+        }
         let seen = Arc::new(Mutex::new(None));
         let mut cfg = config(&kernel, &image, seen.clone());
-        cfg.cmdline = format!("rdinit={INIT_PATH} quiet");
-        let c = run(cfg, &seen)?;
-
-        let seen = Arc::new(Mutex::new(None));
-        let mut cfg = config(&kernel, &image, seen.clone());
-        cfg.restore = Some(Restore::open(&snap_dir, &header).map_err(|e| e.to_string())?);
-        let w = run(cfg, &seen)?;
-
-        let seen = Arc::new(Mutex::new(None));
-        let mut cfg = config(&kernel, &image, seen.clone());
-        cfg.restore = Some(Restore::open_warm(&snap_dir, &header).map_err(|e| e.to_string())?);
-        let a = run(cfg, &seen)?;
-
-        let mut q = boot_tests::qemu::microvm_stdio_with(
-            &kernel,
-            &format!("quiet rdinit={INIT_PATH}"),
-            64,
-            false,
-        );
-        q.arg("-initrd").arg(&image);
-        let q = boot_tests::time_run(&mut q, boot_tests::First::LineWith(MARK))?;
-        // The first round warms the page cache and is not counted.
-        if i > 0 {
-            for (into, (first, end)) in [
-                (&mut cold, c),
-                (&mut warm, w),
-                (&mut ahead, a),
-                (&mut qemu, q),
-            ] {
-                into.0.push(first);
-                into.1.push(end);
+        match side {
+            0 => cfg.cmdline = format!("rdinit={INIT_PATH} quiet"),
+            1 => cfg.restore = Some(Restore::open(&snap_dir, &header).map_err(|e| e.to_string())?),
+            _ => {
+                cfg.restore =
+                    Some(Restore::open_warm(&snap_dir, &header).map_err(|e| e.to_string())?)
             }
         }
-    }
+        run(cfg, &seen)
+    })?;
+    let [cold, warm, ahead, qemu] =
+        sides.map(|v| v.into_iter().unzip::<_, _, Vec<f64>, Vec<f64>>());
     table_header(&format!(
         "hello appliance (husk's kernel + initramfs), 1 vCPU, 64 MiB, {runs} runs each"
     ));
@@ -311,24 +294,23 @@ fn husk_run(runs: usize, kernel: &Path, image: &Path, dir: &Path) -> Result<(), 
             String::from_utf8_lossy(&first.stderr)
         ));
     }
-    let (mut cold, mut warm, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..=runs {
-        let c = boot_tests::time_run(&mut cmd(&["--cold"]), boot_tests::First::LineWith(MARK))?;
-        let w = boot_tests::time_run(&mut cmd(&[]), boot_tests::First::LineWith(MARK))?;
-        let mut q = boot_tests::qemu::microvm_stdio_with(
-            kernel,
-            &format!("quiet rdinit={INIT_PATH}"),
-            64,
-            false,
-        );
-        q.arg("-initrd").arg(image);
-        let q = boot_tests::time_run(&mut q, boot_tests::First::LineWith(MARK))?;
-        if i > 0 {
-            cold.push(c.0);
-            warm.push(w.0);
-            qemu.push(q.0);
-        }
-    }
+    let [cold, warm, qemu] = boot_tests::rounds(runs, |side, _| {
+        let mut c = match side {
+            0 => cmd(&["--cold"]),
+            1 => cmd(&[]),
+            _ => {
+                let mut q = boot_tests::qemu::microvm_stdio_with(
+                    kernel,
+                    &format!("quiet rdinit={INIT_PATH}"),
+                    64,
+                    false,
+                );
+                q.arg("-initrd").arg(image);
+                q
+            }
+        };
+        Ok(boot_tests::time_run(&mut c, boot_tests::First::LineWith(MARK))?.0)
+    })?;
     table_header(&format!(
         "husk run examples/hello, spawn to the command's output, {runs} runs each"
     ));
