@@ -5,13 +5,17 @@
 //!
 //!   bench-net [--runs N] [--only tap|passt|slot|vsock|pair|boot]
 //!
-//! - tap: one host tap, used by each VMM in turn (QEMU with vhost off);
+//! - tap: a host tap for each VMM (QEMU with vhost off);
 //! - passt: one passt per VM started the same way (husk's own supervisor
-//!   code), reached through the same published ports; QEMU takes its
-//!   socket as `-netdev stream`;
-//! - slot: husk on the tap with its interface in a virtio-mmio slot, as a
+//!   code), each publishing the guest's ports on its own host ports; QEMU
+//!   takes its socket as `-netdev stream`;
+//! - slot: husk on a tap with its interface in a virtio-mmio slot, as a
 //!   detached appliance's are (`--net-slots`: served through the slot's
 //!   own epoll), against husk without.
+//!
+//! The VMs compared run at the same time, each on its own tap or passt,
+//! and are measured in rounds of changing order (`boot_tests::rounds`):
+//! what a run leaves behind in the machine falls on each alike.
 //!
 //! Per run, all timed on the host: host to guest (SIZE bytes to a guest
 //! sink until it answers its count), guest to host (SIZE bytes from a
@@ -39,13 +43,29 @@ use vmm::passt::{GuestNet, Passt, PortMapping};
 
 const SIZE: u64 = 32 << 20;
 const PINGS: usize = 200;
-const TAP: &str = "hbench0";
-const TAP_HOST: &str = "10.97.0.1";
-const TAP_GUEST: &str = "10.97.0.2";
 /// Guest ports: sink, source, echo (TCP and vsock alike).
 const PORTS: [u16; 3] = [5000, 5001, 5002];
-/// Where passt publishes them on the host's loopback.
-const PUBLISHED: [u16; 3] = [15000, 15001, 15002];
+
+/// The bench's tap `i` (one for each VM of a comparison, the boots use
+/// the first): its name and the host's and the guest's addresses.
+fn tap_name(i: usize) -> String {
+    format!("hbench{i}")
+}
+
+fn tap_host(i: usize) -> String {
+    format!("10.97.{i}.1")
+}
+
+fn tap_guest(i: usize) -> String {
+    format!("10.97.{i}.2")
+}
+
+/// Where the passt of the `i`th VM of a comparison publishes the guest's
+/// ports on the host's loopback.
+fn published_ports(i: usize) -> [u16; 3] {
+    let base = 15000 + 10 * i as u16;
+    [base, base + 1, base + 2]
+}
 const MARK: &str = "HUSK-NET-READY";
 
 fn main() -> ExitCode {
@@ -112,7 +132,7 @@ fn bench(runs: usize) -> Result<(), String> {
         dir: dir.path().to_owned(),
         passt_net: vmm::passt::guest_net().map_err(|e| format!("passt's network: {e}"))?,
     };
-    let _tap = Tap::create()?;
+    let _taps = [Tap::create(0)?, Tap::create(1)?];
 
     println!("Network under KVM, husk's kernel + busybox initramfs, 1 vCPU, 128 MiB,");
     println!(
@@ -133,22 +153,23 @@ fn bench(runs: usize) -> Result<(), String> {
         if !wanted(backend.name()) {
             continue;
         }
-        let h = measure(&env, Vmm::Husk, backend, runs).map_err(|e| format!("husk: {e}"))?;
-        let q = measure(&env, Vmm::Qemu, backend, runs).map_err(|e| format!("QEMU: {e}"))?;
+        let [h, q] = compare(&env, [(Vmm::Husk, backend), (Vmm::Qemu, backend)], runs)?;
         h.print(&format!("husk, {}", backend.name()));
         q.print(&format!("QEMU microvm, {}", backend.name()));
         h.print_ratio(&q, &format!("husk/QEMU, {}", backend.name()));
     }
     if wanted("slot") {
-        let s = measure(&env, Vmm::HuskInSlot, Backend::Tap, runs)
-            .map_err(|e| format!("husk, in a slot: {e}"))?;
-        let h = measure(&env, Vmm::Husk, Backend::Tap, runs).map_err(|e| format!("husk: {e}"))?;
+        let [s, h] = compare(
+            &env,
+            [(Vmm::HuskInSlot, Backend::Tap), (Vmm::Husk, Backend::Tap)],
+            runs,
+        )?;
         s.print("husk, tap, in a slot");
         h.print("husk, tap");
         s.print_ratio(&h, "in a slot/not, tap");
     }
     if wanted("vsock") {
-        let v = measure(&env, Vmm::Husk, Backend::Vsock, runs)?;
+        let [v] = compare(&env, [(Vmm::Husk, Backend::Vsock)], runs)?;
         v.print("husk, vsock (hybrid socket)");
         let (m, lo, hi) = stats(&v.connect);
         println!("husk vsock connect (connect to OK): median {m:.0} us, min {lo:.0}, max {hi:.0}");
@@ -323,7 +344,27 @@ struct Figures {
     connect: Vec<f64>,
 }
 
+/// One run's figures: the two transfers (MB/s), the median round trip
+/// (µs), and on vsock the connect latencies (µs).
+struct Run {
+    h2g: f64,
+    g2h: f64,
+    rtt: f64,
+    connect: Vec<f64>,
+}
+
 impl Figures {
+    fn of(runs: Vec<Run>) -> Figures {
+        let mut f = Figures::default();
+        for r in runs {
+            f.h2g.push(r.h2g);
+            f.g2h.push(r.g2h);
+            f.rtt.push(r.rtt);
+            f.connect.extend(r.connect);
+        }
+        f
+    }
+
     /// One row of medians' ratios, these over `other`.
     fn print_ratio(&self, other: &Figures, name: &str) {
         let ratio = |a: &[f64], b: &[f64]| format!("{:.2}x", stats(a).0 / stats(b).0);
@@ -351,7 +392,8 @@ impl Figures {
 
 /// How the host reaches one of the guest's servers.
 enum Reach {
-    Tcp(String),
+    /// An address, and the ports of the sink, source and echo there.
+    Tcp(String, [u16; 3]),
     Vsock(PathBuf),
 }
 
@@ -375,11 +417,8 @@ impl Reach {
     /// Connects to server `i` (sink, source, echo).
     fn open(&self, i: usize) -> Result<Box<dyn Stream>, String> {
         match self {
-            Reach::Tcp(host) => {
-                let port = match host.as_str() {
-                    "127.0.0.1" => PUBLISHED[i],
-                    _ => PORTS[i],
-                };
+            Reach::Tcp(host, ports) => {
+                let port = ports[i];
                 let s = TcpStream::connect((host.as_str(), port))
                     .map_err(|e| format!("connect {host}:{port}: {e}"))?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -401,92 +440,121 @@ fn vsock_connect(uds: &Path, port: u16) -> Result<(UnixStream, Duration), String
     Ok((s, start.elapsed()))
 }
 
-/// Boots a VM serving on `backend`, measures `runs` runs (after one
-/// warm-up), and stops it.
-fn measure(env: &Env, vmm: Vmm, backend: Backend, runs: usize) -> Result<Figures, String> {
-    let uds = env.dir.join("vm.sock");
-    let (mut vm, _passt) = start(env, vmm, backend, &uds)?;
-    let reach = match backend {
-        Backend::Tap => Reach::Tcp(TAP_GUEST.into()),
-        Backend::Passt => Reach::Tcp("127.0.0.1".into()),
-        Backend::Vsock => Reach::Vsock(uds.clone()),
-    };
-    let result = (|| {
-        let mut f = Figures::default();
-        let mut buf = vec![0u8; 1 << 16];
-        for run in 0..=runs {
-            eprint!(
-                "\rbench-net: {} {}, run {run} of {runs}   ",
-                vmm.name(),
-                backend.name()
-            );
-            // Host to guest.
-            let _watch = StallReport::arm("host to guest", vm.id());
-            let start = Instant::now();
-            let mut s = reach.open(0)?;
-            let mut left = SIZE;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                s.write_all(&buf[..n])
-                    .map_err(|e| format!("sending: {e}"))?;
-                left -= n as u64;
-            }
-            s.shut_write().map_err(|e| e.to_string())?;
-            let mut answer = String::new();
-            BufReader::new(&mut s)
-                .read_line(&mut answer)
-                .map_err(|e| e.to_string())?;
-            let h2g = start.elapsed();
-            if !answer.starts_with(&format!("{SIZE} ")) {
-                return Err(format!("the guest's sink counted {answer:?}"));
-            }
-            // Guest to host.
-            let _watch = StallReport::arm("guest to host", vm.id());
-            let start = Instant::now();
-            let mut s = reach.open(1)?;
-            writeln!(s, "{SIZE}").map_err(|e| e.to_string())?;
-            let mut got = 0u64;
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => got += n as u64,
-                    Err(e) => return Err(format!("receiving: {e}")),
-                }
-            }
-            let g2h = start.elapsed();
-            if got != SIZE {
-                return Err(format!("the guest's source sent {got} bytes"));
-            }
-            // Round trips.
-            let mut s = reach.open(2)?;
-            let mut rtts = Vec::with_capacity(PINGS);
-            let mut b = [7u8; 1];
-            for _ in 0..PINGS {
-                let t = Instant::now();
-                s.write_all(&b).map_err(|e| e.to_string())?;
-                s.read_exact(&mut b).map_err(|e| e.to_string())?;
-                rtts.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            let mb = |d: Duration| SIZE as f64 / 1e6 / d.as_secs_f64();
-            if run > 0 {
-                f.h2g.push(mb(h2g));
-                f.g2h.push(mb(g2h));
-                f.rtt.push(stats(&rtts).0);
-            }
-            if let Reach::Vsock(uds) = &reach {
-                for _ in 0..10 {
-                    let (_, t) = vsock_connect(uds, PORTS[2])?;
-                    if run > 0 {
-                        f.connect.push(t.as_secs_f64() * 1e6);
-                    }
-                }
-            }
+/// Boots a VM for each side, each serving on its backend on a tap or a
+/// passt of its own, measures them in `runs` rounds of changing order
+/// (after a warm-up round), and stops them.
+fn compare<const N: usize>(
+    env: &Env,
+    sides: [(Vmm, Backend); N],
+    runs: usize,
+) -> Result<[Figures; N], String> {
+    let mut vms = Vec::with_capacity(N);
+    for (i, &(vmm, backend)) in sides.iter().enumerate() {
+        let uds = env.dir.join(format!("vm{i}.sock"));
+        let (child, passt) =
+            start(env, vmm, backend, i, &uds).map_err(|e| format!("{}: {e}", vmm.name()))?;
+        let reach = match backend {
+            Backend::Tap => Reach::Tcp(tap_guest(i), PORTS),
+            Backend::Passt => Reach::Tcp("127.0.0.1".into(), published_ports(i)),
+            Backend::Vsock => Reach::Vsock(uds),
+        };
+        vms.push(Serving {
+            child,
+            _passt: passt,
+            reach,
+            name: format!("{} {}", vmm.name(), backend.name()),
+        });
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    let kept: [Vec<Run>; N] = boot_tests::rounds(runs, |side, round| {
+        let vm = &vms[side];
+        eprint!("\rbench-net: {}, round {round} of {runs}   ", vm.name);
+        one_run(vm, &mut buf).map_err(|e| format!("{}: {e}", vm.name))
+    })?;
+    eprintln!();
+    Ok(kept.map(Figures::of))
+}
+
+/// A VM of a comparison, stopped when dropped.
+struct Serving {
+    child: Child,
+    _passt: Option<Passt>,
+    reach: Reach,
+    name: String,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One run against `vm`: both transfers, the round trips, and on vsock
+/// ten connects.
+fn one_run(vm: &Serving, buf: &mut [u8]) -> Result<Run, String> {
+    let reach = &vm.reach;
+    // Host to guest.
+    let _watch = StallReport::arm("host to guest", vm.child.id());
+    let start = Instant::now();
+    let mut s = reach.open(0)?;
+    let mut left = SIZE;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        s.write_all(&buf[..n])
+            .map_err(|e| format!("sending: {e}"))?;
+        left -= n as u64;
+    }
+    s.shut_write().map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(&mut s)
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    let h2g = start.elapsed();
+    if !answer.starts_with(&format!("{SIZE} ")) {
+        return Err(format!("the guest's sink counted {answer:?}"));
+    }
+    // Guest to host.
+    let _watch = StallReport::arm("guest to host", vm.child.id());
+    let start = Instant::now();
+    let mut s = reach.open(1)?;
+    writeln!(s, "{SIZE}").map_err(|e| e.to_string())?;
+    let mut got = 0u64;
+    loop {
+        match s.read(buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => return Err(format!("receiving: {e}")),
         }
-        Ok(f)
-    })();
-    let _ = vm.kill();
-    let _ = vm.wait();
-    result
+    }
+    let g2h = start.elapsed();
+    if got != SIZE {
+        return Err(format!("the guest's source sent {got} bytes"));
+    }
+    // Round trips.
+    let mut s = reach.open(2)?;
+    let mut rtts = Vec::with_capacity(PINGS);
+    let mut b = [7u8; 1];
+    for _ in 0..PINGS {
+        let t = Instant::now();
+        s.write_all(&b).map_err(|e| e.to_string())?;
+        s.read_exact(&mut b).map_err(|e| e.to_string())?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut connect = Vec::new();
+    if let Reach::Vsock(uds) = reach {
+        for _ in 0..10 {
+            let (_, t) = vsock_connect(uds, PORTS[2])?;
+            connect.push(t.as_secs_f64() * 1e6);
+        }
+    }
+    let mb = |d: Duration| SIZE as f64 / 1e6 / d.as_secs_f64();
+    Ok(Run {
+        h2g: mb(h2g),
+        g2h: mb(g2h),
+        rtt: stats(&rtts).0,
+        connect,
+    })
 }
 
 /// Prints what the sockets hold when a transfer takes longer than a
@@ -521,16 +589,18 @@ impl Drop for StallReport {
     }
 }
 
-/// Starts the VM and waits for the guest's marker.
+/// Starts the VM of side `i` of a comparison (on tap `i`, or publishing
+/// on that side's ports) and waits for the guest's marker.
 fn start(
     env: &Env,
     vmm: Vmm,
     backend: Backend,
+    i: usize,
     uds: &Path,
 ) -> Result<(Child, Option<Passt>), String> {
     let (ip, passt_fd, passt) = match backend {
         Backend::Tap | Backend::Vsock => (
-            format!("{TAP_GUEST}/24,{TAP_HOST} bench.mtu=1500"),
+            format!("{}/24,{} bench.mtu=1500", tap_guest(i), tap_host(i)),
             None,
             None,
         ),
@@ -543,7 +613,7 @@ fn start(
             if vmm != Vmm::Qemu {
                 (ip, None, None)
             } else {
-                let (p, fd) = Passt::start(n, &published()).map_err(|e| e.to_string())?;
+                let (p, fd) = Passt::start(n, &published(i)).map_err(|e| e.to_string())?;
                 (ip, Some(fd), Some(p))
             }
         }
@@ -562,10 +632,10 @@ fn start(
             }
             match backend {
                 Backend::Tap => {
-                    c.args(["--net", &format!("tap:{TAP}")]);
+                    c.args(["--net", &format!("tap:{}", tap_name(i))]);
                 }
                 Backend::Passt => {
-                    for (h, g) in PUBLISHED.iter().zip(PORTS) {
+                    for (h, g) in published_ports(i).iter().zip(PORTS) {
                         c.args(["-p", &format!("127.0.0.1:{h}:{g}")]);
                     }
                 }
@@ -582,7 +652,10 @@ fn start(
                 Backend::Tap => {
                     c.args([
                         "-netdev",
-                        &format!("tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off"),
+                        &format!(
+                            "tap,id=n0,ifname={},script=no,downscript=no,vhost=off",
+                            tap_name(i)
+                        ),
                     ]);
                 }
                 _ => {
@@ -629,8 +702,8 @@ fn until_marked(mut cmd: Command, what: &str) -> Result<Child, String> {
     Err(format!("{what} never got ready"))
 }
 
-fn published() -> Vec<PortMapping> {
-    PUBLISHED
+fn published(i: usize) -> Vec<PortMapping> {
+    published_ports(i)
         .iter()
         .zip(PORTS)
         .map(|(&host_port, guest_port)| PortMapping {
@@ -666,7 +739,7 @@ fn boot(env: &Env, runs: usize) -> Result<(), String> {
         ("husk, --net none", vec!["--net".into(), "none".into()]),
         (
             "husk, --net tap",
-            vec!["--net".into(), format!("tap:{TAP}")],
+            vec!["--net".into(), format!("tap:{}", tap_name(0))],
         ),
         (
             "husk, --net user (passt)",
@@ -728,23 +801,24 @@ fn timings(env: &Env, args: &[String]) -> Result<(String, Vec<String>), String> 
     Ok((overhead, phases))
 }
 
-/// The bench's tap, removed when dropped.
-struct Tap;
+/// The bench's tap `i`, removed when dropped.
+struct Tap(String);
 
 impl Tap {
-    fn create() -> Result<Tap, String> {
-        let _ = ip(&["link", "del", TAP]);
-        ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
-        let tap = Tap;
-        ip(&["addr", "add", &format!("{TAP_HOST}/24"), "dev", TAP])?;
-        ip(&["link", "set", TAP, "up"])?;
+    fn create(i: usize) -> Result<Tap, String> {
+        let name = tap_name(i);
+        let _ = ip(&["link", "del", &name]);
+        ip(&["tuntap", "add", "dev", &name, "mode", "tap"])?;
+        let tap = Tap(name);
+        ip(&["addr", "add", &format!("{}/24", tap_host(i)), "dev", &tap.0])?;
+        ip(&["link", "set", &tap.0, "up"])?;
         Ok(tap)
     }
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        let _ = ip(&["link", "del", TAP]);
+        let _ = ip(&["link", "del", &self.0]);
     }
 }
 
