@@ -14,6 +14,7 @@ mod container;
 mod leases;
 mod net;
 mod pidns;
+mod resume;
 mod sys;
 mod usage;
 
@@ -76,11 +77,10 @@ fn main() {
     };
     control.mark(sys::MARK_INIT_RUNNING);
     if cmdline.split_whitespace().any(|w| w == SNAPSHOT_ARG) {
-        // The VMM saves the VM during this port write; a restored VM goes
-        // on from here: it reads this run's parameters from the host and
-        // makes its random state its own.
-        control.mark(sys::MARK_SNAPSHOT_POINT);
-        let seed = match resume() {
+        // The VMM saves the VM during the snapshot point's port write, and
+        // a restored VM goes on from there: it reads this run's parameters
+        // and makes its random state its own.
+        let seed = match resume::at_snapshot_point(&control) {
             Ok(Some(r)) => {
                 cmdline.push(' ');
                 cmdline.push_str(&r.params);
@@ -129,17 +129,6 @@ fn main() {
 /// Booted from an exported disk, by another hypervisor: no husk VMM.
 fn is_portable(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|w| w == PORTABLE_ARG)
-}
-
-/// This run's parameters, from the host's [`::agent::RESUME_PORT`]; `None`
-/// where the VM has no vsock device or the host serves no parameters.
-fn resume() -> Result<Option<::agent::Resume>, ::agent::FrameError> {
-    let fd = match sys::vsock_connect(libc::VMADDR_CID_HOST, ::agent::RESUME_PORT) {
-        Ok(fd) => fd,
-        Err(_) => return Ok(None),
-    };
-    let mut conn = std::os::unix::net::UnixStream::from(fd);
-    ::agent::read(&mut conn)
 }
 
 /// Runs the appliance's command to its end and returns its exit status;

@@ -11,7 +11,7 @@ const KIND_MARK: u32 = 1;
 const KIND_STATUS: u32 = 2;
 pub const MARK_INIT_RUNNING: u8 = 1;
 pub const MARK_COMMAND_STARTED: u8 = 2;
-pub const MARK_SNAPSHOT_POINT: u8 = 3;
+const MARK_SNAPSHOT_POINT: u8 = 3;
 
 fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in fixed strings")
@@ -301,6 +301,19 @@ impl ControlPort {
 
     pub fn status(&self, status: u8) {
         self.write(KIND_STATUS << 8 | u32::from(status));
+    }
+
+    /// The snapshot-point mark, naming the resume area (its virtual
+    /// address and pages; 0 and 0: none) in RSI and RDI for the VMM.
+    pub fn snapshot_point(&self, area: u64, pages: u64) {
+        if self.usable {
+            let value = KIND_MARK << 8 | u32::from(MARK_SNAPSHOT_POINT);
+            // SAFETY: as in `write`; RSI and RDI are only read, by the VMM.
+            unsafe {
+                std::arch::asm!("out dx, eax", in("dx") CONTROL_PORT, in("eax") value,
+                    in("rsi") area, in("rdi") pages, options(nomem, nostack, preserves_flags));
+            }
+        }
     }
 
     fn write(&self, value: u32) {

@@ -51,6 +51,10 @@ pub struct VmConfig {
     pub snapshot: Option<snapshot::Target>,
     /// Start from this snapshot instead of booting the kernel.
     pub restore: Option<snapshot::Restore>,
+    /// A warm start's resume frame (an `agent::encode`d `agent::Resume`):
+    /// written into init's resume area when the snapshot is taken (after
+    /// saving it) and when it is restored (before the vCPUs run).
+    pub resume_frame: Option<Vec<u8>>,
     /// Take a snapshot whenever one is asked for on this socket, while the
     /// guest runs (`husk snapshot create` of a detached VM).
     pub snapshot_requests: Option<snapshot::OnRequest>,

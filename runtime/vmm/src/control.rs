@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | 1 | 1 | the guest's init is running |
 //! | 1 | 2 | the appliance's command was started |
-//! | 1 | 3 | init is at its snapshot point (with `husk.snapshot` on the command line) |
+//! | 1 | 3 | init is at its snapshot point (with `husk.snapshot` on the command line); RSI and RDI name its resume area (`agent::resume_area`) |
 //! | 2 | status | the command exited with `status` (0-255) |
 //!
 //! A port write is one VM exit, taken before the guest moves on, so the

@@ -158,15 +158,21 @@ impl SnapshotSource {
     /// Every vCPU parked with its state saved, then, on this thread (so no
     /// device event is served meanwhile), the interrupt controllers, PIT
     /// and clock, every transport, and guest RAM, written through the
-    /// target's open files; then the vCPUs run on.
-    fn take(&self, target: &crate::snapshot::Target) -> Result<(), String> {
+    /// target's open files; then the vCPUs run on. `warm`: the pages of
+    /// init's resume area (see [`crate::snapshot::resume`]) and this run's frame,
+    /// for the snapshot a warm start takes at init's snapshot point.
+    fn take(
+        &self,
+        target: &crate::snapshot::Target,
+        warm: Option<(&[u64], Option<&[u8]>)>,
+    ) -> Result<(), String> {
         if self.paused.load(Ordering::Acquire) {
             // Its vCPUs' saved state is as old as the pause, while the
             // devices went on: not one moment. Resumed first, it is.
             return Err("the VM is paused: resume it first".into());
         }
         let started = std::time::Instant::now();
-        let result = self.take_paused(target);
+        let result = self.take_paused(target, warm);
         self.shared.pause.resume();
         match &result {
             Ok(()) => tracing::info!(took = ?started.elapsed(), "snapshot taken"),
@@ -224,8 +230,12 @@ impl SnapshotSource {
         Ok(())
     }
 
-    fn take_paused(&self, target: &crate::snapshot::Target) -> Result<(), String> {
-        use crate::snapshot::{device_name, Snapshot, VmState};
+    fn take_paused(
+        &self,
+        target: &crate::snapshot::Target,
+        warm: Option<(&[u64], Option<&[u8]>)>,
+    ) -> Result<(), String> {
+        use crate::snapshot::{device_name, resume, Snapshot, VmState};
         let shared = &self.shared;
         let vcpus = self.park()?;
         let vm = VmState::save(&self.vm, self.pit).map_err(|e| e.to_string())?;
@@ -256,10 +266,16 @@ impl SnapshotSource {
             vcpus,
             devices,
             disks,
+            resume_area: warm.map_or_else(Vec::new, |(pages, _)| resume::area(&self.mem, pages)),
         };
         target
             .write(&snapshot, &self.mem)
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| format!("{e:#}"))?;
+        // Only now, so that the snapshot holds no run's frame.
+        if let Some((_, Some(frame))) = warm {
+            resume::hand_over(&self.mem, &snapshot.resume_area, frame);
+        }
+        Ok(())
     }
 }
 
@@ -269,6 +285,8 @@ pub struct SnapshotTaker {
     pub evt: EventFd,
     pub source: Arc<SnapshotSource>,
     pub target: Option<crate::snapshot::Target>,
+    /// This run's resume frame, for init's resume area.
+    pub frame: Option<Vec<u8>>,
     /// What came of it, for the VM's outcome.
     pub result: Arc<Mutex<Option<Result<(), String>>>>,
 }
@@ -286,7 +304,17 @@ impl MutEventSubscriber for SnapshotTaker {
             self.source.shared.pause.resume();
             return;
         };
-        let result = self.source.take(&target);
+        let named = self
+            .source
+            .shared
+            .resume_area
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let area = named.map_or_else(Vec::new, |n| n.pages(&self.source.mem));
+        let result = self
+            .source
+            .take(&target, Some((&area, self.frame.as_deref())));
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
     }
 }
@@ -413,7 +441,7 @@ impl MutEventSubscriber for SnapshotServer {
             Ok(Some(asked)) => {
                 let done = |r: Result<(), String>| r.map(|()| String::new());
                 let result = match asked {
-                    Asked::Snapshot(target) => done(self.source.take(&target)),
+                    Asked::Snapshot(target) => done(self.source.take(&target, None)),
                     Asked::Pause => done(self.source.pause()),
                     Asked::Resume => done(self.source.resume()),
                     Asked::Refused(why) => Err(format!("no snapshot can be taken of it: {why}")),

@@ -373,6 +373,10 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
                 }));
             }
             let tsc = r.snapshot.vm.restore(&vm).map_err(VmmError::Restore)?;
+            // This run's parameters, where init will look for them first.
+            if let Some(frame) = &cfg.resume_frame {
+                snapshot::resume::hand_over(&mem, &r.snapshot.resume_area, frame);
+            }
             (None, Some(tsc))
         }
         None => {
@@ -417,6 +421,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             None => None,
         },
         vcpu_threads: Mutex::new(Vec::new()),
+        resume_area: Mutex::new(None),
     });
     let snapshot_result = Arc::new(Mutex::new(None));
 
@@ -444,6 +449,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             evt,
             source: source.clone(),
             target: cfg.snapshot.take(),
+            frame: cfg.resume_frame.take(),
             result: snapshot_result.clone(),
         })));
     }

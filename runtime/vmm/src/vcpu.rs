@@ -187,6 +187,8 @@ pub struct Shared {
     pub pause: Pause,
     pub msrs: Vec<u32>,
     pub snapshot_evt: Option<EventFd>,
+    /// init's resume area, as its snapshot-point write named it.
+    pub resume_area: Mutex<Option<crate::snapshot::resume::Named>>,
     /// Tells the VMM thread the command started (a warm start recording
     /// its working set; None otherwise).
     pub command_evt: Option<EventFd>,
@@ -242,6 +244,9 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
                     match shared.report.guest_write(data) {
                         control::Reached::SnapshotPoint => {
                             if let Some(evt) = &shared.snapshot_evt {
+                                let area = crate::snapshot::resume::Named::by(vcpu);
+                                *shared.resume_area.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    area;
                                 // The VMM thread pauses every vCPU, this one
                                 // too (the pause flag is seen right below).
                                 shared.pause.requested.store(true, Ordering::Release);

@@ -38,6 +38,7 @@ pub fn initramfs(
         snapshot: None,
         restore: None,
         snapshot_requests: None,
+        resume_frame: None,
     }
 }
 

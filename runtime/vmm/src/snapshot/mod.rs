@@ -48,6 +48,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 mod kvm;
 mod pages;
 mod request;
+pub mod resume;
 
 pub use kvm::{msr_list, Tsc, VcpuState, VmState};
 pub use pages::{prefetch, record, save as save_pages, Pages, Run, WorkingSet};
@@ -56,7 +57,7 @@ pub use request::{locate, pause, plug, request, request_pair, unplug, Asked, OnR
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";
 /// Bumped whenever the layout of the state changes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 const STATE_FILE: &str = "state.json";
 const MEMORY_FILE: &str = "memory";
 const LOCK_FILE: &str = "lock";
@@ -282,6 +283,11 @@ pub struct Snapshot {
     /// Each disk, in order: an overlay's saved blocks as runs `(first
     /// block, count)`, their data in `diskN`; `None` for a host file.
     pub disks: Vec<Option<Vec<(u64, u64)>>>,
+    /// A warm start's: the guest-physical pages of init's resume area,
+    /// which each restore writes its run's frame into ([`resume`]); empty
+    /// for a snapshot taken on request, whose guest is not waiting there.
+    #[serde(default)]
+    pub resume_area: Vec<u64>,
 }
 
 impl Snapshot {
@@ -673,10 +679,10 @@ mod tests {
             ),
             (
                 b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 99}}",
-                "format 99, this husk reads format 2",
+                "format 99, this husk reads format 3",
             ),
             (
-                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 2}}",
+                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 3}}",
                 "missing field",
             ),
         ] {

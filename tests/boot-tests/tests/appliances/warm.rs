@@ -96,6 +96,12 @@ fn read_ahead(r: &HuskRun) -> Option<u64> {
         .ok()
 }
 
+/// Whether the VMM wrote the run's parameters into init's resume area.
+fn in_area(r: &HuskRun) -> bool {
+    r.stderr
+        .contains("this run's parameters written into init's resume area")
+}
+
 fn took(r: &HuskRun) -> bool {
     r.stderr.contains("cold start: taking a snapshot")
 }
@@ -192,10 +198,30 @@ fn warm_hello() -> Result<(), Failed> {
         &["--timings", "-e", "GREETING=Warm", "examples/hello"],
         0,
     )?;
-    if !restored(&warm) || !warm.stdout.contains("Warm from hello") {
+    if !restored(&warm) || !warm.stdout.contains("Warm from hello") || !in_area(&warm) {
         return Err(warm
-            .explain("the second run should restore, with -e")
+            .explain("the second run should restore, with -e, handed over in init's resume area")
             .into());
+    }
+    // An environment too large for the resume area (hex-encoded, 80 KiB)
+    // comes over vsock.
+    let big = "W".repeat(40 << 10);
+    let large = run(
+        &snaps,
+        &["-e", &format!("GREETING={big}"), "examples/hello"],
+        0,
+    )?;
+    if !restored(&large)
+        || !large.stdout.contains(&format!("{big} from hello"))
+        || !large.stderr.contains("init reads them over vsock")
+    {
+        return Err(format!(
+            "a restore with a 40 KiB environment should hand it over by vsock \
+             (stderr: {}; {} bytes of output)",
+            large.stderr,
+            large.stdout.len()
+        )
+        .into());
     }
     if warm.stderr.contains("guest reached init") {
         return Err(warm

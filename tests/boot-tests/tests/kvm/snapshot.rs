@@ -134,6 +134,7 @@ pub fn a_restored_guest_goes_on_where_it_was_saved() -> Result<(), Failed> {
         vcpus: vec![VcpuState::save(&vcpu, &msrs).unwrap()],
         devices: vec![rng_state(&mem)],
         disks: Vec::new(),
+        resume_area: Vec::new(),
     };
     snap.write(&mem, dir.path()).unwrap();
     // Saving does not disturb the running guest.
@@ -207,6 +208,7 @@ pub fn a_snapshot_for_another_vm_or_a_damaged_one_is_refused() -> Result<(), Fai
         vcpus: vec![VcpuState::save(&vcpu, &snapshot::msr_list(&kvm).unwrap()).unwrap()],
         devices: vec![rng_state(&mem)],
         disks: Vec::new(),
+        resume_area: Vec::new(),
     };
     snap.write(&mem, dir.path()).unwrap();
     Snapshot::read(dir.path(), &header()).unwrap();

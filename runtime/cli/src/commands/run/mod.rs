@@ -910,17 +910,22 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         (Some(_), Some((_, uds))) => Some(named::reseed_connection(uds)?),
         _ => None,
     };
-    let (snapshot, restore, warm_dir) = match warm {
+    let (snapshot, restore, warm_dir, resume_frame) = match warm {
         Some(w) => {
             plan.cmdline.push(' ');
             plan.cmdline.push_str(husk_init::config::SNAPSHOT_ARG);
-            let socket = warm::resume_socket(params)?;
+            // Written into init's resume area; served on vsock too, for a
+            // frame too large for it.
+            let frame = warm::resume_frame(params)?;
+            let socket = warm::resume_socket(&frame)?;
             if let Some(v) = &mut vsock {
                 v.presets.push((agent::RESUME_PORT, socket));
             }
             match w {
-                warm::Warm::Take { dir, target } => (Some(target), None, Some(dir)),
-                warm::Warm::Restore { dir, restore } => (None, Some(*restore), Some(dir)),
+                warm::Warm::Take { dir, target } => (Some(target), None, Some(dir), Some(frame)),
+                warm::Warm::Restore { dir, restore } => {
+                    (None, Some(*restore), Some(dir), Some(frame))
+                }
             }
         }
         None => {
@@ -928,7 +933,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 plan.cmdline.push(' ');
                 plan.cmdline.push_str(&params);
             }
-            (None, restore_named, None)
+            (None, restore_named, None, None)
         }
     };
     let stdin = std::io::stdin();
@@ -961,6 +966,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         snapshot,
         restore,
         snapshot_requests,
+        resume_frame,
     };
     let jail = if args.jail || (!args.no_jail && is_root()) {
         let (uid, gid) = args

@@ -276,16 +276,20 @@ pub fn host_seed() -> anyhow::Result<Vec<u8>> {
     Ok(seed)
 }
 
-/// The socket the vsock device hands to init's connection to
-/// [`agent::RESUME_PORT`]: this run's parameters and a fresh seed, already
-/// written, then the end of the stream.
-pub fn resume_socket(params: String) -> anyhow::Result<UnixStream> {
+/// This run's resume frame: its parameters and a fresh seed.
+pub fn resume_frame(params: String) -> anyhow::Result<Vec<u8>> {
     let seed = host_seed()?;
-    let frame = agent::encode(&agent::Resume { params, seed });
+    Ok(agent::encode(&agent::Resume { params, seed }))
+}
+
+/// The socket the vsock device hands to init's connection to
+/// [`agent::RESUME_PORT`]: `frame`, already written, then the end of the
+/// stream.
+pub fn resume_socket(frame: &[u8]) -> anyhow::Result<UnixStream> {
     let (mut ours, theirs) = UnixStream::pair().context("cannot make a socket pair")?;
     // A frame of a few KiB fits the socket's buffer: this never blocks.
     ours.set_nonblocking(true)
-        .and_then(|()| ours.write_all(&frame))
+        .and_then(|()| ours.write_all(frame))
         .context("cannot hand this run's parameters to the VM")?;
     Ok(theirs)
 }
@@ -297,14 +301,15 @@ mod tests {
     #[test]
     fn the_resume_socket_holds_one_frame_and_its_end() {
         let params = "husk.run=7b7d husk.net=7b7d".to_string();
-        let mut s = resume_socket(params.clone()).unwrap();
+        let mut s = resume_socket(&resume_frame(params.clone()).unwrap()).unwrap();
         let r: agent::Resume = agent::read(&mut s).unwrap().unwrap();
         assert_eq!(r.params, params);
         assert_eq!(r.seed.len(), 32);
         assert!(agent::read::<agent::Resume>(&mut s).unwrap().is_none());
-        let other: agent::Resume = agent::read(&mut resume_socket(String::new()).unwrap())
-            .unwrap()
-            .unwrap();
+        let other: agent::Resume =
+            agent::read(&mut resume_socket(&resume_frame(String::new()).unwrap()).unwrap())
+                .unwrap()
+                .unwrap();
         assert_ne!(other.seed, r.seed, "every run gets its own seed");
     }
 
