@@ -26,7 +26,10 @@ struct Cli {
     command: Command,
 }
 
+// Each subcommand's options are built only when it is the one run (husk
+// run's start-up is on every warm start's path).
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum Command {
     /// Boot an appliance (building it first) and exit with its command's
     /// status; with -d, in the background
@@ -208,6 +211,30 @@ pub fn husk_main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn every_subcommand_keeps_its_own_help_though_its_options_are_built_late() {
+        let cli = super::Cli::command();
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            let about = sub.get_about().expect("every subcommand says what it does");
+            let help = match super::Cli::try_parse_from(["husk", name, "--help"]) {
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+                _ => panic!("husk {name} --help should print its help"),
+            };
+            assert_eq!(
+                help.lines().next(),
+                Some(about.to_string().as_str()),
+                "{name}"
+            );
+            assert!(
+                help.contains("Options:"),
+                "husk {name}: its options are listed"
+            );
+        }
+    }
+
     #[test]
     fn detach_is_found_among_short_flags_but_not_in_values() {
         let says = |line: &str| {

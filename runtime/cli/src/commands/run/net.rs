@@ -399,7 +399,9 @@ pub(super) fn published(p: &PortSpec) -> String {
     format!("{ip}{}->{}/{proto}", p.host_port, p.guest_port)
 }
 
-/// The names the guest resolves, as docker's flags set them.
+// The names the guest resolves, as docker's flags set them. (Not a doc
+// comment: clap would make it the about text of husk run, whose options
+// are built late, when it runs.)
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct NameArgs {
     /// A line in the guest's /etc/hosts: NAME:IP, or NAME:host-gateway for
