@@ -158,13 +158,14 @@ impl SnapshotSource {
     /// Every vCPU parked with its state saved, then, on this thread (so no
     /// device event is served meanwhile), the interrupt controllers, PIT
     /// and clock, every transport, and guest RAM, written through the
-    /// target's open files; then the vCPUs run on. `warm`: the pages of
-    /// init's resume area (see [`crate::snapshot::resume`]) and this run's frame,
-    /// for the snapshot a warm start takes at init's snapshot point.
+    /// target's open files; then the vCPUs run on. `warm`: init's resume
+    /// area as its snapshot-point write named it (see
+    /// [`crate::snapshot::resume`]) and this run's frame, for the snapshot
+    /// a warm start takes at init's snapshot point.
     fn take(
         &self,
         target: &crate::snapshot::Target,
-        warm: Option<(&[u64], Option<&[u8]>)>,
+        warm: Option<(Option<crate::snapshot::resume::Named>, Option<&[u8]>)>,
     ) -> Result<(), String> {
         if self.paused.load(Ordering::Acquire) {
             // Its vCPUs' saved state is as old as the pause, while the
@@ -233,7 +234,7 @@ impl SnapshotSource {
     fn take_paused(
         &self,
         target: &crate::snapshot::Target,
-        warm: Option<(&[u64], Option<&[u8]>)>,
+        warm: Option<(Option<crate::snapshot::resume::Named>, Option<&[u8]>)>,
     ) -> Result<(), String> {
         use crate::snapshot::{device_name, resume, Snapshot, VmState};
         let shared = &self.shared;
@@ -266,7 +267,11 @@ impl SnapshotSource {
             vcpus,
             devices,
             disks,
-            resume_area: warm.map_or_else(Vec::new, |(pages, _)| resume::area(&self.mem, pages)),
+            // Found with every vCPU parked: no page of it moves meanwhile.
+            resume_area: match warm {
+                Some((Some(named), _)) => resume::area(&self.mem, &named.pages(&self.mem)),
+                _ => Vec::new(),
+            },
         };
         target
             .write(&snapshot, &self.mem)
@@ -311,10 +316,9 @@ impl MutEventSubscriber for SnapshotTaker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let area = named.map_or_else(Vec::new, |n| n.pages(&self.source.mem));
         let result = self
             .source
-            .take(&target, Some((&area, self.frame.as_deref())));
+            .take(&target, Some((named, self.frame.as_deref())));
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
     }
 }
