@@ -6,13 +6,13 @@
 //!
 //! Before its snapshot point init maps [`DATA_PAGES`] pages, locked in
 //! RAM, and makes its snapshot-point port write with their virtual address
-//! in RSI and their count in RDI. The VMM translates each page to its
-//! guest-physical address in the guest's own paging (`KVM_TRANSLATE`, on
-//! the vCPU that wrote), keeps the list with a warm start's snapshot, and
-//! writes the frame, as [`encode`](crate::encode)d, across the pages in
-//! order: in the run that takes the snapshot after saving it (so no
-//! snapshot holds a run's frame), in a restored run before its vCPUs
-//! start. Pages that begin with four zero bytes hold no frame (one too
+//! in RSI and their count in RDI. The VMM finds each page's guest-physical
+//! address in the guest's own page tables (the CR3 of the vCPU that wrote,
+//! walked once every vCPU is parked), keeps the list with a warm start's
+//! snapshot, and writes the frame, as [`encode`](crate::encode)d, across
+//! the pages in order: in the run that takes the snapshot after saving it
+//! (so no snapshot holds a run's frame), in a restored run before its
+//! vCPUs start. Pages that begin with four zero bytes hold no frame (one too
 //! large for them, a VMM that found no area): init then asks on
 //! [`RESUME_PORT`](crate::RESUME_PORT) as before.
 

@@ -309,9 +309,12 @@ impl ControlPort {
         if self.usable {
             let value = KIND_MARK << 8 | u32::from(MARK_SNAPSHOT_POINT);
             // SAFETY: as in `write`; RSI and RDI are only read, by the VMM.
+            // Not `nomem`: the VMM writes this run's frame into the area
+            // while the guest is stopped in this very instruction, so the
+            // compiler must not assume the area unchanged across it.
             unsafe {
                 std::arch::asm!("out dx, eax", in("dx") CONTROL_PORT, in("eax") value,
-                    in("rsi") area, in("rdi") pages, options(nomem, nostack, preserves_flags));
+                    in("rsi") area, in("rdi") pages, options(nostack, preserves_flags));
             }
         }
     }
