@@ -287,11 +287,20 @@ pub fn resume_frame(params: String) -> anyhow::Result<Vec<u8>> {
 /// stream.
 pub fn resume_socket(frame: &[u8]) -> anyhow::Result<UnixStream> {
     let (mut ours, theirs) = UnixStream::pair().context("cannot make a socket pair")?;
-    // A frame of a few KiB fits the socket's buffer: this never blocks.
+    // Written whole before the VM starts, so it must fit the socket's
+    // buffer (about 200 KiB by default); a frame that does not is refused
+    // here with its size, where waiting would block the run for good.
     ours.set_nonblocking(true)
-        .and_then(|()| ours.write_all(frame))
         .context("cannot hand this run's parameters to the VM")?;
-    Ok(theirs)
+    match ours.write_all(frame) {
+        Ok(()) => Ok(theirs),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+            "this run's command line and environment ({} KiB) are more than a \
+             restored VM takes in: pass large data in a file (a shared folder) instead",
+            frame.len() / 1024
+        ),
+        Err(e) => Err(e).context("cannot hand this run's parameters to the VM"),
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +320,14 @@ mod tests {
                 .unwrap()
                 .unwrap();
         assert_ne!(other.seed, r.seed, "every run gets its own seed");
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_socket_takes_is_refused_with_its_size() {
+        let frame = resume_frame("x".repeat(8 << 20)).unwrap();
+        let err = resume_socket(&frame).unwrap_err().to_string();
+        assert!(err.contains("(8192 KiB)"), "{err}");
+        assert!(err.contains("shared folder"), "{err}");
     }
 
     #[test]
