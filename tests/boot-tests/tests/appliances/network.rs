@@ -126,9 +126,10 @@ pub(super) fn comm(pid: u32) -> String {
         .to_string()
 }
 
-/// Waits up to 2 s for `pid` to be gone.
+/// Waits up to 10 s (of an emulated bed, busy with the test's other
+/// work) for `pid` to be gone.
 pub(super) fn gone(pid: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Gone, or a zombie nobody reaps yet (it runs no more).
@@ -298,7 +299,7 @@ fn tap_in_namespace() -> Result<(), Failed> {
             return Err(format!("the guest did not reach the namespace's server:\n{out}").into());
         }
         // The tap husk made ends with it, even after kill -9.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let links = Command::new("ip")
                 .args(["netns", "exec", &ns.0, "ip", "-o", "link"])

@@ -723,7 +723,7 @@ pub(super) fn hubs_of(network: &str) -> Vec<u32> {
 
 /// No hub serves `network` and its socket is gone.
 pub(super) fn no_hub(root: &Path, network: &str) -> Result<(), Failed> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while !hubs_of(network).is_empty() || root.join(network).join("hub.sock").exists() {
         if Instant::now() > deadline {
             return Err(format!(

@@ -106,9 +106,9 @@ fn broker_of(husk: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Waits up to 2 s for `path` to be gone.
+/// Waits up to 10 s for `path` to be gone.
 fn removed(path: &Path) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while path.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
