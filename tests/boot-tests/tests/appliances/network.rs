@@ -127,22 +127,26 @@ pub(super) fn comm(pid: u32) -> String {
 }
 
 /// Waits up to 10 s (of an emulated bed, busy with the test's other
-/// work) for `pid` to be gone.
+/// work) for `pid` to be gone: for a process that should be ending.
 pub(super) fn gone(pid: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Gone, or a zombie nobody reaps yet (it runs no more).
-        if state.is_empty()
-            || state
-                .rsplit_once(')')
-                .is_some_and(|(_, s)| s.trim_start().starts_with('Z'))
-        {
+        if ended(pid) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Whether `pid` is gone, or a zombie nobody reaps yet (it runs no
+/// more), now: no waiting, for a process that may well be running.
+pub(super) fn ended(pid: u32) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    state.is_empty()
+        || state
+            .rsplit_once(')')
+            .is_some_and(|(_, s)| s.trim_start().starts_with('Z'))
 }
 
 fn published_port() -> Result<(), Failed> {

@@ -674,6 +674,9 @@ fn kill_and_delete() -> Result<(), Failed> {
         if Instant::now() > deadline || create.try_wait()?.is_some() {
             let _ = create.kill();
             let _ = create.wait();
+            // Whatever it started ends here, not in the next test's
+            // check that nothing is left before it.
+            let _ = rt.run(&["delete", "--force", "k5"]);
             return Err(format!("k5's VM never showed while create ran: {running:?}").into());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -948,7 +951,7 @@ impl Podman {
             return Err(format!("left under {RUNTIME_ROOT}: {left:?}").into());
         }
         let store = self.dir.path().join("root");
-        let left = processes_naming(&store.to_string_lossy());
+        let left = processes_left(&store.to_string_lossy());
         if !left.is_empty() {
             return Err(format!("processes left: {left:?}").into());
         }
@@ -986,7 +989,7 @@ impl Podman {
     }
 }
 
-/// Processes whose command line mentions `what`.
+/// Processes whose command line mentions `what` and that still run, now.
 pub(super) fn processes_naming(what: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .into_iter()
@@ -996,9 +999,22 @@ pub(super) fn processes_naming(what: &str) -> Vec<String> {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (text.contains(what) && !super::network::gone(pid)).then(|| format!("{pid}: {text}"))
+            (text.contains(what) && !super::network::ended(pid)).then(|| format!("{pid}: {text}"))
         })
         .collect()
+}
+
+/// [`processes_naming`] after up to 10 s for them to end: what is left
+/// of what should be ending.
+fn processes_left(what: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_naming(what);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn podman() -> Result<(), Failed> {
@@ -1814,7 +1830,7 @@ fn docker_and_containerd() -> Result<(), Failed> {
             return Err(format!("network namespaces left mounted: {kept:?}").into());
         }
     }
-    let left = processes_naming(&d.to_string_lossy());
+    let left = processes_left(&d.to_string_lossy());
     let left: Vec<&String> = left
         .iter()
         .filter(|l| !l.contains("dockerd") && !l.contains("containerd"))
