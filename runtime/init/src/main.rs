@@ -76,7 +76,22 @@ fn main() {
         sys::ControlPort::open()
     };
     control.mark(sys::MARK_INIT_RUNNING);
+    // What every run of this image shares is done before a snapshot point,
+    // so that a restored VM does not do it again: the image's own run
+    // configuration read, the loopback interface up.
+    let image_config = read_config();
+    if let Err(e) = net::loopback_up() {
+        say(&format!("cannot bring up lo: {e}"));
+    }
+    let agent = agent::Agent::new();
+    let signals = sys::SignalSet::forwarded();
+    // Blocked before the agent's threads start, so they inherit the mask
+    // and the signals come to this thread's sigwaitinfo.
+    signals.block();
     if cmdline.split_whitespace().any(|w| w == SNAPSHOT_ARG) {
+        // Listening (its thread waits for the run's configuration): a
+        // restored VM's agent does not start on the way to the command.
+        agent.listen();
         // The VMM saves the VM during the snapshot point's port write, and
         // a restored VM goes on from there: it reads this run's parameters
         // and makes its random state its own.
@@ -97,7 +112,14 @@ fn main() {
         }
     }
     let mut on_exit = OnExit::Poweroff;
-    let status = match run(&control, &cmdline, &mut on_exit) {
+    let status = match run(
+        &control,
+        &cmdline,
+        image_config,
+        &agent,
+        &signals,
+        &mut on_exit,
+    ) {
         Ok(status) => status,
         Err(f) => {
             say(&f.message);
@@ -133,8 +155,15 @@ fn is_portable(cmdline: &str) -> bool {
 
 /// Runs the appliance's command to its end and returns its exit status;
 /// `on_exit` gets the configuration's choice once it is read.
-fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Result<u8, Failure> {
-    let (config, overrides) = load_config(cmdline)?;
+fn run(
+    control: &sys::ControlPort,
+    cmdline: &str,
+    image_config: Result<RunConfig, Failure>,
+    agent: &Arc<agent::Agent>,
+    signals: &sys::SignalSet,
+    on_exit: &mut OnExit,
+) -> Result<u8, Failure> {
+    let (config, overrides) = with_overrides(image_config?, cmdline)?;
     let hold = overrides.hold;
     *on_exit = config.on_exit;
     mount_shares(cmdline)?;
@@ -147,20 +176,12 @@ fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Resul
     if let Some(name) = &config.hostname {
         sys::set_hostname(name).map_err(|e| Failure::setup(format!("hostname {name:?}: {e}")))?;
     }
-    if let Err(e) = net::loopback_up() {
-        say(&format!("cannot bring up lo: {e}"));
-    }
     let net_setup = NetSetup::from_cmdline(cmdline);
     match &net_setup {
         Ok(Some(setup)) => net::setup(setup, config.hostname.as_deref(), say),
         Ok(None) => {}
         Err(e) => say(&chain(e)),
     }
-    let agent = agent::Agent::new(config.clone());
-    let signals = sys::SignalSet::forwarded();
-    // Blocked before the agent's threads start, so they inherit the mask
-    // and the signals come to this thread's sigwaitinfo.
-    signals.block();
     match &net_setup {
         Ok(Some(setup)) => net::follow_networks(setup, say),
         // An exported disk's machine: the hypervisor's DHCP server says.
@@ -173,20 +194,21 @@ fn run(control: &sys::ControlPort, cmdline: &str, on_exit: &mut OnExit) -> Resul
         agent.hold_main();
     } else {
         let main = Prepared::new(&config, &config.command, true)
-            .and_then(|p| spawn_main(&agent, &p, &config.command[0]));
-        // The agent starts after the command, off the boot path: a host
-        // that connects earlier is refused and tries again.
+            .and_then(|p| spawn_main(agent, &p, &config.command[0]));
+        // The agent serves once the command started, off the boot path:
+        // a host that connects earlier waits for it (an agent listening
+        // since the snapshot point) or is refused and tries again.
         match main {
             Ok(pid) => agent.main_spawned(Ok(pid)),
             Err(f) => {
                 agent.main_spawned(Err(f.status));
-                agent.serve();
+                agent.serve(config);
                 return Err(f);
             }
         }
         control.mark(sys::MARK_COMMAND_STARTED);
     }
-    agent.serve();
+    agent.serve(config);
     let status = loop {
         let signal = signals.next();
         if signal == libc::SIGCHLD || signal == -1 {
@@ -326,16 +348,19 @@ impl Prepared {
     }
 }
 
-/// The image's run configuration under this boot's overrides, and the
-/// overrides (none: the defaults).
-fn load_config(cmdline: &str) -> Result<(RunConfig, Overrides), Failure> {
+/// The image's run configuration, as its build wrote it.
+fn read_config() -> Result<RunConfig, Failure> {
     let text = fs::read(CONFIG_PATH).map_err(|e| {
         Failure::setup(format!(
             "cannot read {CONFIG_PATH}: {e} (was this image built by husk?)"
         ))
     })?;
-    let mut config = RunConfig::from_json(&text)
-        .map_err(|e| Failure::setup(format!("{CONFIG_PATH}: {}", chain(&e))))?;
+    RunConfig::from_json(&text).map_err(|e| Failure::setup(format!("{CONFIG_PATH}: {}", chain(&e))))
+}
+
+/// `config` under this boot's overrides, and the overrides (none: the
+/// defaults).
+fn with_overrides(mut config: RunConfig, cmdline: &str) -> Result<(RunConfig, Overrides), Failure> {
     let overrides = Overrides::from_cmdline(cmdline)
         .map_err(|e| Failure::setup(chain(&e)))?
         .unwrap_or_default();

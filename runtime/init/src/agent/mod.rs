@@ -18,8 +18,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use agent::{ErrorKind, ExitStatus, GuestInfo, Request, Response, Stream, MAIN};
@@ -113,9 +113,12 @@ struct Table {
 pub struct Agent {
     table: Mutex<Table>,
     changed: Condvar,
-    /// What an exec'd process inherits: the appliance's configuration.
-    config: RunConfig,
+    /// What an exec'd process inherits: the appliance's configuration
+    /// under this run's overrides, set once init has read them.
+    config: OnceLock<RunConfig>,
     connections: AtomicUsize,
+    /// Whether [`Agent::serve`] has started listening.
+    listening: AtomicBool,
 }
 
 /// A connection's answer, or why it ends.
@@ -126,7 +129,7 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> (ErrorKind, String) {
 }
 
 impl Agent {
-    pub fn new(config: RunConfig) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         Arc::new(Agent {
             table: Mutex::new(Table {
                 main: Main::Starting,
@@ -135,9 +138,38 @@ impl Agent {
                 ending: Vec::new(),
             }),
             changed: Condvar::new(),
-            config,
+            config: OnceLock::new(),
             connections: AtomicUsize::new(0),
+            listening: AtomicBool::new(false),
         })
+    }
+
+    /// Gives the agent the run's configuration and serves: it takes
+    /// connections (and says it listens) from now on.
+    pub fn serve(self: &Arc<Self>, config: RunConfig) {
+        self.configure(config);
+        self.listen();
+    }
+
+    fn configure(&self, config: RunConfig) {
+        let _table = self.lock();
+        let _ = self.config.set(config);
+        self.changed.notify_all();
+    }
+
+    /// The run's configuration, waited for (the accept loop waits, so a
+    /// connection's requests find it set).
+    fn config(&self) -> &RunConfig {
+        if let Some(config) = self.config.get() {
+            return config;
+        }
+        let mut table = self.lock();
+        loop {
+            if let Some(config) = self.config.get() {
+                return config;
+            }
+            table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -145,10 +177,16 @@ impl Agent {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Listens on vsock and serves connections on threads of their own.
-    /// Without a vsock device there is nobody to serve: says so quietly
-    /// and returns.
-    pub fn serve(self: &Arc<Self>) {
+    /// Listens on vsock; connections are served, on threads of their own,
+    /// once [`Agent::serve`] gave the configuration. A second call does
+    /// nothing. Called before a snapshot point, a restored VM's agent
+    /// listens from its first instruction, with no socket or thread to
+    /// make on the way to the command. Without a vsock device there is
+    /// nobody to serve: says so quietly and returns.
+    pub fn listen(self: &Arc<Self>) {
+        if self.listening.swap(true, Ordering::Relaxed) {
+            return;
+        }
         let listener = match sys::vsock_listen(agent::PORT) {
             Ok(l) => l,
             Err(_) => return,
@@ -163,6 +201,7 @@ impl Agent {
     }
 
     fn accept_loop(self: Arc<Self>, listener: OwnedFd) {
+        self.config();
         // Listening: tell a host that waits for it (connections queue
         // meanwhile). Refused at once where nobody listens.
         if let Ok(fd) = sys::vsock_connect(libc::VMADDR_CID_HOST, agent::ANNOUNCE_PORT) {
@@ -359,7 +398,7 @@ impl Agent {
                     .map_err(|e| error(ErrorKind::Failed, format!("process {id}: {e}")))
             }
             Request::Shutdown { grace_ms, signal } => {
-                let signal = signal.or(self.config.stop_signal);
+                let signal = signal.or(self.config().stop_signal);
                 self.shutdown(
                     Duration::from_millis(grace_ms),
                     signal.unwrap_or(libc::SIGTERM),
@@ -691,4 +730,33 @@ enum PidNs {
 
 fn no_such(id: u32) -> (ErrorKind, String) {
     error(ErrorKind::NoSuchProcess, format!("no process {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_is_waited_for_until_it_is_given() {
+        let agent = Agent::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = Arc::clone(&agent);
+        let waiter = std::thread::spawn(move || {
+            let config = waiting.config().clone();
+            tx.send(config).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the configuration was read before it was given"
+        );
+        let config = RunConfig {
+            command: vec!["/bin/true".into()],
+            ..RunConfig::default()
+        };
+        agent.configure(config.clone());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), config);
+        waiter.join().unwrap();
+        // Given once: a later read does not wait.
+        assert_eq!(agent.config(), &config);
+    }
 }

@@ -45,7 +45,7 @@ impl Agent {
         if spec.argv.is_empty() {
             return Err(error(ErrorKind::BadRequest, "argv is empty"));
         }
-        let mut config = self.config.clone();
+        let mut config = self.config().clone();
         for e in &spec.env {
             config
                 .set_env(e)
