@@ -89,9 +89,10 @@ fn main() {
     // and the signals come to this thread's sigwaitinfo.
     signals.block();
     if cmdline.split_whitespace().any(|w| w == SNAPSHOT_ARG) {
-        // Listening (its thread waits for the run's configuration): a
-        // restored VM's agent does not start on the way to the command.
-        agent.listen();
+        // Its socket and thread made (it listens once it has the run's
+        // configuration): a restored VM makes neither on the way to its
+        // command.
+        agent.bind();
         // The VMM saves the VM during the snapshot point's port write, and
         // a restored VM goes on from there: it reads this run's parameters
         // and makes its random state its own.
@@ -196,8 +197,7 @@ fn run(
         let main = Prepared::new(&config, &config.command, true)
             .and_then(|p| spawn_main(agent, &p, &config.command[0]));
         // The agent serves once the command started, off the boot path:
-        // a host that connects earlier waits for it (an agent listening
-        // since the snapshot point) or is refused and tries again.
+        // a host that connects earlier is refused and tries again.
         match main {
             Ok(pid) => agent.main_spawned(Ok(pid)),
             Err(f) => {

@@ -556,8 +556,9 @@ fn vsock_socket(cid: u32, port: u32) -> io::Result<(OwnedFd, libc::sockaddr_vm)>
     Ok((fd, addr))
 }
 
-/// A listening AF_VSOCK stream socket on `port`, any CID.
-pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+/// An AF_VSOCK stream socket bound to `port`, any CID, not yet
+/// listening ([`listen`]).
+pub fn vsock_bind(port: u32) -> io::Result<OwnedFd> {
     let (fd, addr) = vsock_socket(libc::VMADDR_CID_ANY, port)?;
     // SAFETY: addr is a valid sockaddr_vm and its size is passed with it.
     let ret = unsafe {
@@ -568,9 +569,13 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
         )
     };
     check(ret)?;
-    // SAFETY: listen(2) on a bound socket we own.
-    check(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
     Ok(fd)
+}
+
+/// Listens on a bound socket: connections are taken from now on.
+pub fn listen(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: listen(2) on a socket the caller owns.
+    check(unsafe { libc::listen(fd.as_raw_fd(), 64) })
 }
 
 /// A stream to `port` of vsock peer `cid` (the host is CID 2).

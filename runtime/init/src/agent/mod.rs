@@ -117,8 +117,8 @@ pub struct Agent {
     /// under this run's overrides, set once init has read them.
     config: OnceLock<RunConfig>,
     connections: AtomicUsize,
-    /// Whether [`Agent::serve`] has started listening.
-    listening: AtomicBool,
+    /// Whether [`Agent::bind`] has run.
+    bound: AtomicBool,
 }
 
 /// A connection's answer, or why it ends.
@@ -140,7 +140,7 @@ impl Agent {
             changed: Condvar::new(),
             config: OnceLock::new(),
             connections: AtomicUsize::new(0),
-            listening: AtomicBool::new(false),
+            bound: AtomicBool::new(false),
         })
     }
 
@@ -148,7 +148,7 @@ impl Agent {
     /// connections (and says it listens) from now on.
     pub fn serve(self: &Arc<Self>, config: RunConfig) {
         self.configure(config);
-        self.listen();
+        self.bind();
     }
 
     fn configure(&self, config: RunConfig) {
@@ -177,17 +177,19 @@ impl Agent {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Listens on vsock; connections are served, on threads of their own,
-    /// once [`Agent::serve`] gave the configuration. A second call does
-    /// nothing. Called before a snapshot point, a restored VM's agent
-    /// listens from its first instruction, with no socket or thread to
-    /// make on the way to the command. Without a vsock device there is
-    /// nobody to serve: says so quietly and returns.
-    pub fn listen(self: &Arc<Self>) {
-        if self.listening.swap(true, Ordering::Relaxed) {
+    /// Binds the agent's vsock port and starts its thread, which listens
+    /// once [`Agent::serve`] gave the configuration and serves each
+    /// connection on a thread of its own. A second call does nothing.
+    /// Called before a snapshot point, a restored VM has the socket and the
+    /// thread already, and makes neither on the way to its command; it
+    /// takes no connection before the snapshot, so none is open in it.
+    /// Without a vsock device there is nobody to serve: says so quietly
+    /// and returns.
+    pub fn bind(self: &Arc<Self>) {
+        if self.bound.swap(true, Ordering::Relaxed) {
             return;
         }
-        let listener = match sys::vsock_listen(agent::PORT) {
+        let listener = match sys::vsock_bind(agent::PORT) {
             Ok(l) => l,
             Err(_) => return,
         };
@@ -202,6 +204,10 @@ impl Agent {
 
     fn accept_loop(self: Arc<Self>, listener: OwnedFd) {
         self.config();
+        if let Err(e) = sys::listen(&listener) {
+            crate::say(&format!("agent: cannot listen: {e}"));
+            return;
+        }
         // Listening: tell a host that waits for it (connections queue
         // meanwhile). Refused at once where nobody listens.
         if let Ok(fd) = sys::vsock_connect(libc::VMADDR_CID_HOST, agent::ANNOUNCE_PORT) {

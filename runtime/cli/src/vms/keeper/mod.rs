@@ -690,17 +690,18 @@ fn until_ready(
         if shared.has_ended() {
             anyhow::bail!("the VM stopped before its guest agent answered");
         }
-        // A restored VM's agent listens from its start: the first try
-        // finds it. A booting one says when it listens; until then a try
-        // now and then (a connection attempt costs the booting guest an
-        // interrupt).
+        // The agent says when it listens; until then a try now and then
+        // (a connection attempt costs the booting guest an interrupt).
+        let announced = wait_announce(announce, Duration::from_millis(500));
         match vmm::vsock::connect_guest(&shared.uds, agent::PORT, AGENT_TIMEOUT) {
             Ok(c) => break c,
             Err(vmm::vsock::ConnectError::Protocol(..)) => {
                 anyhow::bail!("the VM's vsock socket does not speak hybrid vsock")
             }
             Err(_) if Instant::now() < deadline => {
-                wait_announce(announce, Duration::from_millis(500));
+                if announced {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
             Err(e) => {
                 return Err(anyhow::Error::from(e).context(format!(
