@@ -17,15 +17,23 @@ use super::SnapshotError;
 /// One vCPU's architectural state.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VcpuState {
+    #[serde(with = "super::blob")]
     pub mp_state: kvm_mp_state,
+    #[serde(with = "super::blob")]
     pub regs: kvm_regs,
+    #[serde(with = "super::blob")]
     pub sregs: kvm_sregs,
+    #[serde(with = "super::blob")]
     pub xsave: kvm_xsave,
+    #[serde(with = "super::blob")]
     pub xcrs: kvm_xcrs,
+    #[serde(with = "super::blob")]
     pub debugregs: kvm_debugregs,
+    #[serde(with = "super::blob")]
     pub lapic: kvm_lapic_state,
     /// (index, value) of every MSR KVM lets userspace read for this vCPU.
     pub msrs: Vec<(u32, u64)>,
+    #[serde(with = "super::blob")]
     pub events: kvm_vcpu_events,
 }
 
@@ -157,11 +165,16 @@ fn host_is_amd() -> bool {
 /// The VM-wide state KVM keeps: both PICs, the IOAPIC, the PIT, the clock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmState {
+    #[serde(with = "super::blob")]
     pub pic_master: kvm_irqchip,
+    #[serde(with = "super::blob")]
     pub pic_slave: kvm_irqchip,
+    #[serde(with = "super::blob")]
     pub ioapic: kvm_irqchip,
     /// Only for a VM given a PIT (`legacy_pit`).
+    #[serde(with = "super::blob::option")]
     pub pit: Option<kvm_pit_state2>,
+    #[serde(with = "super::blob")]
     pub clock: kvm_clock_data,
 }
 

@@ -45,6 +45,7 @@ use devices::virtio::mmio::TransportState;
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
+mod blob;
 mod kvm;
 mod pages;
 mod request;
@@ -57,7 +58,7 @@ pub use request::{locate, pause, plug, request, request_pair, unplug, Asked, OnR
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";
 /// Bumped whenever the layout of the state changes.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 const STATE_FILE: &str = "state.json";
 const MEMORY_FILE: &str = "memory";
 const LOCK_FILE: &str = "lock";
@@ -311,26 +312,14 @@ impl Snapshot {
             path: state.clone(),
             why,
         };
-        // The header alone first: a snapshot of another format may not
-        // parse as this one, and the message should say so, not why.
-        #[derive(Deserialize)]
-        struct HeaderOnly {
-            header: serde_json::Value,
-        }
-        let head: HeaderOnly =
-            serde_json::from_slice(&text).map_err(|e| corrupt(format!("{e}")))?;
-        if head.header.get("magic").and_then(|m| m.as_str()) != Some(MAGIC) {
-            return Err(corrupt("no husk snapshot header".into()));
-        }
-        let format = head.header.get("format").and_then(|f| f.as_u64());
-        if format != Some(u64::from(FORMAT)) {
-            return Err(corrupt(format!(
-                "format {}, this husk reads format {FORMAT}",
-                format.map_or("unknown".into(), |f| f.to_string())
-            )));
-        }
-        let snapshot: Snapshot =
-            serde_json::from_slice(&text).map_err(|e| corrupt(format!("{e}")))?;
+        // Parsed once (a vCPU's state is thousands of numbers); what is not
+        // a snapshot of this format is told apart by its header alone,
+        // since one of another format may not parse as this one, and the
+        // message should say so, not why.
+        let snapshot: Snapshot = match serde_json::from_slice::<Snapshot>(&text) {
+            Ok(s) if s.header.magic == MAGIC && s.header.format == FORMAT => s,
+            parsed => return Err(corrupt(not_this_format(&text, parsed.err()))),
+        };
         snapshot.header.check(this)?;
         if snapshot.devices.len() != snapshot.header.devices.len() {
             return Err(corrupt(format!(
@@ -378,6 +367,33 @@ impl Snapshot {
         let path = dir.join(MEMORY_FILE);
         File::open(&path).map_err(io_at("cannot open", &path))
     }
+}
+
+/// Why `text` is not a snapshot this husk reads: no husk header, another
+/// format, or (a header of this format) the error that parsing it gave.
+fn not_this_format(text: &[u8], parsed: Option<serde_json::Error>) -> String {
+    #[derive(Deserialize)]
+    struct HeaderOnly {
+        header: serde_json::Value,
+    }
+    let head: HeaderOnly = match serde_json::from_slice(text) {
+        Ok(h) => h,
+        Err(e) => return e.to_string(),
+    };
+    if head.header.get("magic").and_then(|m| m.as_str()) != Some(MAGIC) {
+        return "no husk snapshot header".into();
+    }
+    let format = head.header.get("format").and_then(|f| f.as_u64());
+    if format != Some(u64::from(FORMAT)) {
+        return format!(
+            "format {}, this husk reads format {FORMAT}",
+            format.map_or("unknown".into(), |f| f.to_string())
+        );
+    }
+    parsed.map_or_else(
+        || "a header this husk cannot read".into(),
+        |e| e.to_string(),
+    )
 }
 
 /// Guest RAM of `memory_mib` restored from the snapshot in `dir`, mapped
@@ -679,10 +695,10 @@ mod tests {
             ),
             (
                 b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 99}}",
-                "format 99, this husk reads format 3",
+                "format 99, this husk reads format 4",
             ),
             (
-                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 3}}",
+                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 4}}",
                 "missing field",
             ),
         ] {
