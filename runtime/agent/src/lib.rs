@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod copy;
+pub mod hex;
 pub mod resume_area;
 
 use std::io::{self, Read, Write};

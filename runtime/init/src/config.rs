@@ -330,11 +330,7 @@ impl Overrides {
 /// `KEY=<hex of JSON>`.
 fn hex_param<T: Serialize>(key: &str, value: &T) -> String {
     let json = serde_json::to_vec(value).expect("plain data serializes");
-    let mut param = format!("{key}=");
-    for b in json {
-        param.push_str(&format!("{b:02x}"));
-    }
-    param
+    format!("{key}={}", ::agent::hex::encode(&json))
 }
 
 /// The last `KEY=<hex of JSON>` on a kernel command line, decoded.
@@ -351,7 +347,7 @@ fn from_hex_param<T: serde::de::DeserializeOwned>(
         return Ok(None);
     };
     let bad = || ConfigError::BadParam(key.to_string());
-    let bytes = decode_hex(hex).ok_or_else(bad)?;
+    let bytes = ::agent::hex::decode(hex).ok_or_else(bad)?;
     serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
 }
 
@@ -689,16 +685,6 @@ impl FsSetup {
     pub fn root(&self) -> Option<&ShareMount> {
         self.mounts.iter().find(|m| m.path == "/")
     }
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

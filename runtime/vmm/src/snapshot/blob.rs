@@ -6,17 +6,16 @@
 //!
 //! `#[serde(with = "blob")]` on a field; `blob::option` for an `Option`.
 
+use agent::hex;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serializer};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 pub fn serialize<T: IntoBytes + Immutable, S: Serializer>(
     value: &T,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&encode(value.as_bytes()))
+    serializer.serialize_str(&hex::encode(value.as_bytes()))
 }
 
 pub fn deserialize<'de, T: FromBytes, D: Deserializer<'de>>(
@@ -34,7 +33,7 @@ pub mod option {
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match value {
-            Some(v) => serializer.serialize_some(&encode(v.as_bytes())),
+            Some(v) => serializer.serialize_some(&hex::encode(v.as_bytes())),
             None => serializer.serialize_none(),
         }
     }
@@ -46,15 +45,6 @@ pub mod option {
             .map(|text| from_hex(&text).map_err(D::Error::custom))
             .transpose()
     }
-}
-
-fn encode(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 fn from_hex<T: FromBytes>(text: &str) -> Result<T, String> {
@@ -70,17 +60,7 @@ fn from_hex<T: FromBytes>(text: &str) -> Result<T, String> {
             want * 2
         ));
     }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let bytes = text
-        .as_bytes()
-        .chunks_exact(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect::<Option<Vec<u8>>>()
-        .ok_or("a character that is not a lowercase hex digit")?;
+    let bytes = hex::decode(text).ok_or("a character that is not a hex digit")?;
     T::read_from_bytes(&bytes).map_err(|_| "cannot be read as the structure".to_string())
 }
 
@@ -155,7 +135,7 @@ mod tests {
         let longer = with_regs(&format!("{regs}00"));
         assert!(longer.contains("290 hex digits"), "{longer}");
         let bad = with_regs(&format!("zz{}", &regs[2..]));
-        assert!(bad.contains("not a lowercase hex digit"), "{bad}");
+        assert!(bad.contains("not a hex digit"), "{bad}");
         // The old form, an array of numbers, is not taken either.
         let mut old = v.clone();
         old["regs"] = serde_json::json!([0, 1, 2]);
