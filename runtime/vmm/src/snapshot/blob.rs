@@ -1,7 +1,7 @@
 //! KVM's structures in `state.json` as one hex string each. Serde writes
 //! kvm-bindings' structures as an array of numbers, one per byte: a
-//! vCPU's state is some 6,000 of them, and parsing them took 1.5 M
-//! instructions, more than the rest of a warm start's work before its VM.
+//! vCPU's state is some 6,000 of them, and parsing them took 1.4 M
+//! instructions (callgrind), more than husk's own from `main` to its image.
 //! A string is read back only at the structure's exact size.
 //!
 //! `#[serde(with = "blob")]` on a field; `blob::option` for an `Option`.
