@@ -261,7 +261,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         Some(r) => memory::restore(ram, &r.memory, backing)?,
         None => memory::create(ram, backing)?,
     };
-    let recorder = working_set(&mem, backing, pages, pagemap);
+    let (recorder, read_in) = working_set(&mem, backing, pages, pagemap);
     register_memory(&vm, &mem)?;
     report.mark(Phase::MemoryReady);
 
@@ -509,6 +509,10 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         }
         vcpus.push(fd);
     }
+    if let (Some(set), Some(vcpu)) = (&read_in, vcpus.first()) {
+        let mapped = snapshot::pre_fault(vcpu, &mem, set);
+        tracing::info!("warm start: mapped {mapped} of the working set's pages for the guest");
+    }
     if restore.is_some() {
         // Only now: an interrupt raised before the interrupt controllers'
         // and vCPUs' saved state went in would have been overwritten.
@@ -594,14 +598,18 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     })
 }
 
-/// A warm start's working set (see [`snapshot::Pages`]): read in now, or
-/// recorded by the returned subscriber when the command starts.
+/// A warm start's working set (see [`snapshot::Pages`]): read in now
+/// (and returned, for the vCPUs' nested page tables), or recorded by the
+/// returned subscriber when the command starts.
 fn working_set(
     mem: &GuestMemoryMmap,
     backing: memory::Backing,
     pages: snapshot::Pages,
     pagemap: Option<File>,
-) -> Option<event_loop::PageRecorder> {
+) -> (
+    Option<event_loop::PageRecorder>,
+    Option<snapshot::WorkingSet>,
+) {
     match (pages, backing) {
         (snapshot::Pages::Prefetch(set), memory::Backing::Private) => {
             let read = snapshot::prefetch(mem, &set);
@@ -609,25 +617,28 @@ fn working_set(
                 "warm start: read in {read} of the working set's {} pages",
                 set.pages()
             );
-            None
+            (None, Some(set))
         }
         (snapshot::Pages::Record(out), memory::Backing::Private) => {
-            let evt = EventFd::new(EFD_NONBLOCK)
-                .map_err(|e| tracing::debug!("no working set recorded: {e}"))
-                .ok()?;
-            Some(event_loop::PageRecorder {
-                evt,
-                mem: mem.clone(),
-                pagemap: pagemap?,
-                out: Some(out),
-            })
+            let recorder = (|| {
+                let evt = EventFd::new(EFD_NONBLOCK)
+                    .map_err(|e| tracing::debug!("no working set recorded: {e}"))
+                    .ok()?;
+                Some(event_loop::PageRecorder {
+                    evt,
+                    mem: mem.clone(),
+                    pagemap: pagemap?,
+                    out: Some(out),
+                })
+            })();
+            (recorder, None)
         }
         // Shared RAM is a copy of the whole file: nothing to read ahead.
         (snapshot::Pages::Record(out), memory::Backing::Shared) => {
             let _ = snapshot::save_pages(&snapshot::WorkingSet::new(Vec::new()), &out);
-            None
+            (None, None)
         }
-        _ => None,
+        _ => (None, None),
     }
 }
 

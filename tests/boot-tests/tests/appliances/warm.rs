@@ -96,6 +96,25 @@ fn read_ahead(r: &HuskRun) -> Option<u64> {
         .ok()
 }
 
+/// The pages of the working set the run mapped into the guest's nested
+/// page tables ahead of its vCPUs, if it said.
+fn mapped_ahead(r: &HuskRun) -> Option<u64> {
+    r.stderr
+        .split("warm start: mapped ")
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether this host's KVM maps guest memory ahead on request
+/// (`KVM_PRE_FAULT_MEMORY`, Linux 6.10: the test bed's kernel has it).
+fn kvm_pre_faults() -> Result<bool, Failed> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+    Ok(kvm.check_extension_raw(kvm_bindings::KVM_CAP_PRE_FAULT_MEMORY.into()) > 0)
+}
+
 /// Whether the VMM wrote the run's parameters into init's resume area.
 fn in_area(r: &HuskRun) -> bool {
     r.stderr
@@ -247,6 +266,19 @@ fn warm_hello() -> Result<(), Failed> {
     if read_ahead(&unjailed).is_none_or(|n| n == 0) || recorded(&unjailed) {
         return Err(unjailed
             .explain("a later restore should read the working set in, not record it")
+            .into());
+    }
+    // And maps it for the guest ahead of its vCPUs where KVM can (all of
+    // it), else leaves the guest to fault each page in (none).
+    let all = match kvm_pre_faults()? {
+        true => read_ahead(&unjailed),
+        false => Some(0),
+    };
+    if mapped_ahead(&unjailed) != all {
+        return Err(unjailed
+            .explain(&format!(
+                "the restore should map {all:?} pages of its working set ahead (KVM_PRE_FAULT_MEMORY)"
+            ))
             .into());
     }
     // A damaged working set is only a hint: the run goes on, and records
