@@ -323,27 +323,55 @@ impl MutEventSubscriber for SnapshotTaker {
     }
 }
 
-/// Records a warm start's working set when the guest's command starts
-/// (see [`crate::snapshot::Pages`]), once.
+/// How long after its command started a guest's working set is recorded,
+/// if the VM has not stopped before: the command's first steps (its
+/// program read, its first pages, its first output) are on every warm
+/// run's way to its output, as much as init's are.
+pub const RECORD_AFTER: Duration = Duration::from_millis(250);
+
+/// Records a warm start's working set (see [`crate::snapshot::Pages`]),
+/// once: [`RECORD_AFTER`] after the guest's command started, or when the
+/// VM stops before that (a short command's whole run).
 pub struct PageRecorder {
-    pub evt: EventFd,
-    pub mem: vm_memory::GuestMemoryMmap,
+    /// Written when the command starts.
+    evt: EventFd,
+    timer: TimerFd,
+    mem: vm_memory::GuestMemoryMmap,
     /// This process's `/proc/self/pagemap`.
-    pub pagemap: std::fs::File,
+    pagemap: std::fs::File,
     /// The claimed file; taken when written.
-    pub out: Option<std::fs::File>,
+    out: Option<std::fs::File>,
+    started: bool,
 }
 
-impl MutEventSubscriber for PageRecorder {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            warn!("cannot watch for the command's start: {e}");
+const COMMAND: u32 = 0;
+
+impl PageRecorder {
+    pub fn new(
+        evt: EventFd,
+        mem: vm_memory::GuestMemoryMmap,
+        pagemap: std::fs::File,
+        out: std::fs::File,
+    ) -> std::io::Result<Self> {
+        Ok(PageRecorder {
+            evt,
+            timer: TimerFd::new()?,
+            mem,
+            pagemap,
+            out: Some(out),
+            started: false,
+        })
+    }
+
+    /// The VM stopped: records what its command touched, if it started
+    /// and the set is not recorded yet.
+    pub fn at_stop(&mut self) {
+        if self.started {
+            self.record();
         }
     }
 
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let _ = self.evt.read();
-        let _ = ops.remove(events);
+    fn record(&mut self) {
         let Some(out) = self.out.take() else {
             return;
         };
@@ -353,6 +381,33 @@ impl MutEventSubscriber for PageRecorder {
             Ok(pages) => tracing::info!("warm start: recorded a working set of {pages} pages"),
             Err(e) => warn!("cannot record the warm start's working set: {e}"),
         }
+    }
+}
+
+impl MutEventSubscriber for PageRecorder {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(&self.evt, COMMAND, EventSet::IN)) {
+            warn!("cannot watch for the command's start: {e}");
+        }
+        if let Err(e) = ops.add(Events::with_data(&self.timer, TIMER, EventSet::IN)) {
+            warn!("cannot watch the working set's timer: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == COMMAND {
+            let _ = self.evt.read();
+            let _ = ops.remove(events);
+            self.started = true;
+            if let Err(e) = self.timer.reset(RECORD_AFTER, None) {
+                warn!("cannot arm the working set's timer ({e}): recording it now");
+                self.record();
+            }
+            return;
+        }
+        let _ = self.timer.wait();
+        let _ = ops.remove(events);
+        self.record();
     }
 }
 
@@ -467,5 +522,75 @@ impl MutEventSubscriber for SnapshotServer {
             }
             Err(e) => self.requests.answer(&Err(format!("a bad request: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, Write};
+    use std::time::Instant;
+
+    use event_manager::{EventManager, SubscriberOps};
+
+    use super::*;
+    use crate::memory::{restore, Backing};
+    use crate::snapshot::WorkingSet;
+
+    /// A recorder over 1 MiB of RAM restored private from a file, with the
+    /// eventfd that tells it of the command's start, and the file it
+    /// writes its set into.
+    fn recorder() -> (PageRecorder, EventFd, tempfile::NamedTempFile, File) {
+        let mut ram = tempfile::NamedTempFile::new().unwrap();
+        ram.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let mem = restore(1 << 20, ram.as_file(), Backing::Private).unwrap();
+        let out = tempfile::tempfile().unwrap();
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let command = evt.try_clone().unwrap();
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let r = PageRecorder::new(evt, mem, pagemap, out.try_clone().unwrap()).unwrap();
+        (r, command, ram, out)
+    }
+
+    fn written(mut out: &File) -> Option<WorkingSet> {
+        let mut bytes = Vec::new();
+        out.rewind().unwrap();
+        out.read_to_end(&mut bytes).unwrap();
+        (!bytes.is_empty()).then(|| WorkingSet::parse(&bytes, 256).unwrap())
+    }
+
+    #[test]
+    fn the_working_set_is_recorded_a_while_after_the_command_starts() {
+        let (r, command, _ram, out) = recorder();
+        let mut events = EventManager::<Arc<Mutex<PageRecorder>>>::new().unwrap();
+        events.add_subscriber(Arc::new(Mutex::new(r)));
+        command.write(1).unwrap();
+        let started = Instant::now();
+        events.run_with_timeout(1000).unwrap();
+        assert!(written(&out).is_none(), "not at the command's start");
+        while written(&out).is_none() && started.elapsed() < 10 * RECORD_AFTER {
+            events.run_with_timeout(1000).unwrap();
+        }
+        assert!(written(&out).is_some(), "recorded once its timer ran out");
+        assert!(started.elapsed() >= RECORD_AFTER, "not before its time");
+    }
+
+    #[test]
+    fn a_vm_that_stops_sooner_records_at_its_stop_once_its_command_started() {
+        let (mut r, _command, _ram, out) = recorder();
+        r.at_stop();
+        assert!(
+            written(&out).is_none(),
+            "no command started: nothing to record"
+        );
+
+        let (r, command, _ram, out) = recorder();
+        let r = Arc::new(Mutex::new(r));
+        let mut events = EventManager::<Arc<Mutex<PageRecorder>>>::new().unwrap();
+        events.add_subscriber(r.clone());
+        command.write(1).unwrap();
+        events.run_with_timeout(1000).unwrap();
+        assert!(written(&out).is_none(), "not at the command's start");
+        r.lock().unwrap().at_stop();
+        assert!(written(&out).is_some(), "recorded at the stop");
     }
 }

@@ -262,6 +262,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         None => memory::create(ram, backing)?,
     };
     let (recorder, read_in) = working_set(&mem, backing, pages, pagemap);
+    let (recorder, command_evt) = recorder.unzip();
     register_memory(&vm, &mem)?;
     report.mark(Phase::MemoryReady);
 
@@ -416,10 +417,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             .map(EventFd::try_clone)
             .transpose()
             .map_err(io("cloning an eventfd"))?,
-        command_evt: match &recorder {
-            Some(r) => Some(r.evt.try_clone().map_err(io("cloning an eventfd"))?),
-            None => None,
-        },
+        command_evt,
         vcpu_threads: Mutex::new(Vec::new()),
         resume_area: Mutex::new(None),
     });
@@ -453,8 +451,8 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             result: snapshot_result.clone(),
         })));
     }
-    if let Some(recorder) = recorder {
-        events.add_subscriber(Arc::new(Mutex::new(recorder)));
+    if let Some(r) = &recorder {
+        events.add_subscriber(r.clone());
     }
     if let Some(requests) = cfg.snapshot_requests.take() {
         events.add_subscriber(Arc::new(Mutex::new(event_loop::SnapshotServer {
@@ -545,7 +543,11 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             if let Some(f) = &vmm_filters {
                 f.install(seccomp::ThreadKind::Vmm)?;
             }
-            serve(&mut events, &stopped, deadline)
+            let served = serve(&mut events, &stopped, deadline);
+            if let Some(r) = &recorder {
+                r.lock().unwrap_or_else(|p| p.into_inner()).at_stop();
+            }
+            served
         });
     let served = match vmm_thread {
         Ok(t) => {
@@ -598,18 +600,20 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     })
 }
 
+/// A recording warm start's subscriber, shared with the VMM thread, which
+/// has it record at the VM's stop if it has not yet.
+type Recorder = Arc<Mutex<event_loop::PageRecorder>>;
+
 /// A warm start's working set (see [`snapshot::Pages`]): read in now
 /// (and returned, for the vCPUs' nested page tables), or recorded by the
-/// returned subscriber when the command starts.
+/// returned subscriber, which the returned eventfd tells of the
+/// command's start.
 fn working_set(
     mem: &GuestMemoryMmap,
     backing: memory::Backing,
     pages: snapshot::Pages,
     pagemap: Option<File>,
-) -> (
-    Option<event_loop::PageRecorder>,
-    Option<snapshot::WorkingSet>,
-) {
+) -> (Option<(Recorder, EventFd)>, Option<snapshot::WorkingSet>) {
     match (pages, backing) {
         (snapshot::Pages::Prefetch(set), memory::Backing::Private) => {
             let read = snapshot::prefetch(mem, &set);
@@ -621,17 +625,19 @@ fn working_set(
         }
         (snapshot::Pages::Record(out), memory::Backing::Private) => {
             let recorder = (|| {
-                let evt = EventFd::new(EFD_NONBLOCK)
-                    .map_err(|e| tracing::debug!("no working set recorded: {e}"))
-                    .ok()?;
-                Some(event_loop::PageRecorder {
-                    evt,
-                    mem: mem.clone(),
-                    pagemap: pagemap?,
-                    out: Some(out),
-                })
+                let evt = EventFd::new(EFD_NONBLOCK)?;
+                let command = evt.try_clone()?;
+                let pagemap = pagemap.ok_or_else(|| std::io::Error::other("no pagemap"))?;
+                let r = event_loop::PageRecorder::new(evt, mem.clone(), pagemap, out)?;
+                Ok::<_, std::io::Error>((Arc::new(Mutex::new(r)), command))
             })();
-            (recorder, None)
+            match recorder {
+                Ok(r) => (Some(r), None),
+                Err(e) => {
+                    tracing::debug!("no working set recorded: {e}");
+                    (None, None)
+                }
+            }
         }
         // Shared RAM is a copy of the whole file: nothing to read ahead.
         (snapshot::Pages::Record(out), memory::Backing::Shared) => {
