@@ -1,5 +1,6 @@
 //! A warm start's working set: the pages of guest RAM a restored guest
-//! touches between its resume and its command's start. The first restore
+//! touches between its resume and its command's first 250 ms (or its end,
+//! if sooner: see [`crate::event_loop::PageRecorder`]). The first restore
 //! of a snapshot records them; every later restore reads them in before
 //! its vCPUs start.
 //!
@@ -61,7 +62,8 @@ impl Run {
     }
 }
 
-/// The pages one restore touched on its way to the command.
+/// The pages one restore touched on its way to the command and in its
+/// first moments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkingSet {
     format: u32,
@@ -109,8 +111,8 @@ pub enum Pages {
     None,
     /// Read these pages in before the vCPUs start.
     Prefetch(WorkingSet),
-    /// Record the set into this file, claimed for this restore, when the
-    /// command starts.
+    /// Record the set into this file, claimed for this restore, once the
+    /// command has run a while.
     Record(File),
 }
 
