@@ -317,7 +317,7 @@ pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
                 allow(
                     SYS_epoll_ctl,
                     vec![],
-                    "the console input timer comes and goes",
+                    "the console input timer and the working set recorder's events come and go",
                 ),
                 allow(
                     SYS_read,
@@ -332,7 +332,11 @@ pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
                 allow(SYS_pread64, vec![], "disk reads"),
                 allow(SYS_pwrite64, vec![], "disk writes"),
                 allow(SYS_fdatasync, vec![], "the block device's FLUSH"),
-                allow(SYS_timerfd_settime, vec![], "console input recheck timer"),
+                allow(
+                    SYS_timerfd_settime,
+                    vec![],
+                    "console input recheck timer; the working set recorder's timer",
+                ),
                 allow(SYS_brk, vec![], "the allocator"),
                 allow(SYS_getpid, vec![], "pthread_kill, to kick vCPUs"),
                 allow(SYS_tgkill, arg_is(2, &[kick]), "kick vCPUs out of KVM_RUN"),

@@ -98,8 +98,10 @@ mod tests {
         use std::os::fd::AsRawFd;
         let fd = theirs.as_raw_fd();
         // The child proves the descriptor survived exec by writing to it,
-        // then would run far longer than the drop waits.
-        let mut cmd = Command::new("sh");
+        // then would run far longer than the drop waits. bash, not sh:
+        // dash takes no descriptor past 9 in a redirection, and with other
+        // tests' files open at once this one's can be 10 or more.
+        let mut cmd = Command::new("bash");
         cmd.args(["-c", &format!("echo kept >&{fd}; exec sleep 30")]);
         let mut s = Sidecar::spawn(&mut cmd, fd).unwrap();
         drop(theirs);
