@@ -157,9 +157,25 @@ pub(super) fn open(dir: &Path, ram_pages: u64) -> Pages {
     }
 }
 
-/// Each region of `mem`: its host address, length, and first page in the
-/// memory file.
-fn regions(mem: &GuestMemoryMmap) -> Vec<(usize, usize, u64)> {
+/// A region of guest RAM, where its pages are in the memory file.
+struct Region {
+    host: usize,
+    guest: u64,
+    len: usize,
+    /// Its first page in the memory file.
+    first: u64,
+}
+
+impl Region {
+    /// Whether `run` lies whole in this region.
+    fn holds(&self, run: &Run) -> bool {
+        let last = self.first + (self.len / PAGE) as u64;
+        run.0 >= self.first && run.end().is_some_and(|end| end <= last)
+    }
+}
+
+/// Each region of `mem`, in the memory file's order.
+fn regions(mem: &GuestMemoryMmap) -> Vec<Region> {
     let mut out = Vec::new();
     let mut page = 0;
     for region in mem.iter() {
@@ -167,7 +183,12 @@ fn regions(mem: &GuestMemoryMmap) -> Vec<(usize, usize, u64)> {
             continue;
         };
         let len = region.len() as usize;
-        out.push((host as usize, len, page));
+        out.push(Region {
+            host: host as usize,
+            guest: region.start_addr().0,
+            len,
+            first: page,
+        });
         page += (len / PAGE) as u64;
     }
     out
@@ -179,7 +200,10 @@ fn regions(mem: &GuestMemoryMmap) -> Vec<(usize, usize, u64)> {
 pub fn record(mem: &GuestMemoryMmap, pagemap: &File) -> io::Result<WorkingSet> {
     let mut runs: Vec<Run> = Vec::new();
     let mut entries = vec![0u8; CHUNK * 8];
-    for (host, len, first) in regions(mem) {
+    for Region {
+        host, len, first, ..
+    } in regions(mem)
+    {
         let pages = len / PAGE;
         let mut done = 0;
         // A run never spans two regions: their pages are adjacent in the
@@ -226,14 +250,11 @@ pub fn prefetch(mem: &GuestMemoryMmap, set: &WorkingSet) -> u64 {
     let regions = regions(mem);
     let mut populated = 0;
     for run in &set.runs {
-        let Some((host, _, first)) = regions.iter().find(|(_, len, first)| {
-            let last = first + (len / PAGE) as u64;
-            run.0 >= *first && run.end().is_some_and(|end| end <= last)
-        }) else {
+        let Some(region) = regions.iter().find(|r| r.holds(run)) else {
             tracing::debug!("working set: run {run:?} is in no region");
             continue;
         };
-        let at = host + ((run.0 - first) as usize) * PAGE;
+        let at = region.host + ((run.0 - region.first) as usize) * PAGE;
         let advice = match run.2 {
             true => libc::MADV_POPULATE_WRITE,
             false => libc::MADV_POPULATE_READ,
@@ -303,21 +324,13 @@ pub fn pre_fault(vcpu: &kvm_ioctls::VcpuFd, mem: &GuestMemoryMmap, set: &Working
 /// not: each range is one call into KVM, whose every call loads and puts
 /// the vCPU (a hello guest's set is some 280 runs, 100 ranges).
 fn guest_ranges(mem: &GuestMemoryMmap, set: &WorkingSet) -> Vec<(u64, u64)> {
-    let mut ram = Vec::new();
-    let mut page = 0;
-    for region in mem.iter() {
-        let pages = region.len() / PAGE as u64;
-        ram.push((region.start_addr().0, page, pages));
-        page += pages;
-    }
+    let regions = regions(mem);
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for run in &set.runs {
-        let Some(&(base, first, _)) = ram.iter().find(|(_, first, pages)| {
-            run.0 >= *first && run.end().is_some_and(|end| end <= first + pages)
-        }) else {
+        let Some(region) = regions.iter().find(|r| r.holds(run)) else {
             continue;
         };
-        let gpa = base + (run.0 - first) * PAGE as u64;
+        let gpa = region.guest + (run.0 - region.first) * PAGE as u64;
         match ranges.last_mut() {
             Some((at, pages)) if *at + *pages * PAGE as u64 == gpa => *pages += run.1,
             _ => ranges.push((gpa, run.1)),
