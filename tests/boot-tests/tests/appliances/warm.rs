@@ -85,27 +85,20 @@ fn recorded(r: &HuskRun) -> bool {
     r.stderr.contains("warm start: recorded a working set of")
 }
 
+/// The number the run's log gives right after `said`, if it does.
+fn logged_count(r: &HuskRun, said: &str) -> Option<u64> {
+    r.stderr.split(said).nth(1)?.split(' ').next()?.parse().ok()
+}
+
 /// The pages of the working set the run read in ahead, if it did.
 fn read_ahead(r: &HuskRun) -> Option<u64> {
-    r.stderr
-        .split("warm start: read in ")
-        .nth(1)?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
+    logged_count(r, "warm start: read in ")
 }
 
 /// The pages of the working set the run mapped into the guest's nested
 /// page tables ahead of its vCPUs, if it said.
 fn mapped_ahead(r: &HuskRun) -> Option<u64> {
-    r.stderr
-        .split("warm start: mapped ")
-        .nth(1)?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
+    logged_count(r, "warm start: mapped ")
 }
 
 /// Whether this host's KVM maps guest memory ahead on request
