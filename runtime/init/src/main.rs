@@ -113,13 +113,14 @@ fn main() {
         }
     }
     let mut on_exit = OnExit::Poweroff;
+    let mut on_console = false;
     let status = match run(
         &control,
         &cmdline,
         image_config,
         &agent,
         &signals,
-        &mut on_exit,
+        (&mut on_exit, &mut on_console),
     ) {
         Ok(status) => status,
         Err(f) => {
@@ -129,7 +130,18 @@ fn main() {
     };
     sys::sync_all();
     if !portable {
+        if on_console {
+            sys::drain_console();
+        }
         control.status(status);
+        // The command's output went to the console, all of it out now:
+        // the VMM can end the VM here rather than after the kernel's
+        // power-off (its devices' shutdown: most of a short run's exits).
+        // A held command's output went through the agent's streams, which
+        // the power-off's time lets the VMM pass on.
+        if on_console {
+            control.mark(sys::MARK_DONE);
+        }
         sys::power_off();
     }
     // An exported disk's machine: the console is all there is to say it on.
@@ -155,18 +167,21 @@ fn is_portable(cmdline: &str) -> bool {
 }
 
 /// Runs the appliance's command to its end and returns its exit status;
-/// `on_exit` gets the configuration's choice once it is read.
+/// `on_exit` gets the configuration's choice once it is read, and
+/// `on_console` whether the command's output goes to the console (it is
+/// not held for the agent to start).
 fn run(
     control: &sys::ControlPort,
     cmdline: &str,
     image_config: Result<RunConfig, Failure>,
     agent: &Arc<agent::Agent>,
     signals: &sys::SignalSet,
-    on_exit: &mut OnExit,
+    (on_exit, on_console): (&mut OnExit, &mut bool),
 ) -> Result<u8, Failure> {
     let (config, overrides) = with_overrides(image_config?, cmdline)?;
     let hold = overrides.hold;
     *on_exit = config.on_exit;
+    *on_console = !hold;
     mount_shares(cmdline)?;
     tune(&overrides)?;
     if config.command.is_empty() && !hold {

@@ -12,6 +12,9 @@ const KIND_STATUS: u32 = 2;
 pub const MARK_INIT_RUNNING: u8 = 1;
 pub const MARK_COMMAND_STARTED: u8 = 2;
 const MARK_SNAPSHOT_POINT: u8 = 3;
+/// After the status: nothing in the guest needs the VM any more (the
+/// VMM may end it before the kernel's power-off).
+pub const MARK_DONE: u8 = 4;
 
 fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in fixed strings")
@@ -459,6 +462,14 @@ pub fn terminate_others() {
     // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     reap(|_, _| {});
+}
+
+/// Waits until the console has passed on everything written to it (the
+/// console driver can hold a tail back for a kernel thread to push).
+pub fn drain_console() {
+    // SAFETY: tcdrain only waits on fd 1; on a non-terminal it fails with
+    // ENOTTY, which leaves nothing to wait for.
+    unsafe { libc::tcdrain(1) };
 }
 
 pub fn sync_all() {

@@ -58,6 +58,10 @@ pub enum Reached {
     SnapshotPoint,
     /// The command was started (a warm start records its working set).
     Command,
+    /// init has reported the status, its output is out and nothing else
+    /// in the guest needs the VM: the VMM may end it without waiting for
+    /// the guest kernel's power-off.
+    Done,
 }
 
 /// What the guest reported, and when each phase was reached, timed from
@@ -100,6 +104,9 @@ impl GuestReport {
                 return Reached::Command;
             }
             (KIND_MARK, 3) => return Reached::SnapshotPoint,
+            // Only after a status: an end with no status would read as a
+            // guest that stopped without one.
+            (KIND_MARK, 4) if self.status().is_some() => return Reached::Done,
             (KIND_STATUS, status) => {
                 self.mark(Phase::CommandExited);
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status as u8);
@@ -140,7 +147,10 @@ mod tests {
         let r = GuestReport::new(Instant::now());
         assert_eq!(r.guest_write(&0x0101u32.to_le_bytes()), Reached::Nothing);
         assert_eq!(r.guest_write(&0x0102u32.to_le_bytes()), Reached::Command);
+        // The end before any status is no end.
+        assert_eq!(r.guest_write(&0x0104u32.to_le_bytes()), Reached::Nothing);
         assert_eq!(r.guest_write(&0x0203u32.to_le_bytes()), Reached::Nothing);
+        assert_eq!(r.guest_write(&0x0104u32.to_le_bytes()), Reached::Done);
         assert_eq!(
             r.guest_write(&0x0103u32.to_le_bytes()),
             Reached::SnapshotPoint

@@ -258,6 +258,11 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
                                 let _ = evt.write(1);
                             }
                         }
+                        control::Reached::Done => {
+                            debug!("vcpu{id}: the guest reported its end");
+                            shared.stop(Stop::Shutdown);
+                            return;
+                        }
                         control::Reached::Nothing => {}
                     }
                 }
