@@ -34,6 +34,8 @@ pub enum Phase {
     GuestInit,
     CommandStarted,
     CommandExited,
+    /// init said the VM may end (after the status), and the VMM ended it.
+    GuestDone,
 }
 
 impl Phase {
@@ -46,6 +48,7 @@ impl Phase {
             Phase::GuestInit => "guest reached init",
             Phase::CommandStarted => "command started",
             Phase::CommandExited => "command exited",
+            Phase::GuestDone => "guest done",
         }
     }
 }

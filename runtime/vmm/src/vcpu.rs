@@ -259,7 +259,7 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
                             }
                         }
                         control::Reached::Done => {
-                            debug!("vcpu{id}: the guest reported its end");
+                            shared.report.mark(control::Phase::GuestDone);
                             shared.stop(Stop::Shutdown);
                             return;
                         }

@@ -45,6 +45,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         boot_tests::trial("init_forwards_sigterm_to_the_command", sigterm_forwarded),
         boot_tests::trial(
+            "a_run_ends_when_init_is_done_with_all_of_its_output",
+            ends_when_done,
+        ),
+        boot_tests::trial(
             "an_ext4_root_keeps_its_writes_for_one_run_only",
             root_writes_last_one_run,
         ),
@@ -393,6 +397,37 @@ fn sigterm_forwarded() -> Result<(), Failed> {
         b"",
     )?;
     expect(&r, 7, &["got-term"])
+}
+
+/// init says "done" after the status, its console drained; the VMM ends
+/// the VM there (no guest power-off) and nothing of the output is lost.
+fn ends_when_done() -> Result<(), Failed> {
+    let lines = 10_000;
+    let script = format!("seq 1 {lines}; echo end-of-output; exit 4");
+    let r = run(
+        &["--timings", "examples/busybox", "--", "sh", "-c", &script],
+        b"",
+    )?;
+    expect(&r, 4, &[])?;
+    if !r.stderr.lines().any(|l| l.ends_with(" guest done")) {
+        return Err(r
+            .explain("--timings shows no \"guest done\": the VM ended otherwise")
+            .into());
+    }
+    let out: Vec<&str> = r.stdout.lines().map(str::trim_end).collect();
+    let want: Vec<String> = (1..=lines)
+        .map(|n| n.to_string())
+        .chain(["end-of-output".to_string()])
+        .collect();
+    if out.len() < want.len() || out[out.len() - want.len()..] != want[..] {
+        return Err(format!(
+            "the output is not seq's {lines} lines and the end line: {} lines, the last {:?}",
+            out.len(),
+            out.last()
+        )
+        .into());
+    }
+    Ok(())
 }
 
 fn sha256_of(path: &std::path::Path) -> Result<String, Failed> {
