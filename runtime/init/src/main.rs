@@ -130,16 +130,14 @@ fn main() {
     };
     sys::sync_all();
     if !portable {
-        if on_console {
-            sys::drain_console();
-        }
         control.status(status);
-        // The command's output went to the console, all of it out now:
+        // The command's output went to the console: once all of it is out
         // the VMM can end the VM here rather than after the kernel's
         // power-off (its devices' shutdown: most of a short run's exits).
         // A held command's output went through the agent's streams, which
         // the power-off's time lets the VMM pass on.
         if on_console {
+            sys::drain_console();
             control.mark(sys::MARK_DONE);
         }
         sys::power_off();
