@@ -341,6 +341,8 @@ pub struct PageRecorder {
     pagemap: std::fs::File,
     /// The claimed file; taken when written.
     out: Option<std::fs::File>,
+    /// Fault-around off in the RAM until the set is recorded.
+    exact: Option<crate::snapshot::Exact>,
     started: bool,
 }
 
@@ -353,12 +355,18 @@ impl PageRecorder {
         pagemap: std::fs::File,
         out: std::fs::File,
     ) -> std::io::Result<Self> {
+        let exact = crate::snapshot::exact(&mem)
+            .map_err(|e| {
+                tracing::debug!("working set: no userfaultfd ({e}): recorded with fault-around")
+            })
+            .ok();
         Ok(PageRecorder {
             evt,
             timer: TimerFd::new()?,
             mem,
             pagemap,
             out: Some(out),
+            exact,
             started: false,
         })
     }
@@ -377,6 +385,7 @@ impl PageRecorder {
         };
         let saved = crate::snapshot::record(&self.mem, &self.pagemap)
             .and_then(|set| crate::snapshot::save_pages(&set, &out).map(|()| set.pages()));
+        self.exact = None;
         match saved {
             Ok(pages) => tracing::info!("warm start: recorded a working set of {pages} pages"),
             Err(e) => warn!("cannot record the warm start's working set: {e}"),

@@ -52,7 +52,9 @@ mod request;
 pub mod resume;
 
 pub use kvm::{msr_list, Tsc, VcpuState, VmState};
-pub use pages::{pre_fault, prefetch, record, save as save_pages, Pages, Run, WorkingSet};
+pub use pages::{
+    exact, pre_fault, prefetch, record, save as save_pages, Exact, Pages, Run, WorkingSet,
+};
 pub use request::{locate, pause, plug, request, request_pair, unplug, Asked, OnRequest, Refused};
 
 /// The format's name in every header.
