@@ -357,7 +357,9 @@ impl PageRecorder {
     ) -> std::io::Result<Self> {
         let exact = crate::snapshot::exact(&mem)
             .map_err(|e| {
-                tracing::debug!("working set: no userfaultfd ({e}): recorded with fault-around")
+                tracing::info!(
+                    "working set: no userfaultfd ({e}): recorded with the host's fault-around"
+                )
             })
             .ok();
         Ok(PageRecorder {
@@ -385,9 +387,14 @@ impl PageRecorder {
         };
         let saved = crate::snapshot::record(&self.mem, &self.pagemap)
             .and_then(|set| crate::snapshot::save_pages(&set, &out).map(|()| set.pages()));
-        self.exact = None;
+        let how = match self.exact.take() {
+            Some(_) => "exactly",
+            None => "with the host's fault-around",
+        };
         match saved {
-            Ok(pages) => tracing::info!("warm start: recorded a working set of {pages} pages"),
+            Ok(pages) => {
+                tracing::info!("warm start: recorded a working set of {pages} pages, {how}")
+            }
             Err(e) => warn!("cannot record the warm start's working set: {e}"),
         }
     }

@@ -101,6 +101,16 @@ fn mapped_ahead(r: &HuskRun) -> Option<u64> {
     logged_count(r, "warm start: mapped ")
 }
 
+/// Whether this host's kernel lets a recording restore turn the host's
+/// fault-around off (userfaultfd's asynchronous write protection, Linux
+/// 6.7: the test bed's kernel has it), tried on memory of this process.
+fn records_exactly() -> Result<bool, Failed> {
+    let mem =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 16)])
+            .map_err(|e| format!("cannot map memory: {e}"))?;
+    Ok(vmm::snapshot::exact(&mem).is_ok())
+}
+
 /// Whether this host's KVM maps guest memory ahead on request
 /// (`KVM_PRE_FAULT_MEMORY`, Linux 6.10: the test bed's kernel has it).
 fn kvm_pre_faults() -> Result<bool, Failed> {
@@ -241,11 +251,23 @@ fn warm_hello() -> Result<(), Failed> {
             .into());
     }
     // The first restore recorded its working set (jailed: through the
-    // pagemap it opened before entering the jail).
+    // pagemap it opened before entering the jail), exactly where the
+    // kernel can turn the host's fault-around off meanwhile.
     let pages = dirs[0].join("pages");
     if !recorded(&warm) || fs::metadata(&pages).map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(warm
             .explain("the first restore should record its working set")
+            .into());
+    }
+    let how = match records_exactly()? {
+        true => " pages, exactly",
+        false => " pages, with the host's fault-around",
+    };
+    if !warm.stderr.contains(how) {
+        return Err(warm
+            .explain(&format!(
+                "the jailed VMM should record its working set as this kernel can:{how}"
+            ))
             .into());
     }
     // Without the jail too (the VMM is then this very process); it reads
