@@ -23,7 +23,7 @@ use devices::virtio::mmio::{MmioTransport, TransportState};
 use devices::virtio::net::{Net, StreamBackend};
 use devices::virtio::rng::Rng;
 use devices::virtio::slot::Slot;
-use devices::virtio::vsock::{host, HostSide, Vsock};
+use devices::virtio::vsock::{host, HostSide, Socket, Vsock};
 use devices::virtio::{Ready, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -204,8 +204,10 @@ fn vsock(peers: &mut VsockPeers) -> Box<dyn VirtioDevice> {
         Vsock::new(
             3,
             HostSide {
-                listener,
-                broker: ours,
+                socket: Some(Socket {
+                    listener,
+                    broker: ours,
+                }),
                 presets: Vec::new(),
             },
         )

@@ -314,8 +314,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
     }
     if let Some(v) = cfg.vsock.take() {
         let host = HostSide {
-            listener: v.listener,
-            broker: v.broker,
+            socket: v.socket,
             presets: v.presets,
         };
         let dev = Vsock::new(u64::from(v.cid), host).map_err(VmmError::Vsock)?;

@@ -27,13 +27,25 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 pub struct VsockConfig {
     /// The guest's context ID (3 or more).
     pub cid: u32,
-    /// Host programs connect here (non-blocking).
-    pub listener: UnixListener,
-    /// The VMM's end of the broker's socket pair (non-blocking).
-    pub broker: UnixDatagram,
+    /// The VM's socket (non-blocking) and the VMM's end of the broker's
+    /// socket pair (non-blocking), from [`HostVsock::start`]; none for a
+    /// device with no socket ([`VsockConfig::without_socket`]).
+    pub socket: Option<host::Socket>,
     /// Host ports the device serves itself, each with a socket given up
     /// front, once (see `devices::virtio::vsock::HostSide::presets`).
     pub presets: Vec<(u32, std::os::unix::net::UnixStream)>,
+}
+
+impl VsockConfig {
+    /// A device only husk speaks to, through its presets: no socket on
+    /// the host, no broker process (see `devices::virtio::vsock::HostSide`).
+    pub fn without_socket(cid: u32) -> VsockConfig {
+        VsockConfig {
+            cid,
+            socket: None,
+            presets: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +120,10 @@ impl HostVsock {
                     HostVsock { broker: pid },
                     VsockConfig {
                         cid,
-                        listener,
-                        broker: ours,
+                        socket: Some(host::Socket {
+                            listener,
+                            broker: ours,
+                        }),
                         presets: Vec::new(),
                     },
                 ))
@@ -299,11 +313,12 @@ mod tests {
             Err(VsockError::InUse(_))
         ));
         let port = UnixListener::bind(host::port_path(&uds, 80)).unwrap();
-        cfg.broker.set_nonblocking(false).unwrap();
-        cfg.broker.send(&host::encode_request(80, 7)).unwrap();
-        cfg.broker.send(&host::encode_request(81, 8)).unwrap();
-        let ok = host::recv_reply(&cfg.broker).unwrap().unwrap();
-        let refused = host::recv_reply(&cfg.broker).unwrap().unwrap();
+        let broker = &cfg.socket.as_ref().unwrap().broker;
+        broker.set_nonblocking(false).unwrap();
+        broker.send(&host::encode_request(80, 7)).unwrap();
+        broker.send(&host::encode_request(81, 8)).unwrap();
+        let ok = host::recv_reply(broker).unwrap().unwrap();
+        let refused = host::recv_reply(broker).unwrap().unwrap();
         assert_eq!(refused.0, 8);
         assert_eq!(refused.1.unwrap_err(), libc::ENOENT);
         assert_eq!(ok.0, 7);

@@ -18,7 +18,7 @@ use anyhow::Context;
 use appliance_spec::{ImageFormat, KernelRef};
 use builder::kernel;
 use husk_init::config::Overrides;
-use vmm::vsock::{HostVsock, MAX_CONNECTIONS};
+use vmm::vsock::{HostVsock, VsockConfig, MAX_CONNECTIONS};
 use vmm::{DiskAccess, DiskConfig, VmConfig, VmExit};
 
 use super::target::{boot_cmdline, Target};
@@ -887,18 +887,24 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let params = plan.params.join(" ");
-    // A warm VM reads its parameters through vsock, and a restored one
-    // gets its seed that way: each gets a device (on a socket of this
-    // run's, which its broker removes when the VMM ends) where it has none.
-    if (warm.is_some() || named.is_some()) && plan.vsock.is_none() {
+    // A named snapshot's restore reads its new seed through vsock, from
+    // a connection to the VM's socket (below): it gets a device on a
+    // socket of this run's (which its broker removes when the VMM ends)
+    // where it has none.
+    if named.is_some() && plan.vsock.is_none() {
         plan.vsock = Some((vsock_cid, own_vsock_path()));
     }
-    // The vsock socket and its broker, likewise.
+    // The vsock socket and its broker. A warm VM reads its parameters
+    // through vsock where they are too large for init's resume area: one
+    // with no device of its own gets one that only husk speaks to (its
+    // presets, below), with no socket and no broker, which nothing on the
+    // host could know of.
     let (_vsock, mut vsock) = match &plan.vsock {
         Some((cid, uds)) => {
             let (host, config) = HostVsock::start(uds, *cid, seccomp)?;
             (Some(host), Some(config))
         }
+        None if warm.is_some() => (None, Some(VsockConfig::without_socket(vsock_cid))),
         None => (None, None),
     };
     if vsock.is_some() {

@@ -22,14 +22,24 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// What the VMM's vsock device holds of the host.
 pub struct HostSide {
-    /// Host programs connect here (non-blocking; bound before the jail).
-    pub listener: UnixListener,
-    /// The broker that makes guest-initiated connections (non-blocking).
-    pub broker: UnixDatagram,
+    /// The VM's socket and its broker; none where only husk speaks to the
+    /// guest, through `presets` (a plain `husk run`'s warm start: nothing
+    /// on the host knows of a socket, so it has none, and no broker). The
+    /// guest's connections to any other host port are then reset, as
+    /// those to a port nobody listens on are.
+    pub socket: Option<Socket>,
     /// Host ports served by a socket given up front: the guest's first
     /// connection to the port gets the socket, without the broker (a
     /// restored guest's init reads this run's parameters this way).
     pub presets: Vec<(u32, UnixStream)>,
+}
+
+/// The VM's Unix socket and the broker behind it.
+pub struct Socket {
+    /// Host programs connect here (non-blocking; bound before the jail).
+    pub listener: UnixListener,
+    /// The broker that makes guest-initiated connections (non-blocking).
+    pub broker: UnixDatagram,
 }
 
 /// The Unix socket a guest connection to host port `port` reaches.

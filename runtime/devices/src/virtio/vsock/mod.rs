@@ -26,7 +26,7 @@ use virtio_queue::{DescriptorChain, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use conn::{owed, Conn, ConnState, Forward};
-pub use host::HostSide;
+pub use host::{HostSide, Socket};
 use packet::*;
 
 use super::{
@@ -393,11 +393,11 @@ impl Vsock {
         }
         let tag = self.next_tag;
         let sent = !self.broker_gone
-            && self
-                .host
-                .broker
-                .send(&host::encode_request(hdr.dst_port, tag))
-                .is_ok();
+            && self.host.socket.as_ref().is_some_and(|s| {
+                s.broker
+                    .send(&host::encode_request(hdr.dst_port, tag))
+                    .is_ok()
+            });
         if !sent {
             self.queue_reset(hdr.dst_port, hdr.src_port);
             return;
@@ -570,7 +570,10 @@ impl Vsock {
     /// Host programs connecting to the VM's socket.
     fn accept(&mut self) {
         loop {
-            let stream = match self.host.listener.accept() {
+            let Some(socket) = &self.host.socket else {
+                return;
+            };
+            let stream = match socket.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -603,7 +606,10 @@ impl Vsock {
     /// The broker's answers to guest connections.
     fn broker_replies(&mut self) {
         loop {
-            let (tag, result) = match host::recv_reply(&self.host.broker) {
+            let Some(socket) = &self.host.socket else {
+                return;
+            };
+            let (tag, result) = match host::recv_reply(&socket.broker) {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(e) => {
@@ -910,11 +916,12 @@ impl VirtioDevice for Vsock {
             readable: true,
             writable: false,
         };
-        vec![
-            readable(&self.host.listener, VsockToken::Listener),
-            readable(&self.host.broker, VsockToken::Broker),
-            readable(&self.streams, VsockToken::Streams),
-        ]
+        let mut events = vec![readable(&self.streams, VsockToken::Streams)];
+        if let Some(s) = &self.host.socket {
+            events.push(readable(&s.listener, VsockToken::Listener));
+            events.push(readable(&s.broker, VsockToken::Broker));
+        }
+        events
     }
 
     fn process_host_event(&mut self, token: u32, _ready: Ready) -> Result<(), DeviceError> {

@@ -255,15 +255,28 @@ fn setup_with(mem: &Mem, presets: Vec<(u32, UnixStream)>) -> (Rig, Vsock, Guest<
     let (ours, theirs) = UnixDatagram::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
     theirs.set_nonblocking(true).unwrap();
-    let mut dev = Vsock::new(
-        CID,
-        HostSide {
+    let host = HostSide {
+        socket: Some(Socket {
             listener,
             broker: ours,
-            presets,
+        }),
+        presets,
+    };
+    let (dev, guest) = started(mem, host);
+    (
+        Rig {
+            dir,
+            uds,
+            broker: theirs,
         },
+        dev,
+        guest,
     )
-    .unwrap();
+}
+
+/// A device over `host`, activated with the guest's three queues.
+fn started(mem: &Mem, host: HostSide) -> (Vsock, Guest<'_>) {
+    let mut dev = Vsock::new(CID, host).unwrap();
     let rx = Ring { base: 0 };
     let tx = Ring { base: 0x1_0000 };
     let ev = Ring { base: 0x2_0000 };
@@ -284,15 +297,7 @@ fn setup_with(mem: &Mem, presets: Vec<(u32, UnixStream)>) -> (Rig, Vsock, Guest<
         buf_alloc: 256 * 1024,
         fwd_cnt: 0,
     };
-    (
-        Rig {
-            dir,
-            uds,
-            broker: theirs,
-        },
-        dev,
-        guest,
-    )
+    (dev, guest)
 }
 
 fn big_mem() -> Mem {
@@ -583,6 +588,35 @@ fn a_preset_port_serves_its_socket_once_without_the_broker() {
     assert_eq!(rig.serve_broker(), 1);
     host_event(&mut dev, VsockToken::Broker);
     assert_eq!(ops(&g.received()), vec![OP_RST]);
+}
+
+#[test]
+fn a_device_without_a_socket_serves_its_presets_and_resets_the_rest() {
+    let m = big_mem();
+    let (mut host, theirs) = UnixStream::pair().unwrap();
+    host.write_all(b"params").unwrap();
+    drop(host);
+    let (mut dev, mut g) = started(
+        &m,
+        HostSide {
+            socket: None,
+            presets: vec![(1025, theirs)],
+        },
+    );
+    let tokens: Vec<u32> = dev.host_events().iter().map(|e| e.token).collect();
+    assert_eq!(tokens, vec![VsockToken::Streams as u32], "only the streams");
+    g.offer(32);
+    g.send(&mut dev, g.packet(OP_REQUEST, 1234, 1025), &[]);
+    settle(&mut dev);
+    let got = g.received();
+    assert_eq!(ops(&got), vec![OP_RESPONSE, OP_RW, OP_SHUTDOWN]);
+    assert_eq!(got[1].1, b"params");
+    // Any other port, and the preset's once taken: reset at once, as a
+    // port nobody listens on.
+    g.send(&mut dev, g.packet(OP_REQUEST, 1235, 1025), &[]);
+    g.send(&mut dev, g.packet(OP_REQUEST, 1236, 5000), &[]);
+    assert_eq!(ops(&g.received()), vec![OP_RST, OP_RST]);
+    assert_eq!(dev.connections(), 1, "only the preset's stream, closing");
 }
 
 #[test]
