@@ -568,19 +568,29 @@ fn half_close_in_both_directions() {
     assert_eq!(dev.connections(), 0);
 }
 
-#[test]
-fn a_preset_port_serves_its_socket_once_without_the_broker() {
-    let m = big_mem();
+/// Host port 1025's preset: a socket holding "params", then its end.
+fn preset() -> Vec<(u32, UnixStream)> {
     let (mut host, theirs) = UnixStream::pair().unwrap();
     host.write_all(b"params").unwrap();
-    drop(host);
-    let (rig, mut dev, mut g) = setup_with(&m, vec![(1025, theirs)]);
+    vec![(1025, theirs)]
+}
+
+/// The guest connects to the preset port 1025 and reads "params" and the
+/// end of the stream.
+fn read_preset(dev: &mut Vsock, g: &mut Guest<'_>) {
     g.offer(32);
-    g.send(&mut dev, g.packet(OP_REQUEST, 1234, 1025), &[]);
-    settle(&mut dev);
+    g.send(dev, g.packet(OP_REQUEST, 1234, 1025), &[]);
+    settle(dev);
     let got = g.received();
     assert_eq!(ops(&got), vec![OP_RESPONSE, OP_RW, OP_SHUTDOWN]);
     assert_eq!(got[1].1, b"params");
+}
+
+#[test]
+fn a_preset_port_serves_its_socket_once_without_the_broker() {
+    let m = big_mem();
+    let (rig, mut dev, mut g) = setup_with(&m, preset());
+    read_preset(&mut dev, &mut g);
     assert_eq!(rig.serve_broker(), 0, "the broker was not asked");
     // Taken: a second connection to the port goes to the broker, and
     // nobody listens there.
@@ -593,24 +603,16 @@ fn a_preset_port_serves_its_socket_once_without_the_broker() {
 #[test]
 fn a_device_without_a_socket_serves_its_presets_and_resets_the_rest() {
     let m = big_mem();
-    let (mut host, theirs) = UnixStream::pair().unwrap();
-    host.write_all(b"params").unwrap();
-    drop(host);
     let (mut dev, mut g) = started(
         &m,
         HostSide {
             socket: None,
-            presets: vec![(1025, theirs)],
+            presets: preset(),
         },
     );
     let tokens: Vec<u32> = dev.host_events().iter().map(|e| e.token).collect();
     assert_eq!(tokens, vec![VsockToken::Streams as u32], "only the streams");
-    g.offer(32);
-    g.send(&mut dev, g.packet(OP_REQUEST, 1234, 1025), &[]);
-    settle(&mut dev);
-    let got = g.received();
-    assert_eq!(ops(&got), vec![OP_RESPONSE, OP_RW, OP_SHUTDOWN]);
-    assert_eq!(got[1].1, b"params");
+    read_preset(&mut dev, &mut g);
     // Any other port, and the preset's once taken: reset at once, as a
     // port nobody listens on.
     g.send(&mut dev, g.packet(OP_REQUEST, 1235, 1025), &[]);
