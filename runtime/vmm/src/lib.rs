@@ -67,13 +67,13 @@ pub fn host_kvm_is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// The stack of each VMM thread (vCPUs, `vmm`): a little under 2 MiB, so
-/// that no transparent huge page can back it. Where THP is `always` (the
-/// test bed's kernel), a stack of a whole 2 MiB that lands aligned (the
-/// first thread's lands right under the guest RAM, which is aligned) is
-/// faulted in as one huge page at its first touch: 2 MiB resident for a
-/// stack that uses a few KiB, measured as the better part of the VMM's
-/// memory overhead.
+/// The stack of each vCPU thread: a little under 2 MiB, so that no
+/// transparent huge page can back it. Where THP is `always` (the test
+/// bed's kernel), a stack of a whole 2 MiB that lands aligned (the first
+/// thread's lands right under the guest RAM, which is aligned) is faulted
+/// in as one huge page at its first touch: 2 MiB resident for a stack
+/// that uses a few KiB, measured as the better part of the VMM's memory
+/// overhead.
 pub(crate) const THREAD_STACK: usize = (2 << 20) - (64 << 10);
 
 /// Husk's own kernel arguments: the console on hvc0, reboot by triple
@@ -535,39 +535,21 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
             .push(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t));
         threads.push(t);
     }
-    // The thread named `vmm` serves the guest's devices from here on; this
-    // one waits for it. Both run filtered.
+    // This thread serves the guest's devices from here on, filtered like
+    // the vCPUs: one thread (and one filter's installation) fewer than a
+    // thread of its own that this one would wait for.
     let deadline = cfg.timeout.map(|t| Instant::now() + t);
-    let vmm_filters = filters.clone();
-    let vmm_thread = std::thread::Builder::new()
-        .name("vmm".into())
-        .stack_size(THREAD_STACK)
-        .spawn(move || -> Result<bool, VmmError> {
-            if let Some(f) = &vmm_filters {
-                f.install(seccomp::ThreadKind::Vmm)?;
-            }
-            let served = serve(&mut events, &stopped, deadline);
-            if let Some(r) = &recorder {
-                r.lock().unwrap_or_else(|p| p.into_inner()).at_stop();
-            }
-            served
-        });
-    let served = match vmm_thread {
-        Ok(t) => {
-            let installed = match &filters {
-                Some(f) => f.install(seccomp::ThreadKind::Vmm),
-                None => Ok(()),
-            };
-            let served = t
-                .join()
-                .unwrap_or_else(|_| Err(VmmError::Guest("the vmm thread panicked".into())));
-            installed.map_err(VmmError::from).and(served)
+    let served = match &filters {
+        Some(f) => f.install(seccomp::ThreadKind::Vmm).map_err(VmmError::from),
+        None => Ok(()),
+    }
+    .and_then(|()| {
+        let served = serve(&mut events, &stopped, deadline);
+        if let Some(r) = &recorder {
+            r.lock().unwrap_or_else(|p| p.into_inner()).at_stop();
         }
-        Err(e) => Err(VmmError::Io {
-            what: "starting the vmm thread",
-            source: e,
-        }),
-    };
+        served
+    });
     let timed_out = match served {
         Ok(timed_out) => timed_out,
         Err(e) => {
