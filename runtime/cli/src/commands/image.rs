@@ -11,6 +11,7 @@ use builder::images::{self, CachedImage, Unused};
 use super::human_size;
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// List the built images: format, size on disk, when built and last
     /// used, and the appliance file or image reference last built to it

@@ -7,6 +7,7 @@ use anyhow::Context;
 use builder::kernel::{self, Build, Flavor, Progress, Source};
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Build husk's guest kernel into the cache (returns at once when cached)
     Build {

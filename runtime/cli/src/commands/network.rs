@@ -11,6 +11,7 @@ use super::volume::Users;
 use crate::networks::{self, Network};
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Make a network and print its name
     Create {

@@ -12,6 +12,7 @@ use super::human_size;
 use super::run::warm::{self, Meta, META_FILE};
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Snapshot a running detached appliance (paused, saved, resumed);
     /// husk run --from-snapshot NAME restores it, running where it was

@@ -9,6 +9,7 @@ use super::{human_size, Doomed, Space};
 use crate::vms::{Status, VmDir};
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// How much space appliances, images, snapshots, volumes, kernels and
     /// pulled images take, and how much prune would free

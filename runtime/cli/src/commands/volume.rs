@@ -8,6 +8,7 @@ use crate::vms::VmDir;
 use crate::volumes::{self, Volume};
 
 #[derive(clap::Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Make a volume (a name of its own when none is given) and print its
     /// name; one that exists is left as it is
