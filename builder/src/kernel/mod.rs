@@ -18,11 +18,18 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use crate::oci::hex;
+
 /// The source a default build uses.
 pub const DEFAULT_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 
-/// Bumped whenever the build steps change in a way that changes the output.
-const RECIPE: &str = "husk-kernel-recipe-1";
+/// Bumped whenever the build steps change in a way that changes the output
+/// (`kernel/recipe`, read by the build script too).
+#[cfg(test)]
+const RECIPE: &str = include_str!("../../kernel/recipe");
+
+// MICROVM_CONFIG_HASH and PORTABLE_CONFIG_HASH, from the build script.
+include!(concat!(env!("OUT_DIR"), "/config_hash.rs"));
 
 /// Where a kernel is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,14 +180,14 @@ pub struct Build {
     pub cache: PathBuf,
 }
 
-/// First 12 hex digits of the hash of a flavour's configuration and the
-/// recipe.
+/// First 12 hex digits of the SHA-256 of the recipe and a flavour's
+/// configuration (computed by the build script).
 pub fn config_hash(flavor: Flavor) -> String {
-    let digest = Sha256::new()
-        .chain_update(RECIPE)
-        .chain_update(flavor.fragment())
-        .finalize();
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    match flavor {
+        Flavor::MicroVm => MICROVM_CONFIG_HASH,
+        Flavor::Portable => PORTABLE_CONFIG_HASH,
+    }
+    .to_string()
 }
 
 /// The cached default kernel: the newest build of husk's current
@@ -248,10 +255,6 @@ pub fn source_version(source: &Source) -> Result<String, KernelError> {
             Ok(format!("{v}.{p}.{s}-tree-{}", hex(&d[..4])))
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `6.1.192-2` when dpkg owns `path`.
@@ -491,6 +494,19 @@ mod tests {
         assert_eq!(config_hash(Flavor::MicroVm), config_hash(Flavor::MicroVm));
         assert_eq!(config_hash(Flavor::MicroVm).len(), 12);
         assert_ne!(config_hash(Flavor::MicroVm), config_hash(Flavor::Portable));
+    }
+
+    /// The build script's hashes are those of the recipe and each
+    /// flavour's fragment as the crate embeds them.
+    #[test]
+    fn config_hash_is_the_recipe_and_fragment_hashed() {
+        for flavor in [Flavor::MicroVm, Flavor::Portable] {
+            let digest = Sha256::new()
+                .chain_update(RECIPE.trim())
+                .chain_update(flavor.fragment())
+                .finalize();
+            assert_eq!(config_hash(flavor), hex(&digest[..6]), "{flavor:?}");
+        }
     }
 
     #[test]

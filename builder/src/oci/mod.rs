@@ -273,9 +273,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use agent::hex::encode as hex;
 
 /// `sha256:HEX` of a file's content.
 pub fn file_digest(path: &Path) -> io::Result<String> {

@@ -87,7 +87,7 @@ pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let _ = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| io::Read::read_exact(&mut f, &mut buf));
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    agent::hex::encode(&buf)
 }
 
 /// Writes `bytes` to `path` whole: a temporary file beside it, renamed.
