@@ -20,9 +20,10 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    // A loop into a buffer of the right size: a restore decodes some 10 KB
-    // of KVM state, which `char::to_digit` collected through `Option`
-    // took 25 instructions a byte for (callgrind).
+    // A loop into a buffer of the right size: every warm restore decodes
+    // its KVM state, 253,000 instructions for a hello guest's with
+    // `char::to_digit` collected through `Option`, 142,000 this way
+    // (callgrind).
     let mut bytes = Vec::with_capacity(text.len() / 2);
     for pair in text.chunks_exact(2) {
         bytes.push(digit(pair[0])? << 4 | digit(pair[1])?);
