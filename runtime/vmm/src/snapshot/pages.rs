@@ -201,10 +201,10 @@ fn regions(mem: &GuestMemoryMmap) -> Vec<Region> {
 /// off the host's fault-around in that RAM, which maps up to 16 of the
 /// file's pages around each one read, present in `pagemap` as if the
 /// guest had read them (a hello guest's set was 2,370 pages with them,
-/// 977 without). So a
-/// page is present only where the guest, KVM for it, or a device touched
-/// it, and every later restore reads and maps only those. Dropped (the
-/// descriptor closed), the registration goes, and with it the effect.
+/// 977 without). So a page is present only where the guest, KVM for it,
+/// or a device touched it, and every later restore reads and maps only
+/// those. Dropped (the descriptor closed), the registration goes, and
+/// with it the effect.
 pub struct Exact {
     _uffd: OwnedFd,
 }
