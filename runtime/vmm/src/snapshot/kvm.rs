@@ -32,6 +32,7 @@ pub struct VcpuState {
     #[serde(with = "super::blob")]
     pub lapic: kvm_lapic_state,
     /// (index, value) of every MSR KVM lets userspace read for this vCPU.
+    #[serde(with = "super::blob::msrs")]
     pub msrs: Vec<(u32, u64)>,
     #[serde(with = "super::blob")]
     pub events: kvm_vcpu_events,

@@ -60,7 +60,7 @@ pub use request::{locate, pause, plug, request, request_pair, unplug, Asked, OnR
 /// The format's name in every header.
 const MAGIC: &str = "husk-snapshot";
 /// Bumped whenever the layout of the state changes.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 const STATE_FILE: &str = "state.json";
 const MEMORY_FILE: &str = "memory";
 const LOCK_FILE: &str = "lock";
@@ -697,10 +697,10 @@ mod tests {
             ),
             (
                 b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 99}}",
-                "format 99, this husk reads format 4",
+                "format 99, this husk reads format 5",
             ),
             (
-                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 4}}",
+                b"{\"header\": {\"magic\": \"husk-snapshot\", \"format\": 5}}",
                 "missing field",
             ),
         ] {
