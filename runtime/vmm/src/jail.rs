@@ -7,33 +7,20 @@
 //! as the supervisor: it waits for the child, relays its
 //! exit status, and removes the jail folder and the cgroup, also when the
 //! child was killed. The child (PID 1 of a new PID namespace) enters new
-//! mount, IPC and UTS namespaces and the VMMs' empty network namespace
-//! (see [`NETNS`]), pivot_roots into an empty read-only tmpfs (every file
-//! the VMM needs is already open), limits its open files, drops to an
-//! unprivileged user with no capabilities, sets no_new_privs, and returns
-//! to build the VM. If the supervisor dies the child is killed
-//! (`PR_SET_PDEATHSIG`); what such a crash leaves behind is removed by the
-//! next `husk run`.
+//! mount, IPC, UTS and (without networking) network namespaces,
+//! pivot_roots into an empty read-only tmpfs (every file the VMM needs is
+//! already open), limits its open files, drops to an unprivileged user
+//! with no capabilities, sets no_new_privs, and returns to build the VM.
+//! If the supervisor dies the child is killed (`PR_SET_PDEATHSIG`); what
+//! such a crash leaves behind is removed by the next `husk run`.
 
 use std::ffi::CString;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Where jail folders live on the host: `<JAIL_DIR>/<supervisor pid>`.
 pub const JAIL_DIR: &str = "/run/husk/jail";
-/// The network namespace every jailed VMM is in, kept here as `ip netns
-/// add` keeps one: empty, its loopback down, so the VMM has no network
-/// (its taps and sockets were opened before the jail). Made by the first
-/// jailed run and shared by all: a namespace of each VMM's own cost every
-/// run its making (3.8-11 ms in the KVM test bed, against 0.14 ms to join
-/// a kept one) and, after the VMM's exit, the kernel's teardown of it on a
-/// CPU the next VM wanted. The VMMs' seccomp filters allow no `socket`, so
-/// the abstract Unix sockets it would share are no channel between them
-/// (with `--seccomp off` they are). Where it cannot be kept (no mount
-/// allowed), each VMM makes a namespace of its own.
-pub const NETNS: &str = "/run/husk/vmm-netns";
 /// The prefix of husk's cgroups: `husk-<supervisor pid>`.
 pub const CGROUP_PREFIX: &str = "husk-";
 /// What a VM's cgroup allows beyond its guest memory: the VMM's own
@@ -52,6 +39,8 @@ pub struct JailConfig {
     pub cpus: u32,
     /// Open files the VMM may have.
     pub max_files: u64,
+    /// A network namespace of its own (no network devices yet: always).
+    pub new_netns: bool,
     /// The jail makes the VMM a cgroup of its own with the limits above.
     /// Without: the VMM stays in the cgroup husk runs in, which its
     /// caller made and limits (husk-runtime's container cgroup).
@@ -241,85 +230,6 @@ pub fn sweep(cgroups: Option<&Cgroups>) {
     }
 }
 
-/// The VMMs' network namespace at [`NETNS`], made and kept there by the
-/// first caller (others wait for it on a lock beside it).
-pub fn shared_netns() -> io::Result<File> {
-    if let Some(ns) = open_netns()? {
-        return Ok(ns);
-    }
-    let path = Path::new(NETNS);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let lock = File::create(format!("{NETNS}.lock"))?;
-    // SAFETY: flock on a descriptor we own; it blocks only this thread.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if let Some(ns) = open_netns()? {
-        return Ok(ns);
-    }
-    // Made in a thread of its own: the namespace is that thread's only.
-    std::thread::Builder::new()
-        .name("husk-netns".into())
-        .spawn(|| keep_new_netns(path))?
-        .join()
-        .map_err(|_| io::Error::other("the thread making the namespace panicked"))??;
-    open_netns()?.ok_or_else(|| io::Error::other("the namespace was not kept"))
-}
-
-/// The namespace at [`NETNS`], if one is kept there (not only the empty
-/// file a mount goes on).
-fn open_netns() -> io::Result<Option<File>> {
-    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
-    let file = match File::open(NETNS) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    // SAFETY: an all-zero statfs is valid; fstatfs fills it from a
-    // descriptor we own.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((fs.f_type == NSFS_MAGIC).then_some(file))
-}
-
-/// Makes a new network namespace for this thread and keeps it at `path`
-/// (a new file, or an empty one left by a try that failed), bind-mounted
-/// there as `ip netns add` keeps one: it outlives every process in it
-/// until it is unmounted.
-pub fn keep_new_netns(path: &Path) -> io::Result<()> {
-    File::create(path)?;
-    // SAFETY: unshare with a constant flag; it changes only this thread's
-    // network namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        let e = io::Error::last_os_error();
-        let _ = std::fs::remove_file(path);
-        return Err(e);
-    }
-    let target = cstr(path);
-    // SAFETY: a bind mount of this thread's namespace file onto the file
-    // made above; both strings are NUL-terminated and outlive the call.
-    let mounted = unsafe {
-        libc::mount(
-            c"/proc/thread-self/ns/net".as_ptr(),
-            target.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if mounted != 0 {
-        let e = io::Error::last_os_error();
-        let _ = std::fs::remove_file(path);
-        return Err(e);
-    }
-    Ok(())
-}
-
 /// The side of the fork [`enter`]'s `after_fork` runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forked {
@@ -342,15 +252,6 @@ pub fn enter(cfg: &JailConfig, mut after_fork: impl FnMut(Forked)) -> Result<Sid
     let cgroups = Cgroups::detect();
     sweep(cgroups.as_ref());
     let cgroups = cgroups.filter(|_| cfg.own_cgroup);
-    // Before the PID namespace below, after which the kernel refuses
-    // this process new threads (making the namespace takes one).
-    let netns = match shared_netns() {
-        Ok(ns) => Some(ns),
-        Err(e) => {
-            tracing::debug!("no shared network namespace at {NETNS} ({e}): the VMM makes its own");
-            None
-        }
-    };
     let pid = std::process::id();
     let jail = Path::new(JAIL_DIR).join(pid.to_string());
     std::fs::create_dir_all(&jail).map_err(sys(format!("cannot create {}", jail.display())))?;
@@ -402,12 +303,11 @@ pub fn enter(cfg: &JailConfig, mut after_fork: impl FnMut(Forked)) -> Result<Sid
             drop(ready_w);
             drop(own_pid_ns);
             after_fork(Forked::Child);
-            become_jailed(cfg, &jail, ready_r, netns)?;
+            become_jailed(cfg, &jail, ready_r)?;
             Ok(Side::Jailed)
         }
         Ok(Fork::Parent { child, placed }) => {
             drop(ready_r);
-            drop(netns);
             // Back to its own PID namespace for what it starts from now
             // on: threads (which the kernel refuses while children would
             // start in another) and programs that outlive the VM.
@@ -625,12 +525,7 @@ fn cleanup(jail: &Path, cgroups: Option<&Cgroups>, pid: u32) {
 
 /// The child's side: wait for the cgroup, then namespaces, the empty
 /// root, limits and the drop to the unprivileged user.
-fn become_jailed(
-    cfg: &JailConfig,
-    jail: &Path,
-    ready: OwnedFd,
-    netns: Option<File>,
-) -> Result<(), JailError> {
+fn become_jailed(cfg: &JailConfig, jail: &Path, ready: OwnedFd) -> Result<(), JailError> {
     // SAFETY: prctl with valid arguments.
     let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     check(ret, "parent-death signal")?;
@@ -644,14 +539,8 @@ fn become_jailed(
     }
 
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    match netns {
-        Some(ns) => {
-            // SAFETY: setns with an open namespace descriptor and its
-            // type (the kernel refuses a descriptor of another type).
-            let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            check(ret, "join the VMMs' network namespace")?;
-        }
-        None => flags |= libc::CLONE_NEWNET,
+    if cfg.new_netns {
+        flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: unshare with valid flags.
     check(unsafe { libc::unshare(flags) }, "new namespaces")?;

@@ -130,12 +130,34 @@ pub fn leave(ns: &Path) {
 /// thread must be the process's main one, so that `/proc/PID/ns/net` (the
 /// path docker's hook derives from the state's pid) is the new namespace.
 pub fn own(path: &Path) -> anyhow::Result<()> {
-    vmm::jail::keep_new_netns(path).with_context(|| {
-        format!(
-            "cannot make a network namespace for the container at {}",
-            path.display()
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::File::create(path)
+        .with_context(|| format!("cannot make {} to keep a namespace", path.display()))?;
+    // SAFETY: unshare with a constant flag; it changes only this thread's
+    // network namespace (the caller's only thread).
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(e).context("cannot make a network namespace for the container");
+    }
+    let target = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a bind mount of this thread's namespace file onto a file we
+    // made; both strings are NUL-terminated and outlive the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"/proc/thread-self/ns/net".as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
         )
-    })
+    };
+    if mounted != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("cannot keep the namespace at {}", path.display()));
+    }
+    Ok(())
 }
 
 /// Undoes [`own`] after [`leave`]: the namespace goes with its last user.

@@ -993,6 +993,7 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 } else {
                     0
                 },
+            new_netns: true,
             own_cgroup: !args.keep_cgroup,
         })
     } else {
