@@ -31,8 +31,9 @@ pub fn deserialize<'de, T: FromBytes + IntoBytes, D: Deserializer<'de>>(
 }
 
 /// MSRs as one hex string of 12 bytes each, little-endian: the index
-/// (u32) and the value (u64). As JSON pairs of numbers they took a
-/// quarter of a restore's parse of a hello guest's state.
+/// (u32) and the value (u64). As JSON pairs of numbers they took 98,000
+/// of the 343,000 instructions a restore spent parsing a hello guest's
+/// state (callgrind); 10,000 this way.
 pub mod msrs {
     use super::*;
 
