@@ -7,10 +7,13 @@
 //! as the supervisor: it waits for the child, relays its
 //! exit status, and removes the jail folder and the cgroup, also when the
 //! child was killed. The child (PID 1 of a new PID namespace) enters new
-//! mount, IPC, UTS and (without networking) network namespaces,
-//! pivot_roots into an empty read-only tmpfs (every file the VMM needs is
-//! already open), limits its open files, drops to an unprivileged user
-//! with no capabilities, sets no_new_privs, and returns to build the VM.
+//! mount, IPC and UTS namespaces, pivot_roots into an empty read-only
+//! tmpfs (every file the VMM needs is already open), limits its open
+//! files, drops to an unprivileged user with no capabilities, sets
+//! no_new_privs, and returns to build the VM. From the host's network it
+//! is kept by Landlock's scopes where the kernel has them and the seccomp
+//! filter refuses sockets (see [`landlock`]), else by a network namespace
+//! of its own.
 //! If the supervisor dies the child is killed (`PR_SET_PDEATHSIG`); what
 //! such a crash leaves behind is removed by the next `husk run`.
 
@@ -18,6 +21,8 @@ use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+pub mod landlock;
 
 /// Where jail folders live on the host: `<JAIL_DIR>/<supervisor pid>`.
 pub const JAIL_DIR: &str = "/run/husk/jail";
@@ -39,12 +44,24 @@ pub struct JailConfig {
     pub cpus: u32,
     /// Open files the VMM may have.
     pub max_files: u64,
-    /// A network namespace of its own (no network devices yet: always).
-    pub new_netns: bool,
+    /// How the VMM is kept from the host's network.
+    pub network: NetworkFence,
     /// The jail makes the VMM a cgroup of its own with the limits above.
     /// Without: the VMM stays in the cgroup husk runs in, which its
     /// caller made and limits (husk-runtime's container cgroup).
     pub own_cgroup: bool,
+}
+
+/// What keeps a jailed VMM from the host's network namespace: its
+/// abstract Unix sockets, and IP where a socket could still be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkFence {
+    /// An empty network namespace of the VMM's own.
+    Namespace,
+    /// Landlock's scopes ([`landlock::restrict`]) where the kernel has
+    /// them (Linux 6.12), else a namespace. Only for a VMM whose seccomp
+    /// filters refuse `socket`, `connect` and `bind`.
+    Landlock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -538,8 +555,9 @@ fn become_jailed(cfg: &JailConfig, jail: &Path, ready: OwnedFd) -> Result<(), Ja
         unsafe { libc::_exit(1) };
     }
 
+    let landlock = cfg.network == NetworkFence::Landlock && landlock::can_scope();
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if cfg.new_netns {
+    if !landlock {
         flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: unshare with valid flags.
@@ -614,6 +632,11 @@ fn become_jailed(cfg: &JailConfig, jail: &Path, ready: OwnedFd) -> Result<(), Ja
     }
 
     drop_privileges(cfg.uid, cfg.gid)?;
+    if landlock {
+        // After no_new_privs, which it needs; this thread is the child's
+        // only one, and every VMM thread starts from it.
+        landlock::restrict().map_err(sys("Landlock's scopes"))?;
+    }
     // Changing credentials disarmed the parent-death signal: arm it again,
     // then make sure the supervisor did not die in between.
     // SAFETY: prctl with valid arguments.

@@ -522,18 +522,22 @@ fn same_under_qemu() -> Result<(), Failed> {
 /// `husk run` of a guest that prints "ready" and sleeps `secs`, started
 /// and waited for until "ready": the husk process and the lines to drain.
 fn start_sleeper(cpus: &str, secs: u32) -> Result<(std::process::Child, u32), Failed> {
+    start_sleeper_with(cpus, secs, &[])
+}
+
+/// [`start_sleeper`] with more of `husk run`'s options.
+fn start_sleeper_with(
+    cpus: &str,
+    secs: u32,
+    options: &[&str],
+) -> Result<(std::process::Child, u32), Failed> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     std::env::set_current_dir(boot_tests::workspace_root())?;
     let mut child = Command::new(boot_tests::husk::husk_bin()?)
-        .args([
-            "run",
-            "--cpus",
-            cpus,
-            "--timeout",
-            "90",
-            "oci:examples/busybox/image:latest",
-        ])
+        .args(["run", "--cpus", cpus, "--timeout", "90"])
+        .args(options)
+        .arg("oci:examples/busybox/image:latest")
         .args(["--", "sh", "-c", &format!("echo ready; sleep {secs}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -547,6 +551,26 @@ fn start_sleeper(cpus: &str, secs: u32) -> Result<(std::process::Child, u32), Fa
     std::thread::spawn(move || lines.count());
     let pid = child.id();
     Ok((child, pid))
+}
+
+/// Whether process `pid` has a network namespace of its own: not the
+/// host's, and with nothing in it but a loopback that is down (an error
+/// if it is another namespace with more in it).
+fn own_network(pid: u32) -> Result<bool, Failed> {
+    let net = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+    if net == std::fs::read_link("/proc/self/ns/net")? {
+        return Ok(false);
+    }
+    let links = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "ip", "-o", "link"])
+        .output()
+        .map_err(|e| format!("nsenter (util-linux) and ip (iproute2) are needed: {e}"))?;
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let lines: Vec<&str> = links.lines().collect();
+    if lines.len() != 1 || !lines[0].contains(": lo: <LOOPBACK>") {
+        return Err(format!("the VMM's network namespace is not empty and down: {links:?}").into());
+    }
+    Ok(true)
 }
 
 /// The jailed VMM: the supervisor's child that is husk (passt, for the
@@ -653,32 +677,28 @@ fn jail_confines_the_vmm() -> Result<(), Failed> {
         }
     };
     let procs = std::fs::read_to_string(cgroups.dirs(husk)[0].join("cgroup.procs"))?;
-    // A network namespace of its own, not the host's, with nothing in it
-    // but a loopback that is down.
-    let vmm_net = std::fs::read_link(format!("/proc/{vmm}/ns/net"))?;
-    let host_net = std::fs::read_link("/proc/self/ns/net")?;
-    let links = std::process::Command::new("nsenter")
-        .args(["-t", &vmm.to_string(), "-n", "ip", "-o", "link"])
-        .output()
-        .map_err(|e| format!("nsenter (util-linux) and ip (iproute2) are needed: {e}"))?;
-    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    // Kept from the host's network: by Landlock's scopes in the host's
+    // namespace where the kernel has them (what they refuse is the unit
+    // test's in vmm::jail::landlock), else by a namespace of its own.
+    let fenced = vmm::jail::landlock::can_scope();
+    let own_net = own_network(vmm)?;
     let status = child.wait()?;
     eprintln!(
-        "jailed VMM: uid {uid}, caps {caps:?}, root entries {}, memory limit {}, network {}",
+        "jailed VMM: uid {uid}, caps {caps:?}, root entries {}, memory limit {}, \
+         network namespace of its own {own_net}, Landlock ABI {}",
         root.len(),
         limit.trim(),
-        vmm_net.display()
+        vmm::jail::landlock::abi()
     );
-    if vmm_net == host_net {
-        return Err(format!(
-            "the VMM is in the host's network namespace {}",
-            host_net.display()
-        )
-        .into());
-    }
-    let lines: Vec<&str> = links.lines().collect();
-    if lines.len() != 1 || !lines[0].contains(": lo: <LOOPBACK>") {
-        return Err(format!("the VMM's network namespace is not empty and down: {links:?}").into());
+    if own_net == fenced {
+        return Err(match fenced {
+            true => "Landlock can scope abstract sockets here, yet the VMM has a network \
+                     namespace of its own"
+                .into(),
+            false => "the VMM is in the host's network namespace, with no Landlock scopes \
+                      on this kernel"
+                .into(),
+        });
     }
     if !uid.split_whitespace().all(|u| u == "65534") {
         return Err(format!("the VMM runs as {uid}").into());
@@ -697,6 +717,20 @@ fn jail_confines_the_vmm() -> Result<(), Failed> {
     }
     if !status.success() || !leftovers(husk).is_empty() {
         return Err(format!("exit {status}, left behind: {:?}", leftovers(husk)).into());
+    }
+
+    // Without seccomp's kill, which Landlock's fence relies on, the VMM
+    // gets a network namespace of its own.
+    let (mut child, husk) = start_sleeper_with("1", 1, &["--seccomp", "log"])?;
+    let own_net = own_network(vmm_pid(husk))?;
+    let status = child.wait()?;
+    if !own_net || !status.success() || !leftovers(husk).is_empty() {
+        return Err(format!(
+            "with --seccomp log: a network namespace of its own {own_net}, exit {status}, \
+             left behind {:?}",
+            leftovers(husk)
+        )
+        .into());
     }
 
     // The VMM killed: the supervisor cleans up and says so.

@@ -993,7 +993,12 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 } else {
                     0
                 },
-            new_netns: true,
+            // Landlock stands in for a network namespace only where the
+            // filters refuse sockets.
+            network: match seccomp {
+                vmm::SeccompMode::Kill => vmm::jail::NetworkFence::Landlock,
+                _ => vmm::jail::NetworkFence::Namespace,
+            },
             own_cgroup: !args.keep_cgroup,
         })
     } else {
