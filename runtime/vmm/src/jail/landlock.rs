@@ -8,10 +8,10 @@
 //! an empty set). Landlock ABI 6 (Linux 6.12) scopes those names to the
 //! process's own domain (`LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET`), and
 //! signals likewise; TCP `bind` and `connect` (ABI 4) are refused too,
-//! for good measure. Creating the namespace is most of what the jail
-//! costs (in the KVM test bed, 6 ms of CPU per run, and the kernel's
-//! cleanup of it after the run some 3 ms more); a ruleset is two system
-//! calls.
+//! for good measure. Creating the namespace was the largest part of the
+//! jail's cost (in the KVM test bed, 6 ms of CPU a run under `perf`, and
+//! the kernel's cleanup of it after the run some 3 ms more); a ruleset
+//! is two system calls.
 //!
 //! Rules on files are none of this module's business: the VMM's root is
 //! an empty read-only tmpfs and its filter refuses every `open`.
@@ -109,9 +109,9 @@ mod tests {
     fn a_restricted_process_reaches_no_abstract_socket_and_no_tcp_port() {
         if !can_scope() {
             panic!(
-                "this kernel's Landlock ABI is {} (6, Linux 6.12, scopes abstract sockets): \
-                 the jail gives the VMM a network namespace instead, which the KVM test bed's \
-                 jail test checks",
+                "this kernel's Landlock ABI is {}; scoping abstract sockets needs 6 (Linux \
+                 6.12). Without it the jail gives the VMM a network namespace instead (the KVM \
+                 test bed's jail test checks which one it got)",
                 abi()
             );
         }
