@@ -382,9 +382,11 @@ fn ps_shows(vm: &Vm, what: &str, limit: Duration) -> Result<String, Failed> {
         }
         if Instant::now() > deadline {
             let state = vm.state()?;
+            // The log's end says how an appliance that exited did.
+            let log = h(&["logs", "--tail", "20", &vm.name])?;
             return Err(format!(
-                "husk ps should show {what:?} within {limit:?}: {line}\nhealth: {}",
-                state["health"]
+                "husk ps should show {what:?} within {limit:?}: {line}\nhealth: {}\nlog's end:\n{}{}",
+                state["health"], log.stdout, log.stderr
             )
             .into());
         }
