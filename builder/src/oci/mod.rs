@@ -46,7 +46,7 @@ pub enum OciError {
     },
     #[error("blob {digest}: its content does not match its digest (found sha256:{found}); the image is corrupt")]
     DigestMismatch { digest: String, found: String },
-    #[error("{0}: registry images are pulled by husk-pull, which is not installed next to husk (build it: cargo build --release -p builder --features registry --bin husk-pull), or pull with `skopeo copy docker://... oci:DIR:TAG` and use oci:DIR:TAG")]
+    #[error("{0}: registry images are pulled by husk-pull, which is not installed next to husk (ci/setup builds both; beside a husk of cargo build --release: cargo build --release -p builder --features registry --bin husk-pull), or pull with `skopeo copy docker://... oci:DIR:TAG` and use oci:DIR:TAG")]
     NoPuller(String),
     #[error("{0}: husk-pull failed ({1})")]
     PullFailed(String, std::process::ExitStatus),

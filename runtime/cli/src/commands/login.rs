@@ -130,8 +130,8 @@ pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
 
 fn husk_pull(args: &[&str]) -> anyhow::Result<std::process::Command> {
     let program = builder::oci::puller().context(
-        "husk-pull, which speaks to registries, is not installed next to husk (build it: \
-         cargo build --release -p builder --features registry --bin husk-pull)",
+        "husk-pull, which speaks to registries, is not installed next to husk (ci/setup builds both; beside a husk \
+         of cargo build --release: cargo build --release -p builder --features registry --bin husk-pull)",
     )?;
     let mut c = std::process::Command::new(program);
     c.args(args);
