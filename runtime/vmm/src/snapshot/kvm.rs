@@ -152,8 +152,8 @@ impl VcpuState {
         // The guest's clock moved on by the time the snapshot waited,
         // which its kernel would take at its first tick for a CPU stuck
         // that long: an RCU stall report (a page of "rcu: INFO: rcu_sched
-        // self-detected stall" on the console, 80 ms of the bed's guest
-        // time) for a snapshot older than the stall timeout (21 s), and
+        // self-detected stall" on the console, 30-80 ms of the bed's
+        // guest time) for a snapshot older than the stall timeout (21 s), and
         // soft-lockup warnings. KVM_KVMCLOCK_CTRL marks its kvm-clock
         // "stopped by the host", which both watchdogs check before they
         // complain, as they do after QEMU or Firecracker resume a paused
