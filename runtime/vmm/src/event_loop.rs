@@ -563,7 +563,9 @@ mod tests {
         let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
         let command = evt.try_clone().unwrap();
         let pagemap = File::open("/proc/self/pagemap").unwrap();
-        let r = PageRecorder::new(evt, mem, pagemap, out.try_clone().unwrap()).unwrap();
+        // The recorder's clone outlives `mem`, so this 1 MiB stays mapped
+        // for the rest of the tests (as RAM a VMM's thread still held would).
+        let r = PageRecorder::new(evt, mem.clone(), pagemap, out.try_clone().unwrap()).unwrap();
         (r, command, ram, out)
     }
 

@@ -31,7 +31,7 @@ pub use config::{
 };
 use error::io;
 pub use error::VmmError;
-pub use memory::MemoryUsage;
+pub use memory::{GuestRam, MemoryUsage};
 
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -700,9 +700,10 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
         // never through a kernel pointer kept from this call, so the host
         // is safe while the mapping lives as long as any vCPU runs:
         // `run_with` stops the vCPU threads (kicking each until it has left
-        // KVM_RUN) before `mem` is dropped at its end. A vCPU that ignores
-        // 200 kicks is abandoned; husk then exits right after `run_with`
-        // returns, before anything could be mapped at those addresses.
+        // KVM_RUN) before `mem` is dropped at its end, which unmaps it. A
+        // vCPU that ignores 200 kicks is abandoned, still holding the
+        // devices and their clones of the memory: then `mem` leaves it
+        // mapped (see `memory::GuestRam`).
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::ptr::null_mut;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
@@ -20,10 +20,105 @@ use crate::VmmError;
 
 const HUGE_PAGE: usize = 2 << 20;
 
-/// Maps `len` bytes of anonymous memory at a 2 MiB-aligned address. The
-/// mapping lives as long as the process (a VM's memory is never released
-/// before the VMM exits).
-fn aligned_anonymous(len: usize) -> Result<*mut u8, VmmError> {
+/// Guest RAM: the guest's memory and the host mappings under it. Devices
+/// and vCPUs hold clones of the memory (this derefs to it). vm-memory
+/// never unmaps a mapping it was handed, so these are unmapped here, when
+/// this is dropped after every clone (a VMM that runs VMs one after
+/// another in one process would otherwise keep the RAM of each).
+pub struct GuestRam {
+    // Dropped before the mappings (fields drop in order).
+    mem: GuestMemoryMmap,
+    _mappings: Vec<Mapping>,
+}
+
+impl std::ops::Deref for GuestRam {
+    type Target = GuestMemoryMmap;
+
+    fn deref(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+}
+
+impl GuestRam {
+    /// Guest RAM of `regions`, each made of the mapping beside it.
+    fn of(parts: Vec<(Mapping, GuestRegionMmap)>) -> Result<Self, VmmError> {
+        let mut mappings = Vec::new();
+        let mut regions = Vec::new();
+        for (mut mapping, region) in parts {
+            let region = Arc::new(region);
+            mapping.region = Some(Arc::downgrade(&region));
+            mappings.push(mapping);
+            regions.push(region);
+        }
+        // On failure `regions` is gone before `mappings` drops, which then
+        // unmaps them all.
+        let mem = GuestMemoryMmap::from_arc_regions(regions)
+            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        Ok(GuestRam {
+            mem,
+            _mappings: mappings,
+        })
+    }
+}
+
+/// One mapping under guest RAM, unmapped when dropped unless the region
+/// made of it is still alive somewhere (a clone of the memory held by a
+/// thread that was left running): then it stays mapped, as it must.
+struct Mapping {
+    at: *mut u8,
+    len: usize,
+    region: Option<Weak<GuestRegionMmap>>,
+}
+
+// SAFETY: `at` is only an address to unmap; the memory behind it is
+// reached through the region, which is Send and Sync itself.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` gives no access to the memory.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// A region of guest RAM at `start` in the guest, made of this
+    /// mapping (and of `file` at `offset`, where the mapping is the file's).
+    fn region(
+        self,
+        start: u64,
+        file: Option<FileOffset>,
+    ) -> Result<(Mapping, GuestRegionMmap), VmmError> {
+        // SAFETY: `at` starts `len` bytes of a live mapping, which stays
+        // mapped while the region lives: this mapping is unmapped only once
+        // no region made of it is left (see `Drop`).
+        let mut builder =
+            unsafe { MmapRegionBuilder::new(self.len).with_raw_mmap_pointer(self.at) };
+        if let Some(f) = file {
+            builder = builder.with_file_offset(f);
+        }
+        let mapping = builder
+            .build()
+            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| VmmError::GuestMemory("region wraps the address space".into()))?;
+        Ok((self, region))
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.region.as_ref().is_some_and(|r| r.strong_count() > 0) {
+            return;
+        }
+        // SAFETY: our own mapping of `len` bytes at `at`. No region made of
+        // it is left (or none was made), and the memory is reached only
+        // through regions: no reference into it remains. KVM, which has
+        // its address, goes through this process's page tables and runs
+        // no vCPU here any more (a vCPU thread left running holds the
+        // region through the devices' clones, and the check above keeps
+        // the mapping).
+        unsafe { libc::munmap(self.at.cast(), self.len) };
+    }
+}
+
+/// Maps `len` bytes of anonymous memory at a 2 MiB-aligned address.
+fn aligned_anonymous(len: usize) -> Result<Mapping, VmmError> {
     let total = len + HUGE_PAGE;
     // SAFETY: a new private anonymous mapping at an address of the kernel's
     // choosing; it aliases no memory this process uses.
@@ -62,7 +157,11 @@ fn aligned_anonymous(len: usize) -> Result<*mut u8, VmmError> {
     unsafe {
         libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
-    Ok(start as *mut u8)
+    Ok(Mapping {
+        at: start as *mut u8,
+        len,
+        region: None,
+    })
 }
 
 /// How guest RAM is backed.
@@ -103,24 +202,20 @@ fn sealed_memfd(size: u64) -> Result<File, VmmError> {
     Ok(file)
 }
 
-/// Maps `len` bytes of `file` from `offset` shared over `at`, the start of
-/// an aligned reservation from [`aligned_anonymous`].
-fn map_shared(at: *mut u8, len: usize, file: &File, offset: u64) -> Result<(), VmmError> {
-    map_file(at, len, file, offset, libc::MAP_SHARED)
-}
-
-/// As [`map_shared`], with `flags` saying shared or private.
+/// Maps `file` from `offset` over all of `over`, an aligned reservation
+/// from [`aligned_anonymous`] not yet made a region; `flags` say shared or
+/// private.
 fn map_file(
-    at: *mut u8,
-    len: usize,
+    over: Mapping,
     file: &File,
     offset: u64,
     flags: libc::c_int,
-) -> Result<(), VmmError> {
+) -> Result<Mapping, VmmError> {
     use std::os::fd::AsRawFd;
+    let (at, len) = (over.at, over.len);
     // SAFETY: MAP_FIXED replaces exactly [at, at + len), which is our own
-    // reservation made by aligned_anonymous and not yet handed to anyone;
-    // no Rust reference points into it.
+    // reservation made by aligned_anonymous and not yet made a region;
+    // no reference points into it.
     let addr = unsafe {
         libc::mmap(
             at.cast(),
@@ -132,20 +227,23 @@ fn map_file(
         )
     };
     if addr == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error();
+        // A failed MAP_FIXED may have unmapped part of the reservation,
+        // where another thread's mapping could now be: never unmapped.
+        std::mem::forget(over);
         return Err(VmmError::GuestMemory(format!(
-            "cannot map the guest RAM file: {}",
-            std::io::Error::last_os_error()
+            "cannot map the guest RAM file: {e}"
         )));
     }
     // SAFETY: advice on our own mapping; failure (shmem THP off) is harmless.
     unsafe {
         libc::madvise(at.cast(), len, libc::MADV_HUGEPAGE);
     }
-    Ok(())
+    Ok(over)
 }
 
 /// Guest RAM of `size` bytes, laid out around the MMIO gap.
-pub fn create(size: u64, backing: Backing) -> Result<GuestMemoryMmap, VmmError> {
+pub fn create(size: u64, backing: Backing) -> Result<GuestRam, VmmError> {
     let ranges = ram_ranges(size);
     let file = match backing {
         Backing::Private => None,
@@ -153,31 +251,22 @@ pub fn create(size: u64, backing: Backing) -> Result<GuestMemoryMmap, VmmError> 
             ranges.iter().map(|(_, len)| len).sum(),
         )?)),
     };
-    let mut regions = Vec::new();
+    let mut parts = Vec::new();
     let mut offset = 0;
     for (start, len) in ranges {
-        let len = len as usize;
-        let ptr = aligned_anonymous(len)?;
-        // SAFETY: `ptr` starts `len` bytes of a live mapping made above,
-        // never unmapped while the process runs.
-        let mut builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) };
-        if let Some(file) = &file {
-            map_shared(ptr, len, file, offset)?;
-            builder = builder.with_file_offset(FileOffset::from_arc(file.clone(), offset));
-            offset += len as u64;
-        }
-        regions.push(region(builder, start)?);
+        let mapping = aligned_anonymous(len as usize)?;
+        let part = match &file {
+            Some(file) => {
+                let mapping = map_file(mapping, file, offset, libc::MAP_SHARED)?;
+                let at = FileOffset::from_arc(file.clone(), offset);
+                offset += len;
+                mapping.region(start, Some(at))?
+            }
+            None => mapping.region(start, None)?,
+        };
+        parts.push(part);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
-}
-
-/// The guest region at `start` that `builder` describes.
-fn region(builder: MmapRegionBuilder<()>, start: u64) -> Result<GuestRegionMmap, VmmError> {
-    let mapping = builder
-        .build()
-        .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
-    GuestRegionMmap::new(mapping, GuestAddress(start))
-        .ok_or_else(|| VmmError::GuestMemory("region wraps the address space".into()))
+    GuestRam::of(parts)
 }
 
 /// Guest RAM of `size` bytes restored from a snapshot's memory file (the
@@ -189,25 +278,21 @@ fn region(builder: MmapRegionBuilder<()>, start: u64) -> Result<GuestRegionMmap,
 /// which must see the guest's writes and the guest its) cannot be the
 /// file: it is a new memfd, as at boot, with the file's data copied in
 /// (its holes, pages of zeros, are skipped: the memfd reads zeros there).
-pub fn restore(size: u64, file: &File, backing: Backing) -> Result<GuestMemoryMmap, VmmError> {
+pub fn restore(size: u64, file: &File, backing: Backing) -> Result<GuestRam, VmmError> {
     if backing == Backing::Shared {
         let mem = create(size, Backing::Shared)?;
         copy_in(&mem, file, size)?;
         return Ok(mem);
     }
-    let mut regions = Vec::new();
+    let mut parts = Vec::new();
     let mut offset = 0;
     for (start, len) in ram_ranges(size) {
-        let len = len as usize;
-        let ptr = aligned_anonymous(len)?;
-        map_file(ptr, len, file, offset, libc::MAP_PRIVATE)?;
-        offset += len as u64;
-        // SAFETY: `ptr` starts `len` bytes of a live mapping made above,
-        // never unmapped while the process runs.
-        let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) };
-        regions.push(region(builder, start)?);
+        let mapping = aligned_anonymous(len as usize)?;
+        let mapping = map_file(mapping, file, offset, libc::MAP_PRIVATE)?;
+        offset += len;
+        parts.push(mapping.region(start, None)?);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
+    GuestRam::of(parts)
 }
 
 /// Copies the data of a snapshot's memory file into `mem`, range by range,
@@ -399,6 +484,39 @@ mod tests {
             0xdead_beef
         );
         assert!(mem.read_obj::<u32>(GuestAddress(64 << 20)).is_err());
+    }
+
+    /// How many of this process's mappings map `path`.
+    fn mappings_of(path: &std::path::Path) -> usize {
+        let path = path.to_str().unwrap();
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with(path))
+            .count()
+    }
+
+    #[test]
+    fn ram_is_unmapped_when_dropped_after_its_clones_and_kept_while_one_lives() {
+        use std::os::unix::fs::FileExt;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(64 << 20).unwrap();
+        file.as_file().write_all_at(&[5], 4096).unwrap();
+        let ram = restore(64 << 20, file.as_file(), Backing::Private).unwrap();
+        assert_eq!(mappings_of(file.path()), 1);
+        let clone: GuestMemoryMmap = (*ram).clone();
+        assert_eq!(clone.read_obj::<u8>(GuestAddress(4096)).unwrap(), 5);
+        drop(clone);
+        drop(ram);
+        assert_eq!(mappings_of(file.path()), 0, "unmapped after its last clone");
+
+        // Dropped while a clone (a thread left running) still reads it: the
+        // mapping stays, and stays for good (no owner is left to unmap it).
+        let ram = restore(64 << 20, file.as_file(), Backing::Private).unwrap();
+        let clone: GuestMemoryMmap = (*ram).clone();
+        drop(ram);
+        assert_eq!(mappings_of(file.path()), 1);
+        assert_eq!(clone.read_obj::<u8>(GuestAddress(4096)).unwrap(), 5);
     }
 
     #[test]

@@ -45,6 +45,8 @@ use devices::virtio::mmio::TransportState;
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
+use crate::GuestRam;
+
 mod blob;
 mod kvm;
 mod pages;
@@ -400,7 +402,7 @@ fn not_this_format(text: &[u8], parsed: Option<serde_json::Error>) -> String {
 
 /// Guest RAM of `memory_mib` restored from the snapshot in `dir`, mapped
 /// private from its memory file (see [`crate::memory::restore`]).
-pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestRam, SnapshotError> {
     let file = Snapshot::memory_file(dir)?;
     crate::memory::restore(memory_mib << 20, &file, crate::memory::Backing::Private).map_err(|e| {
         SnapshotError::Io {

@@ -482,7 +482,7 @@ mod tests {
     }
 
     /// 4 MiB of RAM restored private from a file of non-zero bytes.
-    fn restored() -> (tempfile::NamedTempFile, GuestMemoryMmap) {
+    fn restored() -> (tempfile::NamedTempFile, crate::GuestRam) {
         let file = tempfile::NamedTempFile::new().unwrap();
         file.as_file().write_all(&vec![7u8; 4 << 20]).unwrap();
         let mem = restore(4 << 20, file.as_file(), Backing::Private).unwrap();

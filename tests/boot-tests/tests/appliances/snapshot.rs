@@ -91,6 +91,16 @@ fn snapshot_restores() -> Result<(), Failed> {
         if text.contains("Linux version") || text.contains("Run /.husk/init") {
             return Err(format!("restore {run} booted the kernel again:\n{text}").into());
         }
+        // The VMM ran in this process: it unmapped the guest's RAM (the
+        // snapshot's memory file, mapped private) when it returned.
+        let maps = fs::read_to_string("/proc/self/maps")?;
+        let memory = snap_dir.join("memory");
+        if let Some(l) = maps
+            .lines()
+            .find(|l| l.ends_with(memory.to_str().unwrap_or("?")))
+        {
+            return Err(format!("restore {run} left the guest's RAM mapped: {l}").into());
+        }
     }
 
     // A snapshot for another image is refused before any VM is made.
