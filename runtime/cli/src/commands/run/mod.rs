@@ -1087,7 +1087,18 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_NO_STATUS)
         }
         VmExit::Timeout => {
-            eprintln!("husk: the guest was still running after --timeout; stopped it");
+            // How far it got tells a kernel that never reached init from a
+            // command that never ended.
+            let reached = match outcome.timings.last() {
+                Some((phase, at)) => {
+                    format!("{} at {:.3} s", phase.name(), at.as_secs_f64())
+                }
+                None => "nothing".into(),
+            };
+            eprintln!(
+                "husk: the guest was still running after --timeout (the last it reached: \
+                 {reached}); stopped it"
+            );
             ExitCode::from(EXIT_TIMEOUT)
         }
     })
