@@ -89,6 +89,18 @@ fn run(args: &[&str], stdin: &[u8]) -> Result<HuskRun, Failed> {
     Ok(husk_run(&all, stdin, LIMIT)?)
 }
 
+/// [`run`] with warm starts' snapshots kept in `snapshots` (the bed's own
+/// cache, read-only, has none), and the log saying whether it restored.
+fn run_warm(snapshots: &std::path::Path, args: &[&str]) -> Result<HuskRun, Failed> {
+    std::env::set_current_dir(boot_tests::workspace_root())?;
+    let mut cmd = std::process::Command::new(boot_tests::husk::husk_bin()?);
+    cmd.args(["run", "--timeout", "90"])
+        .args(args)
+        .env("HUSK_SNAPSHOT_DIR", snapshots)
+        .env("HUSK_LOG", "info");
+    Ok(boot_tests::husk::output_within(cmd, b"", LIMIT)?)
+}
+
 fn expect(run: &HuskRun, code: i32, lines: &[&str]) -> Result<(), Failed> {
     if run.code != Some(code) {
         return Err(run.explain(&format!("expected exit status {code}")).into());
@@ -251,7 +263,11 @@ fn guest_tuning() -> Result<(), Failed> {
             "NoNewPrivs:0",
         ],
     )?;
-    for cold in [true, false] {
+    // Cold, then warm: the bed's own cache is read-only (no snapshots), so
+    // the warm runs keep theirs in a folder of their own; the first takes
+    // the snapshot, the second restores it and sets everything after.
+    let snapshots = tempfile::tempdir()?;
+    for kind in ["cold", "snapshot taken", "restored"] {
         let mut args = vec![
             "--ulimit",
             "nofile=4096:8192",
@@ -268,11 +284,23 @@ fn guest_tuning() -> Result<(), Failed> {
             "-u",
             "0:0",
         ];
-        if cold {
+        if kind == "cold" {
             args.push("--cold");
         }
         args.extend(["examples/busybox", "--", "sh", "-c", script]);
-        let r = run(&args, b"")?;
+        let r = if kind == "cold" {
+            run(&args, b"")?
+        } else {
+            run_warm(snapshots.path(), &args)?
+        };
+        let restored = r.stderr.contains("warm start: restoring");
+        if restored != (kind == "restored") {
+            let why = match restored {
+                true => format!("the {kind} run restored a snapshot"),
+                false => "the second warm run did not restore the first's snapshot".into(),
+            };
+            return Err(r.explain(&why).into());
+        }
         // CAP_NET_BIND_SERVICE is capability 10.
         expect(
             &r,
