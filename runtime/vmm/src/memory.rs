@@ -40,11 +40,11 @@ impl std::ops::Deref for GuestRam {
 }
 
 impl GuestRam {
-    /// Guest RAM of `regions`, each made of the mapping beside it.
-    fn of(parts: Vec<(Mapping, GuestRegionMmap)>) -> Result<Self, VmmError> {
+    /// Guest RAM of `parts`: regions, each with the mapping it is made of.
+    fn of(parts: Vec<(GuestRegionMmap, Mapping)>) -> Result<Self, VmmError> {
         let mut mappings = Vec::new();
         let mut regions = Vec::new();
-        for (mut mapping, region) in parts {
+        for (region, mut mapping) in parts {
             let region = Arc::new(region);
             mapping.region = Some(Arc::downgrade(&region));
             mappings.push(mapping);
@@ -77,13 +77,14 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// A region of guest RAM at `start` in the guest, made of this
-    /// mapping (and of `file` at `offset`, where the mapping is the file's).
+    /// A region of guest RAM at `start` in the guest, made of this mapping
+    /// (which maps `file` where there is one), returned with it: a pair
+    /// dropped drops the region first.
     fn region(
         self,
         start: u64,
         file: Option<FileOffset>,
-    ) -> Result<(Mapping, GuestRegionMmap), VmmError> {
+    ) -> Result<(GuestRegionMmap, Mapping), VmmError> {
         // SAFETY: `at` starts `len` bytes of a live mapping, which stays
         // mapped while the region lives: this mapping is unmapped only once
         // no region made of it is left (see `Drop`).
@@ -97,7 +98,7 @@ impl Mapping {
             .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(start))
             .ok_or_else(|| VmmError::GuestMemory("region wraps the address space".into()))?;
-        Ok((self, region))
+        Ok((region, self))
     }
 }
 
