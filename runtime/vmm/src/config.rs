@@ -110,6 +110,9 @@ pub struct Outcome {
     /// With [`VmConfig::snapshot`]: whether it was taken (or why not);
     /// None when the guest never asked.
     pub snapshot: Option<Result<(), String>>,
+    /// Where a VM stopped at its timeout was: each vCPU's id and
+    /// instruction pointer, as it left the guest (empty for any other end).
+    pub stuck_at: Vec<(u8, u64)>,
 }
 
 /// The most vCPUs a VM can have (the MP table's and CPUID's topology).

@@ -404,6 +404,8 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         stop: Mutex::new(None),
         stop_evt: stop_evt.try_clone().map_err(io("cloning an eventfd"))?,
         exiting: AtomicBool::new(false),
+        timed_out: AtomicBool::new(false),
+        stuck_at: Mutex::new(Vec::new()),
         pvm,
         snapshots,
         pause: vcpu::Pause::default(),
@@ -559,7 +561,11 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         }
     };
 
+    shared.timed_out.store(timed_out, Ordering::Release);
     stop_vcpus(&shared, threads);
+    let mut stuck_at =
+        std::mem::take(&mut *shared.stuck_at.lock().unwrap_or_else(|p| p.into_inner()));
+    stuck_at.sort_unstable();
 
     let stop = shared
         .stop
@@ -582,6 +588,7 @@ pub fn run_with(mut cfg: VmConfig, files: HostFiles) -> Result<Outcome, VmmError
         timings: shared.report.marks(),
         memory: usage_files.and_then(|f| f.usage(&mem)),
         snapshot,
+        stuck_at,
     })
 }
 

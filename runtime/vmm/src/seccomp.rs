@@ -122,13 +122,18 @@ fn allow(nr: libc::c_long, rules: Vec<SeccompRule>, why: &'static str) -> Allowe
     Allowed { nr, rules, why }
 }
 
+/// `KVM_GET_REGS`: a vCPU's general registers.
+fn kvm_get_regs() -> u64 {
+    vmm_sys_util::ioctl_ior_nr!(GET_REGS, 0xae, 0x81, kvm_bindings::kvm_regs);
+    GET_REGS()
+}
+
 /// The ioctls that read a vCPU's state, for a snapshot (each vCPU thread
 /// saves its own, out of `KVM_RUN`), and the one that tells the guest's
 /// kvm-clock it was paused.
 fn vcpu_state_reads() -> [u64; 10] {
     use kvm_bindings::*;
     const KVMIO: u32 = 0xae;
-    vmm_sys_util::ioctl_ior_nr!(GET_REGS, KVMIO, 0x81, kvm_regs);
     vmm_sys_util::ioctl_ior_nr!(GET_SREGS, KVMIO, 0x83, kvm_sregs);
     vmm_sys_util::ioctl_iowr_nr!(GET_MSRS, KVMIO, 0x88, kvm_msrs);
     vmm_sys_util::ioctl_ior_nr!(GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
@@ -139,7 +144,7 @@ fn vcpu_state_reads() -> [u64; 10] {
     vmm_sys_util::ioctl_ior_nr!(GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
     vmm_sys_util::ioctl_io_nr!(KVMCLOCK_CTRL, KVMIO, 0xad);
     [
-        GET_REGS(),
+        kvm_get_regs(),
         GET_SREGS(),
         GET_MSRS(),
         GET_LAPIC(),
@@ -235,15 +240,18 @@ pub fn rules_for(kind: ThreadKind, snapshots: bool) -> Vec<Allowed> {
     }
     match kind {
         ThreadKind::Vcpu => {
-            let mut ioctls = vec![KVM_RUN];
+            // Its registers: where the guest was, when it ran past its
+            // timeout.
+            let mut ioctls = vec![KVM_RUN, kvm_get_regs()];
             if snapshots {
-                ioctls.extend(vcpu_state_reads());
+                let reads = vcpu_state_reads();
+                ioctls.extend(reads.into_iter().filter(|r| *r != kvm_get_regs()));
             }
             list.extend([
                 allow(
                     SYS_ioctl,
                     arg_is(1, &ioctls),
-                    "KVM_RUN, and nothing else (with snapshots: reading its own state)",
+                    "KVM_RUN and KVM_GET_REGS, nothing else (with snapshots: reading its own state)",
                 ),
                 allow(SYS_mprotect, no_exec(2), "the allocator grows its arena"),
             ]);

@@ -177,6 +177,10 @@ pub struct Shared {
     pub stop_evt: EventFd,
     /// Tells vCPU threads to leave their loop after a kick.
     pub exiting: AtomicBool,
+    /// Set before `exiting` when the VM ran past its timeout: each vCPU
+    /// then notes its instruction pointer in `stuck_at` as it leaves.
+    pub timed_out: AtomicBool,
+    pub stuck_at: Mutex<Vec<(u8, u64)>>,
     /// The host's KVM is PVM (known before the filters forbid looking).
     pub pvm: bool,
     /// Snapshots: whether this VM takes any (at the guest's asking or on
@@ -234,6 +238,12 @@ pub fn spawn(
 fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
     loop {
         if shared.exiting.load(Ordering::Acquire) {
+            if shared.timed_out.load(Ordering::Acquire) {
+                if let Ok(regs) = vcpu.get_regs() {
+                    let mut at = shared.stuck_at.lock().unwrap_or_else(|p| p.into_inner());
+                    at.push((id, regs.rip));
+                }
+            }
             return;
         }
         match vcpu.run() {

@@ -290,7 +290,8 @@ fn husk_run_boots_debian_bzimage_with_initrd() -> Result<(), Failed> {
 
 fn husk_run_timeout_stops_a_hung_guest() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
-    let initrd = husk_initramfs(dir.path(), "echo hanging\nwhile true; do sleep 1; done")?;
+    // One sleep that never ends: no user code runs after it starts.
+    let initrd = husk_initramfs(dir.path(), "echo hanging\nexec sleep 1000000")?;
     let args = ["--initrd", initrd.to_str().unwrap(), "--timeout", "15"];
     let run = husk_run(&args, b"", LIMIT)?;
     if run.code != Some(124) || !run.stderr.contains("--timeout") {
@@ -305,6 +306,19 @@ fn husk_run_timeout_stops_a_hung_guest() -> Result<(), Failed> {
     {
         return Err(run
             .explain("the reason does not say how far the guest got")
+            .into());
+    }
+    // Where the vCPU was: in the guest's kernel (it idles under the
+    // sleep), whose addresses are the top 2 GiB.
+    let rip = run
+        .stderr
+        .split("; vCPU 0 at 0x")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+    if !rip.is_some_and(|r| r >= 0xffff_ffff_8000_0000) {
+        return Err(run
+            .explain("the reason does not say where the vCPU was in the guest's kernel")
             .into());
     }
     Ok(())

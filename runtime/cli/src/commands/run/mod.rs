@@ -1095,9 +1095,15 @@ pub fn run(mut args: Args, started: Instant) -> anyhow::Result<ExitCode> {
                 }
                 None => "nothing".into(),
             };
+            // And where it was, for the guest kernel's symbols.
+            let at: String = outcome
+                .stuck_at
+                .iter()
+                .map(|(id, rip)| format!("; vCPU {id} at {rip:#x}"))
+                .collect();
             eprintln!(
                 "husk: the guest was still running after --timeout (the last it reached: \
-                 {reached}); stopped it"
+                 {reached}{at}); stopped it"
             );
             ExitCode::from(EXIT_TIMEOUT)
         }
