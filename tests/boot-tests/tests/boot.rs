@@ -316,7 +316,7 @@ fn husk_run_timeout_stops_a_hung_guest() -> Result<(), Failed> {
         .nth(1)
         .and_then(|s| s.split(')').next())
         .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-    if !rip.is_some_and(|r| r >= 0xffff_ffff_8000_0000) {
+    if rip.is_none_or(|r| r < 0xffff_ffff_8000_0000) {
         return Err(run
             .explain("the reason does not say where the vCPU was in the guest's kernel")
             .into());
