@@ -89,18 +89,6 @@ fn run(args: &[&str], stdin: &[u8]) -> Result<HuskRun, Failed> {
     Ok(husk_run(&all, stdin, LIMIT)?)
 }
 
-/// [`run`] with warm starts' snapshots kept in `snapshots` (the bed's own
-/// cache, read-only, has none), and the log saying whether it restored.
-fn run_warm(snapshots: &std::path::Path, args: &[&str]) -> Result<HuskRun, Failed> {
-    std::env::set_current_dir(boot_tests::workspace_root())?;
-    let mut cmd = std::process::Command::new(boot_tests::husk::husk_bin()?);
-    cmd.args(["run", "--timeout", "90"])
-        .args(args)
-        .env("HUSK_SNAPSHOT_DIR", snapshots)
-        .env("HUSK_LOG", "info");
-    Ok(boot_tests::husk::output_within(cmd, b"", LIMIT)?)
-}
-
 fn expect(run: &HuskRun, code: i32, lines: &[&str]) -> Result<(), Failed> {
     if run.code != Some(code) {
         return Err(run.explain(&format!("expected exit status {code}")).into());
@@ -291,9 +279,9 @@ fn guest_tuning() -> Result<(), Failed> {
         let r = if kind == "cold" {
             run(&args, b"")?
         } else {
-            run_warm(snapshots.path(), &args)?
+            warm::run(snapshots.path(), &args, 0)?
         };
-        let restored = r.stderr.contains("warm start: restoring");
+        let restored = warm::restored(&r);
         if restored != (kind == "restored") {
             let why = match restored {
                 true => format!("the {kind} run restored a snapshot"),

@@ -64,7 +64,7 @@ fn husk_in(snapshots: &Path, args: &[&str], stdin: &[u8]) -> Result<HuskRun, Fai
 }
 
 /// `husk run --timeout 90 ARGS`, which must exit with `code`.
-fn run(snapshots: &Path, args: &[&str], code: i32) -> Result<HuskRun, Failed> {
+pub(super) fn run(snapshots: &Path, args: &[&str], code: i32) -> Result<HuskRun, Failed> {
     let mut all = vec!["run", "--timeout", "90"];
     all.extend_from_slice(args);
     let r = husk(snapshots, &all)?;
@@ -76,7 +76,8 @@ fn run(snapshots: &Path, args: &[&str], code: i32) -> Result<HuskRun, Failed> {
     Ok(r)
 }
 
-fn restored(r: &HuskRun) -> bool {
+/// Whether the run restored a snapshot.
+pub(super) fn restored(r: &HuskRun) -> bool {
     r.stderr.contains("warm start: restoring")
 }
 
