@@ -70,12 +70,6 @@ struct Mapping {
     region: Option<Weak<GuestRegionMmap>>,
 }
 
-// SAFETY: `at` is only an address to unmap; the memory behind it is
-// reached through the region, which is Send and Sync itself.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` gives no access to the memory.
-unsafe impl Sync for Mapping {}
-
 impl Mapping {
     /// A region of guest RAM at `start` in the guest, made of this mapping
     /// (which maps `file` where there is one), returned with it: a pair
