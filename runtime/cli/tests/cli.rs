@@ -475,7 +475,7 @@ fn the_jail_holds_a_running_vmm_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let spin = boot_tests::guest::tiny_guest(dir.path(), true).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_husk"))
-        .args(["run", "--memory", "32", "--timeout", "3", "--kernel"])
+        .args(["run", "--memory", "32", "--timeout", "8", "--kernel"])
         .arg(&spin)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -496,7 +496,9 @@ fn the_jail_holds_a_running_vmm_and_leaves_nothing() {
     }
     let children = format!("/proc/{husk}/task/{husk}/children");
     let mut vmm = None;
-    for _ in 0..200 {
+    // Up to the guest's --timeout: the host checks run beside the test
+    // beds in CI, where a VMM may take seconds to reach its filters.
+    for _ in 0..800 {
         let c = std::fs::read_to_string(&children).unwrap_or_default();
         if let Some(pid) = c.split_whitespace().next() {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
